@@ -1,0 +1,1 @@
+"""Sans-IO protocol layer: bytes and messages only, no sockets, no trio."""

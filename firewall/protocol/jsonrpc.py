@@ -1,0 +1,223 @@
+"""JSON-RPC 2.0 envelopes, decoded with msgspec.
+
+Rules this module keeps:
+
+1. Only the envelope is decoded. ``params``, ``result`` and ``error`` stay
+   :class:`msgspec.Raw` so the firewall forwards what it received, byte for
+   byte, and pays nothing for payloads it does not read.
+2. Decoding never raises anything but :class:`ProtocolError`, which carries the
+   JSON-RPC error code the peer must get back (-32700 or -32600).
+3. One decoder and one encoder, built at import and reused.
+
+Example::
+
+    msg = decode(b'{"jsonrpc":"2.0","id":1,"method":"ping"}')
+    assert msg.kind is Kind.REQUEST
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Final
+
+import msgspec
+
+PARSE_ERROR: Final = -32700
+INVALID_REQUEST: Final = -32600
+METHOD_NOT_FOUND: Final = -32601
+INVALID_PARAMS: Final = -32602
+INTERNAL_ERROR: Final = -32603
+
+# Server-defined codes (the -32000..-32099 range JSON-RPC reserves for
+# implementations). Stable: documented in docs/policy.md and docs/operations.md.
+POLICY_DENIED: Final = -32001
+RATE_LIMITED: Final = -32002
+APPROVAL_REQUIRED: Final = -32003
+INVALID_ARGUMENTS: Final = -32004
+UPSTREAM_UNAVAILABLE: Final = -32010
+UPSTREAM_TIMEOUT: Final = -32011
+MESSAGE_TOO_LARGE: Final = -32012
+REQUEST_CANCELLED: Final = -32013
+
+RequestId = int | str
+
+
+class Kind(enum.Enum):
+    """What a JSON-RPC message is, judged from the fields it carries."""
+
+    REQUEST = "request"
+    NOTIFICATION = "notification"
+    RESPONSE = "response"
+
+
+class _Absent:
+    """Marker type for an ``id`` that is not present at all (a notification)."""
+
+
+class Message(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A decoded JSON-RPC 2.0 envelope; payloads stay raw."""
+
+    jsonrpc: str
+    method: str | None = None
+    id: int | str | None | msgspec.UnsetType = msgspec.UNSET
+    # Absent members decode to an empty Raw (``len(raw) == 0``); a JSON null
+    # is ``Raw(b"null")``. msgspec cannot put Raw in a union, hence no None.
+    params: msgspec.Raw = msgspec.Raw()
+    result: msgspec.Raw = msgspec.Raw()
+    error: msgspec.Raw = msgspec.Raw()
+
+    @property
+    def has_result(self) -> bool:
+        return len(self.result) > 0
+
+    @property
+    def has_error(self) -> bool:
+        return len(self.error) > 0
+
+    @property
+    def kind(self) -> Kind:
+        if self.method is not None:
+            return Kind.NOTIFICATION if self.id is msgspec.UNSET else Kind.REQUEST
+        return Kind.RESPONSE
+
+    @property
+    def request_id(self) -> RequestId | None:
+        """The id as a plain value; ``None`` for notifications and null ids."""
+        ident = self.id
+        if ident is msgspec.UNSET or ident is None:
+            return None
+        assert isinstance(ident, (int, str))
+        return ident
+
+
+class ProtocolError(Exception):
+    """A message that cannot be accepted; ``code`` is the JSON-RPC error code."""
+
+    def __init__(self, code: int, message: str, request_id: RequestId | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+    def response(self) -> bytes:
+        """The JSON-RPC error response that answers the offending message."""
+        return error_response(self.request_id, self.code, self.message)
+
+
+class ErrorObject(msgspec.Struct, frozen=True, omit_defaults=True):
+    """The ``error`` member of a JSON-RPC response."""
+
+    code: int
+    message: str
+    data: Any = None
+
+
+class _ErrorResponse(msgspec.Struct, frozen=True):
+    jsonrpc: str
+    id: int | str | None
+    error: ErrorObject
+
+
+class _ResultResponse(msgspec.Struct, frozen=True):
+    jsonrpc: str
+    id: int | str | None
+    result: Any
+
+
+class _Request(msgspec.Struct, frozen=True, omit_defaults=True):
+    jsonrpc: str
+    method: str
+    id: int | str | msgspec.UnsetType = msgspec.UNSET
+    params: Any = msgspec.UNSET
+
+
+_decoder: Final = msgspec.json.Decoder(Message)
+_error_decoder: Final = msgspec.json.Decoder(ErrorObject)
+_any_decoder: Final = msgspec.json.Decoder()
+_encoder: Final = msgspec.json.Encoder()
+
+
+def decode(data: bytes | bytearray | memoryview) -> Message:
+    """Decode one JSON-RPC message; raise :class:`ProtocolError` if it is not one.
+
+    JSON-RPC batches (arrays) are refused with -32600: MCP 2025-06-18 removed
+    them, and the firewall decides message by message.
+    """
+    try:
+        msg = _decoder.decode(data)
+    except msgspec.ValidationError as exc:
+        raise _invalid(data, f"invalid JSON-RPC message: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(PARSE_ERROR, f"parse error: {exc}") from None
+    if msg.jsonrpc != "2.0":
+        raise ProtocolError(INVALID_REQUEST, 'invalid JSON-RPC message: jsonrpc must be "2.0"',
+                            msg.request_id)
+    if msg.method is None:
+        if msg.id is msgspec.UNSET:
+            raise ProtocolError(INVALID_REQUEST,
+                                "invalid JSON-RPC message: neither a method nor an id")
+        if msg.has_result == msg.has_error:
+            raise ProtocolError(INVALID_REQUEST,
+                                "invalid JSON-RPC response: exactly one of result and error",
+                                msg.request_id)
+    elif msg.has_result or msg.has_error:
+        raise ProtocolError(INVALID_REQUEST,
+                            "invalid JSON-RPC request: result or error beside a method",
+                            msg.request_id)
+    return msg
+
+
+def _invalid(data: bytes | bytearray | memoryview, text: str) -> ProtocolError:
+    """An -32600 error, echoing the id when the payload has a usable one."""
+    request_id: RequestId | None = None
+    try:
+        obj = _any_decoder.decode(data)
+    except msgspec.DecodeError:
+        return ProtocolError(PARSE_ERROR, "parse error")
+    if isinstance(obj, list):
+        return ProtocolError(INVALID_REQUEST, "invalid JSON-RPC message: batches are not supported")
+    if isinstance(obj, dict):
+        ident = obj.get("id")
+        if isinstance(ident, (int, str)) and not isinstance(ident, bool):
+            request_id = ident
+    return ProtocolError(INVALID_REQUEST, text, request_id)
+
+
+def decode_error(msg: Message) -> ErrorObject | None:
+    """The error object of a response, or ``None`` when it is absent or malformed."""
+    if not msg.has_error:
+        return None
+    try:
+        return _error_decoder.decode(msg.error)
+    except msgspec.DecodeError:
+        return None
+
+
+def error_response(
+    request_id: RequestId | None, code: int, message: str, data: Any = None
+) -> bytes:
+    """Encode an error response. ``error_response(1, -32601, "no such method")``."""
+    return _encoder.encode(
+        _ErrorResponse("2.0", request_id, ErrorObject(code, message, data))
+    )
+
+
+def result_response(request_id: RequestId | None, result: Any) -> bytes:
+    """Encode a success response. ``result_response(1, {})``."""
+    return _encoder.encode(_ResultResponse("2.0", request_id, result))
+
+
+def request(method: str, params: Any = msgspec.UNSET, request_id: RequestId | None = None) -> bytes:
+    """Encode a request, or a notification when ``request_id`` is None."""
+    ident: RequestId | msgspec.UnsetType = msgspec.UNSET if request_id is None else request_id
+    return _encoder.encode(_Request("2.0", method, ident, params))
+
+
+def encode(obj: Any) -> bytes:
+    """Encode any JSON value with the shared encoder."""
+    return _encoder.encode(obj)
+
+
+def decode_any(data: bytes | bytearray | memoryview | msgspec.Raw) -> Any:
+    """Decode any JSON value (used for payloads the firewall must read)."""
+    return _any_decoder.decode(data)
