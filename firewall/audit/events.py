@@ -1,0 +1,75 @@
+"""Audit events: what the gateway hands to the audit trail.
+
+The gateway builds these and passes them to an :class:`firewall.gateway.mediator.AuditPoint`;
+the audit writer adds the sequence number, instance id and chain hash, applies
+redaction to ``arguments``, and appends them. ``call_id`` links a decision to
+its outcome (unique within one mcpwall instance).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+OutcomeStatus = Literal[
+    "ok", "tool_error", "jsonrpc_error", "timeout", "upstream_failure", "cancelled"
+]
+
+LifecycleKind = Literal[
+    "session_start", "session_end",
+    "policy_load", "policy_reload", "policy_reload_failed",
+    "upstream_start", "upstream_exit", "upstream_restart",
+    "approval",
+]
+
+
+class DecisionEvent(msgspec.Struct, frozen=True, tag="decision", kw_only=True):
+    """One decision on one request (client->server or server->client)."""
+
+    ts_ns: int
+    call_id: str
+    session: str
+    principal: str
+    grant: str
+    server: str
+    method: str
+    direction: str = "client"
+    tool: str | None = None
+    uri: str | None = None
+    prompt: str | None = None
+    request_id: str | None = None  # the JSON-RPC id, as JSON text (1 and "1" differ)
+    arguments: dict[str, Any] | None = None
+    decision: str
+    rule: str | None = None
+    reason: str | None = None
+    retry_after: float | None = None
+    dry_run: bool = False
+
+
+class OutcomeEvent(msgspec.Struct, frozen=True, tag="outcome", kw_only=True):
+    """What happened to a forwarded request."""
+
+    ts_ns: int
+    call_id: str
+    session: str
+    server: str
+    status: OutcomeStatus
+    error_code: int | None = None
+    error_message: str | None = None
+    latency_ns: int
+    response_bytes: int = 0
+
+
+class LifecycleEvent(msgspec.Struct, frozen=True, tag="lifecycle", kw_only=True):
+    """Session, policy, upstream and approval events."""
+
+    ts_ns: int
+    kind: LifecycleKind
+    session: str | None = None
+    principal: str | None = None
+    server: str | None = None
+    detail: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+Event = DecisionEvent | OutcomeEvent | LifecycleEvent

@@ -1,0 +1,55 @@
+"""What the policy engine returns, and who it decides for.
+
+These two types are the contract between the gateway (which builds a
+:class:`Caller` from a bearer token or the ``wrap`` command line) and the policy
+engine (which returns a :class:`Decision`). Both are immutable.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Literal
+
+import msgspec
+
+Action = Literal["allow", "deny", "limited", "pending", "invalid_arguments"]
+
+ALLOW: Final = "allow"
+DENY: Final = "deny"
+LIMITED: Final = "limited"  # a rate limit refused the call; retry_after says when to retry
+PENDING: Final = "pending"  # the rule requires human approval
+INVALID_ARGUMENTS: Final = "invalid_arguments"
+
+
+class Caller(msgspec.Struct, frozen=True):
+    """The authenticated party behind a session.
+
+    ``principal`` is the agent; ``grant`` the credential it used (one agent may
+    hold several grants); ``groups`` the groups rules may name.
+    """
+
+    principal: str = "anonymous"
+    grant: str = "anonymous"
+    groups: tuple[str, ...] = ()
+
+
+class Decision(msgspec.Struct, frozen=True):
+    """The verdict on one message.
+
+    ``rule`` names the rule that decided (``"default"`` for the policy default),
+    ``reason`` is for people, ``retry_after`` (seconds) is set for ``limited``.
+    With ``dry_run`` the verdict is recorded but not enforced.
+    """
+
+    action: Action
+    rule: str = "default"
+    reason: str | None = None
+    retry_after: float | None = None
+    dry_run: bool = False
+
+    @property
+    def enforced_allow(self) -> bool:
+        """True when the message goes through: allowed, or refused in dry-run."""
+        return self.action == ALLOW or self.dry_run
+
+
+ALLOW_ALL: Final = Decision(ALLOW, rule="allow-all", reason="no policy configured")
