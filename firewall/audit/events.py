@@ -8,7 +8,7 @@ its outcome (unique within one mcpwall instance).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import msgspec
 
@@ -73,3 +73,22 @@ class LifecycleEvent(msgspec.Struct, frozen=True, tag="lifecycle", kw_only=True)
 
 
 Event = DecisionEvent | OutcomeEvent | LifecycleEvent
+
+
+class Receipt(Protocol):
+    """Handed back for each appended event."""
+
+    async def committed(self) -> None:
+        """Return once the event is durable (``durable`` mode: committed with fsync).
+
+        In ``fast`` mode it returns at once. Raises if the writer failed.
+        """
+        ...
+
+
+class AuditPoint(Protocol):
+    """Where the gateway appends events. Implemented by the audit writer."""
+
+    async def append(self, event: Event) -> Receipt:
+        """Queue one event; waits only while the bounded queue is full (backpressure)."""
+        ...

@@ -7,9 +7,11 @@ engine (which returns a :class:`Decision`). Both are immutable.
 
 from __future__ import annotations
 
-from typing import Final, Literal
+from typing import Final, Literal, Protocol
 
 import msgspec
+
+from firewall.protocol.mcp import Call
 
 Action = Literal["allow", "deny", "limited", "pending", "invalid_arguments"]
 
@@ -53,3 +55,29 @@ class Decision(msgspec.Struct, frozen=True):
 
 
 ALLOW_ALL: Final = Decision(ALLOW, rule="allow-all", reason="no policy configured")
+
+
+class PolicyPoint(Protocol):
+    """Where the gateway asks for a verdict. Implemented by the policy engine.
+
+    Pure and synchronous: lookups, arithmetic and token buckets, no I/O.
+    """
+
+    def decide(self, call: Call, caller: Caller, server: str, session: str) -> Decision:
+        """The verdict on one request (``call.direction`` says which way it goes)."""
+        ...
+
+    def tool_visible(self, tool: str, caller: Caller, server: str) -> bool:
+        """False when no argument values could ever let ``caller`` call ``tool``:
+        tools/list responses drop such tools."""
+        ...
+
+
+class AllowAll:
+    """The policy point used when no policy is configured."""
+
+    def decide(self, call: Call, caller: Caller, server: str, session: str) -> Decision:
+        return ALLOW_ALL
+
+    def tool_visible(self, tool: str, caller: Caller, server: str) -> bool:
+        return True

@@ -59,7 +59,7 @@ class Message(msgspec.Struct, frozen=True, omit_defaults=True):
 
     jsonrpc: str
     method: str | None = None
-    id: int | str | None | msgspec.UnsetType = msgspec.UNSET
+    id: int | str | msgspec.UnsetType | None = msgspec.UNSET
     # Absent members decode to an empty Raw (``len(raw) == 0``); a JSON null
     # is ``Raw(b"null")``. msgspec cannot put Raw in a union, hence no None.
     params: msgspec.Raw = msgspec.Raw()
