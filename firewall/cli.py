@@ -1,0 +1,130 @@
+"""The ``mcpwall`` command line.
+
+Exit codes (all commands): 0 success; 1 the command ran and found a problem
+(a failed check, tampering, a session that ended because its upstream died);
+2 usage error (bad option, unreadable or invalid config or policy file).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from pathlib import Path
+
+import click
+import msgspec
+import trio
+
+from firewall import __version__
+from firewall.config import Config, ConfigError, StdioServer, default_config, load_config
+from firewall.log import configure
+from firewall.policy.decision import Caller
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(__version__, prog_name="mcpwall")
+def main() -> None:
+    """mcpwall: a firewall for the Model Context Protocol.
+
+    \b
+    Quick start:
+      mcpwall serve                      # the demo fleet on http://127.0.0.1:8765
+      mcpwall wrap -- npx -y @modelcontextprotocol/server-everything
+      mcpwall check mcpwall.toml
+    """
+
+
+def _load(path: Path | None) -> Config:
+    try:
+        return default_config() if path is None else load_config(path)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+@main.command(context_settings={**CONTEXT, "ignore_unknown_options": True,
+                                "allow_interspersed_args": False})
+@click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="Gateway config (TOML): its policy, audit and log settings apply.")
+@click.option("--policy", "policy_files", multiple=True,
+              type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              help="Policy file (repeatable); overrides the config's policy files.")
+@click.option("--principal", default=None, help="Who the client is (default: $USER).")
+@click.option("--grant", default=None, help="Grant id for rate limits (default: wrap:PRINCIPAL).")
+@click.option("--group", "groups", multiple=True, help="Group the principal belongs to.")
+@click.option("--server-name", default=None,
+              help="Name of the wrapped server in policy and audit (default: command name).")
+@click.option("--dry-run", is_flag=True, help="Decide and record, enforce nothing.")
+@click.option("--max-line-bytes", type=int, default=None,
+              help="Refuse messages longer than this (default 16 MiB).")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def wrap(
+    config_path: Path | None,
+    policy_files: tuple[Path, ...],
+    principal: str | None,
+    grant: str | None,
+    groups: tuple[str, ...],
+    server_name: str | None,
+    dry_run: bool,
+    max_line_bytes: int | None,
+    command: tuple[str, ...],
+) -> None:
+    """Run COMMAND (a stdio MCP server) behind mcpwall, speaking stdio ourselves.
+
+    \b
+    Put it in an MCP client's server config in place of the server command:
+      mcpwall wrap --policy rules/git.json -- uvx mcp-server-git --repository .
+    \b
+    Exit codes: 0 the client closed the session; the server's code (or 1) if
+    the server died first; 127 the server could not be started; 2 usage error.
+    """
+    config = _load(config_path) if config_path else Config(source="<wrap>")
+    configure(config.log.level, config.log.format)
+    files = [str(p) for p in policy_files] or config.policy.files
+    settings = StdioServer(command=command[0], args=list(command[1:]))
+    if max_line_bytes is not None:
+        settings = msgspec.structs.replace(settings, max_line_bytes=max_line_bytes)
+    who = principal or os.environ.get("USER") or "local"
+    caller = Caller(principal=who, grant=grant or f"wrap:{who}", groups=tuple(groups))
+    name = server_name or Path(command[0]).name
+    from firewall.gateway.runtime import run_wrap_session
+
+    try:
+        code = trio.run(run_wrap_session, config, settings, name, caller, files, dry_run)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    sys.exit(code)
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("config_path", required=False, metavar="[CONFIG]",
+                type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--host", default=None, help="Listen address (overrides the config).")
+@click.option("--port", type=int, default=None, help="Listen port (overrides the config).")
+def serve(config_path: Path | None, host: str | None, port: int | None) -> None:
+    """Serve the fleet of CONFIG over Streamable HTTP (the demo fleet without CONFIG).
+
+    \b
+    Each server is at http://HOST:PORT/servers/NAME/mcp.
+      mcpwall serve                  # bundled demo server + rules/virtualization.json
+      mcpwall serve mcpwall.toml --port 9000
+    """
+    config = _load(config_path)
+    listen = config.listen
+    if host is not None:
+        listen = msgspec.structs.replace(listen, host=host)
+    if port is not None:
+        listen = msgspec.structs.replace(listen, port=port)
+    config = msgspec.structs.replace(config, listen=listen)
+    configure(config.log.level, config.log.format)
+    from firewall.gateway.runtime import serve as run_serve
+
+    with contextlib.suppress(KeyboardInterrupt):
+        trio.run(run_serve, config)
+
+
+
+
+__all__ = ["main"]

@@ -1,0 +1,226 @@
+"""The gateway configuration: one TOML file decoded into msgspec Structs.
+
+Rules this module keeps:
+
+1. Unknown keys are errors, everywhere (``forbid_unknown_fields``): a typo in a
+   security configuration must never be silently ignored.
+2. Every error names the file, the key path and what was expected
+   (:class:`ConfigError`), e.g. ``gw.toml: servers.vm.command: Expected `str`, got `int```.
+3. Relative paths in a config file are resolved against the file's directory,
+   so a config means the same thing whatever the working directory.
+
+Example::
+
+    config = load_config(Path("mcpwall.toml"))
+    for name, server in config.servers.items(): ...
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from firewall.audit.settings import AuditSettings
+from firewall.identity import TokenEntry
+
+DEFAULT_PORT = 8765
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; the message names file and key path."""
+
+
+class _Base(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class ListenSettings(_Base):
+    """Where the HTTP front listens, and the limits that protect it."""
+
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    # Origins allowed to call the endpoints (DNS-rebinding protection). Requests
+    # without an Origin header (non-browser clients) are allowed.
+    allowed_origins: list[str] = msgspec.field(
+        default_factory=lambda: ["http://127.0.0.1", "http://localhost", "null"]
+    )
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_sessions: int = 1024
+    session_idle_seconds: float = 1800.0
+    upstream_timeout_seconds: float = 300.0
+    shutdown_grace_seconds: float = 10.0
+    keepalive_seconds: float = 15.0
+
+
+class LogSettings(_Base):
+    """Log output: ``auto`` is console on a TTY, JSON lines otherwise."""
+
+    format: Literal["auto", "json", "console"] = "auto"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class PolicySettings(_Base):
+    """Fleet-wide policy files and how refusals look on the wire."""
+
+    files: list[str] = msgspec.field(default_factory=list)
+    dry_run: bool = False
+    # How a refused tools/call reaches the client: a tool result with
+    # isError=true (the model sees why) or a JSON-RPC error.
+    deny_tools_call_as: Literal["tool_result", "jsonrpc_error"] = "tool_result"
+
+
+class AuthSettings(_Base):
+    """Bearer tokens (SHA-256 digests only). With none, callers are anonymous."""
+
+    tokens: list[TokenEntry] = msgspec.field(default_factory=list)
+
+
+class StdioServer(_Base, tag="stdio", tag_field="transport"):
+    """An MCP server run as a supervised child process, speaking stdio."""
+
+    command: str
+    args: list[str] = msgspec.field(default_factory=list)
+    env: dict[str, str] = msgspec.field(default_factory=dict)
+    cwd: str | None = None
+    policy: list[str] = msgspec.field(default_factory=list)
+    # One child per client session (the default): sessions never share state.
+    max_children: int = 32
+    idle_seconds: float = 900.0
+    restart_attempts: int = 3
+    max_line_bytes: int = 16 * 1024 * 1024
+    terminate_grace_seconds: float = 5.0
+
+
+class HttpServer(_Base, tag="http", tag_field="transport"):
+    """An MCP server reached over Streamable HTTP."""
+
+    url: str
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+    policy: list[str] = msgspec.field(default_factory=list)
+    max_connections: int = 64
+    connect_timeout_seconds: float = 10.0
+
+
+ServerSettings = StdioServer | HttpServer
+
+
+class Config(_Base):
+    """The whole gateway configuration."""
+
+    listen: ListenSettings = msgspec.field(default_factory=ListenSettings)
+    log: LogSettings = msgspec.field(default_factory=LogSettings)
+    policy: PolicySettings = msgspec.field(default_factory=PolicySettings)
+    audit: AuditSettings = msgspec.field(default_factory=AuditSettings)
+    auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
+    servers: dict[str, ServerSettings] = msgspec.field(default_factory=dict)
+    # Where the file came from; relative paths inside were resolved against it.
+    source: str = "<built-in>"
+
+
+_PATH_RE = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+_SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def _key_path(raw: str) -> str:
+    """`$.servers.vm.args[0]` -> `servers.vm.args[0]`; `$["a b"]` is kept readable."""
+    path = raw[1:] if raw.startswith(".") else raw
+    return path or "(top level)"
+
+
+def _describe(exc: msgspec.ValidationError) -> tuple[str, str]:
+    text = str(exc)
+    m = _PATH_RE.search(text)
+    if m is None:
+        return "(top level)", text
+    return _key_path(m.group("path")), text[: m.start()]
+
+
+def parse_config(text: str, source: str = "<string>", base: Path | None = None) -> Config:
+    """Decode TOML text into a :class:`Config`; raise :class:`ConfigError`."""
+    try:
+        data: dict[str, Any] = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    try:
+        config = msgspec.convert(data, Config)
+    except msgspec.ValidationError as exc:
+        where, what = _describe(exc)
+        raise ConfigError(f"{source}: {where}: {what}") from None
+    _check(config, source)
+    return _resolve(config, source, base)
+
+
+def load_config(path: Path) -> Config:
+    """Read and decode a config file; raise :class:`ConfigError` with the file's name."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    return parse_config(text, str(path), path.resolve().parent)
+
+
+def _check(config: Config, source: str) -> None:
+    for name, server in config.servers.items():
+        if not _SERVER_NAME.match(name):
+            raise ConfigError(
+                f"{source}: servers.{name}: expected a name of letters, digits, '_', '.', '-' "
+                "(it becomes the URL path /servers/NAME/mcp)"
+            )
+        if isinstance(server, HttpServer) and not server.url.startswith(("http://", "https://")):
+            raise ConfigError(f"{source}: servers.{name}.url: expected an http:// or https:// URL")
+    if not 0 < config.listen.port < 65536:
+        raise ConfigError(f"{source}: listen.port: expected 1..65535, got {config.listen.port}")
+    for key in ("max_body_bytes", "max_sessions"):
+        if getattr(config.listen, key) <= 0:
+            raise ConfigError(f"{source}: listen.{key}: expected a positive number")
+
+
+def _resolve(config: Config, source: str, base: Path | None) -> Config:
+    if base is None:
+        return msgspec.structs.replace(config, source=source)
+
+    def rel(p: str) -> str:
+        return str((base / p).resolve()) if not Path(p).is_absolute() else p
+
+    servers: dict[str, ServerSettings] = {}
+    for name, server in config.servers.items():
+        server = msgspec.structs.replace(server, policy=[rel(p) for p in server.policy])
+        if isinstance(server, StdioServer) and server.cwd is not None:
+            server = msgspec.structs.replace(server, cwd=rel(server.cwd))
+        servers[name] = server
+    return msgspec.structs.replace(
+        config,
+        source=source,
+        policy=msgspec.structs.replace(config.policy, files=[rel(p) for p in config.policy.files]),
+        audit=msgspec.structs.replace(config.audit, path=rel(config.audit.path)),
+        servers=servers,
+    )
+
+
+def bundled_rules_dir() -> Path:
+    """Where the policy packs live: beside the package when installed, else the checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "_rules", here.parent / "rules"):
+        if candidate.is_dir():
+            return candidate
+    raise ConfigError("the bundled rules/ directory is missing from this installation")
+
+
+def default_config(workdir: Path | None = None) -> Config:
+    """The embedded default: the demo virtualization server behind its policy pack.
+
+    The audit database goes to the working directory.
+    """
+    cwd = workdir or Path.cwd()
+    demo = StdioServer(command=sys.executable, args=["-m", "firewall.demo"])
+    return Config(
+        policy=PolicySettings(files=[str(bundled_rules_dir() / "virtualization.json")]),
+        audit=msgspec.structs.replace(AuditSettings(), path=str(cwd / AuditSettings().path)),
+        servers={"virtualization": demo},
+        source="<built-in default>",
+    )

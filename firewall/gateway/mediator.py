@@ -1,0 +1,344 @@
+"""The per-session flow every message takes: decide -> audit -> forward -> observe.
+
+One :class:`Mediator` serves one client session against one upstream server,
+whatever the transports (HTTP or stdio front, HTTP or stdio upstream). The
+fronts own the I/O; the mediator owns the rules. Invariants it keeps:
+
+1. Every request, in either direction, gets exactly one decision from the
+   policy point and one decision event in the audit trail before anything
+   else happens to it. Notifications and responses are not decided (there is
+   nothing to refuse: a response answers a request that was decided).
+2. An allowed message is forwarded as the ORIGINAL bytes. The one exception is
+   a tools/list result from which tools the caller can never call are removed.
+3. Forwarding waits for :meth:`Routed.ready`: in durable audit mode that is the
+   commit of the decision event, so no call reaches an upstream unaudited.
+4. A refused request never reaches the other side; its sender gets an answer
+   (a tool result with ``isError`` for tools/call, else a JSON-RPC error with a
+   stable code and ``data: {rule, reason, retry_after}``).
+5. Every forwarded request is answered exactly once: by its peer, or by the
+   mediator with an error when the upstream is lost (:meth:`upstream_lost`).
+   Each gets one outcome event (ok, tool_error, jsonrpc_error, timeout,
+   upstream_failure, cancelled).
+6. Malformed input is answered (-32700/-32600/-32602) and the session lives on.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Any, Final, Literal
+
+import msgspec
+
+from firewall.audit.events import AuditPoint, DecisionEvent, OutcomeEvent, Receipt
+from firewall.log import get_logger
+from firewall.policy.decision import Caller, Decision, PolicyPoint
+from firewall.protocol import jsonrpc, mcp
+from firewall.protocol.jsonrpc import Kind, RequestId
+
+# How a refusal of each kind is coded on the wire (documented in docs/policy.md).
+DENIAL_CODES: Final = {
+    "deny": jsonrpc.POLICY_DENIED,
+    "limited": jsonrpc.RATE_LIMITED,
+    "pending": jsonrpc.APPROVAL_REQUIRED,
+    "invalid_arguments": jsonrpc.INVALID_ARGUMENTS,
+}
+
+
+class Routed:
+    """Where the bytes of one message go.
+
+    ``upstream``: bytes for the server; ``client``: bytes for the client. Either
+    may be None. Send ``upstream`` only after ``await ready()``.
+    """
+
+    __slots__ = ("client", "receipt", "upstream")
+
+    def __init__(
+        self,
+        *,
+        upstream: bytes | None = None,
+        client: bytes | None = None,
+        receipt: Receipt | None = None,
+    ) -> None:
+        self.upstream = upstream
+        self.client = client
+        self.receipt = receipt
+
+    async def ready(self) -> None:
+        """Wait until the message may be forwarded (its decision is durable)."""
+        if self.receipt is not None:
+            await self.receipt.committed()
+
+
+class _Pending(msgspec.Struct):
+    call_id: str
+    method: str
+    started_ns: int
+    cancelled: bool = False
+
+
+class _ToolResultFlag(msgspec.Struct):
+    isError: bool = False
+
+
+class _Envelope(msgspec.Struct):
+    result: dict[str, Any]
+
+
+_tool_flag_decoder: Final = msgspec.json.Decoder(_ToolResultFlag)
+_tools_list_decoder: Final = msgspec.json.Decoder(_Envelope)
+
+
+class Mediator:
+    """Decides, audits and routes the messages of one session.
+
+    Example (a front's loop)::
+
+        routed = await mediator.from_client(line)
+        if routed.client: await to_client(routed.client)
+        if routed.upstream: await routed.ready(); await to_upstream(routed.upstream)
+    """
+
+    def __init__(
+        self,
+        *,
+        server: str,
+        session: str,
+        caller: Caller,
+        policy: PolicyPoint,
+        audit: AuditPoint | None,
+        deny_tools_call_as: Literal["tool_result", "jsonrpc_error"] = "tool_result",
+    ) -> None:
+        self.server = server
+        self.session = session
+        self.caller = caller
+        self.policy = policy
+        self.audit = audit
+        self.deny_tools_call_as = deny_tools_call_as
+        self._client_pending: dict[RequestId, _Pending] = {}
+        self._server_pending: dict[RequestId, _Pending] = {}
+        self._tools_list_ids: set[RequestId] = set()
+        self._counter = itertools.count(1)
+        self.log = get_logger(server=server, session=session, principal=caller.principal)
+
+    @property
+    def pending_count(self) -> int:
+        """Requests forwarded to the upstream and not answered yet."""
+        return len(self._client_pending)
+
+    # -- client -> server ------------------------------------------------
+    async def from_client(self, data: bytes) -> Routed:
+        """Route one message the client sent."""
+        try:
+            msg = jsonrpc.decode(data)
+        except jsonrpc.ProtocolError as exc:
+            self.log.warning("client_message_rejected", code=exc.code, reason=exc.message)
+            return Routed(client=exc.response())
+        kind = msg.kind
+        if kind is Kind.REQUEST:
+            return await self._request(msg, data, "client")
+        if kind is Kind.RESPONSE:
+            await self._answered(self._server_pending, msg, len(data))
+            return Routed(upstream=data)
+        if msg.method == mcp.CANCELLED:
+            self._note_cancelled(msg)
+        return Routed(upstream=data)
+
+    # -- server -> client ------------------------------------------------
+    async def from_server(self, data: bytes) -> Routed:
+        """Route one message the upstream sent."""
+        try:
+            msg = jsonrpc.decode(data)
+        except jsonrpc.ProtocolError as exc:
+            # Nothing sensible can reach the client: log it, keep the session.
+            self.log.warning("upstream_message_rejected", code=exc.code, reason=exc.message,
+                             size=len(data))
+            return Routed()
+        kind = msg.kind
+        if kind is Kind.RESPONSE:
+            rid = msg.request_id
+            if rid is not None and rid in self._tools_list_ids:
+                self._tools_list_ids.discard(rid)
+                data = self._filter_tools_list(msg, data)
+            await self._answered(self._client_pending, msg, len(data))
+            return Routed(client=data)
+        if kind is Kind.REQUEST:
+            return await self._request(msg, data, "server")
+        return Routed(client=data)
+
+    async def upstream_lost(self, reason: str) -> list[bytes]:
+        """Answer every pending client request with an error; the upstream is gone."""
+        replies = []
+        for rid, pending in list(self._client_pending.items()):
+            replies.append(jsonrpc.error_response(
+                rid, jsonrpc.UPSTREAM_UNAVAILABLE, f"upstream server {self.server!r} {reason}",
+                {"server": self.server}))
+            await self._outcome(pending, "upstream_failure", jsonrpc.UPSTREAM_UNAVAILABLE,
+                                reason, 0)
+        self._client_pending.clear()
+        self._server_pending.clear()
+        self._tools_list_ids.clear()
+        return replies
+
+    async def timed_out(self, request_id: RequestId, after: float) -> bytes | None:
+        """Answer a client request the upstream did not answer in time."""
+        pending = self._client_pending.pop(request_id, None)
+        if pending is None:
+            return None
+        text = f"upstream server {self.server!r} did not answer within {after:g} s"
+        await self._outcome(pending, "timeout", jsonrpc.UPSTREAM_TIMEOUT, text, 0)
+        return jsonrpc.error_response(request_id, jsonrpc.UPSTREAM_TIMEOUT, text)
+
+    # -- internals -------------------------------------------------------
+    async def _request(self, msg: jsonrpc.Message, data: bytes, direction: str) -> Routed:
+        rid = msg.request_id
+        reply_side = "client" if direction == "client" else "upstream"
+        try:
+            call = mcp.view(msg, direction)
+        except jsonrpc.ProtocolError as exc:
+            return _to(reply_side, exc.response())
+        decision = self.policy.decide(call, self.caller, self.server, self.session)
+        call_id = f"{self.session}.{next(self._counter)}"
+        receipt = await self._decided(call, msg, decision, call_id)
+        if not decision.enforced_allow:
+            self.log.info("call_refused", method=call.method, target=call.target,
+                          decision=decision.action, rule=decision.rule)
+            return _to(reply_side, self._refusal(call, rid, decision), receipt)
+        pending = _Pending(call_id, call.method, time.perf_counter_ns())
+        if rid is not None:
+            if direction == "client":
+                self._client_pending[rid] = pending
+                if call.method == mcp.TOOLS_LIST:
+                    self._tools_list_ids.add(rid)
+            else:
+                self._server_pending[rid] = pending
+        if direction == "client":
+            return Routed(upstream=data, receipt=receipt)
+        return Routed(client=data, receipt=receipt)
+
+    async def _decided(
+        self, call: mcp.Call, msg: jsonrpc.Message, decision: Decision, call_id: str
+    ) -> Receipt | None:
+        if self.audit is None:
+            return None
+        rid = msg.id
+        event = DecisionEvent(
+            ts_ns=time.time_ns(),
+            call_id=call_id,
+            session=self.session,
+            principal=self.caller.principal,
+            grant=self.caller.grant,
+            server=self.server,
+            method=call.method,
+            direction=call.direction,
+            tool=call.tool,
+            uri=call.uri,
+            prompt=call.prompt,
+            request_id=None if rid is msgspec.UNSET else jsonrpc.encode(rid).decode(),
+            arguments=call.arguments,
+            decision=decision.action,
+            rule=decision.rule,
+            reason=decision.reason,
+            retry_after=decision.retry_after,
+            dry_run=decision.dry_run,
+        )
+        return await self.audit.append(event)
+
+    def _refusal(self, call: mcp.Call, rid: RequestId | None, decision: Decision) -> bytes:
+        text = denial_text(decision)
+        if call.method == mcp.TOOLS_CALL and self.deny_tools_call_as == "tool_result":
+            return mcp.tool_error_result(rid, text)
+        return jsonrpc.error_response(rid, DENIAL_CODES.get(decision.action, jsonrpc.POLICY_DENIED),
+                                      text, denial_data(decision))
+
+    async def _answered(
+        self, table: dict[RequestId, _Pending], msg: jsonrpc.Message, size: int
+    ) -> None:
+        rid = msg.request_id
+        pending = table.pop(rid, None) if rid is not None else None
+        if pending is None:
+            return
+        if msg.has_error:
+            err = jsonrpc.decode_error(msg)
+            code = err.code if err else None
+            await self._outcome(pending, "cancelled" if pending.cancelled else "jsonrpc_error",
+                                code, err.message if err else "malformed error", size)
+            return
+        status: Literal["ok", "tool_error"] = "ok"
+        if pending.method == mcp.TOOLS_CALL:
+            try:
+                if _tool_flag_decoder.decode(msg.result).isError:
+                    status = "tool_error"
+            except msgspec.DecodeError:
+                pass
+        await self._outcome(pending, status, None, None, size)
+
+    async def _outcome(
+        self, pending: _Pending, status: Any, code: int | None, message: str | None, size: int
+    ) -> None:
+        if self.audit is None:
+            return
+        await self.audit.append(OutcomeEvent(
+            ts_ns=time.time_ns(),
+            call_id=pending.call_id,
+            session=self.session,
+            server=self.server,
+            status=status,
+            error_code=code,
+            error_message=message,
+            latency_ns=time.perf_counter_ns() - pending.started_ns,
+            response_bytes=size,
+        ))
+
+    def _note_cancelled(self, msg: jsonrpc.Message) -> None:
+        try:
+            params = jsonrpc.decode_any(msg.params) if len(msg.params) else None
+        except msgspec.DecodeError:
+            return
+        if isinstance(params, dict):
+            rid = params.get("requestId")
+            if isinstance(rid, (int, str)) and rid in self._client_pending:
+                self._client_pending[rid].cancelled = True
+
+    def _filter_tools_list(self, msg: jsonrpc.Message, data: bytes) -> bytes:
+        """Drop the tools this caller can never call; keep the bytes if none is dropped."""
+        if not msg.has_result:
+            return data
+        try:
+            result = _tools_list_decoder.decode(data).result
+        except msgspec.DecodeError:
+            return data
+        tools = result.get("tools")
+        if not isinstance(tools, list):
+            return data
+        kept = [t for t in tools if not isinstance(t, dict)
+                or self.policy.tool_visible(str(t.get("name")), self.caller, self.server)]
+        if len(kept) == len(tools):
+            return data
+        self.log.debug("tools_list_filtered", removed=len(tools) - len(kept))
+        return jsonrpc.result_response(msg.request_id, {**result, "tools": kept})
+
+
+def _to(side: str, data: bytes, receipt: Receipt | None = None) -> Routed:
+    if side == "client":
+        return Routed(client=data, receipt=receipt)
+    return Routed(upstream=data, receipt=receipt)
+
+
+def denial_text(decision: Decision) -> str:
+    """What the agent reads when mcpwall refuses a call."""
+    verb = {"deny": "denied", "limited": "rate-limited", "pending": "held for approval",
+            "invalid_arguments": "refused (invalid arguments)"}.get(decision.action, "refused")
+    text = f"mcpwall: call {verb} by rule {decision.rule!r}"
+    if decision.reason:
+        text += f": {decision.reason}"
+    if decision.retry_after is not None:
+        text += f" (retry after {decision.retry_after:.3g} s)"
+    return text
+
+
+def denial_data(decision: Decision) -> dict[str, Any]:
+    """The ``data`` member of a refusal's JSON-RPC error."""
+    return {"rule": decision.rule, "reason": decision.reason,
+            "retry_after": decision.retry_after, "decision": decision.action}

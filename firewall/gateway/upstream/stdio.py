@@ -1,0 +1,186 @@
+"""An MCP server run as a child process, speaking newline-delimited JSON-RPC.
+
+Invariants:
+
+1. The child lives inside the nursery of :func:`open_stdio_child`; leaving the
+   block always ends it: stdin is closed first (the MCP way to ask a stdio
+   server to exit), then SIGTERM after ``terminate_grace``, then SIGKILL.
+2. The child's stderr is never mixed with protocol traffic: each line goes to
+   the structured log (``upstream_stderr``), bound with server and session.
+3. Reads are bounded: a stdout line longer than ``max_line`` is dropped and
+   logged, never buffered whole.
+
+Example::
+
+    async with open_stdio_child(settings, server="vm", session=sid) as child:
+        await child.send(b'{"jsonrpc":"2.0","id":1,"method":"ping"}')
+        async for line in child.lines():
+            ...
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from typing import Any
+
+import trio
+
+from firewall.config import StdioServer
+from firewall.log import get_logger
+from firewall.protocol.framing import TOO_LONG, LineSplitter
+
+_READ_SIZE = 65536
+
+
+class ChildExited(Exception):
+    """The child is gone; ``returncode`` says how it ended."""
+
+    def __init__(self, returncode: int | None) -> None:
+        super().__init__(f"exited with code {returncode}")
+        self.returncode = returncode
+
+
+class StdioChild:
+    """A running stdio MCP server. Create it with :func:`open_stdio_child`."""
+
+    def __init__(self, process: trio.Process, settings: StdioServer, log: Any) -> None:
+        self.process = process
+        self.settings = settings
+        self.log = log
+        self._send_lock = trio.Lock()
+        self._stdin_closed = False
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.returncode
+
+    async def send(self, message: bytes) -> None:
+        """Write one message and its newline; raise ChildExited if the pipe is gone."""
+        stdin = self.process.stdin
+        assert stdin is not None
+        async with self._send_lock:
+            try:
+                await stdin.send_all(message + b"\n")
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                raise ChildExited(self.process.returncode) from None
+
+    async def lines(self) -> AsyncIterator[bytes]:
+        """The child's stdout, a message per line; ends when stdout closes."""
+        stdout = self.process.stdout
+        assert stdout is not None
+        splitter = LineSplitter(self.settings.max_line_bytes)
+        while True:
+            try:
+                chunk = await stdout.receive_some(_READ_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                break
+            if not chunk:
+                break
+            for line in splitter.feed(chunk):
+                if line is TOO_LONG:
+                    self.log.warning("upstream_line_too_long", limit=self.settings.max_line_bytes)
+                    continue
+                yield line
+        rest = splitter.remainder()
+        if rest:
+            yield rest
+
+    async def close_stdin(self) -> None:
+        """Ask the child to exit by closing its stdin (idempotent)."""
+        if not self._stdin_closed and self.process.stdin is not None:
+            self._stdin_closed = True
+            async with self._send_lock:
+                await self.process.stdin.aclose()
+
+    async def wait(self) -> int:
+        """Wait for the child to exit and return its code."""
+        return await self.process.wait()
+
+    async def terminate(self, grace: float | None = None) -> int:
+        """Close stdin, wait ``grace`` s, SIGTERM, wait again, SIGKILL. Returns the code."""
+        grace = self.settings.terminate_grace_seconds if grace is None else grace
+        with trio.CancelScope(shield=True):
+            await self.close_stdin()
+            with trio.move_on_after(grace):
+                return await self.process.wait()
+            self.log.warning("upstream_terminate", signal="SIGTERM", pid=self.pid)
+            _signal(self.process, signal.SIGTERM)
+            with trio.move_on_after(grace):
+                return await self.process.wait()
+            self.log.warning("upstream_terminate", signal="SIGKILL", pid=self.pid)
+            _signal(self.process, signal.SIGKILL)
+            return await self.process.wait()
+        raise AssertionError("unreachable: the shielded scope always returns")
+
+
+def _signal(process: trio.Process, sig: int) -> None:
+    """Signal the child's process group (it may have children of its own)."""
+    try:
+        os.killpg(process.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        with suppress(ProcessLookupError):
+            process.send_signal(sig)
+
+
+async def _pump_stderr(stream: trio.abc.ReceiveStream, log: Any) -> None:
+    splitter = LineSplitter(64 * 1024)
+    while True:
+        try:
+            chunk = await stream.receive_some(_READ_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+        if not chunk:
+            return
+        for line in splitter.feed(chunk):
+            text = "<line too long, dropped>" if line is TOO_LONG else line.decode(
+                "utf-8", "replace")
+            log.info("upstream_stderr", line=text)
+
+
+@asynccontextmanager
+async def open_stdio_child(
+    settings: StdioServer, *, server: str, session: str | None = None
+) -> AsyncIterator[StdioChild]:
+    """Start the configured command as a child; end it when the block exits.
+
+    Raises OSError (with the command named) when it cannot be started.
+    """
+    log = get_logger(server=server, session=session)
+    env = {**os.environ, **settings.env}
+    argv = [settings.command, *settings.args]
+    try:
+        process = await trio.lowlevel.open_process(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd=settings.cwd,
+            start_new_session=True,  # its own process group: signals reach its children
+        )
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot start {settings.command!r}: {exc.strerror}") from None
+    child = StdioChild(process, settings, log)
+    log.info("upstream_started", pid=process.pid, command=settings.command)
+    try:
+        async with trio.open_nursery() as nursery:
+            assert process.stderr is not None
+            nursery.start_soon(_pump_stderr, process.stderr, log)
+            try:
+                yield child
+            finally:
+                code = await child.terminate()
+                log.info("upstream_exited", pid=process.pid, returncode=code)
+    finally:
+        with trio.CancelScope(shield=True):
+            if process.returncode is None:
+                _signal(process, signal.SIGKILL)
+                await process.wait()
