@@ -59,6 +59,9 @@ def _load(path: Path | None) -> Config:
 @click.option("--dry-run", is_flag=True, help="Decide and record, enforce nothing.")
 @click.option("--max-line-bytes", type=int, default=None,
               help="Refuse messages longer than this (default 16 MiB).")
+@click.option("--terminate-grace", type=float, default=None,
+              help="Seconds the server gets to exit after stdin closes, and again after "
+                   "SIGTERM, before SIGKILL (default 5).")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def wrap(
     config_path: Path | None,
@@ -69,6 +72,7 @@ def wrap(
     server_name: str | None,
     dry_run: bool,
     max_line_bytes: int | None,
+    terminate_grace: float | None,
     command: tuple[str, ...],
 ) -> None:
     """Run COMMAND (a stdio MCP server) behind mcpwall, speaking stdio ourselves.
@@ -86,6 +90,8 @@ def wrap(
     settings = StdioServer(command=command[0], args=list(command[1:]))
     if max_line_bytes is not None:
         settings = msgspec.structs.replace(settings, max_line_bytes=max_line_bytes)
+    if terminate_grace is not None:
+        settings = msgspec.structs.replace(settings, terminate_grace_seconds=terminate_grace)
     who = principal or os.environ.get("USER") or "local"
     caller = Caller(principal=who, grant=grant or f"wrap:{who}", groups=tuple(groups))
     name = server_name or Path(command[0]).name

@@ -1,0 +1,37 @@
+"""Shared fixtures: where the real third-party servers live."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+NODE_BIN = ROOT / "scripts" / "node" / "node_modules" / ".bin"
+VENV_BIN = Path(sys.executable).parent
+
+
+def node_tool(name: str) -> str:
+    """Path of an npm-installed command; skip the test if scripts/setup-node has not run."""
+    path = NODE_BIN / name
+    if not path.exists():
+        pytest.skip(f"{name} not installed: run scripts/setup (it runs scripts/setup-node)")
+    return str(path)
+
+
+def venv_tool(name: str) -> str:
+    """Path of a console script installed in this virtualenv."""
+    path = VENV_BIN / name
+    if path.exists():
+        return str(path)
+    found = shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} is not installed in the virtualenv: run scripts/setup")
+    return found
+
+
+def mcpwall_argv() -> list[str]:
+    """How to run this checkout's mcpwall."""
+    return [sys.executable, "-m", "firewall"]
