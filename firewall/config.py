@@ -140,17 +140,30 @@ def _describe(exc: msgspec.ValidationError) -> tuple[str, str]:
     return _key_path(m.group("path")), text[: m.start()]
 
 
+def _convert(data: Any, kind: type[Any], source: str, prefix: str) -> Any:
+    try:
+        return msgspec.convert(data, kind)
+    except msgspec.ValidationError as exc:
+        where, what = _describe(exc)
+        if prefix:
+            where = prefix if where == "(top level)" else f"{prefix}.{where}".replace(".[", "[")
+        raise ConfigError(f"{source}: {where}: {what}") from None
+
+
 def parse_config(text: str, source: str = "<string>", base: Path | None = None) -> Config:
     """Decode TOML text into a :class:`Config`; raise :class:`ConfigError`."""
     try:
         data: dict[str, Any] = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
-    try:
-        config = msgspec.convert(data, Config)
-    except msgspec.ValidationError as exc:
-        where, what = _describe(exc)
-        raise ConfigError(f"{source}: {where}: {what}") from None
+    servers = data.pop("servers", {})
+    config = _convert(data, Config, source, "")
+    if not isinstance(servers, dict):
+        raise ConfigError(f"{source}: servers: Expected `table`, got `{type(servers).__name__}`")
+    # Each server on its own, so that errors name it (msgspec says `servers[...]`).
+    fleet = {name: _convert(entry, ServerSettings, source, f"servers.{name}")  # type: ignore[arg-type]
+             for name, entry in servers.items()}
+    config = msgspec.structs.replace(config, servers=fleet)
     _check(config, source)
     return _resolve(config, source, base)
 

@@ -31,10 +31,12 @@ async def stdio_session(argv: list[str], env: dict[str, str] | None = None
                         ) -> AsyncIterator[ClientSession]:
     """An initialized SDK client session over stdio with a sampling callback."""
     params = StdioServerParameters(command=argv[0], args=argv[1:], env=env)
-    async with stdio_client(params) as (read, write):
-        async with ClientSession(read, write, sampling_callback=_sampling) as session:
-            await session.initialize()
-            yield session
+    async with (
+        stdio_client(params) as (read, write),
+        ClientSession(read, write, sampling_callback=_sampling) as session,
+    ):
+        await session.initialize()
+        yield session
 
 
 def _content(result: Any) -> list[Any]:

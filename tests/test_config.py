@@ -1,0 +1,78 @@
+"""The gateway config: examples in the docs load, errors name file and key path."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from firewall.config import (
+    ConfigError,
+    HttpServer,
+    StdioServer,
+    default_config,
+    load_config,
+    parse_config,
+)
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
+
+
+def doc_blocks(lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", DOCS.read_text(), re.S)
+
+
+def test_documented_example_loads(tmp_path: Path) -> None:
+    (block,) = doc_blocks("toml")
+    path = tmp_path / "mcpwall.toml"
+    path.write_text(block)
+    config = load_config(path)
+    vm = config.servers["virtualization"]
+    assert isinstance(vm, StdioServer) and vm.args == ["-m", "firewall.demo"]
+    assert vm.policy == [str(tmp_path / "rules" / "virtualization.json")]  # resolved
+    git = config.servers["remote-git"]
+    assert isinstance(git, HttpServer) and git.headers["Authorization"].startswith("Bearer")
+    assert config.auth.tokens[0].principal == "build-agent"
+    assert config.audit.path == str(tmp_path / "mcpwall-audit.db")
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("[listen]\nprot = 1\n", "x.toml: listen: Object contains unknown field `prot`"),
+    ("[listen]\nport = 'x'\n", "x.toml: listen.port: Expected `int`, got `str`"),
+    ("[servers.vm]\ntransport = 'stdio'\ncommand = 'x'\nargs = 'y'\n",
+     "x.toml: servers.vm.args: Expected `array`, got `str`"),
+    ("[servers.vm]\ntransport = 'pigeon'\n",
+     "x.toml: servers.vm.transport: Invalid value 'pigeon'"),
+    ("[servers.vm]\ntransport = 'stdio'\n", "x.toml: servers.vm: Object missing required field "
+     "`command`"),
+    ("[servers.vm]\ntransport = 'http'\nurl = 'ftp://x'\n", "x.toml: servers.vm.url: expected an "
+     "http:// or https:// URL"),
+    ("[servers.'a/b']\ntransport = 'http'\nurl = 'http://x'\n", "x.toml: servers.a/b: expected a "
+     "name"),
+    ("[listen]\nport = 70000\n", "x.toml: listen.port: expected 1..65535"),
+    ("[policy]\ndry_run = 'yes'\n", "x.toml: policy.dry_run: Expected `bool`, got `str`"),
+    ("[audit]\nmode = 'sloppy'\n", "x.toml: audit.mode: Invalid enum value 'sloppy'"),
+    ("[[auth.tokens]]\nprincipal = 'a'\n", "x.toml: auth.tokens[0]: Object missing required "
+     "field `sha256`"),
+    ("listen = [\n", "x.toml: not valid TOML"),
+])
+def test_errors_name_file_key_and_expectation(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "x.toml")
+    assert str(info.value).startswith(message), str(info.value)
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"nope.toml: cannot read: No such file"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_default_config_is_the_demo_fleet(tmp_path: Path) -> None:
+    config = default_config(tmp_path)
+    (name,) = config.servers
+    server = config.servers[name]
+    assert isinstance(server, StdioServer) and server.args == ["-m", "firewall.demo"]
+    assert Path(config.policy.files[0]).name == "virtualization.json"
+    assert config.audit.path == str(tmp_path / "mcpwall-audit.db")
+    assert config.listen.host == "127.0.0.1"
