@@ -1,0 +1,521 @@
+"""Policy files -> rule tables, built once per load or reload.
+
+Rules this module keeps:
+
+1. Everything that can be computed before a call is computed here: argument
+   checks, bucket shapes, and the :class:`Decision` objects returned for
+   allow, deny, approval and bad arguments. The engine only looks up, calls
+   closures and does bucket arithmetic.
+2. Precedence is most-specific-wins, and it is a total order fixed at compile
+   time (:attr:`CompiledEntry.sort_key`):
+
+   a. an exact name beats any glob;
+   b. among globs, more literal characters (outside ``*``, ``?``, ``[...]``) win;
+   c. ties go to the more restrictive entry (one that can deny, then one that
+      can require approval, then one with limits, then a plain allow);
+   d. then an entry of the server's own policy beats one of the fleet-wide policy;
+   e. then file order, then order within the file.
+
+   The first entry in that order whose audience (principals, groups, grants)
+   admits the caller decides; inside it, argument ``rules`` are tried in order
+   and the first whose ``when`` holds decides (first match).
+3. Name lookup stays flat as tables grow: exact names are one dict lookup;
+   globs are grouped by their literal prefix (or, when they start with a
+   wildcard, their literal suffix), so a name probes one dict per distinct
+   prefix length rather than every glob; the result per name is memoised in
+   a bounded cache.
+4. A compiled table is immutable once built (the memo cache aside, which only
+   ever caches what the immutable entries imply). Reload builds a new one.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import posixpath
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Final, Literal
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+from firewall.policy.arguments import Check, compile_conditions
+from firewall.policy.decision import (
+    ALLOW,
+    DENY,
+    INVALID_ARGUMENTS,
+    PENDING,
+    Caller,
+    Decision,
+)
+from firewall.policy.limits import BucketSpec
+from firewall.policy.schema import (
+    WINDOW_SECONDS,
+    ActionName,
+    ArgumentRule,
+    Conditions,
+    Limit,
+    LoadedPolicy,
+    Policy,
+    PolicyError,
+    TargetEntry,
+    ToolEntry,
+    join_key,
+)
+
+Kind = Literal["tools", "prompts", "resources", "methods"]
+KINDS: Final[tuple[Kind, ...]] = ("tools", "prompts", "resources", "methods")
+
+# How restrictive an outcome is; ties between equally specific entries go to
+# the highest.
+RANK: Final = {"allow": 0, "limited": 1, "require_approval": 2, "deny": 3}
+_ACTION_OF: Final = {"allow": ALLOW, "deny": DENY, "require_approval": PENDING}
+_GLOB_CHARS: Final = frozenset("*?[")
+CACHE_MAX: Final = 65536
+
+# Methods that always pass: the protocol cannot work without them.
+PASS_METHODS: Final = frozenset({"initialize", "ping", "resources/unsubscribe"})
+
+# The order of scope values the engine passes at call time.
+SCOPE_INDEX: Final = {"grant": 0, "agent": 1, "session": 2, "server": 3, "global": 4}
+
+
+class Audience:
+    """Who a rule applies to: any listed principal, grant or group."""
+
+    __slots__ = ("grants", "groups", "principals")
+
+    def __init__(self, principals: Sequence[str], groups: Sequence[str],
+                 grants: Sequence[str]) -> None:
+        self.principals = frozenset(principals)
+        self.groups = frozenset(groups)
+        self.grants = frozenset(grants)
+
+    def admits(self, caller: Caller) -> bool:
+        return (caller.principal in self.principals or caller.grant in self.grants
+                or not self.groups.isdisjoint(caller.groups))
+
+    def __repr__(self) -> str:
+        parts = [f"{k}={sorted(getattr(self, k))}" for k in ("principals", "groups", "grants")
+                 if getattr(self, k)]
+        return f"Audience({', '.join(parts)})"
+
+
+def _audience(principals: Sequence[str], groups: Sequence[str],
+              grants: Sequence[str]) -> Audience | None:
+    if not (principals or groups or grants):
+        return None
+    return Audience(principals, groups, grants)
+
+
+class Verdict:
+    """What a rule concludes: an action, its buckets, and the prebuilt Decision."""
+
+    __slots__ = ("action", "buckets", "decision", "dry_run", "limited_reason", "rank", "rule")
+
+    def __init__(self, rule: str, action: ActionName, reason: str | None,
+                 buckets: tuple[BucketSpec, ...], dry_run: bool) -> None:
+        self.rule = rule
+        self.action = action
+        self.buckets = buckets if action == "allow" else ()
+        self.dry_run = dry_run
+        act = _ACTION_OF[action]
+        self.decision = Decision(act, rule=rule, reason=reason,  # type: ignore[arg-type]
+                                 dry_run=dry_run and act != ALLOW)
+        self.rank = RANK["limited"] if self.buckets else RANK[action]
+        self.limited_reason = "rate limit: " + "; ".join(
+            f"{b.counter} ({b.capacity} per {_window_text(b.window)}, per {b.scope})"
+            for b in self.buckets
+        )
+
+    def __repr__(self) -> str:
+        return f"Verdict({self.rule!r}, {self.action!r}, buckets={len(self.buckets)})"
+
+
+def _window_text(seconds: float) -> str:
+    for name, value in WINDOW_SECONDS.items():
+        if value == seconds:
+            return name
+    return f"{seconds:g}s"
+
+
+class Requirement:
+    """A ``require`` check and the Decision returned when it fails."""
+
+    __slots__ = ("check", "denial")
+
+    def __init__(self, check: Check, rule: str, dry_run: bool) -> None:
+        self.check = check
+        self.denial = Decision(INVALID_ARGUMENTS, rule=rule, reason=check.message,
+                               dry_run=dry_run)
+
+
+class CompiledRule:
+    """One argument rule of an entry."""
+
+    __slots__ = ("audience", "index", "require", "rule", "verdict", "when")
+
+    def __init__(self, rule: str, index: int, audience: Audience | None,
+                 when: tuple[Check, ...], require: tuple[Requirement, ...],
+                 verdict: Verdict) -> None:
+        self.rule = rule
+        self.index = index
+        self.audience = audience
+        self.when = when
+        self.require = require
+        self.verdict = verdict
+
+
+class CompiledEntry:
+    """A tool, prompt, resource or method entry, ready to evaluate."""
+
+    __slots__ = ("audience", "exact", "fallback", "fallback_is_default", "kind", "literals",
+                 "matches", "pattern", "rank", "require", "rule", "rules", "sort_key",
+                 "source")
+
+    def __init__(self, *, kind: Kind, pattern: str, rule: str, source: str,
+                 audience: Audience | None, require: tuple[Requirement, ...],
+                 rules: tuple[CompiledRule, ...], fallback: Verdict,
+                 fallback_is_default: bool, order: tuple[int, int, int]) -> None:
+        self.kind = kind
+        self.pattern = pattern
+        self.rule = rule
+        self.source = source
+        self.audience = audience
+        self.require = require
+        self.rules = rules
+        self.fallback = fallback
+        self.fallback_is_default = fallback_is_default
+        self.exact = not is_glob(pattern)
+        self.literals = literal_count(pattern)
+        self.rank = max([fallback.rank, *(r.verdict.rank for r in rules)])
+        self.matches: Callable[[str], bool] = (
+            pattern.__eq__ if self.exact else _glob_matcher(pattern)
+        )
+        self.sort_key = (0 if self.exact else 1, -self.literals, -self.rank, *order)
+
+    def __repr__(self) -> str:
+        return f"CompiledEntry({self.rule!r})"
+
+
+def is_glob(pattern: str) -> bool:
+    """True when a key holds ``*``, ``?`` or ``[``."""
+    return not _GLOB_CHARS.isdisjoint(pattern)
+
+
+def literal_count(pattern: str) -> int:
+    """Characters a glob matches literally: ``delete_*`` -> 7, ``a[bc]?`` -> 1."""
+    count = 0
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "[":
+            end = pattern.find("]", i + 2)
+            if end != -1:
+                i = end + 1
+                continue
+            count += 1
+        elif c not in "*?":
+            count += 1
+        i += 1
+    return count
+
+
+def _glob_matcher(pattern: str) -> Callable[[str], bool]:
+    rx = re.compile(fnmatch.translate(pattern), re.DOTALL)
+    return lambda name: rx.match(name) is not None
+
+
+def _literal_prefix(pattern: str) -> str:
+    for i, c in enumerate(pattern):
+        if c in _GLOB_CHARS:
+            return pattern[:i]
+    return pattern
+
+
+def _literal_suffix(pattern: str) -> str:
+    for i in range(len(pattern) - 1, -1, -1):
+        if pattern[i] in "*?[]":
+            return pattern[i + 1:]
+    return pattern
+
+
+def normalise_uri(uri: str) -> str:
+    """A URI with its path percent-decoded and ``.``/``..`` segments resolved, so
+    ``file:///data/../etc/passwd`` is matched as ``file:///etc/passwd``."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return uri
+    path = unquote(parts.path)
+    if path:
+        norm = posixpath.normpath(path)
+        if path.endswith("/") and norm != "/":
+            norm += "/"
+        if not path.startswith("/"):
+            norm = norm.lstrip("/")
+        elif norm.startswith("//"):
+            norm = "/" + norm.lstrip("/")
+        path = norm
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, parts.fragment))
+
+
+class NameIndex:
+    """Entries of one kind, looked up by name. ``candidates(name)`` returns the
+    entries whose pattern matches, in precedence order."""
+
+    def __init__(self, entries: Sequence[CompiledEntry]) -> None:
+        self.entries = tuple(sorted(entries, key=lambda e: e.sort_key))
+        exact: dict[str, list[CompiledEntry]] = {}
+        by_prefix: dict[str, list[CompiledEntry]] = {}
+        by_suffix: dict[str, list[CompiledEntry]] = {}
+        rest: list[CompiledEntry] = []
+        for e in self.entries:
+            if e.exact:
+                exact.setdefault(e.pattern, []).append(e)
+                continue
+            prefix = _literal_prefix(e.pattern)
+            if prefix:
+                by_prefix.setdefault(prefix, []).append(e)
+                continue
+            suffix = _literal_suffix(e.pattern)
+            if suffix:
+                by_suffix.setdefault(suffix, []).append(e)
+            else:
+                rest.append(e)
+        self._exact = {k: tuple(v) for k, v in exact.items()}
+        self._by_prefix = by_prefix
+        self._prefix_lengths = tuple(sorted({len(p) for p in by_prefix}))
+        self._by_suffix = by_suffix
+        self._suffix_lengths = tuple(sorted({len(s) for s in by_suffix}))
+        self._rest = tuple(rest)
+        self._has_globs = bool(by_prefix or by_suffix or rest)
+        self._cache: dict[str, tuple[CompiledEntry, ...]] = {}
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def candidates(self, name: str) -> tuple[CompiledEntry, ...]:
+        """Entries matching ``name``, best first (see the precedence rules above)."""
+        found = self._cache.get(name)
+        if found is not None:
+            return found
+        found = self._lookup(name)
+        if len(self._cache) < CACHE_MAX:
+            self._cache[name] = found
+        return found
+
+    def _lookup(self, name: str) -> tuple[CompiledEntry, ...]:
+        exact = self._exact.get(name, ())
+        if not self._has_globs:
+            return exact
+        hits = list(exact)
+        n = len(name)
+        for length in self._prefix_lengths:
+            if length > n:
+                break
+            bucket = self._by_prefix.get(name[:length])
+            if bucket:
+                hits.extend(e for e in bucket if e.matches(name))
+        for length in self._suffix_lengths:
+            if length > n:
+                break
+            bucket = self._by_suffix.get(name[n - length:])
+            if bucket:
+                hits.extend(e for e in bucket if e.matches(name))
+        hits.extend(e for e in self._rest if e.matches(name))
+        if len(hits) > len(exact):
+            hits.sort(key=lambda e: e.sort_key)
+        return tuple(hits)
+
+
+class ServerTable:
+    """Everything that decides for one server: four indexes and the defaults."""
+
+    def __init__(self, server: str | None, indexes: dict[Kind, NameIndex], default: Verdict,
+                 other_methods: Decision, sources: tuple[str, ...]) -> None:
+        self.server = server
+        self.tools = indexes["tools"]
+        self.prompts = indexes["prompts"]
+        self.resources = indexes["resources"]
+        self.methods = indexes["methods"]
+        self.default = default
+        self.other_methods = other_methods
+        self.sources = sources
+
+    def index(self, kind: Kind) -> NameIndex:
+        return {"tools": self.tools, "prompts": self.prompts, "resources": self.resources,
+                "methods": self.methods}[kind]
+
+
+class CompiledPolicy:
+    """The fleet-wide table plus one table per server that has its own policy."""
+
+    def __init__(self, fleet: ServerTable, servers: dict[str, ServerTable],
+                 files: tuple[LoadedPolicy, ...], counters: dict[str, BucketSpec]) -> None:
+        self.fleet = fleet
+        self.servers = servers
+        self.files = files
+        self.counters = counters
+
+    def table(self, server: str) -> ServerTable:
+        """The table deciding for ``server`` (the fleet table if it has no policy)."""
+        return self.servers.get(server, self.fleet)
+
+    @property
+    def digests(self) -> dict[str, str]:
+        """``{source: sha256}`` of every file compiled in: for policy_load audit events."""
+        return {f.source: f.sha256 for f in self.files}
+
+
+class _Counters:
+    """Bucket shapes by counter name: rules naming one counter must agree."""
+
+    def __init__(self) -> None:
+        self.specs: dict[str, tuple[BucketSpec, str]] = {}
+
+    def spec(self, limit: Limit, default_counter: str, where: str) -> BucketSpec:
+        window = (WINDOW_SECONDS[limit.window] if isinstance(limit.window, str)
+                  else float(limit.window))
+        counter = limit.counter or default_counter
+        if not counter or "\x1f" in counter:
+            raise PolicyError(f"{where}.counter: expected a non-empty name")
+        spec = BucketSpec(counter, limit.scope, limit.max, window)
+        known = self.specs.get(counter)
+        if known is None:
+            self.specs[counter] = (spec, where)
+        elif (known[0].capacity, known[0].window) != (spec.capacity, spec.window):
+            raise PolicyError(
+                f"{where}: counter {counter!r} is {spec.capacity} per {window:g}s here but "
+                f"{known[0].capacity} per {known[0].window:g}s at {known[1]}; "
+                "rules sharing a counter share one bucket and must agree"
+            )
+        return spec
+
+
+def _buckets(limits: Sequence[Limit], counters: _Counters, rule: str,
+             where: str) -> tuple[BucketSpec, ...]:
+    return tuple(counters.spec(lim, f"{rule}#{i}", f"{where}.limits[{i}]")
+                 for i, lim in enumerate(limits))
+
+
+def _merge(a: tuple[BucketSpec, ...], b: tuple[BucketSpec, ...]) -> tuple[BucketSpec, ...]:
+    # One call takes one token per bucket, even if two levels name the same one.
+    out: dict[tuple[str, str], BucketSpec] = {}
+    for spec in (*a, *b):
+        out.setdefault((spec.counter, spec.scope), spec)
+    return tuple(out.values())
+
+
+class _Compiler:
+    """Compiles the files that apply to one server into a :class:`ServerTable`."""
+
+    def __init__(self, counters: _Counters, dry_run: bool) -> None:
+        self.counters = counters
+        self.dry_run = dry_run
+
+    def table(self, server: str | None, own: Sequence[LoadedPolicy],
+              fleet: Sequence[LoadedPolicy]) -> ServerTable:
+        layered = [(0, f) for f in own] + [(1, f) for f in fleet]
+        stated = [f.policy.default for _, f in layered if f.policy.default is not None]
+        default_action: ActionName = max(stated, key=lambda a: RANK[a]) if stated else "deny"
+        every_dry = (bool(layered) and all(f.policy.dry_run for _, f in layered)) or self.dry_run
+        default = Verdict("default", default_action,
+                          f"no rule matches; the policy default is {default_action}", (),
+                          every_dry)
+        others = [f.policy.other_methods for _, f in layered if f.policy.other_methods]
+        other_action: ActionName = "deny" if "deny" in others else "allow"
+        other = Verdict("other_methods", other_action,
+                        "method not listed in the policy; other_methods is " + other_action,
+                        (), every_dry).decision
+        entries: dict[Kind, list[CompiledEntry]] = {k: [] for k in KINDS}
+        for file_index, (layer, loaded) in enumerate(layered):
+            for kind in KINDS:
+                entries[kind].extend(self._entries(kind, loaded, (layer, file_index), default))
+        indexes = {k: NameIndex(v) for k, v in entries.items()}
+        return ServerTable(server, indexes, default, other,
+                           tuple(f.source for _, f in layered))
+
+    def _entries(self, kind: Kind, loaded: LoadedPolicy, order: tuple[int, int],
+                 default: Verdict) -> list[CompiledEntry]:
+        policy: Policy = loaded.policy
+        table: Mapping[str, ToolEntry | TargetEntry] = getattr(policy, kind)
+        prefix = f"{policy.name}:" if policy.name else ""
+        out = []
+        for i, (key, entry) in enumerate(table.items()):
+            if not key:
+                raise PolicyError(f"{loaded.source}: {kind}: an empty name matches nothing")
+            rule_id = prefix + join_key(kind, key)
+            where = f"{loaded.source}: {join_key(kind, key)}"
+            dry = entry.dry_run or policy.dry_run or self.dry_run
+            out.append(self._entry(kind, key, entry, rule_id, where, loaded.source, dry,
+                                   (*order, i), default))
+        return out
+
+    def _entry(self, kind: Kind, key: str, entry: ToolEntry | TargetEntry, rule_id: str,
+               where: str, source: str, dry: bool, order: tuple[int, int, int],
+               default: Verdict) -> CompiledEntry:
+        buckets = _buckets(entry.limits, self.counters, rule_id, where)
+        rules: tuple[CompiledRule, ...] = ()
+        require: tuple[Requirement, ...] = ()
+        action = entry.action
+        if isinstance(entry, ToolEntry):
+            require = self._require(entry.require, rule_id, f"{where}.require", dry)
+            rules = tuple(self._rule(r, i, rule_id, where, buckets, dry)
+                          for i, r in enumerate(entry.rules))
+        fallback_is_default = action is None and bool(rules)
+        if fallback_is_default:
+            fallback = Verdict(
+                rule_id, default.action,
+                f"no rule of {rule_id} matches these arguments; "
+                f"the policy default is {default.action}",
+                buckets, dry or default.dry_run)
+        else:
+            fallback = Verdict(rule_id, action or "allow", entry.reason, buckets, dry)
+        return CompiledEntry(
+            kind=kind, pattern=key, rule=rule_id, source=source,
+            audience=_audience(entry.principals, entry.groups, entry.grants),
+            require=require, rules=rules, fallback=fallback,
+            fallback_is_default=fallback_is_default, order=order,
+        )
+
+    def _require(self, conditions: Conditions, rule: str, where: str,
+                 dry: bool) -> tuple[Requirement, ...]:
+        return tuple(Requirement(c, rule, dry) for c in compile_conditions(conditions, where))
+
+    def _rule(self, r: ArgumentRule, i: int, entry_id: str, entry_where: str,
+              entry_buckets: tuple[BucketSpec, ...], entry_dry: bool) -> CompiledRule:
+        label = r.name if r.name else str(i)
+        rule_id = f"{entry_id}.rules[{label}]"
+        where = f"{entry_where}.rules[{i}]"
+        dry = r.dry_run or entry_dry
+        buckets = _merge(entry_buckets, _buckets(r.limits, self.counters, rule_id, where))
+        return CompiledRule(
+            rule_id, i, _audience(r.principals, r.groups, r.grants),
+            compile_conditions(r.when, f"{where}.when"),
+            self._require(r.require, rule_id, f"{where}.require", dry),
+            Verdict(rule_id, r.action, r.reason, buckets, dry),
+        )
+
+
+def compile_policies(fleet: Sequence[LoadedPolicy],
+                     servers: Mapping[str, Sequence[LoadedPolicy]] | None = None,
+                     *, dry_run: bool = False) -> CompiledPolicy:
+    """Compile fleet-wide policies and per-server ones; raise :class:`PolicyError`.
+
+    ``dry_run`` marks every decision as recorded-but-not-enforced.
+    """
+    servers = servers or {}
+    counters = _Counters()
+    compiler = _Compiler(counters, dry_run)
+    fleet_table = compiler.table(None, (), fleet)
+    tables = {name: compiler.table(name, own, fleet) for name, own in servers.items()}
+    files: list[LoadedPolicy] = list(fleet)
+    for own in servers.values():
+        files.extend(f for f in own if f not in files)
+    return CompiledPolicy(fleet_table, tables, tuple(files),
+                          {name: spec for name, (spec, _) in counters.specs.items()})
+
+
+def compile_policy(policy: Policy, *, source: str = "<policy>",
+                   dry_run: bool = False) -> CompiledPolicy:
+    """Compile one fleet-wide policy object (tests, ``explain``, benchmarks)."""
+    return compile_policies([LoadedPolicy(policy, source, "")], dry_run=dry_run)

@@ -1,0 +1,304 @@
+"""The policy point: a compiled table, token buckets and a caller -> Decision.
+
+Rules this module keeps:
+
+1. ``decide`` is pure and synchronous: dict lookups, prebuilt closures and
+   bucket arithmetic. No I/O, no logging, no allocation beyond a limited
+   Decision or a bucket key.
+2. A call reads the current table once, at its start, and finishes under it:
+   ``swap`` replaces the whole table with one assignment, never edits it.
+3. The precedence is the compiler's (see :mod:`firewall.policy.compiler`):
+   the first entry (most specific first) whose audience admits the caller
+   decides; within it, ``require`` checks first, then the first argument rule
+   that applies and whose ``when`` holds, else the entry's own verdict.
+4. ``initialize``, ``ping``, ``resources/unsubscribe`` and every notification
+   always pass: the protocol needs them and they carry no operation.
+5. Token buckets are debited only when the verdict is allow, all or none.
+   ``explain`` walks the same code with a trace and debits nothing.
+
+Example::
+
+    engine = Engine(compile_policy(parse_policy(text)))
+    decision = engine.decide(call, Caller("agent", "grant-1"), "vm", "session-1")
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import msgspec
+
+from firewall.policy.compiler import (
+    PASS_METHODS,
+    SCOPE_INDEX,
+    CompiledEntry,
+    CompiledPolicy,
+    NameIndex,
+    ServerTable,
+    Verdict,
+    compile_policies,
+    normalise_uri,
+)
+from firewall.policy.decision import ALLOW, LIMITED, Caller, Decision
+from firewall.policy.limits import Limiter, MemoryLimiter
+from firewall.policy.schema import LoadedPolicy, PolicyError, load_policy
+from firewall.protocol import mcp
+
+PROTOCOL_ALLOW: Final = Decision(ALLOW, rule="protocol", reason="always passes")
+_EMPTY: Final[dict[str, Any]] = {}
+_RESOURCE_METHODS: Final = frozenset({mcp.RESOURCES_READ, mcp.RESOURCES_SUBSCRIBE})
+
+
+def _retry_after(seconds: float) -> float:
+    # Round up to the millisecond: a client that waits this long will pass.
+    return math.ceil(seconds * 1000.0) / 1000.0
+
+
+class Explanation(msgspec.Struct, frozen=True):
+    """A decision with the trace of rules tried, for ``mcpwall explain``."""
+
+    decision: Decision
+    server: str
+    target: str | None
+    candidates: list[str]
+    trace: list[str]
+
+
+class Engine:
+    """Implements :class:`firewall.policy.decision.PolicyPoint` over a compiled policy."""
+
+    def __init__(self, compiled: CompiledPolicy, limiter: Limiter | None = None) -> None:
+        self._compiled = compiled
+        self.limiter: Limiter = limiter if limiter is not None else MemoryLimiter()
+
+    @property
+    def compiled(self) -> CompiledPolicy:
+        return self._compiled
+
+    def swap(self, compiled: CompiledPolicy) -> None:
+        """Replace the table atomically; buckets (the limiter) carry over."""
+        self._compiled = compiled
+
+    # -- the hot path -----------------------------------------------------------------
+
+    def decide(self, call: mcp.Call, caller: Caller, server: str, session: str) -> Decision:
+        """The verdict on one request (``call.direction`` says which way it goes)."""
+        compiled = self._compiled
+        table = compiled.servers.get(server) or compiled.fleet
+        method = call.method
+        if method == mcp.TOOLS_CALL:
+            return self._target(table, table.tools, call.tool or "", call.arguments or _EMPTY,
+                                caller, server, session, None)
+        if method in _RESOURCE_METHODS:
+            return self._target(table, table.resources, normalise_uri(call.uri or ""), _EMPTY,
+                                caller, server, session, None)
+        if method == mcp.PROMPTS_GET:
+            return self._target(table, table.prompts, call.prompt or "",
+                                call.arguments or _EMPTY, caller, server, session, None)
+        if method in PASS_METHODS or method.startswith("notifications/"):
+            return PROTOCOL_ALLOW
+        return self._method(table, method, caller, server, session, None)
+
+    def _target(self, table: ServerTable, index: NameIndex, name: str, args: dict[str, Any],
+                caller: Caller, server: str, session: str,
+                trace: list[str] | None) -> Decision:
+        for entry in index.candidates(name):
+            audience = entry.audience
+            if audience is not None and not audience.admits(caller):
+                if trace is not None:
+                    trace.append(f"{entry.rule}: skipped, does not apply to this caller "
+                                 f"({audience})")
+                continue
+            return self._evaluate(entry, args, caller, server, session, trace)
+        if trace is not None:
+            trace.append(f"no entry matches {name!r}: the policy default applies")
+        return self._apply(table.default, caller, server, session, trace)
+
+    def _method(self, table: ServerTable, method: str, caller: Caller, server: str,
+                session: str, trace: list[str] | None) -> Decision:
+        for entry in table.methods.candidates(method):
+            if entry.audience is None or entry.audience.admits(caller):
+                return self._evaluate(entry, _EMPTY, caller, server, session, trace)
+        if trace is not None:
+            trace.append(f"method {method!r} is not listed: other_methods applies")
+        return table.other_methods
+
+    def _evaluate(self, entry: CompiledEntry, args: dict[str, Any], caller: Caller,
+                  server: str, session: str, trace: list[str] | None) -> Decision:
+        if trace is not None:
+            trace.append(f"{entry.rule}: matches ({'exact name' if entry.exact else 'glob'} "
+                         f"{entry.pattern!r}, from {entry.source})")
+        for req in entry.require:
+            if not req.check.test(args):
+                if trace is not None:
+                    trace.append(f"{entry.rule}: require fails: {req.check.message}")
+                return req.denial
+        for rule in entry.rules:
+            audience = rule.audience
+            if audience is not None and not audience.admits(caller):
+                if trace is not None:
+                    trace.append(f"{rule.rule}: skipped, does not apply to this caller")
+                continue
+            for check in rule.when:
+                if not check.test(args):
+                    if trace is not None:
+                        trace.append(f"{rule.rule}: no match, {check.message}")
+                    break
+            else:
+                if trace is not None:
+                    trace.append(f"{rule.rule}: matches")
+                for req in rule.require:
+                    if not req.check.test(args):
+                        if trace is not None:
+                            trace.append(f"{rule.rule}: require fails: {req.check.message}")
+                        return req.denial
+                return self._apply(rule.verdict, caller, server, session, trace)
+        if trace is not None and entry.rules:
+            own = "the policy default" if entry.fallback_is_default else entry.fallback.action
+            trace.append(f"{entry.rule}: no argument rule matched; the entry's own verdict "
+                         f"applies ({own})")
+        return self._apply(entry.fallback, caller, server, session, trace)
+
+    def _apply(self, verdict: Verdict, caller: Caller, server: str, session: str,
+               trace: list[str] | None) -> Decision:
+        buckets = verdict.buckets
+        if not buckets:
+            return verdict.decision
+        values = (caller.grant, caller.principal, session, server, "")
+        requests = [(spec.key_prefix + values[SCOPE_INDEX[spec.scope]], spec)
+                    for spec in buckets]
+        wait = self.limiter.acquire(requests, debit=trace is None)
+        if trace is not None:
+            trace.append(f"{verdict.rule}: limits {[k.replace(chr(31), '/') for k, _ in requests]}"
+                         f" {'have tokens' if wait is None else f'are empty for {wait:.3f}s'}")
+        if wait is None:
+            return verdict.decision
+        return Decision(LIMITED, rule=verdict.rule, reason=verdict.limited_reason,
+                        retry_after=_retry_after(wait), dry_run=verdict.dry_run)
+
+    # -- tools/list filtering ---------------------------------------------------------
+
+    def tool_visible(self, tool: str, caller: Caller, server: str) -> bool:
+        """False when no arguments could ever let ``caller`` call ``tool`` on ``server``."""
+        table = self._compiled.table(server)
+        for entry in table.tools.candidates(tool):
+            if entry.audience is None or entry.audience.admits(caller):
+                return _entry_can_pass(entry, caller)
+        return _passes(table.default)
+
+    # -- explain ----------------------------------------------------------------------
+
+    def explain(self, call: mcp.Call, caller: Caller, server: str,
+                session: str = "explain") -> Explanation:
+        """Decide without debiting any bucket, recording every rule tried."""
+        table = self._compiled.table(server)
+        trace: list[str] = [f"server {server!r}: policy from "
+                            f"{', '.join(table.sources) or '(none: default deny)'}"]
+        method = call.method
+        index: NameIndex | None = None
+        name = ""
+        args = _EMPTY
+        if method == mcp.TOOLS_CALL:
+            index, name, args = table.tools, call.tool or "", call.arguments or _EMPTY
+        elif method in _RESOURCE_METHODS:
+            index, name = table.resources, normalise_uri(call.uri or "")
+        elif method == mcp.PROMPTS_GET:
+            index, name, args = table.prompts, call.prompt or "", call.arguments or _EMPTY
+        if index is not None:
+            candidates = index.candidates(name)
+            trace.append(f"candidates for {name!r}, best first: "
+                         f"{[e.rule for e in candidates] or 'none'}")
+            decision = self._target(table, index, name, args, caller, server, session, trace)
+        elif method in PASS_METHODS or method.startswith("notifications/"):
+            candidates = ()
+            trace.append(f"{method}: always passes")
+            decision = PROTOCOL_ALLOW
+        else:
+            candidates = table.methods.candidates(method)
+            decision = self._method(table, method, caller, server, session, trace)
+        trace.append(f"decision: {decision.action} by {decision.rule}")
+        return Explanation(decision, server, call.target or method,
+                           [e.rule for e in candidates], trace)
+
+
+def _passes(verdict: Verdict) -> bool:
+    return verdict.action != "deny" or verdict.dry_run
+
+
+def _entry_can_pass(entry: CompiledEntry, caller: Caller) -> bool:
+    for rule in entry.rules:
+        if rule.audience is not None and not rule.audience.admits(caller):
+            continue
+        if _passes(rule.verdict):
+            return True
+        if not rule.when:
+            return False  # an unconditional deny: nothing after it is reachable
+    return _passes(entry.fallback)
+
+
+class ReloadResult(msgspec.Struct, frozen=True):
+    """What a reload did: ``ok`` and the new digests, or the error and the old ones kept."""
+
+    ok: bool
+    files: dict[str, str]
+    error: str | None = None
+    changed: bool = False
+
+
+class PolicySet:
+    """Policy files on disk, compiled into one :class:`Engine`, reloadable.
+
+    ``fleet`` files apply to every server; ``servers[name]`` files to that server
+    only (together with the fleet ones). :meth:`reload` recompiles and swaps;
+    a bad file keeps the old table and the result says why.
+    """
+
+    def __init__(self, fleet: Sequence[Path], servers: Mapping[str, Sequence[Path]] | None = None,
+                 *, limiter: Limiter | None = None, dry_run: bool = False) -> None:
+        self.fleet = tuple(fleet)
+        self.servers = {k: tuple(v) for k, v in (servers or {}).items()}
+        self.dry_run = dry_run
+        self.engine = Engine(self._compile(), limiter)
+
+    def _compile(self) -> CompiledPolicy:
+        cache: dict[Path, LoadedPolicy] = {}
+
+        def load(path: Path) -> LoadedPolicy:
+            if path not in cache:
+                cache[path] = load_policy(path)
+            return cache[path]
+
+        return compile_policies(
+            [load(p) for p in self.fleet],
+            {name: [load(p) for p in paths] for name, paths in self.servers.items()},
+            dry_run=self.dry_run,
+        )
+
+    @property
+    def digests(self) -> dict[str, str]:
+        """``{file: sha256}`` of the table in force: for policy_load audit events."""
+        return self.engine.compiled.digests
+
+    def reload(self) -> ReloadResult:
+        """Re-read and recompile every file; swap only if all of them are good."""
+        before = self.digests
+        try:
+            compiled = self._compile()
+        except PolicyError as exc:
+            return ReloadResult(False, before, str(exc))
+        self.engine.swap(compiled)
+        after = compiled.digests
+        return ReloadResult(True, after, changed=after != before)
+
+    def decide(self, call: mcp.Call, caller: Caller, server: str, session: str) -> Decision:
+        """Delegates to the current engine (use ``.engine`` directly on the hot path)."""
+        return self.engine.decide(call, caller, server, session)
+
+    def tool_visible(self, tool: str, caller: Caller, server: str) -> bool:
+        return self.engine.tool_visible(tool, caller, server)
+
+
+__all__ = ["Engine", "Explanation", "PolicySet", "ReloadResult"]

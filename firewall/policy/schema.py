@@ -1,0 +1,302 @@
+"""The policy file: msgspec Structs, and loading JSON, TOML or YAML into them.
+
+Rules this module keeps:
+
+1. Unknown keys are errors, at every level (``forbid_unknown_fields``): a typo
+   must never become an allow. Duplicate keys in JSON and YAML are errors too
+   (the last one would silently win otherwise).
+2. Every error names the file, the key path and what was expected
+   (:class:`PolicyError`), e.g.
+   ``vm.json: tools.vm_management.limits[0].window: Expected `str` ...``.
+3. The format is a superset of PolicyLayer's ``policy.json``; a seed policy
+   such as ``{"version":"1","default":"deny","tools":{"vm_management":{"limits":
+   [{"counter":"c","window":"minute","max":10,"scope":"grant"}]}}}`` loads verbatim.
+
+Types only: what the keys mean at run time is the compiler's business
+(:mod:`firewall.policy.compiler`), and docs/policy.md is the reference.
+
+Example::
+
+    policy = load_policy(Path("rules/virtualization.json"))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import tomllib
+from pathlib import Path
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import msgspec
+import yaml
+
+ActionName = Literal["allow", "deny", "require_approval"]
+WindowName = Literal["second", "minute", "hour", "day"]
+Scope = Literal["grant", "agent", "session", "server", "global"]
+JsonType = Literal["string", "number", "integer", "boolean", "array", "object", "null"]
+
+WINDOW_SECONDS: dict[str, float] = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}
+
+
+class PolicyError(Exception):
+    """A policy that cannot be used; the message names file, key path and expectation."""
+
+
+class _Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True,
+              omit_defaults=True):
+    pass
+
+
+class Limit(_Strict, frozen=True):
+    """A token bucket: ``max`` calls per ``window``, one bucket per ``scope`` value.
+
+    Rules naming the same ``counter`` share one bucket (per scope value).
+    """
+
+    max: Annotated[int, msgspec.Meta(ge=1, description="Bucket capacity: calls per window.")]
+    window: WindowName | Annotated[float, msgspec.Meta(gt=0)] = "minute"
+    counter: str | None = None
+    scope: Scope = "grant"
+
+
+class Condition(_Strict, frozen=True):
+    """Conditions on one argument; all stated ones must hold.
+
+    A missing argument fails every condition unless ``optional`` is true.
+    """
+
+    in_: list[Any] | None = msgspec.field(default=None, name="in")
+    enum: list[Any] | None = None
+    const: Any = msgspec.UNSET
+    pattern: str | None = None
+    not_pattern: str | None = None
+    prefix: str | None = None
+    min: float | None = None
+    max: float | None = None
+    min_length: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    max_length: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    type: JsonType | None = None
+    path_under: str | list[str] | None = None
+    optional: bool = False
+
+
+# Shorthand: a list means {"in": [...]}, a string means {"const": "..."}.
+ConditionSpec = Condition | list[Any] | str
+Conditions = dict[str, ConditionSpec]
+
+
+class _Audience(_Strict, frozen=True):
+    # Who a rule applies to; empty lists mean everyone.
+    principals: list[str] = msgspec.field(default_factory=list)
+    groups: list[str] = msgspec.field(default_factory=list)
+    grants: list[str] = msgspec.field(default_factory=list)
+
+
+class ArgumentRule(_Audience, frozen=True):
+    """One rule inside a tool or prompt entry. Tried in order; the first that
+    applies to the caller and whose ``when`` holds decides."""
+
+    name: str | None = None
+    when: Conditions = msgspec.field(default_factory=dict)
+    require: Conditions = msgspec.field(default_factory=dict)
+    action: ActionName = "allow"
+    reason: str | None = None
+    limits: list[Limit] = msgspec.field(default_factory=list)
+    dry_run: bool = False
+
+
+class TargetEntry(_Audience, frozen=True):
+    """A resource URI pattern or a method: action, reason, limits."""
+
+    action: ActionName = "allow"
+    reason: str | None = None
+    limits: list[Limit] = msgspec.field(default_factory=list)
+    dry_run: bool = False
+
+
+class ToolEntry(_Audience, frozen=True):
+    """A tool (or prompt) name or glob.
+
+    Without ``action``: allow (under ``limits``) when there are no ``rules``;
+    with ``rules``, a call no rule matches gets the policy default.
+    """
+
+    action: ActionName | None = None
+    reason: str | None = None
+    limits: list[Limit] = msgspec.field(default_factory=list)
+    require: Conditions = msgspec.field(default_factory=dict)
+    rules: list[ArgumentRule] = msgspec.field(default_factory=list)
+    dry_run: bool = False
+
+
+class Policy(_Strict, frozen=True):
+    """One policy file."""
+
+    schema_: str | None = msgspec.field(default=None, name="$schema")
+    version: Literal["1"] = "1"
+    name: str | None = None
+    description: str | None = None
+    default: ActionName | None = None
+    other_methods: Literal["allow", "deny"] | None = None
+    dry_run: bool = False
+    tools: dict[str, ToolEntry] = msgspec.field(default_factory=dict)
+    resources: dict[str, TargetEntry] = msgspec.field(default_factory=dict)
+    prompts: dict[str, ToolEntry] = msgspec.field(default_factory=dict)
+    methods: dict[str, TargetEntry] = msgspec.field(default_factory=dict)
+
+
+class LoadedPolicy(msgspec.Struct, frozen=True):
+    """A policy with where it came from and the SHA-256 of the bytes read."""
+
+    policy: Policy
+    source: str
+    sha256: str
+
+
+_PATH_RE = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+
+
+_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def join_key(path: str, key: str) -> str:
+    """`tools` + `vm` -> `tools.vm`; keys that are not plain names are quoted."""
+    step = f".{key}" if _PLAIN_KEY.match(key) else f"[{json.dumps(key)}]"
+    return (path + step).lstrip(".")
+
+
+def _describe(exc: msgspec.ValidationError, path: str) -> str:
+    """``path: what was expected``, with msgspec's own sub-path appended."""
+    text = str(exc)
+    m = _PATH_RE.search(text)
+    if m is not None:
+        sub = m.group("path")
+        text = text[: m.start()]
+        path = (path + sub).lstrip(".") if not sub.startswith("[") or path else path + sub
+    return f"{path or '(top level)'}: {text}"
+
+
+def _locate(value: Any, tp: Any, path: str) -> str | None:
+    """The key path and message of the first error converting ``value`` to ``tp``.
+
+    msgspec reports dict keys as ``[...]``; this walks the value alongside the
+    type so the error names the tool, rule and argument, e.g.
+    ``tools.vm_management.rules[0].when.action``.
+    """
+    try:
+        msgspec.convert(value, tp)
+    except msgspec.ValidationError as exc:
+        error = exc
+    else:
+        return None
+    origin = get_origin(tp)
+    args = get_args(tp)
+    if origin is Annotated:
+        return _locate(value, args[0], path)
+    if isinstance(value, dict) and isinstance(tp, type) and issubclass(tp, msgspec.Struct):
+        hints = get_type_hints(tp, include_extras=True)
+        for field in msgspec.structs.fields(tp):
+            if field.encode_name in value:
+                found = _locate(value[field.encode_name], hints[field.name],
+                                join_key(path, field.encode_name))
+                if found:
+                    return found
+    elif isinstance(value, dict) and origin is dict:
+        for key, item in value.items():
+            found = _locate(item, args[1], join_key(path, str(key)))
+            if found:
+                return found
+    elif isinstance(value, list) and origin is list:
+        for i, item in enumerate(value):
+            found = _locate(item, args[0], f"{path}[{i}]")
+            if found:
+                return found
+    elif isinstance(value, dict) and origin in (Union, UnionType):
+        for member in args:
+            if isinstance(member, type) and issubclass(member, msgspec.Struct):
+                return _locate(value, member, path)
+    return _describe(error, path)
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+class _StrictYamlLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate mapping keys."""
+
+
+def _yaml_mapping(loader: _StrictYamlLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    loader.flatten_mapping(node)
+    out: dict[Any, Any] = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in out:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        out[key] = loader.construct_object(value_node, deep=True)
+    return out
+
+
+_StrictYamlLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _yaml_mapping)
+
+
+def format_of(source: str) -> Literal["json", "toml", "yaml"]:
+    """The format a file name implies: ``.toml``, ``.yaml``/``.yml``, else JSON."""
+    lower = source.lower()
+    if lower.endswith(".toml"):
+        return "toml"
+    if lower.endswith((".yaml", ".yml")):
+        return "yaml"
+    return "json"
+
+
+def parse_policy(data: bytes | str, source: str = "<string>",
+                 fmt: Literal["json", "toml", "yaml"] | None = None) -> Policy:
+    """Decode a policy document; raise :class:`PolicyError` naming source and key path."""
+    fmt = fmt or format_of(source)
+    text = data.decode("utf-8") if isinstance(data, bytes) else data
+    try:
+        if fmt == "toml":
+            raw: Any = tomllib.loads(text)
+        elif fmt == "yaml":
+            raw = yaml.load(text, Loader=_StrictYamlLoader)  # a SafeLoader subclass
+        else:
+            raw = json.loads(text, object_pairs_hook=_no_duplicates)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise PolicyError(f"{source}: not valid {fmt.upper()}: {exc}") from None
+    if not isinstance(raw, dict):
+        raise PolicyError(f"{source}: (top level): expected an object (a policy), "
+                          f"got {type(raw).__name__}")
+    try:
+        return msgspec.convert(raw, Policy)
+    except msgspec.ValidationError as exc:
+        where = _locate(raw, Policy, "") or _describe(exc, "")
+        raise PolicyError(f"{source}: {where}") from None
+
+
+def load_policy(path: Path) -> LoadedPolicy:
+    """Read and decode one policy file; raise :class:`PolicyError` naming the file."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise PolicyError(f"{path}: cannot read: {exc.strerror}") from None
+    policy = parse_policy(data, str(path))
+    return LoadedPolicy(policy, str(path), hashlib.sha256(data).hexdigest())
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of a policy file (for editor completion)."""
+    schema: dict[str, Any] = msgspec.json.schema(Policy)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "mcpwall policy"
+    return schema
