@@ -1,0 +1,208 @@
+"""The mediator: one decision and one audit event per request, original bytes
+forwarded, refusals answered on the right side, every forwarded request answered."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import trio
+
+from firewall.audit.events import DecisionEvent, Event, OutcomeEvent
+from firewall.gateway.mediator import Mediator
+from firewall.policy.decision import ALLOW_ALL, AllowAll, Caller, Decision
+from firewall.protocol import jsonrpc
+from firewall.protocol.mcp import Call
+
+
+class Recorder:
+    """An AuditPoint that keeps events in memory; commits when told to."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.commit = trio.Event()
+        self.commit.set()
+
+    async def append(self, event: Event) -> Recorder:
+        self.events.append(event)
+        return self
+
+    async def committed(self) -> None:
+        await self.commit.wait()
+
+    def of(self, kind: type[Any]) -> list[Any]:
+        return [e for e in self.events if isinstance(e, kind)]
+
+
+class TablePolicy:
+    """Refuses what its table names: {(method, target): Decision}."""
+
+    def __init__(self, table: dict[tuple[str, str | None], Decision],
+                 hidden: frozenset[str] = frozenset()) -> None:
+        self.table = table
+        self.hidden = hidden
+
+    def decide(self, call: Call, caller: Caller, server: str, session: str) -> Decision:
+        return self.table.get((call.method, call.target), ALLOW_ALL)
+
+    def tool_visible(self, tool: str, caller: Caller, server: str) -> bool:
+        return tool not in self.hidden
+
+
+CALLER = Caller("agent-7", "grant-a", ("ops",))
+
+
+def make(policy: Any = None, **kw: Any) -> tuple[Mediator, Recorder]:
+    audit = Recorder()
+    return Mediator(server="vm", session="s1", caller=CALLER, policy=policy or AllowAll(),
+                    audit=audit, **kw), audit
+
+
+def call(rid: object, name: str, args: dict[str, Any] | None = None) -> bytes:
+    return json.dumps({"jsonrpc": "2.0", "id": rid, "method": "tools/call",
+                       "params": {"name": name, "arguments": args or {}}}).encode()
+
+
+async def test_allowed_request_forwards_original_bytes_and_is_audited() -> None:
+    med, audit = make()
+    data = b'{"jsonrpc":"2.0",  "id":1,"method":"tools/call","params":{"name":"vm_management",' \
+           b'"arguments":{"action":"list","password":"x"}}}'
+    routed = await med.from_client(data)
+    assert routed.upstream is data and routed.client is None
+    (decision,) = audit.of(DecisionEvent)
+    assert decision.tool == "vm_management" and decision.decision == "allow"
+    assert decision.principal == "agent-7" and decision.grant == "grant-a"
+    assert decision.request_id == "1" and decision.arguments == {"action": "list", "password": "x"}
+    reply = b'{"jsonrpc":"2.0","id":1,"result":{"content":[],"isError":true}}'
+    back = await med.from_server(reply)
+    assert back.client is reply
+    (outcome,) = audit.of(OutcomeEvent)
+    assert outcome.call_id == decision.call_id and outcome.status == "tool_error"
+    assert outcome.response_bytes == len(reply) and outcome.latency_ns > 0
+
+
+async def test_string_and_number_ids_are_distinct() -> None:
+    med, audit = make()
+    await med.from_client(call(1, "a"))
+    await med.from_client(call("1", "b"))
+    await med.from_server(b'{"jsonrpc":"2.0","id":"1","error":{"code":-5,"message":"boom"}}')
+    (outcome,) = audit.of(OutcomeEvent)
+    assert outcome.status == "jsonrpc_error" and outcome.error_code == -5
+    assert outcome.call_id == audit.of(DecisionEvent)[1].call_id
+    assert med.pending_count == 1
+
+
+async def test_denied_tools_call_is_a_tool_error_result_not_forwarded() -> None:
+    deny = Decision("deny", rule="no-delete", reason="deleting VMs needs a human")
+    med, audit = make(TablePolicy({("tools/call", "vm_delete"): deny}))
+    routed = await med.from_client(call(5, "vm_delete"))
+    assert routed.upstream is None
+    reply = json.loads(routed.client or b"")
+    assert reply["id"] == 5 and reply["result"]["isError"] is True
+    text = reply["result"]["content"][0]["text"]
+    assert "no-delete" in text and "deleting VMs needs a human" in text
+    assert audit.of(DecisionEvent)[0].decision == "deny"
+    assert med.pending_count == 0
+
+
+async def test_refusals_as_jsonrpc_errors_carry_code_and_data() -> None:
+    limited = Decision("limited", rule="vm-rate", reason="10 per minute", retry_after=4.5)
+    med, _ = make(TablePolicy({("tools/call", "vm_management"): limited}),
+                  deny_tools_call_as="jsonrpc_error")
+    reply = json.loads((await med.from_client(call(9, "vm_management"))).client or b"")
+    assert reply["error"]["code"] == jsonrpc.RATE_LIMITED
+    assert reply["error"]["data"] == {"rule": "vm-rate", "reason": "10 per minute",
+                                      "retry_after": 4.5, "decision": "limited"}
+
+
+async def test_denied_resource_read_gets_policy_error() -> None:
+    deny = Decision("deny", rule="secrets", reason="no")
+    med, _ = make(TablePolicy({("resources/read", "file:///etc/shadow"): deny}))
+    data = b'{"jsonrpc":"2.0","id":2,"method":"resources/read","params":{"uri":"file:///etc/shadow"}}'
+    reply = json.loads((await med.from_client(data)).client or b"")
+    assert reply["error"]["code"] == jsonrpc.POLICY_DENIED
+    assert reply["error"]["data"]["rule"] == "secrets"
+
+
+async def test_dry_run_refusal_passes_but_is_recorded() -> None:
+    dry = Decision("deny", rule="r", reason="x", dry_run=True)
+    med, audit = make(TablePolicy({("tools/call", "t"): dry}))
+    data = call(1, "t")
+    assert (await med.from_client(data)).upstream is data
+    event = audit.of(DecisionEvent)[0]
+    assert event.decision == "deny" and event.dry_run is True
+
+
+async def test_server_to_client_sampling_can_be_refused() -> None:
+    deny = Decision("deny", rule="no-sampling", reason="servers may not use the model")
+    med, audit = make(TablePolicy({("sampling/createMessage", None): deny}))
+    data = b'{"jsonrpc":"2.0","id":"s1","method":"sampling/createMessage","params":{}}'
+    routed = await med.from_server(data)
+    assert routed.client is None
+    err = json.loads(routed.upstream or b"")["error"]
+    assert err["code"] == jsonrpc.POLICY_DENIED and err["data"]["rule"] == "no-sampling"
+    assert audit.of(DecisionEvent)[0].direction == "server"
+
+
+async def test_server_request_and_client_answer_are_paired() -> None:
+    med, audit = make()
+    data = b'{"jsonrpc":"2.0","id":0,"method":"roots/list"}'
+    assert (await med.from_server(data)).client is data
+    answer = b'{"jsonrpc":"2.0","id":0,"result":{"roots":[]}}'
+    assert (await med.from_client(answer)).upstream is answer
+    assert audit.of(OutcomeEvent)[0].status == "ok"
+
+
+async def test_tools_list_filtered_only_when_something_is_hidden() -> None:
+    med, _ = make(TablePolicy({}, hidden=frozenset({"vm_delete"})))
+    await med.from_client(b'{"jsonrpc":"2.0","id":3,"method":"tools/list"}')
+    listing = {"tools": [{"name": "vm_list"}, {"name": "vm_delete"}], "nextCursor": "c"}
+    data = jsonrpc.result_response(3, listing)
+    out = json.loads((await med.from_server(data)).client or b"")
+    assert out["result"] == {"tools": [{"name": "vm_list"}], "nextCursor": "c"}
+    await med.from_client(b'{"jsonrpc":"2.0","id":4,"method":"tools/list"}')
+    same = jsonrpc.result_response(4, {"tools": [{"name": "vm_list"}]})
+    assert (await med.from_server(same)).client is same
+
+
+async def test_upstream_lost_answers_every_pending_request() -> None:
+    med, audit = make()
+    for rid in (1, 2, "x"):
+        await med.from_client(call(rid, "t"))
+    replies = [json.loads(r) for r in await med.upstream_lost("exited with code 9")]
+    assert sorted(str(r["id"]) for r in replies) == ["1", "2", "x"]
+    assert {r["error"]["code"] for r in replies} == {jsonrpc.UPSTREAM_UNAVAILABLE}
+    assert [o.status for o in audit.of(OutcomeEvent)] == ["upstream_failure"] * 3
+    assert med.pending_count == 0
+
+
+async def test_cancelled_request_outcome() -> None:
+    med, audit = make()
+    await med.from_client(call(1, "slow"))
+    note = b'{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":1}}'
+    assert (await med.from_client(note)).upstream is note
+    await med.from_server(b'{"jsonrpc":"2.0","id":1,"error":{"code":-32800,"message":"cancelled"}}')
+    assert audit.of(OutcomeEvent)[0].status == "cancelled"
+
+
+async def test_bad_messages_are_answered_and_session_lives() -> None:
+    med, audit = make()
+    reply = json.loads((await med.from_client(b"{nope")).client or b"")
+    assert reply["error"]["code"] == jsonrpc.PARSE_ERROR and reply["id"] is None
+    bad_params = b'{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"arguments":{}}}'
+    reply = json.loads((await med.from_client(bad_params)).client or b"")
+    assert reply["error"]["code"] == jsonrpc.INVALID_PARAMS and reply["id"] == 3
+    assert (await med.from_server(b"garbage")).client is None  # logged, dropped
+    assert (await med.from_client(call(4, "t"))).upstream is not None
+    assert len(audit.of(DecisionEvent)) == 1
+
+
+async def test_ready_waits_for_the_audit_commit() -> None:
+    med, audit = make()
+    audit.commit = trio.Event()
+    routed = await med.from_client(call(1, "t"))
+    with trio.move_on_after(0.05) as scope:
+        await routed.ready()
+    assert scope.cancelled_caught  # not durable yet: must not be forwarded
+    audit.commit.set()
+    await routed.ready()
