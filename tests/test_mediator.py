@@ -112,7 +112,7 @@ async def test_refusals_as_jsonrpc_errors_carry_code_and_data() -> None:
     reply = json.loads((await med.from_client(call(9, "vm_management"))).client or b"")
     assert reply["error"]["code"] == jsonrpc.RATE_LIMITED
     assert reply["error"]["data"] == {"rule": "vm-rate", "reason": "10 per minute",
-                                      "retry_after": 4.5, "decision": "limited"}
+                                      "retry_after": 4.5, "action": "limited"}
 
 
 async def test_denied_resource_read_gets_policy_error() -> None:

@@ -32,17 +32,10 @@ import msgspec
 
 from firewall.audit.events import AuditPoint, DecisionEvent, OutcomeEvent, Receipt
 from firewall.log import get_logger
+from firewall.policy import render
 from firewall.policy.decision import Caller, Decision, PolicyPoint
 from firewall.protocol import jsonrpc, mcp
 from firewall.protocol.jsonrpc import Kind, RequestId
-
-# How a refusal of each kind is coded on the wire (documented in docs/policy.md).
-DENIAL_CODES: Final = {
-    "deny": jsonrpc.POLICY_DENIED,
-    "limited": jsonrpc.RATE_LIMITED,
-    "pending": jsonrpc.APPROVAL_REQUIRED,
-    "invalid_arguments": jsonrpc.INVALID_ARGUMENTS,
-}
 
 
 class Routed:
@@ -246,11 +239,10 @@ class Mediator:
         return await self.audit.append(event)
 
     def _refusal(self, call: mcp.Call, rid: RequestId | None, decision: Decision) -> bytes:
-        text = denial_text(decision)
         if call.method == mcp.TOOLS_CALL and self.deny_tools_call_as == "tool_result":
-            return mcp.tool_error_result(rid, text)
-        return jsonrpc.error_response(rid, DENIAL_CODES.get(decision.action, jsonrpc.POLICY_DENIED),
-                                      text, denial_data(decision))
+            return mcp.tool_error_result(rid, render.denial_text(decision))
+        return jsonrpc.error_response(rid, render.error_code(decision),
+                                      render.error_message(decision), render.denial_data(decision))
 
     async def _answered(
         self, table: dict[RequestId, _Pending], msg: jsonrpc.Message, size: int
@@ -325,20 +317,3 @@ def _to(side: str, data: bytes, receipt: Receipt | None = None) -> Routed:
         return Routed(client=data, receipt=receipt)
     return Routed(upstream=data, receipt=receipt)
 
-
-def denial_text(decision: Decision) -> str:
-    """What the agent reads when mcpwall refuses a call."""
-    verb = {"deny": "denied", "limited": "rate-limited", "pending": "held for approval",
-            "invalid_arguments": "refused (invalid arguments)"}.get(decision.action, "refused")
-    text = f"mcpwall: call {verb} by rule {decision.rule!r}"
-    if decision.reason:
-        text += f": {decision.reason}"
-    if decision.retry_after is not None:
-        text += f" (retry after {decision.retry_after:.3g} s)"
-    return text
-
-
-def denial_data(decision: Decision) -> dict[str, Any]:
-    """The ``data`` member of a refusal's JSON-RPC error."""
-    return {"rule": decision.rule, "reason": decision.reason,
-            "retry_after": decision.retry_after, "decision": decision.action}
