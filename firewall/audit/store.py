@@ -1,0 +1,222 @@
+"""The audit database: schema, append-only triggers, views, full-text index, segments.
+
+Rules this module keeps:
+
+1. Three tables: ``events`` (one row per event, see :data:`firewall.audit.chain.COLUMNS`),
+   ``checkpoints`` (signed chain heads) and ``segment`` (one row: which chain this
+   file belongs to, its number, first seq and the hash it continues from).
+   Triggers abort every UPDATE and DELETE on all three.
+2. Views name the questions operators ask (``calls``, ``denials``,
+   ``rate_limited``, ``errors``, ``sessions``, ``lifecycle``, ``approvals``), so
+   ``sqlite-utils`` and Datasette answer them without mcpwall.
+3. ``events_fts`` (FTS5, external content) indexes ``arguments``. The writer
+   fills it for each batch in the batch's transaction with one
+   ``INSERT ... SELECT`` (:data:`INDEX_BATCH`): a per-row trigger costs ten
+   times as much.
+4. A chain is a list of segment files: the first is the configured path
+   (``audit.db``), later ones are ``audit.000002.db``, ``audit.000003.db``, ...
+   beside it. The writer appends to the highest-numbered one.
+5. Readers open files read-only (``mode=ro``); only the writer thread writes.
+
+Example::
+
+    conn = connect_readonly(Path("audit.db"))
+    conn.execute("select principal, count(*) from denials group by 1").fetchall()
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from pathlib import Path
+from typing import Final
+
+import sqlite_utils
+
+from firewall.audit.chain import COLUMNS, FORMAT
+
+EVENT_TYPES: Final = {
+    "seq": int, "ts_ns": int, "instance": str, "kind": str, "call_id": str, "session": str,
+    "principal": str, "grant": str, "server": str, "method": str, "direction": str,
+    "tool": str, "uri": str, "prompt": str, "request_id": str, "arguments": str,
+    "decision": str, "rule": str, "reason": str, "retry_after": float, "dry_run": int,
+    "status": str, "error_code": int, "error_message": str, "latency_ns": int,
+    "response_bytes": int, "detail": str, "prev_hash": str, "hash": str,
+}
+assert tuple(EVENT_TYPES) == COLUMNS
+
+REFUSALS: Final = ("deny", "invalid_arguments", "rejected")
+
+_TS = "strftime('%Y-%m-%dT%H:%M:%fZ', {col} / 1e9, 'unixepoch')"
+
+VIEWS: Final = {
+    "calls": f"""
+SELECT d.seq, {_TS.format(col="d.ts_ns")} AS ts, d.ts_ns, d.instance, d.call_id, d.session,
+       d.principal, d."grant", d.server, d.method, d.direction, d.tool, d.uri, d.prompt,
+       d.request_id, d.arguments, d.decision, d.rule, d.reason, d.retry_after, d.dry_run,
+       o.status, o.error_code, o.error_message, o.latency_ns / 1e6 AS latency_ms,
+       o.response_bytes
+FROM events d LEFT JOIN events o ON o.call_id = d.call_id AND o.kind = 'outcome'
+WHERE d.kind = 'decision'""",
+    "denials": "SELECT * FROM calls WHERE decision IN ('deny', 'invalid_arguments', 'rejected')",
+    "rate_limited": "SELECT * FROM calls WHERE decision = 'limited'",
+    "errors": "SELECT * FROM calls WHERE status IS NOT NULL AND status != 'ok'",
+    "approvals": f"""
+SELECT seq, {_TS.format(col="ts_ns")} AS ts, ts_ns, instance, kind, call_id, session, principal,
+       server, tool, decision, rule, reason, detail
+FROM events
+WHERE kind = 'approval' OR decision IN ('pending', 'approved', 'rejected')""",
+    "lifecycle": f"""
+SELECT seq, {_TS.format(col="ts_ns")} AS ts, ts_ns, instance, kind, session, principal, server,
+       detail
+FROM events WHERE kind NOT IN ('decision', 'outcome')""",
+    "sessions": f"""
+SELECT session, max(principal) AS principal, max("grant") AS "grant",
+       {_TS.format(col="min(ts_ns)")} AS started, {_TS.format(col="max(ts_ns)")} AS last_seen,
+       sum(kind = 'decision') AS calls,
+       sum(decision IN ('deny', 'invalid_arguments', 'rejected')) AS denials,
+       sum(decision = 'limited') AS rate_limited,
+       sum(kind = 'outcome' AND status != 'ok') AS errors,
+       max(kind = 'session_end') AS ended
+FROM events WHERE session IS NOT NULL GROUP BY session""",
+}
+
+INDEX_BATCH: Final = (
+    "INSERT INTO events_fts (rowid, arguments) SELECT seq, arguments FROM events "
+    "WHERE seq BETWEEN ? AND ? AND arguments IS NOT NULL"
+)
+
+_APPEND_ONLY = ("events", "checkpoints", "segment")
+_SEGMENT_RE = re.compile(r"^(?P<stem>.+)\.(?P<n>\d{6})(?P<suffix>\.[^.]*)?$")
+
+
+class StoreError(Exception):
+    """An audit file that cannot be used; the message names it and says why."""
+
+
+def create_schema(conn: sqlite3.Connection) -> None:
+    """Create tables, indexes, triggers, views and the FTS index (idempotent)."""
+    db = sqlite_utils.Database(conn)
+    if "events" in db.table_names():
+        return
+    db.table("events").create(dict(EVENT_TYPES), pk="seq",
+                        not_null={"ts_ns", "instance", "kind", "prev_hash", "hash"})
+    db.table("checkpoints").create(
+        {"id": int, "chain": str, "segment": int, "seq": int, "hash": str, "ts_ns": int,
+         "algorithm": str, "key_id": str, "signature": str},
+        pk="id", not_null={"chain", "segment", "seq", "hash", "ts_ns", "algorithm", "signature"},
+    )
+    db.table("segment").create(
+        {"number": int, "chain": str, "instance": str, "first_seq": int, "prev_hash": str,
+         "created_ns": int, "format": str},
+        pk="number",
+    )
+    events = db.table("events")
+    events.create_index(["ts_ns"])
+    events.create_index(["principal", "ts_ns"])
+    events.create_index(["session", "ts_ns"])
+    events.create_index(["call_id"])
+    events.enable_fts(["arguments"], fts_version="FTS5", create_triggers=False)
+    for table in _APPEND_ONLY:
+        for op in ("UPDATE", "DELETE"):
+            conn.execute(
+                f"CREATE TRIGGER {table}_no_{op.lower()} BEFORE {op} ON {table} "
+                f"BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only: {op} on "
+                f"{table} refused'); END"
+            )
+    for name, sql in VIEWS.items():
+        db.create_view(name, sql.strip())
+
+
+def connect_writer(path: Path, durable: bool) -> sqlite3.Connection:
+    """The one write connection: WAL, fsync on commit in durable mode."""
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+    conn.execute("PRAGMA busy_timeout=5000")
+    return conn
+
+
+def connect_readonly(path: Path) -> sqlite3.Connection:
+    """A read-only connection; raise :class:`StoreError` if it is not an audit file."""
+    if not path.is_file():
+        raise StoreError(f"{path}: no such audit database")
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout=5000")
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"{path}: not an SQLite database ({exc})") from None
+    if not {"events", "segment", "checkpoints"} <= names:
+        conn.close()
+        raise StoreError(f"{path}: not an mcpwall audit database (no events/segment tables)")
+    return conn
+
+
+class SegmentInfo:
+    """What a segment file says about itself."""
+
+    __slots__ = ("chain", "created_ns", "first_seq", "format", "instance", "number", "path",
+                 "prev_hash")
+
+    def __init__(self, path: Path, number: int, chain: str, instance: str, first_seq: int,
+                 prev_hash: str, created_ns: int, fmt: str) -> None:
+        self.path = path
+        self.number = number
+        self.chain = chain
+        self.instance = instance
+        self.first_seq = first_seq
+        self.prev_hash = prev_hash
+        self.created_ns = created_ns
+        self.format = fmt
+
+
+def segment_info(conn: sqlite3.Connection, path: Path) -> SegmentInfo:
+    """Read the ``segment`` row of an open audit file."""
+    row = conn.execute(
+        "SELECT number, chain, instance, first_seq, prev_hash, created_ns, format FROM segment"
+    ).fetchone()
+    if row is None:
+        raise StoreError(f"{path}: the segment table is empty (not initialised or tampered)")
+    info = SegmentInfo(path, *row)
+    if info.format != FORMAT:
+        raise StoreError(f"{path}: format {info.format!r}, this mcpwall reads {FORMAT!r}")
+    return info
+
+
+def segment_path(first: Path, number: int) -> Path:
+    """Where segment ``number`` of the chain that starts at ``first`` lives."""
+    if number == 1:
+        return first
+    return first.with_name(f"{first.stem}.{number:06d}{first.suffix}")
+
+
+def chain_files(first: Path) -> list[Path]:
+    """The existing segment files of the chain whose first file is ``first``, in order."""
+    found: list[tuple[int, Path]] = []
+    if first.is_file():
+        found.append((1, first))
+    if first.parent.is_dir():
+        for p in first.parent.iterdir():
+            m = _SEGMENT_RE.match(p.name)
+            if (m and m.group("stem") == first.stem and (m.group("suffix") or "") == first.suffix
+                    and p.is_file()):
+                found.append((int(m.group("n")), p))
+    return [p for _, p in sorted(found)]
+
+
+def expand_paths(paths: list[Path]) -> list[Path]:
+    """Audit files named on a command line: a file brings its later segments, a
+    directory brings every ``*.db`` in it. Order: as given, duplicates removed."""
+    out: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            files = sorted(q for q in p.iterdir() if q.suffix == ".db" and q.is_file())
+        elif _SEGMENT_RE.match(p.name):
+            files = [p]
+        else:
+            files = chain_files(p) or [p]
+        for f in files:
+            if f not in out:
+                out.append(f)
+    return out
