@@ -9,9 +9,9 @@ Rules this module keeps:
 2. One :class:`Check` per (argument, condition), so a violation names both:
    ``argument 'path': must be under /srv (path_under)``.
 3. A missing argument fails every condition on it unless the condition is
-   ``optional``. ``name[*]`` applies the conditions to every element of the
-   array ``name`` (an empty array passes; a non-array fails). ``a.b`` reaches
-   into nested objects.
+   ``optional``; a null fails unless it is ``nullable``. ``name[*]`` applies
+   the conditions to every element of the array ``name`` (an empty array
+   passes; a non-array fails). ``a.b`` reaches into nested objects.
 4. JSON semantics, not Python's: ``true`` is not ``1``, ``1`` equals ``1.0``.
 
 Example::
@@ -62,7 +62,7 @@ def compile_conditions(conditions: dict[str, ConditionSpec], where: str) -> tupl
     for argument, spec in conditions.items():
         cond = as_condition(spec)
         for op, pred, text in _predicates(cond, f"{where}.{argument}"):
-            access = _accessor(argument, cond.optional, f"{where}.{argument}")
+            access = _accessor(argument, cond.optional, cond.nullable, f"{where}.{argument}")
             checks.append(
                 Check(access(pred), argument, op, f"argument '{argument}': {text} ({op})")
             )
@@ -202,7 +202,7 @@ def _path_under(roots: list[str], where: str) -> Predicate:
     return under
 
 
-def _accessor(argument: str, optional: bool,
+def _accessor(argument: str, optional: bool, nullable: bool,
               where: str) -> Callable[[Predicate], Callable[[dict[str, Any]], bool]]:
     """Wrap a value predicate into a test on the arguments dict, following the path."""
     steps: list[tuple[str, int]] = []
@@ -220,6 +220,8 @@ def _accessor(argument: str, optional: bool,
                 v = args.get(key, _MISSING)
                 if v is _MISSING:
                     return optional
+                if v is None and nullable:
+                    return True
                 return pred(v)
             return test
 
@@ -232,7 +234,7 @@ def _accessor(argument: str, optional: bool,
             values = _resolve(args, frozen)
             if values is None:
                 return optional
-            return all(pred(v) for v in values)
+            return all((v is None and nullable) or pred(v) for v in values)
         return test
 
     return nested

@@ -65,7 +65,8 @@ class Limit(_Strict, frozen=True):
 class Condition(_Strict, frozen=True):
     """Conditions on one argument; all stated ones must hold.
 
-    A missing argument fails every condition unless ``optional`` is true.
+    A missing argument fails every condition unless ``optional`` is true; a
+    JSON null fails them unless ``nullable`` is true.
     """
 
     in_: list[Any] | None = msgspec.field(default=None, name="in")
@@ -81,6 +82,7 @@ class Condition(_Strict, frozen=True):
     type: JsonType | None = None
     path_under: str | list[str] | None = None
     optional: bool = False
+    nullable: bool = False
 
 
 # Shorthand: a list means {"in": [...]}, a string means {"const": "..."}.
