@@ -13,8 +13,8 @@ Example::
 from firewall.demo.catalog import ArgumentError, Catalog
 from firewall.demo.catalog import load as load_catalog
 from firewall.demo.host import Host, HostError, ToolResult
-from firewall.demo.server import main, serve
+from firewall.demo.server import main, serve, stdio_command
 from firewall.demo.session import DemoSession, Reply
 
 __all__ = ["ArgumentError", "Catalog", "DemoSession", "Host", "HostError", "Reply", "ToolResult",
-           "load_catalog", "main", "serve"]
+           "load_catalog", "main", "serve", "stdio_command"]

@@ -149,6 +149,11 @@ async def serve(
             await answer(line)
 
 
+def stdio_command() -> list[str]:
+    """The argv that runs this server as a stdio child of this interpreter."""
+    return [sys.executable, "-m", "firewall.demo"]
+
+
 async def _run_stdio(step_delay: float, logger: Any) -> None:
     # Duplicates, so closing the streams leaves fds 0 and 1 to the interpreter.
     stdin = trio.lowlevel.FdStream(os.dup(0))

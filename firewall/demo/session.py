@@ -17,6 +17,8 @@ Rules this module keeps:
    ``notifications/resources/list_changed``) are sent only after the client
    said ``notifications/initialized``, and log messages only after
    ``logging/setLevel``.
+4. No request waits for ``initialize``: the 2026 revision of MCP drops the
+   handshake, and a firewall in front may replay calls without one.
 
 Example::
 
