@@ -5,15 +5,18 @@ Code) run ``mcpwall wrap -- COMMAND ARGS...`` instead of ``COMMAND ARGS...``.
 
 Invariants:
 
-1. Four tasks in one nursery: client reader, ordered forwarder, upstream
-   reader, client writer. Writes to each side go through one task or lock, so
-   messages never interleave; bounded channels give backpressure.
-2. Messages to the upstream keep the client's order; each waits for its audit
-   receipt (durable mode) before it is written, without stalling the reader.
+1. Two tasks in one nursery: the client reader and the upstream reader. Each
+   handles what one read brought as a batch and writes it on with one write,
+   so pipelined traffic costs a syscall per burst, not per message. Writes to
+   the client are serialised by a lock, writes to the child by the child's.
+2. Messages to the upstream keep the client's order. A batch is written only
+   after its decision events are durable (``Routed.ready``); while a commit is
+   in flight, further client messages wait in the pipe, so the next batch and
+   the next group commit grow with the load.
 3. Client EOF ends the session cleanly: the child's stdin is closed, it gets
    ``terminate_grace`` to exit, then SIGTERM, then SIGKILL. Exit code 0.
-4. Child exit while the client is still there answers every pending request
-   with a JSON-RPC error and ends the session with a non-zero exit code.
+4. Child exit answers every pending request with a JSON-RPC error; if the
+   client was still there, the session ends with a non-zero exit code.
 """
 
 from __future__ import annotations
@@ -24,16 +27,14 @@ from typing import Any
 
 import trio
 
-from firewall.audit.events import AuditPoint
 from firewall.config import StdioServer
-from firewall.gateway.mediator import Mediator, Routed
+from firewall.gateway.mediator import Mediator
 from firewall.gateway.upstream.stdio import ChildExited, StdioChild, open_stdio_child
 from firewall.log import get_logger
 from firewall.protocol import jsonrpc
 from firewall.protocol.framing import TOO_LONG, LineSplitter
 
 _READ_SIZE = 65536
-_QUEUE = 256
 
 
 class WrapSession:
@@ -53,106 +54,93 @@ class WrapSession:
         self.client_out = client_out
         self.max_line = max_line
         self.log: Any = mediator.log
-        self._to_client_send, self._to_client_recv = trio.open_memory_channel[bytes](_QUEUE)
-        self._to_child_send, self._to_child_recv = trio.open_memory_channel[Routed](_QUEUE)
         self.exit_code = 0
+        self._client_lock = trio.Lock()
+        self._client_gone = False
         self._client_eof = False
         self._client_scope = trio.CancelScope()
 
     async def run(self) -> int:
         """Mediate until the client leaves or the child dies; return the exit code."""
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._write_client)
-            nursery.start_soon(self._forward_to_child)
             nursery.start_soon(self._read_child)
             with self._client_scope:
                 await self._read_client()
-            # Client EOF: everything it sent is queued; let it reach the child,
-            # then ask the child to exit and collect what it still says.
-            await self._to_child_send.aclose()
+            # Client EOF (or the client or the child gone): ask the child to
+            # exit, relaying what it still says until it does. Returns at once
+            # when the child has already exited.
+            await self.child.terminate()
         return self.exit_code
+
+    async def _to_client(self, messages: list[bytes]) -> None:
+        if not messages or self._client_gone:
+            return
+        async with self._client_lock:
+            try:
+                await self.client_out.send_all(b"\n".join(messages) + b"\n")
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self.log.info("client_gone")
+                self._client_gone = self._client_eof = True
+                self._client_scope.cancel()
 
     async def _read_client(self) -> None:
         splitter = LineSplitter(self.max_line)
-        async with self._to_client_send.clone() as replies:
-            while True:
-                try:
-                    chunk = await self.client_in.receive_some(_READ_SIZE)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    chunk = b""
-                lines = splitter.feed(chunk) if chunk else [splitter.remainder()]
-                for line in lines:
-                    if line is TOO_LONG:
-                        self.log.warning("client_line_too_long", limit=self.max_line)
-                        await replies.send(jsonrpc.error_response(
-                            None, jsonrpc.MESSAGE_TOO_LARGE,
-                            f"message longer than {self.max_line} bytes refused"))
-                        continue
-                    if not line:
-                        continue
-                    routed = await self.mediator.from_client(line)
-                    try:
-                        if routed.client is not None:
-                            await replies.send(routed.client)
-                        if routed.upstream is not None:
-                            await self._to_child_send.send(routed)
-                    except trio.BrokenResourceError:
-                        return  # the client's output is gone: the session is over
-                if not chunk:
-                    self._client_eof = True
-                    self.log.info("client_eof")
-                    return
-
-    async def _forward_to_child(self) -> None:
-        async with self._to_child_recv:
-            async for routed in self._to_child_recv:
-                await routed.ready()
-                assert routed.upstream is not None
-                try:
-                    await self.child.send(routed.upstream)
-                except ChildExited:
-                    return  # _read_child reports the exit
-        # Client is done and everything was forwarded: end the child gracefully.
-        await self.child.terminate()
+        while True:
+            try:
+                chunk = await self.client_in.receive_some(_READ_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                chunk = b""
+            lines = splitter.feed(chunk) if chunk else [splitter.remainder()]
+            replies: list[bytes] = []
+            routed = []
+            for line in lines:
+                if line is TOO_LONG:
+                    self.log.warning("client_line_too_long", limit=self.max_line)
+                    replies.append(jsonrpc.error_response(
+                        None, jsonrpc.MESSAGE_TOO_LARGE,
+                        f"message longer than {self.max_line} bytes refused"))
+                elif line:
+                    r = await self.mediator.from_client(line)
+                    if r.client is not None:
+                        replies.append(r.client)
+                    if r.upstream is not None:
+                        routed.append(r)
+            for r in routed:
+                await r.ready()
+            await self._to_client(replies)
+            try:
+                await self.child.send_many([r.upstream for r in routed if r.upstream is not None])
+            except ChildExited:
+                return  # _read_child reports the exit and answers what is pending
+            if not chunk:
+                self._client_eof = True
+                self.log.info("client_eof")
+                return
 
     async def _read_child(self) -> None:
-        async with self._to_client_send.clone() as out:
-            async for line in self.child.lines():
-                routed = await self.mediator.from_server(line)
-                if routed.upstream is not None:
-                    await routed.ready()
-                    try:
-                        await self.child.send(routed.upstream)
-                    except ChildExited:
-                        break
-                if routed.client is not None:
-                    try:
-                        await out.send(routed.client)
-                    except trio.BrokenResourceError:
-                        break  # the client's output is gone
-            code = await self.child.wait()
-            # Pending requests are answered even after client EOF: a client may
-            # close its end of our stdin and still read our stdout.
-            for reply in await self.mediator.upstream_lost(f"exited with code {code}"):
-                with contextlib.suppress(trio.BrokenResourceError):
-                    await out.send(reply)
-            if not self._client_eof:
-                self.log.error("upstream_died", returncode=code)
-                self.exit_code = code if code > 0 else (128 - code if code < 0 else 1)
-                # Stop reading the client; the writer drains the errors, then ends.
-                self._client_scope.cancel()
-        await self._to_client_send.aclose()
-
-    async def _write_client(self) -> None:
-        async with self._to_client_recv:
-            async for data in self._to_client_recv:
-                try:
-                    await self.client_out.send_all(data + b"\n")
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    self.log.info("client_gone")
-                    self._client_eof = True
-                    self._client_scope.cancel()
-                    return
+        async for batch in self.child.batches():
+            to_client: list[bytes] = []
+            to_child = []
+            for line in batch:
+                r = await self.mediator.from_server(line)
+                if r.client is not None:
+                    to_client.append(r.client)
+                if r.upstream is not None:
+                    to_child.append(r)
+            await self._to_client(to_client)
+            for r in to_child:
+                await r.ready()
+            with contextlib.suppress(ChildExited):
+                await self.child.send_many([r.upstream for r in to_child
+                                            if r.upstream is not None])
+        code = await self.child.wait()
+        # Pending requests are answered even after client EOF: a client may
+        # close its end of our stdin and still read our stdout.
+        await self._to_client(await self.mediator.upstream_lost(f"exited with code {code}"))
+        if not self._client_eof:
+            self.log.error("upstream_died", returncode=code)
+            self.exit_code = code if code > 0 else (128 - code if code < 0 else 1)
+            self._client_scope.cancel()
 
 
 async def run_wrap(
@@ -182,5 +170,3 @@ async def run_wrap(
             await client_in.aclose()
     return code
 
-
-__all__ = ["AuditPoint", "WrapSession", "run_wrap"]

@@ -72,8 +72,19 @@ class StdioChild:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 raise ChildExited(self.process.returncode) from None
 
+    async def send_many(self, messages: list[bytes]) -> None:
+        """Write several messages in one write; raise ChildExited if the pipe is gone."""
+        if messages:
+            await self.send(b"\n".join(messages))
+
     async def lines(self) -> AsyncIterator[bytes]:
         """The child's stdout, a message per line; ends when stdout closes."""
+        async for batch in self.batches():
+            for line in batch:
+                yield line
+
+    async def batches(self) -> AsyncIterator[list[bytes]]:
+        """The child's stdout as the lists of complete lines each read brings."""
         stdout = self.process.stdout
         assert stdout is not None
         splitter = LineSplitter(self.settings.max_line_bytes)
@@ -84,14 +95,15 @@ class StdioChild:
                 break
             if not chunk:
                 break
-            for line in splitter.feed(chunk):
-                if line is TOO_LONG:
-                    self.log.warning("upstream_line_too_long", limit=self.settings.max_line_bytes)
-                    continue
-                yield line
+            lines = splitter.feed(chunk)
+            if any(line is TOO_LONG for line in lines):
+                self.log.warning("upstream_line_too_long", limit=self.settings.max_line_bytes)
+                lines = [line for line in lines if line is not TOO_LONG]
+            if lines:
+                yield lines
         rest = splitter.remainder()
         if rest:
-            yield rest
+            yield [rest]
 
     async def close_stdin(self) -> None:
         """Ask the child to exit by closing its stdin (idempotent)."""

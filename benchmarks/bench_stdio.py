@@ -1,0 +1,83 @@
+"""stdio path: a client pipelining tools/call (16 in flight) to a trivial echo
+server, directly and through ``mcpwall wrap``, in the same run.
+
+    python benchmarks/bench_stdio.py [--calls 20000] [--rounds 5]
+
+Prints calls/s medians and the ratio of each mcpwall configuration to the
+direct connection. Every response is checked (id and echoed arguments).
+Configurations: allow-all without audit; a policy (rules with an argument
+check and a rate limit high enough not to trigger) with the durable audit
+trail, when that is available in this checkout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from stdio_load import run_load  # noqa: E402
+
+ECHO = [sys.executable, str(HERE / "echo_server.py")]
+WRAP = [sys.executable, "-m", "firewall", "wrap"]
+
+POLICY = {
+    "version": "1",
+    "default": "deny",
+    "tools": {
+        "echo": {
+            "rules": [{"name": "echo-small", "when": {"n": {"min": 0}},
+                       "limits": [{"counter": "echo_rate", "window": "second",
+                                   "max": 10_000_000, "scope": "grant"}]}],
+        }
+    },
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--inflight", type=int, default=16)
+    opts = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="mcpwall-bench-"))
+    policy = tmp / "policy.json"
+    policy.write_text(json.dumps(POLICY))
+    config = tmp / "audit.toml"
+    config.write_text(f'[audit]\npath = "{tmp / "audit.db"}"\nmode = "durable"\n'
+                      '[log]\nlevel = "warning"\n')
+    quiet = tmp / "quiet.toml"
+    quiet.write_text('[log]\nlevel = "warning"\n')
+    targets = {
+        "direct": ECHO,
+        "mcpwall wrap, allow-all": [*WRAP, "--config", str(quiet), "--", *ECHO],
+        "mcpwall wrap, policy": [*WRAP, "--config", str(quiet), "--policy", str(policy),
+                                 "--", *ECHO],
+        "mcpwall wrap, policy + durable audit": [*WRAP, "--config", str(config), "--policy",
+                                                 str(policy), "--", *ECHO],
+    }
+    results: dict[str, list[float]] = {name: [] for name in targets}
+    for _ in range(opts.rounds):
+        for name, argv in targets.items():  # interleaved, so drift hits all alike
+            try:
+                results[name].append(run_load(argv, opts.calls, opts.inflight))
+            except Exception as exc:  # a configuration this checkout cannot run
+                print(f"{name}: failed: {exc}", file=sys.stderr)
+    base = statistics.median(results["direct"])
+    print(f"{'target':40} {'calls/s (median)':>18} {'vs direct':>10}  rounds")
+    for name, values in results.items():
+        if not values:
+            print(f"{name:40} {'failed':>18}")
+            continue
+        med = statistics.median(values)
+        print(f"{name:40} {med:18,.0f} {med / base:9.2f}x  {len(values)}")
+
+
+if __name__ == "__main__":
+    main()
