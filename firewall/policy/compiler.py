@@ -443,7 +443,7 @@ class _Compiler:
         for i, (key, entry) in enumerate(table.items()):
             if not key:
                 raise PolicyError(f"{loaded.source}: {kind}: an empty name matches nothing")
-            rule_id = prefix + join_key(kind, key)
+            rule_id = f"{prefix}{kind}.{key}"
             where = f"{loaded.source}: {join_key(kind, key)}"
             dry = entry.dry_run or policy.dry_run or self.dry_run
             out.append(self._entry(kind, key, entry, rule_id, where, loaded.source, dry,
