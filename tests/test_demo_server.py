@@ -574,6 +574,21 @@ def test_log_messages_and_list_changed_follow_the_client_opt_in() -> None:
     assert json.loads(bad.frames[0])["error"]["code"] == -32602
 
 
+def test_vm_names_with_spaces_are_percent_encoded_in_resource_uris() -> None:
+    session = DemoSession()
+    created = session.receive(json.dumps(_tool_call(1, _create("Win Dev 11"))).encode())
+    assert json.loads(created.frames[0])["result"]["isError"] is False
+    listed = json.loads(session.receive(
+        b'{"jsonrpc":"2.0","id":2,"method":"resources/list"}').frames[0])["result"]["resources"]
+    assert listed[-1]["uri"] == "vm://Win%20Dev%2011"
+    read = session.receive(json.dumps({"jsonrpc": "2.0", "id": 3, "method": "resources/read",
+                                       "params": {"uri": listed[-1]["uri"]}}).encode())
+    body = json.loads(json.loads(read.frames[0])["result"]["contents"][0]["text"])
+    assert body["name"] == "Win Dev 11"
+    bad = Host(catalog.load()).call("vm_management", _create("../etc"))
+    assert bad.is_error and "invalid VM name" in str(bad.error)
+
+
 def test_catalog_serves_the_capture_verbatim() -> None:
     served = catalog.load()
     assert served.names == tuple(t["name"] for t in CAPTURE["tools"])

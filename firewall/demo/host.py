@@ -48,7 +48,7 @@ ADAPTER_SLOTS: Final = 4
 NETWORK_TYPES: Final = ("nat", "bridged", "hostonly", "internal", "generic", "natnetwork")
 MAX_FILE_BYTES: Final = 1 << 20
 
-_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}")
 _OS_FAMILIES: Final = {"Windows": "Windows", "MacOS": "MacOS", "Other": "Other"}
 _PROXMOX_OPERATIONS: Final = (
     "list_vms", "start_vm", "stop_vm", "shutdown_vm", "status", "create_snapshot",
@@ -690,8 +690,8 @@ def _need(args: Args, key: str) -> Any:
 
 def _valid_name(name: str, what: str) -> str:
     if not _NAME.fullmatch(name):
-        raise HostError(f"invalid {what} name {name!r}: use 1-64 letters, digits, '.', '_' "
-                        "or '-', starting with a letter or digit")
+        raise HostError(f"invalid {what} name {name!r}: use 1-64 letters, digits, spaces, "
+                        "'.', '_' or '-', starting with a letter or digit")
     return name
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
+from urllib.parse import quote, unquote
 
 import msgspec
 
@@ -253,14 +254,14 @@ class DemoSession:
 
     def _list_resources(self, params: msgspec.Raw, out: _Out) -> dict[str, Any]:
         return {"resources": [
-            {"uri": f"vm://{name}", "name": name, "title": f"VM {name}",
+            {"uri": f"vm://{quote(name)}", "name": name, "title": f"VM {name}",
              "description": f"Live state of virtual machine {name}",
              "mimeType": "application/json"} for name in self.host.vms]}
 
     def _read_resource(self, params: msgspec.Raw, out: _Out) -> dict[str, Any]:
         uri = _decode(params, _Uri).uri
         scheme, _, name = uri.partition("://")
-        described = self.host.describe(name) if scheme == "vm" else None
+        described = self.host.describe(unquote(name)) if scheme == "vm" else None
         if described is None:
             raise _NotFound(uri)
         return {"contents": [{"uri": uri, "mimeType": "application/json",
