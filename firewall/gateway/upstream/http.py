@@ -1,0 +1,767 @@
+"""Streamable HTTP upstream: a pooled HTTP/1.1 client on h11 and trio streams.
+
+The HTTP front forwards each message an agent POSTs (and the GET and DELETE
+of a session) to an MCP server reached over HTTP, and relays the answer as it
+arrives: one ``application/json`` body, or a ``text/event-stream`` that may
+stay open for the whole of a long tool call.
+
+Rules this module keeps:
+
+1. One :class:`h11.Connection` per TCP (or TLS) stream; h11 does all framing
+   (Content-Length and chunked, both ways). No parsing by hand.
+2. A connection goes back to the pool only when h11 says both sides are
+   ``DONE`` (the whole response was read, neither side asked to close); then
+   ``start_next_cycle()``. Anything else (a body not read to the end, an error,
+   a cancellation, ``Connection: close``) closes it.
+3. The pool is bounded: at most ``max_connections`` exchanges are in flight
+   (a FIFO :class:`trio.Semaphore`; waiters queue there), and because only a
+   finished exchange leaves an idle connection behind, open connections never
+   exceed ``max_connections`` either. A streaming response (SSE) holds its
+   slot until the caller leaves the ``request()`` block.
+4. An idle connection is checked before reuse: one idle longer than
+   ``keepalive_expiry`` or one the server has closed (its socket is readable)
+   is closed instead. No request is ever retried: a POST may be a tools/call
+   with side effects, so a failure goes back to the caller, who reports it.
+5. Every failure to reach or understand the upstream raises
+   :class:`UpstreamError` with a :class:`Reason`; an HTTP error status is an
+   answer, not a failure (the front relays it). A cancellation from outside
+   propagates as ``trio.Cancelled`` after the connection is closed.
+6. Timeouts are trio cancel scopes: ``connect_timeout`` (TCP and TLS),
+   ``pool_timeout`` (waiting for a slot), ``response_timeout`` (request sent
+   until response head), ``read_timeout`` (silence between body chunks).
+
+Example::
+
+    async with HttpUpstream("http://127.0.0.1:8000/mcp") as upstream:
+        async with upstream.request("POST", {"content-type": "application/json",
+                                             "accept": "application/json, text/event-stream"},
+                                    body) as resp:
+            if resp.content_type == "text/event-stream":
+                async for event in resp.events():
+                    ...
+            else:
+                answer = await resp.read()
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import select
+import ssl
+from collections import deque
+from collections.abc import AsyncIterator, Iterable, Mapping
+from types import TracebackType
+from typing import Final
+from urllib.parse import urlsplit
+
+import h11
+import msgspec
+import trio
+
+from firewall.protocol import jsonrpc
+from firewall.protocol.sse import Event, SSEError, SSEParser
+
+__all__ = [
+    "HeaderInput",
+    "HttpUpstream",
+    "PoolStats",
+    "Reason",
+    "Response",
+    "UpstreamError",
+]
+
+HeaderInput = Mapping[str, str] | Iterable[tuple[str | bytes, str | bytes]]
+
+READ_SIZE: Final = 64 * 1024
+USER_AGENT: Final = b"mcpwall"
+
+# Headers that describe one hop, not the message: the client sets its own
+# (Host, framing) and never forwards the caller's.
+_HOP_BY_HOP: Final = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"host",
+        b"content-length",
+    }
+)
+_BODY_METHODS: Final = frozenset({b"POST", b"PUT", b"PATCH"})
+
+
+class Reason(enum.StrEnum):
+    """Why an exchange with the upstream failed."""
+
+    CONNECT_REFUSED = "connect_refused"
+    CONNECT_FAILED = "connect_failed"  # DNS, unreachable network, TLS handshake
+    CONNECT_TIMEOUT = "connect_timeout"
+    POOL_TIMEOUT = "pool_timeout"  # every connection busy for pool_timeout seconds
+    TIMEOUT = "timeout"  # no response head, or silence between body chunks
+    DISCONNECTED = "disconnected"  # reset or closed before the response was complete
+    PROTOCOL_ERROR = "protocol_error"  # the upstream's bytes are not valid HTTP/1.1 (or SSE)
+    TOO_LARGE = "too_large"  # body larger than read(max_bytes)
+    INVALID_REQUEST = "invalid_request"  # a header or method h11 refuses to send
+    CLOSED = "closed"  # this client was closed
+
+
+_TIMEOUT_REASONS: Final = frozenset({Reason.TIMEOUT, Reason.CONNECT_TIMEOUT, Reason.POOL_TIMEOUT})
+
+
+class UpstreamError(Exception):
+    """The upstream could not be reached or did not answer properly.
+
+    ``reason`` says why, ``url`` which upstream, ``detail`` the specifics;
+    :attr:`code` is the JSON-RPC error code to answer the agent with.
+    """
+
+    def __init__(self, reason: Reason, url: str, detail: str) -> None:
+        super().__init__(f"{reason.value}: {url}: {detail}")
+        self.reason = reason
+        self.url = url
+        self.detail = detail
+
+    @property
+    def code(self) -> int:
+        """The JSON-RPC error code that reports this failure to the agent."""
+        if self.reason in _TIMEOUT_REASONS:
+            return jsonrpc.UPSTREAM_TIMEOUT
+        if self.reason is Reason.TOO_LARGE:
+            return jsonrpc.MESSAGE_TOO_LARGE
+        return jsonrpc.UPSTREAM_UNAVAILABLE
+
+
+class PoolStats(msgspec.Struct, frozen=True):
+    """Counters of one :class:`HttpUpstream`, for metrics and tests."""
+
+    opened: int  # connections opened since start
+    reused: int  # exchanges that ran on a kept-alive connection
+    closed: int  # connections closed (expired, broken, not reusable, shutdown)
+    idle: int  # connections waiting in the pool now
+    in_flight: int  # exchanges holding a slot now
+
+
+class _Target(msgspec.Struct, frozen=True):
+    scheme: str
+    host: str
+    port: int
+    host_header: bytes
+    target: bytes
+
+
+def _parse_url(url: str) -> _Target:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"upstream URL must be http:// or https://, got {url!r}")
+    if not parts.hostname:
+        raise ValueError(f"upstream URL has no host: {url!r}")
+    default_port = 443 if parts.scheme == "https" else 80
+    try:
+        port = parts.port or default_port
+    except ValueError:
+        raise ValueError(f"upstream URL has an invalid port: {url!r}") from None
+    host = parts.hostname
+    shown = f"[{host}]" if ":" in host else host
+    host_header = shown if port == default_port else f"{shown}:{port}"
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return _Target(parts.scheme, host, port, host_header.encode("ascii"), target.encode("ascii"))
+
+
+def _header_list(headers: HeaderInput) -> list[tuple[bytes, bytes]]:
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    out: list[tuple[bytes, bytes]] = []
+    for name, value in items:
+        bname = (name.encode("ascii") if isinstance(name, str) else name).lower()
+        if bname in _HOP_BY_HOP:
+            continue
+        out.append((bname, value.encode("utf-8") if isinstance(value, str) else value))
+    return out
+
+
+def _socket_of(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
+    while isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    return stream.socket if isinstance(stream, trio.SocketStream) else None
+
+
+def _has_pending_input(stream: trio.abc.Stream) -> bool:
+    """True when an idle connection's socket is readable: EOF or stray bytes."""
+    sock = _socket_of(stream)
+    if sock is None:
+        return False
+    fd = sock.fileno()
+    if fd < 0:
+        return True
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLERR | select.POLLHUP)
+    return bool(poller.poll(0))
+
+
+class _Connection:
+    """One stream and its h11 state machine; owned by one exchange at a time."""
+
+    __slots__ = ("h11", "idle_since", "stream", "uses")
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.h11 = h11.Connection(h11.CLIENT)
+        self.idle_since = 0.0
+        self.uses = 0
+
+    @property
+    def reusable(self) -> bool:
+        return self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE
+
+
+class Response:
+    """The head of an upstream response, and its body as it arrives.
+
+    Valid inside the ``request()`` block only. ``headers`` are
+    ``(lowercase name, value)`` byte pairs, in the order received.
+    """
+
+    __slots__ = (
+        "_complete",
+        "_conn",
+        "_eof",
+        "_read_timeout",
+        "_released",
+        "_url",
+        "headers",
+        "http_version",
+        "reason",
+        "status",
+    )
+
+    def __init__(
+        self, conn: _Connection, head: h11.Response, url: str, read_timeout: float
+    ) -> None:
+        self._conn = conn
+        self._url = url
+        self._read_timeout = read_timeout
+        self._complete = False
+        self._eof = False
+        self._released = False
+        self.status: int = head.status_code
+        self.reason: bytes = bytes(head.reason)
+        self.http_version: bytes = bytes(head.http_version)
+        self.headers: list[tuple[bytes, bytes]] = list(head.headers)
+
+    def header(self, name: str) -> str | None:
+        """The first value of header ``name`` (any case), decoded, or ``None``."""
+        key = name.lower().encode("ascii")
+        for hname, value in self.headers:
+            if hname == key:
+                return value.decode("utf-8", "replace")
+        return None
+
+    @property
+    def content_type(self) -> str:
+        """The media type, lowercase, without parameters (``""`` if absent)."""
+        value = self.header("content-type") or ""
+        return value.partition(";")[0].strip().lower()
+
+    @property
+    def complete(self) -> bool:
+        """True once the whole body has been read."""
+        return self._complete
+
+    async def receive_chunk(self) -> bytes:
+        """The next piece of the body as it arrives; ``b""`` once it is complete."""
+        if self._complete:
+            return b""
+        if self._released:
+            raise UpstreamError(Reason.CLOSED, self._url, "response used after its request block")
+        conn = self._conn
+        try:
+            while True:
+                event = conn.h11.next_event()
+                if event is h11.NEED_DATA:
+                    await self._receive(conn)
+                elif type(event) is h11.Data:
+                    if event.data:
+                        return bytes(event.data)
+                elif type(event) is h11.EndOfMessage:
+                    self._complete = True
+                    return b""
+                else:  # ConnectionClosed before the end of the body
+                    raise self._broken("connection closed before the response body was complete")
+        except h11.RemoteProtocolError as exc:
+            if self._eof:
+                raise self._broken(
+                    "connection closed before the response body was complete"
+                ) from None
+            raise UpstreamError(Reason.PROTOCOL_ERROR, self._url, str(exc)) from None
+
+    async def _receive(self, conn: _Connection) -> None:
+        try:
+            if self._read_timeout == math.inf:
+                data = await conn.stream.receive_some(READ_SIZE)
+            else:
+                with trio.fail_after(self._read_timeout):
+                    data = await conn.stream.receive_some(READ_SIZE)
+        except trio.TooSlowError:
+            raise UpstreamError(
+                Reason.TIMEOUT, self._url, f"no body data for {self._read_timeout:g} s"
+            ) from None
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise self._broken(f"connection lost while reading the body: {exc!r}") from None
+        if not data:
+            self._eof = True
+        conn.h11.receive_data(bytes(data) if isinstance(data, bytearray) else data)
+
+    def _broken(self, detail: str) -> UpstreamError:
+        return UpstreamError(Reason.DISCONNECTED, self._url, detail)
+
+    def body(self) -> AsyncIterator[bytes]:
+        """Iterate over the body's chunks as they arrive: ``async for chunk in resp.body()``."""
+        return _BodyIterator(self)
+
+    async def read(self, max_bytes: int | None = None) -> bytes:
+        """The whole (remaining) body; :class:`UpstreamError` ``TOO_LARGE`` past ``max_bytes``."""
+        parts: list[bytes] = []
+        size = 0
+        while chunk := await self.receive_chunk():
+            size += len(chunk)
+            if max_bytes is not None and size > max_bytes:
+                raise UpstreamError(
+                    Reason.TOO_LARGE, self._url, f"response body larger than {max_bytes} bytes"
+                )
+            parts.append(chunk)
+        return b"".join(parts)
+
+    def events(self, *, keep_dataless: bool = False) -> AsyncIterator[Event]:
+        """Parse a ``text/event-stream`` body into events as they complete.
+
+        A malformed stream (an event over the parser's size limit) raises
+        :class:`UpstreamError` ``PROTOCOL_ERROR``.
+        """
+        return _EventIterator(self, SSEParser(keep_dataless=keep_dataless))
+
+    def _try_finish_without_io(self) -> None:
+        # The rest of the body may already sit in h11's buffer (a 202 with an
+        # empty body, a small JSON answer): finishing it keeps the connection.
+        h = self._conn.h11
+        try:
+            while not self._complete:
+                event = h.next_event()
+                if event is h11.NEED_DATA or type(event) not in (h11.Data, h11.EndOfMessage):
+                    return
+                if type(event) is h11.EndOfMessage:
+                    self._complete = True
+        except h11.ProtocolError:
+            return
+
+
+class _BodyIterator:
+    __slots__ = ("_response",)
+
+    def __init__(self, response: Response) -> None:
+        self._response = response
+
+    def __aiter__(self) -> _BodyIterator:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await self._response.receive_chunk()
+        if not chunk:
+            raise StopAsyncIteration
+        return chunk
+
+
+class _EventIterator:
+    __slots__ = ("_parser", "_pending", "_response")
+
+    def __init__(self, response: Response, parser: SSEParser) -> None:
+        self._response = response
+        self._parser = parser
+        self._pending: deque[Event] = deque()
+
+    def __aiter__(self) -> _EventIterator:
+        return self
+
+    async def __anext__(self) -> Event:
+        while not self._pending:
+            chunk = await self._response.receive_chunk()
+            if not chunk:
+                raise StopAsyncIteration
+            try:
+                self._pending.extend(self._parser.feed(chunk))
+            except SSEError as exc:
+                raise UpstreamError(Reason.PROTOCOL_ERROR, self._response._url, str(exc)) from None
+        return self._pending.popleft()
+
+
+class _Exchange:
+    """The ``async with upstream.request(...)`` block: slot, connection, response."""
+
+    __slots__ = (
+        "_body",
+        "_conn",
+        "_headers",
+        "_method",
+        "_pool",
+        "_read_timeout",
+        "_response",
+        "_response_timeout",
+        "_slot",
+    )
+
+    def __init__(
+        self,
+        pool: HttpUpstream,
+        method: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        response_timeout: float,
+        read_timeout: float,
+    ) -> None:
+        self._pool = pool
+        self._method = method
+        self._headers = headers
+        self._body = body
+        self._response_timeout = response_timeout
+        self._read_timeout = read_timeout
+        self._conn: _Connection | None = None
+        self._response: Response | None = None
+        self._slot = False
+
+    async def __aenter__(self) -> Response:
+        pool = self._pool
+        await pool._acquire_slot()
+        self._slot = True
+        try:
+            self._conn = await pool._checkout()
+            self._response = await pool._send_and_receive_head(
+                self._conn,
+                self._method,
+                self._headers,
+                self._body,
+                self._response_timeout,
+                self._read_timeout,
+            )
+        except BaseException:
+            await self._release(reusable=False)
+            raise
+        return self._response
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        # Whatever the caller's outcome, a response read to its end leaves the
+        # connection clean; anything less closes it (rule 2).
+        response = self._response
+        reusable = False
+        if response is not None:
+            if not response._complete:
+                response._try_finish_without_io()
+            reusable = response._complete
+        await self._release(reusable=reusable)
+
+    async def _release(self, *, reusable: bool) -> None:
+        if self._response is not None:
+            self._response._released = True
+        conn, self._conn = self._conn, None
+        try:
+            if conn is not None:
+                await self._pool._checkin(conn, reusable=reusable)
+        finally:
+            if self._slot:
+                self._slot = False
+                self._pool._slots.release()
+
+
+class HttpUpstream:
+    """A pooled HTTP/1.1 client for one upstream MCP server URL.
+
+    ``headers`` are sent with every request (an ``Authorization`` for the
+    upstream, say); a request's own headers replace same-named ones.
+    Timeouts are seconds; ``None`` waits forever.
+
+    Example::
+
+        async with HttpUpstream("http://127.0.0.1:9000/mcp", {"authorization": "Bearer t"}) as up:
+            async with up.request("POST", {"content-type": "application/json"}, body) as resp:
+                print(resp.status, await resp.read())
+    """
+
+    def __init__(
+        self,
+        url: str,
+        headers: HeaderInput = (),
+        *,
+        max_connections: int = 64,
+        connect_timeout: float | None = 10.0,
+        pool_timeout: float | None = None,
+        response_timeout: float | None = None,
+        read_timeout: float | None = None,
+        keepalive_expiry: float = 4.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+        self.url = url
+        self._target = _parse_url(url)
+        self._default_headers = _header_list(headers)
+        self._max_connections = max_connections
+        self._connect_timeout = _seconds(connect_timeout)
+        self._pool_timeout = _seconds(pool_timeout)
+        self._response_timeout = _seconds(response_timeout)
+        self._read_timeout = _seconds(read_timeout)
+        # Under the usual 5 s keep-alive of servers, so we drop a connection
+        # before the server does rather than race its close.
+        self._keepalive_expiry = keepalive_expiry
+        self._ssl_context = ssl_context
+        if self._target.scheme == "https" and ssl_context is None:
+            self._ssl_context = ssl.create_default_context()
+        self._slots = trio.Semaphore(max_connections)
+        self._idle: deque[_Connection] = deque()
+        self._open: set[_Connection] = set()
+        self._closed = False
+        self._opened = self._reused = self._closed_count = 0
+
+    # -- public ---------------------------------------------------------------
+
+    def request(
+        self,
+        method: str,
+        headers: HeaderInput = (),
+        body: bytes = b"",
+        *,
+        response_timeout: float | None = None,
+        read_timeout: float | None = None,
+    ) -> _Exchange:
+        """Send one request; ``async with`` it to get the :class:`Response`.
+
+        The connection returns to the pool when the block ends, if the body
+        was read to the end; otherwise it is closed. ``response_timeout`` and
+        ``read_timeout`` override the client's (``math.inf``: no limit).
+        Raises :class:`UpstreamError` on entering (and from body reads).
+
+        Example: ``async with up.request("DELETE", {"mcp-session-id": sid}) as r: ...``
+        """
+        merged = self._default_headers
+        extra = _header_list(headers)
+        if extra:
+            names = {name for name, _ in extra}
+            merged = [h for h in merged if h[0] not in names] + extra
+        return _Exchange(
+            self,
+            method.upper().encode("ascii"),
+            merged,
+            body,
+            self._response_timeout if response_timeout is None else response_timeout,
+            self._read_timeout if read_timeout is None else read_timeout,
+        )
+
+    def stats(self) -> PoolStats:
+        """A snapshot of the pool's counters."""
+        return PoolStats(
+            opened=self._opened,
+            reused=self._reused,
+            closed=self._closed_count,
+            idle=len(self._idle),
+            in_flight=self._max_connections - self._slots.value,
+        )
+
+    async def aclose(self) -> None:
+        """Close every connection, idle or in use; later requests fail with ``CLOSED``.
+
+        Exchanges still running see their stream closed and raise
+        :class:`UpstreamError` (``DISCONNECTED``).
+        """
+        self._closed = True
+        self._idle.clear()
+        for conn in list(self._open):
+            await self._close(conn)
+
+    async def __aenter__(self) -> HttpUpstream:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # -- pool -----------------------------------------------------------------
+
+    def _error(self, reason: Reason, detail: str) -> UpstreamError:
+        return UpstreamError(reason, self.url, detail)
+
+    async def _acquire_slot(self) -> None:
+        if self._closed:
+            raise self._error(Reason.CLOSED, "the upstream client is closed")
+        if self._pool_timeout == math.inf:
+            await self._slots.acquire()
+        else:
+            try:
+                with trio.fail_after(self._pool_timeout):
+                    await self._slots.acquire()
+            except trio.TooSlowError:
+                raise self._error(
+                    Reason.POOL_TIMEOUT,
+                    f"all {self._max_connections} connections busy for {self._pool_timeout:g} s",
+                ) from None
+        if self._closed:  # closed while we waited
+            self._slots.release()
+            raise self._error(Reason.CLOSED, "the upstream client is closed")
+
+    async def _checkout(self) -> _Connection:
+        now = trio.current_time()
+        idle = self._idle
+        while idle:
+            conn = idle.pop()  # most recently used first: it is the least likely to be stale
+            if now - conn.idle_since < self._keepalive_expiry and not _has_pending_input(
+                conn.stream
+            ):
+                self._reused += 1
+                conn.uses += 1
+                return conn
+            await self._close(conn)
+        return await self._connect()
+
+    async def _checkin(self, conn: _Connection, *, reusable: bool) -> None:
+        if reusable and conn.reusable and not self._closed:
+            conn.h11.start_next_cycle()
+            conn.idle_since = trio.current_time()
+            self._idle.append(conn)
+        else:
+            await self._close(conn)
+
+    async def _close(self, conn: _Connection) -> None:
+        if conn in self._open:
+            self._open.discard(conn)
+            self._closed_count += 1
+        await trio.aclose_forcefully(conn.stream)
+
+    async def _connect(self) -> _Connection:
+        target = self._target
+        try:
+            with trio.fail_after(self._connect_timeout):
+                stream: trio.abc.Stream = await trio.open_tcp_stream(target.host, target.port)
+                if self._ssl_context is not None:
+                    tls = trio.SSLStream(
+                        stream,
+                        self._ssl_context,
+                        server_hostname=target.host,
+                        https_compatible=True,
+                    )
+                    try:
+                        await tls.do_handshake()
+                    except BaseException:
+                        await trio.aclose_forcefully(stream)
+                        raise
+                    stream = tls
+        except trio.TooSlowError:
+            raise self._error(
+                Reason.CONNECT_TIMEOUT,
+                f"no connection to {target.host}:{target.port} within {self._connect_timeout:g} s",
+            ) from None
+        except trio.BrokenResourceError as exc:  # TLS handshake failed
+            raise self._error(
+                Reason.CONNECT_FAILED, f"TLS handshake failed: {exc.__cause__!r}"
+            ) from None
+        except OSError as exc:
+            reason = Reason.CONNECT_REFUSED if _refused(exc) else Reason.CONNECT_FAILED
+            raise self._error(
+                reason, f"cannot connect to {target.host}:{target.port}: {exc}"
+            ) from None
+        conn = _Connection(stream)
+        self._open.add(conn)
+        self._opened += 1
+        if self._closed:  # closed while we connected
+            await self._close(conn)
+            raise self._error(Reason.CLOSED, "the upstream client is closed")
+        return conn
+
+    async def _send_and_receive_head(
+        self,
+        conn: _Connection,
+        method: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        response_timeout: float,
+        read_timeout: float,
+    ) -> Response:
+        all_headers = [(b"host", self._target.host_header)]
+        if body or method in _BODY_METHODS:
+            all_headers.append((b"content-length", str(len(body)).encode("ascii")))
+        all_headers.extend(headers)
+        h = conn.h11
+        try:
+            parts = [
+                h.send(h11.Request(method=method, target=self._target.target, headers=all_headers))
+            ]
+            if body:
+                parts.append(h.send(h11.Data(data=body)))
+            parts.append(h.send(h11.EndOfMessage()))
+        except h11.LocalProtocolError as exc:
+            raise self._error(Reason.INVALID_REQUEST, str(exc)) from None
+        wire = b"".join(p for p in parts if p)
+        reused = conn.uses > 0
+        try:
+            if response_timeout == math.inf:
+                return await self._exchange_head(conn, wire, read_timeout, reused)
+            with trio.fail_after(response_timeout):
+                return await self._exchange_head(conn, wire, read_timeout, reused)
+        except trio.TooSlowError:
+            raise self._error(
+                Reason.TIMEOUT, f"no response within {response_timeout:g} s"
+            ) from None
+
+    async def _exchange_head(
+        self, conn: _Connection, wire: bytes, read_timeout: float, reused: bool
+    ) -> Response:
+        h = conn.h11
+        eof = False
+        try:
+            await conn.stream.send_all(wire)
+            while True:
+                event = h.next_event()
+                if event is h11.NEED_DATA:
+                    data = await conn.stream.receive_some(READ_SIZE)
+                    eof = not data
+                    h.receive_data(bytes(data) if isinstance(data, bytearray) else data)
+                elif type(event) is h11.Response:
+                    return Response(conn, event, self.url, read_timeout)
+                elif type(event) is h11.InformationalResponse:
+                    continue
+                else:
+                    raise h11.RemoteProtocolError(f"unexpected {type(event).__name__}")
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise self._error(Reason.DISCONNECTED, _lost(reused, repr(exc))) from None
+        except h11.RemoteProtocolError as exc:
+            if eof:
+                raise self._error(Reason.DISCONNECTED, _lost(reused, "end of stream")) from None
+            raise self._error(Reason.PROTOCOL_ERROR, str(exc)) from None
+
+
+def _lost(reused: bool, what: str) -> str:
+    if reused:
+        return f"kept-alive connection lost before the response ({what}); request not retried"
+    return f"connection lost before the response ({what})"
+
+
+def _refused(exc: OSError) -> bool:
+    if isinstance(exc, ConnectionRefusedError):
+        return True
+    cause = exc.__cause__
+    if isinstance(cause, BaseExceptionGroup):
+        return any(isinstance(e, ConnectionRefusedError) for e in cause.exceptions)
+    return False
+
+
+def _seconds(value: float | None) -> float:
+    return math.inf if value is None else value
