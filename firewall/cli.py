@@ -57,6 +57,9 @@ def _load(path: Path | None) -> Config:
 @click.option("--server-name", default=None,
               help="Name of the wrapped server in policy and audit (default: command name).")
 @click.option("--dry-run", is_flag=True, help="Decide and record, enforce nothing.")
+@click.option("--audit-db", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Audit database (default: the config's [audit] path with --config, "
+                   "else no audit trail).")
 @click.option("--max-line-bytes", type=int, default=None,
               help="Refuse messages longer than this (default 16 MiB).")
 @click.option("--terminate-grace", type=float, default=None,
@@ -71,6 +74,7 @@ def wrap(
     groups: tuple[str, ...],
     server_name: str | None,
     dry_run: bool,
+    audit_db: Path | None,
     max_line_bytes: int | None,
     terminate_grace: float | None,
     command: tuple[str, ...],
@@ -95,10 +99,14 @@ def wrap(
     who = principal or os.environ.get("USER") or "local"
     caller = Caller(principal=who, grant=grant or f"wrap:{who}", groups=tuple(groups))
     name = server_name or Path(command[0]).name
+    if audit_db is not None:
+        config = msgspec.structs.replace(
+            config, audit=msgspec.structs.replace(config.audit, path=str(audit_db.resolve())))
     from firewall.gateway.runtime import run_wrap_session
 
     try:
-        code = trio.run(run_wrap_session, config, settings, name, caller, files, dry_run)
+        code = trio.run(run_wrap_session, config, settings, name, caller, files, dry_run,
+                        audit_db is not None or config_path is not None)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     sys.exit(code)

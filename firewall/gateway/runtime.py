@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import secrets
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any, TextIO
 
 import trio
 
+from firewall.audit.events import AuditPoint, LifecycleEvent
+from firewall.audit.writer import AuditError, default_instance_id, open_audit
 from firewall.config import Config, ConfigError, StdioServer
 from firewall.gateway.mediator import Mediator
 from firewall.gateway.stdio_front import run_wrap
@@ -39,6 +48,78 @@ def build_policy(
         raise ConfigError(str(exc)) from None
 
 
+async def lifecycle(audit: AuditPoint | None, kind: Any, **fields: Any) -> None:
+    """Append a lifecycle event (session, policy, upstream) when auditing."""
+    if audit is not None:
+        detail = fields.pop("detail", {})
+        await audit.append(LifecycleEvent(ts_ns=time.time_ns(), kind=kind, detail=detail,
+                                          **fields))
+
+
+async def watch_policy(policy: PolicyPoint, audit: AuditPoint | None,
+                       interval: float = 1.0) -> None:
+    """Reload the policy on SIGHUP and when a policy file changes on disk.
+
+    A bad file keeps the table in force; the error is logged and audited. Calls
+    in flight finish under the table they started with (the engine swaps the
+    whole table with one assignment).
+    """
+    if not isinstance(policy, PolicySet):
+        return
+    log = get_logger()
+    await lifecycle(audit, "policy_load", detail={"files": policy.digests})
+
+    async def reload(trigger: str) -> None:
+        result = policy.reload()
+        if result.ok:
+            if result.changed:
+                log.info("policy_reloaded", trigger=trigger, files=result.files)
+                await lifecycle(audit, "policy_reload", detail={"files": result.files,
+                                                                "trigger": trigger})
+        else:
+            log.error("policy_reload_failed", trigger=trigger, error=result.error)
+            await lifecycle(audit, "policy_reload_failed", detail={
+                "error": result.error, "kept": result.files, "trigger": trigger})
+
+    def stamp() -> tuple[tuple[str, float, int], ...]:
+        out = []
+        for name in sorted(policy.digests):
+            try:
+                st = os.stat(name)
+                out.append((name, st.st_mtime, st.st_size))
+            except OSError:
+                out.append((name, -1.0, -1))
+        return tuple(out)
+
+    async def on_sighup() -> None:
+        with trio.open_signal_receiver(signal.SIGHUP) as signals:
+            async for _ in signals:
+                await reload("SIGHUP")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(on_sighup)
+        last = stamp()
+        while True:
+            await trio.sleep(interval)
+            now = stamp()
+            if now != last:
+                last = now
+                await reload("file_changed")
+
+
+@asynccontextmanager
+async def maybe_audit(config: Config, enabled: bool) -> AsyncIterator[AuditPoint | None]:
+    """The audit trail of ``config`` when ``enabled``, else None."""
+    if not enabled:
+        yield None
+        return
+    try:
+        async with open_audit(config.audit, instance_id=default_instance_id()) as audit:
+            yield audit
+    except AuditError as exc:
+        raise ConfigError(f"audit trail {config.audit.path}: {exc}") from None
+
+
 async def run_wrap_session(
     config: Config,
     settings: StdioServer,
@@ -46,20 +127,81 @@ async def run_wrap_session(
     caller: Caller,
     policy_files: list[str],
     dry_run: bool,
+    audit_enabled: bool,
 ) -> int:
     """One ``wrap`` session on our stdin/stdout; returns the process exit code."""
     policy = build_policy(policy_files, dry_run=dry_run or config.policy.dry_run)
     session = new_session_id()
-    mediator = Mediator(server=server, session=session, caller=caller, policy=policy,
-                        audit=None, deny_tools_call_as=config.policy.deny_tools_call_as)
-    get_logger(server=server, session=session).info(
-        "session_started", principal=caller.principal, transport="stdio")
-    return await run_wrap(settings, mediator=mediator)
+    log = get_logger(server=server, session=session)
+    async with maybe_audit(config, audit_enabled) as audit, trio.open_nursery() as nursery:
+        if audit is None:
+            log.warning("audit_disabled", hint="pass --audit-db PATH or --config FILE")
+        nursery.start_soon(watch_policy, policy, audit)
+        mediator = Mediator(server=server, session=session, caller=caller, policy=policy,
+                            audit=audit, deny_tools_call_as=config.policy.deny_tools_call_as)
+        log.info("session_started", principal=caller.principal, transport="stdio")
+        await lifecycle(audit, "session_start", session=session, principal=caller.principal,
+                        server=server, detail={"transport": "stdio", "grant": caller.grant,
+                                               "command": [settings.command, *settings.args]})
+        code = await run_wrap(settings, mediator=mediator)
+        await lifecycle(audit, "session_end", session=session, principal=caller.principal,
+                        server=server, detail={"exit_code": code})
+        nursery.cancel_scope.cancel()
+    return code
 
 
-async def serve(config: Config) -> None:
-    """Run the HTTP front for the fleet until SIGINT/SIGTERM."""
-    raise ConfigError("the HTTP front is not available yet")
+async def serve(config: Config, *, banner: TextIO | None = None) -> None:
+    """Run the HTTP front for the fleet until SIGINT/SIGTERM.
+
+    The first signal starts a graceful shutdown (no new requests, in-flight
+    calls get ``listen.shutdown_grace_seconds``, then children stop and the
+    audit trail is flushed); a second one stops at once. ``banner`` (stderr by
+    default) gets the URLs and an MCP client config snippet once listening.
+    """
+    from firewall.gateway.http_front import HttpFront, connect_banner, run_front
+
+    policy = build_policy(config.policy.files,
+                          {name: s.policy for name, s in config.servers.items()},
+                          dry_run=config.policy.dry_run)
+    # The one place the audit point of `serve` is created (None: no audit yet).
+    audit = None
+    front = HttpFront(config, policy, audit)
+    log = get_logger(component="serve")
+
+    async def run(task_status: trio.TaskStatus[list[str]]) -> None:
+        try:
+            await run_front(front, task_status=task_status)
+        finally:
+            nursery.cancel_scope.cancel()
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_stop_on_signals, front, nursery.cancel_scope)
+            binds = await nursery.start(run)
+            log.info("serve_started", urls=binds, servers=list(config.servers))
+            connect_banner(config, binds, banner if banner is not None else sys.stderr)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {config.listen.host}:{config.listen.port}: "
+                          f"{exc.strerror or exc}") from None
+    log.info("serve_stopped")
+
+
+async def _stop_on_signals(front: Any, scope: trio.CancelScope) -> None:
+    """First SIGINT/SIGTERM: drain gracefully; a second one: stop now."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        count = 0
+        async for signum in signals:
+            count += 1
+            if count == 1:
+                get_logger(component="serve").info("signal_received", signal=signum,
+                                                   action="drain")
+                front.begin_shutdown()
+            else:
+                get_logger(component="serve").warning("signal_received", signal=signum,
+                                                      action="stop_now")
+                front.close()
+                scope.cancel()
+                return
 
 
 __all__ = ["new_session_id", "run_wrap_session", "serve", "trio"]
