@@ -39,7 +39,13 @@ from firewall.audit.checkpoint import (
     HmacKey,
     load_verifier,
 )
-from firewall.audit.store import SegmentInfo, StoreError, connect_readonly, segment_info
+from firewall.audit.store import (
+    SegmentInfo,
+    StoreError,
+    connect_readonly,
+    expand_paths,
+    segment_info,
+)
 
 ProblemKind = Literal[
     "edited", "deleted", "reordered", "inserted", "truncated", "forged_checkpoint",
@@ -114,7 +120,8 @@ def default_key(first: Path) -> Path | None:
 def verify_paths(paths: list[Path], *, keys: list[Path] | None = None,
                  anchors: list[Path] | None = None,
                  progress: Progress | None = None) -> list[ChainReport]:
-    """Verify every chain found in ``paths`` (files of one or more chains).
+    """Verify every chain found in ``paths`` (files of one or more chains; a file
+    brings its later segments, see :func:`firewall.audit.store.expand_paths`).
 
     ``keys``: verification key files (default: the ``.key.pub``/``.key`` beside
     each chain's first file). ``anchors``: anchor files (default: the
@@ -122,7 +129,7 @@ def verify_paths(paths: list[Path], *, keys: list[Path] | None = None,
     """
     chains: dict[str, list[SegmentInfo]] = {}
     reports: list[ChainReport] = []
-    for p in paths:
+    for p in expand_paths(paths):
         try:
             conn = connect_readonly(p)
             info = segment_info(conn, p)
