@@ -180,9 +180,15 @@ async def serve(config: Config, *, banner: TextIO | None = None) -> None:
             binds = await nursery.start(run)
             log.info("serve_started", urls=binds, servers=list(config.servers))
             connect_banner(config, binds, banner if banner is not None else sys.stderr)
-    except OSError as exc:
+    except BaseExceptionGroup as group:
+        bind_error = group.subgroup(OSError)
+        if bind_error is None:
+            raise
+        exc = bind_error.exceptions[0]
+        while isinstance(exc, BaseExceptionGroup):
+            exc = exc.exceptions[0]
         raise ConfigError(f"cannot listen on {config.listen.host}:{config.listen.port}: "
-                          f"{exc.strerror or exc}") from None
+                          f"{getattr(exc, 'strerror', None) or exc}") from None
     log.info("serve_stopped")
 
 

@@ -1,0 +1,147 @@
+"""One HTTP request and its response, over raw ASGI.
+
+:class:`Exchange` is the small surface the HTTP front needs from ASGI: the
+request's method, path and (lower-cased) headers, a body read with a size cap,
+and a response sent whole (:meth:`Exchange.respond`) or streamed
+(:meth:`Exchange.start` + :meth:`Exchange.write`). Rules it keeps:
+
+1. The body is read incrementally and reading stops at the cap: an oversized
+   body is never held whole in memory.
+2. Writes after the client went away are dropped silently (``disconnected``
+   says so); the handler decides whether to go on (a request whose answer a
+   client may still fetch by resumption) or stop.
+3. Exactly one response per request: :meth:`respond` or :meth:`start`, once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any, Final
+
+import trio
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+JSON: Final = "application/json"
+SSE: Final = "text/event-stream"
+
+
+class BodyTooLarge(Exception):
+    """The request body exceeds the cap."""
+
+
+class ClientGone(Exception):
+    """The client disconnected before its body was read."""
+
+
+class Exchange:
+    """An HTTP request/response pair on ASGI."""
+
+    __slots__ = ("_receive", "_send", "disconnected", "headers", "method", "path", "started")
+
+    def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.method: str = scope["method"]
+        self.path: str = scope["path"]
+        self.headers: dict[str, str] = {}
+        for raw_name, raw_value in scope["headers"]:
+            name = raw_name.decode("latin-1").lower()
+            value = raw_value.decode("latin-1")
+            # Repeated headers are joined as RFC 9110 allows for list values.
+            self.headers[name] = f"{self.headers[name]}, {value}" if name in self.headers else value
+        self._receive = receive
+        self._send = send
+        self.started = False
+        self.disconnected = False
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name)
+
+    async def read_body(self, cap: int) -> bytes:
+        """The whole body; raise :class:`BodyTooLarge` past ``cap`` bytes."""
+        length = self.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > cap:
+            raise BodyTooLarge
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                self.disconnected = True
+                raise ClientGone
+            chunk = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > cap:
+                    raise BodyTooLarge
+                parts.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(parts)
+
+    async def wait_disconnect(self) -> None:
+        """Return when the client disconnects (call once the body was read)."""
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                self.disconnected = True
+                return
+
+    async def respond(self, status: int, body: bytes = b"", content_type: str | None = JSON,
+                      headers: Iterable[tuple[str, str]] = ()) -> None:
+        """Send a complete response."""
+        hdrs = list(headers)
+        if content_type is not None and body:
+            hdrs.append(("content-type", content_type))
+        await self.start(status, hdrs)
+        await self._emit(body, more=False)
+
+    async def start(self, status: int, headers: Iterable[tuple[str, str]]) -> None:
+        """Send the status line and headers of a streamed response."""
+        assert not self.started, "one response per request"
+        self.started = True
+        await self._raw({
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers],
+        })
+
+    async def write(self, data: bytes) -> None:
+        """Send part of a streamed body, at once (no buffering)."""
+        await self._emit(data, more=True)
+
+    async def end(self) -> None:
+        """Finish a streamed body."""
+        await self._emit(b"", more=False)
+
+    async def _emit(self, data: bytes, *, more: bool) -> None:
+        await self._raw({"type": "http.response.body", "body": data, "more_body": more})
+
+    async def _raw(self, message: Message) -> None:
+        if self.disconnected:
+            return
+        try:
+            await self._send(message)
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+            self.disconnected = True
+
+
+def accepts(header: str | None, media_type: str) -> bool:
+    """True when an Accept header admits ``media_type`` (absent header admits all)."""
+    if header is None:
+        return True
+    major = media_type.split("/", 1)[0]
+    for item in header.split(","):
+        kind = item.split(";", 1)[0].strip().lower()
+        if kind in (media_type, "*/*", f"{major}/*"):
+            return True
+    return False
+
+
+async def refuse(ex: Exchange, status: int, code: int, message: str,
+                 headers: Iterable[tuple[str, str]] = (), data: Any = None) -> None:
+    """Answer with an HTTP error status and a JSON-RPC error body (id null)."""
+    from firewall.protocol import jsonrpc
+
+    await ex.respond(status, jsonrpc.error_response(None, code, message, data), headers=headers)

@@ -1,0 +1,259 @@
+"""Client sessions of the HTTP front, and the event streams they own.
+
+A session is mcpwall's own: its id (``Mcp-Session-Id``) is random, bound to
+the caller that created it, and never the upstream's. Rules this module keeps:
+
+1. A session id is 128 random bits (:func:`secrets.token_urlsafe`). Looking a
+   session up needs the id, the server name and the same caller (principal
+   and grant); any mismatch is "not found", so a session's existence is never
+   revealed to another principal.
+2. The table holds at most ``max_sessions`` sessions. A session with no HTTP
+   request in flight for longer than its idle limit is closed by the reaper;
+   afterwards its id is unknown (HTTP 404).
+3. An :class:`EventStream` keeps a bounded replay buffer (``max_events`` events
+   and ``max_bytes`` bytes, oldest dropped first): what a client that lost its
+   connection can get back with ``Last-Event-ID``. Publishing never blocks, so
+   a slow client never stalls the upstream; a client that falls further
+   behind than the buffer loses the oldest events (logged).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, Final, Literal
+
+import trio
+
+from firewall.audit.events import AuditPoint
+from firewall.config import ListenSettings
+from firewall.gateway.mediator import Mediator
+from firewall.policy.decision import Caller, PolicyPoint
+
+# Replay bound of one stream (documented in docs/operations.md).
+MAX_STREAM_EVENTS: Final = 1024
+MAX_STREAM_BYTES: Final = 8 * 1024 * 1024
+
+
+def new_session_id() -> str:
+    """A cryptographically random session id (128 bits, URL-safe)."""
+    return secrets.token_urlsafe(16)
+
+
+class EventStream:
+    """One SSE stream of a session: numbered events, a bounded replay buffer.
+
+    Event ids are ``"{stream}-{seq}"``, unique within the session, so a
+    ``Last-Event-ID`` names both the stream and the position to resume from.
+    """
+
+    def __init__(
+        self, number: int, *, max_events: int = MAX_STREAM_EVENTS,
+        max_bytes: int = MAX_STREAM_BYTES,
+    ) -> None:
+        self.number = number
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self.events: deque[tuple[int, bytes]] = deque()
+        self.size = 0
+        self.last_seq = 0
+        self.finished = False
+        # The highest seq some client has been sent: a new GET (without
+        # Last-Event-ID) starts after it, so nothing published while no client
+        # was connected is lost.
+        self.delivered = 0
+        self._changed = trio.Event()
+
+    def event_id(self, seq: int) -> str:
+        return f"{self.number}-{seq}"
+
+    def publish(self, data: bytes) -> int:
+        """Append one message; wake the readers. Returns its seq."""
+        self.last_seq += 1
+        self.events.append((self.last_seq, data))
+        self.size += len(data)
+        while self.events and (len(self.events) > self.max_events or self.size > self.max_bytes):
+            _, old = self.events.popleft()
+            self.size -= len(old)
+        self._wake()
+        return self.last_seq
+
+    def finish(self) -> None:
+        """No more events will come (the request was answered)."""
+        self.finished = True
+        self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def after(self, seq: int) -> list[tuple[int, bytes]]:
+        """The buffered events after ``seq`` (oldest first)."""
+        if seq >= self.last_seq:
+            return []
+        return [(s, d) for s, d in self.events if s > seq]
+
+    async def wait_after(self, seq: int) -> list[tuple[int, bytes]]:
+        """Wait until there is an event after ``seq`` or the stream finished."""
+        while seq >= self.last_seq and not self.finished:
+            await self._changed.wait()
+        return self.after(seq)
+
+
+def parse_event_id(value: str) -> tuple[int, int] | None:
+    """``"3-17"`` -> ``(3, 17)``; None for an id mcpwall did not issue."""
+    stream, sep, seq = value.partition("-")
+    if not sep or not stream.isdigit() or not seq.isdigit():
+        return None
+    return int(stream), int(seq)
+
+
+class Session:
+    """State shared by every kind of session: identity, mediator, activity."""
+
+    def __init__(self, *, sid: str, server: str, caller: Caller, mediator: Mediator,
+                 idle_limit: float) -> None:
+        self.id = sid
+        self.server = server
+        self.caller = caller
+        self.mediator = mediator
+        self.idle_limit = idle_limit
+        self.created = trio.current_time()
+        self.last_active = self.created
+        self.in_flight = 0
+        self.closed = False
+        self.log: Any = mediator.log
+
+    def busy(self) -> _Busy:
+        """Count an HTTP request as in flight while the ``with`` block runs."""
+        return _Busy(self)
+
+    def idle_for(self, now: float) -> float:
+        """Seconds without any request in flight (0 while one is)."""
+        return 0.0 if self.in_flight else now - self.last_active
+
+    async def close(self, reason: str) -> None:
+        """End the session (subclasses stop their upstream binding)."""
+        self.closed = True
+
+
+class _Busy:
+    __slots__ = ("session",)
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def __enter__(self) -> Session:
+        self.session.in_flight += 1
+        self.session.last_active = trio.current_time()
+        return self.session
+
+    def __exit__(self, *exc: object) -> None:
+        self.session.in_flight -= 1
+        self.session.last_active = trio.current_time()
+
+
+class SessionTable:
+    """Every open session of the front, by id."""
+
+    def __init__(self, max_sessions: int) -> None:
+        self.max_sessions = max_sessions
+        self._sessions: dict[str, Session] = {}
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def __iter__(self) -> Iterator[Session]:
+        return iter(list(self._sessions.values()))
+
+    @property
+    def full(self) -> bool:
+        return len(self._sessions) >= self.max_sessions
+
+    def count(self, server: str) -> int:
+        """Open sessions of one server."""
+        return sum(1 for s in self._sessions.values() if s.server == server)
+
+    def add(self, session: Session) -> None:
+        if not session.closed:
+            self._sessions[session.id] = session
+
+    def remove(self, session: Session) -> None:
+        if self._sessions.get(session.id) is session:
+            del self._sessions[session.id]
+
+    def find(self, sid: str, server: str, caller: Caller) -> Session | None:
+        """The session with this id, if it belongs to this server and caller."""
+        session = self._sessions.get(sid)
+        if session is None or session.closed or session.server != server:
+            return None
+        if session.caller.principal != caller.principal or session.caller.grant != caller.grant:
+            return None
+        return session
+
+    async def reap(self, now: float) -> int:
+        """Close the sessions idle past their limit; return how many."""
+        reaped = 0
+        for session in self:
+            if session.idle_for(now) > session.idle_limit:
+                session.log.info("session_expired", idle_seconds=round(now - session.last_active))
+                await session.close("idle")
+                self.remove(session)
+                reaped += 1
+        return reaped
+
+    async def run_reaper(self, interval: float) -> None:
+        """Reap idle sessions every ``interval`` seconds, forever."""
+        while True:
+            await trio.sleep(interval)
+            await self.reap(trio.current_time())
+
+
+class FrontContext:
+    """What every endpoint of the HTTP front shares: limits, sessions, policy, audit.
+
+    Session tasks run in :attr:`nursery`, owned by the front: closing the
+    front ends every session and stops every child.
+    """
+
+    def __init__(
+        self,
+        listen: ListenSettings,
+        policy: PolicyPoint,
+        audit: AuditPoint | None,
+        deny_tools_call_as: Literal["tool_result", "jsonrpc_error"] = "tool_result",
+    ) -> None:
+        self.listen = listen
+        self.policy = policy
+        self.audit = audit
+        self.deny_tools_call_as = deny_tools_call_as
+        self.table = SessionTable(listen.max_sessions)
+        self.nursery: trio.Nursery | None = None
+
+    def mediator(self, server: str, sid: str, caller: Caller) -> Mediator:
+        """A mediator for a new session of ``server``."""
+        return Mediator(server=server, session=sid, caller=caller, policy=self.policy,
+                        audit=self.audit, deny_tools_call_as=self.deny_tools_call_as)
+
+    async def start_session(
+        self, session: Session, run: Callable[..., Awaitable[None]] | None = None
+    ) -> None:
+        """Add a session to the table; run its task (if any) in the front's nursery.
+
+        ``run`` takes ``task_status``; what it raises before ``started()``
+        propagates here and the session is not added.
+        """
+        if run is not None:
+            assert self.nursery is not None, "the front is not running"
+            await self.nursery.start(self._run_session, session, run)
+        self.table.add(session)
+
+    async def _run_session(
+        self, session: Session, run: Callable[..., Awaitable[None]],
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        try:
+            await run(task_status=task_status)
+        finally:
+            self.table.remove(session)
