@@ -1,0 +1,210 @@
+"""The writer thread, group commit, backpressure, redaction, segments, reopen."""
+
+from __future__ import annotations
+
+import sqlite3
+import stat
+from pathlib import Path
+
+import msgspec
+import pytest
+import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from firewall.audit.chain import GENESIS, event_row, verify_row
+from firewall.audit.events import DecisionEvent, LifecycleEvent, OutcomeEvent
+from firewall.audit.redaction import Redactor
+from firewall.audit.settings import DEFAULT_REDACT_NAMES, DEFAULT_REDACT_VALUES, AuditSettings
+from firewall.audit.store import StoreError, chain_files
+from firewall.audit.verify import verify_paths
+from firewall.audit.writer import AuditError, AuditWriter, Trail, open_audit
+
+
+def _decision(i: int, **kw: object) -> DecisionEvent:
+    base: dict[str, object] = dict(
+        ts_ns=1_700_000_000_000_000_000 + i, call_id=f"c{i}", session=f"s{i % 4}",
+        principal=f"p{i % 3}", grant="g", server="vm", method="tools/call", tool="t",
+        arguments={"i": i}, decision="allow", rule="r")
+    base.update(kw)
+    return DecisionEvent(**base)  # type: ignore[arg-type]
+
+
+def _count(db: Path) -> int:
+    conn = sqlite3.connect(db)
+    n: int = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+    conn.close()
+    return n
+
+
+async def test_durable_appends_are_committed_in_order(tmp_path: Path) -> None:
+    db = tmp_path / "audit.db"
+    async with open_audit(AuditSettings(path=str(db)), instance_id="gw-1") as audit:
+        async def producer(k: int) -> None:
+            for i in range(50):
+                receipt = await audit.append(_decision(k * 1000 + i))
+                await receipt.committed()
+                # committed means readable by another connection, now
+                conn = sqlite3.connect(db)
+                found = conn.execute("SELECT count(*) FROM events WHERE call_id = ?",
+                                     (f"c{k * 1000 + i}",)).fetchone()[0]
+                conn.close()
+                assert found == 1
+
+        async with trio.open_nursery() as nursery:
+            for k in range(8):
+                nursery.start_soon(producer, k)
+    assert _count(db) == 400
+    [report] = verify_paths([db])
+    assert report.ok and report.signed_upto == 400
+
+
+async def test_fast_mode_with_a_tiny_queue_drops_nothing(tmp_path: Path) -> None:
+    db = tmp_path / "audit.db"
+    settings = AuditSettings(path=str(db), mode="fast", queue_size=3, max_batch=2)
+    async with open_audit(settings, instance_id="gw-1") as audit:
+        async with trio.open_nursery() as nursery:
+            for k in range(10):
+                async def burst(k: int = k) -> None:
+                    for i in range(30):
+                        r = await audit.append(_decision(k * 100 + i))
+                        await r.committed()  # returns at once in fast mode
+                nursery.start_soon(burst)
+        await audit.flush()
+        assert _count(db) == 300
+    assert verify_paths([db])[0].ok
+
+
+async def test_appends_keep_call_order_within_a_task(tmp_path: Path) -> None:
+    db = tmp_path / "audit.db"
+    async with open_audit(AuditSettings(path=str(db), mode="fast"), instance_id="gw") as audit:
+        for i in range(100):
+            await audit.append(_decision(i))
+    conn = sqlite3.connect(db)
+    ids = [r[0] for r in conn.execute("SELECT call_id FROM events ORDER BY seq")]
+    assert ids == [f"c{i}" for i in range(100)]
+
+
+async def test_a_failed_commit_fails_the_receipts_and_later_appends(tmp_path: Path) -> None:
+    db = tmp_path / "audit.db"
+    writer = AuditWriter(AuditSettings(path=str(db)), "gw")
+    await writer.start()
+    assert writer.trail is not None
+    writer.trail.conn.execute("CREATE TRIGGER boom BEFORE INSERT ON events "
+                              "BEGIN SELECT RAISE(ABORT, 'disk on fire'); END")
+    receipt = await writer.append(_decision(1))
+    with pytest.raises(AuditError):
+        await receipt.committed()
+    with pytest.raises(AuditError):
+        await writer.append(_decision(2))
+    with pytest.raises(AuditError):
+        await writer.aclose()
+
+
+async def test_second_writer_is_refused(tmp_path: Path) -> None:
+    settings = AuditSettings(path=str(tmp_path / "audit.db"))
+    async with open_audit(settings, instance_id="a"):
+        with pytest.raises(StoreError, match="another mcpwall process"):
+            async with open_audit(settings, instance_id="b"):
+                pass
+
+
+def test_reopen_continues_the_chain(tmp_path: Path) -> None:
+    settings = AuditSettings(path=str(tmp_path / "audit.db"))
+    with Trail(settings, "gw-1") as trail:
+        trail.append_batch([_decision(i) for i in range(10)])
+    with Trail(settings, "gw-1") as trail:
+        assert trail.seq == 10
+        trail.append_batch([_decision(i) for i in range(10, 15)])
+    [report] = verify_paths([tmp_path / "audit.db"])
+    assert report.ok and report.rows == 15 and report.checkpoints == 2
+
+
+def test_segments_rotate_and_the_chain_spans_them(tmp_path: Path) -> None:
+    settings = AuditSettings(path=str(tmp_path / "audit.db"), segment_max_bytes=64 * 1024)
+    with Trail(settings, "gw-1") as trail:
+        for k in range(30):
+            trail.append_batch([_decision(k * 20 + i) for i in range(20)])
+    files = chain_files(tmp_path / "audit.db")
+    assert len(files) > 2
+    assert files[1].name == "audit.000002.db"
+    [report] = verify_paths([tmp_path / "audit.db"])
+    assert report.ok and report.rows == 600 and len(report.files) == len(files)
+
+
+def test_key_files_are_private_and_generated_once(tmp_path: Path) -> None:
+    settings = AuditSettings(path=str(tmp_path / "audit.db"), checkpoint_algorithm="ed25519")
+    with Trail(settings, "gw") as trail:
+        trail.append_batch([_decision(1)])
+    key = tmp_path / "audit.db.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "audit.db.redaction-key").stat().st_mode) == 0o600
+    assert (tmp_path / "audit.db.key.pub").read_bytes().startswith(b"-----BEGIN PUBLIC KEY")
+    first = key.read_bytes()
+    with Trail(settings, "gw") as trail:
+        trail.append_batch([_decision(2)])
+    assert key.read_bytes() == first
+    # a verifier needs only the public key
+    key.unlink()
+    [report] = verify_paths([tmp_path / "audit.db"])
+    assert report.ok and report.signatures_checked
+
+
+def test_secrets_are_redacted_but_still_correlate(tmp_path: Path) -> None:
+    settings = AuditSettings(path=str(tmp_path / "audit.db"))
+    secret = "ghp_" + "a" * 36
+    with Trail(settings, "gw") as trail:
+        trail.append_batch([
+            _decision(1, arguments={"password": "hunter2", "note": f"use {secret} please"}),
+            _decision(2, arguments={"nested": [{"Api_Key": 12345}], "token": "hunter2"}),
+        ])
+    text = (tmp_path / "audit.db").read_bytes() + (tmp_path / "audit.db-wal").read_bytes() \
+        if (tmp_path / "audit.db-wal").exists() else (tmp_path / "audit.db").read_bytes()
+    assert b"hunter2" not in text and secret.encode() not in text
+    conn = sqlite3.connect(tmp_path / "audit.db")
+    a, b = [msgspec.json.decode(r[0]) for r in
+            conn.execute("SELECT arguments FROM events ORDER BY seq")]
+    assert a["password"] == b["token"]  # equal secrets, equal tokens
+    assert a["password"].startswith("[redacted:")
+    assert a["note"].startswith("use [redacted:") and a["note"].endswith(" please")
+    assert b["nested"][0]["Api_Key"].startswith("[redacted:")
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**63, 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
+                                                                 max_size=3),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(arguments=st.dictionaries(st.text(max_size=10), _json_values, max_size=4),
+       retry=st.none() | st.floats(min_value=0, max_value=1e9, allow_nan=False),
+       text=st.text(max_size=30), ts=st.integers(0, 2**63 - 1))
+def test_rows_read_back_from_sqlite_still_verify(arguments: dict[str, object],
+                                                  retry: float | None, text: str,
+                                                  ts: int) -> None:
+    """The hash is over what SQLite gives back, whatever the values."""
+    conn = sqlite3.connect(":memory:")
+    from firewall.audit.store import create_schema
+    create_schema(conn)
+    redactor = Redactor.compile(DEFAULT_REDACT_NAMES, DEFAULT_REDACT_VALUES, b"k" * 32)
+    events = [
+        DecisionEvent(ts_ns=ts, call_id=text, session=text, principal=text, grant="g",
+                      server="s", method="m", arguments=arguments, decision="deny",
+                      reason=text, retry_after=retry, dry_run=True),
+        OutcomeEvent(ts_ns=ts, call_id=text, session=text, server="s", status="timeout",
+                     error_code=-32001, error_message=text, latency_ns=ts),
+        LifecycleEvent(ts_ns=ts, kind="approval", detail={"who": text, "args": arguments}),
+    ]
+    prev = GENESIS
+    for i, event in enumerate(events, 1):
+        row = event_row(event, seq=i, instance="gw", prev_hash=prev, redactor=redactor)
+        from firewall.audit.chain import COLUMNS
+        conn.execute(f"INSERT INTO events VALUES ({', '.join('?' * len(COLUMNS))})", row)
+        back = conn.execute("SELECT * FROM events WHERE seq = ?", (i,)).fetchone()
+        assert back == row
+        assert verify_row(back)
+        prev = row[-1]
