@@ -7,16 +7,24 @@ Python SDK's own Streamable HTTP server.
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import json
 import math
 import socket
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
 import trio
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 from mcp.server.mcpserver import Context, MCPServer
@@ -170,12 +178,17 @@ class Server(msgspec.Struct):
         return {port for _, port in self.app.clients}
 
 
-async def start_hypercorn(nursery: trio.Nursery, app: Any, keep_alive: float = 30.0) -> str:
+async def start_hypercorn(
+    nursery: trio.Nursery, app: Any, keep_alive: float = 30.0, tls: tuple[Path, Path] | None = None
+) -> str:
+    """Serve ``app`` on a free port of 127.0.0.1; return its base URL."""
     config = HypercornConfig()
     config.bind = ["127.0.0.1:0"]
     config.keep_alive_timeout = keep_alive
     config.accesslog = None
     config.errorlog = None
+    if tls is not None:
+        config.certfile, config.keyfile = str(tls[0]), str(tls[1])
     binds: list[str] = await nursery.start(partial(serve, app, config))
     return binds[0]
 
@@ -689,3 +702,61 @@ async def test_against_the_mcp_sdk_server(mcp_server: str) -> None:
             assert resp.status == 404  # the session is gone
             await resp.read()
         assert upstream.stats().opened == 1  # one kept-alive connection for the whole session
+
+
+# --- TLS ---------------------------------------------------------------------------------
+
+
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A throwaway certificate for localhost and 127.0.0.1 (PEM cert, PEM key)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+async def test_https_upstream(nursery: trio.Nursery, tmp_path: Path) -> None:
+    cert_path, key_path = self_signed_certificate(tmp_path)
+    url = await start_hypercorn(nursery, ScriptedApp(), tls=(cert_path, key_path)) + "/mcp"
+    assert url.startswith("https://")
+
+    trusted = ssl.create_default_context(cafile=str(cert_path))
+    async with HttpUpstream(url, ssl_context=trusted) as upstream:
+        for ident in range(3):
+            async with upstream.request("POST", JSON_HEADERS, call(ident)) as resp:
+                assert json.loads(await resp.read())["id"] == ident
+        assert upstream.stats().opened == 1
+
+    # The system trust store does not know this certificate: a clear connect failure.
+    async with HttpUpstream(url) as untrusting:
+        with pytest.raises(UpstreamError) as info:
+            async with untrusting.request("POST", JSON_HEADERS, call(1)):
+                pass
+        assert info.value.reason is Reason.CONNECT_FAILED
+        assert "CERTIFICATE_VERIFY_FAILED" in info.value.detail
