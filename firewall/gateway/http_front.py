@@ -32,7 +32,6 @@ import json
 import logging
 import sys
 from collections.abc import Mapping
-from functools import partial
 from typing import Any, Final, Protocol, TextIO, cast
 from urllib.parse import urlsplit
 

@@ -1,0 +1,344 @@
+"""HTTP sessions backed by Streamable HTTP upstreams: mediated relay.
+
+Rules this module keeps:
+
+1. The upstream's ``Mcp-Session-Id`` is kept in our session and sent on every
+   request of it; the client only ever sees mcpwall's own id. A request without
+   a session that is not ``initialize`` is forwarded without one (stateless
+   servers, and the coming stateless revision of MCP), mediated on its own.
+2. Forwarded: the mediator's bytes (the original ones, unless it rewrote a
+   tools/list), ``Accept``, ``Content-Type``, ``MCP-Protocol-Version``,
+   ``Last-Event-ID`` and other ``Mcp-*`` headers, plus the server's configured
+   ``headers`` (its credentials). Never the client's ``Authorization`` and
+   never our session id.
+3. An SSE answer is parsed incrementally; each event's data passes through the
+   mediator and is written to the client as soon as it arrives, with its
+   ``id`` and ``retry`` unchanged, so ``Last-Event-ID`` resumption is the
+   upstream's own. Keepalive comments fill silences longer than
+   ``keepalive_seconds``.
+4. The per-request upstream timeout bounds the wait for the answer; a failure
+   to reach the upstream answers the request with a JSON-RPC error carrying
+   its id (HTTP 502, or 504 for a timeout), recorded as the call's outcome.
+5. Upstream says 404 for our session: the upstream session is gone, so is ours.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Final
+
+import trio
+
+from firewall.config import HttpServer
+from firewall.gateway.exchange import JSON, SSE, Exchange, refuse
+from firewall.gateway.mediator import Mediator
+from firewall.gateway.sessions import FrontContext, Session, new_session_id
+from firewall.gateway.upstream.http import HttpUpstream, Reason, Response, UpstreamError
+from firewall.log import get_logger
+from firewall.policy.decision import Caller
+from firewall.protocol import jsonrpc, mcp, sse
+from firewall.protocol.jsonrpc import Kind
+
+MAX_RESPONSE_BYTES: Final = 64 * 1024 * 1024
+_FORWARDED: Final = ("accept", "content-type", "mcp-protocol-version", "last-event-id")
+SSE_HEADERS: Final = (("content-type", sse.CONTENT_TYPE), ("cache-control", "no-cache"),
+                      ("x-accel-buffering", "no"))
+
+
+class HttpSession(Session):
+    """A client session mapped to a session of the upstream server."""
+
+    def __init__(self, *, endpoint: HttpEndpoint, sid: str, caller: Caller,
+                 mediator: Mediator) -> None:
+        super().__init__(sid=sid, server=endpoint.name, caller=caller, mediator=mediator,
+                         idle_limit=endpoint.idle_limit)
+        self.endpoint = endpoint
+        self.upstream_sid: str | None = None
+        self.get_scopes: set[trio.CancelScope] = set()
+
+    async def close(self, reason: str) -> None:
+        """End the session here and, best effort, at the upstream."""
+        if self.closed:
+            return
+        self.closed = True
+        self.log.info("session_closed", reason=reason)
+        self.end_get_streams()
+        if self.upstream_sid is not None and reason != "upstream":
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                try:
+                    async with self.endpoint.upstream.request(
+                            "DELETE", {"mcp-session-id": self.upstream_sid}) as resp:
+                        await resp.read(MAX_RESPONSE_BYTES)
+                except UpstreamError as exc:
+                    self.log.info("upstream_delete_failed", reason=exc.reason.value)
+
+    def end_get_streams(self) -> None:
+        for scope in self.get_scopes:
+            scope.cancel()
+
+
+class HttpEndpoint:
+    """``/servers/NAME/mcp`` of an HTTP server: a mediated relay."""
+
+    transport: Final = "http"
+
+    def __init__(self, name: str, settings: HttpServer, front: FrontContext) -> None:
+        self.name = name
+        self.settings = settings
+        self.front = front
+        listen = front.listen
+        self.idle_limit = listen.session_idle_seconds
+        self.timeout = listen.upstream_timeout_seconds
+        self.keepalive = listen.keepalive_seconds
+        self.upstream = HttpUpstream(
+            settings.url, settings.headers, max_connections=settings.max_connections,
+            connect_timeout=settings.connect_timeout_seconds)
+
+    async def aclose(self) -> None:
+        await self.upstream.aclose()
+
+    def health(self) -> dict[str, Any]:
+        stats = self.upstream.stats()
+        return {"transport": self.transport, "url": self.settings.url,
+                "sessions": self.front.table.count(self.name),
+                "connections": {"idle": stats.idle, "in_flight": stats.in_flight,
+                                "opened": stats.opened}}
+
+    def _headers(self, ex: Exchange, session: HttpSession | None) -> list[tuple[str, str]]:
+        out = [(name, value) for name, value in ex.headers.items()
+               if name in _FORWARDED or (name.startswith("mcp-") and name != "mcp-session-id")]
+        if session is not None and session.upstream_sid is not None:
+            out.append(("mcp-session-id", session.upstream_sid))
+        return out
+
+    # -- POST ----------------------------------------------------------------
+    async def post(self, ex: Exchange, caller: Caller, session: Session | None,
+                   msg: jsonrpc.Message, body: bytes, accept_sse: bool) -> None:
+        created: HttpSession | None = None
+        if session is None and msg.kind is Kind.REQUEST and msg.method == mcp.INITIALIZE:
+            if self.front.table.full:
+                await refuse(ex, 503, jsonrpc.UPSTREAM_UNAVAILABLE,
+                             f"Service Unavailable: {self.front.table.max_sessions} sessions "
+                             "open (listen.max_sessions)", [("retry-after", "5")])
+                return
+            sid = new_session_id()
+            created = HttpSession(endpoint=self, sid=sid, caller=caller,
+                                  mediator=self.front.mediator(self.name, sid, caller))
+            session = created
+        assert session is None or isinstance(session, HttpSession)
+        mediator = (session.mediator if session is not None
+                    else self.front.mediator(self.name, "stateless-" + new_session_id(), caller))
+        if session is None:
+            await self._post(ex, None, None, mediator, msg, body)
+            return
+        with session.busy():
+            await self._post(ex, session, created, mediator, msg, body)
+
+    async def _post(self, ex: Exchange, session: HttpSession | None, created: HttpSession | None,
+                    mediator: Mediator, msg: jsonrpc.Message, body: bytes) -> None:
+        routed = await mediator.from_client(body)
+        if routed.upstream is None:
+            await ex.respond(200, routed.client or b"")
+            return
+        await routed.ready()
+        is_request = msg.kind is Kind.REQUEST
+        deadline = trio.current_time() + self.timeout
+        try:
+            async with self.upstream.request(
+                    "POST", self._headers(ex, session), routed.upstream,
+                    response_timeout=self.timeout if is_request else None) as resp:
+                await self._relay_post(ex, resp, session, created, mediator, msg, deadline)
+        except UpstreamError as exc:
+            mediator.log.warning("upstream_failed", reason=exc.reason.value, detail=exc.detail)
+            if ex.started:
+                await ex.end()
+                return
+            status = 504 if exc.code == jsonrpc.UPSTREAM_TIMEOUT else 502
+            text = f"upstream server {self.name!r} failed: {exc.reason.value}"
+            rid = msg.request_id
+            if is_request and rid is not None:
+                if exc.reason is Reason.TIMEOUT:
+                    reply = await mediator.timed_out(rid, self.timeout)
+                else:
+                    reply = (await mediator.from_server(
+                        jsonrpc.error_response(rid, exc.code, text))).client
+                await ex.respond(status, reply or jsonrpc.error_response(rid, exc.code, text))
+            else:
+                await refuse(ex, status, exc.code, text)
+
+    async def _relay_post(self, ex: Exchange, resp: Response, session: HttpSession | None,
+                          created: HttpSession | None, mediator: Mediator,
+                          msg: jsonrpc.Message, deadline: float) -> None:
+        status = resp.status
+        headers: list[tuple[str, str]] = []
+        if created is not None and status < 300 and resp.content_type in (JSON, SSE):
+            created.upstream_sid = resp.header("mcp-session-id")
+            await self.front.start_session(created)
+            created.log.info("session_started", transport="http", upstream="http")
+            headers.append(("mcp-session-id", created.id))
+        if status == 404 and session is not None and session.upstream_sid is not None \
+                and created is None:
+            await resp.read(MAX_RESPONSE_BYTES)
+            await session.close("upstream")
+            self.front.table.remove(session)
+            await refuse(ex, 404, jsonrpc.INVALID_REQUEST,
+                         "Not Found: the upstream server ended this session")
+            return
+        ctype = resp.content_type
+        if ctype == SSE and status < 300:
+            await ex.start(status, [*SSE_HEADERS, *headers])
+            await self._relay_events(ex, resp, session, mediator, msg, deadline)
+            return
+        data = await resp.read(MAX_RESPONSE_BYTES)
+        if status == 202 or not data:
+            await ex.respond(status, b"", headers=headers)
+            return
+        if ctype == JSON:
+            routed = await mediator.from_server(data)
+            if routed.client is not None:
+                await ex.respond(status, routed.client, headers=headers)
+                return
+        rid = msg.request_id
+        await ex.respond(502 if status < 400 else status, jsonrpc.error_response(
+            rid, jsonrpc.UPSTREAM_UNAVAILABLE,
+            f"upstream server {self.name!r} answered HTTP {status} with {ctype or 'no type'}"),
+            headers=headers)
+
+    async def _relay_events(self, ex: Exchange, resp: Response, session: HttpSession | None,
+                            mediator: Mediator, msg: jsonrpc.Message | None,
+                            deadline: float | None) -> None:
+        """Relay an upstream event stream to the client, event by event."""
+        rid = msg.request_id if msg is not None and msg.kind is Kind.REQUEST else None
+        answered = False
+        writing = trio.Lock()
+        last_write = [trio.current_time()]
+
+        async def write(data: bytes) -> None:
+            async with writing:
+                await ex.write(data)
+                last_write[0] = trio.current_time()
+
+        async def keepalive() -> None:
+            while True:
+                await trio.sleep_until(last_write[0] + self.keepalive)
+                if trio.current_time() >= last_write[0] + self.keepalive:
+                    await write(sse.COMMENT_KEEPALIVE)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(keepalive)
+            with trio.move_on_at(deadline if deadline is not None else math.inf):
+                try:
+                    async for event in resp.events(keep_dataless=True):
+                        if event.data is None:
+                            await write(sse.encode_event(None, id=event.id, event=event.event,
+                                                         retry=event.retry))
+                            continue
+                        routed = await mediator.from_server(event.data)
+                        if routed.upstream is not None:  # a refused server->client request
+                            nursery.start_soon(self._answer_upstream, session, routed)
+                        if routed.client is not None:
+                            await write(sse.encode_event(routed.client, id=event.id,
+                                                         event=event.event, retry=event.retry))
+                            if rid is not None and not answered and _answers(routed.client, rid):
+                                answered = True
+                        elif event.id is not None or event.retry is not None:
+                            await write(sse.encode_event(None, id=event.id, retry=event.retry))
+                except UpstreamError as exc:
+                    mediator.log.warning("upstream_stream_failed", reason=exc.reason.value,
+                                         detail=exc.detail)
+            if rid is not None and not answered:
+                if deadline is not None and trio.current_time() >= deadline:
+                    reply = await mediator.timed_out(rid, self.timeout)
+                else:
+                    reply = (await mediator.from_server(jsonrpc.error_response(
+                        rid, jsonrpc.UPSTREAM_UNAVAILABLE,
+                        f"upstream server {self.name!r} ended the stream without an answer"))
+                    ).client
+                if reply is not None:
+                    await write(sse.encode_event(reply))
+            nursery.cancel_scope.cancel()
+        await ex.end()
+
+    async def _answer_upstream(self, session: HttpSession | None, routed: Any) -> None:
+        """POST the refusal of a server->client request back to the upstream."""
+        await routed.ready()
+        headers = [("content-type", JSON), ("accept", f"{JSON}, {SSE}")]
+        if session is not None and session.upstream_sid is not None:
+            headers.append(("mcp-session-id", session.upstream_sid))
+        try:
+            async with self.upstream.request("POST", headers, routed.upstream) as resp:
+                await resp.read(MAX_RESPONSE_BYTES)
+        except UpstreamError as exc:
+            get_logger(server=self.name).warning("upstream_failed", reason=exc.reason.value)
+
+    # -- GET / DELETE ----------------------------------------------------------
+    async def get(self, ex: Exchange, session: Session) -> None:
+        assert isinstance(session, HttpSession)
+        scope = trio.CancelScope()
+        session.get_scopes.add(scope)
+        try:
+            with session.busy(), scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_cancel_on_disconnect, ex, nursery.cancel_scope)
+                    await self._get(ex, session)
+                    nursery.cancel_scope.cancel()
+        except UpstreamError as exc:
+            session.log.warning("upstream_failed", reason=exc.reason.value, detail=exc.detail)
+            if not ex.started:
+                await refuse(ex, 502, exc.code,
+                             f"upstream server {self.name!r} failed: {exc.reason.value}")
+        finally:
+            session.get_scopes.discard(scope)
+        if ex.started and not ex.disconnected:
+            await ex.end()
+        elif not ex.started:
+            await refuse(ex, 503, jsonrpc.UPSTREAM_UNAVAILABLE, "Service Unavailable")
+
+    async def _get(self, ex: Exchange, session: HttpSession) -> None:
+        async with self.upstream.request("GET", self._headers(ex, session),
+                                         response_timeout=self.timeout) as resp:
+            if resp.status == 200 and resp.content_type == SSE:
+                await ex.start(200, SSE_HEADERS)
+                await self._relay_events(ex, resp, session, session.mediator, None, None)
+                return
+            data = await resp.read(MAX_RESPONSE_BYTES)
+            if resp.status == 404 and session.upstream_sid is not None:
+                await session.close("upstream")
+                self.front.table.remove(session)
+            allow = resp.header("allow")
+            await ex.respond(resp.status, data if resp.content_type == JSON else b"",
+                             headers=[("allow", allow)] if allow else [])
+
+    async def delete(self, ex: Exchange, session: Session) -> None:
+        assert isinstance(session, HttpSession)
+        status = 204
+        if session.upstream_sid is not None:
+            try:
+                async with self.upstream.request("DELETE", self._headers(ex, session),
+                                                 response_timeout=self.timeout) as resp:
+                    await resp.read(MAX_RESPONSE_BYTES)
+                    status = resp.status if resp.status >= 300 else 204
+            except UpstreamError as exc:
+                session.log.warning("upstream_failed", reason=exc.reason.value)
+        if status == 405:
+            await refuse(ex, 405, jsonrpc.INVALID_REQUEST,
+                         "Method Not Allowed: the upstream server keeps its sessions",
+                         [("allow", "GET, POST")])
+            return
+        session.upstream_sid = None  # already ended there
+        await session.close("deleted by the client")
+        self.front.table.remove(session)
+        await ex.respond(204)
+
+
+def _answers(data: bytes, rid: jsonrpc.RequestId) -> bool:
+    try:
+        msg = jsonrpc.decode(data)
+    except jsonrpc.ProtocolError:
+        return False
+    return msg.kind is Kind.RESPONSE and msg.request_id == rid
+
+
+async def _cancel_on_disconnect(ex: Exchange, scope: trio.CancelScope) -> None:
+    await ex.wait_disconnect()
+    scope.cancel()
