@@ -580,10 +580,22 @@ async def test_close_without_answer_is_disconnected(nursery: trio.Nursery) -> No
         assert info.value.reason is Reason.DISCONNECTED
 
 
-async def test_bad_header_value_is_invalid_request(server: Server) -> None:
+@pytest.mark.parametrize(
+    ("method", "headers"),
+    [
+        ("POST", {"x-bad": "a\r\nb"}),
+        ("POST", {"bad name": "x"}),
+        ("POST", {"nämé": "x"}),
+        ("PÖST", {}),
+        ("GET /x", {}),
+    ],
+)
+async def test_bad_request_is_invalid_request(
+    server: Server, method: str, headers: dict[str, str]
+) -> None:
     async with HttpUpstream(server.url + "/mcp") as upstream:
         with pytest.raises(UpstreamError) as info:
-            async with upstream.request("POST", {"x-bad": "a\r\nb"}, call(1)):
+            async with upstream.request(method, headers, call(1)):
                 pass
         assert info.value.reason is Reason.INVALID_REQUEST
         # The slot came back: the pool still works.
@@ -617,7 +629,8 @@ async def test_aclose_interrupts_a_running_stream(server: Server) -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["ftp://host/mcp", "http:///mcp", "http://host:99999/mcp", "host:80/mcp"]
+    "url",
+    ["ftp://host/mcp", "http:///mcp", "http://host:99999/mcp", "host:80/mcp", "http://h/é"],
 )
 def test_bad_url_is_refused(url: str) -> None:
     with pytest.raises(ValueError):

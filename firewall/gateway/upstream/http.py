@@ -170,6 +170,8 @@ def _parse_url(url: str) -> _Target:
     shown = f"[{host}]" if ":" in host else host
     host_header = shown if port == default_port else f"{shown}:{port}"
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    if not (host_header.isascii() and target.isascii()):
+        raise ValueError(f"upstream URL must be ASCII (IDNA host, percent-encoded path): {url!r}")
     return _Target(parts.scheme, host, port, host_header.encode("ascii"), target.encode("ascii"))
 
 
@@ -177,10 +179,12 @@ def _header_list(headers: HeaderInput) -> list[tuple[bytes, bytes]]:
     items = headers.items() if isinstance(headers, Mapping) else headers
     out: list[tuple[bytes, bytes]] = []
     for name, value in items:
-        bname = (name.encode("ascii") if isinstance(name, str) else name).lower()
+        # Encoding never fails here; h11 refuses what is not a valid header
+        # (INVALID_REQUEST) when the request is sent.
+        bname = (name.encode("utf-8", "replace") if isinstance(name, str) else name).lower()
         if bname in _HOP_BY_HOP:
             continue
-        out.append((bname, value.encode("utf-8") if isinstance(value, str) else value))
+        out.append((bname, value.encode("utf-8", "replace") if isinstance(value, str) else value))
     return out
 
 
@@ -556,7 +560,7 @@ class HttpUpstream:
             merged = [h for h in merged if h[0] not in names] + extra
         return _Exchange(
             self,
-            method.upper().encode("ascii"),
+            method.upper().encode("utf-8", "replace"),
             merged,
             body,
             self._response_timeout if response_timeout is None else response_timeout,
