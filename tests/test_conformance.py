@@ -1,0 +1,148 @@
+"""The MCP conformance suite against real servers: directly, and through mcpwall.
+
+Direct runs pin the baselines the firewall is held to: server-everything passes
+exactly ``EVERYTHING_BASELINE`` (13 of 32 checks with suite 0.1.16), the fixture
+passes every check (40 of 40). A run through mcpwall must pass at least what
+the same upstream passes directly.
+
+Needs the Node toolchain (``scripts/setup-node``); the through-mcpwall runs need
+mcpwall's HTTP front (``firewall.gateway.http_front``) and skip until it exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures import conformance_harness as harness
+
+pytestmark = [pytest.mark.node, pytest.mark.slow]
+
+
+def _require_toolchain() -> None:
+    problem = harness.toolchain_problem()
+    if problem is None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"the Node toolchain must be installed in CI: {problem}")
+    pytest.skip(problem)
+
+
+def _require_front() -> None:
+    problem = harness.mcpwall_front_problem()
+    if problem is not None:
+        pytest.skip(problem)
+
+
+@contextlib.contextmanager
+def _mcpwall(work_dir: Path, servers: Mapping[str, harness.Upstream]) -> Iterator[str]:
+    """mcpwall in front of servers; skip the test while mcpwall has no HTTP front."""
+    _require_front()
+    try:
+        with harness.mcpwall_front(work_dir, servers) as base:
+            yield base
+    except harness.FrontUnavailable as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="module")
+def work_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("conformance")
+
+
+@pytest.fixture(scope="module")
+def everything_url(work_dir: Path) -> Iterator[str]:
+    _require_toolchain()
+    with harness.everything_http(work_dir / "everything") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def fixture_url(work_dir: Path) -> Iterator[str]:
+    _require_toolchain()
+    with harness.fixture_http(work_dir / "fixture") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def everything_direct(everything_url: str, work_dir: Path) -> harness.SuiteRun:
+    return harness.run_suite(everything_url, target="direct-everything", work_dir=work_dir)
+
+
+def _failures(run: harness.SuiteRun, keys: frozenset[str]) -> str:
+    errors = {c.key: c.error for c in run.checks}
+    return "\n".join(f"{k}: {errors.get(k) or 'did not run'}" for k in sorted(keys))
+
+
+def test_everything_direct_passes_exactly_its_baseline(everything_direct: harness.SuiteRun) -> None:
+    run = everything_direct
+    assert len(run.counted) == 32
+    assert run.passed == harness.EVERYTHING_BASELINE, (
+        f"missing: {sorted(harness.EVERYTHING_BASELINE - run.passed)}; "
+        f"new: {sorted(run.passed - harness.EVERYTHING_BASELINE)}")
+    # server-everything has no Host/Origin checks: the rebinding probe gets 200.
+    assert "dns-rebinding-protection/localhost-host-rebinding-rejected" in run.failed
+    assert run.suite_exit_code == 1
+
+
+def test_fixture_direct_passes_every_check(fixture_url: str, work_dir: Path) -> None:
+    run = harness.run_suite(fixture_url, target="fixture", work_dir=work_dir)
+    assert run.failed == frozenset(), _failures(run, run.failed)
+    assert run.passed == harness.FIXTURE_BASELINE
+    assert len(run.counted) == 40
+    assert run.suite_exit_code == 0
+
+
+def test_single_scenario_run_counts_only_that_scenario(fixture_url: str, work_dir: Path) -> None:
+    run = harness.run_suite(fixture_url, target="fixture-one", scenarios=["ping"],
+                            work_dir=work_dir)
+    assert run.passed == {"ping/ping"}
+
+
+def test_everything_through_mcpwall_http_keeps_every_direct_pass(
+        everything_url: str, everything_direct: harness.SuiteRun, work_dir: Path) -> None:
+    _require_front()
+    upstream = {"everything": harness.HttpUpstream(everything_url)}
+    with _mcpwall(work_dir / "mcpwall-http", upstream) as base:
+        run = harness.run_suite(harness.endpoint(base, "everything"),
+                                target="through-mcpwall-http", work_dir=work_dir)
+    lost = everything_direct.passed - run.passed
+    assert not lost, _failures(run, lost)
+
+
+def test_everything_through_mcpwall_stdio_keeps_every_direct_pass(
+        everything_direct: harness.SuiteRun, work_dir: Path) -> None:
+    _require_front()
+    upstream = {"everything": harness.StdioUpstream(harness.everything_stdio_argv())}
+    with _mcpwall(work_dir / "mcpwall-stdio", upstream) as base:
+        run = harness.run_suite(harness.endpoint(base, "everything"),
+                                target="through-mcpwall-stdio", work_dir=work_dir)
+    lost = everything_direct.passed - run.passed
+    assert not lost, _failures(run, lost)
+
+
+def test_fixture_through_mcpwall_http_passes_every_check(fixture_url: str,
+                                                          work_dir: Path) -> None:
+    _require_front()
+    upstream = {"fixture": harness.HttpUpstream(fixture_url)}
+    with _mcpwall(work_dir / "fixture-mcpwall-http", upstream) as base:
+        run = harness.run_suite(harness.endpoint(base, "fixture"),
+                                target="fixture-through-mcpwall-http", work_dir=work_dir)
+    assert run.failed == frozenset(), _failures(run, run.failed)
+    assert run.passed == harness.FIXTURE_BASELINE
+
+
+def test_fixture_through_mcpwall_stdio_passes_every_check(work_dir: Path) -> None:
+    _require_toolchain()
+    _require_front()
+    upstream = {"fixture": harness.StdioUpstream(harness.fixture_stdio_argv())}
+    with _mcpwall(work_dir / "fixture-mcpwall-stdio", upstream) as base:
+        run = harness.run_suite(harness.endpoint(base, "fixture"),
+                                target="fixture-through-mcpwall-stdio", work_dir=work_dir)
+    # The DNS-rebinding checks hit mcpwall's own front: a stdio upstream cannot help.
+    assert run.failed == frozenset(), _failures(run, run.failed)
+    assert run.passed == harness.FIXTURE_BASELINE
