@@ -17,7 +17,9 @@ Rules this module keeps:
    (a FIFO :class:`trio.Semaphore`; waiters queue there), and because only a
    finished exchange leaves an idle connection behind, open connections never
    exceed ``max_connections`` either. A streaming response (SSE) holds its
-   slot until the caller leaves the ``request()`` block.
+   slot until the caller leaves the ``request()`` block, so long-lived GET
+   streams are best given their own ``HttpUpstream`` (their own budget), lest
+   they starve the POSTs.
 4. An idle connection is checked before reuse: one idle longer than
    ``keepalive_expiry`` or one the server has closed (its socket is readable)
    is closed instead. No request is ever retried: a POST may be a tools/call
