@@ -1,13 +1,15 @@
 """stdio path: a client pipelining tools/call (16 in flight) to a trivial echo
 server, directly and through ``mcpwall wrap``, in the same run.
 
-    python benchmarks/bench_stdio.py [--calls 20000] [--rounds 5]
+    python benchmarks/bench_stdio.py [--calls 20000] [--rounds 5] [--peers]
 
 Prints calls/s medians and the ratio of each mcpwall configuration to the
 direct connection. Every response is checked (id and echoed arguments).
 Configurations: allow-all without audit; a policy (rules with an argument
 check and a rate limit high enough not to trigger) with the durable audit
-trail, when that is available in this checkout.
+trail. With --peers, the PyPI package mcp-firewall 0.1.0 (its wrap mode,
+default action allow, global rate limit raised out of the way) is installed in
+benchmarks/.peers and measured in the same run.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -40,11 +43,33 @@ POLICY = {
 }
 
 
+PEERS = HERE / ".peers"
+PEER_CONFIG = """version: 1
+defaultAction: allow
+globalRateLimit:
+  maxCalls: 100000000
+  windowSeconds: 60
+"""
+
+
+def peer_targets(tmp: Path) -> dict[str, list[str]]:
+    """Install the peers in their own virtualenv (once) and return their argv."""
+    if not (PEERS / "bin" / "mcp-firewall").exists():
+        subprocess.run([sys.executable, "-m", "venv", str(PEERS)], check=True)
+        subprocess.run([str(PEERS / "bin" / "pip"), "install", "-q", "mcp-firewall==0.1.0"],
+                       check=True)
+    config = tmp / "mcp-firewall.yaml"
+    config.write_text(PEER_CONFIG)
+    return {"peer: mcp-firewall 0.1.0 wrap": [str(PEERS / "bin" / "mcp-firewall"), "wrap",
+                                               "--config", str(config), "--", *ECHO]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--inflight", type=int, default=16)
+    parser.add_argument("--peers", action="store_true", help="also measure peer firewalls")
     opts = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="mcpwall-bench-"))
     policy = tmp / "policy.json"
@@ -62,6 +87,8 @@ def main() -> None:
         "mcpwall wrap, policy + durable audit": [*WRAP, "--config", str(config), "--policy",
                                                  str(policy), "--", *ECHO],
     }
+    if opts.peers:
+        targets.update(peer_targets(tmp))
     results: dict[str, list[float]] = {name: [] for name in targets}
     for _ in range(opts.rounds):
         for name, argv in targets.items():  # interleaved, so drift hits all alike

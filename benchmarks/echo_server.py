@@ -13,7 +13,8 @@ def main() -> None:
     for line in sys.stdin:
         message = json.loads(line)
         if "id" in message and "method" in message:
-            reply = {"jsonrpc": "2.0", "id": message["id"], "result": {"echo": message.get("params")}}
+            result = {"echo": message.get("params")}
+            reply = {"jsonrpc": "2.0", "id": message["id"], "result": result}
             out.write(json.dumps(reply) + "\n")
             out.flush()
 

@@ -23,8 +23,9 @@ _INIT = (b'{"jsonrpc":"2.0","id":"init","method":"initialize","params":{"protoco
 
 
 def _request(i: int, tool: str, arguments: dict[str, Any]) -> bytes:
-    return msgspec.json.encode({"jsonrpc": "2.0", "id": i, "method": "tools/call",
-                                "params": {"name": tool, "arguments": {**arguments, "n": i}}}) + b"\n"
+    params = {"name": tool, "arguments": {**arguments, "n": i}}
+    message = {"jsonrpc": "2.0", "id": i, "method": "tools/call", "params": params}
+    return msgspec.json.encode(message) + b"\n"
 
 
 def run_load(argv: list[str], calls: int, inflight: int = 16, tool: str = "echo",
@@ -72,7 +73,8 @@ def run_load(argv: list[str], calls: int, inflight: int = 16, tool: str = "echo"
                 msg = _decoder.decode(line)
                 rid = msg.get("id")
                 if rid not in outstanding:
-                    raise AssertionError(f"unexpected or duplicate answer id {rid!r}: {line[:200]!r}")
+                    raise AssertionError(
+                        f"unexpected or duplicate answer id {rid!r}: {line[:200]!r}")
                 outstanding.discard(rid)
                 if check is not None:
                     check(rid, msg)
