@@ -81,8 +81,9 @@ class Redactor:
 
     def _walk(self, value: Any) -> Any:
         if isinstance(value, str):
-            if self._values is not None:
-                return self._values.sub(lambda m: self.token(m.group(0)), value)
+            values = self._values
+            if values is not None and values.search(value) is not None:
+                return values.sub(lambda m: self.token(m.group(0)), value)
             return value
         if isinstance(value, dict):
             names = self._names

@@ -1,0 +1,186 @@
+"""Audit trail benchmarks: durable group-commit throughput, added latency, query, verify.
+
+Run:  .venv/bin/python benchmarks/bench_audit.py [--rows 10000000] [--events 50000]
+
+1. Durable events/s with group commit (trio producers appending and awaiting
+   ``committed()``), against the baseline of one fsync'ed commit per event
+   measured in the same run.
+2. Latency that append + committed() adds per call: p50 and p99.
+3. ``audit query`` by principal and time range over --rows rows (generated in
+   bulk into --db and reused if it already holds enough rows), against the same
+   query with the indexes ignored (a full scan) when --rows is small enough.
+4. ``audit verify`` rows per second.
+
+Figures are medians over --repeat runs. The machine is noisy: compare ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sqlite3
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import trio
+
+from firewall.audit.events import DecisionEvent, OutcomeEvent
+from firewall.audit.query import Filters, Sources, calls
+from firewall.audit.settings import AuditSettings
+from firewall.audit.verify import verify_paths
+from firewall.audit.writer import Trail, open_audit
+
+T0 = 1_750_000_000_000_000_000
+PRINCIPALS = [f"agent-{i}" for i in range(200)]
+TOOLS = ["list_vms", "get_vm", "stop_vm", "start_vm", "delete_vm", "snapshot_vm"]
+
+
+def decision(i: int, ts: int) -> DecisionEvent:
+    return DecisionEvent(
+        ts_ns=ts, call_id=f"c{i}", session=f"s{i % 5000}", principal=PRINCIPALS[i % 200],
+        grant="ops", server="virtualization", method="tools/call", tool=TOOLS[i % 6],
+        request_id=str(i), arguments={"name": f"vm-{i % 997}", "zone": "eu-west-1"},
+        decision="deny" if i % 17 == 0 else "allow", rule="r1")
+
+
+def _settings(path: Path, **kw: object) -> AuditSettings:
+    return AuditSettings(path=str(path), anchor_log=False, **kw)  # type: ignore[arg-type]
+
+
+def bench_single_commit(tmp: Path, n: int) -> float:
+    """Baseline: one transaction (one fsync) per event."""
+    with Trail(_settings(tmp / "single.db"), "bench") as trail:
+        t = time.perf_counter()
+        for i in range(n):
+            trail.append_batch([decision(i, time.time_ns())])
+        return n / (time.perf_counter() - t)
+
+
+def bench_group_commit(tmp: Path, name: str, n: int, producers: int
+                       ) -> tuple[float, list[float]]:
+    """Durable writer, ``producers`` trio tasks; events/s and per-call latencies (s)."""
+    latencies: list[float] = []
+
+    async def main() -> float:
+        async with open_audit(_settings(tmp / f"{name}.db"), instance_id="bench") as audit:
+            per = n // producers
+
+            async def producer(k: int) -> None:
+                for i in range(per):
+                    t = time.perf_counter()
+                    receipt = await audit.append(decision(k * per + i, time.time_ns()))
+                    await receipt.committed()
+                    latencies.append(time.perf_counter() - t)
+
+            t = time.perf_counter()
+            async with trio.open_nursery() as nursery:
+                for k in range(producers):
+                    nursery.start_soon(producer, k)
+            return per * producers / (time.perf_counter() - t)
+
+    return trio.run(main), latencies
+
+
+def generate(db: Path, rows: int) -> None:
+    """Bulk path: one Trail, 50k-event transactions, fast mode, 1 ms apart per event."""
+    have = 0
+    if db.exists():
+        conn = sqlite3.connect(db)
+        have = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+        conn.close()
+    if have >= rows:
+        return
+    print(f"generating {rows - have:,} rows into {db} ...", flush=True)
+    t = time.perf_counter()
+    with Trail(_settings(db, mode="fast", checkpoint_every_rows=1_000_000), "bench") as trail:
+        i = have
+        while i < rows:
+            chunk = []
+            for j in range(i, min(i + 50_000, rows)):
+                ts = T0 + j * 1_000_000
+                if j % 2:
+                    chunk.append(OutcomeEvent(ts_ns=ts, call_id=f"c{j - 1}", session="s",
+                                              server="virtualization", status="ok",
+                                              latency_ns=1_000_000, response_bytes=100))
+                else:
+                    chunk.append(decision(j, ts))
+            trail.append_batch(chunk)
+            i += len(chunk)
+            if i % 1_000_000 < 50_000:
+                print(f"  {i:,} rows, {i / (time.perf_counter() - t):,.0f} rows/s", flush=True)
+
+
+def bench_query(db: Path, rows: int, repeat: int, *, scan: bool) -> list[float]:
+    """ms per query: one principal, a random 10-minute window, all matching calls."""
+    rng = random.Random(1)
+    span_ns = rows * 1_000_000
+    out = []
+    with Sources.open([db]) as src:
+        if scan:  # the baseline: make the planner ignore the indexes
+            for _, conn in src.conns:
+                conn.execute("PRAGMA query_only=1")
+        for _ in range(repeat):
+            since = T0 + rng.randrange(max(span_ns - 600_000_000_000, 1))
+            f = Filters(principal=rng.choice(PRINCIPALS), since_ns=since,
+                        until_ns=since + 600_000_000_000, limit=0)
+            t = time.perf_counter()
+            if scan:
+                sql = ("SELECT * FROM calls WHERE +principal = ? AND +ts_ns >= ? AND +ts_ns < ? "
+                       "ORDER BY ts_ns")
+                n = len(src.conns[0][1].execute(sql, (f.principal, f.since_ns,
+                                                      f.until_ns)).fetchall())
+            else:
+                n = sum(1 for _ in calls(src, f))
+            out.append((time.perf_counter() - t) * 1000)
+            assert n >= 0
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rows", type=int, default=10_000_000, help="rows for query/verify")
+    ap.add_argument("--events", type=int, default=50_000, help="events per throughput run")
+    ap.add_argument("--producers", type=int, nargs="+", default=[1, 64, 512, 2048])
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--db", type=Path, default=None, help="reuse/keep the generated database")
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        base = statistics.median(bench_single_commit(tmp, 2000) for _ in range(args.repeat))
+        print(f"\n1. durable throughput (events/s, median of {args.repeat})")
+        print(f"   baseline, one fsync'ed commit per event: {base:>9,.0f}/s  (1.00x)")
+        lat_report = []
+        for p in args.producers:
+            runs = [bench_group_commit(tmp, f"g{p}-{r}", args.events if p > 1 else 2000, p)
+                    for r in range(args.repeat)]
+            rate = statistics.median(r for r, _ in runs)
+            lats = sorted(x for _, ls in runs for x in ls)
+            p50 = lats[len(lats) // 2] * 1e6
+            p99 = lats[int(len(lats) * 0.99)] * 1e6
+            lat_report.append((p, p50, p99))
+            print(f"   group commit, {p:>4} producers:         {rate:>9,.0f}/s  "
+                  f"({rate / base:.2f}x)")
+        print("\n2. latency added per call (append + committed), microseconds")
+        for p, p50, p99 in lat_report:
+            print(f"   {p:>4} producers: p50 {p50:>8,.0f}  p99 {p99:>8,.0f}")
+
+        db = args.db or tmp / "big.db"
+        generate(db, args.rows)
+        q = statistics.median(bench_query(db, args.rows, 30, scan=False))
+        print(f"\n3. query by principal + 10-minute range over {args.rows:,} rows: "
+              f"median {q:.1f} ms")
+        if args.rows <= 2_000_000:
+            s = statistics.median(bench_query(db, args.rows, 3, scan=True))
+            print(f"   baseline full scan: {s:.1f} ms ({s / q:.0f}x slower)")
+        t = time.perf_counter()
+        [report] = verify_paths([db])
+        dt = time.perf_counter() - t
+        assert report.ok, report.problems
+        print(f"\n4. verify: {report.rows:,} rows in {dt:.1f} s = {report.rows / dt:,.0f} rows/s")
+
+
+if __name__ == "__main__":
+    main()

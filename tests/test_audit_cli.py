@@ -1,0 +1,166 @@
+"""``mcpwall audit``: filters, several files merged in time order, formats, bad input."""
+
+from __future__ import annotations
+
+import csv
+import io
+import sqlite3
+from pathlib import Path
+
+import msgspec
+import pytest
+from click.testing import CliRunner
+
+from firewall import __version__
+from firewall.audit.commands import audit
+from firewall.audit.events import DecisionEvent, LifecycleEvent, OutcomeEvent
+from firewall.audit.export import cef_line
+from firewall.audit.query import parse_time
+from firewall.audit.settings import AuditSettings
+from firewall.audit.writer import Trail
+
+T0 = 1_750_000_000_000_000_000
+S = 1_000_000_000
+
+
+def _fleet(tmp: Path) -> tuple[Path, Path]:
+    """Two instances; their calls interleave in time."""
+    paths = []
+    for k, name in enumerate(("gw-a", "gw-b")):
+        db = tmp / f"{name}.db"
+        events: list[DecisionEvent | OutcomeEvent | LifecycleEvent] = [
+            LifecycleEvent(ts_ns=T0 + k, kind="session_start", session=f"{name}-s",
+                           principal="alice")]
+        for i in range(5):
+            ts = T0 + (2 * i + k + 1) * S
+            cid = f"{name}.{i}"
+            events.append(DecisionEvent(
+                ts_ns=ts, call_id=cid, session=f"{name}-s", principal="alice" if i % 2 else "bob",
+                grant="g", server="vm", method="tools/call", tool=f"tool_{i}",
+                arguments={"target": f"host-{k}-{i}", "note": "hello|world=1"},
+                decision="deny" if i == 3 else "allow", rule=f"r{i}"))
+            if i != 3:
+                events.append(OutcomeEvent(ts_ns=ts + 1000, call_id=cid, session=f"{name}-s",
+                                           server="vm", status="timeout" if i == 4 else "ok",
+                                           latency_ns=1000))
+        with Trail(AuditSettings(path=str(db)), name) as trail:
+            trail.append_batch(events)
+        paths.append(db)
+    return paths[0], paths[1]
+
+
+def _json(args: list[str]) -> list[dict[str, object]]:
+    result = CliRunner().invoke(audit, args)
+    assert result.exit_code == 0, result.output
+    out: list[dict[str, object]] = msgspec.json.decode(result.output)
+    return out
+
+
+def test_query_merges_files_in_time_order(tmp_path: Path) -> None:
+    a, b = _fleet(tmp_path)
+    rows = _json(["query", str(a), str(b), "--json"])
+    assert [r["call_id"] for r in rows] == [f"gw-{x}.{i}" for i in range(5) for x in "ab"]
+    assert [r["ts_ns"] for r in rows] == sorted(r["ts_ns"] for r in rows)  # type: ignore[type-var]
+
+
+def test_query_filters(tmp_path: Path) -> None:
+    a, b = _fleet(tmp_path)
+    files = [str(a), str(b)]
+    assert {r["call_id"] for r in _json(["query", *files, "--decision", "deny", "--json"])} == {
+        "gw-a.3", "gw-b.3"}
+    alice = _json(["query", *files, "--principal", "alice", "--json"])
+    assert {r["principal"] for r in alice} == {"alice"} and len(alice) == 4
+    assert [r["call_id"] for r in _json(["query", *files, "--outcome", "timeout", "--json"])
+            ] == ["gw-a.4", "gw-b.4"]
+    assert len(_json(["query", *files, "--outcome", "none", "--json"])) == 2
+    assert [r["call_id"] for r in _json(["query", *files, "--search", "host-1-2", "--json"])
+            ] == ["gw-b.2"]
+    assert len(_json(["query", *files, "--tool", "tool_[12]", "--json"])) == 4
+    assert len(_json(["query", *files, "--since", str(T0 + 5 * S), "--json"])) == 6
+    assert [r["call_id"] for r in _json(["query", *files, "--limit", "3", "--latest",
+                                         "--json"])] == ["gw-b.3", "gw-a.4", "gw-b.4"]
+    assert [r["call_id"] for r in _json(["query", *files, "--rule", "r1", "--json"])] == [
+        "gw-a.1", "gw-b.1"]
+
+
+def test_csv_and_table_output(tmp_path: Path) -> None:
+    a, _ = _fleet(tmp_path)
+    result = CliRunner().invoke(audit, ["query", str(a), "--csv"])
+    rows = list(csv.DictReader(io.StringIO(result.output)))
+    assert len(rows) == 5 and rows[3]["decision"] == "deny"
+    table = CliRunner().invoke(audit, ["query", str(a)]).output
+    assert table.splitlines()[0].split()[:3] == ["ts", "instance", "session"]
+
+
+def test_timeline_stats_tail_export(tmp_path: Path) -> None:
+    a, b = _fleet(tmp_path)
+    tl = _json(["timeline", str(a), "--session", "gw-a-s", "--json"])
+    assert tl[0]["kind"] == "session_start" and len(tl) == 6
+    stats = msgspec.json.decode(CliRunner().invoke(audit, ["stats", str(a), str(b),
+                                                           "--json"]).output)
+    assert {r["name"]: r["calls"] for r in stats["principals"]} == {"bob": 6, "alice": 4}
+    assert sum(r["denials"] for r in stats["tools"]) == 2
+    assert sum(r["errors"] for r in stats["over_time"]) == 2
+    tail = CliRunner().invoke(audit, ["tail", str(a), str(b), "-n", "2", "--nl"]).output
+    last = [msgspec.json.decode(line) for line in tail.splitlines()]
+    assert [r["kind"] for r in last] == ["decision", "outcome"] and last[1]["call_id"] == "gw-b.4"
+    jsonl = CliRunner().invoke(audit, ["export", str(a), str(b)]).output.splitlines()
+    assert len(jsonl) == 2 * 10
+    assert msgspec.json.decode(jsonl[0])["kind"] == "session_start"
+    cef = CliRunner().invoke(audit, ["export", str(a), "--format", "cef"]).output.splitlines()
+    assert all(line.startswith("CEF:0|mcpwall|mcpwall|") for line in cef)
+    assert any("act=deny" in line and "|7|" in line for line in cef)
+    exported = CliRunner().invoke(audit, ["export", str(a), "--format", "csv"]).output
+    assert len(list(csv.DictReader(io.StringIO(exported)))) == 10
+
+
+def test_tail_follow_sees_new_events_and_new_segments(tmp_path: Path) -> None:
+    db = tmp_path / "t.db"
+    settings = AuditSettings(path=str(db))
+    with Trail(settings, "gw") as trail:
+        trail.append_batch([LifecycleEvent(ts_ns=T0, kind="upstream_start", server="vm")])
+        # A follower started now polls once; the event appended before it is not repeated.
+    result = CliRunner().invoke(audit, ["tail", str(db), "-n", "0", "-f", "--polls", "1",
+                                        "--interval", "0.05", "--nl"])
+    assert result.exit_code == 0 and result.output == ""
+
+
+def test_cef_escaping() -> None:
+    line = cef_line({"kind": "decision", "decision": "deny", "method": "tools/call",
+                     "tool": "a|b", "reason": "x=1\nnext", "ts_ns": 5_000_000, "seq": 1})
+    assert line.startswith(f"CEF:0|mcpwall|mcpwall|{__version__}|decision:deny|"
+                           "tools/call a\\|b refused|7|")
+    assert " reason=x\\=1\\nnext " in line
+    assert "\n" not in line
+
+
+def test_bad_input_is_a_clear_error(tmp_path: Path) -> None:
+    a, _ = _fleet(tmp_path)
+    runner = CliRunner()
+    bad_time = runner.invoke(audit, ["query", str(a), "--since", "yesterday-ish"])
+    assert bad_time.exit_code == 2 and "ISO 8601" in bad_time.output
+    other = tmp_path / "other.db"
+    sqlite3.connect(other).execute("CREATE TABLE x (y)")
+    not_audit = runner.invoke(audit, ["query", str(other)])
+    assert not_audit.exit_code == 1 and "not an mcpwall audit database" in not_audit.output
+    assert runner.invoke(audit, ["timeline", str(a)]).exit_code == 2
+    assert runner.invoke(audit, ["stats", str(a), "--every", "soon"]).exit_code == 2
+    verify_other = runner.invoke(audit, ["verify", str(other)])
+    assert verify_other.exit_code == 1 and "unreadable" in verify_other.output
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("1970-01-01T00:00:01Z", S),
+    ("1970-01-01T00:00:01.5+00:00", S + S // 2),
+    ("1970-01-02", 86400 * S),
+    ("15m", 10**18 - 900 * S),
+    ("now", 10**18),
+])
+def test_parse_time(text: str, expected: int) -> None:
+    assert parse_time(text, now_ns=10**18) == expected
+
+
+def test_every_command_has_help_with_an_example() -> None:
+    for name in ("query", "timeline", "stats", "tail", "export", "verify"):
+        out = CliRunner().invoke(audit, [name, "--help"]).output
+        assert "mcpwall audit " + name in out, name
