@@ -196,29 +196,36 @@ def _socket_of(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
     return stream.socket if isinstance(stream, trio.SocketStream) else None
 
 
-def _has_pending_input(stream: trio.abc.Stream) -> bool:
-    """True when an idle connection's socket is readable: EOF or stray bytes."""
+def _input_poller(stream: trio.abc.Stream) -> select.poll | None:
+    """A poll object watching the stream's socket for input, EOF or error."""
     sock = _socket_of(stream)
     if sock is None:
-        return False
-    fd = sock.fileno()
-    if fd < 0:
-        return True
+        return None
     poller = select.poll()
-    poller.register(fd, select.POLLIN | select.POLLERR | select.POLLHUP)
-    return bool(poller.poll(0))
+    poller.register(sock.fileno(), select.POLLIN | select.POLLERR | select.POLLHUP)
+    return poller
 
 
 class _Connection:
     """One stream and its h11 state machine; owned by one exchange at a time."""
 
-    __slots__ = ("h11", "idle_since", "stream", "uses")
+    __slots__ = ("_poller", "h11", "idle_since", "stream", "uses")
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
         self.h11 = h11.Connection(h11.CLIENT)
         self.idle_since = 0.0
         self.uses = 0
+        self._poller = _input_poller(stream)
+
+    def has_pending_input(self) -> bool:
+        """True when the idle connection's socket is readable: EOF, reset or stray bytes.
+
+        Any of them means the connection cannot carry a new request. (A TLS
+        stream could in principle hold a buffered record; it never does while
+        idle, as h11 has read the whole previous response.)
+        """
+        return self._poller is not None and bool(self._poller.poll(0))
 
     @property
     def reusable(self) -> bool:
@@ -609,6 +616,14 @@ class HttpUpstream:
     async def _acquire_slot(self) -> None:
         if self._closed:
             raise self._error(Reason.CLOSED, "the upstream client is closed")
+        try:
+            # A free slot costs no trip through the scheduler (the exchange's
+            # own I/O is the checkpoint); FIFO still holds, since a slot given
+            # back while tasks wait goes straight to the first of them.
+            self._slots.acquire_nowait()
+            return
+        except trio.WouldBlock:
+            pass
         if self._pool_timeout == math.inf:
             await self._slots.acquire()
         else:
@@ -629,9 +644,7 @@ class HttpUpstream:
         idle = self._idle
         while idle:
             conn = idle.pop()  # most recently used first: it is the least likely to be stale
-            if now - conn.idle_since < self._keepalive_expiry and not _has_pending_input(
-                conn.stream
-            ):
+            if now - conn.idle_since < self._keepalive_expiry and not conn.has_pending_input():
                 self._reused += 1
                 conn.uses += 1
                 return conn
