@@ -32,6 +32,7 @@ Example::
 from __future__ import annotations
 
 import fcntl
+import heapq
 import os
 import queue
 import threading
@@ -327,7 +328,10 @@ class AuditWriter:
         self.durable = settings.mode == "durable"
         self._queue: queue.SimpleQueue[tuple[int, Any]] = queue.SimpleQueue()
         self._room = trio.Semaphore(settings.queue_size)
-        self._lot = trio.lowlevel.ParkingLot()
+        # (ticket, event) of callers waiting for a commit: a heap, so a batch
+        # wakes exactly the callers it committed, not every waiter.
+        self._waiters: list[tuple[int, int, trio.Event]] = []
+        self._waiter_ids = 0
         self._issued = 0       # tickets handed out (one per event)
         self._done = 0         # tickets processed (committed or failed)
         self._ok = 0           # tickets committed
@@ -383,8 +387,11 @@ class AuditWriter:
             if self._error is not None:
                 raise AuditError("the audit trail failed") from self._error
             return
-        while self._done < ticket:
-            await self._lot.park()
+        if self._done < ticket:
+            done = trio.Event()
+            self._waiter_ids += 1
+            heapq.heappush(self._waiters, (ticket, self._waiter_ids, done))
+            await done.wait()
         if ticket > self._ok:
             raise AuditError("the audit event was not committed") from self._error
 
@@ -457,7 +464,9 @@ class AuditWriter:
             self._ok = last
         for _ in range(count):
             self._room.release()
-        self._lot.unpark_all()
+        waiters = self._waiters
+        while waiters and waiters[0][0] <= last:
+            heapq.heappop(waiters)[2].set()
 
 
 @asynccontextmanager
