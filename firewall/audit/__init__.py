@@ -1,0 +1,10 @@
+"""The append-only, tamper-evident audit trail (see docs/audit.md).
+
+Modules: ``events`` (what the gateway appends), ``settings`` (the ``[audit]``
+table), ``chain`` (rows and hashes), ``redaction``, ``store`` (schema, views,
+segments), ``checkpoint`` (signatures, anchor), ``writer`` (the writer thread:
+``open_audit``), ``verify``, ``query``, ``export``, ``commands`` (the
+``mcpwall audit`` CLI) and ``incident`` (the generated incident of the docs).
+Import from the modules; this package re-exports nothing, so importing
+``firewall.audit.events`` stays cheap.
+"""
