@@ -1,0 +1,112 @@
+"""Token buckets under trio's MockClock: refill timing and concurrent callers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import trio
+import trio.testing
+
+from firewall.policy.compiler import compile_policy
+from firewall.policy.decision import Caller
+from firewall.policy.engine import Engine
+from firewall.policy.limits import BucketSpec, MemoryLimiter
+from firewall.policy.schema import parse_policy
+from firewall.protocol import mcp
+
+SPEC = BucketSpec("c", "grant", capacity=10, window=60.0)
+
+
+@pytest.fixture
+def mock_clock() -> trio.testing.MockClock:
+    return trio.testing.MockClock(autojump_threshold=0)
+
+
+async def test_refill_timing(mock_clock: trio.testing.MockClock) -> None:
+    limiter = MemoryLimiter(clock=trio.current_time)
+    req = [(SPEC.key("g"), SPEC)]
+    assert all(limiter.acquire(req) is None for _ in range(10))
+    wait = limiter.acquire(req)
+    assert wait == pytest.approx(6.0)
+    await trio.sleep(5.9)
+    assert limiter.acquire(req) == pytest.approx(0.1)
+    await trio.sleep(0.1)
+    assert limiter.acquire(req) is None
+    assert limiter.acquire(req) == pytest.approx(6.0)
+    # A long idle refills to capacity, not beyond.
+    await trio.sleep(3600)
+    assert limiter.tokens(SPEC.key("g"), SPEC) == pytest.approx(10.0)
+    assert sum(limiter.acquire(req) is None for _ in range(20)) == 10
+
+
+async def test_peek_does_not_debit(mock_clock: trio.testing.MockClock) -> None:
+    limiter = MemoryLimiter(clock=trio.current_time)
+    req = [(SPEC.key("g"), SPEC)]
+    for _ in range(50):
+        assert limiter.acquire(req, debit=False) is None
+    assert limiter.tokens(SPEC.key("g"), SPEC) == 10.0
+
+
+async def test_all_or_nothing_and_retry_after_is_the_longest_wait(
+        mock_clock: trio.testing.MockClock) -> None:
+    limiter = MemoryLimiter(clock=trio.current_time)
+    slow = BucketSpec("slow", "grant", capacity=1, window=100.0)
+    fast = BucketSpec("fast", "grant", capacity=5, window=5.0)
+    both = [(slow.key("g"), slow), (fast.key("g"), fast)]
+    assert limiter.acquire(both) is None
+    assert limiter.acquire(both) == pytest.approx(100.0)
+    # The refusal took nothing from the fast bucket.
+    assert limiter.tokens(fast.key("g"), fast) == pytest.approx(4.0)
+    await trio.sleep(100.0)
+    assert limiter.acquire(both) is None
+
+
+async def test_idle_buckets_are_swept(mock_clock: trio.testing.MockClock) -> None:
+    limiter = MemoryLimiter(clock=trio.current_time)
+    for i in range(5000):
+        limiter.acquire([(SPEC.key(f"g{i}"), SPEC)])
+    await trio.sleep(61.0)
+    limiter.acquire([(SPEC.key("late"), SPEC)])
+    for i in range(5000, 9000):
+        limiter.acquire([(SPEC.key(f"g{i}"), SPEC)])
+    assert len(limiter) < 9001
+    # A swept bucket comes back full: the same as it would have been.
+    assert limiter.tokens(SPEC.key("g1"), SPEC) == 10.0
+
+
+@pytest.mark.parametrize("callers", [1, 7, 50])
+async def test_concurrent_callers_never_exceed_max_in_a_window(
+        mock_clock: trio.testing.MockClock, callers: int) -> None:
+    policy = parse_policy(json.dumps({"tools": {"vm": {"limits": [
+        {"counter": "vm_rate", "window": "minute", "max": 10, "scope": "grant"}]}}}))
+    engine = Engine(compile_policy(policy), MemoryLimiter(clock=trio.current_time))
+    call = mcp.Call(mcp.TOOLS_CALL, tool="vm", arguments={})
+    granted: list[float] = []
+
+    async def caller(i: int) -> None:
+        who = Caller(f"agent-{i}", "shared-grant")
+        for _ in range(40):
+            d = engine.decide(call, who, "vm", f"s{i}")
+            if d.action == "allow":
+                granted.append(trio.current_time())
+            else:
+                assert d.action == "limited" and d.retry_after is not None
+            await trio.sleep(1.0 + (i % 3) * 0.25)
+
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        for i in range(callers):
+            nursery.start_soon(caller, i)
+    # Token bucket bound: in any interval of length T, at most max + T * rate calls.
+    rate = 10 / 60.0
+    for t0 in sorted(granted):
+        for t1 in sorted(granted):
+            if t1 >= t0:
+                n = sum(t0 <= t <= t1 for t in granted)
+                assert n <= 10 + (t1 - t0) * rate + 1e-9
+    # All at one instant: exactly max, whatever the number of callers.
+    first = [t for t in granted if t == start]
+    assert len(first) == min(10, callers)
+    elapsed = trio.current_time() - start
+    assert len(granted) <= 10 + elapsed * rate + 1e-9
