@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -89,6 +90,7 @@ def main() -> None:
     }
     if opts.peers:
         targets.update(peer_targets(tmp))
+    os.chdir(tmp)  # peers write their logs to the working directory
     results: dict[str, list[float]] = {name: [] for name in targets}
     for _ in range(opts.rounds):
         for name, argv in targets.items():  # interleaved, so drift hits all alike
