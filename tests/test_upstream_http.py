@@ -18,6 +18,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import h11
 import msgspec
 import pytest
 import trio
@@ -404,17 +405,51 @@ async def test_pool_timeout(server: Server) -> None:
 
 
 async def test_connection_closed_by_server_while_idle_is_not_reused(nursery: trio.Nursery) -> None:
-    app = ScriptedApp()
-    url = await start_hypercorn(nursery, app, keep_alive=0.1)
-    async with HttpUpstream(url + "/mcp") as upstream:
-        for ident in range(3):
-            async with upstream.request("POST", JSON_HEADERS, call(ident)) as resp:
-                assert json.loads(await resp.read())["id"] == ident
-            await trio.sleep(0.3)  # the server's keep-alive timeout closes the idle connection
+    # A server that answers with keep-alive framing, then hangs up once idle
+    # (as any server does when its keep-alive timeout runs out).
+    hung_up: list[trio.Event] = []
+
+    async def answer_then_hang_up(stream: trio.SocketStream) -> None:
+        conn = h11.Connection(h11.SERVER)
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(await stream.receive_some(65536))
+            elif type(event) is h11.EndOfMessage:
+                break
+        body = b'{"ok":true}'
+        head = h11.Response(status_code=200, headers=[("content-length", str(len(body)))])
+        await stream.send_all(
+            conn.send(head) + conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage())
+        )
+        await stream.aclose()
+        hung_up[-1].set()
+
+    url = await start_raw_server(nursery, answer_then_hang_up)
+    async with HttpUpstream(url) as upstream:
+        for _ in range(3):
+            hung_up.append(trio.Event())
+            async with upstream.request("POST", JSON_HEADERS, call(1)) as resp:
+                assert await resp.read() == b'{"ok":true}'
+            with trio.fail_after(5):
+                await hung_up[-1].wait()
+            await trio.sleep(0.05)  # let the FIN reach our socket
         stats = upstream.stats()
     assert stats.opened == 3
     assert stats.reused == 0
-    assert len({port for _, port in app.clients}) == 3
+
+
+async def test_connection_closed_by_hypercorn_keep_alive_timeout(nursery: trio.Nursery) -> None:
+    app = ScriptedApp()
+    url = await start_hypercorn(nursery, app, keep_alive=0.1)
+    async with HttpUpstream(url + "/mcp") as upstream:
+        for ident in range(2):
+            async with upstream.request("POST", JSON_HEADERS, call(ident)) as resp:
+                assert json.loads(await resp.read())["id"] == ident
+            await trio.sleep(0.5)  # past the server's keep-alive timeout
+        stats = upstream.stats()
+    # Whether or not the server had closed it yet, no request failed.
+    assert stats.opened + stats.reused == 2
 
 
 async def test_keepalive_expiry(server: Server) -> None:
