@@ -391,9 +391,11 @@ class _Counters:
         return spec
 
 
-def _buckets(limits: Sequence[Limit], counters: _Counters, rule: str,
+def _buckets(limits: Sequence[Limit], counters: _Counters, rule: str, source: str,
              where: str) -> tuple[BucketSpec, ...]:
-    return tuple(counters.spec(lim, f"{rule}#{i}", f"{where}.limits[{i}]")
+    # An unnamed counter belongs to its place alone: the rule id, made unique
+    # across files by the file it comes from.
+    return tuple(counters.spec(lim, f"{rule}#{i}@{source}", f"{where}.limits[{i}]")
                  for i, lim in enumerate(limits))
 
 
@@ -453,13 +455,13 @@ class _Compiler:
     def _entry(self, kind: Kind, key: str, entry: ToolEntry | TargetEntry, rule_id: str,
                where: str, source: str, dry: bool, order: tuple[int, int, int],
                default: Verdict) -> CompiledEntry:
-        buckets = _buckets(entry.limits, self.counters, rule_id, where)
+        buckets = _buckets(entry.limits, self.counters, rule_id, source, where)
         rules: tuple[CompiledRule, ...] = ()
         require: tuple[Requirement, ...] = ()
         action = entry.action
         if isinstance(entry, ToolEntry):
             require = self._require(entry.require, rule_id, f"{where}.require", dry)
-            rules = tuple(self._rule(r, i, rule_id, where, buckets, dry)
+            rules = tuple(self._rule(r, i, rule_id, source, where, buckets, dry)
                           for i, r in enumerate(entry.rules))
         fallback_is_default = action is None and bool(rules)
         if fallback_is_default:
@@ -481,13 +483,13 @@ class _Compiler:
                  dry: bool) -> tuple[Requirement, ...]:
         return tuple(Requirement(c, rule, dry) for c in compile_conditions(conditions, where))
 
-    def _rule(self, r: ArgumentRule, i: int, entry_id: str, entry_where: str,
+    def _rule(self, r: ArgumentRule, i: int, entry_id: str, source: str, entry_where: str,
               entry_buckets: tuple[BucketSpec, ...], entry_dry: bool) -> CompiledRule:
         label = r.name if r.name else str(i)
         rule_id = f"{entry_id}.rules[{label}]"
         where = f"{entry_where}.rules[{i}]"
         dry = r.dry_run or entry_dry
-        buckets = _merge(entry_buckets, _buckets(r.limits, self.counters, rule_id, where))
+        buckets = _merge(entry_buckets, _buckets(r.limits, self.counters, rule_id, source, where))
         return CompiledRule(
             rule_id, i, _audience(r.principals, r.groups, r.grants),
             compile_conditions(r.when, f"{where}.when"),
