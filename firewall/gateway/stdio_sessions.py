@@ -24,9 +24,10 @@ newline-delimited JSON-RPC. This module correlates the two. Rules it keeps:
      to travel on the request's stream, and a stdio server does not say what
      a message relates to), else to the session's GET stream, buffered until
      a GET stream is open.
-4. A POST of a request is answered with ``application/json`` when the response
-   is the only message for it and comes within ``keepalive_seconds``, else
-   with ``text/event-stream`` (keepalive comments while idle). The client
+4. A POST of a request is answered with ``text/event-stream`` (event ids for
+   resumption, keepalive comments while idle), or with ``application/json``
+   when the client's ``Accept`` admits JSON only (messages other than the
+   response then go to the GET stream). The client
    disconnecting does not cancel the request: its answer stays in the
    stream's replay buffer for a ``Last-Event-ID`` GET, and the per-request
    upstream timeout still applies.
@@ -348,11 +349,8 @@ class StdioSession(Session):
         """Answer a POSTed request with JSON or SSE; return the final message."""
         deadline = trio.current_time() + self.timeout
         if not json_only:
-            with trio.move_on_at(min(deadline, trio.current_time() + self.keepalive)):
-                await stream.wait_after(0)
-            if not (stream.finished and len(stream.after(0)) == 1):
-                await ex.start(200, [*SSE_HEADERS, *headers])
-                return await self._stream_out(ex, stream, 0, deadline, rid)
+            await ex.start(200, [*SSE_HEADERS, *headers])
+            return await self._stream_out(ex, stream, 0, deadline, rid)
         with trio.move_on_at(deadline):
             while not stream.finished:
                 await stream.wait_after(stream.last_seq)
