@@ -659,7 +659,7 @@ async def test_aclose_interrupts_a_running_stream(server: Server) -> None:
             await resp.receive_chunk()
             await upstream.aclose()
             await resp.read()
-    assert info.value.reason is Reason.DISCONNECTED
+    assert info.value.reason is Reason.CLOSED
     assert upstream.stats().in_flight == 0
 
 

@@ -323,7 +323,11 @@ class Response:
             raise UpstreamError(
                 Reason.TIMEOUT, self._url, f"no body data for {self._read_timeout:g} s"
             ) from None
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+        except trio.ClosedResourceError:  # closed on our side: aclose() of the client
+            raise UpstreamError(
+                Reason.CLOSED, self._url, "the upstream client was closed"
+            ) from None
+        except (trio.BrokenResourceError, OSError) as exc:
             raise self._broken(f"connection lost while reading the body: {exc!r}") from None
         if not data:
             self._eof = True
@@ -590,7 +594,7 @@ class HttpUpstream:
         """Close every connection, idle or in use; later requests fail with ``CLOSED``.
 
         Exchanges still running see their stream closed and raise
-        :class:`UpstreamError` (``DISCONNECTED``).
+        :class:`UpstreamError` (``CLOSED``).
         """
         self._closed = True
         self._idle.clear()
@@ -759,7 +763,9 @@ class HttpUpstream:
                     continue
                 else:
                     raise h11.RemoteProtocolError(f"unexpected {type(event).__name__}")
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+        except trio.ClosedResourceError:  # closed on our side: aclose() of the client
+            raise self._error(Reason.CLOSED, "the upstream client was closed") from None
+        except (trio.BrokenResourceError, OSError) as exc:
             raise self._error(Reason.DISCONNECTED, _lost(reused, repr(exc))) from None
         except h11.RemoteProtocolError as exc:
             if eof:
