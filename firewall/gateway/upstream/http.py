@@ -53,6 +53,7 @@ import select
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Final
 from urllib.parse import urlsplit
@@ -556,7 +557,7 @@ class HttpUpstream:
         *,
         response_timeout: float | None = None,
         read_timeout: float | None = None,
-    ) -> _Exchange:
+    ) -> AbstractAsyncContextManager[Response]:
         """Send one request; ``async with`` it to get the :class:`Response`.
 
         The connection returns to the pool when the block ends, if the body
