@@ -34,7 +34,7 @@ import fnmatch
 import posixpath
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Final, Literal
+from typing import Any, Final, Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from firewall.policy.arguments import Check, compile_conditions
@@ -109,7 +109,8 @@ def _audience(principals: Sequence[str], groups: Sequence[str],
 class Verdict:
     """What a rule concludes: an action, its buckets, and the prebuilt Decision."""
 
-    __slots__ = ("action", "buckets", "decision", "dry_run", "limited_reason", "rank", "rule")
+    __slots__ = ("action", "buckets", "decision", "dry_run", "limited_reason", "plan", "rank",
+                 "rule")
 
     def __init__(self, rule: str, action: ActionName, reason: str | None,
                  buckets: tuple[BucketSpec, ...], dry_run: bool) -> None:
@@ -121,6 +122,9 @@ class Verdict:
         self.decision = Decision(act, rule=rule, reason=reason,  # type: ignore[arg-type]
                                  dry_run=dry_run and act != ALLOW)
         self.rank = RANK["limited"] if self.buckets else RANK[action]
+        # (key prefix, index of the scope value, spec) per bucket: what the
+        # engine needs to build bucket keys with one concatenation each.
+        self.plan = tuple((b.key_prefix, SCOPE_INDEX[b.scope], b) for b in self.buckets)
         self.limited_reason = "rate limit: " + "; ".join(
             f"{b.counter} ({b.capacity} per {_window_text(b.window)}, per {b.scope})"
             for b in self.buckets
@@ -167,9 +171,9 @@ class CompiledRule:
 class CompiledEntry:
     """A tool, prompt, resource or method entry, ready to evaluate."""
 
-    __slots__ = ("audience", "exact", "fallback", "fallback_is_default", "kind", "literals",
-                 "matches", "pattern", "rank", "require", "rule", "rules", "sort_key",
-                 "source")
+    __slots__ = ("audience", "evaluate", "exact", "fallback", "fallback_is_default", "kind",
+                 "literals", "matches", "pattern", "rank", "require", "rule", "rules",
+                 "sort_key", "source")
 
     def __init__(self, *, kind: Kind, pattern: str, rule: str, source: str,
                  audience: Audience | None, require: tuple[Requirement, ...],
@@ -192,8 +196,57 @@ class CompiledEntry:
         )
         self.sort_key = (0 if self.exact else 1, -self.literals, -self.rank, *order)
 
+        self.evaluate = _evaluator(require, rules, fallback)
+
     def __repr__(self) -> str:
         return f"CompiledEntry({self.rule!r})"
+
+
+# What an entry's evaluator returns: a prebuilt Decision, or a Verdict whose
+# buckets the engine must debit first.
+Result = Decision | Verdict
+Evaluator = Callable[[dict[str, Any], Caller], Result]
+
+
+def _result(verdict: Verdict) -> Result:
+    return verdict if verdict.buckets else verdict.decision
+
+
+def _evaluator(require: tuple[Requirement, ...], rules: tuple[CompiledRule, ...],
+               fallback: Verdict) -> Evaluator:
+    """One closure per entry, with everything it needs bound as locals: the hot
+    path's version of ``Engine._evaluate`` (which keeps the trace for explain;
+    the property tests hold both to the reference interpreter)."""
+    reqs = tuple((r.check.test, r.denial) for r in require)
+    plan = tuple(
+        (r.audience.admits if r.audience is not None else None,
+         tuple(c.test for c in r.when),
+         tuple((q.check.test, q.denial) for q in r.require),
+         _result(r.verdict))
+        for r in rules
+    )
+    last = _result(fallback)
+    if not reqs and not plan:
+        return lambda args, caller: last
+
+    def evaluate(args: dict[str, Any], caller: Caller) -> Result:
+        for test, denial in reqs:
+            if not test(args):
+                return denial
+        for admits, when, rule_reqs, result in plan:
+            if admits is not None and not admits(caller):
+                continue
+            for check in when:
+                if not check(args):
+                    break
+            else:
+                for test, denial in rule_reqs:
+                    if not test(args):
+                        return denial
+                return result
+        return last
+
+    return evaluate
 
 
 def is_glob(pattern: str) -> bool:
@@ -220,8 +273,21 @@ def literal_count(pattern: str) -> int:
 
 
 def _glob_matcher(pattern: str) -> Callable[[str], bool]:
-    rx = re.compile(fnmatch.translate(pattern), re.DOTALL)
-    return lambda name: rx.match(name) is not None
+    """A match function; ``a*b`` needs no regex, others compile theirs on first use
+    (so a 100,000-rule table does not pay for regexes no name ever reaches)."""
+    if pattern.count("*") == 1 and not _GLOB_CHARS.intersection(pattern.replace("*", "")):
+        head, tail = pattern.split("*")
+        least = len(head) + len(tail)
+        return lambda name: (len(name) >= least and name.startswith(head)
+                             and name.endswith(tail))
+    compiled: list[re.Pattern[str]] = []
+
+    def match(name: str) -> bool:
+        if not compiled:
+            compiled.append(re.compile(fnmatch.translate(pattern), re.DOTALL))
+        return compiled[0].match(name) is not None
+
+    return match
 
 
 def _literal_prefix(pattern: str) -> str:
@@ -288,19 +354,19 @@ class NameIndex:
         self._suffix_lengths = tuple(sorted({len(s) for s in by_suffix}))
         self._rest = tuple(rest)
         self._has_globs = bool(by_prefix or by_suffix or rest)
-        self._cache: dict[str, tuple[CompiledEntry, ...]] = {}
+        self.cache: dict[str, tuple[CompiledEntry, ...]] = {}
 
     def __len__(self) -> int:
         return len(self.entries)
 
     def candidates(self, name: str) -> tuple[CompiledEntry, ...]:
         """Entries matching ``name``, best first (see the precedence rules above)."""
-        found = self._cache.get(name)
+        found = self.cache.get(name)
         if found is not None:
             return found
         found = self._lookup(name)
-        if len(self._cache) < CACHE_MAX:
-            self._cache[name] = found
+        if len(self.cache) < CACHE_MAX:
+            self.cache[name] = found
         return found
 
     def _lookup(self, name: str) -> tuple[CompiledEntry, ...]:
@@ -338,6 +404,7 @@ class ServerTable:
         self.resources = indexes["resources"]
         self.methods = indexes["methods"]
         self.default = default
+        self.default_result = _result(default)
         self.other_methods = other_methods
         self.sources = sources
 

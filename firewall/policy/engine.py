@@ -33,7 +33,6 @@ import msgspec
 
 from firewall.policy.compiler import (
     PASS_METHODS,
-    SCOPE_INDEX,
     CompiledEntry,
     CompiledPolicy,
     NameIndex,
@@ -90,17 +89,27 @@ class Engine:
         table = compiled.servers.get(server) or compiled.fleet
         method = call.method
         if method == mcp.TOOLS_CALL:
-            return self._target(table, table.tools, call.tool or "", call.arguments or _EMPTY,
-                                caller, server, session, None)
-        if method in _RESOURCE_METHODS:
-            return self._target(table, table.resources, normalise_uri(call.uri or ""), _EMPTY,
-                                caller, server, session, None)
-        if method == mcp.PROMPTS_GET:
-            return self._target(table, table.prompts, call.prompt or "",
-                                call.arguments or _EMPTY, caller, server, session, None)
-        if method in PASS_METHODS or method.startswith("notifications/"):
+            index, name, args = table.tools, call.tool or "", call.arguments or _EMPTY
+        elif method in _RESOURCE_METHODS:
+            index, name, args = table.resources, normalise_uri(call.uri or ""), _EMPTY
+        elif method == mcp.PROMPTS_GET:
+            index, name, args = table.prompts, call.prompt or "", call.arguments or _EMPTY
+        elif method in PASS_METHODS or method.startswith("notifications/"):
             return PROTOCOL_ALLOW
-        return self._method(table, method, caller, server, session, None)
+        else:
+            return self._method(table, method, caller, server, session, None)
+        candidates = index.cache.get(name)
+        if candidates is None:
+            candidates = index.candidates(name)
+        result = table.default_result
+        for entry in candidates:
+            audience = entry.audience
+            if audience is None or audience.admits(caller):
+                result = entry.evaluate(args, caller)
+                break
+        if isinstance(result, Decision):
+            return result
+        return self._apply(result, caller, server, session, None)
 
     def _target(self, table: ServerTable, index: NameIndex, name: str, args: dict[str, Any],
                 caller: Caller, server: str, session: str,
@@ -164,12 +173,10 @@ class Engine:
 
     def _apply(self, verdict: Verdict, caller: Caller, server: str, session: str,
                trace: list[str] | None) -> Decision:
-        buckets = verdict.buckets
-        if not buckets:
+        if not verdict.buckets:
             return verdict.decision
         values = (caller.grant, caller.principal, session, server, "")
-        requests = [(spec.key_prefix + values[SCOPE_INDEX[spec.scope]], spec)
-                    for spec in buckets]
+        requests = [(prefix + values[i], spec) for prefix, i, spec in verdict.plan]
         wait = self.limiter.acquire(requests, debit=trace is None)
         if trace is not None:
             trace.append(f"{verdict.rule}: limits {[k.replace(chr(31), '/') for k, _ in requests]}"

@@ -95,6 +95,8 @@ class MemoryLimiter:
     def acquire(self, requests: Sequence[BucketRequest], debit: bool = True) -> float | None:
         now = self._clock()
         state = self._state
+        if len(requests) == 1:
+            return self._acquire_one(requests[0], now, debit)
         wait = 0.0
         levels: list[float] = []
         for key, spec in requests:
@@ -122,6 +124,26 @@ class MemoryLimiter:
                     cell[1] = now
             if len(state) >= self._sweep_at:
                 self._sweep(now)
+        return None
+
+    def _acquire_one(self, request: BucketRequest, now: float, debit: bool) -> float | None:
+        # The common case, one bucket, without the all-or-nothing bookkeeping.
+        key, spec = request
+        cell = self._state.get(key)
+        if cell is None:
+            if debit:
+                self._state[key] = [spec.capacity - 1.0, now, spec.window]
+                if len(self._state) >= self._sweep_at:
+                    self._sweep(now)
+            return None
+        tokens = cell[0] + (now - cell[1]) * spec.rate
+        if tokens > spec.capacity:
+            tokens = float(spec.capacity)
+        if tokens < 1.0:
+            return (1.0 - tokens) / spec.rate
+        if debit:
+            cell[0] = tokens - 1.0
+            cell[1] = now
         return None
 
     def tokens(self, key: str, spec: BucketSpec) -> float:
