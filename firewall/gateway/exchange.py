@@ -94,6 +94,9 @@ class Exchange:
         hdrs = list(headers)
         if content_type is not None and body:
             hdrs.append(("content-type", content_type))
+        # A length, not chunked framing: one write fewer per answer.
+        if status not in (204, 304):
+            hdrs.append(("content-length", str(len(body))))
         await self.start(status, hdrs)
         await self._emit(body, more=False)
 
