@@ -149,3 +149,26 @@ def test_hash_token() -> None:
     assert doc["sha256"] == hash_token(doc["token"])
     assert run("hash-token", "x", "--new")[0] == 2
     assert run("hash-token", input="")[0] == 2
+
+
+def test_check_gateway_config(tmp_path: Path) -> None:
+    git = ROOT / "rules" / "git.json"
+    config = tmp_path / "mcpwall.toml"
+    config.write_text(
+        f'[policy]\nfiles = ["{VIRT}"]\n'
+        f'[servers.git]\ntransport = "stdio"\ncommand = "mcp-server-git"\npolicy = ["{git}"]\n'
+        '[servers.vm]\ntransport = "stdio"\ncommand = "python"\n'
+        f'[[auth.tokens]]\nsha256 = "{hash_token("t")}"\nprincipal = "ci"\n')
+    code, out = run("check", str(config), "--json")
+    assert code == 0, out
+    assert set(json.loads(out)["files"]) == {VIRT, str(git)}
+    broken = tmp_path / "broken.toml"
+    broken.write_text(config.read_text().replace(hash_token("t"), "abc"))
+    code, out = run("check", str(broken))
+    assert code == 1 and "auth.tokens[0].sha256" in out
+    typo = tmp_path / "typo.json"
+    typo.write_text('{"tools": {"x": {"limits": [{"max": 1, "scope": "user"}]}}}')
+    bad_policy = tmp_path / "bad.toml"
+    bad_policy.write_text(f'[policy]\nfiles = ["{typo}"]\n')
+    code, out = run("check", str(bad_policy))
+    assert code == 1 and "tools.x.limits[0].scope" in out

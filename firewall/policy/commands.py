@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,9 @@ import click
 import msgspec
 from tabulate import tabulate
 
-from firewall.identity import hash_token, new_token
-from firewall.policy.compiler import compile_policies
+from firewall.config import ConfigError, load_config
+from firewall.identity import IdentityError, TokenTable, hash_token, new_token
+from firewall.policy.compiler import CompiledPolicy, compile_policies
 from firewall.policy.decision import ALLOW, Caller
 from firewall.policy.engine import Engine
 from firewall.policy.lint import Finding, lint
@@ -63,13 +65,17 @@ def _read_tools(path: Path) -> list[dict[str, Any]]:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 def check(policies: tuple[Path, ...], tools_path: Path | None, strict: bool,
           as_json: bool) -> None:
-    """Validate policy files and lint them.
+    """Validate policy files (or a gateway config) and lint them.
 
     Several files are checked together, as they would apply to one server.
+    Given a gateway config (a TOML file with [servers], [policy]...), every
+    policy file it names is checked, each server's with the fleet-wide ones,
+    and so are its [[auth.tokens]].
 
     \b
-    Example:
+    Examples:
         mcpwall check rules/virtualization.json --tools virtualization.tools.json
+        mcpwall check mcpwall.toml
 
     \b
     Exit codes:
@@ -80,15 +86,18 @@ def check(policies: tuple[Path, ...], tools_path: Path | None, strict: bool,
     """
     tools = _read_tools(tools_path) if tools_path else None
     try:
-        loaded = _load_all(policies)
-        compiled = compile_policies(loaded)
-    except PolicyError as exc:
+        if len(policies) == 1 and _is_gateway_config(policies[0]):
+            loaded, compiled, findings = _check_config(policies[0], tools)
+        else:
+            loaded = _load_all(policies)
+            compiled = compile_policies(loaded)
+            findings = lint(loaded, tools)
+    except (PolicyError, ConfigError, IdentityError) as exc:
         if as_json:
             _echo_json({"valid": False, "error": str(exc), "findings": []})
         else:
             click.echo(f"invalid: {exc}", err=True)
         sys.exit(EXIT_INVALID)
-    findings = lint(loaded, tools)
     warnings = [f for f in findings if f.level != "info"]
     if as_json:
         _echo_json({"valid": True, "files": compiled.digests, "findings": findings,
@@ -102,6 +111,40 @@ def check(policies: tuple[Path, ...], tools_path: Path | None, strict: bool,
         click.echo(f"ok: {len(loaded)} file(s), entries: {counts}; "
                    f"{len(warnings)} warning(s)")
     sys.exit(EXIT_INVALID if strict and warnings else EXIT_OK)
+
+
+_CONFIG_KEYS = frozenset({"servers", "listen", "policy", "auth", "audit", "log"})
+
+
+def _is_gateway_config(path: Path) -> bool:
+    """A TOML file with the gateway config's sections, rather than a policy."""
+    if path.suffix.lower() != ".toml":
+        return False
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return bool(_CONFIG_KEYS.intersection(data))
+
+
+def _check_config(path: Path, tools: list[dict[str, Any]] | None
+                  ) -> tuple[list[LoadedPolicy], CompiledPolicy, list[Finding]]:
+    """Check a gateway config: its tokens, and every policy file it names, each
+    server's files together with the fleet-wide ones."""
+    config = load_config(path)
+    TokenTable(config.auth.tokens)
+    fleet = _load_all(tuple(Path(p) for p in config.policy.files))
+    own = {name: _load_all(tuple(Path(p) for p in server.policy))
+           for name, server in config.servers.items() if server.policy}
+    if tools is not None and len(config.servers) > 1:
+        raise click.UsageError("--tools lints one server's policies: give the policy files, "
+                               "not a config of several servers")
+    compiled = compile_policies(fleet, own)
+    findings = lint(fleet, tools) if not own else []
+    for files in own.values():
+        findings.extend(f for f in lint([*files, *fleet], tools) if f not in findings)
+    loaded = list(compiled.files)
+    return loaded, compiled, findings
 
 
 def _parse_args(text: str) -> dict[str, Any]:
