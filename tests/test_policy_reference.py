@@ -176,8 +176,11 @@ def test_engine_agrees_with_reference(fleet: dict[str, Any], own: dict[str, Any]
         clock.now += step
         caller = CALLERS[who]
         for server, ref in (("srv", ref_srv), ("other", ref_other)):
-            got = engine.decide(mcp.Call(mcp.TOOLS_CALL, tool=name, arguments=args), caller,
-                                server, session)
+            call = mcp.Call(mcp.TOOLS_CALL, tool=name, arguments=args)
+            # explain walks the traced path and takes no token: it must foresee decide.
+            foreseen = engine.explain(call, caller, server, session).decision
+            got = engine.decide(call, caller, server, session)
+            assert foreseen == got
             want = ref.decide(name, args, (caller.principal, caller.grant, caller.groups),
                               session, server, clock.now)
             compare(got, want)
