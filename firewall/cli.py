@@ -135,10 +135,28 @@ def serve(config_path: Path | None, host: str | None, port: int | None) -> None:
     configure(config.log.level, config.log.format)
     from firewall.gateway.runtime import serve as run_serve
 
-    with contextlib.suppress(KeyboardInterrupt):
-        trio.run(run_serve, config)
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            trio.run(run_serve, config)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 
+
+def _register() -> None:
+    """Commands that live with their domain: policy, audit, the demo server."""
+    from firewall.audit.commands import audit
+    from firewall.demo.server import main as demo
+    from firewall.policy.commands import COMMANDS
+
+    for command in [*COMMANDS, audit]:
+        main.add_command(command)
+    demo.help = ("Run the bundled demo MCP server (a simulated virtualization host) "
+                 "on stdin/stdout.")
+    main.add_command(demo, "demo")
+
+
+_register()
 
 __all__ = ["main"]

@@ -8,6 +8,7 @@ its outcome (unique within one mcpwall instance).
 
 from __future__ import annotations
 
+import time
 from typing import Any, Literal, Protocol
 
 import msgspec
@@ -92,3 +93,15 @@ class AuditPoint(Protocol):
     async def append(self, event: Event) -> Receipt:
         """Queue one event; waits only while the bounded queue is full (backpressure)."""
         ...
+
+
+async def append_lifecycle(
+    audit: AuditPoint | None, kind: LifecycleKind, *, session: str | None = None,
+    principal: str | None = None, server: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    """Append a lifecycle event now (no-op without an audit point)."""
+    if audit is not None:
+        await audit.append(LifecycleEvent(ts_ns=time.time_ns(), kind=kind, session=session,
+                                          principal=principal, server=server,
+                                          detail=detail or {}))

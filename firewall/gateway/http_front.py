@@ -169,7 +169,7 @@ class HttpFront:
 
     async def _close_all(self) -> None:
         for session in self.context.table:
-            await session.close("shutdown")
+            await session.end("shutdown")
         for endpoint in self.endpoints.values():
             closer = getattr(endpoint, "aclose", None)
             if closer is not None:

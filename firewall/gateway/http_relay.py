@@ -179,8 +179,7 @@ class HttpEndpoint:
         if status == 404 and session is not None and session.upstream_sid is not None \
                 and created is None:
             await resp.read(MAX_RESPONSE_BYTES)
-            await session.close("upstream")
-            self.front.table.remove(session)
+            await self.front.end_session(session, "upstream")
             await refuse(ex, 404, jsonrpc.INVALID_REQUEST,
                          "Not Found: the upstream server ended this session")
             return
@@ -303,8 +302,7 @@ class HttpEndpoint:
                 return
             data = await resp.read(MAX_RESPONSE_BYTES)
             if resp.status == 404 and session.upstream_sid is not None:
-                await session.close("upstream")
-                self.front.table.remove(session)
+                await self.front.end_session(session, "upstream")
             allow = resp.header("allow")
             await ex.respond(resp.status, data if resp.content_type == JSON else b"",
                              headers=[("allow", allow)] if allow else [])
@@ -326,8 +324,7 @@ class HttpEndpoint:
                          [("allow", "GET, POST")])
             return
         session.upstream_sid = None  # already ended there
-        await session.close("deleted by the client")
-        self.front.table.remove(session)
+        await self.front.end_session(session, "deleted by the client")
         await ex.respond(204)
 
 

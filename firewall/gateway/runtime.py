@@ -6,7 +6,6 @@ import os
 import secrets
 import signal
 import sys
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Any, TextIO
 
 import trio
 
-from firewall.audit.events import AuditPoint, LifecycleEvent
+from firewall.audit.events import AuditPoint, append_lifecycle
 from firewall.audit.writer import AuditError, default_instance_id, open_audit
 from firewall.config import Config, ConfigError, StdioServer
 from firewall.gateway.mediator import Mediator
@@ -48,14 +47,6 @@ def build_policy(
         raise ConfigError(str(exc)) from None
 
 
-async def lifecycle(audit: AuditPoint | None, kind: Any, **fields: Any) -> None:
-    """Append a lifecycle event (session, policy, upstream) when auditing."""
-    if audit is not None:
-        detail = fields.pop("detail", {})
-        await audit.append(LifecycleEvent(ts_ns=time.time_ns(), kind=kind, detail=detail,
-                                          **fields))
-
-
 async def watch_policy(policy: PolicyPoint, audit: AuditPoint | None,
                        interval: float = 1.0) -> None:
     """Reload the policy on SIGHUP and when a policy file changes on disk.
@@ -67,18 +58,18 @@ async def watch_policy(policy: PolicyPoint, audit: AuditPoint | None,
     if not isinstance(policy, PolicySet):
         return
     log = get_logger()
-    await lifecycle(audit, "policy_load", detail={"files": policy.digests})
+    await append_lifecycle(audit, "policy_load", detail={"files": policy.digests})
 
     async def reload(trigger: str) -> None:
         result = policy.reload()
         if result.ok:
             if result.changed:
                 log.info("policy_reloaded", trigger=trigger, files=result.files)
-                await lifecycle(audit, "policy_reload", detail={"files": result.files,
+                await append_lifecycle(audit, "policy_reload", detail={"files": result.files,
                                                                 "trigger": trigger})
         else:
             log.error("policy_reload_failed", trigger=trigger, error=result.error)
-            await lifecycle(audit, "policy_reload_failed", detail={
+            await append_lifecycle(audit, "policy_reload_failed", detail={
                 "error": result.error, "kept": result.files, "trigger": trigger})
 
     def stamp() -> tuple[tuple[str, float, int], ...]:
@@ -140,11 +131,11 @@ async def run_wrap_session(
         mediator = Mediator(server=server, session=session, caller=caller, policy=policy,
                             audit=audit, deny_tools_call_as=config.policy.deny_tools_call_as)
         log.info("session_started", principal=caller.principal, transport="stdio")
-        await lifecycle(audit, "session_start", session=session, principal=caller.principal,
+        await append_lifecycle(audit, "session_start", session=session, principal=caller.principal,
                         server=server, detail={"transport": "stdio", "grant": caller.grant,
                                                "command": [settings.command, *settings.args]})
         code = await run_wrap(settings, mediator=mediator)
-        await lifecycle(audit, "session_end", session=session, principal=caller.principal,
+        await append_lifecycle(audit, "session_end", session=session, principal=caller.principal,
                         server=server, detail={"exit_code": code})
         nursery.cancel_scope.cancel()
     return code
@@ -163,9 +154,6 @@ async def serve(config: Config, *, banner: TextIO | None = None) -> None:
     policy = build_policy(config.policy.files,
                           {name: s.policy for name, s in config.servers.items()},
                           dry_run=config.policy.dry_run)
-    # The one place the audit point of `serve` is created (None: no audit yet).
-    audit = None
-    front = HttpFront(config, policy, audit)
     log = get_logger(component="serve")
 
     async def run(task_status: trio.TaskStatus[list[str]]) -> None:
@@ -175,7 +163,11 @@ async def serve(config: Config, *, banner: TextIO | None = None) -> None:
             nursery.cancel_scope.cancel()
 
     try:
-        async with trio.open_nursery() as nursery:
+        # The audit trail outlives the front: closing it flushes and signs the
+        # head after the last session ended.
+        async with maybe_audit(config, True) as audit, trio.open_nursery() as nursery:
+            front = HttpFront(config, policy, audit)
+            nursery.start_soon(watch_policy, policy, audit)
             nursery.start_soon(_stop_on_signals, front, nursery.cancel_scope)
             binds = await nursery.start(run)
             log.info("serve_started", urls=binds, servers=list(config.servers))

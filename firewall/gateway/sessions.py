@@ -26,7 +26,7 @@ from typing import Any, Final, Literal
 
 import trio
 
-from firewall.audit.events import AuditPoint
+from firewall.audit.events import AuditPoint, append_lifecycle
 from firewall.config import ListenSettings
 from firewall.gateway.mediator import Mediator
 from firewall.policy.decision import Caller, PolicyPoint
@@ -124,6 +124,7 @@ class Session:
         self.in_flight = 0
         self.closed = False
         self.log: Any = mediator.log
+        self._end_recorded = False
 
     def busy(self) -> _Busy:
         """Count an HTTP request as in flight while the ``with`` block runs."""
@@ -134,8 +135,18 @@ class Session:
         return 0.0 if self.in_flight else now - self.last_active
 
     async def close(self, reason: str) -> None:
-        """End the session (subclasses stop their upstream binding)."""
+        """Stop the session (subclasses stop their upstream binding)."""
         self.closed = True
+
+    async def end(self, reason: str) -> None:
+        """Close the session and record its end in the audit trail, once."""
+        await self.close(reason)
+        if not self._end_recorded:
+            self._end_recorded = True
+            with trio.CancelScope(shield=True):
+                await append_lifecycle(self.mediator.audit, "session_end", session=self.id,
+                                       principal=self.caller.principal, server=self.server,
+                                       detail={"reason": reason})
 
 
 class _Busy:
@@ -198,7 +209,7 @@ class SessionTable:
         for session in self:
             if session.idle_for(now) > session.idle_limit:
                 session.log.info("session_expired", idle_seconds=round(now - session.last_active))
-                await session.close("idle")
+                await session.end("idle")
                 self.remove(session)
                 reaped += 1
         return reaped
@@ -248,6 +259,15 @@ class FrontContext:
             assert self.nursery is not None, "the front is not running"
             await self.nursery.start(self._run_session, session, run)
         self.table.add(session)
+        await append_lifecycle(self.audit, "session_start", session=session.id,
+                               principal=session.caller.principal, server=session.server,
+                               detail={"transport": "http", "grant": session.caller.grant,
+                                       "groups": list(session.caller.groups)})
+
+    async def end_session(self, session: Session, reason: str) -> None:
+        """Close a session, forget it and record its end."""
+        await session.end(reason)
+        self.table.remove(session)
 
     async def _run_session(
         self, session: Session, run: Callable[..., Awaitable[None]],
@@ -256,4 +276,5 @@ class FrontContext:
         try:
             await run(task_status=task_status)
         finally:
+            await session.end("upstream gone")
             self.table.remove(session)

@@ -41,6 +41,7 @@ from typing import Any, Final
 import msgspec
 import trio
 
+from firewall.audit.events import LifecycleKind, append_lifecycle
 from firewall.config import StdioServer
 from firewall.gateway.exchange import Exchange, refuse
 from firewall.gateway.mediator import Mediator
@@ -137,6 +138,9 @@ class StdioSession(Session):
                         async with open_stdio_child(self.settings, server=self.server,
                                                     session=self.id) as child:
                             self._child = child
+                            await self._record("upstream_start" if first else "upstream_restart",
+                                               {"pid": child.pid, "attempt": self.restarts,
+                                                "command": self.settings.command})
                             if first:
                                 first = False
                                 self._ready.set()
@@ -152,6 +156,7 @@ class StdioSession(Session):
                         code = None
                     self._child = None
                     self._ready = trio.Event()
+                    await self._record("upstream_exit", {"returncode": code})
                     await self._lost(f"exited with code {code}")
                     if trio.current_time() - started > STABLE_RUN_SECONDS:
                         budget = self.settings.restart_attempts
@@ -173,6 +178,11 @@ class StdioSession(Session):
                 for scope in self._get_scopes:
                     scope.cancel()
                 self.get_stream.finish()
+
+    async def _record(self, kind: LifecycleKind, detail: dict[str, Any]) -> None:
+        await append_lifecycle(self.mediator.audit, kind, session=self.id,
+                               principal=self.caller.principal, server=self.server,
+                               detail=detail)
 
     async def close(self, reason: str) -> None:
         """End the session: its child is stopped, pending requests get errors."""
@@ -464,8 +474,7 @@ class StdioEndpoint:
             if msg.kind is Kind.REQUEST:
                 final = await self._request(ex, session, msg, body, accept_sse, created)
                 if created and not _succeeded(final):
-                    await session.close("initialize failed")
-                    self.front.table.remove(session)
+                    await self.front.end_session(session, "initialize failed")
                 return
             routed = await session.mediator.from_client(body)
             if routed.upstream is None:
@@ -540,8 +549,7 @@ class StdioEndpoint:
                          "Conflict: this session has a GET stream open already")
 
     async def delete(self, ex: Exchange, session: Session) -> None:
-        await session.close("deleted by the client")
-        self.front.table.remove(session)
+        await self.front.end_session(session, "deleted by the client")
         await ex.respond(204)
 
     def health(self) -> dict[str, Any]:
