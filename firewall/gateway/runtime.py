@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import secrets
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -17,16 +16,12 @@ from firewall.audit.events import AuditPoint, append_lifecycle
 from firewall.audit.writer import AuditError, default_instance_id, open_audit
 from firewall.config import Config, ConfigError, StdioServer
 from firewall.gateway.mediator import Mediator
+from firewall.gateway.sessions import new_session_id
 from firewall.gateway.stdio_front import run_wrap
 from firewall.log import get_logger
 from firewall.policy.decision import AllowAll, Caller, PolicyPoint
 from firewall.policy.engine import PolicySet
 from firewall.policy.schema import PolicyError
-
-
-def new_session_id() -> str:
-    """A cryptographically random session id (128 bits, URL-safe)."""
-    return secrets.token_urlsafe(16)
 
 
 def build_policy(

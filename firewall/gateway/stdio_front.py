@@ -29,12 +29,15 @@ import trio
 
 from firewall.config import StdioServer
 from firewall.gateway.mediator import Mediator
-from firewall.gateway.upstream.stdio import ChildExited, StdioChild, open_stdio_child
+from firewall.gateway.upstream.stdio import (
+    ChildExited,
+    StdioChild,
+    line_batches,
+    open_stdio_child,
+)
 from firewall.log import get_logger
 from firewall.protocol import jsonrpc
-from firewall.protocol.framing import TOO_LONG, LineSplitter
-
-_READ_SIZE = 65536
+from firewall.protocol.framing import TOO_LONG
 
 
 class WrapSession:
@@ -84,38 +87,39 @@ class WrapSession:
                 self._client_scope.cancel()
 
     async def _read_client(self) -> None:
-        splitter = LineSplitter(self.max_line)
-        while True:
-            try:
-                chunk = await self.client_in.receive_some(_READ_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                chunk = b""
-            lines = splitter.feed(chunk) if chunk else [splitter.remainder()]
-            replies: list[bytes] = []
-            routed = []
-            for line in lines:
-                if line is TOO_LONG:
-                    self.log.warning("client_line_too_long", limit=self.max_line)
-                    replies.append(jsonrpc.error_response(
-                        None, jsonrpc.MESSAGE_TOO_LARGE,
-                        f"message longer than {self.max_line} bytes refused"))
-                elif line:
-                    r = await self.mediator.from_client(line)
-                    if r.client is not None:
-                        replies.append(r.client)
-                    if r.upstream is not None:
-                        routed.append(r)
-            for r in routed:
-                await r.ready()
-            await self._to_client(replies)
-            try:
-                await self.child.send_many([r.upstream for r in routed if r.upstream is not None])
-            except ChildExited:
-                return  # _read_child reports the exit and answers what is pending
-            if not chunk:
-                self._client_eof = True
-                self.log.info("client_eof")
-                return
+        async for lines in line_batches(self.client_in, self.max_line):
+            if not await self._client_batch(lines):
+                return  # the child is gone: _read_child answers what is pending
+        self._client_eof = True
+        self.log.info("client_eof")
+
+    async def _client_batch(self, lines: list[bytes]) -> bool:
+        """Decide a batch, answer refusals, forward the rest in one write.
+
+        False when the child can no longer be written to.
+        """
+        replies: list[bytes] = []
+        routed = []
+        for line in lines:
+            if line is TOO_LONG:
+                self.log.warning("client_line_too_long", limit=self.max_line)
+                replies.append(jsonrpc.error_response(
+                    None, jsonrpc.MESSAGE_TOO_LARGE,
+                    f"message longer than {self.max_line} bytes refused"))
+                continue
+            r = await self.mediator.from_client(line)
+            if r.client is not None:
+                replies.append(r.client)
+            if r.upstream is not None:
+                routed.append(r)
+        for r in routed:
+            await r.ready()
+        await self._to_client(replies)
+        try:
+            await self.child.send_many([r.upstream for r in routed if r.upstream is not None])
+        except ChildExited:
+            return False
+        return True
 
     async def _read_child(self) -> None:
         async for batch in self.child.batches():

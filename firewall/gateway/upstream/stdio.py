@@ -87,23 +87,13 @@ class StdioChild:
         """The child's stdout as the lists of complete lines each read brings."""
         stdout = self.process.stdout
         assert stdout is not None
-        splitter = LineSplitter(self.settings.max_line_bytes)
-        while True:
-            try:
-                chunk = await stdout.receive_some(_READ_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                break
-            if not chunk:
-                break
-            lines = splitter.feed(chunk)
+        limit = self.settings.max_line_bytes
+        async for lines in line_batches(stdout, limit):
             if any(line is TOO_LONG for line in lines):
-                self.log.warning("upstream_line_too_long", limit=self.settings.max_line_bytes)
+                self.log.warning("upstream_line_too_long", limit=limit)
                 lines = [line for line in lines if line is not TOO_LONG]
             if lines:
                 yield lines
-        rest = splitter.remainder()
-        if rest:
-            yield [rest]
 
     async def close_stdin(self) -> None:
         """Ask the child to exit by closing its stdin (idempotent)."""
@@ -142,16 +132,30 @@ def _signal(process: trio.Process, sig: int) -> None:
             process.send_signal(sig)
 
 
-async def _pump_stderr(stream: trio.abc.ReceiveStream, log: Any) -> None:
-    splitter = LineSplitter(64 * 1024)
+async def line_batches(
+    stream: trio.abc.ReceiveStream, max_line: int
+) -> AsyncIterator[list[bytes]]:
+    """The lines each read of ``stream`` completes (TOO_LONG marks an over-long
+    one), then the last unterminated line, if any, when the stream ends."""
+    splitter = LineSplitter(max_line)
     while True:
         try:
             chunk = await stream.receive_some(_READ_SIZE)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return
+            break
         if not chunk:
-            return
-        for line in splitter.feed(chunk):
+            break
+        lines = splitter.feed(chunk)
+        if lines:
+            yield lines
+    rest = splitter.remainder()
+    if rest:
+        yield [rest]
+
+
+async def _pump_stderr(stream: trio.abc.ReceiveStream, log: Any) -> None:
+    async for lines in line_batches(stream, 64 * 1024):
+        for line in lines:
             text = "<line too long, dropped>" if line is TOO_LONG else line.decode(
                 "utf-8", "replace")
             log.info("upstream_stderr", line=text)
