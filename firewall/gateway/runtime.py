@@ -197,4 +197,4 @@ async def _stop_on_signals(front: Any, scope: trio.CancelScope) -> None:
                 return
 
 
-__all__ = ["new_session_id", "run_wrap_session", "serve", "trio"]
+__all__ = ["build_policy", "run_wrap_session", "serve", "watch_policy"]
