@@ -18,6 +18,7 @@ import trio
 
 from firewall import __version__
 from firewall.config import Config, ConfigError, StdioServer, default_config, load_config
+from firewall.gateway.approvals import ApprovalError
 from firewall.log import configure
 from firewall.policy.decision import Caller
 
@@ -40,7 +41,7 @@ def main() -> None:
 def _load(path: Path | None) -> Config:
     try:
         return default_config() if path is None else load_config(path)
-    except ConfigError as exc:
+    except (ConfigError, ApprovalError) as exc:
         raise click.UsageError(str(exc)) from None
 
 
@@ -60,6 +61,9 @@ def _load(path: Path | None) -> Config:
 @click.option("--audit-db", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Audit database (default: the config's [audit] path with --config, "
                    "else no audit trail).")
+@click.option("--approvals-db", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Where calls held for approval wait (default: the config's [approvals] "
+                   "path with --config, else held calls are refused at once).")
 @click.option("--max-line-bytes", type=int, default=None,
               help="Refuse messages longer than this (default 16 MiB).")
 @click.option("--terminate-grace", type=float, default=None,
@@ -75,6 +79,7 @@ def wrap(
     server_name: str | None,
     dry_run: bool,
     audit_db: Path | None,
+    approvals_db: Path | None,
     max_line_bytes: int | None,
     terminate_grace: float | None,
     command: tuple[str, ...],
@@ -102,12 +107,18 @@ def wrap(
     if audit_db is not None:
         config = msgspec.structs.replace(
             config, audit=msgspec.structs.replace(config.audit, path=str(audit_db.resolve())))
+    if approvals_db is not None:
+        config = msgspec.structs.replace(config, approvals=msgspec.structs.replace(
+            config.approvals, enabled=True, path=str(approvals_db.resolve())))
+    elif config_path is None:
+        config = msgspec.structs.replace(
+            config, approvals=msgspec.structs.replace(config.approvals, enabled=False))
     from firewall.gateway.runtime import run_wrap_session
 
     try:
         code = trio.run(run_wrap_session, config, settings, name, caller, files, dry_run,
                         audit_db is not None or config_path is not None)
-    except ConfigError as exc:
+    except (ConfigError, ApprovalError) as exc:
         raise click.UsageError(str(exc)) from None
     sys.exit(code)
 
@@ -138,7 +149,7 @@ def serve(config_path: Path | None, host: str | None, port: int | None) -> None:
     try:
         with contextlib.suppress(KeyboardInterrupt):
             trio.run(run_serve, config)
-    except ConfigError as exc:
+    except (ConfigError, ApprovalError) as exc:
         raise click.UsageError(str(exc)) from None
 
 
@@ -148,9 +159,10 @@ def _register() -> None:
     """Commands that live with their domain: policy, audit, the demo server."""
     from firewall.audit.commands import audit
     from firewall.demo.server import main as demo
+    from firewall.gateway.commands import approvals
     from firewall.policy.commands import COMMANDS
 
-    for command in [*COMMANDS, audit]:
+    for command in [*COMMANDS, audit, approvals]:
         main.add_command(command)
     demo.help = ("Run the bundled demo MCP server (a simulated virtualization host) "
                  "on stdin/stdout.")

@@ -26,6 +26,7 @@ from typing import Any, Literal
 import msgspec
 
 from firewall.audit.settings import AuditSettings
+from firewall.gateway.approvals import ApprovalSettings
 from firewall.identity import TokenEntry
 
 DEFAULT_PORT = 8765
@@ -117,6 +118,7 @@ class Config(_Base):
     policy: PolicySettings = msgspec.field(default_factory=PolicySettings)
     audit: AuditSettings = msgspec.field(default_factory=AuditSettings)
     auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
+    approvals: ApprovalSettings = msgspec.field(default_factory=ApprovalSettings)
     servers: dict[str, ServerSettings] = msgspec.field(default_factory=dict)
     # Where the file came from; relative paths inside were resolved against it.
     source: str = "<built-in>"
@@ -211,6 +213,7 @@ def _resolve(config: Config, source: str, base: Path | None) -> Config:
         source=source,
         policy=msgspec.structs.replace(config.policy, files=[rel(p) for p in config.policy.files]),
         audit=msgspec.structs.replace(config.audit, path=rel(config.audit.path)),
+        approvals=msgspec.structs.replace(config.approvals, path=rel(config.approvals.path)),
         servers=servers,
     )
 
@@ -234,6 +237,7 @@ def default_config(workdir: Path | None = None) -> Config:
     return Config(
         policy=PolicySettings(files=[str(bundled_rules_dir() / "virtualization.json")]),
         audit=msgspec.structs.replace(AuditSettings(), path=str(cwd / AuditSettings().path)),
+        approvals=ApprovalSettings(path=str(cwd / ApprovalSettings().path)),
         servers={"virtualization": demo},
         source="<built-in default>",
     )

@@ -28,6 +28,7 @@ nursery. Rules this module keeps:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sys
@@ -40,6 +41,7 @@ import trio
 from firewall.audit.events import AuditPoint
 from firewall.config import Config, HttpServer, StdioServer
 from firewall.gateway import admin
+from firewall.gateway.approvals import ApprovalDesk
 from firewall.gateway.exchange import (
     JSON,
     SSE,
@@ -125,12 +127,13 @@ class HttpFront:
         policy: PolicyPoint,
         audit: AuditPoint | None = None,
         endpoints: Mapping[str, Endpoint] | None = None,
+        approvals: ApprovalDesk | None = None,
     ) -> None:
         self.config = config
         self.listen = config.listen
         self.tokens = TokenTable(config.auth.tokens)
         self.context = FrontContext(config.listen, policy, audit,
-                                    config.policy.deny_tools_call_as)
+                                    config.policy.deny_tools_call_as, approvals)
         self.endpoints: dict[str, Endpoint] = dict(endpoints or {})
         for name, settings in config.servers.items():
             if name in self.endpoints:
@@ -283,14 +286,13 @@ class HttpFront:
 
     async def _post(self, ex: Exchange, endpoint: Endpoint, caller: Caller,
                     session: Session | None) -> None:
-        accept = ex.header("accept")
-        accept_json, accept_sse = accepts(accept, JSON), accepts(accept, SSE)
+        accept_json, accept_sse = _accept_kinds(ex.header("accept"))
         if not (accept_json or accept_sse):
             await refuse(ex, 406, jsonrpc.INVALID_REQUEST,
                          "Not Acceptable: accept application/json and text/event-stream")
             return
         ctype = ex.header("content-type")
-        if ctype is not None and ctype.split(";", 1)[0].strip().lower() != JSON:
+        if ctype is not None and ctype != JSON and ctype.split(";", 1)[0].strip().lower() != JSON:
             await refuse(ex, 415, jsonrpc.INVALID_REQUEST,
                          "Unsupported Media Type: POST a JSON-RPC message as application/json")
             return
@@ -314,8 +316,18 @@ class HttpFront:
         await endpoint.post(ex, caller, session, msg, body, accept_sse or not accept_json)
 
 
+@functools.lru_cache(maxsize=64)
+def _accept_kinds(header: str | None) -> tuple[bool, bool]:
+    """(admits JSON, admits SSE) of an Accept header; clients send the same one each call."""
+    return accepts(header, JSON), accepts(header, SSE)
+
+
 def hypercorn_config(host: str, port: int, grace: float) -> Any:
-    """A hypercorn config for one plain-HTTP listener; hypercorn logs warnings only."""
+    """A hypercorn config for one plain-HTTP listener; hypercorn logs warnings only.
+
+    No access log (``accesslog = None``: the audit trail records every call),
+    no ``Server`` header (it only tells an attacker what answers).
+    """
     from hypercorn.config import Config as HyperConfig
 
     hyper = HyperConfig()
@@ -329,6 +341,7 @@ def hypercorn_config(host: str, port: int, grace: float) -> Any:
     errors.propagate = False
     hyper.errorlog = errors
     hyper.keep_alive_timeout = 75.0  # MCP clients keep one connection for many calls
+    hyper.include_server_header = False
     return hyper
 
 

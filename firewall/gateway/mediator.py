@@ -20,20 +20,33 @@ fronts own the I/O; the mediator owns the rules. Invariants it keeps:
    Each gets one outcome event (ok, tool_error, jsonrpc_error, timeout,
    upstream_failure, cancelled).
 6. Malformed input is answered (-32700/-32600/-32602) and the session lives on.
+7. A client request a rule holds for approval (``pending``) goes nowhere until
+   a person decides: approved, it is forwarded as if allowed; rejected or
+   expired, it is refused. Both verdicts are decision events of the same
+   call_id, plus an ``approval`` lifecycle event. Without an approval desk,
+   ``pending`` is refused at once with -32003.
 """
 
 from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, Final, Literal
 
 import msgspec
 
-from firewall.audit.events import AuditPoint, DecisionEvent, OutcomeEvent, Receipt
+from firewall.audit.events import (
+    AuditPoint,
+    DecisionEvent,
+    OutcomeEvent,
+    Receipt,
+    append_lifecycle,
+)
+from firewall.gateway.approvals import ApprovalDesk
 from firewall.log import get_logger
 from firewall.policy import render
-from firewall.policy.decision import Caller, Decision, PolicyPoint
+from firewall.policy.decision import ALLOW, DENY, PENDING, Caller, Decision, PolicyPoint
 from firewall.protocol import jsonrpc, mcp
 from firewall.protocol.jsonrpc import Kind, RequestId
 
@@ -45,7 +58,7 @@ class Routed:
     may be None. Send ``upstream`` only after ``await ready()``.
     """
 
-    __slots__ = ("client", "receipt", "upstream")
+    __slots__ = ("client", "held", "receipt", "upstream")
 
     def __init__(
         self,
@@ -53,10 +66,14 @@ class Routed:
         upstream: bytes | None = None,
         client: bytes | None = None,
         receipt: Receipt | None = None,
+        held: Callable[[], Awaitable[Routed]] | None = None,
     ) -> None:
         self.upstream = upstream
         self.client = client
         self.receipt = receipt
+        # Set (and nothing else) when the message waits for a person: awaiting
+        # it gives the Routed of the verdict. Only from_client(wait=False) returns it.
+        self.held = held
 
     async def ready(self) -> None:
         """Wait until the message may be forwarded (its decision is durable)."""
@@ -102,6 +119,7 @@ class Mediator:
         policy: PolicyPoint,
         audit: AuditPoint | None,
         deny_tools_call_as: Literal["tool_result", "jsonrpc_error"] = "tool_result",
+        approvals: ApprovalDesk | None = None,
     ) -> None:
         self.server = server
         self.session = session
@@ -109,6 +127,7 @@ class Mediator:
         self.policy = policy
         self.audit = audit
         self.deny_tools_call_as = deny_tools_call_as
+        self.approvals = approvals
         self._client_pending: dict[RequestId, _Pending] = {}
         self._server_pending: dict[RequestId, _Pending] = {}
         self._tools_list_ids: set[RequestId] = set()
@@ -121,8 +140,19 @@ class Mediator:
         return len(self._client_pending)
 
     # -- client -> server ------------------------------------------------
-    async def from_client(self, data: bytes) -> Routed:
-        """Route one message the client sent."""
+    async def from_client(self, data: bytes, *, wait: bool = True) -> Routed:
+        """Route one message the client sent.
+
+        A call held for approval is waited for here, unless ``wait`` is False:
+        then the Routed has only ``held``, which the caller awaits (in its own
+        task, so that the session's other messages keep flowing).
+        """
+        routed = await self._from_client(data)
+        if wait and routed.held is not None:
+            return await routed.held()
+        return routed
+
+    async def _from_client(self, data: bytes) -> Routed:
         try:
             msg = jsonrpc.decode(data)
         except jsonrpc.ProtocolError as exc:
@@ -194,10 +224,22 @@ class Mediator:
         decision = self.policy.decide(call, self.caller, self.server, self.session)
         call_id = f"{self.session}.{next(self._counter)}"
         receipt = await self._decided(call, msg, decision, call_id)
+        if (decision.action == PENDING and not decision.dry_run and direction == "client"
+                and self.approvals is not None):
+            desk = self.approvals
+
+            async def verdict() -> Routed:
+                return await self._held(desk, call, msg, data, decision, call_id)
+
+            return Routed(held=verdict)
         if not decision.enforced_allow:
             self.log.info("call_refused", method=call.method, target=call.target,
                           decision=decision.action, rule=decision.rule)
             return _to(reply_side, self._refusal(call, rid, decision), receipt)
+        return self._forwarded(call, rid, data, direction, call_id, receipt)
+
+    def _forwarded(self, call: mcp.Call, rid: RequestId | None, data: bytes, direction: str,
+                   call_id: str, receipt: Receipt | None) -> Routed:
         pending = _Pending(call_id, call.method, time.perf_counter_ns())
         if rid is not None:
             if direction == "client":
@@ -210,8 +252,42 @@ class Mediator:
             return Routed(upstream=data, receipt=receipt)
         return Routed(client=data, receipt=receipt)
 
+    async def _held(self, desk: ApprovalDesk, call: mcp.Call, msg: jsonrpc.Message,
+                    data: bytes, decision: Decision, call_id: str) -> Routed:
+        """Wait for a person's verdict on a held call, then forward or refuse it."""
+        request = desk.new_request(
+            session=self.session, principal=self.caller.principal, grant=self.caller.grant,
+            server=self.server, method=call.method, target=call.target,
+            arguments=call.arguments, rule=decision.rule, reason=decision.reason)
+        self.log.warning("call_held", method=call.method, target=call.target,
+                         rule=decision.rule, approval=request.id)
+        started = time.monotonic()
+        verdict = await desk.ask(request)
+        by = verdict.by or "nobody"
+        if verdict.status == "approved":
+            reason = f"approved by {by}" + (f": {verdict.note}" if verdict.note else "")
+        elif verdict.status == "expired":
+            reason = f"no one approved it within {desk.settings.timeout_seconds:g} s"
+        else:
+            reason = f"rejected by {by}" + (f": {verdict.note}" if verdict.note else "")
+        outcome = "approved" if verdict.status == "approved" else "rejected"
+        final = Decision(ALLOW if outcome == "approved" else DENY, rule=decision.rule,
+                         reason=reason)
+        receipt = await self._decided(call, msg, final, call_id, recorded_as=outcome)
+        await append_lifecycle(self.audit, "approval", session=self.session,
+                               principal=self.caller.principal, server=self.server, detail={
+                                   "approval": request.id, "call_id": call_id,
+                                   "verdict": verdict.status, "by": verdict.by,
+                                   "note": verdict.note,
+                                   "waited_s": round(time.monotonic() - started, 3)})
+        self.log.info("call_approval_ended", approval=request.id, verdict=verdict.status, by=by)
+        if outcome == "approved":
+            return self._forwarded(call, msg.request_id, data, "client", call_id, receipt)
+        return Routed(client=self._refusal(call, msg.request_id, final), receipt=receipt)
+
     async def _decided(
-        self, call: mcp.Call, msg: jsonrpc.Message, decision: Decision, call_id: str
+        self, call: mcp.Call, msg: jsonrpc.Message, decision: Decision, call_id: str,
+        recorded_as: str | None = None,
     ) -> Receipt | None:
         if self.audit is None:
             return None
@@ -230,7 +306,7 @@ class Mediator:
             prompt=call.prompt,
             request_id=None if rid is msgspec.UNSET else jsonrpc.encode(rid).decode(),
             arguments=call.arguments,
-            decision=decision.action,
+            decision=recorded_as or decision.action,
             rule=decision.rule,
             reason=decision.reason,
             retry_after=decision.retry_after,

@@ -15,6 +15,7 @@ import trio
 from firewall.audit.events import AuditPoint, append_lifecycle
 from firewall.audit.writer import AuditError, default_instance_id, open_audit
 from firewall.config import Config, ConfigError, StdioServer
+from firewall.gateway.approvals import open_desk
 from firewall.gateway.mediator import Mediator
 from firewall.gateway.sessions import new_session_id
 from firewall.gateway.stdio_front import run_wrap
@@ -119,12 +120,17 @@ async def run_wrap_session(
     policy = build_policy(policy_files, dry_run=dry_run or config.policy.dry_run)
     session = new_session_id()
     log = get_logger(server=server, session=session)
-    async with maybe_audit(config, audit_enabled) as audit, trio.open_nursery() as nursery:
+    async with (
+        maybe_audit(config, audit_enabled) as audit,
+        open_desk(config.approvals, instance=default_instance_id()) as desk,
+        trio.open_nursery() as nursery,
+    ):
         if audit is None:
             log.warning("audit_disabled", hint="pass --audit-db PATH or --config FILE")
         nursery.start_soon(watch_policy, policy, audit)
         mediator = Mediator(server=server, session=session, caller=caller, policy=policy,
-                            audit=audit, deny_tools_call_as=config.policy.deny_tools_call_as)
+                            audit=audit, deny_tools_call_as=config.policy.deny_tools_call_as,
+                            approvals=desk)
         log.info("session_started", principal=caller.principal, transport="stdio")
         await append_lifecycle(audit, "session_start", session=session, principal=caller.principal,
                         server=server, detail={"transport": "stdio", "grant": caller.grant,
@@ -160,8 +166,12 @@ async def serve(config: Config, *, banner: TextIO | None = None) -> None:
     try:
         # The audit trail outlives the front: closing it flushes and signs the
         # head after the last session ended.
-        async with maybe_audit(config, True) as audit, trio.open_nursery() as nursery:
-            front = HttpFront(config, policy, audit)
+        async with (
+            maybe_audit(config, True) as audit,
+            open_desk(config.approvals, instance=default_instance_id()) as desk,
+            trio.open_nursery() as nursery,
+        ):
+            front = HttpFront(config, policy, audit, approvals=desk)
             nursery.start_soon(watch_policy, policy, audit)
             nursery.start_soon(_stop_on_signals, front, nursery.cancel_scope)
             binds = await nursery.start(run)

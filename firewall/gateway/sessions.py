@@ -28,6 +28,7 @@ import trio
 
 from firewall.audit.events import AuditPoint, append_lifecycle
 from firewall.config import ListenSettings
+from firewall.gateway.approvals import ApprovalDesk
 from firewall.gateway.mediator import Mediator
 from firewall.policy.decision import Caller, PolicyPoint
 
@@ -234,8 +235,10 @@ class FrontContext:
         policy: PolicyPoint,
         audit: AuditPoint | None,
         deny_tools_call_as: Literal["tool_result", "jsonrpc_error"] = "tool_result",
+        approvals: ApprovalDesk | None = None,
     ) -> None:
         self.listen = listen
+        self.approvals = approvals
         self.policy = policy
         self.audit = audit
         self.deny_tools_call_as = deny_tools_call_as
@@ -245,7 +248,8 @@ class FrontContext:
     def mediator(self, server: str, sid: str, caller: Caller) -> Mediator:
         """A mediator for a new session of ``server``."""
         return Mediator(server=server, session=sid, caller=caller, policy=self.policy,
-                        audit=self.audit, deny_tools_call_as=self.deny_tools_call_as)
+                        audit=self.audit, deny_tools_call_as=self.deny_tools_call_as,
+                        approvals=self.approvals)
 
     async def start_session(
         self, session: Session, run: Callable[..., Awaitable[None]] | None = None

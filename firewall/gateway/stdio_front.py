@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
 
 from firewall.config import StdioServer
-from firewall.gateway.mediator import Mediator
+from firewall.gateway.mediator import Mediator, Routed
 from firewall.gateway.upstream.stdio import (
     ChildExited,
     StdioChild,
@@ -62,10 +63,12 @@ class WrapSession:
         self._client_gone = False
         self._client_eof = False
         self._client_scope = trio.CancelScope()
+        self._held_calls: trio.Nursery
 
     async def run(self) -> int:
         """Mediate until the client leaves or the child dies; return the exit code."""
         async with trio.open_nursery() as nursery:
+            self._held_calls = nursery
             nursery.start_soon(self._read_child)
             with self._client_scope:
                 await self._read_client()
@@ -107,7 +110,10 @@ class WrapSession:
                     None, jsonrpc.MESSAGE_TOO_LARGE,
                     f"message longer than {self.max_line} bytes refused"))
                 continue
-            r = await self.mediator.from_client(line)
+            r = await self.mediator.from_client(line, wait=False)
+            if r.held is not None:  # waits for a person in its own task
+                self._held_calls.start_soon(self._release, r.held)
+                continue
             if r.client is not None:
                 replies.append(r.client)
             if r.upstream is not None:
@@ -120,6 +126,15 @@ class WrapSession:
         except ChildExited:
             return False
         return True
+
+    async def _release(self, held: Callable[[], Awaitable[Routed]]) -> None:
+        """Forward or refuse a held call once a person (or the deadline) decided."""
+        r = await held()
+        await self._to_client([r.client] if r.client is not None else [])
+        if r.upstream is not None:
+            await r.ready()
+            with contextlib.suppress(ChildExited):
+                await self.child.send(r.upstream)
 
     async def _read_child(self) -> None:
         async for batch in self.child.batches():

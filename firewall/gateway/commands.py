@@ -1,0 +1,151 @@
+"""``mcpwall approvals``: list held calls, approve or reject them.
+
+Exit codes: 0 done; 1 the request is unknown, already decided or expired;
+2 usage error (bad option, unreadable database or config).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import click
+import msgspec
+
+from firewall.config import ConfigError, load_config
+from firewall.gateway.approvals import (
+    ApprovalError,
+    ApprovalRequest,
+    ApprovalSettings,
+    Status,
+    open_store,
+)
+
+_db_option = click.option(
+    "--db", "db", type=click.Path(path_type=Path, dir_okay=False), default=None,
+    help="Approvals database (default: the config's [approvals] path, else "
+         "mcpwall-approvals.db here).")
+_config_option = click.option(
+    "--config", "config_path", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    default=None, help="Gateway config whose [approvals] path to use.")
+
+
+def _path(db: Path | None, config_path: Path | None) -> Path:
+    if db is not None:
+        return db
+    if config_path is not None:
+        try:
+            return Path(load_config(config_path).approvals.path)
+        except ConfigError as exc:
+            raise click.UsageError(str(exc)) from None
+    return Path(ApprovalSettings().path)
+
+
+def _when(ns: int | None) -> str:
+    if ns is None:
+        return ""
+    return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@click.group("approvals")
+def approvals() -> None:
+    """Calls held for human approval: list them, approve or reject them.
+
+    \b
+    A rule with "action": "require_approval" holds a call until someone
+    decides (or [approvals] timeout_seconds pass, and the call is refused):
+      mcpwall approvals list
+      mcpwall approvals approve 3f9c2a1b --note "planned maintenance"
+      mcpwall approvals reject 3f9c2a1b --note "not during business hours"
+    """
+
+
+@approvals.command("list")
+@_db_option
+@_config_option
+@click.option("--all", "show_all", is_flag=True, help="Also decided and expired requests.")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines, one request a line.")
+def list_command(db: Path | None, config_path: Path | None, show_all: bool,
+                 as_json: bool) -> None:
+    """List pending requests (newest first).
+
+    \b
+      mcpwall approvals list --config mcpwall.toml
+    """
+    path = _path(db, config_path)
+    if not path.exists():
+        raise click.UsageError(f"{path}: no approvals database (nothing was ever held)")
+    status: Status | None = None if show_all else "pending"
+    try:
+        with open_store(path) as store:
+            requests = store.list(status)
+    except ApprovalError as exc:
+        raise click.UsageError(str(exc)) from None
+    if as_json:
+        for request in requests:
+            sys.stdout.write(msgspec.json.encode(request).decode() + "\n")
+        return
+    if not requests:
+        click.echo("no pending requests" if not show_all else "no requests")
+        return
+    from tabulate import tabulate
+
+    rows = [[r.id, _when(r.created_ns), r.status, r.principal, r.grant, r.server, r.target,
+             msgspec.json.encode(r.arguments).decode() if r.arguments else "", r.rule,
+             _when(r.expires_ns) if r.status == "pending" else (r.decided_by or "")]
+            for r in requests]
+    click.echo(tabulate(rows, headers=["id", "held at (UTC)", "status", "principal", "grant",
+                                       "server", "target", "arguments", "rule",
+                                       "expires / by"]))
+
+
+def _decide(verdict: Literal["approved", "rejected"], ident: str, db: Path | None,
+            config_path: Path | None, by: str | None, note: str | None, as_json: bool) -> None:
+    path = _path(db, config_path)
+    if not path.exists():
+        raise click.UsageError(f"{path}: no approvals database")
+    try:
+        with open_store(path) as store:
+            request = store.decide(ident, verdict, by or getpass.getuser(), note)
+    except ApprovalError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
+    _report(request, as_json)
+
+
+def _report(request: ApprovalRequest, as_json: bool) -> None:
+    if as_json:
+        click.echo(msgspec.json.encode(request).decode())
+    else:
+        click.echo(f"{request.id} {request.status} by {request.decided_by}: "
+                   f"{request.principal} -> {request.server} {request.target}")
+
+
+def _verdict_command(verdict: Literal["approved", "rejected"], name: str, doc: str) -> Any:
+    @approvals.command(name, help=doc)
+    @click.argument("ident", metavar="ID")
+    @_db_option
+    @_config_option
+    @click.option("--by", default=None, help="Who decides (default: the login name).")
+    @click.option("--note", default=None, help="Why; the agent and the audit trail see it.")
+    @click.option("--json", "as_json", is_flag=True, help="Print the request as JSON.")
+    def command(ident: str, db: Path | None, config_path: Path | None, by: str | None,
+                note: str | None, as_json: bool) -> None:
+        _decide(verdict, ident, db, config_path, by, note, as_json)
+
+    return command
+
+
+approve = _verdict_command("approved", "approve", """Let a held call through.
+
+\b
+  mcpwall approvals approve 3f9c2a1b --note "ticket OPS-112"
+""")
+reject = _verdict_command("rejected", "reject", """Refuse a held call.
+
+\b
+  mcpwall approvals reject 3f9c2a1b --note "use a snapshot instead"
+""")

@@ -1,0 +1,146 @@
+"""Hold for human approval, end to end: the SDK client calls through `mcpwall wrap`,
+a person answers with `mcpwall approvals`, the audit trail records both verdicts."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+from click.testing import CliRunner
+from conftest import ROOT, mcpwall_argv
+from sdk_scenarios import stdio_session
+
+from firewall.cli import main
+from firewall.gateway.approvals import ApprovalError, ApprovalRequest, open_store
+
+pytestmark = pytest.mark.slow
+
+DEMO = [sys.executable, "-m", "firewall.demo"]
+PACK = ROOT / "rules" / "virtualization.json"
+
+
+def wrap(tmp: Path, *extra: str) -> list[str]:
+    return [*mcpwall_argv(), "wrap", "--policy", str(PACK), "--audit-db", str(tmp / "audit.db"),
+            "--approvals-db", str(tmp / "approvals.db"), *extra, "--", *DEMO]
+
+
+async def held_request(db: Path) -> dict[str, object]:
+    """Wait until the gateway has filed a request; return it as `approvals list` shows it."""
+    with trio.fail_after(20):
+        while True:
+            if db.exists():
+                out = await trio.run_process(
+                    [*mcpwall_argv(), "approvals", "list", "--db", str(db), "--json"],
+                    capture_stdout=True)
+                lines = out.stdout.decode().splitlines()
+                if lines:
+                    return json.loads(lines[0])  # type: ignore[no-any-return]
+            await trio.sleep(0.1)
+
+
+async def decide(db: Path, verb: str, ident: str, note: str) -> None:
+    await trio.run_process([*mcpwall_argv(), "approvals", verb, str(ident), "--db", str(db),
+                            "--by", "oncall-alice", "--note", note], capture_stdout=True)
+
+
+async def test_approved_call_goes_through_and_both_verdicts_are_audited(tmp_path: Path) -> None:
+    async with stdio_session(wrap(tmp_path)) as session, trio.open_nursery() as nursery:
+        result: dict[str, object] = {}
+
+        async def call() -> None:
+            result["delete"] = await session.call_tool(
+                "vm_management", {"action": "delete", "vm_name": "db-01"})
+
+        nursery.start_soon(call)
+        request = await held_request(tmp_path / "approvals.db")
+        assert request["target"] == "vm_management" and request["status"] == "pending"
+        assert request["arguments"] == {"action": "delete", "vm_name": "db-01"}
+        # The session is not blocked while the call waits for a person.
+        listing = await session.call_tool("vm_management", {"action": "list"})
+        assert "db-01" in json.dumps(listing.model_dump(mode="json"))
+        await decide(tmp_path / "approvals.db", "approve", str(request["id"]), "ticket OPS-1")
+    deleted = result["delete"]
+    assert not deleted.is_error, deleted  # type: ignore[attr-defined]
+    assert "db-01" in json.dumps(deleted.model_dump(mode="json"))  # type: ignore[attr-defined]
+    with sqlite3.connect(tmp_path / "audit.db") as conn:
+        rows = conn.execute("SELECT call_id, decision, reason FROM events WHERE kind = 'decision'"
+                            " AND tool = 'vm_management' AND arguments LIKE '%delete%'"
+                            " ORDER BY seq").fetchall()
+        assert [r[1] for r in rows] == ["pending", "approved"]
+        assert rows[0][0] == rows[1][0] and "oncall-alice" in rows[1][2]
+        status = conn.execute("SELECT status FROM events WHERE kind = 'outcome' AND call_id = ?",
+                              (rows[0][0],)).fetchone()
+        assert status == ("ok",)
+        detail = json.loads(conn.execute(
+            "SELECT detail FROM events WHERE kind = 'approval'").fetchone()[0])
+        assert detail["verdict"] == "approved" and detail["note"] == "ticket OPS-1"
+
+
+async def test_rejected_call_is_refused_with_the_reason(tmp_path: Path) -> None:
+    async with stdio_session(wrap(tmp_path)) as session, trio.open_nursery() as nursery:
+        result: dict[str, object] = {}
+
+        async def call() -> None:
+            result["r"] = await session.call_tool(
+                "vm_management", {"action": "delete", "vm_name": "db-01"})
+
+        nursery.start_soon(call)
+        request = await held_request(tmp_path / "approvals.db")
+        await decide(tmp_path / "approvals.db", "reject", str(request["id"]), "use a snapshot")
+    refused = result["r"]
+    assert refused.is_error  # type: ignore[attr-defined]
+    text = refused.content[0].text  # type: ignore[attr-defined]
+    assert "rejected by oncall-alice: use a snapshot" in text
+
+
+async def test_nobody_decides_the_call_expires(tmp_path: Path) -> None:
+    config = tmp_path / "gw.toml"
+    config.write_text(f'[approvals]\npath = "{tmp_path / "approvals.db"}"\n'
+                      'timeout_seconds = 1\npoll_seconds = 0.1\n'
+                      f'[audit]\npath = "{tmp_path / "audit.db"}"\n')
+    argv = [*mcpwall_argv(), "wrap", "--config", str(config), "--policy", str(PACK), "--",
+            *DEMO]
+    async with stdio_session(argv) as session:
+        with trio.fail_after(15):
+            expired = await session.call_tool("vm_management",
+                                              {"action": "delete", "vm_name": "db-01"})
+    assert expired.is_error and "within 1 s" in expired.content[0].text  # type: ignore[union-attr]
+    with open_store(tmp_path / "approvals.db") as store:
+        (request,) = store.list(None)
+        assert request.status == "expired"
+        with pytest.raises(ApprovalError, match="already expired"):
+            store.decide(request.id, "approved", "late-bob")
+
+
+def test_cli_refuses_unknown_and_decided_requests(tmp_path: Path) -> None:
+    db = tmp_path / "a.db"
+    with open_store(db) as store:
+        store.add(ApprovalRequest(id="abc", created_ns=1, expires_ns=2**62, instance="i",
+                                  session="s", principal="p", grant="g", server="vm",
+                                  method="tools/call", target="t", arguments={"x": 1}))
+    runner = CliRunner()
+    ok = runner.invoke(main, ["approvals", "approve", "abc", "--db", str(db), "--by", "me"])
+    assert ok.exit_code == 0 and "approved by me" in ok.output
+    again = runner.invoke(main, ["approvals", "reject", "abc", "--db", str(db)])
+    assert again.exit_code == 1 and "already approved" in again.output
+    missing = runner.invoke(main, ["approvals", "approve", "nope", "--db", str(db)])
+    assert missing.exit_code == 1 and "no approval request 'nope'" in missing.output
+    listed = runner.invoke(main, ["approvals", "list", "--all", "--db", str(db)])
+    assert listed.exit_code == 0 and "abc" in listed.output
+    absent = runner.invoke(main, ["approvals", "list", "--db", str(tmp_path / "none.db")])
+    assert absent.exit_code == 2
+
+
+def test_wrap_without_a_desk_refuses_held_calls_at_once(tmp_path: Path) -> None:
+    line = (b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"vm_management",'
+            b'"arguments":{"action":"delete","vm_name":"db-01"}}}\n')
+    proc = subprocess.run([*mcpwall_argv(), "wrap", "--policy", str(PACK), "--", *DEMO],
+                          input=line, capture_output=True, timeout=30)
+    reply = json.loads(proc.stdout.splitlines()[0])
+    assert reply["result"]["isError"] is True
+    assert "approval" in reply["result"]["content"][0]["text"].lower()
