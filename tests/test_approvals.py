@@ -33,7 +33,7 @@ async def held_request(db: Path) -> dict[str, object]:
     """Wait until the gateway has filed a request; return it as `approvals list` shows it."""
     with trio.fail_after(20):
         while True:
-            if db.exists():
+            if await trio.Path(db).exists():
                 out = await trio.run_process(
                     [*mcpwall_argv(), "approvals", "list", "--db", str(db), "--json"],
                     capture_stdout=True)
