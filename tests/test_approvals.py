@@ -144,3 +144,20 @@ def test_wrap_without_a_desk_refuses_held_calls_at_once(tmp_path: Path) -> None:
     reply = json.loads(proc.stdout.splitlines()[0])
     assert reply["result"]["isError"] is True
     assert "approval" in reply["result"]["content"][0]["text"].lower()
+
+
+def test_documented_policy_compiles_and_holds_delete() -> None:
+    import re
+
+    from firewall.policy.compiler import compile_policy
+    from firewall.policy.decision import Caller
+    from firewall.policy.engine import Engine
+    from firewall.policy.schema import parse_policy
+    from firewall.protocol.mcp import Call
+
+    doc = (ROOT / "docs" / "approvals.md").read_text()
+    (block,) = re.findall(r"```json\n(.*?)```", doc, re.S)
+    engine = Engine(compile_policy(parse_policy(block, "approvals.md")))
+    held = engine.decide(Call("tools/call", tool="vm_management",
+                              arguments={"action": "delete"}), Caller(), "vm", "s")
+    assert held.action == "pending" and held.reason == "deleting a VM destroys its disks"
