@@ -161,3 +161,56 @@ def test_documented_policy_compiles_and_holds_delete() -> None:
     held = engine.decide(Call("tools/call", tool="vm_management",
                               arguments={"action": "delete"}), Caller(), "vm", "s")
     assert held.action == "pending" and held.reason == "deleting a VM destroys its disks"
+
+
+async def test_held_call_over_http_waits_for_the_verdict(tmp_path: Path) -> None:
+    import httpx
+    from fixtures.conformance_harness import free_port
+    from mcp.client.session import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    port = free_port()
+    config = tmp_path / "gw.toml"
+    config.write_text(
+        f'[listen]\nport = {port}\n[policy]\nfiles = ["{PACK}"]\n'
+        f'[audit]\npath = "{tmp_path / "audit.db"}"\n'
+        f'[approvals]\npath = "{tmp_path / "approvals.db"}"\npoll_seconds = 0.1\n'
+        f'[servers.vm]\ntransport = "stdio"\ncommand = "{sys.executable}"\n'
+        'args = ["-m", "firewall.demo"]\n')
+    log = (tmp_path / "serve.log").open("wb")
+    proc = await trio.lowlevel.open_process([*mcpwall_argv(), "serve", str(config)],
+                                            stdout=log, stderr=log)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        with trio.fail_after(20):
+            while True:
+                try:
+                    async with httpx.AsyncClient() as client:
+                        if (await client.get(f"{base}/healthz")).status_code == 200:
+                            break
+                except httpx.TransportError:
+                    await trio.sleep(0.1)
+        async with (
+            streamable_http_client(f"{base}/servers/vm/mcp") as (read, write),
+            ClientSession(read, write) as session,
+            trio.open_nursery() as nursery,
+        ):
+            await session.initialize()
+            result: dict[str, object] = {}
+
+            async def call() -> None:
+                result["r"] = await session.call_tool(
+                    "vm_management", {"action": "delete", "vm_name": "db-01"})
+
+            nursery.start_soon(call)
+            request = await held_request(tmp_path / "approvals.db")
+            assert request["server"] == "vm" and request["principal"] == "anonymous"
+            await decide(tmp_path / "approvals.db", "approve", str(request["id"]), "ok")
+        assert not result["r"].is_error  # type: ignore[attr-defined]
+    finally:
+        proc.terminate()
+        with trio.move_on_after(15):
+            await proc.wait()
+        if proc.returncode is None:
+            proc.kill()
+        log.close()
