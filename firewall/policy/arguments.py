@@ -59,14 +59,82 @@ def as_condition(spec: ConditionSpec) -> Condition:
 def compile_conditions(conditions: dict[str, ConditionSpec], where: str) -> tuple[Check, ...]:
     """Compile ``{argument: condition}`` into checks; ``where`` prefixes errors."""
     checks: list[Check] = []
+    if not conditions:
+        return ()
     for argument, spec in conditions.items():
         cond = as_condition(spec)
-        for op, pred, text in _predicates(cond, f"{where}.{argument}"):
-            access = _accessor(argument, cond.optional, cond.nullable, f"{where}.{argument}")
-            checks.append(
-                Check(access(pred), argument, op, f"argument '{argument}': {text} ({op})")
-            )
+        here = f"{where}.{argument}"
+        predicates = _predicates(cond, here)
+        access = _accessor(argument, cond.optional, cond.nullable, here)
+        simple = _SIMPLE_NAME.match(argument) is not None
+        for op, pred, text in predicates:
+            test = (_fused(argument, op, cond, pred) if simple else None) or access(pred)
+            checks.append(Check(test, argument, op, f"argument '{argument}': {text} ({op})"))
     return tuple(checks)
+
+
+_SIMPLE_NAME: Final = re.compile(r"^[^\[\].]+$")
+
+
+def _fused(key: str, op: str, cond: Condition,
+           pred: Predicate) -> Callable[[dict[str, Any]], bool] | None:
+    """The hot path's version of ``_accessor(key, ...)(pred)`` for the commonest
+    conditions on a top-level argument: the test on a plain string is inlined,
+    which saves a call per check; every other value goes through ``pred`` as in
+    the general wrapper, so both give the same answers."""
+    optional, nullable = cond.optional, cond.nullable
+    if op in ("in", "enum"):
+        values = cond.in_ if op == "in" else cond.enum
+        if not values or not all(isinstance(x, str) for x in values):
+            return None
+        strings = frozenset(values)
+
+        def member(args: dict[str, Any]) -> bool:
+            v = args.get(key, _MISSING)
+            if type(v) is str:
+                return v in strings
+            if v is _MISSING:
+                return optional
+            return (v is None and nullable) or pred(v)
+
+        return member
+    if op == "pattern" and cond.pattern is not None:
+        fullmatch = re.compile(cond.pattern).fullmatch
+
+        def matches(args: dict[str, Any]) -> bool:
+            v = args.get(key, _MISSING)
+            if type(v) is str:
+                return fullmatch(v) is not None
+            if v is _MISSING:
+                return optional
+            return (v is None and nullable) or pred(v)
+
+        return matches
+    if op == "const" and type(cond.const) is str:
+        const = cond.const
+
+        def equals(args: dict[str, Any]) -> bool:
+            v = args.get(key, _MISSING)
+            if type(v) is str:
+                return v == const
+            if v is _MISSING:
+                return optional
+            return (v is None and nullable) or pred(v)
+
+        return equals
+    if op == "prefix" and cond.prefix is not None:
+        prefix = cond.prefix
+
+        def starts(args: dict[str, Any]) -> bool:
+            v = args.get(key, _MISSING)
+            if type(v) is str:
+                return v.startswith(prefix)
+            if v is _MISSING:
+                return optional
+            return (v is None and nullable) or pred(v)
+
+        return starts
+    return None
 
 
 def _json_equal(a: Any, b: Any) -> bool:

@@ -33,7 +33,9 @@ from __future__ import annotations
 import fnmatch
 import posixpath
 import re
+from bisect import bisect_right
 from collections.abc import Callable, Mapping, Sequence
+from types import CodeType, FunctionType
 from typing import Any, Final, Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -110,7 +112,7 @@ class Verdict:
     """What a rule concludes: an action, its buckets, and the prebuilt Decision."""
 
     __slots__ = ("action", "buckets", "decision", "dry_run", "limited_reason", "plan", "rank",
-                 "rule")
+                 "rule", "single")
 
     def __init__(self, rule: str, action: ActionName, reason: str | None,
                  buckets: tuple[BucketSpec, ...], dry_run: bool) -> None:
@@ -125,6 +127,13 @@ class Verdict:
         # (key prefix, index of the scope value, spec) per bucket: what the
         # engine needs to build bucket keys with one concatenation each.
         self.plan = tuple((b.key_prefix, SCOPE_INDEX[b.scope], b) for b in self.buckets)
+        # The common case, one bucket, unpacked for the engine's fast path:
+        # (key prefix, scope index, capacity, refill rate, window).
+        self.single: tuple[str, int, float, float, float] | None = None
+        if len(self.buckets) == 1:
+            b = self.buckets[0]
+            self.single = (b.key_prefix, SCOPE_INDEX[b.scope], float(b.capacity), b.rate,
+                           b.window)
         self.limited_reason = "rate limit: " + "; ".join(
             f"{b.counter} ({b.capacity} per {_window_text(b.window)}, per {b.scope})"
             for b in self.buckets
@@ -171,7 +180,7 @@ class CompiledRule:
 class CompiledEntry:
     """A tool, prompt, resource or method entry, ready to evaluate."""
 
-    __slots__ = ("audience", "evaluate", "exact", "fallback", "fallback_is_default", "kind",
+    __slots__ = ("_evaluate", "audience", "exact", "fallback", "fallback_is_default", "kind",
                  "literals", "matches", "pattern", "rank", "require", "rule", "rules",
                  "sort_key", "source")
 
@@ -196,7 +205,17 @@ class CompiledEntry:
         )
         self.sort_key = (0 if self.exact else 1, -self.literals, -self.rank, *order)
 
-        self.evaluate = _evaluator(require, rules, fallback)
+        self._evaluate: Evaluator | None = None
+
+    @property
+    def evaluate(self) -> Evaluator:
+        """``evaluate(args, caller)``: this entry's result for a caller it admits.
+
+        Built on first use, so a large table pays only for the entries that
+        calls reach."""
+        if self._evaluate is None:
+            self._evaluate = _evaluator(self.require, self.rules, self.fallback)
+        return self._evaluate
 
     def __repr__(self) -> str:
         return f"CompiledEntry({self.rule!r})"
@@ -214,39 +233,81 @@ def _result(verdict: Verdict) -> Result:
 
 def _evaluator(require: tuple[Requirement, ...], rules: tuple[CompiledRule, ...],
                fallback: Verdict) -> Evaluator:
-    """One closure per entry, with everything it needs bound as locals: the hot
-    path's version of ``Engine._evaluate`` (which keeps the trace for explain;
-    the property tests hold both to the reference interpreter)."""
-    reqs = tuple((r.check.test, r.denial) for r in require)
-    plan = tuple(
-        (r.audience.admits if r.audience is not None else None,
-         tuple(c.test for c in r.when),
-         tuple((q.check.test, q.denial) for q in r.require),
-         _result(r.verdict))
-        for r in rules
-    )
+    """One function per entry: the hot path's version of ``Engine._evaluate``
+    (which keeps the trace for explain; the property tests hold both to the
+    reference interpreter).
+
+    The function is straight-line code, one ``if`` per check, with every
+    check, Decision and Verdict bound as a parameter default (a local): no
+    loop, no tuple unpacking, no global lookup. Its code depends only on the
+    entry's shape (how many checks where), so it is compiled once per shape
+    and each entry gets a function over that code with its own defaults.
+    """
     last = _result(fallback)
-    if not reqs and not plan:
+    if not require and not rules:
         return lambda args, caller: last
-
-    def evaluate(args: dict[str, Any], caller: Caller) -> Result:
-        for test, denial in reqs:
-            if not test(args):
-                return denial
-        for admits, when, rule_reqs, result in plan:
-            if admits is not None and not admits(caller):
-                continue
-            for check in when:
-                if not check(args):
-                    break
-            else:
-                for test, denial in rule_reqs:
-                    if not test(args):
-                        return denial
-                return result
-        return last
-
+    # The order :func:`_evaluator_code` declares its parameters in.
+    bound: list[object] = []
+    for req in require:
+        bound += (req.check.test, req.denial)
+    rule_shapes: list[tuple[bool, int, int]] = []
+    for rule in rules:
+        if rule.audience is not None:
+            bound.append(rule.audience.admits)
+        bound.extend(check.test for check in rule.when)
+        for req in rule.require:
+            bound += (req.check.test, req.denial)
+        bound.append(_result(rule.verdict))
+        rule_shapes.append((rule.audience is not None, len(rule.when), len(rule.require)))
+    bound.append(last)
+    key: Shape = (len(require), tuple(rule_shapes))
+    code = _CODE.get(key)
+    if code is None:
+        code = _evaluator_code(key)
+        if len(_CODE) < _CODE_MAX:
+            _CODE[key] = code
+    evaluate: Evaluator = FunctionType(code, _NO_GLOBALS, "evaluate", tuple(bound))
     return evaluate
+
+
+# An entry's shape: (number of requires, ((has audience, number of whens,
+# number of requires) for each rule)).
+Shape = tuple[int, tuple[tuple[bool, int, int], ...]]
+_CODE: Final[dict[Shape, CodeType]] = {}
+_CODE_MAX: Final = 4096
+_NO_GLOBALS: Final[dict[str, Any]] = {"__builtins__": {}}
+
+
+def _evaluator_code(shape: Shape) -> CodeType:
+    """The code of ``evaluate(args, caller, *bound)`` for one entry shape, where
+    ``bound`` is what :func:`_evaluator` passes as defaults, in its order."""
+    requires, rules = shape
+    params: list[str] = []
+    body: list[str] = []
+    for i in range(requires):
+        params += (f"q{i}", f"qd{i}")
+        body.append(f"    if not q{i}(args): return qd{i}")
+    reachable = True
+    for j, (audience, whens, rule_requires) in enumerate(rules):
+        tests = ([f"a{j}(caller)"] if audience else []) + [f"w{j}_{k}(args)" for k in range(whens)]
+        params += [t.split("(")[0] for t in tests]
+        indent = "        " if tests else "    "
+        lines = [f"    if {' and '.join(tests)}:"] if tests else []
+        for k in range(rule_requires):
+            params += (f"r{j}_{k}", f"rd{j}_{k}")
+            lines.append(f"{indent}if not r{j}_{k}(args): return rd{j}_{k}")
+        params.append(f"res{j}")
+        lines.append(f"{indent}return res{j}")
+        if reachable:
+            body += lines
+        reachable = reachable and bool(tests)  # after an unconditional rule, nothing is
+    params.append("last")
+    if reachable:
+        body.append("    return last")
+    source = f"def evaluate(args, caller, {', '.join(params)}):\n" + "\n".join(body)
+    module = compile(source, "<policy entry>", "exec")
+    code: CodeType = next(c for c in module.co_consts if isinstance(c, CodeType))
+    return code
 
 
 def is_glob(pattern: str) -> bool:
@@ -326,9 +387,26 @@ def normalise_uri(uri: str) -> str:
 
 class NameIndex:
     """Entries of one kind, looked up by name. ``candidates(name)`` returns the
-    entries whose pattern matches, in precedence order."""
+    entries whose pattern matches, in precedence order; ``resolve(name)`` the
+    evaluator that decides for that name (first admitting candidate, else the
+    fallback result).
 
-    def __init__(self, entries: Sequence[CompiledEntry]) -> None:
+    Finding the globs whose literal prefix starts a name costs one binary
+    search, whatever the number of prefixes: in sorted order, every literal
+    prefix of ``name`` is a prefix of the last prefix sorting at or before
+    ``name`` (anything between a prefix of ``name`` and ``name`` itself starts
+    with that prefix). Each sorted prefix links to the longest other prefix it
+    starts with, so the lookup walks that short chain. Literal suffixes work
+    the same on reversed strings.
+
+    Both per-name maps (``cache`` and ``resolved``) are bounded: when one
+    reaches ``cache_max`` names it is emptied and refills with the names in
+    use. They belong to this index, so a reload, which builds new indexes,
+    starts with empty ones.
+    """
+
+    def __init__(self, entries: Sequence[CompiledEntry], fallback: Result,
+                 cache_max: int = CACHE_MAX) -> None:
         self.entries = tuple(sorted(entries, key=lambda e: e.sort_key))
         exact: dict[str, list[CompiledEntry]] = {}
         by_prefix: dict[str, list[CompiledEntry]] = {}
@@ -344,17 +422,21 @@ class NameIndex:
                 continue
             suffix = _literal_suffix(e.pattern)
             if suffix:
-                by_suffix.setdefault(suffix, []).append(e)
+                by_suffix.setdefault(suffix[::-1], []).append(e)
             else:
                 rest.append(e)
         self._exact = {k: tuple(v) for k, v in exact.items()}
-        self._by_prefix = by_prefix
-        self._prefix_lengths = tuple(sorted({len(p) for p in by_prefix}))
-        self._by_suffix = by_suffix
-        self._suffix_lengths = tuple(sorted({len(s) for s in by_suffix}))
+        self._prefixes, self._prefix_links = _links(
+            by_prefix, lambda e: e.pattern == _literal_prefix(e.pattern) + "*")
+        self._suffixes, self._suffix_links = _links(
+            by_suffix, lambda e: e.pattern == "*" + _literal_suffix(e.pattern))
         self._rest = tuple(rest)
         self._has_globs = bool(by_prefix or by_suffix or rest)
+        self.fallback = fallback
+        self.cache_max = cache_max
         self.cache: dict[str, tuple[CompiledEntry, ...]] = {}
+        self.resolved: dict[str, Evaluator] = {}
+        self._none: Evaluator = lambda args, caller: fallback
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -365,32 +447,104 @@ class NameIndex:
         if found is not None:
             return found
         found = self._lookup(name)
-        if len(self.cache) < CACHE_MAX:
-            self.cache[name] = found
+        if len(self.cache) >= self.cache_max:
+            self.cache = {}
+        self.cache[name] = found
         return found
+
+    def resolve(self, name: str) -> Evaluator:
+        """The evaluator deciding for ``name``: ``resolve(name)(args, caller)`` is
+        the first admitting candidate's result, or ``fallback`` when none admits."""
+        found = self.resolved.get(name)
+        if found is not None:
+            return found
+        candidates = self.cache.get(name)
+        found = self._resolver(self._lookup(name) if candidates is None else candidates)
+        if len(self.resolved) >= self.cache_max:
+            self.resolved = {}
+        self.resolved[name] = found
+        return found
+
+    def _resolver(self, candidates: tuple[CompiledEntry, ...]) -> Evaluator:
+        if not candidates:
+            return self._none
+        if candidates[0].audience is None:
+            return candidates[0].evaluate
+        fallback = self.fallback
+        steps = tuple((e.audience.admits if e.audience is not None else None, e.evaluate)
+                      for e in candidates)
+
+        def evaluate(args: dict[str, Any], caller: Caller) -> Result:
+            for admits, entry_evaluate in steps:
+                if admits is None or admits(caller):
+                    return entry_evaluate(args, caller)
+            return fallback
+
+        return evaluate
 
     def _lookup(self, name: str) -> tuple[CompiledEntry, ...]:
         exact = self._exact.get(name, ())
         if not self._has_globs:
             return exact
         hits = list(exact)
-        n = len(name)
-        for length in self._prefix_lengths:
-            if length > n:
-                break
-            bucket = self._by_prefix.get(name[:length])
-            if bucket:
-                hits.extend(e for e in bucket if e.matches(name))
-        for length in self._suffix_lengths:
-            if length > n:
-                break
-            bucket = self._by_suffix.get(name[n - length:])
-            if bucket:
-                hits.extend(e for e in bucket if e.matches(name))
-        hits.extend(e for e in self._rest if e.matches(name))
-        if len(hits) > len(exact):
-            hits.sort(key=lambda e: e.sort_key)
+        # Written out for both sides rather than a helper: this runs for every new name.
+        keys = self._prefixes
+        if keys:
+            links = self._prefix_links
+            i = bisect_right(keys, name) - 1
+            while i >= 0:
+                literal, sure, maybe, parent = links[i]
+                if name.startswith(literal):
+                    hits.extend(sure)
+                    for e in maybe:
+                        if e.matches(name):
+                            hits.append(e)
+                i = parent
+        keys = self._suffixes
+        if keys:
+            links = self._suffix_links
+            probe = name[::-1]
+            i = bisect_right(keys, probe) - 1
+            while i >= 0:
+                literal, sure, maybe, parent = links[i]
+                if probe.startswith(literal):
+                    hits.extend(sure)
+                    for e in maybe:
+                        if e.matches(name):
+                            hits.append(e)
+                i = parent
+        for e in self._rest:
+            if e.matches(name):
+                hits.append(e)
+        if len(hits) > len(exact) and len(hits) > 1:
+            hits.sort(key=_sort_key)
         return tuple(hits)
+
+
+# Per sorted literal (a prefix, or a reversed suffix): the literal; its globs
+# that match every name starting with it (``delete_*`` for ``delete_``); its
+# other globs; and the index of the longest other literal it starts with, or -1.
+# Once a name starts with a literal, it starts with all of that one's parents.
+Link = tuple[str, tuple["CompiledEntry", ...], tuple["CompiledEntry", ...], int]
+
+
+def _links(groups: dict[str, list[CompiledEntry]],
+           sure: Callable[[CompiledEntry], bool]) -> tuple[list[str], list[Link]]:
+    keys = sorted(groups)
+    links: list[Link] = []
+    stack: list[int] = []  # indexes of the literals the current key starts with
+    for i, key in enumerate(keys):
+        while stack and not key.startswith(keys[stack[-1]]):
+            stack.pop()
+        group = groups[key]
+        links.append((key, tuple(e for e in group if sure(e)),
+                      tuple(e for e in group if not sure(e)), stack[-1] if stack else -1))
+        stack.append(i)
+    return keys, links
+
+
+def _sort_key(entry: CompiledEntry) -> tuple[int, ...]:
+    return entry.sort_key
 
 
 class ServerTable:
@@ -499,7 +653,8 @@ class _Compiler:
         for file_index, (layer, loaded) in enumerate(layered):
             for kind in KINDS:
                 entries[kind].extend(self._entries(kind, loaded, (layer, file_index), default))
-        indexes = {k: NameIndex(v) for k, v in entries.items()}
+        indexes = {k: NameIndex(v, other if k == "methods" else _result(default))
+                   for k, v in entries.items()}
         return ServerTable(server, indexes, default, other,
                            tuple(f.source for _, f in layered))
 

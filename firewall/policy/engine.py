@@ -71,7 +71,18 @@ class Engine:
 
     def __init__(self, compiled: CompiledPolicy, limiter: Limiter | None = None) -> None:
         self._compiled = compiled
-        self.limiter: Limiter = limiter if limiter is not None else MemoryLimiter()
+        self.limiter = limiter if limiter is not None else MemoryLimiter()
+
+    @property
+    def limiter(self) -> Limiter:
+        """Where the token buckets live (in memory unless told otherwise)."""
+        return self._limiter
+
+    @limiter.setter
+    def limiter(self, limiter: Limiter) -> None:
+        self._limiter = limiter
+        # The in-memory limiter has a one-bucket entry point with no request list.
+        self._take_one = limiter.take_one if isinstance(limiter, MemoryLimiter) else None
 
     @property
     def compiled(self) -> CompiledPolicy:
@@ -97,19 +108,36 @@ class Engine:
         elif method in PASS_METHODS or method.startswith("notifications/"):
             return PROTOCOL_ALLOW
         else:
-            return self._method(table, method, caller, server, session, None)
-        candidates = index.cache.get(name)
-        if candidates is None:
-            candidates = index.candidates(name)
-        result = table.default_result
-        for entry in candidates:
-            audience = entry.audience
-            if audience is None or audience.admits(caller):
-                result = entry.evaluate(args, caller)
-                break
-        if isinstance(result, Decision):
+            index, name, args = table.methods, method, _EMPTY
+        evaluate = index.resolved.get(name)
+        if evaluate is None:
+            evaluate = index.resolve(name)
+        result = evaluate(args, caller)
+        if result.__class__ is Decision:  # final; a Verdict has buckets to debit first
             return result
-        return self._apply(result, caller, server, session, None)
+        return self._limit(result, caller, server, session)  # type: ignore[arg-type]
+
+    def _limit(self, verdict: Verdict, caller: Caller, server: str, session: str) -> Decision:
+        one = verdict.single
+        take_one = self._take_one
+        if one is None or take_one is None:
+            return self._apply(verdict, caller, server, session, None)
+        prefix, scope, capacity, rate, window = one
+        if scope == 0:
+            value = caller.grant
+        elif scope == 2:
+            value = session
+        elif scope == 1:
+            value = caller.principal
+        elif scope == 3:
+            value = server
+        else:
+            value = ""
+        wait = take_one(prefix + value, capacity, rate, window)
+        if wait is None:
+            return verdict.decision
+        return Decision(LIMITED, rule=verdict.rule, reason=verdict.limited_reason,
+                        retry_after=_retry_after(wait), dry_run=verdict.dry_run)
 
     def _target(self, table: ServerTable, index: NameIndex, name: str, args: dict[str, Any],
                 caller: Caller, server: str, session: str,

@@ -8,6 +8,9 @@ Rules this module keeps:
 2. Decoding never raises anything but :class:`ProtocolError`, which carries the
    JSON-RPC error code the peer must get back (-32700 or -32600).
 3. One decoder and one encoder, built at import and reused.
+4. The well-formed case is the fast one: a valid request costs one msgspec
+   decode and three attribute tests. Anything unusual goes to the slow path,
+   which alone builds error texts, so both paths give the same answers.
 
 Example::
 
@@ -54,8 +57,11 @@ class _Absent:
     """Marker type for an ``id`` that is not present at all (a notification)."""
 
 
-class Message(msgspec.Struct, frozen=True, omit_defaults=True):
+class Message(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
     """A decoded JSON-RPC 2.0 envelope; payloads stay raw."""
+
+    # gc=False: every field is a str, an int or a Raw, so a Message can never
+    # be part of a reference cycle; the collector need not track it.
 
     jsonrpc: str
     method: str | None = None
@@ -149,22 +155,32 @@ def decode(data: bytes | bytearray | memoryview) -> Message:
         raise _invalid(data, f"invalid JSON-RPC message: {exc}") from None
     except msgspec.DecodeError as exc:
         raise ProtocolError(PARSE_ERROR, f"parse error: {exc}") from None
+    # Fast path: a request or notification with neither result nor error (an
+    # empty Raw is falsy), or a response with exactly one of them.
+    if msg.jsonrpc == "2.0":
+        if msg.method is not None:
+            if not msg.result and not msg.error:
+                return msg
+        elif msg.id is not msgspec.UNSET and (not msg.result) != (not msg.error):
+            return msg
+    raise _refusal(msg)
+
+
+def _refusal(msg: Message) -> ProtocolError:
+    """The precise error for a decoded envelope that is not valid JSON-RPC."""
     if msg.jsonrpc != "2.0":
-        raise ProtocolError(INVALID_REQUEST, 'invalid JSON-RPC message: jsonrpc must be "2.0"',
-                            msg.request_id)
+        return ProtocolError(INVALID_REQUEST, 'invalid JSON-RPC message: jsonrpc must be "2.0"',
+                             msg.request_id)
     if msg.method is None:
         if msg.id is msgspec.UNSET:
-            raise ProtocolError(INVALID_REQUEST,
-                                "invalid JSON-RPC message: neither a method nor an id")
-        if msg.has_result == msg.has_error:
-            raise ProtocolError(INVALID_REQUEST,
-                                "invalid JSON-RPC response: exactly one of result and error",
-                                msg.request_id)
-    elif msg.has_result or msg.has_error:
-        raise ProtocolError(INVALID_REQUEST,
-                            "invalid JSON-RPC request: result or error beside a method",
-                            msg.request_id)
-    return msg
+            return ProtocolError(INVALID_REQUEST,
+                                 "invalid JSON-RPC message: neither a method nor an id")
+        return ProtocolError(INVALID_REQUEST,
+                             "invalid JSON-RPC response: exactly one of result and error",
+                             msg.request_id)
+    return ProtocolError(INVALID_REQUEST,
+                         "invalid JSON-RPC request: result or error beside a method",
+                         msg.request_id)
 
 
 def _invalid(data: bytes | bytearray | memoryview, text: str) -> ProtocolError:

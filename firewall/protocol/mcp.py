@@ -42,16 +42,17 @@ PROGRESS: Final = "notifications/progress"
 SERVER_REQUESTS: Final = frozenset({SAMPLING_CREATE, ELICITATION_CREATE, ROOTS_LIST, PING})
 
 
-class _ToolParams(msgspec.Struct):
+# gc=False: these live for one call and never hold a reference to themselves.
+class _ToolParams(msgspec.Struct, gc=False):
     name: str
     arguments: dict[str, Any] | None = None
 
 
-class _UriParams(msgspec.Struct):
+class _UriParams(msgspec.Struct, gc=False):
     uri: str
 
 
-class _PromptParams(msgspec.Struct):
+class _PromptParams(msgspec.Struct, gc=False):
     name: str
     arguments: dict[str, Any] | None = None
 
@@ -87,24 +88,36 @@ def view(msg: jsonrpc.Message, direction: str = "client") -> Call:
     """The policy view of a request; raise ProtocolError(-32602) on bad params."""
     method = msg.method
     assert method is not None, "view() takes requests and notifications"
-    try:
-        if method == TOOLS_CALL:
-            tp = _tool_decoder.decode(_params(msg))
-            return Call(method, direction, tool=tp.name, arguments=tp.arguments or {})
-        if method in (RESOURCES_READ, RESOURCES_SUBSCRIBE, RESOURCES_UNSUBSCRIBE):
-            return Call(method, direction, uri=_uri_decoder.decode(_params(msg)).uri)
-        if method == PROMPTS_GET:
-            pp = _prompt_decoder.decode(_params(msg))
-            return Call(method, direction, prompt=pp.name, arguments=pp.arguments or {})
-    except msgspec.DecodeError as exc:
-        raise jsonrpc.ProtocolError(
-            jsonrpc.INVALID_PARAMS, f"invalid params for {method}: {exc}", msg.request_id
-        ) from None
+    # Fields are passed by position (method, direction, tool, uri, prompt,
+    # arguments): this runs once per call on the hot path.
+    if method == TOOLS_CALL:
+        try:
+            tp = _tool_decoder.decode(msg.params or b"null")
+        except msgspec.DecodeError as exc:
+            raise _invalid_params(msg, exc) from None
+        return Call(method, direction, tp.name, None, None, tp.arguments or {})
+    if method in _URI_METHODS:
+        try:
+            uri = _uri_decoder.decode(msg.params or b"null").uri
+        except msgspec.DecodeError as exc:
+            raise _invalid_params(msg, exc) from None
+        return Call(method, direction, None, uri)
+    if method == PROMPTS_GET:
+        try:
+            pp = _prompt_decoder.decode(msg.params or b"null")
+        except msgspec.DecodeError as exc:
+            raise _invalid_params(msg, exc) from None
+        return Call(method, direction, None, None, pp.name, pp.arguments or {})
     return Call(method, direction)
 
 
-def _params(msg: jsonrpc.Message) -> bytes | msgspec.Raw:
-    return msg.params if len(msg.params) else b"null"
+_URI_METHODS: Final = frozenset({RESOURCES_READ, RESOURCES_SUBSCRIBE, RESOURCES_UNSUBSCRIBE})
+
+
+def _invalid_params(msg: jsonrpc.Message, exc: msgspec.DecodeError) -> jsonrpc.ProtocolError:
+    return jsonrpc.ProtocolError(
+        jsonrpc.INVALID_PARAMS, f"invalid params for {msg.method}: {exc}", msg.request_id
+    )
 
 
 def tool_error_result(request_id: jsonrpc.RequestId | None, text: str) -> bytes:
