@@ -56,8 +56,33 @@ def as_condition(spec: ConditionSpec) -> Condition:
     return Condition(const=spec)
 
 
-def compile_conditions(conditions: dict[str, ConditionSpec], where: str) -> tuple[Check, ...]:
-    """Compile ``{argument: condition}`` into checks; ``where`` prefixes errors."""
+MEMO_ENTRIES: Final = 65536
+MEMO_LENGTH: Final = 64
+
+
+class MatchMemo:
+    """What the ``pattern`` checks of one compiled table remember of their verdicts.
+
+    A regular expression costs several times a dict lookup, and the same
+    values (a VM name, a path) come back call after call. Each check keeps a
+    dict of the strings it has judged, up to :data:`MEMO_LENGTH` characters
+    long; all of a table's checks together keep at most ``entries`` of them,
+    after which they judge new values afresh and remember nothing more. The
+    memo belongs to the compiled table, so a reload starts a new one.
+    """
+
+    __slots__ = ("remaining",)
+
+    def __init__(self, entries: int = MEMO_ENTRIES) -> None:
+        self.remaining = entries
+
+
+def compile_conditions(conditions: dict[str, ConditionSpec], where: str,
+                       memo: MatchMemo | None = None) -> tuple[Check, ...]:
+    """Compile ``{argument: condition}`` into checks; ``where`` prefixes errors.
+
+    With ``memo``, ``pattern`` checks remember their verdicts within its budget.
+    """
     checks: list[Check] = []
     if not conditions:
         return ()
@@ -68,7 +93,7 @@ def compile_conditions(conditions: dict[str, ConditionSpec], where: str) -> tupl
         access = _accessor(argument, cond.optional, cond.nullable, here)
         simple = _SIMPLE_NAME.match(argument) is not None
         for op, pred, text in predicates:
-            test = (_fused(argument, op, cond, pred) if simple else None) or access(pred)
+            test = (_fused(argument, op, cond, pred, memo) if simple else None) or access(pred)
             checks.append(Check(test, argument, op, f"argument '{argument}': {text} ({op})"))
     return tuple(checks)
 
@@ -76,8 +101,8 @@ def compile_conditions(conditions: dict[str, ConditionSpec], where: str) -> tupl
 _SIMPLE_NAME: Final = re.compile(r"^[^\[\].]+$")
 
 
-def _fused(key: str, op: str, cond: Condition,
-           pred: Predicate) -> Callable[[dict[str, Any]], bool] | None:
+def _fused(key: str, op: str, cond: Condition, pred: Predicate,
+           memo: MatchMemo | None) -> Callable[[dict[str, Any]], bool] | None:
     """The hot path's version of ``_accessor(key, ...)(pred)`` for the commonest
     conditions on a top-level argument: the test on a plain string is inlined,
     which saves a call per check; every other value goes through ``pred`` as in
@@ -100,16 +125,34 @@ def _fused(key: str, op: str, cond: Condition,
         return member
     if op == "pattern" and cond.pattern is not None:
         fullmatch = re.compile(cond.pattern).fullmatch
+        if memo is None:
+            def matches(args: dict[str, Any]) -> bool:
+                v = args.get(key, _MISSING)
+                if type(v) is str:
+                    return fullmatch(v) is not None
+                if v is _MISSING:
+                    return optional
+                return (v is None and nullable) or pred(v)
 
-        def matches(args: dict[str, Any]) -> bool:
+            return matches
+        budget = memo
+        seen: dict[str, bool] = {}
+
+        def remembers(args: dict[str, Any]) -> bool:
             v = args.get(key, _MISSING)
             if type(v) is str:
-                return fullmatch(v) is not None
+                verdict = seen.get(v)
+                if verdict is None:
+                    verdict = fullmatch(v) is not None
+                    if len(v) <= MEMO_LENGTH and budget.remaining > 0:
+                        budget.remaining -= 1
+                        seen[v] = verdict
+                return verdict
             if v is _MISSING:
                 return optional
             return (v is None and nullable) or pred(v)
 
-        return matches
+        return remembers
     if op == "const" and type(cond.const) is str:
         const = cond.const
 

@@ -39,7 +39,9 @@ from types import CodeType, FunctionType
 from typing import Any, Final, Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from firewall.policy.arguments import Check, compile_conditions
+import msgspec
+
+from firewall.policy.arguments import Check, MatchMemo, compile_conditions
 from firewall.policy.decision import (
     ALLOW,
     DENY,
@@ -60,6 +62,7 @@ from firewall.policy.schema import (
     PolicyError,
     TargetEntry,
     ToolEntry,
+    collector_paused,
     join_key,
 )
 
@@ -124,12 +127,16 @@ class Verdict:
         self.decision = Decision(act, rule=rule, reason=reason,  # type: ignore[arg-type]
                                  dry_run=dry_run and act != ALLOW)
         self.rank = RANK["limited"] if self.buckets else RANK[action]
+        self.single: tuple[str, int, float, float, float] | None = None
+        if not self.buckets:  # most verdicts: skip the bucket bookkeeping
+            self.plan: tuple[tuple[str, int, BucketSpec], ...] = ()
+            self.limited_reason = "rate limit: "
+            return
         # (key prefix, index of the scope value, spec) per bucket: what the
         # engine needs to build bucket keys with one concatenation each.
         self.plan = tuple((b.key_prefix, SCOPE_INDEX[b.scope], b) for b in self.buckets)
         # The common case, one bucket, unpacked for the engine's fast path:
         # (key prefix, scope index, capacity, refill rate, window).
-        self.single: tuple[str, int, float, float, float] | None = None
         if len(self.buckets) == 1:
             b = self.buckets[0]
             self.single = (b.key_prefix, SCOPE_INDEX[b.scope], float(b.capacity), b.rate,
@@ -180,9 +187,9 @@ class CompiledRule:
 class CompiledEntry:
     """A tool, prompt, resource or method entry, ready to evaluate."""
 
-    __slots__ = ("_evaluate", "audience", "exact", "fallback", "fallback_is_default", "kind",
-                 "literals", "matches", "pattern", "rank", "require", "rule", "rules",
-                 "sort_key", "source")
+    __slots__ = ("_evaluate", "_matches", "audience", "exact", "fallback",
+                 "fallback_is_default", "kind", "literals", "pattern", "rank", "require",
+                 "rule", "rules", "sort_key", "source")
 
     def __init__(self, *, kind: Kind, pattern: str, rule: str, source: str,
                  audience: Audience | None, require: tuple[Requirement, ...],
@@ -200,12 +207,18 @@ class CompiledEntry:
         self.exact = not is_glob(pattern)
         self.literals = literal_count(pattern)
         self.rank = max([fallback.rank, *(r.verdict.rank for r in rules)])
-        self.matches: Callable[[str], bool] = (
-            pattern.__eq__ if self.exact else _glob_matcher(pattern)
-        )
+        self._matches: Callable[[str], bool] | None = None
         self.sort_key = (0 if self.exact else 1, -self.literals, -self.rank, *order)
 
         self._evaluate: Evaluator | None = None
+
+    @property
+    def matches(self) -> Callable[[str], bool]:
+        """``matches(name)``: whether this entry's name or glob matches ``name``
+        (built on first use: the index rarely needs it)."""
+        if self._matches is None:
+            self._matches = self.pattern.__eq__ if self.exact else _glob_matcher(self.pattern)
+        return self._matches
 
     @property
     def evaluate(self) -> Evaluator:
@@ -317,6 +330,8 @@ def is_glob(pattern: str) -> bool:
 
 def literal_count(pattern: str) -> int:
     """Characters a glob matches literally: ``delete_*`` -> 7, ``a[bc]?`` -> 1."""
+    if "[" not in pattern:
+        return len(pattern) - pattern.count("*") - pattern.count("?")
     count = 0
     i = 0
     while i < len(pattern):
@@ -427,9 +442,9 @@ class NameIndex:
                 rest.append(e)
         self._exact = {k: tuple(v) for k, v in exact.items()}
         self._prefixes, self._prefix_links = _links(
-            by_prefix, lambda e: e.pattern == _literal_prefix(e.pattern) + "*")
+            by_prefix, lambda e, literal: e.pattern == literal + "*")
         self._suffixes, self._suffix_links = _links(
-            by_suffix, lambda e: e.pattern == "*" + _literal_suffix(e.pattern))
+            by_suffix, lambda e, literal: e.pattern == "*" + literal[::-1])
         self._rest = tuple(rest)
         self._has_globs = bool(by_prefix or by_suffix or rest)
         self.fallback = fallback
@@ -529,7 +544,7 @@ Link = tuple[str, tuple["CompiledEntry", ...], tuple["CompiledEntry", ...], int]
 
 
 def _links(groups: dict[str, list[CompiledEntry]],
-           sure: Callable[[CompiledEntry], bool]) -> tuple[list[str], list[Link]]:
+           sure: Callable[[CompiledEntry, str], bool]) -> tuple[list[str], list[Link]]:
     keys = sorted(groups)
     links: list[Link] = []
     stack: list[int] = []  # indexes of the literals the current key starts with
@@ -537,8 +552,10 @@ def _links(groups: dict[str, list[CompiledEntry]],
         while stack and not key.startswith(keys[stack[-1]]):
             stack.pop()
         group = groups[key]
-        links.append((key, tuple(e for e in group if sure(e)),
-                      tuple(e for e in group if not sure(e)), stack[-1] if stack else -1))
+        surely = [sure(e, key) for e in group]
+        links.append((key, tuple(e for e, y in zip(group, surely, strict=True) if y),
+                      tuple(e for e, y in zip(group, surely, strict=True) if not y),
+                      stack[-1] if stack else -1))
         stack.append(i)
     return keys, links
 
@@ -571,11 +588,14 @@ class CompiledPolicy:
     """The fleet-wide table plus one table per server that has its own policy."""
 
     def __init__(self, fleet: ServerTable, servers: dict[str, ServerTable],
-                 files: tuple[LoadedPolicy, ...], counters: dict[str, BucketSpec]) -> None:
+                 files: tuple[LoadedPolicy, ...], counters: dict[str, BucketSpec],
+                 memo: MatchMemo | None = None) -> None:
         self.fleet = fleet
         self.servers = servers
         self.files = files
         self.counters = counters
+        # The budget this table's pattern checks remember their verdicts in.
+        self.memo = memo if memo is not None else MatchMemo(0)
 
     def table(self, server: str) -> ServerTable:
         """The table deciding for ``server`` (the fleet table if it has no policy)."""
@@ -616,6 +636,8 @@ def _buckets(limits: Sequence[Limit], counters: _Counters, rule: str, source: st
              where: str) -> tuple[BucketSpec, ...]:
     # An unnamed counter belongs to its place alone: the rule id, made unique
     # across files by the file it comes from.
+    if not limits:
+        return ()
     return tuple(counters.spec(lim, f"{rule}#{i}@{source}", f"{where}.limits[{i}]")
                  for i, lim in enumerate(limits))
 
@@ -628,12 +650,28 @@ def _merge(a: tuple[BucketSpec, ...], b: tuple[BucketSpec, ...]) -> tuple[Bucket
     return tuple(out.values())
 
 
+_condition_encoder: Final = msgspec.json.Encoder()
+
+
 class _Compiler:
     """Compiles the files that apply to one server into a :class:`ServerTable`."""
 
     def __init__(self, counters: _Counters, dry_run: bool) -> None:
         self.counters = counters
         self.dry_run = dry_run
+        self.memo = MatchMemo()
+        # Compiled checks by the conditions' JSON: large tables repeat the
+        # same conditions over and over, and checks are immutable.
+        self._checks: dict[bytes, tuple[Check, ...]] = {}
+
+    def _conditions(self, conditions: Conditions, where: str) -> tuple[Check, ...]:
+        if not conditions:
+            return ()
+        key = _condition_encoder.encode(conditions)
+        checks = self._checks.get(key)
+        if checks is None:
+            checks = self._checks[key] = compile_conditions(conditions, where, self.memo)
+        return checks
 
     def table(self, server: str | None, own: Sequence[LoadedPolicy],
               fleet: Sequence[LoadedPolicy]) -> ServerTable:
@@ -703,7 +741,9 @@ class _Compiler:
 
     def _require(self, conditions: Conditions, rule: str, where: str,
                  dry: bool) -> tuple[Requirement, ...]:
-        return tuple(Requirement(c, rule, dry) for c in compile_conditions(conditions, where))
+        if not conditions:
+            return ()
+        return tuple(Requirement(c, rule, dry) for c in self._conditions(conditions, where))
 
     def _rule(self, r: ArgumentRule, i: int, entry_id: str, source: str, entry_where: str,
               entry_buckets: tuple[BucketSpec, ...], entry_dry: bool) -> CompiledRule:
@@ -714,7 +754,7 @@ class _Compiler:
         buckets = _merge(entry_buckets, _buckets(r.limits, self.counters, rule_id, source, where))
         return CompiledRule(
             rule_id, i, _audience(r.principals, r.groups, r.grants),
-            compile_conditions(r.when, f"{where}.when"),
+            self._conditions(r.when, f"{where}.when"),
             self._require(r.require, rule_id, f"{where}.require", dry),
             Verdict(rule_id, r.action, r.reason, buckets, dry),
         )
@@ -727,7 +767,12 @@ def compile_policies(fleet: Sequence[LoadedPolicy],
 
     ``dry_run`` marks every decision as recorded-but-not-enforced.
     """
-    servers = servers or {}
+    with collector_paused():
+        return _compile_policies(fleet, servers or {}, dry_run)
+
+
+def _compile_policies(fleet: Sequence[LoadedPolicy], servers: Mapping[str, Sequence[LoadedPolicy]],
+                      dry_run: bool) -> CompiledPolicy:
     counters = _Counters()
     compiler = _Compiler(counters, dry_run)
     fleet_table = compiler.table(None, (), fleet)
@@ -736,7 +781,8 @@ def compile_policies(fleet: Sequence[LoadedPolicy],
     for own in servers.values():
         files.extend(f for f in own if f not in files)
     return CompiledPolicy(fleet_table, tables, tuple(files),
-                          {name: spec for name, (spec, _) in counters.specs.items()})
+                          {name: spec for name, (spec, _) in counters.specs.items()},
+                          compiler.memo)
 
 
 def compile_policy(policy: Policy, *, source: str = "<policy>",

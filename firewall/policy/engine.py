@@ -43,7 +43,7 @@ from firewall.policy.compiler import (
 )
 from firewall.policy.decision import ALLOW, LIMITED, Caller, Decision
 from firewall.policy.limits import Limiter, MemoryLimiter
-from firewall.policy.schema import LoadedPolicy, PolicyError, load_policy
+from firewall.policy.schema import LoadedPolicy, PolicyError, collector_paused, load_policy
 from firewall.protocol import mcp
 
 PROTOCOL_ALLOW: Final = Decision(ALLOW, rule="protocol", reason="always passes")
@@ -113,15 +113,14 @@ class Engine:
         if evaluate is None:
             evaluate = index.resolve(name)
         result = evaluate(args, caller)
-        if result.__class__ is Decision:  # final; a Verdict has buckets to debit first
+        if isinstance(result, Decision):
             return result
-        return self._limit(result, caller, server, session)  # type: ignore[arg-type]
-
-    def _limit(self, verdict: Verdict, caller: Caller, server: str, session: str) -> Decision:
-        one = verdict.single
+        # A Verdict with buckets. The common case, one bucket in memory, is
+        # written out here; anything else takes the general path.
+        one = result.single
         take_one = self._take_one
         if one is None or take_one is None:
-            return self._apply(verdict, caller, server, session, None)
+            return self._apply(result, caller, server, session, None)
         prefix, scope, capacity, rate, window = one
         if scope == 0:
             value = caller.grant
@@ -135,9 +134,9 @@ class Engine:
             value = ""
         wait = take_one(prefix + value, capacity, rate, window)
         if wait is None:
-            return verdict.decision
-        return Decision(LIMITED, rule=verdict.rule, reason=verdict.limited_reason,
-                        retry_after=_retry_after(wait), dry_run=verdict.dry_run)
+            return result.decision
+        return Decision(LIMITED, rule=result.rule, reason=result.limited_reason,
+                        retry_after=_retry_after(wait), dry_run=result.dry_run)
 
     def _target(self, table: ServerTable, index: NameIndex, name: str, args: dict[str, Any],
                 caller: Caller, server: str, session: str,
@@ -306,11 +305,12 @@ class PolicySet:
                 cache[path] = load_policy(path)
             return cache[path]
 
-        return compile_policies(
-            [load(p) for p in self.fleet],
-            {name: [load(p) for p in paths] for name, paths in self.servers.items()},
-            dry_run=self.dry_run,
-        )
+        with collector_paused():
+            return compile_policies(
+                [load(p) for p in self.fleet],
+                {name: [load(p) for p in paths] for name, paths in self.servers.items()},
+                dry_run=self.dry_run,
+            )
 
     @property
     def digests(self) -> dict[str, str]:
