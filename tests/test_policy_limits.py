@@ -7,6 +7,8 @@ import json
 import pytest
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from firewall.policy.compiler import compile_policy
 from firewall.policy.decision import Caller
@@ -110,3 +112,30 @@ async def test_concurrent_callers_never_exceed_max_in_a_window(
     assert len(first) == min(10, callers)
     elapsed = trio.current_time() - start
     assert len(granted) <= 10 + elapsed * rate + 1e-9
+
+
+class _Clock:
+    now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@settings(max_examples=200, deadline=None)
+@given(shape=st.tuples(st.integers(1, 5), st.sampled_from([1.0, 7.5, 60.0])),
+       steps=st.lists(st.tuples(st.sampled_from(["a", "b"]),
+                                st.sampled_from([0.0, 0.0, 0.1, 1.0, 3.0, 100.0])),
+                      max_size=40))
+def test_one_bucket_fast_step_agrees_with_acquire(shape: tuple[int, float],
+                                                  steps: list[tuple[str, float]]) -> None:
+    # The engine's one-bucket path (take_one) must be acquire() in every respect.
+    capacity, window = shape
+    spec = BucketSpec("c", "grant", capacity=capacity, window=window)
+    clock = _Clock()
+    fast, general = MemoryLimiter(clock), MemoryLimiter(clock)
+    for who, step in steps:
+        clock.now += step
+        key = spec.key(who)
+        got = fast.take_one(key, float(capacity), spec.rate, window)
+        assert got == general.acquire([(key, spec)])
+        assert fast.tokens(key, spec) == general.tokens(key, spec)
