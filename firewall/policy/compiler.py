@@ -21,11 +21,14 @@ Rules this module keeps:
    and the first whose ``when`` holds decides (first match).
 3. Name lookup stays flat as tables grow: exact names are one dict lookup;
    globs are grouped by their literal prefix (or, when they start with a
-   wildcard, their literal suffix), so a name probes one dict per distinct
-   prefix length rather than every glob; the result per name is memoised in
-   a bounded cache.
-4. A compiled table is immutable once built (the memo cache aside, which only
-   ever caches what the immutable entries imply). Reload builds a new one.
+   wildcard, their literal suffix) in a sorted list, so a name costs one
+   binary search rather than a probe per glob; the result per name is
+   memoised in bounded caches.
+4. A compiled table is immutable once built, except for what it remembers:
+   the per-name caches, entry evaluators and glob matchers built on first
+   use, and the verdicts of ``pattern`` checks. Each only ever holds what the
+   immutable entries imply, is bounded, and dies with the table: reload
+   builds a new one.
 """
 
 from __future__ import annotations

@@ -2,9 +2,11 @@
 
 Rules this module keeps:
 
-1. ``decide`` is pure and synchronous: dict lookups, prebuilt closures and
+1. ``decide`` is pure and synchronous: dict lookups, prebuilt functions and
    bucket arithmetic. No I/O, no logging, no allocation beyond a limited
-   Decision or a bucket key.
+   Decision or a bucket key, except the first time the table meets a name
+   (the index remembers it, boundedly) or a call reaches an entry (its
+   evaluator is built).
 2. A call reads the current table once, at its start, and finishes under it:
    ``swap`` replaces the whole table with one assignment, never edits it.
 3. The precedence is the compiler's (see :mod:`firewall.policy.compiler`):
