@@ -214,3 +214,24 @@ async def test_held_call_over_http_waits_for_the_verdict(tmp_path: Path) -> None
         if proc.returncode is None:
             proc.kill()
         log.close()
+
+
+async def test_a_withdrawn_call_cannot_be_approved_later(tmp_path: Path) -> None:
+    from firewall.gateway.approvals import ApprovalSettings, open_desk
+
+    settings = ApprovalSettings(path=str(tmp_path / "a.db"), poll_seconds=0.05)
+    async with open_desk(settings, instance="test") as desk:
+        assert desk is not None
+        request = desk.new_request(session="s", principal="p", grant="g", server="vm",
+                                   method="tools/call", target="t",
+                                   arguments={"password": "hunter2", "x": 1},
+                                   rule="r", reason="why")
+        assert request.arguments is not None and request.arguments["x"] == 1
+        assert "hunter2" not in json.dumps(request.arguments)  # redacted for the approver
+        with trio.move_on_after(0.3):
+            await desk.ask(request)
+    with open_store(tmp_path / "a.db") as store:
+        (stored,) = store.list(None)
+        assert stored.status == "expired" and stored.note == "the call was withdrawn"
+        with pytest.raises(ApprovalError, match="already expired"):
+            store.decide(stored.id, "approved", "late")

@@ -166,6 +166,12 @@ class ApprovalStore:
                     out[row["id"]] = Verdict("expired")
         return out
 
+    def withdraw(self, ident: str, now_ns: int) -> None:
+        """Close a request whose call is gone (client disconnected or cancelled)."""
+        self.conn.execute("UPDATE approvals SET status = 'expired', decided_ns = ?, "
+                          "note = 'the call was withdrawn' WHERE id = ? AND status = 'pending'",
+                          (now_ns, ident))
+
     def _expire(self, ident: str, now_ns: int) -> None:
         self.conn.execute("UPDATE approvals SET status = 'expired', decided_ns = ? "
                           "WHERE id = ? AND status = 'pending'", (now_ns, ident))
@@ -261,6 +267,9 @@ class ApprovalDesk:
             await event.wait()
         finally:
             self._waiting.pop(request.id, None)
+            if not box:  # the caller went away (cancelled): nobody may approve it now
+                with trio.CancelScope(shield=True):
+                    await self._run(store.withdraw, request.id, time.time_ns())
         return box[0]
 
     async def poll(self) -> None:
