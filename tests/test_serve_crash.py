@@ -45,8 +45,8 @@ pytestmark = pytest.mark.slow
 LEDGER_SERVER = ROOT / "tests" / "fixtures" / "ledger_server.py"
 SERVER = "ledger"
 CRASHES = 4
-SESSIONS = 4  # concurrent clients, one session (hence one stdio child) each
-IN_FLIGHT = 2  # requests in flight per session
+SESSIONS = 12  # concurrent clients, one session (hence one stdio child) each
+IN_FLIGHT = 4  # requests in flight per session
 JSON_HEADERS = {"accept": "application/json", "content-type": "application/json"}
 POLICY = {"version": "1", "default": "deny", "tools": {"record": {}}}
 # verify's warning for rows chained after the last signed checkpoint (docs/audit.md).
@@ -120,6 +120,7 @@ class Load:
     run: int
     acked: set[str] = field(default_factory=set)  # answered "recorded NONCE"
     sent: int = 0
+    killed: bool = False  # set just before the SIGKILL: connection errors are expected after
     problems: list[str] = field(default_factory=list)  # answers that make no sense
 
 
@@ -166,7 +167,9 @@ async def client(url: str, load: Load, k: int) -> None:
     async with httpx.AsyncClient(timeout=20) as http:
         try:
             sid = await initialize(http, url, f"client-{k}")
-        except (httpx.TransportError, httpx.HTTPStatusError):
+        except (httpx.TransportError, httpx.HTTPStatusError) as exc:
+            if not load.killed:
+                load.problems.append(f"session {k}: initialize failed: {exc!r}")
             return  # killed before this session got going
         headers = {**JSON_HEADERS, "mcp-session-id": sid, "mcp-protocol-version": "2025-06-18"}
 
@@ -180,7 +183,9 @@ async def client(url: str, load: Load, k: int) -> None:
                 load.sent += 1
                 try:
                     reply = await http.post(url, json=call, headers=headers)
-                except httpx.TransportError:
+                except httpx.TransportError as exc:
+                    if not load.killed:
+                        load.problems.append(f"session {k}: {exc!r} before the kill")
                     return  # mcpwall was killed
                 try:
                     [content] = reply.json()["result"]["content"]
@@ -198,18 +203,24 @@ async def client(url: str, load: Load, k: int) -> None:
 async def crash_run(tmp_path: Path, config: Path, ledger: Path, load: Load,
                     rng: random.Random) -> None:
     """Serve, load it, SIGKILL it once the upstream has seen a random number of calls."""
-    proc, base = await start_serve(tmp_path, config, tmp_path / f"serve-{load.run}.log")
+    log = tmp_path / f"serve-{load.run}.log"
+    proc, base = await start_serve(tmp_path, config, log)
     try:
         target = len(ledger_lines(ledger)) + 40 + rng.randrange(200)
         url = f"{base}/servers/{SERVER}/mcp"
         async with trio.open_nursery() as nursery:
             for k in range(SESSIONS):
                 nursery.start_soon(client, url, load, k)
-            with trio.fail_after(60):
+            with trio.move_on_after(60) as waited:
                 while len(ledger_lines(ledger)) < target:
                     assert proc.poll() is None, "mcpwall serve died on its own"
                     assert not load.problems, load.problems
                     await trio.sleep(0.01)
+            if waited.cancelled_caught:
+                pytest.fail(f"run {load.run}: the upstream saw {len(ledger_lines(ledger))} "
+                            f"calls, not {target}, in 60 s ({load.sent} sent, "
+                            f"{len(load.acked)} answered); mcpwall's log:\n{_tail(log)}")
+            load.killed = True
             proc.kill()  # SIGKILL, mid-load
             with trio.fail_after(30):
                 await proc.wait()
