@@ -33,6 +33,7 @@ import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -261,7 +262,7 @@ async def graceful_run(tmp_path: Path, config: Path, ledger: Path, load: Load) -
             await proc.wait()
 
 
-async def verify(db: Path) -> dict[str, object]:
+async def verify(db: Path) -> dict[str, Any]:
     """`mcpwall audit verify --json`: must exit 0 with one chain and no problem."""
     with trio.fail_after(60):
         done = await trio.run_process([*mcpwall_argv(), "audit", "verify", str(db), "--json"],

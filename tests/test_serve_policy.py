@@ -146,11 +146,20 @@ async def gateway(tmp_path: Path, policy: Path, *, deny_as: str = "tool_result"
             yield Gateway(proc, base, tokens, tmp_path / "audit.db", log)
             return
         finally:
-            if proc.poll() is None:
-                proc.kill()
             with trio.CancelScope(shield=True):
-                await proc.wait()
+                await _stop(proc)
     pytest.fail(f"mcpwall serve could not bind a free port:\n{_tail(log)}")
+
+
+async def _stop(proc: trio.Process) -> None:
+    """SIGTERM (serve stops its children), then SIGKILL if it is still there."""
+    if proc.poll() is None:
+        proc.terminate()
+        with trio.move_on_after(20):
+            await proc.wait()
+    if proc.poll() is None:
+        proc.kill()
+    await proc.wait()
 
 
 async def stop_gracefully(gw: Gateway) -> None:
