@@ -1,24 +1,33 @@
 """mcpwall's HTTP front in front of an HTTP upstream vs the same upstream directly.
 
-Same upstream, same load generators, same run, allow-all policy, no audit:
+Same upstream, same load generators, same run, allow-all policy:
 
-1. Throughput: ``wrk`` (C, its own thread; installed with apt when missing)
+1. Throughput: ``wrk`` (C, one thread; installed with apt when missing)
    drives tools/call POSTs with distinct JSON-RPC ids over keep-alive
    connections, first directly at the upstream, then through mcpwall. Runs
    alternate (direct, through, direct, ...) and medians are reported; the
    ratio is through / direct (goal >= 0.75).
-2. Latency at half load: an open-loop, paced generator (trio + h11, its own
+2. CPU per request of each server process (from /proc, during the wrk runs):
+   a figure the load of a shared machine disturbs far less than requests/s.
+   The upstream is a bare hypercorn (trio worker) ASGI app that decodes the
+   body with msgspec and answers: the ceiling of the HTTP server mcpwall is
+   built on, so "direct" is also the bare-hypercorn reference, and mcpwall's
+   CPU per request is reported as a multiple of it.
+3. Latency at half load: an open-loop, paced generator (trio + h11, its own
    process) sends at half of mcpwall's maximum throughput, to both targets;
    p50/p99 of each and the added latency (goal: p50 added <= 0.5 ms).
 
 Before the load, a correctness pass checks that every answer carries the id
 that was sent and the upstream's result.
 
-The upstream is a minimal Streamable HTTP MCP server (raw ASGI on hypercorn's
-trio worker, like mcpwall itself) answering JSON, so the comparison measures
-the proxy, not a slow server.
+``--audit off`` (default) runs the HTTP front with no audit trail, so the
+proxy path is what is measured; ``fast`` and ``durable`` run ``mcpwall
+serve`` with that audit mode (durable waits for the fsync'd commit of every
+decision before forwarding). ``--loadgen-cpu N`` pins wrk and the pacer to
+CPU N (``taskset``) and the servers to the other CPUs.
 
     .venv/bin/python benchmarks/bench_http_proxy.py [--duration 8] [--rounds 3]
+        [--connections 32] [--audit off|fast|durable] [--loadgen-cpu 0]
 """
 
 from __future__ import annotations
@@ -89,6 +98,26 @@ config.bind = [f"127.0.0.1:{sys.argv[1]}"]
 config.accesslog = None
 config.keep_alive_timeout = 75
 trio.run(serve, app, config)
+'''
+
+# The HTTP front with no audit trail: the proxy path alone (``--audit off``).
+GATEWAY_NO_AUDIT = r'''
+import sys, trio
+from pathlib import Path
+from firewall.config import load_config
+from firewall.gateway.http_front import HttpFront, run_front
+from firewall.log import configure
+from firewall.policy.decision import AllowAll
+
+config = load_config(Path(sys.argv[1]))
+configure(config.log.level, config.log.format)
+
+async def main():
+    front = HttpFront(config, AllowAll(), None)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_front, front)
+
+trio.run(main)
 '''
 
 WRK_LUA = r'''
@@ -214,9 +243,16 @@ def check_correct(url: str, sid: str, n: int = 200) -> None:
                 raise SystemExit(f"wrong answer from {url}: {reply.status_code} {body}")
 
 
-def wrk_rps(wrk: str, url: str, sid: str, script: Path, seconds: float, conns: int) -> float:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk_rps(wrk: list[str], url: str, sid: str, script: Path, seconds: float,
+            conns: int) -> float:
     out = subprocess.run(
-        [wrk, "-t1", f"-c{conns}", f"-d{seconds:g}s", "-s", str(script),
+        [*wrk, "-t1", f"-c{conns}", f"-d{seconds:g}s", "-s", str(script),
          "-H", "content-type: application/json",
          "-H", "accept: application/json, text/event-stream",
          "-H", "mcp-protocol-version: 2025-06-18", "-H", f"mcp-session-id: {sid}", url],
@@ -229,11 +265,11 @@ def wrk_rps(wrk: str, url: str, sid: str, script: Path, seconds: float, conns: i
 
 
 def paced(url: str, sid: str, rate: float, seconds: float, conns: int,
-          pacer: Path) -> tuple[float, float, int]:
+          pacer: Path, pin: list[str]) -> tuple[float, float, int]:
     from urllib.parse import urlsplit
 
     parts = urlsplit(url)
-    out = subprocess.run([sys.executable, str(pacer), parts.hostname or "", str(parts.port),
+    out = subprocess.run([*pin, sys.executable, str(pacer), parts.hostname or "", str(parts.port),
                           parts.path, sid, str(rate), str(seconds), str(conns)],
                          capture_output=True, text=True, check=True).stdout
     data: dict[str, Any] = json.loads(out)
@@ -243,28 +279,63 @@ def paced(url: str, sid: str, rate: float, seconds: float, conns: int,
     return p50, p99, int(data["errors"])
 
 
+class Run:
+    """One wrk run: requests/s and CPU microseconds per request of each server."""
+
+    def __init__(self, rps: float, seconds: float, cpu: dict[str, float]) -> None:
+        self.rps = rps
+        self.us_per_request = {name: used / (rps * seconds) * 1e6 for name, used in cpu.items()}
+
+
+def measured(wrk: list[str], url: str, sid: str, script: Path, seconds: float, conns: int,
+             pids: dict[str, int]) -> Run:
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    rps = wrk_rps(wrk, url, sid, script, seconds, conns)
+    return Run(rps, seconds, {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per wrk run")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds")
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--audit", choices=("off", "fast", "durable"), default="off",
+                        help="audit trail of mcpwall (off: the proxy path alone)")
+    parser.add_argument("--loadgen-cpu", type=int, default=None, metavar="N",
+                        help="pin wrk and the pacer to CPU N, the servers to the others")
     args = parser.parse_args()
-    wrk = ensure_wrk()
+    wrk = [ensure_wrk()]
+    pin_load: list[str] = []
+    pin_servers: list[str] = []
+    if args.loadgen_cpu is not None:
+        cpus = sorted(os.sched_getaffinity(0))
+        others = [c for c in cpus if c != args.loadgen_cpu]
+        if args.loadgen_cpu not in cpus or not others:
+            raise SystemExit(f"cannot pin to CPU {args.loadgen_cpu} of {cpus}")
+        pin_load = ["taskset", "-c", str(args.loadgen_cpu)]
+        pin_servers = ["taskset", "-c", ",".join(map(str, others))]
+        wrk = [*pin_load, *wrk]
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         work = Path(tmp)
         (work / "upstream.py").write_text(UPSTREAM)
+        (work / "gateway.py").write_text(GATEWAY_NO_AUDIT)
         (work / "req.lua").write_text(WRK_LUA)
         (work / "pacer.py").write_text(PACER)
         up_port, gw_port = free_port(), free_port()
         up = stack.enter_context(subprocess.Popen(
-            [sys.executable, str(work / "upstream.py"), str(up_port)],
+            [*pin_servers, sys.executable, str(work / "upstream.py"), str(up_port)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         stack.callback(up.terminate)
+        audit = (f'[audit]\npath = "{work / "audit.db"}"\nmode = "{args.audit}"\n'
+                 if args.audit != "off" else "")
         (work / "gw.toml").write_text(
-            f'[listen]\nport = {gw_port}\n[log]\nlevel = "warning"\n'
+            f'[listen]\nport = {gw_port}\n[log]\nlevel = "warning"\n{audit}'
             f'[servers.bench]\ntransport = "http"\nurl = "http://127.0.0.1:{up_port}/mcp"\n')
+        command = ([str(work / "gateway.py"), str(work / "gw.toml")] if args.audit == "off"
+                   else ["-m", "firewall", "serve", str(work / "gw.toml")])
         gw = stack.enter_context(subprocess.Popen(
-            [sys.executable, "-m", "firewall", "serve", str(work / "gw.toml")], cwd=ROOT,
+            [*pin_servers, sys.executable, *command], cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         stack.callback(gw.terminate)
         wait_port(up_port, up)
@@ -274,19 +345,33 @@ def main() -> None:
         direct_sid, through_sid = initialize(direct_url), initialize(through_url)
         check_correct(direct_url, direct_sid)
         check_correct(through_url, through_sid)
+        pinning = (f"; wrk and pacer on CPU {args.loadgen_cpu}, servers on the others"
+                   if pin_load else "; no CPU pinning")
         print(f"correctness: 200 calls each, ids and results match; "
-              f"wrk {args.connections} connections, {args.duration:g} s x {args.rounds} rounds")
+              f"wrk {args.connections} connections, {args.duration:g} s x {args.rounds} rounds; "
+              f"audit {args.audit}{pinning}")
 
-        direct, through = [], []
+        pids = {"upstream": up.pid, "mcpwall": gw.pid}
+        direct: list[Run] = []
+        through: list[Run] = []
         for _ in range(args.rounds):
-            direct.append(wrk_rps(wrk, direct_url, direct_sid, work / "req.lua",
-                                  args.duration, args.connections))
-            through.append(wrk_rps(wrk, through_url, through_sid, work / "req.lua",
-                                   args.duration, args.connections))
-        d_rps, t_rps = statistics.median(direct), statistics.median(through)
-        print(f"throughput direct  : median {d_rps:8.0f} req/s  runs {[round(x) for x in direct]}")
-        print(f"throughput mcpwall : median {t_rps:8.0f} req/s  runs {[round(x) for x in through]}")
-        print(f"throughput ratio   : {t_rps / d_rps:.2f}x direct (goal >= 0.75)")
+            direct.append(measured(wrk, direct_url, direct_sid, work / "req.lua",
+                                   args.duration, args.connections, pids))
+            through.append(measured(wrk, through_url, through_sid, work / "req.lua",
+                                    args.duration, args.connections, pids))
+        d_rps = statistics.median(r.rps for r in direct)
+        t_rps = statistics.median(r.rps for r in through)
+        print(f"throughput direct  : median {d_rps:8.0f} req/s  runs "
+              f"{[round(r.rps) for r in direct]}  (bare hypercorn app)")
+        print(f"throughput mcpwall : median {t_rps:8.0f} req/s  runs "
+              f"{[round(r.rps) for r in through]}")
+        print(f"throughput ratio   : {t_rps / d_rps:.2f}x direct = bare hypercorn (goal >= 0.75)")
+        bare_cpu = statistics.median(r.us_per_request["upstream"] for r in direct)
+        gw_cpu = statistics.median(r.us_per_request["mcpwall"] for r in through)
+        up_cpu = statistics.median(r.us_per_request["upstream"] for r in through)
+        print(f"CPU per request    : bare hypercorn app {bare_cpu:6.0f} us (direct runs); "
+              f"mcpwall {gw_cpu:6.0f} us = {gw_cpu / bare_cpu:.2f}x bare "
+              f"(upstream behind it {up_cpu:.0f} us)")
 
         rate = t_rps / 2
         seconds = max(4.0, args.duration / 2)
@@ -295,7 +380,7 @@ def main() -> None:
                                ("mcpwall", through_url, through_sid),
                                ("direct", direct_url, direct_sid),
                                ("mcpwall", through_url, through_sid)):
-            rows.append((name, *paced(url, sid, rate, seconds, 8, work / "pacer.py")))
+            rows.append((name, *paced(url, sid, rate, seconds, 8, work / "pacer.py", pin_load)))
         med: dict[str, tuple[float, float]] = {}
         for name in ("direct", "mcpwall"):
             mine = [r for r in rows if r[0] == name]
@@ -307,6 +392,8 @@ def main() -> None:
                   f"p99 {med[name][1]:.3f} ms")
         print(f"added latency      : p50 {med['mcpwall'][0] - med['direct'][0]:+.3f} ms "
               f"(goal <= 0.5)  p99 {med['mcpwall'][1] - med['direct'][1]:+.3f} ms")
+        with open("/proc/loadavg") as f:
+            print(f"load average after : {' '.join(f.read().split()[:3])}")
 
 
 if __name__ == "__main__":

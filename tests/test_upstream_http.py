@@ -272,6 +272,41 @@ async def test_headers_sent(server: Server) -> None:
     assert pairs.get("connection") != "upgrade"
 
 
+async def test_prepared_headers_are_sent_like_a_mapping(server: Server) -> None:
+    upstream = HttpUpstream(server.url + "/headers", {"Authorization": "Bearer upstream"})
+    async with upstream:
+        prepared = upstream.prepare({"Mcp-Session-Id": "s1", "Host": "evil", "authorization": "x"})
+        seen = []
+        for body in (b"{}", b'{"a":1}'):  # one prepared set, many requests
+            async with upstream.request("POST", prepared, body) as resp:
+                seen.append(json.loads(await resp.read()))
+        async with upstream.request("POST", {"Mcp-Session-Id": "s1", "Host": "evil",
+                                             "authorization": "x"}, b'{"a":1}') as resp:
+            plain = json.loads(await resp.read())
+    assert seen[1] == plain
+    pairs = dict(seen[0]["headers"])
+    assert pairs["mcp-session-id"] == "s1"
+    assert pairs["authorization"] == "x"  # the request's own header wins
+    assert pairs["host"] == server.url.removeprefix("http://")
+    assert pairs["content-length"] == "2"
+    assert upstream.stats().opened == 1
+
+
+@pytest.mark.parametrize("headers", [{"x-bad": "a\r\nb"}, {"bad name": "x"}, {"nämé": "x"}])
+async def test_prepare_refuses_what_h11_would_not_send(
+    server: Server, headers: dict[str, str]
+) -> None:
+    async with HttpUpstream(server.url + "/mcp") as upstream:
+        with pytest.raises(UpstreamError) as info:
+            upstream.prepare(headers)
+        assert info.value.reason is Reason.INVALID_REQUEST
+        # A configured header is checked with the request's.
+        bad_default = HttpUpstream(server.url + "/mcp", headers)
+        with pytest.raises(UpstreamError) as info:
+            bad_default.prepare({"accept": "application/json"})
+        assert info.value.reason is Reason.INVALID_REQUEST
+
+
 async def test_get_and_delete_send_no_body(server: Server) -> None:
     async with HttpUpstream(server.url + "/headers") as upstream:
         for method in ("GET", "DELETE"):
@@ -665,7 +700,8 @@ async def test_aclose_interrupts_a_running_stream(server: Server) -> None:
 
 @pytest.mark.parametrize(
     "url",
-    ["ftp://host/mcp", "http:///mcp", "http://host:99999/mcp", "host:80/mcp", "http://h/é"],
+    ["ftp://host/mcp", "http:///mcp", "http://host:99999/mcp", "host:80/mcp", "http://h/é",
+     "http://h\x00st/mcp"],
 )
 def test_bad_url_is_refused(url: str) -> None:
     with pytest.raises(ValueError):

@@ -10,7 +10,10 @@ and a response sent whole (:meth:`Exchange.respond`) or streamed
 2. Writes after the client went away are dropped silently (``disconnected``
    says so); the handler decides whether to go on (a request whose answer a
    client may still fetch by resumption) or stop.
-3. Exactly one response per request: :meth:`respond` or :meth:`start`, once.
+3. Exactly one response per request: :meth:`respond` or :meth:`start`, once;
+   once the body has ended (``finished``), later writes and ends are dropped.
+4. A whole response is two ASGI messages (head with ``Content-Length``, then
+   the body), the least the server can frame without chunking.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ Send = Callable[[Message], Awaitable[None]]
 
 JSON: Final = "application/json"
 SSE: Final = "text/event-stream"
+_CONTENT_TYPES: Final = {JSON: b"application/json", SSE: b"text/event-stream"}
 
 
 class BodyTooLarge(Exception):
@@ -40,7 +44,8 @@ class ClientGone(Exception):
 class Exchange:
     """An HTTP request/response pair on ASGI."""
 
-    __slots__ = ("_receive", "_send", "disconnected", "headers", "method", "path", "started")
+    __slots__ = ("_receive", "_send", "disconnected", "finished", "headers", "method", "path",
+                 "started")
 
     def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.method: str = scope["method"]
@@ -54,6 +59,7 @@ class Exchange:
         self._receive = receive
         self._send = send
         self.started = False
+        self.finished = False
         self.disconnected = False
 
     def header(self, name: str) -> str | None:
@@ -91,13 +97,16 @@ class Exchange:
     async def respond(self, status: int, body: bytes = b"", content_type: str | None = JSON,
                       headers: Iterable[tuple[str, str]] = ()) -> None:
         """Send a complete response."""
-        hdrs = list(headers)
+        raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
         if content_type is not None and body:
-            hdrs.append(("content-type", content_type))
+            raw.append((b"content-type", _CONTENT_TYPES.get(content_type)
+                        or content_type.encode("latin-1")))
         # A length, not chunked framing: one write fewer per answer.
         if status not in (204, 304):
-            hdrs.append(("content-length", str(len(body))))
-        await self.start(status, hdrs)
+            raw.append((b"content-length", b"%d" % len(body)))
+        assert not self.started, "one response per request"
+        self.started = True
+        await self._raw({"type": "http.response.start", "status": status, "headers": raw})
         await self._emit(body, more=False)
 
     async def start(self, status: int, headers: Iterable[tuple[str, str]]) -> None:
@@ -119,6 +128,10 @@ class Exchange:
         await self._emit(b"", more=False)
 
     async def _emit(self, data: bytes, *, more: bool) -> None:
+        if self.finished:
+            return
+        if not more:
+            self.finished = True
         await self._raw({"type": "http.response.body", "body": data, "more_body": more})
 
     async def _raw(self, message: Message) -> None:

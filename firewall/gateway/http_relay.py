@@ -20,6 +20,13 @@ Rules this module keeps:
    to reach the upstream answers the request with a JSON-RPC error carrying
    its id (HTTP 502, or 504 for a timeout), recorded as the call's outcome.
 5. Upstream says 404 for our session: the upstream session is gone, so is ours.
+6. A session has at most one GET stream (without ``Last-Event-ID``) open: a
+   second gets 409 here, without asking the upstream, as for stdio sessions. A
+   GET with ``Last-Event-ID`` resumes one of the upstream's streams (its event
+   ids, its rules) and is forwarded.
+7. GET streams may live for hours: they run on a pool of their own
+   (:attr:`HttpEndpoint.streams`, one connection per stream, at most
+   ``listen.max_sessions``), so they never take a connection from the POSTs.
 """
 
 from __future__ import annotations
@@ -33,14 +40,24 @@ from firewall.config import HttpServer
 from firewall.gateway.exchange import JSON, SSE, Exchange, refuse
 from firewall.gateway.mediator import Mediator
 from firewall.gateway.sessions import FrontContext, Session, new_session_id
-from firewall.gateway.upstream.http import HttpUpstream, Reason, Response, UpstreamError
+from firewall.gateway.upstream.http import (
+    HttpUpstream,
+    PreparedHeaders,
+    Reason,
+    Response,
+    UpstreamError,
+)
 from firewall.log import get_logger
 from firewall.policy.decision import Caller
 from firewall.protocol import jsonrpc, mcp, sse
 from firewall.protocol.jsonrpc import Kind
 
 MAX_RESPONSE_BYTES: Final = 64 * 1024 * 1024
-_FORWARDED: Final = ("accept", "content-type", "mcp-protocol-version", "last-event-id")
+_FORWARDED: Final = frozenset({"accept", "content-type", "mcp-protocol-version", "last-event-id"})
+# A GET stream waits this long for a connection of the streams pool, then 503.
+STREAM_POOL_TIMEOUT: Final = 5.0
+# Prepared upstream headers kept for requests without a session.
+_STATELESS_CACHE_SIZE: Final = 64
 SSE_HEADERS: Final = (("content-type", sse.CONTENT_TYPE), ("cache-control", "no-cache"),
                       ("x-accel-buffering", "no"))
 
@@ -55,6 +72,10 @@ class HttpSession(Session):
         self.endpoint = endpoint
         self.upstream_sid: str | None = None
         self.get_scopes: set[trio.CancelScope] = set()
+        self.get_open = False  # a GET stream without Last-Event-ID is running
+        # The upstream headers of the last POST, checked once: a client sends
+        # the same ones on every call of a session.
+        self.prepared: tuple[tuple[tuple[str, str], ...], PreparedHeaders] | None = None
 
     async def close(self, reason: str) -> None:
         """End the session here and, best effort, at the upstream."""
@@ -90,26 +111,53 @@ class HttpEndpoint:
         self.idle_limit = listen.session_idle_seconds
         self.timeout = listen.upstream_timeout_seconds
         self.keepalive = listen.keepalive_seconds
+        # Requests (POST, DELETE): their answers end, so a bounded pool.
         self.upstream = HttpUpstream(
             settings.url, settings.headers, max_connections=settings.max_connections,
             connect_timeout=settings.connect_timeout_seconds)
+        # GET streams: one connection each for as long as the stream lives.
+        self.streams = HttpUpstream(
+            settings.url, settings.headers, max_connections=listen.max_sessions,
+            connect_timeout=settings.connect_timeout_seconds, pool_timeout=STREAM_POOL_TIMEOUT)
+        self._stateless: dict[tuple[tuple[str, str], ...], PreparedHeaders] = {}
 
     async def aclose(self) -> None:
         await self.upstream.aclose()
+        await self.streams.aclose()
 
     def health(self) -> dict[str, Any]:
         stats = self.upstream.stats()
+        streams = self.streams.stats()
         return {"transport": self.transport, "url": self.settings.url,
                 "sessions": self.front.table.count(self.name),
                 "connections": {"idle": stats.idle, "in_flight": stats.in_flight,
-                                "opened": stats.opened}}
+                                "opened": stats.opened},
+                "streams": streams.in_flight}
 
     def _headers(self, ex: Exchange, session: HttpSession | None) -> list[tuple[str, str]]:
-        out = [(name, value) for name, value in ex.headers.items()
-               if name in _FORWARDED or (name.startswith("mcp-") and name != "mcp-session-id")]
+        out = _forwarded(ex)
         if session is not None and session.upstream_sid is not None:
             out.append(("mcp-session-id", session.upstream_sid))
         return out
+
+    def _prepared(self, ex: Exchange, session: HttpSession | None) -> PreparedHeaders:
+        """The upstream headers of a POST, checked once per distinct set (per session)."""
+        key = tuple(_forwarded(ex))
+        if session is not None:
+            if session.upstream_sid is not None:
+                key += (("mcp-session-id", session.upstream_sid),)
+            cached = session.prepared
+            if cached is not None and cached[0] == key:
+                return cached[1]
+            prepared = self.upstream.prepare(key)
+            session.prepared = (key, prepared)
+            return prepared
+        found = self._stateless.get(key)
+        if found is None:
+            if len(self._stateless) >= _STATELESS_CACHE_SIZE:
+                self._stateless.clear()
+            found = self._stateless[key] = self.upstream.prepare(key)
+        return found
 
     # -- POST ----------------------------------------------------------------
     async def post(self, ex: Exchange, caller: Caller, session: Session | None,
@@ -145,7 +193,7 @@ class HttpEndpoint:
         deadline = trio.current_time() + self.timeout
         try:
             async with self.upstream.request(
-                    "POST", self._headers(ex, session), routed.upstream,
+                    "POST", self._prepared(ex, session), routed.upstream,
                     response_timeout=self.timeout if is_request else None) as resp:
                 await self._relay_post(ex, resp, session, created, mediator, msg, deadline)
         except UpstreamError as exc:
@@ -273,8 +321,15 @@ class HttpEndpoint:
     # -- GET / DELETE ----------------------------------------------------------
     async def get(self, ex: Exchange, session: Session) -> None:
         assert isinstance(session, HttpSession)
+        main = ex.header("last-event-id") is None
+        if main and session.get_open:
+            await refuse(ex, 409, jsonrpc.INVALID_REQUEST,
+                         "Conflict: this session has a GET stream open already")
+            return
         scope = trio.CancelScope()
         session.get_scopes.add(scope)
+        if main:
+            session.get_open = True
         try:
             with session.busy(), scope:
                 async with trio.open_nursery() as nursery:
@@ -283,19 +338,25 @@ class HttpEndpoint:
                     nursery.cancel_scope.cancel()
         except UpstreamError as exc:
             session.log.warning("upstream_failed", reason=exc.reason.value, detail=exc.detail)
-            if not ex.started:
+            if not ex.started and exc.reason is Reason.POOL_TIMEOUT:
+                await refuse(ex, 503, jsonrpc.UPSTREAM_UNAVAILABLE,
+                             f"Service Unavailable: {self.streams.stats().in_flight} GET "
+                             f"streams open to {self.name!r}", [("retry-after", "5")])
+            elif not ex.started:
                 await refuse(ex, 502, exc.code,
                              f"upstream server {self.name!r} failed: {exc.reason.value}")
         finally:
             session.get_scopes.discard(scope)
+            if main:
+                session.get_open = False
         if ex.started and not ex.disconnected:
             await ex.end()
         elif not ex.started:
             await refuse(ex, 503, jsonrpc.UPSTREAM_UNAVAILABLE, "Service Unavailable")
 
     async def _get(self, ex: Exchange, session: HttpSession) -> None:
-        async with self.upstream.request("GET", self._headers(ex, session),
-                                         response_timeout=self.timeout) as resp:
+        async with self.streams.request("GET", self._headers(ex, session),
+                                        response_timeout=self.timeout) as resp:
             if resp.status == 200 and resp.content_type == SSE:
                 await ex.start(200, SSE_HEADERS)
                 await self._relay_events(ex, resp, session, session.mediator, None, None)
@@ -334,6 +395,12 @@ def _answers(data: bytes, rid: jsonrpc.RequestId) -> bool:
     except jsonrpc.ProtocolError:
         return False
     return msg.kind is Kind.RESPONSE and msg.request_id == rid
+
+
+def _forwarded(ex: Exchange) -> list[tuple[str, str]]:
+    """The client's headers that go on to the upstream (rule 2), in their order."""
+    return [(name, value) for name, value in ex.headers.items()
+            if name in _FORWARDED or (name.startswith("mcp-") and name != "mcp-session-id")]
 
 
 async def _cancel_on_disconnect(ex: Exchange, scope: trio.CancelScope) -> None:

@@ -31,6 +31,10 @@ Rules this module keeps:
 6. Timeouts are trio cancel scopes: ``connect_timeout`` (TCP and TLS),
    ``pool_timeout`` (waiting for a slot), ``response_timeout`` (request sent
    until response head), ``read_timeout`` (silence between body chunks).
+7. Headers are checked by h11 before anything is sent: on every request, or
+   once by :meth:`HttpUpstream.prepare` for a set a caller sends again and
+   again (the front caches one per session); a prepared set is never checked
+   again, so it is immutable.
 
 Example::
 
@@ -69,6 +73,7 @@ __all__ = [
     "HeaderInput",
     "HttpUpstream",
     "PoolStats",
+    "PreparedHeaders",
     "Reason",
     "Response",
     "UpstreamError",
@@ -97,6 +102,7 @@ _HOP_BY_HOP: Final = frozenset(
     }
 )
 _BODY_METHODS: Final = frozenset({b"POST", b"PUT", b"PATCH"})
+_METHODS: Final = {m: m.encode("ascii") for m in ("GET", "POST", "DELETE", "PUT", "PATCH", "HEAD")}
 
 
 class Reason(enum.StrEnum):
@@ -191,6 +197,24 @@ def _header_list(headers: HeaderInput) -> list[tuple[bytes, bytes]]:
     return out
 
 
+class PreparedHeaders:
+    """Request headers merged with the client's defaults and checked once.
+
+    Made by :meth:`HttpUpstream.prepare`; pass it to :meth:`HttpUpstream.request`
+    in place of a mapping to skip the merge and the per-header checks.
+    """
+
+    __slots__ = ("items",)
+
+    def __init__(self, items: tuple[tuple[bytes, bytes], ...]) -> None:
+        self.items = items
+
+
+def _check_headers(items: Iterable[tuple[bytes, bytes]], host: bytes = b"h") -> None:
+    """Raise ``h11.LocalProtocolError`` unless h11 would send these headers."""
+    h11.Request(method=b"GET", target=b"/", headers=[(b"host", host), *items])
+
+
 def _socket_of(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
     while isinstance(stream, trio.SSLStream):
         stream = stream.transport_stream
@@ -247,6 +271,7 @@ class Response:
         "_read_timeout",
         "_released",
         "_url",
+        "content_type",
         "headers",
         "http_version",
         "reason",
@@ -266,6 +291,10 @@ class Response:
         self.reason: bytes = bytes(head.reason)
         self.http_version: bytes = bytes(head.http_version)
         self.headers: list[tuple[bytes, bytes]] = list(head.headers)
+        #: The media type, lowercase, without parameters (``""`` if absent).
+        self.content_type: str = (
+            (self.header("content-type") or "").partition(";")[0].strip().lower()
+        )
 
     def header(self, name: str) -> str | None:
         """The first value of header ``name`` (any case), decoded, or ``None``."""
@@ -274,12 +303,6 @@ class Response:
             if hname == key:
                 return value.decode("utf-8", "replace")
         return None
-
-    @property
-    def content_type(self) -> str:
-        """The media type, lowercase, without parameters (``""`` if absent)."""
-        value = self.header("content-type") or ""
-        return value.partition(";")[0].strip().lower()
 
     @property
     def complete(self) -> bool:
@@ -318,12 +341,12 @@ class Response:
             if self._read_timeout == math.inf:
                 data = await conn.stream.receive_some(READ_SIZE)
             else:
-                with trio.fail_after(self._read_timeout):
+                with trio.move_on_after(self._read_timeout) as scope:
                     data = await conn.stream.receive_some(READ_SIZE)
-        except trio.TooSlowError:
-            raise UpstreamError(
-                Reason.TIMEOUT, self._url, f"no body data for {self._read_timeout:g} s"
-            ) from None
+                if scope.cancelled_caught:
+                    raise UpstreamError(
+                        Reason.TIMEOUT, self._url, f"no body data for {self._read_timeout:g} s"
+                    )
         except trio.ClosedResourceError:  # closed on our side: aclose() of the client
             raise UpstreamError(
                 Reason.CLOSED, self._url, "the upstream client was closed"
@@ -421,6 +444,7 @@ class _Exchange:
 
     __slots__ = (
         "_body",
+        "_checked",
         "_conn",
         "_headers",
         "_method",
@@ -435,12 +459,14 @@ class _Exchange:
         self,
         pool: HttpUpstream,
         method: bytes,
-        headers: list[tuple[bytes, bytes]],
+        headers: list[tuple[bytes, bytes]] | tuple[tuple[bytes, bytes], ...],
         body: bytes,
         response_timeout: float,
         read_timeout: float,
+        checked: bool,
     ) -> None:
         self._pool = pool
+        self._checked = checked
         self._method = method
         self._headers = headers
         self._body = body
@@ -463,6 +489,7 @@ class _Exchange:
                 self._body,
                 self._response_timeout,
                 self._read_timeout,
+                self._checked,
             )
         except BaseException:
             await self._release(reusable=False)
@@ -529,6 +556,10 @@ class HttpUpstream:
             raise ValueError("max_connections must be at least 1")
         self.url = url
         self._target = _parse_url(url)
+        try:
+            _check_headers((), self._target.host_header)
+        except h11.LocalProtocolError:
+            raise ValueError(f"upstream URL has an invalid host: {url!r}") from None
         self._default_headers = _header_list(headers)
         self._max_connections = max_connections
         self._connect_timeout = _seconds(connect_timeout)
@@ -552,7 +583,7 @@ class HttpUpstream:
     def request(
         self,
         method: str,
-        headers: HeaderInput = (),
+        headers: HeaderInput | PreparedHeaders = (),
         body: bytes = b"",
         *,
         response_timeout: float | None = None,
@@ -567,19 +598,45 @@ class HttpUpstream:
 
         Example: ``async with up.request("DELETE", {"mcp-session-id": sid}) as r: ...``
         """
+        if isinstance(headers, PreparedHeaders):
+            merged: list[tuple[bytes, bytes]] | tuple[tuple[bytes, bytes], ...] = headers.items
+            checked = True
+        else:
+            merged = self._merge(headers)
+            checked = False
+        return _Exchange(
+            self,
+            _METHODS.get(method) or method.upper().encode("utf-8", "replace"),
+            merged,
+            body,
+            self._response_timeout if response_timeout is None else response_timeout,
+            self._read_timeout if read_timeout is None else read_timeout,
+            checked,
+        )
+
+    def prepare(self, headers: HeaderInput = ()) -> PreparedHeaders:
+        """Merge ``headers`` with the client's and check them once, for many requests.
+
+        Raises :class:`UpstreamError` ``INVALID_REQUEST`` for a header h11
+        would not send. Example::
+
+            prepared = up.prepare({"mcp-session-id": sid, "accept": "application/json"})
+            async with up.request("POST", prepared, body) as resp: ...
+        """
+        merged = self._merge(headers)
+        try:
+            _check_headers(merged)
+        except h11.LocalProtocolError as exc:
+            raise self._error(Reason.INVALID_REQUEST, str(exc)) from None
+        return PreparedHeaders(tuple(merged))
+
+    def _merge(self, headers: HeaderInput) -> list[tuple[bytes, bytes]]:
         merged = self._default_headers
         extra = _header_list(headers)
         if extra:
             names = {name for name, _ in extra}
             merged = [h for h in merged if h[0] not in names] + extra
-        return _Exchange(
-            self,
-            method.upper().encode("utf-8", "replace"),
-            merged,
-            body,
-            self._response_timeout if response_timeout is None else response_timeout,
-            self._read_timeout if read_timeout is None else read_timeout,
-        )
+        return merged
 
     def stats(self) -> PoolStats:
         """A snapshot of the pool's counters."""
@@ -714,20 +771,24 @@ class HttpUpstream:
         self,
         conn: _Connection,
         method: bytes,
-        headers: list[tuple[bytes, bytes]],
+        headers: Iterable[tuple[bytes, bytes]],
         body: bytes,
         response_timeout: float,
         read_timeout: float,
+        checked: bool,
     ) -> Response:
         all_headers = [(b"host", self._target.host_header)]
         if body or method in _BODY_METHODS:
-            all_headers.append((b"content-length", str(len(body)).encode("ascii")))
+            all_headers.append((b"content-length", b"%d" % len(body)))
         all_headers.extend(headers)
         h = conn.h11
         try:
-            parts = [
-                h.send(h11.Request(method=method, target=self._target.target, headers=all_headers))
-            ]
+            # ``_parsed`` tells h11 the header bytes were checked already (by
+            # prepare(); host at construction; content-length is ours), so it
+            # skips its per-header checks; method and target are still checked.
+            head = h11.Request(method=method, target=self._target.target, headers=all_headers,
+                               _parsed=checked)
+            parts = [h.send(head)]
             if body:
                 parts.append(h.send(h11.Data(data=body)))
             parts.append(h.send(h11.EndOfMessage()))
@@ -735,15 +796,11 @@ class HttpUpstream:
             raise self._error(Reason.INVALID_REQUEST, str(exc)) from None
         wire = b"".join(p for p in parts if p)
         reused = conn.uses > 0
-        try:
-            if response_timeout == math.inf:
-                return await self._exchange_head(conn, wire, read_timeout, reused)
-            with trio.fail_after(response_timeout):
-                return await self._exchange_head(conn, wire, read_timeout, reused)
-        except trio.TooSlowError:
-            raise self._error(
-                Reason.TIMEOUT, f"no response within {response_timeout:g} s"
-            ) from None
+        if response_timeout == math.inf:
+            return await self._exchange_head(conn, wire, read_timeout, reused)
+        with trio.move_on_after(response_timeout):
+            return await self._exchange_head(conn, wire, read_timeout, reused)
+        raise self._error(Reason.TIMEOUT, f"no response within {response_timeout:g} s")
 
     async def _exchange_head(
         self, conn: _Connection, wire: bytes, read_timeout: float, reused: bool

@@ -1,0 +1,198 @@
+"""The HTTP front in front of a Streamable HTTP upstream (firewall.gateway.http_relay).
+
+The upstream is a small raw ASGI MCP server on hypercorn (trio worker) that
+records what reaches it; mcpwall runs in-process on real sockets; the client
+is mcpwall's own h11 pool.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import Any
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+
+from firewall.config import Config, HttpServer, ListenSettings
+from firewall.gateway.http_front import HttpFront, run_front
+from firewall.gateway.upstream.http import HttpUpstream
+from firewall.policy.decision import AllowAll
+from firewall.protocol import jsonrpc
+from firewall.protocol.sse import encode_event
+
+ACCEPT_BOTH = "application/json, text/event-stream"
+INIT = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+    "protocolVersion": "2025-06-18", "capabilities": {},
+    "clientInfo": {"name": "test", "version": "1"}}}
+
+
+class RecordingUpstream:
+    """An MCP server over Streamable HTTP: JSON answers, GET streams held open."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, dict[str, str]]] = []
+        self.streams_open = 0
+        self.stream_opened = trio.Event()
+        self.release_streams = trio.Event()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+        self.seen.append((scope["method"], headers))
+        if scope["method"] == "GET":
+            await self._stream(send)
+            return
+        msg = jsonrpc.decode(body)
+        if msg.request_id is None:
+            await send({"type": "http.response.start", "status": 202, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        extra: list[tuple[bytes, bytes]] = []
+        result: dict[str, Any] = {"content": [{"type": "text", "text": "ok"}]}
+        if msg.method == "initialize":
+            extra = [(b"mcp-session-id", b"upstream-1")]
+            result = {"protocolVersion": "2025-06-18", "capabilities": {},
+                      "serverInfo": {"name": "up", "version": "1"}}
+        out = json.dumps({"jsonrpc": "2.0", "id": msg.request_id, "result": result}).encode()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"), *extra]})
+        await send({"type": "http.response.body", "body": out})
+
+    async def _stream(self, send: Any) -> None:
+        self.streams_open += 1
+        try:
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"text/event-stream")]})
+            note = {"jsonrpc": "2.0", "method": "notifications/message",
+                    "params": {"level": "info", "data": "hello"}}
+            await send({"type": "http.response.body", "more_body": True,
+                        "body": encode_event(json.dumps(note).encode(), id="e1")})
+            self.stream_opened.set()
+            await self.release_streams.wait()
+            await send({"type": "http.response.body", "body": b""})
+        finally:
+            self.streams_open -= 1
+
+
+@asynccontextmanager
+async def through(max_connections: int = 1) -> AsyncIterator[tuple[str, RecordingUpstream]]:
+    """mcpwall in front of a RecordingUpstream; yields (mcpwall's URL, upstream)."""
+    upstream = RecordingUpstream()
+    hyper = HypercornConfig()
+    hyper.bind = ["127.0.0.1:0"]
+    hyper.accesslog = None
+    hyper.errorlog = None
+    async with trio.open_nursery() as nursery:
+        up_base = (await nursery.start(partial(serve, upstream, hyper)))[0]
+        config = Config(listen=ListenSettings(port=0, keepalive_seconds=30),
+                        servers={"up": HttpServer(url=up_base + "/mcp",
+                                                  max_connections=max_connections)})
+        front = HttpFront(config, AllowAll())
+        binds = await nursery.start(run_front, front)
+        try:
+            yield binds[0] + "/servers/up/mcp", upstream
+        finally:
+            upstream.release_streams.set()
+            front.begin_shutdown()
+            nursery.cancel_scope.cancel()
+
+
+async def initialize(http: HttpUpstream) -> str:
+    async with http.request("POST", {"accept": ACCEPT_BOTH, "content-type": "application/json"},
+                            json.dumps(INIT).encode()) as resp:
+        assert resp.status == 200
+        await resp.read()
+        sid = resp.header("mcp-session-id")
+    assert sid is not None and sid != "upstream-1"
+    return sid
+
+
+def call(rid: int) -> bytes:
+    return json.dumps({"jsonrpc": "2.0", "id": rid, "method": "tools/call",
+                       "params": {"name": "echo", "arguments": {}}}).encode()
+
+
+async def test_second_get_stream_is_refused_with_409() -> None:
+    with trio.fail_after(20):
+        await _second_get_stream_is_refused_with_409()
+
+
+async def _second_get_stream_is_refused_with_409() -> None:
+    async with through() as (url, upstream), HttpUpstream(url, max_connections=4) as http:
+        sid = await initialize(http)
+        headers = {"accept": "text/event-stream", "mcp-session-id": sid}
+        async with http.request("GET", headers) as first:
+            assert first.status == 200
+            events = first.events()
+            event = await events.__anext__()
+            assert event.id == "e1" and b"hello" in (event.data or b"")
+            async with http.request("GET", headers) as second:
+                assert second.status == 409
+                assert json.loads(await second.read())["error"]["code"] == jsonrpc.INVALID_REQUEST
+            # A resumption names one of the upstream's streams: the upstream decides.
+            async with http.request("GET", {**headers, "last-event-id": "e1"}) as resumed:
+                assert resumed.status == 200
+        gets = [h for method, h in upstream.seen if method == "GET"]
+        assert len(gets) == 2 and gets[1]["last-event-id"] == "e1"
+        assert all(h["mcp-session-id"] == "upstream-1" for h in gets)
+        # Once the first stream is gone (its client left), a new GET is served.
+        statuses = []
+        with trio.fail_after(5):
+            while not statuses or statuses[-1] == 409:
+                async with http.request("GET", headers) as again:
+                    statuses.append(again.status)
+                await trio.sleep(0.01)
+        assert statuses[-1] == 200
+
+
+async def test_get_streams_leave_the_request_pool_to_posts() -> None:
+    # One request connection to the upstream; the GET stream must not take it.
+    async with through(max_connections=1) as (url, upstream), HttpUpstream(url) as http:
+        sid = await initialize(http)
+        get_headers = {"accept": "text/event-stream", "mcp-session-id": sid}
+        post_headers = {"accept": ACCEPT_BOTH, "content-type": "application/json",
+                        "mcp-session-id": sid}
+        async with http.request("GET", get_headers) as stream:
+            assert stream.status == 200
+            with trio.move_on_after(5) as waited:
+                await upstream.stream_opened.wait()
+                for rid in (1, 2):
+                    async with http.request("POST", post_headers, call(rid)) as resp:
+                        assert resp.status == 200
+                        assert json.loads(await resp.read())["id"] == rid
+            assert not waited.cancelled_caught, "a POST waited for the GET stream's connection"
+            assert upstream.streams_open == 1
+
+
+async def test_json_answer_has_a_length_and_headers_follow_the_client() -> None:
+    async with through() as (url, upstream), HttpUpstream(url) as http:
+        sid = await initialize(http)
+        for rid, version in ((1, "2025-06-18"), (2, "2025-06-18"), (3, "2025-11-25")):
+            headers = {"accept": ACCEPT_BOTH, "content-type": "application/json",
+                       "mcp-session-id": sid, "mcp-protocol-version": version,
+                       "authorization": "Bearer client-secret"}
+            async with http.request("POST", headers, call(rid)) as resp:
+                body = await resp.read()
+                assert resp.status == 200 and json.loads(body)["id"] == rid
+                assert resp.header("content-length") == str(len(body))
+                assert resp.header("transfer-encoding") is None
+        posts = [h for method, h in upstream.seen if method == "POST"][-3:]
+        # A changed header reaches the upstream: the per-session cache follows the client.
+        assert [h["mcp-protocol-version"] for h in posts] == ["2025-06-18", "2025-06-18",
+                                                              "2025-11-25"]
+        assert all(h["mcp-session-id"] == "upstream-1" for h in posts)
+        assert all("authorization" not in h for h in posts)
