@@ -5,6 +5,10 @@ Run:  .venv/bin/python benchmarks/bench_audit.py [--rows 10000000] [--events 500
 1. Durable events/s with group commit (trio producers appending and awaiting
    ``committed()``), against the baseline of one fsync'ed commit per event
    measured in the same run.
+   Also: the writer alone (``Trail.append_batch`` on events built beforehand,
+   1000 and 5000 per transaction), and per group-commit run the writer
+   thread's own rate (events over the seconds it was busy) and the mean batch:
+   end-to-end figures include the trio producers, which share the GIL.
 2. Latency that append + committed() adds per call: p50 and p99.
 3. ``audit query`` by principal and time range over --rows rows (generated in
    bulk into --db and reused if it already holds enough rows), against the same
@@ -59,12 +63,23 @@ def bench_single_commit(tmp: Path, n: int) -> float:
         return n / (time.perf_counter() - t)
 
 
-def bench_group_commit(tmp: Path, name: str, n: int, producers: int
-                       ) -> tuple[float, list[float]]:
-    """Durable writer, ``producers`` trio tasks; events/s and per-call latencies (s)."""
+class GroupRun:
+    """One group-commit run: end-to-end rate, writer-side rate, latencies."""
+
+    def __init__(self, rate: float, latencies: list[float], writer_rate: float | None,
+                 batch: float | None, cpu_us: float) -> None:
+        self.rate = rate
+        self.latencies = latencies
+        self.writer_rate = writer_rate  # events / seconds the writer thread was busy
+        self.batch = batch              # mean events per transaction
+        self.cpu_us = cpu_us            # process CPU per event, both threads
+
+
+def bench_group_commit(tmp: Path, name: str, n: int, producers: int) -> GroupRun:
+    """Durable writer, ``producers`` trio tasks each appending and awaiting ``committed()``."""
     latencies: list[float] = []
 
-    async def main() -> float:
+    async def main() -> GroupRun:
         async with open_audit(_settings(tmp / f"{name}.db"), instance_id="bench") as audit:
             per = n // producers
 
@@ -75,13 +90,31 @@ def bench_group_commit(tmp: Path, name: str, n: int, producers: int
                     await receipt.committed()
                     latencies.append(time.perf_counter() - t)
 
-            t = time.perf_counter()
+            t, cpu = time.perf_counter(), time.process_time()
             async with trio.open_nursery() as nursery:
                 for k in range(producers):
                     nursery.start_soon(producer, k)
-            return per * producers / (time.perf_counter() - t)
+            elapsed, cpu = time.perf_counter() - t, time.process_time() - cpu
+            stats = audit.stats() if hasattr(audit, "stats") else None  # older writers lack it
+            total = per * producers
+            return GroupRun(
+                total / elapsed, latencies,
+                stats.events / stats.busy_seconds if stats and stats.busy_seconds else None,
+                stats.events / stats.batches if stats and stats.batches else None,
+                cpu / total * 1e6)
 
-    return trio.run(main), latencies
+    return trio.run(main)
+
+
+def bench_writer_only(tmp: Path, name: str, n: int, batch: int) -> float:
+    """The writer alone: Trail.append_batch, durable, ``batch`` events per transaction
+    (events built beforehand), so neither trio nor the producers share the GIL."""
+    events = [decision(i, time.time_ns()) for i in range(n)]
+    with Trail(_settings(tmp / f"{name}.db"), "bench") as trail:
+        t = time.perf_counter()
+        for k in range(0, n, batch):
+            trail.append_batch(events[k:k + batch])
+        return n / (time.perf_counter() - t)
 
 
 def generate(db: Path, rows: int) -> None:
@@ -164,17 +197,26 @@ def throughput(tmp: Path, args: argparse.Namespace) -> None:
     base = statistics.median(bench_single_commit(tmp, 2000) for _ in range(args.repeat))
     print(f"\n1. durable throughput (events/s, median of {args.repeat})")
     print(f"   baseline, one fsync'ed commit per event: {base:>9,.0f}/s  (1.00x)")
+    for size in (1000, 5000):
+        w = statistics.median(bench_writer_only(tmp, f"w{size}-{r}", args.events, size)
+                              for r in range(args.repeat))
+        print(f"   writer alone, {size:>4}-event transactions: {w:>9,.0f}/s  ({w / base:.2f}x)")
     lat_report = []
     for p in args.producers:
         runs = [bench_group_commit(tmp, f"g{p}-{r}", args.events if p > 1 else 2000, p)
                 for r in range(args.repeat)]
-        rate = statistics.median(r for r, _ in runs)
-        lats = sorted(x for _, ls in runs for x in ls)
+        rate = statistics.median(r.rate for r in runs)
+        lats = sorted(x for r in runs for x in r.latencies)
         p50 = lats[len(lats) // 2] * 1e6
         p99 = lats[int(len(lats) * 0.99)] * 1e6
         lat_report.append((p, p50, p99))
+        cpu = statistics.median(r.cpu_us for r in runs)
+        writer = [r.writer_rate for r in runs if r.writer_rate is not None]
+        batch = [r.batch for r in runs if r.batch is not None]
+        extra = (f"  writer busy-time rate {statistics.median(writer):>9,.0f}/s, "
+                 f"{statistics.median(batch):,.0f} events/commit" if writer and batch else "")
         print(f"   group commit, {p:>4} producers:         {rate:>9,.0f}/s  "
-              f"({rate / base:.2f}x)")
+              f"({rate / base:.2f}x)  cpu {cpu:.1f} us/event{extra}")
     print("\n2. latency added per call (append + committed), microseconds")
     for p, p50, p99 in lat_report:
         print(f"   {p:>4} producers: p50 {p50:>8,.0f}  p99 {p99:>8,.0f}")

@@ -12,7 +12,7 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from firewall.audit.chain import GENESIS, event_row, verify_row
+from firewall.audit.chain import COLUMNS, GENESIS, NULL, event_row, stored, verify_row
 from firewall.audit.events import DecisionEvent, LifecycleEvent, OutcomeEvent
 from firewall.audit.redaction import Redactor
 from firewall.audit.settings import DEFAULT_REDACT_NAMES, DEFAULT_REDACT_VALUES, AuditSettings
@@ -202,9 +202,104 @@ def test_rows_read_back_from_sqlite_still_verify(arguments: dict[str, object],
     prev = GENESIS
     for i, event in enumerate(events, 1):
         row = event_row(event, seq=i, instance="gw", prev_hash=prev, redactor=redactor)
-        from firewall.audit.chain import COLUMNS
         conn.execute(f"INSERT INTO events VALUES ({', '.join('?' * len(COLUMNS))})", row)
         back = conn.execute("SELECT * FROM events WHERE seq = ?", (i,)).fetchone()
-        assert back == row
-        assert verify_row(back)
+        assert back == stored(row)
+        assert verify_row(back) and verify_row(row)
         prev = row[-1]
+
+
+def test_the_null_sentinel_is_stored_as_null_and_hashed_as_null() -> None:
+    """Rows are written with NULL (a NaN) for SQL NULL; both libraries must agree."""
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE t (a TEXT, b INTEGER, c REAL)")
+    conn.execute("INSERT INTO t VALUES (?, ?, ?)", (NULL, NULL, NULL))
+    assert conn.execute("SELECT a, b, c, typeof(a) FROM t").fetchone() == (None, None, None,
+                                                                           "null")
+    assert msgspec.json.encode([NULL, None]) == b"[null,null]"
+    row = event_row(OutcomeEvent(ts_ns=1, call_id="c", session="s", server="vm", status="ok",
+                                 latency_ns=1), seq=1, instance="gw", prev_hash=GENESIS,
+                    redactor=None)
+    assert row[COLUMNS.index("principal")] is NULL
+    assert stored(row)[COLUMNS.index("principal")] is None
+    assert verify_row(stored(row))
+
+
+_texts = st.text(max_size=12) | st.sampled_from(["\x00", "a\x00b", "\\u0000", "\u2028", "é😀",
+                                                 "\x1f\n\t\"\\"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(batch=st.lists(st.tuples(
+    _texts, st.none() | _texts, st.integers(-2**63, 2**63 - 1),
+    st.none() | st.floats(allow_nan=False, allow_infinity=False),
+    st.dictionaries(_texts, _json_values, max_size=3)), min_size=1, max_size=8))
+def test_the_one_statement_batch_insert_stores_what_was_hashed(
+        tmp_path_factory: pytest.TempPathFactory,
+        batch: list[tuple[str, str | None, int, float | None, dict[str, object]]]) -> None:
+    """Rows written through the JSON bulk path (or bound one by one where it cannot
+    be trusted) read back exactly as hashed, and the trail verifies."""
+    db = tmp_path_factory.mktemp("bulk") / "audit.db"
+    events: list[DecisionEvent | OutcomeEvent | LifecycleEvent] = []
+    for text, maybe, number, retry, arguments in batch:
+        events.append(DecisionEvent(ts_ns=number % 2**63, call_id=text, session=text,
+                                    principal=text, grant=text, server=text, method=text,
+                                    tool=maybe, arguments=arguments, decision="limited",
+                                    reason=maybe, retry_after=retry))
+        events.append(OutcomeEvent(ts_ns=number % 2**63, call_id=text, session=text, server=text,
+                                   status="jsonrpc_error", error_code=number,
+                                   error_message=maybe, latency_ns=number))
+        events.append(LifecycleEvent(ts_ns=0, kind="approval", session=maybe,
+                                     detail={"n": number, "text": text}))
+    with Trail(AuditSettings(path=str(db)), "gw") as trail:
+        rows = trail.rows(events)
+        trail.append_rows(rows)
+    conn = sqlite3.connect(db)
+    back = conn.execute(f"SELECT {', '.join(f'[{c}]' for c in COLUMNS)} FROM events "
+                        "ORDER BY seq").fetchall()
+    types = conn.execute("SELECT typeof(ts_ns), typeof(error_code) FROM events "
+                         "WHERE kind = 'outcome'").fetchall()
+    conn.close()
+    assert back == [stored(r) for r in rows]
+    assert all(t == ("integer", "integer") for t in types)
+    assert verify_paths([db])[0].ok
+
+
+def test_an_event_that_cannot_be_stored_fails_its_own_append(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with open_audit(AuditSettings(path=str(tmp_path / "audit.db")),
+                              instance_id="gw") as audit:
+            first = await audit.append(_decision(1))
+            with pytest.raises(ValueError, match="64-bit"):
+                await audit.append(OutcomeEvent(ts_ns=1, call_id="c", session="s", server="vm",
+                                                status="ok", latency_ns=2**64))
+            last = await audit.append(_decision(2))
+            await first.committed()
+            await last.committed()
+
+    trio.run(main)
+    [report] = verify_paths([tmp_path / "audit.db"])
+    assert report.ok and report.rows == 2
+
+
+_PATTERNS = [*DEFAULT_REDACT_VALUES, r"(?i)tok(?:en)?=\w+", r"\d{4}-\d{4}", r"(?i:K)ey\d",
+             r"(ab)+c", r"x(?=yz)yz", r"(?i)ſecret", r"Ab|cD", r"(?i)a(?-i:B)c"]
+_FRAGMENTS = ["sk-", "ghp_", "gh", "AKIA", "ASIA", "Bearer ", "bEaReR\t", "password=",
+              "PWD=", "eyJ", "-----BEGIN RSA PRIVATE KEY-----", "-----END RSA PRIVATE KEY-----",
+              "\u212a", "\u017f", "\u0130", "tok=", "TOKEN=", "1234-5678", "Key1", "abab",
+              "c", "xyz", "AbcD", "aBc", "secret", ".", " ", "_", "pa\u017f\u017fword=x1 ",
+              "to\u212a="]
+_fragment_text = st.lists(st.sampled_from(_FRAGMENTS) | st.text("aA0_-.=xyz", max_size=24),
+                          max_size=8).map("".join)
+
+
+@pytest.mark.parametrize("patterns", [DEFAULT_REDACT_VALUES, _PATTERNS], ids=["defaults", "more"])
+@settings(max_examples=300, deadline=None)
+@given(values=st.lists(_fragment_text, min_size=1, max_size=4))
+def test_the_literal_gate_never_changes_what_is_redacted(patterns: tuple[str, ...],
+                                                         values: list[str]) -> None:
+    gated = Redactor.compile(["*password*"], patterns, b"k" * 32)
+    assert gated._gated  # every pattern above yields a gate
+    reference = Redactor(gated._names, gated._values, b"k" * 32)  # no gate: always search
+    arguments = {f"a{i}": v for i, v in enumerate(values)} | {"nested": [values]}
+    assert gated.apply(arguments) == reference.apply(arguments)

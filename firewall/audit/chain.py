@@ -13,6 +13,17 @@ Rules this module keeps (the verifier depends on every one of them):
    ``prev_hash = GENESIS``; every later row has its predecessor's ``hash``, also
    across segment files.
 4. ``seq`` starts at 1 and increases by exactly one per row.
+5. Rows built here for writing carry :data:`NULL` (a NaN) where SQLite will
+   store NULL: CPython's sqlite3 binds a float without the adaptation step a
+   ``None`` goes through (about 0.5 us per column, most of an insert), SQLite
+   stores a bound NaN as NULL, and msgspec encodes a NaN as ``null``, so the
+   hash is the one the row read back (with ``None``) gives. Both behaviours
+   are pinned by tests. Rows read from SQLite carry ``None``; both verify.
+6. The writer inserts a batch in ONE statement, expanding a JSON array of
+   :func:`record` s inside SQLite (``json_each``), so the whole insert runs in
+   C without the GIL. SQLite's JSON parser is trusted only with what it gives
+   back exactly: integers (64-bit, checked here) and strings without U+0000;
+   a row with a REAL or a NUL is bound column by column instead.
 
 Example::
 
@@ -41,23 +52,29 @@ COLUMNS: Final = (
 )
 INDEX: Final = {name: i for i, name in enumerate(COLUMNS)}
 SEQ: Final = INDEX["seq"]
+_RETRY: Final = INDEX["retry_after"]
 PREV: Final = INDEX["prev_hash"]
 HASH: Final = INDEX["hash"]
 
 Row = tuple[Any, ...]
 
+# Stands for SQL NULL in rows built for writing (rule 5). Compare with
+# ``is NULL`` or :func:`stored`, never with ``==`` (a NaN equals nothing).
+NULL: Final[float] = float("nan")
+
 _json = msgspec.json.Encoder()
 _sha256 = hashlib.sha256
+_PREFIX: Final = _json.encode([FORMAT])[:-1] + b","  # b'["mcpwall-audit/1",'
 
 
 def canonical(row: Row) -> bytes:
     """The bytes hashed for ``row`` (a full row; its ``hash`` is left out)."""
-    return _json.encode((FORMAT, *row[:HASH]))
+    return _PREFIX + _json.encode(row[:HASH])[1:]
 
 
 def row_hash(row: Row) -> str:
     """The chain hash ``row`` should carry."""
-    return _sha256(_json.encode((FORMAT, *row[:HASH]))).hexdigest()
+    return _sha256(_PREFIX + _json.encode(row[:HASH])[1:]).hexdigest()
 
 
 def verify_row(row: Row) -> bool:
@@ -65,48 +82,110 @@ def verify_row(row: Row) -> bool:
     return bool(row_hash(row) == row[HASH])
 
 
+def stored(row: Row) -> Row:
+    """``row`` as SQLite gives it back: :data:`NULL` becomes ``None``."""
+    return tuple(None if v is NULL else v for v in row)
+
+
 def with_seq(row: Row, seq: int) -> Row:
     """The same row claiming another position (the verifier uses it to explain a break)."""
     return (seq, *row[1:])
 
 
-def _args_text(arguments: dict[str, Any] | None, redactor: Redactor | None) -> str | None:
+def _args_text(arguments: dict[str, Any] | None, redactor: Redactor | None) -> Any:
     if arguments is None:
-        return None
-    if redactor is not None:
+        return NULL
+    if redactor is not None and arguments:
         arguments = redactor.apply(arguments)
     return _json.encode(arguments).decode()
 
 
+def _opt(value: Any) -> Any:
+    return NULL if value is None else value
+
+
+_I64: Final = 2**63
+
+
+def _int64(value: Any, name: str) -> int:
+    number = int(value)
+    if -_I64 <= number < _I64:
+        return number
+    raise ValueError(f"{name}: {number} does not fit in a 64-bit SQLite integer")
+
+
+def _base(event: Event, seq: int, instance: str, prev_hash: str,
+          redactor: Redactor | None) -> tuple[Any, ...]:
+    N = NULL
+    if isinstance(event, DecisionEvent):
+        retry = event.retry_after
+        if retry is not None:
+            # + 0.0 turns -0.0 into 0.0: SQLite reads a stored -0.0 back as 0.0,
+            # and the hash must be the one of what it gives back.
+            retry = float(retry) + 0.0
+        return (
+            seq, _int64(event.ts_ns, "ts_ns"), instance, "decision", event.call_id,
+            event.session, event.principal, event.grant, event.server, event.method,
+            event.direction, _opt(event.tool), _opt(event.uri), _opt(event.prompt),
+            _opt(event.request_id), _args_text(event.arguments, redactor), event.decision,
+            _opt(event.rule), _opt(event.reason), N if retry is None else retry,
+            1 if event.dry_run else 0, N, N, N, N, N, N,
+            prev_hash,
+        )
+    if isinstance(event, OutcomeEvent):
+        code = event.error_code
+        return (
+            seq, _int64(event.ts_ns, "ts_ns"), instance, "outcome", event.call_id,
+            event.session, N, N, event.server, N, N, N, N, N, N, N, N, N, N, N,
+            N, event.status, N if code is None else _int64(code, "error_code"),
+            _opt(event.error_message), _int64(event.latency_ns, "latency_ns"),
+            _int64(event.response_bytes, "response_bytes"), N,
+            prev_hash,
+        )
+    if isinstance(event, LifecycleEvent):
+        detail = _json.encode(event.detail).decode() if event.detail else N
+        return (
+            seq, _int64(event.ts_ns, "ts_ns"), instance, event.kind, N, _opt(event.session),
+            _opt(event.principal), N, _opt(event.server), N, N, N, N, N, N, N, N, N, N, N,
+            N, N, N, N, N, N, detail, prev_hash,
+        )
+    raise TypeError(f"not an audit event: {type(event).__name__}")
+
+
 def event_row(event: Event, *, seq: int, instance: str, prev_hash: str,
               redactor: Redactor | None) -> Row:
-    """The full row (hash included) for ``event`` at position ``seq``."""
-    base: tuple[Any, ...]
-    if isinstance(event, DecisionEvent):
-        base = (
-            seq, int(event.ts_ns), instance, "decision", event.call_id, event.session,
-            event.principal, event.grant, event.server, event.method, event.direction,
-            event.tool, event.uri, event.prompt, event.request_id,
-            _args_text(event.arguments, redactor), event.decision, event.rule, event.reason,
-            None if event.retry_after is None else float(event.retry_after),
-            1 if event.dry_run else 0, None, None, None, None, None, None,
-            prev_hash,
-        )
-    elif isinstance(event, OutcomeEvent):
-        base = (
-            seq, int(event.ts_ns), instance, "outcome", event.call_id, event.session, None,
-            None, event.server, None, None, None, None, None, None, None, None, None, None, None,
-            None, event.status, None if event.error_code is None else int(event.error_code),
-            event.error_message, int(event.latency_ns), int(event.response_bytes), None,
-            prev_hash,
-        )
-    elif isinstance(event, LifecycleEvent):
-        detail = _json.encode(event.detail).decode() if event.detail else None
-        base = (
-            seq, int(event.ts_ns), instance, event.kind, None, event.session, event.principal, None,
-            event.server, None, None, None, None, None, None, None, None, None, None, None,
-            None, None, None, None, None, None, detail, prev_hash,
-        )
-    else:  # pragma: no cover - the Event union is closed
-        raise TypeError(f"not an audit event: {type(event).__name__}")
-    return (*base, _sha256(_json.encode((FORMAT, *base))).hexdigest())
+    """The full row (hash included) for ``event`` at position ``seq``.
+
+    NULL columns hold :data:`NULL` (rule 5); :func:`stored` gives the row as read back.
+    Raises ``ValueError``/``TypeError`` (and msgspec's ``EncodeError``) for an
+    event that cannot be stored: an integer beyond 64 bits, a value JSON cannot hold.
+    """
+    base = _base(event, seq, instance, prev_hash, redactor)
+    return (*base, _sha256(_PREFIX + _json.encode(base)[1:]).hexdigest())
+
+
+def chained(event: Event, *, seq: int, instance: str, prev_hash: str,
+            redactor: Redactor | None) -> tuple[Row, bytes | None]:
+    """:func:`event_row` and the row's :func:`record` (same bytes as its hash input)."""
+    base = _base(event, seq, instance, prev_hash, redactor)
+    canon = _PREFIX + _json.encode(base)[1:]
+    digest = _sha256(canon).hexdigest()
+    row = (*base, digest)
+    if base[_RETRY] is not NULL or b"\\u0000" in canon:
+        return row, None
+    return row, b"%s,\"%s\"]" % (canon[:-1], digest.encode())
+
+
+def record(row: Row) -> bytes | None:
+    """The row as one JSON array for the bulk insert: ``canonical(row)`` with the
+    hash appended, so column ``i`` of :data:`COLUMNS` is element ``i + 1``.
+
+    None when SQLite's JSON functions cannot be trusted to give the value back
+    exactly (rule 6): a REAL (``retry_after``), or a string holding U+0000.
+    """
+    if row[_RETRY] is not NULL and row[_RETRY] is not None:
+        return None
+    canon = canonical(row)
+    if b"\\u0000" in canon:
+        return None
+    return b"%s,\"%s\"]" % (canon[:-1], str(row[HASH]).encode())

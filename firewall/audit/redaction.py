@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import fnmatch
 import hmac
+import importlib
 import re
 from typing import Any
 
@@ -24,6 +25,8 @@ import msgspec
 
 _encode = msgspec.json.Encoder(order="sorted").encode
 
+
+_NAME_CACHE = 4096  # argument names whose verdict is remembered
 
 _GLOBAL_FLAGS = re.compile(r"^\(\?([aiLmsux]+)\)")
 
@@ -36,6 +39,80 @@ def _scoped(pattern: str) -> str:
     return f"(?:{pattern})"
 
 
+def required_literals(pattern: str) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    """Literals one of which every match of ``pattern`` contains, or None if unsure.
+
+    Returns ``(plain, folded)``: ``folded`` literals come from case-insensitive
+    parts and are lower case (compare them with an ASCII string lowered).
+    Derived conservatively from the parsed regex: runs of literal characters
+    (zero-width assertions between them do not break a run), and what a group,
+    every branch of an alternation, or a repeat of at least one must contain.
+    Anything unexpected gives None, and the caller then always runs the regex.
+
+    >>> required_literals(r"\\bsk-[A-Za-z0-9]{20,}")
+    (('sk-',), ())
+    """
+    try:
+        parser: Any = importlib.import_module("re._parser")
+        consts: Any = importlib.import_module("re._constants")
+        tree = parser.parse(pattern)
+        icase = bool(tree.state.flags & consts.SRE_FLAG_IGNORECASE)
+        found = _needed(list(tree), icase, consts)
+    except Exception:  # another Python's parser, or a shape we do not know
+        return None
+    if not found:
+        return None
+    plain = tuple(sorted({text for text, folded in found if not folded}))
+    folded = tuple(sorted({text for text, is_folded in found if is_folded}))
+    return plain, folded
+
+
+def _needed(items: list[Any], icase: bool, c: Any) -> list[tuple[str, bool]] | None:
+    """The best literal set a match of the sequence ``items`` must contain."""
+    best: list[tuple[str, bool]] | None = None
+    run: list[str] = []
+
+    def consider(option: list[tuple[str, bool]] | None) -> None:
+        nonlocal best
+        if not option or min(len(text) for text, _ in option) == 0:
+            return
+        score = (min(len(text) for text, _ in option), -len(option))
+        if best is None or score > (min(len(text) for text, _ in best), -len(best)):
+            best = option
+
+    def close() -> None:
+        if run:
+            consider([("".join(run), icase)])
+            run.clear()
+
+    ignorecase = c.SRE_FLAG_IGNORECASE
+    for op, av in items:
+        if op == c.LITERAL:
+            ch = chr(av)
+            if icase and not ch.isascii():
+                close()  # non-ASCII case folding has more than two spellings
+                continue
+            run.append(ch.lower() if icase else ch)
+            continue
+        if op == c.AT:
+            continue  # zero-width: the literals around it stay adjacent
+        close()
+        if op == c.SUBPATTERN:
+            _, add, delete, sub = av
+            consider(_needed(list(sub), (icase or bool(add & ignorecase))
+                             and not delete & ignorecase, c))
+        elif op == c.BRANCH:
+            alternatives = [_needed(list(alt), icase, c) for alt in av[1]]
+            if all(alternatives):
+                consider([lit for alt in alternatives if alt for lit in alt])
+        elif op in (c.MAX_REPEAT, c.MIN_REPEAT, c.POSSESSIVE_REPEAT) and av[0] >= 1:
+            consider(_needed(list(av[2]), icase, c))
+        elif op == c.ATOMIC_GROUP:
+            consider(_needed(list(av), icase, c))
+    close()
+    return best
+
+
 class RedactionError(ValueError):
     """A redaction rule that does not compile; the message names it."""
 
@@ -43,13 +120,29 @@ class RedactionError(ValueError):
 class Redactor:
     """Compiled redaction rules."""
 
-    __slots__ = ("_key", "_names", "_values")
+    __slots__ = ("_folded", "_gated", "_key", "_names", "_plain", "_secret_names", "_values")
 
     def __init__(self, names: re.Pattern[str] | None, values: re.Pattern[str] | None,
-                 key: bytes) -> None:
+                 key: bytes, *, sources: list[str] | tuple[str, ...] = ()) -> None:
+        """``sources``: the value patterns ``values`` was built from (enables the gate)."""
         self._names = names
         self._values = values
         self._key = key
+        # A string is searched with the value patterns only if it holds one of
+        # the literals every match needs (a few ``in`` tests instead of a regex
+        # scan, which costs microseconds per string).
+        self._gated = False
+        self._plain: tuple[str, ...] = ()
+        self._folded: tuple[str, ...] = ()
+        if values is not None and sources:
+            gates = [required_literals(p) for p in sources]
+            if gates and all(g is not None for g in gates):
+                self._gated = True
+                self._plain = tuple(sorted({t for g in gates if g for t in g[0]}))
+                self._folded = tuple(sorted({t for g in gates if g for t in g[1]}))
+        # Argument names repeat (they come from tool schemas): remember the
+        # verdict per name. Bounded, so hostile names cannot grow it forever.
+        self._secret_names: dict[str, bool] = {}
 
     @classmethod
     def compile(cls, names: list[str] | tuple[str, ...], values: list[str] | tuple[str, ...],
@@ -66,7 +159,7 @@ class Redactor:
                 except re.error as exc:
                     raise RedactionError(f"redaction.values[{i}]: {pattern!r}: {exc}") from None
             value_re = re.compile("|".join(_scoped(p) for p in values))
-        return cls(name_re, value_re, key)
+        return cls(name_re, value_re, key, sources=values)
 
     def token(self, value: Any) -> str:
         """The replacement for one secret value."""
@@ -79,19 +172,42 @@ class Redactor:
         assert isinstance(out, dict)
         return out
 
+    def _may_hold_secret(self, value: str) -> bool:
+        for literal in self._plain:
+            if literal in value:
+                return True
+        if self._folded:
+            if not value.isascii():
+                return True
+            lowered = value.lower()
+            for literal in self._folded:
+                if literal in lowered:
+                    return True
+        return False
+
     def _walk(self, value: Any) -> Any:
         if isinstance(value, str):
             values = self._values
-            if values is not None and values.search(value) is not None:
+            if values is not None and (not self._gated or self._may_hold_secret(value)) \
+                    and values.search(value) is not None:
                 return values.sub(lambda m: self.token(m.group(0)), value)
             return value
         if isinstance(value, dict):
-            names = self._names
-            return {
-                k: (self.token(v) if names is not None and isinstance(k, str)
-                    and names.match(k.lower()) else self._walk(v))
-                for k, v in value.items()
-            }
+            return {k: self.token(v) if self._is_secret_name(k) else self._walk(v)
+                    for k, v in value.items()}
         if isinstance(value, list):
             return [self._walk(v) for v in value]
         return value
+
+    def _is_secret_name(self, name: Any) -> bool:
+        known = self._secret_names.get(name)
+        if known is not None:
+            return known
+        names = self._names
+        secret = (names is not None and isinstance(name, str)
+                  and names.match(name.lower()) is not None)
+        if len(self._secret_names) >= _NAME_CACHE:
+            self._secret_names.clear()
+        if isinstance(name, str):
+            self._secret_names[name] = secret
+        return secret

@@ -8,11 +8,14 @@ Rules this module keeps:
    that opens, uses and closes the connection.
 2. Events are appended in the order ``append`` was called; each gets
    ``seq = previous + 1`` and ``prev_hash = previous hash`` (see
-   :mod:`firewall.audit.chain`), across segment files too.
-3. Group commit: the thread takes everything queued (up to ``max_batch``),
-   writes it in ONE transaction and commits (fsync in ``durable`` mode:
-   WAL with ``synchronous=FULL``), then wakes the callers waiting on those
-   events in one hop to the trio thread.
+   :mod:`firewall.audit.chain`), across segment files too. ``append`` builds
+   the row (redaction, encoding, hash) in the caller's thread; an event that
+   cannot be encoded fails that ``append`` and leaves the chain as it was.
+3. Group commit: appends fill a batch (at most ``max_batch`` rows); the
+   thread takes the oldest batch as soon as it is free, writes it in ONE
+   transaction and commits (fsync in ``durable`` mode: WAL with
+   ``synchronous=FULL``), then wakes that batch's callers with one hop to the
+   trio thread. A batch is the receipt of each of its events.
 4. Backpressure, never loss: at most ``queue_size`` events are queued and not
    yet committed; ``append`` waits for room. Nothing is dropped.
 5. Failure is sticky and loud: if a commit fails, that batch is rolled back,
@@ -31,10 +34,9 @@ Example::
 
 from __future__ import annotations
 
+import collections
 import fcntl
-import heapq
 import os
-import queue
 import threading
 import time
 import uuid
@@ -43,9 +45,10 @@ from contextlib import asynccontextmanager, suppress
 from types import TracebackType
 from typing import Any, Final
 
+import msgspec
 import trio
 
-from firewall.audit.chain import COLUMNS, GENESIS, HASH, SEQ, Row, event_row
+from firewall.audit.chain import COLUMNS, GENESIS, HASH, SEQ, Row, chained, event_row, record
 from firewall.audit.checkpoint import Anchor, Checkpoint, load_signer, secret_key
 from firewall.audit.events import Event
 from firewall.audit.redaction import Redactor
@@ -64,6 +67,13 @@ from firewall.log import get_logger
 _INSERT: Final = (
     f"INSERT INTO events ({', '.join(f'[{c}]' for c in COLUMNS)}) "
     f"VALUES ({', '.join('?' for _ in COLUMNS)})"
+)
+# One statement for a whole batch: SQLite expands the JSON array of records
+# (chain rule 6). MATERIALIZED renders each record once, not once per column.
+_INSERT_RECORDS: Final = (
+    "WITH r(v) AS MATERIALIZED (SELECT value FROM json_each(?)) "
+    f"INSERT INTO events ({', '.join(f'[{c}]' for c in COLUMNS)}) "
+    f"SELECT {', '.join(f'v ->> {i + 1}' for i in range(len(COLUMNS)))} FROM r"
 )
 _INSERT_CHECKPOINT: Final = (
     "INSERT INTO checkpoints (chain, segment, seq, hash, ts_ns, algorithm, key_id, signature) "
@@ -187,16 +197,38 @@ class Trail:
 
     def append_rows(self, rows: list[Row]) -> int:
         """Append rows built by :meth:`rows` (the bulk path) in one transaction."""
+        bulk: list[bytes] = []
+        exact: list[Row] = []
+        for row in rows:
+            rec = record(row)
+            if rec is None:
+                exact.append(row)
+            else:
+                bulk.append(rec)
+        last = rows[-1]
+        return self.append_records(bulk, exact, first=int(rows[0][SEQ]), last=int(last[SEQ]),
+                                   head=str(last[HASH]))
+
+    def append_records(self, bulk: list[bytes], exact: list[Row], *, first: int, last: int,
+                       head: str) -> int:
+        """Append the rows ``first..last`` in one transaction and return ``last``.
+
+        ``bulk`` holds their :func:`firewall.audit.chain.record` s (inserted in one
+        statement, see chain rule 6), ``exact`` the rows without one; ``head`` is
+        the hash of row ``last``. Rolls back on error.
+        """
         conn = self.conn
         checkpoint = None
-        last = rows[-1]
-        if (last[SEQ] - self.checkpointed >= self.settings.checkpoint_every_rows
+        if (last - self.checkpointed >= self.settings.checkpoint_every_rows
                 or self._checkpoint_overdue()):
-            checkpoint = self._sign(last[SEQ], last[HASH])
+            checkpoint = self._sign(last, head)
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.executemany(_INSERT, rows)
-            conn.execute(INDEX_BATCH, (rows[0][SEQ], last[SEQ]))
+            if bulk:
+                conn.execute(_INSERT_RECORDS, ((b"[%s]" % b",".join(bulk)).decode(),))
+            if exact:
+                conn.executemany(_INSERT, exact)
+            conn.execute(INDEX_BATCH, (first, last))
             if checkpoint is not None:
                 self._insert_checkpoint(checkpoint)
             conn.execute("COMMIT")
@@ -204,11 +236,11 @@ class Trail:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        self.seq, self.head = int(last[SEQ]), str(last[HASH])
+        self.seq, self.head = last, head
         if checkpoint is not None:
             self._anchored(checkpoint)
         self._maybe_rotate()
-        return self.seq
+        return last
 
     # -- checkpoints -----------------------------------------------------
     def _checkpoint_overdue(self) -> bool:
@@ -298,21 +330,57 @@ class Trail:
         self.close()
 
 
-_CLOSE: Final = object()
+class _Batch:
+    """Events appended between two hand-overs to the writer thread.
 
+    Every event of a batch is committed in the same transaction, so the batch
+    itself is the :class:`firewall.audit.events.Receipt` of each of its events:
+    ``append`` allocates nothing per event, and one commit wakes its callers
+    with one ``unpark_all``.
+    """
 
-class _Receipt:
-    """What :meth:`AuditWriter.append` returns."""
+    __slots__ = ("bulk", "count", "done", "exact", "first", "head", "last", "lot", "ok",
+                 "writer")
 
-    __slots__ = ("_ticket", "_writer")
-
-    def __init__(self, writer: AuditWriter, ticket: int) -> None:
-        self._writer = writer
-        self._ticket = ticket
+    def __init__(self, writer: AuditWriter, first: int) -> None:
+        self.writer = writer
+        self.bulk: list[bytes] = []   # records of the rows (chain rule 6)
+        self.exact: list[Row] = []    # rows without a record
+        self.count = 0
+        self.first = first            # seq of the first row
+        self.last = first - 1         # seq and hash of the last row
+        self.head = ""
+        self.lot = trio.lowlevel.ParkingLot()
+        self.done = False  # committed or failed (set in the trio thread)
+        self.ok = False
 
     async def committed(self) -> None:
-        """Return once the event is committed (at once in ``fast`` mode)."""
-        await self._writer._wait(self._ticket)
+        """Return once the event is committed (``durable``); a checkpoint in ``fast`` mode.
+
+        Raises :class:`AuditError` if the writer failed.
+        """
+        writer = self.writer
+        if self.done or not writer.durable:
+            await trio.lowlevel.checkpoint()
+        else:
+            await self.lot.park()
+        if not self.ok and (self.done or writer._error is not None):
+            raise AuditError("the audit event was not committed") from writer._error
+
+    async def _settled(self) -> None:
+        """Wait until the batch is committed or failed, whatever the mode."""
+        if self.done:
+            await trio.lowlevel.checkpoint()
+        else:
+            await self.lot.park()
+
+
+class WriterStats(msgspec.Struct, frozen=True):
+    """What the writer thread has done so far (for metrics and benchmarks)."""
+
+    events: int
+    batches: int
+    busy_seconds: float  # time spent building, inserting and committing batches
 
 
 class AuditWriter:
@@ -320,27 +388,47 @@ class AuditWriter:
 
     Create it with :func:`open_audit`. ``append`` may be called from any task
     of the trio run that opened it.
+
+    ``append`` builds the event's row here, in the trio thread (redaction,
+    encoding, hash: the chain cursor ``_seq``/``_head`` lives on this side),
+    so the writer thread only binds, inserts and commits, which is mostly
+    SQLite and fsync time without the GIL, and an event that cannot be
+    encoded fails its own ``append`` instead of the trail.
+
+    Hand-over (the only state both threads touch, always under ``_lock``):
+    ``_batches`` holds the batches not yet taken by the thread, oldest first;
+    ``_open`` is the last of them while it still takes rows. The thread takes
+    the oldest batch (closing it if it is the open one), so appends never wait
+    for a commit unless the queue is full.
     """
 
     def __init__(self, settings: AuditSettings, instance_id: str) -> None:
         self.settings = settings
         self.instance_id = instance_id
         self.durable = settings.mode == "durable"
-        self._queue: queue.SimpleQueue[tuple[int, Any]] = queue.SimpleQueue()
-        self._room = trio.Semaphore(settings.queue_size)
-        # (ticket, event) of callers waiting for a commit: a heap, so a batch
-        # wakes exactly the callers it committed, not every waiter.
-        self._waiters: list[tuple[int, int, trio.Event]] = []
-        self._waiter_ids = 0
-        self._issued = 0       # tickets handed out (one per event)
-        self._done = 0         # tickets processed (committed or failed)
-        self._ok = 0           # tickets committed
+        self._lock = threading.Lock()
+        self._batches: collections.deque[_Batch] = collections.deque()
+        self._open: _Batch | None = None
+        self._last: _Batch | None = None   # the newest batch (flush waits for it)
+        self._idle = False                 # the thread waits for work (under _lock)
+        self._closing = False              # the thread drains and stops (under _lock)
+        self._wake = threading.Event()
+        self._max_batch = settings.max_batch
+        self._queue_size = settings.queue_size
+        self._pending = 0                  # events appended and not committed yet
+        self._room = trio.lowlevel.ParkingLot()  # appends waiting for queue room, FIFO
         self._error: BaseException | None = None
         self._started = threading.Event()
         self._thread: threading.Thread | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         self._closed = False
+        self._events = 0
+        self._batch_count = 0
+        self._busy = 0.0
         self.trail: Trail | None = None
+        self._seq = 0                      # the chain cursor: last seq handed out
+        self._head = GENESIS               # and its hash
+        self._redactor: Redactor | None = None
 
     # -- lifecycle -------------------------------------------------------
     async def start(self) -> None:
@@ -353,49 +441,113 @@ class AuditWriter:
         if self._error is not None:
             await trio.to_thread.run_sync(self._thread.join)
             raise self._error
+        trail = self.trail
+        assert trail is not None
+        self._seq, self._head, self._redactor = trail.seq, trail.head, trail.redactor
 
     async def flush(self) -> None:
         """Wait until every event appended so far is committed."""
-        await self._wait(self._issued, force=True)
+        last = self._last
+        if last is not None:
+            await last._settled()
+        if self._error is not None:
+            raise AuditError("the audit trail failed") from self._error
 
     async def aclose(self) -> None:
         """Flush, sign the head, close the database and stop the thread."""
         if self._closed or self._thread is None:
             return
         self._closed = True
-        self._queue.put((-1, _CLOSE))
+        with self._lock:
+            self._closing = True
+        self._wake.set()
         await trio.to_thread.run_sync(self._thread.join)
         if self._error is not None:
             raise AuditError("the audit trail failed; see the audit_write_failed log") \
                 from self._error
 
+    def stats(self) -> WriterStats:
+        """Events and batches committed so far, and the writer thread's busy time."""
+        return WriterStats(self._events, self._batch_count, self._busy)
+
     # -- AuditPoint ------------------------------------------------------
-    async def append(self, event: Event) -> _Receipt:
-        """Queue one event; waits only while the queue is full."""
+    async def append(self, event: Event) -> _Batch:
+        """Queue one event; waits only while the queue is full.
+
+        A cancellation point, but a schedule point only when it waits: the
+        ``committed()`` that follows is the caller's schedule point.
+        """
         if self._error is not None:
             raise AuditError("the audit trail failed; refusing to record more") from self._error
         if self._closed:
             raise AuditError("the audit trail is closed")
-        await self._room.acquire()
-        self._issued += 1
-        ticket = self._issued
-        self._queue.put((ticket, event))
-        return _Receipt(self, ticket)
-
-    async def _wait(self, ticket: int, *, force: bool = False) -> None:
-        if not self.durable and not force:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._pending >= self._queue_size or self._room:
+            await self._room.park()  # _settle hands us a slot (FIFO, no barging)
             if self._error is not None:
-                raise AuditError("the audit trail failed") from self._error
-            return
-        if self._done < ticket:
-            done = trio.Event()
-            self._waiter_ids += 1
-            heapq.heappush(self._waiters, (ticket, self._waiter_ids, done))
-            await done.wait()
-        if ticket > self._ok:
-            raise AuditError("the audit event was not committed") from self._error
+                self._free(1)
+                raise AuditError("the audit trail failed; refusing to record more") \
+                    from self._error
+        else:
+            self._pending += 1
+        seq = self._seq + 1
+        try:
+            row, rec = chained(event, seq=seq, instance=self.instance_id,
+                               prev_hash=self._head, redactor=self._redactor)
+        except BaseException:
+            self._free(1)
+            raise
+        head = self._head = row[HASH]
+        self._seq = seq
+        with self._lock:
+            batch = self._open
+            if batch is None or batch.count >= self._max_batch:
+                batch = self._open = self._last = _Batch(self, seq)
+                self._batches.append(batch)
+            if rec is None:
+                batch.exact.append(row)
+            else:
+                batch.bulk.append(rec)
+            batch.count += 1
+            batch.last = seq
+            batch.head = head
+            idle = self._idle
+            self._idle = False  # one wake-up per idle spell, not one per append
+        if idle:
+            self._wake.set()
+        return batch
+
+    def _settle(self, batch: _Batch, ok: bool) -> None:
+        """Runs in the trio thread: wake the callers of one batch, free queue room."""
+        batch.done = True
+        batch.ok = ok
+        batch.lot.unpark_all()
+        self._free(batch.count)
+
+    def _free(self, count: int) -> None:
+        """Give back queue room; hand it to waiting appends first (trio thread)."""
+        self._pending -= count
+        room = self._room
+        if room:
+            free = self._queue_size - self._pending
+            if free > 0:
+                self._pending += len(room.unpark(count=free))
 
     # -- thread side -----------------------------------------------------
+    def _next(self) -> _Batch | None:
+        with self._lock:
+            self._idle = False
+            if self._batches:
+                batch = self._batches.popleft()
+                if batch is self._open:
+                    self._open = None
+                return batch
+            if self._closing:
+                raise _Closing
+            self._idle = True
+            self._wake.clear()
+            return None
+
     def _run(self) -> None:
         try:
             self.trail = Trail(self.settings, self.instance_id)
@@ -405,26 +557,16 @@ class AuditWriter:
             return
         self._started.set()
         trail = self.trail
-        q = self._queue
-        max_batch = self.settings.max_batch
-        closing = False
-        while not closing:
+        while True:
             try:
-                first = q.get(timeout=trail.checkpoint_due_in())
-            except queue.Empty:
-                self._guarded(trail.checkpoint)
+                batch = self._next()
+            except _Closing:
+                break
+            if batch is None:
+                if not self._wake.wait(trail.checkpoint_due_in()):
+                    self._guarded(trail.checkpoint)
                 continue
-            batch = [first]
-            while len(batch) < max_batch:
-                try:
-                    batch.append(q.get_nowait())
-                except queue.Empty:
-                    break
-            if batch[-1][1] is _CLOSE:
-                closing = True
-                batch.pop()
-            if batch:
-                self._commit(trail, batch)
+            self._commit(trail, batch)
         try:
             trail.close()
         except Exception as exc:
@@ -443,30 +585,29 @@ class AuditWriter:
             if trail is not None:
                 trail.log.error("audit_write_failed", error=repr(exc))
 
-    def _commit(self, trail: Trail, batch: list[tuple[int, Any]]) -> None:
+    def _commit(self, trail: Trail, batch: _Batch) -> None:
         ok = False
         if self._error is None:
+            t = time.perf_counter()
             try:
-                trail.append_batch([event for _, event in batch])
+                trail.append_records(batch.bulk, batch.exact, first=batch.first,
+                                     last=batch.last, head=batch.head)
                 ok = True
             except Exception as exc:
                 self._error = exc
-                trail.log.error("audit_write_failed", error=repr(exc), events=len(batch))
+                trail.log.error("audit_write_failed", error=repr(exc), events=batch.count)
+            self._busy += time.perf_counter() - t
+            if ok:
+                self._events += batch.count
+                self._batch_count += 1
         token = self._token
         if token is not None:
             with suppress(trio.RunFinishedError):
-                token.run_sync_soon(self._committed, batch[-1][0], len(batch), ok)
+                token.run_sync_soon(self._settle, batch, ok)
 
-    def _committed(self, last: int, count: int, ok: bool) -> None:
-        """Runs in the trio thread: wake the waiters of one batch, free queue room."""
-        self._done = last
-        if ok:
-            self._ok = last
-        for _ in range(count):
-            self._room.release()
-        waiters = self._waiters
-        while waiters and waiters[0][0] <= last:
-            heapq.heappop(waiters)[2].set()
+
+class _Closing(Exception):
+    """Raised in the writer thread when the queue is drained and the writer closes."""
 
 
 @asynccontextmanager
