@@ -366,6 +366,14 @@ def main() -> None:
         print(f"throughput mcpwall : median {t_rps:8.0f} req/s  runs "
               f"{[round(r.rps) for r in through]}")
         print(f"throughput ratio   : {t_rps / d_rps:.2f}x direct = bare hypercorn (goal >= 0.75)")
+        import httpx
+
+        pool = httpx.get(f"http://127.0.0.1:{gw_port}/healthz", timeout=10).json()
+        conns = pool["servers"]["bench"]["connections"]
+        served = sum(r.rps for r in through) * args.duration
+        print(f"upstream pool      : {conns['opened']} connections opened for about "
+              f"{served:.0f} calls in {args.rounds} runs of {args.connections} connections "
+              "(idle ones expire between runs)")
         bare_cpu = statistics.median(r.us_per_request["upstream"] for r in direct)
         gw_cpu = statistics.median(r.us_per_request["mcpwall"] for r in through)
         up_cpu = statistics.median(r.us_per_request["upstream"] for r in through)
