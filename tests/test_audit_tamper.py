@@ -216,3 +216,30 @@ def test_verify_cli_exit_codes(trail_db: Path) -> None:
     assert js.exit_code == 1 and '"kind":"edited"' in js.output
     usage = runner.invoke(audit, ["verify", str(trail_db.parent / "missing.db")])
     assert usage.exit_code == 2
+
+
+def test_sqlite_renders_honest_rows_as_msgspec_does(trail_db: Path) -> None:
+    """verify's fast path: SQLite's json_array gives the canonical bytes of every
+    row without a REAL (so those rows are not re-read one by one)."""
+    from firewall.audit.chain import FORMAT, canonical
+    from firewall.audit.verify import _LIGHT
+    conn = sqlite3.connect(trail_db)
+    light = conn.execute(_LIGHT, (FORMAT,)).fetchall()
+    full = conn.execute(f"SELECT {', '.join(f'[{c}]' for c in COLUMNS)} FROM events "
+                        "ORDER BY seq").fetchall()
+    rendered = [canon for (_, _, _, canon), row in zip(light, full, strict=True)
+                if row[COLUMNS.index("retry_after")] is None]
+    assert len(rendered) > N // 3
+    assert rendered == [canonical(row) for row in full
+                        if row[COLUMNS.index("retry_after")] is None]
+
+
+def test_a_float_edit_below_sqlite_print_precision(trail_db: Path) -> None:
+    _tamper(trail_db).execute("UPDATE events SET retry_after = retry_after + 1e-15 "
+                              "WHERE seq = 5")
+    assert _problem(trail_db)[:2] == ("edited", 5)
+
+
+def test_a_blob_where_text_belongs(trail_db: Path) -> None:
+    _tamper(trail_db).execute("UPDATE events SET tool = CAST('t' AS BLOB) WHERE seq = 8")
+    assert _problem(trail_db)[:2] == ("edited", 8)

@@ -23,14 +23,15 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
-from firewall.audit.chain import COLUMNS, HASH, PREV, SEQ, Row, row_hash, with_seq
+from firewall.audit.chain import COLUMNS, FORMAT, HASH, PREV, SEQ, Row, row_hash, with_seq
 from firewall.audit.checkpoint import (
     Anchor,
     AuditKeyError,
@@ -52,7 +53,19 @@ ProblemKind = Literal[
     "missing_segment", "broken_segment", "unreadable",
 ]
 
-_SELECT = f"SELECT {', '.join(f'[{c}]' for c in COLUMNS)} FROM events ORDER BY seq"
+_SELECT_ONE = f"SELECT {', '.join(f'[{c}]' for c in COLUMNS)} FROM events"
+_SELECT = f"{_SELECT_ONE} ORDER BY seq"
+# seq, prev_hash, hash and the canonical bytes as SQLite renders them: for
+# integers, NULL and text, json_array writes what msgspec writes (and when it
+# does not, the reference check below decides, so a difference costs time,
+# never a verdict). Two encoders' outputs that are equal decode to equal
+# values, so a rendering that hashes right proves the row unchanged; REALs
+# are left to Python, as SQLite prints 15 digits, not the shortest exact form.
+_LIGHT = (
+    "SELECT seq, prev_hash, hash, CASE WHEN typeof(retry_after) = 'real' THEN NULL ELSE "
+    f"CAST(json_array(?, {', '.join(f'[{c}]' for c in COLUMNS[:HASH])}) AS BLOB) END "
+    "FROM events ORDER BY seq"
+)
 _PROBE = 100_000  # how far the verifier looks for where a misplaced row came from
 
 
@@ -279,43 +292,93 @@ def _rows(conn: sqlite3.Connection) -> Iterator[Row]:
         yield from chunk
 
 
+def _light_rows(conn: sqlite3.Connection) -> Iterator[tuple[int, str, str, bytes | None]]:
+    cur = conn.execute(_LIGHT, (FORMAT,))
+    while True:
+        chunk = cur.fetchmany(10_000)
+        if not chunk:
+            return
+        yield from chunk
+
+
+def _full_row(conn: sqlite3.Connection, after: int, *, inclusive: bool = True) -> Row | None:
+    """The row at ``after`` (or the first one past it), every column."""
+    op = ">=" if inclusive else ">"
+    row: Row | None = conn.execute(f"{_SELECT_ONE} WHERE seq {op} ? ORDER BY seq LIMIT 1",
+                                   (after,)).fetchone()
+    return row
+
+
 def _walk_segment(report: ChainReport, conn: sqlite3.Connection, seg: SegmentInfo,
                   seq_expected: int, head: str,
                   expected: dict[int, list[tuple[str, Checkpoint]]],
                   progress: Progress | None) -> bool:
-    """Walk one file; return True if a problem was found (and recorded)."""
+    """Walk one file; return True if a problem was found (and recorded).
+
+    SQLite renders each row's canonical bytes (:data:`_LIGHT`), so only four
+    values per row cross into Python. A row whose rendering is not trusted or
+    does not hash to its ``hash`` is read in full and checked the reference
+    way (:func:`firewall.audit.chain.row_hash`) before anything is reported.
+    A file SQLite cannot render (a BLOB where text belongs) is walked the
+    reference way throughout.
+    """
+    try:
+        return _walk_rows(report, conn, seg, seq_expected, head, expected, progress, light=True)
+    except sqlite3.OperationalError:
+        return _walk_rows(report, conn, seg, seq_expected, head, expected, progress,
+                          light=False)
+
+
+def _walk_rows(report: ChainReport, conn: sqlite3.Connection, seg: SegmentInfo,
+          seq_expected: int, head: str,
+          expected: dict[int, list[tuple[str, Checkpoint]]],
+          progress: Progress | None, *, light: bool) -> bool:
     fname = str(seg.path)
     n = 0
-    prev: Row | None = None
-    rows = _rows(conn)
-    for row in rows:
-        seq = row[SEQ]
-        if seq != seq_expected or row[PREV] != head or row_hash(row) != row[HASH]:
-            nxt = next(rows, None)
+    first: int | None = None
+    last: tuple[int, str] | None = None
+    sha256 = hashlib.sha256
+    rows: Iterator[Any] = _light_rows(conn) if light else _rows(conn)
+    for item in rows:
+        if light:
+            seq, prev, digest, canon = item
+            good = canon is not None and sha256(canon).hexdigest() == digest
+            if not good:  # the reference check decides
+                full = _full_row(conn, seq)
+                good = full is not None and row_hash(full) == digest
+        else:
+            seq, prev, digest = item[SEQ], item[PREV], item[HASH]
+            good = row_hash(item) == digest
+        if seq != seq_expected or prev != head or not good:
+            row = _full_row(conn, seq) if light else item
+            assert row is not None
+            nxt = _full_row(conn, seq, inclusive=False)
             report.problems.append(_diagnose(fname, row, nxt, seq_expected, head))
             return True
         if seq in expected:
             for where, cp in expected[seq]:
-                if cp.hash != row[HASH]:
+                if cp.hash != digest:
                     report.problems.append(Problem(
                         kind="edited", file=fname, seq=seq,
                         message=f"the {where} signed hash {cp.hash[:12]}... for seq {seq}, the "
-                                f"row now has {row[HASH][:12]}...: rows up to {seq} were "
+                                f"row now has {digest[:12]}...: rows up to {seq} were "
                                 "rewritten and their hashes recomputed"))
                     return True
-        head = row[HASH]
+        head = digest
         seq_expected = seq + 1
-        prev = row
+        last = (seq, digest)
         n += 1
-        if report.first_seq is None:
-            report.first_seq = seq
+        if first is None:
+            first = seq
         if progress is not None and n % 10_000 == 0:
             progress(10_000)
     if progress is not None:
         progress(n % 10_000)
     report.rows += n
-    if prev is not None:
-        report.last_seq, report.head = prev[SEQ], prev[HASH]
+    if report.first_seq is None and first is not None:
+        report.first_seq = first
+    if last is not None:
+        report.last_seq, report.head = last
     else:
         report.last_seq, report.head = seg.first_seq - 1, seg.prev_hash
     return False
