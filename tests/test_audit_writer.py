@@ -234,12 +234,12 @@ _texts = st.text(max_size=12) | st.sampled_from(["\x00", "a\x00b", "\\u0000", "\
     _texts, st.none() | _texts, st.integers(-2**63, 2**63 - 1),
     st.none() | st.floats(allow_nan=False, allow_infinity=False),
     st.dictionaries(_texts, _json_values, max_size=3)), min_size=1, max_size=8))
-def test_the_one_statement_batch_insert_stores_what_was_hashed(
+def test_the_writer_stores_exactly_what_it_hashed(
         tmp_path_factory: pytest.TempPathFactory,
         batch: list[tuple[str, str | None, int, float | None, dict[str, object]]]) -> None:
-    """Rows written through the JSON bulk path (or bound one by one where it cannot
-    be trusted) read back exactly as hashed, and the trail verifies."""
-    db = tmp_path_factory.mktemp("bulk") / "audit.db"
+    """Rows written by the Trail (NULL sentinels, NUL characters, -0.0, 64-bit
+    integers) read back exactly as hashed, and the trail verifies."""
+    db = tmp_path_factory.mktemp("rows") / "audit.db"
     events: list[DecisionEvent | OutcomeEvent | LifecycleEvent] = []
     for text, maybe, number, retry, arguments in batch:
         events.append(DecisionEvent(ts_ns=number % 2**63, call_id=text, session=text,

@@ -19,11 +19,6 @@ Rules this module keeps (the verifier depends on every one of them):
    stores a bound NaN as NULL, and msgspec encodes a NaN as ``null``, so the
    hash is the one the row read back (with ``None``) gives. Both behaviours
    are pinned by tests. Rows read from SQLite carry ``None``; both verify.
-6. The writer inserts a batch in ONE statement, expanding a JSON array of
-   :func:`record` s inside SQLite (``json_each``), so the whole insert runs in
-   C without the GIL. SQLite's JSON parser is trusted only with what it gives
-   back exactly: integers (64-bit, checked here) and strings without U+0000;
-   a row with a REAL or a NUL is bound column by column instead.
 
 Example::
 
@@ -52,7 +47,6 @@ COLUMNS: Final = (
 )
 INDEX: Final = {name: i for i, name in enumerate(COLUMNS)}
 SEQ: Final = INDEX["seq"]
-_RETRY: Final = INDEX["retry_after"]
 PREV: Final = INDEX["prev_hash"]
 HASH: Final = INDEX["hash"]
 
@@ -162,30 +156,3 @@ def event_row(event: Event, *, seq: int, instance: str, prev_hash: str,
     """
     base = _base(event, seq, instance, prev_hash, redactor)
     return (*base, _sha256(_PREFIX + _json.encode(base)[1:]).hexdigest())
-
-
-def chained(event: Event, *, seq: int, instance: str, prev_hash: str,
-            redactor: Redactor | None) -> tuple[Row, bytes | None]:
-    """:func:`event_row` and the row's :func:`record` (same bytes as its hash input)."""
-    base = _base(event, seq, instance, prev_hash, redactor)
-    canon = _PREFIX + _json.encode(base)[1:]
-    digest = _sha256(canon).hexdigest()
-    row = (*base, digest)
-    if base[_RETRY] is not NULL or b"\\u0000" in canon:
-        return row, None
-    return row, b"%s,\"%s\"]" % (canon[:-1], digest.encode())
-
-
-def record(row: Row) -> bytes | None:
-    """The row as one JSON array for the bulk insert: ``canonical(row)`` with the
-    hash appended, so column ``i`` of :data:`COLUMNS` is element ``i + 1``.
-
-    None when SQLite's JSON functions cannot be trusted to give the value back
-    exactly (rule 6): a REAL (``retry_after``), or a string holding U+0000.
-    """
-    if row[_RETRY] is not NULL and row[_RETRY] is not None:
-        return None
-    canon = canonical(row)
-    if b"\\u0000" in canon:
-        return None
-    return b"%s,\"%s\"]" % (canon[:-1], str(row[HASH]).encode())

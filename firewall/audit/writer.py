@@ -48,7 +48,7 @@ from typing import Any, Final
 import msgspec
 import trio
 
-from firewall.audit.chain import COLUMNS, GENESIS, HASH, SEQ, Row, chained, event_row, record
+from firewall.audit.chain import COLUMNS, GENESIS, HASH, SEQ, Row, event_row
 from firewall.audit.checkpoint import Anchor, Checkpoint, load_signer, secret_key
 from firewall.audit.events import Event
 from firewall.audit.redaction import Redactor
@@ -67,13 +67,6 @@ from firewall.log import get_logger
 _INSERT: Final = (
     f"INSERT INTO events ({', '.join(f'[{c}]' for c in COLUMNS)}) "
     f"VALUES ({', '.join('?' for _ in COLUMNS)})"
-)
-# One statement for a whole batch: SQLite expands the JSON array of records
-# (chain rule 6). MATERIALIZED renders each record once, not once per column.
-_INSERT_RECORDS: Final = (
-    "WITH r(v) AS MATERIALIZED (SELECT value FROM json_each(?)) "
-    f"INSERT INTO events ({', '.join(f'[{c}]' for c in COLUMNS)}) "
-    f"SELECT {', '.join(f'v ->> {i + 1}' for i in range(len(COLUMNS)))} FROM r"
 )
 _INSERT_CHECKPOINT: Final = (
     "INSERT INTO checkpoints (chain, segment, seq, hash, ts_ns, algorithm, key_id, signature) "
@@ -196,39 +189,20 @@ class Trail:
         return self.append_rows(self.rows(events))
 
     def append_rows(self, rows: list[Row]) -> int:
-        """Append rows built by :meth:`rows` (the bulk path) in one transaction."""
-        bulk: list[bytes] = []
-        exact: list[Row] = []
-        for row in rows:
-            rec = record(row)
-            if rec is None:
-                exact.append(row)
-            else:
-                bulk.append(rec)
-        last = rows[-1]
-        return self.append_records(bulk, exact, first=int(rows[0][SEQ]), last=int(last[SEQ]),
-                                   head=str(last[HASH]))
-
-    def append_records(self, bulk: list[bytes], exact: list[Row], *, first: int, last: int,
-                       head: str) -> int:
-        """Append the rows ``first..last`` in one transaction and return ``last``.
-
-        ``bulk`` holds their :func:`firewall.audit.chain.record` s (inserted in one
-        statement, see chain rule 6), ``exact`` the rows without one; ``head`` is
-        the hash of row ``last``. Rolls back on error.
+        """Append rows built by :meth:`rows` (or :func:`firewall.audit.chain.event_row`,
+        continuing the chain) in one transaction; return the last seq. Rolls back on error.
         """
+        last = rows[-1]
+        first_seq, last_seq, head = int(rows[0][SEQ]), int(last[SEQ]), str(last[HASH])
         conn = self.conn
         checkpoint = None
-        if (last - self.checkpointed >= self.settings.checkpoint_every_rows
+        if (last_seq - self.checkpointed >= self.settings.checkpoint_every_rows
                 or self._checkpoint_overdue()):
-            checkpoint = self._sign(last, head)
+            checkpoint = self._sign(last_seq, head)
         conn.execute("BEGIN IMMEDIATE")
         try:
-            if bulk:
-                conn.execute(_INSERT_RECORDS, ((b"[%s]" % b",".join(bulk)).decode(),))
-            if exact:
-                conn.executemany(_INSERT, exact)
-            conn.execute(INDEX_BATCH, (first, last))
+            conn.executemany(_INSERT, rows)
+            conn.execute(INDEX_BATCH, (first_seq, last_seq))
             if checkpoint is not None:
                 self._insert_checkpoint(checkpoint)
             conn.execute("COMMIT")
@@ -236,11 +210,11 @@ class Trail:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        self.seq, self.head = last, head
+        self.seq, self.head = last_seq, head
         if checkpoint is not None:
             self._anchored(checkpoint)
         self._maybe_rotate()
-        return last
+        return last_seq
 
     # -- checkpoints -----------------------------------------------------
     def _checkpoint_overdue(self) -> bool:
@@ -339,17 +313,11 @@ class _Batch:
     with one ``unpark_all``.
     """
 
-    __slots__ = ("bulk", "count", "done", "exact", "first", "head", "last", "lot", "ok",
-                 "writer")
+    __slots__ = ("done", "lot", "ok", "rows", "writer")
 
-    def __init__(self, writer: AuditWriter, first: int) -> None:
+    def __init__(self, writer: AuditWriter) -> None:
         self.writer = writer
-        self.bulk: list[bytes] = []   # records of the rows (chain rule 6)
-        self.exact: list[Row] = []    # rows without a record
-        self.count = 0
-        self.first = first            # seq of the first row
-        self.last = first - 1         # seq and hash of the last row
-        self.head = ""
+        self.rows: list[Row] = []
         self.lot = trio.lowlevel.ParkingLot()
         self.done = False  # committed or failed (set in the trio thread)
         self.ok = False
@@ -492,25 +460,19 @@ class AuditWriter:
             self._pending += 1
         seq = self._seq + 1
         try:
-            row, rec = chained(event, seq=seq, instance=self.instance_id,
-                               prev_hash=self._head, redactor=self._redactor)
+            row = event_row(event, seq=seq, instance=self.instance_id, prev_hash=self._head,
+                            redactor=self._redactor)
         except BaseException:
             self._free(1)
             raise
-        head = self._head = row[HASH]
+        self._head = row[HASH]
         self._seq = seq
         with self._lock:
             batch = self._open
-            if batch is None or batch.count >= self._max_batch:
-                batch = self._open = self._last = _Batch(self, seq)
+            if batch is None or len(batch.rows) >= self._max_batch:
+                batch = self._open = self._last = _Batch(self)
                 self._batches.append(batch)
-            if rec is None:
-                batch.exact.append(row)
-            else:
-                batch.bulk.append(rec)
-            batch.count += 1
-            batch.last = seq
-            batch.head = head
+            batch.rows.append(row)
             idle = self._idle
             self._idle = False  # one wake-up per idle spell, not one per append
         if idle:
@@ -522,7 +484,7 @@ class AuditWriter:
         batch.done = True
         batch.ok = ok
         batch.lot.unpark_all()
-        self._free(batch.count)
+        self._free(len(batch.rows))
 
     def _free(self, count: int) -> None:
         """Give back queue room; hand it to waiting appends first (trio thread)."""
@@ -590,15 +552,14 @@ class AuditWriter:
         if self._error is None:
             t = time.perf_counter()
             try:
-                trail.append_records(batch.bulk, batch.exact, first=batch.first,
-                                     last=batch.last, head=batch.head)
+                trail.append_rows(batch.rows)
                 ok = True
             except Exception as exc:
                 self._error = exc
-                trail.log.error("audit_write_failed", error=repr(exc), events=batch.count)
+                trail.log.error("audit_write_failed", error=repr(exc), events=len(batch.rows))
             self._busy += time.perf_counter() - t
             if ok:
-                self._events += batch.count
+                self._events += len(batch.rows)
                 self._batch_count += 1
         token = self._token
         if token is not None:
