@@ -267,8 +267,7 @@ async def assert_trail_verifies(db: Path) -> None:
 
 @contextmanager
 def raw_client() -> Iterator[httpx.Client]:
-    # A connection per request: a refusal sent before the body was read may
-    # close the connection without saying so (see the xfail test at the end).
+    # A connection per request: each probe stands alone.
     with httpx.Client(timeout=30, limits=httpx.Limits(max_keepalive_connections=0)) as http:
         yield http
 
@@ -490,12 +489,6 @@ def says_close(response: h11.Response) -> bool:
                for name, value in response.headers)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "mcpwall refuses a POST (401, 404, 403, 405, 406, 415, 503) without reading its "
-    "body; when the body reaches hypercorn after the answer, hypercorn cannot reuse "
-    "the connection and closes it, without `Connection: close` in the answer, so a "
-    "keep-alive client's next request on it fails (httpx: 'Server disconnected "
-    "without sending a response')"))
 async def test_a_refused_post_leaves_its_keep_alive_connection_usable(tmp_path: Path) -> None:
     """HTTP/1.1 (RFC 9112 section 9.6): a server that will close a persistent
     connection says ``Connection: close`` in its response; otherwise the client

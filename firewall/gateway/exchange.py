@@ -44,8 +44,8 @@ class ClientGone(Exception):
 class Exchange:
     """An HTTP request/response pair on ASGI."""
 
-    __slots__ = ("_receive", "_send", "disconnected", "finished", "headers", "method", "path",
-                 "started")
+    __slots__ = ("_receive", "_send", "body_read", "disconnected", "finished", "headers",
+                 "method", "path", "started")
 
     def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.method: str = scope["method"]
@@ -61,9 +61,16 @@ class Exchange:
         self.started = False
         self.finished = False
         self.disconnected = False
+        self.body_read = False
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name)
+
+    @property
+    def has_body(self) -> bool:
+        """Whether the request announced a body (a length other than 0, or chunked)."""
+        length = self.headers.get("content-length")
+        return "transfer-encoding" in self.headers or (length is not None and length != "0")
 
     async def read_body(self, cap: int) -> bytes:
         """The whole body; raise :class:`BodyTooLarge` past ``cap`` bytes."""
@@ -84,6 +91,7 @@ class Exchange:
                     raise BodyTooLarge
                 parts.append(chunk)
             if not message.get("more_body", False):
+                self.body_read = True
                 return b"".join(parts)
 
     async def wait_disconnect(self) -> None:
@@ -160,4 +168,10 @@ async def refuse(ex: Exchange, status: int, code: int, message: str,
     """Answer with an HTTP error status and a JSON-RPC error body (id null)."""
     from firewall.protocol import jsonrpc
 
+    headers = list(headers)
+    if not ex.body_read and ex.has_body:
+        # The body was not (fully) read: the server cannot reuse this
+        # connection, so say so, or a keep-alive client sends its next request
+        # on a connection that is about to close.
+        headers.append(("connection", "close"))
     await ex.respond(status, jsonrpc.error_response(None, code, message, data), headers=headers)
