@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import heapq
+import itertools
 import re
 import sqlite3
 import time
@@ -192,11 +193,10 @@ def _merge(iterators: list[Iterator[Record]], limit: int, *,
     def key(r: Record) -> tuple[int, str, int]:
         return (r["ts_ns"], r["instance"], r["seq"])
 
-    merged = heapq.merge(*iterators, key=key, reverse=reverse)
-    for i, record in enumerate(merged):
-        if limit and i >= limit:
-            return
-        yield record
+    # One file (the common case) is already in order: no merge, no key per row.
+    merged = iterators[0] if len(iterators) == 1 else heapq.merge(*iterators, key=key,
+                                                                   reverse=reverse)
+    yield from itertools.islice(merged, limit) if limit else merged
 
 
 def calls(src: Sources, filters: Filters, *, latest: bool = False) -> Iterator[Record]:

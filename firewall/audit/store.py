@@ -86,9 +86,6 @@ INDEX_BATCH: Final = (
     "WHERE seq BETWEEN ? AND ? AND arguments IS NOT NULL"
 )
 
-READ_MMAP_BYTES: Final = 2**31 - 2**16  # SQLite's default ceiling (SQLITE_MAX_MMAP_SIZE)
-READ_CACHE_KIB: Final = 128 * 1024
-
 _APPEND_ONLY = ("events", "checkpoints", "segment")
 _SEGMENT_RE = re.compile(r"^(?P<stem>.+)\.(?P<n>\d{6})(?P<suffix>\.[^.]*)?$")
 
@@ -147,11 +144,6 @@ def connect_readonly(path: Path) -> sqlite3.Connection:
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
         conn.execute("PRAGMA busy_timeout=5000")
-        # A forensic query hops between the table and its indexes at random
-        # (one row per match): map the file instead of read() per page, and
-        # keep what was read (both are ceilings, used only as pages are read).
-        conn.execute(f"PRAGMA mmap_size={READ_MMAP_BYTES}")
-        conn.execute(f"PRAGMA cache_size=-{READ_CACHE_KIB}")
         names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
     except sqlite3.DatabaseError as exc:
         raise StoreError(f"{path}: not an SQLite database ({exc})") from None
