@@ -325,8 +325,8 @@ class Mediator:
     ) -> None:
         rid = msg.request_id
         pending = table.pop(rid, None) if rid is not None else None
-        if pending is None:
-            return
+        if pending is None or self.audit is None:
+            return  # nothing to record: skip reading the result
         if msg.has_error:
             err = jsonrpc.decode_error(msg)
             code = err.code if err else None
