@@ -7,12 +7,15 @@ import json
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 from click.testing import CliRunner
 from conftest import ROOT, mcpwall_argv
+from mcp.client.session import ClientSession
 from sdk_scenarios import stdio_session
 
 from firewall.cli import main
@@ -48,25 +51,41 @@ async def decide(db: Path, verb: str, ident: str, note: str) -> None:
                             "--by", "oncall-alice", "--note", note], capture_stdout=True)
 
 
-async def test_approved_call_goes_through_and_both_verdicts_are_audited(tmp_path: Path) -> None:
-    async with stdio_session(wrap(tmp_path)) as session, trio.open_nursery() as nursery:
-        result: dict[str, object] = {}
+DELETE_DB01 = {"action": "delete", "vm_name": "db-01"}
 
-        async def call() -> None:
-            result["delete"] = await session.call_tool(
-                "vm_management", {"action": "delete", "vm_name": "db-01"})
 
+async def held_then(session: ClientSession, db: Path, verb: str, note: str,
+                    meanwhile: Callable[[], Awaitable[None]] | None = None
+                    ) -> tuple[Any, dict[str, object]]:
+    """Call delete (held), run ``meanwhile``, give the verdict; return (result, request)."""
+    result: list[Any] = []
+
+    async def call() -> None:
+        result.append(await session.call_tool("vm_management", DELETE_DB01))
+
+    async with trio.open_nursery() as nursery:
         nursery.start_soon(call)
-        request = await held_request(tmp_path / "approvals.db")
-        assert request["target"] == "vm_management" and request["status"] == "pending"
-        assert request["arguments"] == {"action": "delete", "vm_name": "db-01"}
-        # The session is not blocked while the call waits for a person.
-        listing = await session.call_tool("vm_management", {"action": "list"})
-        assert "db-01" in json.dumps(listing.model_dump(mode="json"))
-        await decide(tmp_path / "approvals.db", "approve", str(request["id"]), "ticket OPS-1")
-    deleted = result["delete"]
-    assert not deleted.is_error, deleted  # type: ignore[attr-defined]
-    assert "db-01" in json.dumps(deleted.model_dump(mode="json"))  # type: ignore[attr-defined]
+        request = await held_request(db)
+        if meanwhile is not None:
+            await meanwhile()
+        await decide(db, verb, str(request["id"]), note)
+    return result[0], request
+
+
+async def test_approved_call_goes_through_and_both_verdicts_are_audited(tmp_path: Path) -> None:
+    async with stdio_session(wrap(tmp_path)) as session:
+
+        async def not_blocked() -> None:
+            # The session is not blocked while the call waits for a person.
+            listing = await session.call_tool("vm_management", {"action": "list"})
+            assert "db-01" in json.dumps(listing.model_dump(mode="json"))
+
+        deleted, request = await held_then(session, tmp_path / "approvals.db", "approve",
+                                           "ticket OPS-1", not_blocked)
+    assert request["target"] == "vm_management" and request["status"] == "pending"
+    assert request["arguments"] == DELETE_DB01
+    assert not deleted.is_error, deleted
+    assert "db-01" in json.dumps(deleted.model_dump(mode="json"))
     with sqlite3.connect(tmp_path / "audit.db") as conn:
         rows = conn.execute("SELECT call_id, decision, reason FROM events WHERE kind = 'decision'"
                             " AND tool = 'vm_management' AND arguments LIKE '%delete%'"
@@ -82,20 +101,11 @@ async def test_approved_call_goes_through_and_both_verdicts_are_audited(tmp_path
 
 
 async def test_rejected_call_is_refused_with_the_reason(tmp_path: Path) -> None:
-    async with stdio_session(wrap(tmp_path)) as session, trio.open_nursery() as nursery:
-        result: dict[str, object] = {}
-
-        async def call() -> None:
-            result["r"] = await session.call_tool(
-                "vm_management", {"action": "delete", "vm_name": "db-01"})
-
-        nursery.start_soon(call)
-        request = await held_request(tmp_path / "approvals.db")
-        await decide(tmp_path / "approvals.db", "reject", str(request["id"]), "use a snapshot")
-    refused = result["r"]
-    assert refused.is_error  # type: ignore[attr-defined]
-    text = refused.content[0].text  # type: ignore[attr-defined]
-    assert "rejected by oncall-alice: use a snapshot" in text
+    async with stdio_session(wrap(tmp_path)) as session:
+        refused, _ = await held_then(session, tmp_path / "approvals.db", "reject",
+                                     "use a snapshot")
+    assert refused.is_error
+    assert "rejected by oncall-alice: use a snapshot" in refused.content[0].text
 
 
 async def test_nobody_decides_the_call_expires(tmp_path: Path) -> None:
@@ -166,7 +176,6 @@ def test_documented_policy_compiles_and_holds_delete() -> None:
 async def test_held_call_over_http_waits_for_the_verdict(tmp_path: Path) -> None:
     import httpx
     from fixtures.conformance_harness import free_port
-    from mcp.client.session import ClientSession
     from mcp.client.streamable_http import streamable_http_client
 
     port = free_port()
@@ -193,20 +202,11 @@ async def test_held_call_over_http_waits_for_the_verdict(tmp_path: Path) -> None
         async with (
             streamable_http_client(f"{base}/servers/vm/mcp") as (read, write),
             ClientSession(read, write) as session,
-            trio.open_nursery() as nursery,
         ):
             await session.initialize()
-            result: dict[str, object] = {}
-
-            async def call() -> None:
-                result["r"] = await session.call_tool(
-                    "vm_management", {"action": "delete", "vm_name": "db-01"})
-
-            nursery.start_soon(call)
-            request = await held_request(tmp_path / "approvals.db")
+            done, request = await held_then(session, tmp_path / "approvals.db", "approve", "ok")
             assert request["server"] == "vm" and request["principal"] == "anonymous"
-            await decide(tmp_path / "approvals.db", "approve", str(request["id"]), "ok")
-        assert not result["r"].is_error  # type: ignore[attr-defined]
+        assert not done.is_error
     finally:
         proc.terminate()
         with trio.move_on_after(15):
