@@ -174,31 +174,18 @@ def test_documented_policy_compiles_and_holds_delete() -> None:
 
 
 async def test_held_call_over_http_waits_for_the_verdict(tmp_path: Path) -> None:
-    import httpx
-    from fixtures.conformance_harness import free_port
     from mcp.client.streamable_http import streamable_http_client
+    from serve_process import start_serve, stop_serve
 
-    port = free_port()
     config = tmp_path / "gw.toml"
     config.write_text(
-        f'[listen]\nport = {port}\n[policy]\nfiles = ["{PACK}"]\n'
+        f'[policy]\nfiles = ["{PACK}"]\n'
         f'[audit]\npath = "{tmp_path / "audit.db"}"\n'
         f'[approvals]\npath = "{tmp_path / "approvals.db"}"\npoll_seconds = 0.1\n'
         f'[servers.vm]\ntransport = "stdio"\ncommand = "{sys.executable}"\n'
         'args = ["-m", "firewall.demo"]\n')
-    log = (tmp_path / "serve.log").open("wb")
-    proc = await trio.lowlevel.open_process([*mcpwall_argv(), "serve", str(config)],
-                                            stdout=log, stderr=log)
-    base = f"http://127.0.0.1:{port}"
+    proc, base = await start_serve(tmp_path, config, tmp_path / "serve.log")
     try:
-        with trio.fail_after(20):
-            while True:
-                try:
-                    async with httpx.AsyncClient() as client:
-                        if (await client.get(f"{base}/healthz")).status_code == 200:
-                            break
-                except httpx.TransportError:
-                    await trio.sleep(0.1)
         async with (
             streamable_http_client(f"{base}/servers/vm/mcp") as (read, write),
             ClientSession(read, write) as session,
@@ -208,30 +195,5 @@ async def test_held_call_over_http_waits_for_the_verdict(tmp_path: Path) -> None
             assert request["server"] == "vm" and request["principal"] == "anonymous"
         assert not done.is_error
     finally:
-        proc.terminate()
-        with trio.move_on_after(15):
-            await proc.wait()
-        if proc.returncode is None:
-            proc.kill()
-        log.close()
-
-
-async def test_a_withdrawn_call_cannot_be_approved_later(tmp_path: Path) -> None:
-    from firewall.gateway.approvals import ApprovalSettings, open_desk
-
-    settings = ApprovalSettings(path=str(tmp_path / "a.db"), poll_seconds=0.05)
-    async with open_desk(settings, instance="test") as desk:
-        assert desk is not None
-        request = desk.new_request(session="s", principal="p", grant="g", server="vm",
-                                   method="tools/call", target="t",
-                                   arguments={"password": "hunter2", "x": 1},
-                                   rule="r", reason="why")
-        assert request.arguments is not None and request.arguments["x"] == 1
-        assert "hunter2" not in json.dumps(request.arguments)  # redacted for the approver
-        with trio.move_on_after(0.3):
-            await desk.ask(request)
-    with open_store(tmp_path / "a.db") as store:
-        (stored,) = store.list(None)
-        assert stored.status == "expired" and stored.note == "the call was withdrawn"
-        with pytest.raises(ApprovalError, match="already expired"):
-            store.decide(stored.id, "approved", "late")
+        with trio.CancelScope(shield=True):
+            await stop_serve(proc)

@@ -28,7 +28,6 @@ import random
 import secrets
 import signal
 import sqlite3
-import subprocess
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ import httpx
 import pytest
 import trio
 from conftest import ROOT, mcpwall_argv
-from fixtures.conformance_harness import free_port
+from serve_process import start_serve, tail
 
 pytestmark = pytest.mark.slow
 
@@ -110,10 +109,6 @@ async def orphans_exit(ledger: Path, seconds: float = 10.0) -> list[int]:
     return stuck
 
 
-def _tail(log: Path) -> str:
-    return "\n".join(log.read_text(errors="replace").splitlines()[-20:])
-
-
 @dataclass
 class Load:
     """What the clients sent and what they were told."""
@@ -123,30 +118,6 @@ class Load:
     sent: int = 0
     killed: bool = False  # set just before the SIGKILL: connection errors are expected after
     problems: list[str] = field(default_factory=list)  # answers that make no sense
-
-
-async def start_serve(tmp_path: Path, config: Path, log: Path) -> tuple[trio.Process, str]:
-    """`mcpwall serve CONFIG --port FREE`, ready once /healthz answers 200."""
-    for _attempt in range(3):  # another process may take the free port first
-        port = free_port()
-        with log.open("ab") as sink:
-            proc = await trio.lowlevel.open_process(
-                [*mcpwall_argv(), "serve", str(config), "--port", str(port)],
-                stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=tmp_path)
-        base = f"http://127.0.0.1:{port}"
-        async with httpx.AsyncClient(timeout=2) as http:
-            with trio.fail_after(30):
-                while proc.poll() is None:
-                    try:
-                        if (await http.get(f"{base}/healthz")).status_code == 200:
-                            return proc, base
-                    except httpx.TransportError:
-                        pass
-                    await trio.sleep(0.05)
-        tail = _tail(log)
-        if "cannot listen" not in tail:
-            pytest.fail(f"mcpwall serve exited {proc.returncode} before it was ready:\n{tail}")
-    pytest.fail("mcpwall serve found no free port")
 
 
 async def initialize(http: httpx.AsyncClient, url: str, name: str) -> str:
@@ -220,7 +191,7 @@ async def crash_run(tmp_path: Path, config: Path, ledger: Path, load: Load,
             if waited.cancelled_caught:
                 pytest.fail(f"run {load.run}: the upstream saw {len(ledger_lines(ledger))} "
                             f"calls, not {target}, in 60 s ({load.sent} sent, "
-                            f"{len(load.acked)} answered); mcpwall's log:\n{_tail(log)}")
+                            f"{len(load.acked)} answered); mcpwall's log:\n{tail(log)}")
             load.killed = True
             proc.kill()  # SIGKILL, mid-load
             with trio.fail_after(30):
@@ -254,7 +225,7 @@ async def graceful_run(tmp_path: Path, config: Path, ledger: Path, load: Load) -
         proc.send_signal(signal.SIGTERM)
         with trio.fail_after(30):
             await proc.wait()
-        assert proc.returncode == 0, _tail(log)
+        assert proc.returncode == 0, tail(log)
     finally:
         if proc.poll() is None:
             proc.kill()

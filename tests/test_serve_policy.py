@@ -22,7 +22,6 @@ import re
 import secrets
 import signal
 import sqlite3
-import subprocess
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -38,11 +37,11 @@ import mcp_types as types
 import pytest
 import trio
 from conftest import ROOT, mcpwall_argv
-from fixtures.conformance_harness import free_port
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from sdk_scenarios import stdio_session
+from serve_process import start_serve, stop_serve, tail
 
 from firewall.identity import hash_token
 
@@ -106,23 +105,6 @@ def write_config(tmp_path: Path, policy: Path, tokens: dict[str, str], *,
     return config
 
 
-def _tail(log: Path) -> str:
-    return "\n".join(log.read_text(errors="replace").splitlines()[-30:])
-
-
-async def _ready(proc: trio.Process, base: str, log: Path) -> bool:
-    """Poll /healthz until it answers 200 (True) or the process exits (False)."""
-    async with httpx.AsyncClient(timeout=2) as http:
-        while proc.poll() is None:
-            try:
-                if (await http.get(f"{base}/healthz")).status_code == 200:
-                    return True
-            except httpx.TransportError:
-                pass
-            await trio.sleep(0.05)
-    return False
-
-
 @asynccontextmanager
 async def gateway(tmp_path: Path, policy: Path, *, deny_as: str = "tool_result"
                   ) -> AsyncIterator[Gateway]:
@@ -130,36 +112,12 @@ async def gateway(tmp_path: Path, policy: Path, *, deny_as: str = "tool_result"
     tokens = {key: f"tok-{key}-{secrets.token_urlsafe(24)}" for key in CALLERS}
     config = write_config(tmp_path, policy, tokens, deny_as=deny_as)
     log = tmp_path / "serve.log"
-    for _attempt in range(3):  # another process may take the free port first
-        port = free_port()
-        with log.open("ab") as sink:
-            proc = await trio.lowlevel.open_process(
-                [*mcpwall_argv(), "serve", str(config), "--port", str(port)],
-                stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=tmp_path)
-        base = f"http://127.0.0.1:{port}"
-        try:
-            with trio.fail_after(START_SECONDS):
-                ready = await _ready(proc, base, log)
-            if not ready and "cannot listen" in _tail(log):
-                continue
-            assert ready, f"mcpwall serve exited {proc.returncode}:\n{_tail(log)}"
-            yield Gateway(proc, base, tokens, tmp_path / "audit.db", log)
-            return
-        finally:
-            with trio.CancelScope(shield=True):
-                await _stop(proc)
-    pytest.fail(f"mcpwall serve could not bind a free port:\n{_tail(log)}")
-
-
-async def _stop(proc: trio.Process) -> None:
-    """SIGTERM (serve stops its children), then SIGKILL if it is still there."""
-    if proc.poll() is None:
-        proc.terminate()
-        with trio.move_on_after(20):
-            await proc.wait()
-    if proc.poll() is None:
-        proc.kill()
-    await proc.wait()
+    proc, base = await start_serve(tmp_path, config, log, START_SECONDS)
+    try:
+        yield Gateway(proc, base, tokens, tmp_path / "audit.db", log)
+    finally:
+        with trio.CancelScope(shield=True):
+            await stop_serve(proc)
 
 
 async def stop_gracefully(gw: Gateway) -> None:
@@ -168,8 +126,8 @@ async def stop_gracefully(gw: Gateway) -> None:
     with trio.move_on_after(30):
         await gw.proc.wait()
     if gw.proc.returncode is None:
-        pytest.fail(f"mcpwall serve ignored SIGTERM:\n{_tail(gw.log)}")
-    assert gw.proc.returncode == 0, _tail(gw.log)
+        pytest.fail(f"mcpwall serve ignored SIGTERM:\n{tail(gw.log)}")
+    assert gw.proc.returncode == 0, tail(gw.log)
     assert "serve_stopped" in gw.log.read_text()
 
 
