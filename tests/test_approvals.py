@@ -197,3 +197,44 @@ async def test_held_call_over_http_waits_for_the_verdict(tmp_path: Path) -> None
     finally:
         with trio.CancelScope(shield=True):
             await stop_serve(proc)
+
+
+def test_cancelled_held_call_is_withdrawn_and_gets_no_answer(tmp_path: Path) -> None:
+    import time
+
+    proc = subprocess.Popen(wrap(tmp_path), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        proc.stdin.write(b'{"jsonrpc":"2.0","id":"del","method":"tools/call","params":'
+                         b'{"name":"vm_management","arguments":' + json.dumps(DELETE_DB01)
+                         .encode() + b"}}\n")
+        proc.stdin.flush()
+        db = tmp_path / "approvals.db"
+        deadline = time.monotonic() + 20
+        while True:
+            assert time.monotonic() < deadline, "the call was never held"
+            if db.exists():
+                with open_store(db) as store:
+                    if store.list():
+                        break
+            time.sleep(0.1)
+        proc.stdin.write(b'{"jsonrpc":"2.0","method":"notifications/cancelled",'
+                         b'"params":{"requestId":"del","reason":"user gave up"}}\n'
+                         b'{"jsonrpc":"2.0","id":"p","method":"ping"}\n')
+        proc.stdin.flush()
+        answer = json.loads(proc.stdout.readline())
+        assert answer["id"] == "p"  # the session goes on; "del" is never answered
+        with open_store(db) as store:
+            (request,) = store.list(None)
+        assert request.status == "expired" and request.note == "the call was withdrawn"
+    finally:
+        proc.stdin.close()
+        rest = proc.stdout.read()
+        proc.wait(timeout=30)
+    assert b'"del"' not in rest
+    with sqlite3.connect(tmp_path / "audit.db") as conn:
+        decisions = conn.execute("SELECT decision, reason FROM events WHERE kind = 'decision' "
+                                 "AND tool = 'vm_management' ORDER BY seq").fetchall()
+    assert decisions == [("pending", "deleting a VM destroys its disks"),
+                         ("rejected", "cancelled by the client")]

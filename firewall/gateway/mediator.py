@@ -35,6 +35,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final, Literal
 
 import msgspec
+import trio
 
 from firewall.audit.events import (
     AuditPoint,
@@ -131,6 +132,7 @@ class Mediator:
         self._client_pending: dict[RequestId, _Pending] = {}
         self._server_pending: dict[RequestId, _Pending] = {}
         self._tools_list_ids: set[RequestId] = set()
+        self._held_calls: dict[RequestId, trio.CancelScope] = {}
         self._counter = itertools.count(1)
         self.log = get_logger(server=server, session=session, principal=caller.principal)
 
@@ -262,7 +264,22 @@ class Mediator:
         self.log.warning("call_held", method=call.method, target=call.target,
                          rule=decision.rule, approval=request.id)
         started = time.monotonic()
-        verdict = await desk.ask(request)
+        rid = msg.request_id
+        with trio.CancelScope() as scope:
+            if rid is not None:
+                self._held_calls[rid] = scope
+            try:
+                verdict = await desk.ask(request)
+            finally:
+                if rid is not None:
+                    self._held_calls.pop(rid, None)
+        if scope.cancelled_caught:
+            # The client cancelled the request (notifications/cancelled): the
+            # desk withdrew it, and a cancelled request gets no answer.
+            await self._decided(call, msg, Decision(DENY, rule=decision.rule,
+                                                    reason="cancelled by the client"),
+                                call_id, recorded_as="rejected")
+            return Routed()
         by = verdict.by or "nobody"
         if verdict.status == "approved":
             reason = f"approved by {by}" + (f": {verdict.note}" if verdict.note else "")
@@ -366,8 +383,12 @@ class Mediator:
             return
         if isinstance(params, dict):
             rid = params.get("requestId")
-            if isinstance(rid, (int, str)) and rid in self._client_pending:
-                self._client_pending[rid].cancelled = True
+            if isinstance(rid, (int, str)):
+                if rid in self._client_pending:
+                    self._client_pending[rid].cancelled = True
+                held = self._held_calls.get(rid)
+                if held is not None:
+                    held.cancel()
 
     def _filter_tools_list(self, msg: jsonrpc.Message, data: bytes) -> bytes:
         """Drop the tools this caller can never call; keep the bytes if none is dropped."""
