@@ -41,7 +41,7 @@ def main() -> None:
 def _load(path: Path | None) -> Config:
     try:
         return default_config() if path is None else load_config(path)
-    except (ConfigError, ApprovalError) as exc:
+    except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
 
 
