@@ -97,3 +97,28 @@ def test_fuzz_objects_decode_or_are_refused(obj: dict[str, object]) -> None:
 def test_round_trip_of_requests(rid: int | str, params: object) -> None:
     msg = jsonrpc.decode(jsonrpc.request("m", params, rid))
     assert msg.request_id == rid and jsonrpc.decode_any(msg.params) == params
+
+
+@pytest.mark.parametrize(("data", "code", "rid"), [
+    (b'"\x80"', jsonrpc.PARSE_ERROR, None),
+    (b'{"jsonrpc":"2.0","method":"\x80"}', jsonrpc.PARSE_ERROR, None),
+    (b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"a":"\xff\xfe"}}', None, 1),
+])
+def test_invalid_utf8_is_a_parse_error_not_a_crash(data: bytes, code: int | None,
+                                                   rid: object) -> None:
+    if code is None:  # inside params the envelope is fine; params stay raw
+        assert jsonrpc.decode(data).request_id == rid
+        return
+    with pytest.raises(jsonrpc.ProtocolError) as info:
+        jsonrpc.decode(data)
+    assert info.value.code == code and info.value.request_id == rid
+
+
+def test_invalid_utf8_in_arguments_is_invalid_params() -> None:
+    from firewall.protocol import mcp
+
+    msg = jsonrpc.decode(b'{"jsonrpc":"2.0","id":4,"method":"tools/call","params":'
+                         b'{"name":"x","arguments":{"a":"\x80"}}}')
+    with pytest.raises(jsonrpc.ProtocolError) as info:
+        mcp.view(msg)
+    assert info.value.code == jsonrpc.INVALID_PARAMS and info.value.request_id == 4

@@ -62,6 +62,9 @@ def test_bad_input_answered_and_session_continues() -> None:
     proc = _raw_wrap([
         b"this is not json",
         b'{"jsonrpc":"2.0","id":7}',
+        b'{"jsonrpc":"2.0","id":70,"method":"tools/call","params":{"name":"e\xff"}}',
+        b'{"jsonrpc":"2.0","id":71,"method":"tools/call","params":{"name":"echo",'
+        b'"arguments":{"x":"\x80"}}}',
         b'[{"jsonrpc":"2.0","id":8,"method":"ping"}]',
         b'{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"echo",'
         b'"arguments":{"x":1}}}',
@@ -71,8 +74,11 @@ def test_bad_input_answered_and_session_continues() -> None:
     assert replies[0] == {"jsonrpc": "2.0", "id": None, "error": {
         "code": -32700, "message": replies[0]["error"]["message"]}}  # type: ignore[index]
     assert replies[1]["id"] == 7 and replies[1]["error"]["code"] == -32600  # type: ignore[index]
-    assert replies[2]["error"]["code"] == -32600  # type: ignore[index]
-    assert replies[3] == {"jsonrpc": "2.0", "id": 9, "result": {
+    # invalid UTF-8 inside params: refused with the request's id, the session lives on
+    assert replies[2]["id"] == 70 and replies[2]["error"]["code"] == -32602  # type: ignore[index]
+    assert replies[3]["id"] == 71 and replies[3]["error"]["code"] == -32602  # type: ignore[index]
+    assert replies[4]["error"]["code"] == -32600  # type: ignore[index]
+    assert replies[5] == {"jsonrpc": "2.0", "id": 9, "result": {
         "echo": {"name": "echo", "arguments": {"x": 1}}}}
 
 

@@ -249,7 +249,7 @@ class Anchor:
                 continue
             try:
                 out.append(_anchor_decoder.decode(line))
-            except msgspec.DecodeError as exc:
+            except (msgspec.DecodeError, UnicodeDecodeError) as exc:
                 if i == len(lines):  # torn final write, no newline yet
                     continue
                 problems.append(f"{self.path}:{i}: unreadable anchor line ({exc})")

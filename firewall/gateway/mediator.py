@@ -355,7 +355,7 @@ class Mediator:
             try:
                 if _tool_flag_decoder.decode(msg.result).isError:
                     status = "tool_error"
-            except msgspec.DecodeError:
+            except jsonrpc.DECODE_ERRORS:
                 pass
         await self._outcome(pending, status, None, None, size)
 
@@ -379,7 +379,7 @@ class Mediator:
     def _note_cancelled(self, msg: jsonrpc.Message) -> None:
         try:
             params = jsonrpc.decode_any(msg.params) if len(msg.params) else None
-        except msgspec.DecodeError:
+        except jsonrpc.DECODE_ERRORS:
             return
         if isinstance(params, dict):
             rid = params.get("requestId")
@@ -396,7 +396,7 @@ class Mediator:
             return data
         try:
             result = _tools_list_decoder.decode(data).result
-        except msgspec.DecodeError:
+        except jsonrpc.DECODE_ERRORS:
             return data
         tools = result.get("tools")
         if not isinstance(tools, list):

@@ -91,7 +91,7 @@ def progress_token(msg: jsonrpc.Message) -> int | str | None:
         return None
     try:
         params = _request_params.decode(msg.params)
-    except msgspec.DecodeError:
+    except jsonrpc.DECODE_ERRORS:
         return None
     return params.meta.progressToken if params.meta else None
 
@@ -261,7 +261,7 @@ class StdioSession(Session):
     def _progress_stream(self, msg: jsonrpc.Message) -> EventStream | None:
         try:
             token = _progress_params.decode(msg.params).progressToken if len(msg.params) else None
-        except msgspec.DecodeError:
+        except jsonrpc.DECODE_ERRORS:
             return None
         stream = self._by_progress.get(token) if token is not None else None
         if stream is None or stream.number in self._json_only:
@@ -308,7 +308,7 @@ class StdioSession(Session):
         """A client cancelled a request: end its stream (no answer will come)."""
         try:
             params = jsonrpc.decode_any(msg.params) if len(msg.params) else None
-        except msgspec.DecodeError:
+        except jsonrpc.DECODE_ERRORS:
             return
         rid = params.get("requestId") if isinstance(params, dict) else None
         if isinstance(rid, (int, str)) and rid in self._by_request:

@@ -137,6 +137,10 @@ class _Request(msgspec.Struct, frozen=True, omit_defaults=True):
     params: Any = msgspec.UNSET
 
 
+# What msgspec raises on bad input: DecodeError (ValidationError is one), and
+# UnicodeDecodeError for invalid UTF-8 inside a JSON string.
+DECODE_ERRORS: Final = (msgspec.DecodeError, UnicodeDecodeError)
+
 _decoder: Final = msgspec.json.Decoder(Message)
 _error_decoder: Final = msgspec.json.Decoder(ErrorObject)
 _any_decoder: Final = msgspec.json.Decoder()
@@ -155,6 +159,8 @@ def decode(data: bytes | bytearray | memoryview) -> Message:
         raise _invalid(data, f"invalid JSON-RPC message: {exc}") from None
     except msgspec.DecodeError as exc:
         raise ProtocolError(PARSE_ERROR, f"parse error: {exc}") from None
+    except UnicodeDecodeError:
+        raise ProtocolError(PARSE_ERROR, "parse error: not valid UTF-8") from None
     # Fast path: a request or notification with neither result nor error (an
     # empty Raw is falsy), or a response with exactly one of them.
     if msg.jsonrpc == "2.0":
@@ -188,7 +194,7 @@ def _invalid(data: bytes | bytearray | memoryview, text: str) -> ProtocolError:
     request_id: RequestId | None = None
     try:
         obj = _any_decoder.decode(data)
-    except msgspec.DecodeError:
+    except DECODE_ERRORS:
         return ProtocolError(PARSE_ERROR, "parse error")
     if isinstance(obj, list):
         return ProtocolError(INVALID_REQUEST, "invalid JSON-RPC message: batches are not supported")
@@ -205,7 +211,7 @@ def decode_error(msg: Message) -> ErrorObject | None:
         return None
     try:
         return _error_decoder.decode(msg.error)
-    except msgspec.DecodeError:
+    except DECODE_ERRORS:
         return None
 
 

@@ -93,19 +93,19 @@ def view(msg: jsonrpc.Message, direction: str = "client") -> Call:
     if method == TOOLS_CALL:
         try:
             tp = _tool_decoder.decode(msg.params or b"null")
-        except msgspec.DecodeError as exc:
+        except jsonrpc.DECODE_ERRORS as exc:
             raise _invalid_params(msg, exc) from None
         return Call(method, direction, tp.name, None, None, tp.arguments or {})
     if method in _URI_METHODS:
         try:
             uri = _uri_decoder.decode(msg.params or b"null").uri
-        except msgspec.DecodeError as exc:
+        except jsonrpc.DECODE_ERRORS as exc:
             raise _invalid_params(msg, exc) from None
         return Call(method, direction, None, uri)
     if method == PROMPTS_GET:
         try:
             pp = _prompt_decoder.decode(msg.params or b"null")
-        except msgspec.DecodeError as exc:
+        except jsonrpc.DECODE_ERRORS as exc:
             raise _invalid_params(msg, exc) from None
         return Call(method, direction, None, None, pp.name, pp.arguments or {})
     return Call(method, direction)
@@ -114,7 +114,7 @@ def view(msg: jsonrpc.Message, direction: str = "client") -> Call:
 _URI_METHODS: Final = frozenset({RESOURCES_READ, RESOURCES_SUBSCRIBE, RESOURCES_UNSUBSCRIBE})
 
 
-def _invalid_params(msg: jsonrpc.Message, exc: msgspec.DecodeError) -> jsonrpc.ProtocolError:
+def _invalid_params(msg: jsonrpc.Message, exc: Exception) -> jsonrpc.ProtocolError:
     return jsonrpc.ProtocolError(
         jsonrpc.INVALID_PARAMS, f"invalid params for {msg.method}: {exc}", msg.request_id
     )
