@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import httpx
 import pytest
 import trio
 from conftest import mcpwall_argv
-from fixtures.conformance_harness import free_port
+
+from tests.fixtures import conformance_harness as harness
 
 
 def tail(log: Path, lines: int = 30) -> str:
@@ -35,7 +38,7 @@ async def start_serve(workdir: Path, config: Path, log: Path,
     """`mcpwall serve CONFIG --port FREE` in ``workdir``; returns it and its base URL
     once /healthz answers 200. Output goes to ``log``."""
     for _attempt in range(3):  # another process may take the free port first
-        port = free_port()
+        port = harness.free_port()
         with log.open("ab") as sink:
             proc = await trio.lowlevel.open_process(
                 [*mcpwall_argv(), "serve", str(config), "--port", str(port)],
@@ -59,3 +62,22 @@ async def stop_serve(proc: trio.Process, grace: float = 20) -> None:
     if proc.poll() is None:
         proc.kill()
     await proc.wait()
+
+
+def require_front() -> None:
+    """Skip the test when this checkout has no HTTP front to run through."""
+    problem = harness.mcpwall_front_problem()
+    if problem is not None:
+        pytest.skip(problem)
+
+
+@contextlib.contextmanager
+def mcpwall_or_skip(work_dir: Path, servers: Mapping[str, harness.Upstream]) -> Iterator[str]:
+    """The conformance harness's mcpwall in front of servers; yields its base URL,
+    or skips the test while mcpwall has no HTTP front."""
+    require_front()
+    try:
+        with harness.mcpwall_front(work_dir, servers) as base:
+            yield base
+    except harness.FrontUnavailable as exc:
+        pytest.skip(str(exc))

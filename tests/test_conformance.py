@@ -11,12 +11,12 @@ mcpwall's HTTP front (``firewall.gateway.http_front``) and skip until it exists.
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from serve_process import mcpwall_or_skip, require_front
 
 from tests.fixtures import conformance_harness as harness
 
@@ -32,21 +32,6 @@ def _require_toolchain() -> None:
     pytest.skip(problem)
 
 
-def _require_front() -> None:
-    problem = harness.mcpwall_front_problem()
-    if problem is not None:
-        pytest.skip(problem)
-
-
-@contextlib.contextmanager
-def _mcpwall(work_dir: Path, servers: Mapping[str, harness.Upstream]) -> Iterator[str]:
-    """mcpwall in front of servers; skip the test while mcpwall has no HTTP front."""
-    _require_front()
-    try:
-        with harness.mcpwall_front(work_dir, servers) as base:
-            yield base
-    except harness.FrontUnavailable as exc:
-        pytest.skip(str(exc))
 
 
 @pytest.fixture(scope="module")
@@ -105,9 +90,9 @@ def test_single_scenario_run_counts_only_that_scenario(fixture_url: str, work_di
 
 def test_everything_through_mcpwall_http_keeps_every_direct_pass(
         everything_url: str, everything_direct: harness.SuiteRun, work_dir: Path) -> None:
-    _require_front()
+    require_front()
     upstream = {"everything": harness.HttpUpstream(everything_url)}
-    with _mcpwall(work_dir / "mcpwall-http", upstream) as base:
+    with mcpwall_or_skip(work_dir / "mcpwall-http", upstream) as base:
         run = harness.run_suite(harness.endpoint(base, "everything"),
                                 target="through-mcpwall-http", work_dir=work_dir)
     lost = everything_direct.passed - run.passed
@@ -116,9 +101,9 @@ def test_everything_through_mcpwall_http_keeps_every_direct_pass(
 
 def test_everything_through_mcpwall_stdio_keeps_every_direct_pass(
         everything_direct: harness.SuiteRun, work_dir: Path) -> None:
-    _require_front()
+    require_front()
     upstream = {"everything": harness.StdioUpstream(harness.everything_stdio_argv())}
-    with _mcpwall(work_dir / "mcpwall-stdio", upstream) as base:
+    with mcpwall_or_skip(work_dir / "mcpwall-stdio", upstream) as base:
         run = harness.run_suite(harness.endpoint(base, "everything"),
                                 target="through-mcpwall-stdio", work_dir=work_dir)
     lost = everything_direct.passed - run.passed
@@ -127,9 +112,9 @@ def test_everything_through_mcpwall_stdio_keeps_every_direct_pass(
 
 def test_fixture_through_mcpwall_http_passes_every_check(fixture_url: str,
                                                           work_dir: Path) -> None:
-    _require_front()
+    require_front()
     upstream = {"fixture": harness.HttpUpstream(fixture_url)}
-    with _mcpwall(work_dir / "fixture-mcpwall-http", upstream) as base:
+    with mcpwall_or_skip(work_dir / "fixture-mcpwall-http", upstream) as base:
         run = harness.run_suite(harness.endpoint(base, "fixture"),
                                 target="fixture-through-mcpwall-http", work_dir=work_dir)
     assert run.failed == frozenset(), _failures(run, run.failed)
@@ -152,9 +137,9 @@ STDIO_SCENARIOS = (
 
 def test_fixture_through_mcpwall_stdio_passes_relay_scenarios(work_dir: Path) -> None:
     _require_toolchain()
-    _require_front()
+    require_front()
     upstream = {"fixture": harness.StdioUpstream(harness.fixture_stdio_argv())}
-    with _mcpwall(work_dir / "fixture-mcpwall-stdio", upstream) as base:
+    with mcpwall_or_skip(work_dir / "fixture-mcpwall-stdio", upstream) as base:
         run = harness.run_suite(harness.endpoint(base, "fixture"),
                                 target="fixture-through-mcpwall-stdio",
                                 scenarios=STDIO_SCENARIOS, work_dir=work_dir)

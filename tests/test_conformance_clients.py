@@ -10,11 +10,10 @@ that do not speak that revision.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from mcp import Client
 from mcp.client.context import ClientRequestContext
 from mcp.client.stdio import StdioServerParameters
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+from serve_process import mcpwall_or_skip, require_front
 
 from tests.fixtures import conformance_harness as harness
 
@@ -114,21 +114,6 @@ def _assert_full_session(seen: Session) -> None:
                          "Tool execution completed"]
 
 
-def _require_front() -> None:
-    problem = harness.mcpwall_front_problem()
-    if problem is not None:
-        pytest.skip(problem)
-
-
-@contextlib.contextmanager
-def _mcpwall(work_dir: Path, servers: Mapping[str, harness.Upstream]) -> Iterator[str]:
-    """mcpwall in front of servers; skip the test while mcpwall has no HTTP front."""
-    _require_front()
-    try:
-        with harness.mcpwall_front(work_dir, servers) as base:
-            yield base
-    except harness.FrontUnavailable as exc:
-        pytest.skip(str(exc))
 
 
 def _require_toolchain() -> None:
@@ -153,17 +138,17 @@ def fixture_url(work_dir: Path) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def through_http(fixture_url: str, work_dir: Path) -> Iterator[str]:
-    _require_front()
+    require_front()
     upstream = {"fixture": harness.HttpUpstream(fixture_url)}
-    with _mcpwall(work_dir / "mcpwall-http", upstream) as base:
+    with mcpwall_or_skip(work_dir / "mcpwall-http", upstream) as base:
         yield harness.endpoint(base, "fixture")
 
 
 @pytest.fixture(scope="module")
 def through_stdio(work_dir: Path) -> Iterator[str]:
-    _require_front()
+    require_front()
     upstream = {"fixture": harness.StdioUpstream(harness.fixture_stdio_argv())}
-    with _mcpwall(work_dir / "mcpwall-stdio", upstream) as base:
+    with mcpwall_or_skip(work_dir / "mcpwall-stdio", upstream) as base:
         yield harness.endpoint(base, "fixture")
 
 

@@ -23,11 +23,12 @@ import httpx
 import mcp_types as types
 import pytest
 from conftest import mcpwall_argv, venv_tool
-from fixtures import conformance_harness as harness
 from mcp.client.client import Client
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from sdk_scenarios import SAMPLING_REPLY, everything_scenario, stdio_session, time_scenario
+
+from tests.fixtures import conformance_harness as harness
 
 pytestmark = pytest.mark.slow
 
