@@ -24,12 +24,28 @@ fronts own the I/O; the mediator owns the rules. Invariants it keeps:
    a person decides: approved, it is forwarded as if allowed; rejected or
    expired, it is refused. Both verdicts are decision events of the same
    call_id, plus an ``approval`` lifecycle event. Without an approval desk,
-   ``pending`` is refused at once with -32003.
+   ``pending`` is refused at once with -32003 (unless the person in the client
+   can be asked, rule 9). A standing approval (an earlier one given for the
+   session or for N minutes) lets a held call through at once, recorded as
+   ``approved`` with a reason naming it. While a call is held and its request
+   carried ``_meta.progressToken``, the client gets ``notifications/progress``
+   every ``progress_seconds`` so that it keeps waiting.
+8. A held call ends exactly once: by its verdict, or withdrawn (the client
+   cancelled it or went away), recorded as ``rejected`` with the reason and
+   never answered.
+9. A rule with ``"approval": "client"`` asks the person in the client
+   (``elicitation/create``) when the client advertised elicitation in its
+   ``initialize``; otherwise the desk decides. Requests mcpwall itself sends
+   to the client have ids of their own (``mcpwall-<random>-<n>``); their
+   answers are consumed here and never reach the upstream, and a server
+   request reusing such an id is refused.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, Literal
@@ -44,12 +60,22 @@ from firewall.audit.events import (
     Receipt,
     append_lifecycle,
 )
-from firewall.gateway.approvals import ApprovalDesk
+from firewall.gateway.approvals import (
+    ApprovalDesk,
+    ApprovalSettings,
+    Verdict,
+    redact_arguments,
+)
 from firewall.log import get_logger
 from firewall.policy import render
 from firewall.policy.decision import ALLOW, DENY, PENDING, Caller, Decision, PolicyPoint
 from firewall.protocol import jsonrpc, mcp
 from firewall.protocol.jsonrpc import Kind, RequestId
+
+
+# Sends one message to the client now (a front's writer); for held calls.
+ToClient = Callable[[bytes], Awaitable[None]]
+_DEFAULTS: Final = ApprovalSettings()
 
 
 class Routed:
@@ -67,13 +93,15 @@ class Routed:
         upstream: bytes | None = None,
         client: bytes | None = None,
         receipt: Receipt | None = None,
-        held: Callable[[], Awaitable[Routed]] | None = None,
+        held: Callable[[ToClient | None], Awaitable[Routed]] | None = None,
     ) -> None:
         self.upstream = upstream
         self.client = client
         self.receipt = receipt
         # Set (and nothing else) when the message waits for a person: awaiting
-        # it gives the Routed of the verdict. Only from_client(wait=False) returns it.
+        # ``held(to_client)`` gives the Routed of the verdict; ``to_client``
+        # (None if the front cannot send before the answer) carries progress
+        # keep-alives and elicitation. Only from_client(wait=False) returns it.
         self.held = held
 
     async def ready(self) -> None:
@@ -87,6 +115,36 @@ class _Pending(msgspec.Struct):
     method: str
     started_ns: int
     cancelled: bool = False
+
+
+class _Hold:
+    """One held call: its cancel scope, why it was withdrawn, what progress says."""
+
+    __slots__ = ("approval", "label", "reason", "scope")
+
+    def __init__(self) -> None:
+        self.scope = trio.CancelScope()
+        self.reason = "cancelled by the client"
+        self.label = "waiting for approval"
+        self.approval: str | None = None
+
+
+class _Answer(msgspec.Struct, frozen=True):
+    """How a held call was decided: the verdict, the reason recorded, by what means."""
+
+    verdict: Verdict
+    reason: str
+    via: Literal["desk", "standing", "client", "none"]
+    approval: str | None = None
+
+
+class _ElicitResult(msgspec.Struct):
+    action: str = "cancel"
+    content: dict[str, Any] | None = None
+
+
+_elicit_decoder: Final = msgspec.json.Decoder(_ElicitResult)
+ELICIT_FIELD: Final = "approve"
 
 
 class _ToolResultFlag(msgspec.Struct):
@@ -132,8 +190,14 @@ class Mediator:
         self._client_pending: dict[RequestId, _Pending] = {}
         self._server_pending: dict[RequestId, _Pending] = {}
         self._tools_list_ids: set[RequestId] = set()
-        self._held_calls: dict[RequestId, trio.CancelScope] = {}
+        self._held_calls: dict[RequestId, _Hold] = {}
         self._counter = itertools.count(1)
+        # Set from the client's initialize: may mcpwall ask the person there?
+        self.client_elicits = False
+        # Requests mcpwall sent to the client, by id: (answered, answer).
+        self._own: dict[RequestId, tuple[trio.Event, list[jsonrpc.Message]]] = {}
+        self._own_prefix = f"mcpwall-{secrets.token_hex(6)}-"
+        self._own_counter = itertools.count(1)
         self.log = get_logger(server=server, session=session, principal=caller.principal)
 
     @property
@@ -151,8 +215,18 @@ class Mediator:
         """
         routed = await self._from_client(data)
         if wait and routed.held is not None:
-            return await routed.held()
+            return await routed.held(None)
         return routed
+
+    def withdraw_held(self, reason: str, request_id: RequestId | None = None) -> int:
+        """Withdraw the held calls (all, or the one of ``request_id``): the client
+        is gone. Each is recorded as rejected with ``reason`` and gets no answer."""
+        holds = (list(self._held_calls.values()) if request_id is None
+                 else [h for h in (self._held_calls.get(request_id),) if h is not None])
+        for hold in holds:
+            hold.reason = reason
+            hold.scope.cancel()
+        return len(holds)
 
     async def _from_client(self, data: bytes) -> Routed:
         try:
@@ -164,6 +238,12 @@ class Mediator:
         if kind is Kind.REQUEST:
             return await self._request(msg, data, "client")
         if kind is Kind.RESPONSE:
+            if self._own:
+                own = self._own.get(msg.request_id) if msg.request_id is not None else None
+                if own is not None:  # the answer to mcpwall's own question
+                    own[1].append(msg)
+                    own[0].set()
+                    return Routed()
             await self._answered(self._server_pending, msg, len(data))
             return Routed(upstream=data)
         if msg.method == mcp.CANCELLED:
@@ -223,15 +303,21 @@ class Mediator:
             call = mcp.view(msg, direction)
         except jsonrpc.ProtocolError as exc:
             return _to(reply_side, exc.response())
-        decision = self.policy.decide(call, self.caller, self.server, self.session)
+        if direction == "server" and self._own and rid in self._own:
+            decision = Decision(DENY, rule="protocol",
+                                reason=f"request id {rid!r} is in use by mcpwall")
+        else:
+            decision = self.policy.decide(call, self.caller, self.server, self.session)
+        if direction == "client" and call.method == mcp.INITIALIZE:
+            self.client_elicits = mcp.offers_elicitation(msg)
         call_id = f"{self.session}.{next(self._counter)}"
         receipt = await self._decided(call, msg, decision, call_id)
         if (decision.action == PENDING and not decision.dry_run and direction == "client"
-                and self.approvals is not None):
-            desk = self.approvals
+                and (self.approvals is not None
+                     or (decision.approval == "client" and self.client_elicits))):
 
-            async def verdict() -> Routed:
-                return await self._held(desk, call, msg, data, decision, call_id)
+            async def verdict(to_client: ToClient | None) -> Routed:
+                return await self._held(call, msg, data, decision, call_id, to_client)
 
             return Routed(held=verdict)
         if not decision.enforced_allow:
@@ -254,53 +340,184 @@ class Mediator:
             return Routed(upstream=data, receipt=receipt)
         return Routed(client=data, receipt=receipt)
 
-    async def _held(self, desk: ApprovalDesk, call: mcp.Call, msg: jsonrpc.Message,
-                    data: bytes, decision: Decision, call_id: str) -> Routed:
-        """Wait for a person's verdict on a held call, then forward or refuse it."""
-        request = desk.new_request(
-            session=self.session, principal=self.caller.principal, grant=self.caller.grant,
-            server=self.server, method=call.method, target=call.target,
-            arguments=call.arguments, rule=decision.rule, reason=decision.reason)
-        self.log.warning("call_held", method=call.method, target=call.target,
-                         rule=decision.rule, approval=request.id)
+    async def _held(self, call: mcp.Call, msg: jsonrpc.Message, data: bytes,
+                    decision: Decision, call_id: str, to_client: ToClient | None) -> Routed:
+        """Wait for the verdict on a held call, then forward or refuse it."""
         started = time.monotonic()
         rid = msg.request_id
-        with trio.CancelScope() as scope:
+        hold = _Hold()
+        answer: _Answer | None = None
+        with hold.scope:
             if rid is not None:
-                self._held_calls[rid] = scope
+                self._held_calls[rid] = hold
             try:
-                verdict = await desk.ask(request)
+                async with trio.open_nursery() as nursery:
+                    token = mcp.progress_token(msg) if to_client is not None else None
+                    if token is not None and to_client is not None and self._progress_every > 0:
+                        nursery.start_soon(self._keep_alive, to_client, token, hold)
+                    answer = await self._approve(call, decision, call_id, to_client, hold)
+                    nursery.cancel_scope.cancel()
             finally:
                 if rid is not None:
                     self._held_calls.pop(rid, None)
-        if scope.cancelled_caught:
-            # The client cancelled the request (notifications/cancelled): the
-            # desk withdrew it, and a cancelled request gets no answer.
-            await self._decided(call, msg, Decision(DENY, rule=decision.rule,
-                                                    reason="cancelled by the client"),
+        if answer is None:
+            # Withdrawn: the client cancelled the request (notifications/cancelled)
+            # or went away. The desk withdrew the request; no answer is sent.
+            await self._decided(call, msg, Decision(DENY, rule=decision.rule, reason=hold.reason),
                                 call_id, recorded_as="rejected")
+            await self._approval_event(call_id, hold.approval, "withdrawn", None, hold.reason,
+                                       started, via="desk" if hold.approval else "client")
+            self.log.info("call_approval_ended", approval=hold.approval, verdict="withdrawn",
+                          reason=hold.reason)
             return Routed()
-        by = verdict.by or "nobody"
-        if verdict.status == "approved":
-            reason = f"approved by {by}" + (f": {verdict.note}" if verdict.note else "")
-        elif verdict.status == "expired":
-            reason = f"no one approved it within {desk.settings.timeout_seconds:g} s"
-        else:
-            reason = f"rejected by {by}" + (f": {verdict.note}" if verdict.note else "")
+        verdict = answer.verdict
         outcome = "approved" if verdict.status == "approved" else "rejected"
         final = Decision(ALLOW if outcome == "approved" else DENY, rule=decision.rule,
-                         reason=reason)
+                         reason=answer.reason)
         receipt = await self._decided(call, msg, final, call_id, recorded_as=outcome)
-        await append_lifecycle(self.audit, "approval", session=self.session,
-                               principal=self.caller.principal, server=self.server, detail={
-                                   "approval": request.id, "call_id": call_id,
-                                   "verdict": verdict.status, "by": verdict.by,
-                                   "note": verdict.note,
-                                   "waited_s": round(time.monotonic() - started, 3)})
-        self.log.info("call_approval_ended", approval=request.id, verdict=verdict.status, by=by)
+        await self._approval_event(call_id, answer.approval, verdict.status, verdict.by,
+                                   verdict.note, started, via=answer.via, scope=verdict.scope)
+        self.log.info("call_approval_ended", approval=answer.approval, verdict=verdict.status,
+                      by=verdict.by, via=answer.via)
         if outcome == "approved":
             return self._forwarded(call, msg.request_id, data, "client", call_id, receipt)
         return Routed(client=self._refusal(call, msg.request_id, final), receipt=receipt)
+
+    @property
+    def _settings(self) -> ApprovalSettings:
+        return self.approvals.settings if self.approvals is not None else _DEFAULTS
+
+    @property
+    def _progress_every(self) -> float:
+        return self._settings.progress_seconds
+
+    async def _approve(self, call: mcp.Call, decision: Decision, call_id: str,
+                       to_client: ToClient | None, hold: _Hold) -> _Answer:
+        """Who decides a held call, and what they decided."""
+        desk = self.approvals
+        if desk is not None:
+            standing = desk.standing_for(session=self.session, principal=self.caller.principal,
+                                         server=self.server, target=call.target,
+                                         rule=decision.rule)
+            if standing is not None:
+                return _Answer(Verdict("approved", standing.by, f"standing approval {standing.id}",
+                                       standing.scope, standing.until_ns),
+                               f"approved by standing approval {standing.id} "
+                               f"({standing.by or 'someone'}, {standing.describe()})",
+                               "standing", standing.id)
+        if decision.approval == "client" and self.client_elicits and to_client is not None:
+            return await self._elicit(call, decision, to_client, hold)
+        if desk is None:
+            return _Answer(Verdict("rejected"), "approval in the client is not possible here "
+                           "(the client cannot be asked on this connection) and there is no "
+                           "approval desk", "none")
+        request = desk.new_request(
+            session=self.session, principal=self.caller.principal, grant=self.caller.grant,
+            server=self.server, method=call.method, target=call.target,
+            arguments=call.arguments, rule=decision.rule, reason=decision.reason,
+            call_id=call_id)
+        hold.approval = request.id
+        hold.label = f"waiting for approval (request {request.id})"
+        self.log.warning("call_held", method=call.method, target=call.target,
+                         rule=decision.rule, approval=request.id)
+        verdict = await desk.ask(request)
+        by = verdict.by or "nobody"
+        note = f": {verdict.note}" if verdict.note else ""
+        if verdict.status == "approved":
+            reason = f"approved by {by}{note}"
+            if verdict.scope == "session":
+                reason += " (for the rest of the session)"
+            elif verdict.scope == "minutes":
+                reason += f" (until {_utc(verdict.scope_until_ns)} for this principal)"
+        elif verdict.status == "expired":
+            reason = f"no one approved it within {desk.settings.timeout_seconds:g} s"
+        else:
+            reason = f"rejected by {by}{note}"
+        return _Answer(verdict, reason, "desk", request.id)
+
+    async def _elicit(self, call: mcp.Call, decision: Decision, to_client: ToClient,
+                      hold: _Hold) -> _Answer:
+        """Ask the person in the client (elicitation/create) and wait for the answer."""
+        ident = self._own_id()
+        answered, box = trio.Event(), list[jsonrpc.Message]()
+        self._own[ident] = (answered, box)
+        hold.label = "waiting for your answer in the client"
+        timeout = self._settings.timeout_seconds
+        self.log.warning("call_held", method=call.method, target=call.target,
+                         rule=decision.rule, approval="client", elicitation=ident)
+        try:
+            await to_client(jsonrpc.request(mcp.ELICITATION_CREATE,
+                                            self._question(call, decision), ident))
+            with trio.move_on_after(timeout):
+                await answered.wait()
+        finally:
+            self._own.pop(ident, None)
+            if not box:  # withdrawn or no answer: the client may drop the question
+                with trio.CancelScope(shield=True), trio.move_on_after(5):
+                    await to_client(jsonrpc.request(mcp.CANCELLED, {
+                        "requestId": ident, "reason": "mcpwall: the call no longer waits"}))
+        who = f"client:{self.caller.principal}"
+        if not box:
+            return _Answer(Verdict("expired"), f"no answer in the client within {timeout:g} s",
+                           "client")
+        result = None
+        if box[0].has_result:
+            try:
+                result = _elicit_decoder.decode(box[0].result)
+            except jsonrpc.DECODE_ERRORS:
+                pass
+        if result is None:
+            return _Answer(Verdict("rejected", who, "the client answered with an error"),
+                           f"rejected: the client could not ask ({who})", "client")
+        if result.action == "accept" and (result.content or {}).get(ELICIT_FIELD) is True:
+            return _Answer(Verdict("approved", who, "accepted in the client"),
+                           f"approved by {who} in the client", "client")
+        what = "declined" if result.action != "accept" else "accepted without approving"
+        if result.action == "cancel":
+            what = "cancelled"
+        return _Answer(Verdict("rejected", who, f"{what} in the client"),
+                       f"rejected by {who} in the client ({what})", "client")
+
+    def _question(self, call: mcp.Call, decision: Decision) -> dict[str, Any]:
+        args = json.dumps(redact_arguments(call.arguments or {}), sort_keys=True)
+        if len(args) > 500:
+            args = args[:497] + "..."
+        why = f" ({decision.reason})" if decision.reason else ""
+        return {
+            "message": f"mcpwall holds a call for your approval: {call.target or call.method} "
+                       f"on server {self.server!r} with arguments {args}. "
+                       f"Rule {decision.rule}{why}. Approve this call?",
+            "requestedSchema": {
+                "type": "object",
+                "properties": {ELICIT_FIELD: {"type": "boolean", "title": "Approve this call",
+                                              "default": False}},
+                "required": [ELICIT_FIELD],
+            },
+        }
+
+    def _own_id(self) -> str:
+        while True:
+            ident = f"{self._own_prefix}{next(self._own_counter)}"
+            if ident not in self._server_pending:  # never an id the client may answer twice
+                return ident
+
+    async def _keep_alive(self, to_client: ToClient, token: int | str, hold: _Hold) -> None:
+        """Progress notifications while a call is held, so the client keeps waiting."""
+        count = 0
+        while True:
+            await trio.sleep(self._progress_every)
+            count += 1
+            await to_client(mcp.progress(token, count, hold.label))
+
+    async def _approval_event(self, call_id: str, approval: str | None, verdict: str,
+                              by: str | None, note: str | None, started: float, *,
+                              via: str, scope: str = "call") -> None:
+        await append_lifecycle(self.audit, "approval", session=self.session,
+                               principal=self.caller.principal, server=self.server, detail={
+                                   "approval": approval, "call_id": call_id,
+                                   "verdict": verdict, "by": by, "note": note, "via": via,
+                                   "scope": scope,
+                                   "waited_s": round(time.monotonic() - started, 3)})
 
     async def _decided(
         self, call: mcp.Call, msg: jsonrpc.Message, decision: Decision, call_id: str,
@@ -388,7 +605,7 @@ class Mediator:
                     self._client_pending[rid].cancelled = True
                 held = self._held_calls.get(rid)
                 if held is not None:
-                    held.cancel()
+                    held.scope.cancel()
 
     def _filter_tools_list(self, msg: jsonrpc.Message, data: bytes) -> bytes:
         """Drop the tools this caller can never call; keep the bytes if none is dropped."""
@@ -407,6 +624,10 @@ class Mediator:
             return data
         self.log.debug("tools_list_filtered", removed=len(tools) - len(kept))
         return jsonrpc.result_response(msg.request_id, {**result, "tools": kept})
+
+
+def _utc(ns: int | None) -> str:
+    return "?" if ns is None else time.strftime("%H:%M:%S UTC", time.gmtime(ns / 1e9))
 
 
 def _to(side: str, data: bytes, receipt: Receipt | None = None) -> Routed:

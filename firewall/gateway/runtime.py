@@ -122,7 +122,7 @@ async def run_wrap_session(
     log = get_logger(server=server, session=session)
     async with (
         maybe_audit(config, audit_enabled) as audit,
-        open_desk(config.approvals, instance=default_instance_id()) as desk,
+        open_desk(config.approvals, instance=default_instance_id(), audit=audit) as desk,
         trio.open_nursery() as nursery,
     ):
         if audit is None:
@@ -168,7 +168,7 @@ async def serve(config: Config, *, banner: TextIO | None = None) -> None:
         # head after the last session ended.
         async with (
             maybe_audit(config, True) as audit,
-            open_desk(config.approvals, instance=default_instance_id()) as desk,
+            open_desk(config.approvals, instance=default_instance_id(), audit=audit) as desk,
             trio.open_nursery() as nursery,
         ):
             front = HttpFront(config, policy, audit, approvals=desk)

@@ -17,6 +17,10 @@ Invariants:
    ``terminate_grace`` to exit, then SIGTERM, then SIGKILL. Exit code 0.
 4. Child exit answers every pending request with a JSON-RPC error; if the
    client was still there, the session ends with a non-zero exit code.
+5. A call held for approval waits in a task of its own and may write to the
+   client meanwhile (progress keep-alives, elicitation). When the session
+   ends (client EOF or child exit), held calls are withdrawn: nobody can
+   approve them afterwards.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from typing import Any
 import trio
 
 from firewall.config import StdioServer
-from firewall.gateway.mediator import Mediator, Routed
+from firewall.gateway.mediator import Mediator, Routed, ToClient
 from firewall.gateway.upstream.stdio import (
     ChildExited,
     StdioChild,
@@ -72,6 +76,8 @@ class WrapSession:
             nursery.start_soon(self._read_child)
             with self._client_scope:
                 await self._read_client()
+            self.mediator.withdraw_held("the client disconnected" if self._client_eof
+                                        else "the session ended")
             # Client EOF (or the client or the child gone): ask the child to
             # exit, relaying what it still says until it does. Returns at once
             # when the child has already exited.
@@ -127,9 +133,13 @@ class WrapSession:
             return False
         return True
 
-    async def _release(self, held: Callable[[], Awaitable[Routed]]) -> None:
+    async def _release(self, held: Callable[[ToClient | None], Awaitable[Routed]]) -> None:
         """Forward or refuse a held call once a person (or the deadline) decided."""
-        r = await held()
+
+        async def to_client(data: bytes) -> None:
+            await self._to_client([data])
+
+        r = await held(to_client)
         await self._to_client([r.client] if r.client is not None else [])
         if r.upstream is not None:
             await r.ready()

@@ -57,6 +57,7 @@ from firewall.policy.limits import BucketSpec
 from firewall.policy.schema import (
     WINDOW_SECONDS,
     ActionName,
+    ApproverName,
     ArgumentRule,
     Conditions,
     Limit,
@@ -121,14 +122,15 @@ class Verdict:
                  "rule", "single")
 
     def __init__(self, rule: str, action: ActionName, reason: str | None,
-                 buckets: tuple[BucketSpec, ...], dry_run: bool) -> None:
+                 buckets: tuple[BucketSpec, ...], dry_run: bool,
+                 approval: ApproverName = "desk") -> None:
         self.rule = rule
         self.action = action
         self.buckets = buckets if action == "allow" else ()
         self.dry_run = dry_run
         act = _ACTION_OF[action]
         self.decision = Decision(act, rule=rule, reason=reason,  # type: ignore[arg-type]
-                                 dry_run=dry_run and act != ALLOW)
+                                 dry_run=dry_run and act != ALLOW, approval=approval)
         self.rank = RANK["limited"] if self.buckets else RANK[action]
         self.single: tuple[str, int, float, float, float] | None = None
         if not self.buckets:  # most verdicts: skip the bucket bookkeeping
@@ -724,7 +726,8 @@ class _Compiler:
         action = entry.action
         if isinstance(entry, ToolEntry):
             require = self._require(entry.require, rule_id, f"{where}.require", dry)
-            rules = tuple(self._rule(r, i, rule_id, source, where, buckets, dry)
+            rules = tuple(self._rule(r, i, rule_id, source, where, buckets, dry,
+                                     entry.approval)
                           for i, r in enumerate(entry.rules))
         fallback_is_default = action is None and bool(rules)
         if fallback_is_default:
@@ -734,7 +737,8 @@ class _Compiler:
                 f"the policy default is {default.action}",
                 buckets, dry or default.dry_run)
         else:
-            fallback = Verdict(rule_id, action or "allow", entry.reason, buckets, dry)
+            fallback = Verdict(rule_id, action or "allow", entry.reason, buckets, dry,
+                               _approver(entry.approval, action, where, bool(rules)))
         return CompiledEntry(
             kind=kind, pattern=key, rule=rule_id, source=source,
             audience=_audience(entry.principals, entry.groups, entry.grants),
@@ -749,7 +753,8 @@ class _Compiler:
         return tuple(Requirement(c, rule, dry) for c in self._conditions(conditions, where))
 
     def _rule(self, r: ArgumentRule, i: int, entry_id: str, source: str, entry_where: str,
-              entry_buckets: tuple[BucketSpec, ...], entry_dry: bool) -> CompiledRule:
+              entry_buckets: tuple[BucketSpec, ...], entry_dry: bool,
+              entry_approval: ApproverName | None = None) -> CompiledRule:
         label = r.name if r.name else str(i)
         rule_id = f"{entry_id}.rules[{label}]"
         where = f"{entry_where}.rules[{i}]"
@@ -759,8 +764,22 @@ class _Compiler:
             rule_id, i, _audience(r.principals, r.groups, r.grants),
             self._conditions(r.when, f"{where}.when"),
             self._require(r.require, rule_id, f"{where}.require", dry),
-            Verdict(rule_id, r.action, r.reason, buckets, dry),
+            Verdict(rule_id, r.action, r.reason, buckets, dry,
+                    _approver(r.approval or entry_approval, r.action, where,
+                              r.approval is None)),
         )
+
+
+def _approver(approval: ApproverName | None, action: ActionName | None, where: str,
+              inherited: bool) -> ApproverName:
+    """Who approves a verdict; ``approval`` on a verdict that is not
+    require_approval is an error (unless it is an entry's, inherited by rules)."""
+    if approval is None:
+        return "desk"
+    if action != "require_approval" and not inherited:
+        raise PolicyError(f"{where}.approval: applies to \"action\": \"require_approval\" "
+                          f"only (this verdict is {action or 'allow'})")
+    return approval
 
 
 def compile_policies(fleet: Sequence[LoadedPolicy],

@@ -39,7 +39,9 @@ class Decision(msgspec.Struct, frozen=True):
 
     ``rule`` names the rule that decided (``"default"`` for the policy default),
     ``reason`` is for people, ``retry_after`` (seconds) is set for ``limited``.
-    With ``dry_run`` the verdict is recorded but not enforced.
+    With ``dry_run`` the verdict is recorded but not enforced. ``approval`` says
+    who approves a ``pending`` verdict: the operators' desk or the person in
+    the client (elicitation).
     """
 
     action: Action
@@ -47,6 +49,7 @@ class Decision(msgspec.Struct, frozen=True):
     reason: str | None = None
     retry_after: float | None = None
     dry_run: bool = False
+    approval: Literal["desk", "client"] = "desk"
 
     @property
     def enforced_allow(self) -> bool:

@@ -37,6 +37,9 @@ import msgspec
 import yaml
 
 ActionName = Literal["allow", "deny", "require_approval"]
+# Who approves a require_approval verdict: the operators' desk (`mcpwall
+# approvals`), or the person in the client, asked with elicitation/create.
+ApproverName = Literal["desk", "client"]
 WindowName = Literal["second", "minute", "hour", "day"]
 Scope = Literal["grant", "agent", "session", "server", "global"]
 JsonType = Literal["string", "number", "integer", "boolean", "array", "object", "null"]
@@ -111,6 +114,7 @@ class ArgumentRule(_Audience, frozen=True):
     reason: str | None = None
     limits: list[Limit] = msgspec.field(default_factory=list)
     dry_run: bool = False
+    approval: ApproverName | None = None
 
 
 class TargetEntry(_Audience, frozen=True):
@@ -120,6 +124,7 @@ class TargetEntry(_Audience, frozen=True):
     reason: str | None = None
     limits: list[Limit] = msgspec.field(default_factory=list)
     dry_run: bool = False
+    approval: ApproverName | None = None
 
 
 class ToolEntry(_Audience, frozen=True):
@@ -135,6 +140,7 @@ class ToolEntry(_Audience, frozen=True):
     require: Conditions = msgspec.field(default_factory=dict)
     rules: list[ArgumentRule] = msgspec.field(default_factory=list)
     dry_run: bool = False
+    approval: ApproverName | None = None
 
 
 class Policy(_Strict, frozen=True):

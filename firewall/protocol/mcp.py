@@ -125,3 +125,54 @@ def tool_error_result(request_id: jsonrpc.RequestId | None, text: str) -> bytes:
     return jsonrpc.result_response(
         request_id, {"content": [{"type": "text", "text": text}], "isError": True}
     )
+
+
+class _Meta(msgspec.Struct):
+    progressToken: int | str | None = None
+
+
+class _MetaParams(msgspec.Struct):
+    meta: _Meta | None = msgspec.field(default=None, name="_meta")
+
+
+class _Capabilities(msgspec.Struct):
+    elicitation: dict[str, Any] | None = None
+
+
+class _InitializeParams(msgspec.Struct):
+    capabilities: _Capabilities | None = None
+
+
+_meta_decoder: Final = msgspec.json.Decoder(_MetaParams)
+_initialize_decoder: Final = msgspec.json.Decoder(_InitializeParams)
+
+
+def progress_token(msg: jsonrpc.Message) -> int | str | None:
+    """The ``params._meta.progressToken`` of a request, if any."""
+    if not len(msg.params) or b"progressToken" not in bytes(msg.params):
+        return None
+    try:
+        params = _meta_decoder.decode(msg.params)
+    except jsonrpc.DECODE_ERRORS:
+        return None
+    return params.meta.progressToken if params.meta else None
+
+
+def offers_elicitation(msg: jsonrpc.Message) -> bool:
+    """True when an ``initialize`` request advertises ``capabilities.elicitation``
+    for forms (an empty object means forms, as in 2025-06-18)."""
+    if not len(msg.params):
+        return False
+    try:
+        caps = _initialize_decoder.decode(msg.params).capabilities
+    except jsonrpc.DECODE_ERRORS:
+        return False
+    if caps is None or caps.elicitation is None:
+        return False
+    return not caps.elicitation or "form" in caps.elicitation
+
+
+def progress(token: int | str, value: float, message: str) -> bytes:
+    """A ``notifications/progress`` message for ``token``."""
+    return jsonrpc.request(PROGRESS, {"progressToken": token, "progress": value,
+                                      "message": message})
