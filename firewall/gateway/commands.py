@@ -1,7 +1,8 @@
 """``mcpwall approvals``: list held calls, approve or reject them.
 
-Exit codes: 0 done; 1 the request is unknown, already decided or expired;
-2 usage error (bad option, unreadable database or config).
+Exit codes: 0 done; 1 the request is unknown, already decided, expired,
+withdrawn or abandoned (its mcpwall process is gone); 2 usage error (bad
+option or scope, unreadable database or config).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from firewall.gateway.approvals import (
     ApprovalSettings,
     Status,
     open_store,
+    parse_scope,
 )
 
 _db_option = click.option(
@@ -59,6 +61,8 @@ def approvals() -> None:
     decides (or [approvals] timeout_seconds pass, and the call is refused):
       mcpwall approvals list
       mcpwall approvals approve 3f9c2a1b --note "planned maintenance"
+      mcpwall approvals approve 3f9c2a1b --scope session   # and the rest of the session
+      mcpwall approvals approve 3f9c2a1b --scope minutes:30
       mcpwall approvals reject 3f9c2a1b --note "not during business hours"
     """
 
@@ -95,21 +99,37 @@ def list_command(db: Path | None, config_path: Path | None, show_all: bool,
 
     rows = [[r.id, _when(r.created_ns), r.status, r.principal, r.grant, r.server, r.target,
              msgspec.json.encode(r.arguments).decode() if r.arguments else "", r.rule,
-             _when(r.expires_ns) if r.status == "pending" else (r.decided_by or "")]
+             _when(r.expires_ns) if r.status == "pending" else _ended(r)]
             for r in requests]
     click.echo(tabulate(rows, headers=["id", "held at (UTC)", "status", "principal", "grant",
                                        "server", "target", "arguments", "rule",
                                        "expires / by"]))
 
 
+def _ended(r: ApprovalRequest) -> str:
+    """Who decided (and for how long), or why the request ended without anyone."""
+    if r.decided_by is None:
+        return r.note or ""
+    if r.scope == "session":
+        return f"{r.decided_by} (session)"
+    if r.scope == "minutes":
+        return f"{r.decided_by} (until {_when(r.scope_until_ns)})"
+    return r.decided_by
+
+
 def _decide(verdict: Literal["approved", "rejected"], ident: str, db: Path | None,
-            config_path: Path | None, by: str | None, note: str | None, as_json: bool) -> None:
+            config_path: Path | None, by: str | None, note: str | None, as_json: bool,
+            scope: str = "call") -> None:
     path = _path(db, config_path)
+    try:
+        parse_scope(scope)
+    except ApprovalError as exc:
+        raise click.BadParameter(str(exc), param_hint="--scope") from None
     if not path.exists():
         raise click.UsageError(f"{path}: no approvals database")
     try:
         with open_store(path) as store:
-            request = store.decide(ident, verdict, by or getpass.getuser(), note)
+            request = store.decide(ident, verdict, by or getpass.getuser(), note, scope=scope)
     except ApprovalError as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(1)
@@ -120,7 +140,9 @@ def _report(request: ApprovalRequest, as_json: bool) -> None:
     if as_json:
         click.echo(msgspec.json.encode(request).decode())
     else:
-        click.echo(f"{request.id} {request.status} by {request.decided_by}: "
+        scope = {"session": " for the rest of the session",
+                 "minutes": f" until {_when(request.scope_until_ns)} UTC"}.get(request.scope, "")
+        click.echo(f"{request.id} {request.status} by {request.decided_by}{scope}: "
                    f"{request.principal} -> {request.server} {request.target}")
 
 
@@ -133,9 +155,15 @@ def _verdict_command(verdict: Literal["approved", "rejected"], name: str, doc: s
     @click.option("--note", default=None, help="Why; the agent and the audit trail see it.")
     @click.option("--json", "as_json", is_flag=True, help="Print the request as JSON.")
     def command(ident: str, db: Path | None, config_path: Path | None, by: str | None,
-                note: str | None, as_json: bool) -> None:
-        _decide(verdict, ident, db, config_path, by, note, as_json)
+                note: str | None, as_json: bool, scope: str = "call") -> None:
+        _decide(verdict, ident, db, config_path, by, note, as_json, scope)
 
+    if verdict == "approved":
+        command = click.option(
+            "--scope", default="call", show_default=True, metavar="call|session|minutes:N",
+            help="What else this approval lets through, for the same server, tool and "
+                 "rule: nothing (call), the rest of the call's client session (session), "
+                 "or that principal's calls for N minutes (minutes:N).")(command)
     return command
 
 
@@ -143,6 +171,8 @@ approve = _verdict_command("approved", "approve", """Let a held call through.
 
 \b
   mcpwall approvals approve 3f9c2a1b --note "ticket OPS-112"
+  mcpwall approvals approve 3f9c2a1b --scope session      # later calls of it too
+  mcpwall approvals approve 3f9c2a1b --scope minutes:30   # this agent, 30 minutes
 """)
 reject = _verdict_command("rejected", "reject", """Refuse a held call.
 

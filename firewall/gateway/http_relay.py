@@ -37,7 +37,8 @@ from typing import Any, Final
 import trio
 
 from firewall.config import HttpServer
-from firewall.gateway.exchange import JSON, SSE, Exchange, refuse
+from firewall.gateway import held_http
+from firewall.gateway.exchange import JSON, SSE, Exchange, accepts, refuse
 from firewall.gateway.mediator import Mediator
 from firewall.gateway.sessions import FrontContext, Session, new_session_id
 from firewall.gateway.upstream.http import (
@@ -184,9 +185,16 @@ class HttpEndpoint:
 
     async def _post(self, ex: Exchange, session: HttpSession | None, created: HttpSession | None,
                     mediator: Mediator, msg: jsonrpc.Message, body: bytes) -> None:
-        routed = await mediator.from_client(body)
-        if routed.upstream is None:
-            await ex.respond(200, routed.client or b"")
+        routed = await mediator.from_client(body, wait=False)
+        if routed.held is not None and msg.request_id is not None:  # held_http's rules
+            routed = await held_http.hold(ex, routed.held, mediator, msg.request_id,
+                                          stream=_admits_sse(ex), headers=[],
+                                          keepalive=self.keepalive)
+            if routed.upstream is None:
+                await held_http.finish(ex, msg.request_id, routed, [])
+                return
+        if routed.upstream is None:  # refused, or the answer to mcpwall's own request
+            await (ex.respond(200, routed.client) if routed.client else ex.respond(202))
             return
         await routed.ready()
         is_request = msg.kind is Kind.REQUEST
@@ -233,10 +241,21 @@ class HttpEndpoint:
             return
         ctype = resp.content_type
         if ctype == SSE and status < 300:
-            await ex.start(status, [*SSE_HEADERS, *headers])
+            if not ex.started:  # a held call's stream is open already
+                await ex.start(status, [*SSE_HEADERS, *headers])
             await self._relay_events(ex, resp, session, mediator, msg, deadline)
             return
         data = await resp.read(MAX_RESPONSE_BYTES)
+        if ex.started:  # a held call's stream: its answer is the last event
+            routed = await mediator.from_server(data) if ctype == JSON and data else None
+            await ex.write(sse.encode_event(
+                routed.client if routed is not None and routed.client is not None
+                else jsonrpc.error_response(
+                    msg.request_id, jsonrpc.UPSTREAM_UNAVAILABLE,
+                    f"upstream server {self.name!r} answered HTTP {status} with "
+                    f"{ctype or 'no type'}")))
+            await ex.end()
+            return
         if status == 202 or not data:
             await ex.respond(status, b"", headers=headers)
             return
@@ -387,6 +406,12 @@ class HttpEndpoint:
         session.upstream_sid = None  # already ended there
         await self.front.end_session(session, "deleted by the client")
         await ex.respond(204)
+
+
+def _admits_sse(ex: Exchange) -> bool:
+    """Whether the client's Accept lets a held call's answer come as an event stream."""
+    accept = ex.header("accept")
+    return accepts(accept, SSE) or not accepts(accept, JSON)
 
 
 def _answers(data: bytes, rid: jsonrpc.RequestId) -> bool:

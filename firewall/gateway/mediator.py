@@ -43,6 +43,7 @@ fronts own the I/O; the mediator owns the rules. Invariants it keeps:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import secrets
@@ -71,7 +72,6 @@ from firewall.policy import render
 from firewall.policy.decision import ALLOW, DENY, PENDING, Caller, Decision, PolicyPoint
 from firewall.protocol import jsonrpc, mcp
 from firewall.protocol.jsonrpc import Kind, RequestId
-
 
 # Sends one message to the client now (a front's writer); for held calls.
 ToClient = Callable[[bytes], Awaitable[None]]
@@ -462,10 +462,8 @@ class Mediator:
                            "client")
         result = None
         if box[0].has_result:
-            try:
+            with contextlib.suppress(*jsonrpc.DECODE_ERRORS):
                 result = _elicit_decoder.decode(box[0].result)
-            except jsonrpc.DECODE_ERRORS:
-                pass
         if result is None:
             return _Answer(Verdict("rejected", who, "the client answered with an error"),
                            f"rejected: the client could not ask ({who})", "client")

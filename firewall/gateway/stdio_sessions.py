@@ -43,6 +43,7 @@ import trio
 
 from firewall.audit.events import LifecycleKind, append_lifecycle
 from firewall.config import StdioServer
+from firewall.gateway import held_http
 from firewall.gateway.exchange import Exchange, refuse
 from firewall.gateway.mediator import Mediator
 from firewall.gateway.sessions import (
@@ -359,7 +360,8 @@ class StdioSession(Session):
         """Answer a POSTed request with JSON or SSE; return the final message."""
         deadline = trio.current_time() + self.timeout
         if not json_only:
-            await ex.start(200, [*SSE_HEADERS, *headers])
+            if not ex.started:  # a held call's stream is open already
+                await ex.start(200, [*SSE_HEADERS, *headers])
             return await self._stream_out(ex, stream, 0, deadline, rid)
         with trio.move_on_at(deadline):
             while not stream.finished:
@@ -477,8 +479,8 @@ class StdioEndpoint:
                     await self.front.end_session(session, "initialize failed")
                 return
             routed = await session.mediator.from_client(body)
-            if routed.upstream is None:
-                await ex.respond(200, routed.client or b"")
+            if routed.upstream is None:  # refused, or the answer to mcpwall's own request
+                await (ex.respond(200, routed.client) if routed.client else ex.respond(202))
                 return
             await routed.ready()
             if msg.method == mcp.CANCELLED:
@@ -499,7 +501,13 @@ class StdioEndpoint:
             await refuse(ex, 400, jsonrpc.INVALID_REQUEST,
                          f"Bad Request: request id {rid!r} is already in flight")
             return None
-        routed = await session.mediator.from_client(body)
+        routed = await session.mediator.from_client(body, wait=False)
+        if routed.held is not None:  # waits for a person (held_http's rules)
+            routed = await held_http.hold(ex, routed.held, session.mediator, rid,
+                                          stream=accept_sse, headers=headers,
+                                          keepalive=self.front.listen.keepalive_seconds)
+            if routed.upstream is None:
+                return await held_http.finish(ex, rid, routed, headers)
         if routed.upstream is None:  # refused, or invalid params: answered here
             await ex.respond(200, routed.client or b"", headers=headers)
             return routed.client
