@@ -201,7 +201,10 @@ class ApprovalError(Exception):
 def _connect(path: Path) -> sqlite3.Connection:
     new = not path.exists()
     try:
-        conn = sqlite3.connect(path, timeout=10, isolation_level=None)
+        # The desk's lock serialises use; trio may run each call on another
+        # worker thread.
+        conn = sqlite3.connect(path, timeout=10, isolation_level=None,
+                               check_same_thread=False)
         if new:
             os.chmod(path, 0o600)
         conn.execute("PRAGMA journal_mode=WAL")
