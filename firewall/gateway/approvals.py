@@ -75,12 +75,17 @@ CREATE TABLE IF NOT EXISTS approvals (
     status TEXT NOT NULL DEFAULT 'pending',
     decided_ns INTEGER,
     decided_by TEXT,
-    note TEXT
+    note TEXT,
+    scope TEXT NOT NULL DEFAULT 'call',
+    scope_until_ns INTEGER,
+    owner TEXT,
+    call_id TEXT
 );
 CREATE INDEX IF NOT EXISTS approvals_status ON approvals (status, expires_ns);
 """
 
-# Columns added after the first release: an older file gets them on open.
+# Columns added after the first release (also in _SCHEMA): an older file gets
+# them on open.
 _ADDED_COLUMNS: Final = (
     ("scope", "TEXT NOT NULL DEFAULT 'call'"),
     ("scope_until_ns", "INTEGER"),
@@ -212,7 +217,11 @@ def _connect(path: Path) -> sqlite3.Connection:
         have = {row[1] for row in conn.execute("PRAGMA table_info(approvals)")}
         for name, decl in _ADDED_COLUMNS:
             if name not in have:
-                conn.execute(f"ALTER TABLE approvals ADD COLUMN {name} {decl}")
+                try:
+                    conn.execute(f"ALTER TABLE approvals ADD COLUMN {name} {decl}")
+                except sqlite3.OperationalError as exc:
+                    if "duplicate column" not in str(exc):
+                        raise  # else another process added it first
         conn.execute(_STANDING_INDEX)
     except (sqlite3.Error, OSError) as exc:
         raise ApprovalError(f"{path}: cannot open the approvals database: {exc}") from None
@@ -297,7 +306,8 @@ class ApprovalStore:
             if request is None:
                 raise ApprovalError(f"no approval request {ident!r}")
             state = "expired" if request.status == "pending" else request.status
-            why = f" ({request.note})" if request.status == "abandoned" and request.note else ""
+            why = (f" ({request.note})" if request.status in ("expired", "abandoned")
+                   and request.note else "")
             raise ApprovalError(f"approval request {ident!r} is already {state}{why}")
         assert request is not None
         return request
