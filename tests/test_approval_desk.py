@@ -20,6 +20,7 @@ from test_mediator import Recorder
 from firewall.audit.events import DecisionEvent, LifecycleEvent
 from firewall.gateway.approvals import (
     RESTARTED,
+    STOPPED,
     ApprovalDesk,
     ApprovalError,
     ApprovalRequest,
@@ -434,3 +435,27 @@ def test_approval_option_only_on_require_approval() -> None:
 
     held_call = table.decide(Call("tools/call", tool="t", arguments={"x": "1"}), ALICE, "vm", "s")
     assert held_call.action == "pending" and held_call.approval == "client"
+
+
+async def test_refuse_held_answers_and_marks_the_request_abandoned(tmp_path: Path) -> None:
+    db = tmp_path / "a.db"
+    audit = Recorder()
+    async with open_desk(ApprovalSettings(path=str(db)), instance="gw-1") as desk:
+        med = Mediator(server="vm", session="s1", caller=ALICE, policy=engine(), audit=audit,
+                       approvals=desk)
+        out: list[Routed] = []
+
+        async def run() -> None:
+            out.append(await held(med, call(1, DELETE)))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run)
+            while not pending(db):
+                await trio.to_thread.run_sync(time.sleep, 0.01)
+            assert med.refuse_held("mcpwall is shutting down") == 1
+    assert out[0].upstream is None and out[0].client is not None
+    assert b"mcpwall is shutting down" in out[0].client
+    with open_store(db) as store:
+        (request,) = store.list(None)
+    assert (request.status, request.note) == ("abandoned", STOPPED)
+    assert audit.of(LifecycleEvent)[-1].detail["verdict"] == "abandoned"

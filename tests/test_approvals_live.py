@@ -438,3 +438,41 @@ async def test_restart_with_a_pending_call_abandons_it(tmp_path: Path) -> None:
     (detail,) = [json.loads(d) for (d,) in audit_rows(
         tmp_path, "SELECT detail FROM events WHERE kind = 'approval'")]
     assert detail["verdict"] == "abandoned" and detail["approval"] == request["id"]
+
+
+async def test_sigterm_refuses_held_calls_and_says_so(tmp_path: Path) -> None:
+    config = write_config(tmp_path, serve=True)
+    db = tmp_path / "approvals.db"
+    proc, base = await start_serve(tmp_path, config, tmp_path / "serve.log")
+    events: list[dict[str, Any]] = []
+    try:
+        url = f"{base}/servers/vm/mcp"
+        async with httpx.AsyncClient(timeout=20) as http:
+            headers = await initialize(http, url)
+            async with trio.open_nursery() as nursery:
+
+                async def post() -> None:
+                    async with http.stream("POST", url, json=DELETE_CALL,
+                                           headers=headers) as resp:
+                        async for line in resp.aiter_lines():
+                            if line.startswith("data:"):
+                                events.append(json.loads(line[5:]))
+
+                nursery.start_soon(post)
+                request = await held_request(db)
+                proc.terminate()
+        with trio.fail_after(30):
+            assert await proc.wait() == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    (answer,) = events
+    assert answer["id"] == 5 and answer["result"]["isError"] is True
+    assert "mcpwall is shutting down" in answer["result"]["content"][0]["text"]
+    (after,) = requests(tmp_path)
+    assert after["id"] == request["id"] and after["status"] == "abandoned"
+    assert after["note"] == "mcpwall stopped while the call was held"
+    rows = audit_rows(tmp_path, "SELECT decision, reason FROM events WHERE kind = 'decision' "
+                      "AND tool = 'vm_management' ORDER BY seq")
+    assert rows == [("pending", "deleting a VM destroys its disks"),
+                    ("rejected", "mcpwall is shutting down")]

@@ -56,6 +56,7 @@ Status = Literal["pending", "approved", "rejected", "expired", "abandoned"]
 ScopeKind = Literal["call", "session", "minutes"]
 
 RESTARTED: Final = "mcpwall restarted while the call was held"
+STOPPED: Final = "mcpwall stopped while the call was held"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS approvals (
@@ -199,6 +200,17 @@ def parse_scope(text: str) -> tuple[ScopeKind, float | None]:
                         "(N minutes, more than 0, at most a week)")
 
 
+class Withdrawal:
+    """How a request whose call went away is closed: ``expired`` "the call was
+    withdrawn" (cancelled, client gone), or ``abandoned`` when mcpwall stops."""
+
+    __slots__ = ("note", "status")
+
+    def __init__(self) -> None:
+        self.status: Status = "expired"
+        self.note = "the call was withdrawn"
+
+
 class ApprovalError(Exception):
     """An approvals database that cannot be used, or a verdict that cannot be given."""
 
@@ -272,11 +284,13 @@ class ApprovalStore:
                     out[row["id"]] = Verdict("expired")
         return out
 
-    def withdraw(self, ident: str, now_ns: int) -> None:
-        """Close a request whose call is gone (client disconnected or cancelled)."""
-        self.conn.execute("UPDATE approvals SET status = 'expired', decided_ns = ?, "
-                          "note = 'the call was withdrawn' WHERE id = ? AND status = 'pending'",
-                          (now_ns, ident))
+    def withdraw(self, ident: str, now_ns: int, why: Withdrawal | None = None) -> None:
+        """Close a request whose call is gone (client disconnected or cancelled,
+        or the gateway stopping: see :class:`Withdrawal`)."""
+        why = why or Withdrawal()
+        self.conn.execute("UPDATE approvals SET status = ?, decided_ns = ?, note = ? "
+                          "WHERE id = ? AND status = 'pending'",
+                          (why.status, now_ns, why.note, ident))
 
     def _expire(self, ident: str, now_ns: int) -> None:
         self.conn.execute("UPDATE approvals SET status = 'expired', decided_ns = ? "
@@ -503,8 +517,11 @@ class ApprovalDesk:
         found: list[Standing] = await self._run(store.standing, self.instance, self.clock())
         self._standing = {s.id: s for s in found}
 
-    async def ask(self, request: ApprovalRequest) -> Verdict:
-        """File ``request`` and wait for its verdict (``expired`` at the deadline)."""
+    async def ask(self, request: ApprovalRequest, why: Withdrawal | None = None) -> Verdict:
+        """File ``request`` and wait for its verdict (``expired`` at the deadline).
+
+        Cancelled, the request is withdrawn as ``why`` says (read at that moment).
+        """
         assert self._conn is not None, "the desk is not open"
         store = ApprovalStore(self._conn)
         await self._run(store.add, request)
@@ -518,7 +535,7 @@ class ApprovalDesk:
             self._waiting.pop(request.id, None)
             if not box:  # the caller went away (cancelled): nobody may approve it now
                 with trio.CancelScope(shield=True):
-                    await self._run(store.withdraw, request.id, self.clock())
+                    await self._run(store.withdraw, request.id, self.clock(), why)
         verdict = box[0]
         if verdict.status == "approved" and verdict.scope != "call":
             self._standing[request.id] = Standing(

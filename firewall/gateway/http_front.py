@@ -189,6 +189,8 @@ class HttpFront:
             ender = getattr(session, "end_get_streams", None)
             if ender is not None:
                 ender()
+            # Held calls would outlast the grace period: refuse them now.
+            session.mediator.refuse_held("mcpwall is shutting down")
         self.drained.set()
 
     def close(self) -> None:

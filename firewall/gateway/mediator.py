@@ -62,9 +62,11 @@ from firewall.audit.events import (
     append_lifecycle,
 )
 from firewall.gateway.approvals import (
+    STOPPED,
     ApprovalDesk,
     ApprovalSettings,
     Verdict,
+    Withdrawal,
     redact_arguments,
 )
 from firewall.log import get_logger
@@ -118,15 +120,17 @@ class _Pending(msgspec.Struct):
 
 
 class _Hold:
-    """One held call: its cancel scope, why it was withdrawn, what progress says."""
+    """One held call: its cancel scope, why it ended early, what progress says."""
 
-    __slots__ = ("approval", "label", "reason", "scope")
+    __slots__ = ("answer", "approval", "label", "reason", "scope", "withdrawal")
 
     def __init__(self) -> None:
         self.scope = trio.CancelScope()
         self.reason = "cancelled by the client"
         self.label = "waiting for approval"
         self.approval: str | None = None
+        self.answer = False  # ended early: refuse with ``reason`` (else no answer)
+        self.withdrawal = Withdrawal()
 
 
 class _Answer(msgspec.Struct, frozen=True):
@@ -227,6 +231,17 @@ class Mediator:
             hold.reason = reason
             hold.scope.cancel()
         return len(holds)
+
+    def refuse_held(self, reason: str) -> int:
+        """End every held call with a refusal naming ``reason`` (mcpwall stops):
+        recorded as rejected, the request marked abandoned, the client answered."""
+        for hold in self._held_calls.values():
+            hold.reason = reason
+            hold.answer = True
+            hold.withdrawal.status = "abandoned"
+            hold.withdrawal.note = STOPPED
+            hold.scope.cancel()
+        return len(self._held_calls)
 
     async def _from_client(self, data: bytes) -> Routed:
         try:
@@ -362,13 +377,17 @@ class Mediator:
                     self._held_calls.pop(rid, None)
         if answer is None:
             # Withdrawn: the client cancelled the request (notifications/cancelled)
-            # or went away. The desk withdrew the request; no answer is sent.
-            await self._decided(call, msg, Decision(DENY, rule=decision.rule, reason=hold.reason),
-                                call_id, recorded_as="rejected")
-            await self._approval_event(call_id, hold.approval, "withdrawn", None, hold.reason,
+            # or went away, and gets no answer; or mcpwall stops, and the client
+            # is told. The desk closed the request.
+            refusal = Decision(DENY, rule=decision.rule, reason=hold.reason)
+            receipt = await self._decided(call, msg, refusal, call_id, recorded_as="rejected")
+            ended = "abandoned" if hold.answer else "withdrawn"
+            await self._approval_event(call_id, hold.approval, ended, None, hold.reason,
                                        started, via="desk" if hold.approval else "client")
-            self.log.info("call_approval_ended", approval=hold.approval, verdict="withdrawn",
+            self.log.info("call_approval_ended", approval=hold.approval, verdict=ended,
                           reason=hold.reason)
+            if hold.answer:
+                return Routed(client=self._refusal(call, rid, refusal), receipt=receipt)
             return Routed()
         verdict = answer.verdict
         outcome = "approved" if verdict.status == "approved" else "rejected"
@@ -420,7 +439,7 @@ class Mediator:
         hold.label = f"waiting for approval (request {request.id})"
         self.log.warning("call_held", method=call.method, target=call.target,
                          rule=decision.rule, approval=request.id)
-        verdict = await desk.ask(request)
+        verdict = await desk.ask(request, hold.withdrawal)
         by = verdict.by or "nobody"
         note = f": {verdict.note}" if verdict.note else ""
         if verdict.status == "approved":

@@ -141,6 +141,7 @@ class Session:
 
     async def end(self, reason: str) -> None:
         """Close the session and record its end in the audit trail, once."""
+        self.mediator.withdraw_held(f"the session ended ({reason})")
         await self.close(reason)
         if not self._end_recorded:
             self._end_recorded = True
