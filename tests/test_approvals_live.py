@@ -476,3 +476,57 @@ async def test_sigterm_refuses_held_calls_and_says_so(tmp_path: Path) -> None:
                       "AND tool = 'vm_management' ORDER BY seq")
     assert rows == [("pending", "deleting a VM destroys its disks"),
                     ("rejected", "mcpwall is shutting down")]
+
+
+# -- an HTTP upstream (http_relay) ------------------------------------------------------------
+@pytest.mark.parametrize("json_response", [False, True], ids=["sse", "json"])
+async def test_held_calls_to_an_http_upstream(tmp_path: Path, json_response: bool) -> None:
+    from tests.fixtures import conformance_harness as harness
+
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps({"version": "1", "default": "allow", "tools": {
+        "test_simple_text": {"action": "require_approval", "reason": "desk"},
+        "test_error_handling": {"action": "require_approval", "approval": "client"}}}))
+    asked: list[Any] = []
+    with harness.fixture_http(tmp_path, json_response=json_response) as url:
+        config = write_config(tmp_path, progress=0.2)
+        config.write_text(config.read_text() + f'[policy]\nfiles = ["{policy}"]\n'
+                          f'[servers.fixture]\ntransport = "http"\nurl = "{url}"\n')
+        async with (
+            serving(tmp_path, config) as (_, base),
+            streamable_http_client(f"{base}/servers/fixture/mcp") as (read, write),
+            ClientSession(read, write, elicitation_callback=answering(
+                [types.ElicitResult(action="accept", content={"approve": True})], asked))
+            as session,
+        ):
+            await session.initialize()
+            messages: list[str] = []
+            two = trio.Event()
+            result: list[Any] = []
+
+            async def on_progress(value: float, total: float | None,
+                                  message: str | None) -> None:
+                messages.append(message or "")
+                if len(messages) == 2:
+                    two.set()
+
+            async def call() -> None:
+                result.append(await session.call_tool("test_simple_text", {},
+                                                      progress_callback=on_progress))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(call)
+                request = await held_request(tmp_path / "approvals.db")
+                with trio.fail_after(20):
+                    await two.wait()
+                await decide(tmp_path / "approvals.db", "approve", str(request["id"]), "ok")
+            assert not result[0].is_error and result[0].content[0].text
+            with trio.fail_after(20):
+                elicited = await session.call_tool("test_error_handling", {})
+    assert len(asked) == 1
+    assert elicited.is_error  # the tool's own error: the call reached the upstream
+    assert "Refused by mcpwall" not in elicited.content[0].text
+    rows = audit_rows(tmp_path, "SELECT tool, decision FROM events WHERE kind = 'decision' "
+                      "AND tool LIKE 'test_%' ORDER BY seq")
+    assert rows == [("test_simple_text", "pending"), ("test_simple_text", "approved"),
+                    ("test_error_handling", "pending"), ("test_error_handling", "approved")]
