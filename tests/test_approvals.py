@@ -166,11 +166,21 @@ def test_documented_policy_compiles_and_holds_delete() -> None:
     from firewall.protocol.mcp import Call
 
     doc = (ROOT / "docs" / "approvals.md").read_text()
-    (block,) = re.findall(r"```json\n(.*?)```", doc, re.S)
-    engine = Engine(compile_policy(parse_policy(block, "approvals.md")))
+    desk_block, client_block = re.findall(r"```json\n(.*?)```", doc, re.S)
+    engine = Engine(compile_policy(parse_policy(desk_block, "approvals.md")))
     held = engine.decide(Call("tools/call", tool="vm_management",
                               arguments={"action": "delete"}), Caller(), "vm", "s")
     assert held.action == "pending" and held.reason == "deleting a VM destroys its disks"
+    assert held.approval == "desk"
+    engine = Engine(compile_policy(parse_policy(client_block, "approvals.md")))
+    asked = engine.decide(Call("tools/call", tool="vm_management",
+                               arguments={"action": "stop"}), Caller(), "vm", "s")
+    assert asked.action == "pending" and asked.approval == "client"
+    # The scopes the doc shows are the ones the CLI takes.
+    from firewall.gateway.approvals import parse_scope
+
+    scopes = re.findall(r"--scope (\S+)", doc)
+    assert scopes and all(parse_scope(s) for s in scopes)
 
 
 async def test_held_call_over_http_waits_for_the_verdict(tmp_path: Path) -> None:
