@@ -459,3 +459,29 @@ async def test_refuse_held_answers_and_marks_the_request_abandoned(tmp_path: Pat
         (request,) = store.list(None)
     assert (request.status, request.note) == ("abandoned", STOPPED)
     assert audit.of(LifecycleEvent)[-1].detail["verdict"] == "abandoned"
+
+
+def test_cli_approve_with_a_scope_and_list_shows_it(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from firewall.cli import main
+
+    db = tmp_path / "a.db"
+    with open_store(db) as store:
+        store.add(request("s1"))
+        store.add(request("m1"))
+        store.add(request("dead", owner=dead_pid_owner()))
+        store.abandon_orphans(time.time_ns())
+    runner = CliRunner()
+    ok = runner.invoke(main, ["approvals", "approve", "s1", "--db", str(db), "--by", "ann",
+                              "--scope", "session"])
+    assert ok.exit_code == 0 and "approved by ann for the rest of the session" in ok.output
+    ok = runner.invoke(main, ["approvals", "approve", "m1", "--db", str(db), "--by", "bo",
+                              "--scope", "minutes:30", "--json"])
+    assert ok.exit_code == 0 and json.loads(ok.output)["scope"] == "minutes"
+    late = runner.invoke(main, ["approvals", "approve", "dead", "--db", str(db)])
+    assert late.exit_code == 1 and f"already abandoned ({RESTARTED})" in late.output
+    listed = runner.invoke(main, ["approvals", "list", "--all", "--db", str(db)])
+    assert listed.exit_code == 0
+    assert "ann (session)" in listed.output and "bo (until " in listed.output
+    assert "abandoned" in listed.output and RESTARTED in listed.output
