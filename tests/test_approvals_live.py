@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 import mcp_types as types
+import msgspec
 import pytest
 import trio
 from conftest import mcpwall_argv
@@ -29,7 +30,7 @@ from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from sdk_scenarios import stdio_session
 from serve_process import start_serve, stop_serve, tail
-from test_approvals import DELETE_DB01, DEMO, PACK, decide, held_request
+from test_approvals import DELETE_DB01, DEMO, PACK, decide
 
 from firewall.gateway.approvals import RESTARTED, open_store
 
@@ -73,6 +74,19 @@ def requests(tmp: Path) -> list[dict[str, Any]]:
     out = subprocess.run([*mcpwall_argv(), "approvals", "list", "--all", "--json", "--db",
                           str(tmp / "approvals.db")], capture_output=True, check=True)
     return [json.loads(line) for line in out.stdout.decode().splitlines()]
+
+
+async def held_request(db: Path) -> dict[str, Any]:
+    """Wait until a request is pending; return it (read in-process: polling
+    `mcpwall approvals list` would start a process every tenth of a second)."""
+    with trio.fail_after(20):
+        while True:
+            if await trio.Path(db).exists():
+                with open_store(db) as store:
+                    pending = store.list()
+                if pending:
+                    return json.loads(msgspec.json.encode(pending[0]))  # type: ignore[no-any-return]
+            await trio.sleep(0.05)
 
 
 async def held_call(session: ClientSession, db: Path, verb: str, *extra: str) -> Any:
