@@ -544,3 +544,26 @@ async def test_held_calls_to_an_http_upstream(tmp_path: Path, json_response: boo
                       "AND tool LIKE 'test_%' ORDER BY seq")
     assert rows == [("test_simple_text", "pending"), ("test_simple_text", "approved"),
                     ("test_error_handling", "pending"), ("test_error_handling", "approved")]
+
+
+def test_wrap_killed_while_holding_a_call_then_restarted(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    first = subprocess.Popen(wrap_argv(config), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL)
+    assert first.stdin is not None and first.stdout is not None
+    first.stdin.write(json.dumps(DELETE_CALL).encode() + b"\n")
+    first.stdin.flush()
+    ident = filed(tmp_path / "approvals.db")
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=20) != 0
+    assert first.stdout.read() == b""  # the client saw its server go away, no answer
+    first.stdin.close()
+    # A new wrap process (the client restarting its server) opens the same database.
+    second = subprocess.run(wrap_argv(config), input=b"", capture_output=True, timeout=30)
+    assert second.returncode == 0
+    with open_store(tmp_path / "approvals.db") as store:
+        request = store.get(ident)
+    assert request is not None and (request.status, request.note) == ("abandoned", RESTARTED)
+    rows = audit_rows(tmp_path, "SELECT decision, reason FROM events WHERE kind = 'decision' "
+                      "AND call_id = ? ORDER BY seq", request.call_id)
+    assert rows == [("pending", "deleting a VM destroys its disks"), ("rejected", RESTARTED)]
