@@ -567,3 +567,29 @@ def test_wrap_killed_while_holding_a_call_then_restarted(tmp_path: Path) -> None
     rows = audit_rows(tmp_path, "SELECT decision, reason FROM events WHERE kind = 'decision' "
                       "AND call_id = ? ORDER BY seq", request.call_id)
     assert rows == [("pending", "deleting a VM destroys its disks"), ("rejected", RESTARTED)]
+
+
+async def test_json_only_client_gets_the_verdict_as_json(tmp_path: Path) -> None:
+    config = write_config(tmp_path, serve=True)
+    db = tmp_path / "approvals.db"
+    async with serving(tmp_path, config) as (_, base):
+        url = f"{base}/servers/vm/mcp"
+        async with httpx.AsyncClient(timeout=20) as http:
+            headers = {**await initialize(http, url), "accept": "application/json"}
+            answers: list[httpx.Response] = []
+
+            async def post(call_id: int, verb: str) -> None:
+                answers.append(await http.post(url, json={**DELETE_CALL, "id": call_id},
+                                               headers=headers))
+
+            for call_id, verb in ((6, "reject"), (7, "approve")):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(post, call_id, verb)
+                    request = await held_request(db)
+                    await decide(db, verb, str(request["id"]), "json")
+    refused, approved = answers
+    assert refused.headers["content-type"] == "application/json"
+    assert refused.json()["id"] == 6 and refused.json()["result"]["isError"] is True
+    assert "rejected by oncall-alice: json" in refused.json()["result"]["content"][0]["text"]
+    assert approved.headers["content-type"] == "application/json"
+    assert approved.json()["id"] == 7 and not approved.json()["result"].get("isError")
