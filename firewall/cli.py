@@ -182,10 +182,11 @@ def _register() -> None:
     """Commands that live with their domain: policy, audit, the demo server."""
     from firewall.audit.commands import audit
     from firewall.demo.server import main as demo
+    from firewall.gateway.admin_commands import kill_switch
     from firewall.gateway.commands import approvals
     from firewall.policy.commands import COMMANDS
 
-    for command in [*COMMANDS, audit, approvals]:
+    for command in [*COMMANDS, audit, approvals, kill_switch]:
         main.add_command(command)
     demo.help = ("Run the bundled demo MCP server (a simulated virtualization host) "
                  "on stdin/stdout.")

@@ -558,6 +558,9 @@ def decode_body(body: bytes, kind: type[_T]) -> _T:
 async def reply(ex: Exchange, status: int, data: Any) -> None:
     """A JSON answer that no cache keeps."""
     headers = [("cache-control", "no-store")]
+    if ex.has_body and not ex.body_read:
+        # Refused before the body was read: the connection cannot be reused.
+        headers.append(("connection", "close"))
     if status == 401:
         headers.append(("www-authenticate", 'Bearer realm="mcpwall-admin"'))
     if isinstance(data, dict) and "allow" in data:
