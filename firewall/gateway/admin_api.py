@@ -188,6 +188,9 @@ class AdminPlane:
                     result.pop("error", None)
             await reply(ex, 200 if report["status"] == "ready" else 503, report)
             return
+        if path == "/favicon.ico":
+            await ex.respond(204, b"", None, [("cache-control", "max-age=86400")])
+            return
         if path in console.ASSETS and method == "GET":
             await console.asset(ex, path)
             return

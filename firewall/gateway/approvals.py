@@ -113,7 +113,9 @@ class ApprovalError(Exception):
 def _connect(path: Path) -> sqlite3.Connection:
     new = not path.exists()
     try:
-        conn = sqlite3.connect(path, timeout=10, isolation_level=None)
+        # The desk uses its connection from whichever worker thread trio picks
+        # (one at a time, under its lock): not tied to the opening thread.
+        conn = sqlite3.connect(path, timeout=10, isolation_level=None, check_same_thread=False)
         if new:
             os.chmod(path, 0o600)
         conn.execute("PRAGMA journal_mode=WAL")

@@ -7,7 +7,7 @@ Rules this package keeps:
    ``textContent`` in the browser: a tool argument is never markup.
 2. Pages are sent with a strict Content-Security-Policy (scripts and styles
    from this listener only, no inline script, no framing), ``nosniff`` and
-   ``no-referrer``; nothing is cached.
+   ``same-origin`` referrers; nothing is cached.
 3. The templates (``page.html``, ``login.html``) and the assets
    (``console.js``, ``console.css``) are package resources.
 """
@@ -35,7 +35,7 @@ SECURITY_HEADERS: Final = (
                                 "connect-src 'self'; img-src 'self'; form-action 'self'; "
                                 "frame-ancestors 'none'; base-uri 'none'"),
     ("x-content-type-options", "nosniff"),
-    ("referrer-policy", "no-referrer"),
+    ("referrer-policy", "same-origin"),  # "no-referrer" makes form posts Origin: null
     ("x-frame-options", "DENY"),
     ("cache-control", "no-store"),
 )
