@@ -4,6 +4,7 @@ playwright-core): a click in the page releases a call the MCP SDK client is wait
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -88,8 +89,8 @@ async def click_in_console(tmp_path: Path, action: str, comment: str) -> tuple[A
             "FROM events WHERE kind = 'approval'")
         seen["audit"] = [dict(r) for r in rows]
     print(f"console screenshots: {shots}")
-    assert (shots / "console-held.png").stat().st_size > 0
-    assert Path(seen["screenshot"]).stat().st_size > 0
+    for shot in ("console-held.png", f"console-after-{action}.png"):
+        assert os.path.getsize(shots / shot) > 0
     return result[0], seen
 
 
