@@ -4,7 +4,6 @@ playwright-core): a click in the page releases a call the MCP SDK client is wait
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -90,7 +89,7 @@ async def click_in_console(tmp_path: Path, action: str, comment: str) -> tuple[A
         seen["audit"] = [dict(r) for r in rows]
     print(f"console screenshots: {shots}")
     for shot in ("console-held.png", f"console-after-{action}.png"):
-        assert os.path.getsize(shots / shot) > 0
+        assert (await trio.Path(shots / shot).stat()).st_size > 0
     return result[0], seen
 
 
