@@ -2,11 +2,13 @@
 
 :class:`ObservedAudit` sits between the gateway and the audit writer: each
 event appended is counted (and published to the operators' live feed) after
-the writer accepted it, so the hot path gains one call and a few dict
+it is handed to the writer, so the hot path gains one call and a few dict
 updates, and no code in the mediator knows about metrics. Rules:
 
-1. Counters only grow while the process lives; gauges (audit queue depth,
-   pending approvals, sessions, kill switches) are read at scrape time.
+1. An event is counted when it is handed to the trail (a trail that fails
+   stops the gateway's forwarding anyway). Counters only grow while the
+   process lives; gauges (audit queue depth, pending approvals, sessions,
+   kill switches) are read at scrape time.
 2. The exposition is Prometheus text format 0.0.4, written by hand (a test
    parses it with ``prometheus_client``'s parser); label values are escaped.
 3. Latency is the outcome event's ``latency_ns`` (decision to answer, upstream
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from typing import Any, Final
 
 import msgspec
@@ -172,13 +174,16 @@ class ObservedAudit:
         self.metrics = metrics
         self.feed = feed
 
-    async def append(self, event: Event) -> Receipt:
-        """Append to the trail, then count (an event the trail refused is not counted)."""
-        receipt = await self.inner.append(event)
+    def append(self, event: Event) -> Coroutine[Any, Any, Receipt]:
+        """Count the event, then hand it to the trail (the caller awaits the trail's append).
+
+        Not a coroutine itself: returning the trail's awaitable saves a
+        coroutine frame per event on the hot path.
+        """
         self.metrics.observe(event)
         if self.feed.readers:
             _publish(self.feed, event)
-        return receipt
+        return self.inner.append(event)
 
 
 def _publish(feed: Feed, event: Event) -> None:
