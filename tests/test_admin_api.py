@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 from typing import Any
 
 import httpx
@@ -344,3 +345,20 @@ async def test_console_login_csrf_and_escaping_over_http(tmp_path: Any) -> None:
                                    headers={"X-CSRF-Token": csrf.group(1)})
             assert done.status_code == 200
         assert (await http.get(f"{gw.admin}/api/approvals")).json() == {"approvals": []}
+
+
+async def test_an_operator_port_in_use_is_a_clear_error(tmp_path: Any) -> None:
+    from admin_gateway import config_text
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "gw.toml"
+        config.write_text(config_text(tmp_path, port))
+        with trio.fail_after(30):
+            done = await trio.run_process(
+                [*mcpwall_argv(), "serve", str(config), "--port", str(harness.free_port())],
+                capture_stdout=True, capture_stderr=True, check=False)
+    assert done.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port} ([admin])" in done.stderr.decode()

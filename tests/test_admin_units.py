@@ -75,7 +75,7 @@ def test_metrics_exposition_parses_and_counts() -> None:
                                      status="ok", latency_ns=latency_ms * 1_000_000))
     metrics.observe(LifecycleEvent(ts_ns=1, kind="upstream_restart", server="vm"))
     text = exposition(metrics, Gauges(audit_queue_depth=3, approvals_pending=2,
-                                      sessions={"vm": 4}, kill_switches=1, ready=True)).decode()
+                                      sessions={"vm": 4}, kill_switches=1)).decode()
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for f in text_string_to_metric_families(text) for s in f.samples}
     allow = (("decision", "allow"), ("method", "tools/call"), ("server", "vm"), ("tool", "a"))
@@ -95,7 +95,7 @@ def test_metrics_exposition_parses_and_counts() -> None:
     assert samples[("mcpwall_audit_queue_depth", ())] == 3
     assert samples[("mcpwall_approvals_pending", ())] == 2
     assert samples[("mcpwall_sessions", (("server", "vm"),))] == 4
-    assert samples[("mcpwall_ready", ())] == 1
+    assert samples[("mcpwall_kill_switches", ())] == 1
 
 
 class _Trail:
@@ -200,3 +200,21 @@ def test_console_markup_escapes_every_value() -> None:
                                         "decision": '"><b>', "rule": evil, "reason": evil}])
     assert "<script>" not in decisions and "<b>" not in decisions
     assert console.esc(None) == "" and console.esc("'") == "&#x27;"
+
+
+def test_serve_refuses_an_operator_port_equal_to_the_agents(tmp_path: Any) -> None:
+    from click.testing import CliRunner
+
+    from firewall.cli import main
+
+    config = tmp_path / "gw.toml"
+    config.write_text(_admin("port = 9100\n"))
+    same = CliRunner().invoke(main, ["serve", str(config), "--port", "9100"])
+    assert same.exit_code == 2 and "must not share the agents' listener" in same.output
+    moved = CliRunner().invoke(main, ["serve", str(config), "--port", "9101",
+                                      "--admin-port", "9101"])
+    assert moved.exit_code == 2 and "must not share" in moved.output
+    plain = tmp_path / "plain.toml"
+    plain.write_text("")
+    none = CliRunner().invoke(main, ["serve", str(plain), "--admin-port", "9102"])
+    assert none.exit_code == 2 and "no [admin] table" in none.output

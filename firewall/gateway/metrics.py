@@ -86,7 +86,6 @@ class Gauges(msgspec.Struct, kw_only=True):
     approvals_pending: int | None = None
     sessions: dict[str, int] = msgspec.field(default_factory=dict)
     kill_switches: int = 0
-    ready: bool | None = None
 
 
 def _label(value: str) -> str:
@@ -159,9 +158,6 @@ def _gauges(out: list[str], gauges: Gauges) -> None:
             ((_labels(("server",), (k,)), n) for k, n in sorted(gauges.sessions.items())))
     _family(out, "mcpwall_kill_switches", "gauge", "Kill switches that are on.",
             [("", gauges.kill_switches)])
-    if gauges.ready is not None:
-        _family(out, "mcpwall_ready", "gauge", "1 when /readyz would answer 200.",
-                [("", int(gauges.ready))])
 
 
 class ObservedAudit:
