@@ -24,9 +24,8 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Literal
 from urllib.parse import parse_qs
 
 import msgspec
@@ -36,8 +35,19 @@ from firewall.audit.events import AuditPoint, append_lifecycle
 from firewall.audit.query import Filters, QueryError, Sources, calls
 from firewall.audit.store import StoreError
 from firewall.gateway import console, readiness
+from firewall.gateway.admin_requests import (
+    ApiError,
+    Handler,
+    Request,
+    SwitchBody,
+    VerdictBody,
+    decode_body,
+    int_param,
+    read_body,
+    reply,
+)
 from firewall.gateway.approvals import ApprovalError, ApprovalStore, open_store
-from firewall.gateway.exchange import BodyTooLarge, ClientGone, Exchange, Receive, Scope, Send
+from firewall.gateway.exchange import ClientGone, Exchange, Receive, Scope, Send
 from firewall.gateway.feed import Feed, sse_frame
 from firewall.gateway.killswitch import KillSwitch, Switch
 from firewall.gateway.killswitch import Scope as SwitchScope
@@ -58,51 +68,11 @@ if TYPE_CHECKING:
     from firewall.gateway.http_front import HttpFront
     from firewall.policy.decision import PolicyPoint
 
-_T = TypeVar("_T")
 COOKIE: Final = "mcpwall_console"
-MAX_BODY: Final = 64 * 1024
 KEEPALIVE_SECONDS: Final = 15.0
 # Whether this version's approvals store takes an approval scope (one call,
 # the rest of the session, N minutes): the API passes ``scope`` on when it does.
 _STORE_TAKES_SCOPE: Final = "scope" in inspect.signature(ApprovalStore.decide).parameters
-
-
-class ApiError(Exception):
-    """A refusal: HTTP status and a message for the operator."""
-
-    def __init__(self, status: int, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.status = status
-        self.extra = extra
-
-
-class VerdictBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """``POST /api/approvals/{id}/approve|reject``."""
-
-    comment: str | None = None
-    note: str | None = None  # an alias of comment (the CLI's --note)
-    by: str | None = None    # a person behind a shared token: recorded as "by via operator"
-    scope: Any = None        # passed to the approvals store when it supports scopes
-
-
-class SwitchBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """``POST|DELETE /api/kill-switch``."""
-
-    scope: Literal["global", "server", "principal"] = "global"
-    name: str | None = None
-    comment: str | None = None
-
-
-class Request(msgspec.Struct):
-    """One authenticated API request as the handlers see it."""
-
-    ex: Exchange
-    operator: Operator
-    query: dict[str, str]
-    parts: list[str]
-
-
-Handler = Callable[[Request], Awaitable[None]]
 
 
 class AdminPlane:
@@ -533,45 +503,6 @@ def switch_view(switch: Switch) -> dict[str, Any]:
     return {"scope": switch.scope.kind, "name": switch.scope.name, "by": switch.by,
             "since_ns": switch.since_ns, "comment": switch.comment,
             "reason": switch.decision.reason if switch.decision else None}
-
-
-def int_param(query: dict[str, str], name: str, default: int, cap: int) -> int:
-    """A positive integer query parameter, at most ``cap``; 400 otherwise."""
-    text = query.get(name)
-    if text is None or text == "":
-        return default
-    if not text.isdigit() or int(text) < 1:
-        raise ApiError(400, f"{name}: expected a positive integer, got {text!r}")
-    return min(int(text), cap)
-
-
-async def read_body(ex: Exchange) -> bytes:
-    """The request body (at most 64 KiB; 413 beyond)."""
-    try:
-        return await ex.read_body(MAX_BODY)
-    except BodyTooLarge:
-        raise ApiError(413, f"a request body is at most {MAX_BODY} bytes") from None
-
-
-def decode_body(body: bytes, kind: type[_T]) -> _T:
-    """Decode a JSON body (empty means ``{}``); 400 names what is wrong."""
-    try:
-        return msgspec.json.decode(body or b"{}", type=kind)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise ApiError(400, f"bad request body: {exc}") from None
-
-
-async def reply(ex: Exchange, status: int, data: Any) -> None:
-    """A JSON answer that no cache keeps."""
-    headers = [("cache-control", "no-store")]
-    if ex.has_body and not ex.body_read:
-        # Refused before the body was read: the connection cannot be reused.
-        headers.append(("connection", "close"))
-    if status == 401:
-        headers.append(("www-authenticate", 'Bearer realm="mcpwall-admin"'))
-    if isinstance(data, dict) and "allow" in data:
-        headers.append(("allow", ", ".join(data["allow"])))
-    await ex.respond(status, msgspec.json.encode(data), headers=headers)
 
 
 __all__ = ["COOKIE", "AdminPlane", "ApiError"]
