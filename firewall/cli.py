@@ -17,7 +17,14 @@ import msgspec
 import trio
 
 from firewall import __version__
-from firewall.config import Config, ConfigError, StdioServer, default_config, load_config
+from firewall.config import (
+    Config,
+    ConfigError,
+    StdioServer,
+    check_admin,
+    default_config,
+    load_config,
+)
 from firewall.gateway.approvals import ApprovalError
 from firewall.log import configure
 from firewall.policy.decision import Caller
@@ -128,13 +135,19 @@ def wrap(
                 type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--host", default=None, help="Listen address (overrides the config).")
 @click.option("--port", type=int, default=None, help="Listen port (overrides the config).")
-def serve(config_path: Path | None, host: str | None, port: int | None) -> None:
+@click.option("--admin-port", type=int, default=None,
+              help="Operator listener port (overrides [admin] port; needs an [admin] table).")
+def serve(config_path: Path | None, host: str | None, port: int | None,
+          admin_port: int | None) -> None:
     """Serve the fleet of CONFIG over Streamable HTTP (the demo fleet without CONFIG).
 
     \b
     Each server is at http://HOST:PORT/servers/NAME/mcp.
       mcpwall serve                  # bundled demo server + rules/virtualization.json
       mcpwall serve mcpwall.toml --port 9000
+    \b
+    With an [admin] table, the operator API, /metrics and the console listen
+    on their own address (127.0.0.1:8766 by default): see docs/admin.md.
     """
     config = _load(config_path)
     listen = config.listen
@@ -143,6 +156,16 @@ def serve(config_path: Path | None, host: str | None, port: int | None) -> None:
     if port is not None:
         listen = msgspec.structs.replace(listen, port=port)
     config = msgspec.structs.replace(config, listen=listen)
+    if admin_port is not None:
+        if config.admin is None:
+            raise click.UsageError("--admin-port: the config has no [admin] table")
+        config = msgspec.structs.replace(
+            config, admin=msgspec.structs.replace(config.admin, port=admin_port))
+    if config.admin is not None:
+        try:
+            check_admin(config.admin, config.listen, config.source)
+        except ConfigError as exc:
+            raise click.UsageError(str(exc)) from None
     configure(config.log.level, config.log.format)
     from firewall.gateway.runtime import serve as run_serve
 
@@ -159,10 +182,11 @@ def _register() -> None:
     """Commands that live with their domain: policy, audit, the demo server."""
     from firewall.audit.commands import audit
     from firewall.demo.server import main as demo
+    from firewall.gateway.admin_commands import kill_switch
     from firewall.gateway.commands import approvals
     from firewall.policy.commands import COMMANDS
 
-    for command in [*COMMANDS, audit, approvals]:
+    for command in [*COMMANDS, audit, approvals, kill_switch]:
         main.add_command(command)
     demo.help = ("Run the bundled demo MCP server (a simulated virtualization host) "
                  "on stdin/stdout.")

@@ -21,12 +21,13 @@ import re
 import sys
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import msgspec
 
 from firewall.audit.settings import AuditSettings
 from firewall.gateway.approvals import ApprovalSettings
+from firewall.gateway.operators import AdminSettings
 from firewall.identity import TokenEntry
 
 DEFAULT_PORT = 8765
@@ -119,6 +120,8 @@ class Config(_Base):
     audit: AuditSettings = msgspec.field(default_factory=AuditSettings)
     auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
     approvals: ApprovalSettings = msgspec.field(default_factory=ApprovalSettings)
+    # The operator listener (API, metrics, console); none without an [admin] table.
+    admin: AdminSettings | None = None
     servers: dict[str, ServerSettings] = msgspec.field(default_factory=dict)
     # Where the file came from; relative paths inside were resolved against it.
     source: str = "<built-in>"
@@ -193,6 +196,37 @@ def _check(config: Config, source: str) -> None:
     for key in ("max_body_bytes", "max_sessions"):
         if getattr(config.listen, key) <= 0:
             raise ConfigError(f"{source}: listen.{key}: expected a positive number")
+    if config.admin is not None:
+        check_admin(config.admin, config.listen, source)
+
+
+_LOOPBACK: Final = ("127.0.0.1", "::1", "localhost")
+_ANY: Final = ("0.0.0.0", "::", "")
+
+
+def check_admin(admin: AdminSettings, listen: ListenSettings, source: str) -> None:
+    """Refuse an operator listener that is unsafe or shares the agents' address."""
+    from firewall.gateway.operators import OperatorTable
+    from firewall.identity import IdentityError
+
+    if not 0 < admin.port < 65536:
+        raise ConfigError(f"{source}: admin.port: expected 1..65535, got {admin.port}")
+    hosts = {admin.host.lower(), listen.host.lower()}
+    if admin.port == listen.port and (len(hosts) == 1 or hosts & set(_ANY)):
+        raise ConfigError(f"{source}: admin: the operator listener {admin.host}:{admin.port} "
+                          f"must not share the agents' listener {listen.host}:{listen.port}")
+    if admin.insecure_no_auth:
+        if admin.host.lower() not in _LOOPBACK:
+            raise ConfigError(f"{source}: admin.insecure_no_auth: allowed on a loopback host "
+                              f"only (127.0.0.1, ::1, localhost), not {admin.host!r}")
+    elif not admin.tokens:
+        raise ConfigError(f"{source}: admin.tokens: the operator listener needs at least one "
+                          "token ([[admin.tokens]] sha256 = ..., operator = ...; "
+                          "`mcpwall hash-token` prints a digest)")
+    try:
+        OperatorTable(admin.tokens)
+    except IdentityError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 def _resolve(config: Config, source: str, base: Path | None) -> Config:

@@ -434,6 +434,11 @@ class AuditWriter:
             raise AuditError("the audit trail failed; see the audit_write_failed log") \
                 from self._error
 
+    @property
+    def queue_depth(self) -> int:
+        """Events appended and not committed yet (the ``mcpwall_audit_queue_depth`` gauge)."""
+        return self._pending
+
     def stats(self) -> WriterStats:
         """Events and batches committed so far, and the writer thread's busy time."""
         return WriterStats(self._events, self._batch_count, self._busy)

@@ -1,8 +1,14 @@
 """``mcpwall approvals``: list held calls, approve or reject them.
 
+Two ways to reach the requests: the approvals database itself (file
+permissions decide who may approve), or with ``--admin-url`` (or
+``$MCPWALL_ADMIN_URL``) the operator API of a running ``mcpwall serve``,
+which records the token's operator name.
+
 Exit codes: 0 done; 1 the request is unknown, already decided, expired,
 withdrawn or abandoned (its mcpwall process is gone); 2 usage error (bad
-option or scope, unreadable database or config).
+option or scope, unreadable database or config, unreachable operator listener
+or refused token).
 """
 
 from __future__ import annotations
@@ -12,11 +18,13 @@ import getpass
 import sys
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote
 
 import click
 import msgspec
 
 from firewall.config import ConfigError, load_config
+from firewall.gateway.admin_commands import admin_options, call_api
 from firewall.gateway.approvals import (
     ApprovalError,
     ApprovalRequest,
@@ -60,10 +68,14 @@ def approvals() -> None:
     A rule with "action": "require_approval" holds a call until someone
     decides (or [approvals] timeout_seconds pass, and the call is refused):
       mcpwall approvals list
-      mcpwall approvals approve 3f9c2a1b --note "planned maintenance"
+      mcpwall approvals approve 3f9c2a1b --comment "planned maintenance"
       mcpwall approvals approve 3f9c2a1b --scope session   # and the rest of the session
       mcpwall approvals approve 3f9c2a1b --scope minutes:30
-      mcpwall approvals reject 3f9c2a1b --note "not during business hours"
+      mcpwall approvals reject 3f9c2a1b --comment "not during business hours"
+    \b
+    Through a running gateway's operator API instead of the database:
+      export MCPWALL_ADMIN_URL=http://127.0.0.1:8766 MCPWALL_ADMIN_TOKEN=...
+      mcpwall approvals list
     """
 
 
@@ -72,22 +84,22 @@ def approvals() -> None:
 @_config_option
 @click.option("--all", "show_all", is_flag=True, help="Also decided and expired requests.")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines, one request a line.")
+@admin_options(required=False)
 def list_command(db: Path | None, config_path: Path | None, show_all: bool,
-                 as_json: bool) -> None:
+                 as_json: bool, admin_url: str | None, admin_token: str | None) -> None:
     """List pending requests (newest first).
 
     \b
       mcpwall approvals list --config mcpwall.toml
+      mcpwall approvals list --admin-url http://127.0.0.1:8766 --json
     """
-    path = _path(db, config_path)
-    if not path.exists():
-        raise click.UsageError(f"{path}: no approvals database (nothing was ever held)")
     status: Status | None = None if show_all else "pending"
-    try:
-        with open_store(path) as store:
-            requests = store.list(status)
-    except ApprovalError as exc:
-        raise click.UsageError(str(exc)) from None
+    if admin_url is not None:
+        answer = call_api(admin_url, admin_token, "GET",
+                          f"/api/approvals?status={status or 'all'}")
+        requests = [msgspec.convert(r, ApprovalRequest) for r in answer["approvals"]]
+    else:
+        requests = _from_db(db, config_path, status)
     if as_json:
         for request in requests:
             sys.stdout.write(msgspec.json.encode(request).decode() + "\n")
@@ -117,14 +129,38 @@ def _ended(r: ApprovalRequest) -> str:
     return r.decided_by
 
 
+def _from_db(db: Path | None, config_path: Path | None,
+             status: Status | None) -> list[ApprovalRequest]:
+    path = _path(db, config_path)
+    if not path.exists():
+        raise click.UsageError(f"{path}: no approvals database (nothing was ever held)")
+    try:
+        with open_store(path) as store:
+            return store.list(status)
+    except ApprovalError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
 def _decide(verdict: Literal["approved", "rejected"], ident: str, db: Path | None,
             config_path: Path | None, by: str | None, note: str | None, as_json: bool,
-            scope: str = "call") -> None:
-    path = _path(db, config_path)
+            scope: str = "call", admin_url: str | None = None,
+            admin_token: str | None = None) -> None:
     try:
         parse_scope(scope)
     except ApprovalError as exc:
         raise click.BadParameter(str(exc), param_hint="--scope") from None
+    if admin_url is not None:
+        verb = "approve" if verdict == "approved" else "reject"
+        body: dict[str, Any] = {"comment": note} if note is not None else {}
+        if by is not None:
+            body["by"] = by
+        if verdict == "approved":
+            body["scope"] = scope
+        answer = call_api(admin_url, admin_token, "POST",
+                          f"/api/approvals/{quote(ident, safe='')}/{verb}", body)
+        _report(msgspec.convert(answer["approval"], ApprovalRequest), as_json)
+        return
+    path = _path(db, config_path)
     if not path.exists():
         raise click.UsageError(f"{path}: no approvals database")
     try:
@@ -151,12 +187,18 @@ def _verdict_command(verdict: Literal["approved", "rejected"], name: str, doc: s
     @click.argument("ident", metavar="ID")
     @_db_option
     @_config_option
-    @click.option("--by", default=None, help="Who decides (default: the login name).")
-    @click.option("--note", default=None, help="Why; the agent and the audit trail see it.")
+    @click.option("--by", default=None,
+                  help="Who decides (default: the login name; with --admin-url the "
+                       "token's operator).")
+    @click.option("--comment", "--note", "note", default=None,
+                  help="Why; the agent and the audit trail see it (--note is an alias).")
     @click.option("--json", "as_json", is_flag=True, help="Print the request as JSON.")
+    @admin_options(required=False)
     def command(ident: str, db: Path | None, config_path: Path | None, by: str | None,
-                note: str | None, as_json: bool, scope: str = "call") -> None:
-        _decide(verdict, ident, db, config_path, by, note, as_json, scope)
+                note: str | None, as_json: bool, admin_url: str | None,
+                admin_token: str | None, scope: str = "call") -> None:
+        _decide(verdict, ident, db, config_path, by, note, as_json, scope, admin_url,
+                admin_token)
 
     if verdict == "approved":
         command = click.option(
@@ -170,12 +212,12 @@ def _verdict_command(verdict: Literal["approved", "rejected"], name: str, doc: s
 approve = _verdict_command("approved", "approve", """Let a held call through.
 
 \b
-  mcpwall approvals approve 3f9c2a1b --note "ticket OPS-112"
+  mcpwall approvals approve 3f9c2a1b --comment "ticket OPS-112"
   mcpwall approvals approve 3f9c2a1b --scope session      # later calls of it too
   mcpwall approvals approve 3f9c2a1b --scope minutes:30   # this agent, 30 minutes
 """)
 reject = _verdict_command("rejected", "reject", """Refuse a held call.
 
 \b
-  mcpwall approvals reject 3f9c2a1b --note "use a snapshot instead"
+  mcpwall approvals reject 3f9c2a1b --comment "use a snapshot instead"
 """)

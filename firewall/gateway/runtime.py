@@ -21,7 +21,7 @@ from firewall.gateway.sessions import new_session_id
 from firewall.gateway.stdio_front import run_wrap
 from firewall.log import get_logger
 from firewall.policy.decision import AllowAll, Caller, PolicyPoint
-from firewall.policy.engine import PolicySet
+from firewall.policy.engine import PolicySet, ReloadResult
 from firewall.policy.schema import PolicyError
 
 
@@ -53,20 +53,10 @@ async def watch_policy(policy: PolicyPoint, audit: AuditPoint | None,
     """
     if not isinstance(policy, PolicySet):
         return
-    log = get_logger()
     await append_lifecycle(audit, "policy_load", detail={"files": policy.digests})
 
     async def reload(trigger: str) -> None:
-        result = policy.reload()
-        if result.ok:
-            if result.changed:
-                log.info("policy_reloaded", trigger=trigger, files=result.files)
-                await append_lifecycle(audit, "policy_reload", detail={"files": result.files,
-                                                                "trigger": trigger})
-        else:
-            log.error("policy_reload_failed", trigger=trigger, error=result.error)
-            await append_lifecycle(audit, "policy_reload_failed", detail={
-                "error": result.error, "kept": result.files, "trigger": trigger})
+        await reload_policy(policy, audit, trigger)
 
     def stamp() -> tuple[tuple[str, float, int], ...]:
         out = []
@@ -92,6 +82,33 @@ async def watch_policy(policy: PolicyPoint, audit: AuditPoint | None,
             if now != last:
                 last = now
                 await reload("file_changed")
+
+
+async def reload_policy(policy: PolicyPoint, audit: AuditPoint | None, trigger: str, *,
+                        by: str | None = None) -> ReloadResult | None:
+    """Re-read the policy files now; None when no policy files are configured.
+
+    A change is logged and audited (``policy_reload``), a bad file too
+    (``policy_reload_failed``, the table in force is kept). A reload an
+    operator asked for (``by``) is audited even when nothing changed.
+    """
+    if not isinstance(policy, PolicySet):
+        return None
+    log = get_logger()
+    result = policy.reload()
+    who: dict[str, Any] = {} if by is None else {"by": by}
+    if result.ok:
+        if result.changed or by is not None:
+            log.info("policy_reloaded", trigger=trigger, files=result.files, **who)
+            if by is not None:
+                who["changed"] = result.changed
+            await append_lifecycle(audit, "policy_reload", detail={
+                "files": result.files, "trigger": trigger, **who})
+    else:
+        log.error("policy_reload_failed", trigger=trigger, error=result.error, **who)
+        await append_lifecycle(audit, "policy_reload_failed", detail={
+            "error": result.error, "kept": result.files, "trigger": trigger, **who})
+    return result
 
 
 @asynccontextmanager
@@ -171,13 +188,36 @@ async def serve(config: Config, *, banner: TextIO | None = None) -> None:
             open_desk(config.approvals, instance=default_instance_id(), audit=audit) as desk,
             trio.open_nursery() as nursery,
         ):
-            front = HttpFront(config, policy, audit, approvals=desk)
+            plane = None
+            if config.admin is not None:
+                from firewall.gateway.admin_listener import operator_plane
+
+                plane, guarded, observed = operator_plane(config, policy, audit)
+                front = HttpFront(config, guarded, observed, approvals=desk)
+                plane.attach(front)
+            else:
+                front = HttpFront(config, policy, audit, approvals=desk)
             nursery.start_soon(watch_policy, policy, audit)
             nursery.start_soon(_stop_on_signals, front, nursery.cancel_scope)
             binds = await nursery.start(run)
             log.info("serve_started", urls=binds, servers=list(config.servers))
+            admin_urls: list[str] = []
+            if plane is not None:
+                from firewall.gateway.admin_listener import run_admin
+
+                admin_urls = await nursery.start(run_admin, plane)
+                log.info("admin_started", urls=admin_urls)
             connect_banner(config, binds, banner if banner is not None else sys.stderr)
+            if admin_urls:
+                (banner if banner is not None else sys.stderr).write(
+                    f"Operator console and API: {admin_urls[0]}/\n")
     except BaseExceptionGroup as group:
+        config_error = group.subgroup(ConfigError)
+        if config_error is not None:
+            first: BaseException = config_error.exceptions[0]
+            while isinstance(first, BaseExceptionGroup):
+                first = first.exceptions[0]
+            raise first from None
         bind_error = group.subgroup(OSError)
         if bind_error is None:
             raise

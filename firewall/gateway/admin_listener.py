@@ -1,0 +1,58 @@
+"""The operator listener: a second hypercorn server in the same trio nursery as the front.
+
+:func:`operator_plane` builds what the operator plane needs around the
+policy point and the audit trail (the kill switch in front of the policy, the
+metrics observer behind the audit point); :func:`run_admin` serves it until
+the nursery that owns the front is cancelled, so both stop together.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import trio
+
+from firewall.audit.events import AuditPoint
+from firewall.config import Config, ConfigError
+from firewall.gateway.admin_api import AdminPlane
+from firewall.gateway.feed import Feed
+from firewall.gateway.killswitch import GuardedPolicy, KillSwitch
+from firewall.gateway.metrics import Metrics, ObservedAudit
+from firewall.policy.decision import PolicyPoint
+
+
+def operator_plane(config: Config, policy: PolicyPoint, audit: AuditPoint | None
+                   ) -> tuple[AdminPlane, PolicyPoint, AuditPoint | None]:
+    """The plane, and the policy point and audit point the front should use."""
+    switch, metrics, feed = KillSwitch(), Metrics(), Feed()
+    observed = None if audit is None else ObservedAudit(audit, metrics, feed)
+    plane = AdminPlane(config, policy, switch, metrics, feed, audit, observed)
+    return plane, GuardedPolicy(policy, switch), observed
+
+
+async def run_admin(plane: AdminPlane,
+                    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve the operator plane until cancelled; ``started`` gets its base URLs.
+
+    Raises :class:`ConfigError` naming ``[admin]`` when the address cannot be bound.
+    """
+    from hypercorn.trio import serve as hypercorn_serve
+
+    from firewall.gateway.http_front import hypercorn_config
+
+    settings = plane.settings
+    hyper = hypercorn_config(settings.host, settings.port, 1.0)
+    try:
+        await hypercorn_serve(cast(Any, plane), hyper, shutdown_trigger=trio.sleep_forever,
+                              task_status=task_status)
+    except* OSError as group:
+        exc: BaseException = group.exceptions[0]
+        while isinstance(exc, BaseExceptionGroup):
+            exc = exc.exceptions[0]
+        raise ConfigError(f"cannot listen on {settings.host}:{settings.port} ([admin]): "
+                          f"{getattr(exc, 'strerror', None) or exc}") from None
+    finally:
+        plane.closing.set()
+
+
+__all__ = ["operator_plane", "run_admin"]

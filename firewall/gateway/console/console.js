@@ -1,0 +1,148 @@
+// mcpwall console: live approvals, decisions and audit search.
+// Everything from the server is put in the page with textContent, never as HTML.
+"use strict";
+(function () {
+  const csrf = document.querySelector('meta[name="csrf-token"]').content;
+  const $ = (sel) => document.querySelector(sel);
+
+  function cell(text, cls) {
+    const td = document.createElement("td");
+    if (cls) td.className = cls;
+    td.textContent = text == null ? "" : String(text);
+    return td;
+  }
+  function pre(value) {
+    const td = document.createElement("td");
+    const p = document.createElement("pre");
+    p.textContent = value == null ? "" : (typeof value === "string" ? value : JSON.stringify(value, null, 1));
+    td.appendChild(p);
+    return td;
+  }
+  function when(ns) {
+    return ns ? new Date(ns / 1e6).toISOString().replace("T", " ").slice(0, 19) : "";
+  }
+
+  async function api(method, path, body) {
+    const init = { method, headers: { "X-CSRF-Token": csrf }, credentials: "same-origin" };
+    if (body !== undefined) {
+      init.headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(body);
+    }
+    const res = await fetch(path, init);
+    let data = {};
+    try { data = await res.json(); } catch (e) { data = {}; }
+    if (res.status === 401) { window.location.reload(); }
+    if (!res.ok) throw new Error(data.error || ("HTTP " + res.status));
+    return data;
+  }
+
+  function approvalRow(a) {
+    const tr = document.createElement("tr");
+    tr.dataset.id = a.id;
+    tr.append(cell(a.id), cell(when(a.created_ns)), cell(a.principal), cell(a.server),
+              cell(a.target || a.method), pre(a.arguments),
+              cell((a.rule || "") + (a.reason ? ": " + a.reason : "")));
+    const td = document.createElement("td");
+    td.className = "decide";
+    const note = document.createElement("input");
+    note.placeholder = "comment";
+    note.setAttribute("aria-label", "comment for " + a.id);
+    td.appendChild(note);
+    for (const [verb, label] of [["approve", "Approve"], ["reject", "Reject"]]) {
+      const b = document.createElement("button");
+      b.type = "button";
+      b.className = verb;
+      b.dataset.action = verb;
+      b.dataset.id = a.id;
+      b.textContent = label;
+      td.appendChild(b);
+    }
+    tr.appendChild(td);
+    return tr;
+  }
+
+  async function loadApprovals() {
+    try {
+      const data = await api("GET", "/api/approvals");
+      const body = $("#approvals tbody");
+      body.replaceChildren(...data.approvals.map(approvalRow));
+      $("#pending-count").textContent = String(data.approvals.length);
+      $("#approvals-empty").hidden = data.approvals.length > 0;
+      $("#approvals-error").textContent = "";
+    } catch (e) {
+      $("#approvals-error").textContent = "Could not load approvals: " + e.message;
+    }
+  }
+
+  $("#approvals").addEventListener("click", async (ev) => {
+    const b = ev.target.closest("button[data-action]");
+    if (!b) return;
+    const row = b.closest("tr");
+    const comment = row.querySelector("input").value || undefined;
+    row.querySelectorAll("button").forEach((x) => { x.disabled = true; });
+    try {
+      await api("POST", "/api/approvals/" + encodeURIComponent(b.dataset.id) + "/" + b.dataset.action,
+                { comment });
+      row.remove();
+      $("#approvals-error").textContent = "";
+    } catch (e) {
+      $("#approvals-error").textContent = b.dataset.action + " " + b.dataset.id + ": " + e.message;
+    }
+    loadApprovals();
+  });
+
+  function decisionRow(d) {
+    const tr = document.createElement("tr");
+    tr.append(cell(d.ts ? d.ts.replace("T", " ").slice(0, 19) : when(d.ts_ns)), cell(d.principal),
+              cell(d.server), cell(d.method), cell(d.tool || d.uri || d.prompt),
+              cell(d.decision, "d-" + d.decision), cell(d.rule), cell(d.reason));
+    return tr;
+  }
+
+  function addDecision(d) {
+    const body = $("#decisions tbody");
+    body.insertBefore(decisionRow(d), body.firstChild);
+    while (body.children.length > 100) body.removeChild(body.lastChild);
+  }
+
+  function connect() {
+    const source = new EventSource("/api/events");
+    const live = $("#live");
+    source.addEventListener("hello", () => { live.textContent = "live"; live.className = "live on"; loadApprovals(); });
+    source.addEventListener("decision", (ev) => {
+      const d = JSON.parse(ev.data);
+      addDecision(d);
+      if (d.decision === "pending" || d.decision === "approved" || d.decision === "rejected") loadApprovals();
+    });
+    for (const name of ["approvals", "approval", "dropped"]) source.addEventListener(name, loadApprovals);
+    source.addEventListener("kill_switch", () => window.location.reload());
+    source.onerror = () => { live.textContent = "reconnecting…"; live.className = "live off"; };
+  }
+
+  $("#search").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const params = new URLSearchParams();
+    for (const [k, v] of new FormData(ev.target)) if (v) params.set(k, v);
+    const status = $("#search-status");
+    status.textContent = "searching…";
+    try {
+      const data = await api("GET", "/api/audit/search?" + params.toString());
+      $("#results tbody").replaceChildren(...data.calls.map((c) => {
+        const tr = document.createElement("tr");
+        tr.append(cell(c.ts), cell(c.principal), cell(c.server), cell(c.tool || c.uri || c.method),
+                  pre(c.arguments), cell(c.decision, "d-" + c.decision), cell(c.status));
+        return tr;
+      }));
+      status.textContent = data.calls.length + " call(s)";
+    } catch (e) {
+      status.textContent = "Search failed: " + e.message;
+    }
+  });
+
+  $("#logout").addEventListener("click", async () => {
+    await fetch("/logout", { method: "POST", headers: { "X-CSRF-Token": csrf }, credentials: "same-origin" });
+    window.location.href = "/";
+  });
+
+  connect();
+})();

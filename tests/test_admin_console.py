@@ -1,0 +1,118 @@
+"""The operators' console in a real headless browser (Debian's chromium, driven by
+playwright-core): a click in the page releases a call the MCP SDK client is waiting on."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from admin_gateway import ALICE, gateway
+from mcp.client.session import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+
+from tests.fixtures import conformance_harness as harness
+
+pytestmark = [pytest.mark.slow, pytest.mark.node]
+
+SCRIPT = Path(__file__).resolve().parent / "fixtures" / "console_browser.cjs"
+PLAYWRIGHT = harness.NODE_MODULES / "playwright-core"
+# A tool argument that would run script if the console ever treated it as markup.
+PAYLOAD = '<img src=x onerror="window.__xss=1;alert(1)"><script>window.__xss=2</script>'
+
+
+def chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        pytest.skip("chromium is not installed (scripts/setup installs Debian's chromium)")
+    if not (harness.NODE22.exists() and PLAYWRIGHT.exists()):
+        pytest.skip("playwright-core is not installed: run scripts/setup (scripts/setup-node)")
+    return found
+
+
+async def click_in_console(tmp_path: Path, action: str, comment: str) -> tuple[Any, dict[str, Any]]:
+    """Log in, let the SDK client's call be held, click ``action``; return (result, seen)."""
+    browser = chromium()
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    config = {"admin": "", "token": ALICE, "action": action, "comment": comment,
+              "userDataDir": str(tmp_path / "chromium-profile"), "screenshots": str(shots),
+              "chromium": browser}
+    result: list[Any] = []
+    async with gateway(tmp_path) as gw:
+        config["admin"] = gw.admin
+        proc = await trio.lowlevel.open_process(
+            [str(harness.NODE22), str(SCRIPT), json.dumps(config)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env={"NODE_PATH": str(harness.NODE_MODULES), "PATH": "/usr/bin:/bin",
+                 "HOME": str(tmp_path)})
+        assert proc.stdout is not None and proc.stderr is not None
+        out = b""
+        try:
+            with trio.fail_after(60):
+                while b"logged-in\n" not in out:
+                    chunk = await proc.stdout.receive_some()
+                    if not chunk:
+                        err = await proc.stderr.receive_some(65536)
+                        pytest.fail(f"the browser script ended early: {err.decode()}")
+                    out += chunk
+                async with (
+                    streamable_http_client(gw.mcp_url) as (read, write),
+                    ClientSession(read, write) as session,
+                ):
+                    await session.initialize()
+                    # Held until someone clicks in the console.
+                    result.append(await session.call_tool(
+                        "vm_management", {"action": "delete", "vm_name": PAYLOAD}))
+                while not out.endswith(b"\n") or out.count(b"\n") < 2:
+                    chunk = await proc.stdout.receive_some()
+                    if not chunk:
+                        break
+                    out += chunk
+                code = await proc.wait()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        if code != 0:
+            err = await proc.stderr.receive_some(65536)
+            pytest.fail(f"browser script failed ({code}): {err.decode()}")
+        seen = json.loads(out.decode().splitlines()[-1])
+        rows = await gw.audit_until(
+            "SELECT json_extract(detail, '$.verdict') AS verdict, "
+            "json_extract(detail, '$.by') AS by, json_extract(detail, '$.note') AS note "
+            "FROM events WHERE kind = 'approval'")
+        seen["audit"] = [dict(r) for r in rows]
+    print(f"console screenshots: {shots}")
+    for shot in ("console-held.png", f"console-after-{action}.png"):
+        assert (await trio.Path(shots / shot).stat()).st_size > 0
+    return result[0], seen
+
+
+def assert_escaped(seen: dict[str, Any]) -> None:
+    assert seen["xss"] is None and seen["dialogs"] == [] and seen["injected"] == 0
+    assert json.dumps(PAYLOAD) in seen["argumentsText"]  # shown as text, as JSON
+    assert seen["consoleErrors"] == []
+    # Two decisions of the one call: held (pending), then the verdict.
+    assert seen["searchStatus"] == "2 call(s)"
+    assert all("vm_management" in row for row in seen["searchRows"])
+
+
+async def test_a_click_on_approve_releases_the_held_call(tmp_path: Path) -> None:
+    result, seen = await click_in_console(tmp_path, "approve", "looks fine")
+    assert "vm_management" in seen["rowText"] and "anonymous" in seen["rowText"]
+    assert_escaped(seen)
+    assert seen["audit"] == [{"verdict": "approved", "by": "alice", "note": "looks fine"}]
+    # The call reached the demo host, which answers that it has no such VM.
+    assert result.content[0].text.startswith("no VM named") and PAYLOAD in result.content[0].text
+
+
+async def test_a_click_on_reject_refuses_the_held_call(tmp_path: Path) -> None:
+    result, seen = await click_in_console(tmp_path, "reject", "not today")
+    assert_escaped(seen)
+    assert seen["audit"] == [{"verdict": "rejected", "by": "alice", "note": "not today"}]
+    assert result.is_error and "rejected by alice: not today" in result.content[0].text
