@@ -184,7 +184,7 @@ class HttpEndpoint:
 
     async def _post(self, ex: Exchange, session: HttpSession | None, created: HttpSession | None,
                     mediator: Mediator, msg: jsonrpc.Message, body: bytes) -> None:
-        routed = await mediator.from_client(body)
+        routed = await mediator.from_client(body, decoded=msg)
         if routed.upstream is None:
             await ex.respond(200, routed.client or b"")
             return
