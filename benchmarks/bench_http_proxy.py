@@ -1,33 +1,40 @@
 """mcpwall's HTTP front in front of an HTTP upstream vs the same upstream directly.
 
-Same upstream, same load generators, same run, allow-all policy:
+Two upstreams, each loaded directly and through mcpwall in the same run, with
+the same load generators:
 
-1. Throughput: ``wrk`` (C, one thread; installed with apt when missing)
-   drives tools/call POSTs with distinct JSON-RPC ids over keep-alive
-   connections, first directly at the upstream, then through mcpwall. Runs
-   alternate (direct, through, direct, ...) and medians are reported; the
-   ratio is through / direct (goal >= 0.75).
-2. CPU per request of each server process (from /proc, during the wrk runs):
-   a figure the load of a shared machine disturbs far less than requests/s.
-   The upstream is a bare hypercorn (trio worker) ASGI app that decodes the
-   body with msgspec and answers: the ceiling of the HTTP server mcpwall is
-   built on, so "direct" is also the bare-hypercorn reference, and mcpwall's
-   CPU per request is reported as a multiple of it.
+* ``bare``: a bare hypercorn (trio worker) ASGI app that decodes the body with
+  msgspec and answers: the ceiling of the HTTP server mcpwall is built on, and
+  the hardest baseline for a ratio (the cheapest possible upstream).
+* ``everything``: ``@modelcontextprotocol/server-everything`` in streamableHttp
+  mode (installed by scripts/setup-node), calling its real ``echo`` tool; it
+  answers each POST with an SSE stream, so mcpwall's SSE relay is measured.
+
+mcpwall runs in the configurations named by ``--modes``: ``allow`` (allow-all,
+no audit trail: the proxy path alone), ``policy`` (a policy with an argument
+check and a token bucket), ``policy+fast`` and ``policy+durable`` (that audit
+mode; durable forwards a call only once its decision is fsync'd).
+
+1. Throughput: ``wrk`` (C, one thread; the Debian package, installed by
+   scripts/setup) posts tools/call with distinct JSON-RPC ids over keep-alive
+   connections. Its Lua script checks every answer (status 200, an id this
+   thread sent and has not seen answered, a result that is not a tool error)
+   and the run fails on any bad one. Runs alternate (direct, through each
+   mode, for each upstream, then the next round); medians and ratios to direct.
+2. CPU per request of each process (from /proc, during the wrk runs), wrk's
+   own too (to show it is not the bottleneck): a figure the load of a shared
+   machine disturbs far less than requests/s.
 3. Latency at half load: an open-loop, paced generator (trio + h11, its own
-   process) sends at half of mcpwall's maximum throughput, to both targets;
-   p50/p99 of each and the added latency (goal: p50 added <= 0.5 ms).
+   process) sends at half of mcpwall's lowest maximum to every target of an
+   upstream; p50/p99 and the latency mcpwall adds (goal: p50 <= 0.5 ms).
 
-Before the load, a correctness pass checks that every answer carries the id
-that was sent and the upstream's result.
-
-``--audit off`` (default) runs the HTTP front with no audit trail, so the
-proxy path is what is measured; ``fast`` and ``durable`` run ``mcpwall
-serve`` with that audit mode (durable waits for the fsync'd commit of every
-decision before forwarding). ``--loadgen-cpu N`` pins wrk and the pacer to
-CPU N (``taskset``) and the servers to the other CPUs.
+Before the load, a correctness pass checks 200 answers of each target.
+``--loadgen-cpu N`` pins wrk and the pacer to CPU N (``taskset``) and the
+servers to the other CPUs.
 
     .venv/bin/python benchmarks/bench_http_proxy.py [--duration 8] [--rounds 3]
-        [--connections 32] [--audit off|fast|durable] [--loadgen-cpu 0]
+        [--connections 32] [--upstreams bare,everything] [--modes allow,policy+durable]
+        [--loadgen-cpu 0]
 """
 
 from __future__ import annotations
