@@ -45,6 +45,7 @@ import os
 import re
 import resource
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -425,6 +426,8 @@ def main() -> None:
     parser.add_argument("--loadgen-cpu", type=int, default=None, metavar="N",
                         help="pin wrk and the pacer to CPU N, the servers to the others")
     args = parser.parse_args()
+    # SIGTERM unwinds like Ctrl-C, so the servers started below are stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     modes = [m for m in args.modes.split(",") if m]
     kinds = [k for k in args.upstreams.split(",") if k]
     if not set(modes) <= set(MODES) or not set(kinds) <= {"bare", "everything"}:
