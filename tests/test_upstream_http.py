@@ -30,7 +30,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 from mcp.server.mcpserver import Context, MCPServer
 
-from firewall.gateway.upstream.http import HttpUpstream, Reason, UpstreamError
+from firewall.gateway.upstream.http import MAX_HEAD_BYTES, HttpUpstream, Reason, UpstreamError
 from firewall.protocol import jsonrpc
 from firewall.protocol.sse import Event, SSEParser, encode_event
 
@@ -635,6 +635,97 @@ async def test_garbage_is_protocol_error(nursery: trio.Nursery) -> None:
             async with upstream.request("POST", JSON_HEADERS, call(1)):
                 pass
         assert info.value.reason is Reason.PROTOCOL_ERROR
+
+
+def raw_answers(*wires: bytes) -> Callable[[trio.SocketStream], Awaitable[None]]:
+    """A server that answers its connection's n-th request with the n-th wire bytes,
+    then closes; answers of one connection, in order, whatever the requests say."""
+
+    async def answer(stream: trio.SocketStream) -> None:
+        for wire in wires:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = await stream.receive_some(65536)
+                if not chunk:
+                    return
+                data += chunk
+            await stream.send_all(wire)
+            if not wire:
+                break
+        await trio.sleep(0.5)
+        await stream.aclose()
+
+    return answer
+
+
+async def test_interim_1xx_answers_are_skipped(nursery: trio.Nursery) -> None:
+    wire = (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}")
+    url = await start_raw_server(nursery, raw_answers(wire, wire))
+    async with HttpUpstream(url) as upstream:
+        for _ in range(2):
+            async with upstream.request("POST", JSON_HEADERS, call(1)) as resp:
+                assert (resp.status, resp.reason) == (200, b"OK")
+                assert resp.header("link") is None
+                assert await resp.read() == b"{}"
+        assert upstream.stats().opened == 1  # a complete exchange keeps the connection
+
+
+async def test_body_delimited_by_close_is_complete_and_not_reused(nursery: trio.Nursery) -> None:
+    async def close_delimited(stream: trio.SocketStream) -> None:
+        await stream.receive_some(65536)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n{\"a\"")
+        await stream.send_all(b":1}")
+        await stream.aclose()
+
+    url = await start_raw_server(nursery, close_delimited)
+    async with HttpUpstream(url) as upstream:
+        for _ in range(2):
+            async with upstream.request("POST", JSON_HEADERS, call(1)) as resp:
+                assert await resp.read() == b'{"a":1}'
+        stats = upstream.stats()
+        assert (stats.opened, stats.reused, stats.idle) == (2, 0, 0)
+
+
+async def test_bytes_after_the_answer_make_the_connection_unusable(
+        nursery: trio.Nursery) -> None:
+    extra = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}HTTP/1.1 200 OK\r\n"
+    garbage = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}\x00\x01garbage"
+    url = await start_raw_server(nursery, raw_answers(extra))
+    url2 = await start_raw_server(nursery, raw_answers(garbage))
+    for target in (url, url2):
+        async with HttpUpstream(target) as upstream:
+            async with upstream.request("POST", JSON_HEADERS, call(1)) as resp:
+                assert await resp.read() == b"{}"
+            assert upstream.stats().idle == 0
+
+
+async def test_head_answer_has_no_body(nursery: trio.Nursery) -> None:
+    wire = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 40\r\n\r\n"
+    url = await start_raw_server(nursery, raw_answers(wire))
+    async with HttpUpstream(url) as upstream, upstream.request("HEAD") as resp:
+        assert resp.header("content-length") == "40"
+        assert await resp.read() == b""
+
+
+async def test_oversized_head_is_protocol_error(nursery: trio.Nursery) -> None:
+    wire = b"HTTP/1.1 200 OK\r\n" + b"x-filler: " + b"a" * (MAX_HEAD_BYTES + 10) + b"\r\n\r\n"
+    url = await start_raw_server(nursery, raw_answers(wire))
+    async with HttpUpstream(url) as upstream:
+        with pytest.raises(UpstreamError) as info:
+            async with upstream.request("POST", JSON_HEADERS, call(1)):
+                pass
+        assert info.value.reason is Reason.PROTOCOL_ERROR
+
+
+async def test_http_1_0_answer_is_not_kept_alive(nursery: trio.Nursery) -> None:
+    wire = b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\n{}"
+    url = await start_raw_server(nursery, raw_answers(wire))
+    async with HttpUpstream(url) as upstream:
+        async with upstream.request("POST", JSON_HEADERS, call(1)) as resp:
+            assert resp.http_version == b"1.0"
+            assert await resp.read() == b"{}"
+        assert upstream.stats().idle == 0
 
 
 async def test_close_without_answer_is_disconnected(nursery: trio.Nursery) -> None:

@@ -14,12 +14,16 @@ and a response sent whole (:meth:`Exchange.respond`) or streamed
    once the body has ended (``finished``), later writes and ends are dropped.
 4. A whole response is two ASGI messages (head with ``Content-Length``, then
    the body), the least the server can frame without chunking.
+5. Every response carries a ``Date`` (RFC 9110), formatted once a second here
+   rather than by the server for each response.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any, Final
+from wsgiref.handlers import format_date_time
 
 import trio
 
@@ -31,6 +35,18 @@ Send = Callable[[Message], Awaitable[None]]
 JSON: Final = "application/json"
 SSE: Final = "text/event-stream"
 _CONTENT_TYPES: Final = {JSON: b"application/json", SSE: b"text/event-stream"}
+
+
+_date: list[Any] = [0, b""]  # (second, its Date header value)
+
+
+def http_date() -> bytes:
+    """The ``Date`` header value for now, e.g. ``b"Wed, 25 Nov 2026 14:00:00 GMT"``."""
+    now = int(time.time())
+    if now != _date[0]:
+        _date[0], _date[1] = now, format_date_time(now).encode("ascii")
+    value: bytes = _date[1]
+    return value
 
 
 class BodyTooLarge(Exception):
@@ -105,7 +121,8 @@ class Exchange:
     async def respond(self, status: int, body: bytes = b"", content_type: str | None = JSON,
                       headers: Iterable[tuple[str, str]] = ()) -> None:
         """Send a complete response."""
-        raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+        raw = [(b"date", http_date())]
+        raw += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
         if content_type is not None and body:
             raw.append((b"content-type", _CONTENT_TYPES.get(content_type)
                         or content_type.encode("latin-1")))
@@ -124,7 +141,8 @@ class Exchange:
         await self._raw({
             "type": "http.response.start",
             "status": status,
-            "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers],
+            "headers": [(b"date", http_date()),
+                        *((k.encode("latin-1"), v.encode("latin-1")) for k, v in headers)],
         })
 
     async def write(self, data: bytes) -> None:

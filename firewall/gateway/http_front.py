@@ -328,7 +328,8 @@ def hypercorn_config(host: str, port: int, grace: float) -> Any:
     """A hypercorn config for one plain-HTTP listener; hypercorn logs warnings only.
 
     No access log (``accesslog = None``: the audit trail records every call),
-    no ``Server`` header (it only tells an attacker what answers).
+    no ``Server`` header (it only tells an attacker what answers); the
+    ``Date`` header comes from :mod:`firewall.gateway.exchange`.
     """
     from hypercorn.config import Config as HyperConfig
 
@@ -344,6 +345,13 @@ def hypercorn_config(host: str, port: int, grace: float) -> Any:
     hyper.errorlog = errors
     hyper.keep_alive_timeout = 75.0  # MCP clients keep one connection for many calls
     hyper.include_server_header = False
+    # The request headers as h11 parsed them (a list, names in the client's
+    # case): Exchange lower-cases the names itself, so hypercorn need not
+    # copy them through h11's Sequence interface on every request.
+    hyper.h11_pass_raw_headers = True
+    # Exchange adds a Date formatted once a second; hypercorn would format
+    # one for every response.
+    hyper.include_date_header = False
     return hyper
 
 

@@ -185,7 +185,7 @@ class HttpEndpoint:
 
     async def _post(self, ex: Exchange, session: HttpSession | None, created: HttpSession | None,
                     mediator: Mediator, msg: jsonrpc.Message, body: bytes) -> None:
-        routed = await mediator.from_client(body, wait=False)
+        routed = await mediator.from_client(body, wait=False, decoded=msg)
         if routed.held is not None and msg.request_id is not None:  # held_http's rules
             routed = await held_http.hold(ex, routed.held, mediator, msg.request_id,
                                           stream=_admits_sse(ex), headers=[],

@@ -210,14 +210,16 @@ class Mediator:
         return len(self._client_pending)
 
     # -- client -> server ------------------------------------------------
-    async def from_client(self, data: bytes, *, wait: bool = True) -> Routed:
+    async def from_client(self, data: bytes, *, wait: bool = True,
+                          decoded: jsonrpc.Message | None = None) -> Routed:
         """Route one message the client sent.
 
         A call held for approval is waited for here, unless ``wait`` is False:
         then the Routed has only ``held``, which the caller awaits (in its own
-        task, so that the session's other messages keep flowing).
+        task, so that the session's other messages keep flowing). ``decoded``
+        is ``jsonrpc.decode(data)`` when the front has it already.
         """
-        routed = await self._from_client(data)
+        routed = await self._from_client(data, decoded)
         if wait and routed.held is not None:
             return await routed.held(None)
         return routed
@@ -243,9 +245,9 @@ class Mediator:
             hold.scope.cancel()
         return len(self._held_calls)
 
-    async def _from_client(self, data: bytes) -> Routed:
+    async def _from_client(self, data: bytes, decoded: jsonrpc.Message | None = None) -> Routed:
         try:
-            msg = jsonrpc.decode(data)
+            msg = decoded if decoded is not None else jsonrpc.decode(data)
         except jsonrpc.ProtocolError as exc:
             self.log.warning("client_message_rejected", code=exc.code, reason=exc.message)
             return Routed(client=exc.response())

@@ -478,7 +478,7 @@ class StdioEndpoint:
                 if created and not _succeeded(final):
                     await self.front.end_session(session, "initialize failed")
                 return
-            routed = await session.mediator.from_client(body)
+            routed = await session.mediator.from_client(body, decoded=msg)
             if routed.upstream is None:  # refused, or the answer to mcpwall's own request
                 await (ex.respond(200, routed.client) if routed.client else ex.respond(202))
                 return
@@ -501,7 +501,7 @@ class StdioEndpoint:
             await refuse(ex, 400, jsonrpc.INVALID_REQUEST,
                          f"Bad Request: request id {rid!r} is already in flight")
             return None
-        routed = await session.mediator.from_client(body, wait=False)
+        routed = await session.mediator.from_client(body, wait=False, decoded=msg)
         if routed.held is not None:  # waits for a person (held_http's rules)
             routed = await held_http.hold(ex, routed.held, session.mediator, rid,
                                           stream=accept_sse, headers=headers,

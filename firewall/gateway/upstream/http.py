@@ -1,4 +1,4 @@
-"""Streamable HTTP upstream: a pooled HTTP/1.1 client on h11 and trio streams.
+"""Streamable HTTP upstream: a pooled HTTP/1.1 client on trio streams.
 
 The HTTP front forwards each message an agent POSTs (and the GET and DELETE
 of a session) to an MCP server reached over HTTP, and relays the answer as it
@@ -7,12 +7,15 @@ stay open for the whole of a long tool call.
 
 Rules this module keeps:
 
-1. One :class:`h11.Connection` per TCP (or TLS) stream; h11 does all framing
-   (Content-Length and chunked, both ways). No parsing by hand.
-2. A connection goes back to the pool only when h11 says both sides are
-   ``DONE`` (the whole response was read, neither side asked to close); then
-   ``start_next_cycle()``. Anything else (a body not read to the end, an error,
-   a cancellation, ``Connection: close``) closes it.
+1. Responses are parsed by llhttp (Node.js's parser, through ``httptools``),
+   one parser per TCP (or TLS) stream: it does all response framing
+   (Content-Length, chunked, 1xx, read-until-close). Requests are framed here
+   and only one way: a Content-Length body (or none), after h11 checked the
+   method, target and headers (rule 7). No response parsing by hand.
+2. A connection goes back to the pool only when the whole request was sent and
+   the whole response read, neither side asked to close, and nothing followed
+   the response on the wire. Anything else (a body not read to the end, an
+   error, a cancellation, ``Connection: close``) closes it.
 3. The pool is bounded: at most ``max_connections`` exchanges are in flight
    (a FIFO :class:`trio.Semaphore`; waiters queue there), and because only a
    finished exchange leaves an idle connection behind, open connections never
@@ -63,6 +66,7 @@ from typing import Final
 from urllib.parse import urlsplit
 
 import h11
+import httptools
 import msgspec
 import trio
 
@@ -83,6 +87,9 @@ HeaderInput = Mapping[str, str] | Iterable[tuple[str | bytes, str | bytes]]
 
 READ_SIZE: Final = 64 * 1024
 USER_AGENT: Final = b"mcpwall"
+# A response head (status line and headers) larger than this is refused, as
+# h11 refuses one over its max_incomplete_event_size.
+MAX_HEAD_BYTES: Final = 64 * 1024
 
 # Headers that describe one hop, not the message: the client sets its own
 # (Host, framing) and never forwards the caller's.
@@ -103,6 +110,7 @@ _HOP_BY_HOP: Final = frozenset(
 )
 _BODY_METHODS: Final = frozenset({b"POST", b"PUT", b"PATCH"})
 _METHODS: Final = {m: m.encode("ascii") for m in ("GET", "POST", "DELETE", "PUT", "PATCH", "HEAD")}
+_KNOWN_METHODS: Final = frozenset(_METHODS.values())
 
 
 class Reason(enum.StrEnum):
@@ -231,30 +239,123 @@ def _input_poller(stream: trio.abc.Stream) -> select.poll | None:
     return poller
 
 
-class _Connection:
-    """One stream and its h11 state machine; owned by one exchange at a time."""
+class _Reader:
+    """The llhttp parser's callbacks: the head and body of the response in flight."""
 
-    __slots__ = ("_poller", "h11", "idle_since", "stream", "uses")
+    __slots__ = ("chunks", "complete", "extra", "head_bytes", "headers", "headers_done",
+                 "http_version", "interim", "keep_alive", "parser", "reason", "status",
+                 "until_eof")
+
+    def __init__(self) -> None:
+        self.parser: httptools.HttpResponseParser | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.reason = b""
+        self.status = 0
+        self.http_version = b"1.1"
+        self.interim = False  # parsing a 1xx response: the final one follows
+        self.headers_done = False  # a final (non-1xx) head was parsed
+        self.complete = False  # ... and its body too
+        self.until_eof = False  # the body ends when the connection does
+        self.extra = False  # bytes followed the response: the connection is not reusable
+        self.keep_alive = False  # neither side asked to close (known once complete)
+        self.chunks: deque[bytes] = deque()
+        self.head_bytes = 0
+
+    def on_message_begin(self) -> None:
+        if self.complete:
+            self.extra = True
+            return
+        self.headers = []
+        self.reason = b""
+
+    def on_status(self, reason: bytes) -> None:
+        if not self.complete:
+            self.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.complete:
+            self.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        if self.complete or self.parser is None:
+            return
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:
+            self.interim = True
+            return
+        self.status = status
+        self.http_version = self.parser.get_http_version().encode("ascii")
+        names = {name for name, _ in self.headers}
+        self.until_eof = (b"content-length" not in names and b"transfer-encoding" not in names
+                          and status not in (204, 304))
+        self.headers_done = True
+
+    def on_body(self, body: bytes) -> None:
+        if not self.complete:
+            self.chunks.append(body)
+
+    def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+        elif self.headers_done and not self.complete:
+            self.complete = True
+            # The parser forgets this once the message is over: ask now.
+            self.keep_alive = self.parser is not None and self.parser.should_keep_alive()
+
+
+class _Connection:
+    """One stream and its response parser; owned by one exchange at a time."""
+
+    __slots__ = ("_poller", "idle_since", "parser", "reader", "sent", "stream", "uses")
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
-        self.h11 = h11.Connection(h11.CLIENT)
+        self.reader = _Reader()
+        self.parser = httptools.HttpResponseParser(self.reader)
+        self.reader.parser = self.parser
+        self.sent = False  # the whole request of this cycle went out
         self.idle_since = 0.0
         self.uses = 0
         self._poller = _input_poller(stream)
+
+    def feed(self, data: bytes | bytearray) -> None:
+        """Parse bytes from the upstream; ``httptools.HttpParserError`` if they are not HTTP."""
+        reader = self.reader
+        if not reader.headers_done:
+            reader.head_bytes += len(data)
+            if reader.head_bytes > MAX_HEAD_BYTES:
+                raise httptools.HttpParserError(
+                    f"response head larger than {MAX_HEAD_BYTES} bytes")
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            raise httptools.HttpParserError("unexpected protocol upgrade") from None
+        except httptools.HttpParserError:
+            if not reader.complete:
+                raise
+            reader.extra = True  # garbage after a complete response
+
+    def start_next_cycle(self) -> None:
+        self.reader.reset()
+        self.sent = False
 
     def has_pending_input(self) -> bool:
         """True when the idle connection's socket is readable: EOF, reset or stray bytes.
 
         Any of them means the connection cannot carry a new request. (A TLS
         stream could in principle hold a buffered record; it never does while
-        idle, as h11 has read the whole previous response.)
+        idle, as the parser has read the whole previous response.)
         """
         return self._poller is not None and bool(self._poller.poll(0))
 
     @property
     def reusable(self) -> bool:
-        return self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE
+        reader = self.reader
+        return (self.sent and reader.complete and reader.keep_alive and not reader.extra
+                and not reader.until_eof)
 
 
 class Response:
@@ -278,19 +379,18 @@ class Response:
         "status",
     )
 
-    def __init__(
-        self, conn: _Connection, head: h11.Response, url: str, read_timeout: float
-    ) -> None:
+    def __init__(self, conn: _Connection, url: str, read_timeout: float) -> None:
         self._conn = conn
         self._url = url
         self._read_timeout = read_timeout
         self._complete = False
         self._eof = False
         self._released = False
-        self.status: int = head.status_code
-        self.reason: bytes = bytes(head.reason)
-        self.http_version: bytes = bytes(head.http_version)
-        self.headers: list[tuple[bytes, bytes]] = list(head.headers)
+        reader = conn.reader
+        self.status: int = reader.status
+        self.reason: bytes = reader.reason.strip()
+        self.http_version: bytes = reader.http_version
+        self.headers: list[tuple[bytes, bytes]] = reader.headers
         #: The media type, lowercase, without parameters (``""`` if absent).
         self.content_type: str = (
             (self.header("content-type") or "").partition(";")[0].strip().lower()
@@ -316,25 +416,19 @@ class Response:
         if self._released:
             raise UpstreamError(Reason.CLOSED, self._url, "response used after its request block")
         conn = self._conn
-        try:
-            while True:
-                event = conn.h11.next_event()
-                if event is h11.NEED_DATA:
-                    await self._receive(conn)
-                elif type(event) is h11.Data:
-                    if event.data:
-                        return bytes(event.data)
-                elif type(event) is h11.EndOfMessage:
-                    self._complete = True
-                    return b""
-                else:  # ConnectionClosed before the end of the body
-                    raise self._broken("connection closed before the response body was complete")
-        except h11.RemoteProtocolError as exc:
+        reader = conn.reader
+        while True:
+            if reader.chunks:
+                return reader.chunks.popleft()
+            if reader.complete:
+                self._complete = True
+                return b""
             if self._eof:
-                raise self._broken(
-                    "connection closed before the response body was complete"
-                ) from None
-            raise UpstreamError(Reason.PROTOCOL_ERROR, self._url, str(exc)) from None
+                if reader.until_eof:  # a body delimited by the end of the connection
+                    reader.complete = True
+                    continue
+                raise self._broken("connection closed before the response body was complete")
+            await self._receive(conn)
 
     async def _receive(self, conn: _Connection) -> None:
         try:
@@ -355,7 +449,11 @@ class Response:
             raise self._broken(f"connection lost while reading the body: {exc!r}") from None
         if not data:
             self._eof = True
-        conn.h11.receive_data(bytes(data) if isinstance(data, bytearray) else data)
+            return
+        try:
+            conn.feed(data)
+        except httptools.HttpParserError as exc:
+            raise UpstreamError(Reason.PROTOCOL_ERROR, self._url, str(exc)) from None
 
     def _broken(self, detail: str) -> UpstreamError:
         return UpstreamError(Reason.DISCONNECTED, self._url, detail)
@@ -386,18 +484,11 @@ class Response:
         return _EventIterator(self, SSEParser(keep_dataless=keep_dataless))
 
     def _try_finish_without_io(self) -> None:
-        # The rest of the body may already sit in h11's buffer (a 202 with an
+        # The rest of the body may already have been parsed (a 202 with an
         # empty body, a small JSON answer): finishing it keeps the connection.
-        h = self._conn.h11
-        try:
-            while not self._complete:
-                event = h.next_event()
-                if event is h11.NEED_DATA or type(event) not in (h11.Data, h11.EndOfMessage):
-                    return
-                if type(event) is h11.EndOfMessage:
-                    self._complete = True
-        except h11.ProtocolError:
-            return
+        if self._conn.reader.complete:
+            self._conn.reader.chunks.clear()
+            self._complete = True
 
 
 class _BodyIterator:
@@ -560,6 +651,10 @@ class HttpUpstream:
             _check_headers((), self._target.host_header)
         except h11.LocalProtocolError:
             raise ValueError(f"upstream URL has an invalid host: {url!r}") from None
+        try:
+            h11.Request(method=b"GET", target=self._target.target, headers=[(b"host", b"h")])
+        except h11.LocalProtocolError:
+            raise ValueError(f"upstream URL has an invalid path: {url!r}") from None
         self._default_headers = _header_list(headers)
         self._max_connections = max_connections
         self._connect_timeout = _seconds(connect_timeout)
@@ -715,7 +810,7 @@ class HttpUpstream:
 
     async def _checkin(self, conn: _Connection, *, reusable: bool) -> None:
         if reusable and conn.reusable and not self._closed:
-            conn.h11.start_next_cycle()
+            conn.start_next_cycle()
             conn.idle_since = trio.current_time()
             self._idle.append(conn)
         else:
@@ -781,54 +876,48 @@ class HttpUpstream:
         if body or method in _BODY_METHODS:
             all_headers.append((b"content-length", b"%d" % len(body)))
         all_headers.extend(headers)
-        h = conn.h11
-        try:
-            # ``_parsed`` tells h11 the header bytes were checked already (by
-            # prepare(); host at construction; content-length is ours), so it
-            # skips its per-header checks; method and target are still checked.
-            head = h11.Request(method=method, target=self._target.target, headers=all_headers,
-                               _parsed=checked)
-            parts = [h.send(head)]
-            if body:
-                parts.append(h.send(h11.Data(data=body)))
-            parts.append(h.send(h11.EndOfMessage()))
-        except h11.LocalProtocolError as exc:
-            raise self._error(Reason.INVALID_REQUEST, str(exc)) from None
-        wire = b"".join(p for p in parts if p)
+        if not checked or method not in _KNOWN_METHODS:
+            try:
+                # h11 checks the method and every header (prepared ones were
+                # checked by prepare(); host at construction; content-length is ours).
+                h11.Request(method=method, target=self._target.target, headers=all_headers)
+            except h11.LocalProtocolError as exc:
+                raise self._error(Reason.INVALID_REQUEST, str(exc)) from None
+        wire = b"".join([method, b" ", self._target.target, b" HTTP/1.1\r\n",
+                         *[b"%s: %s\r\n" % item for item in all_headers], b"\r\n", body])
         reused = conn.uses > 0
+        head_only = method == b"HEAD"
         if response_timeout == math.inf:
-            return await self._exchange_head(conn, wire, read_timeout, reused)
+            return await self._exchange_head(conn, wire, read_timeout, reused, head_only)
         with trio.move_on_after(response_timeout):
-            return await self._exchange_head(conn, wire, read_timeout, reused)
+            return await self._exchange_head(conn, wire, read_timeout, reused, head_only)
         raise self._error(Reason.TIMEOUT, f"no response within {response_timeout:g} s")
 
     async def _exchange_head(
-        self, conn: _Connection, wire: bytes, read_timeout: float, reused: bool
+        self, conn: _Connection, wire: bytes, read_timeout: float, reused: bool, head_only: bool
     ) -> Response:
-        h = conn.h11
-        eof = False
+        reader = conn.reader
         try:
             await conn.stream.send_all(wire)
-            while True:
-                event = h.next_event()
-                if event is h11.NEED_DATA:
-                    data = await conn.stream.receive_some(READ_SIZE)
-                    eof = not data
-                    h.receive_data(bytes(data) if isinstance(data, bytearray) else data)
-                elif type(event) is h11.Response:
-                    return Response(conn, event, self.url, read_timeout)
-                elif type(event) is h11.InformationalResponse:
-                    continue
-                else:
-                    raise h11.RemoteProtocolError(f"unexpected {type(event).__name__}")
+            conn.sent = True
+            while not reader.headers_done:
+                data = await conn.stream.receive_some(READ_SIZE)
+                if not data:
+                    raise self._error(Reason.DISCONNECTED, _lost(reused, "end of stream"))
+                conn.feed(data)
         except trio.ClosedResourceError:  # closed on our side: aclose() of the client
             raise self._error(Reason.CLOSED, "the upstream client was closed") from None
         except (trio.BrokenResourceError, OSError) as exc:
             raise self._error(Reason.DISCONNECTED, _lost(reused, repr(exc))) from None
-        except h11.RemoteProtocolError as exc:
-            if eof:
-                raise self._error(Reason.DISCONNECTED, _lost(reused, "end of stream")) from None
-            raise self._error(Reason.PROTOCOL_ERROR, str(exc)) from None
+        except httptools.HttpParserError as exc:
+            raise self._error(Reason.PROTOCOL_ERROR, str(exc) or type(exc).__name__) from None
+        if head_only:
+            # The parser cannot know a HEAD response has no body: it is
+            # complete now, and the connection is not reused.
+            reader.complete = True
+            reader.extra = True
+            reader.chunks.clear()
+        return Response(conn, self.url, read_timeout)
 
 
 def _lost(reused: bool, what: str) -> str:
