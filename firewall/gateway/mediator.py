@@ -156,13 +156,18 @@ class Mediator:
 
     async def _from_client(self, data: bytes) -> Routed:
         try:
-            msg = jsonrpc.decode(data)
+            # One decode gives the envelope and, for a request, the policy view.
+            envelope, call = mcp.decode(data, "client")
         except jsonrpc.ProtocolError as exc:
+            if exc.code == jsonrpc.INVALID_PARAMS:  # a request with bad params
+                return Routed(client=exc.response())
             self.log.warning("client_message_rejected", code=exc.code, reason=exc.message)
             return Routed(client=exc.response())
+        if call is not None:
+            return await self._request(envelope, data, "client", call)
+        assert isinstance(envelope, jsonrpc.Message)  # only a request may come back lighter
+        msg = envelope
         kind = msg.kind
-        if kind is Kind.REQUEST:
-            return await self._request(msg, data, "client")
         if kind is Kind.RESPONSE:
             await self._answered(self._server_pending, msg, len(data))
             return Routed(upstream=data)
@@ -216,22 +221,28 @@ class Mediator:
         return jsonrpc.error_response(request_id, jsonrpc.UPSTREAM_TIMEOUT, text)
 
     # -- internals -------------------------------------------------------
-    async def _request(self, msg: jsonrpc.Message, data: bytes, direction: str) -> Routed:
+    async def _request(self, msg: jsonrpc.Envelope, data: bytes, direction: str,
+                       call: mcp.Call | None = None) -> Routed:
         rid = msg.request_id
         reply_side = "client" if direction == "client" else "upstream"
-        try:
-            call = mcp.view(msg, direction)
-        except jsonrpc.ProtocolError as exc:
-            return _to(reply_side, exc.response())
+        if call is None:
+            assert isinstance(msg, jsonrpc.Message)
+            try:
+                call = mcp.view(msg, direction)
+            except jsonrpc.ProtocolError as exc:
+                return _to(reply_side, exc.response())
         decision = self.policy.decide(call, self.caller, self.server, self.session)
         call_id = f"{self.session}.{next(self._counter)}"
         receipt = await self._decided(call, msg, decision, call_id)
         if (decision.action == PENDING and not decision.dry_run and direction == "client"
                 and self.approvals is not None):
             desk = self.approvals
+            # A held call is rare: it gets the full envelope (raw params) back.
+            full = msg if isinstance(msg, jsonrpc.Message) else jsonrpc.decode(data)
+            held_call = call
 
             async def verdict() -> Routed:
-                return await self._held(desk, call, msg, data, decision, call_id)
+                return await self._held(desk, held_call, full, data, decision, call_id)
 
             return Routed(held=verdict)
         if not decision.enforced_allow:
@@ -303,7 +314,7 @@ class Mediator:
         return Routed(client=self._refusal(call, msg.request_id, final), receipt=receipt)
 
     async def _decided(
-        self, call: mcp.Call, msg: jsonrpc.Message, decision: Decision, call_id: str,
+        self, call: mcp.Call, msg: jsonrpc.Envelope, decision: Decision, call_id: str,
         recorded_as: str | None = None,
     ) -> Receipt | None:
         if self.audit is None:

@@ -78,6 +78,8 @@ RANK: Final = {"allow": 0, "limited": 1, "require_approval": 2, "deny": 3}
 _ACTION_OF: Final = {"allow": ALLOW, "deny": DENY, "require_approval": PENDING}
 _GLOB_CHARS: Final = frozenset("*?[")
 CACHE_MAX: Final = 65536
+# Bucket keys a verdict remembers (one per grant, session... it has seen).
+KEYS_MAX: Final = 4096
 
 # Methods that always pass: the protocol cannot work without them.
 PASS_METHODS: Final = frozenset({"initialize", "ping", "resources/unsubscribe"})
@@ -117,8 +119,8 @@ def _audience(principals: Sequence[str], groups: Sequence[str],
 class Verdict:
     """What a rule concludes: an action, its buckets, and the prebuilt Decision."""
 
-    __slots__ = ("action", "buckets", "decision", "dry_run", "limited_reason", "plan", "rank",
-                 "rule", "single")
+    __slots__ = ("_keys", "_prefix", "action", "buckets", "decision", "dry_run", "limited_reason",
+                 "plan", "rank", "rule", "single")
 
     def __init__(self, rule: str, action: ActionName, reason: str | None,
                  buckets: tuple[BucketSpec, ...], dry_run: bool) -> None:
@@ -130,7 +132,7 @@ class Verdict:
         self.decision = Decision(act, rule=rule, reason=reason,  # type: ignore[arg-type]
                                  dry_run=dry_run and act != ALLOW)
         self.rank = RANK["limited"] if self.buckets else RANK[action]
-        self.single: tuple[str, int, float, float, float] | None = None
+        self.single: tuple[dict[str, str], int, float, float, float] | None = None
         if not self.buckets:  # most verdicts: skip the bucket bookkeeping
             self.plan: tuple[tuple[str, int, BucketSpec], ...] = ()
             self.limited_reason = "rate limit: "
@@ -139,15 +141,25 @@ class Verdict:
         # engine needs to build bucket keys with one concatenation each.
         self.plan = tuple((b.key_prefix, SCOPE_INDEX[b.scope], b) for b in self.buckets)
         # The common case, one bucket, unpacked for the engine's fast path:
-        # (key prefix, scope index, capacity, refill rate, window).
+        # (bucket key by scope value, scope index, capacity, refill rate, window).
+        # The keys are remembered so that a call neither builds nor hashes one.
         if len(self.buckets) == 1:
             b = self.buckets[0]
-            self.single = (b.key_prefix, SCOPE_INDEX[b.scope], float(b.capacity), b.rate,
+            self._keys: dict[str, str] = {}
+            self._prefix = b.key_prefix
+            self.single = (self._keys, SCOPE_INDEX[b.scope], float(b.capacity), b.rate,
                            b.window)
         self.limited_reason = "rate limit: " + "; ".join(
             f"{b.counter} ({b.capacity} per {_window_text(b.window)}, per {b.scope})"
             for b in self.buckets
         )
+
+    def bucket_key(self, value: str) -> str:
+        """The key of the single bucket for one scope value (remembered, boundedly)."""
+        key = self._prefix + value
+        if len(self._keys) < KEYS_MAX:
+            self._keys[value] = key
+        return key
 
     def __repr__(self) -> str:
         return f"Verdict({self.rule!r}, {self.action!r}, buckets={len(self.buckets)})"

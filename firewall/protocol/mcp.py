@@ -120,6 +120,68 @@ def _invalid_params(msg: jsonrpc.Message, exc: Exception) -> jsonrpc.ProtocolErr
     )
 
 
+# -- one pass for the requests a rule reads --------------------------------------------
+
+
+class _ViewParams(msgspec.Struct, gc=False):
+    # What the policy reads of the params of tools/call, prompts/get and
+    # resources/*; other members (_meta...) are skipped. The fields admit null
+    # so that a bad value takes the general path, which alone words the error.
+    name: str | None = None
+    uri: str | None = None
+    arguments: dict[str, Any] | None = None
+
+
+class Request(jsonrpc.Envelope, frozen=True, omit_defaults=True, gc=False):
+    """A tools/call, prompts/get or resources/* request decoded in one pass: the
+    envelope, and its params as the policy reads them (not raw: the bytes
+    forwarded are the original ones; :func:`jsonrpc.decode` gives the raw params)."""
+
+    params: _ViewParams | None = None
+    result: msgspec.Raw = msgspec.Raw()
+    error: msgspec.Raw = msgspec.Raw()
+
+
+_request_decoder: Final = msgspec.json.Decoder(Request)
+
+
+def decode(data: bytes, direction: str = "client") -> tuple[jsonrpc.Envelope, Call | None]:
+    """Decode one message and, for a request, its policy view.
+
+    Answers exactly as :func:`jsonrpc.decode` followed by :func:`view` for a
+    request: the same Call, or the same :class:`jsonrpc.ProtocolError` (-32700,
+    -32600, or -32602 for bad params). A well-formed tools/call, prompts/get or
+    resources/* request costs one msgspec pass and comes back as a
+    :class:`Request`; anything else as a :class:`jsonrpc.Message` (decoded
+    again), with a Call if it is a request and None if not.
+
+    ``decode(b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t"}}')``
+    gives ``(Request(...), Call("tools/call", "client", "t", None, None, {}))``.
+    """
+    try:
+        req = _request_decoder.decode(data)
+    except jsonrpc.DECODE_ERRORS:
+        pass  # the general path words the error
+    else:
+        p = req.params
+        # jsonrpc.decode's well-formed request, then view()'s well-formed params.
+        if (p is not None and req.jsonrpc == "2.0" and req.id is not msgspec.UNSET
+                and not req.result and not req.error):
+            method = req.method
+            if method == TOOLS_CALL:
+                if p.name is not None:
+                    return req, Call(method, direction, p.name, None, None, p.arguments or {})
+            elif method in _URI_METHODS:
+                if p.uri is not None:
+                    return req, Call(method, direction, None, p.uri)
+            elif method == PROMPTS_GET and p.name is not None:
+                return req, Call(method, direction, None, None, p.name, p.arguments or {})
+    msg = jsonrpc.decode(data)
+    if msg.method is not None and msg.id is not msgspec.UNSET:
+        return msg, view(msg, direction)
+    return msg, None
+
+
 def tool_error_result(request_id: jsonrpc.RequestId | None, text: str) -> bytes:
     """A tools/call result with ``isError: true``: how a refusal reaches the model."""
     return jsonrpc.result_response(
