@@ -14,7 +14,7 @@ Example::
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import msgspec
 
@@ -62,7 +62,9 @@ _uri_decoder: Final = msgspec.json.Decoder(_UriParams)
 _prompt_decoder: Final = msgspec.json.Decoder(_PromptParams)
 
 
-class Call(msgspec.Struct, frozen=True):
+# gc=False: a Call holds strings and the arguments decoded from JSON, which
+# cannot refer back to it; one is built per request, so tracking costs.
+class Call(msgspec.Struct, frozen=True, gc=False):
     """What a rule can see of one request.
 
     ``tool`` is set for tools/call, ``uri`` for resources/read|subscribe|unsubscribe,
@@ -137,9 +139,15 @@ class Request(jsonrpc.Envelope, frozen=True, omit_defaults=True, gc=False):
     envelope, and its params as the policy reads them (not raw: the bytes
     forwarded are the original ones; :func:`jsonrpc.decode` gives the raw params)."""
 
-    params: _ViewParams | None = None
-    result: msgspec.Raw = msgspec.Raw()
-    error: msgspec.Raw = msgspec.Raw()
+    # The types admit only a well-formed request: anything else (another
+    # version, no id, no params, a result or an error beside the method) fails
+    # this decode and takes the general path, which words the error.
+    jsonrpc: Literal["2.0"]
+    method: str
+    id: int | str | None
+    params: _ViewParams
+    result: msgspec.UnsetType = msgspec.UNSET
+    error: msgspec.UnsetType = msgspec.UNSET
 
 
 _request_decoder: Final = msgspec.json.Decoder(Request)
@@ -163,19 +171,17 @@ def decode(data: bytes, direction: str = "client") -> tuple[jsonrpc.Envelope, Ca
     except jsonrpc.DECODE_ERRORS:
         pass  # the general path words the error
     else:
+        # A well-formed request (the types saw to it); view()'s well-formed params.
         p = req.params
-        # jsonrpc.decode's well-formed request, then view()'s well-formed params.
-        if (p is not None and req.jsonrpc == "2.0" and req.id is not msgspec.UNSET
-                and not req.result and not req.error):
-            method = req.method
-            if method == TOOLS_CALL:
-                if p.name is not None:
-                    return req, Call(method, direction, p.name, None, None, p.arguments or {})
-            elif method in _URI_METHODS:
-                if p.uri is not None:
-                    return req, Call(method, direction, None, p.uri)
-            elif method == PROMPTS_GET and p.name is not None:
-                return req, Call(method, direction, None, None, p.name, p.arguments or {})
+        method = req.method
+        if method == TOOLS_CALL:
+            if p.name is not None:
+                return req, Call(method, direction, p.name, None, None, p.arguments or {})
+        elif method in _URI_METHODS:
+            if p.uri is not None:
+                return req, Call(method, direction, None, p.uri)
+        elif method == PROMPTS_GET and p.name is not None:
+            return req, Call(method, direction, None, None, p.name, p.arguments or {})
     msg = jsonrpc.decode(data)
     if msg.method is not None and msg.id is not msgspec.UNSET:
         return msg, view(msg, direction)
