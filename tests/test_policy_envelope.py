@@ -150,3 +150,66 @@ def test_reference_is_not_trivially_equal() -> None:
     a = ref_decode(b'{"jsonrpc":"2.0","id":1,"method":"m","result":1}')
     b = ref_decode(b'{"jsonrpc":"2.0","id":1,"method":"m"}')
     assert a[0] == "error" and b[0] == "2.0"
+
+
+def got_one_pass(data: bytes, direction: str) -> tuple[Any, ...]:
+    """What mcp.decode answers, in the shape of the two-step path's answer."""
+    try:
+        env, call = mcp.decode(data, direction)
+    except jsonrpc.ProtocolError as exc:
+        return ("error", exc.code, exc.message, exc.request_id)
+    if call is None:
+        assert type(env) is jsonrpc.Message and env.kind is not jsonrpc.Kind.REQUEST
+        return ("message", got_decode(data))
+    assert env.kind is jsonrpc.Kind.REQUEST and env.id == jsonrpc.decode(data).id
+    if type(env) is mcp.Request:
+        assert env.method in (mcp.TOOLS_CALL, mcp.PROMPTS_GET, mcp.RESOURCES_READ,
+                              mcp.RESOURCES_SUBSCRIBE, mcp.RESOURCES_UNSUBSCRIBE)
+    return (call.method, call.direction, call.tool, call.uri, call.prompt, call.arguments)
+
+
+def two_steps(data: bytes, direction: str) -> tuple[Any, ...]:
+    """jsonrpc.decode, then view for a request: the path mcp.decode must match."""
+    try:
+        msg = jsonrpc.decode(data)
+    except jsonrpc.ProtocolError as exc:
+        return ("error", exc.code, exc.message, exc.request_id)
+    if msg.kind is not jsonrpc.Kind.REQUEST:
+        return ("message", got_decode(data))
+    return got_view(msg, direction)
+
+
+TOOLS_CALLS = st.fixed_dictionaries({
+    "jsonrpc": st.sampled_from(["2.0", "2.0", "2.0", "1.0"]),
+    "method": st.sampled_from([mcp.TOOLS_CALL, mcp.TOOLS_CALL, mcp.PROMPTS_GET,
+                               mcp.RESOURCES_READ]),
+    "params": PARAMS,
+}, optional={
+    "id": st.one_of(st.integers(-3, 3), st.text(max_size=3), st.none(), st.booleans()),
+    "result": JSON,
+})
+
+
+@settings(max_examples=400, deadline=None)
+@given(envelope=ENVELOPES | TOOLS_CALLS, direction=st.sampled_from(["client", "server"]))
+def test_one_pass_decode_agrees_with_decode_then_view(envelope: dict[str, Any],
+                                                      direction: str) -> None:
+    data = msgspec.json.encode(envelope)
+    assert got_one_pass(data, direction) == two_steps(data, direction)
+
+
+@given(st.binary(max_size=60).map(lambda b: b'{"jsonrpc":"2.0","method":"tools/call",' + b))
+def test_one_pass_decode_of_bytes_agrees(data: bytes) -> None:
+    assert got_one_pass(data, "client") == two_steps(data, "client")
+
+
+def test_one_pass_decode_takes_the_fast_path() -> None:
+    # So that the property above compares the one-pass path, not the fallback alone.
+    env, call = mcp.decode(b'{"jsonrpc":"2.0","id":1,"method":"tools/call",'
+                           b'"params":{"name":"t","arguments":{"a":[1]},"_meta":{"x":1}}}')
+    assert type(env) is mcp.Request and call == mcp.Call("tools/call", "client", "t", None,
+                                                         None, {"a": [1]})
+    env, call = mcp.decode(b'{"jsonrpc":"2.0","id":"r","method":"resources/read",'
+                           b'"params":{"uri":"file:///x"}}', "server")
+    assert type(env) is mcp.Request and call == mcp.Call("resources/read", "server", None,
+                                                         "file:///x")

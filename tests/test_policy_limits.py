@@ -139,3 +139,54 @@ def test_one_bucket_fast_step_agrees_with_acquire(shape: tuple[int, float],
         got = fast.take_one(key, float(capacity), spec.rate, window)
         assert got == general.acquire([(key, spec)])
         assert fast.tokens(key, spec) == general.tokens(key, spec)
+
+
+class _Elsewhere:
+    """A limiter that is not a MemoryLimiter (as a Redis one would be): the
+    engine takes its general path, acquire() with a request list."""
+
+    def __init__(self, clock: _Clock) -> None:
+        self.inner = MemoryLimiter(clock)
+
+    def acquire(self, requests: list[tuple[str, BucketSpec]], debit: bool = True) -> float | None:
+        return self.inner.acquire(requests, debit)
+
+
+@settings(max_examples=150, deadline=None)
+@given(shape=st.tuples(st.integers(1, 4), st.sampled_from(["second", "minute", 7.5]),
+                       st.sampled_from(["grant", "agent", "session", "server", "global"])),
+       steps=st.lists(st.tuples(st.sampled_from(["g1", "g2"]), st.sampled_from(["s1", "s2"]),
+                                st.sampled_from([0.0, 0.0, 0.05, 0.5, 2.0, 100.0])),
+                      max_size=40))
+def test_engine_inline_bucket_step_agrees_with_the_general_path(
+        shape: tuple[int, str | float, str], steps: list[tuple[str, str, float]]) -> None:
+    # decide() steps a single in-memory bucket itself; every decision, refusal
+    # and retry_after must be what acquire() gives through the general path.
+    capacity, window, scope = shape
+    policy = parse_policy(json.dumps({"default": "deny", "tools": {"t": {"limits": [
+        {"max": capacity, "window": window, "scope": scope}]}}}))
+    clock = _Clock()
+    inline = Engine(compile_policy(policy), MemoryLimiter(clock))
+    general = Engine(compile_policy(policy), _Elsewhere(clock))
+    call = mcp.Call("tools/call", tool="t", arguments={})
+    for grant, session, step in steps:
+        clock.now += step
+        who = Caller(f"agent-{grant}", grant)
+        assert (inline.decide(call, who, "vm", session)
+                == general.decide(call, who, "vm", session))
+
+
+def test_a_verdict_remembers_a_bounded_number_of_bucket_keys() -> None:
+    from firewall.policy.compiler import KEYS_MAX
+    policy = parse_policy(json.dumps({"tools": {"t": {"limits": [{"max": 5}]}}}))
+    engine = Engine(compile_policy(policy), MemoryLimiter(lambda: 0.0))
+    call = mcp.Call("tools/call", tool="t", arguments={})
+    for i in range(KEYS_MAX + 10):
+        assert engine.decide(call, Caller("a", f"grant-{i}"), "vm", "s").action == "allow"
+    verdict = engine.compiled.fleet.tools.entries[0].fallback
+    assert verdict.single is not None and len(verdict.single[0]) == KEYS_MAX
+    # Past the bound, keys are still right, only not remembered: each grant
+    # has its own bucket of 5.
+    who = Caller("a", f"grant-{KEYS_MAX + 5}")
+    assert [engine.decide(call, who, "vm", "s").action for _ in range(5)] == [
+        "allow"] * 4 + ["limited"]

@@ -246,13 +246,24 @@ class Mediator:
         return len(self._held_calls)
 
     async def _from_client(self, data: bytes, decoded: jsonrpc.Message | None = None) -> Routed:
+        envelope: jsonrpc.Envelope
+        call: mcp.Call | None
         try:
-            msg = decoded if decoded is not None else jsonrpc.decode(data)
+            if decoded is not None:  # the front decoded the envelope already
+                envelope, call = decoded, None
+            else:  # one decode gives the envelope and, for a request, the policy view
+                envelope, call = mcp.decode(data, "client")
         except jsonrpc.ProtocolError as exc:
+            if exc.code == jsonrpc.INVALID_PARAMS:  # a request with bad params
+                return Routed(client=exc.response())
             self.log.warning("client_message_rejected", code=exc.code, reason=exc.message)
             return Routed(client=exc.response())
+        if call is not None:
+            return await self._request(envelope, data, "client", call)
+        assert isinstance(envelope, jsonrpc.Message)  # only a request may come back lighter
+        msg = envelope
         kind = msg.kind
-        if kind is Kind.REQUEST:
+        if kind is Kind.REQUEST:  # decoded by the front: the view is still to be made
             return await self._request(msg, data, "client")
         if kind is Kind.RESPONSE:
             if self._own:
@@ -313,28 +324,36 @@ class Mediator:
         return jsonrpc.error_response(request_id, jsonrpc.UPSTREAM_TIMEOUT, text)
 
     # -- internals -------------------------------------------------------
-    async def _request(self, msg: jsonrpc.Message, data: bytes, direction: str) -> Routed:
+    async def _request(self, msg: jsonrpc.Envelope, data: bytes, direction: str,
+                       call: mcp.Call | None = None) -> Routed:
         rid = msg.request_id
         reply_side = "client" if direction == "client" else "upstream"
-        try:
-            call = mcp.view(msg, direction)
-        except jsonrpc.ProtocolError as exc:
-            return _to(reply_side, exc.response())
+        if call is None:
+            assert isinstance(msg, jsonrpc.Message)
+            try:
+                call = mcp.view(msg, direction)
+            except jsonrpc.ProtocolError as exc:
+                return _to(reply_side, exc.response())
         if direction == "server" and self._own and rid in self._own:
             decision = Decision(DENY, rule="protocol",
                                 reason=f"request id {rid!r} is in use by mcpwall")
         else:
             decision = self.policy.decide(call, self.caller, self.server, self.session)
         if direction == "client" and call.method == mcp.INITIALIZE:
-            self.client_elicits = mcp.offers_elicitation(msg)
+            # initialize always comes as a full Message (only calls come lighter)
+            self.client_elicits = (isinstance(msg, jsonrpc.Message)
+                                   and mcp.offers_elicitation(msg))
         call_id = f"{self.session}.{next(self._counter)}"
         receipt = await self._decided(call, msg, decision, call_id)
         if (decision.action == PENDING and not decision.dry_run and direction == "client"
                 and (self.approvals is not None
                      or (decision.approval == "client" and self.client_elicits))):
+            # A held call is rare: it gets the full envelope (raw params) back.
+            full = msg if isinstance(msg, jsonrpc.Message) else jsonrpc.decode(data)
+            held_call = call
 
             async def verdict(to_client: ToClient | None) -> Routed:
-                return await self._held(call, msg, data, decision, call_id, to_client)
+                return await self._held(held_call, full, data, decision, call_id, to_client)
 
             return Routed(held=verdict)
         if not decision.enforced_allow:
@@ -539,7 +558,7 @@ class Mediator:
                                    "waited_s": round(time.monotonic() - started, 3)})
 
     async def _decided(
-        self, call: mcp.Call, msg: jsonrpc.Message, decision: Decision, call_id: str,
+        self, call: mcp.Call, msg: jsonrpc.Envelope, decision: Decision, call_id: str,
         recorded_as: str | None = None,
     ) -> Receipt | None:
         if self.audit is None:

@@ -45,6 +45,12 @@ class Check(msgspec.Struct, frozen=True):
     argument: str
     condition: str
     message: str
+    # For the commonest checks on a top-level argument, what the compiler may
+    # inline in an entry's evaluator instead of calling ``test`` (which it
+    # still calls for any value that is not a string): ("in", key, frozenset),
+    # ("const", key, str), ("prefix", key, str) or ("memo", key, verdicts by
+    # value, filled by ``test``). None: always call ``test``.
+    fast: tuple[str, str, Any] | None = None
 
 
 def as_condition(spec: ConditionSpec) -> Condition:
@@ -93,16 +99,21 @@ def compile_conditions(conditions: dict[str, ConditionSpec], where: str,
         access = _accessor(argument, cond.optional, cond.nullable, here)
         simple = _SIMPLE_NAME.match(argument) is not None
         for op, pred, text in predicates:
-            test = (_fused(argument, op, cond, pred, memo) if simple else None) or access(pred)
-            checks.append(Check(test, argument, op, f"argument '{argument}': {text} ({op})"))
+            fused = _fused(argument, op, cond, pred, memo) if simple else None
+            test, fast = fused if fused is not None else (access(pred), None)
+            checks.append(Check(test, argument, op, f"argument '{argument}': {text} ({op})",
+                                fast))
     return tuple(checks)
 
 
 _SIMPLE_NAME: Final = re.compile(r"^[^\[\].]+$")
 
 
+Fused = tuple[Callable[[dict[str, Any]], bool], tuple[str, str, Any] | None]
+
+
 def _fused(key: str, op: str, cond: Condition, pred: Predicate,
-           memo: MatchMemo | None) -> Callable[[dict[str, Any]], bool] | None:
+           memo: MatchMemo | None) -> Fused | None:
     """The hot path's version of ``_accessor(key, ...)(pred)`` for the commonest
     conditions on a top-level argument: the test on a plain string is inlined,
     which saves a call per check; every other value goes through ``pred`` as in
@@ -122,7 +133,7 @@ def _fused(key: str, op: str, cond: Condition, pred: Predicate,
                 return optional
             return (v is None and nullable) or pred(v)
 
-        return member
+        return member, ("in", key, strings)
     if op == "pattern" and cond.pattern is not None:
         fullmatch = re.compile(cond.pattern).fullmatch
         if memo is None:
@@ -134,7 +145,7 @@ def _fused(key: str, op: str, cond: Condition, pred: Predicate,
                     return optional
                 return (v is None and nullable) or pred(v)
 
-            return matches
+            return matches, None
         budget = memo
         seen: dict[str, bool] = {}
 
@@ -152,7 +163,7 @@ def _fused(key: str, op: str, cond: Condition, pred: Predicate,
                 return optional
             return (v is None and nullable) or pred(v)
 
-        return remembers
+        return remembers, ("memo", key, seen)
     if op == "const" and type(cond.const) is str:
         const = cond.const
 
@@ -164,7 +175,7 @@ def _fused(key: str, op: str, cond: Condition, pred: Predicate,
                 return optional
             return (v is None and nullable) or pred(v)
 
-        return equals
+        return equals, ("const", key, const)
     if op == "prefix" and cond.prefix is not None:
         prefix = cond.prefix
 
@@ -176,7 +187,7 @@ def _fused(key: str, op: str, cond: Condition, pred: Predicate,
                 return optional
             return (v is None and nullable) or pred(v)
 
-        return starts
+        return starts, ("prefix", key, prefix)
     return None
 
 

@@ -79,6 +79,8 @@ RANK: Final = {"allow": 0, "limited": 1, "require_approval": 2, "deny": 3}
 _ACTION_OF: Final = {"allow": ALLOW, "deny": DENY, "require_approval": PENDING}
 _GLOB_CHARS: Final = frozenset("*?[")
 CACHE_MAX: Final = 65536
+# Bucket keys a verdict remembers (one per grant, session... it has seen).
+KEYS_MAX: Final = 4096
 
 # Methods that always pass: the protocol cannot work without them.
 PASS_METHODS: Final = frozenset({"initialize", "ping", "resources/unsubscribe"})
@@ -118,8 +120,8 @@ def _audience(principals: Sequence[str], groups: Sequence[str],
 class Verdict:
     """What a rule concludes: an action, its buckets, and the prebuilt Decision."""
 
-    __slots__ = ("action", "buckets", "decision", "dry_run", "limited_reason", "plan", "rank",
-                 "rule", "single")
+    __slots__ = ("_keys", "_prefix", "action", "buckets", "decision", "dry_run", "limited_reason",
+                 "plan", "rank", "rule", "single")
 
     def __init__(self, rule: str, action: ActionName, reason: str | None,
                  buckets: tuple[BucketSpec, ...], dry_run: bool,
@@ -132,7 +134,7 @@ class Verdict:
         self.decision = Decision(act, rule=rule, reason=reason,  # type: ignore[arg-type]
                                  dry_run=dry_run and act != ALLOW, approval=approval)
         self.rank = RANK["limited"] if self.buckets else RANK[action]
-        self.single: tuple[str, int, float, float, float] | None = None
+        self.single: tuple[dict[str, str], int, float, float, float] | None = None
         if not self.buckets:  # most verdicts: skip the bucket bookkeeping
             self.plan: tuple[tuple[str, int, BucketSpec], ...] = ()
             self.limited_reason = "rate limit: "
@@ -141,15 +143,25 @@ class Verdict:
         # engine needs to build bucket keys with one concatenation each.
         self.plan = tuple((b.key_prefix, SCOPE_INDEX[b.scope], b) for b in self.buckets)
         # The common case, one bucket, unpacked for the engine's fast path:
-        # (key prefix, scope index, capacity, refill rate, window).
+        # (bucket key by scope value, scope index, capacity, refill rate, window).
+        # The keys are remembered so that a call neither builds nor hashes one.
         if len(self.buckets) == 1:
             b = self.buckets[0]
-            self.single = (b.key_prefix, SCOPE_INDEX[b.scope], float(b.capacity), b.rate,
+            self._keys: dict[str, str] = {}
+            self._prefix = b.key_prefix
+            self.single = (self._keys, SCOPE_INDEX[b.scope], float(b.capacity), b.rate,
                            b.window)
         self.limited_reason = "rate limit: " + "; ".join(
             f"{b.counter} ({b.capacity} per {_window_text(b.window)}, per {b.scope})"
             for b in self.buckets
         )
+
+    def bucket_key(self, value: str) -> str:
+        """The key of the single bucket for one scope value (remembered, boundedly)."""
+        key = self._prefix + value
+        if len(self._keys) < KEYS_MAX:
+            self._keys[value] = key
+        return key
 
     def __repr__(self) -> str:
         return f"Verdict({self.rule!r}, {self.action!r}, buckets={len(self.buckets)})"
@@ -257,28 +269,35 @@ def _evaluator(require: tuple[Requirement, ...], rules: tuple[CompiledRule, ...]
 
     The function is straight-line code, one ``if`` per check, with every
     check, Decision and Verdict bound as a parameter default (a local): no
-    loop, no tuple unpacking, no global lookup. Its code depends only on the
-    entry's shape (how many checks where), so it is compiled once per shape
-    and each entry gets a function over that code with its own defaults.
+    loop, no tuple unpacking, no global lookup. The commonest checks on a
+    string argument (``in``, ``const``, ``prefix``, a remembered ``pattern``:
+    :attr:`Check.fast`) are written inline, so that they cost no call; any
+    other value goes to the check's own test. The code depends only on the
+    entry's shape (which checks where), so it is compiled once per shape and
+    each entry gets a function over that code with its own defaults.
     """
     last = _result(fallback)
     if not require and not rules:
         return lambda args, caller: last
     # The order :func:`_evaluator_code` declares its parameters in.
-    bound: list[object] = []
+    bound: list[object] = [type, str]
+    requires: list[str] = []
     for req in require:
-        bound += (req.check.test, req.denial)
-    rule_shapes: list[tuple[bool, int, int]] = []
+        requires.append(_bind(req.check, bound))
+        bound.append(req.denial)
+    rule_shapes: list[tuple[bool, tuple[str, ...], tuple[str, ...]]] = []
     for rule in rules:
         if rule.audience is not None:
             bound.append(rule.audience.admits)
-        bound.extend(check.test for check in rule.when)
+        whens = tuple(_bind(check, bound) for check in rule.when)
+        rule_requires: list[str] = []
         for req in rule.require:
-            bound += (req.check.test, req.denial)
+            rule_requires.append(_bind(req.check, bound))
+            bound.append(req.denial)
         bound.append(_result(rule.verdict))
-        rule_shapes.append((rule.audience is not None, len(rule.when), len(rule.require)))
+        rule_shapes.append((rule.audience is not None, whens, tuple(rule_requires)))
     bound.append(last)
-    key: Shape = (len(require), tuple(rule_shapes))
+    key: Shape = (tuple(requires), tuple(rule_shapes))
     code = _CODE.get(key)
     if code is None:
         code = _evaluator_code(key)
@@ -288,32 +307,68 @@ def _evaluator(require: tuple[Requirement, ...], rules: tuple[CompiledRule, ...]
     return evaluate
 
 
-# An entry's shape: (number of requires, ((has audience, number of whens,
-# number of requires) for each rule)).
-Shape = tuple[int, tuple[tuple[bool, int, int], ...]]
+def _bind(check: Check, bound: list[object]) -> str:
+    """Append what a check's code needs to ``bound``; return its kind."""
+    if check.fast is None:
+        bound.append(check.test)
+        return "call"
+    kind, key, data = check.fast
+    bound += (check.test, key, data)
+    return kind
+
+
+# An entry's shape: (kinds of its requires, ((has audience, kinds of the whens,
+# kinds of the requires) for each rule)); a kind is "call" or a Check.fast kind.
+Shape = tuple[tuple[str, ...], tuple[tuple[bool, tuple[str, ...], tuple[str, ...]], ...]]
 _CODE: Final[dict[Shape, CodeType]] = {}
 _CODE_MAX: Final = 4096
 _NO_GLOBALS: Final[dict[str, Any]] = {"__builtins__": {}}
+
+# A check inline, by kind: ``t`` is its test, ``k`` the argument, ``d`` the
+# data (Check.fast), ``v`` and ``r`` scratch locals. A value that is not a
+# string goes to ``t``, which alone knows about missing, null, optional and
+# nullable. ``type`` and ``str`` are parameters too (there are no globals).
+_INLINE: Final = {
+    "in": "({v} in {d} if type({v} := args.get({k})) is str else {t}(args))",
+    "const": "({v} == {d} if type({v} := args.get({k})) is str else {t}(args))",
+    "prefix": "({v}.startswith({d}) if type({v} := args.get({k})) is str else {t}(args))",
+    "memo": "((r if (r := {d}.get({v})) is not None else {t}(args)) "
+            "if type({v} := args.get({k})) is str else {t}(args))",
+}
+
+
+def _check_code(kind: str, name: str, params: list[str]) -> str:
+    """The expression of one check named ``name``; its parameters go to ``params``."""
+    if kind == "call":
+        params.append(f"t{name}")
+        return f"t{name}(args)"
+    params += (f"t{name}", f"k{name}", f"d{name}")
+    return _INLINE[kind].format(t=f"t{name}", k=f"k{name}", d=f"d{name}", v="v")
 
 
 def _evaluator_code(shape: Shape) -> CodeType:
     """The code of ``evaluate(args, caller, *bound)`` for one entry shape, where
     ``bound`` is what :func:`_evaluator` passes as defaults, in its order."""
     requires, rules = shape
-    params: list[str] = []
+    params: list[str] = ["type", "str"]
     body: list[str] = []
-    for i in range(requires):
-        params += (f"q{i}", f"qd{i}")
-        body.append(f"    if not q{i}(args): return qd{i}")
+    for i, kind in enumerate(requires):
+        test = _check_code(kind, f"q{i}", params)
+        params.append(f"qd{i}")
+        body.append(f"    if not {test}: return qd{i}")
     reachable = True
     for j, (audience, whens, rule_requires) in enumerate(rules):
-        tests = ([f"a{j}(caller)"] if audience else []) + [f"w{j}_{k}(args)" for k in range(whens)]
-        params += [t.split("(")[0] for t in tests]
+        tests = []
+        if audience:
+            params.append(f"a{j}")
+            tests.append(f"a{j}(caller)")
+        tests += [_check_code(kind, f"w{j}_{k}", params) for k, kind in enumerate(whens)]
         indent = "        " if tests else "    "
         lines = [f"    if {' and '.join(tests)}:"] if tests else []
-        for k in range(rule_requires):
-            params += (f"r{j}_{k}", f"rd{j}_{k}")
-            lines.append(f"{indent}if not r{j}_{k}(args): return rd{j}_{k}")
+        for k, kind in enumerate(rule_requires):
+            test = _check_code(kind, f"r{j}_{k}", params)
+            params.append(f"rd{j}_{k}")
+            lines.append(f"{indent}if not {test}: return rd{j}_{k}")
         params.append(f"res{j}")
         lines.append(f"{indent}return res{j}")
         if reachable:

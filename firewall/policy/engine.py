@@ -83,8 +83,8 @@ class Engine:
     @limiter.setter
     def limiter(self, limiter: Limiter) -> None:
         self._limiter = limiter
-        # The in-memory limiter has a one-bucket entry point with no request list.
-        self._take_one = limiter.take_one if isinstance(limiter, MemoryLimiter) else None
+        # The in-memory limiter: decide() steps its buckets itself (see there).
+        self._memory = limiter if isinstance(limiter, MemoryLimiter) else None
 
     @property
     def compiled(self) -> CompiledPolicy:
@@ -120,10 +120,10 @@ class Engine:
         # A Verdict with buckets. The common case, one bucket in memory, is
         # written out here; anything else takes the general path.
         one = result.single
-        take_one = self._take_one
-        if one is None or take_one is None:
+        memory = self._memory
+        if one is None or memory is None:
             return self._apply(result, caller, server, session, None)
-        prefix, scope, capacity, rate, window = one
+        keys, scope, capacity, rate, window = one
         if scope == 0:
             value = caller.grant
         elif scope == 2:
@@ -134,7 +134,22 @@ class Engine:
             value = server
         else:
             value = ""
-        wait = take_one(prefix + value, capacity, rate, window)
+        key = keys.get(value)
+        if key is None:
+            key = result.bucket_key(value)
+        # MemoryLimiter.take_one's arithmetic for a bucket that exists and can
+        # pay, inlined: a method call costs as much as the step itself.
+        cell = memory.state.get(key)
+        if cell is not None:
+            now = memory.clock()
+            tokens = cell[0] + (now - cell[1]) * rate
+            if tokens > capacity:
+                tokens = capacity
+            if tokens >= 1.0:
+                cell[0] = tokens - 1.0
+                cell[1] = now
+                return result.decision
+        wait = memory.take_one(key, capacity, rate, window)  # a new bucket, or a short one
         if wait is None:
             return result.decision
         return Decision(LIMITED, rule=result.rule, reason=result.limited_reason,

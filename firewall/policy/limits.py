@@ -85,16 +85,18 @@ class MemoryLimiter:
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._state: dict[str, list[float]] = {}
+        # Public so that the engine's fast path can step a bucket without a
+        # call; only this class adds or drops buckets.
+        self.clock = clock
+        self.state: dict[str, list[float]] = {}
         self._sweep_at = 4096
 
     def __len__(self) -> int:
-        return len(self._state)
+        return len(self.state)
 
     def acquire(self, requests: Sequence[BucketRequest], debit: bool = True) -> float | None:
-        now = self._clock()
-        state = self._state
+        now = self.clock()
+        state = self.state
         if len(requests) == 1:
             return self._acquire_one(requests[0], now, debit)
         wait = 0.0
@@ -129,11 +131,11 @@ class MemoryLimiter:
     def _acquire_one(self, request: BucketRequest, now: float, debit: bool) -> float | None:
         # The common case, one bucket, without the all-or-nothing bookkeeping.
         key, spec = request
-        cell = self._state.get(key)
+        cell = self.state.get(key)
         if cell is None:
             if debit:
-                self._state[key] = [spec.capacity - 1.0, now, spec.window]
-                if len(self._state) >= self._sweep_at:
+                self.state[key] = [spec.capacity - 1.0, now, spec.window]
+                if len(self.state) >= self._sweep_at:
                     self._sweep(now)
             return None
         tokens = cell[0] + (now - cell[1]) * spec.rate
@@ -152,8 +154,8 @@ class MemoryLimiter:
         Same arithmetic as ``acquire([(key, spec)])`` with ``capacity``,
         ``rate`` and ``window`` taken from ``spec``.
         """
-        now = self._clock()
-        state = self._state
+        now = self.clock()
+        state = self.state
         cell = state.get(key)
         if cell is None:
             state[key] = [capacity - 1.0, now, window]
@@ -171,12 +173,12 @@ class MemoryLimiter:
 
     def tokens(self, key: str, spec: BucketSpec) -> float:
         """The tokens a bucket holds now (for explain and tests)."""
-        cell = self._state.get(key)
+        cell = self.state.get(key)
         if cell is None:
             return float(spec.capacity)
-        return min(float(spec.capacity), cell[0] + (self._clock() - cell[1]) * spec.rate)
+        return min(float(spec.capacity), cell[0] + (self.clock() - cell[1]) * spec.rate)
 
     def _sweep(self, now: float) -> None:
         # A bucket untouched for a whole window is full again: the same as absent.
-        self._state = {k: c for k, c in self._state.items() if now - c[1] < c[2]}
-        self._sweep_at = max(4096, 2 * len(self._state))
+        self.state = {k: c for k, c in self.state.items() if now - c[1] < c[2]}
+        self._sweep_at = max(4096, 2 * len(self.state))

@@ -57,28 +57,20 @@ class _Absent:
     """Marker type for an ``id`` that is not present at all (a notification)."""
 
 
-class Message(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
-    """A decoded JSON-RPC 2.0 envelope; payloads stay raw."""
+class Envelope(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
+    """What every JSON-RPC 2.0 message has: the version, a method and/or an id.
 
-    # gc=False: every field is a str, an int or a Raw, so a Message can never
-    # be part of a reference cycle; the collector need not track it.
+    :class:`Message` adds the raw payloads; ``mcp.Request`` a tools/call's
+    policy view, decoded in the same pass (see :func:`firewall.protocol.mcp.decode`).
+    """
+
+    # gc=False: every field is a str, an int or a Raw (or, in mcp.Request, a
+    # struct of strs and a dict of arguments), so an envelope can never be part
+    # of a reference cycle; the collector need not track it.
 
     jsonrpc: str
     method: str | None = None
     id: int | str | msgspec.UnsetType | None = msgspec.UNSET
-    # Absent members decode to an empty Raw (``len(raw) == 0``); a JSON null
-    # is ``Raw(b"null")``. msgspec cannot put Raw in a union, hence no None.
-    params: msgspec.Raw = msgspec.Raw()
-    result: msgspec.Raw = msgspec.Raw()
-    error: msgspec.Raw = msgspec.Raw()
-
-    @property
-    def has_result(self) -> bool:
-        return len(self.result) > 0
-
-    @property
-    def has_error(self) -> bool:
-        return len(self.error) > 0
 
     @property
     def kind(self) -> Kind:
@@ -94,6 +86,24 @@ class Message(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
             return None
         assert isinstance(ident, (int, str))
         return ident
+
+
+class Message(Envelope, frozen=True, omit_defaults=True, gc=False):
+    """A decoded JSON-RPC 2.0 envelope; payloads stay raw."""
+
+    # Absent members decode to an empty Raw (``len(raw) == 0``); a JSON null
+    # is ``Raw(b"null")``. msgspec cannot put Raw in a union, hence no None.
+    params: msgspec.Raw = msgspec.Raw()
+    result: msgspec.Raw = msgspec.Raw()
+    error: msgspec.Raw = msgspec.Raw()
+
+    @property
+    def has_result(self) -> bool:
+        return len(self.result) > 0
+
+    @property
+    def has_error(self) -> bool:
+        return len(self.error) > 0
 
 
 class ProtocolError(Exception):

@@ -14,7 +14,7 @@ Example::
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import msgspec
 
@@ -62,7 +62,9 @@ _uri_decoder: Final = msgspec.json.Decoder(_UriParams)
 _prompt_decoder: Final = msgspec.json.Decoder(_PromptParams)
 
 
-class Call(msgspec.Struct, frozen=True):
+# gc=False: a Call holds strings and the arguments decoded from JSON, which
+# cannot refer back to it; one is built per request, so tracking costs.
+class Call(msgspec.Struct, frozen=True, gc=False):
     """What a rule can see of one request.
 
     ``tool`` is set for tools/call, ``uri`` for resources/read|subscribe|unsubscribe,
@@ -118,6 +120,72 @@ def _invalid_params(msg: jsonrpc.Message, exc: Exception) -> jsonrpc.ProtocolErr
     return jsonrpc.ProtocolError(
         jsonrpc.INVALID_PARAMS, f"invalid params for {msg.method}: {exc}", msg.request_id
     )
+
+
+# -- one pass for the requests a rule reads --------------------------------------------
+
+
+class _ViewParams(msgspec.Struct, gc=False):
+    # What the policy reads of the params of tools/call, prompts/get and
+    # resources/*; other members (_meta...) are skipped. The fields admit null
+    # so that a bad value takes the general path, which alone words the error.
+    name: str | None = None
+    uri: str | None = None
+    arguments: dict[str, Any] | None = None
+
+
+class Request(jsonrpc.Envelope, frozen=True, omit_defaults=True, gc=False):
+    """A tools/call, prompts/get or resources/* request decoded in one pass: the
+    envelope, and its params as the policy reads them (not raw: the bytes
+    forwarded are the original ones; :func:`jsonrpc.decode` gives the raw params)."""
+
+    # The types admit only a well-formed request: anything else (another
+    # version, no id, no params, a result or an error beside the method) fails
+    # this decode and takes the general path, which words the error.
+    jsonrpc: Literal["2.0"]
+    method: str
+    id: int | str | None
+    params: _ViewParams
+    result: msgspec.UnsetType = msgspec.UNSET
+    error: msgspec.UnsetType = msgspec.UNSET
+
+
+_request_decoder: Final = msgspec.json.Decoder(Request)
+
+
+def decode(data: bytes, direction: str = "client") -> tuple[jsonrpc.Envelope, Call | None]:
+    """Decode one message and, for a request, its policy view.
+
+    Answers exactly as :func:`jsonrpc.decode` followed by :func:`view` for a
+    request: the same Call, or the same :class:`jsonrpc.ProtocolError` (-32700,
+    -32600, or -32602 for bad params). A well-formed tools/call, prompts/get or
+    resources/* request costs one msgspec pass and comes back as a
+    :class:`Request`; anything else as a :class:`jsonrpc.Message` (decoded
+    again), with a Call if it is a request and None if not.
+
+    ``decode(b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t"}}')``
+    gives ``(Request(...), Call("tools/call", "client", "t", None, None, {}))``.
+    """
+    try:
+        req = _request_decoder.decode(data)
+    except jsonrpc.DECODE_ERRORS:
+        pass  # the general path words the error
+    else:
+        # A well-formed request (the types saw to it); view()'s well-formed params.
+        p = req.params
+        method = req.method
+        if method == TOOLS_CALL:
+            if p.name is not None:
+                return req, Call(method, direction, p.name, None, None, p.arguments or {})
+        elif method in _URI_METHODS:
+            if p.uri is not None:
+                return req, Call(method, direction, None, p.uri)
+        elif method == PROMPTS_GET and p.name is not None:
+            return req, Call(method, direction, None, None, p.name, p.arguments or {})
+    msg = jsonrpc.decode(data)
+    if msg.method is not None and msg.id is not msgspec.UNSET:
+        return msg, view(msg, direction)
+    return msg, None
 
 
 def tool_error_result(request_id: jsonrpc.RequestId | None, text: str) -> bytes:
