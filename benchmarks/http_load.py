@@ -160,6 +160,7 @@ def wrk_run(wrk: list[str], url: str, sessions: Path, seconds: float, connection
     """One verified wrk run: requests/s, answers checked, and wrk's own CPU seconds."""
     from urllib.parse import urlsplit
 
+    seconds = max(1, round(seconds))  # wrk takes whole seconds
     script = sessions.with_name("verify.lua")
     script.write_text(WRK_LUA)
     path = urlsplit(url).path

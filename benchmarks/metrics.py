@@ -14,7 +14,9 @@ def percentile(values: Sequence[float], q: float) -> float:
     if not 0 < q <= 100:
         raise ValueError(f"percentile must be in (0, 100], not {q}")
     ordered = sorted(values)
-    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+    # round() first: 99.9 / 100 * 1000 is 999.0000000000001 in floating point.
+    rank = math.ceil(round(q / 100 * len(ordered), 9))
+    return ordered[max(0, rank - 1)]
 
 
 def latency_summary(latencies: Sequence[float]) -> dict[str, float]:
