@@ -47,6 +47,7 @@ import contenders as cs  # noqa: E402
 import http_load  # noqa: E402
 import metrics  # noqa: E402
 import proctree  # noqa: E402
+import pyspy_profile  # noqa: E402
 from stdio_load import StdioTarget, check_tool_count, list_request  # noqa: E402
 
 Result = dict[str, Any]
@@ -149,9 +150,28 @@ class Meter:
         return proctree.peak_rss_bytes(self.pids())
 
 
-def measure_stdio(target: StdioTarget, opts: argparse.Namespace) -> Result:
+@contextlib.contextmanager
+def profiled(pid: int | None, seconds: float, work: Path, into: Result) -> Iterator[None]:
+    """Sample ``pid`` with py-spy while the block runs; the summary goes in ``into``."""
+    out = work / "profile.raw"
+    out.unlink(missing_ok=True)
+    sampler = pyspy_profile.record(pid, seconds, out) if pid else None
+    yield
+    if sampler is not None:
+        try:
+            sampler.wait(timeout=seconds + 30)
+        except subprocess.TimeoutExpired:
+            sampler.kill()
+            sampler.wait()
+        if out.exists():
+            into["profile"] = pyspy_profile.summarize(out.read_text())
+
+
+def measure_stdio(target: StdioTarget, opts: argparse.Namespace, work: Path,
+                  profile: bool) -> Result:
     """Throughput sweep, CPU per call and paced latency of a started stdio target."""
     meter = Meter(target.pid, [])
+    extra: Result = {}
     target.pipeline(200, 16)  # warm-up, and a first check of the answers
     probe = target.pipeline(300, 16)
     sweep: dict[str, float] = {}
@@ -159,13 +179,15 @@ def measure_stdio(target: StdioTarget, opts: argparse.Namespace) -> Result:
     for inflight in opts.concurrency:
         calls = max(200, int(probe * opts.seconds))
         cpu0, thread0 = meter.cpu(), time.thread_time()
-        rate = target.pipeline(calls, inflight)
+        pid = target.pid if profile and inflight == opts.fixed else None
+        with profiled(pid, calls / probe, work, extra):
+            rate = target.pipeline(calls, inflight)
         sweep[str(inflight)] = rate
         if inflight == opts.fixed:
             fixed = {"rps": rate, "cpu_per_1k": (meter.cpu() - cpu0) / calls * 1000,
                      "loadgen_cpu_share": (time.thread_time() - thread0) / (calls / rate)}
     latencies = target.paced(opts.rate, opts.seconds)
-    return {**fixed, "saturation_rps": max(sweep.values()), "sweep": sweep,
+    return {**fixed, **extra, "saturation_rps": max(sweep.values()), "sweep": sweep,
             "latency_ms": metrics.latency_summary(latencies), "offered_rate": opts.rate,
             "peak_rss_mb": meter.rss() / 2**20}
 
@@ -173,6 +195,7 @@ def measure_stdio(target: StdioTarget, opts: argparse.Namespace) -> Result:
 def measure_http(c: cs.Contender, meter: Meter, work: Path, wrk: list[str],
                  opts: argparse.Namespace) -> Result:
     """The same metrics for an HTTP front: wrk sweep, CPU per call, paced latency."""
+    extra: Result = {}
     sid = http_load.open_session(c.url, headers=c.headers)
     sessions = http_load.write_sessions(work / "sessions.txt", [sid])
     headers = c.headers
@@ -181,7 +204,11 @@ def measure_http(c: cs.Contender, meter: Meter, work: Path, wrk: list[str],
     fixed: Result = {}
     for conns in opts.concurrency:
         cpu0 = meter.cpu()
-        run = http_load.wrk_run(wrk, c.url, sessions, opts.seconds, conns, headers=headers)
+        pid = meter.root if opts.profile and c.family == "mcpwall" and conns == opts.fixed \
+            else None
+        with profiled(pid, opts.seconds, work, extra):
+            run = http_load.wrk_run(wrk, c.url, sessions, opts.seconds, conns,
+                                    headers=headers)
         if run["bad"]:
             raise AssertionError(f"{run['bad']} wrong answers at {conns} connections: "
                                  f"{run['first_bad']}")
@@ -195,7 +222,7 @@ def measure_http(c: cs.Contender, meter: Meter, work: Path, wrk: list[str],
     if paced["bad"]:
         raise AssertionError(f"{paced['bad']} wrong answers under paced load: "
                              f"{paced['first_bad']}")
-    return {**fixed, "saturation_rps": max(sweep.values()), "sweep": sweep,
+    return {**fixed, **extra, "saturation_rps": max(sweep.values()), "sweep": sweep,
             "latency_ms": metrics.latency_summary(paced["latencies"]),
             "offered_rate": opts.rate, "peak_rss_mb": meter.rss() / 2**20}
 
@@ -237,7 +264,8 @@ def stdio_scenario(work: Path, policy: Path, opts: argparse.Namespace) -> dict[s
     for c in contenders:
         def run(c: cs.Contender = c) -> Result:
             with stdio_target(c, work) as target:
-                return measure_stdio(target, opts)
+                return measure_stdio(target, opts, work,
+                                     opts.profile and c.family == "mcpwall")
         results[c.name] = attempt(c.name, opts.budget, run, work / "contender.log")
     return results
 
@@ -406,18 +434,64 @@ def render(title: str, results: dict[str, Result], fixed: int) -> str:
             rows.append([name, "failed: " + r["failed"].splitlines()[-1][:80]] + [""] * 8)
             continue
         lat = r["latency_ms"]
+        # Offered load near or past saturation: the latency is mostly queueing.
+        over = " (saturated)" if r["saturation_rps"] < 1.25 * r["offered_rate"] else ""
         rows.append([name, metrics.fmt(r.get("rps")), metrics.fmt(r["saturation_rps"]),
                      metrics.fmt(r["vs_direct"]["rps"], ".2f", "x"),
                      metrics.fmt(r["vs_mcpwall"]["rps"], ".2f", "x"),
-                     f"{lat['p50']:.2f} / {lat['p99']:.2f} / {lat['p99.9']:.2f}",
+                     f"{lat['p50']:.2f} / {lat['p99']:.2f} / {lat['p99.9']:.2f}{over}",
                      metrics.fmt(r.get("added_p50_ms"), "+.2f"),
                      metrics.fmt(r.get("cpu_per_1k"), ".2f"),
                      metrics.fmt(r["vs_direct"]["cpu_per_1k"], ".1f", "x"),
                      metrics.fmt(r["peak_rss_mb"], ".0f")])
+    rate = next((r["offered_rate"] for r in results.values() if "offered_rate" in r), 0)
     header = ["contender", f"calls/s at {fixed}", "saturation", "vs direct", "vs mcpwall",
-              "p50 / p99 / p99.9 ms", "added p50 ms", "CPU s / 1k calls", "CPU vs direct",
-              "peak RSS MB"]
-    return f"### {title}\n\n" + metrics.table(header, rows)
+              f"p50 / p99 / p99.9 ms at {rate:g}/s", "added p50 ms", "CPU s / 1k calls",
+              "CPU vs direct", "peak RSS MB"]
+    text = f"### {title}\n\n" + metrics.table(header, rows)
+    direct = results.get("direct", {})
+    if "loadgen_cpu_share" in direct:
+        text += (f"\n\nLoad generator: {direct['loadgen_cpu_share']:.0%} of one CPU while "
+                 f"direct served {direct['rps']:,.0f} calls/s at {fixed} in flight "
+                 "(well below 100%: it is not the bottleneck).")
+    for name, r in results.items():
+        if r.get("profile", {}).get("self"):
+            top = "; ".join(f"{share:.0%} {frame}" for share, frame in r["profile"]["self"][:8])
+            wait = r["profile"].get("waiting", 0)
+            text += (f"\n\nWhere {name} spends its CPU (py-spy, self time of the busy "
+                     f"samples; {wait:.0%} of samples were waiting): {top}.")
+    return text
+
+
+def goals(report: dict[str, Any]) -> list[str]:
+    """The issue's goals, each with the figure that meets or misses it."""
+    lines = []
+    for key, ours_name in (("stdio", "mcpwall wrap, allow-all"),
+                           ("http_stdio", "mcpwall serve, allow-all (stdio upstream)")):
+        results = report.get(key, {})
+        ours = results.get(ours_name, {})
+        for name, r in results.items():
+            if r is ours or name == "direct" or name.startswith("mcpwall"):
+                continue
+            if "failed" in r or "failed" in ours or not ours:
+                lines.append(f"- >= 5x {name} ({key}): not measurable (a contender failed)")
+                continue
+            x = ours["saturation_rps"] / r["saturation_rps"]
+            lines.append(f"- >= 5x {name} ({key}, saturation): {x:.1f}x, "
+                         + ("met" if x >= 5 else "not met"))
+    http = report.get("http_http", {})
+    ours = http.get("mcpwall serve, policy + durable audit (http upstream)", {})
+    if "saturation_rps" in ours and "saturation_rps" in http.get("direct", {}):
+        x = ours["saturation_rps"] / http["direct"]["saturation_rps"]
+        lines.append(f"- >= 0.75x direct, HTTP upstream, policy + durable audit (saturation): "
+                     f"{x:.2f}x, " + ("met" if x >= 0.75 else "not met"))
+    for key in ("stdio", "http_stdio", "http_http"):
+        for name, r in report.get(key, {}).items():
+            if name.startswith("mcpwall") and "added_p50_ms" in r:
+                lines.append(f"- p50 added <= 0.5 ms, {name} ({key}): "
+                             f"{r['added_p50_ms']:+.2f} ms, "
+                             + ("met" if r["added_p50_ms"] <= 0.5 else "not met"))
+    return lines
 
 
 def render_scaling(title: str, unit: str, data: dict[str, dict[str, Result]]) -> str:
@@ -447,6 +521,8 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=100.0,
                         help="offered calls/s for the latency runs (below every saturation)")
     parser.add_argument("--fixed", type=int, default=16, help="the fixed concurrency")
+    parser.add_argument("--profile", action="store_true",
+                        help="sample mcpwall with py-spy during its fixed-concurrency runs")
     opts = parser.parse_args()
     opts.seconds = 2.0 if opts.quick else 5.0
     opts.concurrency = [16, 64] if opts.quick else [1, 4, 16, 64, 256]
@@ -519,6 +595,8 @@ def summary(report: dict[str, Any], fixed: int) -> str:
     if "tools" in report:
         parts.append(render_scaling("tools/list size, stdio (lists/s, ratio to direct)",
                                     "tools", report["tools"]))
+    if any(k in report for k in ("stdio", "http_stdio", "http_http")):
+        parts.append("### Goals\n\n" + "\n".join(goals(report)))
     return "\n\n".join(parts)
 
 
