@@ -173,19 +173,18 @@ def measure_stdio(target: StdioTarget, opts: argparse.Namespace, work: Path,
     meter = Meter(target.pid, [])
     extra: Result = {}
     target.pipeline(200, 16)  # warm-up, and a first check of the answers
-    probe = target.pipeline(300, 16)
     sweep: dict[str, float] = {}
     fixed: Result = {}
     for inflight in opts.concurrency:
-        calls = max(200, int(probe * opts.seconds))
-        cpu0, thread0 = meter.cpu(), time.thread_time()
+        cpu0, thread0, wall0 = meter.cpu(), time.thread_time(), time.perf_counter()
         pid = target.pid if profile and inflight == opts.fixed else None
-        with profiled(pid, calls / probe, work, extra):
-            rate = target.pipeline(calls, inflight)
+        with profiled(pid, opts.seconds, work, extra):
+            rate = target.pipeline(10_000_000, inflight, max_seconds=opts.seconds)
+        wall = time.perf_counter() - wall0
         sweep[str(inflight)] = rate
         if inflight == opts.fixed:
-            fixed = {"rps": rate, "cpu_per_1k": (meter.cpu() - cpu0) / calls * 1000,
-                     "loadgen_cpu_share": (time.thread_time() - thread0) / (calls / rate)}
+            fixed = {"rps": rate, "cpu_per_1k": (meter.cpu() - cpu0) / (rate * wall) * 1000,
+                     "loadgen_cpu_share": (time.thread_time() - thread0) / wall}
     latencies = target.paced(opts.rate, opts.seconds)
     return {**fixed, **extra, "saturation_rps": max(sweep.values()), "sweep": sweep,
             "latency_ms": metrics.latency_summary(latencies), "offered_rate": opts.rate,
@@ -366,9 +365,10 @@ def tools_scenario(work: Path, policy: Path,
                     meter = Meter(target.pid, [])
                     check = check_tool_count(expected)
                     target.pipeline(20, 4, list_request, check)
-                    calls = max(50, int(20_000 / (1 + size / 50)))
-                    cpu0 = meter.cpu()
-                    rate = target.pipeline(calls, opts.fixed, list_request, check)
+                    cpu0, wall0 = meter.cpu(), time.perf_counter()
+                    rate = target.pipeline(10_000_000, opts.fixed, list_request, check,
+                                           max_seconds=opts.seconds)
+                    calls = rate * (time.perf_counter() - wall0)
                     return {"rps": rate, "tools_answered": expected,
                             "cpu_per_1k": (meter.cpu() - cpu0) / calls * 1000,
                             "peak_rss_mb": meter.rss() / 2**20}
@@ -521,6 +521,8 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=100.0,
                         help="offered calls/s for the latency runs (below every saturation)")
     parser.add_argument("--fixed", type=int, default=16, help="the fixed concurrency")
+    parser.add_argument("--render", type=Path, metavar="JSON",
+                        help="only write the table and plots of an earlier compare.json")
     parser.add_argument("--profile", action="store_true",
                         help="sample mcpwall with py-spy during its fixed-concurrency runs")
     opts = parser.parse_args()
@@ -530,11 +532,14 @@ def main() -> None:
     opts.tools = [10, 1000] if opts.quick else [10, 100, 1000, 5000]
     opts.budget = 60.0 if opts.quick else 120.0
     scenarios = set(opts.only.split(","))
+    if opts.render:
+        write_report(json.loads(opts.render.read_text()), opts.out, opts.fixed)
+        return
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     opts.out.mkdir(parents=True, exist_ok=True)
     wrk = [http_load.ensure_wrk()]
-    peers = cs.install_peers(opts.out / "peers-install.log")
+    peers = cs.install_peers(cs.PEERS / "install.log")
     report: dict[str, Any] = {"machine": machine(peers, wrk), "quick": opts.quick,
                               "settings": {"seconds": opts.seconds, "fixed": opts.fixed,
                                            "concurrency": opts.concurrency,
@@ -566,12 +571,18 @@ def main() -> None:
         if key in report:
             ratios(report[key])
     (opts.out / "compare.json").write_text(json.dumps(report, indent=1))
-    text = summary(report, opts.fixed)
-    (opts.out / "compare.md").write_text(text + "\n")
+    write_report(report, opts.out, opts.fixed)
+
+
+def write_report(report: dict[str, Any], out: Path, fixed: int) -> None:
+    """compare.md and the PNG plots of a report, under ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    text = summary(report, fixed)
+    (out / "compare.md").write_text(text + "\n")
     print(text)
     import plots
 
-    for path in plots.draw(report, opts.out):
+    for path in plots.draw(report, out):
         print(f"wrote {path.relative_to(cs.ROOT) if path.is_relative_to(cs.ROOT) else path}")
 
 
@@ -589,6 +600,9 @@ def summary(report: dict[str, Any], fixed: int) -> str:
     for key, title in titles.items():
         if key in report:
             parts.append(render(title, report[key], fixed))
+    if "http_http" in report:
+        parts.append("Peers and HTTP upstreams:\n\n" + "\n".join(
+            f"- {name}: {what}" for name, what in report["http_upstream_support"].items()))
     if "sessions" in report:
         parts.append(render_scaling("Concurrent sessions, HTTP upstream (calls/s, ratio to "
                                     "direct)", "sessions", report["sessions"]))

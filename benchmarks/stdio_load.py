@@ -132,23 +132,24 @@ class StdioTarget:
 
     def pipeline(self, calls: int, inflight: int = 16,
                  request: Callable[[int], bytes] = call_request,
-                 check: Check = check_echo) -> float:
-        """Keep ``inflight`` requests outstanding until ``calls`` are answered; calls/s."""
+                 check: Check = check_echo, max_seconds: float | None = None) -> float:
+        """Keep ``inflight`` requests outstanding until ``calls`` are answered, or
+        until ``max_seconds`` have passed and the outstanding ones are; calls/s."""
         ids = self._ids(calls)
-        payloads = [request(i) for i in ids]
         outstanding: set[int] = set()
         sent = done = 0
         start = time.perf_counter()
-        while done < calls:
-            if sent < calls and len(outstanding) < inflight:
+        deadline = start + max_seconds if max_seconds else float("inf")
+        while done < sent or (sent < calls and time.perf_counter() < deadline):
+            if sent < calls and len(outstanding) < inflight and time.perf_counter() < deadline:
                 batch = min(inflight - len(outstanding), calls - sent)
-                os.write(self._out, b"".join(payloads[sent:sent + batch]))
+                os.write(self._out, b"".join(request(i) for i in ids[sent:sent + batch]))
                 outstanding.update(ids[sent:sent + batch])
                 sent += batch
             for raw in self._lines():
                 outstanding.discard(self._settle(raw, outstanding, check))
                 done += 1
-        return calls / (time.perf_counter() - start)
+        return done / (time.perf_counter() - start)
 
     def paced(self, rate: float, seconds: float,
               request: Callable[[int], bytes] = call_request,

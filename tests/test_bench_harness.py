@@ -22,6 +22,7 @@ import compare  # noqa: E402
 import http_load  # noqa: E402
 import metrics  # noqa: E402
 import proctree  # noqa: E402
+import pyspy_profile  # noqa: E402
 from echo_server import answer, echo_text, tool_list  # noqa: E402
 from stdio_load import (  # noqa: E402
     StdioTarget,
@@ -70,7 +71,8 @@ def test_latency_summary_is_in_milliseconds() -> None:
 def test_ratios_against_direct_and_mcpwall() -> None:
     def row(rps: float, p50: float) -> dict[str, object]:
         return {"rps": rps, "saturation_rps": rps * 2, "cpu_per_1k": 1000 / rps,
-                "peak_rss_mb": 10.0, "latency_ms": {"p50": p50, "p99": p50, "p99.9": p50}}
+                "peak_rss_mb": 10.0, "offered_rate": 100.0,
+                "latency_ms": {"p50": p50, "p99": p50, "p99.9": p50}}
 
     results = {"direct": row(1000, 1.0), "mcpwall wrap": row(500, 1.25),
                "peer": row(100, 5.0), "broken peer": {"failed": "could not connect"}}
@@ -137,6 +139,23 @@ def test_proctree_counts_children() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_profile_summary_ranks_busy_frames() -> None:
+    head = 'process 7:"python -m firewall wrap";run (firewall/gateway/stdio_front.py:74)'
+    raw = "\n".join([
+        f"{head};decide (/x/site-packages/firewall/policy/engine.py:10) 30",
+        f"{head};append_rows (firewall/audit/writer.py:99) 10",
+        f"{head};EpollIOManager.get_events (trio/_core/_io_epoll.py:220) 60",
+        "garbage line",
+    ])
+    summary = pyspy_profile.summarize(raw)
+    assert summary["samples"] == 100
+    assert summary["waiting"] == 0.6
+    assert summary["self"] == [[0.75, "decide (firewall/policy/engine.py)"],
+                               [0.25, "append_rows (firewall/audit/writer.py)"]]
+    assert [1.0, "firewall/gateway/stdio_front.py"] in summary["inclusive_by_file"]
+    assert pyspy_profile.summarize("")["self"] == []
 
 
 def _free_port() -> int:
