@@ -169,7 +169,7 @@ def profiled(pid: int | None, seconds: float, work: Path, into: Result) -> Itera
 
 def measure_stdio(target: StdioTarget, opts: argparse.Namespace, work: Path,
                   profile: bool) -> Result:
-    """Throughput sweep, CPU per call and paced latency of a started stdio target."""
+    """Throughput sweep, CPU per call and peak RSS of a started stdio target."""
     meter = Meter(target.pid, [])
     extra: Result = {}
     target.pipeline(200, 16)  # warm-up, and a first check of the answers
@@ -185,15 +185,20 @@ def measure_stdio(target: StdioTarget, opts: argparse.Namespace, work: Path,
         if inflight == opts.fixed:
             fixed = {"rps": rate, "cpu_per_1k": (meter.cpu() - cpu0) / (rate * wall) * 1000,
                      "loadgen_cpu_share": (time.thread_time() - thread0) / wall}
-    latencies = target.paced(opts.rate, opts.seconds)
     return {**fixed, **extra, "saturation_rps": max(sweep.values()), "sweep": sweep,
-            "latency_ms": metrics.latency_summary(latencies), "offered_rate": opts.rate,
             "peak_rss_mb": meter.rss() / 2**20}
+
+
+def latency_stdio(target: StdioTarget, rate: float, opts: argparse.Namespace) -> Result:
+    """p50/p99/p99.9 of a started stdio target at ``rate`` calls/s, open loop."""
+    target.pipeline(200, 16)  # warm-up
+    latencies = target.paced(rate, opts.seconds)
+    return {"latency_ms": metrics.latency_summary(latencies), "offered_rate": rate}
 
 
 def measure_http(c: cs.Contender, meter: Meter, work: Path, wrk: list[str],
                  opts: argparse.Namespace) -> Result:
-    """The same metrics for an HTTP front: wrk sweep, CPU per call, paced latency."""
+    """The same metrics for an HTTP front: wrk sweep, CPU per call, peak RSS."""
     extra: Result = {}
     sid = http_load.open_session(c.url, headers=c.headers)
     sessions = http_load.write_sessions(work / "sessions.txt", [sid])
@@ -217,13 +222,40 @@ def measure_http(c: cs.Contender, meter: Meter, work: Path, wrk: list[str],
                      "cpu_per_1k": (meter.cpu() - cpu0) / max(run["good"], 1) * 1000,
                      "loadgen_cpu_share": run["loadgen_cpu"] / opts.seconds,
                      "socket_errors": run["socket_errors"]}
-    paced = http_load.paced(c.url, sessions, opts.rate, opts.seconds, 16, headers=headers)
+    return {**fixed, **extra, "saturation_rps": max(sweep.values()), "sweep": sweep,
+            "peak_rss_mb": meter.rss() / 2**20}
+
+
+def latency_http(c: cs.Contender, work: Path, wrk: list[str], rate: float,
+                 opts: argparse.Namespace) -> Result:
+    """p50/p99/p99.9 of an HTTP front at ``rate`` calls/s, open loop, 16 connections."""
+    sid = http_load.open_session(c.url, headers=c.headers)
+    sessions = http_load.write_sessions(work / "sessions.txt", [sid])
+    http_load.wrk_run(wrk, c.url, sessions, 1, 4, headers=c.headers)  # warm-up
+    paced = http_load.paced(c.url, sessions, rate, opts.seconds, 16, headers=c.headers)
     if paced["bad"]:
         raise AssertionError(f"{paced['bad']} wrong answers under paced load: "
                              f"{paced['first_bad']}")
-    return {**fixed, **extra, "saturation_rps": max(sweep.values()), "sweep": sweep,
-            "latency_ms": metrics.latency_summary(paced["latencies"]),
-            "offered_rate": opts.rate, "peak_rss_mb": meter.rss() / 2**20}
+    return {"latency_ms": metrics.latency_summary(paced["latencies"]), "offered_rate": rate}
+
+
+def offered_rate(results: dict[str, Result], opts: argparse.Namespace) -> float:
+    """The latency runs' rate: ``--rate``, else half the saturation of the slowest
+    of direct and mcpwall, so that it is below saturation for both (a slower
+    peer is marked saturated in the table)."""
+    if opts.rate:
+        return float(opts.rate)
+    ours = [r["saturation_rps"] for n, r in results.items()
+            if (n == "direct" or n.startswith("mcpwall")) and "saturation_rps" in r]
+    return max(10.0, round(min(ours) / 2, -1)) if ours else 100.0
+
+
+def merge_latency(result: Result, latency: Result) -> None:
+    """Add a latency pass to a throughput result (its failure, if it failed)."""
+    if "failed" in latency:
+        result["latency_failed"] = latency["failed"]
+    else:
+        result.update(latency_ms=latency["latency_ms"], offered_rate=latency["offered_rate"])
 
 
 def attempt(name: str, seconds: float, run: Callable[[], Result], log: Path) -> Result:
@@ -253,7 +285,7 @@ def attempt(name: str, seconds: float, run: Callable[[], Result], log: Path) -> 
 
 
 def stdio_scenario(work: Path, policy: Path, opts: argparse.Namespace) -> dict[str, Result]:
-    """Stdio front, stdio upstream."""
+    """Stdio front, stdio upstream: a throughput pass, then a latency pass."""
     contenders = [cs.Contender("direct", "direct", cs.ECHO),
                   cs.mcpwall_wrap(work, cs.ECHO, None),
                   cs.mcpwall_wrap(work, cs.ECHO, policy),
@@ -266,12 +298,23 @@ def stdio_scenario(work: Path, policy: Path, opts: argparse.Namespace) -> dict[s
                 return measure_stdio(target, opts, work,
                                      opts.profile and c.family == "mcpwall")
         results[c.name] = attempt(c.name, opts.budget, run, work / "contender.log")
+    rate = offered_rate(results, opts)
+    for c in contenders:
+        if "failed" in results[c.name]:
+            continue
+
+        def paced(c: cs.Contender = c) -> Result:
+            with stdio_target(c, work) as target:
+                return latency_stdio(target, rate, opts)
+        merge_latency(results[c.name], attempt(f"{c.name}, {rate:g} calls/s", opts.budget,
+                                               paced, work / "contender.log"))
     return results
 
 
 def http_scenario(work: Path, policy: Path, wrk: list[str], opts: argparse.Namespace,
                   http_upstream: bool) -> dict[str, Result]:
-    """HTTP front; the upstream is the echo server on stdio or over HTTP."""
+    """HTTP front; the upstream is the echo server on stdio or over HTTP.
+    A throughput pass, then a latency pass."""
     results = {}
     up_port = free_port()
     up_url = f"http://127.0.0.1:{up_port}/mcp"
@@ -285,24 +328,35 @@ def http_scenario(work: Path, policy: Path, wrk: list[str], opts: argparse.Names
     ]
     if not http_upstream:
         builders += [lambda p: cs.mcp_proxy(cs.ECHO, p), lambda p: cs.supergateway(cs.ECHO, p)]
-    for build in builders:
-        c = build(free_port())
-        if c.family == "direct":
-            def run(c: cs.Contender = c) -> Result:
-                with server(c.argv, c.url, c.env, work / "direct.log", work) as proc:
-                    return measure_http(c, Meter(proc.pid, []), work, wrk, opts)
-        else:
-            def run(c: cs.Contender = c) -> Result:
-                with contextlib.ExitStack() as stack:
-                    extra = []
-                    if http_upstream:
-                        up = stack.enter_context(server(up_argv, up_url, {},
-                                                        work / "upstream.log", work))
-                        extra.append(up.pid)
-                    proc = stack.enter_context(server(c.argv, c.url, c.env,
-                                                      work / "contender.log", work))
-                    return measure_http(c, Meter(proc.pid, extra), work, wrk, opts)
+    contenders = [build(free_port()) for build in builders]
+
+    @contextlib.contextmanager
+    def started(c: cs.Contender) -> Iterator[Meter]:
+        with contextlib.ExitStack() as stack:
+            extra = []
+            if http_upstream and c.family != "direct":
+                up = stack.enter_context(server(up_argv, up_url, {}, work / "upstream.log",
+                                                work))
+                extra.append(up.pid)
+            proc = stack.enter_context(server(c.argv, c.url, c.env, work / "contender.log",
+                                              work))
+            yield Meter(proc.pid, extra)
+
+    for c in contenders:
+        def run(c: cs.Contender = c) -> Result:
+            with started(c) as meter:
+                return measure_http(c, meter, work, wrk, opts)
         results[c.name] = attempt(c.name, opts.budget, run, work / "contender.log")
+    rate = offered_rate(results, opts)
+    for c in contenders:
+        if "failed" in results[c.name]:
+            continue
+
+        def paced(c: cs.Contender = c) -> Result:
+            with started(c):
+                return latency_http(c, work, wrk, rate, opts)
+        merge_latency(results[c.name], attempt(f"{c.name}, {rate:g} calls/s", opts.budget,
+                                               paced, work / "contender.log"))
     return results
 
 
@@ -421,9 +475,8 @@ def ratios(results: dict[str, Result]) -> None:
                                                                     base.get(key))
             result.setdefault("vs_mcpwall", {})[key] = metrics.ratio(result.get(key),
                                                                      ours.get(key))
-        p50 = result["latency_ms"]["p50"]
-        if "latency_ms" in base:
-            result["added_p50_ms"] = p50 - base["latency_ms"]["p50"]
+        if "latency_ms" in result and "latency_ms" in base:
+            result["added_p50_ms"] = result["latency_ms"]["p50"] - base["latency_ms"]["p50"]
 
 
 def render(title: str, results: dict[str, Result], fixed: int) -> str:
@@ -433,13 +486,15 @@ def render(title: str, results: dict[str, Result], fixed: int) -> str:
         if "failed" in r:
             rows.append([name, "failed: " + r["failed"].splitlines()[-1][:80]] + [""] * 8)
             continue
-        lat = r["latency_ms"]
+        lat = r.get("latency_ms")
         # Offered load near or past saturation: the latency is mostly queueing.
-        over = " (saturated)" if r["saturation_rps"] < 1.25 * r["offered_rate"] else ""
+        over = (" (saturated)" if lat and r["saturation_rps"] < 1.25 * r["offered_rate"]
+                else "")
         rows.append([name, metrics.fmt(r.get("rps")), metrics.fmt(r["saturation_rps"]),
                      metrics.fmt(r["vs_direct"]["rps"], ".2f", "x"),
                      metrics.fmt(r["vs_mcpwall"]["rps"], ".2f", "x"),
-                     f"{lat['p50']:.2f} / {lat['p99']:.2f} / {lat['p99.9']:.2f}{over}",
+                     f"{lat['p50']:.2f} / {lat['p99']:.2f} / {lat['p99.9']:.2f}{over}"
+                     if lat else "failed",
                      metrics.fmt(r.get("added_p50_ms"), "+.2f"),
                      metrics.fmt(r.get("cpu_per_1k"), ".2f"),
                      metrics.fmt(r["vs_direct"]["cpu_per_1k"], ".1f", "x"),
@@ -518,8 +573,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--only", default="stdio,http-stdio,http-http,sessions,tools",
                         help="comma-separated scenarios")
-    parser.add_argument("--rate", type=float, default=100.0,
-                        help="offered calls/s for the latency runs (below every saturation)")
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="offered calls/s for the latency runs (default: half the "
+                             "saturation of the slowest of direct and mcpwall)")
     parser.add_argument("--fixed", type=int, default=16, help="the fixed concurrency")
     parser.add_argument("--render", type=Path, metavar="JSON",
                         help="only write the table and plots of an earlier compare.json")
@@ -543,7 +599,7 @@ def main() -> None:
     report: dict[str, Any] = {"machine": machine(peers, wrk), "quick": opts.quick,
                               "settings": {"seconds": opts.seconds, "fixed": opts.fixed,
                                            "concurrency": opts.concurrency,
-                                           "offered_rate": opts.rate},
+                                           "offered_rate": opts.rate or "auto"},
                               "http_upstream_support": cs.HTTP_UPSTREAM_SUPPORT}
     try:
         with tempfile.TemporaryDirectory(prefix="mcpwall-compare-") as tmp:

@@ -28,21 +28,25 @@ _decode = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
 
 
+async def _lifespan(receive: Any, send: Any) -> None:
+    """Acknowledge startup, then shutdown."""
+    phase = ""
+    while phase != "shutdown":
+        phase = (await receive())["type"].removeprefix("lifespan.")
+        await send({"type": f"lifespan.{phase}.complete"})
+
+
 def make_app(tools: list[dict[str, Any]]) -> Any:
     """An ASGI app answering MCP POSTs from the echo server's ``answer``."""
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
+            await _lifespan(receive, send)
             return
-        body = b""
-        more = True
-        while more:
+        body, event = bytearray(), {"more_body": True}
+        while event.get("more_body"):
             event = await receive()
             body += event.get("body", b"")
-            more = event.get("more_body", False)
         status, headers, out = 405, [], b""
         if scope["method"] == "DELETE":
             status = 200

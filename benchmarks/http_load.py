@@ -6,9 +6,10 @@
   sent and has not seen answered, and that the echoed text holds the same
   ``n`` (or, for tools/list, the expected number of tools). Requests rotate
   over a file of session ids, so N connections can drive N real sessions.
-* ``paced``: open loop at a constant rate (wrk2-style; its own process, trio
-  + h11), latency measured from each request's scheduled send time so a
-  stall is charged to every request it delays (no coordinated omission).
+* ``paced``: open loop at a constant rate (wrk2-style; this module run
+  as ``http_load.py pace ...`` in its own process, trio + h11), latency
+  measured from each request's scheduled send time so a stall is charged
+  to every request it delays (no coordinated omission).
 
 Both accept JSON and SSE (``text/event-stream``) responses: the checks look
 for the JSON-RPC message in the body either way.
@@ -16,6 +17,7 @@ for the JSON-RPC message in the body either way.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -24,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json",
            "mcp-protocol-version": "2025-06-18"}
@@ -158,8 +161,6 @@ def wrk_run(wrk: list[str], url: str, sessions: Path, seconds: float, connection
             kind: str = "call", expect: int = 0, headers: dict[str, str] | None = None,
             timeout: float = 60) -> dict[str, Any]:
     """One verified wrk run: requests/s, answers checked, and wrk's own CPU seconds."""
-    from urllib.parse import urlsplit
-
     seconds = max(1, round(seconds))  # wrk takes whole seconds
     script = sessions.with_name("verify.lua")
     script.write_text(WRK_LUA)
@@ -187,84 +188,83 @@ def wrk_run(wrk: list[str], url: str, sessions: Path, seconds: float, connection
                             + after.children_system - before.children_system)}
 
 
-PACER = r'''
-import json, sys, time
-import h11, trio
-sys.path.insert(0, sys.argv[1])
-from http_load import body_answers
-host, port, path = sys.argv[2], int(sys.argv[3]), sys.argv[4]
-rate, seconds, conns = float(sys.argv[5]), float(sys.argv[6]), int(sys.argv[7])
-sessions = open(sys.argv[8]).read().split()
-extra = json.loads(sys.argv[9])
-CALL = (b'{"jsonrpc":"2.0","id":%d,"method":"tools/call",'
-        b'"params":{"name":"echo","arguments":{"n":%d,"text":"hello"}}}')
-lat, bad = [], []
-
-async def connection(k, start):
-    stream = await trio.open_tcp_stream(host, port)
-    conn = h11.Connection(h11.CLIENT)
-    sid = sessions[k % len(sessions)]
-    i = 0
-    while True:
-        due = start + (k + i * conns) / rate
-        if due - start > seconds:
-            return
-        await trio.sleep_until(due)
-        rid = 1 + k + i * conns
-        body = CALL % (rid, rid)
-        hdrs = [("host", f"{host}:{port}"), ("content-type", "application/json"),
-                ("accept", "application/json, text/event-stream"),
-                ("mcp-protocol-version", "2025-06-18"), ("content-length", str(len(body)))]
-        if sid != "-":
-            hdrs.append(("mcp-session-id", sid))
-        hdrs += list(extra.items())
-        wire = conn.send(h11.Request(method="POST", target=path, headers=hdrs))
-        await stream.send_all(wire + conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage()))
-        data, status = b"", 0
-        while True:
-            ev = conn.next_event()
-            if ev is h11.NEED_DATA:
-                conn.receive_data(await stream.receive_some(65536))
-            elif type(ev) is h11.Response:
-                status = ev.status_code
-            elif type(ev) is h11.Data:
-                data += bytes(ev.data)
-            elif type(ev) is h11.EndOfMessage:
-                break
-        lat.append(trio.current_time() - due)
-        if status != 200 or body_answers(data) != rid:
-            bad.append(f"{status} {data[:200]!r}")
-        conn.start_next_cycle()
-        i += 1
-
-async def main():
-    start = trio.current_time() + 0.2
-    async with trio.open_nursery() as nursery:
-        for k in range(conns):
-            nursery.start_soon(connection, k, start)
-
-trio.run(main)
-print(json.dumps({"latencies": lat, "bad": len(bad), "first_bad": bad[:1]}))
-'''
-
-
 def paced(url: str, sessions: Path, rate: float, seconds: float, connections: int,
           headers: dict[str, str] | None = None, timeout: float = 60) -> dict[str, Any]:
-    """Open-loop run at ``rate`` requests/s: latencies (s) from scheduled send times."""
-    from urllib.parse import urlsplit
-
+    """Open-loop run at ``rate`` requests/s (in its own process): latencies (s)
+    from scheduled send times, and the wrong answers."""
     parts = urlsplit(url)
-    script = sessions.with_name("pacer.py")
-    script.write_text(PACER)
-    out = subprocess.run([sys.executable, str(script), str(Path(__file__).parent),
-                          parts.hostname or "127.0.0.1", str(parts.port), parts.path,
-                          str(rate), str(seconds), str(connections), str(sessions),
-                          json.dumps(headers or {})],
+    out = subprocess.run([sys.executable, __file__, "pace", parts.hostname or "127.0.0.1",
+                          str(parts.port), parts.path, str(rate), str(seconds),
+                          str(connections), str(sessions), json.dumps(headers or {})],
                          capture_output=True, text=True, timeout=seconds + timeout)
     if out.returncode != 0:
         raise RuntimeError(f"pacer failed: {out.stderr[-600:]}")
     result: dict[str, Any] = json.loads(out.stdout)
     return result
+
+
+async def _exchange(stream: Any, conn: Any, wire: bytes) -> tuple[int, bytes]:
+    """Send one request on a keep-alive connection; its status and whole body."""
+    import h11
+
+    await stream.send_all(wire)
+    status, data = 0, bytearray()
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            conn.receive_data(await stream.receive_some(65536))
+            continue
+        if isinstance(event, h11.EndOfMessage):
+            conn.start_next_cycle()
+            return status, bytes(data)
+        status = getattr(event, "status_code", status)
+        data += getattr(event, "data", b"")
+
+
+def _pace(host: str, port: int, path: str, rate: float, seconds: float, conns: int,
+          sessions: list[str], extra: dict[str, str]) -> dict[str, Any]:
+    """Each connection sends on its own fixed schedule (every conns / rate s)."""
+    import h11
+    import trio
+
+    latencies: list[float] = []
+    bad: list[str] = []
+
+    async def connection(k: int, start: float) -> None:
+        stream = await trio.open_tcp_stream(host, port)
+        conn = h11.Connection(h11.CLIENT)
+        base = [("host", f"{host}:{port}"), *HEADERS.items(), *extra.items()]
+        sid = sessions[k % len(sessions)]
+        if sid != "-":
+            base.append(("mcp-session-id", sid))
+        for i in itertools.count():
+            due = start + (k + i * conns) / rate
+            if due - start > seconds:
+                return
+            await trio.sleep_until(due)
+            rid = 1 + k + i * conns
+            body = _CALL % (rid, rid)
+            request = h11.Request(method="POST", target=path,
+                                  headers=[*base, ("content-length", str(len(body)))])
+            status, answer = await _exchange(
+                stream, conn, conn.send(request) + conn.send(h11.Data(data=body))
+                + conn.send(h11.EndOfMessage()))
+            latencies.append(trio.current_time() - due)
+            if status != 200 or body_answers(answer) != rid:
+                bad.append(f"{status} {answer[:200]!r}")
+
+    async def main() -> None:
+        start = trio.current_time() + 0.2
+        async with trio.open_nursery() as nursery:
+            for k in range(conns):
+                nursery.start_soon(connection, k, start)
+
+    trio.run(main)
+    return {"latencies": latencies, "bad": len(bad), "first_bad": bad[:1]}
+
+
+_CALL = (b'{"jsonrpc":"2.0","id":%d,"method":"tools/call",'
+         b'"params":{"name":"echo","arguments":{"n":%d,"text":"hello"}}}')
 
 
 def ensure_wrk() -> str:
@@ -283,7 +283,6 @@ def write_sessions(path: Path, sids: list[str]) -> Path:
 def wait_http(url: str, alive: Any, timeout: float = 30) -> None:
     """Wait until ``url`` accepts TCP connections; ``alive()`` False aborts."""
     import socket
-    from urllib.parse import urlsplit
 
     parts = urlsplit(url)
     deadline = time.monotonic() + timeout
@@ -296,3 +295,9 @@ def wait_http(url: str, alive: Any, timeout: float = 30) -> None:
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"nothing listens at {url} after {timeout:g} s")
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["pace"]:
+    _host, _port, _path, _rate, _seconds, _conns, _sessions, _extra = sys.argv[2:10]
+    print(json.dumps(_pace(_host, int(_port), _path, float(_rate), float(_seconds), int(_conns),
+                           Path(_sessions).read_text().split(), json.loads(_extra))))
