@@ -284,6 +284,28 @@ def attempt(name: str, seconds: float, run: Callable[[], Result], log: Path) -> 
 # ---------------------------------------------------------------- scenarios
 
 
+def two_passes(contenders: list[cs.Contender], throughput: Callable[[cs.Contender], Result],
+               latency: Callable[[cs.Contender, float], Result], work: Path,
+               opts: argparse.Namespace) -> dict[str, Result]:
+    """Each contender's throughput, then each one's latency at one offered rate
+    chosen from the first pass (each pass starts the contender afresh)."""
+    log = work / "contender.log"
+    results = {c.name: attempt(c.name, opts.budget, lambda c=c: throughput(c), log)
+               for c in contenders}
+    rate = offered_rate(results, opts)
+    for c in contenders:
+        result = results[c.name]
+        if "failed" in result:
+            continue
+        if result["saturation_rps"] < rate:  # the queue would only grow
+            result["latency_failed"] = (f"not measured: {rate:g} calls/s is above its "
+                                        f"saturation ({result['saturation_rps']:,.0f}/s)")
+            continue
+        merge_latency(result, attempt(f"{c.name}, {rate:g} calls/s", opts.budget,
+                                      lambda c=c: latency(c, rate), log))
+    return results
+
+
 def stdio_scenario(work: Path, policy: Path, opts: argparse.Namespace) -> dict[str, Result]:
     """Stdio front, stdio upstream: a throughput pass, then a latency pass."""
     contenders = [cs.Contender("direct", "direct", cs.ECHO),
@@ -291,31 +313,22 @@ def stdio_scenario(work: Path, policy: Path, opts: argparse.Namespace) -> dict[s
                   cs.mcpwall_wrap(work, cs.ECHO, policy),
                   cs.mcp_firewall_wrap(work, cs.ECHO),
                   cs.policy_gateway(work, cs.ECHO, None)]
-    results = {}
-    for c in contenders:
-        def run(c: cs.Contender = c) -> Result:
-            with stdio_target(c, work) as target:
-                return measure_stdio(target, opts, work,
-                                     opts.profile and c.family == "mcpwall")
-        results[c.name] = attempt(c.name, opts.budget, run, work / "contender.log")
-    rate = offered_rate(results, opts)
-    for c in contenders:
-        if "failed" in results[c.name]:
-            continue
 
-        def paced(c: cs.Contender = c) -> Result:
-            with stdio_target(c, work) as target:
-                return latency_stdio(target, rate, opts)
-        merge_latency(results[c.name], attempt(f"{c.name}, {rate:g} calls/s", opts.budget,
-                                               paced, work / "contender.log"))
-    return results
+    def throughput(c: cs.Contender) -> Result:
+        with stdio_target(c, work) as target:
+            return measure_stdio(target, opts, work, opts.profile and c.family == "mcpwall")
+
+    def latency(c: cs.Contender, rate: float) -> Result:
+        with stdio_target(c, work) as target:
+            return latency_stdio(target, rate, opts)
+
+    return two_passes(contenders, throughput, latency, work, opts)
 
 
 def http_scenario(work: Path, policy: Path, wrk: list[str], opts: argparse.Namespace,
                   http_upstream: bool) -> dict[str, Result]:
     """HTTP front; the upstream is the echo server on stdio or over HTTP.
     A throughput pass, then a latency pass."""
-    results = {}
     up_port = free_port()
     up_url = f"http://127.0.0.1:{up_port}/mcp"
     up_argv = [cs.PY, str(HERE / "http_echo_server.py"), str(up_port)]
@@ -342,22 +355,15 @@ def http_scenario(work: Path, policy: Path, wrk: list[str], opts: argparse.Names
                                               work))
             yield Meter(proc.pid, extra)
 
-    for c in contenders:
-        def run(c: cs.Contender = c) -> Result:
-            with started(c) as meter:
-                return measure_http(c, meter, work, wrk, opts)
-        results[c.name] = attempt(c.name, opts.budget, run, work / "contender.log")
-    rate = offered_rate(results, opts)
-    for c in contenders:
-        if "failed" in results[c.name]:
-            continue
+    def throughput(c: cs.Contender) -> Result:
+        with started(c) as meter:
+            return measure_http(c, meter, work, wrk, opts)
 
-        def paced(c: cs.Contender = c) -> Result:
-            with started(c):
-                return latency_http(c, work, wrk, rate, opts)
-        merge_latency(results[c.name], attempt(f"{c.name}, {rate:g} calls/s", opts.budget,
-                                               paced, work / "contender.log"))
-    return results
+    def latency(c: cs.Contender, rate: float) -> Result:
+        with started(c):
+            return latency_http(c, work, wrk, rate, opts)
+
+    return two_passes(contenders, throughput, latency, work, opts)
 
 
 def sessions_scenario(work: Path, policy: Path, wrk: list[str],
@@ -494,7 +500,8 @@ def render(title: str, results: dict[str, Result], fixed: int) -> str:
                      metrics.fmt(r["vs_direct"]["rps"], ".2f", "x"),
                      metrics.fmt(r["vs_mcpwall"]["rps"], ".2f", "x"),
                      f"{lat['p50']:.2f} / {lat['p99']:.2f} / {lat['p99.9']:.2f}{over}"
-                     if lat else "failed",
+                     if lat else "above saturation" if "not measured" in
+                     r.get("latency_failed", "") else "failed",
                      metrics.fmt(r.get("added_p50_ms"), "+.2f"),
                      metrics.fmt(r.get("cpu_per_1k"), ".2f"),
                      metrics.fmt(r["vs_direct"]["cpu_per_1k"], ".1f", "x"),

@@ -13,13 +13,16 @@ import matplotlib.pyplot as plt
 TITLES = {"stdio": "stdio front, stdio upstream",
           "http_stdio": "HTTP front, stdio upstream",
           "http_http": "HTTP front, HTTP upstream"}
-COLORS = {"direct": "#888888", "mcpwall": "#1f77b4", "peer": "#ff7f0e"}
+COLORS = {"direct": "#888888", "mcpwall": "#1f77b4", "mcpwall policy": "#17becf",
+          "peer": "#ff7f0e"}
 
 
 def _color(name: str) -> str:
     if name == "direct":
         return COLORS["direct"]
-    return COLORS["mcpwall"] if name.startswith("mcpwall") else COLORS["peer"]
+    if name.startswith("mcpwall"):
+        return COLORS["mcpwall policy" if "policy" in name else "mcpwall"]
+    return COLORS["peer"]
 
 
 def _bars(ax: Any, names: list[str], values: list[float], title: str, log: bool = False) -> None:
@@ -66,10 +69,10 @@ def scaling(data: dict[str, dict[str, Any]], title: str, xlabel: str, path: Path
         if not points:
             continue
         xs = [x for x, _ in points]
-        axes[0].plot(xs, [r["rps"] for _, r in points], marker="o", label=name,
-                     color=_color(name))
-        axes[1].plot(xs, [r["cpu_per_1k"] for _, r in points], marker="o", label=name,
-                     color=_color(name))
+        style = {"marker": "o", "label": name, "color": _color(name),
+                 "linestyle": "--" if "policy" in name else "-"}
+        axes[0].plot(xs, [r["rps"] for _, r in points], **style)
+        axes[1].plot(xs, [r["cpu_per_1k"] for _, r in points], **style)
     for ax, ylabel in zip(axes, ("calls/s", "CPU s per 1,000 calls"), strict=True):
         ax.set_xscale("log")
         ax.set_yscale("log")
