@@ -577,9 +577,11 @@ def render_scaling(title: str, unit: str, data: dict[str, dict[str, Result]]) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a few-minute run")
-    parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--out", type=Path, default=HERE / "results",
+                        help="where compare.json, compare.md and the plots go")
     parser.add_argument("--only", default="stdio,http-stdio,http-http,sessions,tools",
-                        help="comma-separated scenarios")
+                        help="comma-separated scenarios, of: stdio, http-stdio, http-http, "
+                             "sessions, tools (default: all)")
     parser.add_argument("--rate", type=float, default=0.0,
                         help="offered calls/s for the latency runs (default: half the "
                              "saturation of the slowest of direct and mcpwall)")
