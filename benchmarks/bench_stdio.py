@@ -11,7 +11,7 @@ audit trail in fast mode, and in durable mode (each batch of calls waits for
 its fsync'd commit before it is forwarded: with 16 calls in flight the rate is
 bounded by 16 / fsync latency). With --peers, the PyPI package mcp-firewall 0.1.0 (its wrap mode,
 default action allow, global rate limit raised out of the way) is installed in
-benchmarks/.peers and measured in the same run.
+benchmarks/.peers/mcp-firewall and measured in the same run.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -46,25 +45,13 @@ POLICY = {
 }
 
 
-PEERS = HERE / ".peers"
-PEER_CONFIG = """version: 1
-defaultAction: allow
-globalRateLimit:
-  maxCalls: 100000000
-  windowSeconds: 60
-"""
-
-
 def peer_targets(tmp: Path) -> dict[str, list[str]]:
-    """Install the peers in their own virtualenv (once) and return their argv."""
-    if not (PEERS / "bin" / "mcp-firewall").exists():
-        subprocess.run([sys.executable, "-m", "venv", str(PEERS)], check=True)
-        subprocess.run([str(PEERS / "bin" / "pip"), "install", "-q", "mcp-firewall==0.1.0"],
-                       check=True)
-    config = tmp / "mcp-firewall.yaml"
-    config.write_text(PEER_CONFIG)
-    return {"peer: mcp-firewall 0.1.0 wrap": [str(PEERS / "bin" / "mcp-firewall"), "wrap",
-                                               "--config", str(config), "--", *ECHO]}
+    """Install the peer in its own virtualenv (once) and return its argv."""
+    from contenders import install_peers, mcp_firewall_wrap
+
+    install_peers(tmp / "peers-install.log")
+    peer = mcp_firewall_wrap(tmp, ECHO)
+    return {f"peer: {peer.name}": peer.argv}
 
 
 def main() -> None:
