@@ -428,6 +428,7 @@ class WriterStats(msgspec.Struct, frozen=True):
     events: int
     batches: int
     busy_seconds: float  # time spent building, inserting and committing batches
+    cpu_seconds: float = 0.0  # the writer thread's CPU time in those commits
 
 
 class AuditWriter:
@@ -472,6 +473,7 @@ class AuditWriter:
         self._events = 0
         self._batch_count = 0
         self._busy = 0.0
+        self._cpu = 0.0
         self.trail: Trail | None = None
         self._seq = 0                      # the chain cursor: last seq handed out
         self._head = GENESIS               # and its hash
@@ -515,7 +517,7 @@ class AuditWriter:
 
     def stats(self) -> WriterStats:
         """Events and batches committed so far, and the writer thread's busy time."""
-        return WriterStats(self._events, self._batch_count, self._busy)
+        return WriterStats(self._events, self._batch_count, self._busy, self._cpu)
 
     # -- AuditPoint ------------------------------------------------------
     async def append(self, event: Event) -> _Batch:
@@ -650,7 +652,7 @@ class AuditWriter:
     def _commit(self, trail: Trail, batch: _Batch) -> None:
         ok = False
         if self._error is None:
-            t = time.perf_counter()
+            t, cpu = time.perf_counter(), time.thread_time()
             try:
                 trail.append_rows(batch.rows)
                 ok = True
@@ -658,6 +660,7 @@ class AuditWriter:
                 self._error = exc
                 trail.log.error("audit_write_failed", error=repr(exc), events=len(batch.rows))
             self._busy += time.perf_counter() - t
+            self._cpu += time.thread_time() - cpu
             if ok:
                 self._events += len(batch.rows)
                 self._batch_count += 1
