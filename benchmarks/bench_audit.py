@@ -7,8 +7,16 @@ Run:  .venv/bin/python benchmarks/bench_audit.py [--rows 10000000] [--events 500
    measured in the same run.
    Also: the writer alone (``Trail.append_batch`` on events built beforehand,
    1000 and 5000 per transaction), and per group-commit run the writer
-   thread's own rate (events over the seconds it was busy) and the mean batch:
-   end-to-end figures include the trio producers, which share the GIL.
+   thread's own rate (events over the seconds it was busy), the mean batch,
+   and the CPU per event split between the writer thread and the rest of the
+   process (the trio producers): end-to-end figures include the producers,
+   which share the GIL and the machine's cores.
+   Full-text indexing is off the commit path until it lags by
+   ``fts_max_lag`` rows (20,000 by default), then each commit indexes as many
+   rows as it appends: a run of more events than that measures the sustained
+   rate with indexing included. The same run also measures the writer with
+   ``fts_max_lag = 0`` (indexing in every commit, as before this change).
+   The goal check: 50,000 durable events/s.
 2. Latency that append + committed() adds per call: p50 and p99.
 3. ``audit query`` by principal and time range over --rows rows (generated in
    bulk into --db and reused if it already holds enough rows), against the same
@@ -67,20 +75,30 @@ class GroupRun:
     """One group-commit run: end-to-end rate, writer-side rate, latencies."""
 
     def __init__(self, rate: float, latencies: list[float], writer_rate: float | None,
-                 batch: float | None, cpu_us: float) -> None:
+                 batch: float | None, cpu_us: float, writer_cpu_us: float) -> None:
         self.rate = rate
         self.latencies = latencies
         self.writer_rate = writer_rate  # events / seconds the writer thread was busy
         self.batch = batch              # mean events per transaction
         self.cpu_us = cpu_us            # process CPU per event, both threads
+        self.writer_cpu_us = writer_cpu_us  # the writer thread's CPU per event
 
 
-def bench_group_commit(tmp: Path, name: str, n: int, producers: int) -> GroupRun:
-    """Durable writer, ``producers`` trio tasks each appending and awaiting ``committed()``."""
+def bench_group_commit(tmp: Path, name: str, n: int, producers: int, *,
+                       no_store: bool = False, **settings: object) -> GroupRun:
+    """Durable writer, ``producers`` trio tasks each appending and awaiting ``committed()``.
+
+    ``no_store``: the writer thread takes each batch and wakes its callers
+    without touching SQLite: what the producers, the row building and the
+    hand-over cost on their own (the ceiling storage cannot raise).
+    """
     latencies: list[float] = []
 
     async def main() -> GroupRun:
-        async with open_audit(_settings(tmp / f"{name}.db"), instance_id="bench") as audit:
+        async with open_audit(_settings(tmp / f"{name}.db", **settings),
+                              instance_id="bench") as audit:
+            if no_store and audit.trail is not None:
+                audit.trail.append_rows = lambda rows: int(rows[-1][0])  # type: ignore[method-assign]
             per = n // producers
 
             async def producer(k: int) -> None:
@@ -101,16 +119,16 @@ def bench_group_commit(tmp: Path, name: str, n: int, producers: int) -> GroupRun
                 total / elapsed, latencies,
                 stats.events / stats.busy_seconds if stats and stats.busy_seconds else None,
                 stats.events / stats.batches if stats and stats.batches else None,
-                cpu / total * 1e6)
+                cpu / total * 1e6, getattr(stats, "cpu_seconds", 0.0) / total * 1e6)
 
     return trio.run(main)
 
 
-def bench_writer_only(tmp: Path, name: str, n: int, batch: int) -> float:
+def bench_writer_only(tmp: Path, name: str, n: int, batch: int, **settings: object) -> float:
     """The writer alone: Trail.append_batch, durable, ``batch`` events per transaction
     (events built beforehand), so neither trio nor the producers share the GIL."""
     events = [decision(i, time.time_ns()) for i in range(n)]
-    with Trail(_settings(tmp / f"{name}.db"), "bench") as trail:
+    with Trail(_settings(tmp / f"{name}.db", **settings), "bench") as trail:
         t = time.perf_counter()
         for k in range(0, n, batch):
             trail.append_batch(events[k:k + batch])
@@ -195,34 +213,52 @@ def main() -> None:
         query_and_verify(tmp, args)
 
 
+GOAL = 50_000  # durable events/s with group commit
+
+
 def throughput(tmp: Path, args: argparse.Namespace) -> None:
     """Parts 1 and 2."""
     base = statistics.median(bench_single_commit(tmp, 2000) for _ in range(args.repeat))
     print(f"\n1. durable throughput (events/s, median of {args.repeat})")
     print(f"   baseline, one fsync'ed commit per event: {base:>9,.0f}/s  (1.00x)")
     for size in (1000, 5000):
-        w = statistics.median(bench_writer_only(tmp, f"w{size}-{r}", args.events, size)
-                              for r in range(args.repeat))
-        print(f"   writer alone, {size:>4}-event transactions: {w:>9,.0f}/s  ({w / base:.2f}x)")
+        for lag, label in ((0, "indexing in each commit"), (20_000, "indexing deferred")):
+            w = statistics.median(
+                bench_writer_only(tmp, f"w{size}-{lag}-{r}", args.events, size, fts_max_lag=lag)
+                for r in range(args.repeat))
+            print(f"   writer alone, {size:>4}-event transactions, {label:<24}"
+                  f"{w:>9,.0f}/s  ({w / base:.2f}x)")
     lat_report = []
-    for p in args.producers:
-        runs = [bench_group_commit(tmp, f"g{p}-{r}", args.events if p > 1 else 2000, p)
+    best = 0.0
+    runs_for: list[tuple[str, int, dict[str, object]]] = [
+        ("", p, {}) for p in args.producers]
+    runs_for.append((", indexing in each commit", max(args.producers), {"fts_max_lag": 0}))
+    runs_for.append((", no SQLite (producer ceiling)", max(args.producers), {"no_store": True}))
+    for label, p, extra_settings in runs_for:
+        runs = [bench_group_commit(tmp, f"g{p}-{len(lat_report)}-{r}",
+                                   args.events if p > 1 else 2000, p, **extra_settings)
                 for r in range(args.repeat)]
         rate = statistics.median(r.rate for r in runs)
+        if not label or "each commit" in label:
+            best = max(best, rate)
         lats = sorted(x for r in runs for x in r.latencies)
         p50 = lats[len(lats) // 2] * 1e6
         p99 = lats[int(len(lats) * 0.99)] * 1e6
-        lat_report.append((p, p50, p99))
+        lat_report.append((f"{p}{label}", p50, p99))
         cpu = statistics.median(r.cpu_us for r in runs)
+        wcpu = statistics.median(r.writer_cpu_us for r in runs)
         writer = [r.writer_rate for r in runs if r.writer_rate is not None]
         batch = [r.batch for r in runs if r.batch is not None]
         extra = (f"  writer busy-time rate {statistics.median(writer):>9,.0f}/s, "
                  f"{statistics.median(batch):,.0f} events/commit" if writer and batch else "")
-        print(f"   group commit, {p:>4} producers:         {rate:>9,.0f}/s  "
-              f"({rate / base:.2f}x)  cpu {cpu:.1f} us/event{extra}")
+        print(f"   group commit, {p:>4} producers{label}: {rate:>9,.0f}/s  "
+              f"({rate / base:.2f}x)  cpu {cpu:.1f} us/event (writer thread {wcpu:.1f}, "
+              f"rest {cpu - wcpu:.1f}){extra}")
     print("\n2. latency added per call (append + committed), microseconds")
     for p, p50, p99 in lat_report:
         print(f"   {p:>4} producers: p50 {p50:>8,.0f}  p99 {p99:>8,.0f}")
+    verdict = "reached" if best >= GOAL else "NOT reached"
+    print(f"\ngoal {GOAL:,} durable events/s: best median {best:,.0f}/s, {verdict}")
 
 
 def query_and_verify(tmp: Path, args: argparse.Namespace) -> None:

@@ -164,3 +164,68 @@ def test_every_command_has_help_with_an_example() -> None:
     for name in ("query", "timeline", "stats", "tail", "export", "verify"):
         out = CliRunner().invoke(audit, [name, "--help"]).output
         assert "mcpwall audit " + name in out, name
+
+
+def _fts_rows(db: Path) -> tuple[int, int]:
+    """(rows in events_fts, fts_progress.upto) of a file."""
+    conn = sqlite3.connect(db)
+    [upto] = conn.execute("SELECT upto FROM fts_progress").fetchone()
+    indexed = conn.execute("SELECT count(*) FROM events_fts WHERE events_fts MATCH 'host'"
+                           ).fetchone()[0]
+    conn.close()
+    return indexed, upto
+
+
+def test_search_covers_rows_the_writer_has_not_indexed_yet(tmp_path: Path) -> None:
+    db = tmp_path / "gw.db"
+    trail = Trail(AuditSettings(path=str(db), fts_max_lag=1_000_000), "gw")
+    try:
+        trail.append_batch([DecisionEvent(
+            ts_ns=T0 + i * S, call_id=f"c{i}", session="s", principal="alice", grant="g",
+            server="vm", method="tools/call", tool="t",
+            arguments={"target": f"host-{i}", "note": "vm-prod-7" if i % 2 else "vm-prod-8"},
+            decision="allow") for i in range(6)])
+        assert _fts_rows(db) == (0, 0)  # nothing indexed: the commit path skips it
+        found = _json(["query", str(db), "--search", "vm-prod-7", "--json"])
+        assert [r["call_id"] for r in found] == ["c1", "c3", "c5"]
+        assert trail.index_pending(4) == 4  # half indexed: events_fts + the reader's tail
+        assert _fts_rows(db) == (4, 4)
+        found = _json(["query", str(db), "--search", "vm-prod-7", "--json"])
+        assert [r["call_id"] for r in found] == ["c1", "c3", "c5"]
+        assert [r["call_id"] for r in _json(["query", str(db), "--search", "host-4", "--json"])
+                ] == ["c4"]
+    finally:
+        trail.close()  # indexes the rest
+    assert _fts_rows(db) == (6, 6)
+    found = _json(["query", str(db), "--search", "vm-prod-7", "--json"])
+    assert [r["call_id"] for r in found] == ["c1", "c3", "c5"]
+
+
+def test_a_writer_that_lags_indexes_with_each_commit(tmp_path: Path) -> None:
+    db = tmp_path / "gw.db"
+    with Trail(AuditSettings(path=str(db), fts_max_lag=3), "gw") as trail:
+        for i in range(5):
+            trail.append_batch([DecisionEvent(
+                ts_ns=T0 + i, call_id=f"c{i}", session="s", principal="p", grant="g",
+                server="vm", method="tools/call", arguments={"target": f"host-{i}"},
+                decision="allow")])
+            assert trail.unindexed() == min(i + 1, 3)
+        assert _fts_rows(db)[1] == 2
+    with Trail(AuditSettings(path=str(db), fts_max_lag=0), "gw") as trail:
+        assert trail.indexed == 5  # close indexed the rest
+        trail.append_batch([DecisionEvent(
+            ts_ns=T0 + 9, call_id="c9", session="s", principal="p", grant="g", server="vm",
+            method="tools/call", arguments={"target": "host-9"}, decision="allow")])
+        assert trail.unindexed() == 0 and _fts_rows(db) == (6, 6)
+
+
+def test_a_file_from_an_older_writer_is_fully_indexed(tmp_path: Path) -> None:
+    a, _ = _fleet(tmp_path)
+    conn = sqlite3.connect(a)
+    conn.execute("DROP TABLE fts_progress")  # as written before indexing left the commit
+    conn.commit()
+    conn.close()
+    assert len(_json(["query", str(a), "--search", "hello", "--json"])) == 5
+    with Trail(AuditSettings(path=str(a)), "gw-a") as trail:
+        assert trail.indexed == trail.seq == 10
+    assert _fts_rows(a)[1] == 10

@@ -303,3 +303,40 @@ def test_the_literal_gate_never_changes_what_is_redacted(patterns: tuple[str, ..
     reference = Redactor(gated._names, gated._values, b"k" * 32)  # no gate: always search
     arguments = {f"a{i}": v for i, v in enumerate(values)} | {"nested": [values]}
     assert gated.apply(arguments) == reference.apply(arguments)
+
+
+async def test_the_writer_indexes_for_search_when_it_has_nothing_to_commit(
+        tmp_path: Path) -> None:
+    db = tmp_path / "audit.db"
+    async with open_audit(AuditSettings(path=str(db)), instance_id="gw-1") as audit:
+        for i in range(3):
+            await (await audit.append(_decision(i))).committed()
+        trail = audit.trail
+        assert trail is not None
+        with trio.fail_after(20):
+            while trail.indexed < 3:  # noqa: ASYNC110 (the writer thread signals nothing)
+                await trio.sleep(0.01)  # idle: the thread indexes after a short pause
+        conn = sqlite3.connect(db)
+        assert conn.execute("SELECT upto FROM fts_progress").fetchone() == (3,)
+        assert conn.execute("SELECT rowid FROM events_fts WHERE events_fts MATCH '2'"
+                            ).fetchall() == [(3,)]
+        conn.close()
+
+
+def test_rotation_indexes_the_segment_it_closes(tmp_path: Path) -> None:
+    db = tmp_path / "audit.db"
+    settings = AuditSettings(path=str(db), fts_max_lag=1_000_000)
+    with Trail(settings, "gw") as trail:
+        trail.append_batch([_decision(i) for i in range(4)])
+        assert trail.unindexed() == 4
+        trail.rotate()
+        assert trail.unindexed() == 0 and trail.indexed == 4
+        trail.append_batch([_decision(i) for i in range(4, 6)])
+        assert trail.unindexed() == 2
+    first, second = chain_files(db)
+    for path, upto in ((first, 4), (second, 6)):
+        conn = sqlite3.connect(path)
+        assert conn.execute("SELECT upto FROM fts_progress").fetchone() == (upto,)
+        conn.close()
+    [report] = verify_paths([db])
+    assert report.ok

@@ -28,7 +28,7 @@ from typing import Any, Final
 
 import msgspec
 
-from firewall.audit.store import REFUSALS, connect_readonly, expand_paths
+from firewall.audit.store import REFUSALS, TAIL_FTS, connect_readonly, expand_paths, index_tail
 
 Record = dict[str, Any]
 
@@ -134,7 +134,11 @@ class Filters(msgspec.Struct, kw_only=True):
             add("(" + " OR ".join(parts) + ")", *statuses)
         if self.search:
             phrase = '"' + self.search.replace('"', '""') + '"'
-            add(f"{p}seq IN (SELECT rowid FROM events_fts WHERE events_fts MATCH ?)", phrase)
+            # events_fts holds the rows the writer has indexed, the reader's
+            # own tail index the rest (see firewall.audit.store, rule 3).
+            add(f"({p}seq IN (SELECT rowid FROM events_fts WHERE events_fts MATCH ?) OR "
+                f"{p}seq IN (SELECT rowid FROM temp.{TAIL_FTS} WHERE {TAIL_FTS} MATCH ?))",
+                phrase, phrase)
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 
@@ -171,6 +175,12 @@ class Sources:
 
     def each(self, sql: str, params: list[Any]) -> list[Iterator[Record]]:
         """Run ``sql`` on every file; one iterator of dicts per file."""
+        if TAIL_FTS in sql:
+            for _, conn in self.conns:
+                try:
+                    index_tail(conn)
+                except sqlite3.OperationalError as exc:
+                    raise QueryError(f"full-text search failed: {exc}") from None
         return [_records(conn, sql, params) for _, conn in self.conns]
 
 

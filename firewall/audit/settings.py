@@ -80,6 +80,10 @@ class AuditSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     anchor_path: str = ""
     anchor_log: bool = True
     redaction: RedactionSettings = msgspec.field(default_factory=RedactionSettings)
+    # Full-text indexing of arguments runs when the writer has nothing to
+    # commit; when this many rows wait for it, each commit indexes as many rows
+    # as it appends (searches always cover the rows not indexed yet).
+    fts_max_lag: int = 20_000
     # Segment rotation; 0 disables. The chain continues across segments.
     segment_max_bytes: int = 0
     segment_max_age_seconds: float = 0.0
@@ -91,6 +95,8 @@ class AuditSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             raise ValueError("max_batch: expected a positive number")
         if self.checkpoint_every_rows < 1:
             raise ValueError("checkpoint_every_rows: expected a positive number")
+        if self.fts_max_lag < 0:
+            raise ValueError("fts_max_lag: expected zero or a positive number")
         if self.checkpoint_every_seconds <= 0:
             raise ValueError("checkpoint_every_seconds: expected a positive number")
 

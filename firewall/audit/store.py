@@ -9,10 +9,14 @@ Rules this module keeps:
 2. Views name the questions operators ask (``calls``, ``denials``,
    ``rate_limited``, ``errors``, ``sessions``, ``lifecycle``, ``approvals``), so
    ``sqlite-utils`` and Datasette answer them without mcpwall.
-3. ``events_fts`` (FTS5, external content) indexes ``arguments``. The writer
-   fills it for each batch in the batch's transaction with one
-   ``INSERT ... SELECT`` (:data:`INDEX_BATCH`): a per-row trigger costs ten
-   times as much.
+3. ``events_fts`` (FTS5, external content) indexes ``arguments``, filled by
+   the writer with one ``INSERT ... SELECT`` (:data:`INDEX_BATCH`) per range of
+   rows, off the commit path: when it has nothing to commit, on rotation and on
+   close, and (when it lags by ``fts_max_lag`` rows) with each commit.
+   ``fts_progress.upto`` is the last seq indexed, written in the same
+   transaction as the index. Readers cover the rows after it with a temporary
+   FTS5 table of their own (:func:`index_tail`), so a search is always
+   complete. A file without ``fts_progress`` (an older writer) is fully indexed.
 4. A chain is a list of segment files: the first is the configured path
    (``audit.db``), later ones are ``audit.000002.db``, ``audit.000003.db``, ...
    beside it. The writer appends to the highest-numbered one.
@@ -85,6 +89,20 @@ INDEX_BATCH: Final = (
     "INSERT INTO events_fts (rowid, arguments) SELECT seq, arguments FROM events "
     "WHERE seq BETWEEN ? AND ? AND arguments IS NOT NULL"
 )
+_PROGRESS_TABLE: Final = (
+    "CREATE TABLE IF NOT EXISTS fts_progress (id INTEGER PRIMARY KEY CHECK (id = 1), "
+    "upto INTEGER NOT NULL)"
+)
+_SET_PROGRESS: Final = "INSERT OR REPLACE INTO fts_progress (id, upto) VALUES (1, ?)"
+# The reader's own index of the rows the writer has not indexed yet; the same
+# (default) tokenizer as events_fts, so a phrase matches the same rows.
+TAIL_FTS: Final = "events_fts_tail"
+_TAIL_CREATE: Final = f"CREATE VIRTUAL TABLE IF NOT EXISTS temp.{TAIL_FTS} USING fts5(arguments)"
+_TAIL_FILL: Final = (
+    f"INSERT INTO temp.{TAIL_FTS} (rowid, arguments) SELECT seq, arguments FROM main.events "
+    "WHERE seq > (SELECT coalesce(max(upto), 0) FROM main.fts_progress) "
+    "AND arguments IS NOT NULL"
+)
 
 _APPEND_ONLY = ("events", "checkpoints", "segment")
 _SEGMENT_RE = re.compile(r"^(?P<stem>.+)\.(?P<n>\d{6})(?P<suffix>\.[^.]*)?$")
@@ -94,8 +112,10 @@ class StoreError(Exception):
     """An audit file that cannot be used; the message names it and says why."""
 
 
-def create_schema(conn: sqlite3.Connection) -> None:
-    """Create tables, indexes, triggers, views and the FTS index (idempotent)."""
+def create_schema(conn: sqlite3.Connection, *, indexed_upto: int = 0) -> None:
+    """Create tables, indexes, triggers, views and the FTS index (idempotent).
+
+    ``indexed_upto``: the seq before this file's first row (the FTS progress)."""
     db = sqlite_utils.Database(conn)
     if "events" in db.table_names():
         return
@@ -113,9 +133,14 @@ def create_schema(conn: sqlite3.Connection) -> None:
     )
     events = db.table("events")
     events.create_index(["ts_ns"])
-    events.create_index(["principal", "ts_ns"])
     events.create_index(["session", "ts_ns"])
-    events.create_index(["call_id"])
+    # Partial indexes: only outcomes are looked up by call_id (the ``calls``
+    # join), and a NULL principal is never searched for; rows outside them
+    # cost no index insert.
+    conn.execute("CREATE INDEX idx_events_outcome_call_id ON events (call_id) "
+                 "WHERE kind = 'outcome'")
+    conn.execute("CREATE INDEX idx_events_principal_ts_ns ON events (principal, ts_ns) "
+                 "WHERE principal IS NOT NULL")
     events.enable_fts(["arguments"], fts_version="FTS5", create_triggers=False)
     for table in _APPEND_ONLY:
         for op in ("UPDATE", "DELETE"):
@@ -126,6 +151,53 @@ def create_schema(conn: sqlite3.Connection) -> None:
             )
     for name, sql in VIEWS.items():
         db.create_view(name, sql.strip())
+    conn.execute(_PROGRESS_TABLE)
+    conn.execute(_SET_PROGRESS, (indexed_upto,))
+
+
+def indexed_upto(conn: sqlite3.Connection) -> int | None:
+    """The last seq in the full-text index, None for a file that predates
+    ``fts_progress`` (its writer indexed every row in the row's transaction)."""
+    try:
+        row = conn.execute("SELECT max(upto) FROM fts_progress").fetchone()
+    except sqlite3.OperationalError:
+        return None
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def adopt_progress(conn: sqlite3.Connection) -> int:
+    """The writer's ``indexed_upto`` for an open file; adds ``fts_progress`` to a
+    file from an older writer (fully indexed: up to its last seq)."""
+    upto = indexed_upto(conn)
+    if upto is not None:
+        return upto
+    last = int(conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(_PROGRESS_TABLE)
+        conn.execute(_SET_PROGRESS, (last,))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return last
+
+
+def index_range(conn: sqlite3.Connection, first: int, last: int) -> None:
+    """Index rows ``first..last`` for full-text search (inside the caller's transaction)."""
+    conn.execute(INDEX_BATCH, (first, last))
+    conn.execute(_SET_PROGRESS, (last,))
+
+
+def index_tail(conn: sqlite3.Connection) -> None:
+    """Give a reader connection ``temp.events_fts_tail``: the rows the writer has
+    not indexed yet (one statement, so one snapshot). Once per connection."""
+    if conn.execute("SELECT 1 FROM temp.sqlite_master WHERE name = ?",
+                    (TAIL_FTS,)).fetchone():
+        return
+    conn.execute(_TAIL_CREATE)
+    if indexed_upto(conn) is not None:
+        conn.execute(_TAIL_FILL)
 
 
 def connect_writer(path: Path, durable: bool) -> sqlite3.Connection:

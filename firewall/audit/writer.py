@@ -37,6 +37,7 @@ from __future__ import annotations
 import collections
 import fcntl
 import os
+import sqlite3
 import threading
 import time
 import uuid
@@ -54,11 +55,12 @@ from firewall.audit.events import Event
 from firewall.audit.redaction import Redactor
 from firewall.audit.settings import AuditSettings
 from firewall.audit.store import (
-    INDEX_BATCH,
     StoreError,
+    adopt_progress,
     chain_files,
     connect_writer,
     create_schema,
+    index_range,
     segment_info,
     segment_path,
 )
@@ -68,6 +70,38 @@ _INSERT: Final = (
     f"INSERT INTO events ({', '.join(f'[{c}]' for c in COLUMNS)}) "
     f"VALUES ({', '.join('?' for _ in COLUMNS)})"
 )
+# Rows per multi-row INSERT: one statement binds many rows and runs in ONE
+# sqlite3_step, so the writer thread gives up and takes back the GIL once per
+# chunk instead of once per row (executemany steps per row; with the trio
+# thread busy, every re-take of the GIL waits for it).
+_CHUNK: Final = 256
+_ROW_VALUES: Final = f"({', '.join('?' for _ in COLUMNS)})"
+
+
+def _insert_many(count: int) -> str:
+    """The INSERT statement for ``count`` rows (bound flat, row after row)."""
+    return _INSERT + ", " + ", ".join([_ROW_VALUES] * (count - 1)) if count > 1 else _INSERT
+
+
+# One statement per power of two up to _CHUNK, so any batch is inserted with
+# at most log2(_CHUNK) + 1 distinct statements (sqlite3 caches them).
+_INSERTS: Final = {n: _insert_many(n) for n in (1 << k for k in range(_CHUNK.bit_length()))}
+
+
+def _insert_rows(conn: sqlite3.Connection, rows: list[Row]) -> None:
+    """Insert ``rows`` in multi-row statements of at most :data:`_CHUNK` rows."""
+    i, total = 0, len(rows)
+    while i < total:
+        n = _CHUNK if total - i >= _CHUNK else 1 << ((total - i).bit_length() - 1)
+        conn.execute(_INSERTS[n], [v for row in rows[i:i + n] for v in row])
+        i += n
+
+
+# Full-text indexing when idle: at most this many rows per transaction (what a
+# batch that arrives meanwhile may wait for), after this many idle seconds.
+_INDEX_SLICE: Final = 2_000
+_INDEX_IDLE: Final = 0.02
+
 _INSERT_CHECKPOINT: Final = (
     "INSERT INTO checkpoints (chain, segment, seq, hash, ts_ns, algorithm, key_id, signature) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
@@ -142,6 +176,8 @@ class Trail:
         self.head: str = str(last[1]) if last else info.prev_hash
         cp = self.conn.execute("SELECT max(seq) FROM checkpoints").fetchone()[0]
         self.checkpointed = cp if cp is not None else info.first_seq - 1
+        # The last seq in the full-text index (rows after it: indexed when idle).
+        self.indexed: int = max(adopt_progress(self.conn), info.first_seq - 1)
         self._since_checkpoint = time.monotonic()
         self.log.info("audit_opened", path=str(path), segment=self.segment, seq=self.seq)
 
@@ -153,7 +189,7 @@ class Trail:
         created = self._clock()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            create_schema(conn)
+            create_schema(conn, indexed_upto=first_seq - 1)
             conn.execute(
                 "INSERT INTO segment (number, chain, instance, first_seq, prev_hash, created_ns,"
                 " format) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -167,6 +203,7 @@ class Trail:
         self.conn, self.path, self.segment, self.chain = conn, path, number, chain
         self.segment_started_ns = created
         self.seq, self.head, self.checkpointed = first_seq - 1, prev_hash, first_seq - 1
+        self.indexed = first_seq - 1
         self._since_checkpoint = time.monotonic()
         self.log.info("audit_segment_started", path=str(path), segment=number, first_seq=first_seq)
 
@@ -193,16 +230,22 @@ class Trail:
         continuing the chain) in one transaction; return the last seq. Rolls back on error.
         """
         last = rows[-1]
-        first_seq, last_seq, head = int(rows[0][SEQ]), int(last[SEQ]), str(last[HASH])
+        last_seq, head = int(last[SEQ]), str(last[HASH])
         conn = self.conn
         checkpoint = None
+        # Full-text indexing waits for idle time, unless it lags too far: then
+        # this commit indexes as many rows as it appends (the lag stays put).
+        indexed = self.indexed
+        if last_seq - indexed > self.settings.fts_max_lag:
+            indexed = min(last_seq, indexed + len(rows))
         if (last_seq - self.checkpointed >= self.settings.checkpoint_every_rows
                 or self._checkpoint_overdue()):
             checkpoint = self._sign(last_seq, head)
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.executemany(_INSERT, rows)
-            conn.execute(INDEX_BATCH, (first_seq, last_seq))
+            _insert_rows(conn, rows)
+            if indexed > self.indexed:
+                index_range(conn, self.indexed + 1, indexed)
             if checkpoint is not None:
                 self._insert_checkpoint(checkpoint)
             conn.execute("COMMIT")
@@ -210,11 +253,45 @@ class Trail:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        self.seq, self.head = last_seq, head
+        self.seq, self.head, self.indexed = last_seq, head, indexed
         if checkpoint is not None:
             self._anchored(checkpoint)
         self._maybe_rotate()
         return last_seq
+
+    # -- full-text index -------------------------------------------------
+    def unindexed(self) -> int:
+        """Rows appended and not yet in the full-text index."""
+        return self.seq - self.indexed
+
+    def index_pending(self, max_rows: int = 0) -> int:
+        """Index up to ``max_rows`` (0: all) waiting rows in their own transaction.
+
+        Not fsync'ed even in durable mode: the index is derived data, and its
+        progress mark is in the same transaction, so a lost index transaction
+        is simply redone (and readers cover the rows meanwhile). The next
+        durable commit syncs the WAL with it anyway.
+        """
+        if self.seq <= self.indexed:
+            return 0
+        last = self.seq if max_rows <= 0 else min(self.seq, self.indexed + max_rows)
+        conn = self.conn
+        if self.durable:
+            conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                index_range(conn, self.indexed + 1, last)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        finally:
+            if self.durable:
+                conn.execute("PRAGMA synchronous=FULL")
+        count, self.indexed = last - self.indexed, last
+        return count
 
     # -- checkpoints -----------------------------------------------------
     def _checkpoint_overdue(self) -> bool:
@@ -276,6 +353,7 @@ class Trail:
         """Close the active segment (signed) and continue the chain in a new file."""
         if self.seq < self._first_seq_of_active():
             return  # an empty segment: nothing to rotate away from
+        self.index_pending()
         self.checkpoint()
         self.conn.close()
         self._new_segment(self.segment + 1, self.chain, self.seq + 1, self.head)
@@ -289,6 +367,7 @@ class Trail:
         if self._lock_fd < 0:
             return
         try:
+            self.index_pending()
             self.checkpoint()
             self.conn.close()
         finally:
@@ -349,6 +428,7 @@ class WriterStats(msgspec.Struct, frozen=True):
     events: int
     batches: int
     busy_seconds: float  # time spent building, inserting and committing batches
+    cpu_seconds: float = 0.0  # the writer thread's CPU time in those commits
 
 
 class AuditWriter:
@@ -393,6 +473,7 @@ class AuditWriter:
         self._events = 0
         self._batch_count = 0
         self._busy = 0.0
+        self._cpu = 0.0
         self.trail: Trail | None = None
         self._seq = 0                      # the chain cursor: last seq handed out
         self._head = GENESIS               # and its hash
@@ -441,7 +522,7 @@ class AuditWriter:
 
     def stats(self) -> WriterStats:
         """Events and batches committed so far, and the writer thread's busy time."""
-        return WriterStats(self._events, self._batch_count, self._busy)
+        return WriterStats(self._events, self._batch_count, self._busy, self._cpu)
 
     # -- AuditPoint ------------------------------------------------------
     async def append(self, event: Event) -> _Batch:
@@ -530,8 +611,7 @@ class AuditWriter:
             except _Closing:
                 break
             if batch is None:
-                if not self._wake.wait(trail.checkpoint_due_in()):
-                    self._guarded(trail.checkpoint)
+                self._idle_work(trail)
                 continue
             self._commit(trail, batch)
         try:
@@ -540,6 +620,28 @@ class AuditWriter:
             if self._error is None:
                 self._error = exc
             trail.log.error("audit_close_failed", error=repr(exc))
+
+    def _idle_work(self, trail: Trail) -> None:
+        """Nothing to commit: wait for work; meanwhile index and checkpoint when due.
+
+        Full-text indexing takes a slice of at most ``_INDEX_SLICE`` rows at a
+        time, at once when that many wait, else after ``_INDEX_IDLE`` seconds
+        without work, so a new batch waits for at most one slice.
+        """
+        due = trail.checkpoint_due_in()
+        waiting = trail.unindexed() if self._error is None else 0
+        if waiting >= _INDEX_SLICE:
+            self._guarded(lambda: trail.index_pending(_INDEX_SLICE))
+            return
+        timeout = due
+        if waiting:
+            timeout = _INDEX_IDLE if due is None else min(due, _INDEX_IDLE)
+        if self._wake.wait(timeout):
+            return
+        if waiting:
+            self._guarded(lambda: trail.index_pending(_INDEX_SLICE))
+        if trail.checkpoint_due_in() == 0.0:
+            self._guarded(trail.checkpoint)
 
     def _guarded(self, step: Any) -> None:
         if self._error is not None:
@@ -555,7 +657,7 @@ class AuditWriter:
     def _commit(self, trail: Trail, batch: _Batch) -> None:
         ok = False
         if self._error is None:
-            t = time.perf_counter()
+            t, cpu = time.perf_counter(), time.thread_time()
             try:
                 trail.append_rows(batch.rows)
                 ok = True
@@ -563,6 +665,7 @@ class AuditWriter:
                 self._error = exc
                 trail.log.error("audit_write_failed", error=repr(exc), events=len(batch.rows))
             self._busy += time.perf_counter() - t
+            self._cpu += time.thread_time() - cpu
             if ok:
                 self._events += len(batch.rows)
                 self._batch_count += 1
