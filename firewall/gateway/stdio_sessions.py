@@ -70,31 +70,11 @@ SSE_HEADERS: Final = (("content-type", sse.CONTENT_TYPE), ("cache-control", "no-
                       ("x-accel-buffering", "no"))
 
 
-class _Meta(msgspec.Struct):
-    progressToken: int | str | None = None
-
-
-class _RequestParams(msgspec.Struct):
-    meta: _Meta | None = msgspec.field(default=None, name="_meta")
-
-
 class _ProgressParams(msgspec.Struct):
     progressToken: int | str | None = None
 
 
-_request_params: Final = msgspec.json.Decoder(_RequestParams)
 _progress_params: Final = msgspec.json.Decoder(_ProgressParams)
-
-
-def progress_token(msg: jsonrpc.Message) -> int | str | None:
-    """The ``params._meta.progressToken`` of a request, if any."""
-    if not len(msg.params) or b"progressToken" not in bytes(msg.params):
-        return None
-    try:
-        params = _request_params.decode(msg.params)
-    except jsonrpc.DECODE_ERRORS:
-        return None
-    return params.meta.progressToken if params.meta else None
 
 
 class StdioSession(Session):
@@ -294,7 +274,7 @@ class StdioSession(Session):
         self._by_request[rid] = stream
         if json_only:
             self._json_only.add(stream.number)
-        token = progress_token(msg)
+        token = mcp.progress_token(msg)
         if token is not None:
             self._by_progress[token] = stream
         return stream
