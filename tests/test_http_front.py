@@ -98,7 +98,7 @@ class Reply(msgspec.Struct):
 
 
 class Client:
-    """A raw Streamable HTTP client on mcpwall's own h11 pool (trio)."""
+    """A raw Streamable HTTP client on mcpwall's own pooled upstream client (trio)."""
 
     def __init__(self, base: str, name: str, token: str | None = None) -> None:
         self.url = f"{base}/servers/{name}/mcp"

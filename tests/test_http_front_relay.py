@@ -2,7 +2,7 @@
 
 The upstream is a small raw ASGI MCP server on hypercorn (trio worker) that
 records what reaches it; mcpwall runs in-process on real sockets; the client
-is mcpwall's own h11 pool.
+is mcpwall's own pooled upstream client.
 """
 
 from __future__ import annotations
