@@ -46,7 +46,7 @@ from firewall.gateway.admin_requests import (
     reply,
 )
 from firewall.gateway.approvals import ApprovalError, open_store, parse_scope
-from firewall.gateway.exchange import ClientGone, Exchange, Receive, Scope, Send
+from firewall.gateway.exchange import ClientGone, Exchange, Receive, Scope, Send, lifespan
 from firewall.gateway.feed import Feed, sse_frame
 from firewall.gateway.killswitch import KillSwitch, Switch
 from firewall.gateway.killswitch import Scope as SwitchScope
@@ -116,13 +116,8 @@ class AdminPlane:
     # -- ASGI ------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await lifespan(receive, send)
+            return
         if scope["type"] != "http":
             return
         ex = Exchange(scope, receive, send)

@@ -181,6 +181,17 @@ def accepts(header: str | None, media_type: str) -> bool:
     return False
 
 
+async def lifespan(receive: Receive, send: Send) -> None:
+    """Answer an ASGI lifespan scope: nothing to start or stop beyond the app itself."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
 async def refuse(ex: Exchange, status: int, code: int, message: str,
                  headers: Iterable[tuple[str, str]] = (), data: Any = None) -> None:
     """Answer with an HTTP error status and a JSON-RPC error body (id null)."""

@@ -52,6 +52,7 @@ from firewall.gateway.exchange import (
     Scope,
     Send,
     accepts,
+    lifespan,
     refuse,
 )
 from firewall.gateway.sessions import FrontContext, Session
@@ -213,13 +214,7 @@ class HttpFront:
                 if not ex.started:
                     await refuse(ex, 500, jsonrpc.INTERNAL_ERROR, "Internal Server Error")
         elif kind == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await lifespan(receive, send)
 
     async def _handle(self, ex: Exchange) -> None:
         path = ex.path
