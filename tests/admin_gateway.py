@@ -13,6 +13,8 @@ from typing import Any
 
 import httpx
 import trio
+from mcp.client.session import ClientSession
+from mcp.client.streamable_http import streamable_http_client
 from serve_process import start_serve, stop_serve
 
 from firewall.identity import hash_token
@@ -100,6 +102,19 @@ async def gateway(tmp: Path, servers: str | None = None) -> AsyncIterator[Gatewa
     finally:
         with trio.CancelScope(shield=True):
             await stop_serve(proc)
+
+
+@contextlib.asynccontextmanager
+async def connected(tmp: Path) -> AsyncIterator[tuple[Gateway, httpx.AsyncClient, ClientSession]]:
+    """A gateway, an HTTP client for its operator API and an initialized SDK session."""
+    async with (
+        gateway(tmp) as gw,
+        httpx.AsyncClient(timeout=5) as http,
+        streamable_http_client(gw.mcp_url) as (read, write),
+        ClientSession(read, write) as session,
+    ):
+        await session.initialize()
+        yield gw, http, session
 
 
 async def pending_approval(gw: Gateway) -> dict[str, Any]:

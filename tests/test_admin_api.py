@@ -11,10 +11,8 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from admin_gateway import ALICE, VIEWER, bearer, gateway, pending_approval
+from admin_gateway import ALICE, VIEWER, bearer, connected, gateway, pending_approval
 from conftest import mcpwall_argv
-from mcp.client.session import ClientSession
-from mcp.client.streamable_http import streamable_http_client
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fixtures import conformance_harness as harness
@@ -86,13 +84,7 @@ async def test_operator_requests_need_a_valid_token(tmp_path: Any) -> None:
 
 async def test_kill_switch_denies_a_real_client_at_once_and_is_reversible(
         tmp_path: Any) -> None:
-    async with (
-        gateway(tmp_path) as gw,
-        httpx.AsyncClient(timeout=5) as http,
-        streamable_http_client(gw.mcp_url) as (read, write),
-        ClientSession(read, write) as session,
-    ):
-        await session.initialize()
+    async with connected(tmp_path) as (gw, http, session):
         assert not (await session.call_tool("vm_management", LIST)).is_error
         before = (await http.get(f"{gw.admin}/metrics", headers=bearer())).text
         on = await cli("kill-switch", "on", "--server", "vm", "--comment", "INC-42 runaway",
@@ -128,13 +120,7 @@ async def test_kill_switch_denies_a_real_client_at_once_and_is_reversible(
 
 
 async def test_principal_and_global_switches(tmp_path: Any) -> None:
-    async with (
-        gateway(tmp_path) as gw,
-        httpx.AsyncClient(timeout=5) as http,
-        streamable_http_client(gw.mcp_url) as (read, write),
-        ClientSession(read, write) as session,
-    ):
-        await session.initialize()
+    async with connected(tmp_path) as (gw, http, session):
         other = await http.post(f"{gw.admin}/api/kill-switch", headers=bearer(),
                                 json={"scope": "principal", "name": "someone-else"})
         assert other.status_code == 200
@@ -153,13 +139,7 @@ async def test_principal_and_global_switches(tmp_path: Any) -> None:
 
 async def test_approve_and_reject_through_the_api_release_held_calls(tmp_path: Any) -> None:
     results: list[Any] = []
-    async with (
-        gateway(tmp_path) as gw,
-        httpx.AsyncClient(timeout=5) as http,
-        streamable_http_client(gw.mcp_url) as (read, write),
-        ClientSession(read, write) as session,
-    ):
-        await session.initialize()
+    async with connected(tmp_path) as (gw, http, session):
 
         async def call(name: str) -> None:
             arguments = {"action": "delete", "vm_name": name, "use_case": f"key {SECRET}"}
@@ -227,13 +207,7 @@ async def test_approve_and_reject_through_the_api_release_held_calls(tmp_path: A
 
 
 async def test_metrics_parse_and_count_decisions_outcomes_and_sessions(tmp_path: Any) -> None:
-    async with (
-        gateway(tmp_path) as gw,
-        httpx.AsyncClient(timeout=5) as http,
-        streamable_http_client(gw.mcp_url) as (read, write),
-        ClientSession(read, write) as session,
-    ):
-        await session.initialize()
+    async with connected(tmp_path) as (gw, http, session):
         first = await http.get(f"{gw.admin}/metrics", headers=bearer())
         assert first.headers["content-type"].startswith("text/plain; version=0.0.4")
         for _ in range(3):
@@ -254,13 +228,7 @@ async def test_metrics_parse_and_count_decisions_outcomes_and_sessions(tmp_path:
 
 
 async def test_sessions_policy_reload_decisions_search_and_events(tmp_path: Any) -> None:
-    async with (
-        gateway(tmp_path) as gw,
-        httpx.AsyncClient(timeout=5) as http,
-        streamable_http_client(gw.mcp_url) as (read, write),
-        ClientSession(read, write) as session,
-    ):
-        await session.initialize()
+    async with connected(tmp_path) as (gw, http, session):
         frames: list[str] = []
         decided = trio.Event()
 
@@ -328,13 +296,7 @@ async def test_readyz_reports_a_dead_upstream(tmp_path: Any) -> None:
 
 async def test_console_login_csrf_and_escaping_over_http(tmp_path: Any) -> None:
     payload = '<img src=x onerror="window.__xss=1">&"\'</td>'
-    async with (
-        gateway(tmp_path) as gw,
-        httpx.AsyncClient(timeout=5, follow_redirects=False) as http,
-        streamable_http_client(gw.mcp_url) as (read, write),
-        ClientSession(read, write) as session,
-    ):
-        await session.initialize()
+    async with connected(tmp_path) as (gw, http, session):
         login_form = await http.get(f"{gw.admin}/")
         assert login_form.status_code == 200 and 'name="token"' in login_form.text
         refused = await http.post(f"{gw.admin}/login", data={"token": "wrong"})
