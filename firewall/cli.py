@@ -71,6 +71,10 @@ def _load(path: Path | None) -> Config:
 @click.option("--approvals-db", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Where calls held for approval wait (default: the config's [approvals] "
                    "path with --config, else held calls are refused at once).")
+@click.option("--kill-switch-db", type=click.Path(path_type=Path, dir_okay=False),
+              default=None,
+              help="Kill switch file to obey (default: the config's [kill_switch] path with "
+                   "--config, else none).")
 @click.option("--max-line-bytes", type=int, default=None,
               help="Refuse messages longer than this (default 16 MiB).")
 @click.option("--terminate-grace", type=float, default=None,
@@ -87,6 +91,7 @@ def wrap(
     dry_run: bool,
     audit_db: Path | None,
     approvals_db: Path | None,
+    kill_switch_db: Path | None,
     max_line_bytes: int | None,
     terminate_grace: float | None,
     command: tuple[str, ...],
@@ -120,6 +125,12 @@ def wrap(
     elif config_path is None:
         config = msgspec.structs.replace(
             config, approvals=msgspec.structs.replace(config.approvals, enabled=False))
+    if kill_switch_db is not None:
+        config = msgspec.structs.replace(config, kill_switch=msgspec.structs.replace(
+            config.kill_switch, persist=True, path=str(kill_switch_db.resolve())))
+    elif config_path is None:
+        config = msgspec.structs.replace(
+            config, kill_switch=msgspec.structs.replace(config.kill_switch, persist=False))
     from firewall.gateway.runtime import run_wrap_session
 
     try:

@@ -27,6 +27,7 @@ import msgspec
 
 from firewall.audit.settings import AuditSettings
 from firewall.gateway.approvals import ApprovalSettings
+from firewall.gateway.killswitch import KillSwitchSettings
 from firewall.gateway.operators import AdminSettings
 from firewall.identity import TokenEntry
 
@@ -120,6 +121,7 @@ class Config(_Base):
     audit: AuditSettings = msgspec.field(default_factory=AuditSettings)
     auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
     approvals: ApprovalSettings = msgspec.field(default_factory=ApprovalSettings)
+    kill_switch: KillSwitchSettings = msgspec.field(default_factory=KillSwitchSettings)
     # The operator listener (API, metrics, console); none without an [admin] table.
     admin: AdminSettings | None = None
     servers: dict[str, ServerSettings] = msgspec.field(default_factory=dict)
@@ -248,6 +250,7 @@ def _resolve(config: Config, source: str, base: Path | None) -> Config:
         policy=msgspec.structs.replace(config.policy, files=[rel(p) for p in config.policy.files]),
         audit=msgspec.structs.replace(config.audit, path=rel(config.audit.path)),
         approvals=msgspec.structs.replace(config.approvals, path=rel(config.approvals.path)),
+        kill_switch=msgspec.structs.replace(config.kill_switch, path=rel(config.kill_switch.path)),
         servers=servers,
     )
 
@@ -272,6 +275,7 @@ def default_config(workdir: Path | None = None) -> Config:
         policy=PolicySettings(files=[str(bundled_rules_dir() / "virtualization.json")]),
         audit=msgspec.structs.replace(AuditSettings(), path=str(cwd / AuditSettings().path)),
         approvals=ApprovalSettings(path=str(cwd / ApprovalSettings().path)),
+        kill_switch=KillSwitchSettings(path=str(cwd / KillSwitchSettings().path)),
         servers={"virtualization": demo},
         source="<built-in default>",
     )

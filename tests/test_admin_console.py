@@ -116,3 +116,61 @@ async def test_a_click_on_reject_refuses_the_held_call(tmp_path: Path) -> None:
     assert_escaped(seen)
     assert seen["audit"] == [{"verdict": "rejected", "by": "alice", "note": "not today"}]
     assert result.is_error and "rejected by alice: not today" in result.content[0].text
+
+
+KILL_SCRIPT = Path(__file__).resolve().parent / "fixtures" / "console_kill_switch.cjs"
+
+
+async def test_the_console_turns_a_kill_switch_on_and_off(tmp_path: Path) -> None:
+    browser = chromium()
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    config = {"admin": "", "token": ALICE, "server": "vm", "comment": "INC-77 from the console",
+              "userDataDir": str(tmp_path / "chromium-profile"), "screenshots": str(shots),
+              "chromium": browser}
+    async with gateway(tmp_path) as gw, streamable_http_client(gw.mcp_url) as (read, write), \
+            ClientSession(read, write) as session:
+        await session.initialize()
+        assert not (await session.call_tool("vm_management", {"action": "list"})).is_error
+        config["admin"] = gw.admin
+        proc = await trio.lowlevel.open_process(
+            [str(harness.NODE22), str(KILL_SCRIPT), json.dumps(config)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env={"NODE_PATH": str(harness.NODE_MODULES), "PATH": "/usr/bin:/bin",
+                 "HOME": str(tmp_path)})
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        out = b""
+        try:
+            with trio.fail_after(60):
+                while b"on\n" not in out:
+                    chunk = await proc.stdout.receive_some()
+                    if not chunk:
+                        err = await proc.stderr.receive_some(65536)
+                        pytest.fail(f"the browser script ended early: {err.decode()}")
+                    out += chunk
+                refused = await session.call_tool("vm_management", {"action": "list"})
+                await proc.stdin.send_all(b"off\n")
+                while out.count(b"\n") < 2:
+                    chunk = await proc.stdout.receive_some()
+                    if not chunk:
+                        break
+                    out += chunk
+                code = await proc.wait()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        if code != 0:
+            err = await proc.stderr.receive_some(65536)
+            pytest.fail(f"browser script failed ({code}): {err.decode()}")
+        seen = json.loads(out.decode().splitlines()[-1])
+        reason = "kill switch on for server vm by alice: INC-77 from the console"
+        assert refused.is_error and reason in refused.content[0].text  # type: ignore[union-attr]
+        assert seen == {"listed": reason, "error": "", "consoleErrors": []}
+        assert not (await session.call_tool("vm_management", {"action": "list"})).is_error
+        rows = await gw.audit_until(
+            "SELECT json_extract(detail, '$.state') AS state, json_extract(detail, '$.by') AS by"
+            " FROM events WHERE kind = 'kill_switch' ORDER BY seq", count=2)
+        assert [(r["state"], r["by"]) for r in rows] == [("on", "alice"), ("off", "alice")]
+    for shot in ("kill-switch-on.png", "kill-switch-off.png"):
+        assert (await trio.Path(shots / shot).stat()).st_size > 0

@@ -30,7 +30,7 @@ from urllib.parse import parse_qs
 import msgspec
 import trio
 
-from firewall.audit.events import AuditPoint, append_lifecycle
+from firewall.audit.events import AuditPoint
 from firewall.audit.query import Filters, QueryError, Sources, calls
 from firewall.audit.store import StoreError
 from firewall.gateway import console, readiness
@@ -48,8 +48,8 @@ from firewall.gateway.admin_requests import (
 from firewall.gateway.approvals import ApprovalError, open_store, parse_scope
 from firewall.gateway.exchange import ClientGone, Exchange, Receive, Scope, Send, lifespan
 from firewall.gateway.feed import Feed, sse_frame
-from firewall.gateway.killswitch import KillSwitch, Switch
 from firewall.gateway.killswitch import Scope as SwitchScope
+from firewall.gateway.killswitch import Switch
 from firewall.gateway.metrics import CONTENT_TYPE, Gauges, Metrics, exposition
 from firewall.gateway.operators import (
     ANONYMOUS_OPERATOR,
@@ -60,11 +60,13 @@ from firewall.gateway.operators import (
     cookie_value,
     csrf_ok,
 )
+from firewall.gateway.switch_store import SwitchStoreError
 from firewall.log import get_logger
 
 if TYPE_CHECKING:
     from firewall.config import Config
     from firewall.gateway.http_front import HttpFront
+    from firewall.gateway.switchboard import SwitchBoard
     from firewall.policy.decision import PolicyPoint
 
 COOKIE: Final = "mcpwall_console"
@@ -74,13 +76,14 @@ KEEPALIVE_SECONDS: Final = 15.0
 class AdminPlane:
     """The ASGI app of the operator listener, and what it operates on."""
 
-    def __init__(self, config: Config, policy: PolicyPoint, switch: KillSwitch,
+    def __init__(self, config: Config, policy: PolicyPoint, board: SwitchBoard,
                  metrics: Metrics, feed: Feed, writer: Any, audit: AuditPoint | None) -> None:
         assert config.admin is not None
         self.config = config
         self.settings = config.admin
         self.policy = policy          # the policy set itself (reload), not the guarded one
-        self.switch = switch
+        self.board = board
+        self.switch = board.switch    # what the policy consults (read-only here)
         self.metrics = metrics
         self.feed = feed
         self.writer = writer          # the AuditWriter: queue depth, flush
@@ -332,33 +335,34 @@ class AdminPlane:
         return body
 
     async def kill_on(self, req: Request) -> None:
-        """``POST /api/kill-switch`` ``{"scope": "server", "name": "vm", "comment": ...}``."""
+        """``POST /api/kill-switch`` ``{"scope": "server", "name": "vm", "comment": ...}``.
+
+        The answer carries ``"saved": false`` and a ``warning`` when the kill
+        switch file could not record it (it is enforced all the same).
+        """
         body = await self._switch_body(req)
-        switch = self.switch.turn_on(SwitchScope(body.scope, body.name), by=req.operator.name,
-                                     comment=body.comment)
-        await self._record_switch("on", switch.scope, req.operator, body.comment)
-        await reply(req.ex, 200, {"switch": switch_view(switch)})
+        switch, error = await self.board.turn_on(SwitchScope(body.scope, body.name),
+                                                 by=req.operator.name, comment=body.comment)
+        answer: dict[str, Any] = {"switch": switch_view(switch)}
+        if self.board.persisted:
+            answer["saved"] = error is None
+        if error is not None:
+            answer["warning"] = (f"enforced, but not saved: a restart would clear it "
+                                 f"({error})")
+        await reply(req.ex, 200, answer)
 
     async def kill_off(self, req: Request) -> None:
-        """``DELETE /api/kill-switch`` (same body or query); 404 when it was off."""
+        """``DELETE /api/kill-switch`` (same body or query); 404 when it was off,
+        503 when the kill switch file cannot record it (the switch stays on)."""
         body = await self._switch_body(req)
         scope = SwitchScope(body.scope, body.name)
-        was = self.switch.turn_off(scope)
+        try:
+            was = await self.board.turn_off(scope, by=req.operator.name, comment=body.comment)
+        except SwitchStoreError as exc:
+            raise ApiError(503, f"the switch stays on: {exc}") from None
         if was is None:
             raise ApiError(404, f"the kill switch is not on for {scope.describe()}")
-        await self._record_switch("off", scope, req.operator, body.comment)
         await reply(req.ex, 200, {"switch": switch_view(was), "state": "off"})
-
-    async def _record_switch(self, state: str, scope: SwitchScope, operator: Operator,
-                             comment: str | None) -> None:
-        self.log.warning("kill_switch_" + state, scope=scope.kind, name=scope.name,
-                         operator=operator.name)
-        await append_lifecycle(
-            self.audit, "kill_switch",
-            server=scope.name if scope.kind == "server" else None,
-            principal=scope.name if scope.kind == "principal" else None,
-            detail={"state": state, "scope": scope.kind, "name": scope.name,
-                    "by": operator.name, "comment": comment})
 
     # -- policy, sessions ------------------------------------------------
     async def reload_policy(self, req: Request) -> None:

@@ -16,18 +16,24 @@ from firewall.audit.events import AuditPoint
 from firewall.config import Config, ConfigError
 from firewall.gateway.admin_api import AdminPlane
 from firewall.gateway.feed import Feed
-from firewall.gateway.killswitch import GuardedPolicy, KillSwitch
+from firewall.gateway.killswitch import GuardedPolicy
 from firewall.gateway.metrics import Metrics, ObservedAudit
+from firewall.gateway.switchboard import SwitchBoard
 from firewall.policy.decision import PolicyPoint
 
 
-def operator_plane(config: Config, policy: PolicyPoint, audit: AuditPoint | None
-                   ) -> tuple[AdminPlane, PolicyPoint, AuditPoint | None]:
-    """The plane, and the policy point and audit point the front should use."""
-    switch, metrics, feed = KillSwitch(), Metrics(), Feed()
+def operator_plane(config: Config, policy: PolicyPoint, audit: AuditPoint | None,
+                   board: SwitchBoard) -> tuple[AdminPlane, PolicyPoint, AuditPoint | None]:
+    """The plane, and the policy point and audit point the front should use.
+
+    The kill switch's changes are recorded through the observed audit point
+    from now on, so metrics and the event feed see them.
+    """
+    metrics, feed = Metrics(), Feed()
     observed = None if audit is None else ObservedAudit(audit, metrics, feed)
-    plane = AdminPlane(config, policy, switch, metrics, feed, audit, observed)
-    return plane, GuardedPolicy(policy, switch), observed
+    board.audit = observed
+    plane = AdminPlane(config, policy, board, metrics, feed, audit, observed)
+    return plane, GuardedPolicy(policy, board.switch), observed
 
 
 async def run_admin(plane: AdminPlane,

@@ -16,9 +16,11 @@ from firewall.audit.events import AuditPoint, append_lifecycle
 from firewall.audit.writer import AuditError, default_instance_id, open_audit
 from firewall.config import Config, ConfigError, StdioServer
 from firewall.gateway.approvals import open_desk
+from firewall.gateway.killswitch import GuardedPolicy
 from firewall.gateway.mediator import Mediator
 from firewall.gateway.sessions import new_session_id
 from firewall.gateway.stdio_front import run_wrap
+from firewall.gateway.switchboard import open_switchboard
 from firewall.log import get_logger
 from firewall.policy.decision import AllowAll, Caller, PolicyPoint
 from firewall.policy.engine import PolicySet, ReloadResult
@@ -139,13 +141,17 @@ async def run_wrap_session(
     log = get_logger(server=server, session=session)
     async with (
         maybe_audit(config, audit_enabled) as audit,
+        open_switchboard(config.kill_switch, instance=default_instance_id(),
+                         audit=audit) as board,
         open_desk(config.approvals, instance=default_instance_id(), audit=audit) as desk,
         trio.open_nursery() as nursery,
     ):
         if audit is None:
             log.warning("audit_disabled", hint="pass --audit-db PATH or --config FILE")
         nursery.start_soon(watch_policy, policy, audit)
-        mediator = Mediator(server=server, session=session, caller=caller, policy=policy,
+        # Without a file nothing can turn a switch on in wrap (it has no operator API).
+        guarded = GuardedPolicy(policy, board.switch) if board.persisted else policy
+        mediator = Mediator(server=server, session=session, caller=caller, policy=guarded,
                             audit=audit, deny_tools_call_as=config.policy.deny_tools_call_as,
                             approvals=desk)
         log.info("session_started", principal=caller.principal, transport="stdio")
@@ -185,6 +191,8 @@ async def serve(config: Config, *, banner: TextIO | None = None) -> None:
         # head after the last session ended.
         async with (
             maybe_audit(config, True) as audit,
+            open_switchboard(config.kill_switch, instance=default_instance_id(),
+                             audit=audit) as board,
             open_desk(config.approvals, instance=default_instance_id(), audit=audit) as desk,
             trio.open_nursery() as nursery,
         ):
@@ -192,11 +200,12 @@ async def serve(config: Config, *, banner: TextIO | None = None) -> None:
             if config.admin is not None:
                 from firewall.gateway.admin_listener import operator_plane
 
-                plane, guarded, observed = operator_plane(config, policy, audit)
+                plane, guarded, observed = operator_plane(config, policy, audit, board)
                 front = HttpFront(config, guarded, observed, approvals=desk)
                 plane.attach(front)
             else:
-                front = HttpFront(config, policy, audit, approvals=desk)
+                front = HttpFront(config, GuardedPolicy(policy, board.switch), audit,
+                                  approvals=desk)
             nursery.start_soon(watch_policy, policy, audit)
             nursery.start_soon(_stop_on_signals, front, nursery.cancel_scope)
             binds = await nursery.start(run)

@@ -109,10 +109,13 @@ def decision_rows(rows: Iterable[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def switch_items(switches: Iterable[Switch]) -> str:
-    """The kill switches that are on, as list items."""
+def switch_items(switches: Iterable[Switch], may_change: bool = True) -> str:
+    """The kill switches that are on, as list items, each with its Turn off button."""
+    disabled = "" if may_change else " disabled"
     return "\n".join(
-        f"<li>{esc(s.decision.reason if s.decision else s.scope.describe())}</li>"
+        f'<li data-scope="{esc(s.scope.kind)}" data-name="{esc(s.scope.name or "")}">'
+        f"<span>{esc(s.decision.reason if s.decision else s.scope.describe())}</span> "
+        f'<button type="button" class="off"{disabled}>Turn off</button></li>'
         for s in switches)
 
 
@@ -121,7 +124,9 @@ async def main_page(ex: Exchange, login: Login, pending: list[dict[str, Any]],
     """The console: kill switches, pending approvals, recent decisions, search."""
     page = Template(_resource("page.html")).substitute(
         csrf=esc(login.csrf), operator=esc(login.operator.name), role=esc(login.operator.role),
-        switch_class="" if switches else "hidden", switches=switch_items(switches),
+        switch_class="" if switches else "hidden",
+        switches=switch_items(switches, login.operator.may_change),
+        kill_disabled="" if login.operator.may_change else " disabled",
         pending_count=len(pending), approvals=approval_rows(pending),
         empty_hidden=" hidden" if pending else "", decisions=decision_rows(decisions))
     await ex.respond(200, page.encode(), HTML, SECURITY_HEADERS)

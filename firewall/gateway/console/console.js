@@ -1,4 +1,4 @@
-// mcpwall console: live approvals, decisions and audit search.
+// mcpwall console: live approvals, decisions, audit search and the kill switch.
 // Everything from the server is put in the page with textContent, never as HTML.
 "use strict";
 (function () {
@@ -90,6 +90,43 @@
     }
     loadApprovals();
   });
+
+  $("#kill-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const form = new FormData(ev.target);
+    const body = { scope: form.get("scope") };
+    if (body.scope !== "global") body.name = form.get("name");
+    if (form.get("comment")) body.comment = form.get("comment");
+    try {
+      const data = await api("POST", "/api/kill-switch", body);
+      if (data.warning) window.sessionStorage.setItem("kill-warning", data.warning);
+      window.location.reload();
+    } catch (e) {
+      $("#kill-error").textContent = "Kill switch: " + e.message;
+    }
+  });
+
+  $("#switch-list").addEventListener("click", async (ev) => {
+    const b = ev.target.closest("button.off");
+    if (!b) return;
+    const li = b.closest("li");
+    const params = new URLSearchParams({ scope: li.dataset.scope });
+    if (li.dataset.name) params.set("name", li.dataset.name);
+    b.disabled = true;
+    try {
+      await api("DELETE", "/api/kill-switch?" + params.toString());
+      window.location.reload();
+    } catch (e) {
+      b.disabled = false;
+      $("#kill-error").textContent = "Kill switch: " + e.message;
+    }
+  });
+
+  const warning = window.sessionStorage.getItem("kill-warning");
+  if (warning) {
+    $("#kill-error").textContent = warning;
+    window.sessionStorage.removeItem("kill-warning");
+  }
 
   function decisionRow(d) {
     const tr = document.createElement("tr");
