@@ -34,6 +34,54 @@ def chromium() -> str:
     return found
 
 
+class BrowserScript:
+    """A console script of tests/fixtures run with Node 22: lines out, lines in."""
+
+    def __init__(self, script: Path, config: dict[str, Any], tmp_path: Path) -> None:
+        self.script, self.config, self.tmp_path = script, config, tmp_path
+        self.out = b""
+        self.proc: trio.Process | None = None
+
+    async def start(self) -> None:
+        self.proc = await trio.lowlevel.open_process(
+            [str(harness.NODE22), str(self.script), json.dumps(self.config)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env={"NODE_PATH": str(harness.NODE_MODULES), "PATH": "/usr/bin:/bin",
+                 "HOME": str(self.tmp_path)})
+
+    async def line(self, marker: bytes) -> None:
+        """Wait until the script printed the line ``marker``."""
+        assert self.proc is not None and self.proc.stdout is not None
+        while marker + b"\n" not in self.out:
+            chunk = await self.proc.stdout.receive_some()
+            if not chunk:
+                await self.fail("the browser script ended early")
+            self.out += chunk
+
+    async def send(self, line: bytes) -> None:
+        assert self.proc is not None and self.proc.stdin is not None
+        await self.proc.stdin.send_all(line + b"\n")
+
+    async def result(self) -> dict[str, Any]:
+        """Read to the end; the last line, as JSON (fails the test if the script failed)."""
+        assert self.proc is not None and self.proc.stdout is not None
+        while chunk := await self.proc.stdout.receive_some():
+            self.out += chunk
+        if await self.proc.wait() != 0:
+            await self.fail(f"browser script failed ({self.proc.returncode})")
+        return json.loads(self.out.decode().splitlines()[-1])  # type: ignore[no-any-return]
+
+    async def fail(self, what: str) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        err = await self.proc.stderr.receive_some(65536)
+        pytest.fail(f"{what}: {err.decode()}")
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+
+
 async def click_in_console(tmp_path: Path, action: str, comment: str) -> tuple[Any, dict[str, Any]]:
     """Log in, let the SDK client's call be held, click ``action``; return (result, seen)."""
     browser = chromium()
@@ -45,21 +93,11 @@ async def click_in_console(tmp_path: Path, action: str, comment: str) -> tuple[A
     result: list[Any] = []
     async with gateway(tmp_path) as gw:
         config["admin"] = gw.admin
-        proc = await trio.lowlevel.open_process(
-            [str(harness.NODE22), str(SCRIPT), json.dumps(config)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env={"NODE_PATH": str(harness.NODE_MODULES), "PATH": "/usr/bin:/bin",
-                 "HOME": str(tmp_path)})
-        assert proc.stdout is not None and proc.stderr is not None
-        out = b""
+        browser_script = BrowserScript(SCRIPT, config, tmp_path)
+        await browser_script.start()
         try:
             with trio.fail_after(60):
-                while b"logged-in\n" not in out:
-                    chunk = await proc.stdout.receive_some()
-                    if not chunk:
-                        err = await proc.stderr.receive_some(65536)
-                        pytest.fail(f"the browser script ended early: {err.decode()}")
-                    out += chunk
+                await browser_script.line(b"logged-in")
                 async with (
                     streamable_http_client(gw.mcp_url) as (read, write),
                     ClientSession(read, write) as session,
@@ -68,20 +106,9 @@ async def click_in_console(tmp_path: Path, action: str, comment: str) -> tuple[A
                     # Held until someone clicks in the console.
                     result.append(await session.call_tool(
                         "vm_management", {"action": "delete", "vm_name": PAYLOAD}))
-                while not out.endswith(b"\n") or out.count(b"\n") < 2:
-                    chunk = await proc.stdout.receive_some()
-                    if not chunk:
-                        break
-                    out += chunk
-                code = await proc.wait()
+                seen = await browser_script.result()
         finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-        if code != 0:
-            err = await proc.stderr.receive_some(65536)
-            pytest.fail(f"browser script failed ({code}): {err.decode()}")
-        seen = json.loads(out.decode().splitlines()[-1])
+            await browser_script.stop()
         rows = await gw.audit_until(
             "SELECT json_extract(detail, '$.verdict') AS verdict, "
             "json_extract(detail, '$.by') AS by, json_extract(detail, '$.note') AS note "
@@ -133,37 +160,16 @@ async def test_the_console_turns_a_kill_switch_on_and_off(tmp_path: Path) -> Non
         await session.initialize()
         assert not (await session.call_tool("vm_management", {"action": "list"})).is_error
         config["admin"] = gw.admin
-        proc = await trio.lowlevel.open_process(
-            [str(harness.NODE22), str(KILL_SCRIPT), json.dumps(config)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env={"NODE_PATH": str(harness.NODE_MODULES), "PATH": "/usr/bin:/bin",
-                 "HOME": str(tmp_path)})
-        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-        out = b""
+        browser_script = BrowserScript(KILL_SCRIPT, config, tmp_path)
+        await browser_script.start()
         try:
             with trio.fail_after(60):
-                while b"on\n" not in out:
-                    chunk = await proc.stdout.receive_some()
-                    if not chunk:
-                        err = await proc.stderr.receive_some(65536)
-                        pytest.fail(f"the browser script ended early: {err.decode()}")
-                    out += chunk
+                await browser_script.line(b"on")
                 refused = await session.call_tool("vm_management", {"action": "list"})
-                await proc.stdin.send_all(b"off\n")
-                while out.count(b"\n") < 2:
-                    chunk = await proc.stdout.receive_some()
-                    if not chunk:
-                        break
-                    out += chunk
-                code = await proc.wait()
+                await browser_script.send(b"off")
+                seen = await browser_script.result()
         finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-        if code != 0:
-            err = await proc.stderr.receive_some(65536)
-            pytest.fail(f"browser script failed ({code}): {err.decode()}")
-        seen = json.loads(out.decode().splitlines()[-1])
+            await browser_script.stop()
         reason = "kill switch on for server vm by alice: INC-77 from the console"
         assert refused.is_error and reason in refused.content[0].text  # type: ignore[union-attr]
         assert seen == {"listed": reason, "error": "", "consoleErrors": []}

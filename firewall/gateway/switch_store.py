@@ -123,25 +123,15 @@ class SwitchStore:
                  instance: str) -> Switch | None:
         """Record ``scope`` as off; the switch that was on, or None (nothing written)."""
         kind, name = _key(scope)
-        conn = self.conn
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                row = conn.execute("SELECT by, since_ns, comment FROM switches "
-                                   "WHERE kind = ? AND name = ?", (kind, name)).fetchone()
-                if row is not None:
-                    conn.execute("DELETE FROM switches WHERE kind = ? AND name = ?", (kind, name))
-                    conn.execute(
-                        "INSERT INTO history (ts_ns, state, kind, name, by, comment, instance) "
-                        "VALUES (?, 'off', ?, ?, ?, ?, ?)",
-                        (time.time_ns(), kind, name, by, comment, instance))
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise self._fail(exc) from None
+        with self._transaction() as conn:
+            row = conn.execute("SELECT by, since_ns, comment FROM switches "
+                               "WHERE kind = ? AND name = ?", (kind, name)).fetchone()
+            if row is not None:
+                conn.execute("DELETE FROM switches WHERE kind = ? AND name = ?", (kind, name))
+                conn.execute(
+                    "INSERT INTO history (ts_ns, state, kind, name, by, comment, instance) "
+                    "VALUES (?, 'off', ?, ?, ?, ?, ?)",
+                    (time.time_ns(), kind, name, by, comment, instance))
         return None if row is None else Switch(scope, row[0], row[1], row[2])
 
     def history(self, limit: int = 100) -> list[HistoryEntry]:
@@ -170,12 +160,18 @@ class SwitchStore:
         return HistoryEntry(ts, state, scope, by, comment, instance)
 
     def _write(self, *statements: tuple[str, tuple[object, ...]]) -> None:
+        with self._transaction() as conn:
+            for sql, args in statements:
+                conn.execute(sql, args)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE`` transaction (rule 2); any SQLite error names the file."""
         conn = self.conn
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                for sql, args in statements:
-                    conn.execute(sql, args)
+                yield conn
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
