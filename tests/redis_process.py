@@ -25,6 +25,9 @@ class RedisProcess:
     def __init__(self, workdir: Path, *extra: str) -> None:
         self.workdir = workdir
         self.extra = extra
+        # redis-cli needs the password when the server was given one
+        self.password = extra[extra.index("--requirepass") + 1] \
+            if "--requirepass" in extra else None
         self.port = harness.free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -63,7 +66,8 @@ class RedisProcess:
     def command(self, *args: str) -> str:
         """redis-cli against this server; its output."""
         cli = shutil.which("redis-cli") or "redis-cli"
-        done = subprocess.run([cli, "-p", str(self.port), *args], capture_output=True,
+        auth = ["--no-auth-warning", "-a", self.password] if self.password else []
+        done = subprocess.run([cli, "-p", str(self.port), *auth, *args], capture_output=True,
                               text=True, timeout=10, check=True)
         return done.stdout.strip()
 

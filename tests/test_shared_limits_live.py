@@ -1,14 +1,15 @@
 """Rate limits shared by a fleet, end to end: two `mcpwall serve` and one redis-server.
 
 Two real `mcpwall serve` processes (each on a free 127.0.0.1 port, in front of
-the bundled demo server) name the same redis-server in their ``[limits]``
-table, with the seed policy verbatim (10 vm_management calls a minute per
-grant). Agents are the `mcp` SDK's streamable HTTP client. The grant's 10
-calls are spread over both instances; the 11th is refused on either with a
-retry-after; another grant has its own 10. Then redis-server is killed: the
-instance with ``on_error = "deny"`` refuses naming the store, the one with
-``on_error = "allow"`` lets calls through and says so in the audit trail,
-both live on; redis-server restarted on the same port, calls pass again.
+the bundled demo server) name the same redis-server (password-protected, the
+password in an environment variable) in their ``[limits]`` table, with the
+seed policy verbatim (10 vm_management calls a minute per grant). Agents are
+the `mcp` SDK's streamable HTTP client. The grant's 10 calls are spread over
+both instances; the 11th is refused on either with a retry-after; another
+grant has its own 10. Then redis-server is killed: the instance with
+``on_error = "deny"`` refuses naming the store, the one with
+``on_error = "allow"`` lets calls through and says so in the audit trail, both
+live on; redis-server restarted on the same port, calls pass again.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from test_serve_policy import (
 pytestmark = pytest.mark.slow
 
 STORE_DOWN = "rate limit store unavailable"
+PASSWORD_ENV = "MCPWALL_TEST_REDIS_PASSWORD"
 
 
 @asynccontextmanager
@@ -52,7 +54,7 @@ async def instance(workdir: Path, redis: RedisProcess, prefix: str, tokens: dict
     with config.open("a", encoding="utf-8") as out:
         out.write(f"\n[limits]\nbackend = \"redis\"\nurl = {json.dumps(redis.url)}\n"
                   f"key_prefix = {json.dumps(prefix)}\ntimeout_seconds = 1.0\n"
-                  f"on_error = {json.dumps(on_error)}\n")
+                  f"on_error = {json.dumps(on_error)}\npassword_env = \"{PASSWORD_ENV}\"\n")
     log = workdir / "serve.log"
     proc, base = await start_serve(workdir, config, log, START_SECONDS)
     try:
@@ -69,11 +71,13 @@ async def call_text(gw: Gateway, key: str) -> tuple[bool, str]:
         return bool(result.is_error), text_of(result)
 
 
-async def test_two_instances_share_each_grants_ten_and_survive_the_store(tmp_path: Path
-                                                                         ) -> None:
+async def test_two_instances_share_each_grants_ten_and_survive_the_store(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     tokens = {key: f"tok-{key}-{secrets.token_urlsafe(24)}" for key in CALLERS}
     prefix = f"fleet-{secrets.token_hex(4)}:"
-    with redis_server(tmp_path) as redis:
+    password = f"pw-{secrets.token_hex(12)}"
+    monkeypatch.setenv(PASSWORD_ENV, password)  # the serve processes inherit it
+    with redis_server(tmp_path, "--requirepass", password) as redis:
         async with (
             instance(tmp_path / "one", redis, prefix, tokens, "deny") as one,
             instance(tmp_path / "two", redis, prefix, tokens, "allow") as two,
@@ -107,7 +111,7 @@ async def test_two_instances_share_each_grants_ten_and_survive_the_store(tmp_pat
             assert one.proc.poll() is None and two.proc.poll() is None
             for gw in (one, two):
                 assert "rate_limit_store_failed" in gw.log.read_text(), tail(gw.log)
-                assert "Password" not in gw.log.read_text()
+                assert password not in gw.log.read_text()
 
             # Back (empty, same port): grant C pays again through the store.
             redis.start()
