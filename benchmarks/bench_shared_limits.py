@@ -17,10 +17,10 @@ case alike:
   anyio, runs under trio), the well-kept library we measured against (skipped
   when coredis is not installed: ``pip install -e '.[bench]'``).
 
-Figures: the thread's CPU time per call (what the gateway process spends;
-Redis's own work is in another process) and the wall time per call (the
-round trip included, noisy on a loaded machine), medians over the rounds,
-and ratios to ``memory limited``.
+Figures: the thread's CPU time per call (what the gateway process spends,
+the kernel's socket send and receive included; Redis's own work is in another
+process) and the wall time per call (the round trip included, noisy on a
+loaded machine), medians over the rounds, and ratios to ``memory limited``.
 """
 
 from __future__ import annotations
@@ -154,7 +154,6 @@ async def main(rounds: int, batch: int) -> None:
         lib_c, lib_w = results["coredis evalsha"]
         print(f"coredis / mcpwall RESP client: cpu {lib_c / ours_c:.2f}x, "
               f"wall {lib_w / ours_w:.2f}x")
-
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -215,13 +215,20 @@ class RedisLimiter(SharedLimiter):
         A pooled connection that Redis closed while it sat idle (a restart, an
         idle timeout) is dropped and the command tried once on a new one.
         """
-        async with self._slots:
+        slots = self._slots
+        try:
+            slots.acquire_nowait()  # the common case: no wait, no extra trip to the scheduler
+        except trio.WouldBlock:
+            await slots.acquire()
+        try:
             if self._idle:
                 try:
                     return await self._once(self._idle.pop(), args)
                 except _Stale:
                     pass
             return await self._once(None, args)
+        finally:
+            slots.release()
 
     async def _once(self, conn: _Connection | None, args: tuple[bytes | str | int, ...]
                     ) -> Reply:
