@@ -34,7 +34,13 @@ from firewall.policy.limits import (
 )
 from firewall.policy.schema import parse_policy
 from firewall.protocol import mcp
-from firewall.protocol.resp import NEED_DATA, ReplyParser, RespError, encode_command
+from firewall.protocol.resp import (
+    NEED_DATA,
+    ReplyParser,
+    RespError,
+    RespProtocolError,
+    encode_command,
+)
 
 SPECS = [BucketSpec("a", "grant", 3, 60.0), BucketSpec("b", "session", 5, 10.5),
          BucketSpec("c", "agent", 1, 3600.0), BucketSpec("d", "grant", 2, 86400.0)]
@@ -76,6 +82,53 @@ def test_resp_replies_arrive_whole_however_the_bytes_are_split() -> None:
                    [b"x", 7]]
     assert got[1].kind == "NOSCRIPT"
     assert encode_command("GET", b"k", 3) == b"*3\r\n$3\r\nGET\r\n$1\r\nk\r\n$1\r\n3\r\n"
+
+
+def _wire(reply: object) -> bytes:
+    # The reference encoder for replies: what redis-server sends.
+    if reply is None:
+        return b"$-1\r\n"
+    if isinstance(reply, int):
+        return b":%d\r\n" % reply
+    if isinstance(reply, bytes):
+        return b"$%d\r\n%s\r\n" % (len(reply), reply)
+    if isinstance(reply, RespError):
+        return b"-%s\r\n" % reply.message.encode()
+    assert isinstance(reply, list)
+    return b"*%d\r\n" % len(reply) + b"".join(_wire(r) for r in reply)
+
+
+replies = st.recursive(
+    st.none() | st.integers(-(2**63), 2**63 - 1) | st.binary(max_size=40)
+    | st.sampled_from(["NOSCRIPT No matching script", "ERR wrong", "BUSY"]).map(RespError),
+    lambda inner: st.lists(inner, max_size=4), max_leaves=8)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(replies, min_size=1, max_size=4), st.data())
+def test_resp_parser_reads_back_any_split_of_any_replies(sent: list[object],
+                                                         data: st.DataObject) -> None:
+    wire = b"".join(_wire(r) for r in sent)
+    cuts = sorted(data.draw(st.sets(st.integers(0, len(wire)), max_size=6)))
+    parser = ReplyParser()
+    got: list[object] = []
+    for a, b in zip([0, *cuts], [*cuts, len(wire)], strict=True):
+        parser.feed(wire[a:b])
+        while (reply := parser.next_reply()) is not NEED_DATA:
+            got.append(reply)
+    assert got == sent
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.binary(max_size=60))
+def test_resp_parser_garbage_is_a_protocol_error_or_more_data(junk: bytes) -> None:
+    parser = ReplyParser()
+    parser.feed(junk)
+    try:
+        while parser.next_reply() is not NEED_DATA:
+            pass
+    except RespProtocolError:
+        pass
 
 
 # -- agreement with the reference ------------------------------------------------------
