@@ -281,6 +281,11 @@ async def test_a_silent_store_times_out() -> None:
         with pytest.raises(StoreUnavailable, match=r"no answer within 0.1 s"):
             await shared.acquire([(spec.key("g"), spec)])
         assert accepted and not shared._idle  # the connection was dropped, not reused
+        busy = RedisLimiter(parse_url(f"redis://127.0.0.1:{port}"), timeout=0.1,
+                            max_connections=1)
+        busy._slots.acquire_nowait()  # another call holds the only connection
+        with pytest.raises(StoreUnavailable, match=r"all 1 connections busy for 0.1 s"):
+            await busy.acquire([(spec.key("g"), spec)])
         nursery.cancel_scope.cancel()
 
 

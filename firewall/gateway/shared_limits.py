@@ -173,6 +173,7 @@ class RedisLimiter(SharedLimiter):
         self.on_error = on_error
         self.clock = clock
         self._idle: list[_Connection] = []
+        self.max_connections = max_connections
         self._slots = trio.Semaphore(max_connections)
         self._log = get_logger(component="limits", store=address.display)
         self._failures = 0
@@ -216,10 +217,16 @@ class RedisLimiter(SharedLimiter):
         idle timeout) is dropped and the command tried once on a new one.
         """
         slots = self._slots
+        got_slot = False
         try:
             slots.acquire_nowait()  # the common case: no wait, no extra trip to the scheduler
         except trio.WouldBlock:
-            await slots.acquire()
+            with trio.move_on_after(self.timeout):
+                await slots.acquire()
+                got_slot = True
+            if not got_slot:
+                raise self._failed(f"all {self.max_connections} connections busy for "
+                                   f"{self.timeout:g} s") from None
         try:
             if self._idle:
                 try:
