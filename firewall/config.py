@@ -29,6 +29,7 @@ from firewall.audit.settings import AuditSettings
 from firewall.gateway.approvals import ApprovalSettings
 from firewall.gateway.killswitch import KillSwitchSettings
 from firewall.gateway.operators import AdminSettings
+from firewall.gateway.shared_limits import LimitSettings, check_limits
 from firewall.identity import TokenEntry
 
 DEFAULT_PORT = 8765
@@ -122,6 +123,8 @@ class Config(_Base):
     auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
     approvals: ApprovalSettings = msgspec.field(default_factory=ApprovalSettings)
     kill_switch: KillSwitchSettings = msgspec.field(default_factory=KillSwitchSettings)
+    # Where token buckets live: in this process, or in a Redis shared by a fleet.
+    limits: LimitSettings = msgspec.field(default_factory=LimitSettings)
     # The operator listener (API, metrics, console); none without an [admin] table.
     admin: AdminSettings | None = None
     servers: dict[str, ServerSettings] = msgspec.field(default_factory=dict)
@@ -200,6 +203,9 @@ def _check(config: Config, source: str) -> None:
             raise ConfigError(f"{source}: listen.{key}: expected a positive number")
     if config.admin is not None:
         check_admin(config.admin, config.listen, source)
+    problem = check_limits(config.limits, source)
+    if problem is not None:
+        raise ConfigError(problem)
 
 
 _LOOPBACK: Final = ("127.0.0.1", "::1", "localhost")

@@ -35,6 +35,8 @@ def test_documented_example_loads(tmp_path: Path) -> None:
     assert isinstance(git, HttpServer) and git.headers["Authorization"].startswith("Bearer")
     assert config.auth.tokens[0].principal == "build-agent"
     assert config.audit.path == str(tmp_path / "mcpwall-audit.db")
+    assert (config.limits.backend, config.limits.on_error) == ("redis", "deny")
+    assert config.limits.password_env == "MCPWALL_REDIS_PASSWORD"
 
 
 @pytest.mark.parametrize(("text", "message"), [
@@ -55,6 +57,8 @@ def test_documented_example_loads(tmp_path: Path) -> None:
     ("[audit]\nmode = 'sloppy'\n", "x.toml: audit.mode: Invalid enum value 'sloppy'"),
     ("[[auth.tokens]]\nprincipal = 'a'\n", "x.toml: auth.tokens[0]: Object missing required "
      "field `sha256`"),
+    ("[limits]\nbackend = 'redis'\n", "x.toml: limits.url: required with backend"),
+    ("[limits]\non_error = 'shrug'\n", "x.toml: limits.on_error: Invalid enum value 'shrug'"),
     ("listen = [\n", "x.toml: not valid TOML"),
 ])
 def test_errors_name_file_key_and_expectation(text: str, message: str) -> None:

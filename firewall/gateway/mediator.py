@@ -72,6 +72,7 @@ from firewall.gateway.approvals import (
 from firewall.log import get_logger
 from firewall.policy import render
 from firewall.policy.decision import ALLOW, DENY, PENDING, Caller, Decision, PolicyPoint
+from firewall.policy.limits import PendingLimit
 from firewall.protocol import jsonrpc, mcp
 from firewall.protocol.jsonrpc import Kind, RequestId
 
@@ -339,6 +340,8 @@ class Mediator:
                                 reason=f"request id {rid!r} is in use by mcpwall")
         else:
             decision = self.policy.decide(call, self.caller, self.server, self.session)
+            if type(decision) is PendingLimit:  # buckets shared in Redis: one round trip
+                decision = await decision.settle()
         if direction == "client" and call.method == mcp.INITIALIZE:
             # initialize always comes as a full Message (only calls come lighter)
             self.client_elicits = (isinstance(msg, jsonrpc.Message)

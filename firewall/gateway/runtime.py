@@ -19,6 +19,13 @@ from firewall.gateway.approvals import open_desk
 from firewall.gateway.killswitch import GuardedPolicy
 from firewall.gateway.mediator import Mediator
 from firewall.gateway.sessions import new_session_id
+from firewall.gateway.shared_limits import (
+    LimitSettings,
+    RedisLimiter,
+    StoreConfigError,
+    build_limiter,
+    open_limits,
+)
 from firewall.gateway.stdio_front import run_wrap
 from firewall.gateway.switchboard import open_switchboard
 from firewall.log import get_logger
@@ -28,10 +35,12 @@ from firewall.policy.schema import PolicyError
 
 
 def build_policy(
-    fleet: list[str], servers: dict[str, list[str]] | None = None, *, dry_run: bool = False
+    fleet: list[str], servers: dict[str, list[str]] | None = None, *, dry_run: bool = False,
+    limiter: RedisLimiter | None = None,
 ) -> PolicyPoint:
     """The policy point for these files (allow-all when there are none).
 
+    Token buckets live in ``limiter`` (Redis) when given, else in this process.
     Raises ConfigError (naming the file and key path) for a bad policy file.
     """
     servers = {name: files for name, files in (servers or {}).items() if files}
@@ -40,9 +49,17 @@ def build_policy(
     try:
         return PolicySet([Path(p) for p in fleet],
                          {name: [Path(p) for p in files] for name, files in servers.items()},
-                         dry_run=dry_run)
+                         dry_run=dry_run, limiter=limiter)
     except PolicyError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def shared_limiter(settings: LimitSettings, source: str) -> RedisLimiter | None:
+    """The ``[limits]`` table's Redis limiter (None: buckets in this process)."""
+    try:
+        return build_limiter(settings)
+    except StoreConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 async def watch_policy(policy: PolicyPoint, audit: AuditPoint | None,
@@ -136,10 +153,13 @@ async def run_wrap_session(
     audit_enabled: bool,
 ) -> int:
     """One ``wrap`` session on our stdin/stdout; returns the process exit code."""
-    policy = build_policy(policy_files, dry_run=dry_run or config.policy.dry_run)
+    limiter = shared_limiter(config.limits, config.source)
+    policy = build_policy(policy_files, dry_run=dry_run or config.policy.dry_run,
+                          limiter=limiter)
     session = new_session_id()
     log = get_logger(server=server, session=session)
     async with (
+        open_limits(limiter),
         maybe_audit(config, audit_enabled) as audit,
         open_switchboard(config.kill_switch, instance=default_instance_id(),
                          audit=audit) as board,
@@ -175,9 +195,10 @@ async def serve(config: Config, *, banner: TextIO | None = None) -> None:
     """
     from firewall.gateway.http_front import HttpFront, connect_banner, run_front
 
+    limiter = shared_limiter(config.limits, config.source)
     policy = build_policy(config.policy.files,
                           {name: s.policy for name, s in config.servers.items()},
-                          dry_run=config.policy.dry_run)
+                          dry_run=config.policy.dry_run, limiter=limiter)
     log = get_logger(component="serve")
 
     async def run(task_status: trio.TaskStatus[list[str]]) -> None:
@@ -190,6 +211,7 @@ async def serve(config: Config, *, banner: TextIO | None = None) -> None:
         # The audit trail outlives the front: closing it flushes and signs the
         # head after the last session ended.
         async with (
+            open_limits(limiter),
             maybe_audit(config, True) as audit,
             open_switchboard(config.kill_switch, instance=default_instance_id(),
                              audit=audit) as board,

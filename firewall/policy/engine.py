@@ -44,7 +44,7 @@ from firewall.policy.compiler import (
     normalise_uri,
 )
 from firewall.policy.decision import ALLOW, LIMITED, Caller, Decision
-from firewall.policy.limits import Limiter, MemoryLimiter
+from firewall.policy.limits import Limiter, MemoryLimiter, SharedLimiter, defer
 from firewall.policy.schema import LoadedPolicy, PolicyError, collector_paused, load_policy
 from firewall.protocol import mcp
 
@@ -71,17 +71,18 @@ class Explanation(msgspec.Struct, frozen=True):
 class Engine:
     """Implements :class:`firewall.policy.decision.PolicyPoint` over a compiled policy."""
 
-    def __init__(self, compiled: CompiledPolicy, limiter: Limiter | None = None) -> None:
+    def __init__(self, compiled: CompiledPolicy,
+                 limiter: Limiter | SharedLimiter | None = None) -> None:
         self._compiled = compiled
         self.limiter = limiter if limiter is not None else MemoryLimiter()
 
     @property
-    def limiter(self) -> Limiter:
+    def limiter(self) -> Limiter | SharedLimiter:
         """Where the token buckets live (in memory unless told otherwise)."""
         return self._limiter
 
     @limiter.setter
-    def limiter(self, limiter: Limiter) -> None:
+    def limiter(self, limiter: Limiter | SharedLimiter) -> None:
         self._limiter = limiter
         # The in-memory limiter: decide() steps its buckets itself (see there).
         self._memory = limiter if isinstance(limiter, MemoryLimiter) else None
@@ -221,7 +222,13 @@ class Engine:
             return verdict.decision
         values = (caller.grant, caller.principal, session, server, "")
         requests = [(prefix + values[i], spec) for prefix, i, spec in verdict.plan]
-        wait = self.limiter.acquire(requests, debit=trace is None)
+        limiter = self.limiter
+        if isinstance(limiter, SharedLimiter):  # buckets in Redis: the gateway settles them
+            if trace is not None:
+                trace.append(f"{verdict.rule}: limits are shared: explain does not consult them")
+            return defer(verdict.decision, requests, verdict.limited_reason, verdict.dry_run,
+                         limiter, debit=trace is None)
+        wait = limiter.acquire(requests, debit=trace is None)
         if trace is not None:
             trace.append(f"{verdict.rule}: limits {[k.replace(chr(31), '/') for k, _ in requests]}"
                          f" {'have tokens' if wait is None else f'are empty for {wait:.3f}s'}")
@@ -308,7 +315,8 @@ class PolicySet:
     """
 
     def __init__(self, fleet: Sequence[Path], servers: Mapping[str, Sequence[Path]] | None = None,
-                 *, limiter: Limiter | None = None, dry_run: bool = False) -> None:
+                 *, limiter: Limiter | SharedLimiter | None = None,
+                 dry_run: bool = False) -> None:
         self.fleet = tuple(fleet)
         self.servers = {k: tuple(v) for k, v in (servers or {}).items()}
         self.dry_run = dry_run

@@ -1,0 +1,163 @@
+"""The cost of a rate-limited decision with buckets in Redis, against buckets in memory.
+
+Run:  .venv/bin/python benchmarks/bench_shared_limits.py [--rounds 15] [--batch 400]
+
+Starts its own redis-server (the Debian package scripts/setup installs) on a
+free 127.0.0.1 port, without persistence, and measures per call, in the same
+run, interleaved round by round so that load on a shared machine hits every
+case alike:
+
+- ``memory limited``: ``engine.decide`` on a rule with a token bucket in
+  memory (the baseline: what a single instance pays);
+- ``redis unlimited``: ``engine.decide`` on a rule without limits, the limiter
+  being Redis (must cost what it costs in memory: no round trip);
+- ``redis limited``: ``engine.decide`` + ``PendingLimit.settle``: one
+  ``EVALSHA`` round trip over mcpwall's RESP client on trio streams;
+- ``coredis evalsha``: the same script and arguments through coredis (6.x,
+  anyio, runs under trio), the well-kept library we measured against (skipped
+  when coredis is not installed: ``pip install -e '.[bench]'``).
+
+Figures: the thread's CPU time per call (what the gateway process spends,
+the kernel's socket send and receive included; Redis's own work is in another
+process) and the wall time per call (the round trip included, noisy on a
+loaded machine), medians over the rounds, and ratios to ``memory limited``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from firewall.gateway.shared_limits import RedisLimiter, parse_url
+from firewall.policy.compiler import compile_policy
+from firewall.policy.decision import Caller
+from firewall.policy.engine import Engine
+from firewall.policy.limits import ACQUIRE_SHA, PendingLimit, script_arguments
+from firewall.policy.schema import parse_policy
+from firewall.protocol import mcp
+
+POLICY = json.dumps({"version": "1", "default": "deny", "tools": {
+    "limited": {"limits": [{"counter": "c", "window": "day", "max": 1_000_000_000}]},
+    "free": {}}})
+CALLER = Caller("agent", "grant-1")
+LIMITED = mcp.Call(mcp.TOOLS_CALL, tool="limited", arguments={})
+FREE = mcp.Call(mcp.TOOLS_CALL, tool="free", arguments={})
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_redis() -> tuple[subprocess.Popen[bytes], int]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        sys.exit("redis-server is not installed (scripts/setup installs it)")
+    port = free_port()
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    for _ in range(200):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return proc, port
+        except OSError:
+            time.sleep(0.02)
+    proc.kill()
+    sys.exit("redis-server did not start")
+
+
+Case = Callable[[], Awaitable[None]]
+
+
+async def measure(cases: dict[str, Case], rounds: int, batch: int
+                  ) -> dict[str, tuple[float, float]]:
+    cpu: dict[str, list[float]] = {name: [] for name in cases}
+    wall: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(rounds):
+        for name, case in cases.items():
+            c0, w0 = time.thread_time_ns(), time.perf_counter_ns()
+            for _ in range(batch):
+                await case()
+            cpu[name].append((time.thread_time_ns() - c0) / batch / 1000.0)
+            wall[name].append((time.perf_counter_ns() - w0) / batch / 1000.0)
+    return {n: (statistics.median(cpu[n]), statistics.median(wall[n])) for n in cases}
+
+
+async def main(rounds: int, batch: int) -> None:
+    proc, port = start_redis()
+    try:
+        url = f"redis://127.0.0.1:{port}/0"
+        compiled = compile_policy(parse_policy(POLICY))
+        memory = Engine(compiled)
+        shared = RedisLimiter(parse_url(url), timeout=2.0)
+        redis_engine = Engine(compiled, shared)
+
+        async def memory_limited() -> None:
+            decision = memory.decide(LIMITED, CALLER, "vm", "s")
+            assert decision.action == "allow"
+
+        async def redis_unlimited() -> None:
+            decision = redis_engine.decide(FREE, CALLER, "vm", "s")
+            assert type(decision) is not PendingLimit
+
+        async def redis_limited() -> None:
+            pending = redis_engine.decide(LIMITED, CALLER, "vm", "s")
+            assert type(pending) is PendingLimit
+            assert (await pending.settle()).action == "allow"
+
+        cases: dict[str, Case] = {"memory limited": memory_limited,
+                                  "redis unlimited": redis_unlimited,
+                                  "redis limited": redis_limited}
+        await redis_limited()  # loads the script
+        client: Any = None
+        try:
+            import coredis
+
+            client = coredis.Redis.from_url(url)
+        except ImportError:
+            print("coredis is not installed: its case is skipped (pip install -e '.[bench]')")
+        if client is None:
+            results = await measure(cases, rounds, batch)
+        else:
+            async with client:
+                pending = redis_engine.decide(LIMITED, CALLER, "vm", "s")
+                assert isinstance(pending, PendingLimit)
+                keys, argv = script_arguments(pending.requests, shared.key_prefix, True, None)
+
+                async def coredis_evalsha() -> None:
+                    assert await client.evalsha(ACQUIRE_SHA, keys, argv) is None
+
+                cases["coredis evalsha"] = coredis_evalsha
+                results = await measure(cases, rounds, batch)
+        await shared.aclose()
+    finally:
+        proc.kill()
+        proc.wait()
+    base_cpu, base_wall = results["memory limited"]
+    print(f"per call, medians of {rounds} rounds of {batch} (thread CPU; wall incl. round trip)")
+    print(f"{'case':<18}{'cpu us':>10}{'x memory':>10}{'wall us':>10}{'x memory':>10}")
+    for name, (c, w) in results.items():
+        print(f"{name:<18}{c:>10.2f}{c / base_cpu:>10.1f}{w:>10.2f}{w / base_wall:>10.1f}")
+    if "coredis evalsha" in results:
+        ours_c, ours_w = results["redis limited"]
+        lib_c, lib_w = results["coredis evalsha"]
+        print(f"coredis / mcpwall RESP client: cpu {lib_c / ours_c:.2f}x, "
+              f"wall {lib_w / ours_w:.2f}x")
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--batch", type=int, default=400)
+    args = parser.parse_args()
+    trio.run(main, args.rounds, args.batch)

@@ -1,0 +1,366 @@
+"""Rate limits shared by a fleet: token buckets in Redis, over trio streams.
+
+The ``[limits]`` table of the gateway configuration says where buckets live:
+in each process (``backend = "memory"``, the default) or in one Redis that
+every mcpwall instance names (``backend = "redis"``), so that "10 a minute
+per grant" means 10 for the fleet, not 10 per instance.
+
+Rules this module keeps:
+
+1. One round trip per limited call: ``EVALSHA`` of
+   :data:`firewall.policy.limits.ACQUIRE_LUA` (``EVAL`` once after Redis
+   forgot its scripts). Calls without limits never reach this module.
+2. Every call to Redis, connecting included, runs under ``timeout_seconds``.
+   A connection that failed or timed out is dropped (its state is unknown);
+   the next call opens a new one, so mcpwall reconnects by itself when Redis
+   comes back.
+3. When Redis fails, :class:`~firewall.policy.limits.StoreUnavailable` says why;
+   the call is refused (``on_error = "deny"``, the default) or passes
+   unlimited (``"allow"``), and ``rate_limit_store_failed`` is logged (at most
+   once a second, with the count of failures since).
+4. The password never appears in a log line, an error or a repr: it comes
+   from the URL or from the environment variable ``password_env`` names.
+
+Example (TOML)::
+
+    [limits]
+    backend = "redis"
+    url = "redis://redis.internal:6379/0"
+    password_env = "MCPWALL_REDIS_PASSWORD"
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Final, Literal
+from urllib.parse import unquote, urlsplit
+
+import msgspec
+import trio
+
+from firewall.log import get_logger
+from firewall.policy.limits import (
+    ACQUIRE_LUA,
+    ACQUIRE_SHA,
+    BucketRequest,
+    SharedLimiter,
+    StoreUnavailable,
+    script_arguments,
+    script_wait,
+)
+from firewall.protocol.resp import (
+    NEED_DATA,
+    Reply,
+    ReplyParser,
+    RespError,
+    RespProtocolError,
+    encode_command,
+)
+
+DEFAULT_PORT: Final = 6379
+
+
+class LimitSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The ``[limits]`` table: where token buckets live."""
+
+    backend: Literal["memory", "redis"] = "memory"
+    # redis://[user[:password]@]host[:port][/db]
+    url: str | None = None
+    # An environment variable holding the password (wins over one in the URL).
+    password_env: str | None = None
+    key_prefix: str = "mcpwall:"
+    # Per call to Redis, connecting included; a late answer counts as a failure.
+    timeout_seconds: float = 0.25
+    on_error: Literal["deny", "allow"] = "deny"
+    max_connections: int = 16
+
+
+class RedisAddress(msgspec.Struct, frozen=True):
+    """Where Redis is, parsed from ``url``; ``password`` is kept out of repr."""
+
+    host: str
+    port: int = DEFAULT_PORT
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+
+    def __repr__(self) -> str:
+        return f"RedisAddress({self.display!r})"
+
+    @property
+    def display(self) -> str:
+        """``redis://host:port/db``: safe to log."""
+        return f"redis://{self.host}:{self.port}/{self.db}"
+
+
+def check_limits(settings: LimitSettings, source: str) -> str | None:
+    """What is wrong with a ``[limits]`` table (naming the key), or None."""
+    if settings.backend == "memory":
+        return None
+    if settings.url is None:
+        return f"{source}: limits.url: required with backend = \"redis\" (redis://host:port/db)"
+    try:
+        parse_url(settings.url)
+    except ValueError as exc:
+        return f"{source}: limits.url: {exc}"
+    if not settings.timeout_seconds > 0:
+        return f"{source}: limits.timeout_seconds: expected a positive number"
+    if settings.max_connections < 1:
+        return f"{source}: limits.max_connections: expected 1 or more"
+    return None
+
+
+def parse_url(url: str) -> RedisAddress:
+    """``redis://[user[:password]@]host[:port][/db]`` -> :class:`RedisAddress`.
+
+    Errors never repeat the URL (it may hold the password).
+    """
+    parts = urlsplit(url)
+    if parts.scheme != "redis":
+        raise ValueError(f"expected a redis:// URL, got scheme {parts.scheme!r} "
+                         "(TLS, rediss://, is not supported yet)")
+    try:
+        port = parts.port or DEFAULT_PORT
+    except ValueError:
+        raise ValueError("the port is not a number in 1..65535") from None
+    if not parts.hostname:
+        raise ValueError("the URL names no host")
+    path = parts.path.strip("/")
+    if path and not path.isdigit():
+        raise ValueError(f"the database is a number (redis://host:port/0), not {path!r}")
+    return RedisAddress(parts.hostname, port, int(path or 0),
+                        unquote(parts.username) if parts.username else None,
+                        unquote(parts.password) if parts.password else None)
+
+
+class _Connection:
+    """One Redis connection: a trio stream and the RESP parser reading it."""
+
+    __slots__ = ("parser", "stream")
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.parser = ReplyParser()
+
+    async def call(self, *args: bytes | str | int) -> Reply:
+        await self.stream.send_all(encode_command(*args))
+        while True:
+            reply = self.parser.next_reply()
+            if reply is not NEED_DATA:
+                return reply  # type: ignore[return-value]
+            data = await self.stream.receive_some(65536)
+            if not data:
+                raise StoreUnavailable("Redis closed the connection")
+            self.parser.feed(data)
+
+
+class RedisLimiter(SharedLimiter):
+    """Token buckets in one Redis, shared by every instance that names it.
+
+    ``clock`` (seconds) replaces Redis's own clock: for tests only, where it
+    makes the buckets' time explicit.
+    """
+
+    def __init__(self, address: RedisAddress, *, key_prefix: str = "mcpwall:",
+                 timeout: float = 0.25, on_error: str = "deny", max_connections: int = 16,
+                 clock: Callable[[], float] | None = None) -> None:
+        self.address = address
+        self.key_prefix = key_prefix
+        self.timeout = timeout
+        self.on_error = on_error
+        self.clock = clock
+        self._idle: list[_Connection] = []
+        self.max_connections = max_connections
+        self._slots = trio.Semaphore(max_connections)
+        self._log = get_logger(component="limits", store=address.display)
+        self._failures = 0
+        self._logged_at = -1e9
+
+    @classmethod
+    def from_settings(cls, settings: LimitSettings) -> RedisLimiter:
+        """The limiter a ``[limits]`` table describes (checked by :func:`check_limits`)."""
+        assert settings.url is not None
+        address = parse_url(settings.url)
+        if settings.password_env:
+            password = os.environ.get(settings.password_env)
+            if password is None:
+                raise StoreConfigError(f"limits.password_env: the environment variable "
+                                       f"{settings.password_env} is not set")
+            address = msgspec.structs.replace(address, password=password)
+        return cls(address, key_prefix=settings.key_prefix, timeout=settings.timeout_seconds,
+                   on_error=settings.on_error, max_connections=settings.max_connections)
+
+    async def acquire(self, requests: Sequence[BucketRequest], debit: bool = True) -> float | None:
+        """Take one token from every bucket or none, in Redis; see ``Limiter.acquire``."""
+        keys, argv = script_arguments(requests, self.key_prefix, debit,
+                                      None if self.clock is None else self.clock())
+        reply = await self.run(b"EVALSHA", ACQUIRE_SHA, len(keys), *keys, *argv)
+        if isinstance(reply, RespError) and reply.kind == "NOSCRIPT":
+            # Redis restarted or flushed its scripts: EVAL loads it again.
+            reply = await self.run(b"EVAL", ACQUIRE_LUA, len(keys), *keys, *argv)
+        if isinstance(reply, RespError):
+            raise self._failed(f"Redis refused the script: {reply.message}")
+        try:
+            wait = script_wait(reply)
+        except ValueError as exc:
+            raise self._failed(str(exc)) from None
+        self._recovered()
+        return wait
+
+    async def run(self, *args: bytes | str | int) -> Reply:
+        """One command on a pooled connection, under the timeout; error replies are values.
+
+        A pooled connection that Redis closed while it sat idle (a restart, an
+        idle timeout) is dropped and the command tried once on a new one.
+        """
+        slots = self._slots
+        got_slot = False
+        try:
+            slots.acquire_nowait()  # the common case: no wait, no extra trip to the scheduler
+        except trio.WouldBlock:
+            with trio.move_on_after(self.timeout):
+                await slots.acquire()
+                got_slot = True
+            if not got_slot:
+                raise self._failed(f"all {self.max_connections} connections busy for "
+                                   f"{self.timeout:g} s") from None
+        try:
+            if self._idle:
+                try:
+                    return await self._once(self._idle.pop(), args)
+                except _Stale:
+                    pass
+            return await self._once(None, args)
+        finally:
+            slots.release()
+
+    async def _once(self, conn: _Connection | None, args: tuple[bytes | str | int, ...]
+                    ) -> Reply:
+        reused = conn is not None
+        healthy = False
+        try:
+            with trio.fail_after(self.timeout):
+                if conn is None:
+                    conn = await self._connect()
+                reply = await conn.call(*args)
+            healthy = True
+        except trio.TooSlowError:
+            raise self._failed(f"no answer within {self.timeout:g} s") from None
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError,
+                RespProtocolError, StoreUnavailable) as exc:
+            if reused and not isinstance(exc, RespProtocolError):
+                raise _Stale from None
+            raise self._failed(_describe(exc)) from None
+        finally:
+            # A connection whose command did not complete (an error, a timeout,
+            # a cancelled caller) may still get that reply: never reuse it.
+            if healthy and conn is not None:
+                self._idle.append(conn)
+            elif conn is not None:
+                await trio.aclose_forcefully(conn.stream)
+        return reply
+
+    async def _connect(self) -> _Connection:
+        address = self.address
+        stream = await trio.open_tcp_stream(address.host, address.port)
+        conn = _Connection(stream)
+        try:
+            if address.password is not None:
+                auth: tuple[str, ...] = (address.password,)
+                if address.username is not None:
+                    auth = (address.username, address.password)
+                reply = await conn.call(b"AUTH", *auth)
+                if isinstance(reply, RespError):
+                    raise StoreUnavailable(f"Redis refused the password ({reply.kind})")
+            if address.db:
+                reply = await conn.call(b"SELECT", address.db)
+                if isinstance(reply, RespError):
+                    raise StoreUnavailable(f"Redis refused database {address.db}: "
+                                           f"{reply.message}")
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
+        return conn
+
+    def _failed(self, why: str) -> StoreUnavailable:
+        self._failures += 1
+        return StoreUnavailable(why)
+
+    def report_failure(self, exc: StoreUnavailable) -> None:
+        """Log ``rate_limit_store_failed``, at most once a second (with a count)."""
+        now = time.monotonic()
+        if now - self._logged_at >= 1.0:
+            self._log.warning("rate_limit_store_failed", error=str(exc), on_error=self.on_error,
+                              failures=self._failures)
+            self._logged_at = now
+
+    def _recovered(self) -> None:
+        if self._failures:
+            self._log.info("rate_limit_store_recovered", failures=self._failures)
+            self._failures = 0
+            self._logged_at = -1e9
+
+    async def ping(self) -> None:
+        """Raise :class:`StoreUnavailable` unless Redis answers PING."""
+        reply = await self.run(b"PING")
+        if isinstance(reply, RespError):
+            raise StoreUnavailable(f"Redis refused PING: {reply.message}")
+
+    async def aclose(self) -> None:
+        """Close the idle connections."""
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await trio.aclose_forcefully(conn.stream)
+
+
+class _Stale(Exception):
+    """A pooled connection turned out closed: try a new one."""
+
+
+class StoreConfigError(Exception):
+    """The ``[limits]`` table cannot be used (names the key; never the password)."""
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, StoreUnavailable):
+        return str(exc)
+    if isinstance(exc, OSError):
+        return f"cannot reach Redis: {exc.strerror or type(exc).__name__}"
+    if isinstance(exc, RespProtocolError):
+        return f"Redis spoke gibberish: {exc}"
+    return "the connection to Redis broke"
+
+
+def build_limiter(settings: LimitSettings) -> RedisLimiter | None:
+    """The shared limiter of a ``[limits]`` table; None for in-process buckets."""
+    if settings.backend == "memory":
+        return None
+    return RedisLimiter.from_settings(settings)
+
+
+@asynccontextmanager
+async def open_limits(limiter: RedisLimiter | None) -> AsyncIterator[RedisLimiter | None]:
+    """Say whether Redis answers at start (a failure is logged, not fatal: calls
+    are refused until it answers); close its connections at the end."""
+    if limiter is None:
+        yield None
+        return
+    log = get_logger(component="limits", store=limiter.address.display)
+    try:
+        await limiter.ping()
+        log.info("rate_limit_store_connected", on_error=limiter.on_error)
+    except StoreUnavailable as exc:
+        log.warning("rate_limit_store_failed", error=str(exc), on_error=limiter.on_error,
+                    failures=1)
+    try:
+        yield limiter
+    finally:
+        with trio.CancelScope(shield=True):
+            await limiter.aclose()
+
+
+__all__ = ["LimitSettings", "RedisAddress", "RedisLimiter", "StoreConfigError", "build_limiter",
+           "check_limits", "open_limits", "parse_url"]
