@@ -7,7 +7,7 @@ engine (which returns a :class:`Decision`). Both are immutable.
 
 from __future__ import annotations
 
-from typing import Final, Literal, Protocol
+from typing import Final, Literal, Protocol, final
 
 import msgspec
 
@@ -34,6 +34,7 @@ class Caller(msgspec.Struct, frozen=True):
     groups: tuple[str, ...] = ()
 
 
+@final  # the engine tests `type(result) is Decision`
 class Decision(msgspec.Struct, frozen=True):
     """The verdict on one message.
 

@@ -115,7 +115,8 @@ class Engine:
         if evaluate is None:
             evaluate = index.resolve(name)
         result = evaluate(args, caller)
-        if isinstance(result, Decision):
+        # Not isinstance: for a Verdict that would ask the Struct metaclass.
+        if type(result) is Decision:
             return result
         # A Verdict with buckets. The common case, one bucket in memory, is
         # written out here; anything else takes the general path.
