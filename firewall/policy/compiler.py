@@ -507,6 +507,8 @@ class NameIndex:
             else:
                 rest.append(e)
         self._exact = {k: tuple(v) for k, v in exact.items()}
+        self._exact_bits = _name_bits(self._exact)
+        self._exact_mask = len(self._exact_bits or b"") * 8 - 1
         self._prefixes = _by_length(by_prefix, lambda e, literal: e.pattern == literal + "*",
                                     -1)
         self._suffixes = _by_length(by_suffix, lambda e, literal: e.pattern == "*" + literal,
@@ -573,7 +575,11 @@ class NameIndex:
         return evaluate
 
     def _lookup(self, name: str) -> tuple[CompiledEntry, ...]:
-        exact = self._exact.get(name, ())
+        bits = self._exact_bits
+        if bits is None or bits[(h := hash(name) & self._exact_mask) >> 3] >> (h & 7) & 1:
+            exact = self._exact.get(name, ())
+        else:
+            exact = ()  # surely not an exact name: spare the probe of a large dict
         probe = self._probe
         groups = probe(name) if probe is not None else ()
         rest = self._rest
@@ -596,6 +602,26 @@ class NameIndex:
         if len(hits) > 1:
             hits.sort(key=_sort_key)
         return tuple(hits)
+
+
+# Exact names from which a large dict's probe costs more than a bit test.
+BITS_FROM: Final = 4096
+
+
+def _name_bits(names: Mapping[str, object]) -> bytearray | None:
+    """One bit per hash of each name, about sixteen bits per name, or None for
+    a few names. A name whose bit is clear is not there: the test touches a
+    small array that stays in the CPU's cache, where the probe of a dict of
+    many thousands of names mostly misses it (that is what grows with the table).
+    """
+    if len(names) < BITS_FROM:
+        return None
+    size = 1 << (len(names) * 8 - 1).bit_length()  # bits, a power of two
+    bits = bytearray(size // 8)
+    for name in names:
+        h = hash(name) & (size - 1)
+        bits[h >> 3] |= 1 << (h & 7)
+    return bits
 
 
 # The globs sharing one literal (a prefix, or a suffix): those that match every
