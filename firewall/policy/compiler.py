@@ -301,10 +301,14 @@ def _evaluator(require: tuple[Requirement, ...], rules: tuple[CompiledRule, ...]
     bound: list[object] = [type, str]
     for req in require:
         bound += req.bound
+    dispatch = _dispatch(rules, last)
+    if dispatch is not None:
+        bound += dispatch
     for rule in rules:
         bound += rule.bound
     bound.append(last)
-    key: Shape = (tuple(req.kind for req in require), tuple(rule.shape for rule in rules))
+    key: Shape = (tuple(req.kind for req in require), tuple(rule.shape for rule in rules),
+                  dispatch is not None)
     code = _CODE.get(key)
     if code is None:
         code = _evaluator_code(key)
@@ -312,6 +316,81 @@ def _evaluator(require: tuple[Requirement, ...], rules: tuple[CompiledRule, ...]
             _CODE[key] = code
     evaluate: Evaluator = FunctionType(code, _NO_GLOBALS, "evaluate", tuple(bound))
     return evaluate
+
+
+# Kinds of check whose verdict on a string is known from the string alone,
+# and the most values a dispatch table holds.
+_DECIDABLE: Final = frozenset({"in", "const", "prefix"})
+DISPATCH_MAX: Final = 1024
+
+
+def _dispatch(rules: tuple[CompiledRule, ...], last: Result
+              ) -> tuple[str, dict[str, Result]] | None:
+    """``(argument, {value: result})`` for entries whose rules are told apart
+    by one argument's ``in`` or ``const`` values (the virtualization pack's
+    ``action``), else None.
+
+    The evaluator tries the table after the entry's ``require`` checks: a
+    string value found there gives the result of the first rule that can
+    match it, without testing the rules before it one by one. A value is
+    put in the table only if that answer follows from the value alone, in
+    first-match order: every earlier rule surely rejects it (a check on that
+    argument fails), and the rule that decides surely matches it (no other
+    check, no audience, no ``require`` of its own). Any other value, and
+    anything but a string, takes the rules in turn as before.
+    """
+    if len(rules) < 2:
+        return None
+    counts: dict[str, int] = {}
+    for rule in rules:
+        for check in rule.when:
+            if check.fast is not None and check.fast[0] in ("in", "const"):
+                counts[check.fast[1]] = counts.get(check.fast[1], 0) + 1
+    if not counts:
+        return None
+    argument = max(counts, key=lambda k: counts[k])
+    if counts[argument] < 2:
+        return None
+    values: set[str] = set()
+    for rule in rules:
+        for check in rule.when:
+            if check.fast is not None and check.fast[1] == argument:
+                kind, _, data = check.fast
+                if kind == "in":
+                    values.update(data)
+                elif kind == "const":
+                    values.add(data)
+    if len(values) > DISPATCH_MAX:
+        return None
+    table: dict[str, Result] = {}
+    for value in values:
+        result = _decided_by(rules, argument, value, last)
+        if result is not None:
+            table[value] = result
+    return (argument, table) if table else None
+
+
+def _decided_by(rules: tuple[CompiledRule, ...], argument: str, value: str,
+                last: Result) -> Result | None:
+    """The result of a call whose ``argument`` is ``value``, if that alone decides it."""
+    args = {argument: value}
+    for rule in rules:
+        known = True
+        rejects = False
+        for check in rule.when:
+            fast = check.fast
+            if fast is not None and fast[1] == argument and fast[0] in _DECIDABLE:
+                if not check.test(args):
+                    rejects = True
+                    break
+            else:
+                known = False
+        if rejects:
+            continue  # whatever else it asks, this rule cannot match
+        if not known or rule.audience is not None or rule.require:
+            return None
+        return _result(rule.verdict)
+    return last
 
 
 def _binding(check: Check) -> tuple[str, tuple[object, ...]]:
@@ -323,9 +402,10 @@ def _binding(check: Check) -> tuple[str, tuple[object, ...]]:
 
 
 # An entry's shape: (kinds of its requires, ((has audience, kinds of the whens,
-# kinds of the requires) for each rule)); a kind is "call" or a Check.fast kind.
+# kinds of the requires) for each rule), whether a dispatch table comes first);
+# a kind is "call" or a Check.fast kind.
 RuleShape = tuple[bool, tuple[str, ...], tuple[str, ...]]
-Shape = tuple[tuple[str, ...], tuple[RuleShape, ...]]
+Shape = tuple[tuple[str, ...], tuple[RuleShape, ...], bool]
 _CODE: Final[dict[Shape, CodeType]] = {}
 _CODE_MAX: Final = 4096
 _NO_GLOBALS: Final[dict[str, Any]] = {"__builtins__": {}}
@@ -355,13 +435,17 @@ def _check_code(kind: str, name: str, params: list[str]) -> str:
 def _evaluator_code(shape: Shape) -> CodeType:
     """The code of ``evaluate(args, caller, *bound)`` for one entry shape, where
     ``bound`` is what :func:`_evaluator` passes as defaults, in its order."""
-    requires, rules = shape
+    requires, rules, dispatch = shape
     params: list[str] = ["type", "str"]
     body: list[str] = []
     for i, kind in enumerate(requires):
         test = _check_code(kind, f"q{i}", params)
         params.append(f"qd{i}")
         body.append(f"    if not {test}: return qd{i}")
+    if dispatch:
+        params += ("dk", "dd")
+        body.append("    if type(v := args.get(dk)) is str and (r := dd.get(v)) is not None: "
+                    "return r")
     reachable = True
     for j, (audience, whens, rule_requires) in enumerate(rules):
         tests = []
