@@ -19,11 +19,13 @@ Rules this module keeps:
    The first entry in that order whose audience (principals, groups, grants)
    admits the caller decides; inside it, argument ``rules`` are tried in order
    and the first whose ``when`` holds decides (first match).
-3. Name lookup stays flat as tables grow: exact names are one dict lookup;
-   globs are grouped by their literal prefix (or, when they start with a
-   wildcard, their literal suffix) in a sorted list, so a name costs one
-   binary search rather than a probe per glob; the result per name is
-   memoised in bounded caches.
+3. Name lookup stays flat as tables grow: exact names are one dict lookup
+   (behind a bit array in a large table); globs are grouped by their literal
+   prefix (or, when they start with a wildcard, their literal suffix) in one
+   dict per literal length, so a name costs at most one probe per length
+   that occurs, whatever the number of globs; the result per name is
+   memoised in bounded caches. Argument rules told apart by one argument's
+   values are dispatched on a table (first match kept).
 4. A compiled table is immutable once built, except for what it remembers:
    the per-name caches, entry evaluators and glob matchers built on first
    use, and the verdicts of ``pattern`` checks. Each only ever holds what the
