@@ -144,7 +144,7 @@ def test_entries_sharing_one_shape_share_generated_code_not_their_checks() -> No
 
 def dispatch_tables(evaluate: Any) -> list[dict[str, Any]]:
     """The value -> result tables an evaluator was built with (not a pattern memo)."""
-    return [d for d in evaluate.__defaults__ or () if isinstance(d, dict)
+    return [d for d in evaluate.__defaults__ or () if isinstance(d, dict) and d
             and all(isinstance(r, (Decision, Verdict)) for r in d.values())]
 
 
