@@ -40,7 +40,7 @@ import posixpath
 import re
 from collections.abc import Callable, Mapping, Sequence
 from types import CodeType, FunctionType
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, final
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import msgspec
@@ -118,6 +118,7 @@ def _audience(principals: Sequence[str], groups: Sequence[str],
     return Audience(principals, groups, grants)
 
 
+@final  # the engine tells a Verdict from a Decision by `type(result) is not Verdict`
 class Verdict:
     """What a rule concludes: an action, its buckets, and the prebuilt Decision."""
 
