@@ -18,9 +18,14 @@ Measured per call, in the same run:
   (a ``pattern`` require and an ``in`` rule);
 - ``glob``: + decide on a name that only globs match;
 - ``limited``: + decide on a rule with a token bucket (never empty here);
-- ``miss``: + decide on a name never seen before, so the per-name caches miss
-  and the glob index is searched (each such name also reaches an entry no
-  call reached before).
+- ``miss``: + decide on a name never seen before (``grp{3i+1}_x{i}``), so the
+  per-name caches miss and the glob index is searched. While the table has
+  them (the first N/3 names), each such name reaches a glob entry no call
+  reached before; later ones reach none and get the policy default. With the
+  default rounds, most names at every size are of the second kind;
+- ``new name``: + decide on a name never seen before that reaches an entry
+  other calls reach all the time (``bench_{i}``, the ``glob`` case's entry):
+  the index search alone, with argument rules evaluated.
 
 The cases run interleaved, a batch of each in turn, so load on a shared
 machine hits all of them alike. Each table size runs in a process of its own
@@ -56,7 +61,7 @@ from firewall.protocol import jsonrpc, mcp
 CALLER = Caller("agent", "grant-1", ("ops",))
 GOAL_NS = 2000.0
 FLAT = 1.5
-CASES = ("msgspec", "baseline", "exact+args", "glob", "limited", "miss")
+CASES = ("msgspec", "baseline", "exact+args", "glob", "limited", "miss", "new name")
 
 
 class _Peer(msgspec.Struct):
@@ -155,6 +160,14 @@ def measure(n: int, rounds: int, batch: int) -> dict[str, float]:
         assert call is not None
         return decide(call, CALLER, "vm", "session-1")
 
+    news = iter([request(f"bench_{i}", {"mode": "read"}) for i in range(rounds * batch)])
+    assert full(request("bench_new", {"mode": "read"}))().rule == "tools.bench_*.rules[0]"  # type: ignore[attr-defined]
+
+    def new_name() -> object:
+        call = decode(next(news))[1]
+        assert call is not None
+        return decide(call, CALLER, "vm", "session-1")
+
     cases: dict[str, Callable[[], object]] = {
         "msgspec": lambda: peer(exact),
         "baseline": lambda: decode(exact),
@@ -162,6 +175,7 @@ def measure(n: int, rounds: int, batch: int) -> dict[str, float]:
         "glob": full(glob),
         "limited": full(limited),
         "miss": miss,
+        "new name": new_name,
     }
     timed = interleaved(cases, rounds, batch)
     result = {c: cpu for c, (cpu, _) in timed.items()}

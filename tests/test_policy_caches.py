@@ -13,8 +13,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from firewall.policy.compiler import compile_policy
-from firewall.policy.decision import Caller
+from firewall.policy.compiler import Verdict, compile_policy
+from firewall.policy.decision import Caller, Decision
 from firewall.policy.engine import Engine, PolicySet
 from firewall.policy.limits import MemoryLimiter
 from firewall.policy.schema import parse_policy
@@ -140,3 +140,35 @@ def test_entries_sharing_one_shape_share_generated_code_not_their_checks() -> No
     assert e.decide(tool("b", mode="read"), WHO, "srv", "s").action == "deny"
     assert e.decide(tool("b", mode="list"), WHO, "srv", "s").action == "allow"
     assert e.decide(tool("a", mode="drop"), WHO, "srv", "s").rule == "tools.a"
+
+
+def dispatch_tables(evaluate: Any) -> list[dict[str, Any]]:
+    """The value -> result tables an evaluator was built with (not a pattern memo)."""
+    return [d for d in evaluate.__defaults__ or () if isinstance(d, dict) and d
+            and all(isinstance(r, (Decision, Verdict)) for r in d.values())]
+
+
+def test_rules_told_apart_by_one_argument_dispatch_on_a_table() -> None:
+    pack = json.loads((Path(__file__).parent.parent / "rules" / "virtualization.json").read_text())
+    e = engine({**pack, "default": "deny"})
+    evaluate = e.compiled.fleet.tools.resolve("vm_management")
+    tables = dispatch_tables(evaluate)
+    assert len(tables) == 1 and {"list", "start", "delete"} <= tables[0].keys()
+    # The table answers what the rules in turn answer, value by value.
+    explained = {v: e.explain(tool("vm_management", action=v, vm_name="web-1"), WHO, "srv").decision
+                 for v in [*tables[0], "no-such-action"]}
+    for value, want in explained.items():
+        got = e.decide(tool("vm_management", action=value, vm_name="web-1"), WHO, "srv", "s")
+        assert (got.action, got.rule) == (want.action, want.rule), value
+
+
+def test_a_value_that_does_not_decide_alone_is_left_to_the_rules() -> None:
+    e = engine({"default": "deny", "tools": {"t": {"rules": [
+        {"when": {"mode": ["read"], "path": {"prefix": "/srv"}}},
+        {"when": {"mode": ["read", "list"]}, "action": "deny"}]}}})
+    evaluate = e.compiled.fleet.tools.resolve("t")
+    (table,) = dispatch_tables(evaluate)
+    assert "read" not in table and "list" in table  # "read" also needs the path
+    assert e.decide(tool("t", mode="read", path="/srv/a"), WHO, "srv", "s").action == "allow"
+    assert e.decide(tool("t", mode="read", path="/etc"), WHO, "srv", "s").action == "deny"
+    assert e.decide(tool("t", mode="list"), WHO, "srv", "s").rule == "tools.t.rules[1]"

@@ -9,6 +9,7 @@ and condition, dry-run, and rate-limit refusals.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import json
 from typing import Any
 
@@ -17,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reference_policy import Outcome, RefEngine
 
-from firewall.policy.compiler import compile_policies
+from firewall.policy.compiler import NameIndex, compile_policies
 from firewall.policy.decision import Caller
 from firewall.policy.engine import Engine
 from firewall.policy.limits import MemoryLimiter
@@ -207,3 +208,127 @@ def test_reference_is_not_trivially_equal() -> None:
     ref = RefEngine([(1, policy, "p")])
     assert ref.decide("ab", {}, ("p", "g", ()), "s", "v", 0.0).action == "allow"
     assert ref.decide("ac", {}, ("p", "g", ()), "s", "v", 0.0).action == "deny"
+
+
+# -- the glob index's two ways in, and argument rules dispatched on one value --------
+
+
+# Literals of several lengths and inner-end characters, so that the index
+# keeps many tables by length and the one-character tests matter.
+LITERALS = st.text(alphabet="ab_.", min_size=1, max_size=6)
+GLOBS = st.one_of(
+    LITERALS,                                                  # exact
+    st.builds(lambda a: a + "*", LITERALS),                    # prefix
+    st.builds(lambda a: "*" + a, LITERALS),                    # suffix
+    st.builds(lambda a, b: a + "*" + b, LITERALS, LITERALS),   # prefix, then a suffix to match
+    st.builds(lambda a, b: a + "?" + b, LITERALS, LITERALS),
+    st.builds(lambda a: "*" + a + "*", LITERALS),              # a literal in the middle only
+    st.builds(lambda a, b: "[ab]" + a + "*" + b, LITERALS, LITERALS),
+)
+GLOB_NAMES = st.text(alphabet="ab_.", max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(patterns=st.lists(GLOBS, max_size=40), names=st.lists(GLOB_NAMES, min_size=1, max_size=15))
+def test_glob_index_by_length_finds_exactly_the_matching_entries(patterns: list[str],
+                                                                 names: list[str]) -> None:
+    policy = parse_policy(json.dumps({"tools": {p: {} for p in patterns}}))
+    index = compile_policies([LoadedPolicy(policy, "p", "")]).fleet.tools
+    for name in names + [p.replace("*", "") for p in patterns]:
+        got = [e.pattern for e in index.candidates(name)]
+        assert sorted(got) == sorted(k for k in policy.tools if fnmatch.fnmatchcase(name, k))
+        # best first: the order is the precedence order
+        assert [e.sort_key for e in index.candidates(name)] == sorted(
+            e.sort_key for e in index.candidates(name))
+
+
+@functools.cache
+def large_exact_table() -> tuple[Policy, NameIndex]:
+    # Past BITS_FROM exact names, a bit array answers most absent names.
+    exact = {f"t{i}": {} for i in range(5000)}
+    policy = parse_policy(json.dumps({"tools": {**exact, "a*": {}, "*b": {}, "t1*": {}}}))
+    return policy, compile_policies([LoadedPolicy(policy, "p", "")]).fleet.tools
+
+
+@settings(max_examples=100, deadline=None)
+@given(names=st.lists(st.one_of(GLOB_NAMES, st.builds(lambda i: f"t{i}", st.integers(-5, 6000))),
+                      min_size=1, max_size=40))
+def test_a_large_exact_table_answers_through_its_bit_array(names: list[str]) -> None:
+    policy, index = large_exact_table()
+    assert index._exact_bits is not None
+    for name in [*names, "t0", "t4999", "t5000", "t12", "ta"]:
+        got = {e.pattern for e in index._lookup(name)}
+        globs = {k for k in ("a*", "*b", "t1*") if fnmatch.fnmatchcase(name, k)}
+        assert got == ({name} & policy.tools.keys()) | globs, name
+
+
+DISPATCH_VALUES = st.sampled_from(["r", "w", "d", "s", "rw", 1, None, ["r"]])
+
+
+@st.composite
+def dispatched_entries(draw: st.DrawFn) -> dict[str, Any]:
+    """Rules keyed on ``x`` with string in/const values (like the virtualization
+    pack's ``action``), some with more to them: another check, an audience, a
+    ``require``, a check on ``x`` the value alone decides or not."""
+    rules = []
+    for i in range(draw(st.integers(2, 5))):
+        rule: dict[str, Any] = {}
+        when: dict[str, Any] = {}
+        kind = draw(st.sampled_from(["in", "in", "const", "prefix", "none", "max_length"]))
+        if kind == "in":
+            when["x"] = draw(st.lists(st.sampled_from(["r", "w", "d", "s", "rw"]), min_size=1,
+                                      max_size=3, unique=True))
+        elif kind == "const":
+            when["x"] = {"const": draw(st.sampled_from(["r", "w", "d"]))}
+        elif kind == "prefix":
+            when["x"] = {"in": ["r", "rw", "w"], "prefix": "r"}
+        elif kind == "max_length":
+            when["x"] = {"in": ["r", "rw"], "max_length": 1}
+        if draw(st.integers(0, 3)) == 0:
+            when["y"] = draw(st.sampled_from([["a"], {"const": 1}]))
+        if draw(st.booleans()):
+            when["x"] = {"in": when["x"]} if isinstance(when.get("x"), list) else when.get("x", {})
+            when["x"]["optional"] = True
+            when["x"]["nullable"] = draw(st.booleans())
+        if when:
+            rule["when"] = when
+        rule.update(audience(draw))
+        if draw(st.integers(0, 4)) == 0:
+            rule["require"] = {"y": {"type": "string"}}
+        if draw(st.booleans()):
+            rule["action"] = draw(ACTIONS)
+        if draw(st.integers(0, 3)) == 0:
+            rule["limits"] = draw(limits())
+        rule["name"] = f"r{i}"
+        rules.append(rule)
+    entry: dict[str, Any] = {"rules": rules}
+    if draw(st.booleans()):
+        entry["action"] = draw(ACTIONS)
+    if draw(st.integers(0, 2)) == 0:
+        entry["require"] = {"y": {"optional": True, "in": ["a", "b"]}}
+    return entry
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tools=st.dictionaries(st.sampled_from(["t", "t*", "*t"]), dispatched_entries(),
+                             min_size=1, max_size=2),
+       calls=st.lists(st.tuples(st.sampled_from(["t", "tt"]),
+                                st.dictionaries(st.sampled_from(["x", "y"]),
+                                                st.one_of(DISPATCH_VALUES, VALUES), max_size=2),
+                                st.integers(0, 2), st.sampled_from([0.0, 0.5, 7.0])),
+                      min_size=1, max_size=20))
+def test_rules_dispatched_on_one_argument_agree_with_the_reference(
+        tools: dict[str, Any], calls: list[Any]) -> None:
+    policy = parse_policy(json.dumps({"default": "deny", "tools": tools}))
+    clock = Clock()
+    engine = Engine(compile_policies([LoadedPolicy(policy, "fleet", "")]), MemoryLimiter(clock))
+    ref = RefEngine([(1, policy, "fleet")])
+    for name, args, who, step in calls:
+        clock.now += step
+        caller = CALLERS[who]
+        call = mcp.Call(mcp.TOOLS_CALL, tool=name, arguments=args)
+        foreseen = engine.explain(call, caller, "srv", "s1").decision
+        got = engine.decide(call, caller, "srv", "s1")
+        assert foreseen == got
+        compare(got, ref.decide(name, args, (caller.principal, caller.grant, caller.groups),
+                                "s1", "srv", clock.now))

@@ -19,11 +19,13 @@ Rules this module keeps:
    The first entry in that order whose audience (principals, groups, grants)
    admits the caller decides; inside it, argument ``rules`` are tried in order
    and the first whose ``when`` holds decides (first match).
-3. Name lookup stays flat as tables grow: exact names are one dict lookup;
-   globs are grouped by their literal prefix (or, when they start with a
-   wildcard, their literal suffix) in a sorted list, so a name costs one
-   binary search rather than a probe per glob; the result per name is
-   memoised in bounded caches.
+3. Name lookup stays flat as tables grow: exact names are one dict lookup
+   (behind a bit array in a large table); globs are grouped by their literal
+   prefix (or, when they start with a wildcard, their literal suffix) in one
+   dict per literal length, so a name costs at most one probe per length
+   that occurs, whatever the number of globs; the result per name is
+   memoised in bounded caches. Argument rules told apart by one argument's
+   values are dispatched on a table (first match kept).
 4. A compiled table is immutable once built, except for what it remembers:
    the per-name caches, entry evaluators and glob matchers built on first
    use, and the verdicts of ``pattern`` checks. Each only ever holds what the
@@ -36,10 +38,9 @@ from __future__ import annotations
 import fnmatch
 import posixpath
 import re
-from bisect import bisect_right
 from collections.abc import Callable, Mapping, Sequence
 from types import CodeType, FunctionType
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, final
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import msgspec
@@ -117,6 +118,7 @@ def _audience(principals: Sequence[str], groups: Sequence[str],
     return Audience(principals, groups, grants)
 
 
+@final  # the engine tells a Verdict from a Decision by `type(result) is not Verdict`
 class Verdict:
     """What a rule concludes: an action, its buckets, and the prebuilt Decision."""
 
@@ -177,18 +179,21 @@ def _window_text(seconds: float) -> str:
 class Requirement:
     """A ``require`` check and the Decision returned when it fails."""
 
-    __slots__ = ("check", "denial")
+    __slots__ = ("bound", "check", "denial", "kind")
 
     def __init__(self, check: Check, rule: str, dry_run: bool) -> None:
         self.check = check
         self.denial = Decision(INVALID_ARGUMENTS, rule=rule, reason=check.message,
                                dry_run=dry_run)
+        # What an evaluator binds for this requirement (see _evaluator).
+        self.kind, binding = _binding(check)
+        self.bound = (*binding, self.denial)
 
 
 class CompiledRule:
     """One argument rule of an entry."""
 
-    __slots__ = ("audience", "index", "require", "rule", "verdict", "when")
+    __slots__ = ("audience", "bound", "index", "require", "rule", "shape", "verdict", "when")
 
     def __init__(self, rule: str, index: int, audience: Audience | None,
                  when: tuple[Check, ...], require: tuple[Requirement, ...],
@@ -199,6 +204,21 @@ class CompiledRule:
         self.when = when
         self.require = require
         self.verdict = verdict
+        # This rule's part of an evaluator's shape and of what it binds, made
+        # here so that building an entry's evaluator (when a call first
+        # reaches it) only joins the parts of its rules.
+        bound: list[object] = [audience.admits] if audience is not None else []
+        kinds: list[str] = []
+        for check in when:
+            kind, binding = _binding(check)
+            kinds.append(kind)
+            bound += binding
+        for req in require:
+            bound += req.bound
+        bound.append(_result(verdict))
+        self.bound = tuple(bound)
+        self.shape: RuleShape = (audience is not None, tuple(kinds),
+                                 tuple(req.kind for req in require))
 
 
 class CompiledEntry:
@@ -274,30 +294,24 @@ def _evaluator(require: tuple[Requirement, ...], rules: tuple[CompiledRule, ...]
     :attr:`Check.fast`) are written inline, so that they cost no call; any
     other value goes to the check's own test. The code depends only on the
     entry's shape (which checks where), so it is compiled once per shape and
-    each entry gets a function over that code with its own defaults.
+    each entry gets a function over that code with its own defaults, joined
+    from what its requirements and rules prepared at compile time.
     """
     last = _result(fallback)
     if not require and not rules:
         return lambda args, caller: last
     # The order :func:`_evaluator_code` declares its parameters in.
     bound: list[object] = [type, str]
-    requires: list[str] = []
     for req in require:
-        requires.append(_bind(req.check, bound))
-        bound.append(req.denial)
-    rule_shapes: list[tuple[bool, tuple[str, ...], tuple[str, ...]]] = []
+        bound += req.bound
+    dispatch = _dispatch(rules, last)
+    if dispatch is not None:
+        bound += dispatch
     for rule in rules:
-        if rule.audience is not None:
-            bound.append(rule.audience.admits)
-        whens = tuple(_bind(check, bound) for check in rule.when)
-        rule_requires: list[str] = []
-        for req in rule.require:
-            rule_requires.append(_bind(req.check, bound))
-            bound.append(req.denial)
-        bound.append(_result(rule.verdict))
-        rule_shapes.append((rule.audience is not None, whens, tuple(rule_requires)))
+        bound += rule.bound
     bound.append(last)
-    key: Shape = (tuple(requires), tuple(rule_shapes))
+    key: Shape = (tuple(req.kind for req in require), tuple(rule.shape for rule in rules),
+                  dispatch is not None)
     code = _CODE.get(key)
     if code is None:
         code = _evaluator_code(key)
@@ -307,19 +321,94 @@ def _evaluator(require: tuple[Requirement, ...], rules: tuple[CompiledRule, ...]
     return evaluate
 
 
-def _bind(check: Check, bound: list[object]) -> str:
-    """Append what a check's code needs to ``bound``; return its kind."""
+# Kinds of check whose verdict on a string is known from the string alone,
+# and the most values a dispatch table holds.
+_DECIDABLE: Final = frozenset({"in", "const", "prefix"})
+DISPATCH_MAX: Final = 1024
+
+
+def _dispatch(rules: tuple[CompiledRule, ...], last: Result
+              ) -> tuple[str, dict[str, Result]] | None:
+    """``(argument, {value: result})`` for entries whose rules are told apart
+    by one argument's ``in`` or ``const`` values (the virtualization pack's
+    ``action``), else None.
+
+    The evaluator tries the table after the entry's ``require`` checks: a
+    string value found there gives the result of the first rule that can
+    match it, without testing the rules before it one by one. A value is
+    put in the table only if that answer follows from the value alone, in
+    first-match order: every earlier rule surely rejects it (a check on that
+    argument fails), and the rule that decides surely matches it (no other
+    check, no audience, no ``require`` of its own). Any other value, and
+    anything but a string, takes the rules in turn as before.
+    """
+    if len(rules) < 2:
+        return None
+    counts: dict[str, int] = {}
+    for rule in rules:
+        for check in rule.when:
+            if check.fast is not None and check.fast[0] in ("in", "const"):
+                counts[check.fast[1]] = counts.get(check.fast[1], 0) + 1
+    if not counts:
+        return None
+    argument = max(counts, key=lambda k: counts[k])
+    if counts[argument] < 2:
+        return None
+    values: set[str] = set()
+    for rule in rules:
+        for check in rule.when:
+            if check.fast is not None and check.fast[1] == argument:
+                kind, _, data = check.fast
+                if kind == "in":
+                    values.update(data)
+                elif kind == "const":
+                    values.add(data)
+    if len(values) > DISPATCH_MAX:
+        return None
+    table: dict[str, Result] = {}
+    for value in values:
+        result = _decided_by(rules, argument, value, last)
+        if result is not None:
+            table[value] = result
+    return (argument, table) if table else None
+
+
+def _decided_by(rules: tuple[CompiledRule, ...], argument: str, value: str,
+                last: Result) -> Result | None:
+    """The result of a call whose ``argument`` is ``value``, if that alone decides it."""
+    args = {argument: value}
+    for rule in rules:
+        known = True
+        rejects = False
+        for check in rule.when:
+            fast = check.fast
+            if fast is not None and fast[1] == argument and fast[0] in _DECIDABLE:
+                if not check.test(args):
+                    rejects = True
+                    break
+            else:
+                known = False
+        if rejects:
+            continue  # whatever else it asks, this rule cannot match
+        if not known or rule.audience is not None or rule.require:
+            return None
+        return _result(rule.verdict)
+    return last
+
+
+def _binding(check: Check) -> tuple[str, tuple[object, ...]]:
+    """A check's kind ("call" or a :attr:`Check.fast` kind) and what its code binds."""
     if check.fast is None:
-        bound.append(check.test)
-        return "call"
+        return "call", (check.test,)
     kind, key, data = check.fast
-    bound += (check.test, key, data)
-    return kind
+    return kind, (check.test, key, data)
 
 
 # An entry's shape: (kinds of its requires, ((has audience, kinds of the whens,
-# kinds of the requires) for each rule)); a kind is "call" or a Check.fast kind.
-Shape = tuple[tuple[str, ...], tuple[tuple[bool, tuple[str, ...], tuple[str, ...]], ...]]
+# kinds of the requires) for each rule), whether a dispatch table comes first);
+# a kind is "call" or a Check.fast kind.
+RuleShape = tuple[bool, tuple[str, ...], tuple[str, ...]]
+Shape = tuple[tuple[str, ...], tuple[RuleShape, ...], bool]
 _CODE: Final[dict[Shape, CodeType]] = {}
 _CODE_MAX: Final = 4096
 _NO_GLOBALS: Final[dict[str, Any]] = {"__builtins__": {}}
@@ -349,13 +438,17 @@ def _check_code(kind: str, name: str, params: list[str]) -> str:
 def _evaluator_code(shape: Shape) -> CodeType:
     """The code of ``evaluate(args, caller, *bound)`` for one entry shape, where
     ``bound`` is what :func:`_evaluator` passes as defaults, in its order."""
-    requires, rules = shape
+    requires, rules, dispatch = shape
     params: list[str] = ["type", "str"]
     body: list[str] = []
     for i, kind in enumerate(requires):
         test = _check_code(kind, f"q{i}", params)
         params.append(f"qd{i}")
         body.append(f"    if not {test}: return qd{i}")
+    if dispatch:
+        params += ("dk", "dd")
+        body.append("    if type(v := args.get(dk)) is str and (r := dd.get(v)) is not None: "
+                    "return r")
     reachable = True
     for j, (audience, whens, rule_requires) in enumerate(rules):
         tests = []
@@ -466,13 +559,13 @@ class NameIndex:
     evaluator that decides for that name (first admitting candidate, else the
     fallback result).
 
-    Finding the globs whose literal prefix starts a name costs one binary
-    search, whatever the number of prefixes: in sorted order, every literal
-    prefix of ``name`` is a prefix of the last prefix sorting at or before
-    ``name`` (anything between a prefix of ``name`` and ``name`` itself starts
-    with that prefix). Each sorted prefix links to the longest other prefix it
-    starts with, so the lookup walks that short chain. Literal suffixes work
-    the same on reversed strings.
+    Globs are grouped by their literal prefix (or, when they start with a
+    wildcard, their literal suffix), and the groups are kept in one dict per
+    literal length. A name costs one probe per length that occurs (``name[:n]``
+    for each prefix length ``n``, ``name[-n:]`` for each suffix length), however
+    many globs share a length, so the cost follows the shape of the patterns,
+    not the size of the table. Globs with no literal at either end (``*x*``,
+    ``?``) are few in practice and are tried one by one.
 
     Both per-name maps (``cache`` and ``resolved``) are bounded: when one
     reaches ``cache_max`` names it is emptied and refills with the names in
@@ -497,16 +590,18 @@ class NameIndex:
                 continue
             suffix = _literal_suffix(e.pattern)
             if suffix:
-                by_suffix.setdefault(suffix[::-1], []).append(e)
+                by_suffix.setdefault(suffix, []).append(e)
             else:
                 rest.append(e)
         self._exact = {k: tuple(v) for k, v in exact.items()}
-        self._prefixes, self._prefix_links = _links(
-            by_prefix, lambda e, literal: e.pattern == literal + "*")
-        self._suffixes, self._suffix_links = _links(
-            by_suffix, lambda e, literal: e.pattern == "*" + literal[::-1])
+        self._exact_bits = _name_bits(self._exact)
+        self._exact_mask = len(self._exact_bits or b"") * 8 - 1
+        self._prefixes = _by_length(by_prefix, lambda e, literal: e.pattern == literal + "*",
+                                    -1)
+        self._suffixes = _by_length(by_suffix, lambda e, literal: e.pattern == "*" + literal,
+                                    0)
+        self._probe = _prober(self._prefixes, self._suffixes)
         self._rest = tuple(rest)
-        self._has_globs = bool(by_prefix or by_suffix or rest)
         self.fallback = fallback
         self.cache_max = cache_max
         self.cache: dict[str, tuple[CompiledEntry, ...]] = {}
@@ -534,7 +629,16 @@ class NameIndex:
         if found is not None:
             return found
         candidates = self.cache.get(name)
-        found = self._resolver(self._lookup(name) if candidates is None else candidates)
+        if candidates is None:
+            candidates = self._lookup(name)
+        # The common cases written out: this runs for every new name.
+        if not candidates:
+            found = self._none
+        elif candidates[0].audience is None:
+            first = candidates[0]
+            found = first._evaluate if first._evaluate is not None else first.evaluate
+        else:
+            found = self._resolver(candidates)
         if len(self.resolved) >= self.cache_max:
             self.resolved = {}
         self.resolved[name] = found
@@ -558,66 +662,138 @@ class NameIndex:
         return evaluate
 
     def _lookup(self, name: str) -> tuple[CompiledEntry, ...]:
-        exact = self._exact.get(name, ())
-        if not self._has_globs:
-            return exact
+        bits = self._exact_bits
+        if bits is None or bits[(h := hash(name) & self._exact_mask) >> 3] >> (h & 7) & 1:
+            exact = self._exact.get(name, ())
+        else:
+            exact = ()  # surely not an exact name: spare the probe of a large dict
+        probe = self._probe
+        groups = probe(name) if probe is not None else ()
+        rest = self._rest
+        if not rest:
+            if not groups:
+                return exact
+            if len(groups) == 1 and not exact and not groups[0][1]:
+                return groups[0][0]  # one literal's globs, all matching: already in order
         hits = list(exact)
-        # Written out for both sides rather than a helper: this runs for every new name.
-        keys = self._prefixes
-        if keys:
-            links = self._prefix_links
-            i = bisect_right(keys, name) - 1
-            while i >= 0:
-                literal, sure, maybe, parent = links[i]
-                if name.startswith(literal):
-                    hits.extend(sure)
-                    for e in maybe:
-                        if e.matches(name):
-                            hits.append(e)
-                i = parent
-        keys = self._suffixes
-        if keys:
-            links = self._suffix_links
-            probe = name[::-1]
-            i = bisect_right(keys, probe) - 1
-            while i >= 0:
-                literal, sure, maybe, parent = links[i]
-                if probe.startswith(literal):
-                    hits.extend(sure)
-                    for e in maybe:
-                        if e.matches(name):
-                            hits.append(e)
-                i = parent
-        for e in self._rest:
+        for sure, maybe in groups:
+            hits += sure
+            for e in maybe:
+                if e.matches(name):
+                    hits.append(e)
+        for e in rest:
             if e.matches(name):
                 hits.append(e)
-        if len(hits) > len(exact) and len(hits) > 1:
+        if len(hits) == len(exact):
+            return exact
+        if len(hits) > 1:
             hits.sort(key=_sort_key)
         return tuple(hits)
 
 
-# Per sorted literal (a prefix, or a reversed suffix): the literal; its globs
-# that match every name starting with it (``delete_*`` for ``delete_``); its
-# other globs; and the index of the longest other literal it starts with, or -1.
-# Once a name starts with a literal, it starts with all of that one's parents.
-Link = tuple[str, tuple["CompiledEntry", ...], tuple["CompiledEntry", ...], int]
+# Exact names from which a large dict's probe costs more than a bit test.
+BITS_FROM: Final = 4096
 
 
-def _links(groups: dict[str, list[CompiledEntry]],
-           sure: Callable[[CompiledEntry, str], bool]) -> tuple[list[str], list[Link]]:
-    keys = sorted(groups)
-    links: list[Link] = []
-    stack: list[int] = []  # indexes of the literals the current key starts with
-    for i, key in enumerate(keys):
-        while stack and not key.startswith(keys[stack[-1]]):
-            stack.pop()
-        group = groups[key]
-        surely = [sure(e, key) for e in group]
-        links.append((key, tuple(e for e, y in zip(group, surely, strict=True) if y),
-                      tuple(e for e, y in zip(group, surely, strict=True) if not y),
-                      stack[-1] if stack else -1))
-        stack.append(i)
-    return keys, links
+def _name_bits(names: Mapping[str, object]) -> bytearray | None:
+    """One bit per hash of each name, about sixteen bits per name, or None for
+    a few names. A name whose bit is clear is not there: the test touches a
+    small array that stays in the CPU's cache, where the probe of a dict of
+    many thousands of names mostly misses it (that is what grows with the table).
+    """
+    if len(names) < BITS_FROM:
+        return None
+    size = 1 << (len(names) * 8 - 1).bit_length()  # bits, a power of two
+    bits = bytearray(size // 8)
+    for name in names:
+        h = hash(name) & (size - 1)
+        bits[h >> 3] |= 1 << (h & 7)
+    return bits
+
+
+# The globs sharing one literal (a prefix, or a suffix): those that match every
+# name with that literal (``delete_*`` for ``delete_``), and the others, which
+# must still be matched (``delete_*_vm``).
+Group = tuple[tuple["CompiledEntry", ...], tuple["CompiledEntry", ...]]
+
+
+# Per literal length: the length; the characters the literals of that length
+# have at their inner end (the last one of a prefix, the first one of a
+# suffix); and the groups by literal.
+Lengths = tuple[tuple[int, frozenset[str], dict[str, Group]], ...]
+
+
+def _by_length(groups: dict[str, list[CompiledEntry]], sure: Callable[[CompiledEntry, str], bool],
+               inner: int) -> Lengths:
+    """The groups by literal length, shortest first; ``inner`` is the index of
+    the inner end of a literal (-1 for prefixes, 0 for suffixes).
+
+    A name is probed at a length only if its character there is one of the
+    inner ends: one character test, against a few bytes that stay in the
+    CPU's cache, spares most probes of a large dict, which would not."""
+    tables: dict[int, dict[str, Group]] = {}
+    for literal in sorted(groups):
+        group = groups[literal]
+        surely = [sure(e, literal) for e in group]
+        # A fresh copy of the literal: built one after another, the keys of a
+        # large table sit together in memory, and a probe that misses the CPU's
+        # caches costs more than the probe itself.
+        key = (literal + "\x00")[:-1]
+        tables.setdefault(len(literal), {})[key] = (
+            tuple(e for e, y in zip(group, surely, strict=True) if y),
+            tuple(e for e, y in zip(group, surely, strict=True) if not y))
+    return tuple((length, frozenset(k[inner] for k in table), table)
+                 for length, table in sorted(tables.items()))
+
+
+# Probes the groups of one index: ``probe(name)`` is the tuple of the groups
+# whose literal the name starts (prefixes) or ends (suffixes) with.
+Probe = Callable[[str], tuple[Group, ...]]
+_PROBE_CODE: Final[dict[tuple[tuple[int, bool], ...], CodeType]] = {}
+
+
+def _prober(prefixes: Lengths, suffixes: Lengths) -> Probe | None:
+    """The probe of an index's globs, or None when it has none.
+
+    Like an entry's evaluator, it is straight-line code over parameter
+    defaults: per literal length, a length test, a one-character test and a
+    dict probe; no loop, no tuple unpacking. It runs for every name the
+    index has not met before, so its cost is what a new name costs.
+    """
+    if not prefixes and not suffixes:
+        return None
+    shape: list[tuple[int, bool]] = []  # (signed length: < 0 for a suffix, one character)
+    bound: list[object] = []
+    for sign, tables in ((1, prefixes), (-1, suffixes)):
+        for length, chars, groups in tables:
+            one = len(chars) == 1
+            shape.append((sign * length, one))
+            bound += (next(iter(chars)) if one else chars, groups.get)
+    key = tuple(shape)
+    code = _PROBE_CODE.get(key)
+    if code is None:
+        code = _probe_code(key)
+        if len(_PROBE_CODE) < _CODE_MAX:
+            _PROBE_CODE[key] = code
+    probe: Probe = FunctionType(code, _NO_GLOBALS, "probe", (*bound, len))
+    return probe
+
+
+def _probe_code(shape: tuple[tuple[int, bool], ...]) -> CodeType:
+    params: list[str] = []
+    body = ["    size = len(name)", "    hit = ()"]
+    for i, (signed, one) in enumerate(shape):
+        length = abs(signed)
+        at, cut = (length - 1, f"name[:{length}]") if signed > 0 else (-length, f"name[{-length}:]")
+        test = f"name[{at}] == c{i}" if one else f"name[{at}] in c{i}"
+        params += (f"c{i}", f"g{i}")
+        body.append(f"    if size >= {length} and {test} and (g := g{i}({cut})) is not None:\n"
+                    "        hit += (g,)")
+    body.append("    return hit")
+    source = f"def probe(name, {', '.join(params)}, len):\n" + "\n".join(body)
+    module = compile(source, "<policy index>", "exec")
+    code: CodeType = next(c for c in module.co_consts if isinstance(c, CodeType))
+    return code
 
 
 def _sort_key(entry: CompiledEntry) -> tuple[int, ...]:

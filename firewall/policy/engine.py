@@ -116,7 +116,9 @@ class Engine:
         if evaluate is None:
             evaluate = index.resolve(name)
         result = evaluate(args, caller)
-        if isinstance(result, Decision):
+        # Not isinstance(result, Decision): for a Verdict, that asks the Struct
+        # metaclass, which costs more than the test; Verdict has no subclass.
+        if type(result) is not Verdict:
             return result
         # A Verdict with buckets. The common case, one bucket in memory, is
         # written out here; anything else takes the general path.
