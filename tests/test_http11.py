@@ -316,3 +316,13 @@ async def test_sse_stream_is_chunked_and_flushed_per_event(parser: str) -> None:
             # A keepalive comment arrives on its own, while the stream stays open.
             while b":" not in client.buffer.split(b"\r\n\r\n", 1)[1]:
                 await client._more()
+
+
+async def test_http2_prior_knowledge_goes_to_hypercorns_http2(parser: str) -> None:
+    async with front(parser) as address, wire(address) as client:
+        settings = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # an empty SETTINGS frame
+        await client.send(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + settings)
+        with trio.fail_after(10):
+            while len(client.buffer) < 9:
+                assert await client._more()
+        assert client.buffer[3] == 0x04  # the server's SETTINGS frame, not HTTP/1.1

@@ -13,11 +13,12 @@ from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
+import pytest
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
-from firewall.config import Config, HttpServer, ListenSettings
+from firewall.config import Config, HttpServer, HttpSettings, ListenSettings
 from firewall.gateway.http_front import HttpFront, run_front
 from firewall.gateway.upstream.http import HttpUpstream
 from firewall.policy.decision import AllowAll
@@ -88,6 +89,15 @@ class RecordingUpstream:
             self.streams_open -= 1
 
 
+# Every test of this file runs with each HTTP/1.1 parser; through() reads it here.
+PARSER: list[Any] = ["httptools"]
+
+
+@pytest.fixture(autouse=True)
+def _each_parser(http_parser: str) -> None:
+    PARSER[0] = http_parser
+
+
 @asynccontextmanager
 async def through(max_connections: int = 1) -> AsyncIterator[tuple[str, RecordingUpstream]]:
     """mcpwall in front of a RecordingUpstream; yields (mcpwall's URL, upstream)."""
@@ -99,6 +109,7 @@ async def through(max_connections: int = 1) -> AsyncIterator[tuple[str, Recordin
     async with trio.open_nursery() as nursery:
         up_base = (await nursery.start(partial(serve, upstream, hyper)))[0]
         config = Config(listen=ListenSettings(port=0, keepalive_seconds=30),
+                        http=HttpSettings(parser=PARSER[0]),
                         servers={"up": HttpServer(url=up_base + "/mcp",
                                                   max_connections=max_connections)})
         front = HttpFront(config, AllowAll())
