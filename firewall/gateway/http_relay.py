@@ -278,25 +278,29 @@ class HttpEndpoint:
         """Relay an upstream event stream to the client, event by event."""
         rid = msg.request_id if msg is not None and msg.kind is Kind.REQUEST else None
         answered = False
-        writing = trio.Lock()
-        last_write = [trio.current_time()]
+        last_write = trio.current_time()
 
         async def write(data: bytes) -> None:
-            async with writing:
-                await ex.write(data)
-                last_write[0] = trio.current_time()
+            nonlocal last_write
+            await ex.write(data)
+            last_write = trio.current_time()
 
-        async def keepalive() -> None:
-            while True:
-                await trio.sleep_until(last_write[0] + self.keepalive)
-                if trio.current_time() >= last_write[0] + self.keepalive:
-                    await write(sse.COMMENT_KEEPALIVE)
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(keepalive)
+        events = resp.events(keep_dataless=True)
+        async with trio.open_nursery() as nursery:  # answers to refused server requests
             with trio.move_on_at(deadline if deadline is not None else math.inf):
                 try:
-                    async for event in resp.events(keep_dataless=True):
+                    while True:
+                        # A silence longer than keepalive_seconds gets a comment. The
+                        # wait is cut short rather than watched by a task of its own
+                        # (one task fewer per call): receiving is cancel-safe.
+                        with trio.move_on_at(last_write + self.keepalive) as silence:
+                            try:
+                                event = await events.__anext__()
+                            except StopAsyncIteration:
+                                break
+                        if silence.cancelled_caught:
+                            await write(sse.COMMENT_KEEPALIVE)
+                            continue
                         if event.data is None:
                             await write(sse.encode_event(None, id=event.id, event=event.event,
                                                          retry=event.retry))
