@@ -61,6 +61,13 @@ class ListenSettings(_Base):
     keepalive_seconds: float = 15.0
 
 
+class HttpSettings(_Base):
+    """How the HTTP listeners (the front and the operator listener) parse HTTP/1.1."""
+
+    # httptools (llhttp, in C) or h11 (hypercorn's own, pure Python).
+    parser: Literal["httptools", "h11"] = "httptools"
+
+
 class LogSettings(_Base):
     """Log output: ``auto`` is console on a TTY, JSON lines otherwise."""
 
@@ -117,6 +124,7 @@ class Config(_Base):
     """The whole gateway configuration."""
 
     listen: ListenSettings = msgspec.field(default_factory=ListenSettings)
+    http: HttpSettings = msgspec.field(default_factory=HttpSettings)
     log: LogSettings = msgspec.field(default_factory=LogSettings)
     policy: PolicySettings = msgspec.field(default_factory=PolicySettings)
     audit: AuditSettings = msgspec.field(default_factory=AuditSettings)

@@ -8,6 +8,14 @@ from pathlib import Path
 
 import pytest
 
+HTTP_PARSERS = ("httptools", "h11")
+
+
+@pytest.fixture(params=HTTP_PARSERS)
+def http_parser(request: pytest.FixtureRequest) -> str:
+    """Each HTTP/1.1 parser of the front (``[http] parser``), for tests that run with both."""
+    return str(request.param)
+
 ROOT = Path(__file__).resolve().parent.parent
 NODE_BIN = ROOT / "scripts" / "node" / "node_modules" / ".bin"
 VENV_BIN = Path(sys.executable).parent

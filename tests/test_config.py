@@ -55,6 +55,7 @@ def test_documented_example_loads(tmp_path: Path) -> None:
     ("[listen]\nport = 70000\n", "x.toml: listen.port: expected 1..65535"),
     ("[policy]\ndry_run = 'yes'\n", "x.toml: policy.dry_run: Expected `bool`, got `str`"),
     ("[audit]\nmode = 'sloppy'\n", "x.toml: audit.mode: Invalid enum value 'sloppy'"),
+    ("[http]\nparser = 'fast'\n", "x.toml: http.parser: Invalid enum value 'fast'"),
     ("[[auth.tokens]]\nprincipal = 'a'\n", "x.toml: auth.tokens[0]: Object missing required "
      "field `sha256`"),
     ("[limits]\nbackend = 'redis'\n", "x.toml: limits.url: required with backend"),

@@ -19,7 +19,7 @@ import msgspec
 import pytest
 import trio
 
-from firewall.config import Config, ListenSettings, StdioServer
+from firewall.config import Config, HttpSettings, ListenSettings, StdioServer
 from firewall.gateway.http_front import HttpFront, origin_allowed, run_front
 from firewall.gateway.sessions import EventStream, parse_event_id
 from firewall.gateway.upstream.http import HttpUpstream, UpstreamError
@@ -162,6 +162,15 @@ class Client:
                                 "params": params}, **kw)
 
 
+# Every test of this file runs with each HTTP/1.1 parser; serving() reads it here.
+PARSER: list[Any] = ["httptools"]
+
+
+@pytest.fixture(autouse=True)
+def _each_parser(http_parser: str) -> None:
+    PARSER[0] = http_parser
+
+
 def child_settings(tmp_path: Path, **kw: Any) -> StdioServer:
     script = tmp_path / "child.py"
     script.write_text(CHILD, encoding="utf-8")
@@ -170,6 +179,7 @@ def child_settings(tmp_path: Path, **kw: Any) -> StdioServer:
 
 @asynccontextmanager
 async def serving(config: Config, policy: Any = None) -> AsyncIterator[tuple[str, HttpFront]]:
+    config = msgspec.structs.replace(config, http=HttpSettings(parser=PARSER[0]))
     front = HttpFront(config, policy or AllowAll())
     async with trio.open_nursery() as nursery:
         binds = await nursery.start(run_front, front)

@@ -13,11 +13,12 @@ from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
+import pytest
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
-from firewall.config import Config, HttpServer, ListenSettings
+from firewall.config import Config, HttpServer, HttpSettings, ListenSettings
 from firewall.gateway.http_front import HttpFront, run_front
 from firewall.gateway.upstream.http import HttpUpstream
 from firewall.policy.decision import AllowAll
@@ -88,8 +89,18 @@ class RecordingUpstream:
             self.streams_open -= 1
 
 
+# Every test of this file runs with each HTTP/1.1 parser; through() reads it here.
+PARSER: list[Any] = ["httptools"]
+
+
+@pytest.fixture(autouse=True)
+def _each_parser(http_parser: str) -> None:
+    PARSER[0] = http_parser
+
+
 @asynccontextmanager
-async def through(max_connections: int = 1) -> AsyncIterator[tuple[str, RecordingUpstream]]:
+async def through(max_connections: int = 1, keepalive: float = 30
+                  ) -> AsyncIterator[tuple[str, RecordingUpstream]]:
     """mcpwall in front of a RecordingUpstream; yields (mcpwall's URL, upstream)."""
     upstream = RecordingUpstream()
     hyper = HypercornConfig()
@@ -98,7 +109,8 @@ async def through(max_connections: int = 1) -> AsyncIterator[tuple[str, Recordin
     hyper.errorlog = None
     async with trio.open_nursery() as nursery:
         up_base = (await nursery.start(partial(serve, upstream, hyper)))[0]
-        config = Config(listen=ListenSettings(port=0, keepalive_seconds=30),
+        config = Config(listen=ListenSettings(port=0, keepalive_seconds=keepalive),
+                        http=HttpSettings(parser=PARSER[0]),
                         servers={"up": HttpServer(url=up_base + "/mcp",
                                                   max_connections=max_connections)})
         front = HttpFront(config, AllowAll())
@@ -157,6 +169,21 @@ async def _second_get_stream_is_refused_with_409() -> None:
                     statuses.append(again.status)
                 await trio.sleep(0.01)
         assert statuses[-1] == 200
+
+
+async def test_silent_stream_gets_keepalive_comments_between_events() -> None:
+    async with through(keepalive=0.2) as (url, upstream), HttpUpstream(url) as http:
+        sid = await initialize(http)
+        headers = {"accept": "text/event-stream", "mcp-session-id": sid}
+        async with http.request("GET", headers) as stream:
+            assert stream.status == 200
+            seen = b""
+            with trio.fail_after(10):
+                while b"hello" not in seen or seen.count(b": keepalive") < 2:
+                    seen += await stream.receive_chunk()
+            # The upstream's event came through whole, between the comments.
+            assert b"id: e1" in seen
+            upstream.release_streams.set()
 
 
 async def test_get_streams_leave_the_request_pool_to_posts() -> None:

@@ -8,8 +8,6 @@ the nursery that owns the front is cancelled, so both stop together.
 
 from __future__ import annotations
 
-from typing import Any, cast
-
 import trio
 
 from firewall.audit.events import AuditPoint
@@ -42,15 +40,14 @@ async def run_admin(plane: AdminPlane,
 
     Raises :class:`ConfigError` naming ``[admin]`` when the address cannot be bound.
     """
-    from hypercorn.trio import serve as hypercorn_serve
-
     from firewall.gateway.http_front import hypercorn_config
+    from firewall.gateway.http_server import serve
 
     settings = plane.settings
     hyper = hypercorn_config(settings.host, settings.port, 1.0)
     try:
-        await hypercorn_serve(cast(Any, plane), hyper, shutdown_trigger=trio.sleep_forever,
-                              task_status=task_status)
+        await serve(plane, hyper, parser=plane.config.http.parser,
+                    shutdown_trigger=trio.sleep_forever, task_status=task_status)
     except* OSError as group:
         exc: BaseException = group.exceptions[0]
         while isinstance(exc, BaseExceptionGroup):

@@ -33,7 +33,7 @@ import json
 import logging
 import sys
 from collections.abc import Mapping
-from typing import Any, Final, Protocol, TextIO, cast
+from typing import Any, Final, Protocol, TextIO
 from urllib.parse import urlsplit
 
 import trio
@@ -81,7 +81,8 @@ class Endpoint(Protocol):
     def transport(self) -> str: ...
 
     async def post(self, ex: Exchange, caller: Caller, session: Session | None,
-                   msg: jsonrpc.Message, body: bytes, accept_sse: bool) -> None: ...
+                   msg: jsonrpc.Envelope, body: bytes, accept_sse: bool,
+                   call: mcp.Call | None = None) -> None: ...
 
     async def get(self, ex: Exchange, session: Session) -> None: ...
 
@@ -301,16 +302,22 @@ class HttpFront:
                          f"Payload Too Large: a message is at most {cap} bytes "
                          "(listen.max_body_bytes)")
             return
+        # One pass: the envelope and, for a call, its policy view (the mediator's).
+        msg: jsonrpc.Envelope
+        call: mcp.Call | None
         try:
-            msg = jsonrpc.decode(body)
+            msg, call = mcp.decode(body)
         except jsonrpc.ProtocolError as exc:
-            await ex.respond(400, exc.response())
-            return
+            if exc.code != jsonrpc.INVALID_PARAMS:
+                await ex.respond(400, exc.response())
+                return
+            # A request with bad params: the mediator answers it (HTTP 200).
+            msg, call = jsonrpc.decode(body), None
         if msg.kind is Kind.REQUEST and msg.request_id is None:
             await ex.respond(400, jsonrpc.error_response(
                 None, jsonrpc.INVALID_REQUEST, "Bad Request: a request id must not be null"))
             return
-        await endpoint.post(ex, caller, session, msg, body, accept_sse or not accept_json)
+        await endpoint.post(ex, caller, session, msg, body, accept_sse or not accept_json, call)
 
 
 @functools.lru_cache(maxsize=64)
@@ -357,15 +364,15 @@ async def run_front(
 
     ``task_status.started`` gets the bound base URLs (``["http://127.0.0.1:8765"]``).
     """
-    from hypercorn.trio import serve as hypercorn_serve
+    from firewall.gateway.http_server import serve
 
     listen = front.listen
     hyper = hypercorn_config(listen.host, listen.port, listen.shutdown_grace_seconds)
     async def serve_http(task_status: trio.TaskStatus[list[str]]) -> None:
         try:
             # Returns after the drain (bounded by the grace period).
-            await hypercorn_serve(cast(Any, front), hyper, shutdown_trigger=front.drained.wait,
-                                  task_status=task_status)
+            await serve(front, hyper, parser=front.config.http.parser,
+                        shutdown_trigger=front.drained.wait, task_status=task_status)
         finally:
             front.close()
 

@@ -162,7 +162,8 @@ class HttpEndpoint:
 
     # -- POST ----------------------------------------------------------------
     async def post(self, ex: Exchange, caller: Caller, session: Session | None,
-                   msg: jsonrpc.Message, body: bytes, accept_sse: bool) -> None:
+                   msg: jsonrpc.Envelope, body: bytes, accept_sse: bool,
+                   call: mcp.Call | None = None) -> None:
         created: HttpSession | None = None
         if session is None and msg.kind is Kind.REQUEST and msg.method == mcp.INITIALIZE:
             if self.front.table.full:
@@ -178,14 +179,15 @@ class HttpEndpoint:
         mediator = (session.mediator if session is not None
                     else self.front.mediator(self.name, "stateless-" + new_session_id(), caller))
         if session is None:
-            await self._post(ex, None, None, mediator, msg, body)
+            await self._post(ex, None, None, mediator, msg, body, call)
             return
         with session.busy():
-            await self._post(ex, session, created, mediator, msg, body)
+            await self._post(ex, session, created, mediator, msg, body, call)
 
     async def _post(self, ex: Exchange, session: HttpSession | None, created: HttpSession | None,
-                    mediator: Mediator, msg: jsonrpc.Message, body: bytes) -> None:
-        routed = await mediator.from_client(body, wait=False, decoded=msg)
+                    mediator: Mediator, msg: jsonrpc.Envelope, body: bytes,
+                    call: mcp.Call | None) -> None:
+        routed = await mediator.from_client(body, wait=False, decoded=msg, call=call)
         if routed.held is not None and msg.request_id is not None:  # held_http's rules
             routed = await held_http.hold(ex, routed.held, mediator, msg.request_id,
                                           stream=_admits_sse(ex), headers=[],
@@ -224,7 +226,7 @@ class HttpEndpoint:
 
     async def _relay_post(self, ex: Exchange, resp: Response, session: HttpSession | None,
                           created: HttpSession | None, mediator: Mediator,
-                          msg: jsonrpc.Message, deadline: float) -> None:
+                          msg: jsonrpc.Envelope, deadline: float) -> None:
         status = resp.status
         headers: list[tuple[str, str]] = []
         if created is not None and status < 300 and resp.content_type in (JSON, SSE):
@@ -271,30 +273,34 @@ class HttpEndpoint:
             headers=headers)
 
     async def _relay_events(self, ex: Exchange, resp: Response, session: HttpSession | None,
-                            mediator: Mediator, msg: jsonrpc.Message | None,
+                            mediator: Mediator, msg: jsonrpc.Envelope | None,
                             deadline: float | None) -> None:
         """Relay an upstream event stream to the client, event by event."""
         rid = msg.request_id if msg is not None and msg.kind is Kind.REQUEST else None
         answered = False
-        writing = trio.Lock()
-        last_write = [trio.current_time()]
+        last_write = trio.current_time()
 
         async def write(data: bytes) -> None:
-            async with writing:
-                await ex.write(data)
-                last_write[0] = trio.current_time()
+            nonlocal last_write
+            await ex.write(data)
+            last_write = trio.current_time()
 
-        async def keepalive() -> None:
-            while True:
-                await trio.sleep_until(last_write[0] + self.keepalive)
-                if trio.current_time() >= last_write[0] + self.keepalive:
-                    await write(sse.COMMENT_KEEPALIVE)
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(keepalive)
+        events = resp.events(keep_dataless=True)
+        async with trio.open_nursery() as nursery:  # answers to refused server requests
             with trio.move_on_at(deadline if deadline is not None else math.inf):
                 try:
-                    async for event in resp.events(keep_dataless=True):
+                    while True:
+                        # A silence longer than keepalive_seconds gets a comment. The
+                        # wait is cut short rather than watched by a task of its own
+                        # (one task fewer per call): receiving is cancel-safe.
+                        with trio.move_on_at(last_write + self.keepalive) as silence:
+                            try:
+                                event = await events.__anext__()
+                            except StopAsyncIteration:
+                                break
+                        if silence.cancelled_caught:
+                            await write(sse.COMMENT_KEEPALIVE)
+                            continue
                         if event.data is None:
                             await write(sse.encode_event(None, id=event.id, event=event.event,
                                                          retry=event.retry))

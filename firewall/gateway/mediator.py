@@ -212,15 +212,17 @@ class Mediator:
 
     # -- client -> server ------------------------------------------------
     async def from_client(self, data: bytes, *, wait: bool = True,
-                          decoded: jsonrpc.Message | None = None) -> Routed:
+                          decoded: jsonrpc.Envelope | None = None,
+                          call: mcp.Call | None = None) -> Routed:
         """Route one message the client sent.
 
         A call held for approval is waited for here, unless ``wait`` is False:
         then the Routed has only ``held``, which the caller awaits (in its own
         task, so that the session's other messages keep flowing). ``decoded``
-        is ``jsonrpc.decode(data)`` when the front has it already.
+        is ``jsonrpc.decode(data)`` when the front has it already, or what
+        ``mcp.decode(data)`` gave: then ``call`` is its policy view.
         """
-        routed = await self._from_client(data, decoded)
+        routed = await self._from_client(data, decoded, call)
         if wait and routed.held is not None:
             return await routed.held(None)
         return routed
@@ -246,12 +248,12 @@ class Mediator:
             hold.scope.cancel()
         return len(self._held_calls)
 
-    async def _from_client(self, data: bytes, decoded: jsonrpc.Message | None = None) -> Routed:
+    async def _from_client(self, data: bytes, decoded: jsonrpc.Envelope | None = None,
+                           call: mcp.Call | None = None) -> Routed:
         envelope: jsonrpc.Envelope
-        call: mcp.Call | None
         try:
-            if decoded is not None:  # the front decoded the envelope already
-                envelope, call = decoded, None
+            if decoded is not None:  # the front decoded the envelope (and maybe the view)
+                envelope = decoded
             else:  # one decode gives the envelope and, for a request, the policy view
                 envelope, call = mcp.decode(data, "client")
         except jsonrpc.ProtocolError as exc:

@@ -439,7 +439,10 @@ class StdioEndpoint:
         self.idle_limit = min(listen.session_idle_seconds, settings.idle_seconds)
 
     async def post(self, ex: Exchange, caller: Caller, session: Session | None,
-                   msg: jsonrpc.Message, body: bytes, accept_sse: bool) -> None:
+                   msg: jsonrpc.Envelope, body: bytes, accept_sse: bool,
+                   call: mcp.Call | None = None) -> None:
+        if not isinstance(msg, jsonrpc.Message):  # stdio sessions read the raw params
+            msg = jsonrpc.decode(body)
         created = False
         if session is None:
             if msg.kind is not Kind.REQUEST or msg.method != mcp.INITIALIZE:

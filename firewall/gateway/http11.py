@@ -1,0 +1,413 @@
+"""HTTP/1.1 for hypercorn on httptools: a drop-in for hypercorn's ``H11Protocol``.
+
+hypercorn parses HTTP/1.1 with h11, in pure Python: about half a millisecond
+of CPU per request, most of what the front costs beyond the mediator.
+:class:`HttptoolsProtocol` speaks the same interface to hypercorn (``handle``
+gets the connection's bytes, ``stream_send`` gets the response events of
+hypercorn's own ASGI :class:`~hypercorn.protocol.http_stream.HTTPStream`) and
+parses with httptools (llhttp, in C). Everything else stays hypercorn's: the
+trio worker, the ASGI stream and lifespan, keep-alive timeouts, graceful
+shutdown. :mod:`firewall.gateway.http_server` plugs it in.
+
+Rules this module keeps:
+
+1. One exchange at a time per connection. Requests pipelined behind the one
+   being answered are parsed but wait (and the connection is not read further)
+   until its response has ended, so answers go out in request order.
+2. A response is framed by its ``Content-Length``, else chunked (HTTP/1.1),
+   else by closing the connection (HTTP/1.0). The status line and headers go
+   out with the first body bytes in one write; each later body part (an SSE
+   event) is written at once.
+3. The connection closes after a response when the client asked (``Connection:
+   close``, HTTP/1.0), when the response says ``Connection: close``, when the
+   request body was not read to its end (an early 413), when the server is
+   shutting down, and after ``keep_alive_max_requests``.
+4. Bad input closes the connection, never the process: a request the parser
+   rejects gets 400, a head over ``h11_max_incomplete_size`` bytes 431, both
+   with ``Connection: close``, unless a response has started already.
+5. ``Upgrade`` is ignored, as RFC 9110 allows: an ``h2c`` or ``websocket``
+   request is answered in HTTP/1.1 (its body read as any other). ``CONNECT``
+   is answered and the connection closed. A connection that opens with the
+   HTTP/2 preface is handed to hypercorn's HTTP/2 protocol, as h11's path does.
+6. ``Expect: 100-continue`` gets ``100 Continue`` as soon as the head is parsed
+   (as hypercorn's h11 path does), unless body bytes came with the head.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+from typing import Any, Final
+
+import httptools
+import trio
+from hypercorn.events import Closed, Event, RawData, Updated
+from hypercorn.protocol.events import (
+    Body,
+    EndBody,
+    InformationalResponse,
+    Request,
+    Response,
+    StreamClosed,
+)
+from hypercorn.protocol.h11 import H2ProtocolAssumedError
+from hypercorn.protocol.http_stream import HTTPStream
+
+STREAM_ID: Final = 1
+H2_PREFACE: Final = b"PRI * HTTP/2.0\r\n"
+# Parsed events, in wire order; the reader hands them to the exchange.
+_HEAD: Final = 0  # a request's head (a Request)
+_BODY: Final = 1  # part of its body (bytes)
+_END: Final = 2  # the end of its body
+_ERROR: Final = 3  # the parser gave up here (the HTTP status to answer)
+# Headers of an Upgrade request dropped when it is parsed again as plain HTTP/1.1.
+_UPGRADE_HEADERS: Final = frozenset({b"upgrade", b"connection", b"http2-settings"})
+_NO_BODY_STATUS: Final = frozenset({204, 304})
+
+
+class _HeadTooLarge(Exception):
+    """The request head exceeds the configured size."""
+
+
+def _status_line(status: int) -> bytes:
+    try:
+        phrase = HTTPStatus(status).phrase.encode("ascii")
+    except ValueError:
+        phrase = b""
+    return b"HTTP/1.1 %d %s\r\n" % (status, phrase)
+
+
+_STATUS_LINES: Final = {status.value: _status_line(status.value) for status in HTTPStatus}
+
+
+class HttptoolsProtocol:
+    """hypercorn's HTTP/1.1 protocol interface, parsing with httptools."""
+
+    def __init__(
+        self,
+        app: Any,
+        config: Any,
+        context: Any,
+        task_group: Any,
+        connection_state: Any,
+        ssl: bool,
+        client: tuple[str, int] | None,
+        server: tuple[str, int] | None,
+        send: Callable[[Event], Awaitable[None]],
+    ) -> None:
+        self.app = app
+        self.config = config
+        self.context = context
+        self.task_group = task_group
+        self.connection_state = connection_state
+        self.ssl = ssl
+        self.client = client
+        self.server = server
+        self.send = send
+        self.keep_alive_requests = 0
+        self._max_head: int = config.h11_max_incomplete_size
+        self._parser = httptools.HttpRequestParser(self)
+        self._events: deque[tuple[int, Any]] = deque()
+        self._stream: HTTPStream | None = None
+        self._answered = trio.Event()  # set when the exchange in progress has ended
+        self._closed = False  # the connection is closing: drop whatever comes
+        self._started = False  # bytes of the connection were parsed
+        self._discard = False  # after CONNECT: nothing more is parsed
+        self._eof = False  # the client's side ended: answer what is in progress, then close
+        # The request being parsed.
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_size = 0
+        self._in_head = False
+        self._message_at = 0  # where its events start in _events
+        self._upgrade = False
+        # The exchange being answered.
+        self._keep_alive = True
+        self._request_done = False
+        self._http10 = False
+        self._head_method = False
+        self._head = b""  # the response's head, sent with its first body bytes
+        self._response_started = False
+        self._chunked = False
+        self._must_close = False
+
+    # -- httptools callbacks (the parser calls these from feed_data) -----------
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._head_size = 0
+        self._in_head = True
+        self._upgrade = False
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._grow(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._grow(len(name) + len(value) + 4)
+        name = name.lower()
+        if name == b"upgrade":
+            self._upgrade = True
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        parser = self._parser
+        version = parser.get_http_version()
+        # An Upgrade ends the parse in this same feed_data call: index stable till then.
+        self._message_at = len(self._events)
+        self._events.append((_HEAD, (Request(
+            stream_id=STREAM_ID,
+            headers=self._headers,
+            http_version=version,
+            method=parser.get_method().decode("ascii").upper(),
+            raw_path=self._url,
+            state=self.connection_state,
+        ), version != "1.0" and parser.should_keep_alive())))
+
+    def on_body(self, body: bytes) -> None:
+        events = self._events
+        if events and events[-1][0] == _BODY:  # parts parsed together go as one
+            events[-1] = (_BODY, events[-1][1] + body)
+        else:
+            events.append((_BODY, body))
+
+    def on_message_complete(self) -> None:
+        self._events.append((_END, None))
+
+    def _grow(self, size: int) -> None:
+        self._head_size += size
+        if self._head_size > self._max_head:
+            raise _HeadTooLarge
+
+    # -- hypercorn's protocol interface ------------------------------------------
+    async def initiate(self) -> None:
+        pass
+
+    async def handle(self, event: Event) -> None:
+        """Bytes from the client (``RawData``), or the connection ended (``Closed``)."""
+        if isinstance(event, RawData):
+            if self._closed or self._discard or not event.data:
+                return  # EOF: TCPServer follows with Closed
+            self._parse(event.data)
+            await self._deliver()
+        elif isinstance(event, Closed):
+            # The client went away (or the connection is being closed): the
+            # exchange in progress hears of it; writes go on until they fail,
+            # as in hypercorn's h11 path (a half-closed client still gets its answer).
+            self._eof = True
+            self._answered.set()
+            if self._stream is not None:
+                await self._close_stream()
+
+    def _parse(self, data: bytes) -> None:
+        if not self._started:
+            self._started = True
+            if data.startswith(H2_PREFACE):  # HTTP/2 with prior knowledge (rule 5)
+                raise H2ProtocolAssumedError(data)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self._upgraded(data[upgrade.args[0]:])
+        except httptools.HttpParserCallbackError as exc:
+            if not isinstance(exc.__context__, _HeadTooLarge):
+                raise
+            self._events.append((_ERROR, 431))
+        except httptools.HttpParserError:
+            self._events.append((_ERROR, 400))
+        else:
+            if self._in_head and self._head_size + len(data) > self._max_head:
+                # A head that does not end: bound what the parser buffers.
+                self._events.append((_ERROR, 431))
+
+    def _upgraded(self, rest: bytes) -> None:
+        """An Upgrade (or CONNECT) request: answer it in HTTP/1.1 (rule 5)."""
+        head = (self._events[self._message_at][1][0] if len(self._events) > self._message_at
+                else None)
+        if not isinstance(head, Request) or head.method == "CONNECT" or not self._upgrade:
+            self._discard = True  # CONNECT: the rest is another protocol
+            self._events.append((_ERROR, 0))  # close once answered
+            return
+        # llhttp ends an Upgrade request at its head and stops: parse it again
+        # without the upgrade headers, with a fresh parser, then what follows.
+        while len(self._events) > self._message_at:
+            self._events.pop()
+        lines = [head.method.encode("ascii"), b" ", head.raw_path, b" HTTP/",
+                 head.http_version.encode("ascii"), b"\r\n"]
+        for name, value in head.headers:
+            if name == b"connection":  # keep its other options (close, keep-alive)
+                value = b",".join(t for t in value.split(b",")
+                                  if t.strip().lower() not in _UPGRADE_HEADERS)
+            if value and name not in _UPGRADE_HEADERS - {b"connection"}:
+                lines += [name, b": ", value, b"\r\n"]
+        lines.append(b"\r\n")
+        self._parser = httptools.HttpRequestParser(self)
+        self._parse(b"".join(lines) + rest)
+
+    async def _deliver(self) -> None:
+        """Hand the parsed events to the exchange, in order (rule 1)."""
+        events = self._events
+        while events and not (self._closed or self._eof):
+            kind, value = events[0]
+            if (kind == _HEAD or (kind == _ERROR and self._request_done)) \
+                    and self._stream is not None:
+                # Pipelined behind an exchange not yet answered: wait for it.
+                self._answered = trio.Event()
+                await self._answered.wait()
+                continue
+            events.popleft()
+            if kind == _BODY:
+                if events and events[0][0] == _END:
+                    # The whole (rest of the) body is here: one ASGI message, not two.
+                    events.popleft()
+                    await self._last_body(value)
+                elif self._stream is not None:
+                    await self._stream.handle(Body(stream_id=STREAM_ID, data=value))
+            elif kind == _HEAD:
+                await self._begin(*value)
+            elif kind == _END:
+                self._request_done = True
+                if self._stream is not None:
+                    await self._stream.handle(EndBody(stream_id=STREAM_ID))
+            else:
+                await self._fail(value)
+
+    async def _last_body(self, data: bytes) -> None:
+        """The body's last part and its end, as the single message ASGI allows.
+
+        ``HTTPStream`` would put them in two (a part with ``more_body``, then an
+        empty end): one more scheduler round trip for the app and for us.
+        """
+        self._request_done = True
+        stream = self._stream
+        if stream is not None and not stream.closed:
+            await stream.app_put({"type": "http.request", "body": data, "more_body": False})
+
+    async def _begin(self, request: Request, keep_alive: bool) -> None:
+        await self.send(Updated(idle=False))
+        self._http10 = request.http_version == "1.0"
+        self._keep_alive = keep_alive
+        self._head_method = request.method == "HEAD"
+        self._request_done = False
+        self._head = b""
+        self._response_started = self._chunked = self._must_close = False
+        self._stream = HTTPStream(self.app, self.config, self.context, self.task_group,
+                                  self.ssl, self.client, self.server, self.stream_send,
+                                  STREAM_ID)
+        if not self._http10 and (not self._events or self._events[0][0] == _ERROR) \
+                and any(n == b"expect" and v.lower() == b"100-continue"
+                        for n, v in request.headers):
+            await self.send(RawData(data=b"HTTP/1.1 100 Continue\r\n\r\n"))
+        await self._stream.handle(request)
+        self.keep_alive_requests += 1
+        await self.context.mark_request()
+
+    async def _fail(self, status: int) -> None:
+        """The parser rejected the input (status 0: nothing more to parse)."""
+        if status and not self._response_started:
+            await self.send(RawData(data=_STATUS_LINES.get(status, _status_line(status))
+                                    + b"content-length: 0\r\nconnection: close\r\n\r\n"))
+        if status or self._stream is None:
+            await self._close()
+        else:
+            self._must_close = True
+
+    async def stream_send(self, event: Any) -> None:
+        """A response event from the ASGI stream."""
+        if self._closed:
+            return
+        if isinstance(event, Response):
+            await self._start_response(event)
+        elif isinstance(event, Body):
+            if self._head_method or not event.data:
+                return
+            data = (b"%x\r\n%b\r\n" % (len(event.data), event.data) if self._chunked
+                    else event.data)
+            head, self._head = self._head, b""
+            await self.send(RawData(data=head + data if head else data))
+        elif isinstance(event, EndBody):
+            tail = b"0\r\n\r\n" if self._chunked and not self._head_method else b""
+            head, self._head = self._head, b""
+            if head or tail:
+                await self.send(RawData(data=head + tail))
+        elif isinstance(event, StreamClosed):
+            await self._recycle()
+        elif isinstance(event, InformationalResponse):
+            pass  # early hints are for HTTP/2 and 3, as in hypercorn's h11 path
+
+    async def _start_response(self, event: Response) -> None:
+        status = event.status_code
+        headers = [*event.headers, *self.config.response_headers("h11")]
+        if status < 200:
+            await self.send(RawData(data=self._head_bytes(status, headers)))
+            return
+        if self.keep_alive_requests >= self.config.keep_alive_max_requests:
+            self._must_close = True
+        sized = False
+        for name, value in headers:
+            lname = name.lower()
+            if lname == b"content-length":
+                sized = True
+            elif lname == b"connection" and b"close" in value.lower():
+                self._must_close = True
+            elif lname == b"transfer-encoding":
+                self._chunked = b"chunked" in value.lower()  # the app framed it itself
+                sized = not self._chunked
+        if not (sized or self._chunked or status in _NO_BODY_STATUS or self._head_method):
+            if self._http10:
+                self._must_close = True  # the end of the body is the end of the connection
+            else:
+                self._chunked = True
+                headers.append((b"transfer-encoding", b"chunked"))
+        if not self._keep_alive or not self._request_done:
+            self._must_close = True
+        if self._must_close and not any(n.lower() == b"connection" for n, _ in headers):
+            headers.append((b"connection", b"close"))
+        self._response_started = True
+        self._head = self._head_bytes(status, headers)
+
+    @staticmethod
+    def _head_bytes(status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
+        parts = [_STATUS_LINES.get(status) or _status_line(status)]
+        for name, value in headers:
+            if b"\n" in value or b"\r" in value or b"\n" in name or b"\r" in name \
+                    or b":" in name:
+                raise ValueError(f"invalid response header {name!r}")
+            parts += [name.lower(), b": ", value, b"\r\n"]
+        parts.append(b"\r\n")
+        return b"".join(parts)
+
+    async def _recycle(self) -> None:
+        """The response ended: ready the connection for the next request, or close it.
+
+        The exchange stays current (``_stream`` set) until this is done, so a
+        request pipelined behind waits and cannot change the state read here.
+        """
+        close = (self._must_close or self._eof or not self._request_done
+                 or self.context.terminated.is_set())
+        stream = self._stream
+        if stream is not None:
+            await stream.handle(StreamClosed(stream_id=STREAM_ID))
+        if close:
+            self._stream = None
+            await self._close()
+            return
+        await self.send(Updated(idle=True))
+        self._stream = None
+        self._answered.set()
+
+    async def _close_stream(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            await stream.handle(StreamClosed(stream_id=STREAM_ID))
+
+    async def _close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._answered.set()
+        await self.send(Closed())
+
+
+__all__ = ["HttptoolsProtocol"]

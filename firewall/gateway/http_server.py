@@ -1,0 +1,218 @@
+"""Serve an ASGI app with hypercorn's trio worker, HTTP/1.1 parsed by h11 or httptools.
+
+``serve(app, hyper, parser="httptools")`` is hypercorn's ``hypercorn.trio.serve``
+with one difference: each plain-TCP connection speaks HTTP/1.1 through
+:class:`firewall.gateway.http11.HttptoolsProtocol` instead of hypercorn's
+h11-based protocol. Everything else is hypercorn's own: its config, lifespan,
+ASGI HTTP stream, keep-alive and idle timeouts, graceful shutdown on the
+trigger, HTTP/2 on TLS (ALPN) and with prior knowledge.
+
+hypercorn has no hook to choose the HTTP/1.1 protocol, so the worker loop
+(``hypercorn.trio.run.worker_serve``) and the connection's setup
+(``TCPServer.run``) are repeated here, shortened to what a plain-TCP listener
+needs, from hypercorn 0.18. Nothing of hypercorn is patched.
+Another hypercorn series falls back to h11 with a warning
+(``http_parser_fallback``), so an upgrade never runs untested code.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable
+from functools import partial
+from importlib.metadata import version
+from typing import Any, Final, Literal, cast
+
+import trio
+from hypercorn.events import Closed, Event, RawData, Updated
+from hypercorn.protocol.h2 import H2Protocol
+from hypercorn.protocol.h11 import H2ProtocolAssumedError
+from hypercorn.trio import serve as hypercorn_serve
+from hypercorn.trio.lifespan import Lifespan
+from hypercorn.trio.statsd import StatsdLogger
+from hypercorn.trio.task_group import TaskGroup
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ConnectionState
+from hypercorn.utils import (
+    ShutdownError,
+    parse_socket_addr,
+    raise_shutdown,
+    repr_socket_addr,
+    wrap_app,
+)
+
+from firewall.gateway.http11 import HttptoolsProtocol
+from firewall.log import get_logger
+
+Parser = Literal["httptools", "h11"]
+# The hypercorn series whose worker loop and connection setup this module repeats.
+HYPERCORN_SERIES: Final = "0.18."
+
+
+def parser_in_use(parser: Parser) -> Parser:
+    """The parser that will serve: ``parser``, or h11 on an untested hypercorn."""
+    if parser == "httptools" and not version("hypercorn").startswith(HYPERCORN_SERIES):
+        get_logger(component="http_server").warning(
+            "http_parser_fallback", wanted=parser, used="h11",
+            hypercorn=version("hypercorn"), tested=HYPERCORN_SERIES + "x")
+        return "h11"
+    return parser
+
+
+async def serve(
+    app: Any,
+    hyper: Any,
+    *,
+    parser: Parser = "httptools",
+    shutdown_trigger: Callable[..., Awaitable[None]] | None = None,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``app`` (ASGI) with hypercorn config ``hyper`` until ``shutdown_trigger`` returns.
+
+    ``task_status.started`` gets the bound URLs, as hypercorn's ``serve`` does.
+    """
+    if parser_in_use(parser) == "h11" or hyper.ssl_enabled:
+        await hypercorn_serve(app, hyper, shutdown_trigger=shutdown_trigger,
+                              task_status=task_status)
+        return
+    await _worker_serve(app, hyper, shutdown_trigger, task_status)
+
+
+async def _worker_serve(app: Any, config: Any,
+                        shutdown_trigger: Callable[..., Awaitable[None]] | None,
+                        task_status: trio.TaskStatus[list[str]]) -> None:
+    """``hypercorn.trio.run.worker_serve`` for plain-TCP listeners, with our connections."""
+
+    config.set_statsd_logger_class(StatsdLogger)
+    wrapped = wrap_app(app, config.wsgi_max_body_size, "asgi")
+    lifespan_state: dict[str, Any] = {}
+    lifespan = Lifespan(wrapped, config, lifespan_state)
+    context = WorkerContext(None)
+    async with trio.open_nursery() as lifespan_nursery:
+        await lifespan_nursery.start(lifespan.handle_lifespan)
+        await lifespan.wait_for_startup()
+        async with trio.open_nursery() as server_nursery:
+            sockets = config.create_sockets()
+            listeners = []
+            binds = []
+            for sock in sockets.insecure_sockets:
+                sock.listen(config.backlog)
+                listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
+                binds.append(f"http://{repr_socket_addr(sock.family, sock.getsockname())}")
+            task_status.started(binds)
+            try:
+                async with trio.open_nursery(strict_exception_groups=True) as nursery:
+                    if shutdown_trigger is not None:
+                        nursery.start_soon(raise_shutdown, shutdown_trigger)
+                    nursery.start_soon(raise_shutdown, context.terminate.wait)
+                    nursery.start_soon(partial(
+                        trio.serve_listeners,
+                        partial(HttptoolsConnection, wrapped, config, context,
+                                ConnectionState(lifespan_state.copy())),
+                        listeners, handler_nursery=server_nursery))
+                    await trio.sleep_forever()
+            except BaseExceptionGroup as error:
+                _, other_errors = error.split((ShutdownError, KeyboardInterrupt))
+                if other_errors is not None:
+                    raise other_errors from None
+            finally:
+                await context.terminated.set()
+                server_nursery.cancel_scope.deadline = (trio.current_time()
+                                                        + config.graceful_timeout)
+        await lifespan.wait_for_shutdown()
+        lifespan_nursery.cancel_scope.cancel()
+
+
+class HttptoolsConnection(TCPServer):
+    """One plain-TCP connection: hypercorn's ``TCPServer.run`` with :class:`_Protocols`.
+
+    Two costs of ``TCPServer`` on every request are avoided: its keep-alive
+    timer is a task restarted (``nursery.start``) at the end of each request,
+    here one task per connection whose deadline moves; and a send takes its
+    lock with a scheduler checkpoint, here only when another send holds it.
+    """
+
+    _idle_scope: trio.CancelScope
+
+    async def run(self) -> None:
+        socket = self.stream.socket
+        try:
+            client = parse_socket_addr(socket.family, socket.getpeername())
+            server = parse_socket_addr(socket.family, socket.getsockname())
+            async with TaskGroup() as task_group:
+                self._task_group = task_group
+                self.protocol = cast(Any, _Protocols(
+                    self.app, self.config, self.context, task_group,
+                    ConnectionState(self.state), False, client, server, self.protocol_send))
+                self._idle_scope = trio.CancelScope(
+                    deadline=trio.current_time() + self.config.keep_alive_timeout)
+                watcher = trio.CancelScope()
+                task_group.spawn(self._watch_idle, watcher)
+                try:
+                    await self._read_data()
+                finally:
+                    watcher.cancel()
+        except OSError:
+            pass
+        finally:
+            await self._close()
+
+    async def protocol_send(self, event: Event) -> None:
+        if isinstance(event, Updated):
+            # Idle: close after keep_alive_timeout; busy: never (the deadline moves,
+            # no task is woken).
+            self._idle_scope.deadline = (trio.current_time() + self.config.keep_alive_timeout
+                                         if event.idle else math.inf)
+        elif isinstance(event, RawData) and not self.send_lock.locked():
+            self.send_lock.acquire_nowait()
+            try:
+                with trio.CancelScope(shield=True):
+                    await self.stream.send_all(event.data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                await self.protocol.handle(Closed())
+            finally:
+                self.send_lock.release()
+        else:
+            await super().protocol_send(event)
+
+    async def _watch_idle(self, watcher: trio.CancelScope) -> None:
+        """Close the connection when idle past its deadline, or idle at shutdown."""
+        with watcher:
+            while True:
+                with self._idle_scope:
+                    await self.context.terminated.wait()
+                if self._idle_scope.deadline != math.inf:
+                    break  # idle past the deadline, or idle at shutdown
+                if not self._idle_scope.cancelled_caught:
+                    return  # shutdown while busy: the exchange closes when it ends
+                # A request began as the deadline fired: watch again.
+                self._idle_scope = trio.CancelScope(deadline=math.inf)
+            with trio.CancelScope(shield=True):
+                await self._initiate_server_close()
+
+
+class _Protocols:
+    """hypercorn's ``ProtocolWrapper`` for plain TCP: HTTP/1.1 on httptools, HTTP/2
+    (hypercorn's) when the client opens with the HTTP/2 preface."""
+
+    def __init__(self, app: Any, config: Any, context: Any, task_group: Any, state: Any,
+                 ssl: bool, client: Any, server: Any,
+                 send: Callable[[Any], Awaitable[None]]) -> None:
+        self._args = (app, config, context, task_group, state, ssl, client, server, send)
+        self.protocol: Any = HttptoolsProtocol(*self._args)
+
+    async def initiate(self) -> None:
+        await self.protocol.initiate()
+
+    async def handle(self, event: Any) -> None:
+        try:
+            await self.protocol.handle(event)
+        except H2ProtocolAssumedError as error:
+            self.protocol = H2Protocol(*self._args)
+            await self.protocol.initiate()
+            if error.data:
+                await self.protocol.handle(RawData(data=error.data))
+
+
+__all__ = ["HYPERCORN_SERIES", "Parser", "parser_in_use", "serve"]
