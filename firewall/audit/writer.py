@@ -1,11 +1,15 @@
-"""The audit writer: one thread, one write connection, group commit, hash chain.
+"""The audit writer: one write connection, group commit, hash chain.
 
 Rules this module keeps:
 
 1. One writer per chain. :class:`Trail` owns the only write connection and an
-   exclusive lock (``<database>.lock``) so a second writer fails at once.
-   In the gateway, :class:`AuditWriter` runs the Trail in ONE dedicated thread
-   that opens, uses and closes the connection.
+   exclusive lock (``<database>.lock``) so a second writer fails (after
+   waiting up to ``_LOCK_WAIT`` seconds for one that is closing). In the
+   gateway, the Trail lives in ONE place that opens, uses and closes the
+   connection: the writer process (:mod:`firewall.audit.process`, the
+   default; ``open_audit`` starts it) or, with ``writer = "thread"``, ONE
+   dedicated thread run by :class:`AuditWriter`. The rest of this docstring
+   describes the thread; the process keeps the same rules (see its module).
 2. Events are appended in the order ``append`` was called; each gets
    ``seq = previous + 1`` and ``prev_hash = previous hash`` (see
    :mod:`firewall.audit.chain`), across segment files too. ``append`` builds
