@@ -46,6 +46,31 @@ Rules this module keeps:
 7. An event that cannot be stored fails its own ``append``: the trio side checks
    the 64-bit integer columns and encodes the event before it is queued.
 
+Choices made by measurement (``benchmarks/bench_audit.py``, 2-core machine):
+
+- A process rather than the thread: with the thread, the trio thread and the
+  writer's binding took turns on one GIL (about 80 us of process CPU per
+  event at 2,048 callers); with the process, the trio side costs 14 to 23 us
+  per event and the child 24 to 37 us, each on its own core. The child is
+  the slower side: SQLite with the four secondary indexes is most of it.
+- JSON on the pipe, not msgpack: msgpack decodes a little faster (2.2 against
+  2.9 us per event) but cannot carry integers beyond 64 bits, which a call's
+  JSON arguments may hold; JSON text survives the round trip exactly, so the
+  rows (and their hashes) are those the thread writer builds.
+- Rows built in the child, not in the trio thread: the trio thread was the
+  other bottleneck (row building was a third of its CPU per event).
+- Secondary indexes kept in the commit: without the ``(principal, ts_ns)``
+  and ``(session, ts_ns)`` indexes the writer spends 5 to 7 us less per row
+  (the bench measures it), and filling lookup tables in sorted bulk when idle
+  would cost about 1 us per row; but the views (``calls`` and the rest) must
+  stay indexed for ``sqlite-utils`` and Datasette, whose queries no reader of
+  ours can rewrite to cover an unindexed tail, and the saving is a sixth of
+  the child's cost per event.
+- The halves hand-over of rule 4 rather than "whenever the child is free":
+  callers that each wait for their own event otherwise all land in one batch
+  (the child idles while the trio thread wakes and refills it) or split one
+  against the rest.
+
 Example::
 
     async with open_audit(AuditSettings(path="audit.db", writer="process"),
