@@ -25,13 +25,15 @@ Rules this module keeps:
    which is append order.
 4. Group commit with one batch in flight: while the child commits batch N,
    appends fill batch N+1. When N's ``A`` arrives, N+1 is written to the pipe
-   at once (before N's callers are woken) if it holds at least half of the
-   events in play (N's and N+1's); else N's callers append first and the
-   batch is handed over when it reaches that half, or when appends pause for
-   one scheduling round. Callers that each wait for their own event (a
-   gateway's calls) thus split into two halves: the child commits one while
-   the trio thread wakes and refills the other, so both cores work. A batch
-   ends at ``max_batch`` events.
+   at once (before N's callers are woken) if it holds the target; else N's
+   callers append first and the batch is handed over when it reaches the
+   target, or when appends pause for one scheduling round. The target is
+   half of the events in play (N's and N+1's) when N's commit waited (fsync)
+   less than this side needs to wake and refill them all, else all of them.
+   Callers that each wait for their own event (a gateway's calls) thus split
+   into two halves under load: the child commits one while the trio thread
+   wakes and refills the other, so both cores work; with few callers and a
+   slow fsync they share one commit. A batch ends at ``max_batch`` events.
 5. Failure is sticky and loud, as with the thread: a failed batch, a child
    that exits or closes its pipe, or a broken pipe fails every pending and
    later ``committed()``/``append`` with :class:`AuditError` and logs
@@ -66,10 +68,13 @@ Choices made by measurement (``benchmarks/bench_audit.py``, 2-core machine):
   stay indexed for ``sqlite-utils`` and Datasette, whose queries no reader of
   ours can rewrite to cover an unindexed tail, and the saving is a sixth of
   the child's cost per event.
-- The halves hand-over of rule 4 rather than "whenever the child is free":
-  callers that each wait for their own event otherwise all land in one batch
-  (the child idles while the trio thread wakes and refills it) or split one
-  against the rest.
+- The hand-over of rule 4 rather than "whenever the child is free": callers
+  that each wait for their own event otherwise all land in one batch (the
+  child idles while the trio thread wakes and refills it) or split one
+  against the rest. Halves always cost commits where fsync dominates: at 64
+  callers and a 3 ms fsync, 32-event batches gave 4.9-5.0k events/s against
+  6-7k for the thread's 64-event batches; hence halves only when the last
+  commit's wait is shorter than the refill.
 
 Example::
 
@@ -112,6 +117,10 @@ _F_SETPIPE_SZ: Final = 1031
 _I64: Final = 2**63
 # Where the firewall package is imported from: the child imports the same one.
 _ROOT: Final = str(Path(__file__).resolve().parents[2])
+
+# What waking a caller and taking its next event costs this side (measured:
+# 14 to 23 us of CPU per event with the benchmark's producer loop).
+_REFILL_SECONDS: Final = 15e-6
 
 # Full-text indexing when idle, as in firewall.audit.writer.
 _INDEX_SLICE: Final = 2_000
@@ -416,10 +425,13 @@ class ProcessWriter:
             if not ok:
                 raise AuditError(f"the audit writer process could not commit: {error}")
             done, self._inflight = self._inflight, None
-            # The callers of ``done`` append next: aim at batches of half of
-            # what is in play, so the child commits one half while this thread
-            # wakes and refills the other.
-            self._target = max(1, (self._queued + len(done.items)) // 2)
+            # The callers of ``done`` append next. Halves (the child commits
+            # one while this thread wakes and refills the other) pay when the
+            # commit's fixed wait (fsync) is shorter than refilling them all;
+            # else one batch of everything in play needs fewer commits.
+            in_play = self._queued + len(done.items)
+            halves = busy - cpu < in_play * _REFILL_SECONDS
+            self._target = max(1, in_play // 2 if halves else in_play)
             if self._queued >= self._target:
                 self._send(self._take())
             self._events += len(done.items)
