@@ -28,8 +28,8 @@ Rules this module keeps:
    at once (before N's callers are woken) if it holds the target; else N's
    callers append first and the batch is handed over when it reaches the
    target, or when appends pause for one scheduling round. The target is
-   half of the events in play (N's and N+1's) when N's commit waited (fsync)
-   less than this side needs to wake and refill them all, else all of them.
+   half of the events in play (N's and N+1's) from ``_HALVES_FROM`` of them
+   (refilling that many outlasts an fsync), else all of them.
    Callers that each wait for their own event (a gateway's calls) thus split
    into two halves under load: the child commits one while the trio thread
    wakes and refills the other, so both cores work; with few callers and a
@@ -50,11 +50,16 @@ Rules this module keeps:
 
 Choices made by measurement (``benchmarks/bench_audit.py``, 2-core machine):
 
-- A process rather than the thread: with the thread, the trio thread and the
-  writer's binding took turns on one GIL (about 80 us of process CPU per
-  event at 2,048 callers); with the process, the trio side costs 14 to 23 us
-  per event and the child 24 to 37 us, each on its own core. The child is
-  the slower side: SQLite with the four secondary indexes is most of it.
+- A process rather than the thread: with the thread, the trio thread (rows,
+  hand-over, producers) costs 22 to 42 us per event and the writer thread 16
+  to 23, sharing one GIL; with the process, the trio side costs 13 to 19 us
+  per event and the child 22 to 28 us (1,000-event batches), each on its own
+  core when one is free. The child is the slower side: SQLite with the four
+  secondary indexes is most of it. On a 2-core machine already running
+  other work (load average 4 to 8) there is no free core: paired runs at
+  2,048 callers gave the process 0.93x to 1.2x the thread's events/s (13.2k
+  against 13.0k median) at about 0.94x its CPU per event; the bench prints
+  both in one run.
 - JSON on the pipe, not msgpack: msgpack decodes a little faster (2.2 against
   2.9 us per event) but cannot carry integers beyond 64 bits, which a call's
   JSON arguments may hold; JSON text survives the round trip exactly, so the
@@ -73,8 +78,10 @@ Choices made by measurement (``benchmarks/bench_audit.py``, 2-core machine):
   child idles while the trio thread wakes and refills it) or split one
   against the rest. Halves always cost commits where fsync dominates: at 64
   callers and a 3 ms fsync, 32-event batches gave 4.9-5.0k events/s against
-  6-7k for the thread's 64-event batches; hence halves only when the last
-  commit's wait is shorter than the refill.
+  6-7k for the thread's 64-event batches; hence halves only from 256 events
+  in play. Comparing the last commit's fsync wait with an estimate of the
+  refill instead chose "all" at 2,048 callers on a busy machine (the wait
+  includes waiting for a core) and lost the overlap.
 
 Example::
 
@@ -118,9 +125,9 @@ _I64: Final = 2**63
 # Where the firewall package is imported from: the child imports the same one.
 _ROOT: Final = str(Path(__file__).resolve().parents[2])
 
-# What waking a caller and taking its next event costs this side (measured:
-# 14 to 23 us of CPU per event with the benchmark's producer loop).
-_REFILL_SECONDS: Final = 15e-6
+# Halves from this many events in play (rule 4): refilling that many callers
+# (15 to 40 us each here, more on a busy machine) outlasts an fsync.
+_HALVES_FROM: Final = 256
 
 # Full-text indexing when idle, as in firewall.audit.writer.
 _INDEX_SLICE: Final = 2_000
@@ -430,8 +437,7 @@ class ProcessWriter:
             # commit's fixed wait (fsync) is shorter than refilling them all;
             # else one batch of everything in play needs fewer commits.
             in_play = self._queued + len(done.items)
-            halves = busy - cpu < in_play * _REFILL_SECONDS
-            self._target = max(1, in_play // 2 if halves else in_play)
+            self._target = max(1, in_play // 2 if in_play >= _HALVES_FROM else in_play)
             if self._queued >= self._target:
                 self._send(self._take())
             self._events += len(done.items)
