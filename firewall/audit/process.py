@@ -68,7 +68,7 @@ Choices made by measurement (``benchmarks/bench_audit.py``, 2-core machine):
   other bottleneck (row building was a third of its CPU per event).
 - Secondary indexes still in the commit, the next step: without the
   ``(principal, ts_ns)`` and ``(session, ts_ns)`` indexes the writer alone
-  spends 8 to 11 us less per row (13 to 24 instead of 22 to 36, three runs of
+  spends 9 to 12 us less per row (13 to 24 instead of 22 to 36, three runs of
   four; the bench measures it in the same run), and filling lookup tables in
   sorted bulk off the commit path measured about 1 us per row. Not done
   here: the views (``calls`` and the rest) must stay fast for
