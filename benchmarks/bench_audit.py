@@ -5,12 +5,16 @@ Run:  .venv/bin/python benchmarks/bench_audit.py [--rows 10000000] [--events 500
 1. Durable events/s with group commit (trio producers appending and awaiting
    ``committed()``), against the baseline of one fsync'ed commit per event
    measured in the same run.
+   The default writer is a child process (``writer = "process"``); the same
+   run measures the writer thread (``writer = "thread"``, the design before
+   it) at the largest producer count, and prints the ratio.
    Also: the writer alone (``Trail.append_batch`` on events built beforehand,
-   1000 and 5000 per transaction), and per group-commit run the writer
-   thread's own rate (events over the seconds it was busy), the mean batch,
-   and the CPU per event split between the writer thread and the rest of the
-   process (the trio producers): end-to-end figures include the producers,
-   which share the GIL and the machine's cores.
+   1000 and 5000 per transaction), and per group-commit run the writer's own
+   rate (events over the seconds it was busy), the mean batch, and the CPU per
+   event split between the writer (the child process, or the writer thread)
+   and the rest (the trio producers and the hand-over): end-to-end figures
+   include the producers, which share the machine's cores (and, with the
+   writer thread, one GIL).
    Full-text indexing is off the commit path until it lags by
    ``fts_max_lag`` rows (20,000 by default), then each commit indexes as many
    rows as it appends: a run of more events than that measures the sustained
@@ -93,12 +97,15 @@ def bench_group_commit(tmp: Path, name: str, n: int, producers: int, *,
     hand-over cost on their own (the ceiling storage cannot raise).
     """
     latencies: list[float] = []
+    if no_store:
+        settings["writer"] = "thread"  # the stub below replaces the thread's inserts
 
     async def main() -> GroupRun:
         async with open_audit(_settings(tmp / f"{name}.db", **settings),
                               instance_id="bench") as audit:
-            if no_store and audit.trail is not None:
-                audit.trail.append_rows = lambda rows: int(rows[-1][0])  # type: ignore[method-assign]
+            trail = getattr(audit, "trail", None)  # the thread writer's Trail
+            if no_store and trail is not None:
+                trail.append_rows = lambda rows: int(rows[-1][0])
             per = n // producers
 
             async def producer(k: int) -> None:
@@ -115,24 +122,31 @@ def bench_group_commit(tmp: Path, name: str, n: int, producers: int, *,
             elapsed, cpu = time.perf_counter() - t, time.process_time() - cpu
             stats = audit.stats() if hasattr(audit, "stats") else None  # older writers lack it
             total = per * producers
+            writer_cpu = getattr(stats, "cpu_seconds", 0.0)
+            if getattr(audit, "pid", None) is not None:
+                cpu += writer_cpu  # a writer process: its CPU is not in process_time()
             return GroupRun(
                 total / elapsed, latencies,
                 stats.events / stats.busy_seconds if stats and stats.busy_seconds else None,
                 stats.events / stats.batches if stats and stats.batches else None,
-                cpu / total * 1e6, getattr(stats, "cpu_seconds", 0.0) / total * 1e6)
+                cpu / total * 1e6, writer_cpu / total * 1e6)
 
     return trio.run(main)
 
 
-def bench_writer_only(tmp: Path, name: str, n: int, batch: int, **settings: object) -> float:
+def bench_writer_only(tmp: Path, name: str, n: int, batch: int, *, drop: tuple[str, ...] = (),
+                      **settings: object) -> tuple[float, float]:
     """The writer alone: Trail.append_batch, durable, ``batch`` events per transaction
-    (events built beforehand), so neither trio nor the producers share the GIL."""
+    (events built beforehand), so neither trio nor the producers share the GIL.
+    Returns events/s and CPU us per event. ``drop``: indexes dropped first."""
     events = [decision(i, time.time_ns()) for i in range(n)]
     with Trail(_settings(tmp / f"{name}.db", **settings), "bench") as trail:
-        t = time.perf_counter()
+        for index in drop:
+            trail.conn.execute(f"DROP INDEX {index}")
+        t, cpu = time.perf_counter(), time.thread_time()
         for k in range(0, n, batch):
             trail.append_batch(events[k:k + batch])
-        return n / (time.perf_counter() - t)
+        return n / (time.perf_counter() - t), (time.thread_time() - cpu) / n * 1e6
 
 
 def generate(db: Path, rows: int) -> None:
@@ -214,6 +228,7 @@ def main() -> None:
 
 
 GOAL = 50_000  # durable events/s with group commit
+_COSTLY_INDEXES = ("idx_events_principal_ts_ns", "idx_events_session_ts_ns")
 
 
 def throughput(tmp: Path, args: argparse.Namespace) -> None:
@@ -221,25 +236,34 @@ def throughput(tmp: Path, args: argparse.Namespace) -> None:
     base = statistics.median(bench_single_commit(tmp, 2000) for _ in range(args.repeat))
     print(f"\n1. durable throughput (events/s, median of {args.repeat})")
     print(f"   baseline, one fsync'ed commit per event: {base:>9,.0f}/s  (1.00x)")
-    for size in (1000, 5000):
-        for lag, label in ((0, "indexing in each commit"), (20_000, "indexing deferred")):
-            w = statistics.median(
-                bench_writer_only(tmp, f"w{size}-{lag}-{r}", args.events, size, fts_max_lag=lag)
-                for r in range(args.repeat))
-            print(f"   writer alone, {size:>4}-event transactions, {label:<24}"
-                  f"{w:>9,.0f}/s  ({w / base:.2f}x)")
+    cases: list[tuple[int, int, str, tuple[str, ...]]] = [
+        (size, lag, label, ()) for size in (1000, 5000)
+        for lag, label in ((0, "indexing in each commit"), (20_000, "indexing deferred"))]
+    # What moving the two costliest secondary indexes off the commit path
+    # could save at most (the same rows without them).
+    cases.append((1000, 20_000, "no principal/session idx", _COSTLY_INDEXES))
+    for size, lag, case, drop in cases:
+        alone = [bench_writer_only(tmp, f"w{size}-{lag}-{len(drop)}-{r}", args.events, size,
+                                   drop=drop, fts_max_lag=lag) for r in range(args.repeat)]
+        w = statistics.median(r[0] for r in alone)
+        wcpu = statistics.median(r[1] for r in alone)
+        print(f"   writer alone, {size:>4}-event transactions, {case:<24}"
+              f"{w:>9,.0f}/s  ({w / base:.2f}x)  cpu {wcpu:.1f} us/event")
     lat_report = []
     best = 0.0
+    rates: dict[str, float] = {}
+    top = max(args.producers)
     runs_for: list[tuple[str, int, dict[str, object]]] = [
         ("", p, {}) for p in args.producers]
-    runs_for.append((", indexing in each commit", max(args.producers), {"fts_max_lag": 0}))
-    runs_for.append((", no SQLite (producer ceiling)", max(args.producers), {"no_store": True}))
+    runs_for.append((", writer thread (before)", top, {"writer": "thread"}))
+    runs_for.append((", indexing in each commit", top, {"fts_max_lag": 0}))
+    runs_for.append((", no SQLite, thread (producer ceiling)", top, {"no_store": True}))
     for label, p, extra_settings in runs_for:
         runs = [bench_group_commit(tmp, f"g{p}-{len(lat_report)}-{r}",
                                    args.events if p > 1 else 2000, p, **extra_settings)
                 for r in range(args.repeat)]
         rate = statistics.median(r.rate for r in runs)
-        if not label or "each commit" in label:
+        if not label or "each commit" in label or "before" in label:
             best = max(best, rate)
         lats = sorted(x for r in runs for x in r.latencies)
         p50 = lats[len(lats) // 2] * 1e6
@@ -252,11 +276,16 @@ def throughput(tmp: Path, args: argparse.Namespace) -> None:
         extra = (f"  writer busy-time rate {statistics.median(writer):>9,.0f}/s, "
                  f"{statistics.median(batch):,.0f} events/commit" if writer and batch else "")
         print(f"   group commit, {p:>4} producers{label}: {rate:>9,.0f}/s  "
-              f"({rate / base:.2f}x)  cpu {cpu:.1f} us/event (writer thread {wcpu:.1f}, "
+              f"({rate / base:.2f}x)  cpu {cpu:.1f} us/event (writer {wcpu:.1f}, "
               f"rest {cpu - wcpu:.1f}){extra}")
+        rates[label] = rate
     print("\n2. latency added per call (append + committed), microseconds")
     for p, p50, p99 in lat_report:
         print(f"   {p:>4} producers: p50 {p50:>8,.0f}  p99 {p99:>8,.0f}")
+    before = rates.get(", writer thread (before)")
+    if before:
+        print(f"\nwriter process vs writer thread, {top} producers: "
+              f"{rates.get('', 0.0) / before:.2f}x")
     verdict = "reached" if best >= GOAL else "NOT reached"
     print(f"\ngoal {GOAL:,} durable events/s: best median {best:,.0f}/s, {verdict}")
 

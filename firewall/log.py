@@ -22,11 +22,13 @@ import structlog
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR}
 _configured = False
+_current = ("info", "auto")  # the level and format last configured
 
 
 def configure(level: str = "info", fmt: str = "auto", stream: Any = None) -> None:
     """Set up structlog; later calls only change the level and format."""
-    global _configured
+    global _configured, _current
+    _current = (level, fmt)
     out = stream if stream is not None else sys.stderr
     use_console = fmt == "console" or (fmt == "auto" and out.isatty())
     renderer: structlog.typing.Processor = (
@@ -47,6 +49,11 @@ def configure(level: str = "info", fmt: str = "auto", stream: Any = None) -> Non
         cache_logger_on_first_use=False,
     )
     _configured = True
+
+
+def current() -> tuple[str, str]:
+    """The level and format last configured (a child process logs the same way)."""
+    return _current
 
 
 def get_logger(**bound: Any) -> Any:

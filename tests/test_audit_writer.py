@@ -30,6 +30,12 @@ def _decision(i: int, **kw: object) -> DecisionEvent:
     return DecisionEvent(**base)  # type: ignore[arg-type]
 
 
+@pytest.fixture(params=["process", "thread"])
+def writer(request: pytest.FixtureRequest) -> str:
+    """Each writer: the child process (default) and the thread."""
+    return str(request.param)
+
+
 def _count(db: Path) -> int:
     conn = sqlite3.connect(db)
     n: int = conn.execute("SELECT count(*) FROM events").fetchone()[0]
@@ -37,9 +43,10 @@ def _count(db: Path) -> int:
     return n
 
 
-async def test_durable_appends_are_committed_in_order(tmp_path: Path) -> None:
+async def test_durable_appends_are_committed_in_order(tmp_path: Path, writer: str) -> None:
     db = tmp_path / "audit.db"
-    async with open_audit(AuditSettings(path=str(db)), instance_id="gw-1") as audit:
+    settings = AuditSettings(path=str(db), writer=writer)  # type: ignore[arg-type]
+    async with open_audit(settings, instance_id="gw-1") as audit:
         async def producer(k: int) -> None:
             for i in range(50):
                 receipt = await audit.append(_decision(k * 1000 + i))
@@ -59,9 +66,10 @@ async def test_durable_appends_are_committed_in_order(tmp_path: Path) -> None:
     assert report.ok and report.signed_upto == 400
 
 
-async def test_fast_mode_with_a_tiny_queue_drops_nothing(tmp_path: Path) -> None:
+async def test_fast_mode_with_a_tiny_queue_drops_nothing(tmp_path: Path, writer: str) -> None:
     db = tmp_path / "audit.db"
-    settings = AuditSettings(path=str(db), mode="fast", queue_size=3, max_batch=2)
+    settings = AuditSettings(path=str(db), mode="fast", queue_size=3, max_batch=2,
+                             writer=writer)  # type: ignore[arg-type]
     async with open_audit(settings, instance_id="gw-1") as audit:
         async with trio.open_nursery() as nursery:
             for k in range(10):
@@ -75,9 +83,10 @@ async def test_fast_mode_with_a_tiny_queue_drops_nothing(tmp_path: Path) -> None
     assert verify_paths([db])[0].ok
 
 
-async def test_appends_keep_call_order_within_a_task(tmp_path: Path) -> None:
+async def test_appends_keep_call_order_within_a_task(tmp_path: Path, writer: str) -> None:
     db = tmp_path / "audit.db"
-    async with open_audit(AuditSettings(path=str(db), mode="fast"), instance_id="gw") as audit:
+    settings = AuditSettings(path=str(db), mode="fast", writer=writer)  # type: ignore[arg-type]
+    async with open_audit(settings, instance_id="gw") as audit:
         for i in range(100):
             await audit.append(_decision(i))
     conn = sqlite3.connect(db)
@@ -101,8 +110,8 @@ async def test_a_failed_commit_fails_the_receipts_and_later_appends(tmp_path: Pa
         await writer.aclose()
 
 
-async def test_second_writer_is_refused(tmp_path: Path) -> None:
-    settings = AuditSettings(path=str(tmp_path / "audit.db"))
+async def test_second_writer_is_refused(tmp_path: Path, writer: str) -> None:
+    settings = AuditSettings(path=str(tmp_path / "audit.db"), writer=writer)  # type: ignore[arg-type]
     async with open_audit(settings, instance_id="a"):
         with pytest.raises(StoreError, match="another mcpwall process"):
             async with open_audit(settings, instance_id="b"):
@@ -265,14 +274,22 @@ def test_the_writer_stores_exactly_what_it_hashed(
     assert verify_paths([db])[0].ok
 
 
-def test_an_event_that_cannot_be_stored_fails_its_own_append(tmp_path: Path) -> None:
+@pytest.mark.parametrize("writer", ["process", "thread"])
+def test_an_event_that_cannot_be_stored_fails_its_own_append(tmp_path: Path,
+                                                             writer: str) -> None:
+    settings = AuditSettings(path=str(tmp_path / "audit.db"), writer=writer)  # type: ignore[arg-type]
+
     async def main() -> None:
-        async with open_audit(AuditSettings(path=str(tmp_path / "audit.db")),
-                              instance_id="gw") as audit:
+        async with open_audit(settings, instance_id="gw") as audit:
             first = await audit.append(_decision(1))
             with pytest.raises(ValueError, match="64-bit"):
                 await audit.append(OutcomeEvent(ts_ns=1, call_id="c", session="s", server="vm",
                                                 status="ok", latency_ns=2**64))
+            with pytest.raises(ValueError, match="64-bit"):
+                await audit.append(OutcomeEvent(ts_ns=1, call_id="c", session="s", server="vm",
+                                                status="ok", latency_ns=1, error_code=2**63))
+            with pytest.raises(TypeError):
+                await audit.append(_decision(3, arguments={"x": object()}))
             last = await audit.append(_decision(2))
             await first.committed()
             await last.committed()
@@ -306,21 +323,26 @@ def test_the_literal_gate_never_changes_what_is_redacted(patterns: tuple[str, ..
 
 
 async def test_the_writer_indexes_for_search_when_it_has_nothing_to_commit(
-        tmp_path: Path) -> None:
+        tmp_path: Path, writer: str) -> None:
     db = tmp_path / "audit.db"
-    async with open_audit(AuditSettings(path=str(db)), instance_id="gw-1") as audit:
+    async with open_audit(AuditSettings(path=str(db), writer=writer),  # type: ignore[arg-type]
+                          instance_id="gw-1") as audit:
         for i in range(3):
             await (await audit.append(_decision(i))).committed()
-        trail = audit.trail
-        assert trail is not None
         with trio.fail_after(20):
-            while trail.indexed < 3:  # noqa: ASYNC110 (the writer thread signals nothing)
-                await trio.sleep(0.01)  # idle: the thread indexes after a short pause
+            while _indexed_upto(db) < 3:  # noqa: ASYNC110 (the writer signals nothing)
+                await trio.sleep(0.01)  # idle: the writer indexes after a short pause
         conn = sqlite3.connect(db)
-        assert conn.execute("SELECT upto FROM fts_progress").fetchone() == (3,)
         assert conn.execute("SELECT rowid FROM events_fts WHERE events_fts MATCH '2'"
                             ).fetchall() == [(3,)]
         conn.close()
+
+
+def _indexed_upto(db: Path) -> int:
+    conn = sqlite3.connect(db)
+    upto: int = conn.execute("SELECT upto FROM fts_progress").fetchone()[0]
+    conn.close()
+    return upto
 
 
 def test_rotation_indexes_the_segment_it_closes(tmp_path: Path) -> None:

@@ -2,8 +2,9 @@
 
 Modules: ``events`` (what the gateway appends), ``settings`` (the ``[audit]``
 table), ``chain`` (rows and hashes), ``redaction``, ``store`` (schema, views,
-segments), ``checkpoint`` (signatures, anchor), ``writer`` (the writer thread:
-``open_audit``), ``verify``, ``query``, ``export``, ``commands`` (the
+segments), ``checkpoint`` (signatures, anchor), ``writer`` (``open_audit``,
+the Trail and the writer thread), ``process`` (the writer process, the
+default), ``verify``, ``query``, ``export``, ``commands`` (the
 ``mcpwall audit`` CLI) and ``incident`` (the generated incident of the docs).
 Import from the modules; this package re-exports nothing, so importing
 ``firewall.audit.events`` stays cheap.

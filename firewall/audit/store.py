@@ -20,7 +20,8 @@ Rules this module keeps:
 4. A chain is a list of segment files: the first is the configured path
    (``audit.db``), later ones are ``audit.000002.db``, ``audit.000003.db``, ...
    beside it. The writer appends to the highest-numbered one.
-5. Readers open files read-only (``mode=ro``); only the writer thread writes.
+5. Readers open files read-only (``mode=ro``); only the writer (the writer
+   process of :mod:`firewall.audit.process`, or the writer thread) writes.
 
 Example::
 

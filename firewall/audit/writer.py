@@ -1,11 +1,15 @@
-"""The audit writer: one thread, one write connection, group commit, hash chain.
+"""The audit writer: one write connection, group commit, hash chain.
 
 Rules this module keeps:
 
 1. One writer per chain. :class:`Trail` owns the only write connection and an
-   exclusive lock (``<database>.lock``) so a second writer fails at once.
-   In the gateway, :class:`AuditWriter` runs the Trail in ONE dedicated thread
-   that opens, uses and closes the connection.
+   exclusive lock (``<database>.lock``) so a second writer fails (after
+   waiting up to ``_LOCK_WAIT`` seconds for one that is closing). In the
+   gateway, the Trail lives in ONE place that opens, uses and closes the
+   connection: the writer process (:mod:`firewall.audit.process`, the
+   default; ``open_audit`` starts it) or, with ``writer = "thread"``, ONE
+   dedicated thread run by :class:`AuditWriter`. The rest of this docstring
+   describes the thread; the process keeps the same rules (see its module).
 2. Events are appended in the order ``append`` was called; each gets
    ``seq = previous + 1`` and ``prev_hash = previous hash`` (see
    :mod:`firewall.audit.chain`), across segment files too. ``append`` builds
@@ -44,7 +48,7 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
 from types import TracebackType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 import trio
@@ -65,6 +69,9 @@ from firewall.audit.store import (
     segment_path,
 )
 from firewall.log import get_logger
+
+if TYPE_CHECKING:
+    from firewall.audit.process import ProcessWriter
 
 _INSERT: Final = (
     f"INSERT INTO events ({', '.join(f'[{c}]' for c in COLUMNS)}) "
@@ -101,6 +108,9 @@ def _insert_rows(conn: sqlite3.Connection, rows: list[Row]) -> None:
 # batch that arrives meanwhile may wait for), after this many idle seconds.
 _INDEX_SLICE: Final = 2_000
 _INDEX_IDLE: Final = 0.02
+
+# Seconds to wait for the lock held by a writer that is closing (see _lock).
+_LOCK_WAIT: Final = 3.0
 
 _INSERT_CHECKPOINT: Final = (
     "INSERT INTO checkpoints (chain, segment, seq, hash, ts_ns, algorithm, key_id, signature) "
@@ -150,13 +160,20 @@ class Trail:
     def _lock(self) -> int:
         path = self.first.with_name(self.first.name + ".lock")
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise StoreError(f"{self.first}: another mcpwall process is writing this audit "
-                             "trail") from None
-        return fd
+        # A writer process outlives a killed gateway by the moment it takes to
+        # read end-of-file, sign and exit: wait that long before refusing.
+        deadline = time.monotonic() + _LOCK_WAIT
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.02)
+                    continue
+                os.close(fd)
+                raise StoreError(f"{self.first}: another mcpwall process is writing this "
+                                 "audit trail") from None
 
     def _open_active(self) -> None:
         files = chain_files(self.first)
@@ -680,14 +697,30 @@ class _Closing(Exception):
 
 
 @asynccontextmanager
-async def open_audit(settings: AuditSettings, *, instance_id: str) -> AsyncIterator[AuditWriter]:
+async def open_audit(settings: AuditSettings, *,
+                     instance_id: str) -> AsyncIterator[AuditWriter | ProcessWriter]:
     """The audit trail for one gateway process; flushed, signed and closed on exit.
+
+    ``settings.writer`` says who writes: a child process
+    (:class:`firewall.audit.process.ProcessWriter`, the default) or a thread
+    (:class:`AuditWriter`).
 
     Example::
 
         async with open_audit(config.audit, instance_id="gw-1") as audit:
             await serve(audit)
     """
+    if settings.writer == "process":
+        from firewall.audit.process import ProcessWriter  # it imports this module
+
+        child = ProcessWriter(settings, instance_id)
+        await child.start()
+        try:
+            yield child
+        finally:
+            with trio.CancelScope(shield=True):
+                await child.aclose()
+        return
     writer = AuditWriter(settings, instance_id)
     await writer.start()
     try:
