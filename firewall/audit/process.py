@@ -114,7 +114,7 @@ from firewall import log
 from firewall.audit.events import Event, OutcomeEvent
 from firewall.audit.settings import AuditSettings
 from firewall.audit.store import StoreError
-from firewall.audit.writer import AuditError, Trail
+from firewall.audit.writer import AuditError, BatchReceipt, Trail, WriterStats
 
 _LEN: Final = struct.Struct(">I")
 _json: Final = msgspec.json.Encoder()
@@ -159,45 +159,14 @@ def _check_integers(event: Event) -> None:
 
 # -- the trio side -----------------------------------------------------------
 
-class _Batch:
+class _Batch(BatchReceipt):
     """Events appended between two hand-overs; the receipt of each of them."""
 
-    __slots__ = ("done", "items", "lot", "ok", "writer")
+    __slots__ = ("items",)
 
     def __init__(self, writer: ProcessWriter) -> None:
-        self.writer = writer
+        super().__init__(writer)
         self.items: list[bytes] = []   # each event as JSON
-        self.lot = trio.lowlevel.ParkingLot()
-        self.done = False
-        self.ok = False
-
-    async def committed(self) -> None:
-        """Return once the event is committed (``durable``); a checkpoint in ``fast`` mode.
-
-        Raises :class:`AuditError` if the writer failed.
-        """
-        writer = self.writer
-        if self.done or not writer.durable:
-            await trio.lowlevel.checkpoint()
-        else:
-            await self.lot.park()
-        if not self.ok and (self.done or writer._error is not None):
-            raise AuditError("the audit event was not committed") from writer._error
-
-    async def _settled(self) -> None:
-        if self.done:
-            await trio.lowlevel.checkpoint()
-        else:
-            await self.lot.park()
-
-
-class WriterStats(msgspec.Struct, frozen=True):
-    """What the writer has done so far (for metrics and benchmarks)."""
-
-    events: int
-    batches: int
-    busy_seconds: float  # time the child spent building, inserting and committing
-    cpu_seconds: float = 0.0  # the child's CPU time in those commits
 
 
 class ProcessWriter:
@@ -511,12 +480,9 @@ class ProcessWriter:
         """The next frame from the child: (kind, payload)."""
         buf = self._buf
         while True:
-            if len(buf) >= 4:
-                size = _LEN.unpack_from(buf)[0]
-                if len(buf) >= 4 + size:
-                    frame = bytes(buf[4:4 + size])
-                    del buf[:4 + size]
-                    return frame[:1], frame[1:]
+            frame = _take_frame(buf)
+            if frame is not None:
+                return frame[:1], frame[1:]
             if self._error is not None:
                 raise _Failed
             try:
@@ -534,6 +500,17 @@ class ProcessWriter:
         if exc.errno == errno.EPIPE:
             return AuditError("the audit writer process is gone (broken pipe)")
         return AuditError(f"the audit writer pipe failed: {exc}")
+
+
+def _take_frame(buf: bytearray) -> bytes | None:
+    """Cut the first whole frame (a 4-byte length, then the payload) off ``buf``."""
+    if len(buf) >= 4:
+        size = _LEN.unpack_from(buf)[0]
+        if len(buf) >= 4 + size:
+            frame = bytes(buf[4:4 + size])
+            del buf[:4 + size]
+            return frame
+    return None
 
 
 class _Failed(Exception):
@@ -555,12 +532,10 @@ class _Child:
         """The next frame; None when ``timeout`` passes first; b"" at end of input."""
         buf = self.buf
         while True:
-            if len(buf) >= 4:
-                size = _LEN.unpack_from(buf)[0]
-                if len(buf) >= 4 + size:
-                    frame = bytes(buf[4:4 + size])
-                    del buf[:4 + size]
-                    return frame
+            frame = _take_frame(buf)
+            if frame is not None:
+                return frame
+            if buf:
                 timeout = None  # a frame has begun: wait for the rest of it
             if self.eof:
                 return b""  # a torn last frame was never acknowledged: drop it

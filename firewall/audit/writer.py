@@ -48,7 +48,7 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import msgspec
 import trio
@@ -400,20 +400,26 @@ class Trail:
         self.close()
 
 
-class _Batch:
-    """Events appended between two hand-overs to the writer thread.
+class _Settling(Protocol):
+    """What a receipt needs of its writer (thread or process)."""
 
-    Every event of a batch is committed in the same transaction, so the batch
-    itself is the :class:`firewall.audit.events.Receipt` of each of its events:
-    ``append`` allocates nothing per event, and one commit wakes its callers
-    with one ``unpark_all``.
+    durable: bool
+    _error: BaseException | None
+
+
+class BatchReceipt:
+    """Events handed over to the writer together, committed in one transaction.
+
+    The batch itself is the :class:`firewall.audit.events.Receipt` of each of
+    its events: ``append`` allocates nothing per event, and one commit wakes
+    its callers with one ``unpark_all``. The writers subclass it with what
+    they carry (rows for the thread, encoded events for the process).
     """
 
-    __slots__ = ("done", "lot", "ok", "rows", "writer")
+    __slots__ = ("done", "lot", "ok", "writer")
 
-    def __init__(self, writer: AuditWriter) -> None:
+    def __init__(self, writer: _Settling) -> None:
         self.writer = writer
-        self.rows: list[Row] = []
         self.lot = trio.lowlevel.ParkingLot()
         self.done = False  # committed or failed (set in the trio thread)
         self.ok = False
@@ -439,13 +445,23 @@ class _Batch:
             await self.lot.park()
 
 
+class _Batch(BatchReceipt):
+    """Rows appended between two hand-overs to the writer thread."""
+
+    __slots__ = ("rows",)
+
+    def __init__(self, writer: AuditWriter) -> None:
+        super().__init__(writer)
+        self.rows: list[Row] = []
+
+
 class WriterStats(msgspec.Struct, frozen=True):
-    """What the writer thread has done so far (for metrics and benchmarks)."""
+    """What the writer (thread or process) has done so far (for metrics and benchmarks)."""
 
     events: int
     batches: int
     busy_seconds: float  # time spent building, inserting and committing batches
-    cpu_seconds: float = 0.0  # the writer thread's CPU time in those commits
+    cpu_seconds: float = 0.0  # the writer's CPU time in those commits
 
 
 class AuditWriter:
@@ -710,18 +726,13 @@ async def open_audit(settings: AuditSettings, *,
         async with open_audit(config.audit, instance_id="gw-1") as audit:
             await serve(audit)
     """
+    writer: AuditWriter | ProcessWriter
     if settings.writer == "process":
         from firewall.audit.process import ProcessWriter  # it imports this module
 
-        child = ProcessWriter(settings, instance_id)
-        await child.start()
-        try:
-            yield child
-        finally:
-            with trio.CancelScope(shield=True):
-                await child.aclose()
-        return
-    writer = AuditWriter(settings, instance_id)
+        writer = ProcessWriter(settings, instance_id)
+    else:
+        writer = AuditWriter(settings, instance_id)
     await writer.start()
     try:
         yield writer
