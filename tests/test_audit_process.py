@@ -125,3 +125,60 @@ def test_the_writer_process_closes_and_signs_when_the_gateway_vanishes(tmp_path:
     assert trio.run(main) == 0
     [report] = verify_paths([db])
     assert report.ok and report.rows == 1 and report.signed_upto == 1
+
+
+def _writer_children(pid: int) -> list[str]:
+    """Command lines of ``pid``'s children that are audit writer processes."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid and "firewall.audit.process" in cmdline:
+            found.append(cmdline)
+    return found
+
+
+@pytest.mark.slow
+async def test_auto_writer_is_a_process_for_serve_and_a_thread_for_wrap(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from conftest import mcpwall_argv
+    from serve_process import start_serve, stop_serve
+
+    config = tmp_path / "gw.toml"
+    config.write_text(f'[audit]\npath = "{tmp_path / "audit.db"}"\n[servers.vm]\n'
+                      f'transport = "stdio"\ncommand = "{sys.executable}"\n'
+                      'args = ["-m", "firewall.demo"]\n')
+    proc, _ = await start_serve(tmp_path, config, tmp_path / "serve.log")
+    try:
+        assert len(_writer_children(proc.pid)) == 1
+    finally:
+        await stop_serve(proc)
+    wrap = await trio.lowlevel.open_process(
+        [*mcpwall_argv(), "wrap", "--config", str(config), "--", sys.executable, "-m",
+         "firewall.demo"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL, cwd=tmp_path)
+    assert wrap.stdin is not None and wrap.stdout is not None
+    try:
+        await wrap.stdin.send_all(
+            b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":'
+            b'"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}\n')
+        with trio.fail_after(20):
+            answer = b""
+            while b"\n" not in answer:
+                answer += await wrap.stdout.receive_some()
+        assert b'"result"' in answer  # audited (the config's trail) and answering
+        assert _writer_children(wrap.pid) == []
+    finally:
+        await wrap.stdin.aclose()
+        with trio.fail_after(20):
+            await wrap.wait()
+    conn = sqlite3.connect(tmp_path / "audit.db")
+    kinds = {r[0] for r in conn.execute("SELECT DISTINCT kind FROM events")}
+    assert {"session_start", "session_end", "decision"} <= kinds

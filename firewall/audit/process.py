@@ -2,7 +2,7 @@
 
 The gateway's trio thread and the writer share one GIL when the writer is a
 thread, so at high rates the two take turns on one core however many cores the
-machine has. With ``writer = "process"`` (the default) the trail is written by
+machine has. With ``writer = "process"`` (the default for ``serve``) the trail is written by
 a child process (``python -m firewall.audit.process``): the trio side only
 encodes each event (msgspec JSON, about 1 us) and hands batches over a pipe;
 the child builds the rows (redaction, canonical encoding, SHA-256), inserts,

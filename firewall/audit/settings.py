@@ -80,10 +80,12 @@ class AuditSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     anchor_path: str = ""
     anchor_log: bool = True
     redaction: RedactionSettings = msgspec.field(default_factory=RedactionSettings)
-    # Who writes the file: a child process (the default: the trio thread only
-    # encodes events, the child builds rows, inserts and commits on another
-    # core) or a thread of the gateway process (one GIL for both sides).
-    writer: Literal["process", "thread"] = "process"
+    # Who writes the file: a child process (the trio thread only encodes
+    # events, the child builds rows, inserts and commits on another core) or a
+    # thread of the gateway process (one GIL for both sides). "auto": the
+    # process for `serve`, the thread for `wrap` (one client's session, where
+    # starting a second interpreter would only delay the first answer).
+    writer: Literal["auto", "process", "thread"] = "auto"
     # Full-text indexing of arguments runs when the writer has nothing to
     # commit; when this many rows wait for it, each commit indexes as many rows
     # as it appends (searches always cover the rows not indexed yet).

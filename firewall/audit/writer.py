@@ -727,7 +727,7 @@ async def open_audit(settings: AuditSettings, *,
             await serve(audit)
     """
     writer: AuditWriter | ProcessWriter
-    if settings.writer == "process":
+    if settings.writer != "thread":  # "process", or "auto" outside `wrap`
         from firewall.audit.process import ProcessWriter  # it imports this module
 
         writer = ProcessWriter(settings, instance_id)

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
+import msgspec
 import trio
 
 from firewall.audit.events import AuditPoint, append_lifecycle
@@ -156,6 +157,9 @@ async def run_wrap_session(
     limiter = shared_limiter(config.limits, config.source)
     policy = build_policy(policy_files, dry_run=dry_run or config.policy.dry_run,
                           limiter=limiter)
+    if config.audit.writer == "auto":  # one client: no second interpreter to wait for
+        config = msgspec.structs.replace(
+            config, audit=msgspec.structs.replace(config.audit, writer="thread"))
     session = new_session_id()
     log = get_logger(server=server, session=session)
     async with (
