@@ -362,3 +362,26 @@ def test_rotation_indexes_the_segment_it_closes(tmp_path: Path) -> None:
         conn.close()
     [report] = verify_paths([db])
     assert report.ok
+
+
+async def test_queue_room_waits_in_order_and_never_lets_a_newcomer_barge() -> None:
+    from firewall.audit.writer import QueueRoom
+
+    room = QueueRoom(2)
+    order: list[str] = []
+
+    async def take(name: str) -> None:
+        await room.take()
+        order.append(name)
+
+    async with trio.open_nursery() as nursery:
+        for name in ("a", "b", "c", "d"):
+            nursery.start_soon(take, name)
+            await trio.testing.wait_all_tasks_blocked()
+        assert order == ["a", "b"] and room.pending == 2
+        room.give(1)  # c waited first: it gets the room, d keeps waiting
+        await trio.testing.wait_all_tasks_blocked()
+        assert order == ["a", "b", "c"] and room.pending == 2
+        room.give(2)  # room for two, one waiter: d, and one slot stays free
+        await trio.testing.wait_all_tasks_blocked()
+        assert order == ["a", "b", "c", "d"] and room.pending == 1

@@ -114,7 +114,7 @@ from firewall import log
 from firewall.audit.events import Event, OutcomeEvent
 from firewall.audit.settings import AuditSettings
 from firewall.audit.store import StoreError
-from firewall.audit.writer import AuditError, BatchReceipt, Trail, WriterStats
+from firewall.audit.writer import AuditError, BatchReceipt, QueueRoom, Trail, WriterStats
 
 _LEN: Final = struct.Struct(">I")
 _json: Final = msgspec.json.Encoder()
@@ -191,9 +191,7 @@ class ProcessWriter:
         self._target = 1                       # append hands over at this many (rule 4)
         self._work = trio.lowlevel.ParkingLot()   # the pump waits here for a batch
         self._max_batch = settings.max_batch
-        self._queue_size = settings.queue_size
-        self._pending = 0
-        self._room = trio.lowlevel.ParkingLot()
+        self._room = QueueRoom(settings.queue_size)
         self._error: BaseException | None = None
         self._closed = False
         self._closing = False
@@ -290,7 +288,7 @@ class ProcessWriter:
     @property
     def queue_depth(self) -> int:
         """Events appended and not committed yet (the ``mcpwall_audit_queue_depth`` gauge)."""
-        return self._pending
+        return self._room.pending
 
     def stats(self) -> WriterStats:
         """Events and batches committed so far, and the child's busy and CPU time."""
@@ -304,19 +302,15 @@ class ProcessWriter:
         if self._closed:
             raise AuditError("the audit trail is closed")
         await trio.lowlevel.checkpoint_if_cancelled()
-        if self._pending >= self._queue_size or self._room:
-            await self._room.park()  # _free hands us a slot (FIFO, no barging)
-            if self._error is not None:
-                self._free(1)
-                raise AuditError("the audit trail failed; refusing to record more") \
-                    from self._error
-        else:
-            self._pending += 1
+        await self._room.take()
+        if self._error is not None:  # it failed while this append waited for room
+            self._room.give(1)
+            raise AuditError("the audit trail failed; refusing to record more") from self._error
         try:
             _check_integers(event)
             item = _json.encode(event)
         except BaseException:
-            self._free(1)
+            self._room.give(1)
             raise
         batch = self._open
         if batch is None or len(batch.items) >= self._max_batch:
@@ -334,15 +328,7 @@ class ProcessWriter:
         batch.done = True
         batch.ok = ok
         batch.lot.unpark_all()
-        self._free(len(batch.items))
-
-    def _free(self, count: int) -> None:
-        self._pending -= count
-        room = self._room
-        if room:
-            free = self._queue_size - self._pending
-            if free > 0:
-                self._pending += len(room.unpark(count=free))
+        self._room.give(len(batch.items))
 
     # -- the pump ----------------------------------------------------------
     def _take(self) -> _Batch:

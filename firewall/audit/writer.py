@@ -400,6 +400,38 @@ class Trail:
         self.close()
 
 
+class QueueRoom:
+    """Room for events appended and not committed yet: at most ``size``.
+
+    An append that finds no room waits; freed room goes to the waiting
+    appends first, in the order they came (FIFO, no barging). Both writers
+    (thread and process) count their queue with it.
+    """
+
+    __slots__ = ("lot", "pending", "size")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.pending = 0  # events appended and not committed (or failed) yet
+        self.lot = trio.lowlevel.ParkingLot()
+
+    async def take(self) -> None:
+        """Room for one event: at once, or once :meth:`give` hands it over."""
+        if self.pending >= self.size or self.lot:
+            await self.lot.park()  # give() counted us in
+        else:
+            self.pending += 1
+
+    def give(self, count: int) -> None:
+        """``count`` events are done (committed, failed or never queued)."""
+        self.pending -= count
+        lot = self.lot
+        if lot:
+            free = self.size - self.pending
+            if free > 0:
+                self.pending += len(lot.unpark(count=free))
+
+
 class _Settling(Protocol):
     """What a receipt needs of its writer (thread or process)."""
 
@@ -495,9 +527,7 @@ class AuditWriter:
         self._closing = False              # the thread drains and stops (under _lock)
         self._wake = threading.Event()
         self._max_batch = settings.max_batch
-        self._queue_size = settings.queue_size
-        self._pending = 0                  # events appended and not committed yet
-        self._room = trio.lowlevel.ParkingLot()  # appends waiting for queue room, FIFO
+        self._room = QueueRoom(settings.queue_size)
         self._error: BaseException | None = None
         self._started = threading.Event()
         self._thread: threading.Thread | None = None
@@ -551,7 +581,7 @@ class AuditWriter:
     @property
     def queue_depth(self) -> int:
         """Events appended and not committed yet (the ``mcpwall_audit_queue_depth`` gauge)."""
-        return self._pending
+        return self._room.pending
 
     def stats(self) -> WriterStats:
         """Events and batches committed so far, and the writer thread's busy time."""
@@ -569,20 +599,16 @@ class AuditWriter:
         if self._closed:
             raise AuditError("the audit trail is closed")
         await trio.lowlevel.checkpoint_if_cancelled()
-        if self._pending >= self._queue_size or self._room:
-            await self._room.park()  # _settle hands us a slot (FIFO, no barging)
-            if self._error is not None:
-                self._free(1)
-                raise AuditError("the audit trail failed; refusing to record more") \
-                    from self._error
-        else:
-            self._pending += 1
+        await self._room.take()
+        if self._error is not None:  # it failed while this append waited for room
+            self._room.give(1)
+            raise AuditError("the audit trail failed; refusing to record more") from self._error
         seq = self._seq + 1
         try:
             row = event_row(event, seq=seq, instance=self.instance_id, prev_hash=self._head,
                             redactor=self._redactor)
         except BaseException:
-            self._free(1)
+            self._room.give(1)
             raise
         self._head = row[HASH]
         self._seq = seq
@@ -603,16 +629,7 @@ class AuditWriter:
         batch.done = True
         batch.ok = ok
         batch.lot.unpark_all()
-        self._free(len(batch.rows))
-
-    def _free(self, count: int) -> None:
-        """Give back queue room; hand it to waiting appends first (trio thread)."""
-        self._pending -= count
-        room = self._room
-        if room:
-            free = self._queue_size - self._pending
-            if free > 0:
-                self._pending += len(room.unpark(count=free))
+        self._room.give(len(batch.rows))
 
     # -- thread side -----------------------------------------------------
     def _next(self) -> _Batch | None:
