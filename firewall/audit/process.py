@@ -114,7 +114,7 @@ from firewall import log
 from firewall.audit.events import Event, OutcomeEvent
 from firewall.audit.settings import AuditSettings
 from firewall.audit.store import StoreError
-from firewall.audit.writer import AuditError, BatchReceipt, QueueRoom, Trail, WriterStats
+from firewall.audit.writer import AuditError, BatchReceipt, Trail, WriterSide
 
 _LEN: Final = struct.Struct(">I")
 _json: Final = msgspec.json.Encoder()
@@ -169,7 +169,7 @@ class _Batch(BatchReceipt):
         self.items: list[bytes] = []   # each event as JSON
 
 
-class ProcessWriter:
+class ProcessWriter(WriterSide):
     """The trio side of the writer process: the gateway's ``AuditPoint``.
 
     Create it with :func:`firewall.audit.writer.open_audit` (``writer =
@@ -178,33 +178,21 @@ class ProcessWriter:
     """
 
     def __init__(self, settings: AuditSettings, instance_id: str) -> None:
-        self.settings = settings
-        self.instance_id = instance_id
-        self.durable = settings.mode == "durable"
+        super().__init__(settings, instance_id)
         self.log = log.get_logger(audit=settings.path, instance=instance_id)
         self._batches: collections.deque[_Batch] = collections.deque()
         self._open: _Batch | None = None
-        self._last: _Batch | None = None
         self._inflight: _Batch | None = None  # the batch the child has (one at a time)
         self._rest = b""                       # what of its frame the pipe has not taken
         self._queued = 0                       # events in _batches (not handed over)
         self._target = 1                       # append hands over at this many (rule 4)
         self._work = trio.lowlevel.ParkingLot()   # the pump waits here for a batch
-        self._max_batch = settings.max_batch
-        self._room = QueueRoom(settings.queue_size)
-        self._error: BaseException | None = None
-        self._closed = False
-        self._closing = False
         self._process: trio.Process | None = None
         self._to = -1      # our end of the pipe to the child
         self._from = -1    # our end of the pipe from the child
         self._buf = bytearray()
         self._pump_done = trio.Event()
         self._watched = trio.Event()
-        self._events = 0
-        self._batch_count = 0
-        self._busy = 0.0
-        self._cpu = 0.0
         self.pid: int | None = None
 
     # -- lifecycle -------------------------------------------------------
@@ -255,14 +243,6 @@ class ProcessWriter:
         trio.lowlevel.spawn_system_task(self._pump, name="mcpwall-audit-pump")
         trio.lowlevel.spawn_system_task(self._watch, name="mcpwall-audit-watch")
 
-    async def flush(self) -> None:
-        """Wait until every event appended so far is committed."""
-        last = self._last
-        if last is not None:
-            await last._settled()
-        if self._error is not None:
-            raise AuditError("the audit trail failed") from self._error
-
     async def aclose(self) -> None:
         """Flush, let the child sign the head and close, and wait for it to exit."""
         if self._closed or self._process is None:
@@ -285,27 +265,10 @@ class ProcessWriter:
         if self._process is not None:
             await self._process.wait()
 
-    @property
-    def queue_depth(self) -> int:
-        """Events appended and not committed yet (the ``mcpwall_audit_queue_depth`` gauge)."""
-        return self._room.pending
-
-    def stats(self) -> WriterStats:
-        """Events and batches committed so far, and the child's busy and CPU time."""
-        return WriterStats(self._events, self._batch_count, self._busy, self._cpu)
-
     # -- AuditPoint ------------------------------------------------------
     async def append(self, event: Event) -> _Batch:
-        """Queue one event; waits only while the queue is full."""
-        if self._error is not None:
-            raise AuditError("the audit trail failed; refusing to record more") from self._error
-        if self._closed:
-            raise AuditError("the audit trail is closed")
-        await trio.lowlevel.checkpoint_if_cancelled()
-        await self._room.take()
-        if self._error is not None:  # it failed while this append waited for room
-            self._room.give(1)
-            raise AuditError("the audit trail failed; refusing to record more") from self._error
+        """Queue one event; waits only while the queue is full (see ``_admit``)."""
+        await self._admit()
         try:
             _check_integers(event)
             item = _json.encode(event)

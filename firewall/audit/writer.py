@@ -496,7 +496,61 @@ class WriterStats(msgspec.Struct, frozen=True):
     cpu_seconds: float = 0.0  # the writer's CPU time in those commits
 
 
-class AuditWriter:
+class WriterSide:
+    """What the trio side of both writers (thread and process) shares: the
+    queue room, the failure and close state, ``flush``, the counters behind
+    ``stats`` and the checks every ``append`` starts with."""
+
+    def __init__(self, settings: AuditSettings, instance_id: str) -> None:
+        self.settings = settings
+        self.instance_id = instance_id
+        self.durable = settings.mode == "durable"
+        self._last: BatchReceipt | None = None   # the newest batch (flush waits for it)
+        self._max_batch = settings.max_batch
+        self._room = QueueRoom(settings.queue_size)
+        self._error: BaseException | None = None
+        self._closed = False
+        self._closing = False
+        self._events = 0
+        self._batch_count = 0
+        self._busy = 0.0
+        self._cpu = 0.0
+
+    async def _admit(self) -> None:
+        """Room in the queue for one event, or :class:`AuditError` (failed or closed).
+
+        A cancellation point, but a schedule point only when it waits: the
+        ``committed()`` that follows is the caller's schedule point.
+        """
+        if self._error is not None:
+            raise AuditError("the audit trail failed; refusing to record more") from self._error
+        if self._closed:
+            raise AuditError("the audit trail is closed")
+        await trio.lowlevel.checkpoint_if_cancelled()
+        await self._room.take()
+        if self._error is not None:  # it failed while this append waited for room
+            self._room.give(1)
+            raise AuditError("the audit trail failed; refusing to record more") from self._error
+
+    async def flush(self) -> None:
+        """Wait until every event appended so far is committed."""
+        last = self._last
+        if last is not None:
+            await last._settled()
+        if self._error is not None:
+            raise AuditError("the audit trail failed") from self._error
+
+    @property
+    def queue_depth(self) -> int:
+        """Events appended and not committed yet (the ``mcpwall_audit_queue_depth`` gauge)."""
+        return self._room.pending
+
+    def stats(self) -> WriterStats:
+        """Events and batches committed so far, and the writer's busy and CPU time."""
+        return WriterStats(self._events, self._batch_count, self._busy, self._cpu)
+
+
+class AuditWriter(WriterSide):
     """The trio side of the writer thread: the gateway's ``AuditPoint``.
 
     Create it with :func:`open_audit`. ``append`` may be called from any task
@@ -516,27 +570,15 @@ class AuditWriter:
     """
 
     def __init__(self, settings: AuditSettings, instance_id: str) -> None:
-        self.settings = settings
-        self.instance_id = instance_id
-        self.durable = settings.mode == "durable"
+        super().__init__(settings, instance_id)  # _closing is set under _lock here
         self._lock = threading.Lock()
         self._batches: collections.deque[_Batch] = collections.deque()
         self._open: _Batch | None = None
-        self._last: _Batch | None = None   # the newest batch (flush waits for it)
         self._idle = False                 # the thread waits for work (under _lock)
-        self._closing = False              # the thread drains and stops (under _lock)
         self._wake = threading.Event()
-        self._max_batch = settings.max_batch
-        self._room = QueueRoom(settings.queue_size)
-        self._error: BaseException | None = None
         self._started = threading.Event()
         self._thread: threading.Thread | None = None
         self._token: trio.lowlevel.TrioToken | None = None
-        self._closed = False
-        self._events = 0
-        self._batch_count = 0
-        self._busy = 0.0
-        self._cpu = 0.0
         self.trail: Trail | None = None
         self._seq = 0                      # the chain cursor: last seq handed out
         self._head = GENESIS               # and its hash
@@ -557,14 +599,6 @@ class AuditWriter:
         assert trail is not None
         self._seq, self._head, self._redactor = trail.seq, trail.head, trail.redactor
 
-    async def flush(self) -> None:
-        """Wait until every event appended so far is committed."""
-        last = self._last
-        if last is not None:
-            await last._settled()
-        if self._error is not None:
-            raise AuditError("the audit trail failed") from self._error
-
     async def aclose(self) -> None:
         """Flush, sign the head, close the database and stop the thread."""
         if self._closed or self._thread is None:
@@ -578,31 +612,10 @@ class AuditWriter:
             raise AuditError("the audit trail failed; see the audit_write_failed log") \
                 from self._error
 
-    @property
-    def queue_depth(self) -> int:
-        """Events appended and not committed yet (the ``mcpwall_audit_queue_depth`` gauge)."""
-        return self._room.pending
-
-    def stats(self) -> WriterStats:
-        """Events and batches committed so far, and the writer thread's busy time."""
-        return WriterStats(self._events, self._batch_count, self._busy, self._cpu)
-
     # -- AuditPoint ------------------------------------------------------
     async def append(self, event: Event) -> _Batch:
-        """Queue one event; waits only while the queue is full.
-
-        A cancellation point, but a schedule point only when it waits: the
-        ``committed()`` that follows is the caller's schedule point.
-        """
-        if self._error is not None:
-            raise AuditError("the audit trail failed; refusing to record more") from self._error
-        if self._closed:
-            raise AuditError("the audit trail is closed")
-        await trio.lowlevel.checkpoint_if_cancelled()
-        await self._room.take()
-        if self._error is not None:  # it failed while this append waited for room
-            self._room.give(1)
-            raise AuditError("the audit trail failed; refusing to record more") from self._error
+        """Queue one event; waits only while the queue is full (see ``_admit``)."""
+        await self._admit()
         seq = self._seq + 1
         try:
             row = event_row(event, seq=seq, instance=self.instance_id, prev_hash=self._head,
