@@ -46,18 +46,20 @@ async def held_request(db: Path) -> dict[str, object]:
             await trio.sleep(0.1)
 
 
-async def decide(db: Path, verb: str, ident: str, note: str) -> None:
+async def decide(db: Path, verb: str, ident: str, *options: str) -> None:
+    """`mcpwall approvals VERB ID` as oncall-alice, with ``options`` (``--note``, ``--scope``)."""
     await trio.run_process([*mcpwall_argv(), "approvals", verb, str(ident), "--db", str(db),
-                            "--by", "oncall-alice", "--note", note], capture_stdout=True)
+                            "--by", "oncall-alice", *options], capture_stdout=True)
 
 
 DELETE_DB01 = {"action": "delete", "vm_name": "db-01"}
 
 
-async def held_then(session: ClientSession, db: Path, verb: str, note: str,
+async def held_then(session: ClientSession, db: Path, verb: str, *options: str,
                     meanwhile: Callable[[], Awaitable[None]] | None = None
                     ) -> tuple[Any, dict[str, object]]:
-    """Call delete (held), run ``meanwhile``, give the verdict; return (result, request)."""
+    """Call delete (held), run ``meanwhile``, give the verdict (with ``options``);
+    return (result, request)."""
     result: list[Any] = []
 
     async def call() -> None:
@@ -68,7 +70,7 @@ async def held_then(session: ClientSession, db: Path, verb: str, note: str,
         request = await held_request(db)
         if meanwhile is not None:
             await meanwhile()
-        await decide(db, verb, str(request["id"]), note)
+        await decide(db, verb, str(request["id"]), *options)
     return result[0], request
 
 
@@ -81,7 +83,7 @@ async def test_approved_call_goes_through_and_both_verdicts_are_audited(tmp_path
             assert "db-01" in json.dumps(listing.model_dump(mode="json"))
 
         deleted, request = await held_then(session, tmp_path / "approvals.db", "approve",
-                                           "ticket OPS-1", not_blocked)
+                                           "--note", "ticket OPS-1", meanwhile=not_blocked)
     assert request["target"] == "vm_management" and request["status"] == "pending"
     assert request["arguments"] == DELETE_DB01
     assert not deleted.is_error, deleted
@@ -103,7 +105,7 @@ async def test_approved_call_goes_through_and_both_verdicts_are_audited(tmp_path
 async def test_rejected_call_is_refused_with_the_reason(tmp_path: Path) -> None:
     async with stdio_session(wrap(tmp_path)) as session:
         refused, _ = await held_then(session, tmp_path / "approvals.db", "reject",
-                                     "use a snapshot")
+                                     "--note", "use a snapshot")
     assert refused.is_error
     assert "rejected by oncall-alice: use a snapshot" in refused.content[0].text
 
@@ -201,7 +203,8 @@ async def test_held_call_over_http_waits_for_the_verdict(tmp_path: Path) -> None
             ClientSession(read, write) as session,
         ):
             await session.initialize()
-            done, request = await held_then(session, tmp_path / "approvals.db", "approve", "ok")
+            done, request = await held_then(session, tmp_path / "approvals.db", "approve",
+                                                  "--note", "ok")
             assert request["server"] == "vm" and request["principal"] == "anonymous"
         assert not done.is_error
     finally:

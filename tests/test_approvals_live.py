@@ -30,7 +30,7 @@ from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from sdk_scenarios import stdio_session
 from serve_process import start_serve, stop_serve, tail
-from test_approvals import DELETE_DB01, DEMO, PACK, decide
+from test_approvals import DELETE_DB01, DEMO, PACK, decide, held_then
 
 from firewall.gateway.approvals import RESTARTED, open_store
 
@@ -91,18 +91,7 @@ async def held_request(db: Path) -> dict[str, Any]:
 
 async def held_call(session: ClientSession, db: Path, verb: str, *extra: str) -> Any:
     """Call delete db-01; give the verdict (with ``extra`` options) once it is held."""
-    result: list[Any] = []
-
-    async def call() -> None:
-        result.append(await session.call_tool("vm_management", DELETE_DB01))
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(call)
-        request = await held_request(db)
-        await trio.run_process([*mcpwall_argv(), "approvals", verb, str(request["id"]),
-                                "--db", str(db), "--by", "oncall-alice", *extra],
-                               capture_stdout=True)
-    return result[0]
+    return (await held_then(session, db, verb, *extra))[0]
 
 
 @asynccontextmanager
@@ -201,7 +190,7 @@ async def progress_then_approve(session: ClientSession, db: Path) -> tuple[Any, 
         request = await held_request(db)
         with trio.fail_after(20):
             await two.wait()
-        await decide(db, "approve", str(request["id"]), "ok")
+        await decide(db, "approve", str(request["id"]), "--note", "ok")
     assert set(messages) == {f"waiting for approval (request {request['id']})"}
     return result[0], messages
 
@@ -303,7 +292,7 @@ async def test_a_client_without_elicitation_is_asked_at_the_desk(tmp_path: Path)
             nursery.start_soon(call)
             request = await held_request(tmp_path / "approvals.db")
             assert request["rule"] == "tools.vm_management.rules[stop]"
-            await decide(tmp_path / "approvals.db", "approve", str(request["id"]), "desk")
+            await decide(tmp_path / "approvals.db", "approve", str(request["id"]), "--note", "desk")
     assert not result[0].is_error
 
 
@@ -533,7 +522,8 @@ async def test_held_calls_to_an_http_upstream(tmp_path: Path, json_response: boo
                 request = await held_request(tmp_path / "approvals.db")
                 with trio.fail_after(20):
                     await two.wait()
-                await decide(tmp_path / "approvals.db", "approve", str(request["id"]), "ok")
+                await decide(tmp_path / "approvals.db", "approve", str(request["id"]),
+                             "--note", "ok")
             assert not result[0].is_error and result[0].content[0].text
             with trio.fail_after(20):
                 elicited = await session.call_tool("test_error_handling", {})
@@ -586,7 +576,7 @@ async def test_json_only_client_gets_the_verdict_as_json(tmp_path: Path) -> None
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(post, call_id, verb)
                     request = await held_request(db)
-                    await decide(db, verb, str(request["id"]), "json")
+                    await decide(db, verb, str(request["id"]), "--note", "json")
     refused, approved = answers
     assert refused.headers["content-type"] == "application/json"
     assert refused.json()["id"] == 6 and refused.json()["result"]["isError"] is True
