@@ -360,6 +360,16 @@ DELETE_CALL = {"jsonrpc": "2.0", "id": 5, "method": "tools/call",
                "params": {"name": "vm_management", "arguments": DELETE_DB01}}
 
 
+
+async def post_held_call(http: httpx.AsyncClient, url: str, headers: dict[str, str],
+                         events: list[dict[str, Any]]) -> None:
+    """POST the delete call (held); the answer is an SSE stream: collect its events."""
+    async with http.stream("POST", url, json=DELETE_CALL, headers=headers) as resp:
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        async for line in resp.aiter_lines():
+            if line.startswith("data:"):
+                events.append(json.loads(line[5:]))
+
 async def test_client_disconnecting_over_http_withdraws_the_call(tmp_path: Path) -> None:
     config = write_config(tmp_path, serve=True)
     db = tmp_path / "approvals.db"
@@ -368,15 +378,7 @@ async def test_client_disconnecting_over_http_withdraws_the_call(tmp_path: Path)
         async with httpx.AsyncClient(timeout=20) as http:
             headers = await initialize(http, url)
             async with trio.open_nursery() as nursery:
-
-                async def post() -> None:
-                    async with http.stream("POST", url, json=DELETE_CALL,
-                                           headers=headers) as resp:
-                        assert resp.headers["content-type"].startswith("text/event-stream")
-                        async for _ in resp.aiter_bytes():
-                            pass
-
-                nursery.start_soon(post)
+                nursery.start_soon(post_held_call, http, url, headers, [])
                 request = await held_request(db)
                 nursery.cancel_scope.cancel()  # drop the connection while held
         with trio.fail_after(20):
@@ -453,15 +455,7 @@ async def test_sigterm_refuses_held_calls_and_says_so(tmp_path: Path) -> None:
         async with httpx.AsyncClient(timeout=20) as http:
             headers = await initialize(http, url)
             async with trio.open_nursery() as nursery:
-
-                async def post() -> None:
-                    async with http.stream("POST", url, json=DELETE_CALL,
-                                           headers=headers) as resp:
-                        async for line in resp.aiter_lines():
-                            if line.startswith("data:"):
-                                events.append(json.loads(line[5:]))
-
-                nursery.start_soon(post)
+                nursery.start_soon(post_held_call, http, url, headers, events)
                 request = await held_request(db)
                 proc.terminate()
         with trio.fail_after(30):
