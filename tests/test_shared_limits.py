@@ -63,6 +63,9 @@ class Clock:
 
 
 def limiter(redis: RedisProcess, clock: Clock | None = None, **kw: object) -> RedisLimiter:
+    # Correctness tests, not timeout tests: a loaded machine can stall a reply well past
+    # the production default of 0.25 s, which would turn into a refusal here.
+    kw.setdefault("timeout", 10.0)
     return RedisLimiter(parse_url(redis.url), key_prefix=f"t{secrets.token_hex(6)}:",
                         clock=clock, **kw)  # type: ignore[arg-type]
 
