@@ -10,19 +10,26 @@ grant has its own 10. Then redis-server is killed: the instance with
 ``on_error = "deny"`` refuses naming the store, the one with
 ``on_error = "allow"`` lets calls through and says so in the audit trail, both
 live on; redis-server restarted on the same port, calls pass again.
+
+`wrap` reads the same table: two clients that each launch the demo server
+through `mcpwall wrap --config` under one grant share its ten calls.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 import trio
+from conftest import mcpwall_argv
 from redis_process import RedisProcess, redis_server
+from sdk_scenarios import stdio_session
 from serve_process import start_serve, stop_serve, tail
 from test_serve_policy import (
     CALLERS,
@@ -134,3 +141,49 @@ async def test_two_instances_share_each_grants_ten_and_survive_the_store(
     limited = rows(one.db, "SELECT retry_after FROM events WHERE kind = 'decision' "
                            "AND decision = 'limited'")
     assert len(limited) == 1 and 0 < limited[0]["retry_after"] <= 6.0
+
+
+def wrap_config(workdir: Path, redis: RedisProcess, prefix: str) -> Path:
+    """A `wrap --config` file: the seed policy, buckets in ``redis``, its own trail."""
+    workdir.mkdir()
+    config = workdir / "gw.toml"
+    config.write_text(
+        f"[policy]\nfiles = [{json.dumps(str(SEED_POLICY))}]\n\n"
+        f"[audit]\npath = {json.dumps(str(workdir / 'audit.db'))}\n\n"
+        f"[limits]\nbackend = \"redis\"\nurl = {json.dumps(redis.url)}\n"
+        f"key_prefix = {json.dumps(prefix)}\ntimeout_seconds = 5.0\n"
+        f"password_env = \"{PASSWORD_ENV}\"\n", encoding="utf-8")
+    return config
+
+
+async def test_two_wrapped_clients_share_a_grants_ten(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """`wrap` reads the same [limits] table: two clients launching their own wrapped
+    server under one grant share its ten calls a minute through redis-server."""
+    password = f"pw-{secrets.token_hex(12)}"
+    monkeypatch.setenv(PASSWORD_ENV, password)
+    env = dict(os.environ)  # the SDK passes only a minimal environment otherwise
+    prefix = f"wrap-{secrets.token_hex(4)}:"
+    with redis_server(tmp_path, "--requirepass", password) as redis:
+        configs = [wrap_config(tmp_path / name, redis, prefix) for name in ("one", "two")]
+        argv = [[*mcpwall_argv(), "wrap", "--config", str(c), "--grant", "grant-w",
+                 "--principal", "agent-w", "--", sys.executable, "-m", "firewall.demo"]
+                for c in configs]
+        async with stdio_session(argv[0], env) as one, stdio_session(argv[1], env) as two:
+            for i in range(5):
+                for session in (one, two):
+                    result = await session.call_tool("vm_management", LIST)
+                    assert not result.is_error, f"round {i + 1}: {text_of(result)}"
+            for session in (one, two):
+                refused = await session.call_tool("vm_management", LIST)
+                text = text_of(refused)
+                assert refused.is_error and text.startswith(
+                    f"Rate limited by mcpwall policy (rule {RULE})"), text
+        keys = redis.command("KEYS", f"{prefix}*").splitlines()
+        assert len(keys) == 1 and "grant-w" in keys[0], keys
+    for config in configs:  # each trail holds its own five calls and its refusal
+        decisions = [r["decision"] for r in rows(
+            config.parent / "audit.db",
+            "SELECT decision FROM events WHERE kind = 'decision' AND method = 'tools/call' "
+            "ORDER BY seq")]
+        assert decisions == ["allow"] * 5 + ["limited"], decisions
