@@ -50,6 +50,7 @@ import trio
 from firewall.audit.events import AuditPoint, DecisionEvent, append_lifecycle
 from firewall.audit.redaction import Redactor
 from firewall.audit.settings import DEFAULT_REDACT_NAMES, DEFAULT_REDACT_VALUES
+from firewall.gateway.background import polled
 from firewall.log import get_logger
 
 Status = Literal["pending", "approved", "rejected", "expired", "abandoned"]
@@ -602,11 +603,5 @@ async def open_desk(settings: ApprovalSettings, *, instance: str,
         return
     desk = ApprovalDesk(settings, Path(settings.path), instance)
     await record_abandoned(audit, await desk.open())
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(desk.run_poller)
-            yield desk
-            nursery.cancel_scope.cancel()
-    finally:
-        with trio.CancelScope(shield=True):
-            await desk.close()
+    async with polled(desk.run_poller, desk.close):
+        yield desk

@@ -37,6 +37,7 @@ from typing import Any
 import trio
 
 from firewall.audit.events import AuditPoint, append_lifecycle
+from firewall.gateway.background import polled
 from firewall.gateway.killswitch import KillSwitch, KillSwitchSettings, Scope, Switch
 from firewall.gateway.switch_store import (
     HistoryEntry,
@@ -196,14 +197,8 @@ async def open_switchboard(settings: KillSwitchSettings, *, instance: str,
         await board.open()
     except SwitchStoreError as exc:
         raise ConfigError(f"[kill_switch] {exc}") from None
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(board.run_poller)
-            yield board
-            nursery.cancel_scope.cancel()
-    finally:
-        with trio.CancelScope(shield=True):
-            await board.aclose()
+    async with polled(board.run_poller, board.aclose):
+        yield board
 
 
 __all__ = ["SwitchBoard", "open_switchboard"]
