@@ -11,7 +11,6 @@ mcpwall's HTTP front (``firewall.gateway.http_front``) and skip until it exists.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,17 +22,6 @@ from tests.fixtures import conformance_harness as harness
 pytestmark = [pytest.mark.node, pytest.mark.slow]
 
 
-def _require_toolchain() -> None:
-    problem = harness.toolchain_problem()
-    if problem is None:
-        return
-    if os.environ.get("CI"):
-        pytest.fail(f"the Node toolchain must be installed in CI: {problem}")
-    pytest.skip(problem)
-
-
-
-
 @pytest.fixture(scope="module")
 def work_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("conformance")
@@ -41,14 +29,14 @@ def work_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def everything_url(work_dir: Path) -> Iterator[str]:
-    _require_toolchain()
+    harness.require_toolchain()
     with harness.everything_http(work_dir / "everything") as url:
         yield url
 
 
 @pytest.fixture(scope="module")
 def fixture_url(work_dir: Path) -> Iterator[str]:
-    _require_toolchain()
+    harness.require_toolchain()
     with harness.fixture_http(work_dir / "fixture") as url:
         yield url
 
@@ -136,7 +124,7 @@ STDIO_SCENARIOS = (
 
 
 def test_fixture_through_mcpwall_stdio_passes_relay_scenarios(work_dir: Path) -> None:
-    _require_toolchain()
+    harness.require_toolchain()
     require_front()
     upstream = {"fixture": harness.StdioUpstream(harness.fixture_stdio_argv())}
     with mcpwall_or_skip(work_dir / "fixture-mcpwall-stdio", upstream) as base:

@@ -11,7 +11,6 @@ that do not speak that revision.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -114,17 +113,6 @@ def _assert_full_session(seen: Session) -> None:
                          "Tool execution completed"]
 
 
-
-
-def _require_toolchain() -> None:
-    problem = harness.toolchain_problem()
-    if problem is None:
-        return
-    if os.environ.get("CI"):
-        pytest.fail(f"the Node toolchain must be installed in CI: {problem}")
-    pytest.skip(problem)
-
-
 @pytest.fixture(scope="module")
 def work_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("clients")
@@ -207,18 +195,18 @@ def _inspector_round_trip(target: list[str]) -> None:
 
 @pytest.mark.node
 def test_inspector_direct_http(fixture_url: str) -> None:
-    _require_toolchain()
+    harness.require_toolchain()
     _inspector_round_trip([fixture_url])
 
 
 @pytest.mark.node
 def test_inspector_direct_stdio() -> None:
-    _require_toolchain()
+    harness.require_toolchain()
     _inspector_round_trip([sys.executable, str(harness.FIXTURE_SERVER), "--stdio"])
 
 
 @pytest.mark.node
 @pytest.mark.parametrize("upstream", ["through_http", "through_stdio"])
 def test_inspector_through_mcpwall(upstream: str, request: pytest.FixtureRequest) -> None:
-    _require_toolchain()
+    harness.require_toolchain()
     _inspector_round_trip([request.getfixturevalue(upstream)])
