@@ -16,7 +16,7 @@ import trio
 from firewall.audit.events import AuditPoint, append_lifecycle
 from firewall.audit.writer import AuditError, default_instance_id, open_audit
 from firewall.config import Config, ConfigError, StdioServer
-from firewall.gateway.approvals import open_desk
+from firewall.gateway.approvals import ApprovalDesk, open_desk
 from firewall.gateway.killswitch import GuardedPolicy
 from firewall.gateway.mediator import Mediator
 from firewall.gateway.sessions import new_session_id
@@ -28,7 +28,7 @@ from firewall.gateway.shared_limits import (
     open_limits,
 )
 from firewall.gateway.stdio_front import run_wrap
-from firewall.gateway.switchboard import open_switchboard
+from firewall.gateway.switchboard import SwitchBoard, open_switchboard
 from firewall.log import get_logger
 from firewall.policy.decision import AllowAll, Caller, PolicyPoint
 from firewall.policy.engine import PolicySet, ReloadResult
@@ -144,6 +144,23 @@ async def maybe_audit(config: Config, enabled: bool) -> AsyncIterator[AuditPoint
         raise ConfigError(f"audit trail {config.audit.path}: {exc}") from None
 
 
+@asynccontextmanager
+async def open_stores(config: Config, limiter: RedisLimiter | None, audit_enabled: bool
+                      ) -> AsyncIterator[tuple[AuditPoint | None, SwitchBoard,
+                                               ApprovalDesk | None]]:
+    """What a gateway process keeps beside its front, opened in order and closed in
+    reverse: the limiter's connections, the audit trail, the kill switch and the
+    approval desk (the last two audit what they find on open)."""
+    instance = default_instance_id()
+    async with (
+        open_limits(limiter),
+        maybe_audit(config, audit_enabled) as audit,
+        open_switchboard(config.kill_switch, instance=instance, audit=audit) as board,
+        open_desk(config.approvals, instance=instance, audit=audit) as desk,
+    ):
+        yield audit, board, desk
+
+
 async def run_wrap_session(
     config: Config,
     settings: StdioServer,
@@ -163,11 +180,7 @@ async def run_wrap_session(
     session = new_session_id()
     log = get_logger(server=server, session=session)
     async with (
-        open_limits(limiter),
-        maybe_audit(config, audit_enabled) as audit,
-        open_switchboard(config.kill_switch, instance=default_instance_id(),
-                         audit=audit) as board,
-        open_desk(config.approvals, instance=default_instance_id(), audit=audit) as desk,
+        open_stores(config, limiter, audit_enabled) as (audit, board, desk),
         trio.open_nursery() as nursery,
     ):
         if audit is None:
@@ -215,11 +228,7 @@ async def serve(config: Config, *, banner: TextIO | None = None) -> None:
         # The audit trail outlives the front: closing it flushes and signs the
         # head after the last session ended.
         async with (
-            open_limits(limiter),
-            maybe_audit(config, True) as audit,
-            open_switchboard(config.kill_switch, instance=default_instance_id(),
-                             audit=audit) as board,
-            open_desk(config.approvals, instance=default_instance_id(), audit=audit) as desk,
+            open_stores(config, limiter, True) as (audit, board, desk),
             trio.open_nursery() as nursery,
         ):
             plane = None
