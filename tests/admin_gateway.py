@@ -20,6 +20,9 @@ from serve_process import start_serve, stop_serve
 from firewall.identity import hash_token
 from tests.fixtures import conformance_harness as harness
 
+# How long a test waits for the gateway to come up, answer or record something: a
+# guard against a hang, not a timing claim (a loaded CI machine can stall for seconds).
+WAIT_SECONDS = 30
 ALICE = "alice-operator-token"
 VIEWER = "viewer-token"
 HOLD_POLICY = {
@@ -52,7 +55,7 @@ class Gateway:
 
     async def audit_until(self, sql: str, *params: Any, count: int = 1) -> list[sqlite3.Row]:
         """Poll the audit trail until ``sql`` returns at least ``count`` rows."""
-        with trio.fail_after(15):
+        with trio.fail_after(WAIT_SECONDS):
             while True:
                 rows = self.audit_rows(sql, *params)
                 if len(rows) >= count:
@@ -93,8 +96,8 @@ async def gateway(tmp: Path, servers: str | None = None, extra: str = ""
     proc, base = await start_serve(tmp, config, tmp / "serve.log")
     admin = f"http://127.0.0.1:{admin_port}"
     try:
-        async with httpx.AsyncClient(timeout=5) as http:
-            with trio.fail_after(15):
+        async with httpx.AsyncClient(timeout=WAIT_SECONDS) as http:
+            with trio.fail_after(WAIT_SECONDS):
                 while True:
                     try:
                         if (await http.get(f"{admin}/healthz")).status_code == 200:
@@ -113,7 +116,7 @@ async def connected(tmp: Path) -> AsyncIterator[tuple[Gateway, httpx.AsyncClient
     """A gateway, an HTTP client for its operator API and an initialized SDK session."""
     async with (
         gateway(tmp) as gw,
-        httpx.AsyncClient(timeout=5) as http,
+        httpx.AsyncClient(timeout=WAIT_SECONDS) as http,
         streamable_http_client(gw.mcp_url) as (read, write),
         ClientSession(read, write) as session,
     ):
@@ -123,8 +126,8 @@ async def connected(tmp: Path) -> AsyncIterator[tuple[Gateway, httpx.AsyncClient
 
 async def pending_approval(gw: Gateway) -> dict[str, Any]:
     """Wait until the API lists a pending approval; return the newest."""
-    async with httpx.AsyncClient(timeout=5) as http:
-        with trio.fail_after(20):
+    async with httpx.AsyncClient(timeout=WAIT_SECONDS) as http:
+        with trio.fail_after(WAIT_SECONDS):
             while True:
                 answer = (await http.get(f"{gw.admin}/api/approvals", headers=bearer())).json()
                 if answer["approvals"]:

@@ -44,7 +44,7 @@ class RedisProcess:
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--dir", str(self.workdir), *self.extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30  # a guard, not a timing claim
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 pytest.fail(f"redis-server exited {self.proc.returncode} on port {self.port}")
@@ -54,7 +54,7 @@ class RedisProcess:
                 if s.recv(64):
                     return
             time.sleep(0.02)
-        pytest.fail(f"redis-server did not answer on port {self.port} within 10 s")
+        pytest.fail(f"redis-server did not answer on port {self.port} within 30 s")
 
     def stop(self) -> None:
         """SIGKILL: the store vanishes as in a crash."""

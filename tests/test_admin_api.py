@@ -11,7 +11,15 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from admin_gateway import ALICE, VIEWER, bearer, connected, gateway, pending_approval
+from admin_gateway import (
+    ALICE,
+    VIEWER,
+    WAIT_SECONDS,
+    bearer,
+    connected,
+    gateway,
+    pending_approval,
+)
 from conftest import mcpwall_argv
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -47,7 +55,7 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 
 async def test_operator_requests_need_a_valid_token(tmp_path: Any) -> None:
-    async with gateway(tmp_path) as gw, httpx.AsyncClient(timeout=5) as http:
+    async with gateway(tmp_path) as gw, httpx.AsyncClient(timeout=WAIT_SECONDS) as http:
         for path in ("/api/approvals", "/api/kill-switch", "/api/sessions", "/metrics",
                      "/api/decisions"):
             anon = await http.get(gw.admin + path)
@@ -244,7 +252,7 @@ async def test_sessions_policy_reload_decisions_search_and_events(tmp_path: Any)
         async with trio.open_nursery() as nursery:
             await nursery.start(listen)
             await session.call_tool("vm_management", {"action": "info", "vm_name": "web-7"})
-            with trio.fail_after(10):
+            with trio.fail_after(WAIT_SECONDS):
                 await decided.wait()
             nursery.cancel_scope.cancel()
         assert "event: hello" in frames
@@ -281,7 +289,8 @@ async def test_readyz_reports_a_dead_upstream(tmp_path: Any) -> None:
     dead_port = harness.free_port()
     servers = (f'[servers.vm]\ntransport = "http"\nurl = "http://127.0.0.1:{dead_port}/mcp"\n'
                '[servers.gone]\ntransport = "stdio"\ncommand = "no-such-mcp-server-binary"\n')
-    async with gateway(tmp_path, servers) as gw, httpx.AsyncClient(timeout=10) as http:
+    async with gateway(tmp_path, servers) as gw, \
+            httpx.AsyncClient(timeout=WAIT_SECONDS) as http:
         anon = await http.get(f"{gw.admin}/readyz")
         assert anon.status_code == 503 and anon.json()["status"] == "unready"
         checks = anon.json()["checks"]

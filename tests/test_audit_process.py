@@ -41,7 +41,7 @@ async def test_a_killed_writer_process_fails_every_later_call(tmp_path: Path) ->
             assert isinstance(audit, ProcessWriter) and audit.pid is not None
             await (await audit.append(_decision(1))).committed()
             os.kill(audit.pid, signal.SIGKILL)
-            with trio.fail_after(10):
+            with trio.fail_after(30):
                 await _refused(audit, 2)
             await _refused(audit, 3)
             with pytest.raises(AuditError):
@@ -116,7 +116,7 @@ def test_the_writer_process_closes_and_signs_when_the_gateway_vanishes(tmp_path:
         assert process is not None
         os.close(audit._to)  # what the kernel does when the gateway dies
         audit._to = -1
-        with trio.fail_after(10):
+        with trio.fail_after(30):
             code = await process.wait()
         os.close(audit._from)
         audit._from = -1

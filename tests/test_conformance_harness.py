@@ -96,9 +96,9 @@ def test_fixture_refuses_foreign_host_and_origin(tmp_path: Path) -> None:
     accept = {"Accept": "application/json, text/event-stream"}
     with harness.fixture_http(tmp_path) as url:
         port = url.split(":")[2].split("/")[0]
-        foreign = httpx.post(url, json=init, headers={
+        foreign = httpx.post(url, json=init, timeout=30, headers={
             **accept, "Host": "evil.example.com", "Origin": "http://evil.example.com"})
-        local = httpx.post(url, json=init, headers={
+        local = httpx.post(url, json=init, timeout=30, headers={
             **accept, "Host": f"127.0.0.1:{port}", "Origin": f"http://127.0.0.1:{port}"})
     assert 400 <= foreign.status_code < 500
     assert local.status_code == 200

@@ -66,7 +66,7 @@ class Wire:
 
     async def response(self) -> tuple[int, dict[str, str], bytes]:
         """One response: status, headers (lower-case), body (de-chunked)."""
-        with trio.fail_after(10):
+        with trio.fail_after(30):
             while b"\r\n\r\n" not in self.buffer:
                 if not await self._more():
                     raise EOFError(self.buffer)
@@ -107,7 +107,7 @@ class Wire:
 
     async def closed(self) -> bool:
         """True when the server closed the connection (after what was buffered)."""
-        with trio.fail_after(10):
+        with trio.fail_after(30):
             try:
                 return not await self._more()
             except trio.BrokenResourceError:
@@ -307,7 +307,7 @@ async def test_sse_stream_is_chunked_and_flushed_per_event(parser: str) -> None:
         assert (await client.response())[0] == 202
         await client.send(b"GET /servers/demo/mcp HTTP/1.1\r\nHost: x\r\n"
                           b"Accept: text/event-stream\r\nMcp-Session-Id: " + sid + b"\r\n\r\n")
-        with trio.fail_after(10):
+        with trio.fail_after(30):
             while b"\r\n\r\n" not in client.buffer:
                 await client._more()
             head = client.buffer.split(b"\r\n\r\n", 1)[0].lower()
@@ -322,7 +322,7 @@ async def test_http2_prior_knowledge_goes_to_hypercorns_http2(parser: str) -> No
     async with front(parser) as address, wire(address) as client:
         settings = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # an empty SETTINGS frame
         await client.send(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + settings)
-        with trio.fail_after(10):
+        with trio.fail_after(30):
             while len(client.buffer) < 9:
                 assert await client._more()
         assert client.buffer[3] == 0x04  # the server's SETTINGS frame, not HTTP/1.1

@@ -329,18 +329,23 @@ async def test_child_crash_answers_pending_and_restarts(tmp_path: Path) -> None:
         crashed = await client.call(2, "crash")
         assert crashed.only()["error"]["code"] == -32010
         # The restarted child got the handshake again: the session goes on.
-        with trio.fail_after(10):
+        with trio.fail_after(30):
             pid2 = (await client.call(3, "pid")).only()["result"]["content"][0]["text"]
         assert pid1 != pid2
 
 
 async def test_upstream_timeout_answers_with_an_error(tmp_path: Path) -> None:
-    config = fleet(tmp_path, listen={"upstream_timeout_seconds": 0.3})
+    # The timeout covers every request, initialize too: 3 s leaves a loaded machine time
+    # to start the child and answer that, while the slow call never answers in time.
+    # A short grace: stopping the front does not wait for the sleeping child.
+    config = fleet(tmp_path, listen={"upstream_timeout_seconds": 3},
+                   terminate_grace_seconds=0.2)
     async with serving(config) as (base, _front):
         client = Client(base, "kid")
         await client.initialize()
-        late = await client.call(1, "slow", {"seconds": 2})
+        late = await client.call(1, "slow", {"seconds": 120})
         assert late.messages[-1]["error"]["code"] == -32011
+        assert "did not answer within 3 s" in late.messages[-1]["error"]["message"]
 
 
 # -- refusals -----------------------------------------------------------------
@@ -381,20 +386,32 @@ async def test_http_refusals(tmp_path: Path) -> None:
         assert (await alice.call(7, "echo", {"text": "alive"})).only()["result"]
 
 
-async def test_caps_expiry_and_health(tmp_path: Path) -> None:
-    config = fleet(tmp_path, listen={"session_idle_seconds": 0.3}, max_children=1)
-    async with serving(config) as (base, front):
+async def test_max_children_caps_the_sessions_of_a_server(tmp_path: Path) -> None:
+    # The default idle limit: the first session cannot expire before the second asks.
+    async with serving(fleet(tmp_path, max_children=1)) as (base, _front):
         first = Client(base, "kid")
         await first.initialize()
         full = await Client(base, "kid").post(INIT)
         assert full.status == 503 and full.only()["error"]["code"] == -32010
-        with trio.fail_after(10):
+        assert (await first.call(1, "echo", {"text": "still here"})).only()["result"]
+
+
+async def test_idle_sessions_expire_and_free_their_child(tmp_path: Path) -> None:
+    config = fleet(tmp_path, listen={"session_idle_seconds": 0.3}, max_children=1)
+    async with serving(config) as (base, front):
+        # initialize only: a second request (notifications/initialized) could come after
+        # the 0.3 s on a loaded machine and find the session gone already.
+        first = Client(base, "kid")
+        opened = await first.post(INIT)
+        assert opened.status == 200
+        first.sid = opened.headers["mcp-session-id"]
+        with trio.fail_after(30):
             while len(front.context.table):  # noqa: ASYNC110 (the reaper has no event)
                 await trio.sleep(0.1)
         expired = await first.call(1, "echo")
         assert expired.status == 404
-        second = Client(base, "kid")
-        await second.initialize()  # the reaped child freed its slot
+        second = await Client(base, "kid").post(INIT)
+        assert second.status == 200  # the reaped child freed its slot
 
 
 async def test_policy_refusal_is_answered_by_the_front(tmp_path: Path) -> None:

@@ -139,7 +139,7 @@ def call(rid: int) -> bytes:
 
 
 async def test_second_get_stream_is_refused_with_409() -> None:
-    with trio.fail_after(20):
+    with trio.fail_after(60):  # a guard against a hang, not a timing claim
         await _second_get_stream_is_refused_with_409()
 
 
@@ -163,7 +163,7 @@ async def _second_get_stream_is_refused_with_409() -> None:
         assert all(h["mcp-session-id"] == "upstream-1" for h in gets)
         # Once the first stream is gone (its client left), a new GET is served.
         statuses = []
-        with trio.fail_after(5):
+        with trio.fail_after(30):
             while not statuses or statuses[-1] == 409:
                 async with http.request("GET", headers) as again:
                     statuses.append(again.status)
@@ -195,7 +195,9 @@ async def test_get_streams_leave_the_request_pool_to_posts() -> None:
                         "mcp-session-id": sid}
         async with http.request("GET", get_headers) as stream:
             assert stream.status == 200
-            with trio.move_on_after(5) as waited:
+            # A POST that waits for the GET stream's connection waits until the stream
+            # ends: this bound only turns that deadlock into a failure.
+            with trio.move_on_after(30) as waited:
                 await upstream.stream_opened.wait()
                 for rid in (1, 2):
                     async with http.request("POST", post_headers, call(rid)) as resp:

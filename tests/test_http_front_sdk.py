@@ -177,7 +177,7 @@ def test_sigterm_drains_and_stops_children(tmp_path: Path) -> None:
         assert children, "the session's child is running"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30  # a guard, not a timing claim
         while any(_alive(c) for c in children) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not any(_alive(c) for c in children)

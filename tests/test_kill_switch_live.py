@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from admin_gateway import bearer, gateway
+from admin_gateway import WAIT_SECONDS, bearer, gateway
 from conftest import mcpwall_argv
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
@@ -35,7 +35,7 @@ async def cli(*args: str) -> trio.CompletedProcess[bytes]:
 
 async def until_refused(session: ClientSession, refused: bool) -> Any:
     """Call until the answer is (or is no longer) a kill-switch refusal; return it."""
-    with trio.fail_after(10):
+    with trio.fail_after(WAIT_SECONDS):
         while True:
             result = await session.call_tool("vm_management", LIST)
             if ("kill switch on" in text_of(result)) == refused:
@@ -45,7 +45,8 @@ async def until_refused(session: ClientSession, refused: bool) -> Any:
 
 async def test_a_switch_outlives_a_restart_and_the_cli_turns_it_off_through_the_file(
         tmp_path: Path) -> None:
-    async with gateway(tmp_path, extra=FAST_POLL) as gw, httpx.AsyncClient(timeout=5) as http:
+    async with gateway(tmp_path, extra=FAST_POLL) as gw, \
+            httpx.AsyncClient(timeout=WAIT_SECONDS) as http:
         on = await http.post(f"{gw.admin}/api/kill-switch", headers=bearer(),
                              json={"scope": "server", "name": "vm", "comment": "INC-9"})
         assert on.status_code == 200 and on.json()["saved"] is True

@@ -66,8 +66,8 @@ def limiter(redis: RedisProcess, clock: Clock | None = None, **kw: object) -> Re
     # Correctness tests, not timeout tests: a loaded machine can stall a reply well past
     # the production default of 0.25 s, which would turn into a refusal here.
     kw.setdefault("timeout", 10.0)
-    return RedisLimiter(parse_url(redis.url), key_prefix=f"t{secrets.token_hex(6)}:",
-                        clock=clock, **kw)  # type: ignore[arg-type]
+    kw.setdefault("key_prefix", f"t{secrets.token_hex(6)}:")
+    return RedisLimiter(parse_url(redis.url), clock=clock, **kw)  # type: ignore[arg-type]
 
 
 # -- the RESP codec ----------------------------------------------------------------------
@@ -202,14 +202,16 @@ async def test_look_only_takes_nothing_and_writes_nothing(redis: RedisProcess) -
 
 async def test_keys_expire_a_window_after_the_last_debit(redis: RedisProcess) -> None:
     shared = limiter(redis)  # Redis's own clock
-    spec = BucketSpec("short", "grant", 1, 0.2)
+    # A window long enough that redis-cli reads the TTL before the key goes, even
+    # when a loaded machine takes a while to start it (a 0.2 s window did not).
+    spec = BucketSpec("short", "grant", 1, 2.0)
     key = shared.key_prefix + spec.key("g")
     assert await shared.acquire([(spec.key("g"), spec)]) is None
-    assert 0 < int(redis.command("PTTL", key)) <= 200
+    assert 0 < int(redis.command("PTTL", key)) <= 2000
     hour = BucketSpec("long", "grant", 10, 3600.0)
     assert await shared.acquire([(hour.key("g"), hour)]) is None
     assert 3_590_000 < int(redis.command("PTTL", shared.key_prefix + hour.key("g"))) <= 3_600_000
-    await trio.sleep(0.3)
+    await trio.sleep(2.1)  # past the window: Redis expires on its own clock, whatever the load
     assert redis.command("EXISTS", key) == "0"  # full again: the same as absent
     assert await shared.acquire([(spec.key("g"), spec)]) is None
     await shared.aclose()
@@ -217,14 +219,18 @@ async def test_keys_expire_a_window_after_the_last_debit(redis: RedisProcess) ->
 
 async def test_two_limiters_share_buckets_on_redis_time(redis: RedisProcess) -> None:
     one = limiter(redis)
-    other = RedisLimiter(parse_url(redis.url), key_prefix=one.key_prefix)
-    spec = BucketSpec("fleet", "grant", 3, 60.0)
+    other = limiter(redis, key_prefix=one.key_prefix)
+    spec = BucketSpec("fleet", "grant", 3, 60.0)  # a token every 20 s
     req = [(spec.key("g"), spec)]
+    started = trio.current_time()
     assert await one.acquire(req) is None
     assert await other.acquire(req) is None
     assert await one.acquire(req) is None
     wait = await other.acquire(req)
-    assert wait is not None and 19.0 < wait <= 20.0
+    # 20 s less what Redis's clock refilled since the first debit (at most the time
+    # these four round trips took, which a loaded machine can stretch).
+    elapsed = trio.current_time() - started
+    assert wait is not None and 20.0 - elapsed - 0.01 <= wait <= 20.0
     assert await other.acquire([(spec.key("another grant"), spec)]) is None
     await one.aclose()
     await other.aclose()
@@ -244,7 +250,9 @@ def call(tool: str) -> mcp.Call:
 
 async def test_store_down_refuses_then_recovers_after_restart(tmp_path: Path) -> None:
     with redis_server(tmp_path) as redis:
-        shared = limiter(redis)
+        # A clock that stands still: the retry-after at the end is exactly 30 s, however
+        # long a loaded machine takes between the calls.
+        shared = limiter(redis, Clock())
         engine = Engine(compile_policy(VM_POLICY), shared)
         alice = Caller("alice", "grant-a")
         pending = engine.decide(call("vm_management"), alice, "vm", "s1")
@@ -264,7 +272,7 @@ async def test_store_down_refuses_then_recovers_after_restart(tmp_path: Path) ->
             assert (await engine.decide(call("vm_management"), alice, "vm", "s1")  # type: ignore[attr-defined]
                     .settle()).action == "allow"
         limited = await engine.decide(call("vm_management"), alice, "vm", "s1").settle()  # type: ignore[attr-defined]
-        assert limited.action == LIMITED and limited.retry_after == pytest.approx(30.0, abs=0.1)
+        assert limited.action == LIMITED and limited.retry_after == pytest.approx(30.0)
         await shared.aclose()
 
 
@@ -299,14 +307,16 @@ async def test_password_from_the_environment_and_never_shown(tmp_path: Path,
     with redis_server(tmp_path, "--requirepass", secret) as redis:
         spec = BucketSpec("x", "grant", 1, 60.0)
         monkeypatch.setenv("TEST_REDIS_PASSWORD", secret)
+        # Not a timeout test: a loaded machine can stall a reply past the 0.25 s default.
         settings = LimitSettings(backend="redis", url=redis.url,
-                                 password_env="TEST_REDIS_PASSWORD")
+                                 password_env="TEST_REDIS_PASSWORD", timeout_seconds=10.0)
         good = shared_limiter(settings, "gw.toml")
         assert good is not None
         assert await good.acquire([(spec.key("g"), spec)]) is None
         assert secret not in repr(good.address)
         await good.aclose()
-        wrong = RedisLimiter(parse_url(f"redis://:not-{secret}@127.0.0.1:{redis.port}/0"))
+        wrong = RedisLimiter(parse_url(f"redis://:not-{secret}@127.0.0.1:{redis.port}/0"),
+                             timeout=10.0)
         with pytest.raises(StoreUnavailable) as caught:
             await wrong.acquire([(spec.key("g"), spec)])
         assert "refused the password" in str(caught.value) and secret not in str(caught.value)

@@ -55,12 +55,16 @@ PASSWORD_ENV = "MCPWALL_TEST_REDIS_PASSWORD"
 @asynccontextmanager
 async def instance(workdir: Path, redis: RedisProcess, prefix: str, tokens: dict[str, str],
                    on_error: str) -> AsyncIterator[Gateway]:
-    """One `mcpwall serve` whose buckets live in ``redis``."""
+    """One `mcpwall serve` whose buckets live in ``redis``.
+
+    ``timeout_seconds`` is generous: nothing here tests the timeout (a killed store
+    refuses connections at once), and a loaded machine can stall a reply for a second.
+    """
     workdir.mkdir()  # noqa: ASYNC240 (a test fixture, once)
     config = write_config(workdir, SEED_POLICY, tokens)
     with config.open("a", encoding="utf-8") as out:
         out.write(f"\n[limits]\nbackend = \"redis\"\nurl = {json.dumps(redis.url)}\n"
-                  f"key_prefix = {json.dumps(prefix)}\ntimeout_seconds = 1.0\n"
+                  f"key_prefix = {json.dumps(prefix)}\ntimeout_seconds = 10.0\n"
                   f"on_error = {json.dumps(on_error)}\npassword_env = \"{PASSWORD_ENV}\"\n")
     log = workdir / "serve.log"
     proc, base = await start_serve(workdir, config, log, START_SECONDS)
