@@ -70,6 +70,7 @@ import httptools
 import msgspec
 import trio
 
+from firewall.gateway.sockets import send_all_now
 from firewall.protocol import jsonrpc
 from firewall.protocol.sse import Event, SSEError, SSEParser
 
@@ -898,7 +899,9 @@ class HttpUpstream:
     ) -> Response:
         reader = conn.reader
         try:
-            await conn.stream.send_all(wire)
+            # No scheduler pass after a write the socket takes whole: waiting
+            # for the answer is the exchange's checkpoint.
+            await send_all_now(conn.stream, wire)
             conn.sent = True
             while not reader.headers_done:
                 data = await conn.stream.receive_some(READ_SIZE)
