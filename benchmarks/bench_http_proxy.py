@@ -27,7 +27,7 @@ one gateway process per (mode, parser), all in the same run.
    own too (to show it is not the bottleneck): a figure the load of a shared
    machine disturbs far less than requests/s.
 3. Latency at half load: an open-loop, paced generator (its own process: plain
-   sockets, epoll, llhttp) sends at half of mcpwall's lowest maximum to every
+   sockets, epoll, llhttp) sends at half of mcpwall's allow-all maximum to every
    target of an upstream, the same schedule for each; p50/p99 and the latency
    mcpwall adds (goal: p50 <= 0.5 ms), with how late the pacer's sends went out
    and its share of a core. Then the pure added latency: one request at a
@@ -615,16 +615,21 @@ def report(kind: str, group: list[Target], args: argparse.Namespace, pacer: Path
     verdicts = []
     for http_parser in dict.fromkeys(t.name.partition("/")[2] for t in group[1:]):
         mine = [t for t in group[1:] if t.name.endswith("/" + http_parser)]
-        rate = min(t.median_rps() for t in mine) / 2
+        allow = next((t for t in mine if t.name.startswith("allow/")), None)
+        # The goal's load: half of allow-all's maximum (without allow-all, half of
+        # the slowest mode's); every mode and direct get the same schedule.
+        rate = (allow.median_rps() if allow is not None
+                else min(t.median_rps() for t in mine)) / 2
         pacer_cpu = children_cpu()
         lat = latencies([direct, *mine], rate, seconds, 8, pacer, pin, kind)
         pacer_cpu = children_cpu() - pacer_cpu
         # Two runs per target, each of rate * seconds requests (start-up included).
         share = pacer_cpu / (2 * (1 + len(mine)) * seconds)
-        print_latencies(f"  latency at {rate:.0f} req/s = half of the {http_parser} gateways' "
-                        "lowest maximum (open loop, 8 connections, answers checked; "
+        whose = (f"the {http_parser} allow-all gateway's maximum" if allow is not None
+                 else f"the {http_parser} gateways' lowest maximum")
+        print_latencies(f"  latency at {rate:.0f} req/s = half of {whose} "
+                        "(open loop, 8 connections, answers checked; "
                         f"the pacer used {share:.0%} of one core):", lat)
-        allow = next((t for t in mine if t.name.startswith("allow/")), None)
         if allow is not None:
             ratio = allow.median_rps() / d_rps
             added = lat[allow.name][0] - lat["direct"][0]

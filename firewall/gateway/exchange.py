@@ -13,7 +13,9 @@ and a response sent whole (:meth:`Exchange.respond`) or streamed
 3. Exactly one response per request: :meth:`respond` or :meth:`start`, once;
    once the body has ended (``finished``), later writes and ends are dropped.
 4. A whole response is two ASGI messages (head with ``Content-Length``, then
-   the body), the least the server can frame without chunking.
+   the body), the least the server can frame without chunking; a
+   :class:`DirectExchange` (no ASGI: the httptools connection hands it over)
+   gives the connection both at once.
 5. Every response carries a ``Date`` (RFC 9110), formatted once a second here
    rather than by the server for each response.
 """

@@ -31,6 +31,15 @@ Rules this module keeps:
    HTTP/2 preface is handed to hypercorn's HTTP/2 protocol, as h11's path does.
 6. ``Expect: 100-continue`` gets ``100 Continue`` as soon as the head is parsed
    (as hypercorn's h11 path does), unless body bytes came with the head.
+7. Direct exchanges: a request of a method the app names (``direct``: the
+   front's POSTs) whose whole body is parsed already, without ``Expect``, is
+   served in the connection's reader task as a
+   :class:`~firewall.gateway.exchange.DirectExchange`: no ASGI scope, message
+   dicts, task or channel, and its response is framed by rules 2 and 3 and
+   written at once (``write_now``). Everything else, and lifespan, is ASGI.
+   The reader is busy meanwhile, so a direct exchange that waits for its
+   client to leave (a held call) reads the connection in the reader's place;
+   bytes pipelined behind are parsed and served after it, in order (rule 1).
 """
 
 from __future__ import annotations
