@@ -161,6 +161,10 @@ class Exchange:
         """Finish a streamed body."""
         await self._emit(b"", more=False)
 
+    async def write_last(self, data: bytes) -> None:
+        """Send the last part of a streamed body and finish it (one write, when direct)."""
+        await self._emit(data, more=False)
+
     async def _emit(self, data: bytes, *, more: bool) -> None:
         if self.finished:
             return
