@@ -326,3 +326,64 @@ async def test_http2_prior_knowledge_goes_to_hypercorns_http2(parser: str) -> No
             while len(client.buffer) < 9:
                 assert await client._more()
         assert client.buffer[3] == 0x04  # the server's SETTINGS frame, not HTTP/1.1
+
+
+async def test_pipelined_posts_answer_in_order_and_close_when_asked(parser: str) -> None:
+    # With httptools each POST whose body came whole is served without ASGI
+    # (http11 rule 7); the GET between them goes through ASGI.
+    notification = b'{"jsonrpc":"2.0","method":"notifications/initialized"}'
+    async with front(parser) as address:
+        async with wire(address) as client:
+            await client.send(post(INIT) + post(b"{not json") + HEALTH)
+            status, headers, body = await client.response()
+            assert status == 200 and b'"init-7"' in body and headers.get("mcp-session-id")
+            status, _, body = await client.response()
+            assert status == 400 and json.loads(body)["error"]["code"] == jsonrpc.PARSE_ERROR
+            assert (await client.response())[0] == 200
+        async with wire(address) as client:
+            await client.send(post(INIT, b"Connection: close\r\n"))
+            status, headers, body = await client.response()
+            assert status == 200 and b'"init-7"' in body and headers.get("connection") == "close"
+            assert await client.closed()
+        for refused in (post(INIT, path=b"/servers/nowhere/mcp"),
+                        post(notification, b"Mcp-Session-Id: unknown\r\n")):
+            async with wire(address) as client:  # refused before its body was read: closed
+                await client.send(refused)
+                status, headers, body = await client.response()
+                assert status == 404 and headers.get("connection") == "close"
+                assert json.loads(body)["error"]["code"] == jsonrpc.INVALID_REQUEST
+                assert await client.closed()
+
+
+async def test_http_1_0_post_gets_its_answer_and_a_close(parser: str) -> None:
+    async with front(parser) as address, wire(address) as client:
+        await client.send(b"POST /servers/demo/mcp HTTP/1.0\r\n" + MCP_HEADERS
+                          + b"Content-Length: %d\r\n\r\n" % len(INIT) + INIT)
+        status, headers, body = await client.response()
+        assert status == 200 and b'"init-7"' in body and "chunked" not in str(headers)
+        assert await client.closed()
+
+
+async def test_posts_reach_the_front_without_asgi_only_with_httptools(parser: str) -> None:
+    seen: list[str] = []
+
+    class Counting(HttpFront):
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] == "http":
+                seen.append(scope["method"])
+            await super().__call__(scope, receive, send)
+
+    config = Config(listen=ListenSettings(port=0), http=HttpSettings(parser=parser),  # type: ignore[arg-type]
+                    servers={"demo": StdioServer(command=sys.executable,
+                                                 args=["-m", "firewall.demo"])})
+    app = Counting(config, AllowAll())
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(run_front, app)
+        host, port = binds[0].removeprefix("http://").rsplit(":", 1)
+        async with wire((host, int(port))) as client:
+            await client.send(post(INIT) + HEALTH)
+            assert (await client.response())[0] == 200
+            assert (await client.response())[0] == 200
+        app.begin_shutdown()
+        nursery.cancel_scope.cancel()
+    assert seen == (["GET"] if parser == "httptools" else ["POST", "GET"])

@@ -13,7 +13,9 @@ and a response sent whole (:meth:`Exchange.respond`) or streamed
 3. Exactly one response per request: :meth:`respond` or :meth:`start`, once;
    once the body has ended (``finished``), later writes and ends are dropped.
 4. A whole response is two ASGI messages (head with ``Content-Length``, then
-   the body), the least the server can frame without chunking.
+   the body), the least the server can frame without chunking; a
+   :class:`DirectExchange` (no ASGI: the httptools connection hands it over)
+   gives the connection both at once.
 5. Every response carries a ``Date`` (RFC 9110), formatted once a second here
    rather than by the server for each response.
 """
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from typing import Any, Final
+from typing import Any, Final, Protocol
 from wsgiref.handlers import format_date_time
 
 import trio
@@ -64,16 +66,19 @@ class Exchange:
                  "method", "path", "started")
 
     def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self.method: str = scope["method"]
-        self.path: str = scope["path"]
+        self._setup(scope["method"], scope["path"], scope["headers"])
+        self._receive = receive
+        self._send = send
+
+    def _setup(self, method: str, path: str, raw_headers: Iterable[tuple[bytes, bytes]]) -> None:
+        self.method: str = method
+        self.path: str = path
         self.headers: dict[str, str] = {}
-        for raw_name, raw_value in scope["headers"]:
+        for raw_name, raw_value in raw_headers:
             name = raw_name.decode("latin-1").lower()
             value = raw_value.decode("latin-1")
             # Repeated headers are joined as RFC 9110 allows for list values.
             self.headers[name] = f"{self.headers[name]}, {value}" if name in self.headers else value
-        self._receive = receive
-        self._send = send
         self.started = False
         self.finished = False
         self.disconnected = False
@@ -131,6 +136,9 @@ class Exchange:
             raw.append((b"content-length", b"%d" % len(body)))
         assert not self.started, "one response per request"
         self.started = True
+        await self._respond_raw(status, raw, body)
+
+    async def _respond_raw(self, status: int, raw: list[tuple[bytes, bytes]], body: bytes) -> None:
         await self._raw({"type": "http.response.start", "status": status, "headers": raw})
         await self._emit(body, more=False)
 
@@ -138,12 +146,12 @@ class Exchange:
         """Send the status line and headers of a streamed response."""
         assert not self.started, "one response per request"
         self.started = True
-        await self._raw({
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"date", http_date()),
-                        *((k.encode("latin-1"), v.encode("latin-1")) for k, v in headers)],
-        })
+        await self._start_raw(status, [(b"date", http_date()),
+                                       *((k.encode("latin-1"), v.encode("latin-1"))
+                                         for k, v in headers)])
+
+    async def _start_raw(self, status: int, raw: list[tuple[bytes, bytes]]) -> None:
+        await self._raw({"type": "http.response.start", "status": status, "headers": raw})
 
     async def write(self, data: bytes) -> None:
         """Send part of a streamed body, at once (no buffering)."""
@@ -152,6 +160,10 @@ class Exchange:
     async def end(self) -> None:
         """Finish a streamed body."""
         await self._emit(b"", more=False)
+
+    async def write_last(self, data: bytes) -> None:
+        """Send the last part of a streamed body and finish it (one write, when direct)."""
+        await self._emit(data, more=False)
 
     async def _emit(self, data: bytes, *, more: bool) -> None:
         if self.finished:
@@ -165,6 +177,78 @@ class Exchange:
             return
         try:
             await self._send(message)
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+            self.disconnected = True
+
+
+class Responder(Protocol):
+    """The connection side of a :class:`DirectExchange` (:mod:`firewall.gateway.http11`).
+
+    ``send_response`` with ``more=False`` sends the whole response; with
+    ``more=True`` it only starts it (the head goes out with the first body
+    bytes). Writes raise ``trio.BrokenResourceError`` once the client is gone.
+    """
+
+    async def send_response(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes,
+                            more: bool) -> None: ...
+
+    async def send_body(self, data: bytes, more: bool) -> None: ...
+
+    async def wait_disconnect(self) -> None: ...
+
+
+class DirectExchange(Exchange):
+    """An exchange the HTTP/1.1 connection hands to the front without ASGI.
+
+    For a request whose whole body arrived with its head (an MCP POST, almost
+    always): no scope, no message dicts, no task and no channel per request;
+    the response goes straight to the connection's framing. The front sees the
+    same :class:`Exchange` either way.
+    """
+
+    __slots__ = ("_body", "_responder")
+
+    def __init__(self, method: str, path: str, raw_headers: Iterable[tuple[bytes, bytes]],
+                 body: bytes, responder: Responder) -> None:
+        self._setup(method, path, raw_headers)
+        self._body = body
+        self._responder = responder
+
+    async def read_body(self, cap: int) -> bytes:
+        length = self.headers.get("content-length")
+        if (length is not None and length.isdigit() and int(length) > cap) or len(self._body) > cap:
+            raise BodyTooLarge
+        self.body_read = True
+        return self._body
+
+    async def wait_disconnect(self) -> None:
+        await self._responder.wait_disconnect()
+        self.disconnected = True
+
+    async def _respond_raw(self, status: int, raw: list[tuple[bytes, bytes]], body: bytes) -> None:
+        self.finished = True
+        if not self.disconnected:
+            try:
+                await self._responder.send_response(status, raw, body, False)
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+                self.disconnected = True
+
+    async def _start_raw(self, status: int, raw: list[tuple[bytes, bytes]]) -> None:
+        if not self.disconnected:
+            try:
+                await self._responder.send_response(status, raw, b"", True)
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+                self.disconnected = True
+
+    async def _emit(self, data: bytes, *, more: bool) -> None:
+        if self.finished:
+            return
+        if not more:
+            self.finished = True
+        if self.disconnected:
+            return
+        try:
+            await self._responder.send_body(data, more)
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
             self.disconnected = True
 

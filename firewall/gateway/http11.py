@@ -31,6 +31,15 @@ Rules this module keeps:
    HTTP/2 preface is handed to hypercorn's HTTP/2 protocol, as h11's path does.
 6. ``Expect: 100-continue`` gets ``100 Continue`` as soon as the head is parsed
    (as hypercorn's h11 path does), unless body bytes came with the head.
+7. Direct exchanges: a request of a method the app names (``direct``: the
+   front's POSTs) whose whole body is parsed already, without ``Expect``, is
+   served in the connection's reader task as a
+   :class:`~firewall.gateway.exchange.DirectExchange`: no ASGI scope, message
+   dicts, task or channel, and its response is framed by rules 2 and 3 and
+   written at once (``write_now``). Everything else, and lifespan, is ASGI.
+   The reader is busy meanwhile, so a direct exchange that waits for its
+   client to leave (a held call) reads the connection in the reader's place;
+   bytes pipelined behind are parsed and served after it, in order (rule 1).
 """
 
 from __future__ import annotations
@@ -38,7 +47,8 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
-from typing import Any, Final
+from typing import Any, Final, Protocol
+from urllib.parse import unquote
 
 import httptools
 import trio
@@ -54,7 +64,11 @@ from hypercorn.protocol.events import (
 from hypercorn.protocol.h11 import H2ProtocolAssumedError
 from hypercorn.protocol.http_stream import HTTPStream
 
+from firewall.gateway.exchange import DirectExchange
+from firewall.log import get_logger
+
 STREAM_ID: Final = 1
+MAX_RECV: Final = 2**16  # as hypercorn's TCPServer reads
 H2_PREFACE: Final = b"PRI * HTTP/2.0\r\n"
 # Parsed events, in wire order; the reader hands them to the exchange.
 _HEAD: Final = 0  # a request's head (a Request)
@@ -68,6 +82,20 @@ _NO_BODY_STATUS: Final = frozenset({204, 304})
 
 class _HeadTooLarge(Exception):
     """The request head exceeds the configured size."""
+
+
+DirectHandler = Callable[[DirectExchange], Awaitable[None]]
+# The app's handler for a request method, or None: that method goes through ASGI.
+DirectRoute = Callable[[str], DirectHandler | None]
+
+
+class DirectConnection(Protocol):
+    """What a direct exchange needs of the TCP connection (:mod:`firewall.gateway.http_server`)."""
+
+    @property
+    def stream(self) -> trio.abc.Stream: ...
+
+    async def write_now(self, data: bytes) -> None: ...
 
 
 def _status_line(status: int) -> bytes:
@@ -95,6 +123,9 @@ class HttptoolsProtocol:
         client: tuple[str, int] | None,
         server: tuple[str, int] | None,
         send: Callable[[Event], Awaitable[None]],
+        *,
+        direct: DirectRoute | None = None,
+        connection: DirectConnection | None = None,
     ) -> None:
         self.app = app
         self.config = config
@@ -106,6 +137,10 @@ class HttptoolsProtocol:
         self.server = server
         self.send = send
         self.keep_alive_requests = 0
+        # Requests the app takes without ASGI (rule 7): only with a connection
+        # to write to and read from, and no server names to check.
+        self._direct = direct if connection is not None and not config.server_names else None
+        self._connection = connection
         self._max_head: int = config.h11_max_incomplete_size
         self._parser = httptools.HttpRequestParser(self)
         self._events: deque[tuple[int, Any]] = deque()
@@ -131,6 +166,7 @@ class HttptoolsProtocol:
         self._response_started = False
         self._chunked = False
         self._must_close = False
+        self._suppress_body = False  # a direct exchange's 204 or 304: no body bytes
 
     # -- httptools callbacks (the parser calls these from feed_data) -----------
     def on_message_begin(self) -> None:
@@ -256,6 +292,10 @@ class HttptoolsProtocol:
                 self._answered = trio.Event()
                 await self._answered.wait()
                 continue
+            if kind == _HEAD and self._direct is not None:
+                handler = self._direct(value[0].method)
+                if handler is not None and await self._serve_direct(handler):
+                    continue
             events.popleft()
             if kind == _BODY:
                 if events and events[0][0] == _END:
@@ -272,6 +312,100 @@ class HttptoolsProtocol:
                     await self._stream.handle(EndBody(stream_id=STREAM_ID))
             else:
                 await self._fail(value)
+
+    async def _serve_direct(self, handler: DirectHandler) -> bool:
+        """Serve the request at the head of the events without ASGI, if it is all here.
+
+        False (nothing consumed) when its body has not all arrived, or it
+        expects ``100 Continue``: hypercorn's ASGI stream takes it then.
+        """
+        events = self._events
+        request, keep_alive = events[0][1]
+        end = 1
+        while end < len(events) and events[end][0] == _BODY:
+            end += 1
+        if end == len(events) or events[end][0] != _END \
+                or any(name == b"expect" for name, _ in request.headers):
+            return False
+        body = b"".join(events[i][1] for i in range(1, end))
+        for _ in range(end + 1):
+            events.popleft()
+        await self.send(Updated(idle=False))
+        self._http10 = request.http_version == "1.0"
+        self._keep_alive = keep_alive
+        self._head_method = request.method == "HEAD"
+        self._request_done = True
+        self._head = b""
+        self._response_started = self._chunked = self._must_close = False
+        self._suppress_body = False
+        self.keep_alive_requests += 1
+        await self.context.mark_request()
+        path, _, _query = request.raw_path.partition(b"?")
+        ex = DirectExchange(request.method, unquote(path.decode("ascii")), request.headers,
+                            body, self)
+        try:
+            await handler(ex)
+        except Exception:
+            # The app answers its own errors; this is the last resort ASGI's
+            # stream would be (a 500 if nothing was sent), and the connection closes.
+            get_logger(component="http11").exception("direct_request_failed", path=ex.path)
+            self._must_close = True
+            if not ex.started:
+                await ex.respond(500, b"", content_type=None)
+        if not ex.started:
+            await ex.respond(500, b"", content_type=None)
+        elif not ex.finished:
+            await ex.end()
+        if self._must_close or self._eof or self.context.terminated.is_set():
+            await self._close()
+        else:
+            await self.send(Updated(idle=True))
+        return True
+
+    # -- the Responder of a DirectExchange --------------------------------------------
+    async def send_response(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes,
+                            more: bool) -> None:
+        """Start (``more``) or send a whole response of a direct exchange (rule 2)."""
+        self._frame(status, headers)
+        self._suppress_body = status in _NO_BODY_STATUS
+        if not more:
+            await self.send_body(body, False)
+
+    async def send_body(self, data: bytes, more: bool) -> None:
+        """Part of a direct exchange's body, at once; ``more=False`` ends it."""
+        if self._closed or self._connection is None:
+            raise trio.ClosedResourceError("the connection is closed")
+        out = self._head
+        if data and not (self._head_method or self._suppress_body):
+            out += b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data
+        if not more and self._chunked and not self._head_method:
+            out += b"0\r\n\r\n"
+        self._head = b""
+        if out:
+            try:
+                await self._connection.write_now(out)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._eof = True  # the client is gone: close once the exchange ends
+                raise
+
+    async def wait_disconnect(self) -> None:
+        """Return when the client's side of the connection ends, during a direct exchange.
+
+        The reader is busy serving the exchange, so this reads in its place:
+        bytes pipelined behind are parsed (served after this exchange), the end
+        of the stream or an error is the disconnect.
+        """
+        connection = self._connection
+        while not self._eof and connection is not None:
+            try:
+                data = await connection.stream.receive_some(MAX_RECV)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
+            if not data:
+                self._eof = True
+                return
+            if not (self._closed or self._discard):
+                self._parse(bytes(data))
 
     async def _last_body(self, data: bytes) -> None:
         """The body's last part and its end, as the single message ASGI allows.
@@ -337,11 +471,16 @@ class HttptoolsProtocol:
             pass  # early hints are for HTTP/2 and 3, as in hypercorn's h11 path
 
     async def _start_response(self, event: Response) -> None:
-        status = event.status_code
-        headers = [*event.headers, *self.config.response_headers("h11")]
-        if status < 200:
-            await self.send(RawData(data=self._head_bytes(status, headers)))
+        if event.status_code < 200:
+            headers = [*event.headers, *self.config.response_headers("h11")]
+            await self.send(RawData(data=self._head_bytes(event.status_code, headers)))
             return
+        self._frame(event.status_code, event.headers)
+
+    def _frame(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        """Decide a final response's framing and whether the connection closes after it;
+        keep its head for the first body bytes (rules 2 and 3)."""
+        headers = [*headers, *self.config.response_headers("h11")]
         if self.keep_alive_requests >= self.config.keep_alive_max_requests:
             self._must_close = True
         sized = False

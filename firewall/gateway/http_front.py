@@ -32,7 +32,7 @@ import functools
 import json
 import logging
 import sys
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final, Protocol, TextIO
 from urllib.parse import urlsplit
 
@@ -47,6 +47,7 @@ from firewall.gateway.exchange import (
     SSE,
     BodyTooLarge,
     ClientGone,
+    DirectExchange,
     Exchange,
     Receive,
     Scope,
@@ -205,17 +206,29 @@ class HttpFront:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            ex = Exchange(scope, receive, send)
-            try:
-                await self._handle(ex)
-            except ClientGone:
-                return
-            except Exception:
-                self.log.exception("request_failed", method=ex.method, path=ex.path)
-                if not ex.started:
-                    await refuse(ex, 500, jsonrpc.INTERNAL_ERROR, "Internal Server Error")
+            await self.serve_exchange(Exchange(scope, receive, send))
         elif kind == "lifespan":
             await lifespan(receive, send)
+
+    def direct_route(self, method: str) -> Callable[[DirectExchange], Awaitable[None]] | None:
+        """The handler of requests the HTTP/1.1 connection may give us without ASGI.
+
+        POSTs: their handlers read the body once and watch for a disconnect
+        only while a call is held, which a direct exchange supports. GET
+        streams and the rest stay ASGI.
+        """
+        return self.serve_exchange if method == "POST" else None
+
+    async def serve_exchange(self, ex: Exchange) -> None:
+        """Answer one request, ASGI or direct; an unexpected error is a 500, never a crash."""
+        try:
+            await self._handle(ex)
+        except ClientGone:
+            return
+        except Exception:
+            self.log.exception("request_failed", method=ex.method, path=ex.path)
+            if not ex.started:
+                await refuse(ex, 500, jsonrpc.INTERNAL_ERROR, "Internal Server Error")
 
     async def _handle(self, ex: Exchange) -> None:
         path = ex.path
@@ -372,7 +385,8 @@ async def run_front(
         try:
             # Returns after the drain (bounded by the grace period).
             await serve(front, hyper, parser=front.config.http.parser,
-                        shutdown_trigger=front.drained.wait, task_status=task_status)
+                        direct=front.direct_route, shutdown_trigger=front.drained.wait,
+                        task_status=task_status)
         finally:
             front.close()
 

@@ -309,10 +309,17 @@ class HttpEndpoint:
                         if routed.upstream is not None:  # a refused server->client request
                             nursery.start_soon(self._answer_upstream, session, routed)
                         if routed.client is not None:
-                            await write(sse.encode_event(routed.client, id=event.id,
-                                                         event=event.event, retry=event.retry))
+                            data = sse.encode_event(routed.client, id=event.id,
+                                                    event=event.event, retry=event.retry)
                             if rid is not None and not answered and _answers(routed.client, rid):
                                 answered = True
+                            if (rid is None or answered) and events.at_end():
+                                # The upstream's stream is over: this event and the
+                                # end of ours go out in one write (the client
+                                # wakes once, not twice, for its answer).
+                                await ex.write_last(data)
+                                break
+                            await write(data)
                         elif event.id is not None or event.retry is not None:
                             await write(sse.encode_event(None, id=event.id, retry=event.retry))
                 except UpstreamError as exc:

@@ -42,7 +42,8 @@ from hypercorn.utils import (
     wrap_app,
 )
 
-from firewall.gateway.http11 import HttptoolsProtocol
+from firewall.gateway.http11 import DirectRoute, HttptoolsProtocol
+from firewall.gateway.sockets import send_all_now
 from firewall.log import get_logger
 
 Parser = Literal["httptools", "h11"]
@@ -65,21 +66,25 @@ async def serve(
     hyper: Any,
     *,
     parser: Parser = "httptools",
+    direct: DirectRoute | None = None,
     shutdown_trigger: Callable[..., Awaitable[None]] | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` (ASGI) with hypercorn config ``hyper`` until ``shutdown_trigger`` returns.
 
+    ``direct``, with httptools, names the app's handler for requests of a
+    method that it takes without ASGI (see :mod:`firewall.gateway.http11`,
+    rule 7); every other request, and lifespan, is ASGI.
     ``task_status.started`` gets the bound URLs, as hypercorn's ``serve`` does.
     """
     if parser_in_use(parser) == "h11" or hyper.ssl_enabled:
         await hypercorn_serve(app, hyper, shutdown_trigger=shutdown_trigger,
                               task_status=task_status)
         return
-    await _worker_serve(app, hyper, shutdown_trigger, task_status)
+    await _worker_serve(app, hyper, direct, shutdown_trigger, task_status)
 
 
-async def _worker_serve(app: Any, config: Any,
+async def _worker_serve(app: Any, config: Any, direct: DirectRoute | None,
                         shutdown_trigger: Callable[..., Awaitable[None]] | None,
                         task_status: trio.TaskStatus[list[str]]) -> None:
     """``hypercorn.trio.run.worker_serve`` for plain-TCP listeners, with our connections."""
@@ -109,7 +114,7 @@ async def _worker_serve(app: Any, config: Any,
                     nursery.start_soon(partial(
                         trio.serve_listeners,
                         partial(HttptoolsConnection, wrapped, config, context,
-                                ConnectionState(lifespan_state.copy())),
+                                ConnectionState(lifespan_state.copy()), direct=direct),
                         listeners, handler_nursery=server_nursery))
                     await trio.sleep_forever()
             except BaseExceptionGroup as error:
@@ -127,13 +132,38 @@ async def _worker_serve(app: Any, config: Any,
 class HttptoolsConnection(TCPServer):
     """One plain-TCP connection: hypercorn's ``TCPServer.run`` with :class:`_Protocols`.
 
-    Two costs of ``TCPServer`` on every request are avoided: its keep-alive
+    Three costs of ``TCPServer`` on every request are avoided: its keep-alive
     timer is a task restarted (``nursery.start``) at the end of each request,
-    here one task per connection whose deadline moves; and a send takes its
-    lock with a scheduler checkpoint, here only when another send holds it.
+    here one task per connection whose deadline moves; a send takes its lock
+    with a scheduler checkpoint, here only when another send holds it; and a
+    send the socket takes whole yields to the scheduler, here it does not
+    (:func:`~firewall.gateway.sockets.send_all_now`).
     """
 
     _idle_scope: trio.CancelScope
+
+    def __init__(self, app: Any, config: Any, context: Any, state: Any, stream: Any,
+                 direct: DirectRoute | None = None) -> None:
+        super().__init__(app, config, context, state, stream)
+        self._direct = direct
+
+    async def write_now(self, data: bytes) -> None:
+        """Write to the client, without a scheduler pass when the socket takes it at once.
+
+        Raises ``trio.BrokenResourceError`` (or ``ClosedResourceError``) when
+        the client is gone; the caller decides what that ends.
+        """
+        if self.send_lock.locked():
+            async with self.send_lock:
+                with trio.CancelScope(shield=True):
+                    await self.stream.send_all(data)
+            return
+        self.send_lock.acquire_nowait()
+        try:
+            with trio.CancelScope(shield=True):
+                await send_all_now(self.stream, data)
+        finally:
+            self.send_lock.release()
 
     async def run(self) -> None:
         socket = self.stream.socket
@@ -144,7 +174,8 @@ class HttptoolsConnection(TCPServer):
                 self._task_group = task_group
                 self.protocol = cast(Any, _Protocols(
                     self.app, self.config, self.context, task_group,
-                    ConnectionState(self.state), False, client, server, self.protocol_send))
+                    ConnectionState(self.state), False, client, server, self.protocol_send,
+                    direct=self._direct, connection=self))
                 self._idle_scope = trio.CancelScope(
                     deadline=trio.current_time() + self.config.keep_alive_timeout)
                 watcher = trio.CancelScope()
@@ -164,15 +195,11 @@ class HttptoolsConnection(TCPServer):
             # no task is woken).
             self._idle_scope.deadline = (trio.current_time() + self.config.keep_alive_timeout
                                          if event.idle else math.inf)
-        elif isinstance(event, RawData) and not self.send_lock.locked():
-            self.send_lock.acquire_nowait()
+        elif isinstance(event, RawData):
             try:
-                with trio.CancelScope(shield=True):
-                    await self.stream.send_all(event.data)
+                await self.write_now(event.data)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 await self.protocol.handle(Closed())
-            finally:
-                self.send_lock.release()
         else:
             await super().protocol_send(event)
 
@@ -198,9 +225,10 @@ class _Protocols:
 
     def __init__(self, app: Any, config: Any, context: Any, task_group: Any, state: Any,
                  ssl: bool, client: Any, server: Any,
-                 send: Callable[[Any], Awaitable[None]]) -> None:
+                 send: Callable[[Any], Awaitable[None]], *, direct: DirectRoute | None = None,
+                 connection: HttptoolsConnection | None = None) -> None:
         self._args = (app, config, context, task_group, state, ssl, client, server, send)
-        self.protocol: Any = HttptoolsProtocol(*self._args)
+        self.protocol: Any = HttptoolsProtocol(*self._args, direct=direct, connection=connection)
 
     async def initiate(self) -> None:
         await self.protocol.initiate()

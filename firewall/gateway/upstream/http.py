@@ -70,10 +70,12 @@ import httptools
 import msgspec
 import trio
 
+from firewall.gateway.sockets import send_all_now
 from firewall.protocol import jsonrpc
 from firewall.protocol.sse import Event, SSEError, SSEParser
 
 __all__ = [
+    "EventStream",
     "HeaderInput",
     "HttpUpstream",
     "PoolStats",
@@ -475,13 +477,13 @@ class Response:
             parts.append(chunk)
         return b"".join(parts)
 
-    def events(self, *, keep_dataless: bool = False) -> AsyncIterator[Event]:
+    def events(self, *, keep_dataless: bool = False) -> EventStream:
         """Parse a ``text/event-stream`` body into events as they complete.
 
         A malformed stream (an event over the parser's size limit) raises
         :class:`UpstreamError` ``PROTOCOL_ERROR``.
         """
-        return _EventIterator(self, SSEParser(keep_dataless=keep_dataless))
+        return EventStream(self, SSEParser(keep_dataless=keep_dataless))
 
     def _try_finish_without_io(self) -> None:
         # The rest of the body may already have been parsed (a 202 with an
@@ -507,7 +509,9 @@ class _BodyIterator:
         return chunk
 
 
-class _EventIterator:
+class EventStream:
+    """The events of a ``text/event-stream`` body, as they complete (:meth:`Response.events`)."""
+
     __slots__ = ("_parser", "_pending", "_response")
 
     def __init__(self, response: Response, parser: SSEParser) -> None:
@@ -515,8 +519,17 @@ class _EventIterator:
         self._parser = parser
         self._pending: deque[Event] = deque()
 
-    def __aiter__(self) -> _EventIterator:
+    def __aiter__(self) -> EventStream:
         return self
+
+    def at_end(self) -> bool:
+        """True when the stream has no event left: the next one would end the iteration.
+
+        Known without I/O, once the whole body has been read and parsed: the
+        relay can then send the last event and the end of its own stream at once.
+        """
+        reader = self._response._conn.reader
+        return not self._pending and reader.complete and not reader.chunks
 
     async def __anext__(self) -> Event:
         while not self._pending:
@@ -898,7 +911,9 @@ class HttpUpstream:
     ) -> Response:
         reader = conn.reader
         try:
-            await conn.stream.send_all(wire)
+            # No scheduler pass after a write the socket takes whole: waiting
+            # for the answer is the exchange's checkpoint.
+            await send_all_now(conn.stream, wire)
             conn.sent = True
             while not reader.headers_done:
                 data = await conn.stream.receive_some(READ_SIZE)

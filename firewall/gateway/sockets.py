@@ -1,0 +1,52 @@
+"""Writing to a trio stream without a trip through the scheduler when it need not wait.
+
+trio makes every socket operation a checkpoint: a ``send_all`` that the kernel
+takes whole at once still yields to the scheduler afterwards, one more pass of
+trio's run loop (an ``epoll_wait`` and the loop's bookkeeping) on the way of
+every request and every answer. :func:`send_all_now` writes what the socket
+takes at once and leaves only the rest to ``send_all``.
+
+Rules this module keeps:
+
+1. Bytes go out in order and whole, as with ``send_all``: a write the socket
+   takes in part continues through ``send_all``, which waits for room.
+2. Only one writer at a time per stream, as ``send_all`` demands: callers hold
+   their own lock (the front's connection) or own the stream (an upstream
+   connection during its exchange). trio's conflict check does not see the
+   immediate write.
+3. Errors are trio's: a reset or broken pipe raises ``trio.BrokenResourceError``,
+   a stream closed on our side ``trio.ClosedResourceError`` (from ``send_all``).
+4. No checkpoint when everything was written: the caller's next wait (for the
+   answer, for the next request) is the checkpoint. Anything that is not a
+   plain ``trio.SocketStream`` (TLS, a memory stream in a test) goes through
+   ``send_all`` unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+
+import trio
+
+
+async def send_all_now(stream: trio.abc.SendStream, data: bytes | bytearray | memoryview) -> None:
+    """``await stream.send_all(data)``, without yielding when the socket takes it all at once.
+
+    Example: ``await send_all_now(conn.stream, b"POST /mcp HTTP/1.1\\r\\n...")``
+    """
+    if type(stream) is trio.SocketStream:
+        fd = stream.socket.fileno()
+        if fd >= 0:  # -1: closed on our side, send_all says so
+            try:
+                sent = os.write(fd, data)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
+            if sent == len(data):
+                return
+            data = memoryview(data)[sent:]
+    await stream.send_all(data)
+
+
+__all__ = ["send_all_now"]
