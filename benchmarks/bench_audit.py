@@ -2,9 +2,17 @@
 
 Run:  .venv/bin/python benchmarks/bench_audit.py [--rows 10000000] [--events 50000]
 
-1. Durable events/s with group commit (trio producers appending and awaiting
-   ``committed()``), against the baseline of one fsync'ed commit per event
-   measured in the same run.
+1. Durable events/s with group commit, against the baseline of one fsync'ed
+   commit per event measured in the same run. Each trio producer does what
+   the gateway does for a call: append the decision, await ``committed()``,
+   append the outcome without waiting (gateway-like session and call ids);
+   the clock stops when every event is committed, and the rows stored are
+   counted against the events counted. Also in the run: the earlier loop (one
+   decision, awaited), and the gateway-side ceiling (the writer process
+   replaced by ``audit_null_child.py``, which stores nothing). ``--prefill``
+   starts the runs from a file that already holds rows, and adds the writer
+   alone on gateway-like keys (what each secondary index and the writer's
+   cache/checkpoint settings cost).
    The default writer is a child process (``writer = "process"``); the same
    run measures the writer thread (``writer = "thread"``, the design before
    it) at the largest producer count, and prints the ratio.
@@ -41,11 +49,12 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Final
 
 import msgspec
 import trio
 
-from firewall.audit.events import DecisionEvent, OutcomeEvent
+from firewall.audit.events import DecisionEvent, Event, OutcomeEvent
 from firewall.audit.query import Filters, Sources, calls
 from firewall.audit.settings import AuditSettings
 from firewall.audit.verify import verify_paths
@@ -193,18 +202,73 @@ async def _group_run(db: Path, n: int, producers: int, call_model: bool,
 
 
 def bench_writer_only(tmp: Path, name: str, n: int, batch: int, *, drop: tuple[str, ...] = (),
-                      **settings: object) -> tuple[float, float]:
+                      events: list[Event] | None = None, pragmas: tuple[str, ...] = (),
+                      prefill: Path | None = None, **settings: object) -> tuple[float, float]:
     """The writer alone: Trail.append_batch, durable, ``batch`` events per transaction
     (events built beforehand), so neither trio nor the producers share the GIL.
-    Returns events/s and CPU us per event. ``drop``: indexes dropped first."""
-    events = [decision(i, time.time_ns()) for i in range(n)]
+    Returns events/s and CPU us per event. ``drop``: indexes dropped first;
+    ``pragmas``: run on the write connection first; ``prefill``: a file to
+    start from (copied)."""
+    if events is None:
+        events = [decision(i, time.time_ns()) for i in range(n)]
+    if prefill is not None:
+        shutil.copyfile(prefill, tmp / f"{name}.db")
     with Trail(_settings(tmp / f"{name}.db", **settings), "bench") as trail:
         for index in drop:
             trail.conn.execute(f"DROP INDEX {index}")
+        for pragma in pragmas:
+            trail.conn.execute(pragma)
         t, cpu = time.perf_counter(), time.thread_time()
-        for k in range(0, n, batch):
+        for k in range(0, len(events), batch):
             trail.append_batch(events[k:k + batch])
-        return n / (time.perf_counter() - t), (time.thread_time() - cpu) / n * 1e6
+        return len(events) / (time.perf_counter() - t), (time.thread_time() - cpu) / n * 1e6
+
+
+def gateway_calls(n: int, clients: int = 2048) -> list[Event]:
+    """``n`` events as a gateway with ``clients`` busy sessions writes them: a
+    decision and its outcome per call, random hex session ids, call ids
+    ``<session>.<n>``, calls of all sessions interleaved."""
+    sessions = [uuid.uuid4().hex for _ in range(clients)]
+    out: list[Event] = []
+    for i in range(n // 2):
+        s = sessions[i % clients]
+        d = msgspec.structs.replace(decision(i, time.time_ns()), session=s,
+                                    call_id=f"{s}.{i // clients}")
+        out.append(d)
+        out.append(OutcomeEvent(ts_ns=time.time_ns(), call_id=d.call_id, session=s,
+                                server="virtualization", status="ok", latency_ns=1_000_000,
+                                response_bytes=120))
+    return out
+
+
+# SQLite's defaults, as the writer ran before it set its own cache and checkpoint.
+_SQLITE_DEFAULTS: Final = ("PRAGMA cache_size=-2000", "PRAGMA wal_autocheckpoint=1000")
+
+
+def writer_keys(tmp: Path, args: argparse.Namespace, base: float, prefill: Path) -> None:
+    """The writer alone on gateway-like keys, from a prefilled file: what each
+    secondary index and the writer's cache/checkpoint settings cost."""
+    events = gateway_calls(args.events)
+    cases: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
+        ("SQLite's cache/checkpoint", _SQLITE_DEFAULTS, ()),
+        ("the writer's settings", (), ()),
+        ("no principal/session idx", (), _COSTLY_INDEXES),
+        ("no principal/session/call_id idx", (), (*_COSTLY_INDEXES, _CALL_ID_INDEX)),
+    ]
+    print(f"   writer alone, gateway-like keys, from a file of {args.prefill:,} rows, "
+          "1000-event transactions:")
+    results: dict[str, list[tuple[float, float]]] = {c[0]: [] for c in cases}
+    for r in range(args.repeat):  # interleaved: the machine's load drifts
+        for label, pragmas, drop in cases:
+            results[label].append(bench_writer_only(
+                tmp, f"k{r}-{len(drop)}-{len(pragmas)}", args.events, 1000, drop=drop,
+                events=events, pragmas=pragmas, prefill=prefill))
+    first = statistics.median(x[1] for x in results[cases[0][0]])
+    for label, _, _ in cases:
+        w = statistics.median(x[0] for x in results[label])
+        wcpu = statistics.median(x[1] for x in results[label])
+        print(f"     {label:<34}{w:>9,.0f}/s  ({w / base:.2f}x)  cpu {wcpu:.1f} us/event "
+              f"({wcpu / first:.2f}x)")
 
 
 def generate(db: Path, rows: int) -> None:
@@ -297,6 +361,7 @@ def main() -> None:
 
 GOAL = 50_000  # durable events/s with group commit
 _COSTLY_INDEXES = ("idx_events_principal_ts_ns", "idx_events_session_ts_ns")
+_CALL_ID_INDEX = "idx_events_outcome_call_id"
 
 
 def throughput(tmp: Path, args: argparse.Namespace) -> None:
@@ -325,6 +390,8 @@ def throughput(tmp: Path, args: argparse.Namespace) -> None:
     if args.prefill:
         prefill = tmp / "prefill.db"
         generate(prefill, args.prefill)
+        if not args.skip_writer_alone:
+            writer_keys(tmp, args, base, prefill)
     only = set(args.only or ["main", "thread", "each-commit", "decision-only", "ceiling"])
     runs_for: list[tuple[str, int, dict[str, object]]] = []
     if "main" in only:
