@@ -2,9 +2,17 @@
 
 Run:  .venv/bin/python benchmarks/bench_audit.py [--rows 10000000] [--events 50000]
 
-1. Durable events/s with group commit (trio producers appending and awaiting
-   ``committed()``), against the baseline of one fsync'ed commit per event
-   measured in the same run.
+1. Durable events/s with group commit, against the baseline of one fsync'ed
+   commit per event measured in the same run. Each trio producer does what
+   the gateway does for a call: append the decision, await ``committed()``,
+   append the outcome without waiting (gateway-like session and call ids);
+   the clock stops when every event is committed, and the rows stored are
+   counted against the events counted. Also in the run: the earlier loop (one
+   decision, awaited), and the gateway-side ceiling (the writer process
+   replaced by ``audit_null_child.py``, which stores nothing). ``--prefill``
+   starts the runs from a file that already holds rows, and adds the writer
+   alone on gateway-like keys (what each secondary index and the writer's
+   cache/checkpoint settings cost).
    The default writer is a child process (``writer = "process"``); the same
    run measures the writer thread (``writer = "thread"``, the design before
    it) at the largest producer count, and prints the ratio.
@@ -34,15 +42,19 @@ from __future__ import annotations
 
 import argparse
 import random
+import shutil
 import sqlite3
 import statistics
 import tempfile
 import time
+import uuid
 from pathlib import Path
+from typing import Final
 
+import msgspec
 import trio
 
-from firewall.audit.events import DecisionEvent, OutcomeEvent
+from firewall.audit.events import DecisionEvent, Event, OutcomeEvent
 from firewall.audit.query import Filters, Sources, calls
 from firewall.audit.settings import AuditSettings
 from firewall.audit.verify import verify_paths
@@ -86,67 +98,177 @@ class GroupRun:
         self.batch = batch              # mean events per transaction
         self.cpu_us = cpu_us            # process CPU per event, both threads
         self.writer_cpu_us = writer_cpu_us  # the writer thread's CPU per event
+        self.events = 0                 # events counted (and found in the database)
 
 
 def bench_group_commit(tmp: Path, name: str, n: int, producers: int, *,
-                       no_store: bool = False, **settings: object) -> GroupRun:
-    """Durable writer, ``producers`` trio tasks each appending and awaiting ``committed()``.
+                       no_store: bool = False, call_model: bool = True,
+                       prefill: Path | None = None, **settings: object) -> GroupRun:
+    """Durable writer, ``producers`` trio tasks, ``n`` events in all.
 
-    ``no_store``: the writer thread takes each batch and wakes its callers
-    without touching SQLite: what the producers, the row building and the
-    hand-over cost on their own (the ceiling storage cannot raise).
+    ``call_model`` (the default): each producer does what the gateway does for
+    one call (see ``firewall.gateway.mediator``): append the decision, await
+    ``committed()`` (the call is forwarded only then), append the outcome
+    without waiting. Two events per call; each producer is one session (a
+    random hex id, as the gateway's) and call ids are ``<session>.<n>``, so
+    the indexes take keys in the order a gateway gives them. Else each
+    producer appends a decision and awaits it (the loop of earlier runs).
+
+    The clock stops when every event is committed (``flush``); afterwards the
+    database is counted: every event counted must be in it.
+
+    ``no_store``: the writer process is replaced by a child that acknowledges
+    each batch without storing it (``audit_null_child.py``): what the gateway
+    side (producers, encoding, hand-over, wake-ups) costs on its own, the
+    ceiling that storage cannot raise.
     """
     latencies: list[float] = []
     if no_store:
-        settings["writer"] = "thread"  # the stub below replaces the thread's inserts
+        settings["writer"] = "process"
+    before = 0
+    if prefill is not None and not no_store:  # start from a file that already holds rows
+        shutil.copyfile(prefill, tmp / f"{name}.db")
+        before = _count(tmp / f"{name}.db")
 
     async def main() -> GroupRun:
-        async with open_audit(_settings(tmp / f"{name}.db", **settings),
-                              instance_id="bench") as audit:
-            trail = getattr(audit, "trail", None)  # the thread writer's Trail
-            if no_store and trail is not None:
-                trail.append_rows = lambda rows: int(rows[-1][0])
-            per = n // producers
+        from firewall.audit.process import ProcessWriter
+        if not no_store:
+            return await _group_run(tmp / f"{name}.db", n, producers, call_model, settings,
+                                    latencies)
+        saved = ProcessWriter.child_args
+        ProcessWriter.child_args = (str(Path(__file__).with_name("audit_null_child.py")),)
+        try:
+            return await _group_run(tmp / f"{name}.db", n, producers, call_model, settings,
+                                    latencies)
+        finally:
+            ProcessWriter.child_args = saved
 
-            async def producer(k: int) -> None:
-                for i in range(per):
-                    t = time.perf_counter()
-                    receipt = await audit.append(decision(k * per + i, time.time_ns()))
-                    await receipt.committed()
-                    latencies.append(time.perf_counter() - t)
+    run = trio.run(main)
+    if not no_store:
+        stored = _count(tmp / f"{name}.db") - before
+        assert stored == run.events, f"{stored} rows stored, {run.events} events counted"
+    return run
 
-            t, cpu = time.perf_counter(), time.process_time()
-            async with trio.open_nursery() as nursery:
-                for k in range(producers):
-                    nursery.start_soon(producer, k)
-            elapsed, cpu = time.perf_counter() - t, time.process_time() - cpu
-            stats = audit.stats() if hasattr(audit, "stats") else None  # older writers lack it
-            total = per * producers
-            writer_cpu = getattr(stats, "cpu_seconds", 0.0)
-            if getattr(audit, "pid", None) is not None:
-                cpu += writer_cpu  # a writer process: its CPU is not in process_time()
-            return GroupRun(
-                total / elapsed, latencies,
-                stats.events / stats.busy_seconds if stats and stats.busy_seconds else None,
-                stats.events / stats.batches if stats and stats.batches else None,
-                cpu / total * 1e6, writer_cpu / total * 1e6)
 
-    return trio.run(main)
+def _count(db: Path) -> int:
+    conn = sqlite3.connect(db)
+    try:
+        return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
+    finally:
+        conn.close()
+
+
+async def _group_run(db: Path, n: int, producers: int, call_model: bool,
+                     settings: dict[str, object], latencies: list[float]) -> GroupRun:
+    async with open_audit(_settings(db, **settings), instance_id="bench") as audit:
+        per = n // producers // (2 if call_model else 1)
+
+        async def producer(k: int) -> None:
+            session = uuid.uuid4().hex if call_model else f"s{k}"
+            for i in range(per):
+                j = k * per + i
+                t = time.perf_counter()
+                event = decision(j, time.time_ns())
+                if call_model:
+                    event = msgspec.structs.replace(event, session=session,
+                                                    call_id=f"{session}.{i}")
+                receipt = await audit.append(event)
+                await receipt.committed()
+                latencies.append(time.perf_counter() - t)
+                if call_model:
+                    await audit.append(OutcomeEvent(
+                        ts_ns=time.time_ns(), call_id=event.call_id, session=session,
+                        server="virtualization", status="ok",
+                        latency_ns=int((time.perf_counter() - t) * 1e9), response_bytes=120))
+
+        t, cpu = time.perf_counter(), time.process_time()
+        async with trio.open_nursery() as nursery:
+            for k in range(producers):
+                nursery.start_soon(producer, k)
+        await audit.flush()  # the outcomes nobody waited for: durable too
+        elapsed, cpu = time.perf_counter() - t, time.process_time() - cpu
+        stats = audit.stats()
+        total = per * producers * (2 if call_model else 1)
+        writer_cpu = stats.cpu_seconds
+        if getattr(audit, "pid", None) is not None:
+            cpu += writer_cpu  # a writer process: its CPU is not in process_time()
+        run = GroupRun(
+            total / elapsed, latencies,
+            stats.events / stats.busy_seconds if stats.busy_seconds else None,
+            stats.events / stats.batches if stats.batches else None,
+            cpu / total * 1e6, writer_cpu / total * 1e6)
+        run.events = total
+        return run
 
 
 def bench_writer_only(tmp: Path, name: str, n: int, batch: int, *, drop: tuple[str, ...] = (),
-                      **settings: object) -> tuple[float, float]:
+                      events: list[Event] | None = None, pragmas: tuple[str, ...] = (),
+                      prefill: Path | None = None, **settings: object) -> tuple[float, float]:
     """The writer alone: Trail.append_batch, durable, ``batch`` events per transaction
     (events built beforehand), so neither trio nor the producers share the GIL.
-    Returns events/s and CPU us per event. ``drop``: indexes dropped first."""
-    events = [decision(i, time.time_ns()) for i in range(n)]
+    Returns events/s and CPU us per event. ``drop``: indexes dropped first;
+    ``pragmas``: run on the write connection first; ``prefill``: a file to
+    start from (copied)."""
+    if events is None:
+        events = [decision(i, time.time_ns()) for i in range(n)]
+    if prefill is not None:
+        shutil.copyfile(prefill, tmp / f"{name}.db")
     with Trail(_settings(tmp / f"{name}.db", **settings), "bench") as trail:
         for index in drop:
             trail.conn.execute(f"DROP INDEX {index}")
+        for pragma in pragmas:
+            trail.conn.execute(pragma)
         t, cpu = time.perf_counter(), time.thread_time()
-        for k in range(0, n, batch):
+        for k in range(0, len(events), batch):
             trail.append_batch(events[k:k + batch])
-        return n / (time.perf_counter() - t), (time.thread_time() - cpu) / n * 1e6
+        return len(events) / (time.perf_counter() - t), (time.thread_time() - cpu) / n * 1e6
+
+
+def gateway_calls(n: int, clients: int = 2048) -> list[Event]:
+    """``n`` events as a gateway with ``clients`` busy sessions writes them: a
+    decision and its outcome per call, random hex session ids, call ids
+    ``<session>.<n>``, calls of all sessions interleaved."""
+    sessions = [uuid.uuid4().hex for _ in range(clients)]
+    out: list[Event] = []
+    for i in range(n // 2):
+        s = sessions[i % clients]
+        d = msgspec.structs.replace(decision(i, time.time_ns()), session=s,
+                                    call_id=f"{s}.{i // clients}")
+        out.append(d)
+        out.append(OutcomeEvent(ts_ns=time.time_ns(), call_id=d.call_id, session=s,
+                                server="virtualization", status="ok", latency_ns=1_000_000,
+                                response_bytes=120))
+    return out
+
+
+# SQLite's defaults, as the writer ran before it set its own cache and checkpoint.
+_SQLITE_DEFAULTS: Final = ("PRAGMA cache_size=-2000", "PRAGMA wal_autocheckpoint=1000")
+
+
+def writer_keys(tmp: Path, args: argparse.Namespace, base: float, prefill: Path) -> None:
+    """The writer alone on gateway-like keys, from a prefilled file: what each
+    secondary index and the writer's cache/checkpoint settings cost."""
+    events = gateway_calls(args.events)
+    cases: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
+        ("SQLite's cache/checkpoint", _SQLITE_DEFAULTS, ()),
+        ("the writer's settings", (), ()),
+        ("no principal/session idx", (), _COSTLY_INDEXES),
+        ("no principal/session/call_id idx", (), (*_COSTLY_INDEXES, _CALL_ID_INDEX)),
+    ]
+    print(f"   writer alone, gateway-like keys, from a file of {args.prefill:,} rows, "
+          "1000-event transactions:")
+    results: dict[str, list[tuple[float, float]]] = {c[0]: [] for c in cases}
+    for r in range(args.repeat):  # interleaved: the machine's load drifts
+        for label, pragmas, drop in cases:
+            results[label].append(bench_writer_only(
+                tmp, f"k{r}-{len(drop)}-{len(pragmas)}", args.events, 1000, drop=drop,
+                events=events, pragmas=pragmas, prefill=prefill))
+    first = statistics.median(x[1] for x in results[cases[0][0]])
+    for label, _, _ in cases:
+        w = statistics.median(x[0] for x in results[label])
+        wcpu = statistics.median(x[1] for x in results[label])
+        print(f"     {label:<34}{w:>9,.0f}/s  ({w / base:.2f}x)  cpu {wcpu:.1f} us/event "
+              f"({wcpu / first:.2f}x)")
 
 
 def generate(db: Path, rows: int) -> None:
@@ -218,17 +340,28 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--db", type=Path, default=None, help="reuse/keep the generated database")
     ap.add_argument("--skip-throughput", action="store_true", help="only query and verify")
+    ap.add_argument("--skip-writer-alone", action="store_true",
+                    help="skip the writer-alone rows of part 1")
+    ap.add_argument("--skip-query", action="store_true", help="only parts 1 and 2")
+    ap.add_argument("--prefill", type=int, default=0,
+                    help="group-commit runs start from a file holding this many rows "
+                         "(the indexes' cost grows with the file)")
+    ap.add_argument("--only", nargs="+", default=None,
+                    choices=["main", "thread", "each-commit", "decision-only", "ceiling"],
+                    help="group-commit rows to run (default: all)")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         if not args.skip_throughput:
             throughput(tmp, args)
-        query_and_verify(tmp, args)
+        if not args.skip_query:
+            query_and_verify(tmp, args)
 
 
 GOAL = 50_000  # durable events/s with group commit
 _COSTLY_INDEXES = ("idx_events_principal_ts_ns", "idx_events_session_ts_ns")
+_CALL_ID_INDEX = "idx_events_outcome_call_id"
 
 
 def throughput(tmp: Path, args: argparse.Namespace) -> None:
@@ -242,7 +375,7 @@ def throughput(tmp: Path, args: argparse.Namespace) -> None:
     # What moving the two costliest secondary indexes off the commit path
     # could save at most (the same rows without them).
     cases.append((1000, 20_000, "no principal/session idx", _COSTLY_INDEXES))
-    for size, lag, case, drop in cases:
+    for size, lag, case, drop in ([] if args.skip_writer_alone else cases):
         alone = [bench_writer_only(tmp, f"w{size}-{lag}-{len(drop)}-{r}", args.events, size,
                                    drop=drop, fts_max_lag=lag) for r in range(args.repeat)]
         w = statistics.median(r[0] for r in alone)
@@ -253,11 +386,25 @@ def throughput(tmp: Path, args: argparse.Namespace) -> None:
     best = 0.0
     rates: dict[str, float] = {}
     top = max(args.producers)
-    runs_for: list[tuple[str, int, dict[str, object]]] = [
-        ("", p, {}) for p in args.producers]
-    runs_for.append((", writer thread (before)", top, {"writer": "thread"}))
-    runs_for.append((", indexing in each commit", top, {"fts_max_lag": 0}))
-    runs_for.append((", no SQLite, thread (producer ceiling)", top, {"no_store": True}))
+    prefill: Path | None = None
+    if args.prefill:
+        prefill = tmp / "prefill.db"
+        generate(prefill, args.prefill)
+        if not args.skip_writer_alone:
+            writer_keys(tmp, args, base, prefill)
+    only = set(args.only or ["main", "thread", "each-commit", "decision-only", "ceiling"])
+    runs_for: list[tuple[str, int, dict[str, object]]] = []
+    if "main" in only:
+        runs_for += [("", p, {"prefill": prefill}) for p in args.producers]
+    if "thread" in only:
+        runs_for.append((", writer thread (before)", top, {"writer": "thread", "prefill": prefill}))
+    if "each-commit" in only:
+        runs_for.append((", indexing in each commit", top, {"fts_max_lag": 0, "prefill": prefill}))
+    if "decision-only" in only:
+        runs_for.append((", decision only (the earlier loop)", top,
+                         {"call_model": False, "prefill": prefill}))
+    if "ceiling" in only:
+        runs_for.append((", no SQLite (gateway-side ceiling)", top, {"no_store": True}))
     for label, p, extra_settings in runs_for:
         runs = [bench_group_commit(tmp, f"g{p}-{len(lat_report)}-{r}",
                                    args.events if p > 1 else 2000, p, **extra_settings)

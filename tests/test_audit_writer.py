@@ -385,3 +385,27 @@ async def test_queue_room_waits_in_order_and_never_lets_a_newcomer_barge() -> No
         room.give(2)  # room for two, one waiter: d, and one slot stays free
         await trio.testing.wait_all_tasks_blocked()
         assert order == ["a", "b", "c", "d"] and room.pending == 1
+
+
+def test_the_write_connection_keeps_a_large_cache_and_syncs_every_commit(
+        tmp_path: Path) -> None:
+    """The writer's cache and WAL checkpoint settings (see
+    firewall.audit.store.WRITER_CACHE_KIB) never trade away durability."""
+    from firewall.audit.store import WAL_AUTOCHECKPOINT_PAGES, WRITER_CACHE_KIB
+
+    db = tmp_path / "gw.db"
+    with Trail(AuditSettings(path=str(db)), "gw") as trail:
+        conn = trail.conn
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert conn.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL
+        assert conn.execute("PRAGMA cache_size").fetchone() == (-WRITER_CACHE_KIB,)
+        assert conn.execute("PRAGMA wal_autocheckpoint").fetchone() == (
+            WAL_AUTOCHECKPOINT_PAGES,)
+        trail.append_batch([OutcomeEvent(ts_ns=1, call_id=f"c{i}", session="s", server="vm",
+                                         status="ok", latency_ns=1) for i in range(3)])
+    # A reader that opens the file afterwards sees every row (the WAL was
+    # checkpointed on close, or is read with the file).
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT count(*) FROM events").fetchone() == (3,)
+    conn.close()
+    assert verify_paths([db])[0].ok

@@ -66,14 +66,21 @@ Choices made by measurement (``benchmarks/bench_audit.py``, 2-core machine):
   rows (and their hashes) are those the thread writer builds.
 - Rows built in the child, not in the trio thread: the trio thread was the
   other bottleneck (row building was a third of its CPU per event).
-- Secondary indexes still in the commit, the next step: without the
-  ``(principal, ts_ns)`` and ``(session, ts_ns)`` indexes the writer alone
-  spends 9 to 12 us less per row (13 to 24 instead of 22 to 36, three runs of
-  four; the bench measures it in the same run), and filling lookup tables in
-  sorted bulk off the commit path measured about 1 us per row. Not done
-  here: the views (``calls`` and the rest) must stay fast for
-  ``sqlite-utils`` and Datasette, whose queries our readers cannot rewrite to
-  cover an unindexed tail, so it needs a design of its own.
+- Secondary indexes still in the commit, the next step. With the keys a
+  gateway gives them (a random session id per client, call ids
+  ``<session>.<n>``) every row of a batch lands on its own leaf page of the
+  ``(session, ts_ns)``, ``(principal, ts_ns)`` and outcome ``call_id``
+  indexes. Writer alone, 1,000-event batches of decisions and outcomes,
+  appended to a file that already holds 1M such rows, CPU per event: 82 us
+  with every index and SQLite's default cache and checkpoint; 44 us with the
+  writer's cache and checkpoint settings (:data:`firewall.audit.store.
+  WRITER_CACHE_KIB`); 21 us without the principal and session indexes; 9 us
+  without the ``call_id`` index too. So moving only the principal/session
+  indexes to deferred lookup tables does not reach 50,000 events/s: the
+  ``call_id`` index the ``calls`` view joins on must leave the commit too (a
+  link table keyed by the decision's seq, an almost append-only key, would
+  do), and the views need a design that stays fast for ``sqlite-utils`` and
+  Datasette, whose queries cannot cover an unindexed tail themselves.
 - The hand-over of rule 4 rather than "whenever the child is free": callers
   that each wait for their own event otherwise all land in one batch (the
   child idles while the trio thread wakes and refills it) or split one
@@ -177,6 +184,10 @@ class ProcessWriter(WriterSide):
     opened it. Everything here runs in the trio thread: no lock.
     """
 
+    # What the interpreter runs as the child (a benchmark swaps in a child that
+    # acknowledges without storing, to measure this side alone).
+    child_args: tuple[str, ...] = ("-m", "firewall.audit.process")
+
     def __init__(self, settings: AuditSettings, instance_id: str) -> None:
         super().__init__(settings, instance_id)
         self.log = log.get_logger(audit=settings.path, instance=instance_id)
@@ -212,8 +223,7 @@ class ProcessWriter(WriterSide):
             p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}
         try:
             self._process = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "firewall.audit.process"], stdin=to_r, stdout=from_w,
-                env=env)
+                [sys.executable, *self.child_args], stdin=to_r, stdout=from_w, env=env)
         except BaseException:
             for fd in (to_r, to_w, from_r, from_w):
                 os.close(fd)
