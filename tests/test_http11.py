@@ -33,12 +33,13 @@ HEALTH = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
 
 
 @asynccontextmanager
-async def front(parser: str, **listen: Any) -> AsyncIterator[tuple[str, int]]:
+async def front(parser: str, app_type: type[HttpFront] = HttpFront,
+                **listen: Any) -> AsyncIterator[tuple[str, int]]:
     config = Config(listen=ListenSettings(port=0, **listen),
                     http=HttpSettings(parser=parser),  # type: ignore[arg-type]
                     servers={"demo": StdioServer(command=sys.executable,
                                                  args=["-m", "firewall.demo"])})
-    app = HttpFront(config, AllowAll())
+    app = app_type(config, AllowAll())
     async with trio.open_nursery() as nursery:
         binds = await nursery.start(run_front, app)
         host, port = binds[0].removeprefix("http://").rsplit(":", 1)
@@ -373,17 +374,8 @@ async def test_posts_reach_the_front_without_asgi_only_with_httptools(parser: st
                 seen.append(scope["method"])
             await super().__call__(scope, receive, send)
 
-    config = Config(listen=ListenSettings(port=0), http=HttpSettings(parser=parser),  # type: ignore[arg-type]
-                    servers={"demo": StdioServer(command=sys.executable,
-                                                 args=["-m", "firewall.demo"])})
-    app = Counting(config, AllowAll())
-    async with trio.open_nursery() as nursery:
-        binds = await nursery.start(run_front, app)
-        host, port = binds[0].removeprefix("http://").rsplit(":", 1)
-        async with wire((host, int(port))) as client:
-            await client.send(post(INIT) + HEALTH)
-            assert (await client.response())[0] == 200
-            assert (await client.response())[0] == 200
-        app.begin_shutdown()
-        nursery.cancel_scope.cancel()
+    async with front(parser, Counting) as address, wire(address) as client:
+        await client.send(post(INIT) + HEALTH)
+        assert (await client.response())[0] == 200
+        assert (await client.response())[0] == 200
     assert seen == (["GET"] if parser == "httptools" else ["POST", "GET"])

@@ -330,13 +330,7 @@ class HttptoolsProtocol:
         body = b"".join(events[i][1] for i in range(1, end))
         for _ in range(end + 1):
             events.popleft()
-        await self.send(Updated(idle=False))
-        self._http10 = request.http_version == "1.0"
-        self._keep_alive = keep_alive
-        self._head_method = request.method == "HEAD"
-        self._request_done = True
-        self._head = b""
-        self._response_started = self._chunked = self._must_close = False
+        await self._start_request(request, keep_alive, body_read=True)
         self._suppress_body = False
         self.keep_alive_requests += 1
         await self.context.mark_request()
@@ -418,14 +412,18 @@ class HttptoolsProtocol:
         if stream is not None and not stream.closed:
             await stream.app_put({"type": "http.request", "body": data, "more_body": False})
 
-    async def _begin(self, request: Request, keep_alive: bool) -> None:
+    async def _start_request(self, request: Request, keep_alive: bool, body_read: bool) -> None:
+        """The connection's state for a new request (either route)."""
         await self.send(Updated(idle=False))
         self._http10 = request.http_version == "1.0"
         self._keep_alive = keep_alive
         self._head_method = request.method == "HEAD"
-        self._request_done = False
+        self._request_done = body_read
         self._head = b""
         self._response_started = self._chunked = self._must_close = False
+
+    async def _begin(self, request: Request, keep_alive: bool) -> None:
+        await self._start_request(request, keep_alive, body_read=False)
         self._stream = HTTPStream(self.app, self.config, self.context, self.task_group,
                                   self.ssl, self.client, self.server, self.stream_send,
                                   STREAM_ID)
