@@ -28,7 +28,15 @@ from typing import Any, Final
 
 import msgspec
 
-from firewall.audit.store import REFUSALS, TAIL_FTS, connect_readonly, expand_paths, index_tail
+from firewall.audit.store import (
+    REFUSALS,
+    TAIL_FROM,
+    TAIL_FTS,
+    connect_readonly,
+    expand_paths,
+    index_tail,
+    reader_shims,
+)
 
 Record = dict[str, Any]
 
@@ -112,10 +120,16 @@ class Filters(msgspec.Struct, kw_only=True):
             clauses.append(sql)
             params.extend(values)
 
+        keyed = lookup(p, self.principal, self.session, self.since_ns, self.until_ns)
+        if keyed is not None:
+            add(keyed[0], *keyed[1])
+        # With a lookup, the time range is in it: "+" keeps the planner on the
+        # lookup's rowids instead of a scan of the time index.
+        t = "+" if keyed is not None else ""
         if self.since_ns is not None:
-            add(f"{p}ts_ns >= ?", self.since_ns)
+            add(f"{t}{p}ts_ns >= ?", self.since_ns)
         if self.until_ns is not None:
-            add(f"{p}ts_ns < ?", self.until_ns)
+            add(f"{t}{p}ts_ns < ?", self.until_ns)
         for col in ("principal", "grant", "session", "server", "method", "rule"):
             value = getattr(self, col)
             if value is not None:
@@ -142,6 +156,35 @@ class Filters(msgspec.Struct, kw_only=True):
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 
+def lookup(prefix: str, principal: str | None, session: str | None, since_ns: int | None,
+           until_ns: int | None) -> tuple[str, list[int | str]] | None:
+    """The rows of one session or principal (session first: it is narrower), as
+    a ``seq IN (...)`` clause and its parameters, or None without either.
+
+    The derived table holds the rows up to ``fts_progress.upto``; the rows
+    after it (the tail, see :mod:`firewall.audit.store`, rule 3) are scanned
+    by seq in the same statement, so the answer is complete however far the
+    derived table lags. The caller still filters on the column itself.
+    """
+    if session is not None:
+        table, col, key = "ix_session", "session", session
+    elif principal is not None:
+        table, col, key = "ix_principal", "principal", principal
+    else:
+        return None
+    bounds = ""
+    params: list[int | str] = [key]
+    if since_ns is not None:
+        bounds += " AND ts_ns >= ?"
+        params.append(since_ns)
+    if until_ns is not None:
+        bounds += " AND ts_ns < ?"
+        params.append(until_ns)
+    sql = (f"{prefix}seq IN (SELECT seq FROM {table} WHERE {col} = ?{bounds} UNION ALL "
+           f"SELECT seq FROM events WHERE seq > {TAIL_FROM} AND {col} = ?)")
+    return sql, [*params, key]
+
+
 class Sources:
     """Read-only connections to a set of audit files (segments expanded)."""
 
@@ -154,7 +197,8 @@ class Sources:
         opened: list[tuple[Path, sqlite3.Connection]] = []
         try:
             for p in expand_paths(list(paths)):
-                opened.append((p, connect_readonly(p)))
+                opened.append((p, conn := connect_readonly(p)))
+                reader_shims(conn)
         except BaseException:
             for _, c in opened:
                 c.close()
@@ -230,7 +274,13 @@ def events(src: Sources, filters: Filters, *, after: dict[str, int] | None = Non
     """Raw events (every kind) in time order; ``after`` maps a file to the last seq seen."""
     clauses: list[str] = []
     params: list[Any] = []
-    for col, op, value in (("ts_ns", ">=", filters.since_ns), ("ts_ns", "<", filters.until_ns),
+    keyed = lookup("", filters.principal, filters.session, filters.since_ns, filters.until_ns)
+    if keyed is not None:
+        clauses.append(keyed[0])
+        params.extend(keyed[1])
+    t = "+" if keyed is not None else ""  # the time range is in the lookup
+    for col, op, value in ((t + "ts_ns", ">=", filters.since_ns),
+                           (t + "ts_ns", "<", filters.until_ns),
                            ("session", "=", filters.session),
                            ("principal", "=", filters.principal),
                            ("server", "=", filters.server)):

@@ -64,6 +64,7 @@ from firewall.audit.store import (
     chain_files,
     connect_writer,
     create_schema,
+    has_derived,
     index_range,
     segment_info,
     segment_path,
@@ -193,8 +194,10 @@ class Trail:
         self.head: str = str(last[1]) if last else info.prev_hash
         cp = self.conn.execute("SELECT max(seq) FROM checkpoints").fetchone()[0]
         self.checkpointed = cp if cp is not None else info.first_seq - 1
-        # The last seq in the full-text index (rows after it: indexed when idle).
+        # The last seq in the derived tables (full-text index, ix_*; see
+        # firewall.audit.store, rule 3): rows after it are indexed off the commit.
         self.indexed: int = max(adopt_progress(self.conn), info.first_seq - 1)
+        self.derived = has_derived(self.conn)
         self._since_checkpoint = time.monotonic()
         self.log.info("audit_opened", path=str(path), segment=self.segment, seq=self.seq)
 
@@ -221,6 +224,7 @@ class Trail:
         self.segment_started_ns = created
         self.seq, self.head, self.checkpointed = first_seq - 1, prev_hash, first_seq - 1
         self.indexed = first_seq - 1
+        self.derived = True
         self._since_checkpoint = time.monotonic()
         self.log.info("audit_segment_started", path=str(path), segment=number, first_seq=first_seq)
 
@@ -250,8 +254,9 @@ class Trail:
         last_seq, head = int(last[SEQ]), str(last[HASH])
         conn = self.conn
         checkpoint = None
-        # Full-text indexing waits for idle time, unless it lags too far: then
-        # this commit indexes as many rows as it appends (the lag stays put).
+        # The derived tables wait for idle time (or a catch-up step), unless
+        # they lag too far: then this commit indexes as many rows as it
+        # appends (the lag stays put).
         indexed = self.indexed
         if last_seq - indexed > self.settings.fts_max_lag:
             indexed = min(last_seq, indexed + len(rows))
@@ -262,7 +267,7 @@ class Trail:
         try:
             _insert_rows(conn, rows)
             if indexed > self.indexed:
-                index_range(conn, self.indexed + 1, indexed)
+                index_range(conn, self.indexed + 1, indexed, derived=self.derived)
             if checkpoint is not None:
                 self._insert_checkpoint(checkpoint)
             conn.execute("COMMIT")
@@ -276,18 +281,19 @@ class Trail:
         self._maybe_rotate()
         return last_seq
 
-    # -- full-text index -------------------------------------------------
+    # -- derived tables (full-text index, ix_session/principal/outcome) ----
     def unindexed(self) -> int:
-        """Rows appended and not yet in the full-text index."""
+        """Rows appended and not yet in the derived tables."""
         return self.seq - self.indexed
 
     def index_pending(self, max_rows: int = 0) -> int:
         """Index up to ``max_rows`` (0: all) waiting rows in their own transaction.
 
-        Not fsync'ed even in durable mode: the index is derived data, and its
-        progress mark is in the same transaction, so a lost index transaction
-        is simply redone (and readers cover the rows meanwhile). The next
-        durable commit syncs the WAL with it anyway.
+        Not fsync'ed even in durable mode: the tables are derived data, and
+        their progress mark is in the same transaction, so a lost index
+        transaction is simply redone from the mark (and readers cover the rows
+        meanwhile). The next durable commit syncs the WAL with it anyway. It
+        writes only derived tables: the events themselves are never touched.
         """
         if self.seq <= self.indexed:
             return 0
@@ -298,7 +304,7 @@ class Trail:
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                index_range(conn, self.indexed + 1, last)
+                index_range(conn, self.indexed + 1, last, derived=self.derived)
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
