@@ -105,10 +105,15 @@ def _insert_rows(conn: sqlite3.Connection, rows: list[Row]) -> None:
         i += n
 
 
-# Full-text indexing when idle: at most this many rows per transaction (what a
+# Derived tables when idle: at most this many rows per transaction (what a
 # batch that arrives meanwhile may wait for), after this many idle seconds.
 _INDEX_SLICE: Final = 2_000
 _INDEX_IDLE: Final = 0.02
+# Under load: once this many rows wait, a catch-up step of this many rows
+# follows the commit (its callers are already woken). Sorted bulk inserts cost
+# less per row the more rows share a step (rows of one session share a leaf
+# page); the step is also how long the next batch may wait for it.
+CATCH_UP_ROWS: Final = 8_192
 
 # Seconds to wait for the lock held by a writer that is closing (see _lock).
 _LOCK_WAIT: Final = 3.0
@@ -315,6 +320,13 @@ class Trail:
                 conn.execute("PRAGMA synchronous=FULL")
         count, self.indexed = last - self.indexed, last
         return count
+
+    def catch_up(self) -> int:
+        """A catch-up step under load: index :data:`CATCH_UP_ROWS` rows if at
+        least that many wait (see :meth:`index_pending`); return how many."""
+        if self.seq - self.indexed < CATCH_UP_ROWS:
+            return 0
+        return self.index_pending(CATCH_UP_ROWS)
 
     # -- checkpoints -----------------------------------------------------
     def _checkpoint_overdue(self) -> bool:
@@ -683,6 +695,7 @@ class AuditWriter(WriterSide):
                 self._idle_work(trail)
                 continue
             self._commit(trail, batch)
+            self._guarded(trail.catch_up)
         try:
             trail.close()
         except Exception as exc:
