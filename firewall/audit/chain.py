@@ -86,7 +86,26 @@ def with_seq(row: Row, seq: int) -> Row:
     return (seq, *row[1:])
 
 
-def _args_text(arguments: dict[str, Any] | None, redactor: Redactor | None) -> Any:
+class WireDecision(DecisionEvent, frozen=True, tag="decision", kw_only=True):
+    """A :class:`DecisionEvent` as the writer process decodes it: ``arguments``
+    stays the JSON text the gateway encoded (msgspec, as :func:`event_row`
+    would encode the dict), so arguments with nothing to redact are stored as
+    they came, without being decoded, walked and encoded again."""
+
+    arguments: msgspec.Raw = msgspec.Raw(b"null")  # type: ignore[assignment]
+
+
+_arguments = msgspec.json.Decoder(dict[str, Any])
+
+
+def _args_text(arguments: Any, redactor: Redactor | None) -> Any:
+    if isinstance(arguments, msgspec.Raw):  # a WireDecision's: JSON text
+        text = bytes(arguments).decode()
+        if text == "null":
+            return NULL
+        if redactor is None or redactor.clean(text):
+            return text  # what encoding the decoded dict gives (rule 2)
+        arguments = _arguments.decode(text)
     if arguments is None:
         return NULL
     if redactor is not None and arguments:
