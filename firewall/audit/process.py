@@ -55,32 +55,39 @@ Choices made by measurement (``benchmarks/bench_audit.py``, 2-core machine):
   to 23, sharing one GIL; with the process, the trio side costs 13 to 19 us
   per event and the child 22 to 28 us (1,000-event batches), each on its own
   core when one is free. The child is the slower side: SQLite with the four
-  secondary indexes is most of it. On a 2-core machine already running
-  other work (load average 4 to 8) there is no free core: paired runs at
-  2,048 callers gave the process 0.93x to 1.2x the thread's events/s (13.2k
-  against 13.0k median) at about 0.94x its CPU per event; the bench prints
-  both in one run.
+  secondary indexes was most of it (see the derived tables below). On a
+  2-core machine already running other work (load average 4 to 8) there is
+  no free core: paired runs at 2,048 callers gave the process 0.93x to 1.2x
+  the thread's events/s (13.2k against 13.0k median) at about 0.94x its CPU
+  per event; the bench prints both in one run.
 - JSON on the pipe, not msgpack: msgpack decodes a little faster (2.2 against
   2.9 us per event) but cannot carry integers beyond 64 bits, which a call's
   JSON arguments may hold; JSON text survives the round trip exactly, so the
   rows (and their hashes) are those the thread writer builds.
 - Rows built in the child, not in the trio thread: the trio thread was the
   other bottleneck (row building was a third of its CPU per event).
-- Secondary indexes still in the commit, the next step. With the keys a
-  gateway gives them (a random session id per client, call ids
-  ``<session>.<n>``) every row of a batch lands on its own leaf page of the
-  ``(session, ts_ns)``, ``(principal, ts_ns)`` and outcome ``call_id``
-  indexes. Writer alone, 1,000-event batches of decisions and outcomes,
-  appended to a file that already holds 1M such rows, CPU per event: 82 us
-  with every index and SQLite's default cache and checkpoint; 44 us with the
-  writer's cache and checkpoint settings (:data:`firewall.audit.store.
-  WRITER_CACHE_KIB`); 21 us without the principal and session indexes; 9 us
-  without the ``call_id`` index too. So moving only the principal/session
-  indexes to deferred lookup tables does not reach 50,000 events/s: the
-  ``call_id`` index the ``calls`` view joins on must leave the commit too (a
-  link table keyed by the decision's seq, an almost append-only key, would
-  do), and the views need a design that stays fast for ``sqlite-utils`` and
-  Datasette, whose queries cannot cover an unindexed tail themselves.
+- Secondary lookups out of the commit (the derived tables of
+  :mod:`firewall.audit.store`, rule 3). With the keys a gateway gives them (a
+  random session id per client, call ids ``<session>.<n>``) every row of a
+  batch landed on its own leaf page of the ``(session, ts_ns)``,
+  ``(principal, ts_ns)`` and outcome ``call_id`` indexes. Now the commit
+  inserts into the table and its ``ts_ns`` index only, and after an ack,
+  once :data:`firewall.audit.writer.CATCH_UP_ROWS` rows wait, the child runs
+  one sorted catch-up step for all derived tables while the gateway wakes
+  the callers and refills (its time is counted in the next ack). Per event,
+  on a 1M-row file under load (thread CPU): decoding 0.7 us, rows 4.3,
+  insert 3.7, commit 1.0, catch-up 6.4 (steps of 8,192: session 1.3,
+  principal 1.1, outcome 0.7, full text 1.3, their commit 1.0); the figures
+  before and after are in ``benchmarks/README.md``. Steps of 4,096 or 32,768
+  measured the same end to end; 8,192 keeps the tail a reader scans small.
+- Arguments as the gateway's JSON text (:class:`firewall.audit.chain.
+  WireDecision`): decoding, walking and re-encoding them cost 2 to 2.5 us per
+  decision; :meth:`firewall.audit.redaction.Redactor.clean` says when the text
+  can be kept as it came (the same bytes, since one encoder wrote both).
+- The collector: a batch keeps a few objects per event alive until its
+  commit, and the default threshold ran the collector several times per
+  batch (5% of the child's samples); the child freezes what it loaded and
+  raises the threshold (:data:`_GC_THRESHOLD`).
 - The hand-over of rule 4 rather than "whenever the child is free": callers
   that each wait for their own event otherwise all land in one batch (the
   child idles while the trio thread wakes and refills it) or split one
