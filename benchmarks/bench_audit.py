@@ -29,7 +29,7 @@ Run:  .venv/bin/python benchmarks/bench_audit.py [--rows 10000000] [--events 500
    include the producers, which share the machine's cores (and, with the
    writer thread, one GIL).
    The derived tables (full-text index, ix_session, ix_principal, ix_outcome)
-   are filled off the commit path, in catch-up steps of 8,192 rows after a
+   are filled off the commit path, in catch-up steps of 16,384 rows after a
    commit under load (or when idle): a run of many more events than that
    measures the sustained rate with indexing included, and the writer's CPU
    per event includes the steps. The same run also measures the writer with
@@ -411,8 +411,8 @@ def throughput(tmp: Path, args: argparse.Namespace) -> None:
     print(f"   baseline, one fsync'ed commit per event: {base:>9,.0f}/s  (1.00x)")
     cases: list[tuple[int, int, str, bool]] = [
         (size, lag, label, False) for size in (1000, 5000)
-        for lag, label in ((0, "indexing in each commit"), (20_000, "indexing deferred"))]
-    cases.append((1000, 20_000, "before: indexes on events", True))
+        for lag, label in ((0, "indexing in each commit"), (40_000, "indexing deferred"))]
+    cases.append((1000, 40_000, "before: indexes on events", True))
     alone: dict[int, list[tuple[float, float]]] = {i: [] for i in range(len(cases))}
     for r in range(0 if args.skip_writer_alone else args.repeat):  # interleaved
         for i, (size, lag, _, older) in enumerate(cases):

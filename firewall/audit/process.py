@@ -75,11 +75,12 @@ Choices made by measurement (``benchmarks/bench_audit.py``, 2-core machine):
   once :data:`firewall.audit.writer.CATCH_UP_ROWS` rows wait, the child runs
   one sorted catch-up step for all derived tables while the gateway wakes
   the callers and refills (its time is counted in the next ack). Per event,
-  on a 1M-row file under load (thread CPU): decoding 0.7 us, rows 4.3,
-  insert 3.7, commit 1.0, catch-up 6.4 (steps of 8,192: session 1.3,
-  principal 1.1, outcome 0.7, full text 1.3, their commit 1.0); the figures
-  before and after are in ``benchmarks/README.md``. Steps of 4,096 or 32,768
-  measured the same end to end; 8,192 keeps the tail a reader scans small.
+  on a 1M-row file under load (thread CPU, steps of 8,192): decoding 0.7 us,
+  rows 4.3, insert 3.7, commit 1.0, catch-up 6.4 (session 1.3, principal
+  1.1, outcome 0.7, full text 1.3, their commit and the WAL checkpoints it
+  triggers the rest); steps of 16,384 take the catch-up to about 5.2 (see
+  ``CATCH_UP_ROWS``). The figures before and after are in
+  ``benchmarks/README.md``.
 - Arguments as the gateway's JSON text (:class:`firewall.audit.chain.
   WireDecision`): decoding, walking and re-encoding them cost 2 to 2.5 us per
   decision; :meth:`firewall.audit.redaction.Redactor.clean` says when the text
