@@ -554,15 +554,17 @@ class _Child:
     def serve(self, trail: Trail) -> str:
         """Commit batches until told to close or the input ends; the sticky error or ""."""
         error = ""
-        # Time spent on the derived tables since the last ack: counted in the
-        # next ack, so the writer's busy and CPU time include it.
-        busy = cpu = 0.0
+        # Busy: wall time spent on a batch, and on the derived tables since the
+        # last ack (counted in the next ack). CPU: all the process used since
+        # the last ack (reading frames and idle work included).
+        busy = 0.0
+        cpu = time.process_time()
         while True:
             frame = self.frame(None if error else _idle_timeout(trail))
-            t, c = time.perf_counter(), time.thread_time()
+            t = time.perf_counter()
             if frame is None:
                 error = _guarded(trail, _idle_step)
-                busy, cpu = busy + time.perf_counter() - t, cpu + time.thread_time() - c
+                busy += time.perf_counter() - t
                 continue
             if not frame or frame[:1] == b"C":
                 return error
@@ -573,18 +575,18 @@ class _Child:
                 except Exception as exc:
                     error = repr(exc)
                     trail.log.error("audit_write_failed", error=error)
+            now = time.process_time()
             try:
-                self.send(b"A", [not error, error, busy + time.perf_counter() - t,
-                                 cpu + time.thread_time() - c])
+                self.send(b"A", [not error, error, busy + time.perf_counter() - t, now - cpu])
             except OSError:
                 return error  # the gateway is gone: close (and sign) what was committed
-            busy = cpu = 0.0
+            busy, cpu = 0.0, now
             if not error:
                 # While the gateway wakes this batch's callers and refills the
                 # next one: a step of the derived tables once enough rows wait.
-                t, c = time.perf_counter(), time.thread_time()
+                t = time.perf_counter()
                 error = _guarded(trail, Trail.catch_up)
-                busy, cpu = time.perf_counter() - t, time.thread_time() - c
+                busy = time.perf_counter() - t
 
 
 def _idle_timeout(trail: Any) -> float | None:
