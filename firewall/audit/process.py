@@ -47,6 +47,14 @@ Rules this module keeps:
    or goes away, never before the gateway's last batch.
 7. An event that cannot be stored fails its own ``append``: the trio side checks
    the 64-bit integer columns and encodes the event before it is queued.
+8. The derived tables (session, principal, outcome lookups and the full-text
+   index; :mod:`firewall.audit.store`, rule 3) are never in a batch's commit
+   unless ``fts_max_lag`` is reached: after an ``A``, once
+   :data:`firewall.audit.writer.CATCH_UP_ROWS` rows wait, the child runs one
+   catch-up step (its own transaction, not fsync'ed: derived data), and when
+   no batch comes for a moment it indexes the rest in small slices. The next
+   ``A`` counts that time, and every ``A`` carries all the CPU the child used
+   since the previous one.
 
 Choices made by measurement (``benchmarks/bench_audit.py``, 2-core machine):
 
