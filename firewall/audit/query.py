@@ -34,8 +34,8 @@ from firewall.audit.store import (
     TAIL_FTS,
     connect_readonly,
     expand_paths,
+    has_derived,
     index_tail,
-    reader_shims,
 )
 
 Record = dict[str, Any]
@@ -110,8 +110,12 @@ class Filters(msgspec.Struct, kw_only=True):
     search: str | None = None  # full-text search in arguments (a phrase)
     limit: int = 0  # 0: no limit
 
-    def where(self, *, prefix: str = "") -> tuple[str, list[Any]]:
-        """The SQL WHERE clause (or "") and its parameters, for the ``calls`` view."""
+    def where(self, *, prefix: str = "", derived: bool = True) -> tuple[str, list[Any]]:
+        """The SQL WHERE clause (or "") and its parameters, for the ``calls`` view.
+
+        ``derived``: for a file with the derived tables (see :func:`lookup`);
+        False for a file of the older writer, whose indexes on events serve
+        the plain column filters directly."""
         clauses: list[str] = []
         params: list[Any] = []
         p = prefix
@@ -120,7 +124,8 @@ class Filters(msgspec.Struct, kw_only=True):
             clauses.append(sql)
             params.extend(values)
 
-        keyed = lookup(p, self.principal, self.session, self.since_ns, self.until_ns)
+        keyed = (lookup(p, self.principal, self.session, self.since_ns, self.until_ns)
+                 if derived else None)
         if keyed is not None:
             add(keyed[0], *keyed[1])
         # With a lookup, the time range is in it: "+" keeps the planner on the
@@ -190,6 +195,8 @@ class Sources:
 
     def __init__(self, conns: list[tuple[Path, sqlite3.Connection]]) -> None:
         self.conns = conns
+        # Which files keep the derived tables (the others: the older writer's).
+        self.derived = {path: has_derived(conn) for path, conn in conns}
 
     @classmethod
     def open(cls, paths: Iterable[Path]) -> Sources:
@@ -197,8 +204,7 @@ class Sources:
         opened: list[tuple[Path, sqlite3.Connection]] = []
         try:
             for p in expand_paths(list(paths)):
-                opened.append((p, conn := connect_readonly(p)))
-                reader_shims(conn)
+                opened.append((p, connect_readonly(p)))
         except BaseException:
             for _, c in opened:
                 c.close()
@@ -217,15 +223,18 @@ class Sources:
                  tb: TracebackType | None) -> None:
         self.close()
 
-    def each(self, sql: str, params: list[Any]) -> list[Iterator[Record]]:
-        """Run ``sql`` on every file; one iterator of dicts per file."""
+    def each(self, sql: str, params: list[Any],
+             older: tuple[str, list[Any]] | None = None) -> list[Iterator[Record]]:
+        """Run ``sql`` on every file; one iterator of dicts per file. ``older``:
+        the statement for files of the older writer (no derived tables)."""
         if TAIL_FTS in sql:
             for _, conn in self.conns:
                 try:
                     index_tail(conn)
                 except sqlite3.OperationalError as exc:
                     raise QueryError(f"full-text search failed: {exc}") from None
-        return [_records(conn, sql, params) for _, conn in self.conns]
+        return [_records(conn, *(older if older and not self.derived[path] else (sql, params)))
+                for path, conn in self.conns]
 
 
 def _records(conn: sqlite3.Connection, sql: str, params: list[Any]) -> Iterator[Record]:
@@ -258,12 +267,14 @@ def calls(src: Sources, filters: Filters, *, latest: bool = False) -> Iterator[R
 
     With ``latest``, the newest ``filters.limit`` calls (still printed oldest first).
     """
-    where, params = filters.where()
     order = "DESC" if latest else "ASC"
-    sql = f"SELECT * FROM calls{where} ORDER BY ts_ns {order}, seq {order}"
-    if filters.limit:
-        sql += f" LIMIT {int(filters.limit)}"
-    merged = _merge(src.each(sql, params), filters.limit, reverse=latest)
+    limit = f" LIMIT {int(filters.limit)}" if filters.limit else ""
+
+    def sql(derived: bool) -> tuple[str, list[Any]]:
+        where, params = filters.where(derived=derived)
+        return f"SELECT * FROM calls{where} ORDER BY ts_ns {order}, seq {order}{limit}", params
+
+    merged = _merge(src.each(*sql(True), older=sql(False)), filters.limit, reverse=latest)
     if latest:
         return iter(list(merged)[::-1])
     return merged
@@ -272,26 +283,26 @@ def calls(src: Sources, filters: Filters, *, latest: bool = False) -> Iterator[R
 def events(src: Sources, filters: Filters, *, after: dict[str, int] | None = None,
            latest: bool = False) -> Iterator[Record]:
     """Raw events (every kind) in time order; ``after`` maps a file to the last seq seen."""
-    clauses: list[str] = []
-    params: list[Any] = []
     keyed = lookup("", filters.principal, filters.session, filters.since_ns, filters.until_ns)
-    if keyed is not None:
-        clauses.append(keyed[0])
-        params.extend(keyed[1])
-    t = "+" if keyed is not None else ""  # the time range is in the lookup
-    for col, op, value in ((t + "ts_ns", ">=", filters.since_ns),
-                           (t + "ts_ns", "<", filters.until_ns),
-                           ("session", "=", filters.session),
-                           ("principal", "=", filters.principal),
-                           ("server", "=", filters.server)):
-        if value is not None:
-            clauses.append(f"{col} {op} ?")
-            params.append(value)
     order = "DESC" if latest else "ASC"
     its = []
     for path, conn in src.conns:
-        extra = list(clauses)
-        p = list(params)
+        extra: list[str] = []
+        p: list[Any] = []
+        if keyed is not None and src.derived[path]:
+            extra.append(keyed[0])
+            p.extend(keyed[1])
+            t = "+"  # the time range is in the lookup
+        else:
+            t = ""
+        for col, op, value in ((t + "ts_ns", ">=", filters.since_ns),
+                               (t + "ts_ns", "<", filters.until_ns),
+                               ("session", "=", filters.session),
+                               ("principal", "=", filters.principal),
+                               ("server", "=", filters.server)):
+            if value is not None:
+                extra.append(f"{col} {op} ?")
+                p.append(value)
         if after is not None and str(path) in after:
             extra.append("seq > ?")
             p.append(after[str(path)])
@@ -317,20 +328,26 @@ def timeline(src: Sources, filters: Filters) -> Iterator[Record]:
     session, approval and upstream events. Needs ``filters.session`` or ``principal``."""
     if filters.session is None and filters.principal is None:
         raise QueryError("a timeline needs --session or --principal")
-    where, params = filters.where()
-    call_sql = (f"SELECT seq, ts, ts_ns, instance, 'call' AS kind, session, principal, "
-                f"\"grant\", server, method, tool, uri, prompt, arguments, decision, rule, reason, "
-                f"status, error_code, error_message, latency_ms, NULL AS detail "
-                f"FROM calls{where} ORDER BY ts_ns, seq")
     life = Filters(since_ns=filters.since_ns, until_ns=filters.until_ns,
                    session=filters.session, principal=filters.principal)
-    lwhere, lparams = life.where()
-    life_sql = (f"SELECT seq, ts, ts_ns, instance, kind, session, principal, NULL AS \"grant\", "
-                f"server, NULL AS method, NULL AS tool, NULL AS uri, NULL AS prompt, "
-                f"NULL AS arguments, NULL AS decision, NULL AS rule, NULL AS reason, "
-                f"NULL AS status, NULL AS error_code, NULL AS error_message, "
-                f"NULL AS latency_ms, detail FROM lifecycle{lwhere} ORDER BY ts_ns, seq")
-    its = src.each(call_sql, params) + src.each(life_sql, lparams)
+
+    def call_sql(derived: bool) -> tuple[str, list[Any]]:
+        where, params = filters.where(derived=derived)
+        return (f"SELECT seq, ts, ts_ns, instance, 'call' AS kind, session, principal, "
+                f"\"grant\", server, method, tool, uri, prompt, arguments, decision, rule, "
+                f"reason, status, error_code, error_message, latency_ms, NULL AS detail "
+                f"FROM calls{where} ORDER BY ts_ns, seq", params)
+
+    def life_sql(derived: bool) -> tuple[str, list[Any]]:
+        where, params = life.where(derived=derived)
+        return (f"SELECT seq, ts, ts_ns, instance, kind, session, principal, "
+                f"NULL AS \"grant\", server, NULL AS method, NULL AS tool, NULL AS uri, "
+                f"NULL AS prompt, NULL AS arguments, NULL AS decision, NULL AS rule, "
+                f"NULL AS reason, NULL AS status, NULL AS error_code, NULL AS error_message, "
+                f"NULL AS latency_ms, detail FROM lifecycle{where} ORDER BY ts_ns, seq", params)
+
+    its = (src.each(*call_sql(True), older=call_sql(False))
+           + src.each(*life_sql(True), older=life_sql(False)))
     return _merge(its, filters.limit)
 
 
@@ -350,19 +367,24 @@ def stats(src: Sources, filters: Filters, *, top: int = 10,
     Sections: ``tools``, ``principals``, ``rules`` (refusals and rate limits by
     rule), ``over_time`` (per ``bucket_seconds``, oldest first).
     """
-    where, params = filters.where()
     bucket_ns = bucket_seconds * 1_000_000_000
     groups = {
-        "tools": ("coalesce(tool, uri, prompt, method)", where, params),
-        "principals": ("principal", where, params),
-        "rules": ("rule", _and(where, "decision != 'allow'"), params),
-        "over_time": (f"(ts_ns / {bucket_ns}) * {bucket_ns}", where, params),
+        "tools": ("coalesce(tool, uri, prompt, method)", ""),
+        "principals": ("principal", ""),
+        "rules": ("rule", "decision != 'allow'"),
+        "over_time": (f"(ts_ns / {bucket_ns}) * {bucket_ns}", ""),
     }
     out: dict[str, list[Record]] = {}
-    for section, (expr, w, p) in groups.items():
+    for section, (expr, also) in groups.items():
         totals: dict[Any, list[int]] = {}
-        sql = f"SELECT {expr} AS name, {_STAT_SELECT} FROM calls{w} GROUP BY 1"
-        for it in src.each(sql, p):
+
+        def sql(derived: bool, expr: str = expr, also: str = also) -> tuple[str, list[Any]]:
+            where, params = filters.where(derived=derived)
+            if also:
+                where = _and(where, also)
+            return f"SELECT {expr} AS name, {_STAT_SELECT} FROM calls{where} GROUP BY 1", params
+
+        for it in src.each(*sql(True), older=sql(False)):
             for r in it:
                 acc = totals.setdefault(r["name"], [0, 0, 0, 0, 0])
                 for i, col in enumerate(STAT_COLUMNS[1:]):

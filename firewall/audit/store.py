@@ -27,9 +27,9 @@ Rules this module keeps:
    table of the reader's own (:func:`index_tail`). So every answer is
    complete however far the derived tables lag. A file from an older writer
    (``idx_events_session_ts_ns`` and the other indexes on ``events``, no
-   ``ix_*`` tables) keeps its own schema and views; readers get temporary
-   views of the same names over its indexes (:func:`reader_shims`), and a file
-   without ``fts_progress`` at all is fully indexed.
+   ``ix_*`` tables, :func:`has_derived` says which) keeps its own schema and
+   views; readers filter it on the columns, which its indexes serve, and a
+   file without ``fts_progress`` at all is fully indexed.
 4. A chain is a list of segment files: the first is the configured path
    (``audit.db``), later ones are ``audit.000002.db``, ``audit.000003.db``, ...
    beside it. The writer appends to the highest-numbered one.
@@ -129,13 +129,6 @@ DERIVED: Final = {
         "INSERT INTO ix_outcome (call_id, seq) SELECT call_id, seq FROM events "
         "WHERE seq BETWEEN ? AND ? AND kind = 'outcome' AND call_id IS NOT NULL "
         "ORDER BY 1, 2"),
-}
-# What a file from an older writer offers under the same names: its own
-# indexes on events serve these (temporary views of a reader's connection).
-_SHIMS: Final = {
-    "ix_session": "SELECT session, ts_ns, seq FROM main.events WHERE session IS NOT NULL",
-    "ix_principal": "SELECT principal, ts_ns, seq FROM main.events WHERE principal IS NOT NULL",
-    "ix_outcome": "SELECT call_id, seq FROM main.events WHERE kind = 'outcome'",
 }
 # The first seq of the tail (rows not in the derived tables yet), as SQL: read
 # inside the reader's statement, so in the same snapshot as the tables.
@@ -246,22 +239,6 @@ def index_range(conn: sqlite3.Connection, first: int, last: int, *, derived: boo
             conn.execute(fill, params)
     conn.execute(INDEX_BATCH, params)
     conn.execute(_SET_PROGRESS, (last,))
-
-
-def reader_shims(conn: sqlite3.Connection) -> None:
-    """Give a reader connection to a file from an older writer what the query
-    module's SQL names: temporary views ``ix_session``, ``ix_principal`` and
-    ``ix_outcome`` (served by that file's indexes on events), and for a file
-    without ``fts_progress`` (fully indexed) a view of one row naming its last
-    seq. Nothing for a current file. Once per connection."""
-    names = {r[0] for r in conn.execute(
-        "SELECT name FROM main.sqlite_master UNION ALL SELECT name FROM temp.sqlite_master")}
-    for name, sql in _SHIMS.items():
-        if name not in names:
-            conn.execute(f"CREATE TEMP VIEW {name} AS {sql}")
-    if "fts_progress" not in names:
-        conn.execute("CREATE TEMP VIEW fts_progress AS SELECT 1 AS id, "
-                     "(SELECT coalesce(max(seq), 0) FROM main.events) AS upto")
 
 
 def index_tail(conn: sqlite3.Connection) -> None:
