@@ -219,13 +219,49 @@ def test_a_writer_that_lags_indexes_with_each_commit(tmp_path: Path) -> None:
         assert trail.unindexed() == 0 and _fts_rows(db) == (6, 6)
 
 
-def test_a_file_from_an_older_writer_is_fully_indexed(tmp_path: Path) -> None:
-    a, _ = _fleet(tmp_path)
-    conn = sqlite3.connect(a)
-    conn.execute("DROP TABLE fts_progress")  # as written before indexing left the commit
+def as_older_writer(db: Path, *, progress: bool) -> None:
+    """Turn a file into what the writer before the derived tables wrote: the
+    session, principal and outcome call_id indexes on events, the ``calls`` view
+    joining on call_id, no ``ix_*`` tables; without ``progress``, also no
+    ``fts_progress`` (from before full-text indexing left the commit)."""
+    conn = sqlite3.connect(db)
+    for table in ("ix_session", "ix_principal", "ix_outcome"):
+        conn.execute(f"DROP TABLE {table}")
+    conn.execute("CREATE INDEX idx_events_session_ts_ns ON events (session, ts_ns)")
+    conn.execute("CREATE INDEX idx_events_outcome_call_id ON events (call_id) "
+                 "WHERE kind = 'outcome'")
+    conn.execute("CREATE INDEX idx_events_principal_ts_ns ON events (principal, ts_ns) "
+                 "WHERE principal IS NOT NULL")
+    sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'calls'").fetchone()[0]
+    head, _, _ = sql.partition("FROM events d")
+    conn.execute("DROP VIEW calls")
+    conn.execute(head + "FROM events d LEFT JOIN events o ON o.call_id = d.call_id "
+                 "AND o.kind = 'outcome' WHERE d.kind = 'decision'")
+    if not progress:
+        conn.execute("DROP TABLE fts_progress")
     conn.commit()
     conn.close()
-    assert len(_json(["query", str(a), "--search", "hello", "--json"])) == 5
-    with Trail(AuditSettings(path=str(a)), "gw-a") as trail:
-        assert trail.indexed == trail.seq == 10
-    assert _fts_rows(a)[1] == 10
+
+
+@pytest.mark.parametrize("progress", [False, True])
+def test_a_file_from_an_older_writer_reads_and_grows_as_before(tmp_path: Path,
+                                                               progress: bool) -> None:
+    a, _ = _fleet(tmp_path)
+    expect = {args: _json(["query", str(a), *args, "--json"]) for args in (
+        (), ("--principal", "alice"), ("--session", "gw-a-s"), ("--search", "hello"))}
+    as_older_writer(a, progress=progress)
+    for args, rows in expect.items():
+        assert _json(["query", str(a), *args, "--json"]) == rows, args
+    assert len(_json(["timeline", str(a), "--session", "gw-a-s", "--json"])) == 6
+    with Trail(AuditSettings(path=str(a), fts_max_lag=0), "gw-a") as trail:
+        assert trail.indexed == trail.seq == 10 and not trail.derived
+        trail.append_batch([
+            DecisionEvent(ts_ns=T0 + 99 * S, call_id="gw-a.9", session="gw-a-s",
+                          principal="alice", grant="g", server="vm", method="tools/call",
+                          tool="late", arguments={"note": "hello"}, decision="allow"),
+            OutcomeEvent(ts_ns=T0 + 99 * S + 1, call_id="gw-a.9", session="gw-a-s",
+                         server="vm", status="ok", latency_ns=5)])
+    assert _fts_rows(a)[1] == 12
+    late = _json(["query", str(a), "--principal", "alice", "--tool", "late", "--json"])
+    assert [(r["call_id"], r["status"]) for r in late] == [("gw-a.9", "ok")]
+    assert len(_json(["query", str(a), "--search", "hello", "--json"])) == 6

@@ -47,6 +47,14 @@ Rules this module keeps:
    or goes away, never before the gateway's last batch.
 7. An event that cannot be stored fails its own ``append``: the trio side checks
    the 64-bit integer columns and encodes the event before it is queued.
+8. The derived tables (session, principal, outcome lookups and the full-text
+   index; :mod:`firewall.audit.store`, rule 3) are never in a batch's commit
+   unless ``fts_max_lag`` is reached: after an ``A``, once
+   :data:`firewall.audit.writer.CATCH_UP_ROWS` rows wait, the child runs one
+   catch-up step (its own transaction, not fsync'ed: derived data), and when
+   no batch comes for a moment it indexes the rest in small slices. The next
+   ``A`` counts that time, and every ``A`` carries all the CPU the child used
+   since the previous one.
 
 Choices made by measurement (``benchmarks/bench_audit.py``, 2-core machine):
 
@@ -55,32 +63,40 @@ Choices made by measurement (``benchmarks/bench_audit.py``, 2-core machine):
   to 23, sharing one GIL; with the process, the trio side costs 13 to 19 us
   per event and the child 22 to 28 us (1,000-event batches), each on its own
   core when one is free. The child is the slower side: SQLite with the four
-  secondary indexes is most of it. On a 2-core machine already running
-  other work (load average 4 to 8) there is no free core: paired runs at
-  2,048 callers gave the process 0.93x to 1.2x the thread's events/s (13.2k
-  against 13.0k median) at about 0.94x its CPU per event; the bench prints
-  both in one run.
+  secondary indexes was most of it (see the derived tables below). On a
+  2-core machine already running other work (load average 4 to 8) there is
+  no free core: paired runs at 2,048 callers gave the process 0.93x to 1.2x
+  the thread's events/s (13.2k against 13.0k median) at about 0.94x its CPU
+  per event; the bench prints both in one run.
 - JSON on the pipe, not msgpack: msgpack decodes a little faster (2.2 against
   2.9 us per event) but cannot carry integers beyond 64 bits, which a call's
   JSON arguments may hold; JSON text survives the round trip exactly, so the
   rows (and their hashes) are those the thread writer builds.
 - Rows built in the child, not in the trio thread: the trio thread was the
   other bottleneck (row building was a third of its CPU per event).
-- Secondary indexes still in the commit, the next step. With the keys a
-  gateway gives them (a random session id per client, call ids
-  ``<session>.<n>``) every row of a batch lands on its own leaf page of the
-  ``(session, ts_ns)``, ``(principal, ts_ns)`` and outcome ``call_id``
-  indexes. Writer alone, 1,000-event batches of decisions and outcomes,
-  appended to a file that already holds 1M such rows, CPU per event: 82 us
-  with every index and SQLite's default cache and checkpoint; 44 us with the
-  writer's cache and checkpoint settings (:data:`firewall.audit.store.
-  WRITER_CACHE_KIB`); 21 us without the principal and session indexes; 9 us
-  without the ``call_id`` index too. So moving only the principal/session
-  indexes to deferred lookup tables does not reach 50,000 events/s: the
-  ``call_id`` index the ``calls`` view joins on must leave the commit too (a
-  link table keyed by the decision's seq, an almost append-only key, would
-  do), and the views need a design that stays fast for ``sqlite-utils`` and
-  Datasette, whose queries cannot cover an unindexed tail themselves.
+- Secondary lookups out of the commit (the derived tables of
+  :mod:`firewall.audit.store`, rule 3). With the keys a gateway gives them (a
+  random session id per client, call ids ``<session>.<n>``) every row of a
+  batch landed on its own leaf page of the ``(session, ts_ns)``,
+  ``(principal, ts_ns)`` and outcome ``call_id`` indexes. Now the commit
+  inserts into the table and its ``ts_ns`` index only, and after an ack,
+  once :data:`firewall.audit.writer.CATCH_UP_ROWS` rows wait, the child runs
+  one sorted catch-up step for all derived tables while the gateway wakes
+  the callers and refills (its time is counted in the next ack). Per event,
+  on a 1M-row file under load (thread CPU, steps of 8,192): decoding 0.7 us,
+  rows 4.3, insert 3.7, commit 1.0, catch-up 6.4 (session 1.3, principal
+  1.1, outcome 0.7, full text 1.3, their commit and the WAL checkpoints it
+  triggers the rest); steps of 16,384 take the catch-up to about 5.2 (see
+  ``CATCH_UP_ROWS``). The figures before and after are in
+  ``benchmarks/README.md``.
+- Arguments as the gateway's JSON text (:class:`firewall.audit.chain.
+  WireDecision`): decoding, walking and re-encoding them cost 2 to 2.5 us per
+  decision; :meth:`firewall.audit.redaction.Redactor.clean` says when the text
+  can be kept as it came (the same bytes, since one encoder wrote both).
+- The collector: a batch keeps a few objects per event alive until its
+  commit, and the default threshold ran the collector several times per
+  batch (5% of the child's samples); the child freezes what it loaded and
+  raises the threshold (:data:`_GC_THRESHOLD`).
 - The hand-over of rule 4 rather than "whenever the child is free": callers
   that each wait for their own event otherwise all land in one batch (the
   child idles while the trio thread wakes and refills it) or split one
@@ -105,6 +121,7 @@ import collections
 import contextlib
 import errno
 import fcntl
+import gc
 import os
 import select
 import signal
@@ -118,14 +135,16 @@ import msgspec
 import trio
 
 from firewall import log
-from firewall.audit.events import Event, OutcomeEvent
+from firewall.audit.chain import WireDecision
+from firewall.audit.events import Event, LifecycleEvent, OutcomeEvent
 from firewall.audit.settings import AuditSettings
 from firewall.audit.store import StoreError
 from firewall.audit.writer import AuditError, BatchReceipt, Trail, WriterSide
 
 _LEN: Final = struct.Struct(">I")
 _json: Final = msgspec.json.Encoder()
-_events: Final = msgspec.json.Decoder(list[Event])
+# Decisions decode with their arguments as raw JSON (see WireDecision).
+_events: Final = msgspec.json.Decoder(list[WireDecision | OutcomeEvent | LifecycleEvent])
 _READ: Final = 1 << 20
 _PIPE_SIZE: Final = 1 << 20  # a whole batch fits: the trio side writes it in one go
 _F_SETPIPE_SZ: Final = 1031
@@ -136,6 +155,9 @@ _ROOT: Final = str(Path(__file__).resolve().parents[2])
 # Halves from this many events in play (rule 4): refilling that many callers
 # (15 to 40 us each here, more on a busy machine) outlasts an fsync.
 _HALVES_FROM: Final = 256
+
+# Allocations between two collections of the youngest generation (see main).
+_GC_THRESHOLD: Final = 100_000
 
 # Full-text indexing when idle, as in firewall.audit.writer.
 _INDEX_SLICE: Final = 2_000
@@ -540,14 +562,20 @@ class _Child:
     def serve(self, trail: Trail) -> str:
         """Commit batches until told to close or the input ends; the sticky error or ""."""
         error = ""
+        # Busy: wall time spent on a batch, and on the derived tables since the
+        # last ack (counted in the next ack). CPU: all the process used since
+        # the last ack (reading frames and idle work included).
+        busy = 0.0
+        cpu = time.process_time()
         while True:
             frame = self.frame(None if error else _idle_timeout(trail))
+            t = time.perf_counter()
             if frame is None:
                 error = _guarded(trail, _idle_step)
+                busy += time.perf_counter() - t
                 continue
             if not frame or frame[:1] == b"C":
                 return error
-            t, cpu = time.perf_counter(), time.thread_time()
             if not error:
                 try:
                     events = _events.decode(memoryview(frame)[1:])
@@ -555,21 +583,27 @@ class _Child:
                 except Exception as exc:
                     error = repr(exc)
                     trail.log.error("audit_write_failed", error=error)
+            now = time.process_time()
             try:
-                self.send(b"A", [not error, error, time.perf_counter() - t,
-                                 time.thread_time() - cpu])
+                self.send(b"A", [not error, error, busy + time.perf_counter() - t, now - cpu])
             except OSError:
                 return error  # the gateway is gone: close (and sign) what was committed
+            busy, cpu = 0.0, now
+            if not error:
+                # While the gateway wakes this batch's callers and refills the
+                # next one: a step of the derived tables once enough rows wait.
+                t = time.perf_counter()
+                error = _guarded(trail, Trail.catch_up)
+                busy = time.perf_counter() - t
 
 
 def _idle_timeout(trail: Any) -> float | None:
     """How long to wait for a batch before indexing or signing (None: forever)."""
     due: float | None = trail.checkpoint_due_in()
     waiting: int = trail.unindexed()
-    # Unlike the thread, no slice at once when many rows wait: the child is
-    # idle for moments between batches (rule 4), and a slice started then
-    # delays the next batch; under sustained load ``fts_max_lag`` indexes in
-    # the commits, which measured faster at 2,048 callers in 3 runs of 4.
+    # No slice at once when many rows wait: the child is idle for moments
+    # between batches (rule 4), and a slice started then delays the next
+    # batch; under sustained load the catch-up step after an ack does it.
     if waiting:
         return _INDEX_IDLE if due is None else min(due, _INDEX_IDLE)
     return due
@@ -597,6 +631,12 @@ def main() -> int:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     acks = os.dup(1)
     os.dup2(2, 1)  # a stray print must not corrupt the ack stream
+    # A batch allocates a few objects per event (decoded events, rows) that
+    # live until its commit: with the default threshold (700) the collector
+    # ran several times per batch and walked them all (5% of the child's
+    # samples under load). What is loaded now stays: out of its walks.
+    gc.freeze()
+    gc.set_threshold(_GC_THRESHOLD)
     return _Child(0, acks).run()
 
 

@@ -28,7 +28,15 @@ from typing import Any, Final
 
 import msgspec
 
-from firewall.audit.store import REFUSALS, TAIL_FTS, connect_readonly, expand_paths, index_tail
+from firewall.audit.store import (
+    REFUSALS,
+    TAIL_FROM,
+    TAIL_FTS,
+    connect_readonly,
+    expand_paths,
+    has_derived,
+    index_tail,
+)
 
 Record = dict[str, Any]
 
@@ -102,8 +110,12 @@ class Filters(msgspec.Struct, kw_only=True):
     search: str | None = None  # full-text search in arguments (a phrase)
     limit: int = 0  # 0: no limit
 
-    def where(self, *, prefix: str = "") -> tuple[str, list[Any]]:
-        """The SQL WHERE clause (or "") and its parameters, for the ``calls`` view."""
+    def where(self, *, prefix: str = "", derived: bool = True) -> tuple[str, list[Any]]:
+        """The SQL WHERE clause (or "") and its parameters, for the ``calls`` view.
+
+        ``derived``: for a file with the derived tables (see :func:`lookup`);
+        False for a file of the older writer, whose indexes on events serve
+        the plain column filters directly."""
         clauses: list[str] = []
         params: list[Any] = []
         p = prefix
@@ -112,10 +124,17 @@ class Filters(msgspec.Struct, kw_only=True):
             clauses.append(sql)
             params.extend(values)
 
+        keyed = (lookup(p, self.principal, self.session, self.since_ns, self.until_ns)
+                 if derived else None)
+        if keyed is not None:
+            add(keyed[0], *keyed[1])
+        # With a lookup, the time range is in it: "+" keeps the planner on the
+        # lookup's rowids instead of a scan of the time index.
+        t = "+" if keyed is not None else ""
         if self.since_ns is not None:
-            add(f"{p}ts_ns >= ?", self.since_ns)
+            add(f"{t}{p}ts_ns >= ?", self.since_ns)
         if self.until_ns is not None:
-            add(f"{p}ts_ns < ?", self.until_ns)
+            add(f"{t}{p}ts_ns < ?", self.until_ns)
         for col in ("principal", "grant", "session", "server", "method", "rule"):
             value = getattr(self, col)
             if value is not None:
@@ -142,11 +161,42 @@ class Filters(msgspec.Struct, kw_only=True):
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 
+def lookup(prefix: str, principal: str | None, session: str | None, since_ns: int | None,
+           until_ns: int | None) -> tuple[str, list[int | str]] | None:
+    """The rows of one session or principal (session first: it is narrower), as
+    a ``seq IN (...)`` clause and its parameters, or None without either.
+
+    The derived table holds the rows up to ``fts_progress.upto``; the rows
+    after it (the tail, see :mod:`firewall.audit.store`, rule 3) are scanned
+    by seq in the same statement, so the answer is complete however far the
+    derived table lags. The caller still filters on the column itself.
+    """
+    if session is not None:
+        table, col, key = "ix_session", "session", session
+    elif principal is not None:
+        table, col, key = "ix_principal", "principal", principal
+    else:
+        return None
+    bounds = ""
+    params: list[int | str] = [key]
+    if since_ns is not None:
+        bounds += " AND ts_ns >= ?"
+        params.append(since_ns)
+    if until_ns is not None:
+        bounds += " AND ts_ns < ?"
+        params.append(until_ns)
+    sql = (f"{prefix}seq IN (SELECT seq FROM {table} WHERE {col} = ?{bounds} UNION ALL "
+           f"SELECT seq FROM events WHERE seq > {TAIL_FROM} AND {col} = ?)")
+    return sql, [*params, key]
+
+
 class Sources:
     """Read-only connections to a set of audit files (segments expanded)."""
 
     def __init__(self, conns: list[tuple[Path, sqlite3.Connection]]) -> None:
         self.conns = conns
+        # Which files keep the derived tables (the others: the older writer's).
+        self.derived = {path: has_derived(conn) for path, conn in conns}
 
     @classmethod
     def open(cls, paths: Iterable[Path]) -> Sources:
@@ -173,15 +223,18 @@ class Sources:
                  tb: TracebackType | None) -> None:
         self.close()
 
-    def each(self, sql: str, params: list[Any]) -> list[Iterator[Record]]:
-        """Run ``sql`` on every file; one iterator of dicts per file."""
+    def each(self, sql: str, params: list[Any],
+             older: tuple[str, list[Any]] | None = None) -> list[Iterator[Record]]:
+        """Run ``sql`` on every file; one iterator of dicts per file. ``older``:
+        the statement for files of the older writer (no derived tables)."""
         if TAIL_FTS in sql:
             for _, conn in self.conns:
                 try:
                     index_tail(conn)
                 except sqlite3.OperationalError as exc:
                     raise QueryError(f"full-text search failed: {exc}") from None
-        return [_records(conn, sql, params) for _, conn in self.conns]
+        return [_records(conn, *(older if older and not self.derived[path] else (sql, params)))
+                for path, conn in self.conns]
 
 
 def _records(conn: sqlite3.Connection, sql: str, params: list[Any]) -> Iterator[Record]:
@@ -214,12 +267,14 @@ def calls(src: Sources, filters: Filters, *, latest: bool = False) -> Iterator[R
 
     With ``latest``, the newest ``filters.limit`` calls (still printed oldest first).
     """
-    where, params = filters.where()
     order = "DESC" if latest else "ASC"
-    sql = f"SELECT * FROM calls{where} ORDER BY ts_ns {order}, seq {order}"
-    if filters.limit:
-        sql += f" LIMIT {int(filters.limit)}"
-    merged = _merge(src.each(sql, params), filters.limit, reverse=latest)
+    limit = f" LIMIT {int(filters.limit)}" if filters.limit else ""
+
+    def sql(derived: bool) -> tuple[str, list[Any]]:
+        where, params = filters.where(derived=derived)
+        return f"SELECT * FROM calls{where} ORDER BY ts_ns {order}, seq {order}{limit}", params
+
+    merged = _merge(src.each(*sql(True), older=sql(False)), filters.limit, reverse=latest)
     if latest:
         return iter(list(merged)[::-1])
     return merged
@@ -228,20 +283,26 @@ def calls(src: Sources, filters: Filters, *, latest: bool = False) -> Iterator[R
 def events(src: Sources, filters: Filters, *, after: dict[str, int] | None = None,
            latest: bool = False) -> Iterator[Record]:
     """Raw events (every kind) in time order; ``after`` maps a file to the last seq seen."""
-    clauses: list[str] = []
-    params: list[Any] = []
-    for col, op, value in (("ts_ns", ">=", filters.since_ns), ("ts_ns", "<", filters.until_ns),
-                           ("session", "=", filters.session),
-                           ("principal", "=", filters.principal),
-                           ("server", "=", filters.server)):
-        if value is not None:
-            clauses.append(f"{col} {op} ?")
-            params.append(value)
+    keyed = lookup("", filters.principal, filters.session, filters.since_ns, filters.until_ns)
     order = "DESC" if latest else "ASC"
     its = []
     for path, conn in src.conns:
-        extra = list(clauses)
-        p = list(params)
+        extra: list[str] = []
+        p: list[Any] = []
+        if keyed is not None and src.derived[path]:
+            extra.append(keyed[0])
+            p.extend(keyed[1])
+            t = "+"  # the time range is in the lookup
+        else:
+            t = ""
+        for col, op, value in ((t + "ts_ns", ">=", filters.since_ns),
+                               (t + "ts_ns", "<", filters.until_ns),
+                               ("session", "=", filters.session),
+                               ("principal", "=", filters.principal),
+                               ("server", "=", filters.server)):
+            if value is not None:
+                extra.append(f"{col} {op} ?")
+                p.append(value)
         if after is not None and str(path) in after:
             extra.append("seq > ?")
             p.append(after[str(path)])
@@ -267,20 +328,26 @@ def timeline(src: Sources, filters: Filters) -> Iterator[Record]:
     session, approval and upstream events. Needs ``filters.session`` or ``principal``."""
     if filters.session is None and filters.principal is None:
         raise QueryError("a timeline needs --session or --principal")
-    where, params = filters.where()
-    call_sql = (f"SELECT seq, ts, ts_ns, instance, 'call' AS kind, session, principal, "
-                f"\"grant\", server, method, tool, uri, prompt, arguments, decision, rule, reason, "
-                f"status, error_code, error_message, latency_ms, NULL AS detail "
-                f"FROM calls{where} ORDER BY ts_ns, seq")
     life = Filters(since_ns=filters.since_ns, until_ns=filters.until_ns,
                    session=filters.session, principal=filters.principal)
-    lwhere, lparams = life.where()
-    life_sql = (f"SELECT seq, ts, ts_ns, instance, kind, session, principal, NULL AS \"grant\", "
-                f"server, NULL AS method, NULL AS tool, NULL AS uri, NULL AS prompt, "
-                f"NULL AS arguments, NULL AS decision, NULL AS rule, NULL AS reason, "
-                f"NULL AS status, NULL AS error_code, NULL AS error_message, "
-                f"NULL AS latency_ms, detail FROM lifecycle{lwhere} ORDER BY ts_ns, seq")
-    its = src.each(call_sql, params) + src.each(life_sql, lparams)
+
+    def call_sql(derived: bool) -> tuple[str, list[Any]]:
+        where, params = filters.where(derived=derived)
+        return (f"SELECT seq, ts, ts_ns, instance, 'call' AS kind, session, principal, "
+                f"\"grant\", server, method, tool, uri, prompt, arguments, decision, rule, "
+                f"reason, status, error_code, error_message, latency_ms, NULL AS detail "
+                f"FROM calls{where} ORDER BY ts_ns, seq", params)
+
+    def life_sql(derived: bool) -> tuple[str, list[Any]]:
+        where, params = life.where(derived=derived)
+        return (f"SELECT seq, ts, ts_ns, instance, kind, session, principal, "
+                f"NULL AS \"grant\", server, NULL AS method, NULL AS tool, NULL AS uri, "
+                f"NULL AS prompt, NULL AS arguments, NULL AS decision, NULL AS rule, "
+                f"NULL AS reason, NULL AS status, NULL AS error_code, NULL AS error_message, "
+                f"NULL AS latency_ms, detail FROM lifecycle{where} ORDER BY ts_ns, seq", params)
+
+    its = (src.each(*call_sql(True), older=call_sql(False))
+           + src.each(*life_sql(True), older=life_sql(False)))
     return _merge(its, filters.limit)
 
 
@@ -300,19 +367,24 @@ def stats(src: Sources, filters: Filters, *, top: int = 10,
     Sections: ``tools``, ``principals``, ``rules`` (refusals and rate limits by
     rule), ``over_time`` (per ``bucket_seconds``, oldest first).
     """
-    where, params = filters.where()
     bucket_ns = bucket_seconds * 1_000_000_000
     groups = {
-        "tools": ("coalesce(tool, uri, prompt, method)", where, params),
-        "principals": ("principal", where, params),
-        "rules": ("rule", _and(where, "decision != 'allow'"), params),
-        "over_time": (f"(ts_ns / {bucket_ns}) * {bucket_ns}", where, params),
+        "tools": ("coalesce(tool, uri, prompt, method)", ""),
+        "principals": ("principal", ""),
+        "rules": ("rule", "decision != 'allow'"),
+        "over_time": (f"(ts_ns / {bucket_ns}) * {bucket_ns}", ""),
     }
     out: dict[str, list[Record]] = {}
-    for section, (expr, w, p) in groups.items():
+    for section, (expr, also) in groups.items():
         totals: dict[Any, list[int]] = {}
-        sql = f"SELECT {expr} AS name, {_STAT_SELECT} FROM calls{w} GROUP BY 1"
-        for it in src.each(sql, p):
+
+        def sql(derived: bool, expr: str = expr, also: str = also) -> tuple[str, list[Any]]:
+            where, params = filters.where(derived=derived)
+            if also:
+                where = _and(where, also)
+            return f"SELECT {expr} AS name, {_STAT_SELECT} FROM calls{where} GROUP BY 1", params
+
+        for it in src.each(*sql(True), older=sql(False)):
             for r in it:
                 acc = totals.setdefault(r["name"], [0, 0, 0, 0, 0])
                 for i, col in enumerate(STAT_COLUMNS[1:]):

@@ -86,10 +86,12 @@ class AuditSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # process for `serve`, the thread for `wrap` (one client's session, where
     # starting a second interpreter would only delay the first answer).
     writer: Literal["auto", "process", "thread"] = "auto"
-    # Full-text indexing of arguments runs when the writer has nothing to
-    # commit; when this many rows wait for it, each commit indexes as many rows
-    # as it appends (searches always cover the rows not indexed yet).
-    fts_max_lag: int = 20_000
+    # The derived tables (full-text index of arguments, session, principal and
+    # outcome lookups) are filled when the writer has nothing to commit or in
+    # steps after a commit (at most half this many rows); when this many rows
+    # wait for them, each commit indexes as many rows as it appends. Queries
+    # always cover the rows not indexed yet. 0: index in every commit.
+    fts_max_lag: int = 40_000
     # Segment rotation; 0 disables. The chain continues across segments.
     segment_max_bytes: int = 0
     segment_max_age_seconds: float = 0.0

@@ -9,14 +9,27 @@ Rules this module keeps:
 2. Views name the questions operators ask (``calls``, ``denials``,
    ``rate_limited``, ``errors``, ``sessions``, ``lifecycle``, ``approvals``), so
    ``sqlite-utils`` and Datasette answer them without mcpwall.
-3. ``events_fts`` (FTS5, external content) indexes ``arguments``, filled by
-   the writer with one ``INSERT ... SELECT`` (:data:`INDEX_BATCH`) per range of
-   rows, off the commit path: when it has nothing to commit, on rotation and on
-   close, and (when it lags by ``fts_max_lag`` rows) with each commit.
-   ``fts_progress.upto`` is the last seq indexed, written in the same
-   transaction as the index. Readers cover the rows after it with a temporary
-   FTS5 table of their own (:func:`index_tail`), so a search is always
-   complete. A file without ``fts_progress`` (an older writer) is fully indexed.
+3. ``events`` has one secondary index, ``ts_ns`` (its keys arrive in time
+   order: an append at the right edge). Everything else a query looks up by is
+   DERIVED data, filled by the writer off the commit path, one ``INSERT ...
+   SELECT ... ORDER BY`` per table per range of rows (:func:`index_range`):
+   ``ix_session``, ``ix_principal`` (``(key, ts_ns, seq)``), ``ix_outcome``
+   (``(call_id, seq)`` of outcomes, what the ``calls`` view joins on) and
+   ``events_fts`` (FTS5, external content, over ``arguments``). The writer runs
+   a range when it has nothing to commit, after a batch once enough rows wait,
+   on rotation and on close, and (when it lags by ``fts_max_lag`` rows) with
+   each commit. ``fts_progress.upto`` (the name is historical) is the last seq
+   in every derived table, written in the same transaction. Rows after it are
+   the TAIL, which every reader covers by a scan of ``seq > upto`` (a rowid
+   range, small): the ``calls`` view joins tail outcomes from a materialised
+   subquery, the query module adds ``seq > upto AND principal = ?`` to each
+   ``ix_principal`` lookup, and a search indexes the tail in a temporary FTS5
+   table of the reader's own (:func:`index_tail`). So every answer is
+   complete however far the derived tables lag. A file from an older writer
+   (``idx_events_session_ts_ns`` and the other indexes on ``events``, no
+   ``ix_*`` tables, :func:`has_derived` says which) keeps its own schema and
+   views; readers filter it on the columns, which its indexes serve, and a
+   file without ``fts_progress`` at all is fully indexed.
 4. A chain is a list of segment files: the first is the configured path
    (``audit.db``), later ones are ``audit.000002.db``, ``audit.000003.db``, ...
    beside it. The writer appends to the highest-numbered one.
@@ -61,7 +74,12 @@ SELECT d.seq, {_TS.format(col="d.ts_ns")} AS ts, d.ts_ns, d.instance, d.call_id,
        d.request_id, d.arguments, d.decision, d.rule, d.reason, d.retry_after, d.dry_run,
        o.status, o.error_code, o.error_message, o.latency_ns / 1e6 AS latency_ms,
        o.response_bytes
-FROM events d LEFT JOIN events o ON o.call_id = d.call_id AND o.kind = 'outcome'
+FROM events d
+LEFT JOIN ix_outcome x ON x.call_id = d.call_id
+LEFT JOIN (SELECT call_id, seq FROM events
+           WHERE seq > (SELECT coalesce(max(upto), 0) FROM fts_progress) AND kind = 'outcome'
+           LIMIT -1) t ON x.call_id IS NULL AND t.call_id = d.call_id
+LEFT JOIN events o ON o.seq = coalesce(x.seq, t.seq)
 WHERE d.kind = 'decision'""",
     "denials": "SELECT * FROM calls WHERE decision IN ('deny', 'invalid_arguments', 'rejected')",
     "rate_limited": "SELECT * FROM calls WHERE decision = 'limited'",
@@ -90,6 +108,31 @@ INDEX_BATCH: Final = (
     "INSERT INTO events_fts (rowid, arguments) SELECT seq, arguments FROM events "
     "WHERE seq BETWEEN ? AND ? AND arguments IS NOT NULL"
 )
+# The derived lookup tables (rule 3): what each holds, and how a range of rows
+# fills it. Keys sorted before the insert, so rows of the same session (or
+# principal, or call) land on one B-tree leaf together, once per range, instead
+# of one random leaf page per row in every commit.
+DERIVED: Final = {
+    "ix_session": (
+        "CREATE TABLE ix_session (session TEXT NOT NULL, ts_ns INTEGER NOT NULL, "
+        "seq INTEGER NOT NULL, PRIMARY KEY (session, ts_ns, seq)) WITHOUT ROWID",
+        "INSERT INTO ix_session (session, ts_ns, seq) SELECT session, ts_ns, seq FROM events "
+        "WHERE seq BETWEEN ? AND ? AND session IS NOT NULL ORDER BY 1, 2, 3"),
+    "ix_principal": (
+        "CREATE TABLE ix_principal (principal TEXT NOT NULL, ts_ns INTEGER NOT NULL, "
+        "seq INTEGER NOT NULL, PRIMARY KEY (principal, ts_ns, seq)) WITHOUT ROWID",
+        "INSERT INTO ix_principal (principal, ts_ns, seq) SELECT principal, ts_ns, seq "
+        "FROM events WHERE seq BETWEEN ? AND ? AND principal IS NOT NULL ORDER BY 1, 2, 3"),
+    "ix_outcome": (
+        "CREATE TABLE ix_outcome (call_id TEXT NOT NULL, seq INTEGER NOT NULL, "
+        "PRIMARY KEY (call_id, seq)) WITHOUT ROWID",
+        "INSERT INTO ix_outcome (call_id, seq) SELECT call_id, seq FROM events "
+        "WHERE seq BETWEEN ? AND ? AND kind = 'outcome' AND call_id IS NOT NULL "
+        "ORDER BY 1, 2"),
+}
+# The first seq of the tail (rows not in the derived tables yet), as SQL: read
+# inside the reader's statement, so in the same snapshot as the tables.
+TAIL_FROM: Final = "(SELECT coalesce(max(upto), 0) FROM fts_progress)"
 _PROGRESS_TABLE: Final = (
     "CREATE TABLE IF NOT EXISTS fts_progress (id INTEGER PRIMARY KEY CHECK (id = 1), "
     "upto INTEGER NOT NULL)"
@@ -101,11 +144,10 @@ TAIL_FTS: Final = "events_fts_tail"
 _TAIL_CREATE: Final = f"CREATE VIRTUAL TABLE IF NOT EXISTS temp.{TAIL_FTS} USING fts5(arguments)"
 _TAIL_FILL: Final = (
     f"INSERT INTO temp.{TAIL_FTS} (rowid, arguments) SELECT seq, arguments FROM main.events "
-    "WHERE seq > (SELECT coalesce(max(upto), 0) FROM main.fts_progress) "
-    "AND arguments IS NOT NULL"
+    f"WHERE seq > {TAIL_FROM} AND arguments IS NOT NULL"
 )
 
-_APPEND_ONLY = ("events", "checkpoints", "segment")
+_APPEND_ONLY = ("events", "checkpoints", "segment", *DERIVED)
 _SEGMENT_RE = re.compile(r"^(?P<stem>.+)\.(?P<n>\d{6})(?P<suffix>\.[^.]*)?$")
 
 
@@ -133,15 +175,11 @@ def create_schema(conn: sqlite3.Connection, *, indexed_upto: int = 0) -> None:
         pk="number",
     )
     events = db.table("events")
+    # The one index maintained in the commit: its keys come in time order.
+    # Sessions, principals and outcomes are looked up in derived tables (rule 3).
     events.create_index(["ts_ns"])
-    events.create_index(["session", "ts_ns"])
-    # Partial indexes: only outcomes are looked up by call_id (the ``calls``
-    # join), and a NULL principal is never searched for; rows outside them
-    # cost no index insert.
-    conn.execute("CREATE INDEX idx_events_outcome_call_id ON events (call_id) "
-                 "WHERE kind = 'outcome'")
-    conn.execute("CREATE INDEX idx_events_principal_ts_ns ON events (principal, ts_ns) "
-                 "WHERE principal IS NOT NULL")
+    for create, _ in DERIVED.values():
+        conn.execute(create)
     events.enable_fts(["arguments"], fts_version="FTS5", create_triggers=False)
     for table in _APPEND_ONLY:
         for op in ("UPDATE", "DELETE"):
@@ -160,7 +198,7 @@ def indexed_upto(conn: sqlite3.Connection) -> int | None:
     """The last seq in the full-text index, None for a file that predates
     ``fts_progress`` (its writer indexed every row in the row's transaction)."""
     try:
-        row = conn.execute("SELECT max(upto) FROM fts_progress").fetchone()
+        row = conn.execute("SELECT max(upto) FROM main.fts_progress").fetchone()
     except sqlite3.OperationalError:
         return None
     return int(row[0]) if row and row[0] is not None else 0
@@ -184,9 +222,22 @@ def adopt_progress(conn: sqlite3.Connection) -> int:
     return last
 
 
-def index_range(conn: sqlite3.Connection, first: int, last: int) -> None:
-    """Index rows ``first..last`` for full-text search (inside the caller's transaction)."""
-    conn.execute(INDEX_BATCH, (first, last))
+def has_derived(conn: sqlite3.Connection) -> bool:
+    """True if the file keeps the derived lookup tables (rule 3); False for a
+    file from an older writer, whose indexes on events serve the lookups."""
+    return conn.execute("SELECT 1 FROM main.sqlite_master WHERE type = 'table' AND "
+                        "name = 'ix_outcome'").fetchone() is not None
+
+
+def index_range(conn: sqlite3.Connection, first: int, last: int, *, derived: bool) -> None:
+    """Add rows ``first..last`` to the full-text index and (``derived``: the
+    file has them) to the derived lookup tables, and move ``fts_progress``
+    (inside the caller's transaction)."""
+    params = (first, last)
+    if derived:
+        for _, fill in DERIVED.values():
+            conn.execute(fill, params)
+    conn.execute(INDEX_BATCH, params)
     conn.execute(_SET_PROGRESS, (last,))
 
 
