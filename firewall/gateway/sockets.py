@@ -64,12 +64,16 @@ async def receive_now(stream: trio.abc.ReceiveStream, max_bytes: int) -> bytes |
     if type(stream) is trio.SocketStream:
         fd = stream.socket.fileno()
         if fd >= 0:  # -1: closed on our side, receive_some says so
-            try:
-                return os.read(fd, max_bytes)
-            except BlockingIOError:
-                pass
-            except OSError as exc:
-                raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
+            while True:
+                try:
+                    return os.read(fd, max_bytes)
+                except BlockingIOError:
+                    pass
+                except OSError as exc:
+                    raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
+                # Nothing yet: wait (the checkpoint), then read. A close on our
+                # side meanwhile raises trio.ClosedResourceError, as receive_some.
+                await trio.lowlevel.wait_readable(fd)
     return await stream.receive_some(max_bytes)
 
 
