@@ -35,10 +35,12 @@ import os
 import trio
 
 
-async def send_all_now(stream: trio.abc.SendStream, data: bytes | bytearray | memoryview) -> None:
-    """``await stream.send_all(data)``, without yielding when the socket takes it all at once.
+def send_now(stream: trio.abc.SendStream, data: bytes | bytearray | memoryview
+             ) -> bytes | bytearray | memoryview:
+    """Write what the socket takes at once; return the rest (empty: all written).
 
-    Example: ``await send_all_now(conn.stream, b"POST /mcp HTTP/1.1\\r\\n...")``
+    Never waits and never yields. Anything but a plain ``trio.SocketStream``, or
+    one closed on our side, writes nothing here: the rest is all of ``data``.
     """
     if type(stream) is trio.SocketStream:
         fd = stream.socket.fileno()
@@ -50,9 +52,19 @@ async def send_all_now(stream: trio.abc.SendStream, data: bytes | bytearray | me
             except OSError as exc:
                 raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
             if sent == len(data):
-                return
-            data = memoryview(data)[sent:]
-    await stream.send_all(data)
+                return b""
+            return memoryview(data)[sent:]
+    return data
+
+
+async def send_all_now(stream: trio.abc.SendStream, data: bytes | bytearray | memoryview) -> None:
+    """``await stream.send_all(data)``, without yielding when the socket takes it all at once.
+
+    Example: ``await send_all_now(conn.stream, b"POST /mcp HTTP/1.1\\r\\n...")``
+    """
+    rest = send_now(stream, data)
+    if rest:
+        await stream.send_all(rest)
 
 
 async def receive_now(stream: trio.abc.ReceiveStream, max_bytes: int) -> bytes | bytearray:
@@ -77,4 +89,4 @@ async def receive_now(stream: trio.abc.ReceiveStream, max_bytes: int) -> bytes |
     return await stream.receive_some(max_bytes)
 
 
-__all__ = ["receive_now", "send_all_now"]
+__all__ = ["receive_now", "send_all_now", "send_now"]
