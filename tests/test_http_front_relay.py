@@ -19,6 +19,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
 from firewall.config import Config, HttpServer, HttpSettings, ListenSettings
+from firewall.gateway import http_front
 from firewall.gateway.http_front import HttpFront, run_front
 from firewall.gateway.upstream.http import HttpUpstream
 from firewall.policy.decision import ALLOW, DENY, AllowAll, Caller, Decision
@@ -363,3 +364,33 @@ async def test_a_refused_server_request_is_answered_though_its_stream_ended() ->
             await upstream.response_seen.wait()
         refusal = json.loads(next(seen for seen in upstream.bodies if b'"s1"' in seen))
         assert refusal["id"] == "s1" and "error" in refusal
+
+
+async def test_keep_alive_timeout_closes_idle_connections_never_busy_ones(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    original = http_front.hypercorn_config
+
+    def short_keep_alive(*args: Any) -> Any:
+        hyper = original(*args)
+        hyper.keep_alive_timeout = 0.3
+        return hyper
+
+    monkeypatch.setattr(http_front, "hypercorn_config", short_keep_alive)
+    async with through() as (url, upstream), HttpUpstream(url) as http:
+        sid = await initialize(http)
+        async with http.request("POST", post_headers(sid), call(7, "spaced")) as resp:
+            seen = b""
+            with trio.fail_after(10):  # a guard against a hang, not a timing claim
+                while b"first" not in seen:
+                    seen += await resp.receive_chunk()
+            await trio.sleep(1)  # silent, and past the keep-alive timeout: still busy
+            upstream.go.set()
+            seen += await resp.read()
+        assert events_of(seen)[-1] == Event(data=answer(7), id="a1")
+        async with http.request("POST", post_headers(sid), call(8)) as resp:
+            assert json.loads(await resp.read())["id"] == 8
+        assert http.stats().opened == 1  # the connection outlived the long exchange
+        await trio.sleep(1)  # idle past the timeout: mcpwall closes the connection
+        async with http.request("POST", post_headers(sid), call(9)) as resp:
+            assert json.loads(await resp.read())["id"] == 9
+        assert http.stats().opened == 2

@@ -147,6 +147,7 @@ class HttptoolsConnection(TCPServer):
     """
 
     _idle_scope: trio.CancelScope
+    _busy = False  # an exchange is in progress: the idle deadline does not apply
 
     def __init__(self, app: Any, config: Any, context: Any, state: Any, stream: Any,
                  direct: DirectRoute | None = None) -> None:
@@ -226,10 +227,12 @@ class HttptoolsConnection(TCPServer):
 
     async def protocol_send(self, event: Event) -> None:
         if isinstance(event, Updated):
-            # Idle: close after keep_alive_timeout; busy: never (the deadline moves,
-            # no task is woken).
-            self._idle_scope.deadline = (trio.current_time() + self.config.keep_alive_timeout
-                                         if event.idle else math.inf)
+            # Idle: close after keep_alive_timeout; busy: never. Only the end of
+            # an exchange moves the deadline; one that passes while busy wakes
+            # the watcher, which sees the exchange and watches again.
+            self._busy = not event.idle
+            if event.idle:
+                self._idle_scope.deadline = trio.current_time() + self.config.keep_alive_timeout
         elif isinstance(event, RawData):
             try:
                 await self.write_now(event.data)
@@ -244,11 +247,12 @@ class HttptoolsConnection(TCPServer):
             while True:
                 with self._idle_scope:
                     await self.context.terminated.wait()
-                if self._idle_scope.deadline != math.inf:
+                if not self._busy:
                     break  # idle past the deadline, or idle at shutdown
                 if not self._idle_scope.cancelled_caught:
                     return  # shutdown while busy: the exchange closes when it ends
-                # A request began as the deadline fired: watch again.
+                # The deadline passed during an exchange (or one began as it
+                # fired): watch again; the exchange's end sets the deadline.
                 self._idle_scope = trio.CancelScope(deadline=math.inf)
             with trio.CancelScope(shield=True):
                 await self._initiate_server_close()
