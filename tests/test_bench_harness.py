@@ -198,3 +198,10 @@ def test_wrk_script_counts_right_and_wrong_answers(http_echo: str, tmp_path: Pat
     assert listed["good"] > 0 and listed["bad"] == 0
     wrong = http_load.wrk_run(wrk, http_echo, sessions, 1, 2, kind="list", expect=5)
     assert wrong["good"] == 0 and wrong["bad"] > 0 and '"tools"' in wrong["first_bad"]
+
+
+def test_ab_http_proxy_refuses_a_baseline_that_is_not_a_source_tree(tmp_path: Path) -> None:
+    run = subprocess.run([sys.executable, str(BENCH / "ab_http_proxy.py"), "--baseline",
+                          str(tmp_path), "--rounds", "1"], capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode != 0 and "is not an mcpwall source tree" in run.stderr

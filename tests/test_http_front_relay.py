@@ -19,11 +19,14 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
 from firewall.config import Config, HttpServer, HttpSettings, ListenSettings
+from firewall.gateway import http_front
 from firewall.gateway.http_front import HttpFront, run_front
 from firewall.gateway.upstream.http import HttpUpstream
-from firewall.policy.decision import AllowAll
+from firewall.policy.decision import ALLOW, DENY, AllowAll, Caller, Decision
 from firewall.protocol import jsonrpc
-from firewall.protocol.sse import encode_event
+from firewall.protocol.jsonrpc import Kind
+from firewall.protocol.mcp import Call
+from firewall.protocol.sse import Event, SSEParser, encode_event
 
 ACCEPT_BOTH = "application/json, text/event-stream"
 INIT = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
@@ -31,14 +34,38 @@ INIT = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
     "clientInfo": {"name": "test", "version": "1"}}}
 
 
+def note(text: str) -> bytes:
+    return json.dumps({"jsonrpc": "2.0", "method": "notifications/message",
+                       "params": {"level": "info", "data": text}}).encode()
+
+
+def answer(rid: Any, text: str = "ok") -> bytes:
+    return json.dumps({"jsonrpc": "2.0", "id": rid,
+                       "result": {"content": [{"type": "text", "text": text}]}}).encode()
+
+
+SAMPLING = json.dumps({"jsonrpc": "2.0", "id": "s1", "method": "sampling/createMessage",
+                       "params": {"messages": [], "maxTokens": 1}}).encode()
+
+
 class RecordingUpstream:
-    """An MCP server over Streamable HTTP: JSON answers, GET streams held open."""
+    """An MCP server over Streamable HTTP: JSON answers, GET streams held open.
+
+    A tools/call of one of these tools is answered on an event stream instead:
+    ``burst`` (a notification, a block with only an id and a retry, the answer:
+    all in one write, then the end), ``spaced`` (a notification; the answer once
+    :attr:`go` is set), ``ask`` (a sampling request, then the answer, in one
+    write) and ``silent`` (the stream's head, then nothing until released).
+    """
 
     def __init__(self) -> None:
         self.seen: list[tuple[str, dict[str, str]]] = []
+        self.bodies: list[bytes] = []
         self.streams_open = 0
         self.stream_opened = trio.Event()
         self.release_streams = trio.Event()
+        self.go = trio.Event()
+        self.response_seen = trio.Event()  # a client's answer to a request of ours came
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -57,10 +84,17 @@ class RecordingUpstream:
         if scope["method"] == "GET":
             await self._stream(send)
             return
+        self.bodies.append(body)
         msg = jsonrpc.decode(body)
-        if msg.request_id is None:
+        if msg.kind is Kind.RESPONSE:
+            self.response_seen.set()
+        if msg.request_id is None or msg.kind is Kind.RESPONSE:
             await send({"type": "http.response.start", "status": 202, "headers": []})
             await send({"type": "http.response.body", "body": b""})
+            return
+        tool = json.loads(body)["params"]["name"] if msg.method == "tools/call" else None
+        if tool not in (None, "echo"):
+            await self._answer_on_stream(send, msg.request_id, tool)
             return
         extra: list[tuple[bytes, bytes]] = []
         result: dict[str, Any] = {"content": [{"type": "text", "text": "ok"}]}
@@ -72,6 +106,26 @@ class RecordingUpstream:
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"application/json"), *extra]})
         await send({"type": "http.response.body", "body": out})
+
+    async def _answer_on_stream(self, send: Any, rid: Any, tool: str) -> None:
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream")]})
+        if tool == "burst":
+            body = (encode_event(note("first"), id="n1") + b"id: n2\nretry: 1500\n\n"
+                    + encode_event(answer(rid), id="a1", event="message"))
+            await send({"type": "http.response.body", "body": body})
+        elif tool == "spaced":
+            await send({"type": "http.response.body", "more_body": True,
+                        "body": encode_event(note("first"), id="n1")})
+            await self.go.wait()
+            await send({"type": "http.response.body", "body": encode_event(answer(rid), id="a1")})
+        elif tool == "ask":
+            await send({"type": "http.response.body",
+                        "body": encode_event(SAMPLING) + encode_event(answer(rid))})
+        else:  # silent
+            await send({"type": "http.response.body", "more_body": True, "body": b""})
+            await self.release_streams.wait()
+            await send({"type": "http.response.body", "body": b""})
 
     async def _stream(self, send: Any) -> None:
         self.streams_open += 1
@@ -98,9 +152,21 @@ def _each_parser(http_parser: str) -> None:
     PARSER[0] = http_parser
 
 
+class NoServerRequests:
+    """A policy that allows every call of the client and refuses the server's requests."""
+
+    def decide(self, call: Call, caller: Caller, server: str, session: str) -> Decision:
+        if call.direction == "server":
+            return Decision(DENY, rule="no-server-requests")
+        return Decision(ALLOW, rule="clients")
+
+    def tool_visible(self, tool: str, caller: Caller, server: str) -> bool:
+        return True
+
+
 @asynccontextmanager
-async def through(max_connections: int = 1, keepalive: float = 30
-                  ) -> AsyncIterator[tuple[str, RecordingUpstream]]:
+async def through(max_connections: int = 1, keepalive: float = 30, upstream_timeout: float = 300,
+                  policy: Any = None) -> AsyncIterator[tuple[str, RecordingUpstream]]:
     """mcpwall in front of a RecordingUpstream; yields (mcpwall's URL, upstream)."""
     upstream = RecordingUpstream()
     hyper = HypercornConfig()
@@ -109,11 +175,12 @@ async def through(max_connections: int = 1, keepalive: float = 30
     hyper.errorlog = None
     async with trio.open_nursery() as nursery:
         up_base = (await nursery.start(partial(serve, upstream, hyper)))[0]
-        config = Config(listen=ListenSettings(port=0, keepalive_seconds=keepalive),
+        config = Config(listen=ListenSettings(port=0, keepalive_seconds=keepalive,
+                                              upstream_timeout_seconds=upstream_timeout),
                         http=HttpSettings(parser=PARSER[0]),
                         servers={"up": HttpServer(url=up_base + "/mcp",
                                                   max_connections=max_connections)})
-        front = HttpFront(config, AllowAll())
+        front = HttpFront(config, policy or AllowAll())
         binds = await nursery.start(run_front, front)
         try:
             yield binds[0] + "/servers/up/mcp", upstream
@@ -133,9 +200,17 @@ async def initialize(http: HttpUpstream) -> str:
     return sid
 
 
-def call(rid: int) -> bytes:
+def call(rid: int, tool: str = "echo") -> bytes:
     return json.dumps({"jsonrpc": "2.0", "id": rid, "method": "tools/call",
-                       "params": {"name": "echo", "arguments": {}}}).encode()
+                       "params": {"name": tool, "arguments": {}}}).encode()
+
+
+def post_headers(sid: str) -> dict[str, str]:
+    return {"accept": ACCEPT_BOTH, "content-type": "application/json", "mcp-session-id": sid}
+
+
+def events_of(body: bytes) -> list[Event]:
+    return SSEParser(keep_dataless=True).feed(body)
 
 
 async def test_second_get_stream_is_refused_with_409() -> None:
@@ -225,3 +300,97 @@ async def test_json_answer_has_a_length_and_headers_follow_the_client() -> None:
                                                               "2025-11-25"]
         assert all(h["mcp-session-id"] == "upstream-1" for h in posts)
         assert all("authorization" not in h for h in posts)
+
+
+async def test_events_that_arrive_together_are_relayed_whole_and_in_order() -> None:
+    async with through() as (url, _upstream), HttpUpstream(url) as http:
+        sid = await initialize(http)
+        async with http.request("POST", post_headers(sid), call(7, "burst")) as resp:
+            assert resp.status == 200 and resp.content_type == "text/event-stream"
+            body = await resp.read()
+        # Ids, the event type and retry pass through unchanged (Last-Event-ID
+        # resumption stays the upstream's); the id-only block is kept.
+        assert events_of(body) == [Event(data=note("first"), id="n1"),
+                                   Event(data=None, id="n2", retry=1500),
+                                   Event(data=answer(7), id="a1", event="message")]
+        # The connection to mcpwall is still good for the next call.
+        async with http.request("POST", post_headers(sid), call(8)) as resp:
+            assert json.loads(await resp.read())["id"] == 8
+
+
+async def test_events_spaced_in_time_are_relayed_as_they_come() -> None:
+    async with through(keepalive=0.2) as (url, upstream), HttpUpstream(url) as http:
+        sid = await initialize(http)
+        async with http.request("POST", post_headers(sid), call(7, "spaced")) as resp:
+            assert resp.status == 200
+            seen = b""
+            with trio.fail_after(10):  # a guard against a hang, not a timing claim
+                # The first event reaches the client while the upstream holds the answer,
+                # and silences are filled with comments.
+                while b"keepalive" not in seen.partition(b"first")[2]:
+                    seen += await resp.receive_chunk()
+            assert not upstream.go.is_set()
+            assert events_of(seen) == [Event(data=note("first"), id="n1")]
+            upstream.go.set()
+            seen += await resp.read()
+        assert events_of(seen) == [Event(data=note("first"), id="n1"),
+                                   Event(data=answer(7), id="a1")]
+
+
+async def test_a_silent_stream_ends_with_a_timeout_error_for_the_call() -> None:
+    async with through(keepalive=0.2, upstream_timeout=1) as (url, upstream), \
+            HttpUpstream(url) as http:
+        sid = await initialize(http)
+        with trio.fail_after(30):  # a guard against a hang, not a timing claim
+            async with http.request("POST", post_headers(sid), call(7, "silent")) as resp:
+                assert resp.status == 200
+                body = await resp.read()
+        assert body.startswith(b": keepalive")
+        [event] = events_of(body)
+        error = json.loads(event.data or b"")
+        assert error["id"] == 7 and error["error"]["code"] == jsonrpc.UPSTREAM_TIMEOUT
+        upstream.release_streams.set()
+
+
+async def test_a_refused_server_request_is_answered_though_its_stream_ended() -> None:
+    async with through(max_connections=2, policy=NoServerRequests()) as (url, upstream), \
+            HttpUpstream(url) as http:
+        sid = await initialize(http)
+        async with http.request("POST", post_headers(sid), call(7, "ask")) as resp:
+            body = await resp.read()
+        # The sampling request never reaches the client; its answer does.
+        assert events_of(body) == [Event(data=answer(7))]
+        with trio.fail_after(10):  # a guard against a hang, not a timing claim
+            await upstream.response_seen.wait()
+        refusal = json.loads(next(seen for seen in upstream.bodies if b'"s1"' in seen))
+        assert refusal["id"] == "s1" and "error" in refusal
+
+
+async def test_keep_alive_timeout_closes_idle_connections_never_busy_ones(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    original = http_front.hypercorn_config
+
+    def short_keep_alive(*args: Any) -> Any:
+        hyper = original(*args)
+        hyper.keep_alive_timeout = 0.3
+        return hyper
+
+    monkeypatch.setattr(http_front, "hypercorn_config", short_keep_alive)
+    async with through() as (url, upstream), HttpUpstream(url) as http:
+        sid = await initialize(http)
+        async with http.request("POST", post_headers(sid), call(7, "spaced")) as resp:
+            seen = b""
+            with trio.fail_after(10):  # a guard against a hang, not a timing claim
+                while b"first" not in seen:
+                    seen += await resp.receive_chunk()
+            await trio.sleep(1)  # silent, and past the keep-alive timeout: still busy
+            upstream.go.set()
+            seen += await resp.read()
+        assert events_of(seen)[-1] == Event(data=answer(7), id="a1")
+        async with http.request("POST", post_headers(sid), call(8)) as resp:
+            assert json.loads(await resp.read())["id"] == 8
+        assert http.stats().opened == 1  # the connection outlived the long exchange
+        await trio.sleep(1)  # idle past the timeout: mcpwall closes the connection
+        async with http.request("POST", post_headers(sid), call(9)) as resp:
+            assert json.loads(await resp.read())["id"] == 9
+        assert http.stats().opened == 2

@@ -14,9 +14,14 @@ Rules this module keeps:
 3. An SSE answer is parsed incrementally; each event's data passes through the
    mediator and is written to the client as soon as it arrives, with its
    ``id`` and ``retry`` unchanged, so ``Last-Event-ID`` resumption is the
-   upstream's own. Keepalive comments fill silences longer than
-   ``keepalive_seconds``.
-4. The per-request upstream timeout bounds the wait for the answer; a failure
+   upstream's own. Events read together go out in one write, and those that
+   end the upstream's stream go out with the end of the client's (one write
+   for the usual tools/call answer: one event, then the end). Keepalive
+   comments fill silences longer than ``keepalive_seconds``. A refused
+   server->client request on the stream is answered to the upstream in the
+   background, bounded by the upstream timeout.
+4. The per-request upstream timeout bounds the wait for the answer (on a stream:
+   the waits for the upstream's next bytes, not the writes to the client); a failure
    to reach the upstream answers the request with a JSON-RPC error carrying
    its id (HTTP 502, or 504 for a timeout), recorded as the call's outcome.
 5. Upstream says 404 for our session: the upstream session is gone, so is ours.
@@ -31,7 +36,6 @@ Rules this module keeps:
 
 from __future__ import annotations
 
-import math
 from typing import Any, Final
 
 import trio
@@ -275,80 +279,94 @@ class HttpEndpoint:
     async def _relay_events(self, ex: Exchange, resp: Response, session: HttpSession | None,
                             mediator: Mediator, msg: jsonrpc.Envelope | None,
                             deadline: float | None) -> None:
-        """Relay an upstream event stream to the client, event by event."""
+        """Relay an upstream event stream to the client, event by event (rule 3).
+
+        Every event already read goes out in one write, and the events that
+        end the upstream's stream go out with the end of ours: a stream the
+        upstream sent whole (one answer, then the end) is one write to the
+        client, and one that comes event by event is relayed as it comes. Only
+        a wait for the upstream is bounded, by the deadline and by the keepalive
+        time; bytes that are there already are relayed without one.
+        """
         rid = msg.request_id if msg is not None and msg.kind is Kind.REQUEST else None
         answered = False
-        last_write = trio.current_time()
-
-        async def write(data: bytes) -> None:
-            nonlocal last_write
-            await ex.write(data)
-            last_write = trio.current_time()
-
         events = resp.events(keep_dataless=True)
-        async with trio.open_nursery() as nursery:  # answers to refused server requests
-            with trio.move_on_at(deadline if deadline is not None else math.inf):
-                try:
-                    while True:
-                        # A silence longer than keepalive_seconds gets a comment. The
-                        # wait is cut short rather than watched by a task of its own
-                        # (one task fewer per call): receiving is cancel-safe.
-                        with trio.move_on_at(last_write + self.keepalive) as silence:
-                            try:
-                                event = await events.__anext__()
-                            except StopAsyncIteration:
-                                break
-                        if silence.cancelled_caught:
-                            await write(sse.COMMENT_KEEPALIVE)
-                            continue
-                        if event.data is None:
-                            await write(sse.encode_event(None, id=event.id, event=event.event,
-                                                         retry=event.retry))
-                            continue
-                        routed = await mediator.from_server(event.data)
-                        if routed.upstream is not None:  # a refused server->client request
-                            nursery.start_soon(self._answer_upstream, session, routed)
-                        if routed.client is not None:
-                            data = sse.encode_event(routed.client, id=event.id,
-                                                    event=event.event, retry=event.retry)
-                            if rid is not None and not answered and _answers(routed.client, rid):
-                                answered = True
-                            if (rid is None or answered) and events.at_end():
-                                # The upstream's stream is over: this event and the
-                                # end of ours go out in one write (the client
-                                # wakes once, not twice, for its answer).
-                                await ex.write_last(data)
-                                break
-                            await write(data)
-                        elif event.id is not None or event.retry is not None:
-                            await write(sse.encode_event(None, id=event.id, retry=event.retry))
-                except UpstreamError as exc:
-                    mediator.log.warning("upstream_stream_failed", reason=exc.reason.value,
-                                         detail=exc.detail)
-            if rid is not None and not answered:
-                if deadline is not None and trio.current_time() >= deadline:
-                    reply = await mediator.timed_out(rid, self.timeout)
-                else:
-                    reply = (await mediator.from_server(jsonrpc.error_response(
-                        rid, jsonrpc.UPSTREAM_UNAVAILABLE,
-                        f"upstream server {self.name!r} ended the stream without an answer"))
-                    ).client
-                if reply is not None:
-                    await write(sse.encode_event(reply))
-            nursery.cancel_scope.cancel()
-        await ex.end()
+        out: list[bytes] = []
+        last_write = trio.current_time()
+        try:
+            while True:
+                for event in events.ready():
+                    if event.data is None:
+                        out.append(sse.encode_event(None, id=event.id, event=event.event,
+                                                    retry=event.retry))
+                        continue
+                    routed = await mediator.from_server(event.data)
+                    if routed.upstream is not None:  # a refused server->client request
+                        self._answer_soon(session, routed)
+                    if routed.client is not None:
+                        out.append(sse.encode_event(routed.client, id=event.id,
+                                                    event=event.event, retry=event.retry))
+                        if rid is not None and routed.answers == rid:
+                            answered = True
+                    elif event.id is not None or event.retry is not None:
+                        out.append(sse.encode_event(None, id=event.id, retry=event.retry))
+                if events.at_end():
+                    break  # what is left goes out with the end of the stream
+                if out:
+                    await ex.write(b"".join(out))
+                    out.clear()
+                    last_write = trio.current_time()
+                # Wait for the upstream: a silence longer than keepalive_seconds
+                # gets a comment; the deadline ends the wait (receiving is cancel-safe).
+                wake = last_write + self.keepalive
+                if deadline is not None and deadline < wake:
+                    wake = deadline
+                with trio.move_on_at(wake) as waited:
+                    await events.receive()
+                if waited.cancelled_caught:
+                    if deadline is not None and trio.current_time() >= deadline:
+                        break
+                    out.append(sse.COMMENT_KEEPALIVE)
+        except UpstreamError as exc:
+            mediator.log.warning("upstream_stream_failed", reason=exc.reason.value,
+                                 detail=exc.detail)
+        if rid is not None and not answered:
+            if deadline is not None and trio.current_time() >= deadline:
+                reply = await mediator.timed_out(rid, self.timeout)
+            else:
+                reply = (await mediator.from_server(jsonrpc.error_response(
+                    rid, jsonrpc.UPSTREAM_UNAVAILABLE,
+                    f"upstream server {self.name!r} ended the stream without an answer"))
+                ).client
+            if reply is not None:
+                out.append(sse.encode_event(reply))
+        await ex.write_last(b"".join(out))
+
+    def _answer_soon(self, session: HttpSession | None, routed: Any) -> None:
+        """Answer a refused server->client request in the background, as the relay goes on."""
+        nursery = self.front.nursery
+        if nursery is not None:
+            nursery.start_soon(self._answer_upstream, session, routed)
 
     async def _answer_upstream(self, session: HttpSession | None, routed: Any) -> None:
-        """POST the refusal of a server->client request back to the upstream."""
-        await routed.ready()
-        headers = [("content-type", JSON), ("accept", f"{JSON}, {SSE}")]
-        if session is not None and session.upstream_sid is not None:
-            headers.append(("mcp-session-id", session.upstream_sid))
-        try:
-            async with self.upstream.request("POST", headers, routed.upstream) as resp:
-                await resp.read(MAX_RESPONSE_BYTES)
-        except UpstreamError as exc:
-            get_logger(server=self.name).warning("upstream_failed", reason=exc.reason.value)
+        """POST the refusal of a server->client request back to the upstream.
+
+        Runs in the front's nursery, so it outlives the stream that carried the
+        request (the upstream may end that stream at once); bounded by the
+        upstream timeout, and dropped once the session is closed.
+        """
+        with trio.move_on_after(self.timeout):
+            await routed.ready()
+            if session is not None and session.closed:
+                return
+            headers = [("content-type", JSON), ("accept", f"{JSON}, {SSE}")]
+            if session is not None and session.upstream_sid is not None:
+                headers.append(("mcp-session-id", session.upstream_sid))
+            try:
+                async with self.upstream.request("POST", headers, routed.upstream) as resp:
+                    await resp.read(MAX_RESPONSE_BYTES)
+            except UpstreamError as exc:
+                get_logger(server=self.name).warning("upstream_failed", reason=exc.reason.value)
 
     # -- GET / DELETE ----------------------------------------------------------
     async def get(self, ex: Exchange, session: Session) -> None:
@@ -425,14 +443,6 @@ def _admits_sse(ex: Exchange) -> bool:
     """Whether the client's Accept lets a held call's answer come as an event stream."""
     accept = ex.header("accept")
     return accepts(accept, SSE) or not accepts(accept, JSON)
-
-
-def _answers(data: bytes, rid: jsonrpc.RequestId) -> bool:
-    try:
-        msg = jsonrpc.decode(data)
-    except jsonrpc.ProtocolError:
-        return False
-    return msg.kind is Kind.RESPONSE and msg.request_id == rid
 
 
 def _forwarded(ex: Exchange) -> list[tuple[str, str]]:

@@ -43,12 +43,15 @@ from hypercorn.utils import (
 )
 
 from firewall.gateway.http11 import DirectRoute, HttptoolsProtocol
-from firewall.gateway.sockets import send_all_now
+from firewall.gateway.sockets import receive_now, send_now
 from firewall.log import get_logger
 
 Parser = Literal["httptools", "h11"]
 # The hypercorn series whose worker loop and connection setup this module repeats.
 HYPERCORN_SERIES: Final = "0.18."
+MAX_RECV: Final = 2**16  # as hypercorn's TCPServer reads
+# Reads that found bytes waiting do not yield; every this many reads one does.
+READS_BETWEEN_CHECKPOINTS: Final = 16
 
 
 def parser_in_use(parser: Parser) -> Parser:
@@ -132,15 +135,19 @@ async def _worker_serve(app: Any, config: Any, direct: DirectRoute | None,
 class HttptoolsConnection(TCPServer):
     """One plain-TCP connection: hypercorn's ``TCPServer.run`` with :class:`_Protocols`.
 
-    Three costs of ``TCPServer`` on every request are avoided: its keep-alive
+    Four costs of ``TCPServer`` on every request are avoided: its keep-alive
     timer is a task restarted (``nursery.start``) at the end of each request,
     here one task per connection whose deadline moves; a send takes its lock
-    with a scheduler checkpoint, here only when another send holds it; and a
-    send the socket takes whole yields to the scheduler, here it does not
-    (:func:`~firewall.gateway.sockets.send_all_now`).
+    with a scheduler checkpoint, here only when another send holds it; a send
+    the socket takes whole yields to the scheduler (and runs in a shielded
+    cancel scope), here it does neither (:func:`~firewall.gateway.sockets.send_now`);
+    and each read runs in a ``fail_after`` scope and yields when bytes were
+    waiting, here neither unless ``read_timeout`` is set
+    (:func:`~firewall.gateway.sockets.receive_now`).
     """
 
     _idle_scope: trio.CancelScope
+    _busy = False  # an exchange is in progress: the idle deadline does not apply
 
     def __init__(self, app: Any, config: Any, context: Any, state: Any, stream: Any,
                  direct: DirectRoute | None = None) -> None:
@@ -158,10 +165,13 @@ class HttptoolsConnection(TCPServer):
                 with trio.CancelScope(shield=True):
                     await self.stream.send_all(data)
             return
+        rest = send_now(self.stream, data)  # no wait, no yield: nothing can come between
+        if not rest:
+            return
         self.send_lock.acquire_nowait()
         try:
             with trio.CancelScope(shield=True):
-                await send_all_now(self.stream, data)
+                await self.stream.send_all(rest)
         finally:
             self.send_lock.release()
 
@@ -189,12 +199,40 @@ class HttptoolsConnection(TCPServer):
         finally:
             await self._close()
 
+    async def _read_data(self) -> None:
+        """hypercorn's read loop, reading without a scheduler pass when bytes are waiting.
+
+        No cancel scope either unless ``read_timeout`` is set (hypercorn's
+        default is none). A client that keeps the socket full still lets other
+        tasks run: one read in ``READS_BETWEEN_CHECKPOINTS`` checkpoints.
+        """
+        timeout = self.config.read_timeout
+        reads = 0
+        while True:
+            try:
+                if timeout is None:
+                    data = await receive_now(self.stream, MAX_RECV)
+                else:
+                    with trio.fail_after(timeout):
+                        data = await receive_now(self.stream, MAX_RECV)
+            except (trio.ClosedResourceError, trio.BrokenResourceError, trio.TooSlowError):
+                break
+            await self.protocol.handle(RawData(bytes(data)))
+            if not data:
+                break
+            reads += 1
+            if reads % READS_BETWEEN_CHECKPOINTS == 0:
+                await trio.lowlevel.checkpoint()
+        await self.protocol.handle(Closed())
+
     async def protocol_send(self, event: Event) -> None:
         if isinstance(event, Updated):
-            # Idle: close after keep_alive_timeout; busy: never (the deadline moves,
-            # no task is woken).
-            self._idle_scope.deadline = (trio.current_time() + self.config.keep_alive_timeout
-                                         if event.idle else math.inf)
+            # Idle: close after keep_alive_timeout; busy: never. Only the end of
+            # an exchange moves the deadline; one that passes while busy wakes
+            # the watcher, which sees the exchange and watches again.
+            self._busy = not event.idle
+            if event.idle:
+                self._idle_scope.deadline = trio.current_time() + self.config.keep_alive_timeout
         elif isinstance(event, RawData):
             try:
                 await self.write_now(event.data)
@@ -209,11 +247,12 @@ class HttptoolsConnection(TCPServer):
             while True:
                 with self._idle_scope:
                     await self.context.terminated.wait()
-                if self._idle_scope.deadline != math.inf:
+                if not self._busy:
                     break  # idle past the deadline, or idle at shutdown
                 if not self._idle_scope.cancelled_caught:
                     return  # shutdown while busy: the exchange closes when it ends
-                # A request began as the deadline fired: watch again.
+                # The deadline passed during an exchange (or one began as it
+                # fired): watch again; the exchange's end sets the deadline.
                 self._idle_scope = trio.CancelScope(deadline=math.inf)
             with trio.CancelScope(shield=True):
                 await self._initiate_server_close()

@@ -85,10 +85,11 @@ class Routed:
     """Where the bytes of one message go.
 
     ``upstream``: bytes for the server; ``client``: bytes for the client. Either
-    may be None. Send ``upstream`` only after ``await ready()``.
+    may be None. Send ``upstream`` only after ``await ready()``. ``answers``: for
+    a response from the server, the id of the request it answers.
     """
 
-    __slots__ = ("client", "held", "receipt", "upstream")
+    __slots__ = ("answers", "client", "held", "receipt", "upstream")
 
     def __init__(
         self,
@@ -97,7 +98,9 @@ class Routed:
         client: bytes | None = None,
         receipt: Receipt | None = None,
         held: Callable[[ToClient | None], Awaitable[Routed]] | None = None,
+        answers: RequestId | None = None,
     ) -> None:
+        self.answers = answers
         self.upstream = upstream
         self.client = client
         self.receipt = receipt
@@ -298,7 +301,7 @@ class Mediator:
                 self._tools_list_ids.discard(rid)
                 data = self._filter_tools_list(msg, data)
             await self._answered(self._client_pending, msg, len(data))
-            return Routed(client=data)
+            return Routed(client=data, answers=rid)
         if kind is Kind.REQUEST:
             return await self._request(msg, data, "server")
         return Routed(client=data)

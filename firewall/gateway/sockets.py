@@ -1,10 +1,12 @@
-"""Writing to a trio stream without a trip through the scheduler when it need not wait.
+"""Reading and writing a trio stream without a trip through the scheduler when it need not wait.
 
 trio makes every socket operation a checkpoint: a ``send_all`` that the kernel
 takes whole at once still yields to the scheduler afterwards, one more pass of
-trio's run loop (an ``epoll_wait`` and the loop's bookkeeping) on the way of
-every request and every answer. :func:`send_all_now` writes what the socket
-takes at once and leaves only the rest to ``send_all``.
+trio's run loop (an ``epoll_wait`` and the loop's bookkeeping, and every other
+task that is ready runs first) on the way of every request and every answer.
+:func:`send_all_now` writes what the socket takes at once and leaves only the
+rest to ``send_all``; :func:`receive_now` returns bytes that are already there
+and leaves only the wait to ``receive_some``.
 
 Rules this module keeps:
 
@@ -16,10 +18,14 @@ Rules this module keeps:
    immediate write.
 3. Errors are trio's: a reset or broken pipe raises ``trio.BrokenResourceError``,
    a stream closed on our side ``trio.ClosedResourceError`` (from ``send_all``).
-4. No checkpoint when everything was written: the caller's next wait (for the
-   answer, for the next request) is the checkpoint. Anything that is not a
-   plain ``trio.SocketStream`` (TLS, a memory stream in a test) goes through
-   ``send_all`` unchanged.
+4. No checkpoint when everything was written, or when bytes were waiting to be
+   read: the caller's next wait (for the answer, for the next request) is the
+   checkpoint. A caller that may loop on immediate reads and writes (a stream
+   relay) checkpoints every so often itself. Anything that is not a plain
+   ``trio.SocketStream`` (TLS, a memory stream in a test) goes through
+   ``send_all`` and ``receive_some`` unchanged.
+5. One reader at a time per stream, as ``receive_some`` demands: the caller owns
+   the stream (an upstream connection during its exchange).
 """
 
 from __future__ import annotations
@@ -29,10 +35,12 @@ import os
 import trio
 
 
-async def send_all_now(stream: trio.abc.SendStream, data: bytes | bytearray | memoryview) -> None:
-    """``await stream.send_all(data)``, without yielding when the socket takes it all at once.
+def send_now(stream: trio.abc.SendStream, data: bytes | bytearray | memoryview
+             ) -> bytes | bytearray | memoryview:
+    """Write what the socket takes at once; return the rest (empty: all written).
 
-    Example: ``await send_all_now(conn.stream, b"POST /mcp HTTP/1.1\\r\\n...")``
+    Never waits and never yields. Anything but a plain ``trio.SocketStream``, or
+    one closed on our side, writes nothing here: the rest is all of ``data``.
     """
     if type(stream) is trio.SocketStream:
         fd = stream.socket.fileno()
@@ -44,9 +52,41 @@ async def send_all_now(stream: trio.abc.SendStream, data: bytes | bytearray | me
             except OSError as exc:
                 raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
             if sent == len(data):
-                return
-            data = memoryview(data)[sent:]
-    await stream.send_all(data)
+                return b""
+            return memoryview(data)[sent:]
+    return data
 
 
-__all__ = ["send_all_now"]
+async def send_all_now(stream: trio.abc.SendStream, data: bytes | bytearray | memoryview) -> None:
+    """``await stream.send_all(data)``, without yielding when the socket takes it all at once.
+
+    Example: ``await send_all_now(conn.stream, b"POST /mcp HTTP/1.1\\r\\n...")``
+    """
+    rest = send_now(stream, data)
+    if rest:
+        await stream.send_all(rest)
+
+
+async def receive_now(stream: trio.abc.ReceiveStream, max_bytes: int) -> bytes | bytearray:
+    """``await stream.receive_some(max_bytes)``, without yielding when bytes are waiting.
+
+    ``b""`` at the end of the stream, as ``receive_some``. Example:
+    ``data = await receive_now(conn.stream, 65536)``
+    """
+    if type(stream) is trio.SocketStream:
+        fd = stream.socket.fileno()
+        if fd >= 0:  # -1: closed on our side, receive_some says so
+            while True:
+                try:
+                    return os.read(fd, max_bytes)
+                except BlockingIOError:
+                    pass
+                except OSError as exc:
+                    raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
+                # Nothing yet: wait (the checkpoint), then read. A close on our
+                # side meanwhile raises trio.ClosedResourceError, as receive_some.
+                await trio.lowlevel.wait_readable(fd)
+    return await stream.receive_some(max_bytes)
+
+
+__all__ = ["receive_now", "send_all_now", "send_now"]

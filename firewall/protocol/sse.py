@@ -148,8 +148,23 @@ class SSEParser:
         # if it comes, opens the next chunk (never a later part of this one).
         self._skip_lf = not rest and complete.endswith(b"\r")
         events: list[Event] = []
+        # The line loop is inlined (no call per line): an MCP event is three or
+        # four lines, and a relay parses every one of them.
         for line in complete.splitlines():
-            self._line_received(line, events)
+            if not line:
+                self._dispatch(events)
+                continue
+            if line[:5] == b"data:" or line == b"data":
+                value = line[6:] if line[5:6] == b" " else line[5:]
+                if self._data is None:
+                    self._data = [value]
+                else:
+                    self._data.append(value)
+                self._data_size += len(value) + 1
+                if self._data_size > self._max:
+                    raise SSEError(f"server-sent event larger than {self._max} bytes")
+            elif line[:1] != b":":  # not a comment
+                self._field(line)
         if rest:
             self._line += rest
             self._check_size(len(self._line))
@@ -169,22 +184,12 @@ class SSEParser:
         if pending + self._data_size > self._max:
             raise SSEError(f"server-sent event larger than {self._max} bytes")
 
-    def _line_received(self, line: bytes, events: list[Event]) -> None:
-        if not line:
-            self._dispatch(events)
-            return
-        if line[:1] == b":":
-            return  # a comment
+    def _field(self, line: bytes) -> None:
+        """A line that is neither blank, nor a comment, nor ``data``."""
         name, colon, value = line.partition(b":")
         if colon and value[:1] == b" ":
             value = value[1:]
-        if name == b"data":
-            if self._data is None:
-                self._data = []
-            self._data.append(value)
-            self._data_size += len(value) + 1
-            self._check_size(0)
-        elif name == b"id":
+        if name == b"id":
             if b"\0" not in value:
                 self._id = self.last_event_id = value.decode("utf-8", "replace")
                 self._has_fields = True

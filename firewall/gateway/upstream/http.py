@@ -70,7 +70,7 @@ import httptools
 import msgspec
 import trio
 
-from firewall.gateway.sockets import send_all_now
+from firewall.gateway.sockets import receive_now, send_all_now
 from firewall.protocol import jsonrpc
 from firewall.protocol.sse import Event, SSEError, SSEParser
 
@@ -88,6 +88,9 @@ __all__ = [
 HeaderInput = Mapping[str, str] | Iterable[tuple[str | bytes, str | bytes]]
 
 READ_SIZE: Final = 64 * 1024
+# Reads of a body that found bytes waiting do not yield (receive_now); every
+# this many reads one does, so a relay fed without pause lets other tasks run.
+READS_BETWEEN_CHECKPOINTS: Final = 16
 USER_AGENT: Final = b"mcpwall"
 # A response head (status line and headers) larger than this is refused, as
 # h11 refuses one over its max_incomplete_event_size.
@@ -372,6 +375,7 @@ class Response:
         "_conn",
         "_eof",
         "_read_timeout",
+        "_reads",
         "_released",
         "_url",
         "content_type",
@@ -388,6 +392,7 @@ class Response:
         self._complete = False
         self._eof = False
         self._released = False
+        self._reads = 0
         reader = conn.reader
         self.status: int = reader.status
         self.reason: bytes = reader.reason.strip()
@@ -435,10 +440,10 @@ class Response:
     async def _receive(self, conn: _Connection) -> None:
         try:
             if self._read_timeout == math.inf:
-                data = await conn.stream.receive_some(READ_SIZE)
+                data = await receive_now(conn.stream, READ_SIZE)
             else:
                 with trio.move_on_after(self._read_timeout) as scope:
-                    data = await conn.stream.receive_some(READ_SIZE)
+                    data = await receive_now(conn.stream, READ_SIZE)
                 if scope.cancelled_caught:
                     raise UpstreamError(
                         Reason.TIMEOUT, self._url, f"no body data for {self._read_timeout:g} s"
@@ -456,6 +461,10 @@ class Response:
             conn.feed(data)
         except httptools.HttpParserError as exc:
             raise UpstreamError(Reason.PROTOCOL_ERROR, self._url, str(exc)) from None
+        self._reads += 1
+        if self._reads % READS_BETWEEN_CHECKPOINTS == 0:
+            # After the bytes were parsed: a cancellation here loses nothing.
+            await trio.lowlevel.checkpoint()
 
     def _broken(self, detail: str) -> UpstreamError:
         return UpstreamError(Reason.DISCONNECTED, self._url, detail)
@@ -531,15 +540,52 @@ class EventStream:
         reader = self._response._conn.reader
         return not self._pending and reader.complete and not reader.chunks
 
+    def ready(self) -> list[Event]:
+        """The events complete in what has been read so far, at once and without I/O.
+
+        Often none; :meth:`receive` waits for more. A relay that takes every
+        event ready before it writes can send a stream that arrived whole in
+        one write, and events that arrive one by one each as it comes::
+
+            while True:
+                for event in events.ready():
+                    ...
+                if events.at_end():
+                    break
+                await events.receive()
+        """
+        response = self._response
+        chunks = response._conn.reader.chunks
+        pending = self._pending
+        if chunks:
+            feed = self._parser.feed
+            try:
+                while chunks:
+                    pending.extend(feed(chunks.popleft()))
+            except SSEError as exc:
+                raise UpstreamError(Reason.PROTOCOL_ERROR, response._url, str(exc)) from None
+        out = list(pending)
+        pending.clear()
+        return out
+
+    async def receive(self) -> bool:
+        """Wait for more of the body and parse it (its events: :meth:`ready`).
+
+        False once the body is complete. Cancel-safe: bytes read are kept.
+        """
+        chunk = await self._response.receive_chunk()
+        if not chunk:
+            return False
+        try:
+            self._pending.extend(self._parser.feed(chunk))
+        except SSEError as exc:
+            raise UpstreamError(Reason.PROTOCOL_ERROR, self._response._url, str(exc)) from None
+        return True
+
     async def __anext__(self) -> Event:
         while not self._pending:
-            chunk = await self._response.receive_chunk()
-            if not chunk:
+            if not await self.receive():
                 raise StopAsyncIteration
-            try:
-                self._pending.extend(self._parser.feed(chunk))
-            except SSEError as exc:
-                raise UpstreamError(Reason.PROTOCOL_ERROR, self._response._url, str(exc)) from None
         return self._pending.popleft()
 
 
@@ -916,7 +962,7 @@ class HttpUpstream:
             await send_all_now(conn.stream, wire)
             conn.sent = True
             while not reader.headers_done:
-                data = await conn.stream.receive_some(READ_SIZE)
+                data = await receive_now(conn.stream, READ_SIZE)
                 if not data:
                     raise self._error(Reason.DISCONNECTED, _lost(reused, "end of stream"))
                 conn.feed(data)
