@@ -52,14 +52,7 @@ def main() -> None:
         work = Path(tmp)
         kind = args.upstream
         up_port = bench.free_port()
-        if kind == "bare":
-            (work / "upstream.py").write_text(bench.UPSTREAM)
-            up = bench.start(stack, [sys.executable, str(work / "upstream.py"), str(up_port)])
-        else:
-            up = bench.start(stack, [str(bench.NODE), "--require", str(bench.LOOPBACK),
-                                     str(bench.EVERYTHING), "streamableHttp"],
-                             env={**os.environ, "PORT": str(up_port)})
-        bench.wait_port(up_port, up)
+        up = bench.start_upstream(stack, work, kind, up_port)
         (work / "gateway.py").write_text(bench.GATEWAY_NO_AUDIT)
         (work / "pacer.py").write_text(bench.PACER)
         (work / "req.lua").write_text(bench.WRK_LUA)

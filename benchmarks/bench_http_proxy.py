@@ -59,6 +59,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -451,6 +452,23 @@ def start(stack: ExitStack, argv: list[str], env: dict[str, str] | None = None,
     return proc
 
 
+def start_upstream(stack: ExitStack, work: Path, kind: str, port: int,
+                   pin: Sequence[str] = ()) -> subprocess.Popen[bytes]:
+    """The ``bare`` app or server-everything (``everything``) on ``port``, up and
+    listening (``work`` holds the bare app's script)."""
+    if kind == "bare":
+        app = work / "upstream.py"
+        if not app.exists():
+            app.write_text(UPSTREAM)
+        proc = start(stack, [*pin, sys.executable, str(app), str(port)])
+    else:
+        proc = start(stack, [*pin, str(NODE), "--require", str(LOOPBACK),
+                             str(EVERYTHING), "streamableHttp"],
+                     env={**os.environ, "PORT": str(port)})
+    wait_port(port, proc)
+    return proc
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per wrk run")
@@ -491,21 +509,13 @@ def main() -> None:
         wrk = [*pin_load, *wrk]
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         work = Path(tmp)
-        (work / "upstream.py").write_text(UPSTREAM)
         (work / "gateway.py").write_text(GATEWAY_NO_AUDIT)
         (work / "req.lua").write_text(WRK_LUA)
         (work / "pacer.py").write_text(PACER)
         upstreams: dict[str, tuple[str, subprocess.Popen[bytes]]] = {}
         for kind in kinds:
             port = free_port()
-            if kind == "bare":
-                proc = start(stack, [*pin_servers, sys.executable, str(work / "upstream.py"),
-                                     str(port)])
-            else:
-                proc = start(stack, [*pin_servers, str(NODE), "--require", str(LOOPBACK),
-                                     str(EVERYTHING), "streamableHttp"],
-                             env={**os.environ, "PORT": str(port)})
-            wait_port(port, proc)
+            proc = start_upstream(stack, work, kind, port, pin_servers)
             upstreams[kind] = (f"http://127.0.0.1:{port}/mcp", proc)
         gateways: dict[str, tuple[int, subprocess.Popen[bytes]]] = {}
         env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -42,15 +42,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         work = Path(tmp)
         up_port, gw_port = bench.free_port(), bench.free_port()
-        if args.upstream == "bare":
-            (work / "upstream.py").write_text(bench.UPSTREAM)
-            upstream = bench.start(stack, [sys.executable, str(work / "upstream.py"),
-                                           str(up_port)])
-        else:
-            upstream = bench.start(stack, [str(bench.NODE), "--require", str(bench.LOOPBACK),
-                                           str(bench.EVERYTHING), "streamableHttp"],
-                                   env={**os.environ, "PORT": str(up_port)})
-        bench.wait_port(up_port, upstream)
+        bench.start_upstream(stack, work, args.upstream, up_port)
         (work / "gateway.py").write_text(bench.GATEWAY_NO_AUDIT)
         config = bench.gateway_config(work, "allow", gw_port, {
             args.upstream: f"http://127.0.0.1:{up_port}/mcp"}, args.parser)
