@@ -66,6 +66,9 @@ assert tuple(EVENT_TYPES) == COLUMNS
 REFUSALS: Final = ("deny", "invalid_arguments", "rejected")
 
 _TS = "strftime('%Y-%m-%dT%H:%M:%fZ', {col} / 1e9, 'unixepoch')"
+# The first seq of the tail (rows not in the derived tables yet), as SQL: read
+# inside the reader's statement, so in the same snapshot as the tables.
+TAIL_FROM: Final = "(SELECT coalesce(max(upto), 0) FROM fts_progress)"
 
 VIEWS: Final = {
     "calls": f"""
@@ -77,7 +80,7 @@ SELECT d.seq, {_TS.format(col="d.ts_ns")} AS ts, d.ts_ns, d.instance, d.call_id,
 FROM events d
 LEFT JOIN ix_outcome x ON x.call_id = d.call_id
 LEFT JOIN (SELECT call_id, seq FROM events
-           WHERE seq > (SELECT coalesce(max(upto), 0) FROM fts_progress) AND kind = 'outcome'
+           WHERE seq > {TAIL_FROM} AND kind = 'outcome'
            LIMIT -1) t ON x.call_id IS NULL AND t.call_id = d.call_id
 LEFT JOIN events o ON o.seq = coalesce(x.seq, t.seq)
 WHERE d.kind = 'decision'""",
@@ -130,9 +133,6 @@ DERIVED: Final = {
         "WHERE seq BETWEEN ? AND ? AND kind = 'outcome' AND call_id IS NOT NULL "
         "ORDER BY 1, 2"),
 }
-# The first seq of the tail (rows not in the derived tables yet), as SQL: read
-# inside the reader's statement, so in the same snapshot as the tables.
-TAIL_FROM: Final = "(SELECT coalesce(max(upto), 0) FROM fts_progress)"
 _PROGRESS_TABLE: Final = (
     "CREATE TABLE IF NOT EXISTS fts_progress (id INTEGER PRIMARY KEY CHECK (id = 1), "
     "upto INTEGER NOT NULL)"

@@ -43,15 +43,13 @@ from hypercorn.utils import (
 )
 
 from firewall.gateway.http11 import DirectRoute, HttptoolsProtocol
-from firewall.gateway.sockets import receive_now, send_now
+from firewall.gateway.sockets import READS_BETWEEN_CHECKPOINTS, receive_now, send_now
 from firewall.log import get_logger
 
 Parser = Literal["httptools", "h11"]
 # The hypercorn series whose worker loop and connection setup this module repeats.
 HYPERCORN_SERIES: Final = "0.18."
 MAX_RECV: Final = 2**16  # as hypercorn's TCPServer reads
-# Reads that found bytes waiting do not yield; every this many reads one does.
-READS_BETWEEN_CHECKPOINTS: Final = 16
 
 
 def parser_in_use(parser: Parser) -> Parser:

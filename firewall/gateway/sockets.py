@@ -31,8 +31,13 @@ Rules this module keeps:
 from __future__ import annotations
 
 import os
+from typing import Final
 
 import trio
+
+# Reads that found bytes waiting do not yield (receive_now); a loop of them
+# checkpoints itself once every this many reads, so other tasks still run.
+READS_BETWEEN_CHECKPOINTS: Final = 16
 
 
 def send_now(stream: trio.abc.SendStream, data: bytes | bytearray | memoryview
@@ -89,4 +94,4 @@ async def receive_now(stream: trio.abc.ReceiveStream, max_bytes: int) -> bytes |
     return await stream.receive_some(max_bytes)
 
 
-__all__ = ["receive_now", "send_all_now", "send_now"]
+__all__ = ["READS_BETWEEN_CHECKPOINTS", "receive_now", "send_all_now", "send_now"]

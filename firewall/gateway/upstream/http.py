@@ -70,7 +70,7 @@ import httptools
 import msgspec
 import trio
 
-from firewall.gateway.sockets import receive_now, send_all_now
+from firewall.gateway.sockets import READS_BETWEEN_CHECKPOINTS, receive_now, send_all_now
 from firewall.protocol import jsonrpc
 from firewall.protocol.sse import Event, SSEError, SSEParser
 
@@ -88,9 +88,6 @@ __all__ = [
 HeaderInput = Mapping[str, str] | Iterable[tuple[str | bytes, str | bytes]]
 
 READ_SIZE: Final = 64 * 1024
-# Reads of a body that found bytes waiting do not yield (receive_now); every
-# this many reads one does, so a relay fed without pause lets other tasks run.
-READS_BETWEEN_CHECKPOINTS: Final = 16
 USER_AGENT: Final = b"mcpwall"
 # A response head (status line and headers) larger than this is refused, as
 # h11 refuses one over its max_incomplete_event_size.
@@ -557,13 +554,8 @@ class EventStream:
         response = self._response
         chunks = response._conn.reader.chunks
         pending = self._pending
-        if chunks:
-            feed = self._parser.feed
-            try:
-                while chunks:
-                    pending.extend(feed(chunks.popleft()))
-            except SSEError as exc:
-                raise UpstreamError(Reason.PROTOCOL_ERROR, response._url, str(exc)) from None
+        while chunks:
+            self._feed(chunks.popleft())
         out = list(pending)
         pending.clear()
         return out
@@ -576,11 +568,15 @@ class EventStream:
         chunk = await self._response.receive_chunk()
         if not chunk:
             return False
+        self._feed(chunk)
+        return True
+
+    def _feed(self, chunk: bytes) -> None:
+        """Parse ``chunk`` into the pending events; a malformed stream is PROTOCOL_ERROR."""
         try:
             self._pending.extend(self._parser.feed(chunk))
         except SSEError as exc:
             raise UpstreamError(Reason.PROTOCOL_ERROR, self._response._url, str(exc)) from None
-        return True
 
     async def __anext__(self) -> Event:
         while not self._pending:
