@@ -322,6 +322,30 @@ def test_the_literal_gate_never_changes_what_is_redacted(patterns: tuple[str, ..
     assert gated.apply(arguments) == reference.apply(arguments)
 
 
+_NAMES = ["password", "api_token", "Authorization", "name", "zone", "set-cookie", "q"]
+
+
+@pytest.mark.parametrize("patterns", [DEFAULT_REDACT_VALUES, _PATTERNS], ids=["defaults", "more"])
+@settings(max_examples=300, deadline=None)
+@given(keys=st.lists(st.sampled_from(_NAMES) | _fragment_text, min_size=1, max_size=4),
+       values=st.lists(_fragment_text, min_size=1, max_size=4))
+def test_clean_finds_every_literal_and_never_passes_a_secret(
+        patterns: tuple[str, ...], keys: list[str], values: list[str]) -> None:
+    """clean() (two regex searches) says what one ``in`` test per literal says,
+    and text it calls clean has nothing apply() would change."""
+    r = Redactor.compile(DEFAULT_REDACT_NAMES, patterns, b"k" * 32)
+    arguments = dict(zip(keys, values, strict=False))
+    text = msgspec.json.encode(arguments).decode()
+    names, plain, folded = r._name_literals, r._plain, r._folded
+    assert names is not None
+    lowered = text.lower()
+    expected = (text.isascii() and not any(t in lowered for t in (*names, *folded))
+                and not any(t in text for t in plain))
+    assert r.clean(text) == expected
+    if expected:
+        assert r.apply(arguments) == arguments
+
+
 async def test_the_writer_indexes_for_search_when_it_has_nothing_to_commit(
         tmp_path: Path, writer: str) -> None:
     db = tmp_path / "audit.db"

@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 import msgspec
 import trio
 
-from firewall.audit.chain import COLUMNS, GENESIS, HASH, SEQ, Row, event_row
+from firewall.audit.chain import COLUMNS, GENESIS, HASH, SEQ, Row, chain_rows, event_row
 from firewall.audit.checkpoint import Anchor, Checkpoint, load_signer, secret_key
 from firewall.audit.events import Event
 from firewall.audit.redaction import Redactor
@@ -244,14 +244,8 @@ class Trail:
     # -- appending -------------------------------------------------------
     def rows(self, events: Sequence[Event]) -> list[Row]:
         """Chain ``events`` after the head (does not write; advances nothing)."""
-        rows: list[Row] = []
-        seq, head, instance, redactor = self.seq, self.head, self.instance, self.redactor
-        for event in events:
-            seq += 1
-            row = event_row(event, seq=seq, instance=instance, prev_hash=head, redactor=redactor)
-            head = row[HASH]
-            rows.append(row)
-        return rows
+        return chain_rows(events, seq=self.seq, instance=self.instance, prev_hash=self.head,
+                          redactor=self.redactor)
 
     def append_batch(self, events: Sequence[Event]) -> int:
         """Append ``events`` in one transaction; return the last seq. Rolls back on error."""
