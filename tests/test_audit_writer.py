@@ -433,3 +433,37 @@ def test_the_write_connection_keeps_a_large_cache_and_syncs_every_commit(
     assert conn.execute("SELECT count(*) FROM events").fetchone() == (3,)
     conn.close()
     assert verify_paths([db])[0].ok
+
+
+def test_the_wal_is_copied_beside_the_writer_and_starts_over(tmp_path: Path) -> None:
+    """The WAL copier (a thread with its own connection) checkpoints after every
+    WAL_COPY_ROWS committed rows; once it has copied everything, the writer's
+    next transaction starts the WAL over, so it stays far below what was
+    written. Rotation gives the new segment its own copier; close stops it."""
+    import threading
+    import time
+
+    from firewall.audit.writer import WAL_COPY_ROWS
+
+    db = tmp_path / "gw.db"
+    settings = AuditSettings(path=str(db), anchor_log=False, segment_max_bytes=12 << 20)
+    with Trail(settings, "gw") as trail:
+        first = trail.wal
+        for k in range(14):
+            before = trail.wal.copies
+            trail.append_batch([_decision(k * WAL_COPY_ROWS + i)
+                                for i in range(WAL_COPY_ROWS)])
+            deadline = time.monotonic() + 30
+            while trail.wal is first and trail.wal.copies == before:
+                assert time.monotonic() < deadline, "the WAL copier never ran"
+                time.sleep(0.01)
+            wal = trail.path.with_name(trail.path.name + "-wal")
+            assert wal.stat().st_size < 6 << 20, (k, wal.stat().st_size)
+        assert trail.segment > 1 and trail.wal is not first  # rotated: a copier per file
+        copiers = [t for t in threading.enumerate() if t.name == "mcpwall-audit-wal"]
+        assert len(copiers) == 1
+    assert not [t for t in threading.enumerate() if t.name == "mcpwall-audit-wal"]
+    files = chain_files(db)
+    assert len(files) > 1 and all(not f.with_name(f.name + "-wal").exists() for f in files)
+    report, = verify_paths([db])
+    assert report.ok and report.rows == 14 * WAL_COPY_ROWS
