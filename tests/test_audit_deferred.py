@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from firewall.audit.chain import GENESIS, event_row, stored
+from firewall.audit.chain import GENESIS, chain_rows, event_row, stored, verify_row
 from firewall.audit.events import DecisionEvent, Event, LifecycleEvent, OutcomeEvent
 from firewall.audit.process import _events as wire_events
 from firewall.audit.redaction import Redactor
@@ -279,6 +279,32 @@ def test_the_writer_process_builds_the_rows_the_thread_builds() -> None:
                                  redactor=redactor))[15] for d in wire]
     assert "abc" not in redacted[3] and "sk-aaaa" not in redacted[5]
     assert "abcdefghijkl" not in redacted[6] and '"x"' not in redacted[4]
+
+
+def test_a_batch_chains_the_rows_event_row_gives_one_by_one() -> None:
+    """chain_rows (one buffer for every row's canonical bytes) gives the rows and
+    hashes event_row gives, whatever the order of long and short rows."""
+    settings = AuditSettings(path="unused.db")
+    redactor = Redactor.compile(settings.redaction.names, settings.redaction.values, b"k" * 32)
+    events: list[Event] = [
+        LifecycleEvent(ts_ns=T0, kind="session_start", session="s", detail={"x": "y" * 5000}),
+        *(DecisionEvent(ts_ns=T0 + i, call_id=f"c{i}", session="s", principal="p", grant="g",
+                        server="vm", method="tools/call", arguments=args, decision="allow")
+          for i, args in enumerate(ARGUMENTS)),
+        OutcomeEvent(ts_ns=T0 + 99, call_id="c1", session="s", server="vm", status="ok",
+                     latency_ns=5),
+        LifecycleEvent(ts_ns=T0 + 100, kind="session_end", session="s"),
+    ]
+    wire = wire_events.decode(msgspec.json.encode(events))
+    for with_redaction in (redactor, None):
+        rows = chain_rows(wire, seq=41, instance="gw", prev_hash="ab" * 32,
+                          redactor=with_redaction)
+        head = "ab" * 32
+        for i, (event, row) in enumerate(zip(wire, rows, strict=True)):
+            one = event_row(event, seq=42 + i, instance="gw", prev_hash=head,
+                            redactor=with_redaction)
+            assert stored(row) == stored(one) and verify_row(row)
+            head = one[-1]
 
 
 def test_clean_is_never_true_for_text_that_holds_a_secret() -> None:

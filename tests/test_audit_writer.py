@@ -322,6 +322,30 @@ def test_the_literal_gate_never_changes_what_is_redacted(patterns: tuple[str, ..
     assert gated.apply(arguments) == reference.apply(arguments)
 
 
+_NAMES = ["password", "api_token", "Authorization", "name", "zone", "set-cookie", "q"]
+
+
+@pytest.mark.parametrize("patterns", [DEFAULT_REDACT_VALUES, _PATTERNS], ids=["defaults", "more"])
+@settings(max_examples=300, deadline=None)
+@given(keys=st.lists(st.sampled_from(_NAMES) | _fragment_text, min_size=1, max_size=4),
+       values=st.lists(_fragment_text, min_size=1, max_size=4))
+def test_clean_finds_every_literal_and_never_passes_a_secret(
+        patterns: tuple[str, ...], keys: list[str], values: list[str]) -> None:
+    """clean() (two regex searches) says what one ``in`` test per literal says,
+    and text it calls clean has nothing apply() would change."""
+    r = Redactor.compile(DEFAULT_REDACT_NAMES, patterns, b"k" * 32)
+    arguments = dict(zip(keys, values, strict=False))
+    text = msgspec.json.encode(arguments).decode()
+    names, plain, folded = r._name_literals, r._plain, r._folded
+    assert names is not None
+    lowered = text.lower()
+    expected = (text.isascii() and not any(t in lowered for t in (*names, *folded))
+                and not any(t in text for t in plain))
+    assert r.clean(text) == expected
+    if expected:
+        assert r.apply(arguments) == arguments
+
+
 async def test_the_writer_indexes_for_search_when_it_has_nothing_to_commit(
         tmp_path: Path, writer: str) -> None:
     db = tmp_path / "audit.db"
@@ -409,3 +433,37 @@ def test_the_write_connection_keeps_a_large_cache_and_syncs_every_commit(
     assert conn.execute("SELECT count(*) FROM events").fetchone() == (3,)
     conn.close()
     assert verify_paths([db])[0].ok
+
+
+def test_the_wal_is_copied_beside_the_writer_and_starts_over(tmp_path: Path) -> None:
+    """The WAL copier (a thread with its own connection) checkpoints after every
+    WAL_COPY_ROWS committed rows; once it has copied everything, the writer's
+    next transaction starts the WAL over, so it stays far below what was
+    written. Rotation gives the new segment its own copier; close stops it."""
+    import threading
+    import time
+
+    from firewall.audit.writer import WAL_COPY_ROWS
+
+    db = tmp_path / "gw.db"
+    settings = AuditSettings(path=str(db), anchor_log=False, segment_max_bytes=12 << 20)
+    with Trail(settings, "gw") as trail:
+        first = trail.wal
+        for k in range(14):
+            before = trail.wal.copies
+            trail.append_batch([_decision(k * WAL_COPY_ROWS + i)
+                                for i in range(WAL_COPY_ROWS)])
+            deadline = time.monotonic() + 30
+            while trail.wal is first and trail.wal.copies == before:
+                assert time.monotonic() < deadline, "the WAL copier never ran"
+                time.sleep(0.01)
+            wal = trail.path.with_name(trail.path.name + "-wal")
+            assert wal.stat().st_size < 6 << 20, (k, wal.stat().st_size)
+        assert trail.segment > 1 and trail.wal is not first  # rotated: a copier per file
+        copiers = [t for t in threading.enumerate() if t.name == "mcpwall-audit-wal"]
+        assert len(copiers) == 1
+    assert not [t for t in threading.enumerate() if t.name == "mcpwall-audit-wal"]
+    files = chain_files(db)
+    assert len(files) > 1 and all(not f.with_name(f.name + "-wal").exists() for f in files)
+    report, = verify_paths([db])
+    assert report.ok and report.rows == 14 * WAL_COPY_ROWS

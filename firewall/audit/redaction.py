@@ -118,6 +118,14 @@ def _needed(items: list[Any], icase: bool, c: Any) -> list[tuple[str, bool]] | N
     return best
 
 
+def _any_of(literals: tuple[str, ...]) -> re.Pattern[str] | None:
+    """A regex that finds any of ``literals`` (longest first), None for none."""
+    if not literals:
+        return None
+    return re.compile("|".join(re.escape(t) for t in sorted(set(literals), key=len,
+                                                              reverse=True)))
+
+
 class RedactionError(ValueError):
     """A redaction rule that does not compile; the message names it."""
 
@@ -125,8 +133,8 @@ class RedactionError(ValueError):
 class Redactor:
     """Compiled redaction rules."""
 
-    __slots__ = ("_folded", "_gated", "_key", "_name_literals", "_names", "_plain",
-                 "_secret_names", "_values")
+    __slots__ = ("_clean_lowered", "_clean_plain", "_folded", "_gated", "_key",
+                 "_name_literals", "_names", "_plain", "_secret_names", "_values")
 
     def __init__(self, names: re.Pattern[str] | None, values: re.Pattern[str] | None,
                  key: bytes, *, sources: list[str] | tuple[str, ...] = (),
@@ -165,6 +173,10 @@ class Redactor:
             if (found or not name_sources) and all(
                     _survives_json(t) for t in (*found, *self._plain, *self._folded)):
                 self._name_literals = tuple(sorted(set(found)))
+        # clean() looks for all those literals with two searches (one over the
+        # lowered text, one over the text) instead of one ``in`` test each.
+        self._clean_lowered = _any_of((*(self._name_literals or ()), *self._folded))
+        self._clean_plain = _any_of(self._plain)
 
     @classmethod
     def compile(cls, names: list[str] | tuple[str, ...], values: list[str] | tuple[str, ...],
@@ -206,14 +218,11 @@ class Redactor:
         writer keep the text it received instead of decoding, walking and
         encoding the arguments again (a few microseconds per call).
         """
-        names = self._name_literals
-        if names is None or not text.isascii():
+        if self._name_literals is None or not text.isascii():
             return False
-        lowered = text.lower()
-        for literal in names:
-            if literal in lowered:
-                return False
-        return not self._may_hold_secret(text)
+        lowered, plain = self._clean_lowered, self._clean_plain
+        return ((lowered is None or lowered.search(text.lower()) is None)
+                and (plain is None or plain.search(text) is None))
 
     def _may_hold_secret(self, value: str) -> bool:
         for literal in self._plain:

@@ -48,13 +48,14 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import msgspec
 import trio
 
-from firewall.audit.chain import COLUMNS, GENESIS, HASH, SEQ, Row, event_row
+from firewall.audit.chain import COLUMNS, GENESIS, HASH, SEQ, Row, chain_rows, event_row
 from firewall.audit.checkpoint import Anchor, Checkpoint, load_signer, secret_key
 from firewall.audit.events import Event
 from firewall.audit.redaction import Redactor
@@ -123,6 +124,9 @@ _INDEX_IDLE: Final = 0.02
 # the most rows a reader scans in the tail (see firewall.audit.store, rule 3).
 CATCH_UP_ROWS: Final = 16_384
 
+# Rows committed (appended or indexed) between two kicks of the WAL copier.
+WAL_COPY_ROWS: Final = 4_096
+
 # Seconds to wait for the lock held by a writer that is closing (see _lock).
 _LOCK_WAIT: Final = 3.0
 
@@ -134,6 +138,61 @@ _INSERT_CHECKPOINT: Final = (
 
 class AuditError(Exception):
     """The audit trail cannot record events; calls must not be forwarded."""
+
+
+class WalCopier:
+    """Copies committed WAL frames into the database file from a thread of its own.
+
+    A checkpoint (``wal_checkpoint(PASSIVE)``) is C code that releases the GIL,
+    so on its own connection and thread it runs beside the writer instead of
+    inside the commit that crosses ``wal_autocheckpoint``. PASSIVE never waits
+    for the writer or for readers: it copies what it can. When it has copied
+    everything by the time the writer's next transaction starts, SQLite starts
+    the WAL over; the write connection's own automatic checkpoint stays as the
+    bound (it then only has the rest to copy). Durability is the writer's: a
+    commit is synced in the WAL before it is acknowledged; the copy syncs the
+    database file as a checkpoint always does. A failed copy is logged once
+    and left to the automatic checkpoint: it never fails the trail.
+    """
+
+    def __init__(self, path: Path, durable: bool, log: Any) -> None:
+        self._conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+        self._log = log
+        self._kick = threading.Event()
+        self._stop = False
+        self._warned = False
+        self.copies = 0  # checkpoints run (for tests and benchmarks)
+        self._thread = threading.Thread(target=self._run, name="mcpwall-audit-wal",
+                                        daemon=True)
+        self._thread.start()
+
+    def kick(self) -> None:
+        """Copy what is committed now (at once if the thread is idle)."""
+        self._kick.set()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                self._kick.wait()
+                self._kick.clear()
+                if self._stop:
+                    return
+                try:
+                    self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    self.copies += 1
+                except sqlite3.Error as exc:
+                    if not self._warned:
+                        self._warned = True
+                        self._log.warning("audit_wal_copy_failed", error=repr(exc))
+        finally:
+            self._conn.close()
+
+    def close(self) -> None:
+        """Stop the thread (after the copy under way, if any) and close its connection."""
+        self._stop = True
+        self._kick.set()
+        self._thread.join()
 
 
 class Trail:
@@ -212,6 +271,7 @@ class Trail:
         self.indexed: int = max(adopt_progress(self.conn), info.first_seq - 1)
         self.derived = has_derived(self.conn)
         self._since_checkpoint = time.monotonic()
+        self._start_copier(path)
         self.log.info("audit_opened", path=str(path), segment=self.segment, seq=self.seq)
 
     def _new_segment(self, number: int, chain: str, first_seq: int, prev_hash: str) -> None:
@@ -239,19 +299,25 @@ class Trail:
         self.indexed = first_seq - 1
         self.derived = True
         self._since_checkpoint = time.monotonic()
+        self._start_copier(path)
         self.log.info("audit_segment_started", path=str(path), segment=number, first_seq=first_seq)
+
+    def _start_copier(self, path: Path) -> None:
+        self.wal = WalCopier(path, self.durable, self.log)
+        self._uncopied = 0
+
+    def _copy_after(self, rows: int) -> None:
+        """``rows`` were committed: kick the WAL copier every :data:`WAL_COPY_ROWS`."""
+        self._uncopied += rows
+        if self._uncopied >= WAL_COPY_ROWS:
+            self._uncopied = 0
+            self.wal.kick()
 
     # -- appending -------------------------------------------------------
     def rows(self, events: Sequence[Event]) -> list[Row]:
         """Chain ``events`` after the head (does not write; advances nothing)."""
-        rows: list[Row] = []
-        seq, head, instance, redactor = self.seq, self.head, self.instance, self.redactor
-        for event in events:
-            seq += 1
-            row = event_row(event, seq=seq, instance=instance, prev_hash=head, redactor=redactor)
-            head = row[HASH]
-            rows.append(row)
-        return rows
+        return chain_rows(events, seq=self.seq, instance=self.instance, prev_hash=self.head,
+                          redactor=self.redactor)
 
     def append_batch(self, events: Sequence[Event]) -> int:
         """Append ``events`` in one transaction; return the last seq. Rolls back on error."""
@@ -289,6 +355,7 @@ class Trail:
                 conn.execute("ROLLBACK")
             raise
         self.seq, self.head, self.indexed = last_seq, head, indexed
+        self._copy_after(len(rows))
         if checkpoint is not None:
             self._anchored(checkpoint)
         self._maybe_rotate()
@@ -327,6 +394,7 @@ class Trail:
             if self.durable:
                 conn.execute("PRAGMA synchronous=FULL")
         count, self.indexed = last - self.indexed, last
+        self._copy_after(count)
         return count
 
     def catch_up(self) -> int:
@@ -401,6 +469,7 @@ class Trail:
             return  # an empty segment: nothing to rotate away from
         self.index_pending()
         self.checkpoint()
+        self.wal.close()
         self.conn.close()
         self._new_segment(self.segment + 1, self.chain, self.seq + 1, self.head)
 
@@ -413,6 +482,7 @@ class Trail:
         if self._lock_fd < 0:
             return
         try:
+            self.wal.close()  # first: the write connection, closed last, removes the WAL
             self.index_pending()
             self.checkpoint()
             self.conn.close()
