@@ -265,6 +265,9 @@ def _resolve(config: Config, source: str, base: Path | None) -> Config:
         audit=msgspec.structs.replace(config.audit, path=rel(config.audit.path)),
         approvals=msgspec.structs.replace(config.approvals, path=rel(config.approvals.path)),
         kill_switch=msgspec.structs.replace(config.kill_switch, path=rel(config.kill_switch.path)),
+        limits=msgspec.structs.replace(config.limits, **{
+            key: rel(value) for key in ("tls_ca_file", "tls_cert_file", "tls_key_file")
+            if (value := getattr(config.limits, key)) is not None}),
         servers=servers,
     )
 

@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import json
 import secrets
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from redis_process import RedisProcess, redis_server
+from redis_process import RedisProcess, TlsFiles, redis_server
 
-from firewall.config import ConfigError, parse_config
+from firewall.config import ConfigError, load_config, parse_config
 from firewall.gateway.runtime import shared_limiter
 from firewall.gateway.shared_limits import LimitSettings, RedisLimiter, parse_url
 from firewall.policy.compiler import compile_policy
@@ -360,7 +362,11 @@ def test_limits_table_is_checked_and_names_the_key() -> None:
     assert "s3cret" not in repr(address)
     bad = {
         'backend = "redis"': "limits.url: required",
-        'backend = "redis"\nurl = "http://r:1"': "limits.url: expected a redis:// URL",
+        'backend = "redis"\nurl = "http://r:1"': "limits.url: expected a redis:// or rediss://",
+        'backend = "redis"\nurl = "redis://r"\ntls_ca_file = "ca.pem"':
+            "limits.tls_ca_file: only with a rediss:// URL",
+        'backend = "redis"\nurl = "rediss://r"\ntls_key_file = "k.pem"':
+            "limits.tls_key_file: needs tls_cert_file",
         'backend = "redis"\nurl = "redis://:s3cret@r:1/x"': "the database is a number",
         'backend = "redis"\nurl = "redis://r"\ntimeout_seconds = 0': "limits.timeout_seconds",
         'on_error = "maybe"': "limits.on_error",
@@ -370,3 +376,76 @@ def test_limits_table_is_checked_and_names_the_key() -> None:
         with pytest.raises(ConfigError) as caught:
             parse_config(f"[limits]\n{body}\n", "gw.toml")
         assert message in str(caught.value) and "s3cret" not in str(caught.value)
+
+
+# -- TLS (rediss://) --------------------------------------------------------------------
+
+async def test_tls_verifies_redis_and_shows_a_client_certificate(tmp_path: Path) -> None:
+    """rediss:// to a redis-server that listens with TLS only and asks clients
+    for a certificate: with the CA and the client certificate the buckets work;
+    without the certificate, trusting another CA, or in plain text, the call
+    fails with a reason (the store is unavailable) and nothing is debited."""
+    files = TlsFiles(tmp_path)
+    (tmp_path / "other").mkdir()
+    other = TlsFiles(tmp_path / "other")
+    spec = BucketSpec("x", "grant", 2, 60.0)
+    bucket = [(spec.key("g"), spec)]
+    with redis_server(tmp_path, tls=files, clients_need_certs=True) as redis:
+        # Not a timeout test: a loaded machine can stall a reply past the 0.25 s default.
+        settings = LimitSettings(backend="redis", url=redis.url, timeout_seconds=10.0,
+                                 tls_ca_file=str(files.ca), tls_cert_file=str(files.client_cert),
+                                 tls_key_file=str(files.client_key))
+        good = shared_limiter(settings, "gw.toml")
+        assert good is not None and good.tls is not None
+        assert good.address.display == f"rediss://127.0.0.1:{redis.port}/0"
+        assert good.tls.check_hostname and good.tls.verify_mode == ssl.CERT_REQUIRED
+        assert await good.acquire(bucket) is None
+        assert await good.acquire(bucket) is None
+        assert (await good.acquire(bucket) or 0) > 0  # the third of two: limited
+        await good.aclose()
+        debited = redis.command("KEYS", "mcpwall:*")
+        assert debited
+
+        refused = {
+            "no client certificate": msgspec.structs.replace(
+                settings, tls_cert_file=None, tls_key_file=None),
+            "another CA": msgspec.structs.replace(settings, tls_ca_file=str(other.ca)),
+        }
+        for case, changed in refused.items():
+            limiter_ = shared_limiter(changed, "gw.toml")
+            assert limiter_ is not None
+            with pytest.raises(StoreUnavailable) as caught:
+                await limiter_.acquire(bucket)
+            # Without a certificate, TLS 1.3 completes the handshake; Redis then
+            # sends an alert or resets the connection, whichever the client reads.
+            expected = {"another CA": ("TLS with Redis failed: its certificate is not trusted (",),
+                        "no client certificate": (
+                            "Redis reset the TLS connection",
+                            "TLS with Redis failed: Redis requires a client certificate")}[case]
+            assert str(caught.value).startswith(expected), caught.value
+            await limiter_.aclose()
+        plain = RedisLimiter(parse_url(redis.url.replace("rediss://", "redis://")), timeout=10.0)
+        with pytest.raises(StoreUnavailable):
+            await plain.acquire(bucket)
+        assert redis.command("KEYS", "mcpwall:*") == debited
+
+
+def test_tls_files_are_checked_at_start_and_resolved_against_the_config(
+        tmp_path: Path) -> None:
+    files = TlsFiles(tmp_path)
+    (tmp_path / "gw.toml").write_text(
+        '[limits]\nbackend = "redis"\nurl = "rediss://127.0.0.1:1/0"\n'
+        'tls_ca_file = "ca.pem"\ntls_cert_file = "client.pem"\ntls_key_file = "client.key"\n',
+        encoding="utf-8")
+    config = load_config(tmp_path / "gw.toml")
+    assert config.limits.tls_ca_file == str(files.ca)
+    assert config.limits.tls_key_file == str(files.client_key)
+    assert shared_limiter(config.limits, "gw.toml") is not None
+    missing = msgspec.structs.replace(config.limits, tls_ca_file=str(tmp_path / "none.pem"))
+    with pytest.raises(ConfigError, match=r"gw.toml: limits.tls_ca_file: .*none.pem: cannot be "
+                                          r"used \(No such file or directory\)"):
+        shared_limiter(missing, "gw.toml")
+    swapped = msgspec.structs.replace(config.limits, tls_cert_file=str(files.ca),
+                                      tls_key_file=str(files.ca))
+    with pytest.raises(ConfigError, match=r"limits\.tls_cert_file: .*cannot be used"):
+        shared_limiter(swapped, "gw.toml")

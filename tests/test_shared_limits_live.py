@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 import trio
 from conftest import mcpwall_argv
-from redis_process import RedisProcess, redis_server
+from redis_process import RedisProcess, TlsFiles, redis_server
 from sdk_scenarios import stdio_session
 from serve_process import start_serve, stop_serve, tail
 from test_serve_policy import (
@@ -148,27 +148,39 @@ async def test_two_instances_share_each_grants_ten_and_survive_the_store(
 
 
 def wrap_config(workdir: Path, redis: RedisProcess, prefix: str) -> Path:
-    """A `wrap --config` file: the seed policy, buckets in ``redis``, its own trail."""
+    """A `wrap --config` file: the seed policy, buckets in ``redis``, its own trail.
+    With a TLS redis-server: the CA and the client certificate, named relative
+    to the file (resolved against its directory, not the working directory)."""
     workdir.mkdir()
     config = workdir / "gw.toml"
+    tls = ""
+    if redis.tls is not None:
+        tls = "".join(f"{key} = {json.dumps(os.path.relpath(path, workdir))}\n" for key, path in (
+            ("tls_ca_file", redis.tls.ca), ("tls_cert_file", redis.tls.client_cert),
+            ("tls_key_file", redis.tls.client_key)))
     config.write_text(
         f"[policy]\nfiles = [{json.dumps(str(SEED_POLICY))}]\n\n"
         f"[audit]\npath = {json.dumps(str(workdir / 'audit.db'))}\n\n"
         f"[limits]\nbackend = \"redis\"\nurl = {json.dumps(redis.url)}\n"
         f"key_prefix = {json.dumps(prefix)}\ntimeout_seconds = 5.0\n"
-        f"password_env = \"{PASSWORD_ENV}\"\n", encoding="utf-8")
+        f"password_env = \"{PASSWORD_ENV}\"\n{tls}", encoding="utf-8")
     return config
 
 
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "mutual-tls"])
 async def test_two_wrapped_clients_share_a_grants_ten(tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      tls: bool) -> None:
     """`wrap` reads the same [limits] table: two clients launching their own wrapped
-    server under one grant share its ten calls a minute through redis-server."""
+    server under one grant share its ten calls a minute through redis-server
+    (also over rediss://, to a redis-server that asks for client certificates)."""
     password = f"pw-{secrets.token_hex(12)}"
     monkeypatch.setenv(PASSWORD_ENV, password)
     env = dict(os.environ)  # the SDK passes only a minimal environment otherwise
     prefix = f"wrap-{secrets.token_hex(4)}:"
-    with redis_server(tmp_path, "--requirepass", password) as redis:
+    files = TlsFiles(tmp_path) if tls else None
+    with redis_server(tmp_path, "--requirepass", password, tls=files,
+                      clients_need_certs=tls) as redis:
         configs = [wrap_config(tmp_path / name, redis, prefix) for name in ("one", "two")]
         argv = [[*mcpwall_argv(), "wrap", "--config", str(c), "--grant", "grant-w",
                  "--principal", "agent-w", "--", sys.executable, "-m", "firewall.demo"]

@@ -20,6 +20,11 @@ Rules this module keeps:
    once a second, with the count of failures since).
 4. The password never appears in a log line, an error or a repr: it comes
    from the URL or from the environment variable ``password_env`` names.
+5. ``rediss://`` speaks TLS (trio's SSLStream over the TCP stream): Redis's
+   certificate is verified against ``tls_ca_file`` (or the system's CA
+   store) and its host name, always; ``tls_cert_file`` / ``tls_key_file``
+   give a client certificate to a Redis that asks for one. The handshake is
+   part of connecting, so it runs under ``timeout_seconds`` too.
 
 Example (TOML)::
 
@@ -27,11 +32,18 @@ Example (TOML)::
     backend = "redis"
     url = "redis://redis.internal:6379/0"
     password_env = "MCPWALL_REDIS_PASSWORD"
+
+    # or over TLS, with a private CA and a client certificate
+    url = "rediss://redis.internal:6380/0"
+    tls_ca_file = "redis-ca.pem"
+    tls_cert_file = "mcpwall-client.pem"
+    tls_key_file = "mcpwall-client.key"
 """
 
 from __future__ import annotations
 
 import os
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -76,6 +88,12 @@ class LimitSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     timeout_seconds: float = 0.25
     on_error: Literal["deny", "allow"] = "deny"
     max_connections: int = 16
+    # TLS, with rediss:// URLs only: the CA bundle that signs Redis's
+    # certificate (default: the system's), and a client certificate (PEM,
+    # with its key in it or in tls_key_file) for a Redis that asks for one.
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
 
 
 class RedisAddress(msgspec.Struct, frozen=True):
@@ -86,14 +104,15 @@ class RedisAddress(msgspec.Struct, frozen=True):
     db: int = 0
     username: str | None = None
     password: str | None = None
+    tls: bool = False  # rediss://
 
     def __repr__(self) -> str:
         return f"RedisAddress({self.display!r})"
 
     @property
     def display(self) -> str:
-        """``redis://host:port/db``: safe to log."""
-        return f"redis://{self.host}:{self.port}/{self.db}"
+        """``redis://host:port/db`` (``rediss://`` with TLS): safe to log."""
+        return f"{'rediss' if self.tls else 'redis'}://{self.host}:{self.port}/{self.db}"
 
 
 def check_limits(settings: LimitSettings, source: str) -> str | None:
@@ -103,9 +122,14 @@ def check_limits(settings: LimitSettings, source: str) -> str | None:
     if settings.url is None:
         return f"{source}: limits.url: required with backend = \"redis\" (redis://host:port/db)"
     try:
-        parse_url(settings.url)
+        address = parse_url(settings.url)
     except ValueError as exc:
         return f"{source}: limits.url: {exc}"
+    for key in ("tls_ca_file", "tls_cert_file", "tls_key_file"):
+        if getattr(settings, key) is not None and not address.tls:
+            return f"{source}: limits.{key}: only with a rediss:// URL (TLS)"
+    if settings.tls_key_file is not None and settings.tls_cert_file is None:
+        return f"{source}: limits.tls_key_file: needs tls_cert_file (the client certificate)"
     if not settings.timeout_seconds > 0:
         return f"{source}: limits.timeout_seconds: expected a positive number"
     if settings.max_connections < 1:
@@ -114,14 +138,13 @@ def check_limits(settings: LimitSettings, source: str) -> str | None:
 
 
 def parse_url(url: str) -> RedisAddress:
-    """``redis://[user[:password]@]host[:port][/db]`` -> :class:`RedisAddress`.
+    """``redis[s]://[user[:password]@]host[:port][/db]`` -> :class:`RedisAddress`.
 
     Errors never repeat the URL (it may hold the password).
     """
     parts = urlsplit(url)
-    if parts.scheme != "redis":
-        raise ValueError(f"expected a redis:// URL, got scheme {parts.scheme!r} "
-                         "(TLS, rediss://, is not supported yet)")
+    if parts.scheme not in ("redis", "rediss"):
+        raise ValueError(f"expected a redis:// or rediss:// URL, got scheme {parts.scheme!r}")
     try:
         port = parts.port or DEFAULT_PORT
     except ValueError:
@@ -133,7 +156,25 @@ def parse_url(url: str) -> RedisAddress:
         raise ValueError(f"the database is a number (redis://host:port/0), not {path!r}")
     return RedisAddress(parts.hostname, port, int(path or 0),
                         unquote(parts.username) if parts.username else None,
-                        unquote(parts.password) if parts.password else None)
+                        unquote(parts.password) if parts.password else None,
+                        tls=parts.scheme == "rediss")
+
+
+def tls_context(settings: LimitSettings) -> ssl.SSLContext:
+    """The client TLS context of a ``rediss://`` table: certificate and host name
+    verified (against ``tls_ca_file``, else the system's CA store), and the
+    client certificate if given. Raises :class:`StoreConfigError` naming the key."""
+    key = "tls_ca_file"
+    try:
+        context = ssl.create_default_context(cafile=settings.tls_ca_file)
+        if settings.tls_cert_file is not None:
+            key = "tls_cert_file"
+            context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+    except (OSError, ssl.SSLError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise StoreConfigError(f"limits.{key}: {getattr(settings, key)}: cannot be used "
+                               f"({reason})") from None
+    return context
 
 
 class _Connection:
@@ -141,7 +182,7 @@ class _Connection:
 
     __slots__ = ("parser", "stream")
 
-    def __init__(self, stream: trio.SocketStream) -> None:
+    def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
         self.parser = ReplyParser()
 
@@ -154,7 +195,7 @@ class _Connection:
             data = await self.stream.receive_some(65536)
             if not data:
                 raise StoreUnavailable("Redis closed the connection")
-            self.parser.feed(data)
+            self.parser.feed(bytes(data))  # a bytearray from some streams
 
 
 class RedisLimiter(SharedLimiter):
@@ -166,8 +207,12 @@ class RedisLimiter(SharedLimiter):
 
     def __init__(self, address: RedisAddress, *, key_prefix: str = "mcpwall:",
                  timeout: float = 0.25, on_error: str = "deny", max_connections: int = 16,
-                 clock: Callable[[], float] | None = None) -> None:
+                 clock: Callable[[], float] | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
+        if address.tls and tls is None:
+            tls = ssl.create_default_context()
         self.address = address
+        self.tls = tls if address.tls else None
         self.key_prefix = key_prefix
         self.timeout = timeout
         self.on_error = on_error
@@ -191,7 +236,8 @@ class RedisLimiter(SharedLimiter):
                                        f"{settings.password_env} is not set")
             address = msgspec.structs.replace(address, password=password)
         return cls(address, key_prefix=settings.key_prefix, timeout=settings.timeout_seconds,
-                   on_error=settings.on_error, max_connections=settings.max_connections)
+                   on_error=settings.on_error, max_connections=settings.max_connections,
+                   tls=tls_context(settings) if address.tls else None)
 
     async def acquire(self, requests: Sequence[BucketRequest], debit: bool = True) -> float | None:
         """Take one token from every bucket or none, in Redis; see ``Limiter.acquire``."""
@@ -253,7 +299,7 @@ class RedisLimiter(SharedLimiter):
                 RespProtocolError, StoreUnavailable) as exc:
             if reused and not isinstance(exc, RespProtocolError):
                 raise _Stale from None
-            raise self._failed(_describe(exc)) from None
+            raise self._failed(_describe(exc, tls=self.tls is not None)) from None
         finally:
             # A connection whose command did not complete (an error, a timeout,
             # a cancelled caller) may still get that reply: never reuse it.
@@ -265,7 +311,14 @@ class RedisLimiter(SharedLimiter):
 
     async def _connect(self) -> _Connection:
         address = self.address
-        stream = await trio.open_tcp_stream(address.host, address.port)
+        stream: trio.abc.Stream = await trio.open_tcp_stream(address.host, address.port)
+        try:
+            if self.tls is not None:
+                stream = trio.SSLStream(stream, self.tls, server_hostname=address.host)
+                await stream.do_handshake()
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
         conn = _Connection(stream)
         try:
             if address.password is not None:
@@ -324,13 +377,26 @@ class StoreConfigError(Exception):
     """The ``[limits]`` table cannot be used (names the key; never the password)."""
 
 
-def _describe(exc: BaseException) -> str:
+def _describe(exc: BaseException, *, tls: bool = False) -> str:
     if isinstance(exc, StoreUnavailable):
         return str(exc)
     if isinstance(exc, OSError):
         return f"cannot reach Redis: {exc.strerror or type(exc).__name__}"
     if isinstance(exc, RespProtocolError):
         return f"Redis spoke gibberish: {exc}"
+    cause = exc.__cause__
+    if isinstance(cause, ssl.SSLCertVerificationError):  # trio wraps a failed handshake
+        return f"TLS with Redis failed: its certificate is not trusted ({cause.verify_message})"
+    if isinstance(cause, ssl.SSLError):
+        if "CERTIFICATE_REQUIRED" in (cause.reason or ""):
+            return ("TLS with Redis failed: Redis requires a client certificate "
+                    "(limits.tls_cert_file)")
+        return f"TLS with Redis failed: {cause.reason or cause}"
+    if tls and isinstance(cause, ConnectionResetError):
+        # TLS 1.3: a Redis that wants a client certificate (tls-auth-clients)
+        # accepts the handshake, then resets the connection without one.
+        return ("Redis reset the TLS connection (a Redis with tls-auth-clients refuses "
+                "clients without a certificate: limits.tls_cert_file)")
     return "the connection to Redis broke"
 
 
@@ -363,4 +429,4 @@ async def open_limits(limiter: RedisLimiter | None) -> AsyncIterator[RedisLimite
 
 
 __all__ = ["LimitSettings", "RedisAddress", "RedisLimiter", "StoreConfigError", "build_limiter",
-           "check_limits", "open_limits", "parse_url"]
+           "check_limits", "open_limits", "parse_url", "tls_context"]
