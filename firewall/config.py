@@ -29,7 +29,7 @@ from firewall.audit.settings import AuditSettings
 from firewall.gateway.approvals import ApprovalSettings
 from firewall.gateway.killswitch import KillSwitchSettings
 from firewall.gateway.operators import AdminSettings
-from firewall.gateway.shared_limits import LimitSettings, check_limits
+from firewall.gateway.shared_limits import TLS_FILES, LimitSettings, check_limits
 from firewall.identity import TokenEntry
 
 DEFAULT_PORT = 8765
@@ -266,7 +266,7 @@ def _resolve(config: Config, source: str, base: Path | None) -> Config:
         approvals=msgspec.structs.replace(config.approvals, path=rel(config.approvals.path)),
         kill_switch=msgspec.structs.replace(config.kill_switch, path=rel(config.kill_switch.path)),
         limits=msgspec.structs.replace(config.limits, **{
-            key: rel(value) for key in ("tls_ca_file", "tls_cert_file", "tls_key_file")
+            key: rel(value) for key in TLS_FILES
             if (value := getattr(config.limits, key)) is not None}),
         servers=servers,
     )

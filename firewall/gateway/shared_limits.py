@@ -33,7 +33,10 @@ Example (TOML)::
     url = "redis://redis.internal:6379/0"
     password_env = "MCPWALL_REDIS_PASSWORD"
 
-    # or over TLS, with a private CA and a client certificate
+or over TLS, with a private CA and a client certificate::
+
+    [limits]
+    backend = "redis"
     url = "rediss://redis.internal:6380/0"
     tls_ca_file = "redis-ca.pem"
     tls_cert_file = "mcpwall-client.pem"
@@ -73,6 +76,8 @@ from firewall.protocol.resp import (
 )
 
 DEFAULT_PORT: Final = 6379
+# The [limits] keys naming TLS files (rediss:// only; resolved against the config file).
+TLS_FILES: Final = ("tls_ca_file", "tls_cert_file", "tls_key_file")
 
 
 class LimitSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -125,7 +130,7 @@ def check_limits(settings: LimitSettings, source: str) -> str | None:
         address = parse_url(settings.url)
     except ValueError as exc:
         return f"{source}: limits.url: {exc}"
-    for key in ("tls_ca_file", "tls_cert_file", "tls_key_file"):
+    for key in TLS_FILES:
         if getattr(settings, key) is not None and not address.tls:
             return f"{source}: limits.{key}: only with a rediss:// URL (TLS)"
     if settings.tls_key_file is not None and settings.tls_cert_file is None:
@@ -428,5 +433,5 @@ async def open_limits(limiter: RedisLimiter | None) -> AsyncIterator[RedisLimite
             await limiter.aclose()
 
 
-__all__ = ["LimitSettings", "RedisAddress", "RedisLimiter", "StoreConfigError", "build_limiter",
-           "check_limits", "open_limits", "parse_url", "tls_context"]
+__all__ = ["TLS_FILES", "LimitSettings", "RedisAddress", "RedisLimiter", "StoreConfigError",
+           "build_limiter", "check_limits", "open_limits", "parse_url", "tls_context"]
