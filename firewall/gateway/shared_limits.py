@@ -214,10 +214,9 @@ class RedisLimiter(SharedLimiter):
                  timeout: float = 0.25, on_error: str = "deny", max_connections: int = 16,
                  clock: Callable[[], float] | None = None,
                  tls: ssl.SSLContext | None = None) -> None:
-        if address.tls and tls is None:
-            tls = ssl.create_default_context()
         self.address = address
-        self.tls = tls if address.tls else None
+        # rediss:// without a context of the caller's: the system's CA store.
+        self.tls = (tls or ssl.create_default_context()) if address.tls else None
         self.key_prefix = key_prefix
         self.timeout = timeout
         self.on_error = on_error
