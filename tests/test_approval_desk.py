@@ -400,7 +400,8 @@ async def test_elicitation_rule_without_capability_falls_back_to_the_desk(
     bare = Mediator(server="vm", session="s1", caller=ALICE, policy=engine(), audit=None)
     refused = await bare.from_client(call(8, STOP), wait=False)
     assert refused.held is None and refused.client is not None
-    assert b"stops a VM" in refused.client
+    assert b"stops a VM" in refused.client and b"nobody can approve it here" in refused.client
+    assert b"Held for approval" not in refused.client and b"Refused" in refused.client
 
 
 async def test_a_server_request_reusing_an_id_of_mcpwall_is_refused() -> None:
@@ -414,7 +415,7 @@ async def test_a_server_request_reusing_an_id_of_mcpwall_is_refused() -> None:
         clash = jsonrpc.request("roots/list", {}, ident)
         routed = await med.from_server(clash)
         assert routed.client is None and routed.upstream is not None
-        assert b"in use by mcpwall" in routed.upstream
+        assert b"in use by mcpwall" in routed.upstream.data
         # The client's answer still reaches mcpwall, not the upstream.
         answer = await med.from_client(jsonrpc.result_response(ident, {"action": "decline"}))
         assert answer.upstream is None

@@ -11,7 +11,7 @@ import trio
 from firewall.audit.events import DecisionEvent, Event, OutcomeEvent
 from firewall.gateway.mediator import Mediator
 from firewall.policy.decision import ALLOW_ALL, AllowAll, Caller, Decision
-from firewall.protocol import jsonrpc
+from firewall.protocol import framing, jsonrpc
 from firewall.protocol.mcp import Call
 
 
@@ -63,12 +63,15 @@ def call(rid: object, name: str, args: dict[str, Any] | None = None) -> bytes:
                        "params": {"name": name, "arguments": args or {}}}).encode()
 
 
-async def test_allowed_request_forwards_original_bytes_and_is_audited() -> None:
+async def test_allowed_request_forwards_the_decided_bytes_and_is_audited() -> None:
     med, audit = make()
-    data = b'{"jsonrpc":"2.0",  "id":1,"method":"tools/call","params":{"name":"vm_management",' \
-           b'"arguments":{"action":"list","password":"x"}}}'
+    compact = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"vm_management",' \
+              b'"arguments":{"action":"list","password":"x"}}}'
+    data = compact.replace(b'"2.0",', b'"2.0",  ')
     routed = await med.from_client(data)
-    assert routed.upstream is data and routed.client is None
+    # Whitespace between tokens is not passed on: the canonical form is.
+    assert routed.upstream is not None and routed.upstream.data == compact
+    assert routed.client is None
     (decision,) = audit.of(DecisionEvent)
     assert decision.tool == "vm_management" and decision.decision == "allow"
     assert decision.principal == "agent-7" and decision.grant == "grant-a"
@@ -128,7 +131,8 @@ async def test_dry_run_refusal_passes_but_is_recorded() -> None:
     dry = Decision("deny", rule="r", reason="x", dry_run=True)
     med, audit = make(TablePolicy({("tools/call", "t"): dry}))
     data = call(1, "t")
-    assert (await med.from_client(data)).upstream is data
+    out = (await med.from_client(data)).upstream
+    assert out is not None and out.data == framing.canonical(data)
     event = audit.of(DecisionEvent)[0]
     assert event.decision == "deny" and event.dry_run is True
 
@@ -139,7 +143,8 @@ async def test_server_to_client_sampling_can_be_refused() -> None:
     data = b'{"jsonrpc":"2.0","id":"s1","method":"sampling/createMessage","params":{}}'
     routed = await med.from_server(data)
     assert routed.client is None
-    err = json.loads(routed.upstream or b"")["error"]
+    assert routed.upstream is not None
+    err = json.loads(routed.upstream.data)["error"]
     assert err["code"] == jsonrpc.POLICY_DENIED and err["data"]["rule"] == "no-sampling"
     assert audit.of(DecisionEvent)[0].direction == "server"
 
@@ -149,7 +154,8 @@ async def test_server_request_and_client_answer_are_paired() -> None:
     data = b'{"jsonrpc":"2.0","id":0,"method":"roots/list"}'
     assert (await med.from_server(data)).client is data
     answer = b'{"jsonrpc":"2.0","id":0,"result":{"roots":[]}}'
-    assert (await med.from_client(answer)).upstream is answer
+    out = (await med.from_client(answer)).upstream
+    assert out is not None and out.data is answer  # already one line: as received
     assert audit.of(OutcomeEvent)[0].status == "ok"
 
 
@@ -180,7 +186,8 @@ async def test_cancelled_request_outcome() -> None:
     med, audit = make()
     await med.from_client(call(1, "slow"))
     note = b'{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":1}}'
-    assert (await med.from_client(note)).upstream is note
+    out = (await med.from_client(note)).upstream
+    assert out is not None and out.data is note
     await med.from_server(b'{"jsonrpc":"2.0","id":1,"error":{"code":-32800,"message":"cancelled"}}')
     assert audit.of(OutcomeEvent)[0].status == "cancelled"
 
@@ -200,9 +207,10 @@ async def test_bad_messages_are_answered_and_session_lives() -> None:
 async def test_ready_waits_for_the_audit_commit() -> None:
     med, audit = make()
     audit.commit = trio.Event()
-    routed = await med.from_client(call(1, "t"))
+    out = (await med.from_client(call(1, "t"))).upstream
+    assert out is not None
     with trio.move_on_after(0.05) as scope:
-        await routed.ready()
+        await out.ready()
     assert scope.cancelled_caught  # not durable yet: must not be forwarded
     audit.commit.set()
-    await routed.ready()
+    await out.ready()

@@ -22,6 +22,7 @@ LifecycleKind = Literal[
     "policy_load", "policy_reload", "policy_reload_failed",
     "upstream_start", "upstream_exit", "upstream_restart",
     "approval", "kill_switch",
+    "message_dropped",
 ]
 
 

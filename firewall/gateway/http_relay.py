@@ -199,15 +199,17 @@ class HttpEndpoint:
             if routed.upstream is None:
                 await held_http.finish(ex, msg.request_id, routed, [])
                 return
+        if routed.rejected is not None:  # a refused id-less request
+            await ex.respond(400, routed.rejected)
+            return
         if routed.upstream is None:  # refused, or the answer to mcpwall's own request
             await (ex.respond(200, routed.client) if routed.client else ex.respond(202))
             return
-        await routed.ready()
         is_request = msg.kind is Kind.REQUEST
         deadline = trio.current_time() + self.timeout
         try:
-            async with self.upstream.request(
-                    "POST", self._prepared(ex, session), routed.upstream,
+            async with await self.upstream.forward(
+                    self._prepared(ex, session), routed.upstream,
                     response_timeout=self.timeout if is_request else None) as resp:
                 await self._relay_post(ex, resp, session, created, mediator, msg, deadline)
         except UpstreamError as exc:
@@ -356,14 +358,13 @@ class HttpEndpoint:
         upstream timeout, and dropped once the session is closed.
         """
         with trio.move_on_after(self.timeout):
-            await routed.ready()
             if session is not None and session.closed:
                 return
             headers = [("content-type", JSON), ("accept", f"{JSON}, {SSE}")]
             if session is not None and session.upstream_sid is not None:
                 headers.append(("mcp-session-id", session.upstream_sid))
             try:
-                async with self.upstream.request("POST", headers, routed.upstream) as resp:
+                async with await self.upstream.forward(headers, routed.upstream) as resp:
                     await resp.read(MAX_RESPONSE_BYTES)
             except UpstreamError as exc:
                 get_logger(server=self.name).warning("upstream_failed", reason=exc.reason.value)

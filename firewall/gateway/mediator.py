@@ -6,12 +6,29 @@ fronts own the I/O; the mediator owns the rules. Invariants it keeps:
 
 1. Every request, in either direction, gets exactly one decision from the
    policy point and one decision event in the audit trail before anything
-   else happens to it. Notifications and responses are not decided (there is
-   nothing to refuse: a response answers a request that was decided).
-2. An allowed message is forwarded as the ORIGINAL bytes. The one exception is
-   a tools/list result from which tools the caller can never call are removed.
-3. Forwarding waits for :meth:`Routed.ready`: in durable audit mode that is the
-   commit of the decision event, so no call reaches an upstream unaudited.
+   else happens to it. A message with a method and no id is a notification
+   only when its method is ``notifications/...``: those are relayed without a
+   decision (there is nothing to execute). Any other id-less method is a
+   request that could not be answered: it is refused, with a ``deny``
+   decision event (rule ``protocol``), and never forwarded.
+2. What is forwarded is the message that was decided, in its canonical one-line
+   form (``framing.canonical``): what the SDKs send is its own canonical form,
+   so their bytes pass unchanged; whitespace, duplicate member names or line
+   separators are never passed on for a reader to split or read another way.
+   Responses and notifications keep their bytes unless a line reader could
+   split them (``framing.line_safe``). A tools/list result from which tools
+   the caller can never call were removed is re-encoded.
+3. What goes to the upstream is an :class:`Outbound` (``gateway/outbound.py``),
+   the only thing the transports write: it carries the receipt of the
+   decision event and the transport awaits it, so in durable audit mode no
+   call reaches an upstream unaudited.
+10. A response is relayed only if it answers a request this mediator
+   forwarded (same id, same direction), once. Any other response (an id
+   mcpwall never forwarded, or answered already) is dropped, logged
+   (``response_unmatched``) and recorded as a ``message_dropped`` lifecycle
+   event, as is a message from the upstream that cannot be decoded. At most
+   :data:`DROPS_RECORDED` drops per session reach the audit trail; the rest
+   are logged.
 4. A refused request never reaches the other side; its sender gets an answer
    (a tool result with ``isError`` for tools/call, else a JSON-RPC error with a
    stable code and ``data: {rule, reason, retry_after}``).
@@ -25,8 +42,11 @@ fronts own the I/O; the mediator owns the rules. Invariants it keeps:
    expired, it is refused. Both verdicts are decision events of the same
    call_id, plus an ``approval`` lifecycle event. Without an approval desk,
    ``pending`` is refused at once with -32003 (unless the person in the client
-   can be asked, rule 9). A standing approval (an earlier one given for the
-   session or for N minutes) lets a held call through at once, recorded as
+   can be asked, rule 9), recorded as ``pending`` then ``rejected`` with the
+   reason that nobody can approve it here; the client is told that it is
+   refused and why, never that it is held. A
+   standing approval (an earlier one given for the session or for N minutes)
+   lets a held call through at once, recorded as
    ``approved`` with a reason naming it. While a call is held and its request
    carried ``_meta.progressToken``, the client gets ``notifications/progress``
    every ``progress_seconds`` so that it keeps waiting.
@@ -69,51 +89,60 @@ from firewall.gateway.approvals import (
     Withdrawal,
     redact_arguments,
 )
+from firewall.gateway.outbound import Outbound
 from firewall.log import get_logger
 from firewall.policy import render
 from firewall.policy.decision import ALLOW, DENY, PENDING, Caller, Decision, PolicyPoint
 from firewall.policy.limits import PendingLimit
-from firewall.protocol import jsonrpc, mcp
+from firewall.protocol import framing, jsonrpc, mcp
 from firewall.protocol.jsonrpc import Kind, RequestId
+from firewall.protocol.mcp import Call
 
 # Sends one message to the client now (a front's writer); for held calls.
 ToClient = Callable[[bytes], Awaitable[None]]
 _DEFAULTS: Final = ApprovalSettings()
+# Dropped messages recorded in the audit trail per session; later ones are
+# logged only (a hostile peer must not turn its garbage into audit rows).
+DROPS_RECORDED: Final = 100
+NOTIFICATION_PREFIX: Final = "notifications/"
+NO_DESK: Final = ("held for approval, but nobody can approve it here: there is no "
+                  "approval desk, and the person in the client cannot be asked")
 
 
 class Routed:
     """Where the bytes of one message go.
 
-    ``upstream``: bytes for the server; ``client``: bytes for the client. Either
-    may be None. Send ``upstream`` only after ``await ready()``. ``answers``: for
-    a response from the server, the id of the request it answers.
+    ``upstream``: the :class:`Outbound` for the server (the transport awaits
+    its receipt); ``client``: bytes for the client. Either may be None.
+    ``answers``: for a response from the server, the id of the request it
+    answers. ``rejected``: for a refused client notification, the JSON-RPC
+    error (id null) a transport that can carry one answers with (HTTP 400);
+    a stdio client gets nothing, as notifications get no answer.
     """
 
-    __slots__ = ("answers", "client", "held", "receipt", "upstream")
+    __slots__ = ("answers", "client", "held", "receipt", "rejected", "upstream")
 
     def __init__(
         self,
         *,
-        upstream: bytes | None = None,
+        upstream: Outbound | None = None,
         client: bytes | None = None,
         receipt: Receipt | None = None,
         held: Callable[[ToClient | None], Awaitable[Routed]] | None = None,
         answers: RequestId | None = None,
+        rejected: bytes | None = None,
     ) -> None:
         self.answers = answers
         self.upstream = upstream
         self.client = client
         self.receipt = receipt
+        self.rejected = rejected
         # Set (and nothing else) when the message waits for a person: awaiting
         # ``held(to_client)`` gives the Routed of the verdict; ``to_client``
         # (None if the front cannot send before the answer) carries progress
         # keep-alives and elicitation. Only from_client(wait=False) returns it.
         self.held = held
 
-    async def ready(self) -> None:
-        """Wait until the message may be forwarded (its decision is durable)."""
-        if self.receipt is not None:
-            await self.receipt.committed()
 
 
 class _Pending(msgspec.Struct):
@@ -174,7 +203,7 @@ class Mediator:
 
         routed = await mediator.from_client(line)
         if routed.client: await to_client(routed.client)
-        if routed.upstream: await routed.ready(); await to_upstream(routed.upstream)
+        if routed.upstream: await child.send(routed.upstream)  # awaits the receipt
     """
 
     def __init__(
@@ -206,6 +235,7 @@ class Mediator:
         self._own: dict[RequestId, tuple[trio.Event, list[jsonrpc.Message]]] = {}
         self._own_prefix = f"mcpwall-{secrets.token_hex(6)}-"
         self._own_counter = itertools.count(1)
+        self._drops = 0
         self.log = get_logger(server=server, session=session, principal=caller.principal)
 
     @property
@@ -278,11 +308,24 @@ class Mediator:
                     own[1].append(msg)
                     own[0].set()
                     return Routed()
+            pending = self._server_pending.get(msg.request_id)  # type: ignore[arg-type]
+            if pending is None:
+                await self._dropped("client", "response_unmatched", msg, data)
+                return Routed()
+            line = await self._line(data, "client", msg)
+            if line is None:
+                return Routed()
             await self._answered(self._server_pending, msg, len(data))
-            return Routed(upstream=data)
+            return Routed(upstream=Outbound.decided(line, None, pending.call_id))
+        assert msg.method is not None
+        if not msg.method.startswith(NOTIFICATION_PREFIX):
+            return await self._idless(msg, data, "client")
+        line = await self._line(data, "client", msg, canonical=True)
+        if line is None:
+            return Routed()
         if msg.method == mcp.CANCELLED:
             self._note_cancelled(msg)
-        return Routed(upstream=data)
+        return Routed(upstream=Outbound.decided(line, None, None))
 
     # -- server -> client ------------------------------------------------
     async def from_server(self, data: bytes) -> Routed:
@@ -293,18 +336,30 @@ class Mediator:
             # Nothing sensible can reach the client: log it, keep the session.
             self.log.warning("upstream_message_rejected", code=exc.code, reason=exc.message,
                              size=len(data))
+            await self._record_drop("server", "malformed", None, None, len(data), exc.message)
             return Routed()
         kind = msg.kind
         if kind is Kind.RESPONSE:
             rid = msg.request_id
-            if rid is not None and rid in self._tools_list_ids:
+            if rid is None or rid not in self._client_pending:
+                await self._dropped("server", "response_unmatched", msg, data)
+                return Routed()
+            if rid in self._tools_list_ids:
                 self._tools_list_ids.discard(rid)
                 data = self._filter_tools_list(msg, data)
+            line = await self._line(data, "server", msg)
+            if line is None:  # cannot be relayed: the request is answered with an error
+                line = jsonrpc.error_response(rid, jsonrpc.INTERNAL_ERROR, (
+                    f"upstream server {self.server!r} sent an answer mcpwall cannot relay"))
             await self._answered(self._client_pending, msg, len(data))
-            return Routed(client=data, answers=rid)
+            return Routed(client=line, answers=rid)
         if kind is Kind.REQUEST:
             return await self._request(msg, data, "server")
-        return Routed(client=data)
+        assert msg.method is not None
+        if not msg.method.startswith(NOTIFICATION_PREFIX):
+            return await self._idless(msg, data, "server")
+        line = await self._line(data, "server", msg)
+        return Routed() if line is None else Routed(client=line)
 
     async def upstream_lost(self, reason: str) -> list[bytes]:
         """Answer every pending client request with an error; the upstream is gone."""
@@ -340,6 +395,15 @@ class Mediator:
                 call = mcp.view(msg, direction)
             except jsonrpc.ProtocolError as exc:
                 return _to(reply_side, exc.response())
+        # The bytes that will be forwarded if the policy allows: made before
+        # the decision, so nothing is decided that could not be forwarded as is.
+        try:
+            line = framing.canonical(data)
+        except framing.NotCanonical as exc:
+            self.log.warning(f"{direction}_message_rejected", code=jsonrpc.INVALID_REQUEST,
+                             reason=str(exc))
+            return _to(reply_side, jsonrpc.error_response(
+                rid, jsonrpc.INVALID_REQUEST, f"invalid JSON-RPC request: {exc}"))
         if direction == "server" and self._own and rid in self._own:
             decision = Decision(DENY, rule="protocol",
                                 reason=f"request id {rid!r} is in use by mcpwall")
@@ -353,24 +417,39 @@ class Mediator:
                                    and mcp.offers_elicitation(msg))
         call_id = f"{self.session}.{next(self._counter)}"
         receipt = await self._decided(call, msg, decision, call_id)
-        if (decision.action == PENDING and not decision.dry_run and direction == "client"
-                and (self.approvals is not None
-                     or (decision.approval == "client" and self.client_elicits))):
-            # A held call is rare: it gets the full envelope (raw params) back.
-            full = msg if isinstance(msg, jsonrpc.Message) else jsonrpc.decode(data)
-            held_call = call
+        if decision.action == PENDING and not decision.dry_run:
+            if direction == "client" and (
+                    self.approvals is not None
+                    or (decision.approval == "client" and self.client_elicits)):
+                # A held call is rare: it gets the full envelope (raw params) back.
+                full = msg if isinstance(msg, jsonrpc.Message) else jsonrpc.decode(data)
+                held_call = call
 
-            async def verdict(to_client: ToClient | None) -> Routed:
-                return await self._held(held_call, full, data, decision, call_id, to_client)
+                async def verdict(to_client: ToClient | None) -> Routed:
+                    return await self._held(held_call, full, line, decision, call_id,
+                                            to_client)
 
-            return Routed(held=verdict)
+                return Routed(held=verdict)
+            # Nobody can decide it here: refused now, and recorded as such.
+            why = f"{decision.reason.rstrip('.')}; {NO_DESK}" if decision.reason else NO_DESK
+            decision = Decision(DENY, rule=decision.rule, reason=why)
+            receipt = await self._decided(call, msg, decision, call_id, recorded_as="rejected")
+            self.log.info("call_refused", method=call.method, target=call.target,
+                          decision="rejected", rule=decision.rule, approver="none")
+            refusal = self._refusal(call, rid, decision, code=jsonrpc.APPROVAL_REQUIRED)
+            if reply_side == "client":
+                return Routed(client=refusal, receipt=receipt)
+            return Routed(upstream=Outbound.decided(refusal, receipt, call_id), receipt=receipt)
         if not decision.enforced_allow:
             self.log.info("call_refused", method=call.method, target=call.target,
                           decision=decision.action, rule=decision.rule)
-            return _to(reply_side, self._refusal(call, rid, decision), receipt)
-        return self._forwarded(call, rid, data, direction, call_id, receipt)
+            refusal = self._refusal(call, rid, decision)
+            if reply_side == "client":
+                return Routed(client=refusal, receipt=receipt)
+            return Routed(upstream=Outbound.decided(refusal, receipt, call_id), receipt=receipt)
+        return self._forwarded(call, rid, line, direction, call_id, receipt)
 
-    def _forwarded(self, call: mcp.Call, rid: RequestId | None, data: bytes, direction: str,
+    def _forwarded(self, call: mcp.Call, rid: RequestId | None, line: bytes, direction: str,
                    call_id: str, receipt: Receipt | None) -> Routed:
         pending = _Pending(call_id, call.method, time.perf_counter_ns())
         if rid is not None:
@@ -381,10 +460,10 @@ class Mediator:
             else:
                 self._server_pending[rid] = pending
         if direction == "client":
-            return Routed(upstream=data, receipt=receipt)
-        return Routed(client=data, receipt=receipt)
+            return Routed(upstream=Outbound.decided(line, receipt, call_id), receipt=receipt)
+        return Routed(client=line, receipt=receipt)
 
-    async def _held(self, call: mcp.Call, msg: jsonrpc.Message, data: bytes,
+    async def _held(self, call: mcp.Call, msg: jsonrpc.Message, line: bytes,
                     decision: Decision, call_id: str, to_client: ToClient | None) -> Routed:
         """Wait for the verdict on a held call, then forward or refuse it."""
         started = time.monotonic()
@@ -428,7 +507,7 @@ class Mediator:
         self.log.info("call_approval_ended", approval=answer.approval, verdict=verdict.status,
                       by=verdict.by, via=answer.via)
         if outcome == "approved":
-            return self._forwarded(call, msg.request_id, data, "client", call_id, receipt)
+            return self._forwarded(call, msg.request_id, line, "client", call_id, receipt)
         return Routed(client=self._refusal(call, msg.request_id, final), receipt=receipt)
 
     @property
@@ -594,10 +673,58 @@ class Mediator:
         )
         return await self.audit.append(event)
 
-    def _refusal(self, call: mcp.Call, rid: RequestId | None, decision: Decision) -> bytes:
+    async def _line(self, data: bytes, direction: str, msg: jsonrpc.Message, *,
+                    canonical: bool = False) -> bytes | None:
+        """The bytes to relay for an undecided message (rule 2), or None when
+        it cannot be put on one line (then it is dropped and recorded)."""
+        try:
+            return framing.canonical(data) if canonical else framing.line_safe(data)
+        except framing.NotCanonical as exc:
+            await self._dropped(direction, "not_relayable", msg, data, str(exc))
+            return None
+
+    async def _idless(self, msg: jsonrpc.Message, data: bytes, direction: str) -> Routed:
+        """Refuse a method without an id that is not a notification (rule 1)."""
+        assert msg.method is not None
+        call = Call(msg.method, direction)
+        # Its params do not matter: it is refused whatever they say.
+        with contextlib.suppress(jsonrpc.ProtocolError):
+            call = mcp.view(msg, direction)
+        decision = Decision(DENY, rule="protocol", reason=(
+            f"{msg.method!r} without an id is not a notification: a request needs an id"))
+        call_id = f"{self.session}.{next(self._counter)}"
+        receipt = await self._decided(call, msg, decision, call_id)
+        self.log.warning("call_refused", method=msg.method, target=call.target,
+                         decision="deny", rule="protocol", direction=direction, idless=True)
+        return Routed(receipt=receipt, rejected=jsonrpc.error_response(
+            None, jsonrpc.INVALID_REQUEST, f"invalid request: {decision.reason}"))
+
+    async def _dropped(self, direction: str, reason: str, msg: jsonrpc.Message, data: bytes,
+                       detail: str | None = None) -> None:
+        """Drop a message that cannot go on (rule 10): log it and record it."""
+        self.log.warning(reason, direction=direction, method=msg.method,
+                         id=msg.request_id, size=len(data), detail=detail)
+        await self._record_drop(direction, reason, msg.method, msg.request_id, len(data), detail)
+
+    async def _record_drop(self, direction: str, reason: str, method: str | None,
+                           rid: RequestId | None, size: int, detail: str | None) -> None:
+        self._drops += 1
+        if self._drops > DROPS_RECORDED:
+            return
+        note = detail
+        if self._drops == DROPS_RECORDED:
+            note = (f"{detail or ''} (the last drop of this session recorded: later ones "
+                    "are logged only)").strip()
+        await append_lifecycle(self.audit, "message_dropped", session=self.session,
+                               principal=self.caller.principal, server=self.server, detail={
+                                   "from": direction, "reason": reason, "method": method,
+                                   "id": rid, "size": size, "detail": note})
+
+    def _refusal(self, call: mcp.Call, rid: RequestId | None, decision: Decision,
+                 code: int | None = None) -> bytes:
         if call.method == mcp.TOOLS_CALL and self.deny_tools_call_as == "tool_result":
             return mcp.tool_error_result(rid, render.denial_text(decision))
-        return jsonrpc.error_response(rid, render.error_code(decision),
+        return jsonrpc.error_response(rid, code or render.error_code(decision),
                                       render.error_message(decision), render.denial_data(decision))
 
     async def _answered(
@@ -676,8 +803,9 @@ def _utc(ns: int | None) -> str:
     return "?" if ns is None else time.strftime("%H:%M:%S UTC", time.gmtime(ns / 1e9))
 
 
-def _to(side: str, data: bytes, receipt: Receipt | None = None) -> Routed:
+def _to(side: str, data: bytes) -> Routed:
+    """An answer mcpwall makes itself (bad params, a malformed request)."""
     if side == "client":
-        return Routed(client=data, receipt=receipt)
-    return Routed(upstream=data, receipt=receipt)
+        return Routed(client=data)
+    return Routed(upstream=Outbound.own(data, "protocol error answer"))
 

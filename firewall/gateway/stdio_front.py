@@ -10,7 +10,8 @@ Invariants:
    so pipelined traffic costs a syscall per burst, not per message. Writes to
    the client are serialised by a lock, writes to the child by the child's.
 2. Messages to the upstream keep the client's order. A batch is written only
-   after its decision events are durable (``Routed.ready``); while a commit is
+   after its decision events are durable (the child's ``send_many`` awaits
+   each Outbound's receipt); while a commit is
    in flight, further client messages wait in the pipe, so the next batch and
    the next group commit grow with the load.
 3. Client EOF ends the session cleanly: the child's stdin is closed, it gets
@@ -34,6 +35,7 @@ import trio
 
 from firewall.config import StdioServer
 from firewall.gateway.mediator import Mediator, Routed, ToClient
+from firewall.gateway.outbound import Outbound
 from firewall.gateway.upstream.stdio import (
     ChildExited,
     StdioChild,
@@ -108,7 +110,7 @@ class WrapSession:
         False when the child can no longer be written to.
         """
         replies: list[bytes] = []
-        routed = []
+        routed: list[Outbound] = []
         for line in lines:
             if line is TOO_LONG:
                 self.log.warning("client_line_too_long", limit=self.max_line)
@@ -123,12 +125,12 @@ class WrapSession:
             if r.client is not None:
                 replies.append(r.client)
             if r.upstream is not None:
-                routed.append(r)
-        for r in routed:
-            await r.ready()
+                routed.append(r.upstream)
+        for out in routed:  # durable before the client hears of the batch
+            await out.ready()
         await self._to_client(replies)
         try:
-            await self.child.send_many([r.upstream for r in routed if r.upstream is not None])
+            await self.child.send_many(routed)
         except ChildExited:
             return False
         return True
@@ -142,26 +144,22 @@ class WrapSession:
         r = await held(to_client)
         await self._to_client([r.client] if r.client is not None else [])
         if r.upstream is not None:
-            await r.ready()
             with contextlib.suppress(ChildExited):
                 await self.child.send(r.upstream)
 
     async def _read_child(self) -> None:
         async for batch in self.child.batches():
             to_client: list[bytes] = []
-            to_child = []
+            to_child: list[Outbound] = []
             for line in batch:
                 r = await self.mediator.from_server(line)
                 if r.client is not None:
                     to_client.append(r.client)
                 if r.upstream is not None:
-                    to_child.append(r)
+                    to_child.append(r.upstream)
             await self._to_client(to_client)
-            for r in to_child:
-                await r.ready()
             with contextlib.suppress(ChildExited):
-                await self.child.send_many([r.upstream for r in to_child
-                                            if r.upstream is not None])
+                await self.child.send_many(to_child)
         code = await self.child.wait()
         # Pending requests are answered even after client EOF: a client may
         # close its end of our stdin and still read our stdout.

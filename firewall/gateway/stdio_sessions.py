@@ -46,6 +46,7 @@ from firewall.config import StdioServer
 from firewall.gateway import held_http
 from firewall.gateway.exchange import Exchange, refuse
 from firewall.gateway.mediator import Mediator
+from firewall.gateway.outbound import Outbound
 from firewall.gateway.sessions import (
     EventStream,
     FrontContext,
@@ -100,7 +101,9 @@ class StdioSession(Session):
         self._ready = trio.Event()
         self._scope = trio.CancelScope()
         self._get_scopes: set[trio.CancelScope] = set()
-        self.handshake: list[bytes] = []
+        # What the client's initialize and notifications/initialized were
+        # forwarded as, replayed to a restarted child.
+        self.handshake: list[Outbound] = []
         self._handshake_done = trio.Event()
         self._handshake_done.set()  # only a restart waits for a replayed handshake
         self.restarts = 0
@@ -178,10 +181,11 @@ class StdioSession(Session):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._read, child)
             if self.handshake:
-                init = jsonrpc.decode_any(self.handshake[0])
+                init = jsonrpc.decode_any(self.handshake[0].data)
                 init["id"] = _HANDSHAKE_ID
                 try:
-                    await child.send(jsonrpc.encode(init))
+                    await child.send(Outbound.own(jsonrpc.encode(init),
+                                                  "initialize replayed to a restarted child"))
                     with trio.move_on_after(self.timeout):
                         await self._handshake_done.wait()
                     for note in self.handshake[1:]:
@@ -198,7 +202,6 @@ class StdioSession(Session):
                 continue
             routed = await self.mediator.from_server(line)
             if routed.upstream is not None:  # a refused server->client request
-                await routed.ready()
                 try:
                     await child.send(routed.upstream)
                 except ChildExited:
@@ -297,7 +300,7 @@ class StdioSession(Session):
                 rid, jsonrpc.REQUEST_CANCELLED, "request cancelled by the client"))
 
     # -- to the child ------------------------------------------------------
-    async def send(self, data: bytes) -> bool:
+    async def send(self, data: Outbound) -> bool:
         """Write one message to the child (waiting out a restart); False if gone."""
         with trio.move_on_after(self.timeout):
             await self._ready.wait()
@@ -310,7 +313,8 @@ class StdioSession(Session):
             return False
         return True
 
-    async def forward_request(self, msg: jsonrpc.Message, data: bytes, stream: EventStream) -> None:
+    async def forward_request(self, msg: jsonrpc.Message, data: Outbound,
+                              stream: EventStream) -> None:
         """Send a request; if the child is gone for good, answer it with an error."""
         if not await self.send(data) and self.closed:
             rid = msg.request_id
@@ -332,7 +336,7 @@ class StdioSession(Session):
                                            f"within {self.timeout:g} s")
         self._answer(rid, stream, reply)
         note = jsonrpc.request(mcp.CANCELLED, {"requestId": rid, "reason": "mcpwall: timeout"})
-        await self.send(note)
+        await self.send(Outbound.own(note, "cancellation of a timed-out request"))
 
     # -- HTTP --------------------------------------------------------------
     async def answer_request(self, ex: Exchange, stream: EventStream, rid: RequestId,
@@ -462,14 +466,16 @@ class StdioEndpoint:
                     await self.front.end_session(session, "initialize failed")
                 return
             routed = await session.mediator.from_client(body, decoded=msg)
+            if routed.rejected is not None:  # a refused id-less request
+                await ex.respond(400, routed.rejected)
+                return
             if routed.upstream is None:  # refused, or the answer to mcpwall's own request
                 await (ex.respond(200, routed.client) if routed.client else ex.respond(202))
                 return
-            await routed.ready()
             if msg.method == mcp.CANCELLED:
                 session.cancelled_by_client(msg)
             elif msg.method == "notifications/initialized" and len(session.handshake) == 1:
-                session.handshake.append(body)
+                session.handshake.append(routed.upstream)
             if not await session.send(routed.upstream) and session.closed:
                 await refuse(ex, 404, jsonrpc.INVALID_REQUEST, "Not Found: session ended")
                 return
@@ -496,7 +502,8 @@ class StdioEndpoint:
             return routed.client
         stream = session.open_request(msg, json_only=not accept_sse)
         assert stream is not None
-        await routed.ready()
+        if created:
+            session.handshake = [routed.upstream]
         await session.forward_request(msg, routed.upstream, stream)
         return await session.answer_request(ex, stream, rid, headers, json_only=not accept_sse)
 
@@ -527,7 +534,6 @@ class StdioEndpoint:
             await refuse(ex, 502, jsonrpc.UPSTREAM_UNAVAILABLE,
                          f"Bad Gateway: upstream server {self.name!r} cannot be started")
             return None
-        session.handshake = [body]
         session.log.info("session_started", transport="http", upstream="stdio")
         return session
 

@@ -5,6 +5,22 @@ no embedded newlines. :class:`LineSplitter` turns arbitrary chunks into lines
 and bounds memory: a line longer than ``max_line`` is not buffered, it is
 skipped up to its newline and reported as :data:`TOO_LONG`.
 
+Rules for what mcpwall writes (:func:`canonical`, :func:`line_safe`):
+
+1. Every message mcpwall writes is one line that every reader splits the
+   same way. JSON lets CR and LF stand between tokens, and readers split
+   lines differently (LF only; CR, LF and CRLF, as Python's universal
+   newlines do; also U+0085, U+2028 and U+2029, as ``str.splitlines`` does),
+   so a message carrying any of those bytes raw is never written as
+   received: it is written in its canonical form.
+2. The canonical form of a message is the compact encoding of the value
+   mcpwall decoded: no whitespace, no duplicate member names (the decoder
+   keeps the last one, and that is the one the policy saw), escapes
+   resolved, U+0085, U+2028 and U+2029 written as ``\\u`` escapes. Any
+   JSON reader reads it as the value the policy decided, and cannot split it.
+3. A message already in that form (what the MCP SDKs write) is its own
+   canonical form: its bytes go out unchanged.
+
 Example::
 
     s = LineSplitter(max_line=1024)
@@ -15,6 +31,10 @@ Example::
 from __future__ import annotations
 
 from typing import Final
+
+import msgspec
+
+from firewall.protocol import bounds
 
 
 class _TooLong(bytes):
@@ -73,3 +93,57 @@ class LineSplitter:
         rest = b"" if self._skipping else bytes(self._buf).rstrip(b"\r")
         self._buf.clear()
         return rest if rest.strip() else b""
+
+
+# What a line reader may split on besides LF: CR, and in UTF-8 U+0085 (NEL),
+# U+2028 (LS) and U+2029 (PS). Raw CR and LF can only be whitespace between
+# tokens in valid JSON (they are not allowed inside strings); NEL, LS and PS
+# can only be inside strings, as these exact byte sequences.
+_NEL: Final = b"\xc2\x85"
+_LS: Final = b"\xe2\x80\xa8"
+_PS: Final = b"\xe2\x80\xa9"
+_any_decoder: Final = msgspec.json.Decoder()
+_encoder: Final = msgspec.json.Encoder()
+
+
+class NotCanonical(ValueError):
+    """The text is not a JSON value mcpwall can put on one line (malformed or too deep)."""
+
+
+def splittable(data: bytes) -> bool:
+    """True when some line reader would split ``data``: it must not go out as is."""
+    # Other separators of str.splitlines (VT, FF, FS, GS, RS) cannot occur
+    # raw in valid JSON at all: the decoders refuse them.
+    return (b"\n" in data or b"\r" in data
+            or _LS in data or _PS in data or _NEL in data)
+
+
+def canonical(data: bytes | bytearray | memoryview) -> bytes:
+    """The canonical one-line form of the JSON text ``data`` (rule 2).
+
+    ``canonical(b'{ "a" :\\r\\n1, "a": 2 }') == b'{"a":2}'``. Raises
+    :class:`NotCanonical` when ``data`` is not JSON or nests deeper than
+    :data:`bounds.MAX_DEPTH`.
+    """
+    if bounds.too_deep(data):
+        raise NotCanonical(f"nested deeper than {bounds.MAX_DEPTH} levels")
+    try:
+        value = _any_decoder.decode(data)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise NotCanonical(str(exc)) from None
+    out = _encoder.encode(value)
+    if b"\xc2\x85" in out or b"\xe2\x80" in out:
+        out = out.replace(_NEL, b"\\u0085").replace(_LS, b"\\u2028").replace(_PS, b"\\u2029")
+    if isinstance(data, bytes) and out == data:
+        return data  # rule 3: already canonical, the very bytes received go on
+    return out
+
+
+def line_safe(data: bytes) -> bytes:
+    """``data`` itself when no reader would split it, else its canonical form.
+
+    For messages mcpwall relays without deciding them (responses,
+    notifications): they keep their bytes unless framing could read them
+    two ways. Raises :class:`NotCanonical` as :func:`canonical` does.
+    """
+    return canonical(data) if splittable(data) else data

@@ -25,6 +25,8 @@ from typing import Any, Final
 
 import msgspec
 
+from firewall.protocol import bounds
+
 PARSE_ERROR: Final = -32700
 INVALID_REQUEST: Final = -32600
 METHOD_NOT_FOUND: Final = -32601
@@ -147,9 +149,12 @@ class _Request(msgspec.Struct, frozen=True, omit_defaults=True):
     params: Any = msgspec.UNSET
 
 
-# What msgspec raises on bad input: DecodeError (ValidationError is one), and
-# UnicodeDecodeError for invalid UTF-8 inside a JSON string.
-DECODE_ERRORS: Final = (msgspec.DecodeError, UnicodeDecodeError)
+# What msgspec raises on bad input: DecodeError (ValidationError is one),
+# UnicodeDecodeError for invalid UTF-8 inside a JSON string, and
+# RecursionError for a text nested so deep that decoding it (or skipping it as
+# Raw) reaches Python's recursion limit. Catching all three at every decode
+# site is what keeps one hostile message from ending a session or the process.
+DECODE_ERRORS: Final = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 
 _decoder: Final = msgspec.json.Decoder(Message)
 _error_decoder: Final = msgspec.json.Decoder(ErrorObject)
@@ -171,6 +176,8 @@ def decode(data: bytes | bytearray | memoryview) -> Message:
         raise ProtocolError(PARSE_ERROR, f"parse error: {exc}") from None
     except UnicodeDecodeError:
         raise ProtocolError(PARSE_ERROR, "parse error: not valid UTF-8") from None
+    except RecursionError:
+        raise too_deep_error() from None
     # Fast path: a request or notification with neither result nor error (an
     # empty Raw is falsy), or a response with exactly one of them.
     if msg.jsonrpc == "2.0":
@@ -180,6 +187,12 @@ def decode(data: bytes | bytearray | memoryview) -> Message:
         elif msg.id is not msgspec.UNSET and (not msg.result) != (not msg.error):
             return msg
     raise _refusal(msg)
+
+
+def too_deep_error() -> ProtocolError:
+    """The refusal of a message nested deeper than mcpwall decodes."""
+    return ProtocolError(INVALID_REQUEST,
+                         f"invalid JSON-RPC message: nested deeper than {bounds.MAX_DEPTH} levels")
 
 
 def _refusal(msg: Message) -> ProtocolError:
@@ -202,6 +215,8 @@ def _refusal(msg: Message) -> ProtocolError:
 def _invalid(data: bytes | bytearray | memoryview, text: str) -> ProtocolError:
     """An -32600 error, echoing the id when the payload has a usable one."""
     request_id: RequestId | None = None
+    if bounds.too_deep(data):
+        return too_deep_error()
     try:
         obj = _any_decoder.decode(data)
     except DECODE_ERRORS:

@@ -18,7 +18,7 @@ from typing import Any, Final, Literal
 
 import msgspec
 
-from firewall.protocol import jsonrpc
+from firewall.protocol import bounds, jsonrpc
 
 # Protocol revisions mcpwall speaks on its front (newest first).
 PROTOCOL_VERSIONS: Final = ("2025-11-25", "2025-06-18", "2025-03-26")
@@ -165,7 +165,11 @@ def decode(data: bytes, direction: str = "client") -> tuple[jsonrpc.Envelope, Ca
 
     ``decode(b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t"}}')``
     gives ``(Request(...), Call("tools/call", "client", "t", None, None, {}))``.
+    A text nested deeper than :data:`bounds.MAX_DEPTH` is refused (-32600)
+    before anything is decoded.
     """
+    if bounds.too_deep(data):
+        raise jsonrpc.too_deep_error()
     try:
         req = _request_decoder.decode(data)
     except jsonrpc.DECODE_ERRORS:

@@ -70,6 +70,7 @@ import httptools
 import msgspec
 import trio
 
+from firewall.gateway.outbound import Outbound
 from firewall.gateway.sockets import READS_BETWEEN_CHECKPOINTS, receive_now, send_all_now
 from firewall.protocol import jsonrpc
 from firewall.protocol.sse import Event, SSEError, SSEParser
@@ -741,6 +742,9 @@ class HttpUpstream:
     ) -> AbstractAsyncContextManager[Response]:
         """Send one request; ``async with`` it to get the :class:`Response`.
 
+        The gateway sends MCP messages with :meth:`forward`, never with a
+        body here (``tests/test_outbound.py`` holds it to that).
+
         The connection returns to the pool when the block ends, if the body
         was read to the end; otherwise it is closed. ``response_timeout`` and
         ``read_timeout`` override the client's (``math.inf``: no limit).
@@ -763,6 +767,18 @@ class HttpUpstream:
             self._read_timeout if read_timeout is None else read_timeout,
             checked,
         )
+
+    async def forward(
+        self,
+        headers: HeaderInput | PreparedHeaders,
+        message: Outbound,
+        *,
+        response_timeout: float | None = None,
+    ) -> AbstractAsyncContextManager[Response]:
+        """POST one :class:`~firewall.gateway.outbound.Outbound` once its decision
+        is durable; ``async with await up.forward(headers, routed.upstream) as r``."""
+        await message.ready()
+        return self.request("POST", headers, message.data, response_timeout=response_timeout)
 
     def prepare(self, headers: HeaderInput = ()) -> PreparedHeaders:
         """Merge ``headers`` with the client's and check them once, for many requests.

@@ -9,11 +9,14 @@ Invariants:
    the structured log (``upstream_stderr``), bound with server and session.
 3. Reads are bounded: a stdout line longer than ``max_line`` is dropped and
    logged, never buffered whole.
+4. Writes take :class:`~firewall.gateway.outbound.Outbound` values only, wait
+   for their receipts (the decisions are durable), and put each on a line of
+   its own; an Outbound never holds a byte a reader could split on.
 
 Example::
 
     async with open_stdio_child(settings, server="vm", session=sid) as child:
-        await child.send(b'{"jsonrpc":"2.0","id":1,"method":"ping"}')
+        await child.send(routed.upstream)  # an Outbound from the mediator
         async for line in child.lines():
             ...
 """
@@ -23,13 +26,14 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import trio
 
 from firewall.config import StdioServer
+from firewall.gateway.outbound import Outbound
 from firewall.log import get_logger
 from firewall.protocol.framing import TOO_LONG, LineSplitter
 
@@ -62,20 +66,26 @@ class StdioChild:
     def returncode(self) -> int | None:
         return self.process.returncode
 
-    async def send(self, message: bytes) -> None:
-        """Write one message and its newline; raise ChildExited if the pipe is gone."""
+    async def send(self, message: Outbound) -> None:
+        """Write one message and its newline once its decision is durable;
+        raise ChildExited if the pipe is gone."""
+        await self.send_many((message,))
+
+    async def send_many(self, messages: Sequence[Outbound]) -> None:
+        """Write several messages in one write, once all their decisions are
+        durable; raise ChildExited if the pipe is gone."""
+        if not messages:
+            return
+        for message in messages:
+            await message.ready()
+        payload = b"".join([m.data + b"\n" for m in messages])
         stdin = self.process.stdin
         assert stdin is not None
         async with self._send_lock:
             try:
-                await stdin.send_all(message + b"\n")
+                await stdin.send_all(payload)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 raise ChildExited(self.process.returncode) from None
-
-    async def send_many(self, messages: list[bytes]) -> None:
-        """Write several messages in one write; raise ChildExited if the pipe is gone."""
-        if messages:
-            await self.send(b"\n".join(messages))
 
     async def lines(self) -> AsyncIterator[bytes]:
         """The child's stdout, a message per line; ends when stdout closes."""

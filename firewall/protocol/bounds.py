@@ -1,0 +1,91 @@
+"""Bounds on what a decoder may be asked to build (sans-IO).
+
+Rules this module keeps:
+
+1. Nesting is bounded before anything is decoded: a JSON text nested deeper
+   than :data:`MAX_DEPTH` arrays and objects is refused whole, so no decoder,
+   policy check, redaction or audit encoder ever recurses over it. (msgspec
+   itself stops near Python's recursion limit with RecursionError, which is
+   caught too; the explicit bound keeps every later walk far from it.)
+2. The check is exact for valid JSON and cheap for the common case: a text
+   with at most MAX_DEPTH brackets in all cannot be deeper, whatever its
+   layout, and costs two ``bytes.count`` calls. Only longer texts build the
+   bracket skeleton, with C-speed byte operations only (no Python loop per
+   byte): escapes and strings removed, then one innermost level of pairs
+   removed per pass, at most MAX_DEPTH passes.
+3. An unbalanced skeleton is not JSON: the check lets the decoder refuse it
+   with its own words (and its recursion guard still holds).
+
+Example::
+
+    assert not too_deep(b'{"a":[1,2]}')
+    assert too_deep(b"[" * 65 + b"]" * 65)
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# Arrays and objects, nested: MCP messages nest a dozen levels at most (a tool
+# call's arguments inside params inside the envelope); JSON Schemas in a
+# tools/list result a few more. 64 leaves room for both and keeps every
+# recursive walk of a decoded value far from Python's recursion limit.
+MAX_DEPTH: Final = 64
+
+# Every byte but brackets is deleted; closing and opening brackets of both
+# kinds become one kind (a mismatch of kinds is the decoder's to refuse).
+_KEEP: Final = b"[]{}"
+_DELETE: Final = bytes(b for b in range(256) if b not in _KEEP)
+_ONE_KIND: Final = bytes.maketrans(b"{}", b"[]")
+
+
+def too_deep(data: bytes | bytearray | memoryview, limit: int = MAX_DEPTH) -> bool:
+    """True when the JSON text ``data`` nests arrays and objects deeper than ``limit``.
+
+    ``too_deep(b'[[[]]]', 2)`` is True; ``too_deep(b'["[[[["]', 2)`` is False
+    (brackets inside strings do not count).
+    """
+    if isinstance(data, memoryview):
+        data = bytes(data)
+    if data.count(b"[") + data.count(b"{") <= limit:
+        return False
+    return _depth_over(bytes(data), limit)
+
+
+def _depth_over(data: bytes, limit: int) -> bool:
+    # Outside strings valid JSON has no backslash, so removing escaped
+    # backslashes first, then escaped quotes, leaves only the quotes that open
+    # and close strings; every other piece of a split on quotes is a string.
+    if b"\\" in data:
+        data = data.replace(b"\\\\", b"").replace(b'\\"', b"")
+    skeleton = b"".join(data.split(b'"')[0::2]).translate(_ONE_KIND, _DELETE)
+    for _ in range(limit):
+        if not skeleton:
+            return False
+        inner = skeleton.replace(b"[]", b"")  # one level: every innermost pair
+        if len(inner) == len(skeleton):
+            return False  # unbalanced: not JSON, the decoder refuses it
+        skeleton = inner
+    return bool(skeleton)
+
+
+def depth(data: bytes) -> int:
+    """The nesting depth of a JSON text (reference for tests; slow)."""
+    level = deepest = 0
+    in_string = escaped = False
+    for byte in data:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:
+                escaped = True
+            elif byte == 0x22:
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            level += 1
+            deepest = max(deepest, level)
+        elif byte in (0x5D, 0x7D):
+            level -= 1
+    return deepest
