@@ -29,6 +29,10 @@ fronts own the I/O; the mediator owns the rules. Invariants it keeps:
    event, as is a message from the upstream that cannot be decoded. At most
    :data:`DROPS_RECORDED` drops per session reach the audit trail; the rest
    are logged.
+11. A message whose handling raises anything but a cancellation fails alone:
+   it is logged (``message_failed``, with the traceback), never forwarded, and
+   a client request gets an internal error (-32603). The session and the
+   process go on.
 4. A refused request never reaches the other side; its sender gets an answer
    (a tool result with ``isError`` for tools/call, else a JSON-RPC error with a
    stable code and ``data: {rule, reason, retry_after}``).
@@ -255,9 +259,12 @@ class Mediator:
         is ``jsonrpc.decode(data)`` when the front has it already, or what
         ``mcp.decode(data)`` gave: then ``call`` is its policy view.
         """
-        routed = await self._from_client(data, decoded, call)
-        if wait and routed.held is not None:
-            return await routed.held(None)
+        try:
+            routed = await self._from_client(data, decoded, call)
+            if wait and routed.held is not None:
+                return await routed.held(None)
+        except Exception as exc:  # rule 11: this message fails, nothing else
+            return self._failed("client", data, exc)
         return routed
 
     def withdraw_held(self, reason: str, request_id: RequestId | None = None) -> int:
@@ -330,6 +337,26 @@ class Mediator:
     # -- server -> client ------------------------------------------------
     async def from_server(self, data: bytes) -> Routed:
         """Route one message the upstream sent."""
+        try:
+            return await self._from_server(data)
+        except Exception as exc:  # rule 11: this message fails, nothing else
+            return self._failed("server", data, exc)
+
+    def _failed(self, direction: str, data: bytes, exc: Exception) -> Routed:
+        """A message whose handling raised: logged with its traceback and
+        answered with an internal error (a request of the client) or dropped."""
+        self.log.error("message_failed", direction=direction, size=len(data),
+                       error=repr(exc), exc_info=exc)
+        rid: RequestId | None = None
+        with contextlib.suppress(Exception):
+            rid = jsonrpc.decode(data).request_id
+        if direction != "client" or rid is None:
+            return Routed()
+        return Routed(client=jsonrpc.error_response(
+            rid, jsonrpc.INTERNAL_ERROR, "mcpwall could not handle this message; it was not "
+            "forwarded"))
+
+    async def _from_server(self, data: bytes) -> Routed:
         try:
             msg = jsonrpc.decode(data)
         except jsonrpc.ProtocolError as exc:

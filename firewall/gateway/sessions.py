@@ -278,8 +278,26 @@ class FrontContext:
         self, session: Session, run: Callable[..., Awaitable[None]],
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
+        status = _Started(task_status)
         try:
-            await run(task_status=task_status)
+            await run(task_status=status)
+        except Exception as exc:
+            if not status.done:
+                raise  # the session never started: its starter is told
+            # One session's failure ends that session, never the front.
+            session.log.error("session_failed", error=repr(exc), exc_info=exc)
         finally:
             await session.end("upstream gone")
             self.table.remove(session)
+
+
+class _Started:
+    """A task status that remembers whether ``started()`` was called."""
+
+    def __init__(self, status: trio.TaskStatus[None]) -> None:
+        self._status = status
+        self.done = False
+
+    def started(self, value: None = None) -> None:
+        self.done = True
+        self._status.started(value)
