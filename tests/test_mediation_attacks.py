@@ -124,9 +124,9 @@ async def test_a_bare_cr_cannot_smuggle_git_reset_into_a_python_sdk_server(
     repo.mkdir()
     for cmd in (["init", "-q"], ["config", "user.email", "t@example.org"],
                 ["config", "user.name", "t"]):
-        subprocess.run(["git", *cmd], cwd=repo, check=True)
+        await trio.run_process(["git", *cmd], cwd=repo)
     (repo / "a.txt").write_text("one\n")
-    subprocess.run(["git", "add", "a.txt"], cwd=repo, check=True)
+    await trio.run_process(["git", "add", "a.txt"], cwd=repo)
     db = tmp_path / "audit.db"
     server = [sys.executable, "-m", "mcp_server_git", "--repository", str(repo)]
     async with wrapped(["--policy", str(GIT), "--audit-db", str(db), "--", *server],
@@ -137,8 +137,8 @@ async def test_a_bare_cr_cannot_smuggle_git_reset_into_a_python_sdk_server(
         await peer.send(msg(tool_call(6, "git_status", {"repo_path": str(repo)})))
         status = await peer.answer(6)
         assert "a.txt" in text_of(status)
-    staged = subprocess.run(["git", "diff", "--cached", "--name-only"], cwd=repo, check=True,
-                            capture_output=True, text=True).stdout.split()
+    staged = (await trio.run_process(["git", "diff", "--cached", "--name-only"], cwd=repo,
+                                     capture_stdout=True)).stdout.decode().split()
     assert staged == ["a.txt"], "git_reset reached the server"
     calls = rows(db, "SELECT method, tool, decision FROM calls ORDER BY seq")
     assert ("tools/call", "git_reset") not in {(c["method"], c["tool"]) for c in calls}
@@ -232,8 +232,8 @@ async def test_a_held_call_with_no_desk_is_recorded_as_refused_and_said_so(
         assert "Held for approval" not in text and "nobody can approve it here" in text
     (denial,) = rows(db, "SELECT decision, reason FROM denials")
     assert denial["decision"] == "rejected" and "no approval desk" in denial["reason"]
-    stats = subprocess.run([*mcpwall_argv(), "audit", "stats", str(db), "--json"],
-                           capture_output=True, text=True, check=True)
+    stats = await trio.run_process([*mcpwall_argv(), "audit", "stats", str(db), "--json"],
+                                   capture_stdout=True)
     report = json.loads(stats.stdout)
     (tool,) = [t for t in report["tools"] if t["name"] == "vm_management"]
     assert tool["denials"] == 1 and tool["allowed"] == 0  # audit stats sees the refusal
