@@ -207,3 +207,21 @@ def test_escapes_hold_for_any_text(text: str) -> None:
     cell = csv_cell(text)
     assert not cell.startswith(("=", "+", "-", "@", "\t", "\r"))
     assert cell == text or cell == "'" + text
+
+
+def test_approvals_table_shows_escapes_and_json_stays_exact(tmp_path: Path) -> None:
+    from firewall.cli import main
+    from firewall.gateway.approvals import ApprovalRequest, open_store
+
+    db = tmp_path / "approvals.db"
+    with open_store(db) as store:
+        store.add(ApprovalRequest(id="abc", created_ns=1, expires_ns=2**62, instance="i",
+                                  session="s", principal=PRINCIPAL, grant="g", server="vm",
+                                  method="tools/call", target=TITLE_TOOL + BIDI_TOOL,
+                                  arguments={"cmd": CLEAR_TOOL}))
+    listed = CliRunner().invoke(main, ["approvals", "list", "--db", str(db)], color=True)
+    assert listed.exit_code == 0, listed.output
+    out = listed.stdout_bytes.decode()
+    assert not HOSTILE.search(out.replace("\n", "")) and "\\x1b]0;owned\\x07" in out
+    exact = CliRunner().invoke(main, ["approvals", "list", "--db", str(db), "--json"])
+    assert msgspec.json.decode(exact.stdout_bytes)["target"] == TITLE_TOOL + BIDI_TOOL
