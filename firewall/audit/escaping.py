@@ -53,10 +53,13 @@ def _escape(code: int) -> str:
 
 
 _VISIBLE: Final = {code: _escape(code) for code in _HOSTILE}
+# str.translate with a dict looks up every character, and most values need
+# nothing: str.isprintable() (false for every Cc, Cf, Zl and Zp character, so for
+# all of _HOSTILE) says so in C first.
 _CEF_HEADER: Final = {**_VISIBLE, ord("\\"): "\\\\", ord("|"): "\\|"}
 _CEF_VALUE: Final = {**_VISIBLE, ord("\\"): "\\\\", ord("="): "\\="}
 _JSON: Final = {code: f"\\u{code:04x}" for code in _HOSTILE if code >= 0x20}
-_FORMULA_START: Final = ("=", "+", "-", "@", "\t", "\r")
+_FORMULA_START: Final = frozenset(("=", "+", "-", "@", "\t", "\r"))
 _KEY_JUNK: Final = re.compile(r"[^A-Za-z0-9_]")
 
 
@@ -66,7 +69,7 @@ def visible(text: str) -> str:
     >>> visible("a\\x1b]0;owned\\x07b\\u202e")
     'a\\\\x1b]0;owned\\\\x07b\\\\u202e'
     """
-    return text.translate(_VISIBLE)
+    return text if text.isprintable() else text.translate(_VISIBLE)
 
 
 def json_text(encoded: bytes) -> str:
@@ -75,24 +78,33 @@ def json_text(encoded: bytes) -> str:
     Outside strings JSON holds ASCII only, so the escapes land in strings, where
     they decode to exactly the characters they replace.
     """
-    return encoded.decode("utf-8").translate(_JSON)
+    text = encoded.decode("utf-8")
+    if encoded.isascii() and b"\x7f" not in encoded:  # C0 is escaped already
+        return text
+    return text.translate(_JSON)
 
 
 def csv_cell(value: Any) -> Any:
     """A CSV cell that no spreadsheet evaluates: formula-like strings get a leading ``'``."""
-    if isinstance(value, str) and value.startswith(_FORMULA_START):
+    if isinstance(value, str) and value[:1] in _FORMULA_START:
         return "'" + value
     return value
 
 
 def cef_header(value: Any) -> str:
     """A CEF header field: ``\\`` and ``|`` escaped, never a raw control character."""
-    return str(value).translate(_CEF_HEADER)
+    text = str(value)
+    if text.isprintable() and "\\" not in text and "|" not in text:
+        return text
+    return text.translate(_CEF_HEADER)
 
 
 def cef_value(value: Any) -> str:
     """A CEF extension value: ``\\`` and ``=`` escaped, CR/LF as ``\\r``/``\\n``."""
-    return str(value).translate(_CEF_VALUE)
+    text = str(value)
+    if text.isprintable() and "\\" not in text and "=" not in text:
+        return text
+    return text.translate(_CEF_VALUE)
 
 
 def cef_key(key: str) -> str:
