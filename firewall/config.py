@@ -243,6 +243,15 @@ def check_admin(admin: AdminSettings, listen: ListenSettings, source: str) -> No
         OperatorTable(admin.tokens)
     except IdentityError as exc:
         raise ConfigError(f"{source}: {exc}") from None
+    from firewall.gateway.admin_guard import ListenerNames
+
+    try:
+        ListenerNames(admin.host, admin.port, admin.allowed_hosts, hostname=lambda: "")
+    except ValueError as exc:
+        raise ConfigError(f"{source}: admin.allowed_hosts: {exc}") from None
+    if admin.login_failures < 1 or not admin.login_window_seconds > 0:
+        raise ConfigError(f"{source}: admin.login_failures, admin.login_window_seconds: "
+                          "expected a positive number of failures over a positive window")
 
 
 def _resolve(config: Config, source: str, base: Path | None) -> Config:

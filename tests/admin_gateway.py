@@ -84,15 +84,16 @@ def config_text(tmp: Path, admin_port: int, servers: str | None = None,
 
 
 @contextlib.asynccontextmanager
-async def gateway(tmp: Path, servers: str | None = None, extra: str = ""
-                  ) -> AsyncIterator[Gateway]:
+async def gateway(tmp: Path, servers: str | None = None, extra: str = "",
+                  extra_admin: str = "") -> AsyncIterator[Gateway]:
     """`mcpwall serve` with the hold-deletes policy and an operator listener.
 
-    ``extra``: TOML tables added to the config (``[kill_switch]``, say).
+    ``extra``: TOML tables added to the config (``[kill_switch]``, say);
+    ``extra_admin``: keys added to its ``[admin]`` table.
     """
     admin_port = harness.free_port()
     config = tmp / "gw.toml"
-    config.write_text(extra + config_text(tmp, admin_port, servers))
+    config.write_text(extra + config_text(tmp, admin_port, servers, extra_admin))
     proc, base = await start_serve(tmp, config, tmp / "serve.log")
     admin = f"http://127.0.0.1:{admin_port}"
     try:

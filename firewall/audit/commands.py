@@ -5,6 +5,12 @@ files ``NAME.000002.db``...; a directory brings every ``*.db`` in it) and
 merges them in time order. Output: a table for people (the default), ``--json``
 (an array), ``--nl`` (one JSON object a line) or ``--csv`` for programs.
 
+What an agent sent never acts on the reader: a table shows control, bidi and
+separator characters as visible escapes (``\\x1b``, ``\\u202e``), a CSV cell
+that a spreadsheet would evaluate gets a leading ``'`` (``--raw-csv`` opts
+out), a CEF record is one line. ``--json``, ``--nl`` and ``export --format
+jsonl`` carry every value exactly.
+
 Exit codes: 0 success; 1 an audit file could not be read, or (``verify``)
 tampering was found; 2 usage error (bad option or value).
 """
@@ -22,6 +28,7 @@ import msgspec
 from tabulate import tabulate
 
 from firewall.audit import export as export_fmt
+from firewall.audit.escaping import json_text, visible
 from firewall.audit.query import (
     STAT_COLUMNS,
     Filters,
@@ -74,6 +81,9 @@ _files_arg = click.argument(
 
 
 def _output_options(f: Any) -> Any:
+    f = click.option("--raw-csv", is_flag=True,
+                     help="With --csv: cells as stored, without the leading ' that keeps "
+                          "spreadsheets from evaluating =, +, -, @ cells.")(f)
     f = click.option("--csv", "fmt", flag_value="csv", help="CSV with a header row.")(f)
     f = click.option("--nl", "fmt", flag_value="nl", help="One JSON object per line.")(f)
     f = click.option("--json", "fmt", flag_value="json", help="A JSON array.")(f)
@@ -125,8 +135,11 @@ def _open(files: tuple[Path, ...]) -> Sources:
 
 
 def _cell(value: Any) -> Any:
-    if isinstance(value, str) and len(value) > _MAX_CELL:
-        return value[: _MAX_CELL - 1] + "…"
+    if isinstance(value, str):
+        value = visible(value)
+        if len(value) > _MAX_CELL:
+            return value[: _MAX_CELL - 1] + "…"
+        return value
     if isinstance(value, float):
         return round(value, 3)
     return value
@@ -136,13 +149,18 @@ def _target(r: Record) -> str:
     return str(r.get("tool") or r.get("uri") or r.get("prompt") or r.get("method") or "")
 
 
-def _emit(records: Iterable[Record], columns: tuple[str, ...], fmt: str) -> int:
-    """Print records; return how many. Table columns are ``columns``; JSON/CSV get all."""
+def _emit(records: Iterable[Record], columns: tuple[str, ...], fmt: str,
+          raw_csv: bool = False) -> int:
+    """Print records; return how many. Table columns are ``columns``; JSON/CSV get all.
+
+    Table cells go through :func:`visible`; JSON is exact; CSV cells are
+    neutralised unless ``raw_csv``.
+    """
     n = 0
     if fmt == "nl":
         for r in records:
             r.pop("_file", None)
-            click.echo(_json.encode(r))
+            click.echo(json_text(_json.encode(r)))
             n += 1
         return n
     rows = list(records)
@@ -150,10 +168,10 @@ def _emit(records: Iterable[Record], columns: tuple[str, ...], fmt: str) -> int:
         r.pop("_file", None)
     n = len(rows)
     if fmt == "json":
-        click.echo(_json.encode(rows))
+        click.echo(json_text(_json.encode(rows)))
     elif fmt == "csv":
         cols = tuple(rows[0]) if rows else columns
-        for chunk in export_fmt.csv_text(rows, cols):
+        for chunk in export_fmt.csv_text(rows, cols, raw=raw_csv):
             click.echo(chunk, nl=False)
     else:
         table = [[_cell(_target(r) if c == "target" else r.get(c)) for c in columns]
@@ -189,7 +207,7 @@ def audit() -> None:
 @_filter_options
 @click.option("--latest", is_flag=True, help="The newest --limit calls instead of the oldest.")
 @_output_options
-def query(files: tuple[Path, ...], fmt: str, latest: bool, **kw: Any) -> None:
+def query(files: tuple[Path, ...], fmt: str, latest: bool, raw_csv: bool, **kw: Any) -> None:
     """Calls (decision joined with outcome) matching the filters, in time order.
 
     \b
@@ -200,7 +218,7 @@ def query(files: tuple[Path, ...], fmt: str, latest: bool, **kw: Any) -> None:
     """
     filters = _filters(kw)
     with _open(files) as src:
-        _guard(lambda: _emit(calls(src, filters, latest=latest), CALL_COLUMNS, fmt))
+        _guard(lambda: _emit(calls(src, filters, latest=latest), CALL_COLUMNS, fmt, raw_csv))
 
 
 @audit.command("timeline")
@@ -212,7 +230,8 @@ def query(files: tuple[Path, ...], fmt: str, latest: bool, **kw: Any) -> None:
 @click.option("--limit", type=click.IntRange(min=0), default=0, help="At most this many rows.")
 @_output_options
 def timeline_cmd(files: tuple[Path, ...], session: str | None, principal: str | None,
-                 since: int | None, until: int | None, limit: int, fmt: str) -> None:
+                 since: int | None, until: int | None, limit: int, fmt: str,
+                 raw_csv: bool) -> None:
     """What one agent did, in order: calls with their outcomes, session and approval events.
 
     \b
@@ -225,7 +244,7 @@ def timeline_cmd(files: tuple[Path, ...], session: str | None, principal: str | 
     filters = Filters(session=session, principal=principal, since_ns=since, until_ns=until,
                       limit=limit)
     with _open(files) as src:
-        _guard(lambda: _emit(timeline(src, filters), TIMELINE_COLUMNS, fmt))
+        _guard(lambda: _emit(timeline(src, filters), TIMELINE_COLUMNS, fmt, raw_csv))
 
 
 @audit.command("stats")
@@ -236,7 +255,7 @@ def timeline_cmd(files: tuple[Path, ...], session: str | None, principal: str | 
 @click.option("--every", "every", default="1h", show_default=True,
               help="Bucket size of the over-time section: 1m, 15m, 1h, 1d.")
 @_output_options
-def stats_cmd(files: tuple[Path, ...], top: int, every: str, fmt: str,
+def stats_cmd(files: tuple[Path, ...], top: int, every: str, fmt: str, raw_csv: bool,
               **kw: Any) -> None:
     """Top tools, principals, refusing rules, and calls/denials/errors over time.
 
@@ -251,11 +270,11 @@ def stats_cmd(files: tuple[Path, ...], top: int, every: str, fmt: str,
     with _open(files) as src:
         result = _guard(lambda: stats(src, filters, top=top, bucket_seconds=seconds))
     if fmt == "json":
-        click.echo(_json.encode(result))
+        click.echo(json_text(_json.encode(result)))
         return
     if fmt in ("csv", "nl"):
         rows = [{"section": s, **r} for s, rs in result.items() for r in rs]
-        _emit(rows, ("section", *STAT_COLUMNS), fmt)
+        _emit(rows, ("section", *STAT_COLUMNS), fmt, raw_csv)
         return
     titles = {"tools": "Top tools", "principals": "Top principals",
               "rules": "Refusals and rate limits by rule",
@@ -328,10 +347,17 @@ def tail(files: tuple[Path, ...], lines: int, follow: bool, interval: float, pol
 @click.option("--until", type=TIME, help="Before this time.")
 @click.option("--session", help="Only this session.")
 @click.option("--principal", help="Only this principal.")
+@click.option("--raw-csv", is_flag=True,
+              help="With --format csv: cells as stored, without the leading ' that keeps "
+                   "spreadsheets from evaluating =, +, -, @ cells.")
 @click.option("-o", "--output", type=click.File("w"), default="-", help="File (default stdout).")
 def export_cmd(files: tuple[Path, ...], fmt: str, since: int | None, until: int | None,
-               session: str | None, principal: str | None, output: Any) -> None:
+               session: str | None, principal: str | None, raw_csv: bool, output: Any) -> None:
     """Every event (decisions, outcomes, lifecycle) in time order, for other tools.
+
+    jsonl carries every value exactly; csv prefixes a cell that a spreadsheet
+    would evaluate (=, +, -, @, tab, CR first) with ' unless --raw-csv; cef
+    escapes per the CEF specification, one record a line.
 
     \b
     Examples:
@@ -345,7 +371,7 @@ def export_cmd(files: tuple[Path, ...], fmt: str, since: int | None, until: int 
         if fmt == "jsonl":
             lines = (line + "\n" for line in export_fmt.jsonl_lines(records))
         elif fmt == "csv":
-            lines = export_fmt.csv_text(records)
+            lines = export_fmt.csv_text(records, raw=raw_csv)
         else:
             lines = (line + "\n" for line in export_fmt.cef_lines(records))
         for chunk in lines:
@@ -387,7 +413,7 @@ def verify(files: tuple[Path, ...], keys: tuple[Path, ...], anchors: tuple[Path,
     else:
         reports = verify_paths(paths, keys=list(keys) or None, anchors=list(anchors) or None)
     if as_json:
-        click.echo(_json.encode([_report_dict(r) for r in reports]))
+        click.echo(json_text(_json.encode([_report_dict(r) for r in reports])))
     else:
         for r in reports:
             _print_report(r)
@@ -402,7 +428,7 @@ def _report_dict(r: ChainReport) -> dict[str, Any]:
 
 
 def _print_report(r: ChainReport) -> None:
-    files = ", ".join(r.files)
+    files = visible(", ".join(r.files))
     if r.ok:
         signed = "signatures verified" if r.signatures_checked else "signatures NOT checked"
         click.echo(f"OK {files}: chain {r.chain[:12]}, instance {r.instance}, {r.rows} rows "
@@ -411,6 +437,6 @@ def _print_report(r: ChainReport) -> None:
     else:
         p = r.problems[0]
         at = f" at seq {p.seq}" if p.seq is not None else ""
-        click.echo(f"TAMPERED {files}: {p.kind}{at} ({p.file}): {p.message}")
+        click.echo(visible(f"TAMPERED {files}: {p.kind}{at} ({p.file}): {p.message}"))
     for w in r.warnings:
         click.echo(f"  warning: {w}", err=True)

@@ -21,7 +21,7 @@ LifecycleKind = Literal[
     "session_start", "session_end",
     "policy_load", "policy_reload", "policy_reload_failed",
     "upstream_start", "upstream_exit", "upstream_restart",
-    "approval", "kill_switch",
+    "approval", "kill_switch", "operator_login_throttled",
     "message_dropped",
 ]
 

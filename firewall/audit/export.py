@@ -1,6 +1,9 @@
 """Audit events as JSON lines, CSV or CEF (ArcSight Common Event Format) for SIEMs.
 
-Pure formatting: records in, text lines out.
+Pure formatting: records in, text lines out. JSON lines carry every value
+exactly; CSV cells are neutralised against formula injection unless the caller
+asks for raw cells; a CEF record is always one line, escaped per the CEF
+specification (:mod:`firewall.audit.escaping` keeps those rules).
 
 Example::
 
@@ -18,6 +21,7 @@ from typing import Any, Final
 import msgspec
 
 from firewall import __version__
+from firewall.audit.escaping import cef_header, cef_key, cef_value, csv_cell, json_text
 from firewall.audit.query import EVENT_COLUMNS, Record
 from firewall.audit.store import REFUSALS
 
@@ -33,14 +37,19 @@ _SEVERITY: Final = {
 
 
 def jsonl_lines(records: Iterable[Record]) -> Iterator[str]:
-    """One JSON object per event, every column."""
+    """One JSON object per event, every column, exact (and one line, whatever splits it)."""
     for r in records:
-        yield _json.encode({c: r.get(c) for c in EVENT_COLUMNS}).decode()
+        yield json_text(_json.encode({c: r.get(c) for c in EVENT_COLUMNS}))
 
 
-def csv_text(records: Iterable[Record], columns: tuple[str, ...] = EVENT_COLUMNS
-             ) -> Iterator[str]:
-    """CSV with a header row; yields one chunk per row."""
+def csv_text(records: Iterable[Record], columns: tuple[str, ...] = EVENT_COLUMNS,
+             raw: bool = False) -> Iterator[str]:
+    """CSV with a header row; yields one chunk per row.
+
+    A string cell starting with ``=``, ``+``, ``-``, ``@``, tab or CR gets a
+    leading ``'`` so that a spreadsheet shows it instead of evaluating it;
+    ``raw=True`` writes every cell as stored.
+    """
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(columns)
@@ -48,22 +57,13 @@ def csv_text(records: Iterable[Record], columns: tuple[str, ...] = EVENT_COLUMNS
     for r in records:
         buf.seek(0)
         buf.truncate()
-        writer.writerow(["" if r.get(c) is None else r.get(c) for c in columns])
+        writer.writerow(["" if r.get(c) is None else (r.get(c) if raw else csv_cell(r.get(c)))
+                         for c in columns])
         yield buf.getvalue()
 
 
-def _header(value: Any) -> str:
-    return str(value).replace("\\", "\\\\").replace("|", "\\|")
-
-
-def _ext(value: Any) -> str:
-    text = str(value)
-    return (text.replace("\\", "\\\\").replace("=", "\\=").replace("\r", "\\r")
-            .replace("\n", "\\n"))
-
-
 def cef_line(r: Record) -> str:
-    """One event as a CEF:0 line."""
+    """One event as a CEF:0 line: never a raw CR, LF or other control character."""
     kind = r.get("kind") or "event"
     if kind == "decision":
         decision = r.get("decision") or "?"
@@ -91,13 +91,14 @@ def cef_line(r: Record) -> str:
         ("cs5", "tool", target), ("cs6", "arguments", r.get("arguments")),
         ("cn1", "seq", r.get("seq")), ("cn2", "latency_ms", latency),
     ]
-    parts = [f"{k}={_ext(v)}" for k, v in plain if v is not None]
+    parts = [f"{cef_key(k)}={cef_value(v)}" for k, v in plain if v is not None]
     for key, label, value in labelled:
         if value is not None:
-            parts.append(f"{key}Label={label} {key}={_ext(value)}")
+            key = cef_key(key)
+            parts.append(f"{key}Label={cef_value(label)} {key}={cef_value(value)}")
     ext_text = " ".join(parts)
-    return (f"CEF:0|mcpwall|mcpwall|{_header(__version__)}|{_header(signature)}|"
-            f"{_header(name)}|{severity}|{ext_text}")
+    return (f"CEF:0|mcpwall|mcpwall|{cef_header(__version__)}|{cef_header(signature)}|"
+            f"{cef_header(name)}|{severity}|{ext_text}")
 
 
 def cef_lines(records: Iterable[Record]) -> Iterator[str]:

@@ -2,16 +2,23 @@
 
 Rules this module keeps:
 
-1. It never shares a port with the agents' listener (the config refuses it),
-   and every request is authenticated before anything else happens, except
-   ``/healthz``, ``/readyz``, the login page and the console's static files.
-   A missing or unknown token is 401, a viewer's state-changing request 403.
+1. It never shares a port with the agents' listener (the config refuses it).
+   Before anything else, in every mode (tokens or ``insecure_no_auth``), the
+   ``Host`` header must name this listener and an ``Origin``, when there is
+   one, must be one of its names (:mod:`firewall.gateway.admin_guard`): a
+   wrong Host is 421, a foreign Origin 403, so DNS rebinding reaches nothing.
+   Only ``/healthz`` and ``/readyz`` answer any Host (probes address pods by
+   IP); ``/readyz`` then shows the anonymous view.
+   Then every request is authenticated, except ``/healthz``, ``/readyz``, the
+   login page and the console's static files. A missing or unknown token is
+   401, a viewer's state-changing request 403; a source address that failed
+   too many logins gets 429 with ``Retry-After`` (``operator_login_throttled``
+   in the log and the audit trail when it starts).
 2. Two ways in: ``Authorization: Bearer TOKEN`` (scripts, the CLI,
    Prometheus) or the console's login cookie. A state-changing request that
    rides on the cookie must carry the login's CSRF token in ``X-CSRF-Token``;
    every state-changing request must be JSON (``Content-Type:
-   application/json``, or no body) and, when it has an ``Origin``, come from
-   this listener's own origin: a web page elsewhere cannot drive the API.
+   application/json``, or no body): a web page elsewhere cannot drive the API.
 3. Every state-changing call records the operator (the token's name) in the
    audit trail: kill switch on/off (``kill_switch``), policy reload
    (``policy_reload``), session end (``session_end`` reason), approvals
@@ -22,6 +29,7 @@ Rules this module keeps:
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
@@ -30,10 +38,11 @@ from urllib.parse import parse_qs
 import msgspec
 import trio
 
-from firewall.audit.events import AuditPoint
+from firewall.audit.events import AuditPoint, append_lifecycle
 from firewall.audit.query import Filters, QueryError, Sources, calls
 from firewall.audit.store import StoreError
 from firewall.gateway import console, readiness
+from firewall.gateway.admin_guard import ListenerNames, LoginThrottle
 from firewall.gateway.admin_requests import (
     ApiError,
     Handler,
@@ -91,6 +100,10 @@ class AdminPlane:
         self._front: HttpFront | None = None
         self.operators = OperatorTable(self.settings.tokens)
         self.logins = ConsoleLogins()
+        self.names = ListenerNames(self.settings.host, self.settings.port,
+                                   self.settings.allowed_hosts)
+        self.throttle = LoginThrottle(self.settings.login_failures,
+                                      self.settings.login_window_seconds)
         self.closing = trio.Event()
         self.log: Any = get_logger(component="admin")
         self.routes: dict[tuple[str, str], tuple[Handler, bool]] = {
@@ -124,10 +137,12 @@ class AdminPlane:
         if scope["type"] != "http":
             return
         ex = Exchange(scope, receive, send)
+        client = scope.get("client")
+        peer = str(client[0]) if client else "unknown"
         query = {k: v[-1] for k, v in parse_qs(scope.get("query_string", b"").decode(
             "latin-1"), keep_blank_values=True).items()}
         try:
-            await self._handle(ex, query)
+            await self._handle(ex, query, peer)
         except ClientGone:
             return
         except ApiError as exc:
@@ -138,7 +153,7 @@ class AdminPlane:
             if not ex.started:
                 await reply(ex, 500, {"error": "internal error; see the mcpwall log"})
 
-    async def _handle(self, ex: Exchange, query: dict[str, str]) -> None:
+    async def _handle(self, ex: Exchange, query: dict[str, str], peer: str) -> None:
         path, method = ex.path.rstrip("/") or "/", ex.method
         if path == "/healthz":
             await reply(ex, 200, {"status": "ok"})
@@ -146,12 +161,15 @@ class AdminPlane:
         if path == "/readyz":
             report = await readiness.check(self.config, self.front, self.writer)
             try:
-                self._authenticate(ex)
+                if not self.names.host_ok(ex.header("host")):
+                    raise ApiError(421, "misdirected")
+                await self._authenticate(ex, peer)
             except ApiError:  # anonymous probes see which check failed, not why
                 for result in report["checks"].values():
                     result.pop("error", None)
             await reply(ex, 200 if report["status"] == "ready" else 503, report)
             return
+        self._check_addressed(ex)
         if path == "/favicon.ico":
             await ex.respond(204, b"", None, [("cache-control", "max-age=86400")])
             return
@@ -159,12 +177,12 @@ class AdminPlane:
             await console.asset(ex, path)
             return
         if path in ("/login", "/logout") and method == "POST":
-            await (self._login(ex) if path == "/login" else self._logout(ex))
+            await (self._login(ex, peer) if path == "/login" else self._logout(ex))
             return
         if path == "/" and method == "GET":
             await self._page(ex)
             return
-        operator, login = self._authenticate(ex)
+        operator, login = await self._authenticate(ex, peer)
         if path == "/metrics" and method == "GET":
             await ex.respond(200, exposition(self.metrics, await self.gauges()), CONTENT_TYPE)
             return
@@ -182,14 +200,46 @@ class AdminPlane:
             self._check_change(ex, operator, login)
         await handler(Request(ex, operator, query, parts[3:]))
 
-    # -- authentication --------------------------------------------------
-    def _authenticate(self, ex: Exchange) -> tuple[Operator, Login | None]:
+    # -- Host, Origin, authentication ------------------------------------
+    def _check_addressed(self, ex: Exchange) -> None:
+        """421 unless Host names this listener; 403 for an Origin that is not one of its names."""
+        host = ex.header("host")
+        if not self.names.host_ok(host):
+            self.log.warning("admin_host_refused", host=host)
+            raise ApiError(421, f"misdirected request: Host {host!r} does not name this "
+                                "operator listener (add the name to [admin] allowed_hosts "
+                                "if it should)")
+        origin = ex.header("origin")
+        if origin is not None and not self.names.origin_ok(origin):
+            self.log.warning("admin_origin_refused", origin=origin)
+            raise ApiError(403, f"forbidden: origin {origin!r} is not this listener "
+                                "([admin] host, port and allowed_hosts)")
+
+    def _throttled(self, peer: str) -> float | None:
+        """Seconds until ``peer`` may try a token again (rounded up), or None."""
+        wait = self.throttle.wait(peer)
+        return None if wait is None else float(max(1, math.ceil(wait)))
+
+    async def _failed_login(self, peer: str, via: str) -> None:
+        if not self.throttle.failed(peer):
+            return
+        detail = {"address": peer, "via": via, "failures": self.settings.login_failures,
+                  "window_seconds": self.settings.login_window_seconds}
+        self.log.warning("operator_login_throttled", **detail)
+        await append_lifecycle(self.audit, "operator_login_throttled", detail=detail)
+
+    async def _authenticate(self, ex: Exchange, peer: str) -> tuple[Operator, Login | None]:
         from firewall.identity import bearer_token
 
         header = ex.header("authorization")
         if header is not None:
+            wait = self._throttled(peer)
+            if wait is not None:
+                raise ApiError(429, f"too many failed logins from {peer}; try again in "
+                                    f"{wait:.0f} s", retry_after=wait)
             operator = self.operators.authenticate(bearer_token(header))
             if operator is None:
+                await self._failed_login(peer, "bearer")
                 raise ApiError(401, "unauthorized: unknown operator token")
             return operator, None
         login = self.logins.find(cookie_value(ex.header("cookie"), COOKIE))
@@ -201,9 +251,7 @@ class AdminPlane:
                             "(an [[admin.tokens]] entry) or log in to the console")
 
     def _check_change(self, ex: Exchange, operator: Operator, login: Login | None) -> None:
-        origin = ex.header("origin")
-        if origin is not None and origin.rstrip("/") not in self._own_origins(ex):
-            raise ApiError(403, f"forbidden: origin {origin!r} is not this listener")
+        # Host and Origin were checked for every request (_check_addressed).
         ctype = (ex.header("content-type") or "").split(";", 1)[0].strip().lower()
         if ex.has_body and ctype != "application/json":
             raise ApiError(415, "a state-changing request carries a JSON body "
@@ -213,22 +261,23 @@ class AdminPlane:
         if not operator.may_change:
             raise ApiError(403, f"forbidden: operator {operator.name!r} is a viewer")
 
-    def _own_origins(self, ex: Exchange) -> set[str]:
-        host = ex.header("host") or f"{self.settings.host}:{self.settings.port}"
-        return {f"http://{host}", f"https://{host}"}
-
-    async def _login(self, ex: Exchange) -> None:
-        origin = ex.header("origin")
-        if origin is not None and origin.rstrip("/") not in self._own_origins(ex):
-            raise ApiError(403, f"forbidden: origin {origin!r} is not this listener")
+    async def _login(self, ex: Exchange, peer: str) -> None:
         body = await read_body(ex)
         form = {k: v[-1] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
         token = form.get("token", "").strip()
+        wait = self._throttled(peer) if token else None
+        if wait is not None:
+            await console.login_page(ex, 429, f"Too many failed logins from {peer}; "
+                                              f"try again in {wait:.0f} s.",
+                                     [("retry-after", f"{wait:.0f}")])
+            return
         operator = self.operators.authenticate(token) if token else None
         if operator is None and self.settings.insecure_no_auth and not token:
             operator = ANONYMOUS_OPERATOR
         if operator is None:
-            self.log.warning("console_login_refused")
+            self.log.warning("console_login_refused", address=peer)
+            if token:
+                await self._failed_login(peer, "console")
             await console.login_page(ex, 401, "Unknown operator token.")
             return
         sid, _ = self.logins.open(operator)

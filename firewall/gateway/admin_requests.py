@@ -91,6 +91,8 @@ async def reply(ex: Exchange, status: int, data: Any) -> None:
         headers.append(("connection", "close"))
     if status == 401:
         headers.append(("www-authenticate", 'Bearer realm="mcpwall-admin"'))
+    if isinstance(data, dict) and status == 429 and "retry_after" in data:
+        headers.append(("retry-after", f"{data['retry_after']:.0f}"))
     if isinstance(data, dict) and "allow" in data:
         headers.append(("allow", ", ".join(data["allow"])))
     await ex.respond(status, msgspec.json.encode(data), headers=headers)

@@ -109,9 +109,13 @@ def list_command(db: Path | None, config_path: Path | None, show_all: bool,
         return
     from tabulate import tabulate
 
-    rows = [[r.id, _when(r.created_ns), r.status, r.principal, r.grant, r.server, r.target,
+    from firewall.audit.escaping import visible
+
+    # What an agent sent (target, arguments) never reaches the terminal raw.
+    rows = [[visible(str(cell)) if cell is not None else cell for cell in (
+             r.id, _when(r.created_ns), r.status, r.principal, r.grant, r.server, r.target,
              msgspec.json.encode(r.arguments).decode() if r.arguments else "", r.rule,
-             _when(r.expires_ns) if r.status == "pending" else _ended(r)]
+             _when(r.expires_ns) if r.status == "pending" else _ended(r))]
             for r in requests]
     click.echo(tabulate(rows, headers=["id", "held at (UTC)", "status", "principal", "grant",
                                        "server", "target", "arguments", "rule",

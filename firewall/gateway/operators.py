@@ -52,6 +52,12 @@ class AdminSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     tokens: list[AdminToken] = msgspec.field(default_factory=list)
     # Only on a loopback host: every request acts as operator "anonymous" (admin).
     insecure_no_auth: bool = False
+    # More names the listener answers to (a reverse proxy's, a DNS name): "name"
+    # on any port, "name:port" on that port. Any other Host header gets 421.
+    allowed_hosts: list[str] = msgspec.field(default_factory=list)
+    # Failed logins allowed per source address, refilled over the window; then 429.
+    login_failures: int = 10
+    login_window_seconds: float = 60.0
 
 
 class Operator(msgspec.Struct, frozen=True):

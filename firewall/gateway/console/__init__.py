@@ -58,10 +58,11 @@ async def asset(ex: Exchange, path: str) -> None:
     await ex.respond(200, body, ASSETS[path], SECURITY_HEADERS)
 
 
-async def login_page(ex: Exchange, status: int, error: str | None) -> None:
+async def login_page(ex: Exchange, status: int, error: str | None,
+                     headers: Iterable[tuple[str, str]] = ()) -> None:
     """The login form (with ``error`` above it, escaped)."""
     page = Template(_resource("login.html")).substitute(error=esc(error))
-    await ex.respond(status, page.encode(), HTML, SECURITY_HEADERS)
+    await ex.respond(status, page.encode(), HTML, [*SECURITY_HEADERS, *headers])
 
 
 def _when(ns: int | None) -> str:
