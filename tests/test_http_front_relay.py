@@ -385,8 +385,8 @@ async def test_keep_alive_timeout_closes_idle_connections_never_busy_ones(
         monkeypatch: pytest.MonkeyPatch) -> None:
     original = http_front.hypercorn_config
 
-    def short_keep_alive(*args: Any) -> Any:
-        hyper = original(*args)
+    def short_keep_alive(*args: Any, **kwargs: Any) -> Any:
+        hyper = original(*args, **kwargs)
         hyper.keep_alive_timeout = 0.3
         return hyper
 

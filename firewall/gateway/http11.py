@@ -219,6 +219,19 @@ class HttptoolsProtocol:
         if self._head_size > self._max_head:
             raise _HeadTooLarge
 
+    # -- what the connection's deadlines need (firewall.gateway.connection_limits) --
+    def body_pending(self) -> bool:
+        """The request being answered has not all of its body here yet."""
+        return self._stream is not None and not self._request_done
+
+    def head_pending(self) -> bool:
+        """Part of a request head is parsed, not all of it."""
+        return self._in_head
+
+    def response_started(self) -> bool:
+        """A response of the exchange in progress has been framed: too late for a 408."""
+        return self._response_started
+
     # -- hypercorn's protocol interface ------------------------------------------
     async def initiate(self) -> None:
         pass

@@ -52,6 +52,8 @@ class AdminSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     tokens: list[AdminToken] = msgspec.field(default_factory=list)
     # Only on a loopback host: every request acts as operator "anonymous" (admin).
     insecure_no_auth: bool = False
+    # The operator listener's own connection budget, apart from the agents' listener.
+    max_connections: int = 64
 
 
 class Operator(msgspec.Struct, frozen=True):
