@@ -59,6 +59,9 @@ class ListenSettings(_Base):
     upstream_timeout_seconds: float = 300.0
     shutdown_grace_seconds: float = 10.0
     keepalive_seconds: float = 15.0
+    # Connections served at once; beyond, [http] reserve_connections more are
+    # taken for /healthz only, and the rest are refused (503, Retry-After).
+    max_connections: int = 1024
 
 
 class HttpSettings(_Base):
@@ -66,6 +69,18 @@ class HttpSettings(_Base):
 
     # httptools (llhttp, in C) or h11 (hypercorn's own, pure Python).
     parser: Literal["httptools", "h11"] = "httptools"
+    # A request head must be complete this long after the connection opened, or
+    # after its first byte; else 408 and the connection closes (slowloris).
+    head_timeout_seconds: float = 10.0
+    # A request body must be complete this long after its head, plus one second
+    # for every body_min_bytes_per_second bytes received; else 408 and close.
+    body_timeout_seconds: float = 30.0
+    body_min_bytes_per_second: int = 16384
+    # Between requests, a connection stays open this long.
+    keep_alive_seconds: float = 75.0
+    # Connections each listener takes beyond its max_connections, one request
+    # each: GET /healthz is answered, anything else 503 with Retry-After.
+    reserve_connections: int = 16
 
 
 class LogSettings(_Base):
@@ -206,9 +221,15 @@ def _check(config: Config, source: str) -> None:
             raise ConfigError(f"{source}: servers.{name}.url: expected an http:// or https:// URL")
     if not 0 < config.listen.port < 65536:
         raise ConfigError(f"{source}: listen.port: expected 1..65535, got {config.listen.port}")
-    for key in ("max_body_bytes", "max_sessions"):
+    for key in ("max_body_bytes", "max_sessions", "max_connections"):
         if getattr(config.listen, key) <= 0:
             raise ConfigError(f"{source}: listen.{key}: expected a positive number")
+    for key in ("head_timeout_seconds", "body_timeout_seconds", "body_min_bytes_per_second",
+                "keep_alive_seconds"):
+        if not getattr(config.http, key) > 0:
+            raise ConfigError(f"{source}: http.{key}: expected a positive number")
+    if config.http.reserve_connections < 0:
+        raise ConfigError(f"{source}: http.reserve_connections: expected 0 or more")
     if config.admin is not None:
         check_admin(config.admin, config.listen, source)
     problem = check_limits(config.limits, source)
@@ -227,6 +248,8 @@ def check_admin(admin: AdminSettings, listen: ListenSettings, source: str) -> No
 
     if not 0 < admin.port < 65536:
         raise ConfigError(f"{source}: admin.port: expected 1..65535, got {admin.port}")
+    if admin.max_connections <= 0:
+        raise ConfigError(f"{source}: admin.max_connections: expected a positive number")
     hosts = {admin.host.lower(), listen.host.lower()}
     if admin.port == listen.port and (len(hosts) == 1 or hosts & set(_ANY)):
         raise ConfigError(f"{source}: admin: the operator listener {admin.host}:{admin.port} "

@@ -44,6 +44,8 @@ def answer(rid: Any, text: str = "ok") -> bytes:
                        "result": {"content": [{"type": "text", "text": text}]}}).encode()
 
 
+# A priming event, as the MCP Python SDK writes it (2025-11-25: resumable streams).
+PRIMING = b"id: p1\r\ndata: \r\nretry: 3000\r\n\r\n"
 SAMPLING = json.dumps({"jsonrpc": "2.0", "id": "s1", "method": "sampling/createMessage",
                        "params": {"messages": [], "maxTokens": 1}}).encode()
 
@@ -55,7 +57,10 @@ class RecordingUpstream:
     ``burst`` (a notification, a block with only an id and a retry, the answer:
     all in one write, then the end), ``spaced`` (a notification; the answer once
     :attr:`go` is set), ``ask`` (a sampling request, then the answer, in one
-    write) and ``silent`` (the stream's head, then nothing until released).
+    write), ``silent`` (the stream's head, then nothing until released) and
+    ``priming`` (a priming event as the MCP SDK writes it: ``id``, an empty
+    ``data`` line and ``retry``, CRLF-terminated; then the answer).
+    With :attr:`quiet_get` set, a GET stream sends its head and no event.
     """
 
     def __init__(self) -> None:
@@ -66,6 +71,7 @@ class RecordingUpstream:
         self.release_streams = trio.Event()
         self.go = trio.Event()
         self.response_seen = trio.Event()  # a client's answer to a request of ours came
+        self.quiet_get = False
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -119,6 +125,10 @@ class RecordingUpstream:
                         "body": encode_event(note("first"), id="n1")})
             await self.go.wait()
             await send({"type": "http.response.body", "body": encode_event(answer(rid), id="a1")})
+        elif tool == "priming":
+            await send({"type": "http.response.body", "more_body": True, "body": PRIMING})
+            await self.go.wait()
+            await send({"type": "http.response.body", "body": encode_event(answer(rid), id="a1")})
         elif tool == "ask":
             await send({"type": "http.response.body",
                         "body": encode_event(SAMPLING) + encode_event(answer(rid))})
@@ -132,6 +142,11 @@ class RecordingUpstream:
         try:
             await send({"type": "http.response.start", "status": 200,
                         "headers": [(b"content-type", b"text/event-stream")]})
+            if self.quiet_get:
+                await send({"type": "http.response.body", "more_body": True, "body": b""})
+                await self.release_streams.wait()
+                await send({"type": "http.response.body", "body": b""})
+                return
             note = {"jsonrpc": "2.0", "method": "notifications/message",
                     "params": {"level": "info", "data": "hello"}}
             await send({"type": "http.response.body", "more_body": True,
@@ -370,8 +385,8 @@ async def test_keep_alive_timeout_closes_idle_connections_never_busy_ones(
         monkeypatch: pytest.MonkeyPatch) -> None:
     original = http_front.hypercorn_config
 
-    def short_keep_alive(*args: Any) -> Any:
-        hyper = original(*args)
+    def short_keep_alive(*args: Any, **kwargs: Any) -> Any:
+        hyper = original(*args, **kwargs)
         hyper.keep_alive_timeout = 0.3
         return hyper
 
@@ -394,3 +409,58 @@ async def test_keep_alive_timeout_closes_idle_connections_never_busy_ones(
         async with http.request("POST", post_headers(sid), call(9)) as resp:
             assert json.loads(await resp.read())["id"] == 9
         assert http.stats().opened == 2
+
+
+# The keepalive interval of the next two tests: the head must not wait for it.
+LONG_KEEPALIVE = 600.0
+
+
+async def test_a_get_stream_head_reaches_the_client_before_any_event() -> None:
+    async with through(keepalive=LONG_KEEPALIVE) as (url, upstream), HttpUpstream(url) as http:
+        upstream.quiet_get = True
+        sid = await initialize(http)
+        # A guard well below the keepalive: a head held for the first event
+        # (or keepalive comment) would trip it.
+        with trio.fail_after(LONG_KEEPALIVE / 20):
+            async with http.request("GET", {"accept": "text/event-stream",
+                                            "mcp-session-id": sid}) as stream:
+                assert stream.status == 200
+                assert stream.content_type == "text/event-stream"
+                assert upstream.streams_open == 1
+
+
+async def test_an_sse_answer_head_reaches_the_client_before_any_event() -> None:
+    async with through(keepalive=LONG_KEEPALIVE) as (url, upstream), HttpUpstream(url) as http:
+        sid = await initialize(http)
+        with trio.fail_after(LONG_KEEPALIVE / 20):
+            async with http.request("POST", post_headers(sid), call(5, "silent")) as resp:
+                assert resp.status == 200
+                assert resp.content_type == "text/event-stream"
+                upstream.release_streams.set()
+                # The upstream ended the stream without an answer: the call's error.
+                events = events_of(await resp.read())
+                assert json.loads(events[-1].data or b"")["id"] == 5
+
+
+async def test_a_priming_event_is_relayed_with_its_empty_data_line() -> None:
+    async with through() as (url, upstream), HttpUpstream(url) as http:
+        sid = await initialize(http)
+        async with http.request("POST", post_headers(sid), call(6, "priming")) as resp:
+            assert resp.status == 200
+            seen = b""
+            with trio.fail_after(30):  # a guard against a hang
+                while b"\n\n" not in seen:
+                    seen += await resp.receive_chunk()
+            # The priming event came on its own, before the answer was released.
+            block = seen.split(b"\n\n")[0]
+            primed = block + b"\n\n"
+            assert sorted(block.split(b"\n")) == [b"data: ", b"id: p1", b"retry: 3000"]
+            assert events_of(primed) == [Event(data=b"", id="p1", retry=3000)]
+            upstream.go.set()
+            seen += await resp.read()
+        events = events_of(seen)
+        assert events[0] == Event(data=b"", id="p1", retry=3000)
+        assert json.loads(events[1].data or b"")["id"] == 6 and events[1].id == "a1"
+        # The priming event is not a message: nothing about it reached the upstream
+        # (a refused or broken message would be answered with an error POST).
+        assert len(upstream.bodies) == 2

@@ -21,12 +21,15 @@ HEALTH_PATH: Final = "/healthz"
 
 def health_report(front: HttpFront) -> dict[str, Any]:
     """The health document: status, session count, per-server details."""
-    return {
+    report: dict[str, Any] = {
         "status": "draining" if front.draining else "ok",
         "sessions": len(front.context.table),
         "max_sessions": front.listen.max_sessions,
         "servers": {name: ep.health() for name, ep in front.endpoints.items()},
     }
+    if front.connections is not None:
+        report["connections"] = front.connections.report()
+    return report
 
 
 async def health(ex: Exchange, front: HttpFront) -> None:

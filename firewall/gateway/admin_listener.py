@@ -40,13 +40,18 @@ async def run_admin(plane: AdminPlane,
 
     Raises :class:`ConfigError` naming ``[admin]`` when the address cannot be bound.
     """
-    from firewall.gateway.http_front import hypercorn_config
+    from firewall.gateway.connection_limits import Gate
+    from firewall.gateway.http_front import hypercorn_config, listener_limits
     from firewall.gateway.http_server import serve
 
     settings = plane.settings
-    hyper = hypercorn_config(settings.host, settings.port, 1.0)
+    config = plane.config
+    hyper = hypercorn_config(settings.host, settings.port, 1.0, config.http.keep_alive_seconds)
+    # Its own budget, apart from the agents' listener: a flood there leaves this one be.
+    gate = Gate(listener_limits(config, hyper, settings.max_connections, others=0))
     try:
-        await serve(plane, hyper, parser=plane.config.http.parser,
+        await serve(plane, hyper, parser=config.http.parser, gate=gate,
+                    health=lambda: (200, b'{"status": "ok"}'),
                     shutdown_trigger=trio.sleep_forever, task_status=task_status)
     except* OSError as group:
         exc: BaseException = group.exceptions[0]

@@ -17,7 +17,9 @@ Rules this module keeps:
 2. A response is framed by its ``Content-Length``, else chunked (HTTP/1.1),
    else by closing the connection (HTTP/1.0). The status line and headers go
    out with the first body bytes in one write; each later body part (an SSE
-   event) is written at once.
+   event) is written at once. An event stream's head is written at once: its
+   first event may be minutes away (a long call, a quiet GET stream), and the
+   client must know meanwhile that its request was taken.
 3. The connection closes after a response when the client asked (``Connection:
    close``, HTTP/1.0), when the response says ``Connection: close``, when the
    request body was not read to its end (an early 413), when the server is
@@ -217,6 +219,19 @@ class HttptoolsProtocol:
         if self._head_size > self._max_head:
             raise _HeadTooLarge
 
+    # -- what the connection's deadlines need (firewall.gateway.connection_limits) --
+    def body_pending(self) -> bool:
+        """The request being answered has not all of its body here yet."""
+        return self._stream is not None and not self._request_done
+
+    def head_pending(self) -> bool:
+        """Part of a request head is parsed, not all of it."""
+        return self._in_head
+
+    def response_started(self) -> bool:
+        """A response of the exchange in progress has been framed: too late for a 408."""
+        return self._response_started
+
     # -- hypercorn's protocol interface ------------------------------------------
     async def initiate(self) -> None:
         pass
@@ -360,10 +375,12 @@ class HttptoolsProtocol:
     async def send_response(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes,
                             more: bool) -> None:
         """Start (``more``) or send a whole response of a direct exchange (rule 2)."""
-        self._frame(status, headers)
+        stream = self._frame(status, headers)
         self._suppress_body = status in _NO_BODY_STATUS
         if not more:
             await self.send_body(body, False)
+        elif stream:
+            await self.send_body(b"", True)  # the head alone, now (rule 2)
 
     async def send_body(self, data: bytes, more: bool) -> None:
         """Part of a direct exchange's body, at once; ``more=False`` ends it."""
@@ -473,18 +490,25 @@ class HttptoolsProtocol:
             headers = [*event.headers, *self.config.response_headers("h11")]
             await self.send(RawData(data=self._head_bytes(event.status_code, headers)))
             return
-        self._frame(event.status_code, event.headers)
+        if self._frame(event.status_code, event.headers):
+            head, self._head = self._head, b""
+            await self.send(RawData(data=head))
 
-    def _frame(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+    def _frame(self, status: int, headers: list[tuple[bytes, bytes]]) -> bool:
         """Decide a final response's framing and whether the connection closes after it;
-        keep its head for the first body bytes (rules 2 and 3)."""
+        keep its head for the first body bytes (rules 2 and 3).
+
+        True when the response is an event stream: its head goes out now (rule 2).
+        """
         headers = [*headers, *self.config.response_headers("h11")]
         if self.keep_alive_requests >= self.config.keep_alive_max_requests:
             self._must_close = True
-        sized = False
+        sized = stream = False
         for name, value in headers:
             lname = name.lower()
-            if lname == b"content-length":
+            if lname == b"content-type":
+                stream = value[:17].lower() == b"text/event-stream"
+            elif lname == b"content-length":
                 sized = True
             elif lname == b"connection" and b"close" in value.lower():
                 self._must_close = True
@@ -503,6 +527,7 @@ class HttptoolsProtocol:
             headers.append((b"connection", b"close"))
         self._response_started = True
         self._head = self._head_bytes(status, headers)
+        return stream and not self._head_method
 
     @staticmethod
     def _head_bytes(status: int, headers: list[tuple[bytes, bytes]]) -> bytes:

@@ -42,6 +42,12 @@ from firewall.audit.events import AuditPoint
 from firewall.config import Config, HttpServer, StdioServer
 from firewall.gateway import admin
 from firewall.gateway.approvals import ApprovalDesk
+from firewall.gateway.connection_limits import (
+    Gate,
+    Limits,
+    fit_to_open_files,
+    raise_open_files_limit,
+)
 from firewall.gateway.exchange import (
     JSON,
     SSE,
@@ -149,6 +155,8 @@ class HttpFront:
                 self.endpoints[name] = HttpEndpoint(name, settings, self.context)
         self.draining = False
         self.drained = trio.Event()  # hypercorn's shutdown trigger
+        # The listener's connections (set by run_front), for /healthz.
+        self.connections: Gate | None = None
         self._closed = trio.Event()
         self.log: Any = get_logger(component="http_front")
 
@@ -209,6 +217,11 @@ class HttpFront:
             await self.serve_exchange(Exchange(scope, receive, send))
         elif kind == "lifespan":
             await lifespan(receive, send)
+
+    def health_answer(self) -> tuple[int, bytes]:
+        """``/healthz`` for a connection beyond the cap: (status, JSON body)."""
+        report = admin.health_report(self)
+        return (200 if report["status"] == "ok" else 503), jsonrpc.encode(report)
 
     def direct_route(self, method: str) -> Callable[[DirectExchange], Awaitable[None]] | None:
         """The handler of requests the HTTP/1.1 connection may give us without ASGI.
@@ -339,7 +352,7 @@ def _accept_kinds(header: str | None) -> tuple[bool, bool]:
     return accepts(header, JSON), accepts(header, SSE)
 
 
-def hypercorn_config(host: str, port: int, grace: float) -> Any:
+def hypercorn_config(host: str, port: int, grace: float, keep_alive: float = 75.0) -> Any:
     """A hypercorn config for one plain-HTTP listener; hypercorn logs warnings only.
 
     No access log (``accesslog = None``: the audit trail records every call),
@@ -358,7 +371,7 @@ def hypercorn_config(host: str, port: int, grace: float) -> Any:
         errors.addHandler(logging.StreamHandler(sys.stderr))
     errors.propagate = False
     hyper.errorlog = errors
-    hyper.keep_alive_timeout = 75.0  # MCP clients keep one connection for many calls
+    hyper.keep_alive_timeout = keep_alive  # MCP clients keep one connection for many calls
     hyper.include_server_header = False
     # The request headers as h11 parsed them (a list, names in the client's
     # case): Exchange lower-cases the names itself, so hypercorn need not
@@ -380,13 +393,17 @@ async def run_front(
     from firewall.gateway.http_server import serve
 
     listen = front.listen
-    hyper = hypercorn_config(listen.host, listen.port, listen.shutdown_grace_seconds)
+    hyper = hypercorn_config(listen.host, listen.port, listen.shutdown_grace_seconds,
+                             front.config.http.keep_alive_seconds)
+    front.connections = Gate(listener_limits(front.config, hyper, listen.max_connections,
+                                             others=_other_files(front.config)))
+
     async def serve_http(task_status: trio.TaskStatus[list[str]]) -> None:
         try:
             # Returns after the drain (bounded by the grace period).
-            await serve(front, hyper, parser=front.config.http.parser,
-                        direct=front.direct_route, shutdown_trigger=front.drained.wait,
-                        task_status=task_status)
+            await serve(front, hyper, parser=front.config.http.parser, gate=front.connections,
+                        health=front.health_answer, direct=front.direct_route,
+                        shutdown_trigger=front.drained.wait, task_status=task_status)
         finally:
             front.close()
 
@@ -398,6 +415,38 @@ async def run_front(
             front.close()
             raise
         task_status.started(binds)
+
+
+# Files and sockets the process holds besides the agents' connections: the
+# audit trail, stdio children's pipes, upstream pools, the log.
+_OTHER_FILES: Final = 256
+
+
+def _other_files(config: Config) -> int:
+    """Open files that are not the front's connections, for the front's cap."""
+    admin = config.admin
+    return _OTHER_FILES + config.http.reserve_connections * (1 if admin is None else 2) + (
+        0 if admin is None else admin.max_connections)
+
+
+def listener_limits(config: Config, hyper: Any, max_connections: int, others: int) -> Limits:
+    """One listener's limits: ``[http]``'s deadlines, its cap, fitted to the open-files limit.
+
+    The soft limit of open files is raised to the hard limit first; a cap that
+    still does not fit with ``others`` is lowered (``connection_cap_lowered``).
+    """
+    http = config.http
+    soft, hard = raise_open_files_limit()
+    cap = fit_to_open_files(max_connections, others, soft)
+    if cap < max_connections:
+        get_logger(component="http_front").warning(
+            "connection_cap_lowered", wanted=max_connections, cap=cap,
+            open_files_soft=soft, open_files_hard=hard)
+    return Limits(head_timeout=http.head_timeout_seconds,
+                  body_timeout=http.body_timeout_seconds,
+                  body_min_rate=http.body_min_bytes_per_second,
+                  keep_alive=hyper.keep_alive_timeout, max_connections=cap,
+                  reserve=http.reserve_connections)
 
 
 def connect_banner(config: Config, base_urls: list[str], out: TextIO) -> None:
@@ -428,6 +477,7 @@ __all__ = [
     "HttpFront",
     "connect_banner",
     "hypercorn_config",
+    "listener_limits",
     "mount_path",
     "origin_allowed",
     "run_front",

@@ -14,7 +14,10 @@ Rules this module keeps:
 3. An SSE answer is parsed incrementally; each event's data passes through the
    mediator and is written to the client as soon as it arrives, with its
    ``id`` and ``retry`` unchanged, so ``Last-Event-ID`` resumption is the
-   upstream's own. Events read together go out in one write, and those that
+   upstream's own. An event without a message (no data, or an empty data
+   line: the priming event a server sends so that a client can resume) is not
+   JSON-RPC: it is relayed with its fields as they came, not mediated.
+   Events read together go out in one write, and those that
    end the upstream's stream go out with the end of the client's (one write
    for the usual tools/call answer: one event, then the end). Keepalive
    comments fill silences longer than ``keepalive_seconds``. A refused
@@ -298,8 +301,11 @@ class HttpEndpoint:
         try:
             while True:
                 for event in events.ready():
-                    if event.data is None:
-                        out.append(sse.encode_event(None, id=event.id, event=event.event,
+                    if not event.data:
+                        # No message: a block of id/retry only, or a "priming"
+                        # event (id, retry, an empty data line) that lets the
+                        # client resume. Relayed as it came, never mediated.
+                        out.append(sse.encode_event(event.data, id=event.id, event=event.event,
                                                     retry=event.retry))
                         continue
                     routed = await mediator.from_server(event.data)

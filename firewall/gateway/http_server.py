@@ -1,11 +1,14 @@
 """Serve an ASGI app with hypercorn's trio worker, HTTP/1.1 parsed by h11 or httptools.
 
 ``serve(app, hyper, parser="httptools")`` is hypercorn's ``hypercorn.trio.serve``
-with one difference: each plain-TCP connection speaks HTTP/1.1 through
-:class:`firewall.gateway.http11.HttptoolsProtocol` instead of hypercorn's
-h11-based protocol. Everything else is hypercorn's own: its config, lifespan,
-ASGI HTTP stream, keep-alive and idle timeouts, graceful shutdown on the
-trigger, HTTP/2 on TLS (ALPN) and with prior knowledge.
+with two differences. Each plain-TCP connection speaks HTTP/1.1 through
+:class:`firewall.gateway.http11.HttptoolsProtocol` (``parser="httptools"``)
+or hypercorn's own h11 protocol (``"h11"``). And each listener and connection
+keeps the rules of :mod:`firewall.gateway.connection_limits`, with either
+parser: a connection cap with a reserve for ``/healthz``, and deadlines on
+request heads and bodies (408, then close; ``request_timeout`` in the log).
+Everything else is hypercorn's own: its config, lifespan, ASGI HTTP stream,
+graceful shutdown on the trigger, HTTP/2 on TLS (ALPN) and with prior knowledge.
 
 hypercorn has no hook to choose the HTTP/1.1 protocol, so the worker loop
 (``hypercorn.trio.run.worker_serve``) and the connection's setup
@@ -17,16 +20,21 @@ Another hypercorn series falls back to h11 with a warning
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import math
 from collections.abc import Awaitable, Callable
 from functools import partial
+from http import HTTPStatus
 from importlib.metadata import version
 from typing import Any, Final, Literal, cast
 
+import h11
 import trio
 from hypercorn.events import Closed, Event, RawData, Updated
+from hypercorn.protocol import ProtocolWrapper
 from hypercorn.protocol.h2 import H2Protocol
-from hypercorn.protocol.h11 import H2ProtocolAssumedError
+from hypercorn.protocol.h11 import H2ProtocolAssumedError, H11Protocol
 from hypercorn.trio import serve as hypercorn_serve
 from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.statsd import StatsdLogger
@@ -42,14 +50,36 @@ from hypercorn.utils import (
     wrap_app,
 )
 
+from firewall.gateway.connection_limits import (
+    FULL_503,
+    RESERVE_HEAD_BYTES,
+    TIMEOUT_408,
+    Admission,
+    Gate,
+    Limits,
+    Phase,
+    canned,
+    deadline,
+    reserve_request,
+)
 from firewall.gateway.http11 import DirectRoute, HttptoolsProtocol
 from firewall.gateway.sockets import READS_BETWEEN_CHECKPOINTS, receive_now, send_now
 from firewall.log import get_logger
 
 Parser = Literal["httptools", "h11"]
+# /healthz for a reserve connection: (status, JSON body).
+HealthAnswer = Callable[[], tuple[int, bytes]]
 # The hypercorn series whose worker loop and connection setup this module repeats.
 HYPERCORN_SERIES: Final = "0.18."
 MAX_RECV: Final = 2**16  # as hypercorn's TCPServer reads
+# accept() failing for want of descriptors or memory: wait, then accept again
+# (as trio.serve_listeners does); the connections being served go on.
+_CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+_ACCEPT_PAUSE: Final = 0.1
+# How long a reserve connection's client has to read its answer before the close.
+_RESERVE_LINGER: Final = 1.0
+# A log line about refused connections at most this often.
+_LOG_EVERY: Final = 1.0
 
 
 def parser_in_use(parser: Parser) -> Parser:
@@ -67,25 +97,34 @@ async def serve(
     hyper: Any,
     *,
     parser: Parser = "httptools",
+    gate: Gate | None = None,
+    health: HealthAnswer | None = None,
     direct: DirectRoute | None = None,
     shutdown_trigger: Callable[..., Awaitable[None]] | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` (ASGI) with hypercorn config ``hyper`` until ``shutdown_trigger`` returns.
 
+    ``gate`` counts the connections and holds the limits (default: the
+    defaults of :class:`~firewall.gateway.connection_limits.Limits`, with
+    hypercorn's keep-alive timeout); ``health`` answers ``/healthz`` on a
+    reserve connection (without it, reserve connections get 503).
     ``direct``, with httptools, names the app's handler for requests of a
     method that it takes without ASGI (see :mod:`firewall.gateway.http11`,
     rule 7); every other request, and lifespan, is ASGI.
     ``task_status.started`` gets the bound URLs, as hypercorn's ``serve`` does.
     """
-    if parser_in_use(parser) == "h11" or hyper.ssl_enabled:
+    if hyper.ssl_enabled:
         await hypercorn_serve(app, hyper, shutdown_trigger=shutdown_trigger,
                               task_status=task_status)
         return
-    await _worker_serve(app, hyper, direct, shutdown_trigger, task_status)
+    gate = gate or Gate(Limits(keep_alive=hyper.keep_alive_timeout))
+    await _worker_serve(app, hyper, parser_in_use(parser), gate, health,
+                        direct, shutdown_trigger, task_status)
 
 
-async def _worker_serve(app: Any, config: Any, direct: DirectRoute | None,
+async def _worker_serve(app: Any, config: Any, parser: Parser, gate: Gate,
+                        health: HealthAnswer | None, direct: DirectRoute | None,
                         shutdown_trigger: Callable[..., Awaitable[None]] | None,
                         task_status: trio.TaskStatus[list[str]]) -> None:
     """``hypercorn.trio.run.worker_serve`` for plain-TCP listeners, with our connections."""
@@ -112,11 +151,12 @@ async def _worker_serve(app: Any, config: Any, direct: DirectRoute | None,
                     if shutdown_trigger is not None:
                         nursery.start_soon(raise_shutdown, shutdown_trigger)
                     nursery.start_soon(raise_shutdown, context.terminate.wait)
-                    nursery.start_soon(partial(
-                        trio.serve_listeners,
-                        partial(HttptoolsConnection, wrapped, config, context,
-                                ConnectionState(lifespan_state.copy()), direct=direct),
-                        listeners, handler_nursery=server_nursery))
+                    connection = partial(HttptoolsConnection, wrapped, config, context,
+                                         ConnectionState(lifespan_state.copy()),
+                                         parser=parser, limits=gate.limits, direct=direct)
+                    for listener in listeners:
+                        nursery.start_soon(_accept, listener, gate, connection, health,
+                                           server_nursery)
                     await trio.sleep_forever()
             except BaseExceptionGroup as error:
                 _, other_errors = error.split((ShutdownError, KeyboardInterrupt))
@@ -130,8 +170,95 @@ async def _worker_serve(app: Any, config: Any, direct: DirectRoute | None,
         lifespan_nursery.cancel_scope.cancel()
 
 
+async def _accept(listener: trio.SocketListener, gate: Gate,
+                  connection: Callable[[trio.SocketStream], HttptoolsConnection],
+                  health: HealthAnswer | None, nursery: trio.Nursery) -> None:
+    """Accept connections for ever; serve, reserve or refuse each (the gate's rule 2)."""
+    log = get_logger(component="http_server")
+    logged = -math.inf
+    while True:
+        try:
+            stream = await listener.accept()
+        except OSError as exc:
+            if exc.errno not in _CAPACITY_ERRNOS:
+                raise
+            if trio.current_time() - logged >= _LOG_EVERY:
+                logged = trio.current_time()
+                log.warning("accept_failed", error=exc.strerror, connections=gate.report())
+            await trio.sleep(_ACCEPT_PAUSE)
+            continue
+        admission = gate.admit()
+        if admission is Admission.SERVE:
+            nursery.start_soon(_counted, gate, admission, connection(stream).run)
+            continue
+        if trio.current_time() - logged >= _LOG_EVERY:
+            logged = trio.current_time()
+            log.warning("connections_full", connections=gate.report())
+        if admission is Admission.RESERVE:
+            nursery.start_soon(_counted, gate, admission,
+                               partial(_reserve, stream, gate.limits, health))
+        else:
+            _refuse(stream)
+
+
+async def _counted(gate: Gate, admission: Admission, run: Callable[[], Awaitable[None]]) -> None:
+    try:
+        await run()
+    finally:
+        gate.release(admission)
+
+
+def _refuse(stream: trio.SocketStream) -> None:
+    """Close a connection just accepted, with a 503 if the socket takes it at once."""
+    with contextlib.suppress(trio.BrokenResourceError):
+        send_now(stream, FULL_503)
+    stream.socket.close()
+
+
+async def _reserve(stream: trio.SocketStream, limits: Limits, health: HealthAnswer | None) -> None:
+    """One request on a connection beyond the cap: ``/healthz`` answered, else 503."""
+    try:
+        head, method = b"", None
+        with trio.move_on_after(limits.head_timeout):
+            while method is None:
+                data = await stream.receive_some(RESERVE_HEAD_BYTES)
+                if not data:
+                    return
+                head += data
+                method = reserve_request(head)
+        if method is None:
+            answer = TIMEOUT_408
+        elif method and health is not None:
+            status, body = health()
+            answer = canned(status, HTTPStatus(status).phrase, body, b"application/json")
+            if method == b"HEAD":
+                answer = answer[:len(answer) - len(body)]
+        else:
+            answer = FULL_503
+        with trio.move_on_after(limits.head_timeout):
+            await stream.send_all(answer)
+            await stream.send_eof()
+        # Read what the client still sends, briefly, so that closing does not
+        # reset the connection before it read the answer.
+        with trio.move_on_after(_RESERVE_LINGER):
+            while await stream.receive_some(RESERVE_HEAD_BYTES):
+                pass
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        pass
+    finally:
+        with trio.CancelScope(shield=True):
+            await stream.aclose()
+
+
 class HttptoolsConnection(TCPServer):
-    """One plain-TCP connection: hypercorn's ``TCPServer.run`` with :class:`_Protocols`.
+    """One plain-TCP connection: hypercorn's ``TCPServer.run`` with our protocols and deadlines.
+
+    The protocol is :class:`_Protocols` (httptools) or hypercorn's
+    ``ProtocolWrapper`` (h11). One watcher task per connection closes it at the
+    deadline of its :class:`~firewall.gateway.connection_limits.Phase`: the
+    phase is read from the protocol after each read and each change between
+    idle and busy, and the deadline moves with it (a 408 first when the client
+    owed a head or a body and no response has started).
 
     Four costs of ``TCPServer`` on every request are avoided: its keep-alive
     timer is a task restarted (``nursery.start``) at the end of each request,
@@ -144,13 +271,20 @@ class HttptoolsConnection(TCPServer):
     (:func:`~firewall.gateway.sockets.receive_now`).
     """
 
-    _idle_scope: trio.CancelScope
-    _busy = False  # an exchange is in progress: the idle deadline does not apply
+    _timer: trio.CancelScope
+    _busy = False  # an exchange is in progress: the server owes the answer
+    _fresh = True  # no request head completed yet: the client owes one
 
-    def __init__(self, app: Any, config: Any, context: Any, state: Any, stream: Any,
+    def __init__(self, app: Any, config: Any, context: Any, state: Any, stream: Any, *,
+                 parser: Parser = "httptools", limits: Limits | None = None,
                  direct: DirectRoute | None = None) -> None:
         super().__init__(app, config, context, state, stream)
+        self._parser = parser
+        self._limits = limits or Limits(keep_alive=config.keep_alive_timeout)
         self._direct = direct
+        self._phase = Phase.HEAD
+        self._since = trio.current_time()  # when the phase began
+        self._received = 0  # body bytes read in the BODY phase
 
     async def write_now(self, data: bytes) -> None:
         """Write to the client, without a scheduler pass when the socket takes it at once.
@@ -180,14 +314,17 @@ class HttptoolsConnection(TCPServer):
             server = parse_socket_addr(socket.family, socket.getsockname())
             async with TaskGroup() as task_group:
                 self._task_group = task_group
-                self.protocol = cast(Any, _Protocols(
-                    self.app, self.config, self.context, task_group,
-                    ConnectionState(self.state), False, client, server, self.protocol_send,
-                    direct=self._direct, connection=self))
-                self._idle_scope = trio.CancelScope(
-                    deadline=trio.current_time() + self.config.keep_alive_timeout)
+                args = (self.app, self.config, self.context, task_group,
+                        ConnectionState(self.state), False, client, server, self.protocol_send)
+                if self._parser == "httptools":
+                    self.protocol = cast(Any, _Protocols(*args, direct=self._direct,
+                                                         connection=self))
+                else:
+                    self.protocol = ProtocolWrapper(*args, alpn_protocol="http/1.1")
+                    await self.protocol.initiate()
+                self._timer = trio.CancelScope(deadline=self._deadline())
                 watcher = trio.CancelScope()
-                task_group.spawn(self._watch_idle, watcher)
+                task_group.spawn(self._watch, watcher, client)
                 try:
                     await self._read_data()
                 finally:
@@ -218,6 +355,7 @@ class HttptoolsConnection(TCPServer):
             await self.protocol.handle(RawData(bytes(data)))
             if not data:
                 break
+            self._observe(len(data))
             reads += 1
             if reads % READS_BETWEEN_CHECKPOINTS == 0:
                 await trio.lowlevel.checkpoint()
@@ -225,12 +363,10 @@ class HttptoolsConnection(TCPServer):
 
     async def protocol_send(self, event: Event) -> None:
         if isinstance(event, Updated):
-            # Idle: close after keep_alive_timeout; busy: never. Only the end of
-            # an exchange moves the deadline; one that passes while busy wakes
-            # the watcher, which sees the exchange and watches again.
             self._busy = not event.idle
-            if event.idle:
-                self._idle_scope.deadline = trio.current_time() + self.config.keep_alive_timeout
+            if not event.idle:
+                self._fresh = False
+            self._observe(0)
         elif isinstance(event, RawData):
             try:
                 await self.write_now(event.data)
@@ -239,21 +375,69 @@ class HttptoolsConnection(TCPServer):
         else:
             await super().protocol_send(event)
 
-    async def _watch_idle(self, watcher: trio.CancelScope) -> None:
-        """Close the connection when idle past its deadline, or idle at shutdown."""
+    # -- deadlines (connection_limits, rule 1) -----------------------------------
+    def _owes(self) -> Phase:
+        """The phase the connection is in now, as the protocol tells it."""
+        protocol = self.protocol.protocol
+        if isinstance(protocol, HttptoolsProtocol):
+            body, head = protocol.body_pending(), protocol.head_pending()
+        elif isinstance(protocol, H11Protocol) and isinstance(protocol.connection, h11.Connection):
+            state = protocol.connection.their_state
+            body = state is h11.SEND_BODY
+            head = state is h11.IDLE and bool(protocol.connection.trailing_data[0])
+        else:  # HTTP/2 keeps its own streams: the keep-alive deadline only
+            body = head = False
+        if self._busy:
+            return Phase.BODY if body else Phase.BUSY
+        return Phase.HEAD if head or body or self._fresh else Phase.IDLE
+
+    def _observe(self, received: int) -> None:
+        """After a read (``received`` bytes) or a change of busy: move the deadline."""
+        phase = self._owes()
+        if phase is not self._phase:
+            self._phase, self._since, self._received = phase, trio.current_time(), 0
+        elif phase is not Phase.BODY:
+            return
+        else:
+            self._received += received
+        self._timer.deadline = self._deadline()
+
+    def _deadline(self) -> float:
+        return deadline(self._limits, self._phase, self._since, self._received)
+
+    async def _watch(self, watcher: trio.CancelScope, client: Any) -> None:
+        """Close the connection at its phase's deadline, or when idle at shutdown."""
         with watcher:
             while True:
-                with self._idle_scope:
+                with self._timer:
                     await self.context.terminated.wait()
-                if not self._busy:
-                    break  # idle past the deadline, or idle at shutdown
-                if not self._idle_scope.cancelled_caught:
-                    return  # shutdown while busy: the exchange closes when it ends
-                # The deadline passed during an exchange (or one began as it
-                # fired): watch again; the exchange's end sets the deadline.
-                self._idle_scope = trio.CancelScope(deadline=math.inf)
+                if not self._timer.cancelled_caught:  # shutdown
+                    if self._busy:
+                        return  # the exchange closes the connection when it ends
+                    break
+                if trio.current_time() >= self._deadline():
+                    break
+                # The phase changed as the deadline passed: watch the new one.
+                self._timer = trio.CancelScope(deadline=self._deadline())
             with trio.CancelScope(shield=True):
+                if self._phase in (Phase.HEAD, Phase.BODY) and self._timer.cancelled_caught:
+                    await self._expire(client)
                 await self._initiate_server_close()
+
+    async def _expire(self, client: Any) -> None:
+        """The client did not send its head or body in time: 408 if still possible."""
+        get_logger(component="http_server").warning(
+            "request_timeout", owed=self._phase.name.lower(), client=client,
+            seconds=round(trio.current_time() - self._since, 3), body_bytes=self._received)
+        protocol = self.protocol.protocol
+        if self._phase is Phase.BODY:
+            if isinstance(protocol, HttptoolsProtocol) and protocol.response_started():
+                return
+            if isinstance(protocol, H11Protocol) and protocol.connection.our_state not in (
+                    h11.IDLE, h11.SEND_RESPONSE):
+                return
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await self.write_now(TIMEOUT_408)
 
 
 class _Protocols:

@@ -58,6 +58,8 @@ class AdminSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # Failed logins allowed per source address, refilled over the window; then 429.
     login_failures: int = 10
     login_window_seconds: float = 60.0
+    # The operator listener's own connection budget, apart from the agents' listener.
+    max_connections: int = 64
 
 
 class Operator(msgspec.Struct, frozen=True):
