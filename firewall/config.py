@@ -33,6 +33,9 @@ from firewall.gateway.shared_limits import TLS_FILES, LimitSettings, check_limit
 from firewall.identity import TokenEntry
 
 DEFAULT_PORT = 8765
+# Unless configured, one principal may hold a quarter of a cap (sessions,
+# children): it cannot starve the others.
+PRINCIPAL_SHARE: Final = 4
 
 
 class ConfigError(Exception):
@@ -55,6 +58,9 @@ class ListenSettings(_Base):
     )
     max_body_bytes: int = 4 * 1024 * 1024
     max_sessions: int = 1024
+    # Sessions one principal may hold across the whole front; unset: a quarter
+    # of max_sessions. Not applied with authentication off (one principal).
+    max_sessions_per_principal: int | None = None
     session_idle_seconds: float = 1800.0
     upstream_timeout_seconds: float = 300.0
     shutdown_grace_seconds: float = 10.0
@@ -62,6 +68,12 @@ class ListenSettings(_Base):
     # Connections served at once; beyond, [http] reserve_connections more are
     # taken for /healthz only, and the rest are refused (503, Retry-After).
     max_connections: int = 1024
+
+    def sessions_per_principal(self) -> int:
+        """The effective ``max_sessions_per_principal`` (default: max_sessions / 4)."""
+        if self.max_sessions_per_principal is not None:
+            return self.max_sessions_per_principal
+        return max(1, self.max_sessions // PRINCIPAL_SHARE)
 
 
 class HttpSettings(_Base):
@@ -116,10 +128,19 @@ class StdioServer(_Base, tag="stdio", tag_field="transport"):
     policy: list[str] = msgspec.field(default_factory=list)
     # One child per client session (the default): sessions never share state.
     max_children: int = 32
+    # Children (sessions) of this server one principal may run; unset: a
+    # quarter of max_children, so no principal can take them all.
+    max_children_per_principal: int | None = None
     idle_seconds: float = 900.0
     restart_attempts: int = 3
     max_line_bytes: int = 16 * 1024 * 1024
     terminate_grace_seconds: float = 5.0
+
+    def children_per_principal(self) -> int:
+        """The effective ``max_children_per_principal`` (default: max_children / 4)."""
+        if self.max_children_per_principal is not None:
+            return self.max_children_per_principal
+        return max(1, self.max_children // PRINCIPAL_SHARE)
 
 
 class HttpServer(_Base, tag="http", tag_field="transport"):
@@ -219,6 +240,10 @@ def _check(config: Config, source: str) -> None:
             )
         if isinstance(server, HttpServer) and not server.url.startswith(("http://", "https://")):
             raise ConfigError(f"{source}: servers.{name}.url: expected an http:// or https:// URL")
+        if isinstance(server, StdioServer):
+            _check_cap(source, f"servers.{name}", "max_children", server.max_children, None)
+            _check_cap(source, f"servers.{name}", "max_children_per_principal",
+                       server.max_children_per_principal, server.max_children)
     if not 0 < config.listen.port < 65536:
         raise ConfigError(f"{source}: listen.port: expected 1..65535, got {config.listen.port}")
     for key in ("max_body_bytes", "max_sessions", "max_connections"):
@@ -230,11 +255,25 @@ def _check(config: Config, source: str) -> None:
             raise ConfigError(f"{source}: http.{key}: expected a positive number")
     if config.http.reserve_connections < 0:
         raise ConfigError(f"{source}: http.reserve_connections: expected 0 or more")
+    _check_cap(source, "listen", "max_sessions_per_principal",
+               config.listen.max_sessions_per_principal, config.listen.max_sessions)
     if config.admin is not None:
         check_admin(config.admin, config.listen, source)
     problem = check_limits(config.limits, source)
     if problem is not None:
         raise ConfigError(problem)
+
+
+def _check_cap(source: str, table: str, key: str, value: int | None, bound: int | None) -> None:
+    """A cap is a positive count, at most the cap it is a share of (``bound``)."""
+    if value is None:
+        return
+    if value <= 0 or (bound is not None and value > bound):
+        expected = f"1..{bound}" if bound is not None else "a positive number"
+        parent = {"max_children_per_principal": "max_children",
+                  "max_sessions_per_principal": "max_sessions"}.get(key)
+        why = f" (at most {table}.{parent})" if parent else ""
+        raise ConfigError(f"{source}: {table}.{key}: expected {expected}{why}, got {value}")
 
 
 _LOOPBACK: Final = ("127.0.0.1", "::1", "localhost")

@@ -18,7 +18,7 @@ OutcomeStatus = Literal[
 ]
 
 LifecycleKind = Literal[
-    "session_start", "session_end",
+    "session_start", "session_end", "session_refused",
     "policy_load", "policy_reload", "policy_reload_failed",
     "upstream_start", "upstream_exit", "upstream_restart",
     "approval", "kill_switch", "operator_login_throttled",

@@ -142,7 +142,8 @@ class HttpFront:
         self.listen = config.listen
         self.tokens = TokenTable(config.auth.tokens)
         self.context = FrontContext(config.listen, policy, audit,
-                                    config.policy.deny_tools_call_as, approvals)
+                                    config.policy.deny_tools_call_as, approvals,
+                                    per_principal=self.tokens.enabled)
         self.endpoints: dict[str, Endpoint] = dict(endpoints or {})
         for name, settings in config.servers.items():
             if name in self.endpoints:

@@ -45,6 +45,7 @@ import trio
 
 from firewall.config import HttpServer
 from firewall.gateway import held_http
+from firewall.gateway.admission import Refusal, ServerCaps
 from firewall.gateway.exchange import JSON, SSE, Exchange, accepts, refuse
 from firewall.gateway.mediator import Mediator
 from firewall.gateway.sessions import FrontContext, Session, new_session_id
@@ -117,6 +118,8 @@ class HttpEndpoint:
         self.front = front
         listen = front.listen
         self.idle_limit = listen.session_idle_seconds
+        # No cap of its own: the front's (listen.max_sessions, per principal too).
+        self.caps = ServerCaps(None, None, f"servers.{name}")
         self.timeout = listen.upstream_timeout_seconds
         self.keepalive = listen.keepalive_seconds
         # Requests (POST, DELETE): their answers end, so a bounded pool.
@@ -173,14 +176,14 @@ class HttpEndpoint:
                    call: mcp.Call | None = None) -> None:
         created: HttpSession | None = None
         if session is None and msg.kind is Kind.REQUEST and msg.method == mcp.INITIALIZE:
-            if self.front.table.full:
-                await refuse(ex, 503, jsonrpc.UPSTREAM_UNAVAILABLE,
-                             f"Service Unavailable: {self.front.table.max_sessions} sessions "
-                             "open (listen.max_sessions)", [("retry-after", "5")])
+            slot = self.front.admit(self.name, caller, self.caps)  # taken now: no await before
+            if isinstance(slot, Refusal):
+                await self.front.refuse_session(ex, slot, caller, self.name)
                 return
             sid = new_session_id()
             created = HttpSession(endpoint=self, sid=sid, caller=caller,
                                   mediator=self.front.mediator(self.name, sid, caller))
+            created.slot = slot
             session = created
         assert session is None or isinstance(session, HttpSession)
         mediator = (session.mediator if session is not None
@@ -189,7 +192,11 @@ class HttpEndpoint:
             await self._post(ex, None, None, mediator, msg, body, call)
             return
         with session.busy():
-            await self._post(ex, session, created, mediator, msg, body, call)
+            try:
+                await self._post(ex, session, created, mediator, msg, body, call)
+            finally:
+                if created is not None and not self.front.table.holds(created):
+                    self.front.table.remove(created)  # never started: its slot goes back
 
     async def _post(self, ex: Exchange, session: HttpSession | None, created: HttpSession | None,
                     mediator: Mediator, msg: jsonrpc.Envelope, body: bytes,

@@ -7,9 +7,14 @@ the caller that created it, and never the upstream's. Rules this module keeps:
    session up needs the id, the server name and the same caller (principal
    and grant); any mismatch is "not found", so a session's existence is never
    revealed to another principal.
-2. The table holds at most ``max_sessions`` sessions. A session with no HTTP
-   request in flight for longer than its idle limit is closed by the reaper;
-   afterwards its id is unknown (HTTP 404).
+2. The table holds at most ``max_sessions`` sessions, a principal at most its
+   share (:mod:`firewall.gateway.admission`): a session is admitted, taking a
+   slot, before anything about it is awaited, and its slot is given back when
+   it leaves the table. A refused ``initialize`` is answered 429 (the
+   principal's own cap, ``Retry-After`` = when its first session can expire)
+   or 503 (full), logged and recorded (``session_refused``). A session with no
+   HTTP request in flight for longer than its idle limit is closed by the
+   reaper; afterwards its id is unknown (HTTP 404).
 3. An :class:`EventStream` keeps a bounded replay buffer (``max_events`` events
    and ``max_bytes`` bytes, oldest dropped first): what a client that lost its
    connection can get back with ``Last-Event-ID``. Publishing never blocks, so
@@ -19,6 +24,7 @@ the caller that created it, and never the upstream's. Rules this module keeps:
 
 from __future__ import annotations
 
+import math
 import secrets
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
@@ -28,10 +34,16 @@ import trio
 
 from firewall.audit.events import AuditPoint, append_lifecycle
 from firewall.config import ListenSettings
+from firewall.gateway.admission import PRINCIPAL_CAP, Admission, Refusal, ServerCaps, Slot
 from firewall.gateway.approvals import ApprovalDesk
+from firewall.gateway.exchange import Exchange, refuse
 from firewall.gateway.mediator import Mediator
+from firewall.log import get_logger
 from firewall.policy.decision import Caller, PolicyPoint
+from firewall.protocol import jsonrpc
 
+# Retry-After of a 503 (the front or a server is full: nothing to wait for in particular).
+FULL_RETRY_AFTER: Final = 5
 # Replay bound of one stream (documented in docs/operations.md).
 MAX_STREAM_EVENTS: Final = 1024
 MAX_STREAM_BYTES: Final = 8 * 1024 * 1024
@@ -126,6 +138,8 @@ class Session:
         self.closed = False
         self.log: Any = mediator.log
         self._end_recorded = False
+        # Its place in the admission counts; given back when it leaves the table.
+        self.slot: Slot | None = None
 
     def busy(self) -> _Busy:
         """Count an HTTP request as in flight while the ``with`` block runs."""
@@ -168,10 +182,10 @@ class _Busy:
 
 
 class SessionTable:
-    """Every open session of the front, by id."""
+    """Every open session of the front, by id, and the admission counts behind them."""
 
-    def __init__(self, max_sessions: int) -> None:
-        self.max_sessions = max_sessions
+    def __init__(self, admission: Admission) -> None:
+        self.admission = admission
         self._sessions: dict[str, Session] = {}
 
     def __len__(self) -> int:
@@ -181,20 +195,45 @@ class SessionTable:
         return iter(list(self._sessions.values()))
 
     @property
+    def max_sessions(self) -> int:
+        return self.admission.max_sessions
+
+    @property
     def full(self) -> bool:
-        return len(self._sessions) >= self.max_sessions
+        return self.admission.count() >= self.max_sessions
 
     def count(self, server: str) -> int:
-        """Open sessions of one server."""
-        return sum(1 for s in self._sessions.values() if s.server == server)
+        """Sessions of one server (admitted: open, or starting)."""
+        return self.admission.count(server)
+
+    def holds(self, session: Session) -> bool:
+        return self._sessions.get(session.id) is session
 
     def add(self, session: Session) -> None:
-        if not session.closed:
+        """Put an admitted session in the table (a closed one gives its slot back)."""
+        if session.closed:
+            self._release(session)
+        else:
             self._sessions[session.id] = session
 
     def remove(self, session: Session) -> None:
+        """Forget a session and give its slot back (idempotent)."""
         if self._sessions.get(session.id) is session:
             del self._sessions[session.id]
+        self._release(session)
+
+    @staticmethod
+    def _release(session: Session) -> None:
+        if session.slot is not None:
+            session.slot.release()
+
+    def retry_after(self, refusal: Refusal, principal: str, server: str, now: float) -> int:
+        """Whole seconds until the first session counting against ``refusal``'s
+        cap may expire for idleness (at least 1): the ``Retry-After`` of a 429."""
+        waits = [s.idle_limit - s.idle_for(now) for s in self._sessions.values()
+                 if s.caller.principal == principal
+                 and (not refusal.server_scope or s.server == server)]
+        return max(1, math.ceil(min(waits))) if waits else 1
 
     def find(self, sid: str, server: str, caller: Caller) -> Session | None:
         """The session with this id, if it belongs to this server and caller."""
@@ -237,14 +276,20 @@ class FrontContext:
         audit: AuditPoint | None,
         deny_tools_call_as: Literal["tool_result", "jsonrpc_error"] = "tool_result",
         approvals: ApprovalDesk | None = None,
+        *,
+        per_principal: bool = False,
     ) -> None:
         self.listen = listen
         self.approvals = approvals
         self.policy = policy
         self.audit = audit
         self.deny_tools_call_as = deny_tools_call_as
-        self.table = SessionTable(listen.max_sessions)
+        # With authentication off every caller is the same principal: no
+        # per-principal caps then (admission rule 3).
+        self.table = SessionTable(Admission(listen.max_sessions, listen.sessions_per_principal(),
+                                            per_principal=per_principal))
         self.nursery: trio.Nursery | None = None
+        self.log: Any = get_logger(component="http_front")
 
     def mediator(self, server: str, sid: str, caller: Caller) -> Mediator:
         """A mediator for a new session of ``server``."""
@@ -252,13 +297,43 @@ class FrontContext:
                         audit=self.audit, deny_tools_call_as=self.deny_tools_call_as,
                         approvals=self.approvals)
 
+    def admit(self, server: str, caller: Caller, caps: ServerCaps) -> Slot | Refusal:
+        """A slot for a new session of ``caller`` on ``server``, or why not.
+
+        The slot goes on the session (``session.slot``) before
+        :meth:`start_session`; the table gives it back when the session leaves.
+        """
+        return self.table.admission.admit(server, caller.principal, caps)
+
+    async def refuse_session(self, ex: Exchange, refusal: Refusal, caller: Caller,
+                             server: str) -> None:
+        """Answer a refused ``initialize`` (429 or 503), log it and record it."""
+        if refusal.status == PRINCIPAL_CAP:
+            retry = self.table.retry_after(refusal, caller.principal, server,
+                                           trio.current_time())
+            code = jsonrpc.RATE_LIMITED
+        else:
+            retry, code = FULL_RETRY_AFTER, jsonrpc.UPSTREAM_UNAVAILABLE
+        self.log.warning("session_refused", server=server, principal=caller.principal,
+                         grant=caller.grant, reason=refusal.reason, limit=refusal.limit,
+                         cap=refusal.cap, status=refusal.status, retry_after=retry)
+        await append_lifecycle(self.audit, "session_refused", principal=caller.principal,
+                               server=server,
+                               detail={"reason": refusal.reason, "limit": refusal.limit,
+                                       "cap": refusal.cap, "status": refusal.status,
+                                       "grant": caller.grant, "retry_after": retry})
+        await refuse(ex, refusal.status, code, refusal.message(), [("retry-after", str(retry))],
+                     data={"reason": refusal.reason, "limit": refusal.limit, "cap": refusal.cap,
+                           "retryAfter": retry})
+
     async def start_session(
         self, session: Session, run: Callable[..., Awaitable[None]] | None = None
     ) -> None:
         """Add a session to the table; run its task (if any) in the front's nursery.
 
         ``run`` takes ``task_status``; what it raises before ``started()``
-        propagates here and the session is not added.
+        propagates here, the session is not added and its slot is given back
+        (by :meth:`_run_session`).
         """
         if run is not None:
             assert self.nursery is not None, "the front is not running"

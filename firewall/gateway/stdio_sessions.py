@@ -5,7 +5,9 @@ newline-delimited JSON-RPC. This module correlates the two. Rules it keeps:
 
 1. One child per session, started by ``initialize`` and living in the
    session's task. At most ``max_children`` sessions (hence children) per
-   server: the next ``initialize`` gets HTTP 503. A session idle for
+   server: the next ``initialize`` gets HTTP 503; at most
+   ``max_children_per_principal`` of them for one principal: its next
+   ``initialize`` gets HTTP 429 (:mod:`firewall.gateway.admission`). A session idle for
    ``min(listen.session_idle_seconds, server.idle_seconds)`` is closed with
    its child (the child is reaped; the session id becomes unknown).
 2. A child that dies answers every pending request with a JSON-RPC error
@@ -44,6 +46,7 @@ import trio
 from firewall.audit.events import LifecycleKind, append_lifecycle
 from firewall.config import StdioServer
 from firewall.gateway import held_http
+from firewall.gateway.admission import Refusal, ServerCaps
 from firewall.gateway.exchange import Exchange, refuse
 from firewall.gateway.mediator import Mediator
 from firewall.gateway.outbound import Outbound
@@ -441,6 +444,8 @@ class StdioEndpoint:
         self.front = front
         listen = front.listen
         self.idle_limit = min(listen.session_idle_seconds, settings.idle_seconds)
+        self.caps = ServerCaps(settings.max_children, settings.children_per_principal(),
+                               f"servers.{name}")
 
     async def post(self, ex: Exchange, caller: Caller, session: Session | None,
                    msg: jsonrpc.Envelope, body: bytes, accept_sse: bool,
@@ -509,16 +514,9 @@ class StdioEndpoint:
 
     async def _create(self, ex: Exchange, caller: Caller, body: bytes) -> StdioSession | None:
         front = self.front
-        if front.table.full:
-            await refuse(ex, 503, jsonrpc.UPSTREAM_UNAVAILABLE,
-                         f"Service Unavailable: {front.table.max_sessions} sessions open "
-                         "(listen.max_sessions)", [("retry-after", "5")])
-            return None
-        if front.table.count(self.name) >= self.settings.max_children:
-            await refuse(ex, 503, jsonrpc.UPSTREAM_UNAVAILABLE,
-                         f"Service Unavailable: server {self.name!r} runs "
-                         f"{self.settings.max_children} children already (max_children)",
-                         [("retry-after", "5")])
+        slot = front.admit(self.name, caller, self.caps)  # taken now: no await before
+        if isinstance(slot, Refusal):
+            await front.refuse_session(ex, slot, caller, self.name)
             return None
         sid = new_session_id()
         session = StdioSession(
@@ -527,6 +525,7 @@ class StdioEndpoint:
             idle_limit=self.idle_limit, settings=self.settings,
             timeout=front.listen.upstream_timeout_seconds,
             keepalive=front.listen.keepalive_seconds)
+        session.slot = slot
         try:
             await front.start_session(session, session.run)
         except OSError as exc:
@@ -551,7 +550,8 @@ class StdioEndpoint:
 
     def health(self) -> dict[str, Any]:
         return {"transport": self.transport, "sessions": self.front.table.count(self.name),
-                "max_children": self.settings.max_children}
+                "max_children": self.settings.max_children,
+                "max_children_per_principal": self.settings.children_per_principal()}
 
 
 def _succeeded(final: bytes | None) -> bool:
