@@ -31,9 +31,9 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -41,7 +41,17 @@ from typing import Any, Final
 import httpx
 
 from tests.fixtures import conformance_harness as harness
-from tests.mediation_corpus import ALLOWED, DENIED, HELD, POLICY, Hostile
+from tests.mediation_corpus import (
+    ALLOWED,
+    DENIED,
+    HELD,
+    HTTP_STYLE,
+    LINE_STYLE,
+    POLICY,
+    Hostile,
+    Style,
+    sample,
+)
 
 FIXTURES: Final = Path(__file__).resolve().parent / "fixtures"
 ROOT: Final = FIXTURES.parent.parent
@@ -380,3 +390,67 @@ def _serve_session(endpoint: str, inputs: Sequence[Hostile]) -> bool:
             return _answered(_post(http, endpoint, BARRIER, session), "h-barrier")
         except httpx.TransportError:
             return False
+
+
+# -- the long run (scripts/differential) -------------------------------------------------
+
+
+def runners() -> dict[str, tuple[Style, Callable[[Path, list[Hostile]], Verdict]]]:
+    """Every transport pair the differential drives, by name."""
+    found: dict[str, tuple[Style, Callable[[Path, list[Hostile]], Verdict]]] = {
+        "wrap-python-stdio": (LINE_STYLE, lambda w, i: run_wrap(
+            w, python_stdio_server(), i, transport="wrap-python-stdio")),
+        "serve-python-stdio": (HTTP_STYLE, lambda w, i: run_serve(
+            w, i, stdio=python_stdio_server(), transport="serve-python-stdio")),
+        "serve-python-http": (HTTP_STYLE, lambda w, i: run_serve(
+            w, i, http_upstream=True, transport="serve-python-http")),
+    }
+    if node_available():
+        found["wrap-node-stdio"] = (LINE_STYLE, lambda w, i: run_wrap(
+            w, node_stdio_server(), i, transport="wrap-node-stdio", float64=True))
+        found["serve-node-stdio"] = (HTTP_STYLE, lambda w, i: run_serve(
+            w, i, stdio=node_stdio_server(), transport="serve-node-stdio", float64=True))
+    return found
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``scripts/differential``: N generated inputs per transport, mismatches printed."""
+    import argparse
+    import random
+    import tempfile
+
+    parser = argparse.ArgumentParser(prog="scripts/differential",
+                                     description="Hostile inputs through mcpwall to recording "
+                                                 "servers; compare audit and server accounts.")
+    parser.add_argument("-n", "--inputs", type=int, default=400, help="inputs per transport")
+    parser.add_argument("--session", type=int, default=50, help="inputs per session")
+    parser.add_argument("--seed", type=int, default=None, help="first seed (default: random)")
+    parser.add_argument("--transport", action="append", help="only these (repeatable)")
+    args = parser.parse_args(argv)
+    seed = args.seed if args.seed is not None else random.randrange(2**32)
+    table = runners()
+    names = args.transport or list(table)
+    failed = 0
+    print(f"seed {seed}; transports: {', '.join(names)}")
+    with tempfile.TemporaryDirectory(prefix="differential-") as tmp:
+        for name in names:
+            style, run = table[name]
+            tried = sessions = bad = 0
+            started = time.monotonic()
+            while tried < args.inputs:
+                size = min(args.session, args.inputs - tried)
+                inputs = sample(style, size, seed + sessions, first_tag=tried)
+                verdict = run(Path(tmp) / f"{name}-{sessions}", inputs)
+                tried += len(inputs)
+                sessions += 1
+                if not verdict.ok:
+                    bad += 1
+                    print(verdict.report())
+            failed += bad
+            print(f"{name}: {tried} inputs in {sessions} sessions, {bad} session(s) with "
+                  f"mismatches, {time.monotonic() - started:.0f} s")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -15,7 +15,6 @@ many more inputs.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -48,16 +47,7 @@ def known_attacks(style: Style) -> list[Hostile]:
     return attacks
 
 
-Runner = Callable[[Path, list[Hostile]], mh.Verdict]
-
-TRANSPORTS: dict[str, tuple[Style, Runner]] = {
-    "wrap-python-stdio": (LINE_STYLE, lambda work, inputs: mh.run_wrap(
-        work, mh.python_stdio_server(), inputs, transport="wrap-python-stdio")),
-    "serve-python-stdio": (HTTP_STYLE, lambda work, inputs: mh.run_serve(
-        work, inputs, stdio=mh.python_stdio_server(), transport="serve-python-stdio")),
-    "serve-python-http": (HTTP_STYLE, lambda work, inputs: mh.run_serve(
-        work, inputs, http_upstream=True, transport="serve-python-http")),
-}
+TRANSPORTS = {name: spec for name, spec in mh.runners().items() if "python" in name}
 
 
 def _check(transport: str, work: Path, inputs: list[Hostile]) -> None:
