@@ -1,0 +1,192 @@
+"""Fuzz targets for the sans-IO decoders: each takes bytes and asserts the module's invariants.
+
+``scripts/fuzz TARGET`` runs one under atheris (coverage-guided); the test
+suite runs each on a fixed corpus (``tests/test_fuzz_targets.py``) so that they
+keep working. A target raises AssertionError (or any unexpected exception)
+when an invariant breaks; documented refusals are caught here.
+
+Targets and the invariants they check:
+
+- ``jsonrpc``: :func:`jsonrpc.decode` raises only ``ProtocolError``; an accepted
+  message re-encodes to bytes that decode to an equal message; the framed
+  form (``framing.frame`` or ``jsonrpc.frame``, once one exists) has no CR or LF.
+- ``mcp``: :func:`mcp.decode` raises only ``ProtocolError`` and answers as
+  ``jsonrpc.decode`` then ``mcp.view`` (the same Call).
+- ``sse``: :class:`SSEParser` raises only ``SSEError``, and any chunking of
+  the input gives the same events as one feed.
+- ``lines``: :class:`LineSplitter` gives the same lines for any chunking, and
+  no line holds LF or exceeds the cap.
+- ``http``: the httptools front connection parses any bytes into well-formed
+  events (head, body, end, error) and raises nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Final
+
+import msgspec
+
+from firewall.protocol import framing, jsonrpc, mcp, sse
+
+MAX_LINE: Final = 256
+
+
+def _cuts(data: bytes) -> list[bytes]:
+    """Split ``data`` at positions derived from its own bytes (deterministic)."""
+    if not data:
+        return [data]
+    step = data[0] % 7 + 1
+    return [data[i:i + step] for i in range(0, len(data), step)]
+
+
+def _framed(msg: jsonrpc.Message, data: bytes) -> bytes | None:
+    frame = getattr(framing, "frame", None) or getattr(jsonrpc, "frame", None)
+    if frame is None:
+        return None
+    out: bytes = frame(data) if _takes_bytes(frame) else frame(msg)
+    return out
+
+
+def _takes_bytes(function: Callable[..., Any]) -> bool:
+    annotations = getattr(function, "__annotations__", {})
+    first = next(iter(annotations.values()), "")
+    return "bytes" in str(first)
+
+
+def fuzz_jsonrpc(data: bytes) -> None:
+    try:
+        msg = jsonrpc.decode(data)
+    except jsonrpc.ProtocolError:
+        return
+    again = jsonrpc.decode(jsonrpc.encode(msg))
+    assert again == msg, (again, msg)
+    framed = _framed(msg, data)
+    if framed is not None:
+        body = framed.rstrip(b"\n")
+        assert b"\r" not in body and b"\n" not in body, framed
+        assert jsonrpc.decode(body) == msg
+
+
+def fuzz_mcp(data: bytes) -> None:
+    try:
+        envelope, call = mcp.decode(data)
+    except jsonrpc.ProtocolError as exc:
+        try:
+            msg = jsonrpc.decode(data)
+            if msg.method is not None and msg.id is not msgspec.UNSET:
+                mcp.view(msg)
+        except jsonrpc.ProtocolError as reference:
+            assert (reference.code, reference.request_id) == (exc.code, exc.request_id)
+            return
+        raise AssertionError(
+            f"mcp.decode refused what jsonrpc.decode + view accept: {exc}") from None
+    msg = jsonrpc.decode(data)
+    assert (envelope.method, envelope.id, envelope.jsonrpc) == (msg.method, msg.id, msg.jsonrpc)
+    expected = mcp.view(msg) if msg.method is not None and msg.id is not msgspec.UNSET else None
+    assert call == expected, (call, expected)
+
+
+def fuzz_sse(data: bytes) -> None:
+    whole = sse.SSEParser(keep_dataless=True, max_event_bytes=4096)
+    try:
+        one = whole.feed(data)
+    except sse.SSEError:
+        return
+    parts = sse.SSEParser(keep_dataless=True, max_event_bytes=4096)
+    many: list[sse.Event] = []
+    for chunk in _cuts(data):
+        many += parts.feed(chunk)
+    assert one == many, (one, many)
+    assert whole.last_event_id == parts.last_event_id
+    for event in one:
+        if event.data is not None and b"\r" not in event.data:
+            again = sse.SSEParser().feed(sse.encode_event(event.data))
+            assert [e.data for e in again] == [event.data]
+
+
+def fuzz_lines(data: bytes) -> None:
+    whole = framing.LineSplitter(MAX_LINE)
+    one = [*whole.feed(data), whole.remainder()]
+    parts = framing.LineSplitter(MAX_LINE)
+    many: list[bytes] = []
+    for chunk in _cuts(data):
+        many += parts.feed(chunk)
+    many.append(parts.remainder())
+    assert one == many, (one, many)
+    for line in one:
+        assert b"\n" not in line and len(line) <= MAX_LINE + 1
+
+
+_http_config: Any = None
+
+
+def fuzz_http(data: bytes) -> None:
+    from firewall.gateway import http11
+
+    global _http_config
+    if _http_config is None:
+        from hypercorn.config import Config
+
+        _http_config = Config()
+    proto = http11.HttptoolsProtocol(None, _http_config, None, None, None, False, None, None,
+                                     _no_send)
+    try:
+        proto._parse(data)
+    except http11.H2ProtocolAssumedError:
+        assert data.startswith(http11.H2_PREFACE)
+        return
+    kinds = [kind for kind, _ in proto._events]
+    for i, kind in enumerate(kinds):
+        assert kind in (http11._HEAD, http11._BODY, http11._END, http11._ERROR), kinds
+        if kind == http11._BODY:
+            assert i > 0 and kinds[i - 1] in (http11._HEAD, http11._BODY), kinds
+        if kind == http11._ERROR:
+            assert i == len(kinds) - 1 or proto._discard, kinds
+
+
+async def _no_send(event: Any) -> None:
+    raise AssertionError("the parser wrote to the connection")
+
+
+TARGETS: Final[dict[str, Callable[[bytes], None]]] = {
+    "jsonrpc": fuzz_jsonrpc,
+    "mcp": fuzz_mcp,
+    "sse": fuzz_sse,
+    "lines": fuzz_lines,
+    "http": fuzz_http,
+}
+
+SEEDS: Final[dict[str, list[bytes]]] = {
+    "jsonrpc": [b'{"jsonrpc":"2.0","id":1,"method":"ping"}',
+                b'{"jsonrpc":"2.0","method":"notifications/initialized","params":{"x":\r{}\n}}',
+                b'{"jsonrpc":"2.0","id":"a","result":{}}', b'[{"jsonrpc":"2.0"}]',
+                b'{"jsonrpc":"2.0","id":1,"method":"x","method":"y"}'],
+    "mcp": [b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo",'
+            b'"arguments":{"a":[1,2]}}}',
+            b'{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"vm://a"}}',
+            b'{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":1}}',
+            b'{"jsonrpc":"2.0","method":"tools/call","params":{"name":"danger"}}'],
+    "sse": [b"id: 7\ndata: {}\n\n", b"data: a\r\ndata: b\r\n\r\n", b"\xef\xbb\xbfdata:x\r\r",
+            b": keepalive\n\nevent: e\nretry: 10\n\n"],
+    "lines": [b'{"a":1}\n{"b"\r\n:2}\n', b"\n\n\r\n", b"x" * 300 + b"\nok\n"],
+    "http": [b"POST /servers/a/mcp HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}",
+             b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n",
+             b"GET / HTTP/1.1\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n",
+             b"CONNECT a:1 HTTP/1.1\r\n\r\nxx", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+             b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"],
+}
+
+# libFuzzer dictionaries: the tokens that get a random input past the first byte.
+DICTIONARIES: Final[dict[str, list[bytes]]] = {
+    "jsonrpc": [b'"jsonrpc"', b'"2.0"', b'"id"', b'"method"', b'"params"', b'"result"',
+                b'"error"', b"{", b"}", b"[", b"]", b":", b",", b"\r", b"\n", b"\\u0000",
+                b"null", b"true", b"1e999", b"-0", b"99999999999999999999"],
+    "mcp": [b'"tools/call"', b'"name"', b'"arguments"', b'"uri"', b'"prompts/get"',
+            b'"resources/read"'],
+    "sse": [b"data:", b"id:", b"event:", b"retry:", b"\r\n", b"\xef\xbb\xbf"],
+    "lines": [b"\r\n", b"\n", b"\r"],
+    "http": [b"POST ", b" HTTP/1.1\r\n", b"Content-Length: ", b"Transfer-Encoding: chunked",
+             b"\r\n\r\n", b"Expect: 100-continue", b"Upgrade: ", b"Connection: "],
+}
+DICTIONARIES["mcp"] += DICTIONARIES["jsonrpc"]
