@@ -214,3 +214,76 @@ async def test_ready_waits_for_the_audit_commit() -> None:
     assert scope.cancelled_caught  # not durable yet: must not be forwarded
     audit.commit.set()
     await out.ready()
+
+
+# -- rules 1, 2, 10 and 11: what can execute is decided; only what was asked is answered
+
+
+async def test_a_response_to_an_id_never_forwarded_is_dropped_and_recorded() -> None:
+    med, audit = make()
+    forged = b'{"jsonrpc":"2.0","id":41,"result":{"content":[]}}'
+    assert (await med.from_server(forged)).client is None
+    await med.from_client(call(1, "t"))
+    answer = b'{"jsonrpc":"2.0","id":1,"result":{"content":[]}}'
+    assert (await med.from_server(answer)).client is answer
+    assert (await med.from_server(answer)).client is None  # answered already: once only
+    # and the other way: an answer to a server request that was never made
+    assert (await med.from_client(b'{"jsonrpc":"2.0","id":"s9","result":{}}')).upstream is None
+    drops = [e for e in audit.events if getattr(e, "kind", None) == "message_dropped"]
+    assert [(d.detail["from"], d.detail["reason"], d.detail["id"]) for d in drops] == [
+        ("server", "response_unmatched", 41), ("server", "response_unmatched", 1),
+        ("client", "response_unmatched", "s9")]
+
+
+async def test_only_notifications_travel_without_an_id() -> None:
+    med, audit = make()
+    for direction, data in (
+            ("client", b'{"jsonrpc":"2.0","method":"tools/call","params":{"name":"t"}}'),
+            ("client", b'{"jsonrpc":"2.0","method":"x/custom"}'),
+            ("server", b'{"jsonrpc":"2.0","method":"sampling/createMessage","params":{}}')):
+        routed = await (med.from_client(data) if direction == "client"
+                        else med.from_server(data))
+        assert routed.upstream is None and routed.client is None
+        assert routed.rejected is not None
+        assert json.loads(routed.rejected)["error"]["code"] == jsonrpc.INVALID_REQUEST
+    refused = audit.of(DecisionEvent)
+    assert [(e.method, e.direction, e.decision, e.rule, e.request_id) for e in refused] == [
+        ("tools/call", "client", "deny", "protocol", None),
+        ("x/custom", "client", "deny", "protocol", None),
+        ("sampling/createMessage", "server", "deny", "protocol", None)]
+    assert refused[0].tool == "t"  # the audit names what was attempted
+    note = b'{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1}}'
+    out = (await med.from_client(note)).upstream
+    assert out is not None and out.data is note
+
+
+async def test_a_notification_is_forwarded_in_canonical_form() -> None:
+    med, _ = make()
+    smuggled = (b'{"jsonrpc":"2.0","method":"notifications/initialized","params":{"x":\n'
+                b'{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"t"}}\n}}')
+    out = (await med.from_client(smuggled)).upstream
+    assert out is not None and b"\n" not in out.data and b"\r" not in out.data
+    assert json.loads(out.data) == json.loads(smuggled)
+
+
+async def test_a_message_whose_handling_fails_fails_alone() -> None:
+    class Broken(TablePolicy):
+        def decide(self, call: Call, caller: Caller, server: str, session: str) -> Decision:
+            if call.tool == "boom":
+                raise RuntimeError("a bug in a policy")
+            return ALLOW_ALL
+
+    med, _ = make(Broken({}))
+    reply = (await med.from_client(call(1, "boom"))).client
+    assert reply is not None and json.loads(reply)["error"]["code"] == jsonrpc.INTERNAL_ERROR
+    assert (await med.from_server(b'{"jsonrpc":"2.0","id":"q","method":"x",'
+                                  b'"params":{"name":"boom"}}')).client is not None
+    assert (await med.from_client(call(2, "fine"))).upstream is not None
+
+
+async def test_drops_recorded_per_session_are_bounded() -> None:
+    med, audit = make()
+    for _ in range(250):
+        await med.from_server(b"garbage")
+    drops = [e for e in audit.events if getattr(e, "kind", None) == "message_dropped"]
+    assert len(drops) == 100 and "logged only" in drops[-1].detail["detail"]

@@ -183,7 +183,7 @@ class DemoSession:
             try:
                 cancelled = msgspec.json.decode(msg.params if len(msg.params) else b"{}",
                                                 type=_Cancelled)
-            except (msgspec.DecodeError, UnicodeDecodeError):
+            except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
                 return Reply()  # a notification cannot be answered, even with an error
             return Reply(cancel=cancelled.requestId)
         return Reply()
@@ -327,5 +327,5 @@ def _decode(params: msgspec.Raw, kind: type[_T]) -> _T:
     """Decode request params into ``kind``; absent params count as ``{}``."""
     try:
         return msgspec.json.decode(params if len(params) else b"{}", type=kind)
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # ValidationError is a DecodeError
-        raise ParamsError(f"invalid params: {exc}") from None
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise ParamsError(f"invalid params: {exc}") from None  # ValidationError is a DecodeError

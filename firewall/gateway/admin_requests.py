@@ -14,6 +14,7 @@ import msgspec
 
 from firewall.gateway.exchange import BodyTooLarge, Exchange
 from firewall.gateway.operators import Operator
+from firewall.protocol import bounds
 
 _T = TypeVar("_T")
 MAX_BODY: Final = 64 * 1024
@@ -77,9 +78,11 @@ async def read_body(ex: Exchange) -> bytes:
 
 def decode_body(body: bytes, kind: type[_T]) -> _T:
     """Decode a JSON body (empty means ``{}``); 400 names what is wrong."""
+    if bounds.too_deep(body):
+        raise ApiError(400, f"bad request body: nested deeper than {bounds.MAX_DEPTH} levels")
     try:
         return msgspec.json.decode(body or b"{}", type=kind)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise ApiError(400, f"bad request body: {exc}") from None
 
 

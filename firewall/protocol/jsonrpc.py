@@ -6,7 +6,9 @@ Rules this module keeps:
    :class:`msgspec.Raw` so the firewall forwards what it received, byte for
    byte, and pays nothing for payloads it does not read.
 2. Decoding never raises anything but :class:`ProtocolError`, which carries the
-   JSON-RPC error code the peer must get back (-32700 or -32600).
+   JSON-RPC error code the peer must get back (-32700 or -32600). A message
+   nested deeper than ``bounds.MAX_DEPTH`` is refused (-32600) before it is
+   decoded, whichever way it travels.
 3. One decoder and one encoder, built at import and reused.
 4. The well-formed case is the fast one: a valid request costs one msgspec
    decode and three attribute tests. Anything unusual goes to the slow path,
@@ -168,6 +170,8 @@ def decode(data: bytes | bytearray | memoryview) -> Message:
     JSON-RPC batches (arrays) are refused with -32600: MCP 2025-06-18 removed
     them, and the firewall decides message by message.
     """
+    if bounds.too_deep(data):
+        raise too_deep_error()
     try:
         msg = _decoder.decode(data)
     except msgspec.ValidationError as exc:
