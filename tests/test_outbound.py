@@ -1,0 +1,94 @@
+"""What may reach an upstream (firewall/gateway/outbound.py), held structurally.
+
+mypy holds the transports to Outbound values (``StdioChild.send``,
+``HttpUpstream.forward``); these tests hold the rest: an Outbound is made by
+the mediator or at a few named places, never carries a byte a line reader
+splits on, and the gateway never POSTs a body but through ``forward``.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import trio
+
+from firewall.gateway.outbound import Outbound
+
+FIREWALL = Path(__file__).resolve().parent.parent / "firewall"
+
+# Every place in firewall/ that writes a message of mcpwall's own to an
+# upstream, and why. A new one is a new way past the policy: add it here only
+# with a reason that holds (its bytes are made by mcpwall, not received).
+OWN_MESSAGES = {
+    ("gateway/stdio_sessions.py", "initialize replayed to a restarted child"),
+    ("gateway/stdio_sessions.py", "cancellation of a timed-out request"),
+    ("gateway/mediator.py", "protocol error answer"),
+}
+
+
+def calls(tree: ast.AST) -> list[ast.Call]:
+    return [node for node in ast.walk(tree) if isinstance(node, ast.Call)]
+
+
+def sources() -> list[tuple[str, ast.AST]]:
+    return [(str(path.relative_to(FIREWALL)), ast.parse(path.read_text(), str(path)))
+            for path in sorted(FIREWALL.rglob("*.py"))]
+
+
+def test_own_messages_are_made_only_where_listed() -> None:
+    found = set()
+    for name, tree in sources():
+        for call in calls(tree):
+            func = call.func
+            if (isinstance(func, ast.Attribute) and func.attr in ("own", "decided")
+                    and isinstance(func.value, ast.Name) and func.value.id == "Outbound"):
+                if func.attr == "decided":
+                    assert name == "gateway/mediator.py", f"{name} makes a decided Outbound"
+                    continue
+                why = call.args[1]
+                assert isinstance(why, ast.Constant), f"{name}: Outbound.own needs a literal why"
+                found.add((name, why.value))
+    assert found == OWN_MESSAGES
+
+
+def test_the_gateway_posts_bodies_only_through_forward() -> None:
+    for name, tree in sources():
+        if not name.startswith("gateway/") or name == "gateway/upstream/http.py":
+            continue
+        for call in calls(tree):
+            func = call.func
+            if isinstance(func, ast.Attribute) and func.attr == "request":
+                has_body = len(call.args) > 2 or any(k.arg == "body" for k in call.keywords)
+                method = call.args[0] if call.args else None
+                is_upstream = not (isinstance(func.value, ast.Name)
+                                   and func.value.id == "jsonrpc")
+                if is_upstream:
+                    assert not has_body, f"{name}:{call.lineno} sends a body past forward()"
+                    assert isinstance(method, ast.Constant) and method.value in ("GET", "DELETE")
+
+
+def test_an_outbound_is_one_line_and_made_one_of_two_ways() -> None:
+    for bad in (b'{"a":\n1}', b'{"a":\r1}', '["\u2028"]'.encode(), '["\u0085"]'.encode()):
+        with pytest.raises(ValueError, match="one line"):
+            Outbound.own(bad, "test")
+    with pytest.raises(TypeError):
+        Outbound(b"{}", None, None, "forged", object())
+
+
+async def test_an_outbound_is_ready_once_its_decision_is_durable() -> None:
+    class Receipt:
+        def __init__(self) -> None:
+            self.done = trio.Event()
+
+        async def committed(self) -> None:
+            await self.done.wait()
+
+    receipt = Receipt()
+    out = Outbound.decided(b"{}", receipt, "s.1")
+    with trio.move_on_after(0.05) as scope:
+        await out.ready()
+    assert scope.cancelled_caught
+    receipt.done.set()
+    await out.ready()
