@@ -2,6 +2,7 @@
 server, directly and through ``mcpwall wrap``, in the same run.
 
     python benchmarks/bench_stdio.py [--calls 20000] [--rounds 5] [--peers]
+                                     [--baseline SOURCE_TREE]
 
 Prints calls/s medians and the ratio of each mcpwall configuration to the
 direct connection. Every response is checked (id and echoed arguments).
@@ -11,7 +12,10 @@ audit trail in fast mode, and in durable mode (each batch of calls waits for
 its fsync'd commit before it is forwarded: with 16 calls in flight the rate is
 bounded by 16 / fsync latency). With --peers, the PyPI package mcp-firewall 0.1.0 (its wrap mode,
 default action allow, global rate limit raised out of the way) is installed in
-benchmarks/.peers/mcp-firewall and measured in the same run.
+benchmarks/.peers/mcp-firewall and measured in the same run. With --baseline,
+another source tree of mcpwall (a checkout of an earlier revision, say) runs the
+allow-all and policy configurations beside this one, interleaved, and the
+ratios of this tree to it are printed.
 """
 
 from __future__ import annotations
@@ -60,7 +64,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--inflight", type=int, default=16)
     parser.add_argument("--peers", action="store_true", help="also measure peer firewalls")
+    parser.add_argument("--baseline", type=Path,
+                        help="another mcpwall source tree to measure beside this one")
     opts = parser.parse_args()
+    if opts.baseline is not None and not (opts.baseline / "firewall" / "cli.py").exists():
+        parser.error(f"--baseline {opts.baseline}: not an mcpwall source tree")
     tmp = Path(tempfile.mkdtemp(prefix="mcpwall-bench-"))
     policy = tmp / "policy.json"
     policy.write_text(json.dumps(POLICY))
@@ -80,6 +88,10 @@ def main() -> None:
         "mcpwall wrap, policy + durable audit": [*WRAP, "--config", str(durable), "--policy",
                                                  str(policy), "--", *ECHO],
     }
+    if opts.baseline is not None:
+        old = ["env", f"PYTHONPATH={opts.baseline.resolve()}", *WRAP]
+        targets["baseline wrap, allow-all"] = [*old, "--", *ECHO]
+        targets["baseline wrap, policy"] = [*old, "--policy", str(policy), "--", *ECHO]
     if opts.peers:
         targets.update(peer_targets(tmp))
     os.chdir(tmp)  # peers write their logs to the working directory
@@ -98,6 +110,12 @@ def main() -> None:
             continue
         med = statistics.median(values)
         print(f"{name:40} {med:18,.0f} {med / base:9.2f}x  {len(values)}")
+    if opts.baseline is not None:
+        for kind in ("allow-all", "policy"):
+            now, old = results[f"mcpwall wrap, {kind}"], results[f"baseline wrap, {kind}"]
+            if now and old:
+                ratio = statistics.median(now) / statistics.median(old)
+                print(f"this tree / baseline, {kind}: {ratio:.3f}x")
 
 
 if __name__ == "__main__":

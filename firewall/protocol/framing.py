@@ -114,8 +114,13 @@ def splittable(data: bytes) -> bool:
     """True when some line reader would split ``data``: it must not go out as is."""
     # Other separators of str.splitlines (VT, FF, FS, GS, RS) cannot occur
     # raw in valid JSON at all: the decoders refuse them.
-    return (b"\n" in data or b"\r" in data
-            or _LS in data or _PS in data or _NEL in data)
+    # Single bytes first: CPython finds those with memchr, several times faster
+    # than a sequence (1 MB of ASCII text: 12 us against 0.7-0.9 ms).
+    if b"\n" in data or b"\r" in data:
+        return True
+    if b"\xe2" in data and (_LS in data or _PS in data):
+        return True
+    return b"\x85" in data and _NEL in data
 
 
 def canonical(data: bytes | bytearray | memoryview) -> bytes:
