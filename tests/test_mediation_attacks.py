@@ -237,3 +237,14 @@ async def test_a_held_call_with_no_desk_is_recorded_as_refused_and_said_so(
     report = json.loads(stats.stdout)
     (tool,) = [t for t in report["tools"] if t["name"] == "vm_management"]
     assert tool["denials"] == 1 and tool["allowed"] == 0  # audit stats sees the refusal
+
+
+async def test_a_deeply_nested_message_is_refused_and_wrap_goes_on(tmp_path: Path) -> None:
+    bomb = b"[" * 100_000 + b"]" * 100_000
+    async with wrapped(["--policy", str(VIRT), "--", *DEMO], tmp_path) as peer:
+        await peer.send(b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":'
+                        b'"vm_management","arguments":{"action":"list","x":' + bomb + b"}}}")
+        await peer.send(b'{"jsonrpc":"2.0","method":"notifications/x","params":' + bomb + b"}")
+        await peer.send(msg(tool_call(2, "vm_management", {"action": "list"})))
+        assert not (await peer.answer(2))["result"].get("isError")
+        assert peer.proc.poll() is None
