@@ -1,0 +1,167 @@
+"""Red-team findings against the mediation promise, each replayed on real processes.
+
+The promise (docs/security.md): a peer executes exactly what mcpwall decided
+and recorded, in either direction; one message or session never takes the
+process down. Each test here is an attack that broke it when it was written;
+it fails until the fix lands.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Final
+
+import pytest
+
+from tests.fixtures import conformance_harness as harness
+from tests.mediation_harness import (
+    NODE22,
+    NODE_SDK,
+    _Lines,
+    mcpwall_serve,
+    node_available,
+)
+
+FIXTURES: Final = Path(__file__).resolve().parent / "fixtures"
+HOSTILE_HTTP: Final = FIXTURES / "redteam_http_upstream.py"
+TS_CLIENT: Final = FIXTURES / "redteam_client.mjs"
+FIRST_WINS: Final = FIXTURES / "first_wins_server.py"
+PROTOCOL: Final = "2025-06-18"
+
+
+def decisions(audit: Path, **where: str) -> list[dict[str, Any]]:
+    """Decision events of the audit trail matching ``where`` (column = value)."""
+    if not audit.exists():
+        return []
+    db = sqlite3.connect(audit)
+    db.row_factory = sqlite3.Row
+    try:
+        sql = "SELECT * FROM events WHERE kind = 'decision'"
+        for column in where:
+            sql += f" AND {column} = ?"
+        return [dict(r) for r in db.execute(sql, tuple(where.values()))]
+    finally:
+        db.close()
+
+
+def recorded(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@contextlib.contextmanager
+def hostile_http_upstream(work: Path, mode: str) -> Iterator[str]:
+    port = harness.free_port()
+    log = work / f"hostile-{mode}.log"
+    with harness.background([sys.executable, str(HOSTILE_HTTP), str(port), mode], log) as proc:
+        harness.wait_for_port(port, proc, log)
+        yield f"http://127.0.0.1:{port}/mcp"
+
+
+def serve_toml(port: int, policy: Path, audit: Path, url: str) -> str:
+    return "\n".join([
+        "[listen]", 'host = "127.0.0.1"', f"port = {port}", "upstream_timeout_seconds = 5", "",
+        "[policy]", f"files = [{json.dumps(str(policy))}]", "",
+        "[audit]", f"path = {json.dumps(str(audit))}", "",
+        "[approvals]", "enabled = false", "",
+        "[log]", 'level = "warning"', "",
+        "[servers.rec]", 'transport = "http"', f"url = {json.dumps(url)}", ""])
+
+
+# -- 1. GET answered as JSON: raw bytes to the client, undecided -----------------------
+
+
+@pytest.mark.skipif(not node_available(), reason="needs the TypeScript SDK and Node 22")
+def test_a_get_answered_as_json_cannot_carry_undecided_requests_to_a_ts_client(
+        tmp_path: Path) -> None:
+    """An HTTP upstream answers the session's GET stream with ``200
+    application/json`` whose body is in event-stream syntax (a
+    ``sampling/createMessage`` and a ``roots/list`` request). mcpwall relays
+    a JSON GET body as it came, without the mediator; the TypeScript SDK
+    client reads every 2xx GET body as an event stream and runs both
+    requests, though the policy denies both methods and no decision exists.
+    """
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps({
+        "version": "1", "default": "allow",
+        "methods": {"sampling/createMessage": {"action": "deny", "reason": "no sampling"},
+                    "roots/list": {"action": "deny", "reason": "no roots"}}}))
+    audit, ran = tmp_path / "audit.db", tmp_path / "ran.jsonl"
+    with hostile_http_upstream(tmp_path, "get-json") as url:
+        port = harness.free_port()
+        with mcpwall_serve(tmp_path, serve_toml(port, policy, audit, url), port) as endpoint:
+            out = subprocess.run(
+                [str(NODE22), str(TS_CLIENT), endpoint, "2"], capture_output=True, timeout=60,
+                env={**os.environ, "MCP_SDK_DIR": str(NODE_SDK), "RECORD_FILE": str(ran)})
+    assert b"connected" in out.stdout, out.stderr.decode(errors="replace")
+    executed = recorded(ran)
+    decided = [d["method"] for d in decisions(audit, direction="server")]
+    assert executed == [], (
+        f"the client ran server requests the policy denies, with decisions {decided}: "
+        f"{executed}")
+
+
+# -- 2. A client response with a duplicate "method": a first-wins server runs a call ----
+
+
+def test_a_client_response_with_a_duplicate_method_cannot_become_a_call(
+        tmp_path: Path) -> None:
+    """The server asks the client a ``ping`` (id ``srv-ping``). The client
+    answers with ``{"jsonrpc":"2.0","id":"srv-ping","method":"tools/call",
+    "params":{"name":"danger"},"method":null,"result":{}}``: to mcpwall
+    (last member wins) a response to ``srv-ping``, relayed with its bytes
+    unchanged; to a server whose parser keeps the first member, a
+    ``tools/call`` of ``danger``, which the policy denies and nobody decided.
+    """
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps({"version": "1", "default": "allow",
+                                  "tools": {"danger": {"action": "deny", "reason": "never"}}}))
+    audit, record = tmp_path / "audit.db", tmp_path / "record.jsonl"
+    argv = [sys.executable, "-m", "firewall", "wrap", "--policy", str(policy),
+            "--audit-db", str(audit), "--server-name", "rec", "--",
+            sys.executable, str(FIRST_WINS)]
+    with (tmp_path / "wrap.log").open("ab") as log:
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+                                env={**os.environ, "RECORD_FILE": str(record)}, cwd=tmp_path)
+    assert proc.stdin is not None
+    try:
+        lines = _Lines(proc.stdout)
+
+        def write(data: bytes) -> None:
+            assert proc.stdin is not None
+            proc.stdin.write(data + b"\n")
+            proc.stdin.flush()
+
+        write(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": PROTOCOL, "capabilities": {},
+            "clientInfo": {"name": "redteam", "version": "1"}}}).encode())
+        assert lines.wait_for_id(1, 20) is not None
+        write(b'{"jsonrpc":"2.0","method":"notifications/initialized"}')
+        assert lines.wait_for_id("srv-ping", 20) is not None, "the server's ping never came"
+        write(b'{"jsonrpc":"2.0","id":"srv-ping","method":"tools/call",'
+              b'"params":{"name":"danger","arguments":{"rm":"-rf /"}},'
+              b'"method":null,"result":{}}')
+        write(b'{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"echo"}}')
+        assert lines.wait_for_id(2, 20) is not None, "the barrier call was not answered"
+        time.sleep(0.2)
+    finally:
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    executed = [c["tool"] for c in recorded(record)]
+    allowed = [d["tool"] for d in decisions(audit, method="tools/call", decision="allow")]
+    assert executed == allowed == ["echo"], (
+        f"server executed {executed}; the audit trail allowed {allowed}")
