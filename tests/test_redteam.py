@@ -165,3 +165,56 @@ def test_a_client_response_with_a_duplicate_method_cannot_become_a_call(
     allowed = [d["tool"] for d in decisions(audit, method="tools/call", decision="allow")]
     assert executed == allowed == ["echo"], (
         f"server executed {executed}; the audit trail allowed {allowed}")
+
+
+# -- 3. An SSE field the parser cannot convert: the call is never answered -------------
+
+
+def _post(http: Any, url: str, body: bytes, session: str | None = None,
+          timeout: float = 20) -> Any:
+    headers = {"content-type": "application/json",
+               "accept": "application/json, text/event-stream", "mcp-protocol-version": PROTOCOL}
+    if session:
+        headers["mcp-session-id"] = session
+    return http.post(url, content=body, headers=headers, timeout=timeout)
+
+
+def test_an_sse_retry_of_5000_digits_does_not_leave_a_call_unanswered(tmp_path: Path) -> None:
+    """An HTTP upstream answers an allowed ``tools/call`` with one event: its
+    answer, and ``retry: 999...`` (5,000 digits). ``SSEParser._field`` calls
+    ``int()`` on it, which raises ValueError past 4,300 digits; the relay
+    catches only UpstreamError, so the request fails as a whole: the call ran
+    upstream, the client gets an empty event stream (neither the answer nor an
+    error), and the trail has its decision but no outcome.
+    """
+    import httpx
+
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps({"version": "1", "default": "allow"}))
+    audit = tmp_path / "audit.db"
+    with hostile_http_upstream(tmp_path, "sse-retry") as url:
+        port = harness.free_port()
+        with mcpwall_serve(tmp_path, serve_toml(port, policy, audit, url), port) as endpoint, \
+                httpx.Client(timeout=20) as http:
+            init = _post(http, endpoint, json.dumps({
+                "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                    "protocolVersion": PROTOCOL, "capabilities": {},
+                    "clientInfo": {"name": "redteam", "version": "1"}}}).encode())
+            session = init.headers["mcp-session-id"]
+            _post(http, endpoint, b'{"jsonrpc":"2.0","method":"notifications/initialized"}',
+                  session)
+            try:
+                answer = _post(http, endpoint, b'{"jsonrpc":"2.0","id":2,"method":"tools/call",'
+                               b'"params":{"name":"echo"}}', session, timeout=8)
+                status, text = answer.status_code, answer.text
+            except httpx.ReadTimeout:  # a kept-alive connection: the stream never ends
+                status, text = 0, "(no end of the response within 8 s)"
+    datas = [line[5:].strip() for line in text.splitlines() if line.startswith("data:")]
+    answered = [json.loads(d) for d in datas if d and json.loads(d).get("id") == 2]
+    call = decisions(audit, method="tools/call")
+    db = sqlite3.connect(audit)
+    outcomes = db.execute("SELECT status FROM events WHERE kind = 'outcome' AND call_id = ?",
+                          (call[0]["call_id"],)).fetchall()
+    db.close()
+    assert answered and outcomes, (
+        f"HTTP {status} body {text[:200]!r}; outcomes {outcomes}")
