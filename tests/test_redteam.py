@@ -218,3 +218,56 @@ def test_an_sse_retry_of_5000_digits_does_not_leave_a_call_unanswered(tmp_path: 
     db.close()
     assert answered and outcomes, (
         f"HTTP {status} body {text[:200]!r}; outcomes {outcomes}")
+
+
+# -- 4. The replayed handshake of a restarted child: mcpwall's own bytes break framing --
+
+
+def stdio_toml(port: int, policy: Path, audit: Path, record: Path) -> str:
+    return "\n".join([
+        "[listen]", 'host = "127.0.0.1"', f"port = {port}", "upstream_timeout_seconds = 5", "",
+        "[policy]", f"files = [{json.dumps(str(policy))}]", "",
+        "[audit]", f"path = {json.dumps(str(audit))}", "",
+        "[approvals]", "enabled = false", "",
+        "[log]", 'level = "warning"', "",
+        "[servers.rec]", 'transport = "stdio"', f"command = {json.dumps(sys.executable)}",
+        f"args = [{json.dumps(str(FIRST_WINS))}]",
+        f"env = {{ RECORD_FILE = {json.dumps(str(record))} }}", ""])
+
+
+@pytest.mark.parametrize("name", [b"ab", b"a\\u2028b"], ids=["plain", "u2028"])
+def test_a_restarted_child_gets_the_handshake_whatever_the_client_info(
+        tmp_path: Path, name: bytes) -> None:
+    """The client's ``initialize`` names itself ``"a\\u2028b"`` (escaped, as
+    JSON allows). It is forwarded in canonical form, the escape kept. The
+    child dies; mcpwall restarts it and replays the handshake, re-encoding the
+    initialize with ``jsonrpc.encode``, which writes U+2028 raw:
+    ``Outbound.own`` refuses the bytes with ValueError, which nothing catches
+    in ``StdioSession._restarted``, so the session fails
+    (``session_failed``) instead of going on as docs/operations say. (The
+    ``plain`` case shows the restart works otherwise.)
+    """
+    import httpx
+
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps({"version": "1", "default": "allow"}))
+    audit, record = tmp_path / "audit.db", tmp_path / "record.jsonl"
+    port = harness.free_port()
+    with mcpwall_serve(tmp_path, stdio_toml(port, policy, audit, record), port) as endpoint, \
+            httpx.Client(timeout=20) as http:
+        init = _post(http, endpoint, b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":'
+                     b'{"protocolVersion":"2025-06-18","capabilities":{},'
+                     b'"clientInfo":{"name":"' + name + b'","version":"1"}}}')
+        assert init.status_code == 200, init.text
+        session = init.headers["mcp-session-id"]
+        _post(http, endpoint, b'{"jsonrpc":"2.0","method":"notifications/initialized"}', session)
+        crashed = _post(http, endpoint, b'{"jsonrpc":"2.0","id":2,"method":"tools/call",'
+                        b'"params":{"name":"crash"}}', session)
+        assert b"-32010" in crashed.content, crashed.text  # the child died: upstream_lost
+        time.sleep(1.5)  # the first restart waits 0.5 s
+        after = _post(http, endpoint, b'{"jsonrpc":"2.0","id":3,"method":"tools/call",'
+                      b'"params":{"name":"echo"}}', session)
+        log = (tmp_path / "mcpwall.log").read_text(errors="replace")
+    assert after.status_code == 200 and b"executed echo" in after.content, (
+        f"HTTP {after.status_code} {after.text[:200]!r}; session_failed logged: "
+        f"{'session_failed' in log}")
