@@ -271,3 +271,58 @@ def test_a_restarted_child_gets_the_handshake_whatever_the_client_info(
     assert after.status_code == 200 and b"executed echo" in after.content, (
         f"HTTP {after.status_code} {after.text[:200]!r}; session_failed logged: "
         f"{'session_failed' in log}")
+
+
+# -- 5. Two calls with one id in flight: the trail pins one call's answer on the other --
+
+
+def test_two_calls_in_flight_with_one_id_each_get_their_own_outcome(tmp_path: Path) -> None:
+    """Through ``wrap``, the client sends ``tools/call echo`` and ``tools/call
+    danger`` with the same id 7, both allowed. Both are forwarded; the
+    mediator keeps one pending entry per id, so echo's answer is recorded as
+    danger's outcome, echo gets no outcome at all, and danger's real answer is
+    dropped as unmatched. (The HTTP front refuses an id in flight; ``wrap``
+    and the mediator do not.)
+    """
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps({"version": "1", "default": "allow"}))
+    audit, record = tmp_path / "audit.db", tmp_path / "record.jsonl"
+    argv = [sys.executable, "-m", "firewall", "wrap", "--policy", str(policy),
+            "--audit-db", str(audit), "--server-name", "rec", "--",
+            sys.executable, str(FIRST_WINS)]
+    lines_in = [
+        json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": PROTOCOL, "capabilities": {},
+            "clientInfo": {"name": "redteam", "version": "1"}}}).encode(),
+        b'{"jsonrpc":"2.0","method":"notifications/initialized"}',
+        b'{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo"}}',
+        b'{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"danger"}}',
+        b'{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"echo"}}']
+    with (tmp_path / "wrap.log").open("ab") as log:
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+                                env={**os.environ, "RECORD_FILE": str(record)}, cwd=tmp_path)
+    assert proc.stdin is not None
+    try:
+        lines = _Lines(proc.stdout)
+        proc.stdin.write(lines_in[0] + b"\n")
+        proc.stdin.flush()
+        assert lines.wait_for_id(1, 20) is not None
+        proc.stdin.write(b"\n".join(lines_in[1:]) + b"\n")
+        proc.stdin.flush()
+        assert lines.wait_for_id(8, 20) is not None, "the barrier call was not answered"
+        time.sleep(0.2)
+    finally:
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+        proc.wait(timeout=15)
+    db = sqlite3.connect(audit)
+    rows = db.execute(
+        "SELECT d.tool, COUNT(o.seq) FROM events d LEFT JOIN events o "
+        "ON o.kind = 'outcome' AND o.call_id = d.call_id "
+        "WHERE d.kind = 'decision' AND d.method = 'tools/call' AND d.decision = 'allow' "
+        "GROUP BY d.call_id ORDER BY d.seq").fetchall()
+    db.close()
+    executed = [c["tool"] for c in recorded(record)]
+    # Either fix will do: the second id-7 call refused, or each call its own outcome.
+    assert executed == [tool for tool, _ in rows], f"executed {executed}, allowed {rows}"
+    assert all(n == 1 for _, n in rows), f"outcomes per allowed call: {rows}"
