@@ -4,6 +4,7 @@ real store, desk, policy engine and mediator (the audit point is in memory)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 import subprocess
@@ -323,14 +324,21 @@ INITIALIZE_ELICITING = json.dumps({"jsonrpc": "2.0", "id": 0, "method": "initial
 STOP = {"action": "stop", "vm_name": "db-01", "password": "hunter2"}
 
 
+_IDS = itertools.count(7)
+
+
 async def elicited(med: Mediator, answer: dict[str, Any] | None
                    ) -> tuple[Routed, dict[str, Any]]:
-    """Hold a stop call (elicitation rule), answer the question with ``answer``."""
+    """Hold a stop call (elicitation rule), answer the question with ``answer``.
+
+    Each call has an id of its own: an approved one is in flight until the
+    server answers it, and a second request with its id would be refused."""
     sent: list[bytes] = []
     out: list[Routed] = []
+    rid = next(_IDS)
 
     async def run() -> None:
-        out.append(await held(med, call(7, STOP), sent))
+        out.append(await held(med, call(rid, STOP), sent))
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(run)

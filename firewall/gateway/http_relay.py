@@ -6,8 +6,8 @@ Rules this module keeps:
    request of it; the client only ever sees mcpwall's own id. A request without
    a session that is not ``initialize`` is forwarded without one (stateless
    servers, and the coming stateless revision of MCP), mediated on its own.
-2. Forwarded: the mediator's bytes (the original ones, unless it rewrote a
-   tools/list), ``Accept``, ``Content-Type``, ``MCP-Protocol-Version``,
+2. Forwarded: the mediator's Outbound (the decided message in its canonical
+   form), ``Accept``, ``Content-Type``, ``MCP-Protocol-Version``,
    ``Last-Event-ID`` and other ``Mcp-*`` headers, plus the server's configured
    ``headers`` (its credentials). Never the client's ``Authorization`` and
    never our session id.
@@ -35,6 +35,10 @@ Rules this module keeps:
 7. GET streams may live for hours: they run on a pool of their own
    (:attr:`HttpEndpoint.streams`, one connection per stream, at most
    ``listen.max_sessions``), so they never take a connection from the POSTs.
+8. Nothing the upstream sends reaches the client but through the mediator: a
+   GET answered with anything but an event stream is answered with the
+   upstream's status (502 for a 2xx) and mcpwall's own error, never with the
+   upstream's body.
 """
 
 from __future__ import annotations
@@ -425,12 +429,20 @@ class HttpEndpoint:
                 await ex.start(200, SSE_HEADERS)
                 await self._relay_events(ex, resp, session, session.mediator, None, None)
                 return
-            data = await resp.read(MAX_RESPONSE_BYTES)
-            if resp.status == 404 and session.upstream_sid is not None:
+            await resp.read(MAX_RESPONSE_BYTES)
+            status, ctype = resp.status, resp.content_type or "no type"
+            if status == 404 and session.upstream_sid is not None:
                 await self.front.end_session(session, "upstream")
+            # Rule 8: the upstream's own body is never relayed here. A client
+            # may read any 2xx GET body as an event stream (the TypeScript SDK
+            # does), so a body passed on unread would carry messages no policy
+            # decided; the client gets the status and mcpwall's own words.
             allow = resp.header("allow")
-            await ex.respond(resp.status, data if resp.content_type == JSON else b"",
-                             headers=[("allow", allow)] if allow else [])
+            session.log.info("upstream_get_not_a_stream", status=status, content_type=ctype)
+            await refuse(ex, 502 if status < 300 else status, jsonrpc.UPSTREAM_UNAVAILABLE,
+                         f"upstream server {self.name!r} answered the GET stream with HTTP "
+                         f"{status} and {ctype}, not an event stream",
+                         [("allow", allow)] if allow else [])
 
     async def delete(self, ex: Exchange, session: Session) -> None:
         assert isinstance(session, HttpSession)

@@ -15,24 +15,15 @@ fronts own the I/O; the mediator owns the rules. Invariants it keeps:
    form (``framing.canonical``): what the SDKs send is its own canonical form,
    so their bytes pass unchanged; whitespace, duplicate member names or line
    separators are never passed on for a reader to split or read another way.
-   Responses and notifications keep their bytes unless a line reader could
-   split them (``framing.line_safe``). A tools/list result from which tools
-   the caller can never call were removed is re-encoded.
+   Responses and notifications (either way) get a new envelope (each
+   member once, ``jsonrpc.reencode``) around their payload as received, unless
+   a line reader could split it (then the canonical form, ``line_safe``). A
+   tools/list result from which tools the caller can never call were removed
+   is re-encoded.
 3. What goes to the upstream is an :class:`Outbound` (``gateway/outbound.py``),
    the only thing the transports write: it carries the receipt of the
    decision event and the transport awaits it, so in durable audit mode no
    call reaches an upstream unaudited.
-10. A response is relayed only if it answers a request this mediator
-   forwarded (same id, same direction), once. Any other response (an id
-   mcpwall never forwarded, or answered already) is dropped, logged
-   (``response_unmatched``) and recorded as a ``message_dropped`` lifecycle
-   event, as is a message from the upstream that cannot be decoded. At most
-   :data:`DROPS_RECORDED` drops per session reach the audit trail; the rest
-   are logged.
-11. A message whose handling raises anything but a cancellation fails alone:
-   it is logged (``message_failed``, with the traceback), never forwarded, and
-   a client request gets an internal error (-32603). The session and the
-   process go on.
 4. A refused request never reaches the other side; its sender gets an answer
    (a tool result with ``isError`` for tools/call, else a JSON-RPC error with a
    stable code and ``data: {rule, reason, retry_after}``).
@@ -63,6 +54,20 @@ fronts own the I/O; the mediator owns the rules. Invariants it keeps:
    to the client have ids of their own (``mcpwall-<random>-<n>``); their
    answers are consumed here and never reach the upstream, and a server
    request reusing such an id is refused.
+10. A response is relayed only if it answers a request this mediator
+   forwarded (same id, same direction), once. Any other response (an id
+   mcpwall never forwarded, or answered already) is dropped, logged
+   (``response_unmatched``) and recorded as a ``message_dropped`` lifecycle
+   event, as is a message from the upstream that cannot be decoded. At most
+   :data:`DROPS_RECORDED` drops per session reach the audit trail; the rest
+   are logged.
+11. A message whose handling raises anything but a cancellation fails alone:
+   it is logged (``message_failed``, with the traceback), never forwarded, and
+   a client request gets an internal error (-32603). The session and the
+   process go on.
+12. A request whose id is the id of a request of the same side still in
+   flight (forwarded and not answered, or held) is refused, recorded as a
+   ``deny`` by rule ``protocol``: each request has its own answer and outcome.
 """
 
 from __future__ import annotations
@@ -232,6 +237,7 @@ class Mediator:
         self._server_pending: dict[RequestId, _Pending] = {}
         self._tools_list_ids: set[RequestId] = set()
         self._held_calls: dict[RequestId, _Hold] = {}
+        self._held_ids: set[RequestId] = set()  # held, from decision to verdict
         self._counter = itertools.count(1)
         # Set from the client's initialize: may mcpwall ask the person there?
         self.client_elicits = False
@@ -371,10 +377,14 @@ class Mediator:
             if rid is None or rid not in self._client_pending:
                 await self._dropped("server", "response_unmatched", msg, data)
                 return Routed()
+            line: bytes | None = None
             if rid in self._tools_list_ids:
                 self._tools_list_ids.discard(rid)
-                data = self._filter_tools_list(msg, data)
-            line = await self._line(data, "server", msg)
+                filtered = self._filter_tools_list(msg, data)
+                if filtered is not data:  # mcpwall's own encoding: one line to make sure
+                    line = framing.line_safe(filtered)
+            if line is None:
+                line = await self._line(data, "server", msg)
             if line is None:  # cannot be relayed: the request is answered with an error
                 line = jsonrpc.error_response(rid, jsonrpc.INTERNAL_ERROR, (
                     f"upstream server {self.server!r} sent an answer mcpwall cannot relay"))
@@ -434,6 +444,11 @@ class Mediator:
         if direction == "server" and self._own and rid in self._own:
             decision = Decision(DENY, rule="protocol",
                                 reason=f"request id {rid!r} is in use by mcpwall")
+        elif rid is not None and self._in_flight(rid, direction):
+            # Rule 12: two requests with one id would share one answer and one
+            # outcome; the second is refused before any policy.
+            decision = Decision(DENY, rule="protocol",
+                                reason=f"request id {rid!r} is already in flight")
         else:
             decision = self.policy.decide(call, self.caller, self.server, self.session)
             if type(decision) is PendingLimit:  # buckets shared in Redis: one round trip
@@ -452,9 +467,16 @@ class Mediator:
                 full = msg if isinstance(msg, jsonrpc.Message) else jsonrpc.decode(data)
                 held_call = call
 
+                if rid is not None:
+                    self._held_ids.add(rid)
+
                 async def verdict(to_client: ToClient | None) -> Routed:
-                    return await self._held(held_call, full, line, decision, call_id,
-                                            to_client)
+                    try:
+                        return await self._held(held_call, full, line, decision, call_id,
+                                                to_client)
+                    finally:
+                        if rid is not None:
+                            self._held_ids.discard(rid)
 
                 return Routed(held=verdict)
             # Nobody can decide it here: refused now, and recorded as such.
@@ -466,15 +488,23 @@ class Mediator:
             refusal = self._refusal(call, rid, decision, code=jsonrpc.APPROVAL_REQUIRED)
             if reply_side == "client":
                 return Routed(client=refusal, receipt=receipt)
-            return Routed(upstream=Outbound.decided(refusal, receipt, call_id), receipt=receipt)
+            return Routed(upstream=Outbound.decided(framing.line_safe(refusal), receipt, call_id),
+                          receipt=receipt)
         if not decision.enforced_allow:
             self.log.info("call_refused", method=call.method, target=call.target,
                           decision=decision.action, rule=decision.rule)
             refusal = self._refusal(call, rid, decision)
             if reply_side == "client":
                 return Routed(client=refusal, receipt=receipt)
-            return Routed(upstream=Outbound.decided(refusal, receipt, call_id), receipt=receipt)
+            return Routed(upstream=Outbound.decided(framing.line_safe(refusal), receipt, call_id),
+                          receipt=receipt)
         return self._forwarded(call, rid, line, direction, call_id, receipt)
+
+    def _in_flight(self, rid: RequestId, direction: str) -> bool:
+        """Whether a request of this side with id ``rid`` waits for its answer."""
+        if direction == "client":
+            return rid in self._client_pending or rid in self._held_ids
+        return rid in self._server_pending
 
     def _forwarded(self, call: mcp.Call, rid: RequestId | None, line: bytes, direction: str,
                    call_id: str, receipt: Receipt | None) -> Routed:
@@ -703,9 +733,16 @@ class Mediator:
     async def _line(self, data: bytes, direction: str, msg: jsonrpc.Message, *,
                     canonical: bool = False) -> bytes | None:
         """The bytes to relay for an undecided message (rule 2), or None when
-        it cannot be put on one line (then it is dropped and recorded)."""
+        it cannot be put on one line (then it is dropped and recorded).
+
+        Its envelope is written anew (each member once: the reader cannot
+        take it for another kind of message); its payload goes as received
+        unless a line reader could split it."""
         try:
-            return framing.canonical(data) if canonical else framing.line_safe(data)
+            if canonical:
+                return framing.canonical(data)
+            out = jsonrpc.reencode(msg)
+            return framing.line_safe(data if out == data else out)
         except framing.NotCanonical as exc:
             await self._dropped(direction, "not_relayable", msg, data, str(exc))
             return None
@@ -834,5 +871,5 @@ def _to(side: str, data: bytes) -> Routed:
     """An answer mcpwall makes itself (bad params, a malformed request)."""
     if side == "client":
         return Routed(client=data)
-    return Routed(upstream=Outbound.own(data, "protocol error answer"))
+    return Routed(upstream=Outbound.own(framing.line_safe(data), "protocol error answer"))
 

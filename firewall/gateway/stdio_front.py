@@ -22,6 +22,9 @@ Invariants:
    client meanwhile (progress keep-alives, elicitation). When the session
    ends (client EOF or child exit), held calls are withdrawn: nobody can
    approve them afterwards.
+6. Everything written to the client is one line for every reader
+   (``framing.line_safe``): the mediator's messages already are; mcpwall's
+   own (refusals naming what the client sent) are made so here.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from firewall.gateway.upstream.stdio import (
     open_stdio_child,
 )
 from firewall.log import get_logger
-from firewall.protocol import jsonrpc
+from firewall.protocol import framing, jsonrpc
 from firewall.protocol.framing import TOO_LONG
 
 
@@ -89,9 +92,15 @@ class WrapSession:
     async def _to_client(self, messages: list[bytes]) -> None:
         if not messages or self._client_gone:
             return
+        lines = []
+        for message in messages:  # rule 6: one line each, for any reader
+            try:
+                lines.append(framing.line_safe(message))
+            except framing.NotCanonical as exc:
+                self.log.error("client_message_not_relayable", error=str(exc))
         async with self._client_lock:
             try:
-                await self.client_out.send_all(b"\n".join(messages) + b"\n")
+                await self.client_out.send_all(b"\n".join(lines) + b"\n")
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self.log.info("client_gone")
                 self._client_gone = self._client_eof = True

@@ -59,7 +59,7 @@ from firewall.gateway.sessions import (
 )
 from firewall.gateway.upstream.stdio import ChildExited, StdioChild, open_stdio_child
 from firewall.policy.decision import Caller
-from firewall.protocol import jsonrpc, mcp, sse
+from firewall.protocol import framing, jsonrpc, mcp, sse
 from firewall.protocol.jsonrpc import Kind, RequestId
 
 RESTART_BACKOFF_FIRST: Final = 0.5
@@ -187,7 +187,7 @@ class StdioSession(Session):
                 init = jsonrpc.decode_any(self.handshake[0].data)
                 init["id"] = _HANDSHAKE_ID
                 try:
-                    await child.send(Outbound.own(jsonrpc.encode(init),
+                    await child.send(Outbound.own(framing.canonical(jsonrpc.encode(init)),
                                                   "initialize replayed to a restarted child"))
                     with trio.move_on_after(self.timeout):
                         await self._handshake_done.wait()

@@ -264,6 +264,36 @@ def request(method: str, params: Any = msgspec.UNSET, request_id: RequestId | No
     return _encoder.encode(_Request("2.0", method, ident, params))
 
 
+class _Envelope(msgspec.Struct, omit_defaults=True):
+    # The order the Python SDK writes (and JSON-RPC's examples): what it sends
+    # comes out byte for byte.
+    jsonrpc: str
+    id: int | str | msgspec.UnsetType | None = msgspec.UNSET
+    method: str | msgspec.UnsetType = msgspec.UNSET
+    params: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+    result: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+    error: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+
+
+def _raw(value: msgspec.Raw) -> msgspec.Raw | msgspec.UnsetType:
+    return value if len(value) else msgspec.UNSET
+
+
+def reencode(msg: Message) -> bytes:
+    """The envelope of ``msg`` written anew, its payloads as received.
+
+    Every member appears once, as decoded (the last of duplicates, the one
+    mcpwall read), so no reader can take a response or a notification for
+    another kind of message; ``params``, ``result`` and ``error`` are copied
+    unread. ``reencode(decode(b'{"jsonrpc":"2.0","id":1,"result":{},"id":2}'))``
+    is ``b'{"jsonrpc":"2.0","id":2,"result":{}}'``.
+    """
+    return _encoder.encode(_Envelope(
+        msg.jsonrpc, msg.id,
+        msgspec.UNSET if msg.method is None else msg.method,
+        _raw(msg.params), _raw(msg.result), _raw(msg.error)))
+
+
 def encode(obj: Any) -> bytes:
     """Encode any JSON value with the shared encoder."""
     return _encoder.encode(obj)

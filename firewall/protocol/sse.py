@@ -58,6 +58,10 @@ _BOM: Final = b"\xef\xbb\xbf"
 _DATA_LINE_SPLIT: Final = re.compile(rb"\r\n|\r|\n")
 
 
+
+# A reconnection delay of ten digits of milliseconds is already months.
+_RETRY_DIGITS: Final = 10
+
 class SSEError(ValueError):
     """The event stream cannot be parsed further (an event exceeds the size limit)."""
 
@@ -196,7 +200,10 @@ class SSEParser:
         elif name == b"event":
             self._event = value.decode("utf-8", "replace")
             self._has_fields = True
-        elif name == b"retry" and value.isdigit():  # ASCII digits only, for bytes
+        elif name == b"retry" and value.isdigit() and len(value) <= _RETRY_DIGITS:
+            # ASCII digits only, for bytes; a longer value is no delay anyone
+            # means (and int() refuses past 4,300 digits): ignored, as the
+            # spec ignores any retry that is not a number.
             self._retry = self.retry = int(value)
             self._has_fields = True
 
