@@ -1,9 +1,8 @@
-"""Red-team findings against the mediation promise, each replayed on real processes.
+"""Attacks by a hostile client or server against the mediation promise, on real processes.
 
 The promise (docs/security.md): a peer executes exactly what mcpwall decided
 and recorded, in either direction; one message or session never takes the
-process down. Each test here is an attack that broke it when it was written;
-it fails until the fix lands.
+process down. Each test here is an attack that once broke it.
 """
 
 from __future__ import annotations
@@ -31,8 +30,8 @@ from tests.mediation_harness import (
 )
 
 FIXTURES: Final = Path(__file__).resolve().parent / "fixtures"
-HOSTILE_HTTP: Final = FIXTURES / "redteam_http_upstream.py"
-TS_CLIENT: Final = FIXTURES / "redteam_client.mjs"
+HOSTILE_HTTP: Final = FIXTURES / "hostile_http_upstream.py"
+TS_CLIENT: Final = FIXTURES / "recording_client.mjs"
 FIRST_WINS: Final = FIXTURES / "first_wins_server.py"
 PROTOCOL: Final = "2025-06-18"
 
@@ -143,7 +142,7 @@ def test_a_client_response_with_a_duplicate_method_cannot_become_a_call(
 
         write(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
             "protocolVersion": PROTOCOL, "capabilities": {},
-            "clientInfo": {"name": "redteam", "version": "1"}}}).encode())
+            "clientInfo": {"name": "attacker", "version": "1"}}}).encode())
         assert lines.wait_for_id(1, 20) is not None
         write(b'{"jsonrpc":"2.0","method":"notifications/initialized"}')
         assert lines.wait_for_id("srv-ping", 20) is not None, "the server's ping never came"
@@ -199,7 +198,7 @@ def test_an_sse_retry_of_5000_digits_does_not_leave_a_call_unanswered(tmp_path: 
             init = _post(http, endpoint, json.dumps({
                 "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
                     "protocolVersion": PROTOCOL, "capabilities": {},
-                    "clientInfo": {"name": "redteam", "version": "1"}}}).encode())
+                    "clientInfo": {"name": "attacker", "version": "1"}}}).encode())
             session = init.headers["mcp-session-id"]
             _post(http, endpoint, b'{"jsonrpc":"2.0","method":"notifications/initialized"}',
                   session)
@@ -293,7 +292,7 @@ def test_two_calls_in_flight_with_one_id_each_get_their_own_outcome(tmp_path: Pa
     lines_in = [
         json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
             "protocolVersion": PROTOCOL, "capabilities": {},
-            "clientInfo": {"name": "redteam", "version": "1"}}}).encode(),
+            "clientInfo": {"name": "attacker", "version": "1"}}}).encode(),
         b'{"jsonrpc":"2.0","method":"notifications/initialized"}',
         b'{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo"}}',
         b'{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"danger"}}',
