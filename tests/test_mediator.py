@@ -287,3 +287,21 @@ async def test_drops_recorded_per_session_are_bounded() -> None:
         await med.from_server(b"garbage")
     drops = [e for e in audit.events if getattr(e, "kind", None) == "message_dropped"]
     assert len(drops) == 100 and "logged only" in drops[-1].detail["detail"]
+
+
+async def test_an_unknown_notification_is_decided_and_recorded() -> None:
+    custom = b'{"jsonrpc":"2.0","method":"notifications/vendor/run","params":{"x":1}}'
+    med, audit = make()
+    out = (await med.from_client(custom)).upstream
+    assert out is not None and out.data is custom and out.call_id is not None
+    deny = Decision("deny", rule="default", reason="not listed")
+    med, audit = make(TablePolicy({("notifications/vendor/run", None): deny}))
+    for routed in (await med.from_client(custom), await med.from_server(custom)):
+        assert routed.upstream is None and routed.client is None and routed.rejected
+    assert [(e.method, e.direction, e.decision) for e in audit.of(DecisionEvent)] == [
+        ("notifications/vendor/run", "client", "deny"),
+        ("notifications/vendor/run", "server", "deny")]
+    held = Decision("pending", rule="r", reason="ask")
+    med, audit = make(TablePolicy({("notifications/vendor/run", None): held}))
+    assert (await med.from_client(custom)).upstream is None
+    assert audit.of(DecisionEvent)[0].decision == "rejected"

@@ -317,3 +317,16 @@ def test_reload_keeps_buckets(tmp_path: Path) -> None:
         ps.decide(tool("vm_management"), ALICE, "vm", "s")
     assert ps.reload().ok
     assert ps.decide(tool("vm_management"), ALICE, "vm", "s").action == "limited"
+
+
+def test_only_the_notifications_mcp_defines_always_pass() -> None:
+    strict = engine({"version": "1", "default": "deny", "other_methods": "deny"})
+    for known in ("notifications/initialized", "notifications/cancelled",
+                  "notifications/progress", "notifications/roots/list_changed"):
+        assert decide(strict, mcp.Call(known)).enforced_allow
+    custom = mcp.Call("notifications/vendor/run")
+    assert not decide(strict, custom).enforced_allow
+    opened = engine({"version": "1", "default": "deny", "other_methods": "deny",
+                     "methods": {"notifications/vendor/*": {}}})
+    assert decide(opened, custom).enforced_allow
+    assert not decide(opened, mcp.Call("notifications/other")).enforced_allow

@@ -6,11 +6,13 @@ fronts own the I/O; the mediator owns the rules. Invariants it keeps:
 
 1. Every request, in either direction, gets exactly one decision from the
    policy point and one decision event in the audit trail before anything
-   else happens to it. A message with a method and no id is a notification
-   only when its method is ``notifications/...``: those are relayed without a
-   decision (there is nothing to execute). Any other id-less method is a
-   request that could not be answered: it is refused, with a ``deny``
-   decision event (rule ``protocol``), and never forwarded.
+   else happens to it. A message with a method and no id is relayed without
+   a decision only when it is one of the notifications MCP defines
+   (``mcp.NOTIFICATIONS``: they carry no operation). Another
+   ``notifications/...`` method is decided by the policy and recorded like a
+   request (a server may act on it); it cannot be held. Any other id-less
+   method is a request that could not be answered: it is refused, with a
+   ``deny`` decision event (rule ``protocol``), and never forwarded.
 2. What is forwarded is the message that was decided, in its canonical one-line
    form (``framing.canonical``): what the SDKs send is its own canonical form,
    so their bytes pass unchanged; whitespace, duplicate member names or line
@@ -331,8 +333,8 @@ class Mediator:
             await self._answered(self._server_pending, msg, len(data))
             return Routed(upstream=Outbound.decided(line, None, pending.call_id))
         assert msg.method is not None
-        if not msg.method.startswith(NOTIFICATION_PREFIX):
-            return await self._idless(msg, data, "client")
+        if msg.method not in mcp.NOTIFICATIONS:
+            return await self._notification(msg, data, "client")
         line = await self._line(data, "client", msg, canonical=True)
         if line is None:
             return Routed()
@@ -393,8 +395,8 @@ class Mediator:
         if kind is Kind.REQUEST:
             return await self._request(msg, data, "server")
         assert msg.method is not None
-        if not msg.method.startswith(NOTIFICATION_PREFIX):
-            return await self._idless(msg, data, "server")
+        if msg.method not in mcp.NOTIFICATIONS:
+            return await self._notification(msg, data, "server")
         line = await self._line(data, "server", msg)
         return Routed() if line is None else Routed(client=line)
 
@@ -747,21 +749,48 @@ class Mediator:
             await self._dropped(direction, "not_relayable", msg, data, str(exc))
             return None
 
-    async def _idless(self, msg: jsonrpc.Message, data: bytes, direction: str) -> Routed:
-        """Refuse a method without an id that is not a notification (rule 1)."""
-        assert msg.method is not None
-        call = Call(msg.method, direction)
-        # Its params do not matter: it is refused whatever they say.
+    async def _notification(self, msg: jsonrpc.Message, data: bytes,
+                            direction: str) -> Routed:
+        """Decide a message without an id that is not one of MCP's notifications
+        (rule 1): a method that is no notification is refused; an unknown
+        ``notifications/...`` one is decided by the policy and recorded."""
+        method = msg.method
+        assert method is not None
+        call = Call(method, direction)
+        # The params of a refused request do not matter: refused whatever they say.
         with contextlib.suppress(jsonrpc.ProtocolError):
             call = mcp.view(msg, direction)
-        decision = Decision(DENY, rule="protocol", reason=(
-            f"{msg.method!r} without an id is not a notification: a request needs an id"))
         call_id = f"{self.session}.{next(self._counter)}"
-        receipt = await self._decided(call, msg, decision, call_id)
-        self.log.warning("call_refused", method=msg.method, target=call.target,
-                         decision="deny", rule="protocol", direction=direction, idless=True)
+        if not method.startswith(NOTIFICATION_PREFIX):
+            decision = Decision(DENY, rule="protocol", reason=(
+                f"{method!r} without an id is not a notification: a request needs an id"))
+            recorded = None
+        else:
+            decision = self.policy.decide(call, self.caller, self.server, self.session)
+            if type(decision) is PendingLimit:
+                decision = await decision.settle()
+            recorded = None
+            if decision.action == PENDING and not decision.dry_run:
+                decision = Decision(DENY, rule=decision.rule, reason=(
+                    "a notification cannot wait for approval (it has no answer)"))
+                recorded = "rejected"
+        try:
+            line = framing.canonical(data)
+        except framing.NotCanonical as exc:
+            await self._dropped(direction, "not_relayable", msg, data, str(exc))
+            return Routed()
+        receipt = await self._decided(call, msg, decision, call_id, recorded_as=recorded)
+        if decision.enforced_allow:
+            if direction == "client":
+                return Routed(upstream=Outbound.decided(line, receipt, call_id), receipt=receipt)
+            return Routed(client=line, receipt=receipt)
+        self.log.warning("call_refused", method=method, target=call.target,
+                         decision=decision.action, rule=decision.rule, direction=direction,
+                         idless=True)
         return Routed(receipt=receipt, rejected=jsonrpc.error_response(
-            None, jsonrpc.INVALID_REQUEST, f"invalid request: {decision.reason}"))
+            None, jsonrpc.INVALID_REQUEST if decision.rule == "protocol"
+            else render.error_code(decision), f"refused: {decision.reason}",
+            render.denial_data(decision)))
 
     async def _dropped(self, direction: str, reason: str, msg: jsonrpc.Message, data: bytes,
                        detail: str | None = None) -> None:

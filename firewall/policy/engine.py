@@ -108,7 +108,7 @@ class Engine:
             index, name, args = table.resources, normalise_uri(call.uri or ""), _EMPTY
         elif method == mcp.PROMPTS_GET:
             index, name, args = table.prompts, call.prompt or "", call.arguments or _EMPTY
-        elif method in PASS_METHODS or method.startswith("notifications/"):
+        elif method in PASS_METHODS or method in mcp.NOTIFICATIONS:
             return PROTOCOL_ALLOW
         else:
             index, name, args = table.methods, method, _EMPTY
@@ -272,7 +272,7 @@ class Engine:
             trace.append(f"candidates for {name!r}, best first: "
                          f"{[e.rule for e in candidates] or 'none'}")
             decision = self._target(table, index, name, args, caller, server, session, trace)
-        elif method in PASS_METHODS or method.startswith("notifications/"):
+        elif method in PASS_METHODS or method in mcp.NOTIFICATIONS:
             candidates = ()
             trace.append(f"{method}: always passes")
             decision = PROTOCOL_ALLOW

@@ -38,6 +38,18 @@ ROOTS_LIST: Final = "roots/list"
 CANCELLED: Final = "notifications/cancelled"
 PROGRESS: Final = "notifications/progress"
 
+# The notifications MCP defines (2025-03-26 to 2025-11-25). They carry no
+# operation and pass without a decision; any other ``notifications/...``
+# method is decided by the policy like a request (``methods``, then the
+# default), since a server may act on it.
+NOTIFICATIONS: Final = frozenset({
+    "notifications/initialized", CANCELLED, PROGRESS, "notifications/message",
+    "notifications/resources/updated", "notifications/resources/list_changed",
+    "notifications/tools/list_changed", "notifications/prompts/list_changed",
+    "notifications/roots/list_changed", "notifications/elicitation/complete",
+    "notifications/tasks/status",
+})
+
 # Requests a server may send to a client.
 SERVER_REQUESTS: Final = frozenset({SAMPLING_CREATE, ELICITATION_CREATE, ROOTS_LIST, PING})
 
