@@ -181,6 +181,18 @@ def python_stdio_server() -> list[str]:
     return [sys.executable, str(RECORDING_PY)]
 
 
+def close_and_wait(proc: subprocess.Popen[bytes]) -> None:
+    """Close a stdio peer's stdin (the MCP way to end it), wait, kill if it lingers."""
+    with contextlib.suppress(OSError):
+        if proc.stdin is not None:
+            proc.stdin.close()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def node_stdio_server() -> list[str]:
     return [str(NODE22), str(RECORDING_MJS)]
 
@@ -263,13 +275,7 @@ def run_wrap(work: Path, server: Sequence[str], inputs: Sequence[Hostile], *,
     except (BrokenPipeError, OSError):
         alive = False
     finally:
-        with contextlib.suppress(OSError):
-            proc.stdin.close()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        close_and_wait(proc)
     return compare(transport, inputs, read_accounts(audit, record), alive=alive,
                    float64=float64)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 import subprocess
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -62,6 +63,14 @@ async def stop_serve(proc: trio.Process, grace: float = 20) -> None:
     if proc.poll() is None:
         proc.kill()
     await proc.wait()
+
+
+async def stop_gracefully(proc: trio.Process, log: Path) -> None:
+    """SIGTERM and wait: a graceful stop flushes the audit trail and exits 0."""
+    proc.send_signal(signal.SIGTERM)
+    with trio.fail_after(30):
+        await proc.wait()
+    assert proc.returncode == 0, tail(log)
 
 
 def require_front() -> None:

@@ -14,7 +14,6 @@ back to normal, and can be ended; finally serve stops gracefully (exit 0).
 from __future__ import annotations
 
 import json
-import signal
 import sys
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import httpx
 import pytest
 import trio
 from conftest import ROOT
-from serve_process import start_serve, stop_serve, tail
+from serve_process import start_serve, stop_gracefully, stop_serve, tail
 
 pytestmark = pytest.mark.slow
 
@@ -122,10 +121,7 @@ async def test_a_hostile_stdio_server_does_not_hurt_its_neighbour(tmp_path: Path
                                           {"action": "list"})
         assert proc.poll() is None, tail(log)
         assert EVIDENCE.get(mode, "") in log.read_text()
-        proc.send_signal(signal.SIGTERM)
-        with trio.fail_after(30):
-            await proc.wait()
-        assert proc.returncode == 0, tail(log)
+        await stop_gracefully(proc, log)  # flushes the audit trail
     finally:
         with trio.CancelScope(shield=True):
             await stop_serve(proc)

@@ -25,6 +25,7 @@ from tests.mediation_harness import (
     NODE22,
     NODE_SDK,
     _Lines,
+    close_and_wait,
     mcpwall_serve,
     node_available,
 )
@@ -66,14 +67,26 @@ def hostile_http_upstream(work: Path, mode: str) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}/mcp"
 
 
-def serve_toml(port: int, policy: Path, audit: Path, url: str) -> str:
+def recorded_wrap(argv: list[str], tmp_path: Path, record: Path) -> subprocess.Popen[bytes]:
+    """``argv`` (an ``mcpwall wrap``) with pipes, its log in tmp_path, the record file set."""
+    with (tmp_path / "wrap.log").open("ab") as log:
+        return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+                                env={**os.environ, "RECORD_FILE": str(record)}, cwd=tmp_path)
+
+
+def gateway_toml(port: int, policy: Path, audit: Path, *server: str) -> str:
+    """A gateway config with approvals off and one server ``rec`` (its ``server`` lines)."""
     return "\n".join([
         "[listen]", 'host = "127.0.0.1"', f"port = {port}", "upstream_timeout_seconds = 5", "",
         "[policy]", f"files = [{json.dumps(str(policy))}]", "",
         "[audit]", f"path = {json.dumps(str(audit))}", "",
         "[approvals]", "enabled = false", "",
         "[log]", 'level = "warning"', "",
-        "[servers.rec]", 'transport = "http"', f"url = {json.dumps(url)}", ""])
+        "[servers.rec]", *server, ""])
+
+
+def serve_toml(port: int, policy: Path, audit: Path, url: str) -> str:
+    return gateway_toml(port, policy, audit, 'transport = "http"', f"url = {json.dumps(url)}")
 
 
 # -- 1. GET answered as JSON: raw bytes to the client, undecided -----------------------
@@ -128,9 +141,7 @@ def test_a_client_response_with_a_duplicate_method_cannot_become_a_call(
     argv = [sys.executable, "-m", "firewall", "wrap", "--policy", str(policy),
             "--audit-db", str(audit), "--server-name", "rec", "--",
             sys.executable, str(FIRST_WINS)]
-    with (tmp_path / "wrap.log").open("ab") as log:
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
-                                env={**os.environ, "RECORD_FILE": str(record)}, cwd=tmp_path)
+    proc = recorded_wrap(argv, tmp_path, record)
     assert proc.stdin is not None
     try:
         lines = _Lines(proc.stdout)
@@ -153,13 +164,7 @@ def test_a_client_response_with_a_duplicate_method_cannot_become_a_call(
         assert lines.wait_for_id(2, 20) is not None, "the barrier call was not answered"
         time.sleep(0.2)
     finally:
-        with contextlib.suppress(OSError):
-            proc.stdin.close()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        close_and_wait(proc)
     executed = [c["tool"] for c in recorded(record)]
     allowed = [d["tool"] for d in decisions(audit, method="tools/call", decision="allow")]
     assert executed == allowed == ["echo"], (
@@ -223,15 +228,10 @@ def test_an_sse_retry_of_5000_digits_does_not_leave_a_call_unanswered(tmp_path: 
 
 
 def stdio_toml(port: int, policy: Path, audit: Path, record: Path) -> str:
-    return "\n".join([
-        "[listen]", 'host = "127.0.0.1"', f"port = {port}", "upstream_timeout_seconds = 5", "",
-        "[policy]", f"files = [{json.dumps(str(policy))}]", "",
-        "[audit]", f"path = {json.dumps(str(audit))}", "",
-        "[approvals]", "enabled = false", "",
-        "[log]", 'level = "warning"', "",
-        "[servers.rec]", 'transport = "stdio"', f"command = {json.dumps(sys.executable)}",
-        f"args = [{json.dumps(str(FIRST_WINS))}]",
-        f"env = {{ RECORD_FILE = {json.dumps(str(record))} }}", ""])
+    return gateway_toml(port, policy, audit, 'transport = "stdio"',
+                        f"command = {json.dumps(sys.executable)}",
+                        f"args = [{json.dumps(str(FIRST_WINS))}]",
+                        f"env = {{ RECORD_FILE = {json.dumps(str(record))} }}")
 
 
 @pytest.mark.parametrize("name", [b"ab", b"a\\u2028b"], ids=["plain", "u2028"])
@@ -297,9 +297,7 @@ def test_two_calls_in_flight_with_one_id_each_get_their_own_outcome(tmp_path: Pa
         b'{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo"}}',
         b'{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"danger"}}',
         b'{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"echo"}}']
-    with (tmp_path / "wrap.log").open("ab") as log:
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
-                                env={**os.environ, "RECORD_FILE": str(record)}, cwd=tmp_path)
+    proc = recorded_wrap(argv, tmp_path, record)
     assert proc.stdin is not None
     try:
         lines = _Lines(proc.stdout)

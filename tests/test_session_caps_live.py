@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +25,7 @@ import httpx
 import pytest
 import trio
 from conftest import ROOT, mcpwall_argv
-from serve_process import start_serve, stop_serve, tail
+from serve_process import start_serve, stop_gracefully, stop_serve
 
 from firewall.identity import hash_token
 
@@ -117,10 +116,7 @@ async def test_one_principal_cannot_take_every_child(tmp_path: Path) -> None:
                     ).status_code == 429
             assert "session_refused" in log.read_text()
 
-        proc.send_signal(signal.SIGTERM)  # a graceful stop flushes the audit trail
-        with trio.fail_after(30):
-            await proc.wait()
-        assert proc.returncode == 0, tail(log)
+        await stop_gracefully(proc, log)  # flushes the audit trail
     finally:
         with trio.CancelScope(shield=True):
             await stop_serve(proc)
