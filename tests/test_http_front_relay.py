@@ -34,20 +34,25 @@ INIT = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
     "clientInfo": {"name": "test", "version": "1"}}}
 
 
+def compact(message: Any) -> bytes:
+    """JSON as the MCP SDKs write it (no whitespace): relayed byte for byte."""
+    return json.dumps(message, separators=(",", ":")).encode()
+
+
 def note(text: str) -> bytes:
-    return json.dumps({"jsonrpc": "2.0", "method": "notifications/message",
-                       "params": {"level": "info", "data": text}}).encode()
+    return compact({"jsonrpc": "2.0", "method": "notifications/message",
+                    "params": {"level": "info", "data": text}})
 
 
 def answer(rid: Any, text: str = "ok") -> bytes:
-    return json.dumps({"jsonrpc": "2.0", "id": rid,
-                       "result": {"content": [{"type": "text", "text": text}]}}).encode()
+    return compact({"jsonrpc": "2.0", "id": rid,
+                    "result": {"content": [{"type": "text", "text": text}]}})
 
 
 # A priming event, as the MCP Python SDK writes it (2025-11-25: resumable streams).
 PRIMING = b"id: p1\r\ndata: \r\nretry: 3000\r\n\r\n"
-SAMPLING = json.dumps({"jsonrpc": "2.0", "id": "s1", "method": "sampling/createMessage",
-                       "params": {"messages": [], "maxTokens": 1}}).encode()
+SAMPLING = compact({"jsonrpc": "2.0", "id": "s1", "method": "sampling/createMessage",
+                    "params": {"messages": [], "maxTokens": 1}})
 
 
 class RecordingUpstream:
@@ -108,7 +113,7 @@ class RecordingUpstream:
             extra = [(b"mcp-session-id", b"upstream-1")]
             result = {"protocolVersion": "2025-06-18", "capabilities": {},
                       "serverInfo": {"name": "up", "version": "1"}}
-        out = json.dumps({"jsonrpc": "2.0", "id": msg.request_id, "result": result}).encode()
+        out = compact({"jsonrpc": "2.0", "id": msg.request_id, "result": result})
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"application/json"), *extra]})
         await send({"type": "http.response.body", "body": out})
