@@ -292,8 +292,9 @@ def check_answers(transport: str, inputs: Sequence[Hostile], recorded: Recorded,
         allowed = [r for r in recorded.requests[key] if r["tool"] == echo_tool
                    and r["decision"] in ("allow", "approved")]
         result = answer.get("result")
-        if not allowed or not isinstance(result, dict) or result.get("isError"):
-            continue
+        if (not allowed or not isinstance(result, dict) or result.get("isError")
+                or "content" not in result):
+            continue  # not an echo's answer (a ping or tools/list may share the id)
         texts = [c.get("text") for c in result.get("content", []) if isinstance(c, dict)]
         expected = [f"Echo: {r['arguments'].get('message')}" for r in allowed]
         if not any(t in expected for t in texts):
