@@ -14,17 +14,25 @@ from pathlib import Path
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="scripts/fuzz", description=__doc__.splitlines()[0])
-    parser.add_argument("target", help="jsonrpc, mcp, sse, lines or http")
+    parser.add_argument("target", help="jsonrpc, mcp, sse, lines, http, framing or bounds")
     parser.add_argument("--runs", type=int, default=-1, help="inputs to try (default: no cap)")
     parser.add_argument("--seconds", type=int, default=60, help="time budget (default 60)")
     parser.add_argument("--max-len", type=int, default=8192, help="longest input")
     parser.add_argument("libfuzzer", nargs="*", help="extra libFuzzer flags, after --")
     args = parser.parse_args(argv)
 
-    import atheris
+    try:
+        import atheris
+    except ImportError:
+        print("fuzz: atheris is not installed; install it with: pip install -e '.[fuzz]'",
+              file=sys.stderr)
+        return 2
 
     with atheris.instrument_imports(include=["firewall", "msgspec", "tests.fuzz_targets"]):
         from tests import fuzz_targets
+
+        if args.target == "http":  # imported lazily by its target: instrument it too
+            from firewall.gateway import http11  # noqa: F401
 
     if args.target not in fuzz_targets.TARGETS:
         parser.error(f"unknown target {args.target!r}; one of {', '.join(fuzz_targets.TARGETS)}")

@@ -8,16 +8,24 @@ when an invariant breaks; documented refusals are caught here.
 Targets and the invariants they check:
 
 - ``jsonrpc``: :func:`jsonrpc.decode` raises only ``ProtocolError``; an accepted
-  message re-encodes to bytes that decode to an equal message; the framed
-  form (``framing.frame`` or ``jsonrpc.frame``, once one exists) has no CR or LF.
-- ``mcp``: :func:`mcp.decode` raises only ``ProtocolError`` and answers as
-  ``jsonrpc.decode`` then ``mcp.view`` (the same Call).
+  message re-encodes to bytes that decode to an equal message; its canonical
+  form (what the mediator forwards, ``framing.canonical``), unless refused as
+  ``NotCanonical``, is one line for every reader and decodes to the same message.
+- ``mcp``: :func:`mcp.decode` raises only ``ProtocolError``; it refuses a
+  text nested deeper than ``bounds.MAX_DEPTH`` whole (-32600), and answers any
+  other as ``jsonrpc.decode`` then ``mcp.view`` (the same Call).
 - ``sse``: :class:`SSEParser` raises only ``SSEError``, and any chunking of
   the input gives the same events as one feed.
 - ``lines``: :class:`LineSplitter` gives the same lines for any chunking, and
   no line holds LF or exceeds the cap.
 - ``http``: the httptools front connection parses any bytes into well-formed
   events (head, body, end, error) and raises nothing else.
+- ``framing``: :func:`framing.canonical` raises only ``NotCanonical``, and
+  what it returns is not ``splittable`` and decodes (msgspec) to a value equal
+  to the input's; :func:`framing.line_safe` returns its input unchanged when
+  that is not splittable, else the canonical form.
+- ``bounds``: :func:`bounds.too_deep` never raises, and for any text msgspec
+  decodes, ``too_deep(x, L) == (bounds.depth(x) > L)`` for several ``L``.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ from typing import Any, Final
 
 import msgspec
 
-from firewall.protocol import framing, jsonrpc, mcp, sse
+from firewall.protocol import bounds, framing, jsonrpc, mcp, sse
 
 MAX_LINE: Final = 256
 
@@ -40,18 +48,9 @@ def _cuts(data: bytes) -> list[bytes]:
     return [data[i:i + step] for i in range(0, len(data), step)]
 
 
-def _framed(msg: jsonrpc.Message, data: bytes) -> bytes | None:
-    frame = getattr(framing, "frame", None) or getattr(jsonrpc, "frame", None)
-    if frame is None:
-        return None
-    out: bytes = frame(data) if _takes_bytes(frame) else frame(msg)
-    return out
-
-
-def _takes_bytes(function: Callable[..., Any]) -> bool:
-    annotations = getattr(function, "__annotations__", {})
-    first = next(iter(annotations.values()), "")
-    return "bytes" in str(first)
+def _value(msg: jsonrpc.Message) -> Any:
+    """A message as a plain value (its Raw members decoded), for comparing forms."""
+    return msgspec.json.decode(jsonrpc.encode(msg))
 
 
 def fuzz_jsonrpc(data: bytes) -> None:
@@ -61,17 +60,24 @@ def fuzz_jsonrpc(data: bytes) -> None:
         return
     again = jsonrpc.decode(jsonrpc.encode(msg))
     assert again == msg, (again, msg)
-    framed = _framed(msg, data)
-    if framed is not None:
-        body = framed.rstrip(b"\n")
-        assert b"\r" not in body and b"\n" not in body, framed
-        assert jsonrpc.decode(body) == msg
+    try:
+        line = framing.canonical(data)
+    except framing.NotCanonical:
+        return  # the mediator refuses it (-32600): nothing is forwarded
+    assert not framing.splittable(line), line
+    forwarded = jsonrpc.decode(line)
+    assert _value(forwarded) == _value(msg), (line, data)
 
 
 def fuzz_mcp(data: bytes) -> None:
+    deep = bounds.too_deep(data)
     try:
         envelope, call = mcp.decode(data)
     except jsonrpc.ProtocolError as exc:
+        if deep:  # refused whole before decoding (bounds rule 1): the reference does not
+            assert (exc.code, exc.message) == (jsonrpc.INVALID_REQUEST,
+                                               jsonrpc.too_deep_error().message), exc
+            return
         try:
             msg = jsonrpc.decode(data)
             if msg.method is not None and msg.id is not msgspec.UNSET:
@@ -81,6 +87,7 @@ def fuzz_mcp(data: bytes) -> None:
             return
         raise AssertionError(
             f"mcp.decode refused what jsonrpc.decode + view accept: {exc}") from None
+    assert not deep, data
     msg = jsonrpc.decode(data)
     assert (envelope.method, envelope.id, envelope.jsonrpc) == (msg.method, msg.id, msg.jsonrpc)
     expected = mcp.view(msg) if msg.method is not None and msg.id is not msgspec.UNSET else None
@@ -149,13 +156,81 @@ async def _no_send(event: Any) -> None:
     raise AssertionError("the parser wrote to the connection")
 
 
+_DECODE_ERRORS: Final = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+
+
+def _decoded(data: bytes) -> tuple[bool, Any]:
+    try:
+        return True, msgspec.json.decode(data)
+    except _DECODE_ERRORS:
+        return False, None
+
+
+def fuzz_framing(data: bytes) -> None:
+    ok, value = _decoded(data)
+    try:
+        line = framing.canonical(data)
+    except framing.NotCanonical:
+        assert not ok or bounds.too_deep(data), data  # only a deep value is refused
+        line = None
+    if line is not None:
+        assert ok, data  # nothing msgspec refuses has a canonical form
+        assert not framing.splittable(line), line
+        same, again = _decoded(line)
+        assert same and again == value, (line, data)
+        assert framing.canonical(line) == line  # canonical is a fixed point
+    try:
+        safe = framing.line_safe(data)
+    except framing.NotCanonical:
+        assert framing.splittable(data) and line is None, data
+        return
+    assert safe == (line if framing.splittable(data) else data), (safe, data)
+
+
+LIMITS: Final = (0, 1, 2, 3, 7, bounds.MAX_DEPTH)
+
+
+def fuzz_bounds(data: bytes) -> None:
+    verdicts = [bounds.too_deep(data, limit) for limit in LIMITS]
+    assert all(type(v) is bool for v in verdicts), verdicts
+    assert bounds.too_deep(memoryview(data)) == verdicts[-1]
+    ok, _value = _decoded(data)
+    if not ok:
+        return
+    depth = bounds.depth(data)
+    assert verdicts == [depth > limit for limit in LIMITS], (depth, verdicts, data)
+
+
 TARGETS: Final[dict[str, Callable[[bytes], None]]] = {
     "jsonrpc": fuzz_jsonrpc,
     "mcp": fuzz_mcp,
     "sse": fuzz_sse,
     "lines": fuzz_lines,
     "http": fuzz_http,
+    "framing": fuzz_framing,
+    "bounds": fuzz_bounds,
 }
+
+
+def _nested(depth: int, *, objects: bool = False) -> bytes:
+    """A value ``depth`` arrays (or objects) deep."""
+    if objects:
+        return b'{"a":' * (depth - 1) + b"{}" + b"}" * (depth - 1)
+    return b"[" * depth + b"]" * depth
+
+
+def _call_with(arguments: bytes) -> bytes:
+    return (b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo",'
+            b'"arguments":{"x":' + arguments + b"}}}")
+
+
+# Nesting around the bound: the envelope and params add three levels to the arguments'.
+_DEEP: Final = [_call_with(_nested(bounds.MAX_DEPTH - 3)),
+                _call_with(_nested(bounds.MAX_DEPTH - 2, objects=True)),
+                _call_with(_nested(bounds.MAX_DEPTH + 1)),
+                _call_with(b'"' + b"[" * 80 + b'\\\\\\"' + b"{" * 80 + b'"'),
+                b'{"jsonrpc":"2.0","method":"notifications/initialized","params":'
+                + _nested(200) + b"}"]
 
 SEEDS: Final[dict[str, list[bytes]]] = {
     "jsonrpc": [b'{"jsonrpc":"2.0","id":1,"method":"ping"}',
@@ -175,7 +250,17 @@ SEEDS: Final[dict[str, list[bytes]]] = {
              b"GET / HTTP/1.1\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n",
              b"CONNECT a:1 HTTP/1.1\r\n\r\nxx", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
              b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"],
+    "framing": [b'{ "a" :\r\n1, "a": 2 }', b'{"a":"x\xe2\x80\xa8y\xc2\x85z"}',
+                b'{"jsonrpc":"2.0","id":1,"method":"ping"}', b'"\\u2028\\/\\u00e9"',
+                b"[1.0, -0.0, 1e308, 123456789012345678901234567890]\n",
+                b'{"b":1,"a":{"c":[true,false,null]}}', _nested(bounds.MAX_DEPTH + 1),
+                _nested(bounds.MAX_DEPTH, objects=True)],
+    "bounds": [_nested(bounds.MAX_DEPTH), _nested(bounds.MAX_DEPTH + 1),
+               _nested(70, objects=True), b'["[[[[", "\\\\", "\\"]]]"]',
+               b'[[["\\\\\\"[["]]]', b"[[[]],[[[]]]]", b'{"a":[{"b":[]}]}', b"[[[]"],
 }
+SEEDS["jsonrpc"] += _DEEP
+SEEDS["mcp"] += _DEEP
 
 # libFuzzer dictionaries: the tokens that get a random input past the first byte.
 DICTIONARIES: Final[dict[str, list[bytes]]] = {
@@ -189,4 +274,7 @@ DICTIONARIES: Final[dict[str, list[bytes]]] = {
     "http": [b"POST ", b" HTTP/1.1\r\n", b"Content-Length: ", b"Transfer-Encoding: chunked",
              b"\r\n\r\n", b"Expect: 100-continue", b"Upgrade: ", b"Connection: "],
 }
+DICTIONARIES["framing"] = [*DICTIONARIES["jsonrpc"], b"\xe2\x80\xa8", b"\xe2\x80\xa9",
+                           b"\xc2\x85", b"\\u2028", b'\\"', b"\\\\", b"\r\n"]
+DICTIONARIES["bounds"] = [b"[", b"]", b"{", b"}", b'"', b"\\", b'\\"', b'{"a":', b",", b"[[[["]
 DICTIONARIES["mcp"] += DICTIONARIES["jsonrpc"]

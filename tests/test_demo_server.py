@@ -273,6 +273,39 @@ async def test_raw_pipelined_requests_are_answered_in_order(tmp_path: Path) -> N
     assert replies[3]["result"]["structuredContent"]["vm"]["state"] == RUNNING
 
 
+async def test_record_file_lists_each_executed_call_and_is_off_by_default(
+        tmp_path: Path) -> None:
+    """``--record-file``: one JSON line per call that reached a known tool (tool,
+    arguments, id), a failing one included; unknown tools and other methods are not
+    calls. Without the option nothing is written."""
+    record = tmp_path / "calls.jsonl"
+    calls = [{"jsonrpc": "2.0", "id": i, "method": "tools/call",
+              "params": {"name": name, "arguments": args}}
+             for i, (name, args) in enumerate([
+                 ("vm_management", {"action": "list"}),
+                 ("vm_management", {"action": "info", "vm_name": "no-such-vm"}),
+                 ("no_such_tool", {}),
+                 ("vm_management", {"action": "info", "vm_name": "web-01", "x": "a\u2028b"})],
+                 1)]
+    async with raw_server(tmp_path, "--record-file", str(record)) as server:
+        await server.send(*calls, _ping(9))
+        replies = await server.rest()
+    assert [r["id"] for r in replies] == [1, 2, 3, 4, 9]
+    lines = record.read_bytes().split(b"\n")
+    assert lines[-1] == b""
+    assert [json.loads(line) for line in lines[:-1]] == [
+        {"tool": "vm_management", "arguments": {"action": "list"}, "id": 1},
+        {"tool": "vm_management", "arguments": {"action": "info", "vm_name": "no-such-vm"},
+         "id": 2},
+        {"tool": "vm_management", "arguments": {"action": "info", "vm_name": "web-01",
+                                                "x": "a\u2028b"}, "id": 4}]
+    record.unlink()
+    async with raw_server(tmp_path) as server:
+        await server.send(calls[0])
+        assert len(await server.rest()) == 1
+    assert not record.exists()
+
+
 @pytest.mark.parametrize(("asked", "answered"), [
     ("2025-11-25", "2025-11-25"), ("2025-06-18", "2025-06-18"), ("2025-03-26", "2025-03-26"),
     ("2024-11-05", "2025-11-25"), ("not-a-version", "2025-11-25"),

@@ -18,6 +18,10 @@ Rules this module keeps:
 4. End of input: wait for pending replies, then return. A closed output ends
    the loop quietly. Nothing but protocol frames is ever written to stdout;
    logs go to stderr.
+5. ``--record-file`` (off by default) appends one JSON line per executed
+   tool call, ``{"arguments": ..., "id": ..., "tool": ...}``, with one
+   ``write`` on an ``O_APPEND`` descriptor, so lines never interleave. Tests
+   compare it with a firewall's audit trail.
 
 Example::
 
@@ -35,7 +39,7 @@ import click
 import trio
 
 from firewall import log
-from firewall.demo.session import DemoSession, Reply
+from firewall.demo.session import DemoSession, Recorder, Reply
 from firewall.protocol import jsonrpc
 from firewall.protocol.jsonrpc import RequestId
 
@@ -154,12 +158,27 @@ def stdio_command() -> list[str]:
     return [sys.executable, "-m", "firewall.demo"]
 
 
-async def _run_stdio(step_delay: float, logger: Any) -> None:
+def record_to(path: str) -> Recorder:
+    """A recorder appending each executed call to ``path`` as a JSON line (rule 5)."""
+
+    def record(tool: str, arguments: dict[str, Any], request_id: RequestId | None) -> None:
+        line = jsonrpc.encode({"tool": tool, "arguments": arguments, "id": request_id})
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line + b"\n")
+        finally:
+            os.close(fd)
+
+    return record
+
+
+async def _run_stdio(step_delay: float, logger: Any, record_file: str | None) -> None:
     # Duplicates, so closing the streams leaves fds 0 and 1 to the interpreter.
     stdin = trio.lowlevel.FdStream(os.dup(0))
     stdout = trio.lowlevel.FdStream(os.dup(1))
+    session = DemoSession(log=logger, record=record_to(record_file) if record_file else None)
     async with stdin, stdout:
-        await serve(stdin, stdout, DemoSession(log=logger), step_delay=step_delay)
+        await serve(stdin, stdout, session, step_delay=step_delay)
 
 
 @click.command(name="demo")
@@ -173,7 +192,12 @@ async def _run_stdio(step_delay: float, logger: Any) -> None:
               envvar="MCPWALL_DEMO_STEP_DELAY",
               help="Seconds per work step of create and clone, to simulate slow calls "
                    "(env MCPWALL_DEMO_STEP_DELAY).")
-def main(log_level: str, log_format: str, step_delay: float) -> None:
+@click.option("--record-file", type=click.Path(dir_okay=False), default=None,
+              envvar="MCPWALL_DEMO_RECORD_FILE",
+              help="Append one JSON line per executed tool call (tool, arguments, id) to "
+                   "this file, for comparing with an audit trail; off by default "
+                   "(env MCPWALL_DEMO_RECORD_FILE).")
+def main(log_level: str, log_format: str, step_delay: float, record_file: str | None) -> None:
     """Run the demo virtualization MCP server on stdin and stdout.
 
     It serves the tool surface of the Virtualization MCP server over a
@@ -194,7 +218,7 @@ def main(log_level: str, log_format: str, step_delay: float) -> None:
     logger = log.get_logger(server="demo")
     logger.info("demo_server_started", pid=os.getpid(), step_delay=step_delay)
     try:
-        trio.run(_run_stdio, step_delay, logger)
+        trio.run(_run_stdio, step_delay, logger, record_file)
     except KeyboardInterrupt:
         sys.exit(130)
     logger.info("demo_server_stopped")

@@ -19,6 +19,9 @@ Rules this module keeps:
    ``logging/setLevel``.
 4. No request waits for ``initialize``: the 2026 revision of MCP drops the
    handshake, and a firewall in front may replay calls without one.
+5. With a ``record`` callback, every tools/call that reaches a known tool is
+   reported to it (tool, arguments, request id) before the tool runs, whatever
+   the tool then answers: the server's own account of what it executed.
 
 Example::
 
@@ -42,6 +45,9 @@ from firewall.protocol import jsonrpc, mcp
 from firewall.protocol.jsonrpc import RequestId
 
 _T = TypeVar("_T")
+
+# record(tool, arguments, request id): see rule 5.
+Recorder = Callable[[str, dict[str, Any], RequestId | None], None]
 
 RESOURCE_NOT_FOUND: Final = -32002  # the MCP specification's code for resources/read
 LOG_LEVELS: Final = ("debug", "info", "notice", "warning", "error", "critical", "alert",
@@ -117,8 +123,10 @@ _PROMPTS: Final[tuple[dict[str, Any], ...]] = (
 class DemoSession:
     """One client connection to the simulated host."""
 
-    def __init__(self, host: Host | None = None, log: Any = None) -> None:
+    def __init__(self, host: Host | None = None, log: Any = None,
+                 record: Recorder | None = None) -> None:
         self.host = host or Host(catalog.load())
+        self._record = record
         self.protocol_version: str | None = None
         self.initialized = False
         self.log_level: str | None = None
@@ -157,7 +165,7 @@ class DemoSession:
             self._emit("info", "method_not_found", method=method, id=ident)
             return Reply((jsonrpc.error_response(ident, jsonrpc.METHOD_NOT_FOUND,
                                                  f"method not found: {method}"),), ident)
-        out = _Out()
+        out = _Out(ident)
         try:
             result = handler(msg.params, out)
         except ParamsError as exc:
@@ -218,6 +226,8 @@ class DemoSession:
 
     def _call_tool(self, params: msgspec.Raw, out: _Out) -> dict[str, Any]:
         call = _decode(params, _ToolCall)
+        if self._record is not None and self.host.catalog.tool(call.name) is not None:
+            self._record(call.name, call.arguments or {}, out.request_id)
         try:
             result = self.host.call(call.name, call.arguments or {})
         except KeyError:
@@ -308,9 +318,10 @@ class DemoSession:
 class _Out:
     """Frames a handler adds around its response."""
 
-    __slots__ = ("after", "before", "progress", "steps")
+    __slots__ = ("after", "before", "progress", "request_id", "steps")
 
-    def __init__(self) -> None:
+    def __init__(self, request_id: RequestId | None) -> None:
+        self.request_id = request_id
         self.progress: list[bytes] = []
         self.before: list[bytes] = []
         self.after: list[bytes] = []
