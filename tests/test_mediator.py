@@ -305,3 +305,16 @@ async def test_an_unknown_notification_is_decided_and_recorded() -> None:
     med, audit = make(TablePolicy({("notifications/vendor/run", None): held}))
     assert (await med.from_client(custom)).upstream is None
     assert audit.of(DecisionEvent)[0].decision == "rejected"
+
+
+async def test_ids_every_reader_reads_alike_and_members_json_rpc_defines() -> None:
+    med, audit = make()
+    for bad in (b'{"jsonrpc":"2.0","id":null,"method":"tools/call","params":{"name":"t"}}',
+                b'{"jsonrpc":"2.0","id":9007199254740993,"method":"tools/call",'
+                b'"params":{"name":"t"}}'):
+        routed = await med.from_client(bad)
+        assert routed.upstream is None and routed.client is not None
+    assert [(e.decision, e.rule) for e in audit.of(DecisionEvent)] == [("deny", "protocol")] * 2
+    extra = b'{"jsonrpc":"2.0","id":9007199254740991,"method":"ping","smuggled":{"a":1}}'
+    out = (await med.from_client(extra)).upstream
+    assert out is not None and out.data == b'{"jsonrpc":"2.0","id":9007199254740991,"method":"ping"}'

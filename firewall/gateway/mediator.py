@@ -14,7 +14,8 @@ fronts own the I/O; the mediator owns the rules. Invariants it keeps:
    method is a request that could not be answered: it is refused, with a
    ``deny`` decision event (rule ``protocol``), and never forwarded.
 2. What is forwarded is the message that was decided, in its canonical one-line
-   form (``framing.canonical``): what the SDKs send is its own canonical form,
+   form (``framing.canonical``, with only the members JSON-RPC defines at the
+   top): what the SDKs send is its own canonical form,
    so their bytes pass unchanged; whitespace, duplicate member names or line
    separators are never passed on for a reader to split or read another way.
    Responses and notifications (either way) get a new envelope (each
@@ -68,8 +69,10 @@ fronts own the I/O; the mediator owns the rules. Invariants it keeps:
    a client request gets an internal error (-32603). The session and the
    process go on.
 12. A request whose id is the id of a request of the same side still in
-   flight (forwarded and not answered, or held) is refused, recorded as a
-   ``deny`` by rule ``protocol``: each request has its own answer and outcome.
+   flight (forwarded and not answered, or held), is null, or is an integer
+   beyond 2**53 - 1 (JSON readers disagree on its value) is refused, recorded
+   as a ``deny`` by rule ``protocol``: each request has its own answer and
+   outcome, and its answer comes back under the id it went out with.
 """
 
 from __future__ import annotations
@@ -437,7 +440,7 @@ class Mediator:
         # The bytes that will be forwarded if the policy allows: made before
         # the decision, so nothing is decided that could not be forwarded as is.
         try:
-            line = framing.canonical(data)
+            line = framing.canonical(data, jsonrpc.REQUEST_MEMBERS)
         except framing.NotCanonical as exc:
             self.log.warning(f"{direction}_message_rejected", code=jsonrpc.INVALID_REQUEST,
                              reason=str(exc))
@@ -446,6 +449,8 @@ class Mediator:
         if direction == "server" and self._own and rid in self._own:
             decision = Decision(DENY, rule="protocol",
                                 reason=f"request id {rid!r} is in use by mcpwall")
+        elif (problem := _id_problem(msg.id)) is not None:
+            decision = Decision(DENY, rule="protocol", reason=problem)
         elif rid is not None and self._in_flight(rid, direction):
             # Rule 12: two requests with one id would share one answer and one
             # outcome; the second is refused before any policy.
@@ -742,7 +747,7 @@ class Mediator:
         unless a line reader could split it."""
         try:
             if canonical:
-                return framing.canonical(data)
+                return framing.canonical(data, jsonrpc.REQUEST_MEMBERS)
             out = jsonrpc.reencode(msg)
             return framing.line_safe(data if out == data else out)
         except framing.NotCanonical as exc:
@@ -775,7 +780,7 @@ class Mediator:
                     "a notification cannot wait for approval (it has no answer)"))
                 recorded = "rejected"
         try:
-            line = framing.canonical(data)
+            line = framing.canonical(data, jsonrpc.REQUEST_MEMBERS)
         except framing.NotCanonical as exc:
             await self._dropped(direction, "not_relayable", msg, data, str(exc))
             return Routed()
@@ -890,6 +895,16 @@ class Mediator:
             return data
         self.log.debug("tools_list_filtered", removed=len(tools) - len(kept))
         return jsonrpc.result_response(msg.request_id, {**result, "tools": kept})
+
+
+def _id_problem(ident: object) -> str | None:
+    """Why a request's id cannot be used, or None (rule 12)."""
+    if ident is None:
+        return "a request id must not be null"
+    if isinstance(ident, int) and not -jsonrpc.MAX_SAFE_ID <= ident <= jsonrpc.MAX_SAFE_ID:
+        return (f"request id {ident} is beyond 2**53 - 1, where JSON readers disagree on "
+                "its value")
+    return None
 
 
 def _utc(ns: int | None) -> str:

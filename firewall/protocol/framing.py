@@ -123,12 +123,14 @@ def splittable(data: bytes) -> bool:
     return b"\x85" in data and _NEL in data
 
 
-def canonical(data: bytes | bytearray | memoryview) -> bytes:
+def canonical(data: bytes | bytearray | memoryview,
+              keep: frozenset[str] | None = None) -> bytes:
     """The canonical one-line form of the JSON text ``data`` (rule 2).
 
-    ``canonical(b'{ "a" :\\r\\n1, "a": 2 }') == b'{"a":2}'``. Raises
-    :class:`NotCanonical` when ``data`` is not JSON or nests deeper than
-    :data:`bounds.MAX_DEPTH`.
+    ``canonical(b'{ "a" :\\r\\n1, "a": 2 }') == b'{"a":2}'``. With ``keep``, an
+    object keeps only those members at its top level (a JSON-RPC envelope:
+    nothing a reader could take for more). Raises :class:`NotCanonical` when
+    ``data`` is not JSON or nests deeper than :data:`bounds.MAX_DEPTH`.
     """
     if bounds.too_deep(data):
         raise NotCanonical(f"nested deeper than {bounds.MAX_DEPTH} levels")
@@ -136,6 +138,8 @@ def canonical(data: bytes | bytearray | memoryview) -> bytes:
         value = _any_decoder.decode(data)
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise NotCanonical(str(exc)) from None
+    if keep is not None and isinstance(value, dict) and not value.keys() <= keep:
+        value = {name: member for name, member in value.items() if name in keep}
     out = _encoder.encode(value)
     if b"\xc2\x85" in out or b"\xe2\x80" in out:
         out = out.replace(_NEL, b"\\u0085").replace(_LS, b"\\u2028").replace(_PS, b"\\u2029")

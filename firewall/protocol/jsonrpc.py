@@ -48,6 +48,14 @@ REQUEST_CANCELLED: Final = -32013
 
 RequestId = int | str
 
+# The members of a request or notification (JSON-RPC 2.0 has no others): what
+# mcpwall forwards of one. An extra member is dropped, since some readers
+# refuse the whole message for it and none may act on it unseen.
+REQUEST_MEMBERS: Final = frozenset({"jsonrpc", "id", "method", "params"})
+# An integer id every JSON reader reads alike: JavaScript's numbers are
+# doubles, exact up to 2**53 - 1 only.
+MAX_SAFE_ID: Final = 2**53 - 1
+
 
 class Kind(enum.Enum):
     """What a JSON-RPC message is, judged from the fields it carries."""
