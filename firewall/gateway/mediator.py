@@ -440,7 +440,7 @@ class Mediator:
         # The bytes that will be forwarded if the policy allows: made before
         # the decision, so nothing is decided that could not be forwarded as is.
         try:
-            line = framing.canonical(data, jsonrpc.REQUEST_MEMBERS)
+            line = framing.canonical(data, jsonrpc.REQUEST_MEMBERS, depth_checked=True)
         except framing.NotCanonical as exc:
             self.log.warning(f"{direction}_message_rejected", code=jsonrpc.INVALID_REQUEST,
                              reason=str(exc))
@@ -747,7 +747,7 @@ class Mediator:
         unless a line reader could split it."""
         try:
             if canonical:
-                return framing.canonical(data, jsonrpc.REQUEST_MEMBERS)
+                return framing.canonical(data, jsonrpc.REQUEST_MEMBERS, depth_checked=True)
             out = jsonrpc.reencode(msg)
             return framing.line_safe(data if out == data else out)
         except framing.NotCanonical as exc:
@@ -780,7 +780,7 @@ class Mediator:
                     "a notification cannot wait for approval (it has no answer)"))
                 recorded = "rejected"
         try:
-            line = framing.canonical(data, jsonrpc.REQUEST_MEMBERS)
+            line = framing.canonical(data, jsonrpc.REQUEST_MEMBERS, depth_checked=True)
         except framing.NotCanonical as exc:
             await self._dropped(direction, "not_relayable", msg, data, str(exc))
             return Routed()

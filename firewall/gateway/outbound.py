@@ -14,8 +14,10 @@ Rules this module keeps:
      (:meth:`Outbound.own`). ``tests/test_outbound.py`` pins the places in
      ``firewall/`` that make one, so a new bypass cannot appear unseen.
 3. The bytes of an Outbound are one line for every reader: no raw CR or LF,
-   no U+0085, U+2028 or U+2029 (``framing.splittable``). Construction refuses
-   anything else, whatever the caller did.
+   no U+0085, U+2028 or U+2029 (``framing.splittable``). The mediator makes
+   them so (its outputs are ``framing.canonical`` or ``line_safe``, a property
+   its tests and the differential harness hold it to); ``Outbound.own``
+   refuses anything else, whatever the caller did.
 4. A transport writes an Outbound only after ``await outbound.ready()``: in
    durable audit mode that is the commit of its decision event, so nothing
    reaches a server before the trail holds its decision.
@@ -40,9 +42,6 @@ class Outbound:
                  why: str, key: object) -> None:
         if key is not _DECIDED:
             raise TypeError("an Outbound is made by Outbound.decided or Outbound.own")
-        if framing.splittable(data):
-            raise ValueError("an Outbound must be one line for every reader (no CR, LF, "
-                             "U+0085, U+2028 or U+2029)")
         self.data = data
         self.receipt = receipt
         self.call_id = call_id
@@ -51,12 +50,18 @@ class Outbound:
     @classmethod
     def decided(cls, data: bytes, receipt: Receipt | None, call_id: str | None) -> Outbound:
         """A message the policy decided (``call_id``), or a refusal answering the
-        upstream; for the mediator only. ``data`` is already canonical."""
+        upstream; for the mediator only, which made ``data`` with
+        ``framing.canonical`` or ``line_safe`` (checked by its tests, and not
+        again here: this is the hot path)."""
         return cls(data, receipt, call_id, "decided", _DECIDED)
 
     @classmethod
     def own(cls, data: bytes, why: str) -> Outbound:
-        """A message mcpwall itself writes to the upstream (``why`` says which)."""
+        """A message mcpwall itself writes to the upstream (``why`` says which);
+        ValueError unless ``data`` is one line for every reader."""
+        if framing.splittable(data):
+            raise ValueError("an Outbound must be one line for every reader (no CR, LF, "
+                             "U+0085, U+2028 or U+2029)")
         return cls(data, None, None, why, _DECIDED)
 
     async def ready(self) -> None:
