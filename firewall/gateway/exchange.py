@@ -142,16 +142,25 @@ class Exchange:
         await self._raw({"type": "http.response.start", "status": status, "headers": raw})
         await self._emit(body, more=False)
 
-    async def start(self, status: int, headers: Iterable[tuple[str, str]]) -> None:
-        """Send the status line and headers of a streamed response."""
+    async def start(self, status: int, headers: Iterable[tuple[str, str]], *,
+                    flush: bool = True) -> None:
+        """Send the status line and headers of a streamed response.
+
+        ``flush=False``: the head may wait for the first body bytes; the caller
+        then calls :meth:`flush` before it waits for anything else."""
         assert not self.started, "one response per request"
         self.started = True
         await self._start_raw(status, [(b"date", http_date()),
                                        *((k.encode("latin-1"), v.encode("latin-1"))
-                                         for k, v in headers)])
+                                         for k, v in headers)], flush)
 
-    async def _start_raw(self, status: int, raw: list[tuple[bytes, bytes]]) -> None:
+    async def _start_raw(self, status: int, raw: list[tuple[bytes, bytes]],
+                         flush: bool = True) -> None:
         await self._raw({"type": "http.response.start", "status": status, "headers": raw})
+
+    async def flush(self) -> None:
+        """Make sure what was started has reached the client (a head kept back)."""
+        await self._emit(b"", more=True)
 
     async def write(self, data: bytes) -> None:
         """Send part of a streamed body, at once (no buffering)."""
@@ -190,7 +199,7 @@ class Responder(Protocol):
     """
 
     async def send_response(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes,
-                            more: bool) -> None: ...
+                            more: bool, flush: bool = True) -> None: ...
 
     async def send_body(self, data: bytes, more: bool) -> None: ...
 
@@ -233,10 +242,11 @@ class DirectExchange(Exchange):
             except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
                 self.disconnected = True
 
-    async def _start_raw(self, status: int, raw: list[tuple[bytes, bytes]]) -> None:
+    async def _start_raw(self, status: int, raw: list[tuple[bytes, bytes]],
+                         flush: bool = True) -> None:
         if not self.disconnected:
             try:
-                await self._responder.send_response(status, raw, b"", True)
+                await self._responder.send_response(status, raw, b"", True, flush)
             except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
                 self.disconnected = True
 

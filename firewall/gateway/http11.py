@@ -19,7 +19,10 @@ Rules this module keeps:
    out with the first body bytes in one write; each later body part (an SSE
    event) is written at once. An event stream's head is written at once: its
    first event may be minutes away (a long call, a quiet GET stream), and the
-   client must know meanwhile that its request was taken.
+   client must know meanwhile that its request was taken; unless the front
+   says it will flush the head itself before it waits for anything (an answer
+   relayed from an upstream usually has its event at hand: head, event and end
+   then go out in one write).
 3. The connection closes after a response when the client asked (``Connection:
    close``, HTTP/1.0), when the response says ``Connection: close``, when the
    request body was not read to its end (an early 413), when the server is
@@ -373,13 +376,16 @@ class HttptoolsProtocol:
 
     # -- the Responder of a DirectExchange --------------------------------------------
     async def send_response(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes,
-                            more: bool) -> None:
-        """Start (``more``) or send a whole response of a direct exchange (rule 2)."""
+                            more: bool, flush: bool = True) -> None:
+        """Start (``more``) or send a whole response of a direct exchange (rule 2).
+
+        ``flush=False``: an event stream's head waits for the first body bytes
+        too, because the caller has them at hand or flushes before it waits."""
         stream = self._frame(status, headers)
         self._suppress_body = status in _NO_BODY_STATUS
         if not more:
             await self.send_body(body, False)
-        elif stream:
+        elif stream and flush:
             await self.send_body(b"", True)  # the head alone, now (rule 2)
 
     async def send_body(self, data: bytes, more: bool) -> None:

@@ -264,7 +264,9 @@ class HttpEndpoint:
         ctype = resp.content_type
         if ctype == SSE and status < 300:
             if not ex.started:  # a held call's stream is open already
-                await ex.start(status, [*SSE_HEADERS, *headers])
+                # The head waits for the first events (usually at hand: one
+                # write for all); _relay_events flushes it before any wait.
+                await ex.start(status, [*SSE_HEADERS, *headers], flush=False)
             await self._relay_events(ex, resp, session, mediator, msg, deadline)
             return
         data = await resp.read(MAX_RESPONSE_BYTES)
@@ -309,6 +311,7 @@ class HttpEndpoint:
         events = resp.events(keep_dataless=True)
         out: list[bytes] = []
         last_write = trio.current_time()
+        flushed = False
         try:
             while True:
                 for event in events.ready():
@@ -335,6 +338,9 @@ class HttpEndpoint:
                     await ex.write(b"".join(out))
                     out.clear()
                     last_write = trio.current_time()
+                elif not flushed:
+                    await ex.flush()  # the head, before a wait of unknown length
+                flushed = True
                 # Wait for the upstream: a silence longer than keepalive_seconds
                 # gets a comment; the deadline ends the wait (receiving is cancel-safe).
                 wake = last_write + self.keepalive
