@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import shutil
 import sys
+from collections.abc import Generator
 from pathlib import Path
 
 import pytest
+from process_guard import GUARD, guarded_phase
 
 HTTP_PARSERS = ("httptools", "h11")
 
@@ -43,3 +45,27 @@ def venv_tool(name: str) -> str:
 def mcpwall_argv() -> list[str]:
     """How to run this checkout's mcpwall."""
     return [sys.executable, "-m", "firewall"]
+
+
+# The fast tier starts no process (tests/process_guard.py): each phase of a test not
+# marked slow runs with the doors to new processes shut, and fails if it tried one.
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, object, object]:
+    return (yield from _guarded(item))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
+    return (yield from _guarded(item))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, object, object]:
+    return (yield from _guarded(item))
+
+
+def _guarded(item: pytest.Item) -> Generator[None, object, object]:
+    with guarded_phase(item):
+        result = yield
+    GUARD.verdict()
+    return result

@@ -141,6 +141,7 @@ def dead_pid_owner() -> str:
     return owner
 
 
+@pytest.mark.slow
 def test_owner_alive_tells_gone_processes_from_live_ones() -> None:
     assert owner_alive(process_owner())
     assert not owner_alive(dead_pid_owner())
@@ -151,6 +152,7 @@ def test_owner_alive_tells_gone_processes_from_live_ones() -> None:
     assert owner_alive(f"another-host.example|{boot}|1|1")  # cannot tell: alive
 
 
+@pytest.mark.slow
 async def test_opening_a_desk_abandons_only_requests_of_dead_owners(tmp_path: Path) -> None:
     db = tmp_path / "a.db"
     with open_store(db) as store:
@@ -470,6 +472,7 @@ async def test_refuse_held_answers_and_marks_the_request_abandoned(tmp_path: Pat
     assert audit.of(LifecycleEvent)[-1].detail["verdict"] == "abandoned"
 
 
+@pytest.mark.slow
 def test_cli_approve_with_a_scope_and_list_shows_it(tmp_path: Path) -> None:
     from click.testing import CliRunner
 

@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from firewall.audit.verify import verify_paths
 
 WORKER = r'''
@@ -62,6 +64,7 @@ def _ledger(path: Path) -> list[str]:
     return [line for line in lines[:-1] if line]  # a torn last line was never "sent"
 
 
+@pytest.mark.slow
 def test_sigkill_under_load_loses_no_forwarded_call(tmp_path: Path) -> None:
     script = tmp_path / "worker.py"
     script.write_text(WORKER)

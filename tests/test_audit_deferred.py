@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import pytest
 
 from firewall.audit.chain import GENESIS, chain_rows, event_row, stored, verify_row
 from firewall.audit.events import DecisionEvent, Event, LifecycleEvent, OutcomeEvent
@@ -109,6 +110,7 @@ def _upto(db: Path) -> int:
         conn.close()
 
 
+@pytest.mark.slow
 def test_answers_are_complete_while_the_derived_tables_lag(tmp_path: Path) -> None:
     db = tmp_path / "gw.db"
     events = trail_events()
@@ -189,6 +191,7 @@ def _consistent(db: Path) -> int:
         conn.close()
 
 
+@pytest.mark.slow
 def test_a_writer_killed_during_a_catch_up_step_leaves_the_tables_consistent(
         tmp_path: Path) -> None:
     db = tmp_path / "gw.db"

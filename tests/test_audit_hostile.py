@@ -167,6 +167,7 @@ def test_tables_show_control_and_bidi_characters_as_escapes(tmp_path: Path,
         assert "\\u202e" in out  # the bidi override, shown as text
 
 
+@pytest.mark.slow
 def test_a_real_terminal_stream_gets_no_escape_sequences(tmp_path: Path) -> None:
     """`python -m firewall audit tail` as a process: its stdout bytes are what a
     terminal would interpret."""

@@ -35,6 +35,7 @@ def _settings(tmp_path: Path, **kw: object) -> AuditSettings:
                          **kw)  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
 async def test_a_killed_writer_process_fails_every_later_call(tmp_path: Path) -> None:
     with pytest.raises(AuditError, match="audit_writer_failed"):
         async with open_audit(_settings(tmp_path), instance_id="gw") as audit:
@@ -50,6 +51,7 @@ async def test_a_killed_writer_process_fails_every_later_call(tmp_path: Path) ->
     assert report.ok and report.rows == 1
 
 
+@pytest.mark.slow
 async def test_a_failed_commit_in_the_writer_process_is_sticky(tmp_path: Path) -> None:
     db = tmp_path / "audit.db"
     with pytest.raises(AuditError, match="audit_writer_failed"):
@@ -67,6 +69,7 @@ async def test_a_failed_commit_in_the_writer_process_is_sticky(tmp_path: Path) -
     conn.close()
 
 
+@pytest.mark.slow
 async def test_close_drains_signs_and_ends_the_process(tmp_path: Path) -> None:
     db = tmp_path / "audit.db"
     async with open_audit(_settings(tmp_path, mode="fast"), instance_id="gw") as audit:
@@ -79,6 +82,7 @@ async def test_close_drains_signs_and_ends_the_process(tmp_path: Path) -> None:
     assert report.ok and report.rows == 500 and report.signed_upto == 500
 
 
+@pytest.mark.slow
 async def test_a_cancelled_gateway_still_flushes_what_it_appended(tmp_path: Path) -> None:
     db = tmp_path / "audit.db"
     with trio.CancelScope() as scope:
@@ -91,6 +95,7 @@ async def test_a_cancelled_gateway_still_flushes_what_it_appended(tmp_path: Path
     assert report.ok and report.rows == 100 and report.signed_upto == 100
 
 
+@pytest.mark.slow
 async def test_the_writer_process_outlives_an_interrupt_to_its_group(tmp_path: Path) -> None:
     async with open_audit(_settings(tmp_path), instance_id="gw") as audit:
         assert isinstance(audit, ProcessWriter) and audit.pid is not None
@@ -103,6 +108,7 @@ async def test_the_writer_process_outlives_an_interrupt_to_its_group(tmp_path: P
     assert report.ok and report.rows == 2 and report.signed_upto == 2
 
 
+@pytest.mark.slow
 def test_the_writer_process_closes_and_signs_when_the_gateway_vanishes(tmp_path: Path) -> None:
     """End of input without a close frame (the gateway was killed): sign and exit."""
     db = tmp_path / "audit.db"

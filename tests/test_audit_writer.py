@@ -30,9 +30,9 @@ def _decision(i: int, **kw: object) -> DecisionEvent:
     return DecisionEvent(**base)  # type: ignore[arg-type]
 
 
-@pytest.fixture(params=["process", "thread"])
+@pytest.fixture(params=[pytest.param("process", marks=pytest.mark.slow), "thread"])
 def writer(request: pytest.FixtureRequest) -> str:
-    """Each writer: the child process (default) and the thread."""
+    """Each writer: the child process (default, slow tier) and the thread."""
     return str(request.param)
 
 
@@ -110,7 +110,10 @@ async def test_a_failed_commit_fails_the_receipts_and_later_appends(tmp_path: Pa
         await writer.aclose()
 
 
-async def test_second_writer_is_refused(tmp_path: Path, writer: str) -> None:
+async def test_second_writer_is_refused(tmp_path: Path, writer: str,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The refusal, not the grace a killed gateway's writer gets (seconds), is under test.
+    monkeypatch.setattr("firewall.audit.writer._LOCK_WAIT", 0.1)
     settings = AuditSettings(path=str(tmp_path / "audit.db"), writer=writer)  # type: ignore[arg-type]
     async with open_audit(settings, instance_id="a"):
         with pytest.raises(StoreError, match="another mcpwall process"):
@@ -274,7 +277,7 @@ def test_the_writer_stores_exactly_what_it_hashed(
     assert verify_paths([db])[0].ok
 
 
-@pytest.mark.parametrize("writer", ["process", "thread"])
+@pytest.mark.parametrize("writer", [pytest.param("process", marks=pytest.mark.slow), "thread"])
 def test_an_event_that_cannot_be_stored_fails_its_own_append(tmp_path: Path,
                                                              writer: str) -> None:
     settings = AuditSettings(path=str(tmp_path / "audit.db"), writer=writer)  # type: ignore[arg-type]

@@ -115,6 +115,7 @@ def test_echo_checks() -> None:
         check_tool_count(1)(1, answer({"id": 1, "method": "tools/list"}, tools) or {})
 
 
+@pytest.mark.slow
 def test_stdio_generator_checks_every_answer() -> None:
     with StdioTarget(ECHO) as target:
         assert target.pipeline(300, 16) > 0
@@ -126,6 +127,7 @@ def test_stdio_generator_checks_every_answer() -> None:
         liar.pipeline(10, 4)
 
 
+@pytest.mark.slow
 def test_proctree_counts_children() -> None:
     child = subprocess.Popen([*ECHO], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
     try:
@@ -179,6 +181,7 @@ def http_echo(tmp_path: Path):  # type: ignore[no-untyped-def]
         proc.wait(timeout=10)
 
 
+@pytest.mark.slow
 def test_http_pacer_checks_answers(http_echo: str, tmp_path: Path) -> None:
     sid = http_load.open_session(http_echo)
     assert sid
@@ -187,6 +190,7 @@ def test_http_pacer_checks_answers(http_echo: str, tmp_path: Path) -> None:
     assert run["bad"] == 0 and len(run["latencies"]) >= 40
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
 def test_wrk_script_counts_right_and_wrong_answers(http_echo: str, tmp_path: Path) -> None:
     wrk = [shutil.which("wrk") or "wrk"]
@@ -200,6 +204,7 @@ def test_wrk_script_counts_right_and_wrong_answers(http_echo: str, tmp_path: Pat
     assert wrong["good"] == 0 and wrong["bad"] > 0 and '"tools"' in wrong["first_bad"]
 
 
+@pytest.mark.slow
 def test_ab_http_proxy_refuses_a_baseline_that_is_not_a_source_tree(tmp_path: Path) -> None:
     run = subprocess.run([sys.executable, str(BENCH / "ab_http_proxy.py"), "--baseline",
                           str(tmp_path), "--rounds", "1"], capture_output=True, text=True,

@@ -45,6 +45,7 @@ async def sdk_client(tmp_path: Path, **kwargs: Any) -> AsyncIterator[Client]:
         yield client
 
 
+@pytest.mark.slow
 async def test_sdk_handshake_and_tools_match_the_capture(tmp_path: Path) -> None:
     async with sdk_client(tmp_path) as client:
         assert client.server_info is not None
@@ -64,6 +65,7 @@ async def test_sdk_handshake_and_tools_match_the_capture(tmp_path: Path) -> None
         assert got.meta == want["meta"]
 
 
+@pytest.mark.slow
 async def test_sdk_vm_lifecycle_has_visible_effects(tmp_path: Path) -> None:
     async with sdk_client(tmp_path) as client:
         call = client.call_tool
@@ -94,6 +96,7 @@ async def test_sdk_vm_lifecycle_has_visible_effects(tmp_path: Path) -> None:
         assert names == ["web-01", "db-01", "build-01"]
 
 
+@pytest.mark.slow
 async def test_sdk_tool_errors_are_results_not_protocol_errors(tmp_path: Path) -> None:
     async with sdk_client(tmp_path) as client:
         bad_action = await client.call_tool("vm_management", {"action": "explode"})
@@ -107,6 +110,7 @@ async def test_sdk_tool_errors_are_results_not_protocol_errors(tmp_path: Path) -
         assert caught.value.error.code == -32602
 
 
+@pytest.mark.slow
 async def test_sdk_resources_and_prompts(tmp_path: Path) -> None:
     notifications: list[Any] = []
 
@@ -144,6 +148,7 @@ async def test_sdk_resources_and_prompts(tmp_path: Path) -> None:
         notifications
 
 
+@pytest.mark.slow
 async def test_sdk_progress_notifications_for_create_and_clone(tmp_path: Path) -> None:
     updates: list[tuple[float, float | None, str | None]] = []
 
@@ -221,6 +226,7 @@ def _ping(ident: int) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": ident, "method": "ping"}
 
 
+@pytest.mark.slow
 async def test_raw_bad_input_gets_errors_and_the_server_lives_on(tmp_path: Path) -> None:
     async with raw_server(tmp_path, "--log-level", "debug") as server:
         await server.send(b"this is not json")
@@ -253,6 +259,7 @@ async def test_raw_bad_input_gets_errors_and_the_server_lives_on(tmp_path: Path)
     assert "protocol_error" in events and "demo_server_started" in events
 
 
+@pytest.mark.slow
 async def test_raw_pipelined_requests_are_answered_in_order(tmp_path: Path) -> None:
     async with raw_server(tmp_path) as server:
         init = {"jsonrpc": "2.0", "id": 0, "method": "initialize",
@@ -273,6 +280,7 @@ async def test_raw_pipelined_requests_are_answered_in_order(tmp_path: Path) -> N
     assert replies[3]["result"]["structuredContent"]["vm"]["state"] == RUNNING
 
 
+@pytest.mark.slow
 async def test_record_file_lists_each_executed_call_and_is_off_by_default(
         tmp_path: Path) -> None:
     """``--record-file``: one JSON line per call that reached a known tool (tool,

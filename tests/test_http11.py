@@ -137,6 +137,7 @@ def test_the_parser_asked_for_is_the_one_used() -> None:
     assert parser_in_use("h11") == "h11"
 
 
+@pytest.mark.slow
 async def test_keep_alive_and_pipelined_requests_answer_in_order(parser: str) -> None:
     async with front(parser) as address, wire(address) as client:
         await client.send(HEALTH + post(INIT) + HEALTH
@@ -154,6 +155,7 @@ async def test_keep_alive_and_pipelined_requests_answer_in_order(parser: str) ->
         assert (await client.response())[0] == 200
 
 
+@pytest.mark.slow
 async def test_requests_split_byte_by_byte(parser: str) -> None:
     async with front(parser) as address, wire(address) as client:
         for byte in post(INIT):
@@ -162,6 +164,7 @@ async def test_requests_split_byte_by_byte(parser: str) -> None:
         assert status == 200 and b'"init-7"' in body
 
 
+@pytest.mark.slow
 async def test_chunked_request_body(parser: str) -> None:
     chunks = [INIT[:10], INIT[10:50], INIT[50:]]
     framed = b"".join(b"%x\r\n%b\r\n" % (len(c), c) for c in chunks) + b"0\r\n\r\n"
@@ -174,6 +177,7 @@ async def test_chunked_request_body(parser: str) -> None:
         assert (await client.response())[0] == 200
 
 
+@pytest.mark.slow
 async def test_expect_100_continue(parser: str) -> None:
     async with front(parser) as address, wire(address) as client:
         await client.send(b"POST /servers/demo/mcp HTTP/1.1\r\n" + MCP_HEADERS
@@ -277,6 +281,7 @@ async def test_client_gone_mid_body(parser: str) -> None:
             assert (await client.response())[0] == 200
 
 
+@pytest.mark.slow
 async def test_upgrade_requests_are_answered_in_http_1_1(parser: str) -> None:
     async with front(parser) as address:
         async with wire(address) as client:  # h2c with a body, as curl --http2 sends it
@@ -298,6 +303,7 @@ async def test_upgrade_requests_are_answered_in_http_1_1(parser: str) -> None:
             assert (await client.response())[0] == 200
 
 
+@pytest.mark.slow
 async def test_sse_stream_is_chunked_and_flushed_per_event(parser: str) -> None:
     async with front(parser, keepalive_seconds=0.2) as address, wire(address) as client:
         await client.send(post(INIT))
@@ -329,6 +335,7 @@ async def test_http2_prior_knowledge_goes_to_hypercorns_http2(parser: str) -> No
         assert client.buffer[3] == 0x04  # the server's SETTINGS frame, not HTTP/1.1
 
 
+@pytest.mark.slow
 async def test_pipelined_posts_answer_in_order_and_close_when_asked(parser: str) -> None:
     # With httptools each POST whose body came whole is served without ASGI
     # (http11 rule 7); the GET between them goes through ASGI.
@@ -356,6 +363,7 @@ async def test_pipelined_posts_answer_in_order_and_close_when_asked(parser: str)
                 assert await client.closed()
 
 
+@pytest.mark.slow
 async def test_http_1_0_post_gets_its_answer_and_a_close(parser: str) -> None:
     async with front(parser) as address, wire(address) as client:
         await client.send(b"POST /servers/demo/mcp HTTP/1.0\r\n" + MCP_HEADERS
@@ -365,6 +373,7 @@ async def test_http_1_0_post_gets_its_answer_and_a_close(parser: str) -> None:
         assert await client.closed()
 
 
+@pytest.mark.slow
 async def test_posts_reach_the_front_without_asgi_only_with_httptools(parser: str) -> None:
     seen: list[str] = []
 

@@ -232,6 +232,7 @@ async def test_event_stream_replay_is_bounded() -> None:
 
 # -- sessions, routing --------------------------------------------------------
 
+@pytest.mark.slow
 async def test_session_lifecycle_and_json_rpc_over_sse(tmp_path: Path) -> None:
     async with serving(fleet(tmp_path)) as (base, front):
         client = Client(base, "kid")
@@ -261,6 +262,7 @@ async def test_session_lifecycle_and_json_rpc_over_sse(tmp_path: Path) -> None:
         assert len(front.context.table) == 0
 
 
+@pytest.mark.slow
 async def test_progress_and_elicitation_travel_on_the_request_stream(tmp_path: Path) -> None:
     async with serving(fleet(tmp_path)) as (base, _front):
         client = Client(base, "kid")
@@ -286,6 +288,7 @@ async def test_progress_and_elicitation_travel_on_the_request_stream(tmp_path: P
             "name": "Ada"}
 
 
+@pytest.mark.slow
 async def test_unrelated_messages_go_to_the_get_stream_and_resume(tmp_path: Path) -> None:
     async with serving(fleet(tmp_path, listen={"keepalive_seconds": 0.2})) as (base, _front):
         client = Client(base, "kid")
@@ -321,6 +324,7 @@ async def test_unrelated_messages_go_to_the_get_stream_and_resume(tmp_path: Path
             "notifications/progress"] * 2 + ["response"]
 
 
+@pytest.mark.slow
 async def test_child_crash_answers_pending_and_restarts(tmp_path: Path) -> None:
     async with serving(fleet(tmp_path)) as (base, _front):
         client = Client(base, "kid")
@@ -334,6 +338,7 @@ async def test_child_crash_answers_pending_and_restarts(tmp_path: Path) -> None:
         assert pid1 != pid2
 
 
+@pytest.mark.slow
 async def test_upstream_timeout_answers_with_an_error(tmp_path: Path) -> None:
     # The timeout covers every request, initialize too: 3 s leaves a loaded machine time
     # to start the child and answer that, while the slow call never answers in time.
@@ -350,6 +355,7 @@ async def test_upstream_timeout_answers_with_an_error(tmp_path: Path) -> None:
 
 # -- refusals -----------------------------------------------------------------
 
+@pytest.mark.slow
 async def test_http_refusals(tmp_path: Path) -> None:
     config = fleet(tmp_path, listen={"max_body_bytes": 2048}, tokens=["tok-a", "tok-b"])
     async with serving(config) as (base, _front):
@@ -386,6 +392,7 @@ async def test_http_refusals(tmp_path: Path) -> None:
         assert (await alice.call(7, "echo", {"text": "alive"})).only()["result"]
 
 
+@pytest.mark.slow
 async def test_max_children_caps_the_sessions_of_a_server(tmp_path: Path) -> None:
     # The default idle limit: the first session cannot expire before the second asks.
     async with serving(fleet(tmp_path, max_children=1)) as (base, _front):
@@ -396,6 +403,7 @@ async def test_max_children_caps_the_sessions_of_a_server(tmp_path: Path) -> Non
         assert (await first.call(1, "echo", {"text": "still here"})).only()["result"]
 
 
+@pytest.mark.slow
 async def test_idle_sessions_expire_and_free_their_child(tmp_path: Path) -> None:
     config = fleet(tmp_path, listen={"session_idle_seconds": 0.3}, max_children=1)
     async with serving(config) as (base, front):
@@ -414,6 +422,7 @@ async def test_idle_sessions_expire_and_free_their_child(tmp_path: Path) -> None
         assert second.status == 200  # the reaped child freed its slot
 
 
+@pytest.mark.slow
 async def test_policy_refusal_is_answered_by_the_front(tmp_path: Path) -> None:
     class NoSecrets(AllowAll):
         def decide(self, call: Call, caller: Caller, server: str, session: str) -> Decision:
@@ -430,6 +439,7 @@ async def test_policy_refusal_is_answered_by_the_front(tmp_path: Path) -> None:
         assert result["isError"] and "no-secrets" in result["content"][0]["text"]
 
 
+@pytest.mark.slow
 async def test_healthz_and_draining(tmp_path: Path) -> None:
     async with serving(fleet(tmp_path)) as (base, front):
         http = HttpUpstream(base + "/healthz")

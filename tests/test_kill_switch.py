@@ -102,6 +102,7 @@ def test_replace_reports_what_changed() -> None:
     assert not switch.active
 
 
+@pytest.mark.slow
 async def test_boards_sharing_a_file_follow_each_other_and_audit_it(tmp_path: Path) -> None:
     settings = KillSwitchSettings(path=str(tmp_path / "ks.db"), poll_seconds=0.05)
     audit_settings = AuditSettings(path=str(tmp_path / "audit.db"), anchor_log=False)

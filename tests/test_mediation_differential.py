@@ -108,6 +108,7 @@ def _check(transport: str, work: Path, inputs: list[Hostile]) -> None:
 SEED = 20240601
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("transport", list(TRANSPORTS))
 def test_server_executes_exactly_what_the_audit_allowed(transport: str,
                                                         tmp_path: Path) -> None:
@@ -126,6 +127,7 @@ def test_generated_sessions(transport: str, tmp_path: Path) -> None:
         _check(transport, tmp_path / f"run{n}", sample(style, 40, SEED + 1 + n))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not mh.node_available(), reason="Node 22 and the TypeScript SDK: "
                     "run scripts/setup-node")
 def test_node_sdk_server_executes_exactly_what_the_audit_allowed(tmp_path: Path) -> None:
@@ -139,6 +141,7 @@ def test_node_sdk_server_executes_exactly_what_the_audit_allowed(tmp_path: Path)
     assert verdict.ok, verdict.report()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("transport", ["wrap-demo-stdio", "serve-demo-stdio"])
 def test_demo_server_executes_exactly_what_the_audit_allowed(transport: str,
                                                              tmp_path: Path) -> None:
@@ -151,6 +154,7 @@ def test_demo_server_executes_exactly_what_the_audit_allowed(transport: str,
         style, 16, SEED, surface=DEMO))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not mh.everything_available(), reason="Node 22 and server-everything: "
                     "run scripts/setup-node")
 @pytest.mark.parametrize("transport", ["wrap-everything-stdio", "serve-everything-stdio"])

@@ -92,6 +92,7 @@ def serve_toml(port: int, policy: Path, audit: Path, url: str) -> str:
 # -- 1. GET answered as JSON: raw bytes to the client, undecided -----------------------
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not node_available(), reason="needs the TypeScript SDK and Node 22")
 def test_a_get_answered_as_json_cannot_carry_undecided_requests_to_a_ts_client(
         tmp_path: Path) -> None:
@@ -125,6 +126,7 @@ def test_a_get_answered_as_json_cannot_carry_undecided_requests_to_a_ts_client(
 # -- 2. A client response with a duplicate "method": a first-wins server runs a call ----
 
 
+@pytest.mark.slow
 def test_a_client_response_with_a_duplicate_method_cannot_become_a_call(
         tmp_path: Path) -> None:
     """The server asks the client a ``ping`` (id ``srv-ping``). The client
@@ -183,6 +185,7 @@ def _post(http: Any, url: str, body: bytes, session: str | None = None,
     return http.post(url, content=body, headers=headers, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_an_sse_retry_of_5000_digits_does_not_leave_a_call_unanswered(tmp_path: Path) -> None:
     """An HTTP upstream answers an allowed ``tools/call`` with one event: its
     answer, and ``retry: 999...`` (5,000 digits). ``SSEParser._field`` calls
@@ -234,6 +237,7 @@ def stdio_toml(port: int, policy: Path, audit: Path, record: Path) -> str:
                         f"env = {{ RECORD_FILE = {json.dumps(str(record))} }}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [b"ab", b"a\\u2028b"], ids=["plain", "u2028"])
 def test_a_restarted_child_gets_the_handshake_whatever_the_client_info(
         tmp_path: Path, name: bytes) -> None:
@@ -275,6 +279,7 @@ def test_a_restarted_child_gets_the_handshake_whatever_the_client_info(
 # -- 5. Two calls with one id in flight: the trail pins one call's answer on the other --
 
 
+@pytest.mark.slow
 def test_two_calls_in_flight_with_one_id_each_get_their_own_outcome(tmp_path: Path) -> None:
     """Through ``wrap``, the client sends ``tools/call echo`` and ``tools/call
     danger`` with the same id 7, both allowed. Both are forwarded; the

@@ -52,6 +52,7 @@ def assert_lints_clean(pack: LoadedPolicy, tools: list[dict[str, Any]]) -> None:
     assert set(pack.policy.tools) == names
 
 
+@pytest.mark.slow
 async def test_virtualization_pack_against_demo_server() -> None:
     tools = await live_tools([sys.executable, "-m", "firewall.demo"])
     pack = load_policy(RULES / "virtualization.json")

@@ -145,6 +145,7 @@ steps = st.lists(st.tuples(st.floats(0, 120, allow_nan=False),   # time passes
                  min_size=1, max_size=40)
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(steps)
@@ -171,6 +172,7 @@ def test_lua_limiter_agrees_with_memory_limiter(redis: RedisProcess,
 
 # -- the rules, one by one ----------------------------------------------------------------
 
+@pytest.mark.slow
 async def test_all_or_nothing_and_retry_after(redis: RedisProcess) -> None:
     clock = Clock()
     shared = limiter(redis, clock)
@@ -190,6 +192,7 @@ async def test_all_or_nothing_and_retry_after(redis: RedisProcess) -> None:
     await shared.aclose()
 
 
+@pytest.mark.slow
 async def test_look_only_takes_nothing_and_writes_nothing(redis: RedisProcess) -> None:
     shared = limiter(redis, Clock())
     spec = BucketSpec("peek", "grant", 1, 60.0)
@@ -202,6 +205,7 @@ async def test_look_only_takes_nothing_and_writes_nothing(redis: RedisProcess) -
     await shared.aclose()
 
 
+@pytest.mark.slow
 async def test_keys_expire_a_window_after_the_last_debit(redis: RedisProcess) -> None:
     shared = limiter(redis)  # Redis's own clock
     # A window long enough that redis-cli reads the TTL before the key goes, even
@@ -219,6 +223,7 @@ async def test_keys_expire_a_window_after_the_last_debit(redis: RedisProcess) ->
     await shared.aclose()
 
 
+@pytest.mark.slow
 async def test_two_limiters_share_buckets_on_redis_time(redis: RedisProcess) -> None:
     one = limiter(redis)
     other = limiter(redis, key_prefix=one.key_prefix)
@@ -250,6 +255,7 @@ def call(tool: str) -> mcp.Call:
     return mcp.Call(mcp.TOOLS_CALL, tool=tool, arguments={})
 
 
+@pytest.mark.slow
 async def test_store_down_refuses_then_recovers_after_restart(tmp_path: Path) -> None:
     with redis_server(tmp_path) as redis:
         # A clock that stands still: the retry-after at the end is exactly 30 s, however
@@ -302,6 +308,7 @@ async def test_a_silent_store_times_out() -> None:
         nursery.cancel_scope.cancel()
 
 
+@pytest.mark.slow
 async def test_password_from_the_environment_and_never_shown(tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch
                                                              ) -> None:
@@ -338,6 +345,7 @@ def test_calls_without_limits_never_reach_the_store() -> None:
     assert engine.decide(call("other"), Caller(), "vm", "s").action == DENY
 
 
+@pytest.mark.slow
 async def test_explain_with_shared_limits_debits_nothing(redis: RedisProcess) -> None:
     shared = limiter(redis)
     engine = Engine(compile_policy(VM_POLICY), shared)
@@ -380,6 +388,7 @@ def test_limits_table_is_checked_and_names_the_key() -> None:
 
 # -- TLS (rediss://) --------------------------------------------------------------------
 
+@pytest.mark.slow
 async def test_tls_verifies_redis_and_shows_a_client_certificate(tmp_path: Path) -> None:
     """rediss:// to a redis-server that listens with TLS only and asks clients
     for a certificate: with the CA and the client certificate the buckets work;

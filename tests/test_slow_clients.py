@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import trio
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
@@ -101,6 +102,7 @@ def body_of(response: bytes) -> dict[str, Any]:
     return json.loads(response.split(b"\r\n\r\n", 1)[1])  # type: ignore[no-any-return]
 
 
+@pytest.mark.slow
 async def test_a_request_head_that_never_ends_is_cut_with_408(
         tmp_path: Path, http_parser: str) -> None:
     async with gateway(tmp_path, http_parser, head=1) as gw:
@@ -130,6 +132,7 @@ async def test_a_request_head_that_never_ends_is_cut_with_408(
         assert log.count('"request_timeout"') >= 2 and '"owed": "head"' in log
 
 
+@pytest.mark.slow
 async def test_a_request_body_that_trickles_is_cut_with_408(
         tmp_path: Path, http_parser: str) -> None:
     async with gateway(tmp_path, http_parser, head=1) as gw:
@@ -144,6 +147,7 @@ async def test_a_request_body_that_trickles_is_cut_with_408(
         assert '"owed": "body"' in gw.log.read_text()
 
 
+@pytest.mark.slow
 async def test_at_the_cap_new_connections_get_503_and_health_still_answers(
         tmp_path: Path, http_parser: str) -> None:
     cap, reserve = 8, 2
@@ -194,6 +198,7 @@ async def test_at_the_cap_new_connections_get_503_and_health_still_answers(
                 await trio.sleep(0.05)
 
 
+@pytest.mark.slow
 async def test_an_mcp_client_is_answered_while_slowloris_connections_are_open(
         tmp_path: Path, http_parser: str) -> None:
     slow = 200
