@@ -8,7 +8,8 @@ from collections.abc import Generator
 from pathlib import Path
 
 import pytest
-from process_guard import GUARD, guarded_phase
+
+from tests.process_guard import GUARD, guarded_phase
 
 HTTP_PARSERS = ("httptools", "h11")
 

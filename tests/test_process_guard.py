@@ -12,7 +12,8 @@ from collections.abc import Callable
 
 import pytest
 import trio
-from process_guard import ProcessGuard, ProcessInFastTest
+
+from tests.process_guard import ProcessGuard, ProcessInFastTest
 
 TRUE = [sys.executable, "-c", "pass"]
 
