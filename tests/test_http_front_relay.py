@@ -410,7 +410,12 @@ async def test_keep_alive_timeout_closes_idle_connections_never_busy_ones(
         async with http.request("POST", post_headers(sid), call(8)) as resp:
             assert json.loads(await resp.read())["id"] == 8
         assert http.stats().opened == 1  # the connection outlived the long exchange
-        await trio.sleep(1)  # idle past the timeout: mcpwall closes the connection
+        # Idle past the timeout, mcpwall closes the connection: wait for its EOF to reach
+        # the pooled connection (what the pool checks before reuse), not for a fixed time.
+        (idle,) = http._idle
+        with trio.fail_after(10):  # a guard against a hang, not a timing claim
+            while not idle.has_pending_input():  # noqa: ASYNC110 (a socket poll, no event)
+                await trio.sleep(0.02)
         async with http.request("POST", post_headers(sid), call(9)) as resp:
             assert json.loads(await resp.read())["id"] == 9
         assert http.stats().opened == 2
