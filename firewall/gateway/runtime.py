@@ -204,6 +204,12 @@ async def serve(config: Config, *, banner: TextIO | None = None) -> None:
     """
     from firewall.gateway.http_front import HttpFront, connect_banner, run_front
 
+    try:  # the HTTP server's hypercorn must be the version it was written for
+        import firewall.gateway.http_server  # noqa: F401
+    except ImportError as missing:
+        if missing.name != "hypercorn":  # hypercorn_internals' version check, or no hypercorn
+            raise
+        raise ConfigError(str(missing)) from None
     limiter = shared_limiter(config.limits, config.source)
     policy = build_policy(config.policy.files,
                           {name: s.policy for name, s in config.servers.items()},
