@@ -44,7 +44,7 @@ from firewall.gateway.connection_limits import (
     deadline,
     reserve_request,
 )
-from firewall.gateway.http11 import DirectRoute, HttptoolsProtocol
+from firewall.gateway.http11 import MAX_RECV, DirectRoute, HttptoolsProtocol
 from firewall.gateway.hypercorn_internals import (
     Closed,
     Event,
@@ -67,7 +67,6 @@ from firewall.log import get_logger
 Parser = Literal["httptools", "h11"]
 # /healthz for a reserve connection: (status, JSON body).
 HealthAnswer = Callable[[], tuple[int, bytes]]
-MAX_RECV: Final = 2**16  # as hypercorn's TCPServer reads
 # accept() failing for want of descriptors or memory: wait, then accept again
 # (as trio.serve_listeners does); the connections being served go on.
 _CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
@@ -403,9 +402,6 @@ class _Protocols:
         self._args = (app, config, context, task_group, state, ssl, client, server, send)
         self.protocol: HttptoolsProtocol | H2Protocol = HttptoolsProtocol(
             *self._args, direct=direct, connection=connection)
-
-    async def initiate(self) -> None:
-        await self.protocol.initiate()
 
     async def handle(self, event: Any) -> None:
         try:
