@@ -137,7 +137,7 @@ async def test_a_slow_feed_reader_loses_the_oldest_and_is_told() -> None:
 
 
 def test_operator_tokens_roles_and_console_logins() -> None:
-    from firewall.gateway.operators import AdminToken
+    from firewall.settings.admin import AdminToken
 
     table = OperatorTable([AdminToken(sha256=hash_token("a"), operator="alice"),
                            AdminToken(sha256=hash_token("v"), operator="vic", role="viewer")])

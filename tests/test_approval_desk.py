@@ -25,7 +25,6 @@ from firewall.gateway.approvals import (
     ApprovalDesk,
     ApprovalError,
     ApprovalRequest,
-    ApprovalSettings,
     open_desk,
     open_store,
     owner_alive,
@@ -38,6 +37,7 @@ from firewall.policy.decision import Caller
 from firewall.policy.engine import Engine
 from firewall.policy.schema import PolicyError, parse_policy
 from firewall.protocol import jsonrpc
+from firewall.settings.approvals import ApprovalSettings
 
 MINUTE = 60 * 10**9
 POLICY = {"version": "1", "default": "deny", "tools": {"vm_management": {"rules": [

@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 from firewall.audit.commands import audit
 from firewall.audit.escaping import cef_header, cef_value, csv_cell, json_text, visible
 from firewall.audit.events import DecisionEvent, LifecycleEvent, OutcomeEvent
-from firewall.audit.settings import AuditSettings
 from firewall.audit.writer import Trail
+from firewall.settings.audit import AuditSettings
 
 T0 = 1_750_000_000_000_000_000
 S = 1_000_000_000

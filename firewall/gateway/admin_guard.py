@@ -34,44 +34,12 @@ from typing import Final
 from urllib.parse import urlsplit
 
 from firewall.policy.limits import BucketSpec, MemoryLimiter
+from firewall.protocol.hosts import allowed_host, split_host
 
 LOOPBACK_NAMES: Final = ("127.0.0.1", "localhost", "[::1]")
 _LOOPBACK_HOSTS: Final = ("127.0.0.1", "localhost", "::1", "[::1]")
 _WILDCARD_HOSTS: Final = ("0.0.0.0", "::", "[::]", "")
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
-
-
-def split_host(text: str, default_port: int | None) -> tuple[str, int | None] | None:
-    """``host[:port]`` (a ``Host`` header or an ``allowed_hosts`` entry) as
-    (lower-case name, port), IPv6 in brackets; None when it is not one.
-
-    >>> split_host("LocalHost:8766", 80)
-    ('localhost', 8766)
-    >>> split_host("[::1]", None)
-    ('[::1]', None)
-    """
-    text = text.strip().lower()
-    if text.startswith("["):
-        end = text.find("]")
-        if end < 0:
-            return None
-        name, rest = text[: end + 1], text[end + 1:]
-        if rest and not rest.startswith(":"):
-            return None
-        port_text = rest[1:] if rest else None
-    else:
-        name, sep, port_text_ = text.partition(":")
-        port_text = port_text_ if sep else None
-        if ":" in (port_text or ""):
-            # An IPv6 literal without brackets is only a configured host, never a Host header.
-            return None
-    if not name or any(c in name for c in "/@?#\\ \t,"):
-        return None
-    if port_text is None:
-        return name, default_port
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        return None
-    return name, int(port_text)
 
 
 def _bracket(host: str) -> str:
@@ -96,11 +64,7 @@ class ListenerNames:
         any_port: set[str] = set()
         pinned: set[tuple[str, int]] = set()
         for entry in allowed_hosts:
-            parsed = split_host(entry, None)
-            if parsed is None:
-                raise ValueError(f"expected a host name or address, optionally with :port, "
-                                 f"got {entry!r}")
-            name, entry_port = parsed
+            name, entry_port = allowed_host(entry)  # ValueError when it is not one
             if entry_port is None:
                 any_port.add(name)
             else:
@@ -160,4 +124,4 @@ class LoginThrottle:
         return self._limiter.tokens(key, self.spec) < 1.0
 
 
-__all__ = ["LOOPBACK_NAMES", "ListenerNames", "LoginThrottle", "split_host"]
+__all__ = ["LOOPBACK_NAMES", "ListenerNames", "LoginThrottle"]

@@ -49,9 +49,10 @@ import trio
 
 from firewall.audit.events import AuditPoint, DecisionEvent, append_lifecycle
 from firewall.audit.redaction import Redactor
-from firewall.audit.settings import DEFAULT_REDACT_NAMES, DEFAULT_REDACT_VALUES
 from firewall.gateway.background import polled
 from firewall.log import get_logger
+from firewall.settings.approvals import ApprovalSettings
+from firewall.settings.audit import DEFAULT_REDACT_NAMES, DEFAULT_REDACT_VALUES
 
 Status = Literal["pending", "approved", "rejected", "expired", "abandoned"]
 ScopeKind = Literal["call", "session", "minutes"]
@@ -96,19 +97,6 @@ _ADDED_COLUMNS: Final = (
 )
 _STANDING_INDEX: Final = ("CREATE INDEX IF NOT EXISTS approvals_standing "
                           "ON approvals (scope, status, scope_until_ns)")
-
-
-class ApprovalSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """The ``[approvals]`` table: where held calls wait and for how long."""
-
-    # false: a require_approval rule refuses at once (JSON-RPC error -32003).
-    enabled: bool = True
-    path: str = "mcpwall-approvals.db"
-    timeout_seconds: float = 300.0
-    poll_seconds: float = 0.5
-    # While a call is held, a client that asked for progress (_meta.progressToken)
-    # gets notifications/progress this often, so it does not give up; 0: never.
-    progress_seconds: float = 15.0
 
 
 class ApprovalRequest(msgspec.Struct, frozen=True, kw_only=True):

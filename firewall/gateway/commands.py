@@ -28,11 +28,11 @@ from firewall.gateway.admin_commands import admin_options, call_api
 from firewall.gateway.approvals import (
     ApprovalError,
     ApprovalRequest,
-    ApprovalSettings,
     Status,
     open_store,
     parse_scope,
 )
+from firewall.settings.approvals import ApprovalSettings
 
 _db_option = click.option(
     "--db", "db", type=click.Path(path_type=Path, dir_okay=False), default=None,

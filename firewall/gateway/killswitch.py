@@ -30,7 +30,7 @@ Example::
 from __future__ import annotations
 
 import time
-from typing import Annotated, Final, Literal
+from typing import Final, Literal
 
 import msgspec
 
@@ -40,16 +40,6 @@ from firewall.protocol.mcp import Call
 
 ScopeKind = Literal["global", "server", "principal"]
 RULE: Final = "kill-switch"
-
-
-class KillSwitchSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """The ``[kill_switch]`` table: where switches persist, how often to look for changes."""
-
-    # false: switches live in this process's memory only (a restart clears them).
-    persist: bool = True
-    # Shared by every instance (and ``mcpwall kill-switch --config``) naming it.
-    path: str = "mcpwall-kill-switch.db"
-    poll_seconds: Annotated[float, msgspec.Meta(gt=0)] = 1.0
 
 
 class Scope(msgspec.Struct, frozen=True):
@@ -185,4 +175,4 @@ class GuardedPolicy:
         return self.inner.tool_visible(tool, caller, server)
 
 
-__all__ = ["RULE", "GuardedPolicy", "KillSwitch", "KillSwitchSettings", "Scope", "Switch", "armed"]
+__all__ = ["RULE", "GuardedPolicy", "KillSwitch", "Scope", "Switch", "armed"]

@@ -95,14 +95,7 @@ from firewall.audit.events import (
     Receipt,
     append_lifecycle,
 )
-from firewall.gateway.approvals import (
-    STOPPED,
-    ApprovalDesk,
-    ApprovalSettings,
-    Verdict,
-    Withdrawal,
-    redact_arguments,
-)
+from firewall.gateway.approvals import STOPPED, ApprovalDesk, Verdict, Withdrawal, redact_arguments
 from firewall.gateway.outbound import Outbound
 from firewall.log import get_logger
 from firewall.policy import render
@@ -111,6 +104,7 @@ from firewall.policy.limits import PendingLimit
 from firewall.protocol import framing, jsonrpc, mcp
 from firewall.protocol.jsonrpc import Kind, RequestId
 from firewall.protocol.mcp import Call
+from firewall.settings.approvals import ApprovalSettings
 
 # Sends one message to the client now (a front's writer); for held calls.
 ToClient = Callable[[bytes], Awaitable[None]]

@@ -1,4 +1,6 @@
-"""Who may operate the firewall: the ``[admin]`` table, operator tokens, console logins.
+"""Who may operate the firewall: operator tokens, console logins.
+
+The ``[admin]`` table itself is :mod:`firewall.settings.admin`.
 
 Rules this module keeps:
 
@@ -24,42 +26,14 @@ from __future__ import annotations
 import hmac
 import secrets
 import time
-from typing import Final, Literal
+from typing import Final
 
 import msgspec
 
-from firewall.identity import IdentityError, TokenEntry, TokenTable
+from firewall.settings.admin import AdminToken, Role, token_table
 
-Role = Literal["admin", "viewer"]
-DEFAULT_ADMIN_PORT: Final = 8766
 LOGIN_SECONDS: Final = 8 * 3600
 MAX_LOGINS: Final = 256
-
-
-class AdminToken(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
-    """One ``[[admin.tokens]]`` entry: the SHA-256 of an operator token, and who holds it."""
-
-    sha256: str
-    operator: str
-    role: Role = "admin"
-
-
-class AdminSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """The ``[admin]`` table: the operator listener (absent: no operator listener)."""
-
-    host: str = "127.0.0.1"
-    port: int = DEFAULT_ADMIN_PORT
-    tokens: list[AdminToken] = msgspec.field(default_factory=list)
-    # Only on a loopback host: every request acts as operator "anonymous" (admin).
-    insecure_no_auth: bool = False
-    # More names the listener answers to (a reverse proxy's, a DNS name): "name"
-    # on any port, "name:port" on that port. Any other Host header gets 421.
-    allowed_hosts: list[str] = msgspec.field(default_factory=list)
-    # Failed logins allowed per source address, refilled over the window; then 429.
-    login_failures: int = 10
-    login_window_seconds: float = 60.0
-    # The operator listener's own connection budget, apart from the agents' listener.
-    max_connections: int = 64
 
 
 class Operator(msgspec.Struct, frozen=True):
@@ -81,13 +55,7 @@ class OperatorTable:
     """The configured operator tokens: ``authenticate(token) -> Operator | None``."""
 
     def __init__(self, tokens: list[AdminToken]) -> None:
-        try:
-            # The agents' token table does the constant-time comparing; the
-            # principal slot carries "role:name".
-            self._table = TokenTable([
-                TokenEntry(sha256=t.sha256, principal=f"{t.role}:{t.operator}") for t in tokens])
-        except IdentityError as exc:
-            raise IdentityError(str(exc).replace("auth.tokens", "admin.tokens")) from None
+        self._table = token_table(tokens)  # raises IdentityError naming admin.tokens
 
     @property
     def enabled(self) -> bool:
@@ -164,8 +132,6 @@ def cookie_value(header: str | None, name: str) -> str | None:
 
 __all__ = [
     "ANONYMOUS_OPERATOR",
-    "AdminSettings",
-    "AdminToken",
     "ConsoleLogins",
     "Login",
     "Operator",

@@ -21,7 +21,6 @@ from firewall.gateway.killswitch import GuardedPolicy
 from firewall.gateway.mediator import Mediator
 from firewall.gateway.sessions import new_session_id
 from firewall.gateway.shared_limits import (
-    LimitSettings,
     RedisLimiter,
     StoreConfigError,
     build_limiter,
@@ -33,6 +32,7 @@ from firewall.log import get_logger
 from firewall.policy.decision import AllowAll, Caller, PolicyPoint
 from firewall.policy.engine import PolicySet, ReloadResult
 from firewall.policy.schema import PolicyError
+from firewall.settings.limits import LimitSettings
 
 
 def build_policy(

@@ -38,7 +38,7 @@ import trio
 
 from firewall.audit.events import AuditPoint, append_lifecycle
 from firewall.gateway.background import polled
-from firewall.gateway.killswitch import KillSwitch, KillSwitchSettings, Scope, Switch
+from firewall.gateway.killswitch import KillSwitch, Scope, Switch
 from firewall.gateway.switch_store import (
     HistoryEntry,
     SwitchStore,
@@ -46,6 +46,7 @@ from firewall.gateway.switch_store import (
     connect_switch_store,
 )
 from firewall.log import get_logger
+from firewall.settings.kill_switch import KillSwitchSettings
 
 
 class SwitchBoard:
