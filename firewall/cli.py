@@ -25,7 +25,7 @@ from firewall.config import (
     default_config,
     load_config,
 )
-from firewall.gateway.approvals import ApprovalError
+from firewall.gateway.approvals.desk import ApprovalError
 from firewall.log import configure
 from firewall.policy.decision import Caller
 

@@ -12,17 +12,17 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from firewall.audit.events import DecisionEvent, LifecycleEvent, OutcomeEvent
 from firewall.config import ConfigError, parse_config
-from firewall.gateway import console
-from firewall.gateway.feed import Feed
-from firewall.gateway.killswitch import RULE, GuardedPolicy, KillSwitch, Scope
-from firewall.gateway.metrics import Gauges, Metrics, ObservedAudit, exposition
-from firewall.gateway.operators import (
+from firewall.gateway.operator import console
+from firewall.gateway.operator.auth import (
     ConsoleLogins,
     Operator,
     OperatorTable,
     cookie_value,
     csrf_ok,
 )
+from firewall.gateway.operator.feed import Feed
+from firewall.gateway.operator.killswitch import RULE, GuardedPolicy, KillSwitch, Scope
+from firewall.gateway.operator.metrics import Gauges, Metrics, ObservedAudit, exposition
 from firewall.identity import IdentityError, hash_token
 from firewall.policy.decision import ALLOW_ALL, AllowAll, Caller
 from firewall.protocol.mcp import Call

@@ -19,7 +19,7 @@ import trio.testing
 from test_mediator import Recorder
 
 from firewall.audit.events import DecisionEvent, LifecycleEvent
-from firewall.gateway.approvals import (
+from firewall.gateway.approvals.desk import (
     RESTARTED,
     STOPPED,
     ApprovalDesk,
@@ -100,7 +100,7 @@ def test_scoped_approvals_become_standing_and_expire(tmp_path: Path) -> None:
 
 
 def test_standing_approval_covers_same_tool_and_rule_only() -> None:
-    from firewall.gateway.approvals import Standing
+    from firewall.gateway.approvals.desk import Standing
 
     sess = Standing(id="a", scope="session", session="s1", principal="p", server="vm",
                     target="t", rule="r", until_ns=None)

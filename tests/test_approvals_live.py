@@ -32,7 +32,7 @@ from sdk_scenarios import stdio_session
 from serve_process import start_serve, stop_serve, tail
 from test_approvals import DELETE_DB01, DEMO, PACK, decide, held_then
 
-from firewall.gateway.approvals import RESTARTED, open_store
+from firewall.gateway.approvals.desk import RESTARTED, open_store
 
 pytestmark = pytest.mark.slow
 
@@ -475,7 +475,7 @@ async def test_sigterm_refuses_held_calls_and_says_so(tmp_path: Path) -> None:
                     ("rejected", "mcpwall is shutting down")]
 
 
-# -- an HTTP upstream (http_relay) ------------------------------------------------------------
+# -- an HTTP upstream (front/http_endpoint) --------------------------------------------------------
 @pytest.mark.parametrize("json_response", [False, True], ids=["sse", "json"])
 async def test_held_calls_to_an_http_upstream(tmp_path: Path, json_response: bool) -> None:
     from tests.fixtures import conformance_harness as harness

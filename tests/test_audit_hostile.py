@@ -211,7 +211,7 @@ def test_escapes_hold_for_any_text(text: str) -> None:
 
 def test_approvals_table_shows_escapes_and_json_stays_exact(tmp_path: Path) -> None:
     from firewall.cli import main
-    from firewall.gateway.approvals import ApprovalRequest, open_store
+    from firewall.gateway.approvals.desk import ApprovalRequest, open_store
 
     db = tmp_path / "approvals.db"
     with open_store(db) as store:

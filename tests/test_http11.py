@@ -18,8 +18,8 @@ import pytest
 import trio
 
 from firewall.config import Config, HttpSettings, ListenSettings, StdioServer
-from firewall.gateway.http_front import HttpFront, run_front
-from firewall.gateway.http_server import parser_in_use
+from firewall.gateway.front.http_front import HttpFront, run_front
+from firewall.gateway.http.server import parser_in_use
 from firewall.policy.decision import AllowAll
 from firewall.protocol import jsonrpc
 

@@ -172,9 +172,9 @@ def _switch_file(db: Path | None, config_path: Path | None) -> Path:
 def _on_file(path: Path, state: str, server: str | None, principal: str | None,
              comment: str | None, by: str) -> dict[str, Any]:
     """The same answers as the API's, from the kill switch file."""
-    from firewall.gateway.admin_api import switch_view
-    from firewall.gateway.killswitch import Scope, armed
-    from firewall.gateway.switch_store import SwitchStoreError, open_switch_store
+    from firewall.gateway.operator.api import switch_view
+    from firewall.gateway.operator.killswitch import Scope, armed
+    from firewall.gateway.operator.switch_store import SwitchStoreError, open_switch_store
 
     def view(switch: Any) -> dict[str, Any]:
         return switch_view(armed(switch))  # with the reason the agents will see

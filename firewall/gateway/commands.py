@@ -25,7 +25,7 @@ import msgspec
 
 from firewall.config import ConfigError, load_config
 from firewall.gateway.admin_commands import admin_options, call_api
-from firewall.gateway.approvals import (
+from firewall.gateway.approvals.desk import (
     ApprovalError,
     ApprovalRequest,
     Status,

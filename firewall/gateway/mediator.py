@@ -95,7 +95,13 @@ from firewall.audit.events import (
     Receipt,
     append_lifecycle,
 )
-from firewall.gateway.approvals import STOPPED, ApprovalDesk, Verdict, Withdrawal, redact_arguments
+from firewall.gateway.approvals.desk import (
+    STOPPED,
+    ApprovalDesk,
+    Verdict,
+    Withdrawal,
+    redact_arguments,
+)
 from firewall.gateway.outbound import Outbound
 from firewall.log import get_logger
 from firewall.policy import render

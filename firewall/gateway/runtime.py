@@ -16,18 +16,18 @@ import trio
 from firewall.audit.events import AuditPoint, append_lifecycle
 from firewall.audit.writer import AuditError, default_instance_id, open_audit
 from firewall.config import Config, ConfigError, StdioServer
-from firewall.gateway.approvals import ApprovalDesk, open_desk
-from firewall.gateway.killswitch import GuardedPolicy
+from firewall.gateway.approvals.desk import ApprovalDesk, open_desk
+from firewall.gateway.front.sessions import new_session_id
+from firewall.gateway.front.wrap import run_wrap
 from firewall.gateway.mediator import Mediator
-from firewall.gateway.sessions import new_session_id
+from firewall.gateway.operator.killswitch import GuardedPolicy
+from firewall.gateway.operator.switchboard import SwitchBoard, open_switchboard
 from firewall.gateway.shared_limits import (
     RedisLimiter,
     StoreConfigError,
     build_limiter,
     open_limits,
 )
-from firewall.gateway.stdio_front import run_wrap
-from firewall.gateway.switchboard import SwitchBoard, open_switchboard
 from firewall.log import get_logger
 from firewall.policy.decision import AllowAll, Caller, PolicyPoint
 from firewall.policy.engine import PolicySet, ReloadResult
@@ -210,7 +210,7 @@ async def serve(config: Config, *, banner: TextIO | None = None) -> None:
     audit trail is flushed); a second one stops at once. ``banner`` (stderr by
     default) gets the URLs and an MCP client config snippet once listening.
     """
-    from firewall.gateway.http_front import HttpFront, connect_banner, run_front
+    from firewall.gateway.front.http_front import HttpFront, connect_banner, run_front
 
     limiter = shared_limiter(config.limits, config.source)
     policy = build_policy(config.policy.files,
@@ -233,7 +233,7 @@ async def serve(config: Config, *, banner: TextIO | None = None) -> None:
         ):
             plane = None
             if config.admin is not None:
-                from firewall.gateway.admin_listener import operator_plane
+                from firewall.gateway.operator.listener import operator_plane
 
                 plane, guarded, observed = operator_plane(config, policy, audit, board)
                 front = HttpFront(config, guarded, observed, approvals=desk)
@@ -247,7 +247,7 @@ async def serve(config: Config, *, banner: TextIO | None = None) -> None:
             log.info("serve_started", urls=binds, servers=list(config.servers))
             admin_urls: list[str] = []
             if plane is not None:
-                from firewall.gateway.admin_listener import run_admin
+                from firewall.gateway.operator.listener import run_admin
 
                 admin_urls = await nursery.start(run_admin, plane)
                 log.info("admin_started", urls=admin_urls)

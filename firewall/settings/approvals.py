@@ -1,6 +1,6 @@
 """The ``[approvals]`` table: where calls held for approval wait, and for how long.
 
-The desk that uses it is :mod:`firewall.gateway.approvals.desk`; this module
+The desk that uses it is :mod:`firewall.gateway.approvals.desk.desk`; this module
 holds only the table, so that loading a config imports no I/O.
 
 Example (TOML)::

@@ -70,8 +70,8 @@ import httptools
 import msgspec
 import trio
 
+from firewall.gateway.http.sockets import READS_BETWEEN_CHECKPOINTS, receive_now, send_all_now
 from firewall.gateway.outbound import Outbound
-from firewall.gateway.sockets import READS_BETWEEN_CHECKPOINTS, receive_now, send_all_now
 from firewall.protocol import jsonrpc
 from firewall.protocol.sse import Event, SSEError, SSEParser
 

@@ -40,15 +40,17 @@ import trio
 
 from firewall.audit.events import AuditPoint
 from firewall.config import Config, HttpServer, StdioServer
-from firewall.gateway import admin
-from firewall.gateway.approvals import ApprovalDesk
-from firewall.gateway.connection_limits import (
+from firewall.gateway.approvals.desk import ApprovalDesk
+from firewall.gateway.front import health
+from firewall.gateway.front.sessions import FrontContext, Session
+from firewall.gateway.front.stdio_endpoint import StdioEndpoint
+from firewall.gateway.http.connection_limits import (
     Gate,
     Limits,
     fit_to_open_files,
     raise_open_files_limit,
 )
-from firewall.gateway.exchange import (
+from firewall.gateway.http.exchange import (
     JSON,
     SSE,
     BodyTooLarge,
@@ -62,8 +64,6 @@ from firewall.gateway.exchange import (
     lifespan,
     refuse,
 )
-from firewall.gateway.sessions import FrontContext, Session
-from firewall.gateway.stdio_sessions import StdioEndpoint
 from firewall.identity import TokenTable, bearer_token
 from firewall.log import get_logger
 from firewall.policy.decision import Caller, PolicyPoint
@@ -151,7 +151,7 @@ class HttpFront:
             if isinstance(settings, StdioServer):
                 self.endpoints[name] = StdioEndpoint(name, settings, self.context)
             elif isinstance(settings, HttpServer):
-                from firewall.gateway.http_relay import HttpEndpoint
+                from firewall.gateway.front.http_endpoint import HttpEndpoint
 
                 self.endpoints[name] = HttpEndpoint(name, settings, self.context)
         self.draining = False
@@ -221,7 +221,7 @@ class HttpFront:
 
     def health_answer(self) -> tuple[int, bytes]:
         """``/healthz`` for a connection beyond the cap: (status, JSON body)."""
-        report = admin.health_report(self)
+        report = health.health_report(self)
         return (200 if report["status"] == "ok" else 503), jsonrpc.encode(report)
 
     def direct_route(self, method: str) -> Callable[[DirectExchange], Awaitable[None]] | None:
@@ -246,8 +246,8 @@ class HttpFront:
 
     async def _handle(self, ex: Exchange) -> None:
         path = ex.path
-        if path in (admin.HEALTH_PATH, admin.HEALTH_PATH + "/"):
-            await admin.health(ex, self)
+        if path in (health.HEALTH_PATH, health.HEALTH_PATH + "/"):
+            await health.health(ex, self)
             return
         parts = path.split("/")
         endpoint = None
@@ -358,7 +358,7 @@ def hypercorn_config(host: str, port: int, grace: float, keep_alive: float = 75.
 
     No access log (``accesslog = None``: the audit trail records every call),
     no ``Server`` header (it only tells an attacker what answers); the
-    ``Date`` header comes from :mod:`firewall.gateway.exchange`.
+    ``Date`` header comes from :mod:`firewall.gateway.http.exchange`.
     """
     from hypercorn.config import Config as HyperConfig
 
@@ -391,7 +391,7 @@ async def run_front(
 
     ``task_status.started`` gets the bound base URLs (``["http://127.0.0.1:8765"]``).
     """
-    from firewall.gateway.http_server import serve
+    from firewall.gateway.http.server import serve
 
     listen = front.listen
     hyper = hypercorn_config(listen.host, listen.port, listen.shutdown_grace_seconds,
@@ -467,7 +467,7 @@ def connect_banner(config: Config, base_urls: list[str], out: TextIO) -> None:
         servers[name] = entry
     lines += ["", "MCP client config (e.g. .mcp.json):",
               json.dumps({"mcpServers": servers}, indent=2), "",
-              "Health: " + base + admin.HEALTH_PATH + "    Stop: Ctrl-C (SIGINT) or SIGTERM", ""]
+              "Health: " + base + health.HEALTH_PATH + "    Stop: Ctrl-C (SIGINT) or SIGTERM", ""]
     out.write("\n".join(lines) + "\n")
     out.flush()
 

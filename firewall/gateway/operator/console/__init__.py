@@ -22,11 +22,11 @@ from importlib import resources
 from string import Template
 from typing import TYPE_CHECKING, Any, Final
 
-from firewall.gateway.exchange import Exchange
+from firewall.gateway.http.exchange import Exchange
 
 if TYPE_CHECKING:
-    from firewall.gateway.killswitch import Switch
-    from firewall.gateway.operators import Login
+    from firewall.gateway.operator.auth import Login
+    from firewall.gateway.operator.killswitch import Switch
 
 ASSETS: Final = {"/console.js": "text/javascript; charset=utf-8",
                  "/console.css": "text/css; charset=utf-8"}

@@ -14,10 +14,10 @@ Rules this module keeps:
    other refusal. Dry-run policies do not soften it.
 3. Turning a switch on or off is audited as a ``kill_switch`` lifecycle
    event: by the operator API for its own changes, by
-   :class:`firewall.gateway.switchboard.SwitchBoard` for the changes it reads
+   :class:`firewall.gateway.operator.switchboard.SwitchBoard` for the changes it reads
    from the shared file (another instance, or ``mcpwall kill-switch --config``).
 4. The switches here are what the hot path reads; the file
-   (:mod:`firewall.gateway.switch_store`) is what survives a restart and what
+   (:mod:`firewall.gateway.operator.switch_store`) is what survives a restart and what
    a fleet shares. :meth:`KillSwitch.replace` makes memory match the file.
 
 Example::

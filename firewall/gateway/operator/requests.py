@@ -12,8 +12,8 @@ from typing import Any, Final, Literal, TypeVar
 
 import msgspec
 
-from firewall.gateway.exchange import BodyTooLarge, Exchange
-from firewall.gateway.operators import Operator
+from firewall.gateway.http.exchange import BodyTooLarge, Exchange
+from firewall.gateway.operator.auth import Operator
 from firewall.protocol import bounds
 
 _T = TypeVar("_T")

@@ -2,9 +2,9 @@
 
 ``serve(app, hyper, parser="httptools")`` is hypercorn's ``hypercorn.trio.serve``
 with two differences. Each plain-TCP connection speaks HTTP/1.1 through
-:class:`firewall.gateway.http11.HttptoolsProtocol` (``parser="httptools"``)
+:class:`firewall.gateway.http.http11.HttptoolsProtocol` (``parser="httptools"``)
 or hypercorn's own h11 protocol (``"h11"``). And each listener and connection
-keeps the rules of :mod:`firewall.gateway.connection_limits`, with either
+keeps the rules of :mod:`firewall.gateway.http.connection_limits`, with either
 parser: a connection cap with a reserve for ``/healthz``, and deadlines on
 request heads and bodies (408, then close; ``request_timeout`` in the log).
 Everything else is hypercorn's own: its config, lifespan, ASGI HTTP stream,
@@ -50,7 +50,7 @@ from hypercorn.utils import (
     wrap_app,
 )
 
-from firewall.gateway.connection_limits import (
+from firewall.gateway.http.connection_limits import (
     FULL_503,
     RESERVE_HEAD_BYTES,
     TIMEOUT_408,
@@ -62,8 +62,8 @@ from firewall.gateway.connection_limits import (
     deadline,
     reserve_request,
 )
-from firewall.gateway.http11 import DirectRoute, HttptoolsProtocol
-from firewall.gateway.sockets import READS_BETWEEN_CHECKPOINTS, receive_now, send_now
+from firewall.gateway.http.http11 import DirectRoute, HttptoolsProtocol
+from firewall.gateway.http.sockets import READS_BETWEEN_CHECKPOINTS, receive_now, send_now
 from firewall.log import get_logger
 
 Parser = Literal["httptools", "h11"]
@@ -106,11 +106,11 @@ async def serve(
     """Serve ``app`` (ASGI) with hypercorn config ``hyper`` until ``shutdown_trigger`` returns.
 
     ``gate`` counts the connections and holds the limits (default: the
-    defaults of :class:`~firewall.gateway.connection_limits.Limits`, with
+    defaults of :class:`~firewall.gateway.http.connection_limits.Limits`, with
     hypercorn's keep-alive timeout); ``health`` answers ``/healthz`` on a
     reserve connection (without it, reserve connections get 503).
     ``direct``, with httptools, names the app's handler for requests of a
-    method that it takes without ASGI (see :mod:`firewall.gateway.http11`,
+    method that it takes without ASGI (see :mod:`firewall.gateway.http.http11`,
     rule 7); every other request, and lifespan, is ASGI.
     ``task_status.started`` gets the bound URLs, as hypercorn's ``serve`` does.
     """
@@ -255,7 +255,7 @@ class HttptoolsConnection(TCPServer):
 
     The protocol is :class:`_Protocols` (httptools) or hypercorn's
     ``ProtocolWrapper`` (h11). One watcher task per connection closes it at the
-    deadline of its :class:`~firewall.gateway.connection_limits.Phase`: the
+    deadline of its :class:`~firewall.gateway.http.connection_limits.Phase`: the
     phase is read from the protocol after each read and each change between
     idle and busy, and the deadline moves with it (a 408 first when the client
     owed a head or a body and no response has started).
@@ -265,10 +265,10 @@ class HttptoolsConnection(TCPServer):
     here one task per connection whose deadline moves; a send takes its lock
     with a scheduler checkpoint, here only when another send holds it; a send
     the socket takes whole yields to the scheduler (and runs in a shielded
-    cancel scope), here it does neither (:func:`~firewall.gateway.sockets.send_now`);
+    cancel scope), here it does neither (:func:`~firewall.gateway.http.sockets.send_now`);
     and each read runs in a ``fail_after`` scope and yields when bytes were
     waiting, here neither unless ``read_timeout`` is set
-    (:func:`~firewall.gateway.sockets.receive_now`).
+    (:func:`~firewall.gateway.http.sockets.receive_now`).
     """
 
     _timer: trio.CancelScope

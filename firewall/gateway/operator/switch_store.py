@@ -14,7 +14,7 @@ Rules this module keeps:
    data_version`` says whether another connection committed since the last
    look, so an idle poll reads no table.
 4. This module is synchronous (plain ``sqlite3``); the gateway runs it in a
-   worker thread (see :class:`firewall.gateway.killswitch.SwitchBoard`).
+   worker thread (see :class:`firewall.gateway.operator.killswitch.SwitchBoard`).
 
 Example::
 
@@ -35,7 +35,7 @@ from typing import Final
 
 import msgspec
 
-from firewall.gateway.killswitch import Scope, Switch
+from firewall.gateway.operator.killswitch import Scope, Switch
 
 _SCHEMA: Final = (
     "CREATE TABLE IF NOT EXISTS switches (kind TEXT NOT NULL, name TEXT NOT NULL, "

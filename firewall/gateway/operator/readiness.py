@@ -23,7 +23,7 @@ from firewall.config import HttpServer, StdioServer
 
 if TYPE_CHECKING:
     from firewall.config import Config
-    from firewall.gateway.http_front import HttpFront
+    from firewall.gateway.front.http_front import HttpFront
 
 CHECK_SECONDS: Final = 2.0
 

@@ -8,7 +8,7 @@ the caller that created it, and never the upstream's. Rules this module keeps:
    and grant); any mismatch is "not found", so a session's existence is never
    revealed to another principal.
 2. The table holds at most ``max_sessions`` sessions, a principal at most its
-   share (:mod:`firewall.gateway.admission`): a session is admitted, taking a
+   share (:mod:`firewall.gateway.front.admission`): a session is admitted, taking a
    slot, before anything about it is awaited, and its slot is given back when
    it leaves the table. A refused ``initialize`` is answered 429 (the
    principal's own cap, ``Retry-After`` = when its first session can expire)
@@ -34,9 +34,9 @@ import trio
 
 from firewall.audit.events import AuditPoint, append_lifecycle
 from firewall.config import ListenSettings
-from firewall.gateway.admission import PRINCIPAL_CAP, Admission, Refusal, ServerCaps, Slot
-from firewall.gateway.approvals import ApprovalDesk
-from firewall.gateway.exchange import Exchange, refuse
+from firewall.gateway.approvals.desk import ApprovalDesk
+from firewall.gateway.front.admission import PRINCIPAL_CAP, Admission, Refusal, ServerCaps, Slot
+from firewall.gateway.http.exchange import Exchange, refuse
 from firewall.gateway.mediator import Mediator
 from firewall.log import get_logger
 from firewall.policy.decision import Caller, PolicyPoint

@@ -5,7 +5,7 @@ Rules this module keeps:
 1. It never shares a port with the agents' listener (the config refuses it).
    Before anything else, in every mode (tokens or ``insecure_no_auth``), the
    ``Host`` header must name this listener and an ``Origin``, when there is
-   one, must be one of its names (:mod:`firewall.gateway.admin_guard`): a
+   one, must be one of its names (:mod:`firewall.gateway.operator.guard`): a
    wrong Host is 421, a foreign Origin 403, so DNS rebinding reaches nothing.
    Only ``/healthz`` and ``/readyz`` answer any Host (probes address pods by
    IP); ``/readyz`` then shows the anonymous view.
@@ -41,9 +41,24 @@ import trio
 from firewall.audit.events import AuditPoint, append_lifecycle
 from firewall.audit.query import Filters, QueryError, Sources, calls
 from firewall.audit.store import StoreError
-from firewall.gateway import console, readiness
-from firewall.gateway.admin_guard import ListenerNames, LoginThrottle
-from firewall.gateway.admin_requests import (
+from firewall.gateway.approvals.desk import ApprovalError, open_store, parse_scope
+from firewall.gateway.http.exchange import ClientGone, Exchange, Receive, Scope, Send, lifespan
+from firewall.gateway.operator import console, readiness
+from firewall.gateway.operator.auth import (
+    ANONYMOUS_OPERATOR,
+    ConsoleLogins,
+    Login,
+    Operator,
+    OperatorTable,
+    cookie_value,
+    csrf_ok,
+)
+from firewall.gateway.operator.feed import Feed, sse_frame
+from firewall.gateway.operator.guard import ListenerNames, LoginThrottle
+from firewall.gateway.operator.killswitch import Scope as SwitchScope
+from firewall.gateway.operator.killswitch import Switch
+from firewall.gateway.operator.metrics import CONTENT_TYPE, Gauges, Metrics, exposition
+from firewall.gateway.operator.requests import (
     ApiError,
     Handler,
     Request,
@@ -54,28 +69,13 @@ from firewall.gateway.admin_requests import (
     read_body,
     reply,
 )
-from firewall.gateway.approvals import ApprovalError, open_store, parse_scope
-from firewall.gateway.exchange import ClientGone, Exchange, Receive, Scope, Send, lifespan
-from firewall.gateway.feed import Feed, sse_frame
-from firewall.gateway.killswitch import Scope as SwitchScope
-from firewall.gateway.killswitch import Switch
-from firewall.gateway.metrics import CONTENT_TYPE, Gauges, Metrics, exposition
-from firewall.gateway.operators import (
-    ANONYMOUS_OPERATOR,
-    ConsoleLogins,
-    Login,
-    Operator,
-    OperatorTable,
-    cookie_value,
-    csrf_ok,
-)
-from firewall.gateway.switch_store import SwitchStoreError
+from firewall.gateway.operator.switch_store import SwitchStoreError
 from firewall.log import get_logger
 
 if TYPE_CHECKING:
     from firewall.config import Config
-    from firewall.gateway.http_front import HttpFront
-    from firewall.gateway.switchboard import SwitchBoard
+    from firewall.gateway.front.http_front import HttpFront
+    from firewall.gateway.operator.switchboard import SwitchBoard
     from firewall.policy.decision import PolicyPoint
 
 COOKIE: Final = "mcpwall_console"

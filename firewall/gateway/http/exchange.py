@@ -191,7 +191,7 @@ class Exchange:
 
 
 class Responder(Protocol):
-    """The connection side of a :class:`DirectExchange` (:mod:`firewall.gateway.http11`).
+    """The connection side of a :class:`DirectExchange` (:mod:`firewall.gateway.http.http11`).
 
     ``send_response`` with ``more=False`` sends the whole response; with
     ``more=True`` it only starts it (the head goes out with the first body

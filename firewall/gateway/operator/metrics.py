@@ -32,7 +32,7 @@ from firewall.audit.events import (
     OutcomeEvent,
     Receipt,
 )
-from firewall.gateway.feed import Feed
+from firewall.gateway.operator.feed import Feed
 
 BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                   10.0, 30.0, 60.0, 300.0)

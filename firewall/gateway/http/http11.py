@@ -7,7 +7,7 @@ gets the connection's bytes, ``stream_send`` gets the response events of
 hypercorn's own ASGI :class:`~hypercorn.protocol.http_stream.HTTPStream`) and
 parses with httptools (llhttp, in C). Everything else stays hypercorn's: the
 trio worker, the ASGI stream and lifespan, keep-alive timeouts, graceful
-shutdown. :mod:`firewall.gateway.http_server` plugs it in.
+shutdown. :mod:`firewall.gateway.http.server` plugs it in.
 
 Rules this module keeps:
 
@@ -39,7 +39,7 @@ Rules this module keeps:
 7. Direct exchanges: a request of a method the app names (``direct``: the
    front's POSTs) whose whole body is parsed already, without ``Expect``, is
    served in the connection's reader task as a
-   :class:`~firewall.gateway.exchange.DirectExchange`: no ASGI scope, message
+   :class:`~firewall.gateway.http.exchange.DirectExchange`: no ASGI scope, message
    dicts, task or channel, and its response is framed by rules 2 and 3 and
    written at once (``write_now``). Everything else, and lifespan, is ASGI.
    The reader is busy meanwhile, so a direct exchange that waits for its
@@ -69,7 +69,7 @@ from hypercorn.protocol.events import (
 from hypercorn.protocol.h11 import H2ProtocolAssumedError
 from hypercorn.protocol.http_stream import HTTPStream
 
-from firewall.gateway.exchange import DirectExchange
+from firewall.gateway.http.exchange import DirectExchange
 from firewall.log import get_logger
 
 STREAM_ID: Final = 1
@@ -95,7 +95,7 @@ DirectRoute = Callable[[str], DirectHandler | None]
 
 
 class DirectConnection(Protocol):
-    """What a direct exchange needs of the TCP connection (:mod:`firewall.gateway.http_server`)."""
+    """What a direct exchange needs of the TCP connection (:mod:`firewall.gateway.http.server`)."""
 
     @property
     def stream(self) -> trio.abc.Stream: ...
@@ -222,7 +222,7 @@ class HttptoolsProtocol:
         if self._head_size > self._max_head:
             raise _HeadTooLarge
 
-    # -- what the connection's deadlines need (firewall.gateway.connection_limits) --
+    # -- what the connection's deadlines need (firewall.gateway.http.connection_limits) --
     def body_pending(self) -> bool:
         """The request being answered has not all of its body here yet."""
         return self._stream is not None and not self._request_done

@@ -48,11 +48,11 @@ from typing import Any, Final
 import trio
 
 from firewall.config import HttpServer
-from firewall.gateway import held_http
-from firewall.gateway.admission import Refusal, ServerCaps
-from firewall.gateway.exchange import JSON, SSE, Exchange, accepts, refuse
+from firewall.gateway.approvals import held_http
+from firewall.gateway.front.admission import Refusal, ServerCaps
+from firewall.gateway.front.sessions import FrontContext, Session, new_session_id
+from firewall.gateway.http.exchange import JSON, SSE, Exchange, accepts, refuse
 from firewall.gateway.mediator import Mediator
-from firewall.gateway.sessions import FrontContext, Session, new_session_id
 from firewall.gateway.upstream.http import (
     HttpUpstream,
     PreparedHeaders,

@@ -7,7 +7,7 @@ newline-delimited JSON-RPC. This module correlates the two. Rules it keeps:
    session's task. At most ``max_children`` sessions (hence children) per
    server: the next ``initialize`` gets HTTP 503; at most
    ``max_children_per_principal`` of them for one principal: its next
-   ``initialize`` gets HTTP 429 (:mod:`firewall.gateway.admission`). A session idle for
+   ``initialize`` gets HTTP 429 (:mod:`firewall.gateway.front.admission`). A session idle for
    ``min(listen.session_idle_seconds, server.idle_seconds)`` is closed with
    its child (the child is reaped; the session id becomes unknown).
 2. A child that dies answers every pending request with a JSON-RPC error
@@ -45,18 +45,18 @@ import trio
 
 from firewall.audit.events import LifecycleKind, append_lifecycle
 from firewall.config import StdioServer
-from firewall.gateway import held_http
-from firewall.gateway.admission import Refusal, ServerCaps
-from firewall.gateway.exchange import Exchange, refuse
-from firewall.gateway.mediator import Mediator
-from firewall.gateway.outbound import Outbound
-from firewall.gateway.sessions import (
+from firewall.gateway.approvals import held_http
+from firewall.gateway.front.admission import Refusal, ServerCaps
+from firewall.gateway.front.sessions import (
     EventStream,
     FrontContext,
     Session,
     new_session_id,
     parse_event_id,
 )
+from firewall.gateway.http.exchange import Exchange, refuse
+from firewall.gateway.mediator import Mediator
+from firewall.gateway.outbound import Outbound
 from firewall.gateway.upstream.stdio import ChildExited, StdioChild, open_stdio_child
 from firewall.policy.decision import Caller
 from firewall.protocol import framing, jsonrpc, mcp, sse

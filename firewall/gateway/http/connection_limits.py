@@ -3,7 +3,7 @@
 Slow clients (slowloris: a request head sent a byte at a time; a body
 trickled) and connection floods must not starve the clients that behave, nor
 take the file descriptors that ``/healthz`` and the operator listener need.
-:mod:`firewall.gateway.http_server` applies these rules to each connection.
+:mod:`firewall.gateway.http.server` applies these rules to each connection.
 
 Rules this module keeps:
 

@@ -12,11 +12,11 @@ import trio
 
 from firewall.audit.events import AuditPoint
 from firewall.config import Config, ConfigError
-from firewall.gateway.admin_api import AdminPlane
-from firewall.gateway.feed import Feed
-from firewall.gateway.killswitch import GuardedPolicy
-from firewall.gateway.metrics import Metrics, ObservedAudit
-from firewall.gateway.switchboard import SwitchBoard
+from firewall.gateway.operator.api import AdminPlane
+from firewall.gateway.operator.feed import Feed
+from firewall.gateway.operator.killswitch import GuardedPolicy
+from firewall.gateway.operator.metrics import Metrics, ObservedAudit
+from firewall.gateway.operator.switchboard import SwitchBoard
 from firewall.policy.decision import PolicyPoint
 
 
@@ -40,9 +40,9 @@ async def run_admin(plane: AdminPlane,
 
     Raises :class:`ConfigError` naming ``[admin]`` when the address cannot be bound.
     """
-    from firewall.gateway.connection_limits import Gate
-    from firewall.gateway.http_front import hypercorn_config, listener_limits
-    from firewall.gateway.http_server import serve
+    from firewall.gateway.front.http_front import hypercorn_config, listener_limits
+    from firewall.gateway.http.connection_limits import Gate
+    from firewall.gateway.http.server import serve
 
     settings = plane.settings
     config = plane.config

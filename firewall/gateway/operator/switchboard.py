@@ -2,7 +2,7 @@
 
 Rules this module keeps:
 
-1. The hot path reads only :class:`firewall.gateway.killswitch.KillSwitch`
+1. The hot path reads only :class:`firewall.gateway.operator.killswitch.KillSwitch`
    (memory). Everything here runs beside it: loading, writing, polling.
 2. With ``[kill_switch] persist`` (the default) a change is written to the
    file first and applied to memory only once committed, so what an operator
@@ -38,8 +38,8 @@ import trio
 
 from firewall.audit.events import AuditPoint, append_lifecycle
 from firewall.gateway.background import polled
-from firewall.gateway.killswitch import KillSwitch, Scope, Switch
-from firewall.gateway.switch_store import (
+from firewall.gateway.operator.killswitch import KillSwitch, Scope, Switch
+from firewall.gateway.operator.switch_store import (
     HistoryEntry,
     SwitchStore,
     SwitchStoreError,

@@ -28,7 +28,7 @@ from typing import Final
 
 import trio
 
-from firewall.gateway.exchange import Exchange
+from firewall.gateway.http.exchange import Exchange
 from firewall.gateway.mediator import Mediator, Routed, ToClient
 from firewall.protocol import jsonrpc, sse
 from firewall.protocol.jsonrpc import RequestId

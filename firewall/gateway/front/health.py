@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Final
 
-from firewall.gateway.exchange import Exchange, refuse
+from firewall.gateway.http.exchange import Exchange, refuse
 from firewall.protocol import jsonrpc
 
 if TYPE_CHECKING:
-    from firewall.gateway.http_front import HttpFront
+    from firewall.gateway.front.http_front import HttpFront
 
 HEALTH_PATH: Final = "/healthz"
 
