@@ -21,10 +21,10 @@ from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 
-from firewall.audit.commands import audit
 from firewall.audit.escaping import cef_header, cef_value, csv_cell, json_text, visible
 from firewall.audit.events import DecisionEvent, LifecycleEvent, OutcomeEvent
 from firewall.audit.writer import Trail
+from firewall.cli.audit import audit
 from firewall.settings.audit import AuditSettings
 
 T0 = 1_750_000_000_000_000_000

@@ -1,6 +1,6 @@
 """``mcpwall check``, ``explain``, ``schema`` and ``hash-token``.
 
-Exported as :data:`COMMANDS` for ``firewall.cli`` to add to the main group.
+All four are in :data:`COMMANDS`; :mod:`firewall.cli` names each by module.
 Each command prints text for people and, with ``--json``, one JSON document
 for programs. Exit codes are in each command's ``--help``.
 """

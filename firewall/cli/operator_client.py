@@ -1,4 +1,7 @@
-"""The command line's side of the operator API: one JSON request at a time (stdlib only).
+"""The command line's side of the operator API: one JSON request at a time.
+
+:class:`AdminClient` is stdlib only; :func:`admin_options` and :func:`call_api`
+are what ``mcpwall approvals`` and ``mcpwall kill-switch`` share.
 
 Example::
 
@@ -9,9 +12,13 @@ Example::
 from __future__ import annotations
 
 import json
+import sys
 import urllib.error
 import urllib.request
-from typing import Any, Final
+from collections.abc import Callable
+from typing import Any, Final, TypeVar
+
+import click
 
 ENV_URL: Final = "MCPWALL_ADMIN_URL"
 ENV_TOKEN: Final = "MCPWALL_ADMIN_TOKEN"
@@ -59,4 +66,36 @@ class AdminClient:
             raise AdminUnreachable(f"{self.url}: {reason}") from None
 
 
-__all__ = ["ENV_TOKEN", "ENV_URL", "AdminClient", "AdminRefused", "AdminUnreachable"]
+F = TypeVar("F", bound=Callable[..., Any])
+DEFAULT_URL = "http://127.0.0.1:8766"
+
+
+def admin_options(required: bool) -> Callable[[F], F]:
+    """``--admin-url`` and ``--admin-token`` (both also from the environment)."""
+    def decorate(fn: F) -> F:
+        fn = click.option("--admin-token", envvar=ENV_TOKEN, default=None,
+                          help=f"Operator token (default: ${ENV_TOKEN}).")(fn)
+        help_url = (f"Operator listener (default: ${ENV_URL}, else {DEFAULT_URL})." if required
+                    else f"Operator listener to go through (default: ${ENV_URL}); "
+                         "without it, the approvals database is used directly.")
+        return click.option("--admin-url", envvar=ENV_URL,
+                            default=DEFAULT_URL if required else None, help=help_url)(fn)
+    return decorate
+
+
+def call_api(url: str, token: str | None, method: str, path: str,
+             body: dict[str, Any] | None = None) -> Any:
+    """One API call for a command: exit 1 on a refusal on the merits, 2 on the rest."""
+    try:
+        return AdminClient(url, token).call(method, path, body)
+    except AdminUnreachable as exc:
+        raise click.UsageError(f"cannot reach the operator listener: {exc}") from None
+    except AdminRefused as exc:
+        if exc.status in (404, 409):
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(1)
+        raise click.UsageError(f"the operator listener refused ({exc.status}): {exc}") from None
+
+
+__all__ = ["DEFAULT_URL", "ENV_TOKEN", "ENV_URL", "AdminClient", "AdminRefused",
+           "AdminUnreachable", "admin_options", "call_api"]

@@ -1,58 +1,26 @@
-"""``mcpwall kill-switch``, and the operator-API options ``mcpwall approvals`` shares.
+"""``mcpwall kill-switch``: deny every call at once, or undo it.
 
-Exit codes: 0 done; 1 the API refused on the merits (unknown or already
-decided request, a switch that is not on); 2 usage error (bad option, no
+Exit codes: 0 done; 1 the switch was not on (off); 2 usage error (bad option, no
 token, a token the listener refuses, the listener unreachable).
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import os
 import socket
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
-from firewall.gateway.admin_client import (
-    ENV_TOKEN,
-    ENV_URL,
-    AdminClient,
-    AdminRefused,
-    AdminUnreachable,
-)
-
-F = TypeVar("F", bound=Callable[..., Any])
-DEFAULT_URL = "http://127.0.0.1:8766"
-
-
-def admin_options(required: bool) -> Callable[[F], F]:
-    """``--admin-url`` and ``--admin-token`` (both also from the environment)."""
-    def decorate(fn: F) -> F:
-        fn = click.option("--admin-token", envvar=ENV_TOKEN, default=None,
-                          help=f"Operator token (default: ${ENV_TOKEN}).")(fn)
-        help_url = (f"Operator listener (default: ${ENV_URL}, else {DEFAULT_URL})." if required
-                    else f"Operator listener to go through (default: ${ENV_URL}); "
-                         "without it, the approvals database is used directly.")
-        return click.option("--admin-url", envvar=ENV_URL,
-                            default=DEFAULT_URL if required else None, help=help_url)(fn)
-    return decorate
-
-
-def call_api(url: str, token: str | None, method: str, path: str,
-             body: dict[str, Any] | None = None) -> Any:
-    """One API call for a command: exit 1 on a refusal on the merits, 2 on the rest."""
-    try:
-        return AdminClient(url, token).call(method, path, body)
-    except AdminUnreachable as exc:
-        raise click.UsageError(f"cannot reach the operator listener: {exc}") from None
-    except AdminRefused as exc:
-        if exc.status in (404, 409):
-            click.echo(f"Error: {exc}", err=True)
-            sys.exit(1)
-        raise click.UsageError(f"the operator listener refused ({exc.status}): {exc}") from None
+from firewall.cli.operator_client import admin_options, call_api
+from firewall.config import ConfigError, load_config
+from firewall.gateway.operator.api import switch_view
+from firewall.gateway.operator.killswitch import Scope, armed
+from firewall.gateway.operator.switch_store import SwitchStoreError, open_switch_store
 
 
 def _scope(server: str | None, principal: str | None) -> dict[str, Any]:
@@ -109,8 +77,6 @@ def kill_switch(state: str, server: str | None, principal: str | None, comment: 
     Exit codes: 0 done; 1 the switch was not on (off); 2 usage error,
     unreachable listener, refused token or unusable file.
     """
-    import json
-
     direct = db is not None or config_path is not None
     if state == "history" and not direct:
         raise click.UsageError("history reads the kill switch file: give --config or --db")
@@ -148,16 +114,12 @@ def _what(scope: str, name: str | None) -> str:
 
 
 def _when(ns: int) -> str:
-    import datetime as dt
-
     return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _switch_file(db: Path | None, config_path: Path | None) -> Path:
     if db is not None:
         return db
-    from firewall.config import ConfigError, load_config
-
     assert config_path is not None
     try:
         config = load_config(config_path)
@@ -172,10 +134,6 @@ def _switch_file(db: Path | None, config_path: Path | None) -> Path:
 def _on_file(path: Path, state: str, server: str | None, principal: str | None,
              comment: str | None, by: str) -> dict[str, Any]:
     """The same answers as the API's, from the kill switch file."""
-    from firewall.gateway.operator.api import switch_view
-    from firewall.gateway.operator.killswitch import Scope, armed
-    from firewall.gateway.operator.switch_store import SwitchStoreError, open_switch_store
-
     def view(switch: Any) -> dict[str, Any]:
         return switch_view(armed(switch))  # with the reason the agents will see
 
@@ -203,4 +161,4 @@ def _on_file(path: Path, state: str, server: str | None, principal: str | None,
     return {"switch": view(was), "state": "off"}
 
 
-__all__ = ["admin_options", "call_api", "kill_switch"]
+__all__ = ["kill_switch"]

@@ -1,13 +1,11 @@
-"""The ``mcpwall`` command line.
+"""``mcpwall wrap``: run a stdio MCP server behind mcpwall, speaking stdio ourselves.
 
-Exit codes (all commands): 0 success; 1 the command ran and found a problem
-(a failed check, tampering, a session that ended because its upstream died);
-2 usage error (bad option, unreadable or invalid config or policy file).
+Exit codes: 0 the client closed the session; the server's code (or 1) if the
+server died first; 127 the server could not be started; 2 usage error.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 from pathlib import Path
@@ -16,44 +14,16 @@ import click
 import msgspec
 import trio
 
-from firewall import __version__
-from firewall.config import (
-    Config,
-    ConfigError,
-    StdioServer,
-    check_admin,
-    default_config,
-    load_config,
-)
+from firewall.cli import CONTEXT, load_or_default
+from firewall.config import Config, ConfigError, StdioServer
 from firewall.gateway.approvals.desk import ApprovalError
+from firewall.gateway.runtime import run_wrap_session
 from firewall.log import configure
 from firewall.policy.decision import Caller
 
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
-
-@click.group(context_settings=CONTEXT)
-@click.version_option(__version__, prog_name="mcpwall")
-def main() -> None:
-    """mcpwall: a firewall for the Model Context Protocol.
-
-    \b
-    Quick start:
-      mcpwall serve                      # the demo fleet on http://127.0.0.1:8765
-      mcpwall wrap -- npx -y @modelcontextprotocol/server-everything
-      mcpwall check mcpwall.toml
-    """
-
-
-def _load(path: Path | None) -> Config:
-    try:
-        return default_config() if path is None else load_config(path)
-    except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
-
-
-@main.command(context_settings={**CONTEXT, "ignore_unknown_options": True,
-                                "allow_interspersed_args": False})
+@click.command("wrap", context_settings={**CONTEXT, "ignore_unknown_options": True,
+                                        "allow_interspersed_args": False})
 @click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
               help="Gateway config (TOML): its policy, audit and log settings apply.")
 @click.option("--policy", "policy_files", multiple=True,
@@ -105,7 +75,7 @@ def wrap(
     Exit codes: 0 the client closed the session; the server's code (or 1) if
     the server died first; 127 the server could not be started; 2 usage error.
     """
-    config = _load(config_path) if config_path else Config(source="<wrap>")
+    config = load_or_default(config_path) if config_path else Config(source="<wrap>")
     configure(config.log.level, config.log.format)
     files = [str(p) for p in policy_files] or config.policy.files
     settings = StdioServer(command=command[0], args=list(command[1:]))
@@ -131,8 +101,6 @@ def wrap(
     elif config_path is None:
         config = msgspec.structs.replace(
             config, kill_switch=msgspec.structs.replace(config.kill_switch, persist=False))
-    from firewall.gateway.runtime import run_wrap_session
-
     try:
         code = trio.run(run_wrap_session, config, settings, name, caller, files, dry_run,
                         audit_db is not None or config_path is not None)
@@ -141,69 +109,4 @@ def wrap(
     sys.exit(code)
 
 
-@main.command(context_settings=CONTEXT)
-@click.argument("config_path", required=False, metavar="[CONFIG]",
-                type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--host", default=None, help="Listen address (overrides the config).")
-@click.option("--port", type=int, default=None, help="Listen port (overrides the config).")
-@click.option("--admin-port", type=int, default=None,
-              help="Operator listener port (overrides [admin] port; needs an [admin] table).")
-def serve(config_path: Path | None, host: str | None, port: int | None,
-          admin_port: int | None) -> None:
-    """Serve the fleet of CONFIG over Streamable HTTP (the demo fleet without CONFIG).
-
-    \b
-    Each server is at http://HOST:PORT/servers/NAME/mcp.
-      mcpwall serve                  # bundled demo server + rules/virtualization.json
-      mcpwall serve mcpwall.toml --port 9000
-    \b
-    With an [admin] table, the operator API, /metrics and the console listen
-    on their own address (127.0.0.1:8766 by default): see docs/admin.md.
-    """
-    config = _load(config_path)
-    listen = config.listen
-    if host is not None:
-        listen = msgspec.structs.replace(listen, host=host)
-    if port is not None:
-        listen = msgspec.structs.replace(listen, port=port)
-    config = msgspec.structs.replace(config, listen=listen)
-    if admin_port is not None:
-        if config.admin is None:
-            raise click.UsageError("--admin-port: the config has no [admin] table")
-        config = msgspec.structs.replace(
-            config, admin=msgspec.structs.replace(config.admin, port=admin_port))
-    if config.admin is not None:
-        try:
-            check_admin(config.admin, config.listen, config.source)
-        except ConfigError as exc:
-            raise click.UsageError(str(exc)) from None
-    configure(config.log.level, config.log.format)
-    from firewall.gateway.runtime import serve as run_serve
-
-    try:
-        with contextlib.suppress(KeyboardInterrupt):
-            trio.run(run_serve, config)
-    except (ConfigError, ApprovalError) as exc:
-        raise click.UsageError(str(exc)) from None
-
-
-
-
-def _register() -> None:
-    """Commands that live with their domain: policy, audit, the demo server."""
-    from firewall.audit.commands import audit
-    from firewall.demo.server import main as demo
-    from firewall.gateway.admin_commands import kill_switch
-    from firewall.gateway.commands import approvals
-    from firewall.policy.commands import COMMANDS
-
-    for command in [*COMMANDS, audit, approvals, kill_switch]:
-        main.add_command(command)
-    demo.help = ("Run the bundled demo MCP server (a simulated virtualization host) "
-                 "on stdin/stdout.")
-    main.add_command(demo, "demo")
-
-
-_register()
-
-__all__ = ["main"]
+__all__ = ["wrap"]

@@ -22,9 +22,11 @@ from urllib.parse import quote
 
 import click
 import msgspec
+from tabulate import tabulate
 
+from firewall.audit.escaping import visible
+from firewall.cli.operator_client import admin_options, call_api
 from firewall.config import ConfigError, load_config
-from firewall.gateway.admin_commands import admin_options, call_api
 from firewall.gateway.approvals.desk import (
     ApprovalError,
     ApprovalRequest,
@@ -107,10 +109,6 @@ def list_command(db: Path | None, config_path: Path | None, show_all: bool,
     if not requests:
         click.echo("no pending requests" if not show_all else "no requests")
         return
-    from tabulate import tabulate
-
-    from firewall.audit.escaping import visible
-
     # What an agent sent (target, arguments) never reaches the terminal raw.
     rows = [[visible(str(cell)) if cell is not None else cell for cell in (
              r.id, _when(r.created_ns), r.status, r.principal, r.grant, r.server, r.target,
