@@ -210,7 +210,10 @@ async def serve(config: Config, *, banner: TextIO | None = None) -> None:
     audit trail is flushed); a second one stops at once. ``banner`` (stderr by
     default) gets the URLs and an MCP client config snippet once listening.
     """
+    # Deferred for start time, not for a cycle: `mcpwall wrap` (started by an
+    # MCP client for every session) never loads hypercorn or the operator plane.
     from firewall.gateway.front.http_front import HttpFront, connect_banner, run_front
+    from firewall.gateway.operator.listener import operator_plane, run_admin
 
     limiter = shared_limiter(config.limits, config.source)
     policy = build_policy(config.policy.files,
@@ -233,9 +236,8 @@ async def serve(config: Config, *, banner: TextIO | None = None) -> None:
         ):
             plane = None
             if config.admin is not None:
-                from firewall.gateway.operator.listener import operator_plane
-
-                plane, guarded, observed = operator_plane(config, policy, audit, board)
+                plane, guarded, observed = operator_plane(config, policy, audit, board,
+                                                          reload_policy)
                 front = HttpFront(config, guarded, observed, approvals=desk)
                 plane.attach(front)
             else:
@@ -247,8 +249,6 @@ async def serve(config: Config, *, banner: TextIO | None = None) -> None:
             log.info("serve_started", urls=binds, servers=list(config.servers))
             admin_urls: list[str] = []
             if plane is not None:
-                from firewall.gateway.operator.listener import run_admin
-
                 admin_urls = await nursery.start(run_admin, plane)
                 log.info("admin_started", urls=admin_urls)
             connect_banner(config, binds, banner if banner is not None else sys.stderr)

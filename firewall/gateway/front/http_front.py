@@ -37,11 +37,13 @@ from typing import Any, Final, Protocol, TextIO
 from urllib.parse import urlsplit
 
 import trio
+from hypercorn.config import Config as HyperConfig
 
 from firewall.audit.events import AuditPoint
 from firewall.config import Config, HttpServer, StdioServer
 from firewall.gateway.approvals.desk import ApprovalDesk
 from firewall.gateway.front import health
+from firewall.gateway.front.http_endpoint import HttpEndpoint
 from firewall.gateway.front.sessions import FrontContext, Session
 from firewall.gateway.front.stdio_endpoint import StdioEndpoint
 from firewall.gateway.http.connection_limits import (
@@ -64,6 +66,7 @@ from firewall.gateway.http.exchange import (
     lifespan,
     refuse,
 )
+from firewall.gateway.http.server import serve
 from firewall.identity import TokenTable, bearer_token
 from firewall.log import get_logger
 from firewall.policy.decision import Caller, PolicyPoint
@@ -151,8 +154,6 @@ class HttpFront:
             if isinstance(settings, StdioServer):
                 self.endpoints[name] = StdioEndpoint(name, settings, self.context)
             elif isinstance(settings, HttpServer):
-                from firewall.gateway.front.http_endpoint import HttpEndpoint
-
                 self.endpoints[name] = HttpEndpoint(name, settings, self.context)
         self.draining = False
         self.drained = trio.Event()  # hypercorn's shutdown trigger
@@ -360,8 +361,6 @@ def hypercorn_config(host: str, port: int, grace: float, keep_alive: float = 75.
     no ``Server`` header (it only tells an attacker what answers); the
     ``Date`` header comes from :mod:`firewall.gateway.http.exchange`.
     """
-    from hypercorn.config import Config as HyperConfig
-
     hyper = HyperConfig()
     hyper.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     hyper.graceful_timeout = grace
@@ -391,8 +390,6 @@ async def run_front(
 
     ``task_status.started`` gets the bound base URLs (``["http://127.0.0.1:8765"]``).
     """
-    from firewall.gateway.http.server import serve
-
     listen = front.listen
     hyper = hypercorn_config(listen.host, listen.port, listen.shutdown_grace_seconds,
                              front.config.http.keep_alive_seconds)

@@ -29,6 +29,8 @@ from wsgiref.handlers import format_date_time
 
 import trio
 
+from firewall.protocol import jsonrpc
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -289,8 +291,6 @@ async def lifespan(receive: Receive, send: Send) -> None:
 async def refuse(ex: Exchange, status: int, code: int, message: str,
                  headers: Iterable[tuple[str, str]] = (), data: Any = None) -> None:
     """Answer with an HTTP error status and a JSON-RPC error body (id null)."""
-    from firewall.protocol import jsonrpc
-
     headers = list(headers)
     if not ex.body_read and ex.has_body:
         # The body was not (fully) read: the server cannot reuse this

@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 from urllib.parse import parse_qs
 
 import msgspec
@@ -41,6 +41,7 @@ import trio
 from firewall.audit.events import AuditPoint, append_lifecycle
 from firewall.audit.query import Filters, QueryError, Sources, calls
 from firewall.audit.store import StoreError
+from firewall.config import Config
 from firewall.gateway.approvals.desk import ApprovalError, open_store, parse_scope
 from firewall.gateway.http.exchange import ClientGone, Exchange, Receive, Scope, Send, lifespan
 from firewall.gateway.operator import console, readiness
@@ -70,23 +71,33 @@ from firewall.gateway.operator.requests import (
     reply,
 )
 from firewall.gateway.operator.switch_store import SwitchStoreError
+from firewall.gateway.operator.switchboard import SwitchBoard
+from firewall.identity import bearer_token
 from firewall.log import get_logger
+from firewall.policy.decision import PolicyPoint
+from firewall.policy.engine import ReloadResult
 
-if TYPE_CHECKING:
-    from firewall.config import Config
+if TYPE_CHECKING:  # annotations only: the kill-switch CLI uses this module; no hypercorn
     from firewall.gateway.front.http_front import HttpFront
-    from firewall.gateway.operator.switchboard import SwitchBoard
-    from firewall.policy.decision import PolicyPoint
 
 COOKIE: Final = "mcpwall_console"
 KEEPALIVE_SECONDS: Final = 15.0
+
+
+
+class Reload(Protocol):
+    """Re-read the policy files now; None when none are configured."""
+
+    async def __call__(self, policy: PolicyPoint, audit: AuditPoint | None, trigger: str, *,
+                       by: str | None = None) -> ReloadResult | None: ...
 
 
 class AdminPlane:
     """The ASGI app of the operator listener, and what it operates on."""
 
     def __init__(self, config: Config, policy: PolicyPoint, board: SwitchBoard,
-                 metrics: Metrics, feed: Feed, writer: Any, audit: AuditPoint | None) -> None:
+                 metrics: Metrics, feed: Feed, writer: Any, audit: AuditPoint | None,
+                 reload: Reload) -> None:
         assert config.admin is not None
         self.config = config
         self.settings = config.admin
@@ -97,6 +108,7 @@ class AdminPlane:
         self.feed = feed
         self.writer = writer          # the AuditWriter: queue depth, flush
         self.audit = audit            # the observed audit point: events are counted
+        self.reload = reload          # re-reads the policy files (runtime.reload_policy)
         self._front: HttpFront | None = None
         self.operators = OperatorTable(self.settings.tokens)
         self.logins = ConsoleLogins()
@@ -229,8 +241,6 @@ class AdminPlane:
         await append_lifecycle(self.audit, "operator_login_throttled", detail=detail)
 
     async def _authenticate(self, ex: Exchange, peer: str) -> tuple[Operator, Login | None]:
-        from firewall.identity import bearer_token
-
         header = ex.header("authorization")
         if header is not None:
             wait = self._throttled(peer)
@@ -416,11 +426,9 @@ class AdminPlane:
     # -- policy, sessions ------------------------------------------------
     async def reload_policy(self, req: Request) -> None:
         """``POST /api/policy/reload``: re-read the policy files now."""
-        from firewall.gateway.runtime import reload_policy
-
         if req.parts != ["reload"]:
             raise ApiError(404, "expected POST /api/policy/reload")
-        result = await reload_policy(self.policy, self.audit, "admin", by=req.operator.name)
+        result = await self.reload(self.policy, self.audit, "admin", by=req.operator.name)
         if result is None:
             raise ApiError(409, "no policy files are configured: nothing to reload")
         await reply(req.ex, 200 if result.ok else 422, msgspec.structs.asdict(result))
@@ -554,4 +562,4 @@ def switch_view(switch: Switch) -> dict[str, Any]:
             "reason": switch.decision.reason if switch.decision else None}
 
 
-__all__ = ["COOKIE", "AdminPlane", "ApiError"]
+__all__ = ["COOKIE", "AdminPlane", "ApiError", "Reload"]

@@ -12,7 +12,10 @@ import trio
 
 from firewall.audit.events import AuditPoint
 from firewall.config import Config, ConfigError
-from firewall.gateway.operator.api import AdminPlane
+from firewall.gateway.front.http_front import hypercorn_config, listener_limits
+from firewall.gateway.http.connection_limits import Gate
+from firewall.gateway.http.server import serve
+from firewall.gateway.operator.api import AdminPlane, Reload
 from firewall.gateway.operator.feed import Feed
 from firewall.gateway.operator.killswitch import GuardedPolicy
 from firewall.gateway.operator.metrics import Metrics, ObservedAudit
@@ -21,8 +24,12 @@ from firewall.policy.decision import PolicyPoint
 
 
 def operator_plane(config: Config, policy: PolicyPoint, audit: AuditPoint | None,
-                   board: SwitchBoard) -> tuple[AdminPlane, PolicyPoint, AuditPoint | None]:
+                   board: SwitchBoard, reload: Reload,
+                   ) -> tuple[AdminPlane, PolicyPoint, AuditPoint | None]:
     """The plane, and the policy point and audit point the front should use.
+
+    ``reload`` re-reads the policy files for ``POST /api/policy/reload``
+    (:func:`firewall.gateway.runtime.reload_policy`).
 
     The kill switch's changes are recorded through the observed audit point
     from now on, so metrics and the event feed see them.
@@ -30,7 +37,7 @@ def operator_plane(config: Config, policy: PolicyPoint, audit: AuditPoint | None
     metrics, feed = Metrics(), Feed()
     observed = None if audit is None else ObservedAudit(audit, metrics, feed)
     board.audit = observed
-    plane = AdminPlane(config, policy, board, metrics, feed, audit, observed)
+    plane = AdminPlane(config, policy, board, metrics, feed, audit, observed, reload)
     return plane, GuardedPolicy(policy, board.switch), observed
 
 
@@ -40,10 +47,6 @@ async def run_admin(plane: AdminPlane,
 
     Raises :class:`ConfigError` naming ``[admin]`` when the address cannot be bound.
     """
-    from firewall.gateway.front.http_front import hypercorn_config, listener_limits
-    from firewall.gateway.http.connection_limits import Gate
-    from firewall.gateway.http.server import serve
-
     settings = plane.settings
     config = plane.config
     hyper = hypercorn_config(settings.host, settings.port, 1.0, config.http.keep_alive_seconds)

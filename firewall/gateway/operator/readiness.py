@@ -19,10 +19,9 @@ from urllib.parse import urlsplit
 
 import trio
 
-from firewall.config import HttpServer, StdioServer
+from firewall.config import Config, HttpServer, StdioServer
 
-if TYPE_CHECKING:
-    from firewall.config import Config
+if TYPE_CHECKING:  # annotations only: the kill-switch CLI imports the plane; no hypercorn
     from firewall.gateway.front.http_front import HttpFront
 
 CHECK_SECONDS: Final = 2.0

@@ -37,6 +37,7 @@ from typing import Any
 import trio
 
 from firewall.audit.events import AuditPoint, append_lifecycle
+from firewall.config import ConfigError
 from firewall.gateway.background import polled
 from firewall.gateway.operator.killswitch import KillSwitch, Scope, Switch
 from firewall.gateway.operator.switch_store import (
@@ -191,8 +192,6 @@ async def open_switchboard(settings: KillSwitchSettings, *, instance: str,
 
     Raises :class:`firewall.config.ConfigError` naming the file when it cannot be read.
     """
-    from firewall.config import ConfigError
-
     board = SwitchBoard(settings, instance, audit)
     try:
         await board.open()

@@ -20,13 +20,12 @@ import json
 from collections.abc import Iterable
 from importlib import resources
 from string import Template
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
+from firewall.audit.query import format_ts
 from firewall.gateway.http.exchange import Exchange
-
-if TYPE_CHECKING:
-    from firewall.gateway.operator.auth import Login
-    from firewall.gateway.operator.killswitch import Switch
+from firewall.gateway.operator.auth import Login
+from firewall.gateway.operator.killswitch import Switch
 
 ASSETS: Final = {"/console.js": "text/javascript; charset=utf-8",
                  "/console.css": "text/css; charset=utf-8"}
@@ -66,8 +65,6 @@ async def login_page(ex: Exchange, status: int, error: str | None,
 
 
 def _when(ns: int | None) -> str:
-    from firewall.audit.query import format_ts
-
     return "" if not ns else format_ts(ns)[:19].replace("T", " ")
 
 
