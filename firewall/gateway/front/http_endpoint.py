@@ -48,7 +48,7 @@ from typing import Any, Final
 import trio
 
 from firewall.config import HttpServer
-from firewall.gateway.approvals import held_http
+from firewall.gateway.front import held_http
 from firewall.gateway.front.admission import Refusal, ServerCaps
 from firewall.gateway.front.sessions import FrontContext, Session, new_session_id
 from firewall.gateway.http.exchange import JSON, SSE, Exchange, accepts, refuse

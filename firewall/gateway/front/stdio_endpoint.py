@@ -45,7 +45,7 @@ import trio
 
 from firewall.audit.events import LifecycleKind, append_lifecycle
 from firewall.config import StdioServer
-from firewall.gateway.approvals import held_http
+from firewall.gateway.front import held_http
 from firewall.gateway.front.admission import Refusal, ServerCaps
 from firewall.gateway.front.sessions import (
     EventStream,
