@@ -196,6 +196,8 @@ async def run_wrap_session(
                         server=server, detail={"transport": "stdio", "grant": caller.grant,
                                                "command": [settings.command, *settings.args]})
         code = await run_wrap(settings, mediator=mediator)
+        if desk is not None:
+            await desk.forget_session(session)
         await append_lifecycle(audit, "session_end", session=session, principal=caller.principal,
                         server=server, detail={"exit_code": code})
         nursery.cancel_scope.cancel()

@@ -19,7 +19,9 @@ Rules this module keeps:
    rest of that client session (``session``) or N minutes for that principal
    (``minutes:N``), always for the same server, tool and rule. The poller
    keeps the standing approvals in memory, so a held call consults a dict and
-   an allowed call never touches this file.
+   an allowed call never touches this file. When a session ends, the front
+   calls :meth:`ApprovalDesk.forget_session`: its session-scoped approvals end
+   with it, in memory and in the file, and no poll reads them again.
 6. Pending requests do not survive their process. Each request names its
    owner (host, boot id, pid and the pid's start time); a desk that opens marks
    the pending requests of owners that are gone ``abandoned`` and returns them
@@ -322,11 +324,19 @@ class ApprovalStore:
             "SELECT id, scope, session, principal, server, target, rule, scope_until_ns, "
             "decided_by FROM approvals WHERE status = 'approved' AND ("
             "(scope = 'minutes' AND scope_until_ns > ?) OR "
-            "(scope = 'session' AND instance = ?))", (now_ns, instance))
+            "(scope = 'session' AND instance = ? AND scope_until_ns IS NULL))", (now_ns, instance))
         return [Standing(id=r["id"], scope=r["scope"], session=r["session"],
                          principal=r["principal"], server=r["server"], target=r["target"],
                          rule=r["rule"], until_ns=r["scope_until_ns"], by=r["decided_by"])
                 for r in rows]
+
+    def end_session_scopes(self, ids: list[str], now_ns: int) -> None:
+        """Session-scoped approvals whose session ended: their scope ends now, so
+        :meth:`standing` never returns them again."""
+        self.conn.executemany(
+            "UPDATE approvals SET scope_until_ns = ? "
+            "WHERE id = ? AND scope = 'session' AND scope_until_ns IS NULL",
+            [(now_ns, ident) for ident in ids])
 
     def abandon_orphans(self, now_ns: int, alive: Callable[[str], bool] | None = None
                         ) -> list[ApprovalRequest]:
@@ -492,11 +502,18 @@ class ApprovalDesk:
                 return standing
         return None
 
-    def forget_session(self, session: str) -> None:
-        """Drop the session-scoped approvals of a session that ended."""
-        for ident, standing in list(self._standing.items()):
-            if standing.scope == "session" and standing.session == session:
-                del self._standing[ident]
+    async def forget_session(self, session: str) -> None:
+        """Drop the session-scoped approvals of a session that ended, here and in
+        the file (their ``scope_until_ns`` becomes the end), so that no poll
+        reads them again. A session that was given none costs a dict scan."""
+        ended = [ident for ident, standing in self._standing.items()
+                 if standing.scope == "session" and standing.session == session]
+        if not ended:
+            return
+        for ident in ended:
+            del self._standing[ident]
+        if self._conn is not None:
+            await self._run(ApprovalStore(self._conn).end_session_scopes, ended, self.clock())
 
     async def refresh_standing(self) -> None:
         """Reload the approvals in force beyond their call (one query)."""

@@ -157,6 +157,9 @@ class Session:
         """Close the session and record its end in the audit trail, once."""
         self.mediator.withdraw_held(f"the session ended ({reason})")
         await self.close(reason)
+        if self.mediator.approvals is not None:
+            with trio.CancelScope(shield=True):
+                await self.mediator.approvals.forget_session(self.mediator.session)
         if not self._end_recorded:
             self._end_recorded = True
             with trio.CancelScope(shield=True):
