@@ -24,7 +24,6 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Final
 
 import trio
 
@@ -32,9 +31,6 @@ from firewall.gateway.http.exchange import Exchange
 from firewall.gateway.mediator import Mediator, Routed, ToClient
 from firewall.protocol import jsonrpc, sse
 from firewall.protocol.jsonrpc import RequestId
-
-SSE_HEADERS: Final = (("content-type", sse.CONTENT_TYPE), ("cache-control", "no-cache"),
-                      ("x-accel-buffering", "no"))
 
 
 async def hold(ex: Exchange, held: Callable[[ToClient | None], Awaitable[Routed]],
@@ -47,7 +43,7 @@ async def hold(ex: Exchange, held: Callable[[ToClient | None], Awaitable[Routed]
     refusal, or neither when the call was withdrawn.
     """
     if stream:
-        await ex.start(200, [*SSE_HEADERS, *headers])
+        await ex.start(200, [*sse.SSE_HEADERS, *headers])
         await ex.write(sse.COMMENT_KEEPALIVE)  # headers out now: the client knows we are here
     writing = trio.Lock()
     last_write = [trio.current_time()]

@@ -71,8 +71,6 @@ _FORWARDED: Final = frozenset({"accept", "content-type", "mcp-protocol-version",
 STREAM_POOL_TIMEOUT: Final = 5.0
 # Prepared upstream headers kept for requests without a session.
 _STATELESS_CACHE_SIZE: Final = 64
-SSE_HEADERS: Final = (("content-type", sse.CONTENT_TYPE), ("cache-control", "no-cache"),
-                      ("x-accel-buffering", "no"))
 
 
 class HttpSession(Session):
@@ -266,7 +264,7 @@ class HttpEndpoint:
             if not ex.started:  # a held call's stream is open already
                 # The head waits for the first events (usually at hand: one
                 # write for all); _relay_events flushes it before any wait.
-                await ex.start(status, [*SSE_HEADERS, *headers], flush=False)
+                await ex.start(status, [*sse.SSE_HEADERS, *headers], flush=False)
             await self._relay_events(ex, resp, session, mediator, msg, deadline)
             return
         data = await resp.read(MAX_RESPONSE_BYTES)
@@ -432,7 +430,7 @@ class HttpEndpoint:
         async with self.streams.request("GET", self._headers(ex, session),
                                         response_timeout=self.timeout) as resp:
             if resp.status == 200 and resp.content_type == SSE:
-                await ex.start(200, SSE_HEADERS)
+                await ex.start(200, sse.SSE_HEADERS)
                 await self._relay_events(ex, resp, session, session.mediator, None, None)
                 return
             await resp.read(MAX_RESPONSE_BYTES)

@@ -70,8 +70,6 @@ STABLE_RUN_SECONDS: Final = 60.0
 KEEP_FINISHED_STREAMS: Final = 64
 _HANDSHAKE_ID: Final = "mcpwall-restart-initialize"
 
-SSE_HEADERS: Final = (("content-type", sse.CONTENT_TYPE), ("cache-control", "no-cache"),
-                      ("x-accel-buffering", "no"))
 
 
 class _ProgressParams(msgspec.Struct):
@@ -348,7 +346,7 @@ class StdioSession(Session):
         deadline = trio.current_time() + self.timeout
         if not json_only:
             if not ex.started:  # a held call's stream is open already
-                await ex.start(200, [*SSE_HEADERS, *headers])
+                await ex.start(200, [*sse.SSE_HEADERS, *headers])
             return await self._stream_out(ex, stream, 0, deadline, rid)
         with trio.move_on_at(deadline):
             while not stream.finished:
@@ -402,7 +400,7 @@ class StdioSession(Session):
         if is_main:
             self.get_open = True
         try:
-            await ex.start(200, SSE_HEADERS)
+            await ex.start(200, sse.SSE_HEADERS)
             await ex.write(sse.COMMENT_KEEPALIVE)  # headers and a first byte out now
             with scope:
                 async with trio.open_nursery() as nursery:
