@@ -19,7 +19,6 @@ import trio
 
 from firewall.config import Config, HttpSettings, ListenSettings, StdioServer
 from firewall.gateway.front.http_front import HttpFront, run_front
-from firewall.gateway.http.server import parser_in_use
 from firewall.policy.decision import AllowAll
 from firewall.protocol import jsonrpc
 
@@ -130,11 +129,6 @@ def post(body: bytes, extra: bytes = b"", path: bytes = b"/servers/demo/mcp") ->
 @pytest.fixture(params=PARSERS)
 def parser(request: pytest.FixtureRequest) -> str:
     return str(request.param)
-
-
-def test_the_parser_asked_for_is_the_one_used() -> None:
-    assert parser_in_use("httptools") == "httptools"
-    assert parser_in_use("h11") == "h11"
 
 
 async def test_keep_alive_and_pipelined_requests_answer_in_order(parser: str) -> None:

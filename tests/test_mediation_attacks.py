@@ -190,6 +190,11 @@ args = ["-m", "firewall.demo"]
             # The same call sent plainly is held; with no desk it is refused.
             plain = await http.post(url, content=msg(inner), headers=headers)
             assert "nobody can approve it here" in plain.text
+            # A message nested 100,000 deep is a 400, and serve goes on.
+            bomb = b'{"jsonrpc":"2.0","id":11,"method":"ping","params":' + b"[" * 100_000 \
+                + b"]" * 100_000 + b"}"
+            refused = await http.post(url, content=bomb, headers=headers)
+            assert refused.status_code == 400 and "nested deeper" in refused.text
         assert proc.poll() is None, tail(log)
     finally:
         await stop_serve(proc)

@@ -22,6 +22,7 @@ from firewall.gateway.front.wrap import run_wrap
 from firewall.gateway.mediator import Mediator
 from firewall.gateway.operator.killswitch import GuardedPolicy
 from firewall.gateway.operator.switchboard import SwitchBoard, open_switchboard
+from firewall.gateway.policy_reload import reloader_for
 from firewall.gateway.shared_limits import (
     RedisLimiter,
     StoreConfigError,
@@ -69,7 +70,9 @@ async def watch_policy(policy: PolicyPoint, audit: AuditPoint | None,
 
     A bad file keeps the table in force; the error is logged and audited. Calls
     in flight finish under the table they started with (the engine swaps the
-    whole table with one assignment).
+    whole table with one assignment). The load at start, in :func:`build_policy`,
+    stays synchronous: nothing is served yet, so there is nothing to stall, and
+    a bad file must stop the start with its error (exit code 2), not be logged.
     """
     if not isinstance(policy, PolicySet):
         return
@@ -108,27 +111,16 @@ async def reload_policy(policy: PolicyPoint, audit: AuditPoint | None, trigger: 
                         by: str | None = None) -> ReloadResult | None:
     """Re-read the policy files now; None when no policy files are configured.
 
-    A change is logged and audited (``policy_reload``), a bad file too
-    (``policy_reload_failed``, the table in force is kept). A reload an
-    operator asked for (``by``) is audited even when nothing changed.
+    The files compile in a worker thread and the table is swapped on this one;
+    a request made while a reload runs joins the one after it
+    (:mod:`firewall.gateway.policy_reload`). A change is logged and audited
+    (``policy_reload``), a bad file too (``policy_reload_failed``, the table in
+    force is kept). A reload an operator asked for (``by``) is audited even
+    when nothing changed.
     """
     if not isinstance(policy, PolicySet):
         return None
-    log = get_logger()
-    result = policy.reload()
-    who: dict[str, Any] = {} if by is None else {"by": by}
-    if result.ok:
-        if result.changed or by is not None:
-            log.info("policy_reloaded", trigger=trigger, files=result.files, **who)
-            if by is not None:
-                who["changed"] = result.changed
-            await append_lifecycle(audit, "policy_reload", detail={
-                "files": result.files, "trigger": trigger, **who})
-    else:
-        log.error("policy_reload_failed", trigger=trigger, error=result.error, **who)
-        await append_lifecycle(audit, "policy_reload_failed", detail={
-            "error": result.error, "kept": result.files, "trigger": trigger, **who})
-    return result
+    return await reloader_for(policy).reload(audit, trigger, by=by)
 
 
 @asynccontextmanager
@@ -217,6 +209,12 @@ async def serve(config: Config, *, banner: TextIO | None = None) -> None:
     from firewall.gateway.front.http_front import HttpFront, connect_banner, run_front
     from firewall.gateway.operator.listener import operator_plane, run_admin
 
+    try:  # the HTTP server's hypercorn must be the version it was written for
+        import firewall.gateway.http.server  # noqa: F401
+    except ImportError as missing:
+        if missing.name != "hypercorn":  # hypercorn_internals' version check, or no hypercorn
+            raise
+        raise ConfigError(str(missing)) from None
     limiter = shared_limiter(config.limits, config.source)
     policy = build_policy(config.policy.files,
                           {name: s.policy for name, s in config.servers.items()},

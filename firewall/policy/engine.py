@@ -312,8 +312,12 @@ class PolicySet:
     """Policy files on disk, compiled into one :class:`Engine`, reloadable.
 
     ``fleet`` files apply to every server; ``servers[name]`` files to that server
-    only (together with the fleet ones). :meth:`reload` recompiles and swaps;
-    a bad file keeps the old table and the result says why.
+    only (together with the fleet ones). A reload is two steps: :meth:`compile`
+    reads and compiles every file into a new table and touches nothing of this
+    set (the gateway runs it in a worker thread while calls are decided under
+    the table in force); :meth:`install` swaps the new table in with one
+    assignment (on the thread that decides). :meth:`reload` does both at once.
+    A bad file keeps the old table and the result says why.
     """
 
     def __init__(self, fleet: Sequence[Path], servers: Mapping[str, Sequence[Path]] | None = None,
@@ -322,9 +326,14 @@ class PolicySet:
         self.fleet = tuple(fleet)
         self.servers = {k: tuple(v) for k, v in (servers or {}).items()}
         self.dry_run = dry_run
-        self.engine = Engine(self._compile(), limiter)
+        self.engine = Engine(self.compile(), limiter)
 
-    def _compile(self) -> CompiledPolicy:
+    def compile(self) -> CompiledPolicy:
+        """Read and compile every file into a new table; raise :class:`PolicyError`.
+
+        Reads only the file lists given at construction and builds new objects:
+        safe in another thread while :meth:`decide` runs under the table in force.
+        """
         cache: dict[Path, LoadedPolicy] = {}
 
         def load(path: Path) -> LoadedPolicy:
@@ -344,16 +353,24 @@ class PolicySet:
         """``{file: sha256}`` of the table in force: for policy_load audit events."""
         return self.engine.compiled.digests
 
-    def reload(self) -> ReloadResult:
-        """Re-read and recompile every file; swap only if all of them are good."""
+    def install(self, compiled: CompiledPolicy) -> ReloadResult:
+        """Swap ``compiled`` in (buckets carry over); ``changed`` compares digests."""
         before = self.digests
-        try:
-            compiled = self._compile()
-        except PolicyError as exc:
-            return ReloadResult(False, before, str(exc))
         self.engine.swap(compiled)
         after = compiled.digests
         return ReloadResult(True, after, changed=after != before)
+
+    def failed(self, error: str) -> ReloadResult:
+        """The result of a reload that failed with ``error``: the table in force stays."""
+        return ReloadResult(False, self.digests, error)
+
+    def reload(self) -> ReloadResult:
+        """Re-read and recompile every file now, on this thread; swap only if all are good."""
+        try:
+            compiled = self.compile()
+        except PolicyError as exc:
+            return self.failed(str(exc))
+        return self.install(compiled)
 
     def decide(self, call: mcp.Call, caller: Caller, server: str, session: str) -> Decision:
         """Delegates to the current engine (use ``.engine`` directly on the hot path)."""

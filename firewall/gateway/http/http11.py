@@ -57,19 +57,22 @@ from urllib.parse import unquote
 
 import httptools
 import trio
-from hypercorn.events import Closed, Event, RawData, Updated
-from hypercorn.protocol.events import (
+
+from firewall.gateway.http.exchange import DirectExchange
+from firewall.gateway.http.hypercorn_internals import (
     Body,
+    Closed,
     EndBody,
+    Event,
+    H2ProtocolAssumedError,
+    HTTPStream,
     InformationalResponse,
+    RawData,
     Request,
     Response,
     StreamClosed,
+    Updated,
 )
-from hypercorn.protocol.h11 import H2ProtocolAssumedError
-from hypercorn.protocol.http_stream import HTTPStream
-
-from firewall.gateway.http.exchange import DirectExchange
 from firewall.log import get_logger
 
 STREAM_ID: Final = 1

@@ -10,12 +10,12 @@ request heads and bodies (408, then close; ``request_timeout`` in the log).
 Everything else is hypercorn's own: its config, lifespan, ASGI HTTP stream,
 graceful shutdown on the trigger, HTTP/2 on TLS (ALPN) and with prior knowledge.
 
-hypercorn has no hook to choose the HTTP/1.1 protocol, so the worker loop
-(``hypercorn.trio.run.worker_serve``) and the connection's setup
-(``TCPServer.run``) are repeated here, shortened to what a plain-TCP listener
-needs, from hypercorn 0.18. Nothing of hypercorn is patched.
-Another hypercorn series falls back to h11 with a warning
-(``http_parser_fallback``), so an upgrade never runs untested code.
+hypercorn has no hook to choose the HTTP/1.1 protocol, so its worker loop
+runs from :mod:`firewall.gateway.http.hypercorn_internals` (which owns every use of
+hypercorn beyond ``Config`` and ``serve``, for one exact hypercorn version) and
+each connection here is our own: the part of hypercorn's ``TCPServer`` a
+plain-TCP connection needs, written out. Nothing of hypercorn is patched or
+subclassed.
 """
 
 from __future__ import annotations
@@ -26,29 +26,11 @@ import math
 from collections.abc import Awaitable, Callable
 from functools import partial
 from http import HTTPStatus
-from importlib.metadata import version
-from typing import Any, Final, Literal, cast
+from typing import Any, Final, Literal
 
-import h11
 import trio
-from hypercorn.events import Closed, Event, RawData, Updated
-from hypercorn.protocol import ProtocolWrapper
-from hypercorn.protocol.h2 import H2Protocol
-from hypercorn.protocol.h11 import H2ProtocolAssumedError, H11Protocol
+from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
-from hypercorn.trio.lifespan import Lifespan
-from hypercorn.trio.statsd import StatsdLogger
-from hypercorn.trio.task_group import TaskGroup
-from hypercorn.trio.tcp_server import TCPServer
-from hypercorn.trio.worker_context import WorkerContext
-from hypercorn.typing import ConnectionState
-from hypercorn.utils import (
-    ShutdownError,
-    parse_socket_addr,
-    raise_shutdown,
-    repr_socket_addr,
-    wrap_app,
-)
 
 from firewall.gateway.http.connection_limits import (
     FULL_503,
@@ -62,16 +44,29 @@ from firewall.gateway.http.connection_limits import (
     deadline,
     reserve_request,
 )
-from firewall.gateway.http.http11 import DirectRoute, HttptoolsProtocol
+from firewall.gateway.http.http11 import MAX_RECV, DirectRoute, HttptoolsProtocol
+from firewall.gateway.http.hypercorn_internals import (
+    Closed,
+    Event,
+    H2Protocol,
+    H2ProtocolAssumedError,
+    ProtocolWrapper,
+    RawData,
+    TaskGroup,
+    Updated,
+    Worker,
+    current_protocol,
+    h11_pending,
+    h11_response_started,
+    socket_address,
+    worker_serve,
+)
 from firewall.gateway.http.sockets import READS_BETWEEN_CHECKPOINTS, receive_now, send_now
 from firewall.log import get_logger
 
 Parser = Literal["httptools", "h11"]
 # /healthz for a reserve connection: (status, JSON body).
 HealthAnswer = Callable[[], tuple[int, bytes]]
-# The hypercorn series whose worker loop and connection setup this module repeats.
-HYPERCORN_SERIES: Final = "0.18."
-MAX_RECV: Final = 2**16  # as hypercorn's TCPServer reads
 # accept() failing for want of descriptors or memory: wait, then accept again
 # (as trio.serve_listeners does); the connections being served go on.
 _CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
@@ -82,19 +77,9 @@ _RESERVE_LINGER: Final = 1.0
 _LOG_EVERY: Final = 1.0
 
 
-def parser_in_use(parser: Parser) -> Parser:
-    """The parser that will serve: ``parser``, or h11 on an untested hypercorn."""
-    if parser == "httptools" and not version("hypercorn").startswith(HYPERCORN_SERIES):
-        get_logger(component="http_server").warning(
-            "http_parser_fallback", wanted=parser, used="h11",
-            hypercorn=version("hypercorn"), tested=HYPERCORN_SERIES + "x")
-        return "h11"
-    return parser
-
-
 async def serve(
     app: Any,
-    hyper: Any,
+    hyper: Config,
     *,
     parser: Parser = "httptools",
     gate: Gate | None = None,
@@ -119,62 +104,18 @@ async def serve(
                               task_status=task_status)
         return
     gate = gate or Gate(Limits(keep_alive=hyper.keep_alive_timeout))
-    await _worker_serve(app, hyper, parser_in_use(parser), gate, health,
-                        direct, shutdown_trigger, task_status)
+    await worker_serve(app, hyper, partial(_accept, gate=gate, health=health, parser=parser,
+                                           direct=direct),
+                       shutdown_trigger, task_status)
 
 
-async def _worker_serve(app: Any, config: Any, parser: Parser, gate: Gate,
-                        health: HealthAnswer | None, direct: DirectRoute | None,
-                        shutdown_trigger: Callable[..., Awaitable[None]] | None,
-                        task_status: trio.TaskStatus[list[str]]) -> None:
-    """``hypercorn.trio.run.worker_serve`` for plain-TCP listeners, with our connections."""
-
-    config.set_statsd_logger_class(StatsdLogger)
-    wrapped = wrap_app(app, config.wsgi_max_body_size, "asgi")
-    lifespan_state: dict[str, Any] = {}
-    lifespan = Lifespan(wrapped, config, lifespan_state)
-    context = WorkerContext(None)
-    async with trio.open_nursery() as lifespan_nursery:
-        await lifespan_nursery.start(lifespan.handle_lifespan)
-        await lifespan.wait_for_startup()
-        async with trio.open_nursery() as server_nursery:
-            sockets = config.create_sockets()
-            listeners = []
-            binds = []
-            for sock in sockets.insecure_sockets:
-                sock.listen(config.backlog)
-                listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
-                binds.append(f"http://{repr_socket_addr(sock.family, sock.getsockname())}")
-            task_status.started(binds)
-            try:
-                async with trio.open_nursery(strict_exception_groups=True) as nursery:
-                    if shutdown_trigger is not None:
-                        nursery.start_soon(raise_shutdown, shutdown_trigger)
-                    nursery.start_soon(raise_shutdown, context.terminate.wait)
-                    connection = partial(HttptoolsConnection, wrapped, config, context,
-                                         ConnectionState(lifespan_state.copy()),
-                                         parser=parser, limits=gate.limits, direct=direct)
-                    for listener in listeners:
-                        nursery.start_soon(_accept, listener, gate, connection, health,
-                                           server_nursery)
-                    await trio.sleep_forever()
-            except BaseExceptionGroup as error:
-                _, other_errors = error.split((ShutdownError, KeyboardInterrupt))
-                if other_errors is not None:
-                    raise other_errors from None
-            finally:
-                await context.terminated.set()
-                server_nursery.cancel_scope.deadline = (trio.current_time()
-                                                        + config.graceful_timeout)
-        await lifespan.wait_for_shutdown()
-        lifespan_nursery.cancel_scope.cancel()
-
-
-async def _accept(listener: trio.SocketListener, gate: Gate,
-                  connection: Callable[[trio.SocketStream], HttptoolsConnection],
-                  health: HealthAnswer | None, nursery: trio.Nursery) -> None:
+async def _accept(listener: trio.SocketListener, worker: Worker, nursery: trio.Nursery, *,
+                  gate: Gate, health: HealthAnswer | None, parser: Parser,
+                  direct: DirectRoute | None) -> None:
     """Accept connections for ever; serve, reserve or refuse each (the gate's rule 2)."""
     log = get_logger(component="http_server")
+    connection = partial(HttptoolsConnection, worker, parser=parser, limits=gate.limits,
+                         direct=direct)
     logged = -math.inf
     while True:
         try:
@@ -250,8 +191,8 @@ async def _reserve(stream: trio.SocketStream, limits: Limits, health: HealthAnsw
             await stream.aclose()
 
 
-class HttptoolsConnection(TCPServer):
-    """One plain-TCP connection: hypercorn's ``TCPServer.run`` with our protocols and deadlines.
+class HttptoolsConnection:
+    """One plain-TCP connection: hypercorn's ``TCPServer`` with our protocols and deadlines.
 
     The protocol is :class:`_Protocols` (httptools) or hypercorn's
     ``ProtocolWrapper`` (h11). One watcher task per connection closes it at the
@@ -274,13 +215,17 @@ class HttptoolsConnection(TCPServer):
     _timer: trio.CancelScope
     _busy = False  # an exchange is in progress: the server owes the answer
     _fresh = True  # no request head completed yet: the client owes one
+    protocol: _Protocols | ProtocolWrapper
 
-    def __init__(self, app: Any, config: Any, context: Any, state: Any, stream: Any, *,
+    def __init__(self, worker: Worker, stream: trio.SocketStream, *,
                  parser: Parser = "httptools", limits: Limits | None = None,
                  direct: DirectRoute | None = None) -> None:
-        super().__init__(app, config, context, state, stream)
+        self.app, self.config, self.context = worker.app, worker.config, worker.context
+        self.state = worker.state
+        self.stream = stream
+        self.send_lock = trio.Lock()
         self._parser = parser
-        self._limits = limits or Limits(keep_alive=config.keep_alive_timeout)
+        self._limits = limits or Limits(keep_alive=worker.config.keep_alive_timeout)
         self._direct = direct
         self._phase = Phase.HEAD
         self._since = trio.current_time()  # when the phase began
@@ -310,15 +255,13 @@ class HttptoolsConnection(TCPServer):
     async def run(self) -> None:
         socket = self.stream.socket
         try:
-            client = parse_socket_addr(socket.family, socket.getpeername())
-            server = parse_socket_addr(socket.family, socket.getsockname())
+            client = socket_address(socket.family, socket.getpeername())
+            server = socket_address(socket.family, socket.getsockname())
             async with TaskGroup() as task_group:
-                self._task_group = task_group
                 args = (self.app, self.config, self.context, task_group,
-                        ConnectionState(self.state), False, client, server, self.protocol_send)
+                        self.state, False, client, server, self.protocol_send)
                 if self._parser == "httptools":
-                    self.protocol = cast(Any, _Protocols(*args, direct=self._direct,
-                                                         connection=self))
+                    self.protocol = _Protocols(*args, direct=self._direct, connection=self)
                 else:
                     self.protocol = ProtocolWrapper(*args, alpn_protocol="http/1.1")
                     await self.protocol.initiate()
@@ -326,7 +269,7 @@ class HttptoolsConnection(TCPServer):
                 watcher = trio.CancelScope()
                 task_group.spawn(self._watch, watcher, client)
                 try:
-                    await self._read_data()
+                    await self._read_loop()
                 finally:
                     watcher.cancel()
         except OSError:
@@ -334,7 +277,19 @@ class HttptoolsConnection(TCPServer):
         finally:
             await self._close()
 
-    async def _read_data(self) -> None:
+    async def _close(self) -> None:
+        """End the connection: EOF if the client still reads, then close."""
+        with contextlib.suppress(trio.BrokenResourceError, trio.BusyResourceError,
+                                 trio.ClosedResourceError):
+            await self.stream.send_eof()
+        await self.stream.aclose()
+
+    async def _initiate_server_close(self) -> None:
+        """The server ends the connection (a deadline, or idle at shutdown)."""
+        await self.protocol.handle(Closed())
+        await self.stream.aclose()
+
+    async def _read_loop(self) -> None:
         """hypercorn's read loop, reading without a scheduler pass when bytes are waiting.
 
         No cancel scope either unless ``read_timeout`` is set (hypercorn's
@@ -372,21 +327,18 @@ class HttptoolsConnection(TCPServer):
                 await self.write_now(event.data)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 await self.protocol.handle(Closed())
-        else:
-            await super().protocol_send(event)
+        elif isinstance(event, Closed):
+            await self._close()
+            await self.protocol.handle(Closed())
 
     # -- deadlines (connection_limits, rule 1) -----------------------------------
     def _owes(self) -> Phase:
         """The phase the connection is in now, as the protocol tells it."""
-        protocol = self.protocol.protocol
+        protocol = current_protocol(self.protocol)
         if isinstance(protocol, HttptoolsProtocol):
             body, head = protocol.body_pending(), protocol.head_pending()
-        elif isinstance(protocol, H11Protocol) and isinstance(protocol.connection, h11.Connection):
-            state = protocol.connection.their_state
-            body = state is h11.SEND_BODY
-            head = state is h11.IDLE and bool(protocol.connection.trailing_data[0])
         else:  # HTTP/2 keeps its own streams: the keep-alive deadline only
-            body = head = False
+            body, head = h11_pending(protocol) or (False, False)
         if self._busy:
             return Phase.BODY if body else Phase.BUSY
         return Phase.HEAD if head or body or self._fresh else Phase.IDLE
@@ -429,12 +381,11 @@ class HttptoolsConnection(TCPServer):
         get_logger(component="http_server").warning(
             "request_timeout", owed=self._phase.name.lower(), client=client,
             seconds=round(trio.current_time() - self._since, 3), body_bytes=self._received)
-        protocol = self.protocol.protocol
+        protocol = current_protocol(self.protocol)
         if self._phase is Phase.BODY:
             if isinstance(protocol, HttptoolsProtocol) and protocol.response_started():
                 return
-            if isinstance(protocol, H11Protocol) and protocol.connection.our_state not in (
-                    h11.IDLE, h11.SEND_RESPONSE):
+            if h11_response_started(protocol):
                 return
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await self.write_now(TIMEOUT_408)
@@ -449,10 +400,8 @@ class _Protocols:
                  send: Callable[[Any], Awaitable[None]], *, direct: DirectRoute | None = None,
                  connection: HttptoolsConnection | None = None) -> None:
         self._args = (app, config, context, task_group, state, ssl, client, server, send)
-        self.protocol: Any = HttptoolsProtocol(*self._args, direct=direct, connection=connection)
-
-    async def initiate(self) -> None:
-        await self.protocol.initiate()
+        self.protocol: HttptoolsProtocol | H2Protocol = HttptoolsProtocol(
+            *self._args, direct=direct, connection=connection)
 
     async def handle(self, event: Any) -> None:
         try:
@@ -464,4 +413,4 @@ class _Protocols:
                 await self.protocol.handle(RawData(data=error.data))
 
 
-__all__ = ["HYPERCORN_SERIES", "Parser", "parser_in_use", "serve"]
+__all__ = ["Parser", "serve"]
