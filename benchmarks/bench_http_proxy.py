@@ -122,7 +122,7 @@ GATEWAY_NO_AUDIT = r'''
 import sys, trio
 from pathlib import Path
 from firewall.config import load_config
-from firewall.gateway.http_front import HttpFront, run_front
+from firewall.gateway.front.http_front import HttpFront, run_front
 from firewall.log import configure
 from firewall.policy.decision import AllowAll
 

@@ -32,9 +32,9 @@ from typing import Any
 import trio
 
 from firewall.audit.events import DecisionEvent
-from firewall.gateway.feed import Feed
-from firewall.gateway.killswitch import GuardedPolicy, KillSwitch, Scope
-from firewall.gateway.metrics import Metrics, ObservedAudit
+from firewall.gateway.operator.feed import Feed
+from firewall.gateway.operator.killswitch import GuardedPolicy, KillSwitch, Scope
+from firewall.gateway.operator.metrics import Metrics, ObservedAudit
 from firewall.policy.decision import Caller
 from firewall.policy.engine import PolicySet
 from firewall.protocol.mcp import Call

@@ -44,13 +44,14 @@ from typing import Any
 
 import trio
 
-from firewall.gateway.shared_limits import LimitSettings, RedisLimiter, parse_url, tls_context
+from firewall.gateway.shared_limits import RedisLimiter, tls_context
 from firewall.policy.compiler import compile_policy
 from firewall.policy.decision import Caller
 from firewall.policy.engine import Engine
 from firewall.policy.limits import ACQUIRE_SHA, PendingLimit, script_arguments
 from firewall.policy.schema import parse_policy
 from firewall.protocol import mcp
+from firewall.settings.limits import LimitSettings, parse_url
 
 POLICY = json.dumps({"version": "1", "default": "deny", "tools": {
     "limited": {"limits": [{"counter": "c", "window": "day", "max": 1_000_000_000}]},

@@ -51,7 +51,10 @@ def _short(frame: str) -> tuple[str, str]:
             path = path.split(marker, 1)[1]
             break
     else:
-        path = "/".join(Path(path).parts[-3:])
+        parts = Path(path).parts
+        # This package's frames keep their package path at any depth; others the last three.
+        ours = [i for i, part in enumerate(parts) if part == "firewall"]
+        path = "/".join(parts[ours[-1] if ours else -3:])
     return found["func"], path
 
 

@@ -25,12 +25,13 @@ from typing import Any, Final, Literal
 
 import msgspec
 
-from firewall.audit.settings import AuditSettings
-from firewall.gateway.approvals import ApprovalSettings
-from firewall.gateway.killswitch import KillSwitchSettings
-from firewall.gateway.operators import AdminSettings
-from firewall.gateway.shared_limits import TLS_FILES, LimitSettings, check_limits
 from firewall.identity import TokenEntry
+from firewall.settings import admin as admin_table
+from firewall.settings.admin import AdminSettings
+from firewall.settings.approvals import ApprovalSettings
+from firewall.settings.audit import AuditSettings
+from firewall.settings.kill_switch import KillSwitchSettings
+from firewall.settings.limits import TLS_FILES, LimitSettings, check_limits
 
 DEFAULT_PORT = 8765
 # Unless configured, one principal may hold a quarter of a cap (sessions,
@@ -276,44 +277,11 @@ def _check_cap(source: str, table: str, key: str, value: int | None, bound: int 
         raise ConfigError(f"{source}: {table}.{key}: expected {expected}{why}, got {value}")
 
 
-_LOOPBACK: Final = ("127.0.0.1", "::1", "localhost")
-_ANY: Final = ("0.0.0.0", "::", "")
-
-
 def check_admin(admin: AdminSettings, listen: ListenSettings, source: str) -> None:
     """Refuse an operator listener that is unsafe or shares the agents' address."""
-    from firewall.gateway.operators import OperatorTable
-    from firewall.identity import IdentityError
-
-    if not 0 < admin.port < 65536:
-        raise ConfigError(f"{source}: admin.port: expected 1..65535, got {admin.port}")
-    if admin.max_connections <= 0:
-        raise ConfigError(f"{source}: admin.max_connections: expected a positive number")
-    hosts = {admin.host.lower(), listen.host.lower()}
-    if admin.port == listen.port and (len(hosts) == 1 or hosts & set(_ANY)):
-        raise ConfigError(f"{source}: admin: the operator listener {admin.host}:{admin.port} "
-                          f"must not share the agents' listener {listen.host}:{listen.port}")
-    if admin.insecure_no_auth:
-        if admin.host.lower() not in _LOOPBACK:
-            raise ConfigError(f"{source}: admin.insecure_no_auth: allowed on a loopback host "
-                              f"only (127.0.0.1, ::1, localhost), not {admin.host!r}")
-    elif not admin.tokens:
-        raise ConfigError(f"{source}: admin.tokens: the operator listener needs at least one "
-                          "token ([[admin.tokens]] sha256 = ..., operator = ...; "
-                          "`mcpwall hash-token` prints a digest)")
-    try:
-        OperatorTable(admin.tokens)
-    except IdentityError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
-    from firewall.gateway.admin_guard import ListenerNames
-
-    try:
-        ListenerNames(admin.host, admin.port, admin.allowed_hosts, hostname=lambda: "")
-    except ValueError as exc:
-        raise ConfigError(f"{source}: admin.allowed_hosts: {exc}") from None
-    if admin.login_failures < 1 or not admin.login_window_seconds > 0:
-        raise ConfigError(f"{source}: admin.login_failures, admin.login_window_seconds: "
-                          "expected a positive number of failures over a positive window")
+    problem = admin_table.check_admin(admin, listen.host, listen.port, source)
+    if problem is not None:
+        raise ConfigError(problem)
 
 
 def _resolve(config: Config, source: str, base: Path | None) -> Config:

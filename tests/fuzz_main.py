@@ -32,7 +32,7 @@ def main(argv: list[str]) -> int:
         from tests import fuzz_targets
 
         if args.target == "http":  # imported lazily by its target: instrument it too
-            from firewall.gateway import http11  # noqa: F401
+            from firewall.gateway.http import http11  # noqa: F401
 
     if args.target not in fuzz_targets.TARGETS:
         parser.error(f"unknown target {args.target!r}; one of {', '.join(fuzz_targets.TARGETS)}")

@@ -129,7 +129,7 @@ _http_config: Any = None
 
 
 def fuzz_http(data: bytes) -> None:
-    from firewall.gateway import http11
+    from firewall.gateway.http import http11
 
     global _http_config
     if _http_config is None:

@@ -1,6 +1,6 @@
 """The ``wrap`` front in memory: a client and a child on trio memory streams, no process.
 
-:class:`MemoryChild` has the interface :class:`~firewall.gateway.stdio_front.WrapSession`
+:class:`MemoryChild` has the interface :class:`~firewall.gateway.front.wrap.WrapSession`
 uses of :class:`~firewall.gateway.upstream.stdio.StdioChild` (``send``, ``send_many``,
 ``batches``, ``wait``, ``terminate``), over two one-way memory streams: what the front
 writes to the child's stdin, the test reads as the server (``next_line``, ``received``);
@@ -31,9 +31,9 @@ from typing import Any
 import trio
 import trio.testing
 
+from firewall.gateway.front.wrap import WrapSession
 from firewall.gateway.mediator import Mediator
 from firewall.gateway.outbound import Outbound
-from firewall.gateway.stdio_front import WrapSession
 from firewall.gateway.upstream.stdio import ChildExited, line_batches
 from firewall.protocol.framing import TOO_LONG, LineSplitter
 

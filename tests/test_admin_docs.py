@@ -23,7 +23,7 @@ from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
 from firewall.config import parse_config
-from firewall.gateway.killswitch import KillSwitch, Scope
+from firewall.gateway.operator.killswitch import KillSwitch, Scope
 from firewall.policy import render
 
 pytestmark = pytest.mark.slow

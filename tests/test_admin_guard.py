@@ -15,7 +15,8 @@ import httpx
 import pytest
 from admin_gateway import ALICE, WAIT_SECONDS, bearer, gateway
 
-from firewall.gateway.admin_guard import ListenerNames, LoginThrottle, split_host
+from firewall.gateway.operator.guard import ListenerNames, LoginThrottle
+from firewall.protocol.hosts import split_host
 
 
 def _hostport(url: str) -> str:

@@ -12,17 +12,17 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from firewall.audit.events import DecisionEvent, LifecycleEvent, OutcomeEvent
 from firewall.config import ConfigError, parse_config
-from firewall.gateway import console
-from firewall.gateway.feed import Feed
-from firewall.gateway.killswitch import RULE, GuardedPolicy, KillSwitch, Scope
-from firewall.gateway.metrics import Gauges, Metrics, ObservedAudit, exposition
-from firewall.gateway.operators import (
+from firewall.gateway.operator import console
+from firewall.gateway.operator.auth import (
     ConsoleLogins,
     Operator,
     OperatorTable,
     cookie_value,
     csrf_ok,
 )
+from firewall.gateway.operator.feed import Feed
+from firewall.gateway.operator.killswitch import RULE, GuardedPolicy, KillSwitch, Scope
+from firewall.gateway.operator.metrics import Gauges, Metrics, ObservedAudit, exposition
 from firewall.identity import IdentityError, hash_token
 from firewall.policy.decision import ALLOW_ALL, AllowAll, Caller
 from firewall.protocol.mcp import Call
@@ -137,7 +137,7 @@ async def test_a_slow_feed_reader_loses_the_oldest_and_is_told() -> None:
 
 
 def test_operator_tokens_roles_and_console_logins() -> None:
-    from firewall.gateway.operators import AdminToken
+    from firewall.settings.admin import AdminToken
 
     table = OperatorTable([AdminToken(sha256=hash_token("a"), operator="alice"),
                            AdminToken(sha256=hash_token("v"), operator="vic", role="viewer")])

@@ -19,13 +19,12 @@ import trio.testing
 from test_mediator import Recorder
 
 from firewall.audit.events import DecisionEvent, LifecycleEvent
-from firewall.gateway.approvals import (
+from firewall.gateway.approvals.desk import (
     RESTARTED,
     STOPPED,
     ApprovalDesk,
     ApprovalError,
     ApprovalRequest,
-    ApprovalSettings,
     open_desk,
     open_store,
     owner_alive,
@@ -38,6 +37,7 @@ from firewall.policy.decision import Caller
 from firewall.policy.engine import Engine
 from firewall.policy.schema import PolicyError, parse_policy
 from firewall.protocol import jsonrpc
+from firewall.settings.approvals import ApprovalSettings
 
 MINUTE = 60 * 10**9
 POLICY = {"version": "1", "default": "deny", "tools": {"vm_management": {"rules": [
@@ -100,7 +100,7 @@ def test_scoped_approvals_become_standing_and_expire(tmp_path: Path) -> None:
 
 
 def test_standing_approval_covers_same_tool_and_rule_only() -> None:
-    from firewall.gateway.approvals import Standing
+    from firewall.gateway.approvals.desk import Standing
 
     sess = Standing(id="a", scope="session", session="s1", principal="p", server="vm",
                     target="t", rule="r", until_ns=None)
@@ -200,6 +200,40 @@ async def test_minutes_scope_spans_sessions_and_ends_on_the_clock(tmp_path: Path
         assert desk.standing_for(session="s9", **ask) is None
     finally:
         await desk.close()
+
+
+async def test_a_session_scope_ends_with_its_session(tmp_path: Path) -> None:
+    db = tmp_path / "a.db"
+    desk = ApprovalDesk(ApprovalSettings(path=str(db)), db, "gw-1")
+    await desk.open()
+    try:
+        with open_store(db) as store:
+            for ident, session in (("a1", "s1"), ("a2", "s2")):
+                store.add(request(ident, session=session))
+                store.decide(ident, "approved", "oncall", scope="session")
+        await desk.poll()
+        ask = dict(principal="agent-alice", server="vm", target="vm_management",
+                   rule="tools.vm_management.rules[destroy]")
+        assert desk.standing_for(session="s1", **ask) is not None
+        await desk.forget_session("s1")
+        assert desk.standing_for(session="s1", **ask) is None
+        await desk.poll()  # the file no longer offers it
+        assert desk.standing_for(session="s1", **ask) is None
+        assert desk.standing_for(session="s2", **ask) is not None  # another session keeps its own
+        await desk.forget_session("s-without-approvals")  # nothing to forget: no error
+    finally:
+        await desk.close()
+    with open_store(db) as store:
+        ended = {r.id: r.scope_until_ns for r in store.list(None)}
+        assert ended["a1"] is not None and ended["a2"] is None
+    # A restarted desk of the same instance does not take it up again.
+    again = ApprovalDesk(ApprovalSettings(path=str(db)), db, "gw-1")
+    await again.open()
+    try:
+        assert again.standing_for(session="s1", **ask) is None
+        assert again.standing_for(session="s2", **ask) is not None
+    finally:
+        await again.close()
 
 
 # -- the mediator ---------------------------------------------------------------

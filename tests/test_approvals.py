@@ -19,7 +19,7 @@ from mcp.client.session import ClientSession
 from sdk_scenarios import stdio_session
 
 from firewall.cli import main
-from firewall.gateway.approvals import ApprovalError, ApprovalRequest, open_store
+from firewall.gateway.approvals.desk import ApprovalError, ApprovalRequest, open_store
 
 pytestmark = pytest.mark.slow
 
@@ -179,7 +179,7 @@ def test_documented_policy_compiles_and_holds_delete() -> None:
                                arguments={"action": "stop"}), Caller(), "vm", "s")
     assert asked.action == "pending" and asked.approval == "client"
     # The scopes the doc shows are the ones the CLI takes.
-    from firewall.gateway.approvals import parse_scope
+    from firewall.gateway.approvals.desk import parse_scope
 
     scopes = re.findall(r"--scope (\S+)", doc)
     assert scopes and all(parse_scope(s) for s in scopes)

@@ -32,7 +32,7 @@ from sdk_scenarios import stdio_session
 from serve_process import start_serve, stop_serve, tail
 from test_approvals import DELETE_DB01, DEMO, PACK, decide, held_then
 
-from firewall.gateway.approvals import RESTARTED, open_store
+from firewall.gateway.approvals.desk import RESTARTED, open_store
 
 pytestmark = pytest.mark.slow
 
@@ -127,6 +127,7 @@ async def test_session_scope_lets_later_calls_of_that_session_through(tmp_path: 
         assert "Refused by mcpwall" not in second.content[0].text
     (request,) = requests(tmp_path)  # the second call was never filed
     assert request["status"] == "approved" and request["scope"] == "session"
+    assert request["scope_until_ns"] is not None  # the scope ended with the wrap session
     decisions = audit_rows(tmp_path, "SELECT decision, reason FROM events WHERE kind = "
                            "'decision' AND tool = 'vm_management' ORDER BY seq")
     assert [d for d, _ in decisions] == ["pending", "approved", "pending", "approved"]
@@ -210,6 +211,22 @@ async def test_progress_keepalives_over_http(tmp_path: Path) -> None:
         # The session goes on normally after a held call.
         listing = await session.call_tool("vm_management", {"action": "list"})
         assert not listing.is_error and "web-01" in json.dumps(listing.model_dump(mode="json"))
+
+
+async def test_a_session_scope_ends_when_the_http_session_does(tmp_path: Path) -> None:
+    config = write_config(tmp_path, serve=True)
+    db = tmp_path / "approvals.db"
+    async with serving(tmp_path, config) as (_, base):
+        async with http_session(base) as session:
+            assert not (await held_call(session, db, "approve", "--scope", "session")).is_error
+        (request,) = requests(tmp_path)
+        assert request["scope"] == "session"
+        with trio.fail_after(20):  # the client's DELETE ends the session
+            while True:
+                with open_store(db) as store:
+                    if store.list(None)[0].scope_until_ns is not None:
+                        break
+                await trio.sleep(0.1)
 
 
 # -- elicitation ------------------------------------------------------------------------
@@ -475,7 +492,7 @@ async def test_sigterm_refuses_held_calls_and_says_so(tmp_path: Path) -> None:
                     ("rejected", "mcpwall is shutting down")]
 
 
-# -- an HTTP upstream (http_relay) ------------------------------------------------------------
+# -- an HTTP upstream (front/http_endpoint) --------------------------------------------------------
 @pytest.mark.parametrize("json_response", [False, True], ids=["sse", "json"])
 async def test_held_calls_to_an_http_upstream(tmp_path: Path, json_response: bool) -> None:
     from tests.fixtures import conformance_harness as harness

@@ -12,12 +12,12 @@ import pytest
 from click.testing import CliRunner
 
 from firewall import __version__
-from firewall.audit.commands import audit
 from firewall.audit.events import DecisionEvent, LifecycleEvent, OutcomeEvent
 from firewall.audit.export import cef_line
 from firewall.audit.query import parse_time
-from firewall.audit.settings import AuditSettings
 from firewall.audit.writer import Trail
+from firewall.cli.audit import audit
+from firewall.settings.audit import AuditSettings
 
 T0 = 1_750_000_000_000_000_000
 S = 1_000_000_000

@@ -25,7 +25,7 @@ WORKER = r'''
 import os, sys, time
 import trio
 from firewall.audit.events import DecisionEvent, OutcomeEvent
-from firewall.audit.settings import AuditSettings
+from firewall.settings.audit import AuditSettings
 from firewall.audit.writer import open_audit
 
 db, ledger_path, run = sys.argv[1], sys.argv[2], sys.argv[3]

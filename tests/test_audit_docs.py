@@ -15,10 +15,10 @@ import msgspec
 import pytest
 from click.testing import CliRunner
 
-from firewall.audit.commands import audit
 from firewall.audit.incident import DELETE_RULE, GRANT, PRINCIPAL, SESSION, write_incident
-from firewall.audit.settings import AuditSettings
 from firewall.audit.writer import Trail
+from firewall.cli.audit import audit
+from firewall.settings.audit import AuditSettings
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "audit.md"
 _BLOCK = re.compile(r"```\n(.*?)```", re.S)

@@ -21,11 +21,11 @@ from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 
-from firewall.audit.commands import audit
 from firewall.audit.escaping import cef_header, cef_value, csv_cell, json_text, visible
 from firewall.audit.events import DecisionEvent, LifecycleEvent, OutcomeEvent
-from firewall.audit.settings import AuditSettings
 from firewall.audit.writer import Trail
+from firewall.cli.audit import audit
+from firewall.settings.audit import AuditSettings
 
 T0 = 1_750_000_000_000_000_000
 S = 1_000_000_000
@@ -212,7 +212,7 @@ def test_escapes_hold_for_any_text(text: str) -> None:
 
 def test_approvals_table_shows_escapes_and_json_stays_exact(tmp_path: Path) -> None:
     from firewall.cli import main
-    from firewall.gateway.approvals import ApprovalRequest, open_store
+    from firewall.gateway.approvals.desk import ApprovalRequest, open_store
 
     db = tmp_path / "approvals.db"
     with open_store(db) as store:

@@ -12,9 +12,9 @@ import trio
 
 from firewall.audit.events import DecisionEvent
 from firewall.audit.process import ProcessWriter
-from firewall.audit.settings import AuditSettings
 from firewall.audit.verify import verify_paths
 from firewall.audit.writer import AuditError, open_audit
+from firewall.settings.audit import AuditSettings
 
 
 def _decision(i: int) -> DecisionEvent:

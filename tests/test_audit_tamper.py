@@ -9,11 +9,11 @@ import pytest
 from click.testing import CliRunner
 
 from firewall.audit.chain import COLUMNS, HASH, event_row, row_hash
-from firewall.audit.commands import audit
 from firewall.audit.events import DecisionEvent, LifecycleEvent, OutcomeEvent
-from firewall.audit.settings import AuditSettings
 from firewall.audit.verify import verify_paths
 from firewall.audit.writer import Trail
+from firewall.cli.audit import audit
+from firewall.settings.audit import AuditSettings
 
 N = 60
 

@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 from firewall.audit.chain import COLUMNS, GENESIS, NULL, event_row, stored, verify_row
 from firewall.audit.events import DecisionEvent, LifecycleEvent, OutcomeEvent
 from firewall.audit.redaction import Redactor
-from firewall.audit.settings import DEFAULT_REDACT_NAMES, DEFAULT_REDACT_VALUES, AuditSettings
 from firewall.audit.store import StoreError, chain_files
 from firewall.audit.verify import verify_paths
 from firewall.audit.writer import AuditError, AuditWriter, Trail, open_audit
+from firewall.settings.audit import DEFAULT_REDACT_NAMES, DEFAULT_REDACT_VALUES, AuditSettings
 
 
 def _decision(i: int, **kw: object) -> DecisionEvent:

@@ -144,7 +144,7 @@ def test_proctree_counts_children() -> None:
 
 
 def test_profile_summary_ranks_busy_frames() -> None:
-    head = 'process 7:"python -m firewall wrap";run (firewall/gateway/stdio_front.py:74)'
+    head = 'process 7:"python -m firewall wrap";run (firewall/gateway/front/wrap.py:74)'
     raw = "\n".join([
         f"{head};decide (/x/site-packages/firewall/policy/engine.py:10) 30",
         f"{head};append_rows (firewall/audit/writer.py:99) 10",
@@ -156,7 +156,7 @@ def test_profile_summary_ranks_busy_frames() -> None:
     assert summary["waiting"] == 0.6
     assert summary["self"] == [[0.75, "decide (firewall/policy/engine.py)"],
                                [0.25, "append_rows (firewall/audit/writer.py)"]]
-    assert [1.0, "firewall/gateway/stdio_front.py"] in summary["inclusive_by_file"]
+    assert [1.0, "firewall/gateway/front/wrap.py"] in summary["inclusive_by_file"]
     assert pyspy_profile.summarize("")["self"] == []
 
 

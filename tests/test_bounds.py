@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 
 from firewall.demo.session import ParamsError
 from firewall.demo.session import _decode as demo_decode
-from firewall.gateway.admin_requests import ApiError, decode_body
 from firewall.gateway.mediator import Mediator
+from firewall.gateway.operator.requests import ApiError, decode_body
 from firewall.policy.decision import Caller, Decision
 from firewall.protocol import bounds, framing, jsonrpc, mcp
 from firewall.protocol.mcp import Call

@@ -6,7 +6,7 @@ passes every check (40 of 40). A run through mcpwall must pass at least what
 the same upstream passes directly.
 
 Needs the Node toolchain (``scripts/setup-node``); the through-mcpwall runs need
-mcpwall's HTTP front (``firewall.gateway.http_front``) and skip until it exists.
+mcpwall's HTTP front (``firewall.gateway.front.http_front``) and skip until it exists.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The sans-IO rules of firewall.gateway.connection_limits: deadlines, the gate, the reserve."""
+"""The sans-IO rules of gateway.http.connection_limits: deadlines, the gate, the reserve."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 from hypothesis import given
 from hypothesis import strategies as st
 
-from firewall.gateway.connection_limits import (
+from firewall.gateway.http.connection_limits import (
     Admission,
     Gate,
     Limits,

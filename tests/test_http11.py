@@ -18,7 +18,7 @@ import pytest
 import trio
 
 from firewall.config import Config, HttpSettings, ListenSettings, StdioServer
-from firewall.gateway.http_front import HttpFront, run_front
+from firewall.gateway.front.http_front import HttpFront, run_front
 from firewall.policy.decision import AllowAll
 from firewall.protocol import jsonrpc
 

@@ -20,8 +20,8 @@ import pytest
 import trio
 
 from firewall.config import Config, HttpSettings, ListenSettings, StdioServer
-from firewall.gateway.http_front import HttpFront, origin_allowed, run_front
-from firewall.gateway.sessions import EventStream, parse_event_id
+from firewall.gateway.front.http_front import HttpFront, origin_allowed, run_front
+from firewall.gateway.front.sessions import EventStream, parse_event_id
 from firewall.gateway.upstream.http import HttpUpstream, UpstreamError
 from firewall.identity import TokenEntry, hash_token
 from firewall.policy.decision import AllowAll, Caller, Decision

@@ -1,4 +1,4 @@
-"""The HTTP front in front of a Streamable HTTP upstream (firewall.gateway.http_relay).
+"""The HTTP front in front of a Streamable HTTP upstream (firewall.gateway.front.http_endpoint).
 
 The upstream is a small raw ASGI MCP server on hypercorn (trio worker) that
 records what reaches it; mcpwall runs in-process on real sockets; the client
@@ -19,8 +19,8 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
 from firewall.config import Config, HttpServer, HttpSettings, ListenSettings
-from firewall.gateway import http_front
-from firewall.gateway.http_front import HttpFront, run_front
+from firewall.gateway.front import http_front
+from firewall.gateway.front.http_front import HttpFront, run_front
 from firewall.gateway.upstream.http import HttpUpstream
 from firewall.policy.decision import ALLOW, DENY, AllowAll, Caller, Decision
 from firewall.protocol import jsonrpc

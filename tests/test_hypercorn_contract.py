@@ -1,6 +1,6 @@
 """What mcpwall relies on inside hypercorn still has the shape it relies on.
 
-:mod:`firewall.gateway.hypercorn_internals` owns every use of hypercorn beyond
+:mod:`firewall.gateway.http.hypercorn_internals` owns every use of hypercorn beyond
 its public API and lists each private name it or its users rely on
 (``RELIED_ON``). These tests check every line against the installed hypercorn:
 the signatures of the callables and the fields of the events, and the
@@ -31,7 +31,7 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import wrap_app
 
-from firewall.gateway import hypercorn_internals as hi
+from firewall.gateway.http import hypercorn_internals as hi
 
 ROOT = Path(__file__).resolve().parent.parent
 # The only hypercorn modules other modules of the package may import.
@@ -77,7 +77,7 @@ def test_signatures_and_event_fields(name: str) -> None:
 def test_other_versions_are_refused_at_import_with_a_clear_error() -> None:
     code = ("import importlib.metadata as m\n"
             "m.version = lambda name: '0.19.0'\n"
-            "import firewall.gateway.hypercorn_internals\n")
+            "import firewall.gateway.http.hypercorn_internals\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=ROOT, timeout=60, check=False)
     assert done.returncode != 0

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from firewall.audit.settings import AuditSettings
 from firewall.audit.writer import open_audit
-from firewall.gateway.killswitch import KillSwitch, KillSwitchSettings, Scope, Switch
-from firewall.gateway.switch_store import SwitchStoreError, open_switch_store
-from firewall.gateway.switchboard import SwitchBoard
+from firewall.gateway.operator.killswitch import KillSwitch, Scope, Switch
+from firewall.gateway.operator.switch_store import SwitchStoreError, open_switch_store
+from firewall.gateway.operator.switchboard import SwitchBoard
+from firewall.settings.audit import AuditSettings
+from firewall.settings.kill_switch import KillSwitchSettings
 
 VM = Scope("server", "vm")
 EVERYTHING = Scope("global")

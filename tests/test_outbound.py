@@ -22,8 +22,8 @@ FIREWALL = Path(__file__).resolve().parent.parent / "firewall"
 # upstream, and why. A new one is a new way past the policy: add it here only
 # with a reason that holds (its bytes are made by mcpwall, not received).
 OWN_MESSAGES = {
-    ("gateway/stdio_sessions.py", "initialize replayed to a restarted child"),
-    ("gateway/stdio_sessions.py", "cancellation of a timed-out request"),
+    ("gateway/front/stdio_endpoint.py", "initialize replayed to a restarted child"),
+    ("gateway/front/stdio_endpoint.py", "cancellation of a timed-out request"),
     ("gateway/mediator.py", "protocol error answer"),
 }
 

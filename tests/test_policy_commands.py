@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 from conftest import ROOT
 
+from firewall.cli.policy import COMMANDS
 from firewall.identity import hash_token
-from firewall.policy.commands import COMMANDS
 
 VIRT = str(ROOT / "rules" / "virtualization.json")
 TOOLS = str(ROOT / "tests" / "fixtures" / "virtualization-mcp.tools.json")

@@ -1,6 +1,6 @@
 """Session admission: the per-principal and per-server caps, and that slots come back.
 
-Pure accounting first (:class:`firewall.gateway.admission.Admission`, with a
+Pure accounting first (:class:`firewall.gateway.front.admission.Admission`, with a
 hypothesis run against a plain model), then the front's session table under
 trio's MockClock: a session that is deleted, reaped for idleness, or whose
 child never started gives its slot back.
@@ -17,8 +17,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from firewall.config import ConfigError, ListenSettings, StdioServer, parse_config
-from firewall.gateway.admission import FULL, PRINCIPAL_CAP, Admission, Refusal, ServerCaps, Slot
-from firewall.gateway.sessions import FrontContext, Session
+from firewall.gateway.front.admission import (
+    FULL,
+    PRINCIPAL_CAP,
+    Admission,
+    Refusal,
+    ServerCaps,
+    Slot,
+)
+from firewall.gateway.front.sessions import FrontContext, Session
 from firewall.policy.decision import AllowAll, Caller
 
 VM = ServerCaps(total=4, per_principal=2, key="servers.vm")

@@ -24,7 +24,7 @@ from redis_process import RedisProcess, TlsFiles, redis_server
 
 from firewall.config import ConfigError, load_config, parse_config
 from firewall.gateway.runtime import shared_limiter
-from firewall.gateway.shared_limits import LimitSettings, RedisLimiter, parse_url
+from firewall.gateway.shared_limits import RedisLimiter
 from firewall.policy.compiler import compile_policy
 from firewall.policy.decision import DENY, LIMITED, Caller, Decision
 from firewall.policy.engine import Engine
@@ -43,6 +43,7 @@ from firewall.protocol.resp import (
     RespProtocolError,
     encode_command,
 )
+from firewall.settings.limits import LimitSettings, parse_url
 
 SPECS = [BucketSpec("a", "grant", 3, 60.0), BucketSpec("b", "session", 5, 10.5),
          BucketSpec("c", "agent", 1, 3600.0), BucketSpec("d", "grant", 2, 86400.0)]

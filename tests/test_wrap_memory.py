@@ -17,10 +17,11 @@ import trio
 from memory_fronts import MemoryChild, memory_wrap
 
 from firewall.audit.events import DecisionEvent, LifecycleEvent, OutcomeEvent
-from firewall.gateway.approvals import ApprovalSettings, open_desk
+from firewall.gateway.approvals.desk import open_desk
 from firewall.gateway.mediator import Mediator
 from firewall.policy.decision import Decision
 from firewall.protocol import framing, jsonrpc
+from firewall.settings.approvals import ApprovalSettings
 from tests.test_approval_desk import ALICE, DELETE, decide_when_filed, engine, pending
 from tests.test_approval_desk import call as vm_call
 from tests.test_mediator import Recorder, TablePolicy, call, make

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from firewall.audit.chain import FORMAT
-from firewall.audit.settings import AuditSettings
+from firewall.settings.audit import AuditSettings
 
 
 class AuditKeyError(Exception):

@@ -145,9 +145,9 @@ import trio
 from firewall import log
 from firewall.audit.chain import WireDecision
 from firewall.audit.events import Event, LifecycleEvent, OutcomeEvent
-from firewall.audit.settings import AuditSettings
 from firewall.audit.store import StoreError
 from firewall.audit.writer import AuditError, BatchReceipt, Trail, WriterSide
+from firewall.settings.audit import AuditSettings
 
 _LEN: Final = struct.Struct(">I")
 _json: Final = msgspec.json.Encoder()

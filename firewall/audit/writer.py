@@ -59,7 +59,6 @@ from firewall.audit.chain import COLUMNS, GENESIS, HASH, SEQ, Row, chain_rows, e
 from firewall.audit.checkpoint import Anchor, Checkpoint, load_signer, secret_key
 from firewall.audit.events import Event
 from firewall.audit.redaction import Redactor
-from firewall.audit.settings import AuditSettings
 from firewall.audit.store import (
     StoreError,
     adopt_progress,
@@ -72,6 +71,7 @@ from firewall.audit.store import (
     segment_path,
 )
 from firewall.log import get_logger
+from firewall.settings.audit import AuditSettings
 
 if TYPE_CHECKING:
     from firewall.audit.process import ProcessWriter

@@ -95,10 +95,9 @@ from firewall.audit.events import (
     Receipt,
     append_lifecycle,
 )
-from firewall.gateway.approvals import (
+from firewall.gateway.approvals.desk import (
     STOPPED,
     ApprovalDesk,
-    ApprovalSettings,
     Verdict,
     Withdrawal,
     redact_arguments,
@@ -111,6 +110,7 @@ from firewall.policy.limits import PendingLimit
 from firewall.protocol import framing, jsonrpc, mcp
 from firewall.protocol.jsonrpc import Kind, RequestId
 from firewall.protocol.mcp import Call
+from firewall.settings.approvals import ApprovalSettings
 
 # Sends one message to the client now (a front's writer); for held calls.
 ToClient = Callable[[bytes], Awaitable[None]]

@@ -16,24 +16,24 @@ import trio
 from firewall.audit.events import AuditPoint, append_lifecycle
 from firewall.audit.writer import AuditError, default_instance_id, open_audit
 from firewall.config import Config, ConfigError, StdioServer
-from firewall.gateway.approvals import ApprovalDesk, open_desk
-from firewall.gateway.killswitch import GuardedPolicy
+from firewall.gateway.approvals.desk import ApprovalDesk, open_desk
+from firewall.gateway.front.sessions import new_session_id
+from firewall.gateway.front.wrap import run_wrap
 from firewall.gateway.mediator import Mediator
+from firewall.gateway.operator.killswitch import GuardedPolicy
+from firewall.gateway.operator.switchboard import SwitchBoard, open_switchboard
 from firewall.gateway.policy_reload import reloader_for
-from firewall.gateway.sessions import new_session_id
 from firewall.gateway.shared_limits import (
-    LimitSettings,
     RedisLimiter,
     StoreConfigError,
     build_limiter,
     open_limits,
 )
-from firewall.gateway.stdio_front import run_wrap
-from firewall.gateway.switchboard import SwitchBoard, open_switchboard
 from firewall.log import get_logger
 from firewall.policy.decision import AllowAll, Caller, PolicyPoint
 from firewall.policy.engine import PolicySet, ReloadResult
 from firewall.policy.schema import PolicyError
+from firewall.settings.limits import LimitSettings
 
 
 def build_policy(
@@ -188,6 +188,8 @@ async def run_wrap_session(
                         server=server, detail={"transport": "stdio", "grant": caller.grant,
                                                "command": [settings.command, *settings.args]})
         code = await run_wrap(settings, mediator=mediator)
+        if desk is not None:
+            await desk.forget_session(session)
         await append_lifecycle(audit, "session_end", session=session, principal=caller.principal,
                         server=server, detail={"exit_code": code})
         nursery.cancel_scope.cancel()
@@ -202,10 +204,13 @@ async def serve(config: Config, *, banner: TextIO | None = None) -> None:
     audit trail is flushed); a second one stops at once. ``banner`` (stderr by
     default) gets the URLs and an MCP client config snippet once listening.
     """
-    from firewall.gateway.http_front import HttpFront, connect_banner, run_front
+    # Deferred for start time, not for a cycle: `mcpwall wrap` (started by an
+    # MCP client for every session) never loads hypercorn or the operator plane.
+    from firewall.gateway.front.http_front import HttpFront, connect_banner, run_front
+    from firewall.gateway.operator.listener import operator_plane, run_admin
 
     try:  # the HTTP server's hypercorn must be the version it was written for
-        import firewall.gateway.http_server  # noqa: F401
+        import firewall.gateway.http.server  # noqa: F401
     except ImportError as missing:
         if missing.name != "hypercorn":  # hypercorn_internals' version check, or no hypercorn
             raise
@@ -231,9 +236,8 @@ async def serve(config: Config, *, banner: TextIO | None = None) -> None:
         ):
             plane = None
             if config.admin is not None:
-                from firewall.gateway.admin_listener import operator_plane
-
-                plane, guarded, observed = operator_plane(config, policy, audit, board)
+                plane, guarded, observed = operator_plane(config, policy, audit, board,
+                                                          reload_policy)
                 front = HttpFront(config, guarded, observed, approvals=desk)
                 plane.attach(front)
             else:
@@ -245,8 +249,6 @@ async def serve(config: Config, *, banner: TextIO | None = None) -> None:
             log.info("serve_started", urls=binds, servers=list(config.servers))
             admin_urls: list[str] = []
             if plane is not None:
-                from firewall.gateway.admin_listener import run_admin
-
                 admin_urls = await nursery.start(run_admin, plane)
                 log.info("admin_started", urls=admin_urls)
             connect_banner(config, binds, banner if banner is not None else sys.stderr)

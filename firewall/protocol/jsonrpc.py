@@ -65,10 +65,6 @@ class Kind(enum.Enum):
     RESPONSE = "response"
 
 
-class _Absent:
-    """Marker type for an ``id`` that is not present at all (a notification)."""
-
-
 class Envelope(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
     """What every JSON-RPC 2.0 message has: the version, a method and/or an id.
 

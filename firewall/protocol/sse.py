@@ -39,6 +39,7 @@ import msgspec
 __all__ = [
     "COMMENT_KEEPALIVE",
     "CONTENT_TYPE",
+    "SSE_HEADERS",
     "Event",
     "SSEError",
     "SSEParser",
@@ -47,6 +48,9 @@ __all__ = [
 ]
 
 CONTENT_TYPE: Final = "text/event-stream"
+# The response headers of an event stream: never cached, never buffered by a proxy.
+SSE_HEADERS: Final = (("content-type", CONTENT_TYPE), ("cache-control", "no-cache"),
+                      ("x-accel-buffering", "no"))
 
 # A comment line plus the blank line that ends the block: clients ignore it, but
 # it keeps idle connections (and the proxies between) from timing out.

@@ -70,8 +70,8 @@ import httptools
 import msgspec
 import trio
 
+from firewall.gateway.http.sockets import READS_BETWEEN_CHECKPOINTS, receive_now, send_all_now
 from firewall.gateway.outbound import Outbound
-from firewall.gateway.sockets import READS_BETWEEN_CHECKPOINTS, receive_now, send_all_now
 from firewall.protocol import jsonrpc
 from firewall.protocol.sse import Event, SSEError, SSEParser
 
@@ -89,7 +89,6 @@ __all__ = [
 HeaderInput = Mapping[str, str] | Iterable[tuple[str | bytes, str | bytes]]
 
 READ_SIZE: Final = 64 * 1024
-USER_AGENT: Final = b"mcpwall"
 # A response head (status line and headers) larger than this is refused, as
 # h11 refuses one over its max_incomplete_event_size.
 MAX_HEAD_BYTES: Final = 64 * 1024

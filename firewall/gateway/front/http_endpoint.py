@@ -1,0 +1,486 @@
+"""HTTP sessions backed by Streamable HTTP upstreams: mediated relay.
+
+Rules this module keeps:
+
+1. The upstream's ``Mcp-Session-Id`` is kept in our session and sent on every
+   request of it; the client only ever sees mcpwall's own id. A request without
+   a session that is not ``initialize`` is forwarded without one (stateless
+   servers, and the coming stateless revision of MCP), mediated on its own.
+2. Forwarded: the mediator's Outbound (the decided message in its canonical
+   form), ``Accept``, ``Content-Type``, ``MCP-Protocol-Version``,
+   ``Last-Event-ID`` and other ``Mcp-*`` headers, plus the server's configured
+   ``headers`` (its credentials). Never the client's ``Authorization`` and
+   never our session id.
+3. An SSE answer is parsed incrementally; each event's data passes through the
+   mediator and is written to the client as soon as it arrives, with its
+   ``id`` and ``retry`` unchanged, so ``Last-Event-ID`` resumption is the
+   upstream's own. An event without a message (no data, or an empty data
+   line: the priming event a server sends so that a client can resume) is not
+   JSON-RPC: it is relayed with its fields as they came, not mediated.
+   Events read together go out in one write, and those that
+   end the upstream's stream go out with the end of the client's (one write
+   for the usual tools/call answer: one event, then the end). Keepalive
+   comments fill silences longer than ``keepalive_seconds``. A refused
+   server->client request on the stream is answered to the upstream in the
+   background, bounded by the upstream timeout.
+4. The per-request upstream timeout bounds the wait for the answer (on a stream:
+   the waits for the upstream's next bytes, not the writes to the client); a failure
+   to reach the upstream answers the request with a JSON-RPC error carrying
+   its id (HTTP 502, or 504 for a timeout), recorded as the call's outcome.
+5. Upstream says 404 for our session: the upstream session is gone, so is ours.
+6. A session has at most one GET stream (without ``Last-Event-ID``) open: a
+   second gets 409 here, without asking the upstream, as for stdio sessions. A
+   GET with ``Last-Event-ID`` resumes one of the upstream's streams (its event
+   ids, its rules) and is forwarded.
+7. GET streams may live for hours: they run on a pool of their own
+   (:attr:`HttpEndpoint.streams`, one connection per stream, at most
+   ``listen.max_sessions``), so they never take a connection from the POSTs.
+8. Nothing the upstream sends reaches the client but through the mediator: a
+   GET answered with anything but an event stream is answered with the
+   upstream's status (502 for a 2xx) and mcpwall's own error, never with the
+   upstream's body.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import trio
+
+from firewall.config import HttpServer
+from firewall.gateway.front import held_http
+from firewall.gateway.front.admission import Refusal, ServerCaps
+from firewall.gateway.front.sessions import FrontContext, Session, new_session_id
+from firewall.gateway.http.exchange import JSON, SSE, Exchange, accepts, refuse
+from firewall.gateway.mediator import Mediator
+from firewall.gateway.upstream.http import (
+    HttpUpstream,
+    PreparedHeaders,
+    Reason,
+    Response,
+    UpstreamError,
+)
+from firewall.log import get_logger
+from firewall.policy.decision import Caller
+from firewall.protocol import jsonrpc, mcp, sse
+from firewall.protocol.jsonrpc import Kind
+
+MAX_RESPONSE_BYTES: Final = 64 * 1024 * 1024
+_FORWARDED: Final = frozenset({"accept", "content-type", "mcp-protocol-version", "last-event-id"})
+# A GET stream waits this long for a connection of the streams pool, then 503.
+STREAM_POOL_TIMEOUT: Final = 5.0
+# Prepared upstream headers kept for requests without a session.
+_STATELESS_CACHE_SIZE: Final = 64
+
+
+class HttpSession(Session):
+    """A client session mapped to a session of the upstream server."""
+
+    def __init__(self, *, endpoint: HttpEndpoint, sid: str, caller: Caller,
+                 mediator: Mediator) -> None:
+        super().__init__(sid=sid, server=endpoint.name, caller=caller, mediator=mediator,
+                         idle_limit=endpoint.idle_limit)
+        self.endpoint = endpoint
+        self.upstream_sid: str | None = None
+        self.get_scopes: set[trio.CancelScope] = set()
+        self.get_open = False  # a GET stream without Last-Event-ID is running
+        # The upstream headers of the last POST, checked once: a client sends
+        # the same ones on every call of a session.
+        self.prepared: tuple[tuple[tuple[str, str], ...], PreparedHeaders] | None = None
+
+    async def close(self, reason: str) -> None:
+        """End the session here and, best effort, at the upstream."""
+        if self.closed:
+            return
+        self.closed = True
+        self.log.info("session_closed", reason=reason)
+        self.end_get_streams()
+        if self.upstream_sid is not None and reason != "upstream":
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                try:
+                    async with self.endpoint.upstream.request(
+                            "DELETE", {"mcp-session-id": self.upstream_sid}) as resp:
+                        await resp.read(MAX_RESPONSE_BYTES)
+                except UpstreamError as exc:
+                    self.log.info("upstream_delete_failed", reason=exc.reason.value)
+
+    def end_get_streams(self) -> None:
+        for scope in self.get_scopes:
+            scope.cancel()
+
+
+class HttpEndpoint:
+    """``/servers/NAME/mcp`` of an HTTP server: a mediated relay."""
+
+    transport: Final = "http"
+
+    def __init__(self, name: str, settings: HttpServer, front: FrontContext) -> None:
+        self.name = name
+        self.settings = settings
+        self.front = front
+        listen = front.listen
+        self.idle_limit = listen.session_idle_seconds
+        # No cap of its own: the front's (listen.max_sessions, per principal too).
+        self.caps = ServerCaps(None, None, f"servers.{name}")
+        self.timeout = listen.upstream_timeout_seconds
+        self.keepalive = listen.keepalive_seconds
+        # Requests (POST, DELETE): their answers end, so a bounded pool.
+        self.upstream = HttpUpstream(
+            settings.url, settings.headers, max_connections=settings.max_connections,
+            connect_timeout=settings.connect_timeout_seconds)
+        # GET streams: one connection each for as long as the stream lives.
+        self.streams = HttpUpstream(
+            settings.url, settings.headers, max_connections=listen.max_sessions,
+            connect_timeout=settings.connect_timeout_seconds, pool_timeout=STREAM_POOL_TIMEOUT)
+        self._stateless: dict[tuple[tuple[str, str], ...], PreparedHeaders] = {}
+
+    async def aclose(self) -> None:
+        await self.upstream.aclose()
+        await self.streams.aclose()
+
+    def health(self) -> dict[str, Any]:
+        stats = self.upstream.stats()
+        streams = self.streams.stats()
+        return {"transport": self.transport, "url": self.settings.url,
+                "sessions": self.front.table.count(self.name),
+                "connections": {"idle": stats.idle, "in_flight": stats.in_flight,
+                                "opened": stats.opened},
+                "streams": streams.in_flight}
+
+    def _headers(self, ex: Exchange, session: HttpSession | None) -> list[tuple[str, str]]:
+        out = _forwarded(ex)
+        if session is not None and session.upstream_sid is not None:
+            out.append(("mcp-session-id", session.upstream_sid))
+        return out
+
+    def _prepared(self, ex: Exchange, session: HttpSession | None) -> PreparedHeaders:
+        """The upstream headers of a POST, checked once per distinct set (per session)."""
+        key = tuple(_forwarded(ex))
+        if session is not None:
+            if session.upstream_sid is not None:
+                key += (("mcp-session-id", session.upstream_sid),)
+            cached = session.prepared
+            if cached is not None and cached[0] == key:
+                return cached[1]
+            prepared = self.upstream.prepare(key)
+            session.prepared = (key, prepared)
+            return prepared
+        found = self._stateless.get(key)
+        if found is None:
+            if len(self._stateless) >= _STATELESS_CACHE_SIZE:
+                self._stateless.clear()
+            found = self._stateless[key] = self.upstream.prepare(key)
+        return found
+
+    # -- POST ----------------------------------------------------------------
+    async def post(self, ex: Exchange, caller: Caller, session: Session | None,
+                   msg: jsonrpc.Envelope, body: bytes, accept_sse: bool,
+                   call: mcp.Call | None = None) -> None:
+        created: HttpSession | None = None
+        if session is None and msg.kind is Kind.REQUEST and msg.method == mcp.INITIALIZE:
+            slot = self.front.admit(self.name, caller, self.caps)  # taken now: no await before
+            if isinstance(slot, Refusal):
+                await self.front.refuse_session(ex, slot, caller, self.name)
+                return
+            sid = new_session_id()
+            created = HttpSession(endpoint=self, sid=sid, caller=caller,
+                                  mediator=self.front.mediator(self.name, sid, caller))
+            created.slot = slot
+            session = created
+        assert session is None or isinstance(session, HttpSession)
+        mediator = (session.mediator if session is not None
+                    else self.front.mediator(self.name, "stateless-" + new_session_id(), caller))
+        if session is None:
+            await self._post(ex, None, None, mediator, msg, body, call)
+            return
+        with session.busy():
+            try:
+                await self._post(ex, session, created, mediator, msg, body, call)
+            finally:
+                if created is not None and not self.front.table.holds(created):
+                    self.front.table.remove(created)  # never started: its slot goes back
+
+    async def _post(self, ex: Exchange, session: HttpSession | None, created: HttpSession | None,
+                    mediator: Mediator, msg: jsonrpc.Envelope, body: bytes,
+                    call: mcp.Call | None) -> None:
+        routed = await mediator.from_client(body, wait=False, decoded=msg, call=call)
+        if routed.held is not None and msg.request_id is not None:  # held_http's rules
+            routed = await held_http.hold(ex, routed.held, mediator, msg.request_id,
+                                          stream=_admits_sse(ex), headers=[],
+                                          keepalive=self.keepalive)
+            if routed.upstream is None:
+                await held_http.finish(ex, msg.request_id, routed, [])
+                return
+        if routed.rejected is not None:  # a refused id-less request
+            await ex.respond(400, routed.rejected)
+            return
+        if routed.upstream is None:  # refused, or the answer to mcpwall's own request
+            await (ex.respond(200, routed.client) if routed.client else ex.respond(202))
+            return
+        is_request = msg.kind is Kind.REQUEST
+        deadline = trio.current_time() + self.timeout
+        try:
+            async with await self.upstream.forward(
+                    self._prepared(ex, session), routed.upstream,
+                    response_timeout=self.timeout if is_request else None) as resp:
+                await self._relay_post(ex, resp, session, created, mediator, msg, deadline)
+        except UpstreamError as exc:
+            mediator.log.warning("upstream_failed", reason=exc.reason.value, detail=exc.detail)
+            if ex.started:
+                await ex.end()
+                return
+            status = 504 if exc.code == jsonrpc.UPSTREAM_TIMEOUT else 502
+            text = f"upstream server {self.name!r} failed: {exc.reason.value}"
+            rid = msg.request_id
+            if is_request and rid is not None:
+                if exc.reason is Reason.TIMEOUT:
+                    reply = await mediator.timed_out(rid, self.timeout)
+                else:
+                    reply = (await mediator.from_server(
+                        jsonrpc.error_response(rid, exc.code, text))).client
+                await ex.respond(status, reply or jsonrpc.error_response(rid, exc.code, text))
+            else:
+                await refuse(ex, status, exc.code, text)
+
+    async def _relay_post(self, ex: Exchange, resp: Response, session: HttpSession | None,
+                          created: HttpSession | None, mediator: Mediator,
+                          msg: jsonrpc.Envelope, deadline: float) -> None:
+        status = resp.status
+        headers: list[tuple[str, str]] = []
+        if created is not None and status < 300 and resp.content_type in (JSON, SSE):
+            created.upstream_sid = resp.header("mcp-session-id")
+            await self.front.start_session(created)
+            created.log.info("session_started", transport="http", upstream="http")
+            headers.append(("mcp-session-id", created.id))
+        if status == 404 and session is not None and session.upstream_sid is not None \
+                and created is None:
+            await resp.read(MAX_RESPONSE_BYTES)
+            await self.front.end_session(session, "upstream")
+            await refuse(ex, 404, jsonrpc.INVALID_REQUEST,
+                         "Not Found: the upstream server ended this session")
+            return
+        ctype = resp.content_type
+        if ctype == SSE and status < 300:
+            if not ex.started:  # a held call's stream is open already
+                # The head waits for the first events (usually at hand: one
+                # write for all); _relay_events flushes it before any wait.
+                await ex.start(status, [*sse.SSE_HEADERS, *headers], flush=False)
+            await self._relay_events(ex, resp, session, mediator, msg, deadline)
+            return
+        data = await resp.read(MAX_RESPONSE_BYTES)
+        if ex.started:  # a held call's stream: its answer is the last event
+            routed = await mediator.from_server(data) if ctype == JSON and data else None
+            await ex.write(sse.encode_event(
+                routed.client if routed is not None and routed.client is not None
+                else jsonrpc.error_response(
+                    msg.request_id, jsonrpc.UPSTREAM_UNAVAILABLE,
+                    f"upstream server {self.name!r} answered HTTP {status} with "
+                    f"{ctype or 'no type'}")))
+            await ex.end()
+            return
+        if status == 202 or not data:
+            await ex.respond(status, b"", headers=headers)
+            return
+        if ctype == JSON:
+            routed = await mediator.from_server(data)
+            if routed.client is not None:
+                await ex.respond(status, routed.client, headers=headers)
+                return
+        rid = msg.request_id
+        await ex.respond(502 if status < 400 else status, jsonrpc.error_response(
+            rid, jsonrpc.UPSTREAM_UNAVAILABLE,
+            f"upstream server {self.name!r} answered HTTP {status} with {ctype or 'no type'}"),
+            headers=headers)
+
+    async def _relay_events(self, ex: Exchange, resp: Response, session: HttpSession | None,
+                            mediator: Mediator, msg: jsonrpc.Envelope | None,
+                            deadline: float | None) -> None:
+        """Relay an upstream event stream to the client, event by event (rule 3).
+
+        Every event already read goes out in one write, and the events that
+        end the upstream's stream go out with the end of ours: a stream the
+        upstream sent whole (one answer, then the end) is one write to the
+        client, and one that comes event by event is relayed as it comes. Only
+        a wait for the upstream is bounded, by the deadline and by the keepalive
+        time; bytes that are there already are relayed without one.
+        """
+        rid = msg.request_id if msg is not None and msg.kind is Kind.REQUEST else None
+        answered = False
+        events = resp.events(keep_dataless=True)
+        out: list[bytes] = []
+        last_write = trio.current_time()
+        flushed = False
+        try:
+            while True:
+                for event in events.ready():
+                    if not event.data:
+                        # No message: a block of id/retry only, or a "priming"
+                        # event (id, retry, an empty data line) that lets the
+                        # client resume. Relayed as it came, never mediated.
+                        out.append(sse.encode_event(event.data, id=event.id, event=event.event,
+                                                    retry=event.retry))
+                        continue
+                    routed = await mediator.from_server(event.data)
+                    if routed.upstream is not None:  # a refused server->client request
+                        self._answer_soon(session, routed)
+                    if routed.client is not None:
+                        out.append(sse.encode_event(routed.client, id=event.id,
+                                                    event=event.event, retry=event.retry))
+                        if rid is not None and routed.answers == rid:
+                            answered = True
+                    elif event.id is not None or event.retry is not None:
+                        out.append(sse.encode_event(None, id=event.id, retry=event.retry))
+                if events.at_end():
+                    break  # what is left goes out with the end of the stream
+                if out:
+                    await ex.write(b"".join(out))
+                    out.clear()
+                    last_write = trio.current_time()
+                elif not flushed:
+                    await ex.flush()  # the head, before a wait of unknown length
+                flushed = True
+                # Wait for the upstream: a silence longer than keepalive_seconds
+                # gets a comment; the deadline ends the wait (receiving is cancel-safe).
+                wake = last_write + self.keepalive
+                if deadline is not None and deadline < wake:
+                    wake = deadline
+                with trio.move_on_at(wake) as waited:
+                    await events.receive()
+                if waited.cancelled_caught:
+                    if deadline is not None and trio.current_time() >= deadline:
+                        break
+                    out.append(sse.COMMENT_KEEPALIVE)
+        except UpstreamError as exc:
+            mediator.log.warning("upstream_stream_failed", reason=exc.reason.value,
+                                 detail=exc.detail)
+        if rid is not None and not answered:
+            if deadline is not None and trio.current_time() >= deadline:
+                reply = await mediator.timed_out(rid, self.timeout)
+            else:
+                reply = (await mediator.from_server(jsonrpc.error_response(
+                    rid, jsonrpc.UPSTREAM_UNAVAILABLE,
+                    f"upstream server {self.name!r} ended the stream without an answer"))
+                ).client
+            if reply is not None:
+                out.append(sse.encode_event(reply))
+        await ex.write_last(b"".join(out))
+
+    def _answer_soon(self, session: HttpSession | None, routed: Any) -> None:
+        """Answer a refused server->client request in the background, as the relay goes on."""
+        nursery = self.front.nursery
+        if nursery is not None:
+            nursery.start_soon(self._answer_upstream, session, routed)
+
+    async def _answer_upstream(self, session: HttpSession | None, routed: Any) -> None:
+        """POST the refusal of a server->client request back to the upstream.
+
+        Runs in the front's nursery, so it outlives the stream that carried the
+        request (the upstream may end that stream at once); bounded by the
+        upstream timeout, and dropped once the session is closed.
+        """
+        with trio.move_on_after(self.timeout):
+            if session is not None and session.closed:
+                return
+            headers = [("content-type", JSON), ("accept", f"{JSON}, {SSE}")]
+            if session is not None and session.upstream_sid is not None:
+                headers.append(("mcp-session-id", session.upstream_sid))
+            try:
+                async with await self.upstream.forward(headers, routed.upstream) as resp:
+                    await resp.read(MAX_RESPONSE_BYTES)
+            except UpstreamError as exc:
+                get_logger(server=self.name).warning("upstream_failed", reason=exc.reason.value)
+
+    # -- GET / DELETE ----------------------------------------------------------
+    async def get(self, ex: Exchange, session: Session) -> None:
+        assert isinstance(session, HttpSession)
+        main = ex.header("last-event-id") is None
+        if main and session.get_open:
+            await refuse(ex, 409, jsonrpc.INVALID_REQUEST,
+                         "Conflict: this session has a GET stream open already")
+            return
+        scope = trio.CancelScope()
+        session.get_scopes.add(scope)
+        if main:
+            session.get_open = True
+        try:
+            with session.busy(), scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_cancel_on_disconnect, ex, nursery.cancel_scope)
+                    await self._get(ex, session)
+                    nursery.cancel_scope.cancel()
+        except UpstreamError as exc:
+            session.log.warning("upstream_failed", reason=exc.reason.value, detail=exc.detail)
+            if not ex.started and exc.reason is Reason.POOL_TIMEOUT:
+                await refuse(ex, 503, jsonrpc.UPSTREAM_UNAVAILABLE,
+                             f"Service Unavailable: {self.streams.stats().in_flight} GET "
+                             f"streams open to {self.name!r}", [("retry-after", "5")])
+            elif not ex.started:
+                await refuse(ex, 502, exc.code,
+                             f"upstream server {self.name!r} failed: {exc.reason.value}")
+        finally:
+            session.get_scopes.discard(scope)
+            if main:
+                session.get_open = False
+        if ex.started and not ex.disconnected:
+            await ex.end()
+        elif not ex.started:
+            await refuse(ex, 503, jsonrpc.UPSTREAM_UNAVAILABLE, "Service Unavailable")
+
+    async def _get(self, ex: Exchange, session: HttpSession) -> None:
+        async with self.streams.request("GET", self._headers(ex, session),
+                                        response_timeout=self.timeout) as resp:
+            if resp.status == 200 and resp.content_type == SSE:
+                await ex.start(200, sse.SSE_HEADERS)
+                await self._relay_events(ex, resp, session, session.mediator, None, None)
+                return
+            await resp.read(MAX_RESPONSE_BYTES)
+            status, ctype = resp.status, resp.content_type or "no type"
+            if status == 404 and session.upstream_sid is not None:
+                await self.front.end_session(session, "upstream")
+            # Rule 8: the upstream's own body is never relayed here. A client
+            # may read any 2xx GET body as an event stream (the TypeScript SDK
+            # does), so a body passed on unread would carry messages no policy
+            # decided; the client gets the status and mcpwall's own words.
+            allow = resp.header("allow")
+            session.log.info("upstream_get_not_a_stream", status=status, content_type=ctype)
+            await refuse(ex, 502 if status < 300 else status, jsonrpc.UPSTREAM_UNAVAILABLE,
+                         f"upstream server {self.name!r} answered the GET stream with HTTP "
+                         f"{status} and {ctype}, not an event stream",
+                         [("allow", allow)] if allow else [])
+
+    async def delete(self, ex: Exchange, session: Session) -> None:
+        assert isinstance(session, HttpSession)
+        status = 204
+        if session.upstream_sid is not None:
+            try:
+                async with self.upstream.request("DELETE", self._headers(ex, session),
+                                                 response_timeout=self.timeout) as resp:
+                    await resp.read(MAX_RESPONSE_BYTES)
+                    status = resp.status if resp.status >= 300 else 204
+            except UpstreamError as exc:
+                session.log.warning("upstream_failed", reason=exc.reason.value)
+        if status == 405:
+            await refuse(ex, 405, jsonrpc.INVALID_REQUEST,
+                         "Method Not Allowed: the upstream server keeps its sessions",
+                         [("allow", "GET, POST")])
+            return
+        session.upstream_sid = None  # already ended there
+        await self.front.end_session(session, "deleted by the client")
+        await ex.respond(204)
+
+
+def _admits_sse(ex: Exchange) -> bool:
+    """Whether the client's Accept lets a held call's answer come as an event stream."""
+    accept = ex.header("accept")
+    return accepts(accept, SSE) or not accepts(accept, JSON)
+
+
+def _forwarded(ex: Exchange) -> list[tuple[str, str]]:
+    """The client's headers that go on to the upstream (rule 2), in their order."""
+    return [(name, value) for name, value in ex.headers.items()
+            if name in _FORWARDED or (name.startswith("mcp-") and name != "mcp-session-id")]
+
+
+async def _cancel_on_disconnect(ex: Exchange, scope: trio.CancelScope) -> None:
+    await ex.wait_disconnect()
+    scope.cancel()
