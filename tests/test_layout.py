@@ -20,6 +20,8 @@ from firewall.audit.writer import Trail
 from firewall.settings.audit import AuditSettings
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.slow  # each test runs a fresh interpreter
+
 HEAVY = ("trio", "hypercorn", "httptools", "h11", "firewall.gateway")
 
 CONFIG = """\
