@@ -64,7 +64,7 @@ def _when(ns: int | None) -> str:
     return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-@click.group("approvals")
+@click.group("approvals", short_help="List, approve or reject calls held for approval.")
 def approvals() -> None:
     """Calls held for human approval: list them, approve or reject them.
 
@@ -80,6 +80,11 @@ def approvals() -> None:
     Through a running gateway's operator API instead of the database:
       export MCPWALL_ADMIN_URL=http://127.0.0.1:8766 MCPWALL_ADMIN_TOKEN=...
       mcpwall approvals list
+
+    \b
+    Exit codes: 0 done; 1 the request is unknown, already decided, expired,
+    withdrawn or abandoned; 2 usage error (bad option or scope, unreadable
+    database or config, unreachable listener or refused token).
     """
 
 
@@ -99,6 +104,9 @@ def list_command(db: Path | None, config_path: Path | None, show_all: bool,
     \b
       mcpwall approvals list --config mcpwall.toml
       mcpwall approvals list --admin-url http://127.0.0.1:8766 --json
+    \b
+    Exit codes: 0 listed (also when nothing is held); 2 usage error (no
+    approvals database, bad option, unreachable listener or refused token).
     """
     status: Status | None = None if show_all else "pending"
     admin_url = api_url(admin_url, admin_token)
@@ -227,9 +235,19 @@ approve = _verdict_command("approved", "approve", """Let a held call through.
   mcpwall approvals approve 3f9c2a1b --comment "ticket OPS-112"
   mcpwall approvals approve 3f9c2a1b --scope session      # later calls of it too
   mcpwall approvals approve 3f9c2a1b --scope minutes:30   # this agent, 30 minutes
+
+\b
+Exit codes: 0 done; 1 the request is unknown, already decided, expired,
+withdrawn or abandoned; 2 usage error (bad option or scope, unreadable
+database or config, unreachable listener or refused token).
 """)
 reject = _verdict_command("rejected", "reject", """Refuse a held call.
 
 \b
   mcpwall approvals reject 3f9c2a1b --comment "use a snapshot instead"
+
+\b
+Exit codes: 0 done; 1 the request is unknown, already decided, expired,
+withdrawn or abandoned; 2 usage error (bad option or scope, unreadable
+database or config, unreachable listener or refused token).
 """)

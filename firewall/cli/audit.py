@@ -219,13 +219,18 @@ def _guard(run: Any) -> Any:
         raise click.ClickException(str(exc)) from None
 
 
-@click.group()
+@click.group(short_help="Query, follow, export and verify the audit trail.")
 def audit() -> None:
     """Query, follow, export and verify the audit trail.
 
     \b
     Example:
         mcpwall audit query mcpwall-audit.db --decision deny --since 1h
+        mcpwall audit query --since 1h      # mcpwall-audit.db in the working directory
+
+    \b
+    Exit codes: 0 success; 1 an audit file could not be read; 2 usage error
+    (bad option or value, no audit database).
     """
 
 
@@ -243,6 +248,11 @@ def query(files: tuple[Path, ...], config_path: Path | None, fmt: str, latest: b
         mcpwall audit query audit.db --principal alice --since 2h
         mcpwall audit query gw1.db gw2.db --tool 'delete_*' --decision deny --json
         mcpwall audit query audit.db --search vm-prod-7 --csv > calls.csv
+        mcpwall audit query --config mcpwall.toml --decision deny
+
+    \b
+    Exit codes: 0 success; 1 an audit file could not be read; 2 usage error
+    (bad option or value, no audit database).
     """
     files = _files(files, config_path)
     filters = _filters(kw)
@@ -268,6 +278,10 @@ def timeline_cmd(files: tuple[Path, ...], config_path: Path | None, session: str
     Examples:
         mcpwall audit timeline audit.db --session 5f1c...
         mcpwall audit timeline gw*.db --principal ci-bot --since 2025-06-01T03:00:00Z --json
+
+    \b
+    Exit codes: 0 success; 1 an audit file could not be read; 2 usage error
+    (bad option or value, no audit database).
     """
     files = _files(files, config_path)
     if session is None and principal is None:
@@ -295,6 +309,10 @@ def stats_cmd(files: tuple[Path, ...], config_path: Path | None, top: int, every
     Examples:
         mcpwall audit stats audit.db --since 24h
         mcpwall audit stats gw1.db gw2.db --every 15m --json
+
+    \b
+    Exit codes: 0 success; 1 an audit file could not be read; 2 usage error
+    (bad option or value, no audit database).
     """
     files = _files(files, config_path)
     seconds = _duration(every)
@@ -350,6 +368,10 @@ def tail(files: tuple[Path, ...], config_path: Path | None, lines: int, follow: 
     Examples:
         mcpwall audit tail audit.db -n 50
         mcpwall audit tail -f gw1.db gw2.db --nl | jq .
+
+    \b
+    Exit codes: 0 success; 1 an audit file could not be read; 2 usage error
+    (bad option or value, no audit database).
     """
     files = _files(files, config_path)
     if follow and fmt == "json":
@@ -403,6 +425,10 @@ def export_cmd(files: tuple[Path, ...], config_path: Path | None, fmt: str, sinc
     Examples:
         mcpwall audit export audit.db --format cef --since 24h > mcpwall.cef
         mcpwall audit export gw1.db gw2.db --format jsonl -o trail.jsonl
+
+    \b
+    Exit codes: 0 success; 1 an audit file could not be read; 2 usage error
+    (bad option or value, no audit database).
     """
     files = _files(files, config_path)
     filters = Filters(since_ns=since, until_ns=until, session=session, principal=principal)

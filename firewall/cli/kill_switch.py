@@ -78,7 +78,7 @@ _table_option = click.option("--table", "fmt", flag_value="text", default=True,
                              help="Text for people (default).")
 
 
-@click.group("kill-switch")
+@click.group("kill-switch", short_help="Deny every call of a server, a principal or all.")
 def kill_switch() -> None:
     """Deny every call at once (for a server, a principal or everything), or undo it.
 

@@ -20,7 +20,8 @@ from firewall.gateway.runtime import serve as run_serve
 from firewall.log import configure
 
 
-@click.command("serve", context_settings=CONTEXT)
+@click.command("serve", context_settings=CONTEXT,
+               short_help="Serve a config's fleet over Streamable HTTP.")
 @click.argument("config_path", required=False, metavar="[CONFIG]",
                 type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--host", default=None, help="Listen address (overrides the config).")
@@ -38,6 +39,9 @@ def serve(config_path: Path | None, host: str | None, port: int | None,
     \b
     With an [admin] table, the operator API, /metrics and the console listen
     on their own address (127.0.0.1:8766 by default): see docs/admin.md.
+    \b
+    Exit codes: 0 stopped (Ctrl-C, SIGTERM); 2 usage error (bad option,
+    invalid config or policy, an unusable approvals database).
     """
     config = load_or_default(config_path)
     listen = config.listen
