@@ -38,7 +38,7 @@ async def held_request(db: Path) -> dict[str, object]:
         while True:
             if await trio.Path(db).exists():
                 out = await trio.run_process(
-                    [*mcpwall_argv(), "approvals", "list", "--db", str(db), "--json"],
+                    [*mcpwall_argv(), "approvals", "list", "--db", str(db), "--nl"],
                     capture_stdout=True)
                 lines = out.stdout.decode().splitlines()
                 if lines:

@@ -71,7 +71,7 @@ def audit_rows(tmp: Path, sql: str, *args: object) -> list[tuple[Any, ...]]:
 
 
 def requests(tmp: Path) -> list[dict[str, Any]]:
-    out = subprocess.run([*mcpwall_argv(), "approvals", "list", "--all", "--json", "--db",
+    out = subprocess.run([*mcpwall_argv(), "approvals", "list", "--all", "--nl", "--db",
                           str(tmp / "approvals.db")], capture_output=True, check=True)
     return [json.loads(line) for line in out.stdout.decode().splitlines()]
 

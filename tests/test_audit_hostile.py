@@ -224,5 +224,5 @@ def test_approvals_table_shows_escapes_and_json_stays_exact(tmp_path: Path) -> N
     assert listed.exit_code == 0, listed.output
     out = listed.stdout_bytes.decode()
     assert not HOSTILE.search(out.replace("\n", "")) and "\\x1b]0;owned\\x07" in out
-    exact = CliRunner().invoke(main, ["approvals", "list", "--db", str(db), "--json"])
+    exact = CliRunner().invoke(main, ["approvals", "list", "--db", str(db), "--nl"])
     assert msgspec.json.decode(exact.stdout_bytes)["target"] == TITLE_TOOL + BIDI_TOOL

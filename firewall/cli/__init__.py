@@ -65,6 +65,9 @@ def main() -> None:
       mcpwall serve                      # the demo fleet on http://127.0.0.1:8765
       mcpwall wrap -- npx -y @modelcontextprotocol/server-everything
       mcpwall check mcpwall.toml
+    \b
+    Exit codes: 0 success; 1 the command ran and found a problem; 2 usage
+    error (each command's --help says more).
     """
 
 

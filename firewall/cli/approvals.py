@@ -1,9 +1,11 @@
 """``mcpwall approvals``: list held calls, approve or reject them.
 
-Two ways to reach the requests: the approvals database itself (file
-permissions decide who may approve), or with ``--admin-url`` (or
-``$MCPWALL_ADMIN_URL``) the operator API of a running ``mcpwall serve``,
-which records the token's operator name.
+Two ways to reach the requests, as for ``mcpwall kill-switch``: with
+``--admin-url`` or ``--admin-token`` (or ``$MCPWALL_ADMIN_URL``,
+``$MCPWALL_ADMIN_TOKEN``) the operator API of a running ``mcpwall serve``,
+which records the token's operator name; otherwise the approvals database
+itself (``--db``, or the ``[approvals] path`` of ``--config``; file
+permissions decide who may approve).
 
 Exit codes: 0 done; 1 the request is unknown, already decided, expired,
 withdrawn or abandoned (its mcpwall process is gone); 2 usage error (bad
@@ -25,7 +27,7 @@ import msgspec
 from tabulate import tabulate
 
 from firewall.audit.escaping import visible
-from firewall.cli.operator_client import admin_options, call_api
+from firewall.cli.operator_client import admin_options, api_url, call_api
 from firewall.config import ConfigError, load_config
 from firewall.gateway.approvals.desk import (
     ApprovalError,
@@ -62,7 +64,7 @@ def _when(ns: int | None) -> str:
     return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-@click.group("approvals")
+@click.group("approvals", short_help="List, approve or reject calls held for approval.")
 def approvals() -> None:
     """Calls held for human approval: list them, approve or reject them.
 
@@ -78,6 +80,11 @@ def approvals() -> None:
     Through a running gateway's operator API instead of the database:
       export MCPWALL_ADMIN_URL=http://127.0.0.1:8766 MCPWALL_ADMIN_TOKEN=...
       mcpwall approvals list
+
+    \b
+    Exit codes: 0 done; 1 the request is unknown, already decided, expired,
+    withdrawn or abandoned; 2 usage error (bad option or scope, unreadable
+    database or config, unreachable listener or refused token).
     """
 
 
@@ -85,24 +92,34 @@ def approvals() -> None:
 @_db_option
 @_config_option
 @click.option("--all", "show_all", is_flag=True, help="Also decided and expired requests.")
-@click.option("--json", "as_json", is_flag=True, help="JSON lines, one request a line.")
-@admin_options(required=False)
+@click.option("--json", "fmt", flag_value="json", help="One JSON array.")
+@click.option("--nl", "fmt", flag_value="nl", help="One JSON object per line.")
+@click.option("--table", "fmt", flag_value="table", default=True,
+              help="A table for people (default).")
+@admin_options
 def list_command(db: Path | None, config_path: Path | None, show_all: bool,
-                 as_json: bool, admin_url: str | None, admin_token: str | None) -> None:
+                 fmt: str, admin_url: str | None, admin_token: str | None) -> None:
     """List pending requests (newest first).
 
     \b
       mcpwall approvals list --config mcpwall.toml
       mcpwall approvals list --admin-url http://127.0.0.1:8766 --json
+    \b
+    Exit codes: 0 listed (also when nothing is held); 2 usage error (no
+    approvals database, bad option, unreachable listener or refused token).
     """
     status: Status | None = None if show_all else "pending"
+    admin_url = api_url(admin_url, admin_token)
     if admin_url is not None:
         answer = call_api(admin_url, admin_token, "GET",
                           f"/api/approvals?status={status or 'all'}")
         requests = [msgspec.convert(r, ApprovalRequest) for r in answer["approvals"]]
     else:
         requests = _from_db(db, config_path, status)
-    if as_json:
+    if fmt == "json":
+        click.echo(msgspec.json.encode(requests).decode())
+        return
+    if fmt == "nl":
         for request in requests:
             sys.stdout.write(msgspec.json.encode(request).decode() + "\n")
         return
@@ -151,6 +168,7 @@ def _decide(verdict: Literal["approved", "rejected"], ident: str, db: Path | Non
         parse_scope(scope)
     except ApprovalError as exc:
         raise click.BadParameter(str(exc), param_hint="--scope") from None
+    admin_url = api_url(admin_url, admin_token)
     if admin_url is not None:
         verb = "approve" if verdict == "approved" else "reject"
         body: dict[str, Any] = {"comment": note} if note is not None else {}
@@ -195,7 +213,7 @@ def _verdict_command(verdict: Literal["approved", "rejected"], name: str, doc: s
     @click.option("--comment", "--note", "note", default=None,
                   help="Why; the agent and the audit trail see it (--note is an alias).")
     @click.option("--json", "as_json", is_flag=True, help="Print the request as JSON.")
-    @admin_options(required=False)
+    @admin_options
     def command(ident: str, db: Path | None, config_path: Path | None, by: str | None,
                 note: str | None, as_json: bool, admin_url: str | None,
                 admin_token: str | None, scope: str = "call") -> None:
@@ -217,9 +235,19 @@ approve = _verdict_command("approved", "approve", """Let a held call through.
   mcpwall approvals approve 3f9c2a1b --comment "ticket OPS-112"
   mcpwall approvals approve 3f9c2a1b --scope session      # later calls of it too
   mcpwall approvals approve 3f9c2a1b --scope minutes:30   # this agent, 30 minutes
+
+\b
+Exit codes: 0 done; 1 the request is unknown, already decided, expired,
+withdrawn or abandoned; 2 usage error (bad option or scope, unreadable
+database or config, unreachable listener or refused token).
 """)
 reject = _verdict_command("rejected", "reject", """Refuse a held call.
 
 \b
   mcpwall approvals reject 3f9c2a1b --comment "use a snapshot instead"
+
+\b
+Exit codes: 0 done; 1 the request is unknown, already decided, expired,
+withdrawn or abandoned; 2 usage error (bad option or scope, unreadable
+database or config, unreachable listener or refused token).
 """)

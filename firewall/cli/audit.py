@@ -2,8 +2,11 @@
 
 Every command takes one or more audit files (a file brings its later segment
 files ``NAME.000002.db``...; a directory brings every ``*.db`` in it) and
-merges them in time order. Output: a table for people (the default), ``--json``
-(an array), ``--nl`` (one JSON object a line) or ``--csv`` for programs.
+merges them in time order. Without files, the ``[audit] path`` of
+``--config FILE`` is read, else ``mcpwall-audit.db`` in the working directory
+(where ``mcpwall serve`` without a config writes it). Output: a table for
+people (the default), ``--json`` (one JSON document), ``--nl`` (one JSON
+object a line) or ``--csv`` for programs.
 
 What an agent sent never acts on the reader: a table shows control, bidi and
 separator characters as visible escapes (``\\x1b``, ``\\u202e``), a CSV cell
@@ -44,6 +47,8 @@ from firewall.audit.query import (
 )
 from firewall.audit.store import StoreError, expand_paths
 from firewall.audit.verify import ChainReport, count_rows, verify_paths
+from firewall.config import ConfigError, load_config
+from firewall.settings.audit import AuditSettings
 
 _json = msgspec.json.Encoder()
 
@@ -75,9 +80,31 @@ class _Time(click.ParamType):  # type: ignore[type-arg]
 
 
 TIME: Final = _Time()
-_files_arg = click.argument(
-    "files", nargs=-1, required=True,
-    type=click.Path(exists=True, path_type=Path))
+
+
+def _files_arg(f: Any) -> Any:
+    """FILES... (optional) and ``--config``: see :func:`_files`."""
+    f = click.option("--config", "config_path", default=None,
+                     type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                     help="Without FILES: read this gateway config's [audit] path.")(f)
+    return click.argument("files", nargs=-1, required=False,
+                          type=click.Path(exists=True, path_type=Path))(f)
+
+
+def _files(files: tuple[Path, ...], config_path: Path | None) -> tuple[Path, ...]:
+    """FILES as given; else the config's [audit] path; else mcpwall-audit.db here."""
+    if files:
+        return files
+    if config_path is not None:
+        try:
+            path = Path(load_config(config_path).audit.path)
+        except ConfigError as exc:
+            raise click.UsageError(str(exc)) from None
+    else:
+        path = Path(AuditSettings().path)
+    if not path.exists():
+        raise click.UsageError(f"{path}: no audit database here; give FILES or --config")
+    return (path,)
 
 
 def _output_options(f: Any) -> Any:
@@ -192,13 +219,18 @@ def _guard(run: Any) -> Any:
         raise click.ClickException(str(exc)) from None
 
 
-@click.group()
+@click.group(short_help="Query, follow, export and verify the audit trail.")
 def audit() -> None:
     """Query, follow, export and verify the audit trail.
 
     \b
     Example:
         mcpwall audit query mcpwall-audit.db --decision deny --since 1h
+        mcpwall audit query --since 1h      # mcpwall-audit.db in the working directory
+
+    \b
+    Exit codes: 0 success; 1 an audit file could not be read; 2 usage error
+    (bad option or value, no audit database).
     """
 
 
@@ -207,7 +239,8 @@ def audit() -> None:
 @_filter_options
 @click.option("--latest", is_flag=True, help="The newest --limit calls instead of the oldest.")
 @_output_options
-def query(files: tuple[Path, ...], fmt: str, latest: bool, raw_csv: bool, **kw: Any) -> None:
+def query(files: tuple[Path, ...], config_path: Path | None, fmt: str, latest: bool,
+          raw_csv: bool, **kw: Any) -> None:
     """Calls (decision joined with outcome) matching the filters, in time order.
 
     \b
@@ -215,7 +248,13 @@ def query(files: tuple[Path, ...], fmt: str, latest: bool, raw_csv: bool, **kw: 
         mcpwall audit query audit.db --principal alice --since 2h
         mcpwall audit query gw1.db gw2.db --tool 'delete_*' --decision deny --json
         mcpwall audit query audit.db --search vm-prod-7 --csv > calls.csv
+        mcpwall audit query --config mcpwall.toml --decision deny
+
+    \b
+    Exit codes: 0 success; 1 an audit file could not be read; 2 usage error
+    (bad option or value, no audit database).
     """
+    files = _files(files, config_path)
     filters = _filters(kw)
     with _open(files) as src:
         _guard(lambda: _emit(calls(src, filters, latest=latest), CALL_COLUMNS, fmt, raw_csv))
@@ -229,7 +268,8 @@ def query(files: tuple[Path, ...], fmt: str, latest: bool, raw_csv: bool, **kw: 
 @click.option("--until", type=TIME, help="Before this time.")
 @click.option("--limit", type=click.IntRange(min=0), default=0, help="At most this many rows.")
 @_output_options
-def timeline_cmd(files: tuple[Path, ...], session: str | None, principal: str | None,
+def timeline_cmd(files: tuple[Path, ...], config_path: Path | None, session: str | None,
+                 principal: str | None,
                  since: int | None, until: int | None, limit: int, fmt: str,
                  raw_csv: bool) -> None:
     """What one agent did, in order: calls with their outcomes, session and approval events.
@@ -238,7 +278,12 @@ def timeline_cmd(files: tuple[Path, ...], session: str | None, principal: str | 
     Examples:
         mcpwall audit timeline audit.db --session 5f1c...
         mcpwall audit timeline gw*.db --principal ci-bot --since 2025-06-01T03:00:00Z --json
+
+    \b
+    Exit codes: 0 success; 1 an audit file could not be read; 2 usage error
+    (bad option or value, no audit database).
     """
+    files = _files(files, config_path)
     if session is None and principal is None:
         raise click.UsageError("give --session or --principal")
     filters = Filters(session=session, principal=principal, since_ns=since, until_ns=until,
@@ -255,7 +300,8 @@ def timeline_cmd(files: tuple[Path, ...], session: str | None, principal: str | 
 @click.option("--every", "every", default="1h", show_default=True,
               help="Bucket size of the over-time section: 1m, 15m, 1h, 1d.")
 @_output_options
-def stats_cmd(files: tuple[Path, ...], top: int, every: str, fmt: str, raw_csv: bool,
+def stats_cmd(files: tuple[Path, ...], config_path: Path | None, top: int, every: str,
+              fmt: str, raw_csv: bool,
               **kw: Any) -> None:
     """Top tools, principals, refusing rules, and calls/denials/errors over time.
 
@@ -263,7 +309,12 @@ def stats_cmd(files: tuple[Path, ...], top: int, every: str, fmt: str, raw_csv: 
     Examples:
         mcpwall audit stats audit.db --since 24h
         mcpwall audit stats gw1.db gw2.db --every 15m --json
+
+    \b
+    Exit codes: 0 success; 1 an audit file could not be read; 2 usage error
+    (bad option or value, no audit database).
     """
+    files = _files(files, config_path)
     seconds = _duration(every)
     kw["limit"] = 0
     filters = _filters(kw)
@@ -304,17 +355,27 @@ def _duration(text: str) -> int:
 @click.option("--interval", type=click.FloatRange(min=0.05), default=0.5, show_default=True,
               help="Seconds between polls with --follow.")
 @click.option("--polls", type=int, default=0, hidden=True, help="Stop after N polls (tests).")
-@click.option("--nl", "as_json", is_flag=True, help="One JSON object per line.")
-def tail(files: tuple[Path, ...], lines: int, follow: bool, interval: float, polls: int,
-         as_json: bool) -> None:
+@click.option("--nl", "fmt", flag_value="nl", help="One JSON object per line.")
+@click.option("--json", "fmt", flag_value="json",
+              help="One JSON array (the first events only; not with -f).")
+@click.option("--table", "fmt", flag_value="table", default=True,
+              help="A table for people (default).")
+def tail(files: tuple[Path, ...], config_path: Path | None, lines: int, follow: bool,
+         interval: float, polls: int, fmt: str) -> None:
     """The latest events of every kind; with -f, follow new ones (also across segments).
 
     \b
     Examples:
         mcpwall audit tail audit.db -n 50
         mcpwall audit tail -f gw1.db gw2.db --nl | jq .
+
+    \b
+    Exit codes: 0 success; 1 an audit file could not be read; 2 usage error
+    (bad option or value, no audit database).
     """
-    fmt = "nl" if as_json else "table"
+    files = _files(files, config_path)
+    if follow and fmt == "json":
+        raise click.UsageError("-f prints events as they come: use --nl, not --json")
     with _open(files) as src:
         _guard(lambda: _emit(events(src, Filters(limit=lines), latest=True), TAIL_COLUMNS, fmt)
                if lines else 0)
@@ -333,7 +394,7 @@ def tail(files: tuple[Path, ...], lines: int, follow: bool, interval: float, pol
                 for r in new:
                     seen[r["_file"]] = max(seen.get(r["_file"], 0), r["seq"])
                 if new:
-                    _emit(new, TAIL_COLUMNS, "nl" if as_json else "table")
+                    _emit(new, TAIL_COLUMNS, fmt)
                     sys.stdout.flush()
     except KeyboardInterrupt:
         return
@@ -351,7 +412,8 @@ def tail(files: tuple[Path, ...], lines: int, follow: bool, interval: float, pol
               help="With --format csv: cells as stored, without the leading ' that keeps "
                    "spreadsheets from evaluating =, +, -, @ cells.")
 @click.option("-o", "--output", type=click.File("w"), default="-", help="File (default stdout).")
-def export_cmd(files: tuple[Path, ...], fmt: str, since: int | None, until: int | None,
+def export_cmd(files: tuple[Path, ...], config_path: Path | None, fmt: str, since: int | None,
+               until: int | None,
                session: str | None, principal: str | None, raw_csv: bool, output: Any) -> None:
     """Every event (decisions, outcomes, lifecycle) in time order, for other tools.
 
@@ -363,7 +425,12 @@ def export_cmd(files: tuple[Path, ...], fmt: str, since: int | None, until: int 
     Examples:
         mcpwall audit export audit.db --format cef --since 24h > mcpwall.cef
         mcpwall audit export gw1.db gw2.db --format jsonl -o trail.jsonl
+
+    \b
+    Exit codes: 0 success; 1 an audit file could not be read; 2 usage error
+    (bad option or value, no audit database).
     """
+    files = _files(files, config_path)
     filters = Filters(since_ns=since, until_ns=until, session=session, principal=principal)
     with _open(files) as src:
         records = _guard(lambda: events(src, filters))
@@ -388,7 +455,8 @@ def export_cmd(files: tuple[Path, ...], fmt: str, since: int | None, until: int 
 @click.option("--json", "as_json", is_flag=True, help="The reports as JSON.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar (default: on a TTY).")
-def verify(files: tuple[Path, ...], keys: tuple[Path, ...], anchors: tuple[Path, ...],
+def verify(files: tuple[Path, ...], config_path: Path | None, keys: tuple[Path, ...],
+           anchors: tuple[Path, ...],
            as_json: bool, progress: bool | None) -> None:
     """Check the hash chain, signed checkpoints and anchor; report the first bad row.
 
@@ -403,6 +471,7 @@ def verify(files: tuple[Path, ...], keys: tuple[Path, ...], anchors: tuple[Path,
         mcpwall audit verify audit.db
         mcpwall audit verify gw1.db gw2.db --key audit.db.key --json
     """
+    files = _files(files, config_path)
     paths = expand_paths(list(files))
     show = sys.stderr.isatty() if progress is None else progress
     if show:

@@ -70,17 +70,26 @@ F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_URL = "http://127.0.0.1:8766"
 
 
-def admin_options(required: bool) -> Callable[[F], F]:
-    """``--admin-url`` and ``--admin-token`` (both also from the environment)."""
-    def decorate(fn: F) -> F:
-        fn = click.option("--admin-token", envvar=ENV_TOKEN, default=None,
-                          help=f"Operator token (default: ${ENV_TOKEN}).")(fn)
-        help_url = (f"Operator listener (default: ${ENV_URL}, else {DEFAULT_URL})." if required
-                    else f"Operator listener to go through (default: ${ENV_URL}); "
-                         "without it, the approvals database is used directly.")
-        return click.option("--admin-url", envvar=ENV_URL,
-                            default=DEFAULT_URL if required else None, help=help_url)(fn)
-    return decorate
+def admin_options(fn: F) -> F:
+    """``--admin-url`` and ``--admin-token`` (both also from the environment).
+
+    The rule every operator command follows (see :func:`api_url`): through the
+    operator API when given a URL or a token, else on the local file.
+    """
+    fn = click.option("--admin-token", envvar=ENV_TOKEN, default=None,
+                      help=f"Operator token (default: ${ENV_TOKEN}).")(fn)
+    return click.option(
+        "--admin-url", envvar=ENV_URL, default=None,
+        help=f"Go through this operator listener (default: ${ENV_URL}; {DEFAULT_URL} when "
+             "only a token is given). Without URL or token: the local file "
+             "(--db, or the one of --config).")(fn)
+
+
+def api_url(admin_url: str | None, admin_token: str | None) -> str | None:
+    """The operator listener to call, or None to work on the local file."""
+    if admin_url:
+        return admin_url
+    return DEFAULT_URL if admin_token else None
 
 
 def call_api(url: str, token: str | None, method: str, path: str,
@@ -98,4 +107,4 @@ def call_api(url: str, token: str | None, method: str, path: str,
 
 
 __all__ = ["DEFAULT_URL", "ENV_TOKEN", "ENV_URL", "AdminClient", "AdminRefused",
-           "AdminUnreachable", "admin_options", "call_api"]
+           "AdminUnreachable", "admin_options", "api_url", "call_api"]

@@ -248,7 +248,7 @@ def schema() -> None:
     _echo_json(json_schema())
 
 
-@click.command("hash-token")
+@click.command("hash-token", short_help="Hash a bearer token for [[auth.tokens]].")
 @click.argument("token", required=False)
 @click.option("--new", "generate", is_flag=True, help="Generate a fresh random token.")
 @click.option("--principal", default="agent", show_default=True,

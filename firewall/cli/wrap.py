@@ -23,7 +23,8 @@ from firewall.policy.decision import Caller
 
 
 @click.command("wrap", context_settings={**CONTEXT, "ignore_unknown_options": True,
-                                        "allow_interspersed_args": False})
+                                        "allow_interspersed_args": False},
+               short_help="Run a stdio MCP server behind mcpwall.")
 @click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
               help="Gateway config (TOML): its policy, audit and log settings apply.")
 @click.option("--policy", "policy_files", multiple=True,
