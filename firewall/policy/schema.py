@@ -219,11 +219,13 @@ class Policy(_Strict, frozen=True):
 
 
 class LoadedPolicy(msgspec.Struct, frozen=True):
-    """A policy with where it came from and the SHA-256 of the bytes read."""
+    """A policy with where it came from, the SHA-256 of the bytes read, and the
+    format it was written in (``mcpwall``, ``policylayer`` or ``intercept``)."""
 
     policy: Policy
     source: str
     sha256: str
+    format: str = "mcpwall"
 
 
 _PATH_RE = re.compile(r" - at `\$(?P<path>[^`]*)`$")
@@ -289,6 +291,11 @@ def _locate(value: Any, tp: Any, path: str) -> str | None:
             if isinstance(member, type) and issubclass(member, msgspec.Struct):
                 return _locate(value, member, path)
     return _describe(error, path)
+
+
+def locate_error(value: Any, tp: Any, exc: msgspec.ValidationError) -> str:
+    """``key.path: what was expected`` for an error converting ``value`` to ``tp``."""
+    return _locate(value, tp, "") or _describe(exc, "")
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -387,13 +394,30 @@ def collector_paused() -> Iterator[None]:
 
 def parse_policy(data: bytes | str, source: str = "<string>",
                  fmt: Literal["json", "toml", "yaml"] | None = None) -> Policy:
-    """Decode a policy document; raise :class:`PolicyError` naming source and key path."""
+    """Decode a policy document; raise :class:`PolicyError` naming source and key path.
+
+    Intercept's format is recognised by its shape and read as the mcpwall
+    policy it means (:mod:`firewall.policy.foreign`).
+    """
+    return parse_policy_format(data, source, fmt)[0]
+
+
+def parse_policy_format(data: bytes | str, source: str = "<string>",
+                        fmt: Literal["json", "toml", "yaml"] | None = None
+                        ) -> tuple[Policy, str]:
+    """:func:`parse_policy`, and the policy format the document is written in."""
     with collector_paused():
-        return _parse_policy(data, source, fmt)
+        raw = read_document(data, source, fmt)
+        from firewall.policy.foreign import format_of_document, intercept_to_mcpwall
+        written = format_of_document(raw)
+        if written == "intercept":
+            raw = intercept_to_mcpwall(raw, source)
+        return _parse_policy(raw, source), written
 
 
-def _parse_policy(data: bytes | str, source: str,
-                  fmt: Literal["json", "toml", "yaml"] | None) -> Policy:
+def read_document(data: bytes | str, source: str = "<string>",
+                  fmt: Literal["json", "toml", "yaml"] | None = None) -> dict[str, Any]:
+    """The document as plain data (an object), in any of the file formats."""
     fmt = fmt or format_of(source)
     text = data.decode("utf-8") if isinstance(data, bytes) else data
     try:
@@ -408,6 +432,10 @@ def _parse_policy(data: bytes | str, source: str,
     if not isinstance(raw, dict):
         raise PolicyError(f"{source}: (top level): expected an object (a policy), "
                           f"got {type(raw).__name__}")
+    return raw
+
+
+def _parse_policy(raw: dict[str, Any], source: str) -> Policy:
     try:
         return _convert(raw)
     except msgspec.ValidationError as exc:
@@ -453,8 +481,8 @@ def load_policy(path: Path) -> LoadedPolicy:
         data = path.read_bytes()
     except OSError as exc:
         raise PolicyError(f"{path}: cannot read: {exc.strerror}") from None
-    policy = parse_policy(data, str(path))
-    return LoadedPolicy(policy, str(path), hashlib.sha256(data).hexdigest())
+    policy, written = parse_policy_format(data, str(path))
+    return LoadedPolicy(policy, str(path), hashlib.sha256(data).hexdigest(), written)
 
 
 def json_schema() -> dict[str, Any]:
