@@ -43,6 +43,8 @@ ActionName = Literal["allow", "deny", "require_approval"]
 ApproverName = Literal["desk", "client"]
 WindowName = Literal["second", "minute", "hour", "day"]
 Scope = Literal["grant", "agent", "session", "server", "global"]
+TestOp = Literal["eq", "neq", "in", "not_in", "lt", "lte", "gt", "gte", "regex", "contains",
+                 "exists"]
 JsonType = Literal["string", "number", "integer", "boolean", "array", "object", "null"]
 
 WINDOW_SECONDS: dict[str, float] = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}
@@ -128,20 +130,74 @@ class TargetEntry(_Audience, frozen=True):
     approval: ApproverName | None = None
 
 
+class Test(_Strict, frozen=True):
+    """One comparison, PolicyLayer's and Intercept's condition shape:
+    ``{"path": "args.amount", "op": "lte", "value": 50000}``.
+
+    ``path`` reads the call's arguments (``args.a.b``) or a counter
+    (``state.<scope>.<counter>``); the operators keep Intercept's semantics
+    (see :mod:`firewall.policy.operators`).
+    """
+
+    path: str
+    op: TestOp
+    value: Any = None
+    reason: str | None = None
+
+
+class CheckRule(_Strict, frozen=True):
+    """One entry of ``checks``: tried in order, the first that fails denies.
+
+    ``require``: every test must hold; ``deny_if``: the call is denied when
+    every test holds; ``deny``: always denies. ``reason`` is what the agent
+    is told.
+    """
+
+    name: str | None = None
+    require: list[Test] = msgspec.field(default_factory=list)
+    deny_if: list[Test] = msgspec.field(default_factory=list)
+    deny: bool = False
+    reason: str | None = None
+
+
+class RateLimit(_Strict, frozen=True):
+    """PolicyLayer's ``rate_limit`` block: ``max`` calls per ``window``
+    seconds, counted per session (an agent's session)."""
+
+    max: Annotated[int, msgspec.Meta(ge=1)]
+    window: WindowName | Annotated[float, msgspec.Meta(gt=0)] = "minute"
+
+
+class AllTools(_Strict, frozen=True):
+    """What applies to every tool call that no earlier step refused: its
+    ``checks`` after the tool's own, its ``limits`` with the tool's."""
+
+    limits: list[Limit] = msgspec.field(default_factory=list)
+    checks: list[CheckRule] = msgspec.field(default_factory=list)
+
+
 class ToolEntry(_Audience, frozen=True):
     """A tool (or prompt) name or glob.
 
     Without ``action``: allow (under ``limits``) when there are no ``rules``;
     with ``rules``, a call no rule matches gets the policy default.
+
+    Evaluation order: ``require`` (a map: ``invalid_arguments``; a list of
+    tests, PolicyLayer's: deny), ``deny_if``, ``checks``, the policy's
+    ``all_tools.checks``, then ``rules``, then the entry's own verdict.
+    ``rate_limit`` (PolicyLayer's block) is one more limit, per session.
     """
 
     action: ActionName | None = None
     reason: str | None = None
     limits: list[Limit] = msgspec.field(default_factory=list)
-    require: Conditions = msgspec.field(default_factory=dict)
+    require: Conditions | list[Test] = msgspec.field(default_factory=dict)
     rules: list[ArgumentRule] = msgspec.field(default_factory=list)
     dry_run: bool = False
     approval: ApproverName | None = None
+    deny_if: list[Test] = msgspec.field(default_factory=list)
+    checks: list[CheckRule] = msgspec.field(default_factory=list)
+    rate_limit: RateLimit | None = None
 
 
 class Policy(_Strict, frozen=True):
@@ -154,6 +210,8 @@ class Policy(_Strict, frozen=True):
     default: ActionName | None = None
     other_methods: Literal["allow", "deny"] | None = None
     dry_run: bool = False
+    hide: list[str] = msgspec.field(default_factory=list)
+    all_tools: AllTools | None = None
     tools: dict[str, ToolEntry] = msgspec.field(default_factory=dict)
     resources: dict[str, TargetEntry] = msgspec.field(default_factory=dict)
     prompts: dict[str, ToolEntry] = msgspec.field(default_factory=dict)
