@@ -105,15 +105,30 @@ async def test_the_api_shows_every_tool_and_sets_one(tmp_path: Path) -> None:
         allowed = await session.call_tool("network_management", {"action": "list_networks"})
         assert not allowed.is_error
 
+        # Hidden: gone from tools/list, and refused.
+        sha = next(s for s in (await http.get(f"{gw.admin}/api/policy", headers=bearer())
+                               ).json()["servers"] if s["name"] == "vm")["sha256"]
+        answer = await http.post(f"{gw.admin}/api/policy/tools", headers=bearer(), json={
+            "server": "vm", "tool": "storage_management", "state": "hide", "sha256": sha})
+        assert answer.status_code == 200, answer.text
+        assert json.loads(file_bytes(tmp_path / "policy.json"))["hide"] == ["storage_management"]
+        listed = {t.name for t in (await session.list_tools()).tools}
+        assert "storage_management" not in listed and "network_management" in listed
+        hidden = await session.call_tool("storage_management", {"action": "list_disks"})
+        assert hidden.is_error and "hidden by policy" in hidden.content[0].text  # type: ignore[union-attr]
+        view = (await http.get(f"{gw.admin}/api/policy", headers=bearer())).json()
+        assert tools_of(view)["storage_management"]["state"] == "hide"
+
         rows = await gw.audit_until(
             "SELECT json_extract(detail, '$.tool') AS tool, json_extract(detail, '$.to') AS st,"
             " json_extract(detail, '$.by') AS by FROM events WHERE kind = 'policy_edit'"
-            " ORDER BY seq", count=2)
+            " ORDER BY seq", count=3)
         assert [tuple(r) for r in rows] == [("network_management", "deny", "alice"),
-                                            ("network_management", "default", "alice")]
+                                            ("network_management", "default", "alice"),
+                                            ("storage_management", "hide", "alice")]
         reloads = await gw.audit_until(
             "SELECT json_extract(detail, '$.by') AS by FROM events"
-            " WHERE kind = 'policy_reload'", count=2)
+            " WHERE kind = 'policy_reload'", count=3)
         assert {r["by"] for r in reloads} == {"alice"}
 
 
