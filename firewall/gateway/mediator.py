@@ -230,8 +230,12 @@ class Mediator:
         audit: AuditPoint | None,
         deny_tools_call_as: Literal["tool_result", "jsonrpc_error"] = "tool_result",
         approvals: ApprovalDesk | None = None,
+        on_tools: Callable[[str, list[str]], None] | None = None,
     ) -> None:
         self.server = server
+        # Told the names of the tools the server offers in each tools/list
+        # answer (the console's policy page lists them).
+        self.on_tools = on_tools
         self.session = session
         self.caller = caller
         self.policy = policy
@@ -889,6 +893,9 @@ class Mediator:
         tools = result.get("tools")
         if not isinstance(tools, list):
             return data
+        if self.on_tools is not None:
+            self.on_tools(self.server, [t["name"] for t in tools if isinstance(t, dict)
+                                        and isinstance(t.get("name"), str)])
         kept = [t for t in tools if not isinstance(t, dict)
                 or self.policy.tool_visible(str(t.get("name")), self.caller, self.server)]
         if len(kept) == len(tools):
