@@ -9,8 +9,9 @@ Rules this module keeps:
 1. One key per total and window: ``<key_prefix>counter<SEP><counter><SEP>
    <scope><SEP><value><SEP><window start>``, so a new window is a new key
    (it reads 0) and an old one expires by itself a minute after its window
-   ends (``PEXPIREAT``). Window starts come from this host's clock (UTC,
-   calendar-aligned: :func:`firewall.policy.counters.window_bounds`).
+   ends (``PEXPIRE`` with the time left, so Redis's own clock does not
+   matter). Window starts come from this host's clock (UTC, calendar-aligned:
+   :func:`firewall.policy.counters.window_bounds`).
 2. A reservation is one ``EVALSHA`` of :data:`RESERVE_LUA`: it reads every
    total of the call, and adds every amount only if none would pass its
    ``max``; Redis runs it atomically, so two instances can never both take
@@ -26,6 +27,7 @@ Rules this module keeps:
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Final
@@ -49,7 +51,7 @@ GRACE_SECONDS: Final = 60
 RESERVE_LUA: Final = """\
 -- mcpwall counters: add every amount, or none if one would pass its max.
 -- KEYS[i]: a total's key in its current window. For KEYS[i]: ARGV[3i-2]
--- amount, ARGV[3i-1] max ('' for none), ARGV[3i] expiry (unix ms).
+-- amount, ARGV[3i-1] max ('' for none), ARGV[3i] time to live (ms).
 -- Returns 0 when added, else {i, total} of the first total that refused.
 for i = 1, #KEYS do
   local max = ARGV[3 * i - 1]
@@ -60,7 +62,7 @@ for i = 1, #KEYS do
 end
 for i = 1, #KEYS do
   redis.call('INCRBY', KEYS[i], ARGV[3 * i - 2])
-  redis.call('PEXPIREAT', KEYS[i], ARGV[3 * i])
+  redis.call('PEXPIRE', KEYS[i], ARGV[3 * i])
 end
 return 0
 """
@@ -107,7 +109,7 @@ class RedisCounters(CounterStore):
             start, end = window_bounds(req.window, now)
             keys.append(self._key(req.key, start))
             argv += (str(req.amount).encode(), b"" if req.max is None else str(req.max).encode(),
-                     str((end + GRACE_SECONDS) * 1000).encode())
+                     str(max(1, math.ceil((end + GRACE_SECONDS - now) * 1000))).encode())
             entries.append((req.key, start, req.amount))
             ends.append(end)
         reply = await self._script(RESERVE_SHA, RESERVE_LUA, keys, argv)
