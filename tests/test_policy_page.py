@@ -132,11 +132,29 @@ async def test_the_api_shows_every_tool_and_sets_one(tmp_path: Path) -> None:
         assert {r["by"] for r in reloads} == {"alice"}
 
 
-async def test_a_toml_policy_is_shown_read_only(tmp_path: Path) -> None:
+INTERCEPT = """version: "1"
+default: allow
+tools:
+  info_tools:
+    rules:
+      - name: no help
+        conditions:
+          - path: args.action
+            op: eq
+            value: help
+        on_deny: no help here
+"""
+
+
+async def test_toml_and_intercept_policies_are_shown_read_only(tmp_path: Path) -> None:
     policy = tmp_path / "extra.toml"
     policy.write_text('version = "1"\n[tools.info_tools]\naction = "allow"\n')
+    intercept = tmp_path / "intercept.yaml"
+    intercept.write_text(INTERCEPT)
     servers = ('[servers.vm]\ntransport = "stdio"\ncommand = "python3"\n'
-               f'args = ["-m", "firewall.demo"]\npolicy = ["{policy}"]\n')
+               f'args = ["-m", "firewall.demo"]\npolicy = ["{policy}"]\n'
+               '[servers.vm2]\ntransport = "stdio"\ncommand = "python3"\n'
+               f'args = ["-m", "firewall.demo"]\npolicy = ["{intercept}"]\n')
     async with gateway(tmp_path, servers=servers) as gw, \
             httpx.AsyncClient(timeout=WAIT_SECONDS) as http:
         view = (await http.get(f"{gw.admin}/api/policy", headers=bearer())).json()
@@ -147,6 +165,12 @@ async def test_a_toml_policy_is_shown_read_only(tmp_path: Path) -> None:
         answer = await http.post(f"{gw.admin}/api/policy/tools", headers=bearer(), json={
             "server": "vm", "tool": "info_tools", "state": "deny"})
         assert answer.status_code == 409 and "edited here" in answer.json()["error"]
+        vm2 = next(s for s in view["servers"] if s["name"] == "vm2")
+        assert vm2["file"] is None and "is an Intercept policy" in vm2["read_only"]
+        assert tools_of(view, "vm2")["info_tools"]["state"] == "custom"
+        answer = await http.post(f"{gw.admin}/api/policy/tools", headers=bearer(), json={
+            "server": "vm2", "tool": "info_tools", "state": "deny"})
+        assert answer.status_code == 409 and "Intercept policy" in answer.json()["error"]
 
 
 @pytest.mark.node

@@ -9,8 +9,10 @@ Rules this module keeps (the pure part is :mod:`firewall.policy.editing`):
 2. One file per server takes the edits: the server's own policy file when it
    has exactly one, else the fleet-wide file when there is exactly one (an
    edit there applies to every server that reads it, and the page says so).
-   The file must be JSON or YAML in mcpwall's format; otherwise the server is
-   shown read-only with the reason.
+   The file must be JSON or YAML in mcpwall's format or PolicyLayer's hosted
+   one (an edit writes only keys both have: ``action``, ``reason``, ``hide``);
+   otherwise (TOML, Intercept's YAML) the server is shown read-only with the
+   reason.
 3. An edit is made only against the version of the file the operator saw
    (its SHA-256; another version is 409), one at a time, and only if the
    whole policy (every file, the edited one replaced) loads and compiles.
@@ -49,6 +51,7 @@ from firewall.policy.editing import (
     tool_state,
 )
 from firewall.policy.engine import PolicySet
+from firewall.policy.foreign import detect
 from firewall.policy.schema import PolicyError, load_policy
 
 BACKUPS_KEPT: Final = 20
@@ -141,6 +144,13 @@ class PolicyPage:
                           "edit them by hand")
         if path.suffix not in EDITABLE_SUFFIXES:
             return None, f"{path.name}: only JSON and YAML policy files are edited here"
+        try:
+            written = detect(_parse(path, path.read_bytes()))
+        except (OSError, ValueError, EditError, yaml.YAMLError):
+            written = "mcpwall"  # unreadable now: the edit itself will say why
+        if written == "intercept":
+            return None, (f"{path.name} is an Intercept policy: edit it in its own format "
+                          "(or `mcpwall convert` it to mcpwall's)")
         return path, "fleet" if not own else "server"
 
     # -- view -----------------------------------------------------------
