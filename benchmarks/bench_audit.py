@@ -61,8 +61,9 @@ import trio
 
 from firewall.audit.events import DecisionEvent, Event, OutcomeEvent
 from firewall.audit.query import Filters, Sources, calls
+from firewall.audit.trail import Trail
 from firewall.audit.verify import verify_paths
-from firewall.audit.writer import Trail, open_audit
+from firewall.audit.writer import open_audit
 from firewall.settings.audit import AuditSettings
 
 T0 = 1_750_000_000_000_000_000

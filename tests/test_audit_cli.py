@@ -15,7 +15,7 @@ from firewall import __version__
 from firewall.audit.events import DecisionEvent, LifecycleEvent, OutcomeEvent
 from firewall.audit.export import cef_line
 from firewall.audit.query import parse_time
-from firewall.audit.writer import Trail
+from firewall.audit.trail import Trail
 from firewall.cli.audit import audit
 from firewall.settings.audit import AuditSettings
 

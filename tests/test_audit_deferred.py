@@ -24,8 +24,8 @@ from firewall.audit.chain import GENESIS, chain_rows, event_row, stored, verify_
 from firewall.audit.events import DecisionEvent, Event, LifecycleEvent, OutcomeEvent
 from firewall.audit.process import _events as wire_events
 from firewall.audit.redaction import Redactor
+from firewall.audit.trail import Trail
 from firewall.audit.verify import verify_paths
-from firewall.audit.writer import Trail
 from firewall.settings.audit import AuditSettings
 from tests.conftest import ROOT, venv_tool
 
@@ -154,7 +154,7 @@ def test_the_calls_view_links_an_outcome_on_either_side_of_the_catch_up(
 WORKER = r'''
 import sys
 from firewall.settings.audit import AuditSettings
-from firewall.audit.writer import Trail
+from firewall.audit.trail import Trail
 from tests.test_audit_deferred import trail_events
 
 db = sys.argv[1]

@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from firewall.audit.incident import DELETE_RULE, GRANT, PRINCIPAL, SESSION, write_incident
-from firewall.audit.writer import Trail
+from firewall.audit.trail import Trail
 from firewall.cli.audit import audit
 from firewall.settings.audit import AuditSettings
 

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from firewall.audit.escaping import cef_header, cef_value, csv_cell, json_text, visible
 from firewall.audit.events import DecisionEvent, LifecycleEvent, OutcomeEvent
-from firewall.audit.writer import Trail
+from firewall.audit.trail import Trail
 from firewall.cli.audit import audit
 from firewall.settings.audit import AuditSettings
 

@@ -10,8 +10,8 @@ from click.testing import CliRunner
 
 from firewall.audit.chain import COLUMNS, HASH, event_row, row_hash
 from firewall.audit.events import DecisionEvent, LifecycleEvent, OutcomeEvent
+from firewall.audit.trail import Trail
 from firewall.audit.verify import verify_paths
-from firewall.audit.writer import Trail
 from firewall.cli.audit import audit
 from firewall.settings.audit import AuditSettings
 

@@ -16,8 +16,9 @@ from firewall.audit.chain import COLUMNS, GENESIS, NULL, event_row, stored, veri
 from firewall.audit.events import DecisionEvent, LifecycleEvent, OutcomeEvent
 from firewall.audit.redaction import Redactor
 from firewall.audit.store import StoreError, chain_files
+from firewall.audit.trail import Trail
 from firewall.audit.verify import verify_paths
-from firewall.audit.writer import AuditError, AuditWriter, Trail, open_audit
+from firewall.audit.writer import AuditError, AuditWriter, open_audit
 from firewall.settings.audit import DEFAULT_REDACT_NAMES, DEFAULT_REDACT_VALUES, AuditSettings
 
 
@@ -113,7 +114,7 @@ async def test_a_failed_commit_fails_the_receipts_and_later_appends(tmp_path: Pa
 async def test_second_writer_is_refused(tmp_path: Path, writer: str,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     # The refusal, not the grace a killed gateway's writer gets (seconds), is under test.
-    monkeypatch.setattr("firewall.audit.writer._LOCK_WAIT", 0.1)
+    monkeypatch.setattr("firewall.audit.trail._LOCK_WAIT", 0.1)
     settings = AuditSettings(path=str(tmp_path / "audit.db"), writer=writer)  # type: ignore[arg-type]
     async with open_audit(settings, instance_id="a"):
         with pytest.raises(StoreError, match="another mcpwall process"):
@@ -446,7 +447,7 @@ def test_the_wal_is_copied_beside_the_writer_and_starts_over(tmp_path: Path) -> 
     import threading
     import time
 
-    from firewall.audit.writer import WAL_COPY_ROWS
+    from firewall.audit.trail import WAL_COPY_ROWS
 
     db = tmp_path / "gw.db"
     settings = AuditSettings(path=str(db), anchor_log=False, segment_max_bytes=12 << 20)

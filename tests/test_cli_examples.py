@@ -20,7 +20,7 @@ from click.testing import CliRunner
 
 from firewall.audit.events import DecisionEvent, OutcomeEvent
 from firewall.audit.query import parse_time
-from firewall.audit.writer import Trail
+from firewall.audit.trail import Trail
 from firewall.cli import main
 from firewall.gateway.approvals.desk import ApprovalRequest, open_store
 from firewall.settings.audit import AuditSettings

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from firewall.audit.events import DecisionEvent
-from firewall.audit.writer import Trail
+from firewall.audit.trail import Trail
 from firewall.settings.audit import AuditSettings
 from tests.conftest import ROOT
 

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from firewall.audit.events import DecisionEvent, Event, LifecycleEvent, OutcomeEvent
-from firewall.audit.writer import Trail
+from firewall.audit.trail import Trail
 
 START: Final = int(datetime(2025, 6, 1, 3, 0, tzinfo=UTC).timestamp()) * 1_000_000_000
 SESSION: Final = "s-7f3a"  # the session that deleted the VM

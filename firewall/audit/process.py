@@ -11,8 +11,11 @@ commits and acknowledges each batch.
 Rules this module keeps:
 
 1. The writer process owns the write connection, the chain head and the lock
-   (``<database>.lock``): it runs one :class:`firewall.audit.writer.Trail`, and
-   nothing else in mcpwall writes the file.
+   (``<database>.lock``): it opens one :class:`firewall.audit.trail.Trail` and
+   runs the writer core (:func:`firewall.audit.core.run`) on it, with the pipe
+   as the core's link; nothing else in mcpwall writes the file. What the
+   child does with a batch (commit, failure, derived tables, checkpoints,
+   close) is the core's, the same as in the writer thread.
 2. Wire: frames of a 4-byte big-endian length, one kind byte, a payload.
    Parent to child: ``O`` (open: settings, instance id, log settings), ``B``
    (a batch: a JSON array of events, in append order), ``C`` (close). Child
@@ -34,7 +37,8 @@ Rules this module keeps:
    into two halves under load: the child commits one while the trio thread
    wakes and refills the other, so both cores work; with few callers and a
    slow fsync they share one commit. A batch ends at ``max_batch`` events.
-5. Failure is sticky and loud, as with the thread: a failed batch, a child
+5. Failure is sticky and loud, as with the thread: a failed batch (the
+   core acknowledges every later batch as failed too), a child
    that exits or closes its pipe, or a broken pipe fails every pending and
    later ``committed()``/``append`` with :class:`AuditError` and logs
    ``audit_writer_failed``; the gateway then refuses calls.
@@ -48,13 +52,11 @@ Rules this module keeps:
 7. An event that cannot be stored fails its own ``append``: the trio side checks
    the 64-bit integer columns and encodes the event before it is queued.
 8. The derived tables (session, principal, outcome lookups and the full-text
-   index; :mod:`firewall.audit.store`, rule 3) are never in a batch's commit
-   unless ``fts_max_lag`` is reached: after an ``A``, once
-   :data:`firewall.audit.writer.CATCH_UP_ROWS` rows wait, the child runs one
-   catch-up step (its own transaction, not fsync'ed: derived data), and when
-   no batch comes for a moment it indexes the rest in small slices. The next
-   ``A`` counts that time, and every ``A`` carries all the CPU the child used
-   since the previous one.
+   index; :mod:`firewall.audit.store`, rule 3) follow the core's rule 3: a
+   catch-up step after an ``A``, slices when no batch comes for a moment. The
+   next ``A`` counts that time, and every ``A`` carries all the CPU the child
+   used since the previous one (``time.process_time``: its WAL copier and
+   decoding included).
 
 Choices made by measurement (``benchmarks/bench_audit.py``, 2-core machine):
 
@@ -80,7 +82,7 @@ Choices made by measurement (``benchmarks/bench_audit.py``, 2-core machine):
   batch landed on its own leaf page of the ``(session, ts_ns)``,
   ``(principal, ts_ns)`` and outcome ``call_id`` indexes. Now the commit
   inserts into the table and its ``ts_ns`` index only, and after an ack,
-  once :data:`firewall.audit.writer.CATCH_UP_ROWS` rows wait, the child runs
+  once :data:`firewall.audit.trail.CATCH_UP_ROWS` rows wait, the child runs
   one sorted catch-up step for all derived tables while the gateway wakes
   the callers and refills (its time is counted in the next ack). Per event,
   on a 1M-row file under load (thread CPU, steps of 8,192): decoding 0.7 us,
@@ -93,7 +95,7 @@ Choices made by measurement (``benchmarks/bench_audit.py``, 2-core machine):
   WireDecision`): decoding, walking and re-encoding them cost 2 to 2.5 us per
   decision; :meth:`firewall.audit.redaction.Redactor.clean` says when the text
   can be kept as it came (the same bytes, since one encoder wrote both).
-- The WAL copied beside the writer (:class:`firewall.audit.writer.WalCopier`,
+- The WAL copied beside the writer (:class:`firewall.audit.trail.WalCopier`,
   a thread of the child with its own connection, kicked every 4,096
   committed rows): a checkpoint is C code that releases the GIL, so it runs
   on the second core instead of inside the commit that crosses
@@ -125,7 +127,6 @@ Example::
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import errno
 import fcntl
@@ -143,10 +144,12 @@ import msgspec
 import trio
 
 from firewall import log
-from firewall.audit.chain import WireDecision
+from firewall.audit import core
+from firewall.audit.chain import Row, WireDecision
 from firewall.audit.events import Event, LifecycleEvent, OutcomeEvent
 from firewall.audit.store import StoreError
-from firewall.audit.writer import AuditError, BatchReceipt, Trail, WriterSide
+from firewall.audit.trail import Trail
+from firewall.audit.writer import AuditError, BatchReceipt, WriterSide
 from firewall.settings.audit import AuditSettings
 
 _LEN: Final = struct.Struct(">I")
@@ -166,10 +169,6 @@ _HALVES_FROM: Final = 256
 
 # Allocations between two collections of the youngest generation (see main).
 _GC_THRESHOLD: Final = 100_000
-
-# Full-text indexing when idle, as in firewall.audit.writer.
-_INDEX_SLICE: Final = 2_000
-_INDEX_IDLE: Final = 0.02
 
 
 class _Open(msgspec.Struct, frozen=True):
@@ -196,17 +195,11 @@ def _check_integers(event: Event) -> None:
 
 # -- the trio side -----------------------------------------------------------
 
-class _Batch(BatchReceipt):
-    """Events appended between two hand-overs; the receipt of each of them."""
-
-    __slots__ = ("items",)
-
-    def __init__(self, writer: ProcessWriter) -> None:
-        super().__init__(writer)
-        self.items: list[bytes] = []   # each event as JSON
+# Events appended between two hand-overs, each as JSON; the receipt of each of them.
+_Batch = BatchReceipt[bytes]
 
 
-class ProcessWriter(WriterSide):
+class ProcessWriter(WriterSide[bytes]):
     """The trio side of the writer process: the gateway's ``AuditPoint``.
 
     Create it with :func:`firewall.audit.writer.open_audit` (``writer =
@@ -221,8 +214,6 @@ class ProcessWriter(WriterSide):
     def __init__(self, settings: AuditSettings, instance_id: str) -> None:
         super().__init__(settings, instance_id)
         self.log = log.get_logger(audit=settings.path, instance=instance_id)
-        self._batches: collections.deque[_Batch] = collections.deque()
-        self._open: _Batch | None = None
         self._inflight: _Batch | None = None  # the batch the child has (one at a time)
         self._rest = b""                       # what of its frame the pipe has not taken
         self._queued = 0                       # events in _batches (not handed over)
@@ -293,9 +284,7 @@ class ProcessWriter(WriterSide):
         await self._pump_done.wait()
         await self._reap()
         await self._watched.wait()
-        if self._error is not None:
-            raise AuditError("the audit trail failed; see the audit_writer_failed log") \
-                from self._error
+        self._raise_failure("audit_writer_failed")
 
     async def _reap(self) -> None:
         for fd in (self._to, self._from):
@@ -315,31 +304,15 @@ class ProcessWriter(WriterSide):
         except BaseException:
             self._room.give(1)
             raise
-        batch = self._open
-        if batch is None or len(batch.items) >= self._max_batch:
-            batch = self._open = self._last = _Batch(self)
-            self._batches.append(batch)
-            if self._work:
-                self._work.unpark()
-        batch.items.append(item)
+        batch = self._add(item)
+        if self._work:  # the pump waits for a batch: here is one
+            self._work.unpark()
         self._queued += 1
         if self._inflight is None and self._queued >= self._target:
             self._send(self._take())
         return batch
 
-    def _settle(self, batch: _Batch, ok: bool) -> None:
-        batch.done = True
-        batch.ok = ok
-        batch.lot.unpark_all()
-        self._room.give(len(batch.items))
-
     # -- the pump ----------------------------------------------------------
-    def _take(self) -> _Batch:
-        batch = self._batches.popleft()
-        if batch is self._open:
-            self._open = None
-        return batch
-
     def _batch_frame(self, batch: _Batch) -> bytes:
         payload = b"[" + b",".join(batch.items) + b"]"
         return _frame(b"B", payload)
@@ -399,11 +372,7 @@ class ProcessWriter(WriterSide):
             self._target = max(1, in_play // 2 if in_play >= _HALVES_FROM else in_play)
             if self._queued >= self._target:
                 self._send(self._take())
-            self._events += len(done.items)
-            self._batch_count += 1
-            self._busy += busy
-            self._cpu += cpu
-            self._settle(done, True)
+            self._settle(done, True, busy, cpu)
 
     def _send(self, batch: _Batch) -> None:
         """Hand ``batch`` to the child: write what the pipe takes now; the pump
@@ -509,7 +478,9 @@ class _Failed(Exception):
 # -- the child ---------------------------------------------------------------
 
 class _Child:
-    """The writer process's main loop: frames in, commits, acks out (blocking I/O)."""
+    """The writer process's link (:class:`firewall.audit.core.Link`): batches
+    are ``B`` frames read from the gateway, acks ``A`` frames written back
+    (blocking I/O). Opening and closing speak ``O``/``R``/``F`` and ``Z``."""
 
     def __init__(self, rfd: int, wfd: int) -> None:
         self.rfd = rfd
@@ -540,6 +511,28 @@ class _Child:
         while data:
             data = data[os.write(self.wfd, data):]
 
+    # -- the core's Link ---------------------------------------------------
+    def receive(self, timeout: float | None) -> bytes | None:
+        frame = self.frame(timeout)
+        if frame is not None and (not frame or frame[:1] == b"C"):
+            raise core.Closed  # told to close, or the gateway is gone
+        return frame
+
+    def rows(self, batch: bytes, trail: Trail) -> list[Row]:
+        return trail.rows(_events.decode(memoryview(batch)[1:]))
+
+    def acknowledge(self, batch: bytes, ack: core.Ack) -> bool:
+        error = "" if ack.error is None else repr(ack.error)
+        try:
+            self.send(b"A", [ack.ok, error, ack.busy, ack.cpu])
+        except OSError:
+            return False  # the gateway is gone: close (and sign) what was committed
+        return True
+
+    def failed(self, error: BaseException) -> None:
+        pass  # the next ``A`` says so: the gateway reads acks only
+
+    # -- the process -------------------------------------------------------
     def run(self) -> int:
         first = self.frame(None)
         if not first or first[:1] != b"O":
@@ -557,80 +550,11 @@ class _Child:
         except OSError:  # the gateway gave up while we opened
             trail.close()
             return 0
-        error = self.serve(trail)
-        try:
-            trail.close()
-        except Exception as exc:
-            trail.log.error("audit_close_failed", error=repr(exc))
-            error = error or repr(exc)
+        failure = core.run(trail, self, time.process_time)
+        error = "" if failure is None else repr(failure)
         with contextlib.suppress(OSError):  # the gateway is gone; closed and signed anyway
             self.send(b"Z", [not error, error])
         return 0 if not error else 1
-
-    def serve(self, trail: Trail) -> str:
-        """Commit batches until told to close or the input ends; the sticky error or ""."""
-        error = ""
-        # Busy: wall time spent on a batch, and on the derived tables since the
-        # last ack (counted in the next ack). CPU: all the process used since
-        # the last ack (reading frames and idle work included).
-        busy = 0.0
-        cpu = time.process_time()
-        while True:
-            frame = self.frame(None if error else _idle_timeout(trail))
-            t = time.perf_counter()
-            if frame is None:
-                error = _guarded(trail, _idle_step)
-                busy += time.perf_counter() - t
-                continue
-            if not frame or frame[:1] == b"C":
-                return error
-            if not error:
-                try:
-                    events = _events.decode(memoryview(frame)[1:])
-                    trail.append_rows(trail.rows(events))
-                except Exception as exc:
-                    error = repr(exc)
-                    trail.log.error("audit_write_failed", error=error)
-            now = time.process_time()
-            try:
-                self.send(b"A", [not error, error, busy + time.perf_counter() - t, now - cpu])
-            except OSError:
-                return error  # the gateway is gone: close (and sign) what was committed
-            busy, cpu = 0.0, now
-            if not error:
-                # While the gateway wakes this batch's callers and refills the
-                # next one: a step of the derived tables once enough rows wait.
-                t = time.perf_counter()
-                error = _guarded(trail, Trail.catch_up)
-                busy = time.perf_counter() - t
-
-
-def _idle_timeout(trail: Any) -> float | None:
-    """How long to wait for a batch before indexing or signing (None: forever)."""
-    due: float | None = trail.checkpoint_due_in()
-    waiting: int = trail.unindexed()
-    # No slice at once when many rows wait: the child is idle for moments
-    # between batches (rule 4), and a slice started then delays the next
-    # batch; under sustained load the catch-up step after an ack does it.
-    if waiting:
-        return _INDEX_IDLE if due is None else min(due, _INDEX_IDLE)
-    return due
-
-
-def _idle_step(trail: Any) -> None:
-    if trail.unindexed():
-        trail.index_pending(_INDEX_SLICE)
-    if trail.checkpoint_due_in() == 0.0:
-        trail.checkpoint()
-
-
-def _guarded(trail: Any, step: Any) -> str:
-    try:
-        step(trail)
-    except Exception as exc:
-        trail.log.error("audit_write_failed", error=repr(exc))
-        return repr(exc)
-    return ""
 
 
 def main() -> int:

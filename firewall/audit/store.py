@@ -262,7 +262,7 @@ def index_tail(conn: sqlite3.Connection) -> None:
 # of writer CPU per event on a 1M-row file (benchmarks/README.md, audit).
 # Durability is unchanged: every commit still syncs the WAL (synchronous=FULL).
 # The copying itself is mostly done beside the writer, by the WAL copier of
-# firewall.audit.writer (a thread with its own connection); the automatic
+# firewall.audit.trail (a thread with its own connection); the automatic
 # checkpoint is the bound when the copier cannot keep up (or a reader holds
 # the WAL), and then has only the rest to copy.
 WRITER_CACHE_KIB: Final = 65_536

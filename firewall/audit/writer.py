@@ -1,33 +1,32 @@
-"""The audit writer: one write connection, group commit, hash chain.
+"""The audit writer: the trio side of both writers, and the writer thread.
+
+The trail is written where its :class:`~firewall.audit.trail.Trail` lives: a
+child process (:mod:`firewall.audit.process`, the default; ``open_audit``
+starts it) or, with ``writer = "thread"``, ONE dedicated thread of the gateway
+run by :class:`AuditWriter`. Either runs the writer core
+(:func:`firewall.audit.core.run`): the two differ only in how batches and
+acks cross (here: a deque under a lock and one hop back to the trio thread).
 
 Rules this module keeps:
 
-1. One writer per chain. :class:`Trail` owns the only write connection and an
-   exclusive lock (``<database>.lock``) so a second writer fails (after
-   waiting up to ``_LOCK_WAIT`` seconds for one that is closing). In the
-   gateway, the Trail lives in ONE place that opens, uses and closes the
-   connection: the writer process (:mod:`firewall.audit.process`, the
-   default; ``open_audit`` starts it) or, with ``writer = "thread"``, ONE
-   dedicated thread run by :class:`AuditWriter`. The rest of this docstring
-   describes the thread; the process keeps the same rules (see its module).
-2. Events are appended in the order ``append`` was called; each gets
-   ``seq = previous + 1`` and ``prev_hash = previous hash`` (see
-   :mod:`firewall.audit.chain`), across segment files too. ``append`` builds
-   the row (redaction, encoding, hash) in the caller's thread; an event that
-   cannot be encoded fails that ``append`` and leaves the chain as it was.
-3. Group commit: appends fill a batch (at most ``max_batch`` rows); the
-   thread takes the oldest batch as soon as it is free, writes it in ONE
-   transaction and commits (fsync in ``durable`` mode: WAL with
-   ``synchronous=FULL``), then wakes that batch's callers with one hop to the
-   trio thread. A batch is the receipt of each of its events.
+1. One writer per chain: the Trail (its lock, its only write connection) is
+   opened, used and closed in ONE place, the writer thread or the child.
+2. Events are appended in the order ``append`` was called and committed in
+   that order (the core takes batches oldest first). The writer thread's
+   ``append`` builds the row (redaction, encoding, hash) in the caller's
+   thread: the chain cursor lives on this side, and an event that cannot be
+   encoded fails that ``append`` and leaves the chain as it was.
+3. Group commit: appends fill a batch (at most ``max_batch`` events); the core
+   takes the oldest batch as soon as it is free and commits it in ONE
+   transaction; its Ack wakes that batch's callers with one hop to the trio
+   thread. A batch (:class:`BatchReceipt`) is the receipt of each of its events.
 4. Backpressure, never loss: at most ``queue_size`` events are queued and not
-   yet committed; ``append`` waits for room. Nothing is dropped.
-5. Failure is sticky and loud: if a commit fails, that batch is rolled back,
-   every pending and later ``committed()``/``append`` raises :class:`AuditError`,
-   and the gateway refuses calls rather than forwarding them unaudited.
-6. A signed checkpoint covers the head every ``checkpoint_every_rows`` rows or
-   ``checkpoint_every_seconds`` (whichever first), on segment rotation and on
-   close; it is committed with the batch it closes, then written to the anchor.
+   yet committed (:class:`QueueRoom`); ``append`` waits for room.
+5. Failure is sticky and loud: once the core reports a failure, every pending
+   and later ``committed()``/``append`` raises :class:`AuditError`, and the
+   gateway refuses calls rather than forwarding them unaudited.
+6. Close drains: ``aclose`` lets the core commit every queued batch, sign the
+   head and close the Trail before it returns.
 
 Example::
 
@@ -39,464 +38,31 @@ Example::
 from __future__ import annotations
 
 import collections
-import fcntl
-import itertools
 import os
-import sqlite3
 import threading
 import time
-import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
-from pathlib import Path
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 import msgspec
 import trio
 
-from firewall.audit.chain import COLUMNS, GENESIS, HASH, SEQ, Row, chain_rows, event_row
-from firewall.audit.checkpoint import Anchor, Checkpoint, load_signer, secret_key
+from firewall.audit import core
+from firewall.audit.chain import GENESIS, HASH, Row, event_row
 from firewall.audit.events import Event
 from firewall.audit.redaction import Redactor
-from firewall.audit.store import (
-    StoreError,
-    adopt_progress,
-    chain_files,
-    connect_writer,
-    create_schema,
-    has_derived,
-    index_range,
-    segment_info,
-    segment_path,
-)
-from firewall.log import get_logger
+from firewall.audit.trail import Trail
 from firewall.settings.audit import AuditSettings
 
 if TYPE_CHECKING:
     from firewall.audit.process import ProcessWriter
 
-_INSERT: Final = (
-    f"INSERT INTO events ({', '.join(f'[{c}]' for c in COLUMNS)}) "
-    f"VALUES ({', '.join('?' for _ in COLUMNS)})"
-)
-# Rows per multi-row INSERT: one statement binds many rows and runs in ONE
-# sqlite3_step, so the writer thread gives up and takes back the GIL once per
-# chunk instead of once per row (executemany steps per row; with the trio
-# thread busy, every re-take of the GIL waits for it).
-_CHUNK: Final = 256
-_ROW_VALUES: Final = f"({', '.join('?' for _ in COLUMNS)})"
-
-
-def _insert_many(count: int) -> str:
-    """The INSERT statement for ``count`` rows (bound flat, row after row)."""
-    return _INSERT + ", " + ", ".join([_ROW_VALUES] * (count - 1)) if count > 1 else _INSERT
-
-
-# One statement per power of two up to _CHUNK, so any batch is inserted with
-# at most log2(_CHUNK) + 1 distinct statements (sqlite3 caches them).
-_INSERTS: Final = {n: _insert_many(n) for n in (1 << k for k in range(_CHUNK.bit_length()))}
-
-
-_flat: Final = itertools.chain.from_iterable
-
-
-def _insert_rows(conn: sqlite3.Connection, rows: list[Row]) -> None:
-    """Insert ``rows`` in multi-row statements of at most :data:`_CHUNK` rows."""
-    i, total = 0, len(rows)
-    while i < total:
-        n = _CHUNK if total - i >= _CHUNK else 1 << ((total - i).bit_length() - 1)
-        # chain.from_iterable flattens in C: half the time of a comprehension.
-        conn.execute(_INSERTS[n], [*_flat(rows[i:i + n])])
-        i += n
-
-
-# Derived tables when idle: at most this many rows per transaction (what a
-# batch that arrives meanwhile may wait for), after this many idle seconds.
-_INDEX_SLICE: Final = 2_000
-_INDEX_IDLE: Final = 0.02
-# Under load: once this many rows wait, a catch-up step of this many rows
-# follows the commit (its callers are already woken). Sorted bulk inserts cost
-# less per row the more rows share a step (rows of one session share a leaf
-# page, rewritten and checkpointed once per step): on a 1M-row file, 6.0 us of
-# CPU per event in steps of 8,192, 5.2 in steps of 16,384, 4.8 in steps of
-# 32,768. The step is also how long the next batch may wait for it, and about
-# the most rows a reader scans in the tail (see firewall.audit.store, rule 3).
-CATCH_UP_ROWS: Final = 16_384
-
-# Rows committed (appended or indexed) between two kicks of the WAL copier.
-WAL_COPY_ROWS: Final = 4_096
-
-# Seconds to wait for the lock held by a writer that is closing (see _lock).
-_LOCK_WAIT: Final = 3.0
-
-_INSERT_CHECKPOINT: Final = (
-    "INSERT INTO checkpoints (chain, segment, seq, hash, ts_ns, algorithm, key_id, signature) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-)
+T = TypeVar("T")
 
 
 class AuditError(Exception):
     """The audit trail cannot record events; calls must not be forwarded."""
-
-
-class WalCopier:
-    """Copies committed WAL frames into the database file from a thread of its own.
-
-    A checkpoint (``wal_checkpoint(PASSIVE)``) is C code that releases the GIL,
-    so on its own connection and thread it runs beside the writer instead of
-    inside the commit that crosses ``wal_autocheckpoint``. PASSIVE never waits
-    for the writer or for readers: it copies what it can. When it has copied
-    everything by the time the writer's next transaction starts, SQLite starts
-    the WAL over; the write connection's own automatic checkpoint stays as the
-    bound (it then only has the rest to copy). Durability is the writer's: a
-    commit is synced in the WAL before it is acknowledged; the copy syncs the
-    database file as a checkpoint always does. A failed copy is logged once
-    and left to the automatic checkpoint: it never fails the trail.
-    """
-
-    def __init__(self, path: Path, durable: bool, log: Any) -> None:
-        self._conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        self._conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-        self._log = log
-        self._kick = threading.Event()
-        self._stop = False
-        self._warned = False
-        self.copies = 0  # checkpoints run (for tests and benchmarks)
-        self._thread = threading.Thread(target=self._run, name="mcpwall-audit-wal",
-                                        daemon=True)
-        self._thread.start()
-
-    def kick(self) -> None:
-        """Copy what is committed now (at once if the thread is idle)."""
-        self._kick.set()
-
-    def _run(self) -> None:
-        try:
-            while True:
-                self._kick.wait()
-                self._kick.clear()
-                if self._stop:
-                    return
-                try:
-                    self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                    self.copies += 1
-                except sqlite3.Error as exc:
-                    if not self._warned:
-                        self._warned = True
-                        self._log.warning("audit_wal_copy_failed", error=repr(exc))
-        finally:
-            self._conn.close()
-
-    def close(self) -> None:
-        """Stop the thread (after the copy under way, if any) and close its connection."""
-        self._stop = True
-        self._kick.set()
-        self._thread.join()
-
-
-class Trail:
-    """The synchronous appender: the write connection, the chain head, checkpoints.
-
-    Used by the writer thread, and directly by tests, benchmarks and tools that
-    write without trio. Not thread-safe: one thread at a time.
-
-    Example::
-
-        with Trail(AuditSettings(path="audit.db"), instance_id="gw-1") as trail:
-            trail.append_batch([event1, event2])
-    """
-
-    def __init__(self, settings: AuditSettings, instance_id: str,
-                 *, clock: Any = time.time_ns) -> None:
-        self.settings = settings
-        self.instance = instance_id
-        self.durable = settings.mode == "durable"
-        self._clock = clock
-        self.first = settings.database()
-        self.first.parent.mkdir(parents=True, exist_ok=True)
-        self.log = get_logger(audit=str(self.first), instance=instance_id)
-        self._lock_fd = self._lock()
-        try:
-            self.signer = load_signer(settings)
-            redaction = settings.redaction
-            self.redactor = Redactor.compile(
-                redaction.names, redaction.values,
-                secret_key(redaction.key_env, settings.redaction_key(), create=True))
-            self.anchor = Anchor(settings.anchor())
-            self._open_active()
-        except BaseException:
-            os.close(self._lock_fd)
-            raise
-
-    # -- opening ---------------------------------------------------------
-    def _lock(self) -> int:
-        path = self.first.with_name(self.first.name + ".lock")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        # A writer process outlives a killed gateway by the moment it takes to
-        # read end-of-file, sign and exit: wait that long before refusing.
-        deadline = time.monotonic() + _LOCK_WAIT
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return fd
-            except BlockingIOError:
-                if time.monotonic() < deadline:
-                    time.sleep(0.02)
-                    continue
-                os.close(fd)
-                raise StoreError(f"{self.first}: another mcpwall process is writing this "
-                                 "audit trail") from None
-
-    def _open_active(self) -> None:
-        files = chain_files(self.first)
-        if not files:
-            self._new_segment(1, uuid.uuid4().hex, 1, GENESIS)
-            return
-        path = files[-1]
-        self.conn = connect_writer(path, self.durable)
-        info = segment_info(self.conn, path)
-        self.path = path
-        self.segment = info.number
-        self.chain = info.chain
-        self.segment_started_ns = info.created_ns
-        last = self.conn.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1"
-                                 ).fetchone()
-        self.seq: int = int(last[0]) if last else info.first_seq - 1
-        self.head: str = str(last[1]) if last else info.prev_hash
-        cp = self.conn.execute("SELECT max(seq) FROM checkpoints").fetchone()[0]
-        self.checkpointed = cp if cp is not None else info.first_seq - 1
-        # The last seq in the derived tables (full-text index, ix_*; see
-        # firewall.audit.store, rule 3): rows after it are indexed off the commit.
-        self.indexed: int = max(adopt_progress(self.conn), info.first_seq - 1)
-        self.derived = has_derived(self.conn)
-        self._since_checkpoint = time.monotonic()
-        self._start_copier(path)
-        self.log.info("audit_opened", path=str(path), segment=self.segment, seq=self.seq)
-
-    def _new_segment(self, number: int, chain: str, first_seq: int, prev_hash: str) -> None:
-        path = segment_path(self.first, number)
-        if path.exists():
-            raise StoreError(f"{path}: segment {number} already exists; will not overwrite it")
-        conn = connect_writer(path, self.durable)
-        created = self._clock()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            create_schema(conn, indexed_upto=first_seq - 1)
-            conn.execute(
-                "INSERT INTO segment (number, chain, instance, first_seq, prev_hash, created_ns,"
-                " format) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (number, chain, self.instance, first_seq, prev_hash, created,
-                 "mcpwall-audit/1"))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            conn.close()
-            raise
-        self.conn, self.path, self.segment, self.chain = conn, path, number, chain
-        self.segment_started_ns = created
-        self.seq, self.head, self.checkpointed = first_seq - 1, prev_hash, first_seq - 1
-        self.indexed = first_seq - 1
-        self.derived = True
-        self._since_checkpoint = time.monotonic()
-        self._start_copier(path)
-        self.log.info("audit_segment_started", path=str(path), segment=number, first_seq=first_seq)
-
-    def _start_copier(self, path: Path) -> None:
-        self.wal = WalCopier(path, self.durable, self.log)
-        self._uncopied = 0
-
-    def _copy_after(self, rows: int) -> None:
-        """``rows`` were committed: kick the WAL copier every :data:`WAL_COPY_ROWS`."""
-        self._uncopied += rows
-        if self._uncopied >= WAL_COPY_ROWS:
-            self._uncopied = 0
-            self.wal.kick()
-
-    # -- appending -------------------------------------------------------
-    def rows(self, events: Sequence[Event]) -> list[Row]:
-        """Chain ``events`` after the head (does not write; advances nothing)."""
-        return chain_rows(events, seq=self.seq, instance=self.instance, prev_hash=self.head,
-                          redactor=self.redactor)
-
-    def append_batch(self, events: Sequence[Event]) -> int:
-        """Append ``events`` in one transaction; return the last seq. Rolls back on error."""
-        if not events:
-            return self.seq
-        return self.append_rows(self.rows(events))
-
-    def append_rows(self, rows: list[Row]) -> int:
-        """Append rows built by :meth:`rows` (or :func:`firewall.audit.chain.event_row`,
-        continuing the chain) in one transaction; return the last seq. Rolls back on error.
-        """
-        last = rows[-1]
-        last_seq, head = int(last[SEQ]), str(last[HASH])
-        conn = self.conn
-        checkpoint = None
-        # The derived tables wait for idle time (or a catch-up step), unless
-        # they lag too far: then this commit indexes as many rows as it
-        # appends (the lag stays put).
-        indexed = self.indexed
-        if last_seq - indexed > self.settings.fts_max_lag:
-            indexed = min(last_seq, indexed + len(rows))
-        if (last_seq - self.checkpointed >= self.settings.checkpoint_every_rows
-                or self._checkpoint_overdue()):
-            checkpoint = self._sign(last_seq, head)
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            _insert_rows(conn, rows)
-            if indexed > self.indexed:
-                index_range(conn, self.indexed + 1, indexed, derived=self.derived)
-            if checkpoint is not None:
-                self._insert_checkpoint(checkpoint)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        self.seq, self.head, self.indexed = last_seq, head, indexed
-        self._copy_after(len(rows))
-        if checkpoint is not None:
-            self._anchored(checkpoint)
-        self._maybe_rotate()
-        return last_seq
-
-    # -- derived tables (full-text index, ix_session/principal/outcome) ----
-    def unindexed(self) -> int:
-        """Rows appended and not yet in the derived tables."""
-        return self.seq - self.indexed
-
-    def index_pending(self, max_rows: int = 0) -> int:
-        """Index up to ``max_rows`` (0: all) waiting rows in their own transaction.
-
-        Not fsync'ed even in durable mode: the tables are derived data, and
-        their progress mark is in the same transaction, so a lost index
-        transaction is simply redone from the mark (and readers cover the rows
-        meanwhile). The next durable commit syncs the WAL with it anyway. It
-        writes only derived tables: the events themselves are never touched.
-        """
-        if self.seq <= self.indexed:
-            return 0
-        last = self.seq if max_rows <= 0 else min(self.seq, self.indexed + max_rows)
-        conn = self.conn
-        if self.durable:
-            conn.execute("PRAGMA synchronous=NORMAL")
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                index_range(conn, self.indexed + 1, last, derived=self.derived)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-        finally:
-            if self.durable:
-                conn.execute("PRAGMA synchronous=FULL")
-        count, self.indexed = last - self.indexed, last
-        self._copy_after(count)
-        return count
-
-    def catch_up(self) -> int:
-        """A catch-up step under load: index :data:`CATCH_UP_ROWS` rows (at
-        most half of ``fts_max_lag``, so steps come before the commits start
-        indexing) if at least that many wait (see :meth:`index_pending`);
-        return how many."""
-        step = min(CATCH_UP_ROWS, max(1, self.settings.fts_max_lag // 2))
-        if self.seq - self.indexed < step:
-            return 0
-        return self.index_pending(step)
-
-    # -- checkpoints -----------------------------------------------------
-    def _checkpoint_overdue(self) -> bool:
-        return time.monotonic() - self._since_checkpoint >= self.settings.checkpoint_every_seconds
-
-    def checkpoint_due_in(self) -> float | None:
-        """Seconds until a time-based checkpoint is due, None if nothing is unsigned."""
-        if self.seq <= self.checkpointed:
-            return None
-        left = self.settings.checkpoint_every_seconds - (time.monotonic() - self._since_checkpoint)
-        return max(left, 0.0)
-
-    def _sign(self, seq: int, hash: str) -> Checkpoint:
-        return Checkpoint.sign(self.signer, chain=self.chain, segment=self.segment, seq=seq,
-                               hash=hash, ts_ns=self._clock())
-
-    def _insert_checkpoint(self, cp: Checkpoint) -> None:
-        self.conn.execute(_INSERT_CHECKPOINT, (cp.chain, cp.segment, cp.seq, cp.hash, cp.ts_ns,
-                                               cp.algorithm, cp.key_id, cp.signature))
-
-    def _anchored(self, cp: Checkpoint) -> None:
-        self.checkpointed = cp.seq
-        self._since_checkpoint = time.monotonic()
-        self.anchor.append(cp, fsync=self.durable)
-        if self.settings.anchor_log:
-            self.log.info("audit_checkpoint", chain=cp.chain, segment=cp.segment, seq=cp.seq,
-                          hash=cp.hash, key_id=cp.key_id, signature=cp.signature)
-
-    def checkpoint(self) -> Checkpoint | None:
-        """Sign the head now if rows are not covered yet (own transaction)."""
-        if self.seq <= self.checkpointed:
-            return None
-        cp = self._sign(self.seq, self.head)
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            self._insert_checkpoint(cp)
-            self.conn.execute("COMMIT")
-        except BaseException:
-            if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
-            raise
-        self._anchored(cp)
-        return cp
-
-    # -- segments --------------------------------------------------------
-    def _maybe_rotate(self) -> None:
-        s = self.settings
-        if s.segment_max_bytes > 0:
-            pages, size = (self.conn.execute("PRAGMA page_count").fetchone()[0],
-                           self.conn.execute("PRAGMA page_size").fetchone()[0])
-            if pages * size >= s.segment_max_bytes:
-                self.rotate()
-                return
-        if s.segment_max_age_seconds > 0 and (
-                self._clock() - self.segment_started_ns >= s.segment_max_age_seconds * 1e9):
-            self.rotate()
-
-    def rotate(self) -> None:
-        """Close the active segment (signed) and continue the chain in a new file."""
-        if self.seq < self._first_seq_of_active():
-            return  # an empty segment: nothing to rotate away from
-        self.index_pending()
-        self.checkpoint()
-        self.wal.close()
-        self.conn.close()
-        self._new_segment(self.segment + 1, self.chain, self.seq + 1, self.head)
-
-    def _first_seq_of_active(self) -> int:
-        return int(self.conn.execute("SELECT first_seq FROM segment").fetchone()[0])
-
-    # -- closing ---------------------------------------------------------
-    def close(self) -> None:
-        """Sign the head, close the connection, release the lock."""
-        if self._lock_fd < 0:
-            return
-        try:
-            self.wal.close()  # first: the write connection, closed last, removes the WAL
-            self.index_pending()
-            self.checkpoint()
-            self.conn.close()
-        finally:
-            os.close(self._lock_fd)
-            self._lock_fd = -1
-            self.log.info("audit_closed", seq=self.seq)
-
-    def __enter__(self) -> Trail:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
 
 
 class QueueRoom:
@@ -538,19 +104,20 @@ class _Settling(Protocol):
     _error: BaseException | None
 
 
-class BatchReceipt:
+class BatchReceipt(Generic[T]):
     """Events handed over to the writer together, committed in one transaction.
 
     The batch itself is the :class:`firewall.audit.events.Receipt` of each of
     its events: ``append`` allocates nothing per event, and one commit wakes
-    its callers with one ``unpark_all``. The writers subclass it with what
-    they carry (rows for the thread, encoded events for the process).
+    its callers with one ``unpark_all``. ``items`` holds what the writer
+    carries per event: rows for the thread, encoded events for the process.
     """
 
-    __slots__ = ("done", "lot", "ok", "writer")
+    __slots__ = ("done", "items", "lot", "ok", "writer")
 
     def __init__(self, writer: _Settling) -> None:
         self.writer = writer
+        self.items: list[T] = []
         self.lot = trio.lowlevel.ParkingLot()
         self.done = False  # committed or failed (set in the trio thread)
         self.ok = False
@@ -576,35 +143,34 @@ class BatchReceipt:
             await self.lot.park()
 
 
-class _Batch(BatchReceipt):
-    """Rows appended between two hand-overs to the writer thread."""
-
-    __slots__ = ("rows",)
-
-    def __init__(self, writer: AuditWriter) -> None:
-        super().__init__(writer)
-        self.rows: list[Row] = []
-
-
 class WriterStats(msgspec.Struct, frozen=True):
     """What the writer (thread or process) has done so far (for metrics and benchmarks)."""
 
     events: int
     batches: int
-    busy_seconds: float  # time spent building, inserting and committing batches
-    cpu_seconds: float = 0.0  # the writer's CPU time in those commits
+    # Wall time the writer core worked: batches (building rows where the core
+    # does, inserting, committing) and the derived tables and checkpoints
+    # between them (firewall.audit.core, rule 4).
+    busy_seconds: float
+    cpu_seconds: float = 0.0  # the core's CPU time meanwhile (thread, or whole child)
 
 
-class WriterSide:
+class WriterSide(Generic[T]):
     """What the trio side of both writers (thread and process) shares: the
-    queue room, the failure and close state, ``flush``, the counters behind
-    ``stats`` and the checks every ``append`` starts with."""
+    queue room, the batches not yet handed over, the failure and close state,
+    ``flush``, settling a batch, the counters behind ``stats`` and the checks
+    every ``append`` starts with."""
 
     def __init__(self, settings: AuditSettings, instance_id: str) -> None:
         self.settings = settings
         self.instance_id = instance_id
         self.durable = settings.mode == "durable"
-        self._last: BatchReceipt | None = None   # the newest batch (flush waits for it)
+        # Batches not yet handed over, oldest first; ``_open`` is the last of
+        # them while it still takes events; ``_last`` the newest batch (flush
+        # waits for it).
+        self._batches: collections.deque[BatchReceipt[T]] = collections.deque()
+        self._open: BatchReceipt[T] | None = None
+        self._last: BatchReceipt[T] | None = None
         self._max_batch = settings.max_batch
         self._room = QueueRoom(settings.queue_size)
         self._error: BaseException | None = None
@@ -631,6 +197,42 @@ class WriterSide:
             self._room.give(1)
             raise AuditError("the audit trail failed; refusing to record more") from self._error
 
+    def _add(self, item: T) -> BatchReceipt[T]:
+        """Put one admitted event's item in the open batch (a new one when it is full)."""
+        batch = self._open
+        if batch is None or len(batch.items) >= self._max_batch:
+            batch = self._open = self._last = BatchReceipt(self)
+            self._batches.append(batch)
+        batch.items.append(item)
+        return batch
+
+    def _take(self) -> BatchReceipt[T]:
+        """Hand over the oldest batch (closing it if it still takes events)."""
+        batch = self._batches.popleft()
+        if batch is self._open:
+            self._open = None
+        return batch
+
+    def _settle(self, batch: BatchReceipt[T], ok: bool,
+                busy: float = 0.0, cpu: float = 0.0) -> None:
+        """In the trio thread: count the batch, wake its callers, free its room."""
+        count = len(batch.items)
+        if ok:
+            self._events += count
+            self._batch_count += 1
+        self._busy += busy
+        self._cpu += cpu
+        batch.done = True
+        batch.ok = ok
+        batch.lot.unpark_all()
+        self._room.give(count)
+
+    def _raise_failure(self, log_event: str) -> None:
+        """After close: raise :class:`AuditError` if the trail failed on the way."""
+        if self._error is not None:
+            raise AuditError(f"the audit trail failed; see the {log_event} log") \
+                from self._error
+
     async def flush(self) -> None:
         """Wait until every event appended so far is committed."""
         last = self._last
@@ -649,7 +251,7 @@ class WriterSide:
         return WriterStats(self._events, self._batch_count, self._busy, self._cpu)
 
 
-class AuditWriter(WriterSide):
+class AuditWriter(WriterSide[Row]):
     """The trio side of the writer thread: the gateway's ``AuditPoint``.
 
     Create it with :func:`open_audit`. ``append`` may be called from any task
@@ -662,17 +264,15 @@ class AuditWriter(WriterSide):
     encoded fails its own ``append`` instead of the trail.
 
     Hand-over (the only state both threads touch, always under ``_lock``):
-    ``_batches`` holds the batches not yet taken by the thread, oldest first;
-    ``_open`` is the last of them while it still takes rows. The thread takes
-    the oldest batch (closing it if it is the open one), so appends never wait
-    for a commit unless the queue is full.
+    ``_batches`` and ``_open`` (see :class:`WriterSide`), ``_idle`` and
+    ``_closing``. The writer thread runs the core with a :class:`_ThreadLink`,
+    which takes the oldest batch, so appends never wait for a commit unless
+    the queue is full.
     """
 
     def __init__(self, settings: AuditSettings, instance_id: str) -> None:
         super().__init__(settings, instance_id)  # _closing is set under _lock here
         self._lock = threading.Lock()
-        self._batches: collections.deque[_Batch] = collections.deque()
-        self._open: _Batch | None = None
         self._idle = False                 # the thread waits for work (under _lock)
         self._wake = threading.Event()
         self._started = threading.Event()
@@ -707,12 +307,10 @@ class AuditWriter(WriterSide):
             self._closing = True
         self._wake.set()
         await trio.to_thread.run_sync(self._thread.join)
-        if self._error is not None:
-            raise AuditError("the audit trail failed; see the audit_write_failed log") \
-                from self._error
+        self._raise_failure("audit_write_failed")
 
     # -- AuditPoint ------------------------------------------------------
-    async def append(self, event: Event) -> _Batch:
+    async def append(self, event: Event) -> BatchReceipt[Row]:
         """Queue one event; waits only while the queue is full (see ``_admit``)."""
         await self._admit()
         seq = self._seq + 1
@@ -725,39 +323,14 @@ class AuditWriter(WriterSide):
         self._head = row[HASH]
         self._seq = seq
         with self._lock:
-            batch = self._open
-            if batch is None or len(batch.rows) >= self._max_batch:
-                batch = self._open = self._last = _Batch(self)
-                self._batches.append(batch)
-            batch.rows.append(row)
+            batch = self._add(row)
             idle = self._idle
             self._idle = False  # one wake-up per idle spell, not one per append
         if idle:
             self._wake.set()
         return batch
 
-    def _settle(self, batch: _Batch, ok: bool) -> None:
-        """Runs in the trio thread: wake the callers of one batch, free queue room."""
-        batch.done = True
-        batch.ok = ok
-        batch.lot.unpark_all()
-        self._room.give(len(batch.rows))
-
-    # -- thread side -----------------------------------------------------
-    def _next(self) -> _Batch | None:
-        with self._lock:
-            self._idle = False
-            if self._batches:
-                batch = self._batches.popleft()
-                if batch is self._open:
-                    self._open = None
-                return batch
-            if self._closing:
-                raise _Closing
-            self._idle = True
-            self._wake.clear()
-            return None
-
+    # -- the writer thread -------------------------------------------------
     def _run(self) -> None:
         try:
             self.trail = Trail(self.settings, self.instance_id)
@@ -766,80 +339,48 @@ class AuditWriter(WriterSide):
             self._started.set()
             return
         self._started.set()
-        trail = self.trail
-        while True:
-            try:
-                batch = self._next()
-            except _Closing:
-                break
-            if batch is None:
-                self._idle_work(trail)
-                continue
-            self._commit(trail, batch)
-            self._guarded(trail.catch_up)
-        try:
-            trail.close()
-        except Exception as exc:
-            if self._error is None:
-                self._error = exc
-            trail.log.error("audit_close_failed", error=repr(exc))
-
-    def _idle_work(self, trail: Trail) -> None:
-        """Nothing to commit: wait for work; meanwhile index and checkpoint when due.
-
-        Full-text indexing takes a slice of at most ``_INDEX_SLICE`` rows at a
-        time, at once when that many wait, else after ``_INDEX_IDLE`` seconds
-        without work, so a new batch waits for at most one slice.
-        """
-        due = trail.checkpoint_due_in()
-        waiting = trail.unindexed() if self._error is None else 0
-        if waiting >= _INDEX_SLICE:
-            self._guarded(lambda: trail.index_pending(_INDEX_SLICE))
-            return
-        timeout = due
-        if waiting:
-            timeout = _INDEX_IDLE if due is None else min(due, _INDEX_IDLE)
-        if self._wake.wait(timeout):
-            return
-        if waiting:
-            self._guarded(lambda: trail.index_pending(_INDEX_SLICE))
-        if trail.checkpoint_due_in() == 0.0:
-            self._guarded(trail.checkpoint)
-
-    def _guarded(self, step: Any) -> None:
-        if self._error is not None:
-            return
-        try:
-            step()
-        except Exception as exc:
-            self._error = exc
-            trail = self.trail
-            if trail is not None:
-                trail.log.error("audit_write_failed", error=repr(exc))
-
-    def _commit(self, trail: Trail, batch: _Batch) -> None:
-        ok = False
-        if self._error is None:
-            t, cpu = time.perf_counter(), time.thread_time()
-            try:
-                trail.append_rows(batch.rows)
-                ok = True
-            except Exception as exc:
-                self._error = exc
-                trail.log.error("audit_write_failed", error=repr(exc), events=len(batch.rows))
-            self._busy += time.perf_counter() - t
-            self._cpu += time.thread_time() - cpu
-            if ok:
-                self._events += len(batch.rows)
-                self._batch_count += 1
         token = self._token
-        if token is not None:
-            with suppress(trio.RunFinishedError):
-                token.run_sync_soon(self._settle, batch, ok)
+        assert token is not None
+        error = core.run(self.trail, _ThreadLink(self, token), time.thread_time)
+        if self._error is None:
+            self._error = error  # a failure to close (a failure to write is set already)
 
 
-class _Closing(Exception):
-    """Raised in the writer thread when the queue is drained and the writer closes."""
+class _ThreadLink:
+    """The writer thread's :class:`firewall.audit.core.Link`: batches from the
+    writer's deque (under its lock), acks back with one hop to the trio thread."""
+
+    __slots__ = ("token", "writer")
+
+    def __init__(self, writer: AuditWriter, token: trio.lowlevel.TrioToken) -> None:
+        self.writer = writer
+        self.token = token
+
+    def receive(self, timeout: float | None) -> BatchReceipt[Row] | None:
+        writer = self.writer
+        while True:
+            with writer._lock:
+                writer._idle = False
+                if writer._batches:
+                    return writer._take()
+                if writer._closing:
+                    raise core.Closed
+                writer._idle = True
+                writer._wake.clear()
+            if not writer._wake.wait(timeout):
+                return None
+
+    def rows(self, batch: BatchReceipt[Row], trail: Trail) -> list[Row]:
+        return batch.items  # built (and chained) by append
+
+    def acknowledge(self, batch: BatchReceipt[Row], ack: core.Ack) -> bool:
+        with suppress(trio.RunFinishedError):
+            self.token.run_sync_soon(self.writer._settle, batch, ack.ok, ack.busy, ack.cpu)
+        return True
+
+    def failed(self, error: BaseException) -> None:
+        # Set here, in the writer thread, so appends refuse at once (rule 5).
+        self.writer._error = error
 
 
 @asynccontextmanager
