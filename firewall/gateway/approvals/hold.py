@@ -262,6 +262,7 @@ class Held:
         self._started = time.monotonic()
         every = self._holds.settings.progress_seconds
         with self._scope:
+            await trio.lowlevel.checkpoint_if_cancelled()  # withdrawn already: nobody asked
             async with trio.open_nursery() as nursery:
                 if to_client is not None and self._token is not None and every > 0:
                     nursery.start_soon(self._keep_alive, to_client, self._token, every)
