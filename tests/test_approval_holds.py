@@ -299,6 +299,7 @@ async def test_a_held_post_streams_its_waiting_and_its_disconnect_withdraws_the_
         await trio.testing.wait_all_tasks_blocked()
         assert b"notifications/progress" in asgi.body()
         await asgi.incoming.send({"type": "http.disconnect"})
+        mock_clock.autojump_threshold = 0  # not withdrawn: the question would expire
     (routed,) = out
     assert routed.upstream is None and routed.client is None  # withdrawn
     assert asgi.exchange.disconnected
