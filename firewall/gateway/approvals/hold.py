@@ -38,7 +38,7 @@ reaches a server without its decision and receipt. Rules this module keeps
    recorded as ``rejected`` with the reason and never answered, or refused
    because mcpwall stops (:meth:`Holds.refuse`: answered, the desk's request
    marked ``abandoned``). A withdrawal that comes before the wait starts
-   ends the call as soon as it does.
+   ends the call when it starts, before anyone is asked.
 5. From its decision until the mediator has recorded its verdict (and, if
    approved, tracks it as forwarded), a held call's request id is in use
    (``rid in holds``): a second request with that id is refused.
