@@ -261,7 +261,7 @@ async def held(med: Mediator, data: bytes, sent: list[bytes] | None = None) -> R
         if sent is not None:
             sent.append(message)
 
-    return await routed.held(to_client if sent is not None else None)
+    return await routed.held.wait(to_client if sent is not None else None)
 
 
 async def test_session_scope_lets_later_calls_of_the_session_through(tmp_path: Path) -> None:
@@ -289,7 +289,7 @@ async def test_session_scope_lets_later_calls_of_the_session_through(tmp_path: P
             nursery.start_soon(third)
             await trio.sleep(0.3)
             assert not out, "a session-scoped approval let another session through"
-            assert other.withdraw_held("the client disconnected") == 1
+            assert other.holds.withdraw("the client disconnected") == 1
         assert out[0].upstream is None and out[0].client is None  # withdrawn: no answer
     with open_store(db) as store:
         assert [r.status for r in store.list(None)] == ["expired", "approved"]
@@ -351,7 +351,7 @@ async def test_no_progress_without_a_token(tmp_path: Path,
             nursery.start_soon(held, med, call(1, DELETE), sent)
             await trio.sleep(60)
             assert sent == []
-            assert med.withdraw_held("the client disconnected") == 1
+            assert med.holds.withdraw("the client disconnected") == 1
 
 
 INITIALIZE_ELICITING = json.dumps({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
@@ -390,7 +390,7 @@ async def test_elicitation_accept_approves_and_decline_rejects() -> None:
     audit = Recorder()
     med = Mediator(server="vm", session="s1", caller=ALICE, policy=engine(), audit=audit)
     assert (await med.from_client(INITIALIZE_ELICITING)).upstream is not None
-    assert med.client_elicits
+    assert med.holds.client_elicits
     approved, question = await elicited(med, {"action": "accept", "content": {"approve": True}})
     assert approved.upstream is not None
     assert question["method"] == "elicitation/create"
@@ -497,7 +497,7 @@ async def test_refuse_held_answers_and_marks_the_request_abandoned(tmp_path: Pat
             nursery.start_soon(run)
             while not pending(db):
                 await trio.to_thread.run_sync(time.sleep, 0.01)
-            assert med.refuse_held("mcpwall is shutting down") == 1
+            assert med.holds.refuse("mcpwall is shutting down") == 1
     assert out[0].upstream is None and out[0].client is not None
     assert b"mcpwall is shutting down" in out[0].client
     with open_store(db) as store:

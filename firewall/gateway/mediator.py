@@ -36,27 +36,19 @@ fronts own the I/O; the mediator owns the rules. Invariants it keeps:
    upstream_failure, cancelled).
 6. Malformed input is answered (-32700/-32600/-32602) and the session lives on.
 7. A client request a rule holds for approval (``pending``) goes nowhere until
-   a person decides: approved, it is forwarded as if allowed; rejected or
-   expired, it is refused. Both verdicts are decision events of the same
-   call_id, plus an ``approval`` lifecycle event. Without an approval desk,
-   ``pending`` is refused at once with -32003 (unless the person in the client
-   can be asked, rule 9), recorded as ``pending`` then ``rejected`` with the
-   reason that nobody can approve it here; the client is told that it is
-   refused and why, never that it is held. A
-   standing approval (an earlier one given for the session or for N minutes)
-   lets a held call through at once, recorded as
-   ``approved`` with a reason naming it. While a call is held and its request
-   carried ``_meta.progressToken``, the client gets ``notifications/progress``
-   every ``progress_seconds`` so that it keeps waiting.
-8. A held call ends exactly once: by its verdict, or withdrawn (the client
-   cancelled it or went away), recorded as ``rejected`` with the reason and
-   never answered.
-9. A rule with ``"approval": "client"`` asks the person in the client
-   (``elicitation/create``) when the client advertised elicitation in its
-   ``initialize``; otherwise the desk decides. Requests mcpwall itself sends
-   to the client have ids of their own (``mcpwall-<random>-<n>``); their
-   answers are consumed here and never reach the upstream, and a server
-   request reusing such an id is refused.
+   a person decides; the approvals package decides who asks whom, waits,
+   and says how the call ended (:mod:`firewall.gateway.approvals.hold`,
+   its rules 1 to 5: desk or client, standing approvals, progress,
+   withdrawal). The mediator records that verdict as a decision event of the
+   same call_id and forwards the call (through the same path as an allowed
+   one) or refuses it. When nobody can decide it here, the call is refused
+   at once with -32003, recorded as ``pending`` then ``rejected``.
+8. A held call reaches a front as a :class:`HeldCall` (``Routed.held``):
+   ``await held.wait(to_client)`` gives the Routed of its verdict,
+   ``held.withdraw(reason)`` ends it unanswered when its client goes away.
+9. Requests mcpwall itself sends to the client (elicitation) have ids of
+   their own; their answers are consumed by the approvals package and never
+   reach the upstream, and a server request reusing such an id is refused.
 10. A response is relayed only if it answers a request this mediator
    forwarded (same id, same direction), once. Any other response (an id
    mcpwall never forwarded, or answered already) is dropped, logged
@@ -86,10 +78,8 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
-import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, Final, Literal
 
 import msgspec
@@ -102,13 +92,8 @@ from firewall.audit.events import (
     Receipt,
     append_lifecycle,
 )
-from firewall.gateway.approvals.desk import (
-    STOPPED,
-    ApprovalDesk,
-    Verdict,
-    Withdrawal,
-    redact_arguments,
-)
+from firewall.gateway.approvals.desk import ApprovalDesk
+from firewall.gateway.approvals.hold import CANCELLED_BY_CLIENT, NO_DESK, Held, Holds, ToClient
 from firewall.gateway.outbound import Outbound
 from firewall.log import get_logger
 from firewall.policy import render
@@ -118,17 +103,11 @@ from firewall.policy.limits import PendingLimit
 from firewall.protocol import framing, jsonrpc, mcp
 from firewall.protocol.jsonrpc import Kind, RequestId
 from firewall.protocol.mcp import Call
-from firewall.settings.approvals import ApprovalSettings
 
-# Sends one message to the client now (a front's writer); for held calls.
-ToClient = Callable[[bytes], Awaitable[None]]
-_DEFAULTS: Final = ApprovalSettings()
 # Dropped messages recorded in the audit trail per session; later ones are
 # logged only (a hostile peer must not turn its garbage into audit rows).
 DROPS_RECORDED: Final = 100
 NOTIFICATION_PREFIX: Final = "notifications/"
-NO_DESK: Final = ("held for approval, but nobody can approve it here: there is no "
-                  "approval desk, and the person in the client cannot be asked")
 
 
 class Routed:
@@ -150,7 +129,7 @@ class Routed:
         upstream: Outbound | None = None,
         client: bytes | None = None,
         receipt: Receipt | None = None,
-        held: Callable[[ToClient | None], Awaitable[Routed]] | None = None,
+        held: HeldCall | None = None,
         answers: RequestId | None = None,
         rejected: bytes | None = None,
     ) -> None:
@@ -159,12 +138,53 @@ class Routed:
         self.client = client
         self.receipt = receipt
         self.rejected = rejected
-        # Set (and nothing else) when the message waits for a person: awaiting
-        # ``held(to_client)`` gives the Routed of the verdict; ``to_client``
-        # (None if the front cannot send before the answer) carries progress
-        # keep-alives and elicitation. Only from_client(wait=False) returns it.
+        # Set (and nothing else) when the message waits for a person (rule 8).
+        # Only from_client(wait=False) returns it.
         self.held = held
 
+
+class HeldCall:
+    """A client request held for approval, as a front sees it (rule 8).
+
+    ``await held.wait(to_client)`` gives the Routed of its verdict:
+    ``upstream`` when approved, ``client`` with the refusal, neither when
+    withdrawn. ``to_client`` (None when the front cannot write before the
+    answer) carries progress keep-alives and elicitation. The wait is the
+    approvals package's; recording and forwarding stay the mediator's.
+
+    Example (a front)::
+
+        if routed.held is not None:
+            routed = await routed.held.wait(to_client)
+    """
+
+    __slots__ = ("_held", "_line", "_mediator", "_msg", "_reservation")
+
+    def __init__(self, mediator: Mediator, held: Held, msg: jsonrpc.Message,
+                 line: bytes, reservation: Reservation | None = None) -> None:
+        self._mediator = mediator
+        self._held = held
+        self._msg = msg
+        self._line = line  # the canonical bytes that were decided
+        # What the call added to its counters when decided (rule 13): kept by
+        # the forwarded call when approved, given back otherwise.
+        self._reservation = reservation
+
+    def withdraw(self, reason: str) -> None:
+        """End the call unanswered (its client went away), recorded with ``reason``."""
+        self._held.withdraw(reason)
+
+    async def wait(self, to_client: ToClient | None) -> Routed:
+        """Wait for the verdict, record it, then forward or refuse the call."""
+        mediator = self._mediator
+        kept = False
+        try:
+            routed = await mediator._settle(self._held, self._msg, self._line, to_client)
+            kept = mediator._keep(self._reservation, self._held.rid, routed)
+            return routed
+        finally:
+            if not kept:
+                await _give_back(self._reservation)
 
 
 class _Pending(msgspec.Struct):
@@ -175,38 +195,6 @@ class _Pending(msgspec.Struct):
     # What the call added to its counters: kept when the answer is a result,
     # given back when it is a JSON-RPC error (rule 13).
     counters: Reservation | None = None
-
-
-class _Hold:
-    """One held call: its cancel scope, why it ended early, what progress says."""
-
-    __slots__ = ("answer", "approval", "label", "reason", "scope", "withdrawal")
-
-    def __init__(self) -> None:
-        self.scope = trio.CancelScope()
-        self.reason = "cancelled by the client"
-        self.label = "waiting for approval"
-        self.approval: str | None = None
-        self.answer = False  # ended early: refuse with ``reason`` (else no answer)
-        self.withdrawal = Withdrawal()
-
-
-class _Answer(msgspec.Struct, frozen=True):
-    """How a held call was decided: the verdict, the reason recorded, by what means."""
-
-    verdict: Verdict
-    reason: str
-    via: Literal["desk", "standing", "client", "none"]
-    approval: str | None = None
-
-
-class _ElicitResult(msgspec.Struct):
-    action: str = "cancel"
-    content: dict[str, Any] | None = None
-
-
-_elicit_decoder: Final = msgspec.json.Decoder(_ElicitResult)
-ELICIT_FIELD: Final = "approve"
 
 
 class _ToolResultFlag(msgspec.Struct):
@@ -256,17 +244,12 @@ class Mediator:
         self._client_pending: dict[RequestId, _Pending] = {}
         self._server_pending: dict[RequestId, _Pending] = {}
         self._tools_list_ids: set[RequestId] = set()
-        self._held_calls: dict[RequestId, _Hold] = {}
-        self._held_ids: set[RequestId] = set()  # held, from decision to verdict
         self._counter = itertools.count(1)
-        # Set from the client's initialize: may mcpwall ask the person there?
-        self.client_elicits = False
-        # Requests mcpwall sent to the client, by id: (answered, answer).
-        self._own: dict[RequestId, tuple[trio.Event, list[jsonrpc.Message]]] = {}
-        self._own_prefix = f"mcpwall-{secrets.token_hex(6)}-"
-        self._own_counter = itertools.count(1)
         self._drops = 0
         self.log = get_logger(server=server, session=session, principal=caller.principal)
+        # The calls held for approval and mcpwall's own requests to the client.
+        self.holds = Holds(approvals, audit, server=server, session=session, caller=caller,
+                           log=self.log, taken=self._server_pending)
 
     @property
     def pending_count(self) -> int:
@@ -288,31 +271,10 @@ class Mediator:
         try:
             routed = await self._from_client(data, decoded, call)
             if wait and routed.held is not None:
-                return await routed.held(None)
+                return await routed.held.wait(None)
         except Exception as exc:  # rule 11: this message fails, nothing else
             return self._failed("client", data, exc)
         return routed
-
-    def withdraw_held(self, reason: str, request_id: RequestId | None = None) -> int:
-        """Withdraw the held calls (all, or the one of ``request_id``): the client
-        is gone. Each is recorded as rejected with ``reason`` and gets no answer."""
-        holds = (list(self._held_calls.values()) if request_id is None
-                 else [h for h in (self._held_calls.get(request_id),) if h is not None])
-        for hold in holds:
-            hold.reason = reason
-            hold.scope.cancel()
-        return len(holds)
-
-    def refuse_held(self, reason: str) -> int:
-        """End every held call with a refusal naming ``reason`` (mcpwall stops):
-        recorded as rejected, the request marked abandoned, the client answered."""
-        for hold in self._held_calls.values():
-            hold.reason = reason
-            hold.answer = True
-            hold.withdrawal.status = "abandoned"
-            hold.withdrawal.note = STOPPED
-            hold.scope.cancel()
-        return len(self._held_calls)
 
     async def _from_client(self, data: bytes, decoded: jsonrpc.Envelope | None = None,
                            call: mcp.Call | None = None) -> Routed:
@@ -335,12 +297,8 @@ class Mediator:
         if kind is Kind.REQUEST:  # decoded by the front: the view is still to be made
             return await self._request(msg, data, "client")
         if kind is Kind.RESPONSE:
-            if self._own:
-                own = self._own.get(msg.request_id) if msg.request_id is not None else None
-                if own is not None:  # the answer to mcpwall's own question
-                    own[1].append(msg)
-                    own[0].set()
-                    return Routed()
+            if self.holds.own_answer(msg):  # the answer to mcpwall's own question
+                return Routed()
             pending = self._server_pending.get(msg.request_id)  # type: ignore[arg-type]
             if pending is None:
                 await self._dropped("client", "response_unmatched", msg, data)
@@ -462,7 +420,7 @@ class Mediator:
                              reason=str(exc))
             return _to(reply_side, jsonrpc.error_response(
                 rid, jsonrpc.INVALID_REQUEST, f"invalid JSON-RPC request: {exc}"))
-        if direction == "server" and self._own and rid in self._own:
+        if direction == "server" and self.holds.asked(rid):
             decision = Decision(DENY, rule="protocol",
                                 reason=f"request id {rid!r} is in use by mcpwall")
         elif (problem := _id_problem(msg.id)) is not None:
@@ -480,35 +438,16 @@ class Mediator:
                 decision = await decision.settle()
         if direction == "client" and call.method == mcp.INITIALIZE:
             # initialize always comes as a full Message (only calls come lighter)
-            self.client_elicits = (isinstance(msg, jsonrpc.Message)
-                                   and mcp.offers_elicitation(msg))
+            self.holds.client_elicits = (isinstance(msg, jsonrpc.Message)
+                                         and mcp.offers_elicitation(msg))
         call_id = f"{self.session}.{next(self._counter)}"
         receipt = await self._decided(call, msg, decision, call_id)
         if decision.action == PENDING and not decision.dry_run:
-            if direction == "client" and (
-                    self.approvals is not None
-                    or (decision.approval == "client" and self.client_elicits)):
+            if direction == "client" and self.holds.can_hold(decision):
                 # A held call is rare: it gets the full envelope (raw params) back.
                 full = msg if isinstance(msg, jsonrpc.Message) else jsonrpc.decode(data)
-                held_call = call
-
-                if rid is not None:
-                    self._held_ids.add(rid)
-
-                async def verdict(to_client: ToClient | None) -> Routed:
-                    kept = False
-                    try:
-                        routed = await self._held(held_call, full, line, decision, call_id,
-                                                  to_client)
-                        kept = self._keep(reservation, rid, routed)
-                        return routed
-                    finally:
-                        if rid is not None:
-                            self._held_ids.discard(rid)
-                        if not kept:
-                            await _give_back(reservation)
-
-                return Routed(held=verdict)
+                held = self.holds.hold(call, full, decision, call_id)
+                return Routed(held=HeldCall(self, held, full, line, reservation))
             # Nobody can decide it here: refused now, and recorded as such.
             await _give_back(reservation)
             why = f"{decision.reason.rstrip('.')}; {NO_DESK}" if decision.reason else NO_DESK
@@ -548,7 +487,7 @@ class Mediator:
     def _in_flight(self, rid: RequestId, direction: str) -> bool:
         """Whether a request of this side with id ``rid`` waits for its answer."""
         if direction == "client":
-            return rid in self._client_pending or rid in self._held_ids
+            return rid in self._client_pending or rid in self.holds
         return rid in self._server_pending
 
     def _forwarded(self, call: mcp.Call, rid: RequestId | None, line: bytes, direction: str,
@@ -565,186 +504,23 @@ class Mediator:
             return Routed(upstream=Outbound.decided(line, receipt, call_id), receipt=receipt)
         return Routed(client=line, receipt=receipt)
 
-    async def _held(self, call: mcp.Call, msg: jsonrpc.Message, line: bytes,
-                    decision: Decision, call_id: str, to_client: ToClient | None) -> Routed:
-        """Wait for the verdict on a held call, then forward or refuse it."""
-        started = time.monotonic()
-        rid = msg.request_id
-        hold = _Hold()
-        answer: _Answer | None = None
-        with hold.scope:
-            if rid is not None:
-                self._held_calls[rid] = hold
-            try:
-                async with trio.open_nursery() as nursery:
-                    token = mcp.progress_token(msg) if to_client is not None else None
-                    if token is not None and to_client is not None and self._progress_every > 0:
-                        nursery.start_soon(self._keep_alive, to_client, token, hold)
-                    answer = await self._approve(call, decision, call_id, to_client, hold)
-                    nursery.cancel_scope.cancel()
-            finally:
-                if rid is not None:
-                    self._held_calls.pop(rid, None)
-        if answer is None:
-            # Withdrawn: the client cancelled the request (notifications/cancelled)
-            # or went away, and gets no answer; or mcpwall stops, and the client
-            # is told. The desk closed the request.
-            refusal = Decision(DENY, rule=decision.rule, reason=hold.reason)
-            receipt = await self._decided(call, msg, refusal, call_id, recorded_as="rejected")
-            ended = "abandoned" if hold.answer else "withdrawn"
-            await self._approval_event(call_id, hold.approval, ended, None, hold.reason,
-                                       started, via="desk" if hold.approval else "client")
-            self.log.info("call_approval_ended", approval=hold.approval, verdict=ended,
-                          reason=hold.reason)
-            if hold.answer:
-                return Routed(client=self._refusal(call, rid, refusal), receipt=receipt)
-            return Routed()
-        verdict = answer.verdict
-        outcome = "approved" if verdict.status == "approved" else "rejected"
-        final = Decision(ALLOW if outcome == "approved" else DENY, rule=decision.rule,
-                         reason=answer.reason)
-        receipt = await self._decided(call, msg, final, call_id, recorded_as=outcome)
-        await self._approval_event(call_id, answer.approval, verdict.status, verdict.by,
-                                   verdict.note, started, via=answer.via, scope=verdict.scope)
-        self.log.info("call_approval_ended", approval=answer.approval, verdict=verdict.status,
-                      by=verdict.by, via=answer.via)
-        if outcome == "approved":
-            return self._forwarded(call, msg.request_id, line, "client", call_id, receipt)
-        return Routed(client=self._refusal(call, msg.request_id, final), receipt=receipt)
-
-    @property
-    def _settings(self) -> ApprovalSettings:
-        return self.approvals.settings if self.approvals is not None else _DEFAULTS
-
-    @property
-    def _progress_every(self) -> float:
-        return self._settings.progress_seconds
-
-    async def _approve(self, call: mcp.Call, decision: Decision, call_id: str,
-                       to_client: ToClient | None, hold: _Hold) -> _Answer:
-        """Who decides a held call, and what they decided."""
-        desk = self.approvals
-        if desk is not None:
-            standing = desk.standing_for(session=self.session, principal=self.caller.principal,
-                                         server=self.server, target=call.target,
-                                         rule=decision.rule)
-            if standing is not None:
-                return _Answer(Verdict("approved", standing.by, f"standing approval {standing.id}",
-                                       standing.scope, standing.until_ns),
-                               f"approved by standing approval {standing.id} "
-                               f"({standing.by or 'someone'}, {standing.describe()})",
-                               "standing", standing.id)
-        if decision.approval == "client" and self.client_elicits and to_client is not None:
-            return await self._elicit(call, decision, to_client, hold)
-        if desk is None:
-            return _Answer(Verdict("rejected"), "approval in the client is not possible here "
-                           "(the client cannot be asked on this connection) and there is no "
-                           "approval desk", "none")
-        request = desk.new_request(
-            session=self.session, principal=self.caller.principal, grant=self.caller.grant,
-            server=self.server, method=call.method, target=call.target,
-            arguments=call.arguments, rule=decision.rule, reason=decision.reason,
-            call_id=call_id)
-        hold.approval = request.id
-        hold.label = f"waiting for approval (request {request.id})"
-        self.log.warning("call_held", method=call.method, target=call.target,
-                         rule=decision.rule, approval=request.id)
-        verdict = await desk.ask(request, hold.withdrawal)
-        by = verdict.by or "nobody"
-        note = f": {verdict.note}" if verdict.note else ""
-        if verdict.status == "approved":
-            reason = f"approved by {by}{note}"
-            if verdict.scope == "session":
-                reason += " (for the rest of the session)"
-            elif verdict.scope == "minutes":
-                reason += f" (until {_utc(verdict.scope_until_ns)} for this principal)"
-        elif verdict.status == "expired":
-            reason = f"no one approved it within {desk.settings.timeout_seconds:g} s"
-        else:
-            reason = f"rejected by {by}{note}"
-        return _Answer(verdict, reason, "desk", request.id)
-
-    async def _elicit(self, call: mcp.Call, decision: Decision, to_client: ToClient,
-                      hold: _Hold) -> _Answer:
-        """Ask the person in the client (elicitation/create) and wait for the answer."""
-        ident = self._own_id()
-        answered, box = trio.Event(), list[jsonrpc.Message]()
-        self._own[ident] = (answered, box)
-        hold.label = "waiting for your answer in the client"
-        timeout = self._settings.timeout_seconds
-        self.log.warning("call_held", method=call.method, target=call.target,
-                         rule=decision.rule, approval="client", elicitation=ident)
+    async def _settle(self, held: Held, msg: jsonrpc.Message, line: bytes,
+                      to_client: ToClient | None) -> Routed:
+        """Wait for the verdict on a held call (rule 7), record it, forward or refuse it."""
         try:
-            await to_client(jsonrpc.request(mcp.ELICITATION_CREATE,
-                                            self._question(call, decision), ident))
-            with trio.move_on_after(timeout):
-                await answered.wait()
+            ended = await held.verdict(to_client)
+            receipt = await self._decided(held.call, msg, ended.decision, held.call_id,
+                                          recorded_as=ended.recorded_as)
+            await held.end(ended)
+            if ended.decision.action == ALLOW:
+                return self._forwarded(held.call, held.rid, line, "client", held.call_id,
+                                       receipt)
         finally:
-            self._own.pop(ident, None)
-            if not box:  # withdrawn or no answer: the client may drop the question
-                with trio.CancelScope(shield=True), trio.move_on_after(5):
-                    await to_client(jsonrpc.request(mcp.CANCELLED, {
-                        "requestId": ident, "reason": "mcpwall: the call no longer waits"}))
-        who = f"client:{self.caller.principal}"
-        if not box:
-            return _Answer(Verdict("expired"), f"no answer in the client within {timeout:g} s",
-                           "client")
-        result = None
-        if box[0].has_result:
-            with contextlib.suppress(*jsonrpc.DECODE_ERRORS):
-                result = _elicit_decoder.decode(box[0].result)
-        if result is None:
-            return _Answer(Verdict("rejected", who, "the client answered with an error"),
-                           f"rejected: the client could not ask ({who})", "client")
-        if result.action == "accept" and (result.content or {}).get(ELICIT_FIELD) is True:
-            return _Answer(Verdict("approved", who, "accepted in the client"),
-                           f"approved by {who} in the client", "client")
-        what = "declined" if result.action != "accept" else "accepted without approving"
-        if result.action == "cancel":
-            what = "cancelled"
-        return _Answer(Verdict("rejected", who, f"{what} in the client"),
-                       f"rejected by {who} in the client ({what})", "client")
-
-    def _question(self, call: mcp.Call, decision: Decision) -> dict[str, Any]:
-        args = json.dumps(redact_arguments(call.arguments or {}), sort_keys=True)
-        if len(args) > 500:
-            args = args[:497] + "..."
-        why = f" ({decision.reason})" if decision.reason else ""
-        return {
-            "message": f"mcpwall holds a call for your approval: {call.target or call.method} "
-                       f"on server {self.server!r} with arguments {args}. "
-                       f"Rule {decision.rule}{why}. Approve this call?",
-            "requestedSchema": {
-                "type": "object",
-                "properties": {ELICIT_FIELD: {"type": "boolean", "title": "Approve this call",
-                                              "default": False}},
-                "required": [ELICIT_FIELD],
-            },
-        }
-
-    def _own_id(self) -> str:
-        while True:
-            ident = f"{self._own_prefix}{next(self._own_counter)}"
-            if ident not in self._server_pending:  # never an id the client may answer twice
-                return ident
-
-    async def _keep_alive(self, to_client: ToClient, token: int | str, hold: _Hold) -> None:
-        """Progress notifications while a call is held, so the client keeps waiting."""
-        count = 0
-        while True:
-            await trio.sleep(self._progress_every)
-            count += 1
-            await to_client(mcp.progress(token, count, hold.label))
-
-    async def _approval_event(self, call_id: str, approval: str | None, verdict: str,
-                              by: str | None, note: str | None, started: float, *,
-                              via: str, scope: str = "call") -> None:
-        await append_lifecycle(self.audit, "approval", session=self.session,
-                               principal=self.caller.principal, server=self.server, detail={
-                                   "approval": approval, "call_id": call_id,
-                                   "verdict": verdict, "by": by, "note": note, "via": via,
-                                   "scope": scope,
-                                   "waited_s": round(time.monotonic() - started, 3)})
+            held.release()  # after _forwarded: its id stays in flight throughout
+        if not ended.answered:  # withdrawn: no answer
+            return Routed()
+        return Routed(client=self._refusal(held.call, held.rid, ended.decision),
+                      receipt=receipt)
 
     async def _decided(
         self, call: mcp.Call, msg: jsonrpc.Envelope, decision: Decision, call_id: str,
@@ -921,9 +697,7 @@ class Mediator:
             if isinstance(rid, (int, str)):
                 if rid in self._client_pending:
                     self._client_pending[rid].cancelled = True
-                held = self._held_calls.get(rid)
-                if held is not None:
-                    held.scope.cancel()
+                self.holds.withdraw(CANCELLED_BY_CLIENT, rid)
 
     def _filter_tools_list(self, msg: jsonrpc.Message, data: bytes) -> bytes:
         """Drop the tools this caller can never call; keep the bytes if none is dropped."""
@@ -963,10 +737,6 @@ def _id_problem(ident: object) -> str | None:
         return (f"request id {ident} is beyond 2**53 - 1, where JSON readers disagree on "
                 "its value")
     return None
-
-
-def _utc(ns: int | None) -> str:
-    return "?" if ns is None else time.strftime("%H:%M:%S UTC", time.gmtime(ns / 1e9))
 
 
 def _to(side: str, data: bytes) -> Routed:

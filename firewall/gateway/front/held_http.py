@@ -17,24 +17,21 @@ way. Rules this module keeps:
 
 Example::
 
-    routed = await hold(ex, routed.held, mediator, rid, stream=accept_sse,
-                        headers=headers, keepalive=15)
+    routed = await hold(ex, routed.held, stream=accept_sse, headers=headers,
+                        keepalive=15)
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 import trio
 
 from firewall.gateway.http.exchange import Exchange
-from firewall.gateway.mediator import Mediator, Routed, ToClient
+from firewall.gateway.mediator import HeldCall, Routed
 from firewall.protocol import jsonrpc, sse
 from firewall.protocol.jsonrpc import RequestId
 
 
-async def hold(ex: Exchange, held: Callable[[ToClient | None], Awaitable[Routed]],
-               mediator: Mediator, rid: RequestId, *, stream: bool,
+async def hold(ex: Exchange, held: HeldCall, *, stream: bool,
                headers: list[tuple[str, str]], keepalive: float) -> Routed:
     """Wait for the verdict on a held call while its POST stays open.
 
@@ -63,13 +60,13 @@ async def hold(ex: Exchange, held: Callable[[ToClient | None], Awaitable[Routed]
 
     async def watch() -> None:
         await ex.wait_disconnect()
-        mediator.withdraw_held("the client disconnected", rid)
+        held.withdraw("the client disconnected")
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watch)
         if stream:
             nursery.start_soon(keep_open)
-        routed = await held(to_client if stream else None)
+        routed = await held.wait(to_client if stream else None)
         nursery.cancel_scope.cancel()
     return routed
 

@@ -205,8 +205,7 @@ class HttpEndpoint:
                     call: mcp.Call | None) -> None:
         routed = await mediator.from_client(body, wait=False, decoded=msg, call=call)
         if routed.held is not None and msg.request_id is not None:  # held_http's rules
-            routed = await held_http.hold(ex, routed.held, mediator, msg.request_id,
-                                          stream=_admits_sse(ex), headers=[],
+            routed = await held_http.hold(ex, routed.held, stream=_admits_sse(ex), headers=[],
                                           keepalive=self.keepalive)
             if routed.upstream is None:
                 await held_http.finish(ex, msg.request_id, routed, [])

@@ -203,7 +203,7 @@ class HttpFront:
             if ender is not None:
                 ender()
             # Held calls would outlast the grace period: refuse them now.
-            session.mediator.refuse_held("mcpwall is shutting down")
+            session.mediator.holds.refuse("mcpwall is shutting down")
         self.drained.set()
 
     def close(self) -> None:

@@ -155,7 +155,7 @@ class Session:
 
     async def end(self, reason: str) -> None:
         """Close the session and record its end in the audit trail, once."""
-        self.mediator.withdraw_held(f"the session ended ({reason})")
+        self.mediator.holds.withdraw(f"the session ended ({reason})")
         await self.close(reason)
         if self.mediator.approvals is not None:
             with trio.CancelScope(shield=True):

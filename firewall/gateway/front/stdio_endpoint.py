@@ -495,8 +495,7 @@ class StdioEndpoint:
             return None
         routed = await session.mediator.from_client(body, wait=False, decoded=msg)
         if routed.held is not None:  # waits for a person (held_http's rules)
-            routed = await held_http.hold(ex, routed.held, session.mediator, rid,
-                                          stream=accept_sse, headers=headers,
+            routed = await held_http.hold(ex, routed.held, stream=accept_sse, headers=headers,
                                           keepalive=self.front.listen.keepalive_seconds)
             if routed.upstream is None:
                 return await held_http.finish(ex, rid, routed, headers)

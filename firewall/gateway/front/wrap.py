@@ -31,13 +31,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
 
 from firewall.config import StdioServer
-from firewall.gateway.mediator import Mediator, Routed, ToClient
+from firewall.gateway.mediator import HeldCall, Mediator
 from firewall.gateway.outbound import Outbound
 from firewall.gateway.upstream.stdio import (
     ChildExited,
@@ -81,8 +80,8 @@ class WrapSession:
             nursery.start_soon(self._read_child)
             with self._client_scope:
                 await self._read_client()
-            self.mediator.withdraw_held("the client disconnected" if self._client_eof
-                                        else "the session ended")
+            self.mediator.holds.withdraw("the client disconnected" if self._client_eof
+                                         else "the session ended")
             # Client EOF (or the client or the child gone): ask the child to
             # exit, relaying what it still says until it does. Returns at once
             # when the child has already exited.
@@ -144,13 +143,13 @@ class WrapSession:
             return False
         return True
 
-    async def _release(self, held: Callable[[ToClient | None], Awaitable[Routed]]) -> None:
+    async def _release(self, held: HeldCall) -> None:
         """Forward or refuse a held call once a person (or the deadline) decided."""
 
         async def to_client(data: bytes) -> None:
             await self._to_client([data])
 
-        r = await held(to_client)
+        r = await held.wait(to_client)
         await self._to_client([r.client] if r.client is not None else [])
         if r.upstream is not None:
             with contextlib.suppress(ChildExited):
