@@ -233,12 +233,11 @@ class HttpEndpoint:
                 return
             rid = msg.request_id if is_request else None
             what = f"failed: {exc.reason.value}"
+            status = 504 if exc.code == jsonrpc.UPSTREAM_TIMEOUT else 502
             if rid is None:  # nothing is owed but mcpwall's own word
-                if ex.started:
-                    await ex.end()
-                else:
-                    await refuse(ex, 504 if exc.code == jsonrpc.UPSTREAM_TIMEOUT else 502,
-                                 exc.code, f"upstream server {self.name!r} {what}")
+                if not ex.started:
+                    await refuse(ex, status, exc.code, f"upstream server {self.name!r} {what}")
+                await ex.end()
                 return
             [reply] = await mediator.unanswered(
                 TimedOut(self.timeout) if exc.reason is Reason.TIMEOUT else Lost(what, exc.code),
@@ -246,7 +245,7 @@ class HttpEndpoint:
             if ex.started:  # a held call's stream: the answer is its last event
                 await end_with(ex, reply)
             else:
-                await ex.respond(504 if exc.code == jsonrpc.UPSTREAM_TIMEOUT else 502, reply)
+                await ex.respond(status, reply)
 
     async def _relay_post(self, ex: Exchange, resp: Response, session: HttpSession | None,
                           created: HttpSession | None, mediator: Mediator,
