@@ -21,7 +21,7 @@ import trio
 
 from firewall.config import Config, HttpSettings, ListenSettings, StdioServer
 from firewall.gateway.front.http_front import HttpFront, origin_allowed, run_front
-from firewall.gateway.front.sessions import EventStream, parse_event_id
+from firewall.gateway.front.sessions import SessionStream, parse_event_id
 from firewall.gateway.upstream.http import HttpUpstream, UpstreamError
 from firewall.identity import TokenEntry, hash_token
 from firewall.policy.decision import AllowAll, Caller, Decision
@@ -215,8 +215,8 @@ def test_origin_allow_list() -> None:
     assert origin_allowed("http://anything", ["*"])
 
 
-async def test_event_stream_replay_is_bounded() -> None:
-    stream = EventStream(3, max_events=4)
+async def test_session_stream_replay_is_bounded() -> None:
+    stream = SessionStream(3, max_events=4)
     for i in range(10):
         stream.publish(b"%d" % i)
     assert [s for s, _ in stream.after(0)] == [7, 8, 9, 10]
@@ -224,7 +224,7 @@ async def test_event_stream_replay_is_bounded() -> None:
     assert stream.event_id(10) == "3-10"
     assert parse_event_id("3-10") == (3, 10)
     assert parse_event_id("x-1") is None and parse_event_id("7") is None
-    big = EventStream(1, max_bytes=10)
+    big = SessionStream(1, max_bytes=10)
     big.publish(b"a" * 8)
     big.publish(b"b" * 8)
     assert big.after(0) == [(2, b"b" * 8)]  # the newest event is always kept

@@ -18,15 +18,17 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
+from firewall.audit.events import OutcomeEvent
 from firewall.config import Config, HttpServer, HttpSettings, ListenSettings
 from firewall.gateway.front import http_front
 from firewall.gateway.front.http_front import HttpFront, run_front
 from firewall.gateway.upstream.http import HttpUpstream
-from firewall.policy.decision import ALLOW, DENY, AllowAll, Caller, Decision
+from firewall.policy.decision import ALLOW, DENY, PENDING, AllowAll, Caller, Decision
 from firewall.protocol import jsonrpc
 from firewall.protocol.jsonrpc import Kind
 from firewall.protocol.mcp import Call
 from firewall.protocol.sse import Event, SSEParser, encode_event
+from tests.test_mediator import Recorder
 
 ACCEPT_BOTH = "application/json, text/event-stream"
 INIT = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
@@ -64,7 +66,9 @@ class RecordingUpstream:
     :attr:`go` is set), ``ask`` (a sampling request, then the answer, in one
     write), ``silent`` (the stream's head, then nothing until released) and
     ``priming`` (a priming event as the MCP SDK writes it: ``id``, an empty
-    ``data`` line and ``retry``, CRLF-terminated; then the answer).
+    ``data`` line and ``retry``, CRLF-terminated; then the answer). ``broken``
+    is answered with a plain-text HTTP 500, ``mute`` with nothing at all until
+    :attr:`release_streams` is set.
     With :attr:`quiet_get` set, a GET stream sends its head and no event.
     """
 
@@ -104,7 +108,14 @@ class RecordingUpstream:
             await send({"type": "http.response.body", "body": b""})
             return
         tool = json.loads(body)["params"]["name"] if msg.method == "tools/call" else None
-        if tool not in (None, "echo"):
+        if tool == "broken":
+            await send({"type": "http.response.start", "status": 500,
+                        "headers": [(b"content-type", b"text/plain")]})
+            await send({"type": "http.response.body", "body": b"Internal Server Error"})
+            return
+        if tool == "mute":
+            await self.release_streams.wait()
+        if tool not in (None, "echo", "mute"):
             await self._answer_on_stream(send, msg.request_id, tool)
             return
         extra: list[tuple[bytes, bytes]] = []
@@ -184,10 +195,24 @@ class NoServerRequests:
         return True
 
 
+class AskTheClient:
+    """Allows every call; holds calls of ``mute`` for the person in the client (elicitation)."""
+
+    def decide(self, call: Call, caller: Caller, server: str, session: str) -> Decision:
+        if call.target == "mute":
+            return Decision(PENDING, rule="ask", approval="client")
+        return Decision(ALLOW, rule="clients")
+
+    def tool_visible(self, tool: str, caller: Caller, server: str) -> bool:
+        return True
+
+
 @asynccontextmanager
 async def through(max_connections: int = 1, keepalive: float = 30, upstream_timeout: float = 300,
-                  policy: Any = None) -> AsyncIterator[tuple[str, RecordingUpstream]]:
-    """mcpwall in front of a RecordingUpstream; yields (mcpwall's URL, upstream)."""
+                  policy: Any = None, audit: Recorder | None = None,
+                  up_url: str | None = None) -> AsyncIterator[tuple[str, RecordingUpstream]]:
+    """mcpwall in front of a RecordingUpstream (or of ``up_url``); yields
+    (mcpwall's URL, upstream)."""
     upstream = RecordingUpstream()
     hyper = HypercornConfig()
     hyper.bind = ["127.0.0.1:0"]
@@ -198,9 +223,9 @@ async def through(max_connections: int = 1, keepalive: float = 30, upstream_time
         config = Config(listen=ListenSettings(port=0, keepalive_seconds=keepalive,
                                               upstream_timeout_seconds=upstream_timeout),
                         http=HttpSettings(parser=PARSER[0]),
-                        servers={"up": HttpServer(url=up_base + "/mcp",
+                        servers={"up": HttpServer(url=up_url or up_base + "/mcp",
                                                   max_connections=max_connections)})
-        front = HttpFront(config, policy or AllowAll())
+        front = HttpFront(config, policy or AllowAll(), audit)
         binds = await nursery.start(run_front, front)
         try:
             yield binds[0] + "/servers/up/mcp", upstream
@@ -474,3 +499,82 @@ async def test_a_priming_event_is_relayed_with_its_empty_data_line() -> None:
         # The priming event is not a message: nothing about it reached the upstream
         # (a refused or broken message would be answered with an error POST).
         assert len(upstream.bodies) == 2
+
+
+def outcomes(audit: Recorder) -> list[tuple[str, int | None]]:
+    return [(o.status, o.error_code) for o in audit.of(OutcomeEvent)]
+
+
+async def test_a_stream_ended_without_the_answer_is_the_calls_upstream_failure() -> None:
+    audit = Recorder()
+    async with through(audit=audit) as (url, upstream), HttpUpstream(url) as http:
+        sid = await initialize(http)
+        async with http.request("POST", post_headers(sid), call(5, "silent")) as resp:
+            upstream.release_streams.set()
+            [event] = events_of(await resp.read())
+        error = json.loads(event.data or b"")
+        assert error["id"] == 5 and error["error"] == {
+            "code": jsonrpc.UPSTREAM_UNAVAILABLE, "data": {"server": "up"},
+            "message": "upstream server 'up' ended the stream without an answer"}
+    # Answered by mcpwall, and recorded as such (not as the upstream's own error).
+    assert outcomes(audit) == [("ok", None), ("upstream_failure", jsonrpc.UPSTREAM_UNAVAILABLE)]
+
+
+async def test_an_answer_that_is_no_answer_is_the_calls_upstream_failure() -> None:
+    audit = Recorder()
+    async with through(audit=audit) as (url, _upstream), HttpUpstream(url) as http:
+        sid = await initialize(http)
+        async with http.request("POST", post_headers(sid), call(6, "broken")) as resp:
+            assert resp.status == 500
+            error = json.loads(await resp.read())
+        assert error["id"] == 6 and error["error"]["code"] == jsonrpc.UPSTREAM_UNAVAILABLE
+        assert error["error"]["message"] == ("upstream server 'up' answered HTTP 500 with "
+                                             "text/plain")
+        # The call is no longer pending: the next one is served as usual.
+        async with http.request("POST", post_headers(sid), call(7)) as resp:
+            assert json.loads(await resp.read())["id"] == 7
+    assert outcomes(audit) == [("ok", None), ("upstream_failure", jsonrpc.UPSTREAM_UNAVAILABLE),
+                               ("ok", None)]
+
+
+async def test_an_unreachable_upstream_is_the_calls_upstream_failure() -> None:
+    with trio.socket.socket() as sock:  # a port nothing listens on
+        await sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    audit = Recorder()
+    stateless = {"accept": ACCEPT_BOTH, "content-type": "application/json"}  # no session
+    async with through(audit=audit, up_url=f"http://127.0.0.1:{port}/mcp") as (url, _), \
+            HttpUpstream(url) as http, http.request("POST", stateless, call(8)) as resp:
+        assert resp.status == 502
+        error = json.loads(await resp.read())
+    assert error["id"] == 8 and error["error"]["code"] == jsonrpc.UPSTREAM_UNAVAILABLE
+    assert error["error"]["message"] == "upstream server 'up' failed: connect_refused"
+    assert outcomes(audit) == [("upstream_failure", jsonrpc.UPSTREAM_UNAVAILABLE)]
+
+
+async def test_a_held_call_whose_upstream_times_out_is_answered_on_its_stream() -> None:
+    audit = Recorder()
+    async with through(max_connections=2, upstream_timeout=1, policy=AskTheClient(),
+                       audit=audit) as (url, upstream), \
+            HttpUpstream(url, max_connections=2) as http:
+        init = {**INIT, "params": {**INIT["params"], "capabilities": {"elicitation": {}}}}
+        async with http.request("POST", {"accept": ACCEPT_BOTH, "content-type":
+                                         "application/json"}, json.dumps(init).encode()) as resp:
+            await resp.read()
+            sid = resp.header("mcp-session-id")
+        assert sid is not None
+        with trio.fail_after(30):  # a guard against a hang, not a timing claim
+            async with http.request("POST", post_headers(sid), call(9, "mute")) as resp:
+                assert resp.content_type == "text/event-stream"
+                events = resp.events()
+                ask = json.loads((await events.__anext__()).data or b"")
+                assert ask["method"] == "elicitation/create"
+                yes = compact({"jsonrpc": "2.0", "id": ask["id"], "result": {
+                    "action": "accept", "content": {"approve": True}}})
+                async with http.request("POST", post_headers(sid), yes) as answered:
+                    assert answered.status == 202
+                # Approved, forwarded, and the upstream sends nothing, not even a head.
+                last = [json.loads(e.data or b"") async for e in events][-1]
+        upstream.release_streams.set()
+    assert last["id"] == 9 and last["error"]["code"] == jsonrpc.UPSTREAM_TIMEOUT
+    assert outcomes(audit)[-1] == ("timeout", jsonrpc.UPSTREAM_TIMEOUT)

@@ -9,7 +9,7 @@ from typing import Any
 import trio
 
 from firewall.audit.events import DecisionEvent, Event, OutcomeEvent
-from firewall.gateway.mediator import Mediator
+from firewall.gateway.mediator import Lost, Mediator, TimedOut
 from firewall.policy.decision import ALLOW_ALL, AllowAll, Caller, Decision
 from firewall.protocol import framing, jsonrpc
 from firewall.protocol.mcp import Call
@@ -171,14 +171,46 @@ async def test_tools_list_filtered_only_when_something_is_hidden() -> None:
     assert (await med.from_server(same)).client is same
 
 
-async def test_upstream_lost_answers_every_pending_request() -> None:
+async def test_a_lost_upstream_answers_every_pending_request() -> None:
     med, audit = make()
     for rid in (1, 2, "x"):
         await med.from_client(call(rid, "t"))
-    replies = [json.loads(r) for r in await med.upstream_lost("exited with code 9")]
+    replies = [json.loads(r) for r in await med.unanswered(Lost("exited with code 9"))]
     assert sorted(str(r["id"]) for r in replies) == ["1", "2", "x"]
     assert {r["error"]["code"] for r in replies} == {jsonrpc.UPSTREAM_UNAVAILABLE}
+    assert {r["error"]["message"] for r in replies} == {"upstream server 'vm' exited with code 9"}
     assert [o.status for o in audit.of(OutcomeEvent)] == ["upstream_failure"] * 3
+    assert med.pending_count == 0
+
+
+async def test_one_unanswered_request_leaves_the_others_pending() -> None:
+    med, audit = make()
+    for rid in (1, 2):
+        await med.from_client(call(rid, "t"))
+    [timed_out] = await med.unanswered(TimedOut(3), [1])
+    [failed] = await med.unanswered(Lost("failed: connect_refused", jsonrpc.MESSAGE_TOO_LARGE),
+                                    [2])
+    assert json.loads(timed_out) == {"jsonrpc": "2.0", "id": 1, "error": {
+        "code": jsonrpc.UPSTREAM_TIMEOUT, "message": "upstream server 'vm' did not answer "
+        "within 3 s", "data": {"server": "vm"}}}
+    assert json.loads(failed)["error"]["code"] == jsonrpc.MESSAGE_TOO_LARGE
+    outcomes = audit.of(OutcomeEvent)
+    assert [(o.status, o.error_code) for o in outcomes] == [
+        ("timeout", jsonrpc.UPSTREAM_TIMEOUT), ("upstream_failure", jsonrpc.MESSAGE_TOO_LARGE)]
+    assert outcomes[0].error_message == "upstream server 'vm' did not answer within 3 s"
+    # A late answer of the upstream is no second answer: dropped as unmatched.
+    assert (await med.from_server(jsonrpc.result_response(1, {}))).client is None
+    assert len(audit.of(OutcomeEvent)) == 2
+
+
+async def test_an_owed_answer_the_mediator_no_longer_tracks_gets_no_second_outcome() -> None:
+    med, audit = make()
+    await med.from_client(call(1, "t"))
+    await med.from_client(call(2, "t"))
+    await med.from_server(jsonrpc.result_response(1, {}))  # answered: outcome recorded
+    replies = await med.unanswered(Lost("is not running"), [1, 2])
+    assert [json.loads(r)["id"] for r in replies] == [1, 2]  # the front owed both
+    assert [o.status for o in audit.of(OutcomeEvent)] == ["ok", "upstream_failure"]
     assert med.pending_count == 0
 
 

@@ -266,7 +266,7 @@ def test_a_restarted_child_gets_the_handshake_whatever_the_client_info(
         _post(http, endpoint, b'{"jsonrpc":"2.0","method":"notifications/initialized"}', session)
         crashed = _post(http, endpoint, b'{"jsonrpc":"2.0","id":2,"method":"tools/call",'
                         b'"params":{"name":"crash"}}', session)
-        assert b"-32010" in crashed.content, crashed.text  # the child died: upstream_lost
+        assert b"-32010" in crashed.content, crashed.text  # the child died: Mediator.unanswered
         time.sleep(1.5)  # the first restart waits 0.5 s
         after = _post(http, endpoint, b'{"jsonrpc":"2.0","id":3,"method":"tools/call",'
                       b'"params":{"name":"echo"}}', session)

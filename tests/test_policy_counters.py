@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import trio
 
-from firewall.gateway.mediator import Mediator
+from firewall.gateway.mediator import Lost, Mediator
 from firewall.policy.compiler import compile_policy
 from firewall.policy.counters import (
     Counted,
@@ -309,7 +309,7 @@ async def test_the_mediator_commits_on_a_result_and_rolls_back_on_an_error() -> 
     refused = await med.from_client(_call(4, "charge", {"amount": 1}))
     assert refused.upstream is None and b"daily spend cap" in (refused.client or b"")
     await med.from_client(_call(5, "charge", {"amount": 0}))
-    await med.upstream_lost("exited")  # fate unknown: it may have run, it stays counted
+    await med.unanswered(Lost("exited"))  # fate unknown: it may have run, it stays counted
     assert store.value(key, "day") == 1000
 
 

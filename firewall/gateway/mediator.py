@@ -31,7 +31,9 @@ fronts own the I/O; the mediator owns the rules. Invariants it keeps:
    (a tool result with ``isError`` for tools/call, else a JSON-RPC error with a
    stable code and ``data: {rule, reason, retry_after}``).
 5. Every forwarded request is answered exactly once: by its peer, or by the
-   mediator with an error when the upstream is lost (:meth:`upstream_lost`).
+   mediator with an error when the upstream will not answer it
+   (:meth:`unanswered`, the one entry point every front uses: the upstream is
+   :class:`Lost` or its exchange failed, or it :class:`TimedOut`).
    Each gets one outcome event (ok, tool_error, jsonrpc_error, timeout,
    upstream_failure, cancelled).
 6. Malformed input is answered (-32700/-32600/-32602) and the session lives on.
@@ -79,7 +81,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Final, Literal
 
 import msgspec
@@ -185,6 +187,27 @@ class HeldCall:
         finally:
             if not kept:
                 await _give_back(self._reservation)
+
+
+class Lost(msgspec.Struct, frozen=True):
+    """The upstream is gone, or the exchange that carried the request failed.
+
+    ``reason`` completes "upstream server 'NAME' ..." (``"exited with code 1"``,
+    ``"failed: connect_refused"``); ``code`` is the JSON-RPC error the client gets.
+    """
+
+    reason: str
+    code: int = jsonrpc.UPSTREAM_UNAVAILABLE
+
+
+class TimedOut(msgspec.Struct, frozen=True):
+    """The upstream did not answer within ``after`` seconds (answered with -32011)."""
+
+    after: float
+
+
+# Why forwarded requests will not be answered: what :meth:`Mediator.unanswered` takes.
+UpstreamFailure = Lost | TimedOut
 
 
 class _Pending(msgspec.Struct):
@@ -376,28 +399,43 @@ class Mediator:
         line = await self._line(data, "server", msg)
         return Routed() if line is None else Routed(client=line)
 
-    async def upstream_lost(self, reason: str) -> list[bytes]:
-        """Answer every pending client request with an error; the upstream is gone."""
-        replies = []
-        for rid, pending in list(self._client_pending.items()):
-            replies.append(jsonrpc.error_response(
-                rid, jsonrpc.UPSTREAM_UNAVAILABLE, f"upstream server {self.server!r} {reason}",
-                {"server": self.server}))
-            await self._outcome(pending, "upstream_failure", jsonrpc.UPSTREAM_UNAVAILABLE,
-                                reason, 0)
-        self._client_pending.clear()
-        self._server_pending.clear()
-        self._tools_list_ids.clear()
-        return replies
+    async def unanswered(self, failure: UpstreamFailure,
+                         ids: Iterable[RequestId] | None = None) -> list[bytes]:
+        """Answer client requests forwarded upstream that will not be answered (rule 5).
 
-    async def timed_out(self, request_id: RequestId, after: float) -> bytes | None:
-        """Answer a client request the upstream did not answer in time."""
-        pending = self._client_pending.pop(request_id, None)
-        if pending is None:
-            return None
-        text = f"upstream server {self.server!r} did not answer within {after:g} s"
-        await self._outcome(pending, "timeout", jsonrpc.UPSTREAM_TIMEOUT, text, 0)
-        return jsonrpc.error_response(request_id, jsonrpc.UPSTREAM_TIMEOUT, text)
+        ``ids``: the requests whose answers the front still owes, each answered
+        here once (in order); None: every request pending, for the upstream
+        itself is gone (the requests it sent the client are forgotten too).
+        Each answer is the JSON-RPC error ``failure`` stands for; each pending
+        request gets its outcome event (``timeout`` or ``upstream_failure``)
+        and leaves the pending table, so a late answer is dropped as
+        unmatched. A named id no longer pending (its outcome recorded already)
+        still gets its answer, and no second outcome.
+
+        Example: ``[reply] = await mediator.unanswered(TimedOut(30.0), [rid])``.
+        """
+        if isinstance(failure, TimedOut):
+            code, status = jsonrpc.UPSTREAM_TIMEOUT, "timeout"
+            text = f"upstream server {self.server!r} did not answer within {failure.after:g} s"
+        else:
+            code, status = failure.code, "upstream_failure"
+            text = f"upstream server {self.server!r} {failure.reason}"
+        owed: list[tuple[RequestId, _Pending | None]]
+        if ids is None:
+            owed = list(self._client_pending.items())
+            self._client_pending.clear()
+            self._server_pending.clear()
+            self._tools_list_ids.clear()
+        else:
+            owed = [(rid, self._client_pending.pop(rid, None)) for rid in ids]
+            self._tools_list_ids.difference_update(rid for rid, _ in owed)
+        replies = []
+        data = {"server": self.server}
+        for rid, pending in owed:
+            replies.append(jsonrpc.error_response(rid, code, text, data))
+            if pending is not None:
+                await self._outcome(pending, status, code, text, 0)
+        return replies
 
     # -- internals -------------------------------------------------------
     async def _request(self, msg: jsonrpc.Envelope, data: bytes, direction: str,

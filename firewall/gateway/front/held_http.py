@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import trio
 
+from firewall.gateway.front.sse_response import SseResponse, end_with
 from firewall.gateway.http.exchange import Exchange
 from firewall.gateway.mediator import HeldCall, Routed
 from firewall.protocol import jsonrpc, sse
@@ -39,24 +40,12 @@ async def hold(ex: Exchange, held: HeldCall, *, stream: bool,
     verdict's Routed: ``upstream`` set when approved, else ``client`` with the
     refusal, or neither when the call was withdrawn.
     """
+    out = SseResponse(ex, keepalive)
     if stream:
-        await ex.start(200, [*sse.SSE_HEADERS, *headers])
-        await ex.write(sse.COMMENT_KEEPALIVE)  # headers out now: the client knows we are here
-    writing = trio.Lock()
-    last_write = [trio.current_time()]
+        await out.open(headers, prime=True)  # head out now: the client knows we are here
 
     async def to_client(data: bytes) -> None:
-        async with writing:
-            await ex.write(sse.encode_event(data))
-            last_write[0] = trio.current_time()
-
-    async def keep_open() -> None:
-        while True:
-            await trio.sleep_until(last_write[0] + keepalive)
-            if trio.current_time() >= last_write[0] + keepalive:
-                async with writing:
-                    await ex.write(sse.COMMENT_KEEPALIVE)
-                    last_write[0] = trio.current_time()
+        await out.send(sse.encode_event(data))
 
     async def watch() -> None:
         await ex.wait_disconnect()
@@ -65,7 +54,7 @@ async def hold(ex: Exchange, held: HeldCall, *, stream: bool,
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watch)
         if stream:
-            nursery.start_soon(keep_open)
+            nursery.start_soon(out.keep_open)
         routed = await held.wait(to_client if stream else None)
         nursery.cancel_scope.cancel()
     return routed
@@ -79,8 +68,7 @@ async def finish(ex: Exchange, rid: RequestId, routed: Routed,
     final = routed.client or jsonrpc.error_response(
         rid, jsonrpc.REQUEST_CANCELLED, "request cancelled by the client")
     if ex.started:
-        await ex.write(sse.encode_event(final))
-        await ex.end()
+        await end_with(ex, final)
     else:
         await ex.respond(200, final, headers=headers)
     return final

@@ -17,16 +17,20 @@ Rules this module keeps:
    upstream's own. An event without a message (no data, or an empty data
    line: the priming event a server sends so that a client can resume) is not
    JSON-RPC: it is relayed with its fields as they came, not mediated.
-   Events read together go out in one write, and those that
-   end the upstream's stream go out with the end of the client's (one write
-   for the usual tools/call answer: one event, then the end). Keepalive
-   comments fill silences longer than ``keepalive_seconds``. A refused
+   The client's stream is written by ``sse_response.SseResponse``, as every
+   endpoint's is: events read together go out in one write, those that end
+   the upstream's stream with the end of the client's (one write for the
+   usual tools/call answer: one event, then the end), keepalive comments
+   fill silences longer than ``keepalive_seconds``. A refused
    server->client request on the stream is answered to the upstream in the
    background, bounded by the upstream timeout.
 4. The per-request upstream timeout bounds the wait for the answer (on a stream:
-   the waits for the upstream's next bytes, not the writes to the client); a failure
-   to reach the upstream answers the request with a JSON-RPC error carrying
-   its id (HTTP 502, or 504 for a timeout), recorded as the call's outcome.
+   the waits for the upstream's next bytes, not the writes to the client). A
+   request the upstream will not answer (it failed, timed out, ended its
+   stream without the answer, or answered with something that is no answer)
+   is answered by ``Mediator.unanswered``: a JSON-RPC error carrying its id
+   (HTTP 502, or 504 for a timeout; the last event of a stream already
+   started), recorded as the call's outcome (``upstream_failure``, ``timeout``).
 5. Upstream says 404 for our session: the upstream session is gone, so is ours.
 6. A session has at most one GET stream (without ``Last-Event-ID``) open: a
    second gets 409 here, without asking the upstream, as for stdio sessions. A
@@ -43,6 +47,8 @@ Rules this module keeps:
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any, Final
 
 import trio
@@ -51,19 +57,22 @@ from firewall.config import HttpServer
 from firewall.gateway.front import held_http
 from firewall.gateway.front.admission import Refusal, ServerCaps
 from firewall.gateway.front.sessions import FrontContext, Session, new_session_id
+from firewall.gateway.front.sse_response import SseResponse, end_with
 from firewall.gateway.http.exchange import JSON, SSE, Exchange, accepts, refuse
-from firewall.gateway.mediator import Mediator
+from firewall.gateway.mediator import Lost, Mediator, TimedOut
+from firewall.gateway.outbound import Outbound
 from firewall.gateway.upstream.http import (
     HttpUpstream,
     PreparedHeaders,
     Reason,
     Response,
     UpstreamError,
+    UpstreamEvents,
 )
 from firewall.log import get_logger
 from firewall.policy.decision import Caller
 from firewall.protocol import jsonrpc, mcp, sse
-from firewall.protocol.jsonrpc import Kind
+from firewall.protocol.jsonrpc import Kind, RequestId
 
 MAX_RESPONSE_BYTES: Final = 64 * 1024 * 1024
 _FORWARDED: Final = frozenset({"accept", "content-type", "mcp-protocol-version", "last-event-id"})
@@ -82,8 +91,6 @@ class HttpSession(Session):
                          idle_limit=endpoint.idle_limit)
         self.endpoint = endpoint
         self.upstream_sid: str | None = None
-        self.get_scopes: set[trio.CancelScope] = set()
-        self.get_open = False  # a GET stream without Last-Event-ID is running
         # The upstream headers of the last POST, checked once: a client sends
         # the same ones on every call of a session.
         self.prepared: tuple[tuple[tuple[str, str], ...], PreparedHeaders] | None = None
@@ -103,10 +110,6 @@ class HttpSession(Session):
                         await resp.read(MAX_RESPONSE_BYTES)
                 except UpstreamError as exc:
                     self.log.info("upstream_delete_failed", reason=exc.reason.value)
-
-    def end_get_streams(self) -> None:
-        for scope in self.get_scopes:
-            scope.cancel()
 
 
 class HttpEndpoint:
@@ -225,21 +228,23 @@ class HttpEndpoint:
                 await self._relay_post(ex, resp, session, created, mediator, msg, deadline)
         except UpstreamError as exc:
             mediator.log.warning("upstream_failed", reason=exc.reason.value, detail=exc.detail)
-            if ex.started:
+            if ex.finished:  # answered already
+                return
+            rid = msg.request_id if is_request else None
+            what = f"failed: {exc.reason.value}"
+            status = 504 if exc.code == jsonrpc.UPSTREAM_TIMEOUT else 502
+            if rid is None:  # nothing is owed but mcpwall's own word
+                if not ex.started:
+                    await refuse(ex, status, exc.code, f"upstream server {self.name!r} {what}")
                 await ex.end()
                 return
-            status = 504 if exc.code == jsonrpc.UPSTREAM_TIMEOUT else 502
-            text = f"upstream server {self.name!r} failed: {exc.reason.value}"
-            rid = msg.request_id
-            if is_request and rid is not None:
-                if exc.reason is Reason.TIMEOUT:
-                    reply = await mediator.timed_out(rid, self.timeout)
-                else:
-                    reply = (await mediator.from_server(
-                        jsonrpc.error_response(rid, exc.code, text))).client
-                await ex.respond(status, reply or jsonrpc.error_response(rid, exc.code, text))
+            [reply] = await mediator.unanswered(
+                TimedOut(self.timeout) if exc.reason is Reason.TIMEOUT else Lost(what, exc.code),
+                [rid])
+            if ex.started:  # a held call's stream: the answer is its last event
+                await end_with(ex, reply)
             else:
-                await refuse(ex, status, exc.code, text)
+                await ex.respond(status, reply)
 
     async def _relay_post(self, ex: Exchange, resp: Response, session: HttpSession | None,
                           created: HttpSession | None, mediator: Mediator,
@@ -260,22 +265,19 @@ class HttpEndpoint:
             return
         ctype = resp.content_type
         if ctype == SSE and status < 300:
-            if not ex.started:  # a held call's stream is open already
-                # The head waits for the first events (usually at hand: one
-                # write for all); _relay_events flushes it before any wait.
-                await ex.start(status, [*sse.SSE_HEADERS, *headers], flush=False)
-            await self._relay_events(ex, resp, session, mediator, msg, deadline)
+            out = SseResponse(ex, self.keepalive)  # (a held call's stream is open already)
+            # The head waits for the first events (usually at hand: one write
+            # for all); the relay flushes it before any wait.
+            await out.open(headers, status=status, flush=False)
+            await self._relay_events(out, resp, session, mediator, msg, deadline)
             return
         data = await resp.read(MAX_RESPONSE_BYTES)
+        what = f"answered HTTP {status} with {ctype or 'no type'}"
         if ex.started:  # a held call's stream: its answer is the last event
             routed = await mediator.from_server(data) if ctype == JSON and data else None
-            await ex.write(sse.encode_event(
-                routed.client if routed is not None and routed.client is not None
-                else jsonrpc.error_response(
-                    msg.request_id, jsonrpc.UPSTREAM_UNAVAILABLE,
-                    f"upstream server {self.name!r} answered HTTP {status} with "
-                    f"{ctype or 'no type'}")))
-            await ex.end()
+            reply = routed.client if routed is not None else None
+            await end_with(ex, reply if reply is not None
+                           else await self._no_answer(mediator, msg, what))
             return
         if status == 202 or not data:
             await ex.respond(status, b"", headers=headers)
@@ -285,92 +287,55 @@ class HttpEndpoint:
             if routed.client is not None:
                 await ex.respond(status, routed.client, headers=headers)
                 return
-        rid = msg.request_id
-        await ex.respond(502 if status < 400 else status, jsonrpc.error_response(
-            rid, jsonrpc.UPSTREAM_UNAVAILABLE,
-            f"upstream server {self.name!r} answered HTTP {status} with {ctype or 'no type'}"),
-            headers=headers)
+        await ex.respond(502 if status < 400 else status,
+                         await self._no_answer(mediator, msg, what), headers=headers)
 
-    async def _relay_events(self, ex: Exchange, resp: Response, session: HttpSession | None,
-                            mediator: Mediator, msg: jsonrpc.Envelope | None,
-                            deadline: float | None) -> None:
+    async def _no_answer(self, mediator: Mediator, msg: jsonrpc.Envelope, what: str) -> bytes:
+        """The error for a message the upstream answered with no answer mcpwall can relay.
+
+        A request is owed its answer (and its outcome: ``Mediator.unanswered``);
+        anything else gets mcpwall's own error."""
+        rid = msg.request_id
+        if msg.kind is not Kind.REQUEST or rid is None:
+            return jsonrpc.error_response(rid, jsonrpc.UPSTREAM_UNAVAILABLE,
+                                          f"upstream server {self.name!r} {what}")
+        [reply] = await mediator.unanswered(Lost(what), [rid])
+        return reply
+
+    async def _relay_events(self, out: SseResponse, resp: Response,
+                            session: HttpSession | None, mediator: Mediator,
+                            msg: jsonrpc.Envelope | None, deadline: float | None) -> None:
         """Relay an upstream event stream to the client, event by event (rule 3).
 
-        Every event already read goes out in one write, and the events that
-        end the upstream's stream go out with the end of ours: a stream the
-        upstream sent whole (one answer, then the end) is one write to the
-        client, and one that comes event by event is relayed as it comes. Only
-        a wait for the upstream is bounded, by the deadline and by the keepalive
-        time; bytes that are there already are relayed without one.
+        The writing is :class:`SseResponse`'s (one write for what is ready,
+        the last events with the end, keepalives, the deadline); the events
+        are read through the mediator by :class:`MediatedEvents`. A request
+        the stream did not answer is answered last (rule 4).
         """
         rid = msg.request_id if msg is not None and msg.kind is Kind.REQUEST else None
-        answered = False
-        events = resp.events(keep_dataless=True)
-        out: list[bytes] = []
-        last_write = trio.current_time()
-        flushed = False
+        source = MediatedEvents(resp.events(keep_dataless=True), mediator, rid,
+                                functools.partial(self._answer_soon, session))
         try:
-            while True:
-                for event in events.ready():
-                    if not event.data:
-                        # No message: a block of id/retry only, or a "priming"
-                        # event (id, retry, an empty data line) that lets the
-                        # client resume. Relayed as it came, never mediated.
-                        out.append(sse.encode_event(event.data, id=event.id, event=event.event,
-                                                    retry=event.retry))
-                        continue
-                    routed = await mediator.from_server(event.data)
-                    if routed.upstream is not None:  # a refused server->client request
-                        self._answer_soon(session, routed)
-                    if routed.client is not None:
-                        out.append(sse.encode_event(routed.client, id=event.id,
-                                                    event=event.event, retry=event.retry))
-                        if rid is not None and routed.answers == rid:
-                            answered = True
-                    elif event.id is not None or event.retry is not None:
-                        out.append(sse.encode_event(None, id=event.id, retry=event.retry))
-                if events.at_end():
-                    break  # what is left goes out with the end of the stream
-                if out:
-                    await ex.write(b"".join(out))
-                    out.clear()
-                    last_write = trio.current_time()
-                elif not flushed:
-                    await ex.flush()  # the head, before a wait of unknown length
-                flushed = True
-                # Wait for the upstream: a silence longer than keepalive_seconds
-                # gets a comment; the deadline ends the wait (receiving is cancel-safe).
-                wake = last_write + self.keepalive
-                if deadline is not None and deadline < wake:
-                    wake = deadline
-                with trio.move_on_at(wake) as waited:
-                    await events.receive()
-                if waited.cancelled_caught:
-                    if deadline is not None and trio.current_time() >= deadline:
-                        break
-                    out.append(sse.COMMENT_KEEPALIVE)
+            await out.relay(source, deadline)
         except UpstreamError as exc:
             mediator.log.warning("upstream_stream_failed", reason=exc.reason.value,
                                  detail=exc.detail)
-        if rid is not None and not answered:
-            if deadline is not None and trio.current_time() >= deadline:
-                reply = await mediator.timed_out(rid, self.timeout)
-            else:
-                reply = (await mediator.from_server(jsonrpc.error_response(
-                    rid, jsonrpc.UPSTREAM_UNAVAILABLE,
-                    f"upstream server {self.name!r} ended the stream without an answer"))
-                ).client
-            if reply is not None:
-                out.append(sse.encode_event(reply))
-        await ex.write_last(b"".join(out))
+        last = b""
+        if rid is not None and not source.answered:
+            timed_out = deadline is not None and trio.current_time() >= deadline
+            [reply] = await mediator.unanswered(
+                TimedOut(self.timeout) if timed_out
+                else Lost("ended the stream without an answer"), [rid])
+            last = sse.encode_event(reply)
+        await out.end(last)
 
-    def _answer_soon(self, session: HttpSession | None, routed: Any) -> None:
+    def _answer_soon(self, session: HttpSession | None, refusal: Outbound) -> None:
         """Answer a refused server->client request in the background, as the relay goes on."""
         nursery = self.front.nursery
         if nursery is not None:
-            nursery.start_soon(self._answer_upstream, session, routed)
+            nursery.start_soon(self._answer_upstream, session, refusal)
 
-    async def _answer_upstream(self, session: HttpSession | None, routed: Any) -> None:
+    async def _answer_upstream(self, session: HttpSession | None, refusal: Outbound) -> None:
         """POST the refusal of a server->client request back to the upstream.
 
         Runs in the front's nursery, so it outlives the stream that carried the
@@ -384,7 +349,7 @@ class HttpEndpoint:
             if session is not None and session.upstream_sid is not None:
                 headers.append(("mcp-session-id", session.upstream_sid))
             try:
-                async with await self.upstream.forward(headers, routed.upstream) as resp:
+                async with await self.upstream.forward(headers, refusal) as resp:
                     await resp.read(MAX_RESPONSE_BYTES)
             except UpstreamError as exc:
                 get_logger(server=self.name).warning("upstream_failed", reason=exc.reason.value)
@@ -429,8 +394,9 @@ class HttpEndpoint:
         async with self.streams.request("GET", self._headers(ex, session),
                                         response_timeout=self.timeout) as resp:
             if resp.status == 200 and resp.content_type == SSE:
-                await ex.start(200, sse.SSE_HEADERS)
-                await self._relay_events(ex, resp, session, session.mediator, None, None)
+                out = SseResponse(ex, self.keepalive)
+                await out.open()
+                await self._relay_events(out, resp, session, session.mediator, None, None)
                 return
             await resp.read(MAX_RESPONSE_BYTES)
             status, ctype = resp.status, resp.content_type or "no type"
@@ -483,3 +449,48 @@ def _forwarded(ex: Exchange) -> list[tuple[str, str]]:
 async def _cancel_on_disconnect(ex: Exchange, scope: trio.CancelScope) -> None:
     await ex.wait_disconnect()
     scope.cancel()
+
+
+class MediatedEvents:
+    """An upstream's event stream read through the mediator: an SSE relay's source.
+
+    Each event with a message passes the mediator and goes on with its ``id``,
+    ``event`` and ``retry`` unchanged; an event without one (id/retry only,
+    or a priming event's empty data line) is relayed as it came, never
+    mediated; a message the mediator keeps back leaves its ``id``/``retry``.
+    A refused server->client request goes to ``answer_upstream``.
+    :attr:`answered` tells whether the stream carried the answer to ``rid``.
+    """
+
+    __slots__ = ("answer_upstream", "answered", "events", "mediator", "rid")
+
+    def __init__(self, events: UpstreamEvents, mediator: Mediator, rid: RequestId | None,
+                 answer_upstream: Callable[[Outbound], None]) -> None:
+        self.events = events
+        self.mediator = mediator
+        self.rid = rid
+        self.answer_upstream = answer_upstream
+        self.answered = False
+
+    async def take(self, out: list[bytes]) -> None:
+        for event in self.events.ready():
+            if not event.data:
+                out.append(sse.encode_event(event.data, id=event.id, event=event.event,
+                                            retry=event.retry))
+                continue
+            routed = await self.mediator.from_server(event.data)
+            if routed.upstream is not None:  # a refused server->client request
+                self.answer_upstream(routed.upstream)
+            if routed.client is not None:
+                out.append(sse.encode_event(routed.client, id=event.id, event=event.event,
+                                            retry=event.retry))
+                if self.rid is not None and routed.answers == self.rid:
+                    self.answered = True
+            elif event.id is not None or event.retry is not None:
+                out.append(sse.encode_event(None, id=event.id, retry=event.retry))
+
+    def at_end(self) -> bool:
+        return self.events.at_end()
+
+    async def receive(self) -> None:
+        await self.events.receive()

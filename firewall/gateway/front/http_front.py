@@ -33,7 +33,7 @@ import json
 import logging
 import sys
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Final, Protocol, TextIO
+from typing import Any, Final, TextIO
 from urllib.parse import urlsplit
 
 import trio
@@ -43,6 +43,7 @@ from firewall.audit.events import AuditPoint
 from firewall.config import Config, HttpServer, StdioServer
 from firewall.gateway.approvals.desk import ApprovalDesk
 from firewall.gateway.front import health
+from firewall.gateway.front.endpoint import Endpoint
 from firewall.gateway.front.http_endpoint import HttpEndpoint
 from firewall.gateway.front.sessions import FrontContext, Session
 from firewall.gateway.front.stdio_endpoint import StdioEndpoint
@@ -80,25 +81,6 @@ UNSUPPORTED_PROTOCOL_VERSION: Final = -32022
 DEFAULT_PROTOCOL_VERSION: Final = "2025-03-26"
 ALLOWED_METHODS: Final = "GET, POST, DELETE"
 ANONYMOUS: Final = Caller()
-
-
-class Endpoint(Protocol):
-    """One mounted server: what the front calls once a request passed the checks."""
-
-    name: str
-
-    @property
-    def transport(self) -> str: ...
-
-    async def post(self, ex: Exchange, caller: Caller, session: Session | None,
-                   msg: jsonrpc.Envelope, body: bytes, accept_sse: bool,
-                   call: mcp.Call | None = None) -> None: ...
-
-    async def get(self, ex: Exchange, session: Session) -> None: ...
-
-    async def delete(self, ex: Exchange, session: Session) -> None: ...
-
-    def health(self) -> dict[str, Any]: ...
 
 
 def mount_path(name: str) -> str:
@@ -167,13 +149,8 @@ class HttpFront:
         """Own the sessions' nursery and the reaper until :meth:`close`."""
         async with trio.open_nursery() as nursery:
             self.context.nursery = nursery
-            for endpoint in self.endpoints.values():
-                opener = getattr(endpoint, "open", None)
-                if opener is not None:
-                    await opener()
             idle = min([self.listen.session_idle_seconds,
-                        *(getattr(e, "idle_limit", self.listen.session_idle_seconds)
-                          for e in self.endpoints.values())])
+                        *(e.idle_limit for e in self.endpoints.values())])
             nursery.start_soon(self.context.table.run_reaper, max(0.05, min(idle / 4, 30.0)))
             task_status.started()
             try:
@@ -187,9 +164,7 @@ class HttpFront:
         for session in self.context.table:
             await session.end("shutdown")
         for endpoint in self.endpoints.values():
-            closer = getattr(endpoint, "aclose", None)
-            if closer is not None:
-                await closer()
+            await endpoint.aclose()
 
     def begin_shutdown(self) -> None:
         """Stop taking requests; end GET streams; hypercorn drains the rest."""
@@ -199,9 +174,7 @@ class HttpFront:
         self.log.info("shutdown_started", sessions=len(self.context.table),
                       grace_seconds=self.listen.shutdown_grace_seconds)
         for session in self.context.table:
-            ender = getattr(session, "end_get_streams", None)
-            if ender is not None:
-                ender()
+            session.end_get_streams()
             # Held calls would outlast the grace period: refuse them now.
             session.mediator.holds.refuse("mcpwall is shutting down")
         self.drained.set()

@@ -15,7 +15,7 @@ the caller that created it, and never the upstream's. Rules this module keeps:
    or 503 (full), logged and recorded (``session_refused``). A session with no
    HTTP request in flight for longer than its idle limit is closed by the
    reaper; afterwards its id is unknown (HTTP 404).
-3. An :class:`EventStream` keeps a bounded replay buffer (``max_events`` events
+3. A :class:`SessionStream` keeps a bounded replay buffer (``max_events`` events
    and ``max_bytes`` bytes, oldest dropped first): what a client that lost its
    connection can get back with ``Last-Event-ID``. Publishing never blocks, so
    a slow client never stalls the upstream; a client that falls further
@@ -40,7 +40,7 @@ from firewall.gateway.http.exchange import Exchange, refuse
 from firewall.gateway.mediator import Mediator
 from firewall.log import get_logger
 from firewall.policy.decision import Caller, PolicyPoint
-from firewall.protocol import jsonrpc
+from firewall.protocol import jsonrpc, sse
 
 # Retry-After of a 503 (the front or a server is full: nothing to wait for in particular).
 FULL_RETRY_AFTER: Final = 5
@@ -54,11 +54,12 @@ def new_session_id() -> str:
     return secrets.token_urlsafe(16)
 
 
-class EventStream:
-    """One SSE stream of a session: numbered events, a bounded replay buffer.
+class SessionStream:
+    """One SSE stream of a session: numbered messages, a bounded replay buffer.
 
     Event ids are ``"{stream}-{seq}"``, unique within the session, so a
     ``Last-Event-ID`` names both the stream and the position to resume from.
+    A :meth:`reader` relays it to one client (an :class:`SseResponse` source).
     """
 
     def __init__(
@@ -113,6 +114,45 @@ class EventStream:
             await self._changed.wait()
         return self.after(seq)
 
+    def reader(self, seq: int, log: Any) -> StreamReader:
+        """A reader of the events after ``seq``, for one client."""
+        return StreamReader(self, seq, log)
+
+
+class StreamReader:
+    """One client's position in a :class:`SessionStream` (an SSE relay's source).
+
+    Each message goes out as an event with the session's own id; a reader
+    that fell behind the replay buffer logs what it lost
+    (``stream_events_dropped``) and goes on from the oldest event kept.
+    """
+
+    __slots__ = ("final", "log", "seq", "stream")
+
+    def __init__(self, stream: SessionStream, seq: int, log: Any) -> None:
+        self.stream = stream
+        self.seq = seq
+        self.log = log
+        self.final: bytes | None = None  # the last message taken
+
+    async def take(self, out: list[bytes]) -> None:
+        stream = self.stream
+        events = stream.after(self.seq)
+        if events:
+            if events[0][0] > self.seq + 1:
+                self.log.warning("stream_events_dropped", stream=stream.number,
+                                 lost=events[0][0] - self.seq - 1)
+            for number, data in events:
+                out.append(sse.encode_event(data, id=stream.event_id(number)))
+            self.seq, self.final = events[-1]
+        stream.delivered = max(stream.delivered, self.seq)
+
+    def at_end(self) -> bool:
+        return self.stream.finished and self.seq >= self.stream.last_seq
+
+    async def receive(self) -> None:
+        await self.stream.wait_after(self.seq)
+
 
 def parse_event_id(value: str) -> tuple[int, int] | None:
     """``"3-17"`` -> ``(3, 17)``; None for an id mcpwall did not issue."""
@@ -140,6 +180,9 @@ class Session:
         self._end_recorded = False
         # Its place in the admission counts; given back when it leaves the table.
         self.slot: Slot | None = None
+        # The scopes of its open GET streams (ended on shutdown, or with it).
+        self.get_scopes: set[trio.CancelScope] = set()
+        self.get_open = False  # a GET stream without Last-Event-ID is running
 
     def busy(self) -> _Busy:
         """Count an HTTP request as in flight while the ``with`` block runs."""
@@ -152,6 +195,11 @@ class Session:
     async def close(self, reason: str) -> None:
         """Stop the session (subclasses stop their upstream binding)."""
         self.closed = True
+
+    def end_get_streams(self) -> None:
+        """End the session's open GET streams (shutdown; the session closes)."""
+        for scope in self.get_scopes:
+            scope.cancel()
 
     async def end(self, reason: str) -> None:
         """Close the session and record its end in the audit trail, once."""

@@ -11,7 +11,7 @@ newline-delimited JSON-RPC. This module correlates the two. Rules it keeps:
    ``min(listen.session_idle_seconds, server.idle_seconds)`` is closed with
    its child (the child is reaped; the session id becomes unknown).
 2. A child that dies answers every pending request with a JSON-RPC error
-   (``upstream_lost``) and is restarted, up to ``restart_attempts`` times
+   (``Mediator.unanswered``) and is restarted, up to ``restart_attempts`` times
    with exponential backoff (0.5 s, 1 s, 2 s, ... capped at 30 s); the
    restarted child is given the session's ``initialize`` request and
    ``notifications/initialized`` again, so the client's session goes on (state
@@ -48,18 +48,19 @@ from firewall.config import StdioServer
 from firewall.gateway.front import held_http
 from firewall.gateway.front.admission import Refusal, ServerCaps
 from firewall.gateway.front.sessions import (
-    EventStream,
     FrontContext,
     Session,
+    SessionStream,
     new_session_id,
     parse_event_id,
 )
+from firewall.gateway.front.sse_response import SseResponse
 from firewall.gateway.http.exchange import Exchange, refuse
-from firewall.gateway.mediator import Mediator
+from firewall.gateway.mediator import Lost, Mediator, TimedOut
 from firewall.gateway.outbound import Outbound
 from firewall.gateway.upstream.stdio import ChildExited, StdioChild, open_stdio_child
 from firewall.policy.decision import Caller
-from firewall.protocol import framing, jsonrpc, mcp, sse
+from firewall.protocol import framing, jsonrpc, mcp
 from firewall.protocol.jsonrpc import Kind, RequestId
 
 RESTART_BACKOFF_FIRST: Final = 0.5
@@ -90,18 +91,16 @@ class StdioSession(Session):
         self.settings = settings
         self.timeout = timeout
         self.keepalive = keepalive
-        self.get_stream = EventStream(0)
-        self.get_open = False
-        self._streams: dict[int, EventStream] = {0: self.get_stream}
-        self._finished: collections.OrderedDict[int, EventStream] = collections.OrderedDict()
+        self.get_stream = SessionStream(0)
+        self._streams: dict[int, SessionStream] = {0: self.get_stream}
+        self._finished: collections.OrderedDict[int, SessionStream] = collections.OrderedDict()
         self._next_stream = 1
-        self._by_request: dict[RequestId, EventStream] = {}
-        self._by_progress: dict[int | str, EventStream] = {}
+        self._by_request: dict[RequestId, SessionStream] = {}
+        self._by_progress: dict[int | str, SessionStream] = {}
         self._json_only: set[int] = set()
         self._child: StdioChild | None = None
         self._ready = trio.Event()
         self._scope = trio.CancelScope()
-        self._get_scopes: set[trio.CancelScope] = set()
         # What the client's initialize and notifications/initialized were
         # forwarded as, replayed to a restarted child.
         self.handshake: list[Outbound] = []
@@ -160,8 +159,7 @@ class StdioSession(Session):
                 self._ready.set()  # waiters find no child and get an error
                 with trio.CancelScope(shield=True):
                     await self._lost("session closed")
-                for scope in self._get_scopes:
-                    scope.cancel()
+                self.end_get_streams()
                 self.get_stream.finish()
 
     async def _record(self, kind: LifecycleKind, detail: dict[str, Any]) -> None:
@@ -211,11 +209,11 @@ class StdioSession(Session):
                 self._deliver(routed.client)
 
     async def _lost(self, reason: str) -> None:
-        for reply in await self.mediator.upstream_lost(reason):
+        for reply in await self.mediator.unanswered(Lost(reason)):
             self._deliver(reply)
-        for rid, stream in list(self._by_request.items()):
-            self._answer(rid, stream, jsonrpc.error_response(
-                rid, jsonrpc.UPSTREAM_UNAVAILABLE, f"upstream server {self.server!r} {reason}"))
+        if self._by_request:  # streams the mediator no longer tracked: answered all the same
+            for reply in await self.mediator.unanswered(Lost(reason), list(self._by_request)):
+                self._deliver(reply)
 
     # -- routing -----------------------------------------------------------
     def _deliver(self, data: bytes) -> None:
@@ -243,7 +241,7 @@ class StdioSession(Session):
         else:
             self.get_stream.publish(data)
 
-    def _progress_stream(self, msg: jsonrpc.Message) -> EventStream | None:
+    def _progress_stream(self, msg: jsonrpc.Message) -> SessionStream | None:
         try:
             token = _progress_params.decode(msg.params).progressToken if len(msg.params) else None
         except jsonrpc.DECODE_ERRORS:
@@ -253,7 +251,7 @@ class StdioSession(Session):
             return None
         return stream
 
-    def _answer(self, rid: RequestId, stream: EventStream, data: bytes) -> None:
+    def _answer(self, rid: RequestId, stream: SessionStream, data: bytes) -> None:
         stream.publish(data)
         stream.finish()
         self._by_request.pop(rid, None)
@@ -266,13 +264,13 @@ class StdioSession(Session):
         while len(self._finished) > KEEP_FINISHED_STREAMS:
             self._finished.popitem(last=False)
 
-    def open_request(self, msg: jsonrpc.Message, *, json_only: bool) -> EventStream | None:
+    def open_request(self, msg: jsonrpc.Message, *, json_only: bool) -> SessionStream | None:
         """A stream for the answer to this request; None if its id is in flight."""
         rid = msg.request_id
         assert rid is not None
         if rid in self._by_request:
             return None
-        stream = EventStream(self._next_stream)
+        stream = SessionStream(self._next_stream)
         self._next_stream += 1
         self._streams[stream.number] = stream
         self._by_request[rid] = stream
@@ -286,7 +284,7 @@ class StdioSession(Session):
     def in_flight_request(self, rid: RequestId) -> bool:
         return rid in self._by_request
 
-    def stream(self, number: int) -> EventStream | None:
+    def stream(self, number: int) -> SessionStream | None:
         return self._streams.get(number) or self._finished.get(number)
 
     def cancelled_by_client(self, msg: jsonrpc.Message) -> None:
@@ -315,39 +313,43 @@ class StdioSession(Session):
         return True
 
     async def forward_request(self, msg: jsonrpc.Message, data: Outbound,
-                              stream: EventStream) -> None:
+                              stream: SessionStream) -> None:
         """Send a request; if the child is gone for good, answer it with an error."""
         if not await self.send(data) and self.closed:
             rid = msg.request_id
             assert rid is not None
-            await self.mediator.upstream_lost("is not running")
-            if rid in self._by_request:
-                self._answer(rid, stream, jsonrpc.error_response(
-                    rid, jsonrpc.UPSTREAM_UNAVAILABLE,
-                    f"upstream server {self.server!r} is not running"))
+            if self._by_request.get(rid) is stream:
+                await self._fail(rid, stream, Lost("is not running"))
 
-    async def expire(self, rid: RequestId, stream: EventStream) -> None:
+    async def expire(self, rid: RequestId, stream: SessionStream) -> None:
         """The per-request timeout passed: answer with an error, tell the child."""
         if self._by_request.get(rid) is not stream:
             return
-        reply = await self.mediator.timed_out(rid, self.timeout)
-        if reply is None:
-            reply = jsonrpc.error_response(rid, jsonrpc.UPSTREAM_TIMEOUT,
-                                           f"upstream server {self.server!r} did not answer "
-                                           f"within {self.timeout:g} s")
-        self._answer(rid, stream, reply)
+        await self._fail(rid, stream, TimedOut(self.timeout))
         note = jsonrpc.request(mcp.CANCELLED, {"requestId": rid, "reason": "mcpwall: timeout"})
         await self.send(Outbound.own(note, "cancellation of a timed-out request"))
 
+    async def _fail(self, rid: RequestId, stream: SessionStream,
+                    failure: Lost | TimedOut) -> None:
+        """Answer one request its upstream will not answer, on its stream (once)."""
+        [reply] = await self.mediator.unanswered(failure, [rid])
+        if self._by_request.get(rid) is stream:  # not answered while the outcome was recorded
+            self._answer(rid, stream, reply)
+
     # -- HTTP --------------------------------------------------------------
-    async def answer_request(self, ex: Exchange, stream: EventStream, rid: RequestId,
+    async def answer_request(self, ex: Exchange, stream: SessionStream, rid: RequestId,
                              headers: list[tuple[str, str]], *, json_only: bool) -> bytes | None:
         """Answer a POSTed request with JSON or SSE; return the final message."""
         deadline = trio.current_time() + self.timeout
         if not json_only:
-            if not ex.started:  # a held call's stream is open already
-                await ex.start(200, [*sse.SSE_HEADERS, *headers])
-            return await self._stream_out(ex, stream, 0, deadline, rid)
+            out = SseResponse(ex, self.keepalive)
+            await out.open(headers)  # (a held call's stream is open already)
+            reader = stream.reader(0, self.log)
+            if await out.relay(reader, deadline):
+                await self.expire(rid, stream)
+                await out.relay(reader)
+            await out.end()
+            return reader.final
         with trio.move_on_at(deadline):
             while not stream.finished:
                 await stream.wait_after(stream.last_seq)
@@ -356,33 +358,6 @@ class StdioSession(Session):
         final = stream.events[-1][1] if stream.events else None
         await ex.respond(200, final or b"", headers=headers)
         return final
-
-    async def _stream_out(self, ex: Exchange, stream: EventStream, seq: int,
-                          deadline: float | None, rid: RequestId | None) -> bytes | None:
-        """Write a stream's events from ``seq`` on until it finishes; keepalives."""
-        final: bytes | None = None
-        while True:
-            now = trio.current_time()
-            wake = now + self.keepalive if deadline is None else min(deadline, now + self.keepalive)
-            with trio.move_on_at(wake):
-                await stream.wait_after(seq)
-            events = stream.after(seq)
-            if events and events[0][0] > seq + 1:
-                self.log.warning("stream_events_dropped", stream=stream.number,
-                                 lost=events[0][0] - seq - 1)
-            for number, data in events:
-                await ex.write(sse.encode_event(data, id=stream.event_id(number)))
-                seq = number
-                final = data
-            stream.delivered = max(stream.delivered, seq)
-            if stream.finished and seq >= stream.last_seq:
-                await ex.end()
-                return final
-            if not events:
-                if deadline is not None and rid is not None and trio.current_time() >= deadline:
-                    await self.expire(rid, stream)
-                    continue
-                await ex.write(sse.COMMENT_KEEPALIVE)
 
     async def open_get(self, ex: Exchange, last_event_id: str | None) -> bool:
         """Serve a GET stream (or a resumption); False when one is already open."""
@@ -396,29 +371,24 @@ class StdioSession(Session):
         if is_main and self.get_open:
             return False
         scope = trio.CancelScope()
-        self._get_scopes.add(scope)
+        self.get_scopes.add(scope)
         if is_main:
             self.get_open = True
         try:
-            await ex.start(200, sse.SSE_HEADERS)
-            await ex.write(sse.COMMENT_KEEPALIVE)  # headers and a first byte out now
+            out = SseResponse(ex, self.keepalive)
+            await out.open(prime=True)  # headers and a first byte out now
             with scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(_cancel_on_disconnect, ex, nursery.cancel_scope)
-                    await self._stream_out(ex, stream, seq, None, None)
+                    await out.relay(stream.reader(seq, self.log))
                     nursery.cancel_scope.cancel()
             if not ex.disconnected:
-                await ex.end()
+                await out.end()
         finally:
-            self._get_scopes.discard(scope)
+            self.get_scopes.discard(scope)
             if is_main:
                 self.get_open = False
         return True
-
-    def end_get_streams(self) -> None:
-        """Close the open GET streams (shutdown)."""
-        for scope in self._get_scopes:
-            scope.cancel()
 
     def health(self) -> dict[str, Any]:
         child = self._child
@@ -544,6 +514,9 @@ class StdioEndpoint:
     async def delete(self, ex: Exchange, session: Session) -> None:
         await self.front.end_session(session, "deleted by the client")
         await ex.respond(204)
+
+    async def aclose(self) -> None:
+        """Nothing is shared across sessions: each child stops with its session."""
 
     def health(self) -> dict[str, Any]:
         return {"transport": self.transport, "sessions": self.front.table.count(self.name),

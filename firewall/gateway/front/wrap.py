@@ -16,7 +16,8 @@ Invariants:
    the next group commit grow with the load.
 3. Client EOF ends the session cleanly: the child's stdin is closed, it gets
    ``terminate_grace`` to exit, then SIGTERM, then SIGKILL. Exit code 0.
-4. Child exit answers every pending request with a JSON-RPC error; if the
+4. Child exit answers every pending request with a JSON-RPC error
+   (``Mediator.unanswered``); if the
    client was still there, the session ends with a non-zero exit code.
 5. A call held for approval waits in a task of its own and may write to the
    client meanwhile (progress keep-alives, elicitation). When the session
@@ -36,7 +37,7 @@ from typing import Any
 import trio
 
 from firewall.config import StdioServer
-from firewall.gateway.mediator import HeldCall, Mediator
+from firewall.gateway.mediator import HeldCall, Lost, Mediator
 from firewall.gateway.outbound import Outbound
 from firewall.gateway.upstream.stdio import (
     ChildExited,
@@ -171,7 +172,7 @@ class WrapSession:
         code = await self.child.wait()
         # Pending requests are answered even after client EOF: a client may
         # close its end of our stdin and still read our stdout.
-        await self._to_client(await self.mediator.upstream_lost(f"exited with code {code}"))
+        await self._to_client(await self.mediator.unanswered(Lost(f"exited with code {code}")))
         if not self._client_eof:
             self.log.error("upstream_died", returncode=code)
             self.exit_code = code if code > 0 else (128 - code if code < 0 else 1)

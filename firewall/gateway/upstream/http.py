@@ -76,7 +76,6 @@ from firewall.protocol import jsonrpc
 from firewall.protocol.sse import Event, SSEError, SSEParser
 
 __all__ = [
-    "EventStream",
     "HeaderInput",
     "HttpUpstream",
     "PoolStats",
@@ -84,6 +83,7 @@ __all__ = [
     "Reason",
     "Response",
     "UpstreamError",
+    "UpstreamEvents",
 ]
 
 HeaderInput = Mapping[str, str] | Iterable[tuple[str | bytes, str | bytes]]
@@ -483,13 +483,13 @@ class Response:
             parts.append(chunk)
         return b"".join(parts)
 
-    def events(self, *, keep_dataless: bool = False) -> EventStream:
+    def events(self, *, keep_dataless: bool = False) -> UpstreamEvents:
         """Parse a ``text/event-stream`` body into events as they complete.
 
         A malformed stream (an event over the parser's size limit) raises
         :class:`UpstreamError` ``PROTOCOL_ERROR``.
         """
-        return EventStream(self, SSEParser(keep_dataless=keep_dataless))
+        return UpstreamEvents(self, SSEParser(keep_dataless=keep_dataless))
 
     def _try_finish_without_io(self) -> None:
         # The rest of the body may already have been parsed (a 202 with an
@@ -515,8 +515,11 @@ class _BodyIterator:
         return chunk
 
 
-class EventStream:
-    """The events of a ``text/event-stream`` body, as they complete (:meth:`Response.events`)."""
+class UpstreamEvents:
+    """The events of an upstream's ``text/event-stream`` body, as they complete.
+
+    Made by :meth:`Response.events`; read only: what reaches a client is
+    written by the front (``gateway/front/sse_response.py``)."""
 
     __slots__ = ("_parser", "_pending", "_response")
 
@@ -525,7 +528,7 @@ class EventStream:
         self._parser = parser
         self._pending: deque[Event] = deque()
 
-    def __aiter__(self) -> EventStream:
+    def __aiter__(self) -> UpstreamEvents:
         return self
 
     def at_end(self) -> bool:

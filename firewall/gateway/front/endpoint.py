@@ -1,0 +1,59 @@
+"""What the HTTP front asks of a mounted server: the :class:`Endpoint` contract.
+
+One endpoint serves ``/servers/NAME/mcp`` for one server of the fleet; its
+kind follows the server's transport (``stdio_endpoint``: a child process per
+session; ``http_endpoint``: a mediated relay to a Streamable HTTP server).
+Rules of the contract:
+
+1. Every endpoint implements all of it; what does not apply to a kind is a
+   no-op there, never a missing method: the front calls each method directly
+   (``mypy --strict`` checks both kinds against it where the front builds them).
+2. The front calls :meth:`Endpoint.post`, :meth:`Endpoint.get` and
+   :meth:`Endpoint.delete` only after its own checks passed (path, method,
+   Origin, bearer token, protocol version, session ownership; for a POST:
+   Accept, Content-Type, size, one JSON-RPC message). A GET or DELETE always
+   comes with the caller's session.
+3. :attr:`Endpoint.idle_limit` is how long its sessions may stay idle: the
+   front's reaper runs often enough for the smallest one.
+4. :meth:`Endpoint.aclose` runs once, after every session ended (shutdown):
+   it releases what the endpoint holds across sessions (connection pools).
+   Ending a session's GET streams is the session's own business
+   (``Session.end_get_streams``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from firewall.gateway.front.sessions import Session
+from firewall.gateway.http.exchange import Exchange
+from firewall.policy.decision import Caller
+from firewall.protocol import jsonrpc, mcp
+
+
+class Endpoint(Protocol):
+    """One mounted server: what the front calls once a request passed its checks."""
+
+    name: str
+    idle_limit: float
+
+    @property
+    def transport(self) -> str:
+        """``"stdio"`` or ``"http"``, for ``/healthz``."""
+
+    async def post(self, ex: Exchange, caller: Caller, session: Session | None,
+                   msg: jsonrpc.Envelope, body: bytes, accept_sse: bool,
+                   call: mcp.Call | None = None) -> None:
+        """Answer one POSTed message (``call``: its policy view, when the front made it)."""
+
+    async def get(self, ex: Exchange, session: Session) -> None:
+        """Serve a GET stream of ``session`` (or resume one, with ``Last-Event-ID``)."""
+
+    async def delete(self, ex: Exchange, session: Session) -> None:
+        """End ``session`` at the client's request."""
+
+    def health(self) -> dict[str, Any]:
+        """This server's part of ``/healthz``."""
+
+    async def aclose(self) -> None:
+        """Release what the endpoint holds across sessions (rule 4)."""
