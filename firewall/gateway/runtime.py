@@ -15,10 +15,11 @@ import trio
 
 from firewall.audit.events import AuditPoint, append_lifecycle
 from firewall.audit.writer import AuditError, default_instance_id, open_audit
-from firewall.config import Config, ConfigError, StdioServer
+from firewall.config import Config, ConfigError, HttpServer, StdioServer
 from firewall.gateway.approvals.desk import ApprovalDesk, open_desk
 from firewall.gateway.front.sessions import new_session_id
 from firewall.gateway.front.wrap import run_wrap
+from firewall.gateway.front.wrap_http import run_wrap_http
 from firewall.gateway.mediator import Mediator
 from firewall.gateway.operator.killswitch import GuardedPolicy
 from firewall.gateway.operator.switchboard import SwitchBoard, open_switchboard
@@ -155,14 +156,22 @@ async def open_stores(config: Config, limiter: RedisLimiter | None, audit_enable
 
 async def run_wrap_session(
     config: Config,
-    settings: StdioServer,
+    settings: StdioServer | HttpServer,
     server: str,
     caller: Caller,
     policy_files: list[str],
     dry_run: bool,
     audit_enabled: bool,
+    *,
+    terminate_grace: float = 5.0,
+    max_line: int = 16 * 1024 * 1024,
 ) -> int:
-    """One ``wrap`` session on our stdin/stdout; returns the process exit code."""
+    """One ``wrap`` session on our stdin/stdout, in front of a stdio child or an
+    HTTP server (``settings``); returns the process exit code.
+
+    For an HTTP upstream, ``terminate_grace`` is what calls in flight get once
+    the client closed stdin, and ``max_line`` the longest client message.
+    """
     limiter = shared_limiter(config.limits, config.source)
     policy = build_policy(policy_files, dry_run=dry_run or config.policy.dry_run,
                           limiter=limiter)
@@ -184,10 +193,18 @@ async def run_wrap_session(
                             audit=audit, deny_tools_call_as=config.policy.deny_tools_call_as,
                             approvals=desk)
         log.info("session_started", principal=caller.principal, transport="stdio")
+        upstream: dict[str, Any] = (
+            {"command": [settings.command, *settings.args]}
+            if isinstance(settings, StdioServer) else {"url": settings.url})
         await append_lifecycle(audit, "session_start", session=session, principal=caller.principal,
                         server=server, detail={"transport": "stdio", "grant": caller.grant,
-                                               "command": [settings.command, *settings.args]})
-        code = await run_wrap(settings, mediator=mediator)
+                                               **upstream})
+        if isinstance(settings, StdioServer):
+            code = await run_wrap(settings, mediator=mediator)
+        else:
+            code = await run_wrap_http(settings, mediator=mediator,
+                                       answer_seconds=config.listen.upstream_timeout_seconds,
+                                       grace=terminate_grace, max_line=max_line)
         if desk is not None:
             await desk.forget_session(session)
         await append_lifecycle(audit, "session_end", session=session, principal=caller.principal,
