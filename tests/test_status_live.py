@@ -17,6 +17,7 @@ from sdk_scenarios import stdio_session
 from serve_process import start_serve, stop_gracefully
 
 pytestmark = pytest.mark.slow
+ROOT = str(Path(__file__).resolve().parents[1])
 
 POLICY = {"version": "1", "default": "deny", "tools": {
     "vm_management": {"action": "allow"},
@@ -59,7 +60,7 @@ async def test_status_shows_serve_and_wrap_with_their_counts(
             await _calls(session, allowed=2)
         wrap = [*mcpwall_argv(), "wrap", "--policy", str(policy), "--audit-db", str(wrap_db),
                 "--server-name", "demo-wrapped", "--", sys.executable, "-m", "firewall.demo"]
-        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+        env = {**os.environ, "PYTHONPATH": ROOT}
         async with stdio_session(wrap, env=env) as session:
             await _calls(session, allowed=3)
             await trio.sleep(0.5)  # the serve writer's group commit

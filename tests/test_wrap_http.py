@@ -92,7 +92,7 @@ async def test_policy_header_and_audit_through_http_upstream(tmp_path: Path) -> 
     assert rows == [("echo", "allow", "ok"), ("danger", "deny", None)]
 
 
-async def test_without_the_header_the_upstream_refuses_and_the_call_is_answered(
+def test_without_the_header_the_upstream_refuses_and_the_call_is_answered(
         tmp_path: Path) -> None:
     with recording_http(tmp_path, token=TOKEN) as (url, record):
         proc = subprocess.run(wrapped(url), input=b"".join(line + b"\n" for line in [
