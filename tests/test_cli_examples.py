@@ -39,6 +39,7 @@ NEEDS_LISTENER = "MCPWALL_ADMIN_URL="
 EXPECTED_EXIT = {
     "mcpwall explain rules/virtualization.json --tool vm_management "
     """--args '{"action":"delete","vm_name":"web-01"}'""": 3,  # it shows a refusal
+    "mcpwall status": 1,  # nothing runs in the test's empty registry
 }
 
 CONFIG = """\
@@ -103,6 +104,7 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
     for name in ("MCPWALL_ADMIN_URL", "MCPWALL_ADMIN_TOKEN"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MCPWALL_REGISTRY", str(tmp_path / "registry"))  # nothing runs
     return tmp_path
 
 

@@ -101,6 +101,7 @@ class Filters(msgspec.Struct, kw_only=True):
     principal: str | None = None
     grant: str | None = None
     session: str | None = None
+    instance: str | None = None  # the writing process (host:pid)
     server: str | None = None
     method: str | None = None
     tool: str | None = None  # a glob: delete_*
@@ -135,7 +136,7 @@ class Filters(msgspec.Struct, kw_only=True):
             add(f"{t}{p}ts_ns >= ?", self.since_ns)
         if self.until_ns is not None:
             add(f"{t}{p}ts_ns < ?", self.until_ns)
-        for col in ("principal", "grant", "session", "server", "method", "rule"):
+        for col in ("principal", "grant", "session", "instance", "server", "method", "rule"):
             value = getattr(self, col)
             if value is not None:
                 add(f'{p}"{col}" = ?', value)

@@ -274,6 +274,10 @@ class Mediator:
         self.holds = Holds(approvals, audit, server=server, session=session, caller=caller,
                            log=self.log, taken=self._server_pending)
 
+    def awaits(self, request_id: RequestId) -> bool:
+        """Whether a client request forwarded upstream still waits for its answer."""
+        return request_id in self._client_pending
+
     @property
     def pending_count(self) -> int:
         """Requests forwarded to the upstream and not answered yet."""

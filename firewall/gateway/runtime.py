@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -15,11 +16,13 @@ import trio
 
 from firewall.audit.events import AuditPoint, append_lifecycle
 from firewall.audit.writer import AuditError, default_instance_id, open_audit
-from firewall.config import Config, ConfigError, StdioServer
+from firewall.config import Config, ConfigError, HttpServer, StdioServer
 from firewall.gateway.approvals.desk import ApprovalDesk, open_desk
 from firewall.gateway.front.sessions import new_session_id
 from firewall.gateway.front.wrap import run_wrap
+from firewall.gateway.front.wrap_http import run_wrap_http
 from firewall.gateway.mediator import Mediator
+from firewall.gateway.operator import instances
 from firewall.gateway.operator.killswitch import GuardedPolicy
 from firewall.gateway.operator.switchboard import SwitchBoard, open_switchboard
 from firewall.gateway.policy_reload import reloader_for
@@ -158,14 +161,22 @@ async def open_stores(config: Config, limiter: RedisLimiter | None, audit_enable
 
 async def run_wrap_session(
     config: Config,
-    settings: StdioServer,
+    settings: StdioServer | HttpServer,
     server: str,
     caller: Caller,
     policy_files: list[str],
     dry_run: bool,
     audit_enabled: bool,
+    *,
+    terminate_grace: float = 5.0,
+    max_line: int = 16 * 1024 * 1024,
 ) -> int:
-    """One ``wrap`` session on our stdin/stdout; returns the process exit code."""
+    """One ``wrap`` session on our stdin/stdout, in front of a stdio child or an
+    HTTP server (``settings``); returns the process exit code.
+
+    For an HTTP upstream, ``terminate_grace`` is what calls in flight get once
+    the client closed stdin, and ``max_line`` the longest client message.
+    """
     limiter = shared_limiter(config.limits, config.source)
     policy = build_policy(policy_files, dry_run=dry_run or config.policy.dry_run,
                           limiter=limiter)
@@ -174,28 +185,44 @@ async def run_wrap_session(
             config, audit=msgspec.structs.replace(config.audit, writer="thread"))
     session = new_session_id()
     log = get_logger(server=server, session=session)
-    async with (
-        open_stores(config, limiter, audit_enabled) as (audit, board, desk),
-        trio.open_nursery() as nursery,
-    ):
-        if audit is None:
-            log.warning("audit_disabled", hint="pass --audit-db PATH or --config FILE")
-        nursery.start_soon(watch_policy, policy, audit)
-        # Without a file nothing can turn a switch on in wrap (it has no operator API).
-        guarded = GuardedPolicy(policy, board.switch) if board.persisted else policy
-        mediator = Mediator(server=server, session=session, caller=caller, policy=guarded,
-                            audit=audit, deny_tools_call_as=config.policy.deny_tools_call_as,
-                            approvals=desk)
-        log.info("session_started", principal=caller.principal, transport="stdio")
-        await append_lifecycle(audit, "session_start", session=session, principal=caller.principal,
-                        server=server, detail={"transport": "stdio", "grant": caller.grant,
-                                               "command": [settings.command, *settings.args]})
-        code = await run_wrap(settings, mediator=mediator)
-        if desk is not None:
-            await desk.forget_session(session)
-        await append_lifecycle(audit, "session_end", session=session, principal=caller.principal,
-                        server=server, detail={"exit_code": code})
-        nursery.cancel_scope.cancel()
+    entry = instances.describe(
+        "wrap", default_instance_id(), session=session, servers=[server],
+        config=None if config.source.startswith("<") else config.source,
+        audit=config.audit.path if audit_enabled else None,
+        upstream=(settings.url if isinstance(settings, HttpServer)
+                  else " ".join([settings.command, *settings.args])))
+    with instances.registered(entry):
+        async with (
+            open_stores(config, limiter, audit_enabled) as (audit, board, desk),
+            trio.open_nursery() as nursery,
+        ):
+            if audit is None:
+                log.warning("audit_disabled", hint="pass --audit-db PATH or --config FILE")
+            nursery.start_soon(watch_policy, policy, audit)
+            # Without a file nothing can turn a switch on in wrap (it has no operator API).
+            guarded = GuardedPolicy(policy, board.switch) if board.persisted else policy
+            mediator = Mediator(server=server, session=session, caller=caller, policy=guarded,
+                                audit=audit, deny_tools_call_as=config.policy.deny_tools_call_as,
+                                approvals=desk)
+            log.info("session_started", principal=caller.principal, transport="stdio")
+            upstream: dict[str, Any] = (
+                {"command": [settings.command, *settings.args]}
+                if isinstance(settings, StdioServer) else {"url": settings.url})
+            await append_lifecycle(
+                audit, "session_start", session=session, principal=caller.principal,
+                server=server, detail={"transport": "stdio", "grant": caller.grant, **upstream})
+            if isinstance(settings, StdioServer):
+                code = await run_wrap(settings, mediator=mediator)
+            else:
+                code = await run_wrap_http(settings, mediator=mediator,
+                                           answer_seconds=config.listen.upstream_timeout_seconds,
+                                           grace=terminate_grace, max_line=max_line)
+            if desk is not None:
+                await desk.forget_session(session)
+            await append_lifecycle(
+                audit, "session_end", session=session, principal=caller.principal,
+                server=server, detail={"exit_code": code})
+            nursery.cancel_scope.cancel()
     return code
 
 
@@ -230,6 +257,7 @@ async def serve(config: Config, *, banner: TextIO | None = None) -> None:
         finally:
             nursery.cancel_scope.cancel()
 
+    registry = contextlib.ExitStack()  # this instance's registry entry, once it listens
     try:
         # The audit trail outlives the front: closing it flushes and signs the
         # head after the last session ended.
@@ -258,6 +286,11 @@ async def serve(config: Config, *, banner: TextIO | None = None) -> None:
             if admin_urls:
                 (banner if banner is not None else sys.stderr).write(
                     f"Operator console and API: {admin_urls[0]}/\n")
+            registry.enter_context(instances.registered(instances.describe(
+                "serve", default_instance_id(), listen=binds, operator=admin_urls,
+                servers=list(config.servers),
+                config=None if config.source.startswith("<") else config.source,
+                audit=config.audit.path)))
     except BaseExceptionGroup as group:
         config_error = group.subgroup(ConfigError)
         if config_error is not None:
@@ -273,6 +306,8 @@ async def serve(config: Config, *, banner: TextIO | None = None) -> None:
             exc = exc.exceptions[0]
         raise ConfigError(f"cannot listen on {config.listen.host}:{config.listen.port}: "
                           f"{getattr(exc, 'strerror', None) or exc}") from None
+    finally:
+        registry.close()
     log.info("serve_stopped")
 
 

@@ -1,7 +1,10 @@
 """``wrap`` mode: mcpwall as a stdio MCP server in front of a stdio child.
 
 Clients that launch their servers themselves (Claude Desktop, Cursor, Claude
-Code) run ``mcpwall wrap -- COMMAND ARGS...`` instead of ``COMMAND ARGS...``.
+Code) run ``mcpwall wrap -- COMMAND ARGS...`` instead of ``COMMAND ARGS...``
+(or ``mcpwall wrap --upstream URL`` for a server reached over Streamable
+HTTP: :mod:`firewall.gateway.front.wrap_http`, on the same
+:class:`StdioClient`).
 
 Invariants:
 
@@ -50,19 +53,23 @@ from firewall.protocol import framing, jsonrpc
 from firewall.protocol.framing import TOO_LONG
 
 
-class WrapSession:
-    """One wrapped session: a client on two streams, a child, a mediator."""
+class StdioClient:
+    """The client side of a wrapped session: its stdin read in batches, each
+    message decided, refusals answered, held calls waited for in their own
+    tasks, and everything for the client written one line each (rule 6).
+
+    A subclass says how decided messages reach its upstream
+    (:meth:`forward`, :meth:`forward_one`) and runs the session.
+    """
 
     def __init__(
         self,
         mediator: Mediator,
-        child: StdioChild,
         client_in: trio.abc.ReceiveStream,
         client_out: trio.abc.SendStream,
         max_line: int,
     ) -> None:
         self.mediator = mediator
-        self.child = child
         self.client_in = client_in
         self.client_out = client_out
         self.max_line = max_line
@@ -74,20 +81,14 @@ class WrapSession:
         self._client_scope = trio.CancelScope()
         self._held_calls: trio.Nursery
 
-    async def run(self) -> int:
-        """Mediate until the client leaves or the child dies; return the exit code."""
-        async with trio.open_nursery() as nursery:
-            self._held_calls = nursery
-            nursery.start_soon(self._read_child)
-            with self._client_scope:
-                await self._read_client()
-            self.mediator.holds.withdraw("the client disconnected" if self._client_eof
-                                         else "the session ended")
-            # Client EOF (or the client or the child gone): ask the child to
-            # exit, relaying what it still says until it does. Returns at once
-            # when the child has already exited.
-            await self.child.terminate()
-        return self.exit_code
+    async def forward(self, messages: list[Outbound]) -> bool:
+        """Write decided messages to the upstream, in order; False if it is gone."""
+        raise NotImplementedError
+
+    async def forward_one(self, message: Outbound) -> None:
+        """Write one released held call to the upstream (a gone upstream is ignored:
+        its reader answers what is pending)."""
+        raise NotImplementedError
 
     async def _to_client(self, messages: list[bytes]) -> None:
         if not messages or self._client_gone:
@@ -109,14 +110,14 @@ class WrapSession:
     async def _read_client(self) -> None:
         async for lines in line_batches(self.client_in, self.max_line):
             if not await self._client_batch(lines):
-                return  # the child is gone: _read_child answers what is pending
+                return  # the upstream is gone: its reader answers what is pending
         self._client_eof = True
         self.log.info("client_eof")
 
     async def _client_batch(self, lines: list[bytes]) -> bool:
         """Decide a batch, answer refusals, forward the rest in one write.
 
-        False when the child can no longer be written to.
+        False when the upstream can no longer be written to.
         """
         replies: list[bytes] = []
         routed: list[Outbound] = []
@@ -138,11 +139,7 @@ class WrapSession:
         for out in routed:  # durable before the client hears of the batch
             await out.ready()
         await self._to_client(replies)
-        try:
-            await self.child.send_many(routed)
-        except ChildExited:
-            return False
-        return True
+        return await self.forward(routed)
 
     async def _release(self, held: HeldCall) -> None:
         """Forward or refuse a held call once a person (or the deadline) decided."""
@@ -153,8 +150,48 @@ class WrapSession:
         r = await held.wait(to_client)
         await self._to_client([r.client] if r.client is not None else [])
         if r.upstream is not None:
-            with contextlib.suppress(ChildExited):
-                await self.child.send(r.upstream)
+            await self.forward_one(r.upstream)
+
+
+class WrapSession(StdioClient):
+    """One wrapped session: a client on two streams, a child, a mediator."""
+
+    def __init__(
+        self,
+        mediator: Mediator,
+        child: StdioChild,
+        client_in: trio.abc.ReceiveStream,
+        client_out: trio.abc.SendStream,
+        max_line: int,
+    ) -> None:
+        super().__init__(mediator, client_in, client_out, max_line)
+        self.child = child
+
+    async def run(self) -> int:
+        """Mediate until the client leaves or the child dies; return the exit code."""
+        async with trio.open_nursery() as nursery:
+            self._held_calls = nursery
+            nursery.start_soon(self._read_child)
+            with self._client_scope:
+                await self._read_client()
+            self.mediator.holds.withdraw("the client disconnected" if self._client_eof
+                                         else "the session ended")
+            # Client EOF (or the client or the child gone): ask the child to
+            # exit, relaying what it still says until it does. Returns at once
+            # when the child has already exited.
+            await self.child.terminate()
+        return self.exit_code
+
+    async def forward(self, messages: list[Outbound]) -> bool:
+        try:
+            await self.child.send_many(messages)
+        except ChildExited:
+            return False
+        return True
+
+    async def forward_one(self, message: Outbound) -> None:
+        with contextlib.suppress(ChildExited):
+            await self.child.send(message)
 
     async def _read_child(self) -> None:
         async for batch in self.child.batches():
@@ -179,6 +216,14 @@ class WrapSession:
             self._client_scope.cancel()
 
 
+def client_streams(client_in: trio.abc.ReceiveStream | None,
+                   client_out: trio.abc.SendStream | None
+                   ) -> tuple[trio.abc.ReceiveStream, trio.abc.SendStream]:
+    """The given streams, or our own stdin and stdout."""
+    return (client_in if client_in is not None else trio.lowlevel.FdStream(os.dup(0)),
+            client_out if client_out is not None else trio.lowlevel.FdStream(os.dup(1)))
+
+
 async def run_wrap(
     settings: StdioServer,
     *,
@@ -187,10 +232,7 @@ async def run_wrap(
     client_out: trio.abc.SendStream | None = None,
 ) -> int:
     """Run one wrapped session on the given streams (our stdin/stdout by default)."""
-    if client_in is None:
-        client_in = trio.lowlevel.FdStream(os.dup(0))
-    if client_out is None:
-        client_out = trio.lowlevel.FdStream(os.dup(1))
+    client_in, client_out = client_streams(client_in, client_out)
     log = get_logger(server=mediator.server, session=mediator.session)
     try:
         async with open_stdio_child(settings, server=mediator.server,
@@ -205,4 +247,3 @@ async def run_wrap(
             await client_out.aclose()
             await client_in.aclose()
     return code
-

@@ -1,0 +1,390 @@
+"""``wrap --upstream URL``: mcpwall as a stdio MCP server in front of a
+Streamable HTTP server, for clients that only launch commands.
+
+The client side is :class:`~firewall.gateway.front.wrap.StdioClient` (the
+same batches, refusals, held calls and one-line writes as ``wrap -- CMD``);
+the upstream side is :class:`~firewall.gateway.upstream.http.HttpUpstream`,
+the client the HTTP front's endpoints use. Rules this module keeps:
+
+1. Nothing is written upstream but an Outbound the mediator made:
+   ``HttpUpstream.forward`` POSTs it once its decision is durable. The GET
+   stream and the final DELETE carry no body.
+2. Each forwarded message is its own POST, in a task of its own, started in
+   the order the client sent them (as every Streamable HTTP client does: a
+   long tool call does not hold up the next message). ``initialize`` is
+   the exception: it is answered before the next message goes, since the
+   others need the upstream's ``Mcp-Session-Id``.
+3. The upstream's ``Mcp-Session-Id`` (from the answer to ``initialize``) and
+   the negotiated ``MCP-Protocol-Version`` go on every later request; the
+   ``--header`` values on every request. The client never sees either id.
+4. An answer comes as JSON or as an event stream; every message in it, and
+   on the GET stream the session opens after ``notifications/initialized``,
+   passes through ``mediator.from_server`` before the client sees it. A
+   server->client request (sampling, elicitation, roots) goes to the client
+   as decided, and the client's answer is POSTed back like any message; a
+   refused one is answered to the upstream by the mediator's Outbound.
+   Events with no data (priming events) are not messages and go nowhere.
+5. A request whose POST fails (unreachable, refused, timeout, an HTTP error
+   or an answer that is neither JSON nor an event stream) is answered with a
+   JSON-RPC error carrying its id, recorded as the call's outcome. The first
+   failure after a success (or at start) is logged at error level
+   (``upstream_unreachable``) with the URL and why; the process lives on and
+   later calls try again.
+6. Client EOF: held calls are withdrawn, exchanges in flight get
+   ``terminate_grace`` seconds to finish, then are cancelled and their
+   requests answered with an error; the upstream session is ended with a
+   DELETE (best effort, bounded). Exit code 0. An upstream that ended our
+   session (HTTP 404) answers what is pending with an error; later requests
+   go without a session id and get the upstream's own answer.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import msgspec
+import trio
+
+from firewall.config import HttpServer
+from firewall.gateway.front.wrap import StdioClient, client_streams
+from firewall.gateway.http.exchange import JSON, SSE
+from firewall.gateway.mediator import Lost, Mediator, TimedOut, UpstreamFailure
+from firewall.gateway.outbound import Outbound
+from firewall.gateway.upstream.http import (
+    HttpUpstream,
+    PreparedHeaders,
+    Reason,
+    Response,
+    UpstreamError,
+)
+from firewall.protocol import jsonrpc, mcp
+from firewall.protocol.jsonrpc import Kind, RequestId
+from firewall.protocol.sse import Event
+
+MAX_RESPONSE_BYTES: Final = 64 * 1024 * 1024
+ACCEPT: Final = f"{JSON}, {SSE}"
+INITIALIZED: Final = "notifications/initialized"
+# The GET stream is opened again after it ends or fails, waiting this long
+# first (doubling up to the maximum while it keeps failing).
+GET_RETRY_SECONDS: Final = 1.0
+GET_RETRY_MAX_SECONDS: Final = 30.0
+DELETE_SECONDS: Final = 5.0
+
+
+class _InitResult(msgspec.Struct):
+    protocol_version: str | None = msgspec.field(default=None, name="protocolVersion")
+
+
+class _InitAnswer(msgspec.Struct):
+    result: _InitResult | None = None
+
+
+_init_decoder: Final = msgspec.json.Decoder(_InitAnswer)
+
+
+class HttpWrapSession(StdioClient):
+    """One wrapped session: a client on two streams, an HTTP upstream, a mediator."""
+
+    def __init__(
+        self,
+        mediator: Mediator,
+        settings: HttpServer,
+        client_in: trio.abc.ReceiveStream,
+        client_out: trio.abc.SendStream,
+        *,
+        max_line: int,
+        timeout: float,
+        grace: float,
+    ) -> None:
+        super().__init__(mediator, client_in, client_out, max_line)
+        self.url = settings.url
+        self.timeout = timeout
+        self.grace = grace
+        # POSTs and the DELETE: their answers end, so a bounded pool.
+        self.upstream = HttpUpstream(settings.url, settings.headers,
+                                     max_connections=settings.max_connections,
+                                     connect_timeout=settings.connect_timeout_seconds)
+        # The GET stream: a connection of its own for as long as it lives.
+        self.streams = HttpUpstream(settings.url, settings.headers, max_connections=1,
+                                    connect_timeout=settings.connect_timeout_seconds)
+        self.upstream_sid: str | None = None
+        self.protocol_version: str | None = None
+        self._prepared: tuple[tuple[tuple[str, str], ...], PreparedHeaders] | None = None
+        self._reachable: bool | None = None  # None: not tried yet
+        self._get_started = False
+        self._posts_open = False
+        self._session_nursery: trio.Nursery
+
+    # -- the session -----------------------------------------------------------
+    async def run(self) -> int:
+        """Mediate until the client closes stdin; return the exit code (rule 6)."""
+        try:
+            async with trio.open_nursery() as session:
+                self._session_nursery = session
+                async with trio.open_nursery() as posts:
+                    self._held_calls = posts
+                    self._posts_open = True
+                    with self._client_scope:
+                        await self._read_client()
+                    self.mediator.holds.withdraw("the client disconnected" if self._client_eof
+                                                 else "the session ended")
+                    posts.cancel_scope.deadline = trio.current_time() + self.grace
+                self._posts_open = False
+                session.cancel_scope.cancel()  # the GET stream
+            # Exchanges cut short by the grace: their requests get an answer.
+            await self._to_client(await self.mediator.unanswered(
+                Lost("did not answer before the session ended")))
+            await self._end_upstream_session()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.upstream.aclose()
+                await self.streams.aclose()
+        return self.exit_code
+
+    async def forward(self, messages: list[Outbound]) -> bool:
+        """Requests go in tasks of their own, each started once the one before
+        it has its decision durable; ``initialize``, notifications and answers
+        are POSTed in line, so what follows them waits (rule 2)."""
+        for message in messages:
+            msg = self._decoded(message)
+            if msg is None:
+                continue
+            if msg.kind is Kind.REQUEST and msg.method != mcp.INITIALIZE:
+                await self._start(message, msg)
+            else:
+                await self._exchange(message, msg)
+        return True
+
+    async def forward_one(self, message: Outbound) -> None:
+        msg = self._decoded(message)
+        if msg is not None:
+            await self._exchange(message, msg)
+
+    def _decoded(self, message: Outbound) -> jsonrpc.Message | None:
+        try:  # the mediator's own canonical line: it decodes
+            return jsonrpc.decode(message.data)
+        except jsonrpc.ProtocolError as exc:  # never expected; fails this message only
+            self.log.error("message_failed", direction="client", error=str(exc))
+            return None
+
+    async def _start(self, message: Outbound, msg: jsonrpc.Message) -> None:
+        if self._posts_open:
+            await self._held_calls.start(self._exchange, message, msg)
+        else:
+            self.log.info("upstream_message_dropped", reason="the session is ending",
+                          method=msg.method)
+
+    async def _end_upstream_session(self) -> None:
+        if self.upstream_sid is None:
+            return
+        with trio.CancelScope(shield=True), trio.move_on_after(DELETE_SECONDS):
+            try:
+                async with self.upstream.request("DELETE", self._headers()) as resp:
+                    await resp.read(MAX_RESPONSE_BYTES)
+            except UpstreamError as exc:
+                self.log.info("upstream_delete_failed", reason=exc.reason.value)
+
+    # -- headers ---------------------------------------------------------------
+    def _headers(self, *extra: tuple[str, str]) -> list[tuple[str, str]]:
+        out = list(extra)
+        if self.upstream_sid is not None:
+            out.append(("mcp-session-id", self.upstream_sid))
+        if self.protocol_version is not None:
+            out.append(("mcp-protocol-version", self.protocol_version))
+        return out
+
+    def _post_headers(self) -> PreparedHeaders:
+        """The headers of a POST, checked once per session id and version (rule 3)."""
+        key = tuple(self._headers(("content-type", JSON), ("accept", ACCEPT)))
+        if self._prepared is None or self._prepared[0] != key:
+            self._prepared = (key, self.upstream.prepare(key))
+        return self._prepared[1]
+
+    # -- POST ------------------------------------------------------------------
+    async def _exchange(self, message: Outbound, msg: jsonrpc.Message,
+                        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """POST one decided message and relay its answer (rules 4 and 5)."""
+        rid = msg.request_id if msg.kind is Kind.REQUEST else None
+        await message.ready()
+        task_status.started()
+        deadline = trio.current_time() + self.timeout
+        try:
+            async with await self.upstream.forward(self._post_headers(), message,
+                                                   response_timeout=self.timeout) as resp:
+                self._reached()
+                await self._relay(resp, msg, rid, deadline)
+        except UpstreamError as exc:
+            self._unreachable(exc)
+            if rid is not None:
+                await self._to_client(await self._unanswered(
+                    rid, TimedOut(self.timeout) if exc.reason is Reason.TIMEOUT
+                    else Lost(f"failed: {exc.reason.value}", exc.code)))
+
+    async def _relay(self, resp: Response, msg: jsonrpc.Message, rid: RequestId | None,
+                     deadline: float) -> None:
+        status, ctype = resp.status, resp.content_type
+        if msg.method == mcp.INITIALIZE and status < 300 and ctype in (JSON, SSE):
+            self.upstream_sid = resp.header("mcp-session-id")
+        if status == 404 and self.upstream_sid is not None and msg.method != mcp.INITIALIZE:
+            await resp.read(MAX_RESPONSE_BYTES)
+            self.log.error("upstream_session_ended", url=self.url)
+            self.upstream_sid = None
+            self._prepared = None
+            await self._to_client(await self.mediator.unanswered(Lost("ended the session")))
+            return
+        if ctype == SSE and status < 300:
+            await self._relay_events(resp, msg, rid, deadline)
+            return
+        data = await resp.read(MAX_RESPONSE_BYTES)
+        if msg.method == INITIALIZED and status < 300 and not self._get_started:
+            self._get_started = True
+            self._session_nursery.start_soon(self._listen)
+        if ctype == JSON and data:  # an answer, or the upstream's own error for it
+            answered = await self._from_upstream([data], msg)
+            if rid is None or rid in answered:
+                return
+        if rid is None or (status < 300 and not data):
+            if status >= 300:
+                self.log.warning("upstream_refused_message", status=status, method=msg.method)
+            return  # a notification or a response accepted (202), or refused: no answer
+        await self._to_client(await self._unanswered(
+            rid, Lost(f"answered HTTP {status} with {ctype or 'no type'}")))
+
+    async def _relay_events(self, resp: Response, msg: jsonrpc.Message,
+                            rid: RequestId | None, deadline: float) -> None:
+        """Relay the messages of an answer's event stream as they come, until it
+        ends; each wait for the upstream is bounded by the request's deadline."""
+        events = resp.events()
+        answered = False
+        try:
+            while True:
+                ready = events.ready()
+                if ready and rid in await self._from_upstream(_messages(ready), msg):
+                    answered = True
+                if events.at_end():
+                    break
+                with trio.move_on_at(deadline) as waited:
+                    await events.receive()
+                if waited.cancelled_caught:
+                    break
+        except UpstreamError as exc:
+            self.log.warning("upstream_stream_failed", reason=exc.reason.value,
+                             detail=exc.detail)
+        if rid is None or answered:
+            return
+        await self._to_client(await self._unanswered(
+            rid, TimedOut(self.timeout) if trio.current_time() >= deadline
+            else Lost("ended the stream without an answer")))
+
+    async def _from_upstream(self, messages: list[bytes], msg: jsonrpc.Message | None
+                             ) -> list[RequestId]:
+        """Mediate messages from the upstream; relay them to the client in one
+        write and POST back refusals. Returns the ids of the client's requests
+        they answer (rule 4)."""
+        out: list[bytes] = []
+        answered: list[RequestId] = []
+        for data in messages:
+            routed = await self.mediator.from_server(data)
+            if routed.upstream is not None:  # a refused server->client request
+                refusal = self._decoded(routed.upstream)
+                if refusal is not None:
+                    await self._start(routed.upstream, refusal)
+            if routed.client is not None:
+                out.append(routed.client)
+                if routed.answers is not None:
+                    answered.append(routed.answers)
+                    if msg is not None and msg.method == mcp.INITIALIZE:
+                        self._negotiated(routed.client)
+        await self._to_client(out)
+        return answered
+
+    def _negotiated(self, answer: bytes) -> None:
+        try:
+            result = _init_decoder.decode(answer).result
+        except msgspec.DecodeError:
+            return
+        if result is not None and result.protocol_version:
+            self.protocol_version = result.protocol_version
+            self._prepared = None
+
+    async def _unanswered(self, rid: RequestId, failure: UpstreamFailure) -> list[bytes]:
+        """The error answering a request the upstream will not answer (recorded
+        as its outcome), unless it was answered meanwhile (e.g. on the GET stream)."""
+        if not self.mediator.awaits(rid):
+            return []
+        return await self.mediator.unanswered(failure, [rid])
+
+    def _reached(self) -> None:
+        if self._reachable is False:
+            self.log.info("upstream_reachable", url=self.url)
+        self._reachable = True
+
+    def _unreachable(self, exc: UpstreamError) -> None:
+        if self._reachable is not False:
+            self.log.error("upstream_unreachable", url=self.url, reason=exc.reason.value,
+                           detail=exc.detail,
+                           effect="its calls are answered with an error; mcpwall runs on "
+                                  "until the client closes stdin and tries again on each call")
+        else:
+            self.log.warning("upstream_failed", reason=exc.reason.value)
+        self._reachable = False
+
+    # -- GET -------------------------------------------------------------------
+    async def _listen(self) -> None:
+        """The GET stream: server->client messages outside any answer (rule 4).
+
+        Opened again when it ends or fails, with ``Last-Event-ID`` when the
+        upstream numbered its events; given up when the upstream offers none
+        (405) or ended the session (404).
+        """
+        wait = GET_RETRY_SECONDS
+        last_id: str | None = None
+        while True:
+            extra = [("accept", SSE)] + ([("last-event-id", last_id)] if last_id else [])
+            try:
+                async with self.streams.request("GET", self._headers(*extra),
+                                                response_timeout=self.timeout) as resp:
+                    if resp.status == 200 and resp.content_type == SSE:
+                        wait = GET_RETRY_SECONDS
+                        async for event in resp.events():
+                            if event.id is not None:
+                                last_id = event.id
+                            await self._from_upstream(_messages([event]), None)
+                    else:
+                        await resp.read(MAX_RESPONSE_BYTES)
+                        self.log.info("upstream_get_not_a_stream", status=resp.status,
+                                      content_type=resp.content_type or "no type")
+                        if resp.status in (404, 405):
+                            return
+            except UpstreamError as exc:
+                self.log.info("upstream_get_failed", reason=exc.reason.value)
+            await trio.sleep(wait)
+            wait = min(wait * 2, GET_RETRY_MAX_SECONDS)
+
+
+def _messages(events: list[Event]) -> list[bytes]:
+    """The data of the events that carry a message (priming events carry none)."""
+    return [e.data for e in events if e.data]
+
+
+async def run_wrap_http(
+    settings: HttpServer,
+    *,
+    mediator: Mediator,
+    answer_seconds: float,
+    grace: float,
+    max_line: int,
+    client_in: trio.abc.ReceiveStream | None = None,
+    client_out: trio.abc.SendStream | None = None,
+) -> int:
+    """Run one wrapped session on the given streams (our stdin/stdout by default);
+    each call waits at most ``answer_seconds`` for its answer."""
+    client_in, client_out = client_streams(client_in, client_out)
+    try:
+        return await HttpWrapSession(mediator, settings, client_in, client_out,
+                                     max_line=max_line, timeout=answer_seconds,
+                                     grace=grace).run()
+    finally:
+        with trio.CancelScope(shield=True):
+            await client_out.aclose()
+            await client_in.aclose()
