@@ -109,6 +109,7 @@ class ArgumentRule(_Audience, frozen=True):
     applies to the caller and whose ``when`` holds decides."""
 
     name: str | None = None
+    description: str | None = None
     when: Conditions = msgspec.field(default_factory=dict)
     require: Conditions = msgspec.field(default_factory=dict)
     action: ActionName = "allow"
@@ -121,6 +122,7 @@ class ArgumentRule(_Audience, frozen=True):
 class TargetEntry(_Audience, frozen=True):
     """A resource URI pattern or a method: action, reason, limits."""
 
+    description: str | None = None
     action: ActionName = "allow"
     reason: str | None = None
     limits: list[Limit] = msgspec.field(default_factory=list)
@@ -135,6 +137,7 @@ class ToolEntry(_Audience, frozen=True):
     with ``rules``, a call no rule matches gets the policy default.
     """
 
+    description: str | None = None
     action: ActionName | None = None
     reason: str | None = None
     limits: list[Limit] = msgspec.field(default_factory=list)
