@@ -247,7 +247,7 @@ def listed_in_description(argument: str, description: str) -> list[str]:
     inline = re.search(rf"(?im)^\s*{stem}s?\s*:\s*({_IDENT}(?:\s*,\s*{_IDENT})+)\s*\.?\s*$",
                        description)
     if inline:
-        return [v.strip() for v in inline.group(1).split(",")]
+        return [v.strip().rstrip(".") for v in inline.group(1).split(",")]
     values: list[str] = []
     lines = description.splitlines()
     for i, line in enumerate(lines):
