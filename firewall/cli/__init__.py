@@ -31,6 +31,7 @@ _COMMANDS: Final = {
     "audit": ("firewall.cli.audit", "audit"),
     "check": ("firewall.cli.policy", "check"),
     "demo": ("firewall.cli.demo", "demo"),
+    "convert": ("firewall.cli.policy", "convert"),
     "explain": ("firewall.cli.policy", "explain"),
     "hash-token": ("firewall.cli.policy", "hash_token_command"),
     "kill-switch": ("firewall.cli.kill_switch", "kill_switch"),

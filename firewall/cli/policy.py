@@ -20,10 +20,18 @@ from tabulate import tabulate
 from firewall.config import ConfigError, load_config
 from firewall.identity import IdentityError, TokenTable, hash_token, new_token
 from firewall.policy.compiler import CompiledPolicy, compile_policies
+from firewall.policy.convert import convert as convert_document
 from firewall.policy.decision import ALLOW, Caller
 from firewall.policy.engine import Engine
+from firewall.policy.foreign import FORMATS
 from firewall.policy.lint import Finding, lint
-from firewall.policy.schema import LoadedPolicy, PolicyError, json_schema, load_policy
+from firewall.policy.schema import (
+    LoadedPolicy,
+    PolicyError,
+    json_schema,
+    load_policy,
+    read_document,
+)
 from firewall.protocol import mcp
 
 EXIT_OK = 0
@@ -101,6 +109,7 @@ def check(policies: tuple[Path, ...], tools_path: Path | None, strict: bool,
     warnings = [f for f in findings if f.level != "info"]
     if as_json:
         _echo_json({"valid": True, "files": compiled.digests, "findings": findings,
+                    "formats": {f.source: f.format for f in loaded},
                     "rules": {k: len(compiled.fleet.index(k)) for k in
                               ("tools", "prompts", "resources", "methods")}})
     else:
@@ -108,7 +117,8 @@ def check(policies: tuple[Path, ...], tools_path: Path | None, strict: bool,
             click.echo(f"{f.level}: {f.where}: {f.message}")
         counts = ", ".join(f"{len(compiled.fleet.index(k))} {k}"
                            for k in ("tools", "prompts", "resources", "methods"))
-        click.echo(f"ok: {len(loaded)} file(s), entries: {counts}; "
+        formats = ", ".join(sorted({f.format for f in loaded}))
+        click.echo(f"ok: {len(loaded)} file(s) ({formats} format), entries: {counts}; "
                    f"{len(warnings)} warning(s)")
     sys.exit(EXIT_INVALID if strict and warnings else EXIT_OK)
 
@@ -217,6 +227,10 @@ def explain(policies: tuple[Path, ...], tool: str | None, uri: str | None, promp
         click.echo(f"invalid: {exc}", err=True)
         sys.exit(EXIT_INVALID)
     result = Engine(compiled).explain(call, caller, server)
+    foreign = [f"{f.source} is in {f.format}'s format" for f in compiled.files
+               if f.format != "mcpwall"]
+    if foreign:
+        result = msgspec.structs.replace(result, trace=[*foreign, *result.trace])
     if as_json:
         _echo_json(result)
     else:
@@ -290,6 +304,62 @@ def hash_token_command(token: str | None, generate: bool, principal: str,
     click.echo(f"principal = {json.dumps(principal)}")
 
 
-COMMANDS: list[click.Command] = [check, explain, schema, hash_token_command]
+@click.command("convert")
+@click.argument("policy", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--to", "to", type=click.Choice(FORMATS), required=True,
+              help="The format to write.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write here (default: standard output). .yaml/.yml writes YAML.")
+@click.option("--yaml", "as_yaml", is_flag=True, help="Write YAML (default: JSON).")
+@click.option("--allow-lossy", is_flag=True,
+              help="Write even when something cannot be expressed (it is listed).")
+def convert(policy: Path, to: str, output: Path | None, as_yaml: bool,
+            allow_lossy: bool) -> None:
+    """Write a policy in another format: mcpwall, policylayer (PolicyLayer's
+    hosted policy.json) or intercept (Intercept's YAML policy).
+
+    The input format is recognised by its shape. What the target format cannot
+    express is listed on standard error, one line each; unless --allow-lossy,
+    nothing is written then (a dropped rule could allow what the policy denies).
+
+    \b
+    Example:
+        mcpwall convert rules/git.json --to mcpwall --yaml
+
+    \b
+    Exit codes:
+        0  written; the two documents decide alike
+        1  the policy is invalid, or something cannot be expressed
+        2  usage error
+    """
+    try:
+        doc = read_document(policy.read_bytes(), str(policy))
+        converted, notes = convert_document(doc, to, str(policy))  # type: ignore[arg-type]
+        if to == "mcpwall":
+            from firewall.policy.schema import parse_policy
+            parse_policy(json.dumps(converted), str(policy))  # it must load
+    except (OSError, PolicyError) as exc:
+        click.echo(f"invalid: {exc}", err=True)
+        sys.exit(EXIT_INVALID)
+    for note in notes:
+        click.echo(f"cannot be expressed in {to}'s format: {note}", err=True)
+    if notes and not allow_lossy:
+        click.echo("nothing written (use --allow-lossy to write what can be expressed)",
+                   err=True)
+        sys.exit(EXIT_INVALID)
+    yaml_out = as_yaml or (output is not None and output.suffix.lower() in (".yaml", ".yml"))
+    if yaml_out:
+        import yaml
+        text = yaml.safe_dump(converted, sort_keys=False, allow_unicode=True)
+    else:
+        text = json.dumps(converted, indent=2, ensure_ascii=False) + "\n"
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text, encoding="utf-8")
+    sys.exit(EXIT_INVALID if notes else EXIT_OK)
+
+
+COMMANDS: list[click.Command] = [check, explain, schema, hash_token_command, convert]
 
 __all__ = ["COMMANDS", "Finding"]

@@ -55,17 +55,20 @@ from firewall.policy.decision import (
     Decision,
 )
 from firewall.policy.limits import BucketSpec
+from firewall.policy.operators import compile_test, describe
 from firewall.policy.schema import (
     WINDOW_SECONDS,
     ActionName,
     ApproverName,
     ArgumentRule,
+    CheckRule,
     Conditions,
     Limit,
     LoadedPolicy,
     Policy,
     PolicyError,
     TargetEntry,
+    Test,
     ToolEntry,
     collector_paused,
     join_key,
@@ -181,10 +184,11 @@ class Requirement:
 
     __slots__ = ("bound", "check", "denial", "kind")
 
-    def __init__(self, check: Check, rule: str, dry_run: bool) -> None:
+    def __init__(self, check: Check, rule: str, dry_run: bool,
+                 denial: Decision | None = None) -> None:
         self.check = check
-        self.denial = Decision(INVALID_ARGUMENTS, rule=rule, reason=check.message,
-                               dry_run=dry_run)
+        self.denial = denial if denial is not None else Decision(
+            INVALID_ARGUMENTS, rule=rule, reason=check.message, dry_run=dry_run)
         # What an evaluator binds for this requirement (see _evaluator).
         self.kind, binding = _binding(check)
         self.bound = (*binding, self.denial)
@@ -923,21 +927,82 @@ class _Compiler:
         other = Verdict("other_methods", other_action,
                         "method not listed in the policy; other_methods is " + other_action,
                         (), every_dry).decision
+        every_tool = self._all_tools([f for _, f in layered])
         entries: dict[Kind, list[CompiledEntry]] = {k: [] for k in KINDS}
         for file_index, (layer, loaded) in enumerate(layered):
             for kind in KINDS:
-                entries[kind].extend(self._entries(kind, loaded, (layer, file_index), default))
+                entries[kind].extend(self._entries(kind, loaded, (layer, file_index), default,
+                                                   every_tool))
+        entries["tools"].extend(self._hidden([f for _, f in layered], every_dry))
+        if (every_tool[0] or every_tool[1]) and default_action != "deny":
+            entries["tools"].append(self._every_tool_entry(default, every_tool))
         indexes = {k: NameIndex(v, other if k == "methods" else _result(default))
                    for k, v in entries.items()}
         return ServerTable(server, indexes, default, other,
                            tuple(f.source for _, f in layered))
 
+    def _hidden(self, files: Sequence[LoadedPolicy], dry: bool) -> list[CompiledEntry]:
+        """One deny entry per name in any file's ``hide``, ahead of every other
+        entry (``"*"`` hides every tool); tools/list drops what they deny."""
+        out: list[CompiledEntry] = []
+        seen: set[str] = set()
+        for loaded in files:
+            for i, name in enumerate(loaded.policy.hide):
+                if not name.strip():
+                    raise PolicyError(f"{loaded.source}: hide[{i}]: entry must not be empty")
+                if name in seen:
+                    continue
+                seen.add(name)
+                reason = ("every tool is hidden by policy (hide: \"*\")" if name == "*"
+                          else f"Tool {json_quote(name)} is hidden by policy")
+                verdict = Verdict("hide", "deny", reason, (), dry or loaded.policy.dry_run)
+                entry = CompiledEntry(
+                    kind="tools", pattern="*" if name == "*" else literal_glob(name),
+                    rule="hide", source=loaded.source, audience=None, require=(), rules=(),
+                    fallback=verdict, fallback_is_default=False, order=(0, 0, 0))
+                entry.sort_key = (-1, 0, 0, 0, 0, 0)  # before anything else
+                out.append(entry)
+        return out
+
+    def _all_tools(self, files: Sequence[LoadedPolicy]
+                   ) -> tuple[tuple[Requirement, ...], tuple[BucketSpec, ...]]:
+        """The checks and buckets of every file's ``all_tools``, for every tool call."""
+        checks: list[Requirement] = []
+        buckets: tuple[BucketSpec, ...] = ()
+        for loaded in files:
+            every = loaded.policy.all_tools
+            if every is None:
+                continue
+            where = f"{loaded.source}: all_tools"
+            dry = loaded.policy.dry_run or self.dry_run
+            checks += self._check_rules(every.checks, "all_tools", f"{where}.checks", dry)
+            buckets = _merge(buckets, _buckets(every.limits, self.counters, "all_tools",
+                                               loaded.source, where))
+        return tuple(checks), buckets
+
+    def _every_tool_entry(self, default: Verdict,
+                          every_tool: tuple[tuple[Requirement, ...], tuple[BucketSpec, ...]]
+                          ) -> CompiledEntry:
+        """Tools no entry names, under a default that lets them through, still
+        pass ``all_tools``: its checks, then the default, under its limits."""
+        checks, buckets = every_tool
+        verdict = Verdict("default", default.action, default.decision.reason, buckets,
+                          default.dry_run)
+        entry = CompiledEntry(kind="tools", pattern="*", rule="all_tools", source="all_tools",
+                              audience=None, require=checks, rules=(), fallback=verdict,
+                              fallback_is_default=True, order=(2, 0, 0))
+        entry.sort_key = (2, 0, 0, 0, 0, 0)  # after every entry of a file
+        return entry
+
     def _entries(self, kind: Kind, loaded: LoadedPolicy, order: tuple[int, int],
-                 default: Verdict) -> list[CompiledEntry]:
+                 default: Verdict,
+                 every_tool: tuple[tuple[Requirement, ...], tuple[BucketSpec, ...]]
+                 ) -> list[CompiledEntry]:
         policy: Policy = loaded.policy
         table: Mapping[str, ToolEntry | TargetEntry] = getattr(policy, kind)
         prefix = f"{policy.name}:" if policy.name else ""
         out = []
+        extra = every_tool if kind == "tools" else ((), ())
         for i, (key, entry) in enumerate(table.items()):
             if not key:
                 raise PolicyError(f"{loaded.source}: {kind}: an empty name matches nothing")
@@ -945,18 +1010,32 @@ class _Compiler:
             where = f"{loaded.source}: {join_key(kind, key)}"
             dry = entry.dry_run or policy.dry_run or self.dry_run
             out.append(self._entry(kind, key, entry, rule_id, where, loaded.source, dry,
-                                   (*order, i), default))
+                                   (*order, i), default, extra))
         return out
 
     def _entry(self, kind: Kind, key: str, entry: ToolEntry | TargetEntry, rule_id: str,
                where: str, source: str, dry: bool, order: tuple[int, int, int],
-               default: Verdict) -> CompiledEntry:
-        buckets = _buckets(entry.limits, self.counters, rule_id, source, where)
+               default: Verdict,
+               extra: tuple[tuple[Requirement, ...], tuple[BucketSpec, ...]] = ((), ()),
+               ) -> CompiledEntry:
+        limits = entry.limits
+        if isinstance(entry, ToolEntry) and entry.rate_limit is not None:
+            limits = [*limits, Limit(max=entry.rate_limit.max, window=entry.rate_limit.window,
+                                     counter=f"{rule_id}.rate_limit@{source}", scope="session")]
+        buckets = _merge(_buckets(limits, self.counters, rule_id, source, where), extra[1])
         rules: tuple[CompiledRule, ...] = ()
         require: tuple[Requirement, ...] = ()
         action = entry.action
         if isinstance(entry, ToolEntry):
-            require = self._require(entry.require, rule_id, f"{where}.require", dry)
+            if isinstance(entry.require, dict):
+                require = self._require(entry.require, rule_id, f"{where}.require", dry)
+            else:
+                require = self._tests(entry.require, False, f"{rule_id}.require",
+                                      f"{where}.require", dry)
+            require += self._tests(entry.deny_if, True, f"{rule_id}.deny_if",
+                                   f"{where}.deny_if", dry)
+            require += self._check_rules(entry.checks, rule_id, f"{where}.checks", dry)
+            require += extra[0]
             rules = tuple(self._rule(r, i, rule_id, source, where, buckets, dry,
                                      entry.approval)
                           for i, r in enumerate(entry.rules))
@@ -976,6 +1055,47 @@ class _Compiler:
             require=require, rules=rules, fallback=fallback,
             fallback_is_default=fallback_is_default, order=order,
         )
+
+    def _tests(self, tests: Sequence[Test], deny_when_true: bool, rule: str, where: str,
+               dry: bool) -> tuple[Requirement, ...]:
+        """PolicyLayer's ``require`` (each test must hold) or ``deny_if`` (the
+        call is denied when a test holds) lists: one check per test, in order."""
+        out = []
+        for i, test in enumerate(tests):
+            check = compile_test(test, f"{where}[{i}]")
+            if deny_when_true:
+                check = Check(_negate(check.test), check.argument, check.condition,
+                              f"deny_if {describe(test)} holds")
+            reason = test.reason or check.message
+            out.append(Requirement(check, f"{rule}[{i}]", dry,
+                                   Decision(DENY, rule=f"{rule}[{i}]", reason=reason,
+                                            dry_run=dry)))
+        return tuple(out)
+
+    def _check_rules(self, checks: Sequence[CheckRule], entry_rule: str, where: str,
+                dry: bool) -> tuple[Requirement, ...]:
+        """``checks``: one check each, in order; the first that fails denies."""
+        out = []
+        for i, rule in enumerate(checks):
+            at = f"{where}[{i}]"
+            rule_id = f"{entry_rule}.checks[{rule.name if rule.name else i}]"
+            if rule.deny and (rule.require or rule.deny_if):
+                raise PolicyError(f"{at}: \"deny\": true takes no require or deny_if")
+            required = tuple(compile_test(t, f"{at}.require[{j}]").test
+                             for j, t in enumerate(rule.require))
+            denied = tuple(compile_test(t, f"{at}.deny_if[{j}]").test
+                           for j, t in enumerate(rule.deny_if))
+            test = _check_rule_test(rule.deny, required, denied)
+            words = ([describe(t) for t in rule.require] if rule.require else []) + (
+                [f"not ({' and '.join(describe(t) for t in rule.deny_if)})"]
+                if rule.deny_if else [])
+            message = (f"{rule_id}: denies every call" if rule.deny
+                       else f"{rule_id}: {' and '.join(words) or 'nothing'} does not hold")
+            check = Check(test, "", "check", message)
+            out.append(Requirement(check, rule_id, dry,
+                                   Decision(DENY, rule=rule_id, reason=rule.reason or message,
+                                            dry_run=dry)))
+        return tuple(out)
 
     def _require(self, conditions: Conditions, rule: str, where: str,
                  dry: bool) -> tuple[Requirement, ...]:
@@ -999,6 +1119,34 @@ class _Compiler:
                     _approver(r.approval or entry_approval, r.action, where,
                               r.approval is None)),
         )
+
+
+def _check_rule_test(deny: bool, required: tuple[Callable[[dict[str, Any]], bool], ...],
+                     denied: tuple[Callable[[dict[str, Any]], bool], ...]
+                     ) -> Callable[[dict[str, Any]], bool]:
+    """Whether a call passes one ``checks`` entry."""
+    if deny:
+        return lambda args: False
+    if not denied:
+        if len(required) == 1:
+            return required[0]
+        return lambda args: all(t(args) for t in required)
+    return lambda args: (all(t(args) for t in required)
+                         and not all(t(args) for t in denied))
+
+
+def _negate(test: Callable[[dict[str, Any]], bool]) -> Callable[[dict[str, Any]], bool]:
+    return lambda args: not test(args)
+
+
+def literal_glob(name: str) -> str:
+    """A glob matching exactly ``name``: ``a*b`` -> ``a[*]b``."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def json_quote(name: str) -> str:
+    """``"name"``, as Go's %q would (near enough for names)."""
+    return _condition_encoder.encode(name).decode()
 
 
 def _approver(approval: ApproverName | None, action: ActionName | None, where: str,

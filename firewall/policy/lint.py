@@ -99,7 +99,8 @@ def _rules(entry: ToolEntry, where: str, findings: list[Finding]) -> None:
 
 def _unconditional(entry: ToolEntry) -> bool:
     return (entry.action in (None, "allow") and not entry.rules and not entry.require
-            and not entry.limits and not (entry.principals or entry.groups or entry.grants))
+            and not entry.limits and not entry.deny_if and not entry.checks
+            and entry.rate_limit is None and not (entry.principals or entry.groups or entry.grants))
 
 
 def _tool_args(tool: dict[str, Any]) -> dict[str, Any]:
@@ -140,7 +141,8 @@ def _against_tools(loaded: LoadedPolicy, tools: Sequence[dict[str, Any]],
             findings.append(Finding("warning", where, f"the server has no tool {key!r}"))
             continue
         props = _tool_args(tool)
-        _conditions_vs_schema(entry.require, props, f"{where}.require", findings)
+        if isinstance(entry.require, dict):
+            _conditions_vs_schema(entry.require, props, f"{where}.require", findings)
         for i, rule in enumerate(entry.rules):
             _conditions_vs_schema(rule.when, props, f"{where}.rules[{i}].when", findings)
             _conditions_vs_schema(rule.require, props, f"{where}.rules[{i}].require", findings)

@@ -43,6 +43,8 @@ ActionName = Literal["allow", "deny", "require_approval"]
 ApproverName = Literal["desk", "client"]
 WindowName = Literal["second", "minute", "hour", "day"]
 Scope = Literal["grant", "agent", "session", "server", "global"]
+TestOp = Literal["eq", "neq", "in", "not_in", "lt", "lte", "gt", "gte", "regex", "contains",
+                 "exists"]
 JsonType = Literal["string", "number", "integer", "boolean", "array", "object", "null"]
 
 WINDOW_SECONDS: dict[str, float] = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}
@@ -130,21 +132,75 @@ class TargetEntry(_Audience, frozen=True):
     approval: ApproverName | None = None
 
 
+class Test(_Strict, frozen=True):
+    """One comparison, PolicyLayer's and Intercept's condition shape:
+    ``{"path": "args.amount", "op": "lte", "value": 50000}``.
+
+    ``path`` reads the call's arguments (``args.a.b``) or a counter
+    (``state.<scope>.<counter>``); the operators keep Intercept's semantics
+    (see :mod:`firewall.policy.operators`).
+    """
+
+    path: str
+    op: TestOp
+    value: Any = None
+    reason: str | None = None
+
+
+class CheckRule(_Strict, frozen=True):
+    """One entry of ``checks``: tried in order, the first that fails denies.
+
+    ``require``: every test must hold; ``deny_if``: the call is denied when
+    every test holds; ``deny``: always denies. ``reason`` is what the agent
+    is told.
+    """
+
+    name: str | None = None
+    require: list[Test] = msgspec.field(default_factory=list)
+    deny_if: list[Test] = msgspec.field(default_factory=list)
+    deny: bool = False
+    reason: str | None = None
+
+
+class RateLimit(_Strict, frozen=True):
+    """PolicyLayer's ``rate_limit`` block: ``max`` calls per ``window``
+    seconds, counted per session (an agent's session)."""
+
+    max: Annotated[int, msgspec.Meta(ge=1)]
+    window: WindowName | Annotated[float, msgspec.Meta(gt=0)] = "minute"
+
+
+class AllTools(_Strict, frozen=True):
+    """What applies to every tool call that no earlier step refused: its
+    ``checks`` after the tool's own, its ``limits`` with the tool's."""
+
+    limits: list[Limit] = msgspec.field(default_factory=list)
+    checks: list[CheckRule] = msgspec.field(default_factory=list)
+
+
 class ToolEntry(_Audience, frozen=True):
     """A tool (or prompt) name or glob.
 
     Without ``action``: allow (under ``limits``) when there are no ``rules``;
     with ``rules``, a call no rule matches gets the policy default.
+
+    Evaluation order: ``require`` (a map: ``invalid_arguments``; a list of
+    tests, PolicyLayer's: deny), ``deny_if``, ``checks``, the policy's
+    ``all_tools.checks``, then ``rules``, then the entry's own verdict.
+    ``rate_limit`` (PolicyLayer's block) is one more limit, per session.
     """
 
     description: str | None = None
     action: ActionName | None = None
     reason: str | None = None
     limits: list[Limit] = msgspec.field(default_factory=list)
-    require: Conditions = msgspec.field(default_factory=dict)
+    require: Conditions | list[Test] = msgspec.field(default_factory=dict)
     rules: list[ArgumentRule] = msgspec.field(default_factory=list)
     dry_run: bool = False
     approval: ApproverName | None = None
+    deny_if: list[Test] = msgspec.field(default_factory=list)
+    checks: list[CheckRule] = msgspec.field(default_factory=list)
+    rate_limit: RateLimit | None = None
 
 
 class Policy(_Strict, frozen=True):
@@ -157,6 +213,8 @@ class Policy(_Strict, frozen=True):
     default: ActionName | None = None
     other_methods: Literal["allow", "deny"] | None = None
     dry_run: bool = False
+    hide: list[str] = msgspec.field(default_factory=list)
+    all_tools: AllTools | None = None
     tools: dict[str, ToolEntry] = msgspec.field(default_factory=dict)
     resources: dict[str, TargetEntry] = msgspec.field(default_factory=dict)
     prompts: dict[str, ToolEntry] = msgspec.field(default_factory=dict)
@@ -164,11 +222,13 @@ class Policy(_Strict, frozen=True):
 
 
 class LoadedPolicy(msgspec.Struct, frozen=True):
-    """A policy with where it came from and the SHA-256 of the bytes read."""
+    """A policy with where it came from, the SHA-256 of the bytes read, and the
+    format it was written in (``mcpwall``, ``policylayer`` or ``intercept``)."""
 
     policy: Policy
     source: str
     sha256: str
+    format: str = "mcpwall"
 
 
 _PATH_RE = re.compile(r" - at `\$(?P<path>[^`]*)`$")
@@ -234,6 +294,11 @@ def _locate(value: Any, tp: Any, path: str) -> str | None:
             if isinstance(member, type) and issubclass(member, msgspec.Struct):
                 return _locate(value, member, path)
     return _describe(error, path)
+
+
+def locate_error(value: Any, tp: Any, exc: msgspec.ValidationError) -> str:
+    """``key.path: what was expected`` for an error converting ``value`` to ``tp``."""
+    return _locate(value, tp, "") or _describe(exc, "")
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -332,13 +397,30 @@ def collector_paused() -> Iterator[None]:
 
 def parse_policy(data: bytes | str, source: str = "<string>",
                  fmt: Literal["json", "toml", "yaml"] | None = None) -> Policy:
-    """Decode a policy document; raise :class:`PolicyError` naming source and key path."""
+    """Decode a policy document; raise :class:`PolicyError` naming source and key path.
+
+    Intercept's format is recognised by its shape and read as the mcpwall
+    policy it means (:mod:`firewall.policy.foreign`).
+    """
+    return parse_policy_format(data, source, fmt)[0]
+
+
+def parse_policy_format(data: bytes | str, source: str = "<string>",
+                        fmt: Literal["json", "toml", "yaml"] | None = None
+                        ) -> tuple[Policy, str]:
+    """:func:`parse_policy`, and the policy format the document is written in."""
     with collector_paused():
-        return _parse_policy(data, source, fmt)
+        raw = read_document(data, source, fmt)
+        from firewall.policy.foreign import format_of_document, intercept_to_mcpwall
+        written = format_of_document(raw)
+        if written == "intercept":
+            raw = intercept_to_mcpwall(raw, source)
+        return _parse_policy(raw, source), written
 
 
-def _parse_policy(data: bytes | str, source: str,
-                  fmt: Literal["json", "toml", "yaml"] | None) -> Policy:
+def read_document(data: bytes | str, source: str = "<string>",
+                  fmt: Literal["json", "toml", "yaml"] | None = None) -> dict[str, Any]:
+    """The document as plain data (an object), in any of the file formats."""
     fmt = fmt or format_of(source)
     text = data.decode("utf-8") if isinstance(data, bytes) else data
     try:
@@ -353,6 +435,10 @@ def _parse_policy(data: bytes | str, source: str,
     if not isinstance(raw, dict):
         raise PolicyError(f"{source}: (top level): expected an object (a policy), "
                           f"got {type(raw).__name__}")
+    return raw
+
+
+def _parse_policy(raw: dict[str, Any], source: str) -> Policy:
     try:
         return _convert(raw)
     except msgspec.ValidationError as exc:
@@ -398,8 +484,8 @@ def load_policy(path: Path) -> LoadedPolicy:
         data = path.read_bytes()
     except OSError as exc:
         raise PolicyError(f"{path}: cannot read: {exc.strerror}") from None
-    policy = parse_policy(data, str(path))
-    return LoadedPolicy(policy, str(path), hashlib.sha256(data).hexdigest())
+    policy, written = parse_policy_format(data, str(path))
+    return LoadedPolicy(policy, str(path), hashlib.sha256(data).hexdigest(), written)
 
 
 def json_schema() -> dict[str, Any]:
