@@ -174,3 +174,18 @@ def test_survey_errors_are_values_not_groups() -> None:
 
     with pytest.raises(SurveyError, match="exited with code 4"):
         trio.run(run)
+
+
+def test_demo_server_in_the_other_formats(tmp_path: Path) -> None:
+    out = tmp_path / "demo.intercept.yaml"
+    done = scan("--format", "intercept", "-o", str(out), "--", *DEMO)
+    assert done.returncode == 0, done.stderr
+    assert "note: tools.vm_management.limits: cannot be expressed (dropped)" in done.stderr
+    check(out)
+    done = scan("--format", "policylayer", "--", *DEMO)
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["tools"]["vm_management"]["require"][0]["value"] == [
+        "list", "info", "create", "start", "stop", "clone", "pause", "resume"]
+    done = scan("--format", "policylayer", "-o", str(tmp_path / "x.yaml"), "--", "no-such")
+    assert done.returncode == 2 and "a policylayer policy is written as .json" in done.stderr

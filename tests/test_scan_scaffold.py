@@ -23,13 +23,14 @@ from firewall.policy.scaffold import (
     from_annotations,
     from_description,
     from_name,
+    in_format,
     listed_in_description,
     resource_pattern,
     scaffold,
     to_json,
     to_yaml,
 )
-from firewall.policy.schema import LoadedPolicy, Policy, parse_policy
+from firewall.policy.schema import LoadedPolicy, Policy, parse_policy, parse_policy_format
 from firewall.protocol import mcp
 
 DEMO_TOOLS: list[dict[str, Any]] = json.loads(
@@ -283,3 +284,29 @@ def test_rules_pack_fits_the_demo_tools() -> None:
     report = coverage([LoadedPolicy(parse_policy(pack.read_bytes(), str(pack)), str(pack), "")],
                       DEMO_TOOLS)
     assert report.fits, report
+
+
+@pytest.mark.parametrize(("fmt", "source"), [("policylayer", "scan.json"),
+                                             ("intercept", "scan.yaml")])
+def test_other_formats_deny_what_mcpwall_would_hold(fmt: str, source: str) -> None:
+    tools = [*DEMO_TOOLS, tool("get_time", annotations={"readOnlyHint": True}),
+             tool("git_commit"), tool("rm_rf")]
+    result = scaffold(tools, change_limit=2)
+    text, notes = in_format(result, fmt)
+    policy, written = parse_policy_format(text, source)
+    assert written == fmt
+    e = Engine(compile_policies([LoadedPolicy(policy, source, "")]))
+    assert decide(e, "get_time").action == "allow"
+    assert decide(e, "vm_management", action="list").action == "allow"
+    for held in (decide(e, "rm_rf"), decide(e, "vm_management", action="delete"),
+                 decide(e, "vm_management", action="explode")):
+        assert held.action == "deny" and "approval" in (held.reason or ""), held
+    changes = [decide(e, "git_commit").action for _ in range(3)]
+    if fmt == "policylayer":
+        assert changes == ["allow", "allow", "limited"]
+        assert notes == []
+    else:  # mcpwall does not write Intercept's rate_limit yet: the notes say so
+        assert changes == ["allow"] * 3
+        assert "tools.git_commit.limits: cannot be expressed (dropped)" in notes
+        assert "# Dropped: tools.git_commit.limits" in text
+    assert decide(e, "added_later").action == "deny"

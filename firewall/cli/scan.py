@@ -15,6 +15,7 @@ from typing import Any
 import click
 import msgspec
 import trio
+import yaml
 from tabulate import tabulate
 
 from firewall.cli import CONTEXT
@@ -28,8 +29,8 @@ from firewall.gateway.upstream.survey import (
 from firewall.log import configure
 from firewall.policy.compiler import compile_policies
 from firewall.policy.coverage import Coverage, coverage
-from firewall.policy.scaffold import Scaffold, scaffold, to_json, to_yaml
-from firewall.policy.schema import LoadedPolicy, PolicyError, load_policy, parse_policy
+from firewall.policy.scaffold import Scaffold, in_format, scaffold, to_json
+from firewall.policy.schema import LoadedPolicy, PolicyError, load_policy, parse_policy_format
 
 EXIT_OK = 0
 EXIT_GAPS = 1
@@ -78,23 +79,33 @@ def _survey(command: tuple[str, ...], upstream: str | None, headers: tuple[str, 
         raise ScanFailed(f"cannot scan: {exc}") from None
 
 
-def _policy_text(result: Scaffold, fmt: str, output: Path | None) -> str:
-    """The policy in the chosen format, checked to load before anything is written."""
-    if fmt != "mcpwall":
-        raise click.UsageError(f"--format {fmt}: not yet: write --format mcpwall and use "
-                               f"mcpwall convert")
-    suffix = output.suffix.lower() if output is not None else ".yaml"
-    if suffix == ".json":
-        text, source = to_json(result), "scan.json"
-    elif suffix in (".yaml", ".yml"):
-        text, source = to_yaml(result), "scan.yaml"
+_SUFFIXES = {"mcpwall": (".yaml", ".yml", ".json"), "policylayer": (".json",),
+             "intercept": (".yaml", ".yml")}
+
+
+def _suffix(fmt: str, output: Path | None) -> str:
+    """The file type to write (a usage error when --output names another)."""
+    suffix = output.suffix.lower() if output is not None else _SUFFIXES[fmt][0]
+    if suffix not in _SUFFIXES[fmt]:
+        raise click.BadParameter(f"a {fmt} policy is written as "
+                                 f"{' or '.join(_SUFFIXES[fmt])}", param_hint="--output")
+    return suffix
+
+
+def _policy_text(result: Scaffold, fmt: str, output: Path | None) -> tuple[str, list[str]]:
+    """The policy in the chosen format and the notes on what that format could
+    not say, checked to load before anything is written."""
+    suffix = _suffix(fmt, output)
+    notes: list[str] = []
+    if fmt == "mcpwall" and suffix == ".json":
+        text = to_json(result)
     else:
-        raise click.BadParameter("mcpwall policies are written as .yaml/.yml or .json",
-                                 param_hint="--output")
+        text, notes = in_format(result, fmt)
     # What we write must load and compile: a starter policy that does not is a bug here.
-    policy = parse_policy(text, source)
+    source = f"scan{suffix}"
+    policy, _ = parse_policy_format(text, source)
     compile_policies([LoadedPolicy(policy, source, "")])
-    return text
+    return text, notes
 
 
 def _summary(result: Scaffold) -> list[list[str]]:
@@ -184,6 +195,8 @@ def scan(upstream: str | None, headers: tuple[str, ...], fmt: str, output: Path 
          the server exited, an HTTP error such as 401, not MCP, timed out)
     """
     configure("info" if verbose else "error", "console")
+    if not against:
+        _suffix(fmt, output)  # before the scan: a usage error costs no server start
     survey = _survey(command, upstream, headers, timeout)
     if against:
         _against(against, survey, as_json)
@@ -192,7 +205,10 @@ def scan(upstream: str | None, headers: tuple[str, ...], fmt: str, output: Path 
                               (Path(command[0]).name if command else "server"))
     result = scaffold(survey.tools, survey.prompts, survey.resources, survey.templates,
                       server=name, change_limit=change_limit)
-    text = _policy_text(result, fmt, output)
+    text, notes = _policy_text(result, fmt, output)
+    if not as_json:
+        for note in notes:
+            click.echo(f"note: {note}", err=True)
     if output is not None:
         try:
             output.write_text(text, encoding="utf-8")
@@ -202,7 +218,9 @@ def scan(upstream: str | None, headers: tuple[str, ...], fmt: str, output: Path 
         _echo_json({"server": survey.server_info, "protocol_version": survey.protocol_version,
                     "tools": result.tools, "prompts": len(survey.prompts),
                     "resources": len(survey.resources) + len(survey.templates),
-                    "policy": result.policy, "output": str(output) if output else None})
+                    "format": fmt, "notes": notes,
+                    "policy": result.policy if fmt == "mcpwall" else yaml.safe_load(text),
+                    "output": str(output) if output else None})
     elif output is not None:
         click.echo(tabulate(_summary(result), headers=["tool", "class", "why"],
                             tablefmt="plain"))

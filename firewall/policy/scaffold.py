@@ -46,6 +46,8 @@ from typing import Any, Final, Literal
 import msgspec
 import yaml
 
+from firewall.policy.convert import convert
+
 Kind = Literal["read", "change", "destroy", "execute", "unknown"]
 
 KINDS: Final[tuple[Kind, ...]] = ("read", "change", "destroy", "execute", "unknown")
@@ -460,6 +462,71 @@ def _glob_covers(pattern: str, uri: str) -> bool:
     return "*" in pattern and fnmatch.fnmatchcase(uri, pattern)
 
 
+# -- other formats -------------------------------------------------------------
+
+_NO_APPROVAL: Final = "mcpwall would hold it for approval; this format has none, so it is denied"
+
+
+def lowered(result: Scaffold) -> dict[str, Any]:
+    """The starter policy in the terms PolicyLayer's and Intercept's formats share:
+    no approval (held classes are denied, saying why), no argument rules (a
+    portmanteau tool requires its read and change values; the others are denied),
+    no notes. Prompts and resources are left out: those formats speak of tools."""
+    tools: dict[str, Any] = {}
+    for plan in result.tools:
+        counter = f"{plan.name}_changes"
+        limit = _limit(counter, _per_minute(result))
+        if plan.argument is None:
+            if plan.kind == "read":
+                tools[plan.name] = {}
+            elif plan.kind == "change":
+                tools[plan.name] = {"limits": [limit]}
+            else:
+                tools[plan.name] = {"action": "deny",
+                                    "reason": f"{_REASON[plan.kind].split(':')[0]}: "
+                                              f"{_NO_APPROVAL}"}
+            continue
+        allowed = [v for k in ("read", "change") for v in plan.values.get(k, [])]
+        if not allowed:
+            tools[plan.name] = {"action": "deny",
+                                "reason": f"every {plan.argument} is held: {_NO_APPROVAL}"}
+            continue
+        # Values outside the read and change classes (and values the scan never
+        # saw) fail the requirement: denied, as mcpwall's default would.
+        entry: dict[str, Any] = {"require": [{
+            "path": f"args.{plan.argument}", "op": "in", "value": allowed,
+            "reason": f"other {plan.argument} values: {_NO_APPROVAL}"}]}
+        if plan.values.get("change"):
+            entry["limits"] = [limit]  # the whole tool's: these formats limit per tool
+        tools[plan.name] = entry
+    return {"version": "1", "default": "deny",
+            "description": result.policy.get("description"), "tools": tools}
+
+
+def _per_minute(result: Scaffold) -> int:
+    for entry in result.policy["tools"].values():
+        for target in (entry, *entry.get("rules", [])):
+            if target.get("limits"):
+                return int(target["limits"][0]["max"])
+    return DEFAULT_CHANGE_LIMIT
+
+
+def in_format(result: Scaffold, fmt: str) -> tuple[str, list[str]]:
+    """The starter policy as text in ``fmt`` (``mcpwall`` YAML, ``policylayer``
+    JSON, ``intercept`` YAML), and the converter's notes on what it dropped."""
+    if fmt == "mcpwall":
+        return to_yaml(result), []
+    doc, notes = convert(lowered(result), "policylayer" if fmt == "policylayer" else "intercept")
+    if fmt == "policylayer":
+        return msgspec.json.format(msgspec.json.encode(doc), indent=2).decode() + "\n", notes
+    lines = [f"# {line}" for line in result.header]
+    lines.append("# Intercept has no approval: held tools and actions are denied.")
+    lines += [f"# Dropped: {note}" for note in notes]
+    for plan in result.tools:
+        lines += _comment(f"{plan.name}: {plan.kind}: {plan.why}", 0)
+    return "\n".join(lines) + "\n\n" + yaml.safe_dump(doc, sort_keys=False, width=100), notes
+
+
 # -- writers -----------------------------------------------------------------
 
 
@@ -534,7 +601,9 @@ __all__ = [
     "from_annotations",
     "from_description",
     "from_name",
+    "in_format",
     "listed_in_description",
+    "lowered",
     "resource_pattern",
     "scaffold",
     "to_json",
