@@ -310,3 +310,11 @@ def test_other_formats_deny_what_mcpwall_would_hold(fmt: str, source: str) -> No
         assert "tools.git_commit.limits: cannot be expressed (dropped)" in notes
         assert "# Dropped: tools.git_commit.limits" in text
     assert decide(e, "added_later").action == "deny"
+
+
+def test_items_without_a_name_are_skipped() -> None:
+    result = scaffold([{"name": 3}, {"description": "x"}, {"name": ""}, tool("get_a"),
+                       tool("get_a")], prompts=[{"name": None}, {"name": "p"}])
+    assert [p.name for p in result.tools] == ["get_a"]
+    assert set(result.policy["prompts"]) == {"p"}
+    parse_policy(to_yaml(result), "x.yaml")

@@ -416,7 +416,8 @@ def scaffold(tools: Iterable[Mapping[str, Any]],
     """
     plans: list[ToolPlan] = []
     entries: dict[str, Any] = {}
-    for tool in sorted(tools, key=lambda t: str(t.get("name"))):
+    named = {t["name"]: t for t in tools if isinstance(t.get("name"), str) and t["name"]}
+    for _, tool in sorted(named.items()):
         plan = classify(tool)
         plans.append(plan)
         entries[plan.name] = _tool_entry(plan, _notes(tool.get("annotations")), change_limit)
@@ -429,8 +430,9 @@ def scaffold(tools: Iterable[Mapping[str, Any]],
         "default": "deny",
         "tools": entries,
     }
-    prompt_entries = {str(p.get("name")): {"description": "a prompt only returns messages: allowed"}
-                      for p in sorted(prompts, key=lambda p: str(p.get("name")))}
+    prompt_names = {p["name"] for p in prompts if isinstance(p.get("name"), str) and p["name"]}
+    prompt_entries = {name: {"description": "a prompt only returns messages: allowed"}
+                      for name in sorted(prompt_names)}
     if prompt_entries:
         policy["prompts"] = prompt_entries
     resource_entries: dict[str, Any] = {}
@@ -519,9 +521,9 @@ def in_format(result: Scaffold, fmt: str) -> tuple[str, list[str]]:
     doc, notes = convert(lowered(result), "policylayer" if fmt == "policylayer" else "intercept")
     if fmt == "policylayer":
         return msgspec.json.format(msgspec.json.encode(doc), indent=2).decode() + "\n", notes
-    lines = [f"# {line}" for line in result.header]
+    lines = [c for line in result.header for c in _comment(line, 0)]
     lines.append("# Intercept has no approval: held tools and actions are denied.")
-    lines += [f"# Dropped: {note}" for note in notes]
+    lines += [c for note in notes for c in _comment(f"Dropped: {note}", 0)]
     for plan in result.tools:
         lines += _comment(f"{plan.name}: {plan.kind}: {plan.why}", 0)
     return "\n".join(lines) + "\n\n" + yaml.safe_dump(doc, sort_keys=False, width=100), notes
@@ -551,7 +553,7 @@ def _without_description(value: Mapping[str, Any]) -> dict[str, Any]:
 def to_yaml(result: Scaffold) -> str:
     """The policy as YAML, each entry's and rule's ``description`` as a comment above it."""
     policy = result.policy
-    lines = [f"# {line}" for line in result.header] + [""]
+    lines = [c for line in result.header for c in _comment(line, 0)] + [""]
     top = {k: v for k, v in policy.items() if k not in ("tools", "prompts", "resources")}
     lines += _dump(top, 0, flow=False)
     for table in ("tools", "prompts", "resources"):
