@@ -304,7 +304,7 @@ def hash_token_command(token: str | None, generate: bool, principal: str,
     click.echo(f"principal = {json.dumps(principal)}")
 
 
-@click.command("convert")
+@click.command("convert", short_help="Write a policy in mcpwall, policylayer or intercept format.")
 @click.argument("policy", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--to", "to", type=click.Choice(FORMATS), required=True,
               help="The format to write.")

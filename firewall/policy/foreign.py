@@ -6,10 +6,10 @@ Rules this module keeps:
    an mcpwall policy document, which the schema and compiler then read like
    any other; nothing downstream knows where it came from.
 2. Detection is by shape, never by file name, and an mcpwall document is never
-   reclassified: a document is Intercept's only if every key in it is one
-   Intercept defines *and* it uses something only Intercept has (a rule with
-   ``conditions``, ``on_deny``, ``rate_limit``, ``state`` or ``action:
-   evaluate``). Anything else is read as mcpwall's format, which includes
+   reclassified: a document is Intercept's only if a rule uses something only
+   Intercept has (``conditions``, ``on_deny``, ``rate_limit``, ``state`` or
+   ``action: evaluate``), which no valid mcpwall rule has; then every key must
+   be one Intercept defines. Anything else is read as mcpwall's format, which includes
    PolicyLayer's hosted ``policy.json`` keys (``hide``, ``all_tools``, lists
    in ``require`` and ``deny_if``, the ``rate_limit`` block) as they are.
 3. Unknown keys are errors here too, named by their path in the document as
@@ -31,7 +31,8 @@ from typing import Any, Final, Literal
 
 import msgspec
 
-from firewall.policy.schema import PolicyError, locate_error
+from firewall.policy.operators import compile_test
+from firewall.policy.schema import PolicyError, Test, locate_error
 
 Format = Literal["mcpwall", "policylayer", "intercept"]
 FORMATS: Final[tuple[Format, ...]] = ("mcpwall", "policylayer", "intercept")
@@ -81,31 +82,22 @@ class InterceptPolicy(_Strict, frozen=True):
     tools: dict[str, InterceptTool] = msgspec.field(default_factory=dict)
 
 
-_TOP: Final = frozenset(f.encode_name for f in msgspec.structs.fields(InterceptPolicy))
-_RULE: Final = frozenset(f.encode_name for f in msgspec.structs.fields(InterceptRule))
-
-
 def detect(raw: dict[str, Any]) -> Format:
-    """``"intercept"`` for a document only Intercept's format reads that way,
-    else ``"mcpwall"`` (PolicyLayer's hosted format is a subset of it)."""
-    if not _TOP.issuperset(raw):
-        return "mcpwall"
+    """``"intercept"`` for a document with a rule only Intercept's format has
+    (no valid mcpwall document has one), else ``"mcpwall"`` (PolicyLayer's
+    hosted format is a subset of it)."""
     tools = raw.get("tools")
     if not isinstance(tools, dict):
         return "mcpwall"
-    marked = False
     for entry in tools.values():
-        if not isinstance(entry, dict) or not {"rules"}.issuperset(entry):
-            return "mcpwall"
-        rules = entry.get("rules", [])
+        rules = entry.get("rules") if isinstance(entry, dict) else None
         if not isinstance(rules, list):
-            return "mcpwall"
+            continue
         for rule in rules:
-            if not isinstance(rule, dict) or not _RULE.issuperset(rule):
-                return "mcpwall"
-            if _INTERCEPT_ONLY.intersection(rule) or rule.get("action") == "evaluate":
-                marked = True
-    return "intercept" if marked else "mcpwall"
+            if isinstance(rule, dict) and (_INTERCEPT_ONLY.intersection(rule)
+                                           or rule.get("action") == "evaluate"):
+                return "intercept"
+    return "mcpwall"
 
 
 def is_hosted(raw: dict[str, Any]) -> bool:
@@ -177,6 +169,9 @@ def _check(rule: InterceptRule, where: str) -> dict[str, Any]:
     else:
         if not rule.conditions:
             raise PolicyError(f"{where}: evaluate rules must have at least one condition")
+        for i, c in enumerate(rule.conditions):  # errors name the Intercept path
+            compile_test(Test(path=c.path, op=c.op, value=c.value),  # type: ignore[arg-type]
+                         f"{where}.conditions[{i}]")
         out["require"] = [_test(c) for c in rule.conditions]
     if rule.on_deny:
         out["reason"] = rule.on_deny
