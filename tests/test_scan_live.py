@@ -167,6 +167,14 @@ def test_servers_that_cannot_be_scanned_exit_2(argv: list[str], message: str) ->
     assert "Traceback" not in done.stderr
 
 
+def test_a_server_that_exits_is_quoted(tmp_path: Path) -> None:
+    done = scan("--", venv_tool("mcp-server-git"), "--repository", str(tmp_path))
+    assert done.returncode == 2
+    assert "exited with code 0 before answering initialize; its stderr ended with: " in (
+        done.stderr)
+    assert f"{tmp_path} is not a valid Git repository" in done.stderr
+
+
 def test_survey_errors_are_values_not_groups() -> None:
     async def run() -> None:
         with trio.fail_after(30):

@@ -39,10 +39,11 @@ from firewall import __version__
 from firewall.config import StdioServer
 from firewall.gateway.outbound import Outbound
 from firewall.gateway.upstream.http import HttpUpstream, Response, UpstreamError
-from firewall.gateway.upstream.stdio import StdioChild, open_stdio_child
+from firewall.gateway.upstream.stdio import StderrTail, StdioChild, open_stdio_child
 from firewall.protocol import jsonrpc, mcp
 
 MAX_PAGES: Final = 1000
+STDERR_LINES: Final = 3  # of a server that died, quoted in the error
 _LISTS: Final = (
     ("tools", "tools/list", "tools"),
     ("prompts", "prompts/list", "prompts"),
@@ -109,9 +110,10 @@ def _show(data: bytes) -> str:
 class _StdioPeer:
     """Requests over a child's stdin and stdout, one at a time."""
 
-    def __init__(self, child: StdioChild, argv: Sequence[str]) -> None:
+    def __init__(self, child: StdioChild, argv: Sequence[str], stderr: StderrTail) -> None:
         self.child = child
         self.argv = argv
+        self.stderr = stderr
         self.ids = itertools.count(1)
         self.lines: AsyncIterator[bytes] = child.lines()
         self.junk: bytes | None = None
@@ -125,11 +127,15 @@ class _StdioPeer:
     async def _died(self, when: str) -> SurveyError:
         with trio.move_on_after(2):
             await self.child.wait()
+        with trio.move_on_after(1):  # its last stderr lines may still be in the pipe
+            await self.stderr.closed.wait()
         code = self.child.returncode
         how = "exited" if code is None else f"exited with code {code}"
         junk = f"; its stdout held non-JSON-RPC text: {_show(self.junk)}" if self.junk else ""
-        return SurveyError(f"the server {self.argv[0]!r} {how} {when}{junk} "
-                           f"(run with -v to see its stderr)")
+        lines = self.stderr.lines
+        said = (f"; its stderr ended with: {' | '.join(lines)}" if lines
+                else "; it wrote nothing to stderr")
+        return SurveyError(f"the server {self.argv[0]!r} {how} {when}{junk}{said}")
 
     async def ask(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
         ident = next(self.ids)
@@ -301,9 +307,10 @@ async def survey_stdio(argv: Sequence[str], *, progress: Progress | None = None,
     # The failure leaves the child's nursery as a value, not inside an exception group.
     outcome: Survey | SurveyError
     try:
-        async with open_stdio_child(settings, server="scan") as child:
+        stderr = StderrTail(STDERR_LINES)
+        async with open_stdio_child(settings, server="scan", stderr_tail=stderr) as child:
             try:
-                outcome = await _survey(_StdioPeer(child, argv), progress or Progress())
+                outcome = await _survey(_StdioPeer(child, argv, stderr), progress or Progress())
             except SurveyError as exc:
                 outcome = exc
     except OSError as exc:
