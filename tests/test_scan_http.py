@@ -11,8 +11,10 @@ from typing import Any
 
 import pytest
 import trio
+from click.testing import CliRunner
 from test_upstream_http import start_hypercorn
 
+from firewall.cli import main
 from firewall.gateway.upstream.survey import SurveyError, survey_http
 
 Reply = tuple[int, str, bytes]
@@ -130,3 +132,19 @@ async def test_nothing_listening_and_a_bad_url() -> None:
         await survey("http://127.0.0.1:9/mcp")
     with pytest.raises(SurveyError, match="ftp"):
         await survey("ftp://example.com/mcp")
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    ([], "give a server: either -- COMMAND [ARGS...] or --upstream URL"),
+    (["--upstream", "http://127.0.0.1:9/mcp", "--", "x"], "give a server: either"),
+    (["--header", "A: b", "--", "x"], "--header goes with --upstream"),
+    (["--upstream", "http://127.0.0.1:9/mcp", "--header", "nocolon"],
+     "expected 'Name: value', got 'nocolon'"),
+    (["--format", "intercept", "-o", "p.json", "--", "x"],
+     "intercept policies are written as .yaml or .yml"),
+    (["-o", "p.toml", "--", "x"], "mcpwall policies are written as .yaml or .yml or .json"),
+])
+def test_usage_errors_start_nothing(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(main, ["scan", *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output

@@ -196,4 +196,4 @@ def test_demo_server_in_the_other_formats(tmp_path: Path) -> None:
     assert doc["tools"]["vm_management"]["require"][0]["value"] == [
         "list", "info", "create", "start", "stop", "clone", "pause", "resume"]
     done = scan("--format", "policylayer", "-o", str(tmp_path / "x.yaml"), "--", "no-such")
-    assert done.returncode == 2 and "a policylayer policy is written as .json" in done.stderr
+    assert done.returncode == 2 and "policylayer policies are written as .json" in done.stderr

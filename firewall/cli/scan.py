@@ -87,7 +87,7 @@ def _suffix(fmt: str, output: Path | None) -> str:
     """The file type to write (a usage error when --output names another)."""
     suffix = output.suffix.lower() if output is not None else _SUFFIXES[fmt][0]
     if suffix not in _SUFFIXES[fmt]:
-        raise click.BadParameter(f"a {fmt} policy is written as "
+        raise click.BadParameter(f"{fmt} policies are written as "
                                  f"{' or '.join(_SUFFIXES[fmt])}", param_hint="--output")
     return suffix
 

@@ -5,8 +5,9 @@ Rules this module keeps:
 1. It writes only what mcpwall itself composes: ``initialize``,
    ``notifications/initialized``, ``tools/list``, ``prompts/list``,
    ``resources/list``, ``resources/templates/list`` (each page, following
-   ``nextCursor``), and an error answering any request the server makes (it
-   was told the client has no capabilities). Nothing the server does
+   ``nextCursor``), and, over stdio, an error answering any request the server
+   makes (it was told the client has no capabilities; over HTTP such requests,
+   which would arrive on an event stream, are ignored). Nothing the server does
    (``tools/call`` above all) is ever sent: a scan cannot change a server.
    Every write is an :class:`~firewall.gateway.outbound.Outbound` made here,
    at one place (``tests/test_outbound.py`` pins it).
