@@ -122,7 +122,10 @@ GATEWAY_NO_AUDIT = r'''
 import sys, trio
 from pathlib import Path
 from firewall.config import load_config
-from firewall.gateway.front.http_front import HttpFront, run_front
+try:
+    from firewall.gateway.front.http_front import HttpFront, run_front
+except ImportError:  # a source tree from before gateway/front/ (--baseline)
+    from firewall.gateway.http_front import HttpFront, run_front
 from firewall.log import configure
 from firewall.policy.decision import AllowAll
 

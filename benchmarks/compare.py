@@ -310,9 +310,12 @@ def stdio_scenario(work: Path, policy: Path, opts: argparse.Namespace) -> dict[s
     """Stdio front, stdio upstream: a throughput pass, then a latency pass."""
     contenders = [cs.Contender("direct", "direct", cs.ECHO),
                   cs.mcpwall_wrap(work, cs.ECHO, None),
-                  cs.mcpwall_wrap(work, cs.ECHO, policy),
-                  cs.mcp_firewall_wrap(work, cs.ECHO),
-                  cs.policy_gateway(work, cs.ECHO, None)]
+                  cs.mcpwall_wrap(work, cs.ECHO, policy)]
+    if opts.baseline:
+        contenders += [cs.mcpwall_wrap(work, cs.ECHO, None, opts.baseline),
+                       cs.mcpwall_wrap(work, cs.ECHO, policy, opts.baseline)]
+    if not opts.skip_peers:
+        contenders += [cs.mcp_firewall_wrap(work, cs.ECHO), cs.policy_gateway(work, cs.ECHO, None)]
 
     def throughput(c: cs.Contender) -> Result:
         with stdio_target(c, work) as target:
@@ -337,10 +340,15 @@ def http_scenario(work: Path, policy: Path, wrk: list[str], opts: argparse.Names
         lambda p: cs.Contender("direct", "direct", up_argv, up_url),
         lambda p: cs.mcpwall_serve(work, p, upstream, None),
         lambda p: cs.mcpwall_serve(work, p, upstream, policy),
-        lambda p: cs.policy_gateway(work, upstream, p),
     ]
-    if not http_upstream:
-        builders += [lambda p: cs.mcp_proxy(cs.ECHO, p), lambda p: cs.supergateway(cs.ECHO, p)]
+    if opts.baseline:
+        builders += [lambda p: cs.mcpwall_serve(work, p, upstream, None, opts.baseline),
+                     lambda p: cs.mcpwall_serve(work, p, upstream, policy, opts.baseline)]
+    if not opts.skip_peers:
+        builders.append(lambda p: cs.policy_gateway(work, upstream, p))
+        if not http_upstream:
+            builders += [lambda p: cs.mcp_proxy(cs.ECHO, p),
+                         lambda p: cs.supergateway(cs.ECHO, p)]
     contenders = [build(free_port()) for build in builders]
 
     @contextlib.contextmanager
@@ -379,6 +387,9 @@ def sessions_scenario(work: Path, policy: Path, wrk: list[str],
         lambda p: cs.mcpwall_serve(work, p, up_url, None),
         lambda p: cs.mcpwall_serve(work, p, up_url, policy),
     ]
+    if opts.baseline:
+        builders += [lambda p: cs.mcpwall_serve(work, p, up_url, None, opts.baseline),
+                     lambda p: cs.mcpwall_serve(work, p, up_url, policy, opts.baseline)]
     for build in builders:
         c = build(free_port())
         rows: dict[str, Result] = {}
@@ -415,9 +426,13 @@ def tools_scenario(work: Path, policy: Path,
     out: dict[str, dict[str, Result]] = {}
     for size in opts.tools:
         upstream = [*cs.ECHO, "--tools", str(size)]
-        for c in (cs.Contender("direct", "direct", upstream),
-                  cs.mcpwall_wrap(work, upstream, None),
-                  cs.mcpwall_wrap(work, upstream, policy)):
+        contenders = [cs.Contender("direct", "direct", upstream),
+                      cs.mcpwall_wrap(work, upstream, None),
+                      cs.mcpwall_wrap(work, upstream, policy)]
+        if opts.baseline:
+            contenders += [cs.mcpwall_wrap(work, upstream, None, opts.baseline),
+                           cs.mcpwall_wrap(work, upstream, policy, opts.baseline)]
+        for c in contenders:
             expected = size + 1 if c.tools_expected is None else c.tools_expected
 
             def run(c: cs.Contender = c, expected: int = expected, size: int = size) -> Result:
@@ -448,21 +463,26 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def machine(peers: dict[str, str], wrk: list[str]) -> dict[str, Any]:
+def _commit(tree: Path) -> str:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tree,
+                            capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "firewall"], cwd=tree,
+                           capture_output=True, text=True).stdout.strip()
+    return commit + ("+dirty" if dirty else "")
+
+
+def machine(peers: dict[str, str], wrk: list[str], baseline: Path | None) -> dict[str, Any]:
     """Where and with what the figures were measured."""
     cpu = next((line.split(":", 1)[1].strip() for line in
                 Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=cs.ROOT,
-                            capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "firewall"], cwd=cs.ROOT,
-                           capture_output=True, text=True).stdout.strip()
     wrk_version = subprocess.run([*wrk, "-v"], capture_output=True, text=True)
     node = subprocess.run(["node", "--version"], capture_output=True, text=True)
     return {"nproc": os.cpu_count(), "cpu": cpu, "kernel": platform.release(),
             "loadavg": Path("/proc/loadavg").read_text().split()[:3],
             "python": platform.python_version(),
-            "mcpwall": commit + ("+dirty" if dirty else ""),
+            "mcpwall": _commit(cs.ROOT),
+            "baseline": _commit(baseline) if baseline else None,
             "wrk": (wrk_version.stdout + wrk_version.stderr).split("\n")[0].strip(),
             "node": node.stdout.strip(), "peers": peers,
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -590,7 +610,18 @@ def main() -> None:
                         help="only write the table and plots of an earlier compare.json")
     parser.add_argument("--profile", action="store_true",
                         help="sample mcpwall with py-spy during its fixed-concurrency runs")
+    parser.add_argument("--baseline", type=Path, metavar="DIR",
+                        help="also run every mcpwall configuration from the source tree DIR "
+                             "(e.g. a git worktree of an earlier commit), in the same run, and "
+                             "print this tree's ratios to it")
+    parser.add_argument("--skip-peers", action="store_true",
+                        help="measure only the direct path and mcpwall (with --baseline: "
+                             "a before/after run)")
     opts = parser.parse_args()
+    if opts.baseline is not None:
+        opts.baseline = opts.baseline.resolve()
+        if not (opts.baseline / "firewall" / "__init__.py").exists():
+            parser.error(f"--baseline {opts.baseline}: no firewall package there")
     opts.seconds = 2.0 if opts.quick else 5.0
     opts.concurrency = [16, 64] if opts.quick else [1, 4, 16, 64, 256]
     opts.sessions = [1, 10, 100] if opts.quick else [1, 10, 100, 1000]
@@ -604,8 +635,9 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     opts.out.mkdir(parents=True, exist_ok=True)
     wrk = [http_load.ensure_wrk()]
-    peers = cs.install_peers(cs.PEERS / "install.log")
-    report: dict[str, Any] = {"machine": machine(peers, wrk), "quick": opts.quick,
+    peers = {} if opts.skip_peers else cs.install_peers(cs.PEERS / "install.log")
+    report: dict[str, Any] = {"machine": machine(peers, wrk, opts.baseline),
+                              "quick": opts.quick,
                               "settings": {"seconds": opts.seconds, "fixed": opts.fixed,
                                            "concurrency": opts.concurrency,
                                            "offered_rate": opts.rate or "auto"},
@@ -676,7 +708,53 @@ def summary(report: dict[str, Any], fixed: int) -> str:
                                     "tools", report["tools"]))
     if any(k in report for k in ("stdio", "http_stdio", "http_http")):
         parts.append("### Goals\n\n" + "\n".join(goals(report)))
+    if m.get("baseline"):
+        parts.append(render_before_after(report, m["baseline"]))
     return "\n\n".join(parts)
+
+
+def before_after(report: dict[str, Any]) -> list[list[str]]:
+    """Rows of this tree's figures over the baseline tree's, configuration by
+    configuration (calls/s and saturation: above 1 is faster; CPU per call and
+    added p50: below 1 is cheaper)."""
+    rows = []
+    for key in ("stdio", "http_stdio", "http_http"):
+        results = report.get(key, {})
+        for name, r in results.items():
+            base = results.get(name + cs.BASELINE_MARK)
+            if base is None or name.endswith(cs.BASELINE_MARK):
+                continue
+            if "failed" in r or "failed" in base:
+                rows.append([key, name, "failed", "", "", ""])
+                continue
+            lat = r.get("latency_ms", {}).get("p50")
+            base_lat = base.get("latency_ms", {}).get("p50")
+            rows.append([key, name, metrics.fmt(metrics.ratio(r.get("rps"), base.get("rps")),
+                                                ".2f", "x"),
+                         metrics.fmt(metrics.ratio(r.get("saturation_rps"),
+                                                   base.get("saturation_rps")), ".2f", "x"),
+                         metrics.fmt(metrics.ratio(r.get("cpu_per_1k"), base.get("cpu_per_1k")),
+                                     ".2f", "x"),
+                         metrics.fmt(metrics.ratio(lat, base_lat), ".2f", "x")])
+    for key in ("sessions", "tools"):
+        for name, by_size in report.get(key, {}).items():
+            base_sizes = report[key].get(name + cs.BASELINE_MARK)
+            if base_sizes is None:
+                continue
+            for size, r in by_size.items():
+                base = base_sizes.get(size, {})
+                rows.append([f"{key} {size}", name,
+                             metrics.fmt(metrics.ratio(r.get("rps"), base.get("rps")),
+                                         ".2f", "x"), "", metrics.fmt(metrics.ratio(
+                                             r.get("cpu_per_1k"), base.get("cpu_per_1k")),
+                                             ".2f", "x"), ""])
+    return rows
+
+
+def render_before_after(report: dict[str, Any], baseline: str) -> str:
+    header = ["scenario", "configuration", "calls/s", "saturation", "CPU per call", "p50"]
+    return (f"### This tree over the baseline ({baseline}), same run\n\n"
+            + metrics.table(header, before_after(report)))
 
 
 if __name__ == "__main__":

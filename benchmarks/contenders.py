@@ -119,37 +119,56 @@ def mcpwall_config(work: Path, name: str, port: int, upstream: list[str] | str,
     return path
 
 
-def mcpwall_wrap(work: Path, upstream: list[str], policy: Path | None) -> Contender:
-    """``mcpwall wrap``: allow-all without audit, or the policy with durable audit."""
+BASELINE_MARK = " [baseline]"
+
+
+def _tree(tree: Path | None) -> tuple[str, dict[str, str]]:
+    """The name suffix and environment of a contender run from another source tree
+    (``--baseline DIR``: the same command, with DIR's ``firewall`` imported first)."""
+    if tree is None:
+        return "", {}
+    return BASELINE_MARK, {"PYTHONPATH": str(tree)}
+
+
+def mcpwall_wrap(work: Path, upstream: list[str], policy: Path | None,
+                 tree: Path | None = None) -> Contender:
+    """``mcpwall wrap``: allow-all without audit, or the policy with durable audit.
+    ``tree``: run the ``firewall`` package of that source tree instead of this one."""
     wrap = [PY, "-m", "firewall", "wrap"]
+    mark, env = _tree(tree)
     if policy is None:
-        return Contender("mcpwall wrap, allow-all", "mcpwall", [*wrap, "--", *upstream])
-    config = work / "wrap-durable.toml"
-    config.write_text(f'[audit]\npath = "{work / "wrap-durable.db"}"\nmode = "durable"\n'
+        return Contender(f"mcpwall wrap, allow-all{mark}", "mcpwall", [*wrap, "--", *upstream],
+                         env=env)
+    db = work / f"wrap-durable{'-baseline' if tree else ''}.db"
+    config = work / f"wrap-durable{'-baseline' if tree else ''}.toml"
+    config.write_text(f'[audit]\npath = "{db}"\nmode = "durable"\n'
                       '[log]\nlevel = "warning"\n')
-    return Contender("mcpwall wrap, policy + durable audit", "mcpwall",
+    return Contender(f"mcpwall wrap, policy + durable audit{mark}", "mcpwall",
                      [*wrap, "--config", str(config), "--policy", str(policy), "--", *upstream],
-                     tools_expected=1)
+                     tools_expected=1, env=env)
 
 
 def mcpwall_serve(work: Path, port: int, upstream: list[str] | str,
-                  policy: Path | None) -> Contender:
+                  policy: Path | None, tree: Path | None = None) -> Contender:
     """``mcpwall serve``: allow-all with no audit trail (the proxy path alone, as in
-    bench_http_proxy.py), or the policy with the durable audit trail."""
+    bench_http_proxy.py), or the policy with the durable audit trail.
+    ``tree``: run the ``firewall`` package of that source tree instead of this one."""
     url = f"http://127.0.0.1:{port}/servers/bench/mcp"
     kind = "http upstream" if isinstance(upstream, str) else "stdio upstream"
+    mark, env = _tree(tree)
     if policy is None:
         from bench_http_proxy import GATEWAY_NO_AUDIT
 
         script = work / "gateway_allow_all.py"
         script.write_text(GATEWAY_NO_AUDIT)
         config = mcpwall_config(work, f"serve-allow-{port}", port, upstream, "fast", None)
-        return Contender(f"mcpwall serve, allow-all ({kind})", "mcpwall",
+        return Contender(f"mcpwall serve, allow-all ({kind}){mark}", "mcpwall",
                          [PY, str(script), str(config)], url,
-                         env={"PYTHONPATH": str(ROOT)})
+                         env=env or {"PYTHONPATH": str(ROOT)})
     config = mcpwall_config(work, f"serve-durable-{port}", port, upstream, "durable", policy)
-    return Contender(f"mcpwall serve, policy + durable audit ({kind})", "mcpwall",
-                     [PY, "-m", "firewall", "serve", str(config)], url, tools_expected=1)
+    return Contender(f"mcpwall serve, policy + durable audit ({kind}){mark}", "mcpwall",
+                     [PY, "-m", "firewall", "serve", str(config)], url, tools_expected=1,
+                     env=env)
 
 
 def mcp_firewall_wrap(work: Path, upstream: list[str]) -> Contender:

@@ -19,7 +19,7 @@ OutcomeStatus = Literal[
 
 LifecycleKind = Literal[
     "session_start", "session_end", "session_refused",
-    "policy_load", "policy_reload", "policy_reload_failed",
+    "policy_load", "policy_reload", "policy_reload_failed", "policy_edit",
     "upstream_start", "upstream_exit", "upstream_restart",
     "approval", "kill_switch", "operator_login_throttled",
     "message_dropped",

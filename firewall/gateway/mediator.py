@@ -73,6 +73,13 @@ fronts own the I/O; the mediator owns the rules. Invariants it keeps:
    beyond 2**53 - 1 (JSON readers disagree on its value) is refused, recorded
    as a ``deny`` by rule ``protocol``: each request has its own answer and
    outcome, and its answer comes back under the id it went out with.
+13. Counters (:mod:`firewall.policy.counters`) are reserved when the call is
+   decided (a held call keeps its reservation while it waits) and settled by
+   its fate: an answer with a result (a tool result with ``isError`` too: the
+   tool ran) keeps them; a JSON-RPC error answer, or a refusal after the
+   reservation (a shared bucket, a rejected or withdrawn approval) gives
+   them back. A call whose fate is unknown (timed out, upstream lost, session
+   gone) keeps them: it may have run, and a counter errs on counting.
 """
 
 from __future__ import annotations
@@ -105,6 +112,7 @@ from firewall.gateway.approvals.desk import (
 from firewall.gateway.outbound import Outbound
 from firewall.log import get_logger
 from firewall.policy import render
+from firewall.policy.counters import Counted, Reservation
 from firewall.policy.decision import ALLOW, DENY, PENDING, Caller, Decision, PolicyPoint
 from firewall.policy.limits import PendingLimit
 from firewall.protocol import framing, jsonrpc, mcp
@@ -164,6 +172,9 @@ class _Pending(msgspec.Struct):
     method: str
     started_ns: int
     cancelled: bool = False
+    # What the call added to its counters: kept when the answer is a result,
+    # given back when it is a JSON-RPC error (rule 13).
+    counters: Reservation | None = None
 
 
 class _Hold:
@@ -230,8 +241,12 @@ class Mediator:
         audit: AuditPoint | None,
         deny_tools_call_as: Literal["tool_result", "jsonrpc_error"] = "tool_result",
         approvals: ApprovalDesk | None = None,
+        on_tools: Callable[[str, list[str]], None] | None = None,
     ) -> None:
         self.server = server
+        # Told the names of the tools the server offers in each tools/list
+        # answer (the console's policy page lists them).
+        self.on_tools = on_tools
         self.session = session
         self.caller = caller
         self.policy = policy
@@ -431,6 +446,7 @@ class Mediator:
                        call: mcp.Call | None = None) -> Routed:
         rid = msg.request_id
         reply_side = "client" if direction == "client" else "upstream"
+        reservation: Reservation | None = None
         if call is None:
             assert isinstance(msg, jsonrpc.Message)
             try:
@@ -458,6 +474,8 @@ class Mediator:
                                 reason=f"request id {rid!r} is already in flight")
         else:
             decision = self.policy.decide(call, self.caller, self.server, self.session)
+            if type(decision) is Counted:  # counters: reserved now, settled by the answer
+                decision, reservation = await decision.settle()
             if type(decision) is PendingLimit:  # buckets shared in Redis: one round trip
                 decision = await decision.settle()
         if direction == "client" and call.method == mcp.INITIALIZE:
@@ -478,15 +496,21 @@ class Mediator:
                     self._held_ids.add(rid)
 
                 async def verdict(to_client: ToClient | None) -> Routed:
+                    kept = False
                     try:
-                        return await self._held(held_call, full, line, decision, call_id,
-                                                to_client)
+                        routed = await self._held(held_call, full, line, decision, call_id,
+                                                  to_client)
+                        kept = self._keep(reservation, rid, routed)
+                        return routed
                     finally:
                         if rid is not None:
                             self._held_ids.discard(rid)
+                        if not kept:
+                            await _give_back(reservation)
 
                 return Routed(held=verdict)
             # Nobody can decide it here: refused now, and recorded as such.
+            await _give_back(reservation)
             why = f"{decision.reason.rstrip('.')}; {NO_DESK}" if decision.reason else NO_DESK
             decision = Decision(DENY, rule=decision.rule, reason=why)
             receipt = await self._decided(call, msg, decision, call_id, recorded_as="rejected")
@@ -498,6 +522,7 @@ class Mediator:
             return Routed(upstream=Outbound.decided(framing.line_safe(refusal), receipt, call_id),
                           receipt=receipt)
         if not decision.enforced_allow:
+            await _give_back(reservation)  # a shared bucket refused after the counters
             self.log.info("call_refused", method=call.method, target=call.target,
                           decision=decision.action, rule=decision.rule)
             refusal = self._refusal(call, rid, decision)
@@ -505,7 +530,20 @@ class Mediator:
                 return Routed(client=refusal, receipt=receipt)
             return Routed(upstream=Outbound.decided(framing.line_safe(refusal), receipt, call_id),
                           receipt=receipt)
-        return self._forwarded(call, rid, line, direction, call_id, receipt)
+        routed = self._forwarded(call, rid, line, direction, call_id, receipt)
+        if reservation is not None and not self._keep(reservation, rid, routed, direction):
+            await reservation.commit()  # no answer will come to settle it
+        return routed
+
+    def _keep(self, reservation: Reservation | None, rid: RequestId | None, routed: Routed,
+              direction: str = "client") -> bool:
+        """Hand a forwarded call's reservation to its pending entry (rule 13)."""
+        table = self._client_pending if direction == "client" else self._server_pending
+        pending = table.get(rid) if rid is not None and reservation is not None else None
+        if pending is None or (routed.upstream is None and routed.client is None):
+            return False
+        pending.counters = reservation
+        return True
 
     def _in_flight(self, rid: RequestId, direction: str) -> bool:
         """Whether a request of this side with id ``rid`` waits for its answer."""
@@ -772,6 +810,10 @@ class Mediator:
             recorded = None
         else:
             decision = self.policy.decide(call, self.caller, self.server, self.session)
+            if type(decision) is Counted:  # no answer will come: kept if forwarded
+                decision, reservation = await decision.settle()
+                if reservation is not None:
+                    await reservation.commit()
             if type(decision) is PendingLimit:
                 decision = await decision.settle()
             recorded = None
@@ -830,6 +872,11 @@ class Mediator:
     ) -> None:
         rid = msg.request_id
         pending = table.pop(rid, None) if rid is not None else None
+        if pending is not None and pending.counters is not None:
+            if msg.has_error:
+                await _give_back(pending.counters)
+            else:
+                await pending.counters.commit()
         if pending is None or self.audit is None:
             return  # nothing to record: skip reading the result
         if msg.has_error:
@@ -889,12 +936,23 @@ class Mediator:
         tools = result.get("tools")
         if not isinstance(tools, list):
             return data
+        if self.on_tools is not None:
+            self.on_tools(self.server, [t["name"] for t in tools if isinstance(t, dict)
+                                        and isinstance(t.get("name"), str)])
         kept = [t for t in tools if not isinstance(t, dict)
                 or self.policy.tool_visible(str(t.get("name")), self.caller, self.server)]
         if len(kept) == len(tools):
             return data
         self.log.debug("tools_list_filtered", removed=len(tools) - len(kept))
         return jsonrpc.result_response(msg.request_id, {**result, "tools": kept})
+
+
+async def _give_back(reservation: Reservation | None) -> None:
+    """Roll a reservation back, even while the call is being cancelled (the
+    store bounds its own I/O)."""
+    if reservation is not None:
+        with trio.CancelScope(shield=True):
+            await reservation.rollback()
 
 
 def _id_problem(ident: object) -> str | None:

@@ -23,6 +23,7 @@ from firewall.gateway.mediator import Mediator
 from firewall.gateway.operator.killswitch import GuardedPolicy
 from firewall.gateway.operator.switchboard import SwitchBoard, open_switchboard
 from firewall.gateway.policy_reload import reloader_for
+from firewall.gateway.shared_counters import RedisCounters
 from firewall.gateway.shared_limits import (
     RedisLimiter,
     StoreConfigError,
@@ -42,7 +43,8 @@ def build_policy(
 ) -> PolicyPoint:
     """The policy point for these files (allow-all when there are none).
 
-    Token buckets live in ``limiter`` (Redis) when given, else in this process.
+    Token buckets and counter totals live in ``limiter``'s Redis when given,
+    else in this process.
     Raises ConfigError (naming the file and key path) for a bad policy file.
     """
     servers = {name: files for name, files in (servers or {}).items() if files}
@@ -51,7 +53,8 @@ def build_policy(
     try:
         return PolicySet([Path(p) for p in fleet],
                          {name: [Path(p) for p in files] for name, files in servers.items()},
-                         dry_run=dry_run, limiter=limiter)
+                         dry_run=dry_run, limiter=limiter,
+                         counters=RedisCounters(limiter) if limiter is not None else None)
     except PolicyError as exc:
         raise ConfigError(str(exc)) from None
 

@@ -46,6 +46,13 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import msgspec
 
 from firewall.policy.arguments import Check, MatchMemo, compile_conditions
+from firewall.policy.counters import (
+    CounterSpec,
+    CounterUse,
+    StateCheck,
+    compile_state_checks,
+    parse_increment_from,
+)
 from firewall.policy.decision import (
     ALLOW,
     DENY,
@@ -63,6 +70,7 @@ from firewall.policy.schema import (
     ArgumentRule,
     CheckRule,
     Conditions,
+    Counter,
     Limit,
     LoadedPolicy,
     Policy,
@@ -125,21 +133,32 @@ def _audience(principals: Sequence[str], groups: Sequence[str],
 class Verdict:
     """What a rule concludes: an action, its buckets, and the prebuilt Decision."""
 
-    __slots__ = ("_keys", "_prefix", "action", "buckets", "decision", "dry_run", "limited_reason",
-                 "plan", "rank", "rule", "single")
+    __slots__ = ("_keys", "_prefix", "action", "buckets", "counted", "decision", "dry_run",
+                 "limited_reason", "plain", "plan", "rank", "rule", "single", "state")
 
     def __init__(self, rule: str, action: ActionName, reason: str | None,
                  buckets: tuple[BucketSpec, ...], dry_run: bool,
-                 approval: ApproverName = "desk") -> None:
+                 approval: ApproverName = "desk", *, counters: tuple[CounterUse, ...] = (),
+                 state: tuple[StateCheck, ...] = ()) -> None:
         self.rule = rule
         self.action = action
         self.buckets = buckets if action == "allow" else ()
+        # Counters (and the state conditions reading them) count calls that
+        # may go through: allowed, or held for approval.
+        self.counted = counters if action != "deny" else ()
+        self.state = state if action != "deny" else ()
         self.dry_run = dry_run
         act = _ACTION_OF[action]
         self.decision = Decision(act, rule=rule, reason=reason,  # type: ignore[arg-type]
                                  dry_run=dry_run and act != ALLOW, approval=approval)
-        self.rank = RANK["limited"] if self.buckets else RANK[action]
+        self.rank = (RANK["limited"] if self.buckets or self.counted else RANK[action]
+                     ) if action != "require_approval" else RANK[action]
         self.single: tuple[dict[str, str], int, float, float, float] | None = None
+        # With counters and buckets: this verdict with its buckets only, the
+        # engine's bucket step before the counters settle.
+        self.plain = self
+        if self.buckets and (self.counted or self.state):
+            self.plain = Verdict(rule, action, reason, buckets, dry_run, approval)
         if not self.buckets:  # most verdicts: skip the bucket bookkeeping
             self.plan: tuple[tuple[str, int, BucketSpec], ...] = ()
             self.limited_reason = "rate limit: "
@@ -150,7 +169,7 @@ class Verdict:
         # The common case, one bucket, unpacked for the engine's fast path:
         # (bucket key by scope value, scope index, capacity, refill rate, window).
         # The keys are remembered so that a call neither builds nor hashes one.
-        if len(self.buckets) == 1:
+        if len(self.buckets) == 1 and not self.counted and not self.state:
             b = self.buckets[0]
             self._keys: dict[str, str] = {}
             self._prefix = b.key_prefix
@@ -282,7 +301,7 @@ Evaluator = Callable[[dict[str, Any], Caller], Result]
 
 
 def _result(verdict: Verdict) -> Result:
-    return verdict if verdict.buckets else verdict.decision
+    return verdict if verdict.buckets or verdict.counted or verdict.state else verdict.decision
 
 
 def _evaluator(require: tuple[Requirement, ...], rules: tuple[CompiledRule, ...],
@@ -825,15 +844,21 @@ class ServerTable:
 
 
 class CompiledPolicy:
-    """The fleet-wide table plus one table per server that has its own policy."""
+    """The fleet-wide table plus one table per server that has its own policy.
+
+    ``counters`` are the bucket shapes by name; ``windowed`` the counters
+    (:mod:`firewall.policy.counters`) by name.
+    """
 
     def __init__(self, fleet: ServerTable, servers: dict[str, ServerTable],
                  files: tuple[LoadedPolicy, ...], counters: dict[str, BucketSpec],
-                 memo: MatchMemo | None = None) -> None:
+                 memo: MatchMemo | None = None,
+                 windowed: dict[str, CounterSpec] | None = None) -> None:
         self.fleet = fleet
         self.servers = servers
         self.files = files
         self.counters = counters
+        self.windowed = windowed or {}
         # The budget this table's pattern checks remember their verdicts in.
         self.memo = memo if memo is not None else MatchMemo(0)
 
@@ -872,6 +897,72 @@ class _Counters:
         return spec
 
 
+class _Windowed:
+    """Counters by name, declared anywhere in the files compiled together:
+    every use of a name must agree on its window and scope."""
+
+    def __init__(self) -> None:
+        self.specs: dict[str, CounterSpec] = {}
+        self._where: dict[str, str] = {}
+
+    def declare(self, counter: Counter, where: str) -> CounterSpec:
+        name = counter.counter
+        if "\x1f" in name:
+            raise PolicyError(f"{where}.counter: a name without control characters")
+        spec = CounterSpec(name, counter.scope, counter.window)
+        known = self.specs.get(name)
+        if known is None:
+            self.specs[name] = spec
+            self._where[name] = where
+        elif known != spec:
+            raise PolicyError(
+                f"{where}: counter {name!r} is per {spec.scope}, by {spec.window}, here but "
+                f"per {known.scope}, by {known.window}, at {self._where[name]}; rules "
+                "sharing a counter share one total and must agree")
+        return spec
+
+    def scan(self, loaded: LoadedPolicy) -> None:
+        """Declare every counter of a file (before any ``require_state`` reads one)."""
+        for kind in KINDS:
+            table: Mapping[str, ToolEntry | TargetEntry] = getattr(loaded.policy, kind)
+            for key, entry in table.items():
+                where = f"{loaded.source}: {join_key(kind, key)}"
+                for i, c in enumerate(entry.counters):
+                    self.declare(c, f"{where}.counters[{i}]")
+                if isinstance(entry, ToolEntry):
+                    for j, r in enumerate(entry.rules):
+                        for i, c in enumerate(r.counters):
+                            self.declare(c, f"{where}.rules[{j}].counters[{i}]")
+
+    def uses(self, counters: Sequence[Counter], where: str) -> tuple[CounterUse, ...]:
+        out = []
+        for i, c in enumerate(counters):
+            here = f"{where}.counters[{i}]"
+            spec = self.declare(c, here)
+            path = (parse_increment_from(c.increment_from, here)
+                    if c.increment_from is not None else None)
+            per = f"{c.max} per {c.window}" if c.max is not None else f"per {c.window}"
+            reason = c.reason or f"counter {c.counter} ({per}, per {c.scope}) reached"
+            out.append(CounterUse(spec, c.max, c.increment, path, reason,
+                                  c.increment_from or ""))
+        return tuple(out)
+
+    def state(self, conditions: Conditions, where: str) -> tuple[StateCheck, ...]:
+        if not conditions:
+            return ()
+        return compile_state_checks(conditions, self.specs, where)
+
+
+def _merge_uses(own: tuple[CounterUse, ...], outer: tuple[CounterUse, ...]
+                ) -> tuple[CounterUse, ...]:
+    # A call adds to a counter once, even if the rule and its entry both name it
+    # (the rule's own use wins).
+    out: dict[str, CounterUse] = {}
+    for use in (*own, *outer):
+        out.setdefault(use.spec.counter, use)
+    return tuple(out.values())
+
+
 def _buckets(limits: Sequence[Limit], counters: _Counters, rule: str, source: str,
              where: str) -> tuple[BucketSpec, ...]:
     # An unnamed counter belongs to its place alone: the rule id, made unique
@@ -896,8 +987,10 @@ _condition_encoder: Final = msgspec.json.Encoder()
 class _Compiler:
     """Compiles the files that apply to one server into a :class:`ServerTable`."""
 
-    def __init__(self, counters: _Counters, dry_run: bool) -> None:
+    def __init__(self, counters: _Counters, dry_run: bool,
+                 windowed: _Windowed | None = None) -> None:
         self.counters = counters
+        self.windowed = windowed or _Windowed()
         self.dry_run = dry_run
         self.memo = MatchMemo()
         # Compiled checks by the conditions' JSON: large tables repeat the
@@ -1023,6 +1116,8 @@ class _Compiler:
             limits = [*limits, Limit(max=entry.rate_limit.max, window=entry.rate_limit.window,
                                      counter=f"{rule_id}.rate_limit@{source}", scope="session")]
         buckets = _merge(_buckets(limits, self.counters, rule_id, source, where), extra[1])
+        uses = self.windowed.uses(entry.counters, where)
+        state = self.windowed.state(entry.require_state, f"{where}.require_state")
         rules: tuple[CompiledRule, ...] = ()
         require: tuple[Requirement, ...] = ()
         action = entry.action
@@ -1037,7 +1132,7 @@ class _Compiler:
             require += self._check_rules(entry.checks, rule_id, f"{where}.checks", dry)
             require += extra[0]
             rules = tuple(self._rule(r, i, rule_id, source, where, buckets, dry,
-                                     entry.approval)
+                                     entry.approval, uses, state)
                           for i, r in enumerate(entry.rules))
         fallback_is_default = action is None and bool(rules)
         if fallback_is_default:
@@ -1045,10 +1140,11 @@ class _Compiler:
                 rule_id, default.action,
                 f"no rule of {rule_id} matches these arguments; "
                 f"the policy default is {default.action}",
-                buckets, dry or default.dry_run)
+                buckets, dry or default.dry_run, counters=uses, state=state)
         else:
             fallback = Verdict(rule_id, action or "allow", entry.reason, buckets, dry,
-                               _approver(entry.approval, action, where, bool(rules)))
+                               _approver(entry.approval, action, where, bool(rules)),
+                               counters=uses, state=state)
         return CompiledEntry(
             kind=kind, pattern=key, rule=rule_id, source=source,
             audience=_audience(entry.principals, entry.groups, entry.grants),
@@ -1105,19 +1201,23 @@ class _Compiler:
 
     def _rule(self, r: ArgumentRule, i: int, entry_id: str, source: str, entry_where: str,
               entry_buckets: tuple[BucketSpec, ...], entry_dry: bool,
-              entry_approval: ApproverName | None = None) -> CompiledRule:
+              entry_approval: ApproverName | None = None,
+              entry_uses: tuple[CounterUse, ...] = (),
+              entry_state: tuple[StateCheck, ...] = ()) -> CompiledRule:
         label = r.name if r.name else str(i)
         rule_id = f"{entry_id}.rules[{label}]"
         where = f"{entry_where}.rules[{i}]"
         dry = r.dry_run or entry_dry
         buckets = _merge(entry_buckets, _buckets(r.limits, self.counters, rule_id, source, where))
+        uses = _merge_uses(self.windowed.uses(r.counters, where), entry_uses)
+        state = entry_state + self.windowed.state(r.require_state, f"{where}.require_state")
         return CompiledRule(
             rule_id, i, _audience(r.principals, r.groups, r.grants),
             self._conditions(r.when, f"{where}.when"),
             self._require(r.require, rule_id, f"{where}.require", dry),
             Verdict(rule_id, r.action, r.reason, buckets, dry,
                     _approver(r.approval or entry_approval, r.action, where,
-                              r.approval is None)),
+                              r.approval is None), counters=uses, state=state),
         )
 
 
@@ -1175,7 +1275,10 @@ def compile_policies(fleet: Sequence[LoadedPolicy],
 def _compile_policies(fleet: Sequence[LoadedPolicy], servers: Mapping[str, Sequence[LoadedPolicy]],
                       dry_run: bool) -> CompiledPolicy:
     counters = _Counters()
-    compiler = _Compiler(counters, dry_run)
+    windowed = _Windowed()
+    for loaded in (*fleet, *(f for own in servers.values() for f in own)):
+        windowed.scan(loaded)
+    compiler = _Compiler(counters, dry_run, windowed)
     fleet_table = compiler.table(None, (), fleet)
     tables = {name: compiler.table(name, own, fleet) for name, own in servers.items()}
     files: list[LoadedPolicy] = list(fleet)
@@ -1183,7 +1286,7 @@ def _compile_policies(fleet: Sequence[LoadedPolicy], servers: Mapping[str, Seque
         files.extend(f for f in own if f not in files)
     return CompiledPolicy(fleet_table, tables, tuple(files),
                           {name: spec for name, (spec, _) in counters.specs.items()},
-                          compiler.memo)
+                          compiler.memo, windowed.specs)
 
 
 def compile_policy(policy: Policy, *, source: str = "<policy>",

@@ -17,6 +17,11 @@ Rules this module keeps:
    always pass: the protocol needs them and they carry no operation.
 5. Token buckets are debited only when the verdict is allow, all or none.
    ``explain`` walks the same code with a trace and debits nothing.
+6. Counters (:mod:`firewall.policy.counters`) are never touched here: a
+   verdict with counters comes back as a :class:`Counted` with the amounts
+   computed from the arguments, which the gateway settles (reserves) and
+   later commits or rolls back. Its store is the engine's and outlives a
+   ``swap``, so totals survive a reload.
 
 Example::
 
@@ -43,6 +48,7 @@ from firewall.policy.compiler import (
     compile_policies,
     normalise_uri,
 )
+from firewall.policy.counters import Counted, CounterStore, MemoryCounters, counted
 from firewall.policy.decision import ALLOW, LIMITED, Caller, Decision
 from firewall.policy.limits import Limiter, MemoryLimiter, SharedLimiter, defer
 from firewall.policy.schema import LoadedPolicy, PolicyError, collector_paused, load_policy
@@ -72,9 +78,12 @@ class Engine:
     """Implements :class:`firewall.policy.decision.PolicyPoint` over a compiled policy."""
 
     def __init__(self, compiled: CompiledPolicy,
-                 limiter: Limiter | SharedLimiter | None = None) -> None:
+                 limiter: Limiter | SharedLimiter | None = None,
+                 counters: CounterStore | None = None) -> None:
         self._compiled = compiled
         self.limiter = limiter if limiter is not None else MemoryLimiter()
+        #: Where counter totals live (in memory unless told otherwise).
+        self.counters = counters if counters is not None else MemoryCounters()
 
     @property
     def limiter(self) -> Limiter | SharedLimiter:
@@ -92,7 +101,8 @@ class Engine:
         return self._compiled
 
     def swap(self, compiled: CompiledPolicy) -> None:
-        """Replace the table atomically; buckets (the limiter) carry over."""
+        """Replace the table atomically; buckets (the limiter) and counter totals
+        (the counter store) carry over."""
         self._compiled = compiled
 
     # -- the hot path -----------------------------------------------------------------
@@ -125,7 +135,7 @@ class Engine:
         one = result.single
         memory = self._memory
         if one is None or memory is None:
-            return self._apply(result, caller, server, session, None)
+            return self._apply(result, caller, server, session, None, args)
         keys, scope, capacity, rate, window = one
         if scope == 0:
             value = caller.grant
@@ -171,7 +181,7 @@ class Engine:
             return self._evaluate(entry, args, caller, server, session, trace)
         if trace is not None:
             trace.append(f"no entry matches {name!r}: the policy default applies")
-        return self._apply(table.default, caller, server, session, trace)
+        return self._apply(table.default, caller, server, session, trace, args)
 
     def _method(self, table: ServerTable, method: str, caller: Caller, server: str,
                 session: str, trace: list[str] | None) -> Decision:
@@ -211,15 +221,17 @@ class Engine:
                         if trace is not None:
                             trace.append(f"{rule.rule}: require fails: {req.check.message}")
                         return req.denial
-                return self._apply(rule.verdict, caller, server, session, trace)
+                return self._apply(rule.verdict, caller, server, session, trace, args)
         if trace is not None and entry.rules:
             own = "the policy default" if entry.fallback_is_default else entry.fallback.action
             trace.append(f"{entry.rule}: no argument rule matched; the entry's own verdict "
                          f"applies ({own})")
-        return self._apply(entry.fallback, caller, server, session, trace)
+        return self._apply(entry.fallback, caller, server, session, trace, args)
 
     def _apply(self, verdict: Verdict, caller: Caller, server: str, session: str,
-               trace: list[str] | None) -> Decision:
+               trace: list[str] | None, args: dict[str, Any] = _EMPTY) -> Decision:
+        if verdict.counted or verdict.state:
+            return self._count(verdict, caller, server, session, trace, args)
         if not verdict.buckets:
             return verdict.decision
         values = (caller.grant, caller.principal, session, server, "")
@@ -238,6 +250,32 @@ class Engine:
             return verdict.decision
         return Decision(LIMITED, rule=verdict.rule, reason=verdict.limited_reason,
                         retry_after=_retry_after(wait), dry_run=verdict.dry_run)
+
+    def _count(self, verdict: Verdict, caller: Caller, server: str, session: str,
+               trace: list[str] | None, args: dict[str, Any]) -> Decision:
+        """A verdict with counters: its buckets first, then a :class:`Counted`
+        to settle (explain only describes the counters and reserves nothing)."""
+        values = (caller.grant, caller.principal, session, server, "")
+        result = counted(verdict.decision, verdict.counted, verdict.state, args, values,
+                         self.counters)
+        if type(result) is not Counted:  # an increment_from that cannot be counted
+            return result
+        if trace is not None:
+            store = self.counters
+            for req in result.requests:
+                now = (f"{store.value(req.key, req.window)}"
+                       if isinstance(store, MemoryCounters) else "(shared: not read)")
+                trace.append(f"{verdict.rule}: counter {req.key.replace(chr(31), '/')} "
+                             f"would add {req.amount} to {now}"
+                             f"{'' if req.max is None else f' (max {req.max})'}")
+        if not verdict.buckets:
+            return verdict.decision if trace is not None else result
+        # Counters settle first (the gateway), then shared buckets; buckets in
+        # memory are paid now, and a refusal ends the call before any counter.
+        inner = self._apply(verdict.plain, caller, server, session, trace, args)
+        if trace is not None or (inner.action == LIMITED and type(inner) is Decision):
+            return inner
+        return result.but(inner)
 
     # -- tools/list filtering ---------------------------------------------------------
 
@@ -322,11 +360,11 @@ class PolicySet:
 
     def __init__(self, fleet: Sequence[Path], servers: Mapping[str, Sequence[Path]] | None = None,
                  *, limiter: Limiter | SharedLimiter | None = None,
-                 dry_run: bool = False) -> None:
+                 dry_run: bool = False, counters: CounterStore | None = None) -> None:
         self.fleet = tuple(fleet)
         self.servers = {k: tuple(v) for k, v in (servers or {}).items()}
         self.dry_run = dry_run
-        self.engine = Engine(self.compile(), limiter)
+        self.engine = Engine(self.compile(), limiter, counters)
 
     def compile(self) -> CompiledPolicy:
         """Read and compile every file into a new table; raise :class:`PolicyError`.

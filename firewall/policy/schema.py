@@ -48,6 +48,9 @@ TestOp = Literal["eq", "neq", "in", "not_in", "lt", "lte", "gt", "gte", "regex",
 JsonType = Literal["string", "number", "integer", "boolean", "array", "object", "null"]
 
 WINDOW_SECONDS: dict[str, float] = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}
+# Windows of counters: calendar-aligned in UTC (a "day" is midnight to midnight
+# UTC, a "week" Monday to Monday, a "month" the 1st to the 1st), never sliding.
+CalendarWindow = Literal["minute", "hour", "day", "week", "month"]
 
 
 class PolicyError(Exception):
@@ -69,6 +72,27 @@ class Limit(_Strict, frozen=True):
     window: WindowName | Annotated[float, msgspec.Meta(gt=0)] = "minute"
     counter: str | None = None
     scope: Scope = "grant"
+
+
+class Counter(_Strict, frozen=True):
+    """A counter: a running total per calendar window, reserved when a call is
+    allowed, kept when the upstream answers it and given back when it fails.
+
+    ``increment`` (or the number at ``increment_from``, e.g. ``"args.amount"``)
+    is added per call; with ``max``, a call that would take the total past
+    ``max`` is refused (``limited`` until the window ends). Rules naming the
+    same ``counter`` share one total (per scope value) and must agree on
+    ``window`` and ``scope``; ``max``, ``increment`` and ``reason`` are each
+    rule's own. Conditions read a total with ``require_state``.
+    """
+
+    counter: Annotated[str, msgspec.Meta(min_length=1)]
+    window: CalendarWindow
+    max: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    increment: Annotated[int, msgspec.Meta(ge=0)] = 1
+    increment_from: str | None = None
+    scope: Scope = "grant"
+    reason: str | None = None
 
 
 class Condition(_Strict, frozen=True):
@@ -117,17 +141,21 @@ class ArgumentRule(_Audience, frozen=True):
     action: ActionName = "allow"
     reason: str | None = None
     limits: list[Limit] = msgspec.field(default_factory=list)
+    counters: list[Counter] = msgspec.field(default_factory=list)
+    require_state: Conditions = msgspec.field(default_factory=dict)
     dry_run: bool = False
     approval: ApproverName | None = None
 
 
 class TargetEntry(_Audience, frozen=True):
-    """A resource URI pattern or a method: action, reason, limits."""
+    """A resource URI pattern or a method: action, reason, limits, counters."""
 
     description: str | None = None
     action: ActionName = "allow"
     reason: str | None = None
     limits: list[Limit] = msgspec.field(default_factory=list)
+    counters: list[Counter] = msgspec.field(default_factory=list)
+    require_state: Conditions = msgspec.field(default_factory=dict)
     dry_run: bool = False
     approval: ApproverName | None = None
 
@@ -194,7 +222,9 @@ class ToolEntry(_Audience, frozen=True):
     action: ActionName | None = None
     reason: str | None = None
     limits: list[Limit] = msgspec.field(default_factory=list)
+    counters: list[Counter] = msgspec.field(default_factory=list)
     require: Conditions | list[Test] = msgspec.field(default_factory=dict)
+    require_state: Conditions = msgspec.field(default_factory=dict)
     rules: list[ArgumentRule] = msgspec.field(default_factory=list)
     dry_run: bool = False
     approval: ApproverName | None = None

@@ -293,12 +293,14 @@ class FrontContext:
                                             per_principal=per_principal))
         self.nursery: trio.Nursery | None = None
         self.log: Any = get_logger(component="http_front")
+        # Told the tools each server offers (set by the operator plane's policy page).
+        self.on_tools: Callable[[str, list[str]], None] | None = None
 
     def mediator(self, server: str, sid: str, caller: Caller) -> Mediator:
         """A mediator for a new session of ``server``."""
         return Mediator(server=server, session=sid, caller=caller, policy=self.policy,
                         audit=self.audit, deny_tools_call_as=self.deny_tools_call_as,
-                        approvals=self.approvals)
+                        approvals=self.approvals, on_tools=self.on_tools)
 
     def admit(self, server: str, caller: Caller, caps: ServerCaps) -> Slot | Refusal:
         """A slot for a new session of ``caller`` on ``server``, or why not.

@@ -21,8 +21,9 @@ Rules this module keeps:
    application/json``, or no body): a web page elsewhere cannot drive the API.
 3. Every state-changing call records the operator (the token's name) in the
    audit trail: kill switch on/off (``kill_switch``), policy reload
-   (``policy_reload``), session end (``session_end`` reason), approvals
-   (``decided_by`` and the mediator's ``approval`` event).
+   (``policy_reload``), a tool's state set on the policy page
+   (``policy_edit``, then ``policy_reload``), session end (``session_end``
+   reason), approvals (``decided_by`` and the mediator's ``approval`` event).
 4. SQLite work (approvals, audit search) runs in worker threads on their own
    connections; the audit trail is read read-only.
 """
@@ -59,6 +60,7 @@ from firewall.gateway.operator.guard import ListenerNames, LoginThrottle
 from firewall.gateway.operator.killswitch import Scope as SwitchScope
 from firewall.gateway.operator.killswitch import Switch
 from firewall.gateway.operator.metrics import CONTENT_TYPE, Gauges, Metrics, exposition
+from firewall.gateway.operator.policy_page import EditBody, PageError, PolicyPage
 from firewall.gateway.operator.requests import (
     ApiError,
     Handler,
@@ -118,13 +120,15 @@ class AdminPlane:
                                       self.settings.login_window_seconds)
         self.closing = trio.Event()
         self.log: Any = get_logger(component="admin")
+        self.page = PolicyPage(config, policy, audit, reload)
         self.routes: dict[tuple[str, str], tuple[Handler, bool]] = {
             ("GET", "approvals"): (self.list_approvals, False),
             ("POST", "approvals"): (self.decide_approval, True),
             ("GET", "kill-switch"): (self.kill_status, False),
             ("POST", "kill-switch"): (self.kill_on, True),
             ("DELETE", "kill-switch"): (self.kill_off, True),
-            ("POST", "policy"): (self.reload_policy, True),
+            ("GET", "policy"): (self.policy_view, False),
+            ("POST", "policy"): (self.change_policy, True),
             ("GET", "sessions"): (self.list_sessions, False),
             ("DELETE", "sessions"): (self.end_session, True),
             ("GET", "decisions"): (self.recent_decisions, False),
@@ -135,6 +139,7 @@ class AdminPlane:
     def attach(self, front: HttpFront) -> None:
         """The agents' front whose sessions and endpoints this plane operates on."""
         self._front = front
+        front.context.on_tools = self.page.catalog.offered
 
     @property
     def front(self) -> HttpFront:
@@ -424,10 +429,38 @@ class AdminPlane:
         await reply(req.ex, 200, {"switch": switch_view(was), "state": "off"})
 
     # -- policy, sessions ------------------------------------------------
+    async def policy_view(self, req: Request) -> None:
+        """``GET /api/policy``: every server's tools and their states (the policy page)."""
+        if req.parts:
+            raise ApiError(404, "expected GET /api/policy")
+        view = await self.page.view()
+        view["may_change"] = req.operator.may_change
+        await reply(req.ex, 200, view)
+
+    async def change_policy(self, req: Request) -> None:
+        """``POST /api/policy/reload`` or ``POST /api/policy/tools``."""
+        if req.parts == ["tools"]:
+            await self.edit_tool(req)
+        elif req.parts == ["reload"]:
+            await self.reload_policy(req)
+        else:
+            raise ApiError(404, "expected POST /api/policy/reload or /api/policy/tools")
+
+    async def edit_tool(self, req: Request) -> None:
+        """``POST /api/policy/tools`` ``{"server", "tool", "state", "sha256"}``: set
+        one tool's state in its policy file (a backup kept), then reload."""
+        body = decode_body(await read_body(req.ex), EditBody)
+        try:
+            change = await self.page.edit(body, req.operator.name)
+        except PageError as exc:
+            raise ApiError(exc.status, str(exc)) from None
+        self.log.warning("policy_edited", server=body.server, tool=body.tool,
+                         state=body.state, operator=req.operator.name, file=change["file"])
+        reloaded = change.get("reload")
+        await reply(req.ex, 200 if not reloaded or reloaded.get("ok") else 422, change)
+
     async def reload_policy(self, req: Request) -> None:
         """``POST /api/policy/reload``: re-read the policy files now."""
-        if req.parts != ["reload"]:
-            raise ApiError(404, "expected POST /api/policy/reload")
         result = await self.reload(self.policy, self.audit, "admin", by=req.operator.name)
         if result is None:
             raise ApiError(409, "no policy files are configured: nothing to reload")

@@ -176,10 +176,122 @@
     }
   });
 
+  // The policy page: every tool of every server, its state, switchable by an admin.
+  const STATE_LABELS = { allow: "allow", deny: "deny", hide: "hide",
+                         require_approval: "require approval", default: "default (unlisted)",
+                         custom: "custom" };
+  let policyView = null;
+
+  function stateSelect(server, t, states, editable) {
+    const select = document.createElement("select");
+    select.setAttribute("aria-label", "state of " + t.tool + " on " + server.name);
+    select.dataset.server = server.name;
+    select.dataset.tool = t.tool;
+    select.dataset.was = t.state;
+    const options = t.state === "custom" ? ["custom", ...states] : states;
+    for (const s of options) {
+      const o = document.createElement("option");
+      o.value = s;
+      o.textContent = STATE_LABELS[s] || s;
+      if (s === "custom") o.disabled = true;
+      if (s === t.state) o.selected = true;
+      select.appendChild(o);
+    }
+    select.disabled = !editable;
+    return select;
+  }
+
+  function policyTable(server, states, mayChange) {
+    const wrap = document.createElement("div");
+    wrap.className = "policy-server";
+    wrap.dataset.server = server.name;
+    const h = document.createElement("h3");
+    h.textContent = server.name;
+    wrap.appendChild(h);
+    const note = document.createElement("p");
+    note.className = "empty";
+    if (server.read_only) note.textContent = "Read-only: " + server.read_only;
+    else if (!mayChange) note.textContent = "Read-only: you are a viewer. Edits go to " + server.file + ".";
+    else note.textContent = "Edits go to " + server.file + (server.applies_to === "fleet"
+      ? " (the fleet-wide file: every server without its own policy reads it)." : ".");
+    wrap.appendChild(note);
+    const table = document.createElement("table");
+    table.className = "policy";
+    const head = document.createElement("thead");
+    const hr = document.createElement("tr");
+    for (const t of ["tool", "state", "a plain call", "rule", "rules and limits", "offered"]) {
+      const th = document.createElement("th");
+      th.textContent = t;
+      hr.appendChild(th);
+    }
+    head.appendChild(hr);
+    const body = document.createElement("tbody");
+    const editable = mayChange && !server.read_only;
+    for (const t of server.tools) {
+      const tr = document.createElement("tr");
+      tr.dataset.tool = t.tool;
+      tr.className = "state-" + t.state;
+      const stateTd = document.createElement("td");
+      stateTd.appendChild(stateSelect(server, t, states, editable));
+      tr.append(cell(t.tool), stateTd, cell(t.effective, "d-" + t.effective), cell(t.rule),
+                pre(t.details.length ? t.details.join("\n") : ""), cell(t.seen ? "yes" : ""));
+      body.appendChild(tr);
+    }
+    table.append(head, body);
+    wrap.appendChild(table);
+    if (!server.tools.length) {
+      const empty = document.createElement("p");
+      empty.className = "empty";
+      empty.textContent = "No tool known yet: none named by the policy, none offered or called.";
+      wrap.appendChild(empty);
+    }
+    return wrap;
+  }
+
+  async function loadPolicy(message) {
+    const status = $("#policy-status");
+    try {
+      policyView = await api("GET", "/api/policy");
+      $("#policy-servers").replaceChildren(...policyView.servers.map(
+        (s) => policyTable(s, policyView.states, policyView.may_change)));
+      status.textContent = policyView.servers.length ? (message || "") : "No server is configured.";
+    } catch (e) {
+      status.textContent = "Could not load the policy: " + e.message;
+    }
+  }
+
+  $("#policy-servers").addEventListener("change", async (ev) => {
+    const select = ev.target.closest("select[data-tool]");
+    if (!select || !policyView) return;
+    const server = policyView.servers.find((s) => s.name === select.dataset.server);
+    const body = { server: select.dataset.server, tool: select.dataset.tool,
+                   state: select.value, sha256: server ? server.sha256 : undefined };
+    if (select.dataset.was === "custom") {
+      if (!window.confirm("Replace the rules and limits of " + body.tool + " with '" +
+                          select.value + "'? A backup of the file is kept.")) {
+        select.value = "custom";
+        return;
+      }
+      body.replace_custom = true;
+    }
+    select.disabled = true;
+    let message = "";
+    try {
+      const change = await api("POST", "/api/policy/tools", body);
+      $("#policy-error").textContent = "";
+      message = body.tool + " on " + body.server + ": " + change.from + " -> " + change.to +
+        " (saved; backup " + change.backup + ")";
+    } catch (e) {
+      $("#policy-error").textContent = "Policy: " + body.tool + ": " + e.message;
+    }
+    await loadPolicy(message);
+  });
+
   $("#logout").addEventListener("click", async () => {
     await fetch("/logout", { method: "POST", headers: { "X-CSRF-Token": csrf }, credentials: "same-origin" });
     window.location.href = "/";
   });
 
   connect();
+  loadPolicy();
 })();
