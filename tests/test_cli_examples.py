@@ -68,6 +68,8 @@ def _examples() -> list[tuple[str, str, str | None]]:
                     why = "goes to the operator API of a running gateway ($MCPWALL_ADMIN_URL)"
                 if why is None and ("--admin-url" in line or " wrap " in line):
                     why = "needs a running gateway or a server process"
+                if why is None and line.startswith("mcpwall scan "):
+                    why = "starts the server it scans (tests/test_scan_live.py runs these)"
                 found.append((doc.name, text, why))
     return found
 

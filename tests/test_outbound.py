@@ -25,6 +25,9 @@ OWN_MESSAGES = {
     ("gateway/front/stdio_endpoint.py", "initialize replayed to a restarted child"),
     ("gateway/front/stdio_endpoint.py", "cancellation of a timed-out request"),
     ("gateway/mediator.py", "protocol error answer"),
+    # `mcpwall scan`: no agent behind it; it writes the handshake, list requests
+    # and refusals of server requests it composes itself, never a tool call.
+    ("gateway/upstream/survey.py", "mcpwall scan: its own handshake, lists and refusals"),
 }
 
 

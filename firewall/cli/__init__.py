@@ -2,7 +2,7 @@
 
 One module per command group: ``serve``, ``wrap``, ``policy`` (``check``,
 ``explain``, ``schema``, ``hash-token``), ``audit``, ``approvals``,
-``kill_switch``, ``status`` and ``demo``; ``operator_client`` is their side of the
+``kill_switch``, ``status``, ``scan`` and ``demo``; ``operator_client`` is their side of the
 operator API. A command's module is imported when the command runs (or when
 ``--help`` lists it), so ``mcpwall check`` and ``mcpwall audit`` never load
 trio or the gateway.
@@ -36,6 +36,7 @@ _COMMANDS: Final = {
     "hash-token": ("firewall.cli.policy", "hash_token_command"),
     "kill-switch": ("firewall.cli.kill_switch", "kill_switch"),
     "schema": ("firewall.cli.policy", "schema"),
+    "scan": ("firewall.cli.scan", "scan"),
     "serve": ("firewall.cli.serve", "serve"),
     "status": ("firewall.cli.status", "status"),
     "wrap": ("firewall.cli.wrap", "wrap"),

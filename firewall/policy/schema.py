@@ -135,6 +135,7 @@ class ArgumentRule(_Audience, frozen=True):
     applies to the caller and whose ``when`` holds decides."""
 
     name: str | None = None
+    description: str | None = None
     when: Conditions = msgspec.field(default_factory=dict)
     require: Conditions = msgspec.field(default_factory=dict)
     action: ActionName = "allow"
@@ -149,6 +150,7 @@ class ArgumentRule(_Audience, frozen=True):
 class TargetEntry(_Audience, frozen=True):
     """A resource URI pattern or a method: action, reason, limits, counters."""
 
+    description: str | None = None
     action: ActionName = "allow"
     reason: str | None = None
     limits: list[Limit] = msgspec.field(default_factory=list)
@@ -216,6 +218,7 @@ class ToolEntry(_Audience, frozen=True):
     ``rate_limit`` (PolicyLayer's block) is one more limit, per session.
     """
 
+    description: str | None = None
     action: ActionName | None = None
     reason: str | None = None
     limits: list[Limit] = msgspec.field(default_factory=list)

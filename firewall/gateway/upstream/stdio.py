@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
 from typing import Any
@@ -163,21 +164,40 @@ async def line_batches(
         yield [rest]
 
 
-async def _pump_stderr(stream: trio.abc.ReceiveStream, log: Any) -> None:
-    async for lines in line_batches(stream, 64 * 1024):
-        for line in lines:
-            text = "<line too long, dropped>" if line is TOO_LONG else line.decode(
-                "utf-8", "replace")
-            log.info("upstream_stderr", line=text)
+class StderrTail:
+    """The last ``size`` lines a child wrote to stderr; ``closed`` is set once
+    the child's stderr has ended (so the tail is complete)."""
+
+    def __init__(self, size: int) -> None:
+        self.lines: deque[str] = deque(maxlen=size)
+        self.closed = trio.Event()
+
+
+async def _pump_stderr(stream: trio.abc.ReceiveStream, log: Any,
+                       tail: StderrTail | None) -> None:
+    try:
+        async for lines in line_batches(stream, 64 * 1024):
+            for line in lines:
+                text = "<line too long, dropped>" if line is TOO_LONG else line.decode(
+                    "utf-8", "replace")
+                log.info("upstream_stderr", line=text)
+                if tail is not None:
+                    tail.lines.append(text)
+    finally:
+        if tail is not None:
+            tail.closed.set()
 
 
 @asynccontextmanager
 async def open_stdio_child(
-    settings: StdioServer, *, server: str, session: str | None = None
+    settings: StdioServer, *, server: str, session: str | None = None,
+    stderr_tail: StderrTail | None = None,
 ) -> AsyncIterator[StdioChild]:
     """Start the configured command as a child; end it when the block exits.
 
-    Raises OSError (with the command named) when it cannot be started.
+    Raises OSError (with the command named) when it cannot be started. Each
+    stderr line is logged and, given a :class:`StderrTail`, kept there too,
+    for an error message that quotes the child's last words.
     """
     log = get_logger(server=server, session=session)
     env = {**os.environ, **settings.env}
@@ -199,7 +219,7 @@ async def open_stdio_child(
     try:
         async with trio.open_nursery() as nursery:
             assert process.stderr is not None
-            nursery.start_soon(_pump_stderr, process.stderr, log)
+            nursery.start_soon(_pump_stderr, process.stderr, log, stderr_tail)
             try:
                 yield child
             finally:
