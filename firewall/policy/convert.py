@@ -249,9 +249,10 @@ class _Counters:
     """mcpwall's counters as Intercept's state blocks.
 
     Intercept keys a total by the tool whose rule declares it (``"*"``:
-    ``_global``), so a counter is expressible when one place (one tool, or
-    ``all_tools``) declares and reads it, it counts for everyone (``scope:
-    global``), by minute, hour or day, under a ``max``.
+    ``_global``) and any rule may read it (``state.<tool>.<counter>``). So a
+    counter is expressible when one place (one tool, or ``all_tools``)
+    declares it, it counts for everyone (``scope: global``), by minute, hour
+    or day, under a ``max``.
     """
 
     def __init__(self, doc: dict[str, Any]) -> None:
@@ -262,44 +263,46 @@ class _Counters:
         for owner, entry in places:
             for c in entry.get("counters", []):
                 self.owners.setdefault(c["counter"], set()).add(owner)
-            for name in _state_names(entry.get("require_state")):
-                self.owners.setdefault(name, set()).add(owner)
 
-    def local(self, name: str, owner: str) -> str | None:
-        """The counter's name in Intercept (under ``owner``), or None when
-        places other than ``owner`` share it."""
-        if self.owners.get(name) != {owner}:
+    def local(self, name: str) -> tuple[str, str] | None:
+        """``(scope, name)`` of the counter in Intercept, or None when several
+        places declare it (they share one total, which Intercept cannot)."""
+        owners = self.owners.get(name, set())
+        if len(owners) != 1:
             return None
-        prefix = f"{scope_of(owner)}."
-        return name[len(prefix):] if name.startswith(prefix) and name != prefix else name
+        scope = scope_of(next(iter(owners)))
+        prefix = f"{scope}."
+        return scope, (name[len(prefix):] if name.startswith(prefix) and name != prefix
+                       else name)
 
     def rules(self, entry: dict[str, Any], owner: str, where: str, notes: list[str]
               ) -> list[dict[str, Any]]:
         rules: list[dict[str, Any]] = []
-        scope = scope_of(owner)
         for i, test in enumerate(_state_tests(entry.get("require_state"),
                                               f"{where}.require_state", notes)):
             at = f"{where}.require_state[{i}]"
-            local = self.local(test["path"][len("state."):], owner)
-            if local is None:
-                notes.append(f"{at}: counter {test['path'][6:]!r} is shared with other tools "
-                             "(Intercept keeps a total per tool) (dropped)")
+            found = self.local(test["path"][len("state."):])
+            if found is None:
+                notes.append(f"{at}: counter {test['path'][6:]!r} is declared in several "
+                             "places (Intercept keeps a total per tool) (dropped)")
                 continue
             rules.append({"name": f"require_state {i}", "conditions": [
-                {"path": f"state.{scope}.{local}", "op": test["op"], "value": test["value"]}],
+                {"path": f"state.{found[0]}.{found[1]}", "op": test["op"],
+                 "value": test["value"]}],
                 **({"on_deny": test["reason"]} if test.get("reason") else {})})
         seen: set[str] = set()
         for i, c in enumerate(entry.get("counters", [])):
             at = f"{where}.counters[{i}]"
-            local = self.local(c["counter"], owner)
+            found = self.local(c["counter"])
             why = _inexpressible(c)
-            if local is None:
-                why = "is shared with other tools (Intercept keeps a total per tool)"
-            elif local in seen:
-                why = f"is a second counter named {local!r} on this tool"
-            if why is not None or local is None:
+            if found is None:
+                why = "is declared in several places (Intercept keeps a total per tool)"
+            elif found[1] in seen:
+                why = f"is a second counter named {found[1]!r} on this tool"
+            if why is not None or found is None:
                 notes.append(f"{at}: counter {c['counter']!r} {why} (dropped)")
                 continue
+            scope, local = found
             seen.add(local)
             state: dict[str, Any] = {"counter": local, "window": c["window"]}
             if c.get("increment_from"):
