@@ -18,6 +18,12 @@ Rules this module keeps:
    rules, all must pass, the first that fails denies with its ``on_deny``;
    under ``default: deny`` a tool not listed is refused before the ``"*"``
    rules. Its ``"*"`` becomes ``all_tools``, its rules ``checks``.
+5. Counters (``rate_limit: N/window``, ``state``) become mcpwall counters
+   named ``<tool>.<counter>`` (``_global.<counter>`` for ``"*"``), one total
+   for everyone (``scope: global``), bounded by the rule's first ``lt``/``lte``
+   on its own counter (``max`` N - 1 / N, as ``extractLimit``); its other
+   ``state.`` conditions become ``require_state`` tests. A block no limit
+   bounds is never added to (Intercept reserves only under a limit).
 
 Example::
 
