@@ -81,6 +81,8 @@ def check(policies: tuple[Path, ...], tools_path: Path | None, strict: bool,
     """Validate policy files (or a gateway config) and lint them.
 
     Several files are checked together, as they would apply to one server.
+    Each counter the files declare is listed (an Intercept file's
+    ``rate_limit`` and ``state`` blocks as mcpwall reads them).
     Given a gateway config (a TOML file with [servers], [policy]...), every
     policy file it names is checked, each server's with the fleet-wide ones,
     and so are its [[auth.tokens]].
