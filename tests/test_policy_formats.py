@@ -176,8 +176,8 @@ def test_stripe_like_intercept_policy() -> None:
     ('{"version":"1","tools":{"t":{"rules":[{"name":"a","action":"deny","on_deny":"x",'
      '"conditions":[{"path":"args.a","op":"eq","value":1}]}]}}}',
      r"deny rules must not have conditions"),
-    ('{"version":"1","tools":{"t":{"rules":[{"name":"a","rate_limit":"5/hour"}]}}}',
-     r"rules\[0\]\.rate_limit: Intercept's counters .* not supported yet"),
+    ('{"version":"1","tools":{"t":{"rules":[{"name":"a","rate_limit":"5/week"}]}}}',
+     r"rules\[0\]\.rate_limit: must be \"N/window\""),
     ('{"version":"1","hide":["a","a"],"tools":{"t":{"rules":[{"name":"a","action":"evaluate",'
      '"conditions":[{"path":"args.a","op":"exists","value":true}]}]}}}',
      r'hide: duplicate entry'),

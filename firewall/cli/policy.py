@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import tomllib
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,12 @@ from firewall.policy.engine import Engine
 from firewall.policy.foreign import FORMATS
 from firewall.policy.lint import Finding, lint
 from firewall.policy.schema import (
+    Counter,
     LoadedPolicy,
     PolicyError,
+    TargetEntry,
+    ToolEntry,
+    join_key,
     json_schema,
     load_policy,
     read_document,
@@ -76,6 +81,8 @@ def check(policies: tuple[Path, ...], tools_path: Path | None, strict: bool,
     """Validate policy files (or a gateway config) and lint them.
 
     Several files are checked together, as they would apply to one server.
+    Each counter the files declare is listed (an Intercept file's
+    ``rate_limit`` and ``state`` blocks as mcpwall reads them).
     Given a gateway config (a TOML file with [servers], [policy]...), every
     policy file it names is checked, each server's with the fleet-wide ones,
     and so are its [[auth.tokens]].
@@ -107,20 +114,55 @@ def check(policies: tuple[Path, ...], tools_path: Path | None, strict: bool,
             click.echo(f"invalid: {exc}", err=True)
         sys.exit(EXIT_INVALID)
     warnings = [f for f in findings if f.level != "info"]
+    counters = _counters_of(loaded)
     if as_json:
         _echo_json({"valid": True, "files": compiled.digests, "findings": findings,
                     "formats": {f.source: f.format for f in loaded},
+                    "counters": counters,
                     "rules": {k: len(compiled.fleet.index(k)) for k in
                               ("tools", "prompts", "resources", "methods")}})
     else:
         for f in findings:
             click.echo(f"{f.level}: {f.where}: {f.message}")
+        for c in counters:
+            adds = (f"adds {c['increment_from']}" if c["increment_from"]
+                    else f"adds {c['increment']}")
+            bound = "no max" if c["max"] is None else f"max {c['max']}"
+            click.echo(f"counter: {c['where']}: {c['counter']} ({bound} per {c['window']}, "
+                       f"scope {c['scope']}, {adds}){': ' + c['reason'] if c['reason'] else ''}")
         counts = ", ".join(f"{len(compiled.fleet.index(k))} {k}"
                            for k in ("tools", "prompts", "resources", "methods"))
         formats = ", ".join(sorted({f.format for f in loaded}))
         click.echo(f"ok: {len(loaded)} file(s) ({formats} format), entries: {counts}; "
                    f"{len(warnings)} warning(s)")
     sys.exit(EXIT_INVALID if strict and warnings else EXIT_OK)
+
+
+def _counters_of(loaded: Sequence[LoadedPolicy]) -> list[dict[str, Any]]:
+    """Every counter the files declare, where (an Intercept file's ``rate_limit``
+    and ``state`` blocks included, as mcpwall reads them)."""
+    out: list[dict[str, Any]] = []
+
+    def add(counters: Sequence[Counter], where: str) -> None:
+        for i, c in enumerate(counters):
+            out.append({"where": f"{where}.counters[{i}]", "counter": c.counter,
+                        "window": c.window, "scope": c.scope, "max": c.max,
+                        "increment": c.increment, "increment_from": c.increment_from,
+                        "reason": c.reason})
+
+    for f in loaded:
+        policy = f.policy
+        if policy.all_tools is not None:
+            add(policy.all_tools.counters, f"{f.source}: all_tools")
+        for kind in ("tools", "prompts", "resources", "methods"):
+            table: Mapping[str, ToolEntry | TargetEntry] = getattr(policy, kind)
+            for key, entry in table.items():
+                where = f"{f.source}: {join_key(kind, key)}"
+                add(entry.counters, where)
+                if isinstance(entry, ToolEntry):
+                    for j, rule in enumerate(entry.rules):
+                        add(rule.counters, f"{where}.rules[{j}]")
+    return out
 
 
 _CONFIG_KEYS = frozenset({"servers", "listen", "policy", "auth", "audit", "log"})

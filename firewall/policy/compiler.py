@@ -40,7 +40,7 @@ import posixpath
 import re
 from collections.abc import Callable, Mapping, Sequence
 from types import CodeType, FunctionType
-from typing import Any, Final, Literal, final
+from typing import Any, Final, Literal, NamedTuple, final
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import msgspec
@@ -75,6 +75,7 @@ from firewall.policy.schema import (
     LoadedPolicy,
     Policy,
     PolicyError,
+    StateConditions,
     TargetEntry,
     Test,
     ToolEntry,
@@ -923,6 +924,10 @@ class _Windowed:
 
     def scan(self, loaded: LoadedPolicy) -> None:
         """Declare every counter of a file (before any ``require_state`` reads one)."""
+        every = loaded.policy.all_tools
+        if every is not None:
+            for i, c in enumerate(every.counters):
+                self.declare(c, f"{loaded.source}: all_tools.counters[{i}]")
         for kind in KINDS:
             table: Mapping[str, ToolEntry | TargetEntry] = getattr(loaded.policy, kind)
             for key, entry in table.items():
@@ -947,7 +952,7 @@ class _Windowed:
                                   c.increment_from or ""))
         return tuple(out)
 
-    def state(self, conditions: Conditions, where: str) -> tuple[StateCheck, ...]:
+    def state(self, conditions: StateConditions, where: str) -> tuple[StateCheck, ...]:
         if not conditions:
             return ()
         return compile_state_checks(conditions, self.specs, where)
@@ -980,6 +985,17 @@ def _merge(a: tuple[BucketSpec, ...], b: tuple[BucketSpec, ...]) -> tuple[Bucket
         out.setdefault((spec.counter, spec.scope), spec)
     return tuple(out.values())
 
+
+class _EveryTool(NamedTuple):
+    """What ``all_tools`` adds to every tool entry (and to tools none names)."""
+
+    checks: tuple[Requirement, ...] = ()
+    buckets: tuple[BucketSpec, ...] = ()
+    uses: tuple[CounterUse, ...] = ()
+    state: tuple[StateCheck, ...] = ()
+
+
+_NOTHING: Final = _EveryTool()
 
 _condition_encoder: Final = msgspec.json.Encoder()
 
@@ -1027,7 +1043,7 @@ class _Compiler:
                 entries[kind].extend(self._entries(kind, loaded, (layer, file_index), default,
                                                    every_tool))
         entries["tools"].extend(self._hidden([f for _, f in layered], every_dry))
-        if (every_tool[0] or every_tool[1]) and default_action != "deny":
+        if any(every_tool) and default_action != "deny":
             entries["tools"].append(self._every_tool_entry(default, every_tool))
         indexes = {k: NameIndex(v, other if k == "methods" else _result(default))
                    for k, v in entries.items()}
@@ -1057,11 +1073,13 @@ class _Compiler:
                 out.append(entry)
         return out
 
-    def _all_tools(self, files: Sequence[LoadedPolicy]
-                   ) -> tuple[tuple[Requirement, ...], tuple[BucketSpec, ...]]:
-        """The checks and buckets of every file's ``all_tools``, for every tool call."""
+    def _all_tools(self, files: Sequence[LoadedPolicy]) -> _EveryTool:
+        """The checks, buckets, counters and state conditions of every file's
+        ``all_tools``, for every tool call."""
         checks: list[Requirement] = []
         buckets: tuple[BucketSpec, ...] = ()
+        uses: tuple[CounterUse, ...] = ()
+        state: tuple[StateCheck, ...] = ()
         for loaded in files:
             every = loaded.policy.all_tools
             if every is None:
@@ -1071,31 +1089,30 @@ class _Compiler:
             checks += self._check_rules(every.checks, "all_tools", f"{where}.checks", dry)
             buckets = _merge(buckets, _buckets(every.limits, self.counters, "all_tools",
                                                loaded.source, where))
-        return tuple(checks), buckets
+            uses = _merge_uses(uses, self.windowed.uses(every.counters, where))
+            state += self.windowed.state(every.require_state, f"{where}.require_state")
+        return _EveryTool(tuple(checks), buckets, uses, state)
 
-    def _every_tool_entry(self, default: Verdict,
-                          every_tool: tuple[tuple[Requirement, ...], tuple[BucketSpec, ...]]
-                          ) -> CompiledEntry:
+    def _every_tool_entry(self, default: Verdict, every_tool: _EveryTool) -> CompiledEntry:
         """Tools no entry names, under a default that lets them through, still
-        pass ``all_tools``: its checks, then the default, under its limits."""
-        checks, buckets = every_tool
-        verdict = Verdict("default", default.action, default.decision.reason, buckets,
-                          default.dry_run)
+        pass ``all_tools``: its checks, then the default, under its limits and
+        counters."""
+        verdict = Verdict("default", default.action, default.decision.reason,
+                          every_tool.buckets, default.dry_run, counters=every_tool.uses,
+                          state=every_tool.state)
         entry = CompiledEntry(kind="tools", pattern="*", rule="all_tools", source="all_tools",
-                              audience=None, require=checks, rules=(), fallback=verdict,
-                              fallback_is_default=True, order=(2, 0, 0))
+                              audience=None, require=every_tool.checks, rules=(),
+                              fallback=verdict, fallback_is_default=True, order=(2, 0, 0))
         entry.sort_key = (2, 0, 0, 0, 0, 0)  # after every entry of a file
         return entry
 
     def _entries(self, kind: Kind, loaded: LoadedPolicy, order: tuple[int, int],
-                 default: Verdict,
-                 every_tool: tuple[tuple[Requirement, ...], tuple[BucketSpec, ...]]
-                 ) -> list[CompiledEntry]:
+                 default: Verdict, every_tool: _EveryTool) -> list[CompiledEntry]:
         policy: Policy = loaded.policy
         table: Mapping[str, ToolEntry | TargetEntry] = getattr(policy, kind)
         prefix = f"{policy.name}:" if policy.name else ""
         out = []
-        extra = every_tool if kind == "tools" else ((), ())
+        extra = every_tool if kind == "tools" else _NOTHING
         for i, (key, entry) in enumerate(table.items()):
             if not key:
                 raise PolicyError(f"{loaded.source}: {kind}: an empty name matches nothing")
@@ -1109,15 +1126,17 @@ class _Compiler:
     def _entry(self, kind: Kind, key: str, entry: ToolEntry | TargetEntry, rule_id: str,
                where: str, source: str, dry: bool, order: tuple[int, int, int],
                default: Verdict,
-               extra: tuple[tuple[Requirement, ...], tuple[BucketSpec, ...]] = ((), ()),
-               ) -> CompiledEntry:
+               extra: _EveryTool | None = None) -> CompiledEntry:
+        extra = extra if extra is not None else _NOTHING
         limits = entry.limits
         if isinstance(entry, ToolEntry) and entry.rate_limit is not None:
             limits = [*limits, Limit(max=entry.rate_limit.max, window=entry.rate_limit.window,
                                      counter=f"{rule_id}.rate_limit@{source}", scope="session")]
-        buckets = _merge(_buckets(limits, self.counters, rule_id, source, where), extra[1])
-        uses = self.windowed.uses(entry.counters, where)
-        state = self.windowed.state(entry.require_state, f"{where}.require_state")
+        buckets = _merge(_buckets(limits, self.counters, rule_id, source, where), extra.buckets)
+        # The tool's own counters first, then every tool's (Intercept's order).
+        uses = _merge_uses(self.windowed.uses(entry.counters, where), extra.uses)
+        state = (self.windowed.state(entry.require_state, f"{where}.require_state")
+                 + extra.state)
         rules: tuple[CompiledRule, ...] = ()
         require: tuple[Requirement, ...] = ()
         action = entry.action
@@ -1130,7 +1149,7 @@ class _Compiler:
             require += self._tests(entry.deny_if, True, f"{rule_id}.deny_if",
                                    f"{where}.deny_if", dry)
             require += self._check_rules(entry.checks, rule_id, f"{where}.checks", dry)
-            require += extra[0]
+            require += extra.checks
             rules = tuple(self._rule(r, i, rule_id, source, where, buckets, dry,
                                      entry.approval, uses, state)
                           for i, r in enumerate(entry.rules))

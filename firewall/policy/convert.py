@@ -30,12 +30,15 @@ from firewall.policy.foreign import (
     format_of_document,
     intercept_to_mcpwall,
     literal_name,
+    scope_of,
 )
 
 # mcpwall keys of a tool entry the other formats can say (per format).
 _HOSTED_TOOL = frozenset({"require", "deny_if", "limits", "rate_limit", "action", "reason",
                           "checks"})
-_INTERCEPT_TOOL = frozenset({"require", "deny_if", "checks", "action", "reason"})
+_INTERCEPT_TOOL = frozenset({"require", "deny_if", "checks", "action", "reason", "counters",
+                             "require_state"})
+_INTERCEPT_WINDOWS = frozenset({"minute", "hour", "day"})
 
 
 def to_mcpwall(doc: dict[str, Any], source: str = "<document>") -> dict[str, Any]:
@@ -100,8 +103,9 @@ def to_policylayer(doc: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     every = doc.get("all_tools") or {}
     if every.get("limits"):
         out["all_tools"] = {"limits": list(every["limits"])}
-    if every.get("checks"):
-        notes.append("all_tools.checks: cannot be expressed (dropped)")
+    for key in ("checks", "counters", "require_state"):
+        if every.get(key):
+            notes.append(f"all_tools.{key}: cannot be expressed (dropped)")
     tools: dict[str, Any] = {}
     for key, entry in (doc.get("tools") or {}).items():
         where = f"tools.{key}"
@@ -111,7 +115,10 @@ def to_policylayer(doc: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
             continue
         out_entry: dict[str, Any] = {}
         for k in entry:
-            if k not in _HOSTED_TOOL:
+            if k in ("counters", "require_state"):
+                notes.append(f"{where}.{k}: counters cannot be expressed (the hosted "
+                             "format's limits are read as token buckets) (dropped)")
+            elif k not in _HOSTED_TOOL:
                 notes.append(f"{where}.{k}: cannot be expressed (dropped)")
         require = entry.get("require", [])
         if isinstance(require, dict):
@@ -212,6 +219,8 @@ def to_intercept(doc: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         out["description"] = doc["description"]
     if doc.get("hide"):
         out["hide"] = list(doc["hide"])
+    every = doc.get("all_tools") or {}
+    counters = _Counters(doc)
     tools: dict[str, Any] = {}
     for key, entry in (doc.get("tools") or {}).items():
         where = f"tools.{key}"
@@ -224,12 +233,137 @@ def to_intercept(doc: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
                 notes.append(f"{where}.{k}: cannot be expressed (dropped)")
         if entry.get("action") not in (None, "allow", "deny"):
             notes.append(f"{where}.action: {entry['action']!r} cannot be expressed (dropped)")
-        tools[name] = {"rules": _intercept_rules(entry, where, notes)}
-    every = doc.get("all_tools") or {}
+        tools[name] = {"rules": _intercept_rules(entry, where, notes)
+                       + counters.rules(entry, name, where, notes)}
     if every.get("limits"):
         notes.append("all_tools.limits: token buckets cannot be expressed (dropped)")
-    if every.get("checks"):
-        tools["*"] = {"rules": _intercept_rules({"checks": every["checks"]}, "all_tools",
-                                                notes)}
+    wildcard = (_intercept_rules({"checks": every.get("checks", [])}, "all_tools", notes)
+                + counters.rules(every, "*", "all_tools", notes))
+    if wildcard:
+        tools["*"] = {"rules": wildcard}
     out["tools"] = tools
     return out, notes
+
+
+class _Counters:
+    """mcpwall's counters as Intercept's state blocks.
+
+    Intercept keys a total by the tool whose rule declares it (``"*"``:
+    ``_global``) and any rule may read it (``state.<tool>.<counter>``). So a
+    counter is expressible when one place (one tool, or ``all_tools``)
+    declares it, it counts for everyone (``scope: global``), by minute, hour
+    or day, under a ``max``.
+    """
+
+    def __init__(self, doc: dict[str, Any]) -> None:
+        self.owners: dict[str, set[str]] = {}
+        every = doc.get("all_tools") or {}
+        places = [("*", every), *((literal_name(k) or k, e)
+                                  for k, e in (doc.get("tools") or {}).items())]
+        for owner, entry in places:
+            for c in entry.get("counters", []):
+                self.owners.setdefault(c["counter"], set()).add(owner)
+
+    def local(self, name: str) -> tuple[str, str] | None:
+        """``(scope, name)`` of the counter in Intercept, or None when several
+        places declare it (they share one total, which Intercept cannot)."""
+        owners = self.owners.get(name, set())
+        if len(owners) != 1:
+            return None
+        scope = scope_of(next(iter(owners)))
+        prefix = f"{scope}."
+        return scope, (name[len(prefix):] if name.startswith(prefix) and name != prefix
+                       else name)
+
+    def rules(self, entry: dict[str, Any], owner: str, where: str, notes: list[str]
+              ) -> list[dict[str, Any]]:
+        rules: list[dict[str, Any]] = []
+        for i, test in enumerate(_state_tests(entry.get("require_state"),
+                                              f"{where}.require_state", notes)):
+            at = f"{where}.require_state[{i}]"
+            found = self.local(test["path"][len("state."):])
+            if found is None:
+                notes.append(f"{at}: counter {test['path'][6:]!r} is declared in several "
+                             "places (Intercept keeps a total per tool) (dropped)")
+                continue
+            rules.append({"name": f"require_state {i}", "conditions": [
+                {"path": f"state.{found[0]}.{found[1]}", "op": test["op"],
+                 "value": test["value"]}],
+                **({"on_deny": test["reason"]} if test.get("reason") else {})})
+        seen: set[str] = set()
+        for i, c in enumerate(entry.get("counters", [])):
+            at = f"{where}.counters[{i}]"
+            found = self.local(c["counter"])
+            why = _inexpressible(c)
+            if found is None:
+                why = "is declared in several places (Intercept keeps a total per tool)"
+            elif found[1] in seen:
+                why = f"is a second counter named {found[1]!r} on this tool"
+            if why is not None or found is None:
+                notes.append(f"{at}: counter {c['counter']!r} {why} (dropped)")
+                continue
+            scope, local = found
+            seen.add(local)
+            state: dict[str, Any] = {"counter": local, "window": c["window"]}
+            if c.get("increment_from"):
+                state["increment_from"] = c["increment_from"]
+            elif c.get("increment", 1) != 1:
+                state["increment"] = c["increment"]
+            path = f"state.{scope}.{local}"
+            # Intercept adds only under an lt/lte of the rule's own counter; a
+            # total that never grows is a state block under another condition.
+            condition = ({"path": path, "op": "lte", "value": c["max"]}
+                         if c.get("max") is not None else {"path": path, "op": "gte", "value": 0})
+            rules.append({"name": f"counter {c['counter']}", "conditions": [condition],
+                          "state": state,
+                          **({"on_deny": c["reason"]} if c.get("reason") else {})})
+        return rules
+
+
+def _inexpressible(c: dict[str, Any]) -> str | None:
+    """Why a counter has no Intercept equivalent, or None."""
+    if c.get("scope", "grant") != "global":
+        return (f"counts per {c.get('scope', 'grant')} (Intercept's totals are one for "
+                "every caller)")
+    if c.get("window") not in _INTERCEPT_WINDOWS:
+        return f"counts by {c.get('window')} (Intercept: minute, hour or day)"
+    increment = 0 if c.get("increment_from") else c.get("increment", 1)
+    if c.get("max") is None and increment:
+        return "has no max (Intercept adds to a total only under a limit)"
+    if c.get("max") is not None and not c.get("increment_from") and increment == 0:
+        return "adds 0 under a max (Intercept reads an increment of 0 as 1)"
+    return None
+
+
+def _state_names(conditions: Any) -> list[str]:
+    if isinstance(conditions, dict):
+        return list(conditions)
+    if isinstance(conditions, list):
+        return [t["path"][len("state."):] for t in conditions
+                if isinstance(t, dict) and str(t.get("path", "")).startswith("state.")]
+    return []
+
+
+# mcpwall's condition keys on a number, as Intercept operators.
+_CONDITION_OPS = {"min": "gte", "max": "lte", "const": "eq", "in": "in", "enum": "in"}
+
+
+def _state_tests(conditions: Any, where: str, notes: list[str]) -> list[dict[str, Any]]:
+    """``require_state`` as tests on ``state.<counter>`` (a map's conditions
+    converted where Intercept has the operator)."""
+    if isinstance(conditions, list):
+        return conditions
+    out: list[dict[str, Any]] = []
+    for name, spec in (conditions or {}).items():
+        if isinstance(spec, list):
+            spec = {"in": spec}
+        elif isinstance(spec, str):
+            spec = {"const": spec}
+        for key, value in spec.items():
+            op = _CONDITION_OPS.get(key)
+            if op is None:
+                if key not in ("optional", "nullable"):
+                    notes.append(f"{where}.{name}.{key}: cannot be expressed (dropped)")
+                continue
+            out.append({"path": f"state.{name}", "op": op, "value": value})
+    return out

@@ -55,7 +55,8 @@ import msgspec
 from firewall.policy.arguments import Check, compile_conditions
 from firewall.policy.decision import DENY, INVALID_ARGUMENTS, LIMITED, Decision
 from firewall.policy.limits import StoreUnavailable
-from firewall.policy.schema import CalendarWindow, ConditionSpec, PolicyError, Scope
+from firewall.policy.operators import compile_test, describe
+from firewall.policy.schema import CalendarWindow, PolicyError, Scope, StateConditions, Test
 
 # Key separator: unit separator, as for buckets (counter names cannot hold it).
 SEP: Final = "\x1f"
@@ -122,19 +123,38 @@ class StateCheck(msgspec.Struct, frozen=True):
     message: str
 
 
-def compile_state_checks(conditions: dict[str, ConditionSpec], specs: dict[str, CounterSpec],
+def compile_state_checks(conditions: StateConditions, specs: dict[str, CounterSpec],
                          where: str) -> tuple[StateCheck, ...]:
-    """``{counter: condition}`` -> checks on totals; an undeclared counter is an error."""
+    """``{counter: condition}``, or tests on ``state.<counter>`` (each refusing
+    with its ``reason``), -> checks on totals; an undeclared counter is an error."""
+    if isinstance(conditions, list):
+        return tuple(_state_test(test, specs, f"{where}[{i}]")
+                     for i, test in enumerate(conditions))
     out: list[StateCheck] = []
     for name, spec in conditions.items():
-        counter = specs.get(name)
-        if counter is None:
-            raise PolicyError(f"{where}.{name}: no rule declares counter {name!r} "
-                              "(declare it in some rule's \"counters\")")
+        counter = _declared(specs, name, f"{where}.{name}")
         for check in compile_conditions({"value": spec}, f"{where}.{name}"):
             message = check.message.replace("argument 'value'", f"counter {name!r}", 1)
             out.append(StateCheck(counter, check, message))
     return tuple(out)
+
+
+def _declared(specs: dict[str, CounterSpec], name: str, where: str) -> CounterSpec:
+    counter = specs.get(name)
+    if counter is None:
+        raise PolicyError(f"{where}: no rule declares counter {name!r} "
+                          "(declare it in some rule's \"counters\")")
+    return counter
+
+
+def _state_test(test: Test, specs: dict[str, CounterSpec], where: str) -> StateCheck:
+    """One ``{"path": "state.<counter>", "op", "value"}`` test on a total."""
+    if not test.path.startswith("state.") or len(test.path) == 6:
+        raise PolicyError(f"{where}.path: must be \"state.<counter>\", got {test.path!r}")
+    counter = _declared(specs, test.path[6:], f"{where}.path")
+    # The total is read into {"value": total}; the operator is the test's own.
+    check = compile_test(Test(path="args.value", op=test.op, value=test.value), where)
+    return StateCheck(counter, check, test.reason or f"{describe(test)} does not hold")
 
 
 class CounterRequest(msgspec.Struct, frozen=True):

@@ -268,6 +268,12 @@ class Engine:
                 trace.append(f"{verdict.rule}: counter {req.key.replace(chr(31), '/')} "
                              f"would add {req.amount} to {now}"
                              f"{'' if req.max is None else f' (max {req.max})'}")
+            for read in result.reads:
+                now = (f"{store.value(read.key, read.window)}"
+                       if isinstance(store, MemoryCounters) else "(shared: not read)")
+                trace.append(f"{verdict.rule}: require_state on counter "
+                             f"{read.key.replace(chr(31), '/')} (now {now}), else: "
+                             f"{read.message}")
         if not verdict.buckets:
             return verdict.decision if trace is not None else result
         # Counters settle first (the gateway), then shared buckets; buckets in

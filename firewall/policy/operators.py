@@ -24,7 +24,8 @@ Rules this module keeps (Intercept's engine, operator for operator):
    array value; anything else fails.
 
 ``state.`` paths name counters: :func:`compile_test` refuses them unless the
-caller passes a ``state`` reader.
+caller passes a ``state`` reader (``require_state`` tests are compiled on the
+total, :func:`firewall.policy.counters.compile_state_checks`).
 
 Example::
 
@@ -187,7 +188,8 @@ def compile_test(test: Test, where: str, state: Callable[[str], Reader] | None =
     elif path.startswith("state.") and state is not None:
         read = state(path)
     elif path.startswith("state."):
-        raise PolicyError(f"{where}.path: counters (state.*) are not supported yet: {path!r}")
+        raise PolicyError(f"{where}.path: a counter (state.*) is read in \"require_state\", "
+                          f"not here: {path!r}")
     else:
         raise PolicyError(f"{where}.path: must start with \"args.\" or \"state.\", got {path!r}")
     message = f"{describe(test)} does not hold"

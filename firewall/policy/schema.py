@@ -123,6 +123,26 @@ ConditionSpec = Condition | list[Any] | str
 Conditions = dict[str, ConditionSpec]
 
 
+class Test(_Strict, frozen=True):
+    """One comparison, PolicyLayer's and Intercept's condition shape:
+    ``{"path": "args.amount", "op": "lte", "value": 50000}``.
+
+    ``path`` reads the call's arguments (``args.a.b``); in ``require_state``
+    it reads a counter's total (``state.<counter>``). The operators keep
+    Intercept's semantics (see :mod:`firewall.policy.operators`).
+    """
+
+    path: str
+    op: TestOp
+    value: Any = None
+    reason: str | None = None
+
+
+# ``require_state``: mcpwall's conditions by counter name, or a list of tests
+# on ``state.<counter>`` (Intercept's condition shape), each with its reason.
+StateConditions = Conditions | list[Test]
+
+
 class _Audience(_Strict, frozen=True):
     # Who a rule applies to; empty lists mean everyone.
     principals: list[str] = msgspec.field(default_factory=list)
@@ -142,7 +162,7 @@ class ArgumentRule(_Audience, frozen=True):
     reason: str | None = None
     limits: list[Limit] = msgspec.field(default_factory=list)
     counters: list[Counter] = msgspec.field(default_factory=list)
-    require_state: Conditions = msgspec.field(default_factory=dict)
+    require_state: StateConditions = msgspec.field(default_factory=dict)
     dry_run: bool = False
     approval: ApproverName | None = None
 
@@ -155,24 +175,9 @@ class TargetEntry(_Audience, frozen=True):
     reason: str | None = None
     limits: list[Limit] = msgspec.field(default_factory=list)
     counters: list[Counter] = msgspec.field(default_factory=list)
-    require_state: Conditions = msgspec.field(default_factory=dict)
+    require_state: StateConditions = msgspec.field(default_factory=dict)
     dry_run: bool = False
     approval: ApproverName | None = None
-
-
-class Test(_Strict, frozen=True):
-    """One comparison, PolicyLayer's and Intercept's condition shape:
-    ``{"path": "args.amount", "op": "lte", "value": 50000}``.
-
-    ``path`` reads the call's arguments (``args.a.b``) or a counter
-    (``state.<scope>.<counter>``); the operators keep Intercept's semantics
-    (see :mod:`firewall.policy.operators`).
-    """
-
-    path: str
-    op: TestOp
-    value: Any = None
-    reason: str | None = None
 
 
 class CheckRule(_Strict, frozen=True):
@@ -200,10 +205,14 @@ class RateLimit(_Strict, frozen=True):
 
 class AllTools(_Strict, frozen=True):
     """What applies to every tool call that no earlier step refused: its
-    ``checks`` after the tool's own, its ``limits`` with the tool's."""
+    ``checks`` after the tool's own, its ``limits`` with the tool's, its
+    ``counters`` after the tool's own and its ``require_state`` with the
+    tool's (Intercept's ``"*"`` rules)."""
 
     limits: list[Limit] = msgspec.field(default_factory=list)
     checks: list[CheckRule] = msgspec.field(default_factory=list)
+    counters: list[Counter] = msgspec.field(default_factory=list)
+    require_state: StateConditions = msgspec.field(default_factory=dict)
 
 
 class ToolEntry(_Audience, frozen=True):
@@ -224,7 +233,7 @@ class ToolEntry(_Audience, frozen=True):
     limits: list[Limit] = msgspec.field(default_factory=list)
     counters: list[Counter] = msgspec.field(default_factory=list)
     require: Conditions | list[Test] = msgspec.field(default_factory=dict)
-    require_state: Conditions = msgspec.field(default_factory=dict)
+    require_state: StateConditions = msgspec.field(default_factory=dict)
     rules: list[ArgumentRule] = msgspec.field(default_factory=list)
     dry_run: bool = False
     approval: ApproverName | None = None
