@@ -2,6 +2,7 @@
 check, against the envelope decode every message pays anyway (same run).
 
     python benchmarks/bench_mediation.py [--repeat 7] [--number 20000]
+                                         [--pairs 20000] [--baseline SOURCE_TREE]
 
 For each message shape (an SDK tools/call, the same with whitespace and CRLF
 between tokens, a notification, a 300 KB tools/list result, a 1 MB text
@@ -10,21 +11,33 @@ responses: the baseline, which includes the depth check), the depth check
 alone (``bounds.too_deep``), and ``framing.canonical`` (requests and
 notifications: the form the mediator forwards) or ``framing.line_safe``
 (responses), with the ratio of the last to the baseline.
+
+Then the mediator itself: the median us of one call pair (``from_client`` of
+the SDK tools/call, ``from_server`` of its answer) with the allow-all policy,
+without an audit trail and with an in-memory one. With ``--baseline``, another
+mcpwall source tree (an earlier revision) is measured the same way in
+interleaved subprocesses, and the ratios of this tree to it are printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import statistics
 import sys
+import time
 import timeit
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# The tree measured: this one, or (for --baseline, in a subprocess) another.
+sys.path.insert(0, os.environ.get("BENCH_TREE") or str(Path(__file__).resolve().parent.parent))
 
 import msgspec
+import trio
 
 from firewall.protocol import bounds, framing, jsonrpc, mcp
 
@@ -57,12 +70,84 @@ def ns(fn: Callable[[], object], number: int, repeat: int) -> float:
     return statistics.median(runs) / number * 1e9
 
 
+ANSWER = (b'{"jsonrpc":"2.0","id":17,"result":{"content":[{"type":"text","text":'
+          b'"info of web-01"}],"isError":false}}')
+
+
+class _MemoryAudit:
+    """An audit point that keeps nothing and commits at once: the mediator's own cost."""
+
+    async def append(self, event: object) -> _MemoryAudit:
+        return self
+
+    async def committed(self) -> None:
+        return None
+
+
+def pair_us(pairs: int, repeat: int, audited: bool) -> float:
+    """Median us of one from_client + from_server pair (allow-all policy)."""
+    from firewall.gateway.mediator import Mediator
+    from firewall.policy.decision import AllowAll, Caller
+
+    med = Mediator(server="vm", session="s", caller=Caller("agent", "grant", ()),
+                   policy=AllowAll(), audit=_MemoryAudit() if audited else None)  # type: ignore[arg-type]
+
+    async def run() -> float:
+        started = time.perf_counter()
+        for _ in range(pairs):
+            routed = await med.from_client(CALL)
+            assert routed.upstream is not None
+            back = await med.from_server(ANSWER)
+            assert back.client is not None
+        return (time.perf_counter() - started) / pairs * 1e6
+
+    return statistics.median(trio.run(run) for _ in range(repeat))
+
+
+def pairs_in(tree: str | None, pairs: int, repeat: int) -> dict[str, float]:
+    """The pair timings of ``tree`` (None: this one), measured in a fresh interpreter."""
+    env = {**os.environ, "BENCH_TREE": tree or str(Path(__file__).resolve().parent.parent)}
+    out = subprocess.run([sys.executable, __file__, "--pairs-only", "--pairs", str(pairs),
+                          "--repeat", str(repeat)], env=env, check=True,
+                         capture_output=True, text=True).stdout
+    result: dict[str, float] = json.loads(out)
+    return result
+
+
+def mediator_table(pairs: int, repeat: int, baseline: str | None, rounds: int) -> None:
+    trees = {"this tree": None} | ({"baseline": baseline} if baseline else {})
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
+    for _ in range(rounds):  # interleaved, so that load on the machine hits both alike
+        for name, tree in trees.items():
+            runs[name].append(pairs_in(tree, pairs, repeat))
+    print(f"\nmediator, one tools/call pair (from_client + from_server), {rounds} rounds")
+    print(f"{'tree':12} {'no audit us':>12} {'audit us':>10}")
+    medians = {name: {key: statistics.median(r[key] for r in rs) for key in rs[0]}
+               for name, rs in runs.items()}
+    for name, m in medians.items():
+        print(f"{name:12} {m['no_audit']:12.2f} {m['audit']:10.2f}")
+    if baseline:
+        this, base = medians["this tree"], medians["baseline"]
+        print(f"{'ratio':12} {this['no_audit'] / base['no_audit']:11.2f}x"
+              f" {this['audit'] / base['audit']:9.2f}x   (this tree / baseline; lower is faster)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--number", type=int, default=20_000,
                         help="calls per timing for small messages (large: / 1000)")
+    parser.add_argument("--pairs", type=int, default=20_000,
+                        help="call pairs per mediator timing")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved rounds of the mediator timing (a process each)")
+    parser.add_argument("--baseline", help="another mcpwall source tree to measure beside this one")
+    parser.add_argument("--pairs-only", action="store_true", help=argparse.SUPPRESS)
     opts = parser.parse_args()
+    if opts.pairs_only:
+        print(json.dumps({"no_audit": pair_us(opts.pairs, opts.repeat, False),
+                          "audit": pair_us(opts.pairs, opts.repeat, True)}))
+        return
     print(f"{'message':34} {'bytes':>9} {'decode ns':>11} {'depth ns':>10} {'forward ns':>11}"
           f" {'forward/decode':>9}")
     for name, (data, decided) in CASES.items():
@@ -74,6 +159,7 @@ def main() -> None:
         fwd = ns(partial(forward, data), number, opts.repeat)
         print(f"{name:34} {len(data):9,} {base:11,.0f} {depth:10,.0f} {fwd:11,.0f}"
               f" {fwd / base:9.2f}x")
+    mediator_table(opts.pairs, opts.repeat, opts.baseline, opts.rounds)
 
 if __name__ == "__main__":
     main()

@@ -30,7 +30,7 @@ Example::
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 
@@ -142,6 +142,17 @@ def canonical(data: bytes | bytearray | memoryview,
         value = _any_decoder.decode(data)
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise NotCanonical(str(exc)) from None
+    return encode_line(value, data, keep)
+
+
+def encode_line(value: Any, data: bytes | bytearray | memoryview,
+                keep: frozenset[str] | None = None) -> bytes:
+    """The canonical form of ``value``, decoded from the JSON text ``data`` (rule 2).
+
+    The encoding half of :func:`canonical`, for a caller that decoded ``data``
+    itself (``protocol.inbound``: the policy view and the line come from that
+    one value). ``data`` itself comes back when it is that form (rule 3).
+    """
     if keep is not None and isinstance(value, dict) and not value.keys() <= keep:
         value = {name: member for name, member in value.items() if name in keep}
     out = _encoder.encode(value)
