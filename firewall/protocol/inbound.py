@@ -120,7 +120,7 @@ def _whole(data: bytes, direction: str, typed: jsonrpc.Message | None) -> Inboun
     try:
         value = _any_decoder.decode(data)
     except jsonrpc.DECODE_ERRORS as exc:
-        return _unreadable(data, typed, exc)
+        return _unreadable(data, direction, typed, exc)
     if type(value) is dict:
         version = value.get("jsonrpc")
         method = value.get("method")
@@ -185,12 +185,19 @@ def _view(method: str, params: Any, direction: str) -> Call | None:
     return Call(method, direction)
 
 
-def _unreadable(data: bytes, typed: jsonrpc.Message | None, exc: Exception) -> Inbound:
+def _unreadable(data: bytes, direction: str, typed: jsonrpc.Message | None,
+                exc: Exception) -> Inbound:
     """A message no JSON reader takes whole: refused as :func:`jsonrpc.decode`
     refuses it; or, if only a payload it skips is at fault, an Inbound with
-    the refusal (rule 3)."""
+    the refusal (rule 3): -32602 if the view cannot read the params, else -32600."""
     msg = typed if typed is not None else jsonrpc.decode(data)  # raises the refusal
-    what = "request" if msg.kind is Kind.REQUEST else "message"
+    kind = msg.kind
+    if kind is Kind.REQUEST:
+        try:
+            mcp.view(msg, direction)
+        except jsonrpc.ProtocolError as bad_params:
+            return Inbound(data, msg, None, None, bad_params.with_traceback(None))
+    what = "request" if kind is Kind.REQUEST else "message"
     return Inbound(data, msg, None, None, jsonrpc.ProtocolError(
         jsonrpc.INVALID_REQUEST, f"invalid JSON-RPC {what}: {exc}", msg.request_id))
 
