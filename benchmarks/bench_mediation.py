@@ -10,7 +10,10 @@ result), prints the median ns of: ``mcp.decode`` (or ``jsonrpc.decode`` for
 responses: the baseline, which includes the depth check), the depth check
 alone (``bounds.too_deep``), and ``framing.canonical`` (requests and
 notifications: the form the mediator forwards) or ``framing.line_safe``
-(responses), with the ratio of the last to the baseline.
+(responses), with the ratio of the last to the baseline; then what the
+mediator pays instead, one decode (``inbound.client``: envelope, view and
+line from one value; ``inbound.server`` and its relay line for responses),
+and its ratio to the two passes.
 
 Then the mediator itself: the median us of one call pair (``from_client`` of
 the SDK tools/call, ``from_server`` of its answer) with the allow-all policy,
@@ -24,8 +27,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import statistics
+import subprocess
 import sys
 import time
 import timeit
@@ -148,17 +151,22 @@ def main() -> None:
         print(json.dumps({"no_audit": pair_us(opts.pairs, opts.repeat, False),
                           "audit": pair_us(opts.pairs, opts.repeat, True)}))
         return
+    from firewall.protocol import inbound  # this tree only (a baseline may lack it)
+
     print(f"{'message':34} {'bytes':>9} {'decode ns':>11} {'depth ns':>10} {'forward ns':>11}"
-          f" {'forward/decode':>9}")
+          f" {'fwd/dec':>8} {'inbound ns':>11} {'in/(dec+fwd)':>12}")
     for name, (data, decided) in CASES.items():
         number = opts.number if len(data) < 10_000 else max(5, opts.number // 1000)
         decode: Callable[[bytes], object] = mcp.decode if decided else jsonrpc.decode
         forward = framing.canonical if decided else framing.line_safe
+        one: Callable[[bytes], object] = (
+            inbound.client if decided else lambda b: inbound.server(b).relay_line())
         base = ns(partial(decode, data), number, opts.repeat)
         depth = ns(partial(bounds.too_deep, data), number, opts.repeat)
         fwd = ns(partial(forward, data), number, opts.repeat)
+        once = ns(partial(one, data), number, opts.repeat)
         print(f"{name:34} {len(data):9,} {base:11,.0f} {depth:10,.0f} {fwd:11,.0f}"
-              f" {fwd / base:9.2f}x")
+              f" {fwd / base:7.2f}x {once:11,.0f} {once / (base + fwd):11.2f}x")
     mediator_table(opts.pairs, opts.repeat, opts.baseline, opts.rounds)
 
 if __name__ == "__main__":

@@ -19,77 +19,9 @@ from hypothesis import strategies as st
 
 from firewall.gateway.mediator import Mediator
 from firewall.policy.decision import AllowAll, Caller
-from firewall.protocol import bounds, framing, inbound, jsonrpc, mcp
+from firewall.protocol import bounds, inbound, jsonrpc, mcp
 from firewall.protocol.inbound import Inbound
-from firewall.protocol.jsonrpc import Kind
-
-Outcome = tuple[Any, ...]
-
-
-def reference(data: bytes, direction: str) -> Outcome:
-    """What the two-pass path made of ``data``: a refusal raised, a refusal
-    answered, a message dropped, or (kind, call, line)."""
-    try:
-        env, call = mcp.decode(data, direction)
-    except jsonrpc.ProtocolError as exc:
-        if exc.code == jsonrpc.INVALID_PARAMS:
-            return ("refused", exc.code, exc.message, exc.request_id)
-        return ("raised", exc.code, exc.message, exc.request_id)
-    kind = env.kind
-    if direction == "server" and (kind is Kind.RESPONSE or env.method in mcp.NOTIFICATIONS
-                                  and kind is Kind.NOTIFICATION):
-        return ("relayed", env)  # read no further; its bytes go as received (rule 4)
-    if kind is Kind.RESPONSE:
-        members = jsonrpc.RESPONSE_MEMBERS
-    else:
-        members = jsonrpc.REQUEST_MEMBERS
-        if kind is Kind.NOTIFICATION and env.method not in mcp.NOTIFICATIONS:
-            assert isinstance(env, jsonrpc.Message)
-            try:
-                call = mcp.view(env, direction)
-            except jsonrpc.ProtocolError:
-                assert env.method is not None
-                call = mcp.Call(env.method, direction)
-    try:
-        line = framing.canonical(data, members)
-    except framing.NotCanonical as exc:
-        if kind is Kind.REQUEST:
-            return ("refused", jsonrpc.INVALID_REQUEST, f"invalid JSON-RPC request: {exc}",
-                    env.request_id)
-        return ("dropped", env.request_id)
-    return (kind, env.method, env.id, call, line)
-
-
-def got(data: bytes, direction: str) -> Outcome:
-    """The same, from the one decode."""
-    try:
-        msg = inbound.client(data) if direction == "client" else inbound.server(data)
-    except jsonrpc.ProtocolError as exc:
-        return ("raised", exc.code, exc.message, exc.request_id)
-    env = msg.envelope
-    if msg.refusal is not None:
-        assert msg.call is None and msg.line is None
-        if env.kind is Kind.REQUEST:
-            return ("refused", msg.refusal.code, msg.refusal.message, msg.refusal.request_id)
-        return ("dropped", env.request_id)
-    if msg.line is None:  # a server's response or MCP notification, relayed as received
-        assert direction == "server" and msg.call is None
-        return ("relayed", env)
-    return (env.kind, env.method, env.id, msg.call, msg.line)
-
-
-def check(data: bytes) -> None:
-    for direction in ("client", "server"):
-        expected, actual = reference(data, direction), got(data, direction)
-        assert actual == expected, (direction, data)
-        if actual[0] in (Kind.REQUEST, Kind.NOTIFICATION) and actual[3] is not None:
-            # The line forwarded, read again, is the value the policy decided.
-            again = inbound.client(actual[4])
-            assert again.call is not None and again.call.arguments == actual[3].arguments
-            assert (again.call.tool, again.call.uri, again.call.prompt) == (
-                actual[3].tool, actual[3].uri, actual[3].prompt)
-            assert again.envelope.id == actual[2] and again.line is actual[4]
-
+from tests.fuzz_targets import fuzz_inbound as check
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers(-2**70, 2**70)

@@ -13,16 +13,23 @@ fronts own the I/O; the mediator owns the rules. Invariants it keeps:
    request (a server may act on it); it cannot be held. Any other id-less
    method is a request that could not be answered: it is refused, with a
    ``deny`` decision event (rule ``protocol``), and never forwarded.
-2. What is forwarded is the message that was decided, in its canonical one-line
-   form (``framing.canonical``, with only the members JSON-RPC defines at the
-   top): what the SDKs send is its own canonical form,
-   so their bytes pass unchanged; whitespace, duplicate member names or line
-   separators are never passed on for a reader to split or read another way.
-   Responses and notifications (either way) get a new envelope (each
-   member once, ``jsonrpc.reencode``) around their payload as received, unless
-   a line reader could split it (then the canonical form, ``line_safe``). A
-   tools/list result from which tools the caller can never call were removed
-   is re-encoded.
+2. Every message is decoded once, into an :class:`Inbound`
+   (``protocol/inbound.py``; a front hands one over, or the bytes, which
+   ``from_client`` decodes the same way): nothing here decodes the message
+   again. What is forwarded is the message that was decided, in its canonical
+   one-line form (``inbound.line``: the compact encoding of the very value the
+   policy view was made from, with only the members JSON-RPC defines at the
+   top, as ``framing.canonical`` makes it): what the SDKs send is its own
+   canonical form, so their bytes pass unchanged; whitespace, duplicate member
+   names or line separators are never passed on for a reader to split or read
+   another way. Every message from the client goes on in that form, responses
+   and MCP notifications too. The server's responses and MCP notifications
+   get a new envelope (each member once, ``jsonrpc.reencode``) around their
+   payload as received, unless a line reader could split it (then the
+   canonical form, ``line_safe``). A tools/list result from which tools the
+   caller can never call were removed is re-encoded. An Inbound that carries
+   a ``refusal`` (a request with bad params, a payload no reader takes) is
+   answered if it is a request, else dropped and recorded (rule 10).
 3. What goes to the upstream is an :class:`Outbound` (``gateway/outbound.py``),
    the only thing the transports write: it carries the receipt of the
    decision event and the transport awaits it, so in durable audit mode no

@@ -72,6 +72,8 @@ class Envelope(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
 
     :class:`Message` adds the raw payloads; ``mcp.Request`` a tools/call's
     policy view, decoded in the same pass (see :func:`firewall.protocol.mcp.decode`).
+    :mod:`firewall.protocol.inbound` makes a bare one from a message it
+    decoded whole (its payloads stay in that value).
     """
 
     # gc=False: every field is a str, an int or a Raw (or, in mcp.Request, a
