@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from firewall.gateway.mediator import Mediator
 from firewall.policy.decision import AllowAll, Caller
-from firewall.protocol import bounds, inbound, jsonrpc, mcp
+from firewall.protocol import bounds, framing, inbound, jsonrpc, mcp
 from firewall.protocol.inbound import Inbound
 from tests.fuzz_targets import fuzz_inbound as check
 
@@ -59,9 +59,12 @@ MESSAGES = REQUESTS | ANY_SHAPE
 
 
 def layout(message: dict[str, Any], spaced: bool, duplicate: str | None, ensure_ascii: bool,
-           ) -> bytes:
-    """``message`` written one of the ways a client may: compact, spaced with CR
-    and LF between tokens, with a member given twice (the last one counts)."""
+           order: list[int]) -> bytes:
+    """``message`` written one of the ways a client may: members in any order,
+    compact or spaced with CR and LF between tokens, a member given twice (the
+    last one counts)."""
+    keys = list(message)
+    message = {keys[i]: message[keys[i]] for i in order if i < len(keys)}
     text = json.dumps(message, ensure_ascii=ensure_ascii,
                       separators=(" ,\r\n", " : ") if spaced else (",", ":"))
     if duplicate is not None and message and text.startswith("{"):
@@ -69,12 +72,22 @@ def layout(message: dict[str, Any], spaced: bool, duplicate: str | None, ensure_
     return text.encode("utf-8", "surrogatepass")
 
 
-@settings(max_examples=500, deadline=None)
+# Mostly the order the SDKs write (jsonrpc, id, method, params): the fast path's.
+ORDERS = st.just(list(range(7))) | st.permutations(list(range(7)))
+SDK_ORDER = ["jsonrpc", "id", "method", "params"]
+
+
+@settings(max_examples=600, deadline=None)
 @given(message=MESSAGES, spaced=st.booleans(), ensure_ascii=st.booleans(),
-       duplicate=st.none() | st.sampled_from(["method", "id", "params", "jsonrpc"]))
+       duplicate=st.none() | st.sampled_from(["method", "id", "params", "jsonrpc"]),
+       order=ORDERS)
 def test_one_decode_agrees_with_the_two_passes(message: dict[str, Any], spaced: bool,
-                                               ensure_ascii: bool, duplicate: str | None) -> None:
-    check(layout(message, spaced, duplicate, ensure_ascii))
+                                               ensure_ascii: bool, duplicate: str | None,
+                                               order: list[int]) -> None:
+    if order == list(range(7)):  # the SDKs' order
+        message = {k: message[k] for k in sorted(message, key=lambda k: (
+            SDK_ORDER.index(k) if k in SDK_ORDER else 9))}
+    check(layout(message, spaced, duplicate, ensure_ascii, order))
 
 
 @settings(max_examples=300, deadline=None)
@@ -115,6 +128,30 @@ def test_sdk_bytes_are_their_own_line_and_the_view_comes_with_them() -> None:
     assert mcp.progress_token(got_.message) == 5
     assert got_.message.params == msgspec.Raw(
         b'{"name":"vm","arguments":{"action":"info"},"_meta":{"progressToken":5}}')
+
+
+@pytest.mark.parametrize("data", [
+    b'{"jsonrpc":"2.0","id":17,"method":"tools/call","params":{"name":"vm"}}',
+    b'{"jsonrpc":"2.0","method":"notifications/initialized"}',
+    b'{"jsonrpc":"2.0","id":"a","method":"resources/read","params":{"uri":"x\\u2028"}}',
+])
+def test_canonical_bytes_take_the_one_typed_pass(data: bytes) -> None:
+    # The fast path of rule 2 (its value is the typed struct, not plain values):
+    # so that the properties above hold it, not only the general path.
+    got_ = inbound.client(data)
+    assert got_.line is data and type(got_.value) is not dict
+
+
+@pytest.mark.parametrize("data", [
+    b'{"method":"tools/call","jsonrpc":"2.0","id":17,"params":{"name":"vm"}}',
+    b'{"jsonrpc":"2.0","id":17,"method":"tools/call","params":{"name":"vm"},"x":1}',
+    b'{"jsonrpc":"2.0","id":17,"method":"ping","method":"tools/call","params":{"name":"vm"}}',
+    b'{"jsonrpc":"2.0","id":"a","method":"resources/read","params":{"uri":"x\xe2\x80\xa8"}}',
+])
+def test_other_bytes_take_the_general_pass(data: bytes) -> None:
+    got_ = inbound.client(data)
+    assert type(got_.value) is dict and got_.line == framing.canonical(
+        data, jsonrpc.REQUEST_MEMBERS)
 
 
 def test_a_line_break_between_tokens_never_goes_on() -> None:

@@ -272,10 +272,11 @@ class Mediator:
         then the Routed has only ``held``, which the caller awaits (in its own
         task, so that the session's other messages keep flowing).
         """
-        inbound = message if isinstance(message, Inbound) else None
+        inbound: Inbound | None = None
         try:
-            if inbound is None:
-                assert isinstance(message, bytes)
+            if isinstance(message, Inbound):
+                inbound = message
+            else:
                 try:
                     inbound = decode_client(message)
                 except jsonrpc.ProtocolError as exc:  # rule 6
@@ -314,11 +315,10 @@ class Mediator:
         if inbound.refusal is not None:
             return await self._refused(inbound, "client")
         msg = inbound.envelope
-        kind = msg.kind
-        if kind is Kind.REQUEST:
+        if msg.method is not None and msg.id is not msgspec.UNSET:  # a request
             return await self._request(inbound, "client")
         data = inbound.data
-        if kind is Kind.RESPONSE:
+        if msg.method is None:  # a response
             if self._own:
                 own = self._own.get(msg.request_id) if msg.request_id is not None else None
                 if own is not None:  # the answer to mcpwall's own question
@@ -394,9 +394,8 @@ class Mediator:
         if inbound.refusal is not None:
             return await self._refused(inbound, "server")
         msg = inbound.envelope
-        kind = msg.kind
-        if kind is Kind.RESPONSE:
-            assert isinstance(msg, jsonrpc.Message)  # relayed as received (inbound rule 4)
+        if msg.method is None:  # a response (jsonrpc.decode made sure)
+            assert isinstance(msg, jsonrpc.Message)  # relayed as received (inbound rule 5)
             rid = msg.request_id
             if rid is None or rid not in self._client_pending:
                 await self._dropped("server", "response_unmatched", msg, data)
@@ -408,13 +407,17 @@ class Mediator:
                 if filtered is not data:  # mcpwall's own encoding: one line to make sure
                     line = framing.line_safe(filtered)
             if line is None:
-                line = await self._line(inbound, "server")
-            if line is None:  # cannot be relayed: the request is answered with an error
-                line = jsonrpc.error_response(rid, jsonrpc.INTERNAL_ERROR, (
-                    f"upstream server {self.server!r} sent an answer mcpwall cannot relay"))
+                try:  # _line's work, inline: the one hot path from the server
+                    line = inbound.relay_line()
+                except framing.NotCanonical as exc:
+                    await self._dropped("server", "not_relayable", msg, data, str(exc))
+                    # Cannot be relayed: the request is answered with an error.
+                    line = jsonrpc.error_response(rid, jsonrpc.INTERNAL_ERROR, (
+                        f"upstream server {self.server!r} sent an answer mcpwall cannot "
+                        "relay"))
             await self._answered(self._client_pending, msg, len(data))
             return Routed(client=line, answers=rid)
-        if kind is Kind.REQUEST:
+        if msg.kind is Kind.REQUEST:
             return await self._request(inbound, "server")
         assert msg.method is not None
         if msg.method not in mcp.NOTIFICATIONS:

@@ -6,30 +6,38 @@ that goes on if the policy allows it. :func:`client` and :func:`server` make
 one, a function per direction. Rules this module keeps:
 
 1. One parse. A message from the client is checked for depth
-   (:data:`bounds.MAX_DEPTH`) before anything is decoded, then decoded once,
-   into plain values; its envelope, its policy view and its line all come
-   from that one value. The line is :func:`framing.encode_line` of the value,
-   byte for byte what ``framing.canonical(data, jsonrpc.REQUEST_MEMBERS)``
-   gives (``RESPONSE_MEMBERS`` for a response): what is forwarded is the
-   encoding of exactly the value the policy saw, and what the SDKs send (their
-   own canonical form) goes on unchanged.
-2. The same answers as the typed decoders: a message is refused exactly when
+   (:data:`bounds.MAX_DEPTH`) before anything is decoded, then decoded once;
+   its envelope, its policy view and its line all come from that one value.
+   The line is byte for byte what ``framing.canonical(data,
+   jsonrpc.REQUEST_MEMBERS)`` gives (``RESPONSE_MEMBERS`` for a response):
+   what is forwarded is the encoding of exactly the value the policy saw.
+2. The well-formed case is the fast one. A request or notification as the
+   SDKs write it (compact, members in JSON-RPC's order, each once, nothing
+   else: its own canonical form) is decoded in one typed pass (:class:`_Sent`:
+   the envelope typed, ``params`` as plain values) and encoded again; when
+   that encoding, with rule 2 of :mod:`framing` applied, is the very bytes
+   received, the bytes are proven canonical and go on unchanged (the view is
+   made from the same decoded params). Anything else is decoded into plain
+   values instead (one pass, or a second one after that check failed: a
+   message that is not in its canonical form) and its line is
+   :func:`framing.encode_line` of that value.
+3. The same answers as the typed decoders: a message is refused exactly when
    :func:`jsonrpc.decode` refuses it, with its words; the view is what
    :func:`mcp.view` makes. Only a refusal decodes again, to word the error.
-3. One failure path. :func:`client` and :func:`server` raise nothing but
+4. One failure path. :func:`client` and :func:`server` raise nothing but
    :class:`jsonrpc.ProtocolError`, for what is not a JSON-RPC message
    (-32700, -32600). A JSON-RPC message that cannot go on comes back with
    ``refusal`` set and no ``call``: a request whose params the view cannot
    read (-32602), or one with a payload no JSON reader can take (invalid
    UTF-8, a number out of range: -32600), for which the mediator answers or
    drops it.
-4. A message from the server is most often a response, large and read in
+5. A message from the server is most often a response, large and read in
    part only: it is decoded as an envelope with raw payloads
    (:func:`jsonrpc.decode`) and relayed as received unless the framing could
    read it two ways (:meth:`Inbound.relay_line`). A request from the server,
    or a notification the policy decides, is decoded whole as well (rule 1),
    which is rare (sampling, elicitation, roots/list, ping).
-5. An Inbound is immutable; its payloads are read from the one value
+6. An Inbound is immutable; its payloads are read from the one value
    (:attr:`Inbound.message` encodes them, it does not decode).
 
 Example::
@@ -42,7 +50,7 @@ Example::
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import msgspec
 
@@ -57,7 +65,29 @@ _URI_METHODS: Final = frozenset({mcp.RESOURCES_READ, mcp.RESOURCES_SUBSCRIBE,
                                  mcp.RESOURCES_UNSUBSCRIBE})
 
 
-class Inbound(msgspec.Struct, frozen=True):
+class _Sent(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
+    """A request or notification in the members and order the SDKs write (rule 2).
+
+    Encoded again, it is the bytes received exactly when they are canonical:
+    only these members, each once, in this order, compact.
+    """
+
+    # gc=False: strings, ints and the params' plain values, which cannot refer
+    # back to it. A result or an error, or another version, fails this decode.
+    jsonrpc: Literal["2.0"]
+    id: int | str | msgspec.UnsetType | None = UNSET
+    method: str | None = None
+    params: Any = UNSET
+    result: msgspec.UnsetType = UNSET
+    error: msgspec.UnsetType = UNSET
+
+
+_sent_decoder: Final = msgspec.json.Decoder(_Sent)
+
+
+# gc=False: an Inbound holds bytes, structs and the decoded value, none of
+# which can refer back to it; one is made per message, so tracking costs.
+class Inbound(msgspec.Struct, frozen=True, gc=False):
     """One message, decoded once: ``data`` as received, its ``envelope``, the
     policy view ``call`` (a request, or an id-less message the policy decides),
     the ``line`` forwarded if allowed, or the ``refusal`` that answers it."""
@@ -80,6 +110,10 @@ class Inbound(msgspec.Struct, frozen=True):
         if isinstance(env, jsonrpc.Message):
             return env
         value = self.value
+        if type(value) is _Sent:
+            params = value.params
+            return jsonrpc.Message(env.jsonrpc, env.method, env.id, msgspec.Raw(
+                b"" if params is UNSET else _encoder.encode(params)))
         return jsonrpc.Message(env.jsonrpc, env.method, env.id, _raw(value, "params"),
                                _raw(value, "result"), _raw(value, "error"))
 
@@ -90,8 +124,9 @@ class Inbound(msgspec.Struct, frozen=True):
         it. Raises :class:`framing.NotCanonical` when it cannot be one line."""
         if self.line is not None:
             return self.line
+        env = self.envelope
         data = self.data
-        out = jsonrpc.reencode(self.message)
+        out = jsonrpc.reencode(env if isinstance(env, jsonrpc.Message) else self.message)
         return framing.line_safe(data if out == data else out)
 
 
@@ -103,6 +138,23 @@ def client(data: bytes) -> Inbound:
     """
     if bounds.too_deep(data):
         raise jsonrpc.too_deep_error()
+    try:
+        sent = _sent_decoder.decode(data)
+    except jsonrpc.DECODE_ERRORS:
+        return _whole(data, "client", None)  # a response, or not well-formed
+    method = sent.method
+    out = _encoder.encode(sent)
+    if method is not None and (out if out.isascii() else framing.one_line(out)) == data:
+        # Proven canonical (rule 2): the bytes go on; the view is of sent.params.
+        ident = sent.id
+        env = jsonrpc.Envelope("2.0", method, ident)
+        call = _view(method, sent.params, "client")
+        if ident is UNSET:
+            if method in mcp.NOTIFICATIONS:
+                return Inbound(data, env, None, data, None, sent)
+            return Inbound(data, env, call or Call(method, "client"), data, None, sent)
+        if call is not None:
+            return Inbound(data, env, call, data, None, sent)
     return _whole(data, "client", None)
 
 
@@ -116,7 +168,7 @@ def server(data: bytes) -> Inbound:
 
 
 def _whole(data: bytes, direction: str, typed: jsonrpc.Message | None) -> Inbound:
-    """The message decoded whole into one value (its depth checked already)."""
+    """The message decoded whole into plain values (its depth checked already)."""
     try:
         value = _any_decoder.decode(data)
     except jsonrpc.DECODE_ERRORS as exc:
@@ -195,8 +247,9 @@ def _unreadable(data: bytes, direction: str, typed: jsonrpc.Message | None,
     if kind is Kind.REQUEST:
         try:
             mcp.view(msg, direction)
-        except jsonrpc.ProtocolError as bad_params:
-            return Inbound(data, msg, None, None, bad_params.with_traceback(None))
+        except jsonrpc.ProtocolError as bad:  # a fresh one: no traceback kept
+            return Inbound(data, msg, None, None,
+                           jsonrpc.ProtocolError(bad.code, bad.message, bad.request_id))
     what = "request" if kind is Kind.REQUEST else "message"
     return Inbound(data, msg, None, None, jsonrpc.ProtocolError(
         jsonrpc.INVALID_REQUEST, f"invalid JSON-RPC {what}: {exc}", msg.request_id))
