@@ -87,8 +87,8 @@ class _MemoryAudit:
         return None
 
 
-def pair_us(pairs: int, repeat: int, audited: bool) -> float:
-    """Median us of one from_client + from_server pair (allow-all policy)."""
+def pair_us(pairs: int, repeat: int, audited: bool) -> list[float]:
+    """us of one from_client + from_server pair (allow-all policy), ``repeat`` times."""
     from firewall.gateway.mediator import Mediator
     from firewall.policy.decision import AllowAll, Caller
 
@@ -104,35 +104,41 @@ def pair_us(pairs: int, repeat: int, audited: bool) -> float:
             assert back.client is not None
         return (time.perf_counter() - started) / pairs * 1e6
 
-    return statistics.median(trio.run(run) for _ in range(repeat))
+    return [trio.run(run) for _ in range(repeat)]
 
 
-def pairs_in(tree: str | None, pairs: int, repeat: int) -> dict[str, float]:
+def pairs_in(tree: str | None, pairs: int, repeat: int) -> dict[str, list[float]]:
     """The pair timings of ``tree`` (None: this one), measured in a fresh interpreter."""
     env = {**os.environ, "BENCH_TREE": tree or str(Path(__file__).resolve().parent.parent)}
     out = subprocess.run([sys.executable, __file__, "--pairs-only", "--pairs", str(pairs),
                           "--repeat", str(repeat)], env=env, check=True,
                          capture_output=True, text=True).stdout
-    result: dict[str, float] = json.loads(out)
+    result: dict[str, list[float]] = json.loads(out)
     return result
 
 
 def mediator_table(pairs: int, repeat: int, baseline: str | None, rounds: int) -> None:
     trees = {"this tree": None} | ({"baseline": baseline} if baseline else {})
-    runs: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
+    runs: dict[str, dict[str, list[float]]] = {
+        name: {"no_audit": [], "audit": []} for name in trees}
     for _ in range(rounds):  # interleaved, so that load on the machine hits both alike
         for name, tree in trees.items():
-            runs[name].append(pairs_in(tree, pairs, repeat))
-    print(f"\nmediator, one tools/call pair (from_client + from_server), {rounds} rounds")
-    print(f"{'tree':12} {'no audit us':>12} {'audit us':>10}")
-    medians = {name: {key: statistics.median(r[key] for r in rs) for key in rs[0]}
-               for name, rs in runs.items()}
-    for name, m in medians.items():
-        print(f"{name:12} {m['no_audit']:12.2f} {m['audit']:10.2f}")
+            for key, values in pairs_in(tree, pairs, repeat).items():
+                runs[name][key] += values
+    print(f"\nmediator, one tools/call pair (from_client + from_server), {rounds} rounds"
+          f" of {repeat} x {pairs} pairs; us, median (min)")
+    print(f"{'tree':12} {'no audit':>16} {'audit':>16}")
+    medians = {name: {key: statistics.median(v) for key, v in r.items()}
+               for name, r in runs.items()}
+    for name, r in runs.items():
+        m = medians[name]
+        print(f"{name:12} {m['no_audit']:8.2f} ({min(r['no_audit']):5.2f})"
+              f" {m['audit']:8.2f} ({min(r['audit']):5.2f})")
     if baseline:
         this, base = medians["this tree"], medians["baseline"]
-        print(f"{'ratio':12} {this['no_audit'] / base['no_audit']:11.2f}x"
-              f" {this['audit'] / base['audit']:9.2f}x   (this tree / baseline; lower is faster)")
+        print(f"{'ratio':12} {this['no_audit'] / base['no_audit']:15.2f}x"
+              f" {this['audit'] / base['audit']:15.2f}x   (medians, this tree / baseline;"
+              " lower is faster)")
 
 
 def main() -> None:

@@ -5,9 +5,12 @@ the envelope, the policy view of a request (:class:`mcp.Call`) and the line
 that goes on if the policy allows it. :func:`client` and :func:`server` make
 one, a function per direction. Rules this module keeps:
 
-1. One parse. A message from the client is checked for depth
-   (:data:`bounds.MAX_DEPTH`) before anything is decoded, then decoded once;
-   its envelope, its policy view and its line all come from that one value.
+1. One value. A message from the client is checked for depth
+   (:data:`bounds.MAX_DEPTH`) before anything is decoded; its envelope, its
+   policy view and its line all come from one decoded value, never from two
+   readings of the bytes. What the SDKs send is parsed once (rule 2); a
+   message in another form, or a request from the server (rule 5), is parsed
+   a second time, the second parse giving that one value.
    The line is byte for byte what ``framing.canonical(data,
    jsonrpc.REQUEST_MEMBERS)`` gives (``RESPONSE_MEMBERS`` for a response):
    what is forwarded is the encoding of exactly the value the policy saw.
@@ -23,7 +26,7 @@ one, a function per direction. Rules this module keeps:
    :func:`framing.encode_line` of that value.
 3. The same answers as the typed decoders: a message is refused exactly when
    :func:`jsonrpc.decode` refuses it, with its words; the view is what
-   :func:`mcp.view` makes. Only a refusal decodes again, to word the error.
+   :func:`mcp.view` makes. A refusal is decoded again, to word the error.
 4. One failure path. :func:`client` and :func:`server` raise nothing but
    :class:`jsonrpc.ProtocolError`, for what is not a JSON-RPC message
    (-32700, -32600). A JSON-RPC message that cannot go on comes back with
