@@ -11,9 +11,10 @@ responses: the baseline, which includes the depth check), the depth check
 alone (``bounds.too_deep``), and ``framing.canonical`` (requests and
 notifications: the form the mediator forwards) or ``framing.line_safe``
 (responses), with the ratio of the last to the baseline; then what the
-mediator pays instead, one decode (``inbound.client``: envelope, view and
-line from one value; ``inbound.server`` and its relay line for responses),
-and its ratio to the two passes.
+mediator did before the one decode (``mcp.decode`` + ``framing.canonical``;
+responses: ``jsonrpc.decode``, ``reencode``, ``line_safe``), what it does now
+(``inbound.client``: envelope, view and line from one value;
+``inbound.server`` and its relay line), and the ratio of the two.
 
 Then the mediator itself: the median us of one call pair (``from_client`` of
 the SDK tools/call, ``from_server`` of its answer) with the allow-all policy,
@@ -71,6 +72,25 @@ CASES: dict[str, tuple[bytes, bool]] = {  # name: (message, is a request or noti
 def ns(fn: Callable[[], object], number: int, repeat: int) -> float:
     runs = timeit.repeat(fn, number=number, repeat=repeat)
     return statistics.median(runs) / number * 1e9
+
+
+def _two_passes(data: bytes) -> object:
+    """A request as the mediator took it before: typed decode, then the line."""
+    mcp.decode(data)
+    return framing.canonical(data, jsonrpc.REQUEST_MEMBERS, depth_checked=True)
+
+
+def _relayed_before(data: bytes) -> bytes:
+    """A response as the mediator relayed it before: decode, new envelope, one line."""
+    out = jsonrpc.reencode(jsonrpc.decode(data))
+    return framing.line_safe(data if out == data else out)
+
+
+def _relayed(data: bytes) -> bytes:
+    """A response as the mediator relays it: inbound.server, then its relay line."""
+    from firewall.protocol import inbound  # this tree only (a baseline may lack it)
+
+    return inbound.server(data).relay_line()
 
 
 ANSWER = (b'{"jsonrpc":"2.0","id":17,"result":{"content":[{"type":"text","text":'
@@ -160,19 +180,20 @@ def main() -> None:
     from firewall.protocol import inbound  # this tree only (a baseline may lack it)
 
     print(f"{'message':34} {'bytes':>9} {'decode ns':>11} {'depth ns':>10} {'forward ns':>11}"
-          f" {'fwd/dec':>8} {'inbound ns':>11} {'in/(dec+fwd)':>12}")
+          f" {'fwd/dec':>8} {'before ns':>11} {'inbound ns':>11} {'in/before':>9}")
     for name, (data, decided) in CASES.items():
         number = opts.number if len(data) < 10_000 else max(5, opts.number // 1000)
         decode: Callable[[bytes], object] = mcp.decode if decided else jsonrpc.decode
         forward = framing.canonical if decided else framing.line_safe
-        one: Callable[[bytes], object] = (
-            inbound.client if decided else lambda b: inbound.server(b).relay_line())
         base = ns(partial(decode, data), number, opts.repeat)
         depth = ns(partial(bounds.too_deep, data), number, opts.repeat)
         fwd = ns(partial(forward, data), number, opts.repeat)
-        once = ns(partial(one, data), number, opts.repeat)
+        # What the mediator did before the one decode, and what it does now.
+        before = ns(partial(_two_passes if decided else _relayed_before, data), number,
+                    opts.repeat)
+        once = ns(partial(inbound.client if decided else _relayed, data), number, opts.repeat)
         print(f"{name:34} {len(data):9,} {base:11,.0f} {depth:10,.0f} {fwd:11,.0f}"
-              f" {fwd / base:7.2f}x {once:11,.0f} {once / (base + fwd):11.2f}x")
+              f" {fwd / base:7.2f}x {before:11,.0f} {once:11,.0f} {once / before:8.2f}x")
     mediator_table(opts.pairs, opts.repeat, opts.baseline, opts.rounds)
 
 if __name__ == "__main__":

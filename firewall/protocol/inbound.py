@@ -141,6 +141,8 @@ def client(data: bytes) -> Inbound:
     """
     if bounds.too_deep(data):
         raise jsonrpc.too_deep_error()
+    if b"\n" in data or b"\r" in data:  # whitespace between tokens: not canonical
+        return _whole(data, "client", None)
     try:
         sent = _sent_decoder.decode(data)
     except jsonrpc.DECODE_ERRORS:
