@@ -2,6 +2,7 @@
 check, against the envelope decode every message pays anyway (same run).
 
     python benchmarks/bench_mediation.py [--repeat 7] [--number 20000]
+                                         [--pairs 20000] [--baseline SOURCE_TREE]
 
 For each message shape (an SDK tools/call, the same with whitespace and CRLF
 between tokens, a notification, a 300 KB tools/list result, a 1 MB text
@@ -9,22 +10,38 @@ result), prints the median ns of: ``mcp.decode`` (or ``jsonrpc.decode`` for
 responses: the baseline, which includes the depth check), the depth check
 alone (``bounds.too_deep``), and ``framing.canonical`` (requests and
 notifications: the form the mediator forwards) or ``framing.line_safe``
-(responses), with the ratio of the last to the baseline.
+(responses), with the ratio of the last to the baseline; then what the
+mediator did before the one decode (``mcp.decode`` + ``framing.canonical``;
+responses: ``jsonrpc.decode``, ``reencode``, ``line_safe``), what it does now
+(``inbound.client``: envelope, view and line from one value;
+``inbound.server`` and its relay line), and the ratio of the two.
+
+Then the mediator itself: the median us of one call pair (``from_client`` of
+the SDK tools/call, ``from_server`` of its answer) with the allow-all policy,
+without an audit trail and with an in-memory one. With ``--baseline``, another
+mcpwall source tree (an earlier revision) is measured the same way in
+interleaved subprocesses, and the ratios of this tree to it are printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
 import sys
+import time
 import timeit
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# The tree measured: this one, or (for --baseline, in a subprocess) another.
+sys.path.insert(0, os.environ.get("BENCH_TREE") or str(Path(__file__).resolve().parent.parent))
 
 import msgspec
+import trio
 
 from firewall.protocol import bounds, framing, jsonrpc, mcp
 
@@ -57,14 +74,113 @@ def ns(fn: Callable[[], object], number: int, repeat: int) -> float:
     return statistics.median(runs) / number * 1e9
 
 
+def _two_passes(data: bytes) -> object:
+    """A request as the mediator took it before: typed decode, then the line."""
+    mcp.decode(data)
+    return framing.canonical(data, jsonrpc.REQUEST_MEMBERS, depth_checked=True)
+
+
+def _relayed_before(data: bytes) -> bytes:
+    """A response as the mediator relayed it before: decode, new envelope, one line."""
+    out = jsonrpc.reencode(jsonrpc.decode(data))
+    return framing.line_safe(data if out == data else out)
+
+
+def _relayed(data: bytes) -> bytes:
+    """A response as the mediator relays it: inbound.server, then its relay line."""
+    from firewall.protocol import inbound  # this tree only (a baseline may lack it)
+
+    return inbound.server(data).relay_line()
+
+
+ANSWER = (b'{"jsonrpc":"2.0","id":17,"result":{"content":[{"type":"text","text":'
+          b'"info of web-01"}],"isError":false}}')
+
+
+class _MemoryAudit:
+    """An audit point that keeps nothing and commits at once: the mediator's own cost."""
+
+    async def append(self, event: object) -> _MemoryAudit:
+        return self
+
+    async def committed(self) -> None:
+        return None
+
+
+def pair_us(pairs: int, repeat: int, audited: bool) -> list[float]:
+    """us of one from_client + from_server pair (allow-all policy), ``repeat`` times."""
+    from firewall.gateway.mediator import Mediator
+    from firewall.policy.decision import AllowAll, Caller
+
+    med = Mediator(server="vm", session="s", caller=Caller("agent", "grant", ()),
+                   policy=AllowAll(), audit=_MemoryAudit() if audited else None)  # type: ignore[arg-type]
+
+    async def run() -> float:
+        started = time.perf_counter()
+        for _ in range(pairs):
+            routed = await med.from_client(CALL)
+            assert routed.upstream is not None
+            back = await med.from_server(ANSWER)
+            assert back.client is not None
+        return (time.perf_counter() - started) / pairs * 1e6
+
+    return [trio.run(run) for _ in range(repeat)]
+
+
+def pairs_in(tree: str | None, pairs: int, repeat: int) -> dict[str, list[float]]:
+    """The pair timings of ``tree`` (None: this one), measured in a fresh interpreter."""
+    env = {**os.environ, "BENCH_TREE": tree or str(Path(__file__).resolve().parent.parent)}
+    out = subprocess.run([sys.executable, __file__, "--pairs-only", "--pairs", str(pairs),
+                          "--repeat", str(repeat)], env=env, check=True,
+                         capture_output=True, text=True).stdout
+    result: dict[str, list[float]] = json.loads(out)
+    return result
+
+
+def mediator_table(pairs: int, repeat: int, baseline: str | None, rounds: int) -> None:
+    trees = {"this tree": None} | ({"baseline": baseline} if baseline else {})
+    runs: dict[str, dict[str, list[float]]] = {
+        name: {"no_audit": [], "audit": []} for name in trees}
+    for _ in range(rounds):  # interleaved, so that load on the machine hits both alike
+        for name, tree in trees.items():
+            for key, values in pairs_in(tree, pairs, repeat).items():
+                runs[name][key] += values
+    print(f"\nmediator, one tools/call pair (from_client + from_server), {rounds} rounds"
+          f" of {repeat} x {pairs} pairs; us, median (min)")
+    print(f"{'tree':12} {'no audit':>16} {'audit':>16}")
+    medians = {name: {key: statistics.median(v) for key, v in r.items()}
+               for name, r in runs.items()}
+    for name, r in runs.items():
+        m = medians[name]
+        print(f"{name:12} {m['no_audit']:8.2f} ({min(r['no_audit']):5.2f})"
+              f" {m['audit']:8.2f} ({min(r['audit']):5.2f})")
+    if baseline:
+        this, base = medians["this tree"], medians["baseline"]
+        print(f"{'ratio':12} {this['no_audit'] / base['no_audit']:15.2f}x"
+              f" {this['audit'] / base['audit']:15.2f}x   (medians, this tree / baseline;"
+              " lower is faster)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--number", type=int, default=20_000,
                         help="calls per timing for small messages (large: / 1000)")
+    parser.add_argument("--pairs", type=int, default=20_000,
+                        help="call pairs per mediator timing")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved rounds of the mediator timing (a process each)")
+    parser.add_argument("--baseline", help="another mcpwall source tree to measure beside this one")
+    parser.add_argument("--pairs-only", action="store_true", help=argparse.SUPPRESS)
     opts = parser.parse_args()
+    if opts.pairs_only:
+        print(json.dumps({"no_audit": pair_us(opts.pairs, opts.repeat, False),
+                          "audit": pair_us(opts.pairs, opts.repeat, True)}))
+        return
+    from firewall.protocol import inbound  # this tree only (a baseline may lack it)
+
     print(f"{'message':34} {'bytes':>9} {'decode ns':>11} {'depth ns':>10} {'forward ns':>11}"
-          f" {'forward/decode':>9}")
+          f" {'fwd/dec':>8} {'before ns':>11} {'inbound ns':>11} {'in/before':>9}")
     for name, (data, decided) in CASES.items():
         number = opts.number if len(data) < 10_000 else max(5, opts.number // 1000)
         decode: Callable[[bytes], object] = mcp.decode if decided else jsonrpc.decode
@@ -72,8 +188,13 @@ def main() -> None:
         base = ns(partial(decode, data), number, opts.repeat)
         depth = ns(partial(bounds.too_deep, data), number, opts.repeat)
         fwd = ns(partial(forward, data), number, opts.repeat)
+        # What the mediator did before the one decode, and what it does now.
+        before = ns(partial(_two_passes if decided else _relayed_before, data), number,
+                    opts.repeat)
+        once = ns(partial(inbound.client if decided else _relayed, data), number, opts.repeat)
         print(f"{name:34} {len(data):9,} {base:11,.0f} {depth:10,.0f} {fwd:11,.0f}"
-              f" {fwd / base:9.2f}x")
+              f" {fwd / base:7.2f}x {before:11,.0f} {once:11,.0f} {once / before:8.2f}x")
+    mediator_table(opts.pairs, opts.repeat, opts.baseline, opts.rounds)
 
 if __name__ == "__main__":
     main()

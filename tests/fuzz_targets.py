@@ -24,6 +24,10 @@ Targets and the invariants they check:
   what it returns is not ``splittable`` and decodes (msgspec) to a value equal
   to the input's; :func:`framing.line_safe` returns its input unchanged when
   that is not splittable, else the canonical form.
+- ``inbound``: :func:`inbound.client` and :func:`inbound.server` raise only
+  ``ProtocolError``, and answer as the two passes they replace
+  (:func:`mcp.decode`, then :func:`framing.canonical`): the same refusal, the
+  same Call, the same line, which decoded again gives the Call decided.
 - ``bounds``: :func:`bounds.too_deep` never raises, and for any text msgspec
   decodes, ``too_deep(x, L) == (bounds.depth(x) > L)`` for several ``L``.
 """
@@ -35,7 +39,8 @@ from typing import Any, Final
 
 import msgspec
 
-from firewall.protocol import bounds, framing, jsonrpc, mcp, sse
+from firewall.protocol import bounds, framing, inbound, jsonrpc, mcp, sse
+from firewall.protocol.jsonrpc import Kind
 
 MAX_LINE: Final = 256
 
@@ -187,6 +192,74 @@ def fuzz_framing(data: bytes) -> None:
     assert safe == (line if framing.splittable(data) else data), (safe, data)
 
 
+_Outcome = tuple[Any, ...]
+
+
+def _reference(data: bytes, direction: str) -> _Outcome:
+    """What the two-pass path made of ``data``: a refusal raised, a refusal
+    answered, a message dropped, or (kind, call, line)."""
+    try:
+        env, call = mcp.decode(data, direction)
+    except jsonrpc.ProtocolError as exc:
+        if exc.code == jsonrpc.INVALID_PARAMS:
+            return ("refused", exc.code, exc.message, exc.request_id)
+        return ("raised", exc.code, exc.message, exc.request_id)
+    kind = env.kind
+    if direction == "server" and (kind is Kind.RESPONSE or (env.method in mcp.NOTIFICATIONS
+                                  and kind is Kind.NOTIFICATION)):
+        return ("relayed", env)  # read no further; its bytes go as received (rule 4)
+    if kind is Kind.RESPONSE:
+        members = jsonrpc.RESPONSE_MEMBERS
+    else:
+        members = jsonrpc.REQUEST_MEMBERS
+        if kind is Kind.NOTIFICATION and env.method not in mcp.NOTIFICATIONS:
+            assert isinstance(env, jsonrpc.Message)
+            try:
+                call = mcp.view(env, direction)
+            except jsonrpc.ProtocolError:
+                assert env.method is not None
+                call = mcp.Call(env.method, direction)
+    try:
+        line = framing.canonical(data, members)
+    except framing.NotCanonical as exc:
+        if kind is Kind.REQUEST:
+            return ("refused", jsonrpc.INVALID_REQUEST, f"invalid JSON-RPC request: {exc}",
+                    env.request_id)
+        return ("dropped", env.request_id)
+    return (kind, env.method, env.id, call, line)
+
+
+def _got(data: bytes, direction: str) -> _Outcome:
+    """The same, from the one decode."""
+    try:
+        msg = inbound.client(data) if direction == "client" else inbound.server(data)
+    except jsonrpc.ProtocolError as exc:
+        return ("raised", exc.code, exc.message, exc.request_id)
+    env = msg.envelope
+    if msg.refusal is not None:
+        assert msg.call is None and msg.line is None
+        if env.kind is Kind.REQUEST:
+            return ("refused", msg.refusal.code, msg.refusal.message, msg.refusal.request_id)
+        return ("dropped", env.request_id)
+    if msg.line is None:  # a server's response or MCP notification, relayed as received
+        assert direction == "server" and msg.call is None
+        return ("relayed", env)
+    return (env.kind, env.method, env.id, msg.call, msg.line)
+
+
+def fuzz_inbound(data: bytes) -> None:
+    for direction in ("client", "server"):
+        expected, actual = _reference(data, direction), _got(data, direction)
+        assert actual == expected, (direction, data)
+        if actual[0] in (Kind.REQUEST, Kind.NOTIFICATION) and actual[3] is not None:
+            # The line forwarded, read again, is the value the policy decided.
+            again = inbound.client(actual[4])
+            assert again.call is not None and again.call.arguments == actual[3].arguments
+            assert (again.call.tool, again.call.uri, again.call.prompt) == (
+                actual[3].tool, actual[3].uri, actual[3].prompt)
+            assert again.envelope.id == actual[2] and again.line is actual[4]
+
+
 LIMITS: Final = (0, 1, 2, 3, 7, bounds.MAX_DEPTH)
 
 
@@ -209,6 +282,7 @@ TARGETS: Final[dict[str, Callable[[bytes], None]]] = {
     "http": fuzz_http,
     "framing": fuzz_framing,
     "bounds": fuzz_bounds,
+    "inbound": fuzz_inbound,
 }
 
 
@@ -258,6 +332,13 @@ SEEDS: Final[dict[str, list[bytes]]] = {
     "bounds": [_nested(bounds.MAX_DEPTH), _nested(bounds.MAX_DEPTH + 1),
                _nested(70, objects=True), b'["[[[[", "\\\\", "\\"]]]"]',
                b'[[["\\\\\\"[["]]]', b"[[[]],[[[]]]]", b'{"a":[{"b":[]}]}', b"[[[]"],
+    "inbound": [b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo",'
+                b'"arguments":{"a":[1,2]}}}',
+                b'{"method":"tools/call","params":{"name":"e"},"jsonrpc":"2.0","id":"x"}',
+                b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"\xff"}}',
+                b'{"jsonrpc":"2.0","method":"notifications/x","params":{"a":"\xe2\x80\xa8"}}',
+                b'{"jsonrpc":"2.0","id":2,"result":{"content":[]},"id":3}',
+                b'{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":1}}'],
 }
 SEEDS["jsonrpc"] += _DEEP
 SEEDS["mcp"] += _DEEP

@@ -13,16 +13,23 @@ fronts own the I/O; the mediator owns the rules. Invariants it keeps:
    request (a server may act on it); it cannot be held. Any other id-less
    method is a request that could not be answered: it is refused, with a
    ``deny`` decision event (rule ``protocol``), and never forwarded.
-2. What is forwarded is the message that was decided, in its canonical one-line
-   form (``framing.canonical``, with only the members JSON-RPC defines at the
-   top): what the SDKs send is its own canonical form,
-   so their bytes pass unchanged; whitespace, duplicate member names or line
-   separators are never passed on for a reader to split or read another way.
-   Responses and notifications (either way) get a new envelope (each
-   member once, ``jsonrpc.reencode``) around their payload as received, unless
-   a line reader could split it (then the canonical form, ``line_safe``). A
-   tools/list result from which tools the caller can never call were removed
-   is re-encoded.
+2. Every message is decoded once, into an :class:`Inbound`
+   (``protocol/inbound.py``; a front hands one over, or the bytes, which
+   ``from_client`` decodes the same way): nothing here decodes the message
+   again. What is forwarded is the message that was decided, in its canonical
+   one-line form (``inbound.line``: the compact encoding of the very value the
+   policy view was made from, with only the members JSON-RPC defines at the
+   top, as ``framing.canonical`` makes it): what the SDKs send is its own
+   canonical form, so their bytes pass unchanged; whitespace, duplicate member
+   names or line separators are never passed on for a reader to split or read
+   another way. Every message from the client goes on in that form, responses
+   and MCP notifications too. The server's responses and MCP notifications
+   get a new envelope (each member once, ``jsonrpc.reencode``) around their
+   payload as received, unless a line reader could split it (then the
+   canonical form, ``line_safe``). A tools/list result from which tools the
+   caller can never call were removed is re-encoded. An Inbound that carries
+   a ``refusal`` (a request with bad params, a payload no reader takes) is
+   answered if it is a request, else dropped and recorded (rule 10).
 3. What goes to the upstream is an :class:`Outbound` (``gateway/outbound.py``),
    the only thing the transports write: it carries the receipt of the
    decision event and the transport awaits it, so in durable audit mode no
@@ -78,7 +85,6 @@ fronts own the I/O; the mediator owns the rules. Invariants it keeps:
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import time
 from collections.abc import Callable, Iterable
@@ -103,8 +109,10 @@ from firewall.policy.counters import Counted, Reservation
 from firewall.policy.decision import ALLOW, DENY, PENDING, Caller, Decision, PolicyPoint
 from firewall.policy.limits import PendingLimit
 from firewall.protocol import framing, jsonrpc, mcp
+from firewall.protocol.inbound import Inbound
+from firewall.protocol.inbound import client as decode_client
+from firewall.protocol.inbound import server as decode_server
 from firewall.protocol.jsonrpc import Kind, RequestId
-from firewall.protocol.mcp import Call
 
 # Dropped messages recorded in the audit trail per session; later ones are
 # logged only (a hostile peer must not turn its garbage into audit rows).
@@ -224,12 +232,8 @@ class _ToolResultFlag(msgspec.Struct):
     isError: bool = False
 
 
-class _Envelope(msgspec.Struct):
-    result: dict[str, Any]
-
-
 _tool_flag_decoder: Final = msgspec.json.Decoder(_ToolResultFlag)
-_tools_list_decoder: Final = msgspec.json.Decoder(_Envelope)
+_tools_list_decoder: Final = msgspec.json.Decoder(dict[str, Any])
 
 
 class Mediator:
@@ -284,66 +288,75 @@ class Mediator:
         return len(self._client_pending)
 
     # -- client -> server ------------------------------------------------
-    async def from_client(self, data: bytes, *, wait: bool = True,
-                          decoded: jsonrpc.Envelope | None = None,
-                          call: mcp.Call | None = None) -> Routed:
-        """Route one message the client sent.
+    async def from_client(self, message: bytes | Inbound, *, wait: bool = True) -> Routed:
+        """Route one message the client sent: its bytes, or the :class:`Inbound`
+        a front decoded them into (``inbound.client``: nothing decodes it again).
 
         A call held for approval is waited for here, unless ``wait`` is False:
         then the Routed has only ``held``, which the caller awaits (in its own
-        task, so that the session's other messages keep flowing). ``decoded``
-        is ``jsonrpc.decode(data)`` when the front has it already, or what
-        ``mcp.decode(data)`` gave: then ``call`` is its policy view.
+        task, so that the session's other messages keep flowing).
         """
+        inbound: Inbound | None = None
         try:
-            routed = await self._from_client(data, decoded, call)
+            if isinstance(message, Inbound):
+                inbound = message
+            else:
+                try:
+                    inbound = decode_client(message)
+                except jsonrpc.ProtocolError as exc:  # rule 6
+                    self.log.warning("client_message_rejected", code=exc.code,
+                                     reason=exc.message)
+                    return Routed(client=exc.response())
+            routed = await self._from_client(inbound)
             if wait and routed.held is not None:
                 return await routed.held.wait(None)
         except Exception as exc:  # rule 11: this message fails, nothing else
-            return self._failed("client", data, exc)
+            return self._failed("client", message, inbound, exc)
         return routed
 
-    async def _from_client(self, data: bytes, decoded: jsonrpc.Envelope | None = None,
-                           call: mcp.Call | None = None) -> Routed:
-        envelope: jsonrpc.Envelope
-        try:
-            if decoded is not None:  # the front decoded the envelope (and maybe the view)
-                envelope = decoded
-            else:  # one decode gives the envelope and, for a request, the policy view
-                envelope, call = mcp.decode(data, "client")
-        except jsonrpc.ProtocolError as exc:
-            if exc.code == jsonrpc.INVALID_PARAMS:  # a request with bad params
-                return Routed(client=exc.response())
-            self.log.warning("client_message_rejected", code=exc.code, reason=exc.message)
-            return Routed(client=exc.response())
-        if call is not None:
-            return await self._request(envelope, data, "client", call)
-        assert isinstance(envelope, jsonrpc.Message)  # only a request may come back lighter
-        msg = envelope
-        kind = msg.kind
-        if kind is Kind.REQUEST:  # decoded by the front: the view is still to be made
-            return await self._request(msg, data, "client")
-        if kind is Kind.RESPONSE:
-            if self.holds.own_answer(msg):  # the answer to mcpwall's own question
+    async def _from_client(self, inbound: Inbound) -> Routed:
+        if inbound.refusal is not None:
+            return await self._refused(inbound, "client")
+        msg = inbound.envelope
+        if msg.method is not None and msg.id is not msgspec.UNSET:  # a request
+            return await self._request(inbound, "client")
+        data = inbound.data
+        if msg.method is None:  # a response
+            if self.holds.own_answer(inbound.message):  # the answer to mcpwall's own question
                 return Routed()
             pending = self._server_pending.get(msg.request_id)  # type: ignore[arg-type]
             if pending is None:
                 await self._dropped("client", "response_unmatched", msg, data)
                 return Routed()
-            line = await self._line(data, "client", msg)
+            line = await self._line(inbound, "client")
             if line is None:
                 return Routed()
-            await self._answered(self._server_pending, msg, len(data))
+            await self._answered(self._server_pending, inbound.message, len(data))
             return Routed(upstream=Outbound.decided(line, None, pending.call_id))
         assert msg.method is not None
         if msg.method not in mcp.NOTIFICATIONS:
-            return await self._notification(msg, data, "client")
-        line = await self._line(data, "client", msg, canonical=True)
+            return await self._notification(inbound, "client")
+        line = await self._line(inbound, "client")
         if line is None:
             return Routed()
         if msg.method == mcp.CANCELLED:
-            self._note_cancelled(msg)
+            self._note_cancelled(inbound.message)
         return Routed(upstream=Outbound.decided(line, None, None))
+
+    async def _refused(self, inbound: Inbound, direction: str) -> Routed:
+        """A message that decoded but cannot go on (``inbound.refusal``): a
+        request is answered (bad params -32602, an unwritable payload -32600);
+        anything else is dropped and recorded (rule 10)."""
+        refusal = inbound.refusal
+        assert refusal is not None
+        msg = inbound.envelope
+        if msg.kind is Kind.REQUEST:
+            if refusal.code != jsonrpc.INVALID_PARAMS:
+                self.log.warning(f"{direction}_message_rejected", code=refusal.code,
+                                 reason=refusal.message)
+            return _to("client" if direction == "client" else "upstream", refusal.response())
+        await self._dropped(direction, "not_relayable", msg, inbound.data, refusal.message)
+        return Routed()
 
     # -- server -> client ------------------------------------------------
     async def from_server(self, data: bytes) -> Routed:
@@ -351,16 +364,17 @@ class Mediator:
         try:
             return await self._from_server(data)
         except Exception as exc:  # rule 11: this message fails, nothing else
-            return self._failed("server", data, exc)
+            return self._failed("server", data, None, exc)
 
-    def _failed(self, direction: str, data: bytes, exc: Exception) -> Routed:
+    def _failed(self, direction: str, message: bytes | Inbound, inbound: Inbound | None,
+                exc: Exception) -> Routed:
         """A message whose handling raised: logged with its traceback and
-        answered with an internal error (a request of the client) or dropped."""
-        self.log.error("message_failed", direction=direction, size=len(data),
+        answered with an internal error (a request of the client, if it was
+        decoded: its id is known) or dropped."""
+        size = len(message.data if isinstance(message, Inbound) else message)
+        self.log.error("message_failed", direction=direction, size=size,
                        error=repr(exc), exc_info=exc)
-        rid: RequestId | None = None
-        with contextlib.suppress(Exception):
-            rid = jsonrpc.decode(data).request_id
+        rid = inbound.envelope.request_id if inbound is not None else None
         if direction != "client" or rid is None:
             return Routed()
         return Routed(client=jsonrpc.error_response(
@@ -369,15 +383,18 @@ class Mediator:
 
     async def _from_server(self, data: bytes) -> Routed:
         try:
-            msg = jsonrpc.decode(data)
+            inbound = decode_server(data)
         except jsonrpc.ProtocolError as exc:
             # Nothing sensible can reach the client: log it, keep the session.
             self.log.warning("upstream_message_rejected", code=exc.code, reason=exc.message,
                              size=len(data))
             await self._record_drop("server", "malformed", None, None, len(data), exc.message)
             return Routed()
-        kind = msg.kind
-        if kind is Kind.RESPONSE:
+        if inbound.refusal is not None:
+            return await self._refused(inbound, "server")
+        msg = inbound.envelope
+        if msg.method is None:  # a response (jsonrpc.decode made sure)
+            assert isinstance(msg, jsonrpc.Message)  # relayed as received (inbound rule 5)
             rid = msg.request_id
             if rid is None or rid not in self._client_pending:
                 await self._dropped("server", "response_unmatched", msg, data)
@@ -389,18 +406,22 @@ class Mediator:
                 if filtered is not data:  # mcpwall's own encoding: one line to make sure
                     line = framing.line_safe(filtered)
             if line is None:
-                line = await self._line(data, "server", msg)
-            if line is None:  # cannot be relayed: the request is answered with an error
-                line = jsonrpc.error_response(rid, jsonrpc.INTERNAL_ERROR, (
-                    f"upstream server {self.server!r} sent an answer mcpwall cannot relay"))
+                try:  # _line's work, inline: the one hot path from the server
+                    line = inbound.relay_line()
+                except framing.NotCanonical as exc:
+                    await self._dropped("server", "not_relayable", msg, data, str(exc))
+                    # Cannot be relayed: the request is answered with an error.
+                    line = jsonrpc.error_response(rid, jsonrpc.INTERNAL_ERROR, (
+                        f"upstream server {self.server!r} sent an answer mcpwall cannot "
+                        "relay"))
             await self._answered(self._client_pending, msg, len(data))
             return Routed(client=line, answers=rid)
-        if kind is Kind.REQUEST:
-            return await self._request(msg, data, "server")
+        if msg.kind is Kind.REQUEST:
+            return await self._request(inbound, "server")
         assert msg.method is not None
         if msg.method not in mcp.NOTIFICATIONS:
-            return await self._notification(msg, data, "server")
-        line = await self._line(data, "server", msg)
+            return await self._notification(inbound, "server")
+        line = await self._line(inbound, "server")
         return Routed() if line is None else Routed(client=line)
 
     async def unanswered(self, failure: UpstreamFailure,
@@ -442,26 +463,15 @@ class Mediator:
         return replies
 
     # -- internals -------------------------------------------------------
-    async def _request(self, msg: jsonrpc.Envelope, data: bytes, direction: str,
-                       call: mcp.Call | None = None) -> Routed:
+    async def _request(self, inbound: Inbound, direction: str) -> Routed:
+        # The view and the bytes that will be forwarded if the policy allows
+        # come from one decoded value, made before the decision: nothing is
+        # decided that could not be forwarded as is (a refusal went to _refused).
+        msg, call, line = inbound.envelope, inbound.call, inbound.line
+        assert call is not None and line is not None
         rid = msg.request_id
         reply_side = "client" if direction == "client" else "upstream"
         reservation: Reservation | None = None
-        if call is None:
-            assert isinstance(msg, jsonrpc.Message)
-            try:
-                call = mcp.view(msg, direction)
-            except jsonrpc.ProtocolError as exc:
-                return _to(reply_side, exc.response())
-        # The bytes that will be forwarded if the policy allows: made before
-        # the decision, so nothing is decided that could not be forwarded as is.
-        try:
-            line = framing.canonical(data, jsonrpc.REQUEST_MEMBERS, depth_checked=True)
-        except framing.NotCanonical as exc:
-            self.log.warning(f"{direction}_message_rejected", code=jsonrpc.INVALID_REQUEST,
-                             reason=str(exc))
-            return _to(reply_side, jsonrpc.error_response(
-                rid, jsonrpc.INVALID_REQUEST, f"invalid JSON-RPC request: {exc}"))
         if direction == "server" and self.holds.asked(rid):
             decision = Decision(DENY, rule="protocol",
                                 reason=f"request id {rid!r} is in use by mcpwall")
@@ -479,15 +489,13 @@ class Mediator:
             if type(decision) is PendingLimit:  # buckets shared in Redis: one round trip
                 decision = await decision.settle()
         if direction == "client" and call.method == mcp.INITIALIZE:
-            # initialize always comes as a full Message (only calls come lighter)
-            self.holds.client_elicits = (isinstance(msg, jsonrpc.Message)
-                                         and mcp.offers_elicitation(msg))
+            self.holds.client_elicits = mcp.offers_elicitation(inbound.message)
         call_id = f"{self.session}.{next(self._counter)}"
         receipt = await self._decided(call, msg, decision, call_id)
         if decision.action == PENDING and not decision.dry_run:
             if direction == "client" and self.holds.can_hold(decision):
-                # A held call is rare: it gets the full envelope (raw params) back.
-                full = msg if isinstance(msg, jsonrpc.Message) else jsonrpc.decode(data)
+                # A held call is rare: its payload is encoded (not decoded) back to raw.
+                full = inbound.message
                 held = self.holds.hold(call, full, decision, call_id)
                 return Routed(held=HeldCall(self, held, full, line, reservation))
             # Nobody can decide it here: refused now, and recorded as such.
@@ -593,34 +601,28 @@ class Mediator:
         )
         return await self.audit.append(event)
 
-    async def _line(self, data: bytes, direction: str, msg: jsonrpc.Message, *,
-                    canonical: bool = False) -> bytes | None:
+    async def _line(self, inbound: Inbound, direction: str) -> bytes | None:
         """The bytes to relay for an undecided message (rule 2), or None when
         it cannot be put on one line (then it is dropped and recorded).
 
-        Its envelope is written anew (each member once: the reader cannot
-        take it for another kind of message); its payload goes as received
-        unless a line reader could split it."""
+        A client's message and a server's decided one: its canonical line.
+        A server's response or notification: its envelope written anew (each
+        member once: the reader cannot take it for another kind of message)
+        around its payload as received, unless a line reader could split it."""
         try:
-            if canonical:
-                return framing.canonical(data, jsonrpc.REQUEST_MEMBERS, depth_checked=True)
-            out = jsonrpc.reencode(msg)
-            return framing.line_safe(data if out == data else out)
+            return inbound.relay_line()
         except framing.NotCanonical as exc:
-            await self._dropped(direction, "not_relayable", msg, data, str(exc))
+            await self._dropped(direction, "not_relayable", inbound.envelope, inbound.data,
+                                str(exc))
             return None
 
-    async def _notification(self, msg: jsonrpc.Message, data: bytes,
-                            direction: str) -> Routed:
+    async def _notification(self, inbound: Inbound, direction: str) -> Routed:
         """Decide a message without an id that is not one of MCP's notifications
         (rule 1): a method that is no notification is refused; an unknown
         ``notifications/...`` one is decided by the policy and recorded."""
+        msg, call, line = inbound.envelope, inbound.call, inbound.line
         method = msg.method
-        assert method is not None
-        call = Call(method, direction)
-        # The params of a refused request do not matter: refused whatever they say.
-        with contextlib.suppress(jsonrpc.ProtocolError):
-            call = mcp.view(msg, direction)
+        assert method is not None and call is not None and line is not None
         call_id = f"{self.session}.{next(self._counter)}"
         if not method.startswith(NOTIFICATION_PREFIX):
             decision = Decision(DENY, rule="protocol", reason=(
@@ -639,11 +641,6 @@ class Mediator:
                 decision = Decision(DENY, rule=decision.rule, reason=(
                     "a notification cannot wait for approval (it has no answer)"))
                 recorded = "rejected"
-        try:
-            line = framing.canonical(data, jsonrpc.REQUEST_MEMBERS, depth_checked=True)
-        except framing.NotCanonical as exc:
-            await self._dropped(direction, "not_relayable", msg, data, str(exc))
-            return Routed()
         receipt = await self._decided(call, msg, decision, call_id, recorded_as=recorded)
         if decision.enforced_allow:
             if direction == "client":
@@ -657,7 +654,7 @@ class Mediator:
             else render.error_code(decision), f"refused: {decision.reason}",
             render.denial_data(decision)))
 
-    async def _dropped(self, direction: str, reason: str, msg: jsonrpc.Message, data: bytes,
+    async def _dropped(self, direction: str, reason: str, msg: jsonrpc.Envelope, data: bytes,
                        detail: str | None = None) -> None:
         """Drop a message that cannot go on (rule 10): log it and record it."""
         self.log.warning(reason, direction=direction, method=msg.method,
@@ -742,11 +739,13 @@ class Mediator:
                 self.holds.withdraw(CANCELLED_BY_CLIENT, rid)
 
     def _filter_tools_list(self, msg: jsonrpc.Message, data: bytes) -> bytes:
-        """Drop the tools this caller can never call; keep the bytes if none is dropped."""
+        """Drop the tools this caller can never call; keep the bytes if none is dropped.
+
+        Reads the result, which the envelope's decode kept raw (not the message again)."""
         if not msg.has_result:
             return data
         try:
-            result = _tools_list_decoder.decode(data).result
+            result = _tools_list_decoder.decode(msg.result)
         except jsonrpc.DECODE_ERRORS:
             return data
         tools = result.get("tools")

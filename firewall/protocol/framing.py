@@ -30,7 +30,7 @@ Example::
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 
@@ -142,14 +142,31 @@ def canonical(data: bytes | bytearray | memoryview,
         value = _any_decoder.decode(data)
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise NotCanonical(str(exc)) from None
+    return encode_line(value, data, keep)
+
+
+def encode_line(value: Any, data: bytes | bytearray | memoryview,
+                keep: frozenset[str] | None = None) -> bytes:
+    """The canonical form of ``value``, decoded from the JSON text ``data`` (rule 2).
+
+    The encoding half of :func:`canonical`, for a caller that decoded ``data``
+    itself (``protocol.inbound``: the policy view and the line come from that
+    one value). ``data`` itself comes back when it is that form (rule 3).
+    """
     if keep is not None and isinstance(value, dict) and not value.keys() <= keep:
         value = {name: member for name, member in value.items() if name in keep}
-    out = _encoder.encode(value)
+    out = one_line(_encoder.encode(value))
+    if isinstance(data, bytes) and out == data:
+        return data  # rule 3: already canonical, the very bytes received go on
+    return out
+
+
+def one_line(out: bytes) -> bytes:
+    """A compact JSON text with U+0085, U+2028 and U+2029 written as escapes
+    (the last step of rule 2; the encoder writes them raw)."""
     # isascii() first: a search for two bytes costs ten times more here.
     if not out.isascii() and (b"\xc2\x85" in out or b"\xe2\x80" in out):
         out = out.replace(_NEL, b"\\u0085").replace(_LS, b"\\u2028").replace(_PS, b"\\u2029")
-    if isinstance(data, bytes) and out == data:
-        return data  # rule 3: already canonical, the very bytes received go on
     return out
 
 

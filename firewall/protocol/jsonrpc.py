@@ -52,6 +52,8 @@ RequestId = int | str
 # mcpwall forwards of one. An extra member is dropped, since some readers
 # refuse the whole message for it and none may act on it unseen.
 REQUEST_MEMBERS: Final = frozenset({"jsonrpc", "id", "method", "params"})
+# The members of a response, likewise: what mcpwall relays of one it decoded whole.
+RESPONSE_MEMBERS: Final = frozenset({"jsonrpc", "id", "result", "error"})
 # An integer id every JSON reader reads alike: JavaScript's numbers are
 # doubles, exact up to 2**53 - 1 only.
 MAX_SAFE_ID: Final = 2**53 - 1
@@ -70,6 +72,8 @@ class Envelope(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
 
     :class:`Message` adds the raw payloads; ``mcp.Request`` a tools/call's
     policy view, decoded in the same pass (see :func:`firewall.protocol.mcp.decode`).
+    :mod:`firewall.protocol.inbound` makes a bare one from a message it
+    decoded whole (its payloads stay in that value).
     """
 
     # gc=False: every field is a str, an int or a Raw (or, in mcp.Request, a

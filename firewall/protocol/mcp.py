@@ -166,11 +166,15 @@ _request_decoder: Final = msgspec.json.Decoder(Request)
 
 
 def decode(data: bytes, direction: str = "client") -> tuple[jsonrpc.Envelope, Call | None]:
-    """Decode one message and, for a request, its policy view.
+    """Decode one message and, for a request, its policy view (typed, one pass).
 
-    Answers exactly as :func:`jsonrpc.decode` followed by :func:`view` for a
-    request: the same Call, or the same :class:`jsonrpc.ProtocolError` (-32700,
-    -32600, or -32602 for bad params). A well-formed tools/call, prompts/get or
+    The message path decodes with :mod:`firewall.protocol.inbound`, which also
+    makes the line forwarded from the same value; this typed decoder is its
+    reference (``tests/test_inbound.py``) and the baseline of
+    ``benchmarks/bench_policy.py``. Answers exactly as :func:`jsonrpc.decode`
+    followed by :func:`view` for a request: the same Call, or the same
+    :class:`jsonrpc.ProtocolError` (-32700, -32600, or -32602 for bad params).
+    A well-formed tools/call, prompts/get or
     resources/* request costs one msgspec pass and comes back as a
     :class:`Request`; anything else as a :class:`jsonrpc.Message` (decoded
     again), with a Call if it is a request and None if not.

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 from firewall.gateway.front.sessions import Session
 from firewall.gateway.http.exchange import Exchange
 from firewall.policy.decision import Caller
-from firewall.protocol import jsonrpc, mcp
+from firewall.protocol.inbound import Inbound
 
 
 class Endpoint(Protocol):
@@ -42,9 +42,8 @@ class Endpoint(Protocol):
         """``"stdio"`` or ``"http"``, for ``/healthz``."""
 
     async def post(self, ex: Exchange, caller: Caller, session: Session | None,
-                   msg: jsonrpc.Envelope, body: bytes, accept_sse: bool,
-                   call: mcp.Call | None = None) -> None:
-        """Answer one POSTed message (``call``: its policy view, when the front made it)."""
+                   inbound: Inbound, accept_sse: bool) -> None:
+        """Answer one POSTed message, decoded once by the front (``inbound``)."""
 
     async def get(self, ex: Exchange, session: Session) -> None:
         """Serve a GET stream of ``session`` (or resume one, with ``Last-Event-ID``)."""

@@ -72,6 +72,7 @@ from firewall.gateway.upstream.http import (
 from firewall.log import get_logger
 from firewall.policy.decision import Caller
 from firewall.protocol import jsonrpc, mcp, sse
+from firewall.protocol.inbound import Inbound
 from firewall.protocol.jsonrpc import Kind, RequestId
 
 MAX_RESPONSE_BYTES: Final = 64 * 1024 * 1024
@@ -177,8 +178,8 @@ class HttpEndpoint:
 
     # -- POST ----------------------------------------------------------------
     async def post(self, ex: Exchange, caller: Caller, session: Session | None,
-                   msg: jsonrpc.Envelope, body: bytes, accept_sse: bool,
-                   call: mcp.Call | None = None) -> None:
+                   inbound: Inbound, accept_sse: bool) -> None:
+        msg = inbound.envelope
         created: HttpSession | None = None
         if session is None and msg.kind is Kind.REQUEST and msg.method == mcp.INITIALIZE:
             slot = self.front.admit(self.name, caller, self.caps)  # taken now: no await before
@@ -194,19 +195,19 @@ class HttpEndpoint:
         mediator = (session.mediator if session is not None
                     else self.front.mediator(self.name, "stateless-" + new_session_id(), caller))
         if session is None:
-            await self._post(ex, None, None, mediator, msg, body, call)
+            await self._post(ex, None, None, mediator, inbound)
             return
         with session.busy():
             try:
-                await self._post(ex, session, created, mediator, msg, body, call)
+                await self._post(ex, session, created, mediator, inbound)
             finally:
                 if created is not None and not self.front.table.holds(created):
                     self.front.table.remove(created)  # never started: its slot goes back
 
     async def _post(self, ex: Exchange, session: HttpSession | None, created: HttpSession | None,
-                    mediator: Mediator, msg: jsonrpc.Envelope, body: bytes,
-                    call: mcp.Call | None) -> None:
-        routed = await mediator.from_client(body, wait=False, decoded=msg, call=call)
+                    mediator: Mediator, inbound: Inbound) -> None:
+        msg = inbound.envelope
+        routed = await mediator.from_client(inbound, wait=False)
         if routed.held is not None and msg.request_id is not None:  # held_http's rules
             routed = await held_http.hold(ex, routed.held, stream=_admits_sse(ex), headers=[],
                                           keepalive=self.keepalive)

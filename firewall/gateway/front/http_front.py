@@ -72,6 +72,7 @@ from firewall.identity import TokenTable, bearer_token
 from firewall.log import get_logger
 from firewall.policy.decision import Caller, PolicyPoint
 from firewall.protocol import jsonrpc, mcp
+from firewall.protocol.inbound import client as decode_client
 from firewall.protocol.jsonrpc import Kind
 
 # The 2026-07-28 revision's code for an unsupported protocol version; its
@@ -303,22 +304,20 @@ class HttpFront:
                          f"Payload Too Large: a message is at most {cap} bytes "
                          "(listen.max_body_bytes)")
             return
-        # One pass: the envelope and, for a call, its policy view (the mediator's).
-        msg: jsonrpc.Envelope
-        call: mcp.Call | None
+        # The one decode: envelope, policy view and line, for the mediator. A
+        # request it cannot take (bad params) comes back with its refusal,
+        # which the mediator answers (HTTP 200).
         try:
-            msg, call = mcp.decode(body)
+            inbound = decode_client(body)
         except jsonrpc.ProtocolError as exc:
-            if exc.code != jsonrpc.INVALID_PARAMS:
-                await ex.respond(400, exc.response())
-                return
-            # A request with bad params: the mediator answers it (HTTP 200).
-            msg, call = jsonrpc.decode(body), None
+            await ex.respond(400, exc.response())
+            return
+        msg = inbound.envelope
         if msg.kind is Kind.REQUEST and msg.request_id is None:
             await ex.respond(400, jsonrpc.error_response(
                 None, jsonrpc.INVALID_REQUEST, "Bad Request: a request id must not be null"))
             return
-        await endpoint.post(ex, caller, session, msg, body, accept_sse or not accept_json, call)
+        await endpoint.post(ex, caller, session, inbound, accept_sse or not accept_json)
 
 
 @functools.lru_cache(maxsize=64)

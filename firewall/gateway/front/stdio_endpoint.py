@@ -61,6 +61,7 @@ from firewall.gateway.outbound import Outbound
 from firewall.gateway.upstream.stdio import ChildExited, StdioChild, open_stdio_child
 from firewall.policy.decision import Caller
 from firewall.protocol import framing, jsonrpc, mcp
+from firewall.protocol.inbound import Inbound
 from firewall.protocol.jsonrpc import Kind, RequestId
 
 RESTART_BACKOFF_FIRST: Final = 0.5
@@ -416,10 +417,9 @@ class StdioEndpoint:
                                f"servers.{name}")
 
     async def post(self, ex: Exchange, caller: Caller, session: Session | None,
-                   msg: jsonrpc.Envelope, body: bytes, accept_sse: bool,
-                   call: mcp.Call | None = None) -> None:
-        if not isinstance(msg, jsonrpc.Message):  # stdio sessions read the raw params
-            msg = jsonrpc.decode(body)
+                   inbound: Inbound, accept_sse: bool) -> None:
+        msg = inbound.message  # stdio sessions read the raw params (encoded, not decoded)
+        body = inbound.data
         created = False
         if session is None:
             if msg.kind is not Kind.REQUEST or msg.method != mcp.INITIALIZE:
@@ -434,11 +434,11 @@ class StdioEndpoint:
         assert isinstance(session, StdioSession)
         with session.busy():
             if msg.kind is Kind.REQUEST:
-                final = await self._request(ex, session, msg, body, accept_sse, created)
+                final = await self._request(ex, session, inbound, msg, accept_sse, created)
                 if created and not _succeeded(final):
                     await self.front.end_session(session, "initialize failed")
                 return
-            routed = await session.mediator.from_client(body, decoded=msg)
+            routed = await session.mediator.from_client(inbound)
             if routed.rejected is not None:  # a refused id-less request
                 await ex.respond(400, routed.rejected)
                 return
@@ -454,8 +454,8 @@ class StdioEndpoint:
                 return
             await ex.respond(202)
 
-    async def _request(self, ex: Exchange, session: StdioSession, msg: jsonrpc.Message,
-                       body: bytes, accept_sse: bool, created: bool) -> bytes | None:
+    async def _request(self, ex: Exchange, session: StdioSession, inbound: Inbound,
+                       msg: jsonrpc.Message, accept_sse: bool, created: bool) -> bytes | None:
         headers = [("mcp-session-id", session.id)] if created else []
         rid = msg.request_id
         assert rid is not None
@@ -463,7 +463,7 @@ class StdioEndpoint:
             await refuse(ex, 400, jsonrpc.INVALID_REQUEST,
                          f"Bad Request: request id {rid!r} is already in flight")
             return None
-        routed = await session.mediator.from_client(body, wait=False, decoded=msg)
+        routed = await session.mediator.from_client(inbound, wait=False)
         if routed.held is not None:  # waits for a person (held_http's rules)
             routed = await held_http.hold(ex, routed.held, stream=accept_sse, headers=headers,
                                           keepalive=self.front.listen.keepalive_seconds)
