@@ -47,6 +47,7 @@ import msgspec
 import yaml
 
 from firewall.policy.convert import convert
+from firewall.policy.foreign import literal_key
 
 Kind = Literal["read", "change", "destroy", "execute", "unknown"]
 
@@ -400,8 +401,9 @@ def _tool_entry(plan: ToolPlan, notes: list[str], per_minute: int) -> dict[str, 
 
 
 def resource_pattern(uri_template: str) -> str:
-    """A URI template as a glob: ``file:///{path}`` -> ``file:///*``."""
-    return re.sub(r"\{[^}]*\}", "*", uri_template)
+    """A URI template as a glob: ``file:///{path}`` -> ``file:///*``; glob
+    characters outside the ``{...}`` match only themselves (``[*]``)."""
+    return "*".join(literal_key(part) for part in re.split(r"\{[^}]*\}", uri_template))
 
 
 def scaffold(tools: Iterable[Mapping[str, Any]],
@@ -420,7 +422,7 @@ def scaffold(tools: Iterable[Mapping[str, Any]],
     for _, tool in sorted(named.items()):
         plan = classify(tool)
         plans.append(plan)
-        entries[plan.name] = _tool_entry(plan, _notes(tool.get("annotations")), change_limit)
+        entries[literal_key(plan.name)] = _tool_entry(plan, _notes(tool.get("annotations")), change_limit)
     policy: dict[str, Any] = {
         "version": "1",
         "name": server,
@@ -431,7 +433,7 @@ def scaffold(tools: Iterable[Mapping[str, Any]],
         "tools": entries,
     }
     prompt_names = {p["name"] for p in prompts if isinstance(p.get("name"), str) and p["name"]}
-    prompt_entries = {name: {"description": "a prompt only returns messages: allowed"}
+    prompt_entries = {literal_key(name): {"description": "a prompt only returns messages: allowed"}
                       for name in sorted(prompt_names)}
     if prompt_entries:
         policy["prompts"] = prompt_entries
@@ -444,7 +446,7 @@ def scaffold(tools: Iterable[Mapping[str, Any]],
     for resource in resources:
         uri = resource.get("uri")
         if isinstance(uri, str) and not any(_glob_covers(k, uri) for k in resource_entries):
-            resource_entries[uri] = {"description": "listed resource: reading is allowed"}
+            resource_entries[literal_key(uri)] = {"description": "listed resource: reading is allowed"}
     if resource_entries:
         policy["resources"] = resource_entries
     counts = {k: sum(p.kind == k if p.argument is None else k in p.values for p in plans)
@@ -461,7 +463,7 @@ def scaffold(tools: Iterable[Mapping[str, Any]],
 
 
 def _glob_covers(pattern: str, uri: str) -> bool:
-    return "*" in pattern and fnmatch.fnmatchcase(uri, pattern)
+    return fnmatch.fnmatchcase(uri, pattern)
 
 
 # -- other formats -------------------------------------------------------------
@@ -478,19 +480,20 @@ def lowered(result: Scaffold) -> dict[str, Any]:
     for plan in result.tools:
         counter = f"{plan.name}_changes"
         limit = _limit(counter, _per_minute(result))
+        key = literal_key(plan.name)
         if plan.argument is None:
             if plan.kind == "read":
-                tools[plan.name] = {}
+                tools[key] = {}
             elif plan.kind == "change":
-                tools[plan.name] = {"limits": [limit]}
+                tools[key] = {"limits": [limit]}
             else:
-                tools[plan.name] = {"action": "deny",
+                tools[key] = {"action": "deny",
                                     "reason": f"{_REASON[plan.kind].split(':')[0]}: "
                                               f"{_NO_APPROVAL}"}
             continue
         allowed = [v for k in ("read", "change") for v in plan.values.get(k, [])]
         if not allowed:
-            tools[plan.name] = {"action": "deny",
+            tools[key] = {"action": "deny",
                                 "reason": f"every {plan.argument} is held: {_NO_APPROVAL}"}
             continue
         # Values outside the read and change classes (and values the scan never
@@ -500,7 +503,7 @@ def lowered(result: Scaffold) -> dict[str, Any]:
             "reason": f"other {plan.argument} values: {_NO_APPROVAL}"}]}
         if plan.values.get("change"):
             entry["limits"] = [limit]  # the whole tool's: these formats limit per tool
-        tools[plan.name] = entry
+        tools[key] = entry
     return {"version": "1", "default": "deny",
             "description": result.policy.get("description"), "tools": tools}
 
