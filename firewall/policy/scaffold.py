@@ -422,7 +422,8 @@ def scaffold(tools: Iterable[Mapping[str, Any]],
     for _, tool in sorted(named.items()):
         plan = classify(tool)
         plans.append(plan)
-        entries[literal_key(plan.name)] = _tool_entry(plan, _notes(tool.get("annotations")), change_limit)
+        entries[literal_key(plan.name)] = _tool_entry(plan, _notes(tool.get("annotations")),
+                                                      change_limit)
     policy: dict[str, Any] = {
         "version": "1",
         "name": server,
@@ -446,7 +447,8 @@ def scaffold(tools: Iterable[Mapping[str, Any]],
     for resource in resources:
         uri = resource.get("uri")
         if isinstance(uri, str) and not any(_glob_covers(k, uri) for k in resource_entries):
-            resource_entries[literal_key(uri)] = {"description": "listed resource: reading is allowed"}
+            resource_entries[literal_key(uri)] = {
+                "description": "listed resource: reading is allowed"}
     if resource_entries:
         policy["resources"] = resource_entries
     counts = {k: sum(p.kind == k if p.argument is None else k in p.values for p in plans)
