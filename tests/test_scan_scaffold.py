@@ -356,3 +356,19 @@ def test_a_hostile_tool_name_is_not_a_glob_in_other_formats(fmt: str, source: st
     e = Engine(compile_policies([LoadedPolicy(policy, source, "")]))
     for other in ("delete_everything", "get_secrets"):
         assert decide(e, other).action == "deny", (fmt, other)
+
+
+@pytest.mark.parametrize("brk", ["\u2028", "\u2029", "\x85", "\r", "\n"])
+def test_a_line_break_in_a_name_cannot_write_policy_through_a_comment(brk: str) -> None:
+    # YAML breaks lines at U+2028, U+2029 and NEL too: a name carrying one
+    # ended the comment written above its entry, and the rest became policy
+    # ("rm_rf: {}": a tool the server never listed, allowed).
+    inject = f"x{brk}  rm_rf: {{}}{brk}  #"
+    result = scaffold([tool(inject), tool("widgets", action={"enum": ["list", inject]})],
+                      server=f"s{brk}default: allow{brk}#")
+    for fmt in ("mcpwall", "intercept"):
+        text, _ = in_format(result, fmt)
+        policy = parse_policy(text, "x.yaml")
+        assert "rm_rf" not in policy.tools, fmt
+        e = Engine(compile_policies([LoadedPolicy(policy, "x.yaml", "")]))
+        assert decide(e, "rm_rf").action == "deny"

@@ -24,8 +24,9 @@ Rules this module keeps:
 4. The policy default is ``deny``: a tool the server adds after the scan is
    refused until someone writes its entry.
 5. Every entry and rule carries a ``description`` saying why (the YAML writer
-   turns them into comments); held ones carry a ``reason`` too, shown to the
-   agent.
+   turns them into comments, with control characters and every line break
+   YAML knows escaped, so nothing a server names can end a comment); held
+   ones carry a ``reason`` too, shown to the agent.
 
 Example::
 
@@ -544,8 +545,15 @@ def _dump(value: Any, indent: int, *, flow: bool | None = None) -> list[str]:
     return [pad + line for line in text.splitlines()]
 
 
+# Characters a comment must not carry as they are: controls, and the line
+# breaks YAML adds to CR and LF (NEL, U+2028, U+2029), which would end the
+# comment and let the rest of a server's name be read as policy.
+_UNSAFE_IN_COMMENT: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
 def _comment(text: str, indent: int) -> list[str]:
     pad = " " * indent
+    text = _UNSAFE_IN_COMMENT.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
     wrapped = textwrap.wrap(text, width=max(40, 98 - indent), subsequent_indent="  ",
                             break_on_hyphens=False) or [""]
     return [f"{pad}# {line}".rstrip() for line in wrapped]
