@@ -122,3 +122,29 @@ def test_status_lists_a_live_entry_without_an_audit_trail(tmp_path: Path) -> Non
     table = CliRunner().invoke(main, ["status", "--registry", str(tmp_path)])
     assert table.exit_code == 0 and f"wrap pid {os.getpid()}" in table.stdout
     assert "no audit trail" in table.stdout
+
+
+def test_hostile_registry_files_do_not_crash_status(tmp_path: Path) -> None:
+    # pids no os.kill accepts (beyond a C int), negative or zero; a file named
+    # after a huge pid that does not parse; terminal escapes in every field.
+    for pid in (2**40, -1, 0):
+        (tmp_path / f"x{pid}.json").write_bytes(msgspec.json.encode(
+            {"pid": pid, "kind": "serve", "started": "", "started_ns": 0, "instance": "h"}))
+    (tmp_path / f"{2**70}.json").write_text("{not json")
+    instances.write(_entry(os.getpid(), operator=["http://x/\x1b]0;owned\x07"],
+                           listen=["\x1b[2J"]), tmp_path)
+    assert [e.pid for e in instances.running(tmp_path)] == [os.getpid()]
+    result = CliRunner().invoke(main, ["status", "--registry", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.stdout and "\x07" not in result.stdout
+
+
+def test_a_registry_others_can_write_is_refused(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(RegistryError, match="others can write"):
+        instances.registry_dir(shared)
+    shared.chmod(0o1777)  # sticky does not help: others may still plant entries
+    with pytest.raises(RegistryError, match="others can write"):
+        instances.registry_dir(shared)

@@ -129,6 +129,9 @@ async def test_a_minute_counter_resets_at_the_top_of_the_minute_not_sixty_second
 @pytest.mark.parametrize(("amount", "why"), [
     (None, "is not a number"), ("100", "is not a number"), (True, "is not a number"),
     (-5, "must not be negative"), (2**60, "is beyond"),
+    # A negative fraction is negative: rounded up it would read 0 and pass.
+    (-0.5, "must not be negative"), (-1e-300, "must not be negative"),
+    (1e300, "is beyond"), (10**400, "is beyond"),
 ])
 async def test_an_increment_from_that_cannot_be_counted_is_refused(amount: object,
                                                                    why: str) -> None:

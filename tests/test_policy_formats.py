@@ -234,6 +234,15 @@ OPERATOR_CASES: list[tuple[str, Any, dict[str, Any], bool]] = [
     ("exists", False, {}, True),
     ("exists", False, {"a": None}, True),
     ("exists", False, {"a": ""}, False),
+    # Numbers beyond float64 (the JSON decoder gives Python ints of any size):
+    # they compare as infinities, as Go's float64 reading would, never raise.
+    ("gt", 1000, {"a": 10**400}, True),
+    ("lte", 1000, {"a": 10**400}, False),
+    ("lt", 0, {"a": -(10**400)}, True),
+    ("eq", 5, {"a": 10**400}, False),
+    ("in", [1, 2], {"a": 10**400}, False),
+    ("contains", 3, {"a": [10**400, 3]}, True),
+    ("neq", "x", {"a": 10**400}, True),
 ]
 
 
@@ -431,3 +440,20 @@ def test_convert_command_writes_each_format_and_refuses_lossy(tmp_path: Path) ->
     assert lossy.exit_code == 1
     assert "tools.git_reset.action: 'require_approval' cannot be expressed" in lossy.output
     assert "nothing written" in lossy.output
+
+
+def test_values_beyond_float64_in_a_policy_load_or_are_policy_errors() -> None:
+    # Python's JSON and YAML readers give integers of any size; float() of one
+    # beyond float64 raises OverflowError, which a reload does not expect.
+    huge = 10**400
+    hosted = {"version": "1", "default": "deny", "tools": {"t": {
+        "require": [{"path": "args.a", "op": "lte", "value": huge}],
+        "deny_if": [{"path": "args.a", "op": "gt", "value": 10**6}]}}}
+    e = engine_of(json.dumps(hosted), "h.json")
+    assert decide(e, "t", {"a": 5})[0] is True
+    assert decide(e, "t", {"a": 10**401})[0] is False  # +inf > 10**6: denied
+    limit = {"version": "1", "tools": {"t": {"rules": [{
+        "name": "cap", "conditions": [{"path": "state.t.n", "op": "lte", "value": huge}],
+        "state": {"counter": "n", "window": "day"}}]}}}
+    with pytest.raises(PolicyError, match=r"rules\[0\]\.conditions\[0\]\.value: "):
+        compile_policy(parse_policy(json.dumps(limit), "i.json"))

@@ -318,3 +318,57 @@ def test_items_without_a_name_are_skipped() -> None:
     assert [p.name for p in result.tools] == ["get_a"]
     assert set(result.policy["prompts"]) == {"p"}
     parse_policy(to_yaml(result), "x.yaml")
+
+
+@pytest.mark.parametrize("writer", [to_yaml, to_json], ids=["yaml", "json"])
+def test_a_hostile_tool_name_is_one_tool_not_a_glob(writer: Any) -> None:
+    # A server that names a tool "*" (or "get_*") and claims it read-only must
+    # not get a policy that lets every other tool through.
+    hostile = [tool("*", annotations={"readOnlyHint": True}),
+               tool("get_*", annotations={"readOnlyHint": True}),
+               tool("?"), tool("rm_rf")]
+    result = scaffold(hostile, prompts=[{"name": "*"}],
+                      resources=[{"uri": "file:///*"}],
+                      templates=[{"uriTemplate": "db://[a]{t}?"}])
+    source = "scan.yaml" if writer is to_yaml else "scan.json"
+    e = engine(result, writer(result), source)
+    assert decide(e, "*").action == "allow"
+    assert decide(e, "get_*").action == "allow"
+    for other in ("delete_everything", "get_secrets", "x"):
+        assert decide(e, other).action == "deny", other
+    assert decide(e, "rm_rf").action == "pending"
+    prompt = e.decide(mcp.Call(mcp.PROMPTS_GET, prompt="other"), CALLER, "s", "x")
+    assert prompt.action == "deny"
+    for uri, action in (("file:///etc/shadow", "deny"), ("file:///*", "allow"),
+                        ("db://[a]rows?", "allow"), ("db://arows?", "deny"),
+                        ("db://[a]rowsX", "deny")):
+        got = e.decide(mcp.Call(mcp.RESOURCES_READ, uri=uri), CALLER, "s", "x")
+        assert got.action == action, uri
+
+
+@pytest.mark.parametrize(("fmt", "source"), [("policylayer", "scan.json"),
+                                             ("intercept", "scan.yaml")])
+def test_a_hostile_tool_name_is_not_a_glob_in_other_formats(fmt: str, source: str) -> None:
+    result = scaffold([tool("*", annotations={"readOnlyHint": True}),
+                       tool("get_*", annotations={"readOnlyHint": True})])
+    text, _ = in_format(result, fmt)
+    policy, _ = parse_policy_format(text, source)
+    e = Engine(compile_policies([LoadedPolicy(policy, source, "")]))
+    for other in ("delete_everything", "get_secrets"):
+        assert decide(e, other).action == "deny", (fmt, other)
+
+
+@pytest.mark.parametrize("brk", ["\u2028", "\u2029", "\x85", "\r", "\n"])
+def test_a_line_break_in_a_name_cannot_write_policy_through_a_comment(brk: str) -> None:
+    # YAML breaks lines at U+2028, U+2029 and NEL too: a name carrying one
+    # ended the comment written above its entry, and the rest became policy
+    # ("rm_rf: {}": a tool the server never listed, allowed).
+    inject = f"x{brk}  rm_rf: {{}}{brk}  #"
+    result = scaffold([tool(inject), tool("widgets", action={"enum": ["list", inject]})],
+                      server=f"s{brk}default: allow{brk}#")
+    for fmt in ("mcpwall", "intercept"):
+        text, _ = in_format(result, fmt)
+        policy = parse_policy(text, "x.yaml")
+        assert "rm_rf" not in policy.tools, fmt
+        e = Engine(compile_policies([LoadedPolicy(policy, "x.yaml", "")]))
+        assert decide(e, "rm_rf").action == "deny"

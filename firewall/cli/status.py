@@ -165,7 +165,7 @@ def _print(doc: dict[str, Any], found: list[Instance]) -> None:
         click.echo(visible(f"{entry.kind} pid {entry.pid}, up {_age(item['uptime_seconds'])}"
                            f", {where}"))
         if entry.operator:
-            click.echo(f"  operator API: {', '.join(entry.operator)}")
+            click.echo(visible(f"  operator API: {', '.join(entry.operator)}"))
         if entry.servers:
             click.echo(visible(f"  servers: {', '.join(entry.servers)}"))
         click.echo(visible(f"  audit: {entry.audit or '(none)'}"))

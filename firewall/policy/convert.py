@@ -113,6 +113,12 @@ def to_policylayer(doc: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         if name is None:
             notes.append(f"{where}: a glob cannot be expressed (dropped)")
             continue
+        if name != key:
+            # mcpwall reads the hosted format's keys as globs: "a*" would match
+            # every name starting with "a", not the one tool.
+            notes.append(f"{where}: a name with glob characters cannot be expressed "
+                         "(dropped)")
+            continue
         out_entry: dict[str, Any] = {}
         for k in entry:
             if k in ("counters", "require_state"):
@@ -227,6 +233,12 @@ def to_intercept(doc: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         name = literal_name(key)
         if name is None or name == "*":
             notes.append(f"{where}: a glob cannot be expressed (dropped)")
+            continue
+        if name != key:
+            # A file whose rules use nothing only Intercept has is read as
+            # mcpwall's format, where "a*" is a glob: such names are dropped.
+            notes.append(f"{where}: a name with glob characters cannot be expressed "
+                         "(dropped)")
             continue
         for k in entry:
             if k not in _INTERCEPT_TOOL:

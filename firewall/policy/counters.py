@@ -406,6 +406,8 @@ def amount_of(args: dict[str, Any], path: tuple[str, ...]) -> int | str:
     if type(value) is int:
         amount = value
     elif type(value) is float and math.isfinite(value):
+        if value < 0:  # before rounding: -0.5 would count as 0
+            return "must not be negative"
         amount = math.ceil(value)  # a fraction counts whole: never less than asked
     else:
         return "is not a number"

@@ -16,7 +16,9 @@ Rules this module keeps:
 2. An edit changes one tool of one file and nothing else: the entry is
    replaced by the plain state (``default`` removes it), ``hide`` adds the
    name to the top-level ``hide`` list and every other state removes it from
-   there. Keys of the file the edit does not concern keep their order and
+   there. The entry's key matches that one name only (glob characters are
+   bracketed: tool ``net_*`` is written ``net_[*]``): an edit never writes a
+   pattern. Keys of the file the edit does not concern keep their order and
    values. An entry that was ``custom`` is replaced only when the edit says
    ``replace_custom`` (its rules would be lost; the file's backup keeps them).
 3. The edited data is checked by the caller (loaded and compiled with the
@@ -32,6 +34,7 @@ from typing import Any, Final, Literal
 import msgspec
 
 from firewall.policy.compiler import CompiledEntry, ServerTable
+from firewall.policy.foreign import literal_key
 
 State = Literal["allow", "deny", "require_approval", "hide", "custom", "default"]
 SETTABLE: Final = ("allow", "deny", "require_approval", "hide", "default")
@@ -116,22 +119,23 @@ def set_state(data: dict[str, Any], tool: str, state: str, *, by: str,
         tools = {}
     if not isinstance(tools, dict):
         raise EditError("the file's tools is not a table: edit it by hand")
-    current = tools.get(tool)
+    key = literal_key(tool)  # "net_*" is one tool here, never a glob
+    current = tools.get(key)
     if current is not None and not is_plain(current) and not replace_custom:
         raise EditError(f"tool {tool!r} has conditions, rules or limits in this file; "
                         "set replace_custom to replace them (a backup of the file is kept)")
     hide = [h for h in out.get("hide", []) if h != tool] if isinstance(
         out.get("hide"), list) else []
     if state == "hide":
-        hide.append(tool)
-        tools.pop(tool, None)
+        hide.append(tool)  # hide entries are names, never globs (but "*")
+        tools.pop(key, None)
     elif state == "default":
-        tools.pop(tool, None)
+        tools.pop(key, None)
     else:
         entry: dict[str, Any] = {"action": state}
         if state == "deny":
             entry["reason"] = f"denied in the console by {by}"
-        tools[tool] = entry
+        tools[key] = entry
     if hide:
         out["hide"] = hide
     else:

@@ -38,6 +38,7 @@ from typing import Any, Final, Literal
 
 import msgspec
 
+from firewall.policy.counters import MAX_AMOUNT
 from firewall.policy.operators import compile_test, is_number
 from firewall.policy.schema import PolicyError, Test, locate_error
 
@@ -230,7 +231,10 @@ class _Translation:
         if limit_at is not None:
             assert rule.state is not None
             c = rule.conditions[limit_at]
-            value = float(c.value)
+            value = float(c.value) if abs(c.value) <= MAX_AMOUNT else math.nan
+            if math.isnan(value):
+                raise PolicyError(f"{where}.conditions[{limit_at}].value: a counter's limit "
+                                  f"must be a number within +-{MAX_AMOUNT}, got {c.value!r}")
             if (c.op == "lte" and value < 0) or (c.op == "lt" and value <= 0):
                 # No total passes it: the rule denies every call when evaluated.
                 self.checks.append({"name": rule.name, "deny": True, **reason})

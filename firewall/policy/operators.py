@@ -12,7 +12,8 @@ Rules this module keeps (Intercept's engine, operator for operator):
    is not an object on the way, means "absent". An absent value fails every
    operator but ``exists``; ``exists: true`` holds when the value is present
    and not null, ``exists: false`` when it is absent or null.
-2. Numbers are compared as float64: ``eq`` and ``neq`` compare two numbers by
+2. Numbers are compared as float64 (an integer beyond its range reads as an
+   infinity, never an error): ``eq`` and ``neq`` compare two numbers by
    value (``5`` equals ``5.0``), anything else by Go's ``%v`` text of each
    side (so the string ``"5"`` equals the number ``5``, and ``"true"`` equals
    ``true``). ``lt``/``lte``/``gt``/``gte`` hold only when both sides are
@@ -51,6 +52,15 @@ Reader = Callable[[dict[str, Any]], Any]
 def is_number(value: Any) -> bool:
     """A JSON number (not a boolean)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def as_float(value: int | float) -> float:
+    """A number as float64; an integer beyond its range is an infinity (the
+    JSON and YAML readers give integers of any size, ``float()`` of which raises)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
 
 
 def _go_float(f: float) -> str:
@@ -95,7 +105,7 @@ def go_text(value: Any, from_call: bool) -> str:
     if isinstance(value, int) and not from_call:
         return str(value)
     if is_number(value):
-        return _go_float(float(value))
+        return _go_float(as_float(value))
     if isinstance(value, list):
         return "[" + " ".join(go_text(v, from_call) for v in value) + "]"
     if isinstance(value, dict):
@@ -107,7 +117,7 @@ def go_text(value: Any, from_call: bool) -> str:
 def go_equal(actual: Any, expected: Any) -> bool:
     """Intercept's ``eq``: numbers by value, anything else by ``%v`` text."""
     if is_number(actual) and is_number(expected):
-        return float(actual) == float(expected)
+        return as_float(actual) == as_float(expected)
     return go_text(actual, True) == go_text(expected, False)
 
 
@@ -145,11 +155,11 @@ def _predicate(test: Test, where: str) -> Callable[[Any], bool]:
     if op in ("lt", "lte", "gt", "gte"):
         if not is_number(value):
             raise PolicyError(f"{where}.value: operator {op!r} requires a numeric value")
-        bound = float(value)
+        bound = as_float(value)
         compare: Callable[[float], bool] = {
             "lt": lambda a: a < bound, "lte": lambda a: a <= bound,
             "gt": lambda a: a > bound, "gte": lambda a: a >= bound}[op]
-        return lambda v: is_number(v) and compare(float(v))
+        return lambda v: is_number(v) and compare(as_float(v))
     if op == "regex":
         if not isinstance(value, str):
             raise PolicyError(f"{where}.value: regex value must be a string")

@@ -24,8 +24,9 @@ Rules this module keeps:
 4. The policy default is ``deny``: a tool the server adds after the scan is
    refused until someone writes its entry.
 5. Every entry and rule carries a ``description`` saying why (the YAML writer
-   turns them into comments); held ones carry a ``reason`` too, shown to the
-   agent.
+   turns them into comments, with control characters and every line break
+   YAML knows escaped, so nothing a server names can end a comment); held
+   ones carry a ``reason`` too, shown to the agent.
 
 Example::
 
@@ -47,6 +48,7 @@ import msgspec
 import yaml
 
 from firewall.policy.convert import convert
+from firewall.policy.foreign import literal_key
 
 Kind = Literal["read", "change", "destroy", "execute", "unknown"]
 
@@ -400,8 +402,9 @@ def _tool_entry(plan: ToolPlan, notes: list[str], per_minute: int) -> dict[str, 
 
 
 def resource_pattern(uri_template: str) -> str:
-    """A URI template as a glob: ``file:///{path}`` -> ``file:///*``."""
-    return re.sub(r"\{[^}]*\}", "*", uri_template)
+    """A URI template as a glob: ``file:///{path}`` -> ``file:///*``; glob
+    characters outside the ``{...}`` match only themselves (``[*]``)."""
+    return "*".join(literal_key(part) for part in re.split(r"\{[^}]*\}", uri_template))
 
 
 def scaffold(tools: Iterable[Mapping[str, Any]],
@@ -420,7 +423,8 @@ def scaffold(tools: Iterable[Mapping[str, Any]],
     for _, tool in sorted(named.items()):
         plan = classify(tool)
         plans.append(plan)
-        entries[plan.name] = _tool_entry(plan, _notes(tool.get("annotations")), change_limit)
+        entries[literal_key(plan.name)] = _tool_entry(plan, _notes(tool.get("annotations")),
+                                                      change_limit)
     policy: dict[str, Any] = {
         "version": "1",
         "name": server,
@@ -431,7 +435,7 @@ def scaffold(tools: Iterable[Mapping[str, Any]],
         "tools": entries,
     }
     prompt_names = {p["name"] for p in prompts if isinstance(p.get("name"), str) and p["name"]}
-    prompt_entries = {name: {"description": "a prompt only returns messages: allowed"}
+    prompt_entries = {literal_key(name): {"description": "a prompt only returns messages: allowed"}
                       for name in sorted(prompt_names)}
     if prompt_entries:
         policy["prompts"] = prompt_entries
@@ -444,7 +448,8 @@ def scaffold(tools: Iterable[Mapping[str, Any]],
     for resource in resources:
         uri = resource.get("uri")
         if isinstance(uri, str) and not any(_glob_covers(k, uri) for k in resource_entries):
-            resource_entries[uri] = {"description": "listed resource: reading is allowed"}
+            resource_entries[literal_key(uri)] = {
+                "description": "listed resource: reading is allowed"}
     if resource_entries:
         policy["resources"] = resource_entries
     counts = {k: sum(p.kind == k if p.argument is None else k in p.values for p in plans)
@@ -461,7 +466,7 @@ def scaffold(tools: Iterable[Mapping[str, Any]],
 
 
 def _glob_covers(pattern: str, uri: str) -> bool:
-    return "*" in pattern and fnmatch.fnmatchcase(uri, pattern)
+    return fnmatch.fnmatchcase(uri, pattern)
 
 
 # -- other formats -------------------------------------------------------------
@@ -478,19 +483,20 @@ def lowered(result: Scaffold) -> dict[str, Any]:
     for plan in result.tools:
         counter = f"{plan.name}_changes"
         limit = _limit(counter, _per_minute(result))
+        key = literal_key(plan.name)
         if plan.argument is None:
             if plan.kind == "read":
-                tools[plan.name] = {}
+                tools[key] = {}
             elif plan.kind == "change":
-                tools[plan.name] = {"limits": [limit]}
+                tools[key] = {"limits": [limit]}
             else:
-                tools[plan.name] = {"action": "deny",
+                tools[key] = {"action": "deny",
                                     "reason": f"{_REASON[plan.kind].split(':')[0]}: "
                                               f"{_NO_APPROVAL}"}
             continue
         allowed = [v for k in ("read", "change") for v in plan.values.get(k, [])]
         if not allowed:
-            tools[plan.name] = {"action": "deny",
+            tools[key] = {"action": "deny",
                                 "reason": f"every {plan.argument} is held: {_NO_APPROVAL}"}
             continue
         # Values outside the read and change classes (and values the scan never
@@ -500,7 +506,7 @@ def lowered(result: Scaffold) -> dict[str, Any]:
             "reason": f"other {plan.argument} values: {_NO_APPROVAL}"}]}
         if plan.values.get("change"):
             entry["limits"] = [limit]  # the whole tool's: these formats limit per tool
-        tools[plan.name] = entry
+        tools[key] = entry
     return {"version": "1", "default": "deny",
             "description": result.policy.get("description"), "tools": tools}
 
@@ -539,8 +545,15 @@ def _dump(value: Any, indent: int, *, flow: bool | None = None) -> list[str]:
     return [pad + line for line in text.splitlines()]
 
 
+# Characters a comment must not carry as they are: controls, and the line
+# breaks YAML adds to CR and LF (NEL, U+2028, U+2029), which would end the
+# comment and let the rest of a server's name be read as policy.
+_UNSAFE_IN_COMMENT: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
 def _comment(text: str, indent: int) -> list[str]:
     pad = " " * indent
+    text = _UNSAFE_IN_COMMENT.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
     wrapped = textwrap.wrap(text, width=max(40, 98 - indent), subsequent_indent="  ",
                             break_on_hyphens=False) or [""]
     return [f"{pad}# {line}".rstrip() for line in wrapped]

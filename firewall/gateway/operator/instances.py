@@ -6,8 +6,9 @@ instance keeps its audit trail. Rules this module keeps:
 1. One file per process, ``PID.json``, in the registry directory:
    ``$MCPWALL_REGISTRY`` if set, else ``$XDG_RUNTIME_DIR/mcpwall``, else
    ``mcpwall-UID`` in the temporary directory. A directory we create is
-   ``0700``; one that is not a directory of ours (a symlink, another user's)
-   is refused, so nobody else can plant or read entries.
+   ``0700``; one that is not a directory of ours (a symlink, another user's,
+   one others can write to) is refused, so nobody else can plant entries. An
+   entry is read as data: a pid no process can have is a stale entry.
 2. A file is written whole (a temporary file renamed over it) and removed when
    the process ends; a reader never sees half an entry.
 3. An entry whose process is gone (its pid is dead, or reused by a process
@@ -82,6 +83,9 @@ def registry_dir(override: str | Path | None = None) -> Path:
         raise RegistryError(f"{path}: not a directory")
     if st.st_uid != os.getuid():
         raise RegistryError(f"{path}: owned by another user")
+    if st.st_mode & 0o022:
+        raise RegistryError(f"{path}: others can write to it (mode "
+                            f"{st.st_mode & 0o7777:o}); make it 0700")
     return path
 
 
@@ -99,14 +103,25 @@ def boot_ticks(pid: int) -> int | None:
         return None
 
 
-def alive(entry: Instance) -> bool:
-    """Whether the process the entry names still runs (and is the same process)."""
+def _exists(pid: int) -> bool | None:
+    """Whether a process ``pid`` exists: None when it does under another user.
+    A pid no process can have (0 or less names a process group, a huge one is
+    no pid at all) is False."""
+    if pid <= 0:
+        return False
     try:
-        os.kill(entry.pid, 0)
-    except ProcessLookupError:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
         return False
     except PermissionError:
-        pass  # it exists, under another user
+        return None
+    return True
+
+
+def alive(entry: Instance) -> bool:
+    """Whether the process the entry names still runs (and is the same process)."""
+    if _exists(entry.pid) is False:
+        return False
     if entry.boot is not None:
         now = boot_ticks(entry.pid)
         if now is not None and now != entry.boot:
@@ -169,13 +184,7 @@ def _dead_name(path: Path) -> bool:
         pid = int(path.stem)
     except ValueError:
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    return _exists(pid) is False
 
 
 @contextlib.contextmanager

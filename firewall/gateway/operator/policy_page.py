@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -51,12 +52,14 @@ from firewall.policy.editing import (
     tool_state,
 )
 from firewall.policy.engine import PolicySet
-from firewall.policy.foreign import detect
-from firewall.policy.schema import PolicyError, load_policy
+from firewall.policy.foreign import detect, literal_name
+from firewall.policy.schema import PolicyError, load_policy, read_document
 
 BACKUPS_KEPT: Final = 20
 EDITABLE_SUFFIXES: Final = (".json", ".yaml", ".yml")
 TOOLS_PER_SERVER: Final = 2000  # seen tools remembered per server
+# What follows the file's name in a backup's: ".20250101T120000Z-0123abcd.bak".
+_BACKUP: Final = re.compile(r"\.\d{8}T\d{6}Z-[0-9a-f]{8}\.bak")
 
 
 class PageError(Exception):
@@ -97,10 +100,18 @@ def _sha256(data: bytes) -> str:
 
 
 def _parse(path: Path, raw: bytes) -> dict[str, Any]:
-    data = json.loads(raw) if path.suffix == ".json" else yaml.safe_load(raw)
-    if not isinstance(data, dict):
-        raise EditError(f"{path.name}: the file is not a policy table")
-    return data
+    """The file's data, read as strictly as the policy loader reads it (a
+    duplicate key is an error, never "the last one wins")."""
+    try:
+        return read_document(raw, path.name)
+    except PolicyError as exc:
+        raise EditError(str(exc)) from None
+
+
+def _is_backup(path: Path, name: str) -> bool:
+    """Whether ``path`` is a backup this page made of file ``name``."""
+    return (path.name.startswith(name)
+            and _BACKUP.fullmatch(path.name[len(name):]) is not None)
 
 
 def _dump(path: Path, data: dict[str, Any]) -> bytes:
@@ -189,7 +200,8 @@ class PolicyPage:
                     entry["file"] = None
             if isinstance(self.policy, PolicySet):
                 table = self.policy.engine.compiled.table(name)
-                named = {e.pattern for e in table.tools.entries if e.exact}
+                named = {n for e in table.tools.entries
+                         if e.rule != "hide" and (n := literal_name(e.pattern)) is not None}
                 offered = self.catalog.tools(name) | seen.get(name, set())
                 for tool in sorted(named | offered | (hidden - {HIDE_ALL})):
                     hide = tool in hidden or HIDE_ALL in hidden
@@ -213,7 +225,10 @@ class PolicyPage:
         before = _sha256(raw)
         if body.sha256 is not None and body.sha256 != before:
             raise PageError(409, f"{path.name} changed since the page was loaded: reload it")
-        data = _parse(path, raw)
+        try:
+            data = _parse(path, raw)
+        except EditError as exc:
+            raise PageError(422, f"the file as it is now does not load: {exc}") from None
         table = self.policy.engine.compiled.table(body.server)
         hidden = hidden_names(data)
         was = tool_state(table, body.server, body.tool,
@@ -244,7 +259,8 @@ class PolicyPage:
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
-        for old in sorted(path.parent.glob(f"{path.name}.*.bak"))[:-BACKUPS_KEPT]:
+        made = sorted(p for p in path.parent.iterdir() if _is_backup(p, path.name))
+        for old in made[:-BACKUPS_KEPT]:
             old.unlink(missing_ok=True)
         return {"server": body.server, "tool": body.tool, "from": was, "to": body.state,
                 "file": str(path), "applies_to": why, "sha256_before": before,
