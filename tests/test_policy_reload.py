@@ -128,3 +128,28 @@ async def test_a_bad_file_keeps_the_table_in_force(tmp_path: Path) -> None:
     assert result.files == table.digests
     assert policy.engine.compiled is table
     assert policy.decide(PROBE, WHO, "srv", "s").action == "allow"
+
+
+class _BrokenCompiler(PolicySet):
+    """A policy set whose next compile hits a bug (not a bad file)."""
+
+    broken = False
+
+    def compile(self) -> Any:
+        if self.broken:
+            raise OverflowError("int too large to convert to float")
+        return super().compile()
+
+
+async def test_a_compile_that_raises_keeps_the_table_in_force(tmp_path: Path) -> None:
+    path = tmp_path / "p.json"
+    path.write_text(big_policy(10, "allow"))
+    policy = _BrokenCompiler([path])
+    table = policy.engine.compiled
+    policy.broken = True
+    result = await reloader_for(policy).reload(None, "SIGHUP")
+    assert not result.ok and result.error is not None
+    assert "internal error while compiling the policy" in result.error
+    assert "OverflowError" in result.error
+    assert policy.engine.compiled is table
+    assert policy.decide(PROBE, WHO, "srv", "s").action == "allow"

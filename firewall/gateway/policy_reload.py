@@ -35,6 +35,7 @@ from firewall.policy.engine import PolicySet, ReloadResult
 from firewall.policy.schema import PolicyError
 
 _THREAD_NAME: Final = "mcpwall policy compile"
+_log: Any = get_logger(component="policy_reload")
 
 
 class PolicyReloader:
@@ -91,6 +92,9 @@ def _compile(policy: PolicySet) -> CompiledPolicy | str:
         return policy.compile()
     except PolicyError as exc:
         return str(exc)
+    except Exception as exc:  # a bug, not a bad file: the table in force stays all the same
+        _log.exception("policy_compile_failed")
+        return f"internal error while compiling the policy ({exc!r}); the table in force is kept"
 
 
 def _dismantle(retired: list[object]) -> None:
