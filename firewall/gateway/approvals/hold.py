@@ -157,14 +157,20 @@ class Holds:
         """The ``[approvals]`` settings (the defaults without a desk)."""
         return self.desk.settings if self.desk is not None else _DEFAULTS
 
-    def can_hold(self, decision: Decision) -> bool:
-        """Whether someone here can decide a call ``decision`` holds (rule 1)."""
-        return self.desk is not None or (decision.approval == "client" and self.client_elicits)
+    def can_hold(self, decision: Decision, elicits: bool | None = None) -> bool:
+        """Whether someone here can decide a call ``decision`` holds (rule 1).
+
+        ``elicits``: whether this call's client may be asked, when the call
+        says so itself (a 2026-07-28 request); None: as its initialize said."""
+        asks = self.client_elicits if elicits is None else elicits
+        return self.desk is not None or (decision.approval == "client" and asks)
 
     def hold(self, call: mcp.Call, msg: jsonrpc.Message, decision: Decision,
-             call_id: str) -> Held:
-        """Hold the client request ``msg`` (decided ``pending``, recorded as ``call_id``)."""
-        held = Held(self, call, msg, decision, call_id)
+             call_id: str, elicits: bool | None = None) -> Held:
+        """Hold the client request ``msg`` (decided ``pending``, recorded as
+        ``call_id``; ``elicits`` as in :meth:`can_hold`)."""
+        held = Held(self, call, msg, decision, call_id,
+                    self.client_elicits if elicits is None else elicits)
         if held.rid is not None:
             self._calls[held.rid] = held
         return held
@@ -220,12 +226,13 @@ class Holds:
 class Held:
     """One client request held for approval, from its decision to its verdict."""
 
-    __slots__ = ("_answer", "_approval", "_holds", "_label", "_reason", "_scope",
+    __slots__ = ("_answer", "_approval", "_elicits", "_holds", "_label", "_reason", "_scope",
                  "_started", "_token", "_withdrawal", "call", "call_id", "decision", "rid")
 
     def __init__(self, holds: Holds, call: mcp.Call, msg: jsonrpc.Message,
-                 decision: Decision, call_id: str) -> None:
+                 decision: Decision, call_id: str, elicits: bool = False) -> None:
         self.call = call
+        self._elicits = elicits  # may its client be asked (rule 3)?
         self.decision = decision
         self.call_id = call_id
         self.rid = msg.request_id
@@ -319,7 +326,7 @@ class Held:
                     f"approved by standing approval {standing.id} "
                     f"({standing.by or 'someone'}, {standing.describe()})",
                     "standing", standing.id)
-        if decision.approval == "client" and holds.client_elicits and to_client is not None:
+        if decision.approval == "client" and self._elicits and to_client is not None:
             return await self._elicit(to_client)
         if desk is None:
             return self._ended(Verdict("rejected"), "approval in the client is not possible "
