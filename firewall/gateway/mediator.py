@@ -81,6 +81,26 @@ fronts own the I/O; the mediator owns the rules. Invariants it keeps:
    reservation (a shared bucket, a rejected or withdrawn approval) gives
    them back. A call whose fate is unknown (timed out, upstream lost, session
    gone) keeps them: it may have run, and a counter errs on counting.
+14. Both protocol eras pass here, chosen per request
+   (:mod:`firewall.protocol.meta`): a request whose ``params._meta`` carries
+   ``io.modelcontextprotocol/protocolVersion`` goes by its own version,
+   capabilities and clientInfo (MCP 2026-07-28); any other by what the
+   session's ``initialize`` said (its version: the one the server answered
+   with). Each decision event records them, bounded; who the caller is comes
+   from authentication only (``caller``), never from clientInfo. A 2026-07-28
+   request naming a revision mcpwall does not mediate is refused with
+   UnsupportedProtocolVersionError (-32022, ``data.supported``) under its
+   id, recorded as ``deny`` by rule ``protocol``. mcpwall's own results to a
+   2026-07-28 request carry ``resultType: "complete"``; it never sends such a
+   client a request of its own (elicitation: that revision replaced
+   server requests with MRTR), so a held call there goes to the desk. A
+   ``server/discover`` request is decided like any method; its result offers
+   only the revisions mcpwall mediates.
+15. ``session`` scopes (limits, counters) take :attr:`scope`: the session id,
+   or for a mediator made ``sessionless`` (a 2026-07-28 request over HTTP)
+   the caller's grant (``policy.decision.session_scope``). A sessionless
+   call is never covered by a ``session`` standing approval, and an approval
+   given to it with scope ``session`` covers that call only.
 """
 
 from __future__ import annotations
@@ -106,7 +126,15 @@ from firewall.gateway.outbound import Outbound
 from firewall.log import get_logger
 from firewall.policy import render
 from firewall.policy.counters import Counted, Reservation
-from firewall.policy.decision import ALLOW, DENY, PENDING, Caller, Decision, PolicyPoint
+from firewall.policy.decision import (
+    ALLOW,
+    DENY,
+    PENDING,
+    Caller,
+    Decision,
+    PolicyPoint,
+    session_scope,
+)
 from firewall.policy.limits import PendingLimit
 from firewall.protocol import framing, jsonrpc, mcp
 from firewall.protocol import meta as client_meta
@@ -266,8 +294,13 @@ class Mediator:
         deny_tools_call_as: Literal["tool_result", "jsonrpc_error"] = "tool_result",
         approvals: ApprovalDesk | None = None,
         on_tools: Callable[[str, list[str]], None] | None = None,
+        sessionless: bool = False,
     ) -> None:
         self.server = server
+        # Rule 15: what ``session`` scopes mean here. ``session`` names these
+        # calls in the audit trail either way.
+        self.sessionless = sessionless
+        self.scope = session_scope(None if sessionless else session, caller)
         # Told the names of the tools the server offers in each tools/list
         # answer (the console's policy page lists them).
         self.on_tools = on_tools
@@ -293,7 +326,7 @@ class Mediator:
         self.log = get_logger(server=server, session=session, principal=caller.principal)
         # The calls held for approval and mcpwall's own requests to the client.
         self.holds = Holds(approvals, audit, server=server, session=session, caller=caller,
-                           log=self.log, taken=self._server_pending)
+                           log=self.log, taken=self._server_pending, sessionless=sessionless)
 
     def awaits(self, request_id: RequestId) -> bool:
         """Whether a client request forwarded upstream still waits for its answer."""
@@ -514,7 +547,7 @@ class Mediator:
             decision = Decision(DENY, rule="protocol",
                                 reason=f"request id {rid!r} is already in flight")
         else:
-            decision = self.policy.decide(call, self.caller, self.server, self.session)
+            decision = self.policy.decide(call, self.caller, self.server, self.scope)
             if type(decision) is Counted:  # counters: reserved now, settled by the answer
                 decision, reservation = await decision.settle()
             if type(decision) is PendingLimit:  # buckets shared in Redis: one round trip
@@ -718,7 +751,7 @@ class Mediator:
                 f"{method!r} without an id is not a notification: a request needs an id"))
             recorded = None
         else:
-            decision = self.policy.decide(call, self.caller, self.server, self.session)
+            decision = self.policy.decide(call, self.caller, self.server, self.scope)
             if type(decision) is Counted:  # no answer will come: kept if forwarded
                 decision, reservation = await decision.settle()
                 if reservation is not None:

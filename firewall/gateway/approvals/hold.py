@@ -19,7 +19,9 @@ reaches a server without its decision and receipt. Rules this module keeps
    :data:`NO_DESK`; the client is told it is refused and why, never that it
    is held.
 2. A standing approval (an earlier one given for the session or for N
-   minutes) lets a held call through at once, recorded as ``approved`` with a
+   minutes) lets a held call through at once (a call without a session,
+   ``sessionless``, only one given for N minutes: a ``session`` one given to
+   it covers that call alone), recorded as ``approved`` with a
    reason naming it; only a held call consults them (a dict, no I/O). While a
    call is held and its request carried ``_meta.progressToken``, the client
    gets ``notifications/progress`` every ``progress_seconds`` so that it
@@ -136,8 +138,11 @@ class Holds:
 
     def __init__(self, desk: ApprovalDesk | None, audit: AuditPoint | None, *, server: str,
                  session: str, caller: Caller, log: Any,
-                 taken: Container[RequestId] = ()) -> None:
+                 taken: Container[RequestId] = (), sessionless: bool = False) -> None:
         self.desk = desk
+        # No session (a 2026-07-28 request over HTTP): ``session`` approvals
+        # neither cover its calls nor are kept from them (rule 2).
+        self.sessionless = sessionless
         self.audit = audit
         self.server = server
         self.session = session
@@ -316,7 +321,8 @@ class Held:
         holds, call, decision = self._holds, self.call, self.decision
         desk = holds.desk
         if desk is not None:
-            standing = desk.standing_for(session=holds.session, principal=holds.caller.principal,
+            standing = desk.standing_for(session=None if holds.sessionless else holds.session,
+                                         principal=holds.caller.principal,
                                          server=holds.server, target=call.target,
                                          rule=decision.rule)
             if standing is not None:
@@ -341,12 +347,14 @@ class Held:
         self._label = f"waiting for approval (request {request.id})"
         holds.log.warning("call_held", method=call.method, target=call.target,
                           rule=decision.rule, approval=request.id)
-        verdict = await desk.ask(request, self._withdrawal)
+        verdict = await desk.ask(request, self._withdrawal, sessionless=holds.sessionless)
         by = verdict.by or "nobody"
         note = f": {verdict.note}" if verdict.note else ""
         if verdict.status == "approved":
             reason = f"approved by {by}{note}"
-            if verdict.scope == "session":
+            if verdict.scope == "session" and holds.sessionless:
+                reason += " (scope session: this call only, as it has no session)"
+            elif verdict.scope == "session":
                 reason += " (for the rest of the session)"
             elif verdict.scope == "minutes":
                 reason += f" (until {_utc(verdict.scope_until_ns)} for this principal)"
