@@ -7,8 +7,8 @@ Rules this module keeps (the verifier depends on every one of them):
    decisions), ``arguments`` and ``detail`` are JSON *text*.
 2. The canonical encoding of a row is the compact JSON array
    ``[FORMAT, seq, ts_ns, ..., prev_hash]`` (every column but ``hash``, in
-   column order) as msgspec encodes it: no whitespace, floats in shortest
-   round-trip form, strings UTF-8 with only the mandatory escapes.
+   column order; rule 6 for the client-meta columns) as msgspec encodes it:
+   no whitespace, floats in shortest round-trip form, strings UTF-8 with only the mandatory escapes.
 3. ``hash = sha256(canonical).hexdigest()``. The first row of a chain has
    ``prev_hash = GENESIS``; every later row has its predecessor's ``hash``, also
    across segment files.
@@ -19,6 +19,14 @@ Rules this module keeps (the verifier depends on every one of them):
    stores a bound NaN as NULL, and msgspec encodes a NaN as ``null``, so the
    hash is the one the row read back (with ``None``) gives. Both behaviours
    are pinned by tests. Rows read from SQLite carry ``None``; both verify.
+6. The client-meta columns (:data:`META_COLUMNS`: the protocol revision,
+   clientInfo and capabilities a decision went by, added with MCP
+   2026-07-28) take part in the canonical encoding only when one of them is
+   set: a row whose three are NULL (every outcome and lifecycle row, every
+   row of a file written before them, which has no such columns) is encoded
+   exactly as before, so old files and old rows verify unchanged; a row with
+   any of them set is encoded with all three, before ``prev_hash``. The two
+   forms differ in length, so no row has both encodings.
 
 Example::
 
@@ -44,12 +52,17 @@ COLUMNS: Final = (
     "seq", "ts_ns", "instance", "kind", "call_id", "session", "principal", "grant",
     "server", "method", "direction", "tool", "uri", "prompt", "request_id", "arguments",
     "decision", "rule", "reason", "retry_after", "dry_run", "status", "error_code",
-    "error_message", "latency_ns", "response_bytes", "detail", "prev_hash", "hash",
+    "error_message", "latency_ns", "response_bytes", "detail",
+    "protocol_version", "client_info", "client_capabilities", "prev_hash", "hash",
 )
+# Columns added after format 1's first files (rule 6): hashed only when set.
+META_COLUMNS: Final = ("protocol_version", "client_info", "client_capabilities")
 INDEX: Final = {name: i for i, name in enumerate(COLUMNS)}
 SEQ: Final = INDEX["seq"]
 PREV: Final = INDEX["prev_hash"]
 HASH: Final = INDEX["hash"]
+META: Final = INDEX["protocol_version"]
+assert COLUMNS[META:PREV] == META_COLUMNS
 
 Row = tuple[Any, ...]
 
@@ -62,14 +75,23 @@ _sha256 = hashlib.sha256
 _PREFIX: Final = _json.encode([FORMAT])[:-1] + b","  # b'["mcpwall-audit/1",'
 
 
+def hashed(row: Row) -> Row:
+    """The values of ``row`` the canonical encoding holds (rule 6): every
+    column but ``hash``, less the client-meta columns when none is set."""
+    a, b, c = row[META], row[META + 1], row[META + 2]
+    if (a is None or a is NULL) and (b is None or b is NULL) and (c is None or c is NULL):
+        return row[:META] + row[PREV:HASH]
+    return row[:HASH]
+
+
 def canonical(row: Row) -> bytes:
     """The bytes hashed for ``row`` (a full row; its ``hash`` is left out)."""
-    return _PREFIX + _json.encode(row[:HASH])[1:]
+    return _PREFIX + _json.encode(hashed(row))[1:]
 
 
 def row_hash(row: Row) -> str:
     """The chain hash ``row`` should carry."""
-    return _sha256(_PREFIX + _json.encode(row[:HASH])[1:]).hexdigest()
+    return _sha256(_PREFIX + _json.encode(hashed(row))[1:]).hexdigest()
 
 
 def verify_row(row: Row) -> bool:
@@ -114,6 +136,15 @@ def _args_text(arguments: Any, redactor: Redactor | None) -> Any:
     return _json.encode(arguments).decode()
 
 
+def _meta_text(value: Any, redactor: Redactor | None) -> Any:
+    """clientInfo or capabilities as stored: JSON text, redacted like arguments."""
+    if value is None:
+        return NULL
+    if redactor is not None and isinstance(value, dict) and value:
+        value = redactor.apply(value)
+    return _json.encode(value).decode()
+
+
 def _opt(value: Any) -> Any:
     return NULL if value is None else value
 
@@ -145,6 +176,7 @@ def _base(event: Event, seq: int, instance: str, prev_hash: str,
             retry = float(retry) + 0.0
         tool, uri, prompt, rid = event.tool, event.uri, event.prompt, event.request_id
         rule, reason = event.rule, event.reason
+        version = event.protocol_version
         return (
             seq, ts, instance, "decision", event.call_id,
             event.session, event.principal, event.grant, event.server, event.method,
@@ -153,7 +185,8 @@ def _base(event: Event, seq: int, instance: str, prev_hash: str,
             _args_text(event.arguments, redactor), event.decision,
             N if rule is None else rule, N if reason is None else reason,
             N if retry is None else retry, 1 if event.dry_run else 0, N, N, N, N, N, N,
-            prev_hash,
+            N if version is None else version, _meta_text(event.client_info, redactor),
+            _meta_text(event.client_capabilities, redactor), prev_hash,
         )
     if isinstance(event, OutcomeEvent):
         code, message = event.error_code, event.error_message
@@ -166,7 +199,7 @@ def _base(event: Event, seq: int, instance: str, prev_hash: str,
             seq, ts, instance, "outcome", event.call_id,
             event.session, N, N, event.server, N, N, N, N, N, N, N, N, N, N, N,
             N, event.status, N if code is None else _int64(code, "error_code"),
-            N if message is None else message, latency, size, N,
+            N if message is None else message, latency, size, N, N, N, N,
             prev_hash,
         )
     if isinstance(event, LifecycleEvent):
@@ -174,7 +207,7 @@ def _base(event: Event, seq: int, instance: str, prev_hash: str,
         return (
             seq, ts, instance, event.kind, N, _opt(event.session),
             _opt(event.principal), N, _opt(event.server), N, N, N, N, N, N, N, N, N, N, N,
-            N, N, N, N, N, N, detail, prev_hash,
+            N, N, N, N, N, N, detail, N, N, N, prev_hash,
         )
     raise TypeError(f"not an audit event: {type(event).__name__}")
 
@@ -188,7 +221,7 @@ def event_row(event: Event, *, seq: int, instance: str, prev_hash: str,
     event that cannot be stored: an integer beyond 64 bits, a value JSON cannot hold.
     """
     base = _base(event, seq, instance, prev_hash, redactor)
-    return (*base, _sha256(_PREFIX + _json.encode(base)[1:]).hexdigest())
+    return (*base, _sha256(_PREFIX + _json.encode(hashed(base))[1:]).hexdigest())
 
 
 # Where a row's encoding starts in the canonical bytes: the row's own "[" is
@@ -208,10 +241,15 @@ def chain_rows(events: Iterable[Event], *, seq: int, instance: str, prev_hash: s
     buf = bytearray(_PREFIX)
     encode_into, sha256, at, comma = _json.encode_into, _sha256, _AT, 44  # ord(",")
     head = prev_hash
+    N, meta = NULL, META
     for event in events:
         seq += 1
         base = _base(event, seq, instance, head, redactor)
-        encode_into(base, buf, at)
+        # Rule 6 inline (hashed()): outcome and lifecycle rows never set them.
+        if base[meta] is N and base[meta + 1] is N and base[meta + 2] is N:
+            encode_into(base[:meta] + (head,), buf, at)  # noqa: RUF005
+        else:
+            encode_into(base, buf, at)
         buf[at] = comma
         head = sha256(buf).hexdigest()
         # Concatenation copies the tuple once; unpacking builds a list first.

@@ -47,6 +47,13 @@ class DecisionEvent(msgspec.Struct, frozen=True, tag="decision", kw_only=True):
     reason: str | None = None
     retry_after: float | None = None
     dry_run: bool = False
+    # What the request went by (MCP 2026-07-28 says it in each request's
+    # ``_meta``; a 2025 session in its ``initialize``): bounded by the
+    # mediator, redacted by the writer like ``arguments``. What the client
+    # claims about itself; who the caller is comes from ``principal`` alone.
+    protocol_version: str | None = None
+    client_info: dict[str, Any] | None = None
+    client_capabilities: dict[str, Any] | None = None
 
 
 class OutcomeEvent(msgspec.Struct, frozen=True, tag="outcome", kw_only=True):

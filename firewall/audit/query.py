@@ -36,6 +36,7 @@ from firewall.audit.store import (
     expand_paths,
     has_derived,
     index_tail,
+    meta_select,
 )
 
 Record = dict[str, Any]
@@ -44,12 +45,15 @@ EVENT_COLUMNS: Final = (
     "seq", "ts", "ts_ns", "instance", "kind", "call_id", "session", "principal", "grant",
     "server", "method", "direction", "tool", "uri", "prompt", "request_id", "arguments",
     "decision", "rule", "reason", "retry_after", "dry_run", "status", "error_code",
-    "error_message", "latency_ns", "response_bytes", "detail", "prev_hash", "hash",
+    "error_message", "latency_ns", "response_bytes", "detail", "protocol_version",
+    "client_info", "client_capabilities", "prev_hash", "hash",
 )
-_EVENTS_SELECT: Final = (
-    "SELECT seq, strftime('%Y-%m-%dT%H:%M:%fZ', ts_ns / 1e9, 'unixepoch') AS ts, "
-    + ", ".join(f"[{c}]" for c in EVENT_COLUMNS[2:]) + " FROM events"
-)
+
+
+def _events_select(conn: sqlite3.Connection) -> str:
+    """Every event column (NULL for the client-meta ones a file lacks)."""
+    return ("SELECT seq, strftime('%Y-%m-%dT%H:%M:%fZ', ts_ns / 1e9, 'unixepoch') AS ts, "
+            + meta_select(conn, EVENT_COLUMNS[2:]) + " FROM events")
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d|w)$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -308,7 +312,7 @@ def events(src: Sources, filters: Filters, *, after: dict[str, int] | None = Non
             extra.append("seq > ?")
             p.append(after[str(path)])
         where = (" WHERE " + " AND ".join(extra)) if extra else ""
-        sql = f"{_EVENTS_SELECT}{where} ORDER BY ts_ns {order}, seq {order}"
+        sql = f"{_events_select(conn)}{where} ORDER BY ts_ns {order}, seq {order}"
         if filters.limit:
             sql += f" LIMIT {int(filters.limit)}"
         its.append(_tagged(_records(conn, sql, p), str(path)))

@@ -35,6 +35,11 @@ Rules this module keeps:
    beside it. The writer appends to the highest-numbered one.
 5. Readers open files read-only (``mode=ro``); only the writer (the writer
    process of :mod:`firewall.audit.process`, or the writer thread) writes.
+6. Columns added later, the client-meta columns (``protocol_version``,
+   ``client_info``, ``client_capabilities``: see
+   :mod:`firewall.audit.chain`, rule 6), are added to an older file by the
+   writer when it opens it (:func:`add_meta_columns`); a reader of a file
+   that does not have them selects NULL in their place (:func:`meta_select`).
 
 Example::
 
@@ -51,7 +56,7 @@ from typing import Final
 
 import sqlite_utils
 
-from firewall.audit.chain import COLUMNS, FORMAT
+from firewall.audit.chain import COLUMNS, FORMAT, META_COLUMNS
 
 EVENT_TYPES: Final = {
     "seq": int, "ts_ns": int, "instance": str, "kind": str, "call_id": str, "session": str,
@@ -59,7 +64,8 @@ EVENT_TYPES: Final = {
     "tool": str, "uri": str, "prompt": str, "request_id": str, "arguments": str,
     "decision": str, "rule": str, "reason": str, "retry_after": float, "dry_run": int,
     "status": str, "error_code": int, "error_message": str, "latency_ns": int,
-    "response_bytes": int, "detail": str, "prev_hash": str, "hash": str,
+    "response_bytes": int, "detail": str, "protocol_version": str, "client_info": str,
+    "client_capabilities": str, "prev_hash": str, "hash": str,
 }
 assert tuple(EVENT_TYPES) == COLUMNS
 
@@ -75,6 +81,7 @@ VIEWS: Final = {
 SELECT d.seq, {_TS.format(col="d.ts_ns")} AS ts, d.ts_ns, d.instance, d.call_id, d.session,
        d.principal, d."grant", d.server, d.method, d.direction, d.tool, d.uri, d.prompt,
        d.request_id, d.arguments, d.decision, d.rule, d.reason, d.retry_after, d.dry_run,
+       d.protocol_version, d.client_info, d.client_capabilities,
        o.status, o.error_code, o.error_message, o.latency_ns / 1e6 AS latency_ms,
        o.response_bytes
 FROM events d
@@ -192,6 +199,45 @@ def create_schema(conn: sqlite3.Connection, *, indexed_upto: int = 0) -> None:
         db.create_view(name, sql.strip())
     conn.execute(_PROGRESS_TABLE)
     conn.execute(_SET_PROGRESS, (indexed_upto,))
+
+
+def has_meta_columns(conn: sqlite3.Connection) -> bool:
+    """True if ``events`` has the client-meta columns (rule 6): files written
+    before them do not, and readers select NULL in their place."""
+    names = {r[1] for r in conn.execute("PRAGMA main.table_info(events)")}
+    return set(META_COLUMNS) <= names
+
+
+def meta_select(conn: sqlite3.Connection, columns: tuple[str, ...] = COLUMNS) -> str:
+    """``columns`` as a select list for this file: ``NULL AS [c]`` for a
+    client-meta column the file does not have (rule 6)."""
+    if has_meta_columns(conn):
+        return ", ".join(f"[{c}]" for c in columns)
+    return ", ".join(f"NULL AS [{c}]" if c in META_COLUMNS else f"[{c}]" for c in columns)
+
+
+def add_meta_columns(conn: sqlite3.Connection) -> bool:
+    """Give a file written before the client-meta columns those columns (the
+    writer, on opening it: rule 6), and its ``calls`` view theirs; True if
+    it changed. A file of the older writer (no derived tables) keeps its own
+    views. Rows already there keep NULL, which hashes as before."""
+    if has_meta_columns(conn):
+        return False
+    derived = has_derived(conn)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        names = {r[1] for r in conn.execute("PRAGMA main.table_info(events)")}
+        for column in META_COLUMNS:
+            if column not in names:
+                conn.execute(f"ALTER TABLE events ADD COLUMN [{column}] TEXT")
+        if derived:
+            conn.execute("DROP VIEW IF EXISTS calls")
+            conn.execute(f"CREATE VIEW calls AS {VIEWS['calls'].strip()}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return True
 
 
 def indexed_upto(conn: sqlite3.Connection) -> int | None:

@@ -54,6 +54,7 @@ from firewall.audit.events import Event
 from firewall.audit.redaction import Redactor
 from firewall.audit.store import (
     StoreError,
+    add_meta_columns,
     adopt_progress,
     chain_files,
     connect_writer,
@@ -240,6 +241,7 @@ class Trail:
         path = files[-1]
         self.conn = connect_writer(path, self.durable)
         info = segment_info(self.conn, path)
+        add_meta_columns(self.conn)  # a file written before them (store rule 6)
         self.path = path
         self.segment = info.number
         self.chain = info.chain

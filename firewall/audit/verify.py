@@ -31,7 +31,18 @@ from typing import Any, Literal
 
 import msgspec
 
-from firewall.audit.chain import COLUMNS, FORMAT, HASH, PREV, SEQ, Row, row_hash, with_seq
+from firewall.audit.chain import (
+    COLUMNS,
+    FORMAT,
+    HASH,
+    META,
+    META_COLUMNS,
+    PREV,
+    SEQ,
+    Row,
+    row_hash,
+    with_seq,
+)
 from firewall.audit.checkpoint import (
     Anchor,
     AuditKeyError,
@@ -45,6 +56,8 @@ from firewall.audit.store import (
     StoreError,
     connect_readonly,
     expand_paths,
+    has_meta_columns,
+    meta_select,
     segment_info,
 )
 
@@ -53,19 +66,36 @@ ProblemKind = Literal[
     "missing_segment", "broken_segment", "unreadable",
 ]
 
-_SELECT_ONE = f"SELECT {', '.join(f'[{c}]' for c in COLUMNS)} FROM events"
-_SELECT = f"{_SELECT_ONE} ORDER BY seq"
+def _select_one(conn: sqlite3.Connection) -> str:
+    """Every column of a row, NULL for the client-meta ones a file lacks."""
+    return f"SELECT {meta_select(conn)} FROM events"
+
+
+def _cols(names: tuple[str, ...]) -> str:
+    return ", ".join(f"[{c}]" for c in names)
+
+
 # seq, prev_hash, hash and the canonical bytes as SQLite renders them: for
 # integers, NULL and text, json_array writes what msgspec writes (and when it
 # does not, the reference check below decides, so a difference costs time,
 # never a verdict). Two encoders' outputs that are equal decode to equal
 # values, so a rendering that hashes right proves the row unchanged; REALs
 # are left to Python, as SQLite prints 15 digits, not the shortest exact form.
-_LIGHT = (
+# The client-meta columns are rendered only when one is set (chain rule 6).
+_BEFORE_META = _cols(COLUMNS[:META])
+_LIGHT_OLD = (
     "SELECT seq, prev_hash, hash, CASE WHEN typeof(retry_after) = 'real' THEN NULL ELSE "
-    f"CAST(json_array(?, {', '.join(f'[{c}]' for c in COLUMNS[:HASH])}) AS BLOB) END "
+    f"CAST(json_array(?, {_BEFORE_META}, [prev_hash]) AS BLOB) END "
     "FROM events ORDER BY seq"
 )
+_LIGHT = (
+    "SELECT seq, prev_hash, hash, CASE WHEN typeof(retry_after) = 'real' THEN NULL "
+    "WHEN " + " AND ".join(f"[{c}] IS NULL" for c in META_COLUMNS) + " THEN "
+    f"CAST(json_array(?1, {_BEFORE_META}, [prev_hash]) AS BLOB) ELSE "
+    f"CAST(json_array(?1, {_cols(COLUMNS[:HASH])}) AS BLOB) END "
+    "FROM events ORDER BY seq"
+)
+assert COLUMNS[META + len(META_COLUMNS)] == "prev_hash"
 _PROBE = 100_000  # how far the verifier looks for where a misplaced row came from
 
 
@@ -284,7 +314,7 @@ def _walk(report: ChainReport, segments: list[SegmentInfo],
 
 
 def _rows(conn: sqlite3.Connection) -> Iterator[Row]:
-    cur = conn.execute(_SELECT)
+    cur = conn.execute(f"{_select_one(conn)} ORDER BY seq")
     while True:
         chunk = cur.fetchmany(10_000)
         if not chunk:
@@ -293,7 +323,10 @@ def _rows(conn: sqlite3.Connection) -> Iterator[Row]:
 
 
 def _light_rows(conn: sqlite3.Connection) -> Iterator[tuple[int, str, str, bytes | None]]:
-    cur = conn.execute(_LIGHT, (FORMAT,))
+    if has_meta_columns(conn):
+        cur = conn.execute(_LIGHT, (FORMAT,))
+    else:
+        cur = conn.execute(_LIGHT_OLD, (FORMAT,))
     while True:
         chunk = cur.fetchmany(10_000)
         if not chunk:
@@ -304,7 +337,7 @@ def _light_rows(conn: sqlite3.Connection) -> Iterator[tuple[int, str, str, bytes
 def _full_row(conn: sqlite3.Connection, after: int, *, inclusive: bool = True) -> Row | None:
     """The row at ``after`` (or the first one past it), every column."""
     op = ">=" if inclusive else ">"
-    row: Row | None = conn.execute(f"{_SELECT_ONE} WHERE seq {op} ? ORDER BY seq LIMIT 1",
+    row: Row | None = conn.execute(f"{_select_one(conn)} WHERE seq {op} ? ORDER BY seq LIMIT 1",
                                    (after,)).fetchone()
     return row
 

@@ -81,6 +81,26 @@ fronts own the I/O; the mediator owns the rules. Invariants it keeps:
    reservation (a shared bucket, a rejected or withdrawn approval) gives
    them back. A call whose fate is unknown (timed out, upstream lost, session
    gone) keeps them: it may have run, and a counter errs on counting.
+14. Both protocol eras pass here, chosen per request
+   (:mod:`firewall.protocol.meta`): a request whose ``params._meta`` carries
+   ``io.modelcontextprotocol/protocolVersion`` goes by its own version,
+   capabilities and clientInfo (MCP 2026-07-28); any other by what the
+   session's ``initialize`` said (its version: the one the server answered
+   with). Each decision event records them, bounded; who the caller is comes
+   from authentication only (``caller``), never from clientInfo. A 2026-07-28
+   request naming a revision mcpwall does not mediate is refused with
+   UnsupportedProtocolVersionError (-32022, ``data.supported``) under its
+   id, recorded as ``deny`` by rule ``protocol``. mcpwall's own results to a
+   2026-07-28 request carry ``resultType: "complete"``; it never sends such a
+   client a request of its own (elicitation: that revision replaced
+   server requests with MRTR), so a held call there goes to the desk. A
+   ``server/discover`` request is decided like any method; its result offers
+   only the revisions mcpwall mediates.
+15. ``session`` scopes (limits, counters) take :attr:`scope`: the session id,
+   or for a mediator made ``sessionless`` (a 2026-07-28 request over HTTP)
+   the caller's grant (``policy.decision.session_scope``). A sessionless
+   call is never covered by a ``session`` standing approval, and an approval
+   given to it with scope ``session`` covers that call only.
 """
 
 from __future__ import annotations
@@ -106,9 +126,18 @@ from firewall.gateway.outbound import Outbound
 from firewall.log import get_logger
 from firewall.policy import render
 from firewall.policy.counters import Counted, Reservation
-from firewall.policy.decision import ALLOW, DENY, PENDING, Caller, Decision, PolicyPoint
+from firewall.policy.decision import (
+    ALLOW,
+    DENY,
+    PENDING,
+    Caller,
+    Decision,
+    PolicyPoint,
+    session_scope,
+)
 from firewall.policy.limits import PendingLimit
 from firewall.protocol import framing, jsonrpc, mcp
+from firewall.protocol import meta as client_meta
 from firewall.protocol.inbound import Inbound
 from firewall.protocol.inbound import client as decode_client
 from firewall.protocol.inbound import server as decode_server
@@ -228,6 +257,14 @@ class _Pending(msgspec.Struct):
     counters: Reservation | None = None
 
 
+class _AuditMeta(msgspec.Struct, frozen=True, gc=False):
+    """What a decision event records of a request's client meta (bounded)."""
+
+    version: str | None
+    info: dict[str, Any] | None
+    capabilities: dict[str, Any] | None
+
+
 class _ToolResultFlag(msgspec.Struct):
     isError: bool = False
 
@@ -257,8 +294,13 @@ class Mediator:
         deny_tools_call_as: Literal["tool_result", "jsonrpc_error"] = "tool_result",
         approvals: ApprovalDesk | None = None,
         on_tools: Callable[[str, list[str]], None] | None = None,
+        sessionless: bool = False,
     ) -> None:
         self.server = server
+        # Rule 15: what ``session`` scopes mean here. ``session`` names these
+        # calls in the audit trail either way.
+        self.sessionless = sessionless
+        self.scope = session_scope(None if sessionless else session, caller)
         # Told the names of the tools the server offers in each tools/list
         # answer (the console's policy page lists them).
         self.on_tools = on_tools
@@ -271,12 +313,20 @@ class Mediator:
         self._client_pending: dict[RequestId, _Pending] = {}
         self._server_pending: dict[RequestId, _Pending] = {}
         self._tools_list_ids: set[RequestId] = set()
+        self._discover_ids: set[RequestId] = set()  # server/discover results: rule 14
         self._counter = itertools.count(1)
         self._drops = 0
+        # What the client said in its initialize (2025), for the session's
+        # requests that carry no 2026-07-28 _meta (rule 14); and the audit
+        # trail's bounded copy of it, and of the last request's _meta.
+        self.client = client_meta.LEGACY
+        self._audit_meta: tuple[client_meta.ClientMeta, _AuditMeta] = (
+            client_meta.LEGACY, _AuditMeta(None, None, None))
+        self._initialize_ids: set[RequestId] = set()
         self.log = get_logger(server=server, session=session, principal=caller.principal)
         # The calls held for approval and mcpwall's own requests to the client.
         self.holds = Holds(approvals, audit, server=server, session=session, caller=caller,
-                           log=self.log, taken=self._server_pending)
+                           log=self.log, taken=self._server_pending, sessionless=sessionless)
 
     def awaits(self, request_id: RequestId) -> bool:
         """Whether a client request forwarded upstream still waits for its answer."""
@@ -405,6 +455,14 @@ class Mediator:
                 filtered = self._filter_tools_list(msg, data)
                 if filtered is not data:  # mcpwall's own encoding: one line to make sure
                     line = framing.line_safe(filtered)
+            elif self._discover_ids and rid in self._discover_ids:
+                self._discover_ids.discard(rid)
+                filtered = self._filter_discover(msg, data)
+                if filtered is not data:
+                    line = framing.line_safe(filtered)
+            elif self._initialize_ids and rid in self._initialize_ids:
+                self._initialize_ids.discard(rid)
+                self._negotiated(msg)
             if line is None:
                 try:  # _line's work, inline: the one hot path from the server
                     line = inbound.relay_line()
@@ -451,9 +509,12 @@ class Mediator:
             self._client_pending.clear()
             self._server_pending.clear()
             self._tools_list_ids.clear()
+            self._initialize_ids.clear()
+            self._discover_ids.clear()
         else:
             owed = [(rid, self._client_pending.pop(rid, None)) for rid in ids]
             self._tools_list_ids.difference_update(rid for rid, _ in owed)
+            self._discover_ids.difference_update(rid for rid, _ in owed)
         replies = []
         data = {"server": self.server}
         for rid, pending in owed:
@@ -472,6 +533,9 @@ class Mediator:
         rid = msg.request_id
         reply_side = "client" if direction == "client" else "upstream"
         reservation: Reservation | None = None
+        meta = self._meta(inbound, call, direction)
+        if meta.modern and not meta.supported() and _id_problem(msg.id) is None:  # rule 14
+            return await self._unsupported(inbound, meta, direction)
         if direction == "server" and self.holds.asked(rid):
             decision = Decision(DENY, rule="protocol",
                                 reason=f"request id {rid!r} is in use by mcpwall")
@@ -483,20 +547,26 @@ class Mediator:
             decision = Decision(DENY, rule="protocol",
                                 reason=f"request id {rid!r} is already in flight")
         else:
-            decision = self.policy.decide(call, self.caller, self.server, self.session)
+            decision = self.policy.decide(call, self.caller, self.server, self.scope)
             if type(decision) is Counted:  # counters: reserved now, settled by the answer
                 decision, reservation = await decision.settle()
             if type(decision) is PendingLimit:  # buckets shared in Redis: one round trip
                 decision = await decision.settle()
         if direction == "client" and call.method == mcp.INITIALIZE:
             self.holds.client_elicits = mcp.offers_elicitation(inbound.message)
+            self.client = meta
+            if rid is not None:
+                self._initialize_ids.add(rid)
         call_id = f"{self.session}.{next(self._counter)}"
-        receipt = await self._decided(call, msg, decision, call_id)
+        receipt = await self._decided(call, msg, decision, call_id, meta=meta)
+        # Rule 14: a 2026-07-28 client is never sent a request of mcpwall's own
+        # (elicitation/create): the revision replaced them with MRTR.
+        elicits = False if meta.modern else None
         if decision.action == PENDING and not decision.dry_run:
-            if direction == "client" and self.holds.can_hold(decision):
+            if direction == "client" and self.holds.can_hold(decision, elicits):
                 # A held call is rare: its payload is encoded (not decoded) back to raw.
                 full = inbound.message
-                held = self.holds.hold(call, full, decision, call_id)
+                held = self.holds.hold(call, full, decision, call_id, elicits)
                 return Routed(held=HeldCall(self, held, full, line, reservation))
             # Nobody can decide it here: refused now, and recorded as such.
             await _give_back(reservation)
@@ -505,7 +575,8 @@ class Mediator:
             receipt = await self._decided(call, msg, decision, call_id, recorded_as="rejected")
             self.log.info("call_refused", method=call.method, target=call.target,
                           decision="rejected", rule=decision.rule, approver="none")
-            refusal = self._refusal(call, rid, decision, code=jsonrpc.APPROVAL_REQUIRED)
+            refusal = self._refusal(call, rid, decision, code=jsonrpc.APPROVAL_REQUIRED,
+                                    modern=meta.modern)
             if reply_side == "client":
                 return Routed(client=refusal, receipt=receipt)
             return Routed(upstream=Outbound.decided(framing.line_safe(refusal), receipt, call_id),
@@ -514,7 +585,7 @@ class Mediator:
             await _give_back(reservation)  # a shared bucket refused after the counters
             self.log.info("call_refused", method=call.method, target=call.target,
                           decision=decision.action, rule=decision.rule)
-            refusal = self._refusal(call, rid, decision)
+            refusal = self._refusal(call, rid, decision, modern=meta.modern)
             if reply_side == "client":
                 return Routed(client=refusal, receipt=receipt)
             return Routed(upstream=Outbound.decided(framing.line_safe(refusal), receipt, call_id),
@@ -548,6 +619,8 @@ class Mediator:
                 self._client_pending[rid] = pending
                 if call.method == mcp.TOOLS_LIST:
                     self._tools_list_ids.add(rid)
+                elif call.method == mcp.SERVER_DISCOVER:
+                    self._discover_ids.add(rid)
             else:
                 self._server_pending[rid] = pending
         if direction == "client":
@@ -574,11 +647,12 @@ class Mediator:
 
     async def _decided(
         self, call: mcp.Call, msg: jsonrpc.Envelope, decision: Decision, call_id: str,
-        recorded_as: str | None = None,
+        recorded_as: str | None = None, meta: client_meta.ClientMeta | None = None,
     ) -> Receipt | None:
         if self.audit is None:
             return None
         rid = msg.id
+        seen = self._audit_meta_of(self.client if meta is None else meta)
         event = DecisionEvent(
             ts_ns=time.time_ns(),
             call_id=call_id,
@@ -598,8 +672,56 @@ class Mediator:
             reason=decision.reason,
             retry_after=decision.retry_after,
             dry_run=decision.dry_run,
+            protocol_version=seen.version,
+            client_info=seen.info,
+            client_capabilities=seen.capabilities,
         )
         return await self.audit.append(event)
+
+    def _meta(self, inbound: Inbound, call: mcp.Call, direction: str) -> client_meta.ClientMeta:
+        """What this request goes by (rule 14): its own 2026-07-28 ``_meta``,
+        else what the session's initialize said (an initialize: itself)."""
+        if direction != "client":
+            return self.client
+        if call.method == mcp.INITIALIZE:
+            return client_meta.of_initialize(inbound.params)
+        meta = client_meta.of_params(inbound.params)
+        return self.client if meta is client_meta.LEGACY else meta
+
+    def _audit_meta_of(self, meta: client_meta.ClientMeta) -> _AuditMeta:
+        """The audit trail's bounded copy of ``meta`` (kept for the next
+        request that goes by the same: a session's, or a client's every request)."""
+        last, seen = self._audit_meta
+        if meta is last or meta == last:
+            return seen
+        seen = _AuditMeta(client_meta.audit_version(meta.version),
+                          client_meta.bounded(meta.info, client_meta.MAX_INFO_BYTES),
+                          client_meta.bounded(meta.capabilities,
+                                              client_meta.MAX_CAPABILITIES_BYTES))
+        self._audit_meta = (meta, seen)
+        return seen
+
+    async def _unsupported(self, inbound: Inbound, meta: client_meta.ClientMeta,
+                           direction: str) -> Routed:
+        """A 2026-07-28-era request claiming a revision mcpwall does not
+        mediate (rule 14): refused, recorded, answered with the revision's
+        UnsupportedProtocolVersionError (-32022) under the request's id."""
+        msg, call = inbound.envelope, inbound.call
+        assert call is not None
+        requested = client_meta.audit_version(meta.version)
+        decision = Decision(DENY, rule="protocol", reason=(
+            f"protocol version {requested!r} is not one mcpwall mediates"))
+        call_id = f"{self.session}.{next(self._counter)}"
+        receipt = await self._decided(call, msg, decision, call_id, meta=meta)
+        self.log.info("call_refused", method=call.method, target=call.target,
+                      decision=DENY, rule="protocol", protocol_version=requested)
+        answer = jsonrpc.error_response(
+            msg.request_id, client_meta.UNSUPPORTED_PROTOCOL_VERSION,
+            "Unsupported protocol version", client_meta.unsupported_error_data(meta.version))
+        if direction == "client":
+            return Routed(client=answer, receipt=receipt)
+        return Routed(upstream=Outbound.decided(framing.line_safe(answer), receipt, call_id),
+                      receipt=receipt)
 
     async def _line(self, inbound: Inbound, direction: str) -> bytes | None:
         """The bytes to relay for an undecided message (rule 2), or None when
@@ -629,7 +751,7 @@ class Mediator:
                 f"{method!r} without an id is not a notification: a request needs an id"))
             recorded = None
         else:
-            decision = self.policy.decide(call, self.caller, self.server, self.session)
+            decision = self.policy.decide(call, self.caller, self.server, self.scope)
             if type(decision) is Counted:  # no answer will come: kept if forwarded
                 decision, reservation = await decision.settle()
                 if reservation is not None:
@@ -676,9 +798,9 @@ class Mediator:
                                    "id": rid, "size": size, "detail": note})
 
     def _refusal(self, call: mcp.Call, rid: RequestId | None, decision: Decision,
-                 code: int | None = None) -> bytes:
+                 code: int | None = None, *, modern: bool = False) -> bytes:
         if call.method == mcp.TOOLS_CALL and self.deny_tools_call_as == "tool_result":
-            return mcp.tool_error_result(rid, render.denial_text(decision))
+            return mcp.tool_error_result(rid, render.denial_text(decision), modern=modern)
         return jsonrpc.error_response(rid, code or render.error_code(decision),
                                       render.error_message(decision), render.denial_data(decision))
 
@@ -737,6 +859,39 @@ class Mediator:
                 if rid in self._client_pending:
                     self._client_pending[rid].cancelled = True
                 self.holds.withdraw(CANCELLED_BY_CLIENT, rid)
+
+    def _filter_discover(self, msg: jsonrpc.Message, data: bytes) -> bytes:
+        """A server/discover result offers only the revisions mcpwall mediates
+        (rule 14): a client that picked another would be refused. Keeps the
+        bytes when nothing is removed."""
+        if not msg.has_result:
+            return data
+        try:
+            result = _tools_list_decoder.decode(msg.result)
+        except jsonrpc.DECODE_ERRORS:
+            return data
+        versions = result.get("supportedVersions")
+        if not isinstance(versions, list):
+            return data
+        kept = [v for v in versions if v in client_meta.MODERN_VERSIONS
+                or v in mcp.PROTOCOL_VERSIONS]
+        if len(kept) == len(versions):
+            return data
+        self.log.info("discover_filtered", removed=[str(v)[:64] for v in versions
+                                                    if v not in kept][:8])
+        return jsonrpc.result_response(msg.request_id, {**result, "supportedVersions": kept})
+
+    def _negotiated(self, msg: jsonrpc.Message) -> None:
+        """The server's answer to initialize: the version it chose is the
+        session's from now on (rule 14)."""
+        if not msg.has_result:
+            return
+        try:
+            version = _tools_list_decoder.decode(msg.result).get("protocolVersion")
+        except jsonrpc.DECODE_ERRORS:
+            return
+        if type(version) is str:
+            self.client = msgspec.structs.replace(self.client, version=version)
 
     def _filter_tools_list(self, msg: jsonrpc.Message, data: bytes) -> bytes:
         """Drop the tools this caller can never call; keep the bytes if none is dropped.

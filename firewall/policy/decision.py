@@ -34,6 +34,25 @@ class Caller(msgspec.Struct, frozen=True):
     groups: tuple[str, ...] = ()
 
 
+SESSIONLESS_PREFIX: Final = "grant:"
+
+
+def session_scope(session: str | None, caller: Caller) -> str:
+    """The value a ``session`` scope (limits, counters) takes for a call.
+
+    In a session (MCP 2025, or a ``wrap`` process, which is one session for
+    its life): the session id. Without one (an MCP 2026-07-28 request over
+    HTTP, which has no session), the caller's grant, as ``grant:<id>``
+    (never a session id, which mcpwall mints in hex): every sessionless call
+    made with one credential shares one budget, so leaving out a session
+    never buys a fresh one.
+
+    >>> session_scope(None, Caller("agent", "g-1"))
+    'grant:g-1'
+    """
+    return session if session is not None else SESSIONLESS_PREFIX + caller.grant
+
+
 class Decision(msgspec.Struct, frozen=True):
     """The verdict on one message.
 

@@ -120,6 +120,17 @@ class Inbound(msgspec.Struct, frozen=True, gc=False):
         return jsonrpc.Message(env.jsonrpc, env.method, env.id, _raw(value, "params"),
                                _raw(value, "result"), _raw(value, "error"))
 
+    @property
+    def params(self) -> Any:
+        """The decoded ``params`` of a request (plain values, from the one
+        value: rule 6), or None when there are none or it was not decoded whole."""
+        value = self.value
+        if type(value) is _Sent:
+            return None if value.params is UNSET else value.params
+        if type(value) is dict:
+            return value.get("params")
+        return None
+
     def relay_line(self) -> bytes:
         """The bytes to relay for a message passed on undecided: the line when
         there is one; else a new envelope (each member once, ``jsonrpc.reencode``)

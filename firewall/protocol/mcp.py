@@ -31,6 +31,7 @@ RESOURCES_SUBSCRIBE: Final = "resources/subscribe"
 RESOURCES_UNSUBSCRIBE: Final = "resources/unsubscribe"
 PROMPTS_GET: Final = "prompts/get"
 INITIALIZE: Final = "initialize"
+SERVER_DISCOVER: Final = "server/discover"  # 2026-07-28: what initialize told
 PING: Final = "ping"
 SAMPLING_CREATE: Final = "sampling/createMessage"
 ELICITATION_CREATE: Final = "elicitation/create"
@@ -208,11 +209,15 @@ def decode(data: bytes, direction: str = "client") -> tuple[jsonrpc.Envelope, Ca
     return msg, None
 
 
-def tool_error_result(request_id: jsonrpc.RequestId | None, text: str) -> bytes:
-    """A tools/call result with ``isError: true``: how a refusal reaches the model."""
-    return jsonrpc.result_response(
-        request_id, {"content": [{"type": "text", "text": text}], "isError": True}
-    )
+def tool_error_result(request_id: jsonrpc.RequestId | None, text: str, *,
+                      modern: bool = False) -> bytes:
+    """A tools/call result with ``isError: true``: how a refusal reaches the model.
+
+    ``modern``: for a 2026-07-28 request, whose results carry ``resultType``."""
+    result: dict[str, Any] = {"content": [{"type": "text", "text": text}], "isError": True}
+    if modern:
+        result["resultType"] = "complete"
+    return jsonrpc.result_response(request_id, result)
 
 
 class _Meta(msgspec.Struct):

@@ -21,7 +21,9 @@ Rules this module keeps:
    keeps the standing approvals in memory, so a held call consults a dict and
    an allowed call never touches this file. When a session ends, the front
    calls :meth:`ApprovalDesk.forget_session`: its session-scoped approvals end
-   with it, in memory and in the file, and no poll reads them again.
+   with it, in memory and in the file, and no poll reads them again. A call
+   without a session (MCP 2026-07-28 over HTTP) is covered only by approvals
+   for N minutes; one given to it with scope ``session`` covers it alone.
 6. Pending requests do not survive their process. Each request names its
    owner (host, boot id, pid and the pid's start time); a desk that opens marks
    the pending requests of owners that are gone ``abandoned`` and returns them
@@ -150,13 +152,14 @@ class Standing(msgspec.Struct, frozen=True, kw_only=True):
     until_ns: int | None  # None: until the session ends
     by: str | None = None
 
-    def covers(self, *, session: str, principal: str, server: str, target: str | None,
+    def covers(self, *, session: str | None, principal: str, server: str, target: str | None,
                rule: str | None, now_ns: int) -> bool:
-        """True when a call with these particulars passes on this approval now."""
+        """True when a call with these particulars passes on this approval now
+        (``session`` None: a call without a session, which no session approval covers)."""
         if self.server != server or self.target != target or self.rule != rule:
             return False
         if self.scope == "session":
-            return self.session == session
+            return session is not None and self.session == session
         return self.principal == principal and (self.until_ns or 0) > now_ns
 
     def describe(self) -> str:
@@ -490,9 +493,12 @@ class ApprovalDesk:
             arguments=None if arguments is None else redact_arguments(arguments),
             rule=rule, reason=reason, owner=self.owner, call_id=call_id)
 
-    def standing_for(self, *, session: str, principal: str, server: str, target: str | None,
-                     rule: str | None) -> Standing | None:
-        """A standing approval that lets this held call through now, if any (no I/O)."""
+    def standing_for(self, *, session: str | None, principal: str, server: str,
+                     target: str | None, rule: str | None) -> Standing | None:
+        """A standing approval that lets this held call through now, if any (no I/O).
+
+        ``session`` None: the call has no session (MCP 2026-07-28 over HTTP);
+        only an approval for N minutes can cover it (rule 5)."""
         if not self._standing:
             return None
         now = self.clock()
@@ -523,10 +529,13 @@ class ApprovalDesk:
         found: list[Standing] = await self._run(store.standing, self.instance, self.clock())
         self._standing = {s.id: s for s in found}
 
-    async def ask(self, request: ApprovalRequest, why: Withdrawal | None = None) -> Verdict:
+    async def ask(self, request: ApprovalRequest, why: Withdrawal | None = None, *,
+                  sessionless: bool = False) -> Verdict:
         """File ``request`` and wait for its verdict (``expired`` at the deadline).
 
         Cancelled, the request is withdrawn as ``why`` says (read at that moment).
+        ``sessionless``: the call has no session, so an approval with scope
+        ``session`` covers it alone and is not kept (rule 5).
         """
         assert self._conn is not None, "the desk is not open"
         store = ApprovalStore(self._conn)
@@ -543,7 +552,11 @@ class ApprovalDesk:
                 with trio.CancelScope(shield=True):
                     await self._run(store.withdraw, request.id, self.clock(), why)
         verdict = box[0]
-        if verdict.status == "approved" and verdict.scope != "call":
+        keep = verdict.scope == "minutes" or (verdict.scope == "session" and not sessionless)
+        if verdict.status == "approved" and verdict.scope == "session" and sessionless:
+            # Ended at once in the file too: no poll brings it back.
+            await self._run(store.end_session_scopes, [request.id], self.clock())
+        if verdict.status == "approved" and keep:
             self._standing[request.id] = Standing(
                 id=request.id, scope=verdict.scope, session=request.session,
                 principal=request.principal, server=request.server, target=request.target,

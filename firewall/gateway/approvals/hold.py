@@ -19,7 +19,9 @@ reaches a server without its decision and receipt. Rules this module keeps
    :data:`NO_DESK`; the client is told it is refused and why, never that it
    is held.
 2. A standing approval (an earlier one given for the session or for N
-   minutes) lets a held call through at once, recorded as ``approved`` with a
+   minutes) lets a held call through at once (a call without a session,
+   ``sessionless``, only one given for N minutes: a ``session`` one given to
+   it covers that call alone), recorded as ``approved`` with a
    reason naming it; only a held call consults them (a dict, no I/O). While a
    call is held and its request carried ``_meta.progressToken``, the client
    gets ``notifications/progress`` every ``progress_seconds`` so that it
@@ -136,8 +138,11 @@ class Holds:
 
     def __init__(self, desk: ApprovalDesk | None, audit: AuditPoint | None, *, server: str,
                  session: str, caller: Caller, log: Any,
-                 taken: Container[RequestId] = ()) -> None:
+                 taken: Container[RequestId] = (), sessionless: bool = False) -> None:
         self.desk = desk
+        # No session (a 2026-07-28 request over HTTP): ``session`` approvals
+        # neither cover its calls nor are kept from them (rule 2).
+        self.sessionless = sessionless
         self.audit = audit
         self.server = server
         self.session = session
@@ -157,14 +162,20 @@ class Holds:
         """The ``[approvals]`` settings (the defaults without a desk)."""
         return self.desk.settings if self.desk is not None else _DEFAULTS
 
-    def can_hold(self, decision: Decision) -> bool:
-        """Whether someone here can decide a call ``decision`` holds (rule 1)."""
-        return self.desk is not None or (decision.approval == "client" and self.client_elicits)
+    def can_hold(self, decision: Decision, elicits: bool | None = None) -> bool:
+        """Whether someone here can decide a call ``decision`` holds (rule 1).
+
+        ``elicits``: whether this call's client may be asked, when the call
+        says so itself (a 2026-07-28 request); None: as its initialize said."""
+        asks = self.client_elicits if elicits is None else elicits
+        return self.desk is not None or (decision.approval == "client" and asks)
 
     def hold(self, call: mcp.Call, msg: jsonrpc.Message, decision: Decision,
-             call_id: str) -> Held:
-        """Hold the client request ``msg`` (decided ``pending``, recorded as ``call_id``)."""
-        held = Held(self, call, msg, decision, call_id)
+             call_id: str, elicits: bool | None = None) -> Held:
+        """Hold the client request ``msg`` (decided ``pending``, recorded as
+        ``call_id``; ``elicits`` as in :meth:`can_hold`)."""
+        held = Held(self, call, msg, decision, call_id,
+                    self.client_elicits if elicits is None else elicits)
         if held.rid is not None:
             self._calls[held.rid] = held
         return held
@@ -220,12 +231,13 @@ class Holds:
 class Held:
     """One client request held for approval, from its decision to its verdict."""
 
-    __slots__ = ("_answer", "_approval", "_holds", "_label", "_reason", "_scope",
+    __slots__ = ("_answer", "_approval", "_elicits", "_holds", "_label", "_reason", "_scope",
                  "_started", "_token", "_withdrawal", "call", "call_id", "decision", "rid")
 
     def __init__(self, holds: Holds, call: mcp.Call, msg: jsonrpc.Message,
-                 decision: Decision, call_id: str) -> None:
+                 decision: Decision, call_id: str, elicits: bool = False) -> None:
         self.call = call
+        self._elicits = elicits  # may its client be asked (rule 3)?
         self.decision = decision
         self.call_id = call_id
         self.rid = msg.request_id
@@ -309,7 +321,8 @@ class Held:
         holds, call, decision = self._holds, self.call, self.decision
         desk = holds.desk
         if desk is not None:
-            standing = desk.standing_for(session=holds.session, principal=holds.caller.principal,
+            standing = desk.standing_for(session=None if holds.sessionless else holds.session,
+                                         principal=holds.caller.principal,
                                          server=holds.server, target=call.target,
                                          rule=decision.rule)
             if standing is not None:
@@ -319,7 +332,7 @@ class Held:
                     f"approved by standing approval {standing.id} "
                     f"({standing.by or 'someone'}, {standing.describe()})",
                     "standing", standing.id)
-        if decision.approval == "client" and holds.client_elicits and to_client is not None:
+        if decision.approval == "client" and self._elicits and to_client is not None:
             return await self._elicit(to_client)
         if desk is None:
             return self._ended(Verdict("rejected"), "approval in the client is not possible "
@@ -334,12 +347,14 @@ class Held:
         self._label = f"waiting for approval (request {request.id})"
         holds.log.warning("call_held", method=call.method, target=call.target,
                           rule=decision.rule, approval=request.id)
-        verdict = await desk.ask(request, self._withdrawal)
+        verdict = await desk.ask(request, self._withdrawal, sessionless=holds.sessionless)
         by = verdict.by or "nobody"
         note = f": {verdict.note}" if verdict.note else ""
         if verdict.status == "approved":
             reason = f"approved by {by}{note}"
-            if verdict.scope == "session":
+            if verdict.scope == "session" and holds.sessionless:
+                reason += " (scope session: this call only, as it has no session)"
+            elif verdict.scope == "session":
                 reason += " (for the rest of the session)"
             elif verdict.scope == "minutes":
                 reason += f" (until {_utc(verdict.scope_until_ns)} for this principal)"
