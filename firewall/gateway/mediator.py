@@ -101,6 +101,34 @@ fronts own the I/O; the mediator owns the rules. Invariants it keeps:
    the caller's grant (``policy.decision.session_scope``). A sessionless
    call is never covered by a ``session`` standing approval, and an approval
    given to it with scope ``session`` covers that call only.
+16. Multi round-trip requests (2026-07-28, :mod:`firewall.gateway.mrtr`):
+   an ``InputRequiredResult`` answering a tools/call, prompts/get or
+   resources/read has each of its ``inputRequests`` decided as the
+   server-to-client request it stands for (direction ``server``, recorded
+   under the call's call_id, ``request_id`` the entry's key as JSON); the
+   refused ones are removed, and when every one is refused the call ends
+   with the refusal (a server would only ask again). One that cannot be
+   read never reaches the client (-32603). The retry that echoes the
+   server's ``requestState`` with the same caller, server and arguments is
+   the same call: recorded under the same call_id with the first round's
+   decision, neither decided nor charged (buckets, counters) again; any
+   other retry is a new call, decided in full. The intermediate answer is
+   an ``input_required`` lifecycle event; the call has one outcome, its
+   last round's.
+17. Tasks (``io.modelcontextprotocol/tasks``): a call answered with a task
+   handle is recorded as a ``task`` lifecycle event, its outcome left open.
+   ``tasks/get``, ``tasks/update``, ``tasks/cancel`` naming a task of this
+   caller are decided by the policy (``methods``) and recorded under the
+   task's call_id; their answers are part of that call (a task waiting for
+   input has its ``inputRequests`` decided as in rule 16), and the call's one
+   outcome is recorded when a ``tasks/get`` shows the task ended.
+18. A rule with ``"approval": "client"`` on a call from a 2026-07-28 client
+   that offers form elicitation is asked through the call's own answer: an
+   ``InputRequiredResult`` whose one input request is mcpwall's question and
+   whose ``requestState`` is sealed (HMAC, a per-process key; bound to the
+   caller, server and the call's digest; used once). The retry answering it
+   is the verdict, recorded under the call's call_id; approved, the call is
+   forwarded without mcpwall's key and state.
 """
 
 from __future__ import annotations
@@ -121,7 +149,16 @@ from firewall.audit.events import (
     append_lifecycle,
 )
 from firewall.gateway.approvals.desk import ApprovalDesk
-from firewall.gateway.approvals.hold import CANCELLED_BY_CLIENT, NO_DESK, Held, Holds, ToClient
+from firewall.gateway.approvals.hold import (
+    CANCELLED_BY_CLIENT,
+    ELICIT_FIELD,
+    NO_DESK,
+    Held,
+    Holds,
+    ToClient,
+    approval_question,
+)
+from firewall.gateway.mrtr import APPROVAL_KEY, Ask, Link, Rounds, TaskLink
 from firewall.gateway.outbound import Outbound
 from firewall.log import get_logger
 from firewall.policy import render
@@ -136,7 +173,7 @@ from firewall.policy.decision import (
     session_scope,
 )
 from firewall.policy.limits import PendingLimit
-from firewall.protocol import framing, jsonrpc, mcp
+from firewall.protocol import framing, jsonrpc, mcp, mrtr
 from firewall.protocol import meta as client_meta
 from firewall.protocol.inbound import Inbound
 from firewall.protocol.inbound import client as decode_client
@@ -255,6 +292,14 @@ class _Pending(msgspec.Struct):
     # What the call added to its counters: kept when the answer is a result,
     # given back when it is a JSON-RPC error (rule 13).
     counters: Reservation | None = None
+    # For a call that may take several rounds (MRTR) or become a task: its
+    # view, the decision it went with, its round; for a tasks/* request
+    # linked to a call, the task's id (rules 16 and 17).
+    call: mcp.Call | None = None
+    decision: Decision | None = None
+    recorded_as: str | None = None
+    round: int = 1
+    task: str | None = None
 
 
 class _AuditMeta(msgspec.Struct, frozen=True, gc=False):
@@ -270,6 +315,8 @@ class _ToolResultFlag(msgspec.Struct):
 
 
 _tool_flag_decoder: Final = msgspec.json.Decoder(_ToolResultFlag)
+# Answers read for MRTR and tasks (rules 16, 17): only these methods' results.
+_ROUND_ANSWERS: Final = mrtr.MRTR_METHODS | mrtr.TASKS_METHODS
 _tools_list_decoder: Final = msgspec.json.Decoder(dict[str, Any])
 
 
@@ -295,6 +342,7 @@ class Mediator:
         approvals: ApprovalDesk | None = None,
         on_tools: Callable[[str, list[str]], None] | None = None,
         sessionless: bool = False,
+        rounds: Rounds | None = None,
     ) -> None:
         self.server = server
         # Rule 15: what ``session`` scopes mean here. ``session`` names these
@@ -327,6 +375,9 @@ class Mediator:
         # The calls held for approval and mcpwall's own requests to the client.
         self.holds = Holds(approvals, audit, server=server, session=session, caller=caller,
                            log=self.log, taken=self._server_pending, sessionless=sessionless)
+        # What links a call's rounds and its task (rules 16 to 18); a front may
+        # share one between the mediators of one server.
+        self.rounds = rounds if rounds is not None else Rounds()
 
     def awaits(self, request_id: RequestId) -> bool:
         """Whether a client request forwarded upstream still waits for its answer."""
@@ -449,6 +500,10 @@ class Mediator:
             if rid is None or rid not in self._client_pending:
                 await self._dropped("server", "response_unmatched", msg, data)
                 return Routed()
+            if msg.has_result and self._client_pending[rid].method in _ROUND_ANSWERS:
+                answered = await self._round_answer(inbound, msg, rid)  # rules 16, 17
+                if answered is not None:
+                    return Routed(client=answered, answers=rid)
             line: bytes | None = None
             if rid in self._tools_list_ids:
                 self._tools_list_ids.discard(rid)
@@ -547,6 +602,10 @@ class Mediator:
             decision = Decision(DENY, rule="protocol",
                                 reason=f"request id {rid!r} is already in flight")
         else:
+            if direction == "client" and call.method in mrtr.MRTR_METHODS:
+                again = await self._round(inbound, call)  # rule 16: a later round
+                if again is not None:
+                    return again
             decision = self.policy.decide(call, self.caller, self.server, self.scope)
             if type(decision) is Counted:  # counters: reserved now, settled by the answer
                 decision, reservation = await decision.settle()
@@ -557,12 +616,20 @@ class Mediator:
             self.client = meta
             if rid is not None:
                 self._initialize_ids.add(rid)
-        call_id = f"{self.session}.{next(self._counter)}"
+        task = None
+        if direction == "client" and call.method in mrtr.TASKS_METHODS:
+            task = self._task_of(inbound)  # rule 17: recorded against the task's call
+        call_id = task[1] if task is not None else f"{self.session}.{next(self._counter)}"
         receipt = await self._decided(call, msg, decision, call_id, meta=meta)
         # Rule 14: a 2026-07-28 client is never sent a request of mcpwall's own
         # (elicitation/create): the revision replaced them with MRTR.
         elicits = False if meta.modern else None
         if decision.action == PENDING and not decision.dry_run:
+            if direction == "client" and decision.approval == "client":
+                asked = await self._ask_by_round(inbound, call, decision, call_id, reservation,
+                                                 receipt)
+                if asked is not None:  # rule 18: the question goes in the answer
+                    return asked
             if direction == "client" and self.holds.can_hold(decision, elicits):
                 # A held call is rare: its payload is encoded (not decoded) back to raw.
                 full = inbound.message
@@ -590,7 +657,9 @@ class Mediator:
                 return Routed(client=refusal, receipt=receipt)
             return Routed(upstream=Outbound.decided(framing.line_safe(refusal), receipt, call_id),
                           receipt=receipt)
-        routed = self._forwarded(call, rid, line, direction, call_id, receipt)
+        routed = self._forwarded(call, rid, line, direction, call_id, receipt, decision)
+        if task is not None and rid is not None and rid in self._client_pending:
+            self._client_pending[rid].task = task[0]
         if reservation is not None and not self._keep(reservation, rid, routed, direction):
             await reservation.commit()  # no answer will come to settle it
         return routed
@@ -612,8 +681,12 @@ class Mediator:
         return rid in self._server_pending
 
     def _forwarded(self, call: mcp.Call, rid: RequestId | None, line: bytes, direction: str,
-                   call_id: str, receipt: Receipt | None) -> Routed:
+                   call_id: str, receipt: Receipt | None, decision: Decision | None = None,
+                   recorded_as: str | None = None, round: int = 1) -> Routed:
         pending = _Pending(call_id, call.method, time.perf_counter_ns())
+        if call.method in mrtr.MRTR_METHODS and direction == "client":  # rules 16, 17
+            pending.call, pending.decision, pending.round = call, decision, round
+            pending.recorded_as = recorded_as
         if rid is not None:
             if direction == "client":
                 self._client_pending[rid] = pending
@@ -637,7 +710,7 @@ class Mediator:
             await held.end(ended)
             if ended.decision.action == ALLOW:
                 return self._forwarded(held.call, held.rid, line, "client", held.call_id,
-                                       receipt)
+                                       receipt, ended.decision, ended.recorded_as)
         finally:
             held.release()  # after _forwarded: its id stays in flight throughout
         if not ended.answered:  # withdrawn: no answer
@@ -915,6 +988,326 @@ class Mediator:
             return data
         self.log.debug("tools_list_filtered", removed=len(tools) - len(kept))
         return jsonrpc.result_response(msg.request_id, {**result, "tools": kept})
+
+    # -- MRTR and tasks (2026-07-28; rules 16 to 18) ---------------------------------
+    async def _round(self, inbound: Inbound, call: mcp.Call) -> Routed | None:
+        """A retry that continues a call (rule 16) or answers mcpwall's own
+        approval question (rule 18); None: a new call, decided in full."""
+        data = inbound.data
+        if b"inputResponses" not in data and b"requestState" not in data:
+            return None
+        params = inbound.message.params
+        again = mrtr.retry(params)
+        if again is None:
+            return None
+        digest = mrtr.call_digest(call)
+        if again.state is not None and again.state.startswith(mrtr.StateSeal.PREFIX):
+            return await self._approval_answer(inbound, call, digest, again)
+        link = self.rounds.take(self.caller, self.server, digest, again.state)
+        if link is None:
+            return None
+        msg, rid, line = inbound.envelope, inbound.envelope.request_id, inbound.line
+        assert line is not None
+        number = link.round + 1
+        decision = msgspec.structs.replace(link.decision, reason=(
+            f"round {number} of this call: decided in round 1 ({link.recorded_as}, rule "
+            f"{link.decision.rule}); not decided or charged again"))
+        receipt = await self._decided(call, msg, decision, link.call_id)
+        self.log.debug("call_round", call_id=link.call_id, round=number)
+        return self._forwarded(call, rid, line, "client", link.call_id, receipt, link.decision,
+                               link.recorded_as, number)
+
+    async def _ask_by_round(self, inbound: Inbound, call: mcp.Call, decision: Decision,
+                            call_id: str, reservation: Reservation | None,
+                            receipt: Receipt | None) -> Routed | None:
+        """Ask the person in a 2026-07-28 client to approve a held call through
+        the call's own answer: an InputRequiredResult carrying the question and
+        a sealed requestState (rule 18). None: this client cannot be asked so."""
+        if call.method not in mrtr.MRTR_METHODS:
+            return None
+        params = inbound.message.params
+        version, caps = mrtr.revision(params)
+        if version != mrtr.PROTOCOL_VERSION or not mrtr.elicits(caps):
+            return None
+        again = mrtr.retry(params)
+        if again is not None and (set(again.responses) - {APPROVAL_KEY} or (
+                again.state is not None and not again.state.startswith(mrtr.StateSeal.PREFIX))):
+            return None  # it carries a server's round, which the question would lose
+        digest = mrtr.call_digest(call)
+        await self._unanswered_asks(self.rounds.ask(
+            Ask(call_id, digest, call, decision, reservation, time.monotonic())))
+        state = self.rounds.seal.seal(
+            {"c": call_id, "d": digest, "p": self.caller.principal, "g": self.caller.grant,
+             "s": self.server}, expires_ns=time.time_ns() + int(self.rounds.ttl * 1e9))
+        question = {"mode": "form", **approval_question(call, decision, self.server)}
+        result = {"resultType": mrtr.INPUT_REQUIRED, "requestState": state, "inputRequests": {
+            APPROVAL_KEY: {"method": mcp.ELICITATION_CREATE, "params": question}}}
+        self.log.warning("call_held", method=call.method, target=call.target,
+                         rule=decision.rule, approval="client", via="input_required")
+        rid = inbound.envelope.request_id
+        return Routed(client=framing.line_safe(jsonrpc.result_response(rid, result)),
+                      receipt=receipt)
+
+    async def _approval_answer(self, inbound: Inbound, call: mcp.Call, digest: str,
+                               again: mrtr.Retry) -> Routed | None:
+        """The retry that answers mcpwall's approval question (rule 18): the
+        verdict is recorded, then the call is forwarded without mcpwall's key
+        and state, or refused. A state that does not open for this caller,
+        server and call is no answer (None: a new call)."""
+        await self._unanswered_asks(self.rounds.expired_asks())
+        assert again.state is not None
+        sealed = self.rounds.seal.open(again.state, time.time_ns())
+        if sealed is None or sealed.get("d") != digest or sealed.get("s") != self.server \
+                or sealed.get("p") != self.caller.principal or sealed.get("g") != self.caller.grant:
+            return None
+        ask = self.rounds.answer(str(sealed.get("c")))
+        if ask is None or ask.digest != digest:
+            return None
+        msg, rid = inbound.envelope, inbound.envelope.request_id
+        answer = again.responses.get(APPROVAL_KEY)
+        if not isinstance(answer, dict):
+            answer = {}
+        content = answer.get("content")
+        who = f"client:{self.caller.principal}"
+        if isinstance(content, dict) and answer.get("action") == "accept" \
+                and content.get(ELICIT_FIELD) is True:
+            decision = Decision(ALLOW, rule=ask.decision.rule,
+                                reason=f"approved by {who} in the client")
+            verdict = "approved"
+        else:
+            action = answer.get("action")
+            what = {"decline": "declined", "cancel": "cancelled",
+                    "accept": "accepted without approving"}.get(str(action), "not answered")
+            decision = Decision(DENY, rule=ask.decision.rule,
+                                reason=f"rejected by {who} in the client ({what})")
+            verdict = "rejected"
+        forwarded: Inbound | None = None
+        if verdict == "approved":  # the decided call, without mcpwall's key and state
+            assert msg.method is not None and rid is not None
+            forwarded = decode_client(jsonrpc.request(msg.method, mrtr.without(
+                inbound.message.params, frozenset({APPROVAL_KEY}), drop_state=True), rid))
+            if forwarded.call != call or forwarded.line is None:
+                forwarded = None
+                decision = Decision(DENY, rule="protocol", reason=(
+                    "the approved call could not be forwarded as decided"))
+                verdict = "rejected"
+        receipt = await self._decided(call, msg, decision, ask.call_id, recorded_as=verdict)
+        await append_lifecycle(self.audit, "approval", session=self.session,
+                               principal=self.caller.principal, server=self.server, detail={
+                                   "approval": None, "call_id": ask.call_id, "verdict": verdict,
+                                   "by": who, "note": decision.reason, "via": "client",
+                                   "scope": "call",
+                                   "waited_s": round(time.monotonic() - ask.asked, 3)})
+        if forwarded is None or forwarded.line is None:
+            await _give_back(ask.reservation)
+            return Routed(client=self._refusal(call, rid, decision), receipt=receipt)
+        routed = self._forwarded(call, rid, forwarded.line, "client", ask.call_id, receipt,
+                                 decision, "approved")
+        if ask.reservation is not None and not self._keep(ask.reservation, rid, routed):
+            await ask.reservation.commit()
+        return routed
+
+    async def _unanswered_asks(self, asks: list[Ask]) -> None:
+        """Approval questions dropped unanswered (expired, or crowded out):
+        recorded as expired, their counters given back (the call never ran)."""
+        for ask in asks:
+            await _give_back(ask.reservation)
+            await append_lifecycle(self.audit, "approval", session=self.session,
+                                   principal=self.caller.principal, server=self.server,
+                                   detail={"approval": None, "call_id": ask.call_id,
+                                           "verdict": "expired", "by": None, "via": "client",
+                                           "note": "no answer in the client", "scope": "call",
+                                           "waited_s": round(time.monotonic() - ask.asked, 3)})
+
+    def _task_of(self, inbound: Inbound) -> tuple[str, str] | None:
+        """(task id, call_id) when a tasks/* request names a task of this caller (rule 17)."""
+        ident = mrtr.task_id(inbound.message.params)
+        link = self.rounds.task_call(self.caller, self.server, ident) if ident else None
+        return None if link is None or ident is None else (ident, link.call_id)
+
+    async def _round_answer(self, inbound: Inbound, msg: jsonrpc.Message,
+                            rid: RequestId) -> bytes | None:
+        """Read an answer that may continue a call (rules 16, 17): an
+        InputRequiredResult, a task handle, a linked tasks/* answer. Returns
+        the line for the client when it handled the answer (its pending entry
+        settled), None for an ordinary answer."""
+        pending = self._client_pending[rid]
+        if pending.task is not None:
+            return await self._task_answer(inbound, msg, rid, pending)
+        if pending.call is None:
+            return None
+        kind = mrtr.result_type(msg.result)
+        if kind == mrtr.INPUT_REQUIRED:
+            return await self._input_required(inbound, msg, rid, pending)
+        if kind == mrtr.TASK and pending.method in mrtr.TASK_METHODS:
+            handle = mrtr.task_handle(msg.result)
+            if handle is None:
+                return None
+            await self._settled(rid, pending)
+            self.rounds.task(self.caller, self.server, handle.task_id,
+                             TaskLink(pending.call_id, pending.started_ns))
+            await self._task_event(pending.call_id, handle, pending.method, pending.round)
+            if handle.status in mrtr.TERMINAL:
+                await self._task_end(handle, len(inbound.data))
+            return inbound.relay_line()
+        return None
+
+    async def _settled(self, rid: RequestId, pending: _Pending, kept: bool = True) -> None:
+        """Take an answered request out of the table and settle its counters (rule 13)."""
+        self._client_pending.pop(rid, None)
+        if pending.counters is not None:
+            if kept:
+                await pending.counters.commit()
+            else:
+                await _give_back(pending.counters)
+
+    async def _input_required(self, inbound: Inbound, msg: jsonrpc.Message, rid: RequestId,
+                              pending: _Pending) -> bytes:
+        """An InputRequiredResult: each input request decided as the server's
+        own request would be; the refused ones removed; all refused, the call
+        ends with the refusal (rule 16)."""
+        assert pending.call is not None
+        ir = mrtr.input_required(msg.result)
+        if ir is None:  # unreadable: never relayed unchecked
+            await self._settled(rid, pending, kept=False)
+            text = (f"upstream server {self.server!r} asked for input in a form mcpwall "
+                    "cannot read")
+            await self._outcome(pending, "upstream_failure", jsonrpc.INTERNAL_ERROR, text,
+                                len(inbound.data))
+            return jsonrpc.error_response(rid, jsonrpc.INTERNAL_ERROR, text)
+        kept, refused = await self._decide_inputs(pending.call_id, ir.requests)
+        await self._settled(rid, pending, kept=bool(kept) or not refused)
+        await append_lifecycle(self.audit, "input_required", session=self.session,
+                               principal=self.caller.principal, server=self.server, detail={
+                                   "call_id": pending.call_id, "round": pending.round,
+                                   "requests": {k: r.method for k, r in ir.requests.items()},
+                                   "refused": {k: d.reason for k, d in refused.items()}})
+        if refused and not kept:
+            first = next(iter(refused.values()))
+            await self._outcome(pending, "jsonrpc_error", render.error_code(first),
+                                render.error_message(first), len(inbound.data))
+            return self._refusal(pending.call, rid, first)
+        assert pending.decision is not None or pending.recorded_as is None
+        self.rounds.remember(self.caller, self.server, mrtr.call_digest(pending.call), ir.state,
+                             Link(pending.call_id, pending.decision or Decision(ALLOW),
+                                  pending.recorded_as or (pending.decision or
+                                                          Decision(ALLOW)).action,
+                                  pending.round))
+        if not refused:
+            return inbound.relay_line()
+        return framing.line_safe(jsonrpc.result_response(rid, mrtr.encode_inputs(
+            mrtr.InputRequired(kept, ir.state, ir.rest))))
+
+    async def _decide_inputs(
+        self, call_id: str, requests: dict[str, mrtr.InputRequest]
+    ) -> tuple[dict[str, mrtr.InputRequest], dict[str, Decision]]:
+        """Decide each input request as the server-to-client request it stands
+        for (direction ``server``), each recorded under ``call_id``."""
+        kept: dict[str, mrtr.InputRequest] = {}
+        refused: dict[str, Decision] = {}
+        for key, request in requests.items():
+            call = mcp.Call(request.method, "server")
+            recorded: str | None = None
+            if request.method not in mrtr.INPUT_METHODS:
+                decision = Decision(DENY, rule="protocol", reason=(
+                    f"{request.method!r} is not a request a server may ask for as input"))
+            else:
+                decision = self.policy.decide(call, self.caller, self.server, self.session)
+                if type(decision) is Counted:  # no answer settles it: kept if it goes on
+                    decision, reservation = await decision.settle()
+                    if reservation is not None:
+                        await reservation.commit()
+                if type(decision) is PendingLimit:
+                    decision = await decision.settle()
+                if decision.action == PENDING and not decision.dry_run:
+                    decision = Decision(DENY, rule=decision.rule, reason=(
+                        f"{decision.reason.rstrip('.')}; {NO_DESK}" if decision.reason
+                        else NO_DESK))
+                    recorded = "rejected"
+            if self.audit is not None:
+                await self.audit.append(DecisionEvent(
+                    ts_ns=time.time_ns(), call_id=call_id, session=self.session,
+                    principal=self.caller.principal, grant=self.caller.grant,
+                    server=self.server, method=request.method, direction="server",
+                    request_id=jsonrpc.encode(key).decode(), decision=recorded or decision.action,
+                    rule=decision.rule, reason=decision.reason,
+                    retry_after=decision.retry_after, dry_run=decision.dry_run))
+            if decision.enforced_allow:
+                kept[key] = request
+            else:
+                self.log.info("input_request_refused", call_id=call_id, key=key,
+                              method=request.method, rule=decision.rule)
+                refused[key] = decision
+        return kept, refused
+
+    async def _task_answer(self, inbound: Inbound, msg: jsonrpc.Message, rid: RequestId,
+                           pending: _Pending) -> bytes:
+        """The answer to a tasks/* request of a known task (rule 17): part of
+        the task's call, whose outcome is recorded once, when the task ends."""
+        task = pending.task
+        assert task is not None
+        await self._settled(rid, pending, kept=not msg.has_error)
+        if msg.has_error:
+            err = jsonrpc.decode_error(msg)
+            await append_lifecycle(self.audit, "task", session=self.session,
+                                   principal=self.caller.principal, server=self.server,
+                                   detail={"call_id": pending.call_id, "task_id": task,
+                                           "method": pending.method,
+                                           "error_code": err.code if err else None})
+            return inbound.relay_line()
+        if pending.method != mrtr.TASKS_GET:
+            await append_lifecycle(self.audit, "task", session=self.session,
+                                   principal=self.caller.principal, server=self.server,
+                                   detail={"call_id": pending.call_id, "task_id": task,
+                                           "method": pending.method})
+            return inbound.relay_line()
+        state = mrtr.task_state(msg.result)
+        if state is None or state.task_id != task:
+            return inbound.relay_line()
+        if state.status in mrtr.TERMINAL:
+            await self._task_event(pending.call_id, state, pending.method, None)
+            await self._task_end(state, len(inbound.data))
+            return inbound.relay_line()
+        if state.status == mrtr.INPUT_REQUIRED:
+            ir = mrtr.task_inputs(msg.result)
+            return await self._task_inputs(inbound, msg, rid, pending, ir)
+        return inbound.relay_line()
+
+    async def _task_inputs(self, inbound: Inbound, msg: jsonrpc.Message, rid: RequestId,
+                           pending: _Pending, ir: mrtr.InputRequired | None) -> bytes:
+        """A task waiting for input: its inputRequests decided like a round's."""
+        if ir is None:
+            return jsonrpc.error_response(rid, jsonrpc.INTERNAL_ERROR, (
+                f"upstream server {self.server!r} asked for input in a form mcpwall cannot "
+                "read"))
+        kept, refused = await self._decide_inputs(pending.call_id, ir.requests)
+        if not refused:
+            return inbound.relay_line()
+        if not kept:
+            first = next(iter(refused.values()))
+            return jsonrpc.error_response(rid, render.error_code(first),
+                                          render.error_message(first),
+                                          render.denial_data(first))
+        return framing.line_safe(jsonrpc.result_response(rid, mrtr.encode_inputs(
+            mrtr.InputRequired(kept, ir.state, ir.rest))))
+
+    async def _task_event(self, call_id: str, state: mrtr.TaskState, method: str,
+                          round: int | None) -> None:
+        await append_lifecycle(self.audit, "task", session=self.session,
+                               principal=self.caller.principal, server=self.server,
+                               detail={"call_id": call_id, "task_id": state.task_id,
+                                       "status": state.status, "method": method,
+                                       "round": round})
+
+    async def _task_end(self, state: mrtr.TaskState, size: int) -> None:
+        """A task reached a terminal state: its call's one outcome (rule 17)."""
+        link = self.rounds.task_ended(self.caller, self.server, state.task_id)
+        if link is None:
+            return
+        status = {"completed": "tool_error" if state.is_error else "ok",
+                  "failed": "jsonrpc_error", "cancelled": "cancelled"}[state.status]
+        await self._outcome(_Pending(link.call_id, mcp.TOOLS_CALL, link.started_ns), status,
+                            state.error_code, state.error_message, size)
 
 
 async def _give_back(reservation: Reservation | None) -> None:

@@ -405,22 +405,7 @@ class Held:
                            f"rejected by {who} in the client ({what})", "client")
 
     def _question(self) -> dict[str, Any]:
-        call, decision = self.call, self.decision
-        args = json.dumps(redact_arguments(call.arguments or {}), sort_keys=True)
-        if len(args) > 500:
-            args = args[:497] + "..."
-        why = f" ({decision.reason})" if decision.reason else ""
-        return {
-            "message": f"mcpwall holds a call for your approval: {call.target or call.method} "
-                       f"on server {self._holds.server!r} with arguments {args}. "
-                       f"Rule {decision.rule}{why}. Approve this call?",
-            "requestedSchema": {
-                "type": "object",
-                "properties": {ELICIT_FIELD: {"type": "boolean", "title": "Approve this call",
-                                              "default": False}},
-                "required": [ELICIT_FIELD],
-            },
-        }
+        return approval_question(self.call, self.decision, self._holds.server)
 
     async def _keep_alive(self, to_client: ToClient, token: int | str, every: float) -> None:
         """Progress notifications while the call is held, so the client keeps waiting."""
@@ -429,6 +414,26 @@ class Held:
             await trio.sleep(every)
             count += 1
             await to_client(mcp.progress(token, count, self._label))
+
+
+def approval_question(call: mcp.Call, decision: Decision, server: str) -> dict[str, Any]:
+    """The ``elicitation/create`` params that ask the person in the client to
+    approve ``call`` (arguments redacted and cut to 500 characters)."""
+    args = json.dumps(redact_arguments(call.arguments or {}), sort_keys=True)
+    if len(args) > 500:
+        args = args[:497] + "..."
+    why = f" ({decision.reason})" if decision.reason else ""
+    return {
+        "message": f"mcpwall holds a call for your approval: {call.target or call.method} "
+                   f"on server {server!r} with arguments {args}. "
+                   f"Rule {decision.rule}{why}. Approve this call?",
+        "requestedSchema": {
+            "type": "object",
+            "properties": {ELICIT_FIELD: {"type": "boolean", "title": "Approve this call",
+                                          "default": False}},
+            "required": [ELICIT_FIELD],
+        },
+    }
 
 
 def _utc(ns: int | None) -> str:
