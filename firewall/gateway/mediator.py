@@ -81,6 +81,13 @@ fronts own the I/O; the mediator owns the rules. Invariants it keeps:
    reservation (a shared bucket, a rejected or withdrawn approval) gives
    them back. A call whose fate is unknown (timed out, upstream lost, session
    gone) keeps them: it may have run, and a counter errs on counting.
+14. A front may take a last look at a successful answer to its client's
+   request (:attr:`Mediator.on_result`: the request's method, the line to
+   relay, whether mcpwall narrowed it for this caller) and return the line
+   to relay instead (the 2026-07-28 revision's cache bounds and
+   ``server/discover`` view). A request refused for its transport's rules
+   (:meth:`Mediator.refuse_protocol`) is recorded as a ``deny`` by rule
+   ``protocol`` and answered with the transport's error, under its id.
 """
 
 from __future__ import annotations
@@ -273,6 +280,8 @@ class Mediator:
         self._tools_list_ids: set[RequestId] = set()
         self._counter = itertools.count(1)
         self._drops = 0
+        # Rule 14: a front's last look at a result on its way to the client.
+        self.on_result: Callable[[str, bytes, bool], bytes] | None = None
         self.log = get_logger(server=server, session=session, principal=caller.principal)
         # The calls held for approval and mcpwall's own requests to the client.
         self.holds = Holds(approvals, audit, server=server, session=session, caller=caller,
@@ -358,6 +367,21 @@ class Mediator:
         await self._dropped(direction, "not_relayable", msg, inbound.data, refusal.message)
         return Routed()
 
+    async def refuse_protocol(self, inbound: Inbound, code: int, message: str,
+                              data: dict[str, Any] | None = None) -> bytes:
+        """Refuse a client message for its transport's rules (rule 14): one ``deny``
+        decision event (rule ``protocol``), then the error under the message's id.
+
+        Example: ``await mediator.refuse_protocol(inbound, -32020, "Header mismatch: ...")``.
+        """
+        msg = inbound.envelope
+        call = inbound.call or mcp.Call(msg.method or "")
+        decision = Decision(DENY, rule="protocol", reason=message)
+        await self._decided(call, msg, decision, f"{self.session}.{next(self._counter)}")
+        self.log.info("call_refused", method=msg.method, target=call.target, decision=DENY,
+                      rule="protocol", code=code)
+        return jsonrpc.error_response(msg.request_id, code, message, data)
+
     # -- server -> client ------------------------------------------------
     async def from_server(self, data: bytes) -> Routed:
         """Route one message the upstream sent."""
@@ -405,6 +429,7 @@ class Mediator:
                 filtered = self._filter_tools_list(msg, data)
                 if filtered is not data:  # mcpwall's own encoding: one line to make sure
                     line = framing.line_safe(filtered)
+            narrowed = line is not None
             if line is None:
                 try:  # _line's work, inline: the one hot path from the server
                     line = inbound.relay_line()
@@ -414,6 +439,9 @@ class Mediator:
                     line = jsonrpc.error_response(rid, jsonrpc.INTERNAL_ERROR, (
                         f"upstream server {self.server!r} sent an answer mcpwall cannot "
                         "relay"))
+            if self.on_result is not None and not msg.has_error:  # rule 14
+                line = framing.line_safe(self.on_result(
+                    self._client_pending[rid].method, line, narrowed))
             await self._answered(self._client_pending, msg, len(data))
             return Routed(client=line, answers=rid)
         if msg.kind is Kind.REQUEST:

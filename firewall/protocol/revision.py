@@ -44,6 +44,7 @@ from typing import Any, Final, Literal
 import msgspec
 
 from firewall.protocol import mcp
+from firewall.protocol.inbound import Inbound
 
 MODERN_VERSIONS: Final = ("2026-07-28",)
 HANDSHAKE_VERSIONS: Final = mcp.PROTOCOL_VERSIONS
@@ -61,7 +62,7 @@ MODERN_ERRORS: Final = frozenset({HEADER_MISMATCH, MISSING_REQUIRED_CLIENT_CAPAB
 META_VERSION: Final = "io.modelcontextprotocol/protocolVersion"
 META_CAPABILITIES: Final = "io.modelcontextprotocol/clientCapabilities"
 META_CLIENT_INFO: Final = "io.modelcontextprotocol/clientInfo"
-_META_VERSION_BYTES: Final = META_VERSION.encode()
+META_VERSION_BYTES: Final = META_VERSION.encode()
 
 DISCOVER: Final = "server/discover"
 LISTEN: Final = "subscriptions/listen"
@@ -109,19 +110,16 @@ class ParamHeader(msgspec.Struct, frozen=True):
     type: str
 
 
-def era_of(header_version: str | None, body: bytes) -> Era:
-    """The era of one request (rule 1), from its version header and a glance at its body.
-
-    ``era_of(None, b'{"jsonrpc":"2.0","id":1,"method":"ping"}') == "handshake"``
-    """
+def era_of(header_version: str | None) -> Era:
+    """The era a ``MCP-Protocol-Version`` header names (absent: 2025-03-26, a handshake
+    revision). The body may still claim the stateless revision (rule 1):
+    :func:`body_version`. ``era_of("2026-07-28") == "modern"``."""
     if header_version is None:
-        return "modern" if _META_VERSION_BYTES in body else "handshake"
+        return "handshake"
     version = header_version.strip()
     if version in MODERN_VERSIONS:
         return "modern"
-    if version in HANDSHAKE_VERSIONS:
-        return "modern" if _META_VERSION_BYTES in body else "handshake"
-    return "unsupported"
+    return "handshake" if version in HANDSHAKE_VERSIONS else "unsupported"
 
 
 def unsupported(requested: str | None, supported: tuple[str, ...] = SUPPORTED_VERSIONS) -> Problem:
@@ -129,6 +127,15 @@ def unsupported(requested: str | None, supported: tuple[str, ...] = SUPPORTED_VE
     return Problem(UNSUPPORTED_PROTOCOL_VERSION,
                    f"Unsupported protocol version: {requested!r}",
                    {"supported": list(supported), "requested": requested})
+
+
+def params_of(inbound: Inbound) -> Any:
+    """The params of a decoded client message, from its one decoded value (None if absent)."""
+    value = inbound.value
+    if isinstance(value, dict):
+        return value.get("params")
+    params = getattr(value, "params", None)
+    return None if params is msgspec.UNSET else params
 
 
 def meta_of(params: Any) -> Mapping[str, Any] | None:

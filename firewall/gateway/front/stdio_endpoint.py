@@ -47,6 +47,7 @@ from firewall.audit.events import LifecycleKind, append_lifecycle
 from firewall.config import StdioServer
 from firewall.gateway.front import held_http
 from firewall.gateway.front.admission import Refusal, ServerCaps
+from firewall.gateway.front.endpoint import refuse_stateless
 from firewall.gateway.front.sessions import (
     FrontContext,
     Session,
@@ -453,6 +454,16 @@ class StdioEndpoint:
                 await refuse(ex, 404, jsonrpc.INVALID_REQUEST, "Not Found: session ended")
                 return
             await ex.respond(202)
+
+    async def post_stateless(self, ex: Exchange, mediator: Mediator, inbound: Inbound,
+                             accept_sse: bool, headers: list[tuple[str, str]]) -> None:
+        """A stdio child speaks the handshake revisions here: the stateless one is refused.
+
+        The seam for a bridge (one request of the stateless revision carried
+        over a handshake session of the child) is this method; until then the
+        revision's -32022 names the versions this endpoint speaks, so a
+        dual-era client falls back to ``initialize`` (endpoint rule 5)."""
+        await refuse_stateless(ex, mediator, inbound, dict(headers).get("mcp-protocol-version"))
 
     async def _request(self, ex: Exchange, session: StdioSession, inbound: Inbound,
                        msg: jsonrpc.Message, accept_sse: bool, created: bool) -> bytes | None:
