@@ -152,20 +152,18 @@ async def test_auto_client_falls_back_for_a_2025_http_server(
     problem = harness.toolchain_problem()
     if problem:
         pytest.skip(problem)
-    with harness.everything_http(tmp_path) as url:
-        # A second mcpwall is not needed: the module's mcpwall fronts fixed servers,
-        # so this one fronts server-everything alone.
-        with harness.mcpwall_front(tmp_path / "gw", {"everything": harness.HttpUpstream(url)}) \
-                as base:
-            async with Client(harness.endpoint(base, "everything"), mode="auto") as client:
-                assert client.protocol_version in ("2025-11-25", "2025-06-18")
-                names = [t.name for t in (await client.list_tools()).tools]
-            assert "echo" in names
-            async with Client(harness.endpoint(base, "everything"), mode=MODERN) as pinned:
-                with pytest.raises(MCPError) as refused:
-                    await pinned.list_tools()
-            assert refused.value.error.code == -32022
-            assert MODERN not in refused.value.error.data["supported"]
+    # An mcpwall of its own, in front of server-everything (TypeScript SDK 1.x).
+    with harness.everything_http(tmp_path) as url, harness.mcpwall_front(
+            tmp_path / "gw", {"everything": harness.HttpUpstream(url)}) as base:
+        async with Client(harness.endpoint(base, "everything"), mode="auto") as client:
+            assert client.protocol_version in ("2025-11-25", "2025-06-18")
+            names = [t.name for t in (await client.list_tools()).tools]
+        assert "echo" in names
+        async with Client(harness.endpoint(base, "everything"), mode=MODERN) as pinned:
+            with pytest.raises(MCPError) as refused:
+                await pinned.list_tools()
+        assert refused.value.error.code == -32022
+        assert MODERN not in refused.value.error.data["supported"]
 
 
 def test_stdio_server_answers_unsupported_version_under_the_request_id(gateway: Gateway) -> None:

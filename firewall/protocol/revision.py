@@ -20,8 +20,9 @@ module keeps:
    decoded) the body's ``params.name`` or ``params.uri``, each ``Mcp-Param-*``
    the argument its tool's ``x-mcp-header`` names, when the tool's schema is
    known (else HeaderMismatch, -32020); the version is one mcpwall speaks
-   (else -32022 with ``data.supported``). A handshake request whose body
-   claims a modern version is a mismatch as well.
+   (else -32022 with ``data.supported``); the method is not one the revision
+   removed (``initialize``, ``ping``...: else 404, -32601). A handshake
+   request whose body claims a modern version is a mismatch as well.
 3. What goes upstream is made from the decided body: :func:`upstream_headers`
    writes ``MCP-Protocol-Version``, ``Mcp-Method``, ``Mcp-Name`` and the
    ``Mcp-Param-*`` headers anew from the message that was decided, never
@@ -66,6 +67,9 @@ META_VERSION_BYTES: Final = META_VERSION.encode()
 
 DISCOVER: Final = "server/discover"
 LISTEN: Final = "subscriptions/listen"
+# Methods of the handshake revisions the stateless one removed: 404, -32601.
+REMOVED_METHODS: Final = frozenset({mcp.INITIALIZE, mcp.PING, "logging/setLevel",
+                                    mcp.RESOURCES_SUBSCRIBE, mcp.RESOURCES_UNSUBSCRIBE})
 CACHEABLE: Final = frozenset({"tools/list", "prompts/list", "resources/list", "resources/read",
                               "resources/templates/list", DISCOVER})
 # The body member Mcp-Name mirrors, by method.
@@ -95,11 +99,8 @@ class Problem(msgspec.Struct, frozen=True):
     code: int
     message: str
     data: dict[str, Any] | None = None
-
-    @property
-    def status(self) -> int:
-        """The HTTP status the revision gives this error (400 for all of them)."""
-        return 400
+    # The HTTP status the revision gives it: 400, but 404 for a method it removed.
+    status: int = 400
 
 
 class ParamHeader(msgspec.Struct, frozen=True):
@@ -200,6 +201,9 @@ def check_modern(headers: Mapping[str, str], method: str, params: Any,
         return Problem(-32602, "the protocol version in _meta must be a string")
     if version not in MODERN_VERSIONS:
         return unsupported(version)
+    if method in REMOVED_METHODS:
+        return Problem(-32601, f"Method not found: {method!r} is not part of revision "
+                               f"{version}", status=404)
     return None
 
 

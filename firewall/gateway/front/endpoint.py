@@ -44,6 +44,10 @@ class Endpoint(Protocol):
     idle_limit: float
 
     @property
+    def versions(self) -> tuple[str, ...]:
+        """The protocol revisions a client may use here, newest first (-32022's list)."""
+
+    @property
     def transport(self) -> str:
         """``"stdio"`` or ``"http"``, for ``/healthz``."""
 

@@ -43,8 +43,10 @@ Rules this module keeps:
    on the requests pool, with no session id either way: the headers that go
    up are ``Content-Type``, ``Accept``, the server's configured ones and the
    request-metadata headers the front made from the decided body (never the
-   client's). An upstream that answers such a request with a 4xx carrying no
-   error of that revision speaks the handshake revisions only: the client
+   client's). An upstream that answers such a request with a 4xx that is no
+   JSON-RPC answer to it (no answer under its id: what a handshake-era
+   server says to a request without a session) speaks the handshake
+   revisions only: the client
    gets -32022 naming them (400, its id, the call's outcome recorded), and
    later requests get it here, but ``server/discover``, which asks again.
 8. Nothing the upstream sends reaches the client but through the mediator: a
@@ -227,6 +229,15 @@ class HttpEndpoint:
                 if created is not None and not self.front.table.holds(created):
                     self.front.table.remove(created)  # never started: its slot goes back
 
+    @property
+    def versions(self) -> tuple[str, ...]:
+        """What the upstream showed it speaks (rule 9): the stateless revision once it
+        answered one of its requests (its ``server/discover`` names no other),
+        the handshake ones once it refused one; both until it did either."""
+        if self.modern is None:
+            return revision.SUPPORTED_VERSIONS
+        return revision.MODERN_VERSIONS if self.modern else revision.HANDSHAKE_VERSIONS
+
     async def post_stateless(self, ex: Exchange, mediator: Mediator, inbound: Inbound,
                              accept_sse: bool, headers: list[tuple[str, str]]) -> None:
         """A request of the stateless revision, relayed on its own (rule 9).
@@ -329,13 +340,13 @@ class HttpEndpoint:
             return
         if ctype == JSON:
             routed = await mediator.from_server(data)
-            if routed.client is not None:
-                if stateless is None or status < 400 or _modern_error(routed.client):
-                    await ex.respond(status, routed.client, headers=headers)
-                    return
-                # A 4xx with no error of the revision: a handshake-era server.
-                await ex.respond(400, self._handshake_only(msg, stateless))
+            if routed.client is not None:  # the answer to this request: its own server's
+                if stateless is not None:
+                    self.modern = True
+                await ex.respond(status, routed.client, headers=headers)
                 return
+        # A 4xx that answers nothing (no JSON-RPC answer under the request's id):
+        # what a handshake-era server says to a request without a session.
         if stateless is not None and status in (400, 404, 405) and msg.request_id is not None:
             await mediator.unanswered(Lost(what), [msg.request_id])  # its outcome
             await ex.respond(400, self._handshake_only(msg, stateless))
@@ -495,16 +506,6 @@ class HttpEndpoint:
         session.upstream_sid = None  # already ended there
         await self.front.end_session(session, "deleted by the client")
         await ex.respond(204)
-
-
-def _modern_error(reply: bytes) -> bool:
-    """Whether an error answer is one of the stateless revision's own (-32020 to -32022)."""
-    try:
-        value = jsonrpc.decode_any(reply)
-    except jsonrpc.DECODE_ERRORS:
-        return False
-    error = value.get("error") if isinstance(value, dict) else None
-    return isinstance(error, dict) and error.get("code") in revision.MODERN_ERRORS
 
 
 def _admits_sse(ex: Exchange) -> bool:

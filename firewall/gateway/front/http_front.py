@@ -273,7 +273,7 @@ class HttpFront:
             else:
                 await refuse(ex, 400, UNSUPPORTED_PROTOCOL_VERSION,
                              f"Bad Request: unsupported MCP-Protocol-Version {version!r}",
-                             data={"supported": list(revision.SUPPORTED_VERSIONS),
+                             data={"supported": list(endpoint.versions),
                                    "requested": version})
             return
         session: Session | None = None
@@ -366,12 +366,12 @@ class HttpFront:
             if era == "unsupported":
                 await refuse(ex, 400, UNSUPPORTED_PROTOCOL_VERSION,
                              f"Bad Request: unsupported MCP-Protocol-Version {version!r}",
-                             data={"supported": list(revision.SUPPORTED_VERSIONS),
+                             data={"supported": list(endpoint.versions),
                                    "requested": version})
                 return
             headers = revision.upstream_headers(version, msg.method, None, None)
         else:
-            problem = (revision.unsupported(version) if era == "unsupported"
+            problem = (revision.unsupported(version, endpoint.versions) if era == "unsupported"
                        else revision.check_modern(ex.headers, msg.method, params, spec))
             if problem is not None:
                 reply = await mediator.refuse_protocol(inbound, problem.code, problem.message,

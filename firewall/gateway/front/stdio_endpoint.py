@@ -61,7 +61,7 @@ from firewall.gateway.mediator import Lost, Mediator, TimedOut
 from firewall.gateway.outbound import Outbound
 from firewall.gateway.upstream.stdio import ChildExited, StdioChild, open_stdio_child
 from firewall.policy.decision import Caller
-from firewall.protocol import framing, jsonrpc, mcp
+from firewall.protocol import framing, jsonrpc, mcp, revision
 from firewall.protocol.inbound import Inbound
 from firewall.protocol.jsonrpc import Kind, RequestId
 
@@ -454,6 +454,11 @@ class StdioEndpoint:
                 await refuse(ex, 404, jsonrpc.INVALID_REQUEST, "Not Found: session ended")
                 return
             await ex.respond(202)
+
+    @property
+    def versions(self) -> tuple[str, ...]:
+        """The handshake revisions: a stdio child is spoken to through a session."""
+        return revision.HANDSHAKE_VERSIONS
 
     async def post_stateless(self, ex: Exchange, mediator: Mediator, inbound: Inbound,
                              accept_sse: bool, headers: list[tuple[str, str]]) -> None:
