@@ -1,9 +1,10 @@
 """The Streamable HTTP front: ``mcpwall serve``.
 
 Each server of the fleet is mounted at ``/servers/{name}/mcp`` and spoken to
-as MCP Streamable HTTP (2025-06-18 and 2025-11-25; 2025-03-26 clients are
-accepted). A raw ASGI app, served by hypercorn's trio worker inside our own
-nursery. Rules this module keeps:
+as MCP Streamable HTTP: the handshake revisions (2025-06-18 and 2025-11-25;
+2025-03-26 clients are accepted) and the stateless one (2026-07-28), chosen
+per request (docs/protocol.md). A raw ASGI app, served by hypercorn's trio
+worker inside our own nursery. Rules this module keeps:
 
 1. Checks run in a fixed order, and each refusal is an HTTP status with a
    JSON-RPC error body (id null): unknown path or server 404; method 405 (with
@@ -24,6 +25,17 @@ nursery. Rules this module keeps:
 4. Shutdown (:meth:`HttpFront.begin_shutdown`): new requests get 503, GET
    streams end, requests in flight get ``shutdown_grace_seconds`` to finish;
    then every session closes and every child stops.
+5. A request of the stateless revision (``protocol/revision.py``: its
+   version header, or its body's ``_meta``, says so; the body decides) has
+   no session, whatever ``Mcp-Session-Id`` says: a GET or DELETE is 405
+   (``Allow: POST``); a POST is checked by the revision's ladder (-32602,
+   HeaderMismatch -32020, -32022, 404 -32601 for a removed method), each
+   refusal 400 (404) under the request's id and recorded through a mediator
+   of its own (``Mediator.refuse_protocol``); then the endpoint's
+   ``post_stateless`` gets that mediator and the request-metadata headers
+   made from the decided body. Its answers pass ``_result_seen``: tools'
+   ``x-mcp-header`` annotations learnt, ``ttlMs`` capped, ``cacheScope``
+   private where the answer is the caller's own.
 """
 
 from __future__ import annotations
