@@ -66,6 +66,9 @@ class ListenSettings(_Base):
     upstream_timeout_seconds: float = 300.0
     shutdown_grace_seconds: float = 10.0
     keepalive_seconds: float = 15.0
+    # The longest a client may cache a list or read result (ttlMs) relayed under
+    # the 2026-07-28 revision: a policy reload reaches cached lists within it.
+    max_cache_ttl_seconds: float = 60.0
     # Connections served at once; beyond, [http] reserve_connections more are
     # taken for /healthz only, and the rest are refused (503, Retry-After).
     max_connections: int = 1024

@@ -136,3 +136,26 @@ def test_fixture_through_mcpwall_stdio_passes_relay_scenarios(work_dir: Path) ->
     assert run.failed == frozenset(), _failures(run, run.failed)
     assert run.passed == expected
     assert len(expected) == 13
+
+
+# -- the 2026-07-28 revision: suite 0.2.0-alpha.12, --requirements 2026-07-28 -------------
+
+
+def _next_suite(url: str, target: str, work_dir: Path) -> harness.SuiteRun:
+    if not harness.NEXT_CONFORMANCE_JS.exists():
+        pytest.skip(f"conformance {harness.NEXT_SUITE_VERSION} is not installed: "
+                    "cd scripts/node && npm install")
+    return harness.run_suite(url, target=target, work_dir=work_dir,
+                             suite_js=harness.NEXT_CONFORMANCE_JS, requirements="2026-07-28")
+
+
+def test_revision_2026_07_28_checks_passing_directly_pass_through_mcpwall(
+        fixture_url: str, work_dir: Path) -> None:
+    direct = _next_suite(fixture_url, "next-direct-fixture", work_dir)
+    assert len(direct.passed) >= 100, direct.by_scenario()  # the SDK server speaks it
+    with mcpwall_or_skip(work_dir / "next-mcpwall",
+                         {"fixture": harness.HttpUpstream(fixture_url)}) as base:
+        through = _next_suite(harness.endpoint(base, "fixture"), "next-through-fixture",
+                              work_dir)
+    lost = direct.passed - through.passed
+    assert not lost, _failures(through, lost)

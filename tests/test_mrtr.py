@@ -18,6 +18,7 @@ import pytest
 
 from firewall.audit.events import DecisionEvent, LifecycleEvent, OutcomeEvent
 from firewall.gateway.mediator import Mediator
+from firewall.gateway.operator.killswitch import GuardedPolicy, KillSwitch, Scope
 from firewall.gateway.mrtr import APPROVAL_KEY, Link, Rounds
 from firewall.policy.compiler import compile_policy
 from firewall.policy.decision import ALLOW, Caller, Decision
@@ -399,3 +400,30 @@ async def test_a_tasks_terminal_state_is_its_calls_outcome(status: str, expected
     (outcome,) = audit.of(OutcomeEvent)
     assert outcome.status == expected
     assert msgspec.json.encode(outcome)  # a well-formed event
+
+
+@pytest.mark.parametrize("change", ["kill switch", "reload"])
+async def test_a_later_round_is_still_under_the_rules_in_force(change: str) -> None:
+    """A retry is not charged again, but a kill switch turned on (or a reload
+    that now refuses the call) between its rounds ends the call."""
+    audit = Recorder()
+    engine = Engine(compile_policy(parse_policy(json.dumps(POLICY), "t.json")))
+    switch = KillSwitch()
+    med = Mediator(server="vm", session="s1", caller=ALICE, audit=audit,
+                   policy=GuardedPolicy(engine, switch))
+    await forwarded(med, call(1, "deploy", {"app": "web"}))
+    await med.from_server(answer(1, input_required(region=ELICIT)))
+    if change == "kill switch":
+        switch.turn_on(Scope("server", "vm"), by="alice", comment="INC-9")
+    else:
+        engine.swap(compile_policy(parse_policy(json.dumps(
+            {**POLICY, "tools": {**POLICY["tools"],
+                                 "deploy": {"action": "deny", "reason": "frozen"}}}), "t.json")))
+    retry = call(2, "deploy", {"app": "web"}, requestState="st-1",
+                 inputResponses={"region": {"action": "accept", "content": {"region": "eu"}}})
+    routed = await med.from_client(retry)
+    assert routed.upstream is None and routed.client is not None
+    first, second = decisions(audit)
+    assert second.call_id == first.call_id and second.decision == "deny"
+    assert second.reason is not None and "round 2 of this call refused" in second.reason
+    assert ("INC-9" if change == "kill switch" else "frozen") in second.reason

@@ -111,7 +111,9 @@ fronts own the I/O; the mediator owns the rules. Invariants it keeps:
    read never reaches the client (-32603). The retry that echoes the
    server's ``requestState`` with the same caller, server and arguments is
    the same call: recorded under the same call_id with the first round's
-   decision, neither decided nor charged (buckets, counters) again; any
+   decision, not charged (buckets, counters) again, but checked against the
+   rules in force (``PolicyPoint.recheck``: a kill switch turned on or a
+   reload that now refuses the call ends it, recorded as the refusal); any
    other retry is a new call, decided in full. The intermediate answer is
    an ``input_required`` lifecycle event; the call has one outcome, its
    last round's.
@@ -129,6 +131,13 @@ fronts own the I/O; the mediator owns the rules. Invariants it keeps:
    caller, server and the call's digest; used once). The retry answering it
    is the verdict, recorded under the call's call_id; approved, the call is
    forwarded without mcpwall's key and state.
+19. A front may take a last look at a successful answer to its client's
+   request (:attr:`Mediator.on_result`: the request's method, the line to
+   relay, whether mcpwall narrowed it for this caller) and return the line
+   to relay instead (the 2026-07-28 revision's cache bounds and
+   ``server/discover`` view). A request refused for its transport's rules
+   (:meth:`Mediator.refuse_protocol`) is recorded as a ``deny`` by rule
+   ``protocol`` and answered with the transport's error, under its id.
 """
 
 from __future__ import annotations
@@ -166,6 +175,7 @@ from firewall.policy.counters import Counted, Reservation
 from firewall.policy.decision import (
     ALLOW,
     DENY,
+    INVALID_ARGUMENTS,
     PENDING,
     Caller,
     Decision,
@@ -371,6 +381,8 @@ class Mediator:
         self._audit_meta: tuple[client_meta.ClientMeta, _AuditMeta] = (
             client_meta.LEGACY, _AuditMeta(None, None, None))
         self._initialize_ids: set[RequestId] = set()
+        # Rule 19: a front's last look at a result on its way to the client.
+        self.on_result: Callable[[str, bytes, bool], bytes] | None = None
         self.log = get_logger(server=server, session=session, principal=caller.principal)
         # The calls held for approval and mcpwall's own requests to the client.
         self.holds = Holds(approvals, audit, server=server, session=session, caller=caller,
@@ -459,6 +471,21 @@ class Mediator:
         await self._dropped(direction, "not_relayable", msg, inbound.data, refusal.message)
         return Routed()
 
+    async def refuse_protocol(self, inbound: Inbound, code: int, message: str,
+                              data: dict[str, Any] | None = None) -> bytes:
+        """Refuse a client message for its transport's rules (rule 19): one ``deny``
+        decision event (rule ``protocol``), then the error under the message's id.
+
+        Example: ``await mediator.refuse_protocol(inbound, -32020, "Header mismatch: ...")``.
+        """
+        msg = inbound.envelope
+        call = inbound.call or mcp.Call(msg.method or "")
+        decision = Decision(DENY, rule="protocol", reason=message)
+        await self._decided(call, msg, decision, f"{self.session}.{next(self._counter)}")
+        self.log.info("call_refused", method=msg.method, target=call.target, decision=DENY,
+                      rule="protocol", code=code)
+        return jsonrpc.error_response(msg.request_id, code, message, data)
+
     # -- server -> client ------------------------------------------------
     async def from_server(self, data: bytes) -> Routed:
         """Route one message the upstream sent."""
@@ -505,11 +532,13 @@ class Mediator:
                 if answered is not None:
                     return Routed(client=answered, answers=rid)
             line: bytes | None = None
+            narrowed = False  # mcpwall cut the list for this caller
             if rid in self._tools_list_ids:
                 self._tools_list_ids.discard(rid)
                 filtered = self._filter_tools_list(msg, data)
                 if filtered is not data:  # mcpwall's own encoding: one line to make sure
                     line = framing.line_safe(filtered)
+                narrowed = line is not None
             elif self._discover_ids and rid in self._discover_ids:
                 self._discover_ids.discard(rid)
                 filtered = self._filter_discover(msg, data)
@@ -527,6 +556,9 @@ class Mediator:
                     line = jsonrpc.error_response(rid, jsonrpc.INTERNAL_ERROR, (
                         f"upstream server {self.server!r} sent an answer mcpwall cannot "
                         "relay"))
+            if self.on_result is not None and not msg.has_error:  # rule 19
+                line = framing.line_safe(self.on_result(
+                    self._client_pending[rid].method, line, narrowed))
             await self._answered(self._client_pending, msg, len(data))
             return Routed(client=line, answers=rid)
         if msg.kind is Kind.REQUEST:
@@ -1009,6 +1041,16 @@ class Mediator:
         msg, rid, line = inbound.envelope, inbound.envelope.request_id, inbound.line
         assert line is not None
         number = link.round + 1
+        # Not charged again, but still under the rules in force: a kill switch
+        # turned on, or a reload that now refuses the call, ends it here.
+        now = self.policy.recheck(call, self.caller, self.server, self.scope)
+        if now.action in (DENY, INVALID_ARGUMENTS) and not now.dry_run:
+            refused = msgspec.structs.replace(now, reason=(
+                f"round {number} of this call refused: {now.reason or now.rule}"))
+            receipt = await self._decided(call, msg, refused, link.call_id)
+            self.log.info("call_refused", method=call.method, target=call.target,
+                          decision=refused.action, rule=refused.rule, round=number)
+            return Routed(client=self._refusal(call, rid, refused), receipt=receipt)
         decision = msgspec.structs.replace(link.decision, reason=(
             f"round {number} of this call: decided in round 1 ({link.recorded_as}, rule "
             f"{link.decision.rule}); not decided or charged again"))

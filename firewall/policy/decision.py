@@ -94,6 +94,11 @@ class PolicyPoint(Protocol):
         tools/list responses drop such tools."""
         ...
 
+    def recheck(self, call: Call, caller: Caller, server: str, session: str) -> Decision:
+        """The verdict the rules in force (and the kill switch) give a later round
+        of a call already decided and paid for: nothing is debited or reserved."""
+        ...
+
 
 class AllowAll:
     """The policy point used when no policy is configured."""
@@ -103,3 +108,6 @@ class AllowAll:
 
     def tool_visible(self, tool: str, caller: Caller, server: str) -> bool:
         return True
+
+    def recheck(self, call: Call, caller: Caller, server: str, session: str) -> Decision:
+        return ALLOW_ALL

@@ -54,6 +54,9 @@ from firewall.policy.limits import Limiter, MemoryLimiter, SharedLimiter, defer
 from firewall.policy.schema import LoadedPolicy, PolicyError, collector_paused, load_policy
 from firewall.protocol import mcp
 
+# A later round's verdict when the rules would only have limited it (limits were paid).
+ALLOW_ROUND: Final = Decision(ALLOW, rule="round", reason="a later round of a call")
+
 PROTOCOL_ALLOW: Final = Decision(ALLOW, rule="protocol", reason="always passes")
 _EMPTY: Final[dict[str, Any]] = {}
 _RESOURCE_METHODS: Final = frozenset({mcp.RESOURCES_READ, mcp.RESOURCES_SUBSCRIBE})
@@ -293,6 +296,15 @@ class Engine:
                 return _entry_can_pass(entry, caller)
         return _passes(table.default)
 
+    def recheck(self, call: mcp.Call, caller: Caller, server: str, session: str) -> Decision:
+        """The verdict without debiting any bucket or reserving any counter (a
+        later round of a call paid for already). Limits are not consulted as
+        refusals: a ``limited`` or a shared-limit verdict counts as its rule's."""
+        decision = self.explain(call, caller, server, session).decision
+        if type(decision) is not Decision or decision.action == LIMITED:
+            return ALLOW_ROUND
+        return decision
+
     # -- explain ----------------------------------------------------------------------
 
     def explain(self, call: mcp.Call, caller: Caller, server: str,
@@ -422,6 +434,9 @@ class PolicySet:
 
     def tool_visible(self, tool: str, caller: Caller, server: str) -> bool:
         return self.engine.tool_visible(tool, caller, server)
+
+    def recheck(self, call: mcp.Call, caller: Caller, server: str, session: str) -> Decision:
+        return self.engine.recheck(call, caller, server, session)
 
 
 __all__ = ["Engine", "Explanation", "PolicySet", "ReloadResult"]

@@ -15,6 +15,10 @@ Rules of the contract:
    comes with the caller's session.
 3. :attr:`Endpoint.idle_limit` is how long its sessions may stay idle: the
    front's reaper runs often enough for the smallest one.
+5. A message of the stateless revision (2026-07-28) comes to
+   :meth:`Endpoint.post_stateless`, never with a session. An endpoint that
+   cannot carry it upstream answers the revision's -32022 (400, the
+   request's id, recorded through its mediator).
 4. :meth:`Endpoint.aclose` runs once, after every session ended (shutdown):
    it releases what the endpoint holds across sessions (connection pools).
    Ending a session's GET streams is the session's own business
@@ -27,7 +31,9 @@ from typing import Any, Protocol
 
 from firewall.gateway.front.sessions import Session
 from firewall.gateway.http.exchange import Exchange
+from firewall.gateway.mediator import Mediator
 from firewall.policy.decision import Caller
+from firewall.protocol import revision
 from firewall.protocol.inbound import Inbound
 
 
@@ -38,12 +44,25 @@ class Endpoint(Protocol):
     idle_limit: float
 
     @property
+    def versions(self) -> tuple[str, ...]:
+        """The protocol revisions a client may use here, newest first (-32022's list)."""
+
+    @property
     def transport(self) -> str:
         """``"stdio"`` or ``"http"``, for ``/healthz``."""
 
     async def post(self, ex: Exchange, caller: Caller, session: Session | None,
                    inbound: Inbound, accept_sse: bool) -> None:
         """Answer one POSTed message, decoded once by the front (``inbound``)."""
+
+    async def post_stateless(self, ex: Exchange, mediator: Mediator, inbound: Inbound,
+                             accept_sse: bool, headers: list[tuple[str, str]]) -> None:
+        """Answer one message of the stateless revision (2026-07-28): no session.
+
+        The front checked it (the revision's header ladder) and gives the
+        request's own ``mediator`` and the request-metadata ``headers`` made
+        from its body (rule 5): what goes upstream carries those, never the
+        client's."""
 
     async def get(self, ex: Exchange, session: Session) -> None:
         """Serve a GET stream of ``session`` (or resume one, with ``Last-Event-ID``)."""
@@ -56,3 +75,13 @@ class Endpoint(Protocol):
 
     async def aclose(self) -> None:
         """Release what the endpoint holds across sessions (rule 4)."""
+
+
+async def refuse_stateless(ex: Exchange, mediator: Mediator, inbound: Inbound,
+                           requested: str | None) -> None:
+    """Refuse a message of the stateless revision an endpoint cannot carry (rule 5):
+    -32022 naming the handshake revisions, under the request's id (a
+    notification has none), recorded as a ``protocol`` deny."""
+    problem = revision.unsupported(requested, revision.HANDSHAKE_VERSIONS)
+    reply = await mediator.refuse_protocol(inbound, problem.code, problem.message, problem.data)
+    await ex.respond(problem.status, reply)

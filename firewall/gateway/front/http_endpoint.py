@@ -39,6 +39,16 @@ Rules this module keeps:
 7. GET streams may live for hours: they run on a pool of their own
    (:attr:`HttpEndpoint.streams`, one connection per stream, at most
    ``listen.max_sessions``), so they never take a connection from the POSTs.
+9. A request of the stateless revision (2026-07-28) is relayed on its own,
+   on the requests pool, with no session id either way: the headers that go
+   up are ``Content-Type``, ``Accept``, the server's configured ones and the
+   request-metadata headers the front made from the decided body (never the
+   client's). An upstream that answers such a request with a 4xx that is no
+   JSON-RPC answer to it (no answer under its id: what a handshake-era
+   server says to a request without a session) speaks the handshake
+   revisions only: the client
+   gets -32022 naming them (400, its id, the call's outcome recorded), and
+   later requests get it here, but ``server/discover``, which asks again.
 8. Nothing the upstream sends reaches the client but through the mediator: a
    GET answered with anything but an event stream is answered with the
    upstream's status (502 for a 2xx) and mcpwall's own error, never with the
@@ -56,6 +66,7 @@ import trio
 from firewall.config import HttpServer
 from firewall.gateway.front import held_http
 from firewall.gateway.front.admission import Refusal, ServerCaps
+from firewall.gateway.front.endpoint import refuse_stateless
 from firewall.gateway.front.sessions import FrontContext, Session, new_session_id
 from firewall.gateway.front.sse_response import SseResponse, end_with
 from firewall.gateway.http.exchange import JSON, SSE, Exchange, accepts, refuse
@@ -71,7 +82,7 @@ from firewall.gateway.upstream.http import (
 )
 from firewall.log import get_logger
 from firewall.policy.decision import Caller
-from firewall.protocol import jsonrpc, mcp, sse
+from firewall.protocol import jsonrpc, mcp, revision, sse
 from firewall.protocol.inbound import Inbound
 from firewall.protocol.jsonrpc import Kind, RequestId
 
@@ -137,6 +148,9 @@ class HttpEndpoint:
             settings.url, settings.headers, max_connections=listen.max_sessions,
             connect_timeout=settings.connect_timeout_seconds, pool_timeout=STREAM_POOL_TIMEOUT)
         self._stateless: dict[tuple[tuple[str, str], ...], PreparedHeaders] = {}
+        # Whether the upstream speaks the stateless revision: None until one of
+        # its answers to such a request tells (rule 9).
+        self.modern: bool | None = None
 
     async def aclose(self) -> None:
         await self.upstream.aclose()
@@ -176,6 +190,17 @@ class HttpEndpoint:
             found = self._stateless[key] = self.upstream.prepare(key)
         return found
 
+    def _prepared_stateless(self, headers: list[tuple[str, str]]) -> PreparedHeaders:
+        """The upstream headers of a stateless request: made from its decided body
+        (rule 9), checked once per distinct set."""
+        key = (("content-type", JSON), ("accept", f"{JSON}, {SSE}"), *headers)
+        found = self._stateless.get(key)
+        if found is None:
+            if len(self._stateless) >= _STATELESS_CACHE_SIZE:
+                self._stateless.clear()
+            found = self._stateless[key] = self.upstream.prepare(key)
+        return found
+
     # -- POST ----------------------------------------------------------------
     async def post(self, ex: Exchange, caller: Caller, session: Session | None,
                    inbound: Inbound, accept_sse: bool) -> None:
@@ -204,8 +229,31 @@ class HttpEndpoint:
                 if created is not None and not self.front.table.holds(created):
                     self.front.table.remove(created)  # never started: its slot goes back
 
+    @property
+    def versions(self) -> tuple[str, ...]:
+        """What the upstream showed it speaks (rule 9): the stateless revision once it
+        answered one of its requests (its ``server/discover`` names no other),
+        the handshake ones once it refused one; both until it did either."""
+        if self.modern is None:
+            return revision.SUPPORTED_VERSIONS
+        return revision.MODERN_VERSIONS if self.modern else revision.HANDSHAKE_VERSIONS
+
+    async def post_stateless(self, ex: Exchange, mediator: Mediator, inbound: Inbound,
+                             accept_sse: bool, headers: list[tuple[str, str]]) -> None:
+        """A request of the stateless revision, relayed on its own (rule 9).
+
+        Once the upstream showed it speaks only the handshake revisions, the
+        revision's -32022 is answered here without asking it again (but
+        ``server/discover``, which asks afresh)."""
+        if self.modern is False and inbound.envelope.method != revision.DISCOVER:
+            await refuse_stateless(ex, mediator, inbound,
+                                   dict(headers).get(revision.VERSION_HEADER))
+            return
+        await self._post(ex, None, None, mediator, inbound, headers)
+
     async def _post(self, ex: Exchange, session: HttpSession | None, created: HttpSession | None,
-                    mediator: Mediator, inbound: Inbound) -> None:
+                    mediator: Mediator, inbound: Inbound,
+                    stateless: list[tuple[str, str]] | None = None) -> None:
         msg = inbound.envelope
         routed = await mediator.from_client(inbound, wait=False)
         if routed.held is not None and msg.request_id is not None:  # held_http's rules
@@ -223,10 +271,14 @@ class HttpEndpoint:
         is_request = msg.kind is Kind.REQUEST
         deadline = trio.current_time() + self.timeout
         try:
+            prepared = (self._prepared(ex, session) if stateless is None
+                        else self._prepared_stateless(stateless))
             async with await self.upstream.forward(
-                    self._prepared(ex, session), routed.upstream,
+                    prepared, routed.upstream,
                     response_timeout=self.timeout if is_request else None) as resp:
-                await self._relay_post(ex, resp, session, created, mediator, msg, deadline)
+                await self._relay_post(ex, resp, session, created, mediator, msg, deadline,
+                                       None if stateless is None
+                                       else dict(stateless)[revision.VERSION_HEADER])
         except UpstreamError as exc:
             mediator.log.warning("upstream_failed", reason=exc.reason.value, detail=exc.detail)
             if ex.finished:  # answered already
@@ -249,8 +301,11 @@ class HttpEndpoint:
 
     async def _relay_post(self, ex: Exchange, resp: Response, session: HttpSession | None,
                           created: HttpSession | None, mediator: Mediator,
-                          msg: jsonrpc.Envelope, deadline: float) -> None:
+                          msg: jsonrpc.Envelope, deadline: float,
+                          stateless: str | None = None) -> None:
         status = resp.status
+        if stateless is not None and status < 300 and resp.content_type in (JSON, SSE):
+            self.modern = True
         headers: list[tuple[str, str]] = []
         if created is not None and status < 300 and resp.content_type in (JSON, SSE):
             created.upstream_sid = resp.header("mcp-session-id")
@@ -285,11 +340,29 @@ class HttpEndpoint:
             return
         if ctype == JSON:
             routed = await mediator.from_server(data)
-            if routed.client is not None:
+            if routed.client is not None:  # the answer to this request: its own server's
+                if stateless is not None:
+                    self.modern = True
                 await ex.respond(status, routed.client, headers=headers)
                 return
+        # A 4xx that answers nothing (no JSON-RPC answer under the request's id):
+        # what a handshake-era server says to a request without a session.
+        if stateless is not None and status in (400, 404, 405) and msg.request_id is not None:
+            await mediator.unanswered(Lost(what), [msg.request_id])  # its outcome
+            await ex.respond(400, self._handshake_only(msg, stateless))
+            return
         await ex.respond(502 if status < 400 else status,
                          await self._no_answer(mediator, msg, what), headers=headers)
+
+    def _handshake_only(self, msg: jsonrpc.Envelope, requested: str) -> bytes:
+        """The upstream answered a stateless request as a handshake-era server does:
+        it is one (:attr:`modern` False), and the client is told which revisions
+        to fall back to (-32022, rule 9)."""
+        self.modern = False
+        problem = revision.unsupported(requested, revision.HANDSHAKE_VERSIONS)
+        get_logger(server=self.name).info("upstream_handshake_only", requested=requested)
+        return jsonrpc.error_response(msg.request_id, problem.code, problem.message,
+                                      problem.data)
 
     async def _no_answer(self, mediator: Mediator, msg: jsonrpc.Envelope, what: str) -> bytes:
         """The error for a message the upstream answered with no answer mcpwall can relay.

@@ -1,9 +1,10 @@
 """The Streamable HTTP front: ``mcpwall serve``.
 
 Each server of the fleet is mounted at ``/servers/{name}/mcp`` and spoken to
-as MCP Streamable HTTP (2025-06-18 and 2025-11-25; 2025-03-26 clients are
-accepted). A raw ASGI app, served by hypercorn's trio worker inside our own
-nursery. Rules this module keeps:
+as MCP Streamable HTTP: the handshake revisions (2025-06-18 and 2025-11-25;
+2025-03-26 clients are accepted) and the stateless one (2026-07-28), chosen
+per request (docs/protocol.md). A raw ASGI app, served by hypercorn's trio
+worker inside our own nursery. Rules this module keeps:
 
 1. Checks run in a fixed order, and each refusal is an HTTP status with a
    JSON-RPC error body (id null): unknown path or server 404; method 405 (with
@@ -24,6 +25,17 @@ nursery. Rules this module keeps:
 4. Shutdown (:meth:`HttpFront.begin_shutdown`): new requests get 503, GET
    streams end, requests in flight get ``shutdown_grace_seconds`` to finish;
    then every session closes and every child stops.
+5. A request of the stateless revision (``protocol/revision.py``: its
+   version header, or its body's ``_meta``, says so; the body decides) has
+   no session, whatever ``Mcp-Session-Id`` says: a GET or DELETE is 405
+   (``Allow: POST``); a POST is checked by the revision's ladder (-32602,
+   HeaderMismatch -32020, -32022, 404 -32601 for a removed method), each
+   refusal 400 (404) under the request's id and recorded through a mediator
+   of its own (``Mediator.refuse_protocol``); then the endpoint's
+   ``post_stateless`` gets that mediator and the request-metadata headers
+   made from the decided body. Its answers pass ``_result_seen``: tools'
+   ``x-mcp-header`` annotations learnt, ``ttlMs`` capped, ``cacheScope``
+   private where the answer is the caller's own.
 """
 
 from __future__ import annotations
@@ -45,7 +57,7 @@ from firewall.gateway.approvals.desk import ApprovalDesk
 from firewall.gateway.front import health
 from firewall.gateway.front.endpoint import Endpoint
 from firewall.gateway.front.http_endpoint import HttpEndpoint
-from firewall.gateway.front.sessions import FrontContext, Session
+from firewall.gateway.front.sessions import FrontContext, Session, new_session_id
 from firewall.gateway.front.stdio_endpoint import StdioEndpoint
 from firewall.gateway.http.connection_limits import (
     Gate,
@@ -71,13 +83,14 @@ from firewall.gateway.http.server import serve
 from firewall.identity import TokenTable, bearer_token
 from firewall.log import get_logger
 from firewall.policy.decision import Caller, PolicyPoint
-from firewall.protocol import jsonrpc, mcp
+from firewall.protocol import jsonrpc, mcp, revision
+from firewall.protocol.inbound import Inbound
 from firewall.protocol.inbound import client as decode_client
 from firewall.protocol.jsonrpc import Kind
 
 # The 2026-07-28 revision's code for an unsupported protocol version; its
 # ``data.supported`` lets a client that probed with a newer revision fall back.
-UNSUPPORTED_PROTOCOL_VERSION: Final = -32022
+UNSUPPORTED_PROTOCOL_VERSION: Final = revision.UNSUPPORTED_PROTOCOL_VERSION
 # A request without MCP-Protocol-Version is from a 2025-03-26 client (spec).
 DEFAULT_PROTOCOL_VERSION: Final = "2025-03-26"
 ALLOWED_METHODS: Final = "GET, POST, DELETE"
@@ -139,6 +152,10 @@ class HttpFront:
             elif isinstance(settings, HttpServer):
                 self.endpoints[name] = HttpEndpoint(name, settings, self.context)
         self.draining = False
+        # x-mcp-header annotations learnt from the tools/list answers relayed,
+        # per server and tool (None: an annotation is invalid).
+        self.param_headers: dict[str, dict[str, tuple[revision.ParamHeader, ...] | None]] = {}
+        self.cache_ttl_ms = int(self.listen.max_cache_ttl_seconds * 1000)
         self.drained = trio.Event()  # hypercorn's shutdown trigger
         # The listener's connections (set by run_front), for /healthz.
         self.connections: Gate | None = None
@@ -256,11 +273,20 @@ class HttpFront:
                 return
             caller = found
         version = ex.header("mcp-protocol-version")
-        if version is not None and version.strip() not in mcp.PROTOCOL_VERSIONS:
-            await refuse(ex, 400, UNSUPPORTED_PROTOCOL_VERSION,
-                         f"Bad Request: unsupported MCP-Protocol-Version {version!r}",
-                         data={"supported": list(mcp.PROTOCOL_VERSIONS),
-                               "requested": version})
+        era = revision.era_of(version)
+        if era != "handshake":  # no session, whatever Mcp-Session-Id says (rule 5)
+            if method == "POST":
+                await self._post(ex, endpoint, caller, None, era)
+            elif era == "modern":
+                await refuse(ex, 405, jsonrpc.INVALID_REQUEST,
+                             f"Method Not Allowed: the {version!s} revision has no GET stream "
+                             "and no session to DELETE (subscriptions/listen is a POST)",
+                             [("allow", "POST")])
+            else:
+                await refuse(ex, 400, UNSUPPORTED_PROTOCOL_VERSION,
+                             f"Bad Request: unsupported MCP-Protocol-Version {version!r}",
+                             data={"supported": list(endpoint.versions),
+                                   "requested": version})
             return
         session: Session | None = None
         sid = ex.header("mcp-session-id")
@@ -271,7 +297,7 @@ class HttpFront:
                              "Not Found: unknown or expired session")
                 return
         if method == "POST":
-            await self._post(ex, endpoint, caller, session)
+            await self._post(ex, endpoint, caller, session, "handshake")
         elif session is None:
             await refuse(ex, 400, jsonrpc.INVALID_REQUEST,
                          "Bad Request: Mcp-Session-Id header required")
@@ -285,7 +311,7 @@ class HttpFront:
             await endpoint.delete(ex, session)
 
     async def _post(self, ex: Exchange, endpoint: Endpoint, caller: Caller,
-                    session: Session | None) -> None:
+                    session: Session | None, era: revision.Era) -> None:
         accept_json, accept_sse = _accept_kinds(ex.header("accept"))
         if not (accept_json or accept_sse):
             await refuse(ex, 406, jsonrpc.INVALID_REQUEST,
@@ -317,7 +343,90 @@ class HttpFront:
             await ex.respond(400, jsonrpc.error_response(
                 None, jsonrpc.INVALID_REQUEST, "Bad Request: a request id must not be null"))
             return
-        await endpoint.post(ex, caller, session, inbound, accept_sse or not accept_json)
+        accept_sse = accept_sse or not accept_json
+        # The body decides (rule 5): one that claims the stateless revision is
+        # taken as such, and its headers must say so too.
+        if era == "handshake" and revision.META_VERSION_BYTES in body and \
+                revision.body_version(revision.params_of(inbound)) is not None:
+            era = "modern"
+        if era != "handshake":
+            await self._post_stateless(ex, endpoint, caller, inbound, accept_sse, era)
+            return
+        await endpoint.post(ex, caller, session, inbound, accept_sse)
+
+    async def _post_stateless(self, ex: Exchange, endpoint: Endpoint, caller: Caller,
+                              inbound: Inbound, accept_sse: bool, era: revision.Era) -> None:
+        """One message of the stateless revision (2026-07-28): checked, then the endpoint's.
+
+        Each request stands alone: a mediator of its own (decision, audit), the
+        revision's header ladder first (rule 5), and the headers that go
+        upstream made from the decided body.
+        """
+        msg = inbound.envelope
+        mediator = self.context.mediator(endpoint.name, "stateless-" + new_session_id(), caller,
+                                         sessionless=True)
+        version = (ex.header(revision.VERSION_HEADER) or "").strip()
+        if msg.method is None:  # a response: the revision has no server->client requests
+            await ex.respond(400, jsonrpc.error_response(
+                msg.request_id, jsonrpc.INVALID_REQUEST,
+                "Bad Request: the 2026-07-28 revision takes no responses from a client"))
+            return
+        params = revision.params_of(inbound)
+        spec = None
+        if msg.method == mcp.TOOLS_CALL and isinstance(params, dict):
+            spec = self.param_headers.get(endpoint.name, {}).get(str(params.get("name")))
+        if msg.kind is not Kind.REQUEST:  # a notification: no ladder defined for it
+            if era == "unsupported":
+                await refuse(ex, 400, UNSUPPORTED_PROTOCOL_VERSION,
+                             f"Bad Request: unsupported MCP-Protocol-Version {version!r}",
+                             data={"supported": list(endpoint.versions),
+                                   "requested": version})
+                return
+            headers = revision.upstream_headers(version, msg.method, None, None)
+        else:
+            problem = (revision.unsupported(version, endpoint.versions) if era == "unsupported"
+                       else revision.check_modern(ex.headers, msg.method, params, spec))
+            if problem is not None:
+                reply = await mediator.refuse_protocol(inbound, problem.code, problem.message,
+                                                       problem.data)
+                await ex.respond(problem.status, reply)
+                return
+            headers = revision.upstream_headers(revision.body_version(params), msg.method,
+                                                params, spec)
+        mediator.on_result = functools.partial(self._result_seen, endpoint.name)
+        await endpoint.post_stateless(ex, mediator, inbound, accept_sse, headers)
+
+    def _result_seen(self, server: str, method: str, line: bytes, narrowed: bool) -> bytes:
+        """A stateless request's answer on its way to the client (mediator rule 14).
+
+        tools/list teaches mcpwall the tools' ``x-mcp-header`` annotations;
+        ``server/discover`` names only the revisions mcpwall speaks; every
+        cacheable result is kept within ``listen.max_cache_ttl_seconds``, and
+        is ``private`` when mcpwall narrowed it for this caller or tells
+        callers apart (tokens)."""
+        if method not in revision.CACHEABLE:
+            return line
+        try:
+            value = jsonrpc.decode_any(line)
+        except jsonrpc.DECODE_ERRORS:
+            return line
+        result = value.get("result") if isinstance(value, dict) else None
+        if not isinstance(result, dict):
+            return line
+        if method == mcp.TOOLS_LIST and isinstance(result.get("tools"), list):
+            known = self.param_headers.setdefault(server, {})
+            for tool in result["tools"]:
+                if isinstance(tool, dict) and isinstance(tool.get("name"), str):
+                    known[tool["name"]] = revision.param_headers_of(tool.get("inputSchema"))
+        seen = result
+        if method == revision.DISCOVER:
+            seen = revision.discover_view(result) or result
+        bounded = revision.bound_cache(seen, self.cache_ttl_ms, narrowed or self.tokens.enabled)
+        if bounded is not None:
+            seen = bounded
+        if seen is result:
+            return line
+        return jsonrpc.result_response(value.get("id"), seen)
 
 
 @functools.lru_cache(maxsize=64)

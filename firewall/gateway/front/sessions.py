@@ -38,6 +38,7 @@ from firewall.gateway.approvals.desk import ApprovalDesk
 from firewall.gateway.front.admission import PRINCIPAL_CAP, Admission, Refusal, ServerCaps, Slot
 from firewall.gateway.http.exchange import Exchange, refuse
 from firewall.gateway.mediator import Mediator
+from firewall.gateway.mrtr import Rounds
 from firewall.log import get_logger
 from firewall.policy.decision import Caller, PolicyPoint
 from firewall.protocol import jsonrpc, sse
@@ -343,12 +344,22 @@ class FrontContext:
         self.log: Any = get_logger(component="http_front")
         # Told the tools each server offers (set by the operator plane's policy page).
         self.on_tools: Callable[[str, list[str]], None] | None = None
+        # The links between the rounds of a 2026-07-28 call, per server: its
+        # requests come with no session, each to a mediator of its own, and a
+        # retry must find the round before it (mediator rules 16 to 18).
+        self.rounds: dict[str, Rounds] = {}
 
-    def mediator(self, server: str, sid: str, caller: Caller) -> Mediator:
-        """A mediator for a new session of ``server``."""
+    def mediator(self, server: str, sid: str, caller: Caller, *,
+                 sessionless: bool = False) -> Mediator:
+        """A mediator for a new session of ``server``, or for one request
+        without a session (``sessionless``: a 2026-07-28 POST; its ``session``
+        scopes are the caller's grant, its rounds linked through the server's
+        shared :class:`Rounds`)."""
+        rounds = self.rounds.setdefault(server, Rounds()) if sessionless else None
         return Mediator(server=server, session=sid, caller=caller, policy=self.policy,
                         audit=self.audit, deny_tools_call_as=self.deny_tools_call_as,
-                        approvals=self.approvals, on_tools=self.on_tools)
+                        approvals=self.approvals, on_tools=self.on_tools,
+                        sessionless=sessionless, rounds=rounds)
 
     def admit(self, server: str, caller: Caller, caps: ServerCaps) -> Slot | Refusal:
         """A slot for a new session of ``caller`` on ``server``, or why not.

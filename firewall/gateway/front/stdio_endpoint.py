@@ -47,6 +47,7 @@ from firewall.audit.events import LifecycleKind, append_lifecycle
 from firewall.config import StdioServer
 from firewall.gateway.front import held_http
 from firewall.gateway.front.admission import Refusal, ServerCaps
+from firewall.gateway.front.endpoint import refuse_stateless
 from firewall.gateway.front.sessions import (
     FrontContext,
     Session,
@@ -60,7 +61,7 @@ from firewall.gateway.mediator import Lost, Mediator, TimedOut
 from firewall.gateway.outbound import Outbound
 from firewall.gateway.upstream.stdio import ChildExited, StdioChild, open_stdio_child
 from firewall.policy.decision import Caller
-from firewall.protocol import framing, jsonrpc, mcp
+from firewall.protocol import framing, jsonrpc, mcp, revision
 from firewall.protocol.inbound import Inbound
 from firewall.protocol.jsonrpc import Kind, RequestId
 
@@ -453,6 +454,21 @@ class StdioEndpoint:
                 await refuse(ex, 404, jsonrpc.INVALID_REQUEST, "Not Found: session ended")
                 return
             await ex.respond(202)
+
+    @property
+    def versions(self) -> tuple[str, ...]:
+        """The handshake revisions: a stdio child is spoken to through a session."""
+        return revision.HANDSHAKE_VERSIONS
+
+    async def post_stateless(self, ex: Exchange, mediator: Mediator, inbound: Inbound,
+                             accept_sse: bool, headers: list[tuple[str, str]]) -> None:
+        """A stdio child speaks the handshake revisions here: the stateless one is refused.
+
+        The seam for a bridge (one request of the stateless revision carried
+        over a handshake session of the child) is this method; until then the
+        revision's -32022 names the versions this endpoint speaks, so a
+        dual-era client falls back to ``initialize`` (endpoint rule 5)."""
+        await refuse_stateless(ex, mediator, inbound, dict(headers).get("mcp-protocol-version"))
 
     async def _request(self, ex: Exchange, session: StdioSession, inbound: Inbound,
                        msg: jsonrpc.Message, accept_sse: bool, created: bool) -> bytes | None:

@@ -174,5 +174,13 @@ class GuardedPolicy:
         """The policy's answer (a kill switch hides nothing: it refuses)."""
         return self.inner.tool_visible(tool, caller, server)
 
+    def recheck(self, call: Call, caller: Caller, server: str, session: str) -> Decision:
+        """The switch's denial when one covers the call, else the policy's recheck."""
+        if self.switch.active:
+            denial = self.switch.check(server, caller.principal)
+            if denial is not None and not _protocol(call.method):
+                return denial
+        return self.inner.recheck(call, caller, server, session)
+
 
 __all__ = ["RULE", "GuardedPolicy", "KillSwitch", "Scope", "Switch", "armed"]

@@ -1,0 +1,115 @@
+"""The 2026-07-28 revision's rules, sans-IO (firewall/protocol/revision.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from firewall.protocol import revision
+
+META = {revision.META_VERSION: "2026-07-28", revision.META_CAPABILITIES: {}}
+HEADERS = {"mcp-protocol-version": "2026-07-28", "mcp-method": "tools/call", "mcp-name": "vm"}
+REGION = (revision.ParamHeader(("region",), "Region", "string"),
+          revision.ParamHeader(("limits", "n"), "N", "integer"))
+
+
+def _params(**arguments: Any) -> dict[str, Any]:
+    return {"name": "vm", "arguments": arguments, "_meta": META}
+
+
+@given(st.text())
+def test_header_values_round_trip_through_the_sentinel(value: str) -> None:
+    encoded = revision.encode_value(value)
+    assert encoded.isascii() and "\n" not in encoded
+    assert revision.decode_value(encoded) == value
+
+
+def test_a_malformed_sentinel_never_matches() -> None:
+    assert revision.decode_value("=?base64?not base64?=") == "=?base64?not base64?="  # no sentinel
+    assert revision.decode_value("=?base64?Zm9v=?=") is None  # not canonical
+    assert revision.decode_value("=?base64?Zm9v?=") == "foo"
+
+
+def test_the_ladder_first_failure_wins() -> None:
+    ok = revision.check_modern(HEADERS, "tools/call", _params(), None)
+    assert ok is None
+    no_meta = revision.check_modern(HEADERS, "tools/call", {"name": "vm"}, None)
+    assert no_meta is not None and no_meta.code == -32602
+    name = revision.check_modern({**HEADERS, "mcp-name": "other"}, "tools/call", _params(), None)
+    assert name is not None and name.code == revision.HEADER_MISMATCH
+    method = revision.check_modern({**HEADERS, "mcp-method": "tools/list"}, "tools/call",
+                                   _params(), None)
+    assert method is not None and method.code == revision.HEADER_MISMATCH
+    missing = revision.check_modern({k: v for k, v in HEADERS.items() if k != "mcp-name"},
+                                    "tools/call", _params(), None)
+    assert missing is not None and missing.code == revision.HEADER_MISMATCH
+    old = {**META, revision.META_VERSION: "1999-01-01"}
+    version = revision.check_modern({**HEADERS, "mcp-protocol-version": "1999-01-01"},
+                                    "tools/call", {"name": "vm", "_meta": old}, None)
+    assert version is not None and version.code == revision.UNSUPPORTED_PROTOCOL_VERSION
+    assert version.data == {"supported": list(revision.SUPPORTED_VERSIONS),
+                            "requested": "1999-01-01"}
+    removed = revision.check_modern({**HEADERS, "mcp-method": "ping"}, "ping", {"_meta": META},
+                                    None)
+    assert removed is not None and (removed.code, removed.status) == (-32601, 404)
+
+
+def test_param_headers_both_absent_or_equal() -> None:
+    def check(headers: dict[str, str], **arguments: Any) -> int | None:
+        problem = revision.check_modern({**HEADERS, **headers}, "tools/call",
+                                        _params(**arguments), REGION)
+        return None if problem is None else problem.code
+
+    assert check({}) is None
+    assert check({"mcp-param-region": "eu"}, region="eu") is None
+    assert check({"mcp-param-region": "=?base64?ZXU=?="}, region="eu") is None
+    assert check({}, region="eu") == revision.HEADER_MISMATCH
+    assert check({"mcp-param-region": "us"}, region="eu") == revision.HEADER_MISMATCH
+    assert check({"mcp-param-region": "eu"}) == revision.HEADER_MISMATCH
+    assert check({"mcp-param-n": "42.0"}, limits={"n": 42}) is None  # numerically equal
+    assert check({"mcp-param-n": "43"}, limits={"n": 42}) == revision.HEADER_MISMATCH
+
+
+def test_upstream_headers_are_made_from_the_body_alone() -> None:
+    params = _params(region="Zürich", limits={"n": 7})
+    params["name"] = " padded "
+    made = revision.upstream_headers("2026-07-28", "tools/call", params, REGION)
+    assert made == [("mcp-protocol-version", "2026-07-28"), ("mcp-method", "tools/call"),
+                    ("mcp-name", revision.encode_value(" padded ")),
+                    ("mcp-param-region", revision.encode_value("Zürich")),
+                    ("mcp-param-n", "7")]
+
+
+def test_x_mcp_header_annotations_valid_only_where_statically_reachable() -> None:
+    schema = {"type": "object", "properties": {
+        "region": {"type": "string", "x-mcp-header": "Region"},
+        "limits": {"type": "object", "properties": {
+            "n": {"type": "integer", "x-mcp-header": "N"}}}}}
+    assert revision.param_headers_of(schema) == REGION
+    under_items = {"type": "object", "properties": {"xs": {"type": "array", "items": {
+        "type": "string", "x-mcp-header": "X"}}}}
+    assert revision.param_headers_of(under_items) is None
+    number = {"type": "object", "properties": {"x": {"type": "number", "x-mcp-header": "X"}}}
+    assert revision.param_headers_of(number) is None
+    twice = {"type": "object", "properties": {
+        "a": {"type": "string", "x-mcp-header": "A"}, "b": {"type": "string", "x-mcp-header": "a"}}}
+    assert revision.param_headers_of(twice) is None
+
+
+def test_cache_bounds_and_discover_view() -> None:
+    assert revision.bound_cache({"ttlMs": 10, "cacheScope": "public"}, 60_000, False) is None
+    assert revision.bound_cache({"ttlMs": 3_600_000, "cacheScope": "public"}, 60_000, True) == {
+        "ttlMs": 60_000, "cacheScope": "private"}
+    seen = revision.discover_view({"supportedVersions": ["2027-01-01", "2026-07-28"]})
+    assert seen == {"supportedVersions": ["2026-07-28"]}
+
+
+def test_era_of_a_header() -> None:
+    assert revision.era_of(None) == "handshake"
+    assert revision.era_of("2025-06-18") == "handshake"
+    assert revision.era_of(" 2026-07-28 ") == "modern"
+    assert revision.era_of("1999-01-01") == "unsupported"
+    assert revision.check_handshake({"_meta": META}) is not None
+    assert revision.check_handshake({"_meta": {}}) is None
