@@ -1317,6 +1317,8 @@ def _compile_policies(fleet: Sequence[LoadedPolicy], servers: Mapping[str, Seque
 
 
 def compile_policy(policy: Policy, *, source: str = "<policy>",
-                   dry_run: bool = False) -> CompiledPolicy:
+                   dry_run: bool = False,
+                   regex_timeout: float = DEFAULT_TIMEOUT) -> CompiledPolicy:
     """Compile one fleet-wide policy object (tests, ``explain``, benchmarks)."""
-    return compile_policies([LoadedPolicy(policy, source, "")], dry_run=dry_run)
+    return compile_policies([LoadedPolicy(policy, source, "")], dry_run=dry_run,
+                            regex_timeout=regex_timeout)
