@@ -114,6 +114,9 @@ class PolicySettings(_Base):
     # How a refused tools/call reaches the client: a tool result with
     # isError=true (the model sees why) or a JSON-RPC error.
     deny_tools_call_as: Literal["tool_result", "jsonrpc_error"] = "tool_result"
+    # The longest one match of a policy pattern against a call may run, in
+    # milliseconds; past it the call is refused (see docs/policy.md).
+    regex_timeout_ms: int = 20
 
 
 class AuthSettings(_Base):
@@ -257,6 +260,9 @@ def _check(config: Config, source: str) -> None:
                 "keep_alive_seconds"):
         if not getattr(config.http, key) > 0:
             raise ConfigError(f"{source}: http.{key}: expected a positive number")
+    if not 1 <= config.policy.regex_timeout_ms <= 10_000:
+        raise ConfigError(f"{source}: policy.regex_timeout_ms: expected 1..10000, "
+                          f"got {config.policy.regex_timeout_ms}")
     if config.http.reserve_connections < 0:
         raise ConfigError(f"{source}: http.reserve_connections: expected 0 or more")
     _check_cap(source, "listen", "max_sessions_per_principal",

@@ -81,3 +81,12 @@ def test_default_config_is_the_demo_fleet(tmp_path: Path) -> None:
     assert Path(config.policy.files[0]).name == "virtualization.json"
     assert config.audit.path == str(tmp_path / "mcpwall-audit.db")
     assert config.listen.host == "127.0.0.1"
+
+
+def test_policy_regex_timeout_defaults_to_20_ms_and_must_be_1_to_10000() -> None:
+    assert parse_config("", "x.toml").policy.regex_timeout_ms == 20
+    assert parse_config("[policy]\nregex_timeout_ms = 50\n", "x.toml").policy.regex_timeout_ms == 50
+    for bad in (0, -1, 10_001):
+        with pytest.raises(ConfigError,
+                           match=r"x.toml: policy.regex_timeout_ms: expected 1..10000"):
+            parse_config(f"[policy]\nregex_timeout_ms = {bad}\n", "x.toml")

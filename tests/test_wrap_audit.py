@@ -8,6 +8,7 @@ import signal
 import sqlite3
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -122,3 +123,43 @@ def _wrap_pids() -> list[int]:
         if ppid == me and b"wrap" in cmdline and b"firewall" in cmdline:
             pids.append(int(entry.name))
     return pids
+
+
+async def test_a_catastrophic_policy_pattern_refuses_the_hostile_call_and_stalls_no_other(
+    tmp_path: Path,
+) -> None:
+    # `(a+)+$` on vm_name and `(a|a)*$` (exponential for any backtracking
+    # engine) on filter: with `re`, either hostile value would hold the event
+    # loop for minutes. Here each is refused (audited, logged without the
+    # value) while a normal call in flight at the same time is answered.
+    db, log = tmp_path / "audit.db", tmp_path / "stderr.log"
+    (tmp_path / "p.json").write_text(json.dumps({"version": "1", "default": "deny", "tools": {
+        "vm_management": {"require": {
+            "vm_name": {"optional": True, "pattern": "(a+)+$|[a-z0-9-]{1,32}"},
+            "filter": {"optional": True, "not_pattern": "(a|a)*$"}}}}}))
+    (tmp_path / "mcpwall.toml").write_text(
+        '[policy]\nfiles = ["p.json"]\nregex_timeout_ms = 5\n')
+    hostile = "a" * 30 + "!"
+    argv = ["sh", "-c", f'exec "$@" 2>>"{log}"', "sh", *mcpwall_argv(), "wrap",
+            "--config", str(tmp_path / "mcpwall.toml"), "--audit-db", str(db), "--", *DEMO]
+    answers: dict[str, Any] = {}
+    async with stdio_session(argv) as session:
+        async def call(key: str, args: dict[str, Any]) -> None:
+            answers[key] = await session.call_tool("vm_management", args)
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(call, "timeout", {"action": "list", "filter": hostile})
+                nursery.start_soon(call, "nested", {"action": "info", "vm_name": hostile})
+                nursery.start_soon(call, "normal", {"action": "list"})
+    assert not answers["normal"].is_error
+    assert answers["timeout"].is_error and answers["nested"].is_error
+    assert "argument check timed out" in answers["timeout"].content[0].text
+    decisions = rows(db, "select * from events where kind = 'decision'"
+                         " and method = 'tools/call'")
+    assert sorted(d["decision"] for d in decisions) == ["allow", "deny", "invalid_arguments"]
+    [denied] = [d for d in decisions if d["decision"] == "deny"]
+    assert "argument check timed out" in denied["reason"]
+    text = log.read_text()
+    assert "policy_regex_timeout" in text and "tools.vm_management" in text
+    assert hostile not in text

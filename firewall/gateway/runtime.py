@@ -36,30 +36,42 @@ from firewall.gateway.shared_limits import (
 from firewall.log import get_logger
 from firewall.policy.decision import AllowAll, Caller, PolicyPoint
 from firewall.policy.engine import PolicySet, ReloadResult
+from firewall.policy.patterns import PatternTimeout
 from firewall.policy.schema import PolicyError
 from firewall.settings.limits import LimitSettings
 
 
 def build_policy(
     fleet: list[str], servers: dict[str, list[str]] | None = None, *, dry_run: bool = False,
-    limiter: RedisLimiter | None = None,
+    limiter: RedisLimiter | None = None, regex_timeout_ms: int = 20,
 ) -> PolicyPoint:
     """The policy point for these files (allow-all when there are none).
 
     Token buckets and counter totals live in ``limiter``'s Redis when given,
-    else in this process.
+    else in this process. A policy pattern that times out is logged
+    (``policy_regex_timeout``, never with the value) and refuses its call.
     Raises ConfigError (naming the file and key path) for a bad policy file.
     """
     servers = {name: files for name, files in (servers or {}).items() if files}
     if not fleet and not servers:
         return AllowAll()
     try:
-        return PolicySet([Path(p) for p in fleet],
-                         {name: [Path(p) for p in files] for name, files in servers.items()},
-                         dry_run=dry_run, limiter=limiter,
-                         counters=RedisCounters(limiter) if limiter is not None else None)
+        policy = PolicySet([Path(p) for p in fleet],
+                           {name: [Path(p) for p in files] for name, files in servers.items()},
+                           dry_run=dry_run, limiter=limiter,
+                           counters=RedisCounters(limiter) if limiter is not None else None,
+                           regex_timeout=regex_timeout_ms / 1000.0)
     except PolicyError as exc:
         raise ConfigError(str(exc)) from None
+    log = get_logger(component="policy")
+
+    def timed_out(exc: PatternTimeout, rule: str, server: str, session: str) -> None:
+        log.warning("policy_regex_timeout", rule=rule, condition=exc.where,
+                    subject=exc.subject, timeout_ms=exc.timeout * 1000, server=server,
+                    session=session)
+
+    policy.engine.on_pattern_timeout = timed_out
+    return policy
 
 
 def shared_limiter(settings: LimitSettings, source: str) -> RedisLimiter | None:
@@ -179,7 +191,7 @@ async def run_wrap_session(
     """
     limiter = shared_limiter(config.limits, config.source)
     policy = build_policy(policy_files, dry_run=dry_run or config.policy.dry_run,
-                          limiter=limiter)
+                          limiter=limiter, regex_timeout_ms=config.policy.regex_timeout_ms)
     if config.audit.writer == "auto":  # one client: no second interpreter to wait for
         config = msgspec.structs.replace(
             config, audit=msgspec.structs.replace(config.audit, writer="thread"))
@@ -248,7 +260,8 @@ async def serve(config: Config, *, banner: TextIO | None = None) -> None:
     limiter = shared_limiter(config.limits, config.source)
     policy = build_policy(config.policy.files,
                           {name: s.policy for name, s in config.servers.items()},
-                          dry_run=config.policy.dry_run, limiter=limiter)
+                          dry_run=config.policy.dry_run, limiter=limiter,
+                          regex_timeout_ms=config.policy.regex_timeout_ms)
     log = get_logger(component="serve")
 
     async def run(task_status: trio.TaskStatus[list[str]]) -> None:

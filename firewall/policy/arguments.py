@@ -2,7 +2,8 @@
 
 Rules this module keeps:
 
-1. Compile once, evaluate many: every regex is compiled, every ``in`` list
+1. Compile once, evaluate many: every regex is compiled (as a
+   :class:`~firewall.policy.patterns.Pattern`, matched in bounded time), every ``in`` list
    becomes a frozenset where it can, every ``path_under`` root is normalised,
    and every violation message is built here, at compile time. At call time a
    check is one closure call on the arguments dict.
@@ -30,6 +31,7 @@ from typing import Any, Final
 
 import msgspec
 
+from firewall.policy.patterns import DEFAULT_TIMEOUT, compile_pattern
 from firewall.policy.schema import Condition, ConditionSpec, PolicyError
 
 Predicate = Callable[[Any], bool]
@@ -84,10 +86,14 @@ class MatchMemo:
 
 
 def compile_conditions(conditions: dict[str, ConditionSpec], where: str,
-                       memo: MatchMemo | None = None) -> tuple[Check, ...]:
+                       memo: MatchMemo | None = None,
+                       timeout: float = DEFAULT_TIMEOUT) -> tuple[Check, ...]:
     """Compile ``{argument: condition}`` into checks; ``where`` prefixes errors.
 
     With ``memo``, ``pattern`` checks remember their verdicts within its budget.
+    ``timeout`` (seconds) bounds one match of a ``pattern`` or ``not_pattern``
+    (:mod:`firewall.policy.patterns`): a check that times out raises
+    :class:`~firewall.policy.patterns.PatternTimeout` (and remembers nothing).
     """
     checks: list[Check] = []
     if not conditions:
@@ -95,11 +101,12 @@ def compile_conditions(conditions: dict[str, ConditionSpec], where: str,
     for argument, spec in conditions.items():
         cond = as_condition(spec)
         here = f"{where}.{argument}"
-        predicates = _predicates(cond, here)
+        predicates = _predicates(cond, here, f"argument {argument!r}", timeout)
         access = _accessor(argument, cond.optional, cond.nullable, here)
         simple = _SIMPLE_NAME.match(argument) is not None
         for op, pred, text in predicates:
-            fused = _fused(argument, op, cond, pred, memo) if simple else None
+            fused = (_fused(argument, op, cond, pred, memo, here, timeout) if simple
+                     else None)
             test, fast = fused if fused is not None else (access(pred), None)
             checks.append(Check(test, argument, op, f"argument '{argument}': {text} ({op})",
                                 fast))
@@ -113,7 +120,7 @@ Fused = tuple[Callable[[dict[str, Any]], bool], tuple[str, str, Any] | None]
 
 
 def _fused(key: str, op: str, cond: Condition, pred: Predicate,
-           memo: MatchMemo | None) -> Fused | None:
+           memo: MatchMemo | None, where: str, timeout: float) -> Fused | None:
     """The hot path's version of ``_accessor(key, ...)(pred)`` for the commonest
     conditions on a top-level argument: the test on a plain string is inlined,
     which saves a call per check; every other value goes through ``pred`` as in
@@ -135,12 +142,13 @@ def _fused(key: str, op: str, cond: Condition, pred: Predicate,
 
         return member, ("in", key, strings)
     if op == "pattern" and cond.pattern is not None:
-        fullmatch = re.compile(cond.pattern).fullmatch
+        fullmatch = compile_pattern(cond.pattern, f"{where}.pattern", f"argument {key!r}",
+                                    timeout).fullmatch
         if memo is None:
             def matches(args: dict[str, Any]) -> bool:
                 v = args.get(key, _MISSING)
                 if type(v) is str:
-                    return fullmatch(v) is not None
+                    return fullmatch(v)
                 if v is _MISSING:
                     return optional
                 return (v is None and nullable) or pred(v)
@@ -154,7 +162,7 @@ def _fused(key: str, op: str, cond: Condition, pred: Predicate,
             if type(v) is str:
                 verdict = seen.get(v)
                 if verdict is None:
-                    verdict = fullmatch(v) is not None
+                    verdict = fullmatch(v)  # a timeout raises: nothing is remembered
                     if len(v) <= MEMO_LENGTH and budget.remaining > 0:
                         budget.remaining -= 1
                         seen[v] = verdict
@@ -222,14 +230,8 @@ def _member(values: list[Any]) -> Predicate:
     return lambda v: any(_json_equal(v, x) for x in frozen)
 
 
-def _regex(pattern: str, where: str) -> re.Pattern[str]:
-    try:
-        return re.compile(pattern)
-    except re.error as exc:
-        raise PolicyError(f"{where}: not a valid regular expression: {exc}") from None
-
-
-def _predicates(cond: Condition, where: str) -> list[tuple[str, Predicate, str]]:
+def _predicates(cond: Condition, where: str, subject: str = "the value",
+                timeout: float = DEFAULT_TIMEOUT) -> list[tuple[str, Predicate, str]]:
     """(condition name, predicate on one value, what it requires) for each stated one."""
     out: list[tuple[str, Predicate, str]] = []
     for op, values in (("in", cond.in_), ("enum", cond.enum)):
@@ -241,13 +243,14 @@ def _predicates(cond: Condition, where: str) -> list[tuple[str, Predicate, str]]
         const = cond.const
         out.append(("const", lambda v: _json_equal(v, const), f"must be {_short(const)}"))
     if cond.pattern is not None:
-        rx = _regex(cond.pattern, f"{where}.pattern")
-        out.append(("pattern", lambda v: isinstance(v, str) and rx.fullmatch(v) is not None,
+        rx = compile_pattern(cond.pattern, f"{where}.pattern", subject, timeout).fullmatch
+        out.append(("pattern", lambda v: isinstance(v, str) and rx(v),
                     f"must match {cond.pattern!r}"))
     if cond.not_pattern is not None:
-        nrx = _regex(cond.not_pattern, f"{where}.not_pattern")
+        nrx = compile_pattern(cond.not_pattern, f"{where}.not_pattern", subject,
+                              timeout).fullmatch
         out.append(("not_pattern",
-                    lambda v: isinstance(v, str) and nrx.fullmatch(v) is None,
+                    lambda v: isinstance(v, str) and not nrx(v),
                     f"must be a string not matching {cond.not_pattern!r}"))
     if cond.prefix is not None:
         prefix = cond.prefix

@@ -63,6 +63,7 @@ from firewall.policy.decision import (
 )
 from firewall.policy.limits import BucketSpec
 from firewall.policy.operators import compile_test, describe
+from firewall.policy.patterns import DEFAULT_TIMEOUT
 from firewall.policy.schema import (
     WINDOW_SECONDS,
     ActionName,
@@ -1004,10 +1005,12 @@ class _Compiler:
     """Compiles the files that apply to one server into a :class:`ServerTable`."""
 
     def __init__(self, counters: _Counters, dry_run: bool,
-                 windowed: _Windowed | None = None) -> None:
+                 windowed: _Windowed | None = None,
+                 regex_timeout: float = DEFAULT_TIMEOUT) -> None:
         self.counters = counters
         self.windowed = windowed or _Windowed()
         self.dry_run = dry_run
+        self.regex_timeout = regex_timeout
         self.memo = MatchMemo()
         # Compiled checks by the conditions' JSON: large tables repeat the
         # same conditions over and over, and checks are immutable.
@@ -1019,7 +1022,8 @@ class _Compiler:
         key = _condition_encoder.encode(conditions)
         checks = self._checks.get(key)
         if checks is None:
-            checks = self._checks[key] = compile_conditions(conditions, where, self.memo)
+            checks = self._checks[key] = compile_conditions(conditions, where, self.memo,
+                                                            self.regex_timeout)
         return checks
 
     def table(self, server: str | None, own: Sequence[LoadedPolicy],
@@ -1177,7 +1181,7 @@ class _Compiler:
         call is denied when a test holds) lists: one check per test, in order."""
         out = []
         for i, test in enumerate(tests):
-            check = compile_test(test, f"{where}[{i}]")
+            check = compile_test(test, f"{where}[{i}]", timeout=self.regex_timeout)
             if deny_when_true:
                 check = Check(_negate(check.test), check.argument, check.condition,
                               f"deny_if {describe(test)} holds")
@@ -1196,9 +1200,10 @@ class _Compiler:
             rule_id = f"{entry_rule}.checks[{rule.name if rule.name else i}]"
             if rule.deny and (rule.require or rule.deny_if):
                 raise PolicyError(f"{at}: \"deny\": true takes no require or deny_if")
-            required = tuple(compile_test(t, f"{at}.require[{j}]").test
+            timeout = self.regex_timeout
+            required = tuple(compile_test(t, f"{at}.require[{j}]", timeout=timeout).test
                              for j, t in enumerate(rule.require))
-            denied = tuple(compile_test(t, f"{at}.deny_if[{j}]").test
+            denied = tuple(compile_test(t, f"{at}.deny_if[{j}]", timeout=timeout).test
                            for j, t in enumerate(rule.deny_if))
             test = _check_rule_test(rule.deny, required, denied)
             words = ([describe(t) for t in rule.require] if rule.require else []) + (
@@ -1282,22 +1287,25 @@ def _approver(approval: ApproverName | None, action: ActionName | None, where: s
 
 def compile_policies(fleet: Sequence[LoadedPolicy],
                      servers: Mapping[str, Sequence[LoadedPolicy]] | None = None,
-                     *, dry_run: bool = False) -> CompiledPolicy:
+                     *, dry_run: bool = False,
+                     regex_timeout: float = DEFAULT_TIMEOUT) -> CompiledPolicy:
     """Compile fleet-wide policies and per-server ones; raise :class:`PolicyError`.
 
     ``dry_run`` marks every decision as recorded-but-not-enforced.
+    ``regex_timeout`` (seconds) bounds one match of any policy pattern
+    (:mod:`firewall.policy.patterns`).
     """
     with collector_paused():
-        return _compile_policies(fleet, servers or {}, dry_run)
+        return _compile_policies(fleet, servers or {}, dry_run, regex_timeout)
 
 
 def _compile_policies(fleet: Sequence[LoadedPolicy], servers: Mapping[str, Sequence[LoadedPolicy]],
-                      dry_run: bool) -> CompiledPolicy:
+                      dry_run: bool, regex_timeout: float = DEFAULT_TIMEOUT) -> CompiledPolicy:
     counters = _Counters()
     windowed = _Windowed()
     for loaded in (*fleet, *(f for own in servers.values() for f in own)):
         windowed.scan(loaded)
-    compiler = _Compiler(counters, dry_run, windowed)
+    compiler = _Compiler(counters, dry_run, windowed, regex_timeout)
     fleet_table = compiler.table(None, (), fleet)
     tables = {name: compiler.table(name, own, fleet) for name, own in servers.items()}
     files: list[LoadedPolicy] = list(fleet)
@@ -1309,6 +1317,8 @@ def _compile_policies(fleet: Sequence[LoadedPolicy], servers: Mapping[str, Seque
 
 
 def compile_policy(policy: Policy, *, source: str = "<policy>",
-                   dry_run: bool = False) -> CompiledPolicy:
+                   dry_run: bool = False,
+                   regex_timeout: float = DEFAULT_TIMEOUT) -> CompiledPolicy:
     """Compile one fleet-wide policy object (tests, ``explain``, benchmarks)."""
-    return compile_policies([LoadedPolicy(policy, source, "")], dry_run=dry_run)
+    return compile_policies([LoadedPolicy(policy, source, "")], dry_run=dry_run,
+                            regex_timeout=regex_timeout)

@@ -17,7 +17,12 @@ Rules this module keeps:
    always pass: the protocol needs them and they carry no operation.
 5. Token buckets are debited only when the verdict is allow, all or none.
    ``explain`` walks the same code with a trace and debits nothing.
-6. Counters (:mod:`firewall.policy.counters`) are never touched here: a
+6. A policy pattern that does not finish matching within its timeout
+   (:class:`~firewall.policy.patterns.PatternTimeout`) refuses the call,
+   whatever rule the pattern belongs to and whichever way its truth would
+   have gone: :func:`timed_out` is the refusal, and the engine's
+   ``on_pattern_timeout`` hook (the gateway logs there) hears of it.
+7. Counters (:mod:`firewall.policy.counters`) are never touched here: a
    verdict with counters comes back as a :class:`Counted` with the amounts
    computed from the arguments, which the gateway settles (reserves) and
    later commits or rolls back. Its store is the engine's and outlives a
@@ -32,7 +37,7 @@ Example::
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -49,8 +54,9 @@ from firewall.policy.compiler import (
     normalise_uri,
 )
 from firewall.policy.counters import Counted, CounterStore, MemoryCounters, counted
-from firewall.policy.decision import ALLOW, LIMITED, Caller, Decision
+from firewall.policy.decision import ALLOW, DENY, LIMITED, Caller, Decision
 from firewall.policy.limits import Limiter, MemoryLimiter, SharedLimiter, defer
+from firewall.policy.patterns import DEFAULT_TIMEOUT, PatternTimeout
 from firewall.policy.schema import LoadedPolicy, PolicyError, collector_paused, load_policy
 from firewall.protocol import mcp
 
@@ -77,6 +83,18 @@ class Explanation(msgspec.Struct, frozen=True):
     trace: list[str]
 
 
+def timed_out(rule: str, exc: PatternTimeout) -> Decision:
+    """The refusal of a call whose argument check timed out (rule 6)."""
+    return Decision(DENY, rule=rule,
+                    reason=f"argument check timed out: matching {exc.subject} against a "
+                           f"policy pattern took longer than {exc.timeout * 1000:g} ms; "
+                           "the call is refused")
+
+
+#: ``on_pattern_timeout(exc, rule, server, session)``.
+TimeoutHook = Callable[[PatternTimeout, str, str, str], None]
+
+
 class Engine:
     """Implements :class:`firewall.policy.decision.PolicyPoint` over a compiled policy."""
 
@@ -84,6 +102,8 @@ class Engine:
                  limiter: Limiter | SharedLimiter | None = None,
                  counters: CounterStore | None = None) -> None:
         self._compiled = compiled
+        #: Told of every pattern timeout (the refusal is the engine's own).
+        self.on_pattern_timeout: TimeoutHook | None = None
         self.limiter = limiter if limiter is not None else MemoryLimiter()
         #: Where counter totals live (in memory unless told otherwise).
         self.counters = counters if counters is not None else MemoryCounters()
@@ -128,7 +148,10 @@ class Engine:
         evaluate = index.resolved.get(name)
         if evaluate is None:
             evaluate = index.resolve(name)
-        result = evaluate(args, caller)
+        try:
+            result = evaluate(args, caller)
+        except PatternTimeout as exc:
+            return self._timed_out(exc, index, name, caller, server, session)
         # Not isinstance(result, Decision): for a Verdict, that asks the Struct
         # metaclass, which costs more than the test; Verdict has no subclass.
         if type(result) is not Verdict:
@@ -170,6 +193,15 @@ class Engine:
             return result.decision
         return Decision(LIMITED, rule=result.rule, reason=result.limited_reason,
                         retry_after=_retry_after(wait), dry_run=result.dry_run)
+
+    def _timed_out(self, exc: PatternTimeout, index: NameIndex, name: str, caller: Caller,
+                   server: str, session: str) -> Decision:
+        rule = next((e.rule for e in index.candidates(name)
+                     if e.audience is None or e.audience.admits(caller)), "default")
+        hook = self.on_pattern_timeout
+        if hook is not None:
+            hook(exc, rule, server, session)
+        return timed_out(rule, exc)
 
     def _target(self, table: ServerTable, index: NameIndex, name: str, args: dict[str, Any],
                 caller: Caller, server: str, session: str,
@@ -327,7 +359,12 @@ class Engine:
             candidates = index.candidates(name)
             trace.append(f"candidates for {name!r}, best first: "
                          f"{[e.rule for e in candidates] or 'none'}")
-            decision = self._target(table, index, name, args, caller, server, session, trace)
+            try:
+                decision = self._target(table, index, name, args, caller, server, session,
+                                        trace)
+            except PatternTimeout as exc:
+                trace.append(f"{exc}: the call is refused")
+                decision = self._timed_out(exc, index, name, caller, server, session)
         elif method in PASS_METHODS or method in mcp.NOTIFICATIONS:
             candidates = ()
             trace.append(f"{method}: always passes")
@@ -378,10 +415,12 @@ class PolicySet:
 
     def __init__(self, fleet: Sequence[Path], servers: Mapping[str, Sequence[Path]] | None = None,
                  *, limiter: Limiter | SharedLimiter | None = None,
-                 dry_run: bool = False, counters: CounterStore | None = None) -> None:
+                 dry_run: bool = False, counters: CounterStore | None = None,
+                 regex_timeout: float = DEFAULT_TIMEOUT) -> None:
         self.fleet = tuple(fleet)
         self.servers = {k: tuple(v) for k, v in (servers or {}).items()}
         self.dry_run = dry_run
+        self.regex_timeout = regex_timeout
         self.engine = Engine(self.compile(), limiter, counters)
 
     def compile(self) -> CompiledPolicy:
@@ -401,7 +440,7 @@ class PolicySet:
             return compile_policies(
                 [load(p) for p in self.fleet],
                 {name: [load(p) for p in paths] for name, paths in self.servers.items()},
-                dry_run=self.dry_run,
+                dry_run=self.dry_run, regex_timeout=self.regex_timeout,
             )
 
     @property
@@ -439,4 +478,4 @@ class PolicySet:
         return self.engine.recheck(call, caller, server, session)
 
 
-__all__ = ["Engine", "Explanation", "PolicySet", "ReloadResult"]
+__all__ = ["Engine", "Explanation", "PolicySet", "ReloadResult", "timed_out"]

@@ -8,6 +8,9 @@ key path, and a message:
 - an entry ``action`` that no call reaches because a rule before it catches all;
 - allow entries with no conditions under ``default: deny`` (a glob is a warning:
   it allows tools nobody has seen yet; an exact name is info);
+- patterns (``pattern``, ``not_pattern``, the ``regex`` operator) that can
+  backtrack catastrophically, so every value is matched under the timeout
+  (:mod:`firewall.policy.patterns`): a warning naming the key path;
 - with the server's tools/list: entries naming tools the server does not have,
   conditions on arguments the tool does not take, ``in``/``const`` values
   outside the argument's ``enum``, and tools no entry covers.
@@ -18,6 +21,7 @@ Pure: it reads Policy objects and a tools list already decoded.
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -25,6 +29,7 @@ import msgspec
 
 from firewall.policy.arguments import as_condition
 from firewall.policy.compiler import RANK, is_glob
+from firewall.policy.patterns import is_catastrophic
 from firewall.policy.schema import (
     ArgumentRule,
     Condition,
@@ -148,6 +153,41 @@ def _against_tools(loaded: LoadedPolicy, tools: Sequence[dict[str, Any]],
             _conditions_vs_schema(rule.require, props, f"{where}.rules[{i}].require", findings)
 
 
+SLOW_PATTERN = ("can backtrack catastrophically (a quantifier or alternatives inside a "
+                "repeated group, or a back-reference): every value is matched under "
+                "[policy] regex_timeout_ms, and a call whose value takes longer is refused; "
+                "rewrite it without nested repetition")
+
+
+def _slow_patterns(loaded: LoadedPolicy, findings: list[Finding]) -> None:
+    """A warning for each pattern :func:`is_catastrophic` flags, at its key path."""
+    def check(pattern: Any, where: str, search: bool) -> None:
+        if not isinstance(pattern, str):
+            return
+        try:
+            slow = is_catastrophic(pattern, search)
+        except re.error:  # the compiler reports it
+            return
+        if slow:
+            findings.append(Finding("warning", f"{loaded.source}: {where}",
+                                    f"pattern {pattern!r} {SLOW_PATTERN}"))
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, dict):
+            check(node.get("pattern"), join_key(path, "pattern"), False)
+            check(node.get("not_pattern"), join_key(path, "not_pattern"), False)
+            if node.get("op") == "regex":
+                check(node.get("value"), join_key(path, "value"), True)
+            for key, value in node.items():
+                if isinstance(value, (dict, list)):
+                    walk(value, join_key(path, str(key)))
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, f"{path}[{i}]")
+
+    walk(msgspec.to_builtins(loaded.policy), "")
+
+
 def lint(policies: Sequence[LoadedPolicy],
          tools: Sequence[dict[str, Any]] | None = None) -> list[Finding]:
     """Findings for policies that apply together (say, fleet-wide plus one server's)."""
@@ -178,6 +218,7 @@ def lint(policies: Sequence[LoadedPolicy],
                 seen[key] = where
         for key, pentry in policy.prompts.items():
             _rules(pentry, f"{loaded.source}: {join_key('prompts', key)}", findings)
+        _slow_patterns(loaded, findings)
         if tools is not None:
             _against_tools(loaded, tools, findings)
     if tools is not None:

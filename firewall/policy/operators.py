@@ -20,7 +20,9 @@ Rules this module keeps (Intercept's engine, operator for operator):
    numbers (booleans are not).
 3. ``in``/``not_in``: ``eq`` against each element of the list; ``not_in`` is
    the negation of ``in`` (so an absent value fails both).
-4. ``regex`` searches (it is not anchored) a string value; anything else fails.
+4. ``regex`` searches (it is not anchored) a string value; anything else
+   fails. The search is bounded in time (:mod:`firewall.policy.patterns`);
+   one that times out raises instead of answering.
 5. ``contains``: a substring of a string value, or an element (by ``eq``) of an
    array value; anything else fails.
 
@@ -37,12 +39,12 @@ Example::
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, Final
 
 from firewall.policy.arguments import Check
+from firewall.policy.patterns import DEFAULT_TIMEOUT, compile_pattern
 from firewall.policy.schema import PolicyError, Test
 
 _ABSENT: Final = object()
@@ -138,7 +140,7 @@ def arguments_reader(path: str) -> Reader:
     return read
 
 
-def _predicate(test: Test, where: str) -> Callable[[Any], bool]:
+def _predicate(test: Test, where: str, timeout: float) -> Callable[[Any], bool]:
     """What the operator says of a present value."""
     op, value = test.op, test.value
     if op in ("eq", "neq"):
@@ -163,11 +165,9 @@ def _predicate(test: Test, where: str) -> Callable[[Any], bool]:
     if op == "regex":
         if not isinstance(value, str):
             raise PolicyError(f"{where}.value: regex value must be a string")
-        try:
-            pattern = re.compile(value)
-        except re.error as exc:
-            raise PolicyError(f"{where}.value: invalid regex {value!r}: {exc}") from None
-        return lambda v: isinstance(v, str) and pattern.search(v) is not None
+        search = compile_pattern(value, f"{where}.value", test.path, timeout,
+                                 search=True).search
+        return lambda v: isinstance(v, str) and search(v)
     if op == "contains":
         def contains(v: Any) -> bool:
             if isinstance(v, str):
@@ -184,13 +184,15 @@ def describe(test: Test) -> str:
     return f"{test.path} {test.op} {go_text(test.value, False)}"
 
 
-def compile_test(test: Test, where: str, state: Callable[[str], Reader] | None = None
-                 ) -> Check:
+def compile_test(test: Test, where: str, state: Callable[[str], Reader] | None = None,
+                 timeout: float = DEFAULT_TIMEOUT) -> Check:
     """One test as a :class:`Check` (``test(args) -> bool``); raise
     :class:`PolicyError` naming ``where`` for a bad path, operator or value.
 
     ``state(path)`` gives the reader of a ``state.`` path; without it such a
-    path is an error.
+    path is an error. ``timeout`` (seconds) bounds one ``regex`` match: past
+    it the test raises :class:`~firewall.policy.patterns.PatternTimeout`,
+    whichever way the caller reads its truth (``require``, ``deny_if``).
     """
     path = test.path
     if path.startswith("args.") and len(path) > 5:
@@ -213,7 +215,7 @@ def compile_test(test: Test, where: str, state: Callable[[str], Reader] | None =
             return (v is not _ABSENT and v is not None) == want
 
         return Check(exists, path, test.op, message)
-    holds = _predicate(test, where)
+    holds = _predicate(test, where, timeout)
 
     def run(args: dict[str, Any]) -> bool:
         v = read(args)
