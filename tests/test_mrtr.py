@@ -18,8 +18,8 @@ import pytest
 
 from firewall.audit.events import DecisionEvent, LifecycleEvent, OutcomeEvent
 from firewall.gateway.mediator import Mediator
-from firewall.gateway.operator.killswitch import GuardedPolicy, KillSwitch, Scope
 from firewall.gateway.mrtr import APPROVAL_KEY, Link, Rounds
+from firewall.gateway.operator.killswitch import GuardedPolicy, KillSwitch, Scope
 from firewall.policy.compiler import compile_policy
 from firewall.policy.decision import ALLOW, Caller, Decision
 from firewall.policy.engine import Engine
