@@ -69,6 +69,11 @@ class ListenSettings(_Base):
     # The longest a client may cache a list or read result (ttlMs) relayed under
     # the 2026-07-28 revision: a policy reload reaches cached lists within it.
     max_cache_ttl_seconds: float = 60.0
+    # subscriptions/listen streams (2026-07-28) one principal may hold open at
+    # once, and the longest one lives (then it ends gracefully; the client
+    # listens again).
+    max_listen_streams_per_principal: int = 16
+    listen_stream_max_seconds: float = 3600.0
     # Connections served at once; beyond, [http] reserve_connections more are
     # taken for /healthz only, and the rest are refused (503, Retry-After).
     max_connections: int = 1024

@@ -22,7 +22,7 @@ LifecycleKind = Literal[
     "policy_load", "policy_reload", "policy_reload_failed", "policy_edit",
     "upstream_start", "upstream_exit", "upstream_restart",
     "approval", "kill_switch", "operator_login_throttled",
-    "message_dropped", "input_required", "task",
+    "message_dropped", "input_required", "task", "listen_start", "listen_end",
 ]
 
 

@@ -18,12 +18,16 @@ Rules this module keeps:
    changed or an operator asked (``by``), ``policy_reload_failed`` with the
    error when a file is bad (the table in force is kept). The trigger is the
    first request's; the others are listed under ``coalesced``.
+5. After a swap that changed the table, each of :attr:`PolicyReloader.watchers`
+   is called (on the trio thread, synchronously): the HTTP front's listen
+   streams learn of it (``front/listen.py``). A watcher must not raise.
 """
 
 from __future__ import annotations
 
 import gc
 import weakref
+from collections.abc import Callable
 from typing import Any, Final
 
 import trio
@@ -39,7 +43,7 @@ _log: Any = get_logger(component="policy_reload")
 
 
 class PolicyReloader:
-    """Serialises and coalesces the reloads of one :class:`PolicySet` (rules 1-4)."""
+    """Serialises and coalesces the reloads of one :class:`PolicySet` (rules 1-5)."""
 
     def __init__(self, policy: PolicySet) -> None:
         self.policy = policy
@@ -48,6 +52,7 @@ class PolicyReloader:
         self._started = 0  # reloads started (the one running is number _started)
         self._finished = 0
         self._last: ReloadResult | None = None
+        self.watchers: list[Callable[[], None]] = []  # rule 5
 
     @property
     def reloads(self) -> int:
@@ -80,6 +85,9 @@ class PolicyReloader:
         retired: list[object] = [self.policy.engine.compiled]
         result = self.policy.install(compiled)
         del compiled
+        if result.changed:
+            for watcher in list(self.watchers):
+                watcher()
         await _record(audit, result, requests)
         await trio.to_thread.run_sync(_dismantle, retired, thread_name=_THREAD_NAME,
                                       abandon_on_cancel=False)

@@ -49,6 +49,9 @@ Rules this module keeps:
    revisions only: the client
    gets -32022 naming them (400, its id, the call's outcome recorded), and
    later requests get it here, but ``server/discover``, which asks again.
+10. A ``subscriptions/listen`` of the stateless revision is the front's
+   listen desk's (``front/listen.py``): :meth:`HttpEndpoint.open_listen`
+   only carries it upstream, on the GET streams' pool (rule 7).
 8. Nothing the upstream sends reaches the client but through the mediator: a
    GET answered with anything but an event stream is answered with the
    upstream's status (502 for a 2xx) and mcpwall's own error, never with the
@@ -58,7 +61,8 @@ Rules this module keeps:
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Final
 
 import trio
@@ -250,6 +254,13 @@ class HttpEndpoint:
                                    dict(headers).get(revision.VERSION_HEADER))
             return
         await self._post(ex, None, None, mediator, inbound, headers)
+
+    def open_listen(self, headers: list[tuple[str, str]],
+                    message: Outbound) -> AbstractAsyncContextManager[Response]:
+        """POST a decided ``subscriptions/listen`` (``front/listen.py``) on the
+        pool of long-lived connections, as a GET stream is (rule 7)."""
+        return _forwarded_on(self.streams, self._prepared_stateless(headers), message,
+                             self.timeout)
 
     async def _post(self, ex: Exchange, session: HttpSession | None, created: HttpSession | None,
                     mediator: Mediator, inbound: Inbound,
@@ -506,6 +517,13 @@ class HttpEndpoint:
         session.upstream_sid = None  # already ended there
         await self.front.end_session(session, "deleted by the client")
         await ex.respond(204)
+
+
+@asynccontextmanager
+async def _forwarded_on(pool: HttpUpstream, headers: PreparedHeaders, message: Outbound,
+                        head_seconds: float) -> AsyncIterator[Response]:
+    async with await pool.forward(headers, message, response_timeout=head_seconds) as resp:
+        yield resp
 
 
 def _admits_sse(ex: Exchange) -> bool:

@@ -35,7 +35,10 @@ worker inside our own nursery. Rules this module keeps:
    ``post_stateless`` gets that mediator and the request-metadata headers
    made from the decided body. Its answers pass ``_result_seen``: tools'
    ``x-mcp-header`` annotations learnt, ``ttlMs`` capped, ``cacheScope``
-   private where the answer is the caller's own.
+   private where the answer is the caller's own. A ``subscriptions/listen``
+   to an endpoint that can carry one (``listen.ListenUpstream``) is the
+   listen desk's (``front/listen.py``): a long-lived stream under policy,
+   ended on shutdown and told of policy reloads.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ from hypercorn.config import Config as HyperConfig
 from firewall.audit.events import AuditPoint
 from firewall.config import Config, HttpServer, StdioServer
 from firewall.gateway.approvals.desk import ApprovalDesk
-from firewall.gateway.front import health
+from firewall.gateway.front import health, listen
 from firewall.gateway.front.endpoint import Endpoint
 from firewall.gateway.front.http_endpoint import HttpEndpoint
 from firewall.gateway.front.sessions import FrontContext, Session, new_session_id
@@ -80,9 +83,11 @@ from firewall.gateway.http.exchange import (
     refuse,
 )
 from firewall.gateway.http.server import serve
+from firewall.gateway.policy_reload import reloader_for
 from firewall.identity import TokenTable, bearer_token
 from firewall.log import get_logger
 from firewall.policy.decision import Caller, PolicyPoint
+from firewall.policy.engine import PolicySet
 from firewall.protocol import jsonrpc, mcp, revision
 from firewall.protocol.inbound import Inbound
 from firewall.protocol.inbound import client as decode_client
@@ -143,6 +148,7 @@ class HttpFront:
         self.context = FrontContext(config.listen, policy, audit,
                                     config.policy.deny_tools_call_as, approvals,
                                     per_principal=self.tokens.enabled)
+        self.listens = listen.ListenDesk(config.listen, policy, audit)
         self.endpoints: dict[str, Endpoint] = dict(endpoints or {})
         for name, settings in config.servers.items():
             if name in self.endpoints:
@@ -170,10 +176,13 @@ class HttpFront:
             idle = min([self.listen.session_idle_seconds,
                         *(e.idle_limit for e in self.endpoints.values())])
             nursery.start_soon(self.context.table.run_reaper, max(0.05, min(idle / 4, 30.0)))
+            watchers = _reload_watchers(self.context.policy)
+            watchers.append(self.listens.policy_changed)
             task_status.started()
             try:
                 await self._closed.wait()
             finally:
+                watchers.remove(self.listens.policy_changed)
                 with trio.CancelScope(shield=True):
                     await self._close_all()
                 nursery.cancel_scope.cancel()
@@ -191,6 +200,7 @@ class HttpFront:
         self.draining = True
         self.log.info("shutdown_started", sessions=len(self.context.table),
                       grace_seconds=self.listen.shutdown_grace_seconds)
+        self.listens.end_all("shutdown")
         for session in self.context.table:
             session.end_get_streams()
             # Held calls would outlast the grace period: refuse them now.
@@ -200,6 +210,7 @@ class HttpFront:
     def close(self) -> None:
         """End every session (their children stop) and the front's tasks."""
         self.draining = True
+        self.listens.end_all("shutdown")
         self.drained.set()
         self._closed.set()
 
@@ -394,6 +405,11 @@ class HttpFront:
             headers = revision.upstream_headers(revision.body_version(params), msg.method,
                                                 params, spec)
         mediator.on_result = functools.partial(self._result_seen, endpoint.name)
+        if msg.method == listen.LISTEN and msg.kind is Kind.REQUEST and \
+                isinstance(endpoint, listen.ListenUpstream) and endpoint.versions != \
+                revision.HANDSHAKE_VERSIONS:
+            await self.listens.serve(ex, endpoint, mediator, inbound, headers)
+            return
         await endpoint.post_stateless(ex, mediator, inbound, accept_sse, headers)
 
     def _result_seen(self, server: str, method: str, line: bytes, narrowed: bool) -> bytes:
@@ -427,6 +443,16 @@ class HttpFront:
         if seen is result:
             return line
         return jsonrpc.result_response(value.get("id"), seen)
+
+
+def _reload_watchers(policy: object) -> list[Callable[[], None]]:
+    """Who is told of the reloads of ``policy`` (the :class:`PolicySet` inside any
+    wrapper, such as the kill switch's ``inner``): a list the listen desk joins."""
+    for _ in range(4):
+        if isinstance(policy, PolicySet):
+            return reloader_for(policy).watchers
+        policy = getattr(policy, "inner", None)
+    return []
 
 
 @functools.lru_cache(maxsize=64)

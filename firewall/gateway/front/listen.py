@@ -1,0 +1,383 @@
+"""``subscriptions/listen`` streams of the 2026-07-28 revision, relayed under policy.
+
+In that revision a client opts in to change notifications with a
+``subscriptions/listen`` request whose response is a long-lived event stream
+(its first event acknowledges the subset honoured; every frame is tagged
+``_meta["io.modelcontextprotocol/subscriptionId"]`` with the request's id; a
+graceful end is the request's result). Rules this module keeps:
+
+1. Each type the request asks for is decided for the caller before anything
+   else (:func:`narrow`), with ``PolicyPoint.recheck`` (nothing is debited):
+   ``toolsListChanged``, ``promptsListChanged`` and ``resourcesListChanged``
+   as the methods ``subscriptions/listen/toolsListChanged`` (and so on:
+   ``methods`` entries, globs such as ``subscriptions/listen*``; unlisted:
+   ``other_methods``; the notifications' own names always pass, as MCP's
+   notifications do, so they cannot name a type),
+   each URI of ``resourceSubscriptions`` as a ``resources/read`` of that
+   URI (a caller follows only what it may read). Keys mcpwall does not know
+   are dropped. The request with the narrowed filter is what the mediator
+   decides (the ``subscriptions/listen`` method: ``methods`` entry, limits,
+   audit) and what goes upstream; the refused types are recorded at open
+   (``listen_start``).
+2. Only the acknowledgement, the notifications of the honoured filter (the
+   four listen-stream methods) and the request's answer reach the client,
+   each through the mediator and with the upstream's ``_meta`` tag and
+   event fields unchanged; any other message on the stream is dropped and
+   counted.
+3. Bounds: at most ``listen.max_listen_streams_per_principal`` streams per
+   principal (then 429, -32002, recorded as a ``protocol`` deny), each for at
+   most ``listen.listen_stream_max_seconds``; the upstream's stream runs on
+   the endpoint's pool of long-lived connections, as GET streams do. Silences
+   longer than ``listen.keepalive_seconds`` are filled with comments.
+4. A stream ends when the client goes away (the upstream stream is closed),
+   the upstream ends it (its answer, if any, is relayed), or mcpwall ends it
+   (its lifetime, shutdown): then with a graceful ``SubscriptionsListenResult``
+   under the request's id, so the client may listen again. Each end is
+   recorded once (``listen_end``: why, notifications relayed and dropped).
+5. A policy reload that changed the table re-decides every open stream's
+   honoured types (a type now refused stops, none is added) and sends
+   ``notifications/tools/list_changed`` (tagged as the stream's) on each
+   stream still subscribed to it, so a client refetches its tool list under
+   the new policy instead of keeping a stale cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Final, Protocol, runtime_checkable
+
+import msgspec
+import trio
+
+from firewall.audit.events import AuditPoint, append_lifecycle
+from firewall.config import ListenSettings
+from firewall.gateway.front.sse_response import SseResponse
+from firewall.gateway.http.exchange import JSON, SSE, ClientGone, Exchange
+from firewall.gateway.mediator import Lost, Mediator
+from firewall.gateway.outbound import Outbound
+from firewall.gateway.upstream.http import Response, UpstreamError
+from firewall.log import get_logger
+from firewall.policy.decision import Caller, PolicyPoint, session_scope
+from firewall.protocol import jsonrpc, mcp, sse
+from firewall.protocol.inbound import Inbound
+from firewall.protocol.inbound import client as decode_client
+from firewall.protocol.jsonrpc import RequestId
+
+LISTEN: Final = "subscriptions/listen"
+ACKNOWLEDGED: Final = "notifications/subscriptions/acknowledged"
+SUBSCRIPTION_ID: Final = "io.modelcontextprotocol/subscriptionId"
+TOOLS_CHANGED: Final = "notifications/tools/list_changed"
+RESOURCE_UPDATED: Final = "notifications/resources/updated"
+# The filter's flags and the notification each stands for (rule 1).
+FLAGS: Final = {
+    "toolsListChanged": TOOLS_CHANGED,
+    "promptsListChanged": "notifications/prompts/list_changed",
+    "resourcesListChanged": "notifications/resources/list_changed",
+}
+RESOURCES: Final = "resourceSubscriptions"
+_FLAG_OF: Final = {method: flag for flag, method in FLAGS.items()}
+MAX_MAX_URIS: Final = 256  # URIs of one filter beyond this are refused
+
+
+class Honoured(msgspec.Struct, frozen=True):
+    """What one listen stream may carry: flags (by wire name) and resource URIs."""
+
+    flags: frozenset[str] = frozenset()
+    uris: frozenset[str] = frozenset()
+
+    def wire(self) -> dict[str, Any]:
+        """The ``SubscriptionFilter`` that says it."""
+        out: dict[str, Any] = {flag: True for flag in sorted(self.flags)}
+        if self.uris:
+            out[RESOURCES] = sorted(self.uris)
+        return out
+
+    def admits(self, method: str, params: Any) -> bool:
+        """Whether a notification ``method`` (with ``params``) is within it (rule 2)."""
+        flag = _FLAG_OF.get(method)
+        if flag is not None:
+            return flag in self.flags
+        if method == RESOURCE_UPDATED and isinstance(params, dict):
+            return params.get("uri") in self.uris
+        return False
+
+
+def narrow(policy: PolicyPoint, caller: Caller, server: str,
+           requested: Any) -> tuple[Honoured, list[str]]:
+    """The types of ``requested`` (a SubscriptionFilter) the policy lets ``caller``
+    follow on ``server``, and the refused ones, named (rule 1)."""
+    honoured_flags: set[str] = set()
+    uris: set[str] = set()
+    refused: list[str] = []
+    if not isinstance(requested, dict):
+        return Honoured(), refused
+    scope = session_scope(None, caller)
+    for key, value in requested.items():
+        if key in FLAGS:
+            if value is not True:
+                continue
+            call = mcp.Call(f"{LISTEN}/{key}", "server")
+            if policy.recheck(call, caller, server, scope).enforced_allow:
+                honoured_flags.add(key)
+            else:
+                refused.append(key)
+        elif key == RESOURCES and isinstance(value, list):
+            for n, uri in enumerate(value):
+                if not isinstance(uri, str) or n >= MAX_MAX_URIS:
+                    refused.append(f"{RESOURCES}[{n}]")
+                    continue
+                call = mcp.Call(mcp.RESOURCES_READ, "client", None, uri)
+                if policy.recheck(call, caller, server, scope).enforced_allow:
+                    uris.add(uri)
+                else:
+                    refused.append(uri)
+        else:
+            refused.append(key)  # a type mcpwall cannot decide
+    return Honoured(frozenset(honoured_flags), frozenset(uris)), refused
+
+
+@runtime_checkable
+class ListenUpstream(Protocol):
+    """An endpoint that can carry a listen stream upstream (Streamable HTTP)."""
+
+    name: str
+
+    def open_listen(self, headers: list[tuple[str, str]],
+                    message: Outbound) -> AbstractAsyncContextManager[Response]:
+        """POST the decided listen request; the response may last for hours."""
+        ...
+
+
+class ListenStream:
+    """One open listen stream (its client's side and its counts)."""
+
+    def __init__(self, caller: Caller, server: str, rid: RequestId,
+                 honoured: Honoured) -> None:
+        self.caller = caller
+        self.server = server
+        self.rid = rid
+        self.honoured = honoured
+        self.relayed = 0
+        self.dropped = 0
+        self.ended_by: str | None = None  # set when mcpwall ends it (rule 4)
+        self.scope = trio.CancelScope()
+        self.pushes, self.pushed = trio.open_memory_channel[bytes](16)
+
+    def tagged(self, method: str) -> bytes:
+        """A notification of this stream, tagged with its subscription id."""
+        return jsonrpc.encode({"jsonrpc": "2.0", "method": method,
+                               "params": {"_meta": {SUBSCRIPTION_ID: self.rid}}})
+
+    def end(self, why: str) -> None:
+        self.ended_by = self.ended_by or why
+        self.scope.cancel()
+
+
+class ListenDesk:
+    """Every listen stream of the front: admission, relay, reloads, shutdown."""
+
+    def __init__(self, listen: ListenSettings, policy: PolicyPoint,
+                 audit: AuditPoint | None) -> None:
+        self.listen = listen
+        self.policy = policy
+        self.audit = audit
+        self.streams: set[ListenStream] = set()
+        self.log: Any = get_logger(component="listen")
+
+    def per_principal(self, principal: str) -> int:
+        return sum(1 for s in self.streams if s.caller.principal == principal)
+
+    def end_all(self, why: str) -> None:
+        """End every stream (shutdown): each with its graceful result."""
+        for stream in list(self.streams):
+            stream.end(why)
+
+    def policy_changed(self) -> None:
+        """A reload changed the table (rule 5): re-decide, then tell who follows tools."""
+        for stream in list(self.streams):
+            honoured, _ = narrow(self.policy, stream.caller, stream.server,
+                                 stream.honoured.wire())
+            stream.honoured = honoured
+            if "toolsListChanged" in honoured.flags:
+                # A full queue has one waiting already: list_changed is a level trigger.
+                with contextlib.suppress(trio.WouldBlock):
+                    stream.pushes.send_nowait(stream.tagged(TOOLS_CHANGED))
+
+    async def serve(self, ex: Exchange, endpoint: ListenUpstream, mediator: Mediator,
+                    inbound: Inbound, headers: list[tuple[str, str]]) -> None:
+        """Answer one ``subscriptions/listen`` request (rules 1 to 4)."""
+        msg = inbound.envelope
+        caller = mediator.caller
+        rid = msg.request_id
+        assert rid is not None
+        cap = self.listen.max_listen_streams_per_principal
+        if self.per_principal(caller.principal) >= cap:
+            reply = await mediator.refuse_protocol(
+                inbound, jsonrpc.RATE_LIMITED,
+                f"Too Many Requests: {cap} listen streams open for this caller "
+                "(listen.max_listen_streams_per_principal)", {"cap": cap})
+            await ex.respond(429, reply, headers=[("retry-after", "5")])
+            return
+        try:
+            value = jsonrpc.decode_any(inbound.data)
+        except jsonrpc.DECODE_ERRORS:
+            value = None
+        params = value.get("params") if isinstance(value, dict) else None
+        requested = params.get("notifications") if isinstance(params, dict) else None
+        honoured, refused = narrow(self.policy, caller, endpoint.name, requested)
+        params = dict(params) if isinstance(params, dict) else {}
+        params["notifications"] = honoured.wire()
+        narrowed = decode_client(jsonrpc.encode({"jsonrpc": "2.0", "id": rid,
+                                                 "method": LISTEN, "params": params}))
+        routed = await mediator.from_client(narrowed, wait=False)
+        if routed.held is not None:
+            routed.held.withdraw("a listen stream cannot wait for approval")
+            await ex.respond(200, jsonrpc.error_response(
+                rid, jsonrpc.INVALID_REQUEST,
+                "subscriptions/listen cannot wait for approval: the policy requires one"))
+            return
+        if routed.upstream is None:
+            await (ex.respond(200, routed.client) if routed.client else ex.respond(202))
+            return
+        stream = ListenStream(caller, endpoint.name, rid, honoured)
+        self.streams.add(stream)
+        await append_lifecycle(self.audit, "listen_start", session=mediator.session,
+                               principal=caller.principal, server=endpoint.name,
+                               detail={"request_id": rid, "honoured": honoured.wire(),
+                                       "refused": refused, "grant": caller.grant})
+        started = time.monotonic()
+        why = "upstream ended"
+        try:
+            why = await self._relay(ex, endpoint, mediator, routed.upstream, headers, stream)
+        finally:
+            self.streams.discard(stream)
+            with trio.CancelScope(shield=True):
+                await append_lifecycle(
+                    self.audit, "listen_end", session=mediator.session,
+                    principal=caller.principal, server=endpoint.name,
+                    detail={"request_id": rid, "reason": why, "relayed": stream.relayed,
+                            "dropped": stream.dropped,
+                            "seconds": round(time.monotonic() - started, 3)})
+
+    async def _relay(self, ex: Exchange, endpoint: ListenUpstream, mediator: Mediator,
+                     outbound: Outbound, headers: list[tuple[str, str]],
+                     stream: ListenStream) -> str:
+        """Relay the upstream's stream until one side ends it; why it ended."""
+        rid = stream.rid
+        deadline = trio.current_time() + self.listen.listen_stream_max_seconds
+        out = SseResponse(ex, self.listen.keepalive_seconds)
+        why = "upstream ended"
+        answered = False
+        try:
+            with stream.scope:
+                stream.scope.deadline = deadline
+                async with endpoint.open_listen(headers, outbound) as resp:
+                    if resp.status >= 300 or resp.content_type != SSE:
+                        await self._not_a_stream(ex, resp, mediator, rid)
+                        return f"upstream answered HTTP {resp.status}"
+                    await out.open(prime=True)
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(_cancel_on_disconnect, ex, stream)
+                        nursery.start_soon(out.keep_open)
+                        nursery.start_soon(_pushes, out, stream)
+                        answered = await self._events(out, resp, mediator, stream)
+                        nursery.cancel_scope.cancel()
+        except UpstreamError as exc:
+            mediator.log.warning("listen_upstream_failed", reason=exc.reason.value,
+                                 detail=exc.detail)
+            why = f"upstream failed: {exc.reason.value}"
+            if not ex.started:
+                [reply] = await mediator.unanswered(Lost(why, exc.code), [rid])
+                await ex.respond(502, reply)
+                return why
+        if stream.scope.cancelled_caught and stream.ended_by is None:
+            stream.ended_by = "lifetime"
+        if stream.ended_by == "client gone" or ex.disconnected:
+            return "client gone"
+        if stream.ended_by is not None:
+            why = stream.ended_by
+        if not ex.started:
+            return why
+        last = b""
+        if not answered:  # mcpwall ends it, gracefully: the client may listen again
+            last = sse.encode_event(jsonrpc.result_response(rid, {
+                "_meta": {SUBSCRIPTION_ID: rid}, "resultType": "complete"}))
+        with trio.CancelScope(shield=True), trio.move_on_after(5), \
+                contextlib.suppress(ClientGone):  # the client went away meanwhile
+            await out.end(last)
+        return why
+
+    async def _events(self, out: SseResponse, resp: Response, mediator: Mediator,
+                      stream: ListenStream) -> bool:
+        """Relay the upstream's events (rule 2) until it ends; True if it answered."""
+        events = resp.events(keep_dataless=True)
+        while True:
+            for event in events.ready():
+                if not event.data:
+                    continue  # priming events: a listen stream is not resumable
+                routed = await mediator.from_server(event.data)
+                line = routed.client
+                if line is None:
+                    stream.dropped += 1
+                    continue
+                if routed.answers == stream.rid:
+                    await out.send(sse.encode_event(line, event=event.event))
+                    return True
+                carried = _carried(line, stream.honoured)
+                if carried is None:
+                    stream.dropped += 1
+                    continue
+                await out.send(sse.encode_event(line, event=event.event))
+                stream.relayed += carried
+            if events.at_end():
+                return False
+            await events.receive()
+
+    async def _not_a_stream(self, ex: Exchange, resp: Response, mediator: Mediator,
+                            rid: RequestId) -> None:
+        """The upstream answered the listen with no stream: its JSON-RPC answer
+        (through the mediator), or mcpwall's own error."""
+        data = await resp.read(4 * 1024 * 1024)
+        if resp.content_type == JSON and data:
+            routed = await mediator.from_server(data)
+            if routed.client is not None:
+                await ex.respond(resp.status if resp.status < 500 else 502, routed.client)
+                return
+        [reply] = await mediator.unanswered(
+            Lost(f"answered HTTP {resp.status} with {resp.content_type or 'no type'}"), [rid])
+        await ex.respond(502, reply)
+
+
+def _carried(line: bytes, honoured: Honoured) -> int | None:
+    """Whether a mediated message of a listen stream goes on to the client (rule 2):
+    None if not, else how many notifications it counts for (the acknowledgement: 0)."""
+    try:
+        value = jsonrpc.decode_any(line)
+    except jsonrpc.DECODE_ERRORS:
+        return None
+    if not isinstance(value, dict) or "id" in value:
+        return None  # a server->client request: none rides a listen stream
+    method = value.get("method")
+    if method == ACKNOWLEDGED:
+        return 0
+    if isinstance(method, str) and honoured.admits(method, value.get("params")):
+        return 1
+    return None
+
+
+async def _cancel_on_disconnect(ex: Exchange, stream: ListenStream) -> None:
+    await ex.wait_disconnect()
+    stream.end("client gone")
+
+
+async def _pushes(out: SseResponse, stream: ListenStream) -> None:
+    """mcpwall's own notifications for this stream (rule 5)."""
+    async for block in stream.pushed:
+        await out.send(sse.encode_event(block))
+        stream.relayed += 1
+
+
+__all__ = ["LISTEN", "Honoured", "ListenDesk", "ListenStream", "ListenUpstream", "narrow"]
+

@@ -1,0 +1,223 @@
+"""``subscriptions/listen`` (2026-07-28) through `mcpwall serve`, under policy.
+
+One mcpwall in front of ``fixtures/listen_server.py`` (the `mcp` SDK's
+MCPServer, stateless Streamable HTTP, publishing change events to listen
+streams). The SDK 2.3 client pinned to 2026-07-28 listens: the types the
+policy allows arrive, the refused ones never do (mcpwall narrows the request
+and filters the stream), idle streams get keepalive comments, a caller's
+streams are capped, a policy reload sends ``tools/list_changed`` to
+listeners, and each stream's open and close are in the audit trail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from mcp.client.client import Client
+from mcp.shared.subscriptions import (
+    PromptsListChanged,
+    ResourcesListChanged,
+    ResourceUpdated,
+    ServerEvent,
+    ToolsListChanged,
+)
+
+from tests.fixtures import conformance_harness as harness
+
+pytestmark = pytest.mark.slow
+
+MODERN = "2026-07-28"
+FIXTURE = Path(__file__).resolve().with_name("fixtures") / "listen_server.py"
+POLICY: dict[str, Any] = {
+    "version": "1", "default": "allow",
+    "tools": {"danger": {"action": "deny", "reason": "too dangerous"}},
+    "resources": {"res://secret": {"action": "deny", "reason": "not yours"}},
+    "methods": {"subscriptions/listen/promptsListChanged": {
+        "action": "deny", "reason": "prompts are not followed here"}},
+}
+META = {"io.modelcontextprotocol/protocolVersion": MODERN,
+        "io.modelcontextprotocol/clientCapabilities": {},
+        "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "0"}}
+CAP = 3
+
+
+class Gateway:
+    def __init__(self, base: str, work: Path, proc: Any) -> None:
+        self.base = base
+        self.work = work
+        self.proc = proc
+        self.url = harness.endpoint(base, "events")
+
+    def events(self, kind: str, at_least: int = 1) -> list[dict[str, Any]]:
+        """The ``kind`` lifecycle rows' details; waits (10 s at most) for ``at_least``."""
+        deadline = time.monotonic() + 10
+        while True:
+            with sqlite3.connect(f"file:{self.work / 'audit.db'}?mode=ro", uri=True) as db:
+                rows = [json.loads(d) for (d,) in db.execute(
+                    "SELECT detail FROM events WHERE kind = ? ORDER BY seq", (kind,))]
+            if len(rows) >= at_least or time.monotonic() > deadline:
+                return rows
+            time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    work = tmp_path_factory.mktemp("listen")
+    port = harness.free_port()
+    with harness.background([sys.executable, str(FIXTURE), "--port", str(port)],
+                            work / "server.log") as server:
+        harness.wait_for_port(port, server, work / "server.log")
+        policy = work / "policy.json"
+        policy.write_text(json.dumps(POLICY))
+        front = harness.free_port()
+        lines = ["[listen]", 'host = "127.0.0.1"', f"port = {front}",
+                 "keepalive_seconds = 0.3", f"max_listen_streams_per_principal = {CAP}", "",
+                 "[policy]", f"files = [{json.dumps(str(policy))}]", "",
+                 "[audit]", f"path = {json.dumps(str(work / 'audit.db'))}", "",
+                 "[servers.events]", 'transport = "http"',
+                 f"url = {json.dumps(f'http://127.0.0.1:{port}/mcp')}", ""]
+        config = work / "mcpwall.toml"
+        config.write_text("\n".join(lines))
+        log = work / "mcpwall.log"
+        with harness.background([sys.executable, "-m", "firewall", "serve", str(config)],
+                                log, cwd=work) as proc:
+            harness.wait_for_port(front, proc, log)
+            yield Gateway(f"http://127.0.0.1:{front}", work, proc)
+
+
+def _listen_body(rid: int, notifications: dict[str, Any]) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": rid, "method": "subscriptions/listen",
+            "params": {"notifications": notifications, "_meta": META}}
+
+
+def _headers() -> dict[str, str]:
+    return {"accept": "application/json, text/event-stream", "mcp-protocol-version": MODERN,
+            "mcp-method": "subscriptions/listen", "content-type": "application/json"}
+
+
+async def test_allowed_types_arrive_refused_ones_never_and_the_close_is_audited(
+        gateway: Gateway) -> None:
+    seen: list[ServerEvent] = []
+    async with Client(gateway.url, mode=MODERN) as client, client.listen(
+            tools_list_changed=True, prompts_list_changed=True, resources_list_changed=True,
+            resource_subscriptions=["res://open", "res://secret"]) as sub:
+        honored = sub.honored
+        # The refused types are not asked of the server: its acknowledgement
+        # names only what the policy allows.
+        assert honored.tools_list_changed and honored.resources_list_changed
+        assert not honored.prompts_list_changed
+        assert honored.resource_subscriptions == ["res://open"]
+        # The server publishes tools, prompts, resources, then res://secret and
+        # res://open, in this order on one stream: once res://open is here,
+        # whatever came before it has been relayed or dropped.
+        await client.call_tool("emit", {"uris": ["res://secret", "res://open"]})
+        with anyio.fail_after(20):
+            async for event in sub:
+                seen.append(event)
+                if event == ResourceUpdated(uri="res://open"):
+                    break
+    assert PromptsListChanged() not in seen
+    assert ResourceUpdated(uri="res://secret") not in seen
+    assert ToolsListChanged() in seen and ResourcesListChanged() in seen
+    [start] = [e for e in gateway.events("listen_start")
+               if e["honoured"].get("resourceSubscriptions")]
+    assert start["honoured"] == {"resourcesListChanged": True, "toolsListChanged": True,
+                                 "resourceSubscriptions": ["res://open"]}
+    assert sorted(start["refused"]) == ["promptsListChanged", "res://secret"]
+    ends = [e for e in gateway.events("listen_end")
+            if e["request_id"] == start["request_id"] and e["relayed"] >= 3]
+    assert ends and ends[0]["reason"] == "client gone"
+
+
+def test_an_idle_stream_gets_keepalives_and_ends_when_the_client_closes(
+        gateway: Gateway) -> None:
+    before = len(gateway.events("listen_end", 0))
+    with httpx.Client(timeout=20) as http, http.stream(
+            "POST", gateway.url, headers=_headers(),
+            json=_listen_body(41, {"toolsListChanged": True})) as resp:
+        assert resp.status_code == 200
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        lines = resp.iter_lines()
+        got: list[str] = []
+        for line in lines:
+            got.append(line)
+            if line.startswith(": keepalive") and any(
+                    "notifications/subscriptions/acknowledged" in g for g in got):
+                break
+        ack = json.loads(next(g for g in got if g.startswith("data:"))[5:])
+        assert ack["method"] == "notifications/subscriptions/acknowledged"
+        assert ack["params"]["notifications"] == {"toolsListChanged": True}
+        assert ack["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"] == 41
+    ends = gateway.events("listen_end", before + 1)
+    assert [e["reason"] for e in ends if e["request_id"] == 41] == ["client gone"]
+
+
+def test_a_caller_s_listen_streams_are_capped(gateway: Gateway) -> None:
+    with httpx.Client(timeout=20) as http:
+        streams = []
+        readers = []  # an iterator dropped would close its response
+        try:
+            for n in range(CAP):
+                cm = http.stream("POST", gateway.url, headers=_headers(),
+                                 json=_listen_body(100 + n, {"toolsListChanged": True}))
+                resp = cm.__enter__()
+                streams.append(cm)
+                assert resp.status_code == 200
+                readers.append(resp.iter_lines())
+                next(readers[-1])  # the stream is open (a first line came)
+            over = http.post(gateway.url, headers=_headers(),
+                             json=_listen_body(199, {"toolsListChanged": True}))
+            assert over.status_code == 429
+            assert over.json()["id"] == 199
+            assert over.json()["error"]["code"] == -32002
+        finally:
+            for cm in streams:
+                cm.__exit__(None, None, None)
+
+
+def test_a_denied_tool_is_still_denied_and_listen_refuses_unknown_types(
+        gateway: Gateway) -> None:
+    resp = httpx.post(gateway.url, headers={**_headers(), "mcp-method": "tools/call",
+                                            "mcp-name": "danger"},
+                      json={"jsonrpc": "2.0", "id": 5, "method": "tools/call",
+                            "params": {"name": "danger", "arguments": {}, "_meta": META}},
+                      timeout=20)
+    assert resp.status_code == 200
+    assert "too dangerous" in resp.text
+    with httpx.Client(timeout=20) as http, http.stream(
+            "POST", gateway.url, headers=_headers(),
+            json=_listen_body(51, {"vendorThings": True, "toolsListChanged": True})) as r:
+        for line in r.iter_lines():
+            if line.startswith("data:"):
+                ack = json.loads(line[5:])
+                assert ack["params"]["notifications"] == {"toolsListChanged": True}
+                break
+    [start] = [e for e in gateway.events("listen_start") if e["request_id"] == 51]
+    assert start["refused"] == ["vendorThings"]
+
+
+async def test_a_policy_reload_tells_listeners_their_tool_list_changed(
+        gateway: Gateway) -> None:
+    async with Client(gateway.url, mode=MODERN) as client, client.listen(
+            tools_list_changed=True) as sub:
+        changed = dict(POLICY, tools={"danger": {"action": "deny"}, "echo": {"action": "deny"}})
+        (gateway.work / "policy.json").write_text(json.dumps(changed))
+        os.kill(gateway.proc.pid, signal.SIGHUP)
+        with anyio.fail_after(20):
+            event = await sub.__anext__()
+        assert event == ToolsListChanged()
+        listed = await client.list_tools()
+        assert "echo" not in [t.name for t in listed.tools]
+    (gateway.work / "policy.json").write_text(json.dumps(POLICY))
+    os.kill(gateway.proc.pid, signal.SIGHUP)
