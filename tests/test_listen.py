@@ -11,6 +11,7 @@ listeners, and each stream's open and close are in the audit trail.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -221,3 +222,62 @@ async def test_a_policy_reload_tells_listeners_their_tool_list_changed(
         assert "echo" not in [t.name for t in listed.tools]
     (gateway.work / "policy.json").write_text(json.dumps(POLICY))
     os.kill(gateway.proc.pid, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def own_gateway(tmp_path: Path, lifetime: float) -> Iterator[Gateway]:
+    """A gateway of the test's own, whose listen streams live ``lifetime`` seconds."""
+    port = harness.free_port()
+    with harness.background([sys.executable, str(FIXTURE), "--port", str(port)],
+                            tmp_path / "server.log") as server:
+        harness.wait_for_port(port, server, tmp_path / "server.log")
+        front = harness.free_port()
+        lines = ["[listen]", 'host = "127.0.0.1"', f"port = {front}",
+                 f"listen_stream_max_seconds = {lifetime}", "",
+                 "[audit]", f"path = {json.dumps(str(tmp_path / 'audit.db'))}", "",
+                 "[servers.events]", 'transport = "http"',
+                 f"url = {json.dumps(f'http://127.0.0.1:{port}/mcp')}", ""]
+        config = tmp_path / "mcpwall.toml"
+        config.write_text("\n".join(lines))
+        log = tmp_path / "mcpwall.log"
+        with harness.background([sys.executable, "-m", "firewall", "serve", str(config)],
+                                log, cwd=tmp_path) as proc:
+            harness.wait_for_port(front, proc, log)
+            yield Gateway(f"http://127.0.0.1:{front}", tmp_path, proc)
+
+
+async def test_a_stream_past_its_lifetime_ends_gracefully(tmp_path: Path) -> None:
+    with own_gateway(tmp_path, 1) as short_lived:
+        await _listen_until_the_end(short_lived)
+
+
+async def _listen_until_the_end(short_lived: Gateway) -> None:
+    async with Client(short_lived.url, mode=MODERN) as client, client.listen(
+            tools_list_changed=True) as sub:
+        with anyio.fail_after(20):
+            events = [event async for event in sub]  # ends without SubscriptionLost
+    assert events == []
+    [end] = short_lived.events("listen_end")
+    assert end["reason"] == "lifetime"
+
+
+def test_shutdown_ends_listen_streams_with_their_result(tmp_path: Path) -> None:
+    with own_gateway(tmp_path, 3600) as gateway:
+        _listen_through_shutdown(gateway)
+    ends = [json.loads(d) for (d,) in sqlite3.connect(str(tmp_path / "audit.db")).execute(
+        "SELECT detail FROM events WHERE kind = 'listen_end'")]
+    assert [e["reason"] for e in ends] == ["shutdown"]
+
+
+def _listen_through_shutdown(short_lived: Gateway) -> None:
+    with httpx.Client(timeout=20) as http, http.stream(
+            "POST", short_lived.url, headers=_headers(),
+            json=_listen_body(61, {"toolsListChanged": True})) as resp:
+        lines = resp.iter_lines()
+        for line in lines:
+            if line.startswith("data:"):
+                break  # the acknowledgement
+        short_lived.proc.send_signal(signal.SIGTERM)
+        data = [json.loads(line[5:]) for line in lines if line.startswith("data:")]
+    assert data[-1]["id"] == 61
+    assert data[-1]["result"]["_meta"] == {"io.modelcontextprotocol/subscriptionId": 61}

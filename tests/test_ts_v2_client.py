@@ -95,6 +95,8 @@ def test_v2_client_through_serve_to_a_new_server_listens_under_policy(
                         "--allowed", "echo", "--denied", "danger", "--listen", "--emit", "emit")
     assert report["version"] == MODERN
     assert "danger" not in report["tools"] and "echo" in report["tools"]
+    assert report["prompts"] == ["greeting"]
+    assert sorted(report["resources"]) == ["res://open", "res://secret"]
     assert report["calls"]["echo"]["ok"] and not report["calls"]["echo"]["isError"]
     assert refused(report["calls"]["danger"])
     # promptsListChanged was asked for and refused by the policy: not honoured.
