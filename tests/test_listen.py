@@ -25,7 +25,9 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from conftest import mcpwall_argv
 from mcp.client.client import Client
+from mcp.client.stdio import StdioServerParameters
 from mcp.shared.subscriptions import (
     PromptsListChanged,
     ResourcesListChanged,
@@ -281,3 +283,30 @@ def _listen_through_shutdown(short_lived: Gateway) -> None:
         data = [json.loads(line[5:]) for line in lines if line.startswith("data:")]
     assert data[-1]["id"] == 61
     assert data[-1]["result"]["_meta"] == {"io.modelcontextprotocol/subscriptionId": 61}
+
+
+async def test_listen_through_wrap_is_narrowed_and_filtered(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps(POLICY))
+    db = tmp_path / "audit.db"
+    argv = [*mcpwall_argv(), "wrap", "--audit-db", str(db), "--policy", str(policy),
+            "--", sys.executable, str(FIXTURE), "--stdio"]
+    seen: list[ServerEvent] = []
+    params = StdioServerParameters(command=argv[0], args=argv[1:])
+    async with Client(params, mode=MODERN) as client, client.listen(
+            tools_list_changed=True, prompts_list_changed=True, resources_list_changed=True,
+            resource_subscriptions=["res://open", "res://secret"]) as sub:
+        assert not sub.honored.prompts_list_changed
+        assert sub.honored.resource_subscriptions == ["res://open"]
+        await client.call_tool("emit", {"uris": ["res://secret", "res://open"]})
+        with anyio.fail_after(20):
+            async for event in sub:
+                seen.append(event)
+                if event == ResourceUpdated(uri="res://open"):
+                    break
+    assert PromptsListChanged() not in seen
+    assert ResourceUpdated(uri="res://secret") not in seen
+    assert ToolsListChanged() in seen
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        [(detail,)] = conn.execute("SELECT detail FROM events WHERE kind = 'listen_start'")
+    assert sorted(json.loads(detail)["refused"]) == ["promptsListChanged", "res://secret"]

@@ -34,6 +34,13 @@ graceful end is the request's result). Rules this module keeps:
    (its lifetime, shutdown): then with a graceful ``SubscriptionsListenResult``
    under the request's id, so the client may listen again. Each end is
    recorded once (``listen_end``: why, notifications relayed and dropped).
+6. Over stdio (``mcpwall wrap``), where listen streams share the session's
+   pipe, :class:`StdioListens` keeps rules 1 and 2: the request is narrowed
+   before the mediator sees it, and once a listen is open, a listen-stream
+   notification reaches the client only when tagged with an open listen's
+   id and within its honoured filter. A session with no listen open (the
+   2025 revisions, whose list_changed notifications need none) is left as
+   it is.
 5. A policy reload that changed the table re-decides every open stream's
    honoured types (a type now refused stops, none is added) and sends
    ``notifications/tools/list_changed`` (tagged as the stream's) on each
@@ -379,5 +386,74 @@ async def _pushes(out: SseResponse, stream: ListenStream) -> None:
         stream.relayed += 1
 
 
-__all__ = ["LISTEN", "Honoured", "ListenDesk", "ListenStream", "ListenUpstream", "narrow"]
+class StdioListens:
+    """The listen streams of one stdio session (rule 6); sans-IO but for the audit."""
+
+    __slots__ = ("mediator", "open")
+
+    def __init__(self, mediator: Mediator) -> None:
+        self.mediator = mediator
+        self.open: dict[str, Honoured] = {}  # the listen's id, as JSON text
+
+    async def incoming(self, line: bytes) -> bytes:
+        """A client line, with a listen request's filter narrowed (rule 1)."""
+        if _LISTEN_BYTES not in line:
+            return line
+        try:
+            value = jsonrpc.decode_any(line)
+        except jsonrpc.DECODE_ERRORS:
+            return line
+        if not isinstance(value, dict) or value.get("method") != LISTEN or \
+                value.get("id") is None or not isinstance(value.get("params"), dict):
+            return line
+        mediator = self.mediator
+        honoured, refused = narrow(mediator.policy, mediator.caller, mediator.server,
+                                   value["params"].get("notifications"))
+        rid = value["id"]
+        self.open[_key(rid)] = honoured
+        await append_lifecycle(mediator.audit, "listen_start", session=mediator.session,
+                               principal=mediator.caller.principal, server=mediator.server,
+                               detail={"request_id": rid, "honoured": honoured.wire(),
+                                       "refused": refused, "grant": mediator.caller.grant})
+        value["params"] = dict(value["params"], notifications=honoured.wire())
+        return jsonrpc.encode(value)
+
+    def admits(self, line: bytes) -> bool:
+        """Whether a mediated server line goes on to the client (rule 6)."""
+        if not self.open or (_NOTIFICATIONS_BYTES not in line and _ID_BYTES not in line):
+            return True
+        try:
+            value = jsonrpc.decode_any(line)
+        except jsonrpc.DECODE_ERRORS:
+            return True
+        if not isinstance(value, dict):
+            return True
+        method = value.get("method")
+        if method is None:  # an answer: the end of a listen it answers
+            if "id" in value:
+                self.open.pop(_key(value["id"]), None)
+            return True
+        if method not in _STREAM_METHODS:
+            return True
+        params = value.get("params")
+        meta = params.get("_meta") if isinstance(params, dict) else None
+        tag = meta.get(SUBSCRIPTION_ID) if isinstance(meta, dict) else None
+        honoured = self.open.get(_key(tag)) if tag is not None else None
+        if honoured is None:
+            return False
+        return method == ACKNOWLEDGED or honoured.admits(method, params)
+
+
+def _key(rid: Any) -> str:
+    return jsonrpc.encode(rid).decode()
+
+
+_LISTEN_BYTES: Final = LISTEN.encode()
+_NOTIFICATIONS_BYTES: Final = b"notifications/"
+_ID_BYTES: Final = b'"id"'
+_STREAM_METHODS: Final = frozenset({*FLAGS.values(), RESOURCE_UPDATED, ACKNOWLEDGED})
+
+
+__all__ = ["LISTEN", "Honoured", "ListenDesk", "ListenStream", "ListenUpstream", "StdioListens",
+           "narrow"]
 

@@ -29,6 +29,10 @@ Invariants:
 6. Everything written to the client is one line for every reader
    (``framing.line_safe``): the mediator's messages already are; mcpwall's
    own (refusals naming what the client sent) are made so here.
+7. ``subscriptions/listen`` (2026-07-28) is narrowed to the types the policy
+   allows before the mediator decides it, and the listen-stream
+   notifications relayed are those of an open listen's honoured filter
+   (``listen.StdioListens``).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from typing import Any
 import trio
 
 from firewall.config import StdioServer
+from firewall.gateway.front.listen import StdioListens
 from firewall.gateway.mediator import HeldCall, Lost, Mediator
 from firewall.gateway.outbound import Outbound
 from firewall.gateway.upstream.stdio import (
@@ -80,6 +85,7 @@ class StdioClient:
         self._client_eof = False
         self._client_scope = trio.CancelScope()
         self._held_calls: trio.Nursery
+        self.listens = StdioListens(mediator)  # rule 7
 
     async def forward(self, messages: list[Outbound]) -> bool:
         """Write decided messages to the upstream, in order; False if it is gone."""
@@ -128,7 +134,7 @@ class StdioClient:
                     None, jsonrpc.MESSAGE_TOO_LARGE,
                     f"message longer than {self.max_line} bytes refused"))
                 continue
-            r = await self.mediator.from_client(line, wait=False)
+            r = await self.mediator.from_client(await self.listens.incoming(line), wait=False)
             if r.held is not None:  # waits for a person in its own task
                 self._held_calls.start_soon(self._release, r.held)
                 continue
@@ -199,7 +205,7 @@ class WrapSession(StdioClient):
             to_child: list[Outbound] = []
             for line in batch:
                 r = await self.mediator.from_server(line)
-                if r.client is not None:
+                if r.client is not None and self.listens.admits(r.client):
                     to_client.append(r.client)
                 if r.upstream is not None:
                     to_child.append(r.upstream)
