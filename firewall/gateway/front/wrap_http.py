@@ -289,7 +289,7 @@ class HttpWrapSession(StdioClient):
                 refusal = self._decoded(routed.upstream)
                 if refusal is not None:
                     await self._start(routed.upstream, refusal)
-            if routed.client is not None:
+            if routed.client is not None and self.listens.admits(routed.client):
                 out.append(routed.client)
                 if routed.answers is not None:
                     answered.append(routed.answers)
