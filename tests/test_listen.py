@@ -227,15 +227,20 @@ async def test_a_policy_reload_tells_listeners_their_tool_list_changed(
 
 
 @contextlib.contextmanager
-def own_gateway(tmp_path: Path, lifetime: float) -> Iterator[Gateway]:
+def own_gateway(tmp_path: Path, lifetime: float,
+                policy: dict[str, Any] | None = None) -> Iterator[Gateway]:
     """A gateway of the test's own, whose listen streams live ``lifetime`` seconds."""
     port = harness.free_port()
+    policy_lines: list[str] = []
+    if policy is not None:
+        (tmp_path / "policy.json").write_text(json.dumps(policy))
+        policy_lines = ["[policy]", f"files = [{json.dumps(str(tmp_path / 'policy.json'))}]", ""]
     with harness.background([sys.executable, str(FIXTURE), "--port", str(port)],
                             tmp_path / "server.log") as server:
         harness.wait_for_port(port, server, tmp_path / "server.log")
         front = harness.free_port()
         lines = ["[listen]", 'host = "127.0.0.1"', f"port = {front}",
-                 f"listen_stream_max_seconds = {lifetime}", "",
+                 f"listen_stream_max_seconds = {lifetime}", "", *policy_lines,
                  "[audit]", f"path = {json.dumps(str(tmp_path / 'audit.db'))}", "",
                  "[servers.events]", 'transport = "http"',
                  f"url = {json.dumps(f'http://127.0.0.1:{port}/mcp')}", ""]
@@ -310,3 +315,22 @@ async def test_listen_through_wrap_is_narrowed_and_filtered(tmp_path: Path) -> N
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
         [(detail,)] = conn.execute("SELECT detail FROM events WHERE kind = 'listen_start'")
     assert sorted(json.loads(detail)["refused"]) == ["promptsListChanged", "res://secret"]
+
+
+def test_a_refused_listen_is_answered_and_recorded_and_opens_nothing(tmp_path: Path) -> None:
+    refusing = {"version": "1", "default": "allow", "methods": {
+        "subscriptions/listen": {"action": "deny", "reason": "no listening here"}}}
+    with own_gateway(tmp_path, 3600, refusing) as gateway:
+        resp = httpx.post(gateway.url, headers=_headers(),
+                          json=_listen_body(71, {"toolsListChanged": True}), timeout=20)
+        assert resp.status_code == 200
+        assert resp.json()["id"] == 71
+        assert "no listening here" in json.dumps(resp.json()["error"])
+        deadline = time.monotonic() + 10
+        rows: list[tuple[str, str]] = []
+        while not rows and time.monotonic() < deadline:
+            with sqlite3.connect(f"file:{tmp_path / 'audit.db'}?mode=ro", uri=True) as db:
+                rows = list(db.execute("SELECT method, rule FROM denials"))
+            time.sleep(0.05)
+        assert rows == [("subscriptions/listen", "methods.subscriptions/listen")]
+        assert gateway.events("listen_start", 0) == []

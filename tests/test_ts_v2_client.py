@@ -65,10 +65,14 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         pytest.skip(problem)
     work = tmp_path_factory.mktemp("tsv2")
     port = harness.free_port()
+    plain = harness.free_port()
     with harness.background([sys.executable, str(FIXTURES / "listen_server.py"),
                              "--port", str(port)], work / "server.log") as server, \
+            harness.background([sys.executable, str(FIXTURES / "modern_server.py"),
+                                "--port", str(plain)], work / "modern.log") as modern, \
             harness.everything_http(work) as everything:
         harness.wait_for_port(port, server, work / "server.log")
+        harness.wait_for_port(plain, modern, work / "modern.log")
         policy = work / "policy.json"
         policy.write_text(json.dumps(POLICY))
         front = harness.free_port()
@@ -77,6 +81,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                  "[audit]", f"path = {json.dumps(str(work / 'audit.db'))}", "",
                  "[servers.modern]", 'transport = "http"',
                  f"url = {json.dumps(f'http://127.0.0.1:{port}/mcp')}", "",
+                 "[servers.plain]", 'transport = "http"',
+                 f"url = {json.dumps(f'http://127.0.0.1:{plain}/mcp')}", "",
                  "[servers.everything]", 'transport = "http"',
                  f"url = {json.dumps(everything)}", ""]
         config = work / "mcpwall.toml"
@@ -106,6 +112,18 @@ def test_v2_client_through_serve_to_a_new_server_listens_under_policy(
     assert report["closed"] == "local"
 
 
+@pytest.mark.parametrize("mode", [MODERN, "auto"])
+def test_v2_client_through_serve_to_the_modern_fixture(gateway: str, mode: str) -> None:
+    report = run_client("--mode", mode, "--url", harness.endpoint(gateway, "plain"),
+                        "--allowed", 'regional={"region": "eu", "query": "q"}',
+                        "--denied", "danger")
+    assert report["version"] == MODERN
+    assert report["tools"] == ["echo", "regional"]  # danger: filtered for this caller
+    assert report["prompts"] == ["greeting"]
+    assert report["calls"]["regional"]["ok"] and not report["calls"]["regional"]["isError"]
+    assert refused(report["calls"]["danger"])
+
+
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
 def test_v2_client_through_serve_to_a_2025_server_falls_back(gateway: str, mode: str) -> None:
     report = run_client("--mode", mode, "--url", harness.endpoint(gateway, "everything"),
@@ -130,3 +148,19 @@ def test_v2_client_through_wrap_to_a_dual_era_server(tmp_path: Path, mode: str) 
     assert report["tools"] == ["echo"]
     assert report["calls"]["echo"]["ok"] and not report["calls"]["echo"]["isError"]
     assert refused(report["calls"]["wipe"])
+
+
+def test_v2_client_listens_through_wrap(tmp_path: Path) -> None:
+    if problem := _client_problem():
+        pytest.skip(problem)
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps(POLICY))
+    argv = [*mcpwall_argv(), "wrap", "--audit-db", str(tmp_path / "audit.db"),
+            "--policy", str(policy), "--", sys.executable, str(FIXTURES / "listen_server.py"),
+            "--stdio"]
+    report = run_client("--mode", MODERN, "--stdio", json.dumps(argv),
+                        "--denied", "danger", "--listen", "--emit", "emit")
+    assert report["version"] == MODERN
+    assert refused(report["calls"]["danger"])
+    assert report["honored"] == {"toolsListChanged": True}
+    assert report["listenWait"] == "notified"
