@@ -317,15 +317,21 @@ async def test_listen_through_wrap_is_narrowed_and_filtered(tmp_path: Path) -> N
     assert sorted(json.loads(detail)["refused"]) == ["promptsListChanged", "res://secret"]
 
 
-def test_a_refused_listen_is_answered_and_recorded_and_opens_nothing(tmp_path: Path) -> None:
-    refusing = {"version": "1", "default": "allow", "methods": {
-        "subscriptions/listen": {"action": "deny", "reason": "no listening here"}}}
+@pytest.mark.parametrize("entry", [
+    {"action": "deny", "reason": "no listening here"},
+    {"action": "require_approval", "reason": "no listening here"},
+])
+def test_a_refused_listen_is_answered_and_recorded_and_opens_nothing(
+        tmp_path: Path, entry: dict[str, Any]) -> None:
+    refusing = {"version": "1", "default": "allow",
+                "methods": {"subscriptions/listen": entry}}
     with own_gateway(tmp_path, 3600, refusing) as gateway:
         resp = httpx.post(gateway.url, headers=_headers(),
                           json=_listen_body(71, {"toolsListChanged": True}), timeout=20)
         assert resp.status_code == 200
         assert resp.json()["id"] == 71
-        assert "no listening here" in json.dumps(resp.json()["error"])
+        why = "no listening here" if entry["action"] == "deny" else "cannot wait for approval"
+        assert why in json.dumps(resp.json()["error"])
         deadline = time.monotonic() + 10
         rows: list[tuple[str, str]] = []
         while not rows and time.monotonic() < deadline:

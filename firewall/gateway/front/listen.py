@@ -30,7 +30,8 @@ graceful end is the request's result). Rules this module keeps:
    the endpoint's pool of long-lived connections, as GET streams do. Silences
    longer than ``listen.keepalive_seconds`` are filled with comments.
 4. A stream ends when the client goes away (the upstream stream is closed),
-   the upstream ends it (its answer, if any, is relayed), or mcpwall ends it
+   the upstream ends it (its answer, if any, is relayed; without one the
+   client's stream ends as abruptly), or mcpwall ends it
    (its lifetime, shutdown): then with a graceful ``SubscriptionsListenResult``
    under the request's id, so the client may listen again. Each end is
    recorded once (``listen_end``: why, notifications relayed and dropped).
@@ -227,6 +228,18 @@ class ListenDesk:
                 "(listen.max_listen_streams_per_principal)", {"cap": cap})
             await ex.respond(429, reply, headers=[("retry-after", "5")])
             return
+        stream = ListenStream(caller, endpoint.name, rid, Honoured())
+        self.streams.add(stream)  # counted from here: no await since the check
+        try:
+            await self._open(ex, endpoint, mediator, inbound, headers, stream)
+        finally:
+            self.streams.discard(stream)
+
+    async def _open(self, ex: Exchange, endpoint: ListenUpstream, mediator: Mediator,
+                    inbound: Inbound, headers: list[tuple[str, str]],
+                    stream: ListenStream) -> None:
+        """Narrow, decide and relay one listen (rules 1 to 4)."""
+        caller, rid = stream.caller, stream.rid
         try:
             value = jsonrpc.decode_any(inbound.data)
         except jsonrpc.DECODE_ERRORS:
@@ -239,8 +252,10 @@ class ListenDesk:
         narrowed = decode_client(jsonrpc.encode({"jsonrpc": "2.0", "id": rid,
                                                  "method": LISTEN, "params": params}))
         routed = await mediator.from_client(narrowed, wait=False)
-        if routed.held is not None:
+        if routed.held is not None:  # recorded as rejected, its reservation given back
             routed.held.withdraw("a listen stream cannot wait for approval")
+            with trio.move_on_after(5):
+                await routed.held.wait(None)
             await ex.respond(200, jsonrpc.error_response(
                 rid, jsonrpc.INVALID_REQUEST,
                 "subscriptions/listen cannot wait for approval: the policy requires one"))
@@ -248,8 +263,7 @@ class ListenDesk:
         if routed.upstream is None:
             await (ex.respond(200, routed.client) if routed.client else ex.respond(202))
             return
-        stream = ListenStream(caller, endpoint.name, rid, honoured)
-        self.streams.add(stream)
+        stream.honoured = honoured
         await append_lifecycle(self.audit, "listen_start", session=mediator.session,
                                principal=caller.principal, server=endpoint.name,
                                detail={"request_id": rid, "honoured": honoured.wire(),
@@ -259,7 +273,6 @@ class ListenDesk:
         try:
             why = await self._relay(ex, endpoint, mediator, routed.upstream, headers, stream)
         finally:
-            self.streams.discard(stream)
             with trio.CancelScope(shield=True):
                 await append_lifecycle(
                     self.audit, "listen_end", session=mediator.session,
@@ -308,7 +321,10 @@ class ListenDesk:
         if not ex.started:
             return why
         last = b""
-        if not answered:  # mcpwall ends it, gracefully: the client may listen again
+        if not answered and stream.ended_by is not None:
+            # mcpwall ends it (lifetime, shutdown), gracefully: the client may
+            # listen again. An upstream that ended or failed without an answer
+            # is passed on as it is: an abrupt end.
             last = sse.encode_event(jsonrpc.result_response(rid, {
                 "_meta": {SUBSCRIPTION_ID: rid}, "resultType": "complete"}))
         with trio.CancelScope(shield=True), trio.move_on_after(5), \
