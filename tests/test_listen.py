@@ -314,7 +314,11 @@ async def test_listen_through_wrap_is_narrowed_and_filtered(tmp_path: Path) -> N
     assert ToolsListChanged() in seen
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
         [(detail,)] = conn.execute("SELECT detail FROM events WHERE kind = 'listen_start'")
+        [(end,)] = conn.execute("SELECT detail FROM events WHERE kind = 'listen_end'")
     assert sorted(json.loads(detail)["refused"]) == ["promptsListChanged", "res://secret"]
+    # Closed by the client (a cancellation) once the three allowed events came.
+    assert json.loads(end)["reason"] == "client gone"
+    assert json.loads(end)["relayed"] >= 3
 
 
 @pytest.mark.parametrize("entry", [

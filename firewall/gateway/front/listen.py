@@ -402,18 +402,41 @@ async def _pushes(out: SseResponse, stream: ListenStream) -> None:
         stream.relayed += 1
 
 
-class StdioListens:
-    """The listen streams of one stdio session (rule 6); sans-IO but for the audit."""
+class _StdioListen:
+    """One listen of a stdio session: what it honours and what it carried."""
 
-    __slots__ = ("mediator", "open")
+    __slots__ = ("dropped", "honoured", "relayed", "rid", "started")
+
+    def __init__(self, rid: Any, honoured: Honoured) -> None:
+        self.rid = rid
+        self.honoured = honoured
+        self.relayed = 0
+        self.dropped = 0
+        self.started = time.monotonic()
+
+
+class StdioListens:
+    """The listen streams of one stdio session (rule 6); sans-IO but for the audit.
+
+    The session calls :meth:`incoming` on each client line before the
+    mediator, :meth:`decided` after it, :meth:`admits` on each mediated
+    server line, :meth:`flush` after each batch and :meth:`close` at its end.
+    """
+
+    __slots__ = ("_ended", "_pending", "mediator", "open")
 
     def __init__(self, mediator: Mediator) -> None:
         self.mediator = mediator
-        self.open: dict[str, Honoured] = {}  # the listen's id, as JSON text
+        self.open: dict[str, _StdioListen] = {}  # by the listen's id, as JSON text
+        self._pending: tuple[str, _StdioListen, list[str]] | None = None
+        self._ended: list[tuple[_StdioListen, str]] = []
 
     async def incoming(self, line: bytes) -> bytes:
         """A client line, with a listen request's filter narrowed (rule 1)."""
+        self._pending = None
         if _LISTEN_BYTES not in line:
+            if self.open and _CANCELLED_BYTES in line:
+                self._cancelled(line)
             return line
         try:
             value = jsonrpc.decode_any(line)
@@ -426,13 +449,35 @@ class StdioListens:
         honoured, refused = narrow(mediator.policy, mediator.caller, mediator.server,
                                    value["params"].get("notifications"))
         rid = value["id"]
-        self.open[_key(rid)] = honoured
-        await append_lifecycle(mediator.audit, "listen_start", session=mediator.session,
-                               principal=mediator.caller.principal, server=mediator.server,
-                               detail={"request_id": rid, "honoured": honoured.wire(),
-                                       "refused": refused, "grant": mediator.caller.grant})
+        self._pending = (_key(rid), _StdioListen(rid, honoured), refused)
         value["params"] = dict(value["params"], notifications=honoured.wire())
         return jsonrpc.encode(value)
+
+    async def decided(self, forwarded: bool) -> None:
+        """After the mediator: a listen it forwarded is open (and recorded)."""
+        pending, self._pending = self._pending, None
+        if pending is None or not forwarded:
+            return
+        key, listen, refused = pending
+        self.open[key] = listen
+        mediator = self.mediator
+        await append_lifecycle(mediator.audit, "listen_start", session=mediator.session,
+                               principal=mediator.caller.principal, server=mediator.server,
+                               detail={"request_id": listen.rid,
+                                       "honoured": listen.honoured.wire(),
+                                       "refused": refused, "grant": mediator.caller.grant})
+
+    def _cancelled(self, line: bytes) -> None:
+        try:
+            value = jsonrpc.decode_any(line)
+        except jsonrpc.DECODE_ERRORS:
+            return
+        if isinstance(value, dict) and value.get("method") == "notifications/cancelled":
+            params = value.get("params")
+            if isinstance(params, dict) and "requestId" in params:
+                listen = self.open.pop(_key(params["requestId"]), None)
+                if listen is not None:
+                    self._ended.append((listen, "client gone"))
 
     def admits(self, line: bytes) -> bool:
         """Whether a mediated server line goes on to the client (rule 6)."""
@@ -447,17 +492,46 @@ class StdioListens:
         method = value.get("method")
         if method is None:  # an answer: the end of a listen it answers
             if "id" in value:
-                self.open.pop(_key(value["id"]), None)
+                ended = self.open.pop(_key(value["id"]), None)
+                if ended is not None:
+                    self._ended.append((ended, "upstream ended"))
             return True
         if method not in _STREAM_METHODS:
             return True
         params = value.get("params")
         meta = params.get("_meta") if isinstance(params, dict) else None
         tag = meta.get(SUBSCRIPTION_ID) if isinstance(meta, dict) else None
-        honoured = self.open.get(_key(tag)) if tag is not None else None
-        if honoured is None:
-            return False
-        return method == ACKNOWLEDGED or honoured.admits(method, params)
+        listen = self.open.get(_key(tag)) if tag is not None else None
+        if listen is None:
+            return False  # no open listen of this session asked for it
+        if method == ACKNOWLEDGED:
+            return True
+        if listen.honoured.admits(method, params):
+            listen.relayed += 1
+            return True
+        listen.dropped += 1
+        return False
+
+    async def flush(self) -> None:
+        """Record the listens that ended since the last call (``listen_end``)."""
+        while self._ended:
+            listen, why = self._ended.pop(0)
+            await self._record_end(listen, why)
+
+    async def close(self, why: str) -> None:
+        """The session ends: so do its listens."""
+        await self.flush()
+        for listen in list(self.open.values()):
+            await self._record_end(listen, why)
+        self.open.clear()
+
+    async def _record_end(self, listen: _StdioListen, why: str) -> None:
+        mediator = self.mediator
+        await append_lifecycle(mediator.audit, "listen_end", session=mediator.session,
+                               principal=mediator.caller.principal, server=mediator.server,
+                               detail={"request_id": listen.rid, "reason": why,
+                                       "relayed": listen.relayed, "dropped": listen.dropped,
+                                       "seconds": round(time.monotonic() - listen.started, 3)})
 
 
 def _key(rid: Any) -> str:
@@ -466,6 +540,7 @@ def _key(rid: Any) -> str:
 
 _LISTEN_BYTES: Final = LISTEN.encode()
 _NOTIFICATIONS_BYTES: Final = b"notifications/"
+_CANCELLED_BYTES: Final = b"notifications/cancelled"
 _ID_BYTES: Final = b'"id"'
 _STREAM_METHODS: Final = frozenset({*FLAGS.values(), RESOURCE_UPDATED, ACKNOWLEDGED})
 

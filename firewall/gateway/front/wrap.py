@@ -135,6 +135,7 @@ class StdioClient:
                     f"message longer than {self.max_line} bytes refused"))
                 continue
             r = await self.mediator.from_client(await self.listens.incoming(line), wait=False)
+            await self.listens.decided(r.upstream is not None)
             if r.held is not None:  # waits for a person in its own task
                 self._held_calls.start_soon(self._release, r.held)
                 continue
@@ -186,6 +187,7 @@ class WrapSession(StdioClient):
             # exit, relaying what it still says until it does. Returns at once
             # when the child has already exited.
             await self.child.terminate()
+        await self.listens.close("session ended")
         return self.exit_code
 
     async def forward(self, messages: list[Outbound]) -> bool:
@@ -210,6 +212,7 @@ class WrapSession(StdioClient):
                 if r.upstream is not None:
                     to_child.append(r.upstream)
             await self._to_client(to_client)
+            await self.listens.flush()
             with contextlib.suppress(ChildExited):
                 await self.child.send_many(to_child)
         code = await self.child.wait()

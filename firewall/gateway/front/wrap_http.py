@@ -137,6 +137,7 @@ class HttpWrapSession(StdioClient):
             await self._end_upstream_session()
         finally:
             with trio.CancelScope(shield=True):
+                await self.listens.close("session ended")
                 await self.upstream.aclose()
                 await self.streams.aclose()
         return self.exit_code
@@ -296,6 +297,7 @@ class HttpWrapSession(StdioClient):
                     if msg is not None and msg.method == mcp.INITIALIZE:
                         self._negotiated(routed.client)
         await self._to_client(out)
+        await self.listens.flush()
         return answered
 
     def _negotiated(self, answer: bytes) -> None:
