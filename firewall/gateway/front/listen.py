@@ -419,7 +419,7 @@ class StdioListens:
     """The listen streams of one stdio session (rule 6); sans-IO but for the audit.
 
     The session calls :meth:`incoming` on each client line before the
-    mediator, :meth:`decided` after it, :meth:`admits` on each mediated
+    mediator, :meth:`decided` after it when :attr:`pending`, :meth:`admits` on each mediated
     server line, :meth:`flush` after each batch and :meth:`close` at its end.
     """
 
@@ -431,7 +431,12 @@ class StdioListens:
         self._pending: tuple[str, _StdioListen, list[str]] | None = None
         self._ended: list[tuple[_StdioListen, str]] = []
 
-    async def incoming(self, line: bytes) -> bytes:
+    @property
+    def pending(self) -> bool:
+        """True when the last line :meth:`incoming` saw was a listen request."""
+        return self._pending is not None
+
+    def incoming(self, line: bytes) -> bytes:
         """A client line, with a listen request's filter narrowed (rule 1)."""
         self._pending = None
         if _LISTEN_BYTES not in line:

@@ -134,8 +134,9 @@ class StdioClient:
                     None, jsonrpc.MESSAGE_TOO_LARGE,
                     f"message longer than {self.max_line} bytes refused"))
                 continue
-            r = await self.mediator.from_client(await self.listens.incoming(line), wait=False)
-            await self.listens.decided(r.upstream is not None)
+            r = await self.mediator.from_client(self.listens.incoming(line), wait=False)
+            if self.listens.pending:
+                await self.listens.decided(r.upstream is not None)
             if r.held is not None:  # waits for a person in its own task
                 self._held_calls.start_soon(self._release, r.held)
                 continue
