@@ -61,6 +61,7 @@ class Gateway:
         self.work = work
         self.proc = proc
         self.url = harness.endpoint(base, "events")
+        self.server: Any = None
 
     def events(self, kind: str, at_least: int = 1) -> list[dict[str, Any]]:
         """The ``kind`` lifecycle rows' details; waits (10 s at most) for ``at_least``."""
@@ -250,7 +251,9 @@ def own_gateway(tmp_path: Path, lifetime: float,
         with harness.background([sys.executable, "-m", "firewall", "serve", str(config)],
                                 log, cwd=tmp_path) as proc:
             harness.wait_for_port(front, proc, log)
-            yield Gateway(f"http://127.0.0.1:{front}", tmp_path, proc)
+            gateway = Gateway(f"http://127.0.0.1:{front}", tmp_path, proc)
+            gateway.server = server
+            yield gateway
 
 
 async def test_a_stream_past_its_lifetime_ends_gracefully(tmp_path: Path) -> None:
@@ -344,3 +347,20 @@ def test_a_refused_listen_is_answered_and_recorded_and_opens_nothing(
             time.sleep(0.05)
         assert rows == [("subscriptions/listen", "methods.subscriptions/listen")]
         assert gateway.events("listen_start", 0) == []
+
+
+def test_a_server_that_dies_ends_the_stream_not_mcpwall(tmp_path: Path) -> None:
+    with own_gateway(tmp_path, 3600) as gateway, httpx.Client(timeout=20) as http:
+        with http.stream("POST", gateway.url, headers=_headers(),
+                         json=_listen_body(81, {"toolsListChanged": True})) as resp:
+            lines = resp.iter_lines()
+            for line in lines:
+                if line.startswith("data:"):
+                    break  # the acknowledgement
+            os.killpg(gateway.server.pid, signal.SIGKILL)
+            rest = [line for line in lines if line.startswith("data:")]
+        assert rest == []  # no graceful result: the server did not end it
+        [end] = gateway.events("listen_end")
+        assert end["reason"].startswith("upstream")
+        assert http.get(gateway.base + "/healthz").status_code in (200, 503)
+        assert gateway.proc.poll() is None

@@ -298,12 +298,18 @@ class ListenDesk:
                         await self._not_a_stream(ex, resp, mediator, rid)
                         return f"upstream answered HTTP {resp.status}"
                     await out.open(prime=True)
+                    failed: UpstreamError | None = None
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(_cancel_on_disconnect, ex, stream)
                         nursery.start_soon(out.keep_open)
                         nursery.start_soon(_pushes, out, stream)
-                        answered = await self._events(out, resp, mediator, stream)
+                        try:  # raised out of the nursery, it would come in a group
+                            answered = await self._events(out, resp, mediator, stream)
+                        except UpstreamError as exc:
+                            failed = exc
                         nursery.cancel_scope.cancel()
+                    if failed is not None:
+                        raise failed
         except UpstreamError as exc:
             mediator.log.warning("listen_upstream_failed", reason=exc.reason.value,
                                  detail=exc.detail)
