@@ -258,7 +258,8 @@ def _check(config: Config, source: str) -> None:
                        server.max_children_per_principal, server.max_children)
     if not 0 < config.listen.port < 65536:
         raise ConfigError(f"{source}: listen.port: expected 1..65535, got {config.listen.port}")
-    for key in ("max_body_bytes", "max_sessions", "max_connections"):
+    for key in ("max_body_bytes", "max_sessions", "max_connections",
+                "max_listen_streams_per_principal", "listen_stream_max_seconds"):
         if getattr(config.listen, key) <= 0:
             raise ConfigError(f"{source}: listen.{key}: expected a positive number")
     for key in ("head_timeout_seconds", "body_timeout_seconds", "body_min_bytes_per_second",

@@ -90,3 +90,12 @@ def test_policy_regex_timeout_defaults_to_20_ms_and_must_be_1_to_10000() -> None
         with pytest.raises(ConfigError,
                            match=r"x.toml: policy.regex_timeout_ms: expected 1..10000"):
             parse_config(f"[policy]\nregex_timeout_ms = {bad}\n", "x.toml")
+
+
+def test_listen_stream_bounds_default_and_must_be_positive() -> None:
+    listen = parse_config("", "x.toml").listen
+    assert (listen.max_listen_streams_per_principal, listen.listen_stream_max_seconds) == (
+        16, 3600.0)
+    for key in ("max_listen_streams_per_principal", "listen_stream_max_seconds"):
+        with pytest.raises(ConfigError, match=rf"x.toml: listen.{key}: expected a positive"):
+            parse_config(f"[listen]\n{key} = 0\n", "x.toml")
