@@ -319,8 +319,9 @@ async def test_listen_through_wrap_is_narrowed_and_filtered(tmp_path: Path) -> N
         [(detail,)] = conn.execute("SELECT detail FROM events WHERE kind = 'listen_start'")
         [(end,)] = conn.execute("SELECT detail FROM events WHERE kind = 'listen_end'")
     assert sorted(json.loads(detail)["refused"]) == ["promptsListChanged", "res://secret"]
-    # Closed by the client (a cancellation) once the three allowed events came.
-    assert json.loads(end)["reason"] == "client gone"
+    # Closed by the client (its cancellation, or the server's answer to it, or
+    # the session's end: whichever mcpwall sees first) once the events came.
+    assert json.loads(end)["reason"] in ("client gone", "upstream ended", "session ended")
     assert json.loads(end)["relayed"] >= 3
 
 
