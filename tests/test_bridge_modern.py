@@ -1,0 +1,157 @@
+"""A 2025 client through `mcpwall serve` to a server that speaks only the 2026-07-28 revision.
+
+The `mcp` SDK 2.3 client in ``legacy`` mode (``initialize``, 2025-11-25) in
+front of ``fixtures/modern_server.py --modern-only`` (stateless, refuses
+``initialize`` with -32022): mcpwall answers the handshake from the server's
+``server/discover``, keeps the session, and carries each request upstream in
+the new revision, decided and recorded like any other; refusals never reach
+the server and are recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from mcp.client.client import Client
+from mcp.shared.exceptions import MCPError
+
+from tests.fixtures import conformance_harness as harness
+
+pytestmark = pytest.mark.slow
+
+MODERN = "2026-07-28"
+FIXTURE = Path(__file__).resolve().with_name("fixtures") / "modern_server.py"
+POLICY = {"version": "1", "default": "allow",
+          "tools": {"danger": {"action": "deny", "reason": "too dangerous"}}}
+
+
+class Gateway:
+    def __init__(self, base: str, upstream: str, work: Path) -> None:
+        self.url = harness.endpoint(base, "modern")
+        self.upstream = upstream
+        self.work = work
+
+    def reached(self) -> list[dict[str, Any]]:
+        path = self.work / "calls.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+    def headers_seen(self) -> list[dict[str, str]]:
+        path = self.work / "headers.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+    def rows(self, query: str, at_least: int = 0) -> list[tuple[Any, ...]]:
+        """Rows of the audit trail; waits (10 s at most) for ``at_least`` of them:
+        the writer commits in groups, after the answer went out."""
+        deadline = time.monotonic() + 10
+        while True:
+            with sqlite3.connect(f"file:{self.work / 'audit.db'}?mode=ro", uri=True) as db:
+                rows = list(db.execute(query))
+            if len(rows) >= at_least or time.monotonic() > deadline:
+                return rows
+            time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    work = tmp_path_factory.mktemp("bridge")
+    port = harness.free_port()
+    env = {"RECORD_FILE": str(work / "calls.jsonl"), "HEADERS_FILE": str(work / "headers.jsonl")}
+    with harness.background([sys.executable, str(FIXTURE), "--port", str(port), "--modern-only"],
+                            work / "modern.log", env=env) as server:
+        harness.wait_for_port(port, server, work / "modern.log")
+        policy = work / "policy.json"
+        policy.write_text(json.dumps(POLICY))
+        front = harness.free_port()
+        lines = ["[listen]", 'host = "127.0.0.1"', f"port = {front}", "",
+                 "[policy]", f"files = [{json.dumps(str(policy))}]",
+                 'deny_tools_call_as = "jsonrpc_error"', "",
+                 "[audit]", f"path = {json.dumps(str(work / 'audit.db'))}", "",
+                 "[servers.modern]", 'transport = "http"',
+                 f"url = {json.dumps(f'http://127.0.0.1:{port}/mcp')}", ""]
+        config = work / "mcpwall.toml"
+        config.write_text("\n".join(lines))
+        log = work / "mcpwall.log"
+        with harness.background([sys.executable, "-m", "firewall", "serve", str(config)],
+                                log, cwd=work) as proc:
+            harness.wait_for_port(front, proc, log)
+            yield Gateway(f"http://127.0.0.1:{front}", f"http://127.0.0.1:{port}/mcp", work)
+
+
+def test_the_server_refuses_a_2025_client_on_its_own(gateway: Gateway) -> None:
+    """What the bridge is for: without mcpwall, initialize fails at the server."""
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "raw", "version": "0"}}}
+    answer = httpx.post(gateway.upstream, json=init, timeout=30,
+                        headers={"accept": "application/json, text/event-stream"})
+    assert answer.status_code == 400
+    assert answer.json()["error"]["code"] == -32022
+
+
+async def test_a_2025_client_is_bridged_to_a_new_revision_only_server(gateway: Gateway) -> None:
+    async with Client(gateway.url, mode="legacy") as client:
+        assert client.protocol_version == "2025-11-25"
+        assert client.server_info is not None
+        assert client.server_info.name == "modern-fixture"
+        assert client.server_capabilities.tools is not None
+        await client.send_ping()
+        listed = await client.list_tools()
+        assert [t.name for t in listed.tools] == ["echo", "regional"]  # danger filtered
+        echoed = await client.call_tool("echo", {"a": 1})
+        assert json.loads(echoed.content[0].text) == {"tool": "echo", "arguments": {"a": 1}}
+        regional = await client.call_tool("regional", {"region": "us-west1", "query": "q"})
+        assert json.loads(regional.content[0].text)["arguments"]["region"] == "us-west1"
+        with pytest.raises(MCPError) as refused:
+            await client.call_tool("danger", {})
+        assert refused.value.error.data["rule"] == "tools.danger"
+        with pytest.raises(MCPError) as removed:
+            await client.set_logging_level("info")
+        assert removed.value.error.code == -32601
+    assert [c["tool"] for c in gateway.reached()] == ["echo", "regional"]
+    seen = gateway.headers_seen()
+    modern = [h for h in seen if h.get("mcp-protocol-version") == MODERN]
+    # What went up is the new revision, without any session id, headers made from the body.
+    assert all("mcp-session-id" not in h for h in seen)
+    assert {"mcp-method": "tools/call", "mcp-name": "regional", "mcp-param-region": "us-west1",
+            "mcp-protocol-version": MODERN} in modern
+    assert [h["mcp-method"] for h in modern].count("server/discover") == 1
+    denied = gateway.rows("select session, method, tool, rule from denials order by seq", 2)
+    assert [(m, t, r) for _, m, t, r in denied] == [
+        ("tools/call", "danger", "tools.danger"), ("logging/setLevel", None, "protocol")]
+    assert not any(s.startswith("stateless-") for s, *_ in denied)  # the session's own
+
+
+async def test_later_sessions_do_not_ask_the_server_to_initialize(gateway: Gateway) -> None:
+    before = len(gateway.headers_seen())
+    async with Client(gateway.url, mode="legacy") as client:
+        assert [t.name for t in (await client.list_tools()).tools] == ["echo", "regional"]
+    methods = [h.get("mcp-method") for h in gateway.headers_seen()[before:]]
+    assert methods == ["server/discover", "tools/list"]
+
+
+def test_a_bridged_session_has_no_get_stream_and_deletes_here(gateway: Gateway) -> None:
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "raw", "version": "0"}}}
+    headers = {"accept": "application/json, text/event-stream"}
+    first = httpx.post(gateway.url, json=init, headers=headers, timeout=30)
+    assert first.status_code == 200
+    assert first.json()["result"]["protocolVersion"] == "2025-06-18"
+    sid = first.headers["mcp-session-id"]
+    session = {**headers, "mcp-session-id": sid, "mcp-protocol-version": "2025-06-18"}
+    get = httpx.get(gateway.url, headers={**session, "accept": "text/event-stream"}, timeout=30)
+    assert get.status_code == 405
+    assert httpx.delete(gateway.url, headers=session, timeout=30).status_code == 204
+    gone = httpx.post(gateway.url, json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+                      headers=session, timeout=30)
+    assert gone.status_code == 404
