@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+import mcp_types as types
 from mcp.client.client import Client
 from mcp.shared.exceptions import MCPError
 
@@ -155,3 +156,38 @@ def test_a_bridged_session_has_no_get_stream_and_deletes_here(gateway: Gateway) 
     gone = httpx.post(gateway.url, json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
                       headers=session, timeout=30)
     assert gone.status_code == 404
+
+
+MRTR = Path(__file__).resolve().with_name("fixtures") / "mrtr_server.py"
+
+
+async def test_input_required_is_bridged_to_elicitation_and_sampling(tmp_path: Path) -> None:
+    """The server's InputRequiredResult becomes elicitation/create and
+    sampling/createMessage on the 2025 client's session; its answers go up in
+    the retry, and the client sees one answer to its call."""
+    port = harness.free_port()
+    with harness.background([sys.executable, str(MRTR), "--port", str(port)],
+                            tmp_path / "mrtr.log") as server:
+        harness.wait_for_port(port, server, tmp_path / "mrtr.log")
+        with harness.mcpwall_front(tmp_path / "gw", {
+                "mrtr": harness.HttpUpstream(f"http://127.0.0.1:{port}/mcp")}) as base:
+            asked: list[str] = []
+
+            async def elicit(context: Any, params: Any) -> Any:
+                asked.append(params.message)
+                return types.ElicitResult(action="accept", content={"region": "eu-west"})
+
+            async def sample(context: Any, params: Any) -> Any:
+                asked.append("sampling")
+                return types.CreateMessageResult(
+                    role="assistant", content=types.TextContent(type="text", text="ok"),
+                    model="m")
+
+            async with Client(harness.endpoint(base, "mrtr"), mode="legacy",
+                              elicitation_callback=elicit,
+                              sampling_callback=sample) as client:
+                result = await client.call_tool("deploy", {"app_name": "shop"})
+    assert sorted(asked) == ["Which region?", "sampling"]
+    text = result.content[0].text
+    assert "deployed shop to eu-west" in text and "state round-1" in text
+    assert "sampled True" in text
