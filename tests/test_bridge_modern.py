@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 import mcp_types as types
+import pytest
 from mcp.client.client import Client
 from mcp.shared.exceptions import MCPError
 
