@@ -191,3 +191,72 @@ async def test_input_required_is_bridged_to_elicitation_and_sampling(tmp_path: P
     text = result.content[0].text
     assert "deployed shop to eu-west" in text and "state round-1" in text
     assert "sampled True" in text
+
+
+MRTR_POLICY = {"version": "1", "default": "deny",
+               "tools": {"deploy": {"rate_limit": {"max": 1, "window": 3600}},
+                         "stop_vm": {"action": "require_approval", "approval": "client",
+                                     "reason": "stopping a VM interrupts its users"}},
+               "methods": {"elicitation/create": {},
+                           "sampling/createMessage": {"action": "deny",
+                                                      "reason": "no use of the client's model"}},
+               "other_methods": "allow"}
+
+
+async def test_input_requests_are_decided_and_approval_asks_the_2025_client(
+        tmp_path: Path) -> None:
+    """The policy decides each input request (a refused one never reaches the
+    client), the rounds are one call paid once, and a call held for the
+    client's approval is asked as an elicitation on the 2025 session."""
+    port = harness.free_port()
+    with harness.background([sys.executable, str(MRTR), "--port", str(port)],
+                            tmp_path / "mrtr.log") as server:
+        harness.wait_for_port(port, server, tmp_path / "mrtr.log")
+        policy = tmp_path / "policy.json"
+        policy.write_text(json.dumps(MRTR_POLICY))
+        front = harness.free_port()
+        config = tmp_path / "mcpwall.toml"
+        config.write_text("\n".join([
+            "[listen]", 'host = "127.0.0.1"', f"port = {front}", "",
+            "[policy]", f"files = [{json.dumps(str(policy))}]", "",
+            "[audit]", f"path = {json.dumps(str(tmp_path / 'audit.db'))}", "",
+            "[servers.mrtr]", 'transport = "http"',
+            f"url = {json.dumps(f'http://127.0.0.1:{port}/mcp')}", ""]))
+        log = tmp_path / "mcpwall.log"
+        with harness.background([sys.executable, "-m", "firewall", "serve", str(config)],
+                                log, cwd=tmp_path) as proc:
+            harness.wait_for_port(front, proc, log)
+            asked: list[str] = []
+
+            async def elicit(context: Any, params: Any) -> Any:
+                asked.append(params.message)
+                if params.message.startswith("mcpwall holds a call"):
+                    return types.ElicitResult(action="accept", content={"approve": True})
+                return types.ElicitResult(action="accept", content={"region": "eu"})
+
+            async def sample(context: Any, params: Any) -> Any:
+                raise AssertionError("mcpwall removes the sampling request")
+
+            async with Client(harness.endpoint(f"http://127.0.0.1:{front}", "mrtr"),
+                              mode="legacy", elicitation_callback=elicit,
+                              sampling_callback=sample) as client:
+                texts = [(await client.call_tool(name, args)).content[0].text
+                         for name, args in (("deploy", {"app_name": "web"}),
+                                            ("stop_vm", {"vm": "db"}))]
+    assert texts == ["deployed web to eu (state round-1, sampled False)", "stopped db"]
+    assert asked[0] == "Which region?" and asked[1].startswith("mcpwall holds a call")
+    with sqlite3.connect(tmp_path / "audit.db") as conn:
+        rows = conn.execute(
+            "SELECT call_id, method, direction, tool, decision FROM events "
+            "WHERE kind = 'decision' AND method NOT IN ('server/discover', 'initialize') "
+            "ORDER BY seq").fetchall()
+        outcomes = dict(conn.execute(
+            "SELECT call_id, status FROM events WHERE kind = 'outcome'").fetchall())
+    deploy = [r for r in rows if r[3] == "deploy" or r[2] == "server"]
+    assert [(m, d, dec) for _, m, d, _, dec in deploy] == [
+        ("tools/call", "client", "allow"), ("elicitation/create", "server", "allow"),
+        ("sampling/createMessage", "server", "deny"), ("tools/call", "client", "allow")]
+    assert len({r[0] for r in deploy}) == 1 and outcomes[deploy[0][0]] == "ok"
+    stop = [r for r in rows if r[3] == "stop_vm"]
+    assert [dec for *_, dec in stop] == ["pending", "approved"]
+    assert len({r[0] for r in stop}) == 1 and outcomes[stop[0][0]] == "ok"
