@@ -53,6 +53,12 @@ Rules this module keeps:
    GET answered with anything but an event stream is answered with the
    upstream's status (502 for a 2xx) and mcpwall's own error, never with the
    upstream's body.
+10. A 2025 client in front of an upstream that speaks the new revision only
+   (it refused ``initialize``, and its ``server/discover`` names a revision
+   of the stateless era) has its session kept here and its requests carried
+   in the new revision: ``bridge_modern``'s rules. The first such refusal
+   teaches the endpoint (:attr:`HttpEndpoint.legacy` False): later
+   ``initialize`` requests are not sent up again.
 """
 
 from __future__ import annotations
@@ -64,7 +70,7 @@ from typing import Any, Final
 import trio
 
 from firewall.config import HttpServer
-from firewall.gateway.front import held_http
+from firewall.gateway.front import bridge_modern, held_http
 from firewall.gateway.front.admission import Refusal, ServerCaps
 from firewall.gateway.front.endpoint import refuse_stateless
 from firewall.gateway.front.sessions import FrontContext, Session, new_session_id
@@ -106,6 +112,11 @@ class HttpSession(Session):
         # The upstream headers of the last POST, checked once: a client sends
         # the same ones on every call of a session.
         self.prepared: tuple[tuple[tuple[str, str], ...], PreparedHeaders] | None = None
+        # A 2025 client's session kept by mcpwall for a new-revision-only
+        # upstream (rule 10, bridge_modern): its initialize's params, then what
+        # its requests carry upstream.
+        self.init_params: Any = None
+        self.bridged: bridge_modern.Bridged | None = None
 
     async def close(self, reason: str) -> None:
         """End the session here and, best effort, at the upstream."""
@@ -151,6 +162,10 @@ class HttpEndpoint:
         # Whether the upstream speaks the stateless revision: None until one of
         # its answers to such a request tells (rule 9).
         self.modern: bool | None = None
+        # Whether the upstream answers initialize: None until it did or
+        # refused one (rule 10); False: its 2025 clients are bridged.
+        self.legacy: bool | None = None
+        self.bridge = bridge_modern.Bridge(self)
 
     async def aclose(self) -> None:
         await self.upstream.aclose()
@@ -215,8 +230,18 @@ class HttpEndpoint:
             created = HttpSession(endpoint=self, sid=sid, caller=caller,
                                   mediator=self.front.mediator(self.name, sid, caller))
             created.slot = slot
+            created.init_params = revision.params_of(inbound)
             session = created
         assert session is None or isinstance(session, HttpSession)
+        if session is not None and (session.bridged is not None
+                                    or (created is not None and self.legacy is False)):
+            with session.busy():
+                try:
+                    await self._post_bridged(ex, session, created, inbound, accept_sse)
+                finally:
+                    if created is not None and not self.front.table.holds(created):
+                        self.front.table.remove(created)
+            return
         mediator = (session.mediator if session is not None
                     else self.front.mediator(self.name, "stateless-" + new_session_id(), caller))
         if session is None:
@@ -228,6 +253,30 @@ class HttpEndpoint:
             finally:
                 if created is not None and not self.front.table.holds(created):
                     self.front.table.remove(created)  # never started: its slot goes back
+
+    async def _post_bridged(self, ex: Exchange, session: HttpSession,
+                            created: HttpSession | None, inbound: Inbound,
+                            accept_sse: bool) -> None:
+        """A message of a 2025 client whose upstream speaks the new revision only
+        (rule 10): its initialize decided and answered here, the rest bridged."""
+        if created is None:
+            await self.bridge.post(ex, session, inbound, accept_sse)
+            return
+        msg = inbound.envelope
+        routed = await session.mediator.from_client(inbound)
+        if routed.upstream is None:  # refused (recorded): the session never starts
+            await (ex.respond(200, routed.client) if routed.client else ex.respond(202))
+            return
+        rid = msg.request_id
+        if not await self.bridge.initialize(ex, created, rid) and rid is not None:
+            [reply] = await session.mediator.unanswered(
+                Lost("answered server/discover as no server of revision "
+                     f"{revision.LATEST_MODERN} does"), [rid])
+            await ex.respond(502, reply)
+
+    def prepared_stateless(self, headers: list[tuple[str, str]]) -> PreparedHeaders:
+        """The upstream headers of a request made of a decided body (bridge_modern)."""
+        return self._prepared_stateless(headers)
 
     @property
     def versions(self) -> tuple[str, ...]:
@@ -308,6 +357,7 @@ class HttpEndpoint:
             self.modern = True
         headers: list[tuple[str, str]] = []
         if created is not None and status < 300 and resp.content_type in (JSON, SSE):
+            self.legacy = True
             created.upstream_sid = resp.header("mcp-session-id")
             await self.front.start_session(created)
             created.log.info("session_started", transport="http", upstream="http")
@@ -328,6 +378,10 @@ class HttpEndpoint:
             await self._relay_events(out, resp, session, mediator, msg, deadline)
             return
         data = await resp.read(MAX_RESPONSE_BYTES)
+        if created is not None and self.legacy is not True and \
+                bridge_modern.refused_initialize(status, data, msg.request_id) and \
+                await self.bridge.initialize(ex, created, msg.request_id):
+            return  # a new-revision-only upstream: this session is bridged (rule 10)
         what = f"answered HTTP {status} with {ctype or 'no type'}"
         if ex.started:  # a held call's stream: its answer is the last event
             routed = await mediator.from_server(data) if ctype == JSON and data else None
@@ -431,6 +485,9 @@ class HttpEndpoint:
     # -- GET / DELETE ----------------------------------------------------------
     async def get(self, ex: Exchange, session: Session) -> None:
         assert isinstance(session, HttpSession)
+        if session.bridged is not None:
+            await bridge_modern.refuse_get(ex)
+            return
         main = ex.header("last-event-id") is None
         if main and session.get_open:
             await refuse(ex, 409, jsonrpc.INVALID_REQUEST,
