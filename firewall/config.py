@@ -142,6 +142,9 @@ class StdioServer(_Base, tag="stdio", tag_field="transport"):
     restart_attempts: int = 3
     max_line_bytes: int = 16 * 1024 * 1024
     terminate_grace_seconds: float = 5.0
+    # Carry 2026-07-28 requests over a 2025 session mcpwall opens itself
+    # (serve only; false: such requests get -32022 naming the 2025 versions).
+    bridge: bool = True
 
     def children_per_principal(self) -> int:
         """The effective ``max_children_per_principal`` (default: max_children / 4)."""

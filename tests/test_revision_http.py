@@ -89,7 +89,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
                  "[audit]", f"path = {json.dumps(str(work / 'audit.db'))}", "",
                  "[servers.modern]", 'transport = "http"',
                  f"url = {json.dumps(f'http://127.0.0.1:{port}/mcp')}", "",
-                 "[servers.time]", 'transport = "stdio"',
+                 "[servers.time]", 'transport = "stdio"', "bridge = false",
                  f"command = {json.dumps(venv_tool('mcp-server-time'))}", ""]
         config = work / "mcpwall.toml"
         config.write_text("\n".join(lines))
