@@ -93,7 +93,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
               f"args = [\"--repository\", {json.dumps(str(repo))}]", "",
               "[servers.demo]", 'transport = "stdio"',
               f"command = {json.dumps(sys.executable)}", 'args = ["-m", "firewall.demo"]',
-              f"env = {{ MCPWALL_DEMO_RECORD_FILE = {json.dumps(str(work / 'demo-calls.jsonl'))} }}",
+              "env = { MCPWALL_DEMO_RECORD_FILE = "
+              f"{json.dumps(str(work / 'demo-calls.jsonl'))} }}",
               "",
               "[servers.plain]", 'transport = "stdio"', "bridge = false",
               f"command = {json.dumps(venv_tool('mcp-server-time'))}", ""]
