@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
+import trio
 from conftest import venv_tool
 from mcp.client.client import Client
 from mcp.shared.exceptions import MCPError
@@ -167,6 +168,23 @@ async def test_pinned_client_to_the_demo_server_denied_call_never_reaches_it(
                           ("proxmox_management",), at_least=1)
     assert [(m, r) for _, m, _, r in denied] == [("tools/call", "tools.proxmox_management")]
     assert denied[0][0].startswith("stateless-")
+
+
+async def test_concurrent_calls_of_one_caller_share_its_child_each_its_own_answer(
+        gateway: Gateway) -> None:
+    zones = ["Europe/Paris", "Asia/Tokyo", "America/New_York", "Africa/Cairo", "UTC"]
+    got: dict[str, str] = {}
+    async with _client(gateway, "time") as client:
+
+        async def convert(zone: str) -> None:
+            result = await client.call_tool("convert_time", {
+                "source_timezone": "UTC", "time": "12:00", "target_timezone": zone})
+            got[zone] = json.loads(result.content[0].text)["target"]["timezone"]
+
+        async with trio.open_nursery() as nursery:
+            for zone in zones:
+                nursery.start_soon(convert, zone)
+    assert got == {zone: zone for zone in zones}
 
 
 def test_discover_is_answered_from_the_servers_initialize(gateway: Gateway) -> None:
