@@ -47,6 +47,7 @@ from firewall.audit.events import LifecycleKind, append_lifecycle
 from firewall.config import StdioServer
 from firewall.gateway.front import held_http
 from firewall.gateway.front.admission import Refusal, ServerCaps
+from firewall.gateway.front.bridge import Bridge
 from firewall.gateway.front.endpoint import refuse_stateless
 from firewall.gateway.front.sessions import (
     FrontContext,
@@ -416,6 +417,9 @@ class StdioEndpoint:
         self.idle_limit = min(listen.session_idle_seconds, settings.idle_seconds)
         self.caps = ServerCaps(settings.max_children, settings.children_per_principal(),
                                f"servers.{name}")
+        # Requests of the stateless revision, carried over sessions of mcpwall's own.
+        self.bridge = (Bridge(name, settings, front, self.caps, self.idle_limit)
+                       if settings.bridge else None)
 
     async def post(self, ex: Exchange, caller: Caller, session: Session | None,
                    inbound: Inbound, accept_sse: bool) -> None:
@@ -457,18 +461,22 @@ class StdioEndpoint:
 
     @property
     def versions(self) -> tuple[str, ...]:
-        """The handshake revisions: a stdio child is spoken to through a session."""
-        return revision.HANDSHAKE_VERSIONS
+        """Both eras when the bridge carries the stateless revision; else the
+        handshake revisions only (a stdio child is spoken to through a session)."""
+        return revision.SUPPORTED_VERSIONS if self.bridge else revision.HANDSHAKE_VERSIONS
 
     async def post_stateless(self, ex: Exchange, mediator: Mediator, inbound: Inbound,
                              accept_sse: bool, headers: list[tuple[str, str]]) -> None:
-        """A stdio child speaks the handshake revisions here: the stateless one is refused.
-
-        The seam for a bridge (one request of the stateless revision carried
-        over a handshake session of the child) is this method; until then the
-        revision's -32022 names the versions this endpoint speaks, so a
-        dual-era client falls back to ``initialize`` (endpoint rule 5)."""
-        await refuse_stateless(ex, mediator, inbound, dict(headers).get("mcp-protocol-version"))
+        """A request of the stateless revision: carried by the bridge
+        (:mod:`firewall.gateway.front.bridge`) over a 2025 session of mcpwall's
+        own; with ``bridge = false`` refused with the revision's -32022 naming
+        the handshake versions, so a dual-era client falls back to
+        ``initialize`` (endpoint rule 5)."""
+        if self.bridge is None:
+            await refuse_stateless(ex, mediator, inbound,
+                                   dict(headers).get("mcp-protocol-version"))
+            return
+        await self.bridge.post(ex, mediator.caller, mediator, inbound, accept_sse)
 
     async def _request(self, ex: Exchange, session: StdioSession, inbound: Inbound,
                        msg: jsonrpc.Message, accept_sse: bool, created: bool) -> bytes | None:
