@@ -294,7 +294,7 @@ class TimedOut(msgspec.Struct, frozen=True):
 UpstreamFailure = Lost | TimedOut
 
 
-class _Pending(msgspec.Struct):
+class _Pending(msgspec.Struct, gc=False):
     call_id: str
     method: str
     started_ns: int
@@ -527,8 +527,11 @@ class Mediator:
             if rid is None or rid not in self._client_pending:
                 await self._dropped("server", "response_unmatched", msg, data)
                 return Routed()
-            if msg.has_result and self._client_pending[rid].method in _ROUND_ANSWERS:
-                answered = await self._round_answer(inbound, msg, rid)  # rules 16, 17
+            # Rules 16, 17: only an answer that names a resultType, or belongs to
+            # a task, can continue a call (a byte test first: the hot path).
+            if msg.has_result and self._client_pending[rid].method in _ROUND_ANSWERS and (
+                    b"resultType" in data or self._client_pending[rid].task is not None):
+                answered = await self._round_answer(inbound, msg, rid)
                 if answered is not None:
                     return Routed(client=answered, answers=rid)
             line: bytes | None = None
@@ -634,7 +637,8 @@ class Mediator:
             decision = Decision(DENY, rule="protocol",
                                 reason=f"request id {rid!r} is already in flight")
         else:
-            if direction == "client" and call.method in mrtr.MRTR_METHODS:
+            if (direction == "client" and call.method in mrtr.MRTR_METHODS
+                    and (b"inputResponses" in inbound.data or b"requestState" in inbound.data)):
                 again = await self._round(inbound, call)  # rule 16: a later round
                 if again is not None:
                     return again
