@@ -1,0 +1,109 @@
+"""Bridging in ``mcpwall wrap`` (firewall/gateway/front/wrap_bridge.py), with real
+processes: the `mcp` SDK 2.3 stdio client pinned to 2026-07-28 through
+``mcpwall wrap --bridge`` to servers that speak only the 2025 revisions
+(mcp-server-time, the bundled demo server), and a 2025-pinned client through
+``mcpwall wrap`` to a stdio server of the new revision only."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+from pathlib import Path
+from typing import Any
+
+import mcp_types as types
+import pytest
+from click.testing import CliRunner
+from conftest import mcpwall_argv, venv_tool
+from mcp.client.client import Client
+from mcp.client.stdio import StdioServerParameters
+
+from firewall.cli.audit import audit
+
+pytestmark = pytest.mark.slow
+
+MODERN = "2026-07-28"
+FIXTURES = Path(__file__).parent / "fixtures"
+POLICY = {"version": "1", "default": "allow",
+          "tools": {"get_current_time": {"action": "deny", "reason": "no clocks"},
+                    "proxmox_management": {"action": "deny", "reason": "not here"},
+                    "wipe": {"action": "deny"}}}
+
+
+def _params(tmp_path: Path, server: list[str], *extra: str,
+            env: dict[str, str] | None = None) -> StdioServerParameters:
+    pol = tmp_path / "p.json"
+    pol.write_text(json.dumps(POLICY))
+    argv = [*mcpwall_argv(), "wrap", "--audit-db", str(tmp_path / "audit.db"),
+            "--policy", str(pol), "--principal", "alice", *extra, "--", *server]
+    return StdioServerParameters(command=argv[0], args=argv[1:], env=env)
+
+
+def _rows(tmp_path: Path, sql: str) -> list[Any]:
+    with sqlite3.connect(f"file:{tmp_path / 'audit.db'}?mode=ro", uri=True) as conn:
+        return conn.execute(sql).fetchall()
+
+
+async def test_pinned_client_through_wrap_bridge_to_mcp_server_time(tmp_path: Path) -> None:
+    params = _params(tmp_path, [venv_tool("mcp-server-time")], "--bridge")
+    claim = types.Implementation(name="bob", version="6.6")
+    async with Client(params, mode=MODERN, client_info=claim) as client:
+        assert client.session.protocol_version == MODERN
+        names = [t.name for t in (await client.list_tools()).tools]
+        assert names == ["convert_time"]  # get_current_time denied: filtered out
+        converted = await client.call_tool("convert_time", {
+            "source_timezone": "UTC", "time": "12:00", "target_timezone": "Europe/Paris"})
+        assert not converted.is_error
+        assert json.loads(converted.content[0].text)["target"]["timezone"] == "Europe/Paris"
+        refused = await client.call_tool("get_current_time", {"timezone": "UTC"})
+        assert refused.is_error and "Refused by mcpwall" in str(refused.content)
+    rows = _rows(tmp_path, "SELECT method, tool, decision, protocol_version, client_info "
+                           "FROM calls ORDER BY seq")
+    assert [(m, t, d) for m, t, d, *_ in rows] == [
+        ("tools/list", None, "allow"), ("tools/call", "convert_time", "allow"),
+        ("tools/call", "get_current_time", "deny")]
+    assert {v for *_, v, _ in rows} == {MODERN}
+    assert {json.loads(i)["name"] for *_, i in rows} == {"bob"}
+    assert CliRunner().invoke(audit, ["verify", str(tmp_path / "audit.db")]).exit_code == 0
+
+
+async def test_auto_client_through_wrap_bridge_gets_discover_from_initialize(
+        tmp_path: Path) -> None:
+    params = _params(tmp_path, [venv_tool("mcp-server-time")], "--bridge")
+    async with Client(params, mode="auto") as client:
+        assert client.session.protocol_version == MODERN
+        names = [t.name for t in (await client.list_tools()).tools]
+        assert names == ["convert_time"]
+    methods = [m for (m,) in _rows(tmp_path, "SELECT method FROM calls ORDER BY seq")]
+    assert methods == ["server/discover", "tools/list"]
+
+
+async def test_without_bridge_the_pinned_client_fails_against_a_2025_server(
+        tmp_path: Path) -> None:
+    # The demo server speaks only 2025: its tools/list result lacks what the new
+    # revision requires (ttlMs), which the SDK refuses, as the spec expects.
+    params = _params(tmp_path, [sys.executable, "-m", "firewall.demo"])
+    async with Client(params, mode=MODERN) as client:
+        with pytest.raises(Exception, match="ttlMs"):
+            await client.list_tools()
+
+
+async def test_pinned_client_through_wrap_bridge_to_the_demo_server(tmp_path: Path) -> None:
+    record = tmp_path / "demo-calls.jsonl"
+    env = {"MCPWALL_DEMO_RECORD_FILE": str(record), "PATH": "/usr/bin:/bin"}
+    params = _params(tmp_path, [sys.executable, "-m", "firewall.demo"], "--bridge",
+                     "--server-name", "demo", env=env)
+    async with Client(params, mode=MODERN) as client:
+        names = [t.name for t in (await client.list_tools()).tools]
+        assert "info_tools" in names and "proxmox_management" not in names
+        refused = await client.call_tool("proxmox_management", {"action": "list_nodes"})
+        assert refused.is_error
+        allowed = await client.call_tool("info_tools", {"action": "list_tools", "category": "vm"})
+        assert not allowed.is_error and allowed.content
+    executed = [json.loads(line) for line in record.read_text().splitlines()]
+    assert [c["tool"] for c in executed] == ["info_tools"]  # the denied call never ran
+    assert isinstance(executed[0]["id"], int)  # the client's own id: no re-id in wrap
+    rows = _rows(tmp_path, "SELECT tool, decision, protocol_version FROM calls "
+                           "WHERE method = 'tools/call' ORDER BY seq")
+    assert rows == [("proxmox_management", "deny", MODERN), ("info_tools", "allow", MODERN)]
