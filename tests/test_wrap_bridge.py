@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -107,3 +108,31 @@ async def test_pinned_client_through_wrap_bridge_to_the_demo_server(tmp_path: Pa
     rows = _rows(tmp_path, "SELECT tool, decision, protocol_version FROM calls "
                            "WHERE method = 'tools/call' ORDER BY seq")
     assert rows == [("proxmox_management", "deny", MODERN), ("info_tools", "allow", MODERN)]
+
+
+async def test_2025_client_through_wrap_to_a_server_of_the_new_revision_only(
+        tmp_path: Path) -> None:
+    params = _params(tmp_path, [sys.executable, str(FIXTURES / "dual_era_server.py"),
+                                "--modern-only"])
+    claim = types.Implementation(name="carol", version="1.0")
+    async with Client(params, mode="legacy", client_info=claim) as client:
+        assert client.session.protocol_version != MODERN  # a 2025 session, kept by mcpwall
+        names = [t.name for t in (await client.list_tools()).tools]
+        assert names == ["echo"]  # wipe denied: filtered
+        ok = await client.call_tool("echo", {"text": "hi"})
+        assert not ok.is_error and "echo: hi" in str(ok.content)
+        refused = await client.call_tool("wipe", {"target": "x"})
+        assert refused.is_error and "Refused by mcpwall" in str(refused.content)
+        with warnings.catch_warnings():  # the SDK warns that ping is gone in 2026-07-28
+            warnings.simplefilter("ignore")
+            await client.send_ping()  # removed by the revision: answered by mcpwall
+    rows = _rows(tmp_path, "SELECT method, tool, decision, protocol_version, client_info "
+                           "FROM calls ORDER BY seq")
+    assert [(m, t, d) for m, t, d, *_ in rows] == [
+        ("initialize", None, "allow"), ("server/discover", None, "allow"),
+        ("tools/list", None, "allow"), ("tools/call", "echo", "allow"),
+        ("tools/call", "wipe", "deny"), ("ping", None, "allow")]
+    # What was decided is what the server got: the revision's _meta, made of the
+    # client's initialize (its clientInfo), on each request after it.
+    assert {(v, json.loads(i)["name"]) for m, _, _, v, i in rows[2:5]} == {(MODERN, "carol")}
+    assert CliRunner().invoke(audit, ["verify", str(tmp_path / "audit.db")]).exit_code == 0

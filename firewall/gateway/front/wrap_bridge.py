@@ -104,7 +104,7 @@ def strip_revision_meta(value: dict[str, Any]) -> bool:
     return True
 
 
-def _modern(data: bytes) -> dict[str, Any] | None:
+def modern_message(data: bytes) -> dict[str, Any] | None:
     """The decoded message when it claims the stateless revision in ``_meta``."""
     if revision.META_VERSION_BYTES not in data:
         return None
@@ -141,7 +141,7 @@ class ModernClient:
         out: list[Outbound] = []
         replies: list[bytes] = []
         for message in messages:
-            value = _modern(message.data)
+            value = modern_message(message.data)
             if value is None:
                 out.append(message)
                 continue
