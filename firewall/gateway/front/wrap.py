@@ -211,9 +211,9 @@ class WrapSession(StdioClient):
 
     async def forward(self, messages: list[Outbound]) -> bool:
         try:
-            if self.modern_client is not None:
-                messages = await self.modern_client.outbound(messages, self._to_client)
             self.modern_child.saw_initialize(messages)
+            if self.modern_client is not None and not self.modern_child.client_initialized:
+                messages = await self.modern_client.outbound(messages, self._to_client)
             await self.child.send_many(messages)
         except ChildExited:
             return False

@@ -8,7 +8,8 @@ revision (2026-07-28) in front of a child that speaks only the handshake
 revisions. Rules it keeps:
 
 1. Nothing changes until the first decided request of the new revision (its
-   ``params._meta`` names it): then, before anything of that batch reaches the
+   ``params._meta`` names it), nor ever once the client sent ``initialize``
+   itself (a 2025 session it keeps): then, before anything of that batch reaches the
    child, mcpwall shakes hands with the child itself (its own ``initialize``,
    clientInfo ``mcpwall-bridge``, no client capabilities, then
    ``notifications/initialized``), as the serve bridge does
@@ -257,6 +258,12 @@ class ModernChild:
         self._init_params: Any = None
         self._refusal: bytes | None = None
         self._watching = True  # until the client's initialize is answered
+
+    @property
+    def client_initialized(self) -> bool:
+        """Whether the client opened a 2025 session itself (then nothing is bridged
+        for a client of the new revision: rule 1)."""
+        return self._init_id is not None
 
     def saw_initialize(self, messages: list[Outbound]) -> None:
         """Note the client's decided ``initialize`` among the messages forwarded."""
