@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from conftest import mcpwall_argv, venv_tool
 from mcp.client.client import Client
 from mcp.client.stdio import StdioServerParameters
+from mcp.shared.exceptions import MCPError
 
 from firewall.cli.audit import audit
 
@@ -136,3 +137,34 @@ async def test_2025_client_through_wrap_to_a_server_of_the_new_revision_only(
     # client's initialize (its clientInfo), on each request after it.
     assert {(v, json.loads(i)["name"]) for m, _, _, v, i in rows[2:5]} == {(MODERN, "carol")}
     assert CliRunner().invoke(audit, ["verify", str(tmp_path / "audit.db")]).exit_code == 0
+
+
+async def test_wrap_bridge_to_a_server_of_the_new_revision_passes_requests_as_decided(
+        tmp_path: Path) -> None:
+    # The server refuses mcpwall's initialize: it speaks the new revision itself.
+    params = _params(tmp_path, [sys.executable, str(FIXTURES / "dual_era_server.py"),
+                                "--modern-only"], "--bridge")
+    async with Client(params, mode=MODERN) as client:
+        assert [t.name for t in (await client.list_tools()).tools] == ["echo"]
+        ok = await client.call_tool("echo", {"text": "hi"})
+        assert not ok.is_error and "echo: hi" in str(ok.content)
+    methods = [m for (m,) in _rows(tmp_path, "SELECT method FROM calls ORDER BY seq")]
+    assert methods == ["tools/list", "tools/call"]
+
+
+BROKEN = ("import sys\n"
+          "for line in sys.stdin:\n"
+          "    if 'initialize' in line:\n"
+          "        print('{\"jsonrpc\":\"2.0\",\"id\":\"mcpwall-bridge-initialize\","
+          "\"result\":{}}', flush=True)\n")
+
+
+async def test_wrap_bridge_handshake_failure_answers_each_request_with_an_error(
+        tmp_path: Path) -> None:
+    params = _params(tmp_path, [sys.executable, "-c", BROKEN], "--bridge")
+    async with Client(params, mode=MODERN) as client:
+        for _ in range(2):  # then and later: the session lives on
+            with pytest.raises(MCPError, match="through the bridge"):
+                await client.list_tools()
+    rows = _rows(tmp_path, "SELECT method, decision FROM calls ORDER BY seq")
+    assert rows == [("tools/list", "allow"), ("tools/list", "allow")]

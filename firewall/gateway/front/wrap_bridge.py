@@ -14,9 +14,11 @@ revisions. Rules it keeps:
    clientInfo ``mcpwall-bridge``, no client capabilities, then
    ``notifications/initialized``), as the serve bridge does
    (:mod:`firewall.gateway.front.bridge`). A refused request starts nothing.
-   A handshake that fails (no answer within the timeout, an error, the child
-   gone) answers each bridged request with the mediator's error, then and
-   later.
+   A child that refuses that ``initialize`` (a JSON-RPC error) speaks the new
+   revision itself: nothing is bridged, requests go to it as decided. A
+   handshake that fails otherwise (no answer within the timeout, an answer
+   that is not one, the child gone) answers each bridged request with the
+   mediator's error, then and later.
 2. What reaches the child is the decided message translated
    (:meth:`Outbound.translated`, its receipt kept): the revision's keys of
    ``params._meta`` (``io.modelcontextprotocol/...``) removed, nothing else
@@ -131,6 +133,7 @@ class ModernClient:
         self.timeout = timeout
         self.init_result: dict[str, Any] | None = None
         self.failure: str | None = None
+        self.passthrough = False  # the child refused initialize (rule 1)
         self._answer: bytes | None = None
         self._answered = trio.Event()
         self._lock = trio.Lock()
@@ -142,12 +145,16 @@ class ModernClient:
         out: list[Outbound] = []
         replies: list[bytes] = []
         for message in messages:
-            value = modern_message(message.data)
+            value = None if self.passthrough else modern_message(message.data)
             if value is None:
                 out.append(message)
                 continue
             rid, method = value.get("id"), value.get("method")
-            if not await self._shake_hands():
+            shaken = await self._shake_hands()
+            if self.passthrough:
+                out.append(message)
+                continue
+            if not shaken:
                 if rid is not None and method is not None:
                     replies.extend(await self.mediator.unanswered(
                         Lost(f"cannot be started through the bridge: {self.failure}"), [rid]))
@@ -170,9 +177,13 @@ class ModernClient:
     async def _shake_hands(self) -> bool:
         """mcpwall's own handshake with the child, once (rule 1); False if it failed."""
         async with self._lock:
-            if self.init_result is None and self.failure is None:
+            if self.init_result is None and self.failure is None and not self.passthrough:
                 self.failure = await self._handshake()
-                if self.failure is not None:
+                if self.passthrough:
+                    self.failure = None
+                    self.mediator.log.info("bridge_not_needed",
+                                           reason="the server refused initialize")
+                elif self.failure is not None:
                     self.mediator.log.error("bridge_start_failed", error=self.failure)
                 else:
                     started: dict[str, Any] = self.init_result or {}
@@ -192,8 +203,11 @@ class ModernClient:
                 return "the server did not answer initialize"
             value = jsonrpc.decode_any(self._answer)
             result = value.get("result") if isinstance(value, dict) else None
-            if not isinstance(result, dict) or not isinstance(result.get("protocolVersion"), str):
+            if isinstance(value, dict) and isinstance(value.get("error"), dict):
+                self.passthrough = True
                 return "the server refused initialize"
+            if not isinstance(result, dict) or not isinstance(result.get("protocolVersion"), str):
+                return "the server's answer to initialize is not a result"
             await self.child.send(Outbound.own(jsonrpc.request("notifications/initialized"),
                                                "wrap bridge: mcpwall's own handshake"))
         except jsonrpc.DECODE_ERRORS:
