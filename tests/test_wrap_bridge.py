@@ -168,3 +168,42 @@ async def test_wrap_bridge_handshake_failure_answers_each_request_with_an_error(
                 await client.list_tools()
     rows = _rows(tmp_path, "SELECT method, decision FROM calls ORDER BY seq")
     assert rows == [("tools/list", "allow"), ("tools/list", "allow")]
+
+
+async def test_2025_client_through_serve_to_a_stdio_server_of_the_new_revision_only(
+        tmp_path: Path) -> None:
+    import httpx2
+    from mcp.client.streamable_http import streamable_http_client
+
+    from tests.fixtures import conformance_harness as harness
+
+    (tmp_path / "p.json").write_text(json.dumps(POLICY))
+    port = harness.free_port()
+    fixture = str(FIXTURES / "dual_era_server.py")
+    (tmp_path / "mcpwall.toml").write_text("\n".join([
+        "[listen]", 'host = "127.0.0.1"', f"port = {port}", "",
+        "[policy]", f"files = [{json.dumps(str(tmp_path / 'p.json'))}]", "",
+        "[audit]", f"path = {json.dumps(str(tmp_path / 'audit.db'))}", "",
+        "[servers.modern]", 'transport = "stdio"', f"command = {json.dumps(sys.executable)}",
+        f"args = [{json.dumps(fixture)}, \"--modern-only\"]", ""]))
+    log = tmp_path / "mcpwall.log"
+    with harness.background([sys.executable, "-m", "firewall", "serve",
+                             str(tmp_path / "mcpwall.toml")], log, cwd=tmp_path) as proc:
+        harness.wait_for_port(port, proc, log)
+        url = harness.endpoint(f"http://127.0.0.1:{port}", "modern")
+        http = httpx2.AsyncClient(timeout=30)
+        async with Client(streamable_http_client(url, http_client=http),
+                          mode="legacy") as client:
+            assert client.session.protocol_version != MODERN
+            assert [t.name for t in (await client.list_tools()).tools] == ["echo"]
+            ok = await client.call_tool("echo", {"text": "hi"})
+            assert not ok.is_error and "echo: hi" in str(ok.content)
+            refused = await client.call_tool("wipe", {"target": "x"})
+            assert refused.is_error
+    rows = _rows(tmp_path, "SELECT method, tool, decision, protocol_version FROM calls "
+                           "ORDER BY seq")
+    assert [(m, t, d) for m, t, d, _ in rows] == [
+        ("initialize", None, "allow"), ("server/discover", None, "allow"),
+        ("tools/list", None, "allow"), ("tools/call", "echo", "allow"),
+        ("tools/call", "wipe", "deny")]
+    assert {v for *_, v in rows[2:]} == {MODERN}

@@ -184,7 +184,7 @@ class WrapSession(StdioClient):
         # Bridging (rule 7): --bridge for a 2026-07-28 client over a 2025 child;
         # a child of the new revision only is found out on its own.
         self.modern_client = ModernClient(mediator, child, timeout) if bridge else None
-        self.modern_child = ModernChild(mediator, child, ttl_ms)
+        self.modern_child = ModernChild(mediator, self._send_child, ttl_ms)
 
     async def run(self) -> int:
         """Mediate until the client leaves or the child dies; return the exit code."""
@@ -208,6 +208,13 @@ class WrapSession(StdioClient):
         if rewritten is not None:
             return await self.mediator.from_client(rewritten, wait=False)
         return await self.mediator.from_client(line, wait=False)
+
+    async def _send_child(self, message: Outbound) -> bool:
+        try:
+            await self.child.send(message)
+        except ChildExited:
+            return False
+        return True
 
     async def forward(self, messages: list[Outbound]) -> bool:
         try:

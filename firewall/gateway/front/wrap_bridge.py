@@ -263,9 +263,10 @@ class ModernClient:
 class ModernChild:
     """A 2025 client over a child of the stateless revision only (rules 6, 7)."""
 
-    def __init__(self, mediator: Mediator, child: StdioChild, ttl_ms: int) -> None:
+    def __init__(self, mediator: Mediator, send: Callable[[Outbound], Awaitable[bool]],
+                 ttl_ms: int) -> None:
         self.mediator = mediator
-        self.child = child
+        self.send = send  # a write to the child; False when it is gone
         self.ttl_ms = ttl_ms
         self.bridged: Bridged | None = None
         self._init_id: RequestId | None = None
@@ -328,10 +329,8 @@ class ModernChild:
             return refusal, None
         self._refusal = refusal
         await routed.upstream.ready()
-        try:
-            await self.child.send(routed.upstream)
-        except ChildExited:
-            self._watching = False
+        if not await self.send(routed.upstream):
+            self._watching, self._refusal = False, None
             return refusal, None
         return None, None
 
@@ -352,14 +351,15 @@ class ModernChild:
         return (await self.mediator.from_server(
             jsonrpc.result_response(self._init_id, answer))).client
 
-    async def to_decide(self, line: bytes) -> Inbound | bytes | None:
-        """A client line of a bridged session as it is to be decided (rule 7); an
-        answer made here (bytes) when it goes nowhere; None: decide it as it is."""
+    async def to_decide(self, message: bytes | Inbound) -> Inbound | bytes | None:
+        """A client message of a bridged session as it is to be decided (rule 7); an
+        answer made here (bytes, empty when there is none) when it goes nowhere;
+        None: decide it as it is."""
         bridged = self.bridged
         if bridged is None:
             return None
         try:
-            inbound = decode_client(line)
+            inbound = message if isinstance(message, Inbound) else decode_client(message)
         except jsonrpc.ProtocolError:
             return None  # the mediator refuses it
         msg = inbound.envelope
