@@ -37,3 +37,12 @@ def test_only_a_body_naming_the_new_revision_is_modern() -> None:
                    b'{"io.modelcontextprotocol/protocolVersion":"2025-11-25"}}}') is None
     assert modern_message(b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}') is None
     assert modern_message(b'{"io.modelcontextprotocol/protocolVersion" not json') is None
+
+
+def test_bridge_goes_with_a_command_only() -> None:
+    from click.testing import CliRunner
+
+    from firewall.cli.wrap import wrap
+
+    result = CliRunner().invoke(wrap, ["--bridge", "--upstream", "http://127.0.0.1:9/mcp"])
+    assert result.exit_code == 2 and "--bridge goes with -- COMMAND" in result.output

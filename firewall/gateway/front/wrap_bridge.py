@@ -35,7 +35,9 @@ revisions. Rules it keeps:
    its notifications pass the mediator to the client as before.
 
 :class:`ModernChild` (automatic): a 2025 client in front of a child that
-speaks only the stateless revision. Rules it keeps:
+speaks only the stateless revision, in ``wrap`` and in each session of a
+stdio server behind ``serve`` (:mod:`~firewall.gateway.front.stdio_endpoint`
+rule 5). Rules it keeps:
 
 6. The client's ``initialize`` is decided and forwarded as always. When the
    child refuses it (a JSON-RPC error under its id), mcpwall asks the child
@@ -169,6 +171,11 @@ class ModernClient:
             strip_revision_meta(value)
             if rid is not None and isinstance(method, str):
                 self._pending[rid] = method
+            elif method == mcp.CANCELLED:  # no answer will come for that one
+                params = value.get("params")
+                gone = params.get("requestId") if isinstance(params, dict) else None
+                if isinstance(gone, str | int):
+                    self._pending.pop(gone, None)
             out.append(message.translated(framing.canonical(jsonrpc.encode(value)),
                                           "wrap: bridged"))
         await to_client(replies)
