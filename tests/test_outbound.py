@@ -31,6 +31,11 @@ OWN_MESSAGES = {
     ("gateway/front/bridge.py", "bridge: mcpwall's own handshake"),
     ("gateway/front/bridge.py", "bridge: refusal of a server request"),
     ("gateway/front/bridge.py", "bridge: cancellation of a timed-out request"),
+    # The same in `mcpwall wrap --bridge` (2026-07-28 client, 2025 stdio child):
+    # its handshake with the child and the refusal of a server request, both
+    # composed by mcpwall (no client byte in them).
+    ("gateway/front/wrap_bridge.py", "wrap bridge: mcpwall's own handshake"),
+    ("gateway/front/wrap_bridge.py", "wrap bridge: refusal of a server request"),
     # `mcpwall scan`: no agent behind it; it writes the handshake, list requests
     # and refusals of server requests it composes itself, never a tool call.
     ("gateway/upstream/survey.py", "mcpwall scan: its own handshake, lists and refusals"),
@@ -62,10 +67,13 @@ def test_own_messages_are_made_only_where_listed() -> None:
     assert found == OWN_MESSAGES
 
 
-def test_decided_messages_are_translated_only_by_the_bridge() -> None:
+def test_decided_messages_are_translated_only_by_the_bridges() -> None:
+    # bridge.py (serve) re-ids and strips the revision's _meta keys; wrap_bridge.py
+    # (wrap --bridge) strips the same keys, the client's id kept: both are the
+    # decided call, its receipt kept, as a 2025 server reads it.
     places = {name for name, tree in sources() for call in calls(tree)
               if isinstance(call.func, ast.Attribute) and call.func.attr == "translated"}
-    assert places == {"gateway/front/bridge.py"}
+    assert places == {"gateway/front/bridge.py", "gateway/front/wrap_bridge.py"}
 
 
 async def test_only_a_decided_message_is_translated() -> None:

@@ -14,9 +14,10 @@ Rules this module keeps:
      (:meth:`Outbound.own`). ``tests/test_outbound.py`` pins the places in
      ``firewall/`` that make one, so a new bypass cannot appear unseen.
    A decided Outbound may be :meth:`Outbound.translated` for a server of an
-   older protocol revision (the bridge, ``gateway/front/bridge.py``, the one
-   place pinned): the same call, its receipt kept, with only what that
-   revision reads differently changed (the id, ``_meta`` keys it does not know).
+   older protocol revision (the bridges, ``gateway/front/bridge.py`` and
+   ``gateway/front/wrap_bridge.py``, the places pinned): the same call, its
+   receipt kept, with only what that revision reads differently changed (the
+   id, ``_meta`` keys it does not know).
 3. The bytes of an Outbound are one line for every reader: no raw CR or LF,
    no U+0085, U+2028 or U+2029 (``framing.splittable``). The mediator makes
    them so (its outputs are ``framing.canonical`` or ``line_safe``, a property

@@ -33,6 +33,12 @@ newline-delimited JSON-RPC. This module correlates the two. Rules it keeps:
    disconnecting does not cancel the request: its answer stays in the
    stream's replay buffer for a ``Last-Event-ID`` GET, and the per-request
    upstream timeout still applies.
+5. A child that speaks only the 2026-07-28 revision (it refuses the client's
+   ``initialize`` and answers a ``server/discover`` probe) is bridged for the
+   session as ``mcpwall wrap`` does it
+   (:class:`~firewall.gateway.front.wrap_bridge.ModernChild`): its
+   ``initialize`` answered from the discover result, each later message
+   rewritten before it is decided; a restarted child gets no handshake.
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ from firewall.gateway.front.sessions import (
     parse_event_id,
 )
 from firewall.gateway.front.sse_response import SseResponse
+from firewall.gateway.front.wrap_bridge import ModernChild
 from firewall.gateway.http.exchange import Exchange, refuse
 from firewall.gateway.mediator import Lost, Mediator, TimedOut
 from firewall.gateway.outbound import Outbound
@@ -88,7 +95,7 @@ class StdioSession(Session):
 
     def __init__(self, *, sid: str, server: str, caller: Caller, mediator: Mediator,
                  idle_limit: float, settings: StdioServer, timeout: float,
-                 keepalive: float) -> None:
+                 keepalive: float, ttl_ms: int = 60_000) -> None:
         super().__init__(sid=sid, server=server, caller=caller, mediator=mediator,
                          idle_limit=idle_limit)
         self.settings = settings
@@ -110,6 +117,8 @@ class StdioSession(Session):
         self._handshake_done = trio.Event()
         self._handshake_done.set()  # only a restart waits for a replayed handshake
         self.restarts = 0
+        # A 2025 client over a child of the new revision only (wrap_bridge rules 6, 7).
+        self.modern_child = ModernChild(mediator, self.send, ttl_ms)
 
     # -- lifetime ----------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -182,7 +191,7 @@ class StdioSession(Session):
         self._handshake_done = trio.Event()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._read, child)
-            if self.handshake:
+            if self.handshake and self.modern_child.bridged is None:  # (rule 5: none)
                 init = jsonrpc.decode_any(self.handshake[0].data)
                 init["id"] = _HANDSHAKE_ID
                 try:
@@ -202,7 +211,12 @@ class StdioSession(Session):
             if _HANDSHAKE_ID.encode() in line and not self._handshake_done.is_set():
                 self._handshake_done.set()  # the replayed initialize's answer is ours
                 continue
-            routed = await self.mediator.from_server(line)
+            seen, made = await self.modern_child.from_child(line)
+            if made is not None:
+                self._deliver(made)
+            if seen is None:
+                continue
+            routed = await self.mediator.from_server(seen)
             if routed.upstream is not None:  # a refused server->client request
                 try:
                     await child.send(routed.upstream)
@@ -437,6 +451,13 @@ class StdioEndpoint:
                 return
             created = True
         assert isinstance(session, StdioSession)
+        if session.modern_child.bridged is not None:  # rewritten before it is decided
+            rewritten = await session.modern_child.to_decide(inbound)
+            if isinstance(rewritten, bytes):  # answered here, or goes nowhere
+                await (ex.respond(200, rewritten) if rewritten else ex.respond(202))
+                return
+            if rewritten is not None:
+                inbound, msg = rewritten, rewritten.message
         with session.busy():
             if msg.kind is Kind.REQUEST:
                 final = await self._request(ex, session, inbound, msg, accept_sse, created)
@@ -500,6 +521,7 @@ class StdioEndpoint:
         assert stream is not None
         if created:
             session.handshake = [routed.upstream]
+            session.modern_child.saw_initialize(session.handshake)
         await session.forward_request(msg, routed.upstream, stream)
         return await session.answer_request(ex, stream, rid, headers, json_only=not accept_sse)
 
@@ -515,7 +537,8 @@ class StdioEndpoint:
             mediator=front.mediator(self.name, sid, caller),
             idle_limit=self.idle_limit, settings=self.settings,
             timeout=front.listen.upstream_timeout_seconds,
-            keepalive=front.listen.keepalive_seconds)
+            keepalive=front.listen.keepalive_seconds,
+            ttl_ms=int(front.listen.max_cache_ttl_seconds * 1000))
         session.slot = slot
         try:
             await front.start_session(session, session.run)
