@@ -63,6 +63,10 @@ def test_own_messages_are_made_only_where_listed() -> None:
 
 
 def test_decided_messages_are_translated_only_by_the_bridge() -> None:
+    # bridge.py translates twice: a decided request (mcpwall's id, no revision
+    # _meta keys), and a decided retry into the response to the server request
+    # its client answered (rule 6: the retry's decision receipt is the one the
+    # write waits for, so the answer reaches the server only as decided).
     places = {name for name, tree in sources() for call in calls(tree)
               if isinstance(call.func, ast.Attribute) and call.func.attr == "translated"}
     assert places == {"gateway/front/bridge.py"}

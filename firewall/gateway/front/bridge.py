@@ -8,8 +8,8 @@ the new revision without touching its servers. Rules this module keeps:
 1. One bridged session per (server, principal, grant): a child of its own,
    started on the caller's first bridged request that the policy let through
    (a refused request starts nothing), given mcpwall's own ``initialize``
-   (clientInfo ``mcpwall-bridge``, no client capabilities: the bridge serves
-   no server-to-client request) and ``notifications/initialized``. It is
+   (clientInfo ``mcpwall-bridge``, client capabilities :data:`CAPABILITIES`:
+   the server requests rule 6 carries) and ``notifications/initialized``. It is
    admitted under the server's child caps like a client session
    (``max_children``, ``max_children_per_principal``: a refusal is 503/429),
    sits in the front's session table (idle expiry with the server's
@@ -36,12 +36,35 @@ the new revision without touching its servers. Rules this module keeps:
    ``listChanged`` flags, ``logging``), its instructions, its serverInfo
    (as the revision's ``_meta`` stamp) and ``supportedVersions`` the
    stateless revision mcpwall speaks. It never reaches the server.
-5. What the server sends besides answers: a request (sampling, elicitation,
-   roots/list) is answered at once with an error (-32601): the bridge
-   declared no client capabilities and does not turn them into MRTR input
-   requests; a notification (progress, logging, list changes) is dropped.
-   Notifications the client sends are decided and recorded, and go nowhere
-   (the revision defines none a 2025 server would act on).
+5. What the server sends besides answers and the requests of rule 6: a
+   request is answered at once with an error (-32601); a progress
+   notification naming the ``progressToken`` of a call in flight goes
+   through that call's mediator to the event stream of the client request
+   waiting for the call (nowhere when it takes JSON only); any other
+   notification is dropped. Notifications the client sends are decided and
+   recorded, and go nowhere (the revision defines none a 2025 server would
+   act on).
+6. A server request (elicitation in form mode, sampling, roots/list) that
+   comes while exactly one call of the session is in flight, of a method
+   that may ask for input (``mrtr.MRTR_METHODS``), whose request offered
+   the matching capability in its ``_meta``, becomes the answer to that
+   call: an ``InputRequiredResult`` with the server's request as its one
+   input request and a ``requestState`` of the bridge (:data:`STATE_PREFIX`
+   then a :class:`StateSeal` over the session, the call, the server
+   request's id and key, the call_id and the caller, expiring after the
+   upstream timeout), passed through the call's mediator (mediator rule 16
+   decides the input request; refused, the call ends with the refusal, the
+   server's request gets it too and the call is cancelled at the server).
+   The retry is decided by its own mediator first; only when the state
+   opens, names this caller and session, a call still waiting for that very
+   request (taken once), and the mediator linked the retry to that call_id,
+   is the client's answer written to the server as the response to its
+   request (:meth:`Outbound.translated` of the decided retry) and the retry
+   answered with what the server sends next for the call. Any other retry is
+   a new call (its ``inputResponses`` and ``requestState`` removed, for a
+   2025 server reads neither). A call whose client does not retry within
+   the upstream timeout is abandoned: its server request answered with an
+   error, the call cancelled.
 """
 
 from __future__ import annotations
