@@ -127,6 +127,7 @@ async def test_elicitation_during_a_call_reaches_the_client_and_its_answer_the_s
                                         progress_callback=on_progress)
     assert result.content[0].text == "booked Lyon on 2026-12-24"  # type: ignore[union-attr]
     assert asked == ["Which date?"]
+    assert progress == [1]  # relayed on the stream of the request waiting for the call
     assert {"tool": "book", "city": "Lyon", "action": "accept",
             "date": "2026-12-24"} in gateway.executed()
     # One call over two rounds: round 1, the server's question, round 2; one outcome.
