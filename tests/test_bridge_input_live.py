@@ -11,6 +11,7 @@ replayed or borrowed state is a new call; the audit links the rounds.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sqlite3
@@ -58,12 +59,12 @@ class Gateway:
         return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
 
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    work = tmp_path_factory.mktemp("bridge-input")
+@contextlib.contextmanager
+def _serve(work: Path, timeout: float) -> Iterator[Gateway]:
     (work / "policy.json").write_text(json.dumps(POLICY))
     port = harness.free_port()
-    lines = ["[listen]", 'host = "127.0.0.1"', f"port = {port}", "upstream_timeout_seconds = 20",
+    lines = ["[listen]", 'host = "127.0.0.1"', f"port = {port}",
+             f"upstream_timeout_seconds = {timeout}",
              "", "[policy]", f"files = [{json.dumps(str(work / 'policy.json'))}]",
              'deny_tools_call_as = "jsonrpc_error"', "",
              "[audit]", f"path = {json.dumps(str(work / 'audit.db'))}", ""]
@@ -80,6 +81,12 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
                             log, cwd=work) as proc:
         harness.wait_for_port(port, proc, log)
         yield Gateway(f"http://127.0.0.1:{port}", work)
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    with _serve(tmp_path_factory.mktemp("bridge-input"), 20) as served:
+        yield served
 
 
 def _client(gateway: Gateway, **callbacks: Any) -> Client:
@@ -216,3 +223,28 @@ def test_a_client_that_offers_no_elicitation_gets_no_question(gateway: Gateway) 
     # The server's request was answered -32601 at once: the tool failed.
     assert "result" not in answer or answer["result"].get("isError") is True
     assert not [c for c in gateway.executed() if c.get("city") == "Rome"]
+
+
+def test_a_question_left_unanswered_is_abandoned(tmp_path: Path) -> None:
+    with _serve(tmp_path, 1) as gateway:
+        call = {"name": "book", "arguments": {"city": "Nice"}}
+        key, state = _state_of(_post(gateway, call, "nice-1"))
+        # While the call waits for its retry, the caller's next call cannot be
+        # told apart from it: its server request is refused. Once the wait is
+        # over (the upstream timeout), the first call is gone: the server's
+        # request was answered with an error, the call cancelled, and the next
+        # call is asked again.
+        deadline = time.monotonic() + 30
+        while True:
+            answer = _post(gateway, call, "nice-2")
+            if "result" in answer or time.monotonic() > deadline:
+                break
+            assert answer["error"]["code"] == -32601
+            time.sleep(0.3)
+        assert _state_of(answer)[1] != state
+        assert "bridge_input_unanswered" in (gateway.work / "mcpwall.log").read_text()
+        # The expired state resumes nothing: a new call.
+        late = _post(gateway, {**call, "inputResponses": {key: {"action": "accept", "content": {
+            "date": "2027-05-05"}}}, "requestState": state}, "nice-3")
+        assert "result" not in late or late["result"].get("resultType") == "input_required"
+        assert not [c for c in gateway.executed() if c.get("date") == "2027-05-05"]
