@@ -10,6 +10,7 @@ from firewall.gateway.front.bridge import (
     BridgedCall,
     BridgeSession,
     discover_result,
+    stdio_link,
     translate_answer,
     translate_request,
 )
@@ -69,7 +70,7 @@ def _session(sid: str = "b1") -> BridgeSession:
 
     med, _ = mediator()
     return BridgeSession(sid=sid, server="vm", caller=Caller("alice", "g"), mediator=med,
-                         idle_limit=60, settings=StdioServer(command="true"), timeout=30,
+                         idle_limit=60, connect=stdio_link(StdioServer(command="true")), timeout=30,
                          seal=SEAL)
 
 

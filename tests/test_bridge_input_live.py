@@ -226,7 +226,7 @@ def test_a_client_that_offers_no_elicitation_gets_no_question(gateway: Gateway) 
 
 
 def test_a_question_left_unanswered_is_abandoned(tmp_path: Path) -> None:
-    with _serve(tmp_path, 1) as gateway:
+    with _serve(tmp_path, 5) as gateway:
         call = {"name": "book", "arguments": {"city": "Nice"}}
         key, state = _state_of(_post(gateway, call, "nice-1"))
         # While the call waits for its retry, the caller's next call cannot be

@@ -69,10 +69,13 @@ the new revision without touching its servers. Rules this module keeps:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import time
-from typing import Any, Final
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Final, Protocol
 
 import trio
 
@@ -110,6 +113,72 @@ _METHOD_NOT_FOUND: Final = -32601
 
 class BridgeFailed(Exception):
     """A bridged session could not be opened; the message says why, for a person."""
+
+
+class LinkLost(Exception):
+    """The server can no longer be written to; the message says why."""
+
+
+class Link(Protocol):
+    """How a bridged session reaches its server: a stdio child (:func:`stdio_link`)
+    or a 2025 session over Streamable HTTP (``http_endpoint``)."""
+
+    async def send(self, outbound: Outbound) -> None:
+        """Write one message (raises :class:`LinkLost`)."""
+
+    async def serve(self, dispatch: Callable[[bytes], Awaitable[bool]]) -> None:
+        """Hand each message of the server to ``dispatch`` until the link ends
+        (or ``dispatch`` returns False)."""
+
+    def negotiated(self, version: str) -> None:
+        """The protocol version the server answered ``initialize`` with."""
+
+    def health(self) -> dict[str, Any]:
+        """What the health report shows of the link."""
+
+
+Connect = Callable[["BridgeSession"], AbstractAsyncContextManager[Link]]
+
+
+class StdioLink:
+    """A stdio child as a :class:`Link`."""
+
+    def __init__(self, child: StdioChild) -> None:
+        self.child = child
+
+    async def send(self, outbound: Outbound) -> None:
+        try:
+            await self.child.send(outbound)
+        except ChildExited as exc:
+            raise LinkLost(f"exited with code {exc.returncode}") from None
+
+    async def serve(self, dispatch: Callable[[bytes], Awaitable[bool]]) -> None:
+        async for line in self.child.lines():
+            if not await dispatch(line):
+                return
+
+    def negotiated(self, version: str) -> None:
+        """A stdio child needs no version header."""
+
+    def health(self) -> dict[str, Any]:
+        return {"pid": self.child.pid}
+
+
+def stdio_link(settings: StdioServer) -> Connect:
+    """The :data:`Connect` of a stdio server: a child of its own per session."""
+
+    @contextlib.asynccontextmanager
+    async def connect(session: BridgeSession) -> AsyncIterator[Link]:
+        async with open_stdio_child(settings, server=session.server,
+                                    session=session.id) as child:
+            await append_lifecycle(
+                session.mediator.audit, "upstream_start", session=session.id,
+                principal=session.caller.principal, server=session.server,
+                detail={"pid": child.pid, "attempt": 0, "bridge": True,
+                        "command": settings.command})
+            yield StdioLink(child)
+
+    return connect
 
 
 class _Waiter:
@@ -158,15 +227,15 @@ class BridgeSession(Session):
     """A 2025 session mcpwall holds with a stdio child, for one caller's bridged requests."""
 
     def __init__(self, *, sid: str, server: str, caller: Caller, mediator: Mediator,
-                 idle_limit: float, settings: StdioServer, timeout: float,
+                 idle_limit: float, connect: Connect, timeout: float,
                  seal: StateSeal | None = None) -> None:
         super().__init__(sid=sid, server=server, caller=caller, mediator=mediator,
                          idle_limit=idle_limit)
-        self.settings = settings
+        self.connect = connect
         self.timeout = timeout
         self.seal = seal or StateSeal()
         self.init_result: dict[str, Any] = {}
-        self._child: StdioChild | None = None
+        self._link: Link | None = None
         self._scope = trio.CancelScope()
         self._calls: dict[str, BridgedCall] = {}
         self._ids = itertools.count(1)
@@ -182,27 +251,21 @@ class BridgeSession(Session):
         failure: str | None = None
         try:
             with self._scope:
-                async with open_stdio_child(self.settings, server=self.server,
-                                            session=self.id) as child:
-                    self._child = child
-                    await append_lifecycle(
-                        self.mediator.audit, "upstream_start", session=self.id,
-                        principal=self.caller.principal, server=self.server,
-                        detail={"pid": child.pid, "attempt": 0, "bridge": True,
-                                "command": self.settings.command})
+                async with self.connect(self) as link:
+                    self._link = link
                     async with trio.open_nursery() as nursery:
                         self._nursery = nursery
-                        nursery.start_soon(self._read, child)
-                        failure = await self._shake_hands(child)
+                        nursery.start_soon(self._serve, link, nursery.cancel_scope)
+                        failure = await self._shake_hands(link)
                         if failure is not None:
                             nursery.cancel_scope.cancel()
                         else:
-                            self.log.info("bridge_started", pid=child.pid,
+                            self.log.info("bridge_started", **link.health(),
                                           version=self.init_result.get("protocolVersion"))
                             task_status.started()
         finally:
             self.closed = True
-            self._child = None
+            self._link = None
             self._nursery = None
             for call in self._calls.values():  # no answer: the request gets an error
                 call.events.send_nowait(("answer", b""))
@@ -210,13 +273,18 @@ class BridgeSession(Session):
         if failure is not None:
             raise BridgeFailed(failure)
 
-    async def _shake_hands(self, child: StdioChild) -> str | None:
+    async def _serve(self, link: Link, scope: trio.CancelScope) -> None:
+        """Take what the server sends until the link ends; then the session ends."""
+        await link.serve(self._dispatch)
+        scope.cancel()
+
+    async def _shake_hands(self, link: Link) -> str | None:
         """mcpwall's own initialize and notifications/initialized; None when done."""
         init = jsonrpc.request(mcp.INITIALIZE, {
             "protocolVersion": mcp.LATEST_PROTOCOL_VERSION, "capabilities": CAPABILITIES,
             "clientInfo": CLIENT_INFO}, _HANDSHAKE_ID)
         try:
-            await child.send(Outbound.own(init, "bridge: mcpwall's own handshake"))
+            await link.send(Outbound.own(init, "bridge: mcpwall's own handshake"))
             with trio.move_on_after(self.timeout):
                 await self._handshake.done.wait()
             answer = self._handshake.answer
@@ -227,49 +295,48 @@ class BridgeSession(Session):
             if not isinstance(result, dict) or not isinstance(result.get("protocolVersion"), str):
                 return "the server refused initialize"
             self.init_result = result
-            await child.send(Outbound.own(jsonrpc.request("notifications/initialized"),
+            link.negotiated(result["protocolVersion"])
+            await link.send(Outbound.own(jsonrpc.request("notifications/initialized"),
                                           "bridge: mcpwall's own handshake"))
-        except ChildExited as exc:
-            return f"the server exited during the handshake (code {exc.returncode})"
+        except LinkLost as exc:
+            return f"the server was lost during the handshake ({exc})"
         except jsonrpc.DECODE_ERRORS:
             return "the server's answer to initialize is not JSON"
         return None
 
-    async def _read(self, child: StdioChild) -> None:
-        async for line in child.lines():
-            try:
-                msg = jsonrpc.decode(line)
-            except jsonrpc.ProtocolError as exc:
-                self.log.warning("bridge_message_dropped", reason=exc.message, size=len(line))
-                continue
-            if msg.kind is Kind.RESPONSE:
-                rid = msg.request_id
-                call = self._calls.pop(rid, None) if isinstance(rid, str) else None
-                if call is not None:
-                    call.events.send_nowait(("answer", line))
-                elif rid == _HANDSHAKE_ID and not self._handshake.done.is_set():
-                    self._handshake.answer = line
-                    self._handshake.done.set()
-                else:
-                    self.log.info("bridge_response_unmatched", request_id=rid)
-            elif msg.kind is Kind.REQUEST:  # rule 6
-                call = self._asking(msg)
-                if call is not None:
-                    call.events.send_nowait(("request", line))
-                    continue
-                self.log.info("bridge_server_request_refused", method=msg.method)
-                refusal = jsonrpc.error_response(
-                    msg.request_id, _METHOD_NOT_FOUND,
-                    f"mcpwall's bridge carries no {msg.method} to a 2026-07-28 client here")
-                try:
-                    await child.send(Outbound.own(refusal,
-                                                  "bridge: refusal of a server request"))
-                except ChildExited:
-                    break
-            elif msg.method == mcp.PROGRESS and (call := self._progress_of(msg)) is not None:
-                call.events.send_nowait(("progress", line))
+    async def _dispatch(self, line: bytes) -> bool:
+        """One message from the server; False when the link is gone."""
+        try:
+            msg = jsonrpc.decode(line)
+        except jsonrpc.ProtocolError as exc:
+            self.log.warning("bridge_message_dropped", reason=exc.message, size=len(line))
+            return True
+        if msg.kind is Kind.RESPONSE:
+            rid = msg.request_id
+            call = self._calls.pop(rid, None) if isinstance(rid, str) else None
+            if call is not None:
+                call.events.send_nowait(("answer", line))
+            elif rid == _HANDSHAKE_ID and not self._handshake.done.is_set():
+                self._handshake.answer = line
+                self._handshake.done.set()
             else:
-                self.log.debug("bridge_notification_dropped", method=msg.method)
+                self.log.info("bridge_response_unmatched", request_id=rid)
+        elif msg.kind is Kind.REQUEST:  # rule 6
+            call = self._asking(msg)
+            if call is not None:
+                call.events.send_nowait(("request", line))
+                return True
+            self.log.info("bridge_server_request_refused", method=msg.method)
+            refusal = jsonrpc.error_response(
+                msg.request_id, _METHOD_NOT_FOUND,
+                f"mcpwall's bridge carries no {msg.method} to a 2026-07-28 client here")
+            return await self.send(Outbound.own(refusal,
+                                                "bridge: refusal of a server request"))
+        elif msg.method == mcp.PROGRESS and (call := self._progress_of(msg)) is not None:
+            call.events.send_nowait(("progress", line))
+        else:
+            self.log.debug("bridge_notification_dropped", method=msg.method)
+        return True
 
     def _asking(self, msg: jsonrpc.Message) -> BridgedCall | None:
         """The call a server request belongs to (rule 6): the one call in flight,
@@ -309,13 +376,13 @@ class BridgeSession(Session):
         return call
 
     async def send(self, outbound: Outbound) -> bool:
-        """Write one message to the child; False when it is gone."""
-        child = self._child
-        if child is None or self.closed:
+        """Write one message to the server; False when it is gone."""
+        link = self._link
+        if link is None or self.closed:
             return False
         try:
-            await child.send(outbound)
-        except ChildExited:
+            await link.send(outbound)
+        except LinkLost:
             return False
         return True
 
@@ -406,9 +473,8 @@ class BridgeSession(Session):
         return f"mcpwall-bridge-{next(self._ids)}"
 
     def health(self) -> dict[str, Any]:
-        child = self._child
-        return {"pid": child.pid if child else None, "bridge": True,
-                "pending": len(self._calls)}
+        link = self._link
+        return {**(link.health() if link else {}), "bridge": True, "pending": len(self._calls)}
 
 
 def translate_request(data: bytes, bid: str) -> bytes:
@@ -475,10 +541,10 @@ def discover_result(init: dict[str, Any]) -> dict[str, Any]:
 class Bridge:
     """The bridged sessions of one stdio server, one per caller (rule 1)."""
 
-    def __init__(self, name: str, settings: StdioServer, front: FrontContext,
+    def __init__(self, name: str, connect: Connect, front: FrontContext,
                  caps: ServerCaps, idle_limit: float) -> None:
         self.name = name
-        self.settings = settings
+        self.connect = connect
         self.front = front
         self.caps = caps
         self.idle_limit = idle_limit
@@ -507,7 +573,7 @@ class Bridge:
             session = BridgeSession(
                 sid=sid, server=self.name, caller=caller,
                 mediator=self.front.mediator(self.name, sid, caller),
-                idle_limit=self.idle_limit, settings=self.settings, timeout=self.timeout,
+                idle_limit=self.idle_limit, connect=self.connect, timeout=self.timeout,
                 seal=self.seal)
             session.slot = slot
             try:
