@@ -165,6 +165,10 @@ class HttpServer(_Base, tag="http", tag_field="transport"):
     policy: list[str] = msgspec.field(default_factory=list)
     max_connections: int = 64
     connect_timeout_seconds: float = 10.0
+    # Carry 2026-07-28 requests over a 2025 session of mcpwall's own once the
+    # server showed it speaks only the handshake revisions (serve only; as
+    # StdioServer.bridge, off by default). False: they get -32022.
+    bridge: bool = False
 
 
 ServerSettings = StdioServer | HttpServer
