@@ -68,9 +68,11 @@ def test_own_messages_are_made_only_where_listed() -> None:
 
 
 def test_decided_messages_are_translated_only_by_the_bridges() -> None:
-    # bridge.py (serve) re-ids and strips the revision's _meta keys; wrap_bridge.py
-    # (wrap --bridge) strips the same keys, the client's id kept: both are the
-    # decided call, its receipt kept, as a 2025 server reads it.
+    # bridge.py (serve) translates twice: a decided request (mcpwall's id, no
+    # revision _meta keys), and a decided retry into the response to the server
+    # request its client answered (rule 6: the retry's decision receipt is the one
+    # the write waits for). wrap_bridge.py (wrap --bridge) strips the same _meta
+    # keys, the client's id kept. Each keeps the decided message's receipt.
     places = {name for name, tree in sources() for call in calls(tree)
               if isinstance(call.func, ast.Attribute) and call.func.attr == "translated"}
     assert places == {"gateway/front/bridge.py", "gateway/front/wrap_bridge.py"}

@@ -8,8 +8,8 @@ the new revision without touching its servers. Rules this module keeps:
 1. One bridged session per (server, principal, grant): a child of its own,
    started on the caller's first bridged request that the policy let through
    (a refused request starts nothing), given mcpwall's own ``initialize``
-   (clientInfo ``mcpwall-bridge``, no client capabilities: the bridge serves
-   no server-to-client request) and ``notifications/initialized``. It is
+   (clientInfo ``mcpwall-bridge``, client capabilities :data:`CAPABILITIES`:
+   the server requests rule 6 carries) and ``notifications/initialized``. It is
    admitted under the server's child caps like a client session
    (``max_children``, ``max_children_per_principal``: a refusal is 503/429),
    sits in the front's session table (idle expiry with the server's
@@ -36,19 +36,46 @@ the new revision without touching its servers. Rules this module keeps:
    ``listChanged`` flags, ``logging``), its instructions, its serverInfo
    (as the revision's ``_meta`` stamp) and ``supportedVersions`` the
    stateless revision mcpwall speaks. It never reaches the server.
-5. What the server sends besides answers: a request (sampling, elicitation,
-   roots/list) is answered at once with an error (-32601): the bridge
-   declared no client capabilities and does not turn them into MRTR input
-   requests; a notification (progress, logging, list changes) is dropped.
-   Notifications the client sends are decided and recorded, and go nowhere
-   (the revision defines none a 2025 server would act on).
+5. What the server sends besides answers and the requests of rule 6: a
+   request is answered at once with an error (-32601); a progress
+   notification naming the ``progressToken`` of a call in flight goes
+   through that call's mediator to the event stream of the client request
+   waiting for the call (nowhere when it takes JSON only); any other
+   notification is dropped. Notifications the client sends are decided and
+   recorded, and go nowhere (the revision defines none a 2025 server would
+   act on).
+6. A server request (elicitation in form mode, sampling, roots/list) that
+   comes while exactly one call of the session is in flight, of a method
+   that may ask for input (``mrtr.MRTR_METHODS``), whose request offered
+   the matching capability in its ``_meta``, becomes the answer to that
+   call: an ``InputRequiredResult`` with the server's request as its one
+   input request and a ``requestState`` of the bridge (:data:`STATE_PREFIX`
+   then a :class:`StateSeal` over the session, the call, the server
+   request's id and key, the call_id and the caller, expiring after the
+   upstream timeout), passed through the call's mediator (mediator rule 16
+   decides the input request; refused, the call ends with the refusal, the
+   server's request gets it too and the call is cancelled at the server).
+   The retry is decided by its own mediator first; only when the state
+   opens, names this caller and session, a call still waiting for that very
+   request (taken once), and the mediator linked the retry to that call_id,
+   is the client's answer written to the server as the response to its
+   request (:meth:`Outbound.translated` of the decided retry) and the retry
+   answered with what the server sends next for the call. Any other retry is
+   a new call (its ``inputResponses`` and ``requestState`` removed, for a
+   2025 server reads neither). A call whose client does not retry within
+   the upstream timeout is abandoned: its server request answered with an
+   error, the call cancelled.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
-from typing import Any, Final
+import math
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Final, Protocol
 
 import trio
 
@@ -64,19 +91,94 @@ from firewall.gateway.mediator import Lost, Mediator, TimedOut
 from firewall.gateway.outbound import Outbound
 from firewall.gateway.upstream.stdio import ChildExited, StdioChild, open_stdio_child
 from firewall.policy.decision import Caller
-from firewall.protocol import framing, jsonrpc, mcp, revision, sse
+from firewall.protocol import framing, jsonrpc, mcp, mrtr, revision, sse
 from firewall.protocol.inbound import Inbound
 from firewall.protocol.jsonrpc import Kind, RequestId
+from firewall.protocol.mrtr import StateSeal
 
 CLIENT_INFO: Final = {"name": "mcpwall-bridge", "version": __version__}
 REVISION_PREFIX: Final = "io.modelcontextprotocol/"
 SERVER_INFO_META: Final = "io.modelcontextprotocol/serverInfo"
 _HANDSHAKE_ID: Final = "mcpwall-bridge-initialize"
+# What mcpwall's own initialize offers: the server requests the bridge carries
+# to a 2026-07-28 client as input requests (rule 6).
+CAPABILITIES: Final[dict[str, Any]] = {"elicitation": {"form": {}}, "sampling": {}, "roots": {}}
+# The requestState of an input request the bridge made (never the mediator's own
+# sealed states, which start with ``StateSeal.PREFIX``).
+STATE_PREFIX: Final = "mcpwall-bridge."
+# What a retry adds, which a 2025 server does not read.
+RETRY_MEMBERS: Final = ("inputResponses", "requestState")
 _METHOD_NOT_FOUND: Final = -32601
 
 
 class BridgeFailed(Exception):
     """A bridged session could not be opened; the message says why, for a person."""
+
+
+class LinkLost(Exception):
+    """The server can no longer be written to; the message says why."""
+
+
+class Link(Protocol):
+    """How a bridged session reaches its server: a stdio child (:func:`stdio_link`)
+    or a 2025 session over Streamable HTTP (``http_endpoint``)."""
+
+    async def send(self, outbound: Outbound) -> None:
+        """Write one message (raises :class:`LinkLost`)."""
+
+    async def serve(self, dispatch: Callable[[bytes], Awaitable[bool]]) -> None:
+        """Hand each message of the server to ``dispatch`` until the link ends
+        (or ``dispatch`` returns False)."""
+
+    def negotiated(self, version: str) -> None:
+        """The protocol version the server answered ``initialize`` with."""
+
+    def health(self) -> dict[str, Any]:
+        """What the health report shows of the link."""
+
+
+Connect = Callable[["BridgeSession"], AbstractAsyncContextManager[Link]]
+
+
+class StdioLink:
+    """A stdio child as a :class:`Link`."""
+
+    def __init__(self, child: StdioChild) -> None:
+        self.child = child
+
+    async def send(self, outbound: Outbound) -> None:
+        try:
+            await self.child.send(outbound)
+        except ChildExited as exc:
+            raise LinkLost(f"exited with code {exc.returncode}") from None
+
+    async def serve(self, dispatch: Callable[[bytes], Awaitable[bool]]) -> None:
+        async for line in self.child.lines():
+            if not await dispatch(line):
+                return
+
+    def negotiated(self, version: str) -> None:
+        """A stdio child needs no version header."""
+
+    def health(self) -> dict[str, Any]:
+        return {"pid": self.child.pid}
+
+
+def stdio_link(settings: StdioServer) -> Connect:
+    """The :data:`Connect` of a stdio server: a child of its own per session."""
+
+    @contextlib.asynccontextmanager
+    async def connect(session: BridgeSession) -> AsyncIterator[Link]:
+        async with open_stdio_child(settings, server=session.server,
+                                    session=session.id) as child:
+            await append_lifecycle(
+                session.mediator.audit, "upstream_start", session=session.id,
+                principal=session.caller.principal, server=session.server,
+                detail={"pid": child.pid, "attempt": 0, "bridge": True,
+                        "command": settings.command})
+            yield StdioLink(child)
+
+    return connect
 
 
 class _Waiter:
@@ -87,21 +189,59 @@ class _Waiter:
         self.answer: bytes | None = None
 
 
+class BridgedCall:
+    """One bridged request in flight at the server (rules 5 and 6): what the
+    server sends for it arrives on ``events`` as (kind, line): ``answer`` (its
+    response; ``b""`` when the child is gone), ``request`` (a server request
+    the call's client may answer) or ``progress``."""
+
+    __slots__ = ("asked", "bid", "call_id", "caps", "events", "method", "receive", "round",
+                 "token")
+
+    def __init__(self, bid: str, method: str, caps: dict[str, Any], call_id: str | None,
+                 token: int | str | None) -> None:
+        self.bid = bid
+        self.method = method
+        self.caps = caps
+        self.call_id = call_id
+        self.token = token
+        self.events, self.receive = trio.open_memory_channel[tuple[str, bytes]](math.inf)
+        # The server request the client was asked to answer, and under which key.
+        self.asked: tuple[RequestId, str] | None = None
+        self.round = 0
+
+    def offers(self, method: str | None, params: Any) -> bool:
+        """Whether the call's client offered, in its request's ``_meta``, the
+        capability a server request of ``method`` needs (and the bridge carries)."""
+        if method == mcp.ELICITATION_CREATE:
+            mode = params.get("mode") if isinstance(params, dict) else None
+            return mode in (None, "form") and mrtr.elicits(self.caps)
+        if method == mcp.SAMPLING_CREATE:
+            return isinstance(self.caps.get("sampling"), dict)
+        if method == mcp.ROOTS_LIST:
+            return isinstance(self.caps.get("roots"), dict)
+        return False
+
+
 class BridgeSession(Session):
     """A 2025 session mcpwall holds with a stdio child, for one caller's bridged requests."""
 
     def __init__(self, *, sid: str, server: str, caller: Caller, mediator: Mediator,
-                 idle_limit: float, settings: StdioServer, timeout: float) -> None:
+                 idle_limit: float, connect: Connect, timeout: float,
+                 seal: StateSeal | None = None) -> None:
         super().__init__(sid=sid, server=server, caller=caller, mediator=mediator,
                          idle_limit=idle_limit)
-        self.settings = settings
+        self.connect = connect
         self.timeout = timeout
+        self.seal = seal or StateSeal()
         self.init_result: dict[str, Any] = {}
-        self._child: StdioChild | None = None
+        self._link: Link | None = None
         self._scope = trio.CancelScope()
-        self._waiting: dict[str, _Waiter] = {}
+        self._calls: dict[str, BridgedCall] = {}
         self._ids = itertools.count(1)
+        self._keys = itertools.count(1)
         self._handshake = _Waiter()
+        self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Start the child and shake hands, then serve until it exits or the session ends.
@@ -111,38 +251,40 @@ class BridgeSession(Session):
         failure: str | None = None
         try:
             with self._scope:
-                async with open_stdio_child(self.settings, server=self.server,
-                                            session=self.id) as child:
-                    self._child = child
-                    await append_lifecycle(
-                        self.mediator.audit, "upstream_start", session=self.id,
-                        principal=self.caller.principal, server=self.server,
-                        detail={"pid": child.pid, "attempt": 0, "bridge": True,
-                                "command": self.settings.command})
+                async with self.connect(self) as link:
+                    self._link = link
                     async with trio.open_nursery() as nursery:
-                        nursery.start_soon(self._read, child)
-                        failure = await self._shake_hands(child)
+                        self._nursery = nursery
+                        nursery.start_soon(self._serve, link, nursery.cancel_scope)
+                        failure = await self._shake_hands(link)
                         if failure is not None:
                             nursery.cancel_scope.cancel()
                         else:
-                            self.log.info("bridge_started", pid=child.pid,
+                            self.log.info("bridge_started", **link.health(),
                                           version=self.init_result.get("protocolVersion"))
                             task_status.started()
         finally:
             self.closed = True
-            self._child = None
-            for waiter in self._waiting.values():
-                waiter.done.set()  # no answer: the request is answered with an error
+            self._link = None
+            self._nursery = None
+            for call in self._calls.values():  # no answer: the request gets an error
+                call.events.send_nowait(("answer", b""))
+            self._calls.clear()
         if failure is not None:
             raise BridgeFailed(failure)
 
-    async def _shake_hands(self, child: StdioChild) -> str | None:
+    async def _serve(self, link: Link, scope: trio.CancelScope) -> None:
+        """Take what the server sends until the link ends; then the session ends."""
+        await link.serve(self._dispatch)
+        scope.cancel()
+
+    async def _shake_hands(self, link: Link) -> str | None:
         """mcpwall's own initialize and notifications/initialized; None when done."""
         init = jsonrpc.request(mcp.INITIALIZE, {
-            "protocolVersion": mcp.LATEST_PROTOCOL_VERSION, "capabilities": {},
+            "protocolVersion": mcp.LATEST_PROTOCOL_VERSION, "capabilities": CAPABILITIES,
             "clientInfo": CLIENT_INFO}, _HANDSHAKE_ID)
         try:
-            await child.send(Outbound.own(init, "bridge: mcpwall's own handshake"))
+            await link.send(Outbound.own(init, "bridge: mcpwall's own handshake"))
             with trio.move_on_after(self.timeout):
                 await self._handshake.done.wait()
             answer = self._handshake.answer
@@ -153,43 +295,72 @@ class BridgeSession(Session):
             if not isinstance(result, dict) or not isinstance(result.get("protocolVersion"), str):
                 return "the server refused initialize"
             self.init_result = result
-            await child.send(Outbound.own(jsonrpc.request("notifications/initialized"),
+            link.negotiated(result["protocolVersion"])
+            await link.send(Outbound.own(jsonrpc.request("notifications/initialized"),
                                           "bridge: mcpwall's own handshake"))
-        except ChildExited as exc:
-            return f"the server exited during the handshake (code {exc.returncode})"
+        except LinkLost as exc:
+            return f"the server was lost during the handshake ({exc})"
         except jsonrpc.DECODE_ERRORS:
             return "the server's answer to initialize is not JSON"
         return None
 
-    async def _read(self, child: StdioChild) -> None:
-        async for line in child.lines():
-            try:
-                msg = jsonrpc.decode(line)
-            except jsonrpc.ProtocolError as exc:
-                self.log.warning("bridge_message_dropped", reason=exc.message, size=len(line))
-                continue
-            if msg.kind is Kind.RESPONSE:
-                rid = msg.request_id
-                waiter = self._waiting.pop(rid, None) if isinstance(rid, str) else None
-                if rid == _HANDSHAKE_ID and not self._handshake.done.is_set():
-                    waiter = self._handshake
-                if waiter is None:
-                    self.log.info("bridge_response_unmatched", request_id=rid)
-                    continue
-                waiter.answer = line
-                waiter.done.set()
-            elif msg.kind is Kind.REQUEST:  # rule 5
-                self.log.info("bridge_server_request_refused", method=msg.method)
-                refusal = jsonrpc.error_response(
-                    msg.request_id, _METHOD_NOT_FOUND,
-                    f"mcpwall's bridge carries no {msg.method} to a 2026-07-28 client")
-                try:
-                    await child.send(Outbound.own(refusal,
-                                                  "bridge: refusal of a server request"))
-                except ChildExited:
-                    break
+    async def _dispatch(self, line: bytes) -> bool:
+        """One message from the server; False when the link is gone."""
+        try:
+            msg = jsonrpc.decode(line)
+        except jsonrpc.ProtocolError as exc:
+            self.log.warning("bridge_message_dropped", reason=exc.message, size=len(line))
+            return True
+        if msg.kind is Kind.RESPONSE:
+            rid = msg.request_id
+            call = self._calls.pop(rid, None) if isinstance(rid, str) else None
+            if call is not None:
+                call.events.send_nowait(("answer", line))
+            elif rid == _HANDSHAKE_ID and not self._handshake.done.is_set():
+                self._handshake.answer = line
+                self._handshake.done.set()
             else:
-                self.log.debug("bridge_notification_dropped", method=msg.method)
+                self.log.info("bridge_response_unmatched", request_id=rid)
+        elif msg.kind is Kind.REQUEST:  # rule 6
+            call = self._asking(msg)
+            if call is not None:
+                call.events.send_nowait(("request", line))
+                return True
+            self.log.info("bridge_server_request_refused", method=msg.method)
+            refusal = jsonrpc.error_response(
+                msg.request_id, _METHOD_NOT_FOUND,
+                f"mcpwall's bridge carries no {msg.method} to a 2026-07-28 client here")
+            return await self.send(Outbound.own(refusal,
+                                                "bridge: refusal of a server request"))
+        elif msg.method == mcp.PROGRESS and (call := self._progress_of(msg)) is not None:
+            call.events.send_nowait(("progress", line))
+        else:
+            self.log.debug("bridge_notification_dropped", method=msg.method)
+        return True
+
+    def _asking(self, msg: jsonrpc.Message) -> BridgedCall | None:
+        """The call a server request belongs to (rule 6): the one call in flight,
+        of a method that may ask for input, whose client offered what it needs."""
+        if len(self._calls) != 1:
+            return None
+        [call] = self._calls.values()
+        if call.method not in mrtr.MRTR_METHODS:
+            return None
+        try:
+            params = jsonrpc.decode_any(msg.params) if len(msg.params) else None
+        except jsonrpc.DECODE_ERRORS:
+            return None
+        return call if call.offers(msg.method, params) else None
+
+    def _progress_of(self, msg: jsonrpc.Message) -> BridgedCall | None:
+        try:
+            params = jsonrpc.decode_any(msg.params) if len(msg.params) else None
+        except jsonrpc.DECODE_ERRORS:
+            return None
+        token = params.get("progressToken") if isinstance(params, dict) else None
+        if token is None:
+            return None
+        return next((c for c in self._calls.values() if c.token == token), None)
 
     async def close(self, reason: str) -> None:
         """End the session: its child is stopped, waiting requests get errors."""
@@ -198,40 +369,112 @@ class BridgeSession(Session):
         self.closed = True
         self._scope.cancel()
 
-    async def call(self, outbound: Outbound, bid: str) -> bytes | None:
-        """Send one translated request and wait for its answer (None: no answer
-        within the timeout, or the child is gone); ``outbound`` carries the
-        bridge id ``bid`` (:meth:`next_id`)."""
-        waiter = self._waiting[bid] = _Waiter()
-        child = self._child
-        if child is None or self.closed:
-            self._waiting.pop(bid, None)
-            return None
+    def open_call(self, bid: str, method: str, caps: dict[str, Any], call_id: str | None,
+                  token: int | str | None) -> BridgedCall:
+        """Register a call before its request goes out (its answer may come at once)."""
+        call = self._calls[bid] = BridgedCall(bid, method, caps, call_id, token)
+        return call
+
+    async def send(self, outbound: Outbound) -> bool:
+        """Write one message to the server; False when it is gone."""
+        link = self._link
+        if link is None or self.closed:
+            return False
+        try:
+            await link.send(outbound)
+        except LinkLost:
+            return False
+        return True
+
+    async def next_event(self, call: BridgedCall, deadline: float) -> tuple[str, bytes] | None:
+        """What the server sends next for ``call``; None when nothing came by
+        ``deadline`` (the call is then cancelled at the server and forgotten)."""
         with self.busy():
-            try:
-                await child.send(outbound)
-            except ChildExited:
-                self._waiting.pop(bid, None)
-                return None
-            with trio.move_on_after(self.timeout):
-                await waiter.done.wait()
-        if waiter.answer is None and self._waiting.pop(bid, None) is not None \
-                and self._child is not None:
-            note = jsonrpc.request(mcp.CANCELLED, {"requestId": bid,
-                                                   "reason": "mcpwall: timeout"})
-            with contextlib.suppress(ChildExited):
-                await self._child.send(Outbound.own(note, "bridge: cancellation of a "
-                                                    "timed-out request"))
-        return waiter.answer
+            with trio.move_on_at(deadline):
+                return await call.receive.receive()
+        await self.abandon(call, "mcpwall: timeout")
+        return None
+
+    def forget(self, call: BridgedCall) -> None:
+        """The call's request could not be written: it is answered as the child's loss."""
+        self._calls.pop(call.bid, None)
+        call.events.send_nowait(("answer", b""))
+
+    async def abandon(self, call: BridgedCall, reason: str,
+                      refusal: bytes | None = None) -> None:
+        """Forget a call the client will not see answered: the server request it
+        asked (if any) is answered with ``refusal`` (or an error), the call is
+        cancelled at the server."""
+        if self._calls.pop(call.bid, None) is None:
+            return
+        if call.asked is not None:
+            srid, _ = call.asked
+            call.asked = None
+            await self.send(Outbound.own(refusal or jsonrpc.error_response(
+                srid, jsonrpc.INTERNAL_ERROR, f"mcpwall: {reason}"),
+                "bridge: refusal of a server request"))
+        note = jsonrpc.request(mcp.CANCELLED, {"requestId": call.bid, "reason": reason})
+        await self.send(Outbound.own(note, "bridge: cancellation of a timed-out request"))
+
+    def ask(self, call: BridgedCall, server_request: bytes, caller: Caller
+            ) -> tuple[str, str, RequestId] | None:
+        """Make the server request the input request of ``call``'s answer (rule 6):
+        (key, sealed state, the server request's id), or None if it cannot be read."""
+        try:
+            value = jsonrpc.decode_any(server_request)
+        except jsonrpc.DECODE_ERRORS:
+            return None
+        srid = value.get("id") if isinstance(value, dict) else None
+        if not isinstance(srid, (int, str)) or isinstance(srid, bool) or call.call_id is None:
+            return None
+        key = f"mcpwall_bridge_{next(self._keys)}"
+        call.round += 1
+        call.asked = (srid, key)
+        state = STATE_PREFIX + self.seal.seal(
+            {"b": self.id, "c": call.bid, "r": srid, "k": key, "i": call.call_id,
+             "p": caller.principal, "g": caller.grant},
+            expires_ns=time.time_ns() + int(self.timeout * 1e9))
+        return key, state, srid
+
+    def park(self, call: BridgedCall) -> None:
+        """The client has the input request: the call waits for its retry at most
+        the upstream timeout, then is abandoned."""
+        if self._nursery is not None:
+            self._nursery.start_soon(self._expire, call, call.round)
+
+    async def _expire(self, call: BridgedCall, number: int) -> None:
+        await trio.sleep(self.timeout)
+        if call.asked is not None and call.round == number:
+            self.log.info("bridge_input_unanswered", bid=call.bid)
+            await self.abandon(call, "the client did not answer the server's request in time")
+
+    def resume(self, state: str, caller: Caller, call_id: str | None
+               ) -> tuple[BridgedCall, RequestId, str] | None:
+        """The call a retry's ``requestState`` continues (rule 6), its asked server
+        request taken (used once): None unless the state opens (sealed here,
+        not expired), names this caller and session, a call still waiting for
+        that request, and ``call_id`` (the mediator linked the retry to it)."""
+        if not state.startswith(STATE_PREFIX):
+            return None
+        sealed = self.seal.open(state[len(STATE_PREFIX):], time.time_ns())
+        if sealed is None or sealed.get("b") != self.id or sealed.get("p") != caller.principal \
+                or sealed.get("g") != caller.grant or sealed.get("i") != call_id:
+            return None
+        call = self._calls.get(str(sealed.get("c")))
+        if call is None or call.asked is None or call.call_id != call_id \
+                or list(call.asked) != [sealed.get("r"), sealed.get("k")]:
+            return None
+        srid, key = call.asked
+        call.asked = None
+        return call, srid, key
 
     def next_id(self) -> str:
         """The id the next bridged request goes to the server with."""
         return f"mcpwall-bridge-{next(self._ids)}"
 
     def health(self) -> dict[str, Any]:
-        child = self._child
-        return {"pid": child.pid if child else None, "bridge": True,
-                "pending": len(self._waiting)}
+        link = self._link
+        return {**(link.health() if link else {}), "bridge": True, "pending": len(self._calls)}
 
 
 def translate_request(data: bytes, bid: str) -> bytes:
@@ -244,6 +487,8 @@ def translate_request(data: bytes, bid: str) -> bytes:
     value["id"] = bid
     params = value.get("params")
     if isinstance(params, dict):
+        for member in RETRY_MEMBERS:
+            params.pop(member, None)
         meta = params.get("_meta")
         if isinstance(meta, dict):
             kept = {k: v for k, v in meta.items() if not str(k).startswith(REVISION_PREFIX)}
@@ -296,16 +541,17 @@ def discover_result(init: dict[str, Any]) -> dict[str, Any]:
 class Bridge:
     """The bridged sessions of one stdio server, one per caller (rule 1)."""
 
-    def __init__(self, name: str, settings: StdioServer, front: FrontContext,
+    def __init__(self, name: str, connect: Connect, front: FrontContext,
                  caps: ServerCaps, idle_limit: float) -> None:
         self.name = name
-        self.settings = settings
+        self.connect = connect
         self.front = front
         self.caps = caps
         self.idle_limit = idle_limit
         self.timeout = front.listen.upstream_timeout_seconds
         self.keepalive = front.listen.keepalive_seconds
         self._sessions: dict[tuple[str, str], BridgeSession] = {}
+        self.seal = StateSeal()  # the requestState of the bridge's input requests
         self._opening: dict[tuple[str, str], trio.Lock] = {}
 
     def sessions(self) -> list[BridgeSession]:
@@ -327,7 +573,8 @@ class Bridge:
             session = BridgeSession(
                 sid=sid, server=self.name, caller=caller,
                 mediator=self.front.mediator(self.name, sid, caller),
-                idle_limit=self.idle_limit, settings=self.settings, timeout=self.timeout)
+                idle_limit=self.idle_limit, connect=self.connect, timeout=self.timeout,
+                seal=self.seal)
             session.slot = slot
             try:
                 await self.front.start_session(session, session.run)
@@ -374,22 +621,99 @@ class Bridge:
             answer = jsonrpc.result_response(rid, discover_result(opened.init_result))
             await self._relay(ex, mediator, rid, framing.canonical(answer), accept_sse)
             return
+        if msg.method in mrtr.MRTR_METHODS:
+            again = mrtr.retry(inbound.message.params)
+            if again is not None and again.state is not None:  # rule 6: a later round?
+                resumed = opened.resume(again.state, caller, routed.upstream.call_id)
+                if resumed is not None:
+                    call, srid, key = resumed
+                    given = again.responses.get(key)
+                    response = (jsonrpc.result_response(srid, given) if isinstance(given, dict)
+                                else jsonrpc.error_response(srid, jsonrpc.INTERNAL_ERROR, (
+                                    "the client gave no answer to this request")))
+                    delivered = routed.upstream.translated(framing.canonical(response),
+                                                           "bridged input response")
+                    if not await opened.send(delivered):
+                        opened.forget(call)
+                    await self._carry(ex, opened, mediator, call, rid, accept_sse)
+                    return
         bid = opened.next_id()
         outbound = routed.upstream.translated(translate_request(routed.upstream.data, bid),
                                               "bridged")
-        if accept_sse:
-            out = SseResponse(ex, self.keepalive)
+        _, caps = mrtr.revision(inbound.message.params)
+        call = opened.open_call(bid, msg.method or "", caps, routed.upstream.call_id,
+                                mcp.progress_token(inbound.message))
+        if not await opened.send(outbound):
+            opened.forget(call)
+        await self._carry(ex, opened, mediator, call, rid, accept_sse)
+
+    async def _carry(self, ex: Exchange, session: BridgeSession, mediator: Mediator,
+                     call: BridgedCall, rid: RequestId, accept_sse: bool) -> None:
+        """Answer the client's request with what the server sends for ``call``: its
+        answer, or an input request (rule 6); its progress relayed on the
+        event stream meanwhile."""
+        out = SseResponse(ex, self.keepalive) if accept_sse else None
+        if out is not None:
             await out.open()
-            async with trio.open_nursery() as nursery:
+        async with trio.open_nursery() as nursery:
+            if out is not None:
                 nursery.start_soon(out.keep_open)
-                answer_line = await opened.call(outbound, bid)
-                nursery.cancel_scope.cancel()
-            reply = await self._reply(mediator, msg.method or "", rid, answer_line, opened)
+            reply = await self._next_answer(session, mediator, call, rid, out)
+            nursery.cancel_scope.cancel()
+        if out is not None:
             await out.end(sse.encode_event(reply))
-            return
-        answer_line = await opened.call(outbound, bid)
-        await ex.respond(200, await self._reply(mediator, msg.method or "", rid, answer_line,
-                                                opened))
+        else:
+            await ex.respond(200, reply)
+
+    async def _next_answer(self, session: BridgeSession, mediator: Mediator,
+                           call: BridgedCall, rid: RequestId, out: SseResponse | None) -> bytes:
+        deadline = trio.current_time() + self.timeout
+        while True:
+            event = await session.next_event(call, deadline)
+            if event is None:
+                return await self._unanswered(mediator, rid, TimedOut(self.timeout))
+            kind, line = event
+            if kind == "progress":
+                routed = await mediator.from_server(line)
+                if out is not None and routed.client is not None:
+                    await out.send(sse.encode_event(routed.client))
+                continue
+            if kind == "request":
+                return await self._input_request(session, mediator, call, rid, line)
+            return await self._reply(mediator, call.method, rid, line or None, session)
+
+    async def _input_request(self, session: BridgeSession, mediator: Mediator,
+                             call: BridgedCall, rid: RequestId, line: bytes) -> bytes:
+        """The server asked the call's client something (rule 6): the call is
+        answered with an InputRequiredResult carrying that request and a sealed
+        state, through the mediator (which decides the input request)."""
+        asked = session.ask(call, line, mediator.caller)
+        value = jsonrpc.decode_any(line)
+        if asked is None:
+            srid = value.get("id") if isinstance(value, dict) else None
+            if isinstance(srid, (int, str)):
+                call.asked = (srid, "")
+            await session.abandon(call, "mcpwall cannot read the server's request")
+            return await self._unanswered(mediator, rid, Lost("asked for input mcpwall "
+                                                              "cannot read"))
+        key, state, srid = asked
+        entry: dict[str, Any] = {"method": value.get("method")}
+        if isinstance(value.get("params"), dict):
+            entry["params"] = value["params"]
+        result = {"resultType": mrtr.INPUT_REQUIRED, "inputRequests": {key: entry},
+                  "requestState": state}
+        routed = await mediator.from_server(framing.canonical(jsonrpc.result_response(
+            rid, result)))
+        reply = routed.client
+        if reply is not None and mrtr.INPUT_REQUIRED.encode() in reply:
+            session.park(call)
+            return reply
+        # Refused by the policy (mediator rule 16): the call ended with the refusal.
+        why = "the policy refused this request"
+        await session.abandon(call, why, jsonrpc.error_response(
+            srid, jsonrpc.POLICY_DENIED, f"mcpwall: {why}"))
+        return reply or await self._unanswered(mediator, rid, Lost("asked for input mcpwall "
+                                                                   "cannot relay"))
 
     async def _reply(self, mediator: Mediator, method: str, rid: RequestId,
                      answer: bytes | None, session: BridgeSession) -> bytes:

@@ -59,12 +59,27 @@ Rules this module keeps:
    in the new revision: ``bridge_modern``'s rules. The first such refusal
    teaches the endpoint (:attr:`HttpEndpoint.legacy` False): later
    ``initialize`` requests are not sent up again.
+11. With ``bridge = true``, requests of the stateless revision to an upstream
+   that showed it speaks only the handshake revisions (rule 9) are carried
+   by :mod:`~firewall.gateway.front.bridge` (its rules: one 2025 session of
+   mcpwall's own per caller, the server's requests during a call as MRTR
+   input requests) over an :class:`HttpLink`: mcpwall's ``initialize``
+   POSTed, the upstream's ``Mcp-Session-Id`` kept by the link and never
+   shown to anyone, each message POSTed with it and the negotiated
+   ``MCP-Protocol-Version``, every message of each answer (JSON or event
+   stream) handed to the bridge; a 404 for that session ends the bridged
+   session, whose end DELETEs the upstream one. The request that taught
+   mcpwall the upstream is handshake-only keeps its recorded failure and is
+   then decided afresh and carried by the bridge, so the client never sees
+   that -32022.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final
 
 import trio
@@ -72,6 +87,8 @@ import trio
 from firewall.config import HttpServer
 from firewall.gateway.front import bridge_modern, held_http
 from firewall.gateway.front.admission import Refusal, ServerCaps
+from firewall.gateway.front.bridge import Bridge as StatelessBridge
+from firewall.gateway.front.bridge import BridgeSession, Link, LinkLost
 from firewall.gateway.front.endpoint import refuse_stateless
 from firewall.gateway.front.sessions import FrontContext, Session, new_session_id
 from firewall.gateway.front.sse_response import SseResponse, end_with
@@ -166,6 +183,21 @@ class HttpEndpoint:
         # refused one (rule 10); False: its 2025 clients are bridged.
         self.legacy: bool | None = None
         self.bridge = bridge_modern.Bridge(self)
+        # Requests of the stateless revision to a handshake-only upstream,
+        # carried over 2025 sessions of mcpwall's own (rule 11).
+        self.stateless_bridge = (StatelessBridge(name, self._connect, front, self.caps,
+                                                 self.idle_limit)
+                                 if settings.bridge else None)
+
+    @contextlib.asynccontextmanager
+    async def _connect(self, session: BridgeSession) -> AsyncIterator[Link]:
+        """A bridged session's 2025 session with the upstream (rule 11)."""
+        link = HttpLink(self)
+        try:
+            yield link
+        finally:
+            with trio.CancelScope(shield=True):
+                await link.close()
 
     async def aclose(self) -> None:
         await self.upstream.aclose()
@@ -283,8 +315,8 @@ class HttpEndpoint:
         """What the upstream showed it speaks (rule 9): the stateless revision once it
         answered one of its requests (its ``server/discover`` names no other),
         the handshake ones once it refused one; both until it did either."""
-        if self.modern is None:
-            return revision.SUPPORTED_VERSIONS
+        if self.modern is None or (self.modern is False and self.stateless_bridge):
+            return revision.SUPPORTED_VERSIONS  # (handshake-only, bridged: rule 11)
         return revision.MODERN_VERSIONS if self.modern else revision.HANDSHAKE_VERSIONS
 
     async def post_stateless(self, ex: Exchange, mediator: Mediator, inbound: Inbound,
@@ -294,15 +326,22 @@ class HttpEndpoint:
         Once the upstream showed it speaks only the handshake revisions, the
         revision's -32022 is answered here without asking it again (but
         ``server/discover``, which asks afresh)."""
+        if self.modern is False and self.stateless_bridge is not None:  # rule 11
+            await self.stateless_bridge.post(ex, mediator.caller, mediator, inbound, accept_sse)
+            return
         if self.modern is False and inbound.envelope.method != revision.DISCOVER:
             await refuse_stateless(ex, mediator, inbound,
                                    dict(headers).get(revision.VERSION_HEADER))
             return
-        await self._post(ex, None, None, mediator, inbound, headers)
+        bridge = self.stateless_bridge
+        again = None if bridge is None else functools.partial(
+            bridge.post, ex, mediator.caller, mediator, inbound, accept_sse)
+        await self._post(ex, None, None, mediator, inbound, headers, again)
 
     async def _post(self, ex: Exchange, session: HttpSession | None, created: HttpSession | None,
                     mediator: Mediator, inbound: Inbound,
-                    stateless: list[tuple[str, str]] | None = None) -> None:
+                    stateless: list[tuple[str, str]] | None = None,
+                    again: Callable[[], Awaitable[None]] | None = None) -> None:
         msg = inbound.envelope
         routed = await mediator.from_client(inbound, wait=False)
         if routed.held is not None and msg.request_id is not None:  # held_http's rules
@@ -327,7 +366,8 @@ class HttpEndpoint:
                     response_timeout=self.timeout if is_request else None) as resp:
                 await self._relay_post(ex, resp, session, created, mediator, msg, deadline,
                                        None if stateless is None
-                                       else dict(stateless)[revision.VERSION_HEADER])
+                                       else dict(stateless)[revision.VERSION_HEADER],
+                                       again)
         except UpstreamError as exc:
             mediator.log.warning("upstream_failed", reason=exc.reason.value, detail=exc.detail)
             if ex.finished:  # answered already
@@ -351,7 +391,8 @@ class HttpEndpoint:
     async def _relay_post(self, ex: Exchange, resp: Response, session: HttpSession | None,
                           created: HttpSession | None, mediator: Mediator,
                           msg: jsonrpc.Envelope, deadline: float,
-                          stateless: str | None = None) -> None:
+                          stateless: str | None = None,
+                          again: Callable[[], Awaitable[None]] | None = None) -> None:
         status = resp.status
         if stateless is not None and status < 300 and resp.content_type in (JSON, SSE):
             self.modern = True
@@ -403,7 +444,11 @@ class HttpEndpoint:
         # what a handshake-era server says to a request without a session.
         if stateless is not None and status in (400, 404, 405) and msg.request_id is not None:
             await mediator.unanswered(Lost(what), [msg.request_id])  # its outcome
-            await ex.respond(400, self._handshake_only(msg, stateless))
+            refusal = self._handshake_only(msg, stateless)
+            if self.stateless_bridge is not None and again is not None:
+                await again()  # rule 11: decided afresh and carried by the bridge
+                return
+            await ex.respond(400, refusal)
             return
         await ex.respond(502 if status < 400 else status,
                          await self._no_answer(mediator, msg, what), headers=headers)
@@ -625,3 +670,80 @@ class MediatedEvents:
 
     async def receive(self) -> None:
         await self.events.receive()
+
+
+class HttpLink:
+    """A 2025 session of mcpwall's own with an HTTP upstream, as a bridge
+    :class:`~firewall.gateway.front.bridge.Link` (rule 11): each message is
+    POSTed with the session's ``Mcp-Session-Id`` (learnt from the answer to
+    mcpwall's ``initialize``) and ``MCP-Protocol-Version``; each message of
+    an answer (JSON, or the events of a stream) goes to the bridge. The
+    upstream saying 404 for the session ends the link; closing it DELETEs
+    the upstream session."""
+
+    def __init__(self, endpoint: HttpEndpoint) -> None:
+        self.endpoint = endpoint
+        self.sid: str | None = None
+        self.version: str | None = None
+        self._out, self._in = trio.open_memory_channel[Outbound](math.inf)
+
+    async def send(self, outbound: Outbound) -> None:
+        try:
+            self._out.send_nowait(outbound)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise LinkLost("the upstream session ended") from None
+
+    def negotiated(self, version: str) -> None:
+        self.version = version
+
+    def health(self) -> dict[str, Any]:
+        return {"upstream_session": self.sid is not None}
+
+    def _headers(self) -> PreparedHeaders:
+        headers = [("content-type", JSON), ("accept", f"{JSON}, {SSE}")]
+        if self.sid is not None:
+            headers.append(("mcp-session-id", self.sid))
+        if self.version is not None:
+            headers.append((revision.VERSION_HEADER, self.version))
+        return self.endpoint.upstream.prepare(headers)
+
+    async def serve(self, dispatch: Callable[[bytes], Awaitable[bool]]) -> None:
+        async with trio.open_nursery() as nursery:
+            async for outbound in self._in:
+                nursery.start_soon(self._post, outbound, dispatch, nursery.cancel_scope)
+        self._out.close()
+
+    async def _post(self, outbound: Outbound, dispatch: Callable[[bytes], Awaitable[bool]],
+                    scope: trio.CancelScope) -> None:
+        endpoint = self.endpoint
+        try:
+            async with await endpoint.upstream.forward(
+                    self._headers(), outbound, response_timeout=endpoint.timeout) as resp:
+                if self.sid is None:
+                    self.sid = resp.header("mcp-session-id")
+                if resp.status == 404 and self.sid is not None:
+                    scope.cancel()  # the upstream session is gone: so is the link
+                    return
+                if resp.content_type == SSE and resp.status < 300:
+                    async for event in resp.events():
+                        if event.data and not await dispatch(event.data.encode()
+                                                             if isinstance(event.data, str)
+                                                             else bytes(event.data)):
+                            return
+                    return
+                data = await resp.read(MAX_RESPONSE_BYTES)
+                if resp.content_type == JSON and data:
+                    await dispatch(data)
+        except UpstreamError as exc:  # the call it carried times out at the bridge
+            get_logger(server=endpoint.name).warning("bridge_upstream_failed",
+                                                     reason=exc.reason.value)
+
+    async def close(self) -> None:
+        """End the upstream session (DELETE), best effort."""
+        self._out.close()
+        if self.sid is None:
+            return
+        with trio.move_on_after(self.endpoint.timeout), contextlib.suppress(UpstreamError):
+            headers = self.endpoint.upstream.prepare([("mcp-session-id", self.sid)])
+            async with self.endpoint.upstream.request("DELETE", headers) as resp:
+                await resp.read(MAX_RESPONSE_BYTES)

@@ -53,7 +53,7 @@ from firewall.audit.events import LifecycleKind, append_lifecycle
 from firewall.config import StdioServer
 from firewall.gateway.front import held_http
 from firewall.gateway.front.admission import Refusal, ServerCaps
-from firewall.gateway.front.bridge import Bridge
+from firewall.gateway.front.bridge import Bridge, stdio_link
 from firewall.gateway.front.endpoint import refuse_stateless
 from firewall.gateway.front.sessions import (
     FrontContext,
@@ -432,7 +432,7 @@ class StdioEndpoint:
         self.caps = ServerCaps(settings.max_children, settings.children_per_principal(),
                                f"servers.{name}")
         # Requests of the stateless revision, carried over sessions of mcpwall's own.
-        self.bridge = (Bridge(name, settings, front, self.caps, self.idle_limit)
+        self.bridge = (Bridge(name, stdio_link(settings), front, self.caps, self.idle_limit)
                        if settings.bridge else None)
 
     async def post(self, ex: Exchange, caller: Caller, session: Session | None,
