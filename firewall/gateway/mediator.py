@@ -327,7 +327,7 @@ class _ToolResultFlag(msgspec.Struct):
 _tool_flag_decoder: Final = msgspec.json.Decoder(_ToolResultFlag)
 # Answers read for MRTR and tasks (rules 16, 17): only these methods' results.
 _ROUND_ANSWERS: Final = mrtr.MRTR_METHODS | mrtr.TASKS_METHODS
-_tools_list_decoder: Final = msgspec.json.Decoder(dict[str, Any])
+_object_decoder: Final = msgspec.json.Decoder(dict[str, Any])
 
 
 class Mediator:
@@ -973,11 +973,8 @@ class Mediator:
         """A server/discover result offers only the revisions mcpwall mediates
         (rule 14): a client that picked another would be refused. Keeps the
         bytes when nothing is removed."""
-        if not msg.has_result:
-            return data
-        try:
-            result = _tools_list_decoder.decode(msg.result)
-        except jsonrpc.DECODE_ERRORS:
+        result = _result_object(msg)
+        if result is None:
             return data
         versions = result.get("supportedVersions")
         if not isinstance(versions, list):
@@ -993,12 +990,8 @@ class Mediator:
     def _negotiated(self, msg: jsonrpc.Message) -> None:
         """The server's answer to initialize: the version it chose is the
         session's from now on (rule 14)."""
-        if not msg.has_result:
-            return
-        try:
-            version = _tools_list_decoder.decode(msg.result).get("protocolVersion")
-        except jsonrpc.DECODE_ERRORS:
-            return
+        result = _result_object(msg)
+        version = result.get("protocolVersion") if result is not None else None
         if type(version) is str:
             self.client = msgspec.structs.replace(self.client, version=version)
 
@@ -1006,11 +999,8 @@ class Mediator:
         """Drop the tools this caller can never call; keep the bytes if none is dropped.
 
         Reads the result, which the envelope's decode kept raw (not the message again)."""
-        if not msg.has_result:
-            return data
-        try:
-            result = _tools_list_decoder.decode(msg.result)
-        except jsonrpc.DECODE_ERRORS:
+        result = _result_object(msg)
+        if result is None:
             return data
         tools = result.get("tools")
         if not isinstance(tools, list):
@@ -1362,6 +1352,16 @@ async def _give_back(reservation: Reservation | None) -> None:
     if reservation is not None:
         with trio.CancelScope(shield=True):
             await reservation.rollback()
+
+
+def _result_object(msg: jsonrpc.Message) -> dict[str, Any] | None:
+    """The result of an answer as a JSON object (its raw payload decoded), or None."""
+    if not msg.has_result:
+        return None
+    try:
+        return _object_decoder.decode(msg.result)
+    except jsonrpc.DECODE_ERRORS:
+        return None
 
 
 def _id_problem(ident: object) -> str | None:
