@@ -147,6 +147,13 @@ class StdioServer(_Base, tag="stdio", tag_field="transport"):
     restart_attempts: int = 3
     max_line_bytes: int = 16 * 1024 * 1024
     terminate_grace_seconds: float = 5.0
+    # Carry 2026-07-28 requests over a 2025 session mcpwall opens itself
+    # (serve only). Off by default: the bridge carries the server's own
+    # requests during a call as MRTR input requests, but not its other
+    # notifications (logging, list changes) nor its requests outside one
+    # call, so a client in auto mode keeps the 2025 handshake, where they
+    # work. False: such requests get -32022 naming the 2025 versions.
+    bridge: bool = False
 
     def children_per_principal(self) -> int:
         """The effective ``max_children_per_principal`` (default: max_children / 4)."""
@@ -163,6 +170,10 @@ class HttpServer(_Base, tag="http", tag_field="transport"):
     policy: list[str] = msgspec.field(default_factory=list)
     max_connections: int = 64
     connect_timeout_seconds: float = 10.0
+    # Carry 2026-07-28 requests over a 2025 session of mcpwall's own once the
+    # server showed it speaks only the handshake revisions (serve only; as
+    # StdioServer.bridge, off by default). False: they get -32022.
+    bridge: bool = False
 
 
 ServerSettings = StdioServer | HttpServer

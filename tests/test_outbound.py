@@ -25,6 +25,17 @@ OWN_MESSAGES = {
     ("gateway/front/stdio_endpoint.py", "initialize replayed to a restarted child"),
     ("gateway/front/stdio_endpoint.py", "cancellation of a timed-out request"),
     ("gateway/mediator.py", "protocol error answer"),
+    # The bridge (2026-07-28 client, 2025 stdio server): its own session's
+    # handshake, an error answering a server request it does not carry, and the
+    # cancellation of a bridged request that timed out.
+    ("gateway/front/bridge.py", "bridge: mcpwall's own handshake"),
+    ("gateway/front/bridge.py", "bridge: refusal of a server request"),
+    ("gateway/front/bridge.py", "bridge: cancellation of a timed-out request"),
+    # The same in `mcpwall wrap --bridge` (2026-07-28 client, 2025 stdio child):
+    # its handshake with the child and the refusal of a server request, both
+    # composed by mcpwall (no client byte in them).
+    ("gateway/front/wrap_bridge.py", "wrap bridge: mcpwall's own handshake"),
+    ("gateway/front/wrap_bridge.py", "wrap bridge: refusal of a server request"),
     # `mcpwall scan`: no agent behind it; it writes the handshake, list requests
     # and refusals of server requests it composes itself, never a tool call.
     ("gateway/upstream/survey.py", "mcpwall scan: its own handshake, lists and refusals"),
@@ -54,6 +65,23 @@ def test_own_messages_are_made_only_where_listed() -> None:
                 assert isinstance(why, ast.Constant), f"{name}: Outbound.own needs a literal why"
                 found.add((name, why.value))
     assert found == OWN_MESSAGES
+
+
+def test_decided_messages_are_translated_only_by_the_bridges() -> None:
+    # bridge.py (serve) translates twice: a decided request (mcpwall's id, no
+    # revision _meta keys), and a decided retry into the response to the server
+    # request its client answered (rule 6: the retry's decision receipt is the one
+    # the write waits for). wrap_bridge.py (wrap --bridge) strips the same _meta
+    # keys, the client's id kept. Each keeps the decided message's receipt.
+    places = {name for name, tree in sources() for call in calls(tree)
+              if isinstance(call.func, ast.Attribute) and call.func.attr == "translated"}
+    assert places == {"gateway/front/bridge.py", "gateway/front/wrap_bridge.py"}
+
+
+async def test_only_a_decided_message_is_translated() -> None:
+    own = Outbound.own(b'{"jsonrpc":"2.0","method":"x"}', "test")
+    with pytest.raises(ValueError):
+        own.translated(b"{}", "bridged")
 
 
 def test_the_gateway_posts_bodies_only_through_forward() -> None:

@@ -7,6 +7,15 @@ HMAC-SHA256(redaction key, value). Equal secrets give equal replacements, so an
 investigator can still see that two calls used the same token, but the token
 itself is never written. Pure: no I/O.
 
+The value patterns are the operator's and the strings are the agents': a
+careless pattern must not let a hostile argument stall the writer (and, in
+durable mode, every call waiting for its receipt). Each string is searched
+with ``re`` only up to the length where the patterns' worst case is provably
+small (:func:`firewall.policy.patterns.input_limit`); a longer one (or any,
+for a pattern that can backtrack catastrophically) is searched by the
+``regex`` engine with a timeout, and a search that times out redacts the
+whole string: a secret can never be kept because a search gave up.
+
 Example::
 
     r = Redactor.compile(["*token*"], [r"\\bsk-\\w{20,}"], key=b"k" * 32)
@@ -22,6 +31,9 @@ import re
 from typing import Any
 
 import msgspec
+import regex
+
+from firewall.policy.patterns import DEFAULT_TIMEOUT, input_limit
 
 _encode = msgspec.json.Encoder(order="sorted").encode
 
@@ -133,8 +145,9 @@ class RedactionError(ValueError):
 class Redactor:
     """Compiled redaction rules."""
 
-    __slots__ = ("_clean_lowered", "_clean_plain", "_folded", "_gated", "_key",
-                 "_name_literals", "_names", "_plain", "_secret_names", "_values")
+    __slots__ = ("_clean_lowered", "_clean_plain", "_folded", "_gated", "_key", "_limit",
+                 "_name_literals", "_names", "_plain", "_secret_names", "_slow", "_values",
+                 "timeouts")
 
     def __init__(self, names: re.Pattern[str] | None, values: re.Pattern[str] | None,
                  key: bytes, *, sources: list[str] | tuple[str, ...] = (),
@@ -145,6 +158,13 @@ class Redactor:
         self._names = names
         self._values = values
         self._key = key
+        # Strings up to ``_limit`` characters go to ``re``; longer ones to the
+        # engine with a timeout (module docstring). Without the sources the
+        # patterns are unknown: every string takes the bounded path.
+        self._limit = min((input_limit(p, True) for p in sources), default=0)
+        self._slow = (regex.compile(values.pattern, regex.VERSION0)
+                      if values is not None else None)
+        self.timeouts = 0  # searches that gave up (their strings were redacted whole)
         # A string is searched with the value patterns only if it holds one of
         # the literals every match needs (a few ``in`` tests instead of a regex
         # scan, which costs microseconds per string).
@@ -240,16 +260,32 @@ class Redactor:
     def _walk(self, value: Any) -> Any:
         if isinstance(value, str):
             values = self._values
-            if values is not None and (not self._gated or self._may_hold_secret(value)) \
-                    and values.search(value) is not None:
-                return values.sub(lambda m: self.token(m.group(0)), value)
-            return value
+            if values is None or (self._gated and not self._may_hold_secret(value)):
+                return value
+            if len(value) <= self._limit:
+                if values.search(value) is not None:
+                    return values.sub(lambda m: self.token(m.group(0)), value)
+                return value
+            return self._bounded(value)
         if isinstance(value, dict):
             return {k: self.token(v) if self._is_secret_name(k) else self._walk(v)
                     for k, v in value.items()}
         if isinstance(value, list):
             return [self._walk(v) for v in value]
         return value
+
+    def _bounded(self, value: str) -> str:
+        """Search and replace under the timeout; all of ``value`` redacted if it runs out."""
+        slow = self._slow
+        assert slow is not None
+        try:
+            if slow.search(value, timeout=DEFAULT_TIMEOUT) is None:
+                return value
+            return str(slow.sub(lambda m: self.token(m.group(0)), value,
+                                timeout=DEFAULT_TIMEOUT))
+        except TimeoutError:
+            self.timeouts += 1
+            return self.token(value)
 
     def _is_secret_name(self, name: Any) -> bool:
         known = self._secret_names.get(name)

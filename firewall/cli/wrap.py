@@ -65,6 +65,12 @@ from firewall.policy.decision import Caller
 @click.option("--terminate-grace", type=float, default=None,
               help="Seconds the server gets to exit after stdin closes, and again after "
                    "SIGTERM, before SIGKILL (default 5).")
+@click.option("--bridge", is_flag=True,
+              help="Carry a 2026-07-28 client's requests to a COMMAND that speaks only the "
+                   "2025 revisions, over a 2025 session mcpwall opens itself (its own "
+                   "initialize); the server's own requests (sampling, elicitation, roots) "
+                   "are refused. A 2025 client in front of a server of the new revision "
+                   "only is bridged without it.")
 @click.argument("command", nargs=-1, required=False, type=click.UNPROCESSED)
 def wrap(
     config_path: Path | None,
@@ -82,6 +88,7 @@ def wrap(
     kill_switch_db: Path | None,
     max_line_bytes: int | None,
     terminate_grace: float | None,
+    bridge: bool,
     command: tuple[str, ...],
 ) -> None:
     """Run COMMAND (a stdio MCP server), or reach --upstream URL (a Streamable
@@ -92,6 +99,8 @@ def wrap(
       mcpwall wrap --policy rules/git.json -- uvx mcp-server-git --repository .
       mcpwall wrap --upstream https://mcp.example.com/mcp \\
           --header 'Authorization: Bearer ...' --policy rules/git.json
+    A client of the 2026-07-28 revision in front of a 2025-only server:
+      mcpwall wrap --bridge --policy rules/time.json -- uvx mcp-server-time
     \b
     With --upstream, a server that cannot be reached answers each call with an
     error (and a log line on stderr); mcpwall runs on until the client closes
@@ -112,6 +121,8 @@ def wrap(
     if upstream_url is not None:
         if command:
             raise click.UsageError("give --upstream URL or -- COMMAND, not both")
+        if bridge:
+            raise click.UsageError("--bridge goes with -- COMMAND (a stdio server)")
         settings = _http_upstream(upstream_url, headers)
         name = server_name or _host(upstream_url)
     else:
@@ -119,7 +130,8 @@ def wrap(
             raise click.UsageError("give the server: -- COMMAND [ARGS]... or --upstream URL")
         if headers or upstream_timeout is not None:
             raise click.UsageError("--header and --upstream-timeout go with --upstream")
-        settings = msgspec.structs.replace(stdio, command=command[0], args=list(command[1:]))
+        settings = msgspec.structs.replace(stdio, command=command[0], args=list(command[1:]),
+                                           bridge=bridge)
         name = server_name or Path(command[0]).name
     if upstream_timeout is not None:
         config = msgspec.structs.replace(config, listen=msgspec.structs.replace(

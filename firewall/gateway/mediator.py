@@ -294,7 +294,7 @@ class TimedOut(msgspec.Struct, frozen=True):
 UpstreamFailure = Lost | TimedOut
 
 
-class _Pending(msgspec.Struct):
+class _Pending(msgspec.Struct, gc=False):
     call_id: str
     method: str
     started_ns: int
@@ -327,7 +327,7 @@ class _ToolResultFlag(msgspec.Struct):
 _tool_flag_decoder: Final = msgspec.json.Decoder(_ToolResultFlag)
 # Answers read for MRTR and tasks (rules 16, 17): only these methods' results.
 _ROUND_ANSWERS: Final = mrtr.MRTR_METHODS | mrtr.TASKS_METHODS
-_tools_list_decoder: Final = msgspec.json.Decoder(dict[str, Any])
+_object_decoder: Final = msgspec.json.Decoder(dict[str, Any])
 
 
 class Mediator:
@@ -527,8 +527,11 @@ class Mediator:
             if rid is None or rid not in self._client_pending:
                 await self._dropped("server", "response_unmatched", msg, data)
                 return Routed()
-            if msg.has_result and self._client_pending[rid].method in _ROUND_ANSWERS:
-                answered = await self._round_answer(inbound, msg, rid)  # rules 16, 17
+            # Rules 16, 17: only an answer that names a resultType, or belongs to
+            # a task, can continue a call (a byte test first: the hot path).
+            if msg.has_result and self._client_pending[rid].method in _ROUND_ANSWERS and (
+                    b"resultType" in data or self._client_pending[rid].task is not None):
+                answered = await self._round_answer(inbound, msg, rid)
                 if answered is not None:
                     return Routed(client=answered, answers=rid)
             line: bytes | None = None
@@ -634,7 +637,8 @@ class Mediator:
             decision = Decision(DENY, rule="protocol",
                                 reason=f"request id {rid!r} is already in flight")
         else:
-            if direction == "client" and call.method in mrtr.MRTR_METHODS:
+            if (direction == "client" and call.method in mrtr.MRTR_METHODS
+                    and (b"inputResponses" in inbound.data or b"requestState" in inbound.data)):
                 again = await self._round(inbound, call)  # rule 16: a later round
                 if again is not None:
                     return again
@@ -969,11 +973,8 @@ class Mediator:
         """A server/discover result offers only the revisions mcpwall mediates
         (rule 14): a client that picked another would be refused. Keeps the
         bytes when nothing is removed."""
-        if not msg.has_result:
-            return data
-        try:
-            result = _tools_list_decoder.decode(msg.result)
-        except jsonrpc.DECODE_ERRORS:
+        result = _result_object(msg)
+        if result is None:
             return data
         versions = result.get("supportedVersions")
         if not isinstance(versions, list):
@@ -989,12 +990,8 @@ class Mediator:
     def _negotiated(self, msg: jsonrpc.Message) -> None:
         """The server's answer to initialize: the version it chose is the
         session's from now on (rule 14)."""
-        if not msg.has_result:
-            return
-        try:
-            version = _tools_list_decoder.decode(msg.result).get("protocolVersion")
-        except jsonrpc.DECODE_ERRORS:
-            return
+        result = _result_object(msg)
+        version = result.get("protocolVersion") if result is not None else None
         if type(version) is str:
             self.client = msgspec.structs.replace(self.client, version=version)
 
@@ -1002,11 +999,8 @@ class Mediator:
         """Drop the tools this caller can never call; keep the bytes if none is dropped.
 
         Reads the result, which the envelope's decode kept raw (not the message again)."""
-        if not msg.has_result:
-            return data
-        try:
-            result = _tools_list_decoder.decode(msg.result)
-        except jsonrpc.DECODE_ERRORS:
+        result = _result_object(msg)
+        if result is None:
             return data
         tools = result.get("tools")
         if not isinstance(tools, list):
@@ -1358,6 +1352,16 @@ async def _give_back(reservation: Reservation | None) -> None:
     if reservation is not None:
         with trio.CancelScope(shield=True):
             await reservation.rollback()
+
+
+def _result_object(msg: jsonrpc.Message) -> dict[str, Any] | None:
+    """The result of an answer as a JSON object (its raw payload decoded), or None."""
+    if not msg.has_result:
+        return None
+    try:
+        return _object_decoder.decode(msg.result)
+    except jsonrpc.DECODE_ERRORS:
+        return None
 
 
 def _id_problem(ident: object) -> str | None:

@@ -13,6 +13,11 @@ Rules this module keeps:
      timeout, the replayed handshake of a restarted child), named by why
      (:meth:`Outbound.own`). ``tests/test_outbound.py`` pins the places in
      ``firewall/`` that make one, so a new bypass cannot appear unseen.
+   A decided Outbound may be :meth:`Outbound.translated` for a server of an
+   older protocol revision (the bridges, ``gateway/front/bridge.py`` and
+   ``gateway/front/wrap_bridge.py``, the places pinned): the same call, its
+   receipt kept, with only what that revision reads differently changed (the
+   id, ``_meta`` keys it does not know).
 3. The bytes of an Outbound are one line for every reader: no raw CR or LF,
    no U+0085, U+2028 or U+2029 (``framing.splittable``). The mediator makes
    them so (its outputs are ``framing.canonical`` or ``line_safe``, a property
@@ -63,6 +68,16 @@ class Outbound:
             raise ValueError("an Outbound must be one line for every reader (no CR, LF, "
                              "U+0085, U+2028 or U+2029)")
         return cls(data, None, None, why, _DECIDED)
+
+    def translated(self, data: bytes, why: str) -> Outbound:
+        """This decided message as a server of an older revision reads it (rule 2):
+        the same receipt and call; ValueError unless ``data`` is one line."""
+        if self.why != "decided":
+            raise ValueError("only a decided message is translated")
+        if framing.splittable(data):
+            raise ValueError("an Outbound must be one line for every reader (no CR, LF, "
+                             "U+0085, U+2028 or U+2029)")
+        return Outbound(data, self.receipt, self.call_id, why, _DECIDED)
 
     async def ready(self) -> None:
         """Return once the message may be written (its decision event is durable)."""

@@ -224,7 +224,10 @@ async def run_wrap_session(
                 audit, "session_start", session=session, principal=caller.principal,
                 server=server, detail={"transport": "stdio", "grant": caller.grant, **upstream})
             if isinstance(settings, StdioServer):
-                code = await run_wrap(settings, mediator=mediator)
+                code = await run_wrap(
+                    settings, mediator=mediator,
+                    handshake_seconds=config.listen.upstream_timeout_seconds,
+                    ttl_ms=int(config.listen.max_cache_ttl_seconds * 1000))
             else:
                 code = await run_wrap_http(settings, mediator=mediator,
                                            answer_seconds=config.listen.upstream_timeout_seconds,

@@ -106,7 +106,7 @@ _digest_encoder: Final = msgspec.json.Encoder(order="sorted")
 
 def result_type(result: bytes | msgspec.Raw) -> str | None:
     """The ``resultType`` of a result (None: absent, i.e. ``complete``, or unreadable)."""
-    if not len(result) or b"resultType" not in bytes(result):
+    if not len(result):
         return None
     try:
         return _result_type_decoder.decode(result).resultType

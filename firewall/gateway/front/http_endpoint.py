@@ -56,20 +56,43 @@ Rules this module keeps:
    GET answered with anything but an event stream is answered with the
    upstream's status (502 for a 2xx) and mcpwall's own error, never with the
    upstream's body.
+10. A 2025 client in front of an upstream that speaks the new revision only
+   (it refused ``initialize``, and its ``server/discover`` names a revision
+   of the stateless era) has its session kept here and its requests carried
+   in the new revision: ``bridge_modern``'s rules. The first such refusal
+   teaches the endpoint (:attr:`HttpEndpoint.legacy` False): later
+   ``initialize`` requests are not sent up again.
+11. With ``bridge = true``, requests of the stateless revision to an upstream
+   that showed it speaks only the handshake revisions (rule 9) are carried
+   by :mod:`~firewall.gateway.front.bridge` (its rules: one 2025 session of
+   mcpwall's own per caller, the server's requests during a call as MRTR
+   input requests) over an :class:`HttpLink`: mcpwall's ``initialize``
+   POSTed, the upstream's ``Mcp-Session-Id`` kept by the link and never
+   shown to anyone, each message POSTed with it and the negotiated
+   ``MCP-Protocol-Version``, every message of each answer (JSON or event
+   stream) handed to the bridge; a 404 for that session ends the bridged
+   session, whose end DELETEs the upstream one. The request that taught
+   mcpwall the upstream is handshake-only keeps its recorded failure and is
+   then decided afresh and carried by the bridge, so the client never sees
+   that -32022.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import AsyncIterator, Callable
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Final
 
 import trio
 
 from firewall.config import HttpServer
-from firewall.gateway.front import held_http
+from firewall.gateway.front import bridge_modern, held_http
 from firewall.gateway.front.admission import Refusal, ServerCaps
+from firewall.gateway.front.bridge import Bridge as StatelessBridge
+from firewall.gateway.front.bridge import BridgeSession, Link, LinkLost
 from firewall.gateway.front.endpoint import refuse_stateless
 from firewall.gateway.front.sessions import FrontContext, Session, new_session_id
 from firewall.gateway.front.sse_response import SseResponse, end_with
@@ -110,6 +133,11 @@ class HttpSession(Session):
         # The upstream headers of the last POST, checked once: a client sends
         # the same ones on every call of a session.
         self.prepared: tuple[tuple[tuple[str, str], ...], PreparedHeaders] | None = None
+        # A 2025 client's session kept by mcpwall for a new-revision-only
+        # upstream (rule 10, bridge_modern): its initialize's params, then what
+        # its requests carry upstream.
+        self.init_params: Any = None
+        self.bridged: bridge_modern.Bridged | None = None
 
     async def close(self, reason: str) -> None:
         """End the session here and, best effort, at the upstream."""
@@ -155,6 +183,25 @@ class HttpEndpoint:
         # Whether the upstream speaks the stateless revision: None until one of
         # its answers to such a request tells (rule 9).
         self.modern: bool | None = None
+        # Whether the upstream answers initialize: None until it did or
+        # refused one (rule 10); False: its 2025 clients are bridged.
+        self.legacy: bool | None = None
+        self.bridge = bridge_modern.Bridge(self)
+        # Requests of the stateless revision to a handshake-only upstream,
+        # carried over 2025 sessions of mcpwall's own (rule 11).
+        self.stateless_bridge = (StatelessBridge(name, self._connect, front, self.caps,
+                                                 self.idle_limit)
+                                 if settings.bridge else None)
+
+    @contextlib.asynccontextmanager
+    async def _connect(self, session: BridgeSession) -> AsyncIterator[Link]:
+        """A bridged session's 2025 session with the upstream (rule 11)."""
+        link = HttpLink(self)
+        try:
+            yield link
+        finally:
+            with trio.CancelScope(shield=True):
+                await link.close()
 
     async def aclose(self) -> None:
         await self.upstream.aclose()
@@ -219,8 +266,18 @@ class HttpEndpoint:
             created = HttpSession(endpoint=self, sid=sid, caller=caller,
                                   mediator=self.front.mediator(self.name, sid, caller))
             created.slot = slot
+            created.init_params = revision.params_of(inbound)
             session = created
         assert session is None or isinstance(session, HttpSession)
+        if session is not None and (session.bridged is not None
+                                    or (created is not None and self.legacy is False)):
+            with session.busy():
+                try:
+                    await self._post_bridged(ex, session, created, inbound, accept_sse)
+                finally:
+                    if created is not None and not self.front.table.holds(created):
+                        self.front.table.remove(created)
+            return
         mediator = (session.mediator if session is not None
                     else self.front.mediator(self.name, "stateless-" + new_session_id(), caller))
         if session is None:
@@ -233,13 +290,37 @@ class HttpEndpoint:
                 if created is not None and not self.front.table.holds(created):
                     self.front.table.remove(created)  # never started: its slot goes back
 
+    async def _post_bridged(self, ex: Exchange, session: HttpSession,
+                            created: HttpSession | None, inbound: Inbound,
+                            accept_sse: bool) -> None:
+        """A message of a 2025 client whose upstream speaks the new revision only
+        (rule 10): its initialize decided and answered here, the rest bridged."""
+        if created is None:
+            await self.bridge.post(ex, session, inbound, accept_sse)
+            return
+        msg = inbound.envelope
+        routed = await session.mediator.from_client(inbound)
+        if routed.upstream is None:  # refused (recorded): the session never starts
+            await (ex.respond(200, routed.client) if routed.client else ex.respond(202))
+            return
+        rid = msg.request_id
+        if not await self.bridge.initialize(ex, created, rid) and rid is not None:
+            [reply] = await session.mediator.unanswered(
+                Lost("answered server/discover as no server of revision "
+                     f"{revision.LATEST_MODERN} does"), [rid])
+            await ex.respond(502, reply)
+
+    def prepared_stateless(self, headers: list[tuple[str, str]]) -> PreparedHeaders:
+        """The upstream headers of a request made of a decided body (bridge_modern)."""
+        return self._prepared_stateless(headers)
+
     @property
     def versions(self) -> tuple[str, ...]:
         """What the upstream showed it speaks (rule 9): the stateless revision once it
         answered one of its requests (its ``server/discover`` names no other),
         the handshake ones once it refused one; both until it did either."""
-        if self.modern is None:
-            return revision.SUPPORTED_VERSIONS
+        if self.modern is None or (self.modern is False and self.stateless_bridge):
+            return revision.SUPPORTED_VERSIONS  # (handshake-only, bridged: rule 11)
         return revision.MODERN_VERSIONS if self.modern else revision.HANDSHAKE_VERSIONS
 
     async def post_stateless(self, ex: Exchange, mediator: Mediator, inbound: Inbound,
@@ -249,11 +330,17 @@ class HttpEndpoint:
         Once the upstream showed it speaks only the handshake revisions, the
         revision's -32022 is answered here without asking it again (but
         ``server/discover``, which asks afresh)."""
+        if self.modern is False and self.stateless_bridge is not None:  # rule 11
+            await self.stateless_bridge.post(ex, mediator.caller, mediator, inbound, accept_sse)
+            return
         if self.modern is False and inbound.envelope.method != revision.DISCOVER:
             await refuse_stateless(ex, mediator, inbound,
                                    dict(headers).get(revision.VERSION_HEADER))
             return
-        await self._post(ex, None, None, mediator, inbound, headers)
+        bridge = self.stateless_bridge
+        again = None if bridge is None else functools.partial(
+            bridge.post, ex, mediator.caller, mediator, inbound, accept_sse)
+        await self._post(ex, None, None, mediator, inbound, headers, again)
 
     def open_listen(self, headers: list[tuple[str, str]],
                     message: Outbound) -> AbstractAsyncContextManager[Response]:
@@ -264,7 +351,8 @@ class HttpEndpoint:
 
     async def _post(self, ex: Exchange, session: HttpSession | None, created: HttpSession | None,
                     mediator: Mediator, inbound: Inbound,
-                    stateless: list[tuple[str, str]] | None = None) -> None:
+                    stateless: list[tuple[str, str]] | None = None,
+                    again: Callable[[], Awaitable[None]] | None = None) -> None:
         msg = inbound.envelope
         routed = await mediator.from_client(inbound, wait=False)
         if routed.held is not None and msg.request_id is not None:  # held_http's rules
@@ -289,7 +377,8 @@ class HttpEndpoint:
                     response_timeout=self.timeout if is_request else None) as resp:
                 await self._relay_post(ex, resp, session, created, mediator, msg, deadline,
                                        None if stateless is None
-                                       else dict(stateless)[revision.VERSION_HEADER])
+                                       else dict(stateless)[revision.VERSION_HEADER],
+                                       again)
         except UpstreamError as exc:
             mediator.log.warning("upstream_failed", reason=exc.reason.value, detail=exc.detail)
             if ex.finished:  # answered already
@@ -313,12 +402,14 @@ class HttpEndpoint:
     async def _relay_post(self, ex: Exchange, resp: Response, session: HttpSession | None,
                           created: HttpSession | None, mediator: Mediator,
                           msg: jsonrpc.Envelope, deadline: float,
-                          stateless: str | None = None) -> None:
+                          stateless: str | None = None,
+                          again: Callable[[], Awaitable[None]] | None = None) -> None:
         status = resp.status
         if stateless is not None and status < 300 and resp.content_type in (JSON, SSE):
             self.modern = True
         headers: list[tuple[str, str]] = []
         if created is not None and status < 300 and resp.content_type in (JSON, SSE):
+            self.legacy = True
             created.upstream_sid = resp.header("mcp-session-id")
             await self.front.start_session(created)
             created.log.info("session_started", transport="http", upstream="http")
@@ -339,6 +430,10 @@ class HttpEndpoint:
             await self._relay_events(out, resp, session, mediator, msg, deadline)
             return
         data = await resp.read(MAX_RESPONSE_BYTES)
+        if created is not None and self.legacy is not True and \
+                bridge_modern.refused_initialize(status, data, msg.request_id) and \
+                await self.bridge.initialize(ex, created, msg.request_id):
+            return  # a new-revision-only upstream: this session is bridged (rule 10)
         what = f"answered HTTP {status} with {ctype or 'no type'}"
         if ex.started:  # a held call's stream: its answer is the last event
             routed = await mediator.from_server(data) if ctype == JSON and data else None
@@ -360,7 +455,11 @@ class HttpEndpoint:
         # what a handshake-era server says to a request without a session.
         if stateless is not None and status in (400, 404, 405) and msg.request_id is not None:
             await mediator.unanswered(Lost(what), [msg.request_id])  # its outcome
-            await ex.respond(400, self._handshake_only(msg, stateless))
+            refusal = self._handshake_only(msg, stateless)
+            if self.stateless_bridge is not None and again is not None:
+                await again()  # rule 11: decided afresh and carried by the bridge
+                return
+            await ex.respond(400, refusal)
             return
         await ex.respond(502 if status < 400 else status,
                          await self._no_answer(mediator, msg, what), headers=headers)
@@ -442,6 +541,9 @@ class HttpEndpoint:
     # -- GET / DELETE ----------------------------------------------------------
     async def get(self, ex: Exchange, session: Session) -> None:
         assert isinstance(session, HttpSession)
+        if session.bridged is not None:
+            await bridge_modern.refuse_get(ex)
+            return
         main = ex.header("last-event-id") is None
         if main and session.get_open:
             await refuse(ex, 409, jsonrpc.INVALID_REQUEST,
@@ -586,3 +688,80 @@ class MediatedEvents:
 
     async def receive(self) -> None:
         await self.events.receive()
+
+
+class HttpLink:
+    """A 2025 session of mcpwall's own with an HTTP upstream, as a bridge
+    :class:`~firewall.gateway.front.bridge.Link` (rule 11): each message is
+    POSTed with the session's ``Mcp-Session-Id`` (learnt from the answer to
+    mcpwall's ``initialize``) and ``MCP-Protocol-Version``; each message of
+    an answer (JSON, or the events of a stream) goes to the bridge. The
+    upstream saying 404 for the session ends the link; closing it DELETEs
+    the upstream session."""
+
+    def __init__(self, endpoint: HttpEndpoint) -> None:
+        self.endpoint = endpoint
+        self.sid: str | None = None
+        self.version: str | None = None
+        self._out, self._in = trio.open_memory_channel[Outbound](math.inf)
+
+    async def send(self, outbound: Outbound) -> None:
+        try:
+            self._out.send_nowait(outbound)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise LinkLost("the upstream session ended") from None
+
+    def negotiated(self, version: str) -> None:
+        self.version = version
+
+    def health(self) -> dict[str, Any]:
+        return {"upstream_session": self.sid is not None}
+
+    def _headers(self) -> PreparedHeaders:
+        headers = [("content-type", JSON), ("accept", f"{JSON}, {SSE}")]
+        if self.sid is not None:
+            headers.append(("mcp-session-id", self.sid))
+        if self.version is not None:
+            headers.append((revision.VERSION_HEADER, self.version))
+        return self.endpoint.upstream.prepare(headers)
+
+    async def serve(self, dispatch: Callable[[bytes], Awaitable[bool]]) -> None:
+        async with trio.open_nursery() as nursery:
+            async for outbound in self._in:
+                nursery.start_soon(self._post, outbound, dispatch, nursery.cancel_scope)
+        self._out.close()
+
+    async def _post(self, outbound: Outbound, dispatch: Callable[[bytes], Awaitable[bool]],
+                    scope: trio.CancelScope) -> None:
+        endpoint = self.endpoint
+        try:
+            async with await endpoint.upstream.forward(
+                    self._headers(), outbound, response_timeout=endpoint.timeout) as resp:
+                if self.sid is None:
+                    self.sid = resp.header("mcp-session-id")
+                if resp.status == 404 and self.sid is not None:
+                    scope.cancel()  # the upstream session is gone: so is the link
+                    return
+                if resp.content_type == SSE and resp.status < 300:
+                    async for event in resp.events():
+                        if event.data and not await dispatch(event.data.encode()
+                                                             if isinstance(event.data, str)
+                                                             else bytes(event.data)):
+                            return
+                    return
+                data = await resp.read(MAX_RESPONSE_BYTES)
+                if resp.content_type == JSON and data:
+                    await dispatch(data)
+        except UpstreamError as exc:  # the call it carried times out at the bridge
+            get_logger(server=endpoint.name).warning("bridge_upstream_failed",
+                                                     reason=exc.reason.value)
+
+    async def close(self) -> None:
+        """End the upstream session (DELETE), best effort."""
+        self._out.close()
+        if self.sid is None:
+            return
+        with trio.move_on_after(self.endpoint.timeout), contextlib.suppress(UpstreamError):
+            headers = self.endpoint.upstream.prepare([("mcp-session-id", self.sid)])
+            async with self.endpoint.upstream.request("DELETE", headers) as resp:
+                await resp.read(MAX_RESPONSE_BYTES)

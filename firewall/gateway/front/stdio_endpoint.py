@@ -33,6 +33,12 @@ newline-delimited JSON-RPC. This module correlates the two. Rules it keeps:
    disconnecting does not cancel the request: its answer stays in the
    stream's replay buffer for a ``Last-Event-ID`` GET, and the per-request
    upstream timeout still applies.
+5. A child that speaks only the 2026-07-28 revision (it refuses the client's
+   ``initialize`` and answers a ``server/discover`` probe) is bridged for the
+   session as ``mcpwall wrap`` does it
+   (:class:`~firewall.gateway.front.wrap_bridge.ModernChild`): its
+   ``initialize`` answered from the discover result, each later message
+   rewritten before it is decided; a restarted child gets no handshake.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ from firewall.audit.events import LifecycleKind, append_lifecycle
 from firewall.config import StdioServer
 from firewall.gateway.front import held_http
 from firewall.gateway.front.admission import Refusal, ServerCaps
+from firewall.gateway.front.bridge import Bridge, stdio_link
 from firewall.gateway.front.endpoint import refuse_stateless
 from firewall.gateway.front.sessions import (
     FrontContext,
@@ -56,6 +63,7 @@ from firewall.gateway.front.sessions import (
     parse_event_id,
 )
 from firewall.gateway.front.sse_response import SseResponse
+from firewall.gateway.front.wrap_bridge import ModernChild
 from firewall.gateway.http.exchange import Exchange, refuse
 from firewall.gateway.mediator import Lost, Mediator, TimedOut
 from firewall.gateway.outbound import Outbound
@@ -87,7 +95,7 @@ class StdioSession(Session):
 
     def __init__(self, *, sid: str, server: str, caller: Caller, mediator: Mediator,
                  idle_limit: float, settings: StdioServer, timeout: float,
-                 keepalive: float) -> None:
+                 keepalive: float, ttl_ms: int = 60_000) -> None:
         super().__init__(sid=sid, server=server, caller=caller, mediator=mediator,
                          idle_limit=idle_limit)
         self.settings = settings
@@ -109,6 +117,8 @@ class StdioSession(Session):
         self._handshake_done = trio.Event()
         self._handshake_done.set()  # only a restart waits for a replayed handshake
         self.restarts = 0
+        # A 2025 client over a child of the new revision only (wrap_bridge rules 6, 7).
+        self.modern_child = ModernChild(mediator, self.send, ttl_ms)
 
     # -- lifetime ----------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -181,7 +191,7 @@ class StdioSession(Session):
         self._handshake_done = trio.Event()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._read, child)
-            if self.handshake:
+            if self.handshake and self.modern_child.bridged is None:  # (rule 5: none)
                 init = jsonrpc.decode_any(self.handshake[0].data)
                 init["id"] = _HANDSHAKE_ID
                 try:
@@ -201,7 +211,12 @@ class StdioSession(Session):
             if _HANDSHAKE_ID.encode() in line and not self._handshake_done.is_set():
                 self._handshake_done.set()  # the replayed initialize's answer is ours
                 continue
-            routed = await self.mediator.from_server(line)
+            seen, made = await self.modern_child.from_child(line)
+            if made is not None:
+                self._deliver(made)
+            if seen is None:
+                continue
+            routed = await self.mediator.from_server(seen)
             if routed.upstream is not None:  # a refused server->client request
                 try:
                     await child.send(routed.upstream)
@@ -416,6 +431,9 @@ class StdioEndpoint:
         self.idle_limit = min(listen.session_idle_seconds, settings.idle_seconds)
         self.caps = ServerCaps(settings.max_children, settings.children_per_principal(),
                                f"servers.{name}")
+        # Requests of the stateless revision, carried over sessions of mcpwall's own.
+        self.bridge = (Bridge(name, stdio_link(settings), front, self.caps, self.idle_limit)
+                       if settings.bridge else None)
 
     async def post(self, ex: Exchange, caller: Caller, session: Session | None,
                    inbound: Inbound, accept_sse: bool) -> None:
@@ -433,6 +451,13 @@ class StdioEndpoint:
                 return
             created = True
         assert isinstance(session, StdioSession)
+        if session.modern_child.bridged is not None:  # rewritten before it is decided
+            rewritten = await session.modern_child.to_decide(inbound)
+            if isinstance(rewritten, bytes):  # answered here, or goes nowhere
+                await (ex.respond(200, rewritten) if rewritten else ex.respond(202))
+                return
+            if rewritten is not None:
+                inbound, msg = rewritten, rewritten.message
         with session.busy():
             if msg.kind is Kind.REQUEST:
                 final = await self._request(ex, session, inbound, msg, accept_sse, created)
@@ -457,18 +482,22 @@ class StdioEndpoint:
 
     @property
     def versions(self) -> tuple[str, ...]:
-        """The handshake revisions: a stdio child is spoken to through a session."""
-        return revision.HANDSHAKE_VERSIONS
+        """Both eras when the bridge carries the stateless revision; else the
+        handshake revisions only (a stdio child is spoken to through a session)."""
+        return revision.SUPPORTED_VERSIONS if self.bridge else revision.HANDSHAKE_VERSIONS
 
     async def post_stateless(self, ex: Exchange, mediator: Mediator, inbound: Inbound,
                              accept_sse: bool, headers: list[tuple[str, str]]) -> None:
-        """A stdio child speaks the handshake revisions here: the stateless one is refused.
-
-        The seam for a bridge (one request of the stateless revision carried
-        over a handshake session of the child) is this method; until then the
-        revision's -32022 names the versions this endpoint speaks, so a
-        dual-era client falls back to ``initialize`` (endpoint rule 5)."""
-        await refuse_stateless(ex, mediator, inbound, dict(headers).get("mcp-protocol-version"))
+        """A request of the stateless revision: carried by the bridge
+        (:mod:`firewall.gateway.front.bridge`) over a 2025 session of mcpwall's
+        own; with ``bridge = false`` refused with the revision's -32022 naming
+        the handshake versions, so a dual-era client falls back to
+        ``initialize`` (endpoint rule 5)."""
+        if self.bridge is None:
+            await refuse_stateless(ex, mediator, inbound,
+                                   dict(headers).get("mcp-protocol-version"))
+            return
+        await self.bridge.post(ex, mediator.caller, mediator, inbound, accept_sse)
 
     async def _request(self, ex: Exchange, session: StdioSession, inbound: Inbound,
                        msg: jsonrpc.Message, accept_sse: bool, created: bool) -> bytes | None:
@@ -492,6 +521,7 @@ class StdioEndpoint:
         assert stream is not None
         if created:
             session.handshake = [routed.upstream]
+            session.modern_child.saw_initialize(session.handshake)
         await session.forward_request(msg, routed.upstream, stream)
         return await session.answer_request(ex, stream, rid, headers, json_only=not accept_sse)
 
@@ -507,7 +537,8 @@ class StdioEndpoint:
             mediator=front.mediator(self.name, sid, caller),
             idle_limit=self.idle_limit, settings=self.settings,
             timeout=front.listen.upstream_timeout_seconds,
-            keepalive=front.listen.keepalive_seconds)
+            keepalive=front.listen.keepalive_seconds,
+            ttl_ms=int(front.listen.max_cache_ttl_seconds * 1000))
         session.slot = slot
         try:
             await front.start_session(session, session.run)

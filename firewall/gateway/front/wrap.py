@@ -33,6 +33,12 @@ Invariants:
    allows before the mediator decides it, and the listen-stream
    notifications relayed are those of an open listen's honoured filter
    (``listen.StdioListens``).
+8. Client and child of different protocol eras are bridged by
+   :mod:`firewall.gateway.front.wrap_bridge`: a 2026-07-28 client over a
+   2025-only child with ``bridge`` set (``--bridge``), a 2025 client over a
+   child of the new revision only always (found out when the child refuses
+   ``initialize``). What reaches the child is still a decided message
+   (translated, its receipt kept) or mcpwall's own handshake.
 """
 
 from __future__ import annotations
@@ -45,7 +51,8 @@ import trio
 
 from firewall.config import StdioServer
 from firewall.gateway.front.listen import StdioListens
-from firewall.gateway.mediator import HeldCall, Lost, Mediator
+from firewall.gateway.front.wrap_bridge import ModernChild, ModernClient
+from firewall.gateway.mediator import HeldCall, Lost, Mediator, Routed
 from firewall.gateway.outbound import Outbound
 from firewall.gateway.upstream.stdio import (
     ChildExited,
@@ -96,6 +103,10 @@ class StdioClient:
         its reader answers what is pending)."""
         raise NotImplementedError
 
+    async def _decide(self, line: bytes) -> Routed:
+        """Decide one client message (a subclass may rewrite it first)."""
+        return await self.mediator.from_client(line, wait=False)
+
     async def _to_client(self, messages: list[bytes]) -> None:
         if not messages or self._client_gone:
             return
@@ -134,7 +145,7 @@ class StdioClient:
                     None, jsonrpc.MESSAGE_TOO_LARGE,
                     f"message longer than {self.max_line} bytes refused"))
                 continue
-            r = await self.mediator.from_client(self.listens.incoming(line), wait=False)
+            r = await self._decide(self.listens.incoming(line))
             if self.listens.pending:
                 await self.listens.decided(r.upstream is not None)
             if r.held is not None:  # waits for a person in its own task
@@ -171,9 +182,17 @@ class WrapSession(StdioClient):
         client_in: trio.abc.ReceiveStream,
         client_out: trio.abc.SendStream,
         max_line: int,
+        *,
+        bridge: bool = False,
+        timeout: float = 300.0,
+        ttl_ms: int = 60_000,
     ) -> None:
         super().__init__(mediator, client_in, client_out, max_line)
         self.child = child
+        # Bridging (rule 7): --bridge for a 2026-07-28 client over a 2025 child;
+        # a child of the new revision only is found out on its own.
+        self.modern_client = ModernClient(mediator, child, timeout) if bridge else None
+        self.modern_child = ModernChild(mediator, self._send_child, ttl_ms)
 
     async def run(self) -> int:
         """Mediate until the client leaves or the child dies; return the exit code."""
@@ -191,22 +210,48 @@ class WrapSession(StdioClient):
         await self.listens.close("session ended")
         return self.exit_code
 
+    async def _decide(self, line: bytes) -> Routed:
+        rewritten = await self.modern_child.to_decide(line)
+        if isinstance(rewritten, bytes):  # answered here, or goes nowhere
+            return Routed(client=rewritten or None)
+        if rewritten is not None:
+            return await self.mediator.from_client(rewritten, wait=False)
+        return await self.mediator.from_client(line, wait=False)
+
+    async def _send_child(self, message: Outbound) -> bool:
+        try:
+            await self.child.send(message)
+        except ChildExited:
+            return False
+        return True
+
     async def forward(self, messages: list[Outbound]) -> bool:
         try:
+            self.modern_child.saw_initialize(messages)
+            if self.modern_client is not None and not self.modern_child.client_initialized:
+                messages = await self.modern_client.outbound(messages, self._to_client)
             await self.child.send_many(messages)
         except ChildExited:
             return False
         return True
 
     async def forward_one(self, message: Outbound) -> None:
-        with contextlib.suppress(ChildExited):
-            await self.child.send(message)
+        await self.forward([message])
 
     async def _read_child(self) -> None:
         async for batch in self.child.batches():
             to_client: list[bytes] = []
             to_child: list[Outbound] = []
-            for line in batch:
+            for raw in batch:
+                line: bytes | None = raw
+                if self.modern_client is not None:
+                    line = await self.modern_client.from_child(raw)
+                if line is not None:
+                    line, made = await self.modern_child.from_child(line)
+                    if made is not None:
+                        to_client.append(made)
+                if line is None:
+                    continue
                 r = await self.mediator.from_server(line)
                 if r.client is not None and self.listens.admits(r.client):
                     to_client.append(r.client)
@@ -216,6 +261,8 @@ class WrapSession(StdioClient):
             await self.listens.flush()
             with contextlib.suppress(ChildExited):
                 await self.child.send_many(to_child)
+        if self.modern_client is not None:
+            self.modern_client.child_gone()
         code = await self.child.wait()
         # Pending requests are answered even after client EOF: a client may
         # close its end of our stdin and still read our stdout.
@@ -240,15 +287,20 @@ async def run_wrap(
     mediator: Mediator,
     client_in: trio.abc.ReceiveStream | None = None,
     client_out: trio.abc.SendStream | None = None,
+    handshake_seconds: float = 300.0,
+    ttl_ms: int = 60_000,
 ) -> int:
-    """Run one wrapped session on the given streams (our stdin/stdout by default)."""
+    """Run one wrapped session on the given streams (our stdin/stdout by default);
+    ``handshake_seconds``: how long mcpwall's own handshake with a bridged child may take,
+    ``ttl_ms``: the cache cap of a bridged child's answers."""
     client_in, client_out = client_streams(client_in, client_out)
     log = get_logger(server=mediator.server, session=mediator.session)
     try:
         async with open_stdio_child(settings, server=mediator.server,
                                     session=mediator.session) as child:
             code = await WrapSession(mediator, child, client_in, client_out,
-                                     settings.max_line_bytes).run()
+                                     settings.max_line_bytes, bridge=settings.bridge,
+                                     timeout=handshake_seconds, ttl_ms=ttl_ms).run()
     except OSError as exc:
         log.error("upstream_start_failed", error=str(exc))
         return 127
