@@ -8,7 +8,13 @@ every contender (``benchmarks/run`` installs what is missing, then runs this):
 * HTTP front, stdio upstream: ``wrk`` with a verifying Lua script drives the
   echo server served over HTTP by a bare hypercorn app (direct), ``mcpwall
   serve`` and the peers that put a stdio server behind HTTP;
-* HTTP front, HTTP upstream: the same, with the HTTP echo server as upstream.
+* HTTP front, HTTP upstream: the same, with the HTTP echo server as upstream,
+  in both eras of MCP: 2025 sessions, and stateless requests of the
+  2026-07-28 revision (no session; ``MCP-Protocol-Version: 2026-07-28``, the
+  version and client capabilities in each request's ``_meta``, the
+  ``Mcp-Method`` and ``Mcp-Name`` headers), to the same upstream, which
+  speaks both. The 2026-07-28 rows have their own direct row, the baseline
+  of their ratios.
 
 For each contender: throughput at a fixed concurrency and at saturation (the
 best of a concurrency sweep), latency p50/p99/p99.9 at a fixed offered rate
@@ -200,10 +206,8 @@ def measure_http(c: cs.Contender, meter: Meter, work: Path, wrk: list[str],
                  opts: argparse.Namespace) -> Result:
     """The same metrics for an HTTP front: wrk sweep, CPU per call, peak RSS."""
     extra: Result = {}
-    sid = http_load.open_session(c.url, headers=c.headers)
-    sessions = http_load.write_sessions(work / "sessions.txt", [sid])
-    headers = c.headers
-    http_load.wrk_run(wrk, c.url, sessions, 1, 4, headers=headers)  # warm-up
+    sessions, headers, kind = session_of(c, work)
+    http_load.wrk_run(wrk, c.url, sessions, 1, 4, kind, headers=headers)  # warm-up
     sweep: dict[str, float] = {}
     fixed: Result = {}
     for conns in opts.concurrency:
@@ -211,7 +215,7 @@ def measure_http(c: cs.Contender, meter: Meter, work: Path, wrk: list[str],
         pid = meter.root if opts.profile and c.family == "mcpwall" and conns == opts.fixed \
             else None
         with profiled(pid, opts.seconds, work, extra):
-            run = http_load.wrk_run(wrk, c.url, sessions, opts.seconds, conns,
+            run = http_load.wrk_run(wrk, c.url, sessions, opts.seconds, conns, kind,
                                     headers=headers)
         if run["bad"]:
             raise AssertionError(f"{run['bad']} wrong answers at {conns} connections: "
@@ -229,14 +233,24 @@ def measure_http(c: cs.Contender, meter: Meter, work: Path, wrk: list[str],
 def latency_http(c: cs.Contender, work: Path, wrk: list[str], rate: float,
                  opts: argparse.Namespace) -> Result:
     """p50/p99/p99.9 of an HTTP front at ``rate`` calls/s, open loop, 16 connections."""
-    sid = http_load.open_session(c.url, headers=c.headers)
-    sessions = http_load.write_sessions(work / "sessions.txt", [sid])
-    http_load.wrk_run(wrk, c.url, sessions, 1, 4, headers=c.headers)  # warm-up
-    paced = http_load.paced(c.url, sessions, rate, opts.seconds, 16, headers=c.headers)
+    sessions, headers, kind = session_of(c, work)
+    http_load.wrk_run(wrk, c.url, sessions, 1, 4, kind, headers=headers)  # warm-up
+    paced = http_load.paced(c.url, sessions, rate, opts.seconds, 16, headers=headers,
+                            kind=kind)
     if paced["bad"]:
         raise AssertionError(f"{paced['bad']} wrong answers under paced load: "
                              f"{paced['first_bad']}")
     return {"latency_ms": metrics.latency_summary(paced["latencies"]), "offered_rate": rate}
+
+
+def session_of(c: cs.Contender, work: Path) -> tuple[Path, dict[str, str], str]:
+    """The session file, headers and request kind the load generators use for
+    ``c``: a 2025 session opened now, or none for the stateless revision."""
+    if c.era == "modern":
+        return (http_load.write_sessions(work / "sessions.txt", [""]),
+                {**c.headers, **http_load.MODERN_HEADERS}, "modern")
+    sid = http_load.open_session(c.url, headers=c.headers)
+    return http_load.write_sessions(work / "sessions.txt", [sid]), c.headers, "call"
 
 
 def offered_rate(results: dict[str, Result], opts: argparse.Namespace) -> float:
@@ -344,6 +358,8 @@ def http_scenario(work: Path, policy: Path, wrk: list[str], opts: argparse.Names
     if opts.baseline:
         builders += [lambda p: cs.mcpwall_serve(work, p, upstream, None, opts.baseline),
                      lambda p: cs.mcpwall_serve(work, p, upstream, policy, opts.baseline)]
+    if http_upstream:  # the same again, driven in the stateless 2026-07-28 revision
+        builders += [lambda p, b=b: cs.modern(b(p)) for b in list(builders)]
     if not opts.skip_peers:
         builders.append(lambda p: cs.policy_gateway(work, upstream, p))
         if not http_upstream:
@@ -489,13 +505,19 @@ def machine(peers: dict[str, str], wrk: list[str], baseline: Path | None) -> dic
 
 
 def ratios(results: dict[str, Result]) -> None:
-    """Add each metric's ratio to direct and to mcpwall's first configuration."""
-    base = results.get("direct", {})
-    ours = next((r for n, r in results.items() if n.startswith("mcpwall") and "failed" not in r),
-                {})
-    for result in results.values():
+    """Add each metric's ratio to direct and to mcpwall's first configuration,
+    of the same era (a 2026-07-28 row: to the 2026-07-28 direct row and the
+    first 2026-07-28 mcpwall row)."""
+    firsts: dict[bool, Result] = {}
+    for n, r in results.items():
+        if n.startswith("mcpwall") and "failed" not in r:
+            firsts.setdefault(cs.MODERN_MARK in n, r)
+    for name, result in results.items():
         if "failed" in result:
             continue
+        era = cs.MODERN_MARK in name
+        base = results.get(cs.modern_name("direct") if era else "direct", {})
+        ours = firsts.get(era, {})
         for key in ("rps", "saturation_rps", "cpu_per_1k", "peak_rss_mb"):
             result.setdefault("vs_direct", {})[key] = metrics.ratio(result.get(key),
                                                                     base.get(key))
@@ -503,6 +525,7 @@ def ratios(results: dict[str, Result]) -> None:
                                                                      ours.get(key))
         if "latency_ms" in result and "latency_ms" in base:
             result["added_p50_ms"] = result["latency_ms"]["p50"] - base["latency_ms"]["p50"]
+        result["era"] = "2026-07-28" if era else "2025"
 
 
 def render(title: str, results: dict[str, Result], fixed: int) -> str:

@@ -39,6 +39,9 @@ class Contender:
     headers: dict[str, str] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
     tools_expected: int | None = None  # tools/list length through this contender
+    # The MCP era its clients speak: "2025" (a session each) or "modern" (the
+    # stateless 2026-07-28 revision: no session, version and headers per request).
+    era: str = "2025"
 
     @property
     def http(self) -> bool:
@@ -120,6 +123,23 @@ def mcpwall_config(work: Path, name: str, port: int, upstream: list[str] | str,
 
 
 BASELINE_MARK = " [baseline]"
+MODERN_MARK = "2026-07-28"  # in the names of contenders driven in the stateless revision
+
+
+def modern_name(name: str) -> str:
+    """``direct`` -> ``direct (2026-07-28)``; ``mcpwall serve, allow-all (http
+    upstream) [baseline]`` -> ``mcpwall serve, allow-all (http upstream,
+    2026-07-28) [baseline]``."""
+    mark = BASELINE_MARK if name.endswith(BASELINE_MARK) else ""
+    name = name.removesuffix(BASELINE_MARK)
+    name = name[:-1] + f", {MODERN_MARK})" if name.endswith(")") else f"{name} ({MODERN_MARK})"
+    return name + mark
+
+
+def modern(c: Contender) -> Contender:
+    """The same contender driven with stateless requests of the 2026-07-28 revision."""
+    return Contender(modern_name(c.name), c.family, c.argv, c.url, c.headers, c.env,
+                     c.tools_expected, era="modern")
 
 
 def _tree(tree: Path | None) -> tuple[str, dict[str, str]]:

@@ -5,6 +5,15 @@ message, answered as ``application/json`` by the same ``answer`` function as
 the stdio server; initialize hands out a fresh ``Mcp-Session-Id``. It is both
 the HTTP upstream behind the proxies and the "direct" HTTP baseline.
 
+It speaks both eras of MCP, as a dual-era server does. A POST whose
+``MCP-Protocol-Version`` is 2026-07-28 is a stateless request of that
+revision: no session; its ``params._meta`` must carry that version and the
+client capabilities, ``Mcp-Method`` must be its method and ``Mcp-Name`` its
+tool's name (else 400 with -32602 or HeaderMismatch -32020); its result
+carries ``resultType: "complete"``, ``server/discover`` names both eras and
+``initialize`` is no method there (404, -32601). Any other POST is answered
+as before (2025, sessions handed out, never required).
+
     python benchmarks/http_echo_server.py PORT [--tools N]
 """
 
@@ -26,6 +35,43 @@ from echo_server import answer, tool_list
 
 _decode = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
+
+MODERN = "2026-07-28"
+VERSION_KEY = "io.modelcontextprotocol/protocolVersion"
+CAPABILITIES_KEY = "io.modelcontextprotocol/clientCapabilities"
+DISCOVERED = {"supportedVersions": [MODERN, "2025-11-25", "2025-06-18"],
+              "capabilities": {"tools": {}},
+              "serverInfo": {"name": "bench-echo", "version": "1"}}
+
+
+def modern_answer(message: dict[str, Any], headers: dict[bytes, bytes],
+                  tools: list[dict[str, Any]]) -> tuple[int, dict[str, Any] | None]:
+    """HTTP status and reply to one request of the 2026-07-28 revision."""
+    rid = message.get("id")
+    params = message.get("params") or {}
+    meta = params.get("_meta") if isinstance(params, dict) else None
+
+    def error(status: int, code: int, text: str) -> tuple[int, dict[str, Any]]:
+        return status, {"jsonrpc": "2.0", "id": rid, "error": {"code": code, "message": text}}
+
+    if not isinstance(meta, dict) or meta.get(VERSION_KEY) != MODERN \
+            or CAPABILITIES_KEY not in meta:
+        return error(400, -32602, "params._meta must name 2026-07-28 and the capabilities")
+    method = message.get("method")
+    if headers.get(b"mcp-method", b"").decode() != method:
+        return error(400, -32020, "Header mismatch: Mcp-Method")
+    if method == "tools/call" and headers.get(b"mcp-name", b"").decode() != params.get("name"):
+        return error(400, -32020, "Header mismatch: Mcp-Name")
+    if method in ("initialize", "ping"):
+        return error(404, -32601, f"Method not found: {method}")
+    if method == "server/discover":
+        return 200, {"jsonrpc": "2.0", "id": rid, "result": {**DISCOVERED,
+                                                               "resultType": "complete"}}
+    reply = answer(message, tools)
+    if reply is None:
+        return 202, None
+    reply["result"]["resultType"] = "complete"
+    return 200, reply
 
 
 async def _lifespan(receive: Any, send: Any) -> None:
@@ -52,11 +98,16 @@ def make_app(tools: list[dict[str, Any]]) -> Any:
             status = 200
         elif scope["method"] == "POST":
             message = _decode(body)
-            reply = answer(message, tools)
-            status, out = (200, _encode(reply)) if reply is not None else (202, b"")
+            sent = dict(scope["headers"])
             headers = [(b"content-type", b"application/json")]
-            if message.get("method") == "initialize":
-                headers.append((b"mcp-session-id", uuid.uuid4().hex.encode()))
+            if sent.get(b"mcp-protocol-version") == MODERN.encode():
+                status, reply = modern_answer(message, sent, tools)
+                out = _encode(reply) if reply is not None else b""
+            else:
+                reply = answer(message, tools)
+                status, out = (200, _encode(reply)) if reply is not None else (202, b"")
+                if message.get("method") == "initialize":
+                    headers.append((b"mcp-session-id", uuid.uuid4().hex.encode()))
         headers.append((b"content-length", str(len(out)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": out})

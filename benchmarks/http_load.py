@@ -12,7 +12,12 @@
   to every request it delays (no coordinated omission).
 
 Both accept JSON and SSE (``text/event-stream``) responses: the checks look
-for the JSON-RPC message in the body either way.
+for the JSON-RPC message in the body either way. Both speak either era of
+MCP: the 2025 one (sessions from a file, ``MCP-Protocol-Version:
+2025-06-18``), or with ``kind="modern"`` the stateless 2026-07-28 revision
+(no session: each tools/call carries the version, client capabilities and
+clientInfo in ``params._meta``, and the ``MCP-Protocol-Version``,
+``Mcp-Method`` and ``Mcp-Name`` headers, :data:`MODERN_HEADERS`).
 """
 
 from __future__ import annotations
@@ -34,6 +39,14 @@ INIT = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
     "protocolVersion": "2025-06-18", "capabilities": {},
     "clientInfo": {"name": "bench", "version": "1"}}}
 
+# The headers of a 2026-07-28 tools/call of the echo tool (constant for every call).
+MODERN_HEADERS = {"mcp-protocol-version": "2026-07-28", "mcp-method": "tools/call",
+                  "mcp-name": "echo"}
+# What a 2026-07-28 client says of itself in every request.
+MODERN_META = (b'"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28",'
+               b'"io.modelcontextprotocol/clientCapabilities":{},'
+               b'"io.modelcontextprotocol/clientInfo":{"name":"bench","version":"1"}}')
+
 _ID = re.compile(rb'"id"\s*:\s*(\d+)')
 _N = re.compile(rb'\\"n\\"\s*:\s*(\d+)')
 _TOOL = re.compile(rb'"inputSchema"')
@@ -49,11 +62,11 @@ end
 good, bad, first_bad = 0, 0, ""
 local counter = 0
 local sessions, k, seen = {}, 0, {}
-local path, kind, expect
+local path, kind, expect, modern_meta
 function init(args)
   counter = tid * 1000000000
   for line in io.lines(args[1]) do table.insert(sessions, line) end
-  path, kind, expect = args[2], args[3], tonumber(args[4])
+  path, kind, expect, modern_meta = args[2], args[3], tonumber(args[4]), args[5]
 end
 function request()
   counter = counter + 1
@@ -61,6 +74,9 @@ function request()
   local body
   if kind == "list" then
     body = '{"jsonrpc":"2.0","id":' .. counter .. ',"method":"tools/list"}'
+  elseif kind == "modern" then
+    body = '{"jsonrpc":"2.0","id":' .. counter .. ',"method":"tools/call","params":' ..
+      '{"name":"echo","arguments":{"n":' .. counter .. ',"text":"hello"},' .. modern_meta .. '}}'
   else
     body = '{"jsonrpc":"2.0","id":' .. counter .. ',"method":"tools/call","params":' ..
       '{"name":"echo","arguments":{"n":' .. counter .. ',"text":"hello"}}}'
@@ -103,7 +119,7 @@ end
 def body_answers(body: bytes, kind: str = "call", expect: int = 0) -> int | None:
     """The request id a response body correctly answers, or None if it is wrong.
 
-    ``call``: the echoed text must hold ``n`` equal to the id; ``list``: the
+    ``call`` and ``modern``: the echoed text must hold ``n`` equal to the id; ``list``: the
     body must list exactly ``expect`` tools. JSON or SSE bodies alike.
     """
     found = _ID.search(body)
@@ -160,17 +176,19 @@ def open_sessions(url: str, count: int, headers: dict[str, str] | None = None) -
 def wrk_run(wrk: list[str], url: str, sessions: Path, seconds: float, connections: int,
             kind: str = "call", expect: int = 0, headers: dict[str, str] | None = None,
             timeout: float = 60) -> dict[str, Any]:
-    """One verified wrk run: requests/s, answers checked, and wrk's own CPU seconds."""
+    """One verified wrk run: requests/s, answers checked, and wrk's own CPU seconds.
+
+    ``kind``: ``call`` (2025 tools/call), ``modern`` (2026-07-28 tools/call:
+    give ``MODERN_HEADERS`` in ``headers``) or ``list`` (tools/list)."""
     seconds = max(1, round(seconds))  # wrk takes whole seconds
     script = sessions.with_name("verify.lua")
     script.write_text(WRK_LUA)
     path = urlsplit(url).path
-    extra = [arg for k, v in (headers or {}).items() for arg in ("-H", f"{k}: {v}")]
+    sent = {**HEADERS, **(headers or {})}  # one value a header: ours unless overridden
+    extra = [arg for k, v in sent.items() for arg in ("-H", f"{k}: {v}")]
     argv = [*wrk, "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "10s",
-            "-s", str(script), "-H", "content-type: application/json",
-            "-H", "accept: application/json, text/event-stream",
-            "-H", "mcp-protocol-version: 2025-06-18", *extra, url,
-            "--", str(sessions), path, kind, str(expect)]
+            "-s", str(script), *extra, url,
+            "--", str(sessions), path, kind, str(expect), MODERN_META.decode()]
     before = os.times()
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + timeout)
     after = os.times()
@@ -189,13 +207,15 @@ def wrk_run(wrk: list[str], url: str, sessions: Path, seconds: float, connection
 
 
 def paced(url: str, sessions: Path, rate: float, seconds: float, connections: int,
-          headers: dict[str, str] | None = None, timeout: float = 60) -> dict[str, Any]:
+          headers: dict[str, str] | None = None, timeout: float = 60,
+          kind: str = "call") -> dict[str, Any]:
     """Open-loop run at ``rate`` requests/s (in its own process): latencies (s)
-    from scheduled send times, and the wrong answers."""
+    from scheduled send times, and the wrong answers. ``kind``: ``call`` or
+    ``modern``, as for :func:`wrk_run`."""
     parts = urlsplit(url)
     out = subprocess.run([sys.executable, __file__, "pace", parts.hostname or "127.0.0.1",
                           str(parts.port), parts.path, str(rate), str(seconds),
-                          str(connections), str(sessions), json.dumps(headers or {})],
+                          str(connections), str(sessions), json.dumps(headers or {}), kind],
                          capture_output=True, text=True, timeout=seconds + timeout)
     if out.returncode != 0:
         raise RuntimeError(f"pacer failed: {out.stderr[-600:]}")
@@ -222,7 +242,7 @@ async def _exchange(stream: Any, conn: Any, wire: bytes) -> tuple[int, bytes]:
 
 
 def _pace(host: str, port: int, path: str, rate: float, seconds: float, conns: int,
-          sessions: list[str], extra: dict[str, str]) -> dict[str, Any]:
+          sessions: list[str], extra: dict[str, str], kind: str = "call") -> dict[str, Any]:
     """Each connection sends on its own fixed schedule (every conns / rate s)."""
     import h11
     import trio
@@ -233,7 +253,8 @@ def _pace(host: str, port: int, path: str, rate: float, seconds: float, conns: i
     async def connection(k: int, start: float) -> None:
         stream = await trio.open_tcp_stream(host, port)
         conn = h11.Connection(h11.CLIENT)
-        base = [("host", f"{host}:{port}"), *HEADERS.items(), *extra.items()]
+        base = [("host", f"{host}:{port}"), *{**HEADERS, **extra}.items()]
+        template = _MODERN_CALL if kind == "modern" else _CALL
         sid = sessions[k % len(sessions)]
         if sid != "-":
             base.append(("mcp-session-id", sid))
@@ -243,7 +264,7 @@ def _pace(host: str, port: int, path: str, rate: float, seconds: float, conns: i
                 return
             await trio.sleep_until(due)
             rid = 1 + k + i * conns
-            body = _CALL % (rid, rid)
+            body = template % (rid, rid)
             request = h11.Request(method="POST", target=path,
                                   headers=[*base, ("content-length", str(len(body)))])
             status, answer = await _exchange(
@@ -265,6 +286,9 @@ def _pace(host: str, port: int, path: str, rate: float, seconds: float, conns: i
 
 _CALL = (b'{"jsonrpc":"2.0","id":%d,"method":"tools/call",'
          b'"params":{"name":"echo","arguments":{"n":%d,"text":"hello"}}}')
+_MODERN_CALL = (b'{"jsonrpc":"2.0","id":%d,"method":"tools/call",'
+                b'"params":{"name":"echo","arguments":{"n":%d,"text":"hello"},'
+                + MODERN_META.replace(b"%", b"%%") + b'}}')
 
 
 def ensure_wrk() -> str:
@@ -298,6 +322,6 @@ def wait_http(url: str, alive: Any, timeout: float = 30) -> None:
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["pace"]:
-    _host, _port, _path, _rate, _seconds, _conns, _sessions, _extra = sys.argv[2:10]
+    _host, _port, _path, _rate, _seconds, _conns, _sessions, _extra, _kind = sys.argv[2:11]
     print(json.dumps(_pace(_host, int(_port), _path, float(_rate), float(_seconds), int(_conns),
-                           Path(_sessions).read_text().split(), json.loads(_extra))))
+                           Path(_sessions).read_text().split(), json.loads(_extra), _kind)))
