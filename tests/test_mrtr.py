@@ -240,6 +240,23 @@ async def test_all_input_requests_refused_ends_the_call_with_the_reason() -> Non
     assert routed.upstream is None
 
 
+async def test_an_input_required_result_with_escaped_member_names_is_still_decided() -> None:
+    # A JSON reader takes "result\u0054ype" for resultType (and so do the
+    # clients): the answer is an InputRequiredResult whatever its bytes look like.
+    med, audit = mediator()
+    await forwarded(med, call(1, "deploy", {"app": "web"}))
+    data = answer(1, input_required(model=SAMPLE)).replace(b'"resultType"',
+                                                           b'"result\\u0054ype"')
+    assert b"resultType" not in data
+    routed = await med.from_server(data)
+    assert routed.client is not None
+    result = json.loads(routed.client)["result"]
+    assert result["isError"] is True and "client's model" in result["content"][0]["text"]
+    assert decisions(audit, "server")[0].method == "sampling/createMessage"
+    (outcome,) = audit.of(OutcomeEvent)
+    assert outcome.status == "jsonrpc_error"
+
+
 async def test_an_unreadable_input_required_result_never_reaches_the_client() -> None:
     med, audit = mediator()
     await forwarded(med, call(1, "deploy", {"app": "web"}))

@@ -233,6 +233,14 @@ def test_a_handshake_request_whose_body_claims_the_new_revision_is_a_mismatch(
         timeout=30)
     assert (reply.status_code, reply.json()["id"], reply.json()["error"]["code"]) == (
         400, 9, -32020)
+    # The same claim with its member name spelt with a JSON escape.
+    body = json.dumps(_call("echo", {}, 10)).replace("protocolVersion", "protocol\\u0056ersion")
+    assert "protocolVersion" not in body
+    reply = httpx.post(gateway.url("modern"), content=body, headers={
+        "accept": "application/json, text/event-stream", "content-type": "application/json",
+        "mcp-protocol-version": "2025-11-25"}, timeout=30)
+    assert (reply.status_code, reply.json()["id"], reply.json()["error"]["code"]) == (
+        400, 10, -32020)
 
 
 def test_server_discover_is_relayed_within_mcpwall_bounds(gateway: Gateway) -> None:

@@ -320,11 +320,23 @@ class _AuditMeta(msgspec.Struct, frozen=True, gc=False):
     capabilities: dict[str, Any] | None
 
 
-class _ToolResultFlag(msgspec.Struct):
-    isError: bool = False
+class _ResultFlags(msgspec.Struct, gc=False):
+    """What the mediator reads of an answer's result, in one pass over it:
+    ``resultType`` (rules 16, 17) and ``isError`` (a tools/call's outcome).
+    Typed loosely so that one malformed member never hides the other."""
+
+    resultType: Any = None
+    isError: Any = False
+
+    @property
+    def kind(self) -> str | None:
+        """The ``resultType`` (None: absent, i.e. ``complete``, or not a string)."""
+        kind = self.resultType
+        return kind if type(kind) is str else None
 
 
-_tool_flag_decoder: Final = msgspec.json.Decoder(_ToolResultFlag)
+_flags_decoder: Final = msgspec.json.Decoder(_ResultFlags)
+_NO_FLAGS: Final = _ResultFlags()
 # Answers read for MRTR and tasks (rules 16, 17): only these methods' results.
 _ROUND_ANSWERS: Final = mrtr.MRTR_METHODS | mrtr.TASKS_METHODS
 _object_decoder: Final = msgspec.json.Decoder(dict[str, Any])
@@ -524,14 +536,20 @@ class Mediator:
         if msg.method is None:  # a response (jsonrpc.decode made sure)
             assert isinstance(msg, jsonrpc.Message)  # relayed as received (inbound rule 5)
             rid = msg.request_id
-            if rid is None or rid not in self._client_pending:
+            pending = self._client_pending.get(rid) if rid is not None else None
+            if pending is None:
                 await self._dropped("server", "response_unmatched", msg, data)
                 return Routed()
+            assert rid is not None
             # Rules 16, 17: only an answer that names a resultType, or belongs to
-            # a task, can continue a call (a byte test first: the hot path).
-            if msg.has_result and self._client_pending[rid].method in _ROUND_ANSWERS and (
-                    b"resultType" in data or self._client_pending[rid].task is not None):
-                answered = await self._round_answer(inbound, msg, rid)
+            # a task, can continue a call. A byte test first (the hot path): the
+            # name as written, or any \u escape, which could spell it otherwise.
+            flags: _ResultFlags | None = None
+            if msg.has_result and pending.method in _ROUND_ANSWERS and (
+                    pending.task is not None or b"resultType" in data or b"\\u" in data):
+                if pending.task is None and pending.call is not None:
+                    flags = _flags_of(msg)  # read once: its outcome needs isError too
+                answered = await self._round_answer(inbound, msg, rid, pending, flags)
                 if answered is not None:
                     return Routed(client=answered, answers=rid)
             line: bytes | None = None
@@ -560,9 +578,10 @@ class Mediator:
                         f"upstream server {self.server!r} sent an answer mcpwall cannot "
                         "relay"))
             if self.on_result is not None and not msg.has_error:  # rule 19
-                line = framing.line_safe(self.on_result(
-                    self._client_pending[rid].method, line, narrowed))
-            await self._answered(self._client_pending, msg, len(data))
+                seen = self.on_result(pending.method, line, narrowed)
+                if seen is not line:  # the hook's own bytes: one line to make sure
+                    line = framing.line_safe(seen)
+            await self._answered(self._client_pending, msg, len(data), flags)
             return Routed(client=line, answers=rid)
         if msg.kind is Kind.REQUEST:
             return await self._request(inbound, "server")
@@ -914,8 +933,11 @@ class Mediator:
                                       render.error_message(decision), render.denial_data(decision))
 
     async def _answered(
-        self, table: dict[RequestId, _Pending], msg: jsonrpc.Message, size: int
+        self, table: dict[RequestId, _Pending], msg: jsonrpc.Message, size: int,
+        flags: _ResultFlags | None = None,
     ) -> None:
+        """Settle an answered request: its counters (rule 13) and its outcome
+        (``flags``: its result's flags when read already)."""
         rid = msg.request_id
         pending = table.pop(rid, None) if rid is not None else None
         if pending is not None and pending.counters is not None:
@@ -933,11 +955,8 @@ class Mediator:
             return
         status: Literal["ok", "tool_error"] = "ok"
         if pending.method == mcp.TOOLS_CALL:
-            try:
-                if _tool_flag_decoder.decode(msg.result).isError:
-                    status = "tool_error"
-            except jsonrpc.DECODE_ERRORS:
-                pass
+            if (flags or _flags_of(msg)).isError is True:
+                status = "tool_error"
         await self._outcome(pending, status, None, None, size)
 
     async def _outcome(
@@ -1161,18 +1180,17 @@ class Mediator:
         link = self.rounds.task_call(self.caller, self.server, ident) if ident else None
         return None if link is None or ident is None else (ident, link.call_id)
 
-    async def _round_answer(self, inbound: Inbound, msg: jsonrpc.Message,
-                            rid: RequestId) -> bytes | None:
+    async def _round_answer(self, inbound: Inbound, msg: jsonrpc.Message, rid: RequestId,
+                            pending: _Pending, flags: _ResultFlags | None) -> bytes | None:
         """Read an answer that may continue a call (rules 16, 17): an
         InputRequiredResult, a task handle, a linked tasks/* answer. Returns
         the line for the client when it handled the answer (its pending entry
-        settled), None for an ordinary answer."""
-        pending = self._client_pending[rid]
+        settled), None for an ordinary answer. ``flags``: the result's, read."""
         if pending.task is not None:
             return await self._task_answer(inbound, msg, rid, pending)
         if pending.call is None:
             return None
-        kind = mrtr.result_type(msg.result)
+        kind = (flags or _flags_of(msg)).kind
         if kind == mrtr.INPUT_REQUIRED:
             return await self._input_required(inbound, msg, rid, pending)
         if kind == mrtr.TASK and pending.method in mrtr.TASK_METHODS:
@@ -1352,6 +1370,16 @@ async def _give_back(reservation: Reservation | None) -> None:
     if reservation is not None:
         with trio.CancelScope(shield=True):
             await reservation.rollback()
+
+
+def _flags_of(msg: jsonrpc.Message) -> _ResultFlags:
+    """The flags of an answer's result (none set when it is no JSON object)."""
+    if not msg.has_result:
+        return _NO_FLAGS
+    try:
+        return _flags_decoder.decode(msg.result)
+    except jsonrpc.DECODE_ERRORS:
+        return _NO_FLAGS
 
 
 def _result_object(msg: jsonrpc.Message) -> dict[str, Any] | None:

@@ -356,8 +356,9 @@ class HttpFront:
             return
         accept_sse = accept_sse or not accept_json
         # The body decides (rule 5): one that claims the stateless revision is
-        # taken as such, and its headers must say so too.
-        if era == "handshake" and revision.META_VERSION_BYTES in body and \
+        # taken as such, and its headers must say so too. (A byte test first:
+        # the member's name as written, or any \u escape, which could spell it.)
+        if era == "handshake" and (revision.META_VERSION_BYTES in body or b"\\u" in body) and \
                 revision.body_version(revision.params_of(inbound)) is not None:
             era = "modern"
         if era != "handshake":
