@@ -26,7 +26,7 @@ tools/list answers of 10 to 5,000 tools. Every answer is checked (id, echoed
 arguments, tool count), not only counted; a contender that fails to start,
 answers wrongly or hangs is recorded as failed and the run goes on.
 
-    python benchmarks/compare.py [--quick] [--out benchmarks/results]
+    python benchmarks/compare.py [--quick] [--rounds N] [--out benchmarks/results]
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ import json
 import os
 import platform
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -302,11 +303,26 @@ def two_passes(contenders: list[cs.Contender], throughput: Callable[[cs.Contende
                latency: Callable[[cs.Contender, float], Result], work: Path,
                opts: argparse.Namespace) -> dict[str, Result]:
     """Each contender's throughput, then each one's latency at one offered rate
-    chosen from the first pass (each pass starts the contender afresh)."""
+    chosen from the first pass (each pass starts the contender afresh). With
+    ``--rounds N``, each pass runs N times, contenders interleaved round by
+    round (load on the machine hits them alike), and each figure is the
+    median over the rounds."""
     log = work / "contender.log"
-    results = {c.name: attempt(c.name, opts.budget, lambda c=c: throughput(c), log)
-               for c in contenders}
+    runs: dict[str, list[Result]] = {c.name: [] for c in contenders}
+    for k in range(opts.rounds):
+        for c in contenders:
+            label = c.name if opts.rounds == 1 else f"{c.name} (round {k + 1})"
+            runs[c.name].append(attempt(label, opts.budget, lambda c=c: throughput(c), log))
+    results = {name: median_result(rs) for name, rs in runs.items()}
     rate = offered_rate(results, opts)
+    paced: dict[str, list[Result]] = {c.name: [] for c in contenders}
+    for _ in range(opts.rounds):
+        for c in contenders:
+            result = results[c.name]
+            if "failed" in result or result["saturation_rps"] < rate:
+                continue
+            paced[c.name].append(attempt(f"{c.name}, {rate:g} calls/s", opts.budget,
+                                         lambda c=c: latency(c, rate), log))
     for c in contenders:
         result = results[c.name]
         if "failed" in result:
@@ -315,9 +331,37 @@ def two_passes(contenders: list[cs.Contender], throughput: Callable[[cs.Contende
             result["latency_failed"] = (f"not measured: {rate:g} calls/s is above its "
                                         f"saturation ({result['saturation_rps']:,.0f}/s)")
             continue
-        merge_latency(result, attempt(f"{c.name}, {rate:g} calls/s", opts.budget,
-                                      lambda c=c: latency(c, rate), log))
+        merge_latency(result, median_latency(paced[c.name]))
     return results
+
+
+def median_result(runs: list[Result]) -> Result:
+    """One contender's throughput rounds as one result: the median of each
+    figure over the rounds that did not fail (failed only if all did)."""
+    ok = [r for r in runs if "failed" not in r]
+    if not ok:
+        return runs[-1]
+    out = dict(ok[-1])
+    for key in ("rps", "saturation_rps", "cpu_per_1k", "peak_rss_mb", "loadgen_cpu_share"):
+        values = [r[key] for r in ok if key in r]
+        if values:
+            out[key] = statistics.median(values)
+    out["sweep"] = {conns: statistics.median(r["sweep"][conns] for r in ok)
+                    for conns in ok[0]["sweep"]}
+    out["rounds"] = len(ok)
+    if len(ok) < len(runs):
+        out["failed_rounds"] = [r["failed"] for r in runs if "failed" in r]
+    return out
+
+
+def median_latency(runs: list[Result]) -> Result:
+    """Latency rounds as one: each percentile's median over the rounds measured."""
+    ok = [r for r in runs if "failed" not in r]
+    if not ok:
+        return runs[-1] if runs else {"failed": "no latency round ran"}
+    return {"latency_ms": {q: statistics.median(r["latency_ms"][q] for r in ok)
+                           for q in ok[0]["latency_ms"]},
+            "offered_rate": ok[0]["offered_rate"]}
 
 
 def stdio_scenario(work: Path, policy: Path, opts: argparse.Namespace) -> dict[str, Result]:
@@ -629,6 +673,9 @@ def main() -> None:
                         help="offered calls/s for the latency runs (default: half the "
                              "saturation of the slowest of direct and mcpwall)")
     parser.add_argument("--fixed", type=int, default=16, help="the fixed concurrency")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run each contender's passes this many times, interleaved, and "
+                             "report the medians (stdio and HTTP scenarios)")
     parser.add_argument("--render", type=Path, metavar="JSON",
                         help="only write the table and plots of an earlier compare.json")
     parser.add_argument("--profile", action="store_true",
@@ -663,6 +710,7 @@ def main() -> None:
                               "quick": opts.quick,
                               "settings": {"seconds": opts.seconds, "fixed": opts.fixed,
                                            "concurrency": opts.concurrency,
+                                           "rounds": opts.rounds,
                                            "offered_rate": opts.rate or "auto"},
                               "http_upstream_support": cs.HTTP_UPSTREAM_SUPPORT}
     try:
@@ -712,7 +760,9 @@ def summary(report: dict[str, Any], fixed: int) -> str:
     parts = [f"Machine: {m['nproc']} CPUs, {m['cpu']}, load average {' '.join(m['loadavg'])} "
              f"before and {' '.join(m['loadavg_after'])} after; Python {m['python']}, "
              f"mcpwall {m['mcpwall']}, {m['wrk']}, node {m['node']}; peers "
-             + ", ".join(f"{k} {v}" for k, v in m["peers"].items()) + "."]
+             + ", ".join(f"{k} {v}" for k, v in m["peers"].items()) + "."
+             + (f" Each figure: the median over {rounds} rounds, contenders interleaved."
+                if (rounds := report.get("settings", {}).get("rounds", 1)) > 1 else "")]
     titles = {"stdio": "stdio front, stdio upstream (pipelining stdio client)",
               "http_stdio": "HTTP front, stdio upstream (wrk; direct = the echo server over "
                             "a bare hypercorn app)",
