@@ -9,6 +9,9 @@ Example::
     configure("info", "auto")
     log = get_logger(server="vm", session=sid)
     log.info("upstream_started", pid=1234)
+
+An object made per request that seldom logs takes a :class:`LazyLogger`
+instead: binding a structlog logger costs more than most requests' handling.
 """
 
 from __future__ import annotations
@@ -61,3 +64,20 @@ def get_logger(**bound: Any) -> Any:
     if not _configured:
         configure()
     return structlog.get_logger("mcpwall").bind(**bound)
+
+
+class LazyLogger:
+    """``get_logger(**bound)``, bound when first used: the same methods
+    (``info``, ``warning``, ``bind``...), the configuration in force then."""
+
+    __slots__ = ("_bound", "_logger")
+
+    def __init__(self, **bound: Any) -> None:
+        self._bound = bound
+        self._logger: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        logger = self._logger
+        if logger is None:
+            logger = self._logger = get_logger(**self._bound)
+        return getattr(logger, name)

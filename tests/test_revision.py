@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import re
 from typing import Any
 
 from hypothesis import given
@@ -24,6 +26,20 @@ def test_header_values_round_trip_through_the_sentinel(value: str) -> None:
     encoded = revision.encode_value(value)
     assert encoded.isascii() and "\n" not in encoded
     assert revision.decode_value(encoded) == value
+
+
+@given(st.one_of(st.text(), st.text(alphabet="=?base64YQ+/ \x7f\t").map(lambda t: "=?" + t),
+                 st.binary().map(lambda b: f"=?base64?{base64.b64encode(b).decode()}?=")))
+def test_header_values_as_the_sentinel_rules_define_them(value: str) -> None:
+    # The definitions by regular expression (the functions test bytes first).
+    safe = re.fullmatch(r"[\x20-\x7E]*", value) is not None
+    sentinel = re.fullmatch(r"=\?base64\?([A-Za-z0-9+/]*={0,2})\?=", value)
+    plain = safe and value == value.strip() and sentinel is None
+    assert (revision.encode_value(value) == value) is plain
+    if sentinel is None:
+        assert revision.decode_value(value) == value
+    else:
+        assert revision.decode_value(value) != value or sentinel.group(1) == ""
 
 
 def test_a_malformed_sentinel_never_matches() -> None:

@@ -169,7 +169,7 @@ from firewall.gateway.approvals.hold import (
 )
 from firewall.gateway.mrtr import APPROVAL_KEY, Ask, Link, Rounds, TaskLink
 from firewall.gateway.outbound import Outbound
-from firewall.log import get_logger
+from firewall.log import LazyLogger
 from firewall.policy import render
 from firewall.policy.counters import Counted, Reservation
 from firewall.policy.decision import (
@@ -336,6 +336,9 @@ class _ResultFlags(msgspec.Struct, gc=False):
 
 
 _flags_decoder: Final = msgspec.json.Decoder(_ResultFlags)
+# The last client meta any mediator bounded for the audit trail, and its copy.
+_shared_audit_meta: tuple[client_meta.ClientMeta, _AuditMeta] = (
+    client_meta.LEGACY, _AuditMeta(None, None, None))
 _NO_FLAGS: Final = _ResultFlags()
 # Answers read for MRTR and tasks (rules 16, 17): only these methods' results.
 _ROUND_ANSWERS: Final = mrtr.MRTR_METHODS | mrtr.TASKS_METHODS
@@ -395,7 +398,9 @@ class Mediator:
         self._initialize_ids: set[RequestId] = set()
         # Rule 19: a front's last look at a result on its way to the client.
         self.on_result: Callable[[str, bytes, bool], bytes] | None = None
-        self.log = get_logger(server=server, session=session, principal=caller.principal)
+        # Bound when first used: most requests log nothing, and a stateless
+        # request has a mediator of its own.
+        self.log: Any = LazyLogger(server=server, session=session, principal=caller.principal)
         # The calls held for approval and mcpwall's own requests to the client.
         self.holds = Holds(approvals, audit, server=server, session=session, caller=caller,
                            log=self.log, taken=self._server_pending, sessionless=sessionless)
@@ -542,11 +547,13 @@ class Mediator:
                 return Routed()
             assert rid is not None
             # Rules 16, 17: only an answer that names a resultType, or belongs to
-            # a task, can continue a call. A byte test first (the hot path): the
-            # name as written, or any \u escape, which could spell it otherwise.
+            # a task, can continue a call. Byte tests first (the hot path; find(),
+            # not ``in``: framing.splittable): the name as written, or any
+            # escape (a \u one could spell the name otherwise).
             flags: _ResultFlags | None = None
             if msg.has_result and pending.method in _ROUND_ANSWERS and (
-                    pending.task is not None or b"resultType" in data or b"\\u" in data):
+                    pending.task is not None or data.find(b"resultType") >= 0
+                    or data.find(b"\\") >= 0):
                 if pending.task is None and pending.call is not None:
                     flags = _flags_of(msg)  # read once: its outcome needs isError too
                 answered = await self._round_answer(inbound, msg, rid, pending, flags)
@@ -657,7 +664,8 @@ class Mediator:
                                 reason=f"request id {rid!r} is already in flight")
         else:
             if (direction == "client" and call.method in mrtr.MRTR_METHODS
-                    and (b"inputResponses" in inbound.data or b"requestState" in inbound.data)):
+                    and (inbound.data.find(b"inputResponses") >= 0
+                         or inbound.data.find(b"requestState") >= 0)):
                 again = await self._round(inbound, call)  # rule 16: a later round
                 if again is not None:
                     return again
@@ -818,14 +826,20 @@ class Mediator:
 
     def _audit_meta_of(self, meta: client_meta.ClientMeta) -> _AuditMeta:
         """The audit trail's bounded copy of ``meta`` (kept for the next
-        request that goes by the same: a session's, or a client's every request)."""
+        request that goes by the same: a session's, or a client's every
+        request; and across mediators, for a stateless request has one of its
+        own: the copy is a function of the meta alone)."""
+        global _shared_audit_meta
         last, seen = self._audit_meta
         if meta is last or meta == last:
             return seen
-        seen = _AuditMeta(client_meta.audit_version(meta.version),
-                          client_meta.bounded(meta.info, client_meta.MAX_INFO_BYTES),
-                          client_meta.bounded(meta.capabilities,
-                                              client_meta.MAX_CAPABILITIES_BYTES))
+        last, seen = _shared_audit_meta
+        if meta != last:
+            seen = _AuditMeta(client_meta.audit_version(meta.version),
+                              client_meta.bounded(meta.info, client_meta.MAX_INFO_BYTES),
+                              client_meta.bounded(meta.capabilities,
+                                                  client_meta.MAX_CAPABILITIES_BYTES))
+            _shared_audit_meta = (meta, seen)
         self._audit_meta = (meta, seen)
         return seen
 
@@ -954,9 +968,8 @@ class Mediator:
                                 code, err.message if err else "malformed error", size)
             return
         status: Literal["ok", "tool_error"] = "ok"
-        if pending.method == mcp.TOOLS_CALL:
-            if (flags or _flags_of(msg)).isError is True:
-                status = "tool_error"
+        if pending.method == mcp.TOOLS_CALL and (flags or _flags_of(msg)).isError is True:
+            status = "tool_error"
         await self._outcome(pending, status, None, None, size)
 
     async def _outcome(
@@ -1039,7 +1052,7 @@ class Mediator:
         """A retry that continues a call (rule 16) or answers mcpwall's own
         approval question (rule 18); None: a new call, decided in full."""
         data = inbound.data
-        if b"inputResponses" not in data and b"requestState" not in data:
+        if data.find(b"inputResponses") < 0 and data.find(b"requestState") < 0:
             return None
         params = inbound.message.params
         again = mrtr.retry(params)

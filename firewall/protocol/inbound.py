@@ -152,7 +152,8 @@ def client(data: bytes) -> Inbound:
     """
     if bounds.too_deep(data):
         raise jsonrpc.too_deep_error()
-    if b"\n" in data or b"\r" in data:  # whitespace between tokens: not canonical
+    # Whitespace between tokens: not canonical (find(), not ``in``: framing.splittable).
+    if data.find(b"\n") >= 0 or data.find(b"\r") >= 0:
         return _whole(data, "client", None)
     try:
         sent = _sent_decoder.decode(data)

@@ -252,13 +252,19 @@ def upstream_headers(version: str, method: str, params: Any,
 
 def encode_value(value: str) -> str:
     """A header value: as is when plain printable ASCII, else the Base64 sentinel form."""
-    if _HEADER_SAFE.fullmatch(value) and value == value.strip() and not _SENTINEL.fullmatch(value):
+    # isascii() and isprintable() together are _HEADER_SAFE; only a value that
+    # starts like the sentinel form can be one (the regular expressions cost
+    # more than the rest of a request's header work).
+    if value.isascii() and value.isprintable() and value == value.strip() and (
+            not value.startswith("=?") or not _SENTINEL.fullmatch(value)):
         return value
     return f"=?base64?{base64.b64encode(value.encode()).decode('ascii')}?="
 
 
 def decode_value(value: str) -> str | None:
     """A header value as the client meant it: the sentinel form decoded; None if malformed."""
+    if not value.startswith("=?"):  # cannot be the sentinel form
+        return value
     found = _SENTINEL.fullmatch(value)
     if found is None:
         return value

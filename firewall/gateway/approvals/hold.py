@@ -154,7 +154,7 @@ class Holds:
         # Requests mcpwall sent to the client, by id: (answered, answer).
         self._asked: dict[RequestId, tuple[trio.Event, list[jsonrpc.Message]]] = {}
         self._taken = taken  # ids of server requests in flight: never ours too
-        self._prefix = f"mcpwall-{secrets.token_hex(6)}-"
+        self._prefix = ""  # mcpwall-<random>-, drawn when first needed
         self._counter = itertools.count(1)
 
     @property
@@ -222,6 +222,8 @@ class Holds:
         return True
 
     def _own_id(self) -> str:
+        if not self._prefix:
+            self._prefix = f"mcpwall-{secrets.token_hex(6)}-"
         while True:
             ident = f"{self._prefix}{next(self._counter)}"
             if ident not in self._taken:  # never an id the client may answer twice

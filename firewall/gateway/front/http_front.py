@@ -356,9 +356,10 @@ class HttpFront:
             return
         accept_sse = accept_sse or not accept_json
         # The body decides (rule 5): one that claims the stateless revision is
-        # taken as such, and its headers must say so too. (A byte test first:
-        # the member's name as written, or any \u escape, which could spell it.)
-        if era == "handshake" and (revision.META_VERSION_BYTES in body or b"\\u" in body) and \
+        # taken as such, and its headers must say so too. (Byte tests first:
+        # the member's name as written, or any escape: a \u one could spell it.)
+        if era == "handshake" and (body.find(revision.META_VERSION_BYTES) >= 0
+                                   or body.find(b"\\") >= 0) and \
                 revision.body_version(revision.params_of(inbound)) is not None:
             era = "modern"
         if era != "handshake":
