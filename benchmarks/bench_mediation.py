@@ -16,9 +16,12 @@ responses: ``jsonrpc.decode``, ``reencode``, ``line_safe``), what it does now
 (``inbound.client``: envelope, view and line from one value;
 ``inbound.server`` and its relay line), and the ratio of the two.
 
-Then the mediator itself: the median us of one call pair (``from_client`` of
-the SDK tools/call, ``from_server`` of its answer) with the allow-all policy,
-without an audit trail and with an in-memory one. With ``--baseline``, another
+Then the mediator itself: the median us of one call pair with the allow-all
+policy, without an audit trail and with an in-memory one: a 2025 session's
+(``from_client`` of the SDK tools/call, ``from_server`` of its answer), and a
+stateless 2026-07-28 one as the HTTP front takes it (a mediator of its own,
+the header ladder, the upstream headers, the answer with ``resultType``: the
+pairs of ``callgrind_mediation.py``). With ``--baseline``, another
 mcpwall source tree (an earlier revision) is measured the same way in
 interleaved subprocesses, and the ratios of this tree to it are printed.
 """
@@ -93,38 +96,22 @@ def _relayed(data: bytes) -> bytes:
     return inbound.server(data).relay_line()
 
 
-ANSWER = (b'{"jsonrpc":"2.0","id":17,"result":{"content":[{"type":"text","text":'
-          b'"info of web-01"}],"isError":false}}')
+def pair_us(pairs: int, repeat: int, audited: bool, era: str = "2025") -> list[float]:
+    """us of one pair (allow-all policy), ``repeat`` times: a 2025 session's
+    from_client + from_server of a tools/call, or (``era="2026"``) a stateless
+    2026-07-28 tools/call as the HTTP front takes it (callgrind_mediation.py)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from callgrind_mediation import pair_runner
 
+    pair = pair_runner(era, audited)
 
-class _MemoryAudit:
-    """An audit point that keeps nothing and commits at once: the mediator's own cost."""
-
-    async def append(self, event: object) -> _MemoryAudit:
-        return self
-
-    async def committed(self) -> None:
-        return None
-
-
-def pair_us(pairs: int, repeat: int, audited: bool) -> list[float]:
-    """us of one from_client + from_server pair (allow-all policy), ``repeat`` times."""
-    from firewall.gateway.mediator import Mediator
-    from firewall.policy.decision import AllowAll, Caller
-
-    med = Mediator(server="vm", session="s", caller=Caller("agent", "grant", ()),
-                   policy=AllowAll(), audit=_MemoryAudit() if audited else None)  # type: ignore[arg-type]
-
-    async def run() -> float:
+    async def run(first: int) -> float:
         started = time.perf_counter()
-        for _ in range(pairs):
-            routed = await med.from_client(CALL)
-            assert routed.upstream is not None
-            back = await med.from_server(ANSWER)
-            assert back.client is not None
+        for rid in range(first, first + pairs):
+            await pair(rid)
         return (time.perf_counter() - started) / pairs * 1e6
 
-    return [trio.run(run) for _ in range(repeat)]
+    return [trio.run(run, 1 + k * pairs) for k in range(repeat)]
 
 
 def pairs_in(tree: str | None, pairs: int, repeat: int) -> dict[str, list[float]]:
@@ -137,28 +124,31 @@ def pairs_in(tree: str | None, pairs: int, repeat: int) -> dict[str, list[float]
     return result
 
 
+COLUMNS = {"no_audit": "2025, no audit", "audit": "2025, audit",
+           "no_audit_2026": "2026, no audit", "audit_2026": "2026, audit"}
+
+
 def mediator_table(pairs: int, repeat: int, baseline: str | None, rounds: int) -> None:
     trees = {"this tree": None} | ({"baseline": baseline} if baseline else {})
-    runs: dict[str, dict[str, list[float]]] = {
-        name: {"no_audit": [], "audit": []} for name in trees}
+    runs: dict[str, dict[str, list[float]]] = {name: {} for name in trees}
     for _ in range(rounds):  # interleaved, so that load on the machine hits both alike
         for name, tree in trees.items():
             for key, values in pairs_in(tree, pairs, repeat).items():
-                runs[name][key] += values
-    print(f"\nmediator, one tools/call pair (from_client + from_server), {rounds} rounds"
-          f" of {repeat} x {pairs} pairs; us, median (min)")
-    print(f"{'tree':12} {'no audit':>16} {'audit':>16}")
+                runs[name].setdefault(key, []).extend(values)
+    keys = [k for k in COLUMNS if all(k in r for r in runs.values())]
+    print(f"\nmediator, one tools/call pair, {rounds} rounds of {repeat} x {pairs} pairs; "
+          "us, median (min). 2025: a session's from_client + from_server; 2026: a "
+          "stateless 2026-07-28 call as the HTTP front takes it (a mediator of its own)")
+    print(f"{'tree':12}" + "".join(f" {COLUMNS[k]:>16}" for k in keys))
     medians = {name: {key: statistics.median(v) for key, v in r.items()}
                for name, r in runs.items()}
     for name, r in runs.items():
-        m = medians[name]
-        print(f"{name:12} {m['no_audit']:8.2f} ({min(r['no_audit']):5.2f})"
-              f" {m['audit']:8.2f} ({min(r['audit']):5.2f})")
+        print(f"{name:12}" + "".join(f" {medians[name][k]:8.2f} ({min(r[k]):5.2f})"
+                                     for k in keys))
     if baseline:
         this, base = medians["this tree"], medians["baseline"]
-        print(f"{'ratio':12} {this['no_audit'] / base['no_audit']:15.2f}x"
-              f" {this['audit'] / base['audit']:15.2f}x   (medians, this tree / baseline;"
-              " lower is faster)")
+        print(f"{'ratio':12}" + "".join(f" {this[k] / base[k]:15.2f}x" for k in keys)
+              + "   (medians, this tree / baseline; lower is faster)")
 
 
 def main() -> None:
@@ -174,8 +164,14 @@ def main() -> None:
     parser.add_argument("--pairs-only", action="store_true", help=argparse.SUPPRESS)
     opts = parser.parse_args()
     if opts.pairs_only:
-        print(json.dumps({"no_audit": pair_us(opts.pairs, opts.repeat, False),
-                          "audit": pair_us(opts.pairs, opts.repeat, True)}))
+        out = {"no_audit": pair_us(opts.pairs, opts.repeat, False),
+               "audit": pair_us(opts.pairs, opts.repeat, True)}
+        try:
+            out["no_audit_2026"] = pair_us(opts.pairs, opts.repeat, False, "2026")
+            out["audit_2026"] = pair_us(opts.pairs, opts.repeat, True, "2026")
+        except ImportError:  # a tree from before the 2026-07-28 revision
+            pass
+        print(json.dumps(out))
         return
     from firewall.protocol import inbound  # this tree only (a baseline may lack it)
 

@@ -34,6 +34,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -55,20 +56,17 @@ HEADERS_2026 = {"mcp-protocol-version": "2026-07-28", "mcp-method": "tools/call"
                 "accept": "application/json, text/event-stream"}
 
 
-def inner(era: str, pairs: int, warmup: int, audited: bool) -> None:
-    """Under valgrind: warm up, then count ``pairs`` pairs (collection toggled
-    from outside the interpreter by callgrind_control)."""
-    import trio
-
+def pair_runner(era: str, audited: bool) -> Callable[[int], Awaitable[None]]:
+    """One tools/call pair of ``era`` ("2025" or "2026"), as described above,
+    for request id ``rid``: the mediators, policy and audit point are made
+    once (a 2025 session's mediator; for 2026, the shared ``Rounds``)."""
     from firewall.gateway.mediator import Mediator
     from firewall.policy.decision import AllowAll, Caller
     from firewall.protocol.inbound import client as decode_client
 
-    if era == "2026":  # a tree from before the 2026-07-28 revision can run 2025 only
-        from firewall.gateway.mrtr import Rounds
-        from firewall.protocol import revision
-
     class MemoryAudit:
+        """An audit point that keeps nothing and commits at once."""
+
         async def append(self, event: object) -> MemoryAudit:
             return self
 
@@ -77,7 +75,23 @@ def inner(era: str, pairs: int, warmup: int, audited: bool) -> None:
 
     caller, policy = Caller("agent", "grant", ()), AllowAll()
     audit = MemoryAudit() if audited else None
-    rounds = Rounds() if era == "2026" else None
+    if era == "2025":
+        session = Mediator(server="vm", session="s", caller=caller, policy=policy,
+                           audit=audit)  # type: ignore[arg-type]
+
+        async def pair_2025(rid: int) -> None:
+            routed = await session.from_client(decode_client(CALL_2025 % rid))
+            assert routed.upstream is not None
+            back = await session.from_server(ANSWER_2025 % rid)
+            assert back.client is not None
+
+        return pair_2025
+
+    # A tree from before the 2026-07-28 revision has neither (2025 only).
+    from firewall.gateway.mrtr import Rounds
+    from firewall.protocol import revision
+
+    rounds = Rounds()
 
     def seen(method: str, line: bytes, narrowed: bool) -> bytes:
         # The HTTP front's hook (rule 19): a result of a method that is not
@@ -85,19 +99,10 @@ def inner(era: str, pairs: int, warmup: int, audited: bool) -> None:
         assert method not in revision.CACHEABLE
         return line
 
-    async def pair_2025(med: Mediator, rid: int) -> None:
-        routed = await med.from_client(decode_client(CALL_2025 % rid))
-        assert routed.upstream is not None
-        back = await med.from_server(ANSWER_2025 % rid)
-        assert back.client is not None
-
-    session = Mediator(server="vm", session="s", caller=caller, policy=policy,  # type: ignore[arg-type]
-                       audit=audit)
-
     async def pair_2026(rid: int) -> None:
         inbound = decode_client(CALL_2026 % rid)
-        med = Mediator(server="vm", session=f"stateless-{rid}", caller=caller,
-                       policy=policy, audit=audit, sessionless=True, rounds=rounds)  # type: ignore[arg-type]
+        med = Mediator(server="vm", session=f"stateless-{rid}", caller=caller, policy=policy,
+                       audit=audit, sessionless=True, rounds=rounds)  # type: ignore[arg-type]
         params = revision.params_of(inbound)
         assert revision.check_modern(HEADERS_2026, "tools/call", params, None) is None
         headers = revision.upstream_headers(revision.body_version(params), "tools/call",
@@ -109,12 +114,19 @@ def inner(era: str, pairs: int, warmup: int, audited: bool) -> None:
         back = await med.from_server(ANSWER_2026 % rid)
         assert back.client is not None
 
+    return pair_2026
+
+
+def inner(era: str, pairs: int, warmup: int, audited: bool) -> None:
+    """Under valgrind: warm up, then count ``pairs`` pairs (collection toggled
+    from outside the interpreter by callgrind_control)."""
+    import trio
+
+    pair = pair_runner(era, audited)
+
     async def run(first: int, count: int) -> None:
         for rid in range(first, first + count):
-            if era == "2025":
-                await pair_2025(session, rid)
-            else:
-                await pair_2026(rid)
+            await pair(rid)
 
     def control(*flags: str) -> None:
         subprocess.run(["callgrind_control", *flags, str(os.getpid())], check=True,
