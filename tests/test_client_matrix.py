@@ -332,7 +332,9 @@ def check_resources(run: Run, route: str) -> None:
     calls = run.report["calls"]
     assert "res://open" in run.report["resources"]
     assert calls["read_open"]["ok"] and calls["read_open"]["text"] == "open"
-    assert not calls["read_secret"]["ok"]
+    secret = calls["read_secret"]
+    assert not secret["ok"] and secret["code"] == -32001, secret
+    assert "Refused by mcpwall" in secret["message"]
     reads = {r["uri"]: r for r in run.decisions(method="resources/read")}
     assert reads["res://open"]["decision"] == "allow"
     assert (reads["res://secret"]["decision"], reads["res://secret"]["rule"]) == (
