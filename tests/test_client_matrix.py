@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sqlite3
 import subprocess
 import sys
@@ -50,9 +49,8 @@ MODERN = "2026-07-28"
 FIXTURES = Path(__file__).resolve().with_name("fixtures")
 SERVER = FIXTURES / "matrix_server.py"
 TS_CLIENT = FIXTURES / "ts_v2_matrix_client.mjs"
-# The TypeScript SDK v2 client lives in scripts/node; MCPWALL_TS_MODULES names
-# another node_modules holding it (a toolchain installed elsewhere).
-TS_MODULES = Path(os.environ.get("MCPWALL_TS_MODULES") or harness.NODE22.parents[2])
+# The TypeScript SDK v2 client lives in scripts/node (scripts/setup-node).
+TS_MODULES = harness.NODE22.parents[2]
 POLICY = {"version": "1", "default": "allow",
           "tools": {"danger": {"action": "deny", "reason": "too dangerous"}},
           "resources": {"res://secret": {"action": "deny", "reason": "not yours"}}}
@@ -233,7 +231,7 @@ class Matrix:
     def _run(self, client: str, route: str) -> Run:
         front, era = route.split("-")
         if client == "ts-v2" and (problem := _ts_problem()):
-            pytest.skip(problem)
+            harness.skip_or_fail(problem)
         if front == "serve":
             db = self.work / "audit.db"
             after = _last_seq(db)  # the runs are one after another: this run's rows follow
