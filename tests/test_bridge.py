@@ -6,7 +6,6 @@ import json
 
 from firewall.config import StdioServer
 from firewall.gateway.front.bridge import (
-    STATE_PREFIX,
     BridgedCall,
     BridgeSession,
     discover_result,
@@ -14,6 +13,7 @@ from firewall.gateway.front.bridge import (
     translate_answer,
     translate_request,
 )
+from firewall.gateway.front.bridge_input import STATE_PREFIX
 from firewall.protocol.mrtr import StateSeal
 
 META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28",

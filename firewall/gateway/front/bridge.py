@@ -72,7 +72,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Final, Protocol
@@ -84,6 +83,17 @@ from firewall.audit.events import append_lifecycle
 from firewall.config import StdioServer
 from firewall.gateway.front import held_http
 from firewall.gateway.front.admission import Refusal, ServerCaps
+from firewall.gateway.front.bridge_input import (
+    RETRY_MEMBERS,
+    InputCall,
+    InputDesk,
+    abandonment,
+    asking,
+    carried,
+    input_required,
+    input_response,
+    refusal,
+)
 from firewall.gateway.front.sessions import FrontContext, Session, new_session_id
 from firewall.gateway.front.sse_response import SseResponse
 from firewall.gateway.http.exchange import Exchange
@@ -103,11 +113,6 @@ _HANDSHAKE_ID: Final = "mcpwall-bridge-initialize"
 # What mcpwall's own initialize offers: the server requests the bridge carries
 # to a 2026-07-28 client as input requests (rule 6).
 CAPABILITIES: Final[dict[str, Any]] = {"elicitation": {"form": {}}, "sampling": {}, "roots": {}}
-# The requestState of an input request the bridge made (never the mediator's own
-# sealed states, which start with ``StateSeal.PREFIX``).
-STATE_PREFIX: Final = "mcpwall-bridge."
-# What a retry adds, which a 2025 server does not read.
-RETRY_MEMBERS: Final = ("inputResponses", "requestState")
 _METHOD_NOT_FOUND: Final = -32601
 
 
@@ -189,38 +194,20 @@ class _Waiter:
         self.answer: bytes | None = None
 
 
-class BridgedCall:
+class BridgedCall(InputCall):
     """One bridged request in flight at the server (rules 5 and 6): what the
     server sends for it arrives on ``events`` as (kind, line): ``answer`` (its
     response; ``b""`` when the child is gone), ``request`` (a server request
     the call's client may answer) or ``progress``."""
 
-    __slots__ = ("asked", "bid", "call_id", "caps", "events", "method", "receive", "round",
-                 "token")
+    __slots__ = ("bid", "events", "receive", "token")
 
     def __init__(self, bid: str, method: str, caps: dict[str, Any], call_id: str | None,
                  token: int | str | None) -> None:
+        super().__init__(method, caps, call_id)
         self.bid = bid
-        self.method = method
-        self.caps = caps
-        self.call_id = call_id
         self.token = token
         self.events, self.receive = trio.open_memory_channel[tuple[str, bytes]](math.inf)
-        # The server request the client was asked to answer, and under which key.
-        self.asked: tuple[RequestId, str] | None = None
-        self.round = 0
-
-    def offers(self, method: str | None, params: Any) -> bool:
-        """Whether the call's client offered, in its request's ``_meta``, the
-        capability a server request of ``method`` needs (and the bridge carries)."""
-        if method == mcp.ELICITATION_CREATE:
-            mode = params.get("mode") if isinstance(params, dict) else None
-            return mode in (None, "form") and mrtr.elicits(self.caps)
-        if method == mcp.SAMPLING_CREATE:
-            return isinstance(self.caps.get("sampling"), dict)
-        if method == mcp.ROOTS_LIST:
-            return isinstance(self.caps.get("roots"), dict)
-        return False
 
 
 class BridgeSession(Session):
@@ -234,12 +221,12 @@ class BridgeSession(Session):
         self.connect = connect
         self.timeout = timeout
         self.seal = seal or StateSeal()
+        self.desk = InputDesk(sid, self.seal, timeout)  # rule 6: the sealed states
         self.init_result: dict[str, Any] = {}
         self._link: Link | None = None
         self._scope = trio.CancelScope()
         self._calls: dict[str, BridgedCall] = {}
         self._ids = itertools.count(1)
-        self._keys = itertools.count(1)
         self._handshake = _Waiter()
         self._nursery: trio.Nursery | None = None
 
@@ -343,14 +330,11 @@ class BridgeSession(Session):
         of a method that may ask for input, whose client offered what it needs."""
         if len(self._calls) != 1:
             return None
-        [call] = self._calls.values()
-        if call.method not in mrtr.MRTR_METHODS:
-            return None
         try:
             params = jsonrpc.decode_any(msg.params) if len(msg.params) else None
         except jsonrpc.DECODE_ERRORS:
             return None
-        return call if call.offers(msg.method, params) else None
+        return asking(self._calls.values(), msg.method, params)
 
     def _progress_of(self, msg: jsonrpc.Message) -> BridgedCall | None:
         try:
@@ -407,34 +391,15 @@ class BridgeSession(Session):
         cancelled at the server."""
         if self._calls.pop(call.bid, None) is None:
             return
-        if call.asked is not None:
-            srid, _ = call.asked
-            call.asked = None
-            await self.send(Outbound.own(refusal or jsonrpc.error_response(
-                srid, jsonrpc.INTERNAL_ERROR, f"mcpwall: {reason}"),
-                "bridge: refusal of a server request"))
-        note = jsonrpc.request(mcp.CANCELLED, {"requestId": call.bid, "reason": reason})
-        await self.send(Outbound.own(note, "bridge: cancellation of a timed-out request"))
+        for message in abandonment(call, call.bid, reason, refusal):
+            await self.send(message)
 
     def ask(self, call: BridgedCall, server_request: bytes, caller: Caller
             ) -> tuple[str, str, RequestId] | None:
         """Make the server request the input request of ``call``'s answer (rule 6):
         (key, sealed state, the server request's id), or None if it cannot be read."""
-        try:
-            value = jsonrpc.decode_any(server_request)
-        except jsonrpc.DECODE_ERRORS:
-            return None
-        srid = value.get("id") if isinstance(value, dict) else None
-        if not isinstance(srid, (int, str)) or isinstance(srid, bool) or call.call_id is None:
-            return None
-        key = f"mcpwall_bridge_{next(self._keys)}"
-        call.round += 1
-        call.asked = (srid, key)
-        state = STATE_PREFIX + self.seal.seal(
-            {"b": self.id, "c": call.bid, "r": srid, "k": key, "i": call.call_id,
-             "p": caller.principal, "g": caller.grant},
-            expires_ns=time.time_ns() + int(self.timeout * 1e9))
-        return key, state, srid
+        self.desk.timeout = self.timeout
+        return self.desk.ask(call, call.bid, server_request, caller)
 
     def park(self, call: BridgedCall) -> None:
         """The client has the input request: the call waits for its retry at most
@@ -454,19 +419,7 @@ class BridgeSession(Session):
         request taken (used once): None unless the state opens (sealed here,
         not expired), names this caller and session, a call still waiting for
         that request, and ``call_id`` (the mediator linked the retry to it)."""
-        if not state.startswith(STATE_PREFIX):
-            return None
-        sealed = self.seal.open(state[len(STATE_PREFIX):], time.time_ns())
-        if sealed is None or sealed.get("b") != self.id or sealed.get("p") != caller.principal \
-                or sealed.get("g") != caller.grant or sealed.get("i") != call_id:
-            return None
-        call = self._calls.get(str(sealed.get("c")))
-        if call is None or call.asked is None or call.call_id != call_id \
-                or list(call.asked) != [sealed.get("r"), sealed.get("k")]:
-            return None
-        srid, key = call.asked
-        call.asked = None
-        return call, srid, key
+        return self.desk.resume(state, caller, call_id, self._calls)
 
     def next_id(self) -> str:
         """The id the next bridged request goes to the server with."""
@@ -627,12 +580,8 @@ class Bridge:
                 resumed = opened.resume(again.state, caller, routed.upstream.call_id)
                 if resumed is not None:
                     call, srid, key = resumed
-                    given = again.responses.get(key)
-                    response = (jsonrpc.result_response(srid, given) if isinstance(given, dict)
-                                else jsonrpc.error_response(srid, jsonrpc.INTERNAL_ERROR, (
-                                    "the client gave no answer to this request")))
-                    delivered = routed.upstream.translated(framing.canonical(response),
-                                                           "bridged input response")
+                    delivered = routed.upstream.translated(
+                        input_response(srid, again.responses, key), "bridged input response")
                     if not await opened.send(delivered):
                         opened.forget(call)
                     await self._carry(ex, opened, mediator, call, rid, accept_sse)
@@ -697,21 +646,14 @@ class Bridge:
             return await self._unanswered(mediator, rid, Lost("asked for input mcpwall "
                                                               "cannot read"))
         key, state, srid = asked
-        entry: dict[str, Any] = {"method": value.get("method")}
-        if isinstance(value.get("params"), dict):
-            entry["params"] = value["params"]
-        result = {"resultType": mrtr.INPUT_REQUIRED, "inputRequests": {key: entry},
-                  "requestState": state}
-        routed = await mediator.from_server(framing.canonical(jsonrpc.result_response(
-            rid, result)))
+        routed = await mediator.from_server(input_required(rid, key, state, line))
         reply = routed.client
-        if reply is not None and mrtr.INPUT_REQUIRED.encode() in reply:
+        if carried(reply):
             session.park(call)
+            assert reply is not None
             return reply
         # Refused by the policy (mediator rule 16): the call ended with the refusal.
-        why = "the policy refused this request"
-        await session.abandon(call, why, jsonrpc.error_response(
-            srid, jsonrpc.POLICY_DENIED, f"mcpwall: {why}"))
+        await session.abandon(call, "the policy refused this request", refusal(srid))
         return reply or await self._unanswered(mediator, rid, Lost("asked for input mcpwall "
                                                                    "cannot relay"))
 
