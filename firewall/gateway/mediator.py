@@ -1044,7 +1044,8 @@ class Mediator:
             receipt = await self._decided(call, msg, refused, link.call_id)
             self.log.info("call_refused", method=call.method, target=call.target,
                           decision=refused.action, rule=refused.rule, round=number)
-            return Routed(client=self._refusal(call, rid, refused), receipt=receipt)
+            return Routed(client=self._refusal(call, rid, refused, modern=True),
+                          receipt=receipt)
         decision = msgspec.structs.replace(link.decision, reason=(
             f"round {number} of this call: decided in round 1 ({link.recorded_as}, rule "
             f"{link.decision.rule}); not decided or charged again"))
@@ -1222,7 +1223,8 @@ class Mediator:
             first = next(iter(refused.values()))
             await self._outcome(pending, "jsonrpc_error", render.error_code(first),
                                 render.error_message(first), len(inbound.data))
-            return self._refusal(pending.call, rid, first)
+            # Only a request of the 2026-07-28 revision is answered so.
+            return self._refusal(pending.call, rid, first, modern=True)
         assert pending.decision is not None or pending.recorded_as is None
         self.rounds.remember(self.caller, self.server, mrtr.call_digest(pending.call), ir.state,
                              Link(pending.call_id, pending.decision or Decision(ALLOW),

@@ -198,9 +198,13 @@ class WrapSession(StdioClient):
         """Mediate until the client leaves or the child dies; return the exit code."""
         async with trio.open_nursery() as nursery:
             self._held_calls = nursery
+            if self.modern_client is not None:
+                self.modern_client.nursery = nursery  # its retry timers
             nursery.start_soon(self._read_child)
             with self._client_scope:
                 await self._read_client()
+            if self.modern_client is not None:
+                self.modern_client.close()
             self.mediator.holds.withdraw("the client disconnected" if self._client_eof
                                          else "the session ended")
             # Client EOF (or the client or the child gone): ask the child to
@@ -245,7 +249,9 @@ class WrapSession(StdioClient):
             for raw in batch:
                 line: bytes | None = raw
                 if self.modern_client is not None:
-                    line = await self.modern_client.from_child(raw)
+                    line, asked = await self.modern_client.from_child(raw)
+                    if asked is not None:  # a server request carried as an input request
+                        to_client.append(asked)
                 if line is not None:
                     line, made = await self.modern_child.from_child(line)
                     if made is not None:

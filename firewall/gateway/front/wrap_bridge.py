@@ -11,7 +11,8 @@ revisions. Rules it keeps:
    ``params._meta`` names it), nor ever once the client sent ``initialize``
    itself (a 2025 session it keeps): then, before anything of that batch reaches the
    child, mcpwall shakes hands with the child itself (its own ``initialize``,
-   clientInfo ``mcpwall-bridge``, no client capabilities, then
+   clientInfo ``mcpwall-bridge``, client capabilities
+   :data:`bridge.CAPABILITIES`: the server requests rule 5 carries, then
    ``notifications/initialized``), as the serve bridge does
    (:mod:`firewall.gateway.front.bridge`). A refused request starts nothing.
    A child that refuses that ``initialize`` (a JSON-RPC error) speaks the new
@@ -21,8 +22,11 @@ revisions. Rules it keeps:
    mediator's error, then and later.
 2. What reaches the child is the decided message translated
    (:meth:`Outbound.translated`, its receipt kept): the revision's keys of
-   ``params._meta`` (``io.modelcontextprotocol/...``) removed, nothing else
-   (the id stays the client's).
+   ``params._meta`` (``io.modelcontextprotocol/...``) and what a retry adds
+   (``inputResponses``, ``requestState``) removed, nothing else (the id
+   stays the client's; a request whose id is still that of a call carried
+   on under a later id, rule 5, is answered with the mediator's error and
+   never reaches the child).
 3. The child's answer to a bridged request gets what the revision requires
    (:func:`bridge.translate_answer`: ``resultType``, and ``ttlMs``/
    ``cacheScope`` on cacheable methods) *before* the mediator sees it (the
@@ -30,9 +34,23 @@ revisions. Rules it keeps:
 4. ``server/discover`` is decided and recorded, and answered by mcpwall from
    the child's ``initialize`` result (:func:`bridge.discover_result`); it
    never reaches the child.
-5. Once bridged, a request of the child (sampling, elicitation, roots) is
-   answered at once with -32601 (mcpwall declared no client capabilities);
-   its notifications pass the mediator to the client as before.
+5. Once bridged, a request of the child (elicitation in form mode,
+   sampling, roots/list) is carried as the serve bridge carries it
+   (:mod:`firewall.gateway.front.bridge_input`): while exactly one bridged
+   request is in flight, of a method that may ask for input, whose
+   ``_meta`` offered the capability, and that has no other request of the
+   child waiting, it becomes that call's answer, an ``InputRequiredResult``
+   with a sealed ``requestState`` (scope: the wrap session), passed through
+   the mediator (which decides the input request: refused, the call ends
+   with the refusal, the child's request gets it and the call is cancelled
+   at the child). The client's retry, once the mediator linked it to the
+   call and the state opens (used once, within the upstream timeout), is
+   written to the child as the response to its waiting request (the decided
+   retry translated), and the child's answer to the call goes to the client
+   under the retry's id. A client that does not retry in time: the child's
+   request gets an error and the call is cancelled. Any other request of
+   the child is answered at once with -32601; its notifications pass the
+   mediator to the client as before.
 
 :class:`ModernChild` (automatic): a 2025 client in front of a child that
 speaks only the stateless revision, in ``wrap`` and in each session of a
@@ -67,10 +85,22 @@ from typing import Any, Final
 import trio
 
 from firewall.gateway.front.bridge import (
+    CAPABILITIES,
     CLIENT_INFO,
     REVISION_PREFIX,
     discover_result,
     translate_answer,
+)
+from firewall.gateway.front.bridge_input import (
+    InputCall,
+    InputDesk,
+    abandonment,
+    asking,
+    carried,
+    input_required,
+    input_response,
+    refusal,
+    without_retry,
 )
 from firewall.gateway.front.bridge_modern import (
     Bridged,
@@ -81,10 +111,11 @@ from firewall.gateway.front.bridge_modern import (
 from firewall.gateway.mediator import Lost, Mediator
 from firewall.gateway.outbound import Outbound
 from firewall.gateway.upstream.stdio import ChildExited, StdioChild
-from firewall.protocol import framing, jsonrpc, mcp, revision
+from firewall.protocol import framing, jsonrpc, mcp, mrtr, revision
 from firewall.protocol.inbound import Inbound
 from firewall.protocol.inbound import client as decode_client
 from firewall.protocol.jsonrpc import RequestId
+from firewall.protocol.mrtr import StateSeal
 
 HANDSHAKE_ID: Final = "mcpwall-bridge-initialize"
 DISCOVER_ID: Final = "mcpwall-discover-1"
@@ -126,20 +157,40 @@ def modern_message(data: bytes) -> dict[str, Any] | None:
 ToClient = Callable[[list[bytes]], Awaitable[None]]
 
 
+class _Call(InputCall):
+    """A bridged request in flight at the child (kept under its id there, the
+    client's id of its first round): ``rid`` is the client's id its answer
+    goes to (a later round's, rule 5)."""
+
+    __slots__ = ("rid",)
+
+    def __init__(self, rid: RequestId, method: str, caps: dict[str, Any],
+                 call_id: str | None) -> None:
+        super().__init__(method, caps, call_id)
+        self.rid = rid
+
+
 class ModernClient:
     """A 2026-07-28 client over a 2025-only child (rules 1 to 5)."""
 
-    def __init__(self, mediator: Mediator, child: StdioChild, timeout: float) -> None:
+    def __init__(self, mediator: Mediator, child: StdioChild, timeout: float,
+                 seal: StateSeal | None = None) -> None:
         self.mediator = mediator
         self.child = child
         self.timeout = timeout
         self.init_result: dict[str, Any] | None = None
         self.failure: str | None = None
         self.passthrough = False  # the child refused initialize (rule 1)
+        # Where a call waiting for its client's retry is timed (rule 5); set
+        # by the session, whose end cancels the timers (:meth:`close`).
+        self.nursery: trio.Nursery | None = None
         self._answer: bytes | None = None
         self._answered = trio.Event()
         self._lock = trio.Lock()
-        self._pending: dict[RequestId, str] = {}  # bridged request id -> its method
+        self._pending: dict[RequestId, _Call] = {}  # by the id the child knows
+        self._desk = InputDesk(mediator.session, seal or StateSeal(), timeout)
+        self._timers: set[trio.CancelScope] = set()
+        self._closed = False
 
     async def outbound(self, messages: list[Outbound], to_client: ToClient) -> list[Outbound]:
         """What of these decided messages goes to the child, translated (rules 1 to 4);
@@ -168,18 +219,67 @@ class ModernClient:
                 if routed.client is not None:
                     replies.append(routed.client)
                 continue
+            caps = _caps_of(value)
             strip_revision_meta(value)
             if rid is not None and isinstance(method, str):
-                self._pending[rid] = method
-            elif method == mcp.CANCELLED:  # no answer will come for that one
                 params = value.get("params")
-                gone = params.get("requestId") if isinstance(params, dict) else None
-                if isinstance(gone, str | int):
-                    self._pending.pop(gone, None)
+                if method in mrtr.MRTR_METHODS and isinstance(params, dict):
+                    resumed = self._resumed(rid, params, message)
+                    if resumed is not None:  # rule 5: the answer to the child's request
+                        out.append(resumed)
+                        continue
+                    without_retry(params)
+                if self._in_use(rid):
+                    replies.extend(await self.mediator.unanswered(Lost(
+                        "cannot take this request: its id is still that of an earlier "
+                        "call in flight at the server"), [rid]))
+                    continue
+                self._pending[rid] = _Call(rid, method, caps, message.call_id)
+            elif method == mcp.CANCELLED:  # no answer will come for that one
+                self._cancelled(value)
             out.append(message.translated(framing.canonical(jsonrpc.encode(value)),
                                           "wrap: bridged"))
         await to_client(replies)
         return out
+
+    def _resumed(self, rid: RequestId, params: dict[str, Any],
+                 message: Outbound) -> Outbound | None:
+        """A retry that continues a call waiting for its client (rule 5): the
+        response to the child's request, made of the decided retry; None: a
+        new call."""
+        state = params.get("requestState")
+        responses = params.get("inputResponses")
+        if not isinstance(state, str):
+            return None
+        resumed = self._desk.resume(state, self.mediator.caller, message.call_id,
+                                    self._pending)
+        if resumed is None:
+            return None
+        call, srid, key = resumed
+        call.rid = rid
+        self.mediator.log.debug("bridge_input_answered", call_id=call.call_id)
+        return message.translated(
+            input_response(srid, responses if isinstance(responses, dict) else {}, key),
+            "wrap bridge: input response")
+
+    def _in_use(self, rid: RequestId) -> bool:
+        """Whether ``rid`` is still the child's id of a call the client now knows
+        under another id, or waits to retry (rule 2)."""
+        call = self._pending.get(rid)
+        return call is not None and (call.rid != rid or call.asked is not None)
+
+    def _cancelled(self, value: dict[str, Any]) -> None:
+        """A client's cancellation: its request forgotten, and named as the child
+        knows it (a later round's id is the first round's there)."""
+        params = value.get("params")
+        gone = params.get("requestId") if isinstance(params, dict) else None
+        if not isinstance(gone, str | int) or not isinstance(params, dict):
+            return
+        for ident, call in list(self._pending.items()):
+            if call.rid == gone and call.asked is None:
+                del self._pending[ident]
+                params["requestId"] = ident
+                return
 
     async def _shake_hands(self) -> bool:
         """mcpwall's own handshake with the child, once (rule 1); False if it failed."""
@@ -200,7 +300,7 @@ class ModernClient:
 
     async def _handshake(self) -> str | None:
         init = jsonrpc.request(mcp.INITIALIZE, {
-            "protocolVersion": mcp.LATEST_PROTOCOL_VERSION, "capabilities": {},
+            "protocolVersion": mcp.LATEST_PROTOCOL_VERSION, "capabilities": CAPABILITIES,
             "clientInfo": CLIENT_INFO}, HANDSHAKE_ID)
         try:
             await self.child.send(Outbound.own(init, "wrap bridge: mcpwall's own handshake"))
@@ -223,48 +323,128 @@ class ModernClient:
         return None
 
     def child_gone(self) -> None:
-        """The child's output ended: a handshake still waiting fails."""
+        """The child's output ended: a handshake still waiting fails; calls
+        waiting for their client's retry are forgotten."""
         self._answered.set()
+        self._pending.clear()
+        self.close()
 
-    async def from_child(self, line: bytes) -> bytes | None:
-        """A line of the child as the mediator is to see it; None when it is consumed
-        here (the handshake's answer, a refused server request: rules 3, 5)."""
+    def close(self) -> None:
+        """The session ends: no call waits for a retry any more (rule 5)."""
+        self._closed = True
+        for timer in self._timers:
+            timer.cancel()
+
+    async def from_child(self, line: bytes) -> tuple[bytes | None, bytes | None]:
+        """A line of the child: (what the mediator is to see instead, None when
+        it is consumed here: the handshake's answer, a server request; what
+        goes to the client, made here: the input request of rule 5)."""
         if self.init_result is None and self.failure is None and not self._answered.is_set():
             if HANDSHAKE_ID.encode() in line:
                 try:
                     value = jsonrpc.decode_any(line)
                 except jsonrpc.DECODE_ERRORS:
-                    return line
+                    return line, None
                 if isinstance(value, dict) and value.get("id") == HANDSHAKE_ID \
                         and "method" not in value:
                     self._answer = line
                     self._answered.set()
-                    return None
-            return line
+                    return None, None
+            return line, None
         if self.init_result is None:
-            return line
+            return line, None
         try:
             value = jsonrpc.decode_any(line)
         except jsonrpc.DECODE_ERRORS:
-            return line
+            return line, None
         if not isinstance(value, dict):
-            return line
+            return line, None
         method, rid = value.get("method"), value.get("id")
         if isinstance(method, str) and rid is not None:  # rule 5
-            self.mediator.log.info("bridge_server_request_refused", method=method)
-            refusal = jsonrpc.error_response(
-                rid, _METHOD_NOT_FOUND,
-                f"mcpwall's bridge carries no {method} to a 2026-07-28 client")
-            with contextlib.suppress(ChildExited):
-                await self.child.send(Outbound.own(refusal,
-                                                   "wrap bridge: refusal of a server request"))
-            return None
+            return None, await self._server_request(line, method, rid, value.get("params"))
         if method is None and isinstance(rid, str | int) and rid in self._pending:
+            call = self._pending.pop(rid)
+            if call.asked is not None:  # answered without its input: nobody waits
+                call.asked = None  # for it (the mediator drops it, unmatched)
+                return line, None
             try:
-                return translate_answer(line, rid, self._pending.pop(rid))
+                return translate_answer(line, call.rid, call.method), None
             except (*jsonrpc.DECODE_ERRORS, framing.NotCanonical):
-                return line
-        return line
+                return line, None
+        return line, None
+
+    async def _server_request(self, line: bytes, method: str, srid: Any,
+                              params: Any) -> bytes | None:
+        """A request of the child: carried as the input request of the one call
+        in flight (rule 5), or refused at once (-32601)."""
+        call = asking(self._pending.values(), method, params)
+        if call is None or call.asked is not None:
+            self.mediator.log.info("bridge_server_request_refused", method=method)
+            await self._to_child([Outbound.own(jsonrpc.error_response(
+                srid, _METHOD_NOT_FOUND,
+                f"mcpwall's bridge carries no {method} to a 2026-07-28 client here"),
+                "wrap bridge: refusal of a server request")])
+            return None
+        ident = next(i for i, c in self._pending.items() if c is call)
+        asked = self._desk.ask(call, ident, line, self.mediator.caller)
+        if asked is None:
+            if isinstance(srid, int | str):
+                call.asked = (srid, "")
+            await self._abandon(ident, call, "mcpwall cannot read the server's request")
+            [reply] = await self.mediator.unanswered(
+                Lost("asked for input mcpwall cannot read"), [call.rid])
+            return reply
+        key, state, srid = asked
+        routed = await self.mediator.from_server(input_required(call.rid, key, state, line))
+        if carried(routed.client):
+            self._park(ident, call)
+            return routed.client
+        # Refused by the policy (mediator rule 16): the call ended with the refusal.
+        await self._abandon(ident, call, "the policy refused this request", refusal(srid))
+        if routed.client is not None:
+            return routed.client
+        [reply] = await self.mediator.unanswered(
+            Lost("asked for input mcpwall cannot relay"), [call.rid])
+        return reply
+
+    async def _abandon(self, ident: RequestId, call: _Call, reason: str,
+                       answer: bytes | None = None) -> None:
+        if self._pending.get(ident) is call:
+            del self._pending[ident]
+            await self._to_child(abandonment(call, ident, reason, answer))
+
+    async def _to_child(self, messages: list[Outbound]) -> None:
+        with contextlib.suppress(ChildExited):
+            await self.child.send_many(messages)
+
+    def _park(self, ident: RequestId, call: _Call) -> None:
+        """The client has the input request: the call waits for its retry at most
+        the upstream timeout, then is abandoned."""
+        if self.nursery is not None:
+            self.nursery.start_soon(self._expire, ident, call, call.round)
+
+    async def _expire(self, ident: RequestId, call: _Call, number: int) -> None:
+        with trio.CancelScope() as timer:
+            if self._closed:
+                return
+            self._timers.add(timer)
+            try:
+                await trio.sleep(self.timeout)
+            finally:
+                self._timers.discard(timer)
+        if timer.cancelled_caught or call.asked is None or call.round != number:
+            return
+        self.mediator.log.info("bridge_input_unanswered", call_id=call.call_id)
+        await self._abandon(ident, call,
+                            "the client did not answer the server's request in time")
+
+
+def _caps_of(value: dict[str, Any]) -> dict[str, Any]:
+    """The client capabilities a request of the revision offered in its ``_meta``."""
+    params = value.get("params")
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    caps = meta.get(revision.META_CAPABILITIES) if isinstance(meta, dict) else None
+    return caps if isinstance(caps, dict) else {}
 
 
 class ModernChild:
