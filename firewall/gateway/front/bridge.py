@@ -49,10 +49,11 @@ the new revision without touching its servers. Rules this module keeps:
    that may ask for input (``mrtr.MRTR_METHODS``), whose request offered
    the matching capability in its ``_meta``, becomes the answer to that
    call: an ``InputRequiredResult`` with the server's request as its one
-   input request and a ``requestState`` of the bridge (:data:`STATE_PREFIX`
-   then a :class:`StateSeal` over the session, the call, the server
-   request's id and key, the call_id and the caller, expiring after the
-   upstream timeout), passed through the call's mediator (mediator rule 16
+   input request and a ``requestState`` of the bridge (sealed over the
+   session, the call, the server request's id and key, the call_id and the
+   caller, expiring after the upstream timeout:
+   :mod:`~firewall.gateway.front.bridge_input`, which ``wrap --bridge``
+   shares), passed through the call's mediator (mediator rule 16
    decides the input request; refused, the call ends with the refusal, the
    server's request gets it too and the call is cancelled at the server).
    The retry is decided by its own mediator first; only when the state

@@ -38,7 +38,9 @@ Invariants:
    2025-only child with ``bridge`` set (``--bridge``), a 2025 client over a
    child of the new revision only always (found out when the child refuses
    ``initialize``). What reaches the child is still a decided message
-   (translated, its receipt kept) or mcpwall's own handshake.
+   (translated, its receipt kept: a client's answer to the child's own
+   request is its decided retry) or mcpwall's own handshake, refusals of the
+   child's requests and cancellations of calls it abandoned.
 """
 
 from __future__ import annotations

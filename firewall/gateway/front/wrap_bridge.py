@@ -173,8 +173,7 @@ class _Call(InputCall):
 class ModernClient:
     """A 2026-07-28 client over a 2025-only child (rules 1 to 5)."""
 
-    def __init__(self, mediator: Mediator, child: StdioChild, timeout: float,
-                 seal: StateSeal | None = None) -> None:
+    def __init__(self, mediator: Mediator, child: StdioChild, timeout: float) -> None:
         self.mediator = mediator
         self.child = child
         self.timeout = timeout
@@ -188,7 +187,7 @@ class ModernClient:
         self._answered = trio.Event()
         self._lock = trio.Lock()
         self._pending: dict[RequestId, _Call] = {}  # by the id the child knows
-        self._desk = InputDesk(mediator.session, seal or StateSeal(), timeout)
+        self._desk = InputDesk(mediator.session, StateSeal(), timeout)
         self._timers: set[trio.CancelScope] = set()
         self._closed = False
 
