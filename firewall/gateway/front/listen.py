@@ -37,7 +37,8 @@ graceful end is the request's result). Rules this module keeps:
    recorded once (``listen_end``: why, notifications relayed and dropped).
 6. Over stdio (``mcpwall wrap``), where listen streams share the session's
    pipe, :class:`StdioListens` keeps rules 1 and 2: the request is narrowed
-   before the mediator sees it, and once a listen is open, a listen-stream
+   before the mediator sees it (a line is read as the mediator reads it,
+   whatever escapes spell its method), and once a listen is open, a listen-stream
    notification reaches the client only when tagged with an open listen's
    id and within its honoured filter. A session with no listen open (the
    2025 revisions, whose list_changed notifications need none) is left as
@@ -445,13 +446,19 @@ class StdioListens:
     def incoming(self, line: bytes) -> bytes:
         """A client line, with a listen request's filter narrowed (rule 1)."""
         self._pending = None
-        if _LISTEN_BYTES not in line:
+        # JSON may spell a method with escapes ("subscriptions\\/listen"): a
+        # line with a backslash is read as the mediator will read it.
+        escaped = _ESCAPE_BYTES in line
+        if _LISTEN_BYTES not in line and not escaped:
             if self.open and _CANCELLED_BYTES in line:
                 self._cancelled(line)
             return line
         try:
             value = jsonrpc.decode_any(line)
         except jsonrpc.DECODE_ERRORS:
+            return line
+        if self.open and isinstance(value, dict) and value.get("method") == mcp.CANCELLED:
+            self._cancelled_value(value)
             return line
         if not isinstance(value, dict) or value.get("method") != LISTEN or \
                 value.get("id") is None or not isinstance(value.get("params"), dict):
@@ -483,16 +490,20 @@ class StdioListens:
             value = jsonrpc.decode_any(line)
         except jsonrpc.DECODE_ERRORS:
             return
-        if isinstance(value, dict) and value.get("method") == "notifications/cancelled":
-            params = value.get("params")
-            if isinstance(params, dict) and "requestId" in params:
-                listen = self.open.pop(_key(params["requestId"]), None)
-                if listen is not None:
-                    self._ended.append((listen, "client gone"))
+        if isinstance(value, dict) and value.get("method") == mcp.CANCELLED:
+            self._cancelled_value(value)
+
+    def _cancelled_value(self, value: dict[str, Any]) -> None:
+        params = value.get("params")
+        if isinstance(params, dict) and "requestId" in params:
+            listen = self.open.pop(_key(params["requestId"]), None)
+            if listen is not None:
+                self._ended.append((listen, "client gone"))
 
     def admits(self, line: bytes) -> bool:
         """Whether a mediated server line goes on to the client (rule 6)."""
-        if not self.open or (_NOTIFICATIONS_BYTES not in line and _ID_BYTES not in line):
+        if not self.open or (_NOTIFICATIONS_BYTES not in line and _ID_BYTES not in line
+                             and _ESCAPE_BYTES not in line):
             return True
         try:
             value = jsonrpc.decode_any(line)
@@ -551,7 +562,8 @@ def _key(rid: Any) -> str:
 
 _LISTEN_BYTES: Final = LISTEN.encode()
 _NOTIFICATIONS_BYTES: Final = b"notifications/"
-_CANCELLED_BYTES: Final = b"notifications/cancelled"
+_CANCELLED_BYTES: Final = mcp.CANCELLED.encode()
+_ESCAPE_BYTES: Final = b"\\"
 _ID_BYTES: Final = b'"id"'
 _STREAM_METHODS: Final = frozenset({*FLAGS.values(), RESOURCE_UPDATED, ACKNOWLEDGED})
 

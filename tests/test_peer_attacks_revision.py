@@ -1,0 +1,126 @@
+"""Attacks by a hostile client or server on the code of the 2026-07-28 revision.
+
+Listen streams (``front/listen.py``), the bridges (``front/bridge.py``,
+``bridge_modern.py``, ``wrap_bridge.py``) and multi round-trip requests
+(``protocol/mrtr.py``, ``gateway/mrtr.py``). The promise is the one of
+docs/security.md: a peer gets exactly what mcpwall decided and recorded, a
+caller sees only its own, memory stays bounded, one message never takes a
+session or the process down. Each test is an attack that once broke it
+(or a probe that held, where named so). In-memory where the attack needs
+no process; the rest are marked slow.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from firewall.audit.events import LifecycleEvent
+from firewall.gateway.front.listen import StdioListens
+from firewall.gateway.mediator import Mediator
+from firewall.policy.compiler import compile_policy
+from firewall.policy.decision import Caller
+from firewall.policy.engine import Engine
+from firewall.policy.schema import parse_policy
+from tests.test_mediator import Recorder
+
+MODERN = "2026-07-28"
+META = {"io.modelcontextprotocol/protocolVersion": MODERN,
+        "io.modelcontextprotocol/clientCapabilities": {"elicitation": {"form": {}}},
+        "io.modelcontextprotocol/clientInfo": {"name": "attacker", "version": "0"}}
+ALICE = Caller("agent-alice", "grant-a")
+LISTEN_POLICY = {"version": "1", "default": "allow",
+                 "resources": {"res://secret": {"action": "deny", "reason": "not yours"}},
+                 "methods": {"subscriptions/listen/promptsListChanged": {
+                     "action": "deny", "reason": "prompts are not followed here"}}}
+
+
+def _mediator(policy: dict[str, Any], caller: Caller = ALICE,
+              server: str = "events") -> tuple[Mediator, Recorder]:
+    audit = Recorder()
+    engine = Engine(compile_policy(parse_policy(json.dumps(policy), "t.json")))
+    return Mediator(server=server, session="s1", caller=caller, policy=engine,
+                    audit=audit), audit
+
+
+# -- listen streams under wrap (listen.py rule 6) -----------------------------------
+# JSON lets a string say "/" as "\/" and any letter as "\u00xx": the same method.
+ESCAPED_METHODS = [b"subscriptions\\/listen", b"\\u0073ubscriptions/listen",
+                   b"subscriptions/\\u006cisten"]
+
+
+@pytest.mark.parametrize("method", ESCAPED_METHODS)
+async def test_an_escaped_listen_method_is_still_narrowed_and_filtered_under_wrap(
+        method: bytes) -> None:
+    med, _ = _mediator(LISTEN_POLICY)
+    listens = StdioListens(med)
+    params = {"notifications": {"toolsListChanged": True, "promptsListChanged": True,
+                                "resourceSubscriptions": ["res://open", "res://secret"]},
+              "_meta": META}
+    line = (b'{"jsonrpc":"2.0","id":5,"method":"' + method + b'","params":'
+            + json.dumps(params, separators=(",", ":")).encode() + b"}")
+    decided = listens.incoming(line)
+    routed = await med.from_client(decided)
+    assert routed.upstream is not None
+    if listens.pending:
+        await listens.decided(True)
+    sent = json.loads(routed.upstream.data)
+    assert sent["method"] == "subscriptions/listen"
+    # What the server is asked for is the narrowed filter, never the refused types.
+    assert sent["params"]["notifications"] == {"toolsListChanged": True,
+                                               "resourceSubscriptions": ["res://open"]}
+    await med.from_server(b'{"jsonrpc":"2.0","method":"notifications/subscriptions/'
+                          b'acknowledged","params":{"_meta":{"io.modelcontextprotocol/'
+                          b'subscriptionId":5}}}')
+    for note, admitted in [
+            (b'{"jsonrpc":"2.0","method":"notifications/tools/list_changed","params":'
+             b'{"_meta":{"io.modelcontextprotocol/subscriptionId":5}}}', True),
+            (b'{"jsonrpc":"2.0","method":"notifications/prompts/list_changed","params":'
+             b'{"_meta":{"io.modelcontextprotocol/subscriptionId":5}}}', False),
+            (b'{"jsonrpc":"2.0","method":"notifications/resources/updated","params":'
+             b'{"uri":"res://secret","_meta":{"io.modelcontextprotocol/subscriptionId":5}}}',
+             False)]:
+        relayed = (await med.from_server(note)).client
+        assert relayed is not None
+        assert listens.admits(relayed) is admitted, note
+
+
+async def test_a_server_escaping_a_refused_notification_s_method_is_still_filtered() -> None:
+    """A hostile server writes the refused type's method with escapes: the
+    filter reads what the client will read."""
+    med, _ = _mediator(LISTEN_POLICY)
+    listens = StdioListens(med)
+    line = json.dumps({"jsonrpc": "2.0", "id": 6, "method": "subscriptions/listen",
+                       "params": {"notifications": {"toolsListChanged": True,
+                                                    "promptsListChanged": True},
+                                  "_meta": META}}, separators=(",", ":")).encode()
+    routed = await med.from_client(listens.incoming(line))
+    await listens.decided(routed.upstream is not None)
+    for method in (b"notifications\\/prompts\\/list_changed",
+                   b"notifications/prompts/list\\u005fchanged"):
+        note = (b'{"jsonrpc":"2.0","method":"' + method + b'","params":{"_meta":'
+                b'{"io.modelcontextprotocol/subscriptionId":6}}}')
+        relayed = (await med.from_server(note)).client
+        if relayed is not None:
+            assert not listens.admits(relayed), relayed
+
+
+async def test_an_escaped_cancel_still_ends_the_listen_under_wrap() -> None:
+    med, audit = _mediator(LISTEN_POLICY)
+    listens = StdioListens(med)
+    line = json.dumps({"jsonrpc": "2.0", "id": 7, "method": "subscriptions/listen",
+                       "params": {"notifications": {"toolsListChanged": True},
+                                  "_meta": META}}, separators=(",", ":")).encode()
+    routed = await med.from_client(listens.incoming(line))
+    await listens.decided(routed.upstream is not None)
+    assert listens.open
+    listens.incoming(b'{"jsonrpc":"2.0","method":"notifications\\/cancelled",'
+                     b'"params":{"requestId":7}}')
+    await listens.flush()
+    assert not listens.open
+    [end] = [e for e in audit.of(LifecycleEvent) if e.kind == "listen_end"]
+    assert end.detail["reason"] == "client gone"
+
+
