@@ -16,6 +16,7 @@ import json
 from typing import Any
 
 import pytest
+import trio
 
 from firewall.audit.events import LifecycleEvent
 from firewall.gateway.front.listen import StdioListens
@@ -124,3 +125,37 @@ async def test_an_escaped_cancel_still_ends_the_listen_under_wrap() -> None:
     assert end.detail["reason"] == "client gone"
 
 
+
+
+# -- the serve bridge (bridge.py) ---------------------------------------------------
+def _bridge_session(caller: Caller = ALICE) -> Any:
+    from firewall.config import StdioServer
+    from firewall.gateway.front.bridge import BridgeSession, stdio_link
+
+    med, _ = _mediator({"version": "1", "default": "allow"}, caller, "vm")
+    return BridgeSession(sid="b1", server="vm", caller=caller, mediator=med, idle_limit=60,
+                         connect=stdio_link(StdioServer(command="true")), timeout=30)
+
+
+async def test_a_server_flooding_progress_for_a_waiting_call_holds_bounded_memory() -> None:
+    """While a call waits for its client's retry nobody reads its events: a
+    server sending progress (or requests) for it without end must not make
+    mcpwall keep them all."""
+    from firewall.gateway.front.bridge import MAX_QUEUED
+
+    session = _bridge_session()
+    call = session.open_call("mcpwall-bridge-1", "tools/call", {"elicitation": {}}, "s.1", 9)
+    for n in range(5 * MAX_QUEUED):
+        note = json.dumps({"jsonrpc": "2.0", "method": "notifications/progress",
+                           "params": {"progressToken": 9, "progress": n}}).encode()
+        assert await session._dispatch(note)
+    assert call.receive.statistics().current_buffer_used <= MAX_QUEUED
+    # The call's answer still gets through a full queue.
+    assert await session._dispatch(b'{"jsonrpc":"2.0","id":"mcpwall-bridge-1","result":{}}')
+    kinds = []
+    while True:
+        try:
+            kinds.append(call.receive.receive_nowait()[0])
+        except trio.WouldBlock:
+            break
+    assert kinds[-1] == "answer" and kinds.count("progress") <= MAX_QUEUED
