@@ -159,3 +159,47 @@ async def test_a_server_flooding_progress_for_a_waiting_call_holds_bounded_memor
         except trio.WouldBlock:
             break
     assert kinds[-1] == "answer" and kinds.count("progress") <= MAX_QUEUED
+
+
+def _bridge(policy: dict[str, Any] | None = None) -> Any:
+    from firewall.config import ListenSettings, StdioServer
+    from firewall.gateway.front.admission import ServerCaps
+    from firewall.gateway.front.bridge import Bridge, stdio_link
+    from firewall.gateway.front.sessions import FrontContext
+
+    engine = Engine(compile_policy(parse_policy(json.dumps(
+        policy or {"version": "1", "default": "allow"}), "t.json")))
+    front = FrontContext(ListenSettings(), engine, Recorder())
+    return Bridge("vm", stdio_link(StdioServer(command="true")), front,
+                  ServerCaps(None, None, "servers.vm"), 60)
+
+
+def _nested(depth: int) -> Any:
+    value: Any = "x"
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+async def test_a_server_request_nested_to_the_limit_ends_its_call_not_the_request() -> None:
+    """A server request mcpwall reads (64 levels) is nested deeper once carried
+    inside an InputRequiredResult: the call ends with an error, the request
+    handler does not raise, and the call is not left behind."""
+    bridge = _bridge()
+    session = _bridge_session()
+    med = session.mediator
+    ask = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+        "name": "book", "arguments": {}, "_meta": META}}).encode()
+    routed = await med.from_client(ask)
+    assert routed.upstream is not None
+    call = session.open_call("mcpwall-bridge-1", "tools/call", {"elicitation": {}},
+                             routed.upstream.call_id, None)
+    from firewall.protocol import bounds, jsonrpc
+
+    deep = json.dumps({"jsonrpc": "2.0", "id": 3, "method": "elicitation/create",
+                       "params": {"message": "?", "requestedSchema": _nested(
+                           bounds.MAX_DEPTH - 2)}}).encode()
+    assert jsonrpc.decode(deep).method == "elicitation/create"  # mcpwall reads it
+    reply = json.loads(await bridge._input_request(session, med, call, 1, deep))
+    assert reply["id"] == 1 and "cannot carry" in reply["error"]["message"]
+    assert "mcpwall-bridge-1" not in session._calls

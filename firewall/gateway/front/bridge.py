@@ -719,8 +719,13 @@ class Bridge:
             entry["params"] = value["params"]
         result = {"resultType": mrtr.INPUT_REQUIRED, "inputRequests": {key: entry},
                   "requestState": state}
-        routed = await mediator.from_server(framing.canonical(jsonrpc.result_response(
-            rid, result)))
+        try:  # nested one level deeper than the server wrote it: may be too deep
+            carried = framing.canonical(jsonrpc.result_response(rid, result))
+        except framing.NotCanonical:
+            await session.abandon(call, "mcpwall cannot carry the server's request")
+            return await self._unanswered(mediator, rid, Lost("asked for input mcpwall "
+                                                              "cannot carry"))
+        routed = await mediator.from_server(carried)
         reply = routed.client
         if reply is not None and mrtr.INPUT_REQUIRED.encode() in reply:
             session.park(call)
