@@ -228,3 +228,47 @@ async def test_a_client_id_like_the_bridges_handshake_is_not_taken_for_it() -> N
     relayed = (await med.from_server(seen)).client
     assert relayed is not None and json.loads(relayed)["id"] == "mcpwall-bridge-initialize"
     assert bridge.init_result is None and not bridge.passthrough
+
+
+# -- MRTR links and approval questions (gateway/mrtr.py) --------------------------------
+async def test_one_caller_flooding_rounds_cannot_evict_anothers_link() -> None:
+    """The link store is shared by a server's callers: a caller whose calls
+    keep asking for input must not crowd out another caller's link (its
+    retry would be a new call, charged twice: here refused by the rate limit)."""
+    from firewall.gateway.mrtr import Rounds
+    from tests.test_mrtr import ALICE as A
+    from tests.test_mrtr import MALLORY, answer, call, decisions, input_required, mediator
+
+    rounds = Rounds(max_links=20)
+    alice, audit = mediator(A, rounds, "s-a")
+    assert (await alice.from_client(call(1, "deploy", {"app": "web"}))).upstream is not None
+    await alice.from_server(answer(1, input_required("alice-state")))
+    mallory, _ = mediator(MALLORY, rounds, "s-m")
+    for n in range(2, 40):
+        assert (await mallory.from_client(call(n, "batch", {"n": n}))).upstream is not None
+        await mallory.from_server(answer(n, input_required(f"m-{n}")))
+    retry = call(2, "deploy", {"app": "web"}, requestState="alice-state",
+                 inputResponses={"q": {"action": "accept", "content": {}}})
+    assert (await alice.from_client(retry)).upstream is not None
+    first, second = decisions(audit)
+    assert second.call_id == first.call_id and second.decision == "allow"
+
+
+async def test_one_caller_flooding_approval_questions_cannot_evict_anothers() -> None:
+    from firewall.gateway.mrtr import APPROVAL_KEY, Rounds
+    from tests.test_mrtr import ALICE as A
+    from tests.test_mrtr import MALLORY, call, decisions, mediator
+
+    rounds = Rounds(max_asks=20)
+    alice, audit = mediator(A, rounds, "s-a")
+    asked = await alice.from_client(call(1, "stop_vm", {"vm": "db-01"}))
+    assert asked.client is not None
+    state = json.loads(asked.client)["result"]["requestState"]
+    mallory, _ = mediator(MALLORY, rounds, "s-m")
+    for n in range(2, 40):
+        assert (await mallory.from_client(call(n, "stop_vm", {"vm": f"vm-{n}"}))).client
+    yes = {APPROVAL_KEY: {"action": "accept", "content": {"approve": True}}}
+    routed = await alice.from_client(call(2, "stop_vm", {"vm": "db-01"}, requestState=state,
+                                          inputResponses=yes))
+    assert routed.upstream is not None
+    assert decisions(audit)[-1].decision == "approved"

@@ -1071,7 +1071,8 @@ class Mediator:
             return None  # it carries a server's round, which the question would lose
         digest = mrtr.call_digest(call)
         await self._unanswered_asks(self.rounds.ask(
-            Ask(call_id, digest, call, decision, reservation, time.monotonic())))
+            Ask(call_id, digest, call, decision, reservation, time.monotonic()),
+            self.caller.principal))
         state = self.rounds.seal.seal(
             {"c": call_id, "d": digest, "p": self.caller.principal, "g": self.caller.grant,
              "s": self.server}, expires_ns=time.time_ns() + int(self.rounds.ttl * 1e9))

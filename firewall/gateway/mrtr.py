@@ -17,7 +17,10 @@ keeps (the mediator's MRTR rules point here):
 2. Everything here is bounded: at most ``max_links`` links, ``max_tasks``
    tasks and ``max_asks`` approval questions, the oldest dropped first, and
    each expires (links and questions after ``ttl`` seconds, tasks after
-   ``task_ttl``). A call may be linked over at most ``max_rounds`` rounds;
+   ``task_ttl``). One caller (principal) holds at most a tenth of each
+   (:data:`OWNER_SHARE`), its own oldest dropped first: the stores are shared
+   by a server's callers, and one caller's flood of rounds, tasks or
+   questions cannot crowd out another's. A call may be linked over at most ``max_rounds`` rounds;
    after that its retry is a new call.
 3. A question mcpwall asks through an ``InputRequiredResult`` (approval in
    the client) is answered once: :meth:`Rounds.answer` removes it. Its
@@ -43,6 +46,8 @@ from firewall.protocol.mrtr import StateSeal
 ROUND_TTL: Final = 600.0
 TASK_TTL: Final = 24 * 3600.0
 MAX_ROUNDS: Final = 10
+# One caller (principal) holds at most this fraction of each store (rule 2).
+OWNER_SHARE: Final = 10
 # The inputRequests key of mcpwall's own approval question.
 APPROVAL_KEY: Final = "mcpwall_approval"
 
@@ -79,22 +84,47 @@ class Ask(msgspec.Struct, frozen=True):
 
 
 class _Bounded(Generic[K, V]):
-    """An insertion-ordered map with a size bound and a per-entry expiry."""
+    """An insertion-ordered map with a size bound, a per-owner bound and a
+    per-entry expiry (rule 2): an owner over its share loses its own oldest."""
 
-    def __init__(self, limit: int, ttl: float, clock: Callable[[], float]) -> None:
-        self._items: OrderedDict[K, tuple[float, V]] = OrderedDict()
+    def __init__(self, limit: int, ttl: float, clock: Callable[[], float],
+                 per_owner: int | None = None) -> None:
+        self._items: OrderedDict[K, tuple[float, V, str]] = OrderedDict()
+        self._owned: dict[str, OrderedDict[K, None]] = {}
         self._limit = limit
+        self._per_owner = per_owner if per_owner is not None else max(1, limit // OWNER_SHARE)
         self._ttl = ttl
         self._clock = clock
 
-    def put(self, key: K, value: V) -> list[V]:
-        """Store ``value``; return what was dropped to make room or expired."""
+    def put(self, key: K, value: V, owner: str = "") -> list[V]:
+        """Store ``value`` for ``owner``; return what was dropped to make room or expired."""
         dropped = self.expire()
-        self._items.pop(key, None)
-        self._items[key] = (self._clock() + self._ttl, value)
+        self._remove(key)
+        self._items[key] = (self._clock() + self._ttl, value, owner)
+        owned = self._owned.setdefault(owner, OrderedDict())
+        owned[key] = None
+        while len(owned) > self._per_owner:
+            dropped.append(self._take(next(iter(owned))))
         while len(self._items) > self._limit:
-            dropped.append(self._items.popitem(last=False)[1][1])
+            dropped.append(self._take(next(iter(self._items))))
         return dropped
+
+    def _take(self, key: K) -> V:
+        """The value of a ``key`` that is there, taken out."""
+        item = self._remove(key)
+        assert item is not None
+        return item[1]
+
+    def _remove(self, key: K) -> tuple[float, V, str] | None:
+        item = self._items.pop(key, None)
+        if item is None:
+            return None
+        owned = self._owned.get(item[2])
+        if owned is not None:
+            owned.pop(key, None)
+            if not owned:
+                del self._owned[item[2]]
+        return item
 
     def get(self, key: K) -> V | None:
         item = self._items.get(key)
@@ -103,7 +133,7 @@ class _Bounded(Generic[K, V]):
         return item[1]
 
     def pop(self, key: K) -> V | None:
-        item = self._items.pop(key, None)
+        item = self._remove(key)
         if item is None or item[0] < self._clock():
             return None
         return item[1]
@@ -112,11 +142,10 @@ class _Bounded(Generic[K, V]):
         now = self._clock()
         dropped: list[V] = []
         while self._items:
-            key, (until, value) = next(iter(self._items.items()))
+            key, (until, _, _) = next(iter(self._items.items()))
             if until >= now:
                 break
-            del self._items[key]
-            dropped.append(value)
+            dropped.append(self._take(key))
         return dropped
 
     def __len__(self) -> int:
@@ -156,7 +185,8 @@ class Rounds:
                  link: Link) -> None:
         """The call ``link.call_id`` asked for input; its retry may echo ``state``."""
         if link.round < self.max_rounds:
-            self._links.put((caller.principal, caller.grant, server, digest, state), link)
+            self._links.put((caller.principal, caller.grant, server, digest, state), link,
+                            caller.principal)
 
     def take(self, caller: Caller, server: str, digest: str, state: str | None) -> Link | None:
         """The link a retry continues, removed (used once), or None: a new call."""
@@ -165,7 +195,8 @@ class Rounds:
     # -- tasks -------------------------------------------------------------------
     def task(self, caller: Caller, server: str, task_id: str, link: TaskLink) -> None:
         """Task ``task_id`` carries on the call ``link.call_id``."""
-        self._tasks.put((caller.principal, caller.grant, server, task_id), link)
+        self._tasks.put((caller.principal, caller.grant, server, task_id), link,
+                        caller.principal)
 
     def task_call(self, caller: Caller, server: str, task_id: str) -> TaskLink | None:
         """The call a task of this caller belongs to, or None."""
@@ -176,10 +207,11 @@ class Rounds:
         return self._tasks.pop((caller.principal, caller.grant, server, task_id))
 
     # -- approval questions (rule 3) ---------------------------------------------
-    def ask(self, ask: Ask) -> list[Ask]:
-        """Keep a question until its answer; return questions dropped unanswered
-        (their reservations are the caller's to give back)."""
-        return self._asks.put(ask.call_id, ask)
+    def ask(self, ask: Ask, owner: str = "") -> list[Ask]:
+        """Keep a question (of the caller ``owner``, a principal) until its answer;
+        return questions dropped unanswered (their reservations are the caller's
+        to give back)."""
+        return self._asks.put(ask.call_id, ask, owner)
 
     def answer(self, call_id: str) -> Ask | None:
         """The question of ``call_id``, removed (answered once), or None."""
