@@ -272,3 +272,27 @@ async def test_one_caller_flooding_approval_questions_cannot_evict_anothers() ->
                                           inputResponses=yes))
     assert routed.upstream is not None
     assert decisions(audit)[-1].decision == "approved"
+
+
+async def test_a_reload_that_refuses_a_type_stops_it_on_a_stdio_listen() -> None:
+    """Under wrap as over HTTP (listen.py rule 5): once a reload refuses a type
+    or a resource to the caller, an open listen stops carrying it."""
+    engine = Engine(compile_policy(parse_policy(json.dumps(LISTEN_POLICY), "t.json")))
+    med = Mediator(server="events", session="s1", caller=ALICE, policy=engine, audit=Recorder())
+    listens = StdioListens(med)
+    line = json.dumps({"jsonrpc": "2.0", "id": 8, "method": "subscriptions/listen", "params": {
+        "notifications": {"toolsListChanged": True, "resourceSubscriptions": ["res://open"]},
+        "_meta": META}}, separators=(",", ":")).encode()
+    routed = await med.from_client(listens.incoming(line))
+    await listens.decided(routed.upstream is not None)
+    tag = b'"_meta":{"io.modelcontextprotocol/subscriptionId":8}'
+    tools = b'{"jsonrpc":"2.0","method":"notifications/tools/list_changed","params":{' + tag + b"}}"
+    updated = (b'{"jsonrpc":"2.0","method":"notifications/resources/updated","params":'
+               b'{"uri":"res://open",' + tag + b"}}")
+    assert listens.admits(tools) and listens.admits(updated)
+    engine.swap(compile_policy(parse_policy(json.dumps({
+        **LISTEN_POLICY, "resources": {"res://*": {"action": "deny", "reason": "closed"}},
+        "methods": {"subscriptions/listen/*": {"action": "deny", "reason": "no more"}}}),
+        "t.json")))
+    assert not listens.admits(tools)
+    assert not listens.admits(updated)

@@ -42,7 +42,9 @@ graceful end is the request's result). Rules this module keeps:
    notification reaches the client only when tagged with an open listen's
    id and within its honoured filter. A session with no listen open (the
    2025 revisions, whose list_changed notifications need none) is left as
-   it is.
+   it is. Each notification is checked against the rules in force before it
+   goes on, so a reload that refuses a type stops it there too (rule 5; no
+   ``list_changed`` is pushed over stdio).
 5. A policy reload that changed the table re-decides every open stream's
    honoured types (a type now refused stops, none is added) and sends
    ``notifications/tools/list_changed`` (tagged as the stream's) on each
@@ -528,10 +530,25 @@ class StdioListens:
             return False  # no open listen of this session asked for it
         if method == ACKNOWLEDGED:
             return True
-        if listen.honoured.admits(method, params):
+        if listen.honoured.admits(method, params) and self._still(listen, method, params):
             listen.relayed += 1
             return True
         listen.dropped += 1
+        return False
+
+    def _still(self, listen: _StdioListen, method: str, params: Any) -> bool:
+        """Whether the rules in force still let the caller follow this type (rule 5:
+        after a reload that refuses it, the listen stops carrying it)."""
+        flag = _FLAG_OF.get(method)
+        one: dict[str, Any] = ({flag: True} if flag is not None
+                               else {RESOURCES: [params.get("uri")]})
+        mediator = self.mediator
+        still, _ = narrow(mediator.policy, mediator.caller, mediator.server, one)
+        if still.flags or still.uris:
+            return True
+        now = listen.honoured
+        listen.honoured = (Honoured(now.flags - {flag}, now.uris) if flag is not None
+                           else Honoured(now.flags, now.uris - {params.get("uri")}))
         return False
 
     async def flush(self) -> None:
