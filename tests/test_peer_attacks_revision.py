@@ -12,7 +12,13 @@ no process; the rest are marked slow.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import sqlite3
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -25,6 +31,7 @@ from firewall.policy.compiler import compile_policy
 from firewall.policy.decision import Caller
 from firewall.policy.engine import Engine
 from firewall.policy.schema import parse_policy
+from tests.fixtures import conformance_harness as harness
 from tests.test_mediator import Recorder
 
 MODERN = "2026-07-28"
@@ -296,3 +303,51 @@ async def test_a_reload_that_refuses_a_type_stops_it_on_a_stdio_listen() -> None
         "t.json")))
     assert not listens.admits(tools)
     assert not listens.admits(updated)
+
+
+@pytest.mark.slow
+def test_a_linked_retry_the_bridge_cannot_resume_is_never_a_new_uncharged_call(
+        tmp_path: Path) -> None:
+    """A retry echoing the bridge's state is linked by the mediator to its
+    first round (not charged again). When the bridge can no longer resume
+    that call (the question went unanswered past the upstream timeout), the
+    retry must not reach the server as a fresh call: it would run again
+    without paying its rate limit, recorded as a later round."""
+    from tests.test_bridge_input_live import FIXTURE, TOKENS
+    from tests.test_bridge_input_live import _post as post
+    from tests.test_bridge_input_live import _state_of as state_of
+
+    policy = {"version": "1", "default": "allow",
+              "tools": {"book": {"rate_limit": {"max": 1, "window": 3600}}}}
+    (tmp_path / "policy.json").write_text(json.dumps(policy))
+    port = harness.free_port()
+    lines = ["[listen]", 'host = "127.0.0.1"', f"port = {port}", "upstream_timeout_seconds = 5",
+             "", "[policy]", f"files = [{json.dumps(str(tmp_path / 'policy.json'))}]",
+             'deny_tools_call_as = "jsonrpc_error"', "",
+             "[audit]", f"path = {json.dumps(str(tmp_path / 'audit.db'))}", ""]
+    for principal, token in TOKENS.items():
+        lines += ["[[auth.tokens]]", f'sha256 = "{hashlib.sha256(token.encode()).hexdigest()}"',
+                  f'principal = "{principal}"', f'grant = "{principal}-grant"', ""]
+    lines += ["[servers.asking]", 'transport = "stdio"', "bridge = true",
+              f"command = {json.dumps(sys.executable)}", f"args = [{json.dumps(str(FIXTURE))}]",
+              ""]
+    (tmp_path / "mcpwall.toml").write_text("\n".join(lines))
+    log = tmp_path / "mcpwall.log"
+    with harness.background([sys.executable, "-m", "firewall", "serve",
+                             str(tmp_path / "mcpwall.toml")], log, cwd=tmp_path) as proc:
+        harness.wait_for_port(port, proc, log)
+        gateway = SimpleNamespace(url=harness.endpoint(f"http://127.0.0.1:{port}", "asking"))
+        call = {"name": "book", "arguments": {"city": "Lima"}}
+        key, state = state_of(post(gateway, call, "lima-1"))  # type: ignore[arg-type]
+        deadline = time.monotonic() + 30
+        while "bridge_input_unanswered" not in log.read_text():
+            assert time.monotonic() < deadline, "the question was never abandoned"
+            time.sleep(0.2)
+        late = post(gateway, {**call, "requestState": state, "inputResponses": {  # type: ignore[arg-type]
+            key: {"action": "accept", "content": {"date": "2027-05-05"}}}}, "lima-2")
+        assert "error" in late, late  # not a fresh, uncharged run of book
+        assert proc.poll() is None
+    with sqlite3.connect(f"file:{tmp_path / 'audit.db'}?mode=ro", uri=True) as db:
+        reasons = [r for (r,) in db.execute(
+            "SELECT reason FROM events WHERE kind = 'decision' AND tool = 'book'")]
+    assert len(reasons) == 2 and "round 2" in (reasons[1] or "")

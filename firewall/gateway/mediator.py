@@ -395,6 +395,12 @@ class Mediator:
         """Whether a client request forwarded upstream still waits for its answer."""
         return request_id in self._client_pending
 
+    def round_of(self, request_id: RequestId) -> int:
+        """The round of a client request in flight (rule 16): above 1 when it was
+        linked to an earlier round (decided and charged there); 1 otherwise."""
+        pending = self._client_pending.get(request_id)
+        return pending.round if pending is not None else 1
+
     @property
     def pending_count(self) -> int:
         """Requests forwarded to the upstream and not answered yet."""

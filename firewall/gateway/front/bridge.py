@@ -60,9 +60,12 @@ the new revision without touching its servers. Rules this module keeps:
    request (taken once), and the mediator linked the retry to that call_id,
    is the client's answer written to the server as the response to its
    request (:meth:`Outbound.translated` of the decided retry) and the retry
-   answered with what the server sends next for the call. Any other retry is
-   a new call (its ``inputResponses`` and ``requestState`` removed, for a
-   2025 server reads neither). A call whose client does not retry within
+   answered with what the server sends next for the call. A retry the
+   mediator linked to an earlier round (so not decided nor charged again)
+   that the bridge cannot resume (its question expired, or was answered) is
+   answered with the mediator's error and never reaches the server. Any
+   other retry is a new call (its ``inputResponses`` and ``requestState``
+   removed, for a 2025 server reads neither). A call whose client does not retry within
    the upstream timeout is abandoned: its server request answered with an
    error, the call cancelled.
 7. What the server sends for a call waits in that call's queue until the
@@ -653,6 +656,12 @@ class Bridge:
                     if not await opened.send(delivered):
                         opened.forget(call)
                     await self._carry(ex, opened, mediator, call, rid, accept_sse)
+                    return
+                if mediator.round_of(rid) > 1:  # linked, not charged: never a new call
+                    await self._answer(ex, await self._unanswered(mediator, rid, Lost(
+                        "no longer waits for this retry (its question went unanswered in "
+                        "time, or was answered already); call again without requestState")),
+                        accept_sse)
                     return
         bid = opened.next_id()
         outbound = routed.upstream.translated(translate_request(routed.upstream.data, bid),
