@@ -351,3 +351,82 @@ def test_a_linked_retry_the_bridge_cannot_resume_is_never_a_new_uncharged_call(
         reasons = [r for (r,) in db.execute(
             "SELECT reason FROM events WHERE kind = 'decision' AND tool = 'book'")]
     assert len(reasons) == 2 and "round 2" in (reasons[1] or "")
+
+
+@pytest.mark.parametrize("uri", [["res://open"], {"a": 1}, 7, None])
+async def test_a_resource_update_with_a_hostile_uri_is_dropped_not_raised(uri: Any) -> None:
+    """A server's ``notifications/resources/updated`` whose ``uri`` is no string
+    (a list: unhashable) is dropped by the filters over stdio and HTTP alike."""
+    from firewall.gateway.front.listen import Honoured, _carried
+
+    med, _ = _mediator(LISTEN_POLICY)
+    listens = StdioListens(med)
+    line = json.dumps({"jsonrpc": "2.0", "id": 9, "method": "subscriptions/listen", "params": {
+        "notifications": {"resourceSubscriptions": ["res://open"]}, "_meta": META}},
+        separators=(",", ":")).encode()
+    routed = await med.from_client(listens.incoming(line))
+    await listens.decided(routed.upstream is not None)
+    note = json.dumps({"jsonrpc": "2.0", "method": "notifications/resources/updated", "params": {
+        "uri": uri, "_meta": {"io.modelcontextprotocol/subscriptionId": 9}}},
+        separators=(",", ":")).encode()
+    relayed = (await med.from_server(note)).client
+    assert relayed is not None
+    assert not listens.admits(relayed)
+    assert _carried(relayed, Honoured(frozenset(), frozenset({"res://open"}))) is None
+
+
+# A stdio server that answers a listen with a resource update whose uri is a list.
+HOSTILE_LISTENER = """
+import json, sys
+for line in sys.stdin:
+    msg = json.loads(line)
+    rid, method = msg.get("id"), msg.get("method")
+    def out(value):
+        sys.stdout.write(json.dumps(value) + "\\n"); sys.stdout.flush()
+    if method == "subscriptions/listen":
+        tag = {"io.modelcontextprotocol/subscriptionId": rid}
+        out({"jsonrpc": "2.0", "method": "notifications/subscriptions/acknowledged",
+             "params": {"_meta": tag}})
+        out({"jsonrpc": "2.0", "method": "notifications/resources/updated",
+             "params": {"uri": ["res://open"], "_meta": tag}})
+        out({"jsonrpc": "2.0", "method": "notifications/tools/list_changed",
+             "params": {"_meta": tag}})
+    elif rid is not None:
+        out({"jsonrpc": "2.0", "id": rid, "result": {}})
+"""
+
+
+@pytest.mark.slow
+def test_a_hostile_resource_update_on_a_wrap_listen_does_not_end_the_session(
+        tmp_path: Path) -> None:
+    import subprocess
+
+    from conftest import mcpwall_argv
+
+    (tmp_path / "policy.json").write_text(json.dumps(LISTEN_POLICY))
+    proc = subprocess.Popen(
+        [*mcpwall_argv(), "wrap", "--policy", str(tmp_path / "policy.json"), "--",
+         sys.executable, "-c", HOSTILE_LISTENER],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        listen = {"jsonrpc": "2.0", "id": 1, "method": "subscriptions/listen", "params": {
+            "notifications": {"toolsListChanged": True, "resourceSubscriptions": ["res://open"]},
+            "_meta": META}}
+        ping = {"jsonrpc": "2.0", "id": 2, "method": "ping", "params": {"_meta": META}}
+        proc.stdin.write((json.dumps(listen) + "\n" + json.dumps(ping) + "\n").encode())
+        proc.stdin.flush()
+        seen = []
+        while not any(m.get("id") == 2 for m in seen):
+            line = proc.stdout.readline()
+            assert line, "mcpwall wrap ended: " + proc.stderr.read().decode()[-2000:]
+            seen.append(json.loads(line))
+        methods = [m.get("method") for m in seen]
+        assert "notifications/tools/list_changed" in methods
+        assert "notifications/resources/updated" not in methods
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=20)
+        proc.stdout.close()
+        if proc.stderr is not None:
+            proc.stderr.close()

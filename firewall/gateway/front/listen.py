@@ -111,7 +111,8 @@ class Honoured(msgspec.Struct, frozen=True):
         if flag is not None:
             return flag in self.flags
         if method == RESOURCE_UPDATED and isinstance(params, dict):
-            return params.get("uri") in self.uris
+            uri = params.get("uri")  # a server's: may be anything, unhashable too
+            return isinstance(uri, str) and uri in self.uris
         return False
 
 
