@@ -430,3 +430,28 @@ def test_a_hostile_resource_update_on_a_wrap_listen_does_not_end_the_session(
         proc.stdout.close()
         if proc.stderr is not None:
             proc.stderr.close()
+
+
+async def test_another_callers_task_is_refused_not_forwarded() -> None:
+    """mcpwall speaks to a server for every caller under one identity: a
+    server cannot tell whose task a ``tasks/*`` request names. A task id
+    mcpwall saw given to one caller is refused to any other (recorded as a
+    ``protocol`` deny), never forwarded."""
+    from firewall.gateway.mrtr import Rounds
+    from tests.test_mrtr import ALICE as A
+    from tests.test_mrtr import MALLORY, answer, call, decisions, mediator, request
+
+    rounds = Rounds()
+    alice, _ = mediator(A, rounds)
+    assert (await alice.from_client(call(1, "batch", {}))).upstream is not None
+    await alice.from_server(answer(1, {"resultType": "task", "taskId": "t-9",
+                                       "status": "working"}))
+    mallory, audit = mediator(MALLORY, rounds, "s2")
+    for rid, method in enumerate(["tasks/get", "tasks/update"], start=1):
+        routed = await mallory.from_client(request(rid, method, {"taskId": "t-9"}))
+        assert routed.upstream is None and routed.client is not None
+        assert "error" in json.loads(routed.client)
+        assert decisions(audit)[-1].decision == "deny" and decisions(audit)[-1].rule == "protocol"
+    # A task id mcpwall never saw given goes on as the policy says; alice's own, too.
+    assert (await mallory.from_client(request(3, "tasks/get", {"taskId": "t-x"}))).upstream
+    assert (await alice.from_client(request(2, "tasks/get", {"taskId": "t-9"}))).upstream

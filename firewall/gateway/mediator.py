@@ -123,7 +123,9 @@ fronts own the I/O; the mediator owns the rules. Invariants it keeps:
    caller are decided by the policy (``methods``) and recorded under the
    task's call_id; their answers are part of that call (a task waiting for
    input has its ``inputRequests`` decided as in rule 16), and the call's one
-   outcome is recorded when a ``tasks/get`` shows the task ended.
+   outcome is recorded when a ``tasks/get`` shows the task ended. One naming
+   a task the server gave to another principal is refused (``protocol``
+   deny), never forwarded.
 18. A rule with ``"approval": "client"`` on a call from a 2026-07-28 client
    that offers form elicitation is asked through the call's own answer: an
    ``InputRequiredResult`` whose one input request is mcpwall's question and
@@ -642,6 +644,10 @@ class Mediator:
             # outcome; the second is refused before any policy.
             decision = Decision(DENY, rule="protocol",
                                 reason=f"request id {rid!r} is already in flight")
+        elif direction == "client" and call.method in mrtr.TASKS_METHODS and \
+                (foreign := self._foreign_task(inbound)) is not None:
+            decision = Decision(DENY, rule="protocol",
+                                reason=f"task {foreign!r} belongs to another caller")
         else:
             if (direction == "client" and call.method in mrtr.MRTR_METHODS
                     and (b"inputResponses" in inbound.data or b"requestState" in inbound.data)):
@@ -1161,6 +1167,15 @@ class Mediator:
                                            "verdict": "expired", "by": None, "via": "client",
                                            "note": "no answer in the client", "scope": "call",
                                            "waited_s": round(time.monotonic() - ask.asked, 3)})
+
+    def _foreign_task(self, inbound: Inbound) -> str | None:
+        """The task id a tasks/* request names when the server gave it to another
+        principal (rule 17), else None."""
+        ident = mrtr.task_id(inbound.message.params)
+        if ident is None:
+            return None
+        owner = self.rounds.task_owner(self.server, ident)
+        return ident if owner is not None and owner != self.caller.principal else None
 
     def _task_of(self, inbound: Inbound) -> tuple[str, str] | None:
         """(task id, call_id) when a tasks/* request names a task of this caller (rule 17)."""

@@ -20,13 +20,17 @@ keeps (the mediator's MRTR rules point here):
    ``task_ttl``). One caller (principal) holds at most a tenth of each
    (:data:`OWNER_SHARE`), its own oldest dropped first: the stores are shared
    by a server's callers, and one caller's flood of rounds, tasks or
-   questions cannot crowd out another's. A call may be linked over at most ``max_rounds`` rounds;
-   after that its retry is a new call.
+   questions cannot crowd out another's. A call may be linked over at most
+   ``max_rounds`` rounds; after that its retry is a new call.
 3. A question mcpwall asks through an ``InputRequiredResult`` (approval in
    the client) is answered once: :meth:`Rounds.answer` removes it. Its
    ``requestState`` is sealed (``mrtr.StateSeal``) with this store's key;
    a state that does not open, names another caller, server or call, or has
    expired is not an answer.
+4. A task id a server gave to one caller (principal) belongs to it: a
+   ``tasks/*`` request of another caller naming it is refused by the
+   mediator, never forwarded (the server sees every caller as mcpwall and
+   cannot tell them apart). Kept for ``task_ttl``, bounded as in rule 2.
 """
 
 from __future__ import annotations
@@ -178,6 +182,8 @@ class Rounds:
         self._links: _Bounded[LinkKey, Link] = _Bounded(max_links, ttl, clock)
         self._tasks: _Bounded[tuple[str, str, str, str], TaskLink] = _Bounded(
             max_tasks, task_ttl, clock)
+        # Whose each task is, by server and task id (rule 4): kept past the task's end.
+        self._owners: _Bounded[tuple[str, str], str] = _Bounded(max_tasks, task_ttl, clock)
         self._asks: _Bounded[str, Ask] = _Bounded(max_asks, ttl, clock)
 
     # -- rounds (rule 1) ---------------------------------------------------------
@@ -197,6 +203,11 @@ class Rounds:
         """Task ``task_id`` carries on the call ``link.call_id``."""
         self._tasks.put((caller.principal, caller.grant, server, task_id), link,
                         caller.principal)
+        self._owners.put((server, task_id), caller.principal, caller.principal)
+
+    def task_owner(self, server: str, task_id: str) -> str | None:
+        """The principal a task of ``server`` was given to, if mcpwall saw it (rule 4)."""
+        return self._owners.get((server, task_id))
 
     def task_call(self, caller: Caller, server: str, task_id: str) -> TaskLink | None:
         """The call a task of this caller belongs to, or None."""
