@@ -455,3 +455,43 @@ async def test_another_callers_task_is_refused_not_forwarded() -> None:
     # A task id mcpwall never saw given goes on as the policy says; alice's own, too.
     assert (await mallory.from_client(request(3, "tasks/get", {"taskId": "t-x"}))).upstream
     assert (await alice.from_client(request(2, "tasks/get", {"taskId": "t-9"}))).upstream
+
+
+@pytest.mark.slow
+def test_server_requests_on_a_listen_stream_are_dropped_not_recorded_as_relayed(
+        tmp_path: Path) -> None:
+    """A listen stream carries no server request (listen.py rule 2). A server
+    that sends some on it must not get them recorded as decided and relayed
+    to the client (the trail would lie, and each would wait in the
+    mediator's table as long as the stream lasts)."""
+    from tests.mediation_harness import mcpwall_serve
+    from tests.test_peer_attacks import decisions, hostile_http_upstream, serve_toml
+
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps({"version": "1", "default": "allow"}))
+    audit = tmp_path / "audit.db"
+    with hostile_http_upstream(tmp_path, "listen-requests") as url:
+        port = harness.free_port()
+        with mcpwall_serve(tmp_path, serve_toml(port, policy, audit, url), port) as endpoint:
+            import httpx
+
+            body = {"jsonrpc": "2.0", "id": 4, "method": "subscriptions/listen", "params": {
+                "notifications": {"toolsListChanged": True}, "_meta": META}}
+            reply = httpx.post(endpoint, json=body, timeout=20, headers={
+                "accept": "application/json, text/event-stream", "mcp-protocol-version": MODERN,
+                "mcp-method": "subscriptions/listen"})
+            frames = [json.loads(line[5:]) for line in reply.text.splitlines()
+                      if line.startswith("data:")]
+            ended = []
+            deadline = time.monotonic() + 10
+            while not ended and time.monotonic() < deadline:
+                with sqlite3.connect(f"file:{audit}?mode=ro", uri=True) as db:
+                    ended = [json.loads(d) for (d,) in db.execute(
+                        "SELECT detail FROM events WHERE kind = 'listen_end'")]
+                time.sleep(0.1)
+    methods = [f.get("method") for f in frames]
+    assert "sampling/createMessage" not in methods
+    assert "notifications/tools/list_changed" in methods and frames[-1].get("id") == 4
+    relayed = [d["method"] for d in decisions(audit, direction="server")]
+    assert "sampling/createMessage" not in relayed, relayed
+    assert ended and ended[0]["dropped"] == 50

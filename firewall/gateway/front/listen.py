@@ -23,7 +23,8 @@ graceful end is the request's result). Rules this module keeps:
    four listen-stream methods) and the request's answer reach the client,
    each through the mediator and with the upstream's ``_meta`` tag and
    event fields unchanged; any other message on the stream is dropped and
-   counted.
+   counted (a server->client request before the mediator sees it: it is
+   never decided nor recorded as relayed).
 3. Bounds: at most ``listen.max_listen_streams_per_principal`` streams per
    principal (then 429, -32002, recorded as a ``protocol`` deny), each for at
    most ``listen.listen_stream_max_seconds``; the upstream's stream runs on
@@ -350,6 +351,9 @@ class ListenDesk:
             for event in events.ready():
                 if not event.data:
                     continue  # priming events: a listen stream is not resumable
+                if _is_request(event.data):  # none rides a listen stream: never
+                    stream.dropped += 1      # decided as if relayed (rule 2)
+                    continue
                 routed = await mediator.from_server(event.data)
                 line = routed.client
                 if line is None:
@@ -381,6 +385,14 @@ class ListenDesk:
         [reply] = await mediator.unanswered(
             Lost(f"answered HTTP {resp.status} with {resp.content_type or 'no type'}"), [rid])
         await ex.respond(502, reply)
+
+
+def _is_request(data: bytes) -> bool:
+    """Whether an event of the upstream's listen stream is a server->client request."""
+    try:
+        return jsonrpc.decode(data).kind is jsonrpc.Kind.REQUEST
+    except jsonrpc.ProtocolError:
+        return False  # the mediator records what it cannot read
 
 
 def _carried(line: bytes, honoured: Honoured) -> int | None:
