@@ -495,3 +495,28 @@ def test_server_requests_on_a_listen_stream_are_dropped_not_recorded_as_relayed(
     relayed = [d["method"] for d in decisions(audit, direction="server")]
     assert "sampling/createMessage" not in relayed, relayed
     assert ended and ended[0]["dropped"] == 50
+
+
+async def test_another_callers_task_is_refused_across_sessions_of_a_front() -> None:
+    """The same across sessions of the HTTP front (each has a mediator of its
+    own; a server of the new revision behind a 2025 session has no session of
+    its own to bind a task to)."""
+    from firewall.config import ListenSettings
+    from firewall.gateway.front.sessions import FrontContext
+    from tests.test_mrtr import ALICE as A
+    from tests.test_mrtr import MALLORY, POLICY, answer, call, request
+
+    engine = Engine(compile_policy(parse_policy(json.dumps(POLICY), "t.json")))
+    front = FrontContext(ListenSettings(), engine, Recorder())
+    alice = front.mediator("vm", "sess-a", A)
+    assert (await alice.from_client(call(1, "batch", {}))).upstream is not None
+    await alice.from_server(answer(1, {"resultType": "task", "taskId": "t-7",
+                                       "status": "working"}))
+    mallory = front.mediator("vm", "sess-m", MALLORY)
+    routed = await mallory.from_client(request(1, "tasks/get", {"taskId": "t-7"}))
+    assert routed.upstream is None and routed.client is not None
+    stateless = front.mediator("vm", "stateless-1", MALLORY, sessionless=True)
+    assert (await stateless.from_client(request(2, "tasks/get", {"taskId": "t-7"}))).upstream \
+        is None
+    assert (await front.mediator("vm", "sess-a2", A).from_client(
+        request(3, "tasks/get", {"taskId": "t-7"}))).upstream is not None

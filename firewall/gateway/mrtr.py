@@ -30,7 +30,8 @@ keeps (the mediator's MRTR rules point here):
 4. A task id a server gave to one caller (principal) belongs to it: a
    ``tasks/*`` request of another caller naming it is refused by the
    mediator, never forwarded (the server sees every caller as mcpwall and
-   cannot tell them apart). Kept for ``task_ttl``, bounded as in rule 2.
+   cannot tell them apart). Kept for ``task_ttl``, bounded as in rule 2, in
+   a :class:`TaskOwners` a front shares across its mediators.
 """
 
 from __future__ import annotations
@@ -159,6 +160,22 @@ class _Bounded(Generic[K, V]):
 LinkKey = tuple[str, str, str, str, str | None]
 
 
+class TaskOwners:
+    """Whose each task is, by server and task id (rule 4); a front shares one
+    across all its mediators, sessions or none."""
+
+    def __init__(self, *, limit: int = 10_000, ttl: float = TASK_TTL,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._owners: _Bounded[tuple[str, str], str] = _Bounded(limit, ttl, clock)
+
+    def given(self, server: str, task_id: str, principal: str) -> None:
+        """Task ``task_id`` of ``server`` was given to ``principal``."""
+        self._owners.put((server, task_id), principal, principal)
+
+    def owner(self, server: str, task_id: str) -> str | None:
+        return self._owners.get((server, task_id))
+
+
 class Rounds:
     """The links of one server's calls across rounds, its tasks, and mcpwall's
     own approval questions. One per mediator unless a front shares one (the
@@ -175,6 +192,7 @@ class Rounds:
     def __init__(self, *, ttl: float = ROUND_TTL, task_ttl: float = TASK_TTL,
                  max_links: int = 10_000, max_tasks: int = 10_000, max_asks: int = 1_000,
                  max_rounds: int = MAX_ROUNDS, seal: StateSeal | None = None,
+                 owners: TaskOwners | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.max_rounds = max_rounds
         self.ttl = ttl
@@ -182,8 +200,8 @@ class Rounds:
         self._links: _Bounded[LinkKey, Link] = _Bounded(max_links, ttl, clock)
         self._tasks: _Bounded[tuple[str, str, str, str], TaskLink] = _Bounded(
             max_tasks, task_ttl, clock)
-        # Whose each task is, by server and task id (rule 4): kept past the task's end.
-        self._owners: _Bounded[tuple[str, str], str] = _Bounded(max_tasks, task_ttl, clock)
+        # Whose each task is (rule 4): kept past the task's end, maybe shared.
+        self.owners = owners or TaskOwners(limit=max_tasks, ttl=task_ttl, clock=clock)
         self._asks: _Bounded[str, Ask] = _Bounded(max_asks, ttl, clock)
 
     # -- rounds (rule 1) ---------------------------------------------------------
@@ -203,11 +221,11 @@ class Rounds:
         """Task ``task_id`` carries on the call ``link.call_id``."""
         self._tasks.put((caller.principal, caller.grant, server, task_id), link,
                         caller.principal)
-        self._owners.put((server, task_id), caller.principal, caller.principal)
+        self.owners.given(server, task_id, caller.principal)
 
     def task_owner(self, server: str, task_id: str) -> str | None:
         """The principal a task of ``server`` was given to, if mcpwall saw it (rule 4)."""
-        return self._owners.get((server, task_id))
+        return self.owners.owner(server, task_id)
 
     def task_call(self, caller: Caller, server: str, task_id: str) -> TaskLink | None:
         """The call a task of this caller belongs to, or None."""
