@@ -520,3 +520,81 @@ async def test_another_callers_task_is_refused_across_sessions_of_a_front() -> N
         is None
     assert (await front.mediator("vm", "sess-a2", A).from_client(
         request(3, "tasks/get", {"taskId": "t-7"}))).upstream is not None
+
+
+# A stdio server (2025 handshake) that answers a listen with a type the client
+# was not granted beside one it was.
+LISTENER_2025 = """
+import json, sys
+for line in sys.stdin:
+    msg = json.loads(line)
+    rid, method = msg.get("id"), msg.get("method")
+    def out(value):
+        sys.stdout.write(json.dumps(value) + "\\n"); sys.stdout.flush()
+    if method == "initialize":
+        out({"jsonrpc": "2.0", "id": rid, "result": {"protocolVersion": "2025-06-18",
+             "capabilities": {}, "serverInfo": {"name": "l", "version": "1"}}})
+    elif method == "subscriptions/listen":
+        tag = {"io.modelcontextprotocol/subscriptionId": rid}
+        for m in ("notifications/subscriptions/acknowledged",
+                  "notifications/prompts/list_changed", "notifications/tools/list_changed"):
+            out({"jsonrpc": "2.0", "method": m, "params": {"_meta": tag}})
+    elif rid is not None and method is not None:
+        out({"jsonrpc": "2.0", "id": rid, "result": {}})
+"""
+
+
+@pytest.mark.slow
+def test_a_listen_released_after_approval_is_still_filtered_under_wrap(
+        tmp_path: Path) -> None:
+    """A listen held for approval and then approved is narrowed and its stream
+    filtered like one forwarded at once (listen.py rule 6)."""
+    import subprocess
+
+    from conftest import mcpwall_argv
+
+    policy = {**LISTEN_POLICY, "methods": {
+        **LISTEN_POLICY["methods"],
+        "subscriptions/listen": {"action": "require_approval", "approval": "client",
+                                 "reason": "listening needs a yes"}}}
+    (tmp_path / "policy.json").write_text(json.dumps(policy))
+    proc = subprocess.Popen(
+        [*mcpwall_argv(), "wrap", "--policy", str(tmp_path / "policy.json"), "--",
+         sys.executable, "-c", LISTENER_2025],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+    assert proc.stdin is not None and proc.stdout is not None
+
+    def send(value: dict[str, Any]) -> None:
+        assert proc.stdin is not None
+        proc.stdin.write((json.dumps(value) + "\n").encode())
+        proc.stdin.flush()
+
+    def until(pred: Any) -> list[dict[str, Any]]:
+        assert proc.stdout is not None
+        seen: list[dict[str, Any]] = []
+        while not (seen and pred(seen[-1])):
+            line = proc.stdout.readline()
+            assert line, "mcpwall wrap ended"
+            seen.append(json.loads(line))
+        return seen
+
+    try:
+        send({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {"elicitation": {}},
+            "clientInfo": {"name": "c", "version": "1"}}})
+        until(lambda m: m.get("id") == 1)
+        send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        send({"jsonrpc": "2.0", "id": 2, "method": "subscriptions/listen", "params": {
+            "notifications": {"toolsListChanged": True, "promptsListChanged": True}}})
+        [*_, ask] = until(lambda m: m.get("method") == "elicitation/create")
+        send({"jsonrpc": "2.0", "id": ask["id"], "result": {
+            "action": "accept", "content": {"approve": True}}})
+        # The server sends the refused type before the granted one, in one pipe.
+        seen = until(lambda m: m.get("method") == "notifications/tools/list_changed")
+        assert "notifications/prompts/list_changed" not in [m.get("method") for m in seen]
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=20)
+        proc.stdout.close()
+        if proc.stderr is not None:
+            proc.stderr.close()

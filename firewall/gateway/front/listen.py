@@ -437,11 +437,16 @@ class _StdioListen:
         self.started = time.monotonic()
 
 
+# A listen request seen, not yet forwarded: its key, what it honours, what it refused.
+PendingListen = tuple[str, _StdioListen, list[str]]
+
+
 class StdioListens:
     """The listen streams of one stdio session (rule 6); sans-IO but for the audit.
 
     The session calls :meth:`incoming` on each client line before the
-    mediator, :meth:`decided` after it when :attr:`pending`, :meth:`admits` on each mediated
+    mediator, :meth:`decided` after it when :attr:`pending` (or :meth:`held`,
+    then :meth:`released` once a held listen is decided), :meth:`admits` on each mediated
     server line, :meth:`flush` after each batch and :meth:`close` at its end.
     """
 
@@ -450,7 +455,7 @@ class StdioListens:
     def __init__(self, mediator: Mediator) -> None:
         self.mediator = mediator
         self.open: dict[str, _StdioListen] = {}  # by the listen's id, as JSON text
-        self._pending: tuple[str, _StdioListen, list[str]] | None = None
+        self._pending: PendingListen | None = None
         self._ended: list[tuple[_StdioListen, str]] = []
 
     @property
@@ -489,6 +494,17 @@ class StdioListens:
     async def decided(self, forwarded: bool) -> None:
         """After the mediator: a listen it forwarded is open (and recorded)."""
         pending, self._pending = self._pending, None
+        await self.released(pending, forwarded)
+
+    def held(self) -> PendingListen | None:
+        """After the mediator held the listen for approval: what
+        :meth:`released` opens once a person decided."""
+        pending, self._pending = self._pending, None
+        return pending
+
+    async def released(self, pending: PendingListen | None, forwarded: bool) -> None:
+        """A listen the mediator forwarded (at once or once approved) is open, and
+        recorded, before it reaches the server."""
         if pending is None or not forwarded:
             return
         key, listen, refused = pending
@@ -598,6 +614,6 @@ _ID_BYTES: Final = b'"id"'
 _STREAM_METHODS: Final = frozenset({*FLAGS.values(), RESOURCE_UPDATED, ACKNOWLEDGED})
 
 
-__all__ = ["LISTEN", "Honoured", "ListenDesk", "ListenStream", "ListenUpstream", "StdioListens",
-           "narrow"]
+__all__ = ["LISTEN", "Honoured", "ListenDesk", "ListenStream", "ListenUpstream", "PendingListen",
+           "StdioListens", "narrow"]
 

@@ -32,7 +32,8 @@ Invariants:
 7. ``subscriptions/listen`` (2026-07-28) is narrowed to the types the policy
    allows before the mediator decides it, and the listen-stream
    notifications relayed are those of an open listen's honoured filter
-   (``listen.StdioListens``).
+   (``listen.StdioListens``); a listen held for approval is open from its
+   release, before it reaches the server.
 8. Client and child of different protocol eras are bridged by
    :mod:`firewall.gateway.front.wrap_bridge`: a 2026-07-28 client over a
    2025-only child with ``bridge`` set (``--bridge``), a 2025 client over a
@@ -50,7 +51,7 @@ from typing import Any
 import trio
 
 from firewall.config import StdioServer
-from firewall.gateway.front.listen import StdioListens
+from firewall.gateway.front.listen import PendingListen, StdioListens
 from firewall.gateway.front.wrap_bridge import ModernChild, ModernClient
 from firewall.gateway.mediator import HeldCall, Lost, Mediator, Routed
 from firewall.gateway.outbound import Outbound
@@ -146,10 +147,14 @@ class StdioClient:
                     f"message longer than {self.max_line} bytes refused"))
                 continue
             r = await self._decide(self.listens.incoming(line))
+            listen = None
             if self.listens.pending:
-                await self.listens.decided(r.upstream is not None)
+                if r.held is not None:  # opened once approved (rule 7)
+                    listen = self.listens.held()
+                else:
+                    await self.listens.decided(r.upstream is not None)
             if r.held is not None:  # waits for a person in its own task
-                self._held_calls.start_soon(self._release, r.held)
+                self._held_calls.start_soon(self._release, r.held, listen)
                 continue
             if r.client is not None:
                 replies.append(r.client)
@@ -160,13 +165,15 @@ class StdioClient:
         await self._to_client(replies)
         return await self.forward(routed)
 
-    async def _release(self, held: HeldCall) -> None:
-        """Forward or refuse a held call once a person (or the deadline) decided."""
+    async def _release(self, held: HeldCall, listen: PendingListen | None = None) -> None:
+        """Forward or refuse a held call once a person (or the deadline) decided
+        (a held listen is open before it goes on)."""
 
         async def to_client(data: bytes) -> None:
             await self._to_client([data])
 
         r = await held.wait(to_client)
+        await self.listens.released(listen, r.upstream is not None)
         await self._to_client([r.client] if r.client is not None else [])
         if r.upstream is not None:
             await self.forward_one(r.upstream)
