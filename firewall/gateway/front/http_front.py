@@ -83,11 +83,10 @@ from firewall.gateway.http.exchange import (
     refuse,
 )
 from firewall.gateway.http.server import serve
-from firewall.gateway.policy_reload import reloader_for
+from firewall.gateway.policy_reload import watchers_of
 from firewall.identity import TokenTable, bearer_token
 from firewall.log import get_logger
 from firewall.policy.decision import Caller, PolicyPoint
-from firewall.policy.engine import PolicySet
 from firewall.protocol import jsonrpc, mcp, revision
 from firewall.protocol.inbound import Inbound
 from firewall.protocol.inbound import client as decode_client
@@ -176,7 +175,7 @@ class HttpFront:
             idle = min([self.listen.session_idle_seconds,
                         *(e.idle_limit for e in self.endpoints.values())])
             nursery.start_soon(self.context.table.run_reaper, max(0.05, min(idle / 4, 30.0)))
-            watchers = _reload_watchers(self.context.policy)
+            watchers = watchers_of(self.context.policy)
             watchers.append(self.listens.policy_changed)
             task_status.started()
             try:
@@ -443,16 +442,6 @@ class HttpFront:
         if seen is result:
             return line
         return jsonrpc.result_response(value.get("id"), seen)
-
-
-def _reload_watchers(policy: object) -> list[Callable[[], None]]:
-    """Who is told of the reloads of ``policy`` (the :class:`PolicySet` inside any
-    wrapper, such as the kill switch's ``inner``): a list the listen desk joins."""
-    for _ in range(4):
-        if isinstance(policy, PolicySet):
-            return reloader_for(policy).watchers
-        policy = getattr(policy, "inner", None)
-    return []
 
 
 @functools.lru_cache(maxsize=64)

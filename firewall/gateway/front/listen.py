@@ -36,21 +36,24 @@ graceful end is the request's result). Rules this module keeps:
    (its lifetime, shutdown): then with a graceful ``SubscriptionsListenResult``
    under the request's id, so the client may listen again. Each end is
    recorded once (``listen_end``: why, notifications relayed and dropped).
-6. Over stdio (``mcpwall wrap``), where listen streams share the session's
-   pipe, :class:`StdioListens` keeps rules 1 and 2: the request is narrowed
-   before the mediator sees it (a line is read as the mediator reads it,
-   whatever escapes spell its method), and once a listen is open, a listen-stream
-   notification reaches the client only when tagged with an open listen's
-   id and within its honoured filter. A session with no listen open (the
-   2025 revisions, whose list_changed notifications need none) is left as
-   it is. Each notification is checked against the rules in force before it
-   goes on, so a reload that refuses a type stops it there too (rule 5; no
-   ``list_changed`` is pushed over stdio).
 5. A policy reload that changed the table re-decides every open stream's
    honoured types (a type now refused stops, none is added) and sends
    ``notifications/tools/list_changed`` (tagged as the stream's) on each
    stream still subscribed to it, so a client refetches its tool list under
    the new policy instead of keeping a stale cache.
+6. Over stdio (``mcpwall wrap``), where listen streams share the session's
+   pipe, :class:`StdioListens` keeps rules 1, 2 and 5: the request is
+   narrowed before the mediator sees it (a line is read as the mediator
+   reads it, whatever escapes spell its method), and once a listen is open,
+   a listen-stream notification reaches the client only when tagged with an
+   open listen's id, within its honoured filter and allowed by the rules in
+   force; a reload re-decides the open listens and pushes
+   ``notifications/tools/list_changed`` to those that follow tools. At most
+   ``listen.max_listen_streams_per_principal`` listens are open in a session
+   (a wrap session is one principal's): past it, the request is refused as
+   on the HTTP front and never forwarded. A session
+   with no listen open (the 2025 revisions, whose list_changed notifications
+   need none) is left as it is.
 """
 
 from __future__ import annotations
@@ -450,11 +453,13 @@ class StdioListens:
     server line, :meth:`flush` after each batch and :meth:`close` at its end.
     """
 
-    __slots__ = ("_ended", "_pending", "mediator", "open")
+    __slots__ = ("_ended", "_pending", "cap", "mediator", "open", "over_cap")
 
-    def __init__(self, mediator: Mediator) -> None:
+    def __init__(self, mediator: Mediator, cap: int = 16) -> None:
         self.mediator = mediator
+        self.cap = cap
         self.open: dict[str, _StdioListen] = {}  # by the listen's id, as JSON text
+        self.over_cap = False  # the last line was a listen past the cap (rule 6)
         self._pending: PendingListen | None = None
         self._ended: list[tuple[_StdioListen, str]] = []
 
@@ -464,8 +469,13 @@ class StdioListens:
         return self._pending is not None
 
     def incoming(self, line: bytes) -> bytes:
-        """A client line, with a listen request's filter narrowed (rule 1)."""
+        """A client line, with a listen request's filter narrowed (rule 1).
+
+        A listen past the cap is left as it is, with :attr:`over_cap` set:
+        the session refuses it (:meth:`refuse`) instead of deciding it.
+        """
         self._pending = None
+        self.over_cap = False
         # JSON may spell a method with escapes ("subscriptions\\/listen"): a
         # line with a backslash is read as the mediator will read it.
         escaped = _ESCAPE_BYTES in line
@@ -482,6 +492,9 @@ class StdioListens:
             return line
         if not isinstance(value, dict) or value.get("method") != LISTEN or \
                 value.get("id") is None or not isinstance(value.get("params"), dict):
+            return line
+        if len(self.open) >= self.cap:
+            self.over_cap = True
             return line
         mediator = self.mediator
         honoured, refused = narrow(mediator.policy, mediator.caller, mediator.server,
@@ -515,6 +528,30 @@ class StdioListens:
                                detail={"request_id": listen.rid,
                                        "honoured": listen.honoured.wire(),
                                        "refused": refused, "grant": mediator.caller.grant})
+
+    async def refuse(self, line: bytes) -> bytes:
+        """The answer to a listen past the cap (rule 6): recorded as a ``protocol``
+        deny, -32002 under its id, as the HTTP front answers with a 429."""
+        self.over_cap = False
+        return await self.mediator.refuse_protocol(
+            decode_client(line), jsonrpc.RATE_LIMITED,
+            f"Too Many Requests: {self.cap} listen streams open in this session "
+            "(listen.max_listen_streams_per_principal)", {"cap": self.cap})
+
+    def policy_changed(self) -> list[bytes]:
+        """A reload changed the table (rule 5): re-decide each open listen's
+        honoured types; the ``tools/list_changed`` to push to the client."""
+        mediator = self.mediator
+        pushes = []
+        for listen in self.open.values():
+            listen.honoured, _ = narrow(mediator.policy, mediator.caller, mediator.server,
+                                        listen.honoured.wire())
+            if "toolsListChanged" in listen.honoured.flags:
+                listen.relayed += 1
+                pushes.append(jsonrpc.encode({
+                    "jsonrpc": "2.0", "method": TOOLS_CHANGED,
+                    "params": {"_meta": {SUBSCRIPTION_ID: listen.rid}}}))
+        return pushes
 
     def _cancelled(self, line: bytes) -> None:
         try:
