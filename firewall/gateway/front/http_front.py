@@ -362,6 +362,14 @@ class HttpFront:
         if era != "handshake":
             await self._post_stateless(ex, endpoint, caller, inbound, accept_sse, era)
             return
+        if session is not None and msg.method == listen.LISTEN and msg.kind is Kind.REQUEST:
+            # A listen belongs to the stateless revision: a session's server
+            # would not know it, and its stream could not be narrowed here.
+            await ex.respond(200, await session.mediator.refuse_protocol(
+                inbound, jsonrpc.METHOD_NOT_FOUND,
+                "Method not found: subscriptions/listen is a request of the 2026-07-28 "
+                "revision, not of a session of the handshake revisions"))
+            return
         await endpoint.post(ex, caller, session, inbound, accept_sse)
 
     async def _post_stateless(self, ex: Exchange, endpoint: Endpoint, caller: Caller,
