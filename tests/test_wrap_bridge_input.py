@@ -260,10 +260,13 @@ def test_a_question_left_unanswered_is_abandoned(tmp_path: Path) -> None:
                 break
             time.sleep(0.3)
         assert _state_of(answer)[1] != state
-        # The expired state resumes nothing: a new call.
+        # The expired state resumes nothing; the mediator linked the retry to
+        # the first round (not charged again), so it is no new call either: an
+        # error, and nothing reaches the server.
         late = raw.call(rid + 1, call, inputResponses={key: {
             "action": "accept", "content": {"date": "2027-05-05"}}}, requestState=state)
-        assert "input_required" in json.dumps(late) or "error" in late
+        assert late["error"]["code"] == -32010, late
+        assert "no longer waits for this retry" in late["error"]["message"]
     finally:
         log = raw.close()
     assert "bridge_input_unanswered" in log

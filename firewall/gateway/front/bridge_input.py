@@ -24,7 +24,11 @@ the client's own child with the client's ids); the rules do not:
    very server request, and the call_id the mediator linked the retry to;
    the waiting request is taken, so a state is used once
    (:meth:`InputDesk.resume`). Its answer reaches the server as the
-   response to its request (:func:`input_response`).
+   response to its request (:func:`input_response`). A retry the mediator
+   linked to an earlier round (not decided nor charged again) that no call
+   waits for is answered with an error (:data:`NOT_WAITING`) and never
+   reaches the server; any other retry is a new call, without what a retry
+   adds (:func:`without_retry`).
 4. A call the client will not see continued (its input request refused by
    the policy, no retry in time, a question mcpwall cannot read) is
    abandoned: the server's waiting request answered with the refusal (or an
@@ -49,6 +53,11 @@ from firewall.protocol.mrtr import StateSeal
 STATE_PREFIX: Final = "mcpwall-bridge."
 # What a retry adds, which a 2025 server does not read.
 RETRY_MEMBERS: Final = ("inputResponses", "requestState")
+# Why a retry the mediator linked to an earlier round (decided and charged
+# there) is answered with an error when no call waits for it (rule 3): it is
+# never carried as a new call, which would not be charged.
+NOT_WAITING: Final = ("no longer waits for this retry (its question went unanswered in "
+                      "time, or was answered already); call again without requestState")
 
 
 class InputCall:

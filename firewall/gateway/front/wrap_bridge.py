@@ -11,6 +11,7 @@ revisions. Rules it keeps:
    ``params._meta`` names it), nor ever once the client sent ``initialize``
    itself (a 2025 session it keeps): then, before anything of that batch reaches the
    child, mcpwall shakes hands with the child itself (its own ``initialize``,
+   under an id of its own no client can guess nor answer for,
    clientInfo ``mcpwall-bridge``, client capabilities
    :data:`bridge.CAPABILITIES`: the server requests rule 5 carries, then
    ``notifications/initialized``), as the serve bridge does
@@ -47,7 +48,9 @@ revisions. Rules it keeps:
    call and the state opens (used once, within the upstream timeout), is
    written to the child as the response to its waiting request (the decided
    retry translated), and the child's answer to the call goes to the client
-   under the retry's id. A client that does not retry in time: the child's
+   under the retry's id. A retry the mediator linked (not charged again)
+   that no call waits for is answered with the mediator's error and never
+   reaches the child. A client that does not retry in time: the child's
    request gets an error and the call is cancelled. Any other request of
    the child is answered at once with -32601; its notifications pass the
    mediator to the client as before.
@@ -79,6 +82,7 @@ rule 5). Rules it keeps:
 from __future__ import annotations
 
 import contextlib
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
@@ -92,6 +96,7 @@ from firewall.gateway.front.bridge import (
     translate_answer,
 )
 from firewall.gateway.front.bridge_input import (
+    NOT_WAITING,
     InputCall,
     InputDesk,
     abandonment,
@@ -117,7 +122,9 @@ from firewall.protocol.inbound import client as decode_client
 from firewall.protocol.jsonrpc import RequestId
 from firewall.protocol.mrtr import StateSeal
 
-HANDSHAKE_ID: Final = "mcpwall-bridge-initialize"
+# mcpwall's handshake id: the client's ids reach the child unchanged, so it has
+# a per-session part no client can guess, and is read only once sent (rule 1).
+HANDSHAKE_PREFIX: Final = "mcpwall-bridge-initialize-"
 DISCOVER_ID: Final = "mcpwall-discover-1"
 _METHOD_NOT_FOUND: Final = -32601
 # Client notifications a child of the stateless revision still reads over stdio.
@@ -183,6 +190,8 @@ class ModernClient:
         # Where a call waiting for its client's retry is timed (rule 5); set
         # by the session, whose end cancels the timers (:meth:`close`).
         self.nursery: trio.Nursery | None = None
+        self.handshake_id = HANDSHAKE_PREFIX + secrets.token_hex(8)
+        self._sent = False  # mcpwall's initialize went to the child
         self._answer: bytes | None = None
         self._answered = trio.Event()
         self._lock = trio.Lock()
@@ -226,6 +235,10 @@ class ModernClient:
                     resumed = self._resumed(rid, params, message)
                     if resumed is not None:  # rule 5: the answer to the child's request
                         out.append(resumed)
+                        continue
+                    if self.mediator.round_of(rid) > 1:  # linked, not charged: never
+                        replies.extend(await self.mediator.unanswered(  # a new call
+                            Lost(NOT_WAITING), [rid]))
                         continue
                     without_retry(params)
                 if self._in_use(rid):
@@ -300,8 +313,9 @@ class ModernClient:
     async def _handshake(self) -> str | None:
         init = jsonrpc.request(mcp.INITIALIZE, {
             "protocolVersion": mcp.LATEST_PROTOCOL_VERSION, "capabilities": CAPABILITIES,
-            "clientInfo": CLIENT_INFO}, HANDSHAKE_ID)
+            "clientInfo": CLIENT_INFO}, self.handshake_id)
         try:
+            self._sent = True
             await self.child.send(Outbound.own(init, "wrap bridge: mcpwall's own handshake"))
             with trio.move_on_after(self.timeout):
                 await self._answered.wait()
@@ -339,12 +353,12 @@ class ModernClient:
         it is consumed here: the handshake's answer, a server request; what
         goes to the client, made here: the input request of rule 5)."""
         if self.init_result is None and self.failure is None and not self._answered.is_set():
-            if HANDSHAKE_ID.encode() in line:
+            if self._sent and self.handshake_id.encode() in line:
                 try:
                     value = jsonrpc.decode_any(line)
                 except jsonrpc.DECODE_ERRORS:
                     return line, None
-                if isinstance(value, dict) and value.get("id") == HANDSHAKE_ID \
+                if isinstance(value, dict) and value.get("id") == self.handshake_id \
                         and "method" not in value:
                     self._answer = line
                     self._answered.set()
@@ -394,7 +408,14 @@ class ModernClient:
                 Lost("asked for input mcpwall cannot read"), [call.rid])
             return reply
         key, state, srid = asked
-        routed = await self.mediator.from_server(input_required(call.rid, key, state, line))
+        try:  # nested one level deeper than the child wrote it: may be too deep
+            answer = input_required(call.rid, key, state, line)
+        except framing.NotCanonical:
+            await self._abandon(ident, call, "mcpwall cannot carry the server's request")
+            [reply] = await self.mediator.unanswered(
+                Lost("asked for input mcpwall cannot carry"), [call.rid])
+            return reply
+        routed = await self.mediator.from_server(answer)
         if carried(routed.client):
             self._park(ident, call)
             return routed.client
