@@ -74,7 +74,10 @@ Rules this module keeps:
    session, whose end DELETEs the upstream one. The request that taught
    mcpwall the upstream is handshake-only keeps its recorded failure and is
    then decided afresh and carried by the bridge, so the client never sees
-   that -32022.
+   that -32022. From then on its listens are answered by mcpwall
+   (:meth:`HttpEndpoint.listen_source`, ``front/bridge_listen.py``); the
+   link opens no GET stream, so only the notifications the upstream writes
+   in its answers reach them.
 """
 
 from __future__ import annotations
@@ -93,6 +96,7 @@ from firewall.gateway.front import bridge_modern, held_http
 from firewall.gateway.front.admission import Refusal, ServerCaps
 from firewall.gateway.front.bridge import Bridge as StatelessBridge
 from firewall.gateway.front.bridge import BridgeSession, Link, LinkLost
+from firewall.gateway.front.bridge_listen import BridgedListens
 from firewall.gateway.front.endpoint import refuse_stateless
 from firewall.gateway.front.sessions import FrontContext, Session, new_session_id
 from firewall.gateway.front.sse_response import SseResponse, end_with
@@ -192,6 +196,8 @@ class HttpEndpoint:
         self.stateless_bridge = (StatelessBridge(name, self._connect, front, self.caps,
                                                  self.idle_limit)
                                  if settings.bridge else None)
+        self._listens = (BridgedListens(self.stateless_bridge) if self.stateless_bridge
+                         else None)
 
     @contextlib.asynccontextmanager
     async def _connect(self, session: BridgeSession) -> AsyncIterator[Link]:
@@ -322,6 +328,11 @@ class HttpEndpoint:
         if self.modern is None or (self.modern is False and self.stateless_bridge):
             return revision.SUPPORTED_VERSIONS  # (handshake-only, bridged: rule 11)
         return revision.MODERN_VERSIONS if self.modern else revision.HANDSHAKE_VERSIONS
+
+    def listen_source(self) -> BridgedListens | None:
+        """Once the upstream showed it speaks the handshake revisions only, with
+        ``bridge = true``, mcpwall answers the listens itself (rule 11)."""
+        return self._listens if self.modern is False else None
 
     async def post_stateless(self, ex: Exchange, mediator: Mediator, inbound: Inbound,
                              accept_sse: bool, headers: list[tuple[str, str]]) -> None:

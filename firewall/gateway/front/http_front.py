@@ -36,9 +36,10 @@ worker inside our own nursery. Rules this module keeps:
    made from the decided body. Its answers pass ``_result_seen``: tools'
    ``x-mcp-header`` annotations learnt, ``ttlMs`` capped, ``cacheScope``
    private where the answer is the caller's own. A ``subscriptions/listen``
-   to an endpoint that can carry one (``listen.ListenUpstream``) is the
-   listen desk's (``front/listen.py``): a long-lived stream under policy,
-   ended on shutdown and told of policy reloads.
+   to an endpoint that can carry one (``listen.ListenUpstream``), or whose
+   listens mcpwall answers itself (``listen.BridgesListens``: a bridged
+   2025 server), is the listen desk's (``front/listen.py``): a long-lived
+   stream under policy, ended on shutdown and told of policy reloads.
 """
 
 from __future__ import annotations
@@ -405,11 +406,16 @@ class HttpFront:
             headers = revision.upstream_headers(revision.body_version(params), msg.method,
                                                 params, spec)
         mediator.on_result = functools.partial(self._result_seen, endpoint.name)
-        if msg.method == listen.LISTEN and msg.kind is Kind.REQUEST and \
-                isinstance(endpoint, listen.ListenUpstream) and endpoint.versions != \
-                revision.HANDSHAKE_VERSIONS:
-            await self.listens.serve(ex, endpoint, mediator, inbound, headers)
-            return
+        if msg.method == listen.LISTEN and msg.kind is Kind.REQUEST:
+            source = (endpoint.listen_source() if isinstance(endpoint, listen.BridgesListens)
+                      else None)
+            if source is not None:  # a bridged 2025 server: mcpwall answers the listen
+                await self.listens.serve_local(ex, source, mediator, inbound)
+                return
+            if isinstance(endpoint, listen.ListenUpstream) and endpoint.versions != \
+                    revision.HANDSHAKE_VERSIONS:
+                await self.listens.serve(ex, endpoint, mediator, inbound, headers)
+                return
         await endpoint.post_stateless(ex, mediator, inbound, accept_sse, headers)
 
     def _result_seen(self, server: str, method: str, line: bytes, narrowed: bool) -> bytes:

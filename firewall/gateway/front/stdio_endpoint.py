@@ -54,6 +54,7 @@ from firewall.config import StdioServer
 from firewall.gateway.front import held_http
 from firewall.gateway.front.admission import Refusal, ServerCaps
 from firewall.gateway.front.bridge import Bridge, stdio_link
+from firewall.gateway.front.bridge_listen import BridgedListens
 from firewall.gateway.front.endpoint import refuse_stateless
 from firewall.gateway.front.sessions import (
     FrontContext,
@@ -434,6 +435,12 @@ class StdioEndpoint:
         # Requests of the stateless revision, carried over sessions of mcpwall's own.
         self.bridge = (Bridge(name, stdio_link(settings), front, self.caps, self.idle_limit)
                        if settings.bridge else None)
+        self._listens = BridgedListens(self.bridge) if self.bridge else None
+
+    def listen_source(self) -> BridgedListens | None:
+        """With ``bridge = true``, mcpwall answers the listens itself
+        (:mod:`~firewall.gateway.front.bridge_listen`)."""
+        return self._listens
 
     async def post(self, ex: Exchange, caller: Caller, session: Session | None,
                    inbound: Inbound, accept_sse: bool) -> None:
