@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
 import sqlite3
 import sys
 import time
@@ -49,9 +51,10 @@ META = {"io.modelcontextprotocol/protocolVersion": MODERN,
 
 
 class Gateway:
-    def __init__(self, base: str, work: Path) -> None:
+    def __init__(self, base: str, work: Path, proc: Any) -> None:
         self.base = base
         self.work = work
+        self.proc = proc
         self.url = harness.endpoint(base, "subs")
 
     def events(self, kind: str, at_least: int = 1) -> list[dict[str, Any]]:
@@ -99,7 +102,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     with harness.background([sys.executable, "-m", "firewall", "serve", str(config)],
                             log, cwd=work) as proc:
         harness.wait_for_port(port, proc, log)
-        yield Gateway(f"http://127.0.0.1:{port}", work)
+        yield Gateway(f"http://127.0.0.1:{port}", work, proc)
 
 
 def _client(gateway: Gateway) -> Client:
@@ -201,3 +204,18 @@ def test_a_uri_two_listens_follow_is_subscribed_once_and_unsubscribed_after_the_
         first.__exit__(None, None, None)
     assert gateway.subscriptions(before + 2)[before:] == [
         ("resources/subscribe", "res://open"), ("resources/unsubscribe", "res://open")]
+
+
+async def test_a_policy_reload_tells_bridged_listeners_their_tool_list_changed(
+        gateway: Gateway) -> None:
+    async with _client(gateway) as client, client.listen(tools_list_changed=True) as sub:
+        changed = dict(POLICY, tools={"echo": {"action": "deny"}})
+        (gateway.work / "policy.json").write_text(json.dumps(changed))
+        os.kill(gateway.proc.pid, signal.SIGHUP)
+        with anyio.fail_after(20):
+            event = await sub.__anext__()
+        assert event == ToolsListChanged()
+        listed = await client.list_tools()
+        assert [t.name for t in listed.tools] == ["emit"]
+    (gateway.work / "policy.json").write_text(json.dumps(POLICY))
+    os.kill(gateway.proc.pid, signal.SIGHUP)
