@@ -56,6 +56,19 @@ rule 5). Rules it keeps:
    ``notifications/progress``, which the child reads. Results lose
    ``resultType: "complete"`` and keep cache fields within bounds
    (:meth:`bridge_modern.Bridged.result_seen`, the mediator's ``on_result``).
+8. An ``InputRequiredResult`` answering a bridged call (``tools/call``,
+   ``prompts/get``, ``resources/read``), once through the mediator (which
+   decides each input request as a server-to-client request and removes the
+   refused ones), becomes server-to-client requests of the 2025 session
+   (:class:`bridge_modern.InputRound`, as over HTTP: ids
+   ``mcpwall-input-N``; :meth:`ModernChild.to_client`). The client's
+   answers to them are consumed here; with the last one the call is retried
+   (:class:`Retry`: the client's request again, with ``inputResponses`` and
+   the server's ``requestState``, decided again like any request), up to
+   :data:`~firewall.gateway.front.bridge_modern.MAX_ROUNDS` rounds. A client
+   that refuses one (an error) gets an error for the call; one that does not
+   answer keeps the call waiting until it cancels it, the session ends, or
+   (behind ``serve``) the request's timeout answers it (:meth:`forget`).
 """
 
 from __future__ import annotations
@@ -73,15 +86,18 @@ from firewall.gateway.front.bridge import (
     translate_answer,
 )
 from firewall.gateway.front.bridge_modern import (
+    MAX_ROUNDS,
     Bridged,
+    InputRound,
     discovered,
     initialize_result,
+    input_required,
     modern_request,
 )
 from firewall.gateway.mediator import Lost, Mediator
 from firewall.gateway.outbound import Outbound
 from firewall.gateway.upstream.stdio import ChildExited, StdioChild
-from firewall.protocol import framing, jsonrpc, mcp, revision
+from firewall.protocol import framing, jsonrpc, mcp, mrtr, revision
 from firewall.protocol.inbound import Inbound
 from firewall.protocol.inbound import client as decode_client
 from firewall.protocol.jsonrpc import RequestId
@@ -91,6 +107,10 @@ DISCOVER_ID: Final = "mcpwall-discover-1"
 _METHOD_NOT_FOUND: Final = -32601
 # Client notifications a child of the stateless revision still reads over stdio.
 _CARRIED_NOTIFICATIONS: Final = frozenset({mcp.CANCELLED, "notifications/progress"})
+
+
+def _key(rid: Any) -> str:
+    return jsonrpc.encode(rid).decode()
 
 
 def strip_revision_meta(value: dict[str, Any]) -> bool:
@@ -267,8 +287,31 @@ class ModernClient:
         return line
 
 
+class Retry:
+    """A bridged call to be sent again, its input requests answered (rule 8)."""
+
+    __slots__ = ("inbound",)
+
+    def __init__(self, inbound: Inbound) -> None:
+        self.inbound = inbound
+
+
+class _Call:
+    """A bridged call that may ask for input (rule 8): the client's request, its
+    rounds so far, the round whose answers are awaited."""
+
+    __slots__ = ("asked", "method", "params", "rid", "rounds")
+
+    def __init__(self, rid: RequestId, method: str, params: Any) -> None:
+        self.rid = rid
+        self.method = method
+        self.params = params
+        self.rounds = 0
+        self.asked: InputRound | None = None
+
+
 class ModernChild:
-    """A 2025 client over a child of the stateless revision only (rules 6, 7)."""
+    """A 2025 client over a child of the stateless revision only (rules 6 to 8)."""
 
     def __init__(self, mediator: Mediator, send: Callable[[Outbound], Awaitable[bool]],
                  ttl_ms: int) -> None:
@@ -280,6 +323,10 @@ class ModernChild:
         self._init_params: Any = None
         self._refusal: bytes | None = None
         self._watching = True  # until the client's initialize is answered
+        # Rule 8: the bridged calls that may ask for input (by their id as JSON),
+        # and the input requests awaiting the client's answer (by their id).
+        self._calls: dict[str, _Call] = {}
+        self._waiting: dict[str, _Call] = {}
 
     @property
     def client_initialized(self) -> bool:
@@ -358,10 +405,11 @@ class ModernChild:
         return (await self.mediator.from_server(
             jsonrpc.result_response(self._init_id, answer))).client
 
-    async def to_decide(self, message: bytes | Inbound) -> Inbound | bytes | None:
+    async def to_decide(self, message: bytes | Inbound) -> Inbound | Retry | bytes | None:
         """A client message of a bridged session as it is to be decided (rule 7); an
         answer made here (bytes, empty when there is none) when it goes nowhere;
-        None: decide it as it is."""
+        a :class:`Retry` to decide and send when it completed a round of input
+        requests (rule 8); None: decide it as it is."""
         bridged = self.bridged
         if bridged is None:
             return None
@@ -372,8 +420,19 @@ class ModernChild:
         msg = inbound.envelope
         method = msg.method
         if method is None:
-            return None
+            call = self._waiting.pop(_key(msg.request_id), None)
+            if call is None:
+                return None  # decided (and dropped) by the mediator
+            answer = inbound.value
+            if not isinstance(answer, dict):
+                try:
+                    answer = jsonrpc.decode_any(inbound.data)
+                except jsonrpc.DECODE_ERRORS:
+                    answer = None
+            return self._answered(call, answer, bridged)
         if msg.request_id is None:  # a notification
+            if method == mcp.CANCELLED:
+                self._cancelled(inbound.params)
             if method in _CARRIED_NOTIFICATIONS:
                 return None
             await self.mediator.from_client(inbound)  # decided, recorded, goes nowhere
@@ -391,4 +450,66 @@ class ModernChild:
                 return routed.client or b""
             return (await self.mediator.from_server(
                 jsonrpc.result_response(msg.request_id, {}))).client or b""
-        return modern_request(msg.request_id, method, revision.params_of(inbound), bridged)
+        params = revision.params_of(inbound)
+        if method in mrtr.MRTR_METHODS:  # rule 8: it may ask for input
+            self._calls[_key(msg.request_id)] = _Call(msg.request_id, method, params)
+        return modern_request(msg.request_id, method, params, bridged)
+
+    def to_client(self, line: bytes) -> tuple[RequestId, list[bytes]] | bytes | None:
+        """A mediated line of the child on its way to the client (rule 8): None to
+        send it as it is; else the call it answers and the round's input
+        requests the client gets instead, or the error that answers the call."""
+        if self.bridged is None or not self._calls or b'"id"' not in line:
+            return None
+        try:
+            value = jsonrpc.decode_any(line)
+        except jsonrpc.DECODE_ERRORS:
+            return None
+        if not isinstance(value, dict) or "method" in value:
+            return None
+        call = self._calls.get(_key(value.get("id")))
+        if call is None:
+            return None
+        ir = input_required(line)
+        if ir is None:  # the call's answer
+            del self._calls[_key(call.rid)]
+            return None
+        call.rounds += 1
+        asked = InputRound(ir, call.rid, self.mediator.server)
+        error = asked.error
+        if error is None and call.rounds > MAX_ROUNDS:
+            error = jsonrpc.error_response(call.rid, jsonrpc.INTERNAL_ERROR, (
+                f"server {self.mediator.server!r} asked for input more than "
+                f"{MAX_ROUNDS} times"))
+        if error is not None:
+            del self._calls[_key(call.rid)]
+            return error
+        call.asked = asked
+        for ident in asked.keys:
+            self._waiting[_key(ident)] = call
+        return call.rid, list(asked.messages)
+
+    def forget(self, rid: RequestId) -> None:
+        """The call cannot be asked for input (its client takes JSON only): its
+        round is dropped (rule 8)."""
+        call = self._calls.pop(_key(rid), None)
+        if call is not None and call.asked is not None:
+            for ident in call.asked.keys:
+                self._waiting.pop(_key(ident), None)
+
+    def _answered(self, call: _Call, answer: Any, bridged: Bridged) -> Retry | bytes:
+        """One answer of the client to an input request of ``call``'s round."""
+        asked = call.asked
+        assert asked is not None
+        if not asked.answered(answer):
+            return b""  # the round waits for its other answers
+        call.asked = None
+        extra = asked.outcome()
+        if isinstance(extra, bytes):
+            self._calls.pop(_key(call.rid), None)
+            return extra
+        return Retry(modern_request(call.rid, call.method, call.params, bridged, extra))
+
+    def _cancelled(self, params: Any) -> None:
+        if isinstance(params, dict) and "requestId" in params:
+            self.forget(params["requestId"])
