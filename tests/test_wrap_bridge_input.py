@@ -24,6 +24,7 @@ import pytest
 from conftest import mcpwall_argv
 from mcp.client.client import Client
 from mcp.client.stdio import StdioServerParameters
+from mcp.shared.exceptions import MCPError
 
 pytestmark = pytest.mark.slow
 
@@ -109,3 +110,24 @@ async def test_input_requests_of_a_modern_stdio_server_reach_a_2025_client_throu
     assert _decisions(tmp_path / "audit.db") == [
         ("tools/call", "client", "allow"), ("elicitation/create", "server", "allow"),
         ("sampling/createMessage", "server", "deny"), ("tools/call", "client", "allow")]
+
+
+async def test_a_client_that_refuses_an_input_request_gets_an_error_for_the_call(
+        tmp_path: Path) -> None:
+    (tmp_path / "p.json").write_text(json.dumps(NO_SAMPLING))
+    argv = [*mcpwall_argv(), "wrap", "--audit-db", str(tmp_path / "audit.db"),
+            "--policy", str(tmp_path / "p.json"), "--principal", "alice", "--", *SERVER]
+
+    async def elicit(context: Any, params: Any) -> Any:
+        return types.ErrorData(code=-32600, message="not now")
+
+    params = StdioServerParameters(command=argv[0], args=argv[1:])
+    async with Client(params, mode="legacy", elicitation_callback=elicit) as client:
+        with pytest.raises(MCPError, match="refused the server's input request"):
+            await client.call_tool("deploy", {"app_name": "shop"})
+        # The session lives on: the next call is carried as usual.
+        assert "stopped db" in (await client.call_tool(
+            "stop_vm", {"vm": "db"})).content[0].text  # type: ignore[union-attr]
+    # No retry reached the server: one decided deploy call.
+    assert [d for d in _decisions(tmp_path / "audit.db") if d[0] == "tools/call"] == [
+        ("tools/call", "client", "allow"), ("tools/call", "client", "allow")]
