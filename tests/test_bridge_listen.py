@@ -26,6 +26,7 @@ import anyio
 import httpx
 import pytest
 from mcp.client.client import Client
+from mcp.shared.exceptions import MCPError
 from mcp.shared.subscriptions import (
     PromptsListChanged,
     ResourcesListChanged,
@@ -216,6 +217,20 @@ async def test_a_policy_reload_tells_bridged_listeners_their_tool_list_changed(
             event = await sub.__anext__()
         assert event == ToolsListChanged()
         listed = await client.list_tools()
-        assert [t.name for t in listed.tools] == ["emit"]
+        assert [t.name for t in listed.tools] == ["emit", "crash"]
     (gateway.work / "policy.json").write_text(json.dumps(POLICY))
     os.kill(gateway.proc.pid, signal.SIGHUP)
+
+
+async def test_listens_end_gracefully_when_the_bridged_server_exits(gateway: Gateway) -> None:
+    before = len(gateway.events("listen_end", 0))
+    async with _client(gateway) as client, client.listen(tools_list_changed=True) as sub:
+        with pytest.raises(MCPError):
+            await client.call_tool("crash", {})
+        with anyio.fail_after(20):  # the graceful end: the iteration stops, nothing is lost
+            assert [event async for event in sub] == []
+        # mcpwall lives on: the next request starts a new bridged session.
+        echoed = await client.call_tool("echo", {"text": "again"})
+        assert "echo: again" in echoed.content[0].text  # type: ignore[union-attr]
+    ends = gateway.events("listen_end", before + 1)[before:]
+    assert [e["reason"] for e in ends] == ["upstream ended"]
