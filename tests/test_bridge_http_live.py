@@ -119,3 +119,23 @@ async def test_a_listen_to_a_bridged_2025_http_server_is_answered_by_mcpwall(
             break
         await trio.sleep(0.05)
     assert rows == [("resources/subscribe", "allow"), ("resources/unsubscribe", "allow")]
+
+
+
+async def test_resource_updates_the_2025_http_server_sends_apart_from_answers_reach_listens(
+        gateway: tuple[str, Path]) -> None:
+    """server-everything sends its simulated resource updates (every 5 s, once
+    asked with ``toggle-subscriber-updates``) on its session's GET stream,
+    which mcpwall keeps open while the bridged session has listens."""
+    from mcp.shared.subscriptions import ResourceUpdated
+
+    url, _ = gateway
+    uri = "demo://resource/static/document/architecture.md"
+    async with _client(url) as client:
+        await client.list_tools()
+        async with client.listen(resource_subscriptions=[uri]) as sub:
+            await client.call_tool("toggle-subscriber-updates", {})
+            with trio.fail_after(20):
+                event = await sub.__anext__()
+            await client.call_tool("toggle-subscriber-updates", {})
+    assert event == ResourceUpdated(uri=uri)

@@ -69,7 +69,9 @@ the new revision without touching its servers. Rules this module keeps:
 7. Listens (``front/bridge_listen.py``): the server's
    ``notifications/*/list_changed`` and ``notifications/resources/updated``
    go to every open listen of the session (:meth:`BridgeSession.listening`,
-   a bounded channel each, the surplus dropped), and end with it. The URIs
+   a bounded channel each, the surplus dropped), and end with it; while
+   there is one, the link is told (:meth:`Link.listened`: an HTTP link
+   keeps a GET stream open for them). The URIs
    they follow are subscribed by :meth:`BridgeSession.own_request`, once per
    URI, and unsubscribed after the last listen of one: a request of
    mcpwall's own decided and recorded by the session's mediator and sent as
@@ -151,6 +153,11 @@ class Link(Protocol):
     def negotiated(self, version: str) -> None:
         """The protocol version the server answered ``initialize`` with."""
 
+    def listened(self, on: bool) -> None:
+        """Whether the session has open listens (rule 7): a link whose server
+        sends notifications apart from answers only when asked (an HTTP GET
+        stream) asks while it has."""
+
     def health(self) -> dict[str, Any]:
         """What the health report shows of the link."""
 
@@ -177,6 +184,9 @@ class StdioLink:
 
     def negotiated(self, version: str) -> None:
         """A stdio child needs no version header."""
+
+    def listened(self, on: bool) -> None:
+        """A stdio child writes its notifications on the one pipe."""
 
     def health(self) -> dict[str, Any]:
         return {"pid": self.child.pid}
@@ -510,10 +520,15 @@ class BridgeSession(Session):
                 send.close()
             else:
                 self._listeners.add(send)
+                if len(self._listeners) == 1 and self._link is not None:
+                    self._link.listened(True)
             try:
                 yield receive
             finally:
-                self._listeners.discard(send)
+                if send in self._listeners:
+                    self._listeners.discard(send)
+                    if not self._listeners and self._link is not None:
+                        self._link.listened(False)
                 send.close()
 
     async def follow(self, uris: frozenset[str]) -> frozenset[str]:
