@@ -42,6 +42,11 @@ graceful end is the request's result). Rules this module keeps:
    id and within its honoured filter. A session with no listen open (the
    2025 revisions, whose list_changed notifications need none) is left as
    it is.
+5. A policy reload that changed the table re-decides every open stream's
+   honoured types (a type now refused stops, none is added) and sends
+   ``notifications/tools/list_changed`` (tagged as the stream's) on each
+   stream still subscribed to it, so a client refetches its tool list under
+   the new policy instead of keeping a stale cache.
 7. A server whose listens mcpwall answers itself (:class:`ListenSource`: a
    bridged 2025 server, ``front/bridge_listen.py``) keeps rules 1 and 3 to 5
    here; after the decision (its receipt durable) the source is attached,
@@ -49,11 +54,6 @@ graceful end is the request's result). Rules this module keeps:
    ``listen_start``'s ``not_carried``), the acknowledgement is mcpwall's own,
    and each notification the source gives is tagged with the request's id
    and passes rule 2. When the source ends, so does the stream, gracefully.
-5. A policy reload that changed the table re-decides every open stream's
-   honoured types (a type now refused stops, none is added) and sends
-   ``notifications/tools/list_changed`` (tagged as the stream's) on each
-   stream still subscribed to it, so a client refetches its tool list under
-   the new policy instead of keeping a stale cache.
 """
 
 from __future__ import annotations
