@@ -103,6 +103,16 @@ class Honoured(msgspec.Struct, frozen=True):
     flags: frozenset[str] = frozenset()
     uris: frozenset[str] = frozenset()
 
+    @classmethod
+    def of(cls, wire: Any) -> Honoured:
+        """What a ``SubscriptionFilter`` (already decided) asks for, as it says it."""
+        if not isinstance(wire, dict):
+            return cls()
+        uris = wire.get(RESOURCES)
+        return cls(frozenset(f for f in FLAGS if wire.get(f) is True),
+                   frozenset(u for u in uris if isinstance(u, str))
+                   if isinstance(uris, list) else frozenset())
+
     def wire(self) -> dict[str, Any]:
         """The ``SubscriptionFilter`` that says it."""
         out: dict[str, Any] = {flag: True for flag in sorted(self.flags)}

@@ -245,10 +245,16 @@ class WrapSession(StdioClient):
         async for batch in self.child.batches():
             to_client: list[bytes] = []
             to_child: list[Outbound] = []
+            lines: list[bytes] = []
             for raw in batch:
+                if self.modern_client is None:
+                    lines.append(raw)
+                    continue
+                seen = await self.modern_client.from_child(raw)
+                if seen is not None:  # a change, once for each bridged listen following it
+                    lines.extend(self.modern_client.tagged(seen))
+            for raw in lines:
                 line: bytes | None = raw
-                if self.modern_client is not None:
-                    line = await self.modern_client.from_child(raw)
                 if line is not None:
                     line, made = await self.modern_child.from_child(line)
                     if made is not None:

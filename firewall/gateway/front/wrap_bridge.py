@@ -33,6 +33,18 @@ revisions. Rules it keeps:
 5. Once bridged, a request of the child (sampling, elicitation, roots) is
    answered at once with -32601 (mcpwall declared no client capabilities);
    its notifications pass the mediator to the client as before.
+9. Once bridged, a decided ``subscriptions/listen`` (narrowed by the policy,
+   ``listen.StdioListens``) is answered by mcpwall, as behind ``serve``
+   (``bridge_listen``): its honoured types within the child's ``initialize``
+   capabilities (:func:`bridge_listen.carried`), each URI followed with a
+   ``resources/subscribe`` of mcpwall's own (decided and recorded by the
+   session's mediator, once per URI, its answer kept here), then the
+   acknowledgement (through the mediator). Each ``list_changed`` or
+   ``resources/updated`` of the child goes to the client once per open
+   listen whose acknowledgement covers it, tagged with that listen's id
+   (:meth:`ModernClient.tagged`; ``StdioListens`` then admits it). The
+   client's ``notifications/cancelled`` of a listen (decided) ends it here,
+   never reaches the child, and the last listen of a URI unsubscribes it.
 
 :class:`ModernChild` (automatic): a 2025 client in front of a child that
 speaks only the stateless revision, in ``wrap`` and in each session of a
@@ -74,6 +86,7 @@ rule 5). Rules it keeps:
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
@@ -81,10 +94,12 @@ import trio
 
 from firewall.gateway.front.bridge import (
     CLIENT_INFO,
+    LISTENED,
     REVISION_PREFIX,
     discover_result,
     translate_answer,
 )
+from firewall.gateway.front.bridge_listen import carried
 from firewall.gateway.front.bridge_modern import (
     MAX_ROUNDS,
     Bridged,
@@ -94,6 +109,8 @@ from firewall.gateway.front.bridge_modern import (
     input_required,
     modern_request,
 )
+from firewall.gateway.front.listen import ACKNOWLEDGED, LISTEN, SUBSCRIPTION_ID, Honoured
+from firewall.gateway.front.listen import tagged as tag
 from firewall.gateway.mediator import Lost, Mediator
 from firewall.gateway.outbound import Outbound
 from firewall.gateway.upstream.stdio import ChildExited, StdioChild
@@ -146,8 +163,18 @@ def modern_message(data: bytes) -> dict[str, Any] | None:
 ToClient = Callable[[list[bytes]], Awaitable[None]]
 
 
+class _Answer:
+    """The child's answer to a request of mcpwall's own (rule 9)."""
+
+    __slots__ = ("done", "line")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.line: bytes | None = None
+
+
 class ModernClient:
-    """A 2026-07-28 client over a 2025-only child (rules 1 to 5)."""
+    """A 2026-07-28 client over a 2025-only child (rules 1 to 5, 9)."""
 
     def __init__(self, mediator: Mediator, child: StdioChild, timeout: float) -> None:
         self.mediator = mediator
@@ -160,6 +187,12 @@ class ModernClient:
         self._answered = trio.Event()
         self._lock = trio.Lock()
         self._pending: dict[RequestId, str] = {}  # bridged request id -> its method
+        # Rule 9: the open listens (by id as JSON: the id, what was acknowledged),
+        # the URIs followed (by how many listens), mcpwall's own requests.
+        self._listens: dict[str, tuple[RequestId, Honoured]] = {}
+        self._followed: dict[str, int] = {}
+        self._own: dict[str, _Answer] = {}
+        self._own_ids = itertools.count(1)
 
     async def outbound(self, messages: list[Outbound], to_client: ToClient) -> list[Outbound]:
         """What of these decided messages goes to the child, translated (rules 1 to 4);
@@ -183,11 +216,23 @@ class ModernClient:
                 continue
             assert self.init_result is not None
             if method == revision.DISCOVER and rid is not None:  # rule 4
-                answer = jsonrpc.result_response(rid, discover_result(self.init_result))
+                answer = jsonrpc.result_response(rid, discover_result(self.init_result,
+                                                                      listens=True))
                 routed = await self.mediator.from_server(framing.canonical(answer))
                 if routed.client is not None:
                     replies.append(routed.client)
                 continue
+            if method == LISTEN and rid is not None:  # rule 9: answered here
+                ack = await self._listen(rid, value.get("params"))
+                if ack is not None:
+                    replies.append(ack)
+                continue
+            if method == mcp.CANCELLED and self._listens:
+                params = value.get("params")
+                gone = params.get("requestId") if isinstance(params, dict) else None
+                if _key(gone) in self._listens:  # rule 9: the listen ends here
+                    await self._unlisten(gone)
+                    continue
             strip_revision_meta(value)
             if rid is not None and isinstance(method, str):
                 self._pending[rid] = method
@@ -200,6 +245,80 @@ class ModernClient:
                                           "wrap: bridged"))
         await to_client(replies)
         return out
+
+    async def _listen(self, rid: RequestId, params: Any) -> bytes | None:
+        """Open a listen the policy let through (rule 9): its acknowledgement, for
+        the client (None if the mediator withheld it)."""
+        assert self.init_result is not None
+        asked = Honoured.of(params.get("notifications") if isinstance(params, dict) else None)
+        within, _ = carried(asked, self.init_result.get("capabilities"))
+        followed: set[str] = set()
+        for uri in sorted(within.uris):
+            if self._followed.get(uri, 0) or await self._own_request(
+                    mcp.RESOURCES_SUBSCRIBE, {"uri": uri}):
+                self._followed[uri] = self._followed.get(uri, 0) + 1
+                followed.add(uri)
+        honoured = Honoured(within.flags, frozenset(followed))
+        self._listens[_key(rid)] = (rid, honoured)
+        ack = jsonrpc.encode({"jsonrpc": "2.0", "method": ACKNOWLEDGED, "params": {
+            "notifications": honoured.wire(), "_meta": {SUBSCRIPTION_ID: rid}}})
+        return (await self.mediator.from_server(ack)).client
+
+    async def _unlisten(self, rid: Any) -> None:
+        """The client cancelled a listen (rule 9): the URIs no listen follows any
+        more are unsubscribed."""
+        _, honoured = self._listens.pop(_key(rid))
+        for uri in sorted(honoured.uris):
+            left = self._followed.get(uri, 0) - 1
+            if left > 0:
+                self._followed[uri] = left
+                continue
+            self._followed.pop(uri, None)
+            await self._own_request(mcp.RESOURCES_UNSUBSCRIBE, {"uri": uri})
+
+    async def _own_request(self, method: str, params: dict[str, Any]) -> bool:
+        """A request of mcpwall's own to the child (rule 9), decided and recorded by
+        the mediator, sent as decided; True when the child answered with a result."""
+        oid = f"mcpwall-bridge-own-{next(self._own_ids)}"
+        routed = await self.mediator.from_client(
+            decode_client(jsonrpc.request(method, params, oid)), wait=False)
+        if routed.held is not None:
+            routed.held.withdraw("nobody can approve mcpwall's own request")
+            return False
+        if routed.upstream is None:
+            return False
+        answer = self._own[oid] = _Answer()
+        try:
+            await self.child.send(routed.upstream)
+            with trio.move_on_after(self.timeout):
+                await answer.done.wait()
+        except ChildExited:
+            return False
+        finally:
+            self._own.pop(oid, None)
+        if answer.line is None:
+            return False
+        try:
+            value = jsonrpc.decode_any(answer.line)
+        except jsonrpc.DECODE_ERRORS:
+            return False
+        return isinstance(value, dict) and isinstance(value.get("result"), dict)
+
+    def tagged(self, line: bytes) -> list[bytes]:
+        """A line of the child as the client is to get it (rule 9): a change
+        notification once for each open listen that acknowledged it, tagged
+        with its id (none when no listen did); anything else as it is."""
+        if not self._listens or not any(m.encode() in line for m in LISTENED):
+            return [line]
+        try:
+            value = jsonrpc.decode_any(line)
+        except jsonrpc.DECODE_ERRORS:
+            return [line]
+        if not isinstance(value, dict) or "id" in value or value.get("method") not in LISTENED:
+            return [line]
+        params = value.get("params")
+        return [tag(line, rid) for rid, honoured in self._listens.values()
+                if honoured.admits(str(value["method"]), params)]
 
     async def _shake_hands(self) -> bool:
         """mcpwall's own handshake with the child, once (rule 1); False if it failed."""
@@ -278,6 +397,11 @@ class ModernClient:
             with contextlib.suppress(ChildExited):
                 await self.child.send(Outbound.own(refusal,
                                                    "wrap bridge: refusal of a server request"))
+            return None
+        if method is None and isinstance(rid, str) and rid in self._own:  # rule 9
+            self._own[rid].line = line
+            self._own[rid].done.set()
+            await self.mediator.from_server(line)  # its outcome recorded; kept here
             return None
         if method is None and isinstance(rid, str | int) and rid in self._pending:
             try:
