@@ -357,7 +357,8 @@ class HttpFront:
         accept_sse = accept_sse or not accept_json
         # The body decides (rule 5): one that claims the stateless revision is
         # taken as such, and its headers must say so too.
-        if era == "handshake" and revision.META_VERSION_BYTES in body and \
+        # (The bytes say so, or may behind a JSON escape: ``\/``, ``\u``.)
+        if era == "handshake" and (revision.META_VERSION_BYTES in body or b"\\" in body) and \
                 revision.body_version(revision.params_of(inbound)) is not None:
             era = "modern"
         if era != "handshake":
@@ -395,8 +396,9 @@ class HttpFront:
                 return
             headers = revision.upstream_headers(version, msg.method, None, None)
         else:
-            problem = (revision.unsupported(version, endpoint.versions) if era == "unsupported"
-                       else revision.check_modern(ex.headers, msg.method, params, spec))
+            problem = revision.check_repeated(ex.repeated) or (
+                revision.unsupported(version, endpoint.versions) if era == "unsupported"
+                else revision.check_modern(ex.headers, msg.method, params, spec))
             if problem is not None:
                 reply = await mediator.refuse_protocol(inbound, problem.code, problem.message,
                                                        problem.data)
