@@ -145,10 +145,9 @@ def _as_float64(value: Any) -> Any:
     if isinstance(value, bool):
         return value
     if isinstance(value, int) and abs(value) > 2**53:
-        as_float = float(value)
-        return int(as_float) if as_float.is_integer() else as_float
+        value = float(value)  # a JavaScript reads a double; then written as one, below
     if isinstance(value, float) and value.is_integer() and abs(value) < 1e21:
-        return int(value)  # JSON.stringify writes 1.0 as 1
+        return int(value)  # JSON.stringify writes 1.0 as 1, and 1e21 and above as 1e+21
     if isinstance(value, list):
         return [_as_float64(v) for v in value]
     if isinstance(value, dict):
