@@ -36,7 +36,7 @@ TOKEN = "alice-secret-token"
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     problem = harness.toolchain_problem()
     if problem:
-        pytest.skip(problem)
+        harness.skip_or_fail(problem)
     work = tmp_path_factory.mktemp("bridge-http")
     (work / "policy.json").write_text(json.dumps({"version": "1", "default": "allow"}))
     port = harness.free_port()

@@ -152,11 +152,11 @@ async def test_wrap_bridge_to_a_server_of_the_new_revision_passes_requests_as_de
     assert methods == ["tools/list", "tools/call"]
 
 
-BROKEN = ("import sys\n"
+BROKEN = ("import json, sys\n"
           "for line in sys.stdin:\n"
           "    if 'initialize' in line:\n"
-          "        print('{\"jsonrpc\":\"2.0\",\"id\":\"mcpwall-bridge-initialize\","
-          "\"result\":{}}', flush=True)\n")
+          "        rid = json.loads(line)['id']\n"
+          "        print(json.dumps({'jsonrpc': '2.0', 'id': rid, 'result': {}}), flush=True)\n")
 
 
 async def test_wrap_bridge_handshake_failure_answers_each_request_with_an_error(

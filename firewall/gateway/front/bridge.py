@@ -61,9 +61,12 @@ the new revision without touching its servers. Rules this module keeps:
    request (taken once), and the mediator linked the retry to that call_id,
    is the client's answer written to the server as the response to its
    request (:meth:`Outbound.translated` of the decided retry) and the retry
-   answered with what the server sends next for the call. Any other retry is
-   a new call (its ``inputResponses`` and ``requestState`` removed, for a
-   2025 server reads neither). A call whose client does not retry within
+   answered with what the server sends next for the call. A retry the
+   mediator linked to an earlier round (so not decided nor charged again)
+   that the bridge cannot resume (its question expired, or was answered) is
+   answered with the mediator's error and never reaches the server. Any
+   other retry is a new call (its ``inputResponses`` and ``requestState``
+   removed, for a 2025 server reads neither). A call whose client does not retry within
    the upstream timeout is abandoned: its server request answered with an
    error, the call cancelled.
 7. Listens (``front/bridge_listen.py``): the server's
@@ -77,6 +80,12 @@ the new revision without touching its servers. Rules this module keeps:
    mcpwall's own decided and recorded by the session's mediator and sent as
    decided (its id the bridge's). ``server/discover`` then keeps the
    ``listChanged`` flags and ``resources.subscribe``.
+8. What the server sends for a call waits in that call's queue until the
+   call's client request reads it (a call waiting for its client's retry
+   has no reader): at most :data:`MAX_QUEUED` progress notifications and
+   server requests; beyond that a progress notification is dropped and a
+   server request answered with an error (-32601). The call's answer
+   always gets through.
 """
 
 from __future__ import annotations
@@ -129,6 +138,8 @@ LISTENED: Final = frozenset({"notifications/tools/list_changed",
                              "notifications/resources/list_changed",
                              "notifications/resources/updated"})
 LISTEN_BUFFER: Final = 64
+# What the server may have queued for one call that nobody reads yet (rule 8).
+MAX_QUEUED: Final = 64
 
 
 class BridgeFailed(Exception):
@@ -215,6 +226,12 @@ class _Waiter:
     def __init__(self) -> None:
         self.done = trio.Event()
         self.answer: bytes | None = None
+
+
+def _room(call: BridgedCall) -> bool:
+    """Whether the server may queue one more progress or request for ``call``
+    (rule 8); its answer always may (one per call)."""
+    return call.receive.statistics().current_buffer_used < MAX_QUEUED
 
 
 class BridgedCall:
@@ -359,7 +376,7 @@ class BridgeSession(Session):
                 self.log.info("bridge_response_unmatched", request_id=rid)
         elif msg.kind is Kind.REQUEST:  # rule 6
             call = self._asking(msg)
-            if call is not None:
+            if call is not None and _room(call):
                 call.events.send_nowait(("request", line))
                 return True
             self.log.info("bridge_server_request_refused", method=msg.method)
@@ -369,7 +386,10 @@ class BridgeSession(Session):
             return await self.send(Outbound.own(refusal,
                                                 "bridge: refusal of a server request"))
         elif msg.method == mcp.PROGRESS and (call := self._progress_of(msg)) is not None:
-            call.events.send_nowait(("progress", line))
+            if _room(call):
+                call.events.send_nowait(("progress", line))
+            else:  # nobody reads them (the call waits for its client's retry)
+                self.log.debug("bridge_progress_dropped", bid=call.bid)
         elif msg.method in LISTENED and self._listeners:  # rule 7
             for listener in list(self._listeners):
                 try:
@@ -756,6 +776,12 @@ class Bridge:
                         opened.forget(call)
                     await self._carry(ex, opened, mediator, call, rid, accept_sse)
                     return
+                if mediator.round_of(rid) > 1:  # linked, not charged: never a new call
+                    await self._answer(ex, await self._unanswered(mediator, rid, Lost(
+                        "no longer waits for this retry (its question went unanswered in "
+                        "time, or was answered already); call again without requestState")),
+                        accept_sse)
+                    return
         bid = opened.next_id()
         outbound = routed.upstream.translated(translate_request(routed.upstream.data, bid),
                                               "bridged")
@@ -821,8 +847,13 @@ class Bridge:
             entry["params"] = value["params"]
         result = {"resultType": mrtr.INPUT_REQUIRED, "inputRequests": {key: entry},
                   "requestState": state}
-        routed = await mediator.from_server(framing.canonical(jsonrpc.result_response(
-            rid, result)))
+        try:  # nested one level deeper than the server wrote it: may be too deep
+            carried = framing.canonical(jsonrpc.result_response(rid, result))
+        except framing.NotCanonical:
+            await session.abandon(call, "mcpwall cannot carry the server's request")
+            return await self._unanswered(mediator, rid, Lost("asked for input mcpwall "
+                                                              "cannot carry"))
+        routed = await mediator.from_server(carried)
         reply = routed.client
         if reply is not None and mrtr.INPUT_REQUIRED.encode() in reply:
             session.park(call)

@@ -84,11 +84,10 @@ from firewall.gateway.http.exchange import (
     refuse,
 )
 from firewall.gateway.http.server import serve
-from firewall.gateway.policy_reload import reloader_for
+from firewall.gateway.policy_reload import watchers_of
 from firewall.identity import TokenTable, bearer_token
 from firewall.log import get_logger
 from firewall.policy.decision import Caller, PolicyPoint
-from firewall.policy.engine import PolicySet
 from firewall.protocol import jsonrpc, mcp, revision
 from firewall.protocol.inbound import Inbound
 from firewall.protocol.inbound import client as decode_client
@@ -177,7 +176,7 @@ class HttpFront:
             idle = min([self.listen.session_idle_seconds,
                         *(e.idle_limit for e in self.endpoints.values())])
             nursery.start_soon(self.context.table.run_reaper, max(0.05, min(idle / 4, 30.0)))
-            watchers = _reload_watchers(self.context.policy)
+            watchers = watchers_of(self.context.policy)
             watchers.append(self.listens.policy_changed)
             task_status.started()
             try:
@@ -358,11 +357,20 @@ class HttpFront:
         accept_sse = accept_sse or not accept_json
         # The body decides (rule 5): one that claims the stateless revision is
         # taken as such, and its headers must say so too.
-        if era == "handshake" and revision.META_VERSION_BYTES in body and \
+        # (The bytes say so, or may behind a JSON escape: ``\/``, ``\u``.)
+        if era == "handshake" and (revision.META_VERSION_BYTES in body or b"\\" in body) and \
                 revision.body_version(revision.params_of(inbound)) is not None:
             era = "modern"
         if era != "handshake":
             await self._post_stateless(ex, endpoint, caller, inbound, accept_sse, era)
+            return
+        if session is not None and msg.method == listen.LISTEN and msg.kind is Kind.REQUEST:
+            # A listen belongs to the stateless revision: a session's server
+            # would not know it, and its stream could not be narrowed here.
+            await ex.respond(200, await session.mediator.refuse_protocol(
+                inbound, jsonrpc.METHOD_NOT_FOUND,
+                "Method not found: subscriptions/listen is a request of the 2026-07-28 "
+                "revision, not of a session of the handshake revisions"))
             return
         await endpoint.post(ex, caller, session, inbound, accept_sse)
 
@@ -396,8 +404,9 @@ class HttpFront:
                 return
             headers = revision.upstream_headers(version, msg.method, None, None)
         else:
-            problem = (revision.unsupported(version, endpoint.versions) if era == "unsupported"
-                       else revision.check_modern(ex.headers, msg.method, params, spec))
+            problem = revision.check_repeated(ex.repeated) or (
+                revision.unsupported(version, endpoint.versions) if era == "unsupported"
+                else revision.check_modern(ex.headers, msg.method, params, spec))
             if problem is not None:
                 reply = await mediator.refuse_protocol(inbound, problem.code, problem.message,
                                                        problem.data)
@@ -449,16 +458,6 @@ class HttpFront:
         if seen is result:
             return line
         return jsonrpc.result_response(value.get("id"), seen)
-
-
-def _reload_watchers(policy: object) -> list[Callable[[], None]]:
-    """Who is told of the reloads of ``policy`` (the :class:`PolicySet` inside any
-    wrapper, such as the kill switch's ``inner``): a list the listen desk joins."""
-    for _ in range(4):
-        if isinstance(policy, PolicySet):
-            return reloader_for(policy).watchers
-        policy = getattr(policy, "inner", None)
-    return []
 
 
 @functools.lru_cache(maxsize=64)

@@ -23,7 +23,8 @@ graceful end is the request's result). Rules this module keeps:
    four listen-stream methods) and the request's answer reach the client,
    each through the mediator and with the upstream's ``_meta`` tag and
    event fields unchanged; any other message on the stream is dropped and
-   counted.
+   counted (a server->client request before the mediator sees it: it is
+   never decided nor recorded as relayed).
 3. Bounds: at most ``listen.max_listen_streams_per_principal`` streams per
    principal (then 429, -32002, recorded as a ``protocol`` deny), each for at
    most ``listen.listen_stream_max_seconds``; the upstream's stream runs on
@@ -35,18 +36,24 @@ graceful end is the request's result). Rules this module keeps:
    (its lifetime, shutdown): then with a graceful ``SubscriptionsListenResult``
    under the request's id, so the client may listen again. Each end is
    recorded once (``listen_end``: why, notifications relayed and dropped).
-6. Over stdio (``mcpwall wrap``), where listen streams share the session's
-   pipe, :class:`StdioListens` keeps rules 1 and 2: the request is narrowed
-   before the mediator sees it, and once a listen is open, a listen-stream
-   notification reaches the client only when tagged with an open listen's
-   id and within its honoured filter. A session with no listen open (the
-   2025 revisions, whose list_changed notifications need none) is left as
-   it is.
 5. A policy reload that changed the table re-decides every open stream's
    honoured types (a type now refused stops, none is added) and sends
    ``notifications/tools/list_changed`` (tagged as the stream's) on each
    stream still subscribed to it, so a client refetches its tool list under
    the new policy instead of keeping a stale cache.
+6. Over stdio (``mcpwall wrap``), where listen streams share the session's
+   pipe, :class:`StdioListens` keeps rules 1, 2 and 5: the request is
+   narrowed before the mediator sees it (a line is read as the mediator
+   reads it, whatever escapes spell its method), and once a listen is open,
+   a listen-stream notification reaches the client only when tagged with an
+   open listen's id, within its honoured filter and allowed by the rules in
+   force; a reload re-decides the open listens and pushes
+   ``notifications/tools/list_changed`` to those that follow tools. At most
+   ``listen.max_listen_streams_per_principal`` listens are open in a session
+   (a wrap session is one principal's): past it, the request is refused as
+   on the HTTP front and never forwarded. A session
+   with no listen open (the 2025 revisions, whose list_changed notifications
+   need none) is left as it is.
 7. A server whose listens mcpwall answers itself (:class:`ListenSource`: a
    bridged 2025 server, ``front/bridge_listen.py``) keeps rules 1 and 3 to 5
    here; after the decision (its receipt durable) the source is attached,
@@ -126,7 +133,8 @@ class Honoured(msgspec.Struct, frozen=True):
         if flag is not None:
             return flag in self.flags
         if method == RESOURCE_UPDATED and isinstance(params, dict):
-            return params.get("uri") in self.uris
+            uri = params.get("uri")  # a server's: may be anything, unhashable too
+            return isinstance(uri, str) and uri in self.uris
         return False
 
 
@@ -443,6 +451,9 @@ class ListenDesk:
             for event in events.ready():
                 if not event.data:
                     continue  # priming events: a listen stream is not resumable
+                if _is_request(event.data):  # none rides a listen stream: never
+                    stream.dropped += 1      # decided as if relayed (rule 2)
+                    continue
                 routed = await mediator.from_server(event.data)
                 line = routed.client
                 if line is None:
@@ -560,6 +571,14 @@ def tagged(line: bytes, rid: RequestId) -> bytes:
     return jsonrpc.encode(value)
 
 
+def _is_request(data: bytes) -> bool:
+    """Whether an event of the upstream's listen stream is a server->client request."""
+    try:
+        return jsonrpc.decode(data).kind is jsonrpc.Kind.REQUEST
+    except jsonrpc.ProtocolError:
+        return False  # the mediator records what it cannot read
+
+
 def _carried(line: bytes, honoured: Honoured) -> int | None:
     """Whether a mediated message of a listen stream goes on to the client (rule 2):
     None if not, else how many notifications it counts for (the acknowledgement: 0)."""
@@ -602,20 +621,27 @@ class _StdioListen:
         self.started = time.monotonic()
 
 
+# A listen request seen, not yet forwarded: its key, what it honours, what it refused.
+PendingListen = tuple[str, _StdioListen, list[str]]
+
+
 class StdioListens:
     """The listen streams of one stdio session (rule 6); sans-IO but for the audit.
 
     The session calls :meth:`incoming` on each client line before the
-    mediator, :meth:`decided` after it when :attr:`pending`, :meth:`admits` on each mediated
+    mediator, :meth:`decided` after it when :attr:`pending` (or :meth:`held`,
+    then :meth:`released` once a held listen is decided), :meth:`admits` on each mediated
     server line, :meth:`flush` after each batch and :meth:`close` at its end.
     """
 
-    __slots__ = ("_ended", "_pending", "mediator", "open")
+    __slots__ = ("_ended", "_pending", "cap", "mediator", "open", "over_cap")
 
-    def __init__(self, mediator: Mediator) -> None:
+    def __init__(self, mediator: Mediator, cap: int = 16) -> None:
         self.mediator = mediator
+        self.cap = cap
         self.open: dict[str, _StdioListen] = {}  # by the listen's id, as JSON text
-        self._pending: tuple[str, _StdioListen, list[str]] | None = None
+        self.over_cap = False  # the last line was a listen past the cap (rule 6)
+        self._pending: PendingListen | None = None
         self._ended: list[tuple[_StdioListen, str]] = []
 
     @property
@@ -624,9 +650,17 @@ class StdioListens:
         return self._pending is not None
 
     def incoming(self, line: bytes) -> bytes:
-        """A client line, with a listen request's filter narrowed (rule 1)."""
+        """A client line, with a listen request's filter narrowed (rule 1).
+
+        A listen past the cap is left as it is, with :attr:`over_cap` set:
+        the session refuses it (:meth:`refuse`) instead of deciding it.
+        """
         self._pending = None
-        if _LISTEN_BYTES not in line:
+        self.over_cap = False
+        # JSON may spell a method with escapes ("subscriptions\\/listen"): a
+        # line with a backslash is read as the mediator will read it.
+        escaped = _ESCAPE_BYTES in line
+        if _LISTEN_BYTES not in line and not escaped:
             if self.open and _CANCELLED_BYTES in line:
                 self._cancelled(line)
             return line
@@ -634,8 +668,14 @@ class StdioListens:
             value = jsonrpc.decode_any(line)
         except jsonrpc.DECODE_ERRORS:
             return line
+        if self.open and isinstance(value, dict) and value.get("method") == mcp.CANCELLED:
+            self._cancelled_value(value)
+            return line
         if not isinstance(value, dict) or value.get("method") != LISTEN or \
                 value.get("id") is None or not isinstance(value.get("params"), dict):
+            return line
+        if len(self.open) >= self.cap:
+            self.over_cap = True
             return line
         mediator = self.mediator
         honoured, refused = narrow(mediator.policy, mediator.caller, mediator.server,
@@ -648,6 +688,17 @@ class StdioListens:
     async def decided(self, forwarded: bool) -> None:
         """After the mediator: a listen it forwarded is open (and recorded)."""
         pending, self._pending = self._pending, None
+        await self.released(pending, forwarded)
+
+    def held(self) -> PendingListen | None:
+        """After the mediator held the listen for approval: what
+        :meth:`released` opens once a person decided."""
+        pending, self._pending = self._pending, None
+        return pending
+
+    async def released(self, pending: PendingListen | None, forwarded: bool) -> None:
+        """A listen the mediator forwarded (at once or once approved) is open, and
+        recorded, before it reaches the server."""
         if pending is None or not forwarded:
             return
         key, listen, refused = pending
@@ -659,21 +710,49 @@ class StdioListens:
                                        "honoured": listen.honoured.wire(),
                                        "refused": refused, "grant": mediator.caller.grant})
 
+    async def refuse(self, line: bytes) -> bytes:
+        """The answer to a listen past the cap (rule 6): recorded as a ``protocol``
+        deny, -32002 under its id, as the HTTP front answers with a 429."""
+        self.over_cap = False
+        return await self.mediator.refuse_protocol(
+            decode_client(line), jsonrpc.RATE_LIMITED,
+            f"Too Many Requests: {self.cap} listen streams open in this session "
+            "(listen.max_listen_streams_per_principal)", {"cap": self.cap})
+
+    def policy_changed(self) -> list[bytes]:
+        """A reload changed the table (rule 5): re-decide each open listen's
+        honoured types; the ``tools/list_changed`` to push to the client."""
+        mediator = self.mediator
+        pushes = []
+        for listen in self.open.values():
+            listen.honoured, _ = narrow(mediator.policy, mediator.caller, mediator.server,
+                                        listen.honoured.wire())
+            if "toolsListChanged" in listen.honoured.flags:
+                listen.relayed += 1
+                pushes.append(jsonrpc.encode({
+                    "jsonrpc": "2.0", "method": TOOLS_CHANGED,
+                    "params": {"_meta": {SUBSCRIPTION_ID: listen.rid}}}))
+        return pushes
+
     def _cancelled(self, line: bytes) -> None:
         try:
             value = jsonrpc.decode_any(line)
         except jsonrpc.DECODE_ERRORS:
             return
-        if isinstance(value, dict) and value.get("method") == "notifications/cancelled":
-            params = value.get("params")
-            if isinstance(params, dict) and "requestId" in params:
-                listen = self.open.pop(_key(params["requestId"]), None)
-                if listen is not None:
-                    self._ended.append((listen, "client gone"))
+        if isinstance(value, dict) and value.get("method") == mcp.CANCELLED:
+            self._cancelled_value(value)
+
+    def _cancelled_value(self, value: dict[str, Any]) -> None:
+        params = value.get("params")
+        if isinstance(params, dict) and "requestId" in params:
+            listen = self.open.pop(_key(params["requestId"]), None)
+            if listen is not None:
+                self._ended.append((listen, "client gone"))
 
     def admits(self, line: bytes) -> bool:
         """Whether a mediated server line goes on to the client (rule 6)."""
-        if not self.open or (_NOTIFICATIONS_BYTES not in line and _ID_BYTES not in line):
+        if not self.open or (_NOTIFICATIONS_BYTES not in line and _ID_BYTES not in line
+                             and _ESCAPE_BYTES not in line):
             return True
         try:
             value = jsonrpc.decode_any(line)
@@ -698,10 +777,25 @@ class StdioListens:
             return False  # no open listen of this session asked for it
         if method == ACKNOWLEDGED:
             return True
-        if listen.honoured.admits(method, params):
+        if listen.honoured.admits(method, params) and self._still(listen, method, params):
             listen.relayed += 1
             return True
         listen.dropped += 1
+        return False
+
+    def _still(self, listen: _StdioListen, method: str, params: Any) -> bool:
+        """Whether the rules in force still let the caller follow this type (rule 5:
+        after a reload that refuses it, the listen stops carrying it)."""
+        flag = _FLAG_OF.get(method)
+        one: dict[str, Any] = ({flag: True} if flag is not None
+                               else {RESOURCES: [params.get("uri")]})
+        mediator = self.mediator
+        still, _ = narrow(mediator.policy, mediator.caller, mediator.server, one)
+        if still.flags or still.uris:
+            return True
+        now = listen.honoured
+        listen.honoured = (Honoured(now.flags - {flag}, now.uris) if flag is not None
+                           else Honoured(now.flags, now.uris - {params.get("uri")}))
         return False
 
     async def flush(self) -> None:
@@ -732,11 +826,13 @@ def _key(rid: Any) -> str:
 
 _LISTEN_BYTES: Final = LISTEN.encode()
 _NOTIFICATIONS_BYTES: Final = b"notifications/"
-_CANCELLED_BYTES: Final = b"notifications/cancelled"
+_CANCELLED_BYTES: Final = mcp.CANCELLED.encode()
+_ESCAPE_BYTES: Final = b"\\"
 _ID_BYTES: Final = b'"id"'
 _STREAM_METHODS: Final = frozenset({*FLAGS.values(), RESOURCE_UPDATED, ACKNOWLEDGED})
 
 
 __all__ = ["LISTEN", "BridgesListens", "Feed", "Honoured", "ListenDesk", "ListenSource",
-           "ListenStream", "ListenUpstream", "StdioListens", "Unreachable", "narrow", "tagged"]
+           "ListenStream", "ListenUpstream", "PendingListen", "StdioListens", "Unreachable",
+           "narrow", "tagged"]
 

@@ -30,9 +30,11 @@ Invariants:
    (``framing.line_safe``): the mediator's messages already are; mcpwall's
    own (refusals naming what the client sent) are made so here.
 7. ``subscriptions/listen`` (2026-07-28) is narrowed to the types the policy
-   allows before the mediator decides it, and the listen-stream
-   notifications relayed are those of an open listen's honoured filter
-   (``listen.StdioListens``).
+   allows before the mediator decides it, the listen-stream notifications
+   relayed are those of an open listen's honoured filter, a listen past the
+   cap is refused, a listen held for approval is open from its release,
+   before it reaches the server, and a policy reload re-decides the open
+   listens and tells those that follow tools (``listen.StdioListens``).
 8. Client and child of different protocol eras are bridged by
    :mod:`firewall.gateway.front.wrap_bridge`: a 2026-07-28 client over a
    2025-only child with ``bridge`` set (``--bridge``), a 2025 client over a
@@ -46,15 +48,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import AsyncIterator
 from typing import Any
 
 import trio
 
 from firewall.config import StdioServer
-from firewall.gateway.front.listen import StdioListens
+from firewall.gateway.front.listen import PendingListen, StdioListens
 from firewall.gateway.front.wrap_bridge import ModernChild, ModernClient, Retry
 from firewall.gateway.mediator import HeldCall, Lost, Mediator, Routed
 from firewall.gateway.outbound import Outbound
+from firewall.gateway.policy_reload import watchers_of
 from firewall.gateway.upstream.stdio import (
     ChildExited,
     StdioChild,
@@ -81,6 +85,7 @@ class StdioClient:
         client_in: trio.abc.ReceiveStream,
         client_out: trio.abc.SendStream,
         max_line: int,
+        max_listens: int = 16,
     ) -> None:
         self.mediator = mediator
         self.client_in = client_in
@@ -93,7 +98,7 @@ class StdioClient:
         self._client_eof = False
         self._client_scope = trio.CancelScope()
         self._held_calls: trio.Nursery
-        self.listens = StdioListens(mediator)  # rule 7
+        self.listens = StdioListens(mediator, max_listens)  # rule 7
 
     async def forward(self, messages: list[Outbound]) -> bool:
         """Write decided messages to the upstream, in order; False if it is gone."""
@@ -146,11 +151,19 @@ class StdioClient:
                     None, jsonrpc.MESSAGE_TOO_LARGE,
                     f"message longer than {self.max_line} bytes refused"))
                 continue
-            r = await self._decide(self.listens.incoming(line))
+            line = self.listens.incoming(line)
+            if self.listens.over_cap:
+                replies.append(await self.listens.refuse(line))
+                continue
+            r = await self._decide(line)
+            listen = None
             if self.listens.pending:
-                await self.listens.decided(r.upstream is not None)
+                if r.held is not None:  # opened once approved (rule 7)
+                    listen = self.listens.held()
+                else:
+                    await self.listens.decided(r.upstream is not None)
             if r.held is not None:  # waits for a person in its own task
-                self._held_calls.start_soon(self._release, r.held)
+                self._held_calls.start_soon(self._release, r.held, listen)
                 continue
             if r.client is not None:
                 replies.append(r.client)
@@ -161,13 +174,39 @@ class StdioClient:
         await self._to_client(replies)
         return await self.forward(routed)
 
-    async def _release(self, held: HeldCall) -> None:
-        """Forward or refuse a held call once a person (or the deadline) decided."""
+    @contextlib.asynccontextmanager
+    async def _reload_pushes(self) -> AsyncIterator[None]:
+        """While open, a policy reload that changed the table reaches the
+        session's listens (rule 7): re-decided, and told to refetch tools."""
+        watchers = watchers_of(self.mediator.policy)
+        send, receive = trio.open_memory_channel[None](1)
+
+        def changed() -> None:  # a reload while one waits: that one covers it
+            with contextlib.suppress(trio.WouldBlock):
+                send.send_nowait(None)
+
+        async def push() -> None:
+            async for _ in receive:
+                await self._to_client(self.listens.policy_changed())
+
+        watchers.append(changed)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(push)
+                yield
+                nursery.cancel_scope.cancel()
+        finally:
+            watchers.remove(changed)
+
+    async def _release(self, held: HeldCall, listen: PendingListen | None = None) -> None:
+        """Forward or refuse a held call once a person (or the deadline) decided
+        (a held listen is open before it goes on)."""
 
         async def to_client(data: bytes) -> None:
             await self._to_client([data])
 
         r = await held.wait(to_client)
+        await self.listens.released(listen, r.upstream is not None)
         await self._to_client([r.client] if r.client is not None else [])
         if r.upstream is not None:
             await self.forward_one(r.upstream)
@@ -187,8 +226,9 @@ class WrapSession(StdioClient):
         bridge: bool = False,
         timeout: float = 300.0,
         ttl_ms: int = 60_000,
+        max_listens: int = 16,
     ) -> None:
-        super().__init__(mediator, client_in, client_out, max_line)
+        super().__init__(mediator, client_in, client_out, max_line, max_listens)
         self.child = child
         # Bridging (rule 7): --bridge for a 2026-07-28 client over a 2025 child;
         # a child of the new revision only is found out on its own.
@@ -200,8 +240,9 @@ class WrapSession(StdioClient):
         async with trio.open_nursery() as nursery:
             self._held_calls = nursery
             nursery.start_soon(self._read_child)
-            with self._client_scope:
-                await self._read_client()
+            async with self._reload_pushes():
+                with self._client_scope:
+                    await self._read_client()
             self.mediator.holds.withdraw("the client disconnected" if self._client_eof
                                          else "the session ended")
             # Client EOF (or the client or the child gone): ask the child to
@@ -303,10 +344,12 @@ async def run_wrap(
     client_out: trio.abc.SendStream | None = None,
     handshake_seconds: float = 300.0,
     ttl_ms: int = 60_000,
+    max_listens: int = 16,
 ) -> int:
     """Run one wrapped session on the given streams (our stdin/stdout by default);
     ``handshake_seconds``: how long mcpwall's own handshake with a bridged child may take,
-    ``ttl_ms``: the cache cap of a bridged child's answers."""
+    ``ttl_ms``: the cache cap of a bridged child's answers, ``max_listens``: the
+    listens open at once."""
     client_in, client_out = client_streams(client_in, client_out)
     log = get_logger(server=mediator.server, session=mediator.session)
     try:
@@ -314,7 +357,8 @@ async def run_wrap(
                                     session=mediator.session) as child:
             code = await WrapSession(mediator, child, client_in, client_out,
                                      settings.max_line_bytes, bridge=settings.bridge,
-                                     timeout=handshake_seconds, ttl_ms=ttl_ms).run()
+                                     timeout=handshake_seconds, ttl_ms=ttl_ms,
+                                     max_listens=max_listens).run()
     except OSError as exc:
         log.error("upstream_start_failed", error=str(exc))
         return 127

@@ -11,6 +11,7 @@ revisions. Rules it keeps:
    ``params._meta`` names it), nor ever once the client sent ``initialize``
    itself (a 2025 session it keeps): then, before anything of that batch reaches the
    child, mcpwall shakes hands with the child itself (its own ``initialize``,
+   under an id of its own no client can guess nor answer for,
    clientInfo ``mcpwall-bridge``, no client capabilities, then
    ``notifications/initialized``), as the serve bridge does
    (:mod:`firewall.gateway.front.bridge`). A refused request starts nothing.
@@ -87,6 +88,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
@@ -119,7 +121,9 @@ from firewall.protocol.inbound import Inbound
 from firewall.protocol.inbound import client as decode_client
 from firewall.protocol.jsonrpc import RequestId
 
-HANDSHAKE_ID: Final = "mcpwall-bridge-initialize"
+# mcpwall's handshake id: the client's ids reach the child unchanged, so it has
+# a per-session part no client can guess, and is read only once sent (rule 1).
+HANDSHAKE_PREFIX: Final = "mcpwall-bridge-initialize-"
 DISCOVER_ID: Final = "mcpwall-discover-1"
 _METHOD_NOT_FOUND: Final = -32601
 # Client notifications a child of the stateless revision still reads over stdio.
@@ -183,6 +187,8 @@ class ModernClient:
         self.init_result: dict[str, Any] | None = None
         self.failure: str | None = None
         self.passthrough = False  # the child refused initialize (rule 1)
+        self.handshake_id = HANDSHAKE_PREFIX + secrets.token_hex(8)
+        self._sent = False  # mcpwall's initialize went to the child
         self._answer: bytes | None = None
         self._answered = trio.Event()
         self._lock = trio.Lock()
@@ -340,8 +346,9 @@ class ModernClient:
     async def _handshake(self) -> str | None:
         init = jsonrpc.request(mcp.INITIALIZE, {
             "protocolVersion": mcp.LATEST_PROTOCOL_VERSION, "capabilities": {},
-            "clientInfo": CLIENT_INFO}, HANDSHAKE_ID)
+            "clientInfo": CLIENT_INFO}, self.handshake_id)
         try:
+            self._sent = True
             await self.child.send(Outbound.own(init, "wrap bridge: mcpwall's own handshake"))
             with trio.move_on_after(self.timeout):
                 await self._answered.wait()
@@ -369,12 +376,12 @@ class ModernClient:
         """A line of the child as the mediator is to see it; None when it is consumed
         here (the handshake's answer, a refused server request: rules 3, 5)."""
         if self.init_result is None and self.failure is None and not self._answered.is_set():
-            if HANDSHAKE_ID.encode() in line:
+            if self._sent and self.handshake_id.encode() in line:
                 try:
                     value = jsonrpc.decode_any(line)
                 except jsonrpc.DECODE_ERRORS:
                     return line
-                if isinstance(value, dict) and value.get("id") == HANDSHAKE_ID \
+                if isinstance(value, dict) and value.get("id") == self.handshake_id \
                         and "method" not in value:
                     self._answer = line
                     self._answered.set()
