@@ -32,16 +32,17 @@ the new revision without touching its servers. Rules this module keeps:
    cancelled at the server.
 4. ``server/discover`` is decided and recorded like any request and answered
    by mcpwall from the server's ``initialize`` result: its capabilities
-   (without what the bridge cannot carry: ``resources.subscribe``, the
-   ``listChanged`` flags, ``logging``), its instructions, its serverInfo
+   (without ``logging``, which the bridge cannot carry; rule 7 for the
+   rest), its instructions, its serverInfo
    (as the revision's ``_meta`` stamp) and ``supportedVersions`` the
    stateless revision mcpwall speaks. It never reaches the server.
 5. What the server sends besides answers and the requests of rule 6: a
    request is answered at once with an error (-32601); a progress
    notification naming the ``progressToken`` of a call in flight goes
    through that call's mediator to the event stream of the client request
-   waiting for the call (nowhere when it takes JSON only); any other
-   notification is dropped. Notifications the client sends are decided and
+   waiting for the call (nowhere when it takes JSON only); the changes of
+   rule 7 go to the session's listens; any other notification is dropped.
+   Notifications the client sends are decided and
    recorded, and go nowhere (the revision defines none a 2025 server would
    act on).
 6. A server request (elicitation in form mode, sampling, roots/list) that
@@ -69,7 +70,18 @@ the new revision without touching its servers. Rules this module keeps:
    removed, for a 2025 server reads neither). A call whose client does not retry within
    the upstream timeout is abandoned: its server request answered with an
    error, the call cancelled.
-7. What the server sends for a call waits in that call's queue until the
+7. Listens (``front/bridge_listen.py``): the server's
+   ``notifications/*/list_changed`` and ``notifications/resources/updated``
+   go to every open listen of the session (:meth:`BridgeSession.listening`,
+   a bounded channel each, the surplus dropped), and end with it; while
+   there is one, the link is told (:meth:`Link.listened`: an HTTP link
+   keeps a GET stream open for them). The URIs
+   they follow are subscribed by :meth:`BridgeSession.own_request`, once per
+   URI, and unsubscribed after the last listen of one: a request of
+   mcpwall's own decided and recorded by the session's mediator and sent as
+   decided (its id the bridge's). ``server/discover`` then keeps the
+   ``listChanged`` flags and ``resources.subscribe``.
+8. What the server sends for a call waits in that call's queue until the
    call's client request reads it (a call waiting for its client's retry
    has no reader): at most :data:`MAX_QUEUED` progress notifications and
    server requests; beyond that a progress notification is dropped and a
@@ -82,7 +94,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Final, Protocol
 
@@ -114,6 +126,7 @@ from firewall.gateway.upstream.stdio import ChildExited, StdioChild, open_stdio_
 from firewall.policy.decision import Caller
 from firewall.protocol import framing, jsonrpc, mcp, mrtr, revision, sse
 from firewall.protocol.inbound import Inbound
+from firewall.protocol.inbound import client as decode_client
 from firewall.protocol.jsonrpc import Kind, RequestId
 from firewall.protocol.mrtr import StateSeal
 
@@ -125,7 +138,14 @@ _HANDSHAKE_ID: Final = "mcpwall-bridge-initialize"
 # to a 2026-07-28 client as input requests (rule 6).
 CAPABILITIES: Final[dict[str, Any]] = {"elicitation": {"form": {}}, "sampling": {}, "roots": {}}
 _METHOD_NOT_FOUND: Final = -32601
-# What the server may have queued for one call that nobody reads yet (rule 7).
+# The server's notifications the bridged listens carry (rule 7), and how many
+# of them may wait for one listen before more are dropped.
+LISTENED: Final = frozenset({"notifications/tools/list_changed",
+                             "notifications/prompts/list_changed",
+                             "notifications/resources/list_changed",
+                             "notifications/resources/updated"})
+LISTEN_BUFFER: Final = 64
+# What the server may have queued for one call that nobody reads yet (rule 8).
 MAX_QUEUED: Final = 64
 
 
@@ -150,6 +170,11 @@ class Link(Protocol):
 
     def negotiated(self, version: str) -> None:
         """The protocol version the server answered ``initialize`` with."""
+
+    def listened(self, on: bool) -> None:
+        """Whether the session has open listens (rule 7): a link whose server
+        sends notifications apart from answers only when asked (an HTTP GET
+        stream) asks while it has."""
 
     def health(self) -> dict[str, Any]:
         """What the health report shows of the link."""
@@ -177,6 +202,9 @@ class StdioLink:
 
     def negotiated(self, version: str) -> None:
         """A stdio child needs no version header."""
+
+    def listened(self, on: bool) -> None:
+        """A stdio child writes its notifications on the one pipe."""
 
     def health(self) -> dict[str, Any]:
         return {"pid": self.child.pid}
@@ -209,7 +237,7 @@ class _Waiter:
 
 def _room(call: BridgedCall) -> bool:
     """Whether the server may queue one more progress or request for ``call``
-    (rule 7); its answer always may (one per call)."""
+    (rule 8); its answer always may (one per call)."""
     return call.receive.statistics().current_buffer_used < MAX_QUEUED
 
 
@@ -248,6 +276,11 @@ class BridgeSession(Session):
         self._ids = itertools.count(1)
         self._handshake = _Waiter()
         self._nursery: trio.Nursery | None = None
+        # Rule 7: the open listens' channels, and the URIs followed (how many
+        # listens follow each) with the lock that orders subscribe/unsubscribe.
+        self._listeners: set[trio.MemorySendChannel[bytes]] = set()
+        self._followed: dict[str, int] = {}
+        self._following = trio.Lock()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Start the child and shake hands, then serve until it exits or the session ends.
@@ -276,6 +309,9 @@ class BridgeSession(Session):
             for call in self._calls.values():  # no answer: the request gets an error
                 call.events.send_nowait(("answer", b""))
             self._calls.clear()
+            for listener in self._listeners:  # the listens end with the session
+                listener.close()
+            self._listeners.clear()
         if failure is not None:
             raise BridgeFailed(failure)
 
@@ -343,6 +379,12 @@ class BridgeSession(Session):
                 call.events.send_nowait(("progress", line))
             else:  # nobody reads them (the call waits for its client's retry)
                 self.log.debug("bridge_progress_dropped", bid=call.bid)
+        elif msg.method in LISTENED and self._listeners:  # rule 7
+            for listener in list(self._listeners):
+                try:
+                    listener.send_nowait(line)
+                except trio.WouldBlock:  # level triggers: one waiting says as much
+                    self.log.info("bridge_listen_notification_dropped", method=msg.method)
         else:
             self.log.debug("bridge_notification_dropped", method=msg.method)
         return True
@@ -443,6 +485,80 @@ class BridgeSession(Session):
         that request, and ``call_id`` (the mediator linked the retry to it)."""
         return self.desk.resume(state, caller, call_id, self._calls)
 
+    @contextlib.contextmanager
+    def listening(self) -> Iterator[trio.MemoryReceiveChannel[bytes]]:
+        """The server's change notifications while the block runs (rule 7); the
+        session counts as busy meanwhile (no idle expiry under an open listen)."""
+        send, receive = trio.open_memory_channel[bytes](LISTEN_BUFFER)
+        with self.busy():
+            if self.closed:
+                send.close()
+            else:
+                self._listeners.add(send)
+                if len(self._listeners) == 1 and self._link is not None:
+                    self._link.listened(True)
+            try:
+                yield receive
+            finally:
+                if send in self._listeners:
+                    self._listeners.discard(send)
+                    if not self._listeners and self._link is not None:
+                        self._link.listened(False)
+                send.close()
+
+    async def follow(self, uris: frozenset[str]) -> frozenset[str]:
+        """Those of ``uris`` the server now sends updates of for this session (rule 7):
+        each not followed yet is asked with a ``resources/subscribe`` of mcpwall's
+        own (:meth:`own_request`); each taken counts until :meth:`unfollow`."""
+        got: set[str] = set()
+        async with self._following:
+            for uri in sorted(uris):
+                if self._followed.get(uri, 0) or await self.own_request(
+                        mcp.RESOURCES_SUBSCRIBE, {"uri": uri}):
+                    self._followed[uri] = self._followed.get(uri, 0) + 1
+                    got.add(uri)
+        return frozenset(got)
+
+    async def unfollow(self, uris: frozenset[str]) -> None:
+        """A listen no longer follows ``uris``: the last one's end unsubscribes (rule 7)."""
+        async with self._following:
+            for uri in sorted(uris):
+                left = self._followed.get(uri, 0) - 1
+                if left > 0:
+                    self._followed[uri] = left
+                    continue
+                self._followed.pop(uri, None)
+                if not self.closed:
+                    await self.own_request(mcp.RESOURCES_UNSUBSCRIBE, {"uri": uri})
+
+    async def own_request(self, method: str, params: dict[str, Any]) -> bool:
+        """A request of mcpwall's own on this session (rule 7), decided and
+        recorded by the session's mediator and sent as decided; its answer goes
+        through the mediator too. True when the server answered with a result."""
+        bid = self.next_id()
+        ask = decode_client(jsonrpc.request(method, params, bid))
+        routed = await self.mediator.from_client(ask, wait=False)
+        if routed.held is not None:
+            routed.held.withdraw("nobody can approve mcpwall's own request")
+            return False
+        if routed.upstream is None:
+            self.log.info("bridge_own_request_refused", method=method)
+            return False
+        call = self.open_call(bid, method, {}, routed.upstream.call_id, None)
+        if not await self.send(routed.upstream):
+            self.forget(call)
+        event = await self.next_event(call, trio.current_time() + self.timeout)
+        while event is not None and event[0] != "answer":  # nothing else is its own
+            event = await self.next_event(call, trio.current_time() + self.timeout)
+        if event is None or not event[1]:
+            return False
+        await self.mediator.from_server(event[1])
+        try:
+            value = jsonrpc.decode_any(event[1])
+        except jsonrpc.DECODE_ERRORS:
+            return False
+        return isinstance(value, dict) and isinstance(value.get("result"), dict)
+
     def next_id(self) -> str:
         """The id the next bridged request goes to the server with."""
         return f"mcpwall-bridge-{next(self._ids)}"
@@ -491,17 +607,19 @@ def translate_answer(data: bytes, rid: RequestId, method: str) -> bytes:
     return framing.canonical(jsonrpc.encode(value))
 
 
-def discover_result(init: dict[str, Any]) -> dict[str, Any]:
+def discover_result(init: dict[str, Any], listens: bool = False) -> dict[str, Any]:
     """The ``server/discover`` result of a bridged server, from its initialize result
-    (rule 4)."""
+    (rule 4): with ``listens`` (mcpwall answers its listens, rule 7) the
+    ``listChanged`` flags and ``resources.subscribe`` are kept, else left out."""
     capabilities = init.get("capabilities")
     carried: dict[str, Any] = {}
+    dropped = () if listens else ("subscribe", "listChanged")
     if isinstance(capabilities, dict):
         for name, value in capabilities.items():
             if name == "logging":
                 continue
             if isinstance(value, dict):
-                value = {k: v for k, v in value.items() if k not in ("subscribe", "listChanged")}
+                value = {k: v for k, v in value.items() if k not in dropped}
             carried[name] = value
     result: dict[str, Any] = {"supportedVersions": list(revision.MODERN_VERSIONS),
                               "capabilities": carried, "resultType": "complete",
@@ -593,7 +711,8 @@ class Bridge:
             return
         if msg.method == revision.DISCOVER:  # rule 4
             await routed.upstream.ready()
-            answer = jsonrpc.result_response(rid, discover_result(opened.init_result))
+            answer = jsonrpc.result_response(rid, discover_result(opened.init_result,
+                                                                     listens=True))
             await self._relay(ex, mediator, rid, framing.canonical(answer), accept_sse)
             return
         if msg.method in mrtr.MRTR_METHODS:

@@ -36,9 +36,10 @@ worker inside our own nursery. Rules this module keeps:
    made from the decided body. Its answers pass ``_result_seen``: tools'
    ``x-mcp-header`` annotations learnt, ``ttlMs`` capped, ``cacheScope``
    private where the answer is the caller's own. A ``subscriptions/listen``
-   to an endpoint that can carry one (``listen.ListenUpstream``) is the
-   listen desk's (``front/listen.py``): a long-lived stream under policy,
-   ended on shutdown and told of policy reloads.
+   to an endpoint that can carry one (``listen.ListenUpstream``), or whose
+   listens mcpwall answers itself (``listen.BridgesListens``: a bridged
+   2025 server), is the listen desk's (``front/listen.py``): a long-lived
+   stream under policy, ended on shutdown and told of policy reloads.
 """
 
 from __future__ import annotations
@@ -356,7 +357,8 @@ class HttpFront:
         accept_sse = accept_sse or not accept_json
         # The body decides (rule 5): one that claims the stateless revision is
         # taken as such, and its headers must say so too.
-        if era == "handshake" and revision.META_VERSION_BYTES in body and \
+        # (The bytes say so, or may behind a JSON escape: ``\/``, ``\u``.)
+        if era == "handshake" and (revision.META_VERSION_BYTES in body or b"\\" in body) and \
                 revision.body_version(revision.params_of(inbound)) is not None:
             era = "modern"
         if era != "handshake":
@@ -402,8 +404,9 @@ class HttpFront:
                 return
             headers = revision.upstream_headers(version, msg.method, None, None)
         else:
-            problem = (revision.unsupported(version, endpoint.versions) if era == "unsupported"
-                       else revision.check_modern(ex.headers, msg.method, params, spec))
+            problem = revision.check_repeated(ex.repeated) or (
+                revision.unsupported(version, endpoint.versions) if era == "unsupported"
+                else revision.check_modern(ex.headers, msg.method, params, spec))
             if problem is not None:
                 reply = await mediator.refuse_protocol(inbound, problem.code, problem.message,
                                                        problem.data)
@@ -412,11 +415,16 @@ class HttpFront:
             headers = revision.upstream_headers(revision.body_version(params), msg.method,
                                                 params, spec)
         mediator.on_result = functools.partial(self._result_seen, endpoint.name)
-        if msg.method == listen.LISTEN and msg.kind is Kind.REQUEST and \
-                isinstance(endpoint, listen.ListenUpstream) and endpoint.versions != \
-                revision.HANDSHAKE_VERSIONS:
-            await self.listens.serve(ex, endpoint, mediator, inbound, headers)
-            return
+        if msg.method == listen.LISTEN and msg.kind is Kind.REQUEST:
+            source = (endpoint.listen_source() if isinstance(endpoint, listen.BridgesListens)
+                      else None)
+            if source is not None:  # a bridged 2025 server: mcpwall answers the listen
+                await self.listens.serve_local(ex, source, mediator, inbound)
+                return
+            if isinstance(endpoint, listen.ListenUpstream) and endpoint.versions != \
+                    revision.HANDSHAKE_VERSIONS:
+                await self.listens.serve(ex, endpoint, mediator, inbound, headers)
+                return
         await endpoint.post_stateless(ex, mediator, inbound, accept_sse, headers)
 
     def _result_seen(self, server: str, method: str, line: bytes, narrowed: bool) -> bytes:

@@ -39,7 +39,8 @@ Invariants:
    :mod:`firewall.gateway.front.wrap_bridge`: a 2026-07-28 client over a
    2025-only child with ``bridge`` set (``--bridge``), a 2025 client over a
    child of the new revision only always (found out when the child refuses
-   ``initialize``). What reaches the child is still a decided message
+   ``initialize``; its input requests asked of the client, the call retried
+   once they are answered). What reaches the child is still a decided message
    (translated, its receipt kept: a client's answer to the child's own
    request is its decided retry) or mcpwall's own handshake, refusals of the
    child's requests and cancellations of calls it abandoned.
@@ -56,7 +57,7 @@ import trio
 
 from firewall.config import StdioServer
 from firewall.gateway.front.listen import PendingListen, StdioListens
-from firewall.gateway.front.wrap_bridge import ModernChild, ModernClient
+from firewall.gateway.front.wrap_bridge import ModernChild, ModernClient, Retry
 from firewall.gateway.mediator import HeldCall, Lost, Mediator, Routed
 from firewall.gateway.outbound import Outbound
 from firewall.gateway.policy_reload import watchers_of
@@ -261,6 +262,8 @@ class WrapSession(StdioClient):
         rewritten = await self.modern_child.to_decide(line)
         if isinstance(rewritten, bytes):  # answered here, or goes nowhere
             return Routed(client=rewritten or None)
+        if isinstance(rewritten, Retry):  # a call whose input requests were answered
+            return await self.mediator.from_client(rewritten.inbound, wait=False)
         if rewritten is not None:
             return await self.mediator.from_client(rewritten, wait=False)
         return await self.mediator.from_client(line, wait=False)
@@ -289,12 +292,18 @@ class WrapSession(StdioClient):
         async for batch in self.child.batches():
             to_client: list[bytes] = []
             to_child: list[Outbound] = []
+            lines: list[bytes] = []
             for raw in batch:
+                if self.modern_client is None:
+                    lines.append(raw)
+                    continue
+                seen, question = await self.modern_client.from_child(raw)
+                if question is not None:  # a server request carried as an input request
+                    to_client.append(question)
+                if seen is not None:  # a change, once for each bridged listen following it
+                    lines.extend(self.modern_client.tagged(seen))
+            for raw in lines:
                 line: bytes | None = raw
-                if self.modern_client is not None:
-                    line, asked = await self.modern_client.from_child(raw)
-                    if asked is not None:  # a server request carried as an input request
-                        to_client.append(asked)
                 if line is not None:
                     line, made = await self.modern_child.from_child(line)
                     if made is not None:
@@ -302,7 +311,12 @@ class WrapSession(StdioClient):
                 if line is None:
                     continue
                 r = await self.mediator.from_server(line)
-                if r.client is not None and self.listens.admits(r.client):
+                asked = None if r.client is None else self.modern_child.to_client(r.client)
+                if isinstance(asked, bytes):  # the error that ends a bridged call
+                    to_client.append(asked)
+                elif asked is not None:  # input requests of a bridged call, asked of the client
+                    to_client.extend(asked[1])
+                elif r.client is not None and self.listens.admits(r.client):
                     to_client.append(r.client)
                 if r.upstream is not None:
                     to_child.append(r.upstream)

@@ -54,6 +54,18 @@ revisions. Rules it keeps:
    request gets an error and the call is cancelled. Any other request of
    the child is answered at once with -32601; its notifications pass the
    mediator to the client as before.
+9. Once bridged, a decided ``subscriptions/listen`` (narrowed by the policy,
+   ``listen.StdioListens``) is answered by mcpwall, as behind ``serve``
+   (``bridge_listen``): its honoured types within the child's ``initialize``
+   capabilities (:func:`bridge_listen.carried`), each URI followed with a
+   ``resources/subscribe`` of mcpwall's own (decided and recorded by the
+   session's mediator, once per URI, its answer kept here), then the
+   acknowledgement (through the mediator). Each ``list_changed`` or
+   ``resources/updated`` of the child goes to the client once per open
+   listen whose acknowledgement covers it, tagged with that listen's id
+   (:meth:`ModernClient.tagged`; ``StdioListens`` then admits it). The
+   client's ``notifications/cancelled`` of a listen (decided) ends it here,
+   never reaches the child, and the last listen of a URI unsubscribes it.
 
 :class:`ModernChild` (automatic): a 2025 client in front of a child that
 speaks only the stateless revision, in ``wrap`` and in each session of a
@@ -77,20 +89,36 @@ rule 5). Rules it keeps:
    ``notifications/progress``, which the child reads. Results lose
    ``resultType: "complete"`` and keep cache fields within bounds
    (:meth:`bridge_modern.Bridged.result_seen`, the mediator's ``on_result``).
+8. An ``InputRequiredResult`` answering a bridged call (``tools/call``,
+   ``prompts/get``, ``resources/read``), once through the mediator (which
+   decides each input request as a server-to-client request and removes the
+   refused ones), becomes server-to-client requests of the 2025 session
+   (:class:`bridge_modern.InputRound`, as over HTTP: ids
+   ``mcpwall-input-N``; :meth:`ModernChild.to_client`). The client's
+   answers to them are consumed here; with the last one the call is retried
+   (:class:`Retry`: the client's request again, with ``inputResponses`` and
+   the server's ``requestState``, decided again like any request), up to
+   :data:`~firewall.gateway.front.bridge_modern.MAX_ROUNDS` rounds. A client
+   that refuses one (an error) gets an error for the call; one that does not
+   answer keeps the call waiting until it cancels it, the session ends, or
+   (behind ``serve``) the request's timeout answers it (:meth:`forget`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import trio
 
+from firewall.gateway.front import bridge_listen
 from firewall.gateway.front.bridge import (
     CAPABILITIES,
     CLIENT_INFO,
+    LISTENED,
     REVISION_PREFIX,
     discover_result,
     translate_answer,
@@ -108,11 +136,16 @@ from firewall.gateway.front.bridge_input import (
     without_retry,
 )
 from firewall.gateway.front.bridge_modern import (
+    MAX_ROUNDS,
     Bridged,
+    InputRound,
     discovered,
     initialize_result,
     modern_request,
 )
+from firewall.gateway.front.bridge_modern import input_required as input_required_result
+from firewall.gateway.front.listen import ACKNOWLEDGED, LISTEN, SUBSCRIPTION_ID, Honoured
+from firewall.gateway.front.listen import tagged as tag
 from firewall.gateway.mediator import Lost, Mediator
 from firewall.gateway.outbound import Outbound
 from firewall.gateway.upstream.stdio import ChildExited, StdioChild
@@ -129,6 +162,10 @@ DISCOVER_ID: Final = "mcpwall-discover-1"
 _METHOD_NOT_FOUND: Final = -32601
 # Client notifications a child of the stateless revision still reads over stdio.
 _CARRIED_NOTIFICATIONS: Final = frozenset({mcp.CANCELLED, "notifications/progress"})
+
+
+def _key(rid: Any) -> str:
+    return jsonrpc.encode(rid).decode()
 
 
 def strip_revision_meta(value: dict[str, Any]) -> bool:
@@ -177,8 +214,18 @@ class _Call(InputCall):
         self.rid = rid
 
 
+class _Answer:
+    """The child's answer to a request of mcpwall's own (rule 9)."""
+
+    __slots__ = ("done", "line")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.line: bytes | None = None
+
+
 class ModernClient:
-    """A 2026-07-28 client over a 2025-only child (rules 1 to 5)."""
+    """A 2026-07-28 client over a 2025-only child (rules 1 to 5, 9)."""
 
     def __init__(self, mediator: Mediator, child: StdioChild, timeout: float) -> None:
         self.mediator = mediator
@@ -199,6 +246,12 @@ class ModernClient:
         self._desk = InputDesk(mediator.session, StateSeal(), timeout)
         self._timers: set[trio.CancelScope] = set()
         self._closed = False
+        # Rule 9: the open listens (by id as JSON: the id, what was acknowledged),
+        # the URIs followed (by how many listens), mcpwall's own requests.
+        self._listens: dict[str, tuple[RequestId, Honoured]] = {}
+        self._followed: dict[str, int] = {}
+        self._own: dict[str, _Answer] = {}
+        self._own_ids = itertools.count(1)
 
     async def outbound(self, messages: list[Outbound], to_client: ToClient) -> list[Outbound]:
         """What of these decided messages goes to the child, translated (rules 1 to 4);
@@ -222,12 +275,24 @@ class ModernClient:
                 continue
             assert self.init_result is not None
             if method == revision.DISCOVER and rid is not None:  # rule 4
-                answer = jsonrpc.result_response(rid, discover_result(self.init_result))
+                answer = jsonrpc.result_response(rid, discover_result(self.init_result,
+                                                                      listens=True))
                 routed = await self.mediator.from_server(framing.canonical(answer))
                 if routed.client is not None:
                     replies.append(routed.client)
                 continue
             caps = _caps_of(value)
+            if method == LISTEN and rid is not None:  # rule 9: answered here
+                ack = await self._listen(rid, value.get("params"))
+                if ack is not None:
+                    replies.append(ack)
+                continue
+            if method == mcp.CANCELLED and self._listens:
+                params = value.get("params")
+                gone = params.get("requestId") if isinstance(params, dict) else None
+                if _key(gone) in self._listens:  # rule 9: the listen ends here
+                    await self._unlisten(gone)
+                    continue
             strip_revision_meta(value)
             if rid is not None and isinstance(method, str):
                 params = value.get("params")
@@ -292,6 +357,80 @@ class ModernClient:
                 del self._pending[ident]
                 params["requestId"] = ident
                 return
+
+    async def _listen(self, rid: RequestId, params: Any) -> bytes | None:
+        """Open a listen the policy let through (rule 9): its acknowledgement, for
+        the client (None if the mediator withheld it)."""
+        assert self.init_result is not None
+        asked = Honoured.of(params.get("notifications") if isinstance(params, dict) else None)
+        within, _ = bridge_listen.carried(asked, self.init_result.get("capabilities"))
+        followed: set[str] = set()
+        for uri in sorted(within.uris):
+            if self._followed.get(uri, 0) or await self._own_request(
+                    mcp.RESOURCES_SUBSCRIBE, {"uri": uri}):
+                self._followed[uri] = self._followed.get(uri, 0) + 1
+                followed.add(uri)
+        honoured = Honoured(within.flags, frozenset(followed))
+        self._listens[_key(rid)] = (rid, honoured)
+        ack = jsonrpc.encode({"jsonrpc": "2.0", "method": ACKNOWLEDGED, "params": {
+            "notifications": honoured.wire(), "_meta": {SUBSCRIPTION_ID: rid}}})
+        return (await self.mediator.from_server(ack)).client
+
+    async def _unlisten(self, rid: Any) -> None:
+        """The client cancelled a listen (rule 9): the URIs no listen follows any
+        more are unsubscribed."""
+        _, honoured = self._listens.pop(_key(rid))
+        for uri in sorted(honoured.uris):
+            left = self._followed.get(uri, 0) - 1
+            if left > 0:
+                self._followed[uri] = left
+                continue
+            self._followed.pop(uri, None)
+            await self._own_request(mcp.RESOURCES_UNSUBSCRIBE, {"uri": uri})
+
+    async def _own_request(self, method: str, params: dict[str, Any]) -> bool:
+        """A request of mcpwall's own to the child (rule 9), decided and recorded by
+        the mediator, sent as decided; True when the child answered with a result."""
+        oid = f"mcpwall-bridge-own-{next(self._own_ids)}"
+        routed = await self.mediator.from_client(
+            decode_client(jsonrpc.request(method, params, oid)), wait=False)
+        if routed.held is not None:
+            routed.held.withdraw("nobody can approve mcpwall's own request")
+            return False
+        if routed.upstream is None:
+            return False
+        answer = self._own[oid] = _Answer()
+        try:
+            await self.child.send(routed.upstream)
+            with trio.move_on_after(self.timeout):
+                await answer.done.wait()
+        except ChildExited:
+            return False
+        finally:
+            self._own.pop(oid, None)
+        if answer.line is None:
+            return False
+        try:
+            value = jsonrpc.decode_any(answer.line)
+        except jsonrpc.DECODE_ERRORS:
+            return False
+        return isinstance(value, dict) and isinstance(value.get("result"), dict)
+
+    def tagged(self, line: bytes) -> list[bytes]:
+        """A line of the child as the client is to get it (rule 9): a change
+        notification once for each open listen that acknowledged it, tagged
+        with its id (none when no listen did); anything else as it is."""
+        if not self._listens or not any(m.encode() in line for m in LISTENED):
+            return [line]
+        try:
+            value = jsonrpc.decode_any(line)
+        except jsonrpc.DECODE_ERRORS:
+            return [line]
+        if not isinstance(value, dict) or "id" in value or value.get("method") not in LISTENED:
+            return [line]
+        params = value.get("params")
+        return [tag(line, rid) for rid, honoured in self._listens.values()
+                if honoured.admits(str(value["method"]), params)]
 
     async def _shake_hands(self) -> bool:
         """mcpwall's own handshake with the child, once (rule 1); False if it failed."""
@@ -375,6 +514,11 @@ class ModernClient:
         method, rid = value.get("method"), value.get("id")
         if isinstance(method, str) and rid is not None:  # rule 5
             return None, await self._server_request(line, method, rid, value.get("params"))
+        if method is None and isinstance(rid, str) and rid in self._own:  # rule 9
+            self._own[rid].line = line
+            self._own[rid].done.set()
+            await self.mediator.from_server(line)  # its outcome recorded; kept here
+            return None, None
         if method is None and isinstance(rid, str | int) and rid in self._pending:
             call = self._pending.pop(rid)
             if call.asked is not None:  # answered without its input: nobody waits
@@ -467,8 +611,31 @@ def _caps_of(value: dict[str, Any]) -> dict[str, Any]:
     return caps if isinstance(caps, dict) else {}
 
 
+class Retry:
+    """A bridged call to be sent again, its input requests answered (rule 8)."""
+
+    __slots__ = ("inbound",)
+
+    def __init__(self, inbound: Inbound) -> None:
+        self.inbound = inbound
+
+
+class _ChildCall:
+    """A bridged call that may ask for input (rule 8): the client's request, its
+    rounds so far, the round whose answers are awaited."""
+
+    __slots__ = ("asked", "method", "params", "rid", "rounds")
+
+    def __init__(self, rid: RequestId, method: str, params: Any) -> None:
+        self.rid = rid
+        self.method = method
+        self.params = params
+        self.rounds = 0
+        self.asked: InputRound | None = None
+
+
 class ModernChild:
-    """A 2025 client over a child of the stateless revision only (rules 6, 7)."""
+    """A 2025 client over a child of the stateless revision only (rules 6 to 8)."""
 
     def __init__(self, mediator: Mediator, send: Callable[[Outbound], Awaitable[bool]],
                  ttl_ms: int) -> None:
@@ -480,6 +647,10 @@ class ModernChild:
         self._init_params: Any = None
         self._refusal: bytes | None = None
         self._watching = True  # until the client's initialize is answered
+        # Rule 8: the bridged calls that may ask for input (by their id as JSON),
+        # and the input requests awaiting the client's answer (by their id).
+        self._calls: dict[str, _ChildCall] = {}
+        self._waiting: dict[str, _ChildCall] = {}
 
     @property
     def client_initialized(self) -> bool:
@@ -558,10 +729,11 @@ class ModernChild:
         return (await self.mediator.from_server(
             jsonrpc.result_response(self._init_id, answer))).client
 
-    async def to_decide(self, message: bytes | Inbound) -> Inbound | bytes | None:
+    async def to_decide(self, message: bytes | Inbound) -> Inbound | Retry | bytes | None:
         """A client message of a bridged session as it is to be decided (rule 7); an
         answer made here (bytes, empty when there is none) when it goes nowhere;
-        None: decide it as it is."""
+        a :class:`Retry` to decide and send when it completed a round of input
+        requests (rule 8); None: decide it as it is."""
         bridged = self.bridged
         if bridged is None:
             return None
@@ -572,8 +744,19 @@ class ModernChild:
         msg = inbound.envelope
         method = msg.method
         if method is None:
-            return None
+            call = self._waiting.pop(_key(msg.request_id), None)
+            if call is None:
+                return None  # decided (and dropped) by the mediator
+            answer = inbound.value
+            if not isinstance(answer, dict):
+                try:
+                    answer = jsonrpc.decode_any(inbound.data)
+                except jsonrpc.DECODE_ERRORS:
+                    answer = None
+            return self._answered(call, answer, bridged)
         if msg.request_id is None:  # a notification
+            if method == mcp.CANCELLED:
+                self._cancelled(inbound.params)
             if method in _CARRIED_NOTIFICATIONS:
                 return None
             await self.mediator.from_client(inbound)  # decided, recorded, goes nowhere
@@ -591,4 +774,66 @@ class ModernChild:
                 return routed.client or b""
             return (await self.mediator.from_server(
                 jsonrpc.result_response(msg.request_id, {}))).client or b""
-        return modern_request(msg.request_id, method, revision.params_of(inbound), bridged)
+        params = revision.params_of(inbound)
+        if method in mrtr.MRTR_METHODS:  # rule 8: it may ask for input
+            self._calls[_key(msg.request_id)] = _ChildCall(msg.request_id, method, params)
+        return modern_request(msg.request_id, method, params, bridged)
+
+    def to_client(self, line: bytes) -> tuple[RequestId, list[bytes]] | bytes | None:
+        """A mediated line of the child on its way to the client (rule 8): None to
+        send it as it is; else the call it answers and the round's input
+        requests the client gets instead, or the error that answers the call."""
+        if self.bridged is None or not self._calls or b'"id"' not in line:
+            return None
+        try:
+            value = jsonrpc.decode_any(line)
+        except jsonrpc.DECODE_ERRORS:
+            return None
+        if not isinstance(value, dict) or "method" in value:
+            return None
+        call = self._calls.get(_key(value.get("id")))
+        if call is None:
+            return None
+        ir = input_required_result(line)
+        if ir is None:  # the call's answer
+            del self._calls[_key(call.rid)]
+            return None
+        call.rounds += 1
+        asked = InputRound(ir, call.rid, self.mediator.server)
+        error = asked.error
+        if error is None and call.rounds > MAX_ROUNDS:
+            error = jsonrpc.error_response(call.rid, jsonrpc.INTERNAL_ERROR, (
+                f"server {self.mediator.server!r} asked for input more than "
+                f"{MAX_ROUNDS} times"))
+        if error is not None:
+            del self._calls[_key(call.rid)]
+            return error
+        call.asked = asked
+        for ident in asked.keys:
+            self._waiting[_key(ident)] = call
+        return call.rid, list(asked.messages)
+
+    def forget(self, rid: RequestId) -> None:
+        """The call cannot be asked for input (its client takes JSON only): its
+        round is dropped (rule 8)."""
+        call = self._calls.pop(_key(rid), None)
+        if call is not None and call.asked is not None:
+            for ident in call.asked.keys:
+                self._waiting.pop(_key(ident), None)
+
+    def _answered(self, call: _ChildCall, answer: Any, bridged: Bridged) -> Retry | bytes:
+        """One answer of the client to an input request of ``call``'s round."""
+        asked = call.asked
+        assert asked is not None
+        if not asked.answered(answer):
+            return b""  # the round waits for its other answers
+        call.asked = None
+        extra = asked.outcome()
+        if isinstance(extra, bytes):
+            self._calls.pop(_key(call.rid), None)
+            return extra
+        return Retry(modern_request(call.rid, call.method, call.params, bridged, extra))
+
+    def _cancelled(self, params: Any) -> None:
+        if isinstance(params, dict) and "requestId" in params:
+            self.forget(params["requestId"])
