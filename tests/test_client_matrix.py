@@ -60,8 +60,6 @@ FEATURES = ("tools", "resources", "prompts", "elicitation", "sampling", "listen"
 TOKENS = {client: f"{client}-matrix-token" for client in CLIENTS}
 # The cells that cannot work by design, and why (docs/protocol.md).
 GAPS: dict[tuple[str, str], str] = {
-    ("serve-2025", "listen"): "a 2025 server answers subscriptions/listen -32601",
-    ("wrap-2025", "listen"): "a 2025 server answers subscriptions/listen -32601",
     ("serve-2025", "task"): "a 2025 server has no tasks extension: the call completes inline",
     ("wrap-2025", "task"): "a 2025 server has no tasks extension: the call completes inline",
 }
