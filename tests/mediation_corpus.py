@@ -16,6 +16,15 @@ renderer that takes every liberty JSON allows, and some it does not:
   arguments), with a line break in the whitespace around it, so that a reader
   that splits lines at CR or LF sees it as a message of its own.
 
+With a style of the 2026-07-28 revision (:data:`MODERN_HTTP_STYLE`,
+:data:`MODERN_LINE_STYLE`) every message also carries ``params._meta`` (now
+and then without its version or capabilities, or naming a 2025 version), and
+for HTTP the request-metadata headers (``MCP-Protocol-Version``,
+``Mcp-Method``, ``Mcp-Name``): mostly made from the message, now and then
+disagreeing with it (another tool, a missing header, a Base64 form of another
+name, a method in another case, a 2025 version, a name sent twice), in header
+names of odd case.
+
 Every tools/call the corpus writes carries ``"tag": "<n>"`` (``"<n>.in"`` for a
 smuggled one) in its arguments, so a call a server executed can be traced back
 to the input that carried it.
@@ -35,7 +44,10 @@ alphabet), so the audit's recorded arguments are the arguments sent.
 
 from __future__ import annotations
 
+import base64
 import json
+import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -113,14 +125,22 @@ class Deep:
 
 @dataclass(frozen=True)
 class Style:
-    """How a message is rendered: the whitespace alphabet and line-break choices."""
+    """How a message is rendered: the whitespace alphabet and line-break choices, and
+    whether it is a request of the 2026-07-28 revision (``_meta``, headers)."""
 
     whitespace: str
     breaks: tuple[str, ...]
+    modern: bool = False
+    headers: bool = False  # HTTP: the revision's request-metadata headers too
 
 
 HTTP_STYLE: Final = Style(HTTP_WS, HTTP_BREAKS)
 LINE_STYLE: Final = Style(LINE_WS, LINE_BREAKS)
+MODERN_HTTP_STYLE: Final = Style(HTTP_WS, HTTP_BREAKS, modern=True, headers=True)
+MODERN_LINE_STYLE: Final = Style(LINE_WS, LINE_BREAKS, modern=True)
+MODERN: Final = "2026-07-28"
+META_VERSION: Final = "io.modelcontextprotocol/protocolVersion"
+META_CAPABILITIES: Final = "io.modelcontextprotocol/clientCapabilities"
 
 
 @dataclass
@@ -131,9 +151,14 @@ class Hostile:
     data: bytes
     notes: list[str] = field(default_factory=list)
     inner_ids: list[int] = field(default_factory=list)  # ids of smuggled calls
+    # HTTP request headers (the 2026-07-28 revision's metadata), in order, repeats kept.
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    # Its headers (or _meta) disagree with its body: no server may ever execute it.
+    header_mismatch: bool = False
 
     def describe(self) -> str:
-        return f"#{self.tag} [{', '.join(self.notes)}] {self.data!r}"
+        shown = f" headers={self.headers!r}" if self.headers else ""
+        return f"#{self.tag} [{', '.join(self.notes)}]{shown} {self.data!r}"
 
 
 # -- rendering -----------------------------------------------------------------------
@@ -290,7 +315,10 @@ def hostile(draw: st.DrawFn, tag: str, style: Style,
     """One hostile message (see the module docstring); ``tag`` names it in reports."""
     notes: list[str] = []
     inner_ids: list[int] = []
+    headers: list[tuple[str, str]] = []
+    tool: str | None = None
     kind = draw(st.sampled_from(KINDS))
+    chance = _chances(draw, style)
     request_id = draw(st.one_of(st.integers(1, 10**6), st.text("abc-", min_size=1, max_size=6),
                                 st.sampled_from([2**63 + 1, 0, -5])))
     request_id = f"{tag}" if isinstance(request_id, str) else request_id
@@ -300,34 +328,111 @@ def hostile(draw: st.DrawFn, tag: str, style: Style,
         notes.append(f"{kind} {tool}")
         fixed = draw(base)
         message = tool_call(tool, tag, {**fixed, **arguments},
-                            None if draw(st.integers(0, 5)) == 0 else request_id)
+                            None if chance(6) else request_id)
         if not any(k == "id" for k, _ in message):
             notes.append("no id")
         _decoy_argument(draw, message, fixed, surface, notes)
     else:
         notes.append(kind)
         message = _base(kind, tag, request_id, arguments)
-    if draw(st.integers(0, 3)) == 0:  # a duplicate key: a decoy before or after
+    mismatch = False
+    if style.modern:
+        headers, mismatch = _modernize(draw, message, kind, tool, notes, chance)
+        if not style.headers:
+            headers, mismatch = [], False
+    if chance(4):  # a duplicate key: a decoy before or after
         decoy_key = draw(st.sampled_from(["method", "id", "params", "jsonrpc"]))
         decoy = draw(st.sampled_from(["tools/call", "notifications/initialized", 7, None,
                                       "1.0"]))
         at = draw(st.sampled_from([0, len(message)]))
         message.insert(at, (decoy_key, decoy))
         notes.append(f"duplicate {decoy_key} {'first' if at == 0 else 'last'}")
-    if kind in ROLES and draw(st.integers(0, 7)) == 0:
+    if kind in ROLES and chance(8):
         depth = draw(st.sampled_from([30, 100, 300, 2000]))
         args = _member(_member(message, "params"), "arguments")
         if args is not None:
             args.append(("deep", Deep(depth)))
             notes.append(f"depth {depth}")
-    if draw(st.booleans()):
+    if chance(2):
         inner_ids.append(_smuggle(draw, message, tag, style, surface, notes))
     data = render(draw, message, style, escape_keys=frozenset({"method", "name"}))
-    data = _corrupt(draw, data, notes)
-    if draw(st.integers(0, 9)) == 0:
+    if not style.modern:
+        data = _corrupt(draw, data, notes, draw(st.integers(0, 15)))
+    elif chance(16, 3):
+        data = _corrupt(draw, data, notes, draw(st.integers(0, 2)))
+    if chance(10):
         data = b"[" + data + b"]"
         notes.append("batch")
-    return Hostile(tag, data, notes, inner_ids)
+    return Hostile(tag, data, notes, inner_ids, headers, mismatch)
+
+
+# Two in three messages carry a right _meta, one in two right headers: enough
+# of them are decided as allowed and executed for the two accounts to mean
+# something, the rest disagree in every way drawn here.
+_META_MODES: Final = ("right",) * 10 + ("2025", "no-capabilities", "no-version", "none",
+                                        "number")
+_HEADER_MODES: Final = ("right",) * 11 + (
+    "name-other", "name-missing", "name-base64-other", "method-other", "method-case",
+    "method-missing", "version-2025", "version-missing", "name-twice", "odd-case",
+    "name-base64")
+# Modes that change Mcp-Name only: no disagreement for a message that names nothing.
+_NAME_MODES: Final = ("name-other", "name-missing", "name-base64-other", "name-twice",
+                      "name-base64")
+
+
+def _modernize(draw: st.DrawFn, message: Pairs, kind: str, tool: str | None,
+               notes: list[str], chance: Callable[..., bool]
+               ) -> tuple[list[tuple[str, str]], bool]:
+    """Give a message of the 2026-07-28 revision its ``_meta`` and its HTTP headers
+    (each drawn right, mostly, or wrong in one way); the headers, in order, and
+    whether they (or ``_meta``) disagree with the body as drawn."""
+    params = _member(message, "params")
+
+    def pick(modes: tuple[str, ...]) -> str:
+        return next(m for i, m in enumerate(modes) if i == len(modes) - 1
+                    or chance(len(modes) - i))  # uniform over modes
+
+    meta_mode = pick(_META_MODES)
+    if params is not None and meta_mode != "none":
+        version: Any = {"2025": "2025-06-18", "number": 20260728}.get(meta_mode, MODERN)
+        meta = Pairs()
+        if meta_mode != "no-version":
+            meta.append((META_VERSION, version))
+        if meta_mode != "no-capabilities":
+            meta.append((META_CAPABILITIES, Pairs()))
+        params.append(("_meta", meta))
+    if meta_mode != "right":
+        notes.append(f"_meta {meta_mode}")
+    methods = [v for k, v in message if k == "method"]
+    method = str(methods[-1]) if methods else "tools/call"
+    mode = pick(_HEADER_MODES)
+    if mode != "right":
+        notes.append(f"headers {mode}")
+    others = [t for t in TOOLS if t != tool] or ["echo"]
+    other = others[0] if chance(2) else others[-1]
+    version_header = {"version-2025": "2025-06-18"}.get(mode, MODERN)
+    method_header = {"method-other": "tools/list" if method != "tools/list" else "tools/call",
+                     "method-case": method.upper()}.get(mode, method)
+    out: list[tuple[str, str]] = []
+    if mode != "version-missing":
+        out.append(("MCP-Protocol-Version", version_header))
+    if mode != "method-missing":
+        out.append(("Mcp-Method", method_header))
+    if tool is not None and mode != "name-missing":
+        name = {"name-other": other, "name-base64": _b64(tool),
+                "name-base64-other": _b64(other)}.get(mode, tool)
+        out.append(("Mcp-Name", name))
+        if mode == "name-twice":
+            out.insert(0 if chance(2) else len(out), ("Mcp-Name", other))
+    if mode == "odd-case":
+        out = [(k.swapcase(), v) for k, v in out]
+    headers_agree = mode in ("right", "odd-case", "name-base64") or (
+        tool is None and mode in _NAME_MODES)
+    return out, meta_mode != "right" or not headers_agree
+
+
+def _b64(text: str) -> str:
+    return "=?base64?" + base64.b64encode(text.encode()).decode("ascii") + "?="
 
 
 def _decoy_argument(draw: st.DrawFn, message: Pairs, fixed: dict[str, Any], surface: Surface,
@@ -374,9 +479,22 @@ def _smuggle(draw: st.DrawFn, message: Pairs, tag: str, style: Style, surface: S
     return inner_id
 
 
-def _corrupt(draw: st.DrawFn, data: bytes, notes: list[str]) -> bytes:
-    """Now and then, something no JSON parser should accept, inside a string."""
-    choice = draw(st.integers(0, 15))
+def _chances(draw: st.DrawFn, style: Style) -> Callable[..., bool]:
+    """``chance(n, k=1)``: true k times in n. Drawn by hypothesis for the 2025 styles
+    (which favours the boundary: 0 comes up far more often than once in n); for
+    the modern styles from one seed drawn per message, so that the odds are the
+    ones written and enough messages come out well-formed for the accounts to
+    mean something (a call allowed and executed)."""
+    if not style.modern:  # the draws the 2025 corpus always made, in its order
+        return lambda n, k=1: draw(st.booleans()) if n == 2 else draw(
+            st.integers(0, n - 1)) < k
+    rng = random.Random(draw(st.integers(0, 2**32 - 1)))
+    return lambda n, k=1: rng.randrange(n) < k
+
+
+def _corrupt(draw: st.DrawFn, data: bytes, notes: list[str], choice: int) -> bytes:
+    """Now and then (``choice`` 0 to 2; the caller's odds), something no JSON parser
+    should accept, inside a string."""
     if choice > 2 or b'"tag"' not in data:
         return data
     bad = {0: b"\\ud800", 1: b"\xff\xfe", 2: b"\x01"}[choice]
@@ -419,7 +537,8 @@ def sample(style: Style, count: int, seed: int, *, first_tag: int = 0,
             seen.add(shape)
             tag = str(first_tag + len(out))
             out.append(Hostile(tag, drawn.data.replace(_PLACEHOLDER.encode(), tag.encode()),
-                               drawn.notes, drawn.inner_ids))
+                               drawn.notes, drawn.inner_ids, drawn.headers,
+                               drawn.header_mismatch))
 
     collect()
     return out

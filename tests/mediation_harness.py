@@ -14,6 +14,24 @@ session through one transport:
 - ``serve-http``: the same with the SDK's Streamable HTTP recording server as
   the upstream.
 
+And the 2026-07-28 revision (the ``*-modern-*`` pairs, inputs of the modern
+styles of :mod:`tests.mediation_corpus`: ``_meta`` on every message, and
+request-metadata headers that now and then disagree with the body):
+
+- ``serve-modern-http``: stateless POSTs (no initialize, no session) through
+  ``mcpwall serve`` to the recording server over Streamable HTTP, which
+  speaks the revision;
+- ``serve-modern-bridge``: the same to the recording server over stdio with
+  ``bridge = true``: mcpwall carries each request over a 2025 session of its
+  own (its own ids, the revision's ``_meta`` keys removed: the documented
+  translations, neither of which touches a tool's name or arguments);
+- ``wrap-modern-stdio``: ``mcpwall wrap`` to the recording server over stdio,
+  which answers both eras (a dual-era server: the `mcp` SDK's, which keeps
+  one era per connection, set by its first request). No initialize: a
+  tools/list of the revision comes first; an allowed call of the handshake
+  era that reaches the server is then refused by it under its id
+  (:func:`excuse_era_refusals`: the allowed side only shrinks).
+
 Each run does the handshake, sends the hostile messages, then a barrier call
 (an allowed call) and waits for its answer, so that the server has read every
 message before the accounts are compared. :func:`compare` traces each
@@ -57,6 +75,11 @@ from tests.mediation_corpus import (
     EVERYTHING,
     HTTP_STYLE,
     LINE_STYLE,
+    META_CAPABILITIES,
+    META_VERSION,
+    MODERN,
+    MODERN_HTTP_STYLE,
+    MODERN_LINE_STYLE,
     RECORDING,
     Hostile,
     Style,
@@ -84,6 +107,10 @@ INITIALIZE: Final = json.dumps({
     "params": {"protocolVersion": PROTOCOL, "capabilities": {},
                "clientInfo": {"name": "differential", "version": "1"}}}).encode()
 INITIALIZED: Final = b'{"jsonrpc":"2.0","method":"notifications/initialized"}'
+# A 2026-07-28 session's first request (stdio: the server's connection then serves it).
+MODERN_LIST: Final = json.dumps({
+    "jsonrpc": "2.0", "id": "h-init", "method": "tools/list",
+    "params": {"_meta": {META_VERSION: MODERN, META_CAPABILITIES: {}}}}).encode()
 
 
 def barrier(surface: Surface) -> bytes:
@@ -92,6 +119,17 @@ def barrier(surface: Surface) -> bytes:
     return json.dumps({
         "jsonrpc": "2.0", "id": "h-barrier", "method": "tools/call",
         "params": {"name": tool, "arguments": {"tag": "barrier", **surface.barrier}}}).encode()
+
+def modern_barrier(surface: Surface) -> tuple[bytes, list[tuple[str, str]]]:
+    """The barrier of a 2026-07-28 session: its body (with ``_meta``) and its headers."""
+    tool, _ = surface.calls["allowed"]
+    body = json.dumps({
+        "jsonrpc": "2.0", "id": "h-barrier", "method": "tools/call",
+        "params": {"name": tool, "arguments": {"tag": "barrier", **surface.barrier},
+                   "_meta": {META_VERSION: MODERN, META_CAPABILITIES: {}}}}).encode()
+    return body, [("mcp-protocol-version", MODERN), ("mcp-method", "tools/call"),
+                  ("mcp-name", tool)]
+
 
 Key = tuple[str, str]  # (tool, canonical arguments)
 
@@ -107,10 +145,9 @@ def _as_float64(value: Any) -> Any:
     if isinstance(value, bool):
         return value
     if isinstance(value, int) and abs(value) > 2**53:
-        as_float = float(value)
-        return int(as_float) if as_float.is_integer() else as_float
+        value = float(value)  # a JavaScript reads a double; then written as one, below
     if isinstance(value, float) and value.is_integer() and abs(value) < 1e21:
-        return int(value)  # JSON.stringify writes 1.0 as 1
+        return int(value)  # JSON.stringify writes 1.0 as 1, and 1e21 and above as 1e+21
     if isinstance(value, list):
         return [_as_float64(v) for v in value]
     if isinstance(value, dict):
@@ -134,6 +171,7 @@ class Verdict:
     inputs: list[Hostile]
     problems: list[str] = field(default_factory=list)
     culprits: list[Hostile] = field(default_factory=list)
+    executed: int = 0  # tool calls the server executed (its record), when it records
 
     @property
     def ok(self) -> bool:
@@ -155,7 +193,7 @@ def _tag_of(arguments: Any) -> str | None:
 def compare(transport: str, inputs: Sequence[Hostile], accounts: Accounts, *,
             alive: bool, float64: bool = False, surface: Surface = RECORDING) -> Verdict:
     """Equal multisets of (tool, arguments), no denied tool executed, mcpwall alive."""
-    verdict = Verdict(transport, list(inputs))
+    verdict = Verdict(transport, list(inputs), executed=len(accounts.executed))
     allowed = Counter((a["tool"], canonical(a["arguments"], float64=float64))
                       for a in accounts.allowed)
     executed = Counter((e["tool"], canonical(e["arguments"], float64=float64))
@@ -167,9 +205,14 @@ def compare(transport: str, inputs: Sequence[Hostile], accounts: Accounts, *,
     for (tool, args), n in (allowed - executed).items():
         verdict.problems.append(f"recorded as allowed but not executed (x{n}): {tool} {args}")
         tags.add(_tag_of(json.loads(args)) or "")
+    mismatched = {h.tag for h in inputs if h.header_mismatch}
     for e in accounts.executed:
         if surface.is_refused(e["tool"], e["arguments"]):
             verdict.problems.append(f"executed a refused tool: {e['tool']} id={e.get('id')!r}")
+            tags.add(_tag_of(e["arguments"]) or "")
+        elif _tag_of(e["arguments"]) in mismatched:
+            verdict.problems.append(f"executed although its headers disagree with its body: "
+                                    f"{e['tool']} id={e.get('id')!r}")
             tags.add(_tag_of(e["arguments"]) or "")
     if not alive:
         verdict.problems.append("mcpwall did not answer the barrier call after the inputs")
@@ -182,12 +225,13 @@ def read_accounts(audit_db: Path, record: Path) -> Accounts:
     allowed: list[dict[str, Any]] = []
     if audit_db.exists():
         with contextlib.closing(sqlite3.connect(f"file:{audit_db}?mode=ro", uri=True)) as conn:
-            for tool, arguments, decision in conn.execute(
-                    "select tool, arguments, decision from events where kind = 'decision' "
-                    "and method = 'tools/call' and decision in ('allow', 'approved') "
-                    "order by seq"):
+            for tool, arguments, decision, rid in conn.execute(
+                    "select tool, arguments, decision, request_id from events "
+                    "where kind = 'decision' and method = 'tools/call' "
+                    "and decision in ('allow', 'approved') order by seq"):
                 allowed.append({"tool": tool, "decision": decision,
-                                "arguments": json.loads(arguments) if arguments else {}})
+                                "arguments": json.loads(arguments) if arguments else {},
+                                "id": json.loads(rid) if rid else None})
     executed: list[dict[str, Any]] = []
     if record.exists():
         executed = [json.loads(line) for line in record.read_bytes().split(b"\n") if line]
@@ -412,13 +456,44 @@ def recording_http_server(work: Path, record: Path) -> Iterator[str]:
 
 
 def _judge(transport: str, target: Target, inputs: Sequence[Hostile], audit: Path,
-           record: Path, observed: Observed) -> Verdict:
+           record: Path, observed: Observed, *, era_locked: bool = False) -> Verdict:
     if target.records:
-        verdict = compare(transport, inputs, read_accounts(audit, record),
+        accounts = read_accounts(audit, record)
+        if era_locked:
+            accounts = excuse_era_refusals(accounts, observed)
+        verdict = compare(transport, inputs, accounts,
                           alive=observed.alive, float64=target.float64, surface=target.surface)
         return unforwarded_answers(verdict, read_recorded(audit))
     return check_answers(transport, inputs, read_recorded(audit), observed,
                          surface=target.surface)
+
+
+def era_refused(answer: dict[str, Any]) -> bool:
+    """An answer of a dual-era stdio server refusing a request of the era its
+    connection does not serve (the `mcp` SDK keeps one era per connection, set by
+    its first request): -32600 naming the protocol era, or -32602 naming the
+    revision's ``_meta`` envelope a request of the 2026-07-28 connection lacks."""
+    error = answer.get("error")
+    if not isinstance(error, dict):
+        return False
+    words = str(error.get("message"))
+    return ((error.get("code") == -32600 and "protocol era" in words)
+            or (error.get("code") == -32602 and "envelope" in words))
+
+
+def excuse_era_refusals(accounts: Accounts, observed: Observed) -> Accounts:
+    """The accounts without the allowed calls the server refused for their era (never
+    executed: the server said so under their id). Only the allowed side shrinks, so
+    a call the server executed but the audit did not allow is still found."""
+    refused = Counter(_id_key(a.get("id")) for a in observed.answers if era_refused(a))
+    kept = []
+    for entry in accounts.allowed:
+        key = _id_key(entry.get("id"))
+        if refused[key] > 0:
+            refused[key] -= 1
+            continue
+        kept.append(entry)
+    return Accounts(kept, accounts.executed)
 
 
 # -- wrap ------------------------------------------------------------------------------
@@ -461,8 +536,9 @@ class _Lines:
 
 
 def run_wrap(work: Path, target: Target, inputs: Sequence[Hostile], *,
-             transport: str = "wrap") -> Verdict:
-    """One session of ``mcpwall wrap`` in front of ``target``, writing ``inputs`` raw."""
+             transport: str = "wrap", modern: bool = False) -> Verdict:
+    """One session of ``mcpwall wrap`` in front of ``target``, writing ``inputs`` raw;
+    ``modern``: no initialize first, and the barrier of the 2026-07-28 revision."""
     assert target.stdio is not None
     work.mkdir(parents=True, exist_ok=True)
     policy, audit, record = _files(work, target.surface)
@@ -477,14 +553,17 @@ def run_wrap(work: Path, target: Target, inputs: Sequence[Hostile], *,
     alive = False
     lines = _Lines(proc.stdout)
     try:
-        proc.stdin.write(INITIALIZE + b"\n")
+        # The first request sets the era of the stdio connection at the server.
+        proc.stdin.write((MODERN_LIST if modern else INITIALIZE) + b"\n")
         proc.stdin.flush()
         if lines.wait_for_id("h-init", REPLY_SECONDS) is None:
-            raise RuntimeError(f"wrap did not answer initialize; see {work / 'wrap.log'}")
-        proc.stdin.write(INITIALIZED + b"\n")
+            raise RuntimeError(f"wrap did not answer h-init; see {work / 'wrap.log'}")
+        if not modern:
+            proc.stdin.write(INITIALIZED + b"\n")
         for hostile in inputs:
             proc.stdin.write(hostile.data + b"\n")
-        proc.stdin.write(barrier(target.surface) + b"\n")
+        last = modern_barrier(target.surface)[0] if modern else barrier(target.surface)
+        proc.stdin.write(last + b"\n")
         proc.stdin.flush()
         alive = lines.wait_for_id("h-barrier", REPLY_SECONDS) is not None
         time.sleep(0.2)  # handlers the server started before the barrier: let them record
@@ -494,7 +573,7 @@ def run_wrap(work: Path, target: Target, inputs: Sequence[Hostile], *,
         close_and_wait(proc)
     lines.drain(5)
     return _judge(transport, target, inputs, audit, record,
-                  Observed(alive, _answers(lines.seen)))
+                  Observed(alive, _answers(lines.seen)), era_locked=modern)
 
 
 def _files(work: Path, surface: Surface) -> tuple[Path, Path, Path]:
@@ -515,8 +594,10 @@ def _toml(value: str) -> str:
 
 
 def serve_config(port: int, policy: Path, audit: Path, record: Path, *,
-                 stdio: Sequence[str] | None = None, url: str | None = None) -> str:
-    """``mcpwall serve`` TOML: one server ``rec``, approvals off (held calls refused)."""
+                 stdio: Sequence[str] | None = None, url: str | None = None,
+                 bridge: bool = False) -> str:
+    """``mcpwall serve`` TOML: one server ``rec``, approvals off (held calls refused);
+    ``bridge``: a stdio server bridged for clients of the 2026-07-28 revision."""
     lines = ["[listen]", 'host = "127.0.0.1"', f"port = {port}",
              f"upstream_timeout_seconds = {UPSTREAM_SECONDS}", "",
              "[policy]", f"files = [{_toml(str(policy))}]", "",
@@ -528,6 +609,8 @@ def serve_config(port: int, policy: Path, audit: Path, record: Path, *,
         env = ", ".join(f"{k} = {_toml(v)}" for k, v in _server_env(record).items())
         lines += ['transport = "stdio"', f"command = {_toml(command)}",
                   "args = [" + ", ".join(_toml(a) for a in args) + "]", f"env = {{ {env} }}"]
+        if bridge:
+            lines.append("bridge = true")
     else:
         assert url is not None
         lines += ['transport = "http"', f"url = {_toml(url)}"]
@@ -566,9 +649,11 @@ def _post(http: httpx.Client, url: str, body: bytes, session: str | None) -> htt
 
 
 def run_serve(work: Path, target: Target, inputs: Sequence[Hostile], *,
-              transport: str = "serve") -> Verdict:
+              transport: str = "serve", modern: bool = False) -> Verdict:
     """One session through ``mcpwall serve`` (HTTP front) to ``target`` over stdio, or to
-    the recording server over Streamable HTTP when the target has no stdio command."""
+    the recording server over Streamable HTTP when the target has no stdio command.
+    ``modern``: stateless POSTs of the 2026-07-28 revision, each with its own headers
+    (a stdio server is then bridged)."""
     work.mkdir(parents=True, exist_ok=True)
     policy, audit, record = _files(work, target.surface)
     with contextlib.ExitStack() as stack:
@@ -577,8 +662,10 @@ def run_serve(work: Path, target: Target, inputs: Sequence[Hostile], *,
         stdio = target.stdio() if target.stdio is not None else None
         port = harness.free_port()
         endpoint = stack.enter_context(mcpwall_serve(
-            work, serve_config(port, policy, audit, record, stdio=stdio, url=url), port))
-        observed = _serve_session(endpoint, inputs, barrier(target.surface))
+            work, serve_config(port, policy, audit, record, stdio=stdio, url=url,
+                               bridge=modern and stdio is not None), port))
+        observed = (_stateless_session(endpoint, inputs, modern_barrier(target.surface))
+                    if modern else _serve_session(endpoint, inputs, barrier(target.surface)))
         time.sleep(0.2)  # handlers the server started before the barrier: let them record
     return _judge(transport, target, inputs, audit, record, observed)
 
@@ -610,6 +697,35 @@ def _serve_session(endpoint: str, inputs: Sequence[Hostile], last: bytes) -> Obs
         return Observed(alive, _answers(seen))
 
 
+def _stateless_session(endpoint: str, inputs: Sequence[Hostile],
+                       last: tuple[bytes, list[tuple[str, str]]]) -> Observed:
+    """Each input a POST of its own with its own headers (no initialize, no session)."""
+    seen: list[dict[str, Any]] = []
+    base = [("content-type", "application/json"),
+            ("accept", "application/json, text/event-stream")]
+    with httpx.Client(timeout=REPLY_SECONDS) as http:
+
+        def send(hostile: Hostile) -> list[dict[str, Any]]:
+            try:
+                return _messages(http.post(endpoint, content=hostile.data,
+                                           headers=[*base, *hostile.headers]).content)
+            except httpx.TransportError:
+                return []
+
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            for found in pool.map(send, inputs):
+                seen += found
+        body, headers = last
+        try:
+            found = _messages(http.post(endpoint, content=body, headers=[*base, *headers])
+                              .content)
+        except httpx.TransportError:
+            return Observed(False, _answers(seen))
+        seen += found
+        alive = any(m.get("id") == "h-barrier" and "result" in m for m in found)
+        return Observed(alive, _answers(seen))
+
+
 # -- the long run (scripts/differential) -------------------------------------------------
 
 Runner = Callable[[Path, list[Hostile]], Verdict]
@@ -624,12 +740,23 @@ def runners() -> dict[str, tuple[Style, Surface, Runner]]:
     def serve(name: str, target: Target) -> tuple[Style, Surface, Runner]:
         return HTTP_STYLE, target.surface, lambda w, i: run_serve(w, target, i, transport=name)
 
+    def modern_wrap(name: str, target: Target) -> tuple[Style, Surface, Runner]:
+        return MODERN_LINE_STYLE, target.surface, lambda w, i: run_wrap(
+            w, target, i, transport=name, modern=True)
+
+    def modern_serve(name: str, target: Target) -> tuple[Style, Surface, Runner]:
+        return MODERN_HTTP_STYLE, target.surface, lambda w, i: run_serve(
+            w, target, i, transport=name, modern=True)
+
     found = {
         "wrap-python-stdio": wrap("wrap-python-stdio", PYTHON_RECORDING),
         "serve-python-stdio": serve("serve-python-stdio", PYTHON_RECORDING),
         "serve-python-http": serve("serve-python-http", HTTP_RECORDING),
         "wrap-demo-stdio": wrap("wrap-demo-stdio", DEMO_SERVER),
         "serve-demo-stdio": serve("serve-demo-stdio", DEMO_SERVER),
+        "serve-modern-http": modern_serve("serve-modern-http", HTTP_RECORDING),
+        "serve-modern-bridge": modern_serve("serve-modern-bridge", PYTHON_RECORDING),
+        "wrap-modern-stdio": modern_wrap("wrap-modern-stdio", PYTHON_RECORDING),
     }
     if node_available():
         found["wrap-node-stdio"] = wrap("wrap-node-stdio", NODE_RECORDING)
@@ -665,7 +792,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="differential-") as tmp:
         for name in names:
             style, surface, run = table[name]
-            tried = sessions = bad = 0
+            tried = sessions = bad = executed = 0
             started = time.monotonic()
             while tried < args.inputs:
                 size = min(args.session, args.inputs - tried)
@@ -673,12 +800,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 verdict = run(Path(tmp) / f"{name}-{sessions}", inputs)
                 tried += len(inputs)
                 sessions += 1
+                executed += verdict.executed
                 if not verdict.ok:
                     bad += 1
                     print(verdict.report(), flush=True)
             failed += bad
-            print(f"{name}: {tried} inputs in {sessions} sessions, {bad} session(s) with "
-                  f"mismatches, {time.monotonic() - started:.0f} s", flush=True)
+            print(f"{name}: {tried} inputs in {sessions} sessions, {executed} calls executed "
+                  f"(barriers included), {bad} session(s) with mismatches, "
+                  f"{time.monotonic() - started:.0f} s", flush=True)
     return 1 if failed else 0
 
 

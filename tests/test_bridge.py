@@ -6,7 +6,6 @@ import json
 
 from firewall.config import StdioServer
 from firewall.gateway.front.bridge import (
-    STATE_PREFIX,
     BridgedCall,
     BridgeSession,
     discover_result,
@@ -14,6 +13,7 @@ from firewall.gateway.front.bridge import (
     translate_answer,
     translate_request,
 )
+from firewall.gateway.front.bridge_input import STATE_PREFIX
 from firewall.protocol.mrtr import StateSeal
 
 META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
@@ -62,6 +62,31 @@ def test_discover_from_initialize_leaves_out_what_the_bridge_cannot_carry() -> N
         "capabilities": {"tools": {}, "resources": {}, "prompts": {}},
         "_meta": {"io.modelcontextprotocol/serverInfo": {"name": "s", "version": "2"}}}
 
+
+
+def test_discover_of_a_bridge_that_answers_listens_keeps_what_they_carry() -> None:
+    init = {"protocolVersion": "2025-06-18", "capabilities": {
+        "tools": {"listChanged": True}, "logging": {},
+        "resources": {"subscribe": True, "listChanged": False}}}
+    assert discover_result(init, listens=True)["capabilities"] == {
+        "tools": {"listChanged": True}, "resources": {"subscribe": True, "listChanged": False}}
+
+
+def test_a_bridged_listen_honours_only_what_the_server_promised() -> None:
+    from firewall.gateway.front.bridge_listen import carried
+    from firewall.gateway.front.listen import Honoured
+
+    asked = Honoured(frozenset({"toolsListChanged", "promptsListChanged",
+                                "resourcesListChanged"}), frozenset({"res://a"}))
+    full = {"tools": {"listChanged": True}, "prompts": {"listChanged": True},
+            "resources": {"listChanged": True, "subscribe": True}}
+    assert carried(asked, full) == (asked, [])
+    assert carried(asked, {"tools": {"listChanged": True}, "prompts": {},
+                           "resources": {"listChanged": "yes", "subscribe": False}}) == (
+        Honoured(frozenset({"toolsListChanged"})),
+        ["promptsListChanged", "resourcesListChanged", "resourceSubscriptions"])
+    assert carried(asked, None) == (Honoured(), ["promptsListChanged", "resourcesListChanged",
+                                                 "toolsListChanged", "resourceSubscriptions"])
 
 # -- the requestState of the bridge's input requests (rule 6) -----------------
 def _session(sid: str = "b1") -> BridgeSession:

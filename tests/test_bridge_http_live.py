@@ -36,7 +36,7 @@ TOKEN = "alice-secret-token"
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     problem = harness.toolchain_problem()
     if problem:
-        pytest.skip(problem)
+        harness.skip_or_fail(problem)
     work = tmp_path_factory.mktemp("bridge-http")
     (work / "policy.json").write_text(json.dumps({"version": "1", "default": "allow"}))
     port = harness.free_port()
@@ -95,3 +95,47 @@ async def test_pinned_client_through_the_bridge_to_a_2025_http_server(
     assert rows == [("elicitation/create", "server")]
     log = (work / "mcpwall.log").read_text()
     assert "upstream_handshake_only" in log and "bridge_started" in log
+
+
+async def test_a_listen_to_a_bridged_2025_http_server_is_answered_by_mcpwall(
+        gateway: tuple[str, Path]) -> None:
+    url, work = gateway
+    async with _client(url) as client:
+        await client.list_tools()  # the server has shown it speaks the 2025 revisions only
+        async with client.listen(tools_list_changed=True, prompts_list_changed=True,
+                                 resource_subscriptions=["demo://resource/static/document/"
+                                                         "architecture.md"]) as sub:
+            honored = sub.honored
+    # What its initialize promises (listChanged, resources.subscribe), acknowledged
+    # by mcpwall: the server has no subscriptions/listen of its own.
+    assert honored.tools_list_changed and honored.prompts_list_changed
+    assert honored.resource_subscriptions == ["demo://resource/static/document/architecture.md"]
+    deadline = time.monotonic() + 10
+    while True:
+        with sqlite3.connect(f"file:{work / 'audit.db'}?mode=ro", uri=True) as db:
+            rows = list(db.execute("SELECT method, decision FROM calls WHERE method LIKE "
+                                   "'resources/%subscribe' ORDER BY rowid"))
+        if len(rows) >= 2 or time.monotonic() > deadline:
+            break
+        await trio.sleep(0.05)
+    assert rows == [("resources/subscribe", "allow"), ("resources/unsubscribe", "allow")]
+
+
+
+async def test_resource_updates_the_2025_http_server_sends_apart_from_answers_reach_listens(
+        gateway: tuple[str, Path]) -> None:
+    """server-everything sends its simulated resource updates (every 5 s, once
+    asked with ``toggle-subscriber-updates``) on its session's GET stream,
+    which mcpwall keeps open while the bridged session has listens."""
+    from mcp.shared.subscriptions import ResourceUpdated
+
+    url, _ = gateway
+    uri = "demo://resource/static/document/architecture.md"
+    async with _client(url) as client:
+        await client.list_tools()
+        async with client.listen(resource_subscriptions=[uri]) as sub:
+            await client.call_tool("toggle-subscriber-updates", {})
+            with trio.fail_after(20):
+                event = await sub.__anext__()
+            await client.call_tool("toggle-subscriber-updates", {})
+    assert event == ResourceUpdated(uri=uri)

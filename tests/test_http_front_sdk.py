@@ -62,7 +62,7 @@ def front(tmp_path: Path, servers: dict[str, harness.Upstream]) -> Iterator[str]
 def _node_or_skip() -> None:
     problem = harness.toolchain_problem()
     if problem:
-        pytest.skip(problem)
+        harness.skip_or_fail(problem)
 
 
 async def test_mcp_server_time_same_through_serve(tmp_path: Path) -> None:

@@ -63,16 +63,20 @@ class Gateway:
         self.url = harness.endpoint(base, "events")
         self.server: Any = None
 
-    def events(self, kind: str, at_least: int = 1) -> list[dict[str, Any]]:
-        """The ``kind`` lifecycle rows' details; waits (10 s at most) for ``at_least``."""
+    def rows(self, query: str, at_least: int = 1) -> list[tuple[Any, ...]]:
+        """The rows of ``query``; waits (10 s at most) for ``at_least``."""
         deadline = time.monotonic() + 10
         while True:
             with sqlite3.connect(f"file:{self.work / 'audit.db'}?mode=ro", uri=True) as db:
-                rows = [json.loads(d) for (d,) in db.execute(
-                    "SELECT detail FROM events WHERE kind = ? ORDER BY seq", (kind,))]
+                rows = list(db.execute(query))
             if len(rows) >= at_least or time.monotonic() > deadline:
                 return rows
             time.sleep(0.05)
+
+    def events(self, kind: str, at_least: int = 1) -> list[dict[str, Any]]:
+        """The ``kind`` lifecycle rows' details; waits (10 s at most) for ``at_least``."""
+        return [json.loads(d) for (d,) in self.rows(
+            f"SELECT detail FROM events WHERE kind = '{kind}' ORDER BY seq", at_least)]
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +112,36 @@ def _listen_body(rid: int, notifications: dict[str, Any]) -> dict[str, Any]:
 def _headers() -> dict[str, str]:
     return {"accept": "application/json, text/event-stream", "mcp-protocol-version": MODERN,
             "mcp-method": "subscriptions/listen", "content-type": "application/json"}
+
+
+def test_a_listen_in_a_handshake_session_is_refused_not_forwarded(gateway: Gateway) -> None:
+    """A 2025 session has no listen streams: its ``subscriptions/listen`` is
+    refused (-32601, a ``protocol`` deny) rather than carried unnarrowed."""
+    with httpx.Client(timeout=20) as http:
+        init = http.post(gateway.url, headers={
+            "accept": "application/json, text/event-stream", "content-type": "application/json"},
+            json={"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                "protocolVersion": "2025-11-25", "capabilities": {},
+                "clientInfo": {"name": "raw", "version": "0"}}})
+        assert init.status_code == 200, init.text
+        session = {"accept": "application/json, text/event-stream",
+                   "content-type": "application/json",
+                   "mcp-session-id": init.headers["mcp-session-id"],
+                   "mcp-protocol-version": "2025-11-25"}
+        http.post(gateway.url, headers=session,
+                  json={"jsonrpc": "2.0", "method": "notifications/initialized"})
+        resp = http.post(gateway.url, headers=session, json={
+            "jsonrpc": "2.0", "id": 2, "method": "subscriptions/listen",
+            "params": {"notifications": {"toolsListChanged": True,
+                                         "resourceSubscriptions": ["res://secret"]}}})
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["content-type"].startswith("application/json"), resp.text
+    error = resp.json()["error"]
+    assert resp.json()["id"] == 2 and error["code"] == -32601
+    assert "2026-07-28" in error["message"]
+    rows = gateway.rows("SELECT method, rule FROM denials WHERE method = 'subscriptions/listen' "
+                        "AND rule = 'protocol'")
+    assert rows == [("subscriptions/listen", "protocol")]
 
 
 async def test_allowed_types_arrive_refused_ones_never_and_the_close_is_audited(

@@ -12,6 +12,13 @@ On failure the message names the inputs that carried the difference.
 The reference server-everything cannot say what it executed; its answers are
 checked instead (:func:`mediation_harness.check_answers`).
 
+The 2026-07-28 revision has pairs of its own (``serve-modern-http``,
+``serve-modern-bridge``, ``wrap-modern-stdio``): stateless requests with
+``_meta``, and over HTTP request-metadata headers that now and then disagree
+with the body; the same comparison holds, modulo the bridge's documented
+translations (its own ids, the revision's ``_meta`` keys removed), which
+leave a call's tool and arguments as decided.
+
 The corpus is :mod:`tests.mediation_corpus`, the drivers
 :mod:`tests.mediation_harness`; ``scripts/differential`` runs the same with
 many more inputs.
@@ -19,6 +26,7 @@ many more inputs.
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
@@ -30,6 +38,9 @@ from tests.mediation_corpus import (
     EVERYTHING,
     HTTP_STYLE,
     LINE_STYLE,
+    META_CAPABILITIES,
+    META_VERSION,
+    MODERN,
     RECORDING,
     Hostile,
     Style,
@@ -95,7 +106,62 @@ def _allowed_shapes(surface: Surface, style: Style) -> list[Hostile]:
     return shapes
 
 
+def known_modern_attacks(style: Style) -> list[Hostile]:
+    """Hand-made requests of the 2026-07-28 revision: headers naming the allowed tool
+    over a denied body and the reverse, a name sent twice, a Base64 name, a second
+    ``name`` or ``_meta`` member in the body, the ``_meta`` key behind a JSON escape
+    under a 2025 header, and well-formed allowed calls (escaped, and plain)."""
+    meta = (b'"_meta":{"' + META_VERSION.encode() + b'":"' + MODERN.encode() + b'","'
+            + META_CAPABILITIES.encode() + b'":{}}')
+
+    def body(tag: str, rid: int, name: bytes, extra: bytes = b"", params: bytes = b"") -> bytes:
+        return (b'{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{%s"name":%s,'
+                b'"arguments":{"tag":"%s"%s},%s}}' % (rid, params, name, tag.encode(), extra,
+                                                    meta))
+
+    def headers(name: str | None, *extra: tuple[str, str],
+                version: str = MODERN) -> list[tuple[str, str]]:
+        out = [("MCP-Protocol-Version", version), ("Mcp-Method", "tools/call")]
+        return out + ([("Mcp-Name", name)] if name is not None else []) + list(extra)
+
+    echo64 = "=?base64?" + base64.b64encode(b"echo").decode() + "?="
+    attacks = [
+        Hostile("m1", body("m1", 931, b'"danger"'), ["header echo, body danger"],
+                headers=headers("echo")),
+        Hostile("m2", body("m2", 932, b'"echo"'), ["header danger, body echo"],
+                headers=headers("danger")),
+        Hostile("m3", body("m3", 933, b'"danger"'), ["Mcp-Name echo then danger"],
+                headers=headers("echo", ("Mcp-Name", "danger"))),
+        Hostile("m4", body("m4", 934, b'"danger"'), ["Mcp-Name danger then echo"],
+                headers=headers("danger", ("mcp-name", "echo"))),
+        Hostile("m5", body("m5", 935, b'"danger"'), ["Base64 header of echo, body danger"],
+                headers=headers(echo64)),
+        Hostile("m6", body("m6", 936, b'"danger"', params=b'"name":"echo",'),
+                ["a second name member: echo first, danger last"], headers=headers("echo")),
+        Hostile("m7", body("m7", 937, b'"danger"', params=b'"name":"echo",'),
+                ["a second name member, header of the last"], headers=headers("danger")),
+        Hostile("m8", body("m8", 938, b'"danger"').replace(b"/protocolVersion",
+                                                          rb"\/protocolVersion"),
+                ["_meta key escaped, 2025 header"], headers=headers("danger",
+                                                                     version="2025-06-18")),
+        Hostile("m9", body("m9", 939, b'"danger"'), ["method header in capitals"],
+                headers=[("mcp-protocol-version", MODERN), ("mcp-method", "TOOLS/CALL"),
+                         ("mcp-name", "danger")]),
+        Hostile("ma", body("ma", 940, rb'"\u0065cho"'), ["escaped allowed name"],
+                headers=headers("echo")),
+        Hostile("mb", body("mb", 941, b'"echo"'), ["allowed, header names in odd case"],
+                headers=[("mCP-pROTOCOL-vERSION", MODERN), ("MCP-METHOD", "tools/call"),
+                         ("mcp-NAME", echo64)]),
+    ]
+    agreeing = {"m7", "ma", "mb"}
+    if style.headers:
+        return [Hostile(h.tag, h.data, h.notes, headers=h.headers,
+                        header_mismatch=h.tag not in agreeing) for h in attacks]
+    return [Hostile(h.tag, h.data, h.notes) for h in attacks]  # stdio: the body alone
+
+
 RUNNERS = mh.runners()
+MODERN_PAIRS = ("serve-modern-http", "serve-modern-bridge", "wrap-modern-stdio")
 TRANSPORTS = {name: spec for name, spec in RUNNERS.items() if "python" in name}
 
 
@@ -125,6 +191,24 @@ def test_generated_sessions(transport: str, tmp_path: Path) -> None:
     style, _surface, _run = TRANSPORTS[transport]
     for n in range(3):
         _check(transport, tmp_path / f"run{n}", sample(style, 40, SEED + 1 + n))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("transport", MODERN_PAIRS)
+def test_revision_2026_server_executes_exactly_what_the_audit_allowed(transport: str,
+                                                                      tmp_path: Path) -> None:
+    """The 2026-07-28 revision, one session per pair: the hand-made header and body
+    disagreements, then 24 generated inputs (``_meta``, and headers that now and
+    then disagree). Nothing the policy refused, or the header checks refused,
+    reaches the server; every call decided as allowed is executed as decided
+    (a dual-era stdio server's refusal of a request of the other era under its id
+    excepted: it executed nothing)."""
+    style, _surface, _run = RUNNERS[transport]
+    inputs = known_modern_attacks(style) + sample(style, 24, SEED)
+    verdict = RUNNERS[transport][2](tmp_path / "run", inputs)
+    assert verdict.ok, verdict.report()
+    # The allowed hand-made calls were executed (with the barrier): the run means something.
+    assert verdict.executed >= 3, verdict.report()
 
 
 @pytest.mark.slow

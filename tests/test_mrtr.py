@@ -398,7 +398,8 @@ async def test_another_callers_task_id_is_not_linked_to_the_call() -> None:
     await med.from_server(answer(1, {"resultType": "task", "taskId": "t-9",
                                      "status": "working"}))
     other, other_audit = mediator(MALLORY, rounds=rounds, session="s2")
-    await forwarded(other, request(1, "tasks/get", {"taskId": "t-9"}))
+    routed = await other.from_client(request(1, "tasks/get", {"taskId": "t-9"}))
+    assert routed.upstream is None  # alice's task: refused to mallory
     assert decisions(other_audit)[0].call_id.startswith("s2.")
 
 

@@ -26,11 +26,15 @@ OWN_MESSAGES = {
     ("gateway/front/stdio_endpoint.py", "cancellation of a timed-out request"),
     ("gateway/mediator.py", "protocol error answer"),
     # The bridge (2026-07-28 client, 2025 stdio server): its own session's
-    # handshake, an error answering a server request it does not carry, and the
-    # cancellation of a bridged request that timed out.
+    # handshake and an error answering a server request it does not carry.
     ("gateway/front/bridge.py", "bridge: mcpwall's own handshake"),
     ("gateway/front/bridge.py", "bridge: refusal of a server request"),
-    ("gateway/front/bridge.py", "bridge: cancellation of a timed-out request"),
+    # What both bridges (serve's and `wrap --bridge`) send for a call they
+    # abandon (its input request refused, unreadable or not answered in time):
+    # an error (or the policy's refusal) answering the server's waiting request,
+    # and the call's cancellation, both composed by mcpwall.
+    ("gateway/front/bridge_input.py", "bridge: refusal of a server request"),
+    ("gateway/front/bridge_input.py", "bridge: cancellation of an abandoned call"),
     # The same in `mcpwall wrap --bridge` (2026-07-28 client, 2025 stdio child):
     # its handshake with the child and the refusal of a server request, both
     # composed by mcpwall (no client byte in them).

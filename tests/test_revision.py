@@ -129,3 +129,38 @@ def test_era_of_a_header() -> None:
     assert revision.era_of("1999-01-01") == "unsupported"
     assert revision.check_handshake({"_meta": META}) is not None
     assert revision.check_handshake({"_meta": {}}) is None
+
+
+def test_a_header_value_with_invalid_characters_never_matches() -> None:
+    """RFC 9110 field values: visible ASCII, space, tab. Anything else (a control
+    character Python's ``str.strip`` would drop, a Latin-1 byte) is a mismatch,
+    even when the rest equals the body."""
+    assert revision.check_modern({**HEADERS, "mcp-name": " \tvm\t "}, "tools/call", _params(),
+                                 None) is None
+    for bad in ("vm\x0b", "\x1fvm", "vm\x7f", "vm\xa0", "\x00vm"):
+        for header in ("mcp-name", "mcp-method", "mcp-protocol-version"):
+            value = {"mcp-name": bad, "mcp-method": bad.replace("vm", "tools/call"),
+                     "mcp-protocol-version": bad.replace("vm", "2026-07-28")}[header]
+            problem = revision.check_modern({**HEADERS, header: value}, "tools/call",
+                                            _params(), None)
+            assert problem is not None and problem.code == revision.HEADER_MISMATCH, (header, bad)
+    named = {**_params(), "name": "\u00e9"}
+    assert revision.check_modern({**HEADERS, "mcp-name": "\u00e9"}, "tools/call", named,
+                                 None) is not None
+    assert revision.check_modern({**HEADERS, "mcp-name": revision.encode_value("\u00e9")},
+                                 "tools/call", named, None) is None
+
+
+def test_integers_compare_as_numbers_exactly() -> None:
+    spec = (revision.ParamHeader(("n",), "N", "integer"),)
+    for header, ok in (("42", True), ("42.0", True), ("042", True), ("41.99999999999999999", False),
+                       ("42.00000000000000001", False), ("4.2e1", False), ("+42", False)):
+        problem = revision.check_params({"mcp-param-n": header}, {"n": 42}, spec)
+        assert (problem is None) is ok, header
+
+
+def test_a_metadata_header_sent_twice_is_a_mismatch() -> None:
+    for name in ("mcp-name", "mcp-method", "mcp-protocol-version", "mcp-param-region"):
+        problem = revision.check_repeated(["accept", name])
+        assert problem is not None and problem.code == revision.HEADER_MISMATCH
+    assert revision.check_repeated(["accept", "cookie"]) is None

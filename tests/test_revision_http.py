@@ -151,7 +151,7 @@ async def test_auto_client_falls_back_for_a_2025_http_server(
         gateway: Gateway, tmp_path: Path) -> None:
     problem = harness.toolchain_problem()
     if problem:
-        pytest.skip(problem)
+        harness.skip_or_fail(problem)
     # An mcpwall of its own, in front of server-everything (TypeScript SDK 1.x).
     with harness.everything_http(tmp_path) as url, harness.mcpwall_front(
             tmp_path / "gw", {"everything": harness.HttpUpstream(url)}) as base:

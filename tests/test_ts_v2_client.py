@@ -62,7 +62,7 @@ def refused(outcome: dict[str, Any]) -> bool:
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     problem = _client_problem()
     if problem:
-        pytest.skip(problem)
+        harness.skip_or_fail(problem)
     work = tmp_path_factory.mktemp("tsv2")
     port = harness.free_port()
     plain = harness.free_port()
@@ -137,7 +137,7 @@ def test_v2_client_through_serve_to_a_2025_server_falls_back(gateway: str, mode:
 @pytest.mark.parametrize("mode", [MODERN, "auto"])
 def test_v2_client_through_wrap_to_a_dual_era_server(tmp_path: Path, mode: str) -> None:
     if problem := _client_problem():
-        pytest.skip(problem)
+        harness.skip_or_fail(problem)
     policy = tmp_path / "policy.json"
     policy.write_text(json.dumps(POLICY))
     argv = [*mcpwall_argv(), "wrap", "--audit-db", str(tmp_path / "audit.db"),
@@ -152,7 +152,7 @@ def test_v2_client_through_wrap_to_a_dual_era_server(tmp_path: Path, mode: str) 
 
 def test_v2_client_listens_through_wrap(tmp_path: Path) -> None:
     if problem := _client_problem():
-        pytest.skip(problem)
+        harness.skip_or_fail(problem)
     policy = tmp_path / "policy.json"
     policy.write_text(json.dumps(POLICY))
     argv = [*mcpwall_argv(), "wrap", "--audit-db", str(tmp_path / "audit.db"),

@@ -152,11 +152,11 @@ async def test_wrap_bridge_to_a_server_of_the_new_revision_passes_requests_as_de
     assert methods == ["tools/list", "tools/call"]
 
 
-BROKEN = ("import sys\n"
+BROKEN = ("import json, sys\n"
           "for line in sys.stdin:\n"
           "    if 'initialize' in line:\n"
-          "        print('{\"jsonrpc\":\"2.0\",\"id\":\"mcpwall-bridge-initialize\","
-          "\"result\":{}}', flush=True)\n")
+          "        rid = json.loads(line)['id']\n"
+          "        print(json.dumps({'jsonrpc': '2.0', 'id': rid, 'result': {}}), flush=True)\n")
 
 
 async def test_wrap_bridge_handshake_failure_answers_each_request_with_an_error(
@@ -207,3 +207,27 @@ async def test_2025_client_through_serve_to_a_stdio_server_of_the_new_revision_o
         ("tools/list", None, "allow"), ("tools/call", "echo", "allow"),
         ("tools/call", "wipe", "deny")]
     assert {v for *_, v in rows[2:]} == {MODERN}
+
+
+async def test_progress_of_a_bridged_call_reaches_the_pinned_client(tmp_path: Path) -> None:
+    """server-everything (2025 only, stdio) reports the progress of a long
+    operation under the client's progressToken (which the bridge keeps in the
+    translated request's ``_meta``): through ``wrap --bridge`` the client
+    pinned to 2026-07-28 gets each notification, through the mediator."""
+    from tests.fixtures import conformance_harness as harness
+
+    problem = harness.toolchain_problem()
+    if problem:
+        pytest.skip(problem)
+    params = _params(tmp_path, harness.everything_stdio_argv(), "--bridge")
+    got: list[tuple[float, float | None]] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        got.append((progress, total))
+
+    async with Client(params, mode=MODERN) as client:
+        result = await client.call_tool("trigger-long-running-operation",
+                                        {"duration": 1, "steps": 3},
+                                        progress_callback=on_progress)
+    assert not result.is_error
+    assert got == [(1.0, 3.0), (2.0, 3.0), (3.0, 3.0)]

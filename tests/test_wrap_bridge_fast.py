@@ -46,3 +46,44 @@ def test_bridge_goes_with_a_command_only() -> None:
 
     result = CliRunner().invoke(wrap, ["--bridge", "--upstream", "http://127.0.0.1:9/mcp"])
     assert result.exit_code == 2 and "--bridge goes with -- COMMAND" in result.output
+
+
+# -- a round of input requests asked of a 2025 client (rule 8; bridge_modern.InputRound)
+def test_a_round_becomes_requests_and_its_answers_the_retry_s_members() -> None:
+    import json
+
+    from firewall.gateway.front.bridge_modern import InputRound
+
+    ir = {"resultType": "input_required", "requestState": "s-1", "inputRequests": {
+        "region": {"method": "elicitation/create", "params": {"message": "Where?"}},
+        "roots": {"method": "roots/list"}}}
+    asked = InputRound(ir, 7, "vm")
+    assert asked.error is None
+    sent = [json.loads(m) for m in asked.messages]
+    assert [(m["method"], m.get("params")) for m in sent] == [
+        ("elicitation/create", {"message": "Where?"}), ("roots/list", None)]
+    assert [asked.keys[m["id"]] for m in sent] == ["region", "roots"]
+    assert not asked.answered({"id": "someone-else", "result": {}})
+    assert not asked.answered({"id": sent[0]["id"], "result": {"action": "accept"}})
+    assert asked.answered({"id": sent[1]["id"], "result": {"roots": []}})
+    assert asked.outcome() == {"inputResponses": {"region": {"action": "accept"},
+                                                  "roots": {"roots": []}},
+                               "requestState": "s-1"}
+
+
+def test_a_round_mcpwall_cannot_ask_or_the_client_refused_ends_the_call() -> None:
+    import json
+
+    from firewall.gateway.front.bridge_modern import InputRound
+
+    odd = InputRound({"inputRequests": {"x": {"method": "tools/call"}}}, 3, "vm")
+    assert odd.messages == [] and odd.error is not None
+    assert json.loads(odd.error)["id"] == 3
+    assert InputRound({"inputRequests": {}}, 3, "vm").error is not None
+    asked = InputRound({"inputRequests": {"k": {"method": "sampling/createMessage"}}}, 4, "vm")
+    [ident] = asked.keys
+    assert asked.answered({"id": ident, "error": {"code": -1, "message": "no"}})
+    refused = asked.outcome()
+    assert isinstance(refused, bytes) and b"refused" in refused
+    late = InputRound({"inputRequests": {"k": {"method": "roots/list"}}}, 5, "vm")
+    assert isinstance(late.outcome(), bytes)  # nothing answered (in time)

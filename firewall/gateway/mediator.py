@@ -123,7 +123,9 @@ fronts own the I/O; the mediator owns the rules. Invariants it keeps:
    caller are decided by the policy (``methods``) and recorded under the
    task's call_id; their answers are part of that call (a task waiting for
    input has its ``inputRequests`` decided as in rule 16), and the call's one
-   outcome is recorded when a ``tasks/get`` shows the task ended.
+   outcome is recorded when a ``tasks/get`` shows the task ended. One naming
+   a task the server gave to another principal is refused (``protocol``
+   deny), never forwarded.
 18. A rule with ``"approval": "client"`` on a call from a 2026-07-28 client
    that offers form elicitation is asked through the call's own answer: an
    ``InputRequiredResult`` whose one input request is mcpwall's question and
@@ -412,6 +414,12 @@ class Mediator:
         """Whether a client request forwarded upstream still waits for its answer."""
         return request_id in self._client_pending
 
+    def round_of(self, request_id: RequestId) -> int:
+        """The round of a client request in flight (rule 16): above 1 when it was
+        linked to an earlier round (decided and charged there); 1 otherwise."""
+        pending = self._client_pending.get(request_id)
+        return pending.round if pending is not None else 1
+
     @property
     def pending_count(self) -> int:
         """Requests forwarded to the upstream and not answered yet."""
@@ -662,6 +670,10 @@ class Mediator:
             # outcome; the second is refused before any policy.
             decision = Decision(DENY, rule="protocol",
                                 reason=f"request id {rid!r} is already in flight")
+        elif direction == "client" and call.method in mrtr.TASKS_METHODS and \
+                (foreign := self._foreign_task(inbound)) is not None:
+            decision = Decision(DENY, rule="protocol",
+                                reason=f"task {foreign!r} belongs to another caller")
         else:
             if (direction == "client" and call.method in mrtr.MRTR_METHODS
                     and (inbound.data.find(b"inputResponses") >= 0
@@ -1076,7 +1088,8 @@ class Mediator:
             receipt = await self._decided(call, msg, refused, link.call_id)
             self.log.info("call_refused", method=call.method, target=call.target,
                           decision=refused.action, rule=refused.rule, round=number)
-            return Routed(client=self._refusal(call, rid, refused), receipt=receipt)
+            return Routed(client=self._refusal(call, rid, refused, modern=True),
+                          receipt=receipt)
         decision = msgspec.structs.replace(link.decision, reason=(
             f"round {number} of this call: decided in round 1 ({link.recorded_as}, rule "
             f"{link.decision.rule}); not decided or charged again"))
@@ -1103,7 +1116,8 @@ class Mediator:
             return None  # it carries a server's round, which the question would lose
         digest = mrtr.call_digest(call)
         await self._unanswered_asks(self.rounds.ask(
-            Ask(call_id, digest, call, decision, reservation, time.monotonic())))
+            Ask(call_id, digest, call, decision, reservation, time.monotonic()),
+            self.caller.principal))
         state = self.rounds.seal.seal(
             {"c": call_id, "d": digest, "p": self.caller.principal, "g": self.caller.grant,
              "s": self.server}, expires_ns=time.time_ns() + int(self.rounds.ttl * 1e9))
@@ -1187,6 +1201,15 @@ class Mediator:
                                            "note": "no answer in the client", "scope": "call",
                                            "waited_s": round(time.monotonic() - ask.asked, 3)})
 
+    def _foreign_task(self, inbound: Inbound) -> str | None:
+        """The task id a tasks/* request names when the server gave it to another
+        principal (rule 17), else None."""
+        ident = mrtr.task_id(inbound.message.params)
+        if ident is None:
+            return None
+        owner = self.rounds.task_owner(self.server, ident)
+        return ident if owner is not None and owner != self.caller.principal else None
+
     def _task_of(self, inbound: Inbound) -> tuple[str, str] | None:
         """(task id, call_id) when a tasks/* request names a task of this caller (rule 17)."""
         ident = mrtr.task_id(inbound.message.params)
@@ -1253,7 +1276,8 @@ class Mediator:
             first = next(iter(refused.values()))
             await self._outcome(pending, "jsonrpc_error", render.error_code(first),
                                 render.error_message(first), len(inbound.data))
-            return self._refusal(pending.call, rid, first)
+            # Only a request of the 2026-07-28 revision is answered so.
+            return self._refusal(pending.call, rid, first, modern=True)
         assert pending.decision is not None or pending.recorded_as is None
         self.rounds.remember(self.caller, self.server, mrtr.call_digest(pending.call), ir.state,
                              Link(pending.call_id, pending.decision or Decision(ALLOW),

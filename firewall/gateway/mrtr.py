@@ -17,13 +17,21 @@ keeps (the mediator's MRTR rules point here):
 2. Everything here is bounded: at most ``max_links`` links, ``max_tasks``
    tasks and ``max_asks`` approval questions, the oldest dropped first, and
    each expires (links and questions after ``ttl`` seconds, tasks after
-   ``task_ttl``). A call may be linked over at most ``max_rounds`` rounds;
-   after that its retry is a new call.
+   ``task_ttl``). One caller (principal) holds at most a tenth of each
+   (:data:`OWNER_SHARE`), its own oldest dropped first: the stores are shared
+   by a server's callers, and one caller's flood of rounds, tasks or
+   questions cannot crowd out another's. A call may be linked over at most
+   ``max_rounds`` rounds; after that its retry is a new call.
 3. A question mcpwall asks through an ``InputRequiredResult`` (approval in
    the client) is answered once: :meth:`Rounds.answer` removes it. Its
    ``requestState`` is sealed (``mrtr.StateSeal``) with this store's key;
    a state that does not open, names another caller, server or call, or has
    expired is not an answer.
+4. A task id a server gave to one caller (principal) belongs to it: a
+   ``tasks/*`` request of another caller naming it is refused by the
+   mediator, never forwarded (the server sees every caller as mcpwall and
+   cannot tell them apart). Kept for ``task_ttl``, bounded as in rule 2, in
+   a :class:`TaskOwners` a front shares across its mediators.
 """
 
 from __future__ import annotations
@@ -43,6 +51,8 @@ from firewall.protocol.mrtr import StateSeal
 ROUND_TTL: Final = 600.0
 TASK_TTL: Final = 24 * 3600.0
 MAX_ROUNDS: Final = 10
+# One caller (principal) holds at most this fraction of each store (rule 2).
+OWNER_SHARE: Final = 10
 # The inputRequests key of mcpwall's own approval question.
 APPROVAL_KEY: Final = "mcpwall_approval"
 
@@ -79,22 +89,47 @@ class Ask(msgspec.Struct, frozen=True):
 
 
 class _Bounded(Generic[K, V]):
-    """An insertion-ordered map with a size bound and a per-entry expiry."""
+    """An insertion-ordered map with a size bound, a per-owner bound and a
+    per-entry expiry (rule 2): an owner over its share loses its own oldest."""
 
-    def __init__(self, limit: int, ttl: float, clock: Callable[[], float]) -> None:
-        self._items: OrderedDict[K, tuple[float, V]] = OrderedDict()
+    def __init__(self, limit: int, ttl: float, clock: Callable[[], float],
+                 per_owner: int | None = None) -> None:
+        self._items: OrderedDict[K, tuple[float, V, str]] = OrderedDict()
+        self._owned: dict[str, OrderedDict[K, None]] = {}
         self._limit = limit
+        self._per_owner = per_owner if per_owner is not None else max(1, limit // OWNER_SHARE)
         self._ttl = ttl
         self._clock = clock
 
-    def put(self, key: K, value: V) -> list[V]:
-        """Store ``value``; return what was dropped to make room or expired."""
+    def put(self, key: K, value: V, owner: str = "") -> list[V]:
+        """Store ``value`` for ``owner``; return what was dropped to make room or expired."""
         dropped = self.expire()
-        self._items.pop(key, None)
-        self._items[key] = (self._clock() + self._ttl, value)
+        self._remove(key)
+        self._items[key] = (self._clock() + self._ttl, value, owner)
+        owned = self._owned.setdefault(owner, OrderedDict())
+        owned[key] = None
+        while len(owned) > self._per_owner:
+            dropped.append(self._take(next(iter(owned))))
         while len(self._items) > self._limit:
-            dropped.append(self._items.popitem(last=False)[1][1])
+            dropped.append(self._take(next(iter(self._items))))
         return dropped
+
+    def _take(self, key: K) -> V:
+        """The value of a ``key`` that is there, taken out."""
+        item = self._remove(key)
+        assert item is not None
+        return item[1]
+
+    def _remove(self, key: K) -> tuple[float, V, str] | None:
+        item = self._items.pop(key, None)
+        if item is None:
+            return None
+        owned = self._owned.get(item[2])
+        if owned is not None:
+            owned.pop(key, None)
+            if not owned:
+                del self._owned[item[2]]
+        return item
 
     def get(self, key: K) -> V | None:
         item = self._items.get(key)
@@ -103,7 +138,7 @@ class _Bounded(Generic[K, V]):
         return item[1]
 
     def pop(self, key: K) -> V | None:
-        item = self._items.pop(key, None)
+        item = self._remove(key)
         if item is None or item[0] < self._clock():
             return None
         return item[1]
@@ -112,11 +147,10 @@ class _Bounded(Generic[K, V]):
         now = self._clock()
         dropped: list[V] = []
         while self._items:
-            key, (until, value) = next(iter(self._items.items()))
+            key, (until, _, _) = next(iter(self._items.items()))
             if until >= now:
                 break
-            del self._items[key]
-            dropped.append(value)
+            dropped.append(self._take(key))
         return dropped
 
     def __len__(self) -> int:
@@ -124,6 +158,22 @@ class _Bounded(Generic[K, V]):
 
 
 LinkKey = tuple[str, str, str, str, str | None]
+
+
+class TaskOwners:
+    """Whose each task is, by server and task id (rule 4); a front shares one
+    across all its mediators, sessions or none."""
+
+    def __init__(self, *, limit: int = 10_000, ttl: float = TASK_TTL,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._owners: _Bounded[tuple[str, str], str] = _Bounded(limit, ttl, clock)
+
+    def given(self, server: str, task_id: str, principal: str) -> None:
+        """Task ``task_id`` of ``server`` was given to ``principal``."""
+        self._owners.put((server, task_id), principal, principal)
+
+    def owner(self, server: str, task_id: str) -> str | None:
+        return self._owners.get((server, task_id))
 
 
 class Rounds:
@@ -142,6 +192,7 @@ class Rounds:
     def __init__(self, *, ttl: float = ROUND_TTL, task_ttl: float = TASK_TTL,
                  max_links: int = 10_000, max_tasks: int = 10_000, max_asks: int = 1_000,
                  max_rounds: int = MAX_ROUNDS, seal: StateSeal | None = None,
+                 owners: TaskOwners | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.max_rounds = max_rounds
         self.ttl = ttl
@@ -149,6 +200,8 @@ class Rounds:
         self._links: _Bounded[LinkKey, Link] = _Bounded(max_links, ttl, clock)
         self._tasks: _Bounded[tuple[str, str, str, str], TaskLink] = _Bounded(
             max_tasks, task_ttl, clock)
+        # Whose each task is (rule 4): kept past the task's end, maybe shared.
+        self.owners = owners or TaskOwners(limit=max_tasks, ttl=task_ttl, clock=clock)
         self._asks: _Bounded[str, Ask] = _Bounded(max_asks, ttl, clock)
 
     # -- rounds (rule 1) ---------------------------------------------------------
@@ -156,7 +209,8 @@ class Rounds:
                  link: Link) -> None:
         """The call ``link.call_id`` asked for input; its retry may echo ``state``."""
         if link.round < self.max_rounds:
-            self._links.put((caller.principal, caller.grant, server, digest, state), link)
+            self._links.put((caller.principal, caller.grant, server, digest, state), link,
+                            caller.principal)
 
     def take(self, caller: Caller, server: str, digest: str, state: str | None) -> Link | None:
         """The link a retry continues, removed (used once), or None: a new call."""
@@ -165,7 +219,13 @@ class Rounds:
     # -- tasks -------------------------------------------------------------------
     def task(self, caller: Caller, server: str, task_id: str, link: TaskLink) -> None:
         """Task ``task_id`` carries on the call ``link.call_id``."""
-        self._tasks.put((caller.principal, caller.grant, server, task_id), link)
+        self._tasks.put((caller.principal, caller.grant, server, task_id), link,
+                        caller.principal)
+        self.owners.given(server, task_id, caller.principal)
+
+    def task_owner(self, server: str, task_id: str) -> str | None:
+        """The principal a task of ``server`` was given to, if mcpwall saw it (rule 4)."""
+        return self.owners.owner(server, task_id)
 
     def task_call(self, caller: Caller, server: str, task_id: str) -> TaskLink | None:
         """The call a task of this caller belongs to, or None."""
@@ -176,10 +236,11 @@ class Rounds:
         return self._tasks.pop((caller.principal, caller.grant, server, task_id))
 
     # -- approval questions (rule 3) ---------------------------------------------
-    def ask(self, ask: Ask) -> list[Ask]:
-        """Keep a question until its answer; return questions dropped unanswered
-        (their reservations are the caller's to give back)."""
-        return self._asks.put(ask.call_id, ask)
+    def ask(self, ask: Ask, owner: str = "") -> list[Ask]:
+        """Keep a question (of the caller ``owner``, a principal) until its answer;
+        return questions dropped unanswered (their reservations are the caller's
+        to give back)."""
+        return self._asks.put(ask.call_id, ask, owner)
 
     def answer(self, call_id: str) -> Ask | None:
         """The question of ``call_id``, removed (answered once), or None."""

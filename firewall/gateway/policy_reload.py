@@ -19,8 +19,9 @@ Rules this module keeps:
    error when a file is bad (the table in force is kept). The trigger is the
    first request's; the others are listed under ``coalesced``.
 5. After a swap that changed the table, each of :attr:`PolicyReloader.watchers`
-   is called (on the trio thread, synchronously): the HTTP front's listen
-   streams learn of it (``front/listen.py``). A watcher must not raise.
+   is called (on the trio thread, synchronously): listen streams learn of it
+   (``front/listen.py``), on the HTTP front and in ``wrap``. A watcher must
+   not raise.
 """
 
 from __future__ import annotations
@@ -190,4 +191,15 @@ def reloader_for(policy: PolicySet) -> PolicyReloader:
     return reloader
 
 
-__all__ = ["PolicyReloader", "reloader_for"]
+def watchers_of(policy: object) -> list[Callable[[], None]]:
+    """Who is told of the reloads of ``policy`` (rule 5): the watchers of the
+    :class:`PolicySet` inside any wrapper, such as the kill switch's ``inner``;
+    an empty list, for a policy nothing reloads."""
+    for _ in range(4):
+        if isinstance(policy, PolicySet):
+            return reloader_for(policy).watchers
+        policy = getattr(policy, "inner", None)
+    return []
+
+
+__all__ = ["PolicyReloader", "reloader_for", "watchers_of"]

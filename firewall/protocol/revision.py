@@ -19,7 +19,11 @@ module keeps:
    ``Mcp-Method`` the body's method, ``Mcp-Name`` (its Base64 sentinel form
    decoded) the body's ``params.name`` or ``params.uri``, each ``Mcp-Param-*``
    the argument its tool's ``x-mcp-header`` names, when the tool's schema is
-   known (else HeaderMismatch, -32020); the version is one mcpwall speaks
+   known; each of these headers sent once, its value visible ASCII, spaces and
+   tabs only (RFC 9110; spaces and tabs around it are not part of it), and an
+   integer compared as a number exactly (else HeaderMismatch, -32020:
+   :func:`check_repeated` for the headers sent twice, which the HTTP layer
+   joins); the version is one mcpwall speaks
    (else -32022 with ``data.supported``); the method is not one the revision
    removed (``initialize``, ``ping``...: else 404, -32601). A handshake
    request whose body claims a modern version is a mismatch as well.
@@ -38,8 +42,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import decimal
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Final, Literal
 
 import msgspec
@@ -85,6 +90,8 @@ Era = Literal["handshake", "modern", "unsupported"]
 
 _SENTINEL: Final = re.compile(r"^=\?base64\?(?P<payload>[A-Za-z0-9+/]*={0,2})\?=$")
 _HEADER_SAFE: Final = re.compile(r"^[\x20-\x7E]*$")
+# A field value as RFC 9110 allows it: visible ASCII, space and tab.
+_FIELD_VALUE: Final = re.compile(r"^[\t\x20-\x7E]*$")
 _TOKEN: Final = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _PRIMITIVE: Final = frozenset({"string", "integer", "boolean"})
 _MAX_SAFE: Final = 2**53 - 1
@@ -177,18 +184,18 @@ def check_modern(headers: Mapping[str, str], method: str, params: Any,
                                f"{META_CAPABILITIES!r}")
     version = meta[META_VERSION]
     header = headers.get(VERSION_HEADER)
-    if header is None or header.strip() != version:
+    if header is None or field_value(header) != version:
         return Problem(HEADER_MISMATCH, f"Header mismatch: MCP-Protocol-Version {header!r} does "
                                         f"not match the body's protocol version {version!r}")
     sent = headers.get(METHOD_HEADER)
-    if sent is None or sent.strip() != method:
+    if sent is None or field_value(sent) != method:
         return Problem(HEADER_MISMATCH, f"Header mismatch: Mcp-Method {sent!r} does not match "
                                         f"the body's method {method!r}")
     member = NAME_BEARING.get(method)
     if member is not None and isinstance(params, dict):
         value = params.get(member)
         raw = headers.get(NAME_HEADER)
-        if value is not None and (raw is None or decode_value(raw.strip()) != value):
+        if value is not None and (raw is None or decode_value(field_value(raw)) != value):
             return Problem(HEADER_MISMATCH, f"Header mismatch: Mcp-Name {raw!r} does not match "
                                             f"the body's {member} {value!r}")
     if param_headers is not None and isinstance(params, dict):
@@ -224,11 +231,29 @@ def check_params(headers: Mapping[str, str], arguments: Mapping[str, Any],
         if raw is None:
             return Problem(HEADER_MISMATCH, f"Header mismatch: {header} is missing but the "
                                             f"argument {'.'.join(item.path)!r} is present")
-        decoded = decode_value(raw.strip())
+        decoded = decode_value(field_value(raw))
         if decoded is None or not _matches(item.type, value, rendered, decoded):
             return Problem(HEADER_MISMATCH, f"Header mismatch: {header} does not match the "
                                             f"argument {'.'.join(item.path)!r}")
     return None
+
+
+def check_repeated(names: Iterable[str]) -> Problem | None:
+    """A request-metadata header sent more than once (lower-case names): a mismatch.
+
+    The HTTP layer joins repeated values with ``", "`` (RFC 9110), so two
+    ``Mcp-Name`` lines ``a`` and ``b`` would read as a body name ``"a, b"``
+    while a component that takes the first line reads ``a``."""
+    for name in names:
+        if name in (VERSION_HEADER, METHOD_HEADER, NAME_HEADER) or name.startswith(PARAM_PREFIX):
+            return Problem(HEADER_MISMATCH, f"Header mismatch: {name} is sent more than once")
+    return None
+
+
+def field_value(raw: str) -> str | None:
+    """A header value without the spaces and tabs around it; None when it holds anything
+    but visible ASCII, space and tab (a value "contains invalid characters")."""
+    return raw.strip(" \t") if _FIELD_VALUE.fullmatch(raw) else None
 
 
 def upstream_headers(version: str, method: str, params: Any,
@@ -261,8 +286,11 @@ def encode_value(value: str) -> str:
     return f"=?base64?{base64.b64encode(value.encode()).decode('ascii')}?="
 
 
-def decode_value(value: str) -> str | None:
-    """A header value as the client meant it: the sentinel form decoded; None if malformed."""
+def decode_value(value: str | None) -> str | None:
+    """A header value as the client meant it: the sentinel form decoded; None if malformed
+    (or None already: see :func:`field_value`)."""
+    if value is None:
+        return None
     if not value.startswith("=?"):  # cannot be the sentinel form
         return value
     found = _SENTINEL.fullmatch(value)
@@ -343,8 +371,9 @@ def _matches(kind: str, value: Any, rendered: str, decoded: str) -> bool:
     if decoded == rendered:
         return True
     if kind == "integer" and not isinstance(value, bool) and isinstance(value, int):
-        # Compared as numbers: "42.0" is 42 (plain decimals only).
-        return _DECIMAL.fullmatch(decoded) is not None and float(decoded) == value
+        # Compared as numbers, exactly: "42.0" is 42 (plain decimals only), and
+        # "41.99999999999999999" is not (as a float it would be).
+        return _DECIMAL.fullmatch(decoded) is not None and decimal.Decimal(decoded) == value
     return False
 
 

@@ -32,16 +32,17 @@ the new revision without touching its servers. Rules this module keeps:
    cancelled at the server.
 4. ``server/discover`` is decided and recorded like any request and answered
    by mcpwall from the server's ``initialize`` result: its capabilities
-   (without what the bridge cannot carry: ``resources.subscribe``, the
-   ``listChanged`` flags, ``logging``), its instructions, its serverInfo
+   (without ``logging``, which the bridge cannot carry; rule 7 for the
+   rest), its instructions, its serverInfo
    (as the revision's ``_meta`` stamp) and ``supportedVersions`` the
    stateless revision mcpwall speaks. It never reaches the server.
 5. What the server sends besides answers and the requests of rule 6: a
    request is answered at once with an error (-32601); a progress
    notification naming the ``progressToken`` of a call in flight goes
    through that call's mediator to the event stream of the client request
-   waiting for the call (nowhere when it takes JSON only); any other
-   notification is dropped. Notifications the client sends are decided and
+   waiting for the call (nowhere when it takes JSON only); the changes of
+   rule 7 go to the session's listens; any other notification is dropped.
+   Notifications the client sends are decided and
    recorded, and go nowhere (the revision defines none a 2025 server would
    act on).
 6. A server request (elicitation in form mode, sampling, roots/list) that
@@ -49,10 +50,11 @@ the new revision without touching its servers. Rules this module keeps:
    that may ask for input (``mrtr.MRTR_METHODS``), whose request offered
    the matching capability in its ``_meta``, becomes the answer to that
    call: an ``InputRequiredResult`` with the server's request as its one
-   input request and a ``requestState`` of the bridge (:data:`STATE_PREFIX`
-   then a :class:`StateSeal` over the session, the call, the server
-   request's id and key, the call_id and the caller, expiring after the
-   upstream timeout), passed through the call's mediator (mediator rule 16
+   input request and a ``requestState`` of the bridge (sealed over the
+   session, the call, the server request's id and key, the call_id and the
+   caller, expiring after the upstream timeout:
+   :mod:`~firewall.gateway.front.bridge_input`, which ``wrap --bridge``
+   shares), passed through the call's mediator (mediator rule 16
    decides the input request; refused, the call ends with the refusal, the
    server's request gets it too and the call is cancelled at the server).
    The retry is decided by its own mediator first; only when the state
@@ -60,11 +62,31 @@ the new revision without touching its servers. Rules this module keeps:
    request (taken once), and the mediator linked the retry to that call_id,
    is the client's answer written to the server as the response to its
    request (:meth:`Outbound.translated` of the decided retry) and the retry
-   answered with what the server sends next for the call. Any other retry is
-   a new call (its ``inputResponses`` and ``requestState`` removed, for a
-   2025 server reads neither). A call whose client does not retry within
+   answered with what the server sends next for the call. A retry the
+   mediator linked to an earlier round (so not decided nor charged again)
+   that the bridge cannot resume (its question expired, or was answered) is
+   answered with the mediator's error and never reaches the server. Any
+   other retry is a new call (its ``inputResponses`` and ``requestState``
+   removed, for a 2025 server reads neither). A call whose client does not retry within
    the upstream timeout is abandoned: its server request answered with an
    error, the call cancelled.
+7. Listens (``front/bridge_listen.py``): the server's
+   ``notifications/*/list_changed`` and ``notifications/resources/updated``
+   go to every open listen of the session (:meth:`BridgeSession.listening`,
+   a bounded channel each, the surplus dropped), and end with it; while
+   there is one, the link is told (:meth:`Link.listened`: an HTTP link
+   keeps a GET stream open for them). The URIs
+   they follow are subscribed by :meth:`BridgeSession.own_request`, once per
+   URI, and unsubscribed after the last listen of one: a request of
+   mcpwall's own decided and recorded by the session's mediator and sent as
+   decided (its id the bridge's). ``server/discover`` then keeps the
+   ``listChanged`` flags and ``resources.subscribe``.
+8. What the server sends for a call waits in that call's queue until the
+   call's client request reads it (a call waiting for its client's retry
+   has no reader): at most :data:`MAX_QUEUED` progress notifications and
+   server requests; beyond that a progress notification is dropped and a
+   server request answered with an error (-32601). The call's answer
+   always gets through.
 """
 
 from __future__ import annotations
@@ -72,8 +94,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Final, Protocol
 
@@ -84,6 +105,18 @@ from firewall.audit.events import append_lifecycle
 from firewall.config import StdioServer
 from firewall.gateway.front import held_http
 from firewall.gateway.front.admission import Refusal, ServerCaps
+from firewall.gateway.front.bridge_input import (
+    NOT_WAITING,
+    RETRY_MEMBERS,
+    InputCall,
+    InputDesk,
+    abandonment,
+    asking,
+    carried,
+    input_required,
+    input_response,
+    refusal,
+)
 from firewall.gateway.front.sessions import FrontContext, Session, new_session_id
 from firewall.gateway.front.sse_response import SseResponse
 from firewall.gateway.http.exchange import Exchange
@@ -93,6 +126,7 @@ from firewall.gateway.upstream.stdio import ChildExited, StdioChild, open_stdio_
 from firewall.policy.decision import Caller
 from firewall.protocol import framing, jsonrpc, mcp, mrtr, revision, sse
 from firewall.protocol.inbound import Inbound
+from firewall.protocol.inbound import client as decode_client
 from firewall.protocol.jsonrpc import Kind, RequestId
 from firewall.protocol.mrtr import StateSeal
 
@@ -103,12 +137,16 @@ _HANDSHAKE_ID: Final = "mcpwall-bridge-initialize"
 # What mcpwall's own initialize offers: the server requests the bridge carries
 # to a 2026-07-28 client as input requests (rule 6).
 CAPABILITIES: Final[dict[str, Any]] = {"elicitation": {"form": {}}, "sampling": {}, "roots": {}}
-# The requestState of an input request the bridge made (never the mediator's own
-# sealed states, which start with ``StateSeal.PREFIX``).
-STATE_PREFIX: Final = "mcpwall-bridge."
-# What a retry adds, which a 2025 server does not read.
-RETRY_MEMBERS: Final = ("inputResponses", "requestState")
 _METHOD_NOT_FOUND: Final = -32601
+# The server's notifications the bridged listens carry (rule 7), and how many
+# of them may wait for one listen before more are dropped.
+LISTENED: Final = frozenset({"notifications/tools/list_changed",
+                             "notifications/prompts/list_changed",
+                             "notifications/resources/list_changed",
+                             "notifications/resources/updated"})
+LISTEN_BUFFER: Final = 64
+# What the server may have queued for one call that nobody reads yet (rule 8).
+MAX_QUEUED: Final = 64
 
 
 class BridgeFailed(Exception):
@@ -132,6 +170,11 @@ class Link(Protocol):
 
     def negotiated(self, version: str) -> None:
         """The protocol version the server answered ``initialize`` with."""
+
+    def listened(self, on: bool) -> None:
+        """Whether the session has open listens (rule 7): a link whose server
+        sends notifications apart from answers only when asked (an HTTP GET
+        stream) asks while it has."""
 
     def health(self) -> dict[str, Any]:
         """What the health report shows of the link."""
@@ -159,6 +202,9 @@ class StdioLink:
 
     def negotiated(self, version: str) -> None:
         """A stdio child needs no version header."""
+
+    def listened(self, on: bool) -> None:
+        """A stdio child writes its notifications on the one pipe."""
 
     def health(self) -> dict[str, Any]:
         return {"pid": self.child.pid}
@@ -189,38 +235,26 @@ class _Waiter:
         self.answer: bytes | None = None
 
 
-class BridgedCall:
+def _room(call: BridgedCall) -> bool:
+    """Whether the server may queue one more progress or request for ``call``
+    (rule 8); its answer always may (one per call)."""
+    return call.receive.statistics().current_buffer_used < MAX_QUEUED
+
+
+class BridgedCall(InputCall):
     """One bridged request in flight at the server (rules 5 and 6): what the
     server sends for it arrives on ``events`` as (kind, line): ``answer`` (its
     response; ``b""`` when the child is gone), ``request`` (a server request
     the call's client may answer) or ``progress``."""
 
-    __slots__ = ("asked", "bid", "call_id", "caps", "events", "method", "receive", "round",
-                 "token")
+    __slots__ = ("bid", "events", "receive", "token")
 
     def __init__(self, bid: str, method: str, caps: dict[str, Any], call_id: str | None,
                  token: int | str | None) -> None:
+        super().__init__(method, caps, call_id)
         self.bid = bid
-        self.method = method
-        self.caps = caps
-        self.call_id = call_id
         self.token = token
         self.events, self.receive = trio.open_memory_channel[tuple[str, bytes]](math.inf)
-        # The server request the client was asked to answer, and under which key.
-        self.asked: tuple[RequestId, str] | None = None
-        self.round = 0
-
-    def offers(self, method: str | None, params: Any) -> bool:
-        """Whether the call's client offered, in its request's ``_meta``, the
-        capability a server request of ``method`` needs (and the bridge carries)."""
-        if method == mcp.ELICITATION_CREATE:
-            mode = params.get("mode") if isinstance(params, dict) else None
-            return mode in (None, "form") and mrtr.elicits(self.caps)
-        if method == mcp.SAMPLING_CREATE:
-            return isinstance(self.caps.get("sampling"), dict)
-        if method == mcp.ROOTS_LIST:
-            return isinstance(self.caps.get("roots"), dict)
-        return False
 
 
 class BridgeSession(Session):
@@ -234,14 +268,19 @@ class BridgeSession(Session):
         self.connect = connect
         self.timeout = timeout
         self.seal = seal or StateSeal()
+        self.desk = InputDesk(sid, self.seal, timeout)  # rule 6: the sealed states
         self.init_result: dict[str, Any] = {}
         self._link: Link | None = None
         self._scope = trio.CancelScope()
         self._calls: dict[str, BridgedCall] = {}
         self._ids = itertools.count(1)
-        self._keys = itertools.count(1)
         self._handshake = _Waiter()
         self._nursery: trio.Nursery | None = None
+        # Rule 7: the open listens' channels, and the URIs followed (how many
+        # listens follow each) with the lock that orders subscribe/unsubscribe.
+        self._listeners: set[trio.MemorySendChannel[bytes]] = set()
+        self._followed: dict[str, int] = {}
+        self._following = trio.Lock()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Start the child and shake hands, then serve until it exits or the session ends.
@@ -270,6 +309,9 @@ class BridgeSession(Session):
             for call in self._calls.values():  # no answer: the request gets an error
                 call.events.send_nowait(("answer", b""))
             self._calls.clear()
+            for listener in self._listeners:  # the listens end with the session
+                listener.close()
+            self._listeners.clear()
         if failure is not None:
             raise BridgeFailed(failure)
 
@@ -323,7 +365,7 @@ class BridgeSession(Session):
                 self.log.info("bridge_response_unmatched", request_id=rid)
         elif msg.kind is Kind.REQUEST:  # rule 6
             call = self._asking(msg)
-            if call is not None:
+            if call is not None and _room(call):
                 call.events.send_nowait(("request", line))
                 return True
             self.log.info("bridge_server_request_refused", method=msg.method)
@@ -333,7 +375,16 @@ class BridgeSession(Session):
             return await self.send(Outbound.own(refusal,
                                                 "bridge: refusal of a server request"))
         elif msg.method == mcp.PROGRESS and (call := self._progress_of(msg)) is not None:
-            call.events.send_nowait(("progress", line))
+            if _room(call):
+                call.events.send_nowait(("progress", line))
+            else:  # nobody reads them (the call waits for its client's retry)
+                self.log.debug("bridge_progress_dropped", bid=call.bid)
+        elif msg.method in LISTENED and self._listeners:  # rule 7
+            for listener in list(self._listeners):
+                try:
+                    listener.send_nowait(line)
+                except trio.WouldBlock:  # level triggers: one waiting says as much
+                    self.log.info("bridge_listen_notification_dropped", method=msg.method)
         else:
             self.log.debug("bridge_notification_dropped", method=msg.method)
         return True
@@ -343,14 +394,11 @@ class BridgeSession(Session):
         of a method that may ask for input, whose client offered what it needs."""
         if len(self._calls) != 1:
             return None
-        [call] = self._calls.values()
-        if call.method not in mrtr.MRTR_METHODS:
-            return None
         try:
             params = jsonrpc.decode_any(msg.params) if len(msg.params) else None
         except jsonrpc.DECODE_ERRORS:
             return None
-        return call if call.offers(msg.method, params) else None
+        return asking(self._calls.values(), msg.method, params)
 
     def _progress_of(self, msg: jsonrpc.Message) -> BridgedCall | None:
         try:
@@ -407,34 +455,15 @@ class BridgeSession(Session):
         cancelled at the server."""
         if self._calls.pop(call.bid, None) is None:
             return
-        if call.asked is not None:
-            srid, _ = call.asked
-            call.asked = None
-            await self.send(Outbound.own(refusal or jsonrpc.error_response(
-                srid, jsonrpc.INTERNAL_ERROR, f"mcpwall: {reason}"),
-                "bridge: refusal of a server request"))
-        note = jsonrpc.request(mcp.CANCELLED, {"requestId": call.bid, "reason": reason})
-        await self.send(Outbound.own(note, "bridge: cancellation of a timed-out request"))
+        for message in abandonment(call, call.bid, reason, refusal):
+            await self.send(message)
 
     def ask(self, call: BridgedCall, server_request: bytes, caller: Caller
             ) -> tuple[str, str, RequestId] | None:
         """Make the server request the input request of ``call``'s answer (rule 6):
         (key, sealed state, the server request's id), or None if it cannot be read."""
-        try:
-            value = jsonrpc.decode_any(server_request)
-        except jsonrpc.DECODE_ERRORS:
-            return None
-        srid = value.get("id") if isinstance(value, dict) else None
-        if not isinstance(srid, (int, str)) or isinstance(srid, bool) or call.call_id is None:
-            return None
-        key = f"mcpwall_bridge_{next(self._keys)}"
-        call.round += 1
-        call.asked = (srid, key)
-        state = STATE_PREFIX + self.seal.seal(
-            {"b": self.id, "c": call.bid, "r": srid, "k": key, "i": call.call_id,
-             "p": caller.principal, "g": caller.grant},
-            expires_ns=time.time_ns() + int(self.timeout * 1e9))
-        return key, state, srid
+        self.desk.timeout = self.timeout
+        return self.desk.ask(call, call.bid, server_request, caller)
 
     def park(self, call: BridgedCall) -> None:
         """The client has the input request: the call waits for its retry at most
@@ -454,19 +483,81 @@ class BridgeSession(Session):
         request taken (used once): None unless the state opens (sealed here,
         not expired), names this caller and session, a call still waiting for
         that request, and ``call_id`` (the mediator linked the retry to it)."""
-        if not state.startswith(STATE_PREFIX):
-            return None
-        sealed = self.seal.open(state[len(STATE_PREFIX):], time.time_ns())
-        if sealed is None or sealed.get("b") != self.id or sealed.get("p") != caller.principal \
-                or sealed.get("g") != caller.grant or sealed.get("i") != call_id:
-            return None
-        call = self._calls.get(str(sealed.get("c")))
-        if call is None or call.asked is None or call.call_id != call_id \
-                or list(call.asked) != [sealed.get("r"), sealed.get("k")]:
-            return None
-        srid, key = call.asked
-        call.asked = None
-        return call, srid, key
+        return self.desk.resume(state, caller, call_id, self._calls)
+
+    @contextlib.contextmanager
+    def listening(self) -> Iterator[trio.MemoryReceiveChannel[bytes]]:
+        """The server's change notifications while the block runs (rule 7); the
+        session counts as busy meanwhile (no idle expiry under an open listen)."""
+        send, receive = trio.open_memory_channel[bytes](LISTEN_BUFFER)
+        with self.busy():
+            if self.closed:
+                send.close()
+            else:
+                self._listeners.add(send)
+                if len(self._listeners) == 1 and self._link is not None:
+                    self._link.listened(True)
+            try:
+                yield receive
+            finally:
+                if send in self._listeners:
+                    self._listeners.discard(send)
+                    if not self._listeners and self._link is not None:
+                        self._link.listened(False)
+                send.close()
+
+    async def follow(self, uris: frozenset[str]) -> frozenset[str]:
+        """Those of ``uris`` the server now sends updates of for this session (rule 7):
+        each not followed yet is asked with a ``resources/subscribe`` of mcpwall's
+        own (:meth:`own_request`); each taken counts until :meth:`unfollow`."""
+        got: set[str] = set()
+        async with self._following:
+            for uri in sorted(uris):
+                if self._followed.get(uri, 0) or await self.own_request(
+                        mcp.RESOURCES_SUBSCRIBE, {"uri": uri}):
+                    self._followed[uri] = self._followed.get(uri, 0) + 1
+                    got.add(uri)
+        return frozenset(got)
+
+    async def unfollow(self, uris: frozenset[str]) -> None:
+        """A listen no longer follows ``uris``: the last one's end unsubscribes (rule 7)."""
+        async with self._following:
+            for uri in sorted(uris):
+                left = self._followed.get(uri, 0) - 1
+                if left > 0:
+                    self._followed[uri] = left
+                    continue
+                self._followed.pop(uri, None)
+                if not self.closed:
+                    await self.own_request(mcp.RESOURCES_UNSUBSCRIBE, {"uri": uri})
+
+    async def own_request(self, method: str, params: dict[str, Any]) -> bool:
+        """A request of mcpwall's own on this session (rule 7), decided and
+        recorded by the session's mediator and sent as decided; its answer goes
+        through the mediator too. True when the server answered with a result."""
+        bid = self.next_id()
+        ask = decode_client(jsonrpc.request(method, params, bid))
+        routed = await self.mediator.from_client(ask, wait=False)
+        if routed.held is not None:
+            routed.held.withdraw("nobody can approve mcpwall's own request")
+            return False
+        if routed.upstream is None:
+            self.log.info("bridge_own_request_refused", method=method)
+            return False
+        call = self.open_call(bid, method, {}, routed.upstream.call_id, None)
+        if not await self.send(routed.upstream):
+            self.forget(call)
+        event = await self.next_event(call, trio.current_time() + self.timeout)
+        while event is not None and event[0] != "answer":  # nothing else is its own
+            event = await self.next_event(call, trio.current_time() + self.timeout)
+        if event is None or not event[1]:
+            return False
+        await self.mediator.from_server(event[1])
+        try:
+            value = jsonrpc.decode_any(event[1])
+        except jsonrpc.DECODE_ERRORS:
+            return False
+        return isinstance(value, dict) and isinstance(value.get("result"), dict)
 
     def next_id(self) -> str:
         """The id the next bridged request goes to the server with."""
@@ -516,17 +607,19 @@ def translate_answer(data: bytes, rid: RequestId, method: str) -> bytes:
     return framing.canonical(jsonrpc.encode(value))
 
 
-def discover_result(init: dict[str, Any]) -> dict[str, Any]:
+def discover_result(init: dict[str, Any], listens: bool = False) -> dict[str, Any]:
     """The ``server/discover`` result of a bridged server, from its initialize result
-    (rule 4)."""
+    (rule 4): with ``listens`` (mcpwall answers its listens, rule 7) the
+    ``listChanged`` flags and ``resources.subscribe`` are kept, else left out."""
     capabilities = init.get("capabilities")
     carried: dict[str, Any] = {}
+    dropped = () if listens else ("subscribe", "listChanged")
     if isinstance(capabilities, dict):
         for name, value in capabilities.items():
             if name == "logging":
                 continue
             if isinstance(value, dict):
-                value = {k: v for k, v in value.items() if k not in ("subscribe", "listChanged")}
+                value = {k: v for k, v in value.items() if k not in dropped}
             carried[name] = value
     result: dict[str, Any] = {"supportedVersions": list(revision.MODERN_VERSIONS),
                               "capabilities": carried, "resultType": "complete",
@@ -618,7 +711,8 @@ class Bridge:
             return
         if msg.method == revision.DISCOVER:  # rule 4
             await routed.upstream.ready()
-            answer = jsonrpc.result_response(rid, discover_result(opened.init_result))
+            answer = jsonrpc.result_response(rid, discover_result(opened.init_result,
+                                                                     listens=True))
             await self._relay(ex, mediator, rid, framing.canonical(answer), accept_sse)
             return
         if msg.method in mrtr.MRTR_METHODS:
@@ -627,15 +721,15 @@ class Bridge:
                 resumed = opened.resume(again.state, caller, routed.upstream.call_id)
                 if resumed is not None:
                     call, srid, key = resumed
-                    given = again.responses.get(key)
-                    response = (jsonrpc.result_response(srid, given) if isinstance(given, dict)
-                                else jsonrpc.error_response(srid, jsonrpc.INTERNAL_ERROR, (
-                                    "the client gave no answer to this request")))
-                    delivered = routed.upstream.translated(framing.canonical(response),
-                                                           "bridged input response")
+                    delivered = routed.upstream.translated(
+                        input_response(srid, again.responses, key), "bridged input response")
                     if not await opened.send(delivered):
                         opened.forget(call)
                     await self._carry(ex, opened, mediator, call, rid, accept_sse)
+                    return
+                if mediator.round_of(rid) > 1:  # linked, not charged: never a new call
+                    await self._answer(ex, await self._unanswered(
+                        mediator, rid, Lost(NOT_WAITING)), accept_sse)
                     return
         bid = opened.next_id()
         outbound = routed.upstream.translated(translate_request(routed.upstream.data, bid),
@@ -697,21 +791,20 @@ class Bridge:
             return await self._unanswered(mediator, rid, Lost("asked for input mcpwall "
                                                               "cannot read"))
         key, state, srid = asked
-        entry: dict[str, Any] = {"method": value.get("method")}
-        if isinstance(value.get("params"), dict):
-            entry["params"] = value["params"]
-        result = {"resultType": mrtr.INPUT_REQUIRED, "inputRequests": {key: entry},
-                  "requestState": state}
-        routed = await mediator.from_server(framing.canonical(jsonrpc.result_response(
-            rid, result)))
+        try:  # nested one level deeper than the server wrote it: may be too deep
+            answer = input_required(rid, key, state, line)
+        except framing.NotCanonical:
+            await session.abandon(call, "mcpwall cannot carry the server's request")
+            return await self._unanswered(mediator, rid, Lost("asked for input mcpwall "
+                                                              "cannot carry"))
+        routed = await mediator.from_server(answer)
         reply = routed.client
-        if reply is not None and mrtr.INPUT_REQUIRED.encode() in reply:
+        if carried(reply):
             session.park(call)
+            assert reply is not None
             return reply
         # Refused by the policy (mediator rule 16): the call ended with the refusal.
-        why = "the policy refused this request"
-        await session.abandon(call, why, jsonrpc.error_response(
-            srid, jsonrpc.POLICY_DENIED, f"mcpwall: {why}"))
+        await session.abandon(call, "the policy refused this request", refusal(srid))
         return reply or await self._unanswered(mediator, rid, Lost("asked for input mcpwall "
                                                                    "cannot relay"))
 

@@ -188,6 +188,86 @@ def modern_request(rid: RequestId | None, method: str, params: Any,
     return decode_client(msgspec.json.encode(message))
 
 
+class InputRound:
+    """One round of an ``InputRequiredResult`` asked of a 2025 client (rule 6),
+    sans-IO: the HTTP bridge here and ``wrap_bridge.ModernChild`` (stdio) share it.
+
+    ``messages`` are the server-to-client requests to send (ids
+    ``mcpwall-input-N``, mapped to the result's keys in ``keys``), or
+    ``error`` says why the round cannot be asked. :meth:`answered` takes
+    each of the client's answers; :meth:`outcome` is what the retry adds
+    (``inputResponses``, ``requestState``) or the error that ends the call."""
+
+    __slots__ = ("error", "keys", "messages", "responses", "rid", "server", "state")
+
+    def __init__(self, ir: dict[str, Any], rid: RequestId | None, server: str) -> None:
+        self.rid = rid
+        self.server = server
+        self.keys: dict[str, str] = {}
+        self.messages: list[bytes] = []
+        self.responses: dict[str, Any] = {}
+        self.error: bytes | None = None
+        state = ir.get("requestState")
+        self.state = state if isinstance(state, str) else None
+        requests = ir.get("inputRequests")
+        if not isinstance(requests, dict) or not requests:
+            self.error = self._cannot()
+            return
+        for key, request in requests.items():
+            if not isinstance(request, dict) or request.get("method") not in mrtr.INPUT_METHODS:
+                self.error = self._cannot()
+                self.keys.clear()
+                self.messages.clear()
+                return
+            ident = f"mcpwall-input-{next(_ids)}"
+            self.keys[ident] = key
+            message: dict[str, Any] = {"jsonrpc": "2.0", "id": ident,
+                                       "method": request["method"]}
+            if "params" in request:
+                message["params"] = request["params"]
+            self.messages.append(msgspec.json.encode(message))
+
+    def _cannot(self) -> bytes:
+        return jsonrpc.error_response(self.rid, jsonrpc.INTERNAL_ERROR, (
+            f"server {self.server!r} asked for input mcpwall cannot pass on"))
+
+    def answered(self, answer: Any) -> bool:
+        """Take one answer of the client (a decoded response); True once every
+        input request of the round has one."""
+        ident = str(answer.get("id")) if isinstance(answer, dict) else ""
+        if ident in self.keys:
+            result = answer.get("result")
+            self.responses[self.keys[ident]] = result if isinstance(result, dict) else None
+        return len(self.responses) >= len(self.keys)
+
+    def outcome(self) -> dict[str, Any] | bytes:
+        """What the retry adds, or the error answering the call (unanswered, refused)."""
+        if len(self.responses) < len(self.keys):
+            return jsonrpc.error_response(self.rid, jsonrpc.INTERNAL_ERROR, (
+                "the client did not answer the server's input requests in time"))
+        if any(value is None for value in self.responses.values()):
+            return jsonrpc.error_response(self.rid, jsonrpc.INTERNAL_ERROR, (
+                "the client refused the server's input request"))
+        extra: dict[str, Any] = {"inputResponses": dict(self.responses)}
+        if self.state is not None:
+            extra["requestState"] = self.state
+        return extra
+
+
+def input_required(answer: bytes) -> dict[str, Any] | None:
+    """The result of an answer that is an ``InputRequiredResult``, else None."""
+    if mrtr.INPUT_REQUIRED.encode() not in answer:
+        return None
+    try:
+        value = jsonrpc.decode_any(answer)
+    except jsonrpc.DECODE_ERRORS:
+        return None
+    result = value.get("result") if isinstance(value, dict) else None
+    if isinstance(result, dict) and result.get("resultType") == mrtr.INPUT_REQUIRED:
+        return result
+    return None
+
+
 class Bridge:
     """The bridging of one endpoint (rules 1 to 6)."""
 
@@ -277,20 +357,17 @@ class Bridge:
         answer = await self._exchange(mediator, ask, out, bridged)
         rounds = 0
         while answer is not None and rounds < MAX_ROUNDS:
-            ir = _input_required(answer)
+            ir = input_required(answer)
             if ir is None:
                 break
             rounds += 1
-            responses = await self._ask_client(out, bridged, ir, msg.request_id)
-            if isinstance(responses, bytes):
-                answer = responses
+            extra = await self._ask_client(out, bridged, ir, msg.request_id)
+            if isinstance(extra, bytes):
+                answer = extra
                 break
-            extra: dict[str, Any] = {"inputResponses": responses}
-            if isinstance(ir.get("requestState"), str):
-                extra["requestState"] = ir["requestState"]
             answer = await self._exchange(mediator, modern_request(
                 msg.request_id, method, params, bridged, extra), out, bridged)
-        if answer is not None and _input_required(answer) is not None:
+        if answer is not None and input_required(answer) is not None:
             answer = jsonrpc.error_response(msg.request_id, jsonrpc.INTERNAL_ERROR,
                                             f"server {self.endpoint.name!r} asked for input "
                                             f"more than {MAX_ROUNDS} times")
@@ -302,48 +379,24 @@ class Bridge:
         """Each input request to the client, as a 2025 server-to-client request on
         the call's event stream; their results by key (rule 6), or the error
         that ends the call."""
-        requests = ir.get("inputRequests")
-        if not isinstance(requests, dict) or not requests:
-            return jsonrpc.error_response(rid, jsonrpc.INTERNAL_ERROR, (
-                f"server {self.endpoint.name!r} asked for input mcpwall cannot pass on"))
+        asked = InputRound(ir, rid, self.endpoint.name)
+        if asked.error is not None:
+            return asked.error
         if not out.stream:
             return jsonrpc.error_response(rid, jsonrpc.INTERNAL_ERROR, (
                 f"server {self.endpoint.name!r} asks for input; a client that does not "
                 "accept text/event-stream cannot be asked"))
-        send, receive = trio.open_memory_channel[Any](len(requests))
-        keys: dict[str, str] = {}
-        for key, request in requests.items():
-            if not isinstance(request, dict) or request.get("method") not in mrtr.INPUT_METHODS:
-                return jsonrpc.error_response(rid, jsonrpc.INTERNAL_ERROR, (
-                    f"server {self.endpoint.name!r} asked for input mcpwall cannot pass on"))
-            ident = f"mcpwall-input-{next(_ids)}"
-            keys[ident] = key
+        send, receive = trio.open_memory_channel[Any](len(asked.keys))
+        for ident in asked.keys:
             bridged.waiting[ident] = send.clone()
-            message: dict[str, Any] = {"jsonrpc": "2.0", "id": ident,
-                                       "method": request["method"]}
-            if "params" in request:
-                message["params"] = request["params"]
-            await out.event(msgspec.json.encode(message))
-        responses: dict[str, Any] = {}
+        for message in asked.messages:
+            await out.event(message)
         with trio.move_on_after(self.endpoint.timeout):
-            while len(responses) < len(keys):
-                answered = await receive.receive()
-                ident = str(answered.get("id")) if isinstance(answered, dict) else ""
-                if ident not in keys:
-                    continue
-                if isinstance(answered.get("result"), dict):
-                    responses[keys[ident]] = answered["result"]
-                else:
-                    responses[keys[ident]] = None
-        for ident in keys:
+            while not asked.answered(await receive.receive()):
+                pass
+        for ident in asked.keys:
             bridged.waiting.pop(ident, None)
-        if len(responses) < len(keys):
-            return jsonrpc.error_response(rid, jsonrpc.INTERNAL_ERROR, (
-                "the client did not answer the server's input requests in time"))
-        if any(value is None for value in responses.values()):
-            return jsonrpc.error_response(rid, jsonrpc.INTERNAL_ERROR, (
-                "the client refused the server's input request"))
-        return responses
+        return asked.outcome()
 
     async def _exchange(self, mediator: Mediator, ask: Inbound, out: _Reply | None,
                         bridged: Bridged | None = None) -> bytes | None:
@@ -436,20 +489,6 @@ class _Reply:
             await end_with(self.ex, message)
         else:
             await self.ex.respond(200, message)
-
-
-def _input_required(answer: bytes) -> dict[str, Any] | None:
-    """The result of an answer that is an ``InputRequiredResult``, else None."""
-    if mrtr.INPUT_REQUIRED.encode() not in answer:
-        return None
-    try:
-        value = jsonrpc.decode_any(answer)
-    except jsonrpc.DECODE_ERRORS:
-        return None
-    result = value.get("result") if isinstance(value, dict) else None
-    if isinstance(result, dict) and result.get("resultType") == mrtr.INPUT_REQUIRED:
-        return result
-    return None
 
 
 async def refuse_get(ex: Exchange) -> None:

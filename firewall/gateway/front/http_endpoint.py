@@ -74,7 +74,10 @@ Rules this module keeps:
    session, whose end DELETEs the upstream one. The request that taught
    mcpwall the upstream is handshake-only keeps its recorded failure and is
    then decided afresh and carried by the bridge, so the client never sees
-   that -32022.
+   that -32022. From then on its listens are answered by mcpwall
+   (:meth:`HttpEndpoint.listen_source`, ``front/bridge_listen.py``); while
+   a bridged session has listens, its link keeps a GET stream of the
+   upstream session open for the notifications sent apart from answers.
 """
 
 from __future__ import annotations
@@ -93,6 +96,7 @@ from firewall.gateway.front import bridge_modern, held_http
 from firewall.gateway.front.admission import Refusal, ServerCaps
 from firewall.gateway.front.bridge import Bridge as StatelessBridge
 from firewall.gateway.front.bridge import BridgeSession, Link, LinkLost
+from firewall.gateway.front.bridge_listen import BridgedListens
 from firewall.gateway.front.endpoint import refuse_stateless
 from firewall.gateway.front.sessions import FrontContext, Session, new_session_id
 from firewall.gateway.front.sse_response import SseResponse, end_with
@@ -192,6 +196,8 @@ class HttpEndpoint:
         self.stateless_bridge = (StatelessBridge(name, self._connect, front, self.caps,
                                                  self.idle_limit)
                                  if settings.bridge else None)
+        self._listens = (BridgedListens(self.stateless_bridge) if self.stateless_bridge
+                         else None)
 
     @contextlib.asynccontextmanager
     async def _connect(self, session: BridgeSession) -> AsyncIterator[Link]:
@@ -322,6 +328,11 @@ class HttpEndpoint:
         if self.modern is None or (self.modern is False and self.stateless_bridge):
             return revision.SUPPORTED_VERSIONS  # (handshake-only, bridged: rule 11)
         return revision.MODERN_VERSIONS if self.modern else revision.HANDSHAKE_VERSIONS
+
+    def listen_source(self) -> BridgedListens | None:
+        """Once the upstream showed it speaks the handshake revisions only, with
+        ``bridge = true``, mcpwall answers the listens itself (rule 11)."""
+        return self._listens if self.modern is False else None
 
     async def post_stateless(self, ex: Exchange, mediator: Mediator, inbound: Inbound,
                              accept_sse: bool, headers: list[tuple[str, str]]) -> None:
@@ -697,13 +708,21 @@ class HttpLink:
     mcpwall's ``initialize``) and ``MCP-Protocol-Version``; each message of
     an answer (JSON, or the events of a stream) goes to the bridge. The
     upstream saying 404 for the session ends the link; closing it DELETEs
-    the upstream session."""
+    the upstream session. While the bridged session has listens, a GET
+    stream of the upstream session (on the endpoint's pool of long-lived
+    connections) brings the notifications the upstream sends apart from its
+    answers, each handed to the bridge likewise; an upstream that offers
+    none (anything but an event stream) is not asked again."""
 
     def __init__(self, endpoint: HttpEndpoint) -> None:
         self.endpoint = endpoint
         self.sid: str | None = None
         self.version: str | None = None
         self._out, self._in = trio.open_memory_channel[Outbound](math.inf)
+        self._nursery: trio.Nursery | None = None
+        self._dispatch: Callable[[bytes], Awaitable[bool]] | None = None
+        self._get: trio.CancelScope | None = None
+        self._no_get = False  # the upstream answered a GET with no event stream
 
     async def send(self, outbound: Outbound) -> None:
         try:
@@ -727,9 +746,54 @@ class HttpLink:
 
     async def serve(self, dispatch: Callable[[bytes], Awaitable[bool]]) -> None:
         async with trio.open_nursery() as nursery:
-            async for outbound in self._in:
-                nursery.start_soon(self._post, outbound, dispatch, nursery.cancel_scope)
+            self._nursery, self._dispatch = nursery, dispatch
+            try:
+                async for outbound in self._in:
+                    nursery.start_soon(self._post, outbound, dispatch, nursery.cancel_scope)
+            finally:
+                self._nursery = None
+                if self._get is not None:  # a GET stream ends with the link
+                    self._get.cancel()
         self._out.close()
+
+    def listened(self, on: bool) -> None:
+        if not on:
+            if self._get is not None:
+                self._get.cancel()
+                self._get = None
+            return
+        if self._get is None and not self._no_get and self._nursery is not None \
+                and self._dispatch is not None:
+            self._get = trio.CancelScope()
+            self._nursery.start_soon(self._listen, self._get, self._dispatch)
+
+    async def _listen(self, scope: trio.CancelScope,
+                      dispatch: Callable[[bytes], Awaitable[bool]]) -> None:
+        """The upstream session's GET stream, reopened after it ends, until cancelled."""
+        endpoint = self.endpoint
+        log = get_logger(server=endpoint.name)
+        with scope:
+            while self.sid is not None:
+                headers = [("accept", SSE), ("mcp-session-id", self.sid)]
+                if self.version is not None:
+                    headers.append((revision.VERSION_HEADER, self.version))
+                try:
+                    async with endpoint.streams.request(
+                            "GET", endpoint.streams.prepare(headers),
+                            response_timeout=endpoint.timeout) as resp:
+                        if resp.status != 200 or resp.content_type != SSE:
+                            await resp.read(MAX_RESPONSE_BYTES)
+                            log.info("bridge_get_not_a_stream", status=resp.status)
+                            self._no_get = True
+                            return
+                        async for event in resp.events():
+                            if event.data and not await dispatch(
+                                    event.data.encode() if isinstance(event.data, str)
+                                    else bytes(event.data)):
+                                return
+                except UpstreamError as exc:
+                    log.warning("bridge_get_failed", reason=exc.reason.value)
+                await trio.sleep(1)  # ended or failed: open it again, at most once a second
 
     async def _post(self, outbound: Outbound, dispatch: Callable[[bytes], Awaitable[bool]],
                     scope: trio.CancelScope) -> None:

@@ -36,9 +36,10 @@ worker inside our own nursery. Rules this module keeps:
    made from the decided body. Its answers pass ``_result_seen``: tools'
    ``x-mcp-header`` annotations learnt, ``ttlMs`` capped, ``cacheScope``
    private where the answer is the caller's own. A ``subscriptions/listen``
-   to an endpoint that can carry one (``listen.ListenUpstream``) is the
-   listen desk's (``front/listen.py``): a long-lived stream under policy,
-   ended on shutdown and told of policy reloads.
+   to an endpoint that can carry one (``listen.ListenUpstream``), or whose
+   listens mcpwall answers itself (``listen.BridgesListens``: a bridged
+   2025 server), is the listen desk's (``front/listen.py``): a long-lived
+   stream under policy, ended on shutdown and told of policy reloads.
 """
 
 from __future__ import annotations
@@ -83,11 +84,10 @@ from firewall.gateway.http.exchange import (
     refuse,
 )
 from firewall.gateway.http.server import serve
-from firewall.gateway.policy_reload import reloader_for
+from firewall.gateway.policy_reload import watchers_of
 from firewall.identity import TokenTable, bearer_token
 from firewall.log import get_logger
 from firewall.policy.decision import Caller, PolicyPoint
-from firewall.policy.engine import PolicySet
 from firewall.protocol import jsonrpc, mcp, revision
 from firewall.protocol.inbound import Inbound
 from firewall.protocol.inbound import client as decode_client
@@ -176,7 +176,7 @@ class HttpFront:
             idle = min([self.listen.session_idle_seconds,
                         *(e.idle_limit for e in self.endpoints.values())])
             nursery.start_soon(self.context.table.run_reaper, max(0.05, min(idle / 4, 30.0)))
-            watchers = _reload_watchers(self.context.policy)
+            watchers = watchers_of(self.context.policy)
             watchers.append(self.listens.policy_changed)
             task_status.started()
             try:
@@ -365,6 +365,14 @@ class HttpFront:
         if era != "handshake":
             await self._post_stateless(ex, endpoint, caller, inbound, accept_sse, era)
             return
+        if session is not None and msg.method == listen.LISTEN and msg.kind is Kind.REQUEST:
+            # A listen belongs to the stateless revision: a session's server
+            # would not know it, and its stream could not be narrowed here.
+            await ex.respond(200, await session.mediator.refuse_protocol(
+                inbound, jsonrpc.METHOD_NOT_FOUND,
+                "Method not found: subscriptions/listen is a request of the 2026-07-28 "
+                "revision, not of a session of the handshake revisions"))
+            return
         await endpoint.post(ex, caller, session, inbound, accept_sse)
 
     async def _post_stateless(self, ex: Exchange, endpoint: Endpoint, caller: Caller,
@@ -397,8 +405,9 @@ class HttpFront:
                 return
             headers = revision.upstream_headers(version, msg.method, None, None)
         else:
-            problem = (revision.unsupported(version, endpoint.versions) if era == "unsupported"
-                       else revision.check_modern(ex.headers, msg.method, params, spec))
+            problem = revision.check_repeated(ex.repeated) or (
+                revision.unsupported(version, endpoint.versions) if era == "unsupported"
+                else revision.check_modern(ex.headers, msg.method, params, spec))
             if problem is not None:
                 reply = await mediator.refuse_protocol(inbound, problem.code, problem.message,
                                                        problem.data)
@@ -407,11 +416,16 @@ class HttpFront:
             headers = revision.upstream_headers(revision.body_version(params), msg.method,
                                                 params, spec)
         mediator.on_result = functools.partial(self._result_seen, endpoint.name)
-        if msg.method == listen.LISTEN and msg.kind is Kind.REQUEST and \
-                isinstance(endpoint, listen.ListenUpstream) and endpoint.versions != \
-                revision.HANDSHAKE_VERSIONS:
-            await self.listens.serve(ex, endpoint, mediator, inbound, headers)
-            return
+        if msg.method == listen.LISTEN and msg.kind is Kind.REQUEST:
+            source = (endpoint.listen_source() if isinstance(endpoint, listen.BridgesListens)
+                      else None)
+            if source is not None:  # a bridged 2025 server: mcpwall answers the listen
+                await self.listens.serve_local(ex, source, mediator, inbound)
+                return
+            if isinstance(endpoint, listen.ListenUpstream) and endpoint.versions != \
+                    revision.HANDSHAKE_VERSIONS:
+                await self.listens.serve(ex, endpoint, mediator, inbound, headers)
+                return
         await endpoint.post_stateless(ex, mediator, inbound, accept_sse, headers)
 
     def _result_seen(self, server: str, method: str, line: bytes, narrowed: bool) -> bytes:
@@ -445,16 +459,6 @@ class HttpFront:
         if seen is result:
             return line
         return jsonrpc.result_response(value.get("id"), seen)
-
-
-def _reload_watchers(policy: object) -> list[Callable[[], None]]:
-    """Who is told of the reloads of ``policy`` (the :class:`PolicySet` inside any
-    wrapper, such as the kill switch's ``inner``): a list the listen desk joins."""
-    for _ in range(4):
-        if isinstance(policy, PolicySet):
-            return reloader_for(policy).watchers
-        policy = getattr(policy, "inner", None)
-    return []
 
 
 @functools.lru_cache(maxsize=64)

@@ -23,7 +23,8 @@ graceful end is the request's result). Rules this module keeps:
    four listen-stream methods) and the request's answer reach the client,
    each through the mediator and with the upstream's ``_meta`` tag and
    event fields unchanged; any other message on the stream is dropped and
-   counted.
+   counted (a server->client request before the mediator sees it: it is
+   never decided nor recorded as relayed).
 3. Bounds: at most ``listen.max_listen_streams_per_principal`` streams per
    principal (then 429, -32002, recorded as a ``protocol`` deny), each for at
    most ``listen.listen_stream_max_seconds``; the upstream's stream runs on
@@ -35,24 +36,38 @@ graceful end is the request's result). Rules this module keeps:
    (its lifetime, shutdown): then with a graceful ``SubscriptionsListenResult``
    under the request's id, so the client may listen again. Each end is
    recorded once (``listen_end``: why, notifications relayed and dropped).
-6. Over stdio (``mcpwall wrap``), where listen streams share the session's
-   pipe, :class:`StdioListens` keeps rules 1 and 2: the request is narrowed
-   before the mediator sees it, and once a listen is open, a listen-stream
-   notification reaches the client only when tagged with an open listen's
-   id and within its honoured filter. A session with no listen open (the
-   2025 revisions, whose list_changed notifications need none) is left as
-   it is.
 5. A policy reload that changed the table re-decides every open stream's
    honoured types (a type now refused stops, none is added) and sends
    ``notifications/tools/list_changed`` (tagged as the stream's) on each
    stream still subscribed to it, so a client refetches its tool list under
    the new policy instead of keeping a stale cache.
+6. Over stdio (``mcpwall wrap``), where listen streams share the session's
+   pipe, :class:`StdioListens` keeps rules 1, 2 and 5: the request is
+   narrowed before the mediator sees it (a line is read as the mediator
+   reads it, whatever escapes spell its method), and once a listen is open,
+   a listen-stream notification reaches the client only when tagged with an
+   open listen's id, within its honoured filter and allowed by the rules in
+   force; a reload re-decides the open listens and pushes
+   ``notifications/tools/list_changed`` to those that follow tools. At most
+   ``listen.max_listen_streams_per_principal`` listens are open in a session
+   (a wrap session is one principal's): past it, the request is refused as
+   on the HTTP front and never forwarded. A session
+   with no listen open (the 2025 revisions, whose list_changed notifications
+   need none) is left as it is.
+7. A server whose listens mcpwall answers itself (:class:`ListenSource`: a
+   bridged 2025 server, ``front/bridge_listen.py``) keeps rules 1 and 3 to 5
+   here; after the decision (its receipt durable) the source is attached,
+   narrowing the honoured types to what it can deliver (the rest named in
+   ``listen_start``'s ``not_carried``), the acknowledgement is mcpwall's own,
+   and each notification the source gives is tagged with the request's id
+   and passes rule 2. When the source ends, so does the stream, gracefully.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Final, Protocol, runtime_checkable
 
@@ -95,6 +110,16 @@ class Honoured(msgspec.Struct, frozen=True):
     flags: frozenset[str] = frozenset()
     uris: frozenset[str] = frozenset()
 
+    @classmethod
+    def of(cls, wire: Any) -> Honoured:
+        """What a ``SubscriptionFilter`` (already decided) asks for, as it says it."""
+        if not isinstance(wire, dict):
+            return cls()
+        uris = wire.get(RESOURCES)
+        return cls(frozenset(f for f in FLAGS if wire.get(f) is True),
+                   frozenset(u for u in uris if isinstance(u, str))
+                   if isinstance(uris, list) else frozenset())
+
     def wire(self) -> dict[str, Any]:
         """The ``SubscriptionFilter`` that says it."""
         out: dict[str, Any] = {flag: True for flag in sorted(self.flags)}
@@ -108,7 +133,8 @@ class Honoured(msgspec.Struct, frozen=True):
         if flag is not None:
             return flag in self.flags
         if method == RESOURCE_UPDATED and isinstance(params, dict):
-            return params.get("uri") in self.uris
+            uri = params.get("uri")  # a server's: may be anything, unhashable too
+            return isinstance(uri, str) and uri in self.uris
         return False
 
 
@@ -155,6 +181,54 @@ class ListenUpstream(Protocol):
     def open_listen(self, headers: list[tuple[str, str]],
                     message: Outbound) -> AbstractAsyncContextManager[Response]:
         """POST the decided listen request; the response may last for hours."""
+        ...
+
+
+class Unreachable:
+    """Why a :class:`ListenSource` cannot carry a listen: the HTTP status and the
+    failure the mediator answers the request with."""
+
+    __slots__ = ("failure", "status")
+
+    def __init__(self, status: int, failure: Lost) -> None:
+        self.status = status
+        self.failure = failure
+
+
+class Feed:
+    """What a :class:`ListenSource` carries for one listen (rule 7): the types it
+    honours (within the policy's), the ones it cannot (named, for the audit
+    trail), and the server's notifications as they come (2025 notifications,
+    untagged; the channel ends when the source does)."""
+
+    __slots__ = ("honoured", "not_carried", "notifications")
+
+    def __init__(self, honoured: Honoured, not_carried: list[str],
+                 notifications: trio.MemoryReceiveChannel[bytes]) -> None:
+        self.honoured = honoured
+        self.not_carried = not_carried
+        self.notifications = notifications
+
+
+@runtime_checkable
+class ListenSource(Protocol):
+    """A server whose listens mcpwall answers itself (rule 7): a bridged 2025 server."""
+
+    name: str
+
+    def attach(self, caller: Caller, honoured: Honoured
+               ) -> AbstractAsyncContextManager[Feed | Unreachable]:
+        """Follow ``honoured`` (the policy's narrowing) for ``caller`` while the
+        ``async with`` block runs."""
+        ...
+
+
+@runtime_checkable
+class BridgesListens(Protocol):
+    """An endpoint that may answer listens itself (:class:`ListenSource`)."""
+
+    def listen_source(self) -> ListenSource | None:
+        """The source of this endpoint's listens now, or None (they go upstream)."""
         ...
 
 
@@ -215,7 +289,36 @@ class ListenDesk:
 
     async def serve(self, ex: Exchange, endpoint: ListenUpstream, mediator: Mediator,
                     inbound: Inbound, headers: list[tuple[str, str]]) -> None:
-        """Answer one ``subscriptions/listen`` request (rules 1 to 4)."""
+        """Answer one ``subscriptions/listen`` request carried upstream (rules 1 to 4)."""
+
+        async def relay(outbound: Outbound, stream: ListenStream, refused: list[str]) -> None:
+            async with self._recorded(mediator, stream, refused) as end:
+                end.why = await self._relay(ex, endpoint, mediator, outbound, headers, stream)
+
+        await self._serve(ex, endpoint.name, mediator, inbound, relay)
+
+    async def serve_local(self, ex: Exchange, source: ListenSource, mediator: Mediator,
+                          inbound: Inbound) -> None:
+        """Answer one ``subscriptions/listen`` request of a server whose listens
+        mcpwall answers itself (rules 1 to 5 and 7)."""
+
+        async def relay(outbound: Outbound, stream: ListenStream, refused: list[str]) -> None:
+            await outbound.ready()  # its decision is durable before anything follows
+            async with source.attach(stream.caller, stream.honoured) as feed:
+                if isinstance(feed, Unreachable):
+                    [reply] = await mediator.unanswered(feed.failure, [stream.rid])
+                    await ex.respond(feed.status, reply)
+                    return
+                stream.honoured = feed.honoured
+                async with self._recorded(mediator, stream, refused, feed.not_carried) as end:
+                    end.why = await self._relay_local(ex, mediator, feed, stream)
+
+        await self._serve(ex, source.name, mediator, inbound, relay)
+
+    async def _serve(self, ex: Exchange, server: str, mediator: Mediator, inbound: Inbound,
+                     relay: Callable[[Outbound, ListenStream, list[str]], Awaitable[None]]
+                     ) -> None:
+        """The cap (rule 3), then :meth:`_open`."""
         msg = inbound.envelope
         caller = mediator.caller
         rid = msg.request_id
@@ -228,17 +331,18 @@ class ListenDesk:
                 "(listen.max_listen_streams_per_principal)", {"cap": cap})
             await ex.respond(429, reply, headers=[("retry-after", "5")])
             return
-        stream = ListenStream(caller, endpoint.name, rid, Honoured())
+        stream = ListenStream(caller, server, rid, Honoured())
         self.streams.add(stream)  # counted from here: no await since the check
         try:
-            await self._open(ex, endpoint, mediator, inbound, headers, stream)
+            await self._open(ex, mediator, inbound, stream, relay)
         finally:
             self.streams.discard(stream)
 
-    async def _open(self, ex: Exchange, endpoint: ListenUpstream, mediator: Mediator,
-                    inbound: Inbound, headers: list[tuple[str, str]],
-                    stream: ListenStream) -> None:
-        """Narrow, decide and relay one listen (rules 1 to 4)."""
+    async def _open(self, ex: Exchange, mediator: Mediator, inbound: Inbound,
+                    stream: ListenStream,
+                    relay: Callable[[Outbound, ListenStream, list[str]], Awaitable[None]]
+                    ) -> None:
+        """Narrow and decide one listen (rule 1), then ``relay`` it."""
         caller, rid = stream.caller, stream.rid
         try:
             value = jsonrpc.decode_any(inbound.data)
@@ -246,7 +350,7 @@ class ListenDesk:
             value = None
         params = value.get("params") if isinstance(value, dict) else None
         requested = params.get("notifications") if isinstance(params, dict) else None
-        honoured, refused = narrow(self.policy, caller, endpoint.name, requested)
+        honoured, refused = narrow(self.policy, caller, stream.server, requested)
         params = dict(params) if isinstance(params, dict) else {}
         params["notifications"] = honoured.wire()
         narrowed = decode_client(jsonrpc.encode({"jsonrpc": "2.0", "id": rid,
@@ -264,21 +368,31 @@ class ListenDesk:
             await (ex.respond(200, routed.client) if routed.client else ex.respond(202))
             return
         stream.honoured = honoured
+        await relay(routed.upstream, stream, refused)
+
+    @contextlib.asynccontextmanager
+    async def _recorded(self, mediator: Mediator, stream: ListenStream, refused: list[str],
+                        not_carried: list[str] | None = None) -> AsyncIterator[_End]:
+        """``listen_start`` now, ``listen_end`` (with why the block ended) after."""
+        caller = stream.caller
+        detail: dict[str, Any] = {"request_id": stream.rid, "honoured": stream.honoured.wire(),
+                                  "refused": refused, "grant": caller.grant}
+        if not_carried is not None:
+            detail["not_carried"] = not_carried
         await append_lifecycle(self.audit, "listen_start", session=mediator.session,
-                               principal=caller.principal, server=endpoint.name,
-                               detail={"request_id": rid, "honoured": honoured.wire(),
-                                       "refused": refused, "grant": caller.grant})
+                               principal=caller.principal, server=stream.server,
+                               detail=detail)
         started = time.monotonic()
-        why = "upstream ended"
+        end = _End()
         try:
-            why = await self._relay(ex, endpoint, mediator, routed.upstream, headers, stream)
+            yield end
         finally:
             with trio.CancelScope(shield=True):
                 await append_lifecycle(
                     self.audit, "listen_end", session=mediator.session,
-                    principal=caller.principal, server=endpoint.name,
-                    detail={"request_id": rid, "reason": why, "relayed": stream.relayed,
-                            "dropped": stream.dropped,
+                    principal=caller.principal, server=stream.server,
+                    detail={"request_id": stream.rid, "reason": end.why,
+                            "relayed": stream.relayed, "dropped": stream.dropped,
                             "seconds": round(time.monotonic() - started, 3)})
 
     async def _relay(self, ex: Exchange, endpoint: ListenUpstream, mediator: Mediator,
@@ -286,30 +400,20 @@ class ListenDesk:
                      stream: ListenStream) -> str:
         """Relay the upstream's stream until one side ends it; why it ended."""
         rid = stream.rid
-        deadline = trio.current_time() + self.listen.listen_stream_max_seconds
         out = SseResponse(ex, self.listen.keepalive_seconds)
         why = "upstream ended"
         answered = False
         try:
             with stream.scope:
-                stream.scope.deadline = deadline
+                stream.scope.deadline = trio.current_time() + \
+                    self.listen.listen_stream_max_seconds
                 async with endpoint.open_listen(headers, outbound) as resp:
                     if resp.status >= 300 or resp.content_type != SSE:
                         await self._not_a_stream(ex, resp, mediator, rid)
                         return f"upstream answered HTTP {resp.status}"
                     await out.open(prime=True)
-                    failed: UpstreamError | None = None
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(_cancel_on_disconnect, ex, stream)
-                        nursery.start_soon(out.keep_open)
-                        nursery.start_soon(_pushes, out, stream)
-                        try:  # raised out of the nursery, it would come in a group
-                            answered = await self._events(out, resp, mediator, stream)
-                        except UpstreamError as exc:
-                            failed = exc
-                        nursery.cancel_scope.cancel()
-                    if failed is not None:
-                        raise failed
+                    answered = await _alongside(ex, out, stream,
+                                                self._events(out, resp, mediator, stream))
         except UpstreamError as exc:
             mediator.log.warning("listen_upstream_failed", reason=exc.reason.value,
                                  detail=exc.detail)
@@ -318,25 +422,26 @@ class ListenDesk:
                 [reply] = await mediator.unanswered(Lost(why, exc.code), [rid])
                 await ex.respond(502, reply)
                 return why
-        if stream.scope.cancelled_caught and stream.ended_by is None:
-            stream.ended_by = "lifetime"
-        if stream.ended_by == "client gone" or ex.disconnected:
-            return "client gone"
-        if stream.ended_by is not None:
-            why = stream.ended_by
-        if not ex.started:
-            return why
-        last = b""
-        if not answered and stream.ended_by is not None:
-            # mcpwall ends it (lifetime, shutdown), gracefully: the client may
-            # listen again. An upstream that ended or failed without an answer
-            # is passed on as it is: an abrupt end.
-            last = sse.encode_event(jsonrpc.result_response(rid, {
-                "_meta": {SUBSCRIPTION_ID: rid}, "resultType": "complete"}))
-        with trio.CancelScope(shield=True), trio.move_on_after(5), \
-                contextlib.suppress(ClientGone):  # the client went away meanwhile
-            await out.end(last)
-        return why
+        return await _finish(ex, out, stream, answered, why)
+
+    async def _relay_local(self, ex: Exchange, mediator: Mediator, feed: Feed,
+                           stream: ListenStream) -> str:
+        """Answer a listen from a :class:`Feed` (rule 7) until one side ends it; why."""
+        rid = stream.rid
+        out = SseResponse(ex, self.listen.keepalive_seconds)
+        with stream.scope:
+            stream.scope.deadline = trio.current_time() + self.listen.listen_stream_max_seconds
+            await out.open()
+            ack = jsonrpc.encode({"jsonrpc": "2.0", "method": ACKNOWLEDGED, "params": {
+                "notifications": stream.honoured.wire(), "_meta": {SUBSCRIPTION_ID: rid}}})
+            routed = await mediator.from_server(ack)
+            if routed.client is not None:
+                await out.send(sse.encode_event(routed.client))
+            await _alongside(ex, out, stream, _fed(out, feed, mediator, stream))
+            # The source ended (the bridged session did): mcpwall ends the
+            # stream, gracefully, and a new listen may start another.
+            stream.ended_by = stream.ended_by or "upstream ended"
+        return await _finish(ex, out, stream, False, "upstream ended")
 
     async def _events(self, out: SseResponse, resp: Response, mediator: Mediator,
                       stream: ListenStream) -> bool:
@@ -346,6 +451,9 @@ class ListenDesk:
             for event in events.ready():
                 if not event.data:
                     continue  # priming events: a listen stream is not resumable
+                if _is_request(event.data):  # none rides a listen stream: never
+                    stream.dropped += 1      # decided as if relayed (rule 2)
+                    continue
                 routed = await mediator.from_server(event.data)
                 line = routed.client
                 if line is None:
@@ -377,6 +485,98 @@ class ListenDesk:
         [reply] = await mediator.unanswered(
             Lost(f"answered HTTP {resp.status} with {resp.content_type or 'no type'}"), [rid])
         await ex.respond(502, reply)
+
+
+class _End:
+    """Why a recorded listen ended (set by the block :meth:`ListenDesk._recorded` wraps)."""
+
+    __slots__ = ("why",)
+
+    def __init__(self) -> None:
+        self.why = "upstream ended"
+
+
+async def _alongside(ex: Exchange, out: SseResponse, stream: ListenStream,
+                     events: Awaitable[bool]) -> bool:
+    """Run ``events`` (the relay of a stream's notifications; True if it saw the
+    request answered) with the keepalives, mcpwall's pushes and the watch on
+    the client (rules 3 to 5)."""
+    failed: UpstreamError | None = None
+    answered = False
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_cancel_on_disconnect, ex, stream)
+        nursery.start_soon(out.keep_open)
+        nursery.start_soon(_pushes, out, stream)
+        try:  # raised out of the nursery, it would come in a group
+            answered = await events
+        except UpstreamError as exc:
+            failed = exc
+        nursery.cancel_scope.cancel()
+    if failed is not None:
+        raise failed
+    return answered
+
+
+async def _finish(ex: Exchange, out: SseResponse, stream: ListenStream, answered: bool,
+                  why: str) -> str:
+    """End the client's stream (rule 4); why it ended."""
+    if stream.scope.cancelled_caught and stream.ended_by is None:
+        stream.ended_by = "lifetime"
+    if stream.ended_by == "client gone" or ex.disconnected:
+        return "client gone"
+    if stream.ended_by is not None:
+        why = stream.ended_by
+    if not ex.started:
+        return why
+    last = b""
+    if not answered and stream.ended_by is not None:
+        # mcpwall ends it (lifetime, shutdown), gracefully: the client may
+        # listen again. An upstream that ended or failed without an answer
+        # is passed on as it is: an abrupt end.
+        last = sse.encode_event(jsonrpc.result_response(stream.rid, {
+            "_meta": {SUBSCRIPTION_ID: stream.rid}, "resultType": "complete"}))
+    with trio.CancelScope(shield=True), trio.move_on_after(5), \
+            contextlib.suppress(ClientGone):  # the client went away meanwhile
+        await out.end(last)
+    return why
+
+
+async def _fed(out: SseResponse, feed: Feed, mediator: Mediator, stream: ListenStream) -> bool:
+    """Relay a :class:`Feed`'s notifications (rule 7), each tagged as the stream's
+    and within its honoured filter, until the feed ends; never answered."""
+    async for line in feed.notifications:
+        routed = await mediator.from_server(tagged(line, stream.rid))
+        carried = None if routed.client is None else _carried(routed.client, stream.honoured)
+        if carried is None or routed.client is None:
+            stream.dropped += 1
+            continue
+        await out.send(sse.encode_event(routed.client))
+        stream.relayed += carried
+    return False
+
+
+def tagged(line: bytes, rid: RequestId) -> bytes:
+    """A server's notification with the listen's tag in ``params._meta`` (rule 7)."""
+    try:
+        value = jsonrpc.decode_any(line)
+    except jsonrpc.DECODE_ERRORS:
+        return line
+    if not isinstance(value, dict):
+        return line
+    params = value.get("params")
+    params = dict(params) if isinstance(params, dict) else {}
+    meta = params.get("_meta")
+    params["_meta"] = {**(meta if isinstance(meta, dict) else {}), SUBSCRIPTION_ID: rid}
+    value["params"] = params
+    return jsonrpc.encode(value)
+
+
+def _is_request(data: bytes) -> bool:
+    """Whether an event of the upstream's listen stream is a server->client request."""
+    try:
+        return jsonrpc.decode(data).kind is jsonrpc.Kind.REQUEST
+    except jsonrpc.ProtocolError:
+        return False  # the mediator records what it cannot read
 
 
 def _carried(line: bytes, honoured: Honoured) -> int | None:
@@ -421,20 +621,27 @@ class _StdioListen:
         self.started = time.monotonic()
 
 
+# A listen request seen, not yet forwarded: its key, what it honours, what it refused.
+PendingListen = tuple[str, _StdioListen, list[str]]
+
+
 class StdioListens:
     """The listen streams of one stdio session (rule 6); sans-IO but for the audit.
 
     The session calls :meth:`incoming` on each client line before the
-    mediator, :meth:`decided` after it when :attr:`pending`, :meth:`admits` on each mediated
+    mediator, :meth:`decided` after it when :attr:`pending` (or :meth:`held`,
+    then :meth:`released` once a held listen is decided), :meth:`admits` on each mediated
     server line, :meth:`flush` after each batch and :meth:`close` at its end.
     """
 
-    __slots__ = ("_ended", "_pending", "mediator", "open")
+    __slots__ = ("_ended", "_pending", "cap", "mediator", "open", "over_cap")
 
-    def __init__(self, mediator: Mediator) -> None:
+    def __init__(self, mediator: Mediator, cap: int = 16) -> None:
         self.mediator = mediator
+        self.cap = cap
         self.open: dict[str, _StdioListen] = {}  # by the listen's id, as JSON text
-        self._pending: tuple[str, _StdioListen, list[str]] | None = None
+        self.over_cap = False  # the last line was a listen past the cap (rule 6)
+        self._pending: PendingListen | None = None
         self._ended: list[tuple[_StdioListen, str]] = []
 
     @property
@@ -443,9 +650,17 @@ class StdioListens:
         return self._pending is not None
 
     def incoming(self, line: bytes) -> bytes:
-        """A client line, with a listen request's filter narrowed (rule 1)."""
+        """A client line, with a listen request's filter narrowed (rule 1).
+
+        A listen past the cap is left as it is, with :attr:`over_cap` set:
+        the session refuses it (:meth:`refuse`) instead of deciding it.
+        """
         self._pending = None
-        if _LISTEN_BYTES not in line:
+        self.over_cap = False
+        # JSON may spell a method with escapes ("subscriptions\\/listen"): a
+        # line with a backslash is read as the mediator will read it.
+        escaped = _ESCAPE_BYTES in line
+        if _LISTEN_BYTES not in line and not escaped:
             if self.open and _CANCELLED_BYTES in line:
                 self._cancelled(line)
             return line
@@ -453,8 +668,14 @@ class StdioListens:
             value = jsonrpc.decode_any(line)
         except jsonrpc.DECODE_ERRORS:
             return line
+        if self.open and isinstance(value, dict) and value.get("method") == mcp.CANCELLED:
+            self._cancelled_value(value)
+            return line
         if not isinstance(value, dict) or value.get("method") != LISTEN or \
                 value.get("id") is None or not isinstance(value.get("params"), dict):
+            return line
+        if len(self.open) >= self.cap:
+            self.over_cap = True
             return line
         mediator = self.mediator
         honoured, refused = narrow(mediator.policy, mediator.caller, mediator.server,
@@ -467,6 +688,17 @@ class StdioListens:
     async def decided(self, forwarded: bool) -> None:
         """After the mediator: a listen it forwarded is open (and recorded)."""
         pending, self._pending = self._pending, None
+        await self.released(pending, forwarded)
+
+    def held(self) -> PendingListen | None:
+        """After the mediator held the listen for approval: what
+        :meth:`released` opens once a person decided."""
+        pending, self._pending = self._pending, None
+        return pending
+
+    async def released(self, pending: PendingListen | None, forwarded: bool) -> None:
+        """A listen the mediator forwarded (at once or once approved) is open, and
+        recorded, before it reaches the server."""
         if pending is None or not forwarded:
             return
         key, listen, refused = pending
@@ -478,21 +710,49 @@ class StdioListens:
                                        "honoured": listen.honoured.wire(),
                                        "refused": refused, "grant": mediator.caller.grant})
 
+    async def refuse(self, line: bytes) -> bytes:
+        """The answer to a listen past the cap (rule 6): recorded as a ``protocol``
+        deny, -32002 under its id, as the HTTP front answers with a 429."""
+        self.over_cap = False
+        return await self.mediator.refuse_protocol(
+            decode_client(line), jsonrpc.RATE_LIMITED,
+            f"Too Many Requests: {self.cap} listen streams open in this session "
+            "(listen.max_listen_streams_per_principal)", {"cap": self.cap})
+
+    def policy_changed(self) -> list[bytes]:
+        """A reload changed the table (rule 5): re-decide each open listen's
+        honoured types; the ``tools/list_changed`` to push to the client."""
+        mediator = self.mediator
+        pushes = []
+        for listen in self.open.values():
+            listen.honoured, _ = narrow(mediator.policy, mediator.caller, mediator.server,
+                                        listen.honoured.wire())
+            if "toolsListChanged" in listen.honoured.flags:
+                listen.relayed += 1
+                pushes.append(jsonrpc.encode({
+                    "jsonrpc": "2.0", "method": TOOLS_CHANGED,
+                    "params": {"_meta": {SUBSCRIPTION_ID: listen.rid}}}))
+        return pushes
+
     def _cancelled(self, line: bytes) -> None:
         try:
             value = jsonrpc.decode_any(line)
         except jsonrpc.DECODE_ERRORS:
             return
-        if isinstance(value, dict) and value.get("method") == "notifications/cancelled":
-            params = value.get("params")
-            if isinstance(params, dict) and "requestId" in params:
-                listen = self.open.pop(_key(params["requestId"]), None)
-                if listen is not None:
-                    self._ended.append((listen, "client gone"))
+        if isinstance(value, dict) and value.get("method") == mcp.CANCELLED:
+            self._cancelled_value(value)
+
+    def _cancelled_value(self, value: dict[str, Any]) -> None:
+        params = value.get("params")
+        if isinstance(params, dict) and "requestId" in params:
+            listen = self.open.pop(_key(params["requestId"]), None)
+            if listen is not None:
+                self._ended.append((listen, "client gone"))
 
     def admits(self, line: bytes) -> bool:
         """Whether a mediated server line goes on to the client (rule 6)."""
-        if not self.open or (_NOTIFICATIONS_BYTES not in line and _ID_BYTES not in line):
+        if not self.open or (_NOTIFICATIONS_BYTES not in line and _ID_BYTES not in line
+                             and _ESCAPE_BYTES not in line):
             return True
         try:
             value = jsonrpc.decode_any(line)
@@ -517,10 +777,25 @@ class StdioListens:
             return False  # no open listen of this session asked for it
         if method == ACKNOWLEDGED:
             return True
-        if listen.honoured.admits(method, params):
+        if listen.honoured.admits(method, params) and self._still(listen, method, params):
             listen.relayed += 1
             return True
         listen.dropped += 1
+        return False
+
+    def _still(self, listen: _StdioListen, method: str, params: Any) -> bool:
+        """Whether the rules in force still let the caller follow this type (rule 5:
+        after a reload that refuses it, the listen stops carrying it)."""
+        flag = _FLAG_OF.get(method)
+        one: dict[str, Any] = ({flag: True} if flag is not None
+                               else {RESOURCES: [params.get("uri")]})
+        mediator = self.mediator
+        still, _ = narrow(mediator.policy, mediator.caller, mediator.server, one)
+        if still.flags or still.uris:
+            return True
+        now = listen.honoured
+        listen.honoured = (Honoured(now.flags - {flag}, now.uris) if flag is not None
+                           else Honoured(now.flags, now.uris - {params.get("uri")}))
         return False
 
     async def flush(self) -> None:
@@ -551,11 +826,13 @@ def _key(rid: Any) -> str:
 
 _LISTEN_BYTES: Final = LISTEN.encode()
 _NOTIFICATIONS_BYTES: Final = b"notifications/"
-_CANCELLED_BYTES: Final = b"notifications/cancelled"
+_CANCELLED_BYTES: Final = mcp.CANCELLED.encode()
+_ESCAPE_BYTES: Final = b"\\"
 _ID_BYTES: Final = b'"id"'
 _STREAM_METHODS: Final = frozenset({*FLAGS.values(), RESOURCE_UPDATED, ACKNOWLEDGED})
 
 
-__all__ = ["LISTEN", "Honoured", "ListenDesk", "ListenStream", "ListenUpstream", "StdioListens",
-           "narrow"]
+__all__ = ["LISTEN", "BridgesListens", "Feed", "Honoured", "ListenDesk", "ListenSource",
+           "ListenStream", "ListenUpstream", "PendingListen", "StdioListens", "Unreachable",
+           "narrow", "tagged"]
 

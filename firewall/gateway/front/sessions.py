@@ -38,7 +38,7 @@ from firewall.gateway.approvals.desk import ApprovalDesk
 from firewall.gateway.front.admission import PRINCIPAL_CAP, Admission, Refusal, ServerCaps, Slot
 from firewall.gateway.http.exchange import Exchange, refuse
 from firewall.gateway.mediator import Mediator
-from firewall.gateway.mrtr import Rounds
+from firewall.gateway.mrtr import Rounds, TaskOwners
 from firewall.log import get_logger
 from firewall.policy.decision import Caller, PolicyPoint
 from firewall.protocol import jsonrpc, sse
@@ -348,6 +348,9 @@ class FrontContext:
         # requests come with no session, each to a mediator of its own, and a
         # retry must find the round before it (mediator rules 16 to 18).
         self.rounds: dict[str, Rounds] = {}
+        # Whose each task is, for every mediator of the front, sessions or none
+        # (mrtr rule 4): a server cannot tell mcpwall's callers apart.
+        self.task_owners = TaskOwners()
 
     def mediator(self, server: str, sid: str, caller: Caller, *,
                  sessionless: bool = False) -> Mediator:
@@ -355,7 +358,8 @@ class FrontContext:
         without a session (``sessionless``: a 2026-07-28 POST; its ``session``
         scopes are the caller's grant, its rounds linked through the server's
         shared :class:`Rounds`)."""
-        rounds = self.rounds.setdefault(server, Rounds()) if sessionless else None
+        rounds = (self.rounds.setdefault(server, Rounds(owners=self.task_owners))
+                  if sessionless else Rounds(owners=self.task_owners))
         return Mediator(server=server, session=sid, caller=caller, policy=self.policy,
                         audit=self.audit, deny_tools_call_as=self.deny_tools_call_as,
                         approvals=self.approvals, on_tools=self.on_tools,

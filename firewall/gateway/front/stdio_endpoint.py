@@ -38,7 +38,11 @@ newline-delimited JSON-RPC. This module correlates the two. Rules it keeps:
    session as ``mcpwall wrap`` does it
    (:class:`~firewall.gateway.front.wrap_bridge.ModernChild`): its
    ``initialize`` answered from the discover result, each later message
-   rewritten before it is decided; a restarted child gets no handshake.
+   rewritten before it is decided; a restarted child gets no handshake. The
+   input requests of its ``InputRequiredResult`` answers go on the call's
+   event stream (a JSON-only request gets an error instead); the client's
+   answers, POSTed, complete the round and the call is sent again
+   (:meth:`StdioSession.retry`), its answer on the same stream.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ from firewall.config import StdioServer
 from firewall.gateway.front import held_http
 from firewall.gateway.front.admission import Refusal, ServerCaps
 from firewall.gateway.front.bridge import Bridge, stdio_link
+from firewall.gateway.front.bridge_listen import BridgedListens
 from firewall.gateway.front.endpoint import refuse_stateless
 from firewall.gateway.front.sessions import (
     FrontContext,
@@ -63,7 +68,7 @@ from firewall.gateway.front.sessions import (
     parse_event_id,
 )
 from firewall.gateway.front.sse_response import SseResponse
-from firewall.gateway.front.wrap_bridge import ModernChild
+from firewall.gateway.front.wrap_bridge import ModernChild, Retry
 from firewall.gateway.http.exchange import Exchange, refuse
 from firewall.gateway.mediator import Lost, Mediator, TimedOut
 from firewall.gateway.outbound import Outbound
@@ -223,7 +228,40 @@ class StdioSession(Session):
                 except ChildExited:
                     break
             if routed.client is not None:
-                self._deliver(routed.client)
+                asked = self.modern_child.to_client(routed.client)
+                if asked is None or isinstance(asked, bytes):
+                    self._deliver(asked or routed.client)
+                else:
+                    self._ask(*asked)
+
+    def _ask(self, rid: RequestId, requests: list[bytes]) -> None:
+        """Input requests of a bridged call (wrap_bridge rule 8), on the call's own
+        event stream; a call whose client takes JSON only is answered with an error."""
+        stream = self._by_request.get(rid)
+        if stream is None or stream.number in self._json_only:
+            self.modern_child.forget(rid)
+            if stream is not None:
+                self._answer(rid, stream, jsonrpc.error_response(
+                    rid, jsonrpc.INTERNAL_ERROR, (
+                        f"server {self.server!r} asks for input; a client that does not "
+                        "accept text/event-stream cannot be asked")))
+            return
+        for request in requests:
+            stream.publish(request)
+
+    def deliver(self, data: bytes) -> None:
+        """Put a message made for the client on the stream it belongs to."""
+        self._deliver(data)
+
+    async def retry(self, retry: Retry) -> None:
+        """A bridged call again, its input requests answered (wrap_bridge rule 8):
+        decided like any request, sent to the child, answered on the call's
+        stream (still open); a refusal answers it there."""
+        routed = await self.mediator.from_client(retry.inbound)
+        if routed.upstream is not None:
+            await self.send(routed.upstream)  # a lost child answers the call when it is seen
+        elif routed.client is not None:
+            self._deliver(routed.client)
 
     async def _lost(self, reason: str) -> None:
         for reply in await self.mediator.unanswered(Lost(reason)):
@@ -342,6 +380,7 @@ class StdioSession(Session):
         """The per-request timeout passed: answer with an error, tell the child."""
         if self._by_request.get(rid) is not stream:
             return
+        self.modern_child.forget(rid)  # input requests still unanswered: no retry now
         await self._fail(rid, stream, TimedOut(self.timeout))
         note = jsonrpc.request(mcp.CANCELLED, {"requestId": rid, "reason": "mcpwall: timeout"})
         await self.send(Outbound.own(note, "cancellation of a timed-out request"))
@@ -434,6 +473,12 @@ class StdioEndpoint:
         # Requests of the stateless revision, carried over sessions of mcpwall's own.
         self.bridge = (Bridge(name, stdio_link(settings), front, self.caps, self.idle_limit)
                        if settings.bridge else None)
+        self._listens = BridgedListens(self.bridge) if self.bridge else None
+
+    def listen_source(self) -> BridgedListens | None:
+        """With ``bridge = true``, mcpwall answers the listens itself
+        (:mod:`~firewall.gateway.front.bridge_listen`)."""
+        return self._listens
 
     async def post(self, ex: Exchange, caller: Caller, session: Session | None,
                    inbound: Inbound, accept_sse: bool) -> None:
@@ -453,8 +498,17 @@ class StdioEndpoint:
         assert isinstance(session, StdioSession)
         if session.modern_child.bridged is not None:  # rewritten before it is decided
             rewritten = await session.modern_child.to_decide(inbound)
+            if isinstance(rewritten, bytes) and rewritten and msg.method is None:
+                session.deliver(rewritten)  # the client refused an input request: the call ends
+                await ex.respond(202)
+                return
             if isinstance(rewritten, bytes):  # answered here, or goes nowhere
                 await (ex.respond(200, rewritten) if rewritten else ex.respond(202))
+                return
+            if isinstance(rewritten, Retry):  # its input requests answered: the call again
+                with session.busy():
+                    await session.retry(rewritten)
+                await ex.respond(202)
                 return
             if rewritten is not None:
                 inbound, msg = rewritten, rewritten.message

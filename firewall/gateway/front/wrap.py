@@ -30,30 +30,37 @@ Invariants:
    (``framing.line_safe``): the mediator's messages already are; mcpwall's
    own (refusals naming what the client sent) are made so here.
 7. ``subscriptions/listen`` (2026-07-28) is narrowed to the types the policy
-   allows before the mediator decides it, and the listen-stream
-   notifications relayed are those of an open listen's honoured filter
-   (``listen.StdioListens``).
+   allows before the mediator decides it, the listen-stream notifications
+   relayed are those of an open listen's honoured filter, a listen past the
+   cap is refused, a listen held for approval is open from its release,
+   before it reaches the server, and a policy reload re-decides the open
+   listens and tells those that follow tools (``listen.StdioListens``).
 8. Client and child of different protocol eras are bridged by
    :mod:`firewall.gateway.front.wrap_bridge`: a 2026-07-28 client over a
    2025-only child with ``bridge`` set (``--bridge``), a 2025 client over a
    child of the new revision only always (found out when the child refuses
-   ``initialize``). What reaches the child is still a decided message
-   (translated, its receipt kept) or mcpwall's own handshake.
+   ``initialize``; its input requests asked of the client, the call retried
+   once they are answered). What reaches the child is still a decided message
+   (translated, its receipt kept: a client's answer to the child's own
+   request is its decided retry) or mcpwall's own handshake, refusals of the
+   child's requests and cancellations of calls it abandoned.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import AsyncIterator
 from typing import Any
 
 import trio
 
 from firewall.config import StdioServer
-from firewall.gateway.front.listen import StdioListens
-from firewall.gateway.front.wrap_bridge import ModernChild, ModernClient
+from firewall.gateway.front.listen import PendingListen, StdioListens
+from firewall.gateway.front.wrap_bridge import ModernChild, ModernClient, Retry
 from firewall.gateway.mediator import HeldCall, Lost, Mediator, Routed
 from firewall.gateway.outbound import Outbound
+from firewall.gateway.policy_reload import watchers_of
 from firewall.gateway.upstream.stdio import (
     ChildExited,
     StdioChild,
@@ -80,6 +87,7 @@ class StdioClient:
         client_in: trio.abc.ReceiveStream,
         client_out: trio.abc.SendStream,
         max_line: int,
+        max_listens: int = 16,
     ) -> None:
         self.mediator = mediator
         self.client_in = client_in
@@ -92,7 +100,7 @@ class StdioClient:
         self._client_eof = False
         self._client_scope = trio.CancelScope()
         self._held_calls: trio.Nursery
-        self.listens = StdioListens(mediator)  # rule 7
+        self.listens = StdioListens(mediator, max_listens)  # rule 7
 
     async def forward(self, messages: list[Outbound]) -> bool:
         """Write decided messages to the upstream, in order; False if it is gone."""
@@ -145,11 +153,19 @@ class StdioClient:
                     None, jsonrpc.MESSAGE_TOO_LARGE,
                     f"message longer than {self.max_line} bytes refused"))
                 continue
-            r = await self._decide(self.listens.incoming(line))
+            line = self.listens.incoming(line)
+            if self.listens.over_cap:
+                replies.append(await self.listens.refuse(line))
+                continue
+            r = await self._decide(line)
+            listen = None
             if self.listens.pending:
-                await self.listens.decided(r.upstream is not None)
+                if r.held is not None:  # opened once approved (rule 7)
+                    listen = self.listens.held()
+                else:
+                    await self.listens.decided(r.upstream is not None)
             if r.held is not None:  # waits for a person in its own task
-                self._held_calls.start_soon(self._release, r.held)
+                self._held_calls.start_soon(self._release, r.held, listen)
                 continue
             if r.client is not None:
                 replies.append(r.client)
@@ -160,13 +176,39 @@ class StdioClient:
         await self._to_client(replies)
         return await self.forward(routed)
 
-    async def _release(self, held: HeldCall) -> None:
-        """Forward or refuse a held call once a person (or the deadline) decided."""
+    @contextlib.asynccontextmanager
+    async def _reload_pushes(self) -> AsyncIterator[None]:
+        """While open, a policy reload that changed the table reaches the
+        session's listens (rule 7): re-decided, and told to refetch tools."""
+        watchers = watchers_of(self.mediator.policy)
+        send, receive = trio.open_memory_channel[None](1)
+
+        def changed() -> None:  # a reload while one waits: that one covers it
+            with contextlib.suppress(trio.WouldBlock):
+                send.send_nowait(None)
+
+        async def push() -> None:
+            async for _ in receive:
+                await self._to_client(self.listens.policy_changed())
+
+        watchers.append(changed)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(push)
+                yield
+                nursery.cancel_scope.cancel()
+        finally:
+            watchers.remove(changed)
+
+    async def _release(self, held: HeldCall, listen: PendingListen | None = None) -> None:
+        """Forward or refuse a held call once a person (or the deadline) decided
+        (a held listen is open before it goes on)."""
 
         async def to_client(data: bytes) -> None:
             await self._to_client([data])
 
         r = await held.wait(to_client)
+        await self.listens.released(listen, r.upstream is not None)
         await self._to_client([r.client] if r.client is not None else [])
         if r.upstream is not None:
             await self.forward_one(r.upstream)
@@ -186,8 +228,9 @@ class WrapSession(StdioClient):
         bridge: bool = False,
         timeout: float = 300.0,
         ttl_ms: int = 60_000,
+        max_listens: int = 16,
     ) -> None:
-        super().__init__(mediator, client_in, client_out, max_line)
+        super().__init__(mediator, client_in, client_out, max_line, max_listens)
         self.child = child
         # Bridging (rule 7): --bridge for a 2026-07-28 client over a 2025 child;
         # a child of the new revision only is found out on its own.
@@ -198,9 +241,14 @@ class WrapSession(StdioClient):
         """Mediate until the client leaves or the child dies; return the exit code."""
         async with trio.open_nursery() as nursery:
             self._held_calls = nursery
+            if self.modern_client is not None:
+                self.modern_client.nursery = nursery  # its retry timers
             nursery.start_soon(self._read_child)
-            with self._client_scope:
-                await self._read_client()
+            async with self._reload_pushes():
+                with self._client_scope:
+                    await self._read_client()
+            if self.modern_client is not None:
+                self.modern_client.close()
             self.mediator.holds.withdraw("the client disconnected" if self._client_eof
                                          else "the session ended")
             # Client EOF (or the client or the child gone): ask the child to
@@ -214,6 +262,8 @@ class WrapSession(StdioClient):
         rewritten = await self.modern_child.to_decide(line)
         if isinstance(rewritten, bytes):  # answered here, or goes nowhere
             return Routed(client=rewritten or None)
+        if isinstance(rewritten, Retry):  # a call whose input requests were answered
+            return await self.mediator.from_client(rewritten.inbound, wait=False)
         if rewritten is not None:
             return await self.mediator.from_client(rewritten, wait=False)
         return await self.mediator.from_client(line, wait=False)
@@ -242,10 +292,18 @@ class WrapSession(StdioClient):
         async for batch in self.child.batches():
             to_client: list[bytes] = []
             to_child: list[Outbound] = []
+            lines: list[bytes] = []
             for raw in batch:
+                if self.modern_client is None:
+                    lines.append(raw)
+                    continue
+                seen, question = await self.modern_client.from_child(raw)
+                if question is not None:  # a server request carried as an input request
+                    to_client.append(question)
+                if seen is not None:  # a change, once for each bridged listen following it
+                    lines.extend(self.modern_client.tagged(seen))
+            for raw in lines:
                 line: bytes | None = raw
-                if self.modern_client is not None:
-                    line = await self.modern_client.from_child(raw)
                 if line is not None:
                     line, made = await self.modern_child.from_child(line)
                     if made is not None:
@@ -253,7 +311,12 @@ class WrapSession(StdioClient):
                 if line is None:
                     continue
                 r = await self.mediator.from_server(line)
-                if r.client is not None and self.listens.admits(r.client):
+                asked = None if r.client is None else self.modern_child.to_client(r.client)
+                if isinstance(asked, bytes):  # the error that ends a bridged call
+                    to_client.append(asked)
+                elif asked is not None:  # input requests of a bridged call, asked of the client
+                    to_client.extend(asked[1])
+                elif r.client is not None and self.listens.admits(r.client):
                     to_client.append(r.client)
                 if r.upstream is not None:
                     to_child.append(r.upstream)
@@ -289,10 +352,12 @@ async def run_wrap(
     client_out: trio.abc.SendStream | None = None,
     handshake_seconds: float = 300.0,
     ttl_ms: int = 60_000,
+    max_listens: int = 16,
 ) -> int:
     """Run one wrapped session on the given streams (our stdin/stdout by default);
     ``handshake_seconds``: how long mcpwall's own handshake with a bridged child may take,
-    ``ttl_ms``: the cache cap of a bridged child's answers."""
+    ``ttl_ms``: the cache cap of a bridged child's answers, ``max_listens``: the
+    listens open at once."""
     client_in, client_out = client_streams(client_in, client_out)
     log = get_logger(server=mediator.server, session=mediator.session)
     try:
@@ -300,7 +365,8 @@ async def run_wrap(
                                     session=mediator.session) as child:
             code = await WrapSession(mediator, child, client_in, client_out,
                                      settings.max_line_bytes, bridge=settings.bridge,
-                                     timeout=handshake_seconds, ttl_ms=ttl_ms).run()
+                                     timeout=handshake_seconds, ttl_ms=ttl_ms,
+                                     max_listens=max_listens).run()
     except OSError as exc:
         log.error("upstream_start_failed", error=str(exc))
         return 127

@@ -11,7 +11,9 @@ revisions. Rules it keeps:
    ``params._meta`` names it), nor ever once the client sent ``initialize``
    itself (a 2025 session it keeps): then, before anything of that batch reaches the
    child, mcpwall shakes hands with the child itself (its own ``initialize``,
-   clientInfo ``mcpwall-bridge``, no client capabilities, then
+   under an id of its own no client can guess nor answer for,
+   clientInfo ``mcpwall-bridge``, client capabilities
+   :data:`bridge.CAPABILITIES`: the server requests rule 5 carries, then
    ``notifications/initialized``), as the serve bridge does
    (:mod:`firewall.gateway.front.bridge`). A refused request starts nothing.
    A child that refuses that ``initialize`` (a JSON-RPC error) speaks the new
@@ -21,8 +23,11 @@ revisions. Rules it keeps:
    mediator's error, then and later.
 2. What reaches the child is the decided message translated
    (:meth:`Outbound.translated`, its receipt kept): the revision's keys of
-   ``params._meta`` (``io.modelcontextprotocol/...``) removed, nothing else
-   (the id stays the client's).
+   ``params._meta`` (``io.modelcontextprotocol/...``) and what a retry adds
+   (``inputResponses``, ``requestState``) removed, nothing else (the id
+   stays the client's; a request whose id is still that of a call carried
+   on under a later id, rule 5, is answered with the mediator's error and
+   never reaches the child).
 3. The child's answer to a bridged request gets what the revision requires
    (:func:`bridge.translate_answer`: ``resultType``, and ``ttlMs``/
    ``cacheScope`` on cacheable methods) *before* the mediator sees it (the
@@ -30,9 +35,37 @@ revisions. Rules it keeps:
 4. ``server/discover`` is decided and recorded, and answered by mcpwall from
    the child's ``initialize`` result (:func:`bridge.discover_result`); it
    never reaches the child.
-5. Once bridged, a request of the child (sampling, elicitation, roots) is
-   answered at once with -32601 (mcpwall declared no client capabilities);
-   its notifications pass the mediator to the client as before.
+5. Once bridged, a request of the child (elicitation in form mode,
+   sampling, roots/list) is carried as the serve bridge carries it
+   (:mod:`firewall.gateway.front.bridge_input`): while exactly one bridged
+   request is in flight, of a method that may ask for input, whose
+   ``_meta`` offered the capability, and that has no other request of the
+   child waiting, it becomes that call's answer, an ``InputRequiredResult``
+   with a sealed ``requestState`` (scope: the wrap session), passed through
+   the mediator (which decides the input request: refused, the call ends
+   with the refusal, the child's request gets it and the call is cancelled
+   at the child). The client's retry, once the mediator linked it to the
+   call and the state opens (used once, within the upstream timeout), is
+   written to the child as the response to its waiting request (the decided
+   retry translated), and the child's answer to the call goes to the client
+   under the retry's id. A retry the mediator linked (not charged again)
+   that no call waits for is answered with the mediator's error and never
+   reaches the child. A client that does not retry in time: the child's
+   request gets an error and the call is cancelled. Any other request of
+   the child is answered at once with -32601; its notifications pass the
+   mediator to the client as before.
+9. Once bridged, a decided ``subscriptions/listen`` (narrowed by the policy,
+   ``listen.StdioListens``) is answered by mcpwall, as behind ``serve``
+   (``bridge_listen``): its honoured types within the child's ``initialize``
+   capabilities (:func:`bridge_listen.carried`), each URI followed with a
+   ``resources/subscribe`` of mcpwall's own (decided and recorded by the
+   session's mediator, once per URI, its answer kept here), then the
+   acknowledgement (through the mediator). Each ``list_changed`` or
+   ``resources/updated`` of the child goes to the client once per open
+   listen whose acknowledgement covers it, tagged with that listen's id
+   (:meth:`ModernClient.tagged`; ``StdioListens`` then admits it). The
+   client's ``notifications/cancelled`` of a listen (decided) ends it here,
+   never reaches the child, and the last listen of a URI unsubscribes it.
 
 :class:`ModernChild` (automatic): a 2025 client in front of a child that
 speaks only the stateless revision, in ``wrap`` and in each session of a
@@ -56,41 +89,83 @@ rule 5). Rules it keeps:
    ``notifications/progress``, which the child reads. Results lose
    ``resultType: "complete"`` and keep cache fields within bounds
    (:meth:`bridge_modern.Bridged.result_seen`, the mediator's ``on_result``).
+8. An ``InputRequiredResult`` answering a bridged call (``tools/call``,
+   ``prompts/get``, ``resources/read``), once through the mediator (which
+   decides each input request as a server-to-client request and removes the
+   refused ones), becomes server-to-client requests of the 2025 session
+   (:class:`bridge_modern.InputRound`, as over HTTP: ids
+   ``mcpwall-input-N``; :meth:`ModernChild.to_client`). The client's
+   answers to them are consumed here; with the last one the call is retried
+   (:class:`Retry`: the client's request again, with ``inputResponses`` and
+   the server's ``requestState``, decided again like any request), up to
+   :data:`~firewall.gateway.front.bridge_modern.MAX_ROUNDS` rounds. A client
+   that refuses one (an error) gets an error for the call; one that does not
+   answer keeps the call waiting until it cancels it, the session ends, or
+   (behind ``serve``) the request's timeout answers it (:meth:`forget`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import trio
 
+from firewall.gateway.front import bridge_listen
 from firewall.gateway.front.bridge import (
+    CAPABILITIES,
     CLIENT_INFO,
+    LISTENED,
     REVISION_PREFIX,
     discover_result,
     translate_answer,
 )
+from firewall.gateway.front.bridge_input import (
+    NOT_WAITING,
+    InputCall,
+    InputDesk,
+    abandonment,
+    asking,
+    carried,
+    input_required,
+    input_response,
+    refusal,
+    without_retry,
+)
 from firewall.gateway.front.bridge_modern import (
+    MAX_ROUNDS,
     Bridged,
+    InputRound,
     discovered,
     initialize_result,
     modern_request,
 )
+from firewall.gateway.front.bridge_modern import input_required as input_required_result
+from firewall.gateway.front.listen import ACKNOWLEDGED, LISTEN, SUBSCRIPTION_ID, Honoured
+from firewall.gateway.front.listen import tagged as tag
 from firewall.gateway.mediator import Lost, Mediator
 from firewall.gateway.outbound import Outbound
 from firewall.gateway.upstream.stdio import ChildExited, StdioChild
-from firewall.protocol import framing, jsonrpc, mcp, revision
+from firewall.protocol import framing, jsonrpc, mcp, mrtr, revision
 from firewall.protocol.inbound import Inbound
 from firewall.protocol.inbound import client as decode_client
 from firewall.protocol.jsonrpc import RequestId
+from firewall.protocol.mrtr import StateSeal
 
-HANDSHAKE_ID: Final = "mcpwall-bridge-initialize"
+# mcpwall's handshake id: the client's ids reach the child unchanged, so it has
+# a per-session part no client can guess, and is read only once sent (rule 1).
+HANDSHAKE_PREFIX: Final = "mcpwall-bridge-initialize-"
 DISCOVER_ID: Final = "mcpwall-discover-1"
 _METHOD_NOT_FOUND: Final = -32601
 # Client notifications a child of the stateless revision still reads over stdio.
 _CARRIED_NOTIFICATIONS: Final = frozenset({mcp.CANCELLED, "notifications/progress"})
+
+
+def _key(rid: Any) -> str:
+    return jsonrpc.encode(rid).decode()
 
 
 def strip_revision_meta(value: dict[str, Any]) -> bool:
@@ -126,8 +201,31 @@ def modern_message(data: bytes) -> dict[str, Any] | None:
 ToClient = Callable[[list[bytes]], Awaitable[None]]
 
 
+class _Call(InputCall):
+    """A bridged request in flight at the child (kept under its id there, the
+    client's id of its first round): ``rid`` is the client's id its answer
+    goes to (a later round's, rule 5)."""
+
+    __slots__ = ("rid",)
+
+    def __init__(self, rid: RequestId, method: str, caps: dict[str, Any],
+                 call_id: str | None) -> None:
+        super().__init__(method, caps, call_id)
+        self.rid = rid
+
+
+class _Answer:
+    """The child's answer to a request of mcpwall's own (rule 9)."""
+
+    __slots__ = ("done", "line")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.line: bytes | None = None
+
+
 class ModernClient:
-    """A 2026-07-28 client over a 2025-only child (rules 1 to 5)."""
+    """A 2026-07-28 client over a 2025-only child (rules 1 to 5, 9)."""
 
     def __init__(self, mediator: Mediator, child: StdioChild, timeout: float) -> None:
         self.mediator = mediator
@@ -136,10 +234,24 @@ class ModernClient:
         self.init_result: dict[str, Any] | None = None
         self.failure: str | None = None
         self.passthrough = False  # the child refused initialize (rule 1)
+        # Where a call waiting for its client's retry is timed (rule 5); set
+        # by the session, whose end cancels the timers (:meth:`close`).
+        self.nursery: trio.Nursery | None = None
+        self.handshake_id = HANDSHAKE_PREFIX + secrets.token_hex(8)
+        self._sent = False  # mcpwall's initialize went to the child
         self._answer: bytes | None = None
         self._answered = trio.Event()
         self._lock = trio.Lock()
-        self._pending: dict[RequestId, str] = {}  # bridged request id -> its method
+        self._pending: dict[RequestId, _Call] = {}  # by the id the child knows
+        self._desk = InputDesk(mediator.session, StateSeal(), timeout)
+        self._timers: set[trio.CancelScope] = set()
+        self._closed = False
+        # Rule 9: the open listens (by id as JSON: the id, what was acknowledged),
+        # the URIs followed (by how many listens), mcpwall's own requests.
+        self._listens: dict[str, tuple[RequestId, Honoured]] = {}
+        self._followed: dict[str, int] = {}
+        self._own: dict[str, _Answer] = {}
+        self._own_ids = itertools.count(1)
 
     async def outbound(self, messages: list[Outbound], to_client: ToClient) -> list[Outbound]:
         """What of these decided messages goes to the child, translated (rules 1 to 4);
@@ -163,23 +275,162 @@ class ModernClient:
                 continue
             assert self.init_result is not None
             if method == revision.DISCOVER and rid is not None:  # rule 4
-                answer = jsonrpc.result_response(rid, discover_result(self.init_result))
+                answer = jsonrpc.result_response(rid, discover_result(self.init_result,
+                                                                      listens=True))
                 routed = await self.mediator.from_server(framing.canonical(answer))
                 if routed.client is not None:
                     replies.append(routed.client)
                 continue
-            strip_revision_meta(value)
-            if rid is not None and isinstance(method, str):
-                self._pending[rid] = method
-            elif method == mcp.CANCELLED:  # no answer will come for that one
+            caps = _caps_of(value)
+            if method == LISTEN and rid is not None:  # rule 9: answered here
+                ack = await self._listen(rid, value.get("params"))
+                if ack is not None:
+                    replies.append(ack)
+                continue
+            if method == mcp.CANCELLED and self._listens:
                 params = value.get("params")
                 gone = params.get("requestId") if isinstance(params, dict) else None
-                if isinstance(gone, str | int):
-                    self._pending.pop(gone, None)
+                if _key(gone) in self._listens:  # rule 9: the listen ends here
+                    await self._unlisten(gone)
+                    continue
+            strip_revision_meta(value)
+            if rid is not None and isinstance(method, str):
+                params = value.get("params")
+                if method in mrtr.MRTR_METHODS and isinstance(params, dict):
+                    resumed = self._resumed(rid, params, message)
+                    if resumed is not None:  # rule 5: the answer to the child's request
+                        out.append(resumed)
+                        continue
+                    if self.mediator.round_of(rid) > 1:  # linked, not charged: never
+                        replies.extend(await self.mediator.unanswered(  # a new call
+                            Lost(NOT_WAITING), [rid]))
+                        continue
+                    without_retry(params)
+                if self._in_use(rid):
+                    replies.extend(await self.mediator.unanswered(Lost(
+                        "cannot take this request: its id is still that of an earlier "
+                        "call in flight at the server"), [rid]))
+                    continue
+                self._pending[rid] = _Call(rid, method, caps, message.call_id)
+            elif method == mcp.CANCELLED:  # no answer will come for that one
+                self._cancelled(value)
             out.append(message.translated(framing.canonical(jsonrpc.encode(value)),
                                           "wrap: bridged"))
         await to_client(replies)
         return out
+
+    def _resumed(self, rid: RequestId, params: dict[str, Any],
+                 message: Outbound) -> Outbound | None:
+        """A retry that continues a call waiting for its client (rule 5): the
+        response to the child's request, made of the decided retry; None: a
+        new call."""
+        state = params.get("requestState")
+        responses = params.get("inputResponses")
+        if not isinstance(state, str):
+            return None
+        resumed = self._desk.resume(state, self.mediator.caller, message.call_id,
+                                    self._pending)
+        if resumed is None:
+            return None
+        call, srid, key = resumed
+        call.rid = rid
+        self.mediator.log.debug("bridge_input_answered", call_id=call.call_id)
+        return message.translated(
+            input_response(srid, responses if isinstance(responses, dict) else {}, key),
+            "wrap bridge: input response")
+
+    def _in_use(self, rid: RequestId) -> bool:
+        """Whether ``rid`` is still the child's id of a call the client now knows
+        under another id, or waits to retry (rule 2)."""
+        call = self._pending.get(rid)
+        return call is not None and (call.rid != rid or call.asked is not None)
+
+    def _cancelled(self, value: dict[str, Any]) -> None:
+        """A client's cancellation: its request forgotten, and named as the child
+        knows it (a later round's id is the first round's there)."""
+        params = value.get("params")
+        gone = params.get("requestId") if isinstance(params, dict) else None
+        if not isinstance(gone, str | int) or not isinstance(params, dict):
+            return
+        for ident, call in list(self._pending.items()):
+            if call.rid == gone and call.asked is None:
+                del self._pending[ident]
+                params["requestId"] = ident
+                return
+
+    async def _listen(self, rid: RequestId, params: Any) -> bytes | None:
+        """Open a listen the policy let through (rule 9): its acknowledgement, for
+        the client (None if the mediator withheld it)."""
+        assert self.init_result is not None
+        asked = Honoured.of(params.get("notifications") if isinstance(params, dict) else None)
+        within, _ = bridge_listen.carried(asked, self.init_result.get("capabilities"))
+        followed: set[str] = set()
+        for uri in sorted(within.uris):
+            if self._followed.get(uri, 0) or await self._own_request(
+                    mcp.RESOURCES_SUBSCRIBE, {"uri": uri}):
+                self._followed[uri] = self._followed.get(uri, 0) + 1
+                followed.add(uri)
+        honoured = Honoured(within.flags, frozenset(followed))
+        self._listens[_key(rid)] = (rid, honoured)
+        ack = jsonrpc.encode({"jsonrpc": "2.0", "method": ACKNOWLEDGED, "params": {
+            "notifications": honoured.wire(), "_meta": {SUBSCRIPTION_ID: rid}}})
+        return (await self.mediator.from_server(ack)).client
+
+    async def _unlisten(self, rid: Any) -> None:
+        """The client cancelled a listen (rule 9): the URIs no listen follows any
+        more are unsubscribed."""
+        _, honoured = self._listens.pop(_key(rid))
+        for uri in sorted(honoured.uris):
+            left = self._followed.get(uri, 0) - 1
+            if left > 0:
+                self._followed[uri] = left
+                continue
+            self._followed.pop(uri, None)
+            await self._own_request(mcp.RESOURCES_UNSUBSCRIBE, {"uri": uri})
+
+    async def _own_request(self, method: str, params: dict[str, Any]) -> bool:
+        """A request of mcpwall's own to the child (rule 9), decided and recorded by
+        the mediator, sent as decided; True when the child answered with a result."""
+        oid = f"mcpwall-bridge-own-{next(self._own_ids)}"
+        routed = await self.mediator.from_client(
+            decode_client(jsonrpc.request(method, params, oid)), wait=False)
+        if routed.held is not None:
+            routed.held.withdraw("nobody can approve mcpwall's own request")
+            return False
+        if routed.upstream is None:
+            return False
+        answer = self._own[oid] = _Answer()
+        try:
+            await self.child.send(routed.upstream)
+            with trio.move_on_after(self.timeout):
+                await answer.done.wait()
+        except ChildExited:
+            return False
+        finally:
+            self._own.pop(oid, None)
+        if answer.line is None:
+            return False
+        try:
+            value = jsonrpc.decode_any(answer.line)
+        except jsonrpc.DECODE_ERRORS:
+            return False
+        return isinstance(value, dict) and isinstance(value.get("result"), dict)
+
+    def tagged(self, line: bytes) -> list[bytes]:
+        """A line of the child as the client is to get it (rule 9): a change
+        notification once for each open listen that acknowledged it, tagged
+        with its id (none when no listen did); anything else as it is."""
+        if not self._listens or not any(m.encode() in line for m in LISTENED):
+            return [line]
+        try:
+            value = jsonrpc.decode_any(line)
+        except jsonrpc.DECODE_ERRORS:
+            return [line]
+        if not isinstance(value, dict) or "id" in value or value.get("method") not in LISTENED:
+            return [line]
+        params = value.get("params")
+        return [tag(line, rid) for rid, honoured in self._listens.values()
+                if honoured.admits(str(value["method"]), params)]
 
     async def _shake_hands(self) -> bool:
         """mcpwall's own handshake with the child, once (rule 1); False if it failed."""
@@ -200,9 +451,10 @@ class ModernClient:
 
     async def _handshake(self) -> str | None:
         init = jsonrpc.request(mcp.INITIALIZE, {
-            "protocolVersion": mcp.LATEST_PROTOCOL_VERSION, "capabilities": {},
-            "clientInfo": CLIENT_INFO}, HANDSHAKE_ID)
+            "protocolVersion": mcp.LATEST_PROTOCOL_VERSION, "capabilities": CAPABILITIES,
+            "clientInfo": CLIENT_INFO}, self.handshake_id)
         try:
+            self._sent = True
             await self.child.send(Outbound.own(init, "wrap bridge: mcpwall's own handshake"))
             with trio.move_on_after(self.timeout):
                 await self._answered.wait()
@@ -223,52 +475,167 @@ class ModernClient:
         return None
 
     def child_gone(self) -> None:
-        """The child's output ended: a handshake still waiting fails."""
+        """The child's output ended: a handshake still waiting fails; calls
+        waiting for their client's retry are forgotten."""
         self._answered.set()
+        self._pending.clear()
+        self.close()
 
-    async def from_child(self, line: bytes) -> bytes | None:
-        """A line of the child as the mediator is to see it; None when it is consumed
-        here (the handshake's answer, a refused server request: rules 3, 5)."""
+    def close(self) -> None:
+        """The session ends: no call waits for a retry any more (rule 5)."""
+        self._closed = True
+        for timer in self._timers:
+            timer.cancel()
+
+    async def from_child(self, line: bytes) -> tuple[bytes | None, bytes | None]:
+        """A line of the child: (what the mediator is to see instead, None when
+        it is consumed here: the handshake's answer, a server request; what
+        goes to the client, made here: the input request of rule 5)."""
         if self.init_result is None and self.failure is None and not self._answered.is_set():
-            if HANDSHAKE_ID.encode() in line:
+            if self._sent and self.handshake_id.encode() in line:
                 try:
                     value = jsonrpc.decode_any(line)
                 except jsonrpc.DECODE_ERRORS:
-                    return line
-                if isinstance(value, dict) and value.get("id") == HANDSHAKE_ID \
+                    return line, None
+                if isinstance(value, dict) and value.get("id") == self.handshake_id \
                         and "method" not in value:
                     self._answer = line
                     self._answered.set()
-                    return None
-            return line
+                    return None, None
+            return line, None
         if self.init_result is None:
-            return line
+            return line, None
         try:
             value = jsonrpc.decode_any(line)
         except jsonrpc.DECODE_ERRORS:
-            return line
+            return line, None
         if not isinstance(value, dict):
-            return line
+            return line, None
         method, rid = value.get("method"), value.get("id")
         if isinstance(method, str) and rid is not None:  # rule 5
-            self.mediator.log.info("bridge_server_request_refused", method=method)
-            refusal = jsonrpc.error_response(
-                rid, _METHOD_NOT_FOUND,
-                f"mcpwall's bridge carries no {method} to a 2026-07-28 client")
-            with contextlib.suppress(ChildExited):
-                await self.child.send(Outbound.own(refusal,
-                                                   "wrap bridge: refusal of a server request"))
-            return None
+            return None, await self._server_request(line, method, rid, value.get("params"))
+        if method is None and isinstance(rid, str) and rid in self._own:  # rule 9
+            self._own[rid].line = line
+            self._own[rid].done.set()
+            await self.mediator.from_server(line)  # its outcome recorded; kept here
+            return None, None
         if method is None and isinstance(rid, str | int) and rid in self._pending:
+            call = self._pending.pop(rid)
+            if call.asked is not None:  # answered without its input: nobody waits
+                call.asked = None  # for it (the mediator drops it, unmatched)
+                return line, None
             try:
-                return translate_answer(line, rid, self._pending.pop(rid))
+                return translate_answer(line, call.rid, call.method), None
             except (*jsonrpc.DECODE_ERRORS, framing.NotCanonical):
-                return line
-        return line
+                return line, None
+        return line, None
+
+    async def _server_request(self, line: bytes, method: str, srid: Any,
+                              params: Any) -> bytes | None:
+        """A request of the child: carried as the input request of the one call
+        in flight (rule 5), or refused at once (-32601)."""
+        call = asking(self._pending.values(), method, params)
+        if call is None or call.asked is not None:
+            self.mediator.log.info("bridge_server_request_refused", method=method)
+            await self._to_child([Outbound.own(jsonrpc.error_response(
+                srid, _METHOD_NOT_FOUND,
+                f"mcpwall's bridge carries no {method} to a 2026-07-28 client here"),
+                "wrap bridge: refusal of a server request")])
+            return None
+        ident = next(i for i, c in self._pending.items() if c is call)
+        asked = self._desk.ask(call, ident, line, self.mediator.caller)
+        if asked is None:
+            if isinstance(srid, int | str):
+                call.asked = (srid, "")
+            await self._abandon(ident, call, "mcpwall cannot read the server's request")
+            [reply] = await self.mediator.unanswered(
+                Lost("asked for input mcpwall cannot read"), [call.rid])
+            return reply
+        key, state, srid = asked
+        try:  # nested one level deeper than the child wrote it: may be too deep
+            answer = input_required(call.rid, key, state, line)
+        except framing.NotCanonical:
+            await self._abandon(ident, call, "mcpwall cannot carry the server's request")
+            [reply] = await self.mediator.unanswered(
+                Lost("asked for input mcpwall cannot carry"), [call.rid])
+            return reply
+        routed = await self.mediator.from_server(answer)
+        if carried(routed.client):
+            self._park(ident, call)
+            return routed.client
+        # Refused by the policy (mediator rule 16): the call ended with the refusal.
+        await self._abandon(ident, call, "the policy refused this request", refusal(srid))
+        if routed.client is not None:
+            return routed.client
+        [reply] = await self.mediator.unanswered(
+            Lost("asked for input mcpwall cannot relay"), [call.rid])
+        return reply
+
+    async def _abandon(self, ident: RequestId, call: _Call, reason: str,
+                       answer: bytes | None = None) -> None:
+        if self._pending.get(ident) is call:
+            del self._pending[ident]
+            await self._to_child(abandonment(call, ident, reason, answer))
+
+    async def _to_child(self, messages: list[Outbound]) -> None:
+        with contextlib.suppress(ChildExited):
+            await self.child.send_many(messages)
+
+    def _park(self, ident: RequestId, call: _Call) -> None:
+        """The client has the input request: the call waits for its retry at most
+        the upstream timeout, then is abandoned."""
+        if self.nursery is not None:
+            self.nursery.start_soon(self._expire, ident, call, call.round)
+
+    async def _expire(self, ident: RequestId, call: _Call, number: int) -> None:
+        with trio.CancelScope() as timer:
+            if self._closed:
+                return
+            self._timers.add(timer)
+            try:
+                await trio.sleep(self.timeout)
+            finally:
+                self._timers.discard(timer)
+        if timer.cancelled_caught or call.asked is None or call.round != number:
+            return
+        self.mediator.log.info("bridge_input_unanswered", call_id=call.call_id)
+        await self._abandon(ident, call,
+                            "the client did not answer the server's request in time")
+
+
+def _caps_of(value: dict[str, Any]) -> dict[str, Any]:
+    """The client capabilities a request of the revision offered in its ``_meta``."""
+    params = value.get("params")
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    caps = meta.get(revision.META_CAPABILITIES) if isinstance(meta, dict) else None
+    return caps if isinstance(caps, dict) else {}
+
+
+class Retry:
+    """A bridged call to be sent again, its input requests answered (rule 8)."""
+
+    __slots__ = ("inbound",)
+
+    def __init__(self, inbound: Inbound) -> None:
+        self.inbound = inbound
+
+
+class _ChildCall:
+    """A bridged call that may ask for input (rule 8): the client's request, its
+    rounds so far, the round whose answers are awaited."""
+
+    __slots__ = ("asked", "method", "params", "rid", "rounds")
+
+    def __init__(self, rid: RequestId, method: str, params: Any) -> None:
+        self.rid = rid
+        self.method = method
+        self.params = params
+        self.rounds = 0
+        self.asked: InputRound | None = None
 
 
 class ModernChild:
-    """A 2025 client over a child of the stateless revision only (rules 6, 7)."""
+    """A 2025 client over a child of the stateless revision only (rules 6 to 8)."""
 
     def __init__(self, mediator: Mediator, send: Callable[[Outbound], Awaitable[bool]],
                  ttl_ms: int) -> None:
@@ -280,6 +647,10 @@ class ModernChild:
         self._init_params: Any = None
         self._refusal: bytes | None = None
         self._watching = True  # until the client's initialize is answered
+        # Rule 8: the bridged calls that may ask for input (by their id as JSON),
+        # and the input requests awaiting the client's answer (by their id).
+        self._calls: dict[str, _ChildCall] = {}
+        self._waiting: dict[str, _ChildCall] = {}
 
     @property
     def client_initialized(self) -> bool:
@@ -358,10 +729,11 @@ class ModernChild:
         return (await self.mediator.from_server(
             jsonrpc.result_response(self._init_id, answer))).client
 
-    async def to_decide(self, message: bytes | Inbound) -> Inbound | bytes | None:
+    async def to_decide(self, message: bytes | Inbound) -> Inbound | Retry | bytes | None:
         """A client message of a bridged session as it is to be decided (rule 7); an
         answer made here (bytes, empty when there is none) when it goes nowhere;
-        None: decide it as it is."""
+        a :class:`Retry` to decide and send when it completed a round of input
+        requests (rule 8); None: decide it as it is."""
         bridged = self.bridged
         if bridged is None:
             return None
@@ -372,8 +744,19 @@ class ModernChild:
         msg = inbound.envelope
         method = msg.method
         if method is None:
-            return None
+            call = self._waiting.pop(_key(msg.request_id), None)
+            if call is None:
+                return None  # decided (and dropped) by the mediator
+            answer = inbound.value
+            if not isinstance(answer, dict):
+                try:
+                    answer = jsonrpc.decode_any(inbound.data)
+                except jsonrpc.DECODE_ERRORS:
+                    answer = None
+            return self._answered(call, answer, bridged)
         if msg.request_id is None:  # a notification
+            if method == mcp.CANCELLED:
+                self._cancelled(inbound.params)
             if method in _CARRIED_NOTIFICATIONS:
                 return None
             await self.mediator.from_client(inbound)  # decided, recorded, goes nowhere
@@ -391,4 +774,66 @@ class ModernChild:
                 return routed.client or b""
             return (await self.mediator.from_server(
                 jsonrpc.result_response(msg.request_id, {}))).client or b""
-        return modern_request(msg.request_id, method, revision.params_of(inbound), bridged)
+        params = revision.params_of(inbound)
+        if method in mrtr.MRTR_METHODS:  # rule 8: it may ask for input
+            self._calls[_key(msg.request_id)] = _ChildCall(msg.request_id, method, params)
+        return modern_request(msg.request_id, method, params, bridged)
+
+    def to_client(self, line: bytes) -> tuple[RequestId, list[bytes]] | bytes | None:
+        """A mediated line of the child on its way to the client (rule 8): None to
+        send it as it is; else the call it answers and the round's input
+        requests the client gets instead, or the error that answers the call."""
+        if self.bridged is None or not self._calls or b'"id"' not in line:
+            return None
+        try:
+            value = jsonrpc.decode_any(line)
+        except jsonrpc.DECODE_ERRORS:
+            return None
+        if not isinstance(value, dict) or "method" in value:
+            return None
+        call = self._calls.get(_key(value.get("id")))
+        if call is None:
+            return None
+        ir = input_required_result(line)
+        if ir is None:  # the call's answer
+            del self._calls[_key(call.rid)]
+            return None
+        call.rounds += 1
+        asked = InputRound(ir, call.rid, self.mediator.server)
+        error = asked.error
+        if error is None and call.rounds > MAX_ROUNDS:
+            error = jsonrpc.error_response(call.rid, jsonrpc.INTERNAL_ERROR, (
+                f"server {self.mediator.server!r} asked for input more than "
+                f"{MAX_ROUNDS} times"))
+        if error is not None:
+            del self._calls[_key(call.rid)]
+            return error
+        call.asked = asked
+        for ident in asked.keys:
+            self._waiting[_key(ident)] = call
+        return call.rid, list(asked.messages)
+
+    def forget(self, rid: RequestId) -> None:
+        """The call cannot be asked for input (its client takes JSON only): its
+        round is dropped (rule 8)."""
+        call = self._calls.pop(_key(rid), None)
+        if call is not None and call.asked is not None:
+            for ident in call.asked.keys:
+                self._waiting.pop(_key(ident), None)
+
+    def _answered(self, call: _ChildCall, answer: Any, bridged: Bridged) -> Retry | bytes:
+        """One answer of the client to an input request of ``call``'s round."""
+        asked = call.asked
+        assert asked is not None
+        if not asked.answered(answer):
+            return b""  # the round waits for its other answers
+        call.asked = None
+        extra = asked.outcome()
+        if isinstance(extra, bytes):
+            self._calls.pop(_key(call.rid), None)
+            return extra
+        return Retry(modern_request(call.rid, call.method, call.params, bridged, extra))
+
+    def _cancelled(self, params: Any) -> None:
+        if isinstance(params, dict) and "requestId" in params:
+            self.forget(params["requestId"])

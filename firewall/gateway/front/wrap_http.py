@@ -95,8 +95,9 @@ class HttpWrapSession(StdioClient):
         max_line: int,
         timeout: float,
         grace: float,
+        max_listens: int = 16,
     ) -> None:
-        super().__init__(mediator, client_in, client_out, max_line)
+        super().__init__(mediator, client_in, client_out, max_line, max_listens)
         self.url = settings.url
         self.timeout = timeout
         self.grace = grace
@@ -124,8 +125,9 @@ class HttpWrapSession(StdioClient):
                 async with trio.open_nursery() as posts:
                     self._held_calls = posts
                     self._posts_open = True
-                    with self._client_scope:
-                        await self._read_client()
+                    async with self._reload_pushes():
+                        with self._client_scope:
+                            await self._read_client()
                     self.mediator.holds.withdraw("the client disconnected" if self._client_eof
                                                  else "the session ended")
                     posts.cancel_scope.deadline = trio.current_time() + self.grace
@@ -376,16 +378,18 @@ async def run_wrap_http(
     answer_seconds: float,
     grace: float,
     max_line: int,
+    max_listens: int = 16,
     client_in: trio.abc.ReceiveStream | None = None,
     client_out: trio.abc.SendStream | None = None,
 ) -> int:
     """Run one wrapped session on the given streams (our stdin/stdout by default);
-    each call waits at most ``answer_seconds`` for its answer."""
+    each call waits at most ``answer_seconds`` for its answer; at most
+    ``max_listens`` listens are open at once."""
     client_in, client_out = client_streams(client_in, client_out)
     try:
         return await HttpWrapSession(mediator, settings, client_in, client_out,
                                      max_line=max_line, timeout=answer_seconds,
-                                     grace=grace).run()
+                                     grace=grace, max_listens=max_listens).run()
     finally:
         with trio.CancelScope(shield=True):
             await client_out.aclose()

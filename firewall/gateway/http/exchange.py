@@ -65,7 +65,7 @@ class Exchange:
     """An HTTP request/response pair on ASGI."""
 
     __slots__ = ("_receive", "_send", "body_read", "disconnected", "finished", "headers",
-                 "method", "path", "started")
+                 "method", "path", "repeated", "started")
 
     def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self._setup(scope["method"], scope["path"], scope["headers"])
@@ -76,11 +76,17 @@ class Exchange:
         self.method: str = method
         self.path: str = path
         self.headers: dict[str, str] = {}
+        # The names sent more than once, for whoever must tell "a, b" from two lines.
+        self.repeated: list[str] = []
         for raw_name, raw_value in raw_headers:
             name = raw_name.decode("latin-1").lower()
             value = raw_value.decode("latin-1")
             # Repeated headers are joined as RFC 9110 allows for list values.
-            self.headers[name] = f"{self.headers[name]}, {value}" if name in self.headers else value
+            if name in self.headers:
+                self.headers[name] = f"{self.headers[name]}, {value}"
+                self.repeated.append(name)
+            else:
+                self.headers[name] = value
         self.started = False
         self.finished = False
         self.disconnected = False
