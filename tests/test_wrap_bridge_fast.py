@@ -37,6 +37,11 @@ def test_only_a_body_naming_the_new_revision_is_modern() -> None:
                    b'{"io.modelcontextprotocol/protocolVersion":"2025-11-25"}}}') is None
     assert modern_message(b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}') is None
     assert modern_message(b'{"io.modelcontextprotocol/protocolVersion" not json') is None
+    # A JSON escape spells the same member: still the new revision.
+    for key in (rb'io.modelcontextprotocol\/protocolVersion',
+                rb'io.modelcontextprotocol/protocol\u0056ersion'):
+        assert modern_message(b'{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta":'
+                              b'{"' + key + b'":"2026-07-28"}}}') is not None
 
 
 def test_bridge_goes_with_a_command_only() -> None:

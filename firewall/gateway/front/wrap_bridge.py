@@ -185,8 +185,9 @@ def strip_revision_meta(value: dict[str, Any]) -> bool:
 
 
 def modern_message(data: bytes) -> dict[str, Any] | None:
-    """The decoded message when it claims the stateless revision in ``_meta``."""
-    if revision.META_VERSION_BYTES not in data:
+    """The decoded message when it claims the stateless revision in ``_meta``
+    (spelt out, or behind a JSON escape: a line with a backslash is decoded)."""
+    if data.find(revision.META_VERSION_BYTES) < 0 and data.find(b"\\") < 0:
         return None
     try:
         value = jsonrpc.decode_any(data)
