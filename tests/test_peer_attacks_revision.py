@@ -598,3 +598,78 @@ def test_a_listen_released_after_approval_is_still_filtered_under_wrap(
         proc.stdout.close()
         if proc.stderr is not None:
             proc.stderr.close()
+
+
+# -- mcpwall's own subscribe over a bridge (bridge.py rule 7, wrap_bridge.py rule 9) -----
+class _SilentServer:
+    """A bridged 2025 server that reads everything and answers nothing (its
+    handshake aside): what it was sent, in order."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    async def send(self, outbound: Any) -> None:
+        self.sent.append(json.loads(outbound.data))
+
+    async def send_many(self, messages: Any) -> None:
+        for message in messages:
+            await self.send(message)
+
+    async def serve(self, dispatch: Any) -> None:
+        await trio.sleep_forever()
+
+    def negotiated(self, version: str) -> None:
+        pass
+
+    def listened(self, on: bool) -> None:
+        pass
+
+    def health(self) -> dict[str, Any]:
+        return {}
+
+    def methods(self) -> list[str]:
+        return [str(m.get("method")) for m in self.sent if "method" in m]
+
+
+async def test_a_server_that_never_answers_mcpwalls_subscribe_holds_a_listen_one_timeout(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """A listen following 200 URIs of a server that answers no
+    ``resources/subscribe``: mcpwall stops asking after the first goes
+    unanswered (one upstream timeout in all), instead of holding the listen
+    (its slot, and the session's subscribe lock) for 200 timeouts."""
+    session = _bridge_session()
+    server = _SilentServer()
+    session._link = server
+    uris = frozenset(f"res://r{n:03}" for n in range(200))
+    started = trio.current_time()
+    assert await session.follow(uris) == frozenset()
+    assert server.methods().count("resources/subscribe") == 1
+    assert trio.current_time() - started <= 2 * session.timeout  # virtual clock
+    # What was not followed is not counted: no unsubscribe is owed for it; the
+    # unanswered subscribe is recorded so, not left pending in the mediator.
+    assert session._followed == {} and session.mediator.pending_count == 0
+    await session.unfollow(frozenset())
+    assert "resources/unsubscribe" not in server.methods()
+
+
+async def test_a_child_that_never_answers_mcpwalls_subscribe_holds_wrap_one_timeout(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """The same under ``wrap --bridge``, where a listen is answered while the
+    client's pipe waits: a child that answers no ``resources/subscribe`` held
+    the whole session for a timeout per URI (256 URIs: 21 hours by default)."""
+    from firewall.gateway.front.wrap_bridge import ModernClient
+
+    med, _ = _mediator({"version": "1", "default": "allow"}, server="vm")
+    child = _SilentServer()
+    bridge = ModernClient(med, child, 30)  # type: ignore[arg-type]
+    bridge.init_result = {"protocolVersion": "2025-06-18",
+                          "capabilities": {"resources": {"subscribe": True}}}
+    started = trio.current_time()
+    uris = [f"res://r{n:03}" for n in range(200)]
+    ack = await bridge._listen(5, {"notifications": {"resourceSubscriptions": uris}})
+    assert ack is not None and b"resourceSubscriptions" not in ack
+    assert child.methods().count("resources/subscribe") == 1
+    assert trio.current_time() - started <= 2 * bridge.timeout  # virtual clock
+    await bridge._unlisten(5)
+    assert "resources/unsubscribe" not in child.methods() and bridge._followed == {}
+    assert not med.awaits("mcpwall-bridge-own-1")  # recorded unanswered, not left pending

@@ -509,32 +509,51 @@ class BridgeSession(Session):
     async def follow(self, uris: frozenset[str]) -> frozenset[str]:
         """Those of ``uris`` the server now sends updates of for this session (rule 7):
         each not followed yet is asked with a ``resources/subscribe`` of mcpwall's
-        own (:meth:`own_request`); each taken counts until :meth:`unfollow`."""
+        own (:meth:`own_request`); each taken counts until :meth:`unfollow`. All
+        of them within one upstream timeout: a server that leaves one unanswered
+        is asked no more (the rest are not carried)."""
         got: set[str] = set()
+        deadline = trio.current_time() + self.timeout
         async with self._following:
             for uri in sorted(uris):
-                if self._followed.get(uri, 0) or await self.own_request(
-                        mcp.RESOURCES_SUBSCRIBE, {"uri": uri}):
-                    self._followed[uri] = self._followed.get(uri, 0) + 1
-                    got.add(uri)
+                if not self._followed.get(uri, 0):
+                    if trio.current_time() >= deadline:
+                        break
+                    if not await self.own_request(mcp.RESOURCES_SUBSCRIBE, {"uri": uri},
+                                                  deadline):
+                        continue
+                self._followed[uri] = self._followed.get(uri, 0) + 1
+                got.add(uri)
         return frozenset(got)
 
     async def unfollow(self, uris: frozenset[str]) -> None:
-        """A listen no longer follows ``uris``: the last one's end unsubscribes (rule 7)."""
+        """A listen no longer follows ``uris``: the last one's end unsubscribes (rule 7).
+        The counts drop at once (a cancelled unfollow leaves none behind); the
+        unsubscribes, within one upstream timeout, skip a URI followed again
+        meanwhile."""
+        gone = []
+        for uri in sorted(uris):
+            left = self._followed.get(uri, 0) - 1
+            if left > 0:
+                self._followed[uri] = left
+            elif self._followed.pop(uri, None) is not None:
+                gone.append(uri)
+        if not gone:
+            return
+        deadline = trio.current_time() + self.timeout
         async with self._following:
-            for uri in sorted(uris):
-                left = self._followed.get(uri, 0) - 1
-                if left > 0:
-                    self._followed[uri] = left
-                    continue
-                self._followed.pop(uri, None)
-                if not self.closed:
-                    await self.own_request(mcp.RESOURCES_UNSUBSCRIBE, {"uri": uri})
+            for uri in gone:
+                if self.closed or trio.current_time() >= deadline:
+                    return
+                if not self._followed.get(uri, 0):
+                    await self.own_request(mcp.RESOURCES_UNSUBSCRIBE, {"uri": uri}, deadline)
 
-    async def own_request(self, method: str, params: dict[str, Any]) -> bool:
+    async def own_request(self, method: str, params: dict[str, Any],
+                          deadline: float | None = None) -> bool:
         """A request of mcpwall's own on this session (rule 7), decided and
         recorded by the session's mediator and sent as decided; its answer goes
-        through the mediator too. True when the server answered with a result."""
+        through the mediator too. True when the server answered with a result
+        (by ``deadline``, else within the upstream timeout)."""
         bid = self.next_id()
         ask = decode_client(jsonrpc.request(method, params, bid))
         routed = await self.mediator.from_client(ask, wait=False)
@@ -547,10 +566,14 @@ class BridgeSession(Session):
         call = self.open_call(bid, method, {}, routed.upstream.call_id, None)
         if not await self.send(routed.upstream):
             self.forget(call)
-        event = await self.next_event(call, trio.current_time() + self.timeout)
+        if deadline is None:
+            deadline = trio.current_time() + self.timeout
+        event = await self.next_event(call, deadline)
         while event is not None and event[0] != "answer":  # nothing else is its own
-            event = await self.next_event(call, trio.current_time() + self.timeout)
-        if event is None or not event[1]:
+            event = await self.next_event(call, deadline)
+        if event is None or not event[1]:  # recorded unanswered, not left pending
+            await self.mediator.unanswered(
+                TimedOut(self.timeout) if event is None else Lost("exited"), [bid])
             return False
         await self.mediator.from_server(event[1])
         try:

@@ -146,7 +146,7 @@ from firewall.gateway.front.bridge_modern import (
 from firewall.gateway.front.bridge_modern import input_required as input_required_result
 from firewall.gateway.front.listen import ACKNOWLEDGED, LISTEN, SUBSCRIPTION_ID, Honoured
 from firewall.gateway.front.listen import tagged as tag
-from firewall.gateway.mediator import Lost, Mediator
+from firewall.gateway.mediator import Lost, Mediator, TimedOut
 from firewall.gateway.outbound import Outbound
 from firewall.gateway.upstream.stdio import ChildExited, StdioChild
 from firewall.protocol import framing, jsonrpc, mcp, mrtr, revision
@@ -366,11 +366,16 @@ class ModernClient:
         asked = Honoured.of(params.get("notifications") if isinstance(params, dict) else None)
         within, _ = bridge_listen.carried(asked, self.init_result.get("capabilities"))
         followed: set[str] = set()
+        deadline = trio.current_time() + self.timeout  # all of them, one timeout
         for uri in sorted(within.uris):
-            if self._followed.get(uri, 0) or await self._own_request(
-                    mcp.RESOURCES_SUBSCRIBE, {"uri": uri}):
-                self._followed[uri] = self._followed.get(uri, 0) + 1
-                followed.add(uri)
+            if not self._followed.get(uri, 0):
+                if trio.current_time() >= deadline:
+                    break  # a child that left one unanswered is asked no more
+                if not await self._own_request(mcp.RESOURCES_SUBSCRIBE, {"uri": uri},
+                                               deadline):
+                    continue
+            self._followed[uri] = self._followed.get(uri, 0) + 1
+            followed.add(uri)
         honoured = Honoured(within.flags, frozenset(followed))
         self._listens[_key(rid)] = (rid, honoured)
         ack = jsonrpc.encode({"jsonrpc": "2.0", "method": ACKNOWLEDGED, "params": {
@@ -381,17 +386,21 @@ class ModernClient:
         """The client cancelled a listen (rule 9): the URIs no listen follows any
         more are unsubscribed."""
         _, honoured = self._listens.pop(_key(rid))
+        deadline = trio.current_time() + self.timeout  # all of them, one timeout
         for uri in sorted(honoured.uris):
             left = self._followed.get(uri, 0) - 1
             if left > 0:
                 self._followed[uri] = left
                 continue
             self._followed.pop(uri, None)
-            await self._own_request(mcp.RESOURCES_UNSUBSCRIBE, {"uri": uri})
+            if trio.current_time() < deadline:
+                await self._own_request(mcp.RESOURCES_UNSUBSCRIBE, {"uri": uri}, deadline)
 
-    async def _own_request(self, method: str, params: dict[str, Any]) -> bool:
+    async def _own_request(self, method: str, params: dict[str, Any],
+                           deadline: float) -> bool:
         """A request of mcpwall's own to the child (rule 9), decided and recorded by
-        the mediator, sent as decided; True when the child answered with a result."""
+        the mediator, sent as decided; True when the child answered with a result
+        by ``deadline`` (else it is recorded unanswered and cancelled at the child)."""
         oid = f"mcpwall-bridge-own-{next(self._own_ids)}"
         routed = await self.mediator.from_client(
             decode_client(jsonrpc.request(method, params, oid)), wait=False)
@@ -403,13 +412,16 @@ class ModernClient:
         answer = self._own[oid] = _Answer()
         try:
             await self.child.send(routed.upstream)
-            with trio.move_on_after(self.timeout):
+            with trio.move_on_at(deadline):
                 await answer.done.wait()
         except ChildExited:
             return False
         finally:
             self._own.pop(oid, None)
         if answer.line is None:
+            await self.mediator.unanswered(TimedOut(self.timeout), [oid])
+            await self._to_child(abandonment(InputCall(method, {}, None), oid,
+                                             "mcpwall: timeout"))
             return False
         try:
             value = jsonrpc.decode_any(answer.line)
