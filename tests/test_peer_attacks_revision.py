@@ -670,6 +670,74 @@ async def test_a_child_that_never_answers_mcpwalls_subscribe_holds_wrap_one_time
     assert ack is not None and b"resourceSubscriptions" not in ack
     assert child.methods().count("resources/subscribe") == 1
     assert trio.current_time() - started <= 2 * bridge.timeout  # virtual clock
-    await bridge._unlisten(5)
+    await bridge._unlisten("5")
     assert "resources/unsubscribe" not in child.methods() and bridge._followed == {}
     assert not med.awaits("mcpwall-bridge-own-1")  # recorded unanswered, not left pending
+
+
+async def test_a_listen_the_client_cancelled_ends_in_wrap_bridge_too(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """Under ``wrap --bridge`` two parts keep a listen: ``StdioListens`` (the
+    filter, the cap, reloads) and the bridge (which tags the child's changes).
+    A client cancelling its listen without the revision's ``_meta`` ended it in
+    the first only: the bridge went on tagging for it, which ``StdioListens``,
+    with no listen open, let through unchecked, so a reload that refuses the
+    type did not stop it; and listens opened and cancelled without end piled
+    up in the bridge, each change sent once for every one of them."""
+    from firewall.gateway.front.wrap_bridge import ModernClient
+
+    engine = Engine(compile_policy(parse_policy(json.dumps(LISTEN_POLICY), "t.json")))
+    med = Mediator(server="vm", session="s1", caller=ALICE, policy=engine, audit=Recorder())
+    listens = StdioListens(med, cap=4)
+    child = _SilentServer()
+    bridge = ModernClient(med, child, 30)  # type: ignore[arg-type]
+    bridge.open_listens = listens.open
+    bridge.init_result = {"protocolVersion": "2025-06-18",
+                          "capabilities": {"tools": {"listChanged": True}}}
+    to_client: list[bytes] = []
+
+    async def client_sends(line: bytes) -> None:  # what WrapSession._client_batch does
+        line = listens.incoming(line)
+        assert not listens.over_cap
+        routed = await med.from_client(line)
+        if listens.pending:
+            await listens.decided(routed.upstream is not None)
+        if routed.upstream is not None:
+            await bridge.outbound([routed.upstream], _append(to_client))
+
+    def child_says(line: bytes) -> list[bytes]:  # what WrapSession._read_child does
+        return [line for line in bridge.tagged(line) if listens.admits(line)]
+
+    for n in range(40):
+        await client_sends(json.dumps({
+            "jsonrpc": "2.0", "id": n, "method": "subscriptions/listen", "params": {
+                "notifications": {"toolsListChanged": True}, "_meta": META}}).encode())
+        await client_sends(json.dumps({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                                       "params": {"requestId": n}}).encode())
+    changed = b'{"jsonrpc":"2.0","method":"notifications/tools/list_changed"}'
+    assert len(bridge._listens) <= listens.cap
+    engine.swap(compile_policy(parse_policy(json.dumps({
+        **LISTEN_POLICY, "methods": {"subscriptions/listen/*": {
+            "action": "deny", "reason": "no more"}}}), "t.json")))
+    # Nothing tagged as a listen's reaches the client (the child's own untagged
+    # notification is what a session with no listen open gets, as without --bridge).
+    assert [line for line in child_says(changed) if b"subscriptionId" in line] == []
+    # A child answering a listen's id (it never saw the listen) ends it for
+    # StdioListens, and so for the bridge's tagging.
+    engine.swap(compile_policy(parse_policy(json.dumps(LISTEN_POLICY), "t.json")))
+    await client_sends(json.dumps({
+        "jsonrpc": "2.0", "id": 100, "method": "subscriptions/listen", "params": {
+            "notifications": {"toolsListChanged": True}, "_meta": META}}).encode())
+    assert len(child_says(changed)) == 1
+    answer = (await med.from_server(b'{"jsonrpc":"2.0","id":100,"result":{}}')).client
+    assert answer is not None and listens.admits(answer) and not listens.open
+    engine.swap(compile_policy(parse_policy(json.dumps({
+        **LISTEN_POLICY, "methods": {"subscriptions/listen/*": {
+            "action": "deny", "reason": "no more"}}}), "t.json")))
+    assert [line for line in child_says(changed) if b"subscriptionId" in line] == []
+
+
+def _append(out: list[bytes]) -> Any:
+    async def append(lines: list[bytes]) -> None:
+        out.extend(lines)
+    return append

@@ -235,6 +235,8 @@ class WrapSession(StdioClient):
         # Bridging (rule 7): --bridge for a 2026-07-28 client over a 2025 child;
         # a child of the new revision only is found out on its own.
         self.modern_client = ModernClient(mediator, child, timeout) if bridge else None
+        if self.modern_client is not None:  # one listen, ended in both parts at once
+            self.modern_client.open_listens = self.listens.open
         self.modern_child = ModernChild(mediator, self._send_child, ttl_ms)
 
     async def run(self) -> int:

@@ -109,7 +109,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Container
 from typing import Any, Final
 
 import trio
@@ -253,12 +253,17 @@ class ModernClient:
         self._followed: dict[str, int] = {}
         self._own: dict[str, _Answer] = {}
         self._own_ids = itertools.count(1)
+        # The listens the session's ``StdioListens`` holds open (by the same
+        # key), set by the session: a listen it ended (the client cancelled it,
+        # however spelt; the child answered its id) ends here too (rule 9).
+        self.open_listens: Container[str] | None = None
 
     async def outbound(self, messages: list[Outbound], to_client: ToClient) -> list[Outbound]:
         """What of these decided messages goes to the child, translated (rules 1 to 4);
         what mcpwall answers itself goes to the client. Raises ChildExited."""
         out: list[Outbound] = []
         replies: list[bytes] = []
+        ended = await self._prune()
         for message in messages:
             value = None if self.passthrough else modern_message(message.data)
             if value is None:
@@ -292,7 +297,9 @@ class ModernClient:
                 params = value.get("params")
                 gone = params.get("requestId") if isinstance(params, dict) else None
                 if _key(gone) in self._listens:  # rule 9: the listen ends here
-                    await self._unlisten(gone)
+                    await self._unlisten(_key(gone))
+                    continue
+                if _key(gone) in ended:  # ended here already: goes no further
                     continue
             strip_revision_meta(value)
             if rid is not None and isinstance(method, str):
@@ -382,10 +389,19 @@ class ModernClient:
             "notifications": honoured.wire(), "_meta": {SUBSCRIPTION_ID: rid}}})
         return (await self.mediator.from_server(ack)).client
 
-    async def _unlisten(self, rid: Any) -> None:
-        """The client cancelled a listen (rule 9): the URIs no listen follows any
+    async def _prune(self) -> set[str]:
+        """End the listens the session no longer holds open (rule 9); their keys."""
+        if self.open_listens is None or not self._listens:
+            return set()
+        ended = {key for key in self._listens if key not in self.open_listens}
+        for key in sorted(ended):
+            await self._unlisten(key)
+        return ended
+
+    async def _unlisten(self, key: str) -> None:
+        """A listen (by its key) ended (rule 9): the URIs no listen follows any
         more are unsubscribed."""
-        _, honoured = self._listens.pop(_key(rid))
+        _, honoured = self._listens.pop(key)
         deadline = trio.current_time() + self.timeout  # all of them, one timeout
         for uri in sorted(honoured.uris):
             left = self._followed.get(uri, 0) - 1
@@ -442,8 +458,10 @@ class ModernClient:
         if not isinstance(value, dict) or "id" in value or value.get("method") not in LISTENED:
             return [line]
         params = value.get("params")
-        return [tag(line, rid) for rid, honoured in self._listens.values()
-                if honoured.admits(str(value["method"]), params)]
+        still = self.open_listens
+        return [tag(line, rid) for key, (rid, honoured) in self._listens.items()
+                if (still is None or key in still)
+                and honoured.admits(str(value["method"]), params)]
 
     async def _shake_hands(self) -> bool:
         """mcpwall's own handshake with the child, once (rule 1); False if it failed."""
