@@ -741,3 +741,33 @@ def _append(out: list[bytes]) -> Any:
     async def append(lines: list[bytes]) -> None:
         out.extend(lines)
     return append
+
+
+# -- a 2025 client over a modern-only stdio child (wrap_bridge.py ModernChild) -----------
+async def test_calls_the_policy_refuses_leave_nothing_behind_in_a_bridged_wrap_session(
+        ) -> None:
+    """Each ``tools/call`` of a 2025 client over a modern-only child was kept
+    (its params too) for a round of input requests before it was decided, and
+    never forgotten when the policy refused it: a client with a restrictive
+    policy grew mcpwall's memory without bound, one refused call at a time."""
+    from firewall.gateway.front.bridge_modern import Bridged
+    from firewall.gateway.front.wrap import WrapSession
+
+    med, _ = _mediator({"version": "1", "default": "allow", "tools": {
+        "wipe": {"action": "deny", "reason": "never"}}}, server="vm")
+    wrap = WrapSession(med, None, None, None, 1 << 20)  # type: ignore[arg-type]
+    init = {"protocolVersion": "2025-06-18", "capabilities": {"elicitation": {}},
+            "clientInfo": {"name": "c", "version": "1"}}
+    wrap.modern_child.bridged = Bridged(init, 60_000, False)
+    blob = "x" * 4096
+    for n in range(300):
+        routed = await wrap._decide(json.dumps({
+            "jsonrpc": "2.0", "id": n, "method": "tools/call",
+            "params": {"name": "wipe", "arguments": {"blob": blob}}}).encode())
+        assert routed.upstream is None and routed.client is not None  # refused
+    assert len(wrap.modern_child._calls) <= 1
+    # A call the policy lets through is still kept for its rounds.
+    routed = await wrap._decide(json.dumps({
+        "jsonrpc": "2.0", "id": "ok", "method": "tools/call",
+        "params": {"name": "book", "arguments": {}}}).encode())
+    assert routed.upstream is not None and '"ok"' in wrap.modern_child._calls

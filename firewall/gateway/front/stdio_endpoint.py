@@ -258,6 +258,7 @@ class StdioSession(Session):
         decided like any request, sent to the child, answered on the call's
         stream (still open); a refusal answers it there."""
         routed = await self.mediator.from_client(retry.inbound)
+        self.modern_child.decided(retry.inbound, routed.upstream is not None)
         if routed.upstream is not None:
             await self.send(routed.upstream)  # a lost child answers the call when it is seen
         elif routed.client is not None:
@@ -559,10 +560,13 @@ class StdioEndpoint:
         rid = msg.request_id
         assert rid is not None
         if session.in_flight_request(rid):
+            session.modern_child.decided(inbound, False)
             await refuse(ex, 400, jsonrpc.INVALID_REQUEST,
                          f"Bad Request: request id {rid!r} is already in flight")
             return None
         routed = await session.mediator.from_client(inbound, wait=False)
+        session.modern_child.decided(inbound, routed.upstream is not None
+                                     or routed.held is not None)
         if routed.held is not None:  # waits for a person (held_http's rules)
             routed = await held_http.hold(ex, routed.held, stream=accept_sse, headers=headers,
                                           keepalive=self.front.listen.keepalive_seconds)

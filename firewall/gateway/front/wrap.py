@@ -265,9 +265,12 @@ class WrapSession(StdioClient):
         if isinstance(rewritten, bytes):  # answered here, or goes nowhere
             return Routed(client=rewritten or None)
         if isinstance(rewritten, Retry):  # a call whose input requests were answered
-            return await self.mediator.from_client(rewritten.inbound, wait=False)
+            rewritten = rewritten.inbound
         if rewritten is not None:
-            return await self.mediator.from_client(rewritten, wait=False)
+            routed = await self.mediator.from_client(rewritten, wait=False)
+            self.modern_child.decided(rewritten, routed.upstream is not None
+                                      or routed.held is not None)
+            return routed
         return await self.mediator.from_client(line, wait=False)
 
     async def _send_child(self, message: Outbound) -> bool:

@@ -653,14 +653,18 @@ class Retry:
 
 class _ChildCall:
     """A bridged call that may ask for input (rule 8): the client's request, its
-    rounds so far, the round whose answers are awaited."""
+    rounds so far, the round whose answers are awaited; ``request`` is the
+    message the mediator is deciding, ``decided`` once it was forwarded (or
+    held for a person)."""
 
-    __slots__ = ("asked", "method", "params", "rid", "rounds")
+    __slots__ = ("asked", "decided", "method", "params", "request", "rid", "rounds")
 
-    def __init__(self, rid: RequestId, method: str, params: Any) -> None:
+    def __init__(self, rid: RequestId, method: str, params: Any, request: Inbound) -> None:
         self.rid = rid
         self.method = method
         self.params = params
+        self.request = request
+        self.decided = False
         self.rounds = 0
         self.asked: InputRound | None = None
 
@@ -806,9 +810,36 @@ class ModernChild:
             return (await self.mediator.from_server(
                 jsonrpc.result_response(msg.request_id, {}))).client or b""
         params = revision.params_of(inbound)
+        request = modern_request(msg.request_id, method, params, bridged)
         if method in mrtr.MRTR_METHODS:  # rule 8: it may ask for input
-            self._calls[_key(msg.request_id)] = _ChildCall(msg.request_id, method, params)
-        return modern_request(msg.request_id, method, params, bridged)
+            self._prune()
+            key = _key(msg.request_id)
+            if key not in self._calls:  # (an id in use: the mediator refuses it)
+                self._calls[key] = _ChildCall(msg.request_id, method, params, request)
+        return request
+
+    def decided(self, request: Inbound, forwarded: bool) -> None:
+        """The mediator decided a request :meth:`to_decide` made (or a
+        :class:`Retry`'s): forwarded (or held for a person), its call is kept
+        for its rounds while the mediator awaits or holds it; refused, it is
+        forgotten (rule 8)."""
+        key = _key(request.envelope.request_id)
+        call = self._calls.get(key)
+        if call is None or call.request is not request:
+            return
+        if forwarded:
+            call.decided = True
+        else:
+            del self._calls[key]
+
+    def _prune(self) -> None:
+        """Forget the calls the mediator no longer awaits nor holds (a held call
+        refused, an answer it dropped), none waiting for its client's answers."""
+        mediator = self.mediator
+        for key, call in list(self._calls.items()):
+            if call.decided and call.asked is None and not mediator.awaits(call.rid) \
+                    and call.rid not in mediator.holds:
+                del self._calls[key]
 
     def to_client(self, line: bytes) -> tuple[RequestId, list[bytes]] | bytes | None:
         """A mediated line of the child on its way to the client (rule 8): None to
@@ -863,7 +894,9 @@ class ModernChild:
         if isinstance(extra, bytes):
             self._calls.pop(_key(call.rid), None)
             return extra
-        return Retry(modern_request(call.rid, call.method, call.params, bridged, extra))
+        call.request = modern_request(call.rid, call.method, call.params, bridged, extra)
+        call.decided = False  # until the mediator decided the retry (:meth:`decided`)
+        return Retry(call.request)
 
     def _cancelled(self, params: Any) -> None:
         if isinstance(params, dict) and "requestId" in params:
