@@ -77,6 +77,8 @@ class LazyLogger:
         self._logger: Any = None
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):  # copy and pickle ask before the slots are set:
+            raise AttributeError(name)  # never a logger's, nor a recursion
         logger = self._logger
         if logger is None:
             logger = self._logger = get_logger(**self._bound)

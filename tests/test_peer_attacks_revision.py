@@ -771,3 +771,17 @@ async def test_calls_the_policy_refuses_leave_nothing_behind_in_a_bridged_wrap_s
         "jsonrpc": "2.0", "id": "ok", "method": "tools/call",
         "params": {"name": "book", "arguments": {}}}).encode())
     assert routed.upstream is not None and '"ok"' in wrap.modern_child._calls
+
+
+def test_a_lazy_logger_can_be_copied_and_still_logs(capsys: pytest.CaptureFixture[str]) -> None:
+    """``LazyLogger`` (the mediator's, bound when first used) answered every
+    attribute a copy asks for before its slots are set (``__setstate__``)
+    by looking at those slots: RecursionError, not AttributeError."""
+    import copy
+
+    from firewall.log import LazyLogger
+
+    log = LazyLogger(server="vm", session="s1")
+    for made in (copy.copy(log), copy.deepcopy(log)):
+        made.info("copied_logger_works", n=1)
+    assert not hasattr(log, "__missing_dunder__")
