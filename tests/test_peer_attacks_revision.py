@@ -785,3 +785,23 @@ def test_a_lazy_logger_can_be_copied_and_still_logs(capsys: pytest.CaptureFixtur
     for made in (copy.copy(log), copy.deepcopy(log)):
         made.info("copied_logger_works", n=1)
     assert not hasattr(log, "__missing_dunder__")
+
+
+@pytest.mark.parametrize("method", [b"notifications\\/tools\\/list_changed",
+                                    b"notifications/tools/list\\u005fchanged"])
+async def test_a_child_escaping_a_change_s_method_still_reaches_the_listen_under_wrap_bridge(
+        method: bytes) -> None:
+    """The bridge's byte test looked for the methods as written: a 2025 child
+    spelling one with escapes (as JSON lets it) was never tagged, so
+    ``StdioListens`` dropped it and the listen missed the change."""
+    from firewall.gateway.front.wrap_bridge import ModernClient
+
+    med, _ = _mediator({"version": "1", "default": "allow"}, server="vm")
+    bridge = ModernClient(med, _SilentServer(), 30)  # type: ignore[arg-type]
+    bridge.init_result = {"protocolVersion": "2025-06-18",
+                          "capabilities": {"tools": {"listChanged": True}}}
+    await bridge._listen(5, {"notifications": {"toolsListChanged": True}})
+    [out] = bridge.tagged(b'{"jsonrpc":"2.0","method":"' + method + b'"}')
+    value = json.loads(out)
+    assert value["method"] == "notifications/tools/list_changed"
+    assert value["params"]["_meta"] == {"io.modelcontextprotocol/subscriptionId": 5}

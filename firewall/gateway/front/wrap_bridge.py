@@ -160,6 +160,7 @@ from firewall.protocol.mrtr import StateSeal
 HANDSHAKE_PREFIX: Final = "mcpwall-bridge-initialize-"
 DISCOVER_ID: Final = "mcpwall-discover-1"
 _METHOD_NOT_FOUND: Final = -32601
+_LISTENED_BYTES: Final = tuple(m.encode() for m in sorted(LISTENED))
 # Client notifications a child of the stateless revision still reads over stdio.
 _CARRIED_NOTIFICATIONS: Final = frozenset({mcp.CANCELLED, "notifications/progress"})
 
@@ -449,7 +450,8 @@ class ModernClient:
         """A line of the child as the client is to get it (rule 9): a change
         notification once for each open listen that acknowledged it, tagged
         with its id (none when no listen did); anything else as it is."""
-        if not self._listens or not any(m.encode() in line for m in LISTENED):
+        if not self._listens or (line.find(b"\\") < 0  # an escape may spell one
+                                 and not any(line.find(m) >= 0 for m in _LISTENED_BYTES)):
             return [line]
         try:
             value = jsonrpc.decode_any(line)
