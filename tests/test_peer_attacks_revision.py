@@ -805,3 +805,33 @@ async def test_a_child_escaping_a_change_s_method_still_reaches_the_listen_under
     value = json.loads(out)
     assert value["method"] == "notifications/tools/list_changed"
     assert value["params"]["_meta"] == {"io.modelcontextprotocol/subscriptionId": 5}
+
+
+@pytest.mark.parametrize("spelling", [b"input\\u005frequired", b"\\u0069nput_required"])
+async def test_an_escaped_input_required_of_a_modern_child_is_still_a_round(
+        spelling: bytes) -> None:
+    """The mediator reads a modern-only child's ``resultType`` behind escapes
+    (and decides its input requests, rule 16); the stdio bridge's byte test
+    took only the plain spelling, so the 2025 client got the InputRequiredResult
+    as the call's answer instead of the requests, and the call was lost."""
+    from firewall.gateway.front.bridge_modern import Bridged
+    from firewall.gateway.front.wrap import WrapSession
+
+    med, _ = _mediator({"version": "1", "default": "allow"}, server="vm")
+    wrap = WrapSession(med, None, None, None, 1 << 20)  # type: ignore[arg-type]
+    wrap.modern_child.bridged = Bridged({"capabilities": {"elicitation": {}}}, 60_000, False)
+    routed = await wrap._decide(json.dumps({
+        "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {"name": "book", "arguments": {}}}).encode())
+    assert routed.upstream is not None
+    answer = (b'{"jsonrpc":"2.0","id":1,"result":{"resultType":"' + spelling + b'",'
+              b'"requestState":"s","inputRequests":{"k":{"method":"elicitation/create",'
+              b'"params":{"message":"Which day?","requestedSchema":{"type":"object",'
+              b'"properties":{}}}}}}}')
+    relayed = (await med.from_server(answer)).client
+    assert relayed is not None
+    asked = wrap.modern_child.to_client(relayed)
+    assert isinstance(asked, tuple), asked
+    [request] = [json.loads(m) for m in asked[1]]
+    assert request["method"] == "elicitation/create" and request["id"].startswith(
+        "mcpwall-input-")

@@ -75,6 +75,7 @@ if TYPE_CHECKING:
     from firewall.gateway.front.http_endpoint import HttpEndpoint, HttpSession
 
 MAX_ROUNDS: Final = 8
+_INPUT_REQUIRED_BYTES: Final = mrtr.INPUT_REQUIRED.encode()
 MAX_ANSWER_BYTES: Final = 64 * 1024 * 1024
 SERVER_INFO_KEY: Final = "io.modelcontextprotocol/serverInfo"
 # The newest handshake revision: what a client asking for another one gets.
@@ -255,8 +256,9 @@ class InputRound:
 
 
 def input_required(answer: bytes) -> dict[str, Any] | None:
-    """The result of an answer that is an ``InputRequiredResult``, else None."""
-    if mrtr.INPUT_REQUIRED.encode() not in answer:
+    """The result of an answer that is an ``InputRequiredResult``, else None
+    (a byte test first: the value as written, or any escape, which could spell it)."""
+    if answer.find(_INPUT_REQUIRED_BYTES) < 0 and answer.find(b"\\") < 0:
         return None
     try:
         value = jsonrpc.decode_any(answer)
