@@ -835,3 +835,56 @@ async def test_an_escaped_input_required_of_a_modern_child_is_still_a_round(
     [request] = [json.loads(m) for m in asked[1]]
     assert request["method"] == "elicitation/create" and request["id"].startswith(
         "mcpwall-input-")
+
+
+class _AnsweringChild(_SilentServer):
+    """A 2025 child that accepts every request of mcpwall's own at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bridge: Any = None
+
+    async def send(self, outbound: Any) -> None:
+        await super().send(outbound)
+        sent = self.sent[-1]
+        if "id" in sent and "method" in sent:
+            await self.bridge.from_child(json.dumps(
+                {"jsonrpc": "2.0", "id": sent["id"], "result": {}}).encode())
+
+
+async def test_a_listen_id_used_again_leaves_no_subscription_behind_under_wrap_bridge() -> None:
+    """A listen the child ended (it answered the listen's id) and a new listen
+    under the same id: the first one's URIs were counted for ever, so mcpwall
+    never unsubscribed them."""
+    from firewall.gateway.front.wrap_bridge import ModernClient
+
+    med, _ = _mediator({"version": "1", "default": "allow"}, server="vm")
+    listens = StdioListens(med)
+    child = _AnsweringChild()
+    bridge = child.bridge = ModernClient(med, child, 30)  # type: ignore[arg-type]
+    bridge.open_listens = listens.open
+    bridge.init_result = {"protocolVersion": "2025-06-18",
+                          "capabilities": {"resources": {"subscribe": True}}}
+
+    async def client_sends(value: dict[str, Any]) -> None:
+        line = listens.incoming(json.dumps(value).encode())
+        routed = await med.from_client(line)
+        if listens.pending:
+            await listens.decided(routed.upstream is not None)
+        if routed.upstream is not None:
+            await bridge.outbound([routed.upstream], _append([]))
+
+    def listen(uri: str) -> dict[str, Any]:
+        return {"jsonrpc": "2.0", "id": 5, "method": "subscriptions/listen", "params": {
+            "notifications": {"resourceSubscriptions": [uri]}, "_meta": META}}
+
+    await client_sends(listen("res://a"))
+    answer = (await med.from_server(b'{"jsonrpc":"2.0","id":5,"result":{}}')).client
+    assert answer is not None and listens.admits(answer) and not listens.open
+    await client_sends(listen("res://b"))
+    await client_sends({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                        "params": {"requestId": 5, "_meta": META}})
+    assert bridge._followed == {}
+    unsubscribed = [m["params"]["uri"] for m in child.sent
+                    if m.get("method") == "resources/unsubscribe"]
+    assert sorted(unsubscribed) == ["res://a", "res://b"]

@@ -373,6 +373,8 @@ class ModernClient:
         assert self.init_result is not None
         asked = Honoured.of(params.get("notifications") if isinstance(params, dict) else None)
         within, _ = bridge_listen.carried(asked, self.init_result.get("capabilities"))
+        if _key(rid) in self._listens:  # an earlier listen under this id ended there
+            await self._unlisten(_key(rid))
         followed: set[str] = set()
         deadline = trio.current_time() + self.timeout  # all of them, one timeout
         for uri in sorted(within.uris):
