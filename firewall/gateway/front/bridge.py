@@ -79,7 +79,9 @@ the new revision without touching its servers. Rules this module keeps:
    they follow are subscribed by :meth:`BridgeSession.own_request`, once per
    URI, and unsubscribed after the last listen of one: a request of
    mcpwall's own decided and recorded by the session's mediator and sent as
-   decided (its id the bridge's). ``server/discover`` then keeps the
+   decided (its id the bridge's); those of one listen share one upstream
+   timeout (once one goes unanswered, recorded so, no more are sent).
+   ``server/discover`` then keeps the
    ``listChanged`` flags and ``resources.subscribe``.
 8. What the server sends for a call waits in that call's queue until the
    call's client request reads it (a call waiting for its client's retry

@@ -65,7 +65,11 @@ revisions. Rules it keeps:
    listen whose acknowledgement covers it, tagged with that listen's id
    (:meth:`ModernClient.tagged`; ``StdioListens`` then admits it). The
    client's ``notifications/cancelled`` of a listen (decided) ends it here,
-   never reaches the child, and the last listen of a URI unsubscribes it.
+   never reaches the child, and the last listen of a URI unsubscribes it. A
+   listen the session's ``StdioListens`` no longer holds open (cancelled
+   however spelt, its id answered by the child) ends here too. The
+   subscribes of one listen share one upstream timeout: once one goes
+   unanswered (recorded so and cancelled) no more are sent.
 
 :class:`ModernChild` (automatic): a 2025 client in front of a child that
 speaks only the stateless revision, in ``wrap`` and in each session of a
@@ -98,7 +102,9 @@ rule 5). Rules it keeps:
    answers to them are consumed here; with the last one the call is retried
    (:class:`Retry`: the client's request again, with ``inputResponses`` and
    the server's ``requestState``, decided again like any request), up to
-   :data:`~firewall.gateway.front.bridge_modern.MAX_ROUNDS` rounds. A client
+   :data:`~firewall.gateway.front.bridge_modern.MAX_ROUNDS` rounds. A call
+   is kept for its rounds only once the mediator forwarded (or held) it, and
+   forgotten when the mediator neither awaits nor holds it any more. A client
    that refuses one (an error) gets an error for the call; one that does not
    answer keeps the call waiting until it cancels it, the session ends, or
    (behind ``serve``) the request's timeout answers it (:meth:`forget`).
