@@ -640,15 +640,17 @@ async def test_a_server_that_never_answers_mcpwalls_subscribe_holds_a_listen_one
     session = _bridge_session()
     server = _SilentServer()
     session._link = server
-    uris = frozenset(f"res://r{n:03}" for n in range(200))
+    session._followed["res://zzz"] = 1  # another listen follows it already
+    uris = frozenset(f"res://r{n:03}" for n in range(200)) | {"res://zzz"}
     started = trio.current_time()
-    assert await session.follow(uris) == frozenset()
+    assert await session.follow(uris) == frozenset({"res://zzz"})
     assert server.methods().count("resources/subscribe") == 1
     assert trio.current_time() - started <= 2 * session.timeout  # virtual clock
     # What was not followed is not counted: no unsubscribe is owed for it; the
     # unanswered subscribe is recorded so, not left pending in the mediator.
-    assert session._followed == {} and session.mediator.pending_count == 0
-    await session.unfollow(frozenset())
+    assert session._followed == {"res://zzz": 2} and session.mediator.pending_count == 0
+    await session.unfollow(frozenset({"res://zzz"}))
+    assert session._followed == {"res://zzz": 1}
     assert "resources/unsubscribe" not in server.methods()
 
 

@@ -520,7 +520,7 @@ class BridgeSession(Session):
             for uri in sorted(uris):
                 if not self._followed.get(uri, 0):
                     if trio.current_time() >= deadline:
-                        break
+                        continue  # asked no more (a URI followed already still counts)
                     if not await self.own_request(mcp.RESOURCES_SUBSCRIBE, {"uri": uri},
                                                   deadline):
                         continue

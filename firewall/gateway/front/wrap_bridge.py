@@ -386,7 +386,7 @@ class ModernClient:
         for uri in sorted(within.uris):
             if not self._followed.get(uri, 0):
                 if trio.current_time() >= deadline:
-                    break  # a child that left one unanswered is asked no more
+                    continue  # asked no more (a URI followed already still counts)
                 if not await self._own_request(mcp.RESOURCES_SUBSCRIBE, {"uri": uri},
                                                deadline):
                     continue
