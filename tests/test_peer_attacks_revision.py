@@ -890,3 +890,87 @@ async def test_a_listen_id_used_again_leaves_no_subscription_behind_under_wrap_b
     unsubscribed = [m["params"]["uri"] for m in child.sent
                     if m.get("method") == "resources/unsubscribe"]
     assert sorted(unsubscribed) == ["res://a", "res://b"]
+
+
+async def test_a_change_whose_method_is_no_string_is_left_to_the_mediator_under_wrap_bridge(
+        ) -> None:
+    """A 2025 child's notification whose ``method`` is a list or an object
+    holding a listened method's name: the bridge's tagging raised TypeError
+    (unhashable), which ended ``mcpwall wrap --bridge``."""
+    from firewall.gateway.front.wrap_bridge import ModernClient
+
+    med, _ = _mediator({"version": "1", "default": "allow"}, server="vm")
+    bridge = ModernClient(med, _SilentServer(), 30)  # type: ignore[arg-type]
+    bridge.init_result = {"protocolVersion": "2025-06-18",
+                          "capabilities": {"tools": {"listChanged": True}}}
+    await bridge._listen(5, {"notifications": {"toolsListChanged": True}})
+    for line in (b'{"jsonrpc":"2.0","method":["notifications/tools/list_changed"]}',
+                 b'{"jsonrpc":"2.0","method":{"m":"notifications/tools/list_changed"}}'):
+        assert bridge.tagged(line) == [line]  # as it is: the mediator drops it
+        assert (await med.from_server(line)).client is None
+
+
+# A 2025 stdio child (for wrap --bridge) that answers each ping with a change
+# notification whose method is a list, then a real one.
+HOSTILE_2025_CHILD = """
+import json, sys
+def out(value):
+    sys.stdout.write(json.dumps(value) + "\\n"); sys.stdout.flush()
+for line in sys.stdin:
+    msg = json.loads(line)
+    rid, method = msg.get("id"), msg.get("method")
+    if method == "initialize":
+        out({"jsonrpc": "2.0", "id": rid, "result": {
+            "protocolVersion": "2025-06-18", "serverInfo": {"name": "h", "version": "1"},
+            "capabilities": {"tools": {"listChanged": True}}}})
+    elif method == "ping":
+        out({"jsonrpc": "2.0", "id": rid, "result": {}})
+        out({"jsonrpc": "2.0", "method": ["notifications/tools/list_changed"]})
+        out({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})
+    elif rid is not None:
+        out({"jsonrpc": "2.0", "id": rid, "result": {}})
+"""
+
+
+@pytest.mark.slow
+def test_a_hostile_change_does_not_end_a_wrap_bridge_session(tmp_path: Path) -> None:
+    import subprocess
+
+    from conftest import mcpwall_argv
+
+    (tmp_path / "policy.json").write_text(json.dumps({"version": "1", "default": "allow"}))
+    proc = subprocess.Popen(
+        [*mcpwall_argv(), "wrap", "--policy", str(tmp_path / "policy.json"), "--bridge",
+         "--", sys.executable, "-c", HOSTILE_2025_CHILD],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+    assert proc.stdin is not None and proc.stdout is not None
+
+    def send(value: dict[str, Any]) -> None:
+        assert proc.stdin is not None
+        proc.stdin.write((json.dumps(value) + "\n").encode())
+        proc.stdin.flush()
+
+    def until(pred: Any) -> list[dict[str, Any]]:
+        assert proc.stdout is not None and proc.stderr is not None
+        seen: list[dict[str, Any]] = []
+        while not (seen and pred(seen[-1])):
+            line = proc.stdout.readline()
+            assert line, "mcpwall wrap ended: " + proc.stderr.read().decode()[-2000:]
+            seen.append(json.loads(line))
+        return seen
+
+    try:
+        send({"jsonrpc": "2.0", "id": 1, "method": "subscriptions/listen", "params": {
+            "notifications": {"toolsListChanged": True}, "_meta": META}})
+        until(lambda m: m.get("method") == "notifications/subscriptions/acknowledged")
+        send({"jsonrpc": "2.0", "id": 2, "method": "ping", "params": {"_meta": META}})
+        seen = until(lambda m: m.get("method") == "notifications/tools/list_changed")
+        assert seen[-1]["params"]["_meta"] == {"io.modelcontextprotocol/subscriptionId": 1}
+        send({"jsonrpc": "2.0", "id": 3, "method": "ping", "params": {"_meta": META}})
+        until(lambda m: m.get("id") == 3)  # the session lives on
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=20)
+        proc.stdout.close()
+        if proc.stderr is not None:
+            proc.stderr.close()

@@ -465,13 +465,13 @@ class ModernClient:
             value = jsonrpc.decode_any(line)
         except jsonrpc.DECODE_ERRORS:
             return [line]
-        if not isinstance(value, dict) or "id" in value or value.get("method") not in LISTENED:
-            return [line]
+        method = value.get("method") if isinstance(value, dict) else None
+        if not isinstance(method, str) or "id" in value or method not in LISTENED:
+            return [line]  # the mediator reads (or drops) it: a list raised TypeError here
         params = value.get("params")
         still = self.open_listens
         return [tag(line, rid) for key, (rid, honoured) in self._listens.items()
-                if (still is None or key in still)
-                and honoured.admits(str(value["method"]), params)]
+                if (still is None or key in still) and honoured.admits(method, params)]
 
     async def _shake_hands(self) -> bool:
         """mcpwall's own handshake with the child, once (rule 1); False if it failed."""
