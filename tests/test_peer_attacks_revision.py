@@ -809,9 +809,11 @@ async def test_a_child_escaping_a_change_s_method_still_reaches_the_listen_under
     assert value["params"]["_meta"] == {"io.modelcontextprotocol/subscriptionId": 5}
 
 
-@pytest.mark.parametrize("spelling", [b"input\\u005frequired", b"\\u0069nput_required"])
+@pytest.mark.parametrize(("spelling", "ident"), [
+    (b"input\\u005frequired", b'"id"'), (b"\\u0069nput_required", b'"id"'),
+    (b"input_required", b'"\\u0069d"')])
 async def test_an_escaped_input_required_of_a_modern_child_is_still_a_round(
-        spelling: bytes) -> None:
+        spelling: bytes, ident: bytes) -> None:
     """The mediator reads a modern-only child's ``resultType`` behind escapes
     (and decides its input requests, rule 16); the stdio bridge's byte test
     took only the plain spelling, so the 2025 client got the InputRequiredResult
@@ -826,7 +828,7 @@ async def test_an_escaped_input_required_of_a_modern_child_is_still_a_round(
         "jsonrpc": "2.0", "id": 1, "method": "tools/call",
         "params": {"name": "book", "arguments": {}}}).encode())
     assert routed.upstream is not None
-    answer = (b'{"jsonrpc":"2.0","id":1,"result":{"resultType":"' + spelling + b'",'
+    answer = (b'{"jsonrpc":"2.0",' + ident + b':1,"result":{"resultType":"' + spelling + b'",'
               b'"requestState":"s","inputRequests":{"k":{"method":"elicitation/create",'
               b'"params":{"message":"Which day?","requestedSchema":{"type":"object",'
               b'"properties":{}}}}}}}')
