@@ -833,6 +833,8 @@ class ModernChild:
         :class:`Retry`'s): forwarded (or held for a person), its call is kept
         for its rounds while the mediator awaits or holds it; refused, it is
         forgotten (rule 8)."""
+        if not self._calls:  # (every request of a session that is not bridged)
+            return
         key = _key(request.envelope.request_id)
         call = self._calls.get(key)
         if call is None or call.request is not request:
