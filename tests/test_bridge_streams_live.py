@@ -173,10 +173,12 @@ async def test_a_calls_log_messages_reach_its_client_at_the_level_it_asked(
     body = {"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {"_meta": {
         "io.modelcontextprotocol/protocolVersion": MODERN,
         "io.modelcontextprotocol/clientCapabilities": {}}}}
-    reply = httpx.post(harness.endpoint(gateway.base, "everything"), json=body, timeout=30,
-                       headers={"accept": "application/json", "mcp-protocol-version": MODERN,
-                                "mcp-method": "server/discover",
-                                "authorization": f"Bearer {TOKEN}"})
+    async with httpx.AsyncClient(timeout=30) as http:
+        reply = await http.post(harness.endpoint(gateway.base, "everything"), json=body,
+                                headers={"accept": "application/json",
+                                         "mcp-protocol-version": MODERN,
+                                         "mcp-method": "server/discover",
+                                         "authorization": f"Bearer {TOKEN}"})
     assert reply.status_code == 200, reply.text
     assert "logging" in reply.json()["result"]["capabilities"]
 
