@@ -112,7 +112,7 @@ async def test_log_messages_reach_the_call_that_asked_for_their_level() -> None:
     assert await session._dispatch(_log("loud"), "mcpwall-bridge-1")  # no such level
     assert _queued(wants) == ["log", "log", "log"] and _queued(silent) == []
     assert session.logs_dropped == 5
-    assert session.health()["logs_dropped"] == 5
+    assert session.tally.logs_dropped == 5
 
 
 async def test_over_stdio_a_log_message_is_the_one_calls() -> None:

@@ -193,3 +193,25 @@ async def test_a_call_that_asked_for_no_log_messages_gets_none(gateway: Gateway)
         result = await client.call_tool("chatty", {})
     assert result.content[0].text == "done"  # type: ignore[union-attr]
     assert logged == []
+
+
+async def test_log_messages_for_a_client_that_takes_json_only_are_counted(
+        gateway: Gateway) -> None:
+    async with httpx.AsyncClient(timeout=30) as http:
+        async def dropped() -> int:
+            health = (await http.get(f"{gateway.base}/healthz")).json()
+            return health["servers"]["chatty"]["bridge"]["logs_dropped"]  # type: ignore[no-any-return]
+
+        before = await dropped()
+        body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+            "name": "chatty", "arguments": {}, "_meta": {
+                "io.modelcontextprotocol/protocolVersion": MODERN,
+                "io.modelcontextprotocol/clientCapabilities": {},
+                "io.modelcontextprotocol/logLevel": "debug"}}}
+        reply = await http.post(harness.endpoint(gateway.base, "chatty"), json=body, headers={
+            "accept": "application/json", "mcp-protocol-version": MODERN,
+            "mcp-method": "tools/call", "mcp-name": "chatty",
+            "authorization": f"Bearer {TOKEN}"})
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["result"]["content"][0]["text"] == "done"
+        assert await dropped() == before + 3  # asked at debug: all three, none relayed

@@ -97,8 +97,9 @@ the new revision without touching its servers. Rules this module keeps:
    for that call only when the call's request asked for log messages
    (``io.modelcontextprotocol/logLevel`` in its ``_meta``, the
    2026-07-28 way, which the server never sees) at a level at or below the
-   message's; any other is dropped and counted (:attr:`BridgeSession.logs_dropped`,
-   in the health report). ``server/discover`` then keeps ``logging``.
+   message's; any other is dropped and counted (per session, and per
+   bridge in the server's ``/healthz`` entry: :class:`Tally`).
+   ``server/discover`` then keeps ``logging``.
 """
 
 from __future__ import annotations
@@ -279,14 +280,24 @@ class BridgedCall(InputCall):
         self.events, self.receive = trio.open_memory_channel[tuple[str, bytes]](math.inf)
 
 
+class Tally:
+    """What the sessions of one bridge counted: log messages no client got (rule 9)."""
+
+    __slots__ = ("logs_dropped",)
+
+    def __init__(self) -> None:
+        self.logs_dropped = 0
+
+
 class BridgeSession(Session):
     """A 2025 session mcpwall holds with a stdio child, for one caller's bridged requests."""
 
     def __init__(self, *, sid: str, server: str, caller: Caller, mediator: Mediator,
                  idle_limit: float, connect: Connect, timeout: float,
-                 seal: StateSeal | None = None) -> None:
+                 seal: StateSeal | None = None, tally: Tally | None = None) -> None:
         super().__init__(sid=sid, server=server, caller=caller, mediator=mediator,
                          idle_limit=idle_limit)
+        self.tally = tally or Tally()
         self.connect = connect
         self.timeout = timeout
         self.seal = seal or StateSeal()
@@ -458,6 +469,7 @@ class BridgeSession(Session):
     def dropped_log(self, on: str | None = None) -> None:
         """Count a log message no client gets (rule 9)."""
         self.logs_dropped += 1
+        self.tally.logs_dropped += 1
         self.log.debug("bridge_log_message_dropped", bid=on or None,
                        dropped=self.logs_dropped)
 
@@ -474,7 +486,7 @@ class BridgeSession(Session):
     async def close(self, reason: str) -> None:
         """End the session: its child is stopped, waiting requests get errors."""
         if not self.closed:
-            self.log.info("session_closed", reason=reason)
+            self.log.info("session_closed", reason=reason, logs_dropped=self.logs_dropped)
         self.closed = True
         self._scope.cancel()
 
@@ -710,10 +722,15 @@ class Bridge:
         self.keepalive = front.listen.keepalive_seconds
         self._sessions: dict[tuple[str, str], BridgeSession] = {}
         self.seal = StateSeal()  # the requestState of the bridge's input requests
+        self.tally = Tally()
         self._opening: dict[tuple[str, str], trio.Lock] = {}
 
     def sessions(self) -> list[BridgeSession]:
         return [s for s in self._sessions.values() if not s.closed]
+
+    def health(self) -> dict[str, Any]:
+        """The bridge's entry in its server's health report."""
+        return {"sessions": len(self.sessions()), "logs_dropped": self.tally.logs_dropped}
 
     async def session_for(self, caller: Caller) -> BridgeSession | Refusal | str:
         """The caller's bridged session, opened if need be; a Refusal (caps) or
@@ -732,7 +749,7 @@ class Bridge:
                 sid=sid, server=self.name, caller=caller,
                 mediator=self.front.mediator(self.name, sid, caller),
                 idle_limit=self.idle_limit, connect=self.connect, timeout=self.timeout,
-                seal=self.seal)
+                seal=self.seal, tally=self.tally)
             session.slot = slot
             try:
                 await self.front.start_session(session, session.run)

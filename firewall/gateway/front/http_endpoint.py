@@ -218,11 +218,14 @@ class HttpEndpoint:
     def health(self) -> dict[str, Any]:
         stats = self.upstream.stats()
         streams = self.streams.stats()
-        return {"transport": self.transport, "url": self.settings.url,
-                "sessions": self.front.table.count(self.name),
-                "connections": {"idle": stats.idle, "in_flight": stats.in_flight,
-                                "opened": stats.opened},
-                "streams": streams.in_flight}
+        report = {"transport": self.transport, "url": self.settings.url,
+                  "sessions": self.front.table.count(self.name),
+                  "connections": {"idle": stats.idle, "in_flight": stats.in_flight,
+                                  "opened": stats.opened},
+                  "streams": streams.in_flight}
+        if self.stateless_bridge is not None:
+            report["bridge"] = self.stateless_bridge.health()
+        return report
 
     def _headers(self, ex: Exchange, session: HttpSession | None) -> list[tuple[str, str]]:
         out = _forwarded(ex)
