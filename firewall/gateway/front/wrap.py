@@ -40,7 +40,7 @@ Invariants:
    message; a bridged listen is ended in the bridge), the mediator records
    the request ``cancelled``, the client gets the graceful end (a
    ``SubscriptionsListenResult`` under its id) and ``listen_end`` says
-   ``lifetime``.
+   ``lifetime``. A listen the client cancels is recorded ``cancelled`` at once.
 8. Client and child of different protocol eras are bridged by
    :mod:`firewall.gateway.front.wrap_bridge`: a 2026-07-28 client over a
    2025-only child with ``bridge`` set (``--bridge``), a 2025 client over a
@@ -126,7 +126,11 @@ class StdioClient:
 
     async def listen_cancelled(self, key: str) -> None:
         """The client cancelled an open listen (its ``notifications/cancelled`` is
-        decided and goes on like any message); a subclass may end more here."""
+        decided and goes on like any message): the request is recorded
+        ``cancelled`` now, and the upstream owes no answer (a late one is dropped)."""
+        rid = jsonrpc.decode_any(key.encode())
+        if isinstance(rid, (int, str)):
+            await self.mediator.ended_here(rid, "listen cancelled by the client")
 
     def _opened(self, key: str | None) -> None:
         if key is not None:
@@ -206,6 +210,7 @@ class StdioClient:
         for out in routed:  # durable before the client hears of the batch
             await out.ready()
         await self._to_client(replies)
+        await self.listens.flush()  # the listens the client cancelled (rule 7)
         return await self.forward(routed)
 
     @contextlib.asynccontextmanager

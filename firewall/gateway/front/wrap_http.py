@@ -213,9 +213,7 @@ class HttpWrapSession(StdioClient):
         scope = self._listen_scopes.pop(key, None)
         if scope is not None:
             scope.cancel()
-            rid = jsonrpc.decode_any(key.encode())
-            if isinstance(rid, (int, str)):
-                await self.mediator.ended_here(rid, "listen cancelled by the client")
+        await super().listen_cancelled(key)
 
     def _decoded(self, message: Outbound) -> jsonrpc.Message | None:
         try:  # the mediator's own canonical line: it decodes
