@@ -417,8 +417,10 @@ class HttpWrapSession(StdioClient):
         assert rid is not None
         key = _key(rid)
         await message.ready()
-        scope = self._listen_scopes[key] = trio.CancelScope()
         task_status.started()
+        if key not in self.listens.open:  # ended (or cancelled) while its receipt was made
+            return
+        scope = self._listen_scopes[key] = trio.CancelScope()
         failure: UpstreamFailure = Lost("ended the stream without an answer")
         try:
             with scope:
