@@ -159,3 +159,24 @@ async def test_behind_upstream_a_listen_open_at_session_end_ends_gracefully(
     assert messages[-1] == {"jsonrpc": "2.0", "id": "L1",
                             "result": {"_meta": {SUB: "L1"}, "resultType": "complete"}}
     assert await _ends(db) == ["session ended"]
+
+
+async def test_under_wrap_bridge_a_listen_mcpwall_answers_ends_at_its_lifetime(
+        tmp_path: Path) -> None:
+    """A 2025 child (``fixtures/subscribing_server.py``): the listen is mcpwall's
+    own, so its lifetime ends it there: the URI it followed is unsubscribed
+    (nothing is cancelled at the child) and the client gets the graceful end."""
+    record = tmp_path / "subscriptions.jsonl"
+    argv = [*_argv(tmp_path, None)[:-4], "--bridge", "--", sys.executable,
+            str(FIXTURE.with_name("subscribing_server.py"))]
+    params = StdioServerParameters(command=argv[0], args=argv[1:],
+                                   env={"SUBSCRIBING_RECORD_FILE": str(record)})
+    async with Client(params, mode=MODERN) as client:
+        async with client.listen(resource_subscriptions=["res://open"]) as sub:
+            assert sub.honored.resource_subscriptions == ["res://open"]
+            assert await _until_the_end(sub) == []
+        assert (await client.call_tool("echo", {"text": "on"})).content
+    lines = [json.loads(line) for line in record.read_text().splitlines()]
+    assert [(v["method"], v["uri"]) for v in lines] == [
+        ("resources/subscribe", "res://open"), ("resources/unsubscribe", "res://open")]
+    assert await _ends(tmp_path / "audit.db") == ["lifetime"]
