@@ -377,6 +377,14 @@ class ModernClient:
             "notifications": honoured.wire(), "_meta": {SUBSCRIPTION_ID: rid}}})
         return (await self.mediator.from_server(ack)).client
 
+    async def end_listen(self, rid: RequestId) -> bool:
+        """mcpwall ends a listen it answers here (its lifetime, rule 9): as if the
+        client cancelled it; False when it is not one of them (it went to the child)."""
+        if _key(rid) not in self._listens:
+            return False
+        await self._unlisten(rid)
+        return True
+
     async def _unlisten(self, rid: Any) -> None:
         """The client cancelled a listen (rule 9): the URIs no listen follows any
         more are unsubscribed."""
