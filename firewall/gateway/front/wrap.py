@@ -50,6 +50,12 @@ Invariants:
    (translated, its receipt kept: a client's answer to the child's own
    request is its decided retry) or mcpwall's own handshake, refusals of the
    child's requests and cancellations of calls it abandoned.
+9. Answers of the 2026-07-28 revision (those that carry ``resultType``) are
+   relayed as on the HTTP front (``revision.ResultView``): a cacheable
+   result's ``ttlMs`` capped by ``listen.max_cache_ttl_seconds`` (so a policy
+   reload is seen within it), ``server/discover`` naming the revisions
+   mcpwall speaks, the tools' ``x-mcp-header`` annotations learnt (``wrap
+   --upstream`` sends the ``Mcp-Param-*`` headers made from them).
 """
 
 from __future__ import annotations
@@ -74,7 +80,7 @@ from firewall.gateway.upstream.stdio import (
     open_stdio_child,
 )
 from firewall.log import get_logger
-from firewall.protocol import framing, jsonrpc, mcp
+from firewall.protocol import framing, jsonrpc, mcp, revision
 from firewall.protocol.framing import TOO_LONG
 
 
@@ -95,8 +101,13 @@ class StdioClient:
         max_line: int,
         max_listens: int = 16,
         listen_seconds: float = 3600.0,
+        ttl_ms: int = 60_000,
     ) -> None:
         self.mediator = mediator
+        # Rule 9: the revision's answers as every front relays them (a bridge
+        # of the session may take over the mediator's hook).
+        self.results = revision.ResultView(ttl_ms, era_marked=True)
+        mediator.on_result = self._result_seen
         self.client_in = client_in
         self.client_out = client_out
         self.max_line = max_line
@@ -109,6 +120,9 @@ class StdioClient:
         self._held_calls: trio.Nursery
         self.listens = StdioListens(mediator, max_listens, listen_seconds)  # rule 7
         self._listen_opened = trio.Event()  # wakes the lifetime watch (rule 7)
+
+    def _result_seen(self, method: str, line: bytes, narrowed: bool) -> bytes:
+        return self.results.seen(method, line, narrowed)
 
     async def forward(self, messages: list[Outbound]) -> bool:
         """Write decided messages to the upstream, in order; False if it is gone."""
@@ -271,7 +285,7 @@ class WrapSession(StdioClient):
         listen_seconds: float = 3600.0,
     ) -> None:
         super().__init__(mediator, client_in, client_out, max_line, max_listens,
-                         listen_seconds)
+                         listen_seconds, ttl_ms)
         self.child = child
         # Bridging (rule 7): --bridge for a 2026-07-28 client over a 2025 child;
         # a child of the new revision only is found out on its own.

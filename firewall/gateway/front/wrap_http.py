@@ -114,9 +114,10 @@ class HttpWrapSession(StdioClient):
         grace: float,
         max_listens: int = 16,
         listen_seconds: float = 3600.0,
+        ttl_ms: int = 60_000,
     ) -> None:
         super().__init__(mediator, client_in, client_out, max_line, max_listens,
-                         listen_seconds)
+                         listen_seconds, ttl_ms)
         self.url = settings.url
         self.timeout = timeout
         self.grace = grace
@@ -261,8 +262,9 @@ class HttpWrapSession(StdioClient):
         version = revision.body_version(params)
         if version not in revision.MODERN_VERSIONS:
             return self._post_headers()
+        spec = self.results.headers_of(params) if msg.method == mcp.TOOLS_CALL else None
         key = (("content-type", JSON), ("accept", ACCEPT), *revision.upstream_headers(
-            version, msg.method, params if msg.kind is Kind.REQUEST else None, None))
+            version, msg.method, params if msg.kind is Kind.REQUEST else None, spec))
         found = self._modern.get(key)
         if found is None:
             if len(self._modern) >= _MODERN_CACHE_SIZE:
@@ -519,18 +521,20 @@ async def run_wrap_http(
     max_line: int,
     max_listens: int = 16,
     listen_seconds: float = 3600.0,
+    ttl_ms: int = 60_000,
     client_in: trio.abc.ReceiveStream | None = None,
     client_out: trio.abc.SendStream | None = None,
 ) -> int:
     """Run one wrapped session on the given streams (our stdin/stdout by default);
     each call waits at most ``answer_seconds`` for its answer; at most
-    ``max_listens`` listens are open at once, each for ``listen_seconds`` at most."""
+    ``max_listens`` listens are open at once, each for ``listen_seconds`` at most;
+    ``ttl_ms``: the cap on a cacheable result's ``ttlMs``."""
     client_in, client_out = client_streams(client_in, client_out)
     try:
         return await HttpWrapSession(mediator, settings, client_in, client_out,
                                      max_line=max_line, timeout=answer_seconds,
                                      grace=grace, max_listens=max_listens,
-                                     listen_seconds=listen_seconds).run()
+                                     listen_seconds=listen_seconds, ttl_ms=ttl_ms).run()
     finally:
         with trio.CancelScope(shield=True):
             await client_out.aclose()
