@@ -149,10 +149,10 @@ class StdioServer(_Base, tag="stdio", tag_field="transport"):
     terminate_grace_seconds: float = 5.0
     # Carry 2026-07-28 requests over a 2025 session mcpwall opens itself
     # (serve only). Off by default: the bridge carries the server's own
-    # requests during a call as MRTR input requests, but not its other
-    # notifications (logging, list changes) nor its requests outside one
-    # call, so a client in auto mode keeps the 2025 handshake, where they
-    # work. False: such requests get -32022 naming the 2025 versions.
+    # requests during a call as MRTR input requests and a call's progress
+    # and log messages, but not its other notifications nor its requests
+    # that belong to no call, so a client in auto mode keeps the 2025
+    # handshake, where they work. False: such requests get -32022 naming the 2025 versions.
     bridge: bool = False
 
     def children_per_principal(self) -> int:

@@ -211,17 +211,19 @@ class MemoryWrap:
 @asynccontextmanager
 async def memory_wrap(mediator: Mediator, child: MemoryChild | None = None, *,
                       echo: bool = True, max_line: int = MAX_LINE,
-                      seconds: float = 10) -> AsyncIterator[MemoryWrap]:
+                      seconds: float = 10,
+                      listen_seconds: float = 3600.0) -> AsyncIterator[MemoryWrap]:
     """Run a WrapSession between an in-memory client and child.
 
     With ``echo`` the child serves as the echo server; without, the test speaks for it.
     Leaving the block ends the client's stream and waits (``seconds`` at most) for the
-    session to end.
+    session to end. ``listen_seconds``: ``listen.listen_stream_max_seconds``.
     """
     child = child or MemoryChild(max_line)
     client_end, front_end = trio.testing.memory_stream_pair()
     # WrapSession annotates StdioChild; MemoryChild has the part of it the session uses.
-    session = WrapSession(mediator, child, front_end, front_end, max_line)  # type: ignore[arg-type]
+    session = WrapSession(mediator, child, front_end, front_end, max_line,  # type: ignore[arg-type]
+                          listen_seconds=listen_seconds)
     wrap = MemoryWrap(session, LinePeer(client_end), child)
     with trio.fail_after(seconds):
         async with trio.open_nursery() as nursery:

@@ -36,7 +36,8 @@ FIXTURE = Path(__file__).parent / "fixtures" / "asking_server.py"
 POLICY = {"version": "1", "default": "allow",
           "methods": {"sampling/createMessage": {"action": "deny",
                                                  "reason": "no use of the client's model"}}}
-TOKENS = {"alice": "alice-secret-token", "bob": "bob-secret-token"}
+TOKENS = {"alice": "alice-secret-token", "bob": "bob-secret-token",
+          "carol": "carol-secret-token"}
 
 
 class Gateway:
@@ -89,11 +90,11 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         yield served
 
 
-def _client(gateway: Gateway, **callbacks: Any) -> Client:
+def _client(gateway: Gateway, principal: str = "alice", **callbacks: Any) -> Client:
     import httpx2
     from mcp.client.streamable_http import streamable_http_client
 
-    http = httpx2.AsyncClient(headers={"authorization": f"Bearer {TOKENS['alice']}"},
+    http = httpx2.AsyncClient(headers={"authorization": f"Bearer {TOKENS[principal]}"},
                               timeout=30)
     return Client(streamable_http_client(gateway.url, http_client=http), mode=MODERN,
                   **callbacks)
@@ -248,3 +249,20 @@ def test_a_question_left_unanswered_is_abandoned(tmp_path: Path) -> None:
             "date": "2027-05-05"}}}, "requestState": state}, "nice-3")
         assert "result" not in late or late["result"].get("resultType") == "input_required"
         assert not [c for c in gateway.executed() if c.get("date") == "2027-05-05"]
+
+
+async def test_a_stdio_servers_log_messages_reach_the_one_call_at_its_level(
+        gateway: Gateway) -> None:
+    """A stdio server does not say which call it logs for: the one in flight
+    (carol's bridged session has no other; alice's may still hold a call an
+    earlier test left waiting for its retry)."""
+    logged: list[tuple[str, Any]] = []
+
+    async def on_log(params: types.LoggingMessageNotificationParams) -> None:
+        logged.append((params.level, params.data))
+
+    async with _client(gateway, "carol", logging_callback=on_log,
+                       log_level="warning") as client:
+        result = await client.call_tool("chatty", {})
+    assert result.content[0].text == "done"  # type: ignore[union-attr]
+    assert logged == [("warning", "warning line")]

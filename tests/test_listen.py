@@ -308,6 +308,9 @@ async def _listen_until_the_end(short_lived: Gateway) -> None:
 def test_shutdown_ends_listen_streams_with_their_result(tmp_path: Path) -> None:
     with own_gateway(tmp_path, 3600) as gateway:
         _listen_through_shutdown(gateway)
+        # Let the graceful shutdown finish: leaving the block signals again,
+        # and a second signal stops at once, before the last rows are written.
+        gateway.proc.wait(timeout=60)
     ends = [json.loads(d) for (d,) in sqlite3.connect(str(tmp_path / "audit.db")).execute(
         "SELECT detail FROM events WHERE kind = 'listen_end'")]
     assert [e["reason"] for e in ends] == ["shutdown"]

@@ -40,6 +40,10 @@ OWN_MESSAGES = {
     # composed by mcpwall (no client byte in them).
     ("gateway/front/wrap_bridge.py", "wrap bridge: mcpwall's own handshake"),
     ("gateway/front/wrap_bridge.py", "wrap bridge: refusal of a server request"),
+    # `mcpwall wrap` ends a listen past listen.listen_stream_max_seconds: the
+    # child is told with a notifications/cancelled mcpwall composes (the
+    # listen's id, a fixed reason; no client byte in it).
+    ("gateway/front/wrap.py", "cancellation of a listen it ended"),
     # `mcpwall scan`: no agent behind it; it writes the handshake, list requests
     # and refusals of server requests it composes itself, never a tool call.
     ("gateway/upstream/survey.py", "mcpwall scan: its own handshake, lists and refusals"),

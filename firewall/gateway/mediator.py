@@ -647,6 +647,20 @@ class Mediator:
                 await self._outcome(pending, status, code, text, 0)
         return replies
 
+    async def ended_here(self, request_id: RequestId, reason: str) -> bool:
+        """A client request mcpwall itself ended upstream (a listen past its
+        lifetime or at session end, or one the client cancelled whose stream
+        mcpwall closed): it leaves the pending table with the outcome
+        ``cancelled`` (its counters kept: it ran), so a late answer is dropped
+        as unmatched and no error is owed for it. False if it was not pending."""
+        pending = self._client_pending.pop(request_id, None)
+        if pending is None:
+            return False
+        if pending.counters is not None:
+            await pending.counters.commit()
+        await self._outcome(pending, "cancelled", None, reason, 0)
+        return True
+
     # -- internals -------------------------------------------------------
     async def _request(self, inbound: Inbound, direction: str) -> Routed:
         # The view and the bytes that will be forwarded if the policy allows

@@ -228,12 +228,15 @@ async def run_wrap_session(
                     settings, mediator=mediator,
                     handshake_seconds=config.listen.upstream_timeout_seconds,
                     ttl_ms=int(config.listen.max_cache_ttl_seconds * 1000),
-                    max_listens=config.listen.max_listen_streams_per_principal)
+                    max_listens=config.listen.max_listen_streams_per_principal,
+                    listen_seconds=config.listen.listen_stream_max_seconds)
             else:
                 code = await run_wrap_http(settings, mediator=mediator,
                                            answer_seconds=config.listen.upstream_timeout_seconds,
                                            grace=terminate_grace, max_line=max_line,
-                                           max_listens=config.listen.max_listen_streams_per_principal)
+                                           max_listens=config.listen.max_listen_streams_per_principal,
+                                           listen_seconds=config.listen.listen_stream_max_seconds,
+                                           ttl_ms=int(config.listen.max_cache_ttl_seconds * 1000))
             if desk is not None:
                 await desk.forget_session(session)
             await append_lifecycle(

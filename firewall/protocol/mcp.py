@@ -38,13 +38,14 @@ ELICITATION_CREATE: Final = "elicitation/create"
 ROOTS_LIST: Final = "roots/list"
 CANCELLED: Final = "notifications/cancelled"
 PROGRESS: Final = "notifications/progress"
+LOG_MESSAGE: Final = "notifications/message"
 
 # The notifications MCP defines (2025-03-26 to 2025-11-25). They carry no
 # operation and pass without a decision; any other ``notifications/...``
 # method is decided by the policy like a request (``methods``, then the
 # default), since a server may act on it.
 NOTIFICATIONS: Final = frozenset({
-    "notifications/initialized", CANCELLED, PROGRESS, "notifications/message",
+    "notifications/initialized", CANCELLED, PROGRESS, LOG_MESSAGE,
     "notifications/resources/updated", "notifications/resources/list_changed",
     "notifications/tools/list_changed", "notifications/prompts/list_changed",
     "notifications/roots/list_changed", "notifications/elicitation/complete",

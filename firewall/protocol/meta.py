@@ -38,6 +38,11 @@ from firewall.protocol.mcp import PROTOCOL_VERSIONS
 VERSION_KEY: Final = "io.modelcontextprotocol/protocolVersion"
 CAPABILITIES_KEY: Final = "io.modelcontextprotocol/clientCapabilities"
 INFO_KEY: Final = "io.modelcontextprotocol/clientInfo"
+# 2026-07-28: the lowest level of the log messages a request wants (none: no
+# ``notifications/message`` for it); the levels low to high (RFC 5424 order).
+LOG_LEVEL_KEY: Final = "io.modelcontextprotocol/logLevel"
+LOG_LEVELS: Final = ("debug", "info", "notice", "warning", "error", "critical", "alert",
+                     "emergency")
 
 # The revisions of the stateless era mcpwall mediates (newest first).
 MODERN_VERSIONS: Final = ("2026-07-28",)
@@ -102,6 +107,22 @@ def of_initialize(params: Any) -> ClientMeta:
         return LEGACY
     return ClientMeta(False, params.get("protocolVersion"), params.get("capabilities"),
                       params.get("clientInfo"))
+
+
+def log_level(params: Any) -> int | None:
+    """The rank in :data:`LOG_LEVELS` of the level a 2026-07-28 request's
+    ``_meta`` asks its log messages at; None when it asks none (or names no level).
+
+    ``log_level({"_meta": {LOG_LEVEL_KEY: "warning"}})`` is 3."""
+    meta = params.get("_meta") if type(params) is dict else None
+    level = meta.get(LOG_LEVEL_KEY) if type(meta) is dict else None
+    return LOG_LEVELS.index(level) if level in LOG_LEVELS else None
+
+
+def message_level(params: Any) -> int | None:
+    """The rank of a ``notifications/message``'s ``level``; None if it names none."""
+    level = params.get("level") if type(params) is dict else None
+    return LOG_LEVELS.index(level) if level in LOG_LEVELS else None
 
 
 def audit_version(version: Any) -> str | None:

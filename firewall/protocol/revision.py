@@ -36,6 +36,11 @@ module keeps:
    decided for longer than its cap: :func:`bound_cache` lowers ``ttlMs`` to
    the cap and makes the scope ``private`` when the answer is the caller's
    own (filtered for it, or callers are told apart).
+5. :class:`ResultView` is what every front does to a relayed answer of a
+   cacheable method: tools/list teaches it the tools' ``x-mcp-header``
+   annotations (at most :data:`MAX_LEARNT_TOOLS` tools, then it starts
+   afresh: a server cannot grow it without bound), ``server/discover`` names
+   only the revisions mcpwall speaks, and rule 4 bounds the result.
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ from typing import Any, Final, Literal
 
 import msgspec
 
-from firewall.protocol import mcp
+from firewall.protocol import jsonrpc, mcp
 from firewall.protocol.inbound import Inbound
 
 MODERN_VERSIONS: Final = ("2026-07-28",)
@@ -400,3 +405,66 @@ def discover_view(result: dict[str, Any]) -> dict[str, Any] | None:
         return None
     kept = [v for v in versions if v in SUPPORTED_VERSIONS]
     return None if kept == versions else {**result, "supportedVersions": kept}
+
+
+MAX_LEARNT_TOOLS: Final = 4096  # x-mcp-header annotations kept per server (rule 5)
+
+
+class ResultView:
+    """The answers of one server as mcpwall relays them (rule 5); sans-IO.
+
+    ``ttl_cap_ms``: the cap on ``ttlMs``; ``era_marked``: bound only the
+    results that carry ``resultType`` (a front that relays both eras, such
+    as ``wrap``, leaves the handshake revisions' results as they are).
+    """
+
+    __slots__ = ("era_marked", "param_headers", "ttl_cap_ms")
+
+    def __init__(self, ttl_cap_ms: int, *, era_marked: bool = False) -> None:
+        self.ttl_cap_ms = ttl_cap_ms
+        self.era_marked = era_marked
+        # Per tool (None: its annotation is invalid).
+        self.param_headers: dict[str, tuple[ParamHeader, ...] | None] = {}
+
+    def headers_of(self, params: Any) -> tuple[ParamHeader, ...] | None:
+        """The ``x-mcp-header`` annotations of the tool a ``tools/call`` names,
+        None while unknown (or invalid)."""
+        if not isinstance(params, Mapping):
+            return None
+        return self.param_headers.get(str(params.get("name")))
+
+    def seen(self, method: str, line: bytes, private: bool) -> bytes:
+        """An answer on its way to the client: learnt from, narrowed and bounded;
+        ``line`` itself when nothing changes. ``private``: the answer is the
+        caller's own (filtered for it, or callers are told apart)."""
+        if method not in CACHEABLE:
+            return line
+        try:
+            value = jsonrpc.decode_any(line)
+        except jsonrpc.DECODE_ERRORS:
+            return line
+        result = value.get("result") if isinstance(value, dict) else None
+        if not isinstance(result, dict):
+            return line
+        if method == mcp.TOOLS_LIST and isinstance(result.get("tools"), list):
+            self.learn(result["tools"])
+        if self.era_marked and "resultType" not in result:
+            return line
+        view = result
+        if method == DISCOVER:
+            view = discover_view(result) or result
+        bounded = bound_cache(view, self.ttl_cap_ms, private)
+        if bounded is not None:
+            view = bounded
+        if view is result:
+            return line
+        return jsonrpc.result_response(value.get("id"), view)
+
+    def learn(self, tools: list[Any]) -> None:
+        """Keep the ``x-mcp-header`` annotations of a tools/list's tools."""
+        known = self.param_headers
+        for tool in tools:
+            if isinstance(tool, dict) and isinstance(tool.get("name"), str):
+                if len(known) >= MAX_LEARNT_TOOLS and tool["name"] not in known:
+                    known.clear()
+                known[tool["name"]] = param_headers_of(tool.get("inputSchema"))

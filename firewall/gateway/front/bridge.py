@@ -38,15 +38,19 @@ the new revision without touching its servers. Rules this module keeps:
    stateless revision mcpwall speaks. It never reaches the server.
 5. What the server sends besides answers and the requests of rule 6: a
    request is answered at once with an error (-32601); a progress
-   notification naming the ``progressToken`` of a call in flight goes
-   through that call's mediator to the event stream of the client request
-   waiting for the call (nowhere when it takes JSON only); the changes of
+   notification naming the ``progressToken`` of a call in flight, and a log
+   message of a call (rule 9), go through that call's mediator to the event
+   stream of the client request waiting for the call (nowhere when it takes
+   JSON only: a log message is then counted as dropped); the changes of
    rule 7 go to the session's listens; any other notification is dropped.
    Notifications the client sends are decided and
    recorded, and go nowhere (the revision defines none a 2025 server would
    act on).
 6. A server request (elicitation in form mode, sampling, roots/list) that
-   comes while exactly one call of the session is in flight, of a method
+   comes on the stream of one call (a link that says which request's answer
+   carried it: :data:`Dispatch`, an HTTP POST's event stream), or, when the
+   link does not say (stdio) or it came apart from any request (an HTTP GET
+   stream), while exactly one call of the session is in flight, of a method
    that may ask for input (``mrtr.MRTR_METHODS``), whose request offered
    the matching capability in its ``_meta``, becomes the answer to that
    call: an ``InputRequiredResult`` with the server's request as its one
@@ -89,6 +93,15 @@ the new revision without touching its servers. Rules this module keeps:
    server requests; beyond that a progress notification is dropped and a
    server request answered with an error (-32601). The call's answer
    always gets through.
+9. A ``notifications/message`` belongs to the call whose stream carried it,
+   or (the link does not say: stdio) to the one call in flight; one sent
+   apart from any request (an HTTP GET stream) belongs to none. It is queued
+   for that call only when the call's request asked for log messages
+   (``io.modelcontextprotocol/logLevel`` in its ``_meta``, the
+   2026-07-28 way, which the server never sees) at a level at or below the
+   message's; any other is dropped and counted (per session, and per
+   bridge in the server's ``/healthz`` entry: :class:`Tally`).
+   ``server/discover`` then keeps ``logging``.
 """
 
 from __future__ import annotations
@@ -126,7 +139,7 @@ from firewall.gateway.mediator import Lost, Mediator, TimedOut
 from firewall.gateway.outbound import Outbound
 from firewall.gateway.upstream.stdio import ChildExited, StdioChild, open_stdio_child
 from firewall.policy.decision import Caller
-from firewall.protocol import framing, jsonrpc, mcp, mrtr, revision, sse
+from firewall.protocol import framing, jsonrpc, mcp, meta, mrtr, revision, sse
 from firewall.protocol.inbound import Inbound
 from firewall.protocol.inbound import client as decode_client
 from firewall.protocol.jsonrpc import Kind, RequestId
@@ -159,6 +172,14 @@ class LinkLost(Exception):
     """The server can no longer be written to; the message says why."""
 
 
+# What a link says of the stream a message of the server came on: the id (at
+# the server) of the bridge's request whose answer carried it, :data:`APART`
+# for a stream of no request (an HTTP GET stream), None when the link cannot
+# say (stdio: one pipe for everything).
+APART: Final = ""
+Dispatch = Callable[[bytes, str | None], Awaitable[bool]]
+
+
 class Link(Protocol):
     """How a bridged session reaches its server: a stdio child (:func:`stdio_link`)
     or a 2025 session over Streamable HTTP (``http_endpoint``)."""
@@ -166,9 +187,9 @@ class Link(Protocol):
     async def send(self, outbound: Outbound) -> None:
         """Write one message (raises :class:`LinkLost`)."""
 
-    async def serve(self, dispatch: Callable[[bytes], Awaitable[bool]]) -> None:
-        """Hand each message of the server to ``dispatch`` until the link ends
-        (or ``dispatch`` returns False)."""
+    async def serve(self, dispatch: Dispatch) -> None:
+        """Hand each message of the server to ``dispatch``, with the stream it
+        came on, until the link ends (or ``dispatch`` returns False)."""
 
     def negotiated(self, version: str) -> None:
         """The protocol version the server answered ``initialize`` with."""
@@ -197,9 +218,9 @@ class StdioLink:
         except ChildExited as exc:
             raise LinkLost(f"exited with code {exc.returncode}") from None
 
-    async def serve(self, dispatch: Callable[[bytes], Awaitable[bool]]) -> None:
+    async def serve(self, dispatch: Dispatch) -> None:
         async for line in self.child.lines():
-            if not await dispatch(line):
+            if not await dispatch(line, None):
                 return
 
     def negotiated(self, version: str) -> None:
@@ -247,16 +268,27 @@ class BridgedCall(InputCall):
     """One bridged request in flight at the server (rules 5 and 6): what the
     server sends for it arrives on ``events`` as (kind, line): ``answer`` (its
     response; ``b""`` when the child is gone), ``request`` (a server request
-    the call's client may answer) or ``progress``."""
+    the call's client may answer), ``progress`` or ``log`` (rule 9: at or
+    above ``log_level``, the rank its request asked for)."""
 
-    __slots__ = ("bid", "events", "receive", "token")
+    __slots__ = ("bid", "events", "log_level", "receive", "token")
 
     def __init__(self, bid: str, method: str, caps: dict[str, Any], call_id: str | None,
-                 token: int | str | None) -> None:
+                 token: int | str | None, log_level: int | None = None) -> None:
         super().__init__(method, caps, call_id)
         self.bid = bid
         self.token = token
+        self.log_level = log_level
         self.events, self.receive = trio.open_memory_channel[tuple[str, bytes]](math.inf)
+
+
+class Tally:
+    """What the sessions of one bridge counted: log messages no client got (rule 9)."""
+
+    __slots__ = ("logs_dropped",)
+
+    def __init__(self) -> None:
+        self.logs_dropped = 0
 
 
 class BridgeSession(Session):
@@ -264,9 +296,10 @@ class BridgeSession(Session):
 
     def __init__(self, *, sid: str, server: str, caller: Caller, mediator: Mediator,
                  idle_limit: float, connect: Connect, timeout: float,
-                 seal: StateSeal | None = None) -> None:
+                 seal: StateSeal | None = None, tally: Tally | None = None) -> None:
         super().__init__(sid=sid, server=server, caller=caller, mediator=mediator,
                          idle_limit=idle_limit)
+        self.tally = tally or Tally()
         self.connect = connect
         self.timeout = timeout
         self.seal = seal or StateSeal()
@@ -283,6 +316,7 @@ class BridgeSession(Session):
         self._listeners: set[trio.MemorySendChannel[bytes]] = set()
         self._followed: dict[str, int] = {}
         self._following = trio.Lock()
+        self.logs_dropped = 0  # rule 9: log messages no client got
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Start the child and shake hands, then serve until it exits or the session ends.
@@ -348,8 +382,9 @@ class BridgeSession(Session):
             return "the server's answer to initialize is not JSON"
         return None
 
-    async def _dispatch(self, line: bytes) -> bool:
-        """One message from the server; False when the link is gone."""
+    async def _dispatch(self, line: bytes, on: str | None = None) -> bool:
+        """One message from the server, and the stream it came on
+        (:data:`Dispatch`); False when the link is gone."""
         try:
             msg = jsonrpc.decode(line)
         except jsonrpc.ProtocolError as exc:
@@ -366,7 +401,7 @@ class BridgeSession(Session):
             else:
                 self.log.info("bridge_response_unmatched", request_id=rid)
         elif msg.kind is Kind.REQUEST:  # rule 6
-            call = self._asking(msg)
+            call = self._asking(msg, on)
             if call is not None and _room(call):
                 call.events.send_nowait(("request", line))
                 return True
@@ -381,6 +416,12 @@ class BridgeSession(Session):
                 call.events.send_nowait(("progress", line))
             else:  # nobody reads them (the call waits for its client's retry)
                 self.log.debug("bridge_progress_dropped", bid=call.bid)
+        elif msg.method == mcp.LOG_MESSAGE:  # rule 9
+            call = self._logged(msg, on)
+            if call is not None and _room(call):
+                call.events.send_nowait(("log", line))
+            else:
+                self.dropped_log(on)
         elif msg.method in LISTENED and self._listeners:  # rule 7
             for listener in list(self._listeners):
                 try:
@@ -391,16 +432,48 @@ class BridgeSession(Session):
             self.log.debug("bridge_notification_dropped", method=msg.method)
         return True
 
-    def _asking(self, msg: jsonrpc.Message) -> BridgedCall | None:
-        """The call a server request belongs to (rule 6): the one call in flight,
-        of a method that may ask for input, whose client offered what it needs."""
-        if len(self._calls) != 1:
+    def _asking(self, msg: jsonrpc.Message, on: str | None) -> BridgedCall | None:
+        """The call a server request belongs to (rule 6): the call whose stream
+        carried it, else the one call in flight; of a method that may ask for
+        input, whose client offered what it needs."""
+        if on:
+            found = self._calls.get(on)
+            calls = [found] if found is not None else []
+        else:
+            calls = list(self._calls.values())
+        if len(calls) != 1:
             return None
         try:
             params = jsonrpc.decode_any(msg.params) if len(msg.params) else None
         except jsonrpc.DECODE_ERRORS:
             return None
-        return asking(self._calls.values(), msg.method, params)
+        return asking(calls, msg.method, params)
+
+    def _logged(self, msg: jsonrpc.Message, on: str | None) -> BridgedCall | None:
+        """The call a log message goes to (rule 9): the call whose stream carried
+        it (else, the link not saying, the one call in flight), if its request
+        asked for messages of that level."""
+        if on:
+            call = self._calls.get(on)
+        elif on is None and len(self._calls) == 1:
+            [call] = self._calls.values()
+        else:
+            return None
+        if call is None or call.log_level is None:
+            return None
+        try:
+            params = jsonrpc.decode_any(msg.params) if len(msg.params) else None
+        except jsonrpc.DECODE_ERRORS:
+            return None
+        level = meta.message_level(params)
+        return call if level is not None and level >= call.log_level else None
+
+    def dropped_log(self, on: str | None = None) -> None:
+        """Count a log message no client gets (rule 9)."""
+        self.logs_dropped += 1
+        self.tally.logs_dropped += 1
+        self.log.debug("bridge_log_message_dropped", bid=on or None,
+                       dropped=self.logs_dropped)
 
     def _progress_of(self, msg: jsonrpc.Message) -> BridgedCall | None:
         try:
@@ -415,14 +488,14 @@ class BridgeSession(Session):
     async def close(self, reason: str) -> None:
         """End the session: its child is stopped, waiting requests get errors."""
         if not self.closed:
-            self.log.info("session_closed", reason=reason)
+            self.log.info("session_closed", reason=reason, logs_dropped=self.logs_dropped)
         self.closed = True
         self._scope.cancel()
 
     def open_call(self, bid: str, method: str, caps: dict[str, Any], call_id: str | None,
-                  token: int | str | None) -> BridgedCall:
+                  token: int | str | None, log_level: int | None = None) -> BridgedCall:
         """Register a call before its request goes out (its answer may come at once)."""
-        call = self._calls[bid] = BridgedCall(bid, method, caps, call_id, token)
+        call = self._calls[bid] = BridgedCall(bid, method, caps, call_id, token, log_level)
         return call
 
     async def send(self, outbound: Outbound) -> bool:
@@ -590,7 +663,8 @@ class BridgeSession(Session):
 
     def health(self) -> dict[str, Any]:
         link = self._link
-        return {**(link.health() if link else {}), "bridge": True, "pending": len(self._calls)}
+        return {**(link.health() if link else {}), "bridge": True, "pending": len(self._calls),
+                "logs_dropped": self.logs_dropped}
 
 
 def translate_request(data: bytes, bid: str) -> bytes:
@@ -632,16 +706,19 @@ def translate_answer(data: bytes, rid: RequestId, method: str) -> bytes:
     return framing.canonical(jsonrpc.encode(value))
 
 
-def discover_result(init: dict[str, Any], listens: bool = False) -> dict[str, Any]:
+def discover_result(init: dict[str, Any], listens: bool = False,
+                    logs: bool = False) -> dict[str, Any]:
     """The ``server/discover`` result of a bridged server, from its initialize result
     (rule 4): with ``listens`` (mcpwall answers its listens, rule 7) the
-    ``listChanged`` flags and ``resources.subscribe`` are kept, else left out."""
+    ``listChanged`` flags and ``resources.subscribe`` are kept, else left out;
+    with ``logs`` (a call's log messages are carried, rule 9) ``logging`` is
+    kept, else left out."""
     capabilities = init.get("capabilities")
     carried: dict[str, Any] = {}
     dropped = () if listens else ("subscribe", "listChanged")
     if isinstance(capabilities, dict):
         for name, value in capabilities.items():
-            if name == "logging":
+            if name == "logging" and not logs:
                 continue
             if isinstance(value, dict):
                 value = {k: v for k, v in value.items() if k not in dropped}
@@ -670,10 +747,15 @@ class Bridge:
         self.keepalive = front.listen.keepalive_seconds
         self._sessions: dict[tuple[str, str], BridgeSession] = {}
         self.seal = StateSeal()  # the requestState of the bridge's input requests
+        self.tally = Tally()
         self._opening: dict[tuple[str, str], trio.Lock] = {}
 
     def sessions(self) -> list[BridgeSession]:
         return [s for s in self._sessions.values() if not s.closed]
+
+    def health(self) -> dict[str, Any]:
+        """The bridge's entry in its server's health report."""
+        return {"sessions": len(self.sessions()), "logs_dropped": self.tally.logs_dropped}
 
     async def session_for(self, caller: Caller) -> BridgeSession | Refusal | str:
         """The caller's bridged session, opened if need be; a Refusal (caps) or
@@ -692,7 +774,7 @@ class Bridge:
                 sid=sid, server=self.name, caller=caller,
                 mediator=self.front.mediator(self.name, sid, caller),
                 idle_limit=self.idle_limit, connect=self.connect, timeout=self.timeout,
-                seal=self.seal)
+                seal=self.seal, tally=self.tally)
             session.slot = slot
             try:
                 await self.front.start_session(session, session.run)
@@ -736,8 +818,8 @@ class Bridge:
             return
         if msg.method == revision.DISCOVER:  # rule 4
             await routed.upstream.ready()
-            answer = jsonrpc.result_response(rid, discover_result(opened.init_result,
-                                                                     listens=True))
+            answer = jsonrpc.result_response(rid, discover_result(
+                opened.init_result, listens=True, logs=True))
             await self._relay(ex, mediator, rid, framing.canonical(answer), accept_sse)
             return
         if msg.method in mrtr.MRTR_METHODS:
@@ -761,7 +843,8 @@ class Bridge:
                                               "bridged")
         _, caps = mrtr.revision(inbound.message.params)
         call = opened.open_call(bid, msg.method or "", caps, routed.upstream.call_id,
-                                mcp.progress_token(inbound.message))
+                                mcp.progress_token(inbound.message),
+                                meta.log_level(inbound.params))
         if not await opened.send(outbound):
             opened.forget(call)
         await self._carry(ex, opened, mediator, call, rid, accept_sse)
@@ -792,10 +875,12 @@ class Bridge:
             if event is None:
                 return await self._unanswered(mediator, rid, TimedOut(self.timeout))
             kind, line = event
-            if kind == "progress":
+            if kind in ("progress", "log"):
                 routed = await mediator.from_server(line)
                 if out is not None and routed.client is not None:
                     await out.send(sse.encode_event(routed.client))
+                elif kind == "log":  # rule 9: the client takes JSON only
+                    session.dropped_log(call.bid)
                 continue
             if kind == "request":
                 return await self._input_request(session, mediator, call, rid, line)

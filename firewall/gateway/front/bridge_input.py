@@ -7,10 +7,12 @@ transports differ (a child of mcpwall's own per caller with mcpwall's ids;
 the client's own child with the client's ids); the rules do not:
 
 1. A server request (elicitation in form mode, sampling, roots/list) is
-   carried only when exactly one call is in flight at the server, of a
-   method that may ask for input (``mrtr.MRTR_METHODS``), whose request
-   offered the matching capability in its ``_meta``
-   (``io.modelcontextprotocol/clientCapabilities``) (:func:`asking`).
+   carried only for exactly one call: the call whose stream carried it
+   when the transport says (the serve bridge over HTTP), else the one call
+   in flight at the server; of a method that may ask for input
+   (``mrtr.MRTR_METHODS``), whose request offered the matching capability
+   in its ``_meta`` (``io.modelcontextprotocol/clientCapabilities``)
+   (:func:`asking`, given the candidates).
 2. It becomes the answer to that call: an ``InputRequiredResult`` whose one
    input request is the server's request under a key of mcpwall's
    (``mcpwall_bridge_<n>``) and whose ``requestState`` is :data:`STATE_PREFIX`
@@ -92,7 +94,8 @@ C = TypeVar("C", bound=InputCall)
 
 
 def asking(calls: Iterable[C], method: str | None, params: Any) -> C | None:
-    """The call a server request belongs to (rule 1), or None."""
+    """The call a server request belongs to (rule 1) of its candidate ``calls``
+    (all in flight, or the one whose stream carried it), or None."""
     found = list(calls)
     if len(found) != 1:
         return None

@@ -87,7 +87,7 @@ class Bridged:
     """What a bridged session keeps of its client's ``initialize`` (rule 3), and
     the client's answers to the input requests in flight (rule 6)."""
 
-    __slots__ = ("capabilities", "info", "param_headers", "private", "ttl_ms", "waiting")
+    __slots__ = ("capabilities", "info", "private", "results", "ttl_ms", "waiting")
 
     def __init__(self, init_params: Any, ttl_ms: int, private: bool) -> None:
         params = init_params if isinstance(init_params, dict) else {}
@@ -97,7 +97,7 @@ class Bridged:
         self.info: Any = info if isinstance(info, dict) else None
         self.ttl_ms = ttl_ms
         self.private = private
-        self.param_headers: dict[str, tuple[revision.ParamHeader, ...] | None] = {}
+        self.results = revision.ResultView(ttl_ms)  # x-mcp-header annotations learnt
         # id of an input request sent to the client -> where its answer goes.
         self.waiting: dict[str, trio.MemorySendChannel[Any]] = {}
 
@@ -121,10 +121,7 @@ class Bridged:
         if result.get("resultType") == "complete":
             seen = {k: v for k, v in result.items() if k != "resultType"}
         if method == mcp.TOOLS_LIST and isinstance(seen.get("tools"), list):
-            for tool in seen["tools"]:
-                if isinstance(tool, dict) and isinstance(tool.get("name"), str):
-                    self.param_headers[tool["name"]] = revision.param_headers_of(
-                        tool.get("inputSchema"))
+            self.results.learn(seen["tools"])
         if method in revision.CACHEABLE:
             bounded = revision.bound_cache(seen, self.ttl_ms, narrowed or self.private)
             if bounded is not None:
@@ -424,7 +421,7 @@ class Bridge:
         params = revision.params_of(ask)
         spec = None
         if bridged is not None and msg.method == mcp.TOOLS_CALL and isinstance(params, dict):
-            spec = bridged.param_headers.get(str(params.get("name")))
+            spec = bridged.results.headers_of(params)
         headers = revision.upstream_headers(revision.LATEST_MODERN, msg.method or "",
                                             params, spec)
         try:

@@ -70,7 +70,9 @@ Rules this module keeps:
    POSTed, the upstream's ``Mcp-Session-Id`` kept by the link and never
    shown to anyone, each message POSTed with it and the negotiated
    ``MCP-Protocol-Version``, every message of each answer (JSON or event
-   stream) handed to the bridge; a 404 for that session ends the bridged
+   stream) handed to the bridge with the id of the request it answers (the
+   bridge's rules 6 and 9: a server request or log message on a call's own
+   stream is that call's, however many calls are in flight); a 404 for that session ends the bridged
    session, whose end DELETEs the upstream one. The request that taught
    mcpwall the upstream is handshake-only keeps its recorded failure and is
    then decided afresh and carried by the bridge, so the client never sees
@@ -94,8 +96,8 @@ import trio
 from firewall.config import HttpServer
 from firewall.gateway.front import bridge_modern, held_http
 from firewall.gateway.front.admission import Refusal, ServerCaps
+from firewall.gateway.front.bridge import APART, BridgeSession, Dispatch, Link, LinkLost
 from firewall.gateway.front.bridge import Bridge as StatelessBridge
-from firewall.gateway.front.bridge import BridgeSession, Link, LinkLost
 from firewall.gateway.front.bridge_listen import BridgedListens
 from firewall.gateway.front.endpoint import refuse_stateless
 from firewall.gateway.front.sessions import FrontContext, Session, new_session_id
@@ -216,11 +218,14 @@ class HttpEndpoint:
     def health(self) -> dict[str, Any]:
         stats = self.upstream.stats()
         streams = self.streams.stats()
-        return {"transport": self.transport, "url": self.settings.url,
-                "sessions": self.front.table.count(self.name),
-                "connections": {"idle": stats.idle, "in_flight": stats.in_flight,
-                                "opened": stats.opened},
-                "streams": streams.in_flight}
+        report = {"transport": self.transport, "url": self.settings.url,
+                  "sessions": self.front.table.count(self.name),
+                  "connections": {"idle": stats.idle, "in_flight": stats.in_flight,
+                                  "opened": stats.opened},
+                  "streams": streams.in_flight}
+        if self.stateless_bridge is not None:
+            report["bridge"] = self.stateless_bridge.health()
+        return report
 
     def _headers(self, ex: Exchange, session: HttpSession | None) -> list[tuple[str, str]]:
         out = _forwarded(ex)
@@ -706,13 +711,17 @@ class HttpLink:
     :class:`~firewall.gateway.front.bridge.Link` (rule 11): each message is
     POSTed with the session's ``Mcp-Session-Id`` (learnt from the answer to
     mcpwall's ``initialize``) and ``MCP-Protocol-Version``; each message of
-    an answer (JSON, or the events of a stream) goes to the bridge. The
-    upstream saying 404 for the session ends the link; closing it DELETEs
-    the upstream session. While the bridged session has listens, a GET
-    stream of the upstream session (on the endpoint's pool of long-lived
+    an answer (JSON, or the events of a stream) goes to the bridge, with
+    the id of the request whose answer carried it (:data:`APART` for the
+    answer to a notification or response: the bridge tells which call a
+    server request or log message is for by it). The upstream saying 404
+    for the session ends the link; closing it DELETEs the upstream
+    session. While the bridged session has listens, a GET stream of the
+    upstream session (on the endpoint's pool of long-lived
     connections) brings the notifications the upstream sends apart from its
     answers, each handed to the bridge likewise; an upstream that offers
-    none (anything but an event stream) is not asked again."""
+    none (anything but an event stream) is not asked again; what it brings
+    is handed over as :data:`APART` (a stream of no request)."""
 
     def __init__(self, endpoint: HttpEndpoint) -> None:
         self.endpoint = endpoint
@@ -720,7 +729,7 @@ class HttpLink:
         self.version: str | None = None
         self._out, self._in = trio.open_memory_channel[Outbound](math.inf)
         self._nursery: trio.Nursery | None = None
-        self._dispatch: Callable[[bytes], Awaitable[bool]] | None = None
+        self._dispatch: Dispatch | None = None
         self._get: trio.CancelScope | None = None
         self._no_get = False  # the upstream answered a GET with no event stream
 
@@ -744,7 +753,7 @@ class HttpLink:
             headers.append((revision.VERSION_HEADER, self.version))
         return self.endpoint.upstream.prepare(headers)
 
-    async def serve(self, dispatch: Callable[[bytes], Awaitable[bool]]) -> None:
+    async def serve(self, dispatch: Dispatch) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery, self._dispatch = nursery, dispatch
             try:
@@ -767,8 +776,7 @@ class HttpLink:
             self._get = trio.CancelScope()
             self._nursery.start_soon(self._listen, self._get, self._dispatch)
 
-    async def _listen(self, scope: trio.CancelScope,
-                      dispatch: Callable[[bytes], Awaitable[bool]]) -> None:
+    async def _listen(self, scope: trio.CancelScope, dispatch: Dispatch) -> None:
         """The upstream session's GET stream, reopened after it ends, until cancelled."""
         endpoint = self.endpoint
         log = get_logger(server=endpoint.name)
@@ -789,15 +797,16 @@ class HttpLink:
                         async for event in resp.events():
                             if event.data and not await dispatch(
                                     event.data.encode() if isinstance(event.data, str)
-                                    else bytes(event.data)):
+                                    else bytes(event.data), APART):
                                 return
                 except UpstreamError as exc:
                     log.warning("bridge_get_failed", reason=exc.reason.value)
                 await trio.sleep(1)  # ended or failed: open it again, at most once a second
 
-    async def _post(self, outbound: Outbound, dispatch: Callable[[bytes], Awaitable[bool]],
+    async def _post(self, outbound: Outbound, dispatch: Dispatch,
                     scope: trio.CancelScope) -> None:
         endpoint = self.endpoint
+        on = _request_id(outbound.data)  # what comes on this POST's answer is its
         try:
             async with await endpoint.upstream.forward(
                     self._headers(), outbound, response_timeout=endpoint.timeout) as resp:
@@ -810,12 +819,12 @@ class HttpLink:
                     async for event in resp.events():
                         if event.data and not await dispatch(event.data.encode()
                                                              if isinstance(event.data, str)
-                                                             else bytes(event.data)):
+                                                             else bytes(event.data), on):
                             return
                     return
                 data = await resp.read(MAX_RESPONSE_BYTES)
                 if resp.content_type == JSON and data:
-                    await dispatch(data)
+                    await dispatch(data, on)
         except UpstreamError as exc:  # the call it carried times out at the bridge
             get_logger(server=endpoint.name).warning("bridge_upstream_failed",
                                                      reason=exc.reason.value)
@@ -829,3 +838,14 @@ class HttpLink:
             headers = self.endpoint.upstream.prepare([("mcp-session-id", self.sid)])
             async with self.endpoint.upstream.request("DELETE", headers) as resp:
                 await resp.read(MAX_RESPONSE_BYTES)
+
+
+def _request_id(data: bytes) -> str:
+    """The id of the bridge's request ``data`` (its ids are strings), or
+    :data:`APART` for a notification or response (or what does not decode)."""
+    try:
+        msg = jsonrpc.decode(data)
+    except jsonrpc.ProtocolError:
+        return APART
+    rid = msg.request_id
+    return rid if msg.kind is Kind.REQUEST and isinstance(rid, str) else APART

@@ -158,9 +158,9 @@ class HttpFront:
             elif isinstance(settings, HttpServer):
                 self.endpoints[name] = HttpEndpoint(name, settings, self.context)
         self.draining = False
-        # x-mcp-header annotations learnt from the tools/list answers relayed,
-        # per server and tool (None: an annotation is invalid).
-        self.param_headers: dict[str, dict[str, tuple[revision.ParamHeader, ...] | None]] = {}
+        # Per server: its answers as relayed (x-mcp-header annotations learnt
+        # from tools/list, discover narrowed, cache bounds).
+        self.results: dict[str, revision.ResultView] = {}
         self.cache_ttl_ms = int(self.listen.max_cache_ttl_seconds * 1000)
         self.drained = trio.Event()  # hypercorn's shutdown trigger
         # The listener's connections (set by run_front), for /healthz.
@@ -395,7 +395,7 @@ class HttpFront:
         params = revision.params_of(inbound)
         spec = None
         if msg.method == mcp.TOOLS_CALL and isinstance(params, dict):
-            spec = self.param_headers.get(endpoint.name, {}).get(str(params.get("name")))
+            spec = self._results(endpoint.name).headers_of(params)
         if msg.kind is not Kind.REQUEST:  # a notification: no ladder defined for it
             if era == "unsupported":
                 await refuse(ex, 400, UNSUPPORTED_PROTOCOL_VERSION,
@@ -428,37 +428,17 @@ class HttpFront:
                 return
         await endpoint.post_stateless(ex, mediator, inbound, accept_sse, headers)
 
-    def _result_seen(self, server: str, method: str, line: bytes, narrowed: bool) -> bytes:
-        """A stateless request's answer on its way to the client (mediator rule 14).
+    def _results(self, server: str) -> revision.ResultView:
+        view = self.results.get(server)
+        if view is None:
+            view = self.results[server] = revision.ResultView(self.cache_ttl_ms)
+        return view
 
-        tools/list teaches mcpwall the tools' ``x-mcp-header`` annotations;
-        ``server/discover`` names only the revisions mcpwall speaks; every
-        cacheable result is kept within ``listen.max_cache_ttl_seconds``, and
-        is ``private`` when mcpwall narrowed it for this caller or tells
-        callers apart (tokens)."""
-        if method not in revision.CACHEABLE:
-            return line
-        try:
-            value = jsonrpc.decode_any(line)
-        except jsonrpc.DECODE_ERRORS:
-            return line
-        result = value.get("result") if isinstance(value, dict) else None
-        if not isinstance(result, dict):
-            return line
-        if method == mcp.TOOLS_LIST and isinstance(result.get("tools"), list):
-            known = self.param_headers.setdefault(server, {})
-            for tool in result["tools"]:
-                if isinstance(tool, dict) and isinstance(tool.get("name"), str):
-                    known[tool["name"]] = revision.param_headers_of(tool.get("inputSchema"))
-        seen = result
-        if method == revision.DISCOVER:
-            seen = revision.discover_view(result) or result
-        bounded = revision.bound_cache(seen, self.cache_ttl_ms, narrowed or self.tokens.enabled)
-        if bounded is not None:
-            seen = bounded
-        if seen is result:
-            return line
-        return jsonrpc.result_response(value.get("id"), seen)
+    def _result_seen(self, server: str, method: str, line: bytes, narrowed: bool) -> bytes:
+        """A stateless request's answer on its way to the client (mediator rule 14;
+        ``revision.ResultView``): private when mcpwall narrowed it for this
+        caller or tells callers apart (tokens)."""
+        return self._results(server).seen(method, line, narrowed or self.tokens.enabled)
 
 
 @functools.lru_cache(maxsize=64)

@@ -51,9 +51,12 @@ graceful end is the request's result). Rules this module keeps:
    ``notifications/tools/list_changed`` to those that follow tools. At most
    ``listen.max_listen_streams_per_principal`` listens are open in a session
    (a wrap session is one principal's): past it, the request is refused as
-   on the HTTP front and never forwarded. A session
-   with no listen open (the 2025 revisions, whose list_changed notifications
-   need none) is left as it is.
+   on the HTTP front and never forwarded. Each lives at most
+   ``listen.listen_stream_max_seconds`` (rule 3): the session ends it
+   (:meth:`StdioListens.end`: the client gets the graceful end of rule 4, the
+   upstream is told, the tagged notifications that still come are dropped).
+   A session with no listen open or ended by mcpwall (the 2025 revisions,
+   whose list_changed notifications need none) is left as it is.
 7. A server whose listens mcpwall answers itself (:class:`ListenSource`: a
    bridged 2025 server, ``front/bridge_listen.py``) keeps rules 1 and 3 to 5
    here; after the decision (its receipt durable) the source is attached,
@@ -66,6 +69,7 @@ graceful end is the request's result). Rules this module keeps:
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
@@ -611,7 +615,7 @@ async def _pushes(out: SseResponse, stream: ListenStream) -> None:
 class _StdioListen:
     """One listen of a stdio session: what it honours and what it carried."""
 
-    __slots__ = ("dropped", "honoured", "relayed", "rid", "started")
+    __slots__ = ("dropped", "due", "honoured", "relayed", "rid", "started")
 
     def __init__(self, rid: Any, honoured: Honoured) -> None:
         self.rid = rid
@@ -619,6 +623,7 @@ class _StdioListen:
         self.relayed = 0
         self.dropped = 0
         self.started = time.monotonic()
+        self.due = math.inf  # when its lifetime ends (trio's clock), set once open
 
 
 # A listen request seen, not yet forwarded: its key, what it honours, what it refused.
@@ -631,18 +636,26 @@ class StdioListens:
     The session calls :meth:`incoming` on each client line before the
     mediator, :meth:`decided` after it when :attr:`pending` (or :meth:`held`,
     then :meth:`released` once a held listen is decided), :meth:`admits` on each mediated
-    server line, :meth:`flush` after each batch and :meth:`close` at its end.
+    server line, :meth:`flush` after each batch and :meth:`close` at its end;
+    :meth:`end` when it ends a listen itself (:meth:`due`: those past their
+    lifetime), :meth:`take_cancelled` for the listens the client cancelled.
     """
 
-    __slots__ = ("_ended", "_pending", "cap", "mediator", "open", "over_cap")
+    __slots__ = ("_cancelled_keys", "_closed", "_ended", "_pending", "cap", "lifetime",
+                 "mediator", "open", "over_cap")
 
-    def __init__(self, mediator: Mediator, cap: int = 16) -> None:
+    def __init__(self, mediator: Mediator, cap: int = 16, lifetime: float = 3600.0) -> None:
         self.mediator = mediator
         self.cap = cap
+        self.lifetime = lifetime
         self.open: dict[str, _StdioListen] = {}  # by the listen's id, as JSON text
         self.over_cap = False  # the last line was a listen past the cap (rule 6)
         self._pending: PendingListen | None = None
         self._ended: list[tuple[_StdioListen, str]] = []
+        # The listens mcpwall ended (newest last, bounded): their tagged
+        # notifications still coming are dropped.
+        self._closed: dict[str, None] = {}
+        self._cancelled_keys: list[str] = []
 
     @property
     def pending(self) -> bool:
@@ -685,10 +698,10 @@ class StdioListens:
         value["params"] = dict(value["params"], notifications=honoured.wire())
         return jsonrpc.encode(value)
 
-    async def decided(self, forwarded: bool) -> None:
-        """After the mediator: a listen it forwarded is open (and recorded)."""
+    async def decided(self, forwarded: bool) -> str | None:
+        """After the mediator: a listen it forwarded is open (and recorded); its key."""
         pending, self._pending = self._pending, None
-        await self.released(pending, forwarded)
+        return await self.released(pending, forwarded)
 
     def held(self) -> PendingListen | None:
         """After the mediator held the listen for approval: what
@@ -696,12 +709,13 @@ class StdioListens:
         pending, self._pending = self._pending, None
         return pending
 
-    async def released(self, pending: PendingListen | None, forwarded: bool) -> None:
+    async def released(self, pending: PendingListen | None, forwarded: bool) -> str | None:
         """A listen the mediator forwarded (at once or once approved) is open, and
-        recorded, before it reaches the server."""
+        recorded, before it reaches the server; its key (None: none opened)."""
         if pending is None or not forwarded:
-            return
+            return None
         key, listen, refused = pending
+        listen.due = trio.current_time() + self.lifetime
         self.open[key] = listen
         mediator = self.mediator
         await append_lifecycle(mediator.audit, "listen_start", session=mediator.session,
@@ -709,6 +723,35 @@ class StdioListens:
                                detail={"request_id": listen.rid,
                                        "honoured": listen.honoured.wire(),
                                        "refused": refused, "grant": mediator.caller.grant})
+        return key
+
+    def next_due(self) -> float:
+        """When the first open listen's lifetime ends (trio's clock; inf: none open)."""
+        return min((listen.due for listen in self.open.values()), default=math.inf)
+
+    def due(self, now: float) -> list[str]:
+        """The keys of the open listens whose lifetime ended by ``now``."""
+        return [key for key, listen in self.open.items() if listen.due <= now]
+
+    def end(self, key: str, why: str) -> tuple[Any, bytes] | None:
+        """mcpwall ends an open listen (rule 6, ``why``: ``lifetime``, ``session
+        ended``...): its id and the graceful end the client gets (rule 4); None
+        if it is not open. Recorded at the next :meth:`flush`; what the server
+        still sends tagged with it is dropped from now on."""
+        listen = self.open.pop(key, None)
+        if listen is None:
+            return None
+        self._ended.append((listen, why))
+        self._closed[key] = None
+        while len(self._closed) > _MAX_CLOSED:
+            del self._closed[next(iter(self._closed))]
+        return listen.rid, jsonrpc.result_response(listen.rid, {
+            "_meta": {SUBSCRIPTION_ID: listen.rid}, "resultType": "complete"})
+
+    def take_cancelled(self) -> list[str]:
+        """The keys of the listens the client cancelled since the last call."""
+        keys, self._cancelled_keys = self._cancelled_keys, []
+        return keys
 
     async def refuse(self, line: bytes) -> bytes:
         """The answer to a listen past the cap (rule 6): recorded as a ``protocol``
@@ -745,14 +788,17 @@ class StdioListens:
     def _cancelled_value(self, value: dict[str, Any]) -> None:
         params = value.get("params")
         if isinstance(params, dict) and "requestId" in params:
-            listen = self.open.pop(_key(params["requestId"]), None)
+            key = _key(params["requestId"])
+            listen = self.open.pop(key, None)
             if listen is not None:
                 self._ended.append((listen, "client gone"))
+                self._cancelled_keys.append(key)
 
     def admits(self, line: bytes) -> bool:
         """Whether a mediated server line goes on to the client (rule 6)."""
-        if not self.open or (_NOTIFICATIONS_BYTES not in line and _ID_BYTES not in line
-                             and _ESCAPE_BYTES not in line):
+        if (not self.open and not self._closed) or (
+                _NOTIFICATIONS_BYTES not in line and _ID_BYTES not in line
+                and _ESCAPE_BYTES not in line):
             return True
         try:
             value = jsonrpc.decode_any(line)
@@ -772,9 +818,11 @@ class StdioListens:
         params = value.get("params")
         meta = params.get("_meta") if isinstance(params, dict) else None
         tag = meta.get(SUBSCRIPTION_ID) if isinstance(meta, dict) else None
-        listen = self.open.get(_key(tag)) if tag is not None else None
-        if listen is None:
-            return False  # no open listen of this session asked for it
+        key = _key(tag) if tag is not None else None
+        listen = self.open.get(key) if key is not None else None
+        if listen is None:  # no open listen of this session asked for it
+            # (one mcpwall ended: dropped; none open at all: left as it is)
+            return not self.open and (key is None or key not in self._closed)
         if method == ACKNOWLEDGED:
             return True
         if listen.honoured.admits(method, params) and self._still(listen, method, params):
@@ -824,6 +872,7 @@ def _key(rid: Any) -> str:
     return jsonrpc.encode(rid).decode()
 
 
+_MAX_CLOSED: Final = 64  # the ended listens whose late notifications are told apart
 _LISTEN_BYTES: Final = LISTEN.encode()
 _NOTIFICATIONS_BYTES: Final = b"notifications/"
 _CANCELLED_BYTES: Final = mcp.CANCELLED.encode()

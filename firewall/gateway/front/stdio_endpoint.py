@@ -624,9 +624,12 @@ class StdioEndpoint:
         """Nothing is shared across sessions: each child stops with its session."""
 
     def health(self) -> dict[str, Any]:
-        return {"transport": self.transport, "sessions": self.front.table.count(self.name),
-                "max_children": self.settings.max_children,
-                "max_children_per_principal": self.settings.children_per_principal()}
+        report = {"transport": self.transport, "sessions": self.front.table.count(self.name),
+                  "max_children": self.settings.max_children,
+                  "max_children_per_principal": self.settings.children_per_principal()}
+        if self.bridge is not None:
+            report["bridge"] = self.bridge.health()
+        return report
 
 
 def _succeeded(final: bytes | None) -> bool:

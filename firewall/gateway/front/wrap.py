@@ -34,7 +34,13 @@ Invariants:
    relayed are those of an open listen's honoured filter, a listen past the
    cap is refused, a listen held for approval is open from its release,
    before it reaches the server, and a policy reload re-decides the open
-   listens and tells those that follow tools (``listen.StdioListens``).
+   listens and tells those that follow tools (``listen.StdioListens``). A
+   listen open for ``listen.listen_stream_max_seconds`` is ended by mcpwall:
+   the child is sent ``notifications/cancelled`` for its id (mcpwall's own
+   message; a bridged listen is ended in the bridge), the mediator records
+   the request ``cancelled``, the client gets the graceful end (a
+   ``SubscriptionsListenResult`` under its id) and ``listen_end`` says
+   ``lifetime``. A listen the client cancels is recorded ``cancelled`` at once.
 8. Client and child of different protocol eras are bridged by
    :mod:`firewall.gateway.front.wrap_bridge`: a 2026-07-28 client over a
    2025-only child with ``bridge`` set (``--bridge``), a 2025 client over a
@@ -44,6 +50,12 @@ Invariants:
    (translated, its receipt kept: a client's answer to the child's own
    request is its decided retry) or mcpwall's own handshake, refusals of the
    child's requests and cancellations of calls it abandoned.
+9. Answers of the 2026-07-28 revision (those that carry ``resultType``) are
+   relayed as on the HTTP front (``revision.ResultView``): a cacheable
+   result's ``ttlMs`` capped by ``listen.max_cache_ttl_seconds`` (so a policy
+   reload is seen within it), ``server/discover`` naming the revisions
+   mcpwall speaks, the tools' ``x-mcp-header`` annotations learnt (``wrap
+   --upstream`` sends the ``Mcp-Param-*`` headers made from them).
 """
 
 from __future__ import annotations
@@ -68,7 +80,7 @@ from firewall.gateway.upstream.stdio import (
     open_stdio_child,
 )
 from firewall.log import get_logger
-from firewall.protocol import framing, jsonrpc
+from firewall.protocol import framing, jsonrpc, mcp, revision
 from firewall.protocol.framing import TOO_LONG
 
 
@@ -88,8 +100,14 @@ class StdioClient:
         client_out: trio.abc.SendStream,
         max_line: int,
         max_listens: int = 16,
+        listen_seconds: float = 3600.0,
+        ttl_ms: int = 60_000,
     ) -> None:
         self.mediator = mediator
+        # Rule 9: the revision's answers as every front relays them (a bridge
+        # of the session may take over the mediator's hook).
+        self.results = revision.ResultView(ttl_ms, era_marked=True)
+        mediator.on_result = self._result_seen
         self.client_in = client_in
         self.client_out = client_out
         self.max_line = max_line
@@ -100,7 +118,11 @@ class StdioClient:
         self._client_eof = False
         self._client_scope = trio.CancelScope()
         self._held_calls: trio.Nursery
-        self.listens = StdioListens(mediator, max_listens)  # rule 7
+        self.listens = StdioListens(mediator, max_listens, listen_seconds)  # rule 7
+        self._listen_opened = trio.Event()  # wakes the lifetime watch (rule 7)
+
+    def _result_seen(self, method: str, line: bytes, narrowed: bool) -> bytes:
+        return self.results.seen(method, line, narrowed)
 
     async def forward(self, messages: list[Outbound]) -> bool:
         """Write decided messages to the upstream, in order; False if it is gone."""
@@ -110,6 +132,32 @@ class StdioClient:
         """Write one released held call to the upstream (a gone upstream is ignored:
         its reader answers what is pending)."""
         raise NotImplementedError
+
+    async def end_listen(self, key: str, why: str) -> None:
+        """End an open listen (rule 7: its lifetime, the session's end): the
+        upstream told, the client given the graceful end, ``listen_end`` recorded."""
+        raise NotImplementedError
+
+    async def listen_cancelled(self, key: str) -> None:
+        """The client cancelled an open listen (its ``notifications/cancelled`` is
+        decided and goes on like any message): the request is recorded
+        ``cancelled`` now, and the upstream owes no answer (a late one is dropped)."""
+        rid = jsonrpc.decode_any(key.encode())
+        if isinstance(rid, (int, str)):
+            await self.mediator.ended_here(rid, "listen cancelled by the client")
+
+    def _opened(self, key: str | None) -> None:
+        if key is not None:
+            self._listen_opened.set()
+
+    async def _lifetimes(self) -> None:
+        """End each listen when its lifetime does (rule 7)."""
+        while True:
+            self._listen_opened = trio.Event()
+            with trio.move_on_at(self.listens.next_due()):
+                await self._listen_opened.wait()
+            for key in self.listens.due(trio.current_time()):
+                await self.end_listen(key, "lifetime")
 
     async def _decide(self, line: bytes) -> Routed:
         """Decide one client message (a subclass may rewrite it first)."""
@@ -154,6 +202,8 @@ class StdioClient:
                     f"message longer than {self.max_line} bytes refused"))
                 continue
             line = self.listens.incoming(line)
+            for key in self.listens.take_cancelled():
+                await self.listen_cancelled(key)
             if self.listens.over_cap:
                 replies.append(await self.listens.refuse(line))
                 continue
@@ -163,7 +213,7 @@ class StdioClient:
                 if r.held is not None:  # opened once approved (rule 7)
                     listen = self.listens.held()
                 else:
-                    await self.listens.decided(r.upstream is not None)
+                    self._opened(await self.listens.decided(r.upstream is not None))
             if r.held is not None:  # waits for a person in its own task
                 self._held_calls.start_soon(self._release, r.held, listen)
                 continue
@@ -174,12 +224,14 @@ class StdioClient:
         for out in routed:  # durable before the client hears of the batch
             await out.ready()
         await self._to_client(replies)
+        await self.listens.flush()  # the listens the client cancelled (rule 7)
         return await self.forward(routed)
 
     @contextlib.asynccontextmanager
     async def _reload_pushes(self) -> AsyncIterator[None]:
         """While open, a policy reload that changed the table reaches the
-        session's listens (rule 7): re-decided, and told to refetch tools."""
+        session's listens (rule 7): re-decided, and told to refetch tools; and
+        each listen ends with its lifetime."""
         watchers = watchers_of(self.mediator.policy)
         send, receive = trio.open_memory_channel[None](1)
 
@@ -195,6 +247,7 @@ class StdioClient:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(push)
+                nursery.start_soon(self._lifetimes)
                 yield
                 nursery.cancel_scope.cancel()
         finally:
@@ -208,7 +261,7 @@ class StdioClient:
             await self._to_client([data])
 
         r = await held.wait(to_client)
-        await self.listens.released(listen, r.upstream is not None)
+        self._opened(await self.listens.released(listen, r.upstream is not None))
         await self._to_client([r.client] if r.client is not None else [])
         if r.upstream is not None:
             await self.forward_one(r.upstream)
@@ -229,8 +282,10 @@ class WrapSession(StdioClient):
         timeout: float = 300.0,
         ttl_ms: int = 60_000,
         max_listens: int = 16,
+        listen_seconds: float = 3600.0,
     ) -> None:
-        super().__init__(mediator, client_in, client_out, max_line, max_listens)
+        super().__init__(mediator, client_in, client_out, max_line, max_listens,
+                         listen_seconds, ttl_ms)
         self.child = child
         # Bridging (rule 7): --bridge for a 2026-07-28 client over a 2025 child;
         # a child of the new revision only is found out on its own.
@@ -292,6 +347,20 @@ class WrapSession(StdioClient):
 
     async def forward_one(self, message: Outbound) -> None:
         await self.forward([message])
+
+    async def end_listen(self, key: str, why: str) -> None:
+        ended = self.listens.end(key, why)
+        if ended is None:
+            return
+        rid, graceful = ended
+        if self.modern_client is None or not await self.modern_client.end_listen(rid):
+            note = jsonrpc.request(mcp.CANCELLED, {"requestId": rid,
+                                                   "reason": f"mcpwall: listen {why}"})
+            with contextlib.suppress(ChildExited):
+                await self.child.send(Outbound.own(note, "cancellation of a listen it ended"))
+        await self.mediator.ended_here(rid, f"listen ended by mcpwall: {why}")
+        await self._to_client([graceful])
+        await self.listens.flush()
 
     async def _read_child(self) -> None:
         async for batch in self.child.batches():
@@ -358,11 +427,12 @@ async def run_wrap(
     handshake_seconds: float = 300.0,
     ttl_ms: int = 60_000,
     max_listens: int = 16,
+    listen_seconds: float = 3600.0,
 ) -> int:
     """Run one wrapped session on the given streams (our stdin/stdout by default);
     ``handshake_seconds``: how long mcpwall's own handshake with a bridged child may take,
     ``ttl_ms``: the cache cap of a bridged child's answers, ``max_listens``: the
-    listens open at once."""
+    listens open at once, ``listen_seconds``: the longest one lives."""
     client_in, client_out = client_streams(client_in, client_out)
     log = get_logger(server=mediator.server, session=mediator.session)
     try:
@@ -371,7 +441,8 @@ async def run_wrap(
             code = await WrapSession(mediator, child, client_in, client_out,
                                      settings.max_line_bytes, bridge=settings.bridge,
                                      timeout=handshake_seconds, ttl_ms=ttl_ms,
-                                     max_listens=max_listens).run()
+                                     max_listens=max_listens,
+                                     listen_seconds=listen_seconds).run()
     except OSError as exc:
         log.error("upstream_start_failed", error=str(exc))
         return 127

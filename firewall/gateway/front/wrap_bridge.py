@@ -407,6 +407,14 @@ class ModernClient:
             await self._unlisten(key)
         return ended
 
+    async def end_listen(self, rid: RequestId) -> bool:
+        """mcpwall ends a listen it answers here (its lifetime, rule 9): as if the
+        client cancelled it; False when it is not one of them (it went to the child)."""
+        if _key(rid) not in self._listens:
+            return False
+        await self._unlisten(_key(rid))
+        return True
+
     async def _unlisten(self, key: str) -> None:
         """A listen (by its key) ended (rule 9): the URIs no listen follows any
         more are unsubscribed."""

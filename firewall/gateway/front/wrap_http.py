@@ -36,6 +36,21 @@ the client the HTTP front's endpoints use. Rules this module keeps:
    DELETE (best effort, bounded). Exit code 0. An upstream that ended our
    session (HTTP 404) answers what is pending with an error; later requests
    go without a session id and get the upstream's own answer.
+7. A message whose body names the 2026-07-28 revision (``_meta``) goes with
+   the request-metadata headers made from the decided body
+   (``revision.upstream_headers``: ``MCP-Protocol-Version``, ``Mcp-Method``,
+   ``Mcp-Name``), never a session id; ``Mcp-Param-*`` headers are not made
+   here (the tools' schemas are not followed).
+8. A decided ``subscriptions/listen`` of that revision is POSTed on the pool
+   of long-lived connections (as the GET stream is), its answer's head within
+   the upstream timeout, its stream not bounded by it. Its events pass the
+   mediator and ``StdioListens`` as any answer's do. It ends when the server
+   answers it (relayed), when the client cancels it (the POST is closed, the
+   request recorded ``cancelled``), at ``listen.listen_stream_max_seconds`` or
+   at the session's end (the POST closed, the client given the graceful end:
+   a ``SubscriptionsListenResult`` under its id); a stream that ends or fails
+   without an answer gets the client an error under its id. ``listen_end``
+   records each end once.
 """
 
 from __future__ import annotations
@@ -46,6 +61,7 @@ import msgspec
 import trio
 
 from firewall.config import HttpServer
+from firewall.gateway.front.listen import LISTEN
 from firewall.gateway.front.wrap import StdioClient, client_streams
 from firewall.gateway.http.exchange import JSON, SSE
 from firewall.gateway.mediator import Lost, Mediator, TimedOut, UpstreamFailure
@@ -57,7 +73,7 @@ from firewall.gateway.upstream.http import (
     Response,
     UpstreamError,
 )
-from firewall.protocol import jsonrpc, mcp
+from firewall.protocol import jsonrpc, mcp, revision
 from firewall.protocol.jsonrpc import Kind, RequestId
 from firewall.protocol.sse import Event
 
@@ -69,6 +85,7 @@ INITIALIZED: Final = "notifications/initialized"
 GET_RETRY_SECONDS: Final = 1.0
 GET_RETRY_MAX_SECONDS: Final = 30.0
 DELETE_SECONDS: Final = 5.0
+_MODERN_CACHE_SIZE: Final = 64
 
 
 class _InitResult(msgspec.Struct):
@@ -96,8 +113,11 @@ class HttpWrapSession(StdioClient):
         timeout: float,
         grace: float,
         max_listens: int = 16,
+        listen_seconds: float = 3600.0,
+        ttl_ms: int = 60_000,
     ) -> None:
-        super().__init__(mediator, client_in, client_out, max_line, max_listens)
+        super().__init__(mediator, client_in, client_out, max_line, max_listens,
+                         listen_seconds, ttl_ms)
         self.url = settings.url
         self.timeout = timeout
         self.grace = grace
@@ -105,9 +125,13 @@ class HttpWrapSession(StdioClient):
         self.upstream = HttpUpstream(settings.url, settings.headers,
                                      max_connections=settings.max_connections,
                                      connect_timeout=settings.connect_timeout_seconds)
-        # The GET stream: a connection of its own for as long as it lives.
-        self.streams = HttpUpstream(settings.url, settings.headers, max_connections=1,
+        # The GET stream and the listens (rule 8): a connection each for as long
+        # as it lives, apart from the POSTs' budget.
+        self.streams = HttpUpstream(settings.url, settings.headers,
+                                    max_connections=1 + max_listens,
                                     connect_timeout=settings.connect_timeout_seconds)
+        self._listen_scopes: dict[str, trio.CancelScope] = {}  # open listens' POSTs
+        self._modern: dict[tuple[tuple[str, str], ...], PreparedHeaders] = {}
         self.upstream_sid: str | None = None
         self.protocol_version: str | None = None
         self._prepared: tuple[tuple[tuple[str, str], ...], PreparedHeaders] | None = None
@@ -132,6 +156,8 @@ class HttpWrapSession(StdioClient):
                                                  else "the session ended")
                     posts.cancel_scope.deadline = trio.current_time() + self.grace
                 self._posts_open = False
+                for key in list(self.listens.open):  # rule 8: ended gracefully
+                    await self.end_listen(key, "session ended")
                 session.cancel_scope.cancel()  # the GET stream
             # Exchanges cut short by the grace: their requests get an answer.
             await self._to_client(await self.mediator.unanswered(
@@ -152,7 +178,10 @@ class HttpWrapSession(StdioClient):
             msg = self._decoded(message)
             if msg is None:
                 continue
-            if msg.kind is Kind.REQUEST and msg.method != mcp.INITIALIZE:
+            if msg.kind is Kind.REQUEST and msg.method == LISTEN and \
+                    _key(msg.request_id) in self.listens.open:  # rule 8
+                await self._session_nursery.start(self._listen_post, message, msg)
+            elif msg.kind is Kind.REQUEST and msg.method != mcp.INITIALIZE:
                 await self._start(message, msg)
             else:
                 await self._exchange(message, msg)
@@ -160,8 +189,32 @@ class HttpWrapSession(StdioClient):
 
     async def forward_one(self, message: Outbound) -> None:
         msg = self._decoded(message)
-        if msg is not None:
+        if msg is None:
+            return
+        if msg.method == LISTEN and _key(msg.request_id) in self.listens.open:
+            await self._session_nursery.start(self._listen_post, message, msg)
+        else:
             await self._exchange(message, msg)
+
+    async def end_listen(self, key: str, why: str) -> None:
+        """Rule 8: the upstream's stream closed, the client given the graceful end."""
+        ended = self.listens.end(key, why)
+        scope = self._listen_scopes.pop(key, None)
+        if scope is not None:
+            scope.cancel()
+        if ended is None:
+            return
+        rid, graceful = ended
+        await self.mediator.ended_here(rid, f"listen ended by mcpwall: {why}")
+        await self._to_client([graceful])
+        await self.listens.flush()
+
+    async def listen_cancelled(self, key: str) -> None:
+        """Rule 8: the client cancelled a listen; its POST is closed."""
+        scope = self._listen_scopes.pop(key, None)
+        if scope is not None:
+            scope.cancel()
+        await super().listen_cancelled(key)
 
     def _decoded(self, message: Outbound) -> jsonrpc.Message | None:
         try:  # the mediator's own canonical line: it decodes
@@ -196,6 +249,29 @@ class HttpWrapSession(StdioClient):
             out.append(("mcp-protocol-version", self.protocol_version))
         return out
 
+    def _headers_for(self, message: Outbound, msg: jsonrpc.Message) -> PreparedHeaders:
+        """The headers of one POST: those of the 2026-07-28 revision made from
+        its decided body when the body names it (rule 7), else the session's."""
+        if message.data.find(revision.META_VERSION_BYTES) < 0 or msg.method is None:
+            return self._post_headers()
+        try:
+            value = jsonrpc.decode_any(message.data)
+        except jsonrpc.DECODE_ERRORS:
+            return self._post_headers()
+        params = value.get("params") if isinstance(value, dict) else None
+        version = revision.body_version(params)
+        if version not in revision.MODERN_VERSIONS:
+            return self._post_headers()
+        spec = self.results.headers_of(params) if msg.method == mcp.TOOLS_CALL else None
+        key = (("content-type", JSON), ("accept", ACCEPT), *revision.upstream_headers(
+            version, msg.method, params if msg.kind is Kind.REQUEST else None, spec))
+        found = self._modern.get(key)
+        if found is None:
+            if len(self._modern) >= _MODERN_CACHE_SIZE:
+                self._modern.clear()
+            found = self._modern[key] = self.upstream.prepare(key)
+        return found
+
     def _post_headers(self) -> PreparedHeaders:
         """The headers of a POST, checked once per session id and version (rule 3)."""
         key = tuple(self._headers(("content-type", JSON), ("accept", ACCEPT)))
@@ -212,7 +288,7 @@ class HttpWrapSession(StdioClient):
         task_status.started()
         deadline = trio.current_time() + self.timeout
         try:
-            async with await self.upstream.forward(self._post_headers(), message,
+            async with await self.upstream.forward(self._headers_for(message, msg), message,
                                                    response_timeout=self.timeout) as resp:
                 self._reached()
                 await self._relay(resp, msg, rid, deadline)
@@ -333,6 +409,59 @@ class HttpWrapSession(StdioClient):
             self.log.warning("upstream_failed", reason=exc.reason.value)
         self._reachable = False
 
+    # -- listens (rule 8) ------------------------------------------------------
+    async def _listen_post(self, message: Outbound, msg: jsonrpc.Message,
+                           task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                           ) -> None:
+        """POST one decided listen on the long-lived pool and relay its stream
+        until the server answers it, or mcpwall or the client ends it."""
+        rid = msg.request_id
+        assert rid is not None
+        key = _key(rid)
+        await message.ready()
+        task_status.started()
+        if key not in self.listens.open:  # ended (or cancelled) while its receipt was made
+            return
+        scope = self._listen_scopes[key] = trio.CancelScope()
+        failure: UpstreamFailure = Lost("ended the stream without an answer")
+        try:
+            with scope:
+                async with await self.streams.forward(
+                        self._headers_for(message, msg), message,
+                        response_timeout=self.timeout) as resp:
+                    self._reached()
+                    if resp.status < 300 and resp.content_type == SSE:
+                        await self._listen_events(resp, msg, rid)
+                    else:  # an answer at once (an error): relayed as any POST's
+                        await self._relay(resp, msg, rid, trio.current_time() + self.timeout)
+        except UpstreamError as exc:
+            self._unreachable(exc)
+            failure = (TimedOut(self.timeout) if exc.reason is Reason.TIMEOUT
+                       else Lost(f"failed: {exc.reason.value}", exc.code))
+        finally:
+            if self._listen_scopes.get(key) is scope:
+                del self._listen_scopes[key]
+        if scope.cancelled_caught:
+            return  # ended by mcpwall or the client: told already
+        # The server ended it: answered (the answer relayed, the listen closed by
+        # StdioListens), or not: the client is owed an error under its id.
+        if self.listens.end(key, "upstream ended") is not None:
+            await self._to_client(await self._unanswered(rid, failure))
+            await self.listens.flush()
+
+    async def _listen_events(self, resp: Response, msg: jsonrpc.Message,
+                             rid: RequestId) -> None:
+        """Relay a listen's stream (no deadline) until it ends or answers it; a
+        server->client request on it is dropped (none rides a listen stream)."""
+        events = resp.events()
+        while True:
+            ready = [data for data in _messages(events.ready()) if not _is_request(data)]
+            if ready and rid in await self._from_upstream(ready, msg):
+                return
+            if events.at_end():
+                return
+            await events.receive()
+
     # -- GET -------------------------------------------------------------------
     async def _listen(self) -> None:
         """The GET stream: server->client messages outside any answer (rule 4).
@@ -366,6 +495,18 @@ class HttpWrapSession(StdioClient):
             wait = min(wait * 2, GET_RETRY_MAX_SECONDS)
 
 
+def _key(rid: RequestId | None) -> str:
+    """A request id as ``StdioListens`` keys it (its JSON text)."""
+    return jsonrpc.encode(rid).decode()
+
+
+def _is_request(data: bytes) -> bool:
+    try:
+        return jsonrpc.decode(data).kind is Kind.REQUEST
+    except jsonrpc.ProtocolError:
+        return False  # the mediator records what it cannot read
+
+
 def _messages(events: list[Event]) -> list[bytes]:
     """The data of the events that carry a message (priming events carry none)."""
     return [e.data for e in events if e.data]
@@ -379,17 +520,21 @@ async def run_wrap_http(
     grace: float,
     max_line: int,
     max_listens: int = 16,
+    listen_seconds: float = 3600.0,
+    ttl_ms: int = 60_000,
     client_in: trio.abc.ReceiveStream | None = None,
     client_out: trio.abc.SendStream | None = None,
 ) -> int:
     """Run one wrapped session on the given streams (our stdin/stdout by default);
     each call waits at most ``answer_seconds`` for its answer; at most
-    ``max_listens`` listens are open at once."""
+    ``max_listens`` listens are open at once, each for ``listen_seconds`` at most;
+    ``ttl_ms``: the cap on a cacheable result's ``ttlMs``."""
     client_in, client_out = client_streams(client_in, client_out)
     try:
         return await HttpWrapSession(mediator, settings, client_in, client_out,
                                      max_line=max_line, timeout=answer_seconds,
-                                     grace=grace, max_listens=max_listens).run()
+                                     grace=grace, max_listens=max_listens,
+                                     listen_seconds=listen_seconds, ttl_ms=ttl_ms).run()
     finally:
         with trio.CancelScope(shield=True):
             await client_out.aclose()
