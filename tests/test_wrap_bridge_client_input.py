@@ -271,3 +271,21 @@ def test_a_question_left_unanswered_is_abandoned(tmp_path: Path) -> None:
         log = raw.close()
     assert "bridge_input_unanswered" in log
     assert not [c for c in _executed(tmp_path) if c.get("date") == "2027-05-05"]
+
+
+@pytest.mark.parametrize("asked", ["warning", None])
+async def test_log_messages_reach_the_client_only_at_the_level_its_call_asked(
+        tmp_path: Path, asked: str | None) -> None:
+    """wrap_bridge rule 10: a 2025 server logs whatever it likes; the client of
+    the new revision hears only what its call asked for in ``_meta``."""
+    logged: list[tuple[str, Any]] = []
+
+    async def on_log(params: types.LoggingMessageNotificationParams) -> None:
+        logged.append((params.level, params.data))
+
+    options: dict[str, Any] = {"log_level": asked} if asked is not None else {}
+    async with Client(_params(tmp_path), mode=MODERN, logging_callback=on_log,
+                      **options) as client:
+        result = await client.call_tool("chatty", {})
+    assert result.content[0].text == "done"  # type: ignore[union-attr]
+    assert logged == ([("warning", "warning line")] if asked is not None else [])

@@ -70,6 +70,11 @@ revisions. Rules it keeps:
    however spelt, its id answered by the child) ends here too. The
    subscribes of one listen share one upstream timeout: once one goes
    unanswered (recorded so and cancelled) no more are sent.
+10. Once bridged, a log message of the child (``notifications/message``)
+   reaches the client only as the revision has a server send one: while
+   exactly one bridged request is in flight and its ``_meta`` asked for log
+   messages (``io.modelcontextprotocol/logLevel``) at the message's level or
+   below; any other is dropped here (and counted: :attr:`ModernClient.logs_dropped`).
 
 :class:`ModernChild` (automatic): a 2025 client in front of a child that
 speaks only the stateless revision, in ``wrap`` and in each session of a
@@ -159,6 +164,7 @@ from firewall.protocol import framing, jsonrpc, mcp, mrtr, revision
 from firewall.protocol.inbound import Inbound
 from firewall.protocol.inbound import client as decode_client
 from firewall.protocol.jsonrpc import RequestId
+from firewall.protocol.meta import log_level, message_level
 from firewall.protocol.mrtr import StateSeal
 
 # mcpwall's handshake id: the client's ids reach the child unchanged, so it has
@@ -214,12 +220,13 @@ class _Call(InputCall):
     client's id of its first round): ``rid`` is the client's id its answer
     goes to (a later round's, rule 5)."""
 
-    __slots__ = ("rid",)
+    __slots__ = ("log_level", "rid")
 
     def __init__(self, rid: RequestId, method: str, caps: dict[str, Any],
-                 call_id: str | None) -> None:
+                 call_id: str | None, log_level: int | None = None) -> None:
         super().__init__(method, caps, call_id)
         self.rid = rid
+        self.log_level = log_level  # the rank its _meta asked log messages at (rule 10)
 
 
 class _Answer:
@@ -251,6 +258,7 @@ class ModernClient:
         self._answered = trio.Event()
         self._lock = trio.Lock()
         self._pending: dict[RequestId, _Call] = {}  # by the id the child knows
+        self.logs_dropped = 0  # log messages of the child no request asked for (rule 10)
         self._desk = InputDesk(mediator.session, StateSeal(), timeout)
         self._timers: set[trio.CancelScope] = set()
         self._closed = False
@@ -295,6 +303,7 @@ class ModernClient:
                     replies.append(routed.client)
                 continue
             caps = _caps_of(value)
+            level = log_level(value.get("params"))  # rule 10, before the strip
             if method == LISTEN and rid is not None:  # rule 9: answered here
                 ack = await self._listen(rid, value.get("params"))
                 if ack is not None:
@@ -326,7 +335,7 @@ class ModernClient:
                         "cannot take this request: its id is still that of an earlier "
                         "call in flight at the server"), [rid]))
                     continue
-                self._pending[rid] = _Call(rid, method, caps, message.call_id)
+                self._pending[rid] = _Call(rid, method, caps, message.call_id, level)
             elif method == mcp.CANCELLED:  # no answer will come for that one
                 self._cancelled(value)
             out.append(message.translated(framing.canonical(jsonrpc.encode(value)),
@@ -563,6 +572,9 @@ class ModernClient:
         method, rid = value.get("method"), value.get("id")
         if isinstance(method, str) and rid is not None:  # rule 5
             return None, await self._server_request(line, method, rid, value.get("params"))
+        if method == mcp.LOG_MESSAGE and rid is None and not self._logged(value):  # rule 10
+            self.logs_dropped += 1
+            return None, None
         if method is None and isinstance(rid, str) and rid in self._own:  # rule 9
             self._own[rid].line = line
             self._own[rid].done.set()
@@ -578,6 +590,14 @@ class ModernClient:
             except (*jsonrpc.DECODE_ERRORS, framing.NotCanonical):
                 return line, None
         return line, None
+
+    def _logged(self, value: dict[str, Any]) -> bool:
+        """Whether a log message of the child goes on to the client (rule 10)."""
+        if len(self._pending) != 1:
+            return False
+        [call] = self._pending.values()
+        level = message_level(value.get("params"))
+        return call.log_level is not None and level is not None and level >= call.log_level
 
     async def _server_request(self, line: bytes, method: str, srid: Any,
                               params: Any) -> bytes | None:
