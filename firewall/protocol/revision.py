@@ -258,6 +258,10 @@ def check_repeated(names: Iterable[str]) -> Problem | None:
 def field_value(raw: str) -> str | None:
     """A header value without the spaces and tabs around it; None when it holds anything
     but visible ASCII, space and tab (a value "contains invalid characters")."""
+    # An ASCII string is printable exactly when it is all of 0x20-0x7E (no
+    # tab): the common value, checked without the regular expression.
+    if raw.isascii() and raw.isprintable():
+        return raw.strip(" \t")
     return raw.strip(" \t") if _FIELD_VALUE.fullmatch(raw) else None
 
 
