@@ -342,6 +342,9 @@ _flags_decoder: Final = msgspec.json.Decoder(_ResultFlags)
 _shared_audit_meta: tuple[client_meta.ClientMeta, _AuditMeta] = (
     client_meta.LEGACY, _AuditMeta(None, None, None))
 _NO_FLAGS: Final = _ResultFlags()
+# A new mediator's: LEGACY bounded (nothing to record).
+_NO_AUDIT_META: Final[tuple[client_meta.ClientMeta, _AuditMeta]] = (
+    client_meta.LEGACY, _AuditMeta(None, None, None))
 # Answers read for MRTR and tasks (rules 16, 17): only these methods' results.
 _ROUND_ANSWERS: Final = mrtr.MRTR_METHODS | mrtr.TASKS_METHODS
 _object_decoder: Final = msgspec.json.Decoder(dict[str, Any])
@@ -395,20 +398,38 @@ class Mediator:
         # requests that carry no 2026-07-28 _meta (rule 14); and the audit
         # trail's bounded copy of it, and of the last request's _meta.
         self.client = client_meta.LEGACY
-        self._audit_meta: tuple[client_meta.ClientMeta, _AuditMeta] = (
-            client_meta.LEGACY, _AuditMeta(None, None, None))
+        self._audit_meta = _NO_AUDIT_META
         self._initialize_ids: set[RequestId] = set()
         # Rule 19: a front's last look at a result on its way to the client.
         self.on_result: Callable[[str, bytes, bool], bytes] | None = None
-        # Bound when first used: most requests log nothing, and a stateless
-        # request has a mediator of its own.
-        self.log: Any = LazyLogger(server=server, session=session, principal=caller.principal)
-        # The calls held for approval and mcpwall's own requests to the client.
-        self.holds = Holds(approvals, audit, server=server, session=session, caller=caller,
-                           log=self.log, taken=self._server_pending, sessionless=sessionless)
+        # The logger and the held calls (:attr:`log`, :attr:`holds`) are made
+        # when first used: most requests log nothing and hold nothing, and a
+        # stateless request has a mediator of its own.
+        self._log: LazyLogger | None = None
+        self._holds: Holds | None = None
         # What links a call's rounds and its task (rules 16 to 18); a front may
         # share one between the mediators of one server.
         self.rounds = rounds if rounds is not None else Rounds()
+
+    @property
+    def log(self) -> Any:
+        """This session's logger (bound to its server, session and principal)."""
+        log = self._log
+        if log is None:
+            log = self._log = LazyLogger(server=self.server, session=self.session,
+                                         principal=self.caller.principal)
+        return log
+
+    @property
+    def holds(self) -> Holds:
+        """The calls held for approval and mcpwall's own requests to the client."""
+        holds = self._holds
+        if holds is None:
+            holds = self._holds = Holds(self.approvals, self.audit, server=self.server,
+                                        session=self.session, caller=self.caller, log=self.log,
+                                        taken=self._server_pending,
+                                        sessionless=self.sessionless)
+        return holds
 
     def awaits(self, request_id: RequestId) -> bool:
         """Whether a client request forwarded upstream still waits for its answer."""
@@ -766,7 +787,8 @@ class Mediator:
     def _in_flight(self, rid: RequestId, direction: str) -> bool:
         """Whether a request of this side with id ``rid`` waits for its answer."""
         if direction == "client":
-            return rid in self._client_pending or rid in self.holds
+            holds = self._holds  # none made: nothing held
+            return rid in self._client_pending or (holds is not None and rid in holds)
         return rid in self._server_pending
 
     def _forwarded(self, call: mcp.Call, rid: RequestId | None, line: bytes, direction: str,
