@@ -125,6 +125,14 @@ _FORWARDED: Final = frozenset({"accept", "content-type", "mcp-protocol-version",
 STREAM_POOL_TIMEOUT: Final = 5.0
 # Prepared upstream headers kept for requests without a session.
 _STATELESS_CACHE_SIZE: Final = 64
+# What every stateless request sends upstream before its request-metadata headers.
+_STATELESS_BASE: Final = (("content-type", JSON), ("accept", f"{JSON}, {SSE}"))
+
+
+def _answered(status: int, ctype: str | None) -> str:
+    """What an upstream's answer was, for the error when it relays nothing
+    (worded only then: most answers are relayed)."""
+    return f"answered HTTP {status} with {ctype or 'no type'}"
 
 
 class HttpSession(Session):
@@ -186,6 +194,9 @@ class HttpEndpoint:
             settings.url, settings.headers, max_connections=listen.max_sessions,
             connect_timeout=settings.connect_timeout_seconds, pool_timeout=STREAM_POOL_TIMEOUT)
         self._stateless: dict[tuple[tuple[str, str], ...], PreparedHeaders] = {}
+        # The same for requests of the stateless revision, by their
+        # request-metadata headers alone (rule 9).
+        self._modern_prepared: dict[tuple[tuple[str, str], ...], PreparedHeaders] = {}
         # Whether the upstream speaks the stateless revision: None until one of
         # its answers to such a request tells (rule 9).
         self.modern: bool | None = None
@@ -255,12 +266,12 @@ class HttpEndpoint:
     def _prepared_stateless(self, headers: list[tuple[str, str]]) -> PreparedHeaders:
         """The upstream headers of a stateless request: made from its decided body
         (rule 9), checked once per distinct set."""
-        key = (("content-type", JSON), ("accept", f"{JSON}, {SSE}"), *headers)
-        found = self._stateless.get(key)
+        key = tuple(headers)
+        found = self._modern_prepared.get(key)
         if found is None:
-            if len(self._stateless) >= _STATELESS_CACHE_SIZE:
-                self._stateless.clear()
-            found = self._stateless[key] = self.upstream.prepare(key)
+            if len(self._modern_prepared) >= _STATELESS_CACHE_SIZE:
+                self._modern_prepared.clear()
+            found = self._modern_prepared[key] = self.upstream.prepare((*_STATELESS_BASE, *key))
         return found
 
     # -- POST ----------------------------------------------------------------
@@ -450,12 +461,11 @@ class HttpEndpoint:
                 bridge_modern.refused_initialize(status, data, msg.request_id) and \
                 await self.bridge.initialize(ex, created, msg.request_id):
             return  # a new-revision-only upstream: this session is bridged (rule 10)
-        what = f"answered HTTP {status} with {ctype or 'no type'}"
         if ex.started:  # a held call's stream: its answer is the last event
             routed = await mediator.from_server(data) if ctype == JSON and data else None
             reply = routed.client if routed is not None else None
             await end_with(ex, reply if reply is not None
-                           else await self._no_answer(mediator, msg, what))
+                           else await self._no_answer(mediator, msg, _answered(status, ctype)))
             return
         if status == 202 or not data:
             await ex.respond(status, b"", headers=headers)
@@ -470,7 +480,7 @@ class HttpEndpoint:
         # A 4xx that answers nothing (no JSON-RPC answer under the request's id):
         # what a handshake-era server says to a request without a session.
         if stateless is not None and status in (400, 404, 405) and msg.request_id is not None:
-            await mediator.unanswered(Lost(what), [msg.request_id])  # its outcome
+            await mediator.unanswered(Lost(_answered(status, ctype)), [msg.request_id])
             refusal = self._handshake_only(msg, stateless)
             if self.stateless_bridge is not None and again is not None:
                 await again()  # rule 11: decided afresh and carried by the bridge
@@ -478,7 +488,8 @@ class HttpEndpoint:
             await ex.respond(400, refusal)
             return
         await ex.respond(502 if status < 400 else status,
-                         await self._no_answer(mediator, msg, what), headers=headers)
+                         await self._no_answer(mediator, msg, _answered(status, ctype)),
+                         headers=headers)
 
     def _handshake_only(self, msg: jsonrpc.Envelope, requested: str) -> bytes:
         """The upstream answered a stateless request as a handshake-era server does:

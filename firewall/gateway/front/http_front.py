@@ -161,6 +161,8 @@ class HttpFront:
         # Per server: its answers as relayed (x-mcp-header annotations learnt
         # from tools/list, discover narrowed, cache bounds).
         self.results: dict[str, revision.ResultView] = {}
+        # Per server: the hook its stateless requests' mediators relay answers through.
+        self._seen: dict[str, Callable[[str, bytes, bool], bytes]] = {}
         self.cache_ttl_ms = int(self.listen.max_cache_ttl_seconds * 1000)
         self.drained = trio.Event()  # hypercorn's shutdown trigger
         # The listener's connections (set by run_front), for /healthz.
@@ -415,7 +417,11 @@ class HttpFront:
                 return
             headers = revision.upstream_headers(revision.body_version(params), msg.method,
                                                 params, spec)
-        mediator.on_result = functools.partial(self._result_seen, endpoint.name)
+        seen = self._seen.get(endpoint.name)
+        if seen is None:  # one per server (of the configuration): made once
+            seen = self._seen[endpoint.name] = functools.partial(self._result_seen,
+                                                                 endpoint.name)
+        mediator.on_result = seen
         if msg.method == listen.LISTEN and msg.kind is Kind.REQUEST:
             source = (endpoint.listen_source() if isinstance(endpoint, listen.BridgesListens)
                       else None)
