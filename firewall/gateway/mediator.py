@@ -347,6 +347,8 @@ _NO_AUDIT_META: Final[tuple[client_meta.ClientMeta, _AuditMeta]] = (
     client_meta.LEGACY, _AuditMeta(None, None, None))
 # Answers read for MRTR and tasks (rules 16, 17): only these methods' results.
 _ROUND_ANSWERS: Final = mrtr.MRTR_METHODS | mrtr.TASKS_METHODS
+# The resultTypes of an answer that continues its call (rules 16, 17).
+_CONTINUING: Final = frozenset({mrtr.INPUT_REQUIRED, mrtr.TASK})
 _object_decoder: Final = msgspec.json.Decoder(dict[str, Any])
 
 
@@ -585,9 +587,14 @@ class Mediator:
                     or data.find(b"\\") >= 0):
                 if pending.task is None and pending.call is not None:
                     flags = _flags_of(msg)  # read once: its outcome needs isError too
-                answered = await self._round_answer(inbound, msg, rid, pending, flags)
-                if answered is not None:
-                    return Routed(client=answered, answers=rid)
+                # Only a task's answer, or a result that asks for input or is a
+                # task, continues the call (_round_answer's cases; a complete
+                # result, the common one, goes straight on).
+                if pending.task is not None or (flags is not None
+                                                and flags.kind in _CONTINUING):
+                    answered = await self._round_answer(inbound, msg, rid, pending, flags)
+                    if answered is not None:
+                        return Routed(client=answered, answers=rid)
             line: bytes | None = None
             narrowed = False  # mcpwall cut the list for this caller
             if rid in self._tools_list_ids:
