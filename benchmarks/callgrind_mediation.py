@@ -10,8 +10,9 @@ zeroed, ``--pairs`` more pairs run, and the counters are dumped.
   + ``from_server``, as ``bench_mediation.py`` times it.
 * ``2026``: a stateless tools/call of the 2026-07-28 revision (``_meta`` with
   the protocol version, client capabilities and clientInfo), as the HTTP
-  front handles one: a sessionless mediator of its own (sharing one
-  ``Rounds``), the revision's header ladder (``revision.check_modern``), the
+  front handles one: a sessionless mediator of its own, made by the front's
+  ``FrontContext.mediator`` (sharing the server's one ``Rounds``), the
+  revision's header ladder (``revision.check_modern``), the
   upstream headers made from the decided body, ``from_client``, then the
   answer (with ``resultType: "complete"``, as servers of the revision send
   it) through ``from_server`` with the front's ``on_result`` hook set.
@@ -59,7 +60,7 @@ HEADERS_2026 = {"mcp-protocol-version": "2026-07-28", "mcp-method": "tools/call"
 def pair_runner(era: str, audited: bool) -> Callable[[int], Awaitable[None]]:
     """One tools/call pair of ``era`` ("2025" or "2026"), as described above,
     for request id ``rid``: the mediators, policy and audit point are made
-    once (a 2025 session's mediator; for 2026, the shared ``Rounds``)."""
+    once (a 2025 session's mediator; for 2026, the front's context)."""
     from firewall.gateway.mediator import Mediator
     from firewall.policy.decision import AllowAll, Caller
     from firewall.protocol.inbound import client as decode_client
@@ -88,10 +89,11 @@ def pair_runner(era: str, audited: bool) -> Callable[[int], Awaitable[None]]:
         return pair_2025
 
     # A tree from before the 2026-07-28 revision has neither (2025 only).
-    from firewall.gateway.mrtr import Rounds
+    from firewall.config import ListenSettings
+    from firewall.gateway.front.sessions import FrontContext
     from firewall.protocol import revision
 
-    rounds = Rounds()
+    front = FrontContext(ListenSettings(), policy, audit)  # type: ignore[arg-type]
 
     def seen(method: str, line: bytes, narrowed: bool) -> bytes:
         # The HTTP front's hook (rule 19): a result of a method that is not
@@ -101,8 +103,7 @@ def pair_runner(era: str, audited: bool) -> Callable[[int], Awaitable[None]]:
 
     async def pair_2026(rid: int) -> None:
         inbound = decode_client(CALL_2026 % rid)
-        med = Mediator(server="vm", session=f"stateless-{rid}", caller=caller, policy=policy,
-                       audit=audit, sessionless=True, rounds=rounds)  # type: ignore[arg-type]
+        med = front.mediator("vm", f"stateless-{rid}", caller, sessionless=True)
         params = revision.params_of(inbound)
         assert revision.check_modern(HEADERS_2026, "tools/call", params, None) is None
         headers = revision.upstream_headers(revision.body_version(params), "tools/call",
