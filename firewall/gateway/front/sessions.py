@@ -358,8 +358,11 @@ class FrontContext:
         without a session (``sessionless``: a 2026-07-28 POST; its ``session``
         scopes are the caller's grant, its rounds linked through the server's
         shared :class:`Rounds`)."""
-        rounds = (self.rounds.setdefault(server, Rounds(owners=self.task_owners))
-                  if sessionless else Rounds(owners=self.task_owners))
+        rounds = self.rounds.get(server) if sessionless else None
+        if rounds is None:  # a session's own; or the server's first stateless request
+            rounds = Rounds(owners=self.task_owners)
+            if sessionless:
+                self.rounds[server] = rounds
         return Mediator(server=server, session=sid, caller=caller, policy=self.policy,
                         audit=self.audit, deny_tools_call_as=self.deny_tools_call_as,
                         approvals=self.approvals, on_tools=self.on_tools,
