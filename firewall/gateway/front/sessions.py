@@ -363,10 +363,14 @@ class FrontContext:
             rounds = Rounds(owners=self.task_owners)
             if sessionless:
                 self.rounds[server] = rounds
-        return Mediator(server=server, session=sid, caller=caller, policy=self.policy,
-                        audit=self.audit, deny_tools_call_as=self.deny_tools_call_as,
-                        approvals=self.approvals, on_tools=self.on_tools,
-                        sessionless=sessionless, rounds=rounds)
+        # Made as ``Mediator(...)`` would, without the dictionary of keywords
+        # a class call builds (CPython's type.__call__): one per stateless request.
+        mediator: Mediator = object.__new__(Mediator)
+        Mediator.__init__(mediator, server=server, session=sid, caller=caller,
+                          policy=self.policy, audit=self.audit,
+                          deny_tools_call_as=self.deny_tools_call_as, approvals=self.approvals,
+                          on_tools=self.on_tools, sessionless=sessionless, rounds=rounds)
+        return mediator
 
     def admit(self, server: str, caller: Caller, caps: ServerCaps) -> Slot | Refusal:
         """A slot for a new session of ``caller`` on ``server``, or why not.
