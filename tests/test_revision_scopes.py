@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from firewall.audit.events import DecisionEvent, Event, Receipt
+from firewall.config import ListenSettings
 from firewall.gateway.approvals.desk import Standing, open_desk
+from firewall.gateway.front.sessions import FrontContext
 from firewall.gateway.mediator import Mediator
 from firewall.policy.compiler import compile_policy
-from firewall.policy.decision import Caller, session_scope
+from firewall.policy.decision import AllowAll, Caller, session_scope
 from firewall.policy.engine import Engine
 from firewall.policy.schema import parse_policy
 from firewall.protocol import meta
@@ -94,3 +96,25 @@ async def test_a_session_approval_never_covers_a_sessionless_call(tmp_path: Path
                                         **{**given, "scope": "minutes"})
         found = desk.standing_for(session=None, **common)
         assert found is not None and found.id == "a2"  # N minutes cover it
+
+
+async def test_stateless_mediators_share_their_servers_rounds_and_nothing_in_flight() -> None:
+    """FrontContext.mediator: a stateless request's mediator shares its server's
+    Rounds (a retry finds the round before it) and keeps its own state: one
+    request id in flight on two of them at once, each answer settling its own."""
+    front = FrontContext(ListenSettings(), AllowAll(), None)
+    caller = Caller("agent", "g-1")
+    a, b = (front.mediator("vm", f"stateless-{n}", caller, sessionless=True) for n in "ab")
+    other = front.mediator("db", "stateless-c", caller, sessionless=True)
+    session = front.mediator("vm", "sess", caller)
+    assert a.rounds is b.rounds and other.rounds is not a.rounds
+    assert session.rounds is not a.rounds  # a session's own
+    assert a.scope == b.scope == "grant:g-1" and session.scope == "sess"
+    for med in (a, b):  # never "already in flight": the ids are each mediator's
+        assert (await med.from_client(_call(1, "search"))).upstream is not None
+    assert a.awaits(1) and b.awaits(1)
+    answer = json.dumps({"jsonrpc": "2.0", "id": 1, "result": {
+        "content": [], "resultType": "complete"}}).encode()
+    assert (await a.from_server(answer)).client is not None
+    assert not a.awaits(1) and b.awaits(1)
+    assert a.holds is not b.holds and a.log is not b.log
