@@ -183,13 +183,17 @@ def check_modern(headers: Mapping[str, str], method: str, params: Any,
     the tool's ``x-mcp-header`` annotations when mcpwall knows its schema
     (a tools/call), else None (``Mcp-Param-*`` then go unchecked, and not on).
     """
-    meta = meta_of(params)
-    if meta is None or META_VERSION not in meta or META_CAPABILITIES not in meta:
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    if not isinstance(meta, dict) or META_VERSION not in meta or META_CAPABILITIES not in meta:
         return Problem(-32602, f"params._meta must carry {META_VERSION!r} and "
                                f"{META_CAPABILITIES!r}")
     version = meta[META_VERSION]
     header = headers.get(VERSION_HEADER)
-    if header is None or field_value(header) != version:
+    # The usual request: the header is, exactly, a revision spoken here that
+    # the body names (a value field_value keeps as it is).
+    if header is None or (
+            (header != version or version not in MODERN_VERSIONS)
+            and field_value(header) != version):
         return Problem(HEADER_MISMATCH, f"Header mismatch: MCP-Protocol-Version {header!r} does "
                                         f"not match the body's protocol version {version!r}")
     sent = headers.get(METHOD_HEADER)
@@ -433,7 +437,7 @@ class ResultView:
     def headers_of(self, params: Any) -> tuple[ParamHeader, ...] | None:
         """The ``x-mcp-header`` annotations of the tool a ``tools/call`` names,
         None while unknown (or invalid)."""
-        if not isinstance(params, Mapping):
+        if type(params) is not dict and not isinstance(params, Mapping):  # dict: no ABC check
             return None
         return self.param_headers.get(str(params.get("name")))
 
