@@ -976,3 +976,134 @@ def test_a_hostile_change_does_not_end_a_wrap_bridge_session(tmp_path: Path) -> 
         proc.stdout.close()
         if proc.stderr is not None:
             proc.stderr.close()
+
+
+# -- mcpwall's own messages naming what a peer chose (third review) --------------------
+# JSON lets a string hold U+2028 (raw or as "\u2028"); jsonrpc.encode writes it raw,
+# which a line reader splits on: ``Outbound.own`` refuses such bytes (ValueError).
+# A 2025 child that ignores listens (so only mcpwall ends them), asks the client
+# for its roots under an id with U+2028 during each call, then answers the call.
+ASKING_2025_CHILD = """
+import json, sys
+def out(value):
+    sys.stdout.write(json.dumps(value, ensure_ascii=False) + "\\n"); sys.stdout.flush()
+for line in sys.stdin:
+    msg = json.loads(line)
+    rid, method = msg.get("id"), msg.get("method")
+    if method == "initialize":
+        out({"jsonrpc": "2.0", "id": rid, "result": {
+            "protocolVersion": "2025-06-18", "serverInfo": {"name": "h", "version": "1"},
+            "capabilities": {"tools": {"listChanged": True}}}})
+    elif method == "tools/call":
+        out({"jsonrpc": "2.0", "id": "q\\u2028" + str(rid), "method": "roots/list\\u2028"})
+        out({"jsonrpc": "2.0", "id": rid, "result": {"content": []}})
+    elif rid is not None and method != "subscriptions/listen":
+        out({"jsonrpc": "2.0", "id": rid, "result": {}})
+"""
+
+
+class _Wrapped:
+    """A raw ``mcpwall wrap`` process: JSON lines in, JSON lines out."""
+
+    def __init__(self, argv: list[str], cwd: Path) -> None:
+        import subprocess
+
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, cwd=cwd)
+
+    def send(self, value: dict[str, Any]) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write((json.dumps(value) + "\n").encode())
+        self.proc.stdin.flush()
+
+    def until(self, pred: Any) -> list[dict[str, Any]]:
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        seen: list[dict[str, Any]] = []
+        while not (seen and pred(seen[-1])):
+            line = self.proc.stdout.readline()
+            assert line, "mcpwall wrap ended: " + self.proc.stderr.read().decode()[-2000:]
+            seen.append(json.loads(line))
+        return seen
+
+    def close(self) -> int:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.close()
+        code = self.proc.wait(timeout=20)
+        self.proc.stdout.close()
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+        return code
+
+
+def _wrap_argv(tmp_path: Path, *extra: str, lifetime: float = 3600.0) -> list[str]:
+    from conftest import mcpwall_argv
+
+    (tmp_path / "policy.json").write_text(json.dumps({"version": "1", "default": "allow"}))
+    config = tmp_path / "mcpwall.toml"
+    config.write_text("\n".join([
+        "[listen]", f"listen_stream_max_seconds = {lifetime}", "",
+        "[policy]", f"files = [{json.dumps(str(tmp_path / 'policy.json'))}]", "",
+        "[audit]", f"path = {json.dumps(str(tmp_path / 'audit.db'))}", ""]))
+    return [*mcpwall_argv(), "wrap", "--config", str(config), *extra,
+            "--", sys.executable, "-c", ASKING_2025_CHILD]
+
+
+@pytest.mark.slow
+def test_a_listen_whose_id_holds_u2028_ends_at_its_lifetime_without_ending_wrap(
+        tmp_path: Path) -> None:
+    """At a listen's lifetime ``wrap`` tells the child with its own
+    ``notifications/cancelled`` naming the client's id: written with U+2028
+    raw, ``Outbound.own`` refused it and the ValueError ended ``mcpwall wrap``."""
+    wrapped = _Wrapped(_wrap_argv(tmp_path, lifetime=1.0), tmp_path)
+    try:
+        wrapped.send({"jsonrpc": "2.0", "id": "L\u2028", "method": "subscriptions/listen",
+                      "params": {"notifications": {"toolsListChanged": True},
+                                 "_meta": META}})
+        ended = wrapped.until(lambda m: m.get("id") == "L\u2028")
+        assert ended[-1]["result"]["resultType"] == "complete"  # the graceful end
+        wrapped.send({"jsonrpc": "2.0", "id": 2, "method": "tools/list",
+                      "params": {"_meta": META}})
+        wrapped.until(lambda m: m.get("id") == 2)  # the session lives on
+    finally:
+        assert wrapped.close() == 0
+
+
+@pytest.mark.slow
+def test_a_server_request_whose_id_holds_u2028_is_refused_without_ending_wrap_bridge(
+        tmp_path: Path) -> None:
+    """Under ``wrap --bridge`` a child's request no call can carry is refused
+    with mcpwall's own error naming its id and method: written with U+2028
+    raw, ``Outbound.own`` refused it and the ValueError ended ``mcpwall wrap``."""
+    wrapped = _Wrapped(_wrap_argv(tmp_path, "--bridge"), tmp_path)
+    try:
+        for rid in (1, 2):
+            wrapped.send({"jsonrpc": "2.0", "id": rid, "method": "tools/call",
+                          "params": {"name": "t", "arguments": {}, "_meta": META}})
+            wrapped.until(lambda m, rid=rid: m.get("id") == rid)  # answered, alive
+    finally:
+        assert wrapped.close() == 0
+
+
+async def test_a_bridged_server_request_whose_id_holds_u2028_is_refused_not_raised() -> None:
+    """serve's bridge refuses a server request no call can carry with its own
+    error (bridge.py rule 5); an id or method with U+2028 raised ValueError out
+    of the link's reader, ending the bridged session (every call it carried)."""
+    from firewall.gateway.outbound import Outbound
+    from firewall.protocol import framing
+
+    class Wire:  # the session's link, keeping what mcpwall writes
+        def __init__(self) -> None:
+            self.sent: list[Outbound] = []
+
+        async def send(self, outbound: Outbound) -> None:
+            self.sent.append(outbound)
+
+    session = _bridge_session()
+    session._link = wire = Wire()
+    for rid, method in (("q\u2028", "roots/list"), ("q", "roots/list\u2028")):
+        line = json.dumps({"jsonrpc": "2.0", "id": rid, "method": method},
+                          ensure_ascii=False).encode()
+        assert await session._dispatch(line)  # the session goes on
+        refusal = wire.sent[-1].data
+        assert not framing.splittable(refusal)
+        assert json.loads(refusal)["id"] == rid and json.loads(refusal)["error"]

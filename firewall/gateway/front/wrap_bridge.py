@@ -606,9 +606,9 @@ class ModernClient:
         call = asking(self._pending.values(), method, params)
         if call is None or call.asked is not None:
             self.mediator.log.info("bridge_server_request_refused", method=method)
-            await self._to_child([Outbound.own(jsonrpc.error_response(
+            await self._to_child([Outbound.own(framing.line_safe(jsonrpc.error_response(
                 srid, _METHOD_NOT_FOUND,
-                f"mcpwall's bridge carries no {method} to a 2026-07-28 client here"),
+                f"mcpwall's bridge carries no {method} to a 2026-07-28 client here")),
                 "wrap bridge: refusal of a server request")])
             return None
         ident = next(i for i, c in self._pending.items() if c is call)
