@@ -1107,3 +1107,33 @@ async def test_a_bridged_server_request_whose_id_holds_u2028_is_refused_not_rais
         refusal = wire.sent[-1].data
         assert not framing.splittable(refusal)
         assert json.loads(refusal)["id"] == rid and json.loads(refusal)["error"]
+
+
+async def test_listens_held_for_approval_count_against_the_cap_under_wrap() -> None:
+    """A listen held for approval was not open yet, so the cap did not count
+    it: a client that approves its own (``approval = "client"``) held any
+    number at once and had them all opened on release, past
+    ``max_listen_streams_per_principal`` (behind ``wrap --upstream`` each
+    takes one of the ``1 + cap`` long-lived connections)."""
+    med, _ = _mediator(LISTEN_POLICY)
+    listens = StdioListens(med, cap=2)
+    held = []
+    for rid in range(4):
+        line = json.dumps({"jsonrpc": "2.0", "id": rid, "method": "subscriptions/listen",
+                           "params": {"notifications": {"toolsListChanged": True}}}).encode()
+        listens.incoming(line)
+        if listens.over_cap:
+            continue
+        held.append(listens.held())
+    assert len(held) == 2  # the cap counts the held ones
+    for pending in held:
+        assert await listens.released(pending, True) is not None
+    assert len(listens.open) == 2
+    # A held listen refused (or withdrawn) frees its place.
+    line = b'{"jsonrpc":"2.0","id":9,"method":"subscriptions/listen","params":{}}'
+    listens.end("0", "lifetime")
+    listens.incoming(line)
+    assert not listens.over_cap
+    await listens.released(listens.held(), False)
+    listens.incoming(line)
+    assert not listens.over_cap
