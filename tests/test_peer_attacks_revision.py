@@ -1137,3 +1137,48 @@ async def test_listens_held_for_approval_count_against_the_cap_under_wrap() -> N
     await listens.released(listens.held(), False)
     listens.incoming(line)
     assert not listens.over_cap
+
+
+@pytest.mark.slow
+def test_a_listen_cancelled_in_its_own_batch_is_not_posted_behind_wrap_upstream(
+        tmp_path: Path) -> None:
+    """``wrap --upstream``: a listen the client cancels in the same read is
+    recorded ``cancelled`` before it is forwarded; it then no longer counted
+    as open and went out as an ordinary POST on the bounded pool, its stream
+    read for the upstream timeout and tagged notifications unfiltered, past
+    the listen cap (docs: a listen ended before its POST starts is not POSTed)."""
+    from conftest import mcpwall_argv
+
+    from tests.fixtures import conformance_harness as harness
+
+    port = harness.free_port()
+    headers = tmp_path / "headers.jsonl"
+    server = Path(__file__).resolve().with_name("fixtures") / "modern_server.py"
+    with harness.background([sys.executable, str(server), "--port", str(port)],
+                            tmp_path / "server.log", env={"HEADERS_FILE": str(headers)}) as up:
+        harness.wait_for_port(port, up, tmp_path / "server.log")
+        argv = _wrap_argv(tmp_path)
+        argv = [*mcpwall_argv(), *argv[len(mcpwall_argv()):argv.index("--")],
+                "--upstream", f"http://127.0.0.1:{port}/mcp"]
+        wrapped = _Wrapped(argv, tmp_path)
+        try:
+            assert wrapped.proc.stdin is not None
+            batch = [{"jsonrpc": "2.0", "id": f"L{n}", "method": "subscriptions/listen",
+                      "params": {"notifications": {"toolsListChanged": True},
+                                 "_meta": META}} for n in range(3)]
+            batch += [{"jsonrpc": "2.0", "method": "notifications/cancelled",
+                       "params": {"requestId": f"L{n}", "_meta": META}} for n in range(3)]
+            wrapped.proc.stdin.write(b"".join(json.dumps(m).encode() + b"\n" for m in batch))
+            wrapped.proc.stdin.flush()  # one write, one read: one batch
+            wrapped.send({"jsonrpc": "2.0", "id": 2, "method": "tools/list",
+                          "params": {"_meta": META}})
+            wrapped.until(lambda m: m.get("id") == 2)
+        finally:
+            assert wrapped.close() == 0
+    methods = [json.loads(line).get("mcp-method") for line in headers.read_text().splitlines()]
+    assert "tools/list" in methods
+    assert "subscriptions/listen" not in methods
+    with sqlite3.connect(tmp_path / "audit.db") as db:
+        statuses = [s for (s,) in db.execute(
+            "SELECT status FROM calls WHERE method = 'subscriptions/listen'")]
+    assert statuses == ["cancelled"] * 3
