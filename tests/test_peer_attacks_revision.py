@@ -1182,3 +1182,23 @@ def test_a_listen_cancelled_in_its_own_batch_is_not_posted_behind_wrap_upstream(
         statuses = [s for (s,) in db.execute(
             "SELECT status FROM calls WHERE method = 'subscriptions/listen'")]
     assert statuses == ["cancelled"] * 3
+
+
+# -- revision.ResultView (ttlMs cap) ---------------------------------------------------
+@pytest.mark.parametrize("ttl", [3_600_000.0, 3.6e6, "3600000", 3_600_000])
+def test_a_ttl_spelt_as_a_float_or_a_string_is_still_capped(ttl: Any) -> None:
+    """The cap on ``ttlMs`` (so a policy reload is seen within it) took only
+    integers: ``3600000.0`` or ``"3600000"`` went on as they were, and the SDK
+    client reads either as an hour."""
+    import mcp_types
+
+    from firewall.protocol import jsonrpc, revision
+
+    view = revision.ResultView(60_000, era_marked=True)
+    line = jsonrpc.result_response(1, {"tools": [], "ttlMs": ttl, "resultType": "complete"})
+    seen = json.loads(view.seen("tools/list", line, False))["result"]
+    assert mcp_types.ListToolsResult.model_validate(seen).ttl_ms <= 60_000
+    assert seen.get("ttlMs", 0) <= 60_000  # capped, or (no number) removed
+    # Within the cap, as the server said.
+    line = jsonrpc.result_response(1, {"tools": [], "ttlMs": 5, "resultType": "complete"})
+    assert view.seen("tools/list", line, False) is line

@@ -34,8 +34,10 @@ module keeps:
    the decided body.
 4. Cacheable results (``ttlMs``, ``cacheScope``) never outlive what mcpwall
    decided for longer than its cap: :func:`bound_cache` lowers ``ttlMs`` to
-   the cap and makes the scope ``private`` when the answer is the caller's
-   own (filtered for it, or callers are told apart).
+   the cap (a number however spelt; one that is no number, which a lenient
+   reader may still take for one, is removed) and makes the scope
+   ``private`` when the answer is the caller's own (filtered for it, or
+   callers are told apart).
 5. :class:`ResultView` is what every front does to a relayed answer of a
    cacheable method: tools/list teaches it the tools' ``x-mcp-header``
    annotations (at most :data:`MAX_LEARNT_TOOLS` tools, then it starts
@@ -389,11 +391,14 @@ def bound_cache(result: dict[str, Any], ttl_cap_ms: int, private: bool) -> dict[
     60000 and ``cacheScope`` ``"private"``.
     """
     changes: dict[str, Any] = {}
-    ttl = result.get("ttlMs")
-    if isinstance(ttl, int) and not isinstance(ttl, bool) and ttl > ttl_cap_ms:
+    ttl: Any = result.get("ttlMs")
+    number = isinstance(ttl, int | float) and not isinstance(ttl, bool)
+    if number and ttl > ttl_cap_ms:  # 3600000.0 is read as an hour too
         changes["ttlMs"] = ttl_cap_ms
     if private and result.get("cacheScope", "private") != "private":
         changes["cacheScope"] = "private"
+    if ttl is not None and not number:  # "3600000" is read as an hour: dropped
+        return {k: v for k, v in {**result, **changes}.items() if k != "ttlMs"}
     return {**result, **changes} if changes else None
 
 
