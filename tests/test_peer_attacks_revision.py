@@ -1202,3 +1202,30 @@ def test_a_ttl_spelt_as_a_float_or_a_string_is_still_capped(ttl: Any) -> None:
     # Within the cap, as the server said.
     line = jsonrpc.result_response(1, {"tools": [], "ttlMs": 5, "resultType": "complete"})
     assert view.seen("tools/list", line, False) is line
+
+
+# -- wrap --bridge log messages (wrap_bridge.py rule 10) ----------------------------------
+async def test_a_childs_log_messages_around_mcpwalls_handshake_do_not_reach_the_client(
+        ) -> None:
+    """While mcpwall's own handshake with a 2025 child is under way no call of
+    the client is at the child, so no log message is for it; one the child
+    sent before its answer to ``initialize``, or with it in one write (read
+    before the handshake took the answer in), went on to the client unasked."""
+    from firewall.gateway.front.wrap_bridge import ModernClient
+
+    med, _ = _mediator({"version": "1", "default": "allow"}, server="vm")
+    bridge = ModernClient(med, None, 5)  # type: ignore[arg-type]
+    bridge._sent = True  # mcpwall's initialize went to the child
+    log = (b'{"jsonrpc":"2.0","method":"notifications/message","params":'
+           b'{"level":"emergency","data":"before the answer"}}')
+    escaped = log.replace(b"notifications/message", b"notifications\\/message")
+    assert await bridge.from_child(log) == (None, None)
+    answer = json.dumps({"jsonrpc": "2.0", "id": bridge.handshake_id, "result": {
+        "protocolVersion": "2025-06-18", "capabilities": {"logging": {}},
+        "serverInfo": {"name": "c", "version": "1"}}}).encode()
+    assert await bridge.from_child(answer) == (None, None)  # taken for the handshake
+    assert await bridge.from_child(escaped) == (None, None)  # before init_result is set
+    assert bridge.logs_dropped == 2
+    # Anything else still goes to the mediator as before.
+    progress = b'{"jsonrpc":"2.0","method":"notifications/progress","params":{}}'
+    assert await bridge.from_child(progress) == (progress, None)
