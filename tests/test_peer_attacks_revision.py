@@ -1229,3 +1229,32 @@ async def test_a_childs_log_messages_around_mcpwalls_handshake_do_not_reach_the_
     # Anything else still goes to the mediator as before.
     progress = b'{"jsonrpc":"2.0","method":"notifications/progress","params":{}}'
     assert await bridge.from_child(progress) == (progress, None)
+
+
+# -- wrap --upstream's request-metadata headers (wrap_http.py rule 7) ---------------------
+async def test_large_header_values_are_not_kept_in_wrap_upstreams_header_cache() -> None:
+    """``wrap --upstream`` kept the last 64 header sets it made for requests of
+    the 2026-07-28 revision, keyed by their values: ``Mcp-Name`` and the
+    ``Mcp-Param-*`` headers are the client's arguments (up to a line of 16
+    MiB each), so a client calling one allowed tool 64 times held about a
+    gigabyte after the calls ended. The headers still carry the decided values."""
+    from firewall.config import HttpServer
+    from firewall.gateway.front.wrap_http import HttpWrapSession
+    from firewall.protocol import jsonrpc
+
+    med, _ = _mediator({"version": "1", "default": "allow"}, server="web")
+    session = HttpWrapSession(med, HttpServer(url="http://127.0.0.1:9/mcp"), None, None,  # type: ignore[arg-type]
+                              max_line=1 << 24, timeout=5, grace=1)
+    schema = {"type": "object", "properties": {"r": {"type": "string", "x-mcp-header": "R"}}}
+    session.results.learn([{"name": "regional", "inputSchema": schema}])
+    for n in range(80):
+        value = f"{n}-" + "x" * 65_536
+        line = json.dumps({"jsonrpc": "2.0", "id": n, "method": "tools/call", "params": {
+            "name": "regional", "arguments": {"r": value}, "_meta": META}}).encode()
+        routed = await med.from_client(line)
+        assert routed.upstream is not None
+        prepared = session._headers_for(routed.upstream, jsonrpc.decode(routed.upstream.data))
+        sent = dict(prepared.items)
+        assert sent[b"mcp-param-r"] == value.encode() and sent[b"mcp-name"] == b"regional"
+    kept = sum(len(v) for key in session._modern for _, v in key)
+    assert kept <= 64 * 1024, kept

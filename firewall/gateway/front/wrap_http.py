@@ -88,6 +88,7 @@ GET_RETRY_SECONDS: Final = 1.0
 GET_RETRY_MAX_SECONDS: Final = 30.0
 DELETE_SECONDS: Final = 5.0
 _MODERN_CACHE_SIZE: Final = 64
+_MODERN_CACHE_VALUE_CHARS: Final = 1024  # a header set kept holds at most this much
 
 
 class _InitResult(msgspec.Struct):
@@ -279,9 +280,13 @@ class HttpWrapSession(StdioClient):
             version, msg.method, params if msg.kind is Kind.REQUEST else None, spec))
         found = self._modern.get(key)
         if found is None:
-            if len(self._modern) >= _MODERN_CACHE_SIZE:
-                self._modern.clear()
-            found = self._modern[key] = self.upstream.prepare(key)
+            found = self.upstream.prepare(key)
+            # Kept for the next request alike, unless its values are large: Mcp-Name
+            # and Mcp-Param-* are the client's arguments (a line each, at most).
+            if sum(len(value) for _, value in key) <= _MODERN_CACHE_VALUE_CHARS:
+                if len(self._modern) >= _MODERN_CACHE_SIZE:
+                    self._modern.clear()
+                self._modern[key] = found
         return found
 
     def _post_headers(self) -> PreparedHeaders:
