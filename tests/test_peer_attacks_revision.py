@@ -1258,3 +1258,28 @@ async def test_large_header_values_are_not_kept_in_wrap_upstreams_header_cache()
         assert sent[b"mcp-param-r"] == value.encode() and sent[b"mcp-name"] == b"regional"
     kept = sum(len(v) for key in session._modern for _, v in key)
     assert kept <= 64 * 1024, kept
+
+
+def test_a_tools_learnt_annotations_are_bounded_in_size_not_only_in_count() -> None:
+    """``ResultView`` keeps the ``x-mcp-header`` annotations of at most 4,096
+    tools a server, for as long as the front runs; each tool's were kept
+    whatever their size, so a server listing, page after page, tools with
+    thousands of annotated properties (or huge property names) grew mcpwall's
+    memory by up to a response (64 MiB) per tool. A tool whose annotations
+    exceed the bound is taken as annotated invalidly (no Mcp-Param-* headers)."""
+    from firewall.protocol import revision
+
+    many = {"type": "object", "properties": {
+        f"p{i}": {"type": "string", "x-mcp-header": f"H{i}"} for i in range(5000)}}
+    long = {"type": "object", "properties": {
+        "p" * 1_000_000: {"type": "string", "x-mcp-header": "Long"}}}
+    view = revision.ResultView(60_000)
+    view.learn([{"name": "many", "inputSchema": many}, {"name": "long", "inputSchema": long}])
+    for name in ("many", "long"):
+        kept = view.headers_of({"name": name})
+        assert kept is None or (len(kept) <= revision.MAX_PARAM_HEADERS and sum(
+            len(h.token) + sum(map(len, h.path)) for h in kept) <= 4096)
+    # An ordinary tool is still learnt.
+    few = {"type": "object", "properties": {"r": {"type": "string", "x-mcp-header": "R"}}}
+    view.learn([{"name": "few", "inputSchema": few}])
+    assert view.headers_of({"name": "few"}) == (revision.ParamHeader(("r",), "R", "string"),)

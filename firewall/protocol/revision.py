@@ -41,7 +41,9 @@ module keeps:
 5. :class:`ResultView` is what every front does to a relayed answer of a
    cacheable method: tools/list teaches it the tools' ``x-mcp-header``
    annotations (at most :data:`MAX_LEARNT_TOOLS` tools, then it starts
-   afresh: a server cannot grow it without bound), ``server/discover`` names
+   afresh, and at most :data:`MAX_PARAM_HEADERS` annotations of
+   :data:`MAX_ANNOTATION_CHARS` characters a tool: a server cannot grow it
+   without bound), ``server/discover`` names
    only the revisions mcpwall speaks, and rule 4 bounds the result.
 """
 
@@ -105,6 +107,9 @@ _MAX_SAFE: Final = 2**53 - 1
 _DECIMAL: Final = re.compile(r"^-?[0-9]+(\.[0-9]+)?$")
 # Members whose values are data, not schemas: never walked for annotations.
 _DATA_KEYWORDS: Final = frozenset({"x-mcp-header", "enum", "const", "default", "examples"})
+# One tool's annotations as learnt (rule 5): beyond, taken as invalid.
+MAX_PARAM_HEADERS: Final = 64
+MAX_ANNOTATION_CHARS: Final = 4096
 
 
 class Problem(msgspec.Struct, frozen=True):
@@ -331,10 +336,15 @@ def param_headers_of(input_schema: Any) -> tuple[ParamHeader, ...] | None:
     """The ``x-mcp-header`` annotations of a tool's inputSchema; None when one is invalid.
 
     Valid: a token (RFC 9110), unique case-insensitively, on a string,
-    integer or boolean property reached through ``properties`` only.
+    integer or boolean property reached through ``properties`` only; at most
+    :data:`MAX_PARAM_HEADERS` of them, their tokens and paths at most
+    :data:`MAX_ANNOTATION_CHARS` characters in all (rule 5).
     """
     found: list[ParamHeader] = []
     if not _walk(input_schema, (), found, reachable=True):
+        return None
+    if len(found) > MAX_PARAM_HEADERS or sum(  # kept for as long as the front runs
+            len(item.token) + sum(map(len, item.path)) for item in found) > MAX_ANNOTATION_CHARS:
         return None
     tokens = [item.token.lower() for item in found]
     if len(set(tokens)) != len(tokens):
