@@ -1283,3 +1283,71 @@ def test_a_tools_learnt_annotations_are_bounded_in_size_not_only_in_count() -> N
     few = {"type": "object", "properties": {"r": {"type": "string", "x-mcp-header": "R"}}}
     view.learn([{"name": "few", "inputSchema": few}])
     assert view.headers_of({"name": "few"}) == (revision.ParamHeader(("r",), "R", "string"),)
+
+
+async def test_a_bridged_servers_requests_and_logs_go_by_stream_only_held() -> None:
+    """Held (a probe): over HTTP the bridge is told which POST carried a
+    server request or log message. One on call A's stream goes to A (never
+    B, though both are in flight and both asked); one on the stream of
+    mcpwall's own request, or of a call no longer in flight, is refused (a
+    request) or dropped and counted (a log message); a log message on no
+    request's stream (a GET stream) belongs to no call; one below the level
+    the call asked for is dropped."""
+    from firewall.gateway.front.bridge import APART
+    from firewall.protocol.meta import LOG_LEVELS
+
+    session = _bridge_session()
+    session._link = wire = _SilentServer()
+    warning = LOG_LEVELS.index("warning")
+    a = session.open_call("mcpwall-bridge-1", "tools/call", {"elicitation": {"form": {}}},
+                          "s.1", None, warning)
+    b = session.open_call("mcpwall-bridge-2", "tools/call", {"elicitation": {"form": {}}},
+                          "s.2", None, warning)
+    ask = (b'{"jsonrpc":"2.0","id":7,"method":"elicitation/create","params":{"mode":"form",'
+           b'"message":"?","requestedSchema":{"type":"object","properties":{}}}}')
+
+    def log(level: str) -> bytes:
+        return json.dumps({"jsonrpc": "2.0", "method": "notifications/message",
+                           "params": {"level": level, "data": level}}).encode()
+
+    def queued(call: Any) -> list[str]:
+        kinds = []
+        while True:
+            try:
+                kinds.append(call.receive.receive_nowait()[0])
+            except trio.WouldBlock:
+                return kinds
+
+    assert await session._dispatch(ask, "mcpwall-bridge-1")
+    assert await session._dispatch(log("error"), "mcpwall-bridge-1")
+    assert await session._dispatch(log("info"), "mcpwall-bridge-1")  # below warning
+    assert queued(a) == ["request", "log"] and queued(b) == []
+    for on in ("mcpwall-bridge-own-1", "mcpwall-bridge-9"):  # own request's, a gone call's
+        assert await session._dispatch(ask, on)
+        assert wire.sent[-1]["id"] == 7 and wire.sent[-1]["error"]["code"] == -32601
+        assert await session._dispatch(log("error"), on)
+    assert await session._dispatch(log("error"), APART)
+    assert queued(a) == [] and queued(b) == []
+    assert session.logs_dropped == 4 and session.tally.logs_dropped == 4
+
+
+async def test_ten_thousand_cancels_of_one_listen_end_it_once_held() -> None:
+    """Held (a probe): under ``wrap`` a client cancelling one listen 10,000
+    times (plainly and with escapes) ends it once: one ``listen_end``, one
+    key to cancel, nothing kept per cancellation."""
+    med, audit = _mediator(LISTEN_POLICY)
+    listens = StdioListens(med)
+    line = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "subscriptions/listen",
+                       "params": {"notifications": {"toolsListChanged": True}}}).encode()
+    await listens.decided((await med.from_client(listens.incoming(line))).upstream is not None)
+    cancels = [b'{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":1}}',
+               b'{"jsonrpc":"2.0","method":"notifications\\/cancelled","params":'
+               b'{"requestId":1}}']
+    keys = []
+    for n in range(10_000):
+        listens.incoming(cancels[n % 2])
+        keys += listens.take_cancelled()
+        await listens.flush()
+    assert keys == ["1"] and not listens.open and not listens._ended
+    ends = [e for e in audit.events if isinstance(e, LifecycleEvent) and e.kind == "listen_end"]
+    assert len(ends) == 1
