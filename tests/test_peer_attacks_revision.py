@@ -1351,3 +1351,31 @@ async def test_ten_thousand_cancels_of_one_listen_end_it_once_held() -> None:
     assert keys == ["1"] and not listens.open and not listens._ended
     ends = [e for e in audit.events if isinstance(e, LifecycleEvent) and e.kind == "listen_end"]
     assert len(ends) == 1
+
+
+async def test_an_escaped_revision_key_still_gets_the_revisions_headers_behind_wrap_upstream(
+        ) -> None:
+    """Held (a probe): a client writes the ``_meta`` version key and the method
+    with JSON escapes; ``wrap --upstream`` reads the decided body, which the
+    mediator re-encoded, so the request goes with the revision's headers made
+    from it (never the session's), ``Mcp-Param-*`` included."""
+    from firewall.config import HttpServer
+    from firewall.gateway.front.wrap_http import HttpWrapSession
+    from firewall.protocol import jsonrpc
+
+    med, _ = _mediator({"version": "1", "default": "allow"}, server="web")
+    session = HttpWrapSession(med, HttpServer(url="http://127.0.0.1:9/mcp"), None, None,  # type: ignore[arg-type]
+                              max_line=1 << 20, timeout=5, grace=1)
+    session.upstream_sid, session.protocol_version = "sid-1", "2025-06-18"
+    schema = {"type": "object", "properties": {"r": {"type": "string", "x-mcp-header": "R"}}}
+    session.results.learn([{"name": "regional", "inputSchema": schema}])
+    line = (b'{"jsonrpc":"2.0","id":1,"method":"tools\\/call","params":{"name":"regional",'
+            b'"arguments":{"r":"eu"},"_meta":{"io.modelcontextprotocol\\/protocolVersion":'
+            b'"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}')
+    routed = await med.from_client(line)
+    assert routed.upstream is not None
+    sent = dict(session._headers_for(routed.upstream,
+                                     jsonrpc.decode(routed.upstream.data)).items)
+    assert sent[b"mcp-protocol-version"] == b"2026-07-28" and b"mcp-session-id" not in sent
+    assert (sent[b"mcp-method"], sent[b"mcp-name"], sent[b"mcp-param-r"]) == (
+        b"tools/call", b"regional", b"eu")
