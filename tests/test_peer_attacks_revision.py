@@ -1322,7 +1322,9 @@ async def test_a_bridged_servers_requests_and_logs_go_by_stream_only_held() -> N
     assert await session._dispatch(log("error"), "mcpwall-bridge-1")
     assert await session._dispatch(log("info"), "mcpwall-bridge-1")  # below warning
     assert queued(a) == ["request", "log"] and queued(b) == []
-    for on in ("mcpwall-bridge-own-1", "mcpwall-bridge-9"):  # own request's, a gone call's
+    # mcpwall's own request is in flight as a call of the session (own_request).
+    session.open_call("mcpwall-bridge-3", "resources/subscribe", {}, "s.3", None)
+    for on in ("mcpwall-bridge-3", "mcpwall-bridge-9"):  # own request's, a gone call's
         assert await session._dispatch(ask, on)
         assert wire.sent[-1]["id"] == 7 and wire.sent[-1]["error"]["code"] == -32601
         assert await session._dispatch(log("error"), on)
