@@ -1381,3 +1381,57 @@ async def test_an_escaped_revision_key_still_gets_the_revisions_headers_behind_w
     assert sent[b"mcp-protocol-version"] == b"2026-07-28" and b"mcp-session-id" not in sent
     assert (sent[b"mcp-method"], sent[b"mcp-name"], sent[b"mcp-param-r"]) == (
         b"tools/call", b"regional", b"eu")
+
+
+# A 2025 stdio server that never answers the tool ``hang`` (the rest it answers).
+HANGING_2025_SERVER = """
+import json, sys
+def out(value):
+    sys.stdout.write(json.dumps(value) + "\\n"); sys.stdout.flush()
+for line in sys.stdin:
+    msg = json.loads(line)
+    rid, method = msg.get("id"), msg.get("method")
+    if method == "initialize":
+        out({"jsonrpc": "2.0", "id": rid, "result": {
+            "protocolVersion": "2025-06-18", "serverInfo": {"name": "h", "version": "1"},
+            "capabilities": {"tools": {}}}})
+    elif rid is not None and not (method == "tools/call"
+                                  and msg["params"].get("name") == "hang"):
+        out({"jsonrpc": "2.0", "id": rid, "result": {"content": []}})
+"""
+
+
+@pytest.mark.slow
+def test_a_timed_out_call_whose_id_holds_u2028_is_cancelled_without_ending_the_session(
+        tmp_path: Path) -> None:
+    """``serve``, a stdio server: a request that times out is cancelled at the
+    server with mcpwall's own ``notifications/cancelled`` naming the client's
+    id; with U+2028 in it ``Outbound.own`` refused the bytes (ValueError)."""
+    import httpx
+
+    from tests.mediation_harness import mcpwall_serve
+    from tests.test_peer_attacks import _post, gateway_toml
+
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps({"version": "1", "default": "allow"}))
+    port = harness.free_port()
+    toml = gateway_toml(port, policy, tmp_path / "audit.db", 'transport = "stdio"',
+                        f"command = {json.dumps(sys.executable)}",
+                        f"args = [\"-c\", {json.dumps(HANGING_2025_SERVER)}]"
+                        ).replace("upstream_timeout_seconds = 5", "upstream_timeout_seconds = 1")
+    with mcpwall_serve(tmp_path, toml, port) as endpoint, httpx.Client(timeout=20) as http:
+        init = _post(http, endpoint, b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":'
+                     b'{"protocolVersion":"2025-06-18","capabilities":{},'
+                     b'"clientInfo":{"name":"c","version":"1"}}}')
+        assert init.status_code == 200, init.text
+        session = init.headers["mcp-session-id"]
+        _post(http, endpoint, b'{"jsonrpc":"2.0","method":"notifications/initialized"}', session)
+        hung = _post(http, endpoint, b'{"jsonrpc":"2.0","id":"x\\u2028","method":"tools/call",'
+                     b'"params":{"name":"hang","arguments":{}}}', session)
+        assert b'"error"' in hung.content, hung.text
+        after = _post(http, endpoint, b'{"jsonrpc":"2.0","id":3,"method":"tools/call",'
+                      b'"params":{"name":"echo","arguments":{}}}', session)
+        log = (tmp_path / "mcpwall.log").read_text(errors="replace")
+    assert after.status_code == 200 and b'"result"' in after.content, (
+        f"HTTP {after.status_code} {after.text[:200]!r}; ValueError logged: "
+        f"{'ValueError' in log}")
