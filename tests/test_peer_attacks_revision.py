@@ -976,3 +976,462 @@ def test_a_hostile_change_does_not_end_a_wrap_bridge_session(tmp_path: Path) -> 
         proc.stdout.close()
         if proc.stderr is not None:
             proc.stderr.close()
+
+
+# -- mcpwall's own messages naming what a peer chose (third review) --------------------
+# JSON lets a string hold U+2028 (raw or as "\u2028"); jsonrpc.encode writes it raw,
+# which a line reader splits on: ``Outbound.own`` refuses such bytes (ValueError).
+# A 2025 child that ignores listens (so only mcpwall ends them), asks the client
+# for its roots under an id with U+2028 during each call, then answers the call.
+ASKING_2025_CHILD = """
+import json, sys
+def out(value):
+    sys.stdout.write(json.dumps(value, ensure_ascii=False) + "\\n"); sys.stdout.flush()
+for line in sys.stdin:
+    msg = json.loads(line)
+    rid, method = msg.get("id"), msg.get("method")
+    if method == "initialize":
+        out({"jsonrpc": "2.0", "id": rid, "result": {
+            "protocolVersion": "2025-06-18", "serverInfo": {"name": "h", "version": "1"},
+            "capabilities": {"tools": {"listChanged": True}}}})
+    elif method == "tools/call":
+        out({"jsonrpc": "2.0", "id": "q\\u2028" + str(rid), "method": "roots/list\\u2028"})
+        out({"jsonrpc": "2.0", "id": rid, "result": {"content": []}})
+    elif rid is not None and method != "subscriptions/listen":
+        out({"jsonrpc": "2.0", "id": rid, "result": {}})
+"""
+
+
+class _Wrapped:
+    """A raw ``mcpwall wrap`` process: JSON lines in, JSON lines out."""
+
+    def __init__(self, argv: list[str], cwd: Path) -> None:
+        import subprocess
+
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, cwd=cwd)
+
+    def send(self, value: dict[str, Any]) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write((json.dumps(value) + "\n").encode())
+        self.proc.stdin.flush()
+
+    def until(self, pred: Any) -> list[dict[str, Any]]:
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        seen: list[dict[str, Any]] = []
+        while not (seen and pred(seen[-1])):
+            line = self.proc.stdout.readline()
+            assert line, "mcpwall wrap ended: " + self.proc.stderr.read().decode()[-2000:]
+            seen.append(json.loads(line))
+        return seen
+
+    def close(self) -> int:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.close()
+        code = self.proc.wait(timeout=20)
+        self.proc.stdout.close()
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+        return code
+
+
+def _wrap_argv(tmp_path: Path, *extra: str, lifetime: float = 3600.0) -> list[str]:
+    from conftest import mcpwall_argv
+
+    (tmp_path / "policy.json").write_text(json.dumps({"version": "1", "default": "allow"}))
+    config = tmp_path / "mcpwall.toml"
+    config.write_text("\n".join([
+        "[listen]", f"listen_stream_max_seconds = {lifetime}", "",
+        "[policy]", f"files = [{json.dumps(str(tmp_path / 'policy.json'))}]", "",
+        "[audit]", f"path = {json.dumps(str(tmp_path / 'audit.db'))}", ""]))
+    return [*mcpwall_argv(), "wrap", "--config", str(config), *extra,
+            "--", sys.executable, "-c", ASKING_2025_CHILD]
+
+
+@pytest.mark.slow
+def test_a_listen_whose_id_holds_u2028_ends_at_its_lifetime_without_ending_wrap(
+        tmp_path: Path) -> None:
+    """At a listen's lifetime ``wrap`` tells the child with its own
+    ``notifications/cancelled`` naming the client's id: written with U+2028
+    raw, ``Outbound.own`` refused it and the ValueError ended ``mcpwall wrap``."""
+    wrapped = _Wrapped(_wrap_argv(tmp_path, lifetime=1.0), tmp_path)
+    try:
+        wrapped.send({"jsonrpc": "2.0", "id": "L\u2028", "method": "subscriptions/listen",
+                      "params": {"notifications": {"toolsListChanged": True},
+                                 "_meta": META}})
+        ended = wrapped.until(lambda m: m.get("id") == "L\u2028")
+        assert ended[-1]["result"]["resultType"] == "complete"  # the graceful end
+        wrapped.send({"jsonrpc": "2.0", "id": 2, "method": "tools/list",
+                      "params": {"_meta": META}})
+        wrapped.until(lambda m: m.get("id") == 2)  # the session lives on
+    finally:
+        assert wrapped.close() == 0
+
+
+@pytest.mark.slow
+def test_a_server_request_whose_id_holds_u2028_is_refused_without_ending_wrap_bridge(
+        tmp_path: Path) -> None:
+    """Under ``wrap --bridge`` a child's request no call can carry is refused
+    with mcpwall's own error naming its id and method: written with U+2028
+    raw, ``Outbound.own`` refused it and the ValueError ended ``mcpwall wrap``."""
+    wrapped = _Wrapped(_wrap_argv(tmp_path, "--bridge"), tmp_path)
+    try:
+        for rid in (1, 2):
+            wrapped.send({"jsonrpc": "2.0", "id": rid, "method": "tools/call",
+                          "params": {"name": "t", "arguments": {}, "_meta": META}})
+            wrapped.until(lambda m, rid=rid: m.get("id") == rid)  # answered, alive
+    finally:
+        assert wrapped.close() == 0
+
+
+async def test_a_bridged_server_request_whose_id_holds_u2028_is_refused_not_raised() -> None:
+    """serve's bridge refuses a server request no call can carry with its own
+    error (bridge.py rule 5); an id or method with U+2028 raised ValueError out
+    of the link's reader, ending the bridged session (every call it carried)."""
+    from firewall.gateway.outbound import Outbound
+    from firewall.protocol import framing
+
+    class Wire:  # the session's link, keeping what mcpwall writes
+        def __init__(self) -> None:
+            self.sent: list[Outbound] = []
+
+        async def send(self, outbound: Outbound) -> None:
+            self.sent.append(outbound)
+
+    session = _bridge_session()
+    session._link = wire = Wire()
+    for rid, method in (("q\u2028", "roots/list"), ("q", "roots/list\u2028")):
+        line = json.dumps({"jsonrpc": "2.0", "id": rid, "method": method},
+                          ensure_ascii=False).encode()
+        assert await session._dispatch(line)  # the session goes on
+        refusal = wire.sent[-1].data
+        assert not framing.splittable(refusal)
+        assert json.loads(refusal)["id"] == rid and json.loads(refusal)["error"]
+
+
+async def test_listens_held_for_approval_count_against_the_cap_under_wrap() -> None:
+    """A listen held for approval was not open yet, so the cap did not count
+    it: a client that approves its own (``approval = "client"``) held any
+    number at once and had them all opened on release, past
+    ``max_listen_streams_per_principal`` (behind ``wrap --upstream`` each
+    takes one of the ``1 + cap`` long-lived connections)."""
+    med, _ = _mediator(LISTEN_POLICY)
+    listens = StdioListens(med, cap=2)
+    held = []
+    for rid in range(4):
+        line = json.dumps({"jsonrpc": "2.0", "id": rid, "method": "subscriptions/listen",
+                           "params": {"notifications": {"toolsListChanged": True}}}).encode()
+        listens.incoming(line)
+        if listens.over_cap:
+            continue
+        held.append(listens.held())
+    assert len(held) == 2  # the cap counts the held ones
+    for pending in held:
+        assert await listens.released(pending, True) is not None
+    assert len(listens.open) == 2
+    # A held listen refused (or withdrawn) frees its place.
+    line = b'{"jsonrpc":"2.0","id":9,"method":"subscriptions/listen","params":{}}'
+    listens.end("0", "lifetime")
+    listens.incoming(line)
+    assert not listens.over_cap
+    await listens.released(listens.held(), False)
+    listens.incoming(line)
+    assert not listens.over_cap
+
+
+@pytest.mark.slow
+def test_a_listen_cancelled_in_its_own_batch_is_not_posted_behind_wrap_upstream(
+        tmp_path: Path) -> None:
+    """``wrap --upstream``: a listen the client cancels in the same read is
+    recorded ``cancelled`` before it is forwarded; it then no longer counted
+    as open and went out as an ordinary POST on the bounded pool, its stream
+    read for the upstream timeout and tagged notifications unfiltered, past
+    the listen cap (docs: a listen ended before its POST starts is not POSTed)."""
+    from conftest import mcpwall_argv
+
+    from tests.fixtures import conformance_harness as harness
+
+    port = harness.free_port()
+    headers = tmp_path / "headers.jsonl"
+    server = Path(__file__).resolve().with_name("fixtures") / "modern_server.py"
+    with harness.background([sys.executable, str(server), "--port", str(port)],
+                            tmp_path / "server.log", env={"HEADERS_FILE": str(headers)}) as up:
+        harness.wait_for_port(port, up, tmp_path / "server.log")
+        argv = _wrap_argv(tmp_path)
+        argv = [*mcpwall_argv(), *argv[len(mcpwall_argv()):argv.index("--")],
+                "--upstream", f"http://127.0.0.1:{port}/mcp"]
+        wrapped = _Wrapped(argv, tmp_path)
+        try:
+            assert wrapped.proc.stdin is not None
+            batch = [{"jsonrpc": "2.0", "id": f"L{n}", "method": "subscriptions/listen",
+                      "params": {"notifications": {"toolsListChanged": True},
+                                 "_meta": META}} for n in range(3)]
+            batch += [{"jsonrpc": "2.0", "method": "notifications/cancelled",
+                       "params": {"requestId": f"L{n}", "_meta": META}} for n in range(3)]
+            wrapped.proc.stdin.write(b"".join(json.dumps(m).encode() + b"\n" for m in batch))
+            wrapped.proc.stdin.flush()  # one write, one read: one batch
+            wrapped.send({"jsonrpc": "2.0", "id": 2, "method": "tools/list",
+                          "params": {"_meta": META}})
+            wrapped.until(lambda m: m.get("id") == 2)
+        finally:
+            assert wrapped.close() == 0
+    methods = [json.loads(line).get("mcp-method") for line in headers.read_text().splitlines()]
+    assert "tools/list" in methods
+    assert "subscriptions/listen" not in methods
+    with sqlite3.connect(tmp_path / "audit.db") as db:
+        statuses = [s for (s,) in db.execute(
+            "SELECT status FROM calls WHERE method = 'subscriptions/listen'")]
+    assert statuses == ["cancelled"] * 3
+
+
+# -- revision.ResultView (ttlMs cap) ---------------------------------------------------
+@pytest.mark.parametrize("ttl", [3_600_000.0, 3.6e6, "3600000", 3_600_000])
+def test_a_ttl_spelt_as_a_float_or_a_string_is_still_capped(ttl: Any) -> None:
+    """The cap on ``ttlMs`` (so a policy reload is seen within it) took only
+    integers: ``3600000.0`` or ``"3600000"`` went on as they were, and the SDK
+    client reads either as an hour."""
+    import mcp_types
+
+    from firewall.protocol import jsonrpc, revision
+
+    view = revision.ResultView(60_000, era_marked=True)
+    line = jsonrpc.result_response(1, {"tools": [], "ttlMs": ttl, "resultType": "complete"})
+    seen = json.loads(view.seen("tools/list", line, False))["result"]
+    assert mcp_types.ListToolsResult.model_validate(seen).ttl_ms <= 60_000
+    assert seen.get("ttlMs", 0) <= 60_000  # capped, or (no number) removed
+    # Within the cap, as the server said.
+    line = jsonrpc.result_response(1, {"tools": [], "ttlMs": 5, "resultType": "complete"})
+    assert view.seen("tools/list", line, False) is line
+
+
+# -- wrap --bridge log messages (wrap_bridge.py rule 10) ----------------------------------
+async def test_a_childs_log_messages_around_mcpwalls_handshake_do_not_reach_the_client(
+        ) -> None:
+    """While mcpwall's own handshake with a 2025 child is under way no call of
+    the client is at the child, so no log message is for it; one the child
+    sent before its answer to ``initialize``, or with it in one write (read
+    before the handshake took the answer in), went on to the client unasked."""
+    from firewall.gateway.front.wrap_bridge import ModernClient
+
+    med, _ = _mediator({"version": "1", "default": "allow"}, server="vm")
+    bridge = ModernClient(med, None, 5)  # type: ignore[arg-type]
+    bridge._sent = True  # mcpwall's initialize went to the child
+    log = (b'{"jsonrpc":"2.0","method":"notifications/message","params":'
+           b'{"level":"emergency","data":"before the answer"}}')
+    escaped = log.replace(b"notifications/message", b"notifications\\/message")
+    assert await bridge.from_child(log) == (None, None)
+    answer = json.dumps({"jsonrpc": "2.0", "id": bridge.handshake_id, "result": {
+        "protocolVersion": "2025-06-18", "capabilities": {"logging": {}},
+        "serverInfo": {"name": "c", "version": "1"}}}).encode()
+    assert await bridge.from_child(answer) == (None, None)  # taken for the handshake
+    assert await bridge.from_child(escaped) == (None, None)  # before init_result is set
+    assert bridge.logs_dropped == 2
+    # Anything else still goes to the mediator as before.
+    progress = b'{"jsonrpc":"2.0","method":"notifications/progress","params":{}}'
+    assert await bridge.from_child(progress) == (progress, None)
+
+
+# -- wrap --upstream's request-metadata headers (wrap_http.py rule 7) ---------------------
+async def test_large_header_values_are_not_kept_in_wrap_upstreams_header_cache() -> None:
+    """``wrap --upstream`` kept the last 64 header sets it made for requests of
+    the 2026-07-28 revision, keyed by their values: ``Mcp-Name`` and the
+    ``Mcp-Param-*`` headers are the client's arguments (up to a line of 16
+    MiB each), so a client calling one allowed tool 64 times held about a
+    gigabyte after the calls ended. The headers still carry the decided values."""
+    from firewall.config import HttpServer
+    from firewall.gateway.front.wrap_http import HttpWrapSession
+    from firewall.protocol import jsonrpc
+
+    med, _ = _mediator({"version": "1", "default": "allow"}, server="web")
+    session = HttpWrapSession(med, HttpServer(url="http://127.0.0.1:9/mcp"), None, None,  # type: ignore[arg-type]
+                              max_line=1 << 24, timeout=5, grace=1)
+    schema = {"type": "object", "properties": {"r": {"type": "string", "x-mcp-header": "R"}}}
+    session.results.learn([{"name": "regional", "inputSchema": schema}])
+    for n in range(80):
+        value = f"{n}-" + "x" * 65_536
+        line = json.dumps({"jsonrpc": "2.0", "id": n, "method": "tools/call", "params": {
+            "name": "regional", "arguments": {"r": value}, "_meta": META}}).encode()
+        routed = await med.from_client(line)
+        assert routed.upstream is not None
+        prepared = session._headers_for(routed.upstream, jsonrpc.decode(routed.upstream.data))
+        sent = dict(prepared.items)
+        assert sent[b"mcp-param-r"] == value.encode() and sent[b"mcp-name"] == b"regional"
+    kept = sum(len(v) for key in session._modern for _, v in key)
+    assert kept <= 64 * 1024, kept
+
+
+def test_a_tools_learnt_annotations_are_bounded_in_size_not_only_in_count() -> None:
+    """``ResultView`` keeps the ``x-mcp-header`` annotations of at most 4,096
+    tools a server, for as long as the front runs; each tool's were kept
+    whatever their size, so a server listing, page after page, tools with
+    thousands of annotated properties (or huge property names) grew mcpwall's
+    memory by up to a response (64 MiB) per tool. A tool whose annotations
+    exceed the bound is taken as annotated invalidly (no Mcp-Param-* headers)."""
+    from firewall.protocol import revision
+
+    many = {"type": "object", "properties": {
+        f"p{i}": {"type": "string", "x-mcp-header": f"H{i}"} for i in range(5000)}}
+    long = {"type": "object", "properties": {
+        "p" * 1_000_000: {"type": "string", "x-mcp-header": "Long"}}}
+    view = revision.ResultView(60_000)
+    view.learn([{"name": "many", "inputSchema": many}, {"name": "long", "inputSchema": long}])
+    for name in ("many", "long"):
+        kept = view.headers_of({"name": name})
+        assert kept is None or (len(kept) <= revision.MAX_PARAM_HEADERS and sum(
+            len(h.token) + sum(map(len, h.path)) for h in kept) <= 4096)
+    # An ordinary tool is still learnt.
+    few = {"type": "object", "properties": {"r": {"type": "string", "x-mcp-header": "R"}}}
+    view.learn([{"name": "few", "inputSchema": few}])
+    assert view.headers_of({"name": "few"}) == (revision.ParamHeader(("r",), "R", "string"),)
+
+
+async def test_a_bridged_servers_requests_and_logs_go_by_stream_only_held() -> None:
+    """Held (a probe): over HTTP the bridge is told which POST carried a
+    server request or log message. One on call A's stream goes to A (never
+    B, though both are in flight and both asked); one on the stream of
+    mcpwall's own request, or of a call no longer in flight, is refused (a
+    request) or dropped and counted (a log message); a log message on no
+    request's stream (a GET stream) belongs to no call; one below the level
+    the call asked for is dropped."""
+    from firewall.gateway.front.bridge import APART
+    from firewall.protocol.meta import LOG_LEVELS
+
+    session = _bridge_session()
+    session._link = wire = _SilentServer()
+    warning = LOG_LEVELS.index("warning")
+    a = session.open_call("mcpwall-bridge-1", "tools/call", {"elicitation": {"form": {}}},
+                          "s.1", None, warning)
+    b = session.open_call("mcpwall-bridge-2", "tools/call", {"elicitation": {"form": {}}},
+                          "s.2", None, warning)
+    ask = (b'{"jsonrpc":"2.0","id":7,"method":"elicitation/create","params":{"mode":"form",'
+           b'"message":"?","requestedSchema":{"type":"object","properties":{}}}}')
+
+    def log(level: str) -> bytes:
+        return json.dumps({"jsonrpc": "2.0", "method": "notifications/message",
+                           "params": {"level": level, "data": level}}).encode()
+
+    def queued(call: Any) -> list[str]:
+        kinds = []
+        while True:
+            try:
+                kinds.append(call.receive.receive_nowait()[0])
+            except trio.WouldBlock:
+                return kinds
+
+    assert await session._dispatch(ask, "mcpwall-bridge-1")
+    assert await session._dispatch(log("error"), "mcpwall-bridge-1")
+    assert await session._dispatch(log("info"), "mcpwall-bridge-1")  # below warning
+    assert queued(a) == ["request", "log"] and queued(b) == []
+    # mcpwall's own request is in flight as a call of the session (own_request).
+    session.open_call("mcpwall-bridge-3", "resources/subscribe", {}, "s.3", None)
+    for on in ("mcpwall-bridge-3", "mcpwall-bridge-9"):  # own request's, a gone call's
+        assert await session._dispatch(ask, on)
+        assert wire.sent[-1]["id"] == 7 and wire.sent[-1]["error"]["code"] == -32601
+        assert await session._dispatch(log("error"), on)
+    assert await session._dispatch(log("error"), APART)
+    assert queued(a) == [] and queued(b) == []
+    assert session.logs_dropped == 4 and session.tally.logs_dropped == 4
+
+
+async def test_ten_thousand_cancels_of_one_listen_end_it_once_held() -> None:
+    """Held (a probe): under ``wrap`` a client cancelling one listen 10,000
+    times (plainly and with escapes) ends it once: one ``listen_end``, one
+    key to cancel, nothing kept per cancellation."""
+    med, audit = _mediator(LISTEN_POLICY)
+    listens = StdioListens(med)
+    line = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "subscriptions/listen",
+                       "params": {"notifications": {"toolsListChanged": True}}}).encode()
+    await listens.decided((await med.from_client(listens.incoming(line))).upstream is not None)
+    cancels = [b'{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":1}}',
+               b'{"jsonrpc":"2.0","method":"notifications\\/cancelled","params":'
+               b'{"requestId":1}}']
+    keys = []
+    for n in range(10_000):
+        listens.incoming(cancels[n % 2])
+        keys += listens.take_cancelled()
+        await listens.flush()
+    assert keys == ["1"] and not listens.open and not listens._ended
+    ends = [e for e in audit.events if isinstance(e, LifecycleEvent) and e.kind == "listen_end"]
+    assert len(ends) == 1
+
+
+async def test_an_escaped_revision_key_still_gets_the_revisions_headers_behind_wrap_upstream(
+        ) -> None:
+    """Held (a probe): a client writes the ``_meta`` version key and the method
+    with JSON escapes; ``wrap --upstream`` reads the decided body, which the
+    mediator re-encoded, so the request goes with the revision's headers made
+    from it (never the session's), ``Mcp-Param-*`` included."""
+    from firewall.config import HttpServer
+    from firewall.gateway.front.wrap_http import HttpWrapSession
+    from firewall.protocol import jsonrpc
+
+    med, _ = _mediator({"version": "1", "default": "allow"}, server="web")
+    session = HttpWrapSession(med, HttpServer(url="http://127.0.0.1:9/mcp"), None, None,  # type: ignore[arg-type]
+                              max_line=1 << 20, timeout=5, grace=1)
+    session.upstream_sid, session.protocol_version = "sid-1", "2025-06-18"
+    schema = {"type": "object", "properties": {"r": {"type": "string", "x-mcp-header": "R"}}}
+    session.results.learn([{"name": "regional", "inputSchema": schema}])
+    line = (b'{"jsonrpc":"2.0","id":1,"method":"tools\\/call","params":{"name":"regional",'
+            b'"arguments":{"r":"eu"},"_meta":{"io.modelcontextprotocol\\/protocolVersion":'
+            b'"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}')
+    routed = await med.from_client(line)
+    assert routed.upstream is not None
+    sent = dict(session._headers_for(routed.upstream,
+                                     jsonrpc.decode(routed.upstream.data)).items)
+    assert sent[b"mcp-protocol-version"] == b"2026-07-28" and b"mcp-session-id" not in sent
+    assert (sent[b"mcp-method"], sent[b"mcp-name"], sent[b"mcp-param-r"]) == (
+        b"tools/call", b"regional", b"eu")
+
+
+# A 2025 stdio server that never answers the tool ``hang`` (the rest it answers).
+HANGING_2025_SERVER = """
+import json, sys
+def out(value):
+    sys.stdout.write(json.dumps(value) + "\\n"); sys.stdout.flush()
+for line in sys.stdin:
+    msg = json.loads(line)
+    rid, method = msg.get("id"), msg.get("method")
+    if method == "initialize":
+        out({"jsonrpc": "2.0", "id": rid, "result": {
+            "protocolVersion": "2025-06-18", "serverInfo": {"name": "h", "version": "1"},
+            "capabilities": {"tools": {}}}})
+    elif rid is not None and not (method == "tools/call"
+                                  and msg["params"].get("name") == "hang"):
+        out({"jsonrpc": "2.0", "id": rid, "result": {"content": []}})
+"""
+
+
+@pytest.mark.slow
+def test_a_timed_out_call_whose_id_holds_u2028_is_cancelled_without_ending_the_session(
+        tmp_path: Path) -> None:
+    """``serve``, a stdio server: a request that times out is cancelled at the
+    server with mcpwall's own ``notifications/cancelled`` naming the client's
+    id; with U+2028 in it ``Outbound.own`` refused the bytes (ValueError)."""
+    import httpx
+
+    from tests.mediation_harness import mcpwall_serve
+    from tests.test_peer_attacks import _post, gateway_toml
+
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps({"version": "1", "default": "allow"}))
+    port = harness.free_port()
+    toml = gateway_toml(port, policy, tmp_path / "audit.db", 'transport = "stdio"',
+                        f"command = {json.dumps(sys.executable)}",
+                        f"args = [\"-c\", {json.dumps(HANGING_2025_SERVER)}]"
+                        ).replace("upstream_timeout_seconds = 5", "upstream_timeout_seconds = 1")
+    with mcpwall_serve(tmp_path, toml, port) as endpoint, httpx.Client(timeout=20) as http:
+        init = _post(http, endpoint, b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":'
+                     b'{"protocolVersion":"2025-06-18","capabilities":{},'
+                     b'"clientInfo":{"name":"c","version":"1"}}}')
+        assert init.status_code == 200, init.text
+        session = init.headers["mcp-session-id"]
+        _post(http, endpoint, b'{"jsonrpc":"2.0","method":"notifications/initialized"}', session)
+        hung = _post(http, endpoint, b'{"jsonrpc":"2.0","id":"x\\u2028","method":"tools/call",'
+                     b'"params":{"name":"hang","arguments":{}}}', session)
+        assert b'"error"' in hung.content, hung.text
+        after = _post(http, endpoint, b'{"jsonrpc":"2.0","id":3,"method":"tools/call",'
+                      b'"params":{"name":"echo","arguments":{}}}', session)
+        log = (tmp_path / "mcpwall.log").read_text(errors="replace")
+    assert after.status_code == 200 and b'"result"' in after.content, (
+        f"HTTP {after.status_code} {after.text[:200]!r}; ValueError logged: "
+        f"{'ValueError' in log}")

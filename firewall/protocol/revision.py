@@ -34,12 +34,16 @@ module keeps:
    the decided body.
 4. Cacheable results (``ttlMs``, ``cacheScope``) never outlive what mcpwall
    decided for longer than its cap: :func:`bound_cache` lowers ``ttlMs`` to
-   the cap and makes the scope ``private`` when the answer is the caller's
-   own (filtered for it, or callers are told apart).
+   the cap (a number however spelt; one that is no number, which a lenient
+   reader may still take for one, is removed) and makes the scope
+   ``private`` when the answer is the caller's own (filtered for it, or
+   callers are told apart).
 5. :class:`ResultView` is what every front does to a relayed answer of a
    cacheable method: tools/list teaches it the tools' ``x-mcp-header``
    annotations (at most :data:`MAX_LEARNT_TOOLS` tools, then it starts
-   afresh: a server cannot grow it without bound), ``server/discover`` names
+   afresh, and at most :data:`MAX_PARAM_HEADERS` annotations of
+   :data:`MAX_ANNOTATION_CHARS` characters a tool: a server cannot grow it
+   without bound), ``server/discover`` names
    only the revisions mcpwall speaks, and rule 4 bounds the result.
 """
 
@@ -103,6 +107,9 @@ _MAX_SAFE: Final = 2**53 - 1
 _DECIMAL: Final = re.compile(r"^-?[0-9]+(\.[0-9]+)?$")
 # Members whose values are data, not schemas: never walked for annotations.
 _DATA_KEYWORDS: Final = frozenset({"x-mcp-header", "enum", "const", "default", "examples"})
+# One tool's annotations as learnt (rule 5): beyond, taken as invalid.
+MAX_PARAM_HEADERS: Final = 64
+MAX_ANNOTATION_CHARS: Final = 4096
 
 
 class Problem(msgspec.Struct, frozen=True):
@@ -337,10 +344,15 @@ def param_headers_of(input_schema: Any) -> tuple[ParamHeader, ...] | None:
     """The ``x-mcp-header`` annotations of a tool's inputSchema; None when one is invalid.
 
     Valid: a token (RFC 9110), unique case-insensitively, on a string,
-    integer or boolean property reached through ``properties`` only.
+    integer or boolean property reached through ``properties`` only; at most
+    :data:`MAX_PARAM_HEADERS` of them, their tokens and paths at most
+    :data:`MAX_ANNOTATION_CHARS` characters in all (rule 5).
     """
     found: list[ParamHeader] = []
     if not _walk(input_schema, (), found, reachable=True):
+        return None
+    if len(found) > MAX_PARAM_HEADERS or sum(  # kept for as long as the front runs
+            len(item.token) + sum(map(len, item.path)) for item in found) > MAX_ANNOTATION_CHARS:
         return None
     tokens = [item.token.lower() for item in found]
     if len(set(tokens)) != len(tokens):
@@ -397,11 +409,14 @@ def bound_cache(result: dict[str, Any], ttl_cap_ms: int, private: bool) -> dict[
     60000 and ``cacheScope`` ``"private"``.
     """
     changes: dict[str, Any] = {}
-    ttl = result.get("ttlMs")
-    if isinstance(ttl, int) and not isinstance(ttl, bool) and ttl > ttl_cap_ms:
+    ttl: Any = result.get("ttlMs")
+    number = isinstance(ttl, int | float) and not isinstance(ttl, bool)
+    if number and ttl > ttl_cap_ms:  # 3600000.0 is read as an hour too
         changes["ttlMs"] = ttl_cap_ms
     if private and result.get("cacheScope", "private") != "private":
         changes["cacheScope"] = "private"
+    if ttl is not None and not number:  # "3600000" is read as an hour: dropped
+        return {k: v for k, v in {**result, **changes}.items() if k != "ttlMs"}
     return {**result, **changes} if changes else None
 
 

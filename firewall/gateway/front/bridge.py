@@ -406,9 +406,9 @@ class BridgeSession(Session):
                 call.events.send_nowait(("request", line))
                 return True
             self.log.info("bridge_server_request_refused", method=msg.method)
-            refusal = jsonrpc.error_response(
-                msg.request_id, _METHOD_NOT_FOUND,
-                f"mcpwall's bridge carries no {msg.method} to a 2026-07-28 client here")
+            refusal = framing.line_safe(jsonrpc.error_response(  # the server's id and
+                msg.request_id, _METHOD_NOT_FOUND,                # method: any string
+                f"mcpwall's bridge carries no {msg.method} to a 2026-07-28 client here"))
             return await self.send(Outbound.own(refusal,
                                                 "bridge: refusal of a server request"))
         elif msg.method == mcp.PROGRESS and (call := self._progress_of(msg)) is not None:

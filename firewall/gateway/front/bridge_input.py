@@ -202,11 +202,12 @@ def abandonment(call: InputCall, ident: RequestId, reason: str,
     if call.asked is not None:
         srid, _ = call.asked
         call.asked = None
-        out.append(Outbound.own(answer or jsonrpc.error_response(
-            srid, jsonrpc.INTERNAL_ERROR, f"mcpwall: {reason}"),
+        out.append(Outbound.own(framing.line_safe(answer or jsonrpc.error_response(
+            srid, jsonrpc.INTERNAL_ERROR, f"mcpwall: {reason}")),
             "bridge: refusal of a server request"))
+    # Ids are the peers' (any string): one line whatever they hold.
     note = jsonrpc.request(mcp.CANCELLED, {"requestId": ident, "reason": reason})
-    out.append(Outbound.own(note, "bridge: cancellation of an abandoned call"))
+    out.append(Outbound.own(framing.line_safe(note), "bridge: cancellation of an abandoned call"))
     return out
 
 

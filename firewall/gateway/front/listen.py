@@ -49,8 +49,9 @@ graceful end is the request's result). Rules this module keeps:
    open listen's id, within its honoured filter and allowed by the rules in
    force; a reload re-decides the open listens and pushes
    ``notifications/tools/list_changed`` to those that follow tools. At most
-   ``listen.max_listen_streams_per_principal`` listens are open in a session
-   (a wrap session is one principal's): past it, the request is refused as
+   ``listen.max_listen_streams_per_principal`` listens are open or held for
+   approval in a session (a wrap session is one principal's): past it, the
+   request is refused as
    on the HTTP front and never forwarded. Each lives at most
    ``listen.listen_stream_max_seconds`` (rule 3): the session ends it
    (:meth:`StdioListens.end`: the client gets the graceful end of rule 4, the
@@ -641,8 +642,8 @@ class StdioListens:
     lifetime), :meth:`take_cancelled` for the listens the client cancelled.
     """
 
-    __slots__ = ("_cancelled_keys", "_closed", "_ended", "_pending", "cap", "lifetime",
-                 "mediator", "open", "over_cap")
+    __slots__ = ("_cancelled_keys", "_closed", "_ended", "_held", "_pending", "cap",
+                 "lifetime", "mediator", "open", "over_cap")
 
     def __init__(self, mediator: Mediator, cap: int = 16, lifetime: float = 3600.0) -> None:
         self.mediator = mediator
@@ -656,6 +657,7 @@ class StdioListens:
         # notifications still coming are dropped.
         self._closed: dict[str, None] = {}
         self._cancelled_keys: list[str] = []
+        self._held = 0  # listens held for approval: counted against the cap
 
     @property
     def pending(self) -> bool:
@@ -687,7 +689,7 @@ class StdioListens:
         if not isinstance(value, dict) or value.get("method") != LISTEN or \
                 value.get("id") is None or not isinstance(value.get("params"), dict):
             return line
-        if len(self.open) >= self.cap:
+        if len(self.open) + self._held >= self.cap:
             self.over_cap = True
             return line
         mediator = self.mediator
@@ -701,15 +703,24 @@ class StdioListens:
     async def decided(self, forwarded: bool) -> str | None:
         """After the mediator: a listen it forwarded is open (and recorded); its key."""
         pending, self._pending = self._pending, None
-        return await self.released(pending, forwarded)
+        return await self._opened(pending, forwarded)
 
     def held(self) -> PendingListen | None:
         """After the mediator held the listen for approval: what
         :meth:`released` opens once a person decided."""
         pending, self._pending = self._pending, None
+        if pending is not None:  # holds its place under the cap until released
+            self._held += 1
         return pending
 
     async def released(self, pending: PendingListen | None, forwarded: bool) -> str | None:
+        """A held listen, once a person decided: open (see :meth:`decided`) if
+        the mediator forwarded it; either way its place under the cap is freed."""
+        if pending is not None:
+            self._held -= 1
+        return await self._opened(pending, forwarded)
+
+    async def _opened(self, pending: PendingListen | None, forwarded: bool) -> str | None:
         """A listen the mediator forwarded (at once or once approved) is open, and
         recorded, before it reaches the server; its key (None: none opened)."""
         if pending is None or not forwarded:

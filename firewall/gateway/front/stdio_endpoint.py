@@ -383,7 +383,8 @@ class StdioSession(Session):
             return
         self.modern_child.forget(rid)  # input requests still unanswered: no retry now
         await self._fail(rid, stream, TimedOut(self.timeout))
-        note = jsonrpc.request(mcp.CANCELLED, {"requestId": rid, "reason": "mcpwall: timeout"})
+        note = framing.line_safe(jsonrpc.request(mcp.CANCELLED, {  # the client's id:
+            "requestId": rid, "reason": "mcpwall: timeout"}))      # one line whatever it holds
         await self.send(Outbound.own(note, "cancellation of a timed-out request"))
 
     async def _fail(self, rid: RequestId, stream: SessionStream,

@@ -354,8 +354,9 @@ class WrapSession(StdioClient):
             return
         rid, graceful = ended
         if self.modern_client is None or not await self.modern_client.end_listen(rid):
-            note = jsonrpc.request(mcp.CANCELLED, {"requestId": rid,
-                                                   "reason": f"mcpwall: listen {why}"})
+            # One line whatever the client's id holds (U+2028 is written raw).
+            note = framing.line_safe(jsonrpc.request(mcp.CANCELLED, {
+                "requestId": rid, "reason": f"mcpwall: listen {why}"}))
             with contextlib.suppress(ChildExited):
                 await self.child.send(Outbound.own(note, "cancellation of a listen it ended"))
         await self.mediator.ended_here(rid, f"listen ended by mcpwall: {why}")

@@ -74,7 +74,8 @@ revisions. Rules it keeps:
    reaches the client only as the revision has a server send one: while
    exactly one bridged request is in flight and its ``_meta`` asked for log
    messages (``io.modelcontextprotocol/logLevel``) at the message's level or
-   below; any other is dropped here (and counted: :attr:`ModernClient.logs_dropped`).
+   below; any other is dropped here (and counted: :attr:`ModernClient.logs_dropped`),
+   those sent while mcpwall's handshake is under way (no call is at the child) too.
 
 :class:`ModernChild` (automatic): a 2025 client in front of a child that
 speaks only the stateless revision, in ``wrap`` and in each session of a
@@ -175,6 +176,20 @@ _METHOD_NOT_FOUND: Final = -32601
 _LISTENED_BYTES: Final = tuple(m.encode() for m in sorted(LISTENED))
 # Client notifications a child of the stateless revision still reads over stdio.
 _CARRIED_NOTIFICATIONS: Final = frozenset({mcp.CANCELLED, "notifications/progress"})
+
+
+def _is_log(line: bytes) -> bool:
+    """Whether a line of the child is a log message (``notifications/message``)."""
+    if _LOG_BYTES not in line and b"\\" not in line:
+        return False
+    try:
+        value = jsonrpc.decode_any(line)
+    except jsonrpc.DECODE_ERRORS:
+        return False
+    return isinstance(value, dict) and value.get("method") == mcp.LOG_MESSAGE
+
+
+_LOG_BYTES: Final = mcp.LOG_MESSAGE.encode()
 
 
 def _key(rid: Any) -> str:
@@ -549,19 +564,23 @@ class ModernClient:
         """A line of the child: (what the mediator is to see instead, None when
         it is consumed here: the handshake's answer, a server request; what
         goes to the client, made here: the input request of rule 5)."""
-        if self.init_result is None and self.failure is None and not self._answered.is_set():
-            if self._sent and self.handshake_id.encode() in line:
-                try:
-                    value = jsonrpc.decode_any(line)
-                except jsonrpc.DECODE_ERRORS:
-                    return line, None
-                if isinstance(value, dict) and value.get("id") == self.handshake_id \
-                        and "method" not in value:
-                    self._answer = line
-                    self._answered.set()
-                    return None, None
-            return line, None
+        if self.init_result is None and self.failure is None and \
+                not self._answered.is_set() and self._sent and \
+                self.handshake_id.encode() in line:
+            try:
+                value = jsonrpc.decode_any(line)
+            except jsonrpc.DECODE_ERRORS:
+                return line, None
+            if isinstance(value, dict) and value.get("id") == self.handshake_id \
+                    and "method" not in value:
+                self._answer = line
+                self._answered.set()
+                return None, None
         if self.init_result is None:
+            if self._sent and self.failure is None and not self.passthrough \
+                    and _is_log(line):  # rule 10: the handshake is under way, no call
+                self.logs_dropped += 1
+                return None, None
             return line, None
         try:
             value = jsonrpc.decode_any(line)
@@ -606,9 +625,9 @@ class ModernClient:
         call = asking(self._pending.values(), method, params)
         if call is None or call.asked is not None:
             self.mediator.log.info("bridge_server_request_refused", method=method)
-            await self._to_child([Outbound.own(jsonrpc.error_response(
+            await self._to_child([Outbound.own(framing.line_safe(jsonrpc.error_response(
                 srid, _METHOD_NOT_FOUND,
-                f"mcpwall's bridge carries no {method} to a 2026-07-28 client here"),
+                f"mcpwall's bridge carries no {method} to a 2026-07-28 client here")),
                 "wrap bridge: refusal of a server request")])
             return None
         ident = next(i for i, c in self._pending.items() if c is call)

@@ -39,8 +39,9 @@ the client the HTTP front's endpoints use. Rules this module keeps:
 7. A message whose body names the 2026-07-28 revision (``_meta``) goes with
    the request-metadata headers made from the decided body
    (``revision.upstream_headers``: ``MCP-Protocol-Version``, ``Mcp-Method``,
-   ``Mcp-Name``), never a session id; ``Mcp-Param-*`` headers are not made
-   here (the tools' schemas are not followed).
+   ``Mcp-Name``, and the ``Mcp-Param-*`` of the arguments the tool's
+   ``x-mcp-header`` annotations name, as learnt from the upstream's tools/list
+   answers by ``revision.ResultView``), never a session id.
 8. A decided ``subscriptions/listen`` of that revision is POSTed on the pool
    of long-lived connections (as the GET stream is), its answer's head within
    the upstream timeout, its stream not bounded by it. Its events pass the
@@ -50,7 +51,8 @@ the client the HTTP front's endpoints use. Rules this module keeps:
    at the session's end (the POST closed, the client given the graceful end:
    a ``SubscriptionsListenResult`` under its id); a stream that ends or fails
    without an answer gets the client an error under its id. ``listen_end``
-   records each end once.
+   records each end once. A listen that ended before its POST started (the
+   client cancelled it in the same read) is not POSTed.
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ GET_RETRY_SECONDS: Final = 1.0
 GET_RETRY_MAX_SECONDS: Final = 30.0
 DELETE_SECONDS: Final = 5.0
 _MODERN_CACHE_SIZE: Final = 64
+_MODERN_CACHE_VALUE_CHARS: Final = 1024  # a header set kept holds at most this much
 
 
 class _InitResult(msgspec.Struct):
@@ -178,6 +181,8 @@ class HttpWrapSession(StdioClient):
             msg = self._decoded(message)
             if msg is None:
                 continue
+            if msg.kind is Kind.REQUEST and msg.method == LISTEN and self._ended(msg):
+                continue  # rule 8: ended before its POST started
             if msg.kind is Kind.REQUEST and msg.method == LISTEN and \
                     _key(msg.request_id) in self.listens.open:  # rule 8
                 await self._session_nursery.start(self._listen_post, message, msg)
@@ -189,7 +194,7 @@ class HttpWrapSession(StdioClient):
 
     async def forward_one(self, message: Outbound) -> None:
         msg = self._decoded(message)
-        if msg is None:
+        if msg is None or (msg.method == LISTEN and self._ended(msg)):
             return
         if msg.method == LISTEN and _key(msg.request_id) in self.listens.open:
             await self._session_nursery.start(self._listen_post, message, msg)
@@ -215,6 +220,14 @@ class HttpWrapSession(StdioClient):
         if scope is not None:
             scope.cancel()
         await super().listen_cancelled(key)
+
+    def _ended(self, listen: jsonrpc.Message) -> bool:
+        """Whether a decided listen ended before its POST started (rule 8: the
+        client cancelled it in the same read, or mcpwall ended it): recorded
+        ``cancelled``, no longer open, and no answer owed."""
+        rid = listen.request_id
+        return (rid is not None and _key(rid) not in self.listens.open
+                and not self.mediator.awaits(rid))
 
     def _decoded(self, message: Outbound) -> jsonrpc.Message | None:
         try:  # the mediator's own canonical line: it decodes
@@ -267,9 +280,13 @@ class HttpWrapSession(StdioClient):
             version, msg.method, params if msg.kind is Kind.REQUEST else None, spec))
         found = self._modern.get(key)
         if found is None:
-            if len(self._modern) >= _MODERN_CACHE_SIZE:
-                self._modern.clear()
-            found = self._modern[key] = self.upstream.prepare(key)
+            found = self.upstream.prepare(key)
+            # Kept for the next request alike, unless its values are large: Mcp-Name
+            # and Mcp-Param-* are the client's arguments (a line each, at most).
+            if sum(len(value) for _, value in key) <= _MODERN_CACHE_VALUE_CHARS:
+                if len(self._modern) >= _MODERN_CACHE_SIZE:
+                    self._modern.clear()
+                self._modern[key] = found
         return found
 
     def _post_headers(self) -> PreparedHeaders:
