@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import sqlite3
 import sys
 import time
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ import pytest
 from mcp.client.client import Client
 from mcp.shared.exceptions import MCPError
 
+from tests.audit_rows import wait_rows
 from tests.fixtures import conformance_harness as harness
 
 pytestmark = pytest.mark.slow
@@ -47,13 +47,7 @@ class Gateway:
 
     def rows(self, sql: str, args: tuple[Any, ...] = (), at_least: int = 0) -> list[Any]:
         """Audit rows; waits (10 s at most) for ``at_least`` of them (group commits)."""
-        deadline = time.monotonic() + 10
-        while True:
-            with sqlite3.connect(f"file:{self.work / 'audit.db'}?mode=ro", uri=True) as db:
-                rows = list(db.execute(sql, args))
-            if len(rows) >= at_least or time.monotonic() > deadline:
-                return rows
-            time.sleep(0.05)
+        return wait_rows(self.work / "audit.db", sql, args, at_least)
 
     def executed(self) -> list[dict[str, Any]]:
         path = self.work / "asked.jsonl"

@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import signal
-import sqlite3
 import sys
 import time
 from collections.abc import Iterator
@@ -35,6 +34,7 @@ from mcp.shared.subscriptions import (
     ToolsListChanged,
 )
 
+from tests.audit_rows import wait_rows
 from tests.fixtures import conformance_harness as harness
 
 pytestmark = pytest.mark.slow
@@ -64,13 +64,7 @@ class Gateway:
             "SELECT detail FROM events WHERE kind = ? ORDER BY seq", (kind,), at_least)]
 
     def rows(self, sql: str, args: tuple[Any, ...] = (), at_least: int = 0) -> list[Any]:
-        deadline = time.monotonic() + 10
-        while True:
-            with sqlite3.connect(f"file:{self.work / 'audit.db'}?mode=ro", uri=True) as db:
-                rows = list(db.execute(sql, args))
-            if len(rows) >= at_least or time.monotonic() > deadline:
-                return rows
-            time.sleep(0.05)
+        return wait_rows(self.work / "audit.db", sql, args, at_least)
 
     def subscriptions(self, at_least: int = 0) -> list[tuple[str, str]]:
         """What the server was asked (``resources/subscribe``/``unsubscribe``, URI)."""

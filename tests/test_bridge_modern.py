@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import pytest
 from mcp.client.client import Client
 from mcp.shared.exceptions import MCPError
 
+from tests.audit_rows import wait_rows
 from tests.fixtures import conformance_harness as harness
 
 pytestmark = pytest.mark.slow
@@ -53,13 +53,7 @@ class Gateway:
     def rows(self, query: str, at_least: int = 0) -> list[tuple[Any, ...]]:
         """Rows of the audit trail; waits (10 s at most) for ``at_least`` of them:
         the writer commits in groups, after the answer went out."""
-        deadline = time.monotonic() + 10
-        while True:
-            with sqlite3.connect(f"file:{self.work / 'audit.db'}?mode=ro", uri=True) as db:
-                rows = list(db.execute(query))
-            if len(rows) >= at_least or time.monotonic() > deadline:
-                return rows
-            time.sleep(0.05)
+        return wait_rows(self.work / "audit.db", query, at_least=at_least)
 
 
 @pytest.fixture(scope="module")

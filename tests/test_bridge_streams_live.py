@@ -16,9 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import sqlite3
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ import pytest
 import trio
 from mcp.client.client import Client
 
+from tests.audit_rows import wait_rows
 from tests.fixtures import conformance_harness as harness
 
 pytestmark = pytest.mark.slow
@@ -45,13 +44,7 @@ class Gateway:
 
     def rows(self, sql: str, at_least: int) -> list[Any]:
         """Audit rows; waits (10 s at most) for ``at_least`` of them (group commits)."""
-        deadline = time.monotonic() + 10
-        while True:
-            with sqlite3.connect(f"file:{self.work / 'audit.db'}?mode=ro", uri=True) as db:
-                rows = list(db.execute(sql))
-            if len(rows) >= at_least or time.monotonic() > deadline:
-                return rows
-            time.sleep(0.05)
+        return wait_rows(self.work / "audit.db", sql, at_least=at_least)
 
     def client(self, server: str, **options: Any) -> Client:
         import httpx2

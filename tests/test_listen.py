@@ -36,6 +36,7 @@ from mcp.shared.subscriptions import (
     ToolsListChanged,
 )
 
+from tests.audit_rows import wait_rows
 from tests.fixtures import conformance_harness as harness
 
 pytestmark = pytest.mark.slow
@@ -65,13 +66,7 @@ class Gateway:
 
     def rows(self, query: str, at_least: int = 1) -> list[tuple[Any, ...]]:
         """The rows of ``query``; waits (10 s at most) for ``at_least``."""
-        deadline = time.monotonic() + 10
-        while True:
-            with sqlite3.connect(f"file:{self.work / 'audit.db'}?mode=ro", uri=True) as db:
-                rows = list(db.execute(query))
-            if len(rows) >= at_least or time.monotonic() > deadline:
-                return rows
-            time.sleep(0.05)
+        return wait_rows(self.work / "audit.db", query, at_least=at_least)
 
     def events(self, kind: str, at_least: int = 1) -> list[dict[str, Any]]:
         """The ``kind`` lifecycle rows' details; waits (10 s at most) for ``at_least``."""

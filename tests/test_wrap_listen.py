@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sqlite3
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,8 @@ from mcp.client.client import Client
 from mcp.client.stdio import StdioServerParameters
 from mcp.shared.exceptions import MCPError
 from mcp.shared.subscriptions import ResourceUpdated, ServerEvent, ToolsListChanged
+
+from tests.audit_rows import wait_rows
 
 pytestmark = pytest.mark.slow
 
@@ -36,13 +36,7 @@ POLICY: dict[str, Any] = {"version": "1", "default": "allow",
 def _rows(db: Path, query: str, at_least: int = 1) -> list[tuple[Any, ...]]:
     """The rows of ``query``, waiting (10 s at most) for ``at_least`` of them:
     the writer commits after the answer went out."""
-    deadline = time.monotonic() + 10
-    while True:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-            rows = list(conn.execute(query))
-        if len(rows) >= at_least or time.monotonic() > deadline:
-            return rows
-        time.sleep(0.05)
+    return wait_rows(db, query, at_least=at_least)
 
 
 def _wrap(tmp_path: Path, cap: int = 16) -> StdioServerParameters:
