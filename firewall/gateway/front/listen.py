@@ -109,6 +109,24 @@ _FLAG_OF: Final = {method: flag for flag, method in FLAGS.items()}
 MAX_MAX_URIS: Final = 256  # URIs of one filter beyond this are refused
 
 
+def notification(method: str, rid: RequestId) -> bytes:
+    """mcpwall's own notification on the listen ``rid``, tagged with its id."""
+    return jsonrpc.encode({"jsonrpc": "2.0", "method": method,
+                           "params": {"_meta": {SUBSCRIPTION_ID: rid}}})
+
+
+def acknowledgement(honoured: Honoured, rid: RequestId) -> bytes:
+    """mcpwall's acknowledgement of the listen ``rid``: the types it honours."""
+    return jsonrpc.encode({"jsonrpc": "2.0", "method": ACKNOWLEDGED, "params": {
+        "notifications": honoured.wire(), "_meta": {SUBSCRIPTION_ID: rid}}})
+
+
+def graceful_end(rid: RequestId) -> bytes:
+    """The revision's graceful end of the listen ``rid`` (rule 4): its result."""
+    return jsonrpc.result_response(rid, {"_meta": {SUBSCRIPTION_ID: rid},
+                                         "resultType": "complete"})
+
+
 class Honoured(msgspec.Struct, frozen=True):
     """What one listen stream may carry: flags (by wire name) and resource URIs."""
 
@@ -254,8 +272,7 @@ class ListenStream:
 
     def tagged(self, method: str) -> bytes:
         """A notification of this stream, tagged with its subscription id."""
-        return jsonrpc.encode({"jsonrpc": "2.0", "method": method,
-                               "params": {"_meta": {SUBSCRIPTION_ID: self.rid}}})
+        return notification(method, self.rid)
 
     def end(self, why: str) -> None:
         self.ended_by = self.ended_by or why
@@ -437,8 +454,7 @@ class ListenDesk:
         with stream.scope:
             stream.scope.deadline = trio.current_time() + self.listen.listen_stream_max_seconds
             await out.open()
-            ack = jsonrpc.encode({"jsonrpc": "2.0", "method": ACKNOWLEDGED, "params": {
-                "notifications": stream.honoured.wire(), "_meta": {SUBSCRIPTION_ID: rid}}})
+            ack = acknowledgement(stream.honoured, rid)
             routed = await mediator.from_server(ack)
             if routed.client is not None:
                 await out.send(sse.encode_event(routed.client))
@@ -538,8 +554,7 @@ async def _finish(ex: Exchange, out: SseResponse, stream: ListenStream, answered
         # mcpwall ends it (lifetime, shutdown), gracefully: the client may
         # listen again. An upstream that ended or failed without an answer
         # is passed on as it is: an abrupt end.
-        last = sse.encode_event(jsonrpc.result_response(stream.rid, {
-            "_meta": {SUBSCRIPTION_ID: stream.rid}, "resultType": "complete"}))
+        last = sse.encode_event(graceful_end(stream.rid))
     with trio.CancelScope(shield=True), trio.move_on_after(5), \
             contextlib.suppress(ClientGone):  # the client went away meanwhile
         await out.end(last)
@@ -756,8 +771,7 @@ class StdioListens:
         self._closed[key] = None
         while len(self._closed) > _MAX_CLOSED:
             del self._closed[next(iter(self._closed))]
-        return listen.rid, jsonrpc.result_response(listen.rid, {
-            "_meta": {SUBSCRIPTION_ID: listen.rid}, "resultType": "complete"})
+        return listen.rid, graceful_end(listen.rid)
 
     def take_cancelled(self) -> list[str]:
         """The keys of the listens the client cancelled since the last call."""
@@ -783,9 +797,7 @@ class StdioListens:
                                         listen.honoured.wire())
             if "toolsListChanged" in listen.honoured.flags:
                 listen.relayed += 1
-                pushes.append(jsonrpc.encode({
-                    "jsonrpc": "2.0", "method": TOOLS_CHANGED,
-                    "params": {"_meta": {SUBSCRIPTION_ID: listen.rid}}}))
+                pushes.append(notification(TOOLS_CHANGED, listen.rid))
         return pushes
 
     def _cancelled(self, line: bytes) -> None:
@@ -892,7 +904,22 @@ _ID_BYTES: Final = b'"id"'
 _STREAM_METHODS: Final = frozenset({*FLAGS.values(), RESOURCE_UPDATED, ACKNOWLEDGED})
 
 
-__all__ = ["LISTEN", "BridgesListens", "Feed", "Honoured", "ListenDesk", "ListenSource",
-           "ListenStream", "ListenUpstream", "PendingListen", "StdioListens", "Unreachable",
-           "narrow", "tagged"]
+__all__ = [
+    "LISTEN",
+    "BridgesListens",
+    "Feed",
+    "Honoured",
+    "ListenDesk",
+    "ListenSource",
+    "ListenStream",
+    "ListenUpstream",
+    "PendingListen",
+    "StdioListens",
+    "Unreachable",
+    "acknowledgement",
+    "graceful_end",
+    "narrow",
+    "notification",
+    "tagged",
+]
 

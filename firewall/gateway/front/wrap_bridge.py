@@ -156,7 +156,7 @@ from firewall.gateway.front.bridge_modern import (
     modern_request,
 )
 from firewall.gateway.front.bridge_modern import input_required as input_required_result
-from firewall.gateway.front.listen import ACKNOWLEDGED, LISTEN, SUBSCRIPTION_ID, Honoured
+from firewall.gateway.front.listen import LISTEN, Honoured, acknowledgement
 from firewall.gateway.front.listen import tagged as tag
 from firewall.gateway.mediator import Lost, Mediator, TimedOut
 from firewall.gateway.outbound import Outbound
@@ -418,8 +418,7 @@ class ModernClient:
             followed.add(uri)
         honoured = Honoured(within.flags, frozenset(followed))
         self._listens[_key(rid)] = (rid, honoured)
-        ack = jsonrpc.encode({"jsonrpc": "2.0", "method": ACKNOWLEDGED, "params": {
-            "notifications": honoured.wire(), "_meta": {SUBSCRIPTION_ID: rid}}})
+        ack = acknowledgement(honoured, rid)
         return (await self.mediator.from_server(ack)).client
 
     async def _prune(self) -> set[str]:
