@@ -59,6 +59,18 @@ def convert(doc: dict[str, Any], to: Format, source: str = "<document>"
     return to_intercept(mcpwall)
 
 
+def _foreign_top(doc: dict[str, Any], notes: list[str]) -> str:
+    """What PolicyLayer's two formats keep of a document's top level: its
+    ``default`` (allow or deny), the other keys they cannot express noted."""
+    _top_notes(doc, {"version", "default", "hide", "all_tools", "tools", "$schema", "name",
+                     "description"}, notes)
+    default = doc.get("default") or "deny"
+    if default not in ("allow", "deny"):
+        notes.append(f"default: {default!r} cannot be expressed; written as deny")
+        default = "deny"
+    return str(default)
+
+
 def _top_notes(doc: dict[str, Any], keep: set[str], notes: list[str]) -> None:
     for key in doc:
         if key not in keep and doc[key] not in (None, [], {}, False):
@@ -91,12 +103,7 @@ def _checks_as_lists(checks: list[dict[str, Any]], where: str, notes: list[str]
 def to_policylayer(doc: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """An mcpwall document in PolicyLayer's hosted format."""
     notes: list[str] = []
-    _top_notes(doc, {"version", "default", "hide", "all_tools", "tools", "$schema", "name",
-                     "description"}, notes)
-    default = doc.get("default") or "deny"
-    if default not in ("allow", "deny"):
-        notes.append(f"default: {default!r} cannot be expressed; written as deny")
-        default = "deny"
+    default = _foreign_top(doc, notes)
     out: dict[str, Any] = {"version": "1", "default": default}
     if doc.get("hide"):
         out["hide"] = list(doc["hide"])
@@ -214,12 +221,7 @@ def _negated(test: dict[str, Any]) -> dict[str, Any] | None:
 def to_intercept(doc: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """An mcpwall document in Intercept's format."""
     notes: list[str] = []
-    _top_notes(doc, {"version", "default", "hide", "all_tools", "tools", "$schema", "name",
-                     "description"}, notes)
-    default = doc.get("default") or "deny"
-    if default not in ("allow", "deny"):
-        notes.append(f"default: {default!r} cannot be expressed; written as deny")
-        default = "deny"
+    default = _foreign_top(doc, notes)
     out: dict[str, Any] = {"version": "1", "default": default}
     if doc.get("description"):
         out["description"] = doc["description"]
